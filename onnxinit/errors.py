@@ -1,0 +1,31 @@
+"""The errors a user can act on. The CLI maps every ``OnnxInitError`` to one line and exit 2."""
+
+from __future__ import annotations
+
+
+class OnnxInitError(Exception):
+    """Base of every user-facing failure; the message names the file and the cause."""
+
+
+class ModelLoadError(OnnxInitError):
+    """The model file is missing, unreadable, truncated, or not ONNX."""
+
+
+class ExternalDataError(ModelLoadError):
+    """External data is missing or points outside the model's folder."""
+
+
+class InvalidOptionError(OnnxInitError):
+    """A command-line option or API argument is malformed or inconsistent with the model."""
+
+
+class UnsupportedModelError(OnnxInitError):
+    """The model is valid ONNX but a requested operation cannot handle it (dtype, quantized ops)."""
+
+
+class MissingRuleError(OnnxInitError):
+    """No rule (forward moments or backward gradient) exists for an op where one is required."""
+
+
+class WriteError(OnnxInitError):
+    """An output file could not be written."""

@@ -1,0 +1,94 @@
+"""onnxruntime sessions and device choice.
+
+The CUDA provider is requested only when it can actually load: onnxruntime-gpu lists
+``CUDAExecutionProvider`` as available even on machines without CUDA libraries and then logs an
+error for every session. We probe once, with logging silenced, and fall back to the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+
+import onnx
+import onnxruntime as ort
+
+from .errors import InvalidOptionError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _nvidia_device_present() -> bool:
+    return os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia/version")
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_usable() -> bool:
+    """True when a session with the CUDA provider really runs on the GPU (probed quietly, once)."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    if not _nvidia_device_present():
+        return False
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    ort.set_default_logger_severity(4)
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CUDAExecutionProvider"]
+        )
+        return "CUDAExecutionProvider" in session.get_providers()
+    except Exception:  # any failure to load the provider means: no usable CUDA
+        return False
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def providers(device: str = "auto") -> list[str]:
+    """Execution providers for ``device`` ('auto', 'cpu' or 'cuda')."""
+    if device not in DEVICES:
+        raise InvalidOptionError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if cuda_usable():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise InvalidOptionError(
+            "--device cuda: the CUDA execution provider cannot load on this machine "
+            "(onnxruntime-gpu needs an NVIDIA GPU with CUDA and cuDNN libraries)"
+        )
+    return ["CPUExecutionProvider"]
+
+
+def make_session(
+    model: onnx.ModelProto | bytes,
+    *,
+    device: str = "auto",
+    optimize: bool = True,
+    threads: int | None = None,
+    provider_list: Sequence[str] | None = None,
+) -> ort.InferenceSession:
+    """An InferenceSession for ``model``.
+
+    ``optimize=False`` disables graph optimizations, which is needed whenever training-mode
+    BatchNormalization must keep batch statistics (DESIGN.md §7).
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(
+        data, options, providers=list(provider_list or providers(device))
+    )
