@@ -1,0 +1,80 @@
+"""Reading an ONNX file safely: clear errors for missing, truncated or non-ONNX files, and
+external data that is missing or points outside the model's folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper
+
+from .errors import ExternalDataError, ModelLoadError
+
+
+def _external_tensors(model: onnx.ModelProto):
+    for tensor in external_data_helper._get_all_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            yield tensor
+
+
+def check_external_data(model: onnx.ModelProto, base_dir: Path, model_name: str) -> None:
+    """Refuse external-data locations that escape ``base_dir`` or point past a file's end."""
+    root = base_dir.resolve()
+    for tensor in _external_tensors(model):
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        target = (root / location).resolve()
+        if os.path.isabs(location) or os.path.commonpath([root, target]) != str(root):
+            raise ExternalDataError(
+                f"{model_name}: tensor {tensor.name!r} has external data at {location!r}, "
+                f"outside the model's folder {root}; refusing to read it"
+            )
+        if not target.is_file():
+            raise ExternalDataError(
+                f"{model_name}: external data file {location!r} for tensor {tensor.name!r} "
+                f"is missing (looked in {root})"
+            )
+        offset = int(info.get("offset", 0) or 0)
+        length = info.get("length")
+        size = target.stat().st_size
+        if length is not None and offset + int(length) > size:
+            raise ExternalDataError(
+                f"{model_name}: external data file {location!r} is truncated: tensor "
+                f"{tensor.name!r} needs bytes {offset}..{offset + int(length)}, file has {size}"
+            )
+
+
+def external_data_files(model: onnx.ModelProto) -> dict[str, str]:
+    """Initializer name -> external-data location, for a model loaded without its data."""
+    out = {}
+    for tensor in _external_tensors(model):
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        out[tensor.name] = info.get("location", "")
+    return out
+
+
+def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Load ``path`` with its external data; also return which tensors were stored externally."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a folder, not an ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(
+            f"{path}: not a readable ONNX model (truncated or not ONNX: {exc})"
+        ) from None
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.node:
+        raise ModelLoadError(f"{path}: not an ONNX model (no IR version or empty graph)")
+    check_external_data(model, path.parent, str(path))
+    external = external_data_files(model)
+    if external:
+        try:
+            external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError) as exc:
+            raise ExternalDataError(f"{path}: cannot read external data: {exc}") from None
+    return model, external

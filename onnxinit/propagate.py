@@ -1,0 +1,163 @@
+"""Topological propagation of moments through a ModelGraph.
+
+Precondition: a ModelGraph (static shapes, constants classified).
+Postcondition: every signal tensor has Moments; each is tagged with the rule that produced it;
+every node handled by a fallback (empirical measurement or pass-through) is listed, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .graph import ModelGraph
+from .moments import Moments
+from .rules import RuleContext, RuleError, lookup
+from .rules.empirical import EmpiricalError, measure_node, pass_through
+
+log = logging.getLogger("onnxinit")
+
+EMPIRICAL = "empirical"
+PASS_THROUGH = "pass-through"
+
+
+@dataclass
+class Fallback:
+    node: str
+    op: str
+    kind: str  # EMPIRICAL or PASS_THROUGH
+    reason: str
+
+
+@dataclass
+class Propagation:
+    graph: ModelGraph
+    moments: dict[str, Moments]
+    rules: dict[str, str]  # tensor -> rule name
+    producers: dict[str, str]  # tensor -> node id ("" for graph inputs)
+    input_stats: dict[str, tuple[float, float]]
+    fallbacks: list[Fallback] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def input_var(self) -> float:
+        """Reference variance for growth: the mean variance of the float graph inputs (or 1)."""
+        variances = [v for _, v in self.input_stats.values() if v > 0]
+        return float(np.mean(variances)) if variances else 1.0
+
+
+def input_moments(
+    graph: ModelGraph, stats: Mapping[str, tuple[float, float]] | None = None
+) -> dict[str, Moments]:
+    """Moments of the float graph inputs: N(0, 1) unless ``stats`` gives (mean, var)."""
+    stats = dict(stats or {})
+    unknown = set(stats) - set(graph.input_names)
+    if unknown:
+        from .errors import InvalidOptionError
+
+        raise InvalidOptionError(
+            f"--stats names {', '.join(sorted(unknown))}, not an input of {graph.name}"
+        )
+    return {
+        name: Moments.scalar(*stats.get(name, (0.0, 1.0)))
+        for name in graph.input_names
+        if graph.is_signal(name)
+    }
+
+
+def _fit(m: Moments, shape: tuple[int, ...] | None) -> Moments:
+    """Make a rule's output broadcast to the tensor's shape, pooling when it does not."""
+    if m.is_scalar:
+        return m if m.rank == 0 else Moments(m.mean.reshape(()), m.var.reshape(()), m.source)
+    if shape is None:
+        return m.pooled()
+    if m.rank > len(shape):
+        return m.pooled()
+    m = m.expand_rank(len(shape))
+    try:
+        np.broadcast_shapes(m.mean.shape, m.var.shape, shape)
+    except ValueError:
+        return m.pooled()
+    if np.broadcast_shapes(m.mean.shape, m.var.shape, shape) != tuple(shape):
+        return m.pooled()
+    return m
+
+
+def propagate(
+    graph: ModelGraph,
+    stats: Mapping[str, tuple[float, float]] | None = None,
+    *,
+    seed: int = 0,
+    dropout: bool = False,
+    initial: Mapping[str, Moments] | None = None,
+) -> Propagation:
+    """Predict the moments of every signal tensor of ``graph``.
+
+    ``dropout=False`` (the default) treats Dropout as identity; ``True`` applies training-mode
+    dropout. BatchNormalization always uses batch statistics (training semantics).
+    ``initial`` overrides the input moments (per-channel statistics, for instance).
+    """
+    moments = dict(initial) if initial is not None else input_moments(graph, stats)
+    result = Propagation(
+        graph=graph,
+        moments=moments,
+        rules={name: "input" for name in moments},
+        producers={name: "" for name in moments},
+        input_stats={name: m.total() for name, m in moments.items()},
+        warnings=list(graph.warnings),
+    )
+    options = {"seed": seed, "dropout": dropout}
+    for node_id in graph.subgraph_nodes():
+        result.warnings.append(
+            f"node {node_id} ({graph.node(node_id).op_type}) has subgraphs; analysed as opaque"
+        )
+    for node_id in graph.order:
+        if graph.is_shape_node(node_id):
+            continue
+        _propagate_node(graph, node_id, result, options)
+    return result
+
+
+def _propagate_node(graph: ModelGraph, node_id: str, result: Propagation, options: dict):
+    node = graph.node(node_id)
+    inputs = [
+        result.moments.get(name) if graph.is_signal(name) else None for name in node.input
+    ]
+    ctx = RuleContext(node, node_id, graph, options)
+    registration = lookup(node.domain, node.op_type, graph.opset)
+    outputs, rule_name = None, None
+    if registration is not None and any(m is not None for m in inputs):
+        try:
+            outputs = registration.fn(inputs, ctx)
+            rule_name = registration.fn.__name__
+        except RuleError as exc:
+            reason = str(exc)
+        except Exception as exc:  # a rule bug must not abort the analysis; measure instead
+            log.debug("rule %s failed on %s", registration.fn.__name__, node_id, exc_info=True)
+            reason = f"rule {registration.fn.__name__} failed: {type(exc).__name__}: {exc}"
+        else:
+            reason = ""
+    else:
+        reason = "no rule for this op" if registration is None else "no signal input"
+    if outputs is None:
+        try:
+            outputs = measure_node(inputs, ctx)
+            rule_name = EMPIRICAL
+            result.fallbacks.append(Fallback(node_id, node.op_type, EMPIRICAL, reason))
+        except EmpiricalError as exc:
+            outputs = pass_through(inputs, ctx)
+            rule_name = PASS_THROUGH
+            result.fallbacks.append(
+                Fallback(node_id, node.op_type, PASS_THROUGH, f"{reason}; {exc}")
+            )
+            result.warnings.append(
+                f"node {node_id} ({node.op_type}): statistics passed through unchanged ({exc})"
+            )
+    for name, m in zip(node.output, outputs):
+        if name and m is not None and graph.is_signal(name):
+            result.moments[name] = _fit(m, graph.shape(name))
+            result.rules[name] = rule_name
+            result.producers[name] = node_id

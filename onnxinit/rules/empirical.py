@@ -1,0 +1,119 @@
+"""The fallback for ops without a rule: run the node alone in onnxruntime on seeded samples.
+
+Signal inputs are sampled from their moments (their described distribution when they carry one),
+constant inputs are the node's real constants, and the outputs' moments are measured — per index
+along the axis the first signal input tracks when the output keeps that axis, pooled otherwise.
+When the node cannot run alone (custom domain, subgraphs), statistics pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..moments import Moments
+from . import RuleContext
+
+_MAX_ELEMENTS = 1 << 22  # cap the sample size of one input; batch is shrunk to fit
+
+
+class EmpiricalError(Exception):
+    """The node cannot be run on its own."""
+
+
+def _sample_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    n = int(np.prod(shape)) if shape else 1
+    if n <= _MAX_ELEMENTS or not shape or shape[0] <= 1:
+        return shape
+    batch = max(1, shape[0] * _MAX_ELEMENTS // n)
+    return (batch, *shape[1:])
+
+
+def _sample(m: Moments, shape, rng) -> np.ndarray:
+    if m.source is not None:
+        return m.source.sample(rng, shape)
+    return rng.standard_normal(shape) * np.sqrt(m.var) + m.mean
+
+
+def _measure(values: np.ndarray, axis: int | None) -> Moments:
+    values = values.astype(np.float64)
+    if axis is None or values.ndim <= axis:
+        return Moments.scalar(values.mean(), values.var())
+    other = tuple(i for i in range(values.ndim) if i != axis)
+    return Moments(values.mean(axis=other, keepdims=True), values.var(axis=other, keepdims=True))
+
+
+def measure_node(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments | None]:
+    """Run ``ctx.node`` alone on samples of its inputs and measure its outputs."""
+    from ..runtime import make_session
+
+    node, graph = ctx.node, ctx.graph
+    if graph._implicit.get(ctx.node_id):
+        raise EmpiricalError("the node reads outer-scope tensors from a subgraph")
+    rng = ctx.rng()
+    feeds, graph_inputs, initializers = {}, [], []
+    tracked_axis, tracked_size = None, None
+    for index, name in enumerate(node.input):
+        if not name:
+            continue
+        m = inputs[index] if index < len(inputs) else None
+        if m is not None:
+            shape = graph.shape(name)
+            if shape is None:
+                raise EmpiricalError(f"input {name!r} has no static shape")
+            shape = _sample_shape(shape)
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1))
+            feeds[name] = _sample(m.expand_rank(len(shape)), shape, rng).astype(dtype)
+            graph_inputs.append(helper.make_tensor_value_info(name, graph.dtypes[name], shape))
+            if tracked_axis is None and m.tracked_axes():
+                tracked_axis = m.tracked_axes()[0]
+                tracked_size = shape[tracked_axis]
+        elif graph.is_constant(name):
+            value = graph.value(name)
+            initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        else:
+            raise EmpiricalError(f"input {name!r} is neither a signal with moments nor constant")
+    outputs = [
+        helper.make_tensor_value_info(o, graph.dtypes.get(o, onnx.TensorProto.FLOAT), None)
+        for o in node.output
+        if o
+    ]
+    model = helper.make_model(
+        helper.make_graph([node], "single", graph_inputs, outputs, initializers),
+        opset_imports=list(graph.model.opset_import),
+        ir_version=min(graph.model.ir_version, 10),
+    )
+    model.functions.extend(graph.model.functions)
+    try:
+        session = make_session(model, device="cpu")
+        values = session.run(None, feeds)
+    except Exception as exc:  # onnxruntime raises its own types for unknown ops, bad graphs
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EmpiricalError(f"onnxruntime cannot run it alone: {message[:200]}") from None
+    results: dict[str, Moments | None] = {}
+    for name, value in zip([o for o in node.output if o], values):
+        value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.floating):
+            results[name] = None
+            continue
+        keep = (
+            tracked_axis is not None
+            and value.ndim > tracked_axis
+            and value.shape[tracked_axis] == tracked_size
+        )
+        results[name] = _measure(value, tracked_axis if keep else None)
+    return [results.get(o) for o in node.output]
+
+
+def pass_through(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments | None]:
+    """Outputs take the first signal input's moments (pooled when the shape differs)."""
+    first = next((m for m in inputs if m is not None), None)
+    if first is None:
+        first = Moments.scalar(0.0, 1.0)
+    in_shape = ctx.graph.shape(ctx.node.input[inputs.index(first)]) if first in inputs else None
+    outs = []
+    for name in ctx.node.output:
+        same = in_shape is not None and ctx.graph.shape(name) == in_shape
+        outs.append(first.gaussian() if same else first.pooled())
+    return outs

@@ -1,0 +1,229 @@
+"""Linear layers with constant weights: Conv, ConvTranspose, Gemm, MatMul.
+
+All use the weight-aware rule: for ``y_j = sum_i W_ji x_i + b_j`` with independent inputs of
+per-feature mean ``mu_i`` and variance ``nu_i``::
+
+    E[y_j]   = sum_i W_ji mu_i + b_j
+    Var[y_j] = sum_i W_ji^2 nu_i
+
+For convolutions ``i`` runs over the receptive field (C_in/groups x kernel taps) and zero padding
+is exact: an output position only sums the taps that land inside the input. Positions are grouped
+by which taps they see (few distinct patterns: interior, edges, corners), so the per-channel
+statistics over all positions are computed exactly, including the spread of the position means.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..moments import Moments
+from . import RuleContext, RuleError, rule, signal
+
+
+def _patterns(axis_indicators: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct tap-visibility rows over all output positions and the fraction of positions
+    with each: per axis ``[O_d, k_d]`` booleans -> (``[R, prod k]`` float, ``[R]`` weights)."""
+    per_axis = []
+    for ind in axis_indicators:
+        rows, counts = np.unique(ind, axis=0, return_counts=True)
+        per_axis.append((rows.astype(np.float64), counts / ind.shape[0]))
+    patterns, weights = [], []
+    for combo in itertools.product(*(range(len(rows)) for rows, _ in per_axis)):
+        row = np.ones(1)
+        weight = 1.0
+        for (rows, counts), r in zip(per_axis, combo):
+            row = np.outer(row, rows[r]).ravel()
+            weight *= counts[r]
+        patterns.append(row)
+        weights.append(weight)
+    return np.array(patterns), np.array(weights)
+
+
+def _mix(a: np.ndarray, b: np.ndarray, bias: np.ndarray, patterns, weights):
+    """Per-channel moments from per-tap sums ``a[j, k] = sum_c W mu`` and ``b[j, k] = sum_c W^2
+    nu``: E_j(r) = bias_j + a_j . p_r and V_j(r) = b_j . p_r over patterns r with weights w_r;
+    mean_j = sum_r w_r E_j(r), var_j = sum_r w_r V_j(r) + sum_r w_r (E_j(r) - mean_j)^2."""
+    e = bias[None, :] + patterns @ a.T  # [R, C_out]
+    v = patterns @ b.T
+    mean = weights @ e
+    var = weights @ v + weights @ (e - mean) ** 2
+    return mean, var
+
+
+def _pads(ctx: RuleContext, in_sizes, out_sizes, kernel, strides, dilations, transpose=False):
+    """Begin pads per spatial axis, with auto_pad resolved from the static shapes."""
+    n = len(kernel)
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", ""):
+        return list(ctx.attr("pads", [0] * 2 * n))[:n]
+    if auto_pad == "VALID":
+        return [0] * n
+    begins = []
+    for i in range(n):
+        extent = (kernel[i] - 1) * dilations[i] + 1
+        if transpose:
+            out_pad = ctx.attr("output_padding", [0] * n)[i]
+            total = max(0, strides[i] * (in_sizes[i] - 1) + out_pad + extent - out_sizes[i])
+            begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+        else:
+            total = max(0, (out_sizes[i] - 1) * strides[i] + extent - in_sizes[i])
+            begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+    return begins
+
+
+def _geometry(ctx: RuleContext, w_shape):
+    x_shape, y_shape = ctx.in_shape(0), ctx.out_shape(0)
+    n = len(w_shape) - 2
+    kernel = list(ctx.attr("kernel_shape", w_shape[2:]))
+    strides = list(ctx.attr("strides", [1] * n))
+    dilations = list(ctx.attr("dilations", [1] * n))
+    return x_shape, y_shape, kernel, strides, dilations
+
+
+def _bias(ctx: RuleContext, index: int, size: int) -> np.ndarray:
+    b = ctx.const(index)
+    if b is None:
+        if ctx.has_input(index):
+            raise RuleError("bias is not constant")
+        return np.zeros(size)
+    return np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (size,))
+
+
+@rule("Conv")
+def conv(inputs, ctx: RuleContext):
+    """Conv, groups and dilations included, weight-aware, per output channel, with exact
+    zero padding:
+
+        E_j(p)   = b_j + sum_{c in group(j), k inside at p} W_jck mu_c
+        Var_j(p) = sum_{c in group(j), k inside at p} W_jck^2 nu_c
+        E_j = mean_p E_j(p);  Var_j = mean_p Var_j(p) + var_p E_j(p)
+    """
+    x = signal(inputs, 0)
+    w = ctx.const(1)
+    if w is None:
+        raise RuleError("the weight is not constant")
+    w = np.asarray(w, dtype=np.float64)
+    x_shape, y_shape, kernel, strides, dilations = _geometry(ctx, w.shape)
+    groups = ctx.attr("group", 1)
+    c_out, cpg = w.shape[0], w.shape[1]
+    mu, nu = x.values_along(1, x_shape[1])
+    begins = _pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
+    indicators = []
+    for d in range(len(kernel)):
+        pos = (
+            np.arange(y_shape[2 + d])[:, None] * strides[d]
+            - begins[d]
+            + np.arange(kernel[d])[None, :] * dilations[d]
+        )
+        indicators.append((pos >= 0) & (pos < x_shape[2 + d]))
+    patterns, weights = _patterns(indicators)
+    wg = w.reshape(groups, c_out // groups, cpg, -1)  # [g, o, c, K]
+    a = np.einsum("gock,gc->gok", wg, mu.reshape(groups, cpg)).reshape(c_out, -1)
+    b = np.einsum("gock,gc->gok", wg**2, nu.reshape(groups, cpg)).reshape(c_out, -1)
+    mean, var = _mix(a, b, _bias(ctx, 2, c_out), patterns, weights)
+    return [Moments.along(mean, var, 1, len(y_shape))]
+
+
+@rule("ConvTranspose")
+def conv_transpose(inputs, ctx: RuleContext):
+    """ConvTranspose, W[C_in, C_out/g, k...]: output position o receives tap k of input i when
+    ``i*stride - pad_begin + k*dilation == o`` for some 0 <= i < in. Per output channel j:
+
+        E_j(o)   = b_j + sum_{c in group(j), k reaching o} W_cjk mu_c
+        Var_j(o) = sum_{c in group(j), k reaching o} W_cjk^2 nu_c
+    """
+    x = signal(inputs, 0)
+    w = ctx.const(1)
+    if w is None:
+        raise RuleError("the weight is not constant")
+    w = np.asarray(w, dtype=np.float64)
+    x_shape, y_shape, kernel, strides, dilations = _geometry(ctx, w.shape)
+    groups = ctx.attr("group", 1)
+    c_in, opg = w.shape[0], w.shape[1]
+    c_out = opg * groups
+    mu, nu = x.values_along(1, x_shape[1])
+    begins = _pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations, transpose=True)
+    indicators = []
+    for d in range(len(kernel)):
+        # o + pad - k*dil must be a multiple of the stride, and the quotient a valid input index
+        num = np.arange(y_shape[2 + d])[:, None] + begins[d] - np.arange(kernel[d])[None, :] * dilations[d]
+        i = num // strides[d]
+        indicators.append((num % strides[d] == 0) & (i >= 0) & (i < x_shape[2 + d]))
+    patterns, weights = _patterns(indicators)
+    wg = w.reshape(groups, c_in // groups, opg, -1)  # [g, c, o, K]
+    mug, nug = mu.reshape(groups, -1), nu.reshape(groups, -1)
+    a = np.einsum("gcok,gc->gok", wg, mug).reshape(c_out, -1)
+    b = np.einsum("gcok,gc->gok", wg**2, nug).reshape(c_out, -1)
+    mean, var = _mix(a, b, _bias(ctx, 2, c_out), patterns, weights)
+    return [Moments.along(mean, var, 1, len(y_shape))]
+
+
+def _dense(mu, nu, w_in_out: np.ndarray, bias: np.ndarray | float = 0.0, scale: float = 1.0):
+    """E_j = scale * sum_i W_ij mu_i + bias_j; Var_j = scale^2 * sum_i W_ij^2 nu_i."""
+    mean = scale * (mu @ w_in_out) + bias
+    var = scale**2 * (nu @ w_in_out**2)
+    return mean, var
+
+
+@rule("Gemm")
+def gemm(inputs, ctx: RuleContext):
+    """Y = alpha * A' B' + beta * C with one constant operand W (A' = A or A^T):
+
+        E_j = alpha * sum_i W_ij mu_i + beta * C_j,   Var_j = alpha^2 * sum_i W_ij^2 nu_i
+    """
+    alpha, beta = ctx.attr("alpha", 1.0), ctx.attr("beta", 1.0)
+    trans_a, trans_b = ctx.attr("transA", 0), ctx.attr("transB", 0)
+    y_shape = ctx.out_shape(0)
+    if inputs[0] is not None and ctx.const(1) is not None:
+        x = inputs[0]
+        w = np.asarray(ctx.const(1), dtype=np.float64)
+        w = w.T if trans_b else w  # [K, N]
+        mu, nu = x.values_along(0 if trans_a else 1, w.shape[0])
+        c = _bias(ctx, 2, y_shape[1]) if ctx.has_input(2) else 0.0
+        mean, var = _dense(mu, nu, w, beta * c, alpha)
+        return [Moments.along(mean, var, 1, 2)]
+    if inputs[1] is not None and ctx.const(0) is not None:
+        x = inputs[1]
+        w = np.asarray(ctx.const(0), dtype=np.float64)
+        w = w.T if trans_a else w  # [M, K]: Y[m, n] = sum_k W[m, k] X[k, n]
+        mu, nu = x.values_along(1 if trans_b else 0, w.shape[1])
+        c = ctx.const(2) if ctx.has_input(2) else None
+        if c is not None and np.asarray(c).size > 1:
+            c = np.broadcast_to(np.asarray(c, dtype=np.float64), y_shape)
+            if not np.allclose(c, c[:, :1]):
+                raise RuleError("a bias varying along both axes")
+            c = c[:, 0]
+        mean, var = _dense(mu, nu, w.T, beta * (0.0 if c is None else c), alpha)
+        return [Moments.along(mean, var, 0, 2)]
+    raise RuleError("Gemm of two activations")
+
+
+@rule("MatMul")
+def matmul_const(inputs, ctx: RuleContext):
+    """MatMul with one constant 2-D operand (dense layer); two activations go to attention.
+
+    X[..., K] @ W[K, N]: per output feature j, E_j = sum_k W_kj mu_k, Var_j = sum_k W_kj^2 nu_k.
+    W[M, K] @ X[..., K, N]: per row m along axis -2, E_m = sum_k W_mk mu_k, Var likewise.
+    """
+    if inputs[0] is not None and inputs[1] is not None:
+        from .attention import matmul_activations
+
+        return matmul_activations(inputs, ctx)
+    y_rank = len(ctx.out_shape(0))
+    if inputs[0] is not None:
+        w = ctx.const(1)
+        if w is None or np.ndim(w) != 2:
+            raise RuleError("MatMul with a non-2-D constant weight")
+        w = np.asarray(w, dtype=np.float64)
+        mu, nu = inputs[0].values_along(-1, w.shape[0])
+        mean, var = _dense(mu, nu, w)
+        return [Moments.along(mean, var, -1, y_rank)]
+    w = ctx.const(0)
+    if w is None or np.ndim(w) != 2 or len(ctx.in_shape(1)) < 2:
+        raise RuleError("MatMul with a non-2-D constant left operand")
+    w = np.asarray(w, dtype=np.float64)
+    mu, nu = inputs[1].values_along(-2, w.shape[1])
+    mean, var = _dense(mu, nu, w.T)
+    return [Moments.along(mean, var, -2, y_rank)]
