@@ -109,7 +109,8 @@ def propagate(
         input_stats={name: m.total() for name, m in moments.items()},
         warnings=list(graph.warnings),
     )
-    options = {"seed": seed, "dropout": dropout}
+    # rules read "moments" (computed so far) to fuse element-wise subgraphs such as x*Sigmoid(x)
+    options = {"seed": seed, "dropout": dropout, "moments": result.moments}
     for node_id in graph.subgraph_nodes():
         result.warnings.append(
             f"node {node_id} ({graph.node(node_id).op_type}) has subgraphs; analysed as opaque"
