@@ -1,0 +1,19 @@
+"""onnxinit: analyze and rescale the initialization of any ONNX model.
+
+Public API::
+
+    import onnxinit
+    graph = onnxinit.load("model.onnx", input_shapes={"x": (8, 3, 32, 32)})
+    result = onnxinit.analyze("model.onnx", measure=True)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .analysis import Analysis, analyze
+from .errors import OnnxInitError
+from .graph import ModelGraph, load
+from .moments import Moments
+
+__all__ = ["Analysis", "ModelGraph", "Moments", "OnnxInitError", "analyze", "load", "__version__"]

@@ -1,0 +1,182 @@
+"""``analyze``: predicted (and optionally measured) moments of every float activation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from .graph import ModelGraph, load
+from .propagate import EMPIRICAL, PASS_THROUGH, Propagation, propagate
+
+DEFAULT_MAX_GROWTH = 100.0
+DEFAULT_MIN_VAR = 1e-4
+
+NORMALIZATION_OPS = {"BatchNormalization", "InstanceNormalization", "GroupNormalization",
+                     "LayerNormalization", "RMSNormalization"}
+
+
+@dataclass
+class TensorReport:
+    name: str
+    node: str
+    op: str
+    shape: list[int] | None
+    mean: float
+    var: float
+    rule: str
+    growth: float  # var relative to the input variance
+    flag: str | None = None  # "exploding" | "vanishing" | None
+    measured_mean: float | None = None
+    measured_var: float | None = None
+
+    @property
+    def relative_error(self) -> float | None:
+        if self.measured_var is None:
+            return None
+        return abs(self.var - self.measured_var) / max(abs(self.measured_var), 1e-30)
+
+
+@dataclass
+class Analysis:
+    model: str
+    inputs: dict[str, dict]
+    tensors: list[TensorReport]
+    warnings: list[str]
+    propagation: Propagation = field(repr=False)
+    max_growth: float = DEFAULT_MAX_GROWTH
+    min_var: float = DEFAULT_MIN_VAR
+
+    @property
+    def graph(self) -> ModelGraph:
+        return self.propagation.graph
+
+    def to_dict(self) -> dict:
+        tensors = []
+        for t in self.tensors:
+            entry = {k: v for k, v in asdict(t).items() if v is not None or k == "shape"}
+            entry.pop("growth", None)
+            entry.pop("flag", None)
+            entry["growth"] = t.growth
+            if t.flag:
+                entry["flag"] = t.flag
+            if t.relative_error is not None:
+                entry["relative_error"] = t.relative_error
+            tensors.append(entry)
+        return {
+            "model": self.model,
+            "inputs": self.inputs,
+            "tensors": tensors,
+            "warnings": self.warnings,
+        }
+
+
+def flag_for(var: float, input_var: float, max_growth: float, min_var: float) -> str | None:
+    if not np.isfinite(var) or var > max_growth * input_var:
+        return "exploding"
+    if var < min_var * input_var:
+        return "vanishing"
+    return None
+
+
+def eval_export_warning(graph: ModelGraph) -> str | None:
+    """An eval-mode export of a normalised convnet has its BatchNormalization folded into the
+    convolutions: at initialization that leaves Convs with all-zero biases and no norm layers."""
+    ops = {graph.node(n).op_type for n in graph.order}
+    if ops & NORMALIZATION_OPS:
+        return None
+    convs = [graph.node(n) for n in graph.parametric_nodes if graph.node(n).op_type == "Conv"]
+    if len(convs) < 3:
+        return None
+    biases = [graph.value(c.input[2]) if len(c.input) > 2 and c.input[2] else None for c in convs]
+    if all(b is not None and not np.any(b) for b in biases):
+        return (
+            "every Conv has an all-zero bias and the graph has no normalization layers: this "
+            "looks like an eval-mode export with BatchNormalization folded into the Convs, which "
+            "is a different function from the network being trained; export in training mode "
+            "(torch.onnx.export(..., training=torch.onnx.TrainingMode.TRAINING))"
+        )
+    return None
+
+
+def _inputs_summary(result: Propagation) -> dict[str, dict]:
+    graph = result.graph
+    out = {}
+    for name in graph.input_names:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1))
+        entry = {"shape": list(graph.input_shapes[name]), "dtype": str(np.dtype(dtype))}
+        if name in result.input_stats:
+            entry["mean"], entry["var"] = result.input_stats[name]
+        out[name] = entry
+    return out
+
+
+def analyze(
+    model: str | os.PathLike | onnx.ModelProto | ModelGraph,
+    *,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    batch_size: int = 32,
+    stats: Mapping[str, tuple[float, float]] | None = None,
+    measure: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    max_growth: float = DEFAULT_MAX_GROWTH,
+    min_var: float = DEFAULT_MIN_VAR,
+) -> Analysis:
+    """Predict the mean and variance of every float activation of ``model``.
+
+    With ``measure=True`` the model also runs in onnxruntime on seeded Gaussian inputs (batch
+    ``batch_size``) with training semantics, and each tensor reports the measured moments.
+    """
+    graph = load(model, input_shapes=input_shapes, batch_size=batch_size)
+    result = propagate(graph, stats, seed=seed)
+    measured = {}
+    if measure:
+        from .data import synthetic_feeds
+        from .measure import measure as run_measure
+
+        feeds = synthetic_feeds(graph, seed=seed, stats=stats)
+        measured = run_measure(graph, feeds, device=device)
+    input_var = result.input_var
+    tensors = []
+    for name in graph.float_activations():
+        if name not in result.moments:
+            continue
+        mean, var = result.moments[name].total()
+        node_id = result.producers.get(name, "")
+        shape = graph.shape(name)
+        report = TensorReport(
+            name=name,
+            node=node_id,
+            op=graph.node(node_id).op_type if node_id else "input",
+            shape=list(shape) if shape is not None else None,
+            mean=mean,
+            var=var,
+            rule=result.rules.get(name, ""),
+            growth=var / input_var,
+            flag=flag_for(var, input_var, max_growth, min_var),
+        )
+        if name in measured:
+            report.measured_mean, report.measured_var = measured[name]
+        tensors.append(report)
+    warnings = list(result.warnings)
+    for fb in result.fallbacks:
+        if fb.kind == EMPIRICAL:
+            warnings.append(f"node {fb.node} ({fb.op}): analysed by the empirical fallback ({fb.reason})")
+    if (warning := eval_export_warning(graph)) is not None:
+        warnings.append(warning)
+    return Analysis(
+        model=graph.name,
+        inputs=_inputs_summary(result),
+        tensors=tensors,
+        warnings=list(dict.fromkeys(warnings)),
+        propagation=result,
+        max_growth=max_growth,
+        min_var=min_var,
+    )
+
+
+__all__ = ["Analysis", "TensorReport", "analyze", "EMPIRICAL", "PASS_THROUGH"]

@@ -1,0 +1,94 @@
+"""Options and error handling shared by every subcommand (like Polygraphy's logging flags)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import click
+
+from ..errors import OnnxInitError
+
+log = logging.getLogger("onnxinit")
+
+EXIT_USAGE = 2
+
+
+def _configure_logging(verbose: int, quiet: bool, debug: bool) -> None:
+    level = logging.WARNING
+    if verbose == 1:
+        level = logging.INFO
+    elif verbose >= 2 or debug:
+        level = logging.DEBUG
+    if quiet:
+        level = logging.ERROR
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("onnxinit: %(levelname)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def logging_options(fn):
+    """-v/--verbose, -q/--quiet and --debug (tracebacks instead of one-line errors)."""
+
+    @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+    @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress bars.")
+    @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+    @functools.wraps(fn)
+    def wrapper(*args, verbose: int, quiet: bool, debug: bool, **kwargs):
+        _configure_logging(verbose, quiet, debug)
+        ctx = click.get_current_context()
+        ctx.meta["onnxinit.debug"] = debug
+        ctx.meta["onnxinit.quiet"] = quiet
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def model_options(fn):
+    """The options every command that loads a model takes."""
+    fn = click.option(
+        "--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+        help="Batch size for symbolic batch dimensions (and for --measure runs).",
+    )(fn)
+    fn = click.option(
+        "--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
+        help="Concrete shape of an input, e.g. x:1x3x224x224 (repeatable).",
+    )(fn)
+    return click.argument("model", type=click.Path(dir_okay=True, path_type=str))(fn)
+
+
+def stats_option(fn):
+    return click.option(
+        "--stats", "stats", multiple=True, metavar="NAME:MEAN,VAR",
+        help="Mean and variance of an input (default 0,1), e.g. x:0.5,0.25 (repeatable).",
+    )(fn)
+
+
+def seed_option(fn):
+    return click.option(
+        "--seed", type=int, default=0, show_default=True,
+        help="Seed for every random draw (Monte Carlo rules, synthetic data).",
+    )(fn)
+
+
+def run_command(group: click.Group, argv: list[str] | None) -> None:
+    """Run the click group; OnnxInitError -> one line on stderr and exit 2 (traceback with
+    --debug). Click's own usage errors also exit 2."""
+    try:
+        group.main(args=argv, prog_name="onnxinit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("onnxinit: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except OnnxInitError as exc:
+        if "--debug" in (argv if argv is not None else sys.argv):
+            raise
+        click.echo(f"onnxinit: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)

@@ -1,0 +1,85 @@
+"""Human-readable renderings of analysis results (JSON is ``Analysis.to_dict``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .analysis import Analysis
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if x == 0 or (1e-3 <= abs(x) < 1e5):
+        return f"{x:.4g}"
+    return f"{x:.3e}"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def analysis_table(analysis: Analysis, width: int = 40) -> str:
+    """One row per float activation: tensor, op, shape, mean, var, growth, flag (and measured)."""
+    measured = any(t.measured_var is not None for t in analysis.tensors)
+    header = ["#", "tensor", "op", "shape", "mean", "var", "growth"]
+    if measured:
+        header += ["meas. mean", "meas. var", "rel.err"]
+    header.append("flag")
+    rows = []
+    for i, t in enumerate(analysis.tensors):
+        shape = "x".join(map(str, t.shape)) if t.shape else "?"
+        row = [str(i), _clip(t.name, width), t.op, shape, _fmt(t.mean), _fmt(t.var),
+               _fmt(t.growth)]
+        if measured:
+            err = t.relative_error
+            row += [_fmt(t.measured_mean), _fmt(t.measured_var),
+                    "-" if err is None else f"{100 * err:.1f}%"]
+        flag = t.flag or ""
+        if t.rule in ("empirical", "pass-through"):
+            flag = (flag + " " if flag else "") + f"[{t.rule}]"
+        row.append(flag)
+        rows.append(row)
+    widths = [max(len(h), *(len(r[k]) for r in rows)) if rows else len(h)
+              for k, h in enumerate(header)]
+    numeric = {"mean", "var", "growth", "meas. mean", "meas. var", "rel.err", "#"}
+
+    def line(cells):
+        return "  ".join(
+            c.rjust(w) if h in numeric else c.ljust(w) for c, w, h in zip(cells, widths, header)
+        ).rstrip()
+
+    out = [line(header), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def analysis_summary(analysis: Analysis) -> str:
+    tensors = analysis.tensors
+    if not tensors:
+        return "no float activations"
+    last = tensors[-1]
+    exploding = [t for t in tensors if t.flag == "exploding"]
+    vanishing = [t for t in tensors if t.flag == "vanishing"]
+    lines = [
+        f"{analysis.model}: {len(tensors)} float tensors; output {last.name!r} "
+        f"var {_fmt(last.var)} ({_fmt(last.growth)}x the input)"
+    ]
+    if exploding:
+        lines.append(
+            f"  exploding (> {analysis.max_growth:g}x input var): {len(exploding)} tensors, "
+            f"first {exploding[0].name!r}"
+        )
+    if vanishing:
+        lines.append(
+            f"  vanishing (< {analysis.min_var:g}x input var): {len(vanishing)} tensors, "
+            f"first {vanishing[0].name!r}"
+        )
+    errors = [t.relative_error for t in tensors if t.relative_error is not None]
+    if errors:
+        errors = np.array(errors)
+        lines.append(
+            f"  predicted vs measured variance: {np.mean(errors < 0.10) * 100:.1f}% within 10%, "
+            f"median error {np.median(errors) * 100:.1f}%, worst {errors.max() * 100:.1f}%"
+        )
+    return "\n".join(lines)
