@@ -1,0 +1,41 @@
+"""Small ONNX models built in tests (explicit ir_version, as onnxruntime reads at most 13)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 18
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=OPSET, extra_opsets=()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "test", inputs, outputs, list(initializers))
+    opsets = [helper.make_opsetid("", opset), *(helper.make_opsetid(d, v) for d, v in extra_opsets)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8)
+
+
+def mlp(widths, activation="Relu", seed=0, scale=None, bias=True, dynamic_batch=True) -> onnx.ModelProto:
+    """Gemm(transB=1) + activation layers; weights N(0, scale^2) (default 1/fan_in variance)."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    x = "x"
+    for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+        s = scale if scale is not None else 1 / np.sqrt(d_in)
+        inits.append(numpy_helper.from_array((rng.standard_normal((d_out, d_in)) * s).astype(np.float32), f"w{i}"))
+        ins = [x, f"w{i}"]
+        if bias:
+            inits.append(numpy_helper.from_array((rng.standard_normal(d_out) * 0.1).astype(np.float32), f"b{i}"))
+            ins.append(f"b{i}")
+        nodes.append(helper.make_node("Gemm", ins, [f"h{i}"], transB=1, name=f"fc{i}"))
+        x = f"h{i}"
+        if activation and i < len(widths) - 2:
+            nodes.append(helper.make_node(activation, [x], [f"a{i}"], name=f"act{i}"))
+            x = f"a{i}"
+    batch = "N" if dynamic_batch else 4
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, widths[0]])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, widths[-1]])],
+        inits,
+    )
