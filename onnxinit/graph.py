@@ -363,6 +363,24 @@ class ModelGraph:
         self._values[tensor] = value
         return value
 
+    def set_value(self, tensor: str, value: np.ndarray) -> None:
+        """Override a parameter's value for later analysis (methods choosing weights one layer
+        at a time); constants folded from it are recomputed on next use."""
+        if tensor not in self.initializers:
+            raise InvalidOptionError(f"{tensor!r} is not an initializer of {self.name}")
+        self._values[tensor] = np.asarray(value)
+        stale = [tensor]
+        while stale:
+            for node_id, _ in self.consumers.get(stale.pop(), []):
+                for out in self.node_by_id[node_id].output:
+                    if out in self._values and out not in self.initializers:
+                        del self._values[out]
+                        stale.append(out)
+
+    def reset_values(self) -> None:
+        """Drop every value override made with :meth:`set_value`."""
+        self._values.clear()
+
     def _fold(self, node_id: str, tensor: str) -> np.ndarray:
         node = self.node_by_id[node_id]
         if node.op_type == "Shape":

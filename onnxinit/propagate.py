@@ -41,6 +41,7 @@ class Propagation:
     input_stats: dict[str, tuple[float, float]]
     fallbacks: list[Fallback] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    options: dict = field(default_factory=dict, repr=False)
 
     @property
     def input_var(self) -> float:
@@ -86,6 +87,34 @@ def _fit(m: Moments, shape: tuple[int, ...] | None) -> Moments:
     return m
 
 
+def start_propagation(
+    graph: ModelGraph,
+    stats: Mapping[str, tuple[float, float]] | None = None,
+    *,
+    seed: int = 0,
+    dropout: bool = False,
+    initial: Mapping[str, Moments] | None = None,
+) -> Propagation:
+    """A Propagation holding only the graph inputs' moments; extend it with
+    :func:`propagate_node` in topological order (methods that choose weights layer by layer)."""
+    moments = dict(initial) if initial is not None else input_moments(graph, stats)
+    result = Propagation(
+        graph=graph,
+        moments=moments,
+        rules={name: "input" for name in moments},
+        producers={name: "" for name in moments},
+        input_stats={name: m.total() for name, m in moments.items()},
+        warnings=list(graph.warnings),
+    )
+    # rules read "moments" (computed so far) to fuse element-wise subgraphs such as x*Sigmoid(x)
+    result.options = {"seed": seed, "dropout": dropout, "moments": result.moments}
+    for node_id in graph.subgraph_nodes():
+        result.warnings.append(
+            f"node {node_id} ({graph.node(node_id).op_type}) has subgraphs; analysed as opaque"
+        )
+    return result
+
+
 def propagate(
     graph: ModelGraph,
     stats: Mapping[str, tuple[float, float]] | None = None,
@@ -100,29 +129,16 @@ def propagate(
     dropout. BatchNormalization always uses batch statistics (training semantics).
     ``initial`` overrides the input moments (per-channel statistics, for instance).
     """
-    moments = dict(initial) if initial is not None else input_moments(graph, stats)
-    result = Propagation(
-        graph=graph,
-        moments=moments,
-        rules={name: "input" for name in moments},
-        producers={name: "" for name in moments},
-        input_stats={name: m.total() for name, m in moments.items()},
-        warnings=list(graph.warnings),
-    )
-    # rules read "moments" (computed so far) to fuse element-wise subgraphs such as x*Sigmoid(x)
-    options = {"seed": seed, "dropout": dropout, "moments": result.moments}
-    for node_id in graph.subgraph_nodes():
-        result.warnings.append(
-            f"node {node_id} ({graph.node(node_id).op_type}) has subgraphs; analysed as opaque"
-        )
+    result = start_propagation(graph, stats, seed=seed, dropout=dropout, initial=initial)
     for node_id in graph.order:
-        if graph.is_shape_node(node_id):
-            continue
-        _propagate_node(graph, node_id, result, options)
+        if not graph.is_shape_node(node_id):
+            propagate_node(graph, node_id, result)
     return result
 
 
-def _propagate_node(graph: ModelGraph, node_id: str, result: Propagation, options: dict):
+def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None:
+    """Compute (or recompute) the moments of one node's outputs from those in ``result``."""
+    options = result.options
     node = graph.node(node_id)
     inputs = [
         result.moments.get(name) if graph.is_signal(name) else None for name in node.input
@@ -147,18 +163,25 @@ def _propagate_node(graph: ModelGraph, node_id: str, result: Propagation, option
         try:
             outputs = measure_node(inputs, ctx)
             rule_name = EMPIRICAL
-            result.fallbacks.append(Fallback(node_id, node.op_type, EMPIRICAL, reason))
+            _record(result, Fallback(node_id, node.op_type, EMPIRICAL, reason))
         except EmpiricalError as exc:
             outputs = pass_through(inputs, ctx)
             rule_name = PASS_THROUGH
-            result.fallbacks.append(
-                Fallback(node_id, node.op_type, PASS_THROUGH, f"{reason}; {exc}")
-            )
-            result.warnings.append(
-                f"node {node_id} ({node.op_type}): statistics passed through unchanged ({exc})"
-            )
+            fallback = Fallback(node_id, node.op_type, PASS_THROUGH, f"{reason}; {exc}")
+            if _record(result, fallback):
+                result.warnings.append(
+                    f"node {node_id} ({node.op_type}): statistics passed through unchanged ({exc})"
+                )
     for name, m in zip(node.output, outputs):
         if name and m is not None and graph.is_signal(name):
             result.moments[name] = _fit(m, graph.shape(name))
             result.rules[name] = rule_name
             result.producers[name] = node_id
+
+
+def _record(result: Propagation, fallback: Fallback) -> bool:
+    """Record a fallback once per node (a node may be recomputed); True if new."""
+    if any(f.node == fallback.node for f in result.fallbacks):
+        return False
+    result.fallbacks.append(fallback)
+    return True
