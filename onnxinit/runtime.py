@@ -70,14 +70,14 @@ def providers(device: str = "auto") -> list[str]:
 
 
 def make_session(
-    model: onnx.ModelProto | bytes,
+    model: onnx.ModelProto | bytes | str,
     *,
     device: str = "auto",
     optimize: bool = True,
     threads: int | None = None,
     provider_list: Sequence[str] | None = None,
 ) -> ort.InferenceSession:
-    """An InferenceSession for ``model``.
+    """An InferenceSession for ``model`` (a ModelProto, its bytes, or a path).
 
     ``optimize=False`` disables graph optimizations, which is needed whenever training-mode
     BatchNormalization must keep batch statistics (DESIGN.md §7).
@@ -88,7 +88,7 @@ def make_session(
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads is not None:
         options.intra_op_num_threads = threads
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+    data = model if isinstance(model, (bytes, str)) else model.SerializeToString()
     return ort.InferenceSession(
         data, options, providers=list(provider_list or providers(device))
     )

@@ -7,6 +7,7 @@ import click
 from .. import __version__
 from ._common import run_command
 from .analyze import analyze
+from .rescale import rescale
 from .rules import rules_command
 
 
@@ -18,11 +19,13 @@ def cli():
     \b
       onnxinit analyze model.onnx            predicted mean/variance of every tensor
       onnxinit analyze model.onnx --measure  ... next to values measured in onnxruntime
+      onnxinit rescale model.onnx            write model.autoinit.onnx with rescaled weights
       onnxinit rules                         the op rules known, and where they come from
     """
 
 
 cli.add_command(analyze)
+cli.add_command(rescale)
 cli.add_command(rules_command)
 
 

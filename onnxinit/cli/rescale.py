@@ -1,0 +1,80 @@
+"""``onnxinit rescale``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import WriteError
+from ..graph import parse_input_shapes
+from ..methods import METHODS
+from ..rescale import RescaleResult, rescale as run_rescale
+from ._common import logging_options, model_options, seed_option
+
+
+def _summary(result: RescaleResult) -> str:
+    scales = {n: c.scale for n, c in result.plan.changes.items() if c.scale is not None}
+    replaced = [n for n, c in result.plan.changes.items() if c.scale is None]
+    lines = [
+        f"wrote {result.output}" if result.output else "dry run: nothing written",
+        f"  {len(scales)} tensors rescaled, {len(replaced)} replaced (method {result.plan.method})",
+    ]
+    if scales:
+        largest = max(scales, key=scales.get)
+        smallest = min(scales, key=scales.get)
+        lines.append(f"  largest scale  {scales[largest]:.4g}  ({largest})")
+        lines.append(f"  smallest scale {scales[smallest]:.4g}  ({smallest})")
+    for name, before in result.outputs_var_before.items():
+        after = result.outputs_var_after.get(name, float("nan"))
+        lines.append(f"  predicted output var of {name!r}: {before:.4g} -> {after:.4g}")
+    return "\n".join(lines)
+
+
+@click.command("rescale")
+@model_options
+@click.option("-m", "--method", default="autoinit", show_default=True,
+              help=f"Method, or a comma list applied in order (e.g. idinit,autoinit). "
+                   f"Known: {', '.join(sorted(METHODS))}.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file (default: <stem>.<method>.onnx beside MODEL).")
+@click.option("--in-place", is_flag=True, help="Overwrite MODEL (off by default).")
+@click.option("--dry-run", is_flag=True, help="Plan and report, write no model.")
+@click.option("--target-var", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="autoinit: output variance of every parametric node.")
+@click.option("--keep-bias", is_flag=True,
+              help="autoinit: keep biases (counted in the moments) instead of zeroing them.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a JSON report: per tensor scale or replacement, rule and target, "
+                   "per method details, predicted output variance before and after.")
+@seed_option
+@logging_options
+def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, target_var,
+            keep_bias, report_path, seed):
+    """Rescale the weights of MODEL and write a new ONNX file.
+
+    \b
+    Examples:
+      onnxinit rescale model.onnx                       # -> model.autoinit.onnx
+      onnxinit rescale model.onnx --method autoinit --target-var 0.5 -o out.onnx
+      onnxinit rescale model.onnx --report scales.json --dry-run
+    """
+    result = run_rescale(
+        model,
+        method,
+        output=output,
+        in_place=in_place,
+        write=not dry_run,
+        input_shapes=parse_input_shapes(input_shapes),
+        batch_size=batch_size,
+        target_var=target_var,
+        keep_bias=keep_bias,
+        seed=seed,
+    )
+    if report_path is not None:
+        try:
+            report_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        except OSError as exc:
+            raise WriteError(f"{report_path}: cannot write the report: {exc.strerror}") from None
+    click.echo(_summary(result))
