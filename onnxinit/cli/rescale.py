@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -32,6 +33,25 @@ def _summary(result: RescaleResult) -> str:
     return "\n".join(lines)
 
 
+def method_options(fn):
+    """A click option for every hyperparameter declared with ``methods.option``."""
+    seen = set()
+    for _, options_class in METHODS.values():
+        for f in dataclasses.fields(options_class):
+            if "help" not in f.metadata or f.name in seen:
+                continue
+            seen.add(f.name)
+            name = "--" + f.name.replace("_", "-")
+            meta = f.metadata
+            if meta["flag"]:
+                fn = click.option(name, f.name, is_flag=True, default=None, help=meta["help"])(fn)
+            else:
+                kind = click.Choice(meta["choices"]) if meta["choices"] else type(f.default)
+                fn = click.option(name, f.name, type=kind, default=None, show_default=str(f.default),
+                                  help=meta["help"])(fn)
+    return fn
+
+
 @click.command("rescale")
 @model_options
 @click.option("-m", "--method", default="autoinit", show_default=True,
@@ -41,17 +61,14 @@ def _summary(result: RescaleResult) -> str:
               help="Output file (default: <stem>.<method>.onnx beside MODEL).")
 @click.option("--in-place", is_flag=True, help="Overwrite MODEL (off by default).")
 @click.option("--dry-run", is_flag=True, help="Plan and report, write no model.")
-@click.option("--target-var", type=click.FloatRange(min=0, min_open=True), default=1.0,
-              show_default=True, help="autoinit: output variance of every parametric node.")
-@click.option("--keep-bias", is_flag=True,
-              help="autoinit: keep biases (counted in the moments) instead of zeroing them.")
+@method_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a JSON report: per tensor scale or replacement, rule and target, "
                    "per method details, predicted output variance before and after.")
 @seed_option
 @logging_options
-def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, target_var,
-            keep_bias, report_path, seed):
+def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, report_path,
+            seed, **method_values):
     """Rescale the weights of MODEL and write a new ONNX file.
 
     \b
@@ -68,9 +85,8 @@ def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, 
         write=not dry_run,
         input_shapes=parse_input_shapes(input_shapes),
         batch_size=batch_size,
-        target_var=target_var,
-        keep_bias=keep_bias,
         seed=seed,
+        **method_values,
     )
     if report_path is not None:
         try:

@@ -1,7 +1,9 @@
 """Initialization methods: each turns a ModelGraph (and options) into a Plan.
 
 ``METHODS`` maps a ``--method`` name to ``(plan_function, options_class)``; a method module adds
-itself here. Options classes are dataclasses whose fields are the method's hyperparameters.
+itself here. Options classes are dataclasses whose fields are the method's hyperparameters; a
+field declared with :func:`option` becomes a ``rescale`` command-line option (``--field-name``)
+with its help text, so each method documents its own hyperparameters in one place.
 """
 
 from __future__ import annotations
@@ -10,7 +12,16 @@ import dataclasses
 from collections.abc import Callable
 
 from ..errors import InvalidOptionError
-from . import autoinit
+
+
+def option(default, help: str, *, choices: tuple[str, ...] | None = None, flag: bool = False):
+    """A method hyperparameter that is also a CLI option (``help`` states its meaning)."""
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": choices, "flag": flag}
+    )
+
+
+from . import autoinit  # noqa: E402  (methods use ``option`` above)
 
 METHODS: dict[str, tuple[Callable, type]] = {
     "autoinit": (autoinit.plan, autoinit.AutoInitOptions),
