@@ -27,6 +27,16 @@ METHODS: dict[str, tuple[Callable, type]] = {
     "autoinit": (autoinit.plan, autoinit.AutoInitOptions),
 }
 
+from . import classic, idinit
+
+METHODS["idinit"] = (idinit.plan, idinit.IDInitOptions)
+METHODS["xavier"] = (classic.planner("xavier"), classic.ClassicOptions)
+METHODS["glorot"] = (classic.planner("xavier"), classic.ClassicOptions)
+METHODS["kaiming"] = (classic.planner("kaiming"), classic.ClassicOptions)
+METHODS["he"] = (classic.planner("kaiming"), classic.ClassicOptions)
+METHODS["lecun"] = (classic.planner("lecun"), classic.ClassicOptions)
+METHODS["orthogonal"] = (classic.planner("orthogonal"), classic.ClassicOptions)
+
 
 def parse_methods(spec: str) -> list[str]:
     """``"idinit,autoinit"`` -> ``["idinit", "autoinit"]``, refusing unknown names."""
