@@ -1,1 +1,392 @@
-"""(being written)"""
+"""Layout ops: they move, select or repeat elements without mixing them, so the statistics of the
+elements are unchanged and only per-axis statistics must follow the element they belong to:
+
+* Reshape, Flatten, Squeeze, Unsqueeze: the tracked axes occupy a range of "digits" of the flat
+  (row-major) index; the output axes that cover this range carry the statistics exactly, e.g.
+  ``[N, C, H, W] -> [N, C*H*W]`` gives feature ``f`` the statistics of channel ``f // (H*W)``
+  (``np.repeat``), ``[N, S, D] -> [N, S, h, D/h]`` reshapes per-feature statistics to
+  ``[h, D/h]``. When the range does not map onto whole output axes, they are pooled.
+* Transpose permutes them; Slice, Split, Gather (constant indices) select them; Tile repeats
+  them; Expand broadcasts; Pad mixes in the pad value by the padded fraction.
+* Gather from a constant table by integer ids (an embedding): per column over the table's rows,
+  ``E_d = mean_v T[v, d]``, ``Var_d = var_v T[v, d]`` (ids uniform over the vocabulary).
+
+The distribution's description (``source``) is kept only where the layout cannot misalign it:
+scalar statistics, or ops that do not move axes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..moments import Moments
+from . import RuleContext, RuleError, rule, signal
+
+_GRID_CAP = 1 << 22
+_FLOAT_CASTS = {1, 10, 11, 16}  # float, float16, double, bfloat16
+
+
+def _scalar(x: Moments) -> Moments:
+    """x's scalar statistics as 0-d arrays, keeping a source that is scalar too."""
+    src = x.source
+    if src is not None and (np.size(src.mean) != 1 or np.size(src.var) != 1):
+        src = None
+    elif src is not None:
+        src = type(src)(np.reshape(src.mean, ()), np.reshape(src.var, ()), src.chain)
+    return Moments(x.mean.reshape(()), x.var.reshape(()), src)
+
+
+def _full(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, var) broadcast together at ``rank`` (size 1 on untracked axes)."""
+    x = x.expand_rank(rank)
+    mean, var = np.broadcast_arrays(x.mean, x.var)
+    if mean.ndim != rank:
+        raise RuleError("statistics of a higher rank than the tensor")
+    return np.array(mean), np.array(var)
+
+
+def _compress(mean: np.ndarray, var: np.ndarray) -> Moments:
+    """Drop the variation along axes where the statistics are constant."""
+    for axis in range(mean.ndim):
+        if mean.shape[axis] > 1:
+            first_m = np.take(mean, [0], axis=axis)
+            first_v = np.take(var, [0], axis=axis)
+            if np.array_equal(mean, np.broadcast_to(first_m, mean.shape)) and np.array_equal(
+                var, np.broadcast_to(first_v, var.shape)
+            ):
+                mean, var = first_m, first_v
+    return Moments(mean, var)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reshape and its special cases
+
+
+def _map_span(flat: np.ndarray, inner: int, n: int, out_shape) -> tuple | None:
+    """Per-element values ``flat[(i // inner) % n]`` (i the flat index) as an array over the
+    output axes that determine them: (j0, values shaped out_shape[j0:j1+1]) or None."""
+    r = len(out_shape)
+    p = [int(np.prod(out_shape[j:], dtype=np.int64)) for j in range(r + 1)]
+    top = inner * n
+    j1 = next((j for j in range(r) if p[j + 1] <= inner < p[j]), None)
+    j0 = next((j for j in range(r) if p[j + 1] < top <= p[j]), None)
+    if j0 is None or j1 is None or j0 > j1:
+        return None
+    if inner % p[j1 + 1] or p[j0] % top:
+        return None
+    size = p[j0] // p[j1 + 1]
+    if size > _GRID_CAP:
+        return None
+    t = np.arange(size, dtype=np.int64)
+    idx = (t * p[j1 + 1] // inner) % n
+    return j0, flat[..., idx].reshape(flat.shape[:-1] + tuple(out_shape[j0 : j1 + 1]))
+
+
+def reshape_moments(x: Moments, in_shape, out_shape) -> Moments:
+    """Statistics of ``x`` (a tensor of ``in_shape``) reshaped to ``out_shape``: exact when the
+    tracked axes' digit range of the flat index covers whole output axes, pooled otherwise."""
+    if x.is_scalar:
+        return _scalar(x)
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+    mean, var = _full(x, len(in_shape))
+    tracked = [a for a in range(len(in_shape)) if mean.shape[a] > 1]
+    a0, a1 = tracked[0], tracked[-1]
+    span = in_shape[a0 : a1 + 1]
+    index = tuple(slice(None) if a0 <= a <= a1 else 0 for a in range(len(in_shape)))
+    stats = np.stack([np.broadcast_to(mean[index], span), np.broadcast_to(var[index], span)])
+    inner = int(np.prod(in_shape[a1 + 1 :], dtype=np.int64))
+    n = int(np.prod(span, dtype=np.int64))
+    found = _map_span(stats.reshape(2, n), inner, n, out_shape)
+    if found is None:
+        if len(tracked) > 1:  # keep the last tracked axis alone (the others pooled), retry
+            m, v = x.values_along(a1, in_shape[a1])
+            return reshape_moments(Moments.along(m, v, a1, len(in_shape)), in_shape, out_shape)
+        return x.pooled()
+    j0, values = found
+    shape = [1] * len(out_shape)
+    shape[j0 : j0 + values.ndim - 1] = values.shape[1:]
+    return _compress(values[0].reshape(shape), values[1].reshape(shape))
+
+
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(inputs, ctx: RuleContext):
+    """y = x with another shape (row-major order kept): statistics of element i unchanged;
+    per-axis statistics follow the element (exact when the tracked axes map onto whole output
+    axes, e.g. Flatten [N,C,H,W] -> [N,C*H*W]: feature f has channel f // (H*W)'s statistics;
+    pooled otherwise: E = mean of means, Var = mean of variances + variance of means)."""
+    x = signal(inputs, 0)
+    return [reshape_moments(x, ctx.in_shape(0), ctx.out_shape(0))]
+
+
+@rule("Identity")
+def identity(inputs, ctx: RuleContext):
+    """y = x: E, Var and the distribution unchanged."""
+    return [signal(inputs, 0)]
+
+
+@rule("Cast", "CastLike")
+def cast(inputs, ctx: RuleContext):
+    """Cast to a float type: unchanged (rounding ignored); to another type: not a signal."""
+    x = signal(inputs, 0)
+    if ctx.node.op_type == "Cast":
+        to = ctx.attr("to")
+    else:
+        name = ctx.node.input[1]
+        to = ctx.graph.dtypes.get(name, 1)
+    return [x if to in _FLOAT_CASTS else None]
+
+
+@rule("Transpose")
+def transpose(inputs, ctx: RuleContext):
+    """y = x with axes permuted by ``perm`` (default reversed): per-axis statistics permuted."""
+    x = signal(inputs, 0)
+    if x.is_scalar:
+        return [_scalar(x)]
+    rank = len(ctx.in_shape(0))
+    perm = list(ctx.attr("perm", list(range(rank))[::-1]))
+    mean, var = _full(x, rank)
+    return [Moments(mean.transpose(perm), var.transpose(perm))]
+
+
+@rule("Expand")
+def expand(inputs, ctx: RuleContext):
+    """y = x broadcast to a shape: every element a copy, statistics broadcast unchanged."""
+    x = signal(inputs, 0)
+    return [x.expand_rank(len(ctx.out_shape(0))) if x.rank else x]
+
+
+@rule("Tile")
+def tile(inputs, ctx: RuleContext):
+    """y = x repeated ``repeats[a]`` times along each axis a: per-axis statistics tiled."""
+    x = signal(inputs, 0)
+    if x.is_scalar:
+        return [_scalar(x)]
+    repeats = ctx.const(1)
+    if repeats is None:
+        raise RuleError("repeats is not constant")
+    rank = len(ctx.in_shape(0))
+    mean, var = _full(x, rank)
+    reps = [int(r) if mean.shape[a] > 1 else 1 for a, r in enumerate(np.ravel(repeats))]
+    return [Moments(np.tile(mean, reps), np.tile(var, reps))]
+
+
+# ---------------------------------------------------------------------------------------------
+# selection: Slice, Split, Gather
+
+
+def _take(x: Moments, rank: int, axis: int, indices: np.ndarray) -> Moments:
+    """Statistics of x.take(indices, axis) (indices already non-negative, any shape)."""
+    mean, var = _full(x, rank)
+    if mean.shape[axis] == 1:
+        indices = np.zeros_like(indices)
+    m = np.take(mean, indices, axis=axis)
+    v = np.take(var, indices, axis=axis)
+    return _compress(m, v) if m.size > 1 else Moments(m.reshape(()), v.reshape(()))
+
+
+def _slice_params(ctx: RuleContext, rank: int):
+    if ctx.opset < 10:
+        starts, ends = ctx.attr("starts"), ctx.attr("ends")
+        axes = ctx.attr("axes", list(range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        values = [ctx.const(i) if ctx.has_input(i) else None for i in range(1, 5)]
+        if values[0] is None or values[1] is None:
+            raise RuleError("starts/ends are not constant")
+        if (ctx.has_input(3) and values[2] is None) or (ctx.has_input(4) and values[3] is None):
+            raise RuleError("axes/steps are not constant")
+        starts, ends = np.ravel(values[0]).tolist(), np.ravel(values[1]).tolist()
+        axes = np.ravel(values[2]).tolist() if values[2] is not None else list(range(len(starts)))
+        steps = np.ravel(values[3]).tolist() if values[3] is not None else [1] * len(starts)
+    return [
+        (int(a) % rank, int(s), int(e), int(t)) for a, s, e, t in zip(axes, starts, ends, steps)
+    ]
+
+
+@rule("Slice")
+def slice_(inputs, ctx: RuleContext):
+    """y = x[starts:ends:steps] along ``axes``: statistics of the selected indices along tracked
+    axes; unchanged elsewhere."""
+    x = signal(inputs, 0)
+    if x.is_scalar:
+        return [_scalar(x)]
+    in_shape = ctx.in_shape(0)
+    rank = len(in_shape)
+    out = x.expand_rank(rank)
+    for axis, start, end, step in _slice_params(ctx, rank):
+        if out.rank and np.broadcast_shapes(out.mean.shape, out.var.shape)[axis] > 1:
+            idx = np.arange(in_shape[axis])[slice(start, end, step)]
+            out = _take(out, rank, axis, idx)
+            out = out.expand_rank(rank) if out.rank else out
+    return [out]
+
+
+@rule("Split")
+def split(inputs, ctx: RuleContext):
+    """Outputs are consecutive pieces of x along ``axis``: each takes its indices' statistics."""
+    x = signal(inputs, 0)
+    outs_n = len(ctx.node.output)
+    if x.is_scalar:
+        return [_scalar(x) for _ in range(outs_n)]
+    in_shape = ctx.in_shape(0)
+    rank = len(in_shape)
+    axis = ctx.attr("axis", 0) % rank
+    sizes = [ctx.out_shape(i)[axis] for i in range(outs_n)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    outs = []
+    for i in range(outs_n):
+        idx = np.arange(offsets[i], offsets[i + 1])
+        outs.append(_take(x, rank, axis, idx))
+    return outs
+
+
+@rule("Gather")
+def gather(inputs, ctx: RuleContext):
+    """Gather of activations by constant indices along ``axis``: the selected statistics (the
+    indices' shape replaces the axis). Gather of a constant table T by non-constant integer ids
+    (an embedding, ids uniform): per index of the table's other axes, E = mean_v T[v],
+    Var = var_v T[v] (population variance over the gathered axis)."""
+    axis = ctx.attr("axis", 0)
+    if inputs[0] is not None:
+        indices = ctx.const(1)
+        if indices is None:
+            raise RuleError("the indices are not constant")
+        x = inputs[0]
+        in_shape = ctx.in_shape(0)
+        rank = len(in_shape)
+        axis %= rank
+        if x.is_scalar:
+            return [_scalar(x)]
+        idx = np.asarray(indices, dtype=np.int64) % in_shape[axis]
+        return [_take(x, rank, axis, idx)]
+    table = ctx.const(0)
+    if table is None:
+        raise RuleError("neither the data nor the table is known")
+    table = np.asarray(table, dtype=np.float64)
+    axis %= table.ndim
+    out_rank = len(ctx.out_shape(0))
+    mean = table.mean(axis=axis)
+    var = table.var(axis=axis)
+    ids_rank = out_rank - (table.ndim - 1)
+    shape = list(table.shape[:axis]) + [1] * ids_rank + list(table.shape[axis + 1 :])
+    return [_compress(mean.reshape(shape), var.reshape(shape))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pad
+
+
+def _pad_params(ctx: RuleContext, rank: int):
+    mode = ctx.attr("mode", "constant")
+    if ctx.opset < 11:
+        pads = list(ctx.attr("pads"))
+        value = float(ctx.attr("value", 0.0))
+        axes = list(range(rank))
+    else:
+        pads = ctx.const(1)
+        if pads is None:
+            raise RuleError("pads are not constant")
+        pads = np.ravel(pads).astype(np.int64).tolist()
+        value = 0.0
+        if ctx.has_input(2):
+            v = ctx.const(2)
+            if v is None:
+                raise RuleError("the pad value is not constant")
+            value = float(np.ravel(v)[0]) if np.size(v) else 0.0
+        axes = list(range(rank))
+        if ctx.has_input(3):
+            a = ctx.const(3)
+            if a is None:
+                raise RuleError("axes are not constant")
+            axes = [int(i) % rank for i in np.ravel(a)]
+    k = len(axes)
+    return mode, value, {axes[i]: (pads[i], pads[i + k]) for i in range(k)}
+
+
+@rule("Pad")
+def pad(inputs, ctx: RuleContext):
+    """Constant mode (value v), per index along tracked axes: indices in the padding get
+    (E, Var) = (v, 0); along untracked axes a fraction p of the elements is padding:
+    E = (1-p) mu + p v, Var = (1-p)(nu + mu^2) + p v^2 - E^2. Reflect/edge/wrap: tracked axes
+    padded with the statistics of the copied indices, untracked axes unchanged. Negative pads
+    crop."""
+    x = signal(inputs, 0)
+    in_shape = ctx.in_shape(0)
+    rank = len(in_shape)
+    mode, value, pads = _pad_params(ctx, rank)
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise RuleError(f"pad mode {mode}")
+    mean, var = _full(x, rank) if x.rank else (x.mean, x.var)
+    mean, var = np.array(mean, dtype=np.float64), np.array(var, dtype=np.float64)
+    kept = 1.0  # fraction of elements that are x's, over the untracked padded axes
+    for axis, (b, e) in sorted(pads.items()):
+        if b == 0 and e == 0:
+            continue
+        size = in_shape[axis]
+        tracked = mean.ndim > 0 and mean.shape[axis] > 1
+        if tracked:
+            crop = slice(max(0, -b), size - max(0, -e))
+            mean, var = (
+                np.take(mean, np.arange(size)[crop], axis),
+                np.take(var, np.arange(size)[crop], axis),
+            )
+            widths = [(0, 0)] * rank
+            widths[axis] = (max(0, b), max(0, e))
+            if mode == "constant":
+                mean = np.pad(mean, widths, constant_values=value)
+                var = np.pad(var, widths, constant_values=0.0)
+            else:
+                mean, var = np.pad(mean, widths, mode=mode), np.pad(var, widths, mode=mode)
+        elif mode == "constant":
+            inside = size + min(0, b) + min(0, e)
+            kept *= inside / (inside + max(0, b) + max(0, e))
+    if kept == 1.0:
+        return [Moments(mean, var)]
+    e1 = kept * mean + (1 - kept) * value
+    e2 = kept * (var + mean**2) + (1 - kept) * value**2
+    return [Moments(e1, e2 - e1**2)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resize, DepthToSpace, SpaceToDepth
+
+
+@rule("Resize", "Upsample")
+def resize(inputs, ctx: RuleContext):
+    """Nearest-neighbour resize copies elements: statistics unchanged (tracked axes must not be
+    resized). Linear and cubic interpolation average neighbours (the variance shrinks by an
+    amount that depends on the neighbours' correlation): measured."""
+    x = signal(inputs, 0)
+    mode = ctx.attr("mode", "nearest")
+    if mode != "nearest":
+        raise RuleError(f"{mode} interpolation")
+    in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
+    for a in x.tracked_axes():
+        if in_shape[a - x.rank + len(in_shape)] != out_shape[a - x.rank + len(in_shape)]:
+            raise RuleError("a tracked axis is resized")
+    return [x]
+
+
+@rule("DepthToSpace", "SpaceToDepth")
+def depth_space(inputs, ctx: RuleContext):
+    """Channels move to b x b spatial blocks (or back). DepthToSpace: output channel c gets the
+    b^2 input channels k C' + c (DCR) or c b^2 + k (CRD), equally often: E = mean_k mu,
+    Var = mean_k (nu + mu^2) - E^2. SpaceToDepth: output channel k C + c is input channel c."""
+    x = signal(inputs, 0)
+    if x.is_scalar:
+        return [_scalar(x)]
+    b = int(ctx.attr("blocksize"))
+    c_in = ctx.in_shape(0)[1]
+    mu, nu = x.values_along(1, c_in)
+    if ctx.node.op_type == "SpaceToDepth":
+        return [Moments.along(np.tile(mu, b * b), np.tile(nu, b * b), 1, 4)]
+    c_out = c_in // (b * b)
+    if ctx.attr("mode", "DCR") == "CRD":
+        mu, nu = mu.reshape(c_out, b * b), nu.reshape(c_out, b * b)
+    else:
+        mu, nu = mu.reshape(b * b, c_out).T, nu.reshape(b * b, c_out).T
+    mean = mu.mean(axis=1)
+    return [Moments.along(mean, (nu + mu**2).mean(axis=1) - mean**2, 1, 4)]
+
+
+__all__ = ["reshape_moments"]
