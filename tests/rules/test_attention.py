@@ -1,0 +1,145 @@
+"""Attention rules (MatMul of two activations, Softmax, LogSoftmax, Einsum) against Monte Carlo
+runs of the same node in onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from onnxinit.moments import Moments
+from tests.models import make_model
+from tests.oracle import assert_moments_close, monte_carlo, node_model, predict
+
+RNG = np.random.default_rng(11)
+
+
+def run(model, moments, out="y", axis=None, rtol=0.05, rule=None, seed=5):
+    _, result = predict(model, moments)
+    values = monte_carlo(model, moments, seed=seed)
+    if rule is None:
+        assert result.rules[out] not in ("empirical", "pass-through"), result.fallbacks
+    else:
+        assert result.rules[out] == rule, result.rules[out]
+    assert_moments_close(result.moments[out], values[out], rtol=rtol, axis=axis)
+    return result.moments[out]
+
+
+# ---------------------------------------------------------------------------------------------
+# MatMul of two activations
+
+
+def test_qk_with_per_feature_statistics():
+    # Q [N, h, S, d] tracked along d; K^T [N, h, d, S] tracked along d (axis -2)
+    d = 8
+    q = Moments.along(np.linspace(-1, 1, d), np.linspace(0.3, 1.5, d), axis=3, rank=4)
+    k = Moments.along(np.linspace(0.5, -0.5, d), np.linspace(1.0, 0.2, d), axis=2, rank=4)
+    node = helper.make_node("MatMul", ["a", "b"], ["y"])
+    model = node_model(node, {"a": (2000, 2, 6, d), "b": (2000, 2, d, 5)})
+    m = run(model, {"a": q, "b": k})
+    mu_q, nu_q = q.values_along(3, d)
+    mu_k, nu_k = k.values_along(2, d)
+    np.testing.assert_allclose(m.total()[0], mu_q @ mu_k)
+    var = ((nu_q + mu_q**2) * (nu_k + mu_k**2) - mu_q**2 * mu_k**2).sum()
+    np.testing.assert_allclose(m.total()[1], var)
+
+
+def test_attention_times_values_keeps_value_features():
+    p = Moments.scalar(0.2, 0.05)
+    v = Moments.along(np.linspace(-2, 2, 8), np.linspace(0.1, 1, 8), axis=2, rank=3)
+    node = helper.make_node("MatMul", ["a", "b"], ["y"])
+    model = node_model(node, {"a": (4000, 6, 5), "b": (4000, 5, 8)})
+    m = run(model, {"a": p, "b": v}, axis=2)
+    assert m.tracked_axes() == (2,)
+
+
+def test_matmul_broadcast_batch_and_per_row_statistics():
+    # A [2, N, 3, 4] per row m, B [N, 4, 6] broadcast over A's leading axis
+    a = Moments.along([1.0, -1.0, 0.0], [0.5, 1.0, 2.0], axis=2, rank=4)
+    b = Moments.scalar(0.5, 0.7)
+    node = helper.make_node("MatMul", ["a", "b"], ["y"])
+    model = node_model(node, {"a": (2, 4000, 3, 4), "b": (4000, 4, 6)})
+    m = run(model, {"a": a, "b": b}, axis=2)
+    assert m.tracked_axes() == (2,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Softmax
+
+
+@pytest.mark.parametrize("n", [2, 16, 100])
+def test_softmax_iid_logits_mean_is_exactly_one_over_n(n):
+    x = Moments.scalar(0.4, 2.0)
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=-1)
+    model = node_model(node, {"x": (max(4000, 400_000 // n), n)})
+    m = run(model, {"x": x})
+    assert m.total()[0] == 1.0 / n
+
+
+def test_softmax_per_index_logits():
+    x = Moments.along(np.linspace(-1, 1, 8), np.linspace(0.5, 2, 8), axis=2, rank=3)
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=2)
+    model = node_model(node, {"x": (20000, 3, 8)})
+    m = run(model, {"x": x}, axis=2)
+    np.testing.assert_allclose(m.mean.sum(), 1.0)
+
+
+def test_softmax_per_channel_groups():
+    x = Moments.along([-1.0, 0.0, 0.5, 2.0], [0.5, 1.0, 3.0, 0.25], axis=1, rank=4)
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=3)
+    model = node_model(node, {"x": (5000, 4, 3, 7)})
+    run(model, {"x": x}, axis=1)
+
+
+def test_softmax_opset11_coerces_to_2d():
+    x = Moments.scalar(0.0, 1.5)
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=1)
+    model = node_model(node, {"x": (20000, 3, 4)}, opset=11)
+    m = run(model, {"x": x})
+    assert m.total()[0] == 1.0 / 12
+
+
+def test_softmax_of_relu_uses_the_source():
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Softmax", ["r"], ["y"], axis=-1),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [40000, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    run(model, {"x": Moments.scalar(0.5, 4.0)})
+
+
+def test_log_softmax():
+    x = Moments.scalar(0.3, 1.2)
+    node = helper.make_node("LogSoftmax", ["x"], ["y"], axis=-1)
+    run(node_model(node, {"x": (40000, 10)}), {"x": x})
+
+
+# ---------------------------------------------------------------------------------------------
+# Einsum
+
+
+def test_einsum_two_activations():
+    a = Moments.along(np.linspace(-1, 1, 4), np.linspace(0.5, 1, 4), axis=2, rank=3)
+    b = Moments.scalar(0.5, 1.0)
+    node = helper.make_node("Einsum", ["a", "b"], ["y"], equation="bij,bjk->bik")
+    model = node_model(node, {"a": (4000, 3, 4), "b": (4000, 4, 5)}, opset=12)
+    run(model, {"a": a, "b": b}, axis=1)
+
+
+def test_einsum_with_constant_weight():
+    w = RNG.standard_normal((8, 5)).astype(np.float32)
+    x = Moments.along(np.linspace(-1, 1, 8), np.linspace(0.5, 1.5, 8), axis=2, rank=3)
+    node = helper.make_node("Einsum", ["x", "w"], ["y"], equation="bsd,de->bse")
+    model = node_model(node, {"x": (4000, 6, 8)}, {"w": w}, opset=12)
+    run(model, {"x": x}, axis=2)
+
+
+def test_einsum_outer_sum_is_measured():
+    # j is summed but only in the second term: the summed products share a's entries
+    node = helper.make_node("Einsum", ["a", "b"], ["y"], equation="bi,bj->bi")
+    model = node_model(node, {"a": (4000, 3), "b": (4000, 4)}, opset=12)
+    run(model, {"a": Moments.scalar(0, 1), "b": Moments.scalar(1, 1)}, rule="empirical")
