@@ -98,12 +98,13 @@ def _draw(rng, count: int, mean: np.ndarray, var: np.ndarray, chain) -> np.ndarr
     return z
 
 
-def _softmax_stats(mean, var, chain, log: bool, rng) -> tuple[np.ndarray, np.ndarray]:
+def _softmax_stats(mean, var, chain, log: bool, rng, share: int = 1):
     """Per-index (E, Var) of softmax (log-softmax) of n independent logits with per-index
-    ``mean``/``var`` (length n; or length 1 for identically distributed ones), then ``chain``."""
+    ``mean``/``var`` (length n; or length 1 for identically distributed ones), then ``chain``;
+    ``share``: how many distributions one node draws for (they split the sample budget)."""
     n = mean.shape[-1]
     iid = np.all(mean == mean[0]) and np.all(var == var[0])
-    total = _SAMPLES if iid else 4 * _SAMPLES
+    total = (_SAMPLES if iid else 4 * _SAMPLES) // share
     count = max(2000, min(200_000, total // n))
     step = max(1, _CHUNK // n)
     s1 = np.zeros(n)
@@ -134,11 +135,11 @@ def _softmax_stats(mean, var, chain, log: bool, rng) -> tuple[np.ndarray, np.nda
     return e, np.maximum(v, 0.0)
 
 
-def _cached_stats(mean, var, src_key, chain, log, ctx):
-    key = ("log" if log else "soft", mean.shape[-1], *_key_of(mean, var), src_key)
+def _cached_stats(mean, var, src_key, chain, log, ctx, share):
+    key = ("log" if log else "soft", mean.shape[-1], *_key_of(mean, var), src_key, share)
     hit = _CACHE.get(key)
     if hit is None:
-        hit = _softmax_stats(mean, var, chain, log, ctx.rng())
+        hit = _softmax_stats(mean, var, chain, log, ctx.rng(), share)
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = hit
@@ -171,8 +172,8 @@ def softmax(inputs, ctx: RuleContext):
     inner_shape = tuple(shape[a] for a in inner)
     outer_shape = mean.shape[: len(outer)]
     groups = int(np.prod(outer_shape)) if outer_shape else 1
-    if groups > _MAX_GROUPS:
-        raise RuleError("too many distinct logit distributions")
+    if groups > _MAX_GROUPS or groups * n * 2000 > 1 << 28:
+        raise RuleError("too many distinct logit distributions to sample")
     if inner_tracked:
         mean = np.broadcast_to(mean, outer_shape + inner_shape).reshape(groups, n)
         var = np.broadcast_to(var, outer_shape + inner_shape).reshape(groups, n)
@@ -192,7 +193,7 @@ def softmax(inputs, ctx: RuleContext):
         m = np.broadcast_to(mean[g], (n,)) if mean.shape[1] == 1 else mean[g]
         v = np.broadcast_to(var[g], (n,)) if var.shape[1] == 1 else var[g]
         e, s = _cached_stats(np.ascontiguousarray(m), np.ascontiguousarray(v), src_key, chain,
-                             log, ctx)  # fmt: skip
+                             log, ctx, groups)  # fmt: skip
         out_m.append(e)
         out_v.append(s)
     width = out_m[0].shape[0]

@@ -143,3 +143,56 @@ def test_einsum_outer_sum_is_measured():
     node = helper.make_node("Einsum", ["a", "b"], ["y"], equation="bi,bj->bi")
     model = node_model(node, {"a": (4000, 3), "b": (4000, 4)}, opset=12)
     run(model, {"a": Moments.scalar(0, 1), "b": Moments.scalar(1, 1)}, rule="empirical")
+
+
+# ---------------------------------------------------------------------------------------------
+# a whole self-attention block
+
+
+def test_self_attention_block():
+    """Positional Add, Q/K/V projections, head Reshape/Transpose, Q K^T, scaling, Softmax, P V,
+    merge heads, output projection. Softmax is 10% high in variance: the logits of one row
+    share their query, so they are correlated, where the rule draws them independently."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    n, s, d_model, heads = 4000, 16, 32, 4
+    d = d_model // heads
+    w = {k: (rng.standard_normal((d_model, d_model)) / np.sqrt(d_model)).astype(np.float32)
+         for k in ("wq", "wk", "wv", "wo")}  # fmt: skip
+    nodes = [
+        helper.make_node("Add", ["x", "pos"], ["xp"]),
+        *[helper.make_node("MatMul", ["xp", k], [k + "_o"]) for k in ("wq", "wk", "wv")],
+        *[helper.make_node("Reshape", [k + "_o", "s4"], [k + "_r"]) for k in ("wq", "wk", "wv")],
+        helper.make_node("Transpose", ["wq_r"], ["q"], perm=[0, 2, 1, 3]),
+        helper.make_node("Transpose", ["wk_r"], ["kt"], perm=[0, 2, 3, 1]),
+        helper.make_node("Transpose", ["wv_r"], ["v"], perm=[0, 2, 1, 3]),
+        helper.make_node("MatMul", ["q", "kt"], ["sc"]),
+        helper.make_node("Div", ["sc", "sq"], ["scs"]),
+        helper.make_node("Softmax", ["scs"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["pv"]),
+        helper.make_node("Transpose", ["pv"], ["pvt"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["pvt", "s3"], ["cat"]),
+        helper.make_node("MatMul", ["cat", "wo"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(a, k) for k, a in w.items()] + [
+        numpy_helper.from_array(
+            (rng.standard_normal((s, d_model)) * 0.5).astype(np.float32), "pos"
+        ),
+        numpy_helper.from_array(np.array([0, 0, heads, d], np.int64), "s4"),
+        numpy_helper.from_array(np.array([0, 0, d_model], np.int64), "s3"),
+        numpy_helper.from_array(np.float32(np.sqrt(d)), "sq"),
+    ]
+    outs = {"xp": 0.05, "wq_o": 0.05, "sc": 0.05, "p": 0.12, "pv": 0.05, "y": 0.05}
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, s, d_model])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
+        inits,
+    )
+    x = Moments.along(np.linspace(-0.5, 0.5, d_model), np.linspace(0.5, 1.5, d_model), 2, 3)
+    _, result = predict(model, {"x": x})
+    values = monte_carlo(model, {"x": x})
+    assert not result.fallbacks
+    for out, rtol in outs.items():
+        assert_moments_close(result.moments[out], values[out], rtol=rtol, atol=0.05)
