@@ -1,0 +1,78 @@
+"""Reductions over axes given as an input (opset 18 forms; lowering upgrades older models)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import backward
+
+
+def _reduced_axes(ctx, rank: int) -> list[int] | None:
+    """The reduced axes (non-negative), or None when the node reduces nothing."""
+    axes_name = ctx.input(1)
+    if axes_name:
+        axes = ctx.required_value(axes_name, "axes").reshape(-1).tolist()
+    else:
+        axes = ctx.attr("axes", None)
+    if not axes:
+        return None if ctx.attr("noop_with_empty_axes", 0) else list(range(rank))
+    return sorted(a % rank for a in axes)
+
+
+def _spread(ctx, g, x_shape, axes):
+    """dY reshaped with the reduced axes kept as size 1, then broadcast to X's shape."""
+    kept = [1 if i in axes else d for i, d in enumerate(x_shape)]
+    g_kept = ctx.emit("Reshape", [g, ctx.ints(kept)])
+    return ctx.emit("Expand", [g_kept, ctx.ints(x_shape)])
+
+
+def _reduce_rule(local):
+    def rule(ctx, grads):
+        x = ctx.node.input[0]
+        x_shape = ctx.shape(x)
+        axes = _reduced_axes(ctx, len(x_shape))
+        if axes is None:
+            return [grads[0], None][: len(ctx.node.input)]
+        spread = _spread(ctx, grads[0], x_shape, axes)
+        count = int(np.prod([x_shape[a] for a in axes]))
+        return [local(ctx, x, spread, axes, count, x_shape), None][: len(ctx.node.input)]
+
+    rule.__doc__ = local.__doc__
+    return rule
+
+
+def _sum_local(ctx, x, spread, axes, count, x_shape):
+    """Y = sum_axes X:  dX = dY broadcast over the reduced axes."""
+    return spread
+
+
+def _mean_local(ctx, x, spread, axes, count, x_shape):
+    """Y = mean_axes X:  dX = dY / count broadcast over the reduced axes."""
+    return ctx.emit("Mul", [spread, ctx.const(1.0 / count, like=x)])
+
+
+def _sum_square_local(ctx, x, spread, axes, count, x_shape):
+    """Y = sum_axes X^2:  dX = 2 X dY."""
+    return ctx.emit("Mul", [spread, ctx.emit("Add", [x, x])])
+
+
+def _l2_local(ctx, x, spread, axes, count, x_shape):
+    """Y = sqrt(sum_axes X^2):  dX = X dY / Y."""
+    kept = [1 if i in axes else d for i, d in enumerate(x_shape)]
+    y_kept = ctx.emit("Reshape", [ctx.node.output[0], ctx.ints(kept)])
+    return ctx.emit("Div", [ctx.emit("Mul", [spread, x]), y_kept])
+
+
+def _extreme_local(ctx, x, spread, axes, count, x_shape):
+    """Y = max_axes X (or min):  dX = dY where X equals Y (every tie gets it), else 0."""
+    kept = [1 if i in axes else d for i, d in enumerate(x_shape)]
+    y_kept = ctx.emit("Reshape", [ctx.node.output[0], ctx.ints(kept)])
+    chosen = ctx.emit("Equal", [x, y_kept])
+    return ctx.emit("Where", [chosen, spread, ctx.const(0.0, like=x)])
+
+
+backward("ReduceSum")(_reduce_rule(_sum_local))
+backward("ReduceMean")(_reduce_rule(_mean_local))
+backward("ReduceSumSquare")(_reduce_rule(_sum_square_local))
+backward("ReduceL2")(_reduce_rule(_l2_local))
+backward("ReduceMax", "ReduceMin")(_reduce_rule(_extreme_local))

@@ -1,0 +1,44 @@
+"""Running a built graph: onnxruntime (CUDA when usable, else CPU) for float32; for float64 the
+CPU provider, or onnx's reference evaluator (numpy) when onnxruntime has no double kernel for
+some op of the graph (its CPU provider has none for Conv, ConvTranspose, AveragePool, Erf, ...),
+with the corrections of :mod:`.reference_ops`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx.reference import ReferenceEvaluator
+from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
+
+from ..runtime import make_session
+from .reference_ops import CORRECTED_OPS
+
+
+class Runner:
+    """Runs one model; ``backend`` says which engine ('onnxruntime' or 'reference')."""
+
+    def __init__(self, model: onnx.ModelProto, *, device: str, float64: bool):
+        self.output_names = [o.name for o in model.graph.output]
+        self._session = None
+        self._reference = None
+        try:
+            self._session = make_session(model, device="cpu" if float64 else device)
+            self.backend = "onnxruntime"
+        except OrtNotImplemented:
+            if not float64:
+                raise
+            self._reference = ReferenceEvaluator(model, new_ops=CORRECTED_OPS)
+            self.backend = "reference"
+
+    @property
+    def providers(self) -> list[str]:
+        return self._session.get_providers() if self._session is not None else []
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None):
+        names = list(outputs) if outputs is not None else self.output_names
+        if self._session is not None:
+            return self._session.run(names, dict(feeds))
+        return self._reference.run(names, dict(feeds))
