@@ -53,8 +53,8 @@ class GradientProgram:
         seed: int = 0,
     ):
         self._model = _as_model(model)
-        self._options = {"loss": loss_head(loss, output), "label_shape": label_shape, "dtype": dtype,
-                             "dropout": dropout, "seed": seed}
+        self._options = {"loss": loss_head(loss, output), "label_shape": label_shape,
+                         "dtype": dtype, "dropout": dropout, "seed": seed}
         self.input_shapes = {name: tuple(shape) for name, shape in input_shapes.items()}
         self.device = device
         self.graph: GradientGraph = build_gradient_graph(
