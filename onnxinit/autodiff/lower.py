@@ -26,6 +26,7 @@ from onnx import helper, numpy_helper, version_converter
 from ..errors import UnsupportedModelError
 from .backward import RULES
 from .emitter import GraphEmitter
+from .static import MAX_FOLDED_ELEMENTS, infer
 
 MIN_OPSET = 18
 MAX_INLINE_ROUNDS = 8
@@ -76,16 +77,17 @@ def _consumed(graph: onnx.GraphProto) -> set[str]:
     return {name for node in graph.node for name in node.input}
 
 
-def _batch_norm(node, emitter: GraphEmitter, types, consumed) -> None:
+def _batch_norm(node, emitter: GraphEmitter, types, shapes, consumed) -> None:
     x, scale, bias, running_mean, running_var = node.input
-    elem_type, rank = types[x]
+    elem_type, rank = types[x], len(shapes[x])
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     eps, momentum = attrs.get("epsilon", 1e-5), attrs.get("momentum", 0.9)
     axes = emitter.int64s([0, *range(2, rank)])
     mean = emitter.node("ReduceMean", [x, axes], keepdims=1)
     centered = emitter.node("Sub", [x, mean])
-    var = emitter.node("ReduceMean", [emitter.node("Mul", [centered, centered]), axes],
-                       keepdims=1)
+    squares = emitter.node("ReduceSumSquare", [centered, axes], keepdims=1)
+    count = 1.0 / float(np.prod([shapes[x][a] for a in (0, *range(2, rank))]))
+    var = emitter.node("Mul", [squares, emitter.constant(count, elem_type)])
     std = emitter.node("Sqrt", [emitter.node("Add", [var, emitter.constant(eps, elem_type)])])
     per_channel = emitter.int64s([-1] + [1] * (rank - 2))
     gain = emitter.node("Div", [emitter.node("Reshape", [scale, per_channel]), std])
@@ -114,29 +116,13 @@ def _dropout(node, emitter: GraphEmitter, types, shapes, constants, consumed, rn
     if shapes.get(x) is None:
         raise UnsupportedModelError(f"Dropout node {node.name!r}: input shape unknown")
     keep = (rng.random(shapes[x]) >= ratio) / (1.0 - ratio)
-    mask = emitter.constant(keep, types[x][0], "dropout_mask")
+    mask = emitter.constant(keep, types[x], "dropout_mask")
     emitter.nodes.append(helper.make_node("Mul", [x, mask], [node.output[0]], name=node.name))
-
-
-def _inferred(model: onnx.ModelProto):
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    types, shapes = {}, {}
-    entries = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
-    for entry in entries:
-        tensor_type = entry.type.tensor_type
-        if tensor_type.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-            types[entry.name] = (tensor_type.elem_type, len(dims))
-            shapes[entry.name] = None if None in dims else tuple(dims)
-    for init in model.graph.initializer:
-        types[init.name] = (init.data_type, len(init.dims))
-        shapes[init.name] = tuple(init.dims)
-    return types, shapes
 
 
 def _rewrite_training_ops(model: onnx.ModelProto, dropout: bool, seed: int) -> None:
     graph = model.graph
-    types, shapes = _inferred(model)
+    types, shapes = infer(model)
     constants = _constants(graph)
     consumed = _consumed(graph)
     rng = np.random.default_rng(seed) if dropout else None
@@ -145,9 +131,10 @@ def _rewrite_training_ops(model: onnx.ModelProto, dropout: bool, seed: int) -> N
     emitter = GraphEmitter(taken, "lowered/")
     for node in graph.node:
         if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx"):
-            if node.input[0] not in types:
-                raise UnsupportedModelError(f"BatchNormalization {node.name!r}: input rank unknown")
-            _batch_norm(node, emitter, types, consumed)
+            if shapes.get(node.input[0]) is None:
+                raise UnsupportedModelError(f"BatchNormalization {node.name!r}: input shape "
+                                            "unknown")
+            _batch_norm(node, emitter, types, shapes, consumed)
         elif node.op_type == "Dropout" and node.domain in ("", "ai.onnx"):
             _dropout(node, emitter, types, shapes, constants, consumed, rng)
         else:
@@ -196,17 +183,30 @@ def _fill_default_attributes(graph: onnx.GraphProto, selected, opset: int) -> No
 
 
 def _inline_composites(model: onnx.ModelProto) -> onnx.ModelProto:
+    large = [init for init in model.graph.initializer
+             if int(np.prod(init.dims)) > MAX_FOLDED_ELEMENTS]
+    if large:  # the inliner serializes the model: leave the weights out meanwhile
+        names = {init.name for init in large}
+        kept = [init for init in model.graph.initializer if init.name not in names]
+        model.graph.ClearField("initializer")
+        model.graph.initializer.extend(kept)
+        model.graph.value_info.extend(
+            helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+            for init in large)
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
     for _ in range(MAX_INLINE_ROUNDS):
         selected = _composite_ops_without_rules(model)
         if not selected:
-            return model
+            break
         _type_initializers(model.graph)
         _fill_default_attributes(model.graph, selected, default_opset(model))
         model = onnx.inliner.inline_selected_functions(model, selected,
                                                        inline_schema_functions=True)
-    raise UnsupportedModelError("inlining composite ops did not terminate")
+    else:
+        raise UnsupportedModelError("inlining composite ops did not terminate")
+    model.graph.initializer.extend(large)
+    return model
 
 
 def lower(

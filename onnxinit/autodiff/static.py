@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from ..errors import UnsupportedModelError
@@ -30,9 +30,31 @@ def _type_entries(graph: onnx.GraphProto):
     yield from graph.output
 
 
+def _without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for shape inference that declares large initializers as typed graph inputs
+    instead of serializing their data (small ones stay: data propagation reads them)."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = light.graph
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    declared = {value.name for value in model.graph.input}
+    for init in model.graph.initializer:
+        if int(np.prod(init.dims)) <= MAX_FOLDED_ELEMENTS:
+            graph.initializer.append(init)
+        elif init.name not in declared:
+            graph.input.append(helper.make_tensor_value_info(init.name, init.data_type,
+                                                             list(init.dims)))
+    return light
+
+
 def infer(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tuple]]:
     """Element types and shapes (None for unknown dimensions) of the graph's tensors."""
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    inferred = onnx.shape_inference.infer_shapes(_without_large_data(model), strict_mode=False,
+                                                 data_prop=True)
     types, shapes = {}, {}
     for entry in _type_entries(inferred.graph):
         if not entry.type.HasField("tensor_type"):

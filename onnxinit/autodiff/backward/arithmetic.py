@@ -19,8 +19,8 @@ def add_sub(ctx, grads):
     da = ctx.unbroadcast(g, shape, a) if ctx.requires(0) else None
     db = None
     if ctx.requires(1):
-        gb = ctx.emit("Neg", [g]) if ctx.node.op_type == "Sub" else g
-        db = ctx.unbroadcast(gb, shape, b)
+        db = ctx.unbroadcast(g, shape, b)
+        db = ctx.emit("Neg", [db]) if ctx.node.op_type == "Sub" else db
     return [da, db]
 
 

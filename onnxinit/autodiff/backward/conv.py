@@ -1,9 +1,15 @@
 """Convolutions. The input gradient of Conv is a ConvTranspose with explicit pads and a computed
-``output_padding`` (never ``output_shape`` or ``auto_pad``); the weight gradient is one grouped
-Conv in which the batch axis plays the role of the channels. ConvTranspose is the adjoint of
-Conv, so its two gradients are the same constructions with the roles exchanged."""
+``output_padding`` (never ``output_shape`` or ``auto_pad``); the weight gradient is an im2col
+product: strided Slices of the padded input, one per kernel tap, times the output gradient.
+(ORT runs the alternative, a Conv whose kernel is the whole output gradient, several times
+slower.) ConvTranspose is the adjoint of Conv, so its two gradients are the same constructions
+with the roles exchanged."""
 
 from __future__ import annotations
+
+import itertools
+
+import numpy as np
 
 from ...errors import UnsupportedModelError
 from .registry import backward
@@ -17,40 +23,51 @@ def _window_attrs(ctx, spatial: int):
     return strides, dilations, ctx.attr("group", 1)
 
 
+def _patches(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin):
+    """im2col with the batch folded into the positions: (C, K, N * P) for K = prod(kernel) taps
+    and P = prod(out_sizes) output positions; entry [c, k, (n, p)] = X[n, c, p s + k d - pad]
+    (zero outside X)."""
+    n, channels, *in_sizes = x_shape
+    spatial = len(kernel)
+    pad_end = [max(s * (o - 1) + d * (k - 1) + 1 - pb - size, 0) for size, o, k, s, d, pb in zip(
+        in_sizes, out_sizes, kernel, strides, dilations, pad_begin)]
+    channel_major = ctx.emit("Transpose", [x], perm=[1, 0, *range(2, 2 + spatial)])
+    if any(pad_begin) or any(pad_end):
+        channel_major = ctx.emit("Pad", [channel_major, ctx.ints(
+            [0, 0, *pad_begin, 0, 0, *pad_end])], mode="constant")
+    padded_sizes = [size + b + e for size, b, e in zip(in_sizes, pad_begin, pad_end)]
+    columns = n * int(np.prod(out_sizes))
+    axes = ctx.ints(range(2, 2 + spatial))
+    steps = ctx.ints(strides)
+    taps = []
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        starts = [j * d for j, d in zip(offset, dilations)]
+        ends = [b + s * (o - 1) + 1 for b, s, o in zip(starts, strides, out_sizes)]
+        tap = channel_major
+        if starts != [0] * spatial or ends != padded_sizes or strides != [1] * spatial:
+            tap = ctx.emit("Slice", [channel_major, ctx.ints(starts), ctx.ints(ends), axes, steps])
+        taps.append(ctx.emit("Reshape", [tap, ctx.ints([channels, 1, columns])]))
+    return taps[0] if len(taps) == 1 else ctx.emit("Concat", taps, axis=1)
+
+
 def weight_gradient(ctx, x, x_shape, g, g_shape, kernel, strides, dilations, pad_begin, group):
-    """dW[m, c, k] = sum_{n, p} X[n, group(m) c, p s + k d - pad] dY[n, m, p] for a Conv with
-    input ``x`` and output gradient ``g``: a Conv over X' (batch = channels in a group,
-    channels = group x batch) with kernel dY' (output channels, batch), strides and dilations
-    exchanged, sliced to the kernel size and transposed to (out, in/group, *kernel)."""
-    n, c_in, *in_sizes = x_shape
-    c_out, out_sizes = g_shape[1], g_shape[2:]
-    spatial = len(in_sizes)
-    c_in_g = c_in // group
+    """dW[m, c, k] = sum_{n, p} dY[n, m, p] X[n, group(m) c, p s + k d - pad] for a Conv with
+    input ``x`` and output gradient ``g``: im2col patches of X (one strided Slice per kernel
+    tap, batch folded into the positions) times dY as one matrix product per group."""
+    n, c_in = x_shape[:2]
+    c_out, out_sizes = g_shape[1], list(g_shape[2:])
+    columns = n * int(np.prod(out_sizes))
+    patches = _patches(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin)
+    g_channel_major = ctx.emit("Transpose", [g], perm=[1, 0, *range(2, len(g_shape))])
     if group == 1:
-        x_t = ctx.emit("Transpose", [x], perm=[1, 0, *range(2, 2 + spatial)])
-        g_t = ctx.emit("Transpose", [g], perm=[1, 0, *range(2, 2 + spatial)])
-    else:
-        x_split = ctx.emit("Reshape", [x, ctx.ints([n, group, c_in_g, *in_sizes])])
-        x_perm = ctx.emit("Transpose", [x_split], perm=[2, 1, 0, *range(3, 3 + spatial)])
-        x_t = ctx.emit("Reshape", [x_perm, ctx.ints([c_in_g, group * n, *in_sizes])])
-        g_split = ctx.emit("Reshape", [g, ctx.ints([n, group, c_out // group, *out_sizes])])
-        g_perm = ctx.emit("Transpose", [g_split], perm=[1, 2, 0, *range(3, 3 + spatial)])
-        g_t = ctx.emit("Reshape", [g_perm, ctx.ints([c_out, n, *out_sizes])])
-    pad_end, sizes = [], []
-    for size, out, k, s, d, pb in zip(in_sizes, out_sizes, kernel, strides, dilations, pad_begin):
-        # Conv of X' (pads pb, pe) with a kernel of `out` taps at dilation s, stride d
-        span = s * (out - 1) + d * (k - 1) + 1
-        end = max(span - pb - size, 0)
-        pad_end.append(end)
-        sizes.append((size + pb + end - s * (out - 1) - 1) // d + 1)
-    full = ctx.emit(
-        "Conv", [x_t, g_t], group=group, strides=list(dilations), dilations=list(strides),
-        pads=list(pad_begin) + pad_end,
-    )
-    if list(sizes) != list(kernel):
-        axes = list(range(2, 2 + spatial))
-        full = ctx.emit("Slice", [full, ctx.ints([0] * spatial), ctx.ints(kernel), ctx.ints(axes)])
-    return ctx.emit("Transpose", [full], perm=[1, 0, *range(2, 2 + spatial)])
+        rows = ctx.emit("Reshape", [g_channel_major, ctx.ints([c_out, columns])])
+        flat = ctx.emit("Reshape", [patches, ctx.ints([-1, columns])])
+        product = ctx.emit("Gemm", [rows, flat], transB=1)  # (C_out, C_in * K)
+        return ctx.emit("Reshape", [product, ctx.ints([c_out, c_in, *kernel])])
+    rows = ctx.emit("Reshape", [g_channel_major, ctx.ints([group, c_out // group, columns])])
+    flat = ctx.emit("Reshape", [patches, ctx.ints([group, -1, columns])])
+    product = ctx.emit("MatMul", [rows, ctx.emit("Transpose", [flat], perm=[0, 2, 1])])
+    return ctx.emit("Reshape", [product, ctx.ints([c_out, c_in // group, *kernel])])
 
 
 def bias_gradient(ctx, g, rank):

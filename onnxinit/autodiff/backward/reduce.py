@@ -19,56 +19,55 @@ def _reduced_axes(ctx, rank: int) -> list[int] | None:
     return sorted(a % rank for a in axes)
 
 
-def _spread(ctx, g, x_shape, axes):
-    """dY reshaped with the reduced axes kept as size 1, then broadcast to X's shape."""
-    kept = [1 if i in axes else d for i, d in enumerate(x_shape)]
-    g_kept = ctx.emit("Reshape", [g, ctx.ints(kept)])
-    return ctx.emit("Expand", [g_kept, ctx.ints(x_shape)])
-
-
 def _reduce_rule(local):
+    """A rule from ``local(ctx, x, g_kept, count)``, where ``g_kept`` is dY reshaped with the
+    reduced axes kept as size 1 (it broadcasts against X)."""
+
     def rule(ctx, grads):
         x = ctx.node.input[0]
         x_shape = ctx.shape(x)
         axes = _reduced_axes(ctx, len(x_shape))
         if axes is None:
             return [grads[0], None][: len(ctx.node.input)]
-        spread = _spread(ctx, grads[0], x_shape, axes)
+        kept = [1 if i in axes else d for i, d in enumerate(x_shape)]
+        g_kept = ctx.emit("Reshape", [grads[0], ctx.ints(kept)])
         count = int(np.prod([x_shape[a] for a in axes]))
-        return [local(ctx, x, spread, axes, count, x_shape), None][: len(ctx.node.input)]
+        return [local(ctx, x, g_kept, kept, count), None][: len(ctx.node.input)]
 
     rule.__doc__ = local.__doc__
     return rule
 
 
-def _sum_local(ctx, x, spread, axes, count, x_shape):
+def _expand(ctx, small, x):
+    return ctx.emit("Expand", [small, ctx.ints(ctx.shape(x))])
+
+
+def _sum_local(ctx, x, g_kept, kept, count):
     """Y = sum_axes X:  dX = dY broadcast over the reduced axes."""
-    return spread
+    return _expand(ctx, g_kept, x)
 
 
-def _mean_local(ctx, x, spread, axes, count, x_shape):
+def _mean_local(ctx, x, g_kept, kept, count):
     """Y = mean_axes X:  dX = dY / count broadcast over the reduced axes."""
-    return ctx.emit("Mul", [spread, ctx.const(1.0 / count, like=x)])
+    return _expand(ctx, ctx.emit("Mul", [g_kept, ctx.const(1.0 / count, like=x)]), x)
 
 
-def _sum_square_local(ctx, x, spread, axes, count, x_shape):
+def _sum_square_local(ctx, x, g_kept, kept, count):
     """Y = sum_axes X^2:  dX = 2 X dY."""
-    return ctx.emit("Mul", [spread, ctx.emit("Add", [x, x])])
+    return ctx.emit("Mul", [ctx.emit("Mul", [g_kept, ctx.const(2.0, like=x)]), x])
 
 
-def _l2_local(ctx, x, spread, axes, count, x_shape):
+def _l2_local(ctx, x, g_kept, kept, count):
     """Y = sqrt(sum_axes X^2):  dX = X dY / Y."""
-    kept = [1 if i in axes else d for i, d in enumerate(x_shape)]
     y_kept = ctx.emit("Reshape", [ctx.node.output[0], ctx.ints(kept)])
-    return ctx.emit("Div", [ctx.emit("Mul", [spread, x]), y_kept])
+    return ctx.emit("Mul", [ctx.emit("Div", [g_kept, y_kept]), x])
 
 
-def _extreme_local(ctx, x, spread, axes, count, x_shape):
+def _extreme_local(ctx, x, g_kept, kept, count):
     """Y = max_axes X (or min):  dX = dY where X equals Y (every tie gets it), else 0."""
-    kept = [1 if i in axes else d for i, d in enumerate(x_shape)]
     y_kept = ctx.emit("Reshape", [ctx.node.output[0], ctx.ints(kept)])
     chosen = ctx.emit("Equal", [x, y_kept])
-    return ctx.emit("Where", [chosen, spread, ctx.const(0.0, like=x)])
+    return _expand(ctx, ctx.emit("Where", [chosen, g_kept, ctx.const(0.0, like=x)]), x)
 
 
 backward("ReduceSum")(_reduce_rule(_sum_local))
