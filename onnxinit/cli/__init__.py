@@ -7,6 +7,7 @@ import click
 from .. import __version__
 from ._common import run_command
 from .analyze import analyze
+from .check import check
 from .rescale import rescale
 from .rules import rules_command
 
@@ -19,12 +20,14 @@ def cli():
     \b
       onnxinit analyze model.onnx            predicted mean/variance of every tensor
       onnxinit analyze model.onnx --measure  ... next to values measured in onnxruntime
+      onnxinit check model.onnx              CI gate: exit 1 if variance explodes/vanishes
       onnxinit rescale model.onnx            write model.autoinit.onnx with rescaled weights
       onnxinit rules                         the op rules known, and where they come from
     """
 
 
 cli.add_command(analyze)
+cli.add_command(check)
 cli.add_command(rescale)
 cli.add_command(rules_command)
 

@@ -1,0 +1,400 @@
+"""``onnxinit check``: findings, aggregation, exit codes, and the text/json/sarif/github formats."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from onnxinit import check
+from onnxinit.analysis import analyze
+from onnxinit.cli import cli, main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def mlp(depth=20, width=64, scale=1.0, seed=0, custom=False) -> onnx.ModelProto:
+    """MatMul+ReLU layers with orthogonal weights times sqrt(2) (He: the second moment is kept
+    exactly, so the variance stays O(1)) times ``scale``; ``custom`` inserts an op of a domain no
+    rule knows at the end (its output shape is the declared graph output's)."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "x"
+    for i in range(depth):
+        q, _ = np.linalg.qr(rng.standard_normal((width, width)))
+        w = (q * np.sqrt(2) * scale).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"fc{i}"))
+        nodes.append(helper.make_node("Relu", [f"h{i}"], [f"a{i}"], name=f"relu{i}"))
+        x = f"a{i}"
+    if custom:
+        nodes.append(helper.make_node("Mystery", [x], ["m"], name="mystery", domain="com.example"))
+        x = "m"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", 1, [8, width])],
+                              [helper.make_tensor_value_info(x, 1, [8, width])], inits)
+    opsets = [helper.make_opsetid("", 17)]
+    if custom:
+        opsets.append(helper.make_opsetid("com.example", 1))
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8)
+
+
+def branches(scale_a: float, scale_b: float, depth: int = 4) -> onnx.ModelProto:
+    """Two independent towers of ``depth`` MatMul layers from one input, concatenated."""
+    rng = np.random.default_rng(1)
+    nodes, inits, outs = [], [], []
+    for tower, scale in (("a", scale_a), ("b", scale_b)):
+        x = "x"
+        for i in range(depth):
+            name = f"{tower}{i}"
+            q, _ = np.linalg.qr(rng.standard_normal((16, 16)))
+            inits.append(numpy_helper.from_array((q * scale).astype(np.float32), f"w_{name}"))
+            nodes.append(helper.make_node("MatMul", [x, f"w_{name}"], [name], name=f"fc_{name}"))
+            x = name
+        outs.append(x)
+    nodes.append(helper.make_node("Concat", outs, ["y"], axis=1, name="cat"))
+    graph = helper.make_graph(nodes, "towers", [helper.make_tensor_value_info("x", 1, [4, 16])],
+                              [helper.make_tensor_value_info("y", 1, [4, 32])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.fixture
+def models(tmp_path):
+    paths = {}
+    for name, model in {"bad": mlp(scale=2.0), "good": mlp(), "small": mlp(scale=0.5),
+                        "custom": mlp(depth=3, custom=True)}.items():
+        paths[name] = tmp_path / f"{name}.onnx"
+        onnx.save_model(model, str(paths[name]))
+    return paths
+
+
+def run(args, capsys) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# findings ---------------------------------------------------------------------------------------
+
+
+def test_exploding_net_gives_one_chain_finding_and_a_trend():
+    findings = check.find(analyze(mlp(scale=2.0)))
+    assert [f.rule_id for f in findings] == ["ONNXINIT001", "ONNXINIT003"]
+    explode, trend = findings
+    assert explode.level == "error" and trend.level == "warning"
+    # the first tensor over 100x; ReLU dips below the threshold right after it, but everything
+    # downstream is one chain (one finding, not one per tensor)
+    first = next(t for t in analyze(mlp(scale=2.0)).tensors if t.flag == "exploding")
+    assert (explode.tensor, explode.node, explode.op) == (first.name, first.node, "MatMul")
+    assert "tensors from here on are exploding, the worst 'h19'" in explode.message
+    # 2x weights: 4x the variance per layer; ReLU's mean shift makes the measured factor ~3.55
+    assert 3.0 < trend.value < 4.0
+    assert f"factor {trend.value:.3g} per parametric layer" in trend.message
+    assert trend.tensor == "h19" and trend.node == "fc19"
+    assert check.failed(findings)
+
+
+def test_well_scaled_net_is_clean():
+    analysis = analyze(mlp())
+    assert max(t.growth for t in analysis.tensors) < 10
+    assert check.find(analysis) == []
+
+
+def test_vanishing_net():
+    findings = check.find(analyze(mlp(scale=0.5)))
+    assert [f.rule_id for f in findings] == ["ONNXINIT002", "ONNXINIT003"]
+    assert "below --min-var 0.0001" in findings[0].message
+    assert findings[1].value < 0.3
+
+
+def test_thresholds_come_from_the_analysis():
+    assert check.find(analyze(mlp(scale=2.0), max_growth=1e12)) == []
+    assert check.find(analyze(mlp(), max_growth=1.5, min_var=0.9))  # ReLU halves: vanishing
+
+
+def test_trend_needs_eight_layers_and_a_good_fit():
+    short = check.find(analyze(mlp(depth=6, scale=2.0)))
+    assert [f.rule_id for f in short] == ["ONNXINIT001"]
+    # alternating gains (x8 then /8 in variance): large swings, no log-linear trend
+    model = mlp(depth=12)
+    for i, tensor in enumerate(model.graph.initializer):
+        w = numpy_helper.to_array(tensor) * (np.sqrt(8) if i % 2 == 0 else 1 / np.sqrt(8))
+        tensor.CopyFrom(numpy_helper.from_array(w.astype(np.float32), tensor.name))
+    assert [f.rule_id for f in check.find(analyze(model))] == []
+
+
+def test_independent_branches_give_one_finding_each():
+    findings = check.find(analyze(branches(4.0, 4.0)))
+    assert [(f.rule_id, f.tensor) for f in findings] == [("ONNXINIT001", "a1"),
+                                                         ("ONNXINIT001", "b1")]
+    # one tower exploding and the other vanishing: one finding of each kind
+    findings = check.find(analyze(branches(4.0, 0.05)))
+    assert sorted(f.rule_id for f in findings) == ["ONNXINIT001", "ONNXINIT002"]
+
+
+def test_unanalysed_op_is_a_note_unless_strict():
+    analysis = analyze(mlp(depth=3, custom=True))
+    (note,) = check.find(analysis)
+    assert (note.rule_id, note.level, note.node, note.op) == ("ONNXINIT004", "note", "mystery",
+                                                              "Mystery")
+    assert "com.example" in note.message and note.tensor == "m"
+    assert not check.failed([note])
+    (strict,) = check.find(analysis, strict=True)
+    assert strict.level == "error" and check.failed([strict])
+
+
+# command line -----------------------------------------------------------------------------------
+
+
+def test_cli_exit_codes(models, capsys, tmp_path):
+    code, out, _ = run(["check", models["bad"]], capsys)
+    assert code == 1
+    lines = out.strip().splitlines()
+    assert lines[0].startswith(f"{models['bad']}:1: error ONNXINIT001 exploding-variance: ")
+    assert lines[-1] == f"{models['bad']}: FAILED (1 error, 1 warning, 0 notes)"
+    code, out, _ = run(["check", models["good"]], capsys)
+    assert (code, out.strip()) == (0, f"{models['good']}: passed (0 errors, 0 warnings, 0 notes)")
+    code, out, _ = run(["check", models["custom"]], capsys)
+    assert code == 0 and "note ONNXINIT004 unanalysed-op" in out
+    assert run(["check", "--strict", models["custom"]], capsys)[0] == 1
+    assert run(["check", "--max-growth", "1e12", models["bad"]], capsys)[0] == 0
+
+
+def test_cli_bad_input_exits_2(models, capsys, tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    code, out, err = run(["check", junk], capsys)
+    assert code == 2 and out == ""
+    assert err.strip().startswith(f"onnxinit: error: {junk}: not ")
+    assert len(err.strip().splitlines()) == 1
+    assert run(["check", tmp_path / "missing.onnx"], capsys)[0] == 2
+    assert run(["check", "--max-growth", "0.5", models["good"]], capsys)[0] == 2
+    assert run(["check", "--format", "xml", models["good"]], capsys)[0] == 2
+    assert run(["check", "--input-shape", "nope:1x2", models["good"]], capsys)[0] == 2
+    assert run(["check"], capsys)[0] == 2
+
+
+def test_cli_several_models(models, capsys, tmp_path):
+    code, out, _ = run(["check", models["good"], models["bad"]], capsys)
+    assert code == 1
+    assert f"{models['good']}: passed" in out and f"{models['bad']}: FAILED" in out
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00")
+    code, out, err = run(["check", models["bad"], junk, models["good"]], capsys)
+    assert code == 2  # bad input wins over findings, but every readable model is reported
+    assert f"{models['bad']}: FAILED" in out and f"{models['good']}: passed" in out
+    assert f"onnxinit: error: {junk}" in err
+
+
+def test_cli_json(models, capsys):
+    code, out, _ = run(["check", "--format", "json", models["bad"]], capsys)
+    assert code == 1
+    data = json.loads(out)
+    assert data["model"] == str(models["bad"])
+    assert [f["rule_id"] for f in data["findings"]] == ["ONNXINIT001", "ONNXINIT003"]
+    assert data["findings"][0]["rule"] == "exploding-variance"
+    assert data["summary"] == {"errors": 1, "warnings": 1, "notes": 0, "passed": False,
+                               "max_growth": 100.0, "min_var": 1e-4, "tensors": 41}
+    code, out, _ = run(["check", "--format", "json", models["good"], models["custom"]], capsys)
+    assert code == 0
+    assert [d["summary"]["passed"] for d in json.loads(out)] == [True, True]
+
+
+# The parts of the SARIF 2.1.0 schema (OASIS, sarif-schema-2.1.0.json) that our output uses,
+# transcribed with their additionalProperties=false, required properties and enums: the official
+# file is not shipped by any package installed here, so this checks the same constraints for the
+# objects onnxinit writes.
+_MESSAGE = {"type": "object", "additionalProperties": False, "required": ["text"],
+            "properties": {"text": {"type": "string"}, "markdown": {"type": "string"}}}
+_LEVEL = {"enum": ["none", "note", "warning", "error"]}
+SARIF_SUBSET = {
+    "type": "object", "additionalProperties": False, "required": ["version", "runs"],
+    "properties": {
+        "$schema": {"type": "string"},
+        "version": {"enum": ["2.1.0"]},
+        "runs": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["tool"],
+            "properties": {
+                "columnKind": {"enum": ["utf16CodeUnits", "unicodeCodePoints"]},
+                "tool": {"type": "object", "additionalProperties": False, "required": ["driver"],
+                         "properties": {"driver": {
+                             "type": "object", "additionalProperties": False,
+                             "required": ["name"],
+                             "properties": {
+                                 "name": {"type": "string"}, "version": {"type": "string"},
+                                 "informationUri": {"type": "string"},
+                                 "rules": {"type": "array", "uniqueItems": True, "items": {
+                                     "type": "object", "additionalProperties": False,
+                                     "required": ["id"],
+                                     "properties": {
+                                         "id": {"type": "string"}, "name": {"type": "string"},
+                                         "shortDescription": _MESSAGE,
+                                         "fullDescription": _MESSAGE, "help": _MESSAGE,
+                                         "helpUri": {"type": "string"},
+                                         "defaultConfiguration": {
+                                             "type": "object", "additionalProperties": False,
+                                             "properties": {"level": _LEVEL}},
+                                     }}},
+                             }}}},
+                "results": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False, "required": ["message"],
+                    "properties": {
+                        "ruleId": {"type": "string"},
+                        "ruleIndex": {"type": "integer", "minimum": -1},
+                        "level": _LEVEL,
+                        "message": _MESSAGE,
+                        "partialFingerprints": {"type": "object",
+                                                "additionalProperties": {"type": "string"}},
+                        "properties": {"type": "object"},
+                        "locations": {"type": "array", "items": {
+                            "type": "object", "additionalProperties": False,
+                            "properties": {
+                                "physicalLocation": {
+                                    "type": "object", "additionalProperties": False,
+                                    "required": ["artifactLocation"],
+                                    "properties": {
+                                        "artifactLocation": {
+                                            "type": "object", "additionalProperties": False,
+                                            "properties": {"uri": {"type": "string"}}},
+                                        "region": {
+                                            "type": "object", "additionalProperties": False,
+                                            "required": ["startLine"],
+                                            "properties": {"startLine": {"type": "integer",
+                                                                         "minimum": 1}}},
+                                    }},
+                                "logicalLocations": {"type": "array", "uniqueItems": True,
+                                                     "items": {
+                                    "type": "object", "additionalProperties": False,
+                                    "properties": {"name": {"type": "string"},
+                                                   "kind": {"type": "string"},
+                                                   "fullyQualifiedName": {"type": "string"}}}},
+                            }}},
+                    }}},
+            }}},
+    },
+}
+
+
+def test_sarif(models, capsys, monkeypatch):
+    monkeypatch.chdir(models["bad"].parent)
+    logs = []
+    for _ in range(2):
+        code, out, _ = run(["check", "--format", "sarif", "bad.onnx", "./custom.onnx"], capsys)
+        assert code == 1
+        logs.append(json.loads(out))
+    log = logs[0]
+    jsonschema.validate(log, SARIF_SUBSET)
+    assert log["version"] == "2.1.0" and log["$schema"].endswith("sarif-2.1.0.json")
+    driver = log["runs"][0]["tool"]["driver"]
+    assert driver["name"] == "onnxinit"
+    rule_ids = [r["id"] for r in driver["rules"]]
+    assert rule_ids == ["ONNXINIT001", "ONNXINIT002", "ONNXINIT003", "ONNXINIT004"]
+    results = log["runs"][0]["results"]
+    assert [(r["ruleId"], r["level"]) for r in results] == [
+        ("ONNXINIT001", "error"), ("ONNXINIT003", "warning"), ("ONNXINIT004", "note")]
+    for r in results:
+        assert rule_ids[r["ruleIndex"]] == r["ruleId"]
+        (loc,) = r["locations"]
+        assert loc["physicalLocation"]["region"] == {"startLine": 1}
+    uris = [r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in results]
+    assert uris == ["bad.onnx", "bad.onnx", "custom.onnx"]
+    assert results[2]["locations"][0]["logicalLocations"] == [{"name": "mystery",
+                                                                "kind": "function"}]
+    prints = [r["partialFingerprints"]["onnxinitFinding/v1"] for r in results]
+    assert prints == [r["partialFingerprints"]["onnxinitFinding/v1"]
+                      for r in logs[1]["runs"][0]["results"]]
+    assert len(set(prints)) == 3 and all(len(p) == 64 for p in prints)
+    assert prints[0] == hashlib.sha256(
+        f"ONNXINIT001:{results[0]['properties']['tensor']}".encode()).hexdigest()
+
+
+def test_sarif_without_findings_is_still_a_log(models, capsys):
+    code, out, _ = run(["check", "--format", "sarif", models["good"]], capsys)
+    assert code == 0
+    log = json.loads(out)
+    jsonschema.validate(log, SARIF_SUBSET)
+    assert log["runs"][0]["results"] == []
+
+
+def test_sarif_uri_of_absolute_and_odd_paths():
+    from onnxinit.sarif import artifact_uri
+
+    assert artifact_uri("models/a b.onnx") == "models/a%20b.onnx"
+    assert artifact_uri("/abs/m.onnx") == "file:///abs/m.onnx"
+
+
+def test_github_annotations(models, capsys, tmp_path):
+    code, out, _ = run(["check", "--format", "github", models["bad"], models["custom"]], capsys)
+    assert code == 1
+    lines = out.strip().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith(f"::error file={models['bad']},line=1,"
+                               f"title=ONNXINIT001 exploding-variance::predicted variance")
+    assert lines[1].startswith("::warning ") and "title=ONNXINIT003 exponential-variance-trend::"
+    assert lines[2].startswith(f"::notice file={models['custom']},line=1,title=ONNXINIT004")
+    odd = tmp_path / "a,b:c.onnx"
+    odd.write_bytes(models["bad"].read_bytes())
+    out = run(["check", "--format", "github", odd], capsys)[1]
+    assert out.startswith(f"::error file={tmp_path}/a%2Cb%3Ac.onnx,line=1,")
+    assert run(["check", "--format", "github", models["good"]], capsys)[1] == ""
+
+
+def test_help_and_registration():
+    assert "check" in cli.commands
+    text = cli.commands["check"].get_help(__import__("click").Context(cli.commands["check"]))
+    assert "--max-growth" in text and "--format" in text and "Examples" in text
+
+
+def test_pre_commit_hook_definition():
+    # a flat list of one mapping of scalars: read without a YAML library (none is a dependency)
+    hook = {}
+    for line in (REPO / ".pre-commit-hooks.yaml").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.lstrip("- ").partition(":")
+            hook[key.strip()] = value.strip()
+    assert hook["id"] == "onnxinit-check"
+    assert hook["entry"] == "onnxinit check" and hook["language"] == "python"
+    assert hook["files"] == r"\.onnx$"
+    assert hook["entry"].split()[1] in cli.commands
+
+
+def test_sample_resnet20_without_bn_fails(capsys):
+    model = REPO / "sample_models" / "resnet20_nobn.onnx"
+    if not model.exists():
+        pytest.skip("sample_models/resnet20_nobn.onnx not built")
+    code, out, _ = run(["check", model], capsys)
+    assert code == 1 and "ONNXINIT001 exploding-variance" in out
+
+
+def test_logs_go_to_stderr(capsys, tmp_path):
+    path = tmp_path / "custom.onnx"
+    onnx.save_model(mlp(depth=3, custom=True), str(path))
+    code, out, err = run(["check", "--format", "json", path], capsys)
+    assert code == 0
+    assert json.loads(out)["findings"][0]["op"] == "Mystery"  # stdout is clean JSON
+    assert "node mystery (Mystery): statistics passed through" in err
+    assert run(["check", "-q", "--format", "json", path], capsys)[2] == ""
+
+
+def test_finding_value_json_safe():
+    f = check.Finding("ONNXINIT001", "error", "m", "t", "n", "Op", float("inf"))
+    assert f.to_dict()["value"] == "inf"
+    assert json.loads(json.dumps(f.to_dict()))["rule"] == "exploding-variance"
+
+
+def test_fallback_kinds_are_named():
+    analysis = analyze(mlp(depth=3, custom=True))
+    kinds = {fb.kind for fb in analysis.propagation.fallbacks}
+    assert kinds <= {"empirical", "pass-through"} and kinds
+    (note,) = check.find(analysis)
+    word = "empirical fallback" if kinds == {"empirical"} else "passed through unchanged"
+    assert word in note.message
+
