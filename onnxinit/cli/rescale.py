@@ -46,7 +46,8 @@ def method_options(fn):
             if meta["flag"]:
                 fn = click.option(name, f.name, is_flag=True, default=None, help=meta["help"])(fn)
             else:
-                kind = click.Choice(meta["choices"]) if meta["choices"] else type(f.default)
+                kind = (click.Choice(meta["choices"]) if meta["choices"]
+                        else str if f.default is None else type(f.default))
                 fn = click.option(name, f.name, type=kind, default=None, show_default=str(f.default),
                                   help=meta["help"])(fn)
     return fn

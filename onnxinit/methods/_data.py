@@ -1,0 +1,45 @@
+"""Options shared by data-driven methods (lsuv, gradinit, metainit, nio): their options classes
+inherit :class:`DataOptions`, so ``--data``, ``--loss`` and ``--loss-output`` are declared once.
+
+``rescale``'s ``-o/--output`` is the output *file*; the model output the loss applies to is
+``--loss-output``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..data import LOSSES, DataSource, data_source
+from ..graph import ModelGraph
+from . import option
+
+
+@dataclass
+class DataOptions:
+    data: str | None = option(
+        None,
+        "data-driven methods: .npz file with an array per graph input (samples on axis 0) "
+        "plus 'labels' (cross_entropy) or 'targets' (mse). Default: synthetic random data.",
+    )
+    loss: str = option(
+        "cross_entropy",
+        "data-driven methods: loss on the model output: softmax cross-entropy against integer "
+        "labels, mse against float targets, or 'output' (the output already is the loss).",
+        choices=LOSSES,
+    )
+    loss_output: str | None = option(
+        None, "data-driven methods: model output the loss applies to (default: first float "
+              "output).",
+    )
+
+
+def batches(graph: ModelGraph, options: DataOptions, *, batch_size: int | None = None,
+            seed: int | None = None) -> DataSource:
+    """The DataSource a method draws from (batch size: the graph's unless given; seed: the
+    options' ``seed`` field, 0 if none)."""
+    return data_source(
+        graph, options.data,
+        batch_size=batch_size if batch_size is not None else graph.batch_size,
+        seed=seed if seed is not None else getattr(options, "seed", 0),
+        loss=options.loss, loss_output=options.loss_output,
+    )
