@@ -144,11 +144,17 @@ def _rewrite_training_ops(model: onnx.ModelProto, dropout: bool, seed: int) -> N
     graph.initializer.extend(emitter.initializers)
 
 
+# Composite ops kept as they are: onnxruntime runs them natively and they carry no gradient
+# (Range's schema body is a Loop, which would hide a shape computation from constant folding).
+NOT_INLINED = frozenset({"Range"})
+
+
 def _composite_ops_without_rules(model: onnx.ModelProto) -> list[tuple[str, str]]:
     opset = default_opset(model)
     found = set()
     for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx") or node.op_type in RULES:
+        if (node.domain not in ("", "ai.onnx") or node.op_type in RULES
+                or node.op_type in NOT_INLINED):
             continue
         try:
             schema = onnx.defs.get_schema(node.op_type, opset)
