@@ -175,14 +175,16 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     if not file.is_file():
         raise InvalidOptionError(f"--data {path}: no such file")
     try:
-        with np.load(file, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise InvalidOptionError(
-                    f"--data {path}: a single .npy array, not an .npz archive "
-                    "(write it with numpy.savez(path, **{input_name: array, 'labels': ...}))")
+        loaded = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InvalidOptionError(f"--data {path}: not a readable .npz file ({exc})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise InvalidOptionError(
+            f"--data {path}: a single .npy array, not an .npz archive "
+            "(write it with numpy.savez(path, **{input_name: array, 'labels': ...}))")
+    try:
+        with loaded as npz:
             return {k: npz[k] for k in npz.files}
-    except InvalidOptionError:
-        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise InvalidOptionError(f"--data {path}: not a readable .npz file ({exc})") from None
 
