@@ -56,3 +56,7 @@ def make_options(name: str, values: dict):
     options_class = METHODS[name][1]
     fields = {f.name for f in dataclasses.fields(options_class)}
     return options_class(**{k: v for k, v in values.items() if k in fields and v is not None})
+
+from . import lsuv
+
+METHODS["lsuv"] = (lsuv.plan, lsuv.LSUVOptions)
