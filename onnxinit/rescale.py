@@ -12,7 +12,15 @@ from .errors import InvalidOptionError, UnsupportedModelError
 from .graph import ModelGraph, load
 from .methods import METHODS, make_options, parse_methods
 from .propagate import propagate
-from .writeback import Plan, apply_plan, default_output, save_model
+from .writeback import (
+    Plan,
+    apply_plan,
+    default_output,
+    plan_record,
+    read_plan_record,
+    save_model,
+    set_plan_record,
+)
 
 QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
                  "DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "QGemm"}
@@ -101,6 +109,7 @@ def rescale(
             current = load(apply_plan(graph.source, plan), input_shapes=graph.input_shapes,
                            batch_size=batch_size)
     new_model = apply_plan(graph.source, plan)
+    set_plan_record(new_model, plan_record(plan, graph.path, read_plan_record(graph.source)))
     after_graph = load(new_model, input_shapes=graph.input_shapes, batch_size=batch_size)
     result = RescaleResult(
         model=new_model, plan=plan, output=out_path,

@@ -8,6 +8,7 @@ from .. import __version__
 from ._common import run_command
 from .analyze import analyze
 from .check import check
+from .export_weights import export_weights
 from .rescale import rescale
 from .rules import rules_command
 
@@ -28,6 +29,7 @@ def cli():
 
 cli.add_command(analyze)
 cli.add_command(check)
+cli.add_command(export_weights)
 cli.add_command(rescale)
 cli.add_command(rules_command)
 

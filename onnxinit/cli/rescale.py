@@ -66,10 +66,12 @@ def method_options(fn):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a JSON report: per tensor scale or replacement, rule and target, "
                    "per method details, predicted output variance before and after.")
+@click.option("--export-weights", "weights_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the rescaled weights (.safetensors or .npz), as export-weights.")
 @seed_option
 @logging_options
 def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, report_path,
-            seed, **method_values):
+            weights_path, seed, **method_values):
     """Rescale the weights of MODEL and write a new ONNX file.
 
     \b
@@ -78,6 +80,10 @@ def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, 
       onnxinit rescale model.onnx --method autoinit --target-var 0.5 -o out.onnx
       onnxinit rescale model.onnx --report scales.json --dry-run
     """
+    if weights_path is not None:
+        from ..weights import require_format
+
+        require_format(weights_path, None)  # fail before writing anything
     result = run_rescale(
         model,
         method,
@@ -94,4 +100,11 @@ def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, 
             report_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         except OSError as exc:
             raise WriteError(f"{report_path}: cannot write the report: {exc.strerror}") from None
+    if weights_path is not None:
+        from ..weights import export_weights
+
+        written = export_weights(result.model, weights_path, model_path=result.output,
+                                 protect=[model])
     click.echo(_summary(result))
+    if weights_path is not None:
+        click.echo(f"wrote {written}")

@@ -1,0 +1,38 @@
+"""``onnxinit export-weights``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..weights import FORMATS
+from ..weights import export_weights as run_export
+from ._common import logging_options
+
+
+def format_option(fn):
+    return click.option(
+        "--format", "fmt", type=click.Choice(FORMATS), default=None,
+        help="File format (default: from the output's suffix, else safetensors).",
+    )(fn)
+
+
+@click.command("export-weights")
+@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file (default: <stem>.safetensors beside MODEL).")
+@format_option
+@logging_options
+def export_weights(model, output, fmt):
+    """Write every float initializer of MODEL to safetensors (or .npz), keyed by name.
+
+    \b
+    The metadata names the source model and the rescale method, and (for a model written by
+    `onnxinit rescale`) the scale each tensor received relative to the source.
+    Examples:
+      onnxinit export-weights model.autoinit.onnx        # -> model.autoinit.safetensors
+      onnxinit export-weights model.onnx -o weights.npz
+    """
+    out = run_export(model, output, fmt=fmt)
+    click.echo(f"wrote {out}")
