@@ -11,6 +11,7 @@ import onnx
 
 from .graph import ModelGraph, load
 from .propagate import EMPIRICAL, PASS_THROUGH, Propagation, propagate
+from .residual import ResidualBlock, residual_blocks
 
 DEFAULT_MAX_GROWTH = 100.0
 DEFAULT_MIN_VAR = 1e-4
@@ -49,6 +50,7 @@ class Analysis:
     propagation: Propagation = field(repr=False)
     max_growth: float = DEFAULT_MAX_GROWTH
     min_var: float = DEFAULT_MIN_VAR
+    residual_blocks: list[ResidualBlock] = field(default_factory=list)
 
     @property
     def graph(self) -> ModelGraph:
@@ -70,6 +72,7 @@ class Analysis:
             "model": self.model,
             "inputs": self.inputs,
             "tensors": tensors,
+            "residual_blocks": [block.to_dict() for block in self.residual_blocks],
             "warnings": self.warnings,
         }
 
@@ -176,7 +179,8 @@ def analyze(
         propagation=result,
         max_growth=max_growth,
         min_var=min_var,
+        residual_blocks=residual_blocks(graph),
     )
 
 
-__all__ = ["Analysis", "TensorReport", "analyze", "EMPIRICAL", "PASS_THROUGH"]
+__all__ = ["EMPIRICAL", "PASS_THROUGH", "Analysis", "TensorReport", "analyze"]

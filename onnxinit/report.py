@@ -20,11 +20,17 @@ def _clip(text: str, width: int) -> str:
 
 
 def analysis_table(analysis: Analysis, width: int = 40) -> str:
-    """One row per float activation: tensor, op, shape, mean, var, growth, flag (and measured)."""
+    """One row per float activation: tensor, op, shape, mean, var, growth, flag (and measured).
+
+    The output of a residual block's Add is marked ``res<k>`` (k-th block, in topological
+    order) in the ``block`` column."""
     measured = any(t.measured_var is not None for t in analysis.tensors)
+    block_of = {block.output: f"res{k}" for k, block in enumerate(analysis.residual_blocks)}
     header = ["#", "tensor", "op", "shape", "mean", "var", "growth"]
     if measured:
         header += ["meas. mean", "meas. var", "rel.err"]
+    if block_of:
+        header.append("block")
     header.append("flag")
     rows = []
     for i, t in enumerate(analysis.tensors):
@@ -35,6 +41,8 @@ def analysis_table(analysis: Analysis, width: int = 40) -> str:
             err = t.relative_error
             row += [_fmt(t.measured_mean), _fmt(t.measured_var),
                     "-" if err is None else f"{100 * err:.1f}%"]
+        if block_of:
+            row.append(block_of.get(t.name, ""))
         flag = t.flag or ""
         if t.rule in ("empirical", "pass-through"):
             flag = (flag + " " if flag else "") + f"[{t.rule}]"
@@ -62,8 +70,8 @@ def analysis_summary(analysis: Analysis) -> str:
     exploding = [t for t in tensors if t.flag == "exploding"]
     vanishing = [t for t in tensors if t.flag == "vanishing"]
     lines = [
-        f"{analysis.model}: {len(tensors)} float tensors; output {last.name!r} "
-        f"var {_fmt(last.var)} ({_fmt(last.growth)}x the input)"
+        (f"{analysis.model}: {len(tensors)} float tensors; output {last.name!r} "
+        f"var {_fmt(last.var)} ({_fmt(last.growth)}x the input)")
     ]
     if exploding:
         lines.append(
@@ -74,6 +82,13 @@ def analysis_summary(analysis: Analysis) -> str:
         lines.append(
             f"  vanishing (< {analysis.min_var:g}x input var): {len(vanishing)} tensors, "
             f"first {vanishing[0].name!r}"
+        )
+    if analysis.residual_blocks:
+        depths = sorted({b.depth for b in analysis.residual_blocks})
+        identity = sum(b.identity_skip for b in analysis.residual_blocks)
+        lines.append(
+            f"  residual blocks: {len(analysis.residual_blocks)} ({identity} with identity skip; "
+            f"branch depth {', '.join(map(str, depths))})"
         )
     errors = [t.relative_error for t in tensors if t.relative_error is not None]
     if errors:
