@@ -48,8 +48,10 @@ def method_options(fn):
             else:
                 kind = (click.Choice(meta["choices"]) if meta["choices"]
                         else str if f.default is None else type(f.default))
-                fn = click.option(name, f.name, type=kind, default=None, show_default=str(f.default),
-                                  help=meta["help"])(fn)
+                # default=None tells "not given" apart; the method's default is shown in help
+                shown = "" if f.default is None else f"  [default: {f.default}]"
+                fn = click.option(name, f.name, type=kind, default=None,
+                                  help=meta["help"] + shown)(fn)
     return fn
 
 
