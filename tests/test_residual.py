@@ -248,3 +248,47 @@ def test_bert_blocks():
         assert len(firsts) == 3
     adds = [n for n in graph.order if graph.node(n).op_type == "Add"]
     assert len(adds) > 24  # biases, embedding sums and mask adds are there but are not blocks
+
+
+# --- real torchvision / transformers exports (skipped when those packages are absent) ---------
+
+
+def test_torchvision_resnet50_blocks():
+    torch = pytest.importorskip("torch")
+    models = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    model = _export(models.resnet50(), (torch.randn(1, 3, 64, 64),), training=True,
+                    input_names=["x"])
+    graph = load(model)
+    blocks = residual_blocks(graph)
+    print(f"torchvision resnet50: {len(blocks)} residual blocks")
+    assert len(blocks) == 16
+    assert sum(not b.identity_skip for b in blocks) == 4
+    assert all(b.depth == 3 and b.branch_end == b.branch[-1] for b in blocks)
+
+
+def test_transformers_bert_blocks():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4,
+                                     num_attention_heads=4, intermediate_size=64,
+                                     max_position_embeddings=32)
+    torch.manual_seed(0)
+    bert = transformers.BertModel(config, add_pooling_layer=False)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids = torch.randint(0, 100, (2, 16))
+    model = _export(Encoder(), (ids, torch.ones_like(ids)), training=True,
+                    input_names=["input_ids", "attention_mask"])
+    blocks = residual_blocks(load(model))
+    print(f"transformers BertModel (4 layers): {len(blocks)} residual blocks")
+    assert len(blocks) == 8  # attention and feed-forward of each layer
+    assert all(b.identity_skip and b.depth == 2 for b in blocks)
+    assert [len(b.branch) for b in blocks] == [4, 2] * 4
