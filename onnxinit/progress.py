@@ -1,0 +1,40 @@
+"""Progress bars for long runs (data-driven methods): shown on a terminal, quiet otherwise.
+
+A bar is drawn on stderr only when all of these hold: stderr is a terminal, the environment
+does not say it is CI (``CI`` set to anything but ``0``/``false``), and the ``onnxinit`` logger
+is not silenced (``--quiet`` sets it to ERROR). Everything else about the run is unchanged:
+a quiet bar counts iterations without printing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tqdm import tqdm
+
+
+def enabled() -> bool:
+    """Whether a progress bar should be drawn now (terminal, not CI, not --quiet)."""
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        return False
+    if logging.getLogger("onnxinit").getEffectiveLevel() >= logging.ERROR:
+        return False
+    stream = sys.stderr
+    return bool(getattr(stream, "isatty", None) and stream.isatty())
+
+
+@contextmanager
+def bar(total: int, description: str, *, show: bool | None = None) -> Iterator[tqdm]:
+    """A tqdm bar over ``total`` steps on stderr, drawn when ``show`` (default: :func:`enabled`).
+    Use ``b.update()`` per step and ``b.set_postfix(objective=...)`` for the current value."""
+    show = enabled() if show is None else show
+    progress = tqdm(total=total, desc=description, file=sys.stderr, disable=not show,
+                    leave=False, dynamic_ncols=True, unit="it")
+    try:
+        yield progress
+    finally:
+        progress.close()
