@@ -139,6 +139,49 @@ def _static(shape) -> bool:
     return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
 
 
+_INT_TYPES = {TensorProto.INT64, TensorProto.INT32, TensorProto.INT16, TensorProto.INT8,
+              TensorProto.UINT64, TensorProto.UINT32, TensorProto.UINT16, TensorProto.UINT8}
+_FOLD_CAP = 1 << 16  # elements of a folded shape-like constant handed to shape inference
+
+
+def helper_value_info(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
+    return onnx.helper.make_tensor_value_info(
+        name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)
+    )
+
+
+def _informative(vi: onnx.ValueInfoProto) -> int:
+    """How much a value_info says: 0 nothing, 1 a type, 2 a rank, 3 a static shape."""
+    if not vi.type.HasField("tensor_type"):
+        return 0
+    shape = _shape_of(vi.type)
+    return 1 if shape is None else 3 if _static(shape) else 2
+
+
+def _keep_declared(graph: onnx.GraphProto, declared, replace=None) -> bool:
+    """Merge ``declared`` value_info into ``graph``'s: a declared entry is kept where inference
+    has none or a less precise one (custom-op outputs whose shapes the exporter declared).
+    With ``replace``, ``graph``'s value_info becomes ``replace`` first. True if any was kept."""
+    changed = False
+    if replace is not None:
+        del graph.value_info[:]
+        graph.value_info.extend(replace)
+    known = {vi.name: i for i, vi in enumerate(graph.value_info)}
+    outputs = {o.name for o in graph.output} | {i.name for i in graph.input}
+    for vi in declared:
+        if vi.name in outputs:
+            continue
+        i = known.get(vi.name)
+        if i is None:
+            graph.value_info.append(vi)
+            known[vi.name] = len(graph.value_info) - 1
+            changed = True
+        elif _informative(vi) > _informative(graph.value_info[i]):
+            graph.value_info[i].CopyFrom(vi)
+            changed = True
+    return changed
+
+
 class ModelGraph:
     """An ONNX model prepared for analysis. Build with :func:`load`."""
 
@@ -170,10 +213,12 @@ class ModelGraph:
         self.input_shapes = self._resolve_input_shapes(
             dict(input_shapes or {}), batch_size, default_length
         )
+        self._values: dict[str, np.ndarray] = {}
         self.model = self._infer_shapes(model)
         self._index_tensors()
         self._index_nodes()
         self._classify_tensors()
+        self._refine_shapes()
         self._fill_missing_shapes()
 
     # construction steps -----------------------------------------------------------------------
@@ -232,12 +277,41 @@ class ModelGraph:
                 shape.ClearField("dim")
                 for d in self.input_shapes[inp.name]:
                     shape.dim.add().dim_value = d
+        declared = self._resolved(list(work.graph.value_info))
         del work.graph.value_info[:]
         try:
-            return onnx.shape_inference.infer_shapes(work, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(work, data_prop=True)
         except Exception as exc:  # onnx raises several unrelated types; inference is best-effort
             self.warnings.append(f"shape inference failed ({exc}); shapes measured instead")
+            _keep_declared(work.graph, declared)
             return work
+        if _keep_declared(inferred.graph, declared):
+            # declared shapes filled gaps (custom-op outputs): infer again from them
+            try:
+                inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
+            except Exception as exc:  # noqa: BLE001 - keep the first inference
+                log.debug("shape inference from declared value_info failed: %s", exc)
+        return inferred
+
+    def _resolved(self, infos: list[onnx.ValueInfoProto]) -> list[onnx.ValueInfoProto]:
+        """Declared value_info with the inputs' symbolic dims (``batch``...) replaced by the
+        values chosen for them."""
+        names = {}
+        for inp in self.model_inputs():
+            declared = _shape_of(inp.type) or ()
+            for d, v in zip(declared, self.input_shapes.get(inp.name, ())):
+                if isinstance(d, str) and d:
+                    names.setdefault(d, v)
+        out = []
+        for vi in infos:
+            vi2 = onnx.ValueInfoProto()
+            vi2.CopyFrom(vi)
+            if vi2.type.HasField("tensor_type") and vi2.type.tensor_type.HasField("shape"):
+                for dim in vi2.type.tensor_type.shape.dim:
+                    if dim.HasField("dim_param") and dim.dim_param in names:
+                        dim.dim_value = names[dim.dim_param]
+            out.append(vi2)
+        return out
 
     def _index_tensors(self):
         g = self.model.graph
@@ -311,7 +385,60 @@ class ModelGraph:
                 constant = all(n in self.constants for n in inputs)
             if constant:
                 self.constants.update(o for o in node.output if o)
-        self._values: dict[str, np.ndarray] = {}
+
+    def _refine_shapes(self, rounds: int = 8):
+        """Where shape inference left tensors without a static shape (onnx's data propagation
+        stops at ops such as Mod or Slice of computed bounds), fold the integer constants that
+        feed non-constant nodes (Reshape/Expand/Slice shape inputs, ...), give them to shape
+        inference as initializers of a scratch copy, and reclassify: a Shape of a tensor whose
+        shape became static is constant, and so is everything computed from it. Repeats until
+        nothing changes. ``self.model`` keeps its nodes; only its value_info grows."""
+        injected: dict[str, np.ndarray] = {}
+        for _ in range(rounds):
+            if all(_static(self.shapes.get(t)) for t in self.producer if t not in self.constants):
+                break
+            new = {}
+            for tensor in self.constants - set(self.initializers) - set(injected):
+                if self.dtypes.get(tensor) not in _INT_TYPES or tensor not in self.producer:
+                    continue
+                if all(self.is_constant(o) for c, _ in self.consumers.get(tensor, [])
+                       for o in self.node_by_id[c].output if o):
+                    continue  # only constants that meet a non-constant node matter
+                try:
+                    value = self.value(tensor)
+                except Exception as exc:  # noqa: BLE001 - a constant that cannot be folded stays unknown
+                    log.debug("could not fold %s: %s", tensor, exc)
+                    continue
+                if value is not None and np.size(value) <= _FOLD_CAP:
+                    new[tensor] = np.asarray(value)
+            if not new:
+                break
+            injected.update(new)
+            work = onnx.ModelProto()
+            work.CopyFrom(self.model)
+            declared = list(work.graph.value_info)
+            del work.graph.value_info[:]
+            produced = {n: i for i, node in enumerate(work.graph.node) for n in node.output}
+            for name, value in injected.items():
+                work.graph.initializer.append(numpy_helper.from_array(value, name))
+                node = work.graph.node[produced[name]]
+                node.output[list(node.output).index(name)] = f"{name}__onnxinit_folded"
+            try:
+                inferred = onnx.shape_inference.infer_shapes(work, data_prop=True)
+            except Exception as exc:  # noqa: BLE001 - best-effort, as in _infer_shapes
+                log.debug("shape inference with folded constants failed: %s", exc)
+                break
+            infos = [vi for vi in inferred.graph.value_info if vi.name not in injected
+                     and not vi.name.endswith("__onnxinit_folded")]
+            for name, value in injected.items():
+                infos.append(helper_value_info(name, value))
+            _keep_declared(self.model.graph, [], replace=infos)
+            _keep_declared(self.model.graph, declared)
+            self._index_tensors()
+            self._classify_tensors()
+        for name, value in self._values.items():  # folded constants know their shapes
+            if not _static(self.shapes.get(name)):
+                self.shapes[name] = tuple(np.shape(value))
 
     def _fill_missing_shapes(self):
         missing = [

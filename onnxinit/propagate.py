@@ -146,7 +146,10 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
     ctx = RuleContext(node, node_id, graph, options)
     registration = lookup(node.domain, node.op_type, graph.opset)
     outputs, rule_name = None, None
-    if registration is not None and any(m is not None for m in inputs):
+    # a rule is called even without signal inputs: an embedding Gather(table, int ids) has a
+    # signal output computed from a constant and an integer tensor; rules that need a signal
+    # raise RuleError and the node is measured instead
+    if registration is not None:
         try:
             outputs = registration.fn(inputs, ctx)
             rule_name = registration.fn.__name__
@@ -158,7 +161,7 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
         else:
             reason = ""
     else:
-        reason = "no rule for this op" if registration is None else "no signal input"
+        reason = "no rule for this op"
     if outputs is None:
         try:
             outputs = measure_node(inputs, ctx)

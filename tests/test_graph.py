@@ -86,3 +86,68 @@ def test_option_parsers():
     for bad in (["x:1"], ["x:0,-1"], ["x:a,b"]):
         with pytest.raises(InvalidOptionError):
             parse_stats(bad)
+
+
+def _i64(name, values):
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def _shape_scaled_model():
+    """x [batch, 4, 6] -> Reshape to [batch, 4, 2, 3] through a Slice whose end comes from a Mod
+    (onnx's data propagation stops there), then the exporter's attention scale: Shape ->
+    Slice[-1:] -> Cast -> Sqrt -> Div(1, .) -> Mul(x, .)."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Mod", ["minus_one", "three"], ["end"]),
+        helper.make_node("Slice", ["s", "zero", "end"], ["lead"]),
+        helper.make_node("Concat", ["lead", "split"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["r"]),
+        helper.make_node("Shape", ["r"], ["rs"]),
+        helper.make_node("Slice", ["rs", "minus_one", "big"], ["last"]),
+        helper.make_node("Cast", ["last"], ["last_f"], to=TensorProto.FLOAT),
+        helper.make_node("Sqrt", ["last_f"], ["root"]),
+        helper.make_node("Div", ["one", "root"], ["scale"]),
+        helper.make_node("Mul", ["r", "scale"], ["y"], name="scale_mul"),
+    ]
+    inits = [_i64("minus_one", [-1]), _i64("three", [3]), _i64("zero", [0]),
+             _i64("split", [2, 3]), _i64("big", [100]),
+             numpy_helper.from_array(np.array([1.0], np.float32), "one")]
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+
+
+def test_values_computed_from_shapes_are_constant_whatever_the_op():
+    from onnxinit.propagate import propagate
+
+    graph = load(_shape_scaled_model(), batch_size=5)
+    assert graph.shape("r") == (5, 4, 2, 3)
+    for tensor in ("rs", "last", "last_f", "root", "scale"):
+        assert graph.is_constant(tensor) and not graph.is_signal(tensor), tensor
+    np.testing.assert_allclose(graph.value("scale"), [1 / np.sqrt(3)], rtol=1e-6)
+    assert graph.float_activations() == ["x", "r", "y"]
+    result = propagate(graph)
+    assert not result.fallbacks
+    np.testing.assert_allclose(result.moments["y"].total(), (0.0, 1 / 3), rtol=1e-6)
+
+
+def test_declared_value_info_kept_where_inference_has_none():
+    # a custom op's output: onnx cannot infer it, the exporter declared it
+    nodes = [
+        helper.make_node("Foo", ["x"], ["h"], domain="com.example", name="foo"),
+        helper.make_node("Relu", ["h"], ["y"], name="relu"),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        extra_opsets=[("com.example", 1)],
+    )
+    model.graph.value_info.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, [5, 3]))
+    graph = load(model)
+    assert graph.shape("h") == (5, 3)
+    assert graph.shape("y") == (5, 3)  # inference continues from the declared shape
+    assert not any("could not" in w for w in graph.warnings)

@@ -53,10 +53,16 @@ def _mix(a: np.ndarray, b: np.ndarray, bias: np.ndarray, patterns, weights):
 
 
 def _pads(ctx: RuleContext, in_sizes, out_sizes, kernel, strides, dilations, transpose=False):
-    """Begin pads per spatial axis, with auto_pad resolved from the static shapes."""
+    """Begin pads per spatial axis, with auto_pad resolved from the static shapes.
+
+    ConvTranspose with ``output_shape`` (ONNX spec): total_i = stride_i * (in_i - 1) +
+    output_padding_i + ((k_i - 1) * dilation_i + 1) - out_i; begin_i = total_i // 2 for
+    SAME_UPPER, else (SAME_LOWER, and NOTSET with output_shape) total_i - total_i // 2.
+    """
     n = len(kernel)
     auto_pad = ctx.attr("auto_pad", "NOTSET")
-    if auto_pad in ("NOTSET", ""):
+    from_output_shape = transpose and ctx.attr("output_shape") is not None
+    if auto_pad in ("NOTSET", "") and not from_output_shape:
         return list(ctx.attr("pads", [0] * 2 * n))[:n]
     if auto_pad == "VALID":
         return [0] * n

@@ -230,11 +230,6 @@ def test_conv3x3_flatten_matmul_means():
     np.testing.assert_allclose(mean, got.mean(axis=0), atol=0.05 * got.std(axis=0).min())
 
 
-@pytest.mark.xfail(
-    reason="linear._pads ignores ConvTranspose's output_shape attribute (NOTSET auto_pad): "
-    "onnxruntime derives the pads from it, the larger half at the start",
-    strict=False,
-)
 @pytest.mark.parametrize("output_shape", [[10, 10], [9, 9]])
 def test_conv_transpose_output_shape(output_shape):
     node = helper.make_node(
