@@ -32,6 +32,7 @@ from onnx import helper
 from ..errors import InvalidOptionError, UnsupportedModelError
 from ..graph import ModelGraph
 from ..measure import _static_inputs, _with_outputs, batchnorm_to_batch_statistics
+from ..progress import bar
 from ..runtime import make_session
 from ..writeback import Change, Plan
 from . import option
@@ -140,6 +141,30 @@ def plan(graph: ModelGraph, options: LSUVOptions | None = None) -> Plan:
     feeds = dict(batch.feeds)
     feeds.update({name: _value(graph, name, changes.get(name)) for name in fed})
 
+    with bar(len(graph.parametric_nodes), "lsuv") as progress:
+        layers = _fit_layers(graph, options, forward, feeds, outputs, changes, progress)
+    return Plan(
+        method="lsuv",
+        changes=changes,
+        report={
+            "pre_init": options.lsuv_init,
+            "tolerance": options.lsuv_tolerance,
+            "max_iterations": options.lsuv_max_iterations,
+            "target_var": options.lsuv_target_var,
+            "data": options.data or "synthetic",
+            "batch_size": source.batch_size,
+            "seed": options.seed,
+            "layers": layers,
+            "not_converged": [e["node"] for e in layers if e.get("converged") is False],
+        },
+    )
+
+
+def _fit_layers(
+    graph: ModelGraph, options: LSUVOptions, forward: _Forward, feeds: dict[str, np.ndarray],
+    outputs: dict[str, str], changes: dict[str, Change], progress,
+) -> list[dict]:
+    """The per-layer loop (updates ``feeds`` and ``changes``); one report entry per layer."""
     layers, scaled = [], set()
     for node_id in graph.parametric_nodes:
         node = graph.node(node_id)
@@ -149,6 +174,7 @@ def plan(graph: ModelGraph, options: LSUVOptions | None = None) -> Plan:
         if weight in scaled:
             layers.append({**entry, "note": "tied weight, scaled at its first use",
                            "final_var": forward.variance(tensor, feeds)})
+            progress.update()
             continue
         scaled.add(weight)
         history = [forward.variance(tensor, feeds)]
@@ -173,19 +199,6 @@ def plan(graph: ModelGraph, options: LSUVOptions | None = None) -> Plan:
         if note:
             entry["note"] = note
         layers.append(entry)
-    return Plan(
-        method="lsuv",
-        changes=changes,
-        report={
-            "pre_init": options.lsuv_init,
-            "tolerance": options.lsuv_tolerance,
-            "max_iterations": options.lsuv_max_iterations,
-            "target_var": options.lsuv_target_var,
-            "data": options.data or "synthetic",
-            "batch_size": source.batch_size,
-            "seed": options.seed,
-            "layers": layers,
-            "not_converged": [e["node"] for e in layers if e.get("converged") is False],
-        },
-    )
-
+        progress.update()
+        progress.set_postfix(var=f"{history[-1]:.3g}")
+    return layers
