@@ -66,6 +66,22 @@ def float_initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
+def identity_aliases(model: onnx.ModelProto) -> dict[str, str]:
+    """Alias -> float initializer, for outputs of ``Identity`` nodes of an initializer (or of
+    another alias). PyTorch's exporter deduplicates equal initializers this way: a zero bias
+    shared by many layers is one initializer read through ``Identity`` nodes named after each
+    layer's parameter."""
+    names = {t.name for t in model.graph.initializer if t.data_type in WRITABLE_TYPES}
+    aliases: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input:
+            source = node.input[0]
+            root = aliases.get(source, source if source in names else None)
+            if root is not None and node.output and node.output[0] not in names:
+                aliases[node.output[0]] = root
+    return aliases
+
+
 def _load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
     if isinstance(model, onnx.ModelProto):
         return model, None
@@ -92,6 +108,9 @@ def weights_metadata(model: onnx.ModelProto, model_path: str | os.PathLike | Non
     model_name = str(model_path) if model_path is not None else ""
     meta = {"onnxinit.version": __version__, "onnxinit.model": model_name,
             "onnxinit.source": model_name, "onnxinit.method": ""}
+    aliases = identity_aliases(model)
+    if aliases:
+        meta["onnxinit.aliases"] = json.dumps(aliases, separators=(",", ":"))
     if record is not None:
         scales = record.get("scales", {})
         replaced = set(record.get("replaced", []))
@@ -306,12 +325,28 @@ def record_from_metadata(meta: Mapping[str, str]) -> dict | None:
 class WeightSource:
     """What to load (``new``), what to match the framework's current values against
     (``reference``: the original values where known), which references are only approximate
-    (rescaled values divided by their recorded scale), and the graph when there is one."""
+    (rescaled values divided by their recorded scale), and the graph when there is one.
+    ``aliases`` (alias -> initializer, see :func:`identity_aliases`) are names that carry an
+    initializer's values; :meth:`expanded` adds them to ``new`` and ``reference``."""
 
     new: dict[str, np.ndarray]
     reference: dict[str, np.ndarray]
     approximate: set[str] = field(default_factory=set)
     model: onnx.ModelProto | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def expanded(self) -> WeightSource:
+        """A copy where every alias of a known initializer is an entry of its own."""
+        aliases = {a: i for a, i in self.aliases.items() if i in self.new and a not in self.new}
+        new = dict(self.new)
+        reference = dict(self.reference)
+        for alias, name in aliases.items():
+            new[alias] = self.new[name]
+            if name in self.reference:
+                reference[alias] = self.reference[name]
+        approximate = self.approximate | {a for a, i in aliases.items() if i in self.approximate}
+        return WeightSource(new=new, reference=reference, approximate=approximate,
+                            model=self.model, aliases=aliases)
 
 
 def _is_weights_file(obj) -> bool:
@@ -329,25 +364,29 @@ def weight_source(rescaled, original=None) -> WeightSource:
     only, and the rest against their own (unchanged) values."""
     model = None
     record = None
+    aliases: dict[str, str] = {}
     if isinstance(rescaled, Mapping):
         new = {str(k): np.asarray(v) for k, v in rescaled.items()}
     elif _is_weights_file(rescaled):
         new, meta = read_weights(rescaled)
         record = record_from_metadata(meta)
+        aliases = json.loads(meta.get("onnxinit.aliases", "{}"))
     else:
         model, _ = _load_model(rescaled)
         new = float_initializers(model)
         record = read_plan_record(model)
+        aliases = identity_aliases(model)
     if original is not None:
         original_model, _ = _load_model(original)
         model = model if model is not None else original_model
+        aliases = aliases or identity_aliases(original_model)
         reference = float_initializers(original_model)
         for name, value in new.items():
             if name in reference and reference[name].shape != value.shape:
                 raise InvalidOptionError(
                     f"the original model's {name!r} has shape {reference[name].shape}, the "
                     f"rescaled one {value.shape}: they are not the same network")
-        return WeightSource(new=new, reference=reference, model=model)
+        return WeightSource(new=new, reference=reference, model=model, aliases=aliases)
     reference, approximate = {}, set()
     scales = (record or {}).get("scales", {})
     replaced = set((record or {}).get("replaced", []))
@@ -360,7 +399,8 @@ def weight_source(rescaled, original=None) -> WeightSource:
         elif scale != 0.0:
             reference[name] = value.astype(np.float64) / scale
             approximate.add(name)
-    return WeightSource(new=new, reference=reference, approximate=approximate, model=model)
+    return WeightSource(new=new, reference=reference, approximate=approximate, model=model,
+                        aliases=aliases)
 
 
 # name mapping -----------------------------------------------------------------------------------
@@ -378,7 +418,9 @@ class MappingReport:
     mapped tensors that are their parameter transposed; ``how``: the rule that mapped each
     tensor; ``mismatched``: same-name tensors whose shapes differ; ``ambiguous``: tensors equal
     to several parameters that could not be told apart; ``conflicts``: parameters that would
-    receive different values from different tensors."""
+    receive different values from different tensors; ``aliases``: mapped names that are not
+    initializers but read one through ``Identity`` (alias -> initializer; an initializer counts
+    as mapped when it or one of its aliases is)."""
 
     mapped: dict[str, str] = field(default_factory=dict)
     unmapped: list[str] = field(default_factory=list)
@@ -390,6 +432,7 @@ class MappingReport:
     mismatched: dict[str, str] = field(default_factory=dict)
     ambiguous: dict[str, list[str]] = field(default_factory=dict)
     conflicts: dict[str, list[str]] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: counts, then the first few names of each problem."""
@@ -537,8 +580,9 @@ class _Mapper:
             candidates = [(p, False) for p in index.get(_hash(ref), [])
                           if _equal(ref, self.params[p])]
             if ref.ndim == 2:
+                exact = {c[0] for c in candidates}
                 candidates += [(p, True) for p in index.get(_hash(ref.T), [])
-                               if _equal(ref.T, self.params[p]) and ref.shape != ref.T.shape]
+                               if p not in exact and _equal(ref.T, self.params[p])]
             self._choose(name, candidates, "value", groups)
         self._resolve_groups(groups, "value")
 
@@ -581,8 +625,13 @@ class _Mapper:
                 if param in used:
                     continue
                 fit = self._fit(name, param)
-                if fit is not None and _close(ref.T if fit else ref, value):
-                    candidates.append((param, fit))
+                if fit is None:
+                    continue
+                for transposed in ((False, True) if ref.ndim == 2 and not fit
+                                   and ref.shape[0] == ref.shape[1] else (fit,)):
+                    if _close(ref.T if transposed else ref, value):
+                        candidates.append((param, transposed))
+                        break
             self._choose(name, candidates, "scaled value", groups)
         self._resolve_groups(groups, "scaled value")
 
@@ -636,10 +685,14 @@ class _Mapper:
                     out.append(group)
         return out
 
-    def finish(self, onnx_order: list[str]) -> MappingReport:
+    def finish(self, onnx_order: list[str], aliases: dict[str, str]) -> MappingReport:
         report = self.report
         done = set(report.mapped) | set(report.folded)
-        report.unmapped = [n for n in onnx_order if n not in done]
+        done |= {aliases[n] for n in done if n in aliases}
+        report.aliases = {n: aliases[n] for n in report.mapped if n in aliases}
+        report.unmapped = [n for n in onnx_order if n not in done and n not in aliases]
+        for name in [n for n in report.ambiguous if n in aliases or n in done]:
+            del report.ambiguous[name]
         used = self._used()
         report.missing = [p for p in self.params if p not in used and p not in self.buffers]
         return report
@@ -697,6 +750,7 @@ def map_weights(
     if not isinstance(source, WeightSource):
         values = {str(k): np.asarray(v) for k, v in source.items()}
         source = WeightSource(new=values, reference=values)
+    source = source.expanded()
     params = {str(k): np.asarray(v) for k, v in params.items()}
     mapper = _Mapper(source.reference, params, buffers, source.new, source.approximate,
                      source.model)
@@ -706,7 +760,7 @@ def map_weights(
     mapper.by_scaled_value()
     mapper.folded_batchnorm()
     mapper.by_value(degenerate=True)
-    return mapper.finish(list(source.new))
+    return mapper.finish(list(source.new), source.aliases)
 
 
 # loading ----------------------------------------------------------------------------------------
@@ -738,6 +792,7 @@ def load_plan(
     half of the non-buffer parameters found, BatchNorm folded into Conv (eval-mode export), or a
     tensor the rescale changed that maps to no parameter. ``strict`` also refuses any unmapped
     tensor or missing parameter."""
+    source = source.expanded()
     values: dict[str, np.ndarray] = {}
     sources: dict[str, list[str]] = {}
     for name, param in report.mapped.items():
