@@ -37,6 +37,12 @@ METHODS["he"] = (classic.planner("kaiming"), classic.ClassicOptions)
 METHODS["lecun"] = (classic.planner("lecun"), classic.ClassicOptions)
 METHODS["orthogonal"] = (classic.planner("orthogonal"), classic.ClassicOptions)
 
+from . import gradinit, metainit, nio
+
+METHODS["gradinit"] = (gradinit.plan, gradinit.GradInitOptions)
+METHODS["metainit"] = (metainit.plan, metainit.MetaInitOptions)
+METHODS["nio"] = (nio.plan, nio.NIOOptions)
+
 
 def parse_methods(spec: str) -> list[str]:
     """``"idinit,autoinit"`` -> ``["idinit", "autoinit"]``, refusing unknown names."""

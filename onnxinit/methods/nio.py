@@ -1,0 +1,208 @@
+"""NIO (Neural Initialization Optimization, GradCosine; METHODS.md): per-tensor scales that
+maximise the cosine similarity of sub-batch gradients under a bound on their norm.
+
+Per iteration t: batch t of B samples is split into D overlapping chunks of length l = B // D
+widened by the overlap ratio r (the reference code's bounds):
+
+    chunk 0: [0, (1+r) l),   chunk i: [(1-r) l i, (1+r) l (i+1)),   chunk D-1: [(1-r) l (D-1), B)
+
+g_i = gradient of chunk i's mean loss, n_i = |g_i|, u_i = g_i / n_i, S = sum_i u_i:
+
+    GradCosine GC = (1 / (D (D-1))) sum_{i != j} <u_i, u_j> = (|S|^2 - D) / (D (D-1))
+    gnorm = (1/D) sum_i n_i
+
+* If gnorm > gamma: constraint step minimising gnorm, d gnorm/dtheta = (1/D) sum_i H_i u_i.
+* Else maximise F = GC + gn_mul sum_i n_i (``gc_gn_sqrt``, the paper's ResNet-50 setting) or
+  F = GC (``gc``). With dGC/dg_i = 2 (S - <u_i, S> u_i) / (D (D-1) n_i) and dn_i/dg_i = u_i,
+
+      dF/dtheta = sum_i H_i w_i,   w_i = 2 (S - <u_i, S> u_i) / (D (D-1) n_i) + gn_mul u_i
+
+  H_i (the Hessian of chunk i's loss) times w_i by finite differences of chunk gradients: 3D
+  gradient passes per iteration on chunks of about (1 + 2r) B / D samples.
+
+Adam on alpha as in GradInit (descending -F, or gnorm on constraint steps), clipped, clamped.
+The report gives GC, gnorm and F before and after on a held-out batch (index T).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data import Batch
+from ..errors import InvalidOptionError
+from ..graph import ModelGraph
+from ..writeback import Plan
+from . import option
+from ._data import DataOptions
+from .scaleopt import (
+    GradientOracle,
+    RescaleAdam,
+    ScaleSpace,
+    Step,
+    data_details,
+    finish,
+    optimise,
+    prepare,
+    slice_batch,
+)
+
+OBJECTIVES = ("gc_gn_sqrt", "gc")
+
+
+@dataclass
+class NIOOptions(DataOptions):
+    nio_lr: float = option(3e-3, "nio: learning rate of the scales (Adam).")
+    nio_iterations: int = option(100, "nio: iterations, one fresh batch each.")
+    nio_gamma: float = option(
+        10.0, "nio: bound gamma on the mean sub-batch gradient norm; above it a step minimises "
+              "the norm instead.")
+    nio_splits: int = option(4, "nio: number D of sub-batches each batch is split into.")
+    nio_overlap: float = option(
+        0.2, "nio: overlap ratio r: sub-batch i covers [(1-r) l i, (1+r) l (i+1)), l = B/D.")
+    nio_gn_mul: float = option(
+        1.0, "nio: weight of the summed sub-batch gradient norms in the gc_gn_sqrt objective.")
+    nio_objective: str = option(
+        "gc_gn_sqrt", "nio: maximise GradCosine + gn_mul * sum of sub-batch gradient norms "
+                      "(gc_gn_sqrt) or GradCosine alone (gc).", choices=OBJECTIVES)
+    nio_min_scale: float = option(0.01, "nio: lower bound of the weight scales (biases: 0).")
+    nio_grad_clip: float = option(
+        1.0, "nio: clip each scale's gradient to [-c, c] before Adam (0: no clipping).")
+    seed: int = 0
+
+
+def validate(options: NIOOptions) -> None:
+    if not options.nio_lr > 0 or not options.nio_gamma > 0:
+        raise InvalidOptionError("--nio-lr and --nio-gamma must be > 0")
+    if options.nio_iterations < 0:
+        raise InvalidOptionError(f"--nio-iterations must be >= 0, not {options.nio_iterations}")
+    if options.nio_splits < 2:
+        raise InvalidOptionError(f"--nio-splits must be at least 2, not {options.nio_splits}")
+    if not 0 <= options.nio_overlap < 1:
+        raise InvalidOptionError(f"--nio-overlap must be in [0, 1), not {options.nio_overlap}")
+    if options.nio_objective not in OBJECTIVES:
+        raise InvalidOptionError(
+            f"--nio-objective must be one of {', '.join(OBJECTIVES)}, not {options.nio_objective}")
+
+
+def chunk_bounds(batch_size: int, splits: int, overlap: float) -> list[tuple[int, int]]:
+    """[start, stop) of each of the ``splits`` overlapping sub-batches (module docstring)."""
+    length = batch_size // splits
+    if length < 1:
+        raise InvalidOptionError(
+            f"a batch of {batch_size} cannot be split into {splits} sub-batches "
+            f"(raise --batch-size or lower --nio-splits)")
+    bounds = []
+    for i in range(splits):
+        start = 0 if i == 0 else int((1 - overlap) * length * i)
+        stop = batch_size if i == splits - 1 else int((1 + overlap) * length * (i + 1))
+        bounds.append((start, min(stop, batch_size)))
+    return bounds
+
+
+@dataclass
+class Chunks:
+    """Sub-batch gradients at one theta: g_i, n_i, and the sub-batches."""
+
+    theta: np.ndarray
+    batches: list[Batch]
+    grads: list[np.ndarray]
+    norms: np.ndarray
+    losses: list[float]
+
+    @property
+    def units(self) -> list[np.ndarray]:
+        return [g / max(n, np.finfo(np.float64).tiny) for g, n in zip(self.grads, self.norms)]
+
+
+def chunk_gradients(oracle: GradientOracle, theta: np.ndarray, batch: Batch,
+                    bounds: list[tuple[int, int]]) -> Chunks:
+    batches = [slice_batch(batch, start, stop) for start, stop in bounds]
+    losses, grads = zip(*(oracle.gradient(theta, b) for b in batches))
+    return Chunks(theta, batches, list(grads), np.array([np.linalg.norm(g) for g in grads]),
+                  list(losses))
+
+
+def grad_cosine(chunks: Chunks) -> float:
+    """GC = (|sum u_i|^2 - D) / (D (D-1))."""
+    d = len(chunks.grads)
+    total = np.sum(chunks.units, axis=0)
+    return float((total @ total - d) / (d * (d - 1)))
+
+
+def cosine_weights(chunks: Chunks, gn_mul: float) -> list[np.ndarray]:
+    """w_i = dF/dg_i for F = GC + gn_mul sum n_i (module docstring)."""
+    d = len(chunks.grads)
+    units = chunks.units
+    total = np.sum(units, axis=0)
+    return [2.0 * (total - (u @ total) * u) / (d * (d - 1) * max(n, np.finfo(np.float64).tiny))
+            + gn_mul * u for u, n in zip(units, chunks.norms)]
+
+
+def through_hessians(oracle: GradientOracle, chunks: Chunks,
+                     weights: list[np.ndarray]) -> np.ndarray:
+    """sum_i H_i w_i: the parameter gradient of a function of the g_i with dF/dg_i = w_i."""
+    return sum(oracle.hvp(chunks.theta, w, b) for w, b in zip(weights, chunks.batches))
+
+
+def objective(chunks: Chunks, gn_mul: float) -> float:
+    return grad_cosine(chunks) + gn_mul * float(np.sum(chunks.norms))
+
+
+def objective_gradient(oracle: GradientOracle, space: ScaleSpace, chunks: Chunks,
+                       gn_mul: float) -> np.ndarray:
+    """dF/dalpha for F = GC + gn_mul sum n_i."""
+    return space.alpha_gradient(through_hessians(oracle, chunks, cosine_weights(chunks, gn_mul)))
+
+
+def mean_norm_gradient(oracle: GradientOracle, space: ScaleSpace, chunks: Chunks) -> np.ndarray:
+    """d gnorm / dalpha, gnorm = (1/D) sum n_i."""
+    d = len(chunks.grads)
+    return space.alpha_gradient(through_hessians(oracle, chunks, [u / d for u in chunks.units]))
+
+
+def plan(graph: ModelGraph, options: NIOOptions | None = None) -> Plan:
+    """NIO scales for every parameter tensor (see the module docstring)."""
+    options = options or NIOOptions()
+    validate(options)
+    run = prepare(graph, options, min_scale=options.nio_min_scale)
+    oracle, space = run.oracle, run.space
+    bounds = chunk_bounds(run.source.batch_size, options.nio_splits, options.nio_overlap)
+    gn_mul = options.nio_gn_mul if options.nio_objective == "gc_gn_sqrt" else 0.0
+
+    def step(t: int, alpha: np.ndarray) -> Step:
+        batch = run.source.batch(t)
+        chunks = chunk_gradients(oracle, space.theta(alpha), batch, bounds)
+        gnorm = float(np.mean(chunks.norms))
+        metrics = {"gradcosine": grad_cosine(chunks), "gnorm": gnorm}
+        value = objective(chunks, gn_mul)
+        if gnorm > options.nio_gamma:
+            return Step(value, mean_norm_gradient(oracle, space, chunks), gnorm, constraint=True,
+                        metrics=metrics)
+        return Step(value, -objective_gradient(oracle, space, chunks, gn_mul), gnorm,
+                    metrics=metrics)
+
+    iterations = options.nio_iterations
+    held_out = run.source.batch(iterations)
+
+    def evaluate(alpha: np.ndarray) -> dict[str, float]:
+        chunks = chunk_gradients(oracle, space.theta(alpha), held_out, bounds)
+        return {"gradcosine": grad_cosine(chunks), "gnorm": float(np.mean(chunks.norms)),
+                "objective": objective(chunks, gn_mul)}
+
+    before = evaluate(np.ones(space.size))
+    optimiser = RescaleAdam(space.lower, lr=options.nio_lr, clip=options.nio_grad_clip)
+    alpha, trajectory = optimise(space, step, optimiser, iterations, description="nio")
+    after = evaluate(alpha)
+    name = "GradCosine + gn_mul * sum |g_i|" if gn_mul else "GradCosine"
+    return finish(
+        "nio", space, alpha, trajectory,
+        objective=f"maximise {name} subject to mean |g_i| <= {options.nio_gamma:g}",
+        before=before, after=after, started=run.started,
+        details={**data_details(run), "objective_kind": options.nio_objective, "lr": options.nio_lr,
+                 "gamma": options.nio_gamma, "splits": options.nio_splits,
+                 "overlap": options.nio_overlap, "gn_mul": gn_mul, "chunks": bounds,
+                 "min_scale": options.nio_min_scale, "grad_clip": options.nio_grad_clip,
+                 "evaluation_batch": iterations, "gradient_passes": oracle.passes},
+    )
