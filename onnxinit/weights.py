@@ -463,8 +463,8 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "params.", "net.")
 def normalize_name(name: str) -> str:
     """A name with exporter decorations removed, for matching: ``:0`` suffixes dropped, ``/``
     and ``:`` read as ``.``, wrapper prefixes (``module.``, ``_orig_mod.``, ``model.``,
-    ``params.``, ``net.``) and torch.export's ``p_``/``b_`` stripped, and every run of
-    non-alphanumerics made one ``_``."""
+    ``params.``, ``net.``) and torch.export's ``p_``/``b_`` (of a flat name) stripped, and every
+    run of non-alphanumerics made one ``_``."""
     key = re.sub(r":\d+$", "", name).replace("/", ".").replace(":", ".").strip(".")
     changed = True
     while changed:
@@ -472,8 +472,9 @@ def normalize_name(name: str) -> str:
         for prefix in _WRAPPER_PREFIXES:
             if key.startswith(prefix) and len(key) > len(prefix):
                 key, changed = key[len(prefix):], True
-    key = re.sub(r"[^0-9A-Za-z]+", "_", key).strip("_")
-    return re.sub(r"^[pb]_", "", key)
+    if re.fullmatch(r"[pb]_\w+", key):  # torch.export's flat p_conv1_weight / b_bn_running_mean
+        key = key[2:]
+    return re.sub(r"[^0-9A-Za-z]+", "_", key).strip("_")
 
 
 def _hash(array: np.ndarray) -> str:
@@ -563,6 +564,25 @@ class _Mapper:
                 fit = self._fit(names[0], params[0])
                 if fit is not None:
                     self._map(names[0], params[0], "normalized name", fit)
+        self._by_name_suffix(onnx_keys, param_keys)
+
+    def _by_name_suffix(self, onnx_keys, param_keys) -> None:
+        """One normalised name ending with the other at a ``_`` boundary (a model-name prefix
+        such as Keras's ``sequential/``), unique in both directions."""
+        def suffix(a: str, b: str) -> bool:
+            return a != b and (a.endswith("_" + b) or b.endswith("_" + a))
+
+        used = self._used()
+        onnx_left = {k: v[0] for k, v in onnx_keys.items()
+                     if len(v) == 1 and v[0] not in self.report.mapped}
+        param_left = {k: v[0] for k, v in param_keys.items() if len(v) == 1 and v[0] not in used}
+        for okey, name in onnx_left.items():
+            hits = [pkey for pkey in param_left if suffix(okey, pkey)]
+            if len(hits) != 1 or sum(suffix(o, hits[0]) for o in onnx_left) != 1:
+                continue
+            fit = self._fit(name, param_left[hits[0]])
+            if fit is not None:
+                self._map(name, param_left[hits[0]], "name suffix", fit)
 
     def by_value(self, degenerate: bool) -> None:
         """Exact value matches (hash, verified with array_equal). ``degenerate`` selects the
