@@ -155,6 +155,18 @@ def require_format(output: str | os.PathLike | None, fmt: str | None) -> str:
     return fmt
 
 
+def check_target(output: str | os.PathLike, fmt: str | None,
+                 protect: list[str | os.PathLike] | tuple = ()) -> str:
+    """Checks before any work: the format can be written (:func:`require_format`) and
+    ``output`` is none of the ``protect`` files (the input model). Returns the format."""
+    fmt = require_format(output, fmt)
+    for other in protect:
+        if other is not None and _same_file(Path(output), Path(other)):
+            raise InvalidOptionError(f"{output}: the weights file would overwrite the model "
+                                     f"{other}; choose another file")
+    return fmt
+
+
 def _safetensors_bytes(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> bytes:
     from safetensors.numpy import save
 
@@ -234,10 +246,7 @@ def export_weights(
             raise InvalidOptionError("exporting the weights of a ModelProto needs an output path")
         output = default_weights_output(path, fmt)
     out = Path(output)
-    for other in [path, *protect]:
-        if other is not None and _same_file(out, Path(other)):
-            raise InvalidOptionError(f"{out}: the weights file would overwrite the model {other}; "
-                                     "choose another -o")
+    check_target(out, fmt, [path, *protect])
     tensors = float_initializers(proto)
     if not tensors:
         raise UnsupportedModelError(f"{path or 'model'}: the model has no float initializers")

@@ -83,9 +83,9 @@ def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, 
       onnxinit rescale model.onnx --report scales.json --dry-run
     """
     if weights_path is not None:
-        from ..weights import require_format
+        from ..weights import check_target
 
-        require_format(weights_path, None)  # fail before writing anything
+        check_target(weights_path, None, protect=[model])  # fail before writing anything
     result = run_rescale(
         model,
         method,
