@@ -15,5 +15,7 @@ from .analysis import Analysis, analyze
 from .errors import OnnxInitError
 from .graph import ModelGraph, load
 from .moments import Moments
+from .weights import MappingReport, export_weights, read_weights
 
-__all__ = ["Analysis", "ModelGraph", "Moments", "OnnxInitError", "analyze", "load", "__version__"]
+__all__ = ["Analysis", "MappingReport", "ModelGraph", "Moments", "OnnxInitError", "analyze",
+           "export_weights", "load", "read_weights", "__version__"]

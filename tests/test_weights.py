@@ -253,3 +253,15 @@ def test_plan_record_composes_over_two_rescales(tmp_path):
     before = {t.name: t.SerializeToString() for t in onnx.load(src).graph.initializer}
     after = {t.name: t.SerializeToString() for t in onnx.load(second.output).graph.initializer}
     assert after["b0"] == before["b0"] and after["w0"] != before["w0"]
+
+
+def test_the_core_and_the_adapters_package_import_no_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, onnxinit, onnxinit.weights, onnxinit.adapters, onnxinit.cli; "
+            "bad = [m for m in ('torch', 'jax', 'keras', 'tensorflow') if m in sys.modules]; "
+            "assert not bad, bad")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
