@@ -367,8 +367,8 @@ def weight_source(rescaled, original=None) -> WeightSource:
     """Resolve what an adapter loads.
 
     ``rescaled``: an ONNX path or ModelProto, a ``.safetensors``/``.npz`` path, or a dict
-    name -> array. ``original``: the ONNX model (path or ModelProto) the framework module was
-    exported as; values are matched against it. Without it, tensors the ``onnxinit.plan`` record
+    name -> array. ``original``: the ONNX model (path or ModelProto, or the weights file
+    exported from it) the framework module was exported as; values are matched against it. Without it, tensors the ``onnxinit.plan`` record
     marks as scaled are matched against ``new / scale`` (approximately), replaced ones by name
     only, and the rest against their own (unchanged) values."""
     model = None
@@ -386,10 +386,13 @@ def weight_source(rescaled, original=None) -> WeightSource:
         record = read_plan_record(model)
         aliases = identity_aliases(model)
     if original is not None:
-        original_model, _ = _load_model(original)
-        model = model if model is not None else original_model
-        aliases = aliases or identity_aliases(original_model)
-        reference = float_initializers(original_model)
+        if _is_weights_file(original):
+            reference = read_weights(original)[0]
+        else:
+            original_model, _ = _load_model(original)
+            model = model if model is not None else original_model
+            aliases = aliases or identity_aliases(original_model)
+            reference = float_initializers(original_model)
         for name, value in new.items():
             if name in reference and reference[name].shape != value.shape:
                 raise InvalidOptionError(
@@ -498,9 +501,16 @@ def _equal(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _close(a: np.ndarray, b: np.ndarray, rtol: float = 1e-5) -> bool:
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a64.shape != b64.shape:
+    """Equal within ``rtol`` relative to the largest magnitude of ``b`` (a first look at a few
+    elements rejects most pairs cheaply)."""
+    if a.shape != b.shape:
         return False
+    head_a = np.asarray(a.reshape(-1)[:64], np.float64)
+    head_b = np.asarray(b.reshape(-1)[:64], np.float64)
+    if not np.allclose(head_a, head_b, rtol=10 * rtol, atol=10 * rtol * np.max(np.abs(head_b),
+                                                                               initial=0.0)):
+        return False
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
     scale = max(float(np.max(np.abs(b64), initial=0.0)), 1e-30)
     return bool(np.allclose(a64, b64, rtol=rtol, atol=rtol * scale))
 
@@ -509,6 +519,10 @@ def _degenerate(array: np.ndarray) -> bool:
     """All elements equal (zeros, ones): a value that says nothing about which tensor it is."""
     flat = np.asarray(array).reshape(-1)
     return flat.size <= 1 or bool(np.all(flat == flat[0]))
+
+
+_TORCH_BN = ("weight", "bias", "running_mean", "running_var")
+_KERAS_BN = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
 class _Mapper:
@@ -704,14 +718,16 @@ class _Mapper:
         return None
 
     def _batchnorm_groups(self) -> list[list[str]]:
-        """[weight, bias, running_mean, running_var] names sharing a prefix."""
+        """[scale, shift, mean, variance] names sharing a prefix: PyTorch's ``weight, bias,
+        running_mean, running_var`` and Keras's ``gamma, beta, moving_mean, moving_variance``."""
         out = []
-        for name in self.params:
-            if name.endswith("running_var"):
-                prefix = name[: -len("running_var")]
-                group = [prefix + s for s in ("weight", "bias", "running_mean", "running_var")]
-                if all(g in self.params for g in group):
-                    out.append(group)
+        for suffixes in (_TORCH_BN, _KERAS_BN):
+            for name in self.params:
+                if name.endswith(suffixes[3]):
+                    prefix = name[: -len(suffixes[3])]
+                    group = [prefix + s for s in suffixes]
+                    if all(g in self.params for g in group):
+                        out.append(group)
         return out
 
     def finish(self, onnx_order: list[str], aliases: dict[str, str]) -> MappingReport:

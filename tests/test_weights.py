@@ -265,3 +265,28 @@ def test_the_core_and_the_adapters_package_import_no_framework():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_folded_batchnorm_with_keras_names():
+    params, folded = _conv_bn_values(eps=1e-3)  # Keras's default epsilon
+    rename = {"conv.weight": "conv2d/kernel", "bn.weight": "batch_normalization/gamma",
+              "bn.bias": "batch_normalization/beta",
+              "bn.running_mean": "batch_normalization/moving_mean",
+              "bn.running_var": "batch_normalization/moving_variance"}
+    params = {rename.get(k, k): v for k, v in params.items()}
+    report = map_weights(folded, params)
+    assert report.folded == ["onnx::Conv_7"]  # no graph given: the bias is not identified
+    assert report.folded_into["onnx::Conv_7"][0] == "conv2d/kernel"
+
+
+def test_original_given_as_a_weights_file(tmp_path):
+    from onnxinit.weights import export_weights
+
+    model = mlp([8, 16, 4], seed=6)
+    src = tmp_path / "mlp.onnx"
+    onnx.save(model, src)
+    original_weights = export_weights(src, tmp_path / "orig.npz")
+    out = rescale(src, "autoinit", output=tmp_path / "r.onnx").output
+    params = _torch_layout_params(model)
+    report = map_weights(weight_source(out, original_weights), params)
+    assert report.unmapped == [] and set(report.how.values()) == {"value"}
