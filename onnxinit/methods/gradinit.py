@@ -69,6 +69,7 @@ class GradInitOptions(DataOptions):
     gradinit_grad_clip: float = option(
         1.0, "gradinit: clip each scale's gradient to [-c, c] before Adam (0: no clipping).")
     seed: int = 0
+    hvp: str = "auto"  # Hessian-vector products: auto (exact where possible), exact, fd
 
 
 def validate(options: GradInitOptions) -> None:
@@ -146,7 +147,7 @@ def plan(graph: ModelGraph, options: GradInitOptions | None = None) -> Plan:
     """GradInit scales for every parameter tensor (see the module docstring)."""
     options = options or GradInitOptions()
     validate(options)
-    run = prepare(graph, options, min_scale=options.gradinit_min_scale)
+    run = prepare(graph, options, min_scale=options.gradinit_min_scale, hvp=options.hvp)
     oracle, space, alg = run.oracle, run.space, options.gradinit_alg
     gamma, eta = options.gradinit_gamma, options.gradinit_eta
 
@@ -176,6 +177,5 @@ def plan(graph: ModelGraph, options: GradInitOptions | None = None) -> Plan:
         details={**data_details(run), "alg": alg, "lr": options.gradinit_lr, "eta": eta,
                  "gamma": gamma, "min_scale": options.gradinit_min_scale,
                  "grad_clip": options.gradinit_grad_clip,
-                 "evaluation_batches": [2 * iterations, 2 * iterations + 1],
-                 "gradient_passes": oracle.passes},
+                 "evaluation_batches": [2 * iterations, 2 * iterations + 1]},
     )

@@ -69,6 +69,7 @@ class MetaInitOptions(DataOptions):
     metainit_min_scale: float = option(
         0.01, "metainit: lower bound of the weight scales (keeps every norm positive).")
     seed: int = 0
+    hvp: str = "auto"  # Hessian-vector products: auto (exact where possible), exact, fd
 
 
 def validate(options: MetaInitOptions) -> None:
@@ -121,7 +122,8 @@ def plan(graph: ModelGraph, options: MetaInitOptions | None = None) -> Plan:
     """MetaInit scales for every weight tensor of rank >= 2 (see the module docstring)."""
     options = options or MetaInitOptions()
     validate(options)
-    run = prepare(graph, options, min_scale=options.metainit_min_scale, select=is_weight)
+    run = prepare(graph, options, min_scale=options.metainit_min_scale, select=is_weight,
+                  hvp=options.hvp)
     oracle, space, eps = run.oracle, run.space, options.metainit_eps
 
     def step(t: int, alpha: np.ndarray) -> Step:
@@ -146,6 +148,5 @@ def plan(graph: ModelGraph, options: MetaInitOptions | None = None) -> Plan:
         before=before, after=after, started=run.started,
         details={**data_details(run), "lr": options.metainit_lr,
                  "momentum": options.metainit_momentum, "eps": eps,
-                 "min_scale": options.metainit_min_scale, "evaluation_batch": steps,
-                 "gradient_passes": oracle.passes},
+                 "min_scale": options.metainit_min_scale, "evaluation_batch": steps},
     )

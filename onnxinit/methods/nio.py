@@ -70,6 +70,7 @@ class NIOOptions(DataOptions):
     nio_grad_clip: float = option(
         1.0, "nio: clip each scale's gradient to [-c, c] before Adam (0: no clipping).")
     seed: int = 0
+    hvp: str = "auto"  # Hessian-vector products: auto (exact where possible), exact, fd
 
 
 def validate(options: NIOOptions) -> None:
@@ -166,7 +167,7 @@ def plan(graph: ModelGraph, options: NIOOptions | None = None) -> Plan:
     """NIO scales for every parameter tensor (see the module docstring)."""
     options = options or NIOOptions()
     validate(options)
-    run = prepare(graph, options, min_scale=options.nio_min_scale)
+    run = prepare(graph, options, min_scale=options.nio_min_scale, hvp=options.hvp)
     oracle, space = run.oracle, run.space
     bounds = chunk_bounds(run.source.batch_size, options.nio_splits, options.nio_overlap)
     gn_mul = options.nio_gn_mul if options.nio_objective == "gc_gn_sqrt" else 0.0
@@ -204,5 +205,5 @@ def plan(graph: ModelGraph, options: NIOOptions | None = None) -> Plan:
                  "gamma": options.nio_gamma, "splits": options.nio_splits,
                  "overlap": options.nio_overlap, "gn_mul": gn_mul, "chunks": bounds,
                  "min_scale": options.nio_min_scale, "grad_clip": options.nio_grad_clip,
-                 "evaluation_batch": iterations, "gradient_passes": oracle.passes},
+                 "evaluation_batch": iterations},
     )

@@ -1,0 +1,182 @@
+"""The scale-optimisation core: flat layouts, alphas and bounds, the chain rule (1), exact and
+finite-difference Hessian-vector products, the two optimisers, the loop and the Plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxinit import progress
+from onnxinit.errors import UnsupportedModelError
+from onnxinit.graph import load
+from onnxinit.methods.gradinit import GradInitOptions
+from onnxinit.methods.scaleopt import (
+    Layout,
+    RescaleAdam,
+    SignMomentum,
+    Step,
+    finish,
+    optimise,
+    prepare,
+)
+from tests.methods.scaleopt_fixtures import (
+    assert_gradient_matches,
+    central_difference,
+    random_alpha,
+    tiny_run,
+)
+from tests.models import make_model, mlp
+
+
+def test_layout_round_trip_and_segment_dot():
+    arrays = {"a": np.arange(6.0).reshape(2, 3), "b": np.array([1.0, -2.0]), "c": np.zeros((0,))}
+    layout = Layout.of(arrays)
+    flat = layout.join(arrays)
+    assert flat.tolist() == [0, 1, 2, 3, 4, 5, 1, -2]
+    back = layout.split(flat)
+    assert back["a"].shape == (2, 3) and back["c"].shape == (0,)
+    dots = layout.segment_dot(flat, np.ones(layout.size))
+    assert dots.tolist() == [15.0, -1.0, 0.0]
+
+
+def test_zero_norm_tensors_skipped_and_bounds_by_role():
+    model = mlp([4, 5, 3], activation="Tanh")
+    zero = numpy_helper.from_array(np.zeros(5, dtype=np.float32), "b0")
+    model.graph.initializer[1].CopyFrom(zero)
+    graph = load(model, batch_size=6)
+    run = prepare(graph, GradInitOptions(), min_scale=0.05, device="cpu")
+    space = run.space
+    assert "b0" not in space.names and "norm is 0" in space.skipped["b0"]
+    assert "b0" in run.oracle.wrt  # still differentiated (GradInit's first step moves it)
+    bounds = dict(zip(space.names, space.lower))
+    assert bounds == {"w0": 0.05, "w1": 0.05, "b1": 0.0}
+
+
+def test_constant_mul_operand_is_not_a_parameter():
+    w = numpy_helper.from_array(np.ones((3, 3), dtype=np.float32), "w")
+    half = numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Mul", ["h", "half"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [w, half])
+    run = prepare(load(model, batch_size=4), GradInitOptions(), min_scale=0.01, device="cpu")
+    assert run.space.names == ("w",)
+
+
+def test_no_rescalable_tensor_is_an_error():
+    model = mlp([3, 2], activation=None)
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(np.zeros(tuple(init.dims), np.float32), init.name))
+    with pytest.raises(UnsupportedModelError, match="non-zero norm"):
+        prepare(load(model, batch_size=4), GradInitOptions(), min_scale=0.01, device="cpu")
+
+
+def test_alpha_gradient_is_the_chain_rule():
+    """dL/dalpha_i = <dL/dp_i, p0_i> against central differences of L in alpha (float64)."""
+    run = tiny_run()
+    oracle, space = run.oracle, run.space
+    alpha = random_alpha(run)
+    batch = run.source.batch(0)
+    _, grad = oracle.gradient(space.theta(alpha), batch)
+    numeric = central_difference(lambda a: oracle.gradient(space.theta(a), batch)[0], alpha)
+    assert_gradient_matches(space.alpha_gradient(grad), numeric, rtol=1e-7)
+
+
+@pytest.mark.parametrize("hvp", ["exact", "fd"])
+def test_hvp_matches_difference_of_gradients(hvp):
+    """H v (exact, or by (2)) against a central difference of gradients with a larger step."""
+    run = tiny_run(hvp=hvp)
+    oracle = run.oracle
+    theta = run.space.theta(random_alpha(run))
+    batch = run.source.batch(0)
+    v = np.random.default_rng(2).standard_normal(theta.size)
+    h = 1e-4
+    reference = (oracle.gradient(theta + h * v, batch)[1]
+                 - oracle.gradient(theta - h * v, batch)[1]) / (2 * h)
+    hv = oracle.hvp(theta, v, batch)
+    assert np.linalg.norm(hv - reference) < 1e-6 * np.linalg.norm(reference)
+    assert oracle.hvp_passes == (1 if hvp == "exact" else 0)
+
+
+@pytest.mark.parametrize("hvp", ["exact", "fd"])
+def test_third_order_product(hvp):
+    """grad (a' H b) is symmetric in a, b and equals the derivative of H b along a."""
+    run = tiny_run(hvp=hvp)
+    oracle = run.oracle
+    theta = run.space.theta(random_alpha(run))
+    batch = run.source.batch(0)
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal(theta.size), rng.standard_normal(theta.size)
+    h = 1e-3
+    reference = (oracle.hvp(theta + h * a, b, batch) - oracle.hvp(theta - h * a, b, batch)) / (2 * h)
+    ab, ba = oracle.third(theta, a, b, batch), oracle.third(theta, b, a, batch)
+    assert np.linalg.norm(ab - reference) < 1e-4 * np.linalg.norm(reference)
+    assert np.linalg.norm(ab - ba) < 1e-4 * np.linalg.norm(reference)
+
+
+def test_rescale_adam_first_step_clip_bounds_and_two_moments():
+    adam = RescaleAdam(np.array([0.0, 0.5, 0.0]), lr=0.1, clip=1.0)
+    alpha = adam.step(np.ones(3), np.array([5.0, 0.3, -2.0]), constraint=False)
+    # Adam's first step has length lr whatever the gradient's size: m / sqrt(v) = sign(g)
+    assert np.allclose(alpha, [0.9, 0.9, 1.1], atol=1e-6)
+    alpha = adam.step(np.full(3, 0.55), np.array([1.0, 1.0, 1.0]), constraint=False)
+    assert alpha[1] == 0.5  # clamped at its lower bound
+    # a constraint step uses its own first moment (bias-corrected from its first step) but the
+    # shared second moment: a first constraint step of the same gradient as before is shorter
+    fresh = RescaleAdam(np.zeros(1), lr=0.1, clip=0.0)
+    fresh.step(np.ones(1), np.array([-10.0]), constraint=False)
+    moved = fresh.step(np.ones(1), np.array([1.0]), constraint=True)
+    v = 0.999 * 0.001 * 100 + 0.001 * 1.0
+    expected = 1.0 - 0.1 * 1.0 / (np.sqrt(v / (1 - 0.999 ** 2)) + 1e-8)
+    assert moved[0] == pytest.approx(expected)
+
+
+def test_sign_momentum_moves_norms():
+    opt = SignMomentum(np.array([2.0, 4.0]), np.array([0.01, 0.01]), lr=0.1, momentum=0.9)
+    alpha = opt.step(np.ones(2), np.array([3.0, -1e-9]))
+    assert np.allclose(alpha, [1 - 0.1 / 2, 1 + 0.1 / 4])  # norm moves by -lr sign(g)
+    alpha = opt.step(alpha, np.array([3.0, -1e-9]))
+    assert np.allclose(alpha, [1 - 0.1 / 2 - 0.19 / 2, 1 + 0.1 / 4 + 0.19 / 4])
+
+
+def test_optimise_records_trajectory_and_finish_builds_plan():
+    run = tiny_run()
+    space = run.space
+    target = np.linspace(0.5, 2.0, space.size)
+
+    def step(t, alpha):  # a quadratic in alpha: the loop must walk to its minimum
+        return Step(float(np.sum((alpha - target) ** 2)), 2 * (alpha - target), 1.0,
+                    constraint=t == 0, metrics={"extra": float(t)})
+
+    alpha, trajectory = optimise(space, step, RescaleAdam(space.lower, lr=0.05, clip=0), 200,
+                                 description="test")
+    assert len(trajectory) == 200 and trajectory[0]["constraint"] and trajectory[1]["extra"] == 1
+    assert trajectory[-1]["objective"] < 1e-2 * trajectory[0]["objective"]
+    plan = finish("test", space, alpha, trajectory, objective="quadratic", before={"x": 1.0},
+                  after={"x": 0.0}, details={"k": 1}, started=0.0)
+    assert set(plan.changes) == set(space.names)
+    assert all(plan.changes[n].scale == pytest.approx(t, abs=0.05) for n, t in
+               zip(space.names, target))
+    report = plan.report
+    assert report["k"] == 1 and len(report["trajectory"]) == 200
+    assert report["moved_most"][0]["tensor"] == space.names[0]  # 0.5: |log| largest
+    assert report["constraint_steps"] == 1
+
+
+def test_optimise_refuses_non_finite_objective():
+    run = tiny_run()
+    with pytest.raises(UnsupportedModelError, match="not finite"):
+        optimise(run.space, lambda t, a: Step(float("nan"), np.zeros(len(a)), 1.0),
+                 RescaleAdam(run.space.lower, lr=0.1), 3, description="test")
+
+
+def test_progress_quiet_in_ci_and_off_a_terminal(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    assert not progress.enabled()
+    monkeypatch.setenv("CI", "")
+    # pytest captures stderr: not a terminal
+    assert not progress.enabled()
+    with progress.bar(3, "x") as b:
+        b.update()
+        assert b.disable
