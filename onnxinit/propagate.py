@@ -7,6 +7,7 @@ every node handled by a fallback (empirical measurement or pass-through) is list
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -130,10 +131,22 @@ def propagate(
     ``initial`` overrides the input moments (per-channel statistics, for instance).
     """
     result = start_propagation(graph, stats, seed=seed, dropout=dropout, initial=initial)
-    for node_id in graph.order:
-        if not graph.is_shape_node(node_id):
-            propagate_node(graph, node_id, result)
+    with single_threaded_blas():
+        for node_id in graph.order:
+            if not graph.is_shape_node(node_id):
+                propagate_node(graph, node_id, result)
     return result
+
+
+def single_threaded_blas():
+    """A context where BLAS runs on one thread (threadpoolctl, when installed). Rules multiply
+    small matrices (a per-position Conv: C_out x C_in k x positions), where a multi-threaded
+    BLAS spends more time waking threads than computing, 10-50x more on a busy machine."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None:

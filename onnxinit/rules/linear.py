@@ -21,6 +21,8 @@ import numpy as np
 from ..moments import Moments
 from . import RuleContext, RuleError, rule, signal
 
+POSITIONS_CAP = 1 << 16  # C_out x output positions up to which a Conv keeps per-position stats
+
 
 def _patterns(axis_indicators: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Distinct tap-visibility rows over all output positions and the fraction of positions
@@ -97,6 +99,67 @@ def _bias(ctx: RuleContext, index: int, size: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (size,))
 
 
+def _spatial_stats(x: Moments, x_shape) -> tuple[np.ndarray, np.ndarray] | None:
+    """x's (mean, var) as [C, *spatial] arrays when they vary along a spatial axis (pooled
+    over the batch axis), else None."""
+    rank = len(x_shape)
+    x = x.expand_rank(rank)
+    if x.rank != rank or not any(a >= 2 for a in x.tracked_axes()):
+        return None
+    mean, var = np.broadcast_arrays(x.mean, x.var)
+    if mean.shape[0] > 1:  # statistics per sample: pool them (law of total variance)
+        m = mean.mean(axis=0, keepdims=True)
+        var = var.mean(axis=0, keepdims=True) + ((mean - m) ** 2).mean(axis=0, keepdims=True)
+        mean = m
+    shape = tuple(x_shape[1:])
+    return np.broadcast_to(mean[0], shape), np.broadcast_to(var[0], shape)
+
+
+def _conv_positions(mu, nu, w, bias, groups, y_spatial, strides, dilations, begins):
+    """Per output channel and position (zero padding exact), for independent inputs with
+    per-position statistics mu, nu [C_in, *spatial]:
+
+        E_j(p)   = b_j + sum_{c in group(j), k: p*s - pad + k*dil inside} W_jck mu_c(p*s - pad + k*dil)
+        Var_j(p) = sum_{same c, k} W_jck^2 nu_c(p*s - pad + k*dil)
+
+    computed as one matrix product per group over the zero-padded input's patches (im2col).
+    """
+    c_out, cpg = w.shape[:2]
+    kernel = w.shape[2:]
+    n = len(kernel)
+    x_spatial = mu.shape[1:]
+    size = int(np.prod(y_spatial))
+    # zero padding on each side, enough for every tap of every output position
+    lo = [max(0, b) for b in begins]
+    hi = [max(0, (o - 1) * s - b + (k - 1) * d + 1 - i)
+          for o, s, b, k, d, i in zip(y_spatial, strides, begins, kernel, dilations, x_spatial)]
+    both = np.stack([mu, nu])  # [2, C, *spatial]
+    both = np.pad(both, [(0, 0), (0, 0)] + list(zip(lo, hi)))
+    taps = []
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        index = tuple(
+            slice(tap[d] * dilations[d] - begins[d] + lo[d],
+                  tap[d] * dilations[d] - begins[d] + lo[d] + (y_spatial[d] - 1) * strides[d] + 1,
+                  strides[d])
+            for d in range(n)
+        )
+        taps.append(both[(slice(None), slice(None), *index)])
+    cols = np.stack(taps, axis=2).reshape(2, groups, cpg * len(taps), size)  # [2, g, c*K, P]
+    wg = w.reshape(groups, c_out // groups, cpg * len(taps))
+    mean = (wg @ cols[0]).reshape(c_out, size) + bias[:, None]
+    var = ((wg * wg) @ cols[1]).reshape(c_out, size)
+    return mean.reshape((c_out, *y_spatial)), var.reshape((c_out, *y_spatial))
+
+
+def _uniform_positions(mean: np.ndarray, var: np.ndarray) -> Moments:
+    """Per-position statistics [1, C, *spatial], per channel when no position differs."""
+    axes = tuple(range(2, mean.ndim))
+    m0, v0 = mean.mean(axis=axes, keepdims=True), var.mean(axis=axes, keepdims=True)
+    if np.allclose(mean, m0, rtol=1e-12, atol=0) and np.allclose(var, v0, rtol=1e-12, atol=0):
+        return Moments(m0, v0)
+    return Moments(mean, var)
+
+
 @rule("Conv")
 def conv(inputs, ctx: RuleContext):
     """Conv, groups and dilations included, weight-aware, per output channel, with exact
@@ -105,6 +168,11 @@ def conv(inputs, ctx: RuleContext):
         E_j(p)   = b_j + sum_{c in group(j), k inside at p} W_jck mu_c
         Var_j(p) = sum_{c in group(j), k inside at p} W_jck^2 nu_c
         E_j = mean_p E_j(p);  Var_j = mean_p Var_j(p) + var_p E_j(p)
+
+    When the output is small (C_out x positions <= POSITIONS_CAP) and its statistics vary with
+    the position (padding, or an input whose statistics do), they are kept per position (and
+    the input's per-position statistics used): border positions of a padded conv have a
+    smaller variance, which ReLU, BatchNormalization, Flatten and later convs see.
     """
     x = signal(inputs, 0)
     w = ctx.const(1)
@@ -114,8 +182,23 @@ def conv(inputs, ctx: RuleContext):
     x_shape, y_shape, kernel, strides, dilations = _geometry(ctx, w.shape)
     groups = ctx.attr("group", 1)
     c_out, cpg = w.shape[0], w.shape[1]
-    mu, nu = x.values_along(1, x_shape[1])
     begins = _pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
+    if c_out * int(np.prod(y_shape[2:])) <= POSITIONS_CAP and len(y_shape) > 2:
+        spatial = _spatial_stats(x, x_shape)
+        padded = any(
+            b > 0 or (o - 1) * s + (k - 1) * d + 1 - b > i
+            for b, o, s, k, d, i in zip(begins, y_shape[2:], strides, kernel, dilations, x_shape[2:])
+        )
+        if spatial is not None or padded:
+            if spatial is None:
+                m, v = x.values_along(1, x_shape[1])
+                shape = (x_shape[1],) + (1,) * (len(x_shape) - 2)
+                spatial = (np.broadcast_to(m.reshape(shape), x_shape[1:]),
+                           np.broadcast_to(v.reshape(shape), x_shape[1:]))
+            mean, var = _conv_positions(*spatial, w, _bias(ctx, 2, c_out), groups,
+                                        tuple(y_shape[2:]), strides, dilations, begins)
+            return [_uniform_positions(mean[None], var[None])]
+    mu, nu = x.values_along(1, x_shape[1])
     indicators = []
     for d in range(len(kernel)):
         pos = (

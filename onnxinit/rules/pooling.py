@@ -96,6 +96,26 @@ def _spatially_uniform(x: Moments) -> bool:
     return all(a == 1 for a in x.tracked_axes()) or x.is_scalar
 
 
+def per_channel(x: Moments, x_shape) -> Moments:
+    """x with statistics that vary along spatial axes (a padded Conv's per-position output)
+    pooled per channel: the moments by the law of total variance, and the source's Gaussian
+    likewise (its element-wise chain kept), so that maxima sample one distribution per
+    channel, as when the statistics were per channel from the start."""
+    if _spatially_uniform(x):
+        return x
+    rank, c = len(x_shape), x_shape[1]
+    m, v = x.values_along(1, c)
+    src = x.source
+    if src is not None and max(np.ndim(src.mean), np.ndim(src.var)) <= rank:
+        sm, sv = Moments(src.mean, src.var).expand_rank(rank).values_along(1, c)
+        src = Source(Moments.along(sm, sv, 1, rank).mean, Moments.along(sm, sv, 1, rank).var,
+                     src.chain)
+    else:
+        src = None
+    pooled = Moments.along(m, v, 1, rank)
+    return Moments(pooled.mean, pooled.var, src)
+
+
 # ---------------------------------------------------------------------------------------------
 # averages
 
@@ -336,12 +356,11 @@ def max_pool(inputs, ctx: RuleContext):
     """Per output position, the max of its K valid taps (padding is -inf: border and ceil_mode
     windows hold fewer): E_K, Var_K from the order statistics of the input's distribution
     (its source when it has one); per channel over positions: E = mean_p E_K(p),
-    Var = mean_p Var_K(p) + var_p E_K(p). Indices output: None."""
-    x = signal(inputs, 0)
+    Var = mean_p Var_K(p) + var_p E_K(p). Statistics that vary with the position are pooled
+    per channel first (:func:`per_channel`). Indices output: None."""
     x_shape = ctx.in_shape(0)
+    x = per_channel(signal(inputs, 0), x_shape)
     rank = len(x_shape)
-    if not _spatially_uniform(x):
-        raise RuleError("statistics vary along a pooled axis")
     windows = _windows(ctx)
     if any(inside == 0 for inside, _, _ in windows):
         raise RuleError("a window entirely in the padding")
@@ -356,11 +375,9 @@ def max_pool(inputs, ctx: RuleContext):
 def global_max_pool(inputs, ctx: RuleContext):
     """Max over the K spatial positions, per channel, from the order statistics of the input's
     distribution (its source when it has one)."""
-    x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
+    x = per_channel(signal(inputs, 0), x_shape)
     rank = len(x_shape)
-    if not _spatially_uniform(x):
-        raise RuleError("statistics vary along a pooled axis")
     k = int(np.prod(x_shape[2:]))
     ((mean, var),) = max_moments(_base(x, rank), [k], rank)
     return [Moments(mean, var)]

@@ -245,7 +245,7 @@ def test_tanh_after_conv_with_per_channel_bias():
     model = chain_model(nodes, {"w": w, "b": b}, shape=(400, 3, 16, 16))
     _, result = predict(model, {"x": STANDARD})
     values = monte_carlo(model, {"x": STANDARD})
-    assert result.moments["y"].tracked_axes() == (1,)
+    assert 1 in result.moments["y"].tracked_axes()
     assert_moments_close(result.moments["y"], values["y"], axis=1)
 
 

@@ -1,0 +1,62 @@
+"""Issue 2's accuracy acceptance: on every sample model, ``analyze --measure`` predicts the
+variance of at least 95% of the float tensors within 10% of the measured one, and of every float
+tensor within a factor of 2.
+
+Measured: one onnxruntime run on a seeded batch of 32 N(0, 1) inputs (token ids uniform over the
+vocabulary), training semantics (BatchNormalization on batch statistics); the variance is over
+every element of the tensor. Run with ``-s`` to see each model's fraction and worst tensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxinit.analysis import analyze
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+MODELS = ["tanh_mlp50", "small_cnn", "resnet20_bn", "resnet20_nobn", "transformer_postln"]
+
+WITHIN = 0.10  # relative error of the variance
+FRACTION = 0.95  # of the float tensors within WITHIN
+FACTOR = 2.0  # for every float tensor
+
+
+def _ratio(predicted: float, measured: float) -> float:
+    """max(p/m, m/p); 1 when both are 0, infinite when only one is."""
+    if predicted == measured:
+        return 1.0
+    if predicted <= 0 or measured <= 0:
+        return float("inf")
+    return max(predicted / measured, measured / predicted)
+
+
+def accuracy(path: Path, batch_size: int = 32, seed: int = 0):
+    """(fraction within WITHIN, rows sorted worst first: (ratio, tensor, op, rule, pred, meas))."""
+    result = analyze(path, measure=True, batch_size=batch_size, seed=seed, device="cpu")
+    rows = []
+    for t in result.tensors:
+        if t.measured_var is None:
+            continue
+        rows.append((_ratio(t.var, t.measured_var), t.name, t.op, t.rule, t.var, t.measured_var))
+    rows.sort(key=lambda r: -r[0])
+    within = sum(abs(p - m) <= WITHIN * abs(m) for _, _, _, _, p, m in rows)
+    return within / len(rows), rows
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_predicted_variance_matches_measured(name):
+    path = SAMPLES / f"{name}.onnx"
+    if not path.exists():
+        pytest.skip(f"{path.name} not present")
+    fraction, rows = accuracy(path)
+    worst = rows[0][0]
+    print(f"\n{name}: {len(rows)} float tensors, {fraction:.1%} within {WITHIN:.0%}, "
+          f"worst ratio {worst:.3f}")
+    for ratio, tensor, op, rule, p, m in rows[:5]:
+        print(f"  {ratio:6.3f}  {tensor} ({op}, rule {rule}): predicted {p:.4g}, measured {m:.4g}")
+    assert len(rows) >= 10
+    assert np.isfinite(worst) and worst <= FACTOR, rows[0]
+    assert fraction >= FRACTION, [r[:2] for r in rows if r[0] > 1 + WITHIN][:10]
