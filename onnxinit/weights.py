@@ -427,7 +427,8 @@ class MappingReport:
     parameters with no ONNX initializer (buffers are only counted when they were mapped);
     ``folded``: ONNX tensors recognised as a Conv weight or bias with BatchNormalization folded
     in (eval-mode export), ``folded_into`` the parameters each one combines; ``transposed``:
-    mapped tensors that are their parameter transposed; ``how``: the rule that mapped each
+    mapped tensors that are their parameter transposed, ``reshaped`` those that differ from it
+    only by size-1 dimensions (a bias written as ``[1, C]``); ``how``: the rule that mapped each
     tensor; ``mismatched``: same-name tensors whose shapes differ; ``ambiguous``: tensors equal
     to several parameters that could not be told apart; ``conflicts``: parameters that would
     receive different values from different tensors; ``aliases``: mapped names that are not
@@ -440,6 +441,7 @@ class MappingReport:
     folded: list[str] = field(default_factory=list)
     folded_into: dict[str, list[str]] = field(default_factory=dict)
     transposed: list[str] = field(default_factory=list)
+    reshaped: list[str] = field(default_factory=list)
     how: dict[str, str] = field(default_factory=dict)
     mismatched: dict[str, str] = field(default_factory=dict)
     ambiguous: dict[str, list[str]] = field(default_factory=dict)
@@ -489,22 +491,33 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z]+", "_", key).strip("_")
 
 
+def _squeezed(shape) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
 def _hash(array: np.ndarray) -> str:
+    """Of the values and the shape without its size-1 dimensions (an exporter may write a bias
+    of shape [C] as [1, C] or [1, C, 1, 1])."""
     data = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
     digest = hashlib.blake2b(data.tobytes(), digest_size=16)
-    digest.update(str(data.shape).encode())
+    digest.update(str(_squeezed(data.shape)).encode())
     return digest.hexdigest()
 
 
 def _equal(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and np.array_equal(np.asarray(a, np.float64), np.asarray(b, np.float64))
+    """Exactly equal, up to size-1 dimensions."""
+    if _squeezed(a.shape) != _squeezed(b.shape):
+        return False
+    return bool(np.array_equal(np.asarray(a, np.float64).reshape(b.shape),
+                               np.asarray(b, np.float64)))
 
 
 def _close(a: np.ndarray, b: np.ndarray, rtol: float = 1e-5) -> bool:
     """Equal within ``rtol`` relative to the largest magnitude of ``b`` (a first look at a few
     elements rejects most pairs cheaply)."""
-    if a.shape != b.shape:
+    if _squeezed(a.shape) != _squeezed(b.shape):
         return False
+    a = a.reshape(b.shape)
     head_a = np.asarray(a.reshape(-1)[:64], np.float64)
     head_b = np.asarray(b.reshape(-1)[:64], np.float64)
     if not np.allclose(head_a, head_b, rtol=10 * rtol, atol=10 * rtol * np.max(np.abs(head_b),
@@ -543,18 +556,23 @@ class _Mapper:
 
     def _map(self, onnx_name: str, param: str, how: str, transposed: bool = False) -> None:
         self.report.mapped[onnx_name] = param
-        self.report.how[onnx_name] = how + (" (transposed)" if transposed else "")
+        reshaped = not transposed and self.new[onnx_name].shape != self.params[param].shape
+        self.report.how[onnx_name] = how + (" (transposed)" if transposed else "") + (
+            " (reshaped)" if reshaped else "")
         if transposed:
             self.report.transposed.append(onnx_name)
+        if reshaped:
+            self.report.reshaped.append(onnx_name)
 
     def _remaining(self) -> list[str]:
         done = set(self.report.mapped) | set(self.report.mismatched) | set(self.report.folded)
         return [n for n in self.todo if n not in done]
 
     def _fit(self, onnx_name: str, param: str) -> bool | None:
-        """False: same shape; True: transposed 2-D; None: shapes do not fit."""
+        """False: same shape (up to size-1 dimensions); True: transposed 2-D; None: shapes do
+        not fit."""
         shape, pshape = tuple(self.new[onnx_name].shape), tuple(self.params[param].shape)
-        if shape == pshape:
+        if _squeezed(shape) == _squeezed(pshape):
             return False
         if len(shape) == 2 and shape[::-1] == pshape:
             return True
@@ -844,6 +862,8 @@ def load_plan(
         value = np.asarray(source.new[name])
         if name in report.transposed:
             value = value.T
+        if name in report.reshaped and value.size == int(np.prod(np.shape(params[param]))):
+            value = value.reshape(np.shape(params[param]))
         if tuple(value.shape) != tuple(np.shape(params[param])):
             report.mismatched[name] = (f"shape {tuple(value.shape)}, parameter "
                                        f"{tuple(np.shape(params[param]))}")
@@ -869,7 +889,9 @@ def load_plan(
         problems.append("BatchNormalization is folded into Conv (eval-mode export); export the "
                         "model in training mode and rescale that")
     if lost:
-        problems.append(f"{len(lost)} rescaled tensor(s) map to no parameter")
+        hint = (" (give the original ONNX model to match them by value)"
+                if any(n not in source.reference for n in lost) else "")
+        problems.append(f"{len(lost)} rescaled tensor(s) map to no parameter{hint}")
     if strict and (report.unmapped or report.missing):
         problems.append("strict: every tensor and parameter must map")
     if problems:

@@ -81,3 +81,29 @@ def test_flat_dict_in_place_and_mismatch_refused(tmp_path):
     with pytest.raises(MappingError, match="nothing was loaded"):
         load_into(other, rescaled, original)
     assert all(np.array_equal(before[k], other[k]) for k in other)
+
+
+def test_jax2onnx_export_round_trip(tmp_path):
+    """A real export: jax2onnx writes Gemm weights as ``const_N`` and biases as [1, C]."""
+    jax2onnx = pytest.importorskip("jax2onnx")
+    params = _params(3)
+    params["params"]["Dense_1"]["bias"] = 0.1 * jax.random.normal(jax.random.PRNGKey(9), (16,))
+    model = jax2onnx.to_onnx(lambda x: _forward(params, x), [(4, 8)])
+    model.ir_version = min(model.ir_version, 10)
+    original = tmp_path / "jax.onnx"
+    onnx.save(model, str(original))
+    rescaled = rescale(original, "autoinit", output=tmp_path / "jax.r.onnx").output
+    new, report = apply_to(params, rescaled, original)
+    assert report.missing == []
+    assert set(report.mapped.values()) == {
+        f"params/Dense_{i}/{kind}" for i in range(3) for kind in ("kernel", "bias")}
+    assert report.reshaped  # biases written as [1, C]
+    # anything left unmapped is an exporter constant the rescale did not change
+    inits = {t.name: t for t in onnx.load(str(original)).graph.initializer}
+    after = {t.name: t for t in onnx.load(str(rescaled)).graph.initializer}
+    assert all(inits[n].SerializeToString() == after[n].SerializeToString()
+               for n in report.unmapped)
+    input_name = model.graph.input[0].name
+    x = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(_forward(new, x)), ort_outputs(rescaled, {input_name: x}),
+                               rtol=1e-4, atol=1e-4)
