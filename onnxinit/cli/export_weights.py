@@ -27,9 +27,10 @@ def format_option(fn):
 def export_weights(model, output, fmt):
     """Write every float initializer of MODEL to safetensors (or .npz), keyed by name.
 
-    \b
     The metadata names the source model and the rescale method, and (for a model written by
     `onnxinit rescale`) the scale each tensor received relative to the source.
+
+    \b
     Examples:
       onnxinit export-weights model.autoinit.onnx        # -> model.autoinit.safetensors
       onnxinit export-weights model.onnx -o weights.npz
