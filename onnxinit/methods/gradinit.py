@@ -34,6 +34,7 @@ from ..writeback import Plan
 from . import option
 from ._data import DataOptions
 from .scaleopt import (
+    HVP_MODES,
     GradientOracle,
     RescaleAdam,
     ScaleSpace,
@@ -68,8 +69,13 @@ class GradInitOptions(DataOptions):
         0.01, "gradinit: lower bound of the weight scales (biases: 0).")
     gradinit_grad_clip: float = option(
         1.0, "gradinit: clip each scale's gradient to [-c, c] before Adam (0: no clipping).")
+    gradinit_hvp: str = option(
+        "auto",
+        "gradinit: Hessian-vector products for constraint steps: exact (reverse over "
+        "reverse), fd (central differences of gradients), or auto (exact where the autodiff "
+        "can, else fd).",
+        choices=HVP_MODES)
     seed: int = 0
-    hvp: str = "auto"  # Hessian-vector products: auto (exact where possible), exact, fd
 
 
 def validate(options: GradInitOptions) -> None:
@@ -147,7 +153,8 @@ def plan(graph: ModelGraph, options: GradInitOptions | None = None) -> Plan:
     """GradInit scales for every parameter tensor (see the module docstring)."""
     options = options or GradInitOptions()
     validate(options)
-    run = prepare(graph, options, min_scale=options.gradinit_min_scale, hvp=options.hvp)
+    run = prepare(graph, options, min_scale=options.gradinit_min_scale,
+                  hvp=options.gradinit_hvp)
     oracle, space, alg = run.oracle, run.space, options.gradinit_alg
     gamma, eta = options.gradinit_gamma, options.gradinit_eta
 

@@ -37,6 +37,7 @@ from ..writeback import Plan
 from . import option
 from ._data import DataOptions
 from .scaleopt import (
+    HVP_MODES,
     GradientOracle,
     RescaleAdam,
     ScaleSpace,
@@ -69,8 +70,13 @@ class NIOOptions(DataOptions):
     nio_min_scale: float = option(0.01, "nio: lower bound of the weight scales (biases: 0).")
     nio_grad_clip: float = option(
         1.0, "nio: clip each scale's gradient to [-c, c] before Adam (0: no clipping).")
+    nio_hvp: str = option(
+        "auto",
+        "nio: Hessian-vector products: exact (reverse over reverse; float32 differences of "
+        "gradients get the sign of GradCosine's gradient wrong on ReLU nets), fd, or auto "
+        "(exact where the autodiff can, else fd).",
+        choices=HVP_MODES)
     seed: int = 0
-    hvp: str = "auto"  # Hessian-vector products: auto (exact where possible), exact, fd
 
 
 def validate(options: NIOOptions) -> None:
@@ -167,7 +173,7 @@ def plan(graph: ModelGraph, options: NIOOptions | None = None) -> Plan:
     """NIO scales for every parameter tensor (see the module docstring)."""
     options = options or NIOOptions()
     validate(options)
-    run = prepare(graph, options, min_scale=options.nio_min_scale, hvp=options.hvp)
+    run = prepare(graph, options, min_scale=options.nio_min_scale, hvp=options.nio_hvp)
     oracle, space = run.oracle, run.space
     bounds = chunk_bounds(run.source.batch_size, options.nio_splits, options.nio_overlap)
     gn_mul = options.nio_gn_mul if options.nio_objective == "gc_gn_sqrt" else 0.0

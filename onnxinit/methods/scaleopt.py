@@ -16,14 +16,14 @@ GradInit's first step moves them).
 
 Hessian-vector products are exact where the autodiff can differentiate its own gradient graph
 (reverse over reverse: the gradient of ``phi(theta) = <g(theta), v>`` with v a graph input is
-``H v``; ``hvp="auto"``, the default). That is what the papers' double backpropagation computes,
+``H v``; ``hvp="auto"`` or ``"exact"``). That is what the papers' double backpropagation computes,
 and it is the only usable choice for ReLU networks in float32: there a central difference of
 gradients crosses activation kinks and loses the sign of small curvature terms (on the
 normalization-free ResNet-20 a float32 difference of gradients is off by 170% against a float64
 one, and gives GradCosine's gradient the wrong sign, while the exact product matches a finite
 difference of the objective). Where the gradient graph holds an op without a backward rule
-(MaxPool's ScatterElements, ...) or with ``hvp="fd"``, products come from central differences
-of gradient passes:
+(MaxPool's ScatterElements, ...) or with ``hvp="fd"`` (MetaInit's default: see metainit.py),
+products come from central differences of gradient passes:
 
     H v               = (g(t + e v) - g(t - e v)) / (2 e),          e = r3 (1 + |t|) / |v|     (2)
     grad_t(a' H(t) b) = [g(t+ea+db) - g(t+ea-db) - g(t-ea+db) + g(t-ea-db)] / (4 e d),
@@ -60,6 +60,7 @@ from ..progress import bar
 from ..writeback import Change, Plan
 
 BIAS_ROLES = frozenset({"bias", "shift"})
+HVP_MODES = ("auto", "exact", "fd")
 # parameters by role and op: a constant Mul/Div operand (0.5 in GELU, 1/sqrt(d) in attention) is
 # not a learnable tensor unless it also has another use
 _CONSTANT_OPERAND_OPS = frozenset({"Mul", "Div"})
@@ -307,7 +308,7 @@ class GradientOracle:
         self.device = device
         self.dtype = dtype
         self.wrt = tuple(wrt)
-        if hvp not in ("auto", "exact", "fd"):
+        if hvp not in HVP_MODES:
             raise InvalidOptionError(f"hvp must be auto, exact or fd, not {hvp!r}")
         self.hvp_mode = hvp
         self.hvp_note = "finite differences of gradients" if hvp == "fd" else ""
