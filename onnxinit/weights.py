@@ -308,11 +308,13 @@ def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """(tensors by name, metadata) of a file written by :func:`export_weights` (or any
-    safetensors / npz file)."""
+    safetensors / npz file; the format is read from the file, not its suffix)."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
-    if path.suffix.lower() == ".npz":
+    with path.open("rb") as handle:
+        zipped = handle.read(2) == b"PK"  # npz is a zip file, whatever its suffix
+    if zipped:
         return _read_npz(path)
     return _read_safetensors(path)
 

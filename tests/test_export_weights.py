@@ -130,6 +130,7 @@ def test_format_option_overrides_the_suffix(model_path, tmp_path, cli):
     assert proc.returncode == 0, proc.stderr
     with np.load(tmp_path / "w.bin", allow_pickle=False) as npz:
         assert "w0" in npz.files
+    assert set(read_weights(tmp_path / "w.bin")[0]) == {"w0", "b0", "w1", "b1"}
 
 
 def test_cli_default_output_and_refusals(model_path, tmp_path, cli):
