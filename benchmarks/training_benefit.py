@@ -17,6 +17,11 @@ method among autoinit, lsuv, gradinit, metainit, nio (data-driven ones get the t
 weight decay) for ``epochs`` epochs. Acc_0 is the test accuracy after the first epoch, Acc_best the
 best test accuracy over all epochs (the papers' columns); mean +- std over the seeds.
 
+GradInit, MetaInit and NIO start in their papers from a Kaiming (or Xavier) init, not from one
+whose signal has already vanished; ``--from-kaiming`` (on by default) adds the rows ``kaiming``
+and ``kaiming,<method>`` (onnxinit's comma list: kaiming first, then the method). A method that
+fails on a seed is reported with its message and the seeds it failed on.
+
     python benchmarks/training_benefit.py            # 3 seeds, 20 epochs, lr 0.01
     python benchmarks/training_benefit.py --quick    # 1 seed, 4 epochs, fewer method iterations
 
@@ -38,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CANDIDATES = ("autoinit", "lsuv", "gradinit", "metainit", "nio")
+DATA_DRIVEN = ("gradinit", "metainit", "nio")
 # in --quick runs, iteration-count options (when a method declares one) are capped at this
 QUICK_ITERATIONS = 20
 
@@ -110,7 +116,7 @@ def load_back(module, rescaled, original: Path) -> None:
 
 
 def method_options(name: str, quick: bool, data: str | None) -> dict:
-    """Keyword options for ``rescale``: ``data`` for data-driven methods; in quick runs every
+    """Keyword options for method ``name``: ``data`` for data-driven methods; in quick runs every
     declared ``*_iterations``/``*_steps`` option capped at QUICK_ITERATIONS."""
     from onnxinit.methods import METHODS
 
@@ -157,59 +163,93 @@ def train(module, split, *, epochs: int, lr: float, batch_size: int, seed: int) 
     return history
 
 
-def run(args) -> dict[str, list | str]:
+@dataclasses.dataclass
+class Row:
+    """Results of one init over the seeds: (Acc_0, Acc_best, rescale seconds) per run, and the
+    seeds whose rescale failed (with the first failure's message)."""
+
+    runs: list[tuple[float, float, float]] = dataclasses.field(default_factory=list)
+    failed: list[int] = dataclasses.field(default_factory=list)
+    message: str = ""
+
+
+def inits(args) -> dict[str, Row | str]:
+    """The rows: default, each candidate (or "not available"), and with ``--from-kaiming`` the
+    papers' setting for the data-driven methods: kaiming, then kaiming followed by each."""
+    from onnxinit.methods import METHODS
+
+    rows: dict[str, Row | str] = {"default": Row()}
+    for name in CANDIDATES:
+        rows[name] = Row() if name in METHODS else "not available"
+    if args.from_kaiming and "kaiming" in METHODS:
+        rows["kaiming"] = Row()
+        for name in DATA_DRIVEN:
+            rows[f"kaiming,{name}"] = Row() if name in METHODS else "not available"
+    return rows
+
+
+def run(args) -> dict[str, Row | str]:
     import torch
 
-    from onnxinit.methods import METHODS
     from onnxinit.rescale import rescale
 
     torch.set_num_threads(args.threads)
     split = digits_split()
-    results: dict[str, list | str] = {"default": []}
-    for name in CANDIDATES:
-        results[name] = [] if name in METHODS else "not available"
+    results = inits(args)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "digits_train.npz"
         np.savez(data, x=split[0], labels=split[1])
         for seed in args.seeds:
-            for name, runs in list(results.items()):
-                if isinstance(runs, str):
+            for name, row in results.items():
+                if isinstance(row, str):
                     continue
                 module = build_mlp(args.depth, args.width, args.activation, seed)
                 seconds = 0.0
                 if name != "default":
                     onnx_path = Path(tmp) / f"mlp_{seed}.onnx"
                     export(module, onnx_path)
+                    options = {}
+                    for step in name.split(","):
+                        options.update(method_options(step, args.quick, str(data)))
                     start = time.perf_counter()
                     try:
                         result = rescale(onnx_path, name, write=False, seed=seed,
-                                         batch_size=args.batch_size,
-                                         **method_options(name, args.quick, str(data)))
+                                         batch_size=args.batch_size, **options)
                     except Exception as exc:  # noqa: BLE001  (a failing method is reported, not fatal)
-                        results[name] = f"failed: {type(exc).__name__}: {exc}"[:100]
+                        row.failed.append(seed)
+                        row.message = row.message or f"{type(exc).__name__}: {exc}"[:80]
+                        print(f"  seed {seed} {name}: rescale failed: {exc}", file=sys.stderr,
+                              flush=True)
                         continue
                     seconds = time.perf_counter() - start
                     load_back(module, result.model, onnx_path)
                 history = train(module, split, epochs=args.epochs, lr=args.lr,
                                 batch_size=args.batch_size, seed=seed)
-                runs.append((history[0], max(history), seconds))
+                row.runs.append((history[0], max(history), seconds))
                 print(f"  seed {seed} {name:9s} acc per epoch "
                       + " ".join(f"{a:.2f}" for a in history), file=sys.stderr, flush=True)
     return results
 
 
-def table(results: dict[str, list | str]) -> str:
+def table(results: dict[str, Row | str]) -> str:
     def cell(values):
         values = 100 * np.asarray(values)
         return f"{values.mean():5.1f} +- {values.std():4.1f}"
 
-    lines = ["| init | Acc_0 (%) | Acc_best (%) | rescale s |", "|---|---|---|---|"]
-    for name, runs in results.items():
-        if isinstance(runs, str):
-            lines.append(f"| {name} | {runs} | | |")
+    lines = ["| init | Acc_0 (%) | Acc_best (%) | rescale s | runs |", "|---|---|---|---|---|"]
+    for name, row in results.items():
+        if isinstance(row, str):
+            lines.append(f"| {name} | {row} | | | |")
             continue
-        acc0, best, seconds = zip(*runs)
-        lines.append(f"| {name} | {cell(acc0)} | {cell(best)} | {np.mean(seconds):.2f} |")
+        note = f"{len(row.runs)}"
+        if row.failed:
+            note += f"; failed for seeds {row.failed}: {row.message}"
+        if not row.runs:
+            lines.append(f"| {name} | | | | {note} |")
+            continue
+        acc0, best, seconds = zip(*row.runs)
+        lines.append(f"| {name} | {cell(acc0)} | {cell(best)} | {np.mean(seconds):.2f} | "
+                     f"{note} |")
     return "\n".join(lines)
 
 
@@ -226,6 +266,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--from-kaiming", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run kaiming and kaiming followed by each of gradinit, "
+                             "metainit, nio (the papers start from Kaiming init)")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.seeds = min(args.epochs, 4), args.seeds[:1]
