@@ -8,6 +8,12 @@ A Moments may also carry ``source``: the distribution it came from, described as
 the given moments followed by a chain of element-wise functions. Monte Carlo rules (MaxPool,
 Softmax) sample that distribution instead of a Gaussian with matching moments; any rule that
 mixes values resets it.
+
+A Moments may instead carry ``mixture``: the distribution as a mixture of Gaussians, arrays
+``(w, m, v)`` with a leading component axis and the rest laid out like ``mean``/``var``. The sum
+of a ReLU output and an independent Gaussian (a residual Add) is one: the ReLU's zero, and its
+positive part in a few quantile bins. Closed-form activations (ReLU...) integrate each component
+exactly; every other rule ignores it (a Gaussian with the same moments).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class Moments:
     mean: np.ndarray
     var: np.ndarray
     source: Source | None = None
+    mixture: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mean", _as_array(self.mean))
@@ -134,7 +141,13 @@ class Moments:
         pad = (1,) * (rank - self.rank)
         mean = self.mean.reshape(pad + self.mean.shape) if self.mean.ndim else self.mean
         var = self.var.reshape(pad + self.var.shape) if self.var.ndim else self.var
-        return Moments(mean, var, self.source)
+        mixture = None
+        if self.mixture is not None and all(a.ndim == self.rank + 1 for a in self.mixture[1:]):
+            mixture = tuple(
+                a.reshape(a.shape[:1] + (1,) * (rank - a.ndim + 1) + a.shape[1:])
+                for a in self.mixture
+            )
+        return Moments(mean, var, self.source, mixture)
 
     def __repr__(self) -> str:
         m, v = self.total()

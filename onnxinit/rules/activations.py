@@ -163,6 +163,8 @@ def _leaky_closed(mu, var, alpha):
     """f = x+ - alpha (-x)+: E = E[x+] - alpha E[(-x)+], E[f^2] = E[x+^2] + alpha^2 E[(-x)+^2]."""
     s = np.sqrt(var)
     p1, p2 = _relu_parts(mu, s)
+    if np.ndim(alpha) == 0 and alpha == 0:  # ReLU
+        return p1, p2 - p1**2
     n1, n2 = _relu_parts(-mu, s)
     e = p1 - alpha * n1
     return e, p2 + alpha**2 * n2 - e**2
@@ -490,6 +492,15 @@ def apply_fn(x: Moments, f: _Fn | Elementwise, rank: int | None = None) -> Momen
         return Moments(mean, var, out_src)
     if f.domain is not None:
         _guard(f.domain, src.chain, src, rank)
+    if f.closed is not None and x.source is None and x.mixture is not None:
+        # a Gaussian mixture (ReLU output + Gaussian): the closed form per component,
+        # E = sum_i w_i E_i, E[f^2] = sum_i w_i (Var_i + E_i^2)
+        w, m, v = x.mixture
+        if rank is None or m.ndim == rank + 1:
+            e_i, v_i = f.closed(m, v)
+            mean = (w * e_i).sum(axis=0)
+            var = (w * (v_i + e_i**2)).sum(axis=0) - mean**2
+            return Moments(mean, var, out_src)
     if f.closed is not None and not src.chain:
         mean, var = f.closed(_expand(src.mean, rank), _expand(src.var, rank))
         return Moments(mean, var, out_src)
