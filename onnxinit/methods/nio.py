@@ -108,6 +108,17 @@ def chunk_bounds(batch_size: int, splits: int, overlap: float) -> list[tuple[int
     return bounds
 
 
+def refuse_fixed_batch(graph: ModelGraph) -> None:
+    """Sub-batches need a dynamic batch axis (axis 0 of every input)."""
+    for value in graph.model_inputs():
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            raise InvalidOptionError(
+                f"{graph.name}: input {value.name!r} has a fixed batch size "
+                f"{dims[0].dim_value}; nio runs sub-batches of other sizes and needs a dynamic "
+                "batch axis (re-export with a dynamic batch dimension)")
+
+
 @dataclass
 class Chunks:
     """Sub-batch gradients at one theta: g_i, n_i, and the sub-batches."""
@@ -173,6 +184,7 @@ def plan(graph: ModelGraph, options: NIOOptions | None = None) -> Plan:
     """NIO scales for every parameter tensor (see the module docstring)."""
     options = options or NIOOptions()
     validate(options)
+    refuse_fixed_batch(graph)
     run = prepare(graph, options, min_scale=options.nio_min_scale, hvp=options.nio_hvp)
     oracle, space = run.oracle, run.space
     bounds = chunk_bounds(run.source.batch_size, options.nio_splits, options.nio_overlap)

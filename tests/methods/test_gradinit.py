@@ -28,6 +28,7 @@ from tests.methods.scaleopt_fixtures import (
     random_alpha,
     tiny_run,
 )
+from tests.models import mlp
 
 
 def test_registered_with_prefixed_options():
@@ -113,3 +114,17 @@ def test_same_seed_same_bytes(tmp_path):
     a, b, c = (p.read_bytes() for p in paths)
     assert a == b
     assert a != c  # the seed does reach the data
+
+
+def test_data_file_with_mse_targets(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.standard_normal((40, 5)).astype(np.float32),
+             targets=rng.standard_normal((40, 4)).astype(np.float32))
+    result = rescale(mlp([5, 7, 4], activation="Tanh"), "gradinit", output=tmp_path / "o.onnx",
+                     batch_size=8, data=str(data), loss="mse", gradinit_iterations=3,
+                     gradinit_gamma=100.0)
+    report = result.method_reports["gradinit"]
+    assert report["data"] == "file" and report["loss"] == "mse"
+    assert [r["constraint"] for r in report["trajectory"]] == [False] * 3
+    assert report["after"]["objective"] != report["before"]["objective"]

@@ -25,6 +25,7 @@ from tests.methods.scaleopt_fixtures import (
     random_alpha,
     tiny_run,
 )
+from tests.models import mlp
 
 
 def test_registered_with_defaults():
@@ -40,6 +41,12 @@ def test_chunk_bounds_as_the_reference_code():
     assert chunk_bounds(8, 2, 0.0) == [(0, 4), (4, 8)]
     with pytest.raises(InvalidOptionError, match="cannot be split"):
         chunk_bounds(3, 4, 0.2)
+
+
+def test_fixed_batch_refused():
+    graph = load(mlp([4, 3], activation=None, dynamic_batch=False), batch_size=4)
+    with pytest.raises(InvalidOptionError, match="dynamic batch axis"):
+        nio.plan(graph, NIOOptions(nio_iterations=1, nio_splits=2))
 
 
 def test_grad_cosine_is_mean_off_diagonal_cosine():
