@@ -341,12 +341,16 @@ class GradientOracle:
         if self.hvp_mode == "fd":
             return None
         if batch_size not in self._exact:
+            from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
             from ..errors import OnnxInitError
 
+            refused = (OnnxInitError, ort_errors.Fail, ort_errors.InvalidGraph,
+                       ort_errors.NotImplemented, ort_errors.InvalidArgument)
             try:
                 self._exact[batch_size] = ExactHVP(self.program(batch_size), self.device)
                 self.hvp_note = "exact (reverse over reverse)"
-            except OnnxInitError as exc:
+            except refused as exc:  # the autodiff or onnxruntime cannot: differences instead
                 if self.hvp_mode == "exact":
                     raise
                 self._exact[batch_size] = None

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit import progress
-from onnxinit.errors import UnsupportedModelError
+from onnxinit.errors import OnnxInitError, UnsupportedModelError
 from onnxinit.graph import load
 from onnxinit.methods.gradinit import GradInitOptions
 from onnxinit.methods.scaleopt import (
@@ -21,6 +21,7 @@ from onnxinit.methods.scaleopt import (
     prepare,
 )
 from tests.methods.scaleopt_fixtures import (
+    SAMPLES,
     assert_gradient_matches,
     central_difference,
     random_alpha,
@@ -180,3 +181,18 @@ def test_progress_quiet_in_ci_and_off_a_terminal(monkeypatch):
     with progress.bar(3, "x") as b:
         b.update()
         assert b.disable
+
+
+def test_auto_falls_back_to_differences_where_autodiff_cannot(tmp_path):
+    """small_cnn's MaxPool gradient is a ScatterElements, which has no backward rule yet: 'auto'
+    uses differences of gradients and says why; 'exact' refuses."""
+    graph = load(SAMPLES / "small_cnn.onnx", batch_size=2)
+    run = prepare(graph, GradInitOptions(), min_scale=0.01, device="cpu", hvp="auto")
+    theta = run.space.theta(np.ones(run.space.size))
+    v = np.ones_like(theta)
+    assert np.all(np.isfinite(run.oracle.hvp(theta, v, run.source.batch(0))))
+    assert run.oracle.hvp_note.startswith("finite differences") and "ScatterElements" in \
+        run.oracle.hvp_note and run.oracle.hvp_passes == 0
+    strict = prepare(graph, GradInitOptions(), min_scale=0.01, device="cpu", hvp="exact")
+    with pytest.raises(OnnxInitError, match="ScatterElements"):
+        strict.oracle.hvp(theta, v, strict.source.batch(0))
