@@ -49,6 +49,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -286,9 +287,10 @@ class ExactHVP:
 
 
 class GradientOracle:
-    """Loss gradients of ``model`` w.r.t. its ``wrt`` parameters on flat vectors, with the
-    finite-difference products (2) and (3). One compiled program per batch size (NIO's
-    overlapping chunks differ in size). ``passes`` counts gradient passes."""
+    """Loss gradients of ``model`` w.r.t. its ``wrt`` parameters on flat vectors, with
+    Hessian-vector products (exact, or (2)) and third-order products ((3)). One compiled program
+    per batch size (NIO's overlapping chunks differ in size). ``passes`` counts gradient passes,
+    ``hvp_passes`` exact products; ``hvp_note`` says how products were computed."""
 
     def __init__(
         self,
@@ -480,7 +482,9 @@ class Step:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-class Optimiser:  # the protocol RescaleAdam and SignMomentum follow
+class Optimiser(Protocol):
+    """What :func:`optimise` needs (RescaleAdam, SignMomentum): the next alphas."""
+
     def step(self, alpha: np.ndarray, grad: np.ndarray, constraint: bool) -> np.ndarray: ...
 
 
