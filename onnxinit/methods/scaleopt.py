@@ -16,12 +16,11 @@ GradInit's first step moves them).
 
 Hessian-vector products are exact where the autodiff can differentiate its own gradient graph
 (reverse over reverse: the gradient of ``phi(theta) = <g(theta), v>`` with v a graph input is
-``H v``; ``hvp="auto"`` or ``"exact"``). That is what the papers' double backpropagation computes,
-and it is the only usable choice for ReLU networks in float32: there a central difference of
-gradients crosses activation kinks and loses the sign of small curvature terms (on the
-normalization-free ResNet-20 a float32 difference of gradients is off by 170% against a float64
-one, and gives GradCosine's gradient the wrong sign, while the exact product matches a finite
-difference of the objective). Where the gradient graph holds an op without a backward rule
+``H v``; ``hvp="auto"`` or ``"exact"``). That is what the papers' double backpropagation
+computes. On ReLU networks in float32 a central difference of gradients crosses activation
+kinks and loses small curvature terms: on the normalization-free ResNet-20 it is off by 170%
+against a float64 difference, and gives GradCosine's gradient the wrong sign, while with exact
+products that gradient matches a difference of the objective. Where the gradient graph holds an op without a backward rule
 (MaxPool's ScatterElements, ...) or with ``hvp="fd"`` (MetaInit's default: see metainit.py),
 products come from central differences of gradient passes:
 
