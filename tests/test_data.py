@@ -223,3 +223,11 @@ def test_data_options_drive_batches(mlp_graph, tmp_path):
     source = batches(mlp_graph, DataOptions(data=path), seed=2)
     assert not source.synthetic and source.batch(0).feeds["x"].shape == (8, 4)
     assert batches(mlp_graph, DataOptions(loss="output")).batch(0).labels is None
+
+
+def test_methods_use_the_resolved_batch_size():
+    fixed = load(mlp([4, 8, 3], dynamic_batch=False), batch_size=32)  # declared batch 4
+    assert batches(fixed, DataOptions()).batch(0).feeds["x"].shape == (4, 4)
+    given = load(mlp([4, 8, 3]), input_shapes={"x": (6, 4)}, batch_size=32)
+    assert batches(given, DataOptions()).batch(0).feeds["x"].shape == (6, 4)
+    assert batches(given, DataOptions(), batch_size=10).batch(0).feeds["x"].shape == (10, 4)

@@ -33,13 +33,23 @@ class DataOptions:
     )
 
 
+def graph_batch_size(graph: ModelGraph) -> int:
+    """The batch size the graph's inputs resolved to: axis 0 of the first input's shape (a fixed
+    batch the model declares, ``--input-shape``, or else ``--batch-size``)."""
+    for name in graph.input_names:
+        shape = graph.input_shapes.get(name)
+        if shape:
+            return int(shape[0])
+    return graph.batch_size
+
+
 def batches(graph: ModelGraph, options: DataOptions, *, batch_size: int | None = None,
             seed: int | None = None) -> DataSource:
-    """The DataSource a method draws from (batch size: the graph's unless given; seed: the
-    options' ``seed`` field, 0 if none)."""
+    """The DataSource a method draws from (batch size: the graph's resolved one unless given;
+    seed: the options' ``seed`` field, 0 if none)."""
     return data_source(
         graph, options.data,
-        batch_size=batch_size if batch_size is not None else graph.batch_size,
+        batch_size=batch_size if batch_size is not None else graph_batch_size(graph),
         seed=seed if seed is not None else getattr(options, "seed", 0),
         loss=options.loss, loss_output=options.loss_output,
     )
