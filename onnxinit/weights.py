@@ -20,7 +20,6 @@ Framework adapters (``onnxinit.adapters.torch`` ...) use these; no framework is 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -497,13 +496,14 @@ def _squeezed(shape) -> tuple[int, ...]:
     return tuple(d for d in shape if d != 1)
 
 
-def _hash(array: np.ndarray) -> str:
-    """Of the values and the shape without its size-1 dimensions (an exporter may write a bias
-    of shape [C] as [1, C] or [1, C, 1, 1])."""
-    data = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
-    digest = hashlib.blake2b(data.tobytes(), digest_size=16)
-    digest.update(str(_squeezed(data.shape)).encode())
-    return digest.hexdigest()
+def _value_key(array: np.ndarray) -> tuple:
+    """A cheap lookup key: the shape without its size-1 dimensions (an exporter may write a bias
+    of shape [C] as [1, C]) and 256 evenly spaced values. Equal arrays have equal keys; a match
+    is always confirmed with :func:`_equal`."""
+    flat = np.asarray(array).reshape(-1)
+    if flat.size > 256:
+        flat = flat[np.linspace(0, flat.size - 1, 256).astype(np.int64)]
+    return _squeezed(array.shape), np.asarray(flat, dtype=np.float32).tobytes()
 
 
 def _equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -519,9 +519,10 @@ def _close(a: np.ndarray, b: np.ndarray, rtol: float = 1e-5) -> bool:
     elements rejects most pairs cheaply)."""
     if _squeezed(a.shape) != _squeezed(b.shape):
         return False
-    a = a.reshape(b.shape)
-    head_a = np.asarray(a.reshape(-1)[:64], np.float64)
-    head_b = np.asarray(b.reshape(-1)[:64], np.float64)
+    if a.shape != b.shape:
+        a = a.reshape(b.shape)
+    head_a = np.asarray(a.flat[:64], np.float64)  # .flat: no copy of a transposed view
+    head_b = np.asarray(b.flat[:64], np.float64)
     if not np.allclose(head_a, head_b, rtol=10 * rtol, atol=10 * rtol * np.max(np.abs(head_b),
                                                                                initial=0.0)):
         return False
@@ -549,6 +550,7 @@ class _Mapper:
         self.approximate = approximate
         self.model = model
         self.report = MappingReport()
+        self._index: dict[tuple, list[str]] | None = None
         self.todo = [n for n in new if n in reference or n in params]
         self.todo += [n for n in new if n not in self.todo]
 
@@ -630,9 +632,11 @@ class _Mapper:
     def by_value(self, degenerate: bool) -> None:
         """Exact value matches (hash, verified with array_equal). ``degenerate`` selects the
         tensors whose elements are all equal (done last: they rarely identify a parameter)."""
-        index: dict[str, list[str]] = {}
-        for param, value in self.params.items():
-            index.setdefault(_hash(value), []).append(param)
+        if self._index is None:
+            self._index = {}
+            for param, value in self.params.items():
+                self._index.setdefault(_value_key(value), []).append(param)
+        index = self._index
         groups: dict[tuple, list[str]] = {}
         for name in self._remaining():
             if name in self.approximate or name not in self.ref:
@@ -640,11 +644,11 @@ class _Mapper:
             ref = self.ref[name]
             if _degenerate(ref) != degenerate:
                 continue
-            candidates = [(p, False) for p in index.get(_hash(ref), [])
+            candidates = [(p, False) for p in index.get(_value_key(ref), [])
                           if _equal(ref, self.params[p])]
             if ref.ndim == 2:
                 exact = {c[0] for c in candidates}
-                candidates += [(p, True) for p in index.get(_hash(ref.T), [])
+                candidates += [(p, True) for p in index.get(_value_key(ref.T), [])
                                if p not in exact and _equal(ref.T, self.params[p])]
             self._choose(name, candidates, "value", groups)
         self._resolve_groups(groups, "value")
