@@ -179,12 +179,12 @@ def test_rescale_export_weights_in_one_step(model_path, tmp_path, cli):
 
 def test_external_data_model_exports_its_weights(tmp_path):
     model = mlp([32, 64, 8], seed=5)
+    expected = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     path = tmp_path / "ext.onnx"
     onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
               location="ext.onnx.data", size_threshold=0)
     assert (tmp_path / "ext.onnx.data").exists()
     tensors, _ = read_weights(export_weights(path))
-    expected = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     assert set(tensors) == set(expected)
     for name, value in expected.items():
         np.testing.assert_array_equal(tensors[name], value)
