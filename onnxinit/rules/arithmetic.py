@@ -10,9 +10,10 @@ are exact for it::
     Div by c  = Mul by 1/c
 
 Statistics are computed on the broadcast grid of every operand's tracked axes (a per-channel
-signal plus a ``[S, D]`` positional constant gives a ``[1, S, D]`` grid), then folded back onto
-the signal's tracked axes (or, for a scalar signal, the last axis the constant varies along) by
-the law of total variance, which is exact for the per-index statistics over the folded axes:
+signal plus a ``[S, D]`` positional constant gives a ``[1, S, D]`` grid), kept whole when it is
+small (at most 65536 cells), else folded back onto the signal's tracked axes (or, for a scalar
+signal, the last axis the constant varies along) by the law of total variance, which is exact
+for the per-index statistics over the folded axes:
 
     E_k = mean_f E_kf,   Var_k = mean_f Var_kf + var_f E_kf
 
@@ -40,6 +41,7 @@ from .activations import (
 
 _GRID_CAP = 1 << 22  # elements of a statistics grid before it is folded further
 _CONST_CAP = 1 << 16  # constants larger than this are not handed to the element-wise rules
+_KEEP_CAP = 1 << 16  # grids up to this many cells are kept whole (never folded)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,11 +98,14 @@ def fold(mean: np.ndarray, var: np.ndarray, keep) -> Moments:
 
 
 def _finish(mean, var, signal_axes: set[int]) -> Moments:
-    """Keep the signal's tracked axes (with any constant variation along them); fold a
-    constant's variation along other axes, keeping its last varying axis for a scalar signal."""
+    """Keep the whole grid when it is small (<= _KEEP_CAP cells: a positional embedding's
+    per-position means stay per position, so that a later mean over the sequence averages them
+    instead of counting them as noise), or when it varies only along the signal's tracked axes;
+    else fold a constant's variation along other axes, keeping its last varying axis for a
+    scalar signal."""
     axes = _axes(mean, var)
     size = int(np.prod(np.broadcast_shapes(np.shape(mean), np.shape(var))))
-    if (axes <= signal_axes or len(axes) <= 1) and size <= _GRID_CAP:
+    if size <= _KEEP_CAP or ((axes <= signal_axes or len(axes) <= 1) and size <= _GRID_CAP):
         return Moments(mean, var)
     keep = signal_axes if signal_axes else {max(axes)}
     return fold(mean, var, keep)

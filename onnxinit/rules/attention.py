@@ -104,7 +104,10 @@ def _softmax_stats(mean, var, chain, log: bool, rng, share: int = 1):
     ``share``: how many distributions one node draws for (they split the sample budget)."""
     n = mean.shape[-1]
     iid = np.all(mean == mean[0]) and np.all(var == var[0])
-    total = (_SAMPLES if iid else 4 * _SAMPLES) // share
+    # one distribution: 4x the budget when its logits differ; several (per query position,
+    # head...): the node's budget is shared, their average (what the tensor's total sees) is
+    # still estimated from every sample
+    total = (_SAMPLES if iid or share > 1 else 4 * _SAMPLES) // share
     count = max(2000, min(200_000, total // n))
     step = max(1, _CHUNK // n)
     s1 = np.zeros(n)

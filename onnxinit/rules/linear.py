@@ -249,6 +249,17 @@ def conv_transpose(inputs, ctx: RuleContext):
     return [Moments.along(mean, var, 1, len(y_shape))]
 
 
+def _leading(x: Moments, rank: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """x's (mean, var) at ``rank`` with the contracted last axis (size ``k``) made explicit,
+    when x tracks an axis other than the last (per-position statistics); else None."""
+    x = x.expand_rank(rank)
+    if x.rank != rank or not any(a != rank - 1 for a in x.tracked_axes()):
+        return None
+    mean, var = np.broadcast_arrays(x.mean, x.var)
+    shape = mean.shape[:-1] + (k,)
+    return np.broadcast_to(mean, shape), np.broadcast_to(var, shape)
+
+
 def _dense(mu, nu, w_in_out: np.ndarray, bias: np.ndarray | float = 0.0, scale: float = 1.0):
     """E_j = scale * sum_i W_ij mu_i + bias_j; Var_j = scale^2 * sum_i W_ij^2 nu_i."""
     mean = scale * (mu @ w_in_out) + bias
@@ -269,8 +280,11 @@ def gemm(inputs, ctx: RuleContext):
         x = inputs[0]
         w = np.asarray(ctx.const(1), dtype=np.float64)
         w = w.T if trans_b else w  # [K, N]
-        mu, nu = x.values_along(0 if trans_a else 1, w.shape[0])
         c = _bias(ctx, 2, y_shape[1]) if ctx.has_input(2) else 0.0
+        kept = None if trans_a else _leading(x, 2, w.shape[0])
+        if kept is not None:  # per row (position) and feature
+            return [Moments(*_dense(*kept, w, beta * c, alpha))]
+        mu, nu = x.values_along(0 if trans_a else 1, w.shape[0])
         mean, var = _dense(mu, nu, w, beta * c, alpha)
         return [Moments.along(mean, var, 1, 2)]
     if inputs[1] is not None and ctx.const(0) is not None:
@@ -293,7 +307,8 @@ def gemm(inputs, ctx: RuleContext):
 def matmul_const(inputs, ctx: RuleContext):
     """MatMul with one constant 2-D operand (dense layer); two activations go to attention.
 
-    X[..., K] @ W[K, N]: per output feature j, E_j = sum_k W_kj mu_k, Var_j = sum_k W_kj^2 nu_k.
+    X[..., K] @ W[K, N]: per output feature j, E_j = sum_k W_kj mu_k, Var_j = sum_k W_kj^2 nu_k
+    (per row as well when X's statistics vary along another axis: per position).
     W[M, K] @ X[..., K, N]: per row m along axis -2, E_m = sum_k W_mk mu_k, Var likewise.
     """
     if inputs[0] is not None and inputs[1] is not None:
@@ -306,6 +321,9 @@ def matmul_const(inputs, ctx: RuleContext):
         if w is None or np.ndim(w) != 2:
             raise RuleError("MatMul with a non-2-D constant weight")
         w = np.asarray(w, dtype=np.float64)
+        kept = _leading(inputs[0], y_rank, w.shape[0])
+        if kept is not None:  # per position and feature: the same formula row by row
+            return [Moments(*_dense(*kept, w))]
         mu, nu = inputs[0].values_along(-1, w.shape[0])
         mean, var = _dense(mu, nu, w)
         return [Moments.along(mean, var, -1, y_rank)]

@@ -152,7 +152,11 @@ def test_einsum_outer_sum_is_measured():
 def test_self_attention_block():
     """Positional Add, Q/K/V projections, head Reshape/Transpose, Q K^T, scaling, Softmax, P V,
     merge heads, output projection. Softmax is 10% high in variance: the logits of one row
-    share their query, so they are correlated, where the rule draws them independently."""
+    share their query, so they are correlated, where the rule draws them independently. P V
+    (and the projection after it) is 8% low: a key's value and its attention weight are
+    functions of the same token, so they are correlated, where the rule takes them as
+    independent (with the positional means folded into the variance, as before per-position
+    statistics, the two errors happened to cancel)."""
     from onnx import numpy_helper
 
     rng = np.random.default_rng(0)
@@ -183,7 +187,7 @@ def test_self_attention_block():
         numpy_helper.from_array(np.array([0, 0, d_model], np.int64), "s3"),
         numpy_helper.from_array(np.float32(np.sqrt(d)), "sq"),
     ]
-    outs = {"xp": 0.05, "wq_o": 0.05, "sc": 0.05, "p": 0.12, "pv": 0.05, "y": 0.05}
+    outs = {"xp": 0.05, "wq_o": 0.05, "sc": 0.05, "p": 0.12, "pv": 0.10, "y": 0.10}
     model = make_model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, s, d_model])],
