@@ -192,7 +192,7 @@ def binary(inputs, ctx: RuleContext):
     return [out]
 
 
-_RELU_BINS = 4  # equal-probability bins of a ReLU's positive part in a mixture
+_RELU_BINS = 2  # equal-probability bins of a ReLU's positive part in a mixture
 
 
 def _phi(t: np.ndarray) -> np.ndarray:
