@@ -82,6 +82,23 @@ def batchnorm_to_batch_statistics(graph: ModelGraph, model: onnx.ModelProto) -> 
     model.graph.node.extend(_topological(new_nodes, model))
 
 
+def dropout_to_identity(model: onnx.ModelProto) -> None:
+    """Rewrite every Dropout of ``model`` (in place) into an Identity of its input: a
+    training-mode export keeps ``training_mode=True`` and onnxruntime would drop (and rescale)
+    at random, where the analysis takes Dropout as identity unless asked otherwise. A Dropout
+    whose mask output is used stays."""
+    used = {n for node in model.graph.node for n in node.input} | {
+        o.name for o in model.graph.output}
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "Dropout" or node.domain not in ("", "ai.onnx"):
+            continue
+        if len(node.output) > 1 and node.output[1] and node.output[1] in used:
+            continue
+        model.graph.node[i].CopyFrom(
+            helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name)
+        )
+
+
 def _topological(nodes: list[onnx.NodeProto], model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Order nodes so each comes after its producers (inserted Constants may come late)."""
     available = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
@@ -148,11 +165,13 @@ def measure(
     device: str = "auto",
 ) -> dict[str, tuple[float, float]]:
     """Measured (mean, var) over every element of each tensor, on ``feeds``, with training
-    semantics: BatchNormalization on batch statistics; Dropout is inference-mode identity."""
+    semantics: BatchNormalization on batch statistics; Dropout is identity (even with
+    ``training_mode=True``), as in the analysis by default."""
     tensors = list(tensors if tensors is not None else graph.float_activations())
     model = _with_outputs(graph, [t for t in tensors if t not in graph.input_names])
     _static_inputs(graph, model)
     batchnorm_to_batch_statistics(graph, model)
+    dropout_to_identity(model)
     session = make_session(model, device=device)
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(names, dict(feeds))))

@@ -60,3 +60,25 @@ def test_predicted_variance_matches_measured(name):
     assert len(rows) >= 10
     assert np.isfinite(worst) and worst <= FACTOR, rows[0]
     assert fraction >= FRACTION, [r[:2] for r in rows if r[0] > 1 + WITHIN][:10]
+
+
+def test_measurement_takes_training_mode_dropout_as_identity():
+    # a training-mode export keeps Dropout(training_mode=True); the analysis takes it as
+    # identity by default, so the measured reference must too (else every tensor after it is
+    # measured with dropout's 1/(1-p) variance)
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.models import make_model
+
+    nodes = [helper.make_node("Dropout", ["x", "ratio", "training"], ["y"], name="drop")]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(0.5, np.float32), "ratio"),
+         numpy_helper.from_array(np.array(True), "training")],
+    )
+    result = analyze(model, measure=True, device="cpu")
+    (y,) = [t for t in result.tensors if t.name == "y"]
+    assert y.rule == "dropout" and abs(y.var - 1.0) < 1e-9
+    assert abs(y.measured_var - 1.0) < 0.05  # dropped, it would be 2
