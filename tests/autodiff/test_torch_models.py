@@ -88,7 +88,9 @@ def test_torchvision_resnet18_matches_torch():
     labels = np.array([3, 8])
     model = export_training(module, (x,), ["x"], opset=17)
     _, ours = gradients(model, {"x": x.numpy()}, labels=labels, device="cpu")
-    _, expected = torch_gradients(module, (x,), labels)
+    # the reference in float64: torch's own float32 gradients are 1-3% off here (batch
+    # normalization over 2x2 maps in layer4 is ill-conditioned), ours are within 1e-5
+    _, expected = torch_gradients(module.double(), (x.double(),), labels)
     assert_gradients_close(ours, expected, rtol=1e-4)
 
 
