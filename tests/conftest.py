@@ -1,0 +1,19 @@
+"""Shared test set-up."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _restore_onnxinit_logger():
+    """CLI runs in-process configure the ``onnxinit`` logger (``-q`` raises its level to
+    ERROR); restore it so one test's flags never silence another test's log checks."""
+    log = logging.getLogger("onnxinit")
+    state = (log.level, list(log.handlers), log.propagate)
+    yield
+    log.setLevel(state[0])
+    log.handlers[:] = state[1]
+    log.propagate = state[2]
