@@ -521,8 +521,15 @@ class ModelGraph:
             from onnx.reference import ReferenceEvaluator
 
             feeds = {n: self.value(n) for n in node.input if n}
-            evaluator = ReferenceEvaluator(self._single_node_model(node))
-            outs = evaluator.run(None, feeds)
+            single = self._single_node_model(node)
+            try:
+                outs = ReferenceEvaluator(single).run(None, feeds)
+            except Exception as exc:  # noqa: BLE001 - the reference evaluator has gaps (e.g.
+                # GatherElements over more than 64 entries): onnxruntime folds it instead
+                from .runtime import make_session
+
+                log.debug("reference evaluator failed on %s (%s); using onnxruntime", node_id, exc)
+                outs = make_session(single, device="cpu", optimize=False).run(None, feeds)
             for name, out in zip([o for o in node.output if o], outs):
                 self._values[name] = np.asarray(out)
             return self._values[tensor]
@@ -534,7 +541,8 @@ class ModelGraph:
             onnx.helper.make_tensor_value_info(n, self.dtypes.get(n, TensorProto.FLOAT), None)
             for n in node.input if n
         ]
-        outputs = [onnx.helper.make_tensor_value_info(n, 0, None) for n in node.output if n]
+        outputs = [onnx.helper.make_tensor_value_info(n, self.dtypes.get(n, 0), None)
+                   for n in node.output if n]
         graph = onnx.helper.make_graph([node], "fold", inputs, outputs)
         model = onnx.helper.make_model(
             graph, opset_imports=list(self.model.opset_import), ir_version=self.model.ir_version

@@ -180,7 +180,11 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
             outputs = measure_node(inputs, ctx)
             rule_name = EMPIRICAL
             _record(result, Fallback(node_id, node.op_type, EMPIRICAL, reason))
-        except EmpiricalError as exc:
+        except Exception as exc:  # EmpiricalError, or a constant input that
+            # cannot be folded: never fail the analysis on one node
+            if not isinstance(exc, EmpiricalError):
+                log.debug("empirical fallback failed on %s", node_id, exc_info=True)
+                exc = EmpiricalError(f"{type(exc).__name__}: {exc}")
             outputs = pass_through(inputs, ctx)
             rule_name = PASS_THROUGH
             fallback = Fallback(node_id, node.op_type, PASS_THROUGH, f"{reason}; {exc}")

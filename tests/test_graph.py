@@ -151,3 +151,26 @@ def test_declared_value_info_kept_where_inference_has_none():
     assert graph.shape("h") == (5, 3)
     assert graph.shape("y") == (5, 3)  # inference continues from the declared shape
     assert not any("could not" in w for w in graph.warnings)
+
+
+def test_constant_folding_falls_back_to_onnxruntime():
+    # onnx's reference GatherElements fails beyond 64 entries along the axis (BERT's
+    # token_type_ids buffer): onnxruntime folds it instead
+    nodes = [
+        helper.make_node("GatherElements", ["table", "idx"], ["g"], axis=1),
+        helper.make_node("Cast", ["g"], ["gf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["x", "gf"], ["y"], name="mul"),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 70])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [_i64("table", [list(range(100))]), _i64("idx", [list(range(69, -1, -1))])],
+    )
+    graph = load(model)
+    assert graph.value("gf").tolist() == [list(range(69, -1, -1))]
+    from onnxinit.propagate import propagate
+
+    result = propagate(graph)
+    assert not result.fallbacks
+    np.testing.assert_allclose(result.moments["y"].total()[1], np.mean(np.arange(70.0) ** 2))
