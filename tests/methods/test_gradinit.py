@@ -4,7 +4,6 @@ direction on the normalization-free ResNet-20, the CLI report, and byte-identica
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -93,18 +92,7 @@ def test_resnet20_nobn_lowers_objective_within_gamma():
     assert report["moved_most"][0]["scale"] != 1.0
 
 
-@pytest.fixture
-def restore_logging():
-    """The CLI's --quiet sets the 'onnxinit' logger for the process: put it back."""
-    logger = logging.getLogger("onnxinit")
-    saved = (logger.level, list(logger.handlers), logger.propagate)
-    yield
-    logger.setLevel(saved[0])
-    logger.handlers[:] = saved[1]
-    logger.propagate = saved[2]
-
-
-def test_cli_report_has_trajectory(tmp_path, restore_logging):
+def test_cli_report_has_trajectory(tmp_path):
     out, report = tmp_path / "out.onnx", tmp_path / "r.json"
     main(["rescale", str(MLP50), "--method", "gradinit", "--gradinit-iterations", "4",
           "--gradinit-lr", "0.05", "--batch-size", "8", "--seed", "3", "-o", str(out),
