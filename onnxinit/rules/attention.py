@@ -167,7 +167,9 @@ def softmax(inputs, ctx: RuleContext):
         axis = ctx.attr("axis", 1) % rank
         inner = list(range(axis, rank))
     n = int(np.prod([shape[a] for a in inner]))
-    mean, var = _full(x, rank)
+    # axes along which the statistics repeat (a causal mask expanded over the batch) are
+    # dropped first: they add no distinct distribution
+    mean, var = _full(_compress(*_full(x, rank)), rank)
     outer = [a for a in range(rank) if a not in inner]
     perm = outer + inner
     mean, var = mean.transpose(perm), var.transpose(perm)
