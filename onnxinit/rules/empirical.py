@@ -3,7 +3,10 @@
 Signal inputs are sampled from their moments (their described distribution when they carry one),
 constant inputs are the node's real constants, and the outputs' moments are measured — per index
 along the axis the first signal input tracks when the output keeps that axis, pooled otherwise.
-When the node cannot run alone (custom domain, subgraphs), statistics pass through unchanged.
+An input that is neither (an integer or boolean tensor computed from signals, such as a random
+mask ``Less(RandomUniformLike(x), p)``) is computed by running its producers along with the node
+(up to 8 of them). When the node cannot run (custom domain, subgraphs), statistics pass through
+unchanged.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..graph import RANDOM_OPS
 from ..moments import Moments
 from . import RuleContext
 
 _MAX_ELEMENTS = 1 << 22  # cap the sample size of one input; batch is shrunk to fit
+_MAX_UPSTREAM = 8  # nodes computing a non-float input that are run along with the node
 
 
 class EmpiricalError(Exception):
@@ -52,12 +57,22 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments
     if graph._implicit.get(ctx.node_id):
         raise EmpiricalError("the node reads outer-scope tensors from a subgraph")
     rng = ctx.rng()
+    known = ctx.options.get("moments", {})
     feeds, graph_inputs, initializers = {}, [], []
     tracked_axis, tracked_size = None, None
-    for index, name in enumerate(node.input):
-        if not name:
+    nodes, seen = {ctx.node_id: node}, set()
+    pending = [(name, inputs[i] if i < len(inputs) else None) for i, name in enumerate(node.input)]
+    while pending:
+        name, m = pending.pop(0)
+        if not name or name in seen:
             continue
-        m = inputs[index] if index < len(inputs) else None
+        seen.add(name)
+        src = graph.producer.get(name)
+        if src is not None and name not in node.input and graph.node(src).op_type in RANDOM_OPS \
+                and len(nodes) <= _MAX_UPSTREAM:
+            m = None  # a random op upstream is run, not sampled as a Gaussian of its moments
+        elif m is None and graph.is_signal(name):
+            m = known.get(name)
         if m is not None:
             shape = graph.shape(name)
             if shape is None:
@@ -72,15 +87,24 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments
         elif graph.is_constant(name):
             value = graph.value(name)
             initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        elif src is not None and len(nodes) <= _MAX_UPSTREAM:
+            # an integer/boolean tensor computed from signals (a random mask: Less of
+            # RandomUniformLike): run the nodes that compute it too
+            if graph._implicit.get(src):
+                raise EmpiricalError("an upstream node reads outer-scope tensors")
+            nodes[src] = graph.node(src)
+            pending.extend((n, None) for n in graph.node(src).input)
         else:
             raise EmpiricalError(f"input {name!r} is neither a signal with moments nor constant")
+    order = {n: i for i, n in enumerate(graph.order)}
+    node_list = [nodes[n] for n in sorted(nodes, key=order.get)]
     outputs = [
         helper.make_tensor_value_info(o, graph.dtypes.get(o, onnx.TensorProto.FLOAT), None)
         for o in node.output
         if o
     ]
     model = helper.make_model(
-        helper.make_graph([node], "single", graph_inputs, outputs, initializers),
+        helper.make_graph(node_list, "single", graph_inputs, outputs, initializers),
         opset_imports=list(graph.model.opset_import),
         ir_version=min(graph.model.ir_version, 10),
     )

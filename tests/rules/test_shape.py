@@ -278,3 +278,30 @@ def test_depth_to_space(mode):
 def test_space_to_depth():
     node = helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=2)
     run(node, {"x": (4000, 4, 4, 4)}, {"x": PC})
+
+
+def test_random_mask_measured_with_its_producers():
+    # stochastic depth as torchvision exports it in training mode: a Bernoulli(0.8) mask from
+    # Less(RandomUniformLike(x), 0.8), cast to float; the boolean tensor has no moments, so the
+    # fallback runs the mask's producers along with the Cast
+    nodes = [
+        helper.make_node("RandomUniformLike", ["x"], ["u"], seed=1.0),
+        helper.make_node("Less", ["u", "p"], ["keep"]),
+        helper.make_node("Cast", ["keep"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["x", "mask"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "droppath",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4000, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(0.8, np.float32), "p")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    from onnxinit.propagate import propagate
+
+    result = propagate(load(model))
+    assert result.rules["mask"] == "empirical"
+    mean, var = result.moments["mask"].total()
+    assert abs(mean - 0.8) < 0.01 and abs(var - 0.16) < 0.01
+    # y = x * mask, independent: E[y^2] = E[x^2] E[mask^2] = 0.8
+    assert abs(result.moments["y"].total()[1] - 0.8) < 0.02
