@@ -21,6 +21,7 @@ from . import RuleContext
 
 _MAX_ELEMENTS = 1 << 22  # cap the sample size of one input; batch is shrunk to fit
 _MAX_UPSTREAM = 8  # nodes computing a non-float input that are run along with the node
+_MIN_RANDOM = 1 << 16  # elements drawn at least when a random op runs
 
 
 class EmpiricalError(Exception):
@@ -60,7 +61,7 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments
     known = ctx.options.get("moments", {})
     feeds, graph_inputs, initializers = {}, [], []
     tracked_axis, tracked_size = None, None
-    nodes, seen = {ctx.node_id: node}, set()
+    nodes, seen, signals = {ctx.node_id: node}, set(), []
     pending = [(name, inputs[i] if i < len(inputs) else None) for i, name in enumerate(node.input)]
     while pending:
         name, m = pending.pop(0)
@@ -77,13 +78,7 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments
             shape = graph.shape(name)
             if shape is None:
                 raise EmpiricalError(f"input {name!r} has no static shape")
-            shape = _sample_shape(shape)
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1))
-            feeds[name] = _sample(m.expand_rank(len(shape)), shape, rng).astype(dtype)
-            graph_inputs.append(helper.make_tensor_value_info(name, graph.dtypes[name], shape))
-            if tracked_axis is None and m.tracked_axes():
-                tracked_axis = m.tracked_axes()[0]
-                tracked_size = shape[tracked_axis]
+            signals.append((name, m, _sample_shape(shape)))
         elif graph.is_constant(name):
             value = graph.value(name)
             initializers.append(numpy_helper.from_array(np.asarray(value), name))
@@ -98,6 +93,22 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments
             raise EmpiricalError(f"input {name!r} is neither a signal with moments nor constant")
     order = {n: i for i, n in enumerate(graph.order)}
     node_list = [nodes[n] for n in sorted(nodes, key=order.get)]
+    factor = 1
+    if any(n.op_type in RANDOM_OPS for n in node_list) and signals \
+            and all(len(sh) >= 1 for _, _, sh in signals) \
+            and len({sh[0] for _, _, sh in signals}) == 1:
+        # random draws need many elements (a stochastic-depth mask is [batch, 1, 1, 1]):
+        # a larger batch, when every sampled input shares its batch axis
+        factor = max(1, _MIN_RANDOM // max(int(np.prod(sh)) for _, _, sh in signals))
+    for name, m, shape in signals:
+        if factor > 1:
+            shape = (shape[0] * factor, *shape[1:])
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1))
+        feeds[name] = _sample(m.expand_rank(len(shape)), shape, rng).astype(dtype)
+        graph_inputs.append(helper.make_tensor_value_info(name, graph.dtypes[name], shape))
+        if tracked_axis is None and m.tracked_axes():
+            tracked_axis = m.tracked_axes()[0]
+            tracked_size = shape[tracked_axis]
     outputs = [
         helper.make_tensor_value_info(o, graph.dtypes.get(o, onnx.TensorProto.FLOAT), None)
         for o in node.output

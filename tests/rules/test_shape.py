@@ -280,10 +280,12 @@ def test_space_to_depth():
     run(node, {"x": (4000, 4, 4, 4)}, {"x": PC})
 
 
-def test_random_mask_measured_with_its_producers():
+@pytest.mark.parametrize("shape", [[4000, 8], [2, 1, 1, 1]])
+def test_random_mask_measured_with_its_producers(shape):
     # stochastic depth as torchvision exports it in training mode: a Bernoulli(0.8) mask from
     # Less(RandomUniformLike(x), 0.8), cast to float; the boolean tensor has no moments, so the
-    # fallback runs the mask's producers along with the Cast
+    # fallback runs the mask's producers along with the Cast (on a larger batch when the mask
+    # is tiny: [batch, 1, 1, 1])
     nodes = [
         helper.make_node("RandomUniformLike", ["x"], ["u"], seed=1.0),
         helper.make_node("Less", ["u", "p"], ["keep"]),
@@ -292,7 +294,7 @@ def test_random_mask_measured_with_its_producers():
     ]
     graph = helper.make_graph(
         nodes, "droppath",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4000, 8])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(np.array(0.8, np.float32), "p")],
     )
