@@ -21,7 +21,7 @@ computes. On ReLU networks in float32 a central difference of gradients crosses 
 kinks and loses small curvature terms: on the normalization-free ResNet-20 it is off by 170%
 against a float64 difference, and gives GradCosine's gradient the wrong sign, while with exact
 products that gradient matches a difference of the objective. Where the gradient graph holds an op without a backward rule
-(MaxPool's ScatterElements, ...) or with ``hvp="fd"`` (MetaInit's default: see metainit.py),
+(an op the second-order graph needs and the autodiff lacks) or with ``hvp="fd"`` (MetaInit's default: see metainit.py),
 products come from central differences of gradient passes:
 
     H v               = (g(t + e v) - g(t - e v)) / (2 e),          e = r3 (1 + |t|) / |v|     (2)

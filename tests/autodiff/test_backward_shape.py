@@ -77,6 +77,19 @@ def test_gather_elements():
                      node("GatherElements", ["a", "i"], axis=1)], {"a": randn(2, 3)})
 
 
+@pytest.mark.parametrize("reduction", ["none", "add"])
+@pytest.mark.parametrize("axis", [0, -1])
+def test_scatter_elements(reduction, axis):
+    indices = [[1, 0, 3], [2, 2, 0]] if reduction == "add" else [[1, 0, 3], [2, 3, 0]]
+    if axis == 0:
+        indices = [[1, 0, 2, 0], [2, 1, 0, 1]] if reduction == "none" else [[1, 0, 2, 0],
+                                                                              [1, 1, 0, 2]]
+    updates = randn(2, 3) if axis == -1 else randn(2, 4)
+    check_gradients([const("i", indices),
+                     node("ScatterElements", ["a", "i", "u"], axis=axis, reduction=reduction)],
+                    {"a": randn(3, 4), "u": updates})
+
+
 def test_expand():
     check_gradients([const("s", [2, 3, 4]), node("Expand", ["a", "s"])], {"a": randn(3, 1)})
 

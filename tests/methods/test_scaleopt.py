@@ -183,10 +183,18 @@ def test_progress_quiet_in_ci_and_off_a_terminal(monkeypatch):
         assert b.disable
 
 
-def test_auto_falls_back_to_differences_where_autodiff_cannot(tmp_path):
-    """small_cnn's MaxPool gradient is a ScatterElements, which has no backward rule yet: 'auto'
-    uses differences of gradients and says why; 'exact' refuses."""
+def test_auto_falls_back_to_differences_where_autodiff_cannot(monkeypatch):
+    """small_cnn's MaxPool gradient is a ScatterElements; without a backward rule for it (as
+    for any op the second-order graph needs and the autodiff lacks) 'auto' uses differences of
+    gradients and says why; 'exact' refuses."""
+    from onnxinit.autodiff.backward.registry import RULES
+
     graph = load(SAMPLES / "small_cnn.onnx", batch_size=2)
+    run = prepare(graph, GradInitOptions(), min_scale=0.01, device="cpu", hvp="exact")
+    theta = run.space.theta(np.ones(run.space.size))
+    assert np.all(np.isfinite(run.oracle.hvp(theta, np.ones_like(theta), run.source.batch(0))))
+    assert run.oracle.hvp_note.startswith("exact")  # MaxPool nets have exact products now
+    monkeypatch.delitem(RULES, "ScatterElements")
     run = prepare(graph, GradInitOptions(), min_scale=0.01, device="cpu", hvp="auto")
     theta = run.space.theta(np.ones(run.space.size))
     v = np.ones_like(theta)

@@ -131,6 +131,28 @@ def gather_elements(ctx, grads):
     return [dx, None]
 
 
+@backward("ScatterElements")
+def scatter_elements(ctx, grads):
+    """Y = X with Y[p with p[axis] := I[p]] = U[p] (reduction 'none') or += U[p] ('add'):
+    dU = gather_elements(dY, I) along axis; dX = dY ('add') or dY with the written positions
+    zeroed ('none': those entries of X do not reach Y). Indices repeated under 'none' are
+    undefined behaviour in ONNX and are not special-cased."""
+    data, indices, updates = ctx.node.input
+    axis = ctx.attr("axis", 0) % len(ctx.shape(data))
+    reduction = ctx.attr("reduction", "none")
+    if reduction not in ("none", "add"):
+        raise UnsupportedModelError(f"{ctx.describe()}: reduction={reduction!r} is not "
+                                    "differentiable here (only 'none' and 'add')")
+    dx = du = None
+    if ctx.requires(0):
+        dx = grads[0] if reduction == "add" else ctx.emit(
+            "ScatterElements", [grads[0], indices, ctx.zeros(ctx.shape(updates), like=updates)],
+            axis=axis)
+    if ctx.requires(2):
+        du = ctx.emit("GatherElements", [grads[0], indices], axis=axis)
+    return [dx, None, du]
+
+
 @backward("Expand")
 def expand(ctx, grads):
     """Y = broadcast(X, shape):  dX = dY summed over the broadcast axes."""
