@@ -22,6 +22,7 @@ from . import RuleContext
 _MAX_ELEMENTS = 1 << 22  # cap the sample size of one input; batch is shrunk to fit
 _MAX_UPSTREAM = 8  # nodes computing a non-float input that are run along with the node
 _MIN_RANDOM = 1 << 16  # elements drawn at least when a random op runs
+_MAX_RUNS = 500  # runs of a node whose random draws are few and of a fixed shape
 
 
 class EmpiricalError(Exception):
@@ -94,12 +95,14 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments
     order = {n: i for i, n in enumerate(graph.order)}
     node_list = [nodes[n] for n in sorted(nodes, key=order.get)]
     factor = 1
-    if any(n.op_type in RANDOM_OPS for n in node_list) and signals \
+    random_ops = any(n.op_type in RANDOM_OPS for n in node_list)
+    if random_ops and signals \
             and all(len(sh) >= 1 for _, _, sh in signals) \
             and len({sh[0] for _, _, sh in signals}) == 1:
         # random draws need many elements (a stochastic-depth mask is [batch, 1, 1, 1]):
         # a larger batch, when every sampled input shares its batch axis
         factor = max(1, _MIN_RANDOM // max(int(np.prod(sh)) for _, _, sh in signals))
+        random_ops = factor == 1  # else the larger batch draws enough already
     for name, m, shape in signals:
         if factor > 1:
             shape = (shape[0] * factor, *shape[1:])
@@ -123,6 +126,13 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments
     try:
         session = make_session(model, device="cpu")
         values = session.run(None, feeds)
+        if random_ops and values:
+            # random draws with a shape fixed by constants: run again until enough are drawn
+            size = max(1, max(np.size(v) for v in values))
+            runs = [values] + [session.run(None, feeds)
+                               for _ in range(min(_MAX_RUNS, _MIN_RANDOM // size) - 1)]
+            values = [np.concatenate([np.atleast_1d(r[i]) for r in runs]) if np.ndim(values[i])
+                      else np.array([r[i] for r in runs]) for i in range(len(values))]
     except Exception as exc:  # onnxruntime raises its own types for unknown ops, bad graphs
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EmpiricalError(f"onnxruntime cannot run it alone: {message[:200]}") from None

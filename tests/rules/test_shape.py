@@ -307,3 +307,31 @@ def test_random_mask_measured_with_its_producers(shape):
     assert abs(mean - 0.8) < 0.01 and abs(var - 0.16) < 0.01
     # y = x * mask, independent: E[y^2] = E[x^2] E[mask^2] = 0.8
     assert abs(result.moments["y"].total()[1] - 0.8) < 0.02
+
+
+def test_random_mask_of_constant_shape_is_drawn_over_several_runs():
+    # the mask's shape comes from constants ([2, 1, 1, 1]): no batch to enlarge, so the
+    # fallback runs the random nodes repeatedly (500 runs, 1000 draws)
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shp"], ["z"],
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+        helper.make_node("RandomUniformLike", ["z"], ["u"]),
+        helper.make_node("Less", ["u", "p"], ["keep"]),
+        helper.make_node("Cast", ["keep"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["x", "mask"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "droppath",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(0.8, np.float32), "p"),
+         numpy_helper.from_array(np.array([2, 1, 1, 1], np.int64), "shp")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    from onnxinit.propagate import propagate
+
+    result = propagate(load(model))
+    u_mean, u_var = result.moments["u"].total()
+    assert abs(u_mean - 0.5) < 0.05 and abs(u_var - 1 / 12) < 0.01
+    mean, var = result.moments["mask"].total()
+    assert abs(mean - 0.8) < 0.05 and abs(var - 0.16) < 0.03
