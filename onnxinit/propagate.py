@@ -7,7 +7,6 @@ every node handled by a fallback (empirical measurement or pass-through) is list
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -139,13 +138,11 @@ def propagate(
 
 
 def single_threaded_blas():
-    """A context where BLAS runs on one thread (threadpoolctl, when installed). Rules multiply
-    small matrices (a per-position Conv: C_out x C_in k x positions), where a multi-threaded
-    BLAS spends more time waking threads than computing, 10-50x more on a busy machine."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
+    """A context where BLAS runs on one thread. Rules multiply small matrices (a per-position
+    Conv: C_out x C_in k x positions), where a multi-threaded BLAS spends more time waking
+    threads than computing, 10-50x more on a busy machine."""
+    from threadpoolctl import threadpool_limits
+
     return threadpool_limits(limits=1, user_api="blas")
 
 
