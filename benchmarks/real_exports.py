@@ -30,19 +30,37 @@ def torchvision_model(name: str):
     return getattr(torchvision.models, name)(weights=None), ("x", (2, 3, 224, 224))
 
 
+def _last_hidden_state(model):
+    """The exporter traces positional arguments; transformers' forward takes keywords and
+    returns a ModelOutput: export a wrapper that returns the hidden states."""
+    import torch
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids):
+            return self.model(input_ids=input_ids).last_hidden_state
+
+    return LastHiddenState()
+
+
 def hf_bert():
     from transformers import BertConfig, BertModel
 
     config = BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                         intermediate_size=1024, vocab_size=30522)
-    return BertModel(config), ("input_ids", (2, 64))
+    return _last_hidden_state(BertModel(config)), ("input_ids", (2, 64))
 
 
 def hf_gpt2():
     from transformers import GPT2Config, GPT2Model
 
-    config = GPT2Config(n_embd=256, n_layer=4, n_head=4, vocab_size=50257)
-    return GPT2Model(config), ("input_ids", (2, 64))
+    # eager attention: the SDPA path does not export with the TorchScript exporter
+    config = GPT2Config(n_embd=256, n_layer=4, n_head=4, vocab_size=50257,
+                        attn_implementation="eager")
+    return _last_hidden_state(GPT2Model(config)), ("input_ids", (2, 64))
 
 
 MODELS = {
@@ -98,12 +116,15 @@ def evaluate(path: Path, batch_size: int) -> dict:
     session.run(None, feeds)
     forward_s = time.perf_counter() - start
     errors = np.array([t.relative_error for t in measured.tensors if t.relative_error is not None])
+    ratios = np.array([max(t.var, t.measured_var) / max(min(t.var, t.measured_var), 1e-30)
+                       for t in measured.tensors if t.measured_var is not None])
     fallback_ops = sorted({f"{f.op}({f.kind})" for f in measured.propagation.fallbacks})
     return {
         "nodes": len(graph.order),
         "tensors": len(errors),
         "within_10pct": float(np.mean(errors < 0.10)),
-        "within_2x": float(np.mean(errors < 1.0)),
+        "within_2x": float(np.mean(ratios <= 2.0)),
+        "worst_ratio": float(ratios.max()),
         "median_error": float(np.median(errors)),
         "fallbacks": fallback_ops,
         "analyze_vs_forward": analyze_s / max(forward_s, 1e-9),
@@ -121,14 +142,15 @@ def main() -> None:
             path = Path(tmp) / f"{name}.onnx"
             try:
                 export(name, path)
-            except Exception as exc:  # a model the installed exporter cannot handle
+            except Exception as exc:  # noqa: BLE001 - a model the installed exporter cannot handle
                 print(f"{name:20} export failed: {type(exc).__name__}: {str(exc)[:120]}")
                 continue
             r = evaluate(path, args.batch_size)
             print(
                 f"{name:20} nodes {r['nodes']:5}  tensors {r['tensors']:5}  "
                 f"within 10% {100 * r['within_10pct']:5.1f}%  within 2x {100 * r['within_2x']:5.1f}%  "
-                f"median err {100 * r['median_error']:5.1f}%  analyze/forward {r['analyze_vs_forward']:6.1f}x  "
+                f"median err {100 * r['median_error']:5.1f}%  worst ratio {r['worst_ratio']:6.3g}  "
+                f"analyze/forward {r['analyze_vs_forward']:6.1f}x  "
                 f"fallbacks: {', '.join(r['fallbacks']) or 'none'}",
                 flush=True,
             )
