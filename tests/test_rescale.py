@@ -52,6 +52,8 @@ def test_autoinit_brings_every_parametric_output_to_unit_variance(name):
     assert min(before.values()) < 0.5 or max(before.values()) > 2  # far outside to begin with
     after = measured_parametric_vars(rescale(sample(name), "autoinit", write=False).model)
     assert set(after) == set(before)
+    print(f"{name}: measured parametric output var {min(before.values()):.3g}..",
+          f"{max(before.values()):.3g} -> {min(after.values()):.3g}..{max(after.values()):.3g}")
     outside = {node: round(var, 3) for node, var in after.items() if not 0.8 <= var <= 1.25}
     assert not outside, outside
 
