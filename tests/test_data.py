@@ -208,6 +208,8 @@ def test_one_notice_without_data(mlp_graph, tmp_path):
     handler.emit = records.append
     logger = logging.getLogger("onnxinit.data")
     logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # whatever an earlier --quiet left on the parent logger
     data_module._NOTICE["shown"] = False
     try:
         data_source(mlp_graph, None, batch_size=8, seed=0)
@@ -215,6 +217,7 @@ def test_one_notice_without_data(mlp_graph, tmp_path):
         data_source(mlp_graph, _write(tmp_path, **_good()), batch_size=8, seed=0)
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
     assert len(records) == 1 and "real data" in records[0].getMessage()
 
 
