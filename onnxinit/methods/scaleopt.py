@@ -44,6 +44,7 @@ the trajectory and shows a progress bar; :func:`finish` turns the final alphas i
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +59,8 @@ from ..errors import InvalidOptionError, UnsupportedModelError
 from ..graph import ModelGraph
 from ..progress import bar
 from ..writeback import Change, Plan
+
+log = logging.getLogger(__name__)
 
 BIAS_ROLES = frozenset({"bias", "shift"})
 HVP_MODES = ("auto", "exact", "fd")
@@ -496,10 +499,14 @@ def optimise(
     description: str,
 ) -> tuple[np.ndarray, list[dict]]:
     """Run ``iterations`` steps from alpha = 1; return the final alphas and the trajectory
-    (per iteration: objective, gradient norm, constraint, |dF/dalpha|, the step's metrics)."""
+    (per iteration: objective, gradient norm, constraint, |dF/dalpha|, the step's metrics).
+
+    A step whose objective or gradient is not finite (the optimiser overshot into overflow)
+    ends the run on the last alphas that evaluated finitely, with a warning and a ``stopped``
+    entry in the trajectory; at the input's own scales it is an error."""
     if iterations < 0:
         raise InvalidOptionError(f"the number of iterations must be >= 0, not {iterations}")
-    alpha = np.ones(space.size)
+    alpha = last_good = np.ones(space.size)
     trajectory: list[dict] = []
     with bar(iterations, description) as progress:
         for t in range(iterations):
@@ -508,10 +515,17 @@ def optimise(
             value = None if result.objective is None else float(result.objective)
             if not (np.all(np.isfinite(grad)) and math.isfinite(result.grad_norm)
                     and (value is None or math.isfinite(value))):
-                raise UnsupportedModelError(
-                    f"{description}: the objective or a gradient is not finite at iteration "
-                    f"{t} (objective {value}, gradient norm {result.grad_norm}); lower the "
-                    "learning rate or check the model's loss on this data")
+                problem = (f"the objective or a gradient is not finite at iteration {t} "
+                           f"(objective {value}, gradient norm {result.grad_norm})")
+                if t == 0:
+                    raise UnsupportedModelError(
+                        f"{description}: {problem} at the model's own scales; check the "
+                        "model's loss on this data")
+                log.warning("%s: %s; stopped, keeping the scales of iteration %d (a lower "
+                            "learning rate may get further)", description, problem, t - 1)
+                trajectory.append({"iteration": t, "stopped": problem})
+                return last_good, trajectory
+            last_good = alpha
             trajectory.append({
                 "iteration": t,
                 "objective": value,
@@ -554,12 +568,13 @@ def finish(
         for name, s in scales.items() if s != 1.0
     }
     seconds = time.perf_counter() - started
-    constraint_steps = sum(1 for r in trajectory if r["constraint"])
+    constraint_steps = sum(1 for r in trajectory if r.get("constraint"))
     report = {
         "objective": objective,
         **dict(details),
-        "iterations": len(trajectory),
+        "iterations": sum(1 for r in trajectory if "stopped" not in r),
         "constraint_steps": constraint_steps,
+        "stopped": next((r["stopped"] for r in trajectory if "stopped" in r), None),
         "before": dict(before),
         "after": dict(after),
         "trajectory": trajectory,

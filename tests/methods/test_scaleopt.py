@@ -167,9 +167,29 @@ def test_optimise_records_trajectory_and_finish_builds_plan():
 
 def test_optimise_refuses_non_finite_objective():
     run = tiny_run()
-    with pytest.raises(UnsupportedModelError, match="not finite"):
+    with pytest.raises(UnsupportedModelError, match="not finite at iteration 0"):
         optimise(run.space, lambda t, a: Step(float("nan"), np.zeros(len(a)), 1.0),
                  RescaleAdam(run.space.lower, lr=0.1), 3, description="test")
+
+
+def test_optimise_overflow_keeps_the_last_finite_scales(caplog):
+    """An optimiser that overshoots into overflow at iteration 3 ends the run on the alphas of
+    iteration 2, with a warning and a 'stopped' entry, instead of losing the run."""
+    run = tiny_run()
+    seen = []
+
+    def step(t, alpha):
+        seen.append(alpha.copy())
+        value = float("inf") if t == 3 else float(np.sum(alpha ** 2))
+        return Step(value, 2 * alpha, 1.0)
+
+    with caplog.at_level("WARNING", logger="onnxinit"):
+        alpha, trajectory = optimise(run.space, step, RescaleAdam(run.space.lower, lr=0.1), 10,
+                                     description="test")
+    assert len(seen) == 4 and np.array_equal(alpha, seen[2]) and not np.array_equal(alpha,
+                                                                                    seen[3])
+    assert [r["iteration"] for r in trajectory] == [0, 1, 2, 3]
+    assert "stopped" in trajectory[-1] and "not finite at iteration 3" in caplog.text
 
 
 def test_progress_quiet_in_ci_and_off_a_terminal(monkeypatch):
