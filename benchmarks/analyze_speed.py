@@ -109,10 +109,10 @@ def main() -> None:
             path = Path(tmp) / f"{name}.onnx"
             onnx.save(model, path)
             params = sum(1 for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul"))
-            analyze_s = _best_of(lambda: onnxinit.analyze(path, batch_size=1))
+            analyze_s = _best_of(lambda path=path: onnxinit.analyze(path, batch_size=1))
             feeds = {"x": np.zeros(shape, np.float32)}
 
-            def reference():
+            def reference(path=path, feeds=feeds):
                 make_session(str(path), device="cpu").run(None, feeds)
 
             reference_s = _best_of(reference)

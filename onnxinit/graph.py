@@ -281,7 +281,7 @@ class ModelGraph:
         del work.graph.value_info[:]
         try:
             inferred = onnx.shape_inference.infer_shapes(work, data_prop=True)
-        except Exception as exc:  # onnx raises several unrelated types; inference is best-effort
+        except Exception as exc:  # noqa: BLE001 - onnx raises unrelated types; best effort
             self.warnings.append(f"shape inference failed ({exc}); shapes measured instead")
             _keep_declared(work.graph, declared)
             return work
@@ -597,9 +597,9 @@ class ModelGraph:
         out = []
         for node_id in self.order:
             node = self.node_by_id[node_id]
-            if node.op_type in WEIGHT_OPS and not self.is_shape_node(node_id):
-                if any(self.parameter_of(n) for n in node.input[:2] if n):
-                    out.append(node_id)
+            if (node.op_type in WEIGHT_OPS and not self.is_shape_node(node_id)
+                    and any(self.parameter_of(n) for n in node.input[:2] if n)):
+                out.append(node_id)
         return out
 
     def weight_input(self, node_id: str) -> int | None:

@@ -150,7 +150,7 @@ def run_for_shapes(graph: ModelGraph, tensors: list[str]) -> dict[str, tuple[int
         session = make_session(model, device="cpu")
         names = [o.name for o in session.get_outputs()]
         values = session.run(names, synthetic_feeds(graph))
-    except Exception as exc:  # the model cannot run here: shapes stay unknown, rules fall back
+    except Exception as exc:  # noqa: BLE001 - the model cannot run here: rules fall back
         graph.warnings.append(f"could not run the model to measure shapes: {exc}")
         return {}
     wanted = set(tensors)

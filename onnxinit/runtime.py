@@ -47,7 +47,7 @@ def cuda_usable() -> bool:
             model.SerializeToString(), options, providers=["CUDAExecutionProvider"]
         )
         return "CUDAExecutionProvider" in session.get_providers()
-    except Exception:  # any failure to load the provider means: no usable CUDA
+    except Exception:  # noqa: BLE001 - any failure to load the provider: no usable CUDA
         return False
     finally:
         ort.set_default_logger_severity(2)

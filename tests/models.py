@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -20,7 +22,7 @@ def mlp(widths, activation="Relu", seed=0, scale=None, bias=True, dynamic_batch=
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     x = "x"
-    for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (d_in, d_out) in enumerate(itertools.pairwise(widths)):
         s = scale if scale is not None else 1 / np.sqrt(d_in)
         inits.append(numpy_helper.from_array((rng.standard_normal((d_out, d_in)) * s).astype(np.float32), f"w{i}"))
         ins = [x, f"w{i}"]

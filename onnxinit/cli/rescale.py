@@ -11,7 +11,8 @@ import click
 from ..errors import WriteError
 from ..graph import parse_input_shapes
 from ..methods import METHODS
-from ..rescale import RescaleResult, rescale as run_rescale
+from ..rescale import RescaleResult
+from ..rescale import rescale as run_rescale
 from ._common import logging_options, model_options, seed_option
 
 

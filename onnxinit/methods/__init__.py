@@ -21,7 +21,7 @@ def option(default, help: str, *, choices: tuple[str, ...] | None = None, flag: 
     )
 
 
-from . import autoinit  # noqa: E402  (methods use ``option`` above)
+from . import autoinit
 
 METHODS: dict[str, tuple[Callable, type]] = {
     "autoinit": (autoinit.plan, autoinit.AutoInitOptions),

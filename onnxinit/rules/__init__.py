@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import TYPE_CHECKING
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -93,7 +93,7 @@ def _load_all() -> None:
             target = ep.load()
             if callable(target):
                 target()
-        except Exception as exc:  # a broken plugin must not break the analysis
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break analysis
             log.warning("rules plugin %s failed to load: %s", ep.name, exc)
         finally:
             _current_source = "built-in"

@@ -133,7 +133,7 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments
                                for _ in range(min(_MAX_RUNS, _MIN_RANDOM // size) - 1)]
             values = [np.concatenate([np.atleast_1d(r[i]) for r in runs]) if np.ndim(values[i])
                       else np.array([r[i] for r in runs]) for i in range(len(values))]
-    except Exception as exc:  # onnxruntime raises its own types for unknown ops, bad graphs
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own types for unknown ops
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EmpiricalError(f"onnxruntime cannot run it alone: {message[:200]}") from None
     results: dict[str, Moments | None] = {}
