@@ -154,3 +154,12 @@ def test_refusals(tmp_path, capsys):
     code, _, err = run(["rescale", model, "--target-var", "abc"], capsys)  # click usage error
     assert code == 2 and "Invalid value for '--target-var'" in err
     assert model.read_bytes() == sample("small_cnn").read_bytes()
+
+
+def test_summary_of_a_data_driven_method(tmp_path, capsys):
+    code, out, _ = run(["rescale", sample("small_cnn"), "--method", "gradinit",
+                        "--gradinit-iterations", "2", "-o", tmp_path / "g.onnx", "-q"], capsys)
+    assert code == 0
+    assert "gradinit (held-out batch): loss " in out and " -> " in out
+    moved = next(line for line in out.splitlines() if "gradinit moved most:" in line)
+    assert moved.count(" x") == 3
