@@ -224,3 +224,16 @@ def test_auto_falls_back_to_differences_where_autodiff_cannot(monkeypatch):
     strict = prepare(graph, GradInitOptions(), min_scale=0.01, device="cpu", hvp="exact")
     with pytest.raises(OnnxInitError, match="ScatterElements"):
         strict.oracle.hvp(theta, v, strict.source.batch(0))
+
+
+@pytest.mark.parametrize("method,options", [
+    ("metainit", {"metainit_steps": 2}), ("nio", {"nio_iterations": 2}),
+])
+def test_same_seed_same_bytes(tmp_path, method, options):
+    from onnxinit.rescale import rescale
+
+    model = SAMPLES / "tanh_mlp50.onnx"
+    files = [rescale(model, method, output=tmp_path / f"{seed}{tag}.onnx", seed=seed,
+                     batch_size=8, **options).output.read_bytes()
+             for seed, tag in ((0, "a"), (0, "b"), (1, "c"))]
+    assert files[0] == files[1] and files[0] != files[2]
