@@ -76,7 +76,11 @@ class GradientProgram:
     def backend(self) -> str:
         return self._runner.backend
 
-    def _feeds(self, feeds: Arrays, labels, params: Arrays | None) -> dict[str, np.ndarray]:
+    def session_feeds(self, feeds: Arrays, labels, params: Arrays | None) -> dict[str, np.ndarray]:
+        """The gradient graph's inputs for one batch: model inputs (checked against the compiled
+        shapes, floats cast to the program's dtype), labels or targets, and every parameter
+        (``params`` overrides, else the model's values). For callers that run
+        ``self.graph.model`` themselves (e.g. a second-order graph built on it)."""
         out = {}
         for name in self.graph.inputs:
             if name not in feeds:
@@ -110,7 +114,7 @@ class GradientProgram:
         self, feeds: Arrays, labels=None, params: Arrays | None = None
     ) -> tuple[float, dict[str, np.ndarray]]:
         """(loss, {parameter: gradient}) at ``params`` (overrides of the model's values)."""
-        results = self._runner.run(self._feeds(feeds, labels, params))
+        results = self._runner.run(self.session_feeds(feeds, labels, params))
         return float(results[0]), dict(zip(self.wrt, results[1:]))
 
     def loss(self, feeds: Arrays, labels=None, params: Arrays | None = None) -> float:
@@ -119,7 +123,7 @@ class GradientProgram:
             forward = build_gradient_graph(self._model, self.input_shapes, gradients=False,
                                            **self._options)
             self._forward = Runner(forward.model, device=self.device, float64=self.float64)
-        return float(self._forward.run(self._feeds(feeds, labels, params))[0])
+        return float(self._forward.run(self.session_feeds(feeds, labels, params))[0])
 
     def hvp(
         self,

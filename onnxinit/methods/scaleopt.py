@@ -281,7 +281,7 @@ class ExactHVP:
 
     def __call__(self, params: Mapping[str, np.ndarray], v: Mapping[str, np.ndarray],
                  batch: Batch) -> dict[str, np.ndarray]:
-        feeds = self._program._feeds(batch.feeds, batch.labels, params)
+        feeds = self._program.session_feeds(batch.feeds, batch.labels, params)
         for name in self.wrt:
             feeds[self.directions[name]] = np.asarray(v[name], dtype=self._dtype)
         results = self._runner.run({k: a for k, a in feeds.items() if k in self._inputs})
