@@ -21,6 +21,7 @@ from ..errors import InvalidOptionError, MissingRuleError, UnsupportedModelError
 from .backward import RULES
 from .context import BackwardContext, node_label
 from .emitter import GraphEmitter
+from .fused import batch_norm_backward, match_batch_norm
 from .loss import CrossEntropy, loss_head
 from .lower import lower
 from .parameters import float_parameters
@@ -90,11 +91,27 @@ def _active_tensors(graph, wrt, loss, static) -> set[str]:
 def _sweep(graph, active, loss, emitter, static) -> dict[str, list[str]]:
     contributions: dict[str, list[str]] = {loss: [emitter.constant(1.0, static.elem_type(loss),
                                                                    "loss_seed")]}
+    producers = {name: node for node in graph.node for name in node.output if name}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
     for node in reversed(graph.node):
         if not any(name in contributions for name in node.output):
             continue
         requires = [name in active for name in node.input]
         if not any(requires):
+            continue
+        matched = match_batch_norm(node, producers, consumers)
+        if matched is not None:
+            pattern, inputs = matched
+            fused_requires = tuple(name in active for name in inputs)
+            ctx = BackwardContext(node, emitter, static, requires)
+            grads = batch_norm_backward(ctx, pattern, ctx.sum(contributions[node.output[0]]),
+                                        fused_requires)
+            for name, grad in zip(inputs, grads):
+                if grad is not None:
+                    contributions.setdefault(name, []).append(grad)
             continue
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None:
