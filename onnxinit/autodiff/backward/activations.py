@@ -14,9 +14,12 @@ def _where_positive(ctx, x, when_positive, otherwise):
 
 @backward("Relu")
 def relu(ctx, grads):
-    """Y = max(X, 0):  dX = dY * [X > 0]."""
+    """Y = max(X, 0):  dX = dY * [X > 0], as a product with the cast mask (onnxruntime's CPU
+    Where takes about twice as long as Cast + Mul; the results differ only for a non-finite dY
+    where X <= 0, NaN instead of 0, and in the sign of zeros)."""
     x = ctx.node.input[0]
-    return [_where_positive(ctx, x, grads[0], ctx.const(0.0, like=x))]
+    positive = ctx.emit("Greater", [x, ctx.const(0.0, like=x)])
+    return [ctx.emit("Mul", [grads[0], ctx.emit("Cast", [positive], to=ctx.elem_type(x))])]
 
 
 @backward("LeakyRelu")

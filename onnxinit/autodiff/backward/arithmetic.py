@@ -37,16 +37,18 @@ def mul(ctx, grads):
 
 @backward("Div")
 def div(ctx, grads):
-    """Y = A / B:  dA = dY / B,  dB = -dY * Y / B."""
+    """Y = A / B:  dA = dY / B,  dB = -(dY / B) * Y (the quotient dY / B shared by both, the
+    negation applied after summing over B's broadcast axes)."""
     (g,) = grads
     a, b = ctx.node.input
     y = ctx.node.output[0]
     shape = _out_shape(ctx)
-    da = ctx.unbroadcast(ctx.emit("Div", [g, b]), shape, a) if ctx.requires(0) else None
+    quotient = ctx.emit("Div", [g, b])
+    da = ctx.unbroadcast(quotient, shape, a) if ctx.requires(0) else None
     db = None
     if ctx.requires(1):
-        ratio = ctx.emit("Div", [ctx.emit("Mul", [g, y]), b])
-        db = ctx.unbroadcast(ctx.emit("Neg", [ratio]), shape, b)
+        ratio = ctx.emit("Mul", [quotient, y])
+        db = ctx.emit("Neg", [ctx.unbroadcast(ratio, shape, b)])
     return [da, db]
 
 
