@@ -10,8 +10,8 @@ element count, c = x - mean, std = sqrt(var + eps), gain = scale / std):
     dscale = sum(dy * c) / std
     dx     = gain * dy - gain * sum(dy) / N - c * (gain * sum(dy * c) / (N * std^2))
 
-(the per-channel affine part ``gain * dy - gain * sum(dy) / N`` as one inference-mode
-BatchNormalization node).
+Only standard element-wise ops are emitted, no BatchNormalization: reverse over reverse lowers
+the gradient graph again, and lowering gives every BatchNormalization batch statistics.
 
 The forward nodes are unchanged; gradients reaching ``mean`` or ``var`` through other uses
 (the running-statistic outputs) still flow through the generic rules of those nodes.
@@ -100,13 +100,7 @@ def batch_norm_backward(ctx: BackwardContext, pattern: BatchNormPattern, g: str,
         var_eps = ctx.emit("Mul", [pattern.std, pattern.std])
         slope = ctx.emit("Neg", [ctx.emit("Div", [
             ctx.emit("Mul", [ctx.emit("Mul", [gain, sum_gc]), inv_n]), var_eps])])
-        # gain * dy + shift in one pass: an inference-mode BatchNormalization with mean 0,
-        # variance 1 and epsilon 0 is exactly a per-channel affine map
-        flat = ctx.ints([-1])
-        zeros = ctx.const(np.zeros(shape[1]), like=pattern.x)
-        ones = ctx.const(np.ones(shape[1]), like=pattern.x)
-        affine = ctx.emit("BatchNormalization", [
-            g, ctx.emit("Reshape", [gain, flat]), ctx.emit("Reshape", [shift, flat]), zeros,
-            ones], epsilon=0.0)
-        dx = ctx.emit("Add", [affine, ctx.emit("Mul", [pattern.centered, slope])])
+        scaled = ctx.emit("Mul", [g, gain])
+        corrected = ctx.emit("Mul", [pattern.centered, slope])
+        dx = ctx.emit("Add", [ctx.emit("Add", [scaled, shift]), corrected])
     return [dx, dscale, dbias]
