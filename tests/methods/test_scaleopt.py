@@ -237,3 +237,48 @@ def test_same_seed_same_bytes(tmp_path, method, options):
                      batch_size=8, **options).output.read_bytes()
              for seed, tag in ((0, "a"), (0, "b"), (1, "c"))]
     assert files[0] == files[1] and files[0] != files[2]
+
+
+def _conv_bn_tanh_model():
+    """Conv -> BatchNormalization (training) -> Tanh -> Conv -> Tanh -> pool -> Gemm: smooth,
+    so exact and finite-difference Hessian-vector products must agree."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def init(name, *shape, s=0.3):
+        return numpy_helper.from_array((rng.standard_normal(shape) * s).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "g", "b", "m", "v"],
+                              ["n1", "rm", "rv"], training_mode=1),
+             helper.make_node("Tanh", ["n1"], ["t1"]),
+             helper.make_node("Conv", ["t1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["c2"], ["t2"]),
+             helper.make_node("GlobalAveragePool", ["t2"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    inits = [init("w1", 4, 3, 3, 3), init("w2", 4, 4, 3, 3), init("wf", 5, 4),
+             numpy_helper.from_array((1 + 0.2 * rng.standard_normal(4)).astype(np.float32), "g"),
+             init("b", 4, s=0.1), numpy_helper.from_array(np.zeros(4, np.float32), "m"),
+             numpy_helper.from_array(np.ones(4, np.float32), "v")]
+    graph = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", 1, ["batch", 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", 1, ["batch", 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_exact_and_difference_products_agree_through_batch_norm():
+    """Reverse over reverse differentiates the gradient graph, whose batch-norm backward must
+    itself be differentiable with training semantics (an inference-mode BatchNormalization in it
+    would be lowered to batch statistics again and silently give a wrong product)."""
+    graph = load(_conv_bn_tanh_model(), batch_size=8)
+    products = {}
+    for mode in ("exact", "fd"):
+        run = prepare(graph, GradInitOptions(), min_scale=0.01, device="cpu", hvp=mode,
+                      dtype="float64")
+        theta = run.space.theta(np.ones(run.space.size))
+        v = np.random.default_rng(1).standard_normal(theta.shape)
+        products[mode] = run.oracle.hvp(theta, v, run.source.batch(0))
+        assert run.oracle.hvp_note.startswith("exact" if mode == "exact" else "finite")
+    error = np.linalg.norm(products["exact"] - products["fd"]) / np.linalg.norm(products["fd"])
+    assert error < 1e-6, error
