@@ -2,7 +2,7 @@
 onnxruntime forward pass of the same lowered graph and to one torch autograd forward+backward on
 the same model and batch (train mode). Prints ratios, measured in this one run.
 
-    python benchmarks/gradients.py [--batch 2] [--image 224] [--seq 128] [--repeat 3]
+    python benchmarks/gradients.py [--batch 2] [--image 224] [--seq 128] [--repeat 5]
 
 The models are plain torch modules with the real shapes (torchvision and transformers are not
 needed): ResNet-50 (bottleneck blocks 3-4-6-3, widths 64..2048, 1000 classes) and BERT-base
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import sys
 import time
 import warnings
@@ -119,14 +118,19 @@ def export(module, args, names):
     return onnx.load_from_string(buffer.getvalue())
 
 
-def timed(function, repeat):
-    function()  # warm-up
-    times = []
+def timed(functions, repeat):
+    """Fastest of ``repeat`` runs of each function, the functions taking turns, so a slow phase of
+    a shared machine hits all of them rather than one (medians of separate blocks moved by
+    +-0.4x between runs on 2 busy cores)."""
+    for function in functions:
+        function()  # warm-up
+    best = [float("inf")] * len(functions)
     for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for i, function in enumerate(functions):
+            start = time.perf_counter()
+            function()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
 def measure(name, module, args, names, labels, class_axis, repeat):
@@ -145,9 +149,9 @@ def measure(name, module, args, names, labels, class_axis, repeat):
         loss.backward()
 
     module.train()
-    forward = timed(lambda: program.loss(feeds, labels), repeat)
-    gradient = timed(lambda: program.gradients(feeds, labels), repeat)
-    reference = timed(torch_step, repeat)
+    forward, gradient, reference = timed(
+        [lambda: program.loss(feeds, labels), lambda: program.gradients(feeds, labels),
+         torch_step], repeat)
     print(f"{name}: gradient/forward (onnxruntime) = {gradient / forward:.2f}x, "
           f"gradient/torch fwd+bwd = {gradient / reference:.2f}x   "
           f"[{program._runner.providers[0]}, graph built in {build:.1f} s]")
@@ -159,7 +163,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--image", type=int, default=224)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--models", default="resnet50,bert-base")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
