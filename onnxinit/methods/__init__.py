@@ -21,27 +21,23 @@ def option(default, help: str, *, choices: tuple[str, ...] | None = None, flag: 
     )
 
 
-from . import autoinit
+# Method modules use ``option`` above, so they are imported after it.
+from . import autoinit, classic, gradinit, idinit, lsuv, metainit, nio
 
 METHODS: dict[str, tuple[Callable, type]] = {
     "autoinit": (autoinit.plan, autoinit.AutoInitOptions),
+    "idinit": (idinit.plan, idinit.IDInitOptions),
+    "xavier": (classic.planner("xavier"), classic.ClassicOptions),
+    "glorot": (classic.planner("xavier"), classic.ClassicOptions),
+    "kaiming": (classic.planner("kaiming"), classic.ClassicOptions),
+    "he": (classic.planner("kaiming"), classic.ClassicOptions),
+    "lecun": (classic.planner("lecun"), classic.ClassicOptions),
+    "orthogonal": (classic.planner("orthogonal"), classic.ClassicOptions),
+    "lsuv": (lsuv.plan, lsuv.LSUVOptions),
+    "gradinit": (gradinit.plan, gradinit.GradInitOptions),
+    "metainit": (metainit.plan, metainit.MetaInitOptions),
+    "nio": (nio.plan, nio.NIOOptions),
 }
-
-from . import classic, idinit
-
-METHODS["idinit"] = (idinit.plan, idinit.IDInitOptions)
-METHODS["xavier"] = (classic.planner("xavier"), classic.ClassicOptions)
-METHODS["glorot"] = (classic.planner("xavier"), classic.ClassicOptions)
-METHODS["kaiming"] = (classic.planner("kaiming"), classic.ClassicOptions)
-METHODS["he"] = (classic.planner("kaiming"), classic.ClassicOptions)
-METHODS["lecun"] = (classic.planner("lecun"), classic.ClassicOptions)
-METHODS["orthogonal"] = (classic.planner("orthogonal"), classic.ClassicOptions)
-
-from . import gradinit, metainit, nio
-
-METHODS["gradinit"] = (gradinit.plan, gradinit.GradInitOptions)
-METHODS["metainit"] = (metainit.plan, metainit.MetaInitOptions)
-METHODS["nio"] = (nio.plan, nio.NIOOptions)
 
 
 def parse_methods(spec: str) -> list[str]:
@@ -62,7 +58,3 @@ def make_options(name: str, values: dict):
     options_class = METHODS[name][1]
     fields = {f.name for f in dataclasses.fields(options_class)}
     return options_class(**{k: v for k, v in values.items() if k in fields and v is not None})
-
-from . import lsuv
-
-METHODS["lsuv"] = (lsuv.plan, lsuv.LSUVOptions)
