@@ -11,6 +11,7 @@ import functools
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -107,8 +108,8 @@ def hvp(model, params, v, feeds, labels=None, *, loss="cross_entropy", output=No
     from .autodiff import GradientProgram  # autodiff builds on this module
 
     program = GradientProgram(
-        model, {name: getattr(value, "shape", ()) for name, value in feeds.items()}, loss=loss,
-        output=output, wrt=list(v), label_shape=None if labels is None else labels.shape,
+        model, {name: np.shape(value) for name, value in feeds.items()}, loss=loss,
+        output=output, wrt=list(v), label_shape=None if labels is None else np.shape(labels),
         dtype=dtype, device=device,
     )
     return program.hvp(params, v, feeds, labels, rel=rel)

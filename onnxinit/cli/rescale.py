@@ -13,6 +13,7 @@ from ..graph import parse_input_shapes
 from ..methods import METHODS
 from ..rescale import RescaleResult
 from ..rescale import rescale as run_rescale
+from ..weights import check_target, export_weights
 from ._common import logging_options, model_options, seed_option
 
 
@@ -104,8 +105,6 @@ def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, 
       onnxinit rescale model.onnx --report scales.json --dry-run
     """
     if weights_path is not None:
-        from ..weights import check_target
-
         check_target(weights_path, None, protect=[model])  # fail before writing anything
     result = run_rescale(
         model,
@@ -124,8 +123,6 @@ def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, 
         except OSError as exc:
             raise WriteError(f"{report_path}: cannot write the report: {exc.strerror}") from None
     if weights_path is not None:
-        from ..weights import export_weights
-
         written = export_weights(result.model, weights_path, model_path=result.output,
                                  protect=[model])
     click.echo(_summary(result))
