@@ -10,7 +10,8 @@ import pytest
 
 from onnxinit.analysis import analyze
 
-from .test_rescale import run, sample
+from .cli import run
+from .test_rescale import sample
 
 NUMBER = {"type": "number"}
 SCHEMA = {

@@ -14,7 +14,9 @@ from onnx import helper, numpy_helper
 
 from onnxinit import check
 from onnxinit.analysis import analyze
-from onnxinit.cli import cli, main
+from onnxinit.cli import cli
+
+from .cli import run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,16 +72,6 @@ def models(tmp_path):
         paths[name] = tmp_path / f"{name}.onnx"
         onnx.save_model(model, str(paths[name]))
     return paths
-
-
-def run(args, capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # findings ---------------------------------------------------------------------------------------

@@ -12,22 +12,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.analysis import analyze
-from onnxinit.cli import main
 from onnxinit.errors import InvalidOptionError, UnsupportedModelError
 from onnxinit.rescale import rescale
 from onnxinit.runtime import make_session
 
+from .cli import run
+
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
-
-
-def run(args, capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def sample(name: str) -> Path:
