@@ -404,8 +404,7 @@ def plan_record(plan: Plan, source: str | os.PathLike | None,
     ``source``. When the input was itself a rescaled model (``previous``, its own record),
     the records compose so that ``source`` stays the first model and every scale is relative to
     it: scales multiply, a replaced tensor stays replaced, a replacement replaces."""
-    scales = {n: c.scale for n, c in plan.changes.items() if c.scale is not None}
-    replaced = [n for n, c in plan.changes.items() if c.array is not None]
+    scales, replaced = plan.scales(), plan.replaced()
     record = {"version": 1, "source": str(source) if source is not None else None,
               "method": plan.method, "scales": scales, "replaced": replaced}
     if not previous:
