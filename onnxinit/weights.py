@@ -24,7 +24,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import InvalidOptionError, ModelLoadError, UnsupportedModelError, WriteError
-from .writeback import WRITABLE_TYPES, _same_file, read_plan_record
+from .writeback import WRITABLE_TYPES, _cleanup, _same_file, _write_temp, read_plan_record
 
 FORMATS = ("safetensors", "npz")
 META_PREFIX = "onnxinit."
@@ -202,22 +201,14 @@ def _atomic_write(out: Path, data: bytes) -> None:
         raise WriteError(f"{out}: is a folder; give a file name for the weights")
     if not folder.is_dir():
         raise WriteError(f"{out}: the output folder {folder} does not exist")
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
-    temp = Path(name)
+    temps: list[Path] = []
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(temp, 0o666 & ~mask)
-        os.replace(temp, out)
+        os.replace(_write_temp(folder, out.name, data, temps), out)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
+        _cleanup(temps, [])
         raise WriteError(f"{out}: cannot write the weights: {exc.strerror or exc}") from None
     except BaseException:
-        temp.unlink(missing_ok=True)
+        _cleanup(temps, [])
         raise
 
 
