@@ -542,8 +542,8 @@ class _Mapper:
         self.model = model
         self.report = MappingReport()
         self._index: dict[tuple, list[str]] | None = None
-        self.todo = [n for n in new if n in reference or n in params]
-        self.todo += [n for n in new if n not in self.todo]
+        first = {n for n in new if n in reference or n in params}
+        self.todo = [n for n in new if n in first] + [n for n in new if n not in first]
 
     # helpers
     def _used(self) -> set[str]:
