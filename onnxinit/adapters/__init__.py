@@ -31,6 +31,11 @@ def plan_values(params: dict[str, np.ndarray], buffers: set[str], rescaled, orig
     return load_plan(report, source, params, buffers=buffers, strict=strict), report
 
 
+def is_float(array: np.ndarray) -> bool:
+    """float16/float32/float64 or bfloat16 (ml_dtypes): the values an adapter maps."""
+    return array.dtype.kind == "f" or array.dtype.name == "bfloat16"
+
+
 def as_float(value: np.ndarray) -> np.ndarray:
     """float16/float32/float64 as they are; bfloat16 (ml_dtypes) exactly as float32."""
     value = np.asarray(value)

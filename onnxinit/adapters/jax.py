@@ -14,11 +14,7 @@ from collections.abc import MutableMapping
 import numpy as np
 
 from ..weights import MappingReport
-from . import as_float, plan_values
-
-
-def _is_float(array: np.ndarray) -> bool:
-    return array.dtype.kind == "f" or array.dtype.name == "bfloat16"
+from . import as_float, is_float, plan_values
 
 
 def path_name(path) -> str:
@@ -46,7 +42,7 @@ def apply_to(params, rescaled, original=None, *, strict: bool = False):
     values = {}
     for name, (_, leaf) in zip(names, leaves):
         array = np.asarray(leaf)
-        if _is_float(array):
+        if is_float(array):
             values[name] = array
     new, report = plan_values(values, set(), rescaled, original, strict)
     out = [jnp.asarray(as_float(new[name]), dtype=leaf.dtype) if name in new else leaf
@@ -58,7 +54,7 @@ def load_into(flat: MutableMapping, rescaled, original=None, *,
               strict: bool = False) -> MappingReport:
     """Replace the entries of a flat ``{name: array}`` mapping in place (numpy arrays stay
     numpy, JAX arrays become JAX arrays of the same dtype); return the report."""
-    values = {k: np.asarray(v) for k, v in flat.items() if _is_float(np.asarray(v))}
+    values = {k: np.asarray(v) for k, v in flat.items() if is_float(np.asarray(v))}
     new, report = plan_values(values, set(), rescaled, original, strict)
     for name, value in new.items():
         old = flat[name]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..weights import MappingReport
-from . import as_float, plan_values
+from . import as_float, is_float, plan_values
 
 
 def model_variables(model) -> tuple[dict, dict[str, np.ndarray], set[str]]:
@@ -29,7 +29,7 @@ def model_variables(model) -> tuple[dict, dict[str, np.ndarray], set[str]]:
         if name in variables:
             name = f"{name}#{len(variables)}"
         array = np.asarray(keras.ops.convert_to_numpy(variable))
-        if array.dtype.kind != "f" and array.dtype.name != "bfloat16":
+        if not is_float(array):
             continue
         variables[name], values[name] = variable, array
         if not variable.trainable:
