@@ -94,25 +94,10 @@ def export(module, path: Path, n_in: int = 64) -> None:
 
 
 def load_back(module, rescaled, original: Path) -> None:
-    """Copy the rescaled initializers into ``module`` by name (every parameter must match)."""
-    try:
-        from onnxinit.adapters.torch import load_into
-    except ImportError:
-        load_into = None
-    if load_into is not None:
-        load_into(module, rescaled, str(original), strict=True)
-        return
-    import torch
-    from onnx import numpy_helper
+    """Load the rescaled initializers into ``module`` (every tensor must map to a parameter)."""
+    from onnxinit.adapters.torch import load_into
 
-    values = {t.name: numpy_helper.to_array(t) for t in rescaled.graph.initializer}
-    params = dict(module.named_parameters())
-    missing = sorted(set(params) - set(values))
-    if missing:
-        raise SystemExit(f"exported names do not match the module's: {missing}")
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(torch.from_numpy(values[name].copy()))
+    load_into(module, rescaled, str(original), strict=True)
 
 
 def method_options(name: str, quick: bool, data: str | None) -> dict:
