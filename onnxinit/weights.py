@@ -277,7 +277,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]
         if dtype is None:
             raise ModelLoadError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
         start, end = info["data_offsets"]
-        raw = data[base + start:base + end]
+        raw = memoryview(data)[base + start:base + end]  # no copy: astype below copies once
         array = np.frombuffer(raw, dtype=_np_dtype(dtype).newbyteorder("<"))
         tensors[name] = array.reshape(info["shape"]).astype(_np_dtype(dtype), copy=True)
     return tensors, meta
