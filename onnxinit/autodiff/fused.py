@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
 from .context import BackwardContext
 
@@ -35,10 +34,6 @@ class BatchNormPattern:
     centered: str
     std: str
     gain: str
-
-
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {name: node for node in graph.node for name in node.output if name}
 
 
 def _is(node, op_type):
@@ -57,8 +52,7 @@ def match_batch_norm(node, producers, consumers) -> tuple[BatchNormPattern, tupl
     if not (_is(centering, "Sub") and _is(gain_node, "Div")):
         return None
     x, mean = centering.input
-    scale_shaped, std = (producers.get(name) for name in gain_node.input)
-    sqrt = std
+    scale_shaped, sqrt = (producers.get(name) for name in gain_node.input)
     if not (_is(scale_shaped, "Reshape") and _is(sqrt, "Sqrt")
             and _is(producers.get(mean), "ReduceMean")
             and producers[mean].input[0] == x):
