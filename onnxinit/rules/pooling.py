@@ -107,9 +107,9 @@ def per_channel(x: Moments, x_shape) -> Moments:
     m, v = x.values_along(1, c)
     src = x.source
     if src is not None and max(np.ndim(src.mean), np.ndim(src.var)) <= rank:
-        sm, sv = Moments(src.mean, src.var).expand_rank(rank).values_along(1, c)
-        src = Source(Moments.along(sm, sv, 1, rank).mean, Moments.along(sm, sv, 1, rank).var,
-                     src.chain)
+        pooled_src = Moments.along(
+            *Moments(src.mean, src.var).expand_rank(rank).values_along(1, c), 1, rank)
+        src = Source(pooled_src.mean, pooled_src.var, src.chain)
     else:
         src = None
     pooled = Moments.along(m, v, 1, rank)
