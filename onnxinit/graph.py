@@ -432,8 +432,7 @@ class ModelGraph:
                      and not vi.name.endswith("__onnxinit_folded")]
             for name, value in injected.items():
                 infos.append(helper_value_info(name, value))
-            _keep_declared(self.model.graph, [], replace=infos)
-            _keep_declared(self.model.graph, declared)
+            _keep_declared(self.model.graph, declared, replace=infos)
             self._index_tensors()
             self._classify_tensors()
         for name, value in self._values.items():  # folded constants know their shapes
