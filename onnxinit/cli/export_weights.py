@@ -11,18 +11,12 @@ from ..weights import export_weights as run_export
 from ._common import logging_options
 
 
-def format_option(fn):
-    return click.option(
-        "--format", "fmt", type=click.Choice(FORMATS), default=None,
-        help="File format (default: from the output's suffix, else safetensors).",
-    )(fn)
-
-
 @click.command("export-weights")
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Output file (default: <stem>.safetensors beside MODEL).")
-@format_option
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="File format (default: from the output's suffix, else safetensors).")
 @logging_options
 def export_weights(model, output, fmt):
     """Write every float initializer of MODEL to safetensors (or .npz), keyed by name.
