@@ -27,6 +27,7 @@ The report gives GC, gnorm and F before and after on a held-out batch (index T).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -129,8 +130,9 @@ class Chunks:
     norms: np.ndarray
     losses: list[float]
 
-    @property
+    @cached_property
     def units(self) -> list[np.ndarray]:
+        """u_i = g_i / n_i, computed once (GC, F and the weights w_i all use them)."""
         return [g / max(n, np.finfo(np.float64).tiny) for g, n in zip(self.grads, self.norms)]
 
 
