@@ -192,8 +192,8 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 def _validated_arrays(
     graph: ModelGraph, arrays: Mapping[str, np.ndarray], path: str, *, batch_size: int,
     loss: str, output: str,
-) -> tuple[dict[str, np.ndarray], np.ndarray | None, int]:
-    """The file's input arrays and labels/targets, checked and cast; and the sample count."""
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The file's input arrays and labels/targets, checked and cast."""
     missing = [n for n in graph.input_names if n not in arrays]
     if missing:
         raise InvalidOptionError(
@@ -249,7 +249,7 @@ def _validated_arrays(
         raise InvalidOptionError(
             f"--data {path}: {samples} samples, fewer than the batch size {batch_size} "
             "(lower --batch-size or add samples)")
-    return inputs, labels, samples
+    return inputs, labels
 
 
 class DataSource:
@@ -325,7 +325,7 @@ def data_source(
                         "data-driven methods work better with real data (--data FILE.npz)")
         return DataSource(graph, batch_size=batch_size, seed=seed, loss=loss, output=output)
     path = str(path)
-    inputs, labels, _ = _validated_arrays(graph, _read_npz(path), path, batch_size=batch_size,
-                                          loss=loss, output=output)
+    inputs, labels = _validated_arrays(graph, _read_npz(path), path, batch_size=batch_size,
+                                       loss=loss, output=output)
     return DataSource(graph, batch_size=batch_size, seed=seed, loss=loss, output=output,
                       inputs=inputs, labels=labels)
