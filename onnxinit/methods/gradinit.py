@@ -8,7 +8,8 @@ Per iteration t, with p = 2 for ``sgd`` and p = 1 for ``adam``:
 
        d|g|_2/dtheta = H g / |g|_2 = H v,  v = g / |g|_2;     d|g|_1/dtheta = H sign(g)
 
-   (H v by finite differences of gradients), and d/dalpha_i = <(H v)_i, p0_i>.
+   (H v exact where the autodiff can, else by finite differences of gradients:
+   ``gradinit_hvp``), and d/dalpha_i = <(H v)_i, p0_i>.
 3. Else: the first step d = A[g] = gamma g / |g|_2 (sgd, normalised as in the paper's runs) or
    sign(g) (adam), held constant (not differentiated, as the paper's code does); theta' =
    theta - eta d. S~ = the first half of S and the second half of batch 2t+1. The objective is

@@ -17,8 +17,9 @@ g_i = gradient of chunk i's mean loss, n_i = |g_i|, u_i = g_i / n_i, S = sum_i u
 
       dF/dtheta = sum_i H_i w_i,   w_i = 2 (S - <u_i, S> u_i) / (D (D-1) n_i) + gn_mul u_i
 
-  H_i (the Hessian of chunk i's loss) times w_i by finite differences of chunk gradients: 3D
-  gradient passes per iteration on chunks of about (1 + 2r) B / D samples.
+  H_i (the Hessian of chunk i's loss) times w_i exact where the autodiff can (``nio_hvp``),
+  else by finite differences of chunk gradients: D gradient passes and D products (3D gradient
+  passes with differences) per iteration on chunks of about (1 + 2r) B / D samples.
 
 Adam on alpha as in GradInit (descending -F, or gnorm on constraint steps), clipped, clamped.
 The report gives GC, gnorm and F before and after on a held-out batch (index T).
