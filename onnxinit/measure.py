@@ -157,6 +157,17 @@ def run_for_shapes(graph: ModelGraph, tensors: list[str]) -> dict[str, tuple[int
     return {n: tuple(v.shape) for n, v in zip(names, values) if n in wanted}
 
 
+def measurable_model(graph: ModelGraph, tensors: Iterable[str]) -> onnx.ModelProto:
+    """A copy of the model that exposes ``tensors`` as outputs and runs with the analysis's
+    training semantics: static input shapes, BatchNormalization on batch statistics, Dropout as
+    identity (even with ``training_mode=True``)."""
+    model = _with_outputs(graph, tensors)
+    _static_inputs(graph, model)
+    batchnorm_to_batch_statistics(graph, model)
+    dropout_to_identity(model)
+    return model
+
+
 def measure(
     graph: ModelGraph,
     feeds: Mapping[str, np.ndarray],
@@ -168,10 +179,7 @@ def measure(
     semantics: BatchNormalization on batch statistics; Dropout is identity (even with
     ``training_mode=True``), as in the analysis by default."""
     tensors = list(tensors if tensors is not None else graph.float_activations())
-    model = _with_outputs(graph, [t for t in tensors if t not in graph.input_names])
-    _static_inputs(graph, model)
-    batchnorm_to_batch_statistics(graph, model)
-    dropout_to_identity(model)
+    model = measurable_model(graph, [t for t in tensors if t not in graph.input_names])
     session = make_session(model, device=device)
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(names, dict(feeds))))

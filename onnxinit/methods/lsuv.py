@@ -31,7 +31,7 @@ from onnx import helper
 
 from ..errors import InvalidOptionError, UnsupportedModelError
 from ..graph import ModelGraph
-from ..measure import _static_inputs, _with_outputs, batchnorm_to_batch_statistics
+from ..measure import measurable_model
 from ..progress import bar
 from ..runtime import make_session
 from ..writeback import Change, Plan
@@ -76,12 +76,10 @@ def scale_factor(variance: float, target: float) -> float:
 
 class _Forward:
     """One onnxruntime session of the model with ``weights`` as overridable inputs and the
-    ``tensors`` exposed, training-mode BatchNormalization."""
+    ``tensors`` exposed, with the analysis's training semantics (:func:`measurable_model`)."""
 
     def __init__(self, graph: ModelGraph, weights: list[str], tensors: list[str]):
-        model = _with_outputs(graph, tensors)
-        _static_inputs(graph, model)
-        batchnorm_to_batch_statistics(graph, model)
+        model = measurable_model(graph, tensors)
         declared = {i.name for i in model.graph.input}
         for name in weights:
             if name not in declared:
