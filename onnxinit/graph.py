@@ -13,8 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,11 +24,10 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from ._loading import read_model
+from .dtypes import FLOAT_TYPES, INT_TYPES
 from .errors import InvalidOptionError, ModelLoadError
 
 log = logging.getLogger("onnxinit")
-
-FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 # Ops whose output is random, so it is never constant even when its inputs are.
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -60,42 +58,6 @@ PARAMETER_ROLES: dict[str, dict[int, str]] = {
     "Div": {1: "scale"},
 }
 WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-
-_SHAPE_SPEC = re.compile(r"^([^:]+):(\d+(?:[x,]\d+)*)$")
-_STATS_SPEC = re.compile(r"^([^:]+):([^,]+),([^,]+)$")
-
-
-def parse_input_shapes(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
-    """``["x:1x3x224x224", ...]`` -> ``{"x": (1, 3, 224, 224)}``."""
-    shapes = {}
-    for spec in specs:
-        match = _SHAPE_SPEC.match(spec.strip())
-        if not match:
-            raise InvalidOptionError(
-                f"--input-shape {spec!r}: expected NAME:DIMS like x:1x3x224x224"
-            )
-        shapes[match.group(1)] = tuple(int(d) for d in re.split("[x,]", match.group(2)))
-    return shapes
-
-
-def parse_stats(specs: Iterable[str]) -> dict[str, tuple[float, float]]:
-    """``["x:0,1"]`` -> ``{"x": (0.0, 1.0)}`` (mean, variance)."""
-    stats = {}
-    for spec in specs:
-        match = _STATS_SPEC.match(spec.strip())
-        try:
-            if not match:
-                raise ValueError
-            mean, var = float(match.group(2)), float(match.group(3))
-            if var < 0 or not np.isfinite(mean) or not np.isfinite(var):
-                raise ValueError
-        except ValueError:
-            raise InvalidOptionError(
-                f"--stats {spec!r}: expected NAME:MEAN,VAR with VAR >= 0, like x:0,1"
-            ) from None
-        stats[match.group(1)] = (mean, var)
-    return stats
-
 
 @dataclass
 class Parameter:
@@ -139,8 +101,6 @@ def _static(shape) -> bool:
     return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
 
 
-_INT_TYPES = {TensorProto.INT64, TensorProto.INT32, TensorProto.INT16, TensorProto.INT8,
-              TensorProto.UINT64, TensorProto.UINT32, TensorProto.UINT16, TensorProto.UINT8}
 _FOLD_CAP = 1 << 16  # elements of a folded shape-like constant handed to shape inference
 
 
@@ -399,7 +359,7 @@ class ModelGraph:
                 break
             new = {}
             for tensor in self.constants - set(self.initializers) - set(injected):
-                if self.dtypes.get(tensor) not in _INT_TYPES or tensor not in self.producer:
+                if self.dtypes.get(tensor) not in INT_TYPES or tensor not in self.producer:
                     continue
                 if all(self.is_constant(o) for c, _ in self.consumers.get(tensor, [])
                        for o in self.node_by_id[c].output if o):

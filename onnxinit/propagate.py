@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import InvalidOptionError
 from .graph import ModelGraph
 from .moments import Moments
 from .rules import RuleContext, RuleError, lookup
@@ -57,8 +58,6 @@ def input_moments(
     stats = dict(stats or {})
     unknown = set(stats) - set(graph.input_names)
     if unknown:
-        from .errors import InvalidOptionError
-
         raise InvalidOptionError(
             f"--stats names {', '.join(sorted(unknown))}, not an input of {graph.name}"
         )

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .static import FLOAT_TYPES
+from ..dtypes import FLOAT_TYPES
 
 # (op type) -> input positions that configure the op rather than carry a differentiable value
 CONFIGURATION_INPUTS: dict[str, frozenset[int]] = {

@@ -10,12 +10,9 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from ..dtypes import FLOAT_TYPES
 from ..errors import UnsupportedModelError
 
-FLOAT_TYPES = frozenset(
-    {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-     onnx.TensorProto.BFLOAT16}
-)
 # Folding stops at tensors larger than this: folded values describe shapes, axes and the like.
 MAX_FOLDED_ELEMENTS = 1 << 16
 NEVER_FOLDED = frozenset(

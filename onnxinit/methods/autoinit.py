@@ -22,9 +22,9 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from ..graph import ModelGraph
-from ..propagate import Propagation, propagate_node, start_propagation
-from ..writeback import Change, Plan
-from . import option
+from ..plan import Change, Plan
+from ..propagate import Propagation, propagate, propagate_node, start_propagation
+from .options import option
 
 
 @dataclass
@@ -125,8 +125,6 @@ def _plan(graph: ModelGraph, options: AutoInitOptions) -> Plan:
 
 
 def _output_variances(graph: ModelGraph, seed: int) -> dict[str, float]:
-    from ..propagate import propagate
-
     result = propagate(graph, seed=seed)
     return {
         name: result.moments[name].total()[1]

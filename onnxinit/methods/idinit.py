@@ -49,10 +49,10 @@ import onnx
 
 from ..errors import UnsupportedModelError
 from ..graph import ModelGraph
+from ..plan import Change, Plan
 from ..propagate import propagate_node, start_propagation
 from ..residual import residual_blocks
-from ..writeback import Change, Plan
-from . import option
+from .options import option
 
 
 @dataclass

@@ -57,8 +57,8 @@ import onnx
 from ..data import Batch, DataSource
 from ..errors import InvalidOptionError, UnsupportedModelError
 from ..graph import ModelGraph
+from ..plan import Change, Plan
 from ..progress import bar
-from ..writeback import Change, Plan
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from ..dtypes import FLOAT_TYPES
 from ..moments import Elementwise, Moments, Source
 from . import RuleContext, RuleError, rule, signal
 
@@ -286,12 +287,11 @@ _SIMPLE: dict[str, tuple[Callable, str | None]] = {
 }
 
 _IDENTITY_OPS = ("Identity",)
-_FLOAT_CASTS = {1, 10, 11, 16}  # float, float16, double, bfloat16
 
 
 def _unary_fn(ctx: RuleContext, rank: int | None) -> _Fn | None:
     op, attr = ctx.node.op_type, ctx.attr
-    if op in _IDENTITY_OPS or (op == "Cast" and attr("to") in _FLOAT_CASTS):
+    if op in _IDENTITY_OPS or (op == "Cast" and attr("to") in FLOAT_TYPES):
         return _Fn(("Identity",), lambda x: x, affine=(1.0, 0.0))
     if op == "Dropout" and not ctx.options.get("dropout"):
         return _Fn(("Identity",), lambda x: x, affine=(1.0, 0.0))

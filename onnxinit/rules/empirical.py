@@ -17,6 +17,7 @@ from onnx import helper, numpy_helper
 
 from ..graph import RANDOM_OPS
 from ..moments import Moments
+from ..runtime import make_session
 from . import RuleContext
 
 _MAX_ELEMENTS = 1 << 22  # cap the sample size of one input; batch is shrunk to fit
@@ -53,8 +54,6 @@ def _measure(values: np.ndarray, axis: int | None) -> Moments:
 
 def measure_node(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments | None]:
     """Run ``ctx.node`` alone on samples of its inputs and measure its outputs."""
-    from ..runtime import make_session
-
     node, graph = ctx.node, ctx.graph
     if graph._implicit.get(ctx.node_id):
         raise EmpiricalError("the node reads outer-scope tensors from a subgraph")
