@@ -13,9 +13,9 @@ from onnx import helper
 
 from .._loading import read_model
 from ..errors import InvalidOptionError
+from ..parameters import float_parameters
 from .execution import Runner
 from .loss import CrossEntropy, loss_head
-from .parameters import float_parameters
 from .reverse import GradientGraph, build_gradient_graph
 
 Arrays = Mapping[str, np.ndarray]

@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import RANDOM_OPS
 from ..moments import Moments
+from ..passes import RANDOM_OPS
 from ..runtime import make_session
 from . import RuleContext
 
@@ -55,7 +55,7 @@ def _measure(values: np.ndarray, axis: int | None) -> Moments:
 def measure_node(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments | None]:
     """Run ``ctx.node`` alone on samples of its inputs and measure its outputs."""
     node, graph = ctx.node, ctx.graph
-    if graph._implicit.get(ctx.node_id):
+    if graph.implicit_inputs_of(ctx.node_id):
         raise EmpiricalError("the node reads outer-scope tensors from a subgraph")
     rng = ctx.rng()
     known = ctx.options.get("moments", {})
@@ -85,7 +85,7 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments
         elif src is not None and len(nodes) <= _MAX_UPSTREAM:
             # an integer/boolean tensor computed from signals (a random mask: Less of
             # RandomUniformLike): run the nodes that compute it too
-            if graph._implicit.get(src):
+            if graph.implicit_inputs_of(src):
                 raise EmpiricalError("an upstream node reads outer-scope tensors")
             nodes[src] = graph.node(src)
             pending.extend((n, None) for n in graph.node(src).input)
