@@ -19,8 +19,9 @@ import itertools
 import numpy as np
 
 from ..moments import Moments
-from . import RuleContext, RuleError, rule, signal
 from .attention import matmul_activations
+from .context import RuleContext, RuleError, signal
+from .registry import rule
 
 POSITIONS_CAP = 1 << 16  # C_out x output positions up to which a Conv keeps per-position stats
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
-from . import RuleContext, RuleError, rule, signal
+from .context import RuleContext, RuleError, signal
+from .registry import rule
 
 _GRID_CAP = 1 << 22
 
