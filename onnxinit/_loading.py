@@ -1,5 +1,9 @@
 """Reading an ONNX file safely: clear errors for missing, truncated or non-ONNX files, and
-external data that is missing or points outside the model's folder."""
+external data that is missing or points outside the model's folder.
+
+External data is not read: large external tensors stay on disk and are memory-mapped when used
+(:mod:`onnxinit.initializers`), so a model is never held twice and a model larger than memory
+can be analysed; small ones (shapes, axes, constants that shape inference reads) are read in."""
 
 from __future__ import annotations
 
@@ -11,6 +15,11 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from .errors import ExternalDataError, ModelLoadError
+from .initializers import attach_base
+
+# external tensors up to this size are read into the model: every constant shape inference may
+# read (at most 65,536 elements, passes.shapes.SMALL_TENSOR, of at most 16 bytes) fits
+INLINE_BYTES = 1 << 20
 
 
 def _external_tensors(model: onnx.ModelProto):
@@ -56,7 +65,8 @@ def external_data_files(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """Load ``path`` with its external data; also return which tensors were stored externally."""
+    """Load ``path`` without reading its large external data (memory-mapped on use, see the
+    module docstring); also return which tensors were stored externally (name -> location)."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
@@ -74,7 +84,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, str]
     external = external_data_files(model)
     if external:
         try:
-            external_data_helper.load_external_data_for_model(model, str(path.parent))
+            attach_base(model, path.parent, INLINE_BYTES)
         except (OSError, ValueError) as exc:
             raise ExternalDataError(f"{path}: cannot read external data: {exc}") from None
     return model, external

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ._loading import read_model
 from .dtypes import INT_TYPES
 from .errors import InvalidOptionError, ModelLoadError
 from .feeds import synthetic_feeds
+from .initializers import is_external, tensor_array
 from .parameters import LAYOUT_OPS, PARAMETER_ROLES, WEIGHT_OPS, Layer, Parameter, ParameterTable
 from .passes import (
     MAX_FOLDED_ELEMENTS,
@@ -42,9 +42,13 @@ from .passes import (
     shape_of,
     shape_op_value,
 )
+from .plan import Change, changed_values
 from .structure import GraphStructure
 
 log = logging.getLogger("onnxinit")
+
+# values computed for a view's changes are kept up to this size (larger ones: recomputed)
+_CACHED_CHANGE_ELEMENTS = 1 << 20
 
 
 class ModelGraph(GraphStructure):
@@ -81,6 +85,7 @@ class ModelGraph(GraphStructure):
         self._values: dict[str, np.ndarray] = {}
         self._root: ModelGraph | None = None  # set on views made by with_values
         self._stale: frozenset[str] = frozenset()
+        self._changes: dict[str, Change] = {}  # on views made by with_changes
         self.model = self._infer_shapes(model)
         self._index_tensors()
         self._index_nodes()
@@ -230,10 +235,19 @@ class ModelGraph(GraphStructure):
         cached = self._values.get(tensor)
         if cached is not None:
             return cached
+        change = self._changes.get(tensor)
+        if change is not None:  # computed from the root's value on use (see with_changes)
+            value = changed_values(tensor, self._root.value(tensor), change)
+            if value.size <= _CACHED_CHANGE_ELEMENTS:
+                self._values[tensor] = value
+            return value
         if self._root is not None and tensor not in self._stale:
             return self._root.value(tensor)
         if tensor in self.initializers:
-            value = numpy_helper.to_array(self.initializers[tensor])
+            init = self.initializers[tensor]
+            if is_external(init):  # a memory map, not cached: its pages go when it is dropped
+                return tensor_array(init)
+            value = tensor_array(init)
         else:
             value = self._fold(self.producer[tensor], tensor)
         self._values[tensor] = value
@@ -244,21 +258,40 @@ class ModelGraph(GraphStructure):
         and every constant computed from them is recomputed on use; the structure, shapes,
         parameter table and all other values are shared. Neither graph is changed, so a method
         can try weights layer by layer while the analysis it started from stays valid."""
-        unknown = [name for name in overrides if name not in self.initializers]
+        view = self._view(overrides)
+        view._values.update({name: np.asarray(value) for name, value in overrides.items()})
+        return view
+
+    def with_changes(self, changes: Mapping[str, Change]) -> ModelGraph:
+        """A view as :meth:`with_values` in which each initializer named in ``changes`` holds
+        that Change applied to its current value (after this view's own change, if any),
+        computed as the file writer computes it (:func:`~onnxinit.plan.changed_values`: float64,
+        rounded once to the tensor's dtype) when a rule reads it. Nothing is computed up front,
+        and large values are not kept, so a view of a large model costs no memory."""
+        view = self._view(changes)
+        for name, change in changes.items():
+            previous = self._changes.get(name)
+            if previous is None and self._root is not None and name in self._values:
+                previous = Change(array=self._values[name])  # a value given to with_values
+            view._changes[name] = previous.then(change) if previous is not None else change
+        return view
+
+    def _view(self, names: Mapping[str, object]) -> ModelGraph:
+        unknown = [name for name in names if name not in self.initializers]
         if unknown:
             raise InvalidOptionError(
                 f"{', '.join(repr(n) for n in unknown)}: not an initializer of {self.name}")
-        fresh = self._downstream_constants(overrides)
+        fresh = self.downstream_constants(names)
         view = copy.copy(self)
         if self._root is None:
             view._root, view._values, view._stale = self, {}, frozenset(fresh)
         else:
             view._values = {k: v for k, v in self._values.items() if k not in fresh}
             view._stale = self._stale | fresh
-        view._values.update({name: np.asarray(value) for name, value in overrides.items()})
+        view._changes = {k: c for k, c in self._changes.items() if k not in names}
         return view
 
-    def _downstream_constants(self, tensors) -> frozenset[str]:
+    def downstream_constants(self, tensors) -> frozenset[str]:
         """Constants computed (through any number of nodes) from ``tensors``, themselves
         included."""
         seen, stack = set(tensors), list(tensors)

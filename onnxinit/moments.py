@@ -82,6 +82,25 @@ class Moments:
         """The same moments, described as Gaussian (after a rule that mixes values)."""
         return Moments(self.mean, self.var)
 
+    def scaled(self, factor: float) -> Moments:
+        """The moments of ``factor * X`` for ``factor > 0``: means times ``factor``, variances
+        times ``factor**2``, the distribution's description scaled with them (a Gaussian source
+        or mixture component directly, a chain of element-wise functions by one more). What a
+        rule linear in a weight gives when the weight is scaled (autoinit)."""
+        f = float(factor)
+        source = self.source
+        if source is not None:
+            if source.chain:
+                scale = Elementwise(("scale", f), lambda x, f=f: x * f)
+                source = Source(source.mean, source.var, (*source.chain, scale))
+            else:
+                source = Source(source.mean * f, source.var * f * f)
+        mixture = None
+        if self.mixture is not None:
+            w, m, v = self.mixture
+            mixture = (w, m * f, v * f * f)
+        return Moments(self.mean * f, self.var * f * f, source, mixture)
+
     def with_source(self) -> Moments:
         """These moments, remembered as the Gaussian that element-wise functions start from."""
         return Moments(self.mean, self.var, Source(self.mean, self.var))

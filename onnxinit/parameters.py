@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .dtypes import FLOAT_TYPES
 from .errors import InvalidOptionError
+from .initializers import tensor_array
 from .structure import GraphStructure
 
 # Input positions that hold learnable parameters (not running statistics), by op.
@@ -85,7 +85,7 @@ def float_parameters(model: onnx.ModelProto) -> dict[str, np.ndarray]:
             if name and index not in configuration:
                 value_uses.add(name)
     return {
-        init.name: numpy_helper.to_array(init)
+        init.name: tensor_array(init)
         for init in model.graph.initializer
         if init.data_type in FLOAT_TYPES and init.name in value_uses
     }

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, UnsupportedModelError
 
 
 @dataclass
@@ -47,6 +47,38 @@ class Change:
         return Change(scale=self.scale * other.scale, rule=rule, target=target, note=note)
 
 
+def changed_values(name: str, old: np.ndarray, change: Change,
+                   flat: slice | None = None) -> np.ndarray:
+    """The new values of initializer ``name`` (``old``: its values, any shape, its dtype):
+    ``old * scale`` or the replacement, computed in float64 and rounded once to ``old``'s
+    dtype. With ``flat``, only that range of the flattened tensor (``old`` is then that range
+    of the old values), so a large tensor can be rewritten piece by piece with the same result.
+    Raises InvalidOptionError for a replacement of another shape or non-finite values,
+    UnsupportedModelError when a value overflows the dtype."""
+    dtype = old.dtype
+    if change.scale is not None:
+        values = np.asarray(old, dtype=np.float64) * change.scale
+    else:
+        values = np.asarray(change.array)
+        expected = tuple(old.shape) if flat is None else None
+        if expected is not None and tuple(values.shape) != expected:
+            raise InvalidOptionError(
+                f"replacement for initializer {name!r} has shape {tuple(values.shape)}, "
+                f"the tensor has {expected}"
+            )
+        values = values.reshape(-1)[flat] if flat is not None else values
+        values = values.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise InvalidOptionError(f"new values for initializer {name!r} are not all finite")
+    with np.errstate(over="ignore"):
+        out = values.astype(dtype)
+    if not np.all(np.isfinite(out.astype(np.float64))):
+        raise UnsupportedModelError(
+            f"new values for initializer {name!r} overflow its dtype {dtype.name}"
+        )
+    return out
+
+
 @dataclass
 class Plan:
     """What a method wants done: ``changes`` per initializer name, ``report`` its details.
@@ -58,6 +90,9 @@ class Plan:
     method: str
     changes: dict[str, Change]
     report: dict = field(default_factory=dict)
+    # the Propagation of the model with this plan applied, when the method computed it on the
+    # way (autoinit's single pass); None when the caller must propagate the result itself
+    prediction: object | None = field(default=None, repr=False, compare=False)
 
     def _steps(self) -> list[dict]:
         if "," in self.method and "steps" in self.report:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import onnx
@@ -12,14 +13,14 @@ from .errors import InvalidOptionError, UnsupportedModelError
 from .graph import ModelGraph, load
 from .methods import METHODS, make_options, parse_methods
 from .plan import Plan
-from .propagate import propagate
+from .propagate import Propagation, propagate, single_threaded_blas
 from .writeback import (
     apply_plan,
     default_output,
     plan_record,
     read_plan_record,
-    save_model,
     set_plan_record,
+    write_model,
 )
 
 QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
@@ -28,12 +29,25 @@ QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
 
 @dataclass
 class RescaleResult:
-    model: onnx.ModelProto
+    """What :func:`rescale` did: the plan, where it was written, the predicted output variances
+    before and after (the after a prediction of the rescaled model itself), each method's
+    report. ``model`` is the rescaled model in memory, made when first asked for."""
+
     plan: Plan
     output: Path | None
     outputs_var_before: dict[str, float]
     outputs_var_after: dict[str, float]
     method_reports: dict[str, dict] = field(default_factory=dict)
+    source: onnx.ModelProto | None = field(default=None, repr=False)
+    record: dict | None = field(default=None, repr=False)
+
+    @cached_property
+    def model(self) -> onnx.ModelProto:
+        """The rescaled model (changed tensors inline; external ones memory-mapped)."""
+        model = apply_plan(self.source, self.plan)
+        if self.record is not None:
+            set_plan_record(model, self.record)
+        return model
 
     def to_dict(self) -> dict:
         changes = {}
@@ -68,8 +82,8 @@ def _refuse_unsupported(graph: ModelGraph) -> None:
         raise UnsupportedModelError(f"{graph.name}: the model has no float parameters to rescale")
 
 
-def _output_vars(graph: ModelGraph, seed: int) -> dict[str, float]:
-    result = propagate(graph, seed=seed)
+def _output_vars(result: Propagation) -> dict[str, float]:
+    graph = result.graph
     return {n: result.moments[n].total()[1] for n in graph.output_names if n in result.moments}
 
 
@@ -87,7 +101,14 @@ def rescale(
     """Rescale ``model`` with ``method`` (a name or comma list applied in order) and write the
     result (``<stem>.<method>.onnx`` beside the input unless ``output``; never the input itself
     unless ``in_place``). Method options (``target_var``, ``keep_bias``, ``seed``...) pass by
-    keyword."""
+    keyword.
+
+    The model is loaded once (large external data memory-mapped, never copied whole) and
+    propagated once for the "before" variances; each method plans on a view of it holding the
+    values chosen so far (:meth:`ModelGraph.with_changes`); the "after" variances are the last
+    method's own prediction of the rescaled model when it made one (autoinit's single pass),
+    else one more propagation of the final view; the file is written tensor by tensor
+    (:func:`~onnxinit.writeback.write_model`)."""
     names = parse_methods(method)
     graph = load(model, input_shapes=input_shapes, batch_size=batch_size)
     _refuse_unsupported(graph)
@@ -99,24 +120,22 @@ def rescale(
         if in_place:
             out_path = Path(graph.path) if output is None else out_path
     seed = options.get("seed", 0)
-    before = _output_vars(graph, seed)
+    before = _output_vars(propagate(graph, seed=seed))
     plan, current, reports = None, graph, {}
-    for i, name in enumerate(names):
-        step = METHODS[name][0](current, make_options(name, options))
-        reports[name] = step.report
-        plan = step if plan is None else plan.then(step)
-        if i + 1 < len(names):
-            current = load(apply_plan(graph.source, plan), input_shapes=graph.input_shapes,
-                           batch_size=batch_size)
-    new_model = apply_plan(graph.source, plan)
-    set_plan_record(new_model, plan_record(plan, graph.path, read_plan_record(graph.source)))
-    after_graph = load(new_model, input_shapes=graph.input_shapes, batch_size=batch_size)
+    with single_threaded_blas():
+        for name in names:
+            step = METHODS[name][0](current, make_options(name, options))
+            reports[name] = step.report
+            plan = step if plan is None else plan.then(step)
+            current = graph.with_changes(plan.changes)
+    prediction = step.prediction if step.prediction is not None else propagate(current, seed=seed)
+    record = plan_record(plan, graph.path, read_plan_record(graph.source))
     result = RescaleResult(
-        model=new_model, plan=plan, output=out_path,
-        outputs_var_before=before, outputs_var_after=_output_vars(after_graph, seed),
-        method_reports=reports,
+        plan=plan, output=out_path, outputs_var_before=before,
+        outputs_var_after=_output_vars(prediction), method_reports=reports,
+        source=graph.source, record=record,
     )
     if write:
-        save_model(new_model, out_path, source_path=graph.path, external=graph.external,
-                   in_place=in_place)
+        write_model(graph.source, out_path, plan, source_path=graph.path,
+                    external=graph.external, in_place=in_place, record=record)
     return result

@@ -31,8 +31,6 @@ import heapq
 from collections import deque
 from dataclasses import dataclass
 
-import networkx as nx
-
 from .graph import ModelGraph
 
 _SOURCE = "\0source"
@@ -111,9 +109,33 @@ def residual_blocks(graph: ModelGraph) -> list[ResidualBlock]:
     return blocks
 
 
-def _signal_graph(graph: ModelGraph) -> nx.DiGraph:
+class _Adjacency:
+    """A directed graph as insertion-ordered predecessor and successor sets."""
+
+    def __init__(self):
+        self._pred: dict[str, dict[str, None]] = {}
+        self._succ: dict[str, dict[str, None]] = {}
+
+    def add_node(self, n: str) -> None:
+        self._pred.setdefault(n, {})
+        self._succ.setdefault(n, {})
+
+    def add_edge(self, a: str, b: str) -> None:
+        self.add_node(a)
+        self.add_node(b)
+        self._succ[a][b] = None
+        self._pred[b][a] = None
+
+    def predecessors(self, n: str):
+        return iter(self._pred[n])
+
+    def successors(self, n: str):
+        return iter(self._succ[n])
+
+
+def _signal_graph(graph: ModelGraph) -> _Adjacency:
     """Nodes that produce signals, one node per graph input, and a virtual source."""
-    g = nx.DiGraph()
+    g = _Adjacency()
     g.add_node(_SOURCE)
     for name in graph.input_names:
         g.add_edge(_SOURCE, _INPUT + name)
@@ -139,7 +161,7 @@ def _start(graph: ModelGraph, tensor: str) -> str:
     return _INPUT + tensor if producer is None else producer
 
 
-def _fork(signal_graph: nx.DiGraph, starts: list[str], position: dict) -> str | None:
+def _fork(signal_graph: _Adjacency, starts: list[str], position: dict) -> str | None:
     """The latest (in topological order) common ancestor of ``starts``, or None.
 
     Walk backwards in decreasing topological position, carrying the set of starts that reach
@@ -185,7 +207,7 @@ def _block(graph, signal_graph, add, parametric, position) -> ResidualBlock | No
                          branches)
 
 
-def _block_input(graph: ModelGraph, signal_graph: nx.DiGraph, fork: str) -> str:
+def _block_input(graph: ModelGraph, signal_graph: _Adjacency, fork: str) -> str:
     if fork.startswith(_INPUT):
         return fork[len(_INPUT):]
     outputs = [o for o in graph.node(fork).output if graph.is_signal(o)]

@@ -11,10 +11,12 @@ import functools
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
 from .errors import InvalidOptionError
+from .initializers import external_arrays
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -89,6 +91,14 @@ def make_session(
     if threads is not None:
         options.intra_op_num_threads = threads
     data = model if isinstance(model, (bytes, str)) else model.SerializeToString()
+    if isinstance(model, onnx.ModelProto):
+        # external tensors are handed over from their memory maps (the bytes carry no folder)
+        external = external_arrays(model)
+        if external:
+            options.add_external_initializers(
+                list(external),
+                [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a))
+                 for a in external.values()])
     return ort.InferenceSession(
         data, options, providers=list(provider_list or providers(device))
     )

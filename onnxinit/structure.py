@@ -10,7 +10,8 @@ constant values and parameters.
 
 from __future__ import annotations
 
-import networkx as nx
+import heapq
+
 import onnx
 from onnx import TensorProto
 
@@ -41,7 +42,7 @@ def _has_subgraphs(node: onnx.NodeProto) -> bool:
 
 class GraphStructure:
     """Indexes of ``self.model`` (set by the subclass before :meth:`_index`): ``node_by_id``,
-    ``producer``, ``consumers``, ``order``, ``nx``, ``dtypes``, ``shapes``, ``constants``."""
+    ``producer``, ``consumers``, ``order``, ``dtypes``, ``shapes``, ``constants``."""
 
     name: str
     model: onnx.ModelProto
@@ -80,11 +81,9 @@ class GraphStructure:
         self.producer: dict[str, str] = {}
         self.consumers: dict[str, list[tuple[str, int]]] = {}
         self.node_by_id: dict[str, onnx.NodeProto] = {}
-        self.nx = nx.DiGraph()
         self._implicit: dict[str, list[str]] = {}
         for node_id, node in zip(ids, nodes):
             self.node_by_id[node_id] = node
-            self.nx.add_node(node_id, op_type=node.op_type, domain=node.domain)
             for out in node.output:
                 if out:
                     self.producer[out] = node_id
@@ -93,19 +92,35 @@ class GraphStructure:
             for idx, name in enumerate(list(node.input) + implicit):
                 if name:
                     self.consumers.setdefault(name, []).append((node_id, idx))
+        self.order = self._topological_order(ids)
+
+    def _topological_order(self, ids: list[str]) -> list[str]:
+        """Nodes in topological order, ties broken by their position in the file (Kahn's
+        algorithm with a heap: the file's order when it is already topological)."""
+        position = {node_id: i for i, node_id in enumerate(ids)}
+        successors: dict[str, set[str]] = {node_id: set() for node_id in ids}
+        waiting = dict.fromkeys(ids, 0)
         for node_id, node in self.node_by_id.items():
-            for name in list(node.input) + self._implicit[node_id]:
-                src = self.producer.get(name)
-                if src is not None and src != node_id:
-                    if self.nx.has_edge(src, node_id):
-                        self.nx.edges[src, node_id]["tensors"].append(name)
-                    else:
-                        self.nx.add_edge(src, node_id, tensors=[name])
-        order = {node_id: i for i, node_id in enumerate(ids)}
-        try:
-            self.order = list(nx.lexicographical_topological_sort(self.nx, key=order.get))
-        except nx.NetworkXUnfeasible:
-            raise ModelLoadError(f"{self.name}: the graph has a cycle") from None
+            sources = {self.producer.get(name) for name in list(node.input)
+                       + self._implicit[node_id] if name}
+            sources.discard(None)
+            sources.discard(node_id)
+            waiting[node_id] = len(sources)
+            for src in sources:
+                successors[src].add(node_id)
+        ready = [position[n] for n, count in waiting.items() if count == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            node_id = ids[heapq.heappop(ready)]
+            order.append(node_id)
+            for succ in successors[node_id]:
+                waiting[succ] -= 1
+                if waiting[succ] == 0:
+                    heapq.heappush(ready, position[succ])
+        if len(order) < len(ids):
+            raise ModelLoadError(f"{self.name}: the graph has a cycle")
+        return order
 
     def _classify_tensors(self) -> None:
         """Constants: initializers, Constant outputs, Shape/Size of static tensors, and outputs

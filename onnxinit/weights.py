@@ -30,12 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ._loading import read_model
 from ._version import __version__
+from .atomic import write_atomically
 from .errors import InvalidOptionError, ModelLoadError, UnsupportedModelError, WriteError
-from .writeback import WRITABLE_TYPES, _cleanup, _same_file, _write_temp, read_plan_record
+from .initializers import tensor_array
+from .writeback import WRITABLE_TYPES, _same_file, read_plan_record
 
 FORMATS = ("safetensors", "npz")
 META_PREFIX = "onnxinit."
@@ -55,15 +56,10 @@ class MappingError(UnsupportedModelError):
 
 def float_initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Every float initializer of the main graph (float32/64/16, bfloat16), in model order,
-    with its own dtype (bfloat16 as ``ml_dtypes.bfloat16``). External data must be loaded."""
-    out = {}
-    for tensor in model.graph.initializer:
-        if tensor.data_type in WRITABLE_TYPES:
-            if onnx.external_data_helper.uses_external_data(tensor):
-                raise UnsupportedModelError(
-                    f"initializer {tensor.name!r} holds external data that is not loaded")
-            out[tensor.name] = numpy_helper.to_array(tensor)
-    return out
+    with its own dtype (bfloat16 as ``ml_dtypes.bfloat16``); external data read by
+    :func:`~onnxinit._loading.read_model` is memory-mapped, not copied."""
+    return {tensor.name: tensor_array(tensor) for tensor in model.graph.initializer
+            if tensor.data_type in WRITABLE_TYPES}
 
 
 def identity_aliases(model: onnx.ModelProto) -> dict[str, str]:
@@ -199,15 +195,7 @@ def _atomic_write(out: Path, data: bytes) -> None:
         raise WriteError(f"{out}: is a folder; give a file name for the weights")
     if not folder.is_dir():
         raise WriteError(f"{out}: the output folder {folder} does not exist")
-    temps: list[Path] = []
-    try:
-        os.replace(_write_temp(folder, out.name, data, temps), out)
-    except OSError as exc:
-        _cleanup(temps, [])
-        raise WriteError(f"{out}: cannot write the weights: {exc.strerror or exc}") from None
-    except BaseException:
-        _cleanup(temps, [])
-        raise
+    write_atomically(out, data, f"{out}: cannot write the weights")
 
 
 def export_weights(

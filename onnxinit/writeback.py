@@ -1,20 +1,31 @@
-"""Write-back: apply a :class:`Plan` to a copy of a model and save it atomically.
+"""Write-back: apply a :class:`Plan` to a model and write the result atomically.
 
 A method never edits a ModelProto; it returns a Plan (per initializer: a scale or a replacement
-array, with the rule and target that produced it). :func:`apply_plan` applies it to a copy and
-:func:`save_model` writes the copy.
+array, with the rule and target that produced it). :func:`write_model` writes the source model
+with the Plan applied, one tensor at a time; :func:`apply_plan` gives the same model in memory.
 
 Guarantees:
 
 - opset imports, IR version, node/tensor names, doc strings and metadata are those of the input;
-  initializers the Plan does not name keep their exact bytes (their TensorProto is copied as is).
+  initializers the Plan does not name keep their exact bytes (their TensorProto is copied as is,
+  external data byte for byte).
 - A changed tensor keeps its name, dims, data type and doc string; its data is rewritten as
-  little-endian ``raw_data``. Scales are applied in float64 and the result is rounded once to the
-  tensor's own dtype (float16 and bfloat16 included, bfloat16 through ``ml_dtypes`` as onnx does).
+  little-endian ``raw_data`` (or external bytes). Scales are applied in float64 and the result is
+  rounded once to the tensor's own dtype (float16 and bfloat16 included, bfloat16 through
+  ``ml_dtypes`` as onnx does), :func:`~onnxinit.plan.changed_values`.
 - Tensors that were stored as external data in the source are written as external data beside the
-  output, in the same relative layout (see :func:`save_model` for the naming rule).
+  output, in the same relative layout (see :func:`write_model` for the naming rule).
+- Bounded memory: each tensor is streamed from its source (a memory map of the input's data file,
+  or the model in memory) to its output file in chunks of at most
+  :data:`~onnxinit.initializers.CHUNK_BYTES`; untouched external tensors are copied byte for
+  byte without passing through Python. The model file is written as a sequence of serialized
+  ModelProto pieces, one per initializer and then the rest of the model: protobuf parses
+  concatenated messages as one message (repeated fields appended, singular ones merged), so
+  the file reads back as the model with its initializers in their order, without the whole
+  model ever being serialized at once.
 - Everything is written to temporary files in the target folder and moved into place with
-  ``os.replace`` at the end; on any failure the temporaries are removed and nothing is left.
+  ``os.replace`` at the end (:mod:`onnxinit.atomic`); on any failure, including a value that
+  overflows its dtype found mid-write, nothing is left.
 - Deterministic: the same model and Plan give the same bytes.
 """
 
@@ -23,90 +34,111 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
-from onnx import TensorProto, external_data_helper, numpy_helper
+from onnx import TensorProto, external_data_helper
 
+from .atomic import AtomicFiles
 from .dtypes import FLOAT_TYPES
 from .errors import InvalidOptionError, UnsupportedModelError, WriteError
-from .plan import Change, Plan
+from .initializers import (
+    CHUNK_BYTES,
+    is_external,
+    numpy_dtype,
+    tensor_array,
+    tensor_nbytes,
+    write_tensor_bytes,
+)
+from .modelfile import Piece, copy_fields, field_size, serialized_model
+from .plan import Change, Plan, changed_values
 
 WRITABLE_TYPES = FLOAT_TYPES  # the types a Change can be applied to
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data",
                  "uint64_data")
+_FIELD = TensorProto.DESCRIPTOR.fields_by_name
+_DATA_FIELDS = frozenset(_FIELD[name].number for name in (*_TYPED_FIELDS, "raw_data"))
+_RAW_DATA_FIELD = _FIELD["raw_data"].number
+_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+_INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
 
 
 # applying ---------------------------------------------------------------------------------------
 
 
-def _np_dtype(data_type: int) -> np.dtype:
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type))
-
-
-def _new_values(tensor: TensorProto, change: Change) -> np.ndarray:
-    name = tensor.name
-    if tensor.data_type not in WRITABLE_TYPES:
-        dtype = TensorProto.DataType.Name(tensor.data_type)
-        raise UnsupportedModelError(
-            f"initializer {name!r} is {dtype}; only float32/float64/float16/bfloat16 "
-            "tensors can be rescaled"
+def _check_changes(model: onnx.ModelProto, changes: Mapping[str, Change],
+                   method: str = "") -> dict[str, TensorProto]:
+    """The initializers the changes name, after checking they exist, are float and that
+    replacements have their shape (everything that can be checked before writing)."""
+    by_name = {t.name: t for t in model.graph.initializer}
+    missing = [n for n in changes if n not in by_name]
+    if missing:
+        raise InvalidOptionError(
+            f"plan {method!r} names {', '.join(repr(n) for n in missing)}, "
+            "not an initializer of the model"
         )
-    if external_data_helper.uses_external_data(tensor):
-        raise UnsupportedModelError(
-            f"initializer {name!r} holds external data that is not loaded; load the model "
-            "with its external data (onnxinit.load) before applying a plan"
-        )
-    dtype = _np_dtype(tensor.data_type)
-    if change.scale is not None:
-        values = numpy_helper.to_array(tensor).astype(np.float64) * change.scale
-    else:
-        values = np.asarray(change.array)
-        if tuple(values.shape) != tuple(tensor.dims):
-            raise InvalidOptionError(
-                f"replacement for initializer {name!r} has shape {tuple(values.shape)}, "
-                f"the tensor has {tuple(tensor.dims)}"
+    for name, change in changes.items():
+        tensor = by_name[name]
+        if tensor.data_type not in WRITABLE_TYPES:
+            dtype = TensorProto.DataType.Name(tensor.data_type)
+            raise UnsupportedModelError(
+                f"initializer {name!r} is {dtype}; only float32/float64/float16/bfloat16 "
+                "tensors can be rescaled"
             )
-        values = values.astype(np.float64)
-    if not np.all(np.isfinite(values)):
-        raise InvalidOptionError(f"new values for initializer {name!r} are not all finite")
-    with np.errstate(over="ignore"):
-        out = values.astype(dtype)
-    if not np.all(np.isfinite(out.astype(np.float64))):
-        raise UnsupportedModelError(
-            f"new values for initializer {name!r} overflow its dtype {dtype.name}"
-        )
-    return out
+        if change.array is not None and tuple(np.shape(change.array)) != tuple(tensor.dims):
+            raise InvalidOptionError(
+                f"replacement for initializer {name!r} has shape "
+                f"{tuple(np.shape(change.array))}, the tensor has {tuple(tensor.dims)}"
+            )
+    return {name: by_name[name] for name in changes}
 
 
-def _set_data(tensor: TensorProto, values: np.ndarray) -> None:
+def _little_endian(values: np.ndarray) -> bytes:
+    little = values.dtype.newbyteorder("<") if values.dtype.byteorder == ">" else values.dtype
+    return np.ascontiguousarray(values, dtype=little).tobytes()
+
+
+def _changed_chunks(tensor: TensorProto, change: Change,
+                    chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The new data of ``tensor`` as little-endian bytes, a chunk of the flat tensor at a time
+    (the same values as computing it whole: every operation is element-wise)."""
+    dtype = numpy_dtype(tensor.data_type)
+    old = tensor_array(tensor).reshape(-1) if change.scale is not None else None
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    step = max(1, chunk_bytes // 8)  # float64 work arrays of at most chunk_bytes
+    for start in range(0, count, step):
+        where = slice(start, min(count, start + step))
+        piece = old[where] if old is not None else np.empty(where.stop - start, dtype)
+        yield _little_endian(changed_values(tensor.name, piece, change, where))
+
+
+def _set_raw(tensor: TensorProto, data: bytes) -> None:
     """Replace the data of ``tensor`` (name, dims, data_type, doc_string kept) by raw bytes."""
     for name in _TYPED_FIELDS:
         tensor.ClearField(name)
-    little = values.dtype.newbyteorder("<") if values.dtype.byteorder == ">" else values.dtype
-    tensor.raw_data = np.ascontiguousarray(values, dtype=little).tobytes()
+    del tensor.external_data[:]
+    if tensor.data_location == TensorProto.EXTERNAL:
+        tensor.ClearField("data_location")
+    tensor.raw_data = data
 
 
 def apply_plan(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
-    """A copy of ``model`` with ``plan`` applied to its (top-level) initializers.
+    """A copy of ``model`` with ``plan`` applied to its (top-level) initializers, in memory.
 
-    Only the named initializers change; every other part of the copy is the input's.
+    Only the named initializers change (their new data held inline); every other part of the
+    copy is the input's (memory-mapped external tensors stay references to their files).
     Raises InvalidOptionError for a name that is not an initializer or a replacement of the
     wrong shape, UnsupportedModelError for a non-float tensor or an overflow of its dtype.
     """
+    _check_changes(model, plan.changes, plan.method)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     by_name = {t.name: t for t in out.graph.initializer}
-    missing = [n for n in plan.changes if n not in by_name]
-    if missing:
-        raise InvalidOptionError(
-            f"plan {plan.method!r} names {', '.join(repr(n) for n in missing)}, "
-            "not an initializer of the model"
-        )
     for name, change in plan.changes.items():
-        _set_data(by_name[name], _new_values(by_name[name], change))
+        _set_raw(by_name[name], b"".join(_changed_chunks(by_name[name], change)))
     return out
 
 
@@ -200,49 +232,157 @@ def _external_layout(out, source_path, external, in_place):
     return layout
 
 
-def _externalize(model: onnx.ModelProto, layout: dict[str, str]) -> dict[str, bytearray]:
-    """Move the data of the tensors in ``layout`` out of ``model``; return file -> bytes.
-
-    Tensors are packed contiguously in each file in the model's tensor order (graph
-    initializers first, then subgraphs and attributes, as onnx walks them), which is what
-    ``onnx.save_model(..., save_as_external_data=True)`` does; offsets are recomputed."""
-    files: dict[str, bytearray] = {}
-    for tensor in external_data_helper._get_all_tensors(model):
-        location = layout.get(tensor.name)
-        if location is None or external_data_helper.uses_external_data(tensor):
-            continue
-        if tensor.HasField("raw_data"):
-            data = tensor.raw_data
-        else:  # typed fields (a tensor a method left alone is raw after loading; be safe)
-            data = numpy_helper.from_array(numpy_helper.to_array(tensor)).raw_data
-        buffer = files.setdefault(location, bytearray())
-        offset = len(buffer)
-        buffer.extend(data)
-        for name in _TYPED_FIELDS:
-            tensor.ClearField(name)
-        tensor.raw_data = data
-        external_data_helper.set_external_data(tensor, location, offset, len(data))
-        tensor.data_location = TensorProto.EXTERNAL
-        tensor.ClearField("raw_data")
-    return files
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without its graph's initializers (whose data is never copied)."""
+    out = onnx.ModelProto()
+    copy_fields(model, out, lambda n: n != _GRAPH_FIELD)
+    copy_fields(model.graph, out.graph, lambda n: n != _INITIALIZER_FIELD)
+    return out
 
 
-def _write_temp(folder: Path, final_name: str, data: bytes, temps: list[Path]) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{final_name}.", suffix=".tmp", dir=folder)
-    temp = Path(name)
-    temps.append(temp)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-    return temp
+def _header(tensor: TensorProto) -> TensorProto:
+    """``tensor``'s name, dims, type, doc string... without its data."""
+    out = TensorProto()
+    copy_fields(tensor, out, lambda n: n not in _DATA_FIELDS)
+    del out.external_data[:]
+    if out.data_location == TensorProto.EXTERNAL:
+        out.ClearField("data_location")
+    return out
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _externalized(tensor: TensorProto, location: str, offset: int, length: int) -> TensorProto:
+    """``tensor``'s header pointing at ``length`` bytes at ``offset`` of ``location``."""
+    out = _header(tensor)
+    for key, value in (("location", location), ("offset", str(offset)),
+                       ("length", str(length))):
+        entry = out.external_data.add()
+        entry.key, entry.value = key, value
+    out.data_location = TensorProto.EXTERNAL
+    return out
+
+
+def _data_length(tensor: TensorProto, change: Change | None) -> int:
+    if change is None:
+        return tensor_nbytes(tensor)
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    return count * numpy_dtype(tensor.data_type).itemsize
+
+
+def _data_writer(tensor: TensorProto, change: Change | None):
+    """A function appending the output data of ``tensor`` to a file; returns the bytes written."""
+    def write(handle: BinaryIO) -> int:
+        if change is None:
+            return write_tensor_bytes(tensor, handle)
+        total = 0
+        for chunk in _changed_chunks(tensor, change):
+            handle.write(chunk)
+            total += len(chunk)
+        return total
+    return write
+
+
+def _inline_piece(tensor: TensorProto, change: Change | None) -> Piece:
+    """The output TensorProto of a tensor written inline, serialized when its turn comes."""
+    if change is None and not is_external(tensor):
+        return Piece(tensor.ByteSize(), lambda: tensor.SerializeToString(deterministic=True))
+    header = _header(tensor)
+    length = _data_length(tensor, change)
+
+    def serialize() -> bytes:
+        out = TensorProto()
+        out.CopyFrom(header)
+        if change is not None:
+            out.raw_data = b"".join(_changed_chunks(tensor, change))
+        else:  # an external tensor the output holds inline (a ModelProto given without a path)
+            out.raw_data = _little_endian(np.asarray(tensor_array(tensor)))
+        return out.SerializeToString(deterministic=True)
+
+    return Piece(header.ByteSize() + field_size(_RAW_DATA_FIELD, length), serialize)
+
+
+class _Layout:
+    """Where each externally stored output tensor goes: its file and offset, tensors packed one
+    after another in each file in the order placed (as ``onnx.save_model(...,
+    save_as_external_data=True)`` packs them)."""
+
+    def __init__(self):
+        self.ends: dict[str, int] = {}
+        self.jobs: list[tuple[str, int, object]] = []  # (location, length, writer)
+
+    def place(self, tensor: TensorProto, change: Change | None, location: str) -> TensorProto:
+        length = _data_length(tensor, change)
+        offset = self.ends.get(location, 0)
+        self.ends[location] = offset + length
+        self.jobs.append((location, length, _data_writer(tensor, change)))
+        return _externalized(tensor, location, offset, length)
+
+    def write(self, files: AtomicFiles, folder: Path) -> None:
+        handles: dict[str, BinaryIO] = {}
+        for location, length, write in self.jobs:
+            if location not in handles:
+                handles[location] = files.open(folder / location)
+            written = write(handles[location])
+            if written != length:
+                raise WriteError(f"{folder / location}: wrote {written} bytes of a tensor "
+                                 f"announced as {length}")
+
+
+def write_model(
+    model: onnx.ModelProto,
+    out_path: str | os.PathLike,
+    plan: Plan | None = None,
+    *,
+    source_path: str | os.PathLike | None = None,
+    external: Mapping[str, str] | None = None,
+    in_place: bool = False,
+    record: dict | None = None,
+) -> Path:
+    """Write ``model`` with ``plan`` applied (if any) to ``out_path`` atomically; return the path.
+
+    ``model`` is the source as read (external tensors memory-mapped, or data inline);
+    ``source_path`` is its file (to refuse overwriting it unless ``in_place``); ``external``
+    maps each tensor that was external in the source to its location (as
+    ``ModelGraph.external``): those tensors are written as external data beside the output,
+    renamed by :func:`external_location` so the input's data files are never overwritten (in
+    place they keep their names and are replaced). ``record`` is stored as the plan record
+    (:func:`set_plan_record`). The data files are moved into place before the model; see the
+    module docstring for what happens on failure and how much memory is used.
+    """
+    out = Path(out_path)
+    source = Path(source_path) if source_path is not None else None
+    _check_target(out, source, in_place)
+    changes = dict(plan.changes) if plan is not None else {}
+    _check_changes(model, changes, plan.method if plan is not None else "")
+    external_layout = _external_layout(out, source, external, in_place)
+    skeleton = _skeleton(model)
+    if record is not None:
+        set_plan_record(skeleton, record)
+    layout, pieces = _Layout(), []
+    for tensor in model.graph.initializer:
+        change, location = changes.get(tensor.name), external_layout.get(tensor.name)
+        if location is None:
+            pieces.append(_inline_piece(tensor, change))
+        else:
+            header = layout.place(tensor, change, location)
+            pieces.append(Piece(header.ByteSize(),
+                                lambda h=header: h.SerializeToString(deterministic=True)))
+    for tensor in external_data_helper._get_all_tensors(skeleton):  # Constant/subgraph tensors
+        location = external_layout.get(tensor.name)
+        if location is not None:
+            tensor.CopyFrom(layout.place(tensor, None, location))
+        elif is_external(tensor):
+            _set_raw(tensor, _little_endian(np.asarray(tensor_array(tensor))))
+    with AtomicFiles(f"{out}: cannot write the model") as files:
+        layout.write(files, out.parent)
+        model_file = files.open(out)  # opened last: moved into place last
+        try:
+            for chunk in serialized_model(skeleton, pieces):
+                model_file.write(chunk)
+        except ValueError as exc:  # protobuf's 2 GiB limit on one message
+            raise WriteError(f"{out}: the model is too large to serialize ({exc}); keep its "
+                             "weights as external data") from None
+        files.commit()
+    return out
 
 
 def save_model(
@@ -253,72 +393,9 @@ def save_model(
     external: dict[str, str] | None = None,
     in_place: bool = False,
 ) -> Path:
-    """Write ``model`` (data held in memory) to ``out_path`` atomically; return the path.
-
-    ``source_path`` is the input model's file (to refuse overwriting it unless ``in_place``);
-    ``external`` maps each tensor that was external in the source to its location (as
-    ``ModelGraph.external``): those tensors are written as external data beside the output,
-    renamed by :func:`external_location` so the input's data files are never overwritten (in
-    place they keep their names and are replaced). Every file is first written as a temporary
-    in its target folder; the data files and then the model are moved into place with
-    ``os.replace``. On failure the temporaries, files moved into place that did not exist
-    before, and any data sub-folder created are removed (a data file that already existed and
-    was replaced before the failure stays replaced: only the final model move can fail there).
-    """
-    out = Path(out_path)
-    source = Path(source_path) if source_path is not None else None
-    _check_target(out, source, in_place)
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    files = _externalize(work, _external_layout(out, source, external, in_place))
-    try:
-        payload = work.SerializeToString(deterministic=True)
-    except ValueError as exc:  # protobuf's 2 GiB limit
-        raise WriteError(f"{out}: the model is too large to serialize ({exc}); keep its "
-                         "weights as external data") from None
-    temps: list[Path] = []
-    created: list[Path] = []
-    moves: list[tuple[Path, Path]] = []
-    placed: list[Path] = []  # new files already moved into place (removed again on failure)
-    try:
-        for location in sorted(files):
-            target = out.parent / location
-            missing = []
-            parent = target.parent
-            while not parent.exists():
-                missing.append(parent)
-                parent = parent.parent
-            for folder in reversed(missing):
-                folder.mkdir()
-                created.append(folder)
-            moves.append((_write_temp(target.parent, target.name, files[location], temps), target))
-        moves.append((_write_temp(out.parent, out.name, payload, temps), out))
-        for temp, target in moves:
-            existed = target.exists()
-            os.replace(temp, target)
-            temps.remove(temp)
-            if not existed:
-                placed.append(target)
-    except OSError as exc:
-        _cleanup(temps + placed, created)
-        raise WriteError(f"{out}: cannot write the model: {exc.strerror or exc}") from None
-    except BaseException:
-        _cleanup(temps + placed, created)
-        raise
-    return out
-
-
-def _cleanup(files: list[Path], created: list[Path]) -> None:
-    for temp in files:
-        try:
-            temp.unlink()
-        except FileNotFoundError:
-            pass
-    for folder in reversed(created):
-        try:
-            folder.rmdir()
-        except OSError:
-            pass
+    """Write ``model`` as it is (see :func:`write_model`)."""
+    return write_model(model, out_path, source_path=source_path, external=external,
+                       in_place=in_place)
 
 
 # the plan record ---------------------------------------------------------------------------------

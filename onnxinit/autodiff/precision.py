@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..initializers import tensor_array
+
 _DTYPE_ATTRIBUTES = {"Cast": "to", "EyeLike": "dtype", "RandomNormal": "dtype",
                      "RandomUniform": "dtype", "RandomNormalLike": "dtype",
                      "RandomUniformLike": "dtype"}
@@ -16,7 +18,7 @@ _DTYPE_ATTRIBUTES = {"Cast": "to", "EyeLike": "dtype", "RandomNormal": "dtype",
 def _double_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:
     if tensor.data_type != TensorProto.FLOAT:
         return tensor
-    return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
+    return numpy_helper.from_array(tensor_array(tensor).astype(np.float64), tensor.name)
 
 
 def _cast_node(node: onnx.NodeProto) -> None:

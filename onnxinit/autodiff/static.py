@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..dtypes import FLOAT_TYPES
 from ..errors import UnsupportedModelError
+from ..initializers import tensor_array
 from ..passes import types_and_shapes
 
 
@@ -22,7 +22,7 @@ class StaticInfo:
         """``variable``: initializers fed at run time (parameters); never constants."""
         self.types, self.shapes = types_and_shapes(model)
         self.values: dict[str, np.ndarray] = {
-            init.name: numpy_helper.to_array(init)
+            init.name: tensor_array(init)
             for init in model.graph.initializer if init.name not in variable
         }
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from ..graph import ModelGraph
 from ..plan import Change, Plan
-from ..propagate import Propagation, propagate, propagate_node, start_propagation
+from ..propagate import Propagation, propagate_node, single_threaded_blas, start_propagation
 from .options import option
 
 
@@ -36,53 +36,63 @@ class AutoInitOptions:
     seed: int = 0
 
 
-def _bias_of(graph: ModelGraph, node_id: str) -> str | None:
-    """The bias parameter of a parametric node: Conv/Gemm's third input, or the constant operand
-    of an Add that alone consumes a MatMul's output (how exporters write Linear layers)."""
-    node = graph.node(node_id)
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
-        if len(node.input) > 2 and node.input[2]:
-            return graph.parameter_of(node.input[2])
-        return None
-    consumers = graph.consumers.get(node.output[0], [])
-    if len(consumers) != 1:
-        return None
-    add = graph.node(consumers[0][0])
-    if add.op_type != "Add":
-        return None
-    other = add.input[1 - consumers[0][1]]
-    return graph.parameter_of(other) if graph.is_constant(other) else None
-
-
 def plan(graph: ModelGraph, options: AutoInitOptions | None = None) -> Plan:
-    """Choose weight scales (and zero biases) so every parametric output has ``target_var``.
-    ``graph`` is not changed: each layer is analysed on a view of it holding the values chosen
-    upstream (:meth:`ModelGraph.with_values`)."""
+    """Choose weight scales (and zero biases) so every parametric output has ``target_var``,
+    in one topological pass: each node's rule runs once, on a view of ``graph`` holding the
+    values chosen upstream (:meth:`ModelGraph.with_changes`); a weighted node's outputs under
+    its scaled weight are its outputs under the current weight scaled (its rule is linear in the
+    weight once the bias is zero: :meth:`Moments.scaled`), so no node is propagated twice.
+
+    The pass's moments are then those of the rescaled model, and the Plan carries them as its
+    ``prediction``, unless a tensor was changed after a node that reads it had been propagated
+    (a weight tied to an earlier Gather or MatMul, a bias shared with an earlier layer): then
+    ``prediction`` is None and :func:`~onnxinit.rescale.rescale` propagates the result again."""
     options = options or AutoInitOptions()
     if not graph.parametric_nodes:
         raise UnsupportedModelError(
             f"{graph.name}: no Conv/ConvTranspose/Gemm/MatMul node with a float constant weight; "
             "autoinit has nothing to rescale"
         )
-    before = _output_variances(graph, options.seed)
     parametric = set(graph.parametric_nodes)
     changes: dict[str, Change] = {}
     layers = []
     result: Propagation = start_propagation(graph, seed=options.seed)
-    chosen = graph  # the graph with the values chosen so far
+    with single_threaded_blas():
+        stale = _pass(graph, options, parametric, result, changes, layers)
+    return Plan(
+        method="autoinit",
+        changes=changes,
+        report={
+            "target_var": options.target_var,
+            "keep_bias": options.keep_bias,
+            "layers": layers,
+            "warnings": list(result.warnings),
+        },
+        prediction=None if stale else result,
+    )
+
+
+def _pass(graph, options, parametric, result, changes, layers) -> bool:
+    """The topological pass of :func:`plan`: fills ``result``, ``changes`` and ``layers``;
+    True when a node was propagated before a value it reads changed."""
+    chosen = graph  # a view with the values chosen so far
+    done: set[str] = set()  # nodes propagated
+    stale = False  # a node was propagated before a value it reads changed
     for node_id in graph.order:
         if graph.is_shape_node(node_id):
             continue
         if node_id not in parametric:
             propagate_node(chosen, node_id, result)
+            done.add(node_id)
             continue
-        node = graph.node(node_id)
-        weight = graph.parameter_of(node.input[graph.weight_input(node_id)])
-        bias = _bias_of(graph, node_id)
+        node, layer = graph.node(node_id), graph.table.layer(node_id)
+        weight, bias = layer.weight, layer.bias
         if bias is not None and not options.keep_bias and bias not in changes:
-            zeros = np.zeros_like(graph.value(bias))
-            chosen = chosen.with_values({bias: zeros})
-            changes[bias] = Change(array=zeros, rule="autoinit", target="bias = 0")
+            zero = Change(array=np.zeros(tuple(graph.initializers[bias].dims)), rule="autoinit",
+                          target="bias = 0")
+            chosen = chosen.with_changes({bias: zero})
+            changes[bias] = zero
+            stale = stale or _read_by(graph, bias, done)
         in_name = next(n for n in node.input if graph.is_signal(n))
         in_mean, in_var = result.moments[in_name].total()
         propagate_node(chosen, node_id, result)
@@ -95,33 +105,31 @@ def plan(graph: ModelGraph, options: AutoInitOptions | None = None) -> Plan:
             entry.update(scale=None, note="predicted output variance is 0; left unchanged")
         else:
             scale = float(np.sqrt(options.target_var / out_var))
-            chosen = chosen.with_values({weight: chosen.value(weight) * scale})
             changes[weight] = Change(scale=scale, rule=f"autoinit:{node.op_type}",
                                      target=f"output var {options.target_var:g}")
-            propagate_node(chosen, node_id, result)
+            chosen = chosen.with_changes({weight: changes[weight]})
+            stale = stale or _read_by(graph, weight, done)
+            if options.keep_bias and bias is not None:  # y = s W x + b: not linear in s
+                propagate_node(chosen, node_id, result)
+            else:
+                _scale_outputs(graph, node_id, result, scale)
             entry["scale"] = scale
             out_mean, out_var = result.moments[node.output[0]].total()
         entry.update(output_mean=out_mean, output_var=out_var)
         layers.append(entry)
-    after = {name: result.moments[name].total()[1] for name in before if name in result.moments}
-    return Plan(
-        method="autoinit",
-        changes=changes,
-        report={
-            "target_var": options.target_var,
-            "keep_bias": options.keep_bias,
-            "layers": layers,
-            "outputs_var_before": before,
-            "outputs_var_after": after,
-            "warnings": list(result.warnings),
-        },
-    )
+        done.add(node_id)
+    return stale
 
 
-def _output_variances(graph: ModelGraph, seed: int) -> dict[str, float]:
-    result = propagate(graph, seed=seed)
-    return {
-        name: result.moments[name].total()[1]
-        for name in graph.output_names
-        if name in result.moments
-    }
+def _scale_outputs(graph: ModelGraph, node_id: str, result: Propagation, scale: float) -> None:
+    """The node's output moments as they are with its weight times ``scale`` (bias zero)."""
+    for name in graph.node(node_id).output:
+        if name in result.moments and result.producers.get(name) == node_id:
+            result.moments[name] = result.moments[name].scaled(scale)
+
+
+def _read_by(graph: ModelGraph, tensor: str, nodes: set[str]) -> bool:
+    """Whether any of ``nodes`` reads ``tensor`` or a constant computed from it."""
+    return any(consumer in nodes
+               for name in graph.downstream_constants([tensor])
+               for consumer, _ in graph.consumers.get(name, []))

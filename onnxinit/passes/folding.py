@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..initializers import tensor_array
 from ..runtime import make_session
 from .base import model_pass
 from .shapes import SMALL_TENSOR, types_and_shapes
@@ -99,7 +100,7 @@ def fold_constants(model: onnx.ModelProto, variable: set[str]) -> onnx.ModelProt
     while True:
         _, shapes = types_and_shapes(folded)
         values = {
-            init.name: numpy_helper.to_array(init)
+            init.name: tensor_array(init)
             for init in graph.initializer if init.name not in variable
         }
         kept, new_initializers = [], []

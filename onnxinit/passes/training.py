@@ -18,6 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedModelError
+from ..initializers import tensor_array
 from .base import model_pass
 from .emitter import GraphEmitter
 
@@ -123,7 +124,7 @@ def _dropout_ratio(node: onnx.NodeProto, constants: Mapping[str, np.ndarray], op
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    values = {init.name: tensor_array(init) for init in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
