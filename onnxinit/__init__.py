@@ -6,18 +6,55 @@ Public API::
     graph = onnxinit.load("model.onnx", input_shapes={"x": (8, 3, 32, 32)})
     result = onnxinit.analyze("model.onnx", measure=True)
     rescaled = onnxinit.rescale("model.onnx", "autoinit", output="model.autoinit.onnx")
+
+The names below are imported on first use (PEP 562), so that ``import onnxinit`` and the
+command line's ``--help`` and ``--version`` do not pay for numpy, onnx and onnxruntime.
 """
 
 from __future__ import annotations
 
-from ._version import __version__
-from .analysis import Analysis, analyze
-from .errors import OnnxInitError
-from .graph import ModelGraph, load
-from .moments import Moments
-from .rescale import RescaleResult, rescale
-from .weights import MappingReport, export_weights, read_weights
+import importlib
+import sys
+import types
 
-__all__ = ["Analysis", "MappingReport", "ModelGraph", "Moments", "OnnxInitError",
-           "RescaleResult", "__version__", "analyze", "export_weights", "load", "read_weights",
-           "rescale"]
+from ._version import __version__ as __version__
+
+# public name -> the module defining it
+_EXPORTS = {
+    "Analysis": "analysis", "analyze": "analysis",
+    "OnnxInitError": "errors",
+    "ModelGraph": "graph", "load": "graph",
+    "Moments": "moments",
+    "RescaleResult": "rescale", "rescale": "rescale",
+    "MappingReport": "weights", "export_weights": "weights", "read_weights": "weights",
+}
+
+__all__ = ["Analysis", "MappingReport", "ModelGraph", "Moments", "OnnxInitError", "RescaleResult",
+           "__version__", "analyze", "export_weights", "load", "read_weights", "rescale"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnxinit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+class _Package(types.ModuleType):
+    """Keeps ``onnxinit.rescale`` the function when the submodule of the same name is imported
+    (the import system sets the submodule as an attribute of its package; the eager imports this
+    file used to make replaced it with the function right away)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -57,7 +57,8 @@ def changed_values(name: str, old: np.ndarray, change: Change,
     UnsupportedModelError when a value overflows the dtype."""
     dtype = old.dtype
     if change.scale is not None:
-        values = np.asarray(old, dtype=np.float64) * change.scale
+        values = np.array(old, dtype=np.float64)
+        values *= change.scale
     else:
         values = np.asarray(change.array)
         expected = tuple(old.shape) if flat is None else None
@@ -68,11 +69,11 @@ def changed_values(name: str, old: np.ndarray, change: Change,
             )
         values = values.reshape(-1)[flat] if flat is not None else values
         values = values.astype(np.float64)
-    if not np.all(np.isfinite(values)):
-        raise InvalidOptionError(f"new values for initializer {name!r} are not all finite")
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         out = values.astype(dtype)
-    if not np.all(np.isfinite(out.astype(np.float64))):
+    if not np.isfinite(out).all():  # a non-finite value, or one the cast overflowed
+        if not np.isfinite(values).all():
+            raise InvalidOptionError(f"new values for initializer {name!r} are not all finite")
         raise UnsupportedModelError(
             f"new values for initializer {name!r} overflow its dtype {dtype.name}"
         )

@@ -14,8 +14,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tqdm import tqdm
-
 
 def enabled() -> bool:
     """Whether a progress bar should be drawn now (terminal, not CI, not --quiet)."""
@@ -28,9 +26,11 @@ def enabled() -> bool:
 
 
 @contextmanager
-def bar(total: int, description: str, *, show: bool | None = None) -> Iterator[tqdm]:
+def bar(total: int, description: str, *, show: bool | None = None) -> Iterator:
     """A tqdm bar over ``total`` steps on stderr, drawn when ``show`` (default: :func:`enabled`).
     Use ``b.update()`` per step and ``b.set_postfix(objective=...)`` for the current value."""
+    from tqdm import tqdm  # only the data-driven methods draw bars
+
     show = enabled() if show is None else show
     progress = tqdm(total=total, desc=description, file=sys.stderr, disable=not show,
                     leave=False, dynamic_ncols=True, unit="it")

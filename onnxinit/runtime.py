@@ -13,12 +13,20 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from .errors import InvalidOptionError
 from .initializers import external_arrays
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+@functools.lru_cache(maxsize=1)
+def onnxruntime():
+    """The onnxruntime module, imported on first use (it takes longer to import than numpy:
+    commands that never run a model do not pay for it)."""
+    import onnxruntime as ort
+
+    return ort
 
 
 def _nvidia_device_present() -> bool:
@@ -28,6 +36,7 @@ def _nvidia_device_present() -> bool:
 @functools.lru_cache(maxsize=1)
 def cuda_usable() -> bool:
     """True when a session with the CUDA provider really runs on the GPU (probed quietly, once)."""
+    ort = onnxruntime()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False
     if not _nvidia_device_present():
@@ -78,12 +87,13 @@ def make_session(
     optimize: bool = True,
     threads: int | None = None,
     provider_list: Sequence[str] | None = None,
-) -> ort.InferenceSession:
+) -> onnxruntime.InferenceSession:
     """An InferenceSession for ``model`` (a ModelProto, its bytes, or a path).
 
     ``optimize=False`` disables graph optimizations, which is needed whenever training-mode
     BatchNormalization must keep batch statistics (DESIGN.md §7).
     """
+    ort = onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimize:

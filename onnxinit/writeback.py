@@ -16,8 +16,9 @@ Guarantees:
 - Tensors that were stored as external data in the source are written as external data beside the
   output, in the same relative layout (see :func:`write_model` for the naming rule).
 - Bounded memory: each tensor is streamed from its source (a memory map of the input's data file,
-  or the model in memory) to its output file in chunks of at most
-  :data:`~onnxinit.initializers.CHUNK_BYTES`; untouched external tensors are copied byte for
+  or the model in memory) to its output file in chunks (:data:`WORK_BYTES` of float64 work
+  arrays for a changed tensor, :data:`~onnxinit.initializers.CHUNK_BYTES` copied at a time for
+  an untouched one); untouched external tensors are copied byte for
   byte without passing through Python. The model file is written as a sequence of serialized
   ModelProto pieces, one per initializer and then the rest of the model: protobuf parses
   concatenated messages as one message (repeated fields appended, singular ones merged), so
@@ -46,7 +47,6 @@ from .atomic import AtomicFiles
 from .dtypes import FLOAT_TYPES
 from .errors import InvalidOptionError, UnsupportedModelError, WriteError
 from .initializers import (
-    CHUNK_BYTES,
     is_external,
     numpy_dtype,
     tensor_array,
@@ -57,6 +57,7 @@ from .modelfile import Piece, copy_fields, field_size, serialized_model
 from .plan import Change, Plan, changed_values
 
 WRITABLE_TYPES = FLOAT_TYPES  # the types a Change can be applied to
+WORK_BYTES = 1 << 20  # float64 bytes of a changed tensor computed at a time (cache-sized)
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data",
                  "uint64_data")
 _FIELD = TensorProto.DESCRIPTOR.fields_by_name
@@ -96,23 +97,28 @@ def _check_changes(model: onnx.ModelProto, changes: Mapping[str, Change],
     return {name: by_name[name] for name in changes}
 
 
-def _little_endian(values: np.ndarray) -> bytes:
+def _little_endian(values: np.ndarray) -> np.ndarray:
     little = values.dtype.newbyteorder("<") if values.dtype.byteorder == ">" else values.dtype
-    return np.ascontiguousarray(values, dtype=little).tobytes()
+    return np.ascontiguousarray(values, dtype=little)
 
 
 def _changed_chunks(tensor: TensorProto, change: Change,
-                    chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """The new data of ``tensor`` as little-endian bytes, a chunk of the flat tensor at a time
-    (the same values as computing it whole: every operation is element-wise)."""
+                    chunk_bytes: int = WORK_BYTES) -> Iterator[np.ndarray]:
+    """The new data of ``tensor`` as little-endian arrays, a chunk of the flat tensor at a time
+    (the same values as computing it whole: every operation is element-wise; chunks whose
+    float64 work arrays fit in the processor's cache make it several times faster)."""
     dtype = numpy_dtype(tensor.data_type)
     old = tensor_array(tensor).reshape(-1) if change.scale is not None else None
     count = int(np.prod(tensor.dims, dtype=np.int64))
-    step = max(1, chunk_bytes // 8)  # float64 work arrays of at most chunk_bytes
+    step = max(1, chunk_bytes // 8)
     for start in range(0, count, step):
         where = slice(start, min(count, start + step))
         piece = old[where] if old is not None else np.empty(where.stop - start, dtype)
         yield _little_endian(changed_values(tensor.name, piece, change, where))
+
+
+def _changed_bytes(tensor: TensorProto, change: Change) -> bytes:
+    return b"".join(chunk.tobytes() for chunk in _changed_chunks(tensor, change))
 
 
 def _set_raw(tensor: TensorProto, data: bytes) -> None:
@@ -138,7 +144,7 @@ def apply_plan(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
     out.CopyFrom(model)
     by_name = {t.name: t for t in out.graph.initializer}
     for name, change in plan.changes.items():
-        _set_raw(by_name[name], b"".join(_changed_chunks(by_name[name], change)))
+        _set_raw(by_name[name], _changed_bytes(by_name[name], change))
     return out
 
 
@@ -275,8 +281,8 @@ def _data_writer(tensor: TensorProto, change: Change | None):
             return write_tensor_bytes(tensor, handle)
         total = 0
         for chunk in _changed_chunks(tensor, change):
-            handle.write(chunk)
-            total += len(chunk)
+            handle.write(chunk.reshape(-1).view(np.uint8))
+            total += chunk.nbytes
         return total
     return write
 
@@ -292,9 +298,9 @@ def _inline_piece(tensor: TensorProto, change: Change | None) -> Piece:
         out = TensorProto()
         out.CopyFrom(header)
         if change is not None:
-            out.raw_data = b"".join(_changed_chunks(tensor, change))
+            out.raw_data = _changed_bytes(tensor, change)
         else:  # an external tensor the output holds inline (a ModelProto given without a path)
-            out.raw_data = _little_endian(np.asarray(tensor_array(tensor)))
+            out.raw_data = _little_endian(np.asarray(tensor_array(tensor))).tobytes()
         return out.SerializeToString(deterministic=True)
 
     return Piece(header.ByteSize() + field_size(_RAW_DATA_FIELD, length), serialize)
@@ -371,7 +377,7 @@ def write_model(
         if location is not None:
             tensor.CopyFrom(layout.place(tensor, None, location))
         elif is_external(tensor):
-            _set_raw(tensor, _little_endian(np.asarray(tensor_array(tensor))))
+            _set_raw(tensor, _little_endian(np.asarray(tensor_array(tensor))).tobytes())
     with AtomicFiles(f"{out}: cannot write the model") as files:
         layout.write(files, out.parent)
         model_file = files.open(out)  # opened last: moved into place last

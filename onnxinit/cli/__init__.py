@@ -1,19 +1,57 @@
-"""The ``onnxinit`` command line: one module per subcommand, shared options in ``_common``."""
+"""The ``onnxinit`` command line: one module per subcommand, shared options in ``_common``.
+
+Subcommand modules are imported when their command runs (or its help is shown), not before:
+``onnxinit --version`` and ``onnxinit --help`` import click and nothing else of weight.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from .._version import __version__
 from ._common import run_command
-from .analyze import analyze
-from .check import check
-from .export_weights import export_weights
-from .rescale import rescale
-from .rules import rules_command
+
+# command name -> (module, function, the one-line help `onnxinit --help` lists; a test checks
+# that it is the command's own)
+COMMANDS = {
+    "analyze": ("analyze", "analyze",
+                "Predict the mean and variance of every float tensor of MODEL at initialization."),
+    "check": ("check", "check",
+              "Fail when the predicted variance of MODEL explodes or vanishes at initialization."),
+    "export-weights": ("export_weights", "export_weights",
+                       ("Write every float initializer of MODEL to safetensors (or .npz), keyed "
+                        "by name.")),
+    "rescale": ("rescale", "rescale", "Rescale the weights of MODEL and write a new ONNX file."),
+    "rules": ("rules", "rules_command",
+              "List the op rules known, with their source (built-in or plugin)."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported by name on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, function, _ = COMMANDS[name]
+        return getattr(importlib.import_module(f".{module}", __name__), function)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``--help`` from :data:`COMMANDS`, without importing them."""
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, click.utils.make_default_short_help(COMMANDS[name][2], limit))
+                for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="onnxinit")
 def cli():
     """Analyze and rescale the initialization of any ONNX model.
@@ -25,13 +63,6 @@ def cli():
       onnxinit rescale model.onnx            write model.autoinit.onnx with rescaled weights
       onnxinit rules                         the op rules known, and where they come from
     """
-
-
-cli.add_command(analyze)
-cli.add_command(check)
-cli.add_command(export_weights)
-cli.add_command(rescale)
-cli.add_command(rules_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,7 @@ from ..moments import Moments
 from .attention import matmul_activations
 from .context import RuleContext, RuleError, signal
 from .registry import rule
+from .weighted import weighted_sums
 
 POSITIONS_CAP = 1 << 16  # C_out x output positions up to which a Conv keeps per-position stats
 
@@ -263,10 +264,10 @@ def _leading(x: Moments, rank: int, k: int) -> tuple[np.ndarray, np.ndarray] | N
 
 
 def _dense(mu, nu, w_in_out: np.ndarray, bias: np.ndarray | float = 0.0, scale: float = 1.0):
-    """E_j = scale * sum_i W_ij mu_i + bias_j; Var_j = scale^2 * sum_i W_ij^2 nu_i."""
-    mean = scale * (mu @ w_in_out) + bias
-    var = scale**2 * (nu @ w_in_out**2)
-    return mean, var
+    """E_j = scale * sum_i W_ij mu_i + bias_j; Var_j = scale^2 * sum_i W_ij^2 nu_i (the weight
+    in its own dtype, read a block at a time: :func:`~onnxinit.rules.weighted.weighted_sums`)."""
+    wmu, wnu = weighted_sums(mu, nu, w_in_out)
+    return scale * wmu + bias, scale**2 * wnu
 
 
 @rule("Gemm")
@@ -280,7 +281,7 @@ def gemm(inputs, ctx: RuleContext):
     y_shape = ctx.out_shape(0)
     if inputs[0] is not None and ctx.const(1) is not None:
         x = inputs[0]
-        w = np.asarray(ctx.const(1), dtype=np.float64)
+        w = ctx.const(1)
         w = w.T if trans_b else w  # [K, N]
         c = _bias(ctx, 2, y_shape[1]) if ctx.has_input(2) else 0.0
         kept = None if trans_a else _leading(x, 2, w.shape[0])
@@ -291,7 +292,7 @@ def gemm(inputs, ctx: RuleContext):
         return [Moments.along(mean, var, 1, 2)]
     if inputs[1] is not None and ctx.const(0) is not None:
         x = inputs[1]
-        w = np.asarray(ctx.const(0), dtype=np.float64)
+        w = ctx.const(0)
         w = w.T if trans_a else w  # [M, K]: Y[m, n] = sum_k W[m, k] X[k, n]
         mu, nu = x.values_along(1 if trans_b else 0, w.shape[1])
         c = ctx.const(2) if ctx.has_input(2) else None
@@ -320,7 +321,6 @@ def matmul_const(inputs, ctx: RuleContext):
         w = ctx.const(1)
         if w is None or np.ndim(w) != 2:
             raise RuleError("MatMul with a non-2-D constant weight")
-        w = np.asarray(w, dtype=np.float64)
         kept = _leading(inputs[0], y_rank, w.shape[0])
         if kept is not None:  # per position and feature: the same formula row by row
             return [Moments(*_dense(*kept, w))]
@@ -330,7 +330,6 @@ def matmul_const(inputs, ctx: RuleContext):
     w = ctx.const(0)
     if w is None or np.ndim(w) != 2 or len(ctx.in_shape(1)) < 2:
         raise RuleError("MatMul with a non-2-D constant left operand")
-    w = np.asarray(w, dtype=np.float64)
     mu, nu = inputs[1].values_along(-2, w.shape[1])
     mean, var = _dense(mu, nu, w.T)
     return [Moments.along(mean, var, -2, y_rank)]

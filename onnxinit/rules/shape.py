@@ -23,6 +23,7 @@ from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
 from .context import RuleContext, RuleError, signal
 from .registry import rule
+from .weighted import moments_along
 
 _GRID_CAP = 1 << 22
 
@@ -263,11 +264,9 @@ def gather(inputs, ctx: RuleContext):
     table = ctx.const(0)
     if table is None:
         raise RuleError("neither the data nor the table is known")
-    table = np.asarray(table, dtype=np.float64)
     axis %= table.ndim
     out_rank = len(ctx.out_shape(0))
-    mean = table.mean(axis=axis)
-    var = table.var(axis=axis)
+    mean, var = moments_along(table, axis)
     ids_rank = out_rank - (table.ndim - 1)
     shape = list(table.shape[:axis]) + [1] * ids_rank + list(table.shape[axis + 1 :])
     return [_compress(mean.reshape(shape), var.reshape(shape))]

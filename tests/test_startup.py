@@ -1,0 +1,67 @@
+"""What starting the command line imports: ``--version`` and ``--help`` only click; ``import
+onnxinit`` nothing heavy until a name is used. Checked in fresh interpreters through
+``sys.modules`` (no timing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("numpy", "onnx", "onnxruntime", "scipy", "networkx", "tqdm", "threadpoolctl")
+
+
+def _modules_after(code: str) -> set[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    script = f"import sys, json\n{code}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in HEAVY)
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"]])
+def test_version_and_help_import_no_heavy_package(argv):
+    code = ("from onnxinit.cli import main\n"
+            "try:\n"
+            f"    main({argv!r})\n"
+            "except SystemExit:\n"
+            "    pass")
+    modules = _modules_after(code)
+    assert "click" in modules and "onnxinit.cli" in modules
+    assert not _heavy(modules), _heavy(modules)
+    assert not {"onnxinit.graph", "onnxinit.analysis", "onnxinit.rescale"} & modules
+
+
+def test_import_onnxinit_is_light_until_a_name_is_used():
+    assert not _heavy(_modules_after("import onnxinit\nonnxinit.__version__"))
+    used = _modules_after("import onnxinit\nonnxinit.analyze")
+    assert "onnxinit.analysis" in used and "numpy" in used
+
+
+def test_public_names_resolve_and_rescale_stays_the_function():
+    import onnxinit
+
+    for name in onnxinit.__all__:
+        assert getattr(onnxinit, name) is not None, name
+    import onnxinit.rescale  # noqa: F401 - the submodule shares the function's name
+
+    assert callable(onnxinit.rescale) and onnxinit.rescale.__name__ == "rescale"
+
+
+def test_the_help_list_is_each_commands_own_short_help():
+    from onnxinit.cli import COMMANDS, cli
+
+    assert sorted(COMMANDS) == sorted(cli.list_commands(None))
+    for name, (_, _, short) in COMMANDS.items():
+        command = cli.get_command(None, name)
+        assert command.name == name
+        assert command.get_short_help_str(limit=1000) == short, name
