@@ -52,7 +52,7 @@ def test_public_names_resolve_and_rescale_stays_the_function():
 
     for name in onnxinit.__all__:
         assert getattr(onnxinit, name) is not None, name
-    import onnxinit.rescale  # noqa: F401 - the submodule shares the function's name
+    import onnxinit.rescale  # the submodule shares the function's name
 
     assert callable(onnxinit.rescale) and onnxinit.rescale.__name__ == "rescale"
 

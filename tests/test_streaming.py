@@ -5,6 +5,7 @@ tensor is untouched), nothing left behind by a failure mid-write, and the peak m
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -31,7 +32,7 @@ def _external_model(folder: Path, widths=(48, 64, 32), dtype=np.float32, seed=0)
     """MatMul + Add + Relu layers, every tensor in ``m.onnx.data`` (small ones too)."""
     rng = np.random.default_rng(seed)
     nodes, inits, x = [], [], "x"
-    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         inits += [numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a))
                                           .astype(dtype), f"w{i}"),
                   numpy_helper.from_array(rng.standard_normal(b).astype(dtype), f"b{i}")]
