@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import InvalidOptionError, UnsupportedModelError
 from ..graph import LAYOUT_OPS, ModelGraph
 from ..plan import Change, Plan
-from .idinit import LayoutError, bias_of, initializer_value, node_weight, weight_matrix_dims
+from .idinit import LayoutError, initializer_value, node_weight, weight_matrix_dims
 from .options import option
 
 SCHEMES = ("xavier", "kaiming", "lecun", "orthogonal")
@@ -130,9 +130,8 @@ def _plan(graph: ModelGraph, scheme: str, options: ClassicOptions) -> Plan:
     layers = []
     for node_id in graph.parametric_nodes:
         node = graph.node(node_id)
-        tensor = node.input[graph.weight_input(node_id)]
-        weight = graph.parameter_of(tensor)
-        bias = bias_of(graph, node_id)
+        layer = graph.table.layer(node_id)
+        tensor, weight, bias = node.input[layer.weight_input], layer.weight, layer.bias
         if bias is not None and bias not in changes:
             changes[bias] = Change(array=np.zeros_like(graph.value(bias)), rule=scheme,
                                    target="bias = 0")

@@ -1,5 +1,5 @@
 """Data movement: reshapes, transposes, concatenation and splitting, slicing, gathering,
-broadcasting and padding."""
+broadcasting and padding; identity and casts."""
 
 from __future__ import annotations
 
@@ -192,3 +192,21 @@ def pad(ctx, grads):
     dx = ctx.emit("Slice", [grads[0], ctx.ints(begin), ctx.ints([b + d for b, d in zip(begin,
                                                                                      shape)])])
     return [dx] + [None] * (len(ctx.node.input) - 1)
+
+
+@backward("Identity")
+def identity(ctx, grads):
+    """Y = X:  dX = dY."""
+    return [grads[0]]
+
+
+@backward("Cast")
+def cast(ctx, grads):
+    """Y = cast(X):  dX = cast(dY) back to X's float type."""
+    return [ctx.emit("Cast", [grads[0]], to=ctx.elem_type(ctx.node.input[0]))]
+
+
+@backward("CastLike")
+def cast_like(ctx, grads):
+    """Y = cast_like(X, T):  dX = cast_like(dY, X); T carries only a type."""
+    return [ctx.emit("CastLike", [grads[0], ctx.node.input[0]]), None]
