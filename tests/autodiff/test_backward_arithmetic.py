@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
 from .gradcheck import check_gradients, node, randn
 
@@ -46,3 +47,10 @@ def test_where():
     cond = numpy_helper.from_array(randn(3, 4, seed=3) > 0)
     check_gradients([node("Constant", [], "c", value=cond), node("Where", ["c", "a", "b"])],
                     {"a": randn(3, 4), "b": randn(4, seed=1)})
+
+
+def test_concat_negative_axis_with_constant_operand():
+    check_gradients([node("Constant", [], "k",
+                          value=numpy_helper.from_array(np.ones((2, 1, 4), np.float32))),
+                     node("Concat", ["a", "k", "b"], axis=-2)],
+                    {"a": randn(2, 3, 4), "b": randn(2, 2, 4, seed=1)})

@@ -32,12 +32,6 @@ def test_squeeze_unsqueeze():
                     {"a": randn(2, 1, 4)})
 
 
-def test_concat_negative_axis_with_constant_operand():
-    check_gradients([const("k", np.ones((2, 1, 4)), np.float32),
-                     node("Concat", ["a", "k", "b"], axis=-2)],
-                    {"a": randn(2, 3, 4), "b": randn(2, 2, 4, seed=1)})
-
-
 def test_split_uneven_with_an_unused_output():
     split = node("Split", ["a", "sizes"], "p", axis=1)
     split.output[:] = ["p", "q", "r"]

@@ -1,5 +1,6 @@
 """Element-wise arithmetic with numpy broadcasting; every operand gradient is summed back over
-the axes it was broadcast along (``ctx.unbroadcast``)."""
+the axes it was broadcast along (``ctx.unbroadcast``). Concat, whose forward rule mixes its
+operands' statistics, is here too (the forward family is :mod:`onnxinit.rules.arithmetic`)."""
 
 from __future__ import annotations
 
@@ -128,3 +129,13 @@ def where(ctx, grads):
     if ctx.requires(2):
         db = ctx.unbroadcast(ctx.emit("Where", [cond, zero, g]), shape, b)
     return [None, da, db]
+
+
+@backward("Concat")
+def concat(ctx, grads):
+    """Y = concat(X_1..X_n, axis):  dX_i = the slice of dY that X_i occupies."""
+    axis = ctx.attr("axis")
+    sizes = [ctx.shape(x)[axis] for x in ctx.node.input]
+    parts = ctx.emit("Split", [grads[0], ctx.ints(sizes)], len(sizes), axis=axis)
+    parts = [parts] if len(sizes) == 1 else parts
+    return [part if ctx.requires(i) else None for i, part in enumerate(parts)]
