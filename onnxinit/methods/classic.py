@@ -1,4 +1,4 @@
-"""Classic random initializations, resampled with a seed (METHODS.md "classic").
+"""Classic random initializations, resampled with a seed (docs/methods.md).
 
 For each Conv/ConvTranspose/Gemm/MatMul weight, with (fan_in, fan_out) from
 ``ModelGraph.fan_in_out`` (grouped convolutions use their true fan-in) and the standard deviation
@@ -15,7 +15,7 @@ folded in, times the gain: its rows (or columns, whichever are fewer) are orthon
 The gain is that of the activation that follows the node, found by walking through
 BatchNormalization, bias and residual Adds, Dropout, pooling and layout ops:
 Relu sqrt(2), LeakyRelu(a) and PRelu(a) sqrt(2 / (1 + a^2)), Tanh 5/3, Selu 3/4, anything
-else 1 (PyTorch's ``calculate_gain``). As METHODS.md says, kaiming and orthogonal use it;
+else 1 (PyTorch's ``calculate_gain``). As docs/methods.md says, kaiming and orthogonal use it;
 xavier and lecun are gain-free (their variances are the papers' own).
 
 Every tensor gets its own generator, seeded by (seed, crc32 of its name), so the same seed

@@ -1,4 +1,5 @@
-"""IDInit (Pan et al., "Identical Initialization"; METHODS.md): deterministic identity patterns.
+"""IDInit (Pan et al., "Identical Initialization"; docs/methods.md): deterministic identity
+patterns.
 
 Every weight is viewed as a matrix W of shape (D_out, D_in): Gemm/MatMul as the operator's
 matrix (whatever transB or layout), a convolution per group as C_out/g x (C_in/g * kh * kw)
@@ -27,7 +28,7 @@ likewise with its first two axes swapped. Then, in topological order:
   the gradient reaches every input of the last layer, hence the earlier layers of the branch
   (no dead branch). Each row sums to 0 (or to eps when it holds an odd number of entries), so
   a branch whose inner activations have a non-zero mean (after a ReLU) still adds only O(eps).
-  Deviation from METHODS.md's literal wide case ("-eps on the spare columns", i.e. +eps once
+  Deviation from a literal reading of the wide case ("-eps on the spare columns", i.e. +eps once
   and -eps on every other entry of the row): with a 3x3 kernel a row holds 9 entries, sums to
   -7 eps, and on the normalization-free ResNet-20 the branch then moves a block's output by
   1.2e-5 of its input instead of 2e-6 (the two readings coincide when D_in = 2 D_out).

@@ -1,4 +1,4 @@
-"""LSUV, layer-sequential unit-variance initialization (Mishkin & Matas 2016; METHODS.md "lsuv").
+"""LSUV, layer-sequential unit-variance initialization (Mishkin & Matas 2016; docs/methods.md).
 
 1. Pre-init (``lsuv_init='orthogonal'``, the paper's default): every Conv/ConvTranspose/Gemm/
    MatMul weight is replaced by an orthonormal matrix (per group; the ``orthogonal`` classic
