@@ -1,125 +1,197 @@
-"""How fast is `analyze` on large graphs?
+"""How fast is onnxinit, as a user meets it: whole processes started from the shell.
 
-Builds (with onnx.helper, no framework) a CIFAR ResNet-164 (bottleneck blocks, BatchNormalization,
-about 500 parametric layers) and a 10,000-node chain, then times load + propagation against a
-reference measured in the same run: creating an onnxruntime session for the same model and
-running one forward pass at batch 1. Prints absolute seconds for context and the ratio.
+Every figure is the best of ``--repeat`` runs (3) of a fresh process, as wall clock and as CPU
+time (user + system of the child, from ``resource.getrusage``): on a shared machine the wall
+clock also counts the time other processes held the cores, the CPU time does not. Measured:
 
-    python benchmarks/analyze_speed.py
+- ``onnxinit --version`` (start-up), against ``python -c pass`` in the same run;
+- ``analyze`` and ``rescale --method autoinit`` on a pre-activation ResNet-164 without
+  BatchNormalization in the layout of a tf2onnx export of the Keras model (benchmarks/zoo.py),
+  on a 10,000-node chain, and on GPT-2 (12 layers), BERT-base, ViT-B/16, MobileNetV3-small,
+  Swin-T and EfficientNet-B0 exported with PyTorch in training mode (skipped with a message
+  when torch, torchvision or transformers is missing); each against a reference process timed
+  in the same run: onnxruntime creating a session for the model and running one forward pass
+  at batch 1, started the same way;
+- two scaling series, the chain at 1,250 to 20,000 nodes and the ResNet at 2 to 36 blocks per
+  stage: the CPU seconds of ``onnxinit.analyze`` itself (imports excluded, measured inside a
+  fresh process), and the slope of log(seconds) against log(nodes), which must be at most 1.1
+  (linear cost).
+
+    python benchmarks/analyze_speed.py                      # everything (exports: minutes)
+    python benchmarks/analyze_speed.py --models resnet164,chain10k --repeat 5
+    python benchmarks/analyze_speed.py --cache /tmp/onnxinit-models   # keep the exports
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import zoo  # the benchmark's models, beside this file
+
+ROOT = HERE.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+CLI = [sys.executable, "-m", "onnxinit"]
+
+# a process that creates an onnxruntime session for argv[1] and runs it once at batch 1
+_REFERENCE = """
+import sys
+import numpy as np
+import onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+feeds = {}
+for i in session.get_inputs():
+    shape = [d if isinstance(d, int) else 1 for d in i.shape]
+    if "int" in i.type:
+        feeds[i.name] = np.zeros(shape, np.int64)
+    else:
+        feeds[i.name] = np.zeros(shape, np.float16 if "16" in i.type else np.float32)
+session.run(None, feeds)
+"""
+
+# CPU seconds of onnxinit.analyze alone (imports and rule loading done first), in this process
+_ANALYZE_ONLY = """
+import sys, time, json
 import onnxinit
-from onnxinit.runtime import make_session
+from onnxinit.rules.catalog import load_rules
+load_rules()
+start = time.process_time()
+onnxinit.analyze(sys.argv[1], batch_size=1)
+print(json.dumps(time.process_time() - start))
+"""
 
 
-def _conv_bn(nodes, inits, rng, x, c_in, c_out, k, stride, name):
-    w = (rng.standard_normal((c_out, c_in, k, k)) * np.sqrt(2 / (c_in * k * k))).astype(np.float32)
-    inits.append(numpy_helper.from_array(w, f"{name}.w"))
-    for p, v in (("g", 1.0), ("b", 0.0), ("m", 0.0), ("v", 1.0)):
-        inits.append(numpy_helper.from_array(np.full(c_out, v, np.float32), f"{name}.{p}"))
-    pad = k // 2
-    nodes.append(helper.make_node("Conv", [x, f"{name}.w"], [f"{name}.c"], name=name,
-                                  strides=[stride, stride], pads=[pad] * 4))
-    nodes.append(helper.make_node("BatchNormalization",
-                                  [f"{name}.c", f"{name}.g", f"{name}.b", f"{name}.m", f"{name}.v"],
-                                  [f"{name}.bn"], name=f"{name}.bn"))
-    return f"{name}.bn"
+def timed(command: list[str], repeat: int) -> tuple[float, float]:
+    """(best wall seconds, best CPU seconds) of ``command`` run ``repeat`` times."""
+    best_wall = best_cpu = float("inf")
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        done = subprocess.run(command, env=ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, check=False)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode not in (0, 1):  # check/analyze exit 1 on a flagged model
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        best_wall, best_cpu = min(best_wall, wall), min(best_cpu, cpu)
+    return best_wall, best_cpu
 
 
-def resnet164() -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    nodes, inits = [], []
-    x = _conv_bn(nodes, inits, rng, "x", 3, 16, 3, 1, "stem")
-    nodes.append(helper.make_node("Relu", [x], ["stem.r"]))
-    x, c_in = "stem.r", 16
-    for stage, width in enumerate((16, 32, 64)):
-        for block in range(18):
-            stride = 2 if stage > 0 and block == 0 else 1
-            name = f"s{stage}b{block}"
-            h = _conv_bn(nodes, inits, rng, x, c_in, width, 1, 1, f"{name}.1")
-            nodes.append(helper.make_node("Relu", [h], [f"{name}.r1"]))
-            h = _conv_bn(nodes, inits, rng, f"{name}.r1", width, width, 3, stride, f"{name}.2")
-            nodes.append(helper.make_node("Relu", [h], [f"{name}.r2"]))
-            h = _conv_bn(nodes, inits, rng, f"{name}.r2", width, 4 * width, 1, 1, f"{name}.3")
-            skip = x
-            if stride != 1 or c_in != 4 * width:
-                skip = _conv_bn(nodes, inits, rng, x, c_in, 4 * width, 1, stride, f"{name}.proj")
-            nodes.append(helper.make_node("Add", [h, skip], [f"{name}.add"]))
-            nodes.append(helper.make_node("Relu", [f"{name}.add"], [f"{name}.out"]))
-            x, c_in = f"{name}.out", 4 * width
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
-    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"]))
-    inits.append(numpy_helper.from_array(
-        (rng.standard_normal((10, c_in)) / np.sqrt(c_in)).astype(np.float32), "fc.w"))
-    nodes.append(helper.make_node("Gemm", ["flat", "fc.w"], ["y"], transB=1, name="fc"))
-    graph = helper.make_graph(
-        nodes, "resnet164",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def chain(n_nodes: int = 10_000, width: int = 32) -> onnx.ModelProto:
-    """MatMul + Add + Tanh/Relu triples, with a residual Add every 4 layers."""
-    rng = np.random.default_rng(0)
-    nodes, inits = [], []
-    x, i, skip = "x", 0, "x"
-    while len(nodes) < n_nodes:
-        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
-        inits += [numpy_helper.from_array(w, f"w{i}"),
-                  numpy_helper.from_array(np.zeros(width, np.float32), f"b{i}")]
-        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]),
-                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
-                  helper.make_node("Tanh" if i % 2 else "Relu", [f"a{i}"], [f"h{i}"])]
-        x = f"h{i}"
-        if i % 4 == 3:
-            nodes.append(helper.make_node("Add", [x, skip], [f"r{i}"]))
-            x = skip = f"r{i}"
-        i += 1
-    graph = helper.make_graph(
-        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def _best_of(fn, repeat=3):
+def analyze_cpu(path: Path, repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        out = subprocess.run([sys.executable, "-c", _ANALYZE_ONLY, str(path)], env=ENV,
+                             capture_output=True, text=True, check=True)
+        best = min(best, json.loads(out.stdout.strip().splitlines()[-1]))
     return best
 
 
-def main() -> None:
-    import tempfile
-    from pathlib import Path
+def model_path(name: str, folder: Path) -> Path | str:
+    """The model file (built or exported on first use), or why it is skipped."""
+    path = folder / f"{name}.onnx"
+    if path.exists():
+        return path
+    if name == "resnet164":
+        onnx.save(zoo.preact_resnet164(), path)
+    elif name == "chain10k":
+        onnx.save(zoo.chain(10_000), path)
+    else:
+        why = zoo.export_torch(name, path)
+        if why is not None:
+            return why
+    return path
 
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, model, shape in (("resnet164", resnet164(), (1, 3, 32, 32)),
-                                   ("chain10k", chain(), (1, 32))):
-            path = Path(tmp) / f"{name}.onnx"
+
+def row(label: str, wall: float, cpu: float, ref: tuple[float, float] | None = None) -> str:
+    text = f"  {label:28} wall {wall:7.2f} s  cpu {cpu:7.2f} s"
+    if ref is not None:
+        text += f"   ({wall / ref[0]:5.1f}x / {cpu / ref[1]:5.1f}x the reference)"
+    return text
+
+
+def startup(repeat: int) -> None:
+    python = timed([sys.executable, "-c", "pass"], repeat)
+    version = timed([*CLI, "--version"], repeat)
+    print("start-up")
+    print(row("python -c pass", *python))
+    print(row("onnxinit --version", *version))
+    print(row("onnxinit --help", *timed([*CLI, "--help"], repeat)), flush=True)
+
+
+def models(names: list[str], folder: Path, repeat: int) -> None:
+    print("\nwhole commands (reference: onnxruntime session + one forward at batch 1)")
+    for name in names:
+        path = model_path(name, folder)
+        if not isinstance(path, Path):
+            print(f"  {name}: skipped ({path})")
+            continue
+        proto = onnx.load(str(path), load_external_data=False)
+        print(f"{name}: {len(proto.graph.node)} nodes", flush=True)
+        reference = timed([sys.executable, "-c", _REFERENCE, str(path)], repeat)
+        print(row("reference", *reference))
+        print(row("analyze", *timed([*CLI, "analyze", str(path)], repeat), reference))
+        out = folder / f"{name}.autoinit.onnx"
+        rescaled = timed([*CLI, "rescale", str(path), "--method", "autoinit", "-o", str(out)],
+                         repeat)
+        print(row("rescale --method autoinit", *rescaled, reference), flush=True)
+        for leftover in (out, out.with_name(out.name + ".data")):
+            leftover.unlink(missing_ok=True)
+
+
+def scaling(folder: Path, repeat: int) -> None:
+    print("\nscaling: CPU seconds of onnxinit.analyze (imports excluded)")
+    series = {
+        "chain": [(n, lambda n=n: zoo.chain(n)) for n in (1250, 2500, 5000, 10000, 20000)],
+        "resnet (blocks/stage)": [(b, lambda b=b: zoo.preact_resnet(b))
+                                  for b in (2, 4, 9, 18, 36)],
+    }
+    for label, builds in series.items():
+        nodes, seconds = [], []
+        for size, build in builds:
+            model = build()
+            path = folder / f"scaling-{label.split()[0]}-{size}.onnx"
             onnx.save(model, path)
-            params = sum(1 for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul"))
-            analyze_s = _best_of(lambda path=path: onnxinit.analyze(path, batch_size=1))
-            feeds = {"x": np.zeros(shape, np.float32)}
+            nodes.append(len(model.graph.node))
+            seconds.append(analyze_cpu(path, repeat))
+            print(f"  {label} {size:6}: {nodes[-1]:6} nodes  {seconds[-1]:7.3f} s", flush=True)
+            path.unlink()
+        slope = np.polyfit(np.log(nodes), np.log(seconds), 1)[0]
+        verdict = "ok" if slope <= 1.1 else "ABOVE 1.1"
+        print(f"  {label}: log-log slope {slope:.2f} ({verdict})", flush=True)
 
-            def reference(path=path, feeds=feeds):
-                make_session(str(path), device="cpu").run(None, feeds)
 
-            reference_s = _best_of(reference)
-            print(f"{name:10} nodes {len(model.graph.node):6}  parametric {params:4}  "
-                  f"analyze (load+propagate) {analyze_s:6.2f} s  "
-                  f"onnxruntime session+forward {reference_s:6.2f} s  "
-                  f"ratio {analyze_s / reference_s:5.2f}x")
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet164,chain10k," + ",".join(zoo.TORCH_MODELS))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="folder for the built and exported models (kept between runs)")
+    parser.add_argument("--skip", default="", help="parts to skip: startup,models,scaling")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.cache or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        if "startup" not in skip:
+            startup(args.repeat)
+        if "models" not in skip:
+            models(args.models.split(","), folder, args.repeat)
+        if "scaling" not in skip:
+            scaling(Path(tmp), args.repeat)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Models the speed benchmarks run on, built without downloads.
 
-- :func:`preact_resnet164`: a pre-activation ResNet-164 for CIFAR-10 without BatchNormalization
+- :func:`preact_resnet164` (:func:`preact_resnet` at other depths): a pre-activation ResNet-164 for CIFAR-10 without BatchNormalization
   in the layout of Keras' ResNet v2 example (BN-ReLU-Conv with the BN removed: ReLU-Conv),
   1x1-3x3-1x1 bottlenecks of widths 16/32/64 (x4 at the block outputs), 18 blocks per stage,
   written the way tf2onnx exports the Keras model: an NHWC input with a Transpose in front,
@@ -58,14 +58,21 @@ class _Builder:
 
 
 def preact_resnet164(classes: int = 10) -> onnx.ModelProto:
-    """Pre-activation ResNet-164 without BN, tf2onnx layout (see the module docstring):
-    503 nodes, 164 weighted layers (stem, 3 x 18 x 3 bottleneck convs, 3 projections, Dense)."""
+    """Pre-activation ResNet-164 without BN, tf2onnx layout (see the module docstring): 18
+    bottleneck blocks per stage: 390 nodes, 167 weighted layers (stem, 3 x 18 x 3 convs, 3
+    projections, Dense)."""
+    return preact_resnet(18, classes)
+
+
+def preact_resnet(blocks: int, classes: int = 10) -> onnx.ModelProto:
+    """The pre-activation bottleneck ResNet of :func:`preact_resnet164` with ``blocks`` blocks
+    per stage (depth 9 * blocks + 2)."""
     b = _Builder()
     x = b.node("Transpose", ["input_1"], perm=[0, 3, 1, 2])
     x = b.node("Relu", [b.conv(x, 3, 16, 3)])
     c_in = 16
     for stage, width in enumerate((16, 32, 64)):
-        for block in range(18):
+        for block in range(blocks):
             stride = 2 if stage > 0 and block == 0 else 1
             # the stem's ReLU is the first block's pre-activation (Keras' ResNet v2)
             pre = x if stage == 0 and block == 0 else b.node("Relu", [x])

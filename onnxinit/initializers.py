@@ -36,7 +36,16 @@ _MAPPABLE = {
 
 
 def is_external(tensor: TensorProto) -> bool:
-    return external_data_helper.uses_external_data(tensor)
+    """Whether the tensor's bytes are in a file rather than the message: external data, or
+    a large inline initializer left in the model file by :mod:`onnxinit.wire` (which keeps its
+    ``data_location``: :func:`is_inline_in_file`)."""
+    return external_data_helper.uses_external_data(tensor) or (
+        not tensor.HasField("raw_data") and any(e.key == BASEPATH for e in tensor.external_data))
+
+
+def is_inline_in_file(tensor: TensorProto) -> bool:
+    """An inline initializer whose raw data was left in the model file on load."""
+    return is_external(tensor) and not external_data_helper.uses_external_data(tensor)
 
 
 def _info(tensor: TensorProto) -> dict[str, str]:
@@ -104,7 +113,8 @@ def inline_copy(tensor: TensorProto) -> TensorProto:
             handle.seek(offset)
             data = handle.read() if length is None else handle.read(length)
         del out.external_data[:]
-        out.data_location = TensorProto.DEFAULT
+        if out.data_location == TensorProto.EXTERNAL:
+            out.ClearField("data_location")
         out.raw_data = data
     return out
 
@@ -116,7 +126,7 @@ def attach_base(model: onnx.ModelProto, base_dir: str | os.PathLike,
     inference reads small constants: shapes, axes)."""
     base = str(Path(base_dir).resolve())
     for tensor in external_data_helper._get_all_tensors(model):
-        if not is_external(tensor):
+        if not external_data_helper.uses_external_data(tensor):
             continue
         kept = [(e.key, e.value) for e in tensor.external_data if e.key != BASEPATH]
         del tensor.external_data[:]
@@ -182,3 +192,17 @@ def external_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Initializer name -> memory-mapped value, for the main graph's external tensors (what
     onnxruntime must be handed when it is given the model's bytes without its folder)."""
     return {t.name: tensor_array(t) for t in model.graph.initializer if is_external(t)}
+
+
+def as_external(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy in which inline initializers left in the model file are marked as
+    external data (what onnxruntime needs to accept their values from
+    ``add_external_initializers``)."""
+    inline = [i for i, t in enumerate(model.graph.initializer) if is_inline_in_file(t)]
+    if not inline:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i in inline:
+        out.graph.initializer[i].data_location = TensorProto.EXTERNAL
+    return out

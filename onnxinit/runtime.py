@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from .errors import InvalidOptionError
-from .initializers import external_arrays
+from .initializers import as_external, external_arrays
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -105,6 +105,7 @@ def make_session(
         # external tensors are handed over from their memory maps (the bytes carry no folder)
         external = external_arrays(model)
         if external:
+            data = as_external(model).SerializeToString()
             options.add_external_initializers(
                 list(external),
                 [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a))

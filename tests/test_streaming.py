@@ -22,6 +22,7 @@ from onnxinit.errors import UnsupportedModelError, WriteError
 from onnxinit.graph import load
 from onnxinit.plan import Change, Plan
 from onnxinit.rescale import rescale
+from onnxinit.runtime import make_session
 from onnxinit.rules.weighted import moments_along, weighted_sums
 from onnxinit.writeback import write_model
 
@@ -77,6 +78,36 @@ def test_external_data_is_memory_mapped_not_read(tmp_path):
     np.testing.assert_array_equal(value, numpy_helper.to_array(expected))
     # small external tensors are read in (shape inference reads constants)
     assert not initializers.is_external(graph.initializers["b0"])
+
+
+def test_large_inline_initializers_stay_in_the_model_file(tmp_path):
+    """A model without external data: raw data over 1 MiB is not read on load but mapped from
+    the model file; values, writing the model back (byte for byte) and running it all hold."""
+    inline = tmp_path / "inline.onnx"
+    onnx.save_model(onnx.load(str(_external_model(tmp_path, widths=(600, 500, 600)))),
+                    str(inline))
+    graph = load(inline)
+    assert graph.external == {}
+    expected = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(inline)).graph.initializer}
+    mapped = [n for n, t in graph.initializers.items() if initializers.is_external(t)]
+    assert mapped == ["w0", "w1"]
+    for name, value in expected.items():
+        np.testing.assert_array_equal(graph.value(name), value)
+    copy = write_model(graph.source, tmp_path / "copy.onnx", source_path=inline)
+    assert copy.read_bytes() == inline.read_bytes()
+    # onnxruntime runs the model as loaded (the mapped tensors handed over)
+    x = {"x": np.random.default_rng(1).standard_normal((4, 600)).astype(np.float32)}
+    np.testing.assert_array_equal(make_session(graph.model).run(None, x)[0],
+                                  make_session(str(inline)).run(None, x)[0])
+    out = rescale(inline, "autoinit", output=tmp_path / "out.onnx")
+    # written inline again: no data file beside the output
+    assert sorted(os.listdir(tmp_path)) == ["copy.onnx", "inline.onnx", "m.onnx", "m.onnx.data",
+                                            "out.onnx"]
+    written = {t.name: numpy_helper.to_array(t)
+               for t in onnx.load(str(out.output)).graph.initializer}
+    np.testing.assert_array_equal(
+        written["w1"], (expected["w1"].astype(np.float64) * out.plan.changes["w1"].scale)
+        .astype(np.float32))
 
 
 def test_untouched_tensors_round_trip_byte_for_byte(tmp_path):
