@@ -22,8 +22,8 @@ from onnxinit.errors import UnsupportedModelError, WriteError
 from onnxinit.graph import load
 from onnxinit.plan import Change, Plan
 from onnxinit.rescale import rescale
-from onnxinit.runtime import make_session
 from onnxinit.rules.weighted import moments_along, weighted_sums
+from onnxinit.runtime import make_session
 from onnxinit.writeback import write_model
 
 ROOT = Path(__file__).resolve().parents[1]
