@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import json
+import logging
 
 import click
 
+from .. import escape
 from ..analysis import analyze as run_analyze
 from ..graph import parse_input_shapes, parse_stats
 from ..report import analysis_summary, analysis_table
-from ._common import logging_options, model_options, seed_option, stats_option
+from ._common import echo, logging_options, model_options, seed_option, stats_option
+
+log = logging.getLogger("onnxinit")
 
 
 @click.command("analyze")
@@ -43,10 +46,10 @@ def analyze(model, input_shapes, batch_size, stats, measure, as_json, device, se
         device=device,
     )
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(escape.dumps(result.to_dict(), indent=2))
     else:
-        click.echo(analysis_table(result))
-        click.echo()
-        click.echo(analysis_summary(result))
+        echo(analysis_table(result))
+        echo()
+        echo(analysis_summary(result))
     for warning in result.warnings:
-        click.echo(f"onnxinit: warning: {warning}", err=True)
+        log.warning("%s: %s", model, warning)

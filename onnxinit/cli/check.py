@@ -8,11 +8,12 @@ import sys
 import click
 
 from ..analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR, analyze
-from ..check import failed, find, format_github, format_json, format_text
+from ..check import find
+from ..check_formats import ModelResult, exit_status, format_github, format_json, format_text
 from ..errors import OnnxInitError
 from ..graph import parse_input_shapes, parse_stats
 from ..sarif import format_sarif
-from ._common import EXIT_USAGE, logging_options, stats_option
+from ._common import echo, error_line, logging_options, stats_option
 
 log = logging.getLogger("onnxinit")
 
@@ -59,33 +60,28 @@ def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, st
       onnxinit check bert.onnx --input-shape input_ids:8x128 --format json
     """
     shapes, input_stats = parse_input_shapes(input_shapes), parse_stats(stats)
-    results, bad = [], False
+    debug = click.get_current_context().meta.get("onnxinit.debug")
+    results = []
     for model in models:
         try:
             analysis = analyze(model, input_shapes=shapes, batch_size=batch_size,
                                stats=input_stats, max_growth=max_growth, min_var=min_var)
         except OnnxInitError as exc:
-            if len(models) == 1 or click.get_current_context().meta.get("onnxinit.debug"):
+            if debug:
                 raise
-            click.echo(f"onnxinit: error: {exc}", err=True)
-            bad = True
+            echo(error_line(exc), err=True)
+            results.append(ModelResult(model, error=str(exc)))
             continue
         for warning in analysis.warnings:
             log.warning("%s: %s", model, warning)
-        results.append((model, find(analysis, strict=strict), analysis))
+        results.append(ModelResult(model, find(analysis, strict=strict), analysis))
     if fmt == "text":
-        for model, findings, _ in results:
-            click.echo(format_text(model, findings))
+        if text := format_text(results):
+            click.echo(text)
     elif fmt == "json":
-        if results:
-            click.echo(format_json(results))
+        click.echo(format_json(results))
     elif fmt == "sarif":
-        click.echo(format_sarif([(model, findings) for model, findings, _ in results]))
-    else:
-        lines = [format_github(model, findings) for model, findings, _ in results]
-        if any(lines):
-            click.echo("\n".join(line for line in lines if line))
-    if bad:
-        sys.exit(EXIT_USAGE)
-    if any(failed(findings) for _, findings, _ in results):
-        sys.exit(1)
+        click.echo(format_sarif(results))
+    elif text := format_github(results):
+        click.echo(text)
+    sys.exit(exit_status(results))

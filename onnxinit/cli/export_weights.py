@@ -8,7 +8,7 @@ import click
 
 from ..weights import FORMATS
 from ..weights import export_weights as run_export
-from ._common import logging_options
+from ._common import echo, logging_options
 
 
 @click.command("export-weights")
@@ -30,4 +30,4 @@ def export_weights(model, output, fmt):
       onnxinit export-weights model.onnx -o weights.npz
     """
     out = run_export(model, output, fmt=fmt)
-    click.echo(f"wrote {out}")
+    echo(f"wrote {out}")

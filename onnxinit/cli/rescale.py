@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import click
 
+from .. import escape
 from ..errors import WriteError
 from ..graph import parse_input_shapes
 from ..methods import METHODS
 from ..rescale import RescaleResult
 from ..rescale import rescale as run_rescale
 from ..weights import check_target, export_weights
-from ._common import logging_options, model_options, seed_option
+from ._common import echo, logging_options, model_options, seed_option
 
 
 def _summary(result: RescaleResult) -> str:
@@ -119,12 +119,12 @@ def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, 
     )
     if report_path is not None:
         try:
-            report_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            report_path.write_text(escape.dumps(result.to_dict(), indent=2) + "\n")
         except OSError as exc:
             raise WriteError(f"{report_path}: cannot write the report: {exc.strerror}") from None
     if weights_path is not None:
         written = export_weights(result.model, weights_path, model_path=result.output,
                                  protect=[model])
-    click.echo(_summary(result))
+    echo(_summary(result))
     if weights_path is not None:
-        click.echo(f"wrote {written}")
+        echo(f"wrote {written}")
