@@ -46,7 +46,7 @@ def _largest_packages(env: Path, top: int = 5) -> list[tuple[str, int]]:
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     return time.perf_counter() - start, proc
 
 

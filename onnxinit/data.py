@@ -174,6 +174,12 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     file = Path(path)
     if not file.is_file():
         raise InvalidOptionError(f"--data {path}: no such file")
+    with open(file, "rb") as f:
+        magic = f.read(6)
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
+        raise InvalidOptionError(
+            f"--data {path}: not a NumPy .npz archive (write one with numpy.savez(path, "
+            "**{input_name: array, 'labels': ...}))")
     try:
         loaded = np.load(file, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:

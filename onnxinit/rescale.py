@@ -68,6 +68,19 @@ def _refuse_unsupported(graph: ModelGraph) -> None:
         raise UnsupportedModelError(f"{graph.name}: the model has no float parameters to rescale")
 
 
+def output_path(model_path: str | os.PathLike | None, method: str,
+                output: str | os.PathLike | None = None, in_place: bool = False) -> Path | None:
+    """Where :func:`rescale` writes: ``output``, else the input itself with ``in_place``, else
+    ``<stem>.<methods>.onnx`` beside the input (None for a model given without a path)."""
+    if output is not None:
+        return Path(output)
+    if model_path is None:
+        return None
+    if in_place:
+        return Path(model_path)
+    return default_output(model_path, "-".join(parse_methods(method)))
+
+
 def _output_vars(graph: ModelGraph, seed: int) -> dict[str, float]:
     result = propagate(graph, seed=seed)
     return {n: result.moments[n].total()[1] for n in graph.output_names if n in result.moments}
@@ -93,11 +106,12 @@ def rescale(
     _refuse_unsupported(graph)
     out_path = None
     if write:
-        if graph.path is None and output is None:
+        if in_place and output is not None and Path(output) != graph.path:
+            raise InvalidOptionError(
+                "in-place rescaling writes the input model itself; give no output path")
+        out_path = output_path(graph.path, method, output, in_place)
+        if out_path is None:
             raise InvalidOptionError("rescaling a ModelProto needs an output path (output=...)")
-        out_path = Path(output) if output else default_output(graph.path, "-".join(names))
-        if in_place:
-            out_path = Path(graph.path) if output is None else out_path
     seed = options.get("seed", 0)
     before = _output_vars(graph, seed)
     plan, current, reports = None, graph, {}

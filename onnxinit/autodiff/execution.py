@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 from onnx.reference import ReferenceEvaluator
+
 try:
     from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 except ImportError:  # no onnxruntime: runtime.make_session refuses with the install command

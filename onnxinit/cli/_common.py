@@ -69,17 +69,24 @@ def logging_options(fn):
     return wrapper
 
 
-def model_options(fn):
-    """The options every command that loads a model takes."""
-    fn = click.option(
-        "--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-        help="Batch size for symbolic batch dimensions (and for --measure runs).",
-    )(fn)
-    fn = click.option(
-        "--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
-        help="Concrete shape of an input, e.g. x:1x3x224x224 (repeatable).",
-    )(fn)
-    return click.argument("model", type=click.Path(dir_okay=True, path_type=str))(fn)
+def batch_size_option(help: str):
+    """--batch-size, with the command's own words for what it sizes."""
+    return click.option("--batch-size", type=click.IntRange(min=1), default=32,
+                        show_default=True, help=help)
+
+
+def model_options(batch_help: str):
+    """MODEL, --input-shape and --batch-size (``batch_help``: what the batch size is for)."""
+
+    def decorate(fn):
+        fn = batch_size_option(batch_help)(fn)
+        fn = click.option(
+            "--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
+            help="Concrete shape of an input, e.g. x:1x3x224x224 (repeatable).",
+        )(fn)
+        return click.argument("model", type=click.Path(dir_okay=True, path_type=str))(fn)
+
+    return decorate
 
 
 def stats_option(fn):
@@ -91,7 +98,7 @@ def stats_option(fn):
 
 def seed_option(fn):
     return click.option(
-        "--seed", type=int, default=0, show_default=True,
+        "--seed", type=click.IntRange(min=0), default=0, show_default=True,
         help="Seed for every random draw (Monte Carlo rules, synthetic data).",
     )(fn)
 

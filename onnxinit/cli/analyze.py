@@ -16,7 +16,7 @@ log = logging.getLogger("onnxinit")
 
 
 @click.command("analyze")
-@model_options
+@model_options("Batch size for symbolic batch dimensions (the batch --measure runs).")
 @stats_option
 @click.option("--measure", is_flag=True,
               help="Also run the model in onnxruntime on seeded Gaussian inputs and show the "

@@ -13,7 +13,7 @@ from ..check_formats import ModelResult, exit_status, format_github, format_json
 from ..errors import OnnxInitError
 from ..graph import parse_input_shapes, parse_stats
 from ..sarif import format_sarif
-from ._common import echo, error_line, logging_options, stats_option
+from ._common import batch_size_option, echo, error_line, logging_options, stats_option
 
 log = logging.getLogger("onnxinit")
 
@@ -35,8 +35,7 @@ log = logging.getLogger("onnxinit")
               default="text", show_default=True,
               help="text; json; sarif (SARIF 2.1.0 for code scanning); github (workflow "
                    "annotations).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Batch size for symbolic batch dimensions.")
+@batch_size_option("Batch size for symbolic batch dimensions.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
               help="Concrete shape of an input, e.g. x:1x3x224x224 (repeatable).")
 @stats_option

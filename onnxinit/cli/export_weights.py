@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import InvalidOptionError
 from ..weights import FORMATS
 from ..weights import export_weights as run_export
 from ._common import echo, logging_options
@@ -29,5 +30,10 @@ def export_weights(model, output, fmt):
       onnxinit export-weights model.autoinit.onnx        # -> model.autoinit.safetensors
       onnxinit export-weights model.onnx -o weights.npz
     """
+    suffix = output.suffix.lower().lstrip(".") if output is not None else ""
+    if fmt is not None and suffix in FORMATS and suffix != fmt:
+        raise InvalidOptionError(
+            f"--format {fmt} but -o {output} names a .{suffix} file; drop --format or give the "
+            f"file the .{fmt} suffix")
     out = run_export(model, output, fmt=fmt)
     echo(f"wrote {out}")

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+from importlib.util import find_spec
 from pathlib import Path
 
 import click
 
 from .. import escape
-from ..errors import WriteError
+from ..errors import InvalidOptionError, WriteError
 from ..graph import parse_input_shapes
 from ..methods import METHODS
-from ..rescale import RescaleResult
+from ..rescale import RescaleResult, output_path
 from ..rescale import rescale as run_rescale
-from ..weights import check_target, export_weights
+from ..weights import check_target, export_weights, format_for
 from ._common import echo, logging_options, model_options, seed_option
 
 
@@ -21,7 +22,7 @@ def _summary(result: RescaleResult) -> str:
     scales = {n: c.scale for n, c in result.plan.changes.items() if c.scale is not None}
     replaced = [n for n, c in result.plan.changes.items() if c.scale is None]
     lines = [
-        f"wrote {result.output}" if result.output else "dry run: nothing written",
+        f"wrote {result.output}" if result.output else "dry run: no model written",
         f"  {len(scales)} tensors rescaled, {len(replaced)} replaced (method {result.plan.method})",
     ]
     if scales:
@@ -55,6 +56,41 @@ def _method_lines(method: str, report: dict) -> list[str]:
     return lines
 
 
+def _check_files(model, method, output, in_place, dry_run, report_path, weights_path) -> None:
+    """Everything about the files to write is checked before anything is computed or written:
+    options that contradict each other, two outputs (or an output and the input) that are one
+    file, and a weights format that cannot be written."""
+    if in_place and output is not None:
+        raise InvalidOptionError("--in-place writes MODEL itself; give --in-place or -o, not both")
+    if dry_run:
+        given = [name for name, value in (("-o/--output", output), ("--in-place", in_place),
+                                          ("--export-weights", weights_path)) if value]
+        if given:
+            raise InvalidOptionError(f"--dry-run writes no model, so {given[0]} has nothing to "
+                                     "do; drop one of them (--report works with --dry-run)")
+    targets = {"the input MODEL": Path(model)}
+    if not dry_run:
+        targets["the output model" if output is None else "-o/--output"] = output_path(
+            model, method, output, in_place)
+    targets["--report"], targets["--export-weights"] = report_path, weights_path
+    seen: dict[Path, str] = {}
+    for role, path in targets.items():
+        if path is None:
+            continue
+        key = path.resolve()
+        if key in seen and not (in_place and seen[key] == "the input MODEL"):
+            raise InvalidOptionError(f"{path}: {role} would be the same file as {seen[key]}; "
+                                     "choose another file")
+        seen.setdefault(key, role)
+    if weights_path is not None:
+        if format_for(weights_path, None) == "safetensors" and find_spec("safetensors") is None:
+            raise InvalidOptionError(
+                f"--export-weights {weights_path}: writing safetensors needs the safetensors "
+                "package (pip install safetensors), or give --export-weights a .npz file")
+        check_target(weights_path, None,
+                     protect=[p for p, role in seen.items() if role != "--export-weights"])
+
+
 def method_options(fn):
     """A click option for every hyperparameter declared with ``methods.option``."""
     seen = set()
@@ -78,7 +114,8 @@ def method_options(fn):
 
 
 @click.command("rescale")
-@model_options
+@model_options("Batch size for symbolic batch dimensions and for the batches of the "
+               "data-driven methods (lsuv, gradinit, metainit, nio).")
 @click.option("-m", "--method", default="autoinit", show_default=True,
               help=f"Method, or a comma list applied in order (e.g. idinit,autoinit). "
                    f"Known: {', '.join(sorted(METHODS))}.")
@@ -104,8 +141,7 @@ def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, 
       onnxinit rescale model.onnx --method autoinit --target-var 0.5 -o out.onnx
       onnxinit rescale model.onnx --report scales.json --dry-run
     """
-    if weights_path is not None:
-        check_target(weights_path, None, protect=[model])  # fail before writing anything
+    _check_files(model, method, output, in_place, dry_run, report_path, weights_path)
     result = run_rescale(
         model,
         method,
