@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from .writeback import (
     save_model,
     set_plan_record,
 )
+
+log = logging.getLogger("onnxinit")
 
 QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
                  "DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "QGemm"}
@@ -116,7 +120,12 @@ def rescale(
     before = _output_vars(graph, seed)
     plan, current, reports = None, graph, {}
     for i, name in enumerate(names):
+        log.info("%s: planning", name)
+        start = time.perf_counter()
         step = METHODS[name][0](current, make_options(name, options))
+        scaled = sum(c.scale is not None for c in step.changes.values())
+        log.info("%s: %d tensors scaled, %d replaced in %.2f s", name, scaled,
+                 len(step.changes) - scaled, time.perf_counter() - start)
         reports[name] = step.report
         plan = step if plan is None else plan.then(step)
         if i + 1 < len(names):

@@ -94,3 +94,48 @@ def test_no_eval_export_warning_on_onnxinit_outputs(method, tmp_path, capsys):
     code, stdout, _ = run(["analyze", "--json", out], capsys)
     assert not any(EVAL_WARNING in w for w in json.loads(stdout)["warnings"])
     assert not any(EVAL_WARNING in w for w in _warnings(["check", out], capsys))
+
+
+def _custom_op_model(path: Path) -> Path:
+    """Two MatMuls and an op of an unknown domain (passed through by the fallback)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.eye(8, dtype=np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("Mystery", ["h"], ["m"], name="mystery", domain="com.example"),
+             helper.make_node("MatMul", ["m", "w"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [4, 8])],
+                              [helper.make_tensor_value_info("y", 1, [4, 8])], [w])
+    onnx.save_model(helper.make_model(graph, ir_version=8, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["analyze", SMALL_CNN], ["loaded ", " in ", "propagated moments through 18 nodes"]),
+    (["analyze", SMALL_CNN, "--measure"], ["measured ", "tensors in onnxruntime"]),
+    (["check", SMALL_CNN], ["checked ", ": passed, 0 findings"]),
+    (["rescale", SMALL_CNN, "--dry-run"], ["autoinit: 4 tensors scaled, 4 replaced in "]),
+    (["rules"], ["op rules registered"]),
+])
+def test_verbose_says_what_ran_and_how_long(args, expected, capsys):
+    """Item 9: -v printed nothing on any command."""
+    code, quiet_out, quiet_err = run(args, capsys)
+    assert code == 0 and "info:" not in quiet_err
+    code, out, err = run([*args, "-v"], capsys)
+    assert code == 0 and out == quiet_out  # logs never mix into the results
+    info = [line for line in err.splitlines() if line.startswith("onnxinit: info: ")]
+    assert all(any(e in line for line in info) for e in expected), err
+    assert "debug:" not in err
+
+
+def test_very_verbose_adds_per_node_detail_and_the_fallback(tmp_path, capsys):
+    model = _custom_op_model(tmp_path / "custom.onnx")
+    code, _, err = run(["analyze", model, "-v"], capsys)
+    assert code == 0 and "passed through: 1 node (Mystery)" in err
+    code, _, err = run(["analyze", model, "-vv"], capsys)
+    assert "onnxinit: debug: node fc (MatMul) by " in err
+    assert "onnxinit: debug: node mystery (Mystery): statistics passed through" in err
+    code, _, err = run(["export-weights", SMALL_CNN, "-o", tmp_path / "w.npz", "-v"], capsys)
+    assert code == 0 and "info: exported the float initializers" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import click
 
@@ -62,6 +63,7 @@ def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, st
     debug = click.get_current_context().meta.get("onnxinit.debug")
     results = []
     for model in models:
+        start = time.perf_counter()
         try:
             analysis = analyze(model, input_shapes=shapes, batch_size=batch_size,
                                stats=input_stats, max_growth=max_growth, min_var=min_var)
@@ -74,6 +76,8 @@ def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, st
         for warning in analysis.warnings:
             log.warning("%s: %s", model, warning)
         results.append(ModelResult(model, find(analysis, strict=strict), analysis))
+        log.info("checked %s in %.2f s: %s, %d findings", model, time.perf_counter() - start,
+                 results[-1].status, len(results[-1].findings))
     if fmt == "text":
         if text := format_text(results):
             click.echo(text)

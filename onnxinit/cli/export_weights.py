@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import click
@@ -10,6 +12,8 @@ from ..errors import InvalidOptionError
 from ..weights import FORMATS
 from ..weights import export_weights as run_export
 from ._common import echo, logging_options
+
+log = logging.getLogger("onnxinit")
 
 
 @click.command("export-weights")
@@ -35,5 +39,8 @@ def export_weights(model, output, fmt):
         raise InvalidOptionError(
             f"--format {fmt} but -o {output} names a .{suffix} file; drop --format or give the "
             f"file the .{fmt} suffix")
+    start = time.perf_counter()
     out = run_export(model, output, fmt=fmt)
+    log.info("exported the float initializers of %s in %.2f s", model,
+             time.perf_counter() - start)
     echo(f"wrote {out}")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import logging
 
 import click
 
 from ..errors import InvalidOptionError
 from ..rules import registered
 from ._common import echo, logging_options
+
+log = logging.getLogger("onnxinit")
 
 HEADER = ("domain", "op", "opsets", "rule", "source")
 
@@ -40,6 +43,9 @@ def rules_command(ops):
       onnxinit rules Conv Softmax
     """
     regs = registered()
+    plugins = sum(r.source != "built-in" for r in regs)
+    log.info("%d op rules registered: %d built-in, %d from plugins", len(regs),
+             len(regs) - plugins, plugins)
     if not ops:
         echo(table([HEADER] + [_row(r) for r in regs]))
         return
