@@ -71,6 +71,17 @@ def external_data_files(model: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
+def input_names(path: str | os.PathLike) -> list[str]:
+    """The names of the graph inputs (initializers excluded) of the ONNX file at ``path``, read
+    without its external data; ModelLoadError when it cannot be read."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({exc})") from None
+    initializers = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
+
+
 def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Load ``path`` with its external data; also return which tensors were stored externally."""
     path = Path(path)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import InvalidOptionError
 from .graph import ModelGraph
 from .moments import Moments
 from .rules import RuleContext, RuleError, lookup
@@ -59,10 +60,14 @@ def input_moments(
     stats = dict(stats or {})
     unknown = set(stats) - set(graph.input_names)
     if unknown:
-        from .errors import InvalidOptionError
-
         raise InvalidOptionError(
             f"--stats names {', '.join(sorted(unknown))}, not an input of {graph.name}"
+        )
+    not_float = [name for name in stats if not graph.is_signal(name)]
+    if not_float:
+        raise InvalidOptionError(
+            f"--stats {not_float[0]}: input {not_float[0]!r} of {graph.name} is not a float "
+            "tensor (token ids, a mask...); --stats sets the mean and variance of float inputs"
         )
     return {
         name: Moments.scalar(*stats.get(name, (0.0, 1.0)))

@@ -408,3 +408,22 @@ def test_unreadable_models_are_error_annotations(models, capsys, tmp_path):
     assert code == 2
     (line,) = out.strip().splitlines()
     assert line.startswith(f"::error file={junk},title=onnxinit%3A model not checked::{junk}")
+
+
+def test_input_shape_applies_to_the_models_that_have_that_input(capsys, tmp_path):
+    """Item 11: one --input-shape x:... made `check a.onnx b.onnx` exit 2 when b has no input
+    x. It applies where the input exists, is refused only when no model has it, and
+    MODEL:NAME:DIMS applies to one model."""
+    cnn, text = sample("small_cnn"), sample("transformer_postln")
+    code, out, err = run(["check", cnn, text, "--input-shape", "x:8x3x32x32", "-v"], capsys)
+    assert code == 0 and out.count(": passed") == 2
+    assert f"loaded {cnn} " in err and "inputs x 8x3x32x32" in err
+    code, out, err = run(["check", cnn, text, "--input-shape", "nope:1x2"], capsys)
+    assert code == 2 and out == "" and "no model given has an input" in err
+    code, _, err = run(["check", cnn, text, "--input-shape", f"{text}:input_ids:2x16",
+                        "--input-shape", f"{cnn}:x:4x3x32x32", "-v"], capsys)
+    assert code == 0 and "inputs input_ids 2x16" in err and "inputs x 4x3x32x32" in err
+    code, _, err = run(["check", cnn, text, "--input-shape", f"{cnn}:input_ids:2x16"], capsys)
+    assert code == 2 and "input_ids" in err  # the per-model form is not filtered: a typo shows
+    code, _, err = run(["check", cnn, text, "--stats", "x:0,4", "-v"], capsys)
+    assert code == 0

@@ -139,3 +139,73 @@ def test_very_verbose_adds_per_node_detail_and_the_fallback(tmp_path, capsys):
     assert "onnxinit: debug: node mystery (Mystery): statistics passed through" in err
     code, _, err = run(["export-weights", SMALL_CNN, "-o", tmp_path / "w.npz", "-v"], capsys)
     assert code == 0 and "info: exported the float initializers" in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--input-shape", "x:0x3x32x32"], "every dimension must be at least 1"),
+    (["--stats", "x:0,0"], "VAR > 0"),
+    (["--stats", "x:nan,1"], "finite"),
+])
+def test_degenerate_shapes_and_stats_are_refused(args, words, capsys):
+    """Item 13: a zero dimension was accepted with three warnings and a garbage table; a zero
+    variance flagged the input itself as vanishing."""
+    code, out, err = run(["analyze", SMALL_CNN, *args], capsys)
+    assert code == 2 and out == "" and words in err and len(err.strip().splitlines()) == 1
+
+
+def test_stats_on_an_integer_input_is_refused(capsys):
+    """Item 13: --stats on token ids was silently ignored."""
+    model = REPO / "sample_models" / "transformer_postln.onnx"
+    code, out, err = run(["analyze", model, "--stats", "input_ids:0,1"], capsys)
+    assert code == 2 and out == "" and "not a float tensor" in err
+
+
+def test_integer_input_models_get_no_ratio_to_their_input(capsys):
+    """Item 15: the summary of a token-id model said "(0.03x the input)": it has no float input
+    whose variance the output could be compared with."""
+    model = REPO / "sample_models" / "transformer_postln.onnx"
+    code, out, _ = run(["analyze", model], capsys)
+    assert code == 0
+    (summary,) = [line for line in out.splitlines() if "float tensors; output" in line]
+    assert "x the input" not in summary
+    code, out, _ = run(["analyze", SMALL_CNN], capsys)
+    assert "x the input)" in out
+
+
+def test_warnings_have_one_form_in_analyze_and_check(tmp_path, capsys):
+    """Item 15: `onnxinit: warning:` in analyze, `onnxinit: WARNING: path:` in check."""
+    model = _custom_op_model(tmp_path / "custom.onnx")
+    forms = []
+    for command in ("analyze", "check"):
+        _, _, err = run([command, model], capsys)
+        (line,) = [x for x in err.splitlines() if "passed through" in x]
+        forms.append(line)
+    assert forms[0] == forms[1]
+    assert forms[0].startswith(f"onnxinit: warning: {model}: node mystery (Mystery)")
+
+
+def test_data_that_is_a_text_file_is_named_as_such(tmp_path, capsys):
+    """Item 15: a text file as --data reported "pickled (object) data"."""
+    data = tmp_path / "calib.npz"
+    data.write_text("x,y\n1,2\n")
+    code, out, err = run(["rescale", SMALL_CNN, "--method", "lsuv", "--data", data,
+                          "--dry-run"], capsys)
+    assert code == 2 and out == "" and "not a NumPy .npz archive" in err
+    assert "pickle" not in err
+
+
+def test_rules_have_a_header_whole_names_and_formulas(capsys):
+    """Item 15: `onnxinit rules` had no header, cut long names, and could not show the formula
+    the README says each rule carries."""
+    from onnxinit.rules import registered
+
+    code, out, _ = run(["rules"], capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["domain", "op", "opsets", "rule", "source"]
+    for reg in registered():
+        assert any(reg.op_type in line.split() and reg.fn.__name__ in line.split()
+                   for line in lines), reg
+    code, out, _ = run(["rules", "Conv"], capsys)
+    assert code == 0 and "Var_j(p) = sum" in out  # the conv rule's docstring formula
+    code, out, err = run(["rules", "NoSuchOp"], capsys)
+    assert code == 2 and "no rule for NoSuchOp" in err

@@ -8,9 +8,9 @@ import click
 
 from .. import escape
 from ..analysis import analyze as run_analyze
-from ..graph import parse_input_shapes, parse_stats
 from ..report import analysis_summary, analysis_table
 from ._common import echo, logging_options, model_options, seed_option, stats_option
+from .specs import of_one_model, parse_input_shapes, parse_stats
 
 log = logging.getLogger("onnxinit")
 
@@ -38,9 +38,9 @@ def analyze(model, input_shapes, batch_size, stats, measure, as_json, device, se
     """
     result = run_analyze(
         model,
-        input_shapes=parse_input_shapes(input_shapes),
+        input_shapes=parse_input_shapes(of_one_model(input_shapes, model)),
         batch_size=batch_size,
-        stats=parse_stats(stats),
+        stats=parse_stats(of_one_model(stats, model)),
         measure=measure,
         seed=seed,
         device=device,

@@ -10,12 +10,12 @@ import click
 
 from .. import escape
 from ..errors import InvalidOptionError, WriteError
-from ..graph import parse_input_shapes
 from ..methods import METHODS
 from ..rescale import RescaleResult, output_path
 from ..rescale import rescale as run_rescale
 from ..weights import check_target, export_weights, format_for
 from ._common import echo, logging_options, model_options, seed_option
+from .specs import of_one_model, parse_input_shapes
 
 
 def _summary(result: RescaleResult) -> str:
@@ -148,7 +148,7 @@ def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, 
         output=output,
         in_place=in_place,
         write=not dry_run,
-        input_shapes=parse_input_shapes(input_shapes),
+        input_shapes=parse_input_shapes(of_one_model(input_shapes, model)),
         batch_size=batch_size,
         seed=seed,
         **method_values,
