@@ -12,7 +12,7 @@ import onnx
 
 from .errors import InvalidOptionError, UnsupportedModelError
 from .graph import ModelGraph, load
-from .methods import METHODS, make_options, parse_methods
+from .methods import METHODS, make_options, parse_methods, refuse_unread
 from .propagate import propagate
 from .writeback import (
     Plan,
@@ -106,6 +106,7 @@ def rescale(
     unless ``in_place``). Method options (``target_var``, ``keep_bias``, ``seed``...) pass by
     keyword."""
     names = parse_methods(method)
+    refuse_unread(names, {k: v for k, v in options.items() if k != "seed"})
     graph = load(model, input_shapes=input_shapes, batch_size=batch_size)
     _refuse_unsupported(graph)
     out_path = None

@@ -13,8 +13,10 @@ from ..analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR, analyze
 from ..check import find
 from ..check_formats import ModelResult, exit_status, format_github, format_json, format_text
 from ..errors import InvalidOptionError, OnnxInitError
+from ..methods.options import Range
 from ..sarif import format_sarif
 from ._common import batch_size_option, echo, error_line, logging_options, stats_option
+from ._params import Number
 from .specs import for_model, parse_input_shapes, parse_stats, split_by_model
 
 log = logging.getLogger("onnxinit")
@@ -55,10 +57,10 @@ def _specs_per_model(models, input_shapes, stats):
 @click.command("check")
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...",
                 type=click.Path(dir_okay=True, path_type=str))
-@click.option("--max-growth", type=click.FloatRange(min=1.0), default=DEFAULT_MAX_GROWTH,
+@click.option("--max-growth", type=Number(float, Range(ge=1)), default=DEFAULT_MAX_GROWTH,
               show_default=True, help="Finding when a tensor's predicted variance exceeds this "
                                       "many times the input variance.")
-@click.option("--min-var", type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+@click.option("--min-var", type=Number(float, Range(gt=0, le=1)),
               default=DEFAULT_MIN_VAR, show_default=True,
               help="Finding when a tensor's predicted variance falls below this many times the "
                    "input variance.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import os
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -10,11 +10,13 @@ import click
 
 from .. import escape
 from ..errors import InvalidOptionError, WriteError
-from ..methods import METHODS
+from ..methods import METHODS, option_fields, parse_methods, refuse_unread
+from ..methods.options import option_name
 from ..rescale import RescaleResult, output_path
 from ..rescale import rescale as run_rescale
 from ..weights import check_target, export_weights, format_for
 from ._common import echo, logging_options, model_options, seed_option
+from ._params import GroupedCommand, GroupedOption, Number
 from .specs import of_one_model, parse_input_shapes
 
 
@@ -77,6 +79,9 @@ def _check_files(model, method, output, in_place, dry_run, report_path, weights_
     for role, path in targets.items():
         if path is None:
             continue
+        folder = path.resolve().parent
+        if role != "the input MODEL" and not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise WriteError(f"{path}: {role} cannot be written: no writable folder {folder}")
         key = path.resolve()
         if key in seen and not (in_place and seen[key] == "the input MODEL"):
             raise InvalidOptionError(f"{path}: {role} would be the same file as {seen[key]}; "
@@ -91,29 +96,38 @@ def _check_files(model, method, output, in_place, dry_run, report_path, weights_
                      protect=[p for p, role in seen.items() if role != "--export-weights"])
 
 
+def _method_option(name: str, f, methods: list[str]):
+    """The click option of one method field, in the group of the methods that read it."""
+    meta = f.metadata
+    group = f"Options of {', '.join(methods)}"
+    if meta["flag"]:
+        return click.option(option_name(name), name, cls=GroupedOption, group=group,
+                            is_flag=True, default=None, help=meta["help"])
+    if meta["choices"]:
+        kind = click.Choice(meta["choices"])
+    elif meta.get("range") is not None:
+        kind = Number(type(f.default), meta["range"])
+    else:
+        kind = click.STRING
+    # default=None tells "not given" apart (and refuses what no chosen method reads); the
+    # method's default is shown in the help
+    accepted = meta["range"].describe() if meta.get("range") is not None else ""
+    shown = "; ".join(x for x in (f"default: {f.default}" if f.default is not None else "",
+                                  accepted) if x)
+    shown = f"  [{shown}]" if shown else ""
+    return click.option(option_name(name), name, cls=GroupedOption, group=group, type=kind,
+                        default=None, metavar=meta.get("metavar"), help=meta["help"] + shown)
+
+
 def method_options(fn):
-    """A click option for every hyperparameter declared with ``methods.option``."""
-    seen = set()
-    for _, options_class in METHODS.values():
-        for f in dataclasses.fields(options_class):
-            if "help" not in f.metadata or f.name in seen:
-                continue
-            seen.add(f.name)
-            name = "--" + f.name.replace("_", "-")
-            meta = f.metadata
-            if meta["flag"]:
-                fn = click.option(name, f.name, is_flag=True, default=None, help=meta["help"])(fn)
-            else:
-                kind = (click.Choice(meta["choices"]) if meta["choices"]
-                        else str if f.default is None else type(f.default))
-                # default=None tells "not given" apart; the method's default is shown in help
-                shown = "" if f.default is None else f"  [default: {f.default}]"
-                fn = click.option(name, f.name, type=kind, default=None,
-                                  help=meta["help"] + shown)(fn)
+    """A click option for every hyperparameter declared with ``methods.options.option``,
+    grouped by the methods that read it, in the order the methods are documented."""
+    for name, (f, methods) in reversed(option_fields().items()):
+        fn = _method_option(name, f, methods)(fn)
     return fn
 
 
-@click.command("rescale")
+@click.command("rescale", cls=GroupedCommand)
 @model_options("Batch size for symbolic batch dimensions and for the batches of the "
                "data-driven methods (lsuv, gradinit, metainit, nio).")
 @click.option("-m", "--method", default="autoinit", show_default=True,
@@ -141,6 +155,7 @@ def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, 
       onnxinit rescale model.onnx --method autoinit --target-var 0.5 -o out.onnx
       onnxinit rescale model.onnx --report scales.json --dry-run
     """
+    refuse_unread(parse_methods(method), method_values)
     _check_files(model, method, output, in_place, dry_run, report_path, weights_path)
     result = run_rescale(
         model,

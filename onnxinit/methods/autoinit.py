@@ -24,12 +24,12 @@ from ..errors import UnsupportedModelError
 from ..graph import ModelGraph
 from ..propagate import Propagation, propagate_node, start_propagation
 from ..writeback import Change, Plan
-from . import option
+from .options import option
 
 
 @dataclass
 class AutoInitOptions:
-    target_var: float = option(1.0, "autoinit: output variance of every parametric node.")
+    target_var: float = option(1.0, "autoinit: output variance of every parametric node.", gt=0)
     keep_bias: bool = option(
         False, "autoinit: keep biases (counted in the moments) instead of zeroing them.", flag=True
     )

@@ -52,15 +52,15 @@ from ..graph import ModelGraph
 from ..propagate import propagate_node, start_propagation
 from ..residual import residual_blocks
 from ..writeback import Change, Plan
-from . import option
+from .options import option
 
 
 @dataclass
 class IDInitOptions:
-    idinit_tau: float = option(1.0, "idinit: value tau of the identity entries.")
+    idinit_tau: float = option(1.0, "idinit: value tau of the identity entries.", gt=0)
     idinit_eps: float = option(
         1e-6, "idinit: magnitude eps of the entries of the last layer of each residual branch."
-    )
+    , ge=0)
     idinit_conv: str = option(
         "patch",
         "idinit: convolution pattern: 'patch' (patch-maintain identity on the flattened "

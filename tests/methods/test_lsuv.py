@@ -96,8 +96,8 @@ def test_registered_with_data_options():
     options = make_options("lsuv", {"data": "x.npz", "loss": "mse", "lsuv_tolerance": 0.05,
                                      "seed": 7, "target_var": 3.0})
     assert plan_fn is plan and isinstance(options, options_class)
-    assert (options.data, options.loss, options.lsuv_tolerance, options.seed) == \
-        ("x.npz", "mse", 0.05, 7)
+    assert (options.data, options.lsuv_tolerance, options.seed) == ("x.npz", 0.05, 7)
+    assert not hasattr(options, "loss")  # forward passes only: no loss, no labels needed
 
 
 def test_cli(tmp_path):
