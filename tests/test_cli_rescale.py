@@ -3,6 +3,7 @@ refuse before writing anything."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -109,3 +110,46 @@ def test_rescaled_model_is_still_written_and_loadable(tmp_path, capsys):
                       "--report", tmp_path / "r.json"], capsys)
     assert code == 0 and _files(tmp_path) == {"m.onnx", "w.npz", "r.json"}
     onnx.checker.check_model(onnx.load(str(out)))
+
+
+def _measured_vars(model: Path) -> dict[str, float]:
+    """Variance of every parametric node's output measured in onnxruntime (a seeded batch of
+    64, training semantics): the oracle autoinit's predictions answer to."""
+    from onnxinit.analysis import analyze
+
+    analysis = analyze(model, measure=True, batch_size=64, seed=1)
+    graph = analysis.graph
+    outputs = {graph.node(n).output[0]: n for n in graph.parametric_nodes}
+    return {outputs[t.name]: t.measured_var for t in analysis.tensors if t.name in outputs}
+
+
+def test_keep_bias_reaches_the_target(tmp_path, capsys):
+    """Item 3: with --keep-bias the fc layer of small_cnn ended at 0.843 while the report said
+    "output var 1": y = s W x + b is not linear in s."""
+    out, report = tmp_path / "kb.onnx", tmp_path / "kb.json"
+    code, _, err = run(["rescale", SMALL_CNN, "--keep-bias", "-o", out, "--report", report],
+                       capsys)
+    assert code == 0, err
+    model = onnx.load(str(out))
+    bias = next(t for t in model.graph.initializer if t.name == "fc.bias")
+    assert onnx.numpy_helper.to_array(bias).any()  # the bias really was kept
+    measured = _measured_vars(out)
+    assert all(0.93 <= v <= 1.07 for v in measured.values()), measured
+    layers = json.loads(report.read_text())["method_reports"]["autoinit"]["layers"]
+    assert all(abs(layer["output_var"] - 1) < 1e-6 for layer in layers)
+
+
+def test_keep_bias_says_when_the_target_cannot_be_met(tmp_path, capsys):
+    """A target below what the kept biases alone give is reported as unreachable, with the
+    variance reached, instead of claiming the target."""
+    report = tmp_path / "kb.json"
+    code, _, _ = run(["rescale", SMALL_CNN, "--keep-bias", "--target-var", "0.001",
+                      "--dry-run", "--report", report], capsys)
+    assert code == 0
+    data = json.loads(report.read_text())
+    layers = data["method_reports"]["autoinit"]["layers"]
+    unreachable = [layer for layer in layers if "unreachable" in layer.get("note", "")]
+    assert unreachable and all(layer["output_var"] > 0.001 for layer in unreachable)
+    weight = unreachable[0]["weight"]
+    assert "unreachable" in data["changes"][weight]["target"]
+    assert data["changes"][weight]["target"] != "output var 0.001"
