@@ -5,7 +5,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.errors import InvalidOptionError
-from onnxinit.graph import load, parse_input_shapes, parse_stats
+from onnxinit.graph import load
 
 from .models import make_model, mlp
 
@@ -75,17 +75,6 @@ def test_symbolic_dims_resolution_and_errors():
         load(mlp([6, 5]), input_shapes={"x": (3, 7)})
     with pytest.raises(InvalidOptionError, match="not an input"):
         load(mlp([6, 5]), input_shapes={"nope": (3, 6)})
-
-
-def test_option_parsers():
-    assert parse_input_shapes(["x:1x3x224x224", "ids:2,16"]) == {"x": (1, 3, 224, 224), "ids": (2, 16)}
-    assert parse_stats(["x:0.5,2"]) == {"x": (0.5, 2.0)}
-    for bad in (["x"], ["x:1xq"]):
-        with pytest.raises(InvalidOptionError):
-            parse_input_shapes(bad)
-    for bad in (["x:1"], ["x:0,-1"], ["x:a,b"]):
-        with pytest.raises(InvalidOptionError):
-            parse_stats(bad)
 
 
 def _i64(name, values):
