@@ -10,11 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 
 from .cli import run
 from .samples import SAMPLES, sample
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -128,11 +132,15 @@ def test_readme_pre_commit_rev_exists_or_is_a_placeholder():
 
 
 def test_batch_size_help_speaks_of_each_commands_own_use(capsys):
-    """Item 16: --batch-size mentioned --measure on commands that have none."""
+    """Item 16: --batch-size mentioned --measure on commands that have none; --data showed the
+    metavar TEXT."""
     for command in ("analyze", "check", "rescale"):
         code, out, _ = run([command, "--help"], capsys)
         assert code == 0 and "--batch-size" in out
         assert ("--measure" in out) == (command == "analyze")
+    # and --data shows what it takes, not TEXT
+    out = run(["rescale", "--help"], capsys)[1]
+    assert "--data FILE.npz" in out and "--loss-output NAME" in out
 
 
 def _skips_on_missing_files(path: Path) -> list[int]:
