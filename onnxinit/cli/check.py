@@ -8,50 +8,17 @@ import time
 
 import click
 
-from .._loading import input_names
 from ..analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR, analyze
 from ..check import find
 from ..check_formats import ModelResult, exit_status, format_github, format_json, format_text
-from ..errors import InvalidOptionError, OnnxInitError
+from ..errors import OnnxInitError
 from ..methods.options import Range
 from ..sarif import format_sarif
 from ._common import batch_size_option, echo, error_line, logging_options, stats_option
 from ._params import Number
-from .specs import for_model, parse_input_shapes, parse_stats, split_by_model
+from .specs import specs_per_model
 
 log = logging.getLogger("onnxinit")
-
-
-def _specs_per_model(models, input_shapes, stats):
-    """``(shapes_for, stats_for)``: the --input-shape and --stats entries of each model. A plain
-    ``NAME:...`` applies to every model that has an input NAME (refused when none has), a
-    ``MODEL:NAME:...`` to that model only."""
-    shapes_all, shapes_own = split_by_model(input_shapes, models)
-    stats_all, stats_own = split_by_model(stats, models)
-    shapes, stats_ = parse_input_shapes(shapes_all), parse_stats(stats_all)
-    own = {m: (parse_input_shapes(shapes_own.get(m, [])), parse_stats(stats_own.get(m, [])))
-           for m in models}
-    inputs = {}
-    if len(models) > 1 and (shapes or stats_):
-        for model in models:
-            try:
-                inputs[model] = input_names(model)
-            except OnnxInitError:
-                pass  # reported when the model is checked
-        known = set().union(*inputs.values())
-        for option, names in (("--input-shape", shapes), ("--stats", stats_)):
-            missing = [n for n in names if n not in known]
-            if missing and len(inputs) == len(models):
-                raise InvalidOptionError(
-                    f"{option} {missing[0]}: no model given has an input of that name")
-
-    def pick(everywhere: dict, index: int):
-        def for_(model: str) -> dict:
-            shared = for_model(everywhere, inputs[model]) if model in inputs else everywhere
-            return {**shared, **own[model][index]}
-        return for_
-
-    return pick(shapes, 0), pick(stats_, 1)
 
 
 @click.command("check")
@@ -94,7 +61,7 @@ def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, st
       onnxinit check model.onnx --format github      # annotations in a GitHub workflow
       onnxinit check bert.onnx --input-shape input_ids:8x128 --format json
     """
-    shapes_for, stats_for = _specs_per_model(models, input_shapes, stats)
+    shapes_for, stats_for = specs_per_model(models, input_shapes, stats)
     debug = click.get_current_context().meta.get("onnxinit.debug")
     results = []
     for model in models:

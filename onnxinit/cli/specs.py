@@ -12,7 +12,8 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 
-from ..errors import InvalidOptionError
+from .._loading import input_names
+from ..errors import InvalidOptionError, OnnxInitError
 
 _SHAPE_SPEC = re.compile(r"^(.+):(\d+(?:[x,]\d+)*)$")
 _STATS_SPEC = re.compile(r"^(.+):([^,:]+),([^,:]+)$")
@@ -80,3 +81,37 @@ def for_model(parsed: dict, inputs: Iterable[str]) -> dict:
     """The entries of ``parsed`` (a name-keyed spec dict) for the inputs a model has."""
     names = set(inputs)
     return {name: value for name, value in parsed.items() if name in names}
+
+
+def specs_per_model(models, input_shapes, stats):
+    """``(shapes_for, stats_for)``, functions giving the --input-shape and --stats entries of
+    each of several models: a plain ``NAME:...`` applies to every model that has an input NAME
+    (refused when no model has it; the models' inputs are read, without their weights' external
+    data, only when there are several models and such specs), a ``MODEL:NAME:...`` to that model
+    only."""
+    shapes_all, shapes_own = split_by_model(input_shapes, models)
+    stats_all, stats_own = split_by_model(stats, models)
+    shapes, stats_ = parse_input_shapes(shapes_all), parse_stats(stats_all)
+    own = {m: (parse_input_shapes(shapes_own.get(m, [])), parse_stats(stats_own.get(m, [])))
+           for m in models}
+    inputs = {}
+    if len(models) > 1 and (shapes or stats_):
+        for model in models:
+            try:
+                inputs[model] = input_names(model)
+            except OnnxInitError:
+                pass  # reported when the model is checked
+        known = set().union(*inputs.values())
+        for option, names in (("--input-shape", shapes), ("--stats", stats_)):
+            missing = [n for n in names if n not in known]
+            if missing and len(inputs) == len(models):
+                raise InvalidOptionError(
+                    f"{option} {missing[0]}: no model given has an input of that name")
+
+    def pick(everywhere: dict, index: int):
+        def for_(model: str) -> dict:
+            shared = for_model(everywhere, inputs[model]) if model in inputs else everywhere
+            return {**shared, **own[model][index]}
+        return for_
+
+    return pick(shapes, 0), pick(stats_, 1)
