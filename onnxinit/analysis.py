@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
+from .feeds import synthetic_feeds
 from .graph import ModelGraph, load
+from .measure import measure as run_measure
 from .propagate import EMPIRICAL, PASS_THROUGH, Propagation, propagate
 from .residual import ResidualBlock, residual_blocks
 from .writeback import read_plan_record
@@ -168,9 +170,6 @@ def analyze(
     result = propagate(graph, stats, seed=seed)
     measured = {}
     if measure:
-        from .data import synthetic_feeds
-        from .measure import measure as run_measure
-
         start = time.perf_counter()
         feeds = synthetic_feeds(graph, seed=seed, stats=stats)
         measured = run_measure(graph, feeds, device=device)

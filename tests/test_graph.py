@@ -163,3 +163,21 @@ def test_constant_folding_falls_back_to_onnxruntime():
     result = propagate(graph)
     assert not result.fallbacks
     np.testing.assert_allclose(result.moments["y"].total()[1], np.mean(np.arange(70.0) ** 2))
+
+
+def test_with_values_is_a_view_that_leaves_the_graph_alone():
+    graph = load(_exporter_like_model())
+    original = graph.value("fc.weight_t").copy()
+    doubled = graph.with_values({"fc.weight": 2 * graph.value("fc.weight")})
+    # a constant folded from the overridden initializer is recomputed in the view only
+    np.testing.assert_array_equal(doubled.value("fc.weight_t"), 2 * original)
+    np.testing.assert_array_equal(graph.value("fc.weight_t"), original)
+    assert doubled.value("conv.weight") is graph.value("conv.weight")  # the rest is shared
+    assert doubled.table is graph.table and doubled.value("shape").tolist() == [32, -1]
+    # a view of a view keeps both overrides; its base is unchanged
+    both = doubled.with_values({"conv.weight": np.zeros((8, 4, 3, 3), np.float32)})
+    assert not both.value("conv.weight").any()
+    np.testing.assert_array_equal(both.value("fc.weight_t"), 2 * original)
+    assert doubled.value("conv.weight").any()
+    with pytest.raises(InvalidOptionError, match="not an initializer"):
+        graph.with_values({"flat": np.zeros(1)})

@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx.reference import ReferenceEvaluator
 
 try:
     from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
@@ -18,7 +17,7 @@ except ImportError:  # no onnxruntime: runtime.make_session refuses with the ins
     OrtNotImplemented = NotImplementedError
 
 from ..runtime import make_session
-from .reference_ops import CORRECTED_OPS
+from .reference_ops import corrected_ops
 
 
 class Runner:
@@ -34,7 +33,10 @@ class Runner:
         except OrtNotImplemented:
             if not float64:
                 raise
-            self._reference = ReferenceEvaluator(model, new_ops=CORRECTED_OPS)
+            # the reference evaluator is slow to import: only this fallback needs it
+            from onnx.reference import ReferenceEvaluator
+
+            self._reference = ReferenceEvaluator(model, new_ops=corrected_ops())
             self.backend = "reference"
 
     @property

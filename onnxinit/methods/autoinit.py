@@ -22,8 +22,8 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from ..graph import ModelGraph
-from ..propagate import Propagation, propagate_node, start_propagation
-from ..writeback import Change, Plan
+from ..plan import Change, Plan
+from ..propagate import Propagation, propagate, propagate_node, start_propagation
 from .options import option
 
 
@@ -56,16 +56,9 @@ def _bias_of(graph: ModelGraph, node_id: str) -> str | None:
 
 def plan(graph: ModelGraph, options: AutoInitOptions | None = None) -> Plan:
     """Choose weight scales (and zero biases) so every parametric output has ``target_var``.
-    ``graph`` is left as it was (the choices are made on value overrides, then dropped)."""
+    ``graph`` is not changed: each layer is analysed on a view of it holding the values chosen
+    upstream (:meth:`ModelGraph.with_values`)."""
     options = options or AutoInitOptions()
-    graph.reset_values()
-    try:
-        return _plan(graph, options)
-    finally:
-        graph.reset_values()
-
-
-def _plan(graph: ModelGraph, options: AutoInitOptions) -> Plan:
     if not graph.parametric_nodes:
         raise UnsupportedModelError(
             f"{graph.name}: no Conv/ConvTranspose/Gemm/MatMul node with a float constant weight; "
@@ -76,22 +69,23 @@ def _plan(graph: ModelGraph, options: AutoInitOptions) -> Plan:
     changes: dict[str, Change] = {}
     layers = []
     result: Propagation = start_propagation(graph, seed=options.seed)
+    chosen = graph  # the graph with the values chosen so far
     for node_id in graph.order:
         if graph.is_shape_node(node_id):
             continue
         if node_id not in parametric:
-            propagate_node(graph, node_id, result)
+            propagate_node(chosen, node_id, result)
             continue
         node = graph.node(node_id)
         weight = graph.parameter_of(node.input[graph.weight_input(node_id)])
         bias = _bias_of(graph, node_id)
         if bias is not None and not options.keep_bias and bias not in changes:
-            graph.set_value(bias, np.zeros_like(graph.value(bias)))
-            changes[bias] = Change(array=np.zeros_like(graph.value(bias)), rule="autoinit",
-                                   target="bias = 0")
+            zeros = np.zeros_like(graph.value(bias))
+            chosen = chosen.with_values({bias: zeros})
+            changes[bias] = Change(array=zeros, rule="autoinit", target="bias = 0")
         in_name = next(n for n in node.input if graph.is_signal(n))
         in_mean, in_var = result.moments[in_name].total()
-        propagate_node(graph, node_id, result)
+        propagate_node(chosen, node_id, result)
         out_mean, out_var = result.moments[node.output[0]].total()
         entry = {"node": node_id, "op": node.op_type, "weight": weight,
                  "input_mean": in_mean, "input_var": in_var}
@@ -104,9 +98,9 @@ def _plan(graph: ModelGraph, options: AutoInitOptions) -> Plan:
             if options.keep_bias and bias is not None and node.op_type != "MatMul":
                 scale, note = _scale_with_bias(
                     options.target_var,
-                    *(_variance_at(graph, node_id, result, weight, s) for s in (-1.0, 0.0, 1.0)))
-            graph.set_value(weight, graph.value(weight) * scale)
-            propagate_node(graph, node_id, result)
+                    *(_variance_at(chosen, node_id, result, weight, s) for s in (-1.0, 0.0, 1.0)))
+            chosen = chosen.with_values({weight: chosen.value(weight) * scale})
+            propagate_node(chosen, node_id, result)
             entry["scale"] = scale
             out_mean, out_var = result.moments[node.output[0]].total()
             target = f"output var {options.target_var:g}"
@@ -133,15 +127,10 @@ def _plan(graph: ModelGraph, options: AutoInitOptions) -> Plan:
 
 def _variance_at(graph: ModelGraph, node_id: str, result: Propagation, weight: str,
                  s: float) -> float:
-    """Total output variance of ``node_id`` with its weight multiplied by ``s`` (the weight's
-    value is restored)."""
-    value = graph.value(weight)
-    graph.set_value(weight, value * s)
-    try:
-        propagate_node(graph, node_id, result)
-        return result.moments[graph.node(node_id).output[0]].total()[1]
-    finally:
-        graph.set_value(weight, value)
+    """Total output variance of ``node_id`` with its weight multiplied by ``s`` (on a view of
+    ``graph``; ``result`` holds that node's moments until it is propagated again)."""
+    propagate_node(graph.with_values({weight: graph.value(weight) * s}), node_id, result)
+    return result.moments[graph.node(node_id).output[0]].total()[1]
 
 
 def _scale_with_bias(target: float, t_minus: float, t_zero: float,
@@ -168,8 +157,6 @@ def _scale_with_bias(target: float, t_minus: float, t_zero: float,
 
 
 def _output_variances(graph: ModelGraph, seed: int) -> dict[str, float]:
-    from ..propagate import propagate
-
     result = propagate(graph, seed=seed)
     return {
         name: result.moments[name].total()[1]

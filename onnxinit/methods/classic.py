@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import InvalidOptionError, UnsupportedModelError
 from ..graph import LAYOUT_OPS, ModelGraph
-from ..writeback import Change, Plan
+from ..plan import Change, Plan
 from .idinit import LayoutError, bias_of, initializer_value, node_weight, weight_matrix_dims
 from .options import option
 

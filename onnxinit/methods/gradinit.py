@@ -30,7 +30,7 @@ import numpy as np
 
 from ..data import Batch
 from ..graph import ModelGraph
-from ..writeback import Plan
+from ..plan import Plan
 from ._data import LossOptions
 from .options import check_values, option
 from .scaleopt import (
