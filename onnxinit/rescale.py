@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -11,7 +13,7 @@ import onnx
 
 from .errors import InvalidOptionError, UnsupportedModelError
 from .graph import ModelGraph, load
-from .methods import METHODS, make_options, parse_methods
+from .methods import METHODS, make_options, parse_methods, refuse_unread
 from .plan import Plan
 from .propagate import Propagation, propagate, single_threaded_blas
 from .writeback import (
@@ -22,6 +24,8 @@ from .writeback import (
     set_plan_record,
     write_model,
 )
+
+log = logging.getLogger("onnxinit")
 
 QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
                  "DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "QGemm"}
@@ -82,6 +86,19 @@ def _refuse_unsupported(graph: ModelGraph) -> None:
         raise UnsupportedModelError(f"{graph.name}: the model has no float parameters to rescale")
 
 
+def output_path(model_path: str | os.PathLike | None, method: str,
+                output: str | os.PathLike | None = None, in_place: bool = False) -> Path | None:
+    """Where :func:`rescale` writes: ``output``, else the input itself with ``in_place``, else
+    ``<stem>.<methods>.onnx`` beside the input (None for a model given without a path)."""
+    if output is not None:
+        return Path(output)
+    if model_path is None:
+        return None
+    if in_place:
+        return Path(model_path)
+    return default_output(model_path, "-".join(parse_methods(method)))
+
+
 def _output_vars(result: Propagation) -> dict[str, float]:
     graph = result.graph
     return {n: result.moments[n].total()[1] for n in graph.output_names if n in result.moments}
@@ -110,25 +127,36 @@ def rescale(
     else one more propagation of the final view; the file is written tensor by tensor
     (:func:`~onnxinit.writeback.write_model`)."""
     names = parse_methods(method)
+    refuse_unread(names, {k: v for k, v in options.items() if k != "seed"})
     graph = load(model, input_shapes=input_shapes, batch_size=batch_size)
     _refuse_unsupported(graph)
     out_path = None
     if write:
-        if graph.path is None and output is None:
+        if in_place and output is not None and Path(output) != graph.path:
+            raise InvalidOptionError(
+                "in-place rescaling writes the input model itself; give no output path")
+        out_path = output_path(graph.path, method, output, in_place)
+        if out_path is None:
             raise InvalidOptionError("rescaling a ModelProto needs an output path (output=...)")
-        out_path = Path(output) if output else default_output(graph.path, "-".join(names))
-        if in_place:
-            out_path = Path(graph.path) if output is None else out_path
     seed = options.get("seed", 0)
     before = _output_vars(propagate(graph, seed=seed))
     plan, current, reports = None, graph, {}
     with single_threaded_blas():
         for name in names:
+            log.info("%s: planning", name)
+            start = time.perf_counter()
             step = METHODS[name][0](current, make_options(name, options))
+            scaled = sum(c.scale is not None for c in step.changes.values())
+            log.info("%s: %d tensors scaled, %d replaced in %.2f s", name, scaled,
+                     len(step.changes) - scaled, time.perf_counter() - start)
             reports[name] = step.report
             plan = step if plan is None else plan.then(step)
             current = graph.with_changes(plan.changes)
-    prediction = step.prediction if step.prediction is not None else propagate(current, seed=seed)
+    if step.prediction is not None:
+        prediction = step.prediction
+    else:
+        log.info("propagating the rescaled model")
+        prediction = propagate(current, seed=seed)
     record = plan_record(plan, graph.path, read_plan_record(graph.source))
     result = RescaleResult(
         plan=plan, output=out_path, outputs_var_before=before,

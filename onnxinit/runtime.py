@@ -10,20 +10,55 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
+from importlib import metadata
 
 import numpy as np
 import onnx
 
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, OnnxInitError
 from .initializers import as_external, external_arrays
+
+ONNXRUNTIME_BUILDS = ("onnxruntime", "onnxruntime-gpu")
+
+
+class MissingRuntimeError(OnnxInitError):
+    """onnxruntime is absent, or both of its builds are installed (they overwrite each other's
+    files in one ``onnxruntime`` package)."""
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def require_onnxruntime() -> None:
+    """Refuse to run without exactly one onnxruntime build (checked once)."""
+    builds = [d for d in ONNXRUNTIME_BUILDS if _installed(d)]
+    if len(builds) > 1:
+        raise MissingRuntimeError(
+            "both onnxruntime and onnxruntime-gpu are installed; they write the same package "
+            "and break each other: pip uninstall -y onnxruntime onnxruntime-gpu, then "
+            "pip install 'onnxinit[cpu]' (or 'onnxinit[gpu]' for CUDA)")
+    try:
+        import onnxruntime  # noqa: F401 - imported here, on first use, not with onnxinit
+    except ImportError:  # installed by onnxinit[cpu] or onnxinit[gpu]
+        raise MissingRuntimeError(
+            "onnxruntime is not installed: pip install 'onnxinit[cpu]' (or 'onnxinit[gpu]' "
+            "for CUDA)") from None
+
 
 DEVICES = ("auto", "cpu", "cuda")
 
 
-@functools.lru_cache(maxsize=1)
 def onnxruntime():
     """The onnxruntime module, imported on first use (it takes longer to import than numpy:
-    commands that never run a model do not pay for it)."""
+    commands that never run a model do not pay for it); MissingRuntimeError without exactly one
+    of its builds (:func:`require_onnxruntime`)."""
+    require_onnxruntime()
     import onnxruntime as ort
 
     return ort

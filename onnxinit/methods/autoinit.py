@@ -29,7 +29,7 @@ from .options import option
 
 @dataclass
 class AutoInitOptions:
-    target_var: float = option(1.0, "autoinit: output variance of every parametric node.")
+    target_var: float = option(1.0, "autoinit: output variance of every parametric node.", gt=0)
     keep_bias: bool = option(
         False, "autoinit: keep biases (counted in the moments) instead of zeroing them.", flag=True
     )
@@ -104,17 +104,27 @@ def _pass(graph, options, parametric, result, changes, layers) -> bool:
         elif not np.isfinite(out_var) or out_var <= 0:
             entry.update(scale=None, note="predicted output variance is 0; left unchanged")
         else:
-            scale = float(np.sqrt(options.target_var / out_var))
-            changes[weight] = Change(scale=scale, rule=f"autoinit:{node.op_type}",
-                                     target=f"output var {options.target_var:g}")
-            chosen = chosen.with_changes({weight: changes[weight]})
+            scale, note = float(np.sqrt(options.target_var / out_var)), None
+            # the node's output is linear in its weight unless it adds a bias that is kept
+            # (y = s W x + b); a bias added by a later node leaves it linear: the plain scale
+            linear = bias is None or not options.keep_bias or layer.bias_node is not None
+            if not linear:
+                scale, note = _scale_with_bias(
+                    options.target_var,
+                    *(_variance_at(chosen, node_id, result, weight, s) for s in (-1.0, 0.0, 1.0)))
+            chosen = chosen.with_changes({weight: Change(scale=scale)})
             stale = stale or _read_by(graph, weight, done)
-            if options.keep_bias and bias is not None:  # y = s W x + b: not linear in s
-                propagate_node(chosen, node_id, result)
-            else:
+            if linear:
                 _scale_outputs(graph, node_id, result, scale)
+            else:
+                propagate_node(chosen, node_id, result)
             entry["scale"] = scale
             out_mean, out_var = result.moments[node.output[0]].total()
+            target = f"output var {options.target_var:g}"
+            if note:
+                entry["note"] = note
+                target = f"output var {out_var:.3g}: {note}"
+            changes[weight] = Change(scale=scale, rule=f"autoinit:{node.op_type}", target=target)
         entry.update(output_mean=out_mean, output_var=out_var)
         layers.append(entry)
         done.add(node_id)
@@ -133,3 +143,34 @@ def _read_by(graph: ModelGraph, tensor: str, nodes: set[str]) -> bool:
     return any(consumer in nodes
                for name in graph.downstream_constants([tensor])
                for consumer, _ in graph.consumers.get(name, []))
+
+
+def _variance_at(graph: ModelGraph, node_id: str, result: Propagation, weight: str,
+                 s: float) -> float:
+    """Total output variance of ``node_id`` with its weight multiplied by ``s`` (on a view of
+    ``graph``; ``result`` holds that node's moments until it is propagated again)."""
+    propagate_node(graph.with_changes({weight: Change(scale=s)}), node_id, result)
+    return result.moments[graph.node(node_id).output[0]].total()[1]
+
+
+def _scale_with_bias(target: float, t_minus: float, t_zero: float,
+                     t_one: float) -> tuple[float, str | None]:
+    """The weight scale s > 0 that gives ``y = s W x + b`` total variance ``target``.
+
+    Per channel c, E[y_c] = s a_c + b_c and Var[y_c] = s^2 u_c, so the variance over the tensor,
+    mean_c Var[y_c] + var_c E[y_c], is T(s) = A s^2 + B s + C with C = var_c b_c = T(0),
+    B = 2 cov_c(a_c, b_c) = (T(1) - T(-1)) / 2, A = (T(1) + T(-1)) / 2 - C; solve
+    T(s) = target for its largest positive root. When T(s) > target for every s > 0 (the bias
+    alone varies more than the target), keep the bias-free scale sqrt(target / A) and say why
+    the target is not met."""
+    c = t_zero
+    b = (t_one - t_minus) / 2
+    a = (t_one + t_minus) / 2 - c
+    discriminant = b * b - 4 * a * (c - target)
+    if a > 0 and discriminant >= 0:
+        root = (-b + np.sqrt(discriminant)) / (2 * a)
+        if root > 0:
+            return float(root), None
+    why = (f"target {target:g} unreachable with the bias kept: the bias alone gives variance "
+           f"{c:.3g} across channels")
+    return (float(np.sqrt(target / a)) if a > 0 else 1.0), why

@@ -58,10 +58,10 @@ from .options import option
 
 @dataclass
 class IDInitOptions:
-    idinit_tau: float = option(1.0, "idinit: value tau of the identity entries.")
+    idinit_tau: float = option(1.0, "idinit: value tau of the identity entries.", gt=0)
     idinit_eps: float = option(
         1e-6, "idinit: magnitude eps of the entries of the last layer of each residual branch."
-    )
+    , ge=0)
     idinit_conv: str = option(
         "patch",
         "idinit: convolution pattern: 'patch' (patch-maintain identity on the flattened "

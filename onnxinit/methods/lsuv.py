@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import helper
 
-from ..errors import InvalidOptionError, UnsupportedModelError
+from ..errors import UnsupportedModelError
 from ..graph import ModelGraph
 from ..measure import measurable_model
 from ..plan import Change, Plan
@@ -37,7 +37,7 @@ from ..progress import bar
 from ..runtime import make_session
 from ._data import DataOptions, batches
 from .classic import ClassicOptions, planner
-from .options import option
+from .options import check_values, option
 
 PRE_INITS = ("orthogonal", "keep")
 
@@ -45,15 +45,15 @@ PRE_INITS = ("orthogonal", "keep")
 @dataclass
 class LSUVOptions(DataOptions):
     lsuv_tolerance: float = option(
-        0.1, "lsuv: stop a layer's tries once |measured output variance - target| < this.")
-    lsuv_max_iterations: int = option(10, "lsuv: at most this many rescalings per layer.")
+        0.1, "lsuv: stop a layer's tries once |measured output variance - target| < this.", gt=0)
+    lsuv_max_iterations: int = option(10, "lsuv: at most this many rescalings per layer.", ge=0)
     lsuv_init: str = option(
         "orthogonal",
         "lsuv: pre-init: 'orthogonal' (orthonormal weights, zero biases, as in the paper) or "
         "'keep' (start from the model's weights).",
         choices=PRE_INITS,
     )
-    lsuv_target_var: float = option(1.0, "lsuv: output variance every parametric layer gets.")
+    lsuv_target_var: float = option(1.0, "lsuv: output variance every parametric layer gets.", gt=0)
     seed: int = 0
 
 
@@ -110,13 +110,7 @@ def plan(graph: ModelGraph, options: LSUVOptions | None = None) -> Plan:
     """Scale every parametric layer's weight until its measured output variance is the target
     (see the module docstring). ``graph`` is not modified."""
     options = options or LSUVOptions()
-    if options.lsuv_init not in PRE_INITS:
-        raise InvalidOptionError(f"--lsuv-init must be one of {', '.join(PRE_INITS)}")
-    if options.lsuv_tolerance <= 0 or options.lsuv_max_iterations < 0 \
-            or options.lsuv_target_var <= 0:
-        raise InvalidOptionError(
-            "lsuv: --lsuv-tolerance and --lsuv-target-var must be > 0 and "
-            "--lsuv-max-iterations >= 0")
+    check_values(options)
     if not graph.parametric_nodes:
         raise UnsupportedModelError(
             f"{graph.name}: no Conv/ConvTranspose/Gemm/MatMul node with a float constant weight; "
