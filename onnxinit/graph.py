@@ -1,4 +1,4 @@
-"""ModelGraph: a loaded ONNX model with static shapes, constants, parameters and a networkx view.
+"""ModelGraph: a loaded ONNX model with static shapes, constants and parameters.
 
 Preconditions: a path to an ONNX file (external data beside it) or a ModelProto.
 Postconditions: every graph input has a concrete shape (symbolic dims resolved from
@@ -180,7 +180,7 @@ class ModelGraph(GraphStructure):
             if all(is_static(self.shapes.get(t)) for t in self.producer
                    if t not in self.constants):
                 break
-            new = self._foldable_int_constants(injected)
+            new = self._foldable_constants(injected)
             if not new:
                 break
             injected.update(new)
@@ -194,11 +194,16 @@ class ModelGraph(GraphStructure):
             if not is_static(self.shapes.get(name)):
                 self.shapes[name] = tuple(np.shape(value))
 
-    def _foldable_int_constants(self, injected) -> dict[str, np.ndarray]:
-        """Integer constants computed by nodes that meet a non-constant node, folded."""
+    def _foldable_constants(self, injected) -> dict[str, np.ndarray]:
+        """Constants computed by nodes that meet a non-constant node, folded: integer ones
+        (shape inference reads their values) and others whose shape is unknown (it needs their
+        shape: ViT's class token expanded to the batch, before a Concat, would otherwise leave
+        a shape to measure by running the whole model)."""
         new = {}
-        for tensor in self.constants - set(self.initializers) - set(injected):
-            if self.dtypes.get(tensor) not in INT_TYPES or tensor not in self.producer:
+        for tensor in sorted(self.constants - set(self.initializers) - set(injected)):
+            if tensor not in self.producer:
+                continue
+            if self.dtypes.get(tensor) not in INT_TYPES and is_static(self.shapes.get(tensor)):
                 continue
             if all(self.is_constant(o) for c, _ in self.consumers.get(tensor, [])
                    for o in self.node_by_id[c].output if o):

@@ -164,6 +164,31 @@ class GraphStructure:
 
     # queries ----------------------------------------------------------------------------------
 
+    @property
+    def nx(self):
+        """The nodes as a ``networkx.DiGraph`` (node attributes ``op_type``, ``domain``; edge
+        attribute ``tensors``: the tensors passed from one node to the other). Built on first use
+        and cached: the analysis itself does not need networkx, so it is imported only here."""
+        graph = self.__dict__.get("_nx")
+        if graph is None:
+            import networkx  # heavy to import: only for users of this view
+
+            graph = networkx.DiGraph()
+            for node_id in self.order:
+                node = self.node_by_id[node_id]
+                graph.add_node(node_id, op_type=node.op_type, domain=node.domain)
+            for node_id in self.order:
+                for name in list(self.node_by_id[node_id].input) + self._implicit[node_id]:
+                    src = self.producer.get(name)
+                    if src is None or src == node_id:
+                        continue
+                    if graph.has_edge(src, node_id):
+                        graph.edges[src, node_id]["tensors"].append(name)
+                    else:
+                        graph.add_edge(src, node_id, tensors=[name])
+            self.__dict__["_nx"] = graph
+        return graph
+
     def node(self, node_id: str) -> onnx.NodeProto:
         return self.node_by_id[node_id]
 

@@ -181,3 +181,23 @@ def test_with_values_is_a_view_that_leaves_the_graph_alone():
     assert doubled.value("conv.weight").any()
     with pytest.raises(InvalidOptionError, match="not an initializer"):
         graph.with_values({"flat": np.zeros(1)})
+
+
+def test_networkx_view_has_one_edge_per_node_pair_that_passes_a_tensor():
+    nx = pytest.importorskip("networkx")
+    model = _exporter_like_model()
+    g = load(model, input_shapes={"x": (2, 4, 8, 8)})
+    view = g.nx
+    expected = {}
+    for node in model.graph.node:  # independent of the graph's indexes: read from the file
+        for name in node.input:
+            src = next((p for p in model.graph.node if name in p.output), None)
+            if src is not None:
+                expected.setdefault((src.name or src.output[0], node.name or node.output[0]),
+                                    []).append(name)
+    names = {nid: (n.name or n.output[0]) for nid, n in g.node_by_id.items()}
+    got = {(names[a], names[b]): d["tensors"] for a, b, d in view.edges(data=True)}
+    assert got == expected
+    assert nx.is_directed_acyclic_graph(view)
+    assert {view.nodes[n]["op_type"] for n in view} == {n.op_type for n in model.graph.node}
+    assert g.nx is view  # built once

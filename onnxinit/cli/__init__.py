@@ -25,7 +25,8 @@ COMMANDS = {
                         "by name.")),
     "rescale": ("rescale", "rescale", "Rescale the weights of MODEL and write a new ONNX file."),
     "rules": ("rules", "rules_command",
-              "List the op rules known, with their source (built-in or plugin)."),
+              ("List the op rules known, with their source (built-in or plugin); with OP, show "
+               "the rule of each OP named and its formula.")),
 }
 
 

@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 
 from ..initializers import tensor_array
 from ..runtime import make_session
+from . import numpy_ops
 from .base import model_pass
 from .shapes import SMALL_TENSOR, types_and_shapes
 
@@ -47,9 +48,17 @@ def evaluate_node(
     functions: Sequence[onnx.FunctionProto] = (),
     types: Mapping[str, int] | None = None,
 ) -> list[np.ndarray]:
-    """The outputs of ``node`` (one per non-empty output name) on constant ``feeds``, evaluated
-    as a one-node model of the given opsets and local functions; ``types`` gives element types
-    (else taken from the arrays; 0, undefined, for outputs)."""
+    """The outputs of ``node`` (one per non-empty output name) on constant ``feeds``: with numpy
+    for the common shape-computation ops (:mod:`.numpy_ops`), else evaluated as a one-node model
+    of the given opsets and local functions; ``types`` gives element types (else taken from the
+    arrays; 0, undefined, for outputs)."""
+    opset = next((o.version for o in opset_import if o.domain in ("", "ai.onnx")), 0)
+    try:
+        return numpy_ops.evaluate(node, [feeds[n] if n else None for n in node.input], opset)
+    except numpy_ops.NotHandled:
+        pass
+    except Exception as exc:  # noqa: BLE001 - invalid inputs: the evaluators below say why
+        log.debug("numpy evaluation of %s failed (%s)", node.op_type, exc)
     # the reference evaluator is slow to import: only constant folding needs it
     from onnx.reference import ReferenceEvaluator
 
