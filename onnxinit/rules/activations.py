@@ -4,12 +4,15 @@ element, with E and Var integrated over the input's source (:mod:`.elementwise`)
 Each op's function is declared next to its formula by a decorated factory
 ``name(ctx, rank) -> ElementwiseFn`` (``rank`` lays out per-channel constants such as PRelu's
 slope); ``@elementwise_rule`` also registers the op's moment rule under the factory's name.
-Closed forms on a Gaussian input (:mod:`.gaussian`): Relu, LeakyRelu, PRelu, Abs; Neg and the
+Closed forms on a Gaussian input (:mod:`.gaussian`): Relu, LeakyRelu, PRelu, Abs, and the
+piecewise polynomials HardSigmoid, HardSwish, Clip, ThresholdedRelu, Shrink; Neg and the
 float Cast/Identity are exact affine maps. Smooth functions are integrated by Gauss-Hermite,
 the others (kinks, jumps) by the composite rule (:data:`.elementwise.SMOOTH`).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 from scipy import special
@@ -24,7 +27,7 @@ from .elementwise import (
     elementwise_function,
     elementwise_rule,
 )
-from .gaussian import abs_closed, leaky_closed
+from .gaussian import abs_closed, leaky_closed, piecewise_closed
 from .registry import rule
 
 _FLOAT_MAX = 3.4028234663852886e38
@@ -146,8 +149,14 @@ def sigmoid(ctx: RuleContext, rank):
 def hard_sigmoid(ctx: RuleContext, rank):
     """y = clip(alpha x + beta, 0, 1), alpha 0.2, beta 0.5 by default."""
     alpha, beta = float(ctx.attr("alpha", 0.2)), float(ctx.attr("beta", 0.5))
+    closed = None
+    if alpha > 0:  # 0 below -beta/alpha, alpha x + beta up to (1 - beta)/alpha, 1 above
+        lo, hi = -beta / alpha, (1.0 - beta) / alpha
+        pieces = [(-np.inf, lo, (0.0, 0.0, 0.0)), (lo, hi, (beta, alpha, 0.0)),
+                  (hi, np.inf, (1.0, 0.0, 0.0))]
+        closed = partial(piecewise_closed, pieces)
     return ElementwiseFn(("HardSigmoid", alpha, beta),
-                         lambda x: np.clip(alpha * x + beta, 0.0, 1.0))
+                         lambda x: np.clip(alpha * x + beta, 0.0, 1.0), closed=closed)
 
 
 @elementwise_rule("Tanh")
@@ -192,8 +201,14 @@ def swish(ctx: RuleContext, rank):
 
 @elementwise_rule("HardSwish")
 def hard_swish(ctx: RuleContext, rank):
-    """y = x clip(x / 6 + 1/2, 0, 1)."""
-    return ElementwiseFn(("HardSwish",), lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0))
+    """y = x clip(x / 6 + 1/2, 0, 1): 0 below -3, x/2 + x^2/6 up to 3, x above (closed form
+    on a Gaussian)."""
+    return ElementwiseFn(("HardSwish",), lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
+                         closed=partial(piecewise_closed, _HARD_SWISH))
+
+
+_HARD_SWISH = [(-np.inf, -3.0, (0.0, 0.0, 0.0)), (-3.0, 3.0, (0.0, 0.5, 1.0 / 6.0)),
+               (3.0, np.inf, (0.0, 1.0, 0.0))]
 
 
 @elementwise_rule("Mish")
@@ -209,16 +224,24 @@ def mish(ctx: RuleContext, rank):
 def thresholded_relu(ctx: RuleContext, rank):
     """y = x (x > alpha), 0 otherwise, alpha default 1."""
     alpha = float(ctx.attr("alpha", 1.0))
-    return ElementwiseFn(("ThresholdedRelu", alpha), lambda x: np.where(x > alpha, x, 0.0))
+    pieces = [(-np.inf, alpha, (0.0, 0.0, 0.0)), (alpha, np.inf, (0.0, 1.0, 0.0))]
+    return ElementwiseFn(("ThresholdedRelu", alpha), lambda x: np.where(x > alpha, x, 0.0),
+                         closed=partial(piecewise_closed, pieces))
 
 
 @elementwise_rule("Shrink")
 def shrink(ctx: RuleContext, rank):
     """y = x + bias (x < -lambd), x - bias (x > lambd), 0 otherwise; bias 0, lambd 0.5."""
     bias, lambd = float(ctx.attr("bias", 0.0)), float(ctx.attr("lambd", 0.5))
+    closed = None
+    if lambd >= 0:
+        pieces = [(-np.inf, -lambd, (bias, 1.0, 0.0)), (-lambd, lambd, (0.0, 0.0, 0.0)),
+                  (lambd, np.inf, (-bias, 1.0, 0.0))]
+        closed = partial(piecewise_closed, pieces)
     return ElementwiseFn(
         ("Shrink", bias, lambd),
         lambda x: np.where(x < -lambd, x + bias, np.where(x > lambd, x - bias, 0.0)),
+        closed=closed,
     )
 
 
@@ -232,7 +255,23 @@ def clip(ctx: RuleContext, rank):
         lo = constant_input(ctx, 1, rank) if ctx.has_input(1) else np.float64(-np.inf)
         hi = constant_input(ctx, 2, rank) if ctx.has_input(2) else np.float64(np.inf)
     return ElementwiseFn(("Clip", *digest(lo), *digest(hi)),
-                         lambda x: np.minimum(np.maximum(x, lo), hi))
+                         lambda x: np.minimum(np.maximum(x, lo), hi), closed=_clip_closed(lo, hi))
+
+
+def _clip_closed(lo, hi):
+    """The closed form of clip(x, lo, hi): lo below lo, x up to hi, hi above; None where a
+    bound is infinite in part only or lo > hi (the output is then hi everywhere)."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    if np.any(lo > hi):
+        return None
+    pieces = [(lo, hi, (0.0, 1.0, 0.0))]
+    for bound, side in ((lo, -np.inf), (hi, np.inf)):
+        if np.all(np.isfinite(bound)):
+            piece = (side, bound) if side < 0 else (bound, side)
+            pieces.append((*piece, (bound, 0.0, 0.0)))
+        elif not np.all(bound == side):
+            return None
+    return partial(piecewise_closed, pieces)
 
 
 # transcendental and rounding functions ----------------------------------------------------------

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
+from scipy import integrate
 
 from onnxinit.moments import Moments
 from onnxinit.propagate import rule_context
 from onnxinit.rules import RuleContext
-from onnxinit.rules.elementwise import apply_elementwise, elementwise
+from onnxinit.rules.elementwise import apply_elementwise, elementwise, node_function
 from onnxinit.rules.fusion import fused_elementwise
 from onnxinit.rules.gaussian import gaussian_moments, leaky_closed
 from tests.models import make_model
@@ -332,3 +335,44 @@ def test_quadrature_matches_closed_forms():
     e, v = gaussian_moments(np.exp, mu, var, smooth=True)  # lognormal
     np.testing.assert_allclose(e, np.exp(mu + var / 2), rtol=1e-9)
     np.testing.assert_allclose(v, (np.exp(var) - 1) * np.exp(2 * mu + var), rtol=1e-8)
+
+
+def _integrated(fn, m, s, kinks, k):
+    """E[fn(x)^k] for x ~ N(m, s^2) by adaptive quadrature between the kinks."""
+    def integrand(x):
+        return float(fn(np.array(x))) ** k * np.exp(-0.5 * ((x - m) / s) ** 2) / (s * np.sqrt(2 * np.pi))
+
+    edges = [-np.inf, *sorted(kinks), np.inf]
+    return sum(integrate.quad(integrand, a, b, epsabs=1e-13)[0]
+               for a, b in itertools.pairwise(edges))
+
+
+@pytest.mark.parametrize(("op", "attrs", "constants", "opset", "kinks"), [
+    ("HardSwish", {}, None, 18, (-3.0, 3.0)),
+    ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}, None, 18, (-0.4 / 0.3, 0.6 / 0.3)),
+    ("ThresholdedRelu", {"alpha": 0.5}, None, 18, (0.5,)),
+    ("Shrink", {"bias": 0.2, "lambd": 0.6}, None, 18, (-0.6, 0.6)),
+    ("Clip", {}, {"lo": np.float32(-0.5), "hi": np.float32(1.0)}, 18, (-0.5, 1.0)),
+    ("Clip", {}, {"lo": np.float32(0.0)}, 18, (0.0,)),
+    ("Clip", {"min": 0.0, "max": 6.0}, None, 6, (0.0, 6.0)),
+])
+def test_piecewise_closed_forms_match_adaptive_integration(op, attrs, constants, opset, kinks):
+    """The closed forms against scipy's adaptive quadrature of the node's own function, split
+    at its kinks and jumps, on means and spreads from the far tails to a point mass."""
+    node = helper.make_node(op, ["x", *(constants or {})], ["y"], **attrs)
+    model = node_model(node, {"x": (2, 3)}, constants, opset=opset)
+    graph, _ = predict(model, {"x": STANDARD})
+    ctx = RuleContext(graph.node(graph.producer["y"]), graph.producer["y"], graph)
+    f = node_function(ctx)[0]
+    assert f.closed is not None
+    mu = np.array([-9.0, -3.0, -0.5, 0.0, 0.45, 2.9, 7.0, 1.0])
+    var = np.array([1.0, 4.0, 0.3, 1.0, 2.0, 0.01, 25.0, 0.0])
+    e, v = f.closed(mu, var)
+    for i, (m, s2) in enumerate(zip(mu, var)):
+        if s2 == 0:
+            want_e, want_v = float(f.fn(np.array(m))), 0.0
+        else:
+            want_e = _integrated(f.fn, m, np.sqrt(s2), kinks, 1)
+            want_v = _integrated(f.fn, m, np.sqrt(s2), kinks, 2) - want_e**2
+        np.testing.assert_allclose(e[i], want_e, rtol=1e-7, atol=1e-11)
+        np.testing.assert_allclose(v[i], want_v, rtol=1e-6, atol=1e-11)
