@@ -61,7 +61,10 @@ class GraphStructure:
         for vi in list(g.input) + list(g.value_info) + list(g.output):
             if vi.type.HasField("tensor_type"):
                 self.dtypes[vi.name] = vi.type.tensor_type.elem_type
-                self.shapes[vi.name] = shape_of(vi.type)
+                shape = shape_of(vi.type)
+                # a graph output declared with symbolic dims keeps the inferred static shape
+                if is_static(shape) or not is_static(self.shapes.get(vi.name)):
+                    self.shapes[vi.name] = shape
         for t in g.initializer:
             self.dtypes[t.name] = t.data_type
             self.shapes[t.name] = tuple(t.dims)

@@ -201,3 +201,31 @@ def test_networkx_view_has_one_edge_per_node_pair_that_passes_a_tensor():
     assert nx.is_directed_acyclic_graph(view)
     assert {view.nodes[n]["op_type"] for n in view} == {n.op_type for n in model.graph.node}
     assert g.nx is view  # built once
+
+
+def test_an_output_declared_with_symbolic_dims_gets_its_shape_from_folded_constants(monkeypatch):
+    """onnx's data propagation stops at Mod: the Reshape's shape is known only once folded, and
+    the graph output it produces, declared with symbolic dims (as torch exports GPT-2's), must
+    take that shape rather than be measured by running the model."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "one"], ["d"], axis=0),
+        helper.make_node("Mod", ["d", "big"], ["dm"]),
+        helper.make_node("Unsqueeze", ["dm", "axes"], ["du"]),
+        helper.make_node("Concat", ["minus_one", "du"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape"),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["y_dim_0", "y_dim_1"])],
+        [_i64("one", 1), _i64("big", 1000), _i64("axes", [0]), _i64("minus_one", [-1])],
+    )
+
+    def measured(*args, **kwargs):
+        raise AssertionError("the model was run to measure a shape")
+
+    monkeypatch.setattr("onnxinit.graph.measured_shapes", measured)
+    graph = load(model, batch_size=3)
+    assert graph.shape("y") == (3, 6)
+    assert not graph.missing_shapes()

@@ -73,6 +73,16 @@ CASES = [
     ("Range", [np.array(0, I64), np.array(10, I64), np.array(3, I64)], {}, 17),
     ("Range", [np.array(5, I64), np.array(-3, I64), np.array(-2, I64)], {}, 17),
     ("Identity", [np.array([1, 2], I64)], {}, 17),
+    ("Expand", [np.array([[1], [2]], I64), np.array([2, 3], I64)], {}, 17),
+    ("Expand", [np.ones((3, 1), np.float32), np.array([2, 1, 4], I64)], {}, 17),
+    ("Expand", [np.array([True, False]), np.array([3, 1], I64)], {}, 17),
+    ("LessOrEqual", [np.arange(4, dtype=I64), np.array([[1], [2]], I64)], {}, 17),
+    ("Less", [np.array([1.0, 2.0], np.float32), np.array(1.5, np.float32)], {}, 17),
+    ("Greater", [np.array([1, 5], I64), np.array([3, 3], I64)], {}, 17),
+    ("GreaterOrEqual", [np.array([1, 3], I64), np.array(3, I64)], {}, 17),
+    ("Not", [np.array([True, False])], {}, 17),
+    ("And", [np.array([True, True, False]), np.array([True, False, False])], {}, 17),
+    ("Or", [np.array([True, False, False]), np.array([False, False, True])], {}, 17),
 ]
 
 

@@ -150,6 +150,18 @@ def _where(node, inputs, opset):
     return np.where(*inputs)
 
 
+def _expand(node, inputs, opset):
+    """Bidirectional broadcasting of the input against the shape."""
+    x = np.asarray(inputs[0])
+    return np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(_ints(inputs[1])))).copy()
+
+
+def _compare(fn: Callable) -> Callable:
+    def evaluate(node, inputs, opset):
+        return fn(*(np.asarray(v) for v in inputs))
+    return evaluate
+
+
 def _identity(node, inputs, opset):
     return np.asarray(inputs[0])
 
@@ -160,7 +172,11 @@ OPS: dict[str, Callable] = {
     "Add": _binary(np.add), "Sub": _binary(np.subtract), "Mul": _binary(np.multiply),
     "Div": _binary(_divide), "Mod": _mod, "Equal": lambda n, i, o: np.equal(*i),
     "Where": _where, "Slice": _slice, "Cast": _cast, "Transpose": _transpose, "Range": _range,
-    "Identity": _identity,
+    "Identity": _identity, "Expand": _expand,
+    "Less": _compare(np.less), "LessOrEqual": _compare(np.less_equal),
+    "Greater": _compare(np.greater), "GreaterOrEqual": _compare(np.greater_equal),
+    "Not": _compare(np.logical_not), "And": _compare(np.logical_and),
+    "Or": _compare(np.logical_or),
 }
 
 

@@ -181,12 +181,14 @@ def infer_with_constants(model: onnx.ModelProto, constants: Mapping[str, np.ndar
         node = work.graph.node[produced[name]]
         node.output[list(node.output).index(name)] = f"{name}{FOLDED_SUFFIX}"
     try:
-        inferred = _inferred(work).value_info
+        inferred = _inferred(work)
     except Exception as exc:  # noqa: BLE001 - best effort, as infer_shapes
         log.debug("shape inference with folded constants failed: %s", exc)
         return None
-    infos = [vi for vi in inferred if vi.name not in constants
-             and not vi.name.endswith(FOLDED_SUFFIX)]
+    # the graph outputs too: an exporter's output declared with symbolic dims (GPT-2's final
+    # Reshape) is only known from here
+    infos = [vi for vi in list(inferred.value_info) + list(inferred.output)
+             if vi.name not in constants and not vi.name.endswith(FOLDED_SUFFIX)]
     infos.extend(value_info(name, value) for name, value in constants.items())
     return infos
 
