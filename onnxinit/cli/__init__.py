@@ -7,6 +7,7 @@ Subcommand modules are imported when their command runs (or its help is shown), 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator, Mapping
 
 import click
 
@@ -30,17 +31,38 @@ COMMANDS = {
 }
 
 
+def _load(name: str) -> click.Command:
+    module, function, _ = COMMANDS[name]
+    return getattr(importlib.import_module(f".{module}", __name__), function)
+
+
+class _LazyCommands(Mapping):
+    """``group.commands`` for Python callers: name -> command, each imported when looked up."""
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in COMMANDS:
+            raise KeyError(name)
+        return _load(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(COMMANDS))
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported by name on first use."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.commands = _LazyCommands()
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in COMMANDS:
-            return None
-        module, function, _ = COMMANDS[name]
-        return getattr(importlib.import_module(f".{module}", __name__), function)
+        return _load(name) if name in COMMANDS else None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list of ``--help`` from :data:`COMMANDS`, without importing them."""
