@@ -116,7 +116,7 @@ def make_session(
     """An InferenceSession for ``model`` (a ModelProto, its bytes, or a path).
 
     ``optimize=False`` disables graph optimizations, which is needed whenever training-mode
-    BatchNormalization must keep batch statistics (DESIGN.md §7).
+    BatchNormalization must keep batch statistics (docs/design.md §4).
     """
     require_onnxruntime()
     options = ort.SessionOptions()

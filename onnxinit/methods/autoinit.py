@@ -36,24 +36,6 @@ class AutoInitOptions:
     seed: int = 0
 
 
-def _bias_of(graph: ModelGraph, node_id: str) -> str | None:
-    """The bias parameter of a parametric node: Conv/Gemm's third input, or the constant operand
-    of an Add that alone consumes a MatMul's output (how exporters write Linear layers)."""
-    node = graph.node(node_id)
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
-        if len(node.input) > 2 and node.input[2]:
-            return graph.parameter_of(node.input[2])
-        return None
-    consumers = graph.consumers.get(node.output[0], [])
-    if len(consumers) != 1:
-        return None
-    add = graph.node(consumers[0][0])
-    if add.op_type != "Add":
-        return None
-    other = add.input[1 - consumers[0][1]]
-    return graph.parameter_of(other) if graph.is_constant(other) else None
-
-
 def plan(graph: ModelGraph, options: AutoInitOptions | None = None) -> Plan:
     """Choose weight scales (and zero biases) so every parametric output has ``target_var``.
     ``graph`` is not changed: each layer is analysed on a view of it holding the values chosen
@@ -76,9 +58,8 @@ def plan(graph: ModelGraph, options: AutoInitOptions | None = None) -> Plan:
         if node_id not in parametric:
             propagate_node(chosen, node_id, result)
             continue
-        node = graph.node(node_id)
-        weight = graph.parameter_of(node.input[graph.weight_input(node_id)])
-        bias = _bias_of(graph, node_id)
+        node, layer = graph.node(node_id), graph.table.layer(node_id)
+        weight, bias = layer.weight, layer.bias
         if bias is not None and not options.keep_bias and bias not in changes:
             zeros = np.zeros_like(graph.value(bias))
             chosen = chosen.with_values({bias: zeros})

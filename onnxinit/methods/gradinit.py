@@ -1,5 +1,5 @@
-"""GradInit (Zhu et al. 2021, Algorithm 1; METHODS.md): per-tensor scales that minimise the loss
-after one step of the target optimiser, under a bound on the gradient norm.
+"""GradInit (Zhu et al. 2021, Algorithm 1; docs/methods.md): per-tensor scales that minimise
+the loss after one step of the target optimiser, under a bound on the gradient norm.
 
 Per iteration t, with p = 2 for ``sgd`` and p = 1 for ``adam``:
 

@@ -1,4 +1,4 @@
-"""LSUV, layer-sequential unit-variance initialization (Mishkin & Matas 2016; METHODS.md "lsuv").
+"""LSUV, layer-sequential unit-variance initialization (Mishkin & Matas 2016; docs/methods.md).
 
 1. Pre-init (``lsuv_init='orthogonal'``, the paper's default): every Conv/ConvTranspose/Gemm/
    MatMul weight is replaced by an orthonormal matrix (per group; the ``orthogonal`` classic
@@ -37,7 +37,6 @@ from ..progress import bar
 from ..runtime import make_session
 from ._data import DataOptions, batches
 from .classic import ClassicOptions, planner
-from .idinit import bias_of
 from .options import check_values, option
 
 PRE_INITS = ("orthogonal", "keep")
@@ -59,14 +58,9 @@ class LSUVOptions(DataOptions):
 
 
 def layer_output(graph: ModelGraph, node_id: str) -> str:
-    """The tensor LSUV measures for a parametric node: its output, or that of the bias Add
-    that alone consumes a MatMul's output (an exported Linear)."""
-    node = graph.node(node_id)
-    out = node.output[0]
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm") or bias_of(graph, node_id) is None:
-        return out
-    add_id = graph.consumers[out][0][0]
-    return graph.node(add_id).output[0]
+    """The tensor LSUV measures for a parametric node: its output after its bias (the Add that
+    alone consumes its output, when the bias is written that way: an exported Linear)."""
+    return graph.table.layer(node_id).output
 
 
 def scale_factor(variance: float, target: float) -> float:
@@ -124,8 +118,7 @@ def plan(graph: ModelGraph, options: LSUVOptions | None = None) -> Plan:
     source = batches(graph, options)
     batch = source.batch(0)
     changes = _pre_init(graph, options)
-    weights = {graph.parameter_of(graph.node(n).input[graph.weight_input(n)])
-               for n in graph.parametric_nodes}
+    weights = {layer.weight for layer in graph.layers}
     fed = sorted(weights | set(changes))
     outputs = {n: layer_output(graph, n) for n in graph.parametric_nodes}
     forward = _Forward(graph, fed, sorted(set(outputs.values())))
@@ -159,7 +152,7 @@ def _fit_layers(
     layers, scaled = [], set()
     for node_id in graph.parametric_nodes:
         node = graph.node(node_id)
-        weight = graph.parameter_of(node.input[graph.weight_input(node_id)])
+        weight = graph.table.layer(node_id).weight
         tensor = outputs[node_id]
         entry = {"node": node_id, "op": node.op_type, "weight": weight, "output": tensor}
         if weight in scaled:

@@ -1,4 +1,4 @@
-"""MetaInit (Dauphin & Schoenholz 2019; METHODS.md): tune the norms of the weight tensors to
+"""MetaInit (Dauphin & Schoenholz 2019; docs/methods.md): tune the norms of the weight tensors to
 minimise the gradient quotient, with sign-SGD and momentum, on random data by default.
 
 **Gradient quotient.** With g = dL/dtheta, h = H g, e = eps * sign(g) (sign(0) = +1, held

@@ -1,4 +1,4 @@
-"""NIO (Neural Initialization Optimization, GradCosine; METHODS.md): per-tensor scales that
+"""NIO (Neural Initialization Optimization, GradCosine; docs/methods.md): per-tensor scales that
 maximise the cosine similarity of sub-batch gradients under a bound on their norm.
 
 Per iteration t: batch t of B samples is split into D overlapping chunks of length l = B // D
