@@ -3,12 +3,13 @@ local Ray instance with 2 CPUs, started once for this module and shut down after
 in input order, a corrupt model among good ones, a per-model timeout, a worker killed mid-task
 (retried), resume.
 
-Ray tests skip when ray is not installed, and fail instead when ONNXINIT_REQUIRE_RAY=1 (CI).
+Ray tests skip when ray is not installed, and fail instead when ONNXINIT_REQUIRE_RAY=1 (CI);
+the instance is the ``ray_instance`` fixture of ``conftest.py``.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import multiprocessing
 import os
 import signal
@@ -18,26 +19,9 @@ import pytest
 
 from onnxinit.batch import check_many, exit_status, in_order, run_many
 
+from ..cli import run
 from .conftest import write_zoo
 from .faults import behave, calls
-
-REQUIRE_RAY = os.environ.get("ONNXINIT_REQUIRE_RAY") == "1"
-
-
-@pytest.fixture(scope="module")
-def ray_instance():
-    try:
-        import ray
-    except ImportError:
-        if REQUIRE_RAY:
-            pytest.fail("ONNXINIT_REQUIRE_RAY=1 but ray is not installed: pip install "
-                        "'onnxinit[ray]'")
-        pytest.skip("ray is not installed (set ONNXINIT_REQUIRE_RAY=1 to fail instead)")
-    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False,
-             log_to_driver=False, logging_level=logging.ERROR)
-    yield ray
-    ray.shutdown()
-
 
 @pytest.fixture(params=["local", "ray"])
 def engine(request) -> dict:
@@ -159,3 +143,20 @@ def test_ctrl_c_kills_the_worker_processes(zoo):
         list(run_many(zoo, behave, {"hang": _names(zoo)}, jobs=2))
     timer.join()
     assert not multiprocessing.active_children()
+
+
+def test_the_command_line_on_ray(ray_instance, tmp_path, capsys):
+    """``check FOLDER --ray`` in a process already connected to Ray submits there (and leaves
+    the connection open): the same output and exit code as in this process, then resume."""
+    write_zoo(tmp_path / "zoo")
+    jsonl = tmp_path / "results.jsonl"
+    code, out, err = run(["check", tmp_path / "zoo", "--ray", "--jsonl", jsonl, "--format",
+                          "json"], capsys)
+    alone = run(["check", tmp_path / "zoo", "--format", "json"], capsys)
+    assert out.startswith("{") and out.rstrip().endswith("}"), (out, err)
+    assert code == alone[0] == 2 and json.loads(out) == json.loads(alone[1])
+    assert "5 models in" in err and "Ray" in err
+    assert ray_instance.is_initialized()
+    again = run(["check", tmp_path / "zoo", "--ray", "--jsonl", jsonl, "--resume", "--format",
+                 "json"], capsys)
+    assert again[:2] == (code, out) and "5 from --resume" in again[2]
