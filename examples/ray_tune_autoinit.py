@@ -33,17 +33,20 @@ INPUTS = 16
 
 
 def export_candidate(depth: int, width: int, path: Path) -> Path:
-    """A ReLU MLP with N(0, 1) weights (a framework's export would be here)."""
+    """A ReLU MLP with N(0, 1) weights and a linear last layer (a framework's export would be
+    here)."""
     rng = np.random.default_rng(depth * 1000 + width)
     nodes, inits, x, fan_in = [], [], "x", INPUTS
     for i in range(depth):
         w = rng.standard_normal((width, fan_in)).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"fc{i}.weight"),
                   numpy_helper.from_array(np.zeros(width, np.float32), f"fc{i}.bias")]
-        nodes += [helper.make_node("Gemm", [x, f"fc{i}.weight", f"fc{i}.bias"], [f"h{i}"],
-                                   transB=1),
-                  helper.make_node("Relu", [f"h{i}"], [f"a{i}"])]
-        x, fan_in = f"a{i}", width
+        nodes.append(helper.make_node("Gemm", [x, f"fc{i}.weight", f"fc{i}.bias"], [f"h{i}"],
+                                      transB=1))
+        x, fan_in = f"h{i}", width
+        if i < depth - 1:
+            nodes.append(helper.make_node("Relu", [x], [f"a{i}"]))
+            x = f"a{i}"
     graph = helper.make_graph(
         nodes, "candidate", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                            ["N", INPUTS])],
@@ -77,7 +80,7 @@ def search(storage: str) -> list[dict]:
     """A 2 x 2 grid of depths and widths; one row per trial."""
     tuner = tune.Tuner(
         trainable,
-        param_space={"depth": tune.grid_search([2, 8]), "width": tune.grid_search([16, 64])},
+        param_space={"depth": tune.grid_search([2, 8]), "width": tune.grid_search([32, 128])},
         run_config=tune.RunConfig(storage_path=storage, verbose=0),
     )
     return [{**r.config, **r.metrics} for r in tuner.fit()]

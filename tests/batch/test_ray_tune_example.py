@@ -29,8 +29,8 @@ def test_the_ray_tune_example_runs(ray_instance, tmp_path):
     sys.modules[spec.name] = example
     ray_instance.cloudpickle.register_pickle_by_value(example)  # trials get it by value
     rows = example.search(str(tmp_path))
-    assert sorted((r["depth"], r["width"]) for r in rows) == [(2, 16), (2, 64), (8, 16),
-                                                               (8, 64)]
+    assert sorted((r["depth"], r["width"]) for r in rows) == [(2, 32), (2, 128), (8, 32),
+                                                               (8, 128)]
     for row in rows:
         assert 0.8 < row["output_var"] < 1.25, row
     assert all(r["exported_var"] > 100 for r in rows if r["depth"] == 8)
