@@ -140,7 +140,7 @@ def test_cli_default_output_and_refusals(model_path, tmp_path, cli):
 
     before = model_path.read_bytes()
     proc = cli(["export-weights", str(model_path), "-o", str(model_path)])
-    assert proc.returncode == 2 and "same file as the input MODEL" in proc.stderr
+    assert proc.returncode == 2 and "would overwrite the model" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert model_path.read_bytes() == before
 

@@ -76,7 +76,7 @@ def plan(graph: ModelGraph, options: AutoInitOptions | None = None) -> Plan:
             entry.update(scale=None, note="predicted output variance is 0; left unchanged")
         else:
             scale, note = float(np.sqrt(options.target_var / out_var)), None
-            if options.keep_bias and bias is not None and node.op_type != "MatMul":
+            if options.keep_bias and bias is not None:  # (outside the node: T(0) = 0, B = 0)
                 scale, note = _scale_with_bias(
                     options.target_var,
                     *(_variance_at(chosen, node_id, result, weight, s) for s in (-1.0, 0.0, 1.0)))
