@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,15 +18,7 @@ from onnxinit.methods import autoinit
 from onnxinit.moments import Moments
 from onnxinit.propagate import propagate_node, start_propagation
 from onnxinit.rescale import rescale
-
-SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
-
-
-def sample(name: str) -> Path:
-    path = SAMPLES / f"{name}.onnx"
-    if not path.exists():
-        pytest.skip(f"{path.name} not built")
-    return path
+from tests.samples import sample
 
 
 def _output_vars(analysis) -> dict[str, float]:
