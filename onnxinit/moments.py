@@ -135,6 +135,36 @@ class Moments:
             return Moments(self.mean.reshape(()), self.var.reshape(()))
         return Moments.scalar(*self.total())
 
+    def tracked_size(self) -> int:
+        """How many statistics are tracked (1 for scalar moments)."""
+        return int(np.prod(np.broadcast_shapes(self.mean.shape, self.var.shape)))
+
+    def capped(self, limit: int) -> Moments:
+        """These moments when they track at most ``limit`` statistics; else pooled over every
+        axis but one (law of total variance: mean of means, mean of vars plus var of means), or
+        over all when each axis alone is longer than ``limit``. The axis kept is the one along
+        which the statistics differ most: the largest share of the spread of the means and of
+        the second moments over all tracked indices that is between its indices (channels,
+        usually; the longest axis on a tie). Pooling mixes values: source and mixture go."""
+        if self.tracked_size() <= limit:
+            return self
+        shape = np.broadcast_shapes(self.mean.shape, self.var.shape)
+        mean, var = np.broadcast_arrays(self.mean, self.var)
+        second = var + mean**2
+        best, best_score = None, -1.0
+        for axis in sorted(self.tracked_axes(), key=lambda a: -shape[a]):
+            if shape[axis] > limit:
+                continue
+            others = tuple(i for i in range(len(shape)) if i != axis)
+            score = sum(float(np.var(a.mean(axis=others))) / total
+                        for a in (mean, second) if (total := float(np.var(a))) > 0)
+            if score > best_score:
+                best, best_score = axis, score
+        if best is None:
+            return Moments.scalar(*self.total())
+        m, v = self.values_along(best, shape[best])
+        return Moments.along(m, v, best, len(shape))
+
     def values_along(self, axis: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """1-D (mean, var) of length ``size`` along ``axis``, pooling any other tracked axis."""
         rank = self.rank

@@ -77,8 +77,19 @@ def input_moments(
     }
 
 
+# statistics tracked per tensor at most: every rule's cost grows with them (an element-wise
+# rule integrates each one), and a Reshape of per-window statistics (Swin-T's window reverse)
+# would otherwise track 56 x 56 x 384 of them through the rest of the stage
+MAX_TRACKED = 1 << 16
+
+
 def _fit(m: Moments, shape: tuple[int, ...] | None) -> Moments:
-    """Make a rule's output broadcast to the tensor's shape, pooling when it does not."""
+    """Make a rule's output broadcast to the tensor's shape, pooling when it does not, or when
+    it tracks more than MAX_TRACKED statistics (:meth:`Moments.capped`)."""
+    return _fitted_shape(m, shape).capped(MAX_TRACKED)
+
+
+def _fitted_shape(m: Moments, shape: tuple[int, ...] | None) -> Moments:
     if m.is_scalar:
         return m if m.rank == 0 else Moments(m.mean.reshape(()), m.var.reshape(()), m.source)
     if shape is None:

@@ -31,3 +31,54 @@ def test_negative_variance_is_clipped_and_pooled_is_scalar():
     assert (m.var >= 0).all()
     assert m.pooled().rank == 0
     assert m.tracked_axes() == (1,)
+
+
+def test_capped_pools_all_but_the_longest_axis_when_too_many_statistics_are_tracked():
+    rng = np.random.default_rng(0)
+    shape = (1, 30, 40, 8)
+    # statistics that differ mostly along the last axis (the channels of an NHWC tensor)
+    mean = rng.normal(size=shape) * 0.1 + np.arange(8.0)
+    var = rng.uniform(0.5, 0.6, size=shape) * np.arange(1.0, 9.0)
+    m = Moments(mean, var)
+    assert m.capped(30 * 40 * 8) is m
+    capped = m.capped(1000)
+    assert capped.tracked_axes() == (3,)
+    # each kept index: an equal mixture of N(mean, var) over the pooled positions
+    second = (var + mean**2).mean(axis=(0, 1, 2))
+    want_mean = mean.mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(capped.mean.reshape(-1), want_mean, rtol=1e-12)
+    np.testing.assert_allclose(capped.var.reshape(-1), second - want_mean**2, rtol=1e-12)
+    scalar = m.capped(5)  # every axis alone is too long: one statistic
+    assert scalar.is_scalar
+    np.testing.assert_allclose(scalar.total(), (mean.mean(), (var + mean**2).mean()
+                                                - mean.mean() ** 2), rtol=1e-12)
+
+
+def test_propagation_caps_the_statistics_a_rule_tracks():
+    from onnx import TensorProto, helper
+
+    from onnxinit.graph import load
+    from onnxinit.propagate import MAX_TRACKED, propagate
+    from tests.models import make_model
+
+    shape = (1, 8, 100, 100)  # 80,000 positions: over the cap
+    model = make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    rng = np.random.default_rng(0)
+    x = Moments(rng.normal(size=shape), rng.uniform(0.5, 2.0, size=shape))
+    result = propagate(load(model), initial={"x": x})
+    y = result.moments["y"]
+    assert y.tracked_size() <= MAX_TRACKED and len(y.tracked_axes()) == 1
+    axis = y.tracked_axes()[0]
+    others = tuple(i for i in range(4) if i != axis)
+    # the capped statistics pool the exact per-position ReLU moments
+    mu, s = x.mean, np.sqrt(x.var)
+    from scipy import stats
+
+    a = mu / s
+    e1 = mu * stats.norm.cdf(a) + s * stats.norm.pdf(a)
+    e2 = (mu**2 + s**2) * stats.norm.cdf(a) + mu * s * stats.norm.pdf(a)
+    want = e1.mean(axis=others)
+    np.testing.assert_allclose(y.mean.reshape(-1), want, rtol=1e-9)
+    np.testing.assert_allclose(y.var.reshape(-1), e2.mean(axis=others) - want**2, rtol=1e-9)
