@@ -33,9 +33,10 @@ import onnx
 
 from ._loading import read_model
 from ._version import __version__
-from .atomic import write_atomically
+from .atomic import AtomicFiles
 from .errors import InvalidOptionError, ModelLoadError, UnsupportedModelError, WriteError
 from .initializers import tensor_array
+from .weights_files import write_npz, write_safetensors
 from .writeback import WRITABLE_TYPES, _same_file, read_plan_record
 
 FORMATS = ("safetensors", "npz")
@@ -159,18 +160,9 @@ def check_target(output: str | os.PathLike, fmt: str | None,
     return fmt
 
 
-def _safetensors_bytes(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> bytes:
-    from safetensors.numpy import save
-
-    arrays = {n: np.ascontiguousarray(a) for n, a in tensors.items()}
-    return save(arrays, metadata=meta)
-
-
-def _npz_bytes(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> bytes:
+def _npz_arrays(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> dict[str, np.ndarray]:
     """npz cannot hold bfloat16 without pickle: such tensors are stored as their uint16 bits and
     named in the ``onnxinit.dtypes`` metadata entry; :func:`read_weights` restores them."""
-    import io
-
     if _NPZ_META in tensors:
         raise UnsupportedModelError(f"an initializer is named {_NPZ_META!r}; write safetensors")
     arrays, bf16 = {}, []
@@ -184,18 +176,26 @@ def _npz_bytes(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> bytes:
     if bf16:
         meta["onnxinit.dtypes"] = json.dumps({n: "bfloat16" for n in bf16})
     arrays[_NPZ_META] = np.array(json.dumps(meta, sort_keys=True))
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+    return arrays
 
 
-def _atomic_write(out: Path, data: bytes) -> None:
+def _write_weights(out: Path, fmt: str, tensors: dict[str, np.ndarray],
+                   meta: dict[str, str]) -> None:
+    """Stream the file to a temporary beside ``out`` (tensor by tensor, from their memory maps)
+    and rename it into place: all or nothing."""
     folder = out.parent
     if out.is_dir():
         raise WriteError(f"{out}: is a folder; give a file name for the weights")
     if not folder.is_dir():
         raise WriteError(f"{out}: the output folder {folder} does not exist")
-    write_atomically(out, data, f"{out}: cannot write the weights")
+    arrays = _npz_arrays(tensors, meta) if fmt == "npz" else None
+    with AtomicFiles(f"{out}: cannot write the weights") as files:
+        handle = files.open(out)
+        if arrays is not None:
+            write_npz(handle, arrays)
+        else:
+            write_safetensors(handle, tensors, meta)
+        files.commit()
 
 
 def export_weights(
@@ -227,8 +227,7 @@ def export_weights(
     if not tensors:
         raise UnsupportedModelError(f"{path or 'model'}: the model has no float initializers")
     meta = weights_metadata(proto, path, list(tensors))
-    data = _safetensors_bytes(tensors, meta) if fmt == "safetensors" else _npz_bytes(tensors, meta)
-    _atomic_write(out, data)
+    _write_weights(out, fmt, tensors, meta)
     return out
 
 

@@ -188,3 +188,28 @@ def test_external_data_model_exports_its_weights(tmp_path):
     assert set(tensors) == set(expected)
     for name, value in expected.items():
         np.testing.assert_array_equal(tensors[name], value)
+
+
+def test_the_reference_reader_reads_every_float_dtype_and_the_metadata(tmp_path):
+    safetensors = pytest.importorskip("safetensors")
+    rng = np.random.default_rng(0)
+    arrays = {"d": rng.standard_normal((3, 2)), "f": rng.standard_normal(5).astype(np.float32),
+              "h": rng.standard_normal((2, 2, 2)).astype(np.float16),
+              "s": np.array(1.5, dtype=np.float32)}  # a scalar: shape []
+    nodes = [helper.make_node("Identity", [name], [f"{name}_out"]) for name in arrays]
+    graph = helper.make_graph(
+        nodes, "g", [],
+        [helper.make_tensor_value_info(f"{n}_out", helper.np_dtype_to_tensor_dtype(a.dtype),
+                                       a.shape) for n, a in arrays.items()],
+        [numpy_helper.from_array(a, n) for n, a in arrays.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    out = export_weights(path)
+    with safetensors.safe_open(str(out), framework="np") as handle:
+        assert sorted(handle.keys()) == sorted(arrays)
+        for name, value in arrays.items():
+            got = handle.get_tensor(name)
+            assert got.dtype == value.dtype and got.shape == value.shape
+            np.testing.assert_array_equal(got, value)
+        assert handle.metadata()["onnxinit.model"] == str(path)
