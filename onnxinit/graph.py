@@ -44,7 +44,6 @@ from .passes import (
     shape_op_value,
 )
 from .plan import Change, changed_values
-from .runtime import available as runtime_available
 from .structure import GraphStructure
 
 log = logging.getLogger("onnxinit")
@@ -174,17 +173,12 @@ class ModelGraph(GraphStructure):
         feed non-constant nodes (Reshape/Expand/Slice shape inputs, ...), let shape inference see
         their values (:func:`~onnxinit.passes.infer_with_constants`), and reclassify: a Shape of
         a tensor whose shape became static is constant, and so is everything computed from it.
-        Repeats until nothing changes, or, when onnxruntime can run the model instead
-        (:meth:`_fill_missing_shapes`), until a round leaves more than half of the unknown shapes
-        unknown: each round runs shape inference over the whole model, and a chain of blocks
-        that each compute their shapes from the previous block's (Swin-T's shifted windows)
-        would cost a round per block. ``self.model`` keeps its nodes; only its value_info
+        Repeats until nothing changes. ``self.model`` keeps its nodes; only its value_info
         grows."""
         injected: dict[str, np.ndarray] = {}
-        can_measure = runtime_available()
-        unknown = self._unknown_shapes()
         for _ in range(rounds):
-            if not unknown:
+            if all(is_static(self.shapes.get(t)) for t in self.producer
+                   if t not in self.constants):
                 break
             new = self._foldable_constants(injected)
             if not new:
@@ -196,17 +190,9 @@ class ModelGraph(GraphStructure):
             keep_declared(self.model.graph, list(self.model.graph.value_info), replace=infos)
             self._index_tensors()
             self._classify_tensors()
-            before, unknown = unknown, self._unknown_shapes()
-            if can_measure and unknown > before / 2:
-                break
         for name, value in self._values.items():  # folded constants know their shapes
             if not is_static(self.shapes.get(name)):
                 self.shapes[name] = tuple(np.shape(value))
-
-    def _unknown_shapes(self) -> int:
-        """Non-constant tensors computed by a node whose shape is not static."""
-        return sum(not is_static(self.shapes.get(t)) for t in self.producer
-                   if t not in self.constants)
 
     def _foldable_constants(self, injected) -> dict[str, np.ndarray]:
         """Constants computed by nodes that meet a non-constant node, folded: integer ones
@@ -241,8 +227,6 @@ class ModelGraph(GraphStructure):
             self.warnings.append(f"could not run the model to measure shapes: {exc}")
             measured = {}
         self.shapes.update(measured)
-        if measured:  # a Shape of a tensor measured static is a constant now, and so on
-            self._classify_tensors()
         if len(measured) < len(missing):
             self.warnings.append(
                 f"{len(missing) - len(measured)} tensor shapes could not be determined"

@@ -34,12 +34,6 @@ def _installed(distribution: str) -> bool:
     return True
 
 
-def available() -> bool:
-    """Whether exactly one onnxruntime build is installed (read from the package metadata:
-    nothing is imported)."""
-    return sum(_installed(d) for d in ONNXRUNTIME_BUILDS) == 1
-
-
 @functools.lru_cache(maxsize=1)
 def require_onnxruntime() -> None:
     """Refuse to run without exactly one onnxruntime build (checked once)."""
