@@ -41,6 +41,7 @@ _BUILTIN_MODULES = (
     "normalization",
     "pooling",
     "shape",
+    "softmax",
 )
 
 

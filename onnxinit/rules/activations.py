@@ -588,7 +588,7 @@ def dropout(inputs, ctx: RuleContext):
 # ---------------------------------------------------------------------------------------------
 # fusion of element-wise sub-graphs
 
-_MAX_DEPTH = 8
+_MAX_DEPTH = 16  # nodes an ancestry walk visits (GPT-2's tanh GELU takes 12)
 
 
 def _ancestry(tensor: str, ctx: RuleContext, budget: list[int]) -> list[tuple[str, tuple]]:
@@ -651,7 +651,7 @@ _FUSED_PARTS: dict[tuple, tuple] = {}
 def fused_elementwise(inputs: list, ctx: RuleContext) -> list[Moments] | None:
     """Moments of a binary node (Mul, Add, Sub, Div, Pow) whose two signal operands are both
     element-wise functions of one common ancestor T (walking back through element-wise nodes,
-    and through binary nodes that themselves fuse, up to 8 nodes): y = h(T) with
+    and through binary nodes that themselves fuse, up to 16 nodes): y = h(T) with
     h(z) = op(f_a(z), f_b(z)), so E = int h N, Var = int h^2 N - E^2 over T's source (or T's
     Gaussian). None when there is no common ancestor. Reads T's moments from
     ``ctx.options["moments"]`` (the moments computed so far)."""
