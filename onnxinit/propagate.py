@@ -5,6 +5,8 @@ Postcondition: every signal tensor has Moments; each is tagged with the rule tha
 every node handled by a fallback (empirical measurement or pass-through) is listed, never fatal.
 A NaN or infinite prediction is fatal: :class:`~onnxinit.errors.PredictionError` names the node
 (elements masked with -inf, mean -inf and variance 0, are the one exception: see moments.py).
+After each rule, the token covariance (``Moments.tokens``) is carried to the outputs
+(:func:`onnxinit.rules.tokens.carry`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import PredictionError
+from .errors import InvalidOptionError, PredictionError
 from .graph import ModelGraph
 from .moments import Moments
-from .rules import RuleContext, RuleError, lookup
+from .rules import CommonAncestor, Registration, RuleContext, RuleError, RuleSettings, lookup
+from .rules.empirical import EmpiricalError, measure_node, pass_through
+from .rules.fusion import common_ancestor
 from .rules.masks import derived_moments
 from .rules.tokens import carry
-from .rules.empirical import EmpiricalError, measure_node, pass_through
 
 log = logging.getLogger("onnxinit")
 
@@ -47,7 +50,7 @@ class Propagation:
     input_stats: dict[str, tuple[float, float]]
     fallbacks: list[Fallback] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    options: dict = field(default_factory=dict, repr=False)
+    settings: RuleSettings = field(default_factory=RuleSettings, repr=False)
 
     @property
     def input_var(self) -> float:
@@ -63,8 +66,6 @@ def input_moments(
     stats = dict(stats or {})
     unknown = set(stats) - set(graph.input_names)
     if unknown:
-        from .errors import InvalidOptionError
-
         raise InvalidOptionError(
             f"--stats names {', '.join(sorted(unknown))}, not an input of {graph.name}"
         )
@@ -114,8 +115,7 @@ def start_propagation(
         input_stats={name: m.total() for name, m in moments.items()},
         warnings=list(graph.warnings),
     )
-    # rules read "moments" (computed so far) to fuse element-wise subgraphs such as x*Sigmoid(x)
-    result.options = {"seed": seed, "dropout": dropout, "moments": result.moments}
+    result.settings = RuleSettings(seed=seed, dropout=dropout)
     for node_id in graph.subgraph_nodes():
         result.warnings.append(
             f"node {node_id} ({graph.node(node_id).op_type}) has subgraphs; analysed as opaque"
@@ -154,14 +154,33 @@ def single_threaded_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def rule_context(graph: ModelGraph, node_id: str, result: Propagation,
+                 registration: Registration | None = None) -> RuleContext:
+    """The context the propagator hands the rule of ``node_id``: the node, the settings, and
+    for rules registered with ``fusion=True`` the common element-wise ancestor of the two
+    signal operands with its moments from ``result`` (:mod:`onnxinit.rules.fusion`)."""
+    node = graph.node(node_id)
+    ctx = RuleContext(node, node_id, graph, result.settings)
+    if registration is None:
+        registration = lookup(node.domain, node.op_type, graph.opset)
+    if registration is not None and registration.fusion:
+        try:
+            found = common_ancestor(ctx)
+        except RuleError:  # an operand's function cannot be built: no fusion
+            found = None
+        if found is not None and found[0] in result.moments:
+            tensor, chain_a, chain_b = found
+            ctx.fusion = CommonAncestor(tensor, result.moments[tensor], chain_a, chain_b)
+    return ctx
+
+
 def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None:
     """Compute (or recompute) the moments of one node's outputs from those in ``result``."""
-    options = result.options
     node = graph.node(node_id)
     inputs = [
         result.moments.get(name) if graph.is_signal(name) else None for name in node.input
     ]
-    ctx = RuleContext(node, node_id, graph, options)
+    ctx = RuleContext(node, node_id, graph, result.settings)
     registration = lookup(node.domain, node.op_type, graph.opset)
     outputs, rule_name, reason = None, None, ""
     if all(m is None for m in inputs):  # computed from an attention_mask input?
@@ -169,10 +188,9 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
     # a rule is called even without signal inputs: an embedding Gather(table, int ids) has a
     # signal output computed from a constant and an integer tensor; rules that need a signal
     # raise RuleError and the node is measured instead
-    if outputs is not None:
-        reason = ""
-    elif registration is not None:
+    if outputs is None and registration is not None:
         try:
+            ctx = rule_context(graph, node_id, result, registration)
             outputs = registration.fn(inputs, ctx)
             rule_name = registration.fn.__name__
         except RuleError as exc:
@@ -180,11 +198,11 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
         except Exception as exc:  # a rule bug must not abort the analysis; measure instead
             log.debug("rule %s failed on %s", registration.fn.__name__, node_id, exc_info=True)
             reason = f"rule {registration.fn.__name__} failed: {type(exc).__name__}: {exc}"
-    else:
+    elif outputs is None:
         reason = "no rule for this op"
     if outputs is None:
         try:
-            outputs = measure_node(inputs, ctx)
+            outputs = measure_node(inputs, ctx, result.moments)
             rule_name = EMPIRICAL
             _record(result, Fallback(node_id, node.op_type, EMPIRICAL, reason))
         except Exception as exc:  # EmpiricalError, or a constant input that

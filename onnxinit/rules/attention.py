@@ -34,7 +34,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments, Tokens, compressed
-from . import RuleContext, RuleError, rule, signal
+from .context import RuleContext, RuleError, signal
+from .registry import rule
 from .tokens import attach, sigma, token_axes
 
 def _full(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:

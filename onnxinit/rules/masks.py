@@ -15,7 +15,8 @@ ids (an ``attention_mask``: all ones, no padding, as in the synthetic inputs ``-
 feeds) is known exactly: :func:`derived_moments` gives it variance 0 and its value per element,
 so ``(1 - mask) * finfo.min`` or a Where condition built from the mask reaches the arithmetic
 rules as the constant it is. ``IsNaN``/``IsInf`` of a signal is known from its predicted moments
-(finite predictions: all False; masked elements: IsInf True).
+(finite predictions: all False; masked elements: IsInf True) when the node also reads that
+signal (``Where(IsNaN(p), 0, p)``, the guard exporters put after a softmax).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..data import synthetic_feeds, vocab_size
+from ..feeds import synthetic_feeds, vocab_size
 from ..moments import Moments, compressed
-from . import RuleContext
+from ..runtime import make_session
+from .context import RuleContext
 
 OFFSET_CAP = 1 << 21  # elements of a logit-offset grid kept per element (before folding)
 _THROUGH = {"Reshape", "Transpose", "Add", "Sub", "Where", "Cast", "Identity", "Dropout", "Mul",
@@ -64,26 +66,27 @@ def has_masked(value: np.ndarray | None) -> bool:
         np.isneginf(value).any())
 
 
-def condition(ctx: RuleContext, index: int, moments=None) -> np.ndarray | None:
+def condition(ctx: RuleContext, index: int, inputs) -> np.ndarray | None:
     """The boolean value of input ``index`` (a Where condition): a constant; IsNaN/IsInf of a
-    signal (from its predicted moments, ``moments`` the propagation's); or computed from integer
-    or boolean graph inputs on the synthetic inputs. None when it depends on a signal."""
+    signal that is also an input of this node (``Where(IsNaN(p), 0, p)``: from its predicted
+    moments in ``inputs``); or computed from integer or boolean graph inputs on the synthetic
+    inputs. None when it depends on a signal otherwise."""
     value = ctx.const(index)
     if value is not None:
         return np.asarray(value, dtype=bool)
     name = ctx.node.input[index]
     graph = ctx.graph
     producer = graph.producer.get(name)
-    if producer is not None and moments is not None:
+    if producer is not None and graph.node(producer).op_type in ("IsNaN", "IsInf"):
         node = graph.node(producer)
-        if node.op_type in ("IsNaN", "IsInf") and node.input[0] in moments:
-            m = moments[node.input[0]]
-            mean = np.broadcast_to(m.mean, np.broadcast_shapes(m.mean.shape, m.var.shape))
-            if node.op_type == "IsNaN":
-                return np.zeros_like(mean, dtype=bool)  # predictions are never NaN
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            return np.isneginf(mean) if attrs.get("detect_negative", 1) else np.zeros_like(
-                mean, dtype=bool)
+        operand = [i for i, n in enumerate(ctx.node.input) if n == node.input[0]]
+        m = inputs[operand[0]] if operand else None
+        if m is None:
+            return None
+        mean = np.broadcast_to(m.mean, np.broadcast_shapes(m.mean.shape, m.var.shape))
+        if node.op_type == "IsNaN" or not ctx.for_node(producer).attr("detect_negative", 1):
+            return np.zeros_like(mean, dtype=bool)  # predictions are never NaN or +inf
+        return np.isneginf(mean)
     return input_derived(ctx, name)
 
 
@@ -129,8 +132,6 @@ def input_derived(ctx: RuleContext, tensor: str) -> np.ndarray | None:
         cache[tensor] = None
         return None
     order, inputs = found
-    from ..runtime import make_session  # onnxruntime is imported on first use
-
     produced = [o for n in order for o in graph.node(n).output if o]
     used = {n for node_id in order for n in graph.node(node_id).input if n}
     constants = [onnx.numpy_helper.from_array(np.asarray(graph.value(n)), n)
@@ -143,7 +144,7 @@ def input_derived(ctx: RuleContext, tensor: str) -> np.ndarray | None:
             [helper.make_tensor_value_info(o, graph.dtypes.get(o, 0), None) for o in produced],
             constants),
         opset_imports=list(graph.model.opset_import), ir_version=min(graph.model.ir_version, 10))
-    feeds = synthetic_feeds(graph, seed=ctx.options.get("seed", 0))
+    feeds = synthetic_feeds(graph, seed=ctx.settings.seed)
     try:
         values = make_session(model, device="cpu").run(None, {n: feeds[n] for n in inputs})
     except Exception:  # noqa: BLE001 - a subgraph onnxruntime cannot run alone: unknown

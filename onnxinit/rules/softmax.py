@@ -31,7 +31,8 @@ import numpy as np
 from scipy import special
 
 from ..moments import Moments, compressed
-from . import RuleContext, rule, signal
+from .context import RuleContext, signal
+from .registry import rule
 from .tokens import token_axes
 
 _GH_Z, _GH_W = np.polynomial.hermite_e.hermegauss(16)  # 3e-7 of the variance (sigmoid is smooth)

@@ -41,8 +41,9 @@ from math import factorial
 import numpy as np
 
 from ..moments import Moments, Tokens, compressed
-from . import RuleContext
-from .activations import _MAX_DEPTH, _fused_function, elementwise
+from .context import RuleContext
+from .elementwise import UNARY, elementwise
+from .fusion import fused_function
 from .shape import _slice_params
 
 _HE_ORDER = 8
@@ -158,7 +159,8 @@ def carry(ctx: RuleContext, inputs: list, outputs: list) -> list:
         return outputs
     if any(m is not None and m.tokens is not None for m in outputs):
         return outputs
-    fn = CARRIERS.get(ctx.node.op_type) if ctx.node.domain in ("", "ai.onnx") else None
+    op = ctx.node.op_type if ctx.node.domain in ("", "ai.onnx") else None
+    fn = CARRIERS.get(op) or (_unary if op in UNARY else None)
     if fn is None:
         return [_without(m) for m in outputs]
     try:
@@ -401,28 +403,22 @@ def _mehler(fn, x: Moments, out: Moments, out_shape, axes) -> Moments:
 
 def _fused(ctx, out: Moments, out_shape, axes) -> Moments | None:
     """A binary node that is one element-wise function of a common ancestor carrying the
-    field (x * Sigmoid(x), GELU written with Erf): Mehler over the ancestor."""
-    moments = ctx.options.get("moments") or {}
-    try:
-        found = _fused_function(ctx, [_MAX_DEPTH])
-    except Exception:  # noqa: BLE001 - not a fusable node
+    field (x * Sigmoid(x), GELU written with Erf; ``ctx.fusion``): Mehler over the ancestor."""
+    fusion = ctx.fusion
+    if fusion is None or fusion.moments.tokens is None:
         return None
-    if found is None or moments.get(found[0]) is None:
+    shape = ctx.graph.shape(fusion.tensor)
+    if shape is None or len(shape) != len(out_shape):
         return None
-    base = moments[found[0]]
-    shape = ctx.graph.shape(found[0])
-    if base.tokens is None or shape is None or len(shape) != len(out_shape):
-        return None
-    return _mehler(found[1].fn, base, out, out_shape, axes)
+    h = fused_function(ctx.node.op_type, fusion.chain_a, fusion.chain_b)
+    return _mehler(h.fn, fusion.moments, out, out_shape, axes)
 
 
-for _op in ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Swish", "Sigmoid",
-            "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Softsign", "Mish", "Erf", "Exp",
-            "Sin", "Cos", "Atan", "Sinh", "Cosh", "Asinh", "Sqrt", "Reciprocal", "Abs", "Neg",
-            "Clip", "Log", "ThresholdedRelu", "Shrink"):
-    CARRIERS[_op] = lambda ctx, inputs, outputs: [
-        _elementwise(ctx, inputs[0], outputs[0], ctx.out_shape(0),
-                     token_axes(inputs[0].tokens, len(ctx.out_shape(0))))]
+def _unary(ctx, inputs, outputs):
+    """An element-wise function of one signal: Mehler."""
+    shape = ctx.out_shape(0)
+    x = inputs[0]
+    return [_elementwise(ctx, x, outputs[0], shape, token_axes(x.tokens, len(shape)))]
 
 
 @_carrier("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
