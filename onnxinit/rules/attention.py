@@ -20,8 +20,8 @@ along k may be correlated through the token covariance (``Moments.tokens``, toke
   means, uses that a softmax row sums to 1: B carrying the field means A is attention), and O carries the token covariance
   ``nu [P cov P^T + diag(sum_k Var(p_qk) cov[k, k])]`` along the query axis (a causal mask
   gives each query its own row of P).
-* Q K^T (B's tokens on the last axis): the logits of one query share the query, so along the
-  keys ``Cov(a_k, a_l) = (sum_d E[q_d^2] nu_d) cov[k, l] + sum_d Var(q_d) mu_kd mu_ld``, the
+* Q K^T (B's tokens on the last axis, or the output reaching a Softmax over its last axis):
+  the logits of one query share the query, so along the keys ``Cov(a_k, a_l) = (sum_d E[q_d^2] nu_d) cov[k, l] + sum_d Var(q_d) mu_kd mu_ld``, the
   field Softmax reads (a component common to a row's logits does not change the softmax).
 
 Not modelled: the dependence of P on V (both functions of the same tokens), the correlation of
@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..moments import Moments, Tokens, compressed
+from ..moments import Moments, compressed
 from .context import RuleContext, RuleError, signal
 from .registry import rule
+from .masks import feeds_softmax
 from .tokens import attach, sigma, token_axes
 
 def _full(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,8 +75,10 @@ def matmul_activations(inputs, ctx: RuleContext):
     var = np.matmul(va + ma**2, vb + mb**2) - np.matmul(ma**2, mb**2)
     out = compressed(shaped(mean), np.maximum(shaped(var), 0.0))
     t = b.tokens
-    if t is not None and token_axes(t, len(sb)) == [len(sb) - 1] and sb[-1] == t.n:
-        out = _logit_field(out, ma, va, mb, t, float(np.mean(b.var)), ctx.out_shape(0))
+    keys = len(sb) - 1
+    if (t is not None and token_axes(t, len(sb)) == [keys] and sb[-1] == t.n) or (
+            sb[-1] > 1 and feeds_softmax(ctx)):
+        out = _logit_field(out, ma, va, mb, sigma(b, sb, [keys], sb[-1]), ctx.out_shape(0))
     return [out]
 
 
@@ -140,15 +143,18 @@ def _weighted_average(ma, va, mb, vb, sig, out_shape):
     return attach(out, out_shape, [rank - 2], field)
 
 
-def _logit_field(out: Moments, ma, va, mb, t: Tokens, nu_b: float, out_shape) -> Moments:
-    """Q K^T along the keys: (sum_d E[q_d^2] nu_d) cov + sum_d Var(q_d) mu_kd mu_ld."""
+def _logit_field(out: Moments, ma, va, mb, sig_b: np.ndarray, out_shape) -> Moments:
+    """Q K^T along the keys: (sum_d E[q_d^2] nu_d) cov + sum_d Var(q_d) mu_kd mu_ld, with
+    ``sig_b = nu cov`` the keys' token covariance (diag of their variance when independent)."""
     rank = len(out_shape)
+    n = sig_b.shape[0]
     q2 = float(np.mean((va + ma**2).sum(axis=-1)))  # sum_d E[q_d^2], averaged over queries
-    mu = np.broadcast_to(mb, mb.shape[:-1] + (t.n,))  # [.., d, k]
-    mu = mu.reshape(-1, mu.shape[-2], t.n).mean(axis=0)
-    qv = np.broadcast_to(va, va.shape[:-1] + (mu.shape[0],)).reshape(-1, mu.shape[0]).mean(axis=0)
-    shared = (mu * qv[:, None]).T @ mu  # sum_d Var(q_d) mu_kd mu_ld
-    return attach(out, out_shape, [rank - 1], q2 * nu_b * t.cov + shared)
+    lead = np.broadcast_shapes(ma.shape[:-2], mb.shape[:-2])
+    d = ma.shape[-1]
+    mu = np.broadcast_to(mb, lead + (d, n)).reshape(-1, d, n)  # [heads.., d, k]
+    qv = np.broadcast_to(va.mean(axis=-2), lead + (d,)).reshape(-1, d, 1)  # averaged over queries
+    shared = np.matmul(np.swapaxes(mu * qv, -1, -2), mu).mean(axis=0)  # sum_d Var(q_d) mu_kd mu_ld
+    return attach(out, out_shape, [rank - 1], q2 * sig_b + shared)
 
 
 # ---------------------------------------------------------------------------------------------

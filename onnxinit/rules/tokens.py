@@ -19,9 +19,8 @@ Attention creates it (attention.py: P V and Q K^T), Softmax reads it (softmax.py
   ``Sigma = Sigma_a + Sigma_b`` (a signal without the field: ``diag`` of its per-token
   variance);
 * an element-wise function f of a Gaussian with token correlation ``rho[s, t]`` has
-  ``Cov(f(z_s), f(z_t)) = sum_n a_n rho^n`` with ``a_n = mean_d E[f(z) He_n]^2 / n!``
-  (Mehler's formula, Hermite polynomials He_n, orders 1-8, the rest of the variance put on
-  order 9); products of two signals fused into one function of a common ancestor likewise;
+  ``Cov(f(z_s), f(z_t)) = sum_n a_n rho^n`` with ``a_n = mean_d c_n(d)^2`` (Mehler's
+  formula, hermite.py: orders 1-8, the rest of the variance put on order 9); products of two signals fused into one function of a common ancestor likewise;
   independent products ``Cov = Sigma_a Sigma_b + Sigma_a mu_b^2 + Sigma_b mu_a^2``;
 * LayerNormalization over the features divides each token by its own scale: ``cov`` becomes
   the correlation (the per-token variance profile is removed);
@@ -36,23 +35,15 @@ Any other op drops the field (its absence means independent tokens).
 from __future__ import annotations
 
 from collections.abc import Callable
-from math import factorial
-
 import numpy as np
 
 from ..moments import Moments, Tokens, compressed
 from .context import RuleContext
 from .elementwise import UNARY, elementwise
 from .fusion import fused_function
+from .hermite import coefficients
 from .shape import _slice_params
 
-_HE_ORDER = 8
-_HZ, _HW = np.polynomial.hermite_e.hermegauss(48)
-_HW = _HW / _HW.sum()
-_HE = [np.ones_like(_HZ), _HZ.copy()]
-for _n in range(1, _HE_ORDER):
-    _HE.append(_HZ * _HE[-1] - _n * _HE[-2])
-_HE = np.array(_HE)  # [order + 1, nodes]
 _MAX_FEATURES = 4096  # features sampled for the Hermite coefficients
 
 CARRIERS: dict[str, Callable] = {}
@@ -123,7 +114,13 @@ def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None) -> Moment
         # the variance is already the same for every token: m unchanged, its distribution kept
         return Moments(m.mean, m.var, m.source, m.mixture, t)
     mean, var = _grid(m, rank)
-    var = var.mean(axis=tuple(a for a in axes if var.shape[a] > 1), keepdims=True)
+    pooled = tuple(a for a in axes if var.shape[a] > 1)
+    masked = np.isneginf(mean)
+    if masked.any():  # masked elements keep variance 0; the others share the pooled variance
+        count = np.maximum((~masked).sum(axis=pooled, keepdims=True), 1)
+        var = np.where(masked, 0.0, np.where(masked, 0.0, var).sum(axis=pooled, keepdims=True) / count)
+    else:
+        var = var.mean(axis=pooled, keepdims=True)
     mean = compressed(mean, np.broadcast_to(var, mean.shape)).mean  # means may be per token
     return Moments(mean.reshape((1,) * (rank - mean.ndim) + mean.shape), var, None, None, t)
 
@@ -200,8 +197,10 @@ def _reshape(ctx, inputs, outputs):
     axes = token_axes(x.tokens, len(in_shape))
     inner = int(np.prod(in_shape[axes[-1] + 1:], dtype=np.int64))
     n = x.tokens.n
-    j1 = next(j for j in range(len(out_shape))
-              if int(np.prod(out_shape[j + 1:], dtype=np.int64)) == inner)
+    j1 = next((j for j in range(len(out_shape))
+               if int(np.prod(out_shape[j + 1:], dtype=np.int64)) == inner), None)
+    if j1 is None:
+        raise ValueError("the token axes are merged with inner axes")
     acc, j0 = 1, j1
     while True:
         acc *= out_shape[j0]
@@ -346,20 +345,14 @@ def _arithmetic(ctx, inputs, outputs):
     return [attach(outputs[0], out_shape, axes, sig)]
 
 
-def hermite_coefficients(fn: Callable, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
-    """``a_n = mean_d E[f(z_d) He_n((z_d - mu_d)/s_d)]^2 / n!`` for n = 1..8 and, last, the
-    variance the first 8 orders leave out (``mean_d Var f(z_d) - sum a_n``)."""
+def _mehler_weights(fn: Callable, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """``a_n = mean_d c_n(d)^2`` for n = 1..8 and, last, the mean remainder (hermite.py)."""
     mean, var = np.ravel(mean), np.ravel(var)
     if mean.size > _MAX_FEATURES:
         pick = np.linspace(0, mean.size - 1, _MAX_FEATURES).astype(np.int64)
         mean, var = mean[pick], var[pick]
-    with np.errstate(all="ignore"):
-        y = np.asarray(fn(mean[:, None] + np.sqrt(var)[:, None] * _HZ), dtype=np.float64)
-    y = np.where(np.isfinite(y), y, 0.0)
-    c = (y * _HW) @ _HE.T  # [features, order + 1]
-    a = np.array([np.mean(c[:, k] ** 2) / factorial(k) for k in range(1, _HE_ORDER + 1)])
-    total = np.mean((y * y) @ _HW - c[:, 0] ** 2)
-    return np.append(a, max(total - a.sum(), 0.0))
+    c, remainder = coefficients(fn, mean, var)
+    return np.append((c[1:] ** 2).mean(axis=1), remainder.mean())
 
 
 def _transfer(sig_in: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -396,7 +389,7 @@ def _elementwise(ctx, x: Moments, out: Moments, out_shape, axes) -> Moments:
 
 def _mehler(fn, x: Moments, out: Moments, out_shape, axes) -> Moments:
     mean, var = _pooled_features(x, out_shape, axes)
-    a = hermite_coefficients(fn, mean, var)
+    a = _mehler_weights(fn, mean, var)
     sig_in = float(np.mean(x.var)) * x.tokens.cov
     return attach(out, out_shape, axes, _transfer(sig_in, a))
 
@@ -477,5 +470,5 @@ def _reduce(ctx, inputs, outputs):
     return [Moments(outputs[0].mean, var)]
 
 
-__all__ = ["CARRIERS", "attach", "carry", "hermite_coefficients", "profile", "sigma",
+__all__ = ["CARRIERS", "attach", "carry", "profile", "sigma",
            "token_axes"]
