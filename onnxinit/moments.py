@@ -20,6 +20,11 @@ tokens (within one sample, per feature), see :class:`Tokens`. Attention averages
 tokens, so what the tokens share passes through it undiminished; rules that know the field carry
 it (rules/tokens.py), every other rule drops it (its absence means independent tokens).
 
+A Moments may also carry ``rows``: the tensor's rows along its last axis as a weighted
+multiset of per-element statistics (:class:`Rows`), where a reshape merges the batch into axes
+the statistics vary along (Swin's windows, masked differently, before their Softmax): the
+Softmax rule computes each row, every other rule sees the pooled mean/var.
+
 An element whose ``mean`` is -inf (with variance 0) is masked: the tensor holds -inf there (an
 additive attention mask written with -inf, before its Softmax). ``total`` describes the other
 elements; Softmax gives masked elements probability 0.
@@ -76,6 +81,16 @@ class Tokens:
         return self.cov.shape[0]
 
 
+@dataclass(frozen=True, eq=False)
+class Rows:
+    """Rows along the last axis: ``mean``/``var`` [R, n] and each row's share ``weight`` [R]
+    (summing to 1) of the tensor's rows."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    weight: np.ndarray
+
+
 def _as_array(value) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
@@ -87,6 +102,7 @@ class Moments:
     source: Source | None = None
     mixture: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     tokens: Tokens | None = None
+    rows: Rows | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mean", _as_array(self.mean))
@@ -181,7 +197,7 @@ class Moments:
                 a.reshape(a.shape[:1] + (1,) * (rank - a.ndim + 1) + a.shape[1:])
                 for a in self.mixture
             )
-        return Moments(mean, var, self.source, mixture, self.tokens)
+        return Moments(mean, var, self.source, mixture, self.tokens, self.rows)
 
     def __repr__(self) -> str:
         m, v = self.total()

@@ -118,29 +118,41 @@ def _contracted_tokens(b: Moments, sb, probabilities: bool) -> np.ndarray | None
 
 def _weighted_average(ma, va, mb, vb, sig, out_shape):
     """O = P V with V's token covariance ``sig`` (absolute, feature-averaged): see the module
-    docstring. Output statistics pooled over the query axis, its profile in the field."""
+    docstring. A fluctuation of a softmax row sums to 0, so it sees only the token-specific part
+    of the covariance (the diagonal less the mean off-diagonal). Axes along which only P varies
+    (windows masked differently) are folded (law of total variance), the query axis pooled: the
+    per-query profile goes to the field."""
     rank = len(out_shape)
     nu_bar = max(float(np.mean(vb)), 1e-300)
     cov = sig / nu_bar  # per unit of V's variance
-    kk = np.diag(cov)
-    p_mean = np.broadcast_to(ma, ma.shape[:-2] + (out_shape[-2], cov.shape[0]))
+    n = cov.shape[0]
+    shared = max((cov.sum() - np.trace(cov)) / max(n * (n - 1), 1), 0.0)
+    specific = np.diag(cov) - shared
+    p_mean = np.broadcast_to(ma, ma.shape[:-2] + (out_shape[-2], n))
     p_var = np.broadcast_to(va, p_mean.shape)
     spread = np.matmul(p_mean @ cov, np.swapaxes(p_mean, -1, -2))  # P cov P^T [.., q, q]
-    gain = np.diagonal(spread, axis1=-2, axis2=-1) + p_var @ kk  # [.., q]
+    fluctuation = p_var @ specific  # [.., q]
+    gain = np.diagonal(spread, axis1=-2, axis2=-1) + fluctuation
     centre = np.matmul(p_mean, mb)  # E[O]
-    means_term = np.matmul(p_var, mb**2) - 2 * centre * np.matmul(p_var, mb) + centre**2 * (
-        p_var.sum(axis=-1, keepdims=True))
-    var = vb.mean(axis=-2, keepdims=True) * gain[..., None] + np.maximum(means_term, 0.0)
+    means_term = np.maximum(np.matmul(p_var, mb**2) - 2 * centre * np.matmul(p_var, mb)
+                            + centre**2 * p_var.sum(axis=-1, keepdims=True), 0.0)
+    var = vb.mean(axis=-2, keepdims=True) * gain[..., None] + means_term
     shaped = (lambda t: t.reshape((1,) * (rank - t.ndim) + t.shape))
     mean, var = shaped(centre), shaped(var)
-    # the field: nu_bar * (P cov P^T + diag(sum_k Var(p) cov_kk)), averaged over heads/batch
+    values = shaped(mb)
+    only_p = tuple(a for a in range(rank - 2) if var.shape[a] > 1 and values.shape[a] == 1)
+    if only_p:
+        m0 = mean.mean(axis=only_p, keepdims=True)
+        var = var.mean(axis=only_p, keepdims=True) + ((mean - m0) ** 2).mean(axis=only_p, keepdims=True)
+        mean = m0
+    # the field: nu_bar (P cov P^T + diag(sum_k Var(p) specific_k)) + diag(means term),
+    # averaged over heads and windows
     lead = tuple(range(spread.ndim - 2))
-    field = spread.mean(axis=lead) if lead else spread
-    field = field + np.diag(np.broadcast_to(p_var @ kk, gain.shape).reshape(-1, gain.shape[-1]).mean(axis=0))
-    field = nu_bar * field + np.diag(np.broadcast_to(
-        np.maximum(means_term, 0.0).mean(axis=-1), gain.shape).reshape(-1, gain.shape[-1]).mean(axis=0))
-    out = compressed(mean, np.maximum(var, 0.0))
-    return attach(out, out_shape, [rank - 2], field)
+    lead_q = np.broadcast_shapes(gain.shape, means_term.shape[:-1])
+    rows = (lambda t: np.broadcast_to(t, lead_q).reshape(-1, lead_q[-1]).mean(axis=0))
+    field = (spread.mean(axis=lead) if lead else spread) + np.diag(rows(fluctuation))
+    field = nu_bar * field + np.diag(rows(means_term.mean(axis=-1)))
+    return attach(compressed(mean, np.maximum(var, 0.0)), out_shape, [rank - 2], field)
 
 
 def _logit_field(out: Moments, ma, va, mb, sig_b: np.ndarray, out_shape) -> Moments:

@@ -28,7 +28,7 @@ import onnx
 from onnx import helper
 
 from ..feeds import synthetic_feeds, vocab_size
-from ..moments import Moments, compressed
+from ..moments import Moments, Rows, compressed
 from ..runtime import make_session
 from .context import RuleContext
 
@@ -58,6 +58,34 @@ def feeds_softmax(ctx: RuleContext) -> bool:
             if node.op_type in _THROUGH:
                 frontier.extend((o, depth + 1) for o in node.output if o)
     return False
+
+
+def keep_rows(x: Moments, in_shape, out_shape, out: Moments, ctx: RuleContext) -> Moments:
+    """A reshape into a Softmax that cannot keep x's statistics grid (it would tile it over the
+    batch, or pool it): ``out`` pooled along the last axis, with x's rows as ``Moments.rows``
+    (Swin: windows masked differently, merged with the batch before the softmax)."""
+    rank = len(in_shape)
+    if in_shape[-1] != out_shape[-1] or x.rank == 0:
+        return out
+    mean, var = (a.reshape((1,) * (rank - a.ndim) + a.shape)
+                 for a in np.broadcast_arrays(x.mean, x.var))
+    kept = np.broadcast_shapes(np.shape(out.mean), np.shape(out.var))
+    if mean.shape[-1] == 1 or mean.size == 1 or int(np.prod(kept)) == mean.size:
+        return out
+    if not feeds_softmax(ctx):
+        return out
+    n = in_shape[-1]
+    rows_m = np.broadcast_to(mean, mean.shape[:-1] + (n,)).reshape(-1, n)
+    rows_v = np.broadcast_to(var, mean.shape[:-1] + (n,)).reshape(-1, n)
+    weight = np.full(rows_m.shape[0], 1.0 / rows_m.shape[0])
+    masked = np.isneginf(rows_m)
+    count = np.maximum((~masked).sum(axis=0), 1)
+    m = np.where(masked, 0.0, rows_m).sum(axis=0) / count
+    v = np.where(masked, 0.0, rows_v + (rows_m - m) ** 2).sum(axis=0) / count
+    m = np.where(masked.all(axis=0), -np.inf, m)
+    v = np.where(masked.all(axis=0), 0.0, v)
+    pooled = Moments.along(m, v, len(out_shape) - 1, len(out_shape))
+    return Moments(pooled.mean, pooled.var, rows=Rows(rows_m, rows_v, weight))
 
 
 def has_masked(value: np.ndarray | None) -> bool:
@@ -173,5 +201,5 @@ def derived_moments(inputs, ctx: RuleContext) -> list[Moments | None] | None:
     return outs
 
 
-__all__ = ["OFFSET_CAP", "condition", "derived_moments", "feeds_softmax", "has_masked",
+__all__ = ["OFFSET_CAP", "condition", "keep_rows", "derived_moments", "feeds_softmax", "has_masked",
            "input_derived"]

@@ -181,6 +181,26 @@ def _unique_rows(mean: np.ndarray, var: np.ndarray):
     return mean[keep], var[keep], inverse
 
 
+def _over_rows(rows, cov, log: bool, ctx: RuleContext, rank: int) -> Moments:
+    """Softmax of each row of ``Moments.rows`` (masks.keep_rows), pooled over the rows per
+    position of the softmax axis: E_k = sum_r w_r E_rk, Var_k = sum_r w_r (Var_rk + E_rk^2)
+    - E_k^2."""
+    mean, var = rows.mean, rows.var
+    if cov is not None:
+        var = var * np.diag(cov)
+        var = np.maximum(var - _shared(mean, var, cov)[:, None], 0.0)
+    um, uv, inverse = _unique_rows(mean, var)
+    e, v = softmax_rows(um, uv, log=log, rng=ctx.rng())
+    weight = np.bincount(inverse, weights=rows.weight, minlength=um.shape[0])[:, None]
+    finite = np.isfinite(e)
+    m = (weight * np.where(finite, e, 0.0)).sum(axis=0) / np.maximum((weight * finite).sum(axis=0), 1e-300)
+    second = (weight * np.where(finite, v + e**2, 0.0)).sum(axis=0) / np.maximum(
+        (weight * finite).sum(axis=0), 1e-300)
+    m = np.where(finite.any(axis=0), m, -np.inf)
+    var_out = np.where(finite.any(axis=0), np.maximum(second - m**2, 0.0), 0.0)
+    return Moments.along(m, var_out, rank - 1, rank)
+
+
 def _key_covariance(x: Moments, shape, inner: list[int]) -> np.ndarray | None:
     """The logits' token covariance along the softmax axis (per unit of variance), if any."""
     t = x.tokens
@@ -228,8 +248,10 @@ def softmax(inputs, ctx: RuleContext):
         chain = src.chain
         mean = np.full((1,) * rank, float(np.ravel(src.mean)[0]))
         var = np.full((1,) * rank, float(np.ravel(src.var)[0]))
-    perm = outer + inner
     cov = _key_covariance(x, shape, inner)
+    if x.rows is not None and inner == [rank - 1] and x.rows.mean.shape[1] == n and not chain:
+        return [_over_rows(x.rows, cov, log, ctx, rank)]
+    perm = outer + inner
     if cov is not None:  # the logits' field: per-key variance profile
         var = var * np.diag(cov).reshape([n if a == inner[0] else 1 for a in range(rank)])
     mean, var = mean.transpose(perm), var.transpose(perm)

@@ -112,7 +112,7 @@ def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None) -> Moment
     var = _lift(m.var, rank)
     if var.ndim == 0 or not any(var.shape[a] > 1 for a in axes):
         # the variance is already the same for every token: m unchanged, its distribution kept
-        return Moments(m.mean, m.var, m.source, m.mixture, t)
+        return Moments(m.mean, m.var, m.source, m.mixture, t, m.rows)
     mean, var = _grid(m, rank)
     pooled = tuple(a for a in axes if var.shape[a] > 1)
     masked = np.isneginf(mean)
@@ -122,7 +122,8 @@ def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None) -> Moment
     else:
         var = var.mean(axis=pooled, keepdims=True)
     mean = compressed(mean, np.broadcast_to(var, mean.shape)).mean  # means may be per token
-    return Moments(mean.reshape((1,) * (rank - mean.ndim) + mean.shape), var, None, None, t)
+    return Moments(mean.reshape((1,) * (rank - mean.ndim) + mean.shape), var, None, None, t,
+                   m.rows)
 
 
 def _lift(a, rank: int) -> np.ndarray:
@@ -133,7 +134,7 @@ def _lift(a, rank: int) -> np.ndarray:
 def _without(m: Moments | None) -> Moments | None:
     if m is None or m.tokens is None:
         return m
-    return Moments(m.mean, m.var, m.source, m.mixture)
+    return Moments(m.mean, m.var, m.source, m.mixture, None, m.rows)
 
 
 def _same(x: Moments, out: Moments, shape) -> Moments:
