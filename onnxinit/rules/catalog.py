@@ -25,6 +25,7 @@ BUILTIN_MODULES = (
     "onnxinit.rules.normalization",
     "onnxinit.rules.pooling",
     "onnxinit.rules.recurrent",
+    "onnxinit.rules.reduce",
     "onnxinit.rules.shape",
     "onnxinit.rules.softmax",
 )
