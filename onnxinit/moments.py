@@ -70,11 +70,15 @@ class Tokens:
     axes starting at ``axis``, counted from the end (negative: unchanged by broadcasting); when
     those axes are longer than ``cov`` (the batch merged into them, ``[B*S, D]``), token index
     = index % n. Means may vary per token; only the covariance of the random part is described
-    here."""
+    here. ``stride`` > 1: the tokens are not the innermost digits of those axes but are
+    followed by ``stride`` others merged into them (``[S*B, D]`` written from ``[S, B, D]``, as
+    multi-head attention exports do before the output projection): token index = (index //
+    stride) % n."""
 
     axis: int
     span: int
     cov: np.ndarray
+    stride: int = 1
 
     @property
     def n(self) -> int:

@@ -263,11 +263,14 @@ def _require_finite(m: Moments, node_id: str, op: str, tensor: str, rule_name: s
     if finite:
         finite = not masked.all() and all(np.isfinite(m.total()))
     if not finite:
-        how = "the empirical fallback" if rule_name == EMPIRICAL else f"rule {rule_name}"
-        raise PredictionError(
-            f"node {node_id} ({op}): {how} predicted a non-finite mean or variance for tensor "
-            f"{tensor!r}; this is a bug in onnxinit, please report it with the model"
-        )
+        if rule_name == EMPIRICAL:
+            why = ("the empirical fallback measured a non-finite mean or variance for tensor "
+                   f"{tensor!r} on samples drawn from its inputs' predicted statistics (the op "
+                   "is not finite there, e.g. Log of negative values)")
+        else:
+            why = (f"rule {rule_name} predicted a non-finite mean or variance for tensor "
+                   f"{tensor!r}; this is a bug in onnxinit, please report it with the model")
+        raise PredictionError(f"node {node_id} ({op}): {why}")
 
 
 def _record(result: Propagation, fallback: Fallback) -> bool:

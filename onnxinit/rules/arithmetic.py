@@ -542,8 +542,8 @@ def _concat_grids(pieces, sizes, axis: int, rank: int) -> Moments | None:
 @rule("Concat")
 def concat(inputs, ctx: RuleContext):
     """Concatenation along ``axis``; empty inputs (an empty key/value cache) are dropped, and
-    one input left is passed on unchanged. When an input tracks the concat axis, the per-index
-    statistics concatenate (exact, every other tracked axis kept when the grid is small).
+    one input left is passed on unchanged. When an input tracks the concat axis, or the inputs'
+    statistics differ, the per-index statistics concatenate (exact, every other tracked axis kept when the grid is small).
     Otherwise, along the tracked axis t (if any; pooled otherwise), the inputs mix with weights
     w_i = n_i / n (their sizes along the concat axis):
     E_t = sum_i w_i mu_it, Var_t = sum_i w_i (nu_it + mu_it^2) - E_t^2."""
@@ -557,7 +557,8 @@ def concat(inputs, ctx: RuleContext):
     pieces = [_piece(inputs, ctx, i, rank) for i in kept]
     sizes = [sizes[i] for i in kept]
     tracked = sorted({a for p in pieces if p.rank for a in p.tracked_axes()})
-    if axis in tracked:
+    # pieces that differ (a class token before the patch tokens) make the concat axis tracked
+    if axis in tracked or len({p.total() for p in pieces}) > 1:
         grid = _concat_grids(pieces, sizes, axis, rank)
         if grid is not None:
             return [grid]

@@ -78,37 +78,41 @@ def _grid(m: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
-def profile(m: Moments, shape, axes: list[int], n: int) -> np.ndarray:
-    """Per-token variance [n] (mean over the other axes; token index = flat index % n)."""
+def profile(m: Moments, shape, axes: list[int], n: int, stride: int = 1) -> np.ndarray:
+    """Per-token variance [n] (mean over the other axes; token index = (flat index // stride)
+    % n)."""
     rank = len(shape)
     _, var = _grid(m, rank)
     other = tuple(a for a in range(rank) if a not in axes)
     var = var.mean(axis=other) if other else var
     full = np.broadcast_to(var, tuple(shape[a] for a in axes)).reshape(-1)
-    return full.reshape(-1, n).mean(axis=0)
+    return full.reshape(-1, n, stride).mean(axis=(0, 2))
 
 
-def sigma(m: Moments | None, shape, axes: list[int], n: int) -> np.ndarray | None:
+def sigma(m: Moments | None, shape, axes: list[int], n: int,
+          stride: int = 1) -> np.ndarray | None:
     """Feature-averaged token covariance [n, n] of ``m`` at the given token axes: ``mean(var)
     * cov`` with the field, else diag of its per-token variance (independent tokens)."""
     if m is None:
         return None
     t = m.tokens
-    if t is not None and t.n == n and token_axes(t, len(shape)) == axes:
+    if t is not None and t.n == n and t.stride == stride and token_axes(t, len(shape)) == axes:
         return float(np.mean(m.var)) * t.cov
-    return np.diag(profile(m, shape, axes, n))
+    return np.diag(profile(m, shape, axes, n, stride))
 
 
-def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None) -> Moments:
+def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None,
+           stride: int = 1) -> Moments:
     """``m`` with the variance pooled over the token axes and the field ``sig / mean diag``
-    (the pooled-out per-token profile lives in the field's diagonal)."""
+    (the pooled-out per-token profile lives in the field's diagonal), tokens ``stride`` apart
+    along the flattened token axes."""
     if sig is None:
         return _without(m)
     scale = float(np.mean(np.diag(sig)))
     if not np.isfinite(scale) or scale <= 0:
         return _without(m)
     rank = len(shape)
-    t = Tokens(axes[0] - rank, len(axes), sig / scale)
+    t = Tokens(axes[0] - rank, len(axes), sig / scale, stride)
     var = _lift(m.var, rank)
     if var.ndim == 0 or not any(var.shape[a] > 1 for a in axes):
         # the variance is already the same for every token: m unchanged, its distribution kept
@@ -141,9 +145,9 @@ def _same(x: Moments, out: Moments, shape) -> Moments:
     """``out`` with ``x``'s field unchanged (same token axes, counted from the end)."""
     t = x.tokens
     axes = token_axes(t, len(shape)) if shape is not None else None
-    if axes is None or int(np.prod([shape[a] for a in axes])) % t.n:
+    if axes is None or int(np.prod([shape[a] for a in axes])) % (t.n * t.stride):
         return _without(out)
-    return attach(out, shape, axes, float(np.mean(x.var)) * t.cov)
+    return attach(out, shape, axes, float(np.mean(x.var)) * t.cov, t.stride)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,27 +195,31 @@ def _unchanged(ctx, inputs, outputs):
 
 @_carrier("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def _reshape(ctx, inputs, outputs):
-    """The token digits of the flat index keep their place: the output axes covering them
-    (merged with outer axes such as the batch: index % n)."""
+    """The token digit of the flat index keeps its place: with ``S`` elements between
+    consecutive tokens (the axes after the token axes times the stride), the output axes
+    covering that digit are the token axes, merged with outer axes such as the batch (index %
+    n) and with ``S / (elements after them)`` inner ones (the new stride)."""
     x = inputs[0]
     in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
     axes = token_axes(x.tokens, len(in_shape))
-    inner = int(np.prod(in_shape[axes[-1] + 1:], dtype=np.int64))
     n = x.tokens.n
-    j1 = next((j for j in range(len(out_shape))
-               if int(np.prod(out_shape[j + 1:], dtype=np.int64)) == inner), None)
-    if j1 is None:
-        raise ValueError("the token axes are merged with inner axes")
+    step = int(np.prod(in_shape[axes[-1] + 1:], dtype=np.int64)) * x.tokens.stride
+    after = [int(np.prod(out_shape[j + 1:], dtype=np.int64)) for j in range(len(out_shape))]
+    j1 = next((j for j in range(len(out_shape)) if after[j] <= step < after[j] * out_shape[j]),
+              None)
+    if j1 is None or step % after[j1]:
+        raise ValueError("the token digit is split between axes")
+    stride = step // after[j1]
     acc, j0 = 1, j1
     while True:
         acc *= out_shape[j0]
-        if acc >= n or j0 == 0:
+        if acc >= n * stride or j0 == 0:
             break
         j0 -= 1
-    if acc % n:
+    if acc % (n * stride):
         raise ValueError("the token axes are split")
     return [attach(outputs[0], out_shape, list(range(j0, j1 + 1)),
-                   float(np.mean(x.var)) * x.tokens.cov)]
+                   float(np.mean(x.var)) * x.tokens.cov, stride)]
 
 
 @_carrier("Transpose")
@@ -222,7 +230,8 @@ def _transpose(ctx, inputs, outputs):
     new = [perm.index(a) for a in token_axes(x.tokens, rank)]
     if new != list(range(new[0], new[0] + len(new))):
         raise ValueError("the token axes are reordered")
-    return [attach(outputs[0], ctx.out_shape(0), new, float(np.mean(x.var)) * x.tokens.cov)]
+    return [attach(outputs[0], ctx.out_shape(0), new, float(np.mean(x.var)) * x.tokens.cov,
+                   x.tokens.stride)]
 
 
 def _select(ctx, x: Moments, out: Moments, axis: int, index: np.ndarray, out_shape) -> Moments:
@@ -288,7 +297,7 @@ def _concat(ctx, inputs, outputs):
     pieces = [m if m is not None else Moments.scalar(0.0, 0.0) for m in inputs]
     shapes = [ctx.in_shape(i) for i in range(len(inputs))]
     if axis in axes:
-        if len(axes) != 1 or shapes[inputs.index(x)][axis] != x.tokens.n:
+        if len(axes) != 1 or shapes[inputs.index(x)][axis] != x.tokens.n or x.tokens.stride > 1:
             raise ValueError("concatenation of merged token axes")
         blocks = [sigma(m, s, axes, s[axis]) for m, s in zip(pieces, shapes)]
         sizes = [b.shape[0] for b in blocks]
@@ -297,10 +306,10 @@ def _concat(ctx, inputs, outputs):
         for b, o in zip(blocks, offsets):
             sig[o:o + b.shape[0], o:o + b.shape[0]] = b
         return [attach(outputs[0], out_shape, axes, sig)]
-    n = x.tokens.n
+    n, stride = x.tokens.n, x.tokens.stride
     weights = np.array([s[axis] for s in shapes], dtype=np.float64)
-    sig = sum(w * sigma(m, s, axes, n) for w, m, s in zip(weights, pieces, shapes))
-    return [attach(outputs[0], out_shape, axes, sig / weights.sum())]
+    sig = sum(w * sigma(m, s, axes, n, stride) for w, m, s in zip(weights, pieces, shapes))
+    return [attach(outputs[0], out_shape, axes, sig / weights.sum(), stride)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +327,7 @@ def _arithmetic(ctx, inputs, outputs):
     rank = len(out_shape)
     x = _first(inputs)
     axes = token_axes(x.tokens, rank)
-    n = x.tokens.n
+    n, stride = x.tokens.n, x.tokens.stride
     signals = [i for i, m in enumerate(inputs) if m is not None]
     if op == "Where":
         return [_same(x, outputs[0], out_shape)]
@@ -333,17 +342,18 @@ def _arithmetic(ctx, inputs, outputs):
     shapes = [ctx.in_shape(i) for i in signals]
     if any(len(s) != rank for s in shapes):
         raise ValueError("operands of another rank")
-    sigs = [sigma(inputs[i], out_shape, axes, n) for i in signals]
+    sigs = [sigma(inputs[i], out_shape, axes, n, stride) for i in signals]
     if op in ("Add", "Sub", "Sum"):
         fused = _fused(ctx, outputs[0], out_shape, axes)
-        return [fused if fused is not None else attach(outputs[0], out_shape, axes, sum(sigs))]
+        return [fused if fused is not None
+                else attach(outputs[0], out_shape, axes, sum(sigs), stride)]
     fused = _fused(ctx, outputs[0], out_shape, axes)
     if fused is not None or op != "Mul":
         return [fused if fused is not None else _without(outputs[0])]
     a, b = (inputs[i] for i in signals)
     mu_a, mu_b = (float(np.mean(np.square(m.mean))) for m in (a, b))
     sig = sigs[0] * sigs[1] + sigs[0] * mu_b + sigs[1] * mu_a
-    return [attach(outputs[0], out_shape, axes, sig)]
+    return [attach(outputs[0], out_shape, axes, sig, stride)]
 
 
 def _mehler_weights(fn: Callable, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -392,7 +402,7 @@ def _mehler(fn, x: Moments, out: Moments, out_shape, axes) -> Moments:
     mean, var = _pooled_features(x, out_shape, axes)
     a = _mehler_weights(fn, mean, var)
     sig_in = float(np.mean(x.var)) * x.tokens.cov
-    return attach(out, out_shape, axes, _transfer(sig_in, a))
+    return attach(out, out_shape, axes, _transfer(sig_in, a), x.tokens.stride)
 
 
 def _fused(ctx, out: Moments, out_shape, axes) -> Moments | None:
@@ -435,12 +445,13 @@ def _layer_norm(ctx, inputs, outputs):
         spread = (mean**2).mean(axis=features)
     other = tuple(a for a in range(first) if a not in axes)
     spread = spread.mean(axis=other) if other else spread
-    n = x.tokens.n
-    spread = np.broadcast_to(spread, tuple(shape[a] for a in axes)).reshape(-1, n).mean(axis=0)
+    n, stride = x.tokens.n, x.tokens.stride
+    spread = np.broadcast_to(spread, tuple(shape[a] for a in axes)).reshape(-1, n, stride)
+    spread = spread.mean(axis=(0, 2))
     nu = float(np.mean(x.var))
     scale = np.sqrt(np.maximum(spread + nu * np.diag(x.tokens.cov), 1e-300))
     sig = nu * x.tokens.cov / np.outer(scale, scale)
-    return [attach(outputs[0], shape, axes, sig)] + [_without(m) for m in outputs[1:]]
+    return [attach(outputs[0], shape, axes, sig, stride)] + [_without(m) for m in outputs[1:]]
 
 
 @_carrier("ReduceMean", "ReduceSum", "GlobalAveragePool")
@@ -461,7 +472,8 @@ def _reduce(ctx, inputs, outputs):
     keep = ctx.node.op_type == "GlobalAveragePool" or bool(ctx.attr("keepdims", 1))
     if not set(reduced) & set(axes):
         return [_same(x, outputs[0], ctx.out_shape(0)) if keep else _without(outputs[0])]
-    if sorted(reduced) != axes or x.tokens.n != int(np.prod([shape[a] for a in axes])):
+    if sorted(reduced) != axes or x.tokens.n != int(np.prod([shape[a] for a in axes])) or (
+            x.tokens.stride > 1):
         return [_without(outputs[0])]
     factor = float(np.mean(x.tokens.cov)) * (x.tokens.n ** 2 if ctx.node.op_type == "ReduceSum" else 1)
     _, var = _grid(x, rank)
