@@ -18,14 +18,22 @@ from .reference_ops import CORRECTED_OPS
 
 
 class Runner:
-    """Runs one model; ``backend`` says which engine ('onnxruntime' or 'reference')."""
+    """Runs one model; ``backend`` says which engine ('onnxruntime' or 'reference').
+    ``backend='reference'`` skips the onnxruntime attempt (for a float64 graph built on one that
+    onnxruntime already refused: creating the session can take seconds before it fails)."""
 
-    def __init__(self, model: onnx.ModelProto, *, device: str, float64: bool):
+    def __init__(self, model: onnx.ModelProto, *, device: str, float64: bool,
+                 threads: int | None = None, backend: str | None = None):
         self.output_names = [o.name for o in model.graph.output]
         self._session = None
         self._reference = None
+        if float64 and backend == "reference":
+            self._reference = ReferenceEvaluator(model, new_ops=CORRECTED_OPS)
+            self.backend = "reference"
+            return
         try:
-            self._session = make_session(model, device="cpu" if float64 else device)
+            self._session = make_session(model, device="cpu" if float64 else device,
+                                         threads=threads)
             self.backend = "onnxruntime"
         except OrtNotImplemented:
             if not float64:
