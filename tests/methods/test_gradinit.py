@@ -39,6 +39,7 @@ from tests.references.compare import ITERATIONS, TOLERANCE, compare  # noqa: E40
 from tests.references.fresh import deep_tanh_mlp, run_and_measure  # noqa: E402
 from tests.references.gradinit_ref import gradinit_reference  # noqa: E402
 from tests.references.twins import TWINS  # noqa: E402
+from tests.references.compare import slow as SLOW  # noqa: E402
 
 
 def test_registered_with_prefixed_options():
@@ -50,7 +51,7 @@ def test_registered_with_prefixed_options():
             defaults.gradinit_grad_clip) == (1e-2, 390, 0.1, 1.0, "sgd", 0.01, 1.0)
 
 
-@pytest.mark.parametrize("twin", ["tanh_mlp", "transformer", "resnet20_maxpool"])
+@pytest.mark.parametrize("twin", ["tanh_mlp", SLOW("transformer"), SLOW("resnet20_maxpool")])
 def test_same_scales_as_the_paper_algorithm(twin):
     """20 iterations from the same weights and batches, gamma low enough that constraint and
     objective steps alternate: every scale within 1e-3 (relative) of the reference's, after
@@ -66,17 +67,19 @@ def test_same_scales_as_the_paper_algorithm(twin):
 
 def test_same_scales_as_the_paper_algorithm_adam_variant():
     """A = sign(g), the constraint on |g|_1, eta 5e-4 (the paper's transformer setting)."""
-    options = dict(gradinit_iterations=ITERATIONS, gradinit_lr=0.05, gradinit_gamma=20.0,
+    options = dict(gradinit_iterations=ITERATIONS, gradinit_lr=0.05, gradinit_gamma=14.0,
                    gradinit_alg="adam", gradinit_eta=5e-4)
     difference, compared, plan, records = compare(
         "gradinit", "tanh_mlp", gradinit_reference, options,
-        dict(lr=0.05, gamma=20.0, alg="adam", eta=5e-4))
+        dict(lr=0.05, gamma=14.0, alg="adam", eta=5e-4))
     branches = [r["constraint"] for r in plan.report["trajectory"]]
-    assert branches == [r["constraint"] for r in records] and any(branches)
+    assert branches == [r["constraint"] for r in records]
+    assert any(branches) and not all(branches)
     assert compared == ITERATIONS and difference < TOLERANCE, difference
 
 
-@pytest.mark.parametrize("twin", ["tanh_mlp", "transformer", "resnet20_maxpool", "deep"])
+@pytest.mark.parametrize("twin", ["tanh_mlp", SLOW("transformer"), SLOW("resnet20_maxpool"),
+                                  SLOW("deep")])
 def test_defaults_lower_the_objective_on_fresh_batches(tmp_path, twin):
     """Default hyperparameters (60 iterations instead of 390, to keep the suite fast; the
     full-length runs are in the issue note) on teacher-labelled data: on batches of a second

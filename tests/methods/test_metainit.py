@@ -25,6 +25,7 @@ from tests.references.compare import ITERATIONS, TOLERANCE, compare  # noqa: E40
 from tests.references.fresh import deep_tanh_mlp, run_and_measure  # noqa: E402
 from tests.references.metainit_ref import metainit_reference  # noqa: E402
 from tests.references.twins import TWINS  # noqa: E402
+from tests.references.compare import slow as SLOW  # noqa: E402
 
 
 def test_registered_with_defaults():
@@ -34,7 +35,7 @@ def test_registered_with_defaults():
             o.metainit_hvp) == (0.1, 0.9, 500, 1e-5, "auto")
 
 
-@pytest.mark.parametrize("twin", ["tanh_mlp", "transformer", "resnet20_maxpool"])
+@pytest.mark.parametrize("twin", ["tanh_mlp", SLOW("transformer"), SLOW("resnet20_maxpool")])
 def test_same_norms_as_the_paper_algorithm(twin):
     """20 sign-SGD steps (lr 0.01: these small nets' weight norms are 1 to 5, and the paper's
     0.1 with momentum 0.9 moves a norm by up to 1 per step) from the same weights and batches:
@@ -75,7 +76,8 @@ def test_finite_differences_follow_the_paper_on_a_smooth_net():
     assert compared == ITERATIONS and difference < TOLERANCE, difference
 
 
-@pytest.mark.parametrize("twin", ["tanh_mlp", "transformer", "resnet20_maxpool", "deep"])
+@pytest.mark.parametrize("twin", ["tanh_mlp", SLOW("transformer"), SLOW("resnet20_maxpool"),
+                                  SLOW("deep")])
 def test_defaults_lower_the_quotient_on_fresh_batches(tmp_path, twin):
     """Default hyperparameters (60 steps instead of 500, to keep the suite fast; the full-length
     runs are in the issue note): the gradient quotient on synthetic batches the method never

@@ -35,6 +35,7 @@ from tests.references.compare import ITERATIONS, TOLERANCE, compare  # noqa: E40
 from tests.references.fresh import deep_tanh_mlp, run_and_measure  # noqa: E402
 from tests.references.nio_ref import nio_reference, sub_batches  # noqa: E402
 from tests.references.twins import TWINS  # noqa: E402
+from tests.references.compare import slow as SLOW  # noqa: E402
 
 # bounds that put some of the 20 iterations of each twin above the bound and some below
 GAMMA = {"tanh_mlp": 1.0, "transformer": 1.5, "resnet20_maxpool": 1.0}
@@ -47,7 +48,7 @@ def test_registered_with_defaults():
             o.nio_objective) == (3e-3, 100, 10.0, 4, 0.2, 1.0, "gc_gn_sqrt")
 
 
-@pytest.mark.parametrize("twin", ["tanh_mlp", "transformer", "resnet20_maxpool"])
+@pytest.mark.parametrize("twin", ["tanh_mlp", SLOW("transformer"), SLOW("resnet20_maxpool")])
 def test_same_scales_as_the_paper_algorithm(twin):
     """20 iterations, 4 overlapping sub-batches of a batch of 8: every scale within 1e-3 of the
     reference's after every iteration, with the same constraint steps."""
@@ -69,7 +70,8 @@ def test_same_scales_as_the_paper_algorithm_gradcosine_alone():
     assert compared == ITERATIONS and difference < TOLERANCE, difference
 
 
-@pytest.mark.parametrize("twin", ["tanh_mlp", "transformer", "resnet20_maxpool", "deep"])
+@pytest.mark.parametrize("twin", ["tanh_mlp", SLOW("transformer"), SLOW("resnet20_maxpool"),
+                                  SLOW("deep")])
 def test_defaults_raise_the_objective_on_fresh_batches(tmp_path, twin):
     """Default hyperparameters (30 iterations instead of 100, to keep the suite fast; the
     full-length runs are in the issue note) on teacher-labelled data: on batches of a second

@@ -29,7 +29,7 @@ class Scales:
         return [self.alpha[n] for n in self.names]
 
     def values(self) -> np.ndarray:
-        return np.array([float(self.alpha[n]) for n in self.names])
+        return np.array([float(self.alpha[n].detach()) for n in self.names])
 
     def set(self, values) -> None:
         with torch.no_grad():

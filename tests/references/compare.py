@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+import pytest
 import torch
 
 from onnxinit.graph import load
@@ -23,6 +24,11 @@ from .twins import TWINS
 PRECISION = {"tanh_mlp": "float64", "transformer": "float64", "resnet20_maxpool": "float32"}
 TOLERANCE = 1e-3
 ITERATIONS = 20
+
+
+def slow(value):
+    """A parametrize value marked slow (CI still runs it)."""
+    return pytest.param(value, marks=pytest.mark.slow)
 
 
 @contextlib.contextmanager
