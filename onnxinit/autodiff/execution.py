@@ -10,11 +10,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx.reference import ReferenceEvaluator
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
 from ..runtime import make_session
-from .reference_ops import CORRECTED_OPS
+from .reference_ops import corrected_ops
 
 
 class Runner:
@@ -27,19 +26,20 @@ class Runner:
         self.output_names = [o.name for o in model.graph.output]
         self._session = None
         self._reference = None
-        if float64 and backend == "reference":
-            self._reference = ReferenceEvaluator(model, new_ops=CORRECTED_OPS)
-            self.backend = "reference"
-            return
-        try:
-            self._session = make_session(model, device="cpu" if float64 else device,
-                                         threads=threads)
-            self.backend = "onnxruntime"
-        except OrtNotImplemented:
-            if not float64:
-                raise
-            self._reference = ReferenceEvaluator(model, new_ops=CORRECTED_OPS)
-            self.backend = "reference"
+        self.backend = "onnxruntime"
+        if not (float64 and backend == "reference"):
+            try:
+                self._session = make_session(model, device="cpu" if float64 else device,
+                                             threads=threads)
+                return
+            except OrtNotImplemented:
+                if not float64:
+                    raise
+        # the reference evaluator is slow to import: only this fallback needs it
+        from onnx.reference import ReferenceEvaluator
+
+        self._reference = ReferenceEvaluator(model, new_ops=corrected_ops())
+        self.backend = "reference"
 
     @property
     def providers(self) -> list[str]:

@@ -37,12 +37,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..autodiff.hvp import DerivedGraph, derive
+from ..autodiff.higher_order import DerivedGraph, derive
 from ..data import Batch
 from ..errors import InvalidOptionError
 from ..graph import ModelGraph
-from ..writeback import Plan
-from . import option
+from ..plan import Plan
+from .options import option
 from .optimisers import RescaleAdam
 from .oracle import HVP_MODES, GradientOracle, batch_length, concat_batches, slice_batch
 from .scaleopt import (

@@ -37,8 +37,8 @@ import numpy as np
 from ..data import Batch
 from ..errors import InvalidOptionError
 from ..graph import ModelGraph
-from ..writeback import Plan
-from . import option
+from ..plan import Plan
+from .options import option
 from .optimisers import RescaleAdam
 from .oracle import HVP_MODES, GradientOracle, slice_batch
 from .scaleopt import (

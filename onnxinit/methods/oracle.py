@@ -31,7 +31,7 @@ import onnx
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from ..autodiff import GradientProgram
-from ..autodiff.hvp import DerivedGraph, DerivedProgram, HessianVectorProgram
+from ..autodiff.higher_order import DerivedGraph, DerivedProgram, HessianVectorProgram
 from ..autodiff.reverse import GradientGraph
 from ..data import Batch, DataSource
 from ..errors import InvalidOptionError, OnnxInitError

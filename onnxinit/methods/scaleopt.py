@@ -30,8 +30,8 @@ from ..errors import InvalidOptionError, UnsupportedModelError
 from ..graph import ModelGraph
 from ..progress import bar
 from ..propagate import single_threaded_blas
-from ..writeback import Change, Plan
-from . import option
+from ..plan import Change, Plan
+from .options import option
 from ._data import DataOptions, batches
 from .oracle import GradientOracle
 from .scales import ScaleSpace, scalable_parameters, scale_space

@@ -24,9 +24,6 @@ from ..errors import InvalidOptionError, UnsupportedModelError
 from ..graph import ModelGraph
 
 BIAS_ROLES = frozenset({"bias", "shift"})
-# parameters by role and op: a constant Mul/Div operand (0.5 in GELU, 1/sqrt(d) in attention) is
-# not a learnable tensor unless it also has another use
-_CONSTANT_OPERAND_OPS = frozenset({"Mul", "Div"})
 
 
 @dataclass(frozen=True)
@@ -77,17 +74,13 @@ class Layout:
 
 
 def scalable_parameters(graph: ModelGraph) -> dict[str, set[str]]:
-    """Parameter name -> roles, for the learnable float tensors of METHODS.md's common ground:
-    weights and biases of Conv/ConvTranspose/Gemm/MatMul (and Add/Sub biases), normalisation
-    scales and shifts, embedding tables, PRelu slopes. A constant operand of Mul/Div alone is a
-    fixed constant (GELU's 0.5, attention's 1/sqrt(d)), not a parameter."""
-    out = {}
-    for name, param in graph.parameters.items():
-        uses = [(graph.node(node_id).op_type, role) for node_id, _, role in param.uses]
-        if all(op in _CONSTANT_OPERAND_OPS for op, _ in uses):
-            continue
-        out[name] = {role for _, role in uses}
-    return out
+    """Parameter name -> roles, from the model's parameter table: every learnable float tensor
+    (weights and biases of Conv/ConvTranspose/Gemm/MatMul and Add/Sub biases, normalisation
+    scales and shifts, embedding tables, PRelu slopes), without the fixed constants (a tensor
+    used only as a Mul/Div operand: GELU's 0.5, attention's 1/sqrt(d))."""
+    table = graph.table
+    return {name: param.roles for name, param in table.parameters.items()
+            if not table.is_fixed_constant(name)}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ import itertools
 import numpy as np
 
 from ..moments import Moments
-from . import RuleContext, RuleError, rule, signal
+from .attention import matmul_activations
+from .context import RuleContext, RuleError, signal
+from .registry import rule
 
 POSITIONS_CAP = 1 << 16  # C_out x output positions up to which a Conv keeps per-position stats
 
@@ -312,8 +314,6 @@ def matmul_const(inputs, ctx: RuleContext):
     W[M, K] @ X[..., K, N]: per row m along axis -2, E_m = sum_k W_mk mu_k, Var likewise.
     """
     if inputs[0] is not None and inputs[1] is not None:
-        from .attention import matmul_activations
-
         return matmul_activations(inputs, ctx)
     y_rank = len(ctx.out_shape(0))
     if inputs[0] is not None:

@@ -31,8 +31,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Elementwise, Moments, Source
-from . import RuleContext, RuleError, rule, signal
-from .activations import _abs_closed, _digest, _expand, gaussian_moments
+from .context import RuleContext, RuleError, signal
+from .elementwise import digest
+from .gaussian import abs_closed, expand, gaussian_moments
+from .registry import rule
 
 _MIN_FOR_SOURCE = 64
 
@@ -45,7 +47,7 @@ def _param(ctx: RuleContext, index: int, rank: int, default: float) -> np.ndarra
     if value is None:
         raise RuleError(f"input {index} (scale or bias) is not constant")
     value = np.asarray(value, dtype=np.float64)
-    return value.reshape(()) if value.size == 1 else _expand(value, rank)
+    return value.reshape(()) if value.size == 1 else expand(value, rank)
 
 
 def _along(value: np.ndarray, axis: int, rank: int) -> np.ndarray:
@@ -63,7 +65,7 @@ def standardize(x: Moments, in_shape, axes) -> tuple[np.ndarray, np.ndarray, np.
     n) with ``D0 = E[v_hat]`` (add eps to it): see the module docstring."""
     rank = len(in_shape)
     axes = tuple(sorted(a % rank for a in axes))
-    mu, nu = _expand(x.mean, rank), _expand(x.var, rank)
+    mu, nu = expand(x.mean, rank), expand(x.var, rank)
     shape = np.broadcast_shapes(mu.shape, nu.shape)
     mu, nu = np.broadcast_to(mu, shape), np.broadcast_to(nu, shape)
     n = int(np.prod([in_shape[a] for a in axes])) if axes else 1
@@ -90,8 +92,8 @@ def _normalized(x: Moments, in_shape, axes, eps, gamma, beta) -> Moments:
         src = x.source
         if max(np.ndim(src.mean), np.ndim(src.var)) <= rank:
             a = np.broadcast_to(scale, np.broadcast_shapes(np.shape(scale), np.shape(mean)))
-            b = mean - a * (_expand(x.mean, rank))
-            f = Elementwise(("Affine", "norm", *_digest(a), *_digest(b)), lambda v: a * v + b)
+            b = mean - a * (expand(x.mean, rank))
+            f = Elementwise(("Affine", "norm", *digest(a), *digest(b)), lambda v: a * v + b)
             source = Source(src.mean, src.var, src.chain + (f,))
     return Moments(mean, var, source)
 
@@ -209,7 +211,7 @@ def _rms(x: Moments, in_shape, axes, eps, gamma, bias=None) -> Moments:
     rms^2 = mean_f (nu_f + mu_f^2) + eps over the normalised axes."""
     rank = len(in_shape)
     axes = tuple(sorted(a % rank for a in axes))
-    mu, nu = _expand(x.mean, rank), _expand(x.var, rank)
+    mu, nu = expand(x.mean, rank), expand(x.var, rank)
     shape = np.broadcast_shapes(mu.shape, nu.shape)
     mu, nu = np.broadcast_to(mu, shape), np.broadcast_to(nu, shape)
     ms = (nu + mu**2).mean(axis=axes, keepdims=True) + eps
@@ -257,9 +259,9 @@ def _skip_sum(inputs, ctx: RuleContext, bias_index: int) -> Moments:
             if value is None:
                 raise RuleError(f"input {index} is neither a signal nor constant")
             v = np.asarray(value, dtype=np.float64)
-            parts.append((_expand(v, rank), np.float64(0.0)))
+            parts.append((expand(v, rank), np.float64(0.0)))
         else:
-            parts.append((_expand(m.mean, rank), _expand(m.var, rank)))
+            parts.append((expand(m.mean, rank), expand(m.var, rank)))
     mean = parts[0][0] + parts[1][0]
     if ctx.has_input(bias_index):
         mean = mean + _param(ctx, bias_index, rank, 0.0)
@@ -311,7 +313,7 @@ def lp_normalization(inputs, ctx: RuleContext):
     axis = int(ctx.attr("axis", -1)) % rank
     p = int(ctx.attr("p", 2))
     n = in_shape[axis]
-    mu, nu = _expand(x.mean, rank), _expand(x.var, rank)
+    mu, nu = expand(x.mean, rank), expand(x.var, rank)
     shape = np.broadcast_shapes(mu.shape, nu.shape)
     mu, nu = np.broadcast_to(mu, shape), np.broadcast_to(nu, shape)
     if p == 2:
@@ -323,7 +325,7 @@ def lp_normalization(inputs, ctx: RuleContext):
             e_abs, _ = gaussian_moments(chain, src.mean, src.var, smooth=False, rank=rank)
             e_abs = np.broadcast_to(e_abs, np.broadcast_shapes(e_abs.shape, shape))
         else:
-            e_abs, _ = _abs_closed(mu, nu)
+            e_abs, _ = abs_closed(mu, nu)
         norm = n * e_abs.mean(axis=axis, keepdims=True)
     else:
         raise RuleError(f"LpNormalization with p = {p}")

@@ -26,8 +26,9 @@ import numpy as np
 from scipy import special
 
 from ..moments import Moments, Source
-from . import RuleContext, RuleError, rule, signal
-from .activations import _CW, _CZ, _expand, compose
+from .context import RuleContext, RuleError, signal
+from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
+from .registry import rule
 
 # ---------------------------------------------------------------------------------------------
 # window geometry
@@ -162,7 +163,7 @@ def _axes(ctx: RuleContext, rank: int) -> tuple[int, ...] | None:
 
 
 def _layout(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    mu, nu = _expand(x.mean, rank), _expand(x.var, rank)
+    mu, nu = expand(x.mean, rank), expand(x.var, rank)
     shape = np.broadcast_shapes(mu.shape, nu.shape)
     return np.broadcast_to(mu, shape), np.broadcast_to(nu, shape)
 
@@ -177,10 +178,10 @@ def _element_cumulants(x: Moments, rank: int, kind: str):
     """Per-element first three cumulants of g = x^2, |x| or exp(x) (x over its source when it
     has one), by quadrature on the composite rule, laid out at ``rank``."""
     src = _base(x, rank)
-    mean, var = _expand(src.mean, rank), _expand(src.var, rank)
+    mean, var = expand(src.mean, rank), expand(src.var, rank)
     shape = np.broadcast_shapes(mean.shape, var.shape)
-    z = _CZ.reshape((-1,) + (1,) * len(shape))
-    w = _CW.reshape(z.shape)
+    z = COMPOSITE_Z.reshape((-1,) + (1,) * len(shape))
+    w = COMPOSITE_W.reshape(z.shape)
     g = {"square": np.square, "abs": np.abs, "exp": np.exp}[kind]
     with np.errstate(all="ignore"):
         values = g(np.asarray(compose(src.chain)(mean + np.sqrt(var) * z), dtype=np.float64))
@@ -269,7 +270,7 @@ def reduce_linear(inputs, ctx: RuleContext):
         if sampled is not None:
             return [_finish(*sampled, axes, keepdims)]
     kind = {"ReduceSumSquare": "square", "ReduceL2": "square", "ReduceL1": "abs"}.get(op, "exp")
-    cumulants = [_expand(c, rank) for c in _element_cumulants(x, rank, kind)]
+    cumulants = [expand(c, rank) for c in _element_cumulants(x, rank, kind)]
     # cumulants of a sum of independent terms add
     k1, k2, k3 = (k * c.mean(axis=axes, keepdims=True) for c in cumulants)
     if op in ("ReduceSumSquare", "ReduceL1"):
@@ -282,7 +283,7 @@ def _sampled_logsumexp(x: Moments, rank: int, k: int, ctx: RuleContext):
     """Monte Carlo log(sum of K exp(x)) for small K x tracked size (the shifted-gamma match is
     2-4% off there); None when the sample would be too large."""
     src = _base(x, rank)
-    mean, var = _expand(src.mean, rank), _expand(src.var, rank)
+    mean, var = expand(src.mean, rank), expand(src.var, rank)
     shape = np.broadcast_shapes(mean.shape, var.shape)
     m = min(100_000, (1 << 23) // max(1, k * int(np.prod(shape))))
     if m < 20_000:
@@ -292,7 +293,7 @@ def _sampled_logsumexp(x: Moments, rank: int, k: int, ctx: RuleContext):
         y = special.logsumexp(values, axis=1)
     if not np.all(np.isfinite(y)):
         raise RuleError("the input distribution is not finite")
-    return _expand(y.mean(axis=0), rank), _expand(y.var(axis=0), rank)
+    return expand(y.mean(axis=0), rank), expand(y.var(axis=0), rank)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +313,7 @@ def _base(x: Moments, rank: int) -> Source:
 def max_moments(src: Source, counts: Sequence[int], rank: int, minimum: bool = False):
     """Per tracked index, (E, Var) of the max (or min) of K independent draws of ``src``'s
     distribution, for each K in ``counts``: a list of (E, Var) arrays laid out like ``src``."""
-    mean, var = _expand(src.mean, rank), _expand(src.var, rank)
+    mean, var = expand(src.mean, rank), expand(src.var, rank)
     key = (
         tuple(counts),
         minimum,
@@ -326,7 +327,7 @@ def max_moments(src: Source, counts: Sequence[int], rank: int, minimum: bool = F
     if key in _CACHE:
         return _CACHE[key]
     shape = np.broadcast_shapes(mean.shape, var.shape)
-    z = _CZ.reshape((-1,) + (1,) * len(shape))
+    z = COMPOSITE_Z.reshape((-1,) + (1,) * len(shape))
     with np.errstate(all="ignore"):
         values = np.asarray(compose(src.chain)(mean + np.sqrt(var) * z), dtype=np.float64)
     if not np.all(np.isfinite(values)):
@@ -336,7 +337,7 @@ def max_moments(src: Source, counts: Sequence[int], rank: int, minimum: bool = F
         values = -values
     order = np.argsort(values, axis=0, kind="stable")
     v = np.take_along_axis(values, order, axis=0)
-    p = _CW[order]
+    p = COMPOSITE_W[order]
     cdf = np.minimum(np.cumsum(p, axis=0) / p.sum(axis=0, keepdims=True), 1.0)
     before = np.concatenate([np.zeros_like(cdf[:1]), cdf[:-1]], axis=0)
     out = []
@@ -400,7 +401,7 @@ def reduce_max(inputs, ctx: RuleContext):
     k = int(np.prod([x_shape[a] for a in axes]))
     src = _base(x, rank)
     ((mean, var),) = max_moments(src, [k], rank, minimum=ctx.node.op_type == "ReduceMin")
-    mean, var = _expand(mean, rank), _expand(var, rank)
+    mean, var = expand(mean, rank), expand(var, rank)
     return [_finish(mean, var, axes, keepdims)]
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .emitter import GraphEmitter
+from ..passes.emitter import GraphEmitter
 from .execution import Runner
 from .loss import ScalarOutput
 from .program import GradientProgram
