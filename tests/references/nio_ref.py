@@ -29,6 +29,22 @@ def sub_batches(batch_size, splits, overlap):
     return out
 
 
+def gradient_cosine(twin, theta, x, y, splits, overlap, *, create_graph):
+    """(sub-batch gradient norms n_i, GradCosine) of one forward of the batch (x, y)."""
+    tensors = list(theta.values())
+    losses = cross_entropy(twin.forward, theta, x, y, reduction="none")
+    flat = []
+    for start, stop in sub_batches(len(x), splits, overlap):
+        grads = torch.autograd.grad(losses[start:stop].mean(), tensors, retain_graph=True,
+                                    create_graph=create_graph)
+        flat.append(torch.cat([g.reshape(-1) for g in grads]))
+    g = torch.stack(flat)
+    norms = g.norm(dim=1)
+    cosines = (g @ g.T) / (norms[:, None] * norms[None, :])
+    d = len(flat)
+    return norms, (cosines.sum() - cosines.diagonal().sum()) / (d * d - d)
+
+
 def nio_reference(twin, source, *, iterations, lr=3e-3, gamma=10.0, splits=4, overlap=0.2,
                   gn_mul=1.0, objective="gc_gn_sqrt", min_scale=0.01, clip=1.0,
                   dtype=torch.float64):
@@ -38,19 +54,8 @@ def nio_reference(twin, source, *, iterations, lr=3e-3, gamma=10.0, splits=4, ov
     history, records = [], []
     for t in range(iterations):
         x, y = as_torch(source.batch(t), dtype)
-        theta = scales.theta()
-        tensors = list(theta.values())
-        losses = cross_entropy(twin.forward, theta, x, y, reduction="none")
-        flat = []
-        for start, stop in sub_batches(len(x), splits, overlap):
-            grads = torch.autograd.grad(losses[start:stop].mean(), tensors, retain_graph=True,
-                                        create_graph=True)
-            flat.append(torch.cat([g.reshape(-1) for g in grads]))
-        g = torch.stack(flat)
-        norms = g.norm(dim=1)
-        cosines = (g @ g.T) / (norms[:, None] * norms[None, :])
-        d = len(flat)
-        gradcosine = (cosines.sum() - cosines.diagonal().sum()) / (d * d - d)
+        norms, gradcosine = gradient_cosine(twin, scales.theta(), x, y, splits, overlap,
+                                            create_graph=True)
         gnorm = norms.mean()
         constraint = float(gnorm.detach()) > gamma
         loss = gnorm if constraint else -gradcosine - weight * norms.sum()

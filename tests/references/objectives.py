@@ -14,7 +14,7 @@ from onnxinit.writeback import apply_plan
 
 from .common import as_torch, cross_entropy
 from .metainit_ref import gradient_quotient
-from .nio_ref import sub_batches
+from .nio_ref import gradient_cosine
 
 
 def rescaled(twin, plan):
@@ -58,18 +58,9 @@ def nio_objective(twin, batches, *, splits=4, overlap=0.2, gn_mul=1.0) -> dict:
     theta = _leaves(twin)
     rows = []
     for batch in batches:
-        x, y = as_torch(batch)
-        losses = cross_entropy(twin.forward, theta, x, y, reduction="none")
-        flat = []
-        for start, stop in sub_batches(len(x), splits, overlap):
-            grads = torch.autograd.grad(losses[start:stop].mean(), list(theta.values()),
-                                        retain_graph=True)
-            flat.append(torch.cat([g.reshape(-1) for g in grads]))
-        g = torch.stack(flat)
-        norms = g.norm(dim=1)
-        cosine = (g @ g.T) / (norms[:, None] * norms[None, :])
-        d = len(flat)
-        gc = float((cosine.sum() - cosine.diagonal().sum()) / (d * d - d))
+        norms, cosine = gradient_cosine(twin, theta, *as_torch(batch), splits, overlap,
+                                        create_graph=False)
+        gc = float(cosine)
         rows.append((gc, float(norms.mean()), gc + gn_mul * float(norms.sum())))
     gc, gnorm, value = (float(np.mean(c)) for c in zip(*rows))
     return {"gradcosine": gc, "gnorm": gnorm, "objective": value}
