@@ -32,7 +32,7 @@ from ..progress import bar
 from ..propagate import single_threaded_blas
 from ..plan import Change, Plan
 from .options import option
-from ._data import DataOptions, batches
+from ._data import LossOptions, batches
 from .oracle import GradientOracle
 from .scales import ScaleSpace, scalable_parameters, scale_space
 
@@ -42,7 +42,7 @@ PRECISIONS = ("float32", "float64")
 
 
 @dataclass
-class GradientOptions(DataOptions):
+class GradientOptions(LossOptions):
     """Options every gradient-based method (gradinit, metainit, nio) shares."""
 
     precision: str = option(
@@ -51,14 +51,14 @@ class GradientOptions(DataOptions):
         choices=PRECISIONS)
     threads: int = option(
         0, "gradinit, metainit, nio: onnxruntime CPU threads (0: onnxruntime's choice, one per "
-           "core).")
+           "core).", ge=0)
     held_out_batches: int = option(
         4, "gradinit, metainit, nio: batches (gradinit: batch pairs) the objective is measured "
            "on before, during and after the run; the best-measured scales are kept (0: no "
-           "checks, keep the last iteration's scales as the papers do).")
+           "checks, keep the last iteration's scales as the papers do).", ge=0)
     checkpoints: int = option(
         5, "gradinit, metainit, nio: held-out checks during the run, evenly spaced (besides "
-           "before and after).")
+           "before and after).", ge=0)
     seed: int = 0
 
 
@@ -283,13 +283,6 @@ def prepare(
 ) -> Run:
     """Data source, gradient oracle over every scalable parameter (in ``options.precision``,
     with ``options.threads``), and the alphas (:func:`~.scales.scale_space`)."""
-    if options.precision not in PRECISIONS:
-        raise InvalidOptionError(
-            f"--precision must be float32 or float64, not {options.precision!r}")
-    for name in ("threads", "held_out_batches", "checkpoints"):
-        if getattr(options, name) < 0:
-            raise InvalidOptionError(
-                f"--{name.replace('_', '-')} must be >= 0, not {getattr(options, name)}")
     started = time.perf_counter()
     source = batches(graph, options, batch_size=batch_size)
     differentiable = float_parameters(graph.source)
