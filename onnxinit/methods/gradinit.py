@@ -230,4 +230,7 @@ def plan(graph: ModelGraph, options: GradInitOptions | None = None, *,
                  "grad_clip": options.gradinit_grad_clip,
                  "held_out_batches": [2 * (iterations + k) + i for k in range(len(pairs))
                                       for i in (0, 1)]},
+        advice=f"a larger --batch-size (at {run.source.batch_size} samples the change one step "
+               "makes to the loss is mostly batch-to-batch noise; the paper uses 128), a lower "
+               "--gradinit-lr or fewer --gradinit-iterations",
     )

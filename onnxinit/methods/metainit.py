@@ -208,6 +208,16 @@ def assessment(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
     return Assessment(values, (0, values["gq"]))
 
 
+def lower_rate_advice(norms: np.ndarray, lr: float, momentum: float) -> str:
+    """What to try when no step beat the model's own scales: sign-SGD with momentum moves a
+    norm by up to ``lr / (1 - momentum)`` per step, an absolute amount (the paper's lr 0.1 was
+    set on networks whose weight norms are tens); on small norms that overshoots."""
+    reach = lr / (1.0 - momentum)
+    return (f"a lower --metainit-lr (e.g. {lr / 10:g}): each step moves a weight norm by up to "
+            f"lr/(1 - momentum) = {reach:.3g}, against weight norms of {float(np.min(norms)):.3g}"
+            f" to {float(np.max(norms)):.3g} in this model")
+
+
 def plan(graph: ModelGraph, options: MetaInitOptions | None = None, *,
          observe: Callable[[int, np.ndarray], None] | None = None) -> Plan:
     """MetaInit scales for every weight tensor of rank >= 2 (see the module docstring).
@@ -238,4 +248,5 @@ def plan(graph: ModelGraph, options: MetaInitOptions | None = None, *,
                  "momentum": options.metainit_momentum, "eps": eps,
                  "min_scale": options.metainit_min_scale,
                  "held_out_batches": list(range(steps, steps + len(batches)))},
+        advice=lower_rate_advice(space.norms, options.metainit_lr, options.metainit_momentum),
     )

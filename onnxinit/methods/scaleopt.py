@@ -184,9 +184,14 @@ def _loop(space, step, optimiser, iterations, description, assess, checkpoints, 
     return Outcome(alpha, trajectory, checks)
 
 
-def choose(outcome: Outcome, description: str) -> tuple[int, np.ndarray, Assessment | None]:
+DEFAULT_ADVICE = "a lower scale learning rate or fewer iterations"
+
+
+def choose(outcome: Outcome, description: str,
+           advice: str = DEFAULT_ADVICE) -> tuple[int, np.ndarray, Assessment | None]:
     """The best-ranked held-out check (the latest of equals), with a warning when it is not the
-    last one (module docstring); without checks, the last scales."""
+    last one (module docstring; ``advice`` says what to change when nothing beat the model's own
+    scales); without checks, the last scales."""
     if not outcome.checks:
         stopped = bool(outcome.trajectory) and "stopped" in outcome.trajectory[-1]
         return len(outcome.trajectory) - (2 if stopped else 0), outcome.alpha, None
@@ -199,8 +204,8 @@ def choose(outcome: Outcome, description: str) -> tuple[int, np.ndarray, Assessm
             log.warning(
                 "%s: the objective measured on held-out batches is worse at every checked "
                 "iteration than at the model's own scales (%s -> %s at iteration %d); kept the "
-                "model's scales unchanged. A lower scale learning rate or fewer iterations may "
-                "help.", description, _shown(kept[2]), _shown(last[2]), last[0])
+                "model's scales unchanged. Try %s.", description, _shown(kept[2]),
+                _shown(last[2]), last[0], advice)
         else:
             log.warning(
                 "%s: the objective measured on held-out batches was better at iteration %d "
@@ -221,13 +226,15 @@ def finish(
     objective: str,
     details: dict,
     started: float,
+    advice: str = DEFAULT_ADVICE,
     top: int = 10,
 ) -> Plan:
     """The Plan (a Change with scale alpha for every tensor whose kept alpha is not 1) and the
     report: hyperparameters and data (``details``), the objective on the held-out batches before
     (``before``), at the kept scales (``after``) and at every check, the trajectory, every kept
-    scale, and the ``top`` tensors whose scale moved most (by |log alpha|)."""
-    kept_iteration, alpha, kept = choose(outcome, method)
+    scale, and the ``top`` tensors whose scale moved most (by |log alpha|). ``advice``: what the
+    warning suggests when no iteration beat the model's own scales."""
+    kept_iteration, alpha, kept = choose(outcome, method, advice)
     scales = {name: float(a) for name, a in zip(space.names, alpha)}
     moved = sorted(scales, key=lambda n: (-abs(math.log(scales[n])) if scales[n] > 0
                                           else -math.inf, n))
