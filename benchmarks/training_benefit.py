@@ -180,6 +180,7 @@ def initialise(module, init: str, scale_lr: float | None, seed: int, split, tmp:
     if init == "default":
         return 0.0, {}
     from onnxinit.adapters.torch import load_into
+    from onnxinit.methods import option_fields
     from onnxinit.rescale import rescale
 
     x_train, y_train = split[0], split[1]
@@ -188,11 +189,15 @@ def initialise(module, init: str, scale_lr: float | None, seed: int, split, tmp:
     data = tmp / "train.npz"
     if not data.exists():
         np.savez(data, x=x_train, labels=y_train)
+    methods = init.split(",")
     options = {"seed": seed, "data": str(data), "threads": args.threads,
                **args.method_options}
-    for name in init.split(","):
+    for name in methods:
         if name in GRADIENT_METHODS and scale_lr is not None:
             options[f"{name}_lr"] = scale_lr
+    read = option_fields()  # rescale refuses an option no chosen method reads
+    options = {k: v for k, v in options.items()
+               if k not in read or set(read[k][1]) & set(methods)}
     start = time.perf_counter()
     result = rescale(path, init, write=False, batch_size=args.batch_size, **options)
     seconds = time.perf_counter() - start
