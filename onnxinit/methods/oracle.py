@@ -28,7 +28,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+try:
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+except ImportError:  # no onnxruntime: runtime.make_session refuses with the install command
+    ort_errors = None
 
 from ..autodiff import GradientProgram
 from ..autodiff.higher_order import DerivedGraph, DerivedProgram, HessianVectorProgram
@@ -39,8 +43,9 @@ from .scales import Layout
 
 HVP_MODES = ("auto", "exact", "fd")
 # what building or loading a second-order graph raises where the autodiff or onnxruntime cannot
-_REFUSED = (OnnxInitError, ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.NotImplemented,
-            ort_errors.InvalidArgument)
+_REFUSED = (OnnxInitError,) + (
+    (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.NotImplemented,
+     ort_errors.InvalidArgument) if ort_errors else ())
 
 
 def unit_roundoff(dtype: str) -> float:
