@@ -1,0 +1,372 @@
+"""Variance findings, judged on the signal path (:mod:`onnxinit.signal_path`).
+
+Two numbers per tensor, relative to the input variance (the mean variance of the float graph
+inputs, 1 for token-id inputs):
+
+- ``growth``: the predicted total variance over the input's. A network *explodes* where the
+  growth exceeds ``max_growth`` (or is not finite);
+- ``signal``: the predicted *signal* variance, the input-dependent part (the mean over channels
+  or features of the per-channel variance, :func:`onnxinit.signal_path.signal_variance`), over
+  the input's. A network *vanishes* where it falls below ``min_var``: whatever the biases keep
+  up, the output no longer depends on the input, and the gradients that reach the early layers
+  shrink with it.
+
+Rules:
+
+- ``ONNXINIT001 exploding-variance`` (error): growth above ``max_growth`` on the main path, or a
+  prediction there that is not finite (onnxinit could not predict the graph: it never passes it;
+  a side path's non-finite prediction that reaches the main path makes it non-finite there);
+- ``ONNXINIT002 vanishing-variance`` (error): signal below ``min_var`` on the main path, except
+  where it first happens in the output head;
+- ``ONNXINIT003 exponential-variance-trend`` (warning): the log signal variance at the main
+  path's *stations* (outputs of its parametric layers and of residual Adds) is linear in the
+  station index ``k`` (least squares ``log v = a + b k``, R² >= 0.9 over at least 8 stations) and
+  the fitted change over all of them, ``exp(b * L)``, is beyond ``max_growth`` or ``min_var``;
+- ``ONNXINIT007 off-path-scale`` (note): the same thresholds crossed off the main path (residual
+  branches, gates, attention weights and logits, normalization statistics) or first in the output
+  head (a small classifier init). One note per kind.
+
+Aggregation on the main path: each flagged tensor belongs to the *chain* of its first flagged
+ancestor with the same flag (where the problem starts on that path); one finding per chain, at
+that first tensor, giving the number of flagged tensors downstream and the worst one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..analysis import Analysis
+from ..signal_path import BRANCH, SidePath, SignalPaths, signal_variance
+from .base import Finding, RuleInfo, fmt, register
+
+EXPLODING, VANISHING, TREND, OFF_PATH = "ONNXINIT001", "ONNXINIT002", "ONNXINIT003", "ONNXINIT007"
+NORMALIZED = "normalized"
+MIN_TREND_STATIONS = 8
+MIN_TREND_R2 = 0.9
+
+RESCALE = "onnxinit rescale MODEL --method autoinit"
+register(
+    RuleInfo(EXPLODING, "exploding-variance", "error", "Predicted variance explodes",
+             "A tensor on the main signal path (input to output; residual branches, gates, "
+             "attention weights and normalization statistics are side paths) has a predicted "
+             "variance at initialization above --max-growth times the input variance, or a "
+             "prediction that is not finite. Activations and gradients blow up with depth: the "
+             "loss starts huge and SGD diverges at any useful learning rate. Typical causes: "
+             "residual blocks without normalization (each block adds its branch's variance to "
+             "the skip's), weights too large for the activation. What to do: " + RESCALE +
+             "; add normalization (BatchNorm, LayerNorm) or zero-initialise the last layer of "
+             "each residual branch; a smaller learning rate only postpones the divergence."),
+    RuleInfo(VANISHING, "vanishing-variance", "error", "Predicted signal vanishes",
+             "The predicted signal variance (the input-dependent part: the mean over channels "
+             "or features of each one's variance, so biases do not hide a dead signal) of a "
+             "tensor on the main signal path falls below --min-var times the input variance. "
+             "The output no longer depends on the input and the gradients reaching the early "
+             "layers shrink by the same factor: the network does not train. Typical causes: "
+             "weights too small for the activation over many layers (PyTorch's default Linear "
+             "init, variance 1/(3 fan_in), with tanh, sigmoid, SELU or ReLU; a fixed small "
+             "Gaussian std). What to do: " + RESCALE + "; use Kaiming (ReLU) or LeCun/Xavier "
+             "(tanh, SELU) init, or add normalization. A small output head alone is not this "
+             "finding (see ONNXINIT007)."),
+    RuleInfo(TREND, "exponential-variance-trend", "warning",
+             "Signal variance changes exponentially with depth",
+             "log(signal variance) at the main path's stations (outputs of its parametric "
+             "layers and residual Adds) is linear in depth (R² >= 0.9 over at least 8 stations) "
+             "and the fitted change over the network's depth goes beyond --max-growth or "
+             "--min-var: each layer multiplies the variance by a gain different from 1, and a "
+             "deeper copy of the network would explode or vanish. What to do: " + RESCALE +
+             " (it makes every layer's gain 1), or normalization."),
+    RuleInfo(OFF_PATH, "off-path-scale", "note", "Large or small scale off the main signal path",
+             "A tensor that is not on the main signal path crosses --max-growth or --min-var: "
+             "inside a residual branch (a branch small next to its skip is LayerScale, "
+             "zero-init, Fixup or SkipInit by design: the skip carries the signal), on a gating "
+             "side path (squeeze-excite, sigmoid/softmax gates), among attention weights and "
+             "logits (probabilities of about 1/tokens have a tiny variance by construction; "
+             "masks of -inf, finfo.min or -100 a huge one), among normalization statistics; or "
+             "the output head alone makes the logits small (a classifier initialised with a "
+             "small std). None of these stops training; the note says where, by how much, and "
+             "asks whether it is by design."),
+)
+
+
+@dataclass(frozen=True)
+class Scale:
+    growth: float  # total variance / input variance
+    signal: float  # signal variance / input variance
+
+
+def scales(analysis: Analysis) -> dict[str, Scale]:
+    moments = analysis.propagation.moments
+    reference = analysis.propagation.input_var
+    out = {}
+    for t in analysis.tensors:
+        signal = signal_variance(moments[t.name]) / reference if t.name in moments else t.growth
+        out[t.name] = Scale(t.growth, signal)
+    return out
+
+
+def flag(scale: Scale, max_growth: float, min_var: float) -> str | None:
+    if not (math.isfinite(scale.growth) and math.isfinite(scale.signal)):
+        return "exploding"
+    if scale.growth > max_growth:
+        return "exploding"
+    if scale.signal < min_var:
+        return "vanishing"
+    return None
+
+
+def _value(scale: Scale, kind: str) -> float:
+    return scale.growth if kind == "exploding" else scale.signal
+
+
+def _severity(scale: Scale, kind: str) -> float:
+    value = _value(scale, kind)
+    if not math.isfinite(value):
+        return math.inf
+    value = max(value, 1e-300)
+    return math.log(value) if kind == "exploding" else -math.log(value)
+
+
+def chains(analysis: Analysis, flags: dict[str, str]) -> list[list[str]]:
+    """Flagged tensors grouped under their *first* flagged ancestor of the same flag.
+
+    Walking the graph in topological order, a flagged tensor none of whose ancestors carries
+    the same flag starts a chain; every other flagged tensor joins the chain of its earliest
+    such ancestor. A tensor hovering around the threshold therefore stays in one chain, and
+    two parallel branches that cross independently give two."""
+    graph = analysis.graph
+    order = {t.name: i for i, t in enumerate(analysis.tensors)}
+    reach: dict[str, frozenset[str]] = {}  # tensor -> chain roots among its ancestors (and it)
+    empty: frozenset[str] = frozenset()
+    for node_id in graph.order:
+        node = graph.node(node_id)
+        inherited = empty.union(*(reach.get(n, empty) for n in node.input if n))
+        for out in node.output:
+            roots = inherited
+            kind = flags.get(out)
+            if kind is not None and not any(flags[r] == kind for r in roots):
+                roots = roots | {out}
+            if roots:
+                reach[out] = roots
+    groups: dict[str, list[str]] = {}
+    for name in sorted(flags, key=order.get):
+        root = min((r for r in reach[name] if flags[r] == flags[name]), key=order.get)
+        groups.setdefault(root, []).append(name)
+    return sorted(groups.values(), key=lambda chain: order[chain[0]])
+
+
+def _chain_finding(chain: list[str], kind: str, analysis: Analysis, paths: SignalPaths,
+                   scale: dict[str, Scale]) -> Finding:
+    graph = analysis.graph
+    first = chain[0]
+    worst = max(chain, key=lambda t: _severity(scale[t], kind))
+    value = _value(scale[first], kind)
+    node = graph.producer.get(first, "")
+    op = graph.node(node).op_type if node else "input"
+    where = f"tensor {first!r} ({op} node {node!r}), {paths.describe(first)}"
+    if not math.isfinite(value):
+        rule = EXPLODING
+        message = (f"predicted variance is {fmt(value)} at {where}: onnxinit could not predict "
+                   "this graph from here on, so it cannot pass it; run onnxinit analyze -v on "
+                   "it and report the node")
+    elif kind == "exploding":
+        rule = EXPLODING
+        message = (f"predicted variance grows to {fmt(value)}x the input variance at {where}, "
+                   f"above --max-growth {analysis.max_growth:g}")
+    else:
+        rule = VANISHING
+        message = (f"predicted signal variance falls to {fmt(value)}x the input variance at "
+                   f"{where}, below --min-var {analysis.min_var:g}")
+    if len(chain) > 1:
+        message += f"; {len(chain)} main-path tensors from here on are {kind}"
+        if worst != first:
+            message += f", the worst {worst!r} at {fmt(_value(scale[worst], kind))}x"
+    message += f". What to do: {RESCALE}" + (
+        "; or add normalization, or zero-init the last layer of each residual branch"
+        if kind == "exploding" else "; or use an init that suits the activation "
+        "(Kaiming, LeCun), or add normalization")
+    return Finding(rule, "error", message, first, node, op, float(value))
+
+
+def main_path_findings(analysis: Analysis, paths: SignalPaths,
+                       scale: dict[str, Scale]) -> tuple[list[Finding], list[list[str]]]:
+    """(errors on the main path, the vanishing chains that start in the output head)."""
+    flags = {}
+    for name, s in scale.items():
+        kind = flag(s, analysis.max_growth, analysis.min_var)
+        finite = math.isfinite(s.growth) and math.isfinite(s.signal)
+        if kind is not None and paths.is_main(name) and not (
+                finite and name in paths.normalized):
+            flags[name] = kind
+    findings, head_chains = [], []
+    for chain in chains(analysis, flags):
+        kind = flags[chain[0]]
+        if kind == "vanishing" and _starts_in_head(chain[0], analysis, paths, scale):
+            head_chains.append(chain)
+            continue
+        findings.append(_chain_finding(chain, kind, analysis, paths, scale))
+    return findings, head_chains
+
+
+def _head_input(tensor: str, analysis: Analysis, paths: SignalPaths) -> str | None:
+    """The main-path input of the head layer above ``tensor``."""
+    graph = analysis.graph
+    for layer in paths.head_layers:
+        node = graph.node(layer)
+        data = next((t for t in node.input if paths.is_main(t)), None)
+        if data is not None and (node.output[0] == tensor or tensor in paths.head):
+            return data
+    return None
+
+
+def _starts_in_head(tensor: str, analysis: Analysis, paths: SignalPaths,
+                    scale: dict[str, Scale]) -> bool:
+    if tensor not in paths.head:
+        return False
+    head_input = _head_input(tensor, analysis, paths)
+    return head_input is not None and head_input in scale and \
+        scale[head_input].signal >= analysis.min_var
+
+
+def stations(paths: SignalPaths) -> list[str]:
+    """Main-path outputs of parametric layers and residual Adds, topological order."""
+    graph = paths.graph
+    marks = {graph.node(n).output[0] for n in graph.parametric_nodes}
+    marks |= {b.output for b in paths.blocks}
+    return [t for t in paths.main if t in marks]
+
+
+def trend_finding(analysis: Analysis, paths: SignalPaths,
+                  scale: dict[str, Scale]) -> Finding | None:
+    points = [(k, math.log(scale[t].signal), t) for k, t in enumerate(stations(paths))
+              if t in scale and math.isfinite(scale[t].signal) and scale[t].signal > 0]
+    if len(points) < MIN_TREND_STATIONS:
+        return None
+    x = np.array([p[0] for p in points], dtype=np.float64)
+    y = np.array([p[1] for p in points], dtype=np.float64)
+    slope, intercept = np.polyfit(x, y, 1)
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    if ss_tot <= 1e-12 * len(y):
+        return None  # flat: no trend
+    r2 = 1.0 - float(np.sum((y - (slope * x + intercept)) ** 2)) / ss_tot
+    depth = points[-1][0] - points[0][0] + 1
+    log_change = slope * depth
+    if r2 < MIN_TREND_R2:
+        return None
+    if log_change > math.log(analysis.max_growth):
+        bound = f"above --max-growth {analysis.max_growth:g}"
+    elif log_change < math.log(analysis.min_var):
+        bound = f"below --min-var {analysis.min_var:g}"
+    else:
+        return None
+    factor = math.exp(slope)
+    last = points[-1][2]
+    node = analysis.graph.producer.get(last, "")
+    message = (f"signal variance changes by a factor {factor:.3g} per layer along the main path "
+               f"(log-linear fit over {len(points)} layers and residual blocks, R²={r2:.3f}): "
+               f"{fmt(math.exp(log_change))}x over its depth, {bound}, ending at {last!r} "
+               f"{paths.describe(last)}. What to do: {RESCALE} (every layer's gain becomes 1), "
+               "or normalization")
+    op = analysis.graph.node(node).op_type if node else "input"
+    return Finding(TREND, "warning", message, last, node, op, factor)
+
+
+def find(analysis: Analysis, paths: SignalPaths) -> list[Finding]:
+    """ONNXINIT001/002 chains on the main path (topological), the 003 trend, the 007 notes."""
+    scale = scales(analysis)
+    findings, head_chains = main_path_findings(analysis, paths, scale)
+    if (trend := trend_finding(analysis, paths, scale)) is not None:
+        findings.append(trend)
+    findings.extend(off_path_notes(analysis, paths, scale, head_chains))
+    return findings
+
+
+# notes off the main path ------------------------------------------------------------------------
+
+
+def _side_note(kind: str, direction: str, tensors: list[str], analysis: Analysis,
+               paths: SignalPaths, scale: dict[str, Scale]) -> Finding:
+    graph = analysis.graph
+    worst = max(tensors, key=lambda t: _severity(scale[t], direction))
+    first = tensors[0]
+    side = paths.side.get(first)
+    where = ("main path, before a normalization" if kind == NORMALIZED else
+             f"{kind}, at {_count(len({paths.side[t].join for t in tensors}), 'join')}")
+    value = _value(scale[worst], direction)
+    bound = (f"above --max-growth {analysis.max_growth:g}" if direction == "exploding"
+             else f"below --min-var {analysis.min_var:g}")
+    quantity = "variance" if direction == "exploding" else "signal variance"
+    message = (f"{_count(len(tensors), 'tensor')} whose scale does not reach the signal "
+               f"({where}) {'has' if len(tensors) == 1 else 'have'} a {quantity} {bound}, first "
+               f"{first!r} {paths.describe(first)}, the most extreme {worst!r} at {fmt(value)}x "
+               "the input variance")
+    if kind == BRANCH:
+        message += _branch_ratio(side, scale)
+    message += f": {_BY_DESIGN[kind]}"
+    node = graph.producer.get(first, "")
+    return Finding(OFF_PATH, "note", message, first, node,
+                   graph.node(node).op_type if node else "input", float(value))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+_BY_DESIGN = {
+    BRANCH: "the skip carries the signal; a small residual branch is LayerScale, zero-init, "
+            "Fixup or SkipInit by design?",
+    "gate": "a gate (squeeze-excite, sigmoid or softmax gating) scales the signal without "
+            "carrying it; by design?",
+    "attention": "attention probabilities (about 1/tokens each) and masks (-inf, finfo.min, "
+                 "-100) have extreme variances by construction; by design?",
+    "statistic": "normalization statistics and other broadcast side inputs do not carry the "
+                 "signal; by design?",
+    NORMALIZED: "each feeds only a normalization layer, which divides its scale out (e.g. a "
+                "depthwise convolution initialised with fan_out over all channels); by design?",
+}
+
+
+def _branch_ratio(side: SidePath, scale: dict[str, Scale]) -> str:
+    branch, skip = scale.get(side.tensor), scale.get(side.carrier)
+    if branch is None or skip is None or skip.signal <= 0:
+        return ""
+    return (f" (block {side.join!r}: the branch ends at {fmt(branch.signal / skip.signal)}x the "
+            "signal variance of its skip)")
+
+
+def _head_note(chain: list[str], analysis: Analysis, paths: SignalPaths,
+               scale: dict[str, Scale]) -> Finding:
+    graph = analysis.graph
+    first = chain[0]
+    head_input = _head_input(first, analysis, paths)
+    node = graph.producer.get(first, "")
+    value = scale[first].signal
+    gain = value / scale[head_input].signal if scale[head_input].signal > 0 else math.inf
+    message = (f"the output head makes the signal small: {first!r} {paths.describe(first)} is at "
+               f"{fmt(value)}x the input variance, below --min-var {analysis.min_var:g}, while "
+               f"the head's input {head_input!r} is at {fmt(scale[head_input].signal)}x (the head "
+               f"multiplies the signal variance by {fmt(gain)}): small logits at initialization "
+               "(a classifier initialised with a small std, or zero) do not stop training; by "
+               "design?")
+    return Finding(OFF_PATH, "note", message, first, node,
+                   graph.node(node).op_type if node else "input", float(value))
+
+
+def off_path_notes(analysis: Analysis, paths: SignalPaths, scale: dict[str, Scale],
+                   head_chains: list[list[str]]) -> list[Finding]:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for t in analysis.tensors:
+        side = paths.side.get(t.name)
+        if t.name not in scale or (side is None and t.name not in paths.normalized):
+            continue
+        direction = flag(scale[t.name], analysis.max_growth, analysis.min_var)
+        if direction is None:
+            continue
+        kind = NORMALIZED if t.name in paths.normalized else side.kind
+        groups.setdefault((kind, direction), []).append(t.name)
+    notes = [_side_note(kind, direction, tensors, analysis, paths, scale)
+             for (kind, direction), tensors in groups.items()]
+    notes.extend(_head_note(chain, analysis, paths, scale) for chain in head_chains)
+    return notes
