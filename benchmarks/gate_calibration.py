@@ -20,6 +20,7 @@ network is retrained only when missing or when the protocol changed) and ``gate_
     python benchmarks/gate_calibration.py                   # everything not cached yet
     python benchmarks/gate_calibration.py --models mlp50_tanh_default,resnet18
     python benchmarks/gate_calibration.py --no-train        # check only; table of what is cached
+    python benchmarks/gate_calibration.py --no-check        # train only
     python benchmarks/gate_calibration.py --table           # print the cached table only
 
 Needs torch, torchvision, transformers and scikit-learn (the ``bench`` extra and transformers).
@@ -39,6 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gate_models  # noqa: E402
 import gate_training  # noqa: E402
+
+from onnxinit import check  # noqa: E402
+from onnxinit.analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR, analyze  # noqa: E402
+from onnxinit.findings import variance  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAINING_FILE = RESULTS / "gate_training.json"
@@ -84,17 +89,126 @@ def train_missing(names: list[str]) -> dict:
     return cache
 
 
+def check_network(name: str) -> dict:
+    """``check`` with its defaults on the training-mode export of ``name`` (seed as trained)."""
+    module, kind = gate_models.NETWORKS[name](gate_training.SEED)
+    start = time.perf_counter()
+    model = gate_models.export_onnx(module, kind)
+    exported = time.perf_counter()
+    analysis = analyze(model)
+    paths = check.paths_of(analysis)
+    findings = check.find(analysis, paths=paths)
+    return {"passed": not check.failed(findings),
+            "rules": [f"{f.rule_id}:{f.level}" for f in findings],
+            "messages": [f.message for f in findings],
+            **variance.extremes(analysis, paths),
+            "export_seconds": round(exported - start, 1),
+            "check_seconds": round(time.perf_counter() - exported, 1)}
+
+
+def check_missing(names: list[str]) -> dict:
+    cache = _load(CHECK_FILE)
+    version = sources_hash()
+    for name in names:
+        if cache.get(name, {}).get("sources") == version:
+            continue
+        try:
+            cache[name] = {**check_network(name), "sources": version}
+        except Exception as exc:  # noqa: BLE001 - record it, go on with the others
+            print(f"{name}: check failed to run: {type(exc).__name__}: {exc}", flush=True)
+            continue
+        r = cache[name]
+        print(f"{name}: {'passed' if r['passed'] else 'FAILED'} {' '.join(r['rules'])} "
+              f"({r['export_seconds'] + r['check_seconds']:.0f} s)", flush=True)
+        _save(CHECK_FILE, cache)
+    return cache
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def table(names: list[str], checks: dict, training: dict) -> str:
+    """Markdown: one row per network, then the confusion matrix and the threshold margins."""
+    rows = ["| network | check | findings (errors, warnings) | max growth | min signal | "
+            "trend | trained? | best accuracy (lr) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    confusion = {(f, t): [] for f in (True, False) for t in (True, False, None)}
+    for name in names:
+        c, t = checks.get(name), training.get(name)
+        if c is None:
+            continue
+        fired = sorted({r.split(":")[0] for r in c["rules"] if not r.endswith(":note")})
+        notes = sum(r.endswith(":note") for r in c["rules"])
+        trainable = None if t is None else t["trainable"]
+        label = "-" if t is None else ("yes" if trainable else "**no**")
+        acc = "-" if t is None else f"{t['best_accuracy']:.2f} ({t['best_lr']:g})"
+        rows.append(f"| {name} | {'pass' if c['passed'] else '**FAIL**'} | "
+                    f"{', '.join(fired) or '-'}{f' (+{notes} notes)' if notes else ''} | "
+                    f"{_g(c['max_growth'])} | {_g(c['min_signal'])} | {_g(c['trend_change'])} | "
+                    f"{label} | {acc} |")
+        confusion[(not c["passed"], trainable)].append(name)
+    rows += ["", "| check \\ training | untrainable | trainable | not trained yet |",
+             "| --- | --- | --- | --- |"]
+    for failed, word in ((True, "failed"), (False, "passed")):
+        rows.append(f"| {word} | " + " | ".join(
+            str(len(confusion[(failed, t)])) for t in (False, True, None)) + " |")
+    trainable = [n for n in names if n in checks and training.get(n, {}).get("trainable")]
+    untrainable = [n for n in names if n in checks and n in training
+                   and not training[n]["trainable"]]
+    false_alarms = len(confusion[(True, True)])
+    detected = len(confusion[(True, False)])
+    rows += ["", f"false alarms: {false_alarms}/{len(trainable)} trainable networks failed; "
+                 f"detection: {detected}/{len(untrainable)} untrainable networks failed"]
+    rows += margins(trainable, untrainable, checks)
+    return "\n".join(rows)
+
+
+def margins(trainable: list[str], untrainable: list[str], checks: dict) -> list[str]:
+    """For each threshold, the extreme value a trainable network reaches: a default beyond it
+    raises no false alarm; and which untrainable networks it still catches."""
+    if not trainable:
+        return []
+    lines = [""]
+    worst_growth = max(trainable, key=lambda n: checks[n]["max_growth"])
+    worst_signal = min(trainable, key=lambda n: checks[n]["min_signal"])
+    lines.append(f"largest main-path growth of a trainable network: "
+                 f"{_g(checks[worst_growth]['max_growth'])} ({worst_growth}); "
+                 f"--max-growth {DEFAULT_MAX_GROWTH:g} catches by growth: "
+                 + (", ".join(n for n in untrainable
+                              if checks[n]["max_growth"] > DEFAULT_MAX_GROWTH) or "none"))
+    lines.append(f"smallest body signal of a trainable network: "
+                 f"{_g(checks[worst_signal]['min_signal'])} ({worst_signal}); "
+                 f"--min-var {DEFAULT_MIN_VAR:g} catches by signal: "
+                 + (", ".join(n for n in untrainable
+                              if checks[n]["min_signal"] < DEFAULT_MIN_VAR) or "none"))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(gate_models.NETWORKS))
-    parser.add_argument("--no-train", action="store_true")
+    parser.add_argument("--no-train", action="store_true", help="check only")
+    parser.add_argument("--no-check", action="store_true", help="train only")
+    parser.add_argument("--table", action="store_true", help="print the cached table only")
     args = parser.parse_args()
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in gate_models.NETWORKS]
     if unknown:
         parser.error(f"unknown networks: {', '.join(unknown)}")
-    if not args.no_train:
+    torch_threads()
+    if not (args.no_train or args.table):
         train_missing(names)
+    if not (args.no_check or args.table):
+        check_missing(names)
+    print(table(names, _load(CHECK_FILE), _load(TRAINING_FILE)))
+
+
+def torch_threads() -> None:
+    """One thread per process: on a shared machine more threads only contend."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ finding is an error or a warning; notes never fail it.
 
 from __future__ import annotations
 
+import textwrap
+
 from .analysis import Analysis
 from .findings import fallback, variance
 from .findings.base import RULES as _REGISTERED
@@ -48,7 +50,7 @@ def find(analysis: Analysis, *, strict: bool = False,
 def explain(rule_id: str) -> str:
     """The long description of a rule, for ``check --explain``."""
     rule = RULES[rule_id.upper()]
-    return f"{rule.id} {rule.name} ({rule.level}): {rule.short}\n\n{rule.full}"
+    return f"{rule.id} {rule.name} ({rule.level}): {rule.short}\n\n{textwrap.fill(rule.full, 100)}"
 
 
 def failed(findings: list[Finding]) -> bool:

@@ -35,6 +35,14 @@ head. Signal tensors that reach no output are *unused*. The **head** is the main
 *head layers* (parametric nodes on the main path with no parametric node anywhere below them,
 and at least one above) to the outputs: a deliberately small classifier init scales the logits,
 not the signal.
+
+**Pooling**: onnxinit predicts moments for inputs whose elements are independent (white noise).
+An average over K positions of such a signal has 1/K of its variance, an average of perfectly
+correlated positions (a real image's neighbouring pixels come close) all of it. Global pooling
+over 7x7 positions or over 64 tokens therefore shrinks the predicted signal 49 or 64 times
+although no layer lost it. :attr:`SignalPaths.pooling` gives, per main-path tensor, the product
+of the K of the averaging ops (``AVERAGING_OPS``, output smaller than input) above it on the main
+path; the vanishing check divides this artefact out (judges the correlated-input bound).
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax"}
 ATTENTION_JOINS = {"MatMul", "Einsum"}
 BROADCAST_JOINS = {"Add", "Sub", "Mul", "Div"}
 # ops that only move or copy values: a gate stays a gate through them
+AVERAGING_OPS = {"GlobalAveragePool", "AveragePool", "ReduceMean", "ReduceSum", "GlobalLpPool",
+                 "LpPool"}
 LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Dropout", "Identity",
               "Cast", "Expand", "Tile"}
 
@@ -79,6 +89,7 @@ class SignalPaths:
     head_layers: list[str]  # node ids
     head: set[str] = field(default_factory=set)  # main tensors at or below a head layer
     normalized: set[str] = field(default_factory=set)  # consumed only by normalizations
+    pooling: dict[str, float] = field(default_factory=dict)  # main tensor -> product of pool K
 
     def is_main(self, tensor: str) -> bool:
         return tensor in self._main
@@ -290,6 +301,26 @@ def _normalizes(graph: ModelGraph, side: dict[str, SidePath], statistic_joins: s
     return node.op_type == "Sub" and all(o in normalized for o in outputs)  # x - mean, then /
 
 
+def _pooling(graph: ModelGraph, main: list[str]) -> dict[str, float]:
+    """Main tensor -> product of K = (input elements / output elements) over the averaging ops
+    above it on the main path (the largest product over its main-path inputs)."""
+    main_set = set(main)
+    factor: dict[str, float] = {}
+    for node_id in graph.order:
+        node = graph.node(node_id)
+        outputs = [o for o in node.output if o in main_set]
+        if not outputs:
+            continue
+        inputs = [t for t in node.input if t in main_set]
+        here = max((factor.get(t, 1.0) for t in inputs), default=1.0)
+        if node.op_type in AVERAGING_OPS and inputs:
+            before, after = _numel(graph, inputs[0]), _numel(graph, outputs[0])
+            if before and after and after < before:
+                here *= before / after
+        factor.update((o, here) for o in outputs)
+    return factor
+
+
 def signal_paths(graph: ModelGraph, blocks: list[ResidualBlock] | None = None) -> SignalPaths:
     """Classify every signal tensor of ``graph`` (``blocks``: its residual blocks, when
     already computed)."""
@@ -308,4 +339,4 @@ def signal_paths(graph: ModelGraph, blocks: list[ResidualBlock] | None = None) -
     unused = {t for t in activations if t not in reaching}
     layers, head = _head(graph, main)
     return SignalPaths(graph, side, main, unused, blocks, layers, head,
-                       _normalized(graph, side))
+                       _normalized(graph, side), _pooling(graph, main))

@@ -9,7 +9,7 @@ import time
 import click
 
 from ..analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR, analyze
-from ..check import find
+from ..check import RULES, explain, find
 from ..check_formats import ModelResult, exit_status, format_github, format_json, format_text
 from ..errors import OnnxInitError
 from ..methods.options import Range
@@ -22,7 +22,7 @@ log = logging.getLogger("onnxinit")
 
 
 @click.command("check")
-@click.argument("models", nargs=-1, required=True, metavar="MODEL...",
+@click.argument("models", nargs=-1, metavar="MODEL...",
                 type=click.Path(dir_okay=True, path_type=str))
 @click.option("--max-growth", type=Number(float, Range(ge=1)), default=DEFAULT_MAX_GROWTH,
               show_default=True, help="Finding when a tensor's predicted variance exceeds this "
@@ -42,14 +42,19 @@ log = logging.getLogger("onnxinit")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
               help="Concrete shape of an input, e.g. x:1x3x224x224 (repeatable).")
 @stats_option
+@click.option("--explain", "explain_rule", metavar="RULE",
+              help="Print the long description of rule RULE (e.g. ONNXINIT002) and exit.")
 @logging_options
-def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, stats):
+def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, stats,
+          explain_rule):
     """Fail when the predicted variance of MODEL explodes or vanishes at initialization.
 
-    Findings: a tensor whose variance exceeds --max-growth or falls below --min-var times the
+    Findings are judged on the main signal path from the inputs to the outputs: a tensor whose
+    variance exceeds --max-growth or whose signal variance falls below --min-var times the
     input variance (one per connected chain of such tensors, at its first tensor), and an
-    exponential trend of variance with depth. Ops no rule covers are notes (findings with
-    --strict). Several models may be given (as pre-commit does); results go to stdout, logs to
+    exponential trend of variance with depth. The same off the main path (residual branches,
+    gates, attention weights, normalization statistics, a small output head) are notes, as are
+    ops no rule covers (findings with --strict). --explain RULE describes a rule. Several models may be given (as pre-commit does); results go to stdout, logs to
     stderr. Exit status: 0 clean, 1 findings in any model, 2 a model could not be read or an
     option is bad.
 
@@ -60,7 +65,16 @@ def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, st
       onnxinit check models/*.onnx --format sarif > onnxinit.sarif
       onnxinit check model.onnx --format github      # annotations in a GitHub workflow
       onnxinit check bert.onnx --input-shape input_ids:8x128 --format json
+      onnxinit check --explain ONNXINIT007
     """
+    if explain_rule is not None:
+        if explain_rule.upper() not in RULES:
+            raise click.BadParameter(f"unknown rule {explain_rule!r}; rules: {', '.join(RULES)}",
+                                     param_hint="--explain")
+        click.echo(explain(explain_rule))
+        return
+    if not models:
+        raise click.UsageError("missing argument MODEL...")
     shapes_for, stats_for = specs_per_model(models, input_shapes, stats)
     debug = click.get_current_context().meta.get("onnxinit.debug")
     results = []

@@ -94,16 +94,19 @@ register(
 @dataclass(frozen=True)
 class Scale:
     growth: float  # total variance / input variance
-    signal: float  # signal variance / input variance
+    signal: float  # signal variance / input variance, times the pooling factor
 
 
-def scales(analysis: Analysis) -> dict[str, Scale]:
+def scales(analysis: Analysis, paths: SignalPaths) -> dict[str, Scale]:
+    """Both numbers of every analysed tensor. The signal variance is multiplied by the main
+    path's pooling factor (:attr:`SignalPaths.pooling`): averaging K white-noise positions
+    divides the prediction by K where correlated real inputs keep most of it."""
     moments = analysis.propagation.moments
     reference = analysis.propagation.input_var
     out = {}
     for t in analysis.tensors:
         signal = signal_variance(moments[t.name]) / reference if t.name in moments else t.growth
-        out[t.name] = Scale(t.growth, signal)
+        out[t.name] = Scale(t.growth, signal * paths.pooling.get(t.name, 1.0))
     return out
 
 
@@ -238,8 +241,9 @@ def stations(paths: SignalPaths) -> list[str]:
     return [t for t in paths.main if t in marks]
 
 
-def trend_finding(analysis: Analysis, paths: SignalPaths,
-                  scale: dict[str, Scale]) -> Finding | None:
+def _trend_fit(analysis: Analysis, paths: SignalPaths, scale: dict[str, Scale]):
+    """(slope, depth, R², points) of the log-linear fit over the stations; None when there are
+    fewer than MIN_TREND_STATIONS, the log variance is flat, or R² < MIN_TREND_R2."""
     points = [(k, math.log(scale[t].signal), t) for k, t in enumerate(stations(paths))
               if t in scale and math.isfinite(scale[t].signal) and scale[t].signal > 0]
     if len(points) < MIN_TREND_STATIONS:
@@ -251,10 +255,18 @@ def trend_finding(analysis: Analysis, paths: SignalPaths,
     if ss_tot <= 1e-12 * len(y):
         return None  # flat: no trend
     r2 = 1.0 - float(np.sum((y - (slope * x + intercept)) ** 2)) / ss_tot
-    depth = points[-1][0] - points[0][0] + 1
-    log_change = slope * depth
     if r2 < MIN_TREND_R2:
         return None
+    return float(slope), points[-1][0] - points[0][0] + 1, r2, points
+
+
+def trend_finding(analysis: Analysis, paths: SignalPaths,
+                  scale: dict[str, Scale]) -> Finding | None:
+    fit = _trend_fit(analysis, paths, scale)
+    if fit is None:
+        return None
+    slope, depth, r2, points = fit
+    log_change = slope * depth
     if log_change > math.log(analysis.max_growth):
         bound = f"above --max-growth {analysis.max_growth:g}"
     elif log_change < math.log(analysis.min_var):
@@ -273,9 +285,22 @@ def trend_finding(analysis: Analysis, paths: SignalPaths,
     return Finding(TREND, "warning", message, last, node, op, factor)
 
 
+def extremes(analysis: Analysis, paths: SignalPaths) -> dict[str, float]:
+    """What the thresholds act on, for calibration: the largest growth on the main path and the
+    smallest signal on its body (the main path above the output head), normalized tensors left
+    out, relative to the input variance; and the trend's change over depth (1 without a fit)."""
+    scale = scales(analysis, paths)
+    main = [t for t in paths.main if t in scale and t not in paths.normalized]
+    body = [t for t in main if t not in paths.head]
+    fit = _trend_fit(analysis, paths, scale)
+    return {"max_growth": max((scale[t].growth for t in main), default=1.0),
+            "min_signal": min((scale[t].signal for t in body), default=1.0),
+            "trend_change": math.exp(fit[0] * fit[1]) if fit is not None else 1.0}
+
+
 def find(analysis: Analysis, paths: SignalPaths) -> list[Finding]:
     """ONNXINIT001/002 chains on the main path (topological), the 003 trend, the 007 notes."""
-    scale = scales(analysis)
+    scale = scales(analysis, paths)
     findings, head_chains = main_path_findings(analysis, paths, scale)
     if (trend := trend_finding(analysis, paths, scale)) is not None:
         findings.append(trend)
@@ -304,7 +329,8 @@ def _side_note(kind: str, direction: str, tensors: list[str], analysis: Analysis
                "the input variance")
     if kind == BRANCH:
         message += _branch_ratio(side, scale)
-    message += f": {_BY_DESIGN[kind]}"
+    message += ": " + (_LARGE_BRANCH if (kind, direction) == (BRANCH, "exploding")
+                       else _BY_DESIGN[kind])
     node = graph.producer.get(first, "")
     return Finding(OFF_PATH, "note", message, first, node,
                    graph.node(node).op_type if node else "input", float(value))
@@ -314,6 +340,8 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+_LARGE_BRANCH = ("a residual branch reaches the signal only at its Add, where the main path is "
+                 "judged; a large branch makes the Add large (ONNXINIT001 there)")
 _BY_DESIGN = {
     BRANCH: "the skip carries the signal; a small residual branch is LayerScale, zero-init, "
             "Fixup or SkipInit by design?",
