@@ -128,38 +128,47 @@ def _g(x: float) -> str:
     return f"{x:.3g}"
 
 
+def label(name: str, training: dict) -> tuple[bool, bool]:
+    """(trainable, from training here): the training result when cached, else the expectation
+    (:func:`gate_models.expected_trainable`)."""
+    if name in training:
+        return training[name]["trainable"], True
+    return gate_models.expected_trainable(name), False
+
+
 def table(names: list[str], checks: dict, training: dict) -> str:
     """Markdown: one row per network, then the confusion matrix and the threshold margins."""
     rows = ["| network | check | findings (errors, warnings) | max growth | min signal | "
-            "trend | trained? | best accuracy (lr) |",
+            "trend | trainable? | best accuracy (lr) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    confusion = {(f, t): [] for f in (True, False) for t in (True, False, None)}
+    confusion = {(f, t): [] for f in (True, False) for t in (True, False)}
+    labels = {}
     for name in names:
         c, t = checks.get(name), training.get(name)
         if c is None:
             continue
         fired = sorted({r.split(":")[0] for r in c["rules"] if not r.endswith(":note")})
         notes = sum(r.endswith(":note") for r in c["rules"])
-        trainable = None if t is None else t["trainable"]
-        label = "-" if t is None else ("yes" if trainable else "**no**")
-        acc = "-" if t is None else f"{t['best_accuracy']:.2f} ({t['best_lr']:g})"
+        trainable, trained = labels[name] = label(name, training)
+        word = "yes" if trainable else "**no**"
+        acc = f"{t['best_accuracy']:.2f} ({t['best_lr']:g})" if t else "not trained here"
         rows.append(f"| {name} | {'pass' if c['passed'] else '**FAIL**'} | "
                     f"{', '.join(fired) or '-'}{f' (+{notes} notes)' if notes else ''} | "
                     f"{_g(c['max_growth'])} | {_g(c['min_signal'])} | {_g(c['trend_change'])} | "
-                    f"{label} | {acc} |")
+                    f"{word if trained else word + ' (expected)'} | {acc} |")
         confusion[(not c["passed"], trainable)].append(name)
-    rows += ["", "| check \\ training | untrainable | trainable | not trained yet |",
-             "| --- | --- | --- | --- |"]
+    rows += ["", "| check \\ label | untrainable | trainable |", "| --- | --- | --- |"]
     for failed, word in ((True, "failed"), (False, "passed")):
-        rows.append(f"| {word} | " + " | ".join(
-            str(len(confusion[(failed, t)])) for t in (False, True, None)) + " |")
-    trainable = [n for n in names if n in checks and training.get(n, {}).get("trainable")]
-    untrainable = [n for n in names if n in checks and n in training
-                   and not training[n]["trainable"]]
-    false_alarms = len(confusion[(True, True)])
-    detected = len(confusion[(True, False)])
-    rows += ["", f"false alarms: {false_alarms}/{len(trainable)} trainable networks failed; "
-                 f"detection: {detected}/{len(untrainable)} untrainable networks failed"]
+        rows.append(f"| {word} | {len(confusion[(failed, False)])} | "
+                    f"{len(confusion[(failed, True)])} |")
+    trainable = [n for n, (ok, _) in labels.items() if ok]
+    untrainable = [n for n, (ok, _) in labels.items() if not ok]
+    trained = sum(from_training for _, from_training in labels.values())
+    rows += ["", f"false alarms: {len(confusion[(True, True)])}/{len(trainable)} trainable "
+                 f"networks failed ({', '.join(confusion[(True, True)]) or 'none'}); detection: "
+                 f"{len(confusion[(True, False)])}/{len(untrainable)} untrainable networks failed "
+                 f"(missed: {', '.join(confusion[(False, False)]) or 'none'}); labels from "
+                 f"training here: {trained}/{len(labels)}"]
     rows += margins(trainable, untrainable, checks)
     return "\n".join(rows)
 

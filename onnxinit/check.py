@@ -7,7 +7,8 @@ its own module of :mod:`onnxinit.findings`, registers its rules there, and has a
 
 - :mod:`onnxinit.findings.variance`: ``ONNXINIT001 exploding-variance`` (error),
   ``ONNXINIT002 vanishing-variance`` (error), ``ONNXINIT003 exponential-variance-trend``
-  (warning), ``ONNXINIT007 off-path-scale`` (note);
+  (warning);
+- :mod:`onnxinit.findings.offpath`: ``ONNXINIT007 off-path-scale`` (note);
 - :mod:`onnxinit.findings.fallback`: ``ONNXINIT004 unanalysed-op`` (note; error with ``strict``);
 - :mod:`onnxinit.findings.gradient`: the interface the gradient rules (ONNXINIT005/006) plug
   into once the backward analysis is part of onnxinit.
@@ -23,14 +24,14 @@ from __future__ import annotations
 import textwrap
 
 from .analysis import Analysis
-from .findings import fallback, variance
+from .findings import fallback, offpath, variance
 from .findings.base import RULES as _REGISTERED
 from .findings.base import Finding, RuleInfo
 from .signal_path import SignalPaths, signal_paths
 
 RULES: dict[str, RuleInfo] = dict(sorted(_REGISTERED.items()))
 EXPLODING, VANISHING, TREND = variance.EXPLODING, variance.VANISHING, variance.TREND
-UNANALYSED, OFF_PATH = fallback.UNANALYSED, variance.OFF_PATH
+UNANALYSED, OFF_PATH = fallback.UNANALYSED, offpath.OFF_PATH
 
 
 def paths_of(analysis: Analysis) -> SignalPaths:

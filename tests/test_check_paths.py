@@ -11,7 +11,10 @@ import pytest
 
 from onnxinit import check
 from onnxinit.analysis import analyze
-from onnxinit.signal_path import ATTENTION, BRANCH, GATE
+from onnxinit.findings.scale import signal_reference
+from onnxinit.signal_path import ATTENTION, BRANCH, GATE, signal_variance
+
+from .samples import sample
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -172,3 +175,49 @@ def test_resnet50_without_normalization_fails():
     assert levels(findings)[:2] == [("ONNXINIT001", "error"), ("ONNXINIT003", "warning")]
     assert "on the main path" in findings[0].message and len(paths.blocks) == 16
     assert "Add" in findings[0].op
+
+
+def test_global_pooling_of_white_noise_is_not_a_vanishing_signal():
+    """small_cnn averages 8x8 positions: the white-noise prediction divides the variance by 64,
+    real inputs' correlated positions do not; the vanishing test multiplies the 64 back in."""
+    analysis = analyze(sample("small_cnn"))
+    paths = check.paths_of(analysis)
+    (pool,) = [n for n in analysis.graph.order
+               if analysis.graph.node(n).op_type == "GlobalAveragePool"]
+    pooled = analysis.graph.node(pool).output[0]
+    assert paths.pooling[pooled] == 64 and paths.pooling[analysis.graph.output_names[0]] == 64
+    raw = signal_variance(analysis.propagation.moments[pooled]) / analysis.propagation.input_var
+    assert raw < analysis.min_var < 64 * raw  # judged raw, this healthy CNN would fail
+    assert check.find(analysis, paths=paths) == []
+
+
+def test_token_model_signal_is_relative_to_its_embeddings():
+    """GPT-2's embeddings have std 0.02 (variance 4e-4 of the token-id reference 1): the signal
+    of a token model is measured against its largest embedding lookup."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=50,
+                                     n_positions=16, attn_implementation="eager")
+    gpt2 = transformers.GPT2Model(config)
+
+    class Hidden(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gpt2 = gpt2
+
+        def forward(self, input_ids):
+            return self.gpt2(input_ids=input_ids).last_hidden_state
+
+    net = Hidden()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randint(0, 50, (2, 16)),), buffer, dynamo=False,
+                          opset_version=17, training=torch.onnx.TrainingMode.TRAINING,
+                          do_constant_folding=False, input_names=["input_ids"])
+    model = onnx.load_from_string(buffer.getvalue())
+    model.ir_version = min(model.ir_version, 10)
+    analysis = analyze(model)
+    table = gpt2.wte.weight.detach().double()
+    assert signal_reference(analysis) == pytest.approx(float(table.var(0).mean()), rel=0.1)
+    assert not check.failed(check.find(analysis))

@@ -53,8 +53,8 @@ def _report(result: Result) -> None:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
               help="Concrete shape of an input, e.g. x:1x3x224x224 (repeatable).")
 @stats_option
-@click.option("--explain", "explain_rule", metavar="RULE",
-              help="Print the long description of rule RULE (e.g. ONNXINIT002) and exit.")
+@click.option("--explain", "explain_rule", type=click.Choice(list(RULES), case_sensitive=False),
+              help="Print the long description of a rule (e.g. ONNXINIT002) and exit.")
 @batch_options
 @logging_options
 def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, stats,
@@ -83,9 +83,6 @@ def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, st
       onnxinit check --explain ONNXINIT007
     """
     if explain_rule is not None:
-        if explain_rule.upper() not in RULES:
-            raise click.BadParameter(f"unknown rule {explain_rule!r}; rules: {', '.join(RULES)}",
-                                     param_hint="--explain")
         click.echo(explain(explain_rule))
         return
     if not models:

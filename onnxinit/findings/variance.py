@@ -1,15 +1,7 @@
 """Variance findings, judged on the signal path (:mod:`onnxinit.signal_path`).
 
-Two numbers per tensor, relative to the input variance (the mean variance of the float graph
-inputs, 1 for token-id inputs):
-
-- ``growth``: the predicted total variance over the input's. A network *explodes* where the
-  growth exceeds ``max_growth`` (or is not finite);
-- ``signal``: the predicted *signal* variance, the input-dependent part (the mean over channels
-  or features of the per-channel variance, :func:`onnxinit.signal_path.signal_variance`), over
-  the input's. A network *vanishes* where it falls below ``min_var``: whatever the biases keep
-  up, the output no longer depends on the input, and the gradients that reach the early layers
-  shrink with it.
+The numbers judged (growth and signal, relative to the input) are those of
+:mod:`onnxinit.findings.scale`.
 
 Rules:
 
@@ -22,9 +14,8 @@ Rules:
   path's *stations* (outputs of its parametric layers and of residual Adds) is linear in the
   station index ``k`` (least squares ``log v = a + b k``, R² >= 0.9 over at least 8 stations) and
   the fitted change over all of them, ``exp(b * L)``, is beyond ``max_growth`` or ``min_var``;
-- ``ONNXINIT007 off-path-scale`` (note): the same thresholds crossed off the main path (residual
-  branches, gates, attention weights and logits, normalization statistics) or first in the output
-  head (a small classifier init). One note per kind.
+- ``ONNXINIT007 off-path-scale`` (note, :mod:`onnxinit.findings.offpath`): the same thresholds
+  crossed off the main path or first in the output head.
 
 Aggregation on the main path: each flagged tensor belongs to the *chain* of its first flagged
 ancestor with the same flag (where the problem starts on that path); one finding per chain, at
@@ -34,16 +25,16 @@ that first tensor, giving the number of flagged tensors downstream and the worst
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..analysis import Analysis
-from ..signal_path import BRANCH, SidePath, SignalPaths, signal_variance
+from ..signal_path import SignalPaths
+from . import offpath
 from .base import Finding, RuleInfo, fmt, register
+from .scale import Scale, flag, judged, scales, severity, starts_in_head
 
-EXPLODING, VANISHING, TREND, OFF_PATH = "ONNXINIT001", "ONNXINIT002", "ONNXINIT003", "ONNXINIT007"
-NORMALIZED = "normalized"
+EXPLODING, VANISHING, TREND = "ONNXINIT001", "ONNXINIT002", "ONNXINIT003"
 MIN_TREND_STATIONS = 8
 MIN_TREND_R2 = 0.9
 
@@ -78,58 +69,7 @@ register(
              "--min-var: each layer multiplies the variance by a gain different from 1, and a "
              "deeper copy of the network would explode or vanish. What to do: " + RESCALE +
              " (it makes every layer's gain 1), or normalization."),
-    RuleInfo(OFF_PATH, "off-path-scale", "note", "Large or small scale off the main signal path",
-             "A tensor that is not on the main signal path crosses --max-growth or --min-var: "
-             "inside a residual branch (a branch small next to its skip is LayerScale, "
-             "zero-init, Fixup or SkipInit by design: the skip carries the signal), on a gating "
-             "side path (squeeze-excite, sigmoid/softmax gates), among attention weights and "
-             "logits (probabilities of about 1/tokens have a tiny variance by construction; "
-             "masks of -inf, finfo.min or -100 a huge one), among normalization statistics; or "
-             "the output head alone makes the logits small (a classifier initialised with a "
-             "small std). None of these stops training; the note says where, by how much, and "
-             "asks whether it is by design."),
 )
-
-
-@dataclass(frozen=True)
-class Scale:
-    growth: float  # total variance / input variance
-    signal: float  # signal variance / input variance, times the pooling factor
-
-
-def scales(analysis: Analysis, paths: SignalPaths) -> dict[str, Scale]:
-    """Both numbers of every analysed tensor. The signal variance is multiplied by the main
-    path's pooling factor (:attr:`SignalPaths.pooling`): averaging K white-noise positions
-    divides the prediction by K where correlated real inputs keep most of it."""
-    moments = analysis.propagation.moments
-    reference = analysis.propagation.input_var
-    out = {}
-    for t in analysis.tensors:
-        signal = signal_variance(moments[t.name]) / reference if t.name in moments else t.growth
-        out[t.name] = Scale(t.growth, signal * paths.pooling.get(t.name, 1.0))
-    return out
-
-
-def flag(scale: Scale, max_growth: float, min_var: float) -> str | None:
-    if not (math.isfinite(scale.growth) and math.isfinite(scale.signal)):
-        return "exploding"
-    if scale.growth > max_growth:
-        return "exploding"
-    if scale.signal < min_var:
-        return "vanishing"
-    return None
-
-
-def _value(scale: Scale, kind: str) -> float:
-    return scale.growth if kind == "exploding" else scale.signal
-
-
-def _severity(scale: Scale, kind: str) -> float:
-    value = _value(scale, kind)
-    if not math.isfinite(value):
-        return math.inf
-    value = max(value, 1e-300)
-    return math.log(value) if kind == "exploding" else -math.log(value)
 
 
 def chains(analysis: Analysis, flags: dict[str, str]) -> list[list[str]]:
@@ -164,8 +104,8 @@ def _chain_finding(chain: list[str], kind: str, analysis: Analysis, paths: Signa
                    scale: dict[str, Scale]) -> Finding:
     graph = analysis.graph
     first = chain[0]
-    worst = max(chain, key=lambda t: _severity(scale[t], kind))
-    value = _value(scale[first], kind)
+    worst = max(chain, key=lambda t: severity(scale[t], kind))
+    value = judged(scale[first], kind)
     node = graph.producer.get(first, "")
     op = graph.node(node).op_type if node else "input"
     where = f"tensor {first!r} ({op} node {node!r}), {paths.describe(first)}"
@@ -185,7 +125,7 @@ def _chain_finding(chain: list[str], kind: str, analysis: Analysis, paths: Signa
     if len(chain) > 1:
         message += f"; {len(chain)} main-path tensors from here on are {kind}"
         if worst != first:
-            message += f", the worst {worst!r} at {fmt(_value(scale[worst], kind))}x"
+            message += f", the worst {worst!r} at {fmt(judged(scale[worst], kind))}x"
     message += f". What to do: {RESCALE}" + (
         "; or add normalization, or zero-init the last layer of each residual branch"
         if kind == "exploding" else "; or use an init that suits the activation "
@@ -206,32 +146,11 @@ def main_path_findings(analysis: Analysis, paths: SignalPaths,
     findings, head_chains = [], []
     for chain in chains(analysis, flags):
         kind = flags[chain[0]]
-        if kind == "vanishing" and _starts_in_head(chain[0], analysis, paths, scale):
+        if kind == "vanishing" and starts_in_head(chain[0], analysis, paths, scale):
             head_chains.append(chain)
             continue
         findings.append(_chain_finding(chain, kind, analysis, paths, scale))
     return findings, head_chains
-
-
-def _head_input(tensor: str, analysis: Analysis, paths: SignalPaths) -> str | None:
-    """The main-path input of the head layer above ``tensor``."""
-    graph = analysis.graph
-    for layer in paths.head_layers:
-        node = graph.node(layer)
-        data = next((t for t in node.input if paths.is_main(t)), None)
-        if data is not None and (node.output[0] == tensor or tensor in paths.head):
-            return data
-    return None
-
-
-def _starts_in_head(tensor: str, analysis: Analysis, paths: SignalPaths,
-                    scale: dict[str, Scale]) -> bool:
-    if tensor not in paths.head:
-        return False
-    head_input = _head_input(tensor, analysis, paths)
-    return head_input is not None and head_input in scale and \
-        scale[head_input].signal >= analysis.min_var
-
 
 def stations(paths: SignalPaths) -> list[str]:
     """Main-path outputs of parametric layers and residual Adds, topological order."""
@@ -304,97 +223,5 @@ def find(analysis: Analysis, paths: SignalPaths) -> list[Finding]:
     findings, head_chains = main_path_findings(analysis, paths, scale)
     if (trend := trend_finding(analysis, paths, scale)) is not None:
         findings.append(trend)
-    findings.extend(off_path_notes(analysis, paths, scale, head_chains))
+    findings.extend(offpath.find(analysis, paths, scale, head_chains))
     return findings
-
-
-# notes off the main path ------------------------------------------------------------------------
-
-
-def _side_note(kind: str, direction: str, tensors: list[str], analysis: Analysis,
-               paths: SignalPaths, scale: dict[str, Scale]) -> Finding:
-    graph = analysis.graph
-    worst = max(tensors, key=lambda t: _severity(scale[t], direction))
-    first = tensors[0]
-    side = paths.side.get(first)
-    where = ("main path, before a normalization" if kind == NORMALIZED else
-             f"{kind}, at {_count(len({paths.side[t].join for t in tensors}), 'join')}")
-    value = _value(scale[worst], direction)
-    bound = (f"above --max-growth {analysis.max_growth:g}" if direction == "exploding"
-             else f"below --min-var {analysis.min_var:g}")
-    quantity = "variance" if direction == "exploding" else "signal variance"
-    message = (f"{_count(len(tensors), 'tensor')} whose scale does not reach the signal "
-               f"({where}) {'has' if len(tensors) == 1 else 'have'} a {quantity} {bound}, first "
-               f"{first!r} {paths.describe(first)}, the most extreme {worst!r} at {fmt(value)}x "
-               "the input variance")
-    if kind == BRANCH:
-        message += _branch_ratio(side, scale)
-    message += ": " + (_LARGE_BRANCH if (kind, direction) == (BRANCH, "exploding")
-                       else _BY_DESIGN[kind])
-    node = graph.producer.get(first, "")
-    return Finding(OFF_PATH, "note", message, first, node,
-                   graph.node(node).op_type if node else "input", float(value))
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-_LARGE_BRANCH = ("a residual branch reaches the signal only at its Add, where the main path is "
-                 "judged; a large branch makes the Add large (ONNXINIT001 there)")
-_BY_DESIGN = {
-    BRANCH: "the skip carries the signal; a small residual branch is LayerScale, zero-init, "
-            "Fixup or SkipInit by design?",
-    "gate": "a gate (squeeze-excite, sigmoid or softmax gating) scales the signal without "
-            "carrying it; by design?",
-    "attention": "attention probabilities (about 1/tokens each) and masks (-inf, finfo.min, "
-                 "-100) have extreme variances by construction; by design?",
-    "statistic": "normalization statistics and other broadcast side inputs do not carry the "
-                 "signal; by design?",
-    NORMALIZED: "each feeds only a normalization layer, which divides its scale out (e.g. a "
-                "depthwise convolution initialised with fan_out over all channels); by design?",
-}
-
-
-def _branch_ratio(side: SidePath, scale: dict[str, Scale]) -> str:
-    branch, skip = scale.get(side.tensor), scale.get(side.carrier)
-    if branch is None or skip is None or skip.signal <= 0:
-        return ""
-    return (f" (block {side.join!r}: the branch ends at {fmt(branch.signal / skip.signal)}x the "
-            "signal variance of its skip)")
-
-
-def _head_note(chain: list[str], analysis: Analysis, paths: SignalPaths,
-               scale: dict[str, Scale]) -> Finding:
-    graph = analysis.graph
-    first = chain[0]
-    head_input = _head_input(first, analysis, paths)
-    node = graph.producer.get(first, "")
-    value = scale[first].signal
-    gain = value / scale[head_input].signal if scale[head_input].signal > 0 else math.inf
-    message = (f"the output head makes the signal small: {first!r} {paths.describe(first)} is at "
-               f"{fmt(value)}x the input variance, below --min-var {analysis.min_var:g}, while "
-               f"the head's input {head_input!r} is at {fmt(scale[head_input].signal)}x (the head "
-               f"multiplies the signal variance by {fmt(gain)}): small logits at initialization "
-               "(a classifier initialised with a small std, or zero) do not stop training; by "
-               "design?")
-    return Finding(OFF_PATH, "note", message, first, node,
-                   graph.node(node).op_type if node else "input", float(value))
-
-
-def off_path_notes(analysis: Analysis, paths: SignalPaths, scale: dict[str, Scale],
-                   head_chains: list[list[str]]) -> list[Finding]:
-    groups: dict[tuple[str, str], list[str]] = {}
-    for t in analysis.tensors:
-        side = paths.side.get(t.name)
-        if t.name not in scale or (side is None and t.name not in paths.normalized):
-            continue
-        direction = flag(scale[t.name], analysis.max_growth, analysis.min_var)
-        if direction is None:
-            continue
-        kind = NORMALIZED if t.name in paths.normalized else side.kind
-        groups.setdefault((kind, direction), []).append(t.name)
-    notes = [_side_note(kind, direction, tensors, analysis, paths, scale)
-             for (kind, direction), tensors in groups.items()]
-    notes.extend(_head_note(chain, analysis, paths, scale) for chain in head_chains)
-    return notes
