@@ -135,7 +135,8 @@ class Moments:
     def scaled(self, factor: float) -> Moments:
         """The moments of ``factor * X`` for ``factor > 0``: means times ``factor``, variances
         times ``factor**2``, the distribution's description scaled with them (a Gaussian source
-        or mixture component directly, a chain of element-wise functions by one more). What a
+        or mixture component directly, a chain of element-wise functions by one more, rows'
+        moments likewise; the token covariance, normalised, unchanged). What a
         rule linear in a weight gives when the weight is scaled (autoinit)."""
         f = float(factor)
         source = self.source
@@ -149,7 +150,11 @@ class Moments:
         if self.mixture is not None:
             w, m, v = self.mixture
             mixture = (w, m * f, v * f * f)
-        return Moments(self.mean * f, self.var * f * f, source, mixture)
+        rows = None
+        if self.rows is not None:
+            rows = Rows(self.rows.mean * f, self.rows.var * f * f, self.rows.weight)
+        # the token covariance is normalised to mean 1 (a correlation profile): scale-free
+        return Moments(self.mean * f, self.var * f * f, source, mixture, self.tokens, rows)
 
     def with_source(self) -> Moments:
         """These moments, remembered as the Gaussian that element-wise functions start from."""
