@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -135,12 +136,24 @@ def test_stopping_early_leaves_no_process(zoo, engine):
     assert not multiprocessing.active_children()
 
 
-def test_ctrl_c_kills_the_worker_processes(zoo):
-    """Ctrl-C while the workers hang: the interrupt ends the wait, and the processes."""
-    timer = threading.Timer(2, os.kill, (os.getpid(), signal.SIGINT))
+def test_ctrl_c_kills_the_worker_processes(zoo, tmp_path):
+    """Ctrl-C while the workers hang: the interrupt ends the wait, and the processes. The
+    interrupt is sent once both workers are running their model (on a loaded machine starting
+    them can take longer than any fixed delay)."""
+    started = tmp_path / "calls"
+
+    def interrupt_once_both_run():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if started.exists() and len(started.read_text().split()) >= 2:
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Thread(target=interrupt_once_both_run)
     timer.start()
     with pytest.raises(KeyboardInterrupt):
-        list(run_many(zoo, behave, {"hang": _names(zoo)}, jobs=2))
+        list(run_many(zoo, behave, {"hang": _names(zoo), "calls": str(started)}, jobs=2))
     timer.join()
     assert not multiprocessing.active_children()
 
