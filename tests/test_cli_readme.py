@@ -82,8 +82,25 @@ def test_every_option_the_readme_names_exists():
     named -= {"--help", "--version"}  # click's own
     not_cli = {"--all-files", "--files", "--repo", "--pre-commit", "--quick", "--depth",
                "--activation", "--lr", "--seeds", "--models", "--threads", "--repeats",
-               "--no-train", "--no-check", "--table"}
+               *TRAINING_BENEFIT_OPTIONS, "--no-sweep-scale-lr",  # argparse's negation
+               *GATE_CALIBRATION_OPTIONS}
     assert sorted(named - known - not_cli) == []
+
+
+# options the README names that are benchmarks/training_benefit.py's (not the CLI's)
+TRAINING_BENEFIT_OPTIONS = ("--image", "--inits", "--lrs", "--plot", "--sweep-scale-lr")
+
+
+# and benchmarks/gate_calibration.py's
+GATE_CALIBRATION_OPTIONS = ("--no-train", "--no-check", "--table")
+
+
+@pytest.mark.parametrize("script, names", [("training_benefit.py", TRAINING_BENEFIT_OPTIONS),
+                                           ("gate_calibration.py", GATE_CALIBRATION_OPTIONS)])
+def test_benchmark_options_exist(script, names):
+    source = (Path(__file__).resolve().parents[1] / "benchmarks" / script).read_text()
+    for name in names:
+        assert f'"{name}"' in source, name
 
 
 @pytest.fixture(scope="module")
