@@ -94,7 +94,12 @@ def check_network(name: str) -> dict:
     module, kind = gate_models.NETWORKS[name](gate_training.SEED)
     start = time.perf_counter()
     model = gate_models.export_onnx(module, kind)
-    exported = time.perf_counter()
+    return {**check_export(model), "export_seconds": round(time.perf_counter() - start, 1)}
+
+
+def check_export(model) -> dict:
+    """The verdict, the findings and what the thresholds act on, for one exported model."""
+    start = time.perf_counter()
     analysis = analyze(model)
     paths = check.paths_of(analysis)
     findings = check.find(analysis, paths=paths)
@@ -102,8 +107,7 @@ def check_network(name: str) -> dict:
             "rules": [f"{f.rule_id}:{f.level}" for f in findings],
             "messages": [f.message for f in findings],
             **variance.extremes(analysis, paths),
-            "export_seconds": round(exported - start, 1),
-            "check_seconds": round(time.perf_counter() - exported, 1)}
+            "check_seconds": round(time.perf_counter() - start, 1)}
 
 
 def check_missing(names: list[str]) -> dict:
@@ -142,7 +146,7 @@ def table(names: list[str], checks: dict, training: dict) -> str:
             "trend | trainable? | best accuracy (lr) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     confusion = {(f, t): [] for f in (True, False) for t in (True, False)}
-    labels = {}
+    labels, version = {}, sources_hash()
     for name in names:
         c, t = checks.get(name), training.get(name)
         if c is None:
@@ -152,7 +156,8 @@ def table(names: list[str], checks: dict, training: dict) -> str:
         trainable, trained = labels[name] = label(name, training)
         word = "yes" if trainable else "**no**"
         acc = f"{t['best_accuracy']:.2f} ({t['best_lr']:g})" if t else "not trained here"
-        rows.append(f"| {name} | {'pass' if c['passed'] else '**FAIL**'} | "
+        stale = "" if c.get("sources") == version else " †"
+        rows.append(f"| {name}{stale} | {'pass' if c['passed'] else '**FAIL**'} | "
                     f"{', '.join(fired) or '-'}{f' (+{notes} notes)' if notes else ''} | "
                     f"{_g(c['max_growth'])} | {_g(c['min_signal'])} | {_g(c['trend_change'])} | "
                     f"{word if trained else word + ' (expected)'} | {acc} |")
@@ -169,6 +174,8 @@ def table(names: list[str], checks: dict, training: dict) -> str:
                  f"{len(confusion[(True, False)])}/{len(untrainable)} untrainable networks failed "
                  f"(missed: {', '.join(confusion[(False, False)]) or 'none'}); labels from "
                  f"training here: {trained}/{len(labels)}"]
+    if any(checks[n].get("sources") != version for n in labels):
+        rows.append("† checked by an earlier version of onnxinit's sources (rerun to refresh)")
     rows += margins(trainable, untrainable, checks)
     return "\n".join(rows)
 

@@ -82,7 +82,8 @@ def test_every_option_the_readme_names_exists():
     named -= {"--help", "--version"}  # click's own
     not_cli = {"--all-files", "--files", "--repo", "--pre-commit", "--quick", "--depth",
                "--activation", "--lr", "--seeds", "--models", "--threads", "--repeats",
-               *TRAINING_BENEFIT_OPTIONS, "--no-sweep-scale-lr"}  # argparse's negation
+               *TRAINING_BENEFIT_OPTIONS, "--no-sweep-scale-lr",  # argparse's negation
+               *GATE_CALIBRATION_OPTIONS}
     assert sorted(named - known - not_cli) == []
 
 
@@ -90,10 +91,15 @@ def test_every_option_the_readme_names_exists():
 TRAINING_BENEFIT_OPTIONS = ("--image", "--inits", "--lrs", "--plot", "--sweep-scale-lr")
 
 
-def test_training_benefit_options_exist():
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "training_benefit.py"
-    source = script.read_text()
-    for name in TRAINING_BENEFIT_OPTIONS:
+# and benchmarks/gate_calibration.py's
+GATE_CALIBRATION_OPTIONS = ("--no-train", "--no-check", "--table")
+
+
+@pytest.mark.parametrize("script, names", [("training_benefit.py", TRAINING_BENEFIT_OPTIONS),
+                                           ("gate_calibration.py", GATE_CALIBRATION_OPTIONS)])
+def test_benchmark_options_exist(script, names):
+    source = (Path(__file__).resolve().parents[1] / "benchmarks" / script).read_text()
+    for name in names:
         assert f'"{name}"' in source, name
 
 

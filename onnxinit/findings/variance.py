@@ -11,9 +11,9 @@ Rules:
 - ``ONNXINIT002 vanishing-variance`` (error): signal below ``min_var`` on the main path, except
   where it first happens in the output head;
 - ``ONNXINIT003 exponential-variance-trend`` (warning): the log signal variance at the main
-  path's *stations* (outputs of its parametric layers and of residual Adds) is linear in the
-  station index ``k`` (least squares ``log v = a + b k``, R² >= 0.9 over at least 8 stations) and
-  the fitted change over all of them, ``exp(b * L)``, is beyond ``max_growth`` or ``min_var``;
+  path's *stations* (outputs of its parametric layers and of residual Adds, above the output
+  head) is linear in the station index ``k`` (least squares ``log v = a + b k``, R² >= 0.9 over
+  at least 8 stations) and the fitted change over all of them, ``exp(b * L)``, is beyond ``max_growth`` or ``min_var``;
 - ``ONNXINIT007 off-path-scale`` (note, :mod:`onnxinit.findings.offpath`): the same thresholds
   crossed off the main path or first in the output head.
 
@@ -64,7 +64,7 @@ register(
     RuleInfo(TREND, "exponential-variance-trend", "warning",
              "Signal variance changes exponentially with depth",
              "log(signal variance) at the main path's stations (outputs of its parametric "
-             "layers and residual Adds) is linear in depth (R² >= 0.9 over at least 8 stations) "
+             "layers and residual Adds above the output head) is linear in depth (R² >= 0.9 over at least 8 stations) "
              "and the fitted change over the network's depth goes beyond --max-growth or "
              "--min-var: each layer multiplies the variance by a gain different from 1, and a "
              "deeper copy of the network would explode or vanish. What to do: " + RESCALE +
@@ -153,11 +153,12 @@ def main_path_findings(analysis: Analysis, paths: SignalPaths,
     return findings, head_chains
 
 def stations(paths: SignalPaths) -> list[str]:
-    """Main-path outputs of parametric layers and residual Adds, topological order."""
+    """Main-path outputs of parametric layers and residual Adds above the output head (whose
+    scale is judged apart, as for ONNXINIT002), topological order."""
     graph = paths.graph
     marks = {graph.node(n).output[0] for n in graph.parametric_nodes}
     marks |= {b.output for b in paths.blocks}
-    return [t for t in paths.main if t in marks]
+    return [t for t in paths.main if t in marks and t not in paths.head]
 
 
 def _trend_fit(analysis: Analysis, paths: SignalPaths, scale: dict[str, Scale]):
