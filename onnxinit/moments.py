@@ -14,6 +14,15 @@ A Moments may instead carry ``mixture``: the distribution as a mixture of Gaussi
 of a ReLU output and an independent Gaussian (a residual Add) is one: the ReLU's zero, and its
 positive part in a few quantile bins. Closed-form activations (ReLU...) integrate each component
 exactly; every other rule ignores it (a Gaussian with the same moments).
+
+A Moments of an ``[N, C, *S]`` tensor (convolution layout) may carry ``spatial``: statistics
+that differ between positions (a zero-padded convolution gives border positions fewer taps, so
+other means and variances), kept in *position classes* so that their size does not grow with
+the map (interior positions share one class), and the correlation of neighbouring positions.
+``mean``/``var`` then hold the per-channel totals over all positions (law of total variance),
+so a rule that does not read ``spatial`` sees exact per-channel statistics; any rule that mixes
+or moves positions in a way it does not model must not pass ``spatial`` on (a rule that builds a
+new Moments drops it by construction). ``onnxinit.spatial`` builds and reads it.
 """
 
 from __future__ import annotations
@@ -47,6 +56,27 @@ class Source:
         return z
 
 
+@dataclass(frozen=True, eq=False)
+class Spatial:
+    """Position-dependent statistics of an ``[N, C, *S]`` tensor, compressed into classes.
+
+    ``maps[i]`` (int array, length S_i) gives each index along spatial axis ``2 + i`` its class;
+    ``cells`` is a Moments laid out ``[1, C or 1, K_0, ..., K_{n-1}]`` (K_i classes along axis
+    ``2 + i``), with its own source or mixture per cell: the element at position
+    ``(p_0, ..., p_{n-1})`` has the statistics of cell ``(maps[0][p_0], ..., maps[n-1][p_{n-1}])``.
+    ``corr`` (optional) is the correlation of a channel's values at two positions of one sample,
+    by offset (``onnxinit.spatial.Correlation``).
+    """
+
+    maps: tuple[np.ndarray, ...]
+    cells: Moments
+    corr: object | None = None
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        return tuple(int(m.max()) + 1 if m.size else 1 for m in self.maps)
+
+
 def _as_array(value) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
@@ -57,6 +87,7 @@ class Moments:
     var: np.ndarray
     source: Source | None = None
     mixture: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    spatial: Spatial | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mean", _as_array(self.mean))

@@ -35,6 +35,7 @@ import numpy as np
 from scipy import special
 
 from ..moments import Elementwise, Moments, Source
+from ..spatial import attach
 from . import RuleContext, RuleError, rule, signal
 
 # ---------------------------------------------------------------------------------------------
@@ -480,15 +481,34 @@ def _guard(domain: str, chain: Sequence[Elementwise], src: Source, rank) -> None
 
 
 def apply_fn(x: Moments, f: _Fn | Elementwise, rank: int | None = None) -> Moments:
-    """Moments of ``f(x)`` element-wise; the output's source is x's with ``f`` appended."""
+    """Moments of ``f(x)`` element-wise; the output's source is x's with ``f`` appended. With
+    position classes (``x.spatial``) ``f`` is applied to each cell and the per-channel totals
+    follow from the cells."""
     if isinstance(f, Elementwise):
         f = _Fn(f.key, f.fn)
+    if x.spatial is not None:
+        cells = x.spatial.cells
+        classes = x.spatial.classes
+        try:
+            out = apply_fn(cells, f, cells.mean.ndim)
+            shape = np.broadcast_shapes(out.mean.shape, out.var.shape)
+            if any(n not in (1, k) for n, k in zip(shape[2:], classes)):
+                raise ValueError
+        except ValueError:  # a constant laid out along the positions: per channel instead
+            return apply_fn(Moments(x.mean, x.var, x.source), f, rank)
+        return attach(out, x.spatial.maps)
     src = _base(x, rank)
     out_src = Source(src.mean, src.var, src.chain + (f.elementwise,))
     if f.affine is not None:
         a, b = f.affine
         mean = _expand(x.mean, rank) * a + b
         var = _expand(x.var, rank) * np.asarray(a, dtype=np.float64) ** 2
+        if x.source is None:  # a Gaussian (or a Gaussian mixture) stays one
+            mixture = None
+            if x.mixture is not None and (rank is None or x.mixture[1].ndim == rank + 1):
+                w, m, v = x.mixture
+                mixture = (w, m * a + b, v * np.asarray(a, dtype=np.float64) ** 2)
+            return Moments(mean, var, None, mixture)
         return Moments(mean, var, out_src)
     if f.domain is not None:
         _guard(f.domain, src.chain, src, rank)
@@ -511,6 +531,12 @@ def apply_fn(x: Moments, f: _Fn | Elementwise, rank: int | None = None) -> Momen
         chain = src.chain + (Elementwise(f.key, _away_from_zero(f.fn, src, rank)),)
     mean, var = gaussian_moments(chain, src.mean, src.var, smooth=is_smooth(chain), rank=rank)
     return Moments(mean, var, out_src)
+
+
+def affine(a, b, key: tuple) -> _Fn:
+    """The element-wise map ``a x + b`` (arrays laid out at the tensor's rank), exact on
+    moments: E = a mu + b, Var = a^2 nu."""
+    return _Fn(("Affine", *key, *_digest(a), *_digest(b)), lambda v: a * v + b, affine=(a, b))
 
 
 def _away_from_zero(fn: Callable, src: Source, rank) -> Callable:
@@ -684,6 +710,7 @@ def fused_elementwise(inputs: list, ctx: RuleContext) -> list[Moments] | None:
 
 __all__ = [
     "SMOOTH",
+    "affine",
     "apply_elementwise",
     "apply_fn",
     "compose",

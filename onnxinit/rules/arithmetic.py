@@ -30,6 +30,7 @@ import numpy as np
 from scipy import special
 
 from ..moments import Elementwise, Moments
+from ..spatial import attach, joint, positions, take_cells
 from . import RuleContext, RuleError, rule, signal
 from .activations import (
     _ancestry,
@@ -172,6 +173,9 @@ def binary(inputs, ctx: RuleContext):
         except RuleError:
             if op == "Div" and inputs[1] is not None:
                 raise
+    spatial = _positions_binary(inputs, ctx, op, rank)
+    if spatial is not None:
+        return [spatial]
     if op == "Div":
         if inputs[1] is not None:
             raise RuleError("division by a signal")
@@ -190,6 +194,47 @@ def binary(inputs, ctx: RuleContext):
         if mixture is not None:
             out = Moments(out.mean, out.var, None, mixture)
     return [out]
+
+
+def _positions_binary(inputs, ctx: RuleContext, op: str, rank: int) -> Moments | None:
+    """Add/Sub/Mul/Div-by-constant of operands of which one carries position classes
+    (``onnxinit.spatial``): the same formulas per cell of the operands' joint classes (a
+    ``[N, C, 1, 1]`` operand or a per-channel constant is the same in every cell), the sum's
+    Gaussian mixture per cell. None when no operand has classes, or a constant varies along
+    a spatial axis (then the per-channel path below)."""
+    if not any(m is not None and m.spatial is not None for m in inputs) or rank < 3:
+        return None
+    out_shape = ctx.out_shape(0)
+    operands = []
+    for i in range(len(inputs)):
+        m = inputs[i]
+        if m is None:
+            c = ctx.const(i)
+            if c is None or not np.all(np.isfinite(c)):
+                return None
+            c = _lift(np.asarray(c, dtype=np.float64), rank)
+            if any(n > 1 for n in np.shape(c)[2:]) or np.ndim(c) != rank and np.size(c) > 1:
+                return None
+            if op == "Div" and i == 1:
+                if np.any(c == 0):
+                    return None
+                c = 1.0 / c
+            m = Moments(c, np.zeros_like(c))
+        elif op == "Div" and i == 1:
+            return None  # division by a signal: measured
+        sp = positions(m, ctx.in_shape(i) if len(ctx.in_shape(i)) == rank else out_shape)
+        if sp is None:
+            return None
+        operands.append(sp)
+    maps, selections = joint([sp.maps for sp in operands], out_shape[2:])
+    cells = [take_cells(sp.cells, sel) for sp, sel in zip(operands, selections)]
+    a = (cells[0].mean, cells[0].var)
+    b = (cells[1].mean, cells[1].var)
+    mean, var = _binary_independent("Mul" if op == "Div" else op, a, b)
+    mixture = None
+    if op in ("Add", "Sub") and all(m is not None for m in inputs):
+        mixture = sum_mixture(cells[0], cells[1], rank, op == "Sub")
+    return attach(Moments(mean, var, None, mixture), maps)
 
 
 _RELU_BINS = 2  # equal-probability bins of a ReLU's positive part in a mixture

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..moments import Elementwise, Moments, Source
 from . import RuleContext, RuleError, rule, signal
-from .activations import _abs_closed, _digest, _expand, gaussian_moments
+from .activations import _abs_closed, _digest, _expand, affine, apply_fn, gaussian_moments
 
 _MIN_FOR_SOURCE = 64
 
@@ -85,6 +85,10 @@ def _normalized(x: Moments, in_shape, axes, eps, gamma, beta) -> Moments:
     scale = gamma / np.sqrt(denom)
     mean = scale * centred + beta
     var = gamma**2 * cvar / denom
+    if x.spatial is not None and set(range(2, rank)) <= set(axes):
+        # per position class: the same per-channel affine map y = a x + b on every cell
+        a = np.broadcast_to(scale, np.broadcast_shapes(np.shape(scale), np.shape(mean)))
+        return apply_fn(x, affine(a, mean - a * _expand(x.mean, rank), ("norm",)), rank)
     source = None
     if x.source is not None and x.source.chain and n >= _MIN_FOR_SOURCE:
         src = x.source

@@ -26,8 +26,10 @@ import numpy as np
 from scipy import special
 
 from ..moments import Moments, Source
+from ..spatial import attach, class_weights, gather_taps, positions, window
 from . import RuleContext, RuleError, rule, signal
 from .activations import _CW, _CZ, _expand, compose
+from .maxima import max_moments, max_of_gaussians, non_decreasing
 
 # ---------------------------------------------------------------------------------------------
 # window geometry
@@ -84,6 +86,41 @@ def _windows(ctx: RuleContext) -> list[tuple[int, int, float]]:
     return [(a, b, w) for (a, b), w in windows.items()]
 
 
+def _class_windows(ctx: RuleContext, maps):
+    """Output position classes of a pooling window over input classes ``maps``: per axis
+    (out_map, taps [R, k]) with taps -1 in the pads and -2 beyond them (ceil_mode)."""
+    x_shape, y_shape = ctx.in_shape(0), ctx.out_shape(0)
+    kernel = list(ctx.attr("kernel_shape"))
+    n = len(kernel)
+    strides = list(ctx.attr("strides", [1] * n))
+    dilations = list(ctx.attr("dilations", [1] * n))
+    begins, ends = _pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
+    out_maps, taps = [], []
+    for d in range(n):
+        size = y_shape[2 + d]
+        if ctx.attr("ceil_mode", 0):  # a window starting in the end padding is dropped
+            size = int(np.sum(np.arange(size) * strides[d] - begins[d] < x_shape[2 + d]))
+        m, t = window(maps[d], size, kernel[d], strides[d], dilations[d], begins[d], ends[d])
+        out_maps.append(m)
+        taps.append(t)
+    return out_maps, taps
+
+
+def _tap_counts(taps, lowest: int) -> np.ndarray:
+    """Per output cell, the number of taps with class >= ``lowest`` (0: inside the input, -1:
+    inside the padded input): a product over the axes ``[R_0, ..., R_{n-1}]``."""
+    out = np.ones(())
+    for t in taps:
+        out = np.multiply.outer(out, (t >= lowest).sum(axis=1).astype(np.float64))
+    return out
+
+
+def _cell_arrays(sp, c: int) -> tuple[np.ndarray, np.ndarray]:
+    mu, nu = np.broadcast_arrays(sp.cells.mean, sp.cells.var)
+    shape = (c,) + tuple(sp.classes)
+    return np.broadcast_to(mu[0], shape), np.broadcast_to(nu[0], shape)
+
+
 def _mix(parts: list[tuple[np.ndarray, np.ndarray, float]]) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel moments over positions of kinds r (mean_r, var_r, weight_r):
     mean = sum w mean_r, var = sum w var_r + sum w (mean_r - mean)^2."""
@@ -122,25 +159,27 @@ def per_channel(x: Moments, x_shape) -> Moments:
 
 @rule("AveragePool")
 def average_pool(inputs, ctx: RuleContext):
-    """Per output position with n taps inside the input and d the divisor (n, or the taps
-    inside the padded input when count_include_pad=1), for independent inputs:
+    """Per output position class with n taps inside the input and d the divisor (n, or the
+    taps inside the padded input when count_include_pad=1), for independent inputs:
 
-        E(p) = mu n/d,   Var(p) = nu n/d^2          (= mu, nu/K for an interior window)
+        E(r) = sum_taps mu(class under tap) / d,   Var(r) = sum_taps nu(class under tap) / d^2
 
-    per channel over positions: E = mean_p E(p), Var = mean_p Var(p) + var_p E(p). A lower
-    bound on the variance when neighbouring inputs are correlated."""
+    (= mu, nu/K for an interior window of uniform input); per channel over positions: the law
+    of total variance. A lower bound on the variance when neighbouring inputs are correlated."""
     x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
-    include = bool(ctx.attr("count_include_pad", 0))
-    mu, nu = x.values_along(1, x_shape[1])
-    parts = []
-    for inside, padded, weight in _windows(ctx):
-        if inside == 0:
-            raise RuleError("a window entirely in the padding")
-        d = padded if include else inside
-        parts.append((mu * inside / d, nu * inside / d**2, weight))
-    mean, var = _mix(parts)
-    return [Moments.along(mean, var, 1, len(x_shape))]
+    sp = positions(x, x_shape)
+    out_maps, taps = _class_windows(ctx, sp.maps)
+    inside = _tap_counts(taps, 0)
+    if np.any(inside == 0):
+        raise RuleError("a window entirely in the padding")
+    divisor = _tap_counts(taps, -1) if ctx.attr("count_include_pad", 0) else inside
+    mu, nu = _cell_arrays(sp, x_shape[1])
+    n = len(taps)
+    t_axes = tuple(range(1, 1 + n))
+    mean = gather_taps(mu, taps).sum(axis=t_axes) / divisor
+    var = gather_taps(nu, taps).sum(axis=t_axes) / divisor**2
+    return [attach(Moments(mean[None], var[None]), out_maps)]
 
 
 def _axes(ctx: RuleContext, rank: int) -> tuple[int, ...] | None:
@@ -222,11 +261,23 @@ def global_average_pool(inputs, ctx: RuleContext):
     (independent positions: a lower bound when neighbours are correlated)."""
     x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
-    rank = len(x_shape)
-    axes = tuple(range(2, rank))
+    return [_spatial_mean(x, x_shape)]
+
+
+def _spatial_mean(x: Moments, x_shape) -> Moments:
+    """The mean over every spatial position, per channel: E = sum_k w_k mu_k, Var =
+    sum_k w_k nu_k / K over the position classes k (w_k their share of the K positions:
+    the spread of the position means is not noise, it averages out)."""
+    sp = positions(x, x_shape)
     k = int(np.prod(x_shape[2:]))
-    mu, nu = _layout(x, rank)
-    return [Moments(mu.mean(axis=axes, keepdims=True), nu.mean(axis=axes, keepdims=True) / k)]
+    mu, nu = _cell_arrays(sp, np.broadcast_shapes(x.mean.shape, x.var.shape)[1]
+                          if x.rank == len(x_shape) else 1)
+    w = class_weights(sp.maps)[None]
+    axes = tuple(range(1, mu.ndim))
+    mean = (w * mu).sum(axis=axes)
+    var = (w * nu).sum(axis=axes) / k
+    return Moments.along(mean, var, 1, len(x_shape)) if mean.size > 1 else Moments(
+        mean.reshape((1,) * len(x_shape)), var.reshape((1,) * len(x_shape)))
 
 
 @rule("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp")
@@ -298,57 +349,11 @@ def _sampled_logsumexp(x: Moments, rank: int, k: int, ctx: RuleContext):
 # ---------------------------------------------------------------------------------------------
 # maxima
 
-_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-_CACHE_SIZE = 4096
-
-
 def _base(x: Moments, rank: int) -> Source:
     src = x.source
     if src is not None and max(np.ndim(src.mean), np.ndim(src.var)) <= rank:
         return src
     return Source(x.mean, x.var)
-
-
-def max_moments(src: Source, counts: Sequence[int], rank: int, minimum: bool = False):
-    """Per tracked index, (E, Var) of the max (or min) of K independent draws of ``src``'s
-    distribution, for each K in ``counts``: a list of (E, Var) arrays laid out like ``src``."""
-    mean, var = _expand(src.mean, rank), _expand(src.var, rank)
-    key = (
-        tuple(counts),
-        minimum,
-        rank,
-        mean.shape,
-        mean.tobytes(),
-        var.shape,
-        var.tobytes(),
-        tuple(f.key for f in src.chain),
-    )
-    if key in _CACHE:
-        return _CACHE[key]
-    shape = np.broadcast_shapes(mean.shape, var.shape)
-    z = _CZ.reshape((-1,) + (1,) * len(shape))
-    with np.errstate(all="ignore"):
-        values = np.asarray(compose(src.chain)(mean + np.sqrt(var) * z), dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise RuleError("the input distribution is not finite")
-    values = np.broadcast_to(values, (z.shape[0],) + values.shape[1:])
-    if minimum:
-        values = -values
-    order = np.argsort(values, axis=0, kind="stable")
-    v = np.take_along_axis(values, order, axis=0)
-    p = _CW[order]
-    cdf = np.minimum(np.cumsum(p, axis=0) / p.sum(axis=0, keepdims=True), 1.0)
-    before = np.concatenate([np.zeros_like(cdf[:1]), cdf[:-1]], axis=0)
-    out = []
-    for k in counts:
-        q = cdf**k - before**k
-        e = (q * v).sum(axis=0)
-        var_k = (q * (v - e) ** 2).sum(axis=0)
-        out.append((-e if minimum else e, var_k))
-    if len(_CACHE) >= _CACHE_SIZE:
-        _CACHE.clear()
-    _CACHE[key] = out
-    return out
 
 
 @rule("MaxPool")
@@ -359,7 +364,12 @@ def max_pool(inputs, ctx: RuleContext):
     Var = mean_p Var_K(p) + var_p E_K(p). Statistics that vary with the position are pooled
     per channel first (:func:`per_channel`). Indices output: None."""
     x_shape = ctx.in_shape(0)
-    x = per_channel(signal(inputs, 0), x_shape)
+    x = signal(inputs, 0)
+    outs = [None] * (len(ctx.node.output) - 1)
+    classes = _max_pool_classes(x, x_shape, ctx)
+    if classes is not None:
+        return [classes] + outs
+    x = per_channel(x, x_shape)
     rank = len(x_shape)
     windows = _windows(ctx)
     if any(inside == 0 for inside, _, _ in windows):
@@ -368,7 +378,38 @@ def max_pool(inputs, ctx: RuleContext):
     stats = dict(zip(counts, max_moments(_base(x, rank), counts, rank)))
     parts = [(*stats[inside], w) for inside, _, w in windows]
     mean, var = _mix(parts)
-    return [Moments(mean, var)] + [None] * (len(ctx.node.output) - 1)
+    return [Moments(mean, var)] + outs
+
+
+def _max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
+    """MaxPool per output position class, when the input is a Gaussian per cell followed by a
+    non-decreasing chain f (ReLU ...): max_taps f(z_t) = f(max_taps z_t) with independent
+    z_t ~ N(m_t, s_t^2), the Gaussians of the cells under the taps (``maxima.max_of_gaussians``).
+    None when the chain is not monotone."""
+    sp = positions(x, x_shape)
+    cells = sp.cells
+    src = cells.source if cells.source is not None else Source(cells.mean, cells.var)
+    rank = len(x_shape)
+    mean, var = np.broadcast_arrays(_expand(src.mean, rank), _expand(src.var, rank))
+    c = np.broadcast_shapes(mean.shape, cells.mean.shape)[1]
+    shape = (c,) + tuple(sp.classes)
+    mean, var = np.broadcast_to(mean[0], shape), np.broadcast_to(var[0], shape)
+    if mean.shape[1:] != tuple(sp.classes) or not non_decreasing(src.chain, mean, var):
+        return None
+    out_maps, taps = _class_windows(ctx, sp.maps)
+    n = len(taps)
+    m_t = gather_taps(mean, taps)  # [C, T_0.., R_0..]
+    s_t = gather_taps(np.sqrt(var), taps)
+    valid = gather_taps(np.ones(shape), taps)
+    t_shape = m_t.shape[1:1 + n]
+    r_shape = m_t.shape[1 + n:]
+
+    def lay_out(a):  # [T, 1, C, R_0, ...] so that per-channel constants of f broadcast
+        a = np.moveaxis(a.reshape((c, int(np.prod(t_shape))) + r_shape), 1, 0)
+        return a[:, None]
+
+    e, v = max_of_gaussians(lay_out(m_t), lay_out(s_t), lay_out(valid), compose(src.chain))
+    return attach(Moments(e, v), out_maps)
 
 
 @rule("GlobalMaxPool")

@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.moments import Moments
+from onnxinit.spatial import dense
 from tests.models import make_model
 from tests.oracle import assert_moments_close, monte_carlo, node_model, predict
 
@@ -262,12 +263,17 @@ def test_padded_conv_per_position_statistics():
     for name in ("c1", "r", "y"):
         m = result.moments[name]
         got = values[name].astype(np.float64)
-        assert m.mean.shape == (1, *got.shape[1:]), name  # per channel and position
-        np.testing.assert_allclose(m.mean[0], got.mean(axis=0), atol=0.03)
+        assert m.spatial is not None, name  # per channel and position class
+        mean, var = dense(m.spatial)
+        assert mean.shape == (1, *got.shape[1:]), name
+        np.testing.assert_allclose(mean[0], got.mean(axis=0), atol=0.03)
         if name != "y":  # 7%: the largest sampling error of 120 variances from 20000 draws
-            np.testing.assert_allclose(m.var[0], got.var(axis=0), rtol=0.07)
+            np.testing.assert_allclose(var[0], got.var(axis=0), rtol=0.07)
+            # the per-channel totals are those of the positions (law of total variance)
+            assert_moments_close(m, got, rtol=0.05, axis=1)
     # the borders differ: c1's corner variance is below its centre's
-    assert np.all(result.moments["c1"].var[0, :, 0, 0] < result.moments["c1"].var[0, :, 2, 2])
+    c1_var = dense(result.moments["c1"].spatial)[1]
+    assert np.all(c1_var[0, :, 0, 0] < c1_var[0, :, 2, 2])
 
 
 def test_per_position_conv_uniform_output_stays_per_channel():

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxinit.moments import Moments
-from onnxinit.rules.pooling import max_moments
+from onnxinit.rules.maxima import max_moments
 from tests.models import make_model
 from tests.oracle import assert_moments_close, monte_carlo, node_model, predict
 
