@@ -75,6 +75,16 @@ def positions(x: Moments, shape: Sequence[int]) -> Spatial | None:
     return Spatial(maps, Moments(mean, var, x.source, x.mixture))
 
 
+def within_variance(sp: Spatial, channels: int) -> np.ndarray:
+    """Per channel, the variance at one position averaged over the positions (the spread of
+    the position means excluded): ``sum_k w_k Var_k``, ``[channels]``."""
+    var = np.broadcast_to(sp.cells.var, np.broadcast_shapes(sp.cells.var.shape,
+                                                            (1, 1, *sp.classes)))
+    w = class_weights(sp.maps)
+    v = (var[0] * w).reshape(var.shape[1], -1).sum(axis=1)
+    return np.broadcast_to(v, (channels,)).copy()
+
+
 def dense(sp: Spatial) -> tuple[np.ndarray, np.ndarray]:
     """Per-position (mean, var) ``[1, C, *S]`` of a spatial description."""
     mean, var = np.broadcast_arrays(sp.cells.mean, sp.cells.var)
@@ -114,10 +124,14 @@ def _pooled_source(cells: Moments, weights: np.ndarray, axes: tuple[int, ...]) -
 
 
 def _pool(mean, var, weights, axes):
-    w = weights.reshape((1,) * (mean.ndim - weights.ndim) + weights.shape)
-    m = (w * mean).sum(axis=axes, keepdims=True)
-    v = (w * var).sum(axis=axes, keepdims=True) + (w * (mean - m) ** 2).sum(axis=axes, keepdims=True)
-    return m, v
+    """Weighted mean and law-of-total-variance over the trailing class axes."""
+    lead = mean.shape[:mean.ndim - weights.ndim]
+    w = weights.reshape(-1)
+    mf = mean.reshape(lead + (-1,))
+    m = mf @ w
+    v = var.reshape(lead + (-1,)) @ w + ((mf - m[..., None]) ** 2) @ w
+    shape = lead + (1,) * weights.ndim
+    return m.reshape(shape), v.reshape(shape)
 
 
 def attach(cells: Moments, maps: Sequence[np.ndarray], corr=None) -> Moments:
@@ -145,6 +159,15 @@ def attach(cells: Moments, maps: Sequence[np.ndarray], corr=None) -> Moments:
     m, v = _pool(mean, var, weights, axes)
     return Moments(m, v, _pooled_source(cells, weights, axes), None,
                    Spatial(maps, cells, corr))
+
+
+def with_corr(x: Moments, corr, maps: Sequence[np.ndarray]) -> Moments:
+    """``x`` (built by :func:`attach` from cells on ``maps``) with another correlation; the
+    totals are not recomputed."""
+    if x.spatial is None:  # one class per axis: x is its own cell
+        return Moments(x.mean, x.var, x.source, x.mixture, Spatial(tuple(maps), x, corr))
+    sp = x.spatial
+    return Moments(x.mean, x.var, x.source, x.mixture, Spatial(sp.maps, sp.cells, corr))
 
 
 def window(in_map: np.ndarray, out_size: int, kernel: int, stride: int, dilation: int,
@@ -270,4 +293,4 @@ def drop(x: Moments) -> Moments:
 
 
 __all__ = ["DENSE_CAP", "attach", "class_weights", "dense", "drop", "gather_taps", "joint",
-           "positions", "select", "take_cells", "window"]
+           "positions", "select", "take_cells", "window", "with_corr", "within_variance"]

@@ -34,8 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from .. import correlation
+from ..correlation import Correlation
 from ..moments import Elementwise, Moments, Source
-from ..spatial import attach
+from ..spatial import attach, with_corr
 from . import RuleContext, RuleError, rule, signal
 
 # ---------------------------------------------------------------------------------------------
@@ -56,6 +58,15 @@ _CW /= _CW.sum()
 del _t, _w, _g, _gw, _edges, _h
 
 _CHUNK = 1 << 22  # elements evaluated at once (nodes x tracked indices)
+
+# a coarser composite rule (256 panels) for the Hermite coefficients of kinked functions
+_hg, _hgw = np.polynomial.legendre.leggauss(3)
+_hedges = np.linspace(-_L, _L, 257)
+_hh = _hedges[1] - _hedges[0]
+_HZ = (_hedges[:-1, None] + _hh / 2 * (_hg[None, :] + 1)).ravel()
+_HW = np.tile(_hgw * _hh / 2, 256) * np.exp(-0.5 * _HZ**2) / np.sqrt(2 * np.pi)
+_HW /= _HW.sum()
+del _hg, _hgw, _hedges, _hh
 
 
 def quadrature(smooth: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -496,7 +507,10 @@ def apply_fn(x: Moments, f: _Fn | Elementwise, rank: int | None = None) -> Momen
                 raise ValueError
         except ValueError:  # a constant laid out along the positions: per channel instead
             return apply_fn(Moments(x.mean, x.var, x.source), f, rank)
-        return attach(out, x.spatial.maps)
+        result = attach(out, x.spatial.maps)
+        if x.spatial.corr is None:
+            return result
+        return with_corr(result, elementwise_correlation(x.spatial.corr, result), x.spatial.maps)
     src = _base(x, rank)
     out_src = Source(src.mean, src.var, src.chain + (f.elementwise,))
     if f.affine is not None:
@@ -537,6 +551,33 @@ def affine(a, b, key: tuple) -> _Fn:
     """The element-wise map ``a x + b`` (arrays laid out at the tensor's rank), exact on
     moments: E = a mu + b, Var = a^2 nu."""
     return _Fn(("Affine", *key, *_digest(a), *_digest(b)), lambda v: a * v + b, affine=(a, b))
+
+
+def elementwise_correlation(corr: Correlation, y: Moments) -> Correlation:
+    """The correlation of ``y = h(z)`` element-wise, h the chain of y's source on its Gaussian
+    z (per channel): Mehler's formula on z's correlation (``correlation.mehler``); unchanged
+    when y is an affine map of a Gaussian (no chain)."""
+    src = y.source
+    if src is None or not src.chain:
+        return corr
+    rho_z, floor_z = corr.gaussian()
+    mean, var = np.broadcast_arrays(np.asarray(src.mean, np.float64),
+                                    np.asarray(src.var, np.float64))
+    keys = [f.key for f in src.chain]
+    if keys == [("Relu",)] or (len(keys) == 1 and keys[0][0] == "LeakyRelu"):
+        slope = 0.0 if keys[0] == ("Relu",) else float(keys[0][1])
+        coeff = correlation.leaky_hermite_coefficients(slope, mean, np.sqrt(var))
+    else:
+        nodes, weights = (_GH_Z, _GH_W) if is_smooth(src.chain) else (_HZ, _HW)
+        coeff = correlation.hermite_coefficients(compose(src.chain), mean, np.sqrt(var),
+                                                 nodes, weights)
+    c = coeff.reshape(coeff.shape[0], -1)  # [8, C]: the pooled source is per channel
+    channels = max(c.shape[1], rho_z.shape[0])
+    rho_z = np.broadcast_to(rho_z, (channels,) + rho_z.shape[1:])
+    floor_z = np.broadcast_to(floor_z, (channels,))
+    c = np.broadcast_to(c, (c.shape[0], channels))
+    return Correlation(correlation.mehler(c, rho_z), correlation.mehler(c, floor_z),
+                       (rho_z, floor_z), corr.centred)
 
 
 def _away_from_zero(fn: Callable, src: Source, rank) -> Callable:

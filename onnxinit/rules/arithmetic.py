@@ -30,7 +30,8 @@ import numpy as np
 from scipy import special
 
 from ..moments import Elementwise, Moments
-from ..spatial import attach, joint, positions, take_cells
+from .. import correlation
+from ..spatial import attach, class_weights, joint, positions, take_cells, within_variance
 from . import RuleContext, RuleError, rule, signal
 from .activations import (
     _ancestry,
@@ -234,7 +235,41 @@ def _positions_binary(inputs, ctx: RuleContext, op: str, rank: int) -> Moments |
     mixture = None
     if op in ("Add", "Sub") and all(m is not None for m in inputs):
         mixture = sum_mixture(cells[0], cells[1], rank, op == "Sub")
-    return attach(Moments(mean, var, None, mixture), maps)
+    corr = _joint_correlation(operands, inputs, op, out_shape)
+    return attach(Moments(mean, var, None, mixture), maps, corr)
+
+
+def _joint_correlation(operands, inputs, op: str, out_shape):
+    """The output's spatial correlation (``onnxinit.correlation``) from the operands': for a
+    sum, covariances add; for a product of independent x and s,
+    ``Cov(d) = (Cov_x(d) + mu_x^2)(Cov_s(d) + mu_s^2) - mu_x^2 mu_s^2`` (a per-sample
+    ``[N, C, 1, 1]`` operand or a constant is the same at every position: rho = 1). None when
+    a signal with spatial axes carries none (unknown: taken as independent downstream)."""
+    channels = out_shape[1]
+    sizes = out_shape[2:]
+    parts = []
+    for sp, m in zip(operands, inputs):
+        uniform = all(n == 1 for n in (mp.size for mp in sp.maps))
+        nu = within_variance(sp, channels) if m is not None else np.zeros(channels)
+        mean = np.broadcast_to(_pooled_mean(sp), (channels,))
+        if sp.corr is not None:
+            corr = sp.corr
+        elif uniform or m is None:  # one value per sample (or a constant): rho = 1
+            corr = correlation.Correlation(np.ones((1,) * (1 + len(sizes))), np.ones(1))
+        else:
+            return None
+        parts.append((corr, nu, mean))
+    if op in ("Add", "Sub"):
+        return correlation.add([(c, nu) for c, nu, _ in parts], sizes)
+    (cx, nx, mx), (cs, ns, ms) = parts
+    return correlation.product(cx, nx, mx, cs, ns, ms, sizes)
+
+
+def _pooled_mean(sp) -> np.ndarray:
+    mean = np.broadcast_to(sp.cells.mean, np.broadcast_shapes(sp.cells.mean.shape,
+                                                              (1, 1, *sp.classes)))
+    w = class_weights(sp.maps)
+    return (mean[0] * w).reshape(mean.shape[1], -1).sum(axis=1)
 
 
 _RELU_BINS = 2  # equal-probability bins of a ReLU's positive part in a mixture
@@ -523,6 +558,33 @@ def _piece(inputs, ctx: RuleContext, i: int, rank: int):
     return Moments(c, np.zeros_like(c))
 
 
+def _concat_channels(inputs, ctx: RuleContext, out_shape) -> Moments:
+    """Channel concatenation of tensors with position classes (a DenseNet block): the cells of
+    every operand on their joint classes, concatenated along the channel axis, and the
+    per-channel correlations likewise (``onnxinit.spatial``, ``onnxinit.correlation``)."""
+    rank = len(out_shape)
+    spatials, channels = [], []
+    for i in range(len(inputs)):
+        m = _piece(inputs, ctx, i, rank)
+        spatials.append(positions(m, ctx.in_shape(i)))
+        channels.append(ctx.in_shape(i)[1])
+    maps, selections = joint([sp.maps for sp in spatials], out_shape[2:])
+    cells = [take_cells(sp.cells, sel) for sp, sel in zip(spatials, selections)]
+    shape = (1,) + tuple(len(sel) for sel in selections[0])
+    means, variances = [], []
+    for c, n in zip(cells, channels):
+        mean, var = np.broadcast_arrays(c.mean, c.var)
+        full = (1, n) + shape[1:]
+        means.append(np.broadcast_to(mean, np.broadcast_shapes(mean.shape, full)))
+        variances.append(np.broadcast_to(var, np.broadcast_shapes(var.shape, full)))
+    cells = Moments(np.concatenate(means, axis=1), np.concatenate(variances, axis=1))
+    corr = None
+    if any(sp.corr is not None for sp in spatials):
+        corr = correlation.concat([(sp.corr, n) for sp, n in zip(spatials, channels)],
+                                  out_shape[2:])
+    return attach(cells, maps, corr)
+
+
 @rule("Concat")
 def concat(inputs, ctx: RuleContext):
     """Concatenation along ``axis``. When an input tracks the concat axis, the per-index
@@ -533,6 +595,8 @@ def concat(inputs, ctx: RuleContext):
     rank = len(out_shape)
     axis = ctx.attr("axis") % rank
     sizes = [ctx.in_shape(i)[axis] for i in range(len(inputs))]
+    if axis == 1 and rank >= 3 and any(m is not None and m.spatial is not None for m in inputs):
+        return [_concat_channels(inputs, ctx, out_shape)]
     pieces = [_piece(inputs, ctx, i, rank) for i in range(len(inputs))]
     tracked = sorted({a for p in pieces if p.rank for a in p.tracked_axes()})
     if axis in tracked:

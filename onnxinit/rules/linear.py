@@ -20,7 +20,8 @@ import itertools
 import numpy as np
 
 from ..moments import Moments
-from ..spatial import attach, gather_taps, positions, window
+from .. import correlation
+from ..spatial import attach, gather_taps, positions, window, within_variance
 from . import RuleContext, RuleError, rule, signal
 
 
@@ -159,7 +160,10 @@ def conv(inputs, ctx: RuleContext):
     shape = (c_in,) + mu.shape[2:]
     mu, nu = np.broadcast_to(mu[0], shape), np.broadcast_to(nu[0], shape)
     mean, var = _conv_cells(mu, nu, w, _bias(ctx, 2, c_out), groups, taps)
-    return [attach(Moments(mean[None], var[None]), out_maps)]
+    corr_in = sp.corr if sp.corr is not None else correlation.independent(1, x_shape[2:])
+    corr, _ = correlation.conv(corr_in, within_variance(sp, c_in), w, groups, strides,
+                               dilations, y_shape[2:])
+    return [attach(Moments(mean[None], var[None]), out_maps, corr)]
 
 
 @rule("ConvTranspose")

@@ -11,7 +11,7 @@ Two methods, both deterministic:
   non-decreasing function f (the chain: ReLU, BN's affine with a positive scale ...), since
   ``max_i f(z_i) = f(max_i z_i)``. The maximum's CDF is ``prod_i Phi((t - m_i)/s_i)^n_i``,
   evaluated on a grid of t spanning the maximum's support; E[f(M)] and E[f(M)^2] are Stieltjes
-  sums over the grid (midpoint rule, 192 intervals over at most 12 standard deviations).
+  sums over the grid (midpoint rule, 64 intervals over at most 12 standard deviations).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .activations import _CW, _CZ, _expand, compose
 
 _CACHE: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
 _CACHE_SIZE = 4096
-_GRID = 193  # grid points of the maximum's CDF
+_GRID = 65  # grid points of the maximum's CDF (64 intervals: 0.1% on E[ReLU(max)])
 _SPAN = 6.0  # standard deviations on each side
 _CHUNK = 1 << 23  # elements of the [taps, grid, problems] array evaluated at once
 
@@ -83,7 +83,7 @@ def non_decreasing(chain: Sequence[Elementwise], mean: np.ndarray, var: np.ndarr
 
 
 def max_of_gaussians(mean, std, count, fn):
-    """(E[f(M)], Var[f(M)]) for M the maximum of independent ``z_i ~ N(mean_i, std_i^2)``
+    """(E[f(M)], Var[f(M)], E[f'(M)]) for M the maximum of independent ``z_i ~ N(mean_i, std_i^2)``
     drawn ``count_i`` times each (0: absent), f non-decreasing.
 
     ``mean``, ``std``, ``count`` are ``[T, *P]`` (T taps; P problems laid out at the tensor's
@@ -103,15 +103,23 @@ def max_of_gaussians(mean, std, count, fn):
     hi = np.maximum(hi, lo)
     u = np.linspace(0.0, 1.0, _GRID).reshape((-1,) + (1,) * len(problems))
     grid = lo + (hi - lo) * u  # [G, *P]
-    log_cdf = np.zeros(grid.shape)
     n_chunk = max(1, _CHUNK // max(1, _GRID * int(np.prod(problems)) or 1))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    small = float(count.max()) <= 64  # a product of CDFs cannot underflow: no logarithms
+    acc = np.ones(grid.shape) if small else np.zeros(grid.shape)
+    with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
         for i in range(0, taps, n_chunk):
             m, s, c = mean[i:i + n_chunk, None], std[i:i + n_chunk, None], count[i:i + n_chunk, None]
             z = (grid[None] - m) / np.where(s > 0, s, 1.0)
-            lc = np.where(s > 0, special.log_ndtr(z), np.where(grid[None] >= m, 0.0, -np.inf))
-            log_cdf = log_cdf + np.where(c > 0, c * lc, 0.0).sum(axis=0)
-    cdf = np.exp(log_cdf)
+            step = grid[None] >= m  # a constant tap (variance 0)
+            if small:
+                cdf_i = np.where(s > 0, special.ndtr(z), step)
+                if np.any(c > 1):
+                    cdf_i = np.exp(c * np.log(cdf_i))
+                acc = acc * np.where(c > 0, cdf_i, 1.0).prod(axis=0)
+            else:
+                lc = np.where(s > 0, special.log_ndtr(z), np.where(step, 0.0, -np.inf))
+                acc = acc + np.where(c > 0, c * lc, 0.0).sum(axis=0)
+    cdf = acc if small else np.exp(acc)
     cdf[-1] = 1.0  # the mass above the grid (< 1e-9) goes to its last point
     mass = np.diff(cdf, axis=0, prepend=0.0)
     mid = np.concatenate([grid[:1], 0.5 * (grid[1:] + grid[:-1])])
@@ -122,7 +130,11 @@ def max_of_gaussians(mean, std, count, fn):
     var = (mass * (values - e) ** 2).sum(axis=0)
     if not (np.all(np.isfinite(e)) and np.all(np.isfinite(var))):
         raise RuleError("the input distribution is not finite")
-    return e, var
+    with np.errstate(all="ignore"):  # E[f'(M)], for the output's correlation
+        slope = np.gradient(values, axis=0) / np.gradient(np.broadcast_to(mid, values.shape),
+                                                          axis=0)
+    slope = (mass * np.where(np.isfinite(slope), slope, 0.0)).sum(axis=0)
+    return e, var, slope
 
 
 __all__ = ["max_moments", "max_of_gaussians", "non_decreasing"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Elementwise, Moments, Source
+from ..spatial import attach
 from . import RuleContext, RuleError, rule, signal
 from .activations import _abs_closed, _digest, _expand, affine, apply_fn, gaussian_moments
 
@@ -88,7 +89,12 @@ def _normalized(x: Moments, in_shape, axes, eps, gamma, beta) -> Moments:
     if x.spatial is not None and set(range(2, rank)) <= set(axes):
         # per position class: the same per-channel affine map y = a x + b on every cell
         a = np.broadcast_to(scale, np.broadcast_shapes(np.shape(scale), np.shape(mean)))
-        return apply_fn(x, affine(a, mean - a * _expand(x.mean, rank), ("norm",)), rank)
+        out = apply_fn(x, affine(a, mean - a * _expand(x.mean, rank), ("norm",)), rank)
+        if 0 in axes and out.spatial is not None and out.spatial.corr is not None:
+            # batch statistics: each channel's sample means are centred over the batch
+            corr = out.spatial.corr.with_centred(np.ones(1))
+            out = attach(out.spatial.cells, out.spatial.maps, corr)
+        return out
     source = None
     if x.source is not None and x.source.chain and n >= _MIN_FOR_SOURCE:
         src = x.source

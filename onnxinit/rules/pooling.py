@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import special
 
+from .. import correlation
 from ..moments import Moments, Source
 from ..spatial import attach, class_weights, gather_taps, positions, window
 from . import RuleContext, RuleError, rule, signal
@@ -165,11 +166,15 @@ def average_pool(inputs, ctx: RuleContext):
         E(r) = sum_taps mu(class under tap) / d,   Var(r) = sum_taps nu(class under tap) / d^2
 
     (= mu, nu/K for an interior window of uniform input); per channel over positions: the law
-    of total variance. A lower bound on the variance when neighbouring inputs are correlated."""
+    of total variance. With correlated neighbours (``onnxinit.correlation``) each channel's
+    variances are multiplied by ``(1/n) sum_{t,t'} rho(t' - t)`` (an interior window's, the
+    ratio of the correlated to the independent variance), and the output's correlation is
+    ``sum_{t,t'} rho(s d + t' - t)`` normalised."""
     x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
     sp = positions(x, x_shape)
     out_maps, taps = _class_windows(ctx, sp.maps)
+    geometry = _geometry(ctx)
     inside = _tap_counts(taps, 0)
     if np.any(inside == 0):
         raise RuleError("a window entirely in the padding")
@@ -179,7 +184,19 @@ def average_pool(inputs, ctx: RuleContext):
     t_axes = tuple(range(1, 1 + n))
     mean = gather_taps(mu, taps).sum(axis=t_axes) / divisor
     var = gather_taps(nu, taps).sum(axis=t_axes) / divisor**2
-    return [attach(Moments(mean[None], var[None]), out_maps)]
+    corr = None
+    if sp.corr is not None:
+        kernel, strides, dilations = geometry
+        corr, centre = correlation.window_sum(sp.corr, kernel, strides, dilations,
+                                              ctx.out_shape(0)[2:])
+        var = var * (centre * int(np.prod(kernel))).reshape((-1,) + (1,) * n)
+    return [attach(Moments(mean[None], var[None]), out_maps, corr)]
+
+
+def _geometry(ctx: RuleContext):
+    kernel = list(ctx.attr("kernel_shape"))
+    n = len(kernel)
+    return kernel, list(ctx.attr("strides", [1] * n)), list(ctx.attr("dilations", [1] * n))
 
 
 def _axes(ctx: RuleContext, rank: int) -> tuple[int, ...] | None:
@@ -267,7 +284,8 @@ def global_average_pool(inputs, ctx: RuleContext):
 def _spatial_mean(x: Moments, x_shape) -> Moments:
     """The mean over every spatial position, per channel: E = sum_k w_k mu_k, Var =
     sum_k w_k nu_k / K over the position classes k (w_k their share of the K positions:
-    the spread of the position means is not noise, it averages out)."""
+    the spread of the position means is not noise, it averages out), times
+    (1/K) sum_{p,p'} rho(p - p') when the positions are correlated (``onnxinit.correlation``)."""
     sp = positions(x, x_shape)
     k = int(np.prod(x_shape[2:]))
     mu, nu = _cell_arrays(sp, np.broadcast_shapes(x.mean.shape, x.var.shape)[1]
@@ -276,6 +294,10 @@ def _spatial_mean(x: Moments, x_shape) -> Moments:
     axes = tuple(range(1, mu.ndim))
     mean = (w * mu).sum(axis=axes)
     var = (w * nu).sum(axis=axes) / k
+    if sp.corr is not None:  # correlated positions: (nu/K^2) sum_d n(d) rho(d)
+        var = var * correlation.mean_variance_factor(sp.corr, x_shape[2:])
+        # BatchNorm's batch mean: the centred part's variance over N samples is (N-1)/N
+        var = var * (1.0 - sp.corr.batch_centred(var.size) / max(1, x_shape[0]))
     return Moments.along(mean, var, 1, len(x_shape)) if mean.size > 1 else Moments(
         mean.reshape((1,) * len(x_shape)), var.reshape((1,) * len(x_shape)))
 
@@ -408,8 +430,36 @@ def _max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
         a = np.moveaxis(a.reshape((c, int(np.prod(t_shape))) + r_shape), 1, 0)
         return a[:, None]
 
-    e, v = max_of_gaussians(lay_out(m_t), lay_out(s_t), lay_out(valid), compose(src.chain))
-    return attach(Moments(e, v), out_maps)
+    e, v, slope = max_of_gaussians(lay_out(m_t), lay_out(s_t), lay_out(valid),
+                                   compose(src.chain))
+    corr = None
+    if sp.corr is not None:
+        corr = _max_correlation(sp, ctx, var, slope, v)
+    return attach(Moments(e, v), out_maps, corr)
+
+
+def _max_correlation(sp, ctx: RuleContext, var_z, slope, var_max):
+    """Output correlation of a max pool by Stein's lemma, linearised: with pi_t = E[f'(M)]/n
+    the chance-weighted derivative of the window's maximum by tap t,
+    ``Cov(out(p), out(p+d)) ~ E[f'(M)]^2 nu_z (1/n^2) sum_{t,t'} rho_z(s d + t' - t)``
+    (z the Gaussian under the chain), divided by the maximum's variance; per channel, averaged
+    over the position classes."""
+    kernel, strides, dilations = _geometry(ctx)
+    rho_z, floor_z = sp.corr.gaussian()
+    gauss = correlation.Correlation(rho_z, floor_z, None, sp.corr.centred)
+    lin, centre = correlation.window_sum(gauss, kernel, strides, dilations, ctx.out_shape(0)[2:])
+    c = var_z.shape[0]
+    axes = tuple(range(1, var_z.ndim))
+    nu_z = var_z.mean(axis=axes)
+    k = slope.reshape(c, -1).mean(axis=1)
+    v = var_max.reshape(c, -1).mean(axis=1)
+    scale = k**2 * nu_z * np.broadcast_to(centre, (c,)) / np.where(v > 0, v, 1.0)
+    n = lin.rho.ndim - 1
+    rho = np.broadcast_to(lin.rho, (c,) + lin.rho.shape[1:]) * scale.reshape((-1,) + (1,) * n)
+    rho[(slice(None), *lin.radius)] = 1.0
+    floor = np.broadcast_to(lin.floor, (c,)) * scale
+    return correlation.Correlation(np.clip(rho, -1, 1), np.clip(floor, -1, 1), None,
+                                   sp.corr.centred)
 
 
 @rule("GlobalMaxPool")

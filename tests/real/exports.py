@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,11 +86,13 @@ def export_module(module, example_shape: tuple[int, ...], path: Path, *,
     else:
         example = torch.randn(2, *example_shape)
     tmp = path.with_suffix(".tmp.onnx")
-    torch.onnx.export(
-        module, (example,), str(tmp), input_names=[input_name],
-        training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False, dynamo=False,
-        opset_version=17, dynamic_axes={input_name: {0: "batch"}},
-    )
+    with warnings.catch_warnings():  # the exporter warns about every BatchNorm counter
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (example,), str(tmp), input_names=[input_name],
+            training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False, dynamo=False,
+            opset_version=17, dynamic_axes={input_name: {0: "batch"}},
+        )
     proto = onnx.load(str(tmp))
     proto.ir_version = min(proto.ir_version, 10)
     onnx.save(proto, str(path))
