@@ -38,7 +38,7 @@ from .. import correlation
 from ..correlation import Correlation
 from ..moments import Elementwise, Moments, Source
 from ..spatial import attach, with_corr
-from . import RuleContext, RuleError, rule, signal
+from . import RuleContext, RuleError, piecewise, rule, signal
 
 # ---------------------------------------------------------------------------------------------
 # quadrature
@@ -313,6 +313,9 @@ def _unary_fn(ctx: RuleContext, rank: int | None) -> _Fn | None:
         return _Fn(("Relu",), _SIMPLE["Relu"][0], closed=lambda m, v: _leaky_closed(m, v, 0.0))
     if op == "Abs":
         return _Fn(("Abs",), np.abs, closed=_abs_closed)
+    if op == "HardSwish":
+        return _Fn(("HardSwish",), _SIMPLE["HardSwish"][0],
+                   closed=lambda m, v: piecewise.moments(piecewise.hard_swish(), m, v))
     if op in _SIMPLE:
         fn, domain = _SIMPLE[op]
         return _Fn((op,), fn, domain=domain)
@@ -359,7 +362,9 @@ def _unary_fn(ctx: RuleContext, rank: int | None) -> _Fn | None:
         return _Fn(("Swish", alpha), lambda x: x * _sigmoid(alpha * x))
     if op == "HardSigmoid":
         alpha, beta = float(attr("alpha", 0.2)), float(attr("beta", 0.5))
-        return _Fn(("HardSigmoid", alpha, beta), lambda x: np.clip(alpha * x + beta, 0.0, 1.0))
+        pieces = piecewise.hard_sigmoid(alpha, beta) if alpha > 0 else None
+        return _Fn(("HardSigmoid", alpha, beta), lambda x: np.clip(alpha * x + beta, 0.0, 1.0),
+                   closed=None if pieces is None else lambda m, v: piecewise.moments(pieces, m, v))
     if op == "ThresholdedRelu":
         alpha = float(attr("alpha", 1.0))
         return _Fn(("ThresholdedRelu", alpha), lambda x: np.where(x > alpha, x, 0.0))
@@ -379,8 +384,11 @@ def _unary_fn(ctx: RuleContext, rank: int | None) -> _Fn | None:
         else:
             lo = _constant(ctx, 1, rank) if ctx.has_input(1) else np.float64(-np.inf)
             hi = _constant(ctx, 2, rank) if ctx.has_input(2) else np.float64(np.inf)
+        scalar = np.size(lo) == 1 and np.size(hi) == 1 and float(lo) < float(hi)
+        pieces = piecewise.clip(float(lo), float(hi)) if scalar else None
         return _Fn(
-            ("Clip", *_digest(lo), *_digest(hi)), lambda x: np.minimum(np.maximum(x, lo), hi)
+            ("Clip", *_digest(lo), *_digest(hi)), lambda x: np.minimum(np.maximum(x, lo), hi),
+            closed=None if pieces is None else lambda m, v: piecewise.moments(pieces, m, v),
         )
     return None
 
