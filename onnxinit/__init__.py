@@ -10,8 +10,7 @@ Public API::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .analysis import Analysis, analyze
 from .errors import OnnxInitError
 from .graph import ModelGraph, load

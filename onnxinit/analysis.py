@@ -9,7 +9,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
+from .feeds import synthetic_feeds
 from .graph import ModelGraph, load
+from .measure import measure as run_measure
 from .propagate import EMPIRICAL, PASS_THROUGH, Propagation, propagate
 from .residual import ResidualBlock, residual_blocks
 
@@ -138,9 +140,6 @@ def analyze(
     result = propagate(graph, stats, seed=seed)
     measured = {}
     if measure:
-        from .data import synthetic_feeds
-        from .measure import measure as run_measure
-
         feeds = synthetic_feeds(graph, seed=seed, stats=stats)
         measured = run_measure(graph, feeds, device=device)
     input_var = result.input_var

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import InvalidOptionError
 from .graph import ModelGraph
 from .moments import Moments
-from .rules import RuleContext, RuleError, lookup
+from .rules import CommonAncestor, Registration, RuleContext, RuleError, RuleSettings, lookup
 from .rules.empirical import EmpiricalError, measure_node, pass_through
+from .rules.fusion import common_ancestor
 
 log = logging.getLogger("onnxinit")
 
@@ -41,7 +43,7 @@ class Propagation:
     input_stats: dict[str, tuple[float, float]]
     fallbacks: list[Fallback] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    options: dict = field(default_factory=dict, repr=False)
+    settings: RuleSettings = field(default_factory=RuleSettings, repr=False)
 
     @property
     def input_var(self) -> float:
@@ -57,8 +59,6 @@ def input_moments(
     stats = dict(stats or {})
     unknown = set(stats) - set(graph.input_names)
     if unknown:
-        from .errors import InvalidOptionError
-
         raise InvalidOptionError(
             f"--stats names {', '.join(sorted(unknown))}, not an input of {graph.name}"
         )
@@ -106,8 +106,7 @@ def start_propagation(
         input_stats={name: m.total() for name, m in moments.items()},
         warnings=list(graph.warnings),
     )
-    # rules read "moments" (computed so far) to fuse element-wise subgraphs such as x*Sigmoid(x)
-    result.options = {"seed": seed, "dropout": dropout, "moments": result.moments}
+    result.settings = RuleSettings(seed=seed, dropout=dropout)
     for node_id in graph.subgraph_nodes():
         result.warnings.append(
             f"node {node_id} ({graph.node(node_id).op_type}) has subgraphs; analysed as opaque"
@@ -146,14 +145,33 @@ def single_threaded_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def rule_context(graph: ModelGraph, node_id: str, result: Propagation,
+                 registration: Registration | None = None) -> RuleContext:
+    """The context the propagator hands the rule of ``node_id``: the node, the settings, and
+    for rules registered with ``fusion=True`` the common element-wise ancestor of the two
+    signal operands with its moments from ``result`` (:mod:`onnxinit.rules.fusion`)."""
+    node = graph.node(node_id)
+    ctx = RuleContext(node, node_id, graph, result.settings)
+    if registration is None:
+        registration = lookup(node.domain, node.op_type, graph.opset)
+    if registration is not None and registration.fusion:
+        try:
+            found = common_ancestor(ctx)
+        except RuleError:  # an operand's function cannot be built: no fusion
+            found = None
+        if found is not None and found[0] in result.moments:
+            tensor, chain_a, chain_b = found
+            ctx.fusion = CommonAncestor(tensor, result.moments[tensor], chain_a, chain_b)
+    return ctx
+
+
 def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None:
     """Compute (or recompute) the moments of one node's outputs from those in ``result``."""
-    options = result.options
     node = graph.node(node_id)
     inputs = [
         result.moments.get(name) if graph.is_signal(name) else None for name in node.input
     ]
-    ctx = RuleContext(node, node_id, graph, options)
+    ctx = RuleContext(node, node_id, graph, result.settings)
     registration = lookup(node.domain, node.op_type, graph.opset)
     outputs, rule_name = None, None
     # a rule is called even without signal inputs: an embedding Gather(table, int ids) has a
@@ -161,6 +179,7 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
     # raise RuleError and the node is measured instead
     if registration is not None:
         try:
+            ctx = rule_context(graph, node_id, result, registration)
             outputs = registration.fn(inputs, ctx)
             rule_name = registration.fn.__name__
         except RuleError as exc:
@@ -174,7 +193,7 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
         reason = "no rule for this op"
     if outputs is None:
         try:
-            outputs = measure_node(inputs, ctx)
+            outputs = measure_node(inputs, ctx, result.moments)
             rule_name = EMPIRICAL
             _record(result, Fallback(node_id, node.op_type, EMPIRICAL, reason))
         except Exception as exc:  # EmpiricalError, or a constant input that

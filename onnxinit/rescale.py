@@ -11,9 +11,9 @@ import onnx
 from .errors import InvalidOptionError, UnsupportedModelError
 from .graph import ModelGraph, load
 from .methods import METHODS, make_options, parse_methods
+from .plan import Plan
 from .propagate import propagate
 from .writeback import (
-    Plan,
     apply_plan,
     default_output,
     plan_record,

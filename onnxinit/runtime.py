@@ -11,7 +11,6 @@ import functools
 import os
 from collections.abc import Sequence
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -93,23 +92,3 @@ def make_session(
     return ort.InferenceSession(
         data, options, providers=list(provider_list or providers(device))
     )
-
-
-def hvp(model, params, v, feeds, labels=None, *, loss="cross_entropy", output=None,
-        dtype: str = "float32", device: str = "auto", rel: float | None = None):
-    """Hessian-vector product of ``model``'s loss: ``H(params) @ v`` by central finite
-    differences of two gradient passes, ``(g(theta + eps v) - g(theta - eps v)) / (2 eps)`` with
-    ``eps = rel (1 + ||theta||) / ||v||`` (see :meth:`GradientProgram.hvp`).
-
-    One-shot convenience: it compiles a :class:`onnxinit.autodiff.GradientProgram` for the
-    feeds' shapes; keep a program yourself when calling it repeatedly.
-    ``dtype="float64"`` runs the cast graph on the CPU.
-    """
-    from .autodiff import GradientProgram  # autodiff builds on this module
-
-    program = GradientProgram(
-        model, {name: np.shape(value) for name, value in feeds.items()}, loss=loss,
-        output=output, wrt=list(v), label_shape=None if labels is None else np.shape(labels),
-        dtype=dtype, device=device,
-    )
-    return program.hvp(params, v, feeds, labels, rel=rel)

@@ -32,6 +32,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ._loading import read_model
+from ._version import __version__
 from .errors import InvalidOptionError, ModelLoadError, UnsupportedModelError, WriteError
 from .writeback import WRITABLE_TYPES, _cleanup, _same_file, _write_temp, read_plan_record
 
@@ -83,8 +85,6 @@ def identity_aliases(model: onnx.ModelProto) -> dict[str, str]:
 def _load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None]:
     if isinstance(model, onnx.ModelProto):
         return model, None
-    from ._loading import read_model
-
     return read_model(model)[0], Path(model)
 
 
@@ -100,8 +100,6 @@ def weights_metadata(model: onnx.ModelProto, model_path: str | os.PathLike | Non
     the rescale method(s), empty when the model was not rescaled by onnxinit; and, only for a
     rescaled model, ``onnxinit.scales``: JSON ``{tensor: scale}`` relative to the source for
     every exported tensor (1.0 when untouched, ``"replaced"`` when the method replaced it)."""
-    from . import __version__
-
     record = read_plan_record(model)
     model_name = str(model_path) if model_path is not None else ""
     meta = {"onnxinit.version": __version__, "onnxinit.model": model_name,

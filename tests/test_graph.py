@@ -5,7 +5,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.errors import InvalidOptionError
-from onnxinit.graph import load, parse_input_shapes, parse_stats
+from onnxinit.graph import load
 
 from .models import make_model, mlp
 
@@ -75,17 +75,6 @@ def test_symbolic_dims_resolution_and_errors():
         load(mlp([6, 5]), input_shapes={"x": (3, 7)})
     with pytest.raises(InvalidOptionError, match="not an input"):
         load(mlp([6, 5]), input_shapes={"nope": (3, 6)})
-
-
-def test_option_parsers():
-    assert parse_input_shapes(["x:1x3x224x224", "ids:2,16"]) == {"x": (1, 3, 224, 224), "ids": (2, 16)}
-    assert parse_stats(["x:0.5,2"]) == {"x": (0.5, 2.0)}
-    for bad in (["x"], ["x:1xq"]):
-        with pytest.raises(InvalidOptionError):
-            parse_input_shapes(bad)
-    for bad in (["x:1"], ["x:0,-1"], ["x:a,b"]):
-        with pytest.raises(InvalidOptionError):
-            parse_stats(bad)
 
 
 def _i64(name, values):
@@ -174,3 +163,21 @@ def test_constant_folding_falls_back_to_onnxruntime():
     result = propagate(graph)
     assert not result.fallbacks
     np.testing.assert_allclose(result.moments["y"].total()[1], np.mean(np.arange(70.0) ** 2))
+
+
+def test_with_values_is_a_view_that_leaves_the_graph_alone():
+    graph = load(_exporter_like_model())
+    original = graph.value("fc.weight_t").copy()
+    doubled = graph.with_values({"fc.weight": 2 * graph.value("fc.weight")})
+    # a constant folded from the overridden initializer is recomputed in the view only
+    np.testing.assert_array_equal(doubled.value("fc.weight_t"), 2 * original)
+    np.testing.assert_array_equal(graph.value("fc.weight_t"), original)
+    assert doubled.value("conv.weight") is graph.value("conv.weight")  # the rest is shared
+    assert doubled.table is graph.table and doubled.value("shape").tolist() == [32, -1]
+    # a view of a view keeps both overrides; its base is unchanged
+    both = doubled.with_values({"conv.weight": np.zeros((8, 4, 3, 3), np.float32)})
+    assert not both.value("conv.weight").any()
+    np.testing.assert_array_equal(both.value("fc.weight_t"), 2 * original)
+    assert doubled.value("conv.weight").any()
+    with pytest.raises(InvalidOptionError, match="not an initializer"):
+        graph.with_values({"flat": np.zeros(1)})

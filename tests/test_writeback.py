@@ -15,7 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxinit import writeback
 from onnxinit.errors import InvalidOptionError, UnsupportedModelError, WriteError
 from onnxinit.graph import load
-from onnxinit.writeback import Change, Plan, apply_plan, default_output, save_model
+from onnxinit.plan import Change, Plan
+from onnxinit.writeback import apply_plan, default_output, save_model
 
 
 def _model(dtype=TensorProto.FLOAT) -> onnx.ModelProto:

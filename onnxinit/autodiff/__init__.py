@@ -8,13 +8,13 @@ ONNX ops (runs on any onnxruntime build, CPU or CUDA).
 
 from __future__ import annotations
 
+from ..parameters import float_parameters
 from .loss import CrossEntropy, MeanSquaredError, ScalarOutput
 from .lower import lower
-from .parameters import float_parameters
-from .program import GradientProgram, gradients
+from .program import GradientProgram, gradients, hvp
 from .reverse import GradientGraph, build_gradient_graph
 
 __all__ = [
     "CrossEntropy", "GradientGraph", "GradientProgram", "MeanSquaredError", "ScalarOutput",
-    "build_gradient_graph", "float_parameters", "gradients", "lower",
+    "build_gradient_graph", "float_parameters", "gradients", "hvp", "lower",
 ]

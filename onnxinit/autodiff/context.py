@@ -10,7 +10,7 @@ import onnx
 from onnx import helper
 
 from ..errors import UnsupportedModelError
-from .emitter import GraphEmitter
+from ..passes import GraphEmitter
 from .static import StaticInfo
 
 

@@ -10,11 +10,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx.reference import ReferenceEvaluator
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
 from ..runtime import make_session
-from .reference_ops import CORRECTED_OPS
+from .reference_ops import corrected_ops
 
 
 class Runner:
@@ -30,7 +29,10 @@ class Runner:
         except OrtNotImplemented:
             if not float64:
                 raise
-            self._reference = ReferenceEvaluator(model, new_ops=CORRECTED_OPS)
+            # the reference evaluator is slow to import: only this fallback needs it
+            from onnx.reference import ReferenceEvaluator
+
+            self._reference = ReferenceEvaluator(model, new_ops=corrected_ops())
             self.backend = "reference"
 
     @property

@@ -9,7 +9,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..errors import InvalidOptionError
-from .emitter import GraphEmitter
+from ..passes import GraphEmitter
 
 
 @dataclass(frozen=True)

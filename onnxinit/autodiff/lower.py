@@ -5,9 +5,10 @@
 - graph inputs get the concrete shapes of this run;
 - BatchNormalization becomes primitives with batch statistics (training semantics):
   ``y = gamma (x - mean_b) / sqrt(var_b + eps) + beta`` with the biased variance over the batch
-  and spatial axes;
+  and spatial axes (:func:`onnxinit.passes.batch_statistics`);
 - Dropout becomes Identity, or with ``dropout=True`` a multiplication by a fixed mask drawn
-  from ``seed`` (scaled by 1 / (1 - ratio)), so repeated passes see the same function;
+  from ``seed`` (scaled by 1 / (1 - ratio)), so repeated passes see the same function
+  (:func:`onnxinit.passes.fixed_dropout`);
 - model-local functions, and every op whose ONNX schema has a function body but which has no
   backward rule of its own (LayerNormalization, Gelu, HardSwish, GroupNormalization, Mish,
   Elu, Selu, ...), are inlined; ops with a rule (Softmax, LogSoftmax, Relu, ...) stay as they
@@ -21,12 +22,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 import onnx.inliner
-from onnx import helper, numpy_helper, version_converter
+from onnx import helper, version_converter
 
 from ..errors import UnsupportedModelError
+from ..passes import (
+    MAX_FOLDED_ELEMENTS,
+    batch_statistics,
+    fixed_dropout,
+    set_input_shapes,
+    types_and_shapes,
+)
 from .backward import RULES
-from .emitter import GraphEmitter
-from .static import MAX_FOLDED_ELEMENTS, infer
 
 MIN_OPSET = 18
 MAX_INLINE_ROUNDS = 8
@@ -51,97 +57,13 @@ def _with_min_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         ) from None
 
 
-def _set_input_shapes(graph: onnx.GraphProto, input_shapes: Mapping[str, Sequence[int]]) -> None:
-    initializers = {init.name for init in graph.initializer}
-    for value in graph.input:
-        if value.name in initializers:
-            continue
-        if value.name not in input_shapes:
-            raise UnsupportedModelError(f"no shape given for model input {value.name!r}")
-        dims = value.type.tensor_type.shape
-        dims.ClearField("dim")
-        for size in input_shapes[value.name]:
-            dims.dim.add().dim_value = int(size)
-    graph.ClearField("value_info")
-
-
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
-
-
-def _consumed(graph: onnx.GraphProto) -> set[str]:
-    return {name for node in graph.node for name in node.input}
-
-
-def _batch_norm(node, emitter: GraphEmitter, types, shapes, consumed) -> None:
-    x, scale, bias, running_mean, running_var = node.input
-    elem_type, rank = types[x], len(shapes[x])
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    eps, momentum = attrs.get("epsilon", 1e-5), attrs.get("momentum", 0.9)
-    axes = emitter.int64s([0, *range(2, rank)])
-    mean = emitter.node("ReduceMean", [x, axes], keepdims=1)
-    centered = emitter.node("Sub", [x, mean])
-    squares = emitter.node("ReduceSumSquare", [centered, axes], keepdims=1)
-    count = 1.0 / float(np.prod([shapes[x][a] for a in (0, *range(2, rank))]))
-    var = emitter.node("Mul", [squares, emitter.constant(count, elem_type)])
-    std = emitter.node("Sqrt", [emitter.node("Add", [var, emitter.constant(eps, elem_type)])])
-    per_channel = emitter.int64s([-1] + [1] * (rank - 2))
-    gain = emitter.node("Div", [emitter.node("Reshape", [scale, per_channel]), std])
-    emitter.nodes.append(helper.make_node(
-        "Add", [emitter.node("Mul", [centered, gain]),
-                emitter.node("Reshape", [bias, per_channel])],
-        [node.output[0]], name=emitter.fresh("bn_output")))
-    for index, running, batch in ((1, running_mean, mean), (2, running_var, var)):
-        if len(node.output) > index and node.output[index] in consumed:
-            flat = emitter.node("Reshape", [batch, emitter.int64s([-1])])
-            kept = emitter.node("Mul", [running, emitter.constant(momentum, elem_type)])
-            fresh = emitter.node("Mul", [flat, emitter.constant(1 - momentum, elem_type)])
-            emitter.nodes.append(helper.make_node("Add", [kept, fresh], [node.output[index]],
-                                                  name=emitter.fresh("bn_running")))
-
-
-def _dropout(node, emitter: GraphEmitter, types, shapes, constants, consumed, rng) -> None:
-    if len(node.output) > 1 and node.output[1] in consumed:
-        raise UnsupportedModelError(f"Dropout node {node.name!r}: its mask output is used")
-    x = node.input[0]
-    ratio_name = node.input[1] if len(node.input) > 1 else ""
-    ratio = float(constants[ratio_name]) if ratio_name in constants else 0.5
-    if rng is None or ratio == 0.0:
-        emitter.nodes.append(helper.make_node("Identity", [x], [node.output[0]], name=node.name))
-        return
-    if shapes.get(x) is None:
-        raise UnsupportedModelError(f"Dropout node {node.name!r}: input shape unknown")
-    keep = (rng.random(shapes[x]) >= ratio) / (1.0 - ratio)
-    mask = emitter.constant(keep, types[x], "dropout_mask")
-    emitter.nodes.append(helper.make_node("Mul", [x, mask], [node.output[0]], name=node.name))
-
-
-def _rewrite_training_ops(model: onnx.ModelProto, dropout: bool, seed: int) -> None:
-    graph = model.graph
-    types, shapes = infer(model)
-    constants = _constants(graph)
-    consumed = _consumed(graph)
-    rng = np.random.default_rng(seed) if dropout else None
-    taken = {name for node in graph.node for name in [*node.input, *node.output, node.name]}
-    taken |= {init.name for init in graph.initializer} | {v.name for v in graph.input}
-    emitter = GraphEmitter(taken, "lowered/")
-    for node in graph.node:
-        if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx"):
-            if shapes.get(node.input[0]) is None:
-                raise UnsupportedModelError(f"BatchNormalization {node.name!r}: input shape "
-                                            "unknown")
-            _batch_norm(node, emitter, types, shapes, consumed)
-        elif node.op_type == "Dropout" and node.domain in ("", "ai.onnx"):
-            _dropout(node, emitter, types, shapes, constants, consumed, rng)
-        else:
-            emitter.nodes.append(node)
-    graph.ClearField("node")
-    graph.node.extend(emitter.nodes)
-    graph.initializer.extend(emitter.initializers)
+def _prepare(model: onnx.ModelProto, input_shapes, dropout: bool, seed: int) -> None:
+    """Static input shapes, then training semantics (the passes of :mod:`onnxinit.passes`)."""
+    set_input_shapes(model, input_shapes, require_all=True)
+    model.graph.ClearField("value_info")  # declared for other input shapes
+    types, shapes = types_and_shapes(model)
+    batch_statistics(model, shapes, types)
+    fixed_dropout(model, seed=seed if dropout else None, shapes=shapes, types=types)
 
 
 # Composite ops kept as they are: onnxruntime runs them natively and they carry no gradient
@@ -226,8 +148,7 @@ def lower(
     lowered = onnx.ModelProto()
     lowered.CopyFrom(model)
     lowered = _with_min_opset(lowered)
-    _set_input_shapes(lowered.graph, input_shapes)
-    _rewrite_training_ops(lowered, dropout, seed)
+    _prepare(lowered, input_shapes, dropout, seed)
     lowered = _inline_composites(lowered)
     lowered.graph.ClearField("value_info")
     return lowered

@@ -1,5 +1,6 @@
 """Compiled gradient programs: a gradient graph and its session, reused across calls, so each
-gradient pass costs one run; Hessian-vector products by central differences of gradients."""
+gradient pass costs one run; Hessian-vector products by central differences of gradients.
+:func:`gradients` and :func:`hvp` are one-shot conveniences over a program."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from onnx import helper
 
 from .._loading import read_model
 from ..errors import InvalidOptionError
+from ..parameters import float_parameters
 from .execution import Runner
 from .loss import CrossEntropy, loss_head
-from .parameters import float_parameters
 from .reverse import GradientGraph, build_gradient_graph
 
 Arrays = Mapping[str, np.ndarray]
@@ -185,3 +186,27 @@ def gradients(
         device=device, dtype=dtype,
     )
     return program.gradients(feeds, labels, params)
+
+
+def hvp(
+    model: onnx.ModelProto | str | os.PathLike,
+    params: Arrays | None,
+    v: Arrays,
+    feeds: Arrays,
+    labels=None,
+    *,
+    loss="cross_entropy",
+    output: str | None = None,
+    dtype: str = "float32",
+    device: str = "auto",
+    rel: float | None = None,
+) -> dict[str, np.ndarray]:
+    """Hessian of the loss times ``v`` at ``params`` for one batch, by central differences of
+    two gradient passes (see :meth:`GradientProgram.hvp`). One-shot: it compiles a program for
+    the feeds' shapes; keep a :class:`GradientProgram` when calling it repeatedly."""
+    program = GradientProgram(
+        model, {name: np.shape(value) for name, value in feeds.items()}, loss=loss,
+        output=output, wrt=list(v), label_shape=None if labels is None else np.shape(labels),
+        dtype=dtype, device=device,
+    )
+    return program.hvp(params, v, feeds, labels, rel=rel)

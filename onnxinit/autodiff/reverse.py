@@ -18,15 +18,15 @@ import onnx
 from onnx import helper
 
 from ..errors import InvalidOptionError, MissingRuleError, UnsupportedModelError
+from ..parameters import float_parameters
+from ..passes import GraphEmitter, fold_constants, types_and_shapes
 from .backward import RULES
 from .context import BackwardContext, node_label
-from .emitter import GraphEmitter
 from .fused import batch_norm_backward, match_batch_norm
 from .loss import CrossEntropy, loss_head
 from .lower import lower
-from .parameters import float_parameters
 from .precision import to_float64
-from .static import StaticInfo, fold_constants, infer
+from .static import StaticInfo
 
 MAX_IR_VERSION = 10  # onnxruntime reads at most IR 13; onnx writes newer by default
 # Ops whose float outputs are piecewise constant or carry no dependence on their float inputs'
@@ -60,7 +60,7 @@ def _attach_loss(model, head, label_shape, taken):
         if output not in inferred_names:
             raise InvalidOptionError(f"output {output!r} is not a tensor of the model "
                                      f"(outputs: {', '.join(outputs)})")
-    types, shapes = infer(model)
+    types, shapes = types_and_shapes(model)
     shape = shapes.get(output)
     if shape is None or None in shape:
         raise UnsupportedModelError(f"shape of output {output!r} unknown after shape inference")

@@ -7,9 +7,9 @@ import json
 import click
 
 from ..analysis import analyze as run_analyze
-from ..graph import parse_input_shapes, parse_stats
 from ..report import analysis_summary, analysis_table
 from ._common import logging_options, model_options, seed_option, stats_option
+from .specs import parse_input_shapes, parse_stats
 
 
 @click.command("analyze")

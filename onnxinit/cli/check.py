@@ -10,9 +10,9 @@ import click
 from ..analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR, analyze
 from ..check import failed, find, format_github, format_json, format_text
 from ..errors import OnnxInitError
-from ..graph import parse_input_shapes, parse_stats
 from ..sarif import format_sarif
 from ._common import EXIT_USAGE, logging_options, stats_option
+from .specs import parse_input_shapes, parse_stats
 
 log = logging.getLogger("onnxinit")
 

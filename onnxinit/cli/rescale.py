@@ -9,12 +9,12 @@ from pathlib import Path
 import click
 
 from ..errors import WriteError
-from ..graph import parse_input_shapes
 from ..methods import METHODS
 from ..rescale import RescaleResult
 from ..rescale import rescale as run_rescale
 from ..weights import check_target, export_weights
 from ._common import logging_options, model_options, seed_option
+from .specs import parse_input_shapes
 
 
 def _summary(result: RescaleResult) -> str:

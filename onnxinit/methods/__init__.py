@@ -2,8 +2,9 @@
 
 ``METHODS`` maps a ``--method`` name to ``(plan_function, options_class)``; a method module adds
 itself here. Options classes are dataclasses whose fields are the method's hyperparameters; a
-field declared with :func:`option` becomes a ``rescale`` command-line option (``--field-name``)
-with its help text, so each method documents its own hyperparameters in one place.
+field declared with :func:`.options.option` becomes a ``rescale`` command-line option
+(``--field-name``) with its help text, so each method documents its own hyperparameters in one
+place.
 """
 
 from __future__ import annotations
@@ -12,17 +13,8 @@ import dataclasses
 from collections.abc import Callable
 
 from ..errors import InvalidOptionError
-
-
-def option(default, help: str, *, choices: tuple[str, ...] | None = None, flag: bool = False):
-    """A method hyperparameter that is also a CLI option (``help`` states its meaning)."""
-    return dataclasses.field(
-        default=default, metadata={"help": help, "choices": choices, "flag": flag}
-    )
-
-
-# Method modules use ``option`` above, so they are imported after it.
 from . import autoinit, classic, gradinit, idinit, lsuv, metainit, nio
+from .options import option
 
 METHODS: dict[str, tuple[Callable, type]] = {
     "autoinit": (autoinit.plan, autoinit.AutoInitOptions),
@@ -58,3 +50,6 @@ def make_options(name: str, values: dict):
     options_class = METHODS[name][1]
     fields = {f.name for f in dataclasses.fields(options_class)}
     return options_class(**{k: v for k, v in values.items() if k in fields and v is not None})
+
+
+__all__ = ["METHODS", "make_options", "option", "parse_methods"]

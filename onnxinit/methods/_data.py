@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..data import LOSSES, DataSource, data_source
 from ..graph import ModelGraph
-from . import option
+from .options import option
 
 
 @dataclass

@@ -22,9 +22,9 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from ..graph import ModelGraph
-from ..propagate import Propagation, propagate_node, start_propagation
-from ..writeback import Change, Plan
-from . import option
+from ..plan import Change, Plan
+from ..propagate import Propagation, propagate, propagate_node, start_propagation
+from .options import option
 
 
 @dataclass
@@ -56,16 +56,9 @@ def _bias_of(graph: ModelGraph, node_id: str) -> str | None:
 
 def plan(graph: ModelGraph, options: AutoInitOptions | None = None) -> Plan:
     """Choose weight scales (and zero biases) so every parametric output has ``target_var``.
-    ``graph`` is left as it was (the choices are made on value overrides, then dropped)."""
+    ``graph`` is not changed: each layer is analysed on a view of it holding the values chosen
+    upstream (:meth:`ModelGraph.with_values`)."""
     options = options or AutoInitOptions()
-    graph.reset_values()
-    try:
-        return _plan(graph, options)
-    finally:
-        graph.reset_values()
-
-
-def _plan(graph: ModelGraph, options: AutoInitOptions) -> Plan:
     if not graph.parametric_nodes:
         raise UnsupportedModelError(
             f"{graph.name}: no Conv/ConvTranspose/Gemm/MatMul node with a float constant weight; "
@@ -76,22 +69,23 @@ def _plan(graph: ModelGraph, options: AutoInitOptions) -> Plan:
     changes: dict[str, Change] = {}
     layers = []
     result: Propagation = start_propagation(graph, seed=options.seed)
+    chosen = graph  # the graph with the values chosen so far
     for node_id in graph.order:
         if graph.is_shape_node(node_id):
             continue
         if node_id not in parametric:
-            propagate_node(graph, node_id, result)
+            propagate_node(chosen, node_id, result)
             continue
         node = graph.node(node_id)
         weight = graph.parameter_of(node.input[graph.weight_input(node_id)])
         bias = _bias_of(graph, node_id)
         if bias is not None and not options.keep_bias and bias not in changes:
-            graph.set_value(bias, np.zeros_like(graph.value(bias)))
-            changes[bias] = Change(array=np.zeros_like(graph.value(bias)), rule="autoinit",
-                                   target="bias = 0")
+            zeros = np.zeros_like(graph.value(bias))
+            chosen = chosen.with_values({bias: zeros})
+            changes[bias] = Change(array=zeros, rule="autoinit", target="bias = 0")
         in_name = next(n for n in node.input if graph.is_signal(n))
         in_mean, in_var = result.moments[in_name].total()
-        propagate_node(graph, node_id, result)
+        propagate_node(chosen, node_id, result)
         out_mean, out_var = result.moments[node.output[0]].total()
         entry = {"node": node_id, "op": node.op_type, "weight": weight,
                  "input_mean": in_mean, "input_var": in_var}
@@ -101,10 +95,10 @@ def _plan(graph: ModelGraph, options: AutoInitOptions) -> Plan:
             entry.update(scale=None, note="predicted output variance is 0; left unchanged")
         else:
             scale = float(np.sqrt(options.target_var / out_var))
-            graph.set_value(weight, graph.value(weight) * scale)
+            chosen = chosen.with_values({weight: chosen.value(weight) * scale})
             changes[weight] = Change(scale=scale, rule=f"autoinit:{node.op_type}",
                                      target=f"output var {options.target_var:g}")
-            propagate_node(graph, node_id, result)
+            propagate_node(chosen, node_id, result)
             entry["scale"] = scale
             out_mean, out_var = result.moments[node.output[0]].total()
         entry.update(output_mean=out_mean, output_var=out_var)
@@ -125,8 +119,6 @@ def _plan(graph: ModelGraph, options: AutoInitOptions) -> Plan:
 
 
 def _output_variances(graph: ModelGraph, seed: int) -> dict[str, float]:
-    from ..propagate import propagate
-
     result = propagate(graph, seed=seed)
     return {
         name: result.moments[name].total()[1]

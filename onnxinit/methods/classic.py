@@ -33,9 +33,9 @@ import numpy as np
 
 from ..errors import InvalidOptionError, UnsupportedModelError
 from ..graph import LAYOUT_OPS, ModelGraph
-from ..writeback import Change, Plan
-from . import option
+from ..plan import Change, Plan
 from .idinit import LayoutError, bias_of, initializer_value, node_weight, weight_matrix_dims
+from .options import option
 
 SCHEMES = ("xavier", "kaiming", "lecun", "orthogonal")
 DEFAULT_DISTRIBUTION = {"xavier": "uniform", "kaiming": "normal", "lecun": "normal"}

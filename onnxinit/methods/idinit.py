@@ -49,10 +49,10 @@ import onnx
 
 from ..errors import UnsupportedModelError
 from ..graph import ModelGraph
+from ..plan import Change, Plan
 from ..propagate import propagate_node, start_propagation
 from ..residual import residual_blocks
-from ..writeback import Change, Plan
-from . import option
+from .options import option
 
 
 @dataclass
@@ -218,18 +218,11 @@ def _roles(graph: ModelGraph) -> tuple[dict[str, str], list]:
 
 def plan(graph: ModelGraph, options: IDInitOptions | None = None) -> Plan:
     """IDInit's identity patterns for every Conv/ConvTranspose/Gemm/MatMul weight, biases 0.
-    ``graph`` is left as it was."""
+    ``graph`` is not changed: each layer is analysed on a view of it holding the values chosen
+    upstream (:meth:`ModelGraph.with_values`)."""
     options = options or IDInitOptions()
     if options.idinit_conv not in ("patch", "dirac"):
         raise UnsupportedModelError(f"--idinit-conv {options.idinit_conv!r}: use patch or dirac")
-    graph.reset_values()
-    try:
-        return _plan(graph, options)
-    finally:
-        graph.reset_values()
-
-
-def _plan(graph: ModelGraph, options: IDInitOptions) -> Plan:
     if not graph.parametric_nodes:
         raise UnsupportedModelError(
             f"{graph.name}: no Conv/ConvTranspose/Gemm/MatMul node with a float constant weight; "
@@ -240,20 +233,22 @@ def _plan(graph: ModelGraph, options: IDInitOptions) -> Plan:
     changes: dict[str, Change] = {}
     layers = []
     result = start_propagation(graph, seed=options.seed)
+    chosen = graph  # the graph with the values chosen so far
     for node_id in graph.order:
         if graph.is_shape_node(node_id):
             continue
         if node_id not in parametric:
-            propagate_node(graph, node_id, result)
+            propagate_node(chosen, node_id, result)
             continue
         node = graph.node(node_id)
         bias = bias_of(graph, node_id)
         if bias is not None and bias not in changes:
             zeros = np.zeros_like(graph.value(bias))
-            graph.set_value(bias, zeros)
+            chosen = chosen.with_values({bias: zeros})
             changes[bias] = Change(array=zeros, rule="idinit", target="bias = 0")
-        entry = _choose(graph, node_id, roles.get(node_id, "main"), options, changes, result)
-        propagate_node(graph, node_id, result)
+        entry, chosen = _choose(chosen, node_id, roles.get(node_id, "main"), options, changes,
+                                result)
+        propagate_node(chosen, node_id, result)
         entry["output_var"] = result.moments[node.output[0]].total()[1]
         layers.append(entry)
     return Plan(
@@ -270,8 +265,8 @@ def _plan(graph: ModelGraph, options: IDInitOptions) -> Plan:
     )
 
 
-def _choose(graph, node_id, role, options, changes, result) -> dict:
-    """Set the node's weight (value override + Change); return its report entry."""
+def _choose(graph, node_id, role, options, changes, result) -> tuple[dict, ModelGraph]:
+    """Choose the node's weight (a Change); return its report entry and ``graph`` with it."""
     node = graph.node(node_id)
     tensor = node.input[graph.weight_input(node_id)]
     weight = graph.parameter_of(tensor)
@@ -283,7 +278,7 @@ def _choose(graph, node_id, role, options, changes, result) -> dict:
              "d_out": d_out, "d_in": d_in, "input_var": in_var}
     if weight in changes:
         entry.update(pattern=None, note="tied weight, set at its first use")
-        return entry
+        return entry, graph
     if role == "branch_end":
         eps = options.idinit_eps
         pattern, gain = node_weight(graph, node_id, lambda o, i: zero_preserving(o, i, eps), conv), 1.0
@@ -298,13 +293,12 @@ def _choose(graph, node_id, role, options, changes, result) -> dict:
         init, array = initializer_value(graph, tensor, pattern * gain)
     except LayoutError as exc:
         entry.update(pattern=None, note=f"left unchanged: {exc}")
-        return entry
-    graph.set_value(init, array)
+        return entry, graph
     target = f"{name} {d_out}x{d_in}" + (f", gain {gain:.4g}" if gain != 1.0 else "")
     changes[init] = Change(array=array, rule=f"idinit:{name}", target=target,
                            note=f"{role} layer {node_id}")
     entry.update(pattern=name, gain=gain)
-    return entry
+    return entry, graph.with_values({init: array})
 
 
 def _variance_gain(graph, node_id, tensor, pattern, in_var, result, independent) -> float:
@@ -313,8 +307,7 @@ def _variance_gain(graph, node_id, tensor, pattern, in_var, result, independent)
         init, array = initializer_value(graph, tensor, pattern)
     except LayoutError:
         return float(np.sqrt(independent))
-    graph.set_value(init, array)
-    propagate_node(graph, node_id, result)
+    propagate_node(graph.with_values({init: array}), node_id, result)
     out_var = result.moments[graph.node(node_id).output[0]].total()[1]
     if np.isfinite(out_var) and out_var > 0 and np.isfinite(in_var) and in_var > 0:
         return float(np.sqrt(in_var / out_var))

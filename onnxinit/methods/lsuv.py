@@ -32,12 +32,13 @@ from onnx import helper
 from ..errors import InvalidOptionError, UnsupportedModelError
 from ..graph import ModelGraph
 from ..measure import measurable_model
+from ..plan import Change, Plan
 from ..progress import bar
 from ..runtime import make_session
-from ..writeback import Change, Plan
-from . import option
 from ._data import DataOptions, batches
+from .classic import ClassicOptions, planner
 from .idinit import bias_of
+from .options import option
 
 PRE_INITS = ("orthogonal", "keep")
 
@@ -98,8 +99,6 @@ class _Forward:
 def _pre_init(graph: ModelGraph, options: LSUVOptions) -> dict[str, Change]:
     if options.lsuv_init == "keep":
         return {}
-    from .classic import ClassicOptions, planner
-
     return dict(planner("orthogonal")(graph, ClassicOptions(seed=options.seed)).changes)
 
 

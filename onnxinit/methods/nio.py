@@ -35,9 +35,9 @@ import numpy as np
 from ..data import Batch
 from ..errors import InvalidOptionError
 from ..graph import ModelGraph
-from ..writeback import Plan
-from . import option
+from ..plan import Plan
 from ._data import DataOptions
+from .options import option
 from .scaleopt import (
     HVP_MODES,
     GradientOracle,

@@ -54,11 +54,14 @@ from typing import Protocol
 import numpy as np
 import onnx
 
+from ..autodiff import GradientProgram, ScalarOutput, build_gradient_graph, float_parameters
+from ..autodiff.execution import Runner
 from ..data import Batch, DataSource
-from ..errors import InvalidOptionError, UnsupportedModelError
+from ..errors import InvalidOptionError, OnnxInitError, UnsupportedModelError
 from ..graph import ModelGraph
+from ..plan import Change, Plan
 from ..progress import bar
-from ..writeback import Change, Plan
+from ._data import batches
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +236,6 @@ class ExactHVP:
     def __init__(self, program, device: str):
         from onnx import helper
 
-        from ..autodiff import ScalarOutput, build_gradient_graph
-        from ..autodiff.execution import Runner
-
         graph = program.graph
         model = graph.model
         elem = graph.elem_type
@@ -304,8 +304,6 @@ class GradientOracle:
         dtype: str = "float32",
         hvp: str = "auto",
     ):
-        from ..autodiff import GradientProgram  # the autodiff stack loads only when needed
-
         self._program_class = GradientProgram
         self.model = model
         self.source = source
@@ -346,8 +344,6 @@ class GradientOracle:
             return None
         if batch_size not in self._exact:
             from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-
-            from ..errors import OnnxInitError
 
             refused = (OnnxInitError, ort_errors.Fail, ort_errors.InvalidGraph,
                        ort_errors.NotImplemented, ort_errors.InvalidArgument)
@@ -614,13 +610,9 @@ def prepare(
 ) -> Run:
     """Data source (``options``: a DataOptions with ``seed``), gradient oracle over every
     scalable parameter, and the alphas (:func:`scale_space`)."""
-    from ._data import batches
-
     started = time.perf_counter()
     source = batches(graph, options, batch_size=batch_size)
     model = graph.source
-    from ..autodiff import float_parameters
-
     differentiable = float_parameters(model)
     wrt = [n for n in scalable_parameters(graph) if n in differentiable]
     if not wrt:

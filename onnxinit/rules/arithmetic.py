@@ -1,5 +1,5 @@
 """Arithmetic between tensors: Add, Sub, Mul, Div, Sum, Mean, Max, Min, Where, Concat (and Pow,
-delegated to the element-wise machinery of activations.py).
+delegated to the element-wise machinery of elementwise.py).
 
 Operands are signals (Moments) or constants (their exact values). A constant ``c`` is treated as
 a signal of mean ``c`` and variance 0, element by element, so the independence formulas below
@@ -19,27 +19,22 @@ for the per-index statistics over the folded axes:
 
 e.g. for a positional-embedding Add of ``c[S, D]``: ``Var_d = nu_d + var_s c[s, d]``. Two signals
 that are element-wise functions of one common ancestor (``x * Sigmoid(x)``) are fused first
-(``activations.fused_elementwise``); otherwise the two signals are taken as independent.
+(``fusion.fused_elementwise``); otherwise the two signals are taken as independent.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 from scipy import special
 
-from ..moments import Elementwise, Moments
 from .. import correlation
+from ..moments import Elementwise, Moments
 from ..spatial import attach, class_weights, joint, positions, take_cells, within_variance
-from . import RuleContext, RuleError, rule, signal
-from .activations import (
-    _ancestry,
-    apply_elementwise,
-    apply_fn,
-    compose,
-    fused_elementwise,
-)
+from .context import RuleContext, RuleError, signal
+from .elementwise import apply_elementwise, apply_fn, digest
+from .fusion import fused_elementwise
+from .gaussian import compose
+from .registry import rule
 
 _GRID_CAP = 1 << 22  # elements of a statistics grid before it is folded further
 _CONST_CAP = 1 << 16  # constants larger than this are not handed to the element-wise rules
@@ -154,7 +149,7 @@ def _two_signals_fused(inputs, ctx: RuleContext):
 # Add, Sub, Mul, Div
 
 
-@rule("Add", "Sub", "Mul", "Div")
+@rule("Add", "Sub", "Mul", "Div", fusion=True)
 def binary(inputs, ctx: RuleContext):
     """y = a (+ - * /) b, numpy broadcasting. Exact with a constant operand c (mean c, var 0):
     Add/Sub E = mu +/- c, Var = nu; Mul E = c mu, Var = c^2 nu; Div by c is Mul by 1/c; a
@@ -345,11 +340,11 @@ def _signal_axes(inputs, rank: int) -> set[int]:
     return axes
 
 
-@rule("Pow")
+@rule("Pow", fusion=True)
 def power(inputs, ctx: RuleContext):
     """y = x^c (c constant) or c^x, element-wise over x's source: E = int f N, Var = int f^2 N
-    - E^2 (activations.apply_elementwise); two signals only when both are element-wise
-    functions of a common ancestor (activations.fused_elementwise)."""
+    - E^2 (elementwise.apply_elementwise); two signals only when both are element-wise
+    functions of a common ancestor (fusion.fused_elementwise)."""
     fused = _two_signals_fused(inputs, ctx)
     if fused is not None:
         return fused
@@ -367,10 +362,6 @@ def sum_mean(inputs, ctx: RuleContext):
     rank = _out_rank(ctx)
     if len(inputs) == 1:
         return [signal(inputs, 0)]
-    if len(inputs) == 2:
-        fused = _two_signals_fused(inputs, ctx)
-        if fused is not None and ctx.node.op_type == "Sum":
-            return fused
     mean, var = np.float64(0.0), np.float64(0.0)
     for i in range(len(inputs)):
         m, v, _ = _operand(inputs, ctx, i, rank)
@@ -383,13 +374,6 @@ def sum_mean(inputs, ctx: RuleContext):
 
 # ---------------------------------------------------------------------------------------------
 # Max, Min
-
-
-def _digest(a) -> tuple:
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    if a.size == 1:
-        return (float(a.reshape(())),)
-    return (a.shape, hashlib.sha1(a.tobytes()).hexdigest()[:16])
 
 
 def _clark(ma, va, mb, vb, minimum: bool):
@@ -413,31 +397,22 @@ def _clark(ma, va, mb, vb, minimum: bool):
 
 def _fused_extreme(inputs, ctx: RuleContext, minimum: bool):
     """Max/Min of two signals that are element-wise functions f_a, f_b of one ancestor T
-    (LeakyRelu written as Max(x, 0.2 x)): h(z) = max(f_a(z), f_b(z)) over T's distribution."""
-    moments = ctx.options.get("moments")
-    names = ctx.node.input
-    if not moments or len(names) != 2 or not all(ctx.graph.is_signal(n) for n in names):
+    (``ctx.fusion``; LeakyRelu written as Max(x, 0.2 x)): h(z) = max(f_a(z), f_b(z)) over T's
+    distribution."""
+    fusion = ctx.fusion
+    if fusion is None:
         return None
-    budget = [8]
-    left = _ancestry(names[0], ctx, budget)
-    right = dict(_ancestry(names[1], ctx, budget))
-    common = next(((t, chain) for t, chain in left if t in right), None)
-    if common is None or moments.get(common[0]) is None:
-        return None
-    tensor, chain_a = common
-    chain_b = right[tensor]
-    fa, fb = compose(chain_a), compose(chain_b)
+    fa, fb = compose(fusion.chain_a), compose(fusion.chain_b)
     pick = np.minimum if minimum else np.maximum
     key = ("FusedMin" if minimum else "FusedMax",
-           tuple(f.key for f in chain_a), tuple(f.key for f in chain_b))  # fmt: skip
+           tuple(f.key for f in fusion.chain_a), tuple(f.key for f in fusion.chain_b))  # fmt: skip
     h = Elementwise(key, lambda z: pick(fa(z), fb(z)))
-    base = moments[tensor]
-    shape = ctx.graph.shape(tensor)
+    shape = ctx.graph.shape(fusion.tensor)
     rank = _out_rank(ctx)
     if shape is not None and len(shape) != rank:
         return None
     try:
-        return [apply_fn(base, h, rank)]
+        return [apply_fn(fusion.moments, h, rank)]
     except RuleError:
         return None
 
@@ -468,7 +443,7 @@ def _monte_carlo_extreme(signals, consts, ctx: RuleContext, rank: int, minimum: 
     return out.mean(axis=0), out.var(axis=0)
 
 
-@rule("Max", "Min")
+@rule("Max", "Min", fusion=True)
 def extreme(inputs, ctx: RuleContext):
     """Element-wise Max/Min. One signal and constants c: y = max(x, c) element-wise over x's
     source (quadrature). Two signals: fused over a common ancestor when both are element-wise
@@ -493,7 +468,7 @@ def extreme(inputs, ctx: RuleContext):
         x = signals[0]
         if np.size(c) > _CONST_CAP:
             raise RuleError("a constant too large to track per element")
-        f = Elementwise(("Min" if minimum else "Max", *_digest(c)), lambda z: pick(z, c))
+        f = Elementwise(("Min" if minimum else "Max", *digest(c)), lambda z: pick(z, c))
         out = apply_fn(x, f, rank)
         if len(_axes(out.mean, out.var)) > 1:
             return [_finish(out.mean, out.var, _axes(_lift(x.mean, rank), _lift(x.var, rank)))]

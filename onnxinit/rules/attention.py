@@ -21,7 +21,8 @@ import hashlib
 import numpy as np
 
 from ..moments import Moments
-from . import RuleContext, RuleError, rule, signal
+from .context import RuleContext, RuleError, signal
+from .registry import rule
 
 _CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 _CACHE_SIZE = 1024

@@ -11,13 +11,16 @@ unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import RANDOM_OPS
 from ..moments import Moments
-from . import RuleContext
+from ..passes import RANDOM_OPS
+from ..runtime import make_session
+from .context import RuleContext
 
 _MAX_ELEMENTS = 1 << 22  # cap the sample size of one input; batch is shrunk to fit
 _MAX_UPSTREAM = 8  # nodes computing a non-float input that are run along with the node
@@ -51,15 +54,14 @@ def _measure(values: np.ndarray, axis: int | None) -> Moments:
     return Moments(values.mean(axis=other, keepdims=True), values.var(axis=other, keepdims=True))
 
 
-def measure_node(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments | None]:
-    """Run ``ctx.node`` alone on samples of its inputs and measure its outputs."""
-    from ..runtime import make_session
-
+def measure_node(inputs: list[Moments | None], ctx: RuleContext,
+                 known: Mapping[str, Moments]) -> list[Moments | None]:
+    """Run ``ctx.node`` alone on samples of its inputs and measure its outputs; ``known``: the
+    moments of the signals upstream, for the inputs of producers run along with the node."""
     node, graph = ctx.node, ctx.graph
-    if graph._implicit.get(ctx.node_id):
+    if graph.implicit_inputs_of(ctx.node_id):
         raise EmpiricalError("the node reads outer-scope tensors from a subgraph")
     rng = ctx.rng()
-    known = ctx.options.get("moments", {})
     feeds, graph_inputs, initializers = {}, [], []
     tracked_axis, tracked_size = None, None
     nodes, seen, signals = {ctx.node_id: node}, set(), []
@@ -86,7 +88,7 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments
         elif src is not None and len(nodes) <= _MAX_UPSTREAM:
             # an integer/boolean tensor computed from signals (a random mask: Less of
             # RandomUniformLike): run the nodes that compute it too
-            if graph._implicit.get(src):
+            if graph.implicit_inputs_of(src):
                 raise EmpiricalError("an upstream node reads outer-scope tensors")
             nodes[src] = graph.node(src)
             pending.extend((n, None) for n in graph.node(src).input)

@@ -22,7 +22,9 @@ import numpy as np
 from ..moments import Moments
 from .. import correlation
 from ..spatial import attach, gather_taps, positions, window, within_variance
-from . import RuleContext, RuleError, rule, signal
+from .attention import matmul_activations
+from .context import RuleContext, RuleError, signal
+from .registry import rule
 
 
 def _patterns(axis_indicators: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -263,8 +265,6 @@ def matmul_const(inputs, ctx: RuleContext):
     W[M, K] @ X[..., K, N]: per row m along axis -2, E_m = sum_k W_mk mu_k, Var likewise.
     """
     if inputs[0] is not None and inputs[1] is not None:
-        from .attention import matmul_activations
-
         return matmul_activations(inputs, ctx)
     y_rank = len(ctx.out_shape(0))
     if inputs[0] is not None:

@@ -22,8 +22,8 @@ import numpy as np
 from scipy import special
 
 from ..moments import Elementwise, Source
-from . import RuleError
-from .activations import _CW, _CZ, _expand, compose
+from .context import RuleError
+from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
 
 _CACHE: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
 _CACHE_SIZE = 4096
@@ -35,13 +35,13 @@ _CHUNK = 1 << 23  # elements of the [taps, grid, problems] array evaluated at on
 def max_moments(src: Source, counts: Sequence[int], rank: int, minimum: bool = False):
     """Per tracked index, (E, Var) of the max (or min) of K independent draws of ``src``'s
     distribution, for each K in ``counts``: a list of (E, Var) arrays laid out like ``src``."""
-    mean, var = _expand(src.mean, rank), _expand(src.var, rank)
+    mean, var = expand(src.mean, rank), expand(src.var, rank)
     key = (tuple(counts), minimum, rank, mean.shape, mean.tobytes(), var.shape, var.tobytes(),
            tuple(f.key for f in src.chain))
     if key in _CACHE:
         return _CACHE[key]
     shape = np.broadcast_shapes(mean.shape, var.shape)
-    z = _CZ.reshape((-1,) + (1,) * len(shape))
+    z = COMPOSITE_Z.reshape((-1,) + (1,) * len(shape))
     with np.errstate(all="ignore"):
         values = np.asarray(compose(src.chain)(mean + np.sqrt(var) * z), dtype=np.float64)
     if not np.all(np.isfinite(values)):
@@ -51,7 +51,7 @@ def max_moments(src: Source, counts: Sequence[int], rank: int, minimum: bool = F
         values = -values
     order = np.argsort(values, axis=0, kind="stable")
     v = np.take_along_axis(values, order, axis=0)
-    p = _CW[order]
+    p = COMPOSITE_W[order]
     cdf = np.minimum(np.cumsum(p, axis=0) / p.sum(axis=0, keepdims=True), 1.0)
     before = np.concatenate([np.zeros_like(cdf[:1]), cdf[:-1]], axis=0)
     out = []

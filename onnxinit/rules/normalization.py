@@ -32,8 +32,10 @@ import numpy as np
 
 from ..moments import Elementwise, Moments, Source
 from ..spatial import attach
-from . import RuleContext, RuleError, rule, signal
-from .activations import _abs_closed, _digest, _expand, affine, apply_fn, gaussian_moments
+from .context import RuleContext, RuleError, signal
+from .elementwise import affine, apply_fn, digest
+from .gaussian import abs_closed, expand, gaussian_moments
+from .registry import rule
 
 _MIN_FOR_SOURCE = 64
 
@@ -46,7 +48,7 @@ def _param(ctx: RuleContext, index: int, rank: int, default: float) -> np.ndarra
     if value is None:
         raise RuleError(f"input {index} (scale or bias) is not constant")
     value = np.asarray(value, dtype=np.float64)
-    return value.reshape(()) if value.size == 1 else _expand(value, rank)
+    return value.reshape(()) if value.size == 1 else expand(value, rank)
 
 
 def _along(value: np.ndarray, axis: int, rank: int) -> np.ndarray:
@@ -64,7 +66,7 @@ def standardize(x: Moments, in_shape, axes) -> tuple[np.ndarray, np.ndarray, np.
     n) with ``D0 = E[v_hat]`` (add eps to it): see the module docstring."""
     rank = len(in_shape)
     axes = tuple(sorted(a % rank for a in axes))
-    mu, nu = _expand(x.mean, rank), _expand(x.var, rank)
+    mu, nu = expand(x.mean, rank), expand(x.var, rank)
     shape = np.broadcast_shapes(mu.shape, nu.shape)
     mu, nu = np.broadcast_to(mu, shape), np.broadcast_to(nu, shape)
     n = int(np.prod([in_shape[a] for a in axes])) if axes else 1
@@ -89,7 +91,7 @@ def _normalized(x: Moments, in_shape, axes, eps, gamma, beta) -> Moments:
     if x.spatial is not None and set(range(2, rank)) <= set(axes):
         # per position class: the same per-channel affine map y = a x + b on every cell
         a = np.broadcast_to(scale, np.broadcast_shapes(np.shape(scale), np.shape(mean)))
-        out = apply_fn(x, affine(a, mean - a * _expand(x.mean, rank), ("norm",)), rank)
+        out = apply_fn(x, affine(a, mean - a * expand(x.mean, rank), ("norm",)), rank)
         if 0 in axes and out.spatial is not None and out.spatial.corr is not None:
             # batch statistics: each channel's sample means are centred over the batch
             corr = out.spatial.corr.with_centred(np.ones(1))
@@ -100,8 +102,8 @@ def _normalized(x: Moments, in_shape, axes, eps, gamma, beta) -> Moments:
         src = x.source
         if max(np.ndim(src.mean), np.ndim(src.var)) <= rank:
             a = np.broadcast_to(scale, np.broadcast_shapes(np.shape(scale), np.shape(mean)))
-            b = mean - a * (_expand(x.mean, rank))
-            f = Elementwise(("Affine", "norm", *_digest(a), *_digest(b)), lambda v: a * v + b)
+            b = mean - a * (expand(x.mean, rank))
+            f = Elementwise(("Affine", "norm", *digest(a), *digest(b)), lambda v: a * v + b)
             source = Source(src.mean, src.var, src.chain + (f,))
     return Moments(mean, var, source)
 
@@ -219,7 +221,7 @@ def _rms(x: Moments, in_shape, axes, eps, gamma, bias=None) -> Moments:
     rms^2 = mean_f (nu_f + mu_f^2) + eps over the normalised axes."""
     rank = len(in_shape)
     axes = tuple(sorted(a % rank for a in axes))
-    mu, nu = _expand(x.mean, rank), _expand(x.var, rank)
+    mu, nu = expand(x.mean, rank), expand(x.var, rank)
     shape = np.broadcast_shapes(mu.shape, nu.shape)
     mu, nu = np.broadcast_to(mu, shape), np.broadcast_to(nu, shape)
     ms = (nu + mu**2).mean(axis=axes, keepdims=True) + eps
@@ -267,9 +269,9 @@ def _skip_sum(inputs, ctx: RuleContext, bias_index: int) -> Moments:
             if value is None:
                 raise RuleError(f"input {index} is neither a signal nor constant")
             v = np.asarray(value, dtype=np.float64)
-            parts.append((_expand(v, rank), np.float64(0.0)))
+            parts.append((expand(v, rank), np.float64(0.0)))
         else:
-            parts.append((_expand(m.mean, rank), _expand(m.var, rank)))
+            parts.append((expand(m.mean, rank), expand(m.var, rank)))
     mean = parts[0][0] + parts[1][0]
     if ctx.has_input(bias_index):
         mean = mean + _param(ctx, bias_index, rank, 0.0)
@@ -321,7 +323,7 @@ def lp_normalization(inputs, ctx: RuleContext):
     axis = int(ctx.attr("axis", -1)) % rank
     p = int(ctx.attr("p", 2))
     n = in_shape[axis]
-    mu, nu = _expand(x.mean, rank), _expand(x.var, rank)
+    mu, nu = expand(x.mean, rank), expand(x.var, rank)
     shape = np.broadcast_shapes(mu.shape, nu.shape)
     mu, nu = np.broadcast_to(mu, shape), np.broadcast_to(nu, shape)
     if p == 2:
@@ -333,7 +335,7 @@ def lp_normalization(inputs, ctx: RuleContext):
             e_abs, _ = gaussian_moments(chain, src.mean, src.var, smooth=False, rank=rank)
             e_abs = np.broadcast_to(e_abs, np.broadcast_shapes(e_abs.shape, shape))
         else:
-            e_abs, _ = _abs_closed(mu, nu)
+            e_abs, _ = abs_closed(mu, nu)
         norm = n * e_abs.mean(axis=axis, keepdims=True)
     else:
         raise RuleError(f"LpNormalization with p = {p}")

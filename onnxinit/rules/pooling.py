@@ -28,8 +28,9 @@ from scipy import special
 from .. import correlation
 from ..moments import Moments, Source
 from ..spatial import attach, class_weights, gather_taps, positions, window
-from . import RuleContext, RuleError, rule, signal
-from .activations import _CW, _CZ, _expand, compose
+from .context import RuleContext, RuleError, signal
+from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
+from .registry import rule
 from .maxima import max_moments, max_of_gaussians, non_decreasing
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ def _axes(ctx: RuleContext, rank: int) -> tuple[int, ...] | None:
 
 
 def _layout(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    mu, nu = _expand(x.mean, rank), _expand(x.var, rank)
+    mu, nu = expand(x.mean, rank), expand(x.var, rank)
     shape = np.broadcast_shapes(mu.shape, nu.shape)
     return np.broadcast_to(mu, shape), np.broadcast_to(nu, shape)
 
@@ -233,10 +234,10 @@ def _element_cumulants(x: Moments, rank: int, kind: str):
     """Per-element first three cumulants of g = x^2, |x| or exp(x) (x over its source when it
     has one), by quadrature on the composite rule, laid out at ``rank``."""
     src = _base(x, rank)
-    mean, var = _expand(src.mean, rank), _expand(src.var, rank)
+    mean, var = expand(src.mean, rank), expand(src.var, rank)
     shape = np.broadcast_shapes(mean.shape, var.shape)
-    z = _CZ.reshape((-1,) + (1,) * len(shape))
-    w = _CW.reshape(z.shape)
+    z = COMPOSITE_Z.reshape((-1,) + (1,) * len(shape))
+    w = COMPOSITE_W.reshape(z.shape)
     g = {"square": np.square, "abs": np.abs, "exp": np.exp}[kind]
     with np.errstate(all="ignore"):
         values = g(np.asarray(compose(src.chain)(mean + np.sqrt(var) * z), dtype=np.float64))
@@ -342,7 +343,7 @@ def reduce_linear(inputs, ctx: RuleContext):
         if sampled is not None:
             return [_finish(*sampled, axes, keepdims)]
     kind = {"ReduceSumSquare": "square", "ReduceL2": "square", "ReduceL1": "abs"}.get(op, "exp")
-    cumulants = [_expand(c, rank) for c in _element_cumulants(x, rank, kind)]
+    cumulants = [expand(c, rank) for c in _element_cumulants(x, rank, kind)]
     # cumulants of a sum of independent terms add
     k1, k2, k3 = (k * c.mean(axis=axes, keepdims=True) for c in cumulants)
     if op in ("ReduceSumSquare", "ReduceL1"):
@@ -355,7 +356,7 @@ def _sampled_logsumexp(x: Moments, rank: int, k: int, ctx: RuleContext):
     """Monte Carlo log(sum of K exp(x)) for small K x tracked size (the shifted-gamma match is
     2-4% off there); None when the sample would be too large."""
     src = _base(x, rank)
-    mean, var = _expand(src.mean, rank), _expand(src.var, rank)
+    mean, var = expand(src.mean, rank), expand(src.var, rank)
     shape = np.broadcast_shapes(mean.shape, var.shape)
     m = min(100_000, (1 << 23) // max(1, k * int(np.prod(shape))))
     if m < 20_000:
@@ -365,7 +366,7 @@ def _sampled_logsumexp(x: Moments, rank: int, k: int, ctx: RuleContext):
         y = special.logsumexp(values, axis=1)
     if not np.all(np.isfinite(y)):
         raise RuleError("the input distribution is not finite")
-    return _expand(y.mean(axis=0), rank), _expand(y.var(axis=0), rank)
+    return expand(y.mean(axis=0), rank), expand(y.var(axis=0), rank)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +413,7 @@ def _max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
     cells = sp.cells
     src = cells.source if cells.source is not None else Source(cells.mean, cells.var)
     rank = len(x_shape)
-    mean, var = np.broadcast_arrays(_expand(src.mean, rank), _expand(src.var, rank))
+    mean, var = np.broadcast_arrays(expand(src.mean, rank), expand(src.var, rank))
     c = np.broadcast_shapes(mean.shape, cells.mean.shape)[1]
     shape = (c,) + tuple(sp.classes)
     mean, var = np.broadcast_to(mean[0], shape), np.broadcast_to(var[0], shape)
@@ -491,7 +492,7 @@ def reduce_max(inputs, ctx: RuleContext):
     k = int(np.prod([x_shape[a] for a in axes]))
     src = _base(x, rank)
     ((mean, var),) = max_moments(src, [k], rank, minimum=ctx.node.op_type == "ReduceMin")
-    mean, var = _expand(mean, rank), _expand(var, rank)
+    mean, var = expand(mean, rank), expand(var, rank)
     return [_finish(mean, var, axes, keepdims)]
 
 

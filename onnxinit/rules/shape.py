@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
 from ..spatial import DENSE_CAP, dense, drop, select
-from . import RuleContext, RuleError, rule, signal
+from .context import RuleContext, RuleError, signal
+from .registry import rule
 
 _GRID_CAP = 1 << 22
-_FLOAT_CASTS = {1, 10, 11, 16}  # float, float16, double, bfloat16
 
 
 def _scalar(x: Moments) -> Moments:
@@ -146,7 +147,7 @@ def cast(inputs, ctx: RuleContext):
     else:
         name = ctx.node.input[1]
         to = ctx.graph.dtypes.get(name, 1)
-    return [x if to in _FLOAT_CASTS else None]
+    return [x if to in FLOAT_TYPES else None]
 
 
 @rule("Transpose")

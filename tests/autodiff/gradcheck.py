@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from onnxinit.autodiff import GradientProgram
-from onnxinit.autodiff.reference_ops import CORRECTED_OPS
+from onnxinit.autodiff.reference_ops import corrected_ops
 
 FD_STEP = 1e-6
 TOLERANCE = 1e-6
@@ -28,7 +28,7 @@ def make_model(nodes, initializers: dict, output: str, opset: int = 18) -> onnx.
 
 
 def _output_shape(model):
-    return ReferenceEvaluator(model, new_ops=CORRECTED_OPS).run(None, {})[0].shape
+    return ReferenceEvaluator(model, new_ops=corrected_ops()).run(None, {})[0].shape
 
 
 def _directions(shape, rng):

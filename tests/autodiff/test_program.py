@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxinit.autodiff import CrossEntropy, GradientProgram, float_parameters, gradients
+from onnxinit.autodiff import CrossEntropy, GradientProgram, float_parameters, gradients, hvp
 from onnxinit.errors import InvalidOptionError, MissingRuleError
 from tests.models import mlp
 
@@ -129,11 +129,9 @@ def test_explicit_class_axis_head():
     assert loss_first != pytest.approx(loss_last)
 
 
-def test_runtime_hvp_is_the_directional_derivative_of_the_gradient():
-    """onnxinit.runtime.hvp(H v) against a float64 difference quotient of two gradient passes
+def test_one_shot_hvp_is_the_directional_derivative_of_the_gradient():
+    """onnxinit.autodiff.hvp (H v) against a float64 difference quotient of two gradient passes
     taken by hand at a much smaller step, on a subset of the parameters."""
-    from onnxinit.runtime import hvp
-
     model = mlp([4, 6, 3], activation="Tanh", seed=2)
     rng = np.random.default_rng(0)
     feeds, labels = {"x": rng.standard_normal((5, 4))}, np.array([0, 2, 1, 1, 0])

@@ -7,12 +7,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxinit.moments import Moments
+from onnxinit.propagate import rule_context
 from onnxinit.rules import RuleContext
-from onnxinit.rules.activations import (
-    elementwise,
-    fused_elementwise,
-    gaussian_moments,
-)
+from onnxinit.rules.elementwise import apply_elementwise, elementwise
+from onnxinit.rules.fusion import fused_elementwise
+from onnxinit.rules.gaussian import gaussian_moments, leaky_closed
 from tests.models import make_model
 from tests.oracle import assert_moments_close, monte_carlo, node_model, predict
 
@@ -132,8 +131,6 @@ def test_clip_with_only_max():
 )
 def test_binary_with_a_constant(op, first, value):
     """Mul/Add/Sub/Div/Pow by a constant (the constant first for Sub, Div, Pow)."""
-    from onnxinit.rules.activations import apply_elementwise
-
     c = (
         np.array([0.5, -1.0, 2.0, 3.0], dtype=np.float32).reshape(4, 1, 1)
         if value == "per-channel"
@@ -144,7 +141,7 @@ def test_binary_with_a_constant(op, first, value):
     model = node_model(node, {"x": SHAPE}, {"c": c})
     moments = PER_CHANNEL if op != "Pow" or not first else Moments.scalar(0.2, 0.3)
     graph, result = predict(model, {"x": moments})
-    ctx = RuleContext(node, graph.producer["y"], graph, result.options)
+    ctx = rule_context(graph, graph.producer["y"], result)
     inputs = [result.moments.get(n) for n in node.input]
     (pred,) = apply_elementwise(inputs, ctx)
     values = monte_carlo(model, {"x": moments})["y"]
@@ -157,12 +154,10 @@ def test_binary_with_a_constant(op, first, value):
 
 def test_reciprocal_division_by_a_signal_straddling_zero_is_refused():
     from onnxinit.rules import RuleError
-    from onnxinit.rules.activations import apply_elementwise
-
     node = helper.make_node("Div", ["c", "x"], ["y"])
     model = node_model(node, {"x": (10, 4)}, {"c": np.float32(1.0)})
     graph, result = predict(model, {"x": STANDARD})
-    ctx = RuleContext(node, graph.producer["y"], graph, result.options)
+    ctx = rule_context(graph, graph.producer["y"], result)
     with pytest.raises(RuleError):
         apply_elementwise([None, result.moments["x"]], ctx)
 
@@ -256,7 +251,7 @@ def fused(model, out, moments):
     graph, result = predict(model, moments)
     node_id = graph.producer[out]
     node = graph.node(node_id)
-    ctx = RuleContext(node, node_id, graph, result.options)
+    ctx = rule_context(graph, node_id, result)
     inputs = [result.moments.get(n) for n in node.input]
     return fused_elementwise(inputs, ctx)
 
@@ -311,7 +306,7 @@ def test_no_fusion_without_a_common_ancestor():
     node = helper.make_node("Mul", ["x", "z"], ["y"])
     model = node_model(node, {"x": (10, 4), "z": (10, 4)})
     graph, result = predict(model, {"x": STANDARD, "z": STANDARD})
-    ctx = RuleContext(node, graph.producer["y"], graph, result.options)
+    ctx = rule_context(graph, graph.producer["y"], result)
     assert fused_elementwise([result.moments["x"], result.moments["z"]], ctx) is None
 
 
@@ -323,7 +318,7 @@ def test_elementwise_identifies_single_signal_nodes():
     ]
     model = chain_model(nodes, {"c": np.float32(2.0)}, shape=(4, 4))
     graph, _result = predict(model, {"x": STANDARD})
-    ctx = RuleContext(graph.node(graph.producer["y"]), graph.producer["y"], graph, {})
+    ctx = RuleContext(graph.node(graph.producer["y"]), graph.producer["y"], graph)
     f = elementwise(graph.node(graph.producer["a"]), ctx)
     np.testing.assert_allclose(f.fn(np.array([1.5])), [3.0])
     assert elementwise(graph.node(graph.producer["b"]), ctx) is None
@@ -334,9 +329,7 @@ def test_quadrature_matches_closed_forms():
     mu, var = np.array([-2.0, 0.0, 0.4, 3.0]), np.array([0.1, 1.0, 2.0, 4.0])
     relu = lambda x: np.maximum(x, 0.0)
     e, v = gaussian_moments(relu, mu, var)
-    from onnxinit.rules.activations import _leaky_closed
-
-    ce, cv = _leaky_closed(mu, var, 0.0)
+    ce, cv = leaky_closed(mu, var, 0.0)
     np.testing.assert_allclose(e, ce, rtol=1e-4, atol=1e-12)  # a kink inside a panel
     np.testing.assert_allclose(v, cv, rtol=1e-4)
     e, v = gaussian_moments(np.exp, mu, var, smooth=True)  # lognormal

@@ -154,8 +154,8 @@ def test_relu_then_max_pool_samples_the_rectified_gaussian():
 
 def test_swish_then_global_max_pool_uses_the_fused_distribution():
     from onnxinit.moments import Source
-    from onnxinit.rules import RuleContext
-    from onnxinit.rules.activations import fused_elementwise
+    from onnxinit.propagate import rule_context
+    from onnxinit.rules.fusion import fused_elementwise
 
     nodes = [
         helper.make_node("Sigmoid", ["x"], ["s"]),
@@ -169,7 +169,7 @@ def test_swish_then_global_max_pool_uses_the_fused_distribution():
     )
     graph, result = predict(model, {"x": PER_CHANNEL})
     node_id = graph.producer["w"]
-    ctx = RuleContext(graph.node(node_id), node_id, graph, result.options)
+    ctx = rule_context(graph, node_id, result)
     (w,) = fused_elementwise([result.moments["x"], result.moments["s"]], ctx)
     assert isinstance(w.source, Source)
     ((mean, var),) = max_moments(w.source, [4], 4)

@@ -1,0 +1,52 @@
+"""Model preparations: the one place where a model is given static shapes, constant-folded,
+and given training semantics. ModelGraph, measurement, LSUV and the autodiff's lowering all
+use these passes; each declares whether it edits its input (see :mod:`.base`).
+
+============================  ========  ===================================================
+pass                          in place  what it does
+============================  ========  ===================================================
+``set_input_shapes``          yes       concrete dims for the graph inputs
+``infer_shapes``              no        shape inference, declared value_info kept
+``infer_with_constants``      no        shape inference seeing folded constants' values
+``types_and_shapes``          no        element types and shapes by inference
+``fold_constants``            no        nodes computable from constants -> initializers
+``batch_statistics``          yes       BatchNormalization on the batch's statistics
+``fixed_dropout``             yes       Dropout as identity (or a fixed seeded mask)
+``with_outputs``              no        intermediate tensors as graph outputs
+``measured_shapes``           no        shapes from one onnxruntime run (the fallback)
+============================  ========  ===================================================
+"""
+
+from __future__ import annotations
+
+from .base import PASSES, PassInfo, model_pass
+from .emitter import GraphEmitter
+from .folding import (
+    MAX_FOLDED_ELEMENTS,
+    NEVER_FOLDED,
+    RANDOM_OPS,
+    evaluate_node,
+    fold_constants,
+    shape_op_value,
+)
+from .measuring import measured_shapes, with_outputs
+from .shapes import (
+    SMALL_TENSOR,
+    infer_shapes,
+    infer_with_constants,
+    is_static,
+    keep_declared,
+    set_input_shapes,
+    shape_of,
+    types_and_shapes,
+    value_info,
+)
+from .training import batch_statistics, fixed_dropout
+
+__all__ = [
+    "MAX_FOLDED_ELEMENTS", "NEVER_FOLDED", "PASSES", "RANDOM_OPS", "SMALL_TENSOR", "GraphEmitter",
+    "PassInfo", "batch_statistics", "evaluate_node", "fixed_dropout", "fold_constants",
+    "infer_shapes", "infer_with_constants", "is_static", "keep_declared", "measured_shapes",
+    "model_pass", "set_input_shapes", "shape_of", "shape_op_value", "types_and_shapes",
+    "value_info", "with_outputs",
+]

@@ -1,0 +1,215 @@
+"""Static shapes: concrete input dims, and onnx shape inference that keeps what the exporter
+declared where inference knows less (custom-op outputs)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import UnsupportedModelError
+from .base import model_pass
+
+log = logging.getLogger("onnxinit")
+
+# Tensors up to this many elements are values (shapes, axes, pads); larger ones are weights.
+SMALL_TENSOR = 1 << 16
+
+FOLDED_SUFFIX = "__onnxinit_folded"  # renamed producer outputs while a folded value stands in
+
+
+def shape_of(type_proto: onnx.TypeProto) -> tuple | None:
+    """Dims of a tensor type: ints, dim_param names, or None for an unnamed unknown dim; None
+    when the type has no shape."""
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    dims = []
+    for d in type_proto.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+    return tuple(dims)
+
+
+def is_static(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+
+
+def value_info(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
+    """A value_info entry with ``value``'s element type and shape."""
+    return helper.make_tensor_value_info(
+        name, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)
+    )
+
+
+@model_pass(in_place=True)
+def set_input_shapes(
+    model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], *, require_all: bool = False
+) -> None:
+    """Give the graph inputs named in ``shapes`` those concrete dims (initializers listed as
+    inputs are left alone); with ``require_all``, every other input is an error."""
+    initializers = {init.name for init in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        if value.name not in shapes:
+            if require_all:
+                raise UnsupportedModelError(f"no shape given for model input {value.name!r}")
+            continue
+        dims = value.type.tensor_type.shape
+        dims.ClearField("dim")
+        for size in shapes[value.name]:
+            dims.dim.add().dim_value = int(size)
+
+
+def _informative(vi: onnx.ValueInfoProto) -> int:
+    """How much a value_info says: 0 nothing, 1 a type, 2 a rank, 3 a static shape."""
+    if not vi.type.HasField("tensor_type"):
+        return 0
+    shape = shape_of(vi.type)
+    return 1 if shape is None else 3 if is_static(shape) else 2
+
+
+def _copied(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(vi)
+    return out
+
+
+def keep_declared(graph: onnx.GraphProto, declared: Iterable[onnx.ValueInfoProto],
+                  replace: Iterable[onnx.ValueInfoProto] | None = None) -> bool:
+    """Merge ``declared`` value_info into ``graph``'s (in place): a declared entry is kept where
+    inference has none or a less precise one. With ``replace``, ``graph``'s value_info becomes
+    ``replace`` first. True if any declared entry was kept."""
+    changed = False
+    declared = [_copied(vi) for vi in declared]  # they may be entries of graph.value_info
+    if replace is not None:
+        replace = list(replace)
+        del graph.value_info[:]
+        graph.value_info.extend(replace)
+    known = {vi.name: i for i, vi in enumerate(graph.value_info)}
+    outputs = {o.name for o in graph.output} | {i.name for i in graph.input}
+    for vi in declared:
+        if vi.name in outputs:
+            continue
+        i = known.get(vi.name)
+        if i is None:
+            graph.value_info.append(vi)
+            known[vi.name] = len(graph.value_info) - 1
+            changed = True
+        elif _informative(vi) > _informative(graph.value_info[i]):
+            graph.value_info[i].CopyFrom(vi)
+            changed = True
+    return changed
+
+
+def _without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for shape inference that declares large initializers as typed graph inputs
+    instead of serializing their data (small ones stay: data propagation reads them)."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = light.graph
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    declared = {value.name for value in model.graph.input}
+    for init in model.graph.initializer:
+        if int(np.prod(init.dims)) <= SMALL_TENSOR:
+            graph.initializer.append(init)
+        elif init.name not in declared:
+            graph.input.append(helper.make_tensor_value_info(init.name, init.data_type,
+                                                             list(init.dims)))
+    return light
+
+
+def _inferred(model: onnx.ModelProto) -> onnx.GraphProto:
+    """``model``'s graph after onnx's shape inference (with data propagation): value_info and
+    output types filled in. Raises what onnx raises."""
+    return onnx.shape_inference.infer_shapes(_without_large_data(model), strict_mode=False,
+                                             data_prop=True).graph
+
+
+def _take_inferred(model: onnx.ModelProto, inferred: onnx.GraphProto) -> None:
+    """Replace ``model``'s value_info and outputs by the inferred ones."""
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.value_info)
+    del model.graph.output[:]
+    model.graph.output.extend(inferred.output)
+
+
+@model_pass(in_place=False)
+def infer_shapes(model: onnx.ModelProto,
+                 declared: Iterable[onnx.ValueInfoProto] = ()) -> tuple[onnx.ModelProto, str]:
+    """A copy of ``model`` whose value_info is onnx's shape inference (with data propagation)
+    merged with ``declared`` (kept where inference knows less; then inference runs again from
+    them), and a warning ('' when inference ran). The model's own value_info is replaced."""
+    declared = list(declared)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    del work.graph.value_info[:]
+    try:
+        _take_inferred(work, _inferred(work))
+    except Exception as exc:  # noqa: BLE001 - onnx raises unrelated types; best effort
+        keep_declared(work.graph, declared)
+        return work, f"shape inference failed ({exc}); shapes measured instead"
+    if keep_declared(work.graph, declared):
+        # declared shapes filled gaps (custom-op outputs): infer again from them
+        try:
+            _take_inferred(work, _inferred(work))
+        except Exception as exc:  # noqa: BLE001 - keep the first inference
+            log.debug("shape inference from declared value_info failed: %s", exc)
+    return work, ""
+
+
+@model_pass(in_place=False)
+def infer_with_constants(model: onnx.ModelProto, constants: Mapping[str, np.ndarray]
+                         ) -> list[onnx.ValueInfoProto] | None:
+    """Value_info inferred with the tensors in ``constants`` (outputs of nodes of ``model``)
+    known: each stands in as an initializer (its producer's output renamed), so shape inference
+    sees the values where its own data propagation stopped (Mod, Slice of computed bounds).
+    None when inference fails. The constants get value_info of their own values."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    del work.graph.value_info[:]
+    produced = {n: i for i, node in enumerate(work.graph.node) for n in node.output}
+    for name, value in constants.items():
+        work.graph.initializer.append(numpy_helper.from_array(value, name))
+        node = work.graph.node[produced[name]]
+        node.output[list(node.output).index(name)] = f"{name}{FOLDED_SUFFIX}"
+    try:
+        inferred = _inferred(work).value_info
+    except Exception as exc:  # noqa: BLE001 - best effort, as infer_shapes
+        log.debug("shape inference with folded constants failed: %s", exc)
+        return None
+    infos = [vi for vi in inferred if vi.name not in constants
+             and not vi.name.endswith(FOLDED_SUFFIX)]
+    infos.extend(value_info(name, value) for name, value in constants.items())
+    return infos
+
+
+@model_pass(in_place=False)
+def types_and_shapes(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tuple]]:
+    """Element types and shapes (None for unknown dims) of ``model``'s tensors by shape
+    inference (what the graph declares counts as known); initializers as stored."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    del work.graph.value_info[:]
+    inferred = _inferred(work)
+    types, shapes = {}, {}
+    for entry in [*inferred.input, *inferred.value_info, *inferred.output]:
+        if not entry.type.HasField("tensor_type"):
+            continue
+        tensor_type = entry.type.tensor_type
+        types[entry.name] = tensor_type.elem_type
+        if tensor_type.HasField("shape"):
+            shapes[entry.name] = tuple(
+                d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim
+            )
+    for init in model.graph.initializer:
+        types[init.name] = init.data_type
+        shapes[init.name] = tuple(init.dims)
+    return types, shapes

@@ -1,0 +1,331 @@
+"""The element-wise function of a node, and its moments over a Gaussian source.
+
+For ``y = f(x)`` applied element by element::
+
+    E[y]   = int f(x) N(x; mu, nu) dx
+    Var[y] = int f(x)^2 N(x; mu, nu) dx - E[y]^2
+
+evaluated per tracked index (per channel) with the quadrature of :mod:`.gaussian`. When the
+input carries a ``Source`` (a Gaussian followed by a chain of element-wise functions ``g``), the
+integral runs over that Gaussian with the composed function ``f(g(z))``, so e.g.
+``Tanh(Relu(x))`` integrates the real rectified Gaussian rather than a Gaussian with the
+rectified moments. The output carries the source with ``f`` appended, for the next element-wise
+or Monte Carlo rule. Affine maps (Neg, Identity, Mul / Add / Sub / Div by a constant) are exact
+for any input distribution.
+
+Which function a node computes: unary ops declare theirs with :func:`elementwise_rule` (the
+function and the op's moment rule) or :func:`elementwise_function` (the function only, where the
+op's rule lives elsewhere) in :mod:`.activations`; Mul/Add/Sub/Div/Pow with one constant operand
+by :func:`binary_function`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..moments import Elementwise, Moments, Source
+from ..spatial import attach, with_corr
+from .context import RuleContext, RuleError, signal
+from .correlations import elementwise_correlation
+from .gaussian import compose, expand, gaussian_moments, probability
+from .registry import rule
+
+
+@dataclass(frozen=True)
+class ElementwiseFn:
+    """An element-wise function of one node, with what the rule can exploit."""
+
+    key: tuple
+    fn: Callable
+    affine: tuple | None = None  # (a, b): f(x) = a x + b exactly
+    closed: Callable | None = None  # (mu, var) -> (E, Var) for a Gaussian input
+    domain: str | None = None  # "positive", "nonnegative", "nonzero": guard the input
+
+    @property
+    def elementwise(self) -> Elementwise:
+        return Elementwise(self.key, self.fn)
+
+
+# key[0] of functions with no kink or jump (Gauss-Hermite converges fast)
+SMOOTH = {
+    "Identity", "Neg", "Affine", "Sigmoid", "Tanh", "Softplus", "Erf", "Exp", "Gelu", "Mish",
+    "Swish", "Sin", "Cos", "Atan", "Sinh", "Cosh", "Asinh", "Celu1", "Elu1", "PowInt", "ExpBase",
+}  # fmt: skip
+
+
+def _smooth_key(key: tuple) -> bool:
+    if key and key[0] == "Fused":
+        return key[1] in ("Add", "Sub", "Mul") and all(_smooth_key(k) for k in key[2] + key[3])
+    return bool(key) and key[0] in SMOOTH
+
+
+def is_smooth(chain: Sequence[Elementwise]) -> bool:
+    return all(_smooth_key(f.key) for f in chain)
+
+
+def digest(a: np.ndarray) -> tuple:
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    if a.size == 1:
+        return (float(a.reshape(())),)
+    return (a.shape, hashlib.sha1(a.tobytes()).hexdigest()[:16])
+
+
+def rank_of(ctx: RuleContext) -> int | None:
+    for name in list(ctx.node.output[:1]) + list(ctx.node.input[:1]):
+        shape = ctx.graph.shape(name) if name else None
+        if shape is not None:
+            return len(shape)
+    return None
+
+
+def constant_input(ctx: RuleContext, index: int, rank: int | None) -> np.ndarray:
+    value = ctx.const(index)
+    if value is None:
+        raise RuleError(f"input {index} is not constant")
+    value = np.asarray(value, dtype=np.float64)
+    if value.size > 1 and rank is None:
+        raise RuleError("a non-scalar constant on a tensor of unknown rank")
+    if value.size == 1:
+        return value.reshape(())
+    if value.size > 1 << 16:
+        raise RuleError("a constant too large to track per element")
+    return expand(value, rank)
+
+
+def binary_function(ctx: RuleContext, rank: int | None, which: int) -> ElementwiseFn | None:
+    """Mul/Add/Sub/Div/Pow where input ``which`` is the signal and the other a constant."""
+    op = ctx.node.op_type
+    c = constant_input(ctx, 1 - which, rank)
+    d = digest(c)
+    if op == "Mul":
+        return ElementwiseFn(("Affine", "mul", *d), lambda x: x * c, affine=(c, 0.0))
+    if op == "Add":
+        return ElementwiseFn(("Affine", "add", *d), lambda x: x + c, affine=(1.0, c))
+    if op == "Sub" and which == 0:
+        return ElementwiseFn(("Affine", "sub", *d), lambda x: x - c, affine=(1.0, -c))
+    if op == "Sub":
+        return ElementwiseFn(("Affine", "rsub", *d), lambda x: c - x, affine=(-1.0, c))
+    if op == "Div" and which == 0:
+        return ElementwiseFn(("Affine", "div", *d), lambda x: x / c, affine=(1.0 / c, 0.0))
+    if op == "Div":
+        return ElementwiseFn(("RDiv", *d), lambda x: c / x, domain="nonzero")
+    if op == "Pow" and which == 0:
+        integer = bool(np.all(c == np.round(c)))
+        if integer and np.all(c >= 0):
+            return ElementwiseFn(("PowInt", *d), lambda x: np.power(x, c))
+        return ElementwiseFn(
+            ("Pow", *d), lambda x: np.power(x, c), domain="nonzero" if integer else "positive"
+        )
+    if op == "Pow":
+        if np.any(c <= 0):
+            raise RuleError("Pow with a non-positive constant base")
+        return ElementwiseFn(("ExpBase", *d), lambda x: np.power(c, x))
+    return None
+
+
+_BINARY = ("Mul", "Add", "Sub", "Div", "Pow")
+
+
+def _signal_index(node, graph) -> int | None:
+    """Index of the single signal input of ``node`` when every other input is constant."""
+    signals = [i for i, name in enumerate(node.input) if name and graph.is_signal(name)]
+    if len(signals) != 1:
+        return None
+    others = [n for i, n in enumerate(node.input) if n and i != signals[0]]
+    if not all(graph.is_constant(n) for n in others):
+        return None
+    return signals[0]
+
+
+def node_function(ctx: RuleContext) -> tuple[ElementwiseFn, int] | None:
+    node = ctx.node
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    which = _signal_index(node, ctx.graph)
+    if which is None:
+        return None
+    rank = rank_of(ctx)
+    if node.op_type in _BINARY:
+        return (binary_function(ctx, rank, which), which) if which in (0, 1) else None
+    if which != 0:
+        return None
+    factory = UNARY.get(node.op_type)
+    fn = factory(ctx, rank) if factory is not None else None
+    return (fn, 0) if fn is not None else None
+
+
+def base_source(x: Moments, rank: int | None) -> Source:
+    """The Gaussian and chain that ``x`` is a function of (itself, Gaussian, when no source)."""
+    src = x.source
+    if src is not None and (rank is None or max(np.ndim(src.mean), np.ndim(src.var)) <= rank):
+        return src
+    return Source(x.mean, x.var)
+
+
+def guard(domain: str, chain: Sequence[Elementwise], src: Source, rank) -> None:
+    inner = compose(chain)
+    if domain == "positive":
+        bad = probability(lambda z: ~(inner(z) > 0), src.mean, src.var, rank=rank)
+    elif domain == "nonnegative":
+        bad = probability(lambda z: ~(inner(z) >= 0), src.mean, src.var, rank=rank)
+    else:  # nonzero: the input must stay away from zero (a tenth of its median)
+        with np.errstate(all="ignore"):
+            median = np.abs(inner(expand(src.mean, rank)))
+        bad = probability(
+            lambda z: ~(np.abs(inner(z)) >= 0.1 * median), src.mean, src.var, rank=rank
+        )
+    if np.any(bad > 1e-6):
+        raise RuleError(f"the input is not {domain} with probability {float(np.max(bad)):.2g}")
+
+
+def apply_fn(x: Moments, f: ElementwiseFn | Elementwise, rank: int | None = None) -> Moments:
+    """Moments of ``f(x)`` element-wise; the output's source is x's with ``f`` appended. With
+    position classes (``x.spatial``) ``f`` is applied to each cell, the per-channel totals
+    follow from the cells, and the spatial correlation goes through Mehler's formula
+    (:func:`.correlations.elementwise_correlation`)."""
+    if isinstance(f, Elementwise):
+        f = ElementwiseFn(f.key, f.fn)
+    if x.spatial is not None:
+        return _apply_to_cells(x, f, rank)
+    src = base_source(x, rank)
+    out_src = Source(src.mean, src.var, src.chain + (f.elementwise,))
+    if f.affine is not None:
+        a, b = f.affine
+        mean = expand(x.mean, rank) * a + b
+        var = expand(x.var, rank) * np.asarray(a, dtype=np.float64) ** 2
+        if x.source is None:  # a Gaussian (or a Gaussian mixture) stays one
+            mixture = None
+            if x.mixture is not None and (rank is None or x.mixture[1].ndim == rank + 1):
+                w, m, v = x.mixture
+                mixture = (w, m * a + b, v * np.asarray(a, dtype=np.float64) ** 2)
+            return Moments(mean, var, None, mixture)
+        return Moments(mean, var, out_src)
+    if f.domain is not None:
+        guard(f.domain, src.chain, src, rank)
+    if f.closed is not None and x.source is None and x.mixture is not None:
+        # a Gaussian mixture (ReLU output + Gaussian): the closed form per component,
+        # E = sum_i w_i E_i, E[f^2] = sum_i w_i (Var_i + E_i^2)
+        w, m, v = x.mixture
+        if rank is None or m.ndim == rank + 1:
+            e_i, v_i = f.closed(m, v)
+            mean = (w * e_i).sum(axis=0)
+            var = (w * (v_i + e_i**2)).sum(axis=0) - mean**2
+            return Moments(mean, var, out_src)
+    if f.closed is not None and not src.chain:
+        mean, var = f.closed(expand(src.mean, rank), expand(src.var, rank))
+        return Moments(mean, var, out_src)
+    chain = out_src.chain
+    if f.domain == "nonzero":
+        # 1/x has infinite variance under any Gaussian; integrate it away from zero, over
+        # |x| >= |median|/10, and refuse (above) when that band holds a probability over 1e-6
+        chain = src.chain + (Elementwise(f.key, _away_from_zero(f.fn, src, rank)),)
+    mean, var = gaussian_moments(chain, src.mean, src.var, smooth=is_smooth(chain), rank=rank)
+    return Moments(mean, var, out_src)
+
+
+def _apply_to_cells(x: Moments, f: ElementwiseFn, rank) -> Moments:
+    sp = x.spatial
+    cells = sp.cells
+    try:
+        out = apply_fn(cells, f, cells.mean.ndim)
+        shape = np.broadcast_shapes(out.mean.shape, out.var.shape)
+        if any(n not in (1, k) for n, k in zip(shape[2:], sp.classes)):
+            raise ValueError
+    except ValueError:  # a constant laid out along the positions: per channel instead
+        return apply_fn(Moments(x.mean, x.var, x.source), f, rank)
+    result = attach(out, sp.maps)
+    if sp.corr is None:
+        return result
+    smooth = result.source is not None and is_smooth(result.source.chain)
+    return with_corr(result, elementwise_correlation(sp.corr, result, smooth), sp.maps)
+
+
+def affine(a, b, key: tuple) -> ElementwiseFn:
+    """The element-wise map ``a x + b`` (arrays laid out at the tensor's rank), exact on
+    moments: E = a mu + b, Var = a^2 nu."""
+    return ElementwiseFn(("Affine", *key, *digest(a), *digest(b)), lambda v: a * v + b,
+                         affine=(a, b))
+
+
+def _away_from_zero(fn: Callable, src: Source, rank) -> Callable:
+    with np.errstate(all="ignore"):
+        median = np.abs(compose(src.chain)(expand(src.mean, rank)))
+
+    def masked(x):
+        return np.where(np.abs(x) >= 0.1 * median, fn(x), np.nan)
+
+    return masked
+
+
+def apply_elementwise(inputs: list, ctx: RuleContext) -> list:
+    """The rule of any node for which :func:`elementwise` holds (unary activations, and
+    Mul/Add/Sub/Div/Pow with one constant operand: arithmetic.py may delegate to it)."""
+    found = node_function(ctx)
+    if found is None or found[0] is None:
+        raise RuleError("not an element-wise function of one signal")
+    f, which = found
+    x = signal(inputs, which)
+    outs = [apply_fn(x, f, rank_of(ctx))]
+    return outs + [None] * (len(ctx.node.output) - 1)
+
+
+# the unary ops' functions ------------------------------------------------------------------
+
+FunctionFactory = Callable[[RuleContext, "int | None"], "ElementwiseFn | None"]
+UNARY: dict[str, FunctionFactory] = {}  # op type -> the node's function (None: not element-wise)
+
+
+def elementwise_function(*op_types: str):
+    """Declare the decorated ``factory(ctx, rank) -> ElementwiseFn | None`` as the element-wise
+    function of ``op_types`` (for fusion and the element-wise rules); the ops' moment rules are
+    registered elsewhere."""
+
+    def declare(factory: FunctionFactory) -> FunctionFactory:
+        for op_type in op_types:
+            UNARY[op_type] = factory
+        return factory
+
+    return declare
+
+
+def elementwise_rule(op_type: str):
+    """Declare the decorated factory as ``op_type``'s element-wise function and register the
+    op's moment rule (named after the factory, documented by its docstring): ``f(x)`` over the
+    input's source, by :func:`apply_elementwise`."""
+
+    def declare(factory: FunctionFactory) -> FunctionFactory:
+        elementwise_function(op_type)(factory)
+
+        def moment_rule(inputs, ctx: RuleContext):
+            return apply_elementwise(inputs, ctx)
+
+        moment_rule.__name__ = moment_rule.__qualname__ = factory.__name__
+        moment_rule.__doc__ = factory.__doc__
+        moment_rule.__module__ = factory.__module__
+        rule(op_type)(moment_rule)
+        return factory
+
+    return declare
+
+
+def _context_of(node, ctx: RuleContext) -> RuleContext:
+    if node is ctx.node:
+        return ctx
+    node_id = ctx.graph.producer.get(next((o for o in node.output if o), ""), "")
+    return RuleContext(node, node_id, ctx.graph, ctx.settings)
+
+
+def elementwise(node, ctx: RuleContext) -> Elementwise | None:
+    """The numpy function of ``node`` when it acts element-wise on its single signal input
+    (every other input constant), else None. ``ctx`` is any RuleContext of the same graph."""
+    try:
+        found = node_function(_context_of(node, ctx))
+    except RuleError:
+        return None
+    return found[0].elementwise if found and found[0] is not None else None
+
+

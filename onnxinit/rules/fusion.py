@@ -1,0 +1,119 @@
+"""Fusing element-wise sub-graphs: ``x * Sigmoid(x)``, ``0.5 * x * (1 + Erf(x / sqrt(2)))``,
+``x * x``, ``x * Tanh(Softplus(x))``, ``Max(x, 0.2 x)``.
+
+A binary node whose two signal operands are both element-wise functions of one tensor T is
+itself an element-wise function of T: ``y = h(T)``, ``h(z) = op(f_a(z), f_b(z))``; its moments
+are integrated over T's distribution instead of taking the (correlated) operands as
+independent. :func:`common_ancestor` finds T from the graph alone (walking back through
+element-wise nodes, and through binary nodes that themselves fuse, up to 8 nodes); the
+propagator looks up T's moments and hands both to the rule as ``RuleContext.fusion``
+(:class:`~onnxinit.rules.context.CommonAncestor`); :func:`fused_elementwise` integrates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..moments import Elementwise, Moments
+from .context import RuleContext, RuleError
+from .elementwise import ElementwiseFn, apply_fn, base_source, guard, node_function, rank_of
+from .gaussian import compose
+
+MAX_DEPTH = 8  # nodes walked back from the two operands together
+_BINARY = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide,
+           "Pow": np.power}
+
+
+def _ancestry(tensor: str, ctx: RuleContext, budget: list[int]) -> list[tuple[str, tuple]]:
+    """[(ancestor, chain from the ancestor to ``tensor``)], nearest first, (tensor, ()) first."""
+    graph = ctx.graph
+    out = [(tensor, ())]
+    current, chain = tensor, ()
+    while budget[0] > 0:
+        node_id = graph.producer.get(current)
+        if node_id is None:
+            break
+        budget[0] -= 1
+        node = graph.node(node_id)
+        nctx = ctx.for_node(node_id)
+        try:
+            found = node_function(nctx)
+        except RuleError:
+            found = None
+        if found is not None and found[0] is not None:
+            current = node.input[found[1]]
+            chain = (found[0].elementwise,) + chain
+        else:
+            fused = _fused_binary(nctx, budget)
+            if fused is None:
+                break
+            current, h = fused
+            chain = (h,) + chain
+        out.append((current, chain))
+    return out
+
+
+def _two_signals(ctx: RuleContext) -> bool:
+    node, graph = ctx.node, ctx.graph
+    return len(node.input) == 2 and all(graph.is_signal(n) for n in node.input)
+
+
+def _common(ctx: RuleContext, budget: list[int]) -> tuple[str, tuple, tuple] | None:
+    left = _ancestry(ctx.node.input[0], ctx, budget)
+    right = dict(_ancestry(ctx.node.input[1], ctx, budget))
+    common = next(((t, chain) for t, chain in left if t in right), None)
+    if common is None:
+        return None
+    tensor, chain_a = common
+    return tensor, chain_a, right[tensor]
+
+
+def fused_function(op_type: str, chain_a: tuple, chain_b: tuple) -> Elementwise:
+    """``h(z) = op(chain_a(z), chain_b(z))`` for a binary op (Mul, Add, Sub, Div, Pow)."""
+    fa, fb, op = compose(chain_a), compose(chain_b), _BINARY[op_type]
+    key = ("Fused", op_type, tuple(f.key for f in chain_a), tuple(f.key for f in chain_b))
+    return Elementwise(key, lambda z: op(fa(z), fb(z)))
+
+
+def _fused_binary(ctx: RuleContext, budget: list[int]) -> tuple[str, Elementwise] | None:
+    """(ancestor T, h) with the node's output = h(T), for an upstream binary node whose two
+    signal operands are both element-wise functions of T."""
+    node = ctx.node
+    if node.domain not in ("", "ai.onnx") or node.op_type not in _BINARY or not _two_signals(ctx):
+        return None
+    found = _common(ctx, budget)
+    if found is None:
+        return None
+    tensor, chain_a, chain_b = found
+    return tensor, fused_function(node.op_type, chain_a, chain_b)
+
+
+def common_ancestor(ctx: RuleContext) -> tuple[str, tuple, tuple] | None:
+    """(T, chain_a, chain_b) when the node's two signal operands are ``chain_a(T)`` and
+    ``chain_b(T)``, else None. Reads the graph only."""
+    if ctx.node.domain not in ("", "ai.onnx") or not _two_signals(ctx):
+        return None
+    return _common(ctx, [MAX_DEPTH])
+
+
+def fused_elementwise(inputs: list, ctx: RuleContext) -> list[Moments] | None:
+    """Moments of a binary node (Mul, Add, Sub, Div, Pow) whose two signal operands are both
+    element-wise functions of one common ancestor T (``ctx.fusion``): y = h(T) with
+    h(z) = op(f_a(z), f_b(z)), so E = int h N, Var = int h^2 N - E^2 over T's source (or T's
+    Gaussian). None when there is no common ancestor (or the integral is refused)."""
+    fusion = ctx.fusion
+    if fusion is None:
+        return None
+    h = fused_function(ctx.node.op_type, fusion.chain_a, fusion.chain_b)
+    rank = rank_of(ctx)
+    shape = ctx.graph.shape(fusion.tensor)
+    if rank is not None and shape is not None and len(shape) != rank:
+        return None
+    try:
+        if ctx.node.op_type == "Div":  # the denominator must keep one sign
+            src = base_source(fusion.moments, rank)
+            guard("nonzero", src.chain + fusion.chain_b, src, rank)
+        out = apply_fn(fusion.moments, ElementwiseFn(h.key, h.fn), rank)
+    except RuleError:
+        return None
+    return [out]

@@ -1,0 +1,162 @@
+"""Expectations under a Gaussian: the quadrature and closed forms the moment rules integrate
+with.
+
+- :func:`gaussian_moments`: ``(E[f(z)], Var[f(z)])`` for ``z ~ N(mean, var)``, by Gauss-Hermite
+  (96 nodes) when ``f`` is smooth, else by a composite Gauss-Legendre rule over
+  ``z in [-10, 10]`` (1024 panels of 3 nodes; ``COMPOSITE_Z``/``COMPOSITE_W``), where
+  Gauss-Hermite converges slowly on kinks and jumps (0.4% off on ReLU's variance at 96 nodes);
+- :func:`probability`: ``P(pred(z))``;
+- closed forms for rectified Gaussians: :func:`relu_parts`, :func:`leaky_closed`,
+  :func:`abs_closed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ..moments import Elementwise
+from .context import RuleError
+
+# quadrature nodes --------------------------------------------------------------------------
+
+_GH_N = 96
+_t, _w = np.polynomial.hermite.hermgauss(_GH_N)
+_GH_Z = np.sqrt(2.0) * _t
+_GH_W = _w / np.sqrt(np.pi)
+
+_L, _PANELS = 10.0, 1024
+_g, _gw = np.polynomial.legendre.leggauss(3)
+_edges = np.linspace(-_L, _L, _PANELS + 1)
+_h = _edges[1] - _edges[0]
+COMPOSITE_Z = (_edges[:-1, None] + _h / 2 * (_g[None, :] + 1)).ravel()
+COMPOSITE_W = np.tile(_gw * _h / 2, _PANELS) * np.exp(-0.5 * COMPOSITE_Z**2) / np.sqrt(2 * np.pi)
+COMPOSITE_W /= COMPOSITE_W.sum()
+del _t, _w, _g, _gw, _edges, _h
+
+_CHUNK = 1 << 22  # elements evaluated at once (nodes x tracked indices)
+
+
+def quadrature(smooth: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Standard-normal nodes and weights: Gauss-Hermite (smooth) or composite (kinks, jumps)."""
+    return (_GH_Z, _GH_W) if smooth else (COMPOSITE_Z, COMPOSITE_W)
+
+
+def expand(a: np.ndarray, rank: int | None) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    if rank is None or a.ndim >= rank:
+        return a
+    return a.reshape((1,) * (rank - a.ndim) + a.shape)
+
+
+def compose(chain: Sequence[Elementwise | Callable]) -> Callable[[np.ndarray], np.ndarray]:
+    """``chain[-1](...chain[0](x))``."""
+    fns = [f.fn if isinstance(f, Elementwise) else f for f in chain]
+
+    def composed(x):
+        for fn in fns:
+            x = fn(x)
+        return x
+
+    return composed
+
+
+def gaussian_moments(
+    fn: Callable | Elementwise | Sequence,
+    mean,
+    var,
+    *,
+    smooth: bool = False,
+    rank: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(E[f(z)], Var[f(z)]) for ``z ~ N(mean, var)``, vectorised over the (broadcast) arrays.
+
+    ``fn`` is a numpy function, an Elementwise or a chain of them; ``smooth`` picks Gauss-Hermite
+    (96 nodes) over the composite rule; ``rank`` left-pads the arrays first so that constants
+    laid out at the tensor's rank (per-channel slopes) broadcast against them. Raises RuleError
+    when the function is not finite on the distribution (Log of a Gaussian ...)."""
+    if not callable(fn):
+        fn = compose(fn)
+    elif isinstance(fn, Elementwise):
+        fn = fn.fn
+    mean, var = expand(mean, rank), expand(var, rank)
+    shape = np.broadcast_shapes(mean.shape, var.shape)
+    mean, std = np.broadcast_to(mean, shape), np.sqrt(np.broadcast_to(var, shape))
+    nodes, weights = quadrature(smooth)
+    node_axis = (-1,) + (1,) * len(shape)
+    step = max(1, _CHUNK // max(1, int(np.prod(shape))))
+    with np.errstate(all="ignore"):
+        shift = np.nan_to_num(np.asarray(fn(mean[None]), dtype=np.float64))[0:1]
+        acc0 = acc1 = acc2 = 0.0
+        for i in range(0, nodes.size, step):
+            z = nodes[i : i + step].reshape(node_axis)
+            w = weights[i : i + step].reshape(node_axis)
+            y = np.asarray(fn(mean + std * z), dtype=np.float64) - shift
+            # nodes far in the tail may leave the function's domain (Log, Sqrt): drop them if
+            # their probability is negligible, refuse otherwise
+            finite = np.isfinite(y)
+            w = np.where(finite, w, 0.0)
+            y = np.where(finite, y, 0.0)
+            acc0 = acc0 + w.sum(axis=0)
+            acc1 = acc1 + (w * y).sum(axis=0)
+            acc2 = acc2 + (w * y * y).sum(axis=0)
+        if np.any(acc0 < 1.0 - 1e-6):
+            raise RuleError("the function is not finite on the input distribution")
+        acc1, acc2 = acc1 / acc0, acc2 / acc0
+        e = shift[0] + acc1
+        v = acc2 - acc1**2
+    if not (np.all(np.isfinite(e)) and np.all(np.isfinite(v))):
+        raise RuleError("the function is not finite on the input distribution")
+    return e, np.maximum(v, 0.0)
+
+
+def probability(pred: Callable, mean, var, *, rank: int | None = None) -> np.ndarray:
+    """P(pred(z)) for z ~ N(mean, var) (composite rule), per tracked index."""
+    mean, var = expand(mean, rank), expand(var, rank)
+    shape = np.broadcast_shapes(mean.shape, var.shape)
+    z = COMPOSITE_Z.reshape((-1,) + (1,) * len(shape))
+    w = COMPOSITE_W.reshape(z.shape)
+    with np.errstate(all="ignore"):
+        hit = np.asarray(pred(np.broadcast_to(mean, shape) + np.sqrt(var) * z), dtype=bool)
+    return (w * hit).sum(axis=0)
+
+
+# closed forms on a Gaussian ---------------------------------------------------------------
+
+
+def relu_parts(mu, s):
+    """E[max(x, 0)] and E[max(x, 0)^2] for x ~ N(mu, s^2), s >= 0."""
+    # scipy takes longer to import than the rest of the package: the fusion machinery that the
+    # propagator imports up front (through this module) must not pull it in
+    from scipy import special
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(s > 0, mu / np.where(s > 0, s, 1.0), np.copysign(np.inf, mu))
+    cdf, pdf = (
+        special.ndtr(a),
+        np.exp(-0.5 * np.where(np.isfinite(a), a, 0.0) ** 2) / np.sqrt(2 * np.pi),
+    )
+    pdf = np.where(np.isfinite(a), pdf, 0.0)
+    m1 = mu * cdf + s * pdf
+    m2 = (mu**2 + s**2) * cdf + mu * s * pdf
+    return m1, m2
+
+
+def leaky_closed(mu, var, alpha):
+    """f = x+ - alpha (-x)+: E = E[x+] - alpha E[(-x)+], E[f^2] = E[x+^2] + alpha^2 E[(-x)+^2]."""
+    s = np.sqrt(var)
+    p1, p2 = relu_parts(mu, s)
+    if np.ndim(alpha) == 0 and alpha == 0:  # ReLU
+        return p1, p2 - p1**2
+    n1, n2 = relu_parts(-mu, s)
+    e = p1 - alpha * n1
+    return e, p2 + alpha**2 * n2 - e**2
+
+
+def abs_closed(mu, var):
+    s = np.sqrt(var)
+    p1, _ = relu_parts(mu, s)
+    n1, _ = relu_parts(-mu, s)
+    e = p1 + n1
+    return e, mu**2 + var - e**2

@@ -1,0 +1,174 @@
+"""The structure of a prepared model: nodes in topological order, who produces and who consumes
+each tensor, each tensor's element type and static shape, and which tensors are constants.
+
+Every tensor is a *signal* (a float tensor whose value depends on the graph inputs: an
+activation), a *constant* (an initializer, a Constant output, a Shape/Size of a static tensor,
+or computed only from constants, e.g. the exporter's Shape/Gather/Concat subgraphs), or an
+integer tensor computed from signals. :class:`~onnxinit.graph.ModelGraph` builds on this with
+constant values and parameters.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import onnx
+from onnx import TensorProto
+
+from .dtypes import FLOAT_TYPES
+from .errors import ModelLoadError
+from .passes import RANDOM_OPS, is_static, shape_of
+
+
+def implicit_inputs(node: onnx.NodeProto) -> list[str]:
+    """Outer-scope tensors read inside a node's subgraphs (If/Loop/Scan bodies)."""
+    names: list[str] = []
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            defined = {i.name for i in g.input} | {t.name for t in g.initializer}
+            for inner in g.node:
+                for name in list(inner.input) + implicit_inputs(inner):
+                    if name and name not in defined and name not in names:
+                        names.append(name)
+                defined.update(inner.output)
+    return names
+
+
+def _has_subgraphs(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute)
+
+
+class GraphStructure:
+    """Indexes of ``self.model`` (set by the subclass before :meth:`_index`): ``node_by_id``,
+    ``producer``, ``consumers``, ``order``, ``nx``, ``dtypes``, ``shapes``, ``constants``."""
+
+    name: str
+    model: onnx.ModelProto
+    source: onnx.ModelProto
+    initializers: dict[str, onnx.TensorProto]
+    input_names: list[str]
+    output_names: list[str]
+    input_shapes: dict[str, tuple[int, ...]]
+
+    # indexing ---------------------------------------------------------------------------------
+
+    def _index_tensors(self) -> None:
+        g = self.model.graph
+        self.shapes: dict[str, tuple | None] = {}
+        self.dtypes: dict[str, int] = {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            if vi.type.HasField("tensor_type"):
+                self.dtypes[vi.name] = vi.type.tensor_type.elem_type
+                self.shapes[vi.name] = shape_of(vi.type)
+        for t in g.initializer:
+            self.dtypes[t.name] = t.data_type
+            self.shapes[t.name] = tuple(t.dims)
+        for name, shape in self.input_shapes.items():
+            self.shapes[name] = shape
+
+    def _index_nodes(self) -> None:
+        nodes = list(self.model.graph.node)
+        ids, seen = [], set()
+        for i, node in enumerate(nodes):
+            base = node.name or f"{node.op_type}_{i}"
+            node_id, k = base, 1
+            while node_id in seen:
+                node_id, k = f"{base}__{k}", k + 1
+            seen.add(node_id)
+            ids.append(node_id)
+        self.producer: dict[str, str] = {}
+        self.consumers: dict[str, list[tuple[str, int]]] = {}
+        self.node_by_id: dict[str, onnx.NodeProto] = {}
+        self.nx = nx.DiGraph()
+        self._implicit: dict[str, list[str]] = {}
+        for node_id, node in zip(ids, nodes):
+            self.node_by_id[node_id] = node
+            self.nx.add_node(node_id, op_type=node.op_type, domain=node.domain)
+            for out in node.output:
+                if out:
+                    self.producer[out] = node_id
+            implicit = implicit_inputs(node) if _has_subgraphs(node) else []
+            self._implicit[node_id] = implicit
+            for idx, name in enumerate(list(node.input) + implicit):
+                if name:
+                    self.consumers.setdefault(name, []).append((node_id, idx))
+        for node_id, node in self.node_by_id.items():
+            for name in list(node.input) + self._implicit[node_id]:
+                src = self.producer.get(name)
+                if src is not None and src != node_id:
+                    if self.nx.has_edge(src, node_id):
+                        self.nx.edges[src, node_id]["tensors"].append(name)
+                    else:
+                        self.nx.add_edge(src, node_id, tensors=[name])
+        order = {node_id: i for i, node_id in enumerate(ids)}
+        try:
+            self.order = list(nx.lexicographical_topological_sort(self.nx, key=order.get))
+        except nx.NetworkXUnfeasible:
+            raise ModelLoadError(f"{self.name}: the graph has a cycle") from None
+
+    def _classify_tensors(self) -> None:
+        """Constants: initializers, Constant outputs, Shape/Size of static tensors, and outputs
+        of deterministic nodes whose inputs are all constant."""
+        self.constants: set[str] = set(self.initializers)
+        for node_id in self.order:
+            node = self.node_by_id[node_id]
+            inputs = [n for n in list(node.input) + self._implicit[node_id] if n]
+            if node.op_type in RANDOM_OPS and node.domain in ("", "ai.onnx"):
+                constant = False
+            elif node.op_type in ("Shape", "Size") and node.domain in ("", "ai.onnx"):
+                constant = is_static(self.shapes.get(node.input[0]))
+            else:
+                constant = all(n in self.constants for n in inputs)
+            if constant:
+                self.constants.update(o for o in node.output if o)
+
+    # classification ---------------------------------------------------------------------------
+
+    def is_float(self, tensor: str) -> bool:
+        return self.dtypes.get(tensor, TensorProto.FLOAT) in FLOAT_TYPES
+
+    def is_constant(self, tensor: str) -> bool:
+        return tensor in self.constants
+
+    def is_signal(self, tensor: str) -> bool:
+        """A float tensor whose value depends on the graph inputs (an activation)."""
+        return bool(tensor) and tensor not in self.constants and self.is_float(tensor)
+
+    def is_shape_node(self, node_id: str) -> bool:
+        """True for nodes of the shape-computation subgraphs (no signal output)."""
+        return not any(self.is_signal(o) for o in self.node_by_id[node_id].output)
+
+    def shape(self, tensor: str) -> tuple[int, ...] | None:
+        shape = self.shapes.get(tensor)
+        return tuple(shape) if is_static(shape) else None
+
+    def missing_shapes(self) -> list[str]:
+        """Signals produced by a node whose shape is not static."""
+        return [t for t in self.producer if self.is_signal(t) and not is_static(self.shapes.get(t))]
+
+    # queries ----------------------------------------------------------------------------------
+
+    def node(self, node_id: str) -> onnx.NodeProto:
+        return self.node_by_id[node_id]
+
+    def inputs_of(self, node_id: str) -> list[str]:
+        return list(self.node_by_id[node_id].input)
+
+    def implicit_inputs_of(self, node_id: str) -> list[str]:
+        """Outer-scope tensors the node's subgraphs read."""
+        return self._implicit.get(node_id, [])
+
+    def model_inputs(self) -> list[onnx.ValueInfoProto]:
+        return [i for i in self.source.graph.input if i.name not in self.initializers]
+
+    def float_activations(self) -> list[str]:
+        """Signal tensors in topological order (graph inputs first)."""
+        out = [i for i in self.input_names if self.is_signal(i)]
+        for node_id in self.order:
+            out.extend(o for o in self.node_by_id[node_id].output if self.is_signal(o))
+        return out
+
+    def subgraph_nodes(self) -> list[str]:
+        return [n for n in self.order
+                if self._implicit[n] or _has_subgraphs(self.node_by_id[n])]
