@@ -27,13 +27,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from .. import correlation
 from ..moments import Elementwise, Moments
-from ..spatial import attach, class_weights, joint, positions, take_cells, within_variance
 from .context import RuleContext, RuleError, signal
 from .elementwise import apply_elementwise, apply_fn, digest
 from .fusion import fused_elementwise
 from .gaussian import compose
+from .mixture import binary_independent, lift, sum_mixture
+from .positional import concat_channels, positions_binary
 from .registry import rule
 
 _GRID_CAP = 1 << 22  # elements of a statistics grid before it is folded further
@@ -55,25 +55,18 @@ def _out_rank(ctx: RuleContext) -> int:
     return max(ranks)
 
 
-def _lift(a: np.ndarray, rank: int) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim == 0 or a.ndim >= rank:
-        return a
-    return a.reshape((1,) * (rank - a.ndim) + a.shape)
-
-
 def _operand(inputs, ctx: RuleContext, i: int, rank: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """(mean, var, is_signal) of input ``i`` laid out at ``rank``; constants have variance 0."""
     m = inputs[i] if i < len(inputs) else None
     if m is not None:
-        return _lift(m.mean, rank), _lift(m.var, rank), True
+        return lift(m.mean, rank), lift(m.var, rank), True
     c = ctx.const(i)
     if c is None:
         raise RuleError(f"input {i} is neither a signal nor constant")
     c = np.asarray(c, dtype=np.float64)
     if not np.all(np.isfinite(c)):
         raise RuleError(f"constant input {i} is not finite")
-    c = _lift(c, rank)
+    c = lift(c, rank)
     return c, np.zeros_like(c), False
 
 
@@ -116,7 +109,7 @@ def _same_layout(inputs, ctx: RuleContext, rank: int) -> bool:
     if len(which) != 1:
         return False
     x = inputs[which[0]]
-    x_axes = _axes(_lift(x.mean, rank), _lift(x.var, rank))
+    x_axes = _axes(lift(x.mean, rank), lift(x.var, rank))
     c_axes: set[int] = set()
     for i, name in enumerate(ctx.node.input):
         if i == which[0] or not name:
@@ -124,19 +117,8 @@ def _same_layout(inputs, ctx: RuleContext, rank: int) -> bool:
         c = ctx.const(i)
         if c is None or np.size(c) > _CONST_CAP or not np.all(np.isfinite(c)):
             return False
-        c_axes |= _axes(_lift(c, rank))
+        c_axes |= _axes(lift(c, rank))
     return c_axes <= x_axes or (not x_axes and len(c_axes) <= 1)
-
-
-def _binary_independent(op: str, a, b) -> tuple[np.ndarray, np.ndarray]:
-    (ma, va), (mb, vb) = a, b
-    if op == "Add":
-        return ma + mb, va + vb
-    if op == "Sub":
-        return ma - mb, va + vb
-    if op == "Mul":
-        return ma * mb, (va + ma**2) * (vb + mb**2) - ma**2 * mb**2
-    raise RuleError(f"{op} of these operands")
 
 
 def _two_signals_fused(inputs, ctx: RuleContext):
@@ -169,7 +151,7 @@ def binary(inputs, ctx: RuleContext):
         except RuleError:
             if op == "Div" and inputs[1] is not None:
                 raise
-    spatial = _positions_binary(inputs, ctx, op, rank)
+    spatial = positions_binary(inputs, ctx, op, rank)
     if spatial is not None:
         return [spatial]
     if op == "Div":
@@ -183,7 +165,7 @@ def binary(inputs, ctx: RuleContext):
     else:
         b = _operand(inputs, ctx, 1, rank)[:2]
     a = _operand(inputs, ctx, 0, rank)[:2]
-    mean, var = _binary_independent(op, a, b)
+    mean, var = binary_independent(op, a, b)
     out = _finish(mean, var, _signal_axes(inputs, rank))
     if op in ("Add", "Sub") and all(m is not None for m in inputs) and out.mean.shape == np.shape(mean):
         mixture = sum_mixture(inputs[0], inputs[1], rank, op == "Sub")
@@ -192,151 +174,11 @@ def binary(inputs, ctx: RuleContext):
     return [out]
 
 
-def _positions_binary(inputs, ctx: RuleContext, op: str, rank: int) -> Moments | None:
-    """Add/Sub/Mul/Div-by-constant of operands of which one carries position classes
-    (``onnxinit.spatial``): the same formulas per cell of the operands' joint classes (a
-    ``[N, C, 1, 1]`` operand or a per-channel constant is the same in every cell), the sum's
-    Gaussian mixture per cell. None when no operand has classes, or a constant varies along
-    a spatial axis (then the per-channel path below)."""
-    if not any(m is not None and m.spatial is not None for m in inputs) or rank < 3:
-        return None
-    out_shape = ctx.out_shape(0)
-    operands = []
-    for i in range(len(inputs)):
-        m = inputs[i]
-        if m is None:
-            c = ctx.const(i)
-            if c is None or not np.all(np.isfinite(c)):
-                return None
-            c = _lift(np.asarray(c, dtype=np.float64), rank)
-            if any(n > 1 for n in np.shape(c)[2:]) or np.ndim(c) != rank and np.size(c) > 1:
-                return None
-            if op == "Div" and i == 1:
-                if np.any(c == 0):
-                    return None
-                c = 1.0 / c
-            m = Moments(c, np.zeros_like(c))
-        elif op == "Div" and i == 1:
-            return None  # division by a signal: measured
-        sp = positions(m, ctx.in_shape(i) if len(ctx.in_shape(i)) == rank else out_shape)
-        if sp is None:
-            return None
-        operands.append(sp)
-    maps, selections = joint([sp.maps for sp in operands], out_shape[2:])
-    cells = [take_cells(sp.cells, sel) for sp, sel in zip(operands, selections)]
-    a = (cells[0].mean, cells[0].var)
-    b = (cells[1].mean, cells[1].var)
-    mean, var = _binary_independent("Mul" if op == "Div" else op, a, b)
-    mixture = None
-    if op in ("Add", "Sub") and all(m is not None for m in inputs):
-        mixture = sum_mixture(cells[0], cells[1], rank, op == "Sub")
-    corr = _joint_correlation(operands, inputs, op, out_shape)
-    return attach(Moments(mean, var, None, mixture), maps, corr)
-
-
-def _joint_correlation(operands, inputs, op: str, out_shape):
-    """The output's spatial correlation (``onnxinit.correlation``) from the operands': for a
-    sum, covariances add; for a product of independent x and s,
-    ``Cov(d) = (Cov_x(d) + mu_x^2)(Cov_s(d) + mu_s^2) - mu_x^2 mu_s^2`` (a per-sample
-    ``[N, C, 1, 1]`` operand or a constant is the same at every position: rho = 1). None when
-    a signal with spatial axes carries none (unknown: taken as independent downstream)."""
-    channels = out_shape[1]
-    sizes = out_shape[2:]
-    parts = []
-    for sp, m in zip(operands, inputs):
-        uniform = all(n == 1 for n in (mp.size for mp in sp.maps))
-        nu = within_variance(sp, channels) if m is not None else np.zeros(channels)
-        mean = np.broadcast_to(_pooled_mean(sp), (channels,))
-        if sp.corr is not None:
-            corr = sp.corr
-        elif uniform or m is None:  # one value per sample (or a constant): rho = 1
-            corr = correlation.Correlation(np.ones((1,) * (1 + len(sizes))), np.ones(1))
-        else:
-            return None
-        parts.append((corr, nu, mean))
-    if op in ("Add", "Sub"):
-        return correlation.add([(c, nu) for c, nu, _ in parts], sizes)
-    (cx, nx, mx), (cs, ns, ms) = parts
-    return correlation.product(cx, nx, mx, cs, ns, ms, sizes)
-
-
-def _pooled_mean(sp) -> np.ndarray:
-    mean = np.broadcast_to(sp.cells.mean, np.broadcast_shapes(sp.cells.mean.shape,
-                                                              (1, 1, *sp.classes)))
-    w = class_weights(sp.maps)
-    return (mean[0] * w).reshape(mean.shape[1], -1).sum(axis=1)
-
-
-_RELU_BINS = 2  # equal-probability bins of a ReLU's positive part in a mixture
-
-
-def _phi(t: np.ndarray) -> np.ndarray:
-    """Standard normal density, 0 at +-inf."""
-    finite = np.isfinite(t)
-    return np.where(finite, np.exp(-0.5 * np.where(finite, t, 0.0) ** 2), 0.0) / np.sqrt(2 * np.pi)
-
-
-def _components(x: Moments, rank: int):
-    """x as Gaussian mixture components (w, m, v), each with a leading component axis: one
-    component for a Gaussian (no element-wise chain); for ReLU(z), z ~ N(mu, s^2), the point
-    mass at 0 (weight Phi(-mu/s)) and the positive part cut in _RELU_BINS equal-probability bins
-    of z, each with its exact conditional mean and variance. None for any other chain."""
-    src = x.source
-    if src is None or not src.chain:
-        return np.ones((1,) + (1,) * rank), _lift(x.mean, rank)[None], _lift(x.var, rank)[None]
-    if len(src.chain) != 1 or src.chain[0].key != ("Relu",):
-        return None
-    mu, var = np.broadcast_arrays(_lift(src.mean, rank), _lift(src.var, rank))
-    s = np.sqrt(var)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a0 = np.where(s > 0, -mu / np.where(s > 0, s, 1.0), np.where(mu > 0, -np.inf, np.inf))
-    p0 = special.ndtr(a0)  # P(z <= 0)
-    k = np.arange(1, _RELU_BINS).reshape((-1,) + (1,) * mu.ndim)
-    inner = special.ndtri(np.clip(p0 + (1 - p0) * k / _RELU_BINS, 0.0, 1.0))  # standard units
-    edges = np.concatenate([a0[None], inner, np.full_like(a0, np.inf)[None]])
-    mass = (1 - p0) / _RELU_BINS  # each bin's probability, by construction
-    phi = _phi(edges)
-    tphi = np.where(phi > 0, np.where(np.isfinite(edges), edges, 0.0) * phi, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        safe = np.where(mass > 0, mass, 1.0)
-        # standard normal restricted to [lo, hi]: mean (phi(lo) - phi(hi)) / mass,
-        # second moment 1 + (lo phi(lo) - hi phi(hi)) / mass
-        cm = np.where(mass > 0, (phi[:-1] - phi[1:]) / safe, 0.0)
-        cv = np.where(mass > 0, 1.0 + (tphi[:-1] - tphi[1:]) / safe - cm**2, 0.0)
-    lo = edges[:-1]
-    w = np.concatenate([p0[None], np.broadcast_to((1 - p0) / _RELU_BINS, lo.shape)])
-    m = np.concatenate([np.zeros_like(mu)[None], mu + s * cm])
-    v = np.concatenate([np.zeros_like(var)[None], var * np.maximum(cv, 0.0)])
-    return w, m, v
-
-
-def sum_mixture(a: Moments, b: Moments, rank: int, subtract: bool = False):
-    """a +/- b (independent) as a Gaussian mixture when each is a Gaussian or a ReLU of one:
-    components pair up, w = w_i w_j, m = m_i +/- m_j, v = v_i + v_j. None when neither is a
-    ReLU (the sum is Gaussian) or either is another function."""
-    ca, cb = _components(a, rank), _components(b, rank)
-    if ca is None or cb is None or (ca[0].shape[0] == 1 and cb[0].shape[0] == 1):
-        return None
-    (wa, ma, va), (wb, mb, vb) = ca, cb
-    na, nb = wa.shape[0], wb.shape[0]
-
-    def pair(x, y, combine):
-        z = combine(x.reshape((na, 1) + x.shape[1:]), y.reshape((1, nb) + y.shape[1:]))
-        return z.reshape((na * nb,) + z.shape[2:])
-
-    sign = -1.0 if subtract else 1.0
-    return (
-        pair(wa, wb, np.multiply),
-        pair(ma, mb, lambda x, y: x + sign * y),
-        pair(va, vb, np.add),
-    )
-
-
 def _signal_axes(inputs, rank: int) -> set[int]:
     axes: set[int] = set()
     for m in inputs:
         if m is not None:
-            axes |= _axes(_lift(m.mean, rank), _lift(m.var, rank))
+            axes |= _axes(lift(m.mean, rank), lift(m.var, rank))
     return axes
 
 
@@ -420,7 +262,7 @@ def _fused_extreme(inputs, ctx: RuleContext, minimum: bool):
 def _monte_carlo_extreme(signals, consts, ctx: RuleContext, rank: int, minimum: bool):
     """Max/Min of independent signals (sampled from their sources) and constants, per cell of
     the broadcast grid of their statistics."""
-    arrays = [a for m in signals for a in (_lift(m.mean, rank), _lift(m.var, rank))] + consts
+    arrays = [a for m in signals for a in (lift(m.mean, rank), lift(m.var, rank))] + consts
     grid = np.broadcast_shapes(*(np.shape(a) for a in arrays))
     size = int(np.prod(grid)) if grid else 1
     if size > 4096:
@@ -432,11 +274,11 @@ def _monte_carlo_extreme(signals, consts, ctx: RuleContext, rank: int, minimum: 
     for m in signals:
         src = m.source
         if src is not None and max(np.ndim(src.mean), np.ndim(src.var)) <= rank:
-            src_mean, src_var = _lift(src.mean, rank), _lift(src.var, rank)
+            src_mean, src_var = lift(src.mean, rank), lift(src.var, rank)
             z = rng.standard_normal((n, *grid)) * np.sqrt(src_var) + src_mean
             z = compose(src.chain)(z)
         else:
-            z = rng.standard_normal((n, *grid)) * np.sqrt(_lift(m.var, rank)) + _lift(m.mean, rank)
+            z = rng.standard_normal((n, *grid)) * np.sqrt(lift(m.var, rank)) + lift(m.mean, rank)
         out = z if out is None else pick(out, z)
     for c in consts:
         out = pick(out, c)
@@ -471,7 +313,7 @@ def extreme(inputs, ctx: RuleContext):
         f = Elementwise(("Min" if minimum else "Max", *digest(c)), lambda z: pick(z, c))
         out = apply_fn(x, f, rank)
         if len(_axes(out.mean, out.var)) > 1:
-            return [_finish(out.mean, out.var, _axes(_lift(x.mean, rank), _lift(x.var, rank)))]
+            return [_finish(out.mean, out.var, _axes(lift(x.mean, rank), lift(x.var, rank)))]
         return [out]
     if len(signals) == 2 and not consts:
         fused = _fused_extreme(inputs, ctx, minimum)
@@ -481,10 +323,10 @@ def extreme(inputs, ctx: RuleContext):
         if gaussian:
             a, b = signals
             mean, var = _clark(
-                _lift(a.mean, rank),
-                _lift(a.var, rank),
-                _lift(b.mean, rank),
-                _lift(b.var, rank),
+                lift(a.mean, rank),
+                lift(a.var, rank),
+                lift(b.mean, rank),
+                lift(b.var, rank),
                 minimum,
             )
             return [_finish(mean, var, _signal_axes(inputs, rank))]
@@ -506,7 +348,7 @@ def where(inputs, ctx: RuleContext):
     if cond is None:
         raise RuleError("the condition is not constant")
     rank = _out_rank(ctx)
-    cond = _lift(np.asarray(cond, dtype=bool), rank)
+    cond = lift(np.asarray(cond, dtype=bool), rank)
     if np.all(cond) and inputs[1] is not None:
         return [inputs[1]]
     if not np.any(cond) and inputs[2] is not None:
@@ -529,35 +371,8 @@ def _piece(inputs, ctx: RuleContext, i: int, rank: int):
     c = ctx.const(i)
     if c is None:
         raise RuleError(f"input {i} is neither a signal nor constant")
-    c = _lift(np.asarray(c, dtype=np.float64), rank)
+    c = lift(np.asarray(c, dtype=np.float64), rank)
     return Moments(c, np.zeros_like(c))
-
-
-def _concat_channels(inputs, ctx: RuleContext, out_shape) -> Moments:
-    """Channel concatenation of tensors with position classes (a DenseNet block): the cells of
-    every operand on their joint classes, concatenated along the channel axis, and the
-    per-channel correlations likewise (``onnxinit.spatial``, ``onnxinit.correlation``)."""
-    rank = len(out_shape)
-    spatials, channels = [], []
-    for i in range(len(inputs)):
-        m = _piece(inputs, ctx, i, rank)
-        spatials.append(positions(m, ctx.in_shape(i)))
-        channels.append(ctx.in_shape(i)[1])
-    maps, selections = joint([sp.maps for sp in spatials], out_shape[2:])
-    cells = [take_cells(sp.cells, sel) for sp, sel in zip(spatials, selections)]
-    shape = (1,) + tuple(len(sel) for sel in selections[0])
-    means, variances = [], []
-    for c, n in zip(cells, channels):
-        mean, var = np.broadcast_arrays(c.mean, c.var)
-        full = (1, n) + shape[1:]
-        means.append(np.broadcast_to(mean, np.broadcast_shapes(mean.shape, full)))
-        variances.append(np.broadcast_to(var, np.broadcast_shapes(var.shape, full)))
-    cells = Moments(np.concatenate(means, axis=1), np.concatenate(variances, axis=1))
-    corr = None
-    if any(sp.corr is not None for sp in spatials):
-        corr = correlation.concat([(sp.corr, n) for sp, n in zip(spatials, channels)],
-                                  out_shape[2:])
-    return attach(cells, maps, corr)
 
 
 @rule("Concat")
@@ -571,7 +386,7 @@ def concat(inputs, ctx: RuleContext):
     axis = ctx.attr("axis") % rank
     sizes = [ctx.in_shape(i)[axis] for i in range(len(inputs))]
     if axis == 1 and rank >= 3 and any(m is not None and m.spatial is not None for m in inputs):
-        return [_concat_channels(inputs, ctx, out_shape)]
+        return [concat_channels(inputs, ctx, out_shape)]
     pieces = [_piece(inputs, ctx, i, rank) for i in range(len(inputs))]
     tracked = sorted({a for p in pieces if p.rank for a in p.tracked_axes()})
     if axis in tracked:

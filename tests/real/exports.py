@@ -43,17 +43,38 @@ def _no_norm(name: str) -> Builder:
     return build
 
 
+def _vgg(name: str) -> Builder:
+    """torchvision VGG; below 224 the 7x7 adaptive average pool (an upsampling there, which
+    the exporter refuses) becomes the identity and the first classifier layer takes the
+    features at their own size."""
+
+    def build(size: int):
+        import torchvision
+        from torch import nn
+
+        model = getattr(torchvision.models, name)(weights=None)
+        if size != 224:
+            side = size // 32
+            model.avgpool = nn.Identity()
+            model.classifier[0] = nn.Linear(512 * side * side, 4096)
+        return model, (3, size, size)
+
+    return build
+
+
 BUILDERS: dict[str, Builder] = {
     "resnet18": _torchvision("resnet18"),
     "resnet50_nonorm": _no_norm("resnet50"),
     "resnet152_nonorm": _no_norm("resnet152"),
-    "vgg11": _torchvision("vgg11"),
-    "vgg11_bn": _torchvision("vgg11_bn"),
+    "vgg11": _vgg("vgg11"),
+    "vgg11_bn": _vgg("vgg11_bn"),
     "efficientnet_b0": _torchvision("efficientnet_b0"),
     "mobilenet_v3_small": _torchvision("mobilenet_v3_small"),
     "densenet121": _torchvision("densenet121"),
     "convnext_tiny": _torchvision("convnext_tiny"),
     "regnet_y_400mf": _torchvision("regnet_y_400mf"),
+    "vit_b_16": _torchvision("vit_b_16"),
+    "swin_t": _torchvision("swin_t"),
 }
 
 _CACHE: dict[tuple[str, int], Path] = {}
