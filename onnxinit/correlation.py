@@ -21,9 +21,9 @@ Rules (each exact under its stated assumption):
   ``Cov_j(d) = sum_{c in group(j)} sum_delta G_jc(delta) nu_c rho_c(s d + dil delta)``, with
   ``G_jc(delta) = sum_t W_jct W_jc(t+delta)`` the kernel's autocorrelation. Cross-channel
   covariances of the input are not modelled (their contribution has mean zero over the random
-  weights). When the exact sum costs more than ``CONV_BUDGET`` multiply-adds (wide dense
-  convolutions, where the per-channel terms with delta != 0 are sums of many random-sign terms),
-  only its expectation over the weights is kept: the delta = 0 terms.
+  weights). When the exact sum costs more than ``CONV_BUDGET`` multiply-adds (counting at least
+  16 offsets: wide dense convolutions, where the per-channel terms with delta != 0 are sums of
+  many random-sign terms), only its expectation over the weights is kept: the delta = 0 terms.
 * Element-wise f of a Gaussian (Mehler's formula): ``Cov(f(x), f(x')) = sum_n c_n rho^n`` with
   ``c_n = E[f(x) He_n(z)]^2 / n!``; eight terms, normalised so that rho = 1 maps to 1.
 * BatchNorm and other per-channel affine maps: unchanged. Add of independent operands:
@@ -120,16 +120,15 @@ def _gather(ext: np.ndarray, ext_radius, positions: Sequence[np.ndarray]) -> np.
 
 
 def _kernel_autocorrelation(w: np.ndarray) -> np.ndarray:
-    """G[j, c, delta] = sum_t W[j,c,t] W[j,c,t+delta], delta in [-(k-1), k-1] per axis."""
+    """G[j, c, delta] = sum_t W[j,c,t] W[j,c,t+delta], delta in [-(k-1), k-1] per axis (the
+    kernels' autocorrelation, by FFT over the spatial axes padded to 2k - 1)."""
     kernel = w.shape[2:]
-    n = len(kernel)
-    g = np.zeros(w.shape[:2] + tuple(2 * k - 1 for k in kernel))
-    for delta in np.ndindex(*(2 * k - 1 for k in kernel)):
-        shift = [d - (k - 1) for d, k in zip(delta, kernel)]
-        a = tuple(slice(max(0, -s), k - max(0, s)) for s, k in zip(shift, kernel))
-        b = tuple(slice(max(0, s), k - max(0, -s)) for s, k in zip(shift, kernel))
-        prod = w[(slice(None), slice(None), *a)] * w[(slice(None), slice(None), *b)]
-        g[(slice(None), slice(None), *delta)] = prod.reshape(prod.shape[:2] + (-1,)).sum(axis=-1)
+    axes = tuple(range(2, 2 + len(kernel)))
+    size = [2 * k - 1 for k in kernel]
+    f = np.fft.rfftn(w, s=size, axes=axes)
+    g = np.fft.irfftn(f * np.conj(f), s=size, axes=axes)  # circular: lag l at index l mod size
+    for i, k in enumerate(kernel):  # reorder to delta = -(k-1) .. k-1
+        g = np.roll(g, k - 1, axis=2 + i)
     return g
 
 
@@ -150,38 +149,35 @@ def conv(corr: Correlation, nu: np.ndarray, w: np.ndarray, groups: int, strides,
     c_in = cpg * groups
     rho = np.broadcast_to(rho, (c_in,) + rho.shape[1:])
     floor = np.broadcast_to(floor, (c_in,))
-    exact = c_out * cpg * n_delta * n_d <= CONV_BUDGET
+    exact = c_out * cpg * n_delta * max(n_d, 16) <= CONV_BUDGET
     d_axes = _offsets(radius)
     d_axes[0] = d_axes[0][radius[0]:]
-    if exact:
-        g = _kernel_autocorrelation(w)  # [C_out, cpg, delta...]
-        deltas = [np.arange(-(k - 1), k) for k in kernel]
+    opg = c_out // groups
+    if exact:  # every kernel-autocorrelation lag delta
+        g = _kernel_autocorrelation(w).reshape(groups, opg, cpg, -1)
+        lags = list(np.ndindex(*(2 * k - 1 for k in kernel)))
         ext_r = [s * r + dl * (k - 1) for s, r, dl, k in zip(strides, radius, dilations, kernel)]
-        positions = []
-        for i in range(n):  # offset s d + dil delta: axes [delta_0.., d_0..]
-            shape = [1] * (2 * n)
-            shape[i] = deltas[i].size
-            shape[n + i] = d_axes[i].size
-            positions.append(
-                (deltas[i][:, None] * dilations[i] + d_axes[i][None, :] * strides[i])
-                .reshape(shape))
-        ext = _extended(rho * nu.reshape((-1,) + (1,) * n), floor * nu, ext_r)
-        cols = _gather(ext, ext_r, positions)  # [C_in, delta.., d..]
-        cols = cols.reshape(groups, cpg * n_delta, n_d)
-        gg = g.reshape(groups, c_out // groups, cpg * n_delta)
-        cov = (gg @ cols).reshape((c_out, *half))
-        far = np.einsum("gjc,gc->gj", w.reshape(groups, c_out // groups, cpg, -1).sum(axis=-1)
-                        ** 2, (floor * nu).reshape(groups, cpg)).reshape(c_out)
-    else:
-        w2 = (w * w).reshape(groups, c_out // groups, cpg, -1).sum(axis=-1)  # [g, o, c]
-        positions = [d_axes[i].reshape([-1 if j == i else 1 for j in range(n)]) * strides[i]
-                     for i in range(n)]
+    else:  # its expectation over the weights: the lag-0 terms
+        g = (w * w).reshape(groups, opg, cpg, -1).sum(axis=-1)[..., None]
+        lags = [tuple(k - 1 for k in kernel)]
         ext_r = [s * r for s, r in zip(strides, radius)]
-        ext = _extended(rho * nu.reshape((-1,) + (1,) * n), floor * nu, ext_r)
+    ext = _extended(rho * nu.reshape((-1,) + (1,) * n), floor * nu, ext_r)
+    cov = np.zeros((groups, opg, n_d))
+    for i, lag in enumerate(lags):  # Cov(d) += G(delta) nu rho(s d + dil delta)
+        positions = []
+        for a, (d, st, dl, k, l) in enumerate(zip(d_axes, strides, dilations, kernel, lag)):
+            shape = [1] * n
+            shape[a] = d.size
+            positions.append((d * st + (l - (k - 1)) * dl).reshape(shape))
         cols = _gather(ext, ext_r, positions).reshape(groups, cpg, n_d)
-        cov = (w2 @ cols).reshape((c_out, *half))
-        far = np.einsum("gjc,gc->gj", w.reshape(groups, c_out // groups, cpg, -1).sum(axis=-1)
-                        ** 2, (floor * nu).reshape(groups, cpg)).reshape(c_out)
+        gi = g[..., i] if exact else g[..., 0]
+        if cpg == 1 and opg == 1:  # depthwise
+            cov += gi[:, :, :1] * cols
+        else:
+            cov += gi @ cols
+    cov = cov.reshape((c_out, *half))
+    far = np.einsum("gjc,gc->gj", w.reshape(groups, opg, cpg, -1).sum(axis=-1) ** 2,
+                    (floor * nu).reshape(groups, cpg)).reshape(c_out)
     mirrored = np.flip(cov[:, 1:], axis=tuple(range(1, n + 1)))
     cov = np.concatenate([mirrored, cov], axis=1)
     centre = cov[(slice(None), *radius)].copy()
