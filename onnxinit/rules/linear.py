@@ -23,6 +23,7 @@ from ..moments import Moments
 from .. import correlation
 from ..spatial import attach, gather_taps, positions, window, within_variance
 from .attention import matmul_activations
+from .copies import copy_cells
 from .context import RuleContext, RuleError, signal
 from .registry import rule
 
@@ -139,7 +140,9 @@ def conv(inputs, ctx: RuleContext):
     not the map size. The per-channel totals (E_j = mean_p E_j(p), Var_j = mean_p Var_j(p) +
     var_p E_j(p)) are the output's ``mean``/``var``; the classes are carried in ``spatial``:
     border positions of a padded conv have other means and a smaller variance, which ReLU,
-    pooling, normalization and later convs see.
+    pooling, normalization and later convs see. A kernel that copies (one non-zero per
+    output channel: IDInit's identity patterns) keeps the input's distribution
+    (:mod:`.copies`).
     """
     x = signal(inputs, 0)
     w = ctx.const(1)
@@ -161,11 +164,15 @@ def conv(inputs, ctx: RuleContext):
     mu, nu = np.broadcast_arrays(sp.cells.mean, sp.cells.var)
     shape = (c_in,) + mu.shape[2:]
     mu, nu = np.broadcast_to(mu[0], shape), np.broadcast_to(nu[0], shape)
-    mean, var = _conv_cells(mu, nu, w, _bias(ctx, 2, c_out), groups, taps)
+    bias = _bias(ctx, 2, c_out)
+    mean, var = _conv_cells(mu, nu, w, bias, groups, taps)
     corr_in = sp.corr if sp.corr is not None else correlation.independent(1, x_shape[2:])
     corr, _ = correlation.conv(corr_in, within_variance(sp, c_in), w, groups, strides,
                                dilations, y_shape[2:])
-    return [attach(Moments(mean[None], var[None]), out_maps, corr)]
+    cells = copy_cells(sp, w, bias, groups, taps, mean, var)
+    if cells is None:
+        cells = Moments(mean[None], var[None])
+    return [attach(cells, out_maps, corr)]
 
 
 @rule("ConvTranspose")

@@ -29,6 +29,7 @@ def binary_independent(op: str, a, b) -> tuple[np.ndarray, np.ndarray]:
     raise RuleError(f"{op} of these operands")
 
 
+_MAX_COMPONENTS = 24  # of a sum's mixture: more and the smaller operand counts as Gaussian
 _RELU_BINS = 2  # equal-probability bins of a ReLU's positive part in a mixture
 
 
@@ -42,8 +43,14 @@ def components(x: Moments, rank: int):
     """x as Gaussian mixture components (w, m, v), each with a leading component axis: one
     component for a Gaussian (no element-wise chain); for ReLU(z), z ~ N(mu, s^2), the point
     mass at 0 (weight Phi(-mu/s)) and the positive part cut in _RELU_BINS equal-probability bins
-    of z, each with its exact conditional mean and variance. None for any other chain."""
+    of z, each with its exact conditional mean and variance; a mixture-described x (a ReLU of a
+    sum) its own components. None for any other chain."""
     src = x.source
+    if src is None and x.mixture is not None:
+        w, m, v = x.mixture
+        if m.ndim <= rank + 1:
+            return tuple(a.reshape(a.shape[:1] + (1,) * (rank + 1 - a.ndim) + a.shape[1:])
+                         for a in (w, m, v))
     if src is None or not src.chain:
         return np.ones((1,) + (1,) * rank), lift(x.mean, rank)[None], lift(x.var, rank)[None]
     if len(src.chain) != 1 or src.chain[0].key != ("Relu",):
@@ -79,6 +86,12 @@ def sum_mixture(a: Moments, b: Moments, rank: int, subtract: bool = False):
     ca, cb = components(a, rank), components(b, rank)
     if ca is None or cb is None or (ca[0].shape[0] == 1 and cb[0].shape[0] == 1):
         return None
+    if ca[0].shape[0] * cb[0].shape[0] > _MAX_COMPONENTS:  # the smaller part as one Gaussian
+        one = np.ones((1,) + (1,) * rank)
+        if float(np.mean(a.var)) < float(np.mean(b.var)):
+            ca = (one, lift(a.mean, rank)[None], lift(a.var, rank)[None])
+        else:
+            cb = (one, lift(b.mean, rank)[None], lift(b.var, rank)[None])
     (wa, ma, va), (wb, mb, vb) = ca, cb
     na, nb = wa.shape[0], wb.shape[0]
 
