@@ -16,7 +16,7 @@ the loaded graph (synthetic data, the same batch size as torch). Seconds per ite
   each t the fastest of ``--repeats`` runs (a shared machine's load only ever adds time);
 - lsuv: total time / number of forward passes it made (its iterations are forward passes).
 
-Torch GradInit follows Algorithm 1 of Zhu et al. (METHODS.md "gradinit", sgd variant): one scale
+Torch GradInit follows Algorithm 1 of Zhu et al. (docs/methods.md "gradinit", sgd variant): one scale
 per parameter tensor, theta = alpha * p0; g = dL(S)/dtheta with ``create_graph=True``; if
 ||g||_2 > gamma, an Adam step on alpha minimising ||g||_2 (exact double backward); else
 theta' = theta - eta * gamma * g/||g||_2 with the step held constant and an Adam step on

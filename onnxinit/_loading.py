@@ -12,6 +12,20 @@ from onnx import external_data_helper
 
 from .errors import ExternalDataError, ModelLoadError
 
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+LFS_HINT = ("this is a Git LFS pointer, not the file: fetch the file (git lfs pull; in GitHub "
+            "Actions, actions/checkout with lfs: true)")
+
+
+def is_lfs_pointer(path: Path) -> bool:
+    """True for a Git LFS pointer file (a small text file that stands for the real content)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LFS_POINTER_PREFIX))
+    except OSError:
+        return False
+    return head == LFS_POINTER_PREFIX
+
 
 def _external_tensors(model: onnx.ModelProto):
     for tensor in external_data_helper._get_all_tensors(model):
@@ -36,6 +50,8 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path, model_name: str)
                 f"{model_name}: external data file {location!r} for tensor {tensor.name!r} "
                 f"is missing (looked in {root})"
             )
+        if is_lfs_pointer(target):
+            raise ExternalDataError(f"{model_name}: external data file {location!r}: {LFS_HINT}")
         offset = int(info.get("offset", 0) or 0)
         length = info.get("length")
         size = target.stat().st_size
@@ -55,6 +71,17 @@ def external_data_files(model: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
+def input_names(path: str | os.PathLike) -> list[str]:
+    """The names of the graph inputs (initializers excluded) of the ONNX file at ``path``, read
+    without its external data; ModelLoadError when it cannot be read."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({exc})") from None
+    initializers = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
+
+
 def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Load ``path`` with its external data; also return which tensors were stored externally."""
     path = Path(path)
@@ -62,6 +89,8 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, str]
         raise ModelLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a folder, not an ONNX file")
+    if is_lfs_pointer(path):
+        raise ModelLoadError(f"{path}: {LFS_HINT}")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -14,6 +17,9 @@ from .graph import ModelGraph, load
 from .measure import measure as run_measure
 from .propagate import EMPIRICAL, PASS_THROUGH, Propagation, propagate
 from .residual import ResidualBlock, residual_blocks
+from .writeback import read_plan_record
+
+log = logging.getLogger("onnxinit")
 
 DEFAULT_MAX_GROWTH = 100.0
 DEFAULT_MIN_VAR = 1e-4
@@ -87,17 +93,41 @@ def flag_for(var: float, input_var: float, max_growth: float, min_var: float) ->
     return None
 
 
+_OWN_PARAMETERS = re.compile(r"^(?P<layer>.+)[./](?:weight|kernel)$")
+
+
+def _own_parameters(weight: str, bias: str) -> bool:
+    """True when a layer's weight and bias carry the names of one module's own parameters
+    (``conv1.weight``/``conv1.bias``, ``conv/kernel``/``conv/bias``): an exporter writes folded
+    BatchNormalization as new constants (``onnx::Conv_12``), not under the layer's names."""
+    match = _OWN_PARAMETERS.match(weight)
+    return match is not None and bias in (f"{match['layer']}.bias", f"{match['layer']}/bias")
+
+
 def eval_export_warning(graph: ModelGraph) -> str | None:
     """An eval-mode export of a normalised convnet has its BatchNormalization folded into the
-    convolutions: at initialization that leaves Convs with all-zero biases and no norm layers."""
+    convolutions: at initialization that leaves Convs whose bias is all zeros (the folded shift
+    of fresh statistics) and no normalization layers. Zero biases are no evidence of that when
+    onnxinit wrote them (the model's ``onnxinit.plan`` record lists the tensors a method
+    replaced: autoinit, the classic schemes and idinit zero biases) or when the layer's weight
+    and bias keep its parameters' own names (nothing was folded into them; e.g. a network
+    whose init zeroes its biases)."""
     ops = {graph.node(n).op_type for n in graph.order}
     if ops & NORMALIZATION_OPS:
         return None
     convs = [graph.node(n) for n in graph.parametric_nodes if graph.node(n).op_type == "Conv"]
     if len(convs) < 3:
         return None
-    biases = [graph.value(c.input[2]) if len(c.input) > 2 and c.input[2] else None for c in convs]
-    if all(b is not None and not np.any(b) for b in biases):
+    written = set((read_plan_record(graph.source) or {}).get("replaced", []))
+
+    def folded_looking(conv) -> bool:
+        bias = conv.input[2] if len(conv.input) > 2 else ""
+        value = graph.value(bias) if bias else None
+        if value is None or np.any(value) or graph.parameter_of(bias) in written:
+            return False
+        return not _own_parameters(conv.input[1], bias)
+
+    if all(folded_looking(c) for c in convs):
         return (
             "every Conv has an all-zero bias and the graph has no normalization layers: this "
             "looks like an eval-mode export with BatchNormalization folded into the Convs, which "
@@ -140,8 +170,11 @@ def analyze(
     result = propagate(graph, stats, seed=seed)
     measured = {}
     if measure:
+        start = time.perf_counter()
         feeds = synthetic_feeds(graph, seed=seed, stats=stats)
         measured = run_measure(graph, feeds, device=device)
+        log.info("measured %d tensors in onnxruntime on a seeded batch in %.2f s",
+                 len(measured), time.perf_counter() - start)
     input_var = result.input_var
     tensors = []
     for name in graph.float_activations():

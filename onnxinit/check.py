@@ -28,7 +28,6 @@ The gate fails (exit 1) when any finding is an error or a warning; notes never f
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -240,52 +239,3 @@ def summary(findings: list[Finding]) -> dict:
                                                                           "note")}
     return {"errors": counts["error"], "warnings": counts["warning"], "notes": counts["note"],
             "passed": not failed(findings)}
-
-
-# renderings ------------------------------------------------------------------------------------
-
-
-def format_text(model: str, findings: list[Finding]) -> str:
-    """One line per finding (``MODEL:1: level ID name: message``) and a summary line."""
-    lines = [f"{model}:1: {f.level} {f.rule_id} {f.rule_name}: {f.message}" for f in findings]
-    s = summary(findings)
-    verdict = "passed" if s["passed"] else "FAILED"
-    counts = ", ".join(f"{s[k + 's']} {k}{'' if s[k + 's'] == 1 else 's'}"
-                       for k in ("error", "warning", "note"))
-    lines.append(f"{model}: {verdict} ({counts})")
-    return "\n".join(lines)
-
-
-def to_json(model: str, findings: list[Finding], analysis: Analysis | None = None) -> dict:
-    """``{"model", "findings": [...], "summary": {...}}``."""
-    s = summary(findings)
-    if analysis is not None:
-        s.update(max_growth=analysis.max_growth, min_var=analysis.min_var,
-                 tensors=len(analysis.tensors))
-    return {"model": model, "findings": [f.to_dict() for f in findings], "summary": s}
-
-
-def format_json(results: list[tuple[str, list[Finding], Analysis | None]]) -> str:
-    """One object for one model; a list of them for several."""
-    objects = [to_json(*r) for r in results]
-    return json.dumps(objects[0] if len(objects) == 1 else objects, indent=2)
-
-
-def _escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_property(text: str) -> str:
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
-GITHUB_LEVELS = {"error": "error", "warning": "warning", "note": "notice"}
-
-
-def format_github(model: str, findings: list[Finding]) -> str:
-    """GitHub Actions workflow commands: ``::error file=MODEL,line=1,title=ID name::message``."""
-    return "\n".join(
-        f"::{GITHUB_LEVELS[f.level]} file={_escape_property(model)},line=1,"
-        f"title={_escape_property(f'{f.rule_id} {f.rule_name}')}::{_escape_data(f.message)}"
-        for f in findings
-    )

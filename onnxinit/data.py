@@ -119,6 +119,12 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     file = Path(path)
     if not file.is_file():
         raise InvalidOptionError(f"--data {path}: no such file")
+    with open(file, "rb") as f:
+        magic = f.read(6)
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
+        raise InvalidOptionError(
+            f"--data {path}: not a NumPy .npz archive (write one with numpy.savez(path, "
+            "**{input_name: array, 'labels': ...}))")
     try:
         loaded = np.load(file, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -253,18 +259,19 @@ def data_source(
     seed: int,
     loss: str = "cross_entropy",
     loss_output: str | None = None,
+    notice: bool = True,
 ) -> DataSource:
     """Batches of ``batch_size`` for ``graph``: from the .npz at ``path`` (arrays keyed by
     input name, plus ``labels`` or ``targets``), or synthetic (Gaussian / token-id inputs,
     uniform labels in [0, classes), Gaussian targets) with one notice that real data works
-    better. Every problem with the file is an InvalidOptionError naming it."""
+    better (unless ``notice`` is False: a task-agnostic method). Every problem with the file is an InvalidOptionError naming it."""
     if loss not in LOSSES:
         raise InvalidOptionError(f"--loss must be one of {', '.join(LOSSES)}, not {loss!r}")
     if batch_size < 1:
         raise InvalidOptionError(f"--batch-size must be at least 1, not {batch_size}")
     output = _loss_output(graph, loss_output)
     if path is None:
-        if not _NOTICE["shown"]:
+        if notice and not _NOTICE["shown"]:
             _NOTICE["shown"] = True
             log.warning("no --data given: using synthetic random inputs and labels; "
                         "data-driven methods work better with real data (--data FILE.npz)")

@@ -8,6 +8,8 @@ every node handled by a fallback (empirical measurement or pass-through) is list
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -61,6 +63,12 @@ def input_moments(
     if unknown:
         raise InvalidOptionError(
             f"--stats names {', '.join(sorted(unknown))}, not an input of {graph.name}"
+        )
+    not_float = [name for name in stats if not graph.is_signal(name)]
+    if not_float:
+        raise InvalidOptionError(
+            f"--stats {not_float[0]}: input {not_float[0]!r} of {graph.name} is not a float "
+            "tensor (token ids, a mask...); --stats sets the mean and variance of float inputs"
         )
     return {
         name: Moments.scalar(*stats.get(name, (0.0, 1.0)))
@@ -128,12 +136,27 @@ def propagate(
     dropout. BatchNormalization always uses batch statistics (training semantics).
     ``initial`` overrides the input moments (per-channel statistics, for instance).
     """
+    start = time.perf_counter()
     result = start_propagation(graph, stats, seed=seed, dropout=dropout, initial=initial)
     with single_threaded_blas():
         for node_id in graph.order:
             if not graph.is_shape_node(node_id):
                 propagate_node(graph, node_id, result)
+    log.info("propagated moments through %d nodes of %s in %.2f s%s", len(graph.order),
+             graph.name, time.perf_counter() - start, _fallback_summary(result.fallbacks))
     return result
+
+
+def _fallback_summary(fallbacks: list[Fallback]) -> str:
+    """``; empirical fallback: 2 nodes (Foo x2); passed through: 1 node (Bar)``, or ""."""
+    parts = []
+    for kind, words in ((EMPIRICAL, "empirical fallback"), (PASS_THROUGH, "passed through")):
+        ops = Counter(f.op for f in fallbacks if f.kind == kind)
+        if ops:
+            total = sum(ops.values())
+            listed = ", ".join(op if n == 1 else f"{op} x{n}" for op, n in ops.items())
+            parts.append(f"{words}: {total} node{'s' * (total > 1)} ({listed})")
+    return "".join(f"; {p}" for p in parts)
 
 
 def single_threaded_blas():
@@ -213,6 +236,10 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
             result.moments[name] = _fit(m, graph.shape(name))
             result.rules[name] = rule_name
             result.producers[name] = node_id
+            if log.isEnabledFor(logging.DEBUG):
+                mean, var = result.moments[name].total()
+                log.debug("node %s (%s) by %s: %s mean %.4g var %.4g", node_id, node.op_type,
+                          rule_name, name, mean, var)
 
 
 def _record(result: Propagation, fallback: Fallback) -> bool:
@@ -220,4 +247,7 @@ def _record(result: Propagation, fallback: Fallback) -> bool:
     if any(f.node == fallback.node for f in result.fallbacks):
         return False
     result.fallbacks.append(fallback)
+    log.debug("node %s (%s): %s (%s)", fallback.node, fallback.op,
+             "measured alone by the empirical fallback" if fallback.kind == EMPIRICAL
+             else "statistics passed through", fallback.reason)
     return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import escape
 from .analysis import Analysis
 
 
@@ -35,8 +36,8 @@ def analysis_table(analysis: Analysis, width: int = 40) -> str:
     rows = []
     for i, t in enumerate(analysis.tensors):
         shape = "x".join(map(str, t.shape)) if t.shape else "?"
-        row = [str(i), _clip(t.name, width), t.op, shape, _fmt(t.mean), _fmt(t.var),
-               _fmt(t.growth)]
+        row = [str(i), _clip(escape.text(t.name), width), escape.text(t.op), shape,
+               _fmt(t.mean), _fmt(t.var), _fmt(t.growth)]
         if measured:
             err = t.relative_error
             row += [_fmt(t.measured_mean), _fmt(t.measured_var),
@@ -69,19 +70,22 @@ def analysis_summary(analysis: Analysis) -> str:
     last = tensors[-1]
     exploding = [t for t in tensors if t.flag == "exploding"]
     vanishing = [t for t in tensors if t.flag == "vanishing"]
+    # growth is relative to the float inputs' variance; token ids have none to compare with
+    relative = (f" ({_fmt(last.growth)}x the input)"
+                if any("var" in entry for entry in analysis.inputs.values()) else "")
     lines = [
-        (f"{analysis.model}: {len(tensors)} float tensors; output {last.name!r} "
-        f"var {_fmt(last.var)} ({_fmt(last.growth)}x the input)")
+        (f"{escape.text(analysis.model)}: {len(tensors)} float tensors; output "
+         f"'{escape.text(last.name)}' var {_fmt(last.var)}{relative}")
     ]
     if exploding:
         lines.append(
             f"  exploding (> {analysis.max_growth:g}x input var): {len(exploding)} tensors, "
-            f"first {exploding[0].name!r}"
+            f"first '{escape.text(exploding[0].name)}'"
         )
     if vanishing:
         lines.append(
             f"  vanishing (< {analysis.min_var:g}x input var): {len(vanishing)} tensors, "
-            f"first {vanishing[0].name!r}"
+            f"first '{escape.text(vanishing[0].name)}'"
         )
     if analysis.residual_blocks:
         depths = sorted({b.depth for b in analysis.residual_blocks})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import onnx
 
 from .errors import InvalidOptionError, UnsupportedModelError
 from .graph import ModelGraph, load
-from .methods import METHODS, make_options, parse_methods
+from .methods import METHODS, make_options, parse_methods, refuse_unread
 from .plan import Plan
 from .propagate import propagate
 from .writeback import (
@@ -21,6 +23,8 @@ from .writeback import (
     save_model,
     set_plan_record,
 )
+
+log = logging.getLogger("onnxinit")
 
 QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
                  "DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "QGemm"}
@@ -68,6 +72,19 @@ def _refuse_unsupported(graph: ModelGraph) -> None:
         raise UnsupportedModelError(f"{graph.name}: the model has no float parameters to rescale")
 
 
+def output_path(model_path: str | os.PathLike | None, method: str,
+                output: str | os.PathLike | None = None, in_place: bool = False) -> Path | None:
+    """Where :func:`rescale` writes: ``output``, else the input itself with ``in_place``, else
+    ``<stem>.<methods>.onnx`` beside the input (None for a model given without a path)."""
+    if output is not None:
+        return Path(output)
+    if model_path is None:
+        return None
+    if in_place:
+        return Path(model_path)
+    return default_output(model_path, "-".join(parse_methods(method)))
+
+
 def _output_vars(graph: ModelGraph, seed: int) -> dict[str, float]:
     result = propagate(graph, seed=seed)
     return {n: result.moments[n].total()[1] for n in graph.output_names if n in result.moments}
@@ -89,20 +106,27 @@ def rescale(
     unless ``in_place``). Method options (``target_var``, ``keep_bias``, ``seed``...) pass by
     keyword."""
     names = parse_methods(method)
+    refuse_unread(names, {k: v for k, v in options.items() if k != "seed"})
     graph = load(model, input_shapes=input_shapes, batch_size=batch_size)
     _refuse_unsupported(graph)
     out_path = None
     if write:
-        if graph.path is None and output is None:
+        if in_place and output is not None and Path(output) != graph.path:
+            raise InvalidOptionError(
+                "in-place rescaling writes the input model itself; give no output path")
+        out_path = output_path(graph.path, method, output, in_place)
+        if out_path is None:
             raise InvalidOptionError("rescaling a ModelProto needs an output path (output=...)")
-        out_path = Path(output) if output else default_output(graph.path, "-".join(names))
-        if in_place:
-            out_path = Path(graph.path) if output is None else out_path
     seed = options.get("seed", 0)
     before = _output_vars(graph, seed)
     plan, current, reports = None, graph, {}
     for i, name in enumerate(names):
+        log.info("%s: planning", name)
+        start = time.perf_counter()
         step = METHODS[name][0](current, make_options(name, options))
+        scaled = sum(c.scale is not None for c in step.changes.values())
+        log.info("%s: %d tensors scaled, %d replaced in %.2f s", name, scaled,
+                 len(step.changes) - scaled, time.perf_counter() - start)
         reports[name] = step.report
         plan = step if plan is None else plan.then(step)
         if i + 1 < len(names):

@@ -10,11 +10,46 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
+from importlib import metadata
 
 import onnx
-import onnxruntime as ort
 
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, OnnxInitError
+
+try:
+    import onnxruntime as ort
+except ImportError:  # installed by onnxinit[cpu] or onnxinit[gpu]; require_onnxruntime says so
+    ort = None
+
+ONNXRUNTIME_BUILDS = ("onnxruntime", "onnxruntime-gpu")
+
+
+class MissingRuntimeError(OnnxInitError):
+    """onnxruntime is absent, or both of its builds are installed (they overwrite each other's
+    files in one ``onnxruntime`` package)."""
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def require_onnxruntime() -> None:
+    """Refuse to run without exactly one onnxruntime build (checked once)."""
+    builds = [d for d in ONNXRUNTIME_BUILDS if _installed(d)]
+    if len(builds) > 1:
+        raise MissingRuntimeError(
+            "both onnxruntime and onnxruntime-gpu are installed; they write the same package "
+            "and break each other: pip uninstall -y onnxruntime onnxruntime-gpu, then "
+            "pip install 'onnxinit[cpu]' (or 'onnxinit[gpu]' for CUDA)")
+    if ort is None:
+        raise MissingRuntimeError(
+            "onnxruntime is not installed: pip install 'onnxinit[cpu]' (or 'onnxinit[gpu]' "
+            "for CUDA)")
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -26,6 +61,7 @@ def _nvidia_device_present() -> bool:
 @functools.lru_cache(maxsize=1)
 def cuda_usable() -> bool:
     """True when a session with the CUDA provider really runs on the GPU (probed quietly, once)."""
+    require_onnxruntime()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False
     if not _nvidia_device_present():
@@ -80,8 +116,9 @@ def make_session(
     """An InferenceSession for ``model`` (a ModelProto, its bytes, or a path).
 
     ``optimize=False`` disables graph optimizations, which is needed whenever training-mode
-    BatchNormalization must keep batch statistics (DESIGN.md §7).
+    BatchNormalization must keep batch statistics (docs/design.md §4).
     """
+    require_onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimize:

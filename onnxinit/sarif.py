@@ -7,18 +7,23 @@ logical location (kind ``function``: a node applies an op), the stable rule id, 
 ``partialFingerprints["onnxinitFinding/v1"]`` = sha256 of ``"<rule id>:<tensor name>"`` so
 upload tools do not try to fingerprint the binary model and a finding keeps its identity
 across runs.
+
+The log is written whatever happens to the models: one that could not be read or analysed is a
+failed invocation (``invocations[0].executionSuccessful`` false, exit code 2), with one
+``toolExecutionNotifications`` entry per such model giving the reason and the model as its
+location, so code scanning never reads an unreadable model as a clean one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-from . import __version__
+from . import __version__, escape
 from .check import RULES, Finding
+from .check_formats import UNREADABLE, ModelResult, exit_status
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 FINGERPRINT_KEY = "onnxinitFinding/v1"
@@ -68,8 +73,22 @@ def _result(model: str, finding: Finding, rule_index: dict[str, int]) -> dict:
     }
 
 
-def sarif_log(results: list[tuple[str, list[Finding]]]) -> dict:
-    """The SARIF log for ``[(model path as given, findings), ...]``."""
+def _location(model: str) -> dict:
+    return {"physicalLocation": {"artifactLocation": {"uri": artifact_uri(model)}}}
+
+
+def _invocation(results: list[ModelResult]) -> dict:
+    failures = [r for r in results if r.status == UNREADABLE]
+    invocation = {"executionSuccessful": not failures, "exitCode": exit_status(results)}
+    if failures:
+        invocation["toolExecutionNotifications"] = [
+            {"level": "error", "message": {"text": r.error}, "locations": [_location(r.model)]}
+            for r in failures]
+    return invocation
+
+
+def sarif_log(results: list[ModelResult]) -> dict:
+    """The SARIF log of one ``check`` run over ``results`` (one per model given)."""
     rule_index = {rule_id: i for i, rule_id in enumerate(RULES)}
     return {
         "$schema": SCHEMA_URI,
@@ -80,12 +99,12 @@ def sarif_log(results: list[tuple[str, list[Finding]]]) -> dict:
                 "version": __version__,
                 "rules": [_rule(info) for info in RULES.values()],
             }},
-            "results": [_result(model, f, rule_index) for model, findings in results
-                        for f in findings],
+            "invocations": [_invocation(results)],
+            "results": [_result(r.model, f, rule_index) for r in results for f in r.findings],
             "columnKind": "unicodeCodePoints",
         }],
     }
 
 
-def format_sarif(results: list[tuple[str, list[Finding]]]) -> str:
-    return json.dumps(sarif_log(results), indent=2, allow_nan=False)
+def format_sarif(results: list[ModelResult]) -> str:
+    return escape.dumps(sarif_log(results), indent=2)

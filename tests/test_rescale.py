@@ -4,7 +4,6 @@ before and after, reports, composition, refusals and the command line."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,15 +16,7 @@ from onnxinit.rescale import rescale
 from onnxinit.runtime import make_session
 
 from .cli import run
-
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
-
-
-def sample(name: str) -> Path:
-    path = SAMPLES / f"{name}.onnx"
-    if not path.exists():
-        pytest.skip(f"{path.name} not built")
-    return path
+from .samples import sample
 
 
 def measured_parametric_vars(model) -> dict[str, float]:

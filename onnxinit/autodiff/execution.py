@@ -10,7 +10,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
+
+try:
+    from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
+except ImportError:  # no onnxruntime: runtime.make_session refuses with the install command
+    OrtNotImplemented = NotImplementedError
 
 from ..runtime import make_session
 from .reference_ops import corrected_ops

@@ -8,11 +8,33 @@ import sys
 
 import click
 
+from .. import escape
 from ..errors import OnnxInitError
 
 log = logging.getLogger("onnxinit")
 
 EXIT_USAGE = 2
+
+
+class _Formatter(logging.Formatter):
+    """``onnxinit: warning: message``, the message made safe to print (:mod:`onnxinit.escape`:
+    it names nodes and tensors of the model)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        return escape.lines(f"onnxinit: {record.levelname.lower()}: {message}")
+
+
+def echo(text: str = "", *, err: bool = False) -> None:
+    """Print human-readable output, every line made safe to print (model strings in it)."""
+    click.echo(escape.lines(text), err=err)
+
+
+def error_line(message: object) -> str:
+    """The one line a user error prints on stderr."""
+    return escape.text(f"onnxinit: error: {message}")
 
 
 def _configure_logging(verbose: int, quiet: bool, debug: bool) -> None:
@@ -24,7 +46,7 @@ def _configure_logging(verbose: int, quiet: bool, debug: bool) -> None:
     if quiet:
         level = logging.ERROR
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("onnxinit: %(levelname)s: %(message)s"))
+    handler.setFormatter(_Formatter())
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
@@ -47,17 +69,24 @@ def logging_options(fn):
     return wrapper
 
 
-def model_options(fn):
-    """The options every command that loads a model takes."""
-    fn = click.option(
-        "--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-        help="Batch size for symbolic batch dimensions (and for --measure runs).",
-    )(fn)
-    fn = click.option(
-        "--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
-        help="Concrete shape of an input, e.g. x:1x3x224x224 (repeatable).",
-    )(fn)
-    return click.argument("model", type=click.Path(dir_okay=True, path_type=str))(fn)
+def batch_size_option(help: str):
+    """--batch-size, with the command's own words for what it sizes."""
+    return click.option("--batch-size", type=click.IntRange(min=1), default=32,
+                        show_default=True, help=help)
+
+
+def model_options(batch_help: str):
+    """MODEL, --input-shape and --batch-size (``batch_help``: what the batch size is for)."""
+
+    def decorate(fn):
+        fn = batch_size_option(batch_help)(fn)
+        fn = click.option(
+            "--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
+            help="Concrete shape of an input, e.g. x:1x3x224x224 (repeatable).",
+        )(fn)
+        return click.argument("model", type=click.Path(dir_okay=True, path_type=str))(fn)
+
+    return decorate
 
 
 def stats_option(fn):
@@ -69,7 +98,7 @@ def stats_option(fn):
 
 def seed_option(fn):
     return click.option(
-        "--seed", type=int, default=0, show_default=True,
+        "--seed", type=click.IntRange(min=0), default=0, show_default=True,
         help="Seed for every random draw (Monte Carlo rules, synthetic data).",
     )(fn)
 
@@ -83,12 +112,16 @@ def run_command(group: click.Group, argv: list[str] | None) -> None:
         click.echo("onnxinit: aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        # usage errors too: one line (click's own form has a usage block and a blank line)
+        message = exc.format_message()
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            message += f" (see '{exc.ctx.command_path} --help')"
+        click.echo(error_line(message), err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except OnnxInitError as exc:
         if "--debug" in (argv if argv is not None else sys.argv):
             raise
-        click.echo(f"onnxinit: error: {exc}", err=True)
+        click.echo(error_line(exc), err=True)
         sys.exit(EXIT_USAGE)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import click
 
 from ..analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR, analyze
-from ..check import failed, find, format_github, format_json, format_text
+from ..check import find
+from ..check_formats import ModelResult, exit_status, format_github, format_json, format_text
 from ..errors import OnnxInitError
+from ..methods.options import Range
 from ..sarif import format_sarif
-from ._common import EXIT_USAGE, logging_options, stats_option
-from .specs import parse_input_shapes, parse_stats
+from ._common import batch_size_option, echo, error_line, logging_options, stats_option
+from ._params import Number
+from .specs import specs_per_model
 
 log = logging.getLogger("onnxinit")
 
@@ -20,10 +24,10 @@ log = logging.getLogger("onnxinit")
 @click.command("check")
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...",
                 type=click.Path(dir_okay=True, path_type=str))
-@click.option("--max-growth", type=click.FloatRange(min=1.0), default=DEFAULT_MAX_GROWTH,
+@click.option("--max-growth", type=Number(float, Range(ge=1)), default=DEFAULT_MAX_GROWTH,
               show_default=True, help="Finding when a tensor's predicted variance exceeds this "
                                       "many times the input variance.")
-@click.option("--min-var", type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+@click.option("--min-var", type=Number(float, Range(gt=0, le=1)),
               default=DEFAULT_MIN_VAR, show_default=True,
               help="Finding when a tensor's predicted variance falls below this many times the "
                    "input variance.")
@@ -34,8 +38,7 @@ log = logging.getLogger("onnxinit")
               default="text", show_default=True,
               help="text; json; sarif (SARIF 2.1.0 for code scanning); github (workflow "
                    "annotations).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Batch size for symbolic batch dimensions.")
+@batch_size_option("Batch size for symbolic batch dimensions.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
               help="Concrete shape of an input, e.g. x:1x3x224x224 (repeatable).")
 @stats_option
@@ -58,34 +61,32 @@ def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, st
       onnxinit check model.onnx --format github      # annotations in a GitHub workflow
       onnxinit check bert.onnx --input-shape input_ids:8x128 --format json
     """
-    shapes, input_stats = parse_input_shapes(input_shapes), parse_stats(stats)
-    results, bad = [], False
+    shapes_for, stats_for = specs_per_model(models, input_shapes, stats)
+    debug = click.get_current_context().meta.get("onnxinit.debug")
+    results = []
     for model in models:
+        start = time.perf_counter()
         try:
-            analysis = analyze(model, input_shapes=shapes, batch_size=batch_size,
-                               stats=input_stats, max_growth=max_growth, min_var=min_var)
+            analysis = analyze(model, input_shapes=shapes_for(model), batch_size=batch_size,
+                               stats=stats_for(model), max_growth=max_growth, min_var=min_var)
         except OnnxInitError as exc:
-            if len(models) == 1 or click.get_current_context().meta.get("onnxinit.debug"):
+            if debug:
                 raise
-            click.echo(f"onnxinit: error: {exc}", err=True)
-            bad = True
+            echo(error_line(exc), err=True)
+            results.append(ModelResult(model, error=str(exc)))
             continue
         for warning in analysis.warnings:
             log.warning("%s: %s", model, warning)
-        results.append((model, find(analysis, strict=strict), analysis))
+        results.append(ModelResult(model, find(analysis, strict=strict), analysis))
+        log.info("checked %s in %.2f s: %s, %d findings", model, time.perf_counter() - start,
+                 results[-1].status, len(results[-1].findings))
     if fmt == "text":
-        for model, findings, _ in results:
-            click.echo(format_text(model, findings))
+        if text := format_text(results):
+            click.echo(text)
     elif fmt == "json":
-        if results:
-            click.echo(format_json(results))
+        click.echo(format_json(results))
     elif fmt == "sarif":
-        click.echo(format_sarif([(model, findings) for model, findings, _ in results]))
-    else:
-        lines = [format_github(model, findings) for model, findings, _ in results]
-        if any(lines):
-            click.echo("\n".join(line for line in lines if line))
-    if bad:
-        sys.exit(EXIT_USAGE)
-    if any(failed(findings) for _, findings, _ in results):
-        sys.exit(1)
+        click.echo(format_sarif(results))
+    elif text := format_github(results):
+        click.echo(text)
+    sys.exit(exit_status(results))

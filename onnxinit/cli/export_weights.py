@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import click
 
+from ..errors import InvalidOptionError
 from ..weights import FORMATS
 from ..weights import export_weights as run_export
-from ._common import logging_options
+from ._common import echo, logging_options
+
+log = logging.getLogger("onnxinit")
 
 
 @click.command("export-weights")
@@ -29,5 +34,13 @@ def export_weights(model, output, fmt):
       onnxinit export-weights model.autoinit.onnx        # -> model.autoinit.safetensors
       onnxinit export-weights model.onnx -o weights.npz
     """
+    suffix = output.suffix.lower().lstrip(".") if output is not None else ""
+    if fmt is not None and suffix in FORMATS and suffix != fmt:
+        raise InvalidOptionError(
+            f"--format {fmt} but -o {output} names a .{suffix} file; drop --format or give the "
+            f"file the .{fmt} suffix")
+    start = time.perf_counter()
     out = run_export(model, output, fmt=fmt)
-    click.echo(f"wrote {out}")
+    log.info("exported the float initializers of %s in %.2f s", model,
+             time.perf_counter() - start)
+    echo(f"wrote {out}")

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import os
+from importlib.util import find_spec
 from pathlib import Path
 
 import click
 
-from ..errors import WriteError
-from ..methods import METHODS
-from ..rescale import RescaleResult
+from .. import escape
+from ..errors import InvalidOptionError, WriteError
+from ..methods import METHODS, option_fields, parse_methods, refuse_unread
+from ..methods.options import option_name
+from ..rescale import RescaleResult, output_path
 from ..rescale import rescale as run_rescale
-from ..weights import check_target, export_weights
-from ._common import logging_options, model_options, seed_option
-from .specs import parse_input_shapes
+from ..weights import check_target, export_weights, format_for
+from ._common import echo, logging_options, model_options, seed_option
+from ._params import GroupedCommand, GroupedOption, Number
+from .specs import of_one_model, parse_input_shapes
 
 
 def _summary(result: RescaleResult) -> str:
     scales = {n: c.scale for n, c in result.plan.changes.items() if c.scale is not None}
     replaced = [n for n, c in result.plan.changes.items() if c.scale is None]
     lines = [
-        f"wrote {result.output}" if result.output else "dry run: nothing written",
+        f"wrote {result.output}" if result.output else "dry run: no model written",
         f"  {len(scales)} tensors rescaled, {len(replaced)} replaced (method {result.plan.method})",
     ]
     if scales:
@@ -55,30 +58,78 @@ def _method_lines(method: str, report: dict) -> list[str]:
     return lines
 
 
+def _check_files(model, method, output, in_place, dry_run, report_path, weights_path) -> None:
+    """Everything about the files to write is checked before anything is computed or written:
+    options that contradict each other, two outputs (or an output and the input) that are one
+    file, and a weights format that cannot be written."""
+    if in_place and output is not None:
+        raise InvalidOptionError("--in-place writes MODEL itself; give --in-place or -o, not both")
+    if dry_run:
+        given = [name for name, value in (("-o/--output", output), ("--in-place", in_place),
+                                          ("--export-weights", weights_path)) if value]
+        if given:
+            raise InvalidOptionError(f"--dry-run writes no model, so {given[0]} has nothing to "
+                                     "do; drop one of them (--report works with --dry-run)")
+    targets = {"the input MODEL": Path(model)}
+    if not dry_run:
+        targets["the output model" if output is None else "-o/--output"] = output_path(
+            model, method, output, in_place)
+    targets["--report"], targets["--export-weights"] = report_path, weights_path
+    seen: dict[Path, str] = {}
+    for role, path in targets.items():
+        if path is None:
+            continue
+        folder = path.resolve().parent
+        if role != "the input MODEL" and not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise WriteError(f"{path}: {role} cannot be written: no writable folder {folder}")
+        key = path.resolve()
+        if key in seen and not (in_place and seen[key] == "the input MODEL"):
+            raise InvalidOptionError(f"{path}: {role} would be the same file as {seen[key]}; "
+                                     "choose another file")
+        seen.setdefault(key, role)
+    if weights_path is not None:
+        if format_for(weights_path, None) == "safetensors" and find_spec("safetensors") is None:
+            raise InvalidOptionError(
+                f"--export-weights {weights_path}: writing safetensors needs the safetensors "
+                "package (pip install safetensors), or give --export-weights a .npz file")
+        check_target(weights_path, None,
+                     protect=[p for p, role in seen.items() if role != "--export-weights"])
+
+
+def _method_option(name: str, f, methods: list[str]):
+    """The click option of one method field, in the group of the methods that read it."""
+    meta = f.metadata
+    group = f"Options of {', '.join(methods)}"
+    if meta["flag"]:
+        return click.option(option_name(name), name, cls=GroupedOption, group=group,
+                            is_flag=True, default=None, help=meta["help"])
+    if meta["choices"]:
+        kind = click.Choice(meta["choices"])
+    elif meta.get("range") is not None:
+        kind = Number(type(f.default), meta["range"])
+    else:
+        kind = click.STRING
+    # default=None tells "not given" apart (and refuses what no chosen method reads); the
+    # method's default is shown in the help
+    accepted = meta["range"].describe() if meta.get("range") is not None else ""
+    shown = "; ".join(x for x in (f"default: {f.default}" if f.default is not None else "",
+                                  accepted) if x)
+    shown = f"  [{shown}]" if shown else ""
+    return click.option(option_name(name), name, cls=GroupedOption, group=group, type=kind,
+                        default=None, metavar=meta.get("metavar"), help=meta["help"] + shown)
+
+
 def method_options(fn):
-    """A click option for every hyperparameter declared with ``methods.option``."""
-    seen = set()
-    for _, options_class in METHODS.values():
-        for f in dataclasses.fields(options_class):
-            if "help" not in f.metadata or f.name in seen:
-                continue
-            seen.add(f.name)
-            name = "--" + f.name.replace("_", "-")
-            meta = f.metadata
-            if meta["flag"]:
-                fn = click.option(name, f.name, is_flag=True, default=None, help=meta["help"])(fn)
-            else:
-                kind = (click.Choice(meta["choices"]) if meta["choices"]
-                        else str if f.default is None else type(f.default))
-                # default=None tells "not given" apart; the method's default is shown in help
-                shown = "" if f.default is None else f"  [default: {f.default}]"
-                fn = click.option(name, f.name, type=kind, default=None,
-                                  help=meta["help"] + shown)(fn)
+    """A click option for every hyperparameter declared with ``methods.options.option``,
+    grouped by the methods that read it, in the order the methods are documented."""
+    for name, (f, methods) in reversed(option_fields().items()):
+        fn = _method_option(name, f, methods)(fn)
     return fn
 
 
-@click.command("rescale")
-@model_options
+@click.command("rescale", cls=GroupedCommand)
+@model_options("Batch size for symbolic batch dimensions and for the batches of the "
+               "data-driven methods (lsuv, gradinit, metainit, nio).")
 @click.option("-m", "--method", default="autoinit", show_default=True,
               help=f"Method, or a comma list applied in order (e.g. idinit,autoinit). "
                    f"Known: {', '.join(sorted(METHODS))}.")
@@ -104,27 +155,27 @@ def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, 
       onnxinit rescale model.onnx --method autoinit --target-var 0.5 -o out.onnx
       onnxinit rescale model.onnx --report scales.json --dry-run
     """
-    if weights_path is not None:
-        check_target(weights_path, None, protect=[model])  # fail before writing anything
+    refuse_unread(parse_methods(method), method_values)
+    _check_files(model, method, output, in_place, dry_run, report_path, weights_path)
     result = run_rescale(
         model,
         method,
         output=output,
         in_place=in_place,
         write=not dry_run,
-        input_shapes=parse_input_shapes(input_shapes),
+        input_shapes=parse_input_shapes(of_one_model(input_shapes, model)),
         batch_size=batch_size,
         seed=seed,
         **method_values,
     )
     if report_path is not None:
         try:
-            report_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            report_path.write_text(escape.dumps(result.to_dict(), indent=2) + "\n")
         except OSError as exc:
             raise WriteError(f"{report_path}: cannot write the report: {exc.strerror}") from None
     if weights_path is not None:
         written = export_weights(result.model, weights_path, model_path=result.output,
                                  protect=[model])
-    click.echo(_summary(result))
+    echo(_summary(result))
     if weights_path is not None:
-        click.echo(f"wrote {written}")
+        echo(f"wrote {written}")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..errors import InvalidOptionError
 from . import autoinit, classic, gradinit, idinit, lsuv, metainit, nio
-from .options import option
+from .options import check_values, option, option_name
 
 METHODS: dict[str, tuple[Callable, type]] = {
     "autoinit": (autoinit.plan, autoinit.AutoInitOptions),
@@ -46,10 +46,42 @@ def parse_methods(spec: str) -> list[str]:
 
 
 def make_options(name: str, values: dict):
-    """The method's options from a dict holding (at least) its fields; others are ignored."""
+    """The method's options from a dict holding (at least) its fields, others ignored; a value
+    outside its option's range is refused."""
     options_class = METHODS[name][1]
     fields = {f.name for f in dataclasses.fields(options_class)}
-    return options_class(**{k: v for k, v in values.items() if k in fields and v is not None})
+    options = options_class(**{k: v for k, v in values.items() if k in fields and v is not None})
+    check_values(options)
+    return options
 
 
-__all__ = ["METHODS", "make_options", "option", "parse_methods"]
+def option_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
+    """Every command-line option of the methods: field name -> (its field, the methods that
+    read it, in ``METHODS`` order, which is the order the README documents them in)."""
+    out: dict[str, tuple[dataclasses.Field, list[str]]] = {}
+    for method, (_, options_class) in METHODS.items():
+        for f in dataclasses.fields(options_class):
+            if "help" in f.metadata:
+                out.setdefault(f.name, (f, []))[1].append(method)
+    return out
+
+
+def refuse_unread(names: list[str], given: dict) -> None:
+    """Refuse an option (a field name with a value not None in ``given``) that none of the
+    methods ``names`` reads: InvalidOptionError naming it and the methods that take it."""
+    readers = {n for name in names for n in (f.name for f in
+                                              dataclasses.fields(METHODS[name][1]))}
+    takers = option_fields()
+    unread = [key for key, value in given.items() if value is not None and key not in readers]
+    unknown = [key for key in unread if key not in takers]
+    if unknown:
+        raise InvalidOptionError(f"unknown method option {unknown[0]!r}")
+    if unread:
+        which = "; ".join(f"{option_name(key)} is an option of {', '.join(takers[key][1])}"
+                          for key in unread)
+        raise InvalidOptionError(f"--method {','.join(names)} reads no "
+                                 f"{', '.join(map(option_name, unread))}: {which}")
+
+
+__all__ = ["METHODS", "make_options", "option", "option_fields", "parse_methods",
+           "refuse_unread"]

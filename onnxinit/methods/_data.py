@@ -1,5 +1,7 @@
-"""Options shared by data-driven methods (lsuv, gradinit, metainit, nio): their options classes
-inherit :class:`DataOptions`, so ``--data``, ``--loss`` and ``--loss-output`` are declared once.
+"""Options shared by data-driven methods: every one (lsuv, gradinit, metainit, nio) inherits
+:class:`DataOptions` (``--data``); those that compute a loss (gradinit, metainit, nio) inherit
+:class:`LossOptions` (``--loss``, ``--loss-output``) — LSUV runs forward passes only, so it takes
+no loss and needs no labels in ``--data``.
 
 ``rescale``'s ``-o/--output`` is the output *file*; the model output the loss applies to is
 ``--loss-output``.
@@ -8,6 +10,7 @@ inherit :class:`DataOptions`, so ``--data``, ``--loss`` and ``--loss-output`` ar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..data import LOSSES, DataSource, data_source
 from ..graph import ModelGraph
@@ -19,17 +22,27 @@ class DataOptions:
     data: str | None = option(
         None,
         "data-driven methods: .npz file with an array per graph input (samples on axis 0) "
-        "plus 'labels' (cross_entropy) or 'targets' (mse). Default: synthetic random data.",
+        "plus, for a loss, 'labels' (cross_entropy) or 'targets' (mse). Default: synthetic "
+        "random data.",
+        metavar="FILE.npz",
     )
+    # whether the method fits the data it sees (then real data is worth a notice when absent);
+    # MetaInit is task-agnostic by design
+    fits_data: ClassVar[bool] = True
+
+
+@dataclass
+class LossOptions(DataOptions):
     loss: str = option(
         "cross_entropy",
-        "data-driven methods: loss on the model output: softmax cross-entropy against integer "
-        "labels, mse against float targets, or 'output' (the output already is the loss).",
+        "gradinit, metainit, nio: loss on the model output: softmax cross-entropy against "
+        "integer labels, mse against float targets, or 'output' (the output already is the "
+        "loss).",
         choices=LOSSES,
     )
     loss_output: str | None = option(
-        None, "data-driven methods: model output the loss applies to (default: first float "
-              "output).",
+        None, "gradinit, metainit, nio: model output the loss applies to (default: first float "
+              "output).", metavar="NAME",
     )
 
 
@@ -46,10 +59,12 @@ def graph_batch_size(graph: ModelGraph) -> int:
 def batches(graph: ModelGraph, options: DataOptions, *, batch_size: int | None = None,
             seed: int | None = None) -> DataSource:
     """The DataSource a method draws from (batch size: the graph's resolved one unless given;
-    seed: the options' ``seed`` field, 0 if none)."""
+    seed: the options' ``seed`` field, 0 if none; no labels for options without a loss)."""
+    loss = options if isinstance(options, LossOptions) else None
     return data_source(
         graph, options.data,
         batch_size=batch_size if batch_size is not None else graph_batch_size(graph),
         seed=seed if seed is not None else getattr(options, "seed", 0),
-        loss=options.loss, loss_output=options.loss_output,
+        loss=loss.loss if loss else "output", loss_output=loss.loss_output if loss else None,
+        notice=options.fits_data,
     )

@@ -29,29 +29,11 @@ from .options import option
 
 @dataclass
 class AutoInitOptions:
-    target_var: float = option(1.0, "autoinit: output variance of every parametric node.")
+    target_var: float = option(1.0, "autoinit: output variance of every parametric node.", gt=0)
     keep_bias: bool = option(
         False, "autoinit: keep biases (counted in the moments) instead of zeroing them.", flag=True
     )
     seed: int = 0
-
-
-def _bias_of(graph: ModelGraph, node_id: str) -> str | None:
-    """The bias parameter of a parametric node: Conv/Gemm's third input, or the constant operand
-    of an Add that alone consumes a MatMul's output (how exporters write Linear layers)."""
-    node = graph.node(node_id)
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
-        if len(node.input) > 2 and node.input[2]:
-            return graph.parameter_of(node.input[2])
-        return None
-    consumers = graph.consumers.get(node.output[0], [])
-    if len(consumers) != 1:
-        return None
-    add = graph.node(consumers[0][0])
-    if add.op_type != "Add":
-        return None
-    other = add.input[1 - consumers[0][1]]
-    return graph.parameter_of(other) if graph.is_constant(other) else None
 
 
 def plan(graph: ModelGraph, options: AutoInitOptions | None = None) -> Plan:
@@ -76,9 +58,8 @@ def plan(graph: ModelGraph, options: AutoInitOptions | None = None) -> Plan:
         if node_id not in parametric:
             propagate_node(chosen, node_id, result)
             continue
-        node = graph.node(node_id)
-        weight = graph.parameter_of(node.input[graph.weight_input(node_id)])
-        bias = _bias_of(graph, node_id)
+        node, layer = graph.node(node_id), graph.table.layer(node_id)
+        weight, bias = layer.weight, layer.bias
         if bias is not None and not options.keep_bias and bias not in changes:
             zeros = np.zeros_like(graph.value(bias))
             chosen = chosen.with_values({bias: zeros})
@@ -94,13 +75,20 @@ def plan(graph: ModelGraph, options: AutoInitOptions | None = None) -> Plan:
         elif not np.isfinite(out_var) or out_var <= 0:
             entry.update(scale=None, note="predicted output variance is 0; left unchanged")
         else:
-            scale = float(np.sqrt(options.target_var / out_var))
+            scale, note = float(np.sqrt(options.target_var / out_var)), None
+            if options.keep_bias and bias is not None:  # (outside the node: T(0) = 0, B = 0)
+                scale, note = _scale_with_bias(
+                    options.target_var,
+                    *(_variance_at(chosen, node_id, result, weight, s) for s in (-1.0, 0.0, 1.0)))
             chosen = chosen.with_values({weight: chosen.value(weight) * scale})
-            changes[weight] = Change(scale=scale, rule=f"autoinit:{node.op_type}",
-                                     target=f"output var {options.target_var:g}")
             propagate_node(chosen, node_id, result)
             entry["scale"] = scale
             out_mean, out_var = result.moments[node.output[0]].total()
+            target = f"output var {options.target_var:g}"
+            if note:
+                entry["note"] = note
+                target = f"output var {out_var:.3g}: {note}"
+            changes[weight] = Change(scale=scale, rule=f"autoinit:{node.op_type}", target=target)
         entry.update(output_mean=out_mean, output_var=out_var)
         layers.append(entry)
     after = {name: result.moments[name].total()[1] for name in before if name in result.moments}
@@ -116,6 +104,37 @@ def plan(graph: ModelGraph, options: AutoInitOptions | None = None) -> Plan:
             "warnings": list(result.warnings),
         },
     )
+
+
+def _variance_at(graph: ModelGraph, node_id: str, result: Propagation, weight: str,
+                 s: float) -> float:
+    """Total output variance of ``node_id`` with its weight multiplied by ``s`` (on a view of
+    ``graph``; ``result`` holds that node's moments until it is propagated again)."""
+    propagate_node(graph.with_values({weight: graph.value(weight) * s}), node_id, result)
+    return result.moments[graph.node(node_id).output[0]].total()[1]
+
+
+def _scale_with_bias(target: float, t_minus: float, t_zero: float,
+                     t_one: float) -> tuple[float, str | None]:
+    """The weight scale s > 0 that gives ``y = s W x + b`` total variance ``target``.
+
+    Per channel c, E[y_c] = s a_c + b_c and Var[y_c] = s^2 u_c, so the variance over the tensor,
+    mean_c Var[y_c] + var_c E[y_c], is T(s) = A s^2 + B s + C with C = var_c b_c = T(0),
+    B = 2 cov_c(a_c, b_c) = (T(1) - T(-1)) / 2, A = (T(1) + T(-1)) / 2 - C; solve
+    T(s) = target for its largest positive root. When T(s) > target for every s > 0 (the bias
+    alone varies more than the target), keep the bias-free scale sqrt(target / A) and say why
+    the target is not met."""
+    c = t_zero
+    b = (t_one - t_minus) / 2
+    a = (t_one + t_minus) / 2 - c
+    discriminant = b * b - 4 * a * (c - target)
+    if a > 0 and discriminant >= 0:
+        root = (-b + np.sqrt(discriminant)) / (2 * a)
+        if root > 0:
+            return float(root), None
+    why = (f"target {target:g} unreachable with the bias kept: the bias alone gives variance "
+           f"{c:.3g} across channels")
+    return (float(np.sqrt(target / a)) if a > 0 else 1.0), why
 
 
 def _output_variances(graph: ModelGraph, seed: int) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Classic random initializations, resampled with a seed (METHODS.md "classic").
+"""Classic random initializations, resampled with a seed (docs/methods.md).
 
 For each Conv/ConvTranspose/Gemm/MatMul weight, with (fan_in, fan_out) from
 ``ModelGraph.fan_in_out`` (grouped convolutions use their true fan-in) and the standard deviation
@@ -15,7 +15,7 @@ folded in, times the gain: its rows (or columns, whichever are fewer) are orthon
 The gain is that of the activation that follows the node, found by walking through
 BatchNormalization, bias and residual Adds, Dropout, pooling and layout ops:
 Relu sqrt(2), LeakyRelu(a) and PRelu(a) sqrt(2 / (1 + a^2)), Tanh 5/3, Selu 3/4, anything
-else 1 (PyTorch's ``calculate_gain``). As METHODS.md says, kaiming and orthogonal use it;
+else 1 (PyTorch's ``calculate_gain``). As docs/methods.md says, kaiming and orthogonal use it;
 xavier and lecun are gain-free (their variances are the papers' own).
 
 Every tensor gets its own generator, seeded by (seed, crc32 of its name), so the same seed
@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import InvalidOptionError, UnsupportedModelError
 from ..graph import LAYOUT_OPS, ModelGraph
 from ..plan import Change, Plan
-from .idinit import LayoutError, bias_of, initializer_value, node_weight, weight_matrix_dims
+from .idinit import LayoutError, initializer_value, node_weight, weight_matrix_dims
 from .options import option
 
 SCHEMES = ("xavier", "kaiming", "lecun", "orthogonal")
@@ -130,9 +130,8 @@ def _plan(graph: ModelGraph, scheme: str, options: ClassicOptions) -> Plan:
     layers = []
     for node_id in graph.parametric_nodes:
         node = graph.node(node_id)
-        tensor = node.input[graph.weight_input(node_id)]
-        weight = graph.parameter_of(tensor)
-        bias = bias_of(graph, node_id)
+        layer = graph.table.layer(node_id)
+        tensor, weight, bias = node.input[layer.weight_input], layer.weight, layer.bias
         if bias is not None and bias not in changes:
             changes[bias] = Change(array=np.zeros_like(graph.value(bias)), rule=scheme,
                                    target="bias = 0")

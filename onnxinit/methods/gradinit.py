@@ -1,5 +1,5 @@
-"""GradInit (Zhu et al. 2021, Algorithm 1; METHODS.md): per-tensor scales that minimise the loss
-after one step of the target optimiser, under a bound on the gradient norm.
+"""GradInit (Zhu et al. 2021, Algorithm 1; docs/methods.md): per-tensor scales that minimise
+the loss after one step of the target optimiser, under a bound on the gradient norm.
 
 Per iteration t, with p = 2 for ``sgd`` and p = 1 for ``adam``:
 
@@ -29,11 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data import Batch
-from ..errors import InvalidOptionError
 from ..graph import ModelGraph
 from ..plan import Plan
-from ._data import DataOptions
-from .options import option
+from ._data import LossOptions
+from .options import check_values, option
 from .scaleopt import (
     HVP_MODES,
     GradientOracle,
@@ -51,25 +50,25 @@ from .scaleopt import (
 
 
 @dataclass
-class GradInitOptions(DataOptions):
+class GradInitOptions(LossOptions):
     gradinit_lr: float = option(
         1e-2, "gradinit: learning rate tau of the scales (Adam). The paper tunes it per network "
-              "in [1e-3, 1e-1] (1e-2 VGG-19, 5e-2 ResNet-110 without BN, 3e-3 ImageNet).")
+              "in [1e-3, 1e-1] (1e-2 VGG-19, 5e-2 ResNet-110 without BN, 3e-3 ImageNet).", gt=0)
     gradinit_iterations: int = option(
-        390, "gradinit: iterations T (the paper: one CIFAR-10 epoch at batch 128).")
+        390, "gradinit: iterations T (the paper: one CIFAR-10 epoch at batch 128).", ge=0)
     gradinit_eta: float = option(
         0.1, "gradinit: learning rate eta of the target optimiser's first step (5e-4 for Adam "
-             "on transformers).")
+             "on transformers).", gt=0)
     gradinit_gamma: float = option(
         1.0, "gradinit: bound gamma on the gradient norm |g|_p; above it a step minimises the "
-             "norm instead (1000 for Adam on transformers, 3 on ImageNet).")
+             "norm instead (1000 for Adam on transformers, 3 on ImageNet).", gt=0)
     gradinit_alg: str = option(
         "sgd", "gradinit: target optimiser A: sgd (step gamma g/|g|_2, constraint on |g|_2) or "
                "adam (step sign(g), constraint on |g|_1).", choices=("sgd", "adam"))
     gradinit_min_scale: float = option(
-        0.01, "gradinit: lower bound of the weight scales (biases: 0).")
+        0.01, "gradinit: lower bound of the weight scales (biases: 0).", ge=0)
     gradinit_grad_clip: float = option(
-        1.0, "gradinit: clip each scale's gradient to [-c, c] before Adam (0: no clipping).")
+        1.0, "gradinit: clip each scale's gradient to [-c, c] before Adam (0: no clipping).", ge=0)
     gradinit_hvp: str = option(
         "auto",
         "gradinit: Hessian-vector products for constraint steps: exact (reverse over "
@@ -77,17 +76,6 @@ class GradInitOptions(DataOptions):
         "can, else fd).",
         choices=HVP_MODES)
     seed: int = 0
-
-
-def validate(options: GradInitOptions) -> None:
-    checks = {"--gradinit-lr": options.gradinit_lr > 0, "--gradinit-eta": options.gradinit_eta > 0,
-              "--gradinit-gamma": options.gradinit_gamma > 0,
-              "--gradinit-iterations": options.gradinit_iterations >= 0}
-    bad = [name for name, ok in checks.items() if not ok]
-    if bad:
-        raise InvalidOptionError(f"{', '.join(bad)} must be positive (iterations: >= 0)")
-    if options.gradinit_alg not in ("sgd", "adam"):
-        raise InvalidOptionError(f"--gradinit-alg must be sgd or adam, not {options.gradinit_alg}")
 
 
 # --- the objective, as small functions of alpha ----------------------------------------------
@@ -153,7 +141,7 @@ def evaluate(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
 def plan(graph: ModelGraph, options: GradInitOptions | None = None) -> Plan:
     """GradInit scales for every parameter tensor (see the module docstring)."""
     options = options or GradInitOptions()
-    validate(options)
+    check_values(options)
     run = prepare(graph, options, min_scale=options.gradinit_min_scale,
                   hvp=options.gradinit_hvp)
     oracle, space, alg = run.oracle, run.space, options.gradinit_alg

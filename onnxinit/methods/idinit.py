@@ -1,4 +1,5 @@
-"""IDInit (Pan et al., "Identical Initialization"; METHODS.md): deterministic identity patterns.
+"""IDInit (Pan et al., "Identical Initialization"; docs/methods.md): deterministic identity
+patterns.
 
 Every weight is viewed as a matrix W of shape (D_out, D_in): Gemm/MatMul as the operator's
 matrix (whatever transB or layout), a convolution per group as C_out/g x (C_in/g * kh * kw)
@@ -27,7 +28,7 @@ likewise with its first two axes swapped. Then, in topological order:
   the gradient reaches every input of the last layer, hence the earlier layers of the branch
   (no dead branch). Each row sums to 0 (or to eps when it holds an odd number of entries), so
   a branch whose inner activations have a non-zero mean (after a ReLU) still adds only O(eps).
-  Deviation from METHODS.md's literal wide case ("-eps on the spare columns", i.e. +eps once
+  Deviation from a literal reading of the wide case ("-eps on the spare columns", i.e. +eps once
   and -eps on every other entry of the row): with a 3x3 kernel a row holds 9 entries, sums to
   -7 eps, and on the normalization-free ResNet-20 the branch then moves a block's output by
   1.2e-5 of its input instead of 2e-6 (the two readings coincide when D_in = 2 D_out).
@@ -57,10 +58,10 @@ from .options import option
 
 @dataclass
 class IDInitOptions:
-    idinit_tau: float = option(1.0, "idinit: value tau of the identity entries.")
+    idinit_tau: float = option(1.0, "idinit: value tau of the identity entries.", gt=0)
     idinit_eps: float = option(
         1e-6, "idinit: magnitude eps of the entries of the last layer of each residual branch."
-    )
+    , ge=0)
     idinit_conv: str = option(
         "patch",
         "idinit: convolution pattern: 'patch' (patch-maintain identity on the flattened "
@@ -182,21 +183,6 @@ def initializer_value(graph: ModelGraph, tensor: str, value: np.ndarray) -> tupl
     return tensor, np.ascontiguousarray(value).astype(graph.value(tensor).dtype)
 
 
-def bias_of(graph: ModelGraph, node_id: str) -> str | None:
-    """The bias parameter of a parametric node: Conv/ConvTranspose/Gemm's own bias input, or
-    else the constant operand of an Add that alone consumes the node's output (how exporters
-    write a Linear's bias after a MatMul, and some converters a Conv's)."""
-    node = graph.node(node_id)
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2 \
-            and node.input[2]:
-        return graph.parameter_of(node.input[2])
-    consumers = graph.consumers.get(node.output[0], [])
-    if len(consumers) != 1 or graph.node(consumers[0][0]).op_type != "Add":
-        return None
-    other = graph.node(consumers[0][0]).input[1 - consumers[0][1]]
-    return graph.parameter_of(other) if graph.is_constant(other) else None
-
-
 # --- the plan --------------------------------------------------------------------------------
 
 
@@ -241,7 +227,7 @@ def plan(graph: ModelGraph, options: IDInitOptions | None = None) -> Plan:
             propagate_node(chosen, node_id, result)
             continue
         node = graph.node(node_id)
-        bias = bias_of(graph, node_id)
+        bias = graph.table.layer(node_id).bias
         if bias is not None and bias not in changes:
             zeros = np.zeros_like(graph.value(bias))
             chosen = chosen.with_values({bias: zeros})
@@ -268,8 +254,8 @@ def plan(graph: ModelGraph, options: IDInitOptions | None = None) -> Plan:
 def _choose(graph, node_id, role, options, changes, result) -> tuple[dict, ModelGraph]:
     """Choose the node's weight (a Change); return its report entry and ``graph`` with it."""
     node = graph.node(node_id)
-    tensor = node.input[graph.weight_input(node_id)]
-    weight = graph.parameter_of(tensor)
+    layer = graph.table.layer(node_id)
+    tensor, weight = node.input[layer.weight_input], layer.weight
     in_name = next(n for n in node.input if graph.is_signal(n))
     in_var = result.moments[in_name].total()[1]
     conv = options.idinit_conv

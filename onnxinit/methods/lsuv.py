@@ -1,4 +1,4 @@
-"""LSUV, layer-sequential unit-variance initialization (Mishkin & Matas 2016; METHODS.md "lsuv").
+"""LSUV, layer-sequential unit-variance initialization (Mishkin & Matas 2016; docs/methods.md).
 
 1. Pre-init (``lsuv_init='orthogonal'``, the paper's default): every Conv/ConvTranspose/Gemm/
    MatMul weight is replaced by an orthonormal matrix (per group; the ``orthogonal`` classic
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import helper
 
-from ..errors import InvalidOptionError, UnsupportedModelError
+from ..errors import UnsupportedModelError
 from ..graph import ModelGraph
 from ..measure import measurable_model
 from ..plan import Change, Plan
@@ -37,8 +37,7 @@ from ..progress import bar
 from ..runtime import make_session
 from ._data import DataOptions, batches
 from .classic import ClassicOptions, planner
-from .idinit import bias_of
-from .options import option
+from .options import check_values, option
 
 PRE_INITS = ("orthogonal", "keep")
 
@@ -46,27 +45,22 @@ PRE_INITS = ("orthogonal", "keep")
 @dataclass
 class LSUVOptions(DataOptions):
     lsuv_tolerance: float = option(
-        0.1, "lsuv: stop a layer's tries once |measured output variance - target| < this.")
-    lsuv_max_iterations: int = option(10, "lsuv: at most this many rescalings per layer.")
+        0.1, "lsuv: stop a layer's tries once |measured output variance - target| < this.", gt=0)
+    lsuv_max_iterations: int = option(10, "lsuv: at most this many rescalings per layer.", ge=0)
     lsuv_init: str = option(
         "orthogonal",
         "lsuv: pre-init: 'orthogonal' (orthonormal weights, zero biases, as in the paper) or "
         "'keep' (start from the model's weights).",
         choices=PRE_INITS,
     )
-    lsuv_target_var: float = option(1.0, "lsuv: output variance every parametric layer gets.")
+    lsuv_target_var: float = option(1.0, "lsuv: output variance every parametric layer gets.", gt=0)
     seed: int = 0
 
 
 def layer_output(graph: ModelGraph, node_id: str) -> str:
-    """The tensor LSUV measures for a parametric node: its output, or that of the bias Add
-    that alone consumes a MatMul's output (an exported Linear)."""
-    node = graph.node(node_id)
-    out = node.output[0]
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm") or bias_of(graph, node_id) is None:
-        return out
-    add_id = graph.consumers[out][0][0]
-    return graph.node(add_id).output[0]
+    """The tensor LSUV measures for a parametric node: its output after its bias (the Add that
+    alone consumes its output, when the bias is written that way: an exported Linear)."""
+    return graph.table.layer(node_id).output
 
 
 def scale_factor(variance: float, target: float) -> float:
@@ -116,13 +110,7 @@ def plan(graph: ModelGraph, options: LSUVOptions | None = None) -> Plan:
     """Scale every parametric layer's weight until its measured output variance is the target
     (see the module docstring). ``graph`` is not modified."""
     options = options or LSUVOptions()
-    if options.lsuv_init not in PRE_INITS:
-        raise InvalidOptionError(f"--lsuv-init must be one of {', '.join(PRE_INITS)}")
-    if options.lsuv_tolerance <= 0 or options.lsuv_max_iterations < 0 \
-            or options.lsuv_target_var <= 0:
-        raise InvalidOptionError(
-            "lsuv: --lsuv-tolerance and --lsuv-target-var must be > 0 and "
-            "--lsuv-max-iterations >= 0")
+    check_values(options)
     if not graph.parametric_nodes:
         raise UnsupportedModelError(
             f"{graph.name}: no Conv/ConvTranspose/Gemm/MatMul node with a float constant weight; "
@@ -130,8 +118,7 @@ def plan(graph: ModelGraph, options: LSUVOptions | None = None) -> Plan:
     source = batches(graph, options)
     batch = source.batch(0)
     changes = _pre_init(graph, options)
-    weights = {graph.parameter_of(graph.node(n).input[graph.weight_input(n)])
-               for n in graph.parametric_nodes}
+    weights = {layer.weight for layer in graph.layers}
     fed = sorted(weights | set(changes))
     outputs = {n: layer_output(graph, n) for n in graph.parametric_nodes}
     forward = _Forward(graph, fed, sorted(set(outputs.values())))
@@ -165,7 +152,7 @@ def _fit_layers(
     layers, scaled = [], set()
     for node_id in graph.parametric_nodes:
         node = graph.node(node_id)
-        weight = graph.parameter_of(node.input[graph.weight_input(node_id)])
+        weight = graph.table.layer(node_id).weight
         tensor = outputs[node_id]
         entry = {"node": node_id, "op": node.op_type, "weight": weight, "output": tensor}
         if weight in scaled:

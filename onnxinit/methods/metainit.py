@@ -1,4 +1,4 @@
-"""MetaInit (Dauphin & Schoenholz 2019; METHODS.md): tune the norms of the weight tensors to
+"""MetaInit (Dauphin & Schoenholz 2019; docs/methods.md): tune the norms of the weight tensors to
 minimise the gradient quotient, with sign-SGD and momentum, on random data by default.
 
 **Gradient quotient.** With g = dL/dtheta, h = H g, e = eps * sign(g) (sign(0) = +1, held
@@ -43,15 +43,15 @@ The report gives GQ before and after on a held-out batch (index T) and the traje
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from ..data import Batch
-from ..errors import InvalidOptionError
 from ..graph import ModelGraph
 from ..plan import Plan
-from ._data import DataOptions
-from .options import option
+from ._data import LossOptions
+from .options import check_values, option
 from .scaleopt import (
     HVP_MODES,
     GradientOracle,
@@ -66,18 +66,19 @@ from .scaleopt import (
 
 
 @dataclass
-class MetaInitOptions(DataOptions):
+class MetaInitOptions(LossOptions):
     metainit_lr: float = option(
-        0.1, "metainit: sign-SGD step on each weight tensor's norm.")
+        0.1, "metainit: sign-SGD step on each weight tensor's norm.", gt=0)
     metainit_momentum: float = option(
-        0.9, "metainit: momentum of the sign-SGD memory (the paper's ablations use 0.5).")
+        0.9, "metainit: momentum of the sign-SGD memory (the paper's ablations use 0.5).",
+        ge=0, lt=1)
     metainit_steps: int = option(
         500, "metainit: optimisation steps, one fresh batch each (1000 in the paper's "
-             "ablations).")
+             "ablations).", ge=0)
     metainit_eps: float = option(
-        1e-5, "metainit: damping eps of the gradient quotient's denominator g + eps sign(g).")
+        1e-5, "metainit: damping eps of the gradient quotient's denominator g + eps sign(g).", gt=0)
     metainit_min_scale: float = option(
-        0.01, "metainit: lower bound of the weight scales (keeps every norm positive).")
+        0.01, "metainit: lower bound of the weight scales (keeps every norm positive).", gt=0)
     metainit_hvp: str = option(
         "fd",
         "metainit: Hessian-vector products: fd (central differences of gradients: a gradient "
@@ -86,18 +87,7 @@ class MetaInitOptions(DataOptions):
         "products), or auto (exact where the autodiff can).",
         choices=HVP_MODES)
     seed: int = 0
-
-
-def validate(options: MetaInitOptions) -> None:
-    if not options.metainit_lr > 0:
-        raise InvalidOptionError(f"--metainit-lr must be > 0, not {options.metainit_lr}")
-    if not 0 <= options.metainit_momentum < 1:
-        raise InvalidOptionError(
-            f"--metainit-momentum must be in [0, 1), not {options.metainit_momentum}")
-    if options.metainit_steps < 0:
-        raise InvalidOptionError(f"--metainit-steps must be >= 0, not {options.metainit_steps}")
-    if not options.metainit_eps > 0:
-        raise InvalidOptionError(f"--metainit-eps must be > 0, not {options.metainit_eps}")
+    fits_data: ClassVar[bool] = False  # task-agnostic: synthetic data is the paper's setting
 
 
 def is_weight(name: str, shape: tuple[int, ...]) -> bool:
@@ -137,7 +127,7 @@ def gradient_quotient(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarr
 def plan(graph: ModelGraph, options: MetaInitOptions | None = None) -> Plan:
     """MetaInit scales for every weight tensor of rank >= 2 (see the module docstring)."""
     options = options or MetaInitOptions()
-    validate(options)
+    check_values(options)
     run = prepare(graph, options, min_scale=options.metainit_min_scale, select=is_weight,
                   hvp=options.metainit_hvp)
     oracle, space, eps = run.oracle, run.space, options.metainit_eps

@@ -1,4 +1,4 @@
-"""NIO (Neural Initialization Optimization, GradCosine; METHODS.md): per-tensor scales that
+"""NIO (Neural Initialization Optimization, GradCosine; docs/methods.md): per-tensor scales that
 maximise the cosine similarity of sub-batch gradients under a bound on their norm.
 
 Per iteration t: batch t of B samples is split into D overlapping chunks of length l = B // D
@@ -36,8 +36,8 @@ from ..data import Batch
 from ..errors import InvalidOptionError
 from ..graph import ModelGraph
 from ..plan import Plan
-from ._data import DataOptions
-from .options import option
+from ._data import LossOptions
+from .options import check_values, option
 from .scaleopt import (
     HVP_MODES,
     GradientOracle,
@@ -55,23 +55,25 @@ OBJECTIVES = ("gc_gn_sqrt", "gc")
 
 
 @dataclass
-class NIOOptions(DataOptions):
-    nio_lr: float = option(3e-3, "nio: learning rate of the scales (Adam).")
-    nio_iterations: int = option(100, "nio: iterations, one fresh batch each.")
+class NIOOptions(LossOptions):
+    nio_lr: float = option(3e-3, "nio: learning rate of the scales (Adam).", gt=0)
+    nio_iterations: int = option(100, "nio: iterations, one fresh batch each.", ge=0)
     nio_gamma: float = option(
         10.0, "nio: bound gamma on the mean sub-batch gradient norm; above it a step minimises "
-              "the norm instead.")
-    nio_splits: int = option(4, "nio: number D of sub-batches each batch is split into.")
+              "the norm instead.", gt=0)
+    nio_splits: int = option(4, "nio: number D of sub-batches each batch is split into.", ge=2)
     nio_overlap: float = option(
-        0.2, "nio: overlap ratio r: sub-batch i covers [(1-r) l i, (1+r) l (i+1)), l = B/D.")
+        0.2, "nio: overlap ratio r: sub-batch i covers [(1-r) l i, (1+r) l (i+1)), l = B/D.",
+        ge=0, lt=1)
     nio_gn_mul: float = option(
-        1.0, "nio: weight of the summed sub-batch gradient norms in the gc_gn_sqrt objective.")
+        1.0, "nio: weight of the summed sub-batch gradient norms in the gc_gn_sqrt objective.",
+        ge=0)
     nio_objective: str = option(
         "gc_gn_sqrt", "nio: maximise GradCosine + gn_mul * sum of sub-batch gradient norms "
                       "(gc_gn_sqrt) or GradCosine alone (gc).", choices=OBJECTIVES)
-    nio_min_scale: float = option(0.01, "nio: lower bound of the weight scales (biases: 0).")
+    nio_min_scale: float = option(0.01, "nio: lower bound of the weight scales (biases: 0).", ge=0)
     nio_grad_clip: float = option(
-        1.0, "nio: clip each scale's gradient to [-c, c] before Adam (0: no clipping).")
+        1.0, "nio: clip each scale's gradient to [-c, c] before Adam (0: no clipping).", ge=0)
     nio_hvp: str = option(
         "auto",
         "nio: Hessian-vector products: exact (reverse over reverse; float32 differences of "
@@ -79,20 +81,6 @@ class NIOOptions(DataOptions):
         "(exact where the autodiff can, else fd).",
         choices=HVP_MODES)
     seed: int = 0
-
-
-def validate(options: NIOOptions) -> None:
-    if not options.nio_lr > 0 or not options.nio_gamma > 0:
-        raise InvalidOptionError("--nio-lr and --nio-gamma must be > 0")
-    if options.nio_iterations < 0:
-        raise InvalidOptionError(f"--nio-iterations must be >= 0, not {options.nio_iterations}")
-    if options.nio_splits < 2:
-        raise InvalidOptionError(f"--nio-splits must be at least 2, not {options.nio_splits}")
-    if not 0 <= options.nio_overlap < 1:
-        raise InvalidOptionError(f"--nio-overlap must be in [0, 1), not {options.nio_overlap}")
-    if options.nio_objective not in OBJECTIVES:
-        raise InvalidOptionError(
-            f"--nio-objective must be one of {', '.join(OBJECTIVES)}, not {options.nio_objective}")
 
 
 def chunk_bounds(batch_size: int, splits: int, overlap: float) -> list[tuple[int, int]]:
@@ -186,7 +174,7 @@ def mean_norm_gradient(oracle: GradientOracle, space: ScaleSpace, chunks: Chunks
 def plan(graph: ModelGraph, options: NIOOptions | None = None) -> Plan:
     """NIO scales for every parameter tensor (see the module docstring)."""
     options = options or NIOOptions()
-    validate(options)
+    check_values(options)
     refuse_fixed_batch(graph)
     run = prepare(graph, options, min_scale=options.nio_min_scale, hvp=options.nio_hvp)
     oracle, space = run.oracle, run.space

@@ -1,4 +1,4 @@
-"""The scale-optimisation core shared by GradInit, MetaInit and NIO (METHODS.md, common ground).
+"""The scale-optimisation core shared by GradInit, MetaInit and NIO (docs/methods.md).
 
 **Parameterisation.** Every scalable parameter tensor ``p0_i`` of non-zero norm gets one scalar
 ``alpha_i`` (starting at 1), and ``p_i = alpha_i * p0_i``. For any objective ``F(theta)``, the
@@ -122,7 +122,7 @@ class Layout:
 
 
 def scalable_parameters(graph: ModelGraph) -> dict[str, set[str]]:
-    """Parameter name -> roles, for the learnable float tensors of METHODS.md's common ground:
+    """Parameter name -> roles, for the learnable float tensors of docs/methods.md's common ground:
     weights and biases of Conv/ConvTranspose/Gemm/MatMul (and Add/Sub biases), normalisation
     scales and shifts, embedding tables, PRelu slopes. A constant operand of Mul/Div alone is a
     fixed constant (GELU's 0.5, attention's 1/sqrt(d)), not a parameter."""

@@ -28,6 +28,7 @@ from .. import correlation
 from ..moments import Moments, Source
 from ..spatial import attach, class_weights, gather_taps, positions, window
 from .context import RuleContext, RuleError, signal
+from .elementwise import base_source
 from .gaussian import compose, expand
 from .maxima import max_moments, max_of_gaussians, non_decreasing
 from .registry import rule
@@ -229,13 +230,6 @@ def spatial_mean(x: Moments, x_shape) -> Moments:
         mean.reshape((1,) * len(x_shape)), var.reshape((1,) * len(x_shape)))
 
 
-def base_source(x: Moments, rank: int) -> Source:
-    src = x.source
-    if src is not None and max(np.ndim(src.mean), np.ndim(src.var)) <= rank:
-        return src
-    return Source(x.mean, x.var)
-
-
 @rule("MaxPool")
 def max_pool(inputs, ctx: RuleContext):
     """Per output position, the max of its K valid taps (padding is -inf: border and ceil_mode
@@ -332,4 +326,4 @@ def global_max_pool(inputs, ctx: RuleContext):
     return [Moments(mean, var)]
 
 
-__all__ = ["base_source", "max_moments", "spatial_mean"]
+__all__ = ["max_moments", "spatial_mean"]

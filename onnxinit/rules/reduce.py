@@ -15,9 +15,10 @@ from scipy import special
 
 from ..moments import Moments
 from .context import RuleContext, RuleError, signal
+from .elementwise import base_source
 from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
 from .maxima import max_moments
-from .pooling import base_source, spatial_mean
+from .pooling import spatial_mean
 from .registry import rule
 
 

@@ -32,12 +32,6 @@ def test_squeeze_unsqueeze():
                     {"a": randn(2, 1, 4)})
 
 
-def test_concat_negative_axis_with_constant_operand():
-    check_gradients([const("k", np.ones((2, 1, 4)), np.float32),
-                     node("Concat", ["a", "k", "b"], axis=-2)],
-                    {"a": randn(2, 3, 4), "b": randn(2, 2, 4, seed=1)})
-
-
 def test_split_uneven_with_an_unused_output():
     split = node("Split", ["a", "sizes"], "p", axis=1)
     split.output[:] = ["p", "q", "r"]
@@ -101,3 +95,17 @@ def test_tile():
 def test_pad_constant_with_axes():
     check_gradients([const("p", [1, 0, 2, 3]), const("ax", [0, 2]),
                      node("Pad", ["a", "p", "", "ax"], mode="constant")], {"a": randn(2, 3, 4)})
+
+
+def test_identity():
+    check_gradients([node("Identity", ["a"])], {"a": randn(3, 4)})
+
+
+def test_cast_round_trip():
+    check_gradients([node("Cast", ["a"], "d", to=11), node("Cast", ["d"], "e", to=1),
+                     node("Mul", ["e", "a"])], {"a": randn(3, 4)})
+
+
+def test_cast_like():
+    check_gradients([node("CastLike", ["a", "b"], "c"), node("Mul", ["c", "b"])],
+                    {"a": randn(3, 4), "b": randn(4, seed=1)})

@@ -1,7 +1,6 @@
 """The sample models in sample_models/: float64 gradients agree with central differences of the
 loss on a handful of random parameter entries (skipped for models not present)."""
 
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -10,7 +9,8 @@ import pytest
 from onnxinit.autodiff import GradientProgram
 from onnxinit.runtime import make_session
 
-SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
+from ..samples import sample
+
 NAMES = ["resnet20_bn", "resnet20_nobn", "small_cnn", "tanh_mlp50", "transformer_postln"]
 ENTRIES = 4
 BATCH = 2
@@ -43,9 +43,7 @@ def _embedding_rows(model, name, initializers):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_sample_model_gradients_match_finite_differences(name):
-    path = SAMPLES / f"{name}.onnx"
-    if not path.exists():
-        pytest.skip(f"{path.name} not present")
+    path = sample(name)
     model = onnx.load(str(path))
     rng = np.random.default_rng(0)
     feeds = _feeds(model, rng)

@@ -27,6 +27,7 @@ from onnxinit.residual import residual_blocks
 from onnxinit.writeback import apply_plan
 
 from ..models import make_model, mlp
+from ..samples import sample
 from .resnet_nobn import resnet20_nobn
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_models" / "resnet20_nobn.onnx"
@@ -293,9 +294,8 @@ def test_resnet20_gradient_reaches_the_branches():
         assert _directional_derivative(dead, x, labels, first, direction, 2e-5) == 0
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="sample_models/resnet20_nobn.onnx not there yet")
 def test_resnet20_sample_blocks_are_identities():
-    model = onnx.load(SAMPLE)
+    model = onnx.load(sample("resnet20_nobn"))
     shape = load(model).input_shapes
     image = next(iter(shape.values()))[-1]
     _, blocks, errors, ratios = _check_residual_network(model, image)

@@ -59,3 +59,25 @@ def test_builtin_rules_one_per_op():
     assert lookup("", "Exp", 18).fn.__module__ == "onnxinit.rules.activations"
     assert lookup("", "Softmax", 18).fn.__module__ == "onnxinit.rules.attention"
     assert lookup("", "Mul", 18).fusion and not lookup("", "Relu", 18).fusion
+
+
+def test_forward_and_backward_rules_share_their_family():
+    """An op with both a moment rule and a backward rule has them in modules of the same name
+    (rules/X.py and autodiff/backward/X.py), and both have tests (tests/rules/test_X.py,
+    tests/autodiff/test_backward_X.py)."""
+    from pathlib import Path
+
+    from onnxinit.autodiff.backward import RULES
+
+    tests = Path(__file__).resolve().parents[1]
+    families = set()
+    for op, backward_rule in RULES.items():
+        forward = lookup("", op, 18)
+        if forward is None:
+            continue
+        family = backward_rule.__module__.rpartition(".")[2]
+        assert forward.fn.__module__.rpartition(".")[2] == family, op
+        families.add(family)
+    for family in families:
+        assert (tests / "rules" / f"test_{family}.py").exists(), family
+        assert (tests / "autodiff" / f"test_backward_{family}.py").exists(), family

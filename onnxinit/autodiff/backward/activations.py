@@ -1,4 +1,5 @@
-"""Element-wise activations and the softmax family."""
+"""Element-wise activations and other unary maps (the forward family is
+:mod:`onnxinit.rules.activations`)."""
 
 from __future__ import annotations
 
@@ -105,19 +106,52 @@ def clip(ctx, grads):
     return [dx] + [None] * (len(ctx.node.input) - 1)
 
 
-@backward("Softmax")
-def softmax(ctx, grads):
-    """Y = softmax(X, axis):  dX = Y * (dY - sum_axis(dY * Y))."""
-    y = ctx.node.output[0]
-    axis = ctx.attr("axis", -1)
-    inner = ctx.emit("ReduceSum", [ctx.emit("Mul", [grads[0], y]), ctx.ints([axis])], keepdims=1)
-    return [ctx.emit("Mul", [y, ctx.emit("Sub", [grads[0], inner])])]
+@backward("Neg")
+def neg(ctx, grads):
+    """Y = -X:  dX = -dY."""
+    return [ctx.emit("Neg", [grads[0]])]
 
 
-@backward("LogSoftmax")
-def log_softmax(ctx, grads):
-    """Y = log_softmax(X, axis):  dX = dY - exp(Y) * sum_axis(dY)."""
+@backward("Abs")
+def abs_(ctx, grads):
+    """Y = |X|:  dX = dY * sign(X)."""
+    return [ctx.emit("Mul", [grads[0], ctx.emit("Sign", [ctx.node.input[0]])])]
+
+
+@backward("Sqrt")
+def sqrt(ctx, grads):
+    """Y = sqrt(X):  dX = dY / (2 Y)."""
     y = ctx.node.output[0]
-    axis = ctx.attr("axis", -1)
-    total = ctx.emit("ReduceSum", [grads[0], ctx.ints([axis])], keepdims=1)
-    return [ctx.emit("Sub", [grads[0], ctx.emit("Mul", [ctx.emit("Exp", [y]), total])])]
+    return [ctx.emit("Div", [grads[0], ctx.emit("Add", [y, y])])]
+
+
+@backward("Exp")
+def exp(ctx, grads):
+    """Y = exp(X):  dX = dY * Y."""
+    return [ctx.emit("Mul", [grads[0], ctx.node.output[0]])]
+
+
+@backward("Log")
+def log(ctx, grads):
+    """Y = log(X):  dX = dY / X."""
+    return [ctx.emit("Div", [grads[0], ctx.node.input[0]])]
+
+
+@backward("Reciprocal")
+def reciprocal(ctx, grads):
+    """Y = 1 / X:  dX = -dY * Y^2."""
+    y = ctx.node.output[0]
+    return [ctx.emit("Neg", [ctx.emit("Mul", [grads[0], ctx.emit("Mul", [y, y])])])]
+
+
+@backward("Sin")
+def sin(ctx, grads):
+    """Y = sin(X):  dX = dY * cos(X)."""
+    return [ctx.emit("Mul", [grads[0], ctx.emit("Cos", [ctx.node.input[0]])])]
+
+
+@backward("Cos")
+def cos(ctx, grads):
+    """Y = cos(X):  dX = -dY * sin(X)."""
+    local = ctx.emit("Neg", [ctx.emit("Sin", [ctx.node.input[0]])])
+    return [ctx.emit("Mul", [grads[0], local])]

@@ -1,5 +1,6 @@
 """Element-wise arithmetic with numpy broadcasting; every operand gradient is summed back over
-the axes it was broadcast along (``ctx.unbroadcast``)."""
+the axes it was broadcast along (``ctx.unbroadcast``). Concat, whose forward rule mixes its
+operands' statistics, is here too (the forward family is :mod:`onnxinit.rules.arithmetic`)."""
 
 from __future__ import annotations
 
@@ -130,72 +131,11 @@ def where(ctx, grads):
     return [None, da, db]
 
 
-@backward("Neg")
-def neg(ctx, grads):
-    """Y = -X:  dX = -dY."""
-    return [ctx.emit("Neg", [grads[0]])]
-
-
-@backward("Identity")
-def identity(ctx, grads):
-    """Y = X:  dX = dY."""
-    return [grads[0]]
-
-
-@backward("Cast")
-def cast(ctx, grads):
-    """Y = cast(X):  dX = cast(dY) back to X's float type."""
-    return [ctx.emit("Cast", [grads[0]], to=ctx.elem_type(ctx.node.input[0]))]
-
-
-@backward("CastLike")
-def cast_like(ctx, grads):
-    """Y = cast_like(X, T):  dX = cast_like(dY, X); T carries only a type."""
-    return [ctx.emit("CastLike", [grads[0], ctx.node.input[0]]), None]
-
-
-@backward("Abs")
-def abs_(ctx, grads):
-    """Y = |X|:  dX = dY * sign(X)."""
-    return [ctx.emit("Mul", [grads[0], ctx.emit("Sign", [ctx.node.input[0]])])]
-
-
-@backward("Sqrt")
-def sqrt(ctx, grads):
-    """Y = sqrt(X):  dX = dY / (2 Y)."""
-    y = ctx.node.output[0]
-    return [ctx.emit("Div", [grads[0], ctx.emit("Add", [y, y])])]
-
-
-@backward("Exp")
-def exp(ctx, grads):
-    """Y = exp(X):  dX = dY * Y."""
-    return [ctx.emit("Mul", [grads[0], ctx.node.output[0]])]
-
-
-@backward("Log")
-def log(ctx, grads):
-    """Y = log(X):  dX = dY / X."""
-    return [ctx.emit("Div", [grads[0], ctx.node.input[0]])]
-
-
-@backward("Reciprocal")
-def reciprocal(ctx, grads):
-    """Y = 1 / X:  dX = -dY * Y^2."""
-    y = ctx.node.output[0]
-    return [ctx.emit("Neg", [ctx.emit("Mul", [grads[0], ctx.emit("Mul", [y, y])])])]
-
-
-@backward("Sin")
-def sin(ctx, grads):
-    """Y = sin(X):  dX = dY * cos(X)."""
-    return [ctx.emit("Mul", [grads[0], ctx.emit("Cos", [ctx.node.input[0]])])]
-
-
-@backward("Cos")
-def cos(ctx, grads):
-    """Y = cos(X):  dX = -dY * sin(X)."""
-    local = ctx.emit("Neg", [ctx.emit("Sin", [ctx.node.input[0]])])
-    return [ctx.emit("Mul", [grads[0], local])]
-
-
+@backward("Concat")
+def concat(ctx, grads):
+    """Y = concat(X_1..X_n, axis):  dX_i = the slice of dY that X_i occupies."""
+    axis = ctx.attr("axis")
+    sizes = [ctx.shape(x)[axis] for x in ctx.node.input]
+    parts = ctx.emit("Split", [grads[0], ctx.ints(sizes)], len(sizes), axis=axis)
+    parts = [parts] if len(sizes) == 1 else parts
+    return [part if ctx.requires(i) else None for i, part in enumerate(parts)]

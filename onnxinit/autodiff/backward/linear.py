@@ -1,10 +1,21 @@
-"""Matrix products: MatMul (batched, broadcast, 1-D operands) and Gemm."""
+"""Linear layers. Matrix products: MatMul (batched, broadcast, 1-D operands) and Gemm.
+
+Convolutions: the input gradient of Conv is a ConvTranspose with explicit pads and a computed
+``output_padding`` (never ``output_shape`` or ``auto_pad``); the weight gradient is an im2col
+product: strided Slices of the padded input, one per kernel tap, times the output gradient.
+(ORT runs the alternative, a Conv whose kernel is the whole output gradient, several times
+slower.) ConvTranspose is the adjoint of Conv, so its two gradients are the same constructions
+with the roles exchanged. (The forward family is :mod:`onnxinit.rules.linear`.)"""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
+from ...errors import UnsupportedModelError
 from .registry import backward
+from .windows import explicit_pads, transposed_geometry
 
 
 def _swap_last_two(ctx, name: str, rank: int) -> str:
@@ -71,3 +82,146 @@ def gemm(ctx, grads):
         scaled = g if beta == 1.0 else ctx.emit("Mul", [g, ctx.const(beta, like=c)])
         dc = ctx.unbroadcast(scaled, ctx.shape(ctx.node.output[0]), c)
     return [da, db, dc][: len(ctx.node.input)]
+
+
+def _window_attrs(ctx, spatial: int):
+    ones = [1] * spatial
+    strides = list(ctx.attr("strides", None) or ones)
+    dilations = list(ctx.attr("dilations", None) or ones)
+    return strides, dilations, ctx.attr("group", 1)
+
+
+def _patches(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin):
+    """im2col with the batch folded into the positions: (C, K, N * P) for K = prod(kernel) taps
+    and P = prod(out_sizes) output positions; entry [c, k, (n, p)] = X[n, c, p s + k d - pad]
+    (zero outside X)."""
+    n, channels, *in_sizes = x_shape
+    spatial = len(kernel)
+    pad_end = [max(s * (o - 1) + d * (k - 1) + 1 - pb - size, 0) for size, o, k, s, d, pb in zip(
+        in_sizes, out_sizes, kernel, strides, dilations, pad_begin)]
+    channel_major = ctx.emit("Transpose", [x], perm=[1, 0, *range(2, 2 + spatial)])
+    if any(pad_begin) or any(pad_end):
+        channel_major = ctx.emit("Pad", [channel_major, ctx.ints(
+            [0, 0, *pad_begin, 0, 0, *pad_end])], mode="constant")
+    padded_sizes = [size + b + e for size, b, e in zip(in_sizes, pad_begin, pad_end)]
+    columns = n * int(np.prod(out_sizes))
+    axes = ctx.ints(range(2, 2 + spatial))
+    steps = ctx.ints(strides)
+    taps = []
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        starts = [j * d for j, d in zip(offset, dilations)]
+        ends = [b + s * (o - 1) + 1 for b, s, o in zip(starts, strides, out_sizes)]
+        tap = channel_major
+        if starts != [0] * spatial or ends != padded_sizes or strides != [1] * spatial:
+            tap = ctx.emit("Slice", [channel_major, ctx.ints(starts), ctx.ints(ends), axes, steps])
+        taps.append(ctx.emit("Reshape", [tap, ctx.ints([channels, 1, columns])]))
+    return taps[0] if len(taps) == 1 else ctx.emit("Concat", taps, axis=1)
+
+
+def weight_gradient(ctx, x, x_shape, g, g_shape, kernel, strides, dilations, pad_begin, group):
+    """dW[m, c, k] = sum_{n, p} dY[n, m, p] X[n, group(m) c, p s + k d - pad] for a Conv with
+    input ``x`` and output gradient ``g``: im2col patches of X (one strided Slice per kernel
+    tap, batch folded into the positions) times dY as one matrix product per group."""
+    n, c_in = x_shape[:2]
+    c_out, out_sizes = g_shape[1], list(g_shape[2:])
+    columns = n * int(np.prod(out_sizes))
+    patches = _patches(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin)
+    g_channel_major = ctx.emit("Transpose", [g], perm=[1, 0, *range(2, len(g_shape))])
+    if group == 1:
+        rows = ctx.emit("Reshape", [g_channel_major, ctx.ints([c_out, columns])])
+        flat = ctx.emit("Reshape", [patches, ctx.ints([-1, columns])])
+        product = ctx.emit("Gemm", [rows, flat], transB=1)  # (C_out, C_in * K)
+        return ctx.emit("Reshape", [product, ctx.ints([c_out, c_in, *kernel])])
+    rows = ctx.emit("Reshape", [g_channel_major, ctx.ints([group, c_out // group, columns])])
+    flat = ctx.emit("Reshape", [patches, ctx.ints([group, -1, columns])])
+    product = ctx.emit("MatMul", [rows, ctx.emit("Transpose", [flat], perm=[0, 2, 1])])
+    return ctx.emit("Reshape", [product, ctx.ints([c_out, c_in // group, *kernel])])
+
+
+def bias_gradient(ctx, g, rank):
+    """dB[c] = sum over batch and spatial positions of dY[:, c]."""
+    return ctx.emit("ReduceSum", [g, ctx.ints([0, *range(2, rank)])], keepdims=0)
+
+
+@backward("Conv")
+def conv(ctx, grads):
+    """Y = conv(X, W) + B:  dX = conv_transpose(dY, W),  dW = weight_gradient(X, dY),
+    dB = sum of dY over batch and space."""
+    (g,) = grads
+    x, w = ctx.node.input[:2]
+    x_shape, w_shape, y_shape = ctx.shape(x), ctx.shape(w), ctx.shape(ctx.node.output[0])
+    kernel = list(w_shape[2:])
+    spatial = len(kernel)
+    strides, dilations, group = _window_attrs(ctx, spatial)
+    pad_begin, _ = explicit_pads(
+        ctx.attr("auto_pad", "NOTSET"), ctx.attr("pads"), x_shape[2:], y_shape[2:], kernel,
+        strides, dilations,
+    )
+    dx = dw = db = None
+    if ctx.requires(0):
+        ends, out_pads = zip(*(
+            transposed_geometry(size, out, k, s, d, pb)
+            for size, out, k, s, d, pb in zip(
+                x_shape[2:], y_shape[2:], kernel, strides, dilations, pad_begin)
+        ))
+        dx = ctx.emit(
+            "ConvTranspose", [g, w], group=group, strides=strides, dilations=dilations,
+            kernel_shape=kernel, pads=list(pad_begin) + list(ends), output_padding=list(out_pads),
+        )
+    if ctx.requires(1):
+        dw = weight_gradient(ctx, x, x_shape, g, y_shape, kernel, strides, dilations, pad_begin,
+                             group)
+    if ctx.requires(2):
+        db = bias_gradient(ctx, g, len(y_shape))
+    return [dx, dw, db][: len(ctx.node.input)]
+
+
+def _conv_transpose_pads(ctx, x_shape, y_shape, kernel, strides, dilations):
+    spatial = len(kernel)
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    out_pads = list(ctx.attr("output_padding", None) or [0] * spatial)
+    if ctx.attr("output_shape") is None and auto_pad in ("NOTSET", "VALID"):
+        pads = ctx.attr("pads", None) or [0] * (2 * spatial)
+        return (list(pads[:spatial]), list(pads[spatial:])) if auto_pad == "NOTSET" else (
+            [0] * spatial, [0] * spatial)
+    begin, end = [], []
+    for i in range(spatial):
+        full = strides[i] * (x_shape[2 + i] - 1) + out_pads[i] + dilations[i] * (kernel[i] - 1) + 1
+        total = full - y_shape[2 + i]
+        small, large = total // 2, total - total // 2
+        upper = auto_pad == "SAME_UPPER"
+        begin.append(small if upper else large)
+        end.append(large if upper else small)
+    return begin, end
+
+
+@backward("ConvTranspose")
+def conv_transpose(ctx, grads):
+    """Y = conv_transpose(X, W) + B is the adjoint of a Conv with weight W:
+    dX = conv(dY, W) with the same strides, dilations, pads and groups,
+    dW = weight_gradient of that Conv with input dY and output gradient X,
+    dB = sum of dY over batch and space."""
+    (g,) = grads
+    x, w = ctx.node.input[:2]
+    x_shape, w_shape, y_shape = ctx.shape(x), ctx.shape(w), ctx.shape(ctx.node.output[0])
+    kernel = list(w_shape[2:])
+    strides, dilations, group = _window_attrs(ctx, len(kernel))
+    pad_begin, pad_end = _conv_transpose_pads(ctx, x_shape, y_shape, kernel, strides, dilations)
+    if min(pad_begin + pad_end) < 0:
+        raise UnsupportedModelError(f"{ctx.describe()}: negative implied pads")
+    dx = dw = db = None
+    if ctx.requires(0):
+        dx = ctx.emit("Conv", [g, w], group=group, strides=strides, dilations=dilations,
+                      kernel_shape=kernel, pads=pad_begin + pad_end)
+        rows = [(y + pb + pe - d * (k - 1) - 1) // s + 1 for y, pb, pe, k, s, d in zip(
+            y_shape[2:], pad_begin, pad_end, kernel, strides, dilations)]
+        if rows != list(x_shape[2:]):
+            axes = list(range(2, len(x_shape)))
+            dx = ctx.emit("Slice", [dx, ctx.ints([0] * len(axes)), ctx.ints(x_shape[2:]),
+                                    ctx.ints(axes)])
+    if ctx.requires(1):
+        dw = weight_gradient(ctx, g, y_shape, x, x_shape, kernel, strides, dilations, pad_begin,
+                             group)
+    if ctx.requires(2):
+        db = bias_gradient(ctx, g, len(y_shape))
+    return [dx, dw, db][: len(ctx.node.input)]

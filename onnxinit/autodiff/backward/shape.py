@@ -1,5 +1,5 @@
-"""Data movement: reshapes, transposes, concatenation and splitting, slicing, gathering,
-broadcasting and padding."""
+"""Data movement: reshapes, transposes, splitting, slicing, gathering, broadcasting and
+padding; identity and casts (Concat is with the arithmetic family, as its forward rule)."""
 
 from __future__ import annotations
 
@@ -22,16 +22,6 @@ def transpose(ctx, grads):
     if perm is None:
         perm = list(range(ctx.rank(ctx.node.input[0])))[::-1]
     return [ctx.emit("Transpose", [grads[0]], perm=np.argsort(perm).tolist())]
-
-
-@backward("Concat")
-def concat(ctx, grads):
-    """Y = concat(X_1..X_n, axis):  dX_i = the slice of dY that X_i occupies."""
-    axis = ctx.attr("axis")
-    sizes = [ctx.shape(x)[axis] for x in ctx.node.input]
-    parts = ctx.emit("Split", [grads[0], ctx.ints(sizes)], len(sizes), axis=axis)
-    parts = [parts] if len(sizes) == 1 else parts
-    return [part if ctx.requires(i) else None for i, part in enumerate(parts)]
 
 
 @backward("Split")
@@ -192,3 +182,21 @@ def pad(ctx, grads):
     dx = ctx.emit("Slice", [grads[0], ctx.ints(begin), ctx.ints([b + d for b, d in zip(begin,
                                                                                      shape)])])
     return [dx] + [None] * (len(ctx.node.input) - 1)
+
+
+@backward("Identity")
+def identity(ctx, grads):
+    """Y = X:  dX = dY."""
+    return [grads[0]]
+
+
+@backward("Cast")
+def cast(ctx, grads):
+    """Y = cast(X):  dX = cast(dY) back to X's float type."""
+    return [ctx.emit("Cast", [grads[0]], to=ctx.elem_type(ctx.node.input[0]))]
+
+
+@backward("CastLike")
+def cast_like(ctx, grads):
+    """Y = cast_like(X, T):  dX = cast_like(dY, X); T carries only a type."""
+    return [ctx.emit("CastLike", [grads[0], ctx.node.input[0]]), None]

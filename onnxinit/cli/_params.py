@@ -1,0 +1,59 @@
+"""Click building blocks: numbers checked in the user's terms, and options shown in groups."""
+
+from __future__ import annotations
+
+import click
+
+from ..methods.options import Range
+
+
+class Number(click.ParamType):
+    """An int or a float that must be finite and in ``limits`` (nan, inf and out-of-range values
+    are usage errors that say which values are accepted)."""
+
+    def __init__(self, kind: type, limits: Range | None = None):
+        self.kind, self.limits = kind, limits or Range()
+        self.name = "integer" if kind is int else "number"
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "INT" if self.kind is int else "FLOAT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}",
+                          param, ctx)
+        if (why := self.limits.problem(float(number))) is not None:
+            self.fail(f"{value!r}: {why}", param, ctx)
+        return number
+
+
+class GroupedOption(click.Option):
+    """An option listed under a titled group in ``--help``."""
+
+    def __init__(self, *args, group: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+class GroupedCommand(click.Command):
+    """A command whose ``--help`` lists its own options first, then one section per group of
+    :class:`GroupedOption`, in the order the groups' first options were declared."""
+
+    def format_options(self, ctx, formatter):
+        sections: dict[str | None, list] = {None: []}
+        for param in self.get_params(ctx):
+            if not isinstance(param, click.Option):
+                continue
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "group", None), []).append(record)
+        with formatter.section("Options"):
+            formatter.write_dl(sections.pop(None))
+        for title, records in sections.items():
+            with formatter.section(title):
+                formatter.write_dl(records)
