@@ -24,8 +24,9 @@ Rules (each exact under its stated assumption):
   weights). When the exact sum costs more than ``CONV_BUDGET`` multiply-adds (counting at least
   16 offsets: wide dense convolutions, where the per-channel terms with delta != 0 are sums of
   many random-sign terms), only its expectation over the weights is kept: the delta = 0 terms.
-* Element-wise f of a Gaussian (Mehler's formula): ``Cov(f(x), f(x')) = sum_n c_n rho^n`` with
-  ``c_n = E[f(x) He_n(z)]^2 / n!``; eight terms, normalised so that rho = 1 maps to 1.
+* Element-wise f of a Gaussian (Mehler's formula): ``Cov(f(x), f(x')) = sum_n a_n^2 rho^n / n!``
+  with ``a_n = E[f(x) He_n(z)]`` (averaged over the position classes), eight terms, divided by
+  f's variance within a position.
 * BatchNorm and other per-channel affine maps: unchanged. Add of independent operands:
   covariances add. Mul by a per-sample ``[N, C, 1, 1]`` signal s (squeeze-excite, stochastic
   depth): ``Cov_y(d) = E[s^2] Cov_x(d) + mu_x^2 Var(s)`` (a component shared by every position).
@@ -202,10 +203,11 @@ def _spatial_mean_factor(corr: Correlation, channels: int) -> np.ndarray:
     return np.broadcast_to(np.maximum(local, 1e-12), (channels,))
 
 
-def leaky_hermite_coefficients(slope: float, mean, std) -> np.ndarray:
-    """c_n for f = LeakyRelu (ReLU: slope 0) in closed form: with alpha = -mean/std the kink
-    in z, ``a_1 = std (Phi(-alpha) + slope Phi(alpha))`` and, for n >= 2,
-    ``a_n = (1 - slope) std He_{n-2}(alpha) phi(alpha)`` (Stein: E[g He_n] = E[g^(n)])."""
+def leaky_hermite_amplitudes(slope: float, mean, std) -> np.ndarray:
+    """a_n = E[f(mean + std z) He_n(z)], n = 1..8, for f = LeakyRelu (ReLU: slope 0), in
+    closed form: with alpha = -mean/std the kink in z, ``a_1 = std (Phi(-alpha) + slope
+    Phi(alpha))`` and ``a_n = (1 - slope) std He_{n-2}(alpha) phi(alpha)`` for n >= 2
+    (Stein: E[g He_n] = E[g^(n)]). ``[8, *index shape]``."""
     mean, std = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(std, np.float64))
     with np.errstate(divide="ignore", invalid="ignore"):
         alpha = np.where(std > 0, -mean / np.where(std > 0, std, 1.0), -np.sign(mean) * np.inf)
@@ -213,17 +215,16 @@ def leaky_hermite_coefficients(slope: float, mean, std) -> np.ndarray:
     a0 = np.where(finite, alpha, 0.0)
     phi = np.where(finite, np.exp(-0.5 * a0**2) / np.sqrt(2 * np.pi), 0.0)
     cdf = special.ndtr(-alpha)
-    out = [(std * (cdf + slope * (1 - cdf))) ** 2]
+    out = [std * (cdf + slope * (1 - cdf))]
     he_prev, he = np.zeros_like(a0), np.ones_like(a0)  # He_{-1} (unused), He_0
     for k in range(2, _HERMITE + 1):
-        a = (1 - slope) * std * he * phi
-        out.append(a * a / math.factorial(k))
+        out.append((1 - slope) * std * he * phi)
         he_prev, he = he, a0 * he - (k - 2) * he_prev
     return np.stack(out)
 
 
-def hermite_coefficients(fn: Callable, mean, std, nodes, weights) -> np.ndarray:
-    """c_n = E[f(mean + std z) He_n(z)]^2 / n! for n = 1..8, per tracked index
+def hermite_amplitudes(fn: Callable, mean, std, nodes, weights) -> np.ndarray:
+    """a_n = E[f(mean + std z) He_n(z)] for n = 1..8 by quadrature, per tracked index
     (``[8, *index shape]``)."""
     shape = np.broadcast_shapes(np.shape(mean), np.shape(std))
     z = nodes.reshape((-1,) + (1,) * len(shape))
@@ -235,22 +236,25 @@ def hermite_coefficients(fn: Callable, mean, std, nodes, weights) -> np.ndarray:
     he_prev, he = np.ones_like(z), z
     out = []
     for k in range(1, _HERMITE + 1):
-        a = (w * values * he).sum(axis=0)
-        out.append(a * a / math.factorial(k))
+        out.append((w * values * he).sum(axis=0))
         he_prev, he = he, z * he - k * he_prev
     return np.stack(out)
 
 
-def mehler(coefficients: np.ndarray, rho: np.ndarray) -> np.ndarray:
-    """sum_n c_n rho^n / sum_n c_n per channel: coefficients ``[8, C]``, rho ``[C, ...]``."""
-    c = coefficients.reshape(coefficients.shape[:2] + (1,) * (rho.ndim - 1))
-    total = c.sum(axis=0)
-    out = np.zeros(np.broadcast_shapes(rho.shape, total.shape))
+def mehler(amplitudes: np.ndarray, variance: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """Mehler's formula: ``Cov(f(z), f(z')) = sum_n a_n^2 rho^n / n!`` for standard-normal
+    pairs of correlation rho, divided by f's variance (per channel): the output correlation.
+    ``amplitudes`` ``[8, C]`` (averaged over position classes when positions differ),
+    ``variance`` ``[C]`` (within a position), rho ``[C, ...]``."""
+    c = np.stack([a * a / math.factorial(k + 1) for k, a in enumerate(amplitudes)])
+    c = c.reshape(c.shape[:2] + (1,) * (rho.ndim - 1))
+    v = variance.reshape((-1,) + (1,) * (rho.ndim - 1))
+    out = np.zeros(np.broadcast_shapes(rho.shape, v.shape))
     power = np.ones_like(out)
     for k in range(c.shape[0]):
         power = power * rho
         out = out + c[k] * power
-    return np.where(total > 0, out / np.where(total > 0, total, 1.0), rho)
+    return np.clip(np.where(v > 0, out / np.where(v > 0, v, 1.0), rho), -1.0, 1.0)
 
 
 def add(parts: Sequence[tuple[Correlation, np.ndarray]], sizes) -> Correlation:
@@ -344,5 +348,5 @@ def concat(parts: Sequence[tuple[Correlation | None, int]], sizes) -> Correlatio
 
 
 __all__ = ["CONV_BUDGET", "MAX_OFFSET", "Correlation", "add", "concat", "conv",
-           "hermite_coefficients", "independent", "leaky_hermite_coefficients", "mean_variance_factor", "mehler", "product",
+           "hermite_amplitudes", "independent", "leaky_hermite_amplitudes", "mean_variance_factor", "mehler", "product",
            "select", "window_sum"]

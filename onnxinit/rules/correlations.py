@@ -10,6 +10,7 @@ import numpy as np
 from .. import correlation
 from ..correlation import Correlation
 from ..moments import Moments
+from ..spatial import class_weights, within_variance
 from .gaussian import compose, quadrature
 
 _L = 10.0  # the composite rules' range of z, as in .gaussian
@@ -27,29 +28,46 @@ del _g, _gw, _edges, _h
 
 def elementwise_correlation(corr: Correlation, y: Moments, smooth: bool) -> Correlation:
     """The correlation of ``y = h(z)`` element-wise, h the chain of y's source on its Gaussian
-    z (per channel): Mehler's formula on z's correlation; unchanged when y is an affine map
-    of a Gaussian (no chain). ``smooth``: the chain has no kink (Gauss-Hermite suffices)."""
-    src = y.source
+    z: Mehler's formula on z's correlation with the Hermite amplitudes of each position class
+    (its own Gaussian: border cells differ) averaged over the classes, divided by y's variance
+    within a position; unchanged when y is an affine map of a Gaussian (no chain).
+    ``smooth``: the chain has no kink (Gauss-Hermite suffices)."""
+    cells = y.spatial.cells if y.spatial is not None else y
+    src = cells.source
     if src is None or not src.chain:
         return corr
     rho_z, floor_z = corr.gaussian()
-    mean, var = np.broadcast_arrays(np.asarray(src.mean, np.float64),
-                                    np.asarray(src.var, np.float64))
+    rank = cells.mean.ndim
+    shape = np.broadcast_shapes(np.shape(src.mean), np.shape(src.var), cells.mean.shape)
+    mean = np.broadcast_to(np.reshape(src.mean, (1,) * (rank - np.ndim(src.mean))
+                                      + np.shape(src.mean)), shape)
+    var = np.broadcast_to(np.reshape(src.var, (1,) * (rank - np.ndim(src.var))
+                                     + np.shape(src.var)), shape)
     keys = [f.key for f in src.chain]
     if keys == [("Relu",)] or (len(keys) == 1 and keys[0][0] == "LeakyRelu"):
         slope = 0.0 if keys[0] == ("Relu",) else float(keys[0][1])
-        coeff = correlation.leaky_hermite_coefficients(slope, mean, np.sqrt(var))
+        amp = correlation.leaky_hermite_amplitudes(slope, mean, np.sqrt(var))
     else:
         nodes, weights = quadrature(True) if smooth else (_Z, _W)
-        coeff = correlation.hermite_coefficients(compose(src.chain), mean, np.sqrt(var),
-                                                 nodes, weights)
-    c = coeff.reshape(coeff.shape[0], -1)  # [8, C]: the pooled source is per channel
-    channels = max(c.shape[1], rho_z.shape[0])
+        amp = correlation.hermite_amplitudes(compose(src.chain), mean, np.sqrt(var), nodes,
+                                             weights)
+    channels = max(shape[1], rho_z.shape[0])
+    if y.spatial is not None:  # average over the position classes, weighted by their size
+        w = class_weights(y.spatial.maps)
+        amp = (np.broadcast_to(amp, amp.shape[:2] + (shape[1],) + w.shape)[:, 0]
+               * w).reshape(amp.shape[0], shape[1], -1).sum(axis=-1)
+        variance = within_variance(y.spatial, channels)
+    else:
+        amp = amp.reshape(amp.shape[0], -1)
+        variance = np.broadcast_to(np.reshape(cells.var, (-1,)), (channels,))
+    amp = np.broadcast_to(amp, (amp.shape[0], channels))
+    variance = np.broadcast_to(variance, (channels,))
     rho_z = np.broadcast_to(rho_z, (channels,) + rho_z.shape[1:])
     floor_z = np.broadcast_to(floor_z, (channels,))
-    c = np.broadcast_to(c, (c.shape[0], channels))
-    return Correlation(correlation.mehler(c, rho_z), correlation.mehler(c, floor_z),
-                       (rho_z, floor_z), corr.centred)
+    rho = correlation.mehler(amp, variance, rho_z)
+    rho[(slice(None), *corr.radius)] = 1.0
+    return Correlation(rho, correlation.mehler(amp, variance, floor_z), (rho_z, floor_z),
+                       corr.centred)
 
 
 __all__ = ["elementwise_correlation"]
