@@ -21,6 +21,7 @@ from .moments import Moments
 from .rules import CommonAncestor, Registration, RuleContext, RuleError, RuleSettings, lookup
 from .rules.empirical import EmpiricalError, measure_node, pass_through
 from .rules.fusion import common_ancestor
+from .spatial import drop
 
 log = logging.getLogger("onnxinit")
 
@@ -78,7 +79,13 @@ def input_moments(
 
 
 def _fit(m: Moments, shape: tuple[int, ...] | None) -> Moments:
-    """Make a rule's output broadcast to the tensor's shape, pooling when it does not."""
+    """Make a rule's output broadcast to the tensor's shape, pooling when it does not; position
+    classes (``Moments.spatial``) that do not describe this shape are dropped."""
+    if m.spatial is not None:
+        if shape is not None and len(shape) == 2 + len(m.spatial.maps) and all(
+                a.size == n for a, n in zip(m.spatial.maps, shape[2:])):
+            return m
+        m = drop(m)
     if m.is_scalar:
         return m if m.rank == 0 else Moments(m.mean.reshape(()), m.var.reshape(()), m.source)
     if shape is None:
