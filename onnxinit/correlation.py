@@ -23,7 +23,8 @@ Rules (each exact under its stated assumption):
   covariances of the input are not modelled (their contribution has mean zero over the random
   weights). When the exact sum costs more than ``CONV_BUDGET`` multiply-adds (counting at least
   16 offsets: wide dense convolutions, where the per-channel terms with delta != 0 are sums of
-  many random-sign terms), only its expectation over the weights is kept: the delta = 0 terms.
+  many random-sign terms), only its expectation over the weights is kept: the delta = 0 terms,
+  averaged over the output channels of a group (one correlation for all of them).
 * Element-wise f of a Gaussian (Mehler's formula): ``Cov(f(x), f(x')) = sum_n a_n^2 rho^n / n!``
   with ``a_n = E[f(x) He_n(z)]`` (averaged over the position classes), eight terms, divided by
   f's variance within a position.
@@ -158,8 +159,10 @@ def conv(corr: Correlation, nu: np.ndarray, w: np.ndarray, groups: int, strides,
         g = _kernel_autocorrelation(w).reshape(groups, opg, cpg, -1)
         lags = list(np.ndindex(*(2 * k - 1 for k in kernel)))
         ext_r = [s * r + dl * (k - 1) for s, r, dl, k in zip(strides, radius, dilations, kernel)]
-    else:  # its expectation over the weights: the lag-0 terms
-        g = (w * w).reshape(groups, opg, cpg, -1).sum(axis=-1)[..., None]
+    else:  # its expectation over the weights: the lag-0 terms, averaged over output channels
+        g = (w * w).reshape(groups, opg, cpg, -1).sum(axis=-1).mean(axis=1, keepdims=True)
+        g = g[..., None]
+        opg = 1
         lags = [tuple(k - 1 for k in kernel)]
         ext_r = [s * r for s, r in zip(strides, radius)]
     ext = _extended(rho * nu.reshape((-1,) + (1,) * n), floor * nu, ext_r)
@@ -176,9 +179,15 @@ def conv(corr: Correlation, nu: np.ndarray, w: np.ndarray, groups: int, strides,
             cov += gi[:, :, :1] * cols
         else:
             cov += gi @ cols
-    cov = cov.reshape((c_out, *half))
-    far = np.einsum("gjc,gc->gj", w.reshape(groups, opg, cpg, -1).sum(axis=-1) ** 2,
-                    (floor * nu).reshape(groups, cpg)).reshape(c_out)
+    summed = w.reshape(groups, c_out // groups, cpg, -1).sum(axis=-1) ** 2
+    if opg == 1 and c_out // groups > 1:
+        summed = summed.mean(axis=1, keepdims=True)
+    far = np.einsum("gjc,gc->gj", summed, (floor * nu).reshape(groups, cpg))
+    if opg != c_out // groups and groups > 1:  # one per group: to every channel of the group
+        cov = np.repeat(cov, c_out // groups, axis=1)
+        far = np.repeat(far, c_out // groups, axis=1)
+    cov = cov.reshape((-1, *half))
+    far = far.reshape(-1)
     mirrored = np.flip(cov[:, 1:], axis=tuple(range(1, n + 1)))
     cov = np.concatenate([mirrored, cov], axis=1)
     centre = cov[(slice(None), *radius)].copy()

@@ -103,6 +103,9 @@ def _bias(ctx: RuleContext, index: int, size: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (size,))
 
 
+_FLOAT32_ABOVE = 1 << 24  # multiply-adds of a Conv over cells above which it runs in float32
+
+
 def _conv_cells(mu, nu, w, bias, groups, taps):
     """Per output channel and position class (zero padding exact), for independent inputs
     with per-class statistics mu, nu ``[C_in, K_0, ...]``:
@@ -121,6 +124,11 @@ def _conv_cells(mu, nu, w, bias, groups, taps):
     wg = w.reshape(groups, c_out // groups, cpg * n_taps)
     cols_m = cols_m.reshape(groups, cpg * n_taps, size)
     cols_v = cols_v.reshape(groups, cpg * n_taps, size)
+    if wg.size * size > _FLOAT32_ABOVE:  # large products in float32: 1e-7 relative, 2x faster
+        wg32, mean32 = wg.astype(np.float32), cols_m.astype(np.float32)
+        mean = (wg32 @ mean32).astype(np.float64).reshape(c_out, size) + bias[:, None]
+        var = ((wg32 * wg32) @ cols_v.astype(np.float32)).astype(np.float64).reshape(c_out, size)
+        return mean.reshape((c_out, *out_classes)), var.reshape((c_out, *out_classes))
     mean = (wg @ cols_m).reshape(c_out, size) + bias[:, None]
     var = ((wg * wg) @ cols_v).reshape(c_out, size)
     return mean.reshape((c_out, *out_classes)), var.reshape((c_out, *out_classes))
