@@ -5,26 +5,42 @@ Each model is built and exported in training mode exactly as the README says
 (``tests/real/exports.py``: TrainingMode.TRAINING, no constant folding, the TorchScript
 exporter, IR version <= 10), then ``onnxinit.analyze`` predicts and onnxruntime measures
 (``tests/real/compare.py``: batch 8 by default; models with random ops such as stochastic depth
-are measured over several batches in one session and their mask tensors left out). Prints per
-model: float activation tensors compared, the share within 10% of the measured variance, within
-2x, coverage (tensors predicted), and the seconds ``analyze`` took (load and propagation, in
-this process).
+are measured over several batches in one session and their mask tensors left out).
 
     pip install torch==2.14.1 torchvision==0.29.1 transformers
     python benchmarks/real_exports.py                      # every model, 224x224, batch 8
     python benchmarks/real_exports.py --models vgg11,resnet50_nonorm --batch-size 8
 
-The analysis it measures is whatever ``onnxinit`` the interpreter imports: run it once with
-another checkout first on ``PYTHONPATH`` to compare analyze times before and after a change.
+Columns per model: float activation tensors compared, the share within 10% of the measured variance and
+within 2x, the median predicted/measured, coverage (tensors predicted) and the seconds analyze
+took (load and propagation). ``--before CHECKOUT`` predicts the same exports a second time with
+another onnxinit checkout (say ``/work/main``; run in a subprocess with that checkout first on
+the path) and prints its row above this checkout's, measured against the same onnxruntime runs.
+
+The measurement is onnxruntime running the training-mode export, which computes what PyTorch
+computes in ``train()`` mode (batch statistics) with Dropout as the identity (the analysis's
+semantics). ``--torch-check`` verifies that per model: the built module runs in ``train()`` mode
+(Dropout modules in ``eval()``) on the first measured batch, every leaf module's output variance
+is taken in a forward hook, and each is matched to the onnxruntime tensor of the same shape with
+the nearest variance; the column prints the largest relative difference over the matched
+outputs (float32 rounding: ~1e-6; models with random ops such as stochastic depth draw other
+masks in PyTorch, so theirs is larger).
+
+    python benchmarks/real_exports.py --models resnet50_nonorm --size 112 --before /work/main
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import warnings
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -96,38 +112,120 @@ MODELS = {
 }
 
 
-def export(name: str, directory: Path) -> Path:
+def export(name: str, directory: Path, size: int | None = None):
+    """(path of the training-mode export, the module it came from); ``size`` overrides the
+    input size of image models."""
     import torch
 
-    builder, size, _, vocab = MODELS[name]
+    builder, default, _, vocab = MODELS[name]
     torch.manual_seed(0)
-    module, shape = builder(size)
+    module, shape = builder(size if size and name in exports.BUILDERS else default)
     path = directory / f"{name}.onnx"
     input_name = "input_ids" if vocab else "x"
-    return exports.export_module(module, shape, path, input_name=input_name,
-                                 integer_input=vocab)
+    exports.export_module(module, shape, path, input_name=input_name, integer_input=vocab)
+    return path, module
+
+_PREDICT = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import onnxinit
+start = time.perf_counter()
+analysis = onnxinit.analyze(sys.argv[2], batch_size=int(sys.argv[3]))
+seconds = time.perf_counter() - start
+json.dump({"seconds": seconds, "var": {t.name: t.var for t in analysis.tensors}},
+          open(sys.argv[4], "w"))
+"""
+
+
+def predict_with(checkout: str, path: Path, batch_size: int) -> tuple[dict[str, float], float]:
+    """Predicted variances of ``path`` by the onnxinit in ``checkout`` (a subprocess), and the
+    seconds its analyze took."""
+    out = path.with_suffix(".before.json")
+    subprocess.run([sys.executable, "-c", _PREDICT, checkout, str(path), str(batch_size),
+                    str(out)], check=True, env={**os.environ, "PYTHONPATH": checkout})
+    data = json.loads(out.read_text())
+    return {k: (float("nan") if v is None else v) for k, v in data["var"].items()}, data["seconds"]
+
+
+def torch_check(module, graph_path: Path, first: dict, batch_size: int) -> float:
+    """Largest relative difference between PyTorch's train()-mode variance at each leaf
+    module's output and the onnxruntime tensor of the same shape nearest to it, on the same
+    batch (the first measured one)."""
+    import torch
+
+    from onnxinit.feeds import synthetic_feeds
+    from onnxinit.graph import load
+
+    graph = load(graph_path, batch_size=batch_size)
+    (feed,) = synthetic_feeds(graph, rng=np.random.default_rng(0)).values()
+    seen: list[tuple[tuple[int, ...], float]] = []
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            seen.append((tuple(output.shape), float(output.double().var(unbiased=False))))
+
+    module.train()
+    handles = []
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Dropout):
+            sub.eval()
+        if not list(sub.children()):
+            handles.append(sub.register_forward_hook(hook))
+    with torch.no_grad():
+        module(torch.from_numpy(feed))
+    for handle in handles:
+        handle.remove()
+    by_shape: dict[tuple[int, ...], list[float]] = {}
+    for shape, var in first.values():
+        by_shape.setdefault(tuple(shape), []).append(var)
+    worst = 0.0
+    for shape, var in seen:
+        candidates = by_shape.get(shape)
+        if not candidates or var <= 0:
+            continue
+        worst = max(worst, min(abs(c - var) for c in candidates) / var)
+    return worst
+
+
+def _row(label: str, r, extra: str = "") -> str:
+    worst = max(r.rows, key=lambda row: row.ratio)
+    return (f"{label:28} {len(r.rows):7} {100 * r.within_10:9.1f}% {100 * r.within_2x:8.1f}% "
+            f"{r.median_ratio:9.3f} {100 * r.coverage:7.1f}% {r.analyze_s:9.2f} {extra:>9}  "
+            f"{worst.ratio:.3g}x {worst.op}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--size", type=int, default=None,
+                        help="input size of the image models (default 224)")
+    parser.add_argument("--before", default=None, metavar="CHECKOUT",
+                        help="another onnxinit checkout to predict with too (e.g. /work/main)")
+    parser.add_argument("--torch-check", action="store_true",
+                        help="check the onnxruntime measurements against PyTorch train()")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    print(f"{'model':20} {'tensors':>7} {'within 10%':>10} {'within 2x':>9} {'coverage':>8} "
-          f"{'analyze s':>9}  worst", flush=True)
+    print(f"{'model':28} {'tensors':>7} {'within 10%':>10} {'within 2x':>9} {'pred/meas':>9} "
+          f"{'coverage':>8} {'analyze s':>9} {'torch':>9}  worst", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             try:
-                path = export(name, Path(tmp))
+                path, module = export(name, Path(tmp), args.size)
             except Exception as exc:  # noqa: BLE001 - a model the installed exporter refuses
-                print(f"{name:20} export failed: {type(exc).__name__}: {str(exc)[:100]}")
+                print(f"{name:28} export failed: {type(exc).__name__}: {str(exc)[:100]}")
                 continue
-            r = compare(path, batch_size=args.batch_size, runs=MODELS[name][2])
-            worst = max(r.rows, key=lambda row: row.ratio)
-            print(f"{name:20} {len(r.rows):7} {100 * r.within_10:9.1f}% {100 * r.within_2x:8.1f}% "
-                  f"{100 * r.coverage:7.1f}% {r.analyze_s:9.2f}  {worst.ratio:.3g}x {worst.op}",
-                  flush=True)
+            runs = MODELS[name][2]
+            first: dict = {}
+            r = compare(path, batch_size=args.batch_size, runs=runs, first=first)
+            check = (f"{torch_check(module, path, first, args.batch_size):.1e}"
+                     if args.torch_check else "")
+            if args.before:
+                predicted, seconds = predict_with(args.before, path, args.batch_size)
+                b = compare(path, batch_size=args.batch_size, runs=runs, predicted=predicted,
+                            analyze_s=seconds)
+                print(_row(f"{name} (before)", b), flush=True)
+            print(_row(name, r, check), flush=True)
 
 
 if __name__ == "__main__":

@@ -219,7 +219,9 @@ def leaky_hermite_amplitudes(slope: float, mean, std) -> np.ndarray:
     (Stein: E[g He_n] = E[g^(n)]). ``[8, *index shape]``."""
     mean, std = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(std, np.float64))
     with np.errstate(divide="ignore", invalid="ignore"):
-        alpha = np.where(std > 0, -mean / np.where(std > 0, std, 1.0), -np.sign(mean) * np.inf)
+        # a constant (std 0) has every amplitude 0; its kink sits at +-inf, never at 0 * inf
+        alpha = np.where(std > 0, -mean / np.where(std > 0, std, 1.0),
+                         np.where(mean > 0, -np.inf, np.inf))
     finite = np.isfinite(alpha)
     a0 = np.where(finite, alpha, 0.0)
     phi = np.where(finite, np.exp(-0.5 * a0**2) / np.sqrt(2 * np.pi), 0.0)
@@ -318,6 +320,17 @@ def window_sum(corr: Correlation, kernel, strides, dilations, out_sizes, weights
     return out, centre
 
 
+def window_pairs(corr: Correlation, kernel, dilations) -> np.ndarray:
+    """The correlation of every pair of taps t < t' of one window, ``rho(dil (t' - t))``,
+    per channel: ``[C or 1, pairs]`` (``floor`` beyond the stored offsets)."""
+    taps = np.array(list(np.ndindex(*kernel)))
+    first, second = np.triu_indices(len(taps), k=1)
+    steps = (taps[second] - taps[first]) * np.asarray(dilations)
+    radius = [int(np.abs(steps[:, a]).max(initial=0)) for a in range(len(kernel))]
+    ext = _extended(corr.rho, corr.floor, radius)
+    return _gather(ext, radius, [steps[:, a] for a in range(len(kernel))])
+
+
 def mean_variance_factor(corr: Correlation, sizes) -> np.ndarray:
     """(1/K) sum_{p,p'} rho(p - p') over the K positions, per channel: the variance of the
     spatial mean in units of nu/K (1 for independent positions)."""
@@ -358,4 +371,4 @@ def concat(parts: Sequence[tuple[Correlation | None, int]], sizes) -> Correlatio
 
 __all__ = ["CONV_BUDGET", "MAX_OFFSET", "Correlation", "add", "concat", "conv",
            "hermite_amplitudes", "independent", "leaky_hermite_amplitudes", "mean_variance_factor", "mehler", "product",
-           "select", "window_sum"]
+           "select", "window_pairs", "window_sum"]

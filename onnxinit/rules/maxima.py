@@ -12,6 +12,10 @@ Two methods, both deterministic:
   ``max_i f(z_i) = f(max_i z_i)``. The maximum's CDF is ``prod_i Phi((t - m_i)/s_i)^n_i``,
   evaluated on a grid of t spanning the maximum's support; E[f(M)] and E[f(M)^2] are Stieltjes
   sums over the grid (midpoint rule, 64 intervals over at most 12 standard deviations).
+* :func:`max_of_correlated_gaussians`: the same with the taps correlated (neighbouring
+  positions of a conv output): one common factor per window, ``z_i = m_i + s_i (sqrt(r) w +
+  sqrt(1 - r) e_i)`` with r the window's mean pairwise correlation, and the expectation over w
+  by Gauss-Hermite quadrature of the independent case given w.
 """
 
 from __future__ import annotations
@@ -137,4 +141,35 @@ def max_of_gaussians(mean, std, count, fn):
     return e, var, slope
 
 
-__all__ = ["max_moments", "max_of_gaussians", "non_decreasing"]
+_FACTOR_NODES = 16  # Gauss-Hermite nodes over the common factor of correlated taps
+_FZ, _FW = np.polynomial.hermite_e.hermegauss(_FACTOR_NODES)
+_FW = _FW / _FW.sum()
+
+
+def max_of_correlated_gaussians(mean, std, count, fn, rho):
+    """:func:`max_of_gaussians` for taps with pairwise correlation ``rho`` (broadcast to the
+    problems ``[*P]``; clipped to [0, 1]): exact for equicorrelated taps, where
+    ``z_i = m_i + s_i sqrt(rho) w + s_i sqrt(1 - rho) e_i`` with w, e_i independent standard
+    normals, so that given w the taps are independent Gaussians
+    ``N(m_i + s_i sqrt(rho) w, s_i^2 (1 - rho))``. A window whose pairs differ in correlation
+    (the diagonal of a 2x2 window against its sides) is taken at the mean over its pairs.
+    Moments over w: ``E = sum_q p_q E_q``, ``Var = sum_q p_q (Var_q + E_q^2) - E^2``."""
+    mean, std, count = np.broadcast_arrays(np.asarray(mean, np.float64),
+                                           np.asarray(std, np.float64),
+                                           np.asarray(count, np.float64))
+    rho = np.clip(np.broadcast_to(np.asarray(rho, np.float64), mean.shape[1:]), 0.0, 1.0)
+    if not np.any(rho > 0):
+        return max_of_gaussians(mean, std, count, fn)
+    nodes = _FZ.reshape((1, -1) + (1,) * (mean.ndim - 1))
+    shift = std[:, None] * np.sqrt(rho) * nodes  # [T, Q, *P]
+    e, var, slope = max_of_gaussians(mean[:, None] + shift,
+                                     np.broadcast_to((std * np.sqrt(1 - rho))[:, None],
+                                                     shift.shape),
+                                     np.broadcast_to(count[:, None], shift.shape), fn)
+    p = _FW.reshape((-1,) + (1,) * (mean.ndim - 1))
+    e_all = (p * e).sum(axis=0)
+    var_all = (p * (var + e * e)).sum(axis=0) - e_all**2
+    return e_all, np.maximum(var_all, 0.0), (p * slope).sum(axis=0)
+
+
+__all__ = ["max_moments", "max_of_correlated_gaussians", "max_of_gaussians", "non_decreasing"]

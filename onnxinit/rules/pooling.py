@@ -30,7 +30,7 @@ from ..spatial import attach, class_weights, gather_taps, positions, window
 from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
 from .gaussian import compose, expand
-from .maxima import max_moments, max_of_gaussians, non_decreasing
+from .maxima import max_moments, max_of_correlated_gaussians, max_of_gaussians, non_decreasing
 from .registry import rule
 
 # ---------------------------------------------------------------------------------------------
@@ -257,8 +257,14 @@ def max_pool(inputs, ctx: RuleContext):
 
 def _max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
     """MaxPool per output position class, when the input is a Gaussian per cell followed by a
-    non-decreasing chain f (ReLU ...): max_taps f(z_t) = f(max_taps z_t) with independent
-    z_t ~ N(m_t, s_t^2), the Gaussians of the cells under the taps (``maxima.max_of_gaussians``).
+    non-decreasing chain f (ReLU ...): max_taps f(z_t) = f(max_taps z_t) with z_t ~ N(m_t, s_t^2)
+    the Gaussians of the cells under the taps (``maxima.max_of_gaussians``), correlated as the
+    input's correlation says (a conv output's neighbours): each channel's taps at one common
+    correlation r (``maxima.max_of_correlated_gaussians``, exact when the pairs are equally
+    correlated), chosen so that the window's mean pair distance matches,
+    ``sqrt(1 - r) = mean_pairs sqrt(1 - rho_ij)`` (E|z_i - z_j| sets the spread of a maximum;
+    a 2x2 window's diagonal pair is less correlated than its sides). Positions are taken as
+    stationary: the interior's correlation at the border too.
     None when the chain is not monotone."""
     sp = positions(x, x_shape)
     cells = sp.cells
@@ -282,24 +288,41 @@ def _max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
         a = np.moveaxis(a.reshape((c, int(np.prod(t_shape))) + r_shape), 1, 0)
         return a[:, None]
 
-    e, v, slope = max_of_gaussians(lay_out(m_t), lay_out(s_t), lay_out(valid),
+    if sp.corr is None:
+        e, v, _ = max_of_gaussians(lay_out(m_t), lay_out(s_t), lay_out(valid),
                                    compose(src.chain))
-    corr = None
-    if sp.corr is not None:
-        corr = _max_correlation(sp, ctx, var, slope, v)
-    return attach(Moments(e, v), out_maps, corr)
+        return attach(Moments(e, v), out_maps, None)
+    kernel, _, dilations = _geometry(ctx)
+    pairs = correlation.window_pairs(correlation.Correlation(*sp.corr.gaussian()), kernel,
+                                     dilations)
+    # one common correlation r with the mean distance of the pairs, E|z_i - z_j| ~ sqrt(1 - rho)
+    if pairs.shape[1]:
+        distance = np.sqrt(np.clip(1.0 - pairs, 0.0, 2.0)).mean(axis=1)
+        common = np.broadcast_to(1.0 - distance**2, (c,))
+    else:
+        common = np.zeros(c)
+    e, v, slope = max_of_correlated_gaussians(
+        lay_out(m_t), lay_out(s_t), lay_out(valid), compose(src.chain),
+        common.reshape((1, c) + (1,) * len(r_shape)))
+    lin, centre = _window_correlation(sp, ctx)
+    return attach(Moments(e, v), out_maps, _max_correlation(lin, centre, var, slope, v, sp.corr.centred))
 
 
-def _max_correlation(sp, ctx: RuleContext, var_z, slope, var_max):
-    """Output correlation of a max pool by Stein's lemma, linearised: with pi_t = E[f'(M)]/n
-    the chance-weighted derivative of the window's maximum by tap t,
-    ``Cov(out(p), out(p+d)) ~ E[f'(M)]^2 nu_z (1/n^2) sum_{t,t'} rho_z(s d + t' - t)``
-    (z the Gaussian under the chain), divided by the maximum's variance; per channel, averaged
-    over the position classes."""
+def _window_correlation(sp, ctx: RuleContext):
+    """The window average of the Gaussian under the input's chain: (its output Correlation,
+    ``(1/n^2) sum_{t,t'} rho_z(t' - t)`` per channel)."""
     kernel, strides, dilations = _geometry(ctx)
     rho_z, floor_z = sp.corr.gaussian()
     gauss = correlation.Correlation(rho_z, floor_z, None, sp.corr.centred)
-    lin, centre = correlation.window_sum(gauss, kernel, strides, dilations, ctx.out_shape(0)[2:])
+    return correlation.window_sum(gauss, kernel, strides, dilations, ctx.out_shape(0)[2:])
+
+
+def _max_correlation(lin, centre, var_z, slope, var_max, centred):
+    """Output correlation of a max pool by Stein's lemma, linearised: with pi_t = E[f'(M)]/n
+    the chance-weighted derivative of the window's maximum by tap t,
+    ``Cov(out(p), out(p+d)) ~ E[f'(M)]^2 nu_z (1/n^2) sum_{t,t'} rho_z(s d + t' - t)``
+    (z the Gaussian under the chain; ``lin``, ``centre`` from :func:`_window_correlation`),
+    divided by the maximum's variance; per channel, averaged over the position classes."""
     c = var_z.shape[0]
     axes = tuple(range(1, var_z.ndim))
     nu_z = var_z.mean(axis=axes)
@@ -310,8 +333,7 @@ def _max_correlation(sp, ctx: RuleContext, var_z, slope, var_max):
     rho = np.broadcast_to(lin.rho, (c,) + lin.rho.shape[1:]) * scale.reshape((-1,) + (1,) * n)
     rho[(slice(None), *lin.radius)] = 1.0
     floor = np.broadcast_to(lin.floor, (c,)) * scale
-    return correlation.Correlation(np.clip(rho, -1, 1), np.clip(floor, -1, 1), None,
-                                   sp.corr.centred)
+    return correlation.Correlation(np.clip(rho, -1, 1), np.clip(floor, -1, 1), None, centred)
 
 
 @rule("GlobalMaxPool")

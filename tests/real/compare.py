@@ -1,6 +1,7 @@
 """Predicted against measured variance, tensor by tensor, for a real export.
 
-``compare(path, batch_size=8, runs=1)`` predicts with ``onnxinit.analyze`` and measures with
+``compare(path, batch_size=8, runs=1)`` predicts with ``onnxinit.analyze`` (or takes the
+predicted variances, ``predicted={tensor: var}``, from elsewhere: another checkout) and measures with
 onnxruntime (the analysis's training semantics: BatchNormalization on batch statistics, Dropout
 as identity) on ``runs`` seeded batches of N(0, 1) inputs in one session, pooling the moments over
 all of them. One session matters for models with random ops (stochastic depth draws a Bernoulli
@@ -26,6 +27,7 @@ import numpy as np
 
 import onnxinit
 from onnxinit.feeds import synthetic_feeds
+from onnxinit.graph import load
 from onnxinit.measure import measurable_model
 from onnxinit.runtime import make_session
 
@@ -73,6 +75,13 @@ class Comparison:
         return float(np.mean([r.ratio <= 2.0 for r in self.rows]))
 
     @property
+    def median_ratio(self) -> float:
+        """Median predicted/measured over the tensors predicted with a positive measurement."""
+        ratios = [r.predicted / r.measured for r in self.rows
+                  if r.predicted is not None and np.isfinite(r.predicted) and r.measured > 0]
+        return float(np.median(ratios)) if ratios else float("nan")
+
+    @property
     def coverage(self) -> float:
         return float(np.mean([r.predicted is not None for r in self.rows]))
 
@@ -111,33 +120,40 @@ def auxiliary(graph) -> set[str]:
 
 
 def measured_moments(graph, tensors: list[str], batch_size: int, runs: int,
-                     seed: int = 0) -> dict[str, tuple[float, float]]:
-    """(mean, var) of each tensor pooled over ``runs`` batches in one onnxruntime session."""
+                     seed: int = 0, first: dict | None = None) -> dict[str, tuple[float, float]]:
+    """(mean, var) of each tensor pooled over ``runs`` batches in one onnxruntime session;
+    ``first``, when given, receives each tensor's (shape, var) on the first batch."""
     session = make_session(measurable_model(graph, tensors), device="cpu")
     names = [o.name for o in session.get_outputs()]
     wanted = [n for n in names if n in set(tensors)]
     s1 = dict.fromkeys(wanted, 0.0)
     s2 = dict.fromkeys(wanted, 0.0)
     rng = np.random.default_rng(seed)
-    for _ in range(runs):
+    for run in range(runs):
         values = dict(zip(names, session.run(names, synthetic_feeds(graph, rng=rng))))
         for n in wanted:
-            v = np.asarray(values[n], dtype=np.float64)
+            v = np.asarray(values.pop(n), dtype=np.float64)
+            if run == 0 and first is not None:
+                first[n] = (v.shape, float(v.var()))
             s1[n] += v.mean() / runs
             s2[n] += (v * v).mean() / runs
     return {n: (s1[n], s2[n] - s1[n] ** 2) for n in wanted}
 
 
-def compare(path: str | Path, batch_size: int = 8, runs: int = 1) -> Comparison:
+def compare(path: str | Path, batch_size: int = 8, runs: int = 1,
+            predicted: dict[str, float] | None = None, analyze_s: float = float("nan"),
+            first: dict | None = None) -> Comparison:
+    """Rows for every compared tensor; ``predicted`` (with the ``analyze_s`` it took) replaces
+    this checkout's own analysis; ``first`` as in :func:`measured_moments`."""
     start = time.perf_counter()
-    analysis = onnxinit.analyze(path, batch_size=batch_size)
-    analyze_s = time.perf_counter() - start
-    graph = analysis.graph
-    predicted = {t.name: t.var for t in analysis.tensors}
+    graph = load(path, batch_size=batch_size)
+    if predicted is None:  # load and propagation, as `onnxinit analyze` does them
+        predicted = {t.name: t.var for t in onnxinit.analyze(graph).tensors}
+        analyze_s = time.perf_counter() - start
     excluded = random_only(graph) | auxiliary(graph)
     tensors = [t for t in graph.float_activations()
                if t not in excluded and t not in graph.input_names]
-    measured = measured_moments(graph, tensors, batch_size, runs)
+    measured = measured_moments(graph, tensors, batch_size, runs, first=first)
     rows = [Row(t, graph.node(graph.producer[t]).op_type, predicted.get(t), measured[t][1])
             for t in tensors if t in measured]
     return Comparison(rows, analyze_s, sorted(excluded & set(graph.float_activations())))
