@@ -92,6 +92,13 @@ class Finding:
     def rule_name(self) -> str:
         return RULES[self.rule_id].name
 
+    @classmethod
+    def from_dict(cls, entry: dict) -> Finding:
+        """The finding :meth:`to_dict` wrote (a value "inf"/"nan" back to a float)."""
+        value = entry.get("value")
+        return cls(entry["rule_id"], entry["level"], entry["message"], entry["tensor"],
+                   entry["node"], entry["op"], None if value is None else float(value))
+
     def to_dict(self) -> dict:
         """JSON-safe: a non-finite value becomes the string "inf" or "nan"."""
         out = {"rule_id": self.rule_id, "rule": self.rule_name,

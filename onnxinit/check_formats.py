@@ -29,18 +29,45 @@ PASSED, FAILED, UNREADABLE = "passed", "failed", "unreadable"
 
 @dataclass
 class ModelResult:
-    """The outcome of checking one model: its findings, or why it could not be checked."""
+    """The outcome of checking one model: its findings, or why it could not be checked.
+    ``facts`` holds the thresholds and the number of tensors analysed (JSON ``summary``)."""
 
     model: str  # the path as the user gave it
     findings: list[Finding] = field(default_factory=list)
-    analysis: Analysis | None = None
+    warnings: list[str] = field(default_factory=list)
+    facts: dict = field(default_factory=dict)
     error: str | None = None
+
+    @classmethod
+    def of_analysis(cls, model: str, findings: list[Finding], analysis: Analysis) -> ModelResult:
+        return cls(model, findings, list(analysis.warnings),
+                   {"max_growth": analysis.max_growth, "min_var": analysis.min_var,
+                    "tensors": len(analysis.tensors)})
 
     @property
     def status(self) -> str:
         if self.error is not None:
             return UNREADABLE
         return FAILED if failed(self.findings) else PASSED
+
+    def to_json(self) -> dict:
+        """This model's entry of the JSON document's ``models``."""
+        if self.status == UNREADABLE:
+            return {"model": self.model, "status": UNREADABLE, "error": self.error}
+        return {"model": self.model, "status": self.status,
+                "findings": [f.to_dict() for f in self.findings],
+                "summary": {**summary(self.findings), **self.facts},
+                "warnings": list(self.warnings)}
+
+    @classmethod
+    def from_json(cls, entry: dict) -> ModelResult:
+        """The result :meth:`to_json` wrote (as a worker process returns it)."""
+        if entry["status"] == UNREADABLE:
+            return cls(entry["model"], error=entry["error"])
+        facts = {k: entry["summary"][k] for k in ("max_growth", "min_var", "tensors")
+                 if k in entry["summary"]}
+        return cls(entry["model"], [Finding.from_dict(f) for f in entry["findings"]],
+                   list(entry["warnings"]), facts)
 
 
 def exit_status(results: list[ModelResult]) -> int:
@@ -68,17 +95,6 @@ def format_text(results: list[ModelResult]) -> str:
     return "\n".join(lines)
 
 
-def _model_json(r: ModelResult) -> dict:
-    if r.status == UNREADABLE:
-        return {"model": r.model, "status": UNREADABLE, "error": r.error}
-    s = summary(r.findings)
-    if r.analysis is not None:
-        s.update(max_growth=r.analysis.max_growth, min_var=r.analysis.min_var,
-                 tensors=len(r.analysis.tensors))
-    return {"model": r.model, "status": r.status, "findings": [f.to_dict() for f in r.findings],
-            "summary": s, "warnings": list(r.analysis.warnings) if r.analysis else []}
-
-
 def to_json(results: list[ModelResult]) -> dict:
     """The JSON document (see the module docstring)."""
     read = [r for r in results if r.status != UNREADABLE]
@@ -91,7 +107,7 @@ def to_json(results: list[ModelResult]) -> dict:
         "version": __version__,
         "passed": exit_status(results) == 0,
         "summary": {"models": len(results), **counts, **totals},
-        "models": [_model_json(r) for r in results],
+        "models": [r.to_json() for r in results],
     }
 
 

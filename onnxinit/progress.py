@@ -1,4 +1,5 @@
-"""Progress bars for long runs (data-driven methods): shown on a terminal, quiet otherwise.
+"""Progress bars for long runs (data-driven methods, many models): shown on a terminal, quiet
+otherwise.
 
 A bar is drawn on stderr only when all of these hold: stderr is a terminal, the environment
 does not say it is CI (``CI`` set to anything but ``0``/``false``), and the ``onnxinit`` logger
@@ -28,12 +29,13 @@ def enabled() -> bool:
 
 
 @contextmanager
-def bar(total: int, description: str, *, show: bool | None = None) -> Iterator[tqdm]:
+def bar(total: int, description: str, *, show: bool | None = None,
+        unit: str = "it") -> Iterator[tqdm]:
     """A tqdm bar over ``total`` steps on stderr, drawn when ``show`` (default: :func:`enabled`).
     Use ``b.update()`` per step and ``b.set_postfix(objective=...)`` for the current value."""
     show = enabled() if show is None else show
     progress = tqdm(total=total, desc=description, file=sys.stderr, disable=not show,
-                    leave=False, dynamic_ncols=True, unit="it")
+                    leave=False, dynamic_ncols=True, unit=unit)
     try:
         yield progress
     finally:

@@ -6,6 +6,7 @@ import numpy as np
 
 from . import escape
 from .analysis import Analysis
+from .rescale import RescaleResult
 
 
 def _fmt(x: float | None) -> str:
@@ -102,3 +103,43 @@ def analysis_summary(analysis: Analysis) -> str:
             f"median error {np.median(errors) * 100:.1f}%, worst {errors.max() * 100:.1f}%"
         )
     return "\n".join(lines)
+
+
+def rescale_summary(result: RescaleResult) -> str:
+    """What ``rescale`` did: the file written, the scales, each method's report, the
+    predicted output variances before and after."""
+    scales = {n: c.scale for n, c in result.plan.changes.items() if c.scale is not None}
+    replaced = [n for n, c in result.plan.changes.items() if c.scale is None]
+    lines = [
+        f"wrote {result.output}" if result.output else "dry run: no model written",
+        f"  {len(scales)} tensors rescaled, {len(replaced)} replaced (method {result.plan.method})",
+    ]
+    if scales:
+        largest = max(scales, key=scales.get)
+        smallest = min(scales, key=scales.get)
+        lines.append(f"  largest scale  {scales[largest]:.4g}  ({largest})")
+        lines.append(f"  smallest scale {scales[smallest]:.4g}  ({smallest})")
+    for method, report in result.method_reports.items():
+        lines += _method_lines(method, report or {})
+    for name, before in result.outputs_var_before.items():
+        after = result.outputs_var_after.get(name, float("nan"))
+        lines.append(f"  predicted output var of {name!r}: {before:.4g} -> {after:.4g}")
+    return "\n".join(lines)
+
+
+def _method_lines(method: str, report: dict) -> list[str]:
+    """A data-driven method's objective before -> after and the tensors it moved most."""
+    lines = []
+    before, after = report.get("before"), report.get("after")
+    if isinstance(before, dict) and isinstance(after, dict):
+        parts = [f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before
+                 if k in after and isinstance(before[k], (int, float))]
+        if parts:
+            lines.append(f"  {method} (held-out batch): {', '.join(parts)}")
+    if report.get("stopped"):
+        lines.append(f"  {method} stopped early: {report['stopped']}")
+    moved = report.get("moved_most") or []
+    if moved:
+        lines.append(f"  {method} moved most: " + ", ".join(
+            f"{m['tensor']} x{m['scale']:.3g}" for m in moved[:3]))
+    return lines

@@ -36,7 +36,8 @@ MODEL = REPO / "sample_models" / "small_cnn.onnx"
 SKIP = {"help", "version"}
 # bad values for string-valued options, by option (a new string option needs an entry here)
 BAD_STRINGS = {"--input-shape": "x:0x3x32x32", "--stats": "x:0,0", "--method": "no-such-method",
-               "--data": "{tmp}/missing.npz", "--loss-output": "no_such_output"}
+               "--data": "{tmp}/missing.npz", "--loss-output": "no_such_output",
+               "--ray": "not-an-address"}
 
 
 def commands() -> dict[str, click.Command]:

@@ -14,6 +14,11 @@ from onnxinit.cli.specs import (
 from onnxinit.errors import InvalidOptionError
 
 
+def test_shapes_and_stats_parse():
+    assert parse_input_shapes(["x:1x3x224x224", "ids:2,16"]) == {"x": (1, 3, 224, 224), "ids": (2, 16)}
+    assert parse_stats(["x:0.5,2"]) == {"x": (0.5, 2.0)}
+
+
 def test_names_may_contain_colons():
     assert parse_input_shapes(["serving_default_x:0:1x3x8x8"]) == {
         "serving_default_x:0": (1, 3, 8, 8)}

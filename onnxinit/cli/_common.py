@@ -75,8 +75,9 @@ def batch_size_option(help: str):
                         show_default=True, help=help)
 
 
-def model_options(batch_help: str):
-    """MODEL, --input-shape and --batch-size (``batch_help``: what the batch size is for)."""
+def model_options(batch_help: str, many: bool = False):
+    """MODEL (``many``: MODEL..., as ``models``), --input-shape and --batch-size
+    (``batch_help``: what the batch size is for)."""
 
     def decorate(fn):
         fn = batch_size_option(batch_help)(fn)
@@ -84,6 +85,9 @@ def model_options(batch_help: str):
             "--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
             help="Concrete shape of an input, e.g. x:1x3x224x224 (repeatable).",
         )(fn)
+        if many:
+            return click.argument("models", nargs=-1, required=True, metavar="MODEL...",
+                                  type=click.Path(dir_okay=True, path_type=str))(fn)
         return click.argument("model", type=click.Path(dir_okay=True, path_type=str))(fn)
 
     return decorate

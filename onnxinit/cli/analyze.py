@@ -3,21 +3,40 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import click
 
-from .. import escape
-from ..analysis import analyze as run_analyze
-from ..errors import InvalidOptionError
-from ..report import analysis_summary, analysis_table
-from ._common import echo, logging_options, model_options, seed_option, stats_option
-from .specs import of_one_model, parse_input_shapes, parse_stats
+from .. import __version__, escape
+from ..batch.paths import find_models, one_file
+from ..batch.results import Result, counts, exit_status
+from ..batch.work import analyze_model
+from ..errors import InvalidOptionError, OnnxInitError
+from ._common import echo, error_line, logging_options, model_options, seed_option, stats_option
+from ._params import GroupedCommand
+from .batch_options import batch_options, run_models
+from .specs import specs_per_model
 
 log = logging.getLogger("onnxinit")
 
 
-@click.command("analyze")
-@model_options("Batch size for symbolic batch dimensions (the batch --measure runs).")
+def _warn(result: Result) -> None:
+    for warning in result.payload["analysis"]["warnings"]:
+        log.warning("%s: %s", result.model, warning)
+
+
+def _document(results: list[Result]) -> dict:
+    """``--json`` for several models: one entry per model, in the order given."""
+    models = [{"model": r.model, "status": r.status,
+               **({"analysis": r.payload["analysis"]} if r.payload else {"error": r.error})}
+              for r in results]
+    return {"tool": "onnxinit", "version": __version__,
+            "summary": {"models": len(results), **counts(results)}, "models": models}
+
+
+@click.command("analyze", cls=GroupedCommand)
+@model_options("Batch size for symbolic batch dimensions (the batch --measure runs).",
+               many=True)
 @stats_option
 @click.option("--measure", is_flag=True,
               help="Also run the model in onnxruntime on seeded Gaussian inputs and show the "
@@ -27,9 +46,14 @@ log = logging.getLogger("onnxinit")
               help="Where --measure runs (default: auto, the GPU when onnxruntime-gpu can use "
                    "one).")
 @seed_option
+@batch_options
 @logging_options
-def analyze(model, input_shapes, batch_size, stats, measure, as_json, device, seed):
+def analyze(models, input_shapes, batch_size, stats, measure, as_json, device, seed, batch):
     """Predict the mean and variance of every float tensor of MODEL at initialization.
+
+    Several models, folders (every *.onnx under them) and patterns are analysed in the order
+    given: each table after a '==> MODEL <==' line, or with --json one document with an entry
+    per model.
 
     \b
     Examples:
@@ -37,23 +61,37 @@ def analyze(model, input_shapes, batch_size, stats, measure, as_json, device, se
       onnxinit analyze model.onnx --measure --batch-size 64
       onnxinit analyze bert.onnx --input-shape input_ids:8x128 --json > moments.json
       onnxinit analyze model.onnx --stats x:0.5,0.25
+      onnxinit analyze models/ --jobs 2 --json > all.json
     """
     if device is not None and not measure:
         raise InvalidOptionError("--device says where --measure runs; add --measure or drop it")
-    result = run_analyze(
-        model,
-        input_shapes=parse_input_shapes(of_one_model(input_shapes, model)),
-        batch_size=batch_size,
-        stats=parse_stats(of_one_model(stats, model)),
-        measure=measure,
-        seed=seed,
-        device=device or "auto",
-    )
+    paths = find_models(models)
+    shapes_for, stats_for = specs_per_model(paths, input_shapes, stats)
+
+    def options_for(model: str) -> dict:
+        return {"batch_size": batch_size, "input_shapes": shapes_for(model),
+                "stats": stats_for(model), "measure": measure, "seed": seed, "device": device}
+
+    if one_file(list(models)):
+        result = run_models(paths, analyze_model, options_for, "analyze", batch)[0]
+        if result.payload is None:
+            raise OnnxInitError(result.error)
+        if as_json:
+            click.echo(escape.dumps(result.payload["analysis"], indent=2))
+        else:
+            echo(result.payload["text"])
+        _warn(result)
+        return
+
+    def report(result: Result) -> None:
+        if result.payload is None:
+            echo(error_line(result.error), err=True)
+            return
+        if not as_json:
+            echo(f"==> {result.model} <==\n{result.payload['text']}\n")
+        _warn(result)
+
+    results = run_models(paths, analyze_model, options_for, "analyze", batch, report)
     if as_json:
-        click.echo(escape.dumps(result.to_dict(), indent=2))
-    else:
-        echo(analysis_table(result))
-        echo()
-        echo(analysis_summary(result))
-    for warning in result.warnings:
-        log.warning("%s: %s", model, warning)
+        click.echo(escape.dumps(_document(results), indent=2))
+    sys.exit(exit_status(results))

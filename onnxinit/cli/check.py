@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 
 import click
 
-from ..analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR, analyze
-from ..check import find
+from ..analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR
+from ..batch.paths import find_models
+from ..batch.results import Result
+from ..batch.work import check_model
 from ..check_formats import ModelResult, exit_status, format_github, format_json, format_text
-from ..errors import OnnxInitError
 from ..methods.options import Range
 from ..sarif import format_sarif
 from ._common import batch_size_option, echo, error_line, logging_options, stats_option
-from ._params import Number
+from ._params import GroupedCommand, Number
+from .batch_options import batch_options, run_models
 from .specs import specs_per_model
 
 log = logging.getLogger("onnxinit")
 
 
-@click.command("check")
+def _report(result: Result) -> None:
+    """A model's lines on stderr: why it was not checked, or its analysis warnings."""
+    if result.payload is None:
+        echo(error_line(result.error), err=True)
+        return
+    for warning in result.payload["warnings"]:
+        log.warning("%s: %s", result.model, warning)
+
+
+@click.command("check", cls=GroupedCommand)
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...",
                 type=click.Path(dir_okay=True, path_type=str))
 @click.option("--max-growth", type=Number(float, Range(ge=1)), default=DEFAULT_MAX_GROWTH,
@@ -42,16 +52,18 @@ log = logging.getLogger("onnxinit")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
               help="Concrete shape of an input, e.g. x:1x3x224x224 (repeatable).")
 @stats_option
+@batch_options
 @logging_options
-def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, stats):
+def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, stats, batch):
     """Fail when the predicted variance of MODEL explodes or vanishes at initialization.
 
     Findings: a tensor whose variance exceeds --max-growth or falls below --min-var times the
     input variance (one per connected chain of such tensors, at its first tensor), and an
     exponential trend of variance with depth. Ops no rule covers are notes (findings with
-    --strict). Several models may be given (as pre-commit does); results go to stdout, logs to
-    stderr. Exit status: 0 clean, 1 findings in any model, 2 a model could not be read or an
-    option is bad.
+    --strict). Several models may be given (as pre-commit does), and folders (every *.onnx
+    under them) or patterns; results go to stdout in the order given, logs to stderr. Exit
+    status: 0 clean, 1 findings in any model, 2 a model could not be checked (unreadable,
+    timed out, crashed) or an option is bad.
 
     \b
     Examples:
@@ -60,26 +72,19 @@ def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, st
       onnxinit check models/*.onnx --format sarif > onnxinit.sarif
       onnxinit check model.onnx --format github      # annotations in a GitHub workflow
       onnxinit check bert.onnx --input-shape input_ids:8x128 --format json
+      onnxinit check models/ --jobs 2 --timeout 300 --jsonl results.jsonl
     """
-    shapes_for, stats_for = specs_per_model(models, input_shapes, stats)
-    debug = click.get_current_context().meta.get("onnxinit.debug")
-    results = []
-    for model in models:
-        start = time.perf_counter()
-        try:
-            analysis = analyze(model, input_shapes=shapes_for(model), batch_size=batch_size,
-                               stats=stats_for(model), max_growth=max_growth, min_var=min_var)
-        except OnnxInitError as exc:
-            if debug:
-                raise
-            echo(error_line(exc), err=True)
-            results.append(ModelResult(model, error=str(exc)))
-            continue
-        for warning in analysis.warnings:
-            log.warning("%s: %s", model, warning)
-        results.append(ModelResult(model, find(analysis, strict=strict), analysis))
-        log.info("checked %s in %.2f s: %s, %d findings", model, time.perf_counter() - start,
-                 results[-1].status, len(results[-1].findings))
+    paths = find_models(models)
+    shapes_for, stats_for = specs_per_model(paths, input_shapes, stats)
+
+    def options_for(model: str) -> dict:
+        return {"max_growth": max_growth, "min_var": min_var, "strict": strict,
+                "batch_size": batch_size, "input_shapes": shapes_for(model),
+                "stats": stats_for(model)}
+
+    results = [ModelResult(r.model, error=r.error) if r.payload is None
+               else ModelResult.from_json(r.payload)
+               for r in run_models(paths, check_model, options_for, "check", batch, _report)]
     if fmt == "text":
         if text := format_text(results):
             click.echo(text)

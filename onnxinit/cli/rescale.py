@@ -3,59 +3,25 @@
 from __future__ import annotations
 
 import os
+import sys
 from importlib.util import find_spec
 from pathlib import Path
 
 import click
 
-from .. import escape
-from ..errors import InvalidOptionError, WriteError
+from ..batch.api import without_outputs
+from ..batch.paths import find_models, one_file
+from ..batch.results import Result, exit_status
+from ..batch.work import rescale_model
+from ..errors import InvalidOptionError, OnnxInitError, WriteError
 from ..methods import METHODS, option_fields, parse_methods, refuse_unread
 from ..methods.options import option_name
-from ..rescale import RescaleResult, output_path
-from ..rescale import rescale as run_rescale
-from ..weights import check_target, export_weights, format_for
-from ._common import echo, logging_options, model_options, seed_option
+from ..rescale import output_path
+from ..weights import check_target, format_for
+from ._common import echo, error_line, logging_options, model_options, seed_option
 from ._params import GroupedCommand, GroupedOption, Number
-from .specs import of_one_model, parse_input_shapes
-
-
-def _summary(result: RescaleResult) -> str:
-    scales = {n: c.scale for n, c in result.plan.changes.items() if c.scale is not None}
-    replaced = [n for n, c in result.plan.changes.items() if c.scale is None]
-    lines = [
-        f"wrote {result.output}" if result.output else "dry run: no model written",
-        f"  {len(scales)} tensors rescaled, {len(replaced)} replaced (method {result.plan.method})",
-    ]
-    if scales:
-        largest = max(scales, key=scales.get)
-        smallest = min(scales, key=scales.get)
-        lines.append(f"  largest scale  {scales[largest]:.4g}  ({largest})")
-        lines.append(f"  smallest scale {scales[smallest]:.4g}  ({smallest})")
-    for method, report in result.method_reports.items():
-        lines += _method_lines(method, report or {})
-    for name, before in result.outputs_var_before.items():
-        after = result.outputs_var_after.get(name, float("nan"))
-        lines.append(f"  predicted output var of {name!r}: {before:.4g} -> {after:.4g}")
-    return "\n".join(lines)
-
-
-def _method_lines(method: str, report: dict) -> list[str]:
-    """A data-driven method's objective before -> after and the tensors it moved most."""
-    lines = []
-    before, after = report.get("before"), report.get("after")
-    if isinstance(before, dict) and isinstance(after, dict):
-        parts = [f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before
-                 if k in after and isinstance(before[k], (int, float))]
-        if parts:
-            lines.append(f"  {method} (held-out batch): {', '.join(parts)}")
-    if report.get("stopped"):
-        lines.append(f"  {method} stopped early: {report['stopped']}")
-    moved = report.get("moved_most") or []
-    if moved:
-        lines.append(f"  {method} moved most: " + ", ".join(
-            f"{m['tensor']} x{m['scale']:.3g}" for m in moved[:3]))
-    return lines
+from .batch_options import batch_options, run_models
+from .specs import specs_per_model
 
 
 def _check_files(model, method, output, in_place, dry_run, report_path, weights_path) -> None:
@@ -129,7 +95,7 @@ def method_options(fn):
 
 @click.command("rescale", cls=GroupedCommand)
 @model_options("Batch size for symbolic batch dimensions and for the batches of the "
-               "data-driven methods (lsuv, gradinit, metainit, nio).")
+               "data-driven methods (lsuv, gradinit, metainit, nio).", many=True)
 @click.option("-m", "--method", default="autoinit", show_default=True,
               help=f"Method, or a comma list applied in order (e.g. idinit,autoinit). "
                    f"Known: {', '.join(sorted(METHODS))}.")
@@ -144,38 +110,54 @@ def method_options(fn):
 @click.option("--export-weights", "weights_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the rescaled weights (.safetensors or .npz), as export-weights.")
 @seed_option
+@batch_options
 @logging_options
-def rescale(model, input_shapes, batch_size, method, output, in_place, dry_run, report_path,
-            weights_path, seed, **method_values):
+def rescale(models, input_shapes, batch_size, method, output, in_place, dry_run, report_path,
+            weights_path, seed, batch, **method_values):
     """Rescale the weights of MODEL and write a new ONNX file.
+
+    Several models, folders (every *.onnx under them, less the outputs of an earlier rescale
+    with the same method) and patterns are each written beside their input (or over it with
+    --in-place); -o, --report and --export-weights name one file and so take one MODEL
+    (--jsonl records every model's report).
 
     \b
     Examples:
       onnxinit rescale model.onnx                       # -> model.autoinit.onnx
       onnxinit rescale model.onnx --method autoinit --target-var 0.5 -o out.onnx
       onnxinit rescale model.onnx --report scales.json --dry-run
+      onnxinit rescale models/ --jobs 2 --jsonl rescaled.jsonl
     """
     refuse_unread(parse_methods(method), method_values)
-    _check_files(model, method, output, in_place, dry_run, report_path, weights_path)
-    result = run_rescale(
-        model,
-        method,
-        output=output,
-        in_place=in_place,
-        write=not dry_run,
-        input_shapes=parse_input_shapes(of_one_model(input_shapes, model)),
-        batch_size=batch_size,
-        seed=seed,
-        **method_values,
-    )
-    if report_path is not None:
-        try:
-            report_path.write_text(escape.dumps(result.to_dict(), indent=2) + "\n")
-        except OSError as exc:
-            raise WriteError(f"{report_path}: cannot write the report: {exc.strerror}") from None
-    if weights_path is not None:
-        written = export_weights(result.model, weights_path, model_path=result.output,
-                                 protect=[model])
-    echo(_summary(result))
-    if weights_path is not None:
-        echo(f"wrote {written}")
+    single = one_file(list(models))
+    paths = find_models(models) if single else without_outputs(find_models(models), method)
+    files = (("-o/--output", output), ("--report", report_path),
+             ("--export-weights", weights_path))
+    if not single and (given := [name for name, value in files if value]):
+        raise InvalidOptionError(f"{given[0]} names one file, so it takes one MODEL; several "
+                                 "models are each written beside their input (--jsonl FILE "
+                                 "records every model's report)")
+    for path in paths:
+        _check_files(path, method, output, in_place, dry_run, report_path, weights_path)
+    shapes_for, _ = specs_per_model(paths, input_shapes, ())
+    chosen = {name: value for name, value in method_values.items() if value is not None}
+
+    def options_for(model: str) -> dict:
+        return {"method": method, "output": output and str(output), "in_place": in_place,
+                "write": not dry_run, "input_shapes": shapes_for(model),
+                "batch_size": batch_size, "seed": seed, "report": report_path and str(report_path),
+                "export_weights": weights_path and str(weights_path), "method_options": chosen}
+
+    if single:
+        result = run_models(paths, rescale_model, options_for, "rescale", batch)[0]
+        if result.payload is None:
+            raise OnnxInitError(result.error)
+        echo(result.payload["text"])
+        return
+
+    def report(result: Result) -> None:
+        echo(result.payload["text"] if result.payload else error_line(result.error),
+             err=result.payload is None)
+
+    results = run_models(paths, rescale_model, options_for, "rescale", batch, report)
+    sys.exit(exit_status(results))

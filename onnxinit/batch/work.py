@@ -1,0 +1,90 @@
+"""The work of ``check``, ``analyze`` and ``rescale`` on one model, as functions of (path,
+options) that return a JSON-able payload: what a worker process or a Ray task sends back, what
+``--jsonl`` records, and what the command prints from.
+
+Options are plain JSON (shapes as lists) so that they hash into the ``--resume`` key.
+
+- ``check_model``: the model's entry of ``check --format json`` (``status`` passed, failed or
+  unreadable; findings, summary, warnings).
+- ``analyze_model``: ``{"analysis": <analyze --json>, "text": <the table and summary>}``.
+- ``rescale_model``: ``{"report": <rescale --report>, "text": <the summary printed>,
+  "output": <the model written or null>}``; writes the model (and the report and weights
+  when asked) as ``rescale`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from .. import escape
+from ..analysis import analyze
+from ..check import find
+from ..check_formats import ModelResult
+from ..errors import WriteError
+from ..report import analysis_summary, analysis_table, rescale_summary
+from ..rescale import rescale
+from ..weights import export_weights
+from .results import UNREADABLE
+
+log = logging.getLogger("onnxinit")
+
+
+def _shapes(options: dict) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(dims) for name, dims in (options.get("input_shapes") or {}).items()}
+
+
+def _stats(options: dict) -> dict[str, tuple[float, float]]:
+    return {name: tuple(value) for name, value in (options.get("stats") or {}).items()}
+
+
+def check_model(path: str, options: dict) -> dict:
+    """``check`` of one model; options: max_growth, min_var, strict, batch_size, input_shapes,
+    stats. A model that cannot be read or analysed has status unreadable."""
+    start = time.perf_counter()
+    analysis = analyze(path, input_shapes=_shapes(options),
+                       batch_size=options.get("batch_size", 32), stats=_stats(options),
+                       max_growth=options["max_growth"], min_var=options["min_var"])
+    result = ModelResult.of_analysis(path, find(analysis, strict=options.get("strict", False)),
+                                     analysis)
+    log.info("checked %s in %.2f s: %s, %d findings", path, time.perf_counter() - start,
+             result.status, len(result.findings))
+    return result.to_json()
+
+
+check_model.error_status = UNREADABLE
+
+
+def analyze_model(path: str, options: dict) -> dict:
+    """``analyze`` of one model; options: input_shapes, batch_size, stats, measure, seed,
+    device."""
+    result = analyze(path, input_shapes=_shapes(options),
+                     batch_size=options.get("batch_size", 32), stats=_stats(options),
+                     measure=options.get("measure", False), seed=options.get("seed", 0),
+                     device=options.get("device") or "auto")
+    text = analysis_table(result) + "\n\n" + analysis_summary(result)
+    return {"analysis": result.to_dict(), "text": text}
+
+
+def rescale_model(path: str, options: dict) -> dict:
+    """``rescale`` of one model; options: method, output, in_place, write, input_shapes,
+    batch_size, seed, report, export_weights and ``method_options`` (by keyword name)."""
+    result = rescale(path, options.get("method", "autoinit"), output=options.get("output"),
+                     in_place=options.get("in_place", False), write=options.get("write", True),
+                     input_shapes=_shapes(options), batch_size=options.get("batch_size", 32),
+                     seed=options.get("seed", 0), **(options.get("method_options") or {}))
+    report = result.to_dict()
+    if options.get("report"):
+        target = Path(options["report"])
+        try:
+            target.write_text(escape.dumps(report, indent=2) + "\n")
+        except OSError as exc:
+            raise WriteError(f"{target}: cannot write the report: {exc.strerror}") from None
+    text = rescale_summary(result)
+    if options.get("export_weights"):
+        written = export_weights(result.model, options["export_weights"],
+                                 model_path=result.output, protect=[path])
+        text += f"\nwrote {written}"
+    return {"report": report, "text": text,
+            "output": str(result.output) if result.output else None}
