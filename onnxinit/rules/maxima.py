@@ -141,7 +141,7 @@ def max_of_gaussians(mean, std, count, fn):
     return e, var, slope
 
 
-_FACTOR_NODES = 16  # Gauss-Hermite nodes over the common factor of correlated taps
+_FACTOR_NODES = 8  # Gauss-Hermite nodes over the common factor of correlated taps
 _FZ, _FW = np.polynomial.hermite_e.hermegauss(_FACTOR_NODES)
 _FW = _FW / _FW.sum()
 
