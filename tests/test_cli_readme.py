@@ -81,7 +81,8 @@ def test_every_option_the_readme_names_exists():
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", README))
     named -= {"--help", "--version"}  # click's own
     not_cli = {"--all-files", "--files", "--repo", "--pre-commit", "--quick", "--depth",
-               "--activation", "--lr", "--seeds", "--models", "--threads", "--repeats"}
+               "--activation", "--lr", "--seeds", "--models", "--threads", "--repeats",
+               "--size", "--before", "--torch-check"}  # benchmark scripts' options
     assert sorted(named - known - not_cli) == []
 
 
