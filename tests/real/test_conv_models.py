@@ -51,7 +51,7 @@ def test_predictions_match_measurements(name, size, runs):
           f"coverage {result.coverage:.0%}, analyze {result.analyze_s:.1f} s")
     for line in result.worst(5):
         print("  ", line)
-    assert len(result.rows) >= 30
+    assert len(result.rows) >= 25  # VGG-11 has 29 float activations, the others more
     assert result.coverage == 1.0, [r.tensor for r in result.rows if r.predicted is None]
     assert all(np.isfinite(r.predicted) for r in result.rows)
     assert result.within_2x == 1.0, result.worst(5)
