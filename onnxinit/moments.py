@@ -28,6 +28,15 @@ Softmax rule computes each row, every other rule sees the pooled mean/var.
 An element whose ``mean`` is -inf (with variance 0) is masked: the tensor holds -inf there (an
 additive attention mask written with -inf, before its Softmax). ``total`` describes the other
 elements; Softmax gives masked elements probability 0.
+
+A Moments of an ``[N, C, *S]`` tensor (convolution layout) may carry ``spatial``: statistics
+that differ between positions (a zero-padded convolution gives border positions fewer taps, so
+other means and variances), kept in *position classes* so that their size does not grow with
+the map (interior positions share one class), and the correlation of neighbouring positions.
+``mean``/``var`` then hold the per-channel totals over all positions (law of total variance),
+so a rule that does not read ``spatial`` sees exact per-channel statistics; any rule that mixes
+or moves positions in a way it does not model must not pass ``spatial`` on (a rule that builds a
+new Moments drops it by construction). ``onnxinit.spatial`` builds and reads it.
 """
 
 from __future__ import annotations
@@ -95,6 +104,27 @@ class Rows:
     weight: np.ndarray
 
 
+@dataclass(frozen=True, eq=False)
+class Spatial:
+    """Position-dependent statistics of an ``[N, C, *S]`` tensor, compressed into classes.
+
+    ``maps[i]`` (int array, length S_i) gives each index along spatial axis ``2 + i`` its class;
+    ``cells`` is a Moments laid out ``[1, C or 1, K_0, ..., K_{n-1}]`` (K_i classes along axis
+    ``2 + i``), with its own source or mixture per cell: the element at position
+    ``(p_0, ..., p_{n-1})`` has the statistics of cell ``(maps[0][p_0], ..., maps[n-1][p_{n-1}])``.
+    ``corr`` (optional) is the correlation of a channel's values at two positions of one sample,
+    by offset (``onnxinit.spatial.Correlation``).
+    """
+
+    maps: tuple[np.ndarray, ...]
+    cells: Moments
+    corr: object | None = None
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        return tuple(int(m.max()) + 1 if m.size else 1 for m in self.maps)
+
+
 def _as_array(value) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
@@ -107,6 +137,7 @@ class Moments:
     mixture: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     tokens: Tokens | None = None
     rows: Rows | None = None
+    spatial: Spatial | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mean", _as_array(self.mean))
@@ -136,7 +167,8 @@ class Moments:
         """The moments of ``factor * X`` for ``factor > 0``: means times ``factor``, variances
         times ``factor**2``, the distribution's description scaled with them (a Gaussian source
         or mixture component directly, a chain of element-wise functions by one more, rows'
-        moments likewise; the token covariance, normalised, unchanged). What a
+        moments and position classes likewise; the token covariance and spatial correlation,
+        normalised, unchanged). What a
         rule linear in a weight gives when the weight is scaled (autoinit)."""
         f = float(factor)
         source = self.source
@@ -153,8 +185,11 @@ class Moments:
         rows = None
         if self.rows is not None:
             rows = Rows(self.rows.mean * f, self.rows.var * f * f, self.rows.weight)
+        spatial = None
+        if self.spatial is not None:  # position classes scale alike; correlations do not change
+            spatial = Spatial(self.spatial.maps, self.spatial.cells.scaled(f), self.spatial.corr)
         # the token covariance is normalised to mean 1 (a correlation profile): scale-free
-        return Moments(self.mean * f, self.var * f * f, source, mixture, self.tokens, rows)
+        return Moments(self.mean * f, self.var * f * f, source, mixture, self.tokens, rows, spatial)
 
     def with_source(self) -> Moments:
         """These moments, remembered as the Gaussian that element-wise functions start from."""

@@ -27,6 +27,7 @@ from .rules.empirical import EmpiricalError, measure_node, pass_through
 from .rules.fusion import common_ancestor
 from .rules.masks import derived_moments
 from .rules.tokens import carry
+from .spatial import drop
 
 log = logging.getLogger("onnxinit")
 
@@ -97,6 +98,12 @@ def _fit(m: Moments, shape: tuple[int, ...] | None) -> Moments:
 
 
 def _fitted_shape(m: Moments, shape: tuple[int, ...] | None) -> Moments:
+    """Position classes (``Moments.spatial``) that do not describe this shape are dropped."""
+    if m.spatial is not None:
+        if shape is not None and len(shape) == 2 + len(m.spatial.maps) and all(
+                a.size == n for a, n in zip(m.spatial.maps, shape[2:])):
+            return m
+        m = drop(m)
     if m.is_scalar:
         if m.rank == 0:
             return m

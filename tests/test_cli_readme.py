@@ -83,7 +83,8 @@ def test_every_option_the_readme_names_exists():
     not_cli = {"--all-files", "--files", "--repo", "--pre-commit", "--quick", "--depth",
                "--activation", "--lr", "--seeds", "--models", "--threads", "--repeats",
                *TRAINING_BENEFIT_OPTIONS, "--no-sweep-scale-lr",  # argparse's negation
-               *GATE_CALIBRATION_OPTIONS}
+               *GATE_CALIBRATION_OPTIONS,
+               "--size", "--before", "--torch-check"}  # benchmark scripts' options
     assert sorted(named - known - not_cli) == []
 
 

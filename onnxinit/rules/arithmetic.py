@@ -38,6 +38,8 @@ from .context import RuleContext, RuleError, signal
 from .elementwise import apply_elementwise, apply_fn, digest
 from .fusion import fused_elementwise
 from .gaussian import compose
+from .mixture import binary_independent, lift, sum_mixture
+from .positional import concat_channels, positions_binary
 from .registry import rule
 
 _GRID_CAP = 1 << 22  # elements of a statistics grid before it is folded further
@@ -59,27 +61,20 @@ def _out_rank(ctx: RuleContext) -> int:
     return max(ranks)
 
 
-def _lift(a: np.ndarray, rank: int) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim == 0 or a.ndim >= rank:
-        return a
-    return a.reshape((1,) * (rank - a.ndim) + a.shape)
-
-
 def _operand(inputs, ctx: RuleContext, i: int, rank: int, masked: bool = False
              ) -> tuple[np.ndarray, np.ndarray, bool]:
     """(mean, var, is_signal) of input ``i`` laid out at ``rank``; constants have variance 0
     (and may hold -inf, a mask, when ``masked``)."""
     m = inputs[i] if i < len(inputs) else None
     if m is not None:
-        return _lift(m.mean, rank), _lift(m.var, rank), True
+        return lift(m.mean, rank), lift(m.var, rank), True
     c = ctx.const(i)
     if c is None:
         raise RuleError(f"input {i} is neither a signal nor constant")
     c = np.asarray(c, dtype=np.float64)
     if not np.all(np.isfinite(c) | (masked & np.isneginf(c))):
         raise RuleError(f"constant input {i} is not finite")
-    c = _lift(c, rank)
+    c = lift(c, rank)
     return c, np.zeros_like(c), False
 
 
@@ -122,7 +117,7 @@ def _same_layout(inputs, ctx: RuleContext, rank: int) -> bool:
     if len(which) != 1:
         return False
     x = inputs[which[0]]
-    x_axes = _axes(_lift(x.mean, rank), _lift(x.var, rank))
+    x_axes = _axes(lift(x.mean, rank), lift(x.var, rank))
     c_axes: set[int] = set()
     for i, name in enumerate(ctx.node.input):
         if i == which[0] or not name:
@@ -130,19 +125,8 @@ def _same_layout(inputs, ctx: RuleContext, rank: int) -> bool:
         c = ctx.const(i)
         if c is None or np.size(c) > _CONST_CAP or not np.all(np.isfinite(c)):
             return False
-        c_axes |= _axes(_lift(c, rank))
+        c_axes |= _axes(lift(c, rank))
     return c_axes <= x_axes or (not x_axes and len(c_axes) <= 1)
-
-
-def _binary_independent(op: str, a, b) -> tuple[np.ndarray, np.ndarray]:
-    (ma, va), (mb, vb) = a, b
-    if op == "Add":
-        return ma + mb, va + vb
-    if op == "Sub":
-        return ma - mb, va + vb
-    if op == "Mul":
-        return ma * mb, (va + ma**2) * (vb + mb**2) - ma**2 * mb**2
-    raise RuleError(f"{op} of these operands")
 
 
 def _two_signals_fused(inputs, ctx: RuleContext):
@@ -178,6 +162,9 @@ def binary(inputs, ctx: RuleContext):
         except RuleError:
             if op == "Div" and inputs[1] is not None:
                 raise
+    spatial = positions_binary(inputs, ctx, op, rank)
+    if spatial is not None:
+        return [spatial]
     if op == "Div":
         if inputs[1] is not None:
             raise RuleError("division by a signal")
@@ -189,7 +176,7 @@ def binary(inputs, ctx: RuleContext):
     else:
         b = _operand(inputs, ctx, 1, rank)[:2]
     a = _operand(inputs, ctx, 0, rank)[:2]
-    mean, var = _binary_independent(op, a, b)
+    mean, var = binary_independent(op, a, b)
     keep = masks.OFFSET_CAP if _varies(mean) and masks.feeds_softmax(ctx) else _KEEP_CAP
     out = _finish(mean, var, _signal_axes(inputs, rank), keep)
     if op in ("Add", "Sub") and all(m is not None for m in inputs) and out.mean.shape == np.shape(mean):
@@ -225,8 +212,8 @@ def _logit_offset(inputs, ctx: RuleContext, rank: int) -> Moments | None:
     if (known[0] is None) == (known[1] is None):
         return None
     i = 0 if known[0] is None else 1
-    c = _lift(np.asarray(known[1 - i], dtype=np.float64), rank)
-    c = _lift(compressed(c, np.zeros_like(c)).mean, rank)  # a mask expanded over the batch: once
+    c = lift(np.asarray(known[1 - i], dtype=np.float64), rank)
+    c = lift(compressed(c, np.zeros_like(c)).mean, rank)  # a mask expanded over the batch: once
     if ctx.node.op_type == "Sub" and i == 0:
         c = -c
     if not (masks.has_masked(c) or (_varies(c) and masks.feeds_softmax(ctx))):
@@ -234,7 +221,7 @@ def _logit_offset(inputs, ctx: RuleContext, rank: int) -> Moments | None:
     if np.isnan(c).any() or np.isposinf(c).any():
         raise RuleError("a constant offset holds NaN or +inf")
     x = inputs[i]
-    mx, vx = _lift(x.mean, rank), _lift(x.var, rank)
+    mx, vx = lift(x.mean, rank), lift(x.var, rank)
     sign = -1.0 if ctx.node.op_type == "Sub" and i == 1 else 1.0
     size = int(np.prod(np.broadcast_shapes(np.shape(mx), np.shape(vx), np.shape(c))))
     if size > masks.OFFSET_CAP:
@@ -249,76 +236,11 @@ def _logit_offset(inputs, ctx: RuleContext, rank: int) -> Moments | None:
     return Moments(mean, var)
 
 
-_RELU_BINS = 2  # equal-probability bins of a ReLU's positive part in a mixture
-
-
-def _phi(t: np.ndarray) -> np.ndarray:
-    """Standard normal density, 0 at +-inf."""
-    finite = np.isfinite(t)
-    return np.where(finite, np.exp(-0.5 * np.where(finite, t, 0.0) ** 2), 0.0) / np.sqrt(2 * np.pi)
-
-
-def _components(x: Moments, rank: int):
-    """x as Gaussian mixture components (w, m, v), each with a leading component axis: one
-    component for a Gaussian (no element-wise chain); for ReLU(z), z ~ N(mu, s^2), the point
-    mass at 0 (weight Phi(-mu/s)) and the positive part cut in _RELU_BINS equal-probability bins
-    of z, each with its exact conditional mean and variance. None for any other chain."""
-    src = x.source
-    if src is None or not src.chain:
-        return np.ones((1,) + (1,) * rank), _lift(x.mean, rank)[None], _lift(x.var, rank)[None]
-    if len(src.chain) != 1 or src.chain[0].key != ("Relu",):
-        return None
-    mu, var = np.broadcast_arrays(_lift(src.mean, rank), _lift(src.var, rank))
-    s = np.sqrt(var)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a0 = np.where(s > 0, -mu / np.where(s > 0, s, 1.0), np.where(mu > 0, -np.inf, np.inf))
-    p0 = special.ndtr(a0)  # P(z <= 0)
-    k = np.arange(1, _RELU_BINS).reshape((-1,) + (1,) * mu.ndim)
-    inner = special.ndtri(np.clip(p0 + (1 - p0) * k / _RELU_BINS, 0.0, 1.0))  # standard units
-    edges = np.concatenate([a0[None], inner, np.full_like(a0, np.inf)[None]])
-    mass = (1 - p0) / _RELU_BINS  # each bin's probability, by construction
-    phi = _phi(edges)
-    tphi = np.where(phi > 0, np.where(np.isfinite(edges), edges, 0.0) * phi, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        safe = np.where(mass > 0, mass, 1.0)
-        # standard normal restricted to [lo, hi]: mean (phi(lo) - phi(hi)) / mass,
-        # second moment 1 + (lo phi(lo) - hi phi(hi)) / mass
-        cm = np.where(mass > 0, (phi[:-1] - phi[1:]) / safe, 0.0)
-        cv = np.where(mass > 0, 1.0 + (tphi[:-1] - tphi[1:]) / safe - cm**2, 0.0)
-    lo = edges[:-1]
-    w = np.concatenate([p0[None], np.broadcast_to((1 - p0) / _RELU_BINS, lo.shape)])
-    m = np.concatenate([np.zeros_like(mu)[None], mu + s * cm])
-    v = np.concatenate([np.zeros_like(var)[None], var * np.maximum(cv, 0.0)])
-    return w, m, v
-
-
-def sum_mixture(a: Moments, b: Moments, rank: int, subtract: bool = False):
-    """a +/- b (independent) as a Gaussian mixture when each is a Gaussian or a ReLU of one:
-    components pair up, w = w_i w_j, m = m_i +/- m_j, v = v_i + v_j. None when neither is a
-    ReLU (the sum is Gaussian) or either is another function."""
-    ca, cb = _components(a, rank), _components(b, rank)
-    if ca is None or cb is None or (ca[0].shape[0] == 1 and cb[0].shape[0] == 1):
-        return None
-    (wa, ma, va), (wb, mb, vb) = ca, cb
-    na, nb = wa.shape[0], wb.shape[0]
-
-    def pair(x, y, combine):
-        z = combine(x.reshape((na, 1) + x.shape[1:]), y.reshape((1, nb) + y.shape[1:]))
-        return z.reshape((na * nb,) + z.shape[2:])
-
-    sign = -1.0 if subtract else 1.0
-    return (
-        pair(wa, wb, np.multiply),
-        pair(ma, mb, lambda x, y: x + sign * y),
-        pair(va, vb, np.add),
-    )
-
-
 def _signal_axes(inputs, rank: int) -> set[int]:
     axes: set[int] = set()
     for m in inputs:
         if m is not None:
-            axes |= _axes(_lift(m.mean, rank), _lift(m.var, rank))
+            axes |= _axes(lift(m.mean, rank), lift(m.var, rank))
     return axes
 
 
@@ -402,7 +324,7 @@ def _fused_extreme(inputs, ctx: RuleContext, minimum: bool):
 def _monte_carlo_extreme(signals, consts, ctx: RuleContext, rank: int, minimum: bool):
     """Max/Min of independent signals (sampled from their sources) and constants, per cell of
     the broadcast grid of their statistics."""
-    arrays = [a for m in signals for a in (_lift(m.mean, rank), _lift(m.var, rank))] + consts
+    arrays = [a for m in signals for a in (lift(m.mean, rank), lift(m.var, rank))] + consts
     grid = np.broadcast_shapes(*(np.shape(a) for a in arrays))
     size = int(np.prod(grid)) if grid else 1
     if size > 4096:
@@ -414,11 +336,11 @@ def _monte_carlo_extreme(signals, consts, ctx: RuleContext, rank: int, minimum: 
     for m in signals:
         src = m.source
         if src is not None and max(np.ndim(src.mean), np.ndim(src.var)) <= rank:
-            src_mean, src_var = _lift(src.mean, rank), _lift(src.var, rank)
+            src_mean, src_var = lift(src.mean, rank), lift(src.var, rank)
             z = rng.standard_normal((n, *grid)) * np.sqrt(src_var) + src_mean
             z = compose(src.chain)(z)
         else:
-            z = rng.standard_normal((n, *grid)) * np.sqrt(_lift(m.var, rank)) + _lift(m.mean, rank)
+            z = rng.standard_normal((n, *grid)) * np.sqrt(lift(m.var, rank)) + lift(m.mean, rank)
         out = z if out is None else pick(out, z)
     for c in consts:
         out = pick(out, c)
@@ -453,7 +375,7 @@ def extreme(inputs, ctx: RuleContext):
         f = Elementwise(("Min" if minimum else "Max", *digest(c)), lambda z: pick(z, c))
         out = apply_fn(x, f, rank)
         if len(_axes(out.mean, out.var)) > 1:
-            return [_finish(out.mean, out.var, _axes(_lift(x.mean, rank), _lift(x.var, rank)))]
+            return [_finish(out.mean, out.var, _axes(lift(x.mean, rank), lift(x.var, rank)))]
         return [out]
     if len(signals) == 2 and not consts:
         fused = _fused_extreme(inputs, ctx, minimum)
@@ -463,10 +385,10 @@ def extreme(inputs, ctx: RuleContext):
         if gaussian:
             a, b = signals
             mean, var = _clark(
-                _lift(a.mean, rank),
-                _lift(a.var, rank),
-                _lift(b.mean, rank),
-                _lift(b.var, rank),
+                lift(a.mean, rank),
+                lift(a.var, rank),
+                lift(b.mean, rank),
+                lift(b.var, rank),
                 minimum,
             )
             return [_finish(mean, var, _signal_axes(inputs, rank))]
@@ -490,7 +412,7 @@ def where(inputs, ctx: RuleContext):
     if cond is None:
         raise RuleError("the condition depends on a signal")
     rank = _out_rank(ctx)
-    cond = _lift(np.asarray(cond, dtype=bool), rank)
+    cond = lift(np.asarray(cond, dtype=bool), rank)
     if np.all(cond) and inputs[1] is not None:
         return [inputs[1]]
     if not np.any(cond) and inputs[2] is not None:
@@ -517,13 +439,13 @@ def _piece(inputs, ctx: RuleContext, i: int, rank: int):
     c = ctx.const(i)
     if c is None:
         raise RuleError(f"input {i} is neither a signal nor constant")
-    c = _lift(np.asarray(c, dtype=np.float64), rank)
+    c = lift(np.asarray(c, dtype=np.float64), rank)
     return Moments(c, np.zeros_like(c))
 
 
 def _concat_grids(pieces, sizes, axis: int, rank: int) -> Moments | None:
     """The pieces' whole statistics grids concatenated along ``axis`` (None when too large)."""
-    grids = [np.broadcast_arrays(*(_lift(a, rank) for a in (p.mean, p.var))) for p in pieces]
+    grids = [np.broadcast_arrays(*(lift(a, rank) for a in (p.mean, p.var))) for p in pieces]
     grids = [(m.reshape((1,) * rank), v.reshape((1,) * rank)) if m.ndim == 0 else (m, v)
              for m, v in grids]
     common = [max(m.shape[a] for m, _ in grids) for a in range(rank)]
@@ -554,6 +476,8 @@ def concat(inputs, ctx: RuleContext):
     kept = [i for i, n in enumerate(sizes) if n > 0]
     if len(kept) == 1 and inputs[kept[0]] is not None:
         return [inputs[kept[0]]]
+    if axis == 1 and rank >= 3 and any(m is not None and m.spatial is not None for m in inputs):
+        return [concat_channels(inputs, ctx, out_shape)]
     pieces = [_piece(inputs, ctx, i, rank) for i in kept]
     sizes = [sizes[i] for i in kept]
     tracked = sorted({a for p in pieces if p.rank for a in p.tracked_axes()})

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..moments import Elementwise, Moments, Source
+from ..spatial import attach, with_corr
 from .context import RuleContext, RuleError, signal
+from .correlations import elementwise_correlation
 from .gaussian import compose, expand, gaussian_moments, probability
 from .registry import rule
 
@@ -181,27 +183,41 @@ def guard(domain: str, chain: Sequence[Elementwise], src: Source, rank) -> None:
 
 
 def apply_fn(x: Moments, f: ElementwiseFn | Elementwise, rank: int | None = None) -> Moments:
-    """Moments of ``f(x)`` element-wise; the output's source is x's with ``f`` appended."""
+    """Moments of ``f(x)`` element-wise; the output's source is x's with ``f`` appended. With
+    position classes (``x.spatial``) ``f`` is applied to each cell, the per-channel totals
+    follow from the cells, and the spatial correlation goes through Mehler's formula
+    (:func:`.correlations.elementwise_correlation`)."""
     if isinstance(f, Elementwise):
         f = ElementwiseFn(f.key, f.fn)
+    if x.spatial is not None:
+        return _apply_to_cells(x, f, rank)
     src = base_source(x, rank)
     out_src = Source(src.mean, src.var, src.chain + (f.elementwise,))
     if f.affine is not None:
         a, b = f.affine
         mean = expand(x.mean, rank) * a + b
         var = expand(x.var, rank) * np.asarray(a, dtype=np.float64) ** 2
+        if x.source is None:  # a Gaussian (or a Gaussian mixture) stays one
+            mixture = None
+            if x.mixture is not None and (rank is None or x.mixture[1].ndim == rank + 1):
+                w, m, v = x.mixture
+                mixture = (w, m * a + b, v * np.asarray(a, dtype=np.float64) ** 2)
+            return Moments(mean, var, None, mixture)
         return Moments(mean, var, out_src)
     if f.domain is not None:
         guard(f.domain, src.chain, src, rank)
     if f.closed is not None and x.source is None and x.mixture is not None:
         # a Gaussian mixture (ReLU output + Gaussian): the closed form per component,
-        # E = sum_i w_i E_i, E[f^2] = sum_i w_i (Var_i + E_i^2)
+        # E = sum_i w_i E_i, E[f^2] = sum_i w_i (Var_i + E_i^2); the output stays a mixture,
+        # each component replaced by the Gaussian with its f-moments (exact for a component
+        # on one side of f's kinks, as the narrow components of a ReLU output plus a small
+        # residual branch are)
         w, m, v = x.mixture
         if rank is None or m.ndim == rank + 1:
             e_i, v_i = f.closed(m, v)
             mean = (w * e_i).sum(axis=0)
             var = (w * (v_i + e_i**2)).sum(axis=0) - mean**2
-            return Moments(mean, var, out_src)
+            return Moments(mean, var, None, (w, e_i, v_i))
     if f.closed is not None and not src.chain:
         mean, var = f.closed(expand(src.mean, rank), expand(src.var, rank))
         return Moments(mean, var, out_src)
@@ -212,6 +228,30 @@ def apply_fn(x: Moments, f: ElementwiseFn | Elementwise, rank: int | None = None
         chain = src.chain + (Elementwise(f.key, _away_from_zero(f.fn, src, rank)),)
     mean, var = gaussian_moments(chain, src.mean, src.var, smooth=is_smooth(chain), rank=rank)
     return Moments(mean, var, out_src)
+
+
+def _apply_to_cells(x: Moments, f: ElementwiseFn, rank) -> Moments:
+    sp = x.spatial
+    cells = sp.cells
+    try:
+        out = apply_fn(cells, f, cells.mean.ndim)
+        shape = np.broadcast_shapes(out.mean.shape, out.var.shape)
+        if any(n not in (1, k) for n, k in zip(shape[2:], sp.classes)):
+            raise ValueError
+    except ValueError:  # a constant laid out along the positions: per channel instead
+        return apply_fn(Moments(x.mean, x.var, x.source), f, rank)
+    result = attach(out, sp.maps)
+    if sp.corr is None:
+        return result
+    smooth = result.source is not None and is_smooth(result.source.chain)
+    return with_corr(result, elementwise_correlation(sp.corr, result, smooth), sp.maps)
+
+
+def affine(a, b, key: tuple) -> ElementwiseFn:
+    """The element-wise map ``a x + b`` (arrays laid out at the tensor's rank), exact on
+    moments: E = a mu + b, Var = a^2 nu."""
+    return ElementwiseFn(("Affine", *key, *digest(a), *digest(b)), lambda v: a * v + b,
+                         affine=(a, b))
 
 
 def _away_from_zero(fn: Callable, src: Source, rank) -> Callable:

@@ -7,9 +7,10 @@ per-feature mean ``mu_i`` and variance ``nu_i``::
     Var[y_j] = sum_i W_ji^2 nu_i
 
 For convolutions ``i`` runs over the receptive field (C_in/groups x kernel taps) and zero padding
-is exact: an output position only sums the taps that land inside the input. Positions are grouped
-by which taps they see (few distinct patterns: interior, edges, corners), so the per-channel
-statistics over all positions are computed exactly, including the spread of the position means.
+is exact: an output position only sums the taps that land inside the input. Conv keeps the
+statistics per position class (``onnxinit.spatial``: border rings and the interior), whatever the
+map size; ConvTranspose groups its positions by which taps they see (few distinct patterns) and
+gives exact per-channel statistics, including the spread of the position means.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import itertools
 import numpy as np
 
 from ..moments import Moments
+from .. import correlation
+from ..spatial import attach, gather_taps, positions, window, within_variance
 from .attention import matmul_activations
+from .copies import copy_cells
 from .context import RuleContext, RuleError, signal
 from .registry import rule
 from .weighted import weighted_sums
-
-POSITIONS_CAP = 1 << 16  # C_out x output positions up to which a Conv keeps per-position stats
 
 
 def _patterns(axis_indicators: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -102,80 +104,54 @@ def _bias(ctx: RuleContext, index: int, size: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (size,))
 
 
-def _spatial_stats(x: Moments, x_shape) -> tuple[np.ndarray, np.ndarray] | None:
-    """x's (mean, var) as [C, *spatial] arrays when they vary along a spatial axis (pooled
-    over the batch axis), else None."""
-    rank = len(x_shape)
-    x = x.expand_rank(rank)
-    if x.rank != rank or not any(a >= 2 for a in x.tracked_axes()):
-        return None
-    mean, var = np.broadcast_arrays(x.mean, x.var)
-    if mean.shape[0] > 1:  # statistics per sample: pool them (law of total variance)
-        m = mean.mean(axis=0, keepdims=True)
-        var = var.mean(axis=0, keepdims=True) + ((mean - m) ** 2).mean(axis=0, keepdims=True)
-        mean = m
-    shape = tuple(x_shape[1:])
-    return np.broadcast_to(mean[0], shape), np.broadcast_to(var[0], shape)
+_FLOAT32_ABOVE = 1 << 24  # multiply-adds of a Conv over cells above which it runs in float32
 
 
-def _conv_positions(mu, nu, w, bias, groups, y_spatial, strides, dilations, begins):
-    """Per output channel and position (zero padding exact), for independent inputs with
-    per-position statistics mu, nu [C_in, *spatial]:
+def _conv_cells(mu, nu, w, bias, groups, taps):
+    """Per output channel and position class (zero padding exact), for independent inputs
+    with per-class statistics mu, nu ``[C_in, K_0, ...]``:
 
-        E_j(p)   = b_j + sum_{c in group(j), k: p*s - pad + k*dil inside} W_jck mu_c(p*s - pad + k*dil)
-        Var_j(p) = sum_{same c, k} W_jck^2 nu_c(p*s - pad + k*dil)
+        E_j(r)   = b_j + sum_{c in group(j), t: tap t of class r inside} W_jct mu_c(class under t)
+        Var_j(r) = sum_{same c, t} W_jct^2 nu_c(class under t)
 
-    computed as one matrix product per group over the zero-padded input's patches (im2col).
-    """
+    one matrix product per group over the gathered taps (im2col over classes, not positions).
+    Returns ``[C_out, R_0, ...]`` arrays."""
     c_out, cpg = w.shape[:2]
-    kernel = w.shape[2:]
-    n = len(kernel)
-    x_spatial = mu.shape[1:]
-    size = int(np.prod(y_spatial))
-    # zero padding on each side, enough for every tap of every output position
-    lo = [max(0, b) for b in begins]
-    hi = [max(0, (o - 1) * s - b + (k - 1) * d + 1 - i)
-          for o, s, b, k, d, i in zip(y_spatial, strides, begins, kernel, dilations, x_spatial)]
-    both = np.stack([mu, nu])  # [2, C, *spatial]
-    both = np.pad(both, [(0, 0), (0, 0)] + list(zip(lo, hi)))
-    taps = []
-    for tap in itertools.product(*(range(k) for k in kernel)):
-        index = tuple(
-            slice(tap[d] * dilations[d] - begins[d] + lo[d],
-                  tap[d] * dilations[d] - begins[d] + lo[d] + (y_spatial[d] - 1) * strides[d] + 1,
-                  strides[d])
-            for d in range(n)
-        )
-        taps.append(both[(slice(None), slice(None), *index)])
-    cols = np.stack(taps, axis=2).reshape(2, groups, cpg * len(taps), size)  # [2, g, c*K, P]
-    wg = w.reshape(groups, c_out // groups, cpg * len(taps))
-    mean = (wg @ cols[0]).reshape(c_out, size) + bias[:, None]
-    var = ((wg * wg) @ cols[1]).reshape(c_out, size)
-    return mean.reshape((c_out, *y_spatial)), var.reshape((c_out, *y_spatial))
-
-
-def _uniform_positions(mean: np.ndarray, var: np.ndarray) -> Moments:
-    """Per-position statistics [1, C, *spatial], per channel when no position differs."""
-    axes = tuple(range(2, mean.ndim))
-    m0, v0 = mean.mean(axis=axes, keepdims=True), var.mean(axis=axes, keepdims=True)
-    if np.allclose(mean, m0, rtol=1e-12, atol=0) and np.allclose(var, v0, rtol=1e-12, atol=0):
-        return Moments(m0, v0)
-    return Moments(mean, var)
+    cols_m = gather_taps(mu, taps)  # [C_in, T_0.., R_0..]
+    cols_v = gather_taps(nu, taps)
+    n_taps = int(np.prod([t.shape[1] for t in taps]))
+    out_classes = tuple(t.shape[0] for t in taps)
+    size = int(np.prod(out_classes))
+    wg = w.reshape(groups, c_out // groups, cpg * n_taps)
+    cols_m = cols_m.reshape(groups, cpg * n_taps, size)
+    cols_v = cols_v.reshape(groups, cpg * n_taps, size)
+    if wg.size * size > _FLOAT32_ABOVE:  # large products in float32: 1e-7 relative, 2x faster
+        wg32, mean32 = wg.astype(np.float32), cols_m.astype(np.float32)
+        mean = (wg32 @ mean32).astype(np.float64).reshape(c_out, size) + bias[:, None]
+        var = ((wg32 * wg32) @ cols_v.astype(np.float32)).astype(np.float64).reshape(c_out, size)
+        return mean.reshape((c_out, *out_classes)), var.reshape((c_out, *out_classes))
+    mean = (wg @ cols_m).reshape(c_out, size) + bias[:, None]
+    var = ((wg * wg) @ cols_v).reshape(c_out, size)
+    return mean.reshape((c_out, *out_classes)), var.reshape((c_out, *out_classes))
 
 
 @rule("Conv")
 def conv(inputs, ctx: RuleContext):
-    """Conv, groups and dilations included, weight-aware, per output channel, with exact
-    zero padding:
+    """Conv, groups and dilations included, weight-aware, per output channel and position
+    class, with exact zero padding:
 
-        E_j(p)   = b_j + sum_{c in group(j), k inside at p} W_jck mu_c
-        Var_j(p) = sum_{c in group(j), k inside at p} W_jck^2 nu_c
-        E_j = mean_p E_j(p);  Var_j = mean_p Var_j(p) + var_p E_j(p)
+        E_j(p)   = b_j + sum_{c in group(j), t inside at p} W_jct mu_c(p*s - pad + t*dil)
+        Var_j(p) = sum_{c in group(j), t inside at p} W_jct^2 nu_c(p*s - pad + t*dil)
 
-    When the output is small (C_out x positions <= POSITIONS_CAP) and its statistics vary with
-    the position (padding, or an input whose statistics do), they are kept per position (and
-    the input's per-position statistics used): border positions of a padded conv have a
-    smaller variance, which ReLU, BatchNormalization, Flatten and later convs see.
+    Positions are grouped in classes (``onnxinit.spatial``): along each axis, the output
+    indices whose taps see the same input classes (or padding) share their statistics, so the
+    work and the memory follow the number of classes (border rings plus one interior class),
+    not the map size. The per-channel totals (E_j = mean_p E_j(p), Var_j = mean_p Var_j(p) +
+    var_p E_j(p)) are the output's ``mean``/``var``; the classes are carried in ``spatial``:
+    border positions of a padded conv have other means and a smaller variance, which ReLU,
+    pooling, normalization and later convs see. A kernel that copies (one non-zero per
+    output channel: IDInit's identity patterns) keeps the input's distribution
+    (:mod:`.copies`).
     """
     x = signal(inputs, 0)
     w = ctx.const(1)
@@ -184,38 +160,28 @@ def conv(inputs, ctx: RuleContext):
     w = np.asarray(w, dtype=np.float64)
     x_shape, y_shape, kernel, strides, dilations = _geometry(ctx, w.shape)
     groups = ctx.attr("group", 1)
-    c_out, cpg = w.shape[0], w.shape[1]
+    c_in, c_out = x_shape[1], w.shape[0]
     begins = _pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
-    if c_out * int(np.prod(y_shape[2:])) <= POSITIONS_CAP and len(y_shape) > 2:
-        spatial = _spatial_stats(x, x_shape)
-        padded = any(
-            b > 0 or (o - 1) * s + (k - 1) * d + 1 - b > i
-            for b, o, s, k, d, i in zip(begins, y_shape[2:], strides, kernel, dilations, x_shape[2:])
-        )
-        if spatial is not None or padded:
-            if spatial is None:
-                m, v = x.values_along(1, x_shape[1])
-                shape = (x_shape[1],) + (1,) * (len(x_shape) - 2)
-                spatial = (np.broadcast_to(m.reshape(shape), x_shape[1:]),
-                           np.broadcast_to(v.reshape(shape), x_shape[1:]))
-            mean, var = _conv_positions(*spatial, w, _bias(ctx, 2, c_out), groups,
-                                        tuple(y_shape[2:]), strides, dilations, begins)
-            return [_uniform_positions(mean[None], var[None])]
-    mu, nu = x.values_along(1, x_shape[1])
-    indicators = []
+    sp = positions(x, x_shape)
+    if sp is None:
+        raise RuleError("a Conv without spatial axes")
+    out_maps, taps = [], []
     for d in range(len(kernel)):
-        pos = (
-            np.arange(y_shape[2 + d])[:, None] * strides[d]
-            - begins[d]
-            + np.arange(kernel[d])[None, :] * dilations[d]
-        )
-        indicators.append((pos >= 0) & (pos < x_shape[2 + d]))
-    patterns, weights = _patterns(indicators)
-    wg = w.reshape(groups, c_out // groups, cpg, -1)  # [g, o, c, K]
-    a = np.einsum("gock,gc->gok", wg, mu.reshape(groups, cpg)).reshape(c_out, -1)
-    b = np.einsum("gock,gc->gok", wg**2, nu.reshape(groups, cpg)).reshape(c_out, -1)
-    mean, var = _mix(a, b, _bias(ctx, 2, c_out), patterns, weights)
-    return [Moments.along(mean, var, 1, len(y_shape))]
+        m, t = window(sp.maps[d], y_shape[2 + d], kernel[d], strides[d], dilations[d], begins[d])
+        out_maps.append(m)
+        taps.append(t)
+    mu, nu = np.broadcast_arrays(sp.cells.mean, sp.cells.var)
+    shape = (c_in,) + mu.shape[2:]
+    mu, nu = np.broadcast_to(mu[0], shape), np.broadcast_to(nu[0], shape)
+    bias = _bias(ctx, 2, c_out)
+    mean, var = _conv_cells(mu, nu, w, bias, groups, taps)
+    corr_in = sp.corr if sp.corr is not None else correlation.independent(1, x_shape[2:])
+    corr, _ = correlation.conv(corr_in, within_variance(sp, c_in), w, groups, strides,
+                               dilations, y_shape[2:])
+    cells = copy_cells(sp, w, bias, groups, taps, mean, var)
+    if cells is None:
+        cells = Moments(mean[None], var[None])
+    return [attach(cells, out_maps, corr)]
 
 
 @rule("ConvTranspose")

@@ -31,8 +31,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Elementwise, Moments, Source
+from ..spatial import attach, within_variance
 from .context import RuleContext, RuleError, signal
-from .elementwise import digest
+from .elementwise import affine, apply_fn, digest
 from .gaussian import abs_closed, expand, gaussian_moments
 from .registry import rule
 
@@ -87,6 +88,8 @@ def _normalized(x: Moments, in_shape, axes, eps, gamma, beta) -> Moments:
     scale = gamma / np.sqrt(denom)
     mean = scale * centred + beta
     var = gamma**2 * cvar / denom
+    if x.spatial is not None and set(range(2, rank)) <= set(axes):
+        return _normalized_cells(x, in_shape, axes, eps, gamma, beta, n)
     source = None
     if x.source is not None and x.source.chain and n >= _MIN_FOR_SOURCE:
         src = x.source
@@ -96,6 +99,33 @@ def _normalized(x: Moments, in_shape, axes, eps, gamma, beta) -> Moments:
             f = Elementwise(("Affine", "norm", *digest(a), *digest(b)), lambda v: a * v + b)
             source = Source(src.mean, src.var, src.chain + (f,))
     return Moments(mean, var, source)
+
+
+def _normalized_cells(x: Moments, in_shape, axes, eps, gamma, beta, n: int) -> Moments:
+    """The module formula per position class (``onnxinit.spatial``), per channel c over the
+    normalised positions: D = nu_within (n-1)/n + spread + eps (the spread of the cells'
+    means is signal, the within-cell variance is what the batch mean estimates with error),
+    every cell k mapped by ``E_k = gamma (mu_k - m)/sqrt(D) + beta``,
+    ``Var_k = gamma^2 (nu_k (1 - 2/n) + nu_within / n) / D``. After BatchNormalization each
+    channel's sample means are centred over the batch (``Correlation.batch_centred``)."""
+    rank = len(in_shape)
+    sp = x.spatial
+    c = in_shape[1]
+    within = within_variance(sp, c).reshape((1, c) + (1,) * (rank - 2))
+    mean_c = np.broadcast_to(x.mean, (1, c) + (1,) * (rank - 2))
+    spread = np.maximum(np.broadcast_to(x.var, mean_c.shape) - within, 0.0)
+    denom = within * (n - 1) / n + spread + eps
+    if np.any(denom <= 0):
+        raise RuleError("a normalised group with zero variance and eps = 0")
+    a = gamma / np.sqrt(denom)
+    out = apply_fn(x, affine(a, beta - a * mean_c, ("norm",)), rank)
+    cells = out.spatial.cells if out.spatial is not None else out
+    var = cells.var * (1 - 2 / n) + a * a * within / n
+    cells = Moments(cells.mean, var, cells.source, cells.mixture)
+    corr = out.spatial.corr if out.spatial is not None else None
+    if 0 in axes and corr is not None:  # batch statistics: sample means centred over the batch
+        corr = corr.with_centred(np.ones(1))
+    return attach(cells, sp.maps, corr)
 
 
 def _rest(ctx: RuleContext, first: Moments) -> list:

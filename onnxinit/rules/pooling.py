@@ -1,14 +1,14 @@
-"""Pooling: AveragePool, GlobalAveragePool, MaxPool, GlobalMaxPool (reductions over given
-axes: :mod:`.reduce`).
+"""Pooling: AveragePool, GlobalAveragePool, MaxPool, GlobalMaxPool (reductions: reduce.py).
 
-Averages and sums assume independent elements (``Var = nu / K`` for a mean of K): a **lower
-bound** when neighbouring values are correlated (after a convolution they are), which the report
-should say. Window sizes are exact per output position: zero padding counted or not
+Per output position class (``onnxinit.spatial``), with the neighbours' correlation
+(``onnxinit.correlation``) where the input carries it; independent elements otherwise
+(``Var = nu / K`` for a mean of K: a lower bound when neighbours are correlated). Window sizes are exact per output position: zero padding counted or not
 (``count_include_pad``), partial windows at the border and from ``ceil_mode``, strides and
 dilations; the per-channel statistics average over positions with the law of total variance.
 
-Maxima (MaxPool, GlobalMaxPool, and ReduceMax, ReduceMin in :mod:`.reduce`) use the order statistics of the input's
-real distribution rather than Monte Carlo: the input's source (a Gaussian followed by its
+Maxima use the order statistics of the input's real distribution rather than Monte Carlo
+(:mod:`.maxima`): per position class the maximum of the cells' Gaussians under a non-decreasing
+chain (ReLU ...); otherwise, per channel, the input's source (a Gaussian followed by its
 element-wise chain, e.g. a ReLU) is discretised on 3072 quantile-spaced atoms (composite
 Gauss-Legendre in the Gaussian variable), and the maximum of K independent draws of that discrete
 distribution has exactly ``P(max = v_(i)) = F_i^K - F_(i-1)^K``. This is deterministic, vectorised
@@ -21,14 +21,16 @@ AutoInit does) under-predicts E[x^2] after max-pooling by about 1.3x. Results ar
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
 
 import numpy as np
 
+from .. import correlation
 from ..moments import Moments, Source
+from ..spatial import attach, class_weights, gather_taps, positions, window
 from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
-from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
+from .gaussian import compose, expand
+from .maxima import max_moments, max_of_correlated_gaussians, max_of_gaussians, non_decreasing
 from .registry import rule
 
 # ---------------------------------------------------------------------------------------------
@@ -86,6 +88,41 @@ def _windows(ctx: RuleContext) -> list[tuple[int, int, float]]:
     return [(a, b, w) for (a, b), w in windows.items()]
 
 
+def _class_windows(ctx: RuleContext, maps):
+    """Output position classes of a pooling window over input classes ``maps``: per axis
+    (out_map, taps [R, k]) with taps -1 in the pads and -2 beyond them (ceil_mode)."""
+    x_shape, y_shape = ctx.in_shape(0), ctx.out_shape(0)
+    kernel = list(ctx.attr("kernel_shape"))
+    n = len(kernel)
+    strides = list(ctx.attr("strides", [1] * n))
+    dilations = list(ctx.attr("dilations", [1] * n))
+    begins, ends = _pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
+    out_maps, taps = [], []
+    for d in range(n):
+        size = y_shape[2 + d]
+        if ctx.attr("ceil_mode", 0):  # a window starting in the end padding is dropped
+            size = int(np.sum(np.arange(size) * strides[d] - begins[d] < x_shape[2 + d]))
+        m, t = window(maps[d], size, kernel[d], strides[d], dilations[d], begins[d], ends[d])
+        out_maps.append(m)
+        taps.append(t)
+    return out_maps, taps
+
+
+def _tap_counts(taps, lowest: int) -> np.ndarray:
+    """Per output cell, the number of taps with class >= ``lowest`` (0: inside the input, -1:
+    inside the padded input): a product over the axes ``[R_0, ..., R_{n-1}]``."""
+    out = np.ones(())
+    for t in taps:
+        out = np.multiply.outer(out, (t >= lowest).sum(axis=1).astype(np.float64))
+    return out
+
+
+def _cell_arrays(sp, c: int) -> tuple[np.ndarray, np.ndarray]:
+    mu, nu = np.broadcast_arrays(sp.cells.mean, sp.cells.var)
+    shape = (c,) + tuple(sp.classes)
+    return np.broadcast_to(mu[0], shape), np.broadcast_to(nu[0], shape)
+
+
 def _mix(parts: list[tuple[np.ndarray, np.ndarray, float]]) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel moments over positions of kinds r (mean_r, var_r, weight_r):
     mean = sum w mean_r, var = sum w var_r + sum w (mean_r - mean)^2."""
@@ -124,31 +161,43 @@ def per_channel(x: Moments, x_shape) -> Moments:
 
 @rule("AveragePool")
 def average_pool(inputs, ctx: RuleContext):
-    """Per output position with n taps inside the input and d the divisor (n, or the taps
-    inside the padded input when count_include_pad=1), for independent inputs:
+    """Per output position class with n taps inside the input and d the divisor (n, or the
+    taps inside the padded input when count_include_pad=1), for independent inputs:
 
-        E(p) = mu n/d,   Var(p) = nu n/d^2          (= mu, nu/K for an interior window)
+        E(r) = sum_taps mu(class under tap) / d,   Var(r) = sum_taps nu(class under tap) / d^2
 
-    per channel over positions: E = mean_p E(p), Var = mean_p Var(p) + var_p E(p). A lower
-    bound on the variance when neighbouring inputs are correlated."""
+    (= mu, nu/K for an interior window of uniform input); per channel over positions: the law
+    of total variance. With correlated neighbours (``onnxinit.correlation``) each channel's
+    variances are multiplied by ``(1/n) sum_{t,t'} rho(t' - t)`` (an interior window's, the
+    ratio of the correlated to the independent variance), and the output's correlation is
+    ``sum_{t,t'} rho(s d + t' - t)`` normalised."""
     x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
-    include = bool(ctx.attr("count_include_pad", 0))
-    mu, nu = x.values_along(1, x_shape[1])
-    parts = []
-    for inside, padded, weight in _windows(ctx):
-        if inside == 0:
-            raise RuleError("a window entirely in the padding")
-        d = padded if include else inside
-        parts.append((mu * inside / d, nu * inside / d**2, weight))
-    mean, var = _mix(parts)
-    return [Moments.along(mean, var, 1, len(x_shape))]
+    sp = positions(x, x_shape)
+    out_maps, taps = _class_windows(ctx, sp.maps)
+    geometry = _geometry(ctx)
+    inside = _tap_counts(taps, 0)
+    if np.any(inside == 0):
+        raise RuleError("a window entirely in the padding")
+    divisor = _tap_counts(taps, -1) if ctx.attr("count_include_pad", 0) else inside
+    mu, nu = _cell_arrays(sp, x_shape[1])
+    n = len(taps)
+    t_axes = tuple(range(1, 1 + n))
+    mean = gather_taps(mu, taps).sum(axis=t_axes) / divisor
+    var = gather_taps(nu, taps).sum(axis=t_axes) / divisor**2
+    corr = None
+    if sp.corr is not None:
+        kernel, strides, dilations = geometry
+        corr, centre = correlation.window_sum(sp.corr, kernel, strides, dilations,
+                                              ctx.out_shape(0)[2:])
+        var = var * (centre * int(np.prod(kernel))).reshape((-1,) + (1,) * n)
+    return [attach(Moments(mean[None], var[None]), out_maps, corr)]
 
 
-def layout(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    mu, nu = expand(x.mean, rank), expand(x.var, rank)
-    shape = np.broadcast_shapes(mu.shape, nu.shape)
-    return np.broadcast_to(mu, shape), np.broadcast_to(nu, shape)
+def _geometry(ctx: RuleContext):
+    kernel = list(ctx.attr("kernel_shape"))
+    n = len(kernel)
+    return kernel, list(ctx.attr("strides", [1] * n)), list(ctx.attr("dilations", [1] * n))
 
 
 @rule("GlobalAveragePool")
@@ -157,60 +206,28 @@ def global_average_pool(inputs, ctx: RuleContext):
     (independent positions: a lower bound when neighbours are correlated)."""
     x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
-    rank = len(x_shape)
-    axes = tuple(range(2, rank))
+    return [spatial_mean(x, x_shape)]
+
+
+def spatial_mean(x: Moments, x_shape) -> Moments:
+    """The mean over every spatial position, per channel: E = sum_k w_k mu_k, Var =
+    sum_k w_k nu_k / K over the position classes k (w_k their share of the K positions:
+    the spread of the position means is not noise, it averages out), times
+    (1/K) sum_{p,p'} rho(p - p') when the positions are correlated (``onnxinit.correlation``)."""
+    sp = positions(x, x_shape)
     k = int(np.prod(x_shape[2:]))
-    mu, nu = layout(x, rank)
-    return [Moments(mu.mean(axis=axes, keepdims=True), nu.mean(axis=axes, keepdims=True) / k)]
-
-
-# ---------------------------------------------------------------------------------------------
-# maxima
-
-_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-_CACHE_SIZE = 4096
-
-
-def max_moments(src: Source, counts: Sequence[int], rank: int, minimum: bool = False):
-    """Per tracked index, (E, Var) of the max (or min) of K independent draws of ``src``'s
-    distribution, for each K in ``counts``: a list of (E, Var) arrays laid out like ``src``."""
-    mean, var = expand(src.mean, rank), expand(src.var, rank)
-    key = (
-        tuple(counts),
-        minimum,
-        rank,
-        mean.shape,
-        mean.tobytes(),
-        var.shape,
-        var.tobytes(),
-        tuple(f.key for f in src.chain),
-    )
-    if key in _CACHE:
-        return _CACHE[key]
-    shape = np.broadcast_shapes(mean.shape, var.shape)
-    z = COMPOSITE_Z.reshape((-1,) + (1,) * len(shape))
-    with np.errstate(all="ignore"):
-        values = np.asarray(compose(src.chain)(mean + np.sqrt(var) * z), dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise RuleError("the input distribution is not finite")
-    values = np.broadcast_to(values, (z.shape[0],) + values.shape[1:])
-    if minimum:
-        values = -values
-    order = np.argsort(values, axis=0, kind="stable")
-    v = np.take_along_axis(values, order, axis=0)
-    p = COMPOSITE_W[order]
-    cdf = np.minimum(np.cumsum(p, axis=0) / p.sum(axis=0, keepdims=True), 1.0)
-    before = np.concatenate([np.zeros_like(cdf[:1]), cdf[:-1]], axis=0)
-    out = []
-    for k in counts:
-        q = cdf**k - before**k
-        e = (q * v).sum(axis=0)
-        var_k = (q * (v - e) ** 2).sum(axis=0)
-        out.append((-e if minimum else e, var_k))
-    if len(_CACHE) >= _CACHE_SIZE:
-        _CACHE.clear()
-    _CACHE[key] = out
-    return out
+    mu, nu = _cell_arrays(sp, np.broadcast_shapes(x.mean.shape, x.var.shape)[1]
+                          if x.rank == len(x_shape) else 1)
+    w = class_weights(sp.maps)[None]
+    axes = tuple(range(1, mu.ndim))
+    mean = (w * mu).sum(axis=axes)
+    var = (w * nu).sum(axis=axes) / k
+    if sp.corr is not None:  # correlated positions: (nu/K^2) sum_d n(d) rho(d)
+        var = var * correlation.mean_variance_factor(sp.corr, x_shape[2:])
+        # BatchNorm's batch mean: the centred part's variance over N samples is (N-1)/N
+        var = var * (1.0 - sp.corr.batch_centred(var.size) / max(1, x_shape[0]))
+    return Moments.along(mean, var, 1, len(x_shape)) if mean.size > 1 else Moments(
+        mean.reshape((1,) * len(x_shape)), var.reshape((1,) * len(x_shape)))
 
 
 @rule("MaxPool")
@@ -221,7 +238,12 @@ def max_pool(inputs, ctx: RuleContext):
     Var = mean_p Var_K(p) + var_p E_K(p). Statistics that vary with the position are pooled
     per channel first (:func:`per_channel`). Indices output: None."""
     x_shape = ctx.in_shape(0)
-    x = per_channel(signal(inputs, 0), x_shape)
+    x = signal(inputs, 0)
+    outs = [None] * (len(ctx.node.output) - 1)
+    classes = _max_pool_classes(x, x_shape, ctx)
+    if classes is not None:
+        return [classes] + outs
+    x = per_channel(x, x_shape)
     rank = len(x_shape)
     windows = _windows(ctx)
     if any(inside == 0 for inside, _, _ in windows):
@@ -230,7 +252,88 @@ def max_pool(inputs, ctx: RuleContext):
     stats = dict(zip(counts, max_moments(base_source(x, rank), counts, rank)))
     parts = [(*stats[inside], w) for inside, _, w in windows]
     mean, var = _mix(parts)
-    return [Moments(mean, var)] + [None] * (len(ctx.node.output) - 1)
+    return [Moments(mean, var)] + outs
+
+
+def _max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
+    """MaxPool per output position class, when the input is a Gaussian per cell followed by a
+    non-decreasing chain f (ReLU ...): max_taps f(z_t) = f(max_taps z_t) with z_t ~ N(m_t, s_t^2)
+    the Gaussians of the cells under the taps (``maxima.max_of_gaussians``), correlated as the
+    input's correlation says (a conv output's neighbours): each channel's taps at one common
+    correlation r (``maxima.max_of_correlated_gaussians``, exact when the pairs are equally
+    correlated), chosen so that the window's mean pair distance matches,
+    ``sqrt(1 - r) = mean_pairs sqrt(1 - rho_ij)`` (E|z_i - z_j| sets the spread of a maximum;
+    a 2x2 window's diagonal pair is less correlated than its sides). Positions are taken as
+    stationary: the interior's correlation at the border too.
+    None when the chain is not monotone."""
+    sp = positions(x, x_shape)
+    cells = sp.cells
+    src = cells.source if cells.source is not None else Source(cells.mean, cells.var)
+    rank = len(x_shape)
+    mean, var = np.broadcast_arrays(expand(src.mean, rank), expand(src.var, rank))
+    c = np.broadcast_shapes(mean.shape, cells.mean.shape)[1]
+    shape = (c,) + tuple(sp.classes)
+    mean, var = np.broadcast_to(mean[0], shape), np.broadcast_to(var[0], shape)
+    if mean.shape[1:] != tuple(sp.classes) or not non_decreasing(src.chain, mean, var):
+        return None
+    out_maps, taps = _class_windows(ctx, sp.maps)
+    n = len(taps)
+    m_t = gather_taps(mean, taps)  # [C, T_0.., R_0..]
+    s_t = gather_taps(np.sqrt(var), taps)
+    valid = gather_taps(np.ones(shape), taps)
+    t_shape = m_t.shape[1:1 + n]
+    r_shape = m_t.shape[1 + n:]
+
+    def lay_out(a):  # [T, 1, C, R_0, ...] so that per-channel constants of f broadcast
+        a = np.moveaxis(a.reshape((c, int(np.prod(t_shape))) + r_shape), 1, 0)
+        return a[:, None]
+
+    if sp.corr is None:
+        e, v, _ = max_of_gaussians(lay_out(m_t), lay_out(s_t), lay_out(valid),
+                                   compose(src.chain))
+        return attach(Moments(e, v), out_maps, None)
+    kernel, _, dilations = _geometry(ctx)
+    pairs = correlation.window_pairs(correlation.Correlation(*sp.corr.gaussian()), kernel,
+                                     dilations)
+    # one common correlation r with the mean distance of the pairs, E|z_i - z_j| ~ sqrt(1 - rho)
+    if pairs.shape[1]:
+        distance = np.sqrt(np.clip(1.0 - pairs, 0.0, 2.0)).mean(axis=1)
+        common = np.broadcast_to(1.0 - distance**2, (c,))
+    else:
+        common = np.zeros(c)
+    e, v, slope = max_of_correlated_gaussians(
+        lay_out(m_t), lay_out(s_t), lay_out(valid), compose(src.chain),
+        common.reshape((1, c) + (1,) * len(r_shape)))
+    lin, centre = _window_correlation(sp, ctx)
+    return attach(Moments(e, v), out_maps, _max_correlation(lin, centre, var, slope, v, sp.corr.centred))
+
+
+def _window_correlation(sp, ctx: RuleContext):
+    """The window average of the Gaussian under the input's chain: (its output Correlation,
+    ``(1/n^2) sum_{t,t'} rho_z(t' - t)`` per channel)."""
+    kernel, strides, dilations = _geometry(ctx)
+    rho_z, floor_z = sp.corr.gaussian()
+    gauss = correlation.Correlation(rho_z, floor_z, None, sp.corr.centred)
+    return correlation.window_sum(gauss, kernel, strides, dilations, ctx.out_shape(0)[2:])
+
+
+def _max_correlation(lin, centre, var_z, slope, var_max, centred):
+    """Output correlation of a max pool by Stein's lemma, linearised: with pi_t = E[f'(M)]/n
+    the chance-weighted derivative of the window's maximum by tap t,
+    ``Cov(out(p), out(p+d)) ~ E[f'(M)]^2 nu_z (1/n^2) sum_{t,t'} rho_z(s d + t' - t)``
+    (z the Gaussian under the chain; ``lin``, ``centre`` from :func:`_window_correlation`),
+    divided by the maximum's variance; per channel, averaged over the position classes."""
+    c = var_z.shape[0]
+    axes = tuple(range(1, var_z.ndim))
+    nu_z = var_z.mean(axis=axes)
+    k = slope.reshape(c, -1).mean(axis=1)
+    v = var_max.reshape(c, -1).mean(axis=1)
+    scale = k**2 * nu_z * np.broadcast_to(centre, (c,)) / np.where(v > 0, v, 1.0)
+    n = lin.rho.ndim - 1
+    rho = np.broadcast_to(lin.rho, (c,) + lin.rho.shape[1:]) * scale.reshape((-1,) + (1,) * n)
+    rho[(slice(None), *lin.radius)] = 1.0
+    floor = np.broadcast_to(lin.floor, (c,)) * scale
+    return correlation.Correlation(np.clip(rho, -1, 1), np.clip(floor, -1, 1), None, centred)
 
 
 @rule("GlobalMaxPool")
@@ -245,4 +348,4 @@ def global_max_pool(inputs, ctx: RuleContext):
     return [Moments(mean, var)]
 
 
-__all__ = ["layout", "max_moments", "per_channel"]
+__all__ = ["max_moments", "spatial_mean"]

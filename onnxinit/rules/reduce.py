@@ -1,10 +1,11 @@
-"""Reductions over given axes: ReduceMean, ReduceSum, ReduceSumSquare, ReduceL1, ReduceL2,
-ReduceLogSumExp, ReduceMax, ReduceMin.
+"""Reductions: ReduceMean, ReduceSum, ReduceSumSquare, ReduceL1, ReduceL2, ReduceLogSumExp,
+ReduceMax, ReduceMin.
 
-Sums and means assume independent elements (``Var = nu / K`` for a mean of K: a lower bound
-when the reduced values are correlated). Sums of squares, absolute values and exponentials use
-the cumulants of the element distribution (over the input's source); the maxima use the order
-statistics of :func:`.pooling.max_moments`.
+Sums and means assume independent elements (``Var = nu / K`` for a mean of K), except a mean
+or sum over every spatial position of a tensor with position classes, which is the global
+average pool's (``pooling.spatial_mean``: the cells weighted by their positions, and the
+positions' correlation). Maxima use the order statistics of the input's distribution
+(:mod:`.maxima`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from ..moments import Moments
 from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
 from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
-from .pooling import layout, max_moments
+from .maxima import max_moments
+from .pooling import spatial_mean
 from .registry import rule
 
 
@@ -36,6 +38,12 @@ def _axes(ctx: RuleContext, rank: int) -> tuple[int, ...] | None:
             return None
         return tuple(range(rank))
     return tuple(sorted({a % rank for a in axes}))
+
+
+def _layout(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    mu, nu = expand(x.mean, rank), expand(x.var, rank)
+    shape = np.broadcast_shapes(mu.shape, nu.shape)
+    return np.broadcast_to(mu, shape), np.broadcast_to(nu, shape)
 
 
 def _finish(mean, var, axes, keepdims: bool) -> Moments:
@@ -115,8 +123,13 @@ def reduce_linear(inputs, ctx: RuleContext):
     keepdims = bool(ctx.attr("keepdims", 1))
     k = int(np.prod([x_shape[a] for a in axes]))
     op = ctx.node.op_type
+    if op in ("ReduceMean", "ReduceSum") and x.spatial is not None and set(axes) == set(
+            range(2, rank)):  # over every position of a map: position classes, correlation
+        m = spatial_mean(x, x_shape)
+        k2 = k if op == "ReduceSum" else 1
+        return [_finish(m.mean * k2, m.var * k2 * k2, axes, keepdims)]
     if op in ("ReduceMean", "ReduceSum"):
-        mu, nu = layout(x, rank)
+        mu, nu = _layout(x, rank)
         m = mu.mean(axis=axes, keepdims=True)
         v = nu.mean(axis=axes, keepdims=True)
         if op == "ReduceMean":
@@ -153,6 +166,9 @@ def _sampled_logsumexp(x: Moments, rank: int, k: int, ctx: RuleContext):
     return expand(y.mean(axis=0), rank), expand(y.var(axis=0), rank)
 
 
+# ---------------------------------------------------------------------------------------------
+# maxima
+
 @rule("ReduceMax", "ReduceMin")
 def reduce_max(inputs, ctx: RuleContext):
     """Max (min) over the K reduced elements from the order statistics of the input's
@@ -172,3 +188,6 @@ def reduce_max(inputs, ctx: RuleContext):
     ((mean, var),) = max_moments(src, [k], rank, minimum=ctx.node.op_type == "ReduceMin")
     mean, var = expand(mean, rank), expand(var, rank)
     return [_finish(mean, var, axes, keepdims)]
+
+
+__all__ = ["reduce_linear", "reduce_max"]

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
+from ..spatial import DENSE_CAP, dense, drop, select
 from .context import RuleContext, RuleError, signal
 from .masks import keep_rows
 from .registry import rule
@@ -120,7 +121,18 @@ def reshape(inputs, ctx: RuleContext):
     Softmax, the rows of a grid it cannot keep are kept as ``Moments.rows``: masks.keep_rows)."""
     x = signal(inputs, 0)
     in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
+    if x.spatial is not None:
+        x = per_position(x, in_shape)
     return [keep_rows(x, in_shape, out_shape, reshape_moments(x, in_shape, out_shape), ctx)]
+
+
+def per_position(x: Moments, shape) -> Moments:
+    """x's position classes expanded to per-position statistics (a Flatten of a small map
+    gives each feature its position's statistics), or its per-channel totals when the map is
+    too large to expand."""
+    if int(np.prod(shape[1:])) > DENSE_CAP:
+        return Moments(x.mean, x.var, x.source)
+    return Moments(*dense(x.spatial))
 
 
 @rule("Identity")
@@ -157,6 +169,8 @@ def transpose(inputs, ctx: RuleContext):
 def expand(inputs, ctx: RuleContext):
     """y = x broadcast to a shape: every element a copy, statistics broadcast unchanged."""
     x = signal(inputs, 0)
+    if x.spatial is not None and tuple(ctx.out_shape(0)) != tuple(ctx.in_shape(0)):
+        x = drop(x)
     return [x.expand_rank(len(ctx.out_shape(0))) if x.rank else x]
 
 
@@ -213,10 +227,14 @@ def slice_(inputs, ctx: RuleContext):
     """y = x[starts:ends:steps] along ``axes``: statistics of the selected indices along tracked
     axes; unchanged elsewhere."""
     x = signal(inputs, 0)
-    if x.is_scalar:
-        return [_scalar(x)]
     in_shape = ctx.in_shape(0)
     rank = len(in_shape)
+    if x.spatial is not None:
+        for axis, start, end, step in _slice_params(ctx, rank):
+            x = select(x, axis, np.arange(in_shape[axis])[slice(start, end, step)])
+        return [x]
+    if x.is_scalar:
+        return [_scalar(x)]
     out = x.expand_rank(rank)
     for axis, start, end, step in _slice_params(ctx, rank):
         if out.rank and np.broadcast_shapes(out.mean.shape, out.var.shape)[axis] > 1:
@@ -231,18 +249,17 @@ def split(inputs, ctx: RuleContext):
     """Outputs are consecutive pieces of x along ``axis``: each takes its indices' statistics."""
     x = signal(inputs, 0)
     outs_n = len(ctx.node.output)
-    if x.is_scalar:
-        return [_scalar(x) for _ in range(outs_n)]
     in_shape = ctx.in_shape(0)
     rank = len(in_shape)
     axis = ctx.attr("axis", 0) % rank
     sizes = [ctx.out_shape(i)[axis] for i in range(outs_n)]
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    outs = []
-    for i in range(outs_n):
-        idx = np.arange(offsets[i], offsets[i + 1])
-        outs.append(_take(x, rank, axis, idx))
-    return outs
+    pieces = [np.arange(offsets[i], offsets[i + 1]) for i in range(outs_n)]
+    if x.spatial is not None:
+        return [select(x, axis, idx) for idx in pieces]
+    if x.is_scalar:
+        return [_scalar(x) for _ in range(outs_n)]
+    return [_take(x, rank, axis, idx) for idx in pieces]
 
 
 @rule("Gather")
@@ -367,7 +384,7 @@ def resize(inputs, ctx: RuleContext):
     for a in x.tracked_axes():
         if in_shape[a - x.rank + len(in_shape)] != out_shape[a - x.rank + len(in_shape)]:
             raise RuleError("a tracked axis is resized")
-    return [x]
+    return [x if tuple(in_shape) == tuple(out_shape) else drop(x)]
 
 
 @rule("DepthToSpace", "SpaceToDepth")

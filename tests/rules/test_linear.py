@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.moments import Moments
+from onnxinit.spatial import dense
 from tests.models import make_model
 from tests.oracle import assert_moments_close, monte_carlo, node_model, predict
 
@@ -262,12 +263,17 @@ def test_padded_conv_per_position_statistics():
     for name in ("c1", "r", "y"):
         m = result.moments[name]
         got = values[name].astype(np.float64)
-        assert m.mean.shape == (1, *got.shape[1:]), name  # per channel and position
-        np.testing.assert_allclose(m.mean[0], got.mean(axis=0), atol=0.03)
+        assert m.spatial is not None, name  # per channel and position class
+        mean, var = dense(m.spatial)
+        assert mean.shape == (1, *got.shape[1:]), name
+        np.testing.assert_allclose(mean[0], got.mean(axis=0), atol=0.03)
         if name != "y":  # 7%: the largest sampling error of 120 variances from 20000 draws
-            np.testing.assert_allclose(m.var[0], got.var(axis=0), rtol=0.07)
+            np.testing.assert_allclose(var[0], got.var(axis=0), rtol=0.07)
+            # the per-channel totals are those of the positions (law of total variance)
+            assert_moments_close(m, got, rtol=0.05, axis=1)
     # the borders differ: c1's corner variance is below its centre's
-    assert np.all(result.moments["c1"].var[0, :, 0, 0] < result.moments["c1"].var[0, :, 2, 2])
+    c1_var = dense(result.moments["c1"].spatial)[1]
+    assert np.all(c1_var[0, :, 0, 0] < c1_var[0, :, 2, 2])
 
 
 def test_per_position_conv_uniform_output_stays_per_channel():
@@ -309,3 +315,32 @@ def _conv_flatten_matmul_pos(w1, rng):
     assert result.moments["f"].tracked_axes() == (1,)
     assert result.moments["f"].mean.shape == (1, 36)  # channel x position
     return result.moments["y"], values["y"]
+
+
+def test_copy_conv_keeps_the_distribution_of_a_relu_output():
+    # a Dirac kernel (one non-zero per output channel: IDInit's identity) copies a ReLU
+    # output, padding included: the ReLU after it changes nothing. A Gaussian description of
+    # the copy would lose ~40% of the variance at that ReLU.
+    w = np.zeros((6, 3, 3, 3), np.float32)
+    for j in range(6):
+        w[j, j % 3, 1, 1] = 1.5 if j < 3 else 0.5
+    w[5, 2, 1, 1], w[5, 2, 0, 0] = 0.0, 0.5  # a shifted copy reads the zero padding
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["y"]),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [20000, 3, 5, 5])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("c2", "y")],
+        [numpy_helper.from_array(a, n) for n, a in (("w1", weights((3, 3, 3, 3), seed=3)),
+                                                      ("w2", w))],
+    )
+    x = Moments.along([0.2, -0.1, 0.0], [1.0, 0.5, 2.0], axis=1, rank=4)
+    _, result = predict(model, {"x": x})
+    values = monte_carlo(model, {"x": x})
+    for name in ("c2", "y"):
+        assert_moments_close(result.moments[name], values[name], rtol=0.03, axis=1)
+    assert result.moments["c2"].spatial.cells.source is not None  # the copied description

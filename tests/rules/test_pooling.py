@@ -7,7 +7,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxinit.moments import Moments
-from onnxinit.rules.pooling import max_moments
+from onnxinit.rules.maxima import max_moments
+from onnxinit.spatial import within_variance
 from tests.models import make_model
 from tests.oracle import assert_moments_close, check_rule, monte_carlo, node_model, predict
 
@@ -133,3 +134,86 @@ def test_max_moments_match_the_gaussian_order_statistics():
     ((e, v),) = max_moments(Source(np.float64(0.0), np.float64(1.0)), [2], 0)
     assert e == pytest.approx(1 / np.sqrt(np.pi), rel=1e-5)
     assert v == pytest.approx(1 - 1 / np.pi, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# position classes and correlated neighbours (onnxinit.spatial, onnxinit.correlation)
+
+
+def _conv_block(tail, shape, seed=3, channels=6, depthwise=True):
+    """Conv(3x3, pad 1, bias) -> ReLU -> ``tail`` nodes reading "r", output "y"."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    w = rng.standard_normal((c, 1, 3, 3) if depthwise else (channels, c, 3, 3)) * 0.5
+    b = rng.uniform(-0.5, 0.5, w.shape[0])
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1],
+                              group=c if depthwise else 1),
+             helper.make_node("Relu", ["c"], ["r"])] + tail
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w.astype(np.float32), "w"),
+         numpy_helper.from_array(b.astype(np.float32), "b")],
+    )
+
+
+def test_global_average_pool_of_correlated_positions():
+    # a depthwise 3x3 kernel correlates each channel's neighbours with its own pattern: the
+    # mean over the 1024 positions then has (1/K) sum_d n(d) rho(d) times the independent
+    # variance (0.5x to 2x here), the border positions have other means and variances (padding,
+    # bias). The model takes the interior's correlation everywhere: right for a map whose
+    # interior dominates: on 32x32 within 8% per channel (16x16: 18%, 6x6: 29%), where
+    # independent positions would be 0.5x-2x off
+    model = _conv_block([helper.make_node("GlobalAveragePool", ["r"], ["y"])],
+                        (6000, 4, 32, 32))
+    x = Moments.along([0.3, -0.2, 0.0, 0.5], [1.0, 0.5, 2.0, 1.5], axis=1, rank=4)
+    result = check_rule(model, {"x": x}, rtol=0.08)
+    sp = result.moments["r"].spatial
+    independent = within_variance(sp, 4) / (32 * 32)
+    predicted = result.moments["y"].var.reshape(-1)
+    assert np.max(np.abs(np.log(predicted / independent))) > np.log(1.4)  # the effect is large
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [2, 2], "strides": [2, 2]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+])
+def test_pools_of_a_padded_relu_map_per_position_class(attrs):
+    # MaxPool/AveragePool of a padded Conv's ReLU: border windows hold other Gaussians (the
+    # max of different Gaussians, per class). The maximum takes the taps as independent: a
+    # conv over 16 channels leaves its neighbours' correlations within +-0.1 (over 5 channels,
+    # +-0.3, and a channel's maximum is 6% off)
+    rng = np.random.default_rng(4)
+    x = Moments.along(rng.uniform(-0.3, 0.3, 16), rng.uniform(0.5, 2.0, 16), axis=1, rank=4)
+    for op in ("MaxPool", "AveragePool"):
+        model = _conv_block([helper.make_node(op, ["r"], ["y"], **attrs)], (10000, 16, 7, 7),
+                            depthwise=False)
+        result = check_rule(model, {"x": x}, rtol=0.04)
+        assert result.moments["y"].spatial is not None
+
+
+def test_max_pool_of_correlated_neighbours():
+    # a smoothing depthwise kernel (all taps positive) makes neighbours correlated at ~0.65
+    # (sides) and ~0.45 (diagonals) before the ReLU: their maximum spreads less than four
+    # independent draws. Taken as independent, the means come out 1.25-1.5x the measured; with
+    # one common correlation per window, the means within 2% (4% of the standard deviation:
+    # the border's correlation is taken as the interior's), the variances within 3%
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(7)
+    c = 4
+    w = 0.3 + 0.05 * rng.standard_normal((c, 1, 3, 3))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], group=c),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2])]
+    model = make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1500, c, 24, 24])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w.astype(np.float32), "w")])
+    x = Moments.along([0.2, -0.1, 0.0, 0.3], [1.0, 0.5, 2.0, 1.5], axis=1, rank=4)
+    result = check_rule(model, {"x": x}, rtol=0.05)
+    r = result.moments["r"].spatial
+    assert r.corr is not None and np.all(r.corr.gaussian()[0][:, 7, 6] > 0.5)

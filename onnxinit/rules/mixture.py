@@ -1,0 +1,110 @@
+"""Gaussian mixtures for sums of independent operands (``Moments.mixture``): a ReLU output as
+its point mass at 0 and its positive part in equal-probability bins, a Gaussian as one
+component; the sum of two independent operands pairs their components. Closed-form activations
+(ReLU ...) then integrate each component exactly (``rules/elementwise.py``)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+from ..moments import Moments
+
+
+def lift(a: np.ndarray, rank: int) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 0 or a.ndim >= rank:
+        return a
+    return a.reshape((1,) * (rank - a.ndim) + a.shape)
+
+
+def binary_independent(op: str, a, b) -> tuple[np.ndarray, np.ndarray]:
+    (ma, va), (mb, vb) = a, b
+    if op == "Add":
+        return ma + mb, va + vb
+    if op == "Sub":
+        return ma - mb, va + vb
+    if op == "Mul":
+        return ma * mb, (va + ma**2) * (vb + mb**2) - ma**2 * mb**2
+    raise RuleError(f"{op} of these operands")
+
+
+_MAX_COMPONENTS = 24  # of a sum's mixture: more and the smaller operand counts as Gaussian
+_RELU_BINS = 2  # equal-probability bins of a ReLU's positive part in a mixture
+
+
+def _phi(t: np.ndarray) -> np.ndarray:
+    """Standard normal density, 0 at +-inf."""
+    finite = np.isfinite(t)
+    return np.where(finite, np.exp(-0.5 * np.where(finite, t, 0.0) ** 2), 0.0) / np.sqrt(2 * np.pi)
+
+
+def components(x: Moments, rank: int):
+    """x as Gaussian mixture components (w, m, v), each with a leading component axis: one
+    component for a Gaussian (no element-wise chain); for ReLU(z), z ~ N(mu, s^2), the point
+    mass at 0 (weight Phi(-mu/s)) and the positive part cut in _RELU_BINS equal-probability bins
+    of z, each with its exact conditional mean and variance; a mixture-described x (a ReLU of a
+    sum) its own components. None for any other chain."""
+    src = x.source
+    if src is None and x.mixture is not None:
+        w, m, v = x.mixture
+        if m.ndim <= rank + 1:
+            return tuple(a.reshape(a.shape[:1] + (1,) * (rank + 1 - a.ndim) + a.shape[1:])
+                         for a in (w, m, v))
+    if src is None or not src.chain:
+        return np.ones((1,) + (1,) * rank), lift(x.mean, rank)[None], lift(x.var, rank)[None]
+    if len(src.chain) != 1 or src.chain[0].key != ("Relu",):
+        return None
+    mu, var = np.broadcast_arrays(lift(src.mean, rank), lift(src.var, rank))
+    s = np.sqrt(var)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a0 = np.where(s > 0, -mu / np.where(s > 0, s, 1.0), np.where(mu > 0, -np.inf, np.inf))
+    p0 = special.ndtr(a0)  # P(z <= 0)
+    k = np.arange(1, _RELU_BINS).reshape((-1,) + (1,) * mu.ndim)
+    inner = special.ndtri(np.clip(p0 + (1 - p0) * k / _RELU_BINS, 0.0, 1.0))  # standard units
+    edges = np.concatenate([a0[None], inner, np.full_like(a0, np.inf)[None]])
+    mass = (1 - p0) / _RELU_BINS  # each bin's probability, by construction
+    phi = _phi(edges)
+    tphi = np.where(phi > 0, np.where(np.isfinite(edges), edges, 0.0) * phi, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        safe = np.where(mass > 0, mass, 1.0)
+        # standard normal restricted to [lo, hi]: mean (phi(lo) - phi(hi)) / mass,
+        # second moment 1 + (lo phi(lo) - hi phi(hi)) / mass
+        cm = np.where(mass > 0, (phi[:-1] - phi[1:]) / safe, 0.0)
+        cv = np.where(mass > 0, 1.0 + (tphi[:-1] - tphi[1:]) / safe - cm**2, 0.0)
+    lo = edges[:-1]
+    w = np.concatenate([p0[None], np.broadcast_to((1 - p0) / _RELU_BINS, lo.shape)])
+    m = np.concatenate([np.zeros_like(mu)[None], mu + s * cm])
+    v = np.concatenate([np.zeros_like(var)[None], var * np.maximum(cv, 0.0)])
+    return w, m, v
+
+
+def sum_mixture(a: Moments, b: Moments, rank: int, subtract: bool = False):
+    """a +/- b (independent) as a Gaussian mixture when each is a Gaussian or a ReLU of one:
+    components pair up, w = w_i w_j, m = m_i +/- m_j, v = v_i + v_j. None when neither is a
+    ReLU (the sum is Gaussian) or either is another function."""
+    ca, cb = components(a, rank), components(b, rank)
+    if ca is None or cb is None or (ca[0].shape[0] == 1 and cb[0].shape[0] == 1):
+        return None
+    if ca[0].shape[0] * cb[0].shape[0] > _MAX_COMPONENTS:  # the smaller part as one Gaussian
+        one = np.ones((1,) + (1,) * rank)
+        if float(np.mean(a.var)) < float(np.mean(b.var)):
+            ca = (one, lift(a.mean, rank)[None], lift(a.var, rank)[None])
+        else:
+            cb = (one, lift(b.mean, rank)[None], lift(b.var, rank)[None])
+    (wa, ma, va), (wb, mb, vb) = ca, cb
+    na, nb = wa.shape[0], wb.shape[0]
+
+    def pair(x, y, combine):
+        z = combine(x.reshape((na, 1) + x.shape[1:]), y.reshape((1, nb) + y.shape[1:]))
+        return z.reshape((na * nb,) + z.shape[2:])
+
+    sign = -1.0 if subtract else 1.0
+    return (
+        pair(wa, wb, np.multiply),
+        pair(ma, mb, lambda x, y: x + sign * y),
+        pair(va, vb, np.add),
+    )
+
+
+__all__ = ["binary_independent", "components", "lift", "sum_mixture"]

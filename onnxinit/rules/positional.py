@@ -1,0 +1,131 @@
+"""Add / Sub / Mul / Div and channel Concat of tensors with position classes and spatial
+correlation (``Moments.spatial``: ``onnxinit.spatial``, ``onnxinit.correlation``): the
+arithmetic rules hand them here when an operand carries them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import correlation
+from ..moments import Moments
+from ..spatial import attach, class_weights, joint, positions, take_cells, within_variance
+from .context import RuleContext, RuleError
+from .mixture import binary_independent, lift, sum_mixture
+
+
+def positions_binary(inputs, ctx: RuleContext, op: str, rank: int) -> Moments | None:
+    """Add/Sub/Mul/Div-by-constant of operands of which one carries position classes
+    (``onnxinit.spatial``): the same formulas per cell of the operands' joint classes (a
+    ``[N, C, 1, 1]`` operand or a per-channel constant is the same in every cell), the sum's
+    Gaussian mixture per cell. None when no operand has classes, or a constant varies along
+    a spatial axis (then the per-channel path below)."""
+    if not any(m is not None and m.spatial is not None for m in inputs) or rank < 3:
+        return None
+    out_shape = ctx.out_shape(0)
+    operands = []
+    for i in range(len(inputs)):
+        m = inputs[i]
+        if m is None:
+            c = ctx.const(i)
+            if c is None or not np.all(np.isfinite(c)):
+                return None
+            c = lift(np.asarray(c, dtype=np.float64), rank)
+            if any(n > 1 for n in np.shape(c)[2:]) or np.ndim(c) != rank and np.size(c) > 1:
+                return None
+            if op == "Div" and i == 1:
+                if np.any(c == 0):
+                    return None
+                c = 1.0 / c
+            m = Moments(c, np.zeros_like(c))
+        elif op == "Div" and i == 1:
+            return None  # division by a signal: measured
+        sp = positions(m, ctx.in_shape(i) if len(ctx.in_shape(i)) == rank else out_shape)
+        if sp is None:
+            return None
+        operands.append(sp)
+    maps, selections = joint([sp.maps for sp in operands], out_shape[2:])
+    cells = [take_cells(sp.cells, sel) for sp, sel in zip(operands, selections)]
+    a = (cells[0].mean, cells[0].var)
+    b = (cells[1].mean, cells[1].var)
+    mean, var = binary_independent("Mul" if op == "Div" else op, a, b)
+    mixture = None
+    if op in ("Add", "Sub") and all(m is not None for m in inputs):
+        mixture = sum_mixture(cells[0], cells[1], rank, op == "Sub")
+    corr = joint_correlation(operands, inputs, op, out_shape)
+    return attach(Moments(mean, var, None, mixture), maps, corr)
+
+
+def joint_correlation(operands, inputs, op: str, out_shape):
+    """The output's spatial correlation (``onnxinit.correlation``) from the operands': for a
+    sum, covariances add; for a product of independent x and s,
+    ``Cov(d) = (Cov_x(d) + mu_x^2)(Cov_s(d) + mu_s^2) - mu_x^2 mu_s^2`` (a per-sample
+    ``[N, C, 1, 1]`` operand or a constant is the same at every position: rho = 1). None when
+    a signal with spatial axes carries none (unknown: taken as independent downstream)."""
+    channels = out_shape[1]
+    sizes = out_shape[2:]
+    parts = []
+    for sp, m in zip(operands, inputs):
+        uniform = all(n == 1 for n in (mp.size for mp in sp.maps))
+        nu = within_variance(sp, channels) if m is not None else np.zeros(channels)
+        mean = np.broadcast_to(pooled_mean(sp), (channels,))
+        if sp.corr is not None:
+            corr = sp.corr
+        elif uniform or m is None:  # one value per sample (or a constant): rho = 1
+            corr = correlation.Correlation(np.ones((1,) * (1 + len(sizes))), np.ones(1))
+        else:
+            return None
+        parts.append((corr, nu, mean))
+    if op in ("Add", "Sub"):
+        return correlation.add([(c, nu) for c, nu, _ in parts], sizes)
+    (cx, nx, mx), (cs, ns, ms) = parts
+    return correlation.product(cx, nx, mx, cs, ns, ms, sizes)
+
+
+def pooled_mean(sp) -> np.ndarray:
+    mean = np.broadcast_to(sp.cells.mean, np.broadcast_shapes(sp.cells.mean.shape,
+                                                              (1, 1, *sp.classes)))
+    w = class_weights(sp.maps)
+    return (mean[0] * w).reshape(mean.shape[1], -1).sum(axis=1)
+
+
+def concat_channels(inputs, ctx: RuleContext, out_shape) -> Moments:
+    """Channel concatenation of tensors with position classes (a DenseNet block): the cells of
+    every operand on their joint classes, concatenated along the channel axis, and the
+    per-channel correlations likewise (``onnxinit.spatial``, ``onnxinit.correlation``)."""
+    rank = len(out_shape)
+    spatials, channels = [], []
+    for i in range(len(inputs)):
+        m = _piece(inputs, ctx, i, rank)
+        spatials.append(positions(m, ctx.in_shape(i)))
+        channels.append(ctx.in_shape(i)[1])
+    maps, selections = joint([sp.maps for sp in spatials], out_shape[2:])
+    cells = [take_cells(sp.cells, sel) for sp, sel in zip(spatials, selections)]
+    shape = (1,) + tuple(len(sel) for sel in selections[0])
+    means, variances = [], []
+    for c, n in zip(cells, channels):
+        mean, var = np.broadcast_arrays(c.mean, c.var)
+        full = (1, n) + shape[1:]
+        means.append(np.broadcast_to(mean, np.broadcast_shapes(mean.shape, full)))
+        variances.append(np.broadcast_to(var, np.broadcast_shapes(var.shape, full)))
+    cells = Moments(np.concatenate(means, axis=1), np.concatenate(variances, axis=1))
+    corr = None
+    if any(sp.corr is not None for sp in spatials):
+        corr = correlation.concat([(sp.corr, n) for sp, n in zip(spatials, channels)],
+                                  out_shape[2:])
+    return attach(cells, maps, corr)
+
+
+
+
+def _piece(inputs, ctx: RuleContext, i: int, rank: int) -> Moments:
+    m = inputs[i]
+    if m is not None:
+        return m
+    c = ctx.const(i)
+    if c is None:
+        raise RuleError(f"input {i} is neither a signal nor constant")
+    c = lift(np.asarray(c, dtype=np.float64), rank)
+    return Moments(c, np.zeros_like(c))
+
+
+__all__ = ["concat_channels", "joint_correlation", "positions_binary"]

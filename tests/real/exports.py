@@ -1,0 +1,138 @@
+"""Real networks built in PyTorch (random initialization, nothing downloaded) and exported to
+ONNX in training mode exactly as the README says, cached per process.
+
+    path = exported("resnet50_nonorm", 64)          # a 64x64-input export, built once
+
+``exported(name, size)`` is the whole API: ``name`` is a key of :data:`BUILDERS` (a function
+of the input size returning ``(module, example input shape without the batch axis)``), ``size``
+the spatial size (images) or sequence length. The batch axis is dynamic. Exports are written to
+one temporary directory per process (``ONNXINIT_EXPORT_CACHE`` names a persistent one instead)
+and reused by every caller.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+Builder = Callable[[int], tuple[object, tuple[int, ...]]]
+
+
+def _torchvision(name: str, **kwargs) -> Builder:
+    def build(size: int):
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None, **kwargs), (3, size, size)
+
+    return build
+
+
+def _no_norm(name: str) -> Builder:
+    """A torchvision ResNet with every normalization layer replaced by the identity."""
+
+    def build(size: int):
+        import torchvision
+        from torch import nn
+
+        model = getattr(torchvision.models, name)(weights=None, norm_layer=lambda c: nn.Identity())
+        return model, (3, size, size)
+
+    return build
+
+
+def _vgg(name: str) -> Builder:
+    """torchvision VGG; below 224 the 7x7 adaptive average pool (an upsampling there, which
+    the exporter refuses) becomes the identity and the first classifier layer takes the
+    features at their own size."""
+
+    def build(size: int):
+        import torchvision
+        from torch import nn
+
+        model = getattr(torchvision.models, name)(weights=None)
+        if size != 224:
+            side = size // 32
+            model.avgpool = nn.Identity()
+            model.classifier[0] = nn.Linear(512 * side * side, 4096)
+        return model, (3, size, size)
+
+    return build
+
+
+BUILDERS: dict[str, Builder] = {
+    "resnet18": _torchvision("resnet18"),
+    "resnet50_nonorm": _no_norm("resnet50"),
+    "resnet152_nonorm": _no_norm("resnet152"),
+    "vgg11": _vgg("vgg11"),
+    "vgg11_bn": _vgg("vgg11_bn"),
+    "efficientnet_b0": _torchvision("efficientnet_b0"),
+    "mobilenet_v3_small": _torchvision("mobilenet_v3_small"),
+    "densenet121": _torchvision("densenet121"),
+    "convnext_tiny": _torchvision("convnext_tiny"),
+    "regnet_y_400mf": _torchvision("regnet_y_400mf"),
+    "vit_b_16": _torchvision("vit_b_16"),
+    "swin_t": _torchvision("swin_t"),
+}
+
+_CACHE: dict[tuple[str, int], Path] = {}
+_DIRECTORY: Path | None = None
+
+
+def _directory() -> Path:
+    global _DIRECTORY
+    if _DIRECTORY is None:
+        named = os.environ.get("ONNXINIT_EXPORT_CACHE")
+        if named:
+            _DIRECTORY = Path(named)
+            _DIRECTORY.mkdir(parents=True, exist_ok=True)
+        else:
+            _DIRECTORY = Path(tempfile.mkdtemp(prefix="onnxinit-exports-"))
+    return _DIRECTORY
+
+
+def export_module(module, example_shape: tuple[int, ...], path: Path, *,
+                  input_name: str = "x", integer_input: int = 0) -> Path:
+    """Export ``module`` in training mode (README): TrainingMode.TRAINING, no constant folding,
+    the TorchScript exporter, a dynamic batch axis, IR version <= 10 (onnxruntime's limit).
+    ``integer_input`` > 0 feeds token ids below that bound instead of N(0, 1) floats."""
+    import onnx
+    import torch
+
+    module.train()
+    if integer_input:
+        example = torch.randint(0, integer_input, (2, *example_shape))
+    else:
+        example = torch.randn(2, *example_shape)
+    tmp = path.with_suffix(".tmp.onnx")
+    with warnings.catch_warnings():  # the exporter warns about every BatchNorm counter
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (example,), str(tmp), input_names=[input_name],
+            training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False, dynamo=False,
+            opset_version=17, dynamic_axes={input_name: {0: "batch"}},
+        )
+    proto = onnx.load(str(tmp))
+    proto.ir_version = min(proto.ir_version, 10)
+    onnx.save(proto, str(path))
+    tmp.unlink()
+    return path
+
+
+def exported(name: str, size: int) -> Path:
+    """Path of ``name`` exported at input size ``size`` (built and exported on first use,
+    seeded: the same weights every time)."""
+    key = (name, size)
+    if key in _CACHE:
+        return _CACHE[key]
+    path = _directory() / f"{name}_{size}.onnx"
+    if not path.exists():
+        import torch
+
+        torch.manual_seed(0)
+        module, shape = BUILDERS[name](size)
+        export_module(module, shape, path)
+    _CACHE[key] = path
+    return path

@@ -1,0 +1,58 @@
+"""Predictions on real convolutional networks (torchvision, random initialization, exported in
+training mode as the README says) against onnxruntime measurements at batch 8: at least 95% of
+the float activation tensors within 10% of the measured variance, all within 2x, every one
+predicted, none NaN or infinite (issue 10).
+
+Input sizes are the smallest that keep the effect each model is here for: 64x64 for most; the
+normalization-free ResNet-50 at 96x96, where its first two stages hold more than 65,536 cells
+per tensor (the per-position limit that made deep no-norm ResNets drift before position
+classes). Models with stochastic depth (EfficientNet, ConvNeXt) are measured over 16 batches of 8
+in one session (fresh masks each run) and their mask tensors left out (``tests/real/compare``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+
+from tests.real.compare import compare  # noqa: E402
+from tests.real.exports import exported  # noqa: E402
+
+# squeeze-excite global pools over positions whose correlation comes mostly from a shared local
+# input energy (a fourth-moment effect across channels, docs/design.md "Correlation"), which the
+# per-channel correlation model does not carry: measured at 64x64, 73% (MobileNetV3) and 81%
+# (EfficientNet) of the tensors within 10%, every one within 2x. strict: a pass is reported.
+_SQUEEZE_EXCITE = pytest.mark.xfail(strict=True, reason="squeeze-excite pools under-predicted "
+                                    "(cross-channel energy correlation not modelled)")
+
+# (model, input size, measured batches of 8)
+CASES = [
+    ("resnet18", 64, 1),
+    ("resnet50_nonorm", 96, 1),
+    ("vgg11", 64, 1),
+    ("vgg11_bn", 64, 1),
+    ("densenet121", 64, 1),
+    ("regnet_y_400mf", 64, 1),
+    pytest.param("mobilenet_v3_small", 64, 1, marks=_SQUEEZE_EXCITE),
+    pytest.param("efficientnet_b0", 64, 16, marks=_SQUEEZE_EXCITE),
+    ("convnext_tiny", 64, 16),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size,runs", CASES)
+def test_predictions_match_measurements(name, size, runs):
+    result = compare(exported(name, size), batch_size=8, runs=runs)
+    print(f"\n{name} {size}x{size}: {len(result.rows)} tensors, "
+          f"{result.within_10:.1%} within 10%, {result.within_2x:.1%} within 2x, "
+          f"coverage {result.coverage:.0%}, analyze {result.analyze_s:.1f} s")
+    for line in result.worst(5):
+        print("  ", line)
+    assert len(result.rows) >= 25  # VGG-11 has 29 float activations, the others more
+    assert result.coverage == 1.0, [r.tensor for r in result.rows if r.predicted is None]
+    assert all(np.isfinite(r.predicted) for r in result.rows)
+    assert result.within_2x == 1.0, result.worst(5)
+    assert result.within_10 >= 0.95, result.worst(10)
