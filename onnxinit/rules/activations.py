@@ -27,15 +27,10 @@ from .elementwise import (
     elementwise_function,
     elementwise_rule,
 )
-from . import piecewise
 from .gaussian import abs_closed, leaky_closed, piecewise_closed
 from .registry import rule
 
 _FLOAT_MAX = 3.4028234663852886e38
-
-
-def _closed(pieces):
-    return lambda m, v: piecewise.moments(pieces, m, v)
 
 
 def _identity() -> ElementwiseFn:
@@ -152,13 +147,16 @@ def sigmoid(ctx: RuleContext, rank):
 
 @elementwise_rule("HardSigmoid")
 def hard_sigmoid(ctx: RuleContext, rank):
-    """y = clip(alpha x + beta, 0, 1), alpha 0.2, beta 0.5 by default; on a Gaussian the
-    closed form of a piecewise-linear function (:mod:`.piecewise`)."""
+    """y = clip(alpha x + beta, 0, 1), alpha 0.2, beta 0.5 by default."""
     alpha, beta = float(ctx.attr("alpha", 0.2)), float(ctx.attr("beta", 0.5))
-    pieces = piecewise.hard_sigmoid(alpha, beta) if alpha > 0 else None
+    closed = None
+    if alpha > 0:  # 0 below -beta/alpha, alpha x + beta up to (1 - beta)/alpha, 1 above
+        lo, hi = -beta / alpha, (1.0 - beta) / alpha
+        pieces = [(-np.inf, lo, (0.0, 0.0, 0.0)), (lo, hi, (beta, alpha, 0.0)),
+                  (hi, np.inf, (1.0, 0.0, 0.0))]
+        closed = partial(piecewise_closed, pieces)
     return ElementwiseFn(("HardSigmoid", alpha, beta),
-                         lambda x: np.clip(alpha * x + beta, 0.0, 1.0),
-                         closed=None if pieces is None else _closed(pieces))
+                         lambda x: np.clip(alpha * x + beta, 0.0, 1.0), closed=closed)
 
 
 @elementwise_rule("Tanh")
@@ -203,10 +201,14 @@ def swish(ctx: RuleContext, rank):
 
 @elementwise_rule("HardSwish")
 def hard_swish(ctx: RuleContext, rank):
-    """y = x clip(x / 6 + 1/2, 0, 1) = x (x + 3)/6 on (-3, 3), x above; on a Gaussian the
-    closed form of a piecewise polynomial (:mod:`.piecewise`)."""
+    """y = x clip(x / 6 + 1/2, 0, 1): 0 below -3, x/2 + x^2/6 up to 3, x above (closed form
+    on a Gaussian)."""
     return ElementwiseFn(("HardSwish",), lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
-                         closed=_closed(piecewise.hard_swish()))
+                         closed=partial(piecewise_closed, _HARD_SWISH))
+
+
+_HARD_SWISH = [(-np.inf, -3.0, (0.0, 0.0, 0.0)), (-3.0, 3.0, (0.0, 0.5, 1.0 / 6.0)),
+               (3.0, np.inf, (0.0, 1.0, 0.0))]
 
 
 @elementwise_rule("Mish")
@@ -245,18 +247,32 @@ def shrink(ctx: RuleContext, rank):
 
 @elementwise_rule("Clip")
 def clip(ctx: RuleContext, rank):
-    """y = min(max(x, lo), hi), bounds from attributes (opset < 11) or constant inputs; with
-    scalar bounds, on a Gaussian the closed form of a piecewise-linear function."""
+    """y = min(max(x, lo), hi), bounds from attributes (opset < 11) or constant inputs."""
     if ctx.opset < 11:
         lo = np.float64(float(ctx.attr("min", -_FLOAT_MAX)))
         hi = np.float64(float(ctx.attr("max", _FLOAT_MAX)))
     else:
         lo = constant_input(ctx, 1, rank) if ctx.has_input(1) else np.float64(-np.inf)
         hi = constant_input(ctx, 2, rank) if ctx.has_input(2) else np.float64(np.inf)
-    scalar = np.size(lo) == 1 and np.size(hi) == 1 and float(lo) < float(hi)
     return ElementwiseFn(("Clip", *digest(lo), *digest(hi)),
-                         lambda x: np.minimum(np.maximum(x, lo), hi),
-                         closed=_closed(piecewise.clip(float(lo), float(hi))) if scalar else None)
+                         lambda x: np.minimum(np.maximum(x, lo), hi), closed=_clip_closed(lo, hi))
+
+
+
+def _clip_closed(lo, hi):
+    """The closed form of clip(x, lo, hi): lo below lo, x up to hi, hi above; None where a
+    bound is infinite in part only or lo > hi (the output is then hi everywhere)."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    if np.any(lo > hi):
+        return None
+    pieces = [(lo, hi, (0.0, 1.0, 0.0))]
+    for bound, side in ((lo, -np.inf), (hi, np.inf)):
+        if np.all(np.isfinite(bound)):
+            piece = (side, bound) if side < 0 else (bound, side)
+            pieces.append((*piece, (bound, 0.0, 0.0)))
+        elif not np.all(bound == side):
+            return None
+    return partial(piecewise_closed, pieces)
 
 
 # transcendental and rounding functions ----------------------------------------------------------
