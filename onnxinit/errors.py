@@ -27,5 +27,11 @@ class MissingRuleError(OnnxInitError):
     """No rule (forward moments or backward gradient) exists for an op where one is required."""
 
 
+class PredictionError(OnnxInitError):
+    """A rule or the empirical fallback predicted a NaN or infinite mean or variance. That is a
+    bug in the rule (never a property of the model): the analysis stops and names the node
+    rather than report statistics it could not compute."""
+
+
 class WriteError(OnnxInitError):
     """An output file could not be written."""

@@ -33,7 +33,8 @@ def measure(
 ) -> dict[str, tuple[float, float]]:
     """Measured (mean, var) over every element of each tensor, on ``feeds``, with training
     semantics: BatchNormalization on batch statistics; Dropout is identity (even with
-    ``training_mode=True``), as in the analysis by default."""
+    ``training_mode=True``), as in the analysis by default. Elements that are -inf (an
+    attention mask written with -inf) are left out, as the predictions leave them out."""
     tensors = list(tensors if tensors is not None else graph.float_activations())
     model = measurable_model(graph, [t for t in tensors if t not in graph.input_names])
     session = make_session(model, device=device)
@@ -44,5 +45,8 @@ def measure(
     for name in tensors:
         if name in values:
             v = np.asarray(values[name], dtype=np.float64)
+            masked = np.isneginf(v)
+            if masked.any() and not masked.all():  # an attention mask written with -inf:
+                v = v[~masked]  # the moments of the other elements, as in Moments.total
             out[name] = (float(v.mean()), float(v.var()))
     return out

@@ -14,6 +14,20 @@ A Moments may instead carry ``mixture``: the distribution as a mixture of Gaussi
 of a ReLU output and an independent Gaussian (a residual Add) is one: the ReLU's zero, and its
 positive part in a few quantile bins. Closed-form activations (ReLU...) integrate each component
 exactly; every other rule ignores it (a Gaussian with the same moments).
+
+A Moments may also carry ``tokens``: the covariance of a sequence tensor's elements across its
+tokens (within one sample, per feature), see :class:`Tokens`. Attention averages values over
+tokens, so what the tokens share passes through it undiminished; rules that know the field carry
+it (rules/tokens.py), every other rule drops it (its absence means independent tokens).
+
+A Moments may also carry ``rows``: the tensor's rows along its last axis as a weighted
+multiset of per-element statistics (:class:`Rows`), where a reshape merges the batch into axes
+the statistics vary along (Swin's windows, masked differently, before their Softmax): the
+Softmax rule computes each row, every other rule sees the pooled mean/var.
+
+An element whose ``mean`` is -inf (with variance 0) is masked: the tensor holds -inf there (an
+additive attention mask written with -inf, before its Softmax). ``total`` describes the other
+elements; Softmax gives masked elements probability 0.
 """
 
 from __future__ import annotations
@@ -47,6 +61,40 @@ class Source:
         return z
 
 
+@dataclass(frozen=True, eq=False)
+class Tokens:
+    """Covariance across tokens: ``Cov(x[.., s, .., d], x[.., t, .., d]) = nu_d * cov[s, t]``
+    for tokens s, t of one sample and feature d, where ``nu_d`` is the Moments' variance (which
+    then does not vary along the token axes: a per-token variance profile is ``diag(cov)``,
+    normalised to mean 1). The token index is the flattened index of the ``span`` consecutive
+    axes starting at ``axis``, counted from the end (negative: unchanged by broadcasting); when
+    those axes are longer than ``cov`` (the batch merged into them, ``[B*S, D]``), token index
+    = index % n. Means may vary per token; only the covariance of the random part is described
+    here. ``stride`` > 1: the tokens are not the innermost digits of those axes but are
+    followed by ``stride`` others merged into them (``[S*B, D]`` written from ``[S, B, D]``, as
+    multi-head attention exports do before the output projection): token index = (index //
+    stride) % n."""
+
+    axis: int
+    span: int
+    cov: np.ndarray
+    stride: int = 1
+
+    @property
+    def n(self) -> int:
+        return self.cov.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
+class Rows:
+    """Rows along the last axis: ``mean``/``var`` [R, n] and each row's share ``weight`` [R]
+    (summing to 1) of the tensor's rows."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    weight: np.ndarray
+
+
 def _as_array(value) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
@@ -57,6 +105,8 @@ class Moments:
     var: np.ndarray
     source: Source | None = None
     mixture: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    tokens: Tokens | None = None
+    rows: Rows | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mean", _as_array(self.mean))
@@ -101,8 +151,12 @@ class Moments:
         return tuple(i for i, n in enumerate(shape) if n > 1)
 
     def total(self) -> tuple[float, float]:
-        """(mean, var) of the whole tensor: mean of means; mean of vars plus var of means."""
+        """(mean, var) of the whole tensor: mean of means; mean of vars plus var of means
+        (over the elements that are not masked, when some are)."""
         mean, var = np.broadcast_arrays(self.mean, self.var)
+        masked = np.isneginf(mean)
+        if masked.any() and not masked.all():
+            mean, var = mean[~masked], var[~masked]
         m = float(mean.mean())
         return m, float(var.mean() + ((mean - m) ** 2).mean())
 
@@ -147,10 +201,25 @@ class Moments:
                 a.reshape(a.shape[:1] + (1,) * (rank - a.ndim + 1) + a.shape[1:])
                 for a in self.mixture
             )
-        return Moments(mean, var, self.source, mixture)
+        return Moments(mean, var, self.source, mixture, self.tokens, self.rows)
 
     def __repr__(self) -> str:
         m, v = self.total()
         axes = self.tracked_axes()
         where = f", per axis {axes}" if axes else ""
         return f"Moments(mean={m:.4g}, var={v:.4g}{where})"
+
+
+def compressed(mean: np.ndarray, var: np.ndarray) -> Moments:
+    """Moments of the grid, without the axes along which it does not vary (to rounding: 1e-12
+    of the grid's largest magnitude)."""
+    tol_m = 1e-12 * float(np.max(np.abs(mean[np.isfinite(mean)]), initial=0.0))
+    tol_v = 1e-12 * float(np.max(np.abs(var), initial=0.0))
+    for axis in range(mean.ndim):
+        if mean.shape[axis] > 1:
+            m0, v0 = np.take(mean, [0], axis=axis), np.take(var, [0], axis=axis)
+            if np.allclose(mean, m0, rtol=0, atol=tol_m) and np.allclose(var, v0, rtol=0, atol=tol_v):
+                mean, var = m0, v0
+    if mean.size == 1:
+        return Moments(mean.reshape(()), var.reshape(()))
+    return Moments(mean, var)

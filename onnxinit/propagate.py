@@ -3,6 +3,10 @@
 Precondition: a ModelGraph (static shapes, constants classified).
 Postcondition: every signal tensor has Moments; each is tagged with the rule that produced it;
 every node handled by a fallback (empirical measurement or pass-through) is listed, never fatal.
+A NaN or infinite prediction is fatal: :class:`~onnxinit.errors.PredictionError` names the node
+(elements masked with -inf, mean -inf and variance 0, are the one exception: see moments.py).
+After each rule, the token covariance (``Moments.tokens``) is carried to the outputs
+(:func:`onnxinit.rules.tokens.carry`).
 """
 
 from __future__ import annotations
@@ -15,17 +19,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, PredictionError
 from .graph import ModelGraph
 from .moments import Moments
 from .rules import CommonAncestor, Registration, RuleContext, RuleError, RuleSettings, lookup
 from .rules.empirical import EmpiricalError, measure_node, pass_through
 from .rules.fusion import common_ancestor
+from .rules.masks import derived_moments
+from .rules.tokens import carry
 
 log = logging.getLogger("onnxinit")
 
 EMPIRICAL = "empirical"
 PASS_THROUGH = "pass-through"
+DERIVED = "input-derived"  # known exactly from an attention_mask input (rules/masks.py)
 
 
 @dataclass
@@ -80,7 +87,9 @@ def input_moments(
 def _fit(m: Moments, shape: tuple[int, ...] | None) -> Moments:
     """Make a rule's output broadcast to the tensor's shape, pooling when it does not."""
     if m.is_scalar:
-        return m if m.rank == 0 else Moments(m.mean.reshape(()), m.var.reshape(()), m.source)
+        if m.rank == 0:
+            return m
+        return Moments(m.mean.reshape(()), m.var.reshape(()), m.source, None, m.tokens)
     if shape is None:
         return m.pooled()
     if m.rank > len(shape):
@@ -196,11 +205,13 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
     ]
     ctx = RuleContext(node, node_id, graph, result.settings)
     registration = lookup(node.domain, node.op_type, graph.opset)
-    outputs, rule_name = None, None
+    outputs, rule_name, reason = None, None, ""
+    if all(m is None for m in inputs):  # computed from an attention_mask input?
+        outputs, rule_name = derived_moments(inputs, ctx), DERIVED
     # a rule is called even without signal inputs: an embedding Gather(table, int ids) has a
     # signal output computed from a constant and an integer tensor; rules that need a signal
     # raise RuleError and the node is measured instead
-    if registration is not None:
+    if outputs is None and registration is not None:
         try:
             ctx = rule_context(graph, node_id, result, registration)
             outputs = registration.fn(inputs, ctx)
@@ -210,9 +221,7 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
         except Exception as exc:  # a rule bug must not abort the analysis; measure instead
             log.debug("rule %s failed on %s", registration.fn.__name__, node_id, exc_info=True)
             reason = f"rule {registration.fn.__name__} failed: {type(exc).__name__}: {exc}"
-        else:
-            reason = ""
-    else:
+    elif outputs is None:
         reason = "no rule for this op"
     if outputs is None:
         try:
@@ -231,15 +240,37 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
                 result.warnings.append(
                     f"node {node_id} ({node.op_type}): statistics passed through unchanged ({exc})"
                 )
+    outputs = carry(ctx, inputs, list(outputs))
     for name, m in zip(node.output, outputs):
         if name and m is not None and graph.is_signal(name):
-            result.moments[name] = _fit(m, graph.shape(name))
+            m = _fit(m, graph.shape(name))
+            _require_finite(m, node_id, node.op_type, name, rule_name)
+            result.moments[name] = m
             result.rules[name] = rule_name
             result.producers[name] = node_id
             if log.isEnabledFor(logging.DEBUG):
                 mean, var = result.moments[name].total()
                 log.debug("node %s (%s) by %s: %s mean %.4g var %.4g", node_id, node.op_type,
                           rule_name, name, mean, var)
+
+
+def _require_finite(m: Moments, node_id: str, op: str, tensor: str, rule_name: str) -> None:
+    """Raise PredictionError unless every statistic of ``m`` is finite (a masked element, mean
+    -inf with variance 0, is allowed: the tensor really holds -inf there)."""
+    mean, var = np.broadcast_arrays(m.mean, m.var)
+    masked = np.isneginf(mean) & (var == 0)
+    finite = np.isfinite(var).all() and (np.isfinite(mean) | masked).all()
+    if finite:
+        finite = not masked.all() and all(np.isfinite(m.total()))
+    if not finite:
+        if rule_name == EMPIRICAL:
+            why = ("the empirical fallback measured a non-finite mean or variance for tensor "
+                   f"{tensor!r} on samples drawn from its inputs' predicted statistics (the op "
+                   "is not finite there, e.g. Log of negative values)")
+        else:
+            why = (f"rule {rule_name} predicted a non-finite mean or variance for tensor "
+                   f"{tensor!r}; this is a bug in onnxinit, please report it with the model")
+        raise PredictionError(f"node {node_id} ({op}): {why}")
 
 
 def _record(result: Propagation, fallback: Fallback) -> bool:

@@ -20,6 +20,11 @@ for the per-index statistics over the folded axes:
 e.g. for a positional-embedding Add of ``c[S, D]``: ``Var_d = nu_d + var_s c[s, d]``. Two signals
 that are element-wise functions of one common ancestor (``x * Sigmoid(x)``) are fused first
 (``fusion.fused_elementwise``); otherwise the two signals are taken as independent.
+
+Attention masks (masks.py): a constant holding -inf is allowed in Add, Sub and Where (the
+elements it reaches are masked: mean -inf, variance 0), and a grid that reaches a Softmax keeps
+one value per element up to ``masks.OFFSET_CAP`` cells (a ``finfo.min`` or -100 offset is a
+position the Softmax ignores, not variance to fold).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from ..moments import Elementwise, Moments
+from . import masks
+from ..moments import Elementwise, Moments, compressed
 from .context import RuleContext, RuleError, signal
 from .elementwise import apply_elementwise, apply_fn, digest
 from .fusion import fused_elementwise
@@ -60,8 +66,10 @@ def _lift(a: np.ndarray, rank: int) -> np.ndarray:
     return a.reshape((1,) * (rank - a.ndim) + a.shape)
 
 
-def _operand(inputs, ctx: RuleContext, i: int, rank: int) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(mean, var, is_signal) of input ``i`` laid out at ``rank``; constants have variance 0."""
+def _operand(inputs, ctx: RuleContext, i: int, rank: int, masked: bool = False
+             ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(mean, var, is_signal) of input ``i`` laid out at ``rank``; constants have variance 0
+    (and may hold -inf, a mask, when ``masked``)."""
     m = inputs[i] if i < len(inputs) else None
     if m is not None:
         return _lift(m.mean, rank), _lift(m.var, rank), True
@@ -69,7 +77,7 @@ def _operand(inputs, ctx: RuleContext, i: int, rank: int) -> tuple[np.ndarray, n
     if c is None:
         raise RuleError(f"input {i} is neither a signal nor constant")
     c = np.asarray(c, dtype=np.float64)
-    if not np.all(np.isfinite(c)):
+    if not np.all(np.isfinite(c) | (masked & np.isneginf(c))):
         raise RuleError(f"constant input {i} is not finite")
     c = _lift(c, rank)
     return c, np.zeros_like(c), False
@@ -92,15 +100,15 @@ def fold(mean: np.ndarray, var: np.ndarray, keep) -> Moments:
     return Moments(m, v)
 
 
-def _finish(mean, var, signal_axes: set[int]) -> Moments:
-    """Keep the whole grid when it is small (<= _KEEP_CAP cells: a positional embedding's
+def _finish(mean, var, signal_axes: set[int], keep: int = _KEEP_CAP) -> Moments:
+    """Keep the whole grid when it is small (<= ``keep`` cells: a positional embedding's
     per-position means stay per position, so that a later mean over the sequence averages them
     instead of counting them as noise), or when it varies only along the signal's tracked axes;
     else fold a constant's variation along other axes, keeping its last varying axis for a
     scalar signal."""
     axes = _axes(mean, var)
     size = int(np.prod(np.broadcast_shapes(np.shape(mean), np.shape(var))))
-    if size <= _KEEP_CAP or ((axes <= signal_axes or len(axes) <= 1) and size <= _GRID_CAP):
+    if size <= keep or ((axes <= signal_axes or len(axes) <= 1) and size <= _GRID_CAP):
         return Moments(mean, var)
     keep = signal_axes if signal_axes else {max(axes)}
     return fold(mean, var, keep)
@@ -158,6 +166,9 @@ def binary(inputs, ctx: RuleContext):
     c / x, element-wise) is measured."""
     op = ctx.node.op_type
     rank = _out_rank(ctx)
+    offset = _logit_offset(inputs, ctx, rank)
+    if offset is not None:
+        return [offset]
     fused = _two_signals_fused(inputs, ctx)
     if fused is not None:
         return fused
@@ -179,12 +190,63 @@ def binary(inputs, ctx: RuleContext):
         b = _operand(inputs, ctx, 1, rank)[:2]
     a = _operand(inputs, ctx, 0, rank)[:2]
     mean, var = _binary_independent(op, a, b)
-    out = _finish(mean, var, _signal_axes(inputs, rank))
+    keep = masks.OFFSET_CAP if _varies(mean) and masks.feeds_softmax(ctx) else _KEEP_CAP
+    out = _finish(mean, var, _signal_axes(inputs, rank), keep)
     if op in ("Add", "Sub") and all(m is not None for m in inputs) and out.mean.shape == np.shape(mean):
         mixture = sum_mixture(inputs[0], inputs[1], rank, op == "Sub")
         if mixture is not None:
             out = Moments(out.mean, out.var, None, mixture)
     return [out]
+
+
+def _varies(a) -> bool:
+    return len(_axes(a)) > 1
+
+
+def _exact(inputs, ctx: RuleContext, i: int) -> np.ndarray | None:
+    """Input ``i``'s value when it is exactly known: a constant, or a signal of variance 0
+    (computed from an attention_mask input, masks.derived_moments)."""
+    m = inputs[i]
+    if m is None:
+        return ctx.const(i)
+    if np.all(m.var == 0):
+        return m.mean
+    return None
+
+
+def _logit_offset(inputs, ctx: RuleContext, rank: int) -> Moments | None:
+    """Add/Sub of a signal x and an exactly known c that is a mask (holds -inf) or a grid that
+    reaches a Softmax: E = mu +/- c per element, Var = nu (0 where masked), the grid kept up to
+    masks.OFFSET_CAP cells (x's own variation folded first onto c's axes when larger). None
+    when this is not such a node."""
+    if ctx.node.op_type not in ("Add", "Sub") or len(inputs) != 2:
+        return None
+    known = [_exact(inputs, ctx, i) for i in range(2)]
+    if (known[0] is None) == (known[1] is None):
+        return None
+    i = 0 if known[0] is None else 1
+    c = _lift(np.asarray(known[1 - i], dtype=np.float64), rank)
+    c = _lift(compressed(c, np.zeros_like(c)).mean, rank)  # a mask expanded over the batch: once
+    if ctx.node.op_type == "Sub" and i == 0:
+        c = -c
+    if not (masks.has_masked(c) or (_varies(c) and masks.feeds_softmax(ctx))):
+        return None
+    if np.isnan(c).any() or np.isposinf(c).any():
+        raise RuleError("a constant offset holds NaN or +inf")
+    x = inputs[i]
+    mx, vx = _lift(x.mean, rank), _lift(x.var, rank)
+    sign = -1.0 if ctx.node.op_type == "Sub" and i == 1 else 1.0
+    size = int(np.prod(np.broadcast_shapes(np.shape(mx), np.shape(vx), np.shape(c))))
+    if size > masks.OFFSET_CAP:
+        folded = fold(mx, vx, _axes(c))
+        mx, vx = folded.mean, folded.var
+        size = int(np.prod(np.broadcast_shapes(np.shape(mx), np.shape(vx), np.shape(c))))
+        if size > masks.OFFSET_CAP:
+            raise RuleError("an attention mask too large to keep per element")
+    with np.errstate(invalid="ignore"):
+        mean = sign * mx + c
+    var = np.where(np.isneginf(mean), 0.0, np.broadcast_to(vx, mean.shape))
+    return Moments(mean, var)
 
 
 _RELU_BINS = 2  # equal-probability bins of a ReLU's positive part in a mixture
@@ -418,23 +480,29 @@ def extreme(inputs, ctx: RuleContext):
 
 @rule("Where")
 def where(inputs, ctx: RuleContext):
-    """y = cond ? a : b with a constant condition: per element a mixture, folded by the law of
+    """y = cond ? a : b with a known condition (constant, from an attention_mask input, or IsNaN
+    of a finite prediction: masks.condition); a or b may hold -inf (a mask: kept per element,
+    as is any grid that reaches a Softmax). Per element a mixture, folded by the law of
     total variance: E_k = mean_f (cond a_mu + (1-cond) b_mu), Var_k = mean_f (cond a_nu +
     (1-cond) b_nu) + var_f E. With a fraction p of True along folded axes this is
     E = p mu_a + (1-p) mu_b, Var = p(nu_a + mu_a^2) + (1-p)(nu_b + mu_b^2) - E^2."""
-    cond = ctx.const(0)
+    cond = masks.condition(ctx, 0, inputs)
     if cond is None:
-        raise RuleError("the condition is not constant")
+        raise RuleError("the condition depends on a signal")
     rank = _out_rank(ctx)
     cond = _lift(np.asarray(cond, dtype=bool), rank)
     if np.all(cond) and inputs[1] is not None:
         return [inputs[1]]
     if not np.any(cond) and inputs[2] is not None:
         return [inputs[2]]
-    ma, va, _ = _operand(inputs, ctx, 1, rank)
-    mb, vb, _ = _operand(inputs, ctx, 2, rank)
+    ma, va, _ = _operand(inputs, ctx, 1, rank, masked=True)
+    mb, vb, _ = _operand(inputs, ctx, 2, rank, masked=True)
     mean, var = np.where(cond, ma, mb), np.where(cond, va, vb)
     axes = _signal_axes(inputs, rank)
+    if np.isneginf(mean).any() or masks.feeds_softmax(ctx):
+        if mean.size > masks.OFFSET_CAP:
+            raise RuleError("an attention mask too large to keep per element")
+        return [Moments(mean, np.broadcast_to(var, mean.shape))]
     return [_finish(mean, var, axes)]
 
 
@@ -453,19 +521,47 @@ def _piece(inputs, ctx: RuleContext, i: int, rank: int):
     return Moments(c, np.zeros_like(c))
 
 
+def _concat_grids(pieces, sizes, axis: int, rank: int) -> Moments | None:
+    """The pieces' whole statistics grids concatenated along ``axis`` (None when too large)."""
+    grids = [np.broadcast_arrays(*(_lift(a, rank) for a in (p.mean, p.var))) for p in pieces]
+    grids = [(m.reshape((1,) * rank), v.reshape((1,) * rank)) if m.ndim == 0 else (m, v)
+             for m, v in grids]
+    common = [max(m.shape[a] for m, _ in grids) for a in range(rank)]
+    common[axis] = 1
+    if int(np.prod(common)) * sum(sizes) > _GRID_CAP:
+        return None
+    means, variances = [], []
+    for (m, v), n in zip(grids, sizes):
+        shape = list(common)
+        shape[axis] = n
+        means.append(np.broadcast_to(m, shape))
+        variances.append(np.broadcast_to(v, shape))
+    return Moments(np.concatenate(means, axis=axis), np.concatenate(variances, axis=axis))
+
+
 @rule("Concat")
 def concat(inputs, ctx: RuleContext):
-    """Concatenation along ``axis``. When an input tracks the concat axis, the per-index
-    statistics concatenate (exact). Otherwise, along the tracked axis t (if any; pooled
-    otherwise), the inputs mix with weights w_i = n_i / n (their sizes along the concat axis):
+    """Concatenation along ``axis``; empty inputs (an empty key/value cache) are dropped, and
+    one input left is passed on unchanged. When an input tracks the concat axis, or the inputs'
+    statistics differ, the per-index statistics concatenate (exact, every other tracked axis kept when the grid is small).
+    Otherwise, along the tracked axis t (if any; pooled otherwise), the inputs mix with weights
+    w_i = n_i / n (their sizes along the concat axis):
     E_t = sum_i w_i mu_it, Var_t = sum_i w_i (nu_it + mu_it^2) - E_t^2."""
     out_shape = ctx.out_shape(0)
     rank = len(out_shape)
     axis = ctx.attr("axis") % rank
     sizes = [ctx.in_shape(i)[axis] for i in range(len(inputs))]
-    pieces = [_piece(inputs, ctx, i, rank) for i in range(len(inputs))]
+    kept = [i for i, n in enumerate(sizes) if n > 0]
+    if len(kept) == 1 and inputs[kept[0]] is not None:
+        return [inputs[kept[0]]]
+    pieces = [_piece(inputs, ctx, i, rank) for i in kept]
+    sizes = [sizes[i] for i in kept]
     tracked = sorted({a for p in pieces if p.rank for a in p.tracked_axes()})
-    if axis in tracked:
+    # pieces that differ (a class token before the patch tokens) make the concat axis tracked
+    if axis in tracked or len({p.total() for p in pieces}) > 1:
+        grid = _concat_grids(pieces, sizes, axis, rank)
+        if grid is not None:
+            return [grid]
         means, variances = [], []
         for p, n in zip(pieces, sizes):
             m, v = p.values_along(axis, n)

@@ -1,4 +1,4 @@
-"""Attention-style ops: MatMul of two activations (Q @ K^T, P @ V), Softmax, LogSoftmax, Einsum.
+"""Attention-style ops: MatMul of two activations (Q @ K^T, P @ V) and Einsum (Softmax: softmax.py).
 
 MatMul of independent activations A[..., M, K] and B[..., K, N], per-index statistics along any
 axis included (in particular per feature along the contracted axis)::
@@ -6,30 +6,38 @@ axis included (in particular per feature along the contracted axis)::
     E[y_mn]   = sum_k mu_a[m,k] mu_b[k,n]
     Var[y_mn] = sum_k (nu_a + mu_a^2)(nu_b + mu_b^2) - mu_a^2 mu_b^2
 
-This assumes the entries of A (and of B) along k are uncorrelated and A independent of B; for
-Q K^T with Q, K projections of the same tokens the diagonal (a token with itself) is correlated.
+A and B are taken as independent, and the entries of A along k as uncorrelated. B's entries
+along k may be correlated through the token covariance (``Moments.tokens``, tokens.py):
 
-Softmax over n entries: Monte Carlo over n logits drawn from the input's statistics (its source
-when it carries one: a Gaussian and element-wise functions), cached by (n, statistics); with
-identically distributed logits the mean is exactly 1/n and only the variance is estimated.
+* P V (B's tokens on the contracted axis, or A a probability matrix whose rows sum to 1):
+  ``O_q = sum_k p_qk v_k``; with ``Cov(v_k, v_l) = nu_d cov[k, l]`` and ``P = E[p]``::
+
+      Var[O_qd] = nu_d [(P cov P^T)_qq + sum_k Var(p_qk) cov[k, k]]
+                  + sum_k Var(p_qk) (mu_kd - mean_l P_ql mu_ld)^2
+
+  (a shared component, ``cov = c`` everywhere, passes whole: ``c (sum_k p_qk)^2 = c``; the
+  token-specific part shrinks by ``sum_k p_qk^2``; the last term, the spread of the values'
+  means, uses that a softmax row sums to 1: B carrying the field means A is attention), and O carries the token covariance
+  ``nu [P cov P^T + diag(sum_k Var(p_qk) cov[k, k])]`` along the query axis (a causal mask
+  gives each query its own row of P).
+* Q K^T (B's tokens on the last axis, or the output reaching a Softmax over its last axis):
+  the logits of one query share the query, so along the keys ``Cov(a_k, a_l) = (sum_d E[q_d^2] nu_d) cov[k, l] + sum_d Var(q_d) mu_kd mu_ld``, the
+  field Softmax reads (a component common to a row's logits does not change the softmax).
+
+Not modelled: the dependence of P on V (both functions of the same tokens), the correlation of
+a query with its own key (the diagonal of Q K^T), and Q's token covariance (it does not change
+a Softmax over the keys).
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
-from ..moments import Moments
+from ..moments import Moments, compressed
 from .context import RuleContext, RuleError, signal
 from .registry import rule
-
-_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-_CACHE_SIZE = 1024
-_SAMPLES = 4_000_000  # logits drawn per softmax distribution (in chunks)
-_CHUNK = 1 << 20
-_MAX_GROUPS = 256
-
+from .masks import feeds_softmax
+from .tokens import attach, sigma, token_axes
 
 def _full(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
     x = x.expand_rank(rank)
@@ -39,19 +47,6 @@ def _full(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
     if mean.ndim == 0:
         mean, var = mean.reshape((1,) * rank), var.reshape((1,) * rank)
     return np.array(mean, dtype=np.float64), np.array(var, dtype=np.float64)
-
-
-def _compress(mean: np.ndarray, var: np.ndarray) -> Moments:
-    for axis in range(mean.ndim):
-        if mean.shape[axis] > 1:
-            m0, v0 = np.take(mean, [0], axis=axis), np.take(var, [0], axis=axis)
-            if np.allclose(mean, m0, rtol=1e-12, atol=0) and np.allclose(
-                var, v0, rtol=1e-12, atol=0
-            ):
-                mean, var = m0, v0
-    if mean.size == 1:
-        return Moments(mean.reshape(()), var.reshape(()))
-    return Moments(mean, var)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,142 +67,106 @@ def matmul_activations(inputs, ctx: RuleContext):
     ma, va = (np.broadcast_to(t, t.shape[:-1] + (k,)) for t in (ma, va))
     mb, vb = (np.broadcast_to(t, t.shape[:-2] + (k, t.shape[-1])) for t in (mb, vb))
     mean = np.matmul(ma, mb)
-    var = np.matmul(va + ma**2, vb + mb**2) - np.matmul(ma**2, mb**2)
     rank = len(ctx.out_shape(0))
-    mean = mean.reshape((1,) * (rank - mean.ndim) + mean.shape)
-    var = var.reshape((1,) * (rank - var.ndim) + var.shape)
-    return [_compress(mean, np.maximum(var, 0.0))]
+    shaped = (lambda t: t.reshape((1,) * (rank - t.ndim) + t.shape))
+    contracted = _contracted_tokens(b, sb, _from_softmax(ctx))
+    if contracted is not None:
+        return [_weighted_average(ma, va, mb, vb, contracted, ctx.out_shape(0))]
+    var = np.matmul(va + ma**2, vb + mb**2) - np.matmul(ma**2, mb**2)
+    out = compressed(shaped(mean), np.maximum(shaped(var), 0.0))
+    t = b.tokens
+    keys = len(sb) - 1
+    if (t is not None and token_axes(t, len(sb)) == [keys] and sb[-1] == t.n) or (
+            sb[-1] > 1 and feeds_softmax(ctx)):
+        out = _logit_field(out, ma, va, mb, sigma(b, sb, [keys], sb[-1]), ctx.out_shape(0))
+    return [out]
 
 
-# ---------------------------------------------------------------------------------------------
-# Softmax, LogSoftmax
+_PASSING = ("Dropout", "Cast", "Identity", "Where")  # Where(IsNaN(p), 0, p) after a softmax
 
 
-def _key_of(*arrays) -> tuple:
-    h = hashlib.sha1()
-    for a in arrays:
-        a = np.ascontiguousarray(a, dtype=np.float64)
-        h.update(str(a.shape).encode())
-        h.update(a.tobytes())
-    return (h.hexdigest(),)
+def _from_softmax(ctx: RuleContext) -> bool:
+    """True when A is a Softmax over its last axis (through Dropout, Cast, the IsNaN guard)."""
+    graph, name = ctx.graph, ctx.node.input[0]
+    for _ in range(4):
+        node_id = graph.producer.get(name)
+        if node_id is None:
+            return False
+        node = graph.node(node_id)
+        if node.op_type == "Softmax":
+            rank = len(graph.shape(name) or ())
+            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+            return rank > 0 and axis % rank == rank - 1 and ctx.opset >= 13
+        if node.op_type not in _PASSING:
+            return False
+        name = node.input[-1] if node.op_type == "Where" else node.input[0]
+    return False
 
 
-def _draw(rng, count: int, mean: np.ndarray, var: np.ndarray, chain) -> np.ndarray:
-    z = rng.standard_normal((count, mean.shape[-1])) * np.sqrt(var) + mean
-    for f in chain:
-        z = f.fn(z)
-    return z
+def _contracted_tokens(b: Moments, sb, probabilities: bool) -> np.ndarray | None:
+    """B's token covariance [k, k] along the contracted axis when this is a weighted average
+    over tokens: B carries the field there, or A is a softmax over the contracted axis
+    (attention probabilities; B's tokens then independent: diag of its per-token variance)."""
+    t = b.tokens
+    axis = len(sb) - 2
+    if t is not None and token_axes(t, len(sb)) == [axis] and sb[axis] == t.n:
+        return float(np.mean(b.var)) * t.cov
+    if probabilities and sb[axis] > 1:
+        return sigma(b, sb, [axis], sb[axis])
+    return None
 
 
-def _softmax_stats(mean, var, chain, log: bool, rng, share: int = 1):
-    """Per-index (E, Var) of softmax (log-softmax) of n independent logits with per-index
-    ``mean``/``var`` (length n; or length 1 for identically distributed ones), then ``chain``;
-    ``share``: how many distributions one node draws for (they split the sample budget)."""
-    n = mean.shape[-1]
-    iid = np.all(mean == mean[0]) and np.all(var == var[0])
-    # one distribution: 4x the budget when its logits differ; several (per query position,
-    # head...): the node's budget is shared, their average (what the tensor's total sees) is
-    # still estimated from every sample
-    total = (_SAMPLES if iid or share > 1 else 4 * _SAMPLES) // share
-    count = max(2000, min(200_000, total // n))
-    step = max(1, _CHUNK // n)
-    s1 = np.zeros(n)
-    s2 = np.zeros(n)
-    done = 0
-    with np.errstate(all="ignore"):
-        while done < count:
-            c = min(step, count - done)
-            z = _draw(rng, c, mean, var, chain)
-            z = z - z.max(axis=1, keepdims=True)
-            lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
-            y = z - lse if log else np.exp(z - lse)
-            s1 += y.sum(axis=0)
-            s2 += (y * y).sum(axis=0)
-            done += c
-    if not (np.all(np.isfinite(s1)) and np.all(np.isfinite(s2))):
-        raise RuleError("softmax of non-finite logits")
-    if iid:
-        e = s1.sum() / (count * n)
-        v = s2.sum() / (count * n) - e**2
-        if not log:
-            e = 1.0 / n  # exact by symmetry; every sample sums to 1
-        return np.full(1, e), np.full(1, max(v, 0.0))
-    e = s1 / count
-    v = s2 / count - e**2
-    if not log:
-        e = e / e.sum()  # sums to 1 exactly
-    return e, np.maximum(v, 0.0)
+def _weighted_average(ma, va, mb, vb, sig, out_shape):
+    """O = P V with V's token covariance ``sig`` (absolute, feature-averaged): see the module
+    docstring. A fluctuation of a softmax row sums to 0, so it sees only the token-specific part
+    of the covariance (the diagonal less the mean off-diagonal). Axes along which only P varies
+    (windows masked differently) are folded (law of total variance), the query axis pooled: the
+    per-query profile goes to the field."""
+    rank = len(out_shape)
+    nu_bar = max(float(np.mean(vb)), 1e-300)
+    cov = sig / nu_bar  # per unit of V's variance
+    n = cov.shape[0]
+    shared = max((cov.sum() - np.trace(cov)) / max(n * (n - 1), 1), 0.0)
+    specific = np.diag(cov) - shared
+    p_mean = np.broadcast_to(ma, ma.shape[:-2] + (out_shape[-2], n))
+    p_var = np.broadcast_to(va, p_mean.shape)
+    spread = np.matmul(p_mean @ cov, np.swapaxes(p_mean, -1, -2))  # P cov P^T [.., q, q]
+    fluctuation = p_var @ specific  # [.., q]
+    gain = np.diagonal(spread, axis1=-2, axis2=-1) + fluctuation
+    centre = np.matmul(p_mean, mb)  # E[O]
+    means_term = np.maximum(np.matmul(p_var, mb**2) - 2 * centre * np.matmul(p_var, mb)
+                            + centre**2 * p_var.sum(axis=-1, keepdims=True), 0.0)
+    var = vb.mean(axis=-2, keepdims=True) * gain[..., None] + means_term
+    shaped = (lambda t: t.reshape((1,) * (rank - t.ndim) + t.shape))
+    mean, var = shaped(centre), shaped(var)
+    values = shaped(mb)
+    only_p = tuple(a for a in range(rank - 2) if var.shape[a] > 1 and values.shape[a] == 1)
+    if only_p:
+        m0 = mean.mean(axis=only_p, keepdims=True)
+        var = var.mean(axis=only_p, keepdims=True) + ((mean - m0) ** 2).mean(axis=only_p, keepdims=True)
+        mean = m0
+    # the field: nu_bar (P cov P^T + diag(sum_k Var(p) specific_k)) + diag(means term),
+    # averaged over heads and windows
+    lead = tuple(range(spread.ndim - 2))
+    lead_q = np.broadcast_shapes(gain.shape, means_term.shape[:-1])
+    rows = (lambda t: np.broadcast_to(t, lead_q).reshape(-1, lead_q[-1]).mean(axis=0))
+    field = (spread.mean(axis=lead) if lead else spread) + np.diag(rows(fluctuation))
+    field = nu_bar * field + np.diag(rows(means_term.mean(axis=-1)))
+    return attach(compressed(mean, np.maximum(var, 0.0)), out_shape, [rank - 2], field)
 
 
-def _cached_stats(mean, var, src_key, chain, log, ctx, share):
-    key = ("log" if log else "soft", mean.shape[-1], *_key_of(mean, var), src_key, share)
-    hit = _CACHE.get(key)
-    if hit is None:
-        hit = _softmax_stats(mean, var, chain, log, ctx.rng(), share)
-        if len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = hit
-    return hit
-
-
-@rule("Softmax", "LogSoftmax")
-def softmax(inputs, ctx: RuleContext):
-    """y = softmax(x) over ``axis`` (opset >= 13; before 13 over the flattened axes
-    [axis:], default axis 1), n entries: Monte Carlo over n independent logits drawn from the
-    input's per-index statistics (its source distribution when scalar), per index along the
-    other tracked axes; E = 1/n exactly for identically distributed logits. LogSoftmax:
-    y = x - logsumexp(x), same sampling."""
-    x = signal(inputs, 0)
-    shape = ctx.in_shape(0)
-    rank = len(shape)
-    log = ctx.node.op_type == "LogSoftmax"
-    if ctx.opset >= 13:
-        axis = ctx.attr("axis", -1) % rank
-        inner = [axis]
-    else:
-        axis = ctx.attr("axis", 1) % rank
-        inner = list(range(axis, rank))
-    n = int(np.prod([shape[a] for a in inner]))
-    # axes along which the statistics repeat (a causal mask expanded over the batch) are
-    # dropped first: they add no distinct distribution
-    mean, var = _full(_compress(*_full(x, rank)), rank)
-    outer = [a for a in range(rank) if a not in inner]
-    perm = outer + inner
-    mean, var = mean.transpose(perm), var.transpose(perm)
-    inner_tracked = any(mean.shape[len(outer) + i] > 1 for i in range(len(inner)))
-    inner_shape = tuple(shape[a] for a in inner)
-    outer_shape = mean.shape[: len(outer)]
-    groups = int(np.prod(outer_shape)) if outer_shape else 1
-    if groups > _MAX_GROUPS or groups * n * 2000 > 1 << 28:
-        raise RuleError("too many distinct logit distributions to sample")
-    if inner_tracked:
-        mean = np.broadcast_to(mean, outer_shape + inner_shape).reshape(groups, n)
-        var = np.broadcast_to(var, outer_shape + inner_shape).reshape(groups, n)
-    else:
-        mean, var = mean.reshape(groups, 1), var.reshape(groups, 1)
-    chain, src_key = (), None
-    src = x.source
-    scalar_src = src is not None and np.size(src.mean) == 1 and np.size(src.var) == 1
-    if scalar_src and src.chain and x.is_scalar:
-        chain = src.chain
-        src_key = (float(np.ravel(src.mean)[0]), float(np.ravel(src.var)[0]),
-                   tuple(f.key for f in chain))  # fmt: skip
-        mean = np.full((1, 1), float(np.ravel(src.mean)[0]))
-        var = np.full((1, 1), float(np.ravel(src.var)[0]))
-    out_m, out_v = [], []
-    for g in range(groups):
-        m = np.broadcast_to(mean[g], (n,)) if mean.shape[1] == 1 else mean[g]
-        v = np.broadcast_to(var[g], (n,)) if var.shape[1] == 1 else var[g]
-        e, s = _cached_stats(np.ascontiguousarray(m), np.ascontiguousarray(v), src_key, chain,
-                             log, ctx, groups)  # fmt: skip
-        out_m.append(e)
-        out_v.append(s)
-    width = out_m[0].shape[0]
-    inner_out = inner_shape if width > 1 else (1,) * len(inner)
-    out_mean = np.stack(out_m).reshape(outer_shape + inner_out)
-    out_var = np.stack(out_v).reshape(outer_shape + inner_out)
-    inv = np.argsort(perm)
-    return [_compress(out_mean.transpose(inv), out_var.transpose(inv))]
+def _logit_field(out: Moments, ma, va, mb, sig_b: np.ndarray, out_shape) -> Moments:
+    """Q K^T along the keys: (sum_d E[q_d^2] nu_d) cov + sum_d Var(q_d) mu_kd mu_ld, with
+    ``sig_b = nu cov`` the keys' token covariance (diag of their variance when independent)."""
+    rank = len(out_shape)
+    n = sig_b.shape[0]
+    q2 = float(np.mean((va + ma**2).sum(axis=-1)))  # sum_d E[q_d^2], averaged over queries
+    lead = np.broadcast_shapes(ma.shape[:-2], mb.shape[:-2])
+    d = ma.shape[-1]
+    mu = np.broadcast_to(mb, lead + (d, n)).reshape(-1, d, n)  # [heads.., d, k]
+    qv = np.broadcast_to(va.mean(axis=-2), lead + (d,)).reshape(-1, d, 1)  # averaged over queries
+    shared = np.matmul(np.swapaxes(mu * qv, -1, -2), mu).mean(axis=0)  # sum_d Var(q_d) mu_kd mu_ld
+    return attach(out, out_shape, [rank - 1], q2 * sig_b + shared)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +213,7 @@ def einsum(inputs, ctx: RuleContext):
     (ma, va), (mb, vb) = ops
     mean = np.einsum(eq, ma, mb)
     var = np.einsum(eq, va + ma**2, vb + mb**2) - np.einsum(eq, ma**2, mb**2)
-    return [_compress(mean, np.maximum(var, 0.0))]
+    return [compressed(mean, np.maximum(var, 0.0))]
 
 
-__all__ = ["einsum", "matmul_activations", "softmax"]
+__all__ = ["einsum", "matmul_activations"]

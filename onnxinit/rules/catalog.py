@@ -24,8 +24,10 @@ BUILTIN_MODULES = (
     "onnxinit.rules.linear",
     "onnxinit.rules.normalization",
     "onnxinit.rules.pooling",
+    "onnxinit.rules.recurrent",
     "onnxinit.rules.reduce",
     "onnxinit.rules.shape",
+    "onnxinit.rules.softmax",
 )
 PLUGIN_GROUP = "onnxinit.rules"
 _STATE = {"loaded": False}

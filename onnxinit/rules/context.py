@@ -77,6 +77,10 @@ class RuleContext:
 
     def in_shape(self, index: int = 0) -> tuple[int, ...]:
         shape = self.graph.shape(self.node.input[index]) if self.has_input(index) else None
+        if shape is None and self.has_input(index) and self.graph.is_constant(
+                self.node.input[index]):  # shape inference stopped at a computed Expand shape
+            value = self.graph.value(self.node.input[index])
+            shape = None if value is None else tuple(np.shape(value))
         if shape is None:
             raise RuleError(f"input {index} of {self.node_id} has no static shape")
         return shape

@@ -5,7 +5,7 @@ A binary node whose two signal operands are both element-wise functions of one t
 itself an element-wise function of T: ``y = h(T)``, ``h(z) = op(f_a(z), f_b(z))``; its moments
 are integrated over T's distribution instead of taking the (correlated) operands as
 independent. :func:`common_ancestor` finds T from the graph alone (walking back through
-element-wise nodes, and through binary nodes that themselves fuse, up to 8 nodes); the
+element-wise nodes, and through binary nodes that themselves fuse, up to 16 nodes); the
 propagator looks up T's moments and hands both to the rule as ``RuleContext.fusion``
 (:class:`~onnxinit.rules.context.CommonAncestor`); :func:`fused_elementwise` integrates.
 """
@@ -19,7 +19,7 @@ from .context import RuleContext, RuleError
 from .elementwise import ElementwiseFn, apply_fn, base_source, guard, node_function, rank_of
 from .gaussian import compose
 
-MAX_DEPTH = 8  # nodes walked back from the two operands together
+MAX_DEPTH = 16  # nodes walked back from the two operands together (GPT-2's tanh GELU: 12)
 _BINARY = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide,
            "Pow": np.power}
 

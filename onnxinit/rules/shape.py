@@ -22,6 +22,7 @@ import numpy as np
 from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
 from .context import RuleContext, RuleError, signal
+from .masks import keep_rows
 from .registry import rule
 
 _GRID_CAP = 1 << 22
@@ -114,9 +115,11 @@ def reshape(inputs, ctx: RuleContext):
     """y = x with another shape (row-major order kept): statistics of element i unchanged;
     per-axis statistics follow the element (exact when the tracked axes map onto whole output
     axes, e.g. Flatten [N,C,H,W] -> [N,C*H*W]: feature f has channel f // (H*W)'s statistics;
-    pooled otherwise: E = mean of means, Var = mean of variances + variance of means)."""
+    pooled otherwise: E = mean of means, Var = mean of variances + variance of means; into a
+    Softmax, the rows of a grid it cannot keep are kept as ``Moments.rows``: masks.keep_rows)."""
     x = signal(inputs, 0)
-    return [reshape_moments(x, ctx.in_shape(0), ctx.out_shape(0))]
+    in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
+    return [keep_rows(x, in_shape, out_shape, reshape_moments(x, in_shape, out_shape), ctx)]
 
 
 @rule("Identity")

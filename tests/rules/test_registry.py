@@ -57,7 +57,7 @@ def test_builtin_rules_one_per_op():
     assert lookup("", "Relu", 18).name == "relu"
     assert lookup("", "Identity", 18).fn.__module__ == "onnxinit.rules.shape"
     assert lookup("", "Exp", 18).fn.__module__ == "onnxinit.rules.activations"
-    assert lookup("", "Softmax", 18).fn.__module__ == "onnxinit.rules.attention"
+    assert lookup("", "Softmax", 18).fn.__module__ == "onnxinit.rules.softmax"
     assert lookup("", "Mul", 18).fusion and not lookup("", "Relu", 18).fusion
 
 

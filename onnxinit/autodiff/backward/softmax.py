@@ -1,5 +1,5 @@
-"""The attention family's Softmax and LogSoftmax (the forward family is
-:mod:`onnxinit.rules.attention`; MatMul of two activations is in :mod:`.linear`)."""
+"""Softmax and LogSoftmax (the forward family is :mod:`onnxinit.rules.softmax`; MatMul of two
+activations is in :mod:`.linear`)."""
 
 from __future__ import annotations
 

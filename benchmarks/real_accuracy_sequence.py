@@ -1,0 +1,68 @@
+"""Prediction accuracy of `analyze` on real sequence and attention networks (issue 10): GPT-2 and
+BERT-base (Hugging Face, default configurations, built from config objects), vit_b_16 and swin_t
+(torchvision), and LSTM/GRU classifiers (2 layers, hidden 128, 32 steps); random initialization,
+nothing downloaded; exported in training mode exactly as the README says (tests/real/sequence.py).
+
+Prints per model: float activation tensors compared, the share whose predicted variance is within
+10% of the one onnxruntime measures (Dropout as identity, BatchNormalization on batch statistics:
+PyTorch's train() function without dropout noise), within 2x, the median predicted/measured,
+whether any prediction is NaN/inf (or analyze refused the model for one), coverage (tensors
+predicted), the seconds analyze took, and the worst tensor.
+
+    python benchmarks/real_accuracy_sequence.py                   # full size, batch 8, seq 128
+    python benchmarks/real_accuracy_sequence.py --size small      # the test suite's configs
+    PYTHONPATH=/path/to/other/checkout python benchmarks/real_accuracy_sequence.py  # before/after
+
+The onnxinit measured is whichever the interpreter imports first (printed on the first line): put
+another checkout on PYTHONPATH to measure it with the same models and comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))  # tests.real.sequence; an onnxinit on PYTHONPATH comes first
+
+import onnxinit  # noqa: E402
+from tests.real.sequence import SIZES, compare, export  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--models", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--worst", type=int, default=1, help="worst tensors listed per model")
+    args = parser.parse_args()
+    specs = SIZES[args.size]
+    names = args.models.split(",") if args.models else list(specs)
+    warnings.simplefilter("ignore")
+    print(f"onnxinit from {Path(onnxinit.__file__).parent}; size {args.size}, "
+          f"batch {args.batch_size}")
+    print(f"{'model':18} {'tensors':>7} {'in 10%':>7} {'in 2x':>7} {'median p/m':>10} "
+          f"{'NaN':>4} {'coverage':>8} {'analyze s':>9}  worst", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            spec = specs[name]
+            path = export(spec, Path(tmp) / f"{name}.onnx")
+            r = compare(path, batch_size=args.batch_size, runs=spec.runs)
+            if r.error is not None:
+                print(f"{name:18} analyze refused: {r.error[:160]}", flush=True)
+                continue
+            worst = r.worst(args.worst)
+            print(f"{name:18} {len(r.tensors):7} {100 * r.within_10:6.1f}% "
+                  f"{100 * r.within_2x:6.1f}% {r.median_ratio:10.3f} "
+                  f"{'yes' if r.non_finite else 'no':>4} {100 * r.coverage:7.1f}% "
+                  f"{r.analyze_s:9.1f}  {worst[0]}", flush=True)
+            for line in worst[1:]:
+                print(f"{'':18} {line}")
+            path.unlink()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Attention masks: the conditions and additive offsets that exporters write before a Softmax.
+
+Exporters write a mask in many ways: ``Add(logits, M)`` with M holding 0 and ``-inf``,
+``finfo.min`` or -100 (shifted windows), ``Where(cond, logits, -inf)``, ``Where(cond, 0, -inf)``
+then Add, ``(1 - mask) * finfo.min`` then Add, with ``cond`` computed by Range/Less/Trilu/Equal
+subgraphs that constant folding resolves, or from an ``attention_mask`` input. The arithmetic
+rules treat them exactly: an element whose additive offset is -inf is *masked* (mean -inf,
+variance 0, see moments.py), finite offsets shift the element's mean, and the statistics of a
+tensor that reaches a Softmax keep one value per element of the offset (never folded into a
+variance: a -100 or ``finfo.min`` entry is a position the Softmax gives probability 0, not
+noise). Softmax then handles each row (softmax.py).
+
+A tensor computed only from constants and integer or boolean graph inputs that are not token
+ids (an ``attention_mask``: all ones, no padding, as in the synthetic inputs ``--measure``
+feeds) is known exactly: :func:`derived_moments` gives it variance 0 and its value per element,
+so ``(1 - mask) * finfo.min`` or a Where condition built from the mask reaches the arithmetic
+rules as the constant it is. ``IsNaN``/``IsInf`` of a signal is known from its predicted moments
+(finite predictions: all False; masked elements: IsInf True) when the node also reads that
+signal (``Where(IsNaN(p), 0, p)``, the guard exporters put after a softmax).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..feeds import synthetic_feeds, vocab_size
+from ..moments import Moments, Rows, compressed
+from ..runtime import make_session
+from .context import RuleContext
+
+OFFSET_CAP = 1 << 21  # elements of a logit-offset grid kept per element (before folding)
+_THROUGH = {"Reshape", "Transpose", "Add", "Sub", "Where", "Cast", "Identity", "Dropout", "Mul",
+            "Div", "Unsqueeze", "Squeeze", "Expand", "Slice", "Concat"}
+_DEPTH = 6
+_MAX_NODES = 400  # nodes of an input-derived subgraph evaluated for a mask
+_DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> {tensor: value}
+
+
+def feeds_softmax(ctx: RuleContext) -> bool:
+    """True when the node's first output reaches a Softmax/LogSoftmax through layout ops and
+    element-wise arithmetic (so its per-element offsets must not be folded)."""
+    graph = ctx.graph
+    frontier = [(o, 0) for o in ctx.node.output if o]
+    seen = set()
+    while frontier:
+        tensor, depth = frontier.pop()
+        if tensor in seen or depth > _DEPTH:
+            continue
+        seen.add(tensor)
+        for node_id, _ in graph.consumers.get(tensor, []):
+            node = graph.node(node_id)
+            if node.op_type in ("Softmax", "LogSoftmax"):
+                return True
+            if node.op_type in _THROUGH:
+                frontier.extend((o, depth + 1) for o in node.output if o)
+    return False
+
+
+def keep_rows(x: Moments, in_shape, out_shape, out: Moments, ctx: RuleContext) -> Moments:
+    """A reshape into a Softmax that cannot keep x's statistics grid (it would tile it over the
+    batch, or pool it): ``out`` pooled along the last axis, with x's rows as ``Moments.rows``
+    (Swin: windows masked differently, merged with the batch before the softmax)."""
+    rank = len(in_shape)
+    if in_shape[-1] != out_shape[-1] or x.rank == 0:
+        return out
+    mean, var = (a.reshape((1,) * (rank - a.ndim) + a.shape)
+                 for a in np.broadcast_arrays(x.mean, x.var))
+    kept = np.broadcast_shapes(np.shape(out.mean), np.shape(out.var))
+    if mean.shape[-1] == 1 or mean.size == 1 or int(np.prod(kept)) == mean.size:
+        return out
+    if not feeds_softmax(ctx):
+        return out
+    n = in_shape[-1]
+    rows_m = np.broadcast_to(mean, mean.shape[:-1] + (n,)).reshape(-1, n)
+    rows_v = np.broadcast_to(var, mean.shape[:-1] + (n,)).reshape(-1, n)
+    weight = np.full(rows_m.shape[0], 1.0 / rows_m.shape[0])
+    masked = np.isneginf(rows_m)
+    count = np.maximum((~masked).sum(axis=0), 1)
+    m = np.where(masked, 0.0, rows_m).sum(axis=0) / count
+    v = np.where(masked, 0.0, rows_v + (rows_m - m) ** 2).sum(axis=0) / count
+    m = np.where(masked.all(axis=0), -np.inf, m)
+    v = np.where(masked.all(axis=0), 0.0, v)
+    pooled = Moments.along(m, v, len(out_shape) - 1, len(out_shape))
+    return Moments(pooled.mean, pooled.var, rows=Rows(rows_m, rows_v, weight))
+
+
+def has_masked(value: np.ndarray | None) -> bool:
+    """True for a constant holding -inf (a mask written with -inf)."""
+    return value is not None and np.issubdtype(np.asarray(value).dtype, np.floating) and bool(
+        np.isneginf(value).any())
+
+
+def condition(ctx: RuleContext, index: int, inputs) -> np.ndarray | None:
+    """The boolean value of input ``index`` (a Where condition): a constant; IsNaN/IsInf of a
+    signal that is also an input of this node (``Where(IsNaN(p), 0, p)``: from its predicted
+    moments in ``inputs``); or computed from integer or boolean graph inputs on the synthetic
+    inputs. None when it depends on a signal otherwise."""
+    value = ctx.const(index)
+    if value is not None:
+        return np.asarray(value, dtype=bool)
+    name = ctx.node.input[index]
+    graph = ctx.graph
+    producer = graph.producer.get(name)
+    if producer is not None and graph.node(producer).op_type in ("IsNaN", "IsInf"):
+        node = graph.node(producer)
+        operand = [i for i, n in enumerate(ctx.node.input) if n == node.input[0]]
+        m = inputs[operand[0]] if operand else None
+        if m is None:
+            return None
+        mean = np.broadcast_to(m.mean, np.broadcast_shapes(m.mean.shape, m.var.shape))
+        if node.op_type == "IsNaN" or not ctx.for_node(producer).attr("detect_negative", 1):
+            return np.zeros_like(mean, dtype=bool)  # predictions are never NaN or +inf
+        return np.isneginf(mean)
+    return input_derived(ctx, name)
+
+
+def _upstream(graph, tensor: str) -> tuple[list[str], set[str]] | None:
+    """(nodes in topological order, graph inputs) computing ``tensor`` from constants and
+    integer/boolean inputs that are not token ids; None when a float signal, token ids or too
+    many nodes are involved."""
+    nodes, inputs, stack, seen = set(), set(), [tensor], set()
+    while stack:
+        name = stack.pop()
+        if not name or name in seen or graph.is_constant(name):
+            continue
+        seen.add(name)
+        if name in graph.input_names:
+            if graph.is_float(name) or vocab_size(graph, name) is not None:
+                return None
+            inputs.add(name)
+            continue
+        if name != tensor and graph.is_signal(name):
+            return None
+        producer = graph.producer.get(name)
+        if producer is None:
+            return None
+        if producer in nodes:
+            continue
+        nodes.add(producer)
+        if len(nodes) > _MAX_NODES:
+            return None
+        stack.extend(graph.node(producer).input)
+    return [n for n in graph.order if n in nodes], inputs
+
+
+def input_derived(ctx: RuleContext, tensor: str) -> np.ndarray | None:
+    """Value of a tensor computed from constants and non-id integer/boolean graph inputs,
+    evaluated on the synthetic inputs; None otherwise. Every tensor of the evaluated subgraph
+    is cached per graph."""
+    graph = ctx.graph
+    cache = _DERIVED.setdefault(graph, {})
+    if tensor in cache:
+        return cache[tensor]
+    found = _upstream(graph, tensor)
+    if found is None or not found[1]:
+        cache[tensor] = None
+        return None
+    order, inputs = found
+    produced = [o for n in order for o in graph.node(n).output if o]
+    used = {n for node_id in order for n in graph.node(node_id).input if n}
+    constants = [onnx.numpy_helper.from_array(np.asarray(graph.value(n)), n)
+                 for n in sorted(used) if graph.is_constant(n)]
+    model = helper.make_model(
+        helper.make_graph(
+            [graph.node(n) for n in order], "derived",
+            [helper.make_tensor_value_info(n, graph.dtypes[n], graph.input_shapes[n])
+             for n in sorted(inputs)],
+            [helper.make_tensor_value_info(o, graph.dtypes.get(o, 0), None) for o in produced],
+            constants),
+        opset_imports=list(graph.model.opset_import), ir_version=min(graph.model.ir_version, 10))
+    feeds = synthetic_feeds(graph, seed=ctx.settings.seed)
+    try:
+        values = make_session(model, device="cpu").run(None, {n: feeds[n] for n in inputs})
+    except Exception:  # noqa: BLE001 - a subgraph onnxruntime cannot run alone: unknown
+        cache[tensor] = None
+        return None
+    cache.update(zip(produced, values))
+    return cache.get(tensor)
+
+
+def derived_moments(inputs, ctx: RuleContext) -> list[Moments | None] | None:
+    """Exact moments (variance 0, one value per element) of a node's float outputs when no input
+    is a signal with moments and each output is input-derived (see the module docstring)."""
+    if any(m is not None for m in inputs) or not any(
+            ctx.graph.is_signal(o) for o in ctx.node.output):
+        return None
+    outs = []
+    for name in ctx.node.output:
+        if not name or not ctx.graph.is_signal(name):
+            outs.append(None)
+            continue
+        value = input_derived(ctx, name)
+        if value is None:
+            return None
+        value = np.asarray(value, dtype=np.float64)
+        outs.append(compressed(value, np.zeros_like(value)))
+    return outs
+
+
+__all__ = ["OFFSET_CAP", "condition", "keep_rows", "derived_moments", "feeds_softmax", "has_masked",
+           "input_derived"]

@@ -1,0 +1,310 @@
+"""Real sequence and attention networks (Hugging Face GPT-2 and BERT from config objects,
+torchvision ViT and Swin, torch LSTM/GRU/RNN classifiers; random initialization, nothing
+downloaded), exported in training mode exactly as the README says, and compared tensor by tensor
+with onnxruntime.
+
+Each model comes in two sizes: ``"full"`` (the architecture's default configuration: GPT-2 and
+BERT-base at 12 layers, vit_b_16 and swin_t at 224x224, recurrent classifiers with 2 layers of
+hidden 128 over 32 steps) for ``benchmarks/real_accuracy_sequence.py``, and ``"small"`` (the same
+code paths at a size a CI run affords: 2-3 layers, narrow, short sequences, small images) for
+``tests/real/test_sequence_models.py``.
+
+:func:`compare` predicts with ``onnxinit.analyze`` and measures with onnxruntime under the
+analysis's training semantics (Dropout as identity, BatchNormalization on batch statistics):
+the same function PyTorch computes in ``train()`` mode with dropout probabilities at 0. Random
+ops (Swin's stochastic depth) draw new masks each run, so such models are measured over several
+batches in one session, pooled; tensors computed from random ops alone (the masks) are left out.
+Only ``onnxinit.analyze``, ``onnxinit.measure`` and ``onnxinit.feeds`` are used, so the same code
+measures another checkout of onnxinit (the benchmark's before/after).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import onnxinit
+from onnxinit.feeds import synthetic_feeds
+from onnxinit.measure import measurable_model
+from onnxinit.runtime import make_session
+
+
+@dataclass(frozen=True)
+class Spec:
+    build: Callable[[], object]  # the torch module
+    shape: tuple[int, ...]  # one example's input shape (no batch axis)
+    vocab: int = 0  # > 0: integer token ids below this bound, input "input_ids"
+    runs: int = 1  # measured batches (random ops draw new masks each run)
+
+
+def _last_hidden_state(model):
+    """transformers' forward takes keywords and returns a ModelOutput: export a wrapper that
+    takes the token ids positionally and returns the hidden states."""
+    import torch
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids):
+            return self.model(input_ids=input_ids).last_hidden_state
+
+    return LastHiddenState()
+
+
+def _gpt2(**config):
+    def build():
+        from transformers import GPT2Config, GPT2Model
+
+        # eager attention: the SDPA path does not export with the TorchScript exporter
+        return _last_hidden_state(GPT2Model(GPT2Config(attn_implementation="eager", **config)))
+
+    return build
+
+
+def _bert(**config):
+    def build():
+        from transformers import BertConfig, BertModel
+
+        return _last_hidden_state(BertModel(BertConfig(attn_implementation="eager", **config)))
+
+    return build
+
+
+def _torchvision(name: str, **kwargs):
+    def build():
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None, **kwargs)
+
+    return build
+
+
+def _vit(**kwargs):
+    def build():
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        return VisionTransformer(**kwargs)
+
+    return build
+
+
+def _swin(**kwargs):
+    def build():
+        from torchvision.models.swin_transformer import SwinTransformer
+
+        return SwinTransformer(**kwargs)
+
+    return build
+
+
+def _recurrent(kind: str, features: int, hidden: int, layers: int, classes: int = 10,
+               bidirectional: bool = False):
+    """``nn.LSTM``/``nn.GRU``/``nn.RNN`` (batch first) and a Linear classifier on the last step."""
+
+    def build():
+        from torch import nn
+
+        class Classifier(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.rnn = getattr(nn, kind)(features, hidden, layers, batch_first=True,
+                                             bidirectional=bidirectional)
+                self.head = nn.Linear(hidden * (2 if bidirectional else 1), classes)
+
+            def forward(self, x):
+                out = self.rnn(x)[0]
+                return self.head(out[:, -1])
+
+        return Classifier()
+
+    return build
+
+
+FULL: dict[str, Spec] = {
+    "gpt2": Spec(_gpt2(), (128,), vocab=50257),
+    "bert_base": Spec(_bert(), (128,), vocab=30522),
+    "vit_b_16": Spec(_torchvision("vit_b_16"), (3, 224, 224)),
+    "swin_t": Spec(_torchvision("swin_t"), (3, 224, 224), runs=4),
+    "lstm": Spec(_recurrent("LSTM", 64, 128, 2), (32, 64)),
+    "gru": Spec(_recurrent("GRU", 64, 128, 2), (32, 64)),
+}
+
+SMALL: dict[str, Spec] = {
+    "gpt2": Spec(_gpt2(n_embd=64, n_layer=3, n_head=4, n_positions=64, vocab_size=512),
+                 (32,), vocab=512),
+    "bert": Spec(_bert(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=256, vocab_size=512, max_position_embeddings=64),
+                 (32,), vocab=512),
+    "vit": Spec(_vit(image_size=32, patch_size=8, num_layers=3, num_heads=4, hidden_dim=64,
+                     mlp_dim=256), (3, 32, 32)),
+    "swin": Spec(_swin(patch_size=[4, 4], embed_dim=32, depths=[2, 2], num_heads=[2, 4],
+                       window_size=[4, 4], stochastic_depth_prob=0.0), (3, 64, 64)),
+    "lstm": Spec(_recurrent("LSTM", 16, 32, 2), (16, 16)),
+    "gru": Spec(_recurrent("GRU", 16, 32, 2), (16, 16)),
+    "rnn_bidirectional": Spec(_recurrent("RNN", 16, 32, 2, bidirectional=True), (16, 16)),
+}
+
+SIZES = {"full": FULL, "small": SMALL}
+
+
+def export(spec: Spec, path: Path) -> Path:
+    """Export in training mode (README): TrainingMode.TRAINING, no constant folding, the
+    TorchScript exporter, a dynamic batch axis, IR version <= 10 (onnxruntime's limit)."""
+    import onnx
+    import torch
+
+    torch.manual_seed(0)
+    module = spec.build()
+    module.train()
+    if spec.vocab:
+        name, example = "input_ids", torch.randint(0, spec.vocab, (2, *spec.shape))
+    else:
+        name, example = "x", torch.randn(2, *spec.shape)
+    tmp = path.with_suffix(".tmp.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (example,), str(tmp), input_names=[name],
+            training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False, dynamo=False,
+            opset_version=17, dynamic_axes={name: {0: "batch"}},
+        )
+    proto = onnx.load(str(tmp))
+    proto.ir_version = min(proto.ir_version, 10)
+    onnx.save(proto, str(path))
+    tmp.unlink()
+    return path
+
+
+_CACHE: dict[tuple[str, str], Path] = {}
+
+
+def exported(size: str, name: str) -> Path:
+    """Path of model ``name`` of ``size`` ("small"/"full"), exported once per process
+    (``ONNXINIT_EXPORT_CACHE`` names a directory that keeps them across processes)."""
+    key = (size, name)
+    if key not in _CACHE:
+        directory = Path(os.environ.get("ONNXINIT_EXPORT_CACHE") or tempfile.mkdtemp(
+            prefix="onnxinit-sequence-"))
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{name}_{size}.onnx"
+        if not path.exists():
+            export(SIZES[size][name], path)
+        _CACHE[key] = path
+    return _CACHE[key]
+
+
+RANDOM_OPS = {"RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal",
+              "Bernoulli", "Multinomial"}
+
+
+def _random_only(graph) -> set[str]:
+    """Float tensors computed without a float path from a graph input but through a random op
+    (stochastic-depth masks)."""
+    from_input, random = set(graph.input_names), set()
+    for node_id in graph.order:
+        node = graph.node(node_id)
+        ins = [n for n in node.input if n]
+        if any(n in from_input and graph.is_float(n) for n in ins):
+            from_input.update(o for o in node.output if o)
+        elif node.op_type in RANDOM_OPS or any(n in random for n in ins):
+            random.update(o for o in node.output if o)
+    return random
+
+
+@dataclass
+class Comparison:
+    predicted: np.ndarray  # NaN where not predicted (see ``missing``)
+    measured: np.ndarray
+    missing: np.ndarray  # bool: the analysis gave the tensor no prediction
+    tensors: list[str]
+    ops: list[str]
+    analyze_s: float
+    error: str | None = None  # analyze refused the model (a PredictionError names the node)
+
+    @property
+    def coverage(self) -> float:
+        return float(np.mean(~self.missing)) if self.tensors else 0.0
+
+    @property
+    def ratios(self) -> np.ndarray:
+        """predicted / measured: 1 where both are 0, inf where not predicted or not finite."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(self.predicted == self.measured, 1.0, self.predicted / self.measured)
+        return np.where(np.isfinite(r), r, np.inf)
+
+    @property
+    def within_10(self) -> float:
+        return float(np.mean(np.abs(self.ratios - 1) <= 0.10)) if self.tensors else 0.0
+
+    @property
+    def within_2x(self) -> float:
+        r = self.ratios
+        return float(np.mean((r <= 2) & (r >= 0.5))) if self.tensors else 0.0
+
+    @property
+    def median_ratio(self) -> float:
+        return float(np.median(self.ratios)) if self.tensors else float("nan")
+
+    @property
+    def non_finite(self) -> bool:
+        """A prediction is NaN or infinite, or the analysis refused the model for one."""
+        return bool((~np.isfinite(self.predicted) & ~self.missing).any()) or self.error is not None
+
+    def worst(self, n: int = 8) -> list[str]:
+        r = self.ratios
+        order = np.argsort(-np.maximum(r, 1 / np.maximum(r, 1e-300)))[:n]
+        return [f"{r[i]:.3f} {self.ops[i]} {self.tensors[i]}" for i in order]
+
+
+def measured_variances(graph, tensors: list[str], batch_size: int, runs: int) -> dict[str, float]:
+    """Variance of each tensor pooled over ``runs`` seeded batches in one onnxruntime session
+    (elements that are -inf, an additive mask, left out)."""
+    session = make_session(measurable_model(graph, tensors), device="cpu")
+    names = [o.name for o in session.get_outputs()]
+    wanted = set(tensors)
+    s0, s1, s2 = {}, {}, {}
+    for run in range(runs):
+        feeds = synthetic_feeds(graph, seed=run)
+        for name, value in zip(names, session.run(names, feeds)):
+            if name not in wanted:
+                continue
+            v = np.asarray(value, dtype=np.float64)
+            v = v[~np.isneginf(v)] if np.isneginf(v).any() and not np.isneginf(v).all() else v
+            s0[name] = s0.get(name, 0) + v.size
+            s1[name] = s1.get(name, 0.0) + v.sum()
+            s2[name] = s2.get(name, 0.0) + (v * v).sum()
+    return {n: s2[n] / s0[n] - (s1[n] / s0[n]) ** 2 for n in s0}
+
+
+def compare(path: str | Path, batch_size: int = 8, runs: int = 1) -> Comparison:
+    """Predicted against measured variance of every float activation tensor of ``path``."""
+    start = time.perf_counter()
+    try:
+        analysis = onnxinit.analyze(path, batch_size=batch_size)
+    except onnxinit.OnnxInitError as exc:  # a non-finite prediction: the analysis refuses
+        return Comparison(np.array([]), np.array([]), np.array([], dtype=bool), [], [],
+                          time.perf_counter() - start, error=str(exc))
+    analyze_s = time.perf_counter() - start
+    graph = analysis.graph
+    predicted = {t.name: t.var for t in analysis.tensors}
+    excluded = _random_only(graph) | set(graph.input_names)
+    tensors = [t for t in graph.float_activations() if t not in excluded]
+    measured = measured_variances(graph, tensors, batch_size, runs)
+    tensors = [t for t in tensors if t in measured]
+    return Comparison(
+        predicted=np.array([predicted.get(t, np.nan) for t in tensors], dtype=np.float64),
+        measured=np.array([measured[t] for t in tensors]),
+        missing=np.array([t not in predicted for t in tensors], dtype=bool),
+        tensors=tensors,
+        ops=[graph.node(graph.producer[t]).op_type for t in tensors],
+        analyze_s=analyze_s,
+    )

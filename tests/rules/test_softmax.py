@@ -1,0 +1,129 @@
+"""Softmax and LogSoftmax rules (closed form, Monte Carlo rows, repeated row statistics)
+against Monte Carlo runs of the same node in onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxinit.moments import Moments
+from tests.models import make_model
+from tests.oracle import assert_moments_close, monte_carlo, node_model, predict
+from tests.rules.test_attention import run
+
+# ---------------------------------------------------------------------------------------------
+# Softmax
+
+
+@pytest.mark.parametrize("n", [2, 16, 100])
+def test_softmax_iid_logits_mean_is_exactly_one_over_n(n):
+    x = Moments.scalar(0.4, 2.0)
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=-1)
+    model = node_model(node, {"x": (max(4000, 400_000 // n), n)})
+    m = run(model, {"x": x})
+    assert m.total()[0] == 1.0 / n
+
+
+def test_softmax_per_index_logits():
+    x = Moments.along(np.linspace(-1, 1, 8), np.linspace(0.5, 2, 8), axis=2, rank=3)
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=2)
+    model = node_model(node, {"x": (20000, 3, 8)})
+    m = run(model, {"x": x}, axis=2)
+    np.testing.assert_allclose(m.mean.sum(), 1.0)
+
+
+def test_softmax_per_channel_groups():
+    x = Moments.along([-1.0, 0.0, 0.5, 2.0], [0.5, 1.0, 3.0, 0.25], axis=1, rank=4)
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=3)
+    model = node_model(node, {"x": (5000, 4, 3, 7)})
+    run(model, {"x": x}, axis=1)
+
+
+def test_softmax_opset11_coerces_to_2d():
+    x = Moments.scalar(0.0, 1.5)
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=1)
+    model = node_model(node, {"x": (20000, 3, 4)}, opset=11)
+    m = run(model, {"x": x})
+    assert m.total()[0] == 1.0 / 12
+
+
+def test_softmax_of_relu_uses_the_source():
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Softmax", ["r"], ["y"], axis=-1),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [40000, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    run(model, {"x": Moments.scalar(0.5, 4.0)})
+
+
+def test_log_softmax():
+    x = Moments.scalar(0.3, 1.2)
+    node = helper.make_node("LogSoftmax", ["x"], ["y"], axis=-1)
+    run(node_model(node, {"x": (40000, 10)}), {"x": x})
+
+
+# ---------------------------------------------------------------------------------------------
+# masks: the ways exporters write a causal mask before a Softmax
+
+
+@pytest.mark.parametrize("form", ["add_neg_inf", "add_finfo_min", "where_neg_inf",
+                                  "mul_then_add_finfo_min"])
+def test_causal_mask_forms(form):
+    """Masked positions get probability 0, whichever way the mask is written; the statistics
+    of the logits stay finite where they are not masked (no NaN reaches the output)."""
+    s, n = 8, 4000
+    causal = np.tril(np.ones((s, s), dtype=bool))
+    big = np.finfo(np.float32).min
+    if form == "add_neg_inf":
+        consts = {"m": np.where(causal, 0.0, -np.inf).astype(np.float32)}
+        nodes = [helper.make_node("Add", ["x", "m"], ["a"])]
+    elif form == "add_finfo_min":
+        consts = {"m": np.where(causal, 0.0, big).astype(np.float32)}
+        nodes = [helper.make_node("Add", ["x", "m"], ["a"])]
+    elif form == "where_neg_inf":
+        consts = {"c": causal, "f": np.array(-np.inf, dtype=np.float32)}
+        nodes = [helper.make_node("Where", ["c", "x", "f"], ["a"])]
+    else:  # (1 - keep) * finfo.min, added
+        consts = {"keep": causal.astype(np.float32), "one": np.float32(1.0),
+                  "big": np.float32(big)}
+        nodes = [helper.make_node("Sub", ["one", "keep"], ["drop"]),
+                 helper.make_node("Mul", ["drop", "big"], ["offset"]),
+                 helper.make_node("Add", ["x", "offset"], ["a"])]
+    nodes.append(helper.make_node("Softmax", ["a"], ["y"], axis=-1))
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, 2, s, s])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    x = Moments.scalar(0.0, 0.5)
+    _, result = predict(model, {"x": x})
+    assert result.rules["y"] == "softmax" and not result.fallbacks
+    values = monte_carlo(model, {"x": x})["y"].astype(np.float64)
+    m = result.moments["y"]
+    assert np.all(np.isfinite(m.mean)) and np.all(np.isfinite(m.var))
+    assert_moments_close(m, values, rtol=0.03)
+    mean = np.broadcast_to(m.mean, (1, 1, s, s))[0, 0]
+    np.testing.assert_array_equal(mean[~causal], 0.0)
+    np.testing.assert_allclose(mean, values.mean(axis=(0, 1)), atol=0.01)
+
+
+def test_softmax_statistics_repeated_over_the_batch():
+    # a causal mask expanded over an axis (GPT-2's over the batch): per-row logit statistics
+    # repeated along it count once (200 distributions, not 2 x 200: over the sampling limit)
+    rows = np.linspace(-1, 1, 200)[:, None] * np.linspace(0, 2, 6)[None, :]
+    mean = np.broadcast_to(rows, (1, 2, 200, 6))
+    x = Moments(mean, np.full((1, 1, 1, 6), 0.5))
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=-1)
+    model = node_model(node, {"x": (500, 2, 200, 6)})
+    _, result = predict(model, {"x": x})
+    assert result.rules["y"] == "softmax" and not result.fallbacks
+    values = monte_carlo(model, {"x": x})
+    m = result.moments["y"]
+    assert m.mean.shape == (1, 1, 200, 6)
+    got = values["y"].astype(np.float64)
+    np.testing.assert_allclose(m.total()[1], got.var(), rtol=0.03)
+    # per row: 3333 draws in the rule, 1000 here: a few hundredths of sampling error
+    np.testing.assert_allclose(m.mean[0, 0], got.mean(axis=(0, 1)), atol=0.03)
