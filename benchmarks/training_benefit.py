@@ -1,266 +1,441 @@
-"""Does a rescaled initialization train better? Plain SGD on a real (small) dataset.
+"""Does a rescaled initialization train better? The papers' setting, scaled to a CPU.
 
 Dataset: scikit-learn's ``load_digits`` (1797 8x8 grey digits, 10 classes, shipped inside the
-package: nothing is downloaded), features standardised with the training split's statistics,
-a stratified 80/20 split fixed by seed 0.
+package: nothing is downloaded), standardised with the training split's statistics, a stratified
+80/20 split fixed by seed 0. Convolutional models see the digits upsampled (nearest) to
+``--image`` x ``--image`` with three identical channels; the MLP sees the 64 pixels.
 
-Network: a deep normalization-free MLP in torch, ``depth`` Linear layers of ``width`` units with
-ReLU (or tanh) between them and PyTorch's default init (weights U(+-1/sqrt(fan_in)), variance
-1/(3 fan_in)), so the signal shrinks by about 1/6 per ReLU layer: the default init barely trains.
+Models (PyTorch, no normalization layers, each with its framework's own default init):
 
-For each seed: build the module (``torch.manual_seed(seed)``), export it to ONNX
-(``dynamo=False``, ``keep_initializers_as_inputs=False``, no constant folding: initializers keep
-the module's parameter names), rescale it with ``onnxinit.rescale.rescale`` for every registered
-method among autoinit, lsuv, gradinit, metainit, nio (data-driven ones get the training split as
-``--data``), load the rescaled values back into the same module by name
-(``onnxinit.adapters.torch.load_into`` when it exists) and train with plain SGD (no momentum, no
-weight decay) for ``epochs`` epochs. Acc_0 is the test accuracy after the first epoch, Acc_best the
-best test accuracy over all epochs (the papers' columns); mean +- std over the seeds.
+- ``mlp``: ``--mlp-depth`` Linear layers of width ``--mlp-width`` with ReLU (or tanh) between
+  them (PyTorch's default init shrinks the signal by about 1/6 per ReLU layer);
+- ``resnet20``, ``resnet32``: CIFAR ResNets (3 stages of 3 or 5 basic blocks, 16/32/64 channels,
+  1x1 projection shortcuts), convolutions with biases in place of BN, PyTorch's default init;
+- ``resnet50``: torchvision's ResNet-50 with every BatchNorm replaced by Identity (torchvision's
+  own Kaiming-normal fan-out init), 10 classes;
+- ``vgg``: a VGG-style stack (3x3 convs 16-32-64-64-128-128, max pooling after the 1st, 2nd, 4th
+  and 6th, global average pooling, Linear), no BN, PyTorch's default init.
 
-GradInit, MetaInit and NIO start in their papers from a Kaiming (or Xavier) init, not from one
-whose signal has already vanished; ``--from-kaiming`` (on by default) adds the rows ``kaiming``
-and ``kaiming,<method>`` (onnxinit's comma list: kaiming first, then the method). A method that
-fails on a seed is reported with its message and the seeds it failed on.
+Inits: ``default`` (the model as constructed), and every onnxinit method or comma list in
+``--inits``: the module is exported to ONNX (TorchScript exporter, initializers keep the
+module's parameter names), rescaled with :func:`onnxinit.rescale.rescale` (data-driven methods
+get the training split as ``--data``, at the training batch size), and the rescaled values are
+loaded back with :func:`onnxinit.adapters.torch.load_into`.
 
-    python benchmarks/training_benefit.py            # 3 seeds, 20 epochs, lr 0.01
-    python benchmarks/training_benefit.py --quick    # 1 seed, 4 epochs, fewer method iterations
+Training, as the papers: SGD with momentum 0.9, gradient-norm clipping at ``--clip`` (GradInit
+and MetaInit clip every network without BN at 1), constant learning rate, ``--epochs`` epochs
+of batch ``--batch-size``. Every init is trained at each rate of ``--lrs`` (AutoInit's Fig. 4a
+protocol: compare inits at their own best rate) and each seed. GradInit, MetaInit and NIO also
+sweep their scale learning rate (``--scale-lrs``), as their papers tune it; the reported row
+uses the scale rate with the best Acc_best.
 
-Needs the ``bench`` extra: ``pip install -e .[bench]`` (scikit-learn and torch).
+Results: Acc_0 (test accuracy after the first epoch), Acc_best (best over the epochs), the
+training loss of the first 100 steps; mean +- std over the seeds. Every (model, init, scale lr,
+seed, lr) result is cached in ``--results`` (JSON) as soon as it finishes, so an interrupted run
+resumes where it stopped; ``--report`` prints the tables from the cache and ``--plot`` draws
+``<model>_lr_sweep.png`` and ``<model>_loss.png`` beside it (needs matplotlib: the ``bench``
+extra).
+
+    python benchmarks/training_benefit.py --models mlp resnet20          # run (resumable)
+    python benchmarks/training_benefit.py --report --plot                # tables and figures
+
+Needs the ``bench`` extra: ``pip install -e .[bench]`` (scikit-learn, torch, torchvision,
+matplotlib).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import itertools
+import json
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-CANDIDATES = ("autoinit", "lsuv", "gradinit", "metainit", "nio")
-DATA_DRIVEN = ("gradinit", "metainit", "nio")
-# in --quick runs, iteration-count options (when a method declares one) are capped at this
-QUICK_ITERATIONS = 20
+RESULTS = ROOT / "benchmarks" / "results" / "training_benefit.json"
+INITS = ("default", "kaiming", "autoinit", "idinit", "idinit,autoinit", "lsuv", "gradinit",
+         "metainit", "nio", "kaiming,gradinit", "kaiming,metainit", "kaiming,nio")
+GRADIENT_METHODS = ("gradinit", "metainit", "nio")
+SCALE_LRS = {"gradinit": (1e-3, 1e-2, 5e-2), "metainit": (0.01, 0.1), "nio": (3e-3, 3e-2)}
+LOSS_STEPS = 100
 
 
-def digits_split(seed: int = 0):
-    """(x_train, y_train, x_test, y_test): standardised float32 features, int64 labels."""
+# --- data and models ------------------------------------------------------------------------
+
+
+def digits(image: int | None):
+    """(x_train, y_train, x_test, y_test): standardised float32, int64 labels; images
+    ``3 x image x image`` (nearest upsampling) when ``image`` is given, else 64 features."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     data = load_digits()
     x_train, x_test, y_train, y_test = train_test_split(
         data.data.astype(np.float64), data.target.astype(np.int64), test_size=0.2,
-        random_state=seed, stratify=data.target)
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    return ((x_train - mean) / std).astype(np.float32), y_train, \
-        ((x_test - mean) / std).astype(np.float32), y_test
+        random_state=0, stratify=data.target)
+    mean, std = x_train.mean(), x_train.std()
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    if image is not None:
+        factor = image // 8
+
+        def up(x):
+            x = x.reshape(-1, 1, 8, 8).repeat(factor, axis=2).repeat(factor, axis=3)
+            return np.repeat(x, 3, axis=1)
+
+        x_train, x_test = up(x_train), up(x_test)
+    return (x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test)
 
 
-def build_mlp(depth: int, width: int, activation: str, seed: int, n_in: int = 64,
-              n_out: int = 10):
-    """``depth`` Linear layers (n_in -> width -> ... -> n_out) with ``activation`` between."""
+def build(name: str, seed: int, args):
+    """The torch module (seeded) and whether it takes images."""
     import torch
     from torch import nn
 
     torch.manual_seed(seed)
-    act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
-    widths = [n_in] + [width] * (depth - 1) + [n_out]
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(widths)):
-        layers.append(nn.Linear(a, b))
-        if i < depth - 1:
-            layers.append(act())
-    return nn.Sequential(*layers)
+    if name == "mlp":
+        act = {"relu": nn.ReLU, "tanh": nn.Tanh}[args.mlp_activation]
+        widths = [64] + [args.mlp_width] * (args.mlp_depth - 1) + [10]
+        layers: list[nn.Module] = []
+        for i in range(len(widths) - 1):
+            layers.append(nn.Linear(widths[i], widths[i + 1]))
+            if i < len(widths) - 2:
+                layers.append(act())
+        return nn.Sequential(*layers), False
+    if name in ("resnet20", "resnet32"):
+        return cifar_resnet(3 if name == "resnet20" else 5), True
+    if name == "resnet50":
+        from torchvision.models import resnet50
+
+        return resnet50(weights=None, num_classes=10, norm_layer=lambda c: nn.Identity()), True
+    if name == "vgg":
+        cfg = [16, "M", 32, "M", 64, 64, "M", 128, 128, "M"]
+        layers, cin = [], 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
+                cin = v
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10)]
+        return nn.Sequential(*layers), True
+    raise ValueError(name)
 
 
-def export(module, path: Path, n_in: int = 64) -> None:
-    import warnings
+def cifar_resnet(blocks: int):
+    import torch.nn.functional as F
+    from torch import nn
 
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+            self.shortcut = (nn.Conv2d(cin, cout, 1, stride) if stride != 1 or cin != cout
+                             else nn.Identity())
+
+        def forward(self, x):
+            return F.relu(self.conv2(F.relu(self.conv1(x))) + self.shortcut(x))
+
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 16, 3, 1, 1)
+            stages, cin = [], 16
+            for stage, width in enumerate((16, 32, 64)):
+                for i in range(blocks):
+                    stages.append(Block(cin, width, 2 if stage > 0 and i == 0 else 1))
+                    cin = width
+            self.blocks = nn.Sequential(*stages)
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = self.blocks(F.relu(self.conv1(x)))
+            return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+    return ResNet()
+
+
+def export(module, path: Path, example) -> None:
     import torch
 
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, (torch.zeros(2, n_in),), str(path), input_names=["x"],
-            output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-            dynamo=False, keep_initializers_as_inputs=False, do_constant_folding=False,
-            opset_version=17)
+            module, (example,), str(path), input_names=["x"], output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+            keep_initializers_as_inputs=False, do_constant_folding=False, opset_version=17)
 
 
-def load_back(module, rescaled, original: Path) -> None:
-    """Load the rescaled initializers into ``module`` (every tensor must map to a parameter)."""
+# --- one run --------------------------------------------------------------------------------
+
+
+def initialise(module, init: str, scale_lr: float | None, seed: int, split, tmp: Path, args):
+    """Apply ``init`` to ``module`` in place; (seconds, a summary of the method reports)."""
+    if init == "default":
+        return 0.0, {}
     from onnxinit.adapters.torch import load_into
-
-    load_into(module, rescaled, str(original), strict=True)
-
-
-def method_options(name: str, quick: bool, data: str | None) -> dict:
-    """Keyword options for method ``name``: ``data`` for data-driven methods; in quick runs every
-    declared ``*_iterations``/``*_steps`` option capped at QUICK_ITERATIONS."""
-    from onnxinit.methods import METHODS
-
-    fields = {f.name: f for f in dataclasses.fields(METHODS[name][1])}
-    options = {}
-    if "data" in fields and data is not None:
-        options["data"] = data
-    if quick:
-        for field_name, f in fields.items():
-            if field_name.startswith(name) and field_name.endswith(("_iterations", "_steps")) \
-                    and isinstance(f.default, int) and f.default > QUICK_ITERATIONS:
-                options[field_name] = QUICK_ITERATIONS
-    return options
-
-
-def accuracy(module, x, y) -> float:
-    import torch
-
-    with torch.no_grad():
-        return float((module(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
-
-
-def train(module, split, *, epochs: int, lr: float, batch_size: int, seed: int) -> list[float]:
-    """Test accuracy after each epoch of plain SGD on the cross-entropy loss."""
-    import torch
-
-    x_train, y_train, x_test, y_test = split
-    optimizer = torch.optim.SGD(module.parameters(), lr=lr, momentum=0.0)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    rng = np.random.default_rng(seed)
-    xs, ys = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    history = []
-    for _ in range(epochs):
-        order = torch.from_numpy(rng.permutation(len(x_train)))
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            rows = order[start:start + batch_size]
-            optimizer.zero_grad()
-            loss = loss_fn(module(xs[rows]), ys[rows])
-            if not torch.isfinite(loss):
-                break
-            loss.backward()
-            optimizer.step()
-        history.append(accuracy(module, x_test, y_test))
-    return history
-
-
-@dataclasses.dataclass
-class Row:
-    """Results of one init over the seeds: (Acc_0, Acc_best, rescale seconds) per run, and the
-    seeds whose rescale failed (with the first failure's message)."""
-
-    runs: list[tuple[float, float, float]] = dataclasses.field(default_factory=list)
-    failed: list[int] = dataclasses.field(default_factory=list)
-    message: str = ""
-
-
-def inits(args) -> dict[str, Row | str]:
-    """The rows: default, each candidate (or "not available"), and with ``--from-kaiming`` the
-    papers' setting for the data-driven methods: kaiming, then kaiming followed by each."""
-    from onnxinit.methods import METHODS
-
-    rows: dict[str, Row | str] = {"default": Row()}
-    for name in CANDIDATES:
-        rows[name] = Row() if name in METHODS else "not available"
-    if args.from_kaiming and "kaiming" in METHODS:
-        rows["kaiming"] = Row()
-        for name in DATA_DRIVEN:
-            rows[f"kaiming,{name}"] = Row() if name in METHODS else "not available"
-    return rows
-
-
-def run(args) -> dict[str, Row | str]:
-    import torch
-
+    from onnxinit.methods import option_fields
     from onnxinit.rescale import rescale
 
+    x_train, y_train = split[0], split[1]
+    path = tmp / "model.onnx"
+    export(module, path, __import__("torch").from_numpy(x_train[:2]))
+    data = tmp / "train.npz"
+    if not data.exists():
+        np.savez(data, x=x_train, labels=y_train)
+    methods = init.split(",")
+    options = {"seed": seed, "data": str(data), "threads": args.threads,
+               **args.method_options}
+    for name in methods:
+        if name in GRADIENT_METHODS and scale_lr is not None:
+            options[f"{name}_lr"] = scale_lr
+    read = option_fields()  # rescale refuses an option no chosen method reads
+    options = {k: v for k, v in options.items()
+               if k not in read or set(read[k][1]) & set(methods)}
+    start = time.perf_counter()
+    result = rescale(path, init, write=False, batch_size=args.batch_size, **options)
+    seconds = time.perf_counter() - start
+    load_into(module, result.model, str(path), strict=True)
+    summary = {}
+    for name, report in result.method_reports.items():
+        if name in GRADIENT_METHODS:
+            summary[name] = {"before": report.get("before"), "after": report.get("after"),
+                             "kept_iteration": report.get("kept_iteration"),
+                             "iterations": report.get("iterations")}
+    return seconds, summary
+
+
+def train(module, split, *, lr: float, seed: int, args) -> dict:
+    """Test accuracy after each epoch and the loss of the first LOSS_STEPS steps."""
+    import torch
+
+    x_train, y_train, x_test, y_test = (torch.from_numpy(a) for a in split)
+    optimizer = torch.optim.SGD(module.parameters(), lr=lr, momentum=0.9)
+    generator = np.random.default_rng(seed)
+    losses, accuracy, diverged = [], [], False
+    for _ in range(args.epochs):
+        module.train()
+        order = torch.from_numpy(generator.permutation(len(x_train)))
+        for start in range(0, len(order) - args.batch_size + 1, args.batch_size):
+            rows = order[start:start + args.batch_size]
+            loss = torch.nn.functional.cross_entropy(module(x_train[rows]), y_train[rows])
+            if not torch.isfinite(loss):
+                diverged = True
+                break
+            if len(losses) < LOSS_STEPS:
+                losses.append(loss.item())
+            optimizer.zero_grad()
+            loss.backward()
+            if args.clip > 0:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), args.clip)
+            optimizer.step()
+        if diverged:
+            accuracy += [0.1] * (args.epochs - len(accuracy))  # chance
+            break
+        module.eval()
+        with torch.no_grad():
+            accuracy.append(float((module(x_test).argmax(1) == y_test).float().mean()))
+    return {"acc": accuracy, "loss": losses, "diverged": diverged}
+
+
+def key(*parts) -> str:
+    return "|".join(str(p) for p in parts)
+
+
+def load_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_results(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=0, sort_keys=True))
+    tmp.replace(path)
+
+
+def scale_lrs(init: str, args) -> list:
+    """The scale learning rates swept for ``init`` (None: the method's default, or no method)."""
+    methods = [n for n in init.split(",") if n in GRADIENT_METHODS]
+    if not methods or not args.sweep_scale_lr:
+        return [None]
+    return list(SCALE_LRS[methods[-1]])
+
+
+def run(args) -> None:
+    import copy
+
+    import torch
+
     torch.set_num_threads(args.threads)
-    split = digits_split()
-    results = inits(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "digits_train.npz"
-        np.savez(data, x=split[0], labels=split[1])
+    results = load_results(args.results)
+    for model in args.models:
+        split = digits(None if model == "mlp" else args.image)
         for seed in args.seeds:
-            for name, row in results.items():
-                if isinstance(row, str):
-                    continue
-                module = build_mlp(args.depth, args.width, args.activation, seed)
-                seconds = 0.0
-                if name != "default":
-                    onnx_path = Path(tmp) / f"mlp_{seed}.onnx"
-                    export(module, onnx_path)
-                    options = {}
-                    for step in name.split(","):
-                        options.update(method_options(step, args.quick, str(data)))
-                    start = time.perf_counter()
-                    try:
-                        result = rescale(onnx_path, name, write=False, seed=seed,
-                                         batch_size=args.batch_size, **options)
-                    except Exception as exc:  # noqa: BLE001  (a failing method is reported, not fatal)
-                        row.failed.append(seed)
-                        row.message = row.message or f"{type(exc).__name__}: {exc}"[:80]
-                        print(f"  seed {seed} {name}: rescale failed: {exc}", file=sys.stderr,
-                              flush=True)
+            for init in args.inits:
+                for scale_lr in scale_lrs(init, args):
+                    base = key(model, init, scale_lr, seed)
+                    todo = [lr for lr in args.lrs if key(base, lr) not in results]
+                    if not todo or results.get(key(base, "failed")):
                         continue
-                    seconds = time.perf_counter() - start
-                    load_back(module, result.model, onnx_path)
-                history = train(module, split, epochs=args.epochs, lr=args.lr,
-                                batch_size=args.batch_size, seed=seed)
-                row.runs.append((history[0], max(history), seconds))
-                print(f"  seed {seed} {name:9s} acc per epoch "
-                      + " ".join(f"{a:.2f}" for a in history), file=sys.stderr, flush=True)
-    return results
+                    module, _ = build(model, seed, args)
+                    with tempfile.TemporaryDirectory() as tmp:
+                        try:
+                            seconds, summary = initialise(module, init, scale_lr, seed, split,
+                                                          Path(tmp), args)
+                        except Exception as exc:  # noqa: BLE001 - reported, not fatal
+                            results[key(base, "failed")] = f"{type(exc).__name__}: {exc}"[:300]
+                            save_results(args.results, results)
+                            print(f"{base}: failed: {exc}", flush=True)
+                            continue
+                    results[key(base, "rescale")] = {"seconds": seconds, "reports": summary}
+                    for lr in todo:
+                        trained = copy.deepcopy(module)
+                        start = time.perf_counter()
+                        outcome = train(trained, split, lr=lr, seed=seed, args=args)
+                        outcome["seconds"] = time.perf_counter() - start
+                        results[key(base, lr)] = outcome
+                        save_results(args.results, results)
+                        print(f"{key(base, lr)}: acc {' '.join(f'{a:.2f}' for a in outcome['acc'])}"
+                              f"{' diverged' if outcome['diverged'] else ''}", flush=True)
 
 
-def table(results: dict[str, Row | str]) -> str:
-    def cell(values):
-        values = 100 * np.asarray(values)
-        return f"{values.mean():5.1f} +- {values.std():4.1f}"
+# --- tables and figures ---------------------------------------------------------------------
 
-    lines = ["| init | Acc_0 (%) | Acc_best (%) | rescale s | runs |", "|---|---|---|---|---|"]
-    for name, row in results.items():
-        if isinstance(row, str):
-            lines.append(f"| {name} | {row} | | | |")
-            continue
-        note = f"{len(row.runs)}"
-        if row.failed:
-            note += f"; failed for seeds {row.failed}: {row.message}"
-        if not row.runs:
-            lines.append(f"| {name} | | | | {note} |")
-            continue
-        acc0, best, seconds = zip(*row.runs)
-        lines.append(f"| {name} | {cell(acc0)} | {cell(best)} | {np.mean(seconds):.2f} | "
-                     f"{note} |")
+
+def summarise(results: dict, model: str, init: str, lrs, seeds):
+    """Per (scale lr, lr): Acc_0 and Acc_best over the seeds that finished, and loss curves."""
+    cells = {}
+    for scale_lr in sorted({k.split("|")[2] for k in results
+                            if k.startswith(f"{model}|{init}|")}):
+        for lr in lrs:
+            runs = [results.get(key(model, init, scale_lr, s, lr)) for s in seeds]
+            runs = [r for r in runs if r]
+            if runs:
+                cells[scale_lr, lr] = {
+                    "acc0": [r["acc"][0] for r in runs], "best": [max(r["acc"]) for r in runs],
+                    "loss": [r["loss"] for r in runs], "seeds": len(runs)}
+    return cells
+
+
+def best_cell(cells, lr=None):
+    """The (scale lr, lr) with the highest mean Acc_best (at ``lr`` if given)."""
+    options = [k for k in cells if lr is None or k[1] == lr]
+    return max(options, key=lambda k: np.mean(cells[k]["best"])) if options else None
+
+
+def fmt(values) -> str:
+    values = 100 * np.asarray(values)
+    return f"{values.mean():.1f} +- {values.std():.1f}"
+
+
+def report(results: dict, args) -> str:
+    lines = []
+    for model in args.models:
+        rows = []
+        base_best = None
+        for init in args.inits:
+            cells = summarise(results, model, init, args.lrs, args.seeds)
+            failed = [results[k] for k in results
+                      if k.startswith(f"{model}|{init}|") and k.endswith("|failed")]
+            if not cells:
+                if failed:
+                    rows.append(f"| {init} | failed: {failed[0][:60]} | | | | | |")
+                continue
+            best = best_cell(cells)
+            at_default = best_cell(cells, args.default_lr)
+            if init == "default":
+                base_best = best[1]
+            ratio = "" if base_best is None else f"{best[1] / base_best:g}x"
+            scale = "" if best[0] == "None" else f" (scale lr {best[0]})"
+            c, d = cells[best], cells.get(at_default)
+            rows.append(
+                f"| {init}{scale} | {best[1]:g} ({ratio}) | {fmt(c['acc0'])} | {fmt(c['best'])} "
+                f"| {fmt(d['acc0']) if d else ''} | {fmt(d['best']) if d else ''} | "
+                f"{c['seeds']} |")
+        if rows:
+            lines += [f"\n{model}: best lr over {args.lrs} (ratio to the default init's best), "
+                      f"Acc_0 / Acc_best (%) at it and at lr {args.default_lr}; mean +- std "
+                      "over seeds", "",
+                      "| init | best lr | Acc_0 at best | Acc_best at best | Acc_0 at default lr "
+                      "| Acc_best at default lr | seeds |", "|---|---|---|---|---|---|---|", *rows]
     return "\n".join(lines)
+
+
+def plot(results: dict, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for model in args.models:
+        fig_lr, ax_lr = plt.subplots(figsize=(7, 4.5))
+        fig_loss, ax_loss = plt.subplots(figsize=(7, 4.5))
+        drawn = False
+        for init in args.inits:
+            cells = summarise(results, model, init, args.lrs, args.seeds)
+            if not cells:
+                continue
+            drawn = True
+            scale = best_cell(cells)[0]
+            lrs = [lr for lr in args.lrs if (scale, lr) in cells]
+            means = [100 * np.mean(cells[scale, lr]["best"]) for lr in lrs]
+            ax_lr.plot(lrs, means, marker="o", label=init)
+            curves = [c for c in cells[best_cell(cells)]["loss"] if c]
+            length = min(len(c) for c in curves) if curves else 0
+            if length:
+                ax_loss.plot(np.mean([c[:length] for c in curves], axis=0), label=init)
+        if not drawn:
+            continue
+        ax_lr.set(xscale="log", xlabel="training learning rate", ylabel="Acc_best (%)",
+                  title=f"{model}: accuracy at each learning rate (mean over seeds)")
+        ax_loss.set(xlabel="step", ylabel="training loss", yscale="log",
+                    title=f"{model}: first {LOSS_STEPS} steps at each init's best lr")
+        for fig, ax, name in ((fig_lr, ax_lr, "lr_sweep"), (fig_loss, ax_loss, "loss")):
+            ax.legend(fontsize=7, ncol=2)
+            fig.tight_layout()
+            fig.savefig(args.results.parent / f"{model}_{name}.png", dpi=110)
+        plt.close("all")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="1 seed, 4 epochs, method iteration counts capped at "
-                             f"{QUICK_ITERATIONS}")
-    parser.add_argument("--depth", type=int, default=24)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--activation", choices=("relu", "tanh"), default="relu")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--models", nargs="+", default=["mlp", "resnet20"],
+                        choices=["mlp", "resnet20", "resnet32", "resnet50", "vgg"])
+    parser.add_argument("--inits", nargs="+", default=list(INITS))
+    parser.add_argument("--lrs", type=float, nargs="+", default=[0.3, 0.1, 0.03, 0.01, 0.003])
+    parser.add_argument("--default-lr", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--from-kaiming", action=argparse.BooleanOptionalAction, default=True,
-                        help="also run kaiming and kaiming followed by each of gradinit, "
-                             "metainit, nio (the papers start from Kaiming init)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image", type=int, default=32, choices=[8, 16, 24, 32])
+    parser.add_argument("--clip", type=float, default=1.0)
+    parser.add_argument("--mlp-depth", type=int, default=24)
+    parser.add_argument("--mlp-width", type=int, default=64)
+    parser.add_argument("--mlp-activation", choices=("relu", "tanh"), default="relu")
+    parser.add_argument("--sweep-scale-lr", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--method-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="a rescale option for every method run, e.g. metainit_steps=100")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--report", action="store_true", help="print tables from the cache")
+    parser.add_argument("--plot", action="store_true", help="draw PNGs from the cache")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.epochs, args.seeds = min(args.epochs, 4), args.seeds[:1]
-    print(f"load_digits, {args.depth}-layer {args.activation} MLP (width {args.width}), plain "
-          f"SGD lr {args.lr}, batch {args.batch_size}, {args.epochs} epochs, seeds "
-          f"{args.seeds}", flush=True)
-    print(table(run(args)))
+    args.method_options = {k: json.loads(v) for k, v in
+                           (item.split("=", 1) for item in args.method_option)}
+    if args.report or args.plot:
+        results = load_results(args.results)
+        if args.report:
+            print(report(results, args))
+        if args.plot:
+            plot(results, args)
+        return
+    run(args)
 
 
 if __name__ == "__main__":

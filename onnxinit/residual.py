@@ -27,29 +27,12 @@ projection).
 
 from __future__ import annotations
 
-import heapq
-from collections import deque
 from dataclasses import dataclass
 
-import networkx as nx
-
 from .graph import ModelGraph
+from .signal_graph import Path, SignalGraph
 
-_SOURCE = "\0source"
-_INPUT = "\0input:"
 ADD_OPS = {"Add", "Sum"}
-
-
-@dataclass(frozen=True)
-class Path:
-    """One input of a residual Add traced back to the block input."""
-
-    input_index: int  # which input of the Add
-    tensor: str  # the Add's input tensor
-    nodes: tuple[str, ...]  # node ids between the block input and the Add, topological order
-    parametric: tuple[str, ...]  # the parametric ones among them, topological order
-    ends: tuple[str, ...]  # last parametric layers (no parametric node after them on the path)
-    depth: int  # longest chain of parametric nodes
 
 
 @dataclass(frozen=True)
@@ -93,79 +76,20 @@ class ResidualBlock:
         }
 
 
-def residual_blocks(graph: ModelGraph) -> list[ResidualBlock]:
+def residual_blocks(graph: ModelGraph, signal: SignalGraph | None = None) -> list[ResidualBlock]:
     """Every residual block of ``graph``, in topological order of their Adds."""
-    signal_graph = _signal_graph(graph)
-    parametric = set(graph.parametric_nodes)
-    position = {n: i for i, n in enumerate(graph.order)}
-    for k, name in enumerate(graph.input_names):
-        position[_INPUT + name] = -1 - k
-    position[_SOURCE] = -1 - len(graph.input_names)
+    signal = signal if signal is not None else SignalGraph(graph)
     blocks = []
     for node_id in graph.order:
         node = graph.node(node_id)
         if node.op_type in ADD_OPS and node.domain in ("", "ai.onnx"):
-            block = _block(graph, signal_graph, node_id, parametric, position)
+            block = _block(graph, signal, node_id)
             if block is not None:
                 blocks.append(block)
     return blocks
 
 
-def _signal_graph(graph: ModelGraph) -> nx.DiGraph:
-    """Nodes that produce signals, one node per graph input, and a virtual source."""
-    g = nx.DiGraph()
-    g.add_node(_SOURCE)
-    for name in graph.input_names:
-        g.add_edge(_SOURCE, _INPUT + name)
-    for node_id in graph.order:
-        if graph.is_shape_node(node_id):
-            continue
-        g.add_node(node_id)
-        has_pred = False
-        for name in graph.inputs_of(node_id):
-            if name in graph.input_names:
-                g.add_edge(_INPUT + name, node_id)
-                has_pred = True
-            elif name in graph.producer and not graph.is_shape_node(graph.producer[name]):
-                g.add_edge(graph.producer[name], node_id)
-                has_pred = True
-        if not has_pred:  # fed by constants only, e.g. a random-number node
-            g.add_edge(_SOURCE, node_id)
-    return g
-
-
-def _start(graph: ModelGraph, tensor: str) -> str:
-    producer = graph.producer.get(tensor)
-    return _INPUT + tensor if producer is None else producer
-
-
-def _fork(signal_graph: nx.DiGraph, starts: list[str], position: dict) -> str | None:
-    """The latest (in topological order) common ancestor of ``starts``, or None.
-
-    Walk backwards in decreasing topological position, carrying the set of starts that reach
-    each node; when a node is popped, every successor that could reach it was popped before,
-    so the first node reached by all starts is the latest common ancestor."""
-    full = frozenset(range(len(starts)))
-    reach: dict[str, set[int]] = {}
-    heap: list[tuple[int, str]] = []
-    for i, s in enumerate(starts):
-        if s not in reach:
-            reach[s] = set()
-            heapq.heappush(heap, (-position[s], s))
-        reach[s].add(i)
-    while heap:
-        _, n = heapq.heappop(heap)
-        if reach[n] == full:
-            return None if n == _SOURCE else n
-        for pred in signal_graph.predecessors(n):
-            if pred not in reach:
-                reach[pred] = set()
-                heapq.heappush(heap, (-position[pred], pred))
-            reach[pred] |= reach[n]
-    return None
-
-
-def _block(graph, signal_graph, add, parametric, position) -> ResidualBlock | None:
+def _block(graph: ModelGraph, signal: SignalGraph, add: str) -> ResidualBlock | None:
     node = graph.node(add)
     inputs = [(i, t) for i, t in enumerate(node.input) if graph.is_signal(t)]
     if len(inputs) < 2 or len({t for _, t in inputs}) < len(inputs):
@@ -173,72 +97,12 @@ def _block(graph, signal_graph, add, parametric, position) -> ResidualBlock | No
     out_shape = graph.shape(node.output[0])
     if out_shape is not None and any(graph.shape(t) not in (None, out_shape) for _, t in inputs):
         return None  # a broadcasting add (mask, bias-like signal), not a residual join
-    fork = _fork(signal_graph, [_start(graph, t) for _, t in inputs], position)
+    fork = signal.fork([signal.start(t) for _, t in inputs])
     if fork is None:  # the inputs share no tensor (two graph inputs): not a residual join
         return None
-    paths = [_path(graph, signal_graph, i, t, fork, parametric, position) for i, t in inputs]
+    paths = [signal.path(i, t, fork) for i, t in inputs]
     skip = min(paths, key=lambda p: (len(p.parametric), len(p.nodes), p.input_index))
     branches = tuple(p for p in paths if p is not skip and p.parametric)
     if not branches or any(len(b.parametric) <= len(skip.parametric) for b in branches):
         return None  # no branch, or parallel paths of equal weight (a merge, not a residual)
-    return ResidualBlock(add, _block_input(graph, signal_graph, fork), node.output[0], skip,
-                         branches)
-
-
-def _block_input(graph: ModelGraph, signal_graph: nx.DiGraph, fork: str) -> str:
-    if fork.startswith(_INPUT):
-        return fork[len(_INPUT):]
-    outputs = [o for o in graph.node(fork).output if graph.is_signal(o)]
-    used = {n for succ in signal_graph.successors(fork) for n in graph.inputs_of(succ)}
-    return next((o for o in outputs if o in used), outputs[0])
-
-
-def _path(graph, signal_graph, index, tensor, fork, parametric, position) -> Path:
-    """Nodes strictly between ``fork`` and the Add on the route of input ``tensor``: ancestors
-    of the input's producer that descend from ``fork`` (side inputs such as an attention mask
-    computed from another graph input are not on the path)."""
-    start = _start(graph, tensor)
-    low = position[fork]
-    candidates: set[str] = set()
-    if start != fork:
-        candidates.add(start)
-        queue = deque([start])
-        while queue:
-            for pred in signal_graph.predecessors(queue.popleft()):
-                if position[pred] > low and pred not in candidates:
-                    candidates.add(pred)
-                    queue.append(pred)
-    nodes: set[str] = set()
-    queue = deque(s for s in signal_graph.successors(fork) if s in candidates)
-    while queue:
-        n = queue.popleft()
-        if n not in nodes:
-            nodes.add(n)
-            queue.extend(s for s in signal_graph.successors(n) if s in candidates)
-    ordered = tuple(sorted((n for n in nodes if n in graph.node_by_id), key=position.get))
-    params = tuple(n for n in ordered if n in parametric)
-    # last parametric layers: walk back from the Add's input, stopping at parametric nodes
-    ends, seen = set(), set()
-    queue = deque([start] if start in nodes else [])
-    while queue:
-        n = queue.popleft()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n in parametric:
-            ends.add(n)
-            continue
-        queue.extend(p for p in signal_graph.predecessors(n) if p in nodes)
-    # longest chain of parametric nodes, by dynamic programming in topological order
-    chain: dict[str, int] = {}
-    for n in ordered:
-        best = max((chain[p] for p in signal_graph.predecessors(n) if p in chain), default=0)
-        chain[n] = best + (n in parametric)
-    return Path(
-        input_index=index,
-        tensor=tensor,
-        nodes=ordered,
-        parametric=params,
-        ends=tuple(n for n in ordered if n in ends),
-        depth=max(chain.values(), default=0),
-    )
+    return ResidualBlock(add, signal.fork_tensor(fork), node.output[0], skip, branches)

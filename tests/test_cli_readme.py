@@ -81,8 +81,20 @@ def test_every_option_the_readme_names_exists():
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", README))
     named -= {"--help", "--version"}  # click's own
     not_cli = {"--all-files", "--files", "--repo", "--pre-commit", "--quick", "--depth",
-               "--activation", "--lr", "--seeds", "--models", "--threads", "--repeats"}
+               "--activation", "--lr", "--seeds", "--models", "--threads", "--repeats",
+               *TRAINING_BENEFIT_OPTIONS, "--no-sweep-scale-lr"}  # argparse's negation
     assert sorted(named - known - not_cli) == []
+
+
+# options the README names that are benchmarks/training_benefit.py's (not the CLI's)
+TRAINING_BENEFIT_OPTIONS = ("--image", "--inits", "--lrs", "--plot", "--sweep-scale-lr")
+
+
+def test_training_benefit_options_exist():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "training_benefit.py"
+    source = script.read_text()
+    for name in TRAINING_BENEFIT_OPTIONS:
+        assert f'"{name}"' in source, name
 
 
 @pytest.fixture(scope="module")

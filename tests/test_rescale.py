@@ -86,6 +86,7 @@ def test_report_and_summary(tmp_path, capsys):
     layers = data["method_reports"]["autoinit"]["layers"]
     assert {"node", "input_mean", "input_var", "scale", "output_var"} <= set(layers[0])
     assert "50 tensors rescaled" in out and "largest scale" in out and "->" in out
+    assert "note: a rescaled network usually wants a lower training learning rate" in out
 
 
 def test_dry_run_writes_nothing(tmp_path, capsys):
@@ -142,6 +143,6 @@ def test_summary_of_a_data_driven_method(tmp_path, capsys):
     code, out, _ = run(["rescale", sample("small_cnn"), "--method", "gradinit",
                         "--gradinit-iterations", "2", "-o", tmp_path / "g.onnx", "-q"], capsys)
     assert code == 0
-    assert "gradinit (held-out batch): loss " in out and " -> " in out
+    assert "gradinit (held-out batches, kept iteration " in out and "): loss " in out
     moved = next(line for line in out.splitlines() if "gradinit moved most:" in line)
     assert moved.count(" x") == 3

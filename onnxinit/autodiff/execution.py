@@ -21,23 +21,29 @@ from .reference_ops import corrected_ops
 
 
 class Runner:
-    """Runs one model; ``backend`` says which engine ('onnxruntime' or 'reference')."""
+    """Runs one model; ``backend`` says which engine ('onnxruntime' or 'reference').
+    ``backend='reference'`` skips the onnxruntime attempt (for a float64 graph built on one that
+    onnxruntime already refused: creating the session can take seconds before it fails)."""
 
-    def __init__(self, model: onnx.ModelProto, *, device: str, float64: bool):
+    def __init__(self, model: onnx.ModelProto, *, device: str, float64: bool,
+                 threads: int | None = None, backend: str | None = None):
         self.output_names = [o.name for o in model.graph.output]
         self._session = None
         self._reference = None
-        try:
-            self._session = make_session(model, device="cpu" if float64 else device)
-            self.backend = "onnxruntime"
-        except OrtNotImplemented:
-            if not float64:
-                raise
-            # the reference evaluator is slow to import: only this fallback needs it
-            from onnx.reference import ReferenceEvaluator
+        self.backend = "onnxruntime"
+        if not (float64 and backend == "reference"):
+            try:
+                self._session = make_session(model, device="cpu" if float64 else device,
+                                             threads=threads)
+                return
+            except OrtNotImplemented:
+                if not float64:
+                    raise
+        # the reference evaluator is slow to import: only this fallback needs it
+        from onnx.reference import ReferenceEvaluator
 
-            self._reference = ReferenceEvaluator(model, new_ops=corrected_ops())
-            self.backend = "reference"
+        self._reference = ReferenceEvaluator(model, new_ops=corrected_ops())
+        self.backend = "reference"
 
     @property
     def providers(self) -> list[str]:

@@ -36,7 +36,8 @@ class GradientProgram:
     output is the loss) or a head from :mod:`onnxinit.autodiff.loss`; ``output`` picks the model
     output it applies to (default: the first). ``wrt``: parameter names to differentiate (default:
     every float parameter). ``dtype='float64'`` casts the lowered graph to double and runs it on
-    the CPU. ``dropout=True`` keeps Dropout as a fixed mask drawn from ``seed``.
+    the CPU. ``dropout=True`` keeps Dropout as a fixed mask drawn from ``seed``. ``threads``:
+    onnxruntime's intra-op threads (default: its own choice).
     """
 
     def __init__(
@@ -52,17 +53,20 @@ class GradientProgram:
         dtype: str = "float32",
         dropout: bool = False,
         seed: int = 0,
+        threads: int | None = None,
     ):
         self._model = _as_model(model)
         self._options = {"loss": loss_head(loss, output), "label_shape": label_shape,
                          "dtype": dtype, "dropout": dropout, "seed": seed}
         self.input_shapes = {name: tuple(shape) for name, shape in input_shapes.items()}
         self.device = device
+        self.threads = threads
         self.graph: GradientGraph = build_gradient_graph(
             self._model, self.input_shapes, wrt=wrt, **self._options)
         self.float64 = dtype == "float64"
         self._np_dtype = helper.tensor_dtype_to_np_dtype(self.graph.elem_type)
-        self._runner = Runner(self.graph.model, device=device, float64=self.float64)
+        self._runner = Runner(self.graph.model, device=device, float64=self.float64,
+                              threads=threads)
         self._forward: Runner | None = None
         self.parameters: dict[str, np.ndarray] = {
             name: value.astype(self._np_dtype) if value.dtype.kind == "f" else value
@@ -123,7 +127,8 @@ class GradientProgram:
         if self._forward is None:
             forward = build_gradient_graph(self._model, self.input_shapes, gradients=False,
                                            **self._options)
-            self._forward = Runner(forward.model, device=self.device, float64=self.float64)
+            self._forward = Runner(forward.model, device=self.device, float64=self.float64,
+                                   threads=self.threads)
         return float(self._forward.run(self.session_feeds(feeds, labels, params))[0])
 
     def hvp(

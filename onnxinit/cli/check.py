@@ -11,6 +11,7 @@ from ..analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR
 from ..batch.paths import find_models
 from ..batch.results import Result
 from ..batch.work import check_model
+from ..check import RULES, explain
 from ..check_formats import ModelResult, exit_status, format_github, format_json, format_text
 from ..methods.options import Range
 from ..sarif import format_sarif
@@ -32,7 +33,7 @@ def _report(result: Result) -> None:
 
 
 @click.command("check", cls=GroupedCommand)
-@click.argument("models", nargs=-1, required=True, metavar="MODEL...",
+@click.argument("models", nargs=-1, metavar="MODEL...",
                 type=click.Path(dir_okay=True, path_type=str))
 @click.option("--max-growth", type=Number(float, Range(ge=1)), default=DEFAULT_MAX_GROWTH,
               show_default=True, help="Finding when a tensor's predicted variance exceeds this "
@@ -52,16 +53,22 @@ def _report(result: Result) -> None:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
               help="Concrete shape of an input, e.g. x:1x3x224x224 (repeatable).")
 @stats_option
+@click.option("--explain", "explain_rule", type=click.Choice(list(RULES), case_sensitive=False),
+              help="Print the long description of a rule (e.g. ONNXINIT002) and exit.")
 @batch_options
 @logging_options
-def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, stats, batch):
+def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, stats,
+          explain_rule, batch):
     """Fail when the predicted variance of MODEL explodes or vanishes at initialization.
 
-    Findings: a tensor whose variance exceeds --max-growth or falls below --min-var times the
+    Findings are judged on the main signal path from the inputs to the outputs: a tensor whose
+    variance exceeds --max-growth or whose signal variance falls below --min-var times the
     input variance (one per connected chain of such tensors, at its first tensor), and an
-    exponential trend of variance with depth. Ops no rule covers are notes (findings with
-    --strict). Several models may be given (as pre-commit does), and folders (every *.onnx
-    under them) or patterns; results go to stdout in the order given, logs to stderr. Exit
+    exponential trend of variance with depth. The same off the main path (residual branches,
+    gates, attention weights, normalization statistics, a small output head) are notes, as are
+    ops no rule covers (findings with --strict). --explain RULE describes a rule. Several
+    models may be given (as pre-commit does), and folders (every *.onnx under them) or
+    patterns; results go to stdout in the order given, logs to stderr. Exit
     status: 0 clean, 1 findings in any model, 2 a model could not be checked (unreadable,
     timed out, crashed) or an option is bad.
 
@@ -73,7 +80,13 @@ def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, st
       onnxinit check model.onnx --format github      # annotations in a GitHub workflow
       onnxinit check bert.onnx --input-shape input_ids:8x128 --format json
       onnxinit check models/ --jobs 2 --timeout 300 --jsonl results.jsonl
+      onnxinit check --explain ONNXINIT007
     """
+    if explain_rule is not None:
+        click.echo(explain(explain_rule))
+        return
+    if not models:
+        raise click.UsageError("missing argument MODEL...")
     paths = find_models(models)
     shapes_for, stats_for = specs_per_model(paths, input_shapes, stats)
 

@@ -8,8 +8,12 @@ Per iteration t, with p = 2 for ``sgd`` and p = 1 for ``adam``:
 
        d|g|_2/dtheta = H g / |g|_2 = H v,  v = g / |g|_2;     d|g|_1/dtheta = H sign(g)
 
-   (H v exact where the autodiff can, else by finite differences of gradients:
-   ``gradinit_hvp``), and d/dalpha_i = <(H v)_i, p0_i>.
+   and d/dalpha_i = <(H v)_i, p0_i>. Exact where the autodiff can (``gradinit_hvp``): one run
+   of the gradient graph extended with |g|_p and differentiated again gives L, g, |g|_p and
+   d|g|_p/dtheta together, as the paper's double backward does; else H v by finite differences
+   of gradients. Which program an iteration starts with follows the previous iteration's
+   branch (the constraint program also gives L and g, so a wrong guess costs one pass, never a
+   different result).
 3. Else: the first step d = A[g] = gamma g / |g|_2 (sgd, normalised as in the paper's runs) or
    sign(g) (adam), held constant (not differentiated, as the paper's code does); theta' =
    theta - eta d. S~ = the first half of S and the second half of batch 2t+1. The objective is
@@ -18,39 +22,42 @@ Per iteration t, with p = 2 for ``sgd`` and p = 1 for ``adam``:
 4. Adam on alpha (constraint and objective steps keep separate first moments), clipped, then
    clamped to the lower bounds (``min_scale`` for weights, 0 for biases).
 
-The report gives the objective, the loss and the gradient norm before and after on held-out
-batches (2T and 2T+1), and the trajectory.
+The report gives the objective, the loss and the gradient norm on held-out batch pairs (2T + 2k,
+2T + 2k + 1 for k < ``held_out_batches``) before, at the checkpoints and at the kept scales (scaleopt: the
+best-measured scales are kept), and the trajectory.
+
+The paper's code takes the first step as eta g / |g|_2; with its gamma = 1 that is the same
+step as the paper's text, eta gamma g / |g|_2, which is what this module follows for any gamma.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..autodiff.higher_order import DerivedGraph, derive
 from ..data import Batch
 from ..graph import ModelGraph
 from ..plan import Plan
-from ._data import LossOptions
 from .options import check_values, option
+from .optimisers import RescaleAdam
+from .oracle import HVP_MODES, GradientOracle, batch_length, concat_batches, slice_batch
 from .scaleopt import (
-    HVP_MODES,
-    GradientOracle,
-    RescaleAdam,
-    ScaleSpace,
+    Assessment,
+    GradientOptions,
     Step,
-    batch_length,
-    concat_batches,
     data_details,
     finish,
     optimise,
     prepare,
-    slice_batch,
 )
+from .scales import ScaleSpace
 
 
 @dataclass
-class GradInitOptions(LossOptions):
+class GradInitOptions(GradientOptions):
     gradinit_lr: float = option(
         1e-2, "gradinit: learning rate tau of the scales (Adam). The paper tunes it per network "
               "in [1e-3, 1e-1] (1e-2 VGG-19, 5e-2 ResNet-110 without BN, 3e-3 ImageNet).", gt=0)
@@ -71,11 +78,9 @@ class GradInitOptions(LossOptions):
         1.0, "gradinit: clip each scale's gradient to [-c, c] before Adam (0: no clipping).", ge=0)
     gradinit_hvp: str = option(
         "auto",
-        "gradinit: Hessian-vector products for constraint steps: exact (reverse over "
-        "reverse), fd (central differences of gradients), or auto (exact where the autodiff "
-        "can, else fd).",
+        "gradinit: second derivatives of constraint steps: exact (reverse over reverse), fd "
+        "(central differences of gradients), or auto (exact where the autodiff can, else fd).",
         choices=HVP_MODES)
-    seed: int = 0
 
 
 # --- the objective, as small functions of alpha ----------------------------------------------
@@ -102,11 +107,47 @@ def first_step(g: np.ndarray, alg: str, gamma: float) -> np.ndarray:
     return gamma * g / norm if norm > 0 else np.zeros_like(g)
 
 
+def norm_graph(alg: str) -> Callable:
+    """The gradient graph extended with phi = |g|_p and differentiated again:
+    d phi/d theta = H d|g|_p/dg."""
+
+    def build(emitter, roles, elem):
+        grads = [v for k, v in roles.items() if k.startswith("grad:")]
+        if alg == "adam":
+            terms = [emitter.node("ReduceSum", [emitter.node("Abs", [g])], keepdims=0)
+                     for g in grads]
+        else:
+            terms = [emitter.node("ReduceSum", [emitter.node("Mul", [g, g])], keepdims=0)
+                     for g in grads]
+        total = emitter.node("Sum", terms) if len(terms) > 1 else terms[0]
+        return total if alg == "adam" else emitter.node("Sqrt", [total])
+
+    def make(graph) -> DerivedGraph:
+        return derive(graph, build)
+
+    return make
+
+
 def norm_gradient(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray, g: np.ndarray,
                   batch: Batch, alg: str) -> np.ndarray:
     """d|g(S; theta(alpha))|_p / dalpha_i = <(H v)_i, p0_i>, v = d|g|_p/dg (constant)."""
     hv = oracle.hvp(space.theta(alpha), norm_direction(g, alg), batch)
     return space.alpha_gradient(hv)
+
+
+def gradient_and_norm_gradient(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
+                               batch: Batch, alg: str):
+    """(L, g, d|g|_p/dalpha) at alpha on ``batch`` from one run of the exact norm program; where
+    the autodiff cannot build it, (L, g, None) from a gradient pass."""
+    exact = oracle.derived(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg))
+    if exact is None:
+        loss, g = oracle.gradient(space.theta(alpha), batch)
+        return loss, g, None
+    wrt = oracle.wrt
+    out = oracle.run(exact, space.theta(alpha), batch,
+                     ["loss", *(f"grad:{n}" for n in wrt), *(f"dphi:{n}" for n in wrt)])
+    return (float(out["loss"]), oracle.join(out, "grad"),
+            space.alpha_gradient(oracle.join(out, "dphi")))
 
 
 def loss_after_step(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
@@ -126,52 +167,70 @@ def batch_pair(source, t: int) -> tuple[Batch, Batch]:
     return first, concat_batches(slice_batch(first, 0, half), slice_batch(fresh, half, n))
 
 
-def evaluate(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
-             pair: tuple[Batch, Batch], options: GradInitOptions) -> dict[str, float]:
-    """Loss and |g|_p on S, and the objective L(S~; theta - eta A[g]) / eta, at ``alpha``."""
-    first, second = pair
+def assessment(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
+               pairs: list[tuple[Batch, Batch]], options: GradInitOptions) -> Assessment:
+    """Mean over ``pairs`` of the loss and |g|_p on S and of the objective
+    L(S~; theta - eta A[g]) / eta; ranked feasible (mean |g|_p <= gamma) first, by objective,
+    then by |g|_p."""
+    alg, eta, gamma = options.gradinit_alg, options.gradinit_eta, options.gradinit_gamma
     theta = space.theta(alpha)
-    loss, g = oracle.gradient(theta, first)
-    step = first_step(g, options.gradinit_alg, options.gradinit_gamma)
-    after, _ = oracle.gradient(theta - options.gradinit_eta * step, second)
-    return {"loss": loss, "grad_norm": gradient_norm(g, options.gradinit_alg),
-            "loss_after_step": after, "objective": after / options.gradinit_eta}
+    rows = []
+    for first, second in pairs:
+        loss, g = oracle.gradient(theta, first)
+        after, _ = oracle.gradient(theta - eta * first_step(g, alg, gamma), second)
+        rows.append((loss, gradient_norm(g, alg), after))
+    loss, norm, after = (float(np.mean(c)) for c in zip(*rows))
+    values = {"loss": loss, "grad_norm": norm, "loss_after_step": after,
+              "objective": after / eta}
+    return Assessment(values, (0, after / eta) if norm <= gamma else (1, norm))
 
 
-def plan(graph: ModelGraph, options: GradInitOptions | None = None) -> Plan:
-    """GradInit scales for every parameter tensor (see the module docstring)."""
+def plan(graph: ModelGraph, options: GradInitOptions | None = None, *,
+         observe: Callable[[int, np.ndarray], None] | None = None) -> Plan:
+    """GradInit scales for every parameter tensor (see the module docstring). ``observe(t,
+    alpha)`` sees the scales after every iteration."""
     options = options or GradInitOptions()
     check_values(options)
     run = prepare(graph, options, min_scale=options.gradinit_min_scale,
                   hvp=options.gradinit_hvp)
     oracle, space, alg = run.oracle, run.space, options.gradinit_alg
     gamma, eta = options.gradinit_gamma, options.gradinit_eta
+    expect = {"constraint": False}  # the previous iteration's branch
 
     def step(t: int, alpha: np.ndarray) -> Step:
         first, second = batch_pair(run.source, t)
-        loss, g = oracle.gradient(space.theta(alpha), first)
+        if expect["constraint"]:
+            loss, g, dnorm = gradient_and_norm_gradient(oracle, space, alpha, first, alg)
+        else:
+            loss, g = oracle.gradient(space.theta(alpha), first)
+            dnorm = None
         norm = gradient_norm(g, alg)
+        expect["constraint"] = norm > gamma
         if norm > gamma:
-            return Step(None, norm_gradient(oracle, space, alpha, g, first, alg), norm,
-                        constraint=True, metrics={"loss": loss})
+            if dnorm is None:
+                dnorm = norm_gradient(oracle, space, alpha, g, first, alg)
+            return Step(None, dnorm, norm, constraint=True, metrics={"loss": loss})
         value, grad = loss_after_step(oracle, space, alpha, first_step(g, alg, gamma), second,
                                       eta)
         return Step(value, grad, norm, metrics={"loss": loss, "loss_after_step": value * eta})
 
     iterations = options.gradinit_iterations
-    held_out = batch_pair(run.source, iterations)
-    ones = np.ones(space.size)
-    before = evaluate(oracle, space, ones, held_out, options)
+    pairs = [batch_pair(run.source, iterations + k) for k in range(options.held_out_batches)]
     optimiser = RescaleAdam(space.lower, lr=options.gradinit_lr, clip=options.gradinit_grad_clip)
-    alpha, trajectory = optimise(space, step, optimiser, iterations, description="gradinit")
-    after = evaluate(oracle, space, alpha, held_out, options)
+    outcome = optimise(space, step, optimiser, iterations, description="gradinit",
+                       assess=(lambda a: assessment(oracle, space, a, pairs, options)) if pairs
+                       else None, checkpoints=options.checkpoints, observe=observe)
     norm_name = "|g|_1" if alg == "adam" else "|g|_2"
     return finish(
-        "gradinit", space, alpha, trajectory,
+        "gradinit", space, outcome,
         objective=f"L(S~; theta - eta A[g]) / eta subject to {norm_name} <= {gamma:g}",
-        before=before, after=after, started=run.started,
+        started=run.started,
         details={**data_details(run), "alg": alg, "lr": options.gradinit_lr, "eta": eta,
                  "gamma": gamma, "min_scale": options.gradinit_min_scale,
                  "grad_clip": options.gradinit_grad_clip,
-                 "evaluation_batches": [2 * iterations, 2 * iterations + 1]},
+                 "held_out_batches": [2 * (iterations + k) + i for k in range(len(pairs))
+                                      for i in (0, 1)]},
+        advice=f"a larger --batch-size (at {run.source.batch_size} samples the change one step "
+               "makes to the loss is mostly batch-to-batch noise; the paper uses 128), a lower "
+               "--gradinit-lr or fewer --gradinit-iterations",
     )

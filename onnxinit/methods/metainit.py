@@ -24,49 +24,54 @@ computed with two Hessian-vector products (H b, then H (a - H b)) and one third-
 for D3L (scaleopt, equations (2) and (3)): with g and h, 11 gradient passes per step. Then
 dGQ/dalpha_i = <(dGQ/dtheta)_i, p0_i>.
 
-**Products by finite differences (default).** On ReLU networks GQ jumps wherever an activation
-flips (g is discontinuous there), so its almost-everywhere gradient (what exact products and
-double backpropagation give) says little about steps of useful size. Central differences of
-gradients at a finite step measure a gradient quotient smoothed at that step, and its gradient
-(consistent with it: checked against differences in alpha) is what lowers GQ: on the
-normalization-free ResNet-20 (batch 8, 6 steps, seeds 0/1/2) the fd run lowered the exact GQ
-of held-out batches from 3946 to 168 and 3117 to 1663, while exact products raised GQ in two of
-three seeds (3946 -> 5170, 3117 -> 13778, 3484 -> 2947). ``metainit_hvp='exact'`` is there.
+**Exact (default).** Where the autodiff can, GQ and its gradient come from one program: the
+gradient graph extended with ``|g|^2 / 2`` and differentiated again gives ``H g`` (the paper's
+double backward), and that graph extended with GQ and differentiated a third time gives
+dGQ/dtheta, the quantity the paper's ``gq.backward()`` computes. Elsewhere (``metainit_hvp``
+``fd``, or an op without a second-order rule) the formula above runs on central differences of
+gradient passes (oracle.py, (2) and (3)). The differences measure a gradient quotient smoothed
+at the difference step; that is a different objective from the paper's (kept as an option: on
+ReLU networks in float32 the exact quotient jumps wherever an activation flips, and its
+almost-everywhere gradient can say little about steps of useful size).
 
 **Update** (only tensors of rank >= 2, as the paper's code): for each, s = sign(dGQ/dalpha_i)
 (= sign(<dGQ/dp, p>/|p|)), m = momentum m - lr s, |p| <- |p| + m, i.e. alpha_i += m / |p0_i|,
 clamped below at ``min_scale`` (the paper's code has no bound; it keeps a norm positive).
 
-The report gives GQ before and after on a held-out batch (index T) and the trajectory.
+The report gives GQ on held-out batches T, T + 1, ... before, at the checkpoints and at the kept
+scales (scaleopt: the best-measured scales are kept), and the trajectory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
+from ..autodiff.higher_order import DerivedGraph, derive
 from ..data import Batch
 from ..graph import ModelGraph
 from ..plan import Plan
-from ._data import LossOptions
 from .options import check_values, option
+from .optimisers import SignMomentum
+from .oracle import HVP_MODES, GradientOracle, batch_length
 from .scaleopt import (
-    HVP_MODES,
-    GradientOracle,
-    ScaleSpace,
-    SignMomentum,
+    Assessment,
+    GradientOptions,
     Step,
     data_details,
     finish,
+    held_out,
     optimise,
     prepare,
 )
+from .scales import ScaleSpace
 
 
 @dataclass
-class MetaInitOptions(LossOptions):
+class MetaInitOptions(GradientOptions):
     metainit_lr: float = option(
         0.1, "metainit: sign-SGD step on each weight tensor's norm.", gt=0)
     metainit_momentum: float = option(
@@ -80,13 +85,12 @@ class MetaInitOptions(LossOptions):
     metainit_min_scale: float = option(
         0.01, "metainit: lower bound of the weight scales (keeps every norm positive).", gt=0)
     metainit_hvp: str = option(
-        "fd",
-        "metainit: Hessian-vector products: fd (central differences of gradients: a gradient "
-        "quotient smoothed at the difference step, which is what falls on ReLU nets in "
-        "float32), exact (reverse over reverse, third-order term by differences of exact "
-        "products), or auto (exact where the autodiff can).",
+        "auto",
+        "metainit: derivatives of the gradient quotient: exact (H g and dGQ/dtheta by "
+        "differentiating the gradient graph twice more, as the paper's double and triple "
+        "backward), fd (central differences of gradients: a quotient smoothed at the "
+        "difference step), or auto (exact where the autodiff can, else fd).",
         choices=HVP_MODES)
-    seed: int = 0
     fits_data: ClassVar[bool] = False  # task-agnostic: synthetic data is the paper's setting
 
 
@@ -103,20 +107,90 @@ class Quotient:
     grad: np.ndarray | None  # dGQ/dalpha
 
 
+def quotient(g: np.ndarray, h: np.ndarray, eps: float) -> float:
+    """GQ = mean |(g - h) / (g + eps sign g) - 1| (sign(0) = +1)."""
+    return float(np.mean(np.abs((g - h) / (g + eps * np.where(g >= 0, 1.0, -1.0)) - 1.0)))
+
+
+def _half_square(emitter, roles, elem):
+    grads = [v for k, v in roles.items() if k.startswith("grad:")]
+    terms = [emitter.node("ReduceSum", [emitter.node("Mul", [g, g])], keepdims=0) for g in grads]
+    total = emitter.node("Sum", terms) if len(terms) > 1 else terms[0]
+    return emitter.node("Mul", [total, emitter.constant(0.5, elem, "half")])
+
+
+def curvature_graph(graph) -> DerivedGraph:
+    """The gradient graph extended with |g|^2 / 2 and differentiated again: role
+    ``dhalf_square:<param>`` is H g."""
+    return derive(graph, _half_square, role="half_square")
+
+
+def quotient_graph(eps: float, count: int) -> Callable:
+    """:func:`curvature_graph` extended with GQ(g, H g) (``count``: N, the parameter elements)
+    and differentiated a third time: role ``gq`` is GQ, ``dgq:<param>`` its gradient."""
+
+    def build(emitter, roles, elem):
+        params = [k[len("grad:"):] for k in roles if k.startswith("grad:")]
+        plus, minus = emitter.constant(eps, elem, "eps"), emitter.constant(-eps, elem, "neg_eps")
+        zero, one = emitter.constant(0.0, elem, "zero"), emitter.constant(1.0, elem, "one")
+        terms = []
+        for name in params:
+            g, h = roles[f"grad:{name}"], roles[f"dhalf_square:{name}"]
+            damping = emitter.node("Where", [emitter.node("GreaterOrEqual", [g, zero]), plus,
+                                             minus])
+            q = emitter.node("Sub", [emitter.node("Div", [emitter.node("Sub", [g, h]),
+                                                          emitter.node("Add", [g, damping])]),
+                                     one])
+            terms.append(emitter.node("ReduceSum", [emitter.node("Abs", [q])], keepdims=0))
+        total = emitter.node("Sum", terms) if len(terms) > 1 else terms[0]
+        return emitter.node("Mul", [total, emitter.constant(1.0 / count, elem, "inverse_count")])
+
+    def make(graph) -> DerivedGraph:
+        return derive(curvature_graph(graph), build, role="gq")
+
+    return make
+
+
+def _exact_quotient(oracle, space, theta, batch, eps, gradient):
+    """GQ (and dGQ/dalpha) from one run of the exact programs, or None where the autodiff
+    cannot build them."""
+    n = batch_length(batch)
+    wrt = oracle.wrt
+    if gradient:
+        program = oracle.derived("metainit-gq", n, quotient_graph(eps, oracle.layout.size))
+        roles = ["loss", "gq", *(f"grad:{p}" for p in wrt), *(f"dgq:{p}" for p in wrt)]
+    else:
+        program = oracle.derived("metainit-hg", n, curvature_graph)
+        roles = ["loss", *(f"grad:{p}" for p in wrt), *(f"dhalf_square:{p}" for p in wrt)]
+    if program is None:
+        return None
+    out = oracle.run(program, theta, batch, roles)
+    g = oracle.join(out, "grad")
+    norm = float(np.linalg.norm(g))
+    if gradient:
+        return Quotient(float(out["gq"]), float(out["loss"]), norm,
+                        space.alpha_gradient(oracle.join(out, "dgq")))
+    return Quotient(quotient(g, oracle.join(out, "dhalf_square"), eps), float(out["loss"]),
+                    norm, None)
+
+
 def gradient_quotient(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
                       batch: Batch, eps: float, *, gradient: bool = True) -> Quotient:
-    """GQ at theta(alpha) on ``batch`` and (``gradient``) dGQ/dalpha (module docstring)."""
+    """GQ at theta(alpha) on ``batch`` and (``gradient``) dGQ/dalpha (module docstring): exact
+    where the autodiff can, else by the formula on difference products."""
     theta = space.theta(alpha)
+    exact = _exact_quotient(oracle, space, theta, batch, eps, gradient)
+    if exact is not None:
+        return exact
     loss, g = oracle.gradient(theta, batch)
     h = oracle.hvp(theta, g, batch)
-    e = eps * np.where(g >= 0, 1.0, -1.0)
-    c = g + e
-    q = (g - h) / c - 1.0
-    gq = float(np.mean(np.abs(q)))
+    gq = quotient(g, h, eps)
     norm = float(np.linalg.norm(g))
     if not gradient:
         return Quotient(gq, loss, norm, None)
-    s = np.sign(q) / q.size
+    e = eps * np.where(g >= 0, 1.0, -1.0)
+    c = g + e
+    s = np.sign((g - h) / c - 1.0) / g.size
     a = s * (e + h) / c**2
     b = s / c
     hb = oracle.hvp(theta, b, batch)
@@ -124,8 +198,30 @@ def gradient_quotient(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarr
     return Quotient(gq, loss, norm, space.alpha_gradient(dtheta))
 
 
-def plan(graph: ModelGraph, options: MetaInitOptions | None = None) -> Plan:
-    """MetaInit scales for every weight tensor of rank >= 2 (see the module docstring)."""
+def assessment(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
+               batches: list[Batch], eps: float) -> Assessment:
+    """Mean GQ, loss and gradient norm over the held-out ``batches``, ranked by GQ."""
+    rows = [gradient_quotient(oracle, space, alpha, b, eps, gradient=False) for b in batches]
+    values = {"gq": float(np.mean([r.gq for r in rows])),
+              "loss": float(np.mean([r.loss for r in rows])),
+              "grad_norm": float(np.mean([r.grad_norm for r in rows]))}
+    return Assessment(values, (0, values["gq"]))
+
+
+def lower_rate_advice(norms: np.ndarray, lr: float, momentum: float) -> str:
+    """What to try when no step beat the model's own scales: sign-SGD with momentum moves a
+    norm by up to ``lr / (1 - momentum)`` per step, an absolute amount (the paper's lr 0.1 was
+    set on networks whose weight norms are tens); on small norms that overshoots."""
+    reach = lr / (1.0 - momentum)
+    return (f"a lower --metainit-lr (e.g. {lr / 10:g}): each step moves a weight norm by up to "
+            f"lr/(1 - momentum) = {reach:.3g}, against weight norms of {float(np.min(norms)):.3g}"
+            f" to {float(np.max(norms)):.3g} in this model")
+
+
+def plan(graph: ModelGraph, options: MetaInitOptions | None = None, *,
+         observe: Callable[[int, np.ndarray], None] | None = None) -> Plan:
+    """MetaInit scales for every weight tensor of rank >= 2 (see the module docstring).
+    ``observe(t, alpha)`` sees the scales after every step."""
     options = options or MetaInitOptions()
     check_values(options)
     run = prepare(graph, options, min_scale=options.metainit_min_scale, select=is_weight,
@@ -137,22 +233,20 @@ def plan(graph: ModelGraph, options: MetaInitOptions | None = None) -> Plan:
         return Step(result.gq, result.grad, result.grad_norm, metrics={"loss": result.loss})
 
     steps = options.metainit_steps
-    held_out = run.source.batch(steps)
-
-    def evaluate(alpha: np.ndarray) -> dict[str, float]:
-        result = gradient_quotient(oracle, space, alpha, held_out, eps, gradient=False)
-        return {"gq": result.gq, "loss": result.loss, "grad_norm": result.grad_norm}
-
-    before = evaluate(np.ones(space.size))
+    batches = held_out(run.source, steps, options.held_out_batches)
     optimiser = SignMomentum(space.norms, space.lower, lr=options.metainit_lr,
                              momentum=options.metainit_momentum)
-    alpha, trajectory = optimise(space, step, optimiser, steps, description="metainit")
-    after = evaluate(alpha)
+    outcome = optimise(space, step, optimiser, steps, description="metainit",
+                       assess=(lambda a: assessment(oracle, space, a, batches, eps)) if batches
+                       else None,
+                       checkpoints=options.checkpoints, observe=observe)
     return finish(
-        "metainit", space, alpha, trajectory,
+        "metainit", space, outcome,
         objective="gradient quotient GQ = mean |(g - Hg) / (g + eps sign g) - 1|",
-        before=before, after=after, started=run.started,
+        started=run.started,
         details={**data_details(run), "lr": options.metainit_lr,
                  "momentum": options.metainit_momentum, "eps": eps,
-                 "min_scale": options.metainit_min_scale, "evaluation_batch": steps},
+                 "min_scale": options.metainit_min_scale,
+                 "held_out_batches": list(range(steps, steps + len(batches)))},
+        advice=lower_rate_advice(space.norms, options.metainit_lr, options.metainit_momentum),
     )

@@ -22,11 +22,13 @@ g_i = gradient of chunk i's mean loss, n_i = |g_i|, u_i = g_i / n_i, S = sum_i u
   passes with differences) per iteration on chunks of about (1 + 2r) B / D samples.
 
 Adam on alpha as in GradInit (descending -F, or gnorm on constraint steps), clipped, clamped.
-The report gives GC, gnorm and F before and after on a held-out batch (index T).
+The report gives GC, gnorm and F on held-out batches T, T + 1, ... before, at the checkpoints
+and at the kept scales (scaleopt: the best-measured scales are kept).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -36,26 +38,26 @@ from ..data import Batch
 from ..errors import InvalidOptionError
 from ..graph import ModelGraph
 from ..plan import Plan
-from ._data import LossOptions
 from .options import check_values, option
+from .optimisers import RescaleAdam
+from .oracle import HVP_MODES, GradientOracle, slice_batch
 from .scaleopt import (
-    HVP_MODES,
-    GradientOracle,
-    RescaleAdam,
-    ScaleSpace,
+    Assessment,
+    GradientOptions,
     Step,
     data_details,
     finish,
+    held_out,
     optimise,
     prepare,
-    slice_batch,
 )
+from .scales import ScaleSpace
 
 OBJECTIVES = ("gc_gn_sqrt", "gc")
 
 
 @dataclass
-class NIOOptions(LossOptions):
+class NIOOptions(GradientOptions):
     nio_lr: float = option(3e-3, "nio: learning rate of the scales (Adam).", gt=0)
     nio_iterations: int = option(100, "nio: iterations, one fresh batch each.", ge=0)
     nio_gamma: float = option(
@@ -80,7 +82,6 @@ class NIOOptions(LossOptions):
         "gradients get the sign of GradCosine's gradient wrong on ReLU nets), fd, or auto "
         "(exact where the autodiff can, else fd).",
         choices=HVP_MODES)
-    seed: int = 0
 
 
 def chunk_bounds(batch_size: int, splits: int, overlap: float) -> list[tuple[int, int]]:
@@ -171,8 +172,25 @@ def mean_norm_gradient(oracle: GradientOracle, space: ScaleSpace, chunks: Chunks
     return space.alpha_gradient(through_hessians(oracle, chunks, [u / d for u in chunks.units]))
 
 
-def plan(graph: ModelGraph, options: NIOOptions | None = None) -> Plan:
-    """NIO scales for every parameter tensor (see the module docstring)."""
+def assessment(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
+               batches: list[Batch], bounds: list[tuple[int, int]], gn_mul: float,
+               gamma: float) -> Assessment:
+    """Means over the held-out ``batches`` of GradCosine, gnorm and F; ranked feasible
+    (mean gnorm <= gamma) first, by -F, then by gnorm."""
+    rows = []
+    for batch in batches:
+        chunks = chunk_gradients(oracle, space.theta(alpha), batch, bounds)
+        rows.append((grad_cosine(chunks), float(np.mean(chunks.norms)),
+                     objective(chunks, gn_mul)))
+    gradcosine, gnorm, value = (float(np.mean(c)) for c in zip(*rows))
+    values = {"gradcosine": gradcosine, "gnorm": gnorm, "objective": value}
+    return Assessment(values, (0, -value) if gnorm <= gamma else (1, gnorm))
+
+
+def plan(graph: ModelGraph, options: NIOOptions | None = None, *,
+         observe: Callable[[int, np.ndarray], None] | None = None) -> Plan:
+    """NIO scales for every parameter tensor (see the module docstring). ``observe(t, alpha)``
+    sees the scales after every iteration."""
     options = options or NIOOptions()
     check_values(options)
     refuse_fixed_batch(graph)
@@ -194,25 +212,22 @@ def plan(graph: ModelGraph, options: NIOOptions | None = None) -> Plan:
                     metrics=metrics)
 
     iterations = options.nio_iterations
-    held_out = run.source.batch(iterations)
-
-    def evaluate(alpha: np.ndarray) -> dict[str, float]:
-        chunks = chunk_gradients(oracle, space.theta(alpha), held_out, bounds)
-        return {"gradcosine": grad_cosine(chunks), "gnorm": float(np.mean(chunks.norms)),
-                "objective": objective(chunks, gn_mul)}
-
-    before = evaluate(np.ones(space.size))
+    batches = held_out(run.source, iterations, options.held_out_batches)
     optimiser = RescaleAdam(space.lower, lr=options.nio_lr, clip=options.nio_grad_clip)
-    alpha, trajectory = optimise(space, step, optimiser, iterations, description="nio")
-    after = evaluate(alpha)
+    outcome = optimise(
+        space, step, optimiser, iterations, description="nio",
+        assess=(lambda a: assessment(oracle, space, a, batches, bounds, gn_mul,
+                                     options.nio_gamma)) if batches else None,
+        checkpoints=options.checkpoints, observe=observe)
     name = "GradCosine + gn_mul * sum |g_i|" if gn_mul else "GradCosine"
     return finish(
-        "nio", space, alpha, trajectory,
+        "nio", space, outcome,
         objective=f"maximise {name} subject to mean |g_i| <= {options.nio_gamma:g}",
-        before=before, after=after, started=run.started,
+        started=run.started,
+        advice="a lower --nio-lr or fewer --nio-iterations",
         details={**data_details(run), "objective_kind": options.nio_objective, "lr": options.nio_lr,
                  "gamma": options.nio_gamma, "splits": options.nio_splits,
                  "overlap": options.nio_overlap, "gn_mul": gn_mul, "chunks": bounds,
                  "min_scale": options.nio_min_scale, "grad_clip": options.nio_grad_clip,
-                 "evaluation_batch": iterations},
+                 "held_out_batches": list(range(iterations, iterations + len(batches)))},
     )

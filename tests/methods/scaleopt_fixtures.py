@@ -20,8 +20,8 @@ MLP50 = SAMPLES / "tanh_mlp50.onnx"
 def tiny_run(*, batch_size: int = 12, hvp: str = "exact", select=None, seed: int = 0) -> Run:
     """A 5-7-6-4 tanh MLP with biases, float64 gradient passes on the CPU, synthetic data."""
     graph = load(mlp([5, 7, 6, 4], activation="Tanh", seed=seed), batch_size=batch_size)
-    return prepare(graph, GradInitOptions(seed=seed), min_scale=0.01, select=select,
-                   dtype="float64", device="cpu", hvp=hvp)
+    return prepare(graph, GradInitOptions(seed=seed, precision="float64"), min_scale=0.01,
+                   select=select, device="cpu", hvp=hvp)
 
 
 def random_alpha(run: Run, seed: int = 1) -> np.ndarray:

@@ -1,5 +1,8 @@
-"""NIO: sub-batch bounds, alpha-gradients of GradCosine (+ norms) and of the mean norm against
-central differences (float64), and its directions on the normalization-free ResNet-20."""
+"""NIO: the same scale trajectory as a PyTorch NIO written from the paper and the authors'
+configuration (tests/references/nio_ref.py: sub-batch gradients of one forward by double
+backward) on a tanh MLP, a normalization-free ResNet-20 with max pooling and a 2-layer
+transformer; its objective raised on fresh batches measured in PyTorch; sub-batch bounds and
+alpha-gradients against central differences (float64)."""
 
 from __future__ import annotations
 
@@ -19,13 +22,23 @@ from onnxinit.methods.nio import (
     objective_gradient,
 )
 from tests.methods.scaleopt_fixtures import (
-    RESNET,
     assert_gradient_matches,
     central_difference,
     random_alpha,
     tiny_run,
 )
 from tests.models import mlp
+
+torch = pytest.importorskip("torch")
+
+from tests.references.compare import ITERATIONS, TOLERANCE, compare  # noqa: E402
+from tests.references.fresh import deep_tanh_mlp, run_and_measure  # noqa: E402
+from tests.references.nio_ref import nio_reference, sub_batches  # noqa: E402
+from tests.references.twins import TWINS  # noqa: E402
+from tests.references.compare import slow as SLOW  # noqa: E402
+
+# bounds that put some of the 20 iterations of each twin above the bound and some below
+GAMMA = {"tanh_mlp": 1.0, "transformer": 1.5, "resnet20_maxpool": 1.0}
 
 
 def test_registered_with_defaults():
@@ -35,10 +48,46 @@ def test_registered_with_defaults():
             o.nio_objective) == (3e-3, 100, 10.0, 4, 0.2, 1.0, "gc_gn_sqrt")
 
 
+@pytest.mark.parametrize("twin", ["tanh_mlp", SLOW("transformer"), SLOW("resnet20_maxpool")])
+def test_same_scales_as_the_paper_algorithm(twin):
+    """20 iterations, 4 overlapping sub-batches of a batch of 8: every scale within 1e-3 of the
+    reference's after every iteration, with the same constraint steps."""
+    gamma = GAMMA[twin]
+    difference, compared, plan, records = compare(
+        "nio", twin, nio_reference, dict(nio_iterations=ITERATIONS, nio_lr=0.01, nio_gamma=gamma),
+        dict(lr=0.01, gamma=gamma))
+    branches = [r["constraint"] for r in plan.report["trajectory"]]
+    assert branches == [r["constraint"] for r in records]
+    assert any(branches) and not all(branches)
+    assert compared == ITERATIONS and difference < TOLERANCE, difference
+
+
+def test_same_scales_as_the_paper_algorithm_gradcosine_alone():
+    difference, compared, _, _ = compare(
+        "nio", "tanh_mlp", nio_reference,
+        dict(nio_iterations=ITERATIONS, nio_lr=0.01, nio_objective="gc", nio_splits=2),
+        dict(lr=0.01, objective="gc", splits=2))
+    assert compared == ITERATIONS and difference < TOLERANCE, difference
+
+
+@pytest.mark.parametrize("twin", ["tanh_mlp", SLOW("transformer"), SLOW("resnet20_maxpool"),
+                                  SLOW("deep")])
+def test_defaults_raise_the_objective_on_fresh_batches(tmp_path, twin):
+    """Default hyperparameters (30 iterations instead of 100, to keep the suite fast; the
+    full-length runs are in the issue note) on teacher-labelled data: on batches of a second
+    draw, measured in PyTorch, the objective is higher with the mean sub-batch gradient norm
+    within gamma."""
+    model = deep_tanh_mlp() if twin == "deep" else TWINS[twin]()
+    result = run_and_measure("nio", model, tmp_path, nio_iterations=30)
+    assert result["improved"], (result["before"], result["after"])
+
+
 def test_chunk_bounds_as_the_reference_code():
     # l = 16: [0, 19.2), [12.8, 38.4), [25.6, 57.6), [38.4, 64) truncated as int() does
     assert chunk_bounds(64, 4, 0.2) == [(0, 19), (12, 38), (25, 57), (38, 64)]
     assert chunk_bounds(8, 2, 0.0) == [(0, 4), (4, 8)]
+    for size, splits, overlap in ((64, 4, 0.2), (8, 4, 0.2), (30, 3, 0.5)):
+        assert chunk_bounds(size, splits, overlap) == sub_batches(size, splits, overlap)
     with pytest.raises(InvalidOptionError, match="cannot be split"):
         chunk_bounds(3, 4, 0.2)
 
@@ -81,24 +130,3 @@ def test_mean_norm_gradient():
     numeric = central_difference(
         lambda a: np.mean(chunk_gradients(oracle, space.theta(a), batch, bounds).norms), alpha)
     assert_gradient_matches(mean_norm_gradient(oracle, space, chunks), numeric)
-
-
-def test_resnet20_nobn_raises_gradcosine():
-    """Maximising GradCosine alone (no norm bound) raises it on a held-out batch."""
-    graph = load(RESNET, batch_size=8)
-    options = NIOOptions(nio_iterations=6, nio_lr=0.03, nio_splits=2, nio_objective="gc",
-                         nio_gamma=1e9, seed=0)
-    report = nio.plan(graph, options).report
-    assert report["constraint_steps"] == 0
-    assert report["after"]["gradcosine"] > report["before"]["gradcosine"]
-
-
-def test_resnet20_nobn_constraint_steps_lower_the_norm():
-    """With the default objective and gamma = 10, PyTorch's init (mean sub-batch gradient norm
-    about 190 on random data) first gets constraint steps that lower the norm."""
-    graph = load(RESNET, batch_size=8)
-    options = NIOOptions(nio_iterations=4, nio_lr=0.05, nio_splits=2, seed=0)
-    report = nio.plan(graph, options).report
-    assert report["trajectory"][0]["constraint"]
-    assert report["after"]["gnorm"] < 0.5 * report["before"]["gnorm"]
-    assert {"gradcosine", "gnorm"} <= set(report["trajectory"][0])

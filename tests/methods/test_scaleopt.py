@@ -1,5 +1,6 @@
 """The scale-optimisation core: flat layouts, alphas and bounds, the chain rule (1), exact and
-finite-difference Hessian-vector products, the two optimisers, the loop and the Plan."""
+finite-difference Hessian-vector products, the two optimisers, the loop with its held-out checks,
+and the Plan."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ from onnxinit import progress
 from onnxinit.errors import OnnxInitError, UnsupportedModelError
 from onnxinit.graph import load
 from onnxinit.methods.gradinit import GradInitOptions
+from onnxinit.methods.optimisers import RescaleAdam, SignMomentum
 from onnxinit.methods.scaleopt import (
-    Layout,
-    RescaleAdam,
-    SignMomentum,
+    Assessment,
     Step,
+    checkpoint_iterations,
     finish,
     optimise,
     prepare,
 )
+from onnxinit.methods.scales import Layout
 from tests.methods.scaleopt_fixtures import (
     SAMPLES,
     assert_gradient_matches,
@@ -97,7 +99,7 @@ def test_hvp_matches_difference_of_gradients(hvp):
                  - oracle.gradient(theta - h * v, batch)[1]) / (2 * h)
     hv = oracle.hvp(theta, v, batch)
     assert np.linalg.norm(hv - reference) < 1e-6 * np.linalg.norm(reference)
-    assert oracle.hvp_passes == (1 if hvp == "exact" else 0)
+    assert oracle.exact_passes == (1 if hvp == "exact" else 0)
 
 
 @pytest.mark.parametrize("hvp", ["exact", "fd"])
@@ -141,35 +143,88 @@ def test_sign_momentum_moves_norms():
     assert np.allclose(alpha, [1 - 0.1 / 2 - 0.19 / 2, 1 + 0.1 / 4 + 0.19 / 4])
 
 
+def _quadratic(target):
+    def step(t, alpha):  # a quadratic in alpha: the loop must walk to its minimum
+        return Step(float(np.sum((alpha - target) ** 2)), 2 * (alpha - target), 1.0,
+                    constraint=t == 0, metrics={"extra": float(t)})
+    return step
+
+
 def test_optimise_records_trajectory_and_finish_builds_plan():
     run = tiny_run()
     space = run.space
     target = np.linspace(0.5, 2.0, space.size)
-
-    def step(t, alpha):  # a quadratic in alpha: the loop must walk to its minimum
-        return Step(float(np.sum((alpha - target) ** 2)), 2 * (alpha - target), 1.0,
-                    constraint=t == 0, metrics={"extra": float(t)})
-
-    alpha, trajectory = optimise(space, step, RescaleAdam(space.lower, lr=0.05, clip=0), 200,
-                                 description="test")
+    seen = []
+    outcome = optimise(space, _quadratic(target), RescaleAdam(space.lower, lr=0.05, clip=0), 200,
+                       description="test", assess=None, observe=lambda t, a: seen.append(t))
+    trajectory = outcome.trajectory
+    assert seen == list(range(200)) and not outcome.checks
     assert len(trajectory) == 200 and trajectory[0]["constraint"] and trajectory[1]["extra"] == 1
     assert trajectory[-1]["objective"] < 1e-2 * trajectory[0]["objective"]
-    plan = finish("test", space, alpha, trajectory, objective="quadratic", before={"x": 1.0},
-                  after={"x": 0.0}, details={"k": 1}, started=0.0)
+    plan = finish("test", space, outcome, objective="quadratic", details={"k": 1}, started=0.0)
     assert set(plan.changes) == set(space.names)
     assert all(plan.changes[n].scale == pytest.approx(t, abs=0.05) for n, t in
                zip(space.names, target))
     report = plan.report
     assert report["k"] == 1 and len(report["trajectory"]) == 200
     assert report["moved_most"][0]["tensor"] == space.names[0]  # 0.5: |log| largest
-    assert report["constraint_steps"] == 1
+    assert report["constraint_steps"] == 1 and report["before"] is None
+    assert report["kept_iteration"] == 200
+
+
+def test_checkpoints_evenly_spaced_and_last():
+    assert checkpoint_iterations(100, 4) == {20, 40, 60, 80, 100}
+    assert checkpoint_iterations(3, 5) == {1, 2, 3}
+    assert checkpoint_iterations(10, 0) == {10} and checkpoint_iterations(0, 5) == set()
+
+
+def test_held_out_checks_keep_the_best_scales_and_warn(caplog):
+    """The loop walks to a target; the held-out measure prefers scales near another point, so
+    the kept scales are the checked ones closest to it, with a warning naming the iteration."""
+    run = tiny_run()
+    space = run.space
+    target, preferred = np.full(space.size, 2.0), np.full(space.size, 1.5)
+
+    def assess(alpha):
+        distance = float(np.sum((alpha - preferred) ** 2))
+        return Assessment({"distance": distance}, (0, distance))
+
+    with caplog.at_level("WARNING", logger="onnxinit"):
+        outcome = optimise(space, _quadratic(target), RescaleAdam(space.lower, lr=0.05, clip=0),
+                           100, description="test", assess=assess, checkpoints=9)
+        plan = finish("test", space, outcome, objective="q", details={}, started=0.0)
+    checks = plan.report["held_out_checks"]
+    assert [c["iteration"] for c in checks] == list(range(0, 101, 10))
+    best = min(checks, key=lambda c: c["distance"])
+    assert plan.report["kept_iteration"] == best["iteration"] not in (0, 100)
+    assert plan.report["after"]["distance"] == best["distance"]
+    kept = dict(zip(space.names, outcome.checks[best["iteration"] // 10][1]))
+    assert all(plan.changes[n].scale == kept[n] for n in space.names)
+    assert f"kept the scales of iteration {best['iteration']}" in caplog.text
+
+
+def test_held_out_checks_keep_the_input_when_nothing_helped(caplog):
+    run = tiny_run()
+    space = run.space
+
+    def assess(alpha):
+        distance = float(np.sum((alpha - 1.0) ** 2))
+        return Assessment({"distance": distance}, (0, distance))
+
+    with caplog.at_level("WARNING", logger="onnxinit"):
+        outcome = optimise(space, _quadratic(np.full(space.size, 3.0)),
+                           RescaleAdam(space.lower, lr=0.05, clip=0), 20, description="test",
+                           assess=assess)
+        plan = finish("test", space, outcome, objective="q", details={}, started=0.0)
+    assert plan.changes == {} and plan.report["kept_iteration"] == 0
+    assert "kept the model's scales unchanged" in caplog.text
 
 
 def test_optimise_refuses_non_finite_objective():
     run = tiny_run()
     with pytest.raises(UnsupportedModelError, match="not finite at iteration 0"):
         optimise(run.space, lambda t, a: Step(float("nan"), np.zeros(len(a)), 1.0),
-                 RescaleAdam(run.space.lower, lr=0.1), 3, description="test")
+                 RescaleAdam(run.space.lower, lr=0.1), 3, description="test", assess=None)
 
 
 def test_optimise_overflow_keeps_the_last_finite_scales(caplog):
@@ -184,8 +239,9 @@ def test_optimise_overflow_keeps_the_last_finite_scales(caplog):
         return Step(value, 2 * alpha, 1.0)
 
     with caplog.at_level("WARNING", logger="onnxinit"):
-        alpha, trajectory = optimise(run.space, step, RescaleAdam(run.space.lower, lr=0.1), 10,
-                                     description="test")
+        outcome = optimise(run.space, step, RescaleAdam(run.space.lower, lr=0.1), 10,
+                           description="test", assess=None)
+    alpha, trajectory = outcome.alpha, outcome.trajectory
     assert len(seen) == 4 and np.array_equal(alpha, seen[2]) and not np.array_equal(alpha,
                                                                                     seen[3])
     assert [r["iteration"] for r in trajectory] == [0, 1, 2, 3]
@@ -220,7 +276,7 @@ def test_auto_falls_back_to_differences_where_autodiff_cannot(monkeypatch):
     v = np.ones_like(theta)
     assert np.all(np.isfinite(run.oracle.hvp(theta, v, run.source.batch(0))))
     assert run.oracle.hvp_note.startswith("finite differences") and "ScatterElements" in \
-        run.oracle.hvp_note and run.oracle.hvp_passes == 0
+        run.oracle.hvp_note and run.oracle.exact_passes == 0
     strict = prepare(graph, GradInitOptions(), min_scale=0.01, device="cpu", hvp="exact")
     with pytest.raises(OnnxInitError, match="ScatterElements"):
         strict.oracle.hvp(theta, v, strict.source.batch(0))
@@ -274,8 +330,8 @@ def test_exact_and_difference_products_agree_through_batch_norm():
     graph = load(_conv_bn_tanh_model(), batch_size=8)
     products = {}
     for mode in ("exact", "fd"):
-        run = prepare(graph, GradInitOptions(), min_scale=0.01, device="cpu", hvp=mode,
-                      dtype="float64")
+        run = prepare(graph, GradInitOptions(precision="float64"), min_scale=0.01, device="cpu",
+                      hvp=mode)
         theta = run.space.theta(np.ones(run.space.size))
         v = np.random.default_rng(1).standard_normal(theta.shape)
         products[mode] = run.oracle.hvp(theta, v, run.source.batch(0))

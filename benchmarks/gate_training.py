@@ -1,0 +1,99 @@
+"""Does a network train? The label ``benchmarks/gate_calibration.py`` calibrates ``check`` against.
+
+Protocol (fixed, the same for every network of ``gate_models.NETWORKS``):
+
+- data: scikit-learn's digits (1797 8x8 images, 10 classes, shipped with the package), a
+  stratified 80/20 split (seed 0), shaped for the network by ``gate_models.as_kind``;
+- training: seed 0, plain SGD with momentum 0.9 and no weight decay, batch 32 drawn from a
+  seeded shuffle, cross-entropy, at most ``STEPS`` = 300 steps per learning rate; the test
+  accuracy is evaluated every ``EVAL_EVERY`` = 25 steps (``module.eval()``, so BatchNormalization
+  uses its running statistics);
+- learning rates ``LEARNING_RATES`` = 0.01, 0.1, 0.001 are tried in that order; a run stops early
+  when its accuracy reaches ``TRAINABLE_ACCURACY`` or its loss stops being finite (diverged);
+- **trainable**: some learning rate reaches a test accuracy >= 50% (chance is 10%) within the
+  budget. The sweep stops at the first learning rate that does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+import gate_models
+
+STEPS = 300
+BATCH = 32
+EVAL_EVERY = 25
+LEARNING_RATES = (0.01, 0.1, 0.001)
+MOMENTUM = 0.9
+TRAINABLE_ACCURACY = 0.5
+SEED = 0
+
+PROTOCOL = {"steps": STEPS, "batch": BATCH, "eval_every": EVAL_EVERY,
+            "learning_rates": list(LEARNING_RATES), "momentum": MOMENTUM,
+            "trainable_accuracy": TRAINABLE_ACCURACY, "seed": SEED}
+
+
+def _accuracy(module, x, y) -> float:
+    import torch
+
+    module.eval()
+    with torch.no_grad():
+        correct = sum(int((module(x[i:i + 256]).argmax(1) == y[i:i + 256]).sum())
+                      for i in range(0, len(y), 256))
+    module.train()
+    return correct / len(y)
+
+
+def train_once(name: str, lr: float, data) -> dict:
+    """One run at learning rate ``lr``: best test accuracy, steps run, divergence, seconds."""
+    import torch
+
+    module, kind = gate_models.NETWORKS[name](SEED)
+    x_train_raw, y_train, x_test_raw, y_test = data
+    x_train = gate_models.as_kind(x_train_raw, kind, x_train_raw)
+    x_test = gate_models.as_kind(x_test_raw, kind, x_train_raw)
+    y_train, y_test = torch.as_tensor(y_train), torch.as_tensor(y_test)
+    optimizer = torch.optim.SGD(module.parameters(), lr=lr, momentum=MOMENTUM)
+    rng = np.random.default_rng(SEED)
+    order, cursor = rng.permutation(len(y_train)), 0
+    start = time.perf_counter()
+    best, accuracies, diverged, step, loss_value = 0.0, [], False, 0, math.nan
+    module.train()
+    for step in range(1, STEPS + 1):
+        if cursor + BATCH > len(order):
+            order, cursor = rng.permutation(len(y_train)), 0
+        batch = torch.as_tensor(order[cursor:cursor + BATCH])
+        cursor += BATCH
+        loss = torch.nn.functional.cross_entropy(module(x_train[batch]), y_train[batch])
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            diverged = True
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % EVAL_EVERY == 0:
+            accuracies.append(_accuracy(module, x_test, y_test))
+            best = max(best, accuracies[-1])
+            if best >= TRAINABLE_ACCURACY:
+                break
+    return {"lr": lr, "best_accuracy": best, "accuracies": accuracies, "steps": step,
+            "diverged": diverged, "last_loss": loss_value if math.isfinite(loss_value) else None,
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def train(name: str, data=None) -> dict:
+    """The learning-rate sweep of ``name`` (stops at the first rate that trains)."""
+    data = data if data is not None else gate_models.digits(SEED)
+    runs = []
+    for lr in LEARNING_RATES:
+        runs.append(train_once(name, lr, data))
+        if runs[-1]["best_accuracy"] >= TRAINABLE_ACCURACY:
+            break
+    best = max(runs, key=lambda r: r["best_accuracy"])
+    return {"trainable": best["best_accuracy"] >= TRAINABLE_ACCURACY,
+            "best_accuracy": best["best_accuracy"], "best_lr": best["lr"], "runs": runs,
+            "protocol": PROTOCOL}

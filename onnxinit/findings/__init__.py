@@ -1,0 +1,1 @@
+"""The families of ``check`` findings, one module each (see :mod:`onnxinit.check`)."""

@@ -1,0 +1,99 @@
+"""The two numbers ``check`` judges a tensor by, relative to the input variance (the mean
+variance of the float graph inputs, 1 for token-id inputs):
+
+- ``growth``: the predicted total variance over the input's. A network *explodes* where the
+  growth exceeds ``max_growth`` (or is not finite);
+- ``signal``: the predicted *signal* variance, the input-dependent part (the mean over channels
+  or features of the per-channel variance, :func:`onnxinit.signal_path.signal_variance`), times
+  the main path's pooling factor (:attr:`onnxinit.signal_path.SignalPaths.pooling`), over the
+  input's (for a token model, over its embedding lookups', :func:`signal_reference`). A network
+  *vanishes* where it falls below ``min_var``: whatever the biases keep up, the output no longer
+  depends on the input, and the gradients that reach the early layers shrink with it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..analysis import Analysis
+from ..signal_path import SignalPaths, signal_variance
+
+
+@dataclass(frozen=True)
+class Scale:
+    growth: float  # total variance / input variance
+    signal: float  # signal variance / input variance, times the pooling factor
+
+
+def scales(analysis: Analysis, paths: SignalPaths) -> dict[str, Scale]:
+    """Both numbers of every analysed tensor. The signal variance is multiplied by the main
+    path's pooling factor (:attr:`SignalPaths.pooling`): averaging K white-noise positions
+    divides the prediction by K where correlated real inputs keep most of it."""
+    moments = analysis.propagation.moments
+    reference = signal_reference(analysis)
+    out = {}
+    for t in analysis.tensors:
+        signal = signal_variance(moments[t.name]) / reference if t.name in moments else t.growth
+        out[t.name] = Scale(t.growth, signal * paths.pooling.get(t.name, 1.0))
+    return out
+
+
+def signal_reference(analysis: Analysis) -> float:
+    """What the signal variance is compared with: the float inputs' variance; for a model whose
+    inputs are all integers (token ids), where the signal starts at the embedding lookups, the
+    largest signal variance among them (``Gather`` from a parameter table: word, position,
+    token-type embeddings), so an embedding initialised with std 0.02 is the unit and not 4e-4
+    of it. 1 when there is neither."""
+    propagation = analysis.propagation
+    if propagation.input_stats:
+        return propagation.input_var
+    graph = analysis.graph
+    lookups = [signal_variance(propagation.moments[out]) for node_id in graph.order
+               if (node := graph.node(node_id)).op_type == "Gather"
+               and graph.parameter_of(node.input[0]) is not None
+               and (out := node.output[0]) in propagation.moments]
+    return max((v for v in lookups if math.isfinite(v) and v > 0), default=1.0)
+
+
+def flag(scale: Scale, max_growth: float, min_var: float) -> str | None:
+    if not (math.isfinite(scale.growth) and math.isfinite(scale.signal)):
+        return "exploding"
+    if scale.growth > max_growth:
+        return "exploding"
+    if scale.signal < min_var:
+        return "vanishing"
+    return None
+
+
+def judged(scale: Scale, kind: str) -> float:
+    """The number a flag of ``kind`` judges: the growth for exploding, the signal otherwise."""
+    return scale.growth if kind == "exploding" else scale.signal
+
+
+def severity(scale: Scale, kind: str) -> float:
+    value = judged(scale, kind)
+    if not math.isfinite(value):
+        return math.inf
+    value = max(value, 1e-300)
+    return math.log(value) if kind == "exploding" else -math.log(value)
+
+
+def head_input_of(tensor: str, analysis: Analysis, paths: SignalPaths) -> str | None:
+    """The main-path input of the head layer above ``tensor``."""
+    graph = analysis.graph
+    for layer in paths.head_layers:
+        node = graph.node(layer)
+        data = next((t for t in node.input if paths.is_main(t)), None)
+        if data is not None and (node.output[0] == tensor or tensor in paths.head):
+            return data
+    return None
+
+
+def starts_in_head(tensor: str, analysis: Analysis, paths: SignalPaths,
+                    scale: dict[str, Scale]) -> bool:
+    if tensor not in paths.head:
+        return False
+    head_input = head_input_of(tensor, analysis, paths)
+    return head_input is not None and head_input in scale and \
+        scale[head_input].signal >= analysis.min_var

@@ -1,0 +1,204 @@
+"""Gradient passes for the scale-optimising methods, on flat float64 parameter vectors.
+
+:class:`GradientOracle` runs :class:`~onnxinit.autodiff.GradientProgram` (one compiled program
+per batch size: NIO's overlapping sub-batches differ in size) and the exact higher-order programs
+of :mod:`onnxinit.autodiff.hvp` that the methods build on it.
+
+Hessian-vector products are exact where the autodiff can differentiate its own gradient graph
+(``hvp="auto"`` or ``"exact"``): that is what the papers' double backpropagation computes. Where
+the gradient graph holds an op without a backward rule, or with ``hvp="fd"``, products come from
+central differences of gradient passes:
+
+    H v               = (g(t + e v) - g(t - e v)) / (2 e),          e = r3 (1 + |t|) / |v|     (2)
+    grad_t(a' H(t) b) = [g(t+ea+db) - g(t+ea-db) - g(t-ea+db) + g(t-ea-db)] / (4 e d),
+                        e = r4 (1 + |t|) / |a|,  d = r4 (1 + |t|) / |b|                        (3)
+
+with ``r3 = u**(1/3)`` and ``r4 = u**(1/4)`` (``u`` the unit roundoff of the program's dtype),
+which balance truncation error against roundoff for first and second differences. (3) is the
+third-derivative tensor ``D3L[a, b, .]``, symmetric in a and b; with exact products it is the
+first difference ``(H(t + e a) b - H(t - e a) b) / (2 e)``, ``e = r3 (1 + |t|) / |a|``.
+On ReLU networks in float32 the differences cross activation kinks and lose small curvature
+terms (on the normalization-free ResNet-20 a float32 difference is off by 170% against a float64
+one), so exact products are the default wherever they exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+try:
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+except ImportError:  # no onnxruntime: runtime.make_session refuses with the install command
+    ort_errors = None
+
+from ..autodiff import GradientProgram
+from ..autodiff.higher_order import DerivedGraph, DerivedProgram, HessianVectorProgram
+from ..autodiff.reverse import GradientGraph
+from ..data import Batch, DataSource
+from ..errors import InvalidOptionError, OnnxInitError
+from .scales import Layout
+
+HVP_MODES = ("auto", "exact", "fd")
+# what building or loading a second-order graph raises where the autodiff or onnxruntime cannot
+_REFUSED = (OnnxInitError,) + (
+    (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.NotImplemented,
+     ort_errors.InvalidArgument) if ort_errors else ())
+
+
+def unit_roundoff(dtype: str) -> float:
+    return float(np.finfo(np.float64 if dtype == "float64" else np.float32).eps)
+
+
+def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
+    """Samples [start, stop) of a batch (axis 0 of every input and of the labels)."""
+    return Batch(feeds={n: a[start:stop] for n, a in batch.feeds.items()},
+                 labels=None if batch.labels is None else batch.labels[start:stop])
+
+
+def concat_batches(first: Batch, second: Batch) -> Batch:
+    feeds = {n: np.concatenate([first.feeds[n], second.feeds[n]]) for n in first.feeds}
+    labels = None if first.labels is None else np.concatenate([first.labels, second.labels])
+    return Batch(feeds=feeds, labels=labels)
+
+
+def batch_length(batch: Batch) -> int:
+    return len(next(iter(batch.feeds.values())))
+
+
+class GradientOracle:
+    """Loss gradients of ``model`` w.r.t. its ``wrt`` parameters on flat vectors, exact
+    higher-order programs, and the difference formulas (2) and (3). ``passes`` counts gradient
+    passes, ``exact_passes`` runs of exact higher-order programs; ``hvp_note`` says how products
+    were computed."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        source: DataSource,
+        wrt: Sequence[str],
+        *,
+        device: str = "auto",
+        dtype: str = "float32",
+        hvp: str = "auto",
+        threads: int | None = None,
+    ):
+        if hvp not in HVP_MODES:
+            raise InvalidOptionError(f"hvp must be auto, exact or fd, not {hvp!r}")
+        self.model, self.source, self.wrt = model, source, tuple(wrt)
+        self.device, self.dtype, self.threads, self.hvp_mode = device, dtype, threads, hvp
+        self.hvp_note = "finite differences of gradients" if hvp == "fd" else ""
+        self._programs: dict[int, GradientProgram] = {}
+        self._derived: dict[tuple[str, int], DerivedProgram | None] = {}
+        self._products: dict[int, HessianVectorProgram | None] = {}
+        self.passes = 0
+        self.exact_passes = 0
+        first = self.program(source.batch_size)
+        self.values = {name: first.parameters[name] for name in self.wrt}
+        self.layout = Layout.of(self.values)
+        u = unit_roundoff(dtype)
+        self.rel_first = u ** (1.0 / 3.0)
+        self.rel_second = u ** 0.25
+
+    def program(self, batch_size: int) -> GradientProgram:
+        if batch_size not in self._programs:
+            shapes = {name: (batch_size, *shape[1:]) for name, shape in self.source.shapes.items()}
+            label_shape = None
+            if self.source.label_shape is not None:
+                label_shape = (batch_size, *tuple(self.source.label_shape)[1:])
+            self._programs[batch_size] = GradientProgram(
+                self.model, shapes, loss=self.source.loss, output=self.source.output,
+                wrt=list(self.wrt), label_shape=label_shape, device=self.device,
+                dtype=self.dtype, threads=self.threads)
+        return self._programs[batch_size]
+
+    def _exact(self, build: Callable[[], object]):
+        """``build()``, or None where the autodiff or onnxruntime cannot (``hvp='exact'``:
+        the error); ``hvp_note`` records which."""
+        if self.hvp_mode == "fd":
+            return None
+        try:
+            built = build()
+        except _REFUSED as exc:
+            if self.hvp_mode == "exact":
+                raise
+            self.hvp_note = f"finite differences of gradients ({exc})"
+            return None
+        if not self.hvp_note:
+            self.hvp_note = "exact (reverse over reverse)"
+        return built
+
+    def products(self, batch_size: int) -> HessianVectorProgram | None:
+        """The exact Hessian-vector product for this batch size, or None."""
+        if batch_size not in self._products:
+            self._products[batch_size] = self._exact(
+                lambda: HessianVectorProgram(self.program(batch_size)))
+        return self._products[batch_size]
+
+    def derived(self, key: str, batch_size: int,
+                make: Callable[[GradientGraph], DerivedGraph]) -> DerivedProgram | None:
+        """An exact program ``make(gradient graph)`` for this batch size (cached under
+        ``key``), or None where the autodiff cannot build it (or ``hvp='fd'``)."""
+        if (key, batch_size) not in self._derived:
+            program = self.program(batch_size)
+            self._derived[key, batch_size] = self._exact(lambda: DerivedProgram(
+                make(program.graph), device=self.device, float64=program.float64,
+                threads=self.threads, backend=program.backend))
+        return self._derived[key, batch_size]
+
+    def run(self, derived: DerivedProgram, theta: np.ndarray, batch: Batch,
+            roles: Sequence[str]) -> dict[str, np.ndarray]:
+        """The tensors of ``roles`` from one run of an exact program at theta."""
+        feeds = self.program(batch_length(batch)).session_feeds(
+            batch.feeds, batch.labels, self.layout.split(theta))
+        self.exact_passes += 1
+        return derived.run(feeds, roles)
+
+    def join(self, tensors: Mapping[str, np.ndarray], prefix: str) -> np.ndarray:
+        """The flat vector of the per-parameter tensors ``<prefix>:<name>``."""
+        return self.layout.join({name: tensors[f"{prefix}:{name}"] for name in self.wrt})
+
+    def gradient(self, theta: np.ndarray, batch: Batch) -> tuple[float, np.ndarray]:
+        """(L(batch; theta), dL/dtheta) with theta and the gradient flat."""
+        program = self.program(batch_length(batch))
+        loss, grads = program.gradients(batch.feeds, batch.labels, self.layout.split(theta))
+        self.passes += 1
+        return loss, self.layout.join(grads)
+
+    def _step(self, theta: np.ndarray, v: np.ndarray, rel: float) -> float:
+        v_norm = float(np.linalg.norm(v))
+        return rel * (1.0 + float(np.linalg.norm(theta))) / v_norm if v_norm else 0.0
+
+    def hvp(self, theta: np.ndarray, v: np.ndarray, batch: Batch) -> np.ndarray:
+        """H(theta) v: exact where possible, else the central difference (2)."""
+        exact = self.products(batch_length(batch))
+        if exact is not None:
+            self.exact_passes += 1
+            return self.layout.join(exact(self.layout.split(theta), self.layout.split(v),
+                                          batch.feeds, batch.labels))
+        e = self._step(theta, v, self.rel_first)
+        if e == 0.0:
+            return np.zeros_like(theta)
+        _, plus = self.gradient(theta + e * v, batch)
+        _, minus = self.gradient(theta - e * v, batch)
+        return (plus - minus) / (2.0 * e)
+
+    def third(self, theta: np.ndarray, a: np.ndarray, b: np.ndarray, batch: Batch) -> np.ndarray:
+        """grad_theta (a' H(theta) b) with a, b held fixed: a first difference of exact
+        products, or the second difference (3)."""
+        if self.products(batch_length(batch)) is not None:
+            e = self._step(theta, a, self.rel_first)
+            if e == 0.0:
+                return np.zeros_like(theta)
+            return (self.hvp(theta + e * a, b, batch) - self.hvp(theta - e * a, b, batch)) / (2 * e)
+        e = self._step(theta, a, self.rel_second)
+        d = self._step(theta, b, self.rel_second)
+        if e == 0.0 or d == 0.0:
+            return np.zeros_like(theta)
+        total = np.zeros_like(theta)
+        for sa, sb, sign in ((1, 1, 1.0), (1, -1, -1.0), (-1, 1, -1.0), (-1, -1, 1.0)):
+            _, g = self.gradient(theta + sa * e * a + sb * d * b, batch)
+            total += sign * g
+        return total / (4.0 * e * d)
