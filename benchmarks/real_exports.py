@@ -47,35 +47,20 @@ sys.path.insert(0, str(ROOT))
 
 from tests.real import exports  # noqa: E402
 from tests.real.compare import compare  # noqa: E402
-
-
-def _last_hidden_state(model):
-    """transformers' forward takes keywords and returns a ModelOutput: export a wrapper that
-    takes the token ids positionally and returns the hidden states."""
-    import torch
-
-    class LastHiddenState(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids):
-            return self.model(input_ids=input_ids).last_hidden_state
-
-    return LastHiddenState()
+from tests.real.sequence import last_hidden_state  # noqa: E402
 
 
 def hf_bert(seq: int):
     from transformers import BertConfig, BertModel
 
-    return _last_hidden_state(BertModel(BertConfig())), (seq,)
+    return last_hidden_state(BertModel(BertConfig())), (seq,)
 
 
 def hf_gpt2(seq: int):
     from transformers import GPT2Config, GPT2Model
 
     # eager attention: the SDPA path does not export with the TorchScript exporter
-    return _last_hidden_state(GPT2Model(GPT2Config(attn_implementation="eager"))), (seq,)
+    return last_hidden_state(GPT2Model(GPT2Config(attn_implementation="eager"))), (seq,)
 
 
 def mlp(activation: str, depth: int = 50, width: int = 64):

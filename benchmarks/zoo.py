@@ -13,11 +13,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.real.sequence import last_hidden_state  # noqa: E402
 
 OPSET = 17
 IR_VERSION = 8
@@ -130,31 +134,17 @@ def chain(n_nodes: int = 10_000, width: int = 32) -> onnx.ModelProto:
 # torch exports ---------------------------------------------------------------------------------
 
 
-def _hidden_states(model):
-    import torch
-
-    class LastHiddenState(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids):
-            return self.model(input_ids=input_ids).last_hidden_state
-
-    return LastHiddenState()
-
-
 def _gpt2():
     from transformers import GPT2Config, GPT2Model
 
     config = GPT2Config(n_layer=12, attn_implementation="eager")  # GPT-2 small: 768, 12 heads
-    return _hidden_states(GPT2Model(config)), ("input_ids", (8, 128))
+    return last_hidden_state(GPT2Model(config)), ("input_ids", (8, 128))
 
 
 def _bert():
     from transformers import BertConfig, BertModel
 
-    return _hidden_states(BertModel(BertConfig(attn_implementation="eager"))), \
+    return last_hidden_state(BertModel(BertConfig(attn_implementation="eager"))), \
         ("input_ids", (8, 128))
 
 

@@ -44,7 +44,7 @@ class Spec:
     runs: int = 1  # measured batches (random ops draw new masks each run)
 
 
-def _last_hidden_state(model):
+def last_hidden_state(model):
     """transformers' forward takes keywords and returns a ModelOutput: export a wrapper that
     takes the token ids positionally and returns the hidden states."""
     import torch
@@ -65,7 +65,7 @@ def _gpt2(**config):
         from transformers import GPT2Config, GPT2Model
 
         # eager attention: the SDPA path does not export with the TorchScript exporter
-        return _last_hidden_state(GPT2Model(GPT2Config(attn_implementation="eager", **config)))
+        return last_hidden_state(GPT2Model(GPT2Config(attn_implementation="eager", **config)))
 
     return build
 
@@ -74,7 +74,7 @@ def _bert(**config):
     def build():
         from transformers import BertConfig, BertModel
 
-        return _last_hidden_state(BertModel(BertConfig(attn_implementation="eager", **config)))
+        return last_hidden_state(BertModel(BertConfig(attn_implementation="eager", **config)))
 
     return build
 
