@@ -150,10 +150,15 @@ def test_ctrl_c_kills_the_worker_processes(zoo, tmp_path):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
+    # Python's own handler: a Ray driver started earlier in this process replaces it
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Thread(target=interrupt_once_both_run)
     timer.start()
     with pytest.raises(KeyboardInterrupt):
-        list(run_many(zoo, behave, {"hang": _names(zoo), "calls": str(started)}, jobs=2))
+        try:
+            list(run_many(zoo, behave, {"hang": _names(zoo), "calls": str(started)}, jobs=2))
+        finally:
+            signal.signal(signal.SIGINT, previous)
     timer.join()
     assert not multiprocessing.active_children()
 
