@@ -35,6 +35,8 @@ from onnxinit.feeds import synthetic_feeds
 from onnxinit.measure import measurable_model
 from onnxinit.runtime import make_session
 
+from .compare import random_only
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -202,24 +204,6 @@ def exported(size: str, name: str) -> Path:
     return _CACHE[key]
 
 
-RANDOM_OPS = {"RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal",
-              "Bernoulli", "Multinomial"}
-
-
-def _random_only(graph) -> set[str]:
-    """Float tensors computed without a float path from a graph input but through a random op
-    (stochastic-depth masks)."""
-    from_input, random = set(graph.input_names), set()
-    for node_id in graph.order:
-        node = graph.node(node_id)
-        ins = [n for n in node.input if n]
-        if any(n in from_input and graph.is_float(n) for n in ins):
-            from_input.update(o for o in node.output if o)
-        elif node.op_type in RANDOM_OPS or any(n in random for n in ins):
-            random.update(o for o in node.output if o)
-    return random
-
-
 @dataclass
 class Comparison:
     predicted: np.ndarray  # NaN where not predicted (see ``missing``)
@@ -296,7 +280,7 @@ def compare(path: str | Path, batch_size: int = 8, runs: int = 1) -> Comparison:
     analyze_s = time.perf_counter() - start
     graph = analysis.graph
     predicted = {t.name: t.var for t in analysis.tensors}
-    excluded = _random_only(graph) | set(graph.input_names)
+    excluded = random_only(graph) | set(graph.input_names)
     tensors = [t for t in graph.float_activations() if t not in excluded]
     measured = measured_variances(graph, tensors, batch_size, runs)
     tensors = [t for t in tensors if t in measured]
