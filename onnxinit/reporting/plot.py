@@ -4,7 +4,7 @@ One point per tensor in topological order (the x axis), its variance on a log sc
 predicted forward variance (a line along the main signal path, dots for the tensors beside it),
 the measured one with ``--measure``, the gradient variance dL/dx when the analysis has a backward
 part, the rescaled model's on the same axes with the per-layer weight scales in a panel below;
-residual blocks shaded, the ``check`` thresholds dashed, the tensors ``analyze`` flags marked and
+residual blocks shaded, the ``check`` thresholds dashed (when near the curves), the tensors ``analyze`` flags marked and
 the ones ``check`` raises a finding at crossed and named.
 
 matplotlib draws it with the Agg backend through ``Figure`` and ``FigureCanvasAgg`` directly:
@@ -102,7 +102,34 @@ def _flags(ax, view: ModelView) -> None:
         for i, var, rules in points:
             if np.isfinite(var) and var > 0:
                 ax.annotate(rules, (i, var), textcoords="offset points", xytext=(4, 6),
-                            fontsize=7, color=COLORS["finding"], zorder=7)
+                            fontsize=7, color=COLORS["finding"], zorder=7,
+                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                                  "alpha": 0.8})
+
+
+def _plotted(content: ReportContent) -> np.ndarray:
+    """Every value the variance axes show."""
+    fields = ("var", "measured_var", "grad_var", "measured_grad_var")
+    values = [t.get(f) for view in content.views for t in view.tensors for f in fields]
+    return _positive(np.zeros(len(values)), values)[1]
+
+
+def _thresholds(ax, content: ReportContent) -> None:
+    """check's two thresholds, each drawn when it lies within 30x of the values shown (a line
+    far away would squash the curves into a corner)."""
+    values = _plotted(content)
+    if not len(values):
+        return
+    low, high = values.min(), values.max()
+    summary, input_var = content.model.check["summary"], content.model.input_var
+    for option, ratio in (("--max-growth", summary["max_growth"]),
+                          ("--min-var", summary["min_var"])):
+        level = ratio * input_var
+        if low / 30 <= level <= high * 30:
+            ax.axhline(level, ls="--", lw=0.8, color=COLORS["threshold"], zorder=1,
+                       label=f"check {option}")
+            low, high = min(low, level), max(high, level)
+    ax.set_ylim(low / 2, high * 2)
 
 
 def _variance_axes(ax, content: ReportContent) -> None:
@@ -110,11 +137,6 @@ def _variance_axes(ax, content: ReportContent) -> None:
     for k, (_, start, end) in enumerate(content.blocks):
         ax.axvspan(start, end, color=COLORS["block"], lw=0, zorder=0,
                    label="residual block" if k == 0 else None)
-    summary = model.check["summary"]
-    ax.axhline(summary["max_growth"] * model.input_var, ls="--", lw=0.8,
-               color=COLORS["threshold"], zorder=1, label="check thresholds")
-    ax.axhline(summary["min_var"] * model.input_var, ls="--", lw=0.8,
-               color=COLORS["threshold"], zorder=1)
     _curve(ax, model, "var", COLORS["predicted"], "predicted variance")
     if model.measured:
         _markers(ax, model, "measured_var", COLORS["measured"], "measured variance")
@@ -131,6 +153,7 @@ def _variance_axes(ax, content: ReportContent) -> None:
             _markers(ax, view, "measured_grad_var", COLORS["gradient measured"],
                      f"{prefix}measured gradient variance")
     _flags(ax, model)
+    _thresholds(ax, content)
     ax.set_yscale("log")
     ax.set_ylabel("variance (log scale)")
     ax.grid(True, which="major", axis="y", lw=0.4, alpha=0.5)
