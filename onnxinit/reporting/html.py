@@ -36,9 +36,9 @@ table{border-collapse:collapse;font-size:.82em;margin:.5em 0}
 th,td{padding:.15em .5em;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
 th{background:#f4f6f8;position:sticky;top:0}td.num{text-align:right;font-variant-numeric:
 tabular-nums;white-space:nowrap}.name{font-family:ui-monospace,Menlo,Consolas,monospace;
-overflow-wrap:anywhere}td.nowrap{white-space:nowrap}tr.finding td{background:#fde2e2}tr.exploding td,tr.vanishing td{background:
-#fff1e0}tr.block-end td{border-bottom:2px solid #9fb3c8}.level-error{color:#b00020;
-font-weight:600}.level-warning{color:#a15c00;font-weight:600}.level-note{color:#555}
+overflow-wrap:anywhere}td.nowrap{white-space:nowrap}
+tr.finding td{background:#fde2e2}tr.exploding td,tr.vanishing td{background:#fff1e0}
+tr.block-end td{border-bottom:2px solid #9fb3c8}.level-error{color:#b00020;font-weight:600}.level-warning{color:#a15c00;font-weight:600}.level-note{color:#555}
 .passed{color:#1b7f3b;font-weight:600}.failed{color:#b00020;font-weight:600}
 ul.facts{padding-left:1.2em}details{margin:.8em 0}summary{cursor:pointer;color:#1f4e79}
 .none{color:#aaa}
@@ -75,20 +75,21 @@ def _summary(content: ReportContent) -> str:
     items = []
     for view in content.views:
         tensors, key = view.tensors, view.key
-        check = f"{key}.check:/summary"
         status = view.check["status"]
+
+        def checked(field: str, view=view) -> str:
+            return number(view.check["summary"][field], f"{view.key}.check:/summary/{field}")
+
         last = len(tensors) - 1
         what = "Model" if key == "model" else "Rescaled model"
         facts = [f"{number(len(tensors), f'count:{key}:/tensors')} float tensors analysed",
                  f"output {name(tensors[last]['name'])}: predicted variance "
                  f"{number(tensors[last]['var'], f'{key}:/tensors/{last}/var')}, "
                  f"{number(tensors[last]['growth'], f'{key}:/tensors/{last}/growth')}x the input",
-                 f'check: <span class="{status}">{status}</span>; errors '
-                 f"{number(view.check['summary']['errors'], f'{check}/errors')}, warnings "
-                 f"{number(view.check['summary']['warnings'], f'{check}/warnings')}, notes "
-                 f"{number(view.check['summary']['notes'], f'{check}/notes')} "
-                 f"(--max-growth {number(view.check['summary']['max_growth'], f'{check}/max_growth')}"
-                 f", --min-var {number(view.check['summary']['min_var'], f'{check}/min_var')})"]
+                 f'check: <span class="{status}">{status}</span>; '
+                 + ", ".join(f"{field} {checked(field)}"
+                             for field in ("errors", "warnings", "notes"))
+                 + f" (--max-growth {checked('max_growth')}, --min-var {checked('min_var')})"]
         if view.measured:
             worst = max((t.get("relative_error", 0.0) for t in tensors), default=0.0)
             facts.append("predicted vs measured variance: worst relative error "
@@ -201,8 +202,9 @@ def _stage_rows(content: ReportContent) -> tuple[list[str], list[str]]:
         if after is not None:
             later = after.tensors[s.first:s.last + 1]
             cells.append(_cell(number(after.tensors[s.last]["var"], f"rescaled:{end}/var"), True))
-            cells += [_cell(number(fn(t["var"] for t in later), f"{fn.__name__}:rescaled:{part}/var"),
-                            True) for fn in (min, max)]
+            cells += [_cell(number(fn(t["var"] for t in later),
+                                   f"{fn.__name__}:rescaled:{part}/var"), True)
+                      for fn in (min, max)]
         rules = [r for t in span for r in found.get(t["name"], [])]
         cells.append(_cell(" ".join(name(r) for r in dict.fromkeys(rules))))
         rows.append(f'<tr class="{"finding" if rules else ""}">{"".join(cells)}</tr>')

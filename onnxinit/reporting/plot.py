@@ -4,8 +4,8 @@ One point per tensor in topological order (the x axis), its variance on a log sc
 predicted forward variance (a line along the main signal path, dots for the tensors beside it),
 the measured one with ``--measure``, the gradient variance dL/dx when the analysis has a backward
 part, the rescaled model's on the same axes with the per-layer weight scales in a panel below;
-residual blocks shaded, the ``check`` thresholds dashed (when near the curves), the tensors ``analyze`` flags marked and
-the ones ``check`` raises a finding at crossed and named.
+residual blocks shaded, the ``check`` thresholds dashed (when near the curves), the tensors
+``analyze`` flags marked and the ones ``check`` raises a finding at crossed and named.
 
 matplotlib draws it with the Agg backend through ``Figure`` and ``FigureCanvasAgg`` directly:
 no display or GUI toolkit is needed (CI runners, servers, worker processes), pyplot's global state
