@@ -38,7 +38,8 @@ th{background:#f4f6f8;position:sticky;top:0}td.num{text-align:right;font-variant
 tabular-nums;white-space:nowrap}.name{font-family:ui-monospace,Menlo,Consolas,monospace;
 overflow-wrap:anywhere}td.nowrap{white-space:nowrap}
 tr.finding td{background:#fde2e2}tr.exploding td,tr.vanishing td{background:#fff1e0}
-tr.block-end td{border-bottom:2px solid #9fb3c8}.level-error{color:#b00020;font-weight:600}.level-warning{color:#a15c00;font-weight:600}.level-note{color:#555}
+tr.block-end td{border-bottom:2px solid #9fb3c8}.level-error{color:#b00020;font-weight:600}
+.level-warning{color:#a15c00;font-weight:600}.level-note{color:#555}
 .passed{color:#1b7f3b;font-weight:600}.failed{color:#b00020;font-weight:600}
 ul.facts{padding-left:1.2em}details{margin:.8em 0}summary{cursor:pointer;color:#1f4e79}
 .none{color:#aaa}
