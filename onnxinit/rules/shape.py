@@ -203,7 +203,7 @@ def _take(x: Moments, rank: int, axis: int, indices: np.ndarray) -> Moments:
     return _compress(m, v) if m.size > 1 else Moments(m.reshape(()), v.reshape(()))
 
 
-def _slice_params(ctx: RuleContext, rank: int):
+def slice_params(ctx: RuleContext, rank: int):
     if ctx.opset < 10:
         starts, ends = ctx.attr("starts"), ctx.attr("ends")
         axes = ctx.attr("axes", list(range(len(starts))))
@@ -230,13 +230,13 @@ def slice_(inputs, ctx: RuleContext):
     in_shape = ctx.in_shape(0)
     rank = len(in_shape)
     if x.spatial is not None:
-        for axis, start, end, step in _slice_params(ctx, rank):
+        for axis, start, end, step in slice_params(ctx, rank):
             x = select(x, axis, np.arange(in_shape[axis])[slice(start, end, step)])
         return [x]
     if x.is_scalar:
         return [_scalar(x)]
     out = x.expand_rank(rank)
-    for axis, start, end, step in _slice_params(ctx, rank):
+    for axis, start, end, step in slice_params(ctx, rank):
         if out.rank and np.broadcast_shapes(out.mean.shape, out.var.shape)[axis] > 1:
             idx = np.arange(in_shape[axis])[slice(start, end, step)]
             out = _take(out, rank, axis, idx)
