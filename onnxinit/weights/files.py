@@ -75,15 +75,15 @@ def format_for(output: str | os.PathLike | None, fmt: str | None) -> str:
 
 def require_format(output: str | os.PathLike | None, fmt: str | None) -> str:
     """The format (as :func:`format_for`), after checking it can be written here: safetensors
-    needs the ``safetensors`` package (``pip install onnxinit[weights]``)."""
+    needs the ``safetensors`` package (a dependency of onnxinit)."""
     fmt = format_for(output, fmt)
     if fmt == "safetensors":
         try:
             import safetensors.numpy  # noqa: F401
         except ImportError:
             raise InvalidOptionError(
-                "writing safetensors needs the safetensors package: pip install "
-                "onnxinit[weights] (or write .npz: -o FILE.npz or --format npz)"
+                "writing safetensors needs the safetensors package, a dependency of onnxinit "
+                "that is not installed here: pip install safetensors (or write a .npz file)"
             ) from None
     return fmt
 

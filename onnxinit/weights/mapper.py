@@ -2,42 +2,50 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import numpy as np
 
+from . import folds
+from .batchnorm import split_name
+from .layouts import Layout, layouts
 from .report import MappingReport
 from .source import WeightSource
-from .values import close, equal, is_degenerate, normalize_name, squeezed, value_key
-
-_TORCH_BN = ("weight", "bias", "running_mean", "running_var")
-_KERAS_BN = ("gamma", "beta", "moving_mean", "moving_variance")
+from .values import close, equal, is_degenerate, normalize_name, value_key
 
 
 class _Mapper:
-    def __init__(self, reference, params, buffers, new, approximate, model):
+    def __init__(self, reference, params, buffers, new, approximate, model, follows):
         self.ref = reference
         self.params = params
         self.buffers = set(buffers)
         self.new = new
         self.approximate = approximate
         self.model = model
+        self.follows = dict(follows or {})
         self.report = MappingReport()
         self._index: dict[tuple, list[str]] | None = None
+        self._layouts: dict[tuple, list[Layout]] = {}
         first = {n for n in new if n in reference or n in params}
         self.todo = [n for n in new if n in first] + [n for n in new if n not in first]
 
     # helpers
     def _used(self) -> set[str]:
-        return set(self.report.mapped.values())
+        """Parameters that received a tensor, directly, merged or through a fold."""
+        used = set(self.report.mapped.values()) | set(self.report.merged)
+        for into in self.report.folded_into.values():
+            used.update(into)
+        return used
 
-    def _map(self, onnx_name: str, param: str, how: str, transposed: bool = False) -> None:
+    def _map(self, onnx_name: str, param: str, how: str, layout: Layout | None = None) -> None:
+        layout = layout or Layout("same", tuple(self.params[param].shape))
         self.report.mapped[onnx_name] = param
-        reshaped = not transposed and self.new[onnx_name].shape != self.params[param].shape
-        self.report.how[onnx_name] = how + (" (transposed)" if transposed else "") + (
-            " (reshaped)" if reshaped else "")
-        if transposed:
+        reshaped = layout.name == "same" and self.new[onnx_name].shape != self.params[param].shape
+        self.report.how[onnx_name] = how + (f" ({layout.name})" if layout.name != "same"
+                                            else "") + (" (reshaped)" if reshaped else "")
+        if layout.name != "same":
+            self.report.layout[onnx_name] = layout.name
+        if layout.transposed:
             self.report.transposed.append(onnx_name)
         if reshaped:
             self.report.reshaped.append(onnx_name)
@@ -46,15 +54,17 @@ class _Mapper:
         done = set(self.report.mapped) | set(self.report.mismatched) | set(self.report.folded)
         return [n for n in self.todo if n not in done]
 
-    def _fit(self, onnx_name: str, param: str) -> bool | None:
-        """False: same shape (up to size-1 dimensions); True: transposed 2-D; None: shapes do
-        not fit."""
-        shape, pshape = tuple(self.new[onnx_name].shape), tuple(self.params[param].shape)
-        if squeezed(shape) == squeezed(pshape):
-            return False
-        if len(shape) == 2 and shape[::-1] == pshape:
-            return True
-        return None
+    def _fit(self, onnx_name: str, param: str) -> Layout | None:
+        """The most likely layout from the tensor's shape to the parameter's (see
+        :func:`~onnxinit.weights.layouts.layouts`); None: the shapes do not fit."""
+        fits = self._fits(onnx_name, param)
+        return fits[0] if fits else None
+
+    def _fits(self, onnx_name: str, param: str) -> list[Layout]:
+        key = (tuple(self.new[onnx_name].shape), tuple(self.params[param].shape))
+        if key not in self._layouts:
+            self._layouts[key] = layouts(*key)
+        return self._layouts[key]
 
     # steps
     def by_name(self) -> None:
@@ -118,14 +128,18 @@ class _Mapper:
             ref = self.ref[name]
             if is_degenerate(ref) != degenerate:
                 continue
-            candidates = [(p, False) for p in index.get(value_key(ref), [])
-                          if equal(ref, self.params[p])]
-            if ref.ndim == 2:
-                exact = {c[0] for c in candidates}
-                candidates += [(p, True) for p in index.get(value_key(ref.T), [])
-                               if p not in exact and equal(ref.T, self.params[p])]
+            candidates = []
+            for shape in self._param_shapes():
+                for layout in layouts(ref.shape, shape):
+                    view = layout.to_param(ref)
+                    candidates += [(p, layout) for p in index.get(value_key(view), [])
+                                   if p not in {c[0] for c in candidates}
+                                   and equal(view, self.params[p])]
             self._choose(name, candidates, "value", groups)
         self._resolve_groups(groups, "value")
+
+    def _param_shapes(self) -> list[tuple[int, ...]]:
+        return list(dict.fromkeys(tuple(v.shape) for v in self.params.values()))
 
     def _choose(self, name, candidates, how, groups) -> None:
         if not candidates:
@@ -147,8 +161,8 @@ class _Mapper:
             values = [self.new[n] for n in names]
             same = all(equal(values[0], v) for v in values[1:])
             if len(candidates) == len(names) and same and len({c[1] for c in candidates}) == 1:
-                for name, (param, transposed) in zip(names, candidates):
-                    self._map(name, param, how + " (interchangeable)", transposed)
+                for name, (param, layout) in zip(names, candidates):
+                    self._map(name, param, how + " (interchangeable)", layout)
             else:
                 for name in names:
                     self.report.ambiguous[name] = [c[0] for c in candidates]
@@ -165,113 +179,30 @@ class _Mapper:
             for param, value in self.params.items():
                 if param in used:
                     continue
-                fit = self._fit(name, param)
-                if fit is None:
-                    continue
-                for transposed in ((False, True) if ref.ndim == 2 and not fit
-                                   and ref.shape[0] == ref.shape[1] else (fit,)):
-                    if close(ref.T if transposed else ref, value):
-                        candidates.append((param, transposed))
+                for layout in self._fits(name, param):
+                    if close(layout.to_param(ref), value):
+                        candidates.append((param, layout))
                         break
             self._choose(name, candidates, "scaled value", groups)
         self._resolve_groups(groups, "scaled value")
-
-    def folded_batchnorm(self) -> None:
-        """An unmapped tensor equal to an unmapped Conv weight times a per-output-channel factor
-        ``gamma / sqrt(var + eps)`` of some BatchNorm's parameters: BN folded into the Conv.
-        The Conv's bias input (from the graph) is folded too."""
-        used = self._used()
-        batchnorms = self._batchnorm_groups()
-        for name in self._remaining():
-            ref = self.ref.get(name)
-            if ref is None or ref.ndim < 3:
-                continue
-            for param, weight in self.params.items():
-                if param in used or tuple(weight.shape) != tuple(ref.shape) or param in self.buffers:
-                    continue
-                factor = _channel_factor(ref, weight)
-                if factor is None:
-                    continue
-                bn = _closest_batchnorm(param, factor, batchnorms, self.params)
-                if bn is None:
-                    continue
-                into = [param] + bn
-                self.report.folded.append(name)
-                self.report.folded_into[name] = into
-                bias = self._conv_bias(name)
-                if bias is not None and bias in self._remaining():
-                    conv_bias = param.rsplit(".", 1)[0] + ".bias" if "." in param else None
-                    extra = [conv_bias] if conv_bias in self.params else []
-                    self.report.folded.append(bias)
-                    self.report.folded_into[bias] = extra + bn
-                break
-
-    def _conv_bias(self, weight: str) -> str | None:
-        if self.model is None:
-            return None
-        for node in self.model.graph.node:
-            if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 2 \
-                    and node.input[1] == weight:
-                return node.input[2] or None
-        return None
-
-    def _batchnorm_groups(self) -> list[list[str]]:
-        """[scale, shift, mean, variance] names sharing a prefix: PyTorch's ``weight, bias,
-        running_mean, running_var`` and Keras's ``gamma, beta, moving_mean, moving_variance``."""
-        out = []
-        for suffixes in (_TORCH_BN, _KERAS_BN):
-            for name in self.params:
-                if name.endswith(suffixes[3]):
-                    prefix = name[: -len(suffixes[3])]
-                    group = [prefix + s for s in suffixes]
-                    if all(g in self.params for g in group):
-                        out.append(group)
-        return out
 
     def finish(self, onnx_order: list[str], aliases: dict[str, str]) -> MappingReport:
         report = self.report
         done = set(report.mapped) | set(report.folded)
         done |= {aliases[n] for n in done if n in aliases}
         report.aliases = {n: aliases[n] for n in report.mapped if n in aliases}
-        report.unmapped = [n for n in onnx_order if n not in done and n not in aliases]
+        left = [n for n in onnx_order if n not in done and n not in aliases]
+        report.constants = [n for n in left if np.size(self.new[n]) == 1]
+        report.unmapped = [n for n in left if np.size(self.new[n]) != 1]
         for name in [n for n in report.ambiguous if n in aliases or n in done]:
             del report.ambiguous[name]
         used = self._used()
-        report.missing = [p for p in self.params if p not in used and p not in self.buffers]
+        left = [p for p in self.params if p not in used and p not in self.buffers]
+        found_layers = {split_name(p)[0] for p in used}
+        report.absent = [p for p in left if split_name(p)[0] in found_layers
+                         and not np.any(self.params[p])]
+        report.missing = [p for p in left if p not in report.absent]
         return report
-
-
-def _channel_factor(folded: np.ndarray, weight: np.ndarray) -> np.ndarray | None:
-    """k with ``folded[c] == k[c] * weight[c]`` for every output channel c, else None."""
-    f = np.asarray(folded, np.float64).reshape(folded.shape[0], -1)
-    w = np.asarray(weight, np.float64).reshape(weight.shape[0], -1)
-    norms = np.sum(w * w, axis=1)
-    if np.any(norms == 0):
-        return None
-    k = np.sum(f * w, axis=1) / norms
-    residual = np.linalg.norm(f - k[:, None] * w)
-    if residual > 1e-5 * max(np.linalg.norm(f), 1e-30):
-        return None
-    return k
-
-
-def _closest_batchnorm(param: str, factor: np.ndarray, groups: list[list[str]],
-                       params: Mapping[str, np.ndarray]) -> list[str] | None:
-    """The BatchNorm group whose ``gamma / sqrt(var + eps)`` equals ``factor`` for a usual eps;
-    among several, the one whose name shares the longest prefix with ``param``."""
-    best, best_len = None, -1
-    for group in groups:
-        gamma = np.asarray(params[group[0]], np.float64)
-        var = np.asarray(params[group[3]], np.float64)
-        if gamma.shape != factor.shape:
-            continue
-        if not any(np.allclose(gamma / np.sqrt(var + eps), factor, rtol=1e-4, atol=0)
-                   for eps in (1e-5, 1e-3, 1e-6, 1e-4, 0.0)):
-            continue
-        common = len(os.path.commonprefix([param, group[0]]))
-        if common > best_len:
-            best, best_len = group, common
-    return best
 
 
 def map_weights(
@@ -279,29 +210,37 @@ def map_weights(
     params: Mapping[str, np.ndarray],
     *,
     buffers: set[str] | frozenset[str] = frozenset(),
+    follows: Mapping[str, str] | None = None,
 ) -> MappingReport:
     """Map ONNX initializers to the framework parameters ``params`` (name -> current values).
 
     Order: same name; same normalised name (:func:`normalize_name`, unique on both sides);
-    same value (exact, or transposed for 2-D tensors) for tensors whose values are not all
-    equal; ``new / scale`` close to a parameter (rescaled tensors with no original given);
-    BatchNorm folded into a Conv; finally exact values of constant tensors (zeros, ones), where
-    k tensors equal to the same k parameters map only when the values to load are equal too.
-    A parameter may receive several tensors (tied weights). ``buffers`` names entries of
-    ``params`` that are optional (BatchNorm running statistics): mapped when an initializer
-    matches them, never reported missing."""
+    same value in any layout that fits (:mod:`~onnxinit.weights.layouts`: as is, transposed,
+    channels-last kernels) for tensors whose values are not all equal; ``new / scale`` close to
+    a parameter (rescaled tensors with no original given); BatchNormalization folded into a
+    layer or written as constants (:mod:`~onnxinit.weights.folds`); finally exact values of
+    constant tensors (zeros, ones), where k tensors equal to the same k parameters map only
+    when the values to load are equal too. A parameter may receive several tensors (tied
+    weights). ``buffers`` names entries of ``params`` that are optional (BatchNorm running
+    statistics): mapped when an initializer matches them, never reported missing; a zero
+    parameter of a layer whose other parameters were found is ``absent`` (exporters drop zero
+    biases), not missing. ``follows``: kernel parameter -> the gamma of the BatchNormalization
+    that follows its layer in the framework's graph (the Keras adapter reads it from the
+    model); it tells a folded BatchNormalization apart from others with the same state."""
     if not isinstance(source, WeightSource):
         values = {str(k): np.asarray(v) for k, v in source.items()}
         source = WeightSource(new=values, reference=values)
     source = source.expanded()
     params = {str(k): np.asarray(v) for k, v in params.items()}
     mapper = _Mapper(source.reference, params, buffers, source.new, source.approximate,
-                     source.model)
+                     source.model, follows)
     mapper.by_name()
     mapper.by_normalized_name()
     mapper.by_value(degenerate=False)
     mapper.by_scaled_value()
-    mapper.folded_batchnorm()
+    folds.folded_weights(mapper)
+    folds.batchnorm_nodes(mapper)
+    folds.batchnorm_constants(mapper)
     mapper.by_value(degenerate=True)
     return mapper.finish(list(source.new), source.aliases)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..errors import UnsupportedModelError
 
@@ -15,6 +15,27 @@ class MappingError(UnsupportedModelError):
         self.report = report
 
 
+@dataclass
+class Fold:
+    """An ONNX tensor that combines parameters with a BatchNormalization's state (an inference
+    export folds them; ``k = gamma / sqrt(var + eps)``).
+
+    ``kind``: ``weight`` (``W * k`` per output channel, ``param`` the layer's kernel, in
+    ``layout``), ``bias`` (``(b - mean) * k + beta``, ``param`` the layer's bias or None when
+    it has none), ``scale`` (``k``, a BatchNormalization written as a Mul by a constant) or
+    ``shift`` (``beta - mean * k``, its Add). ``batchnorm``: the (gamma, beta, mean, variance)
+    parameters; ``paired``: how the BatchNormalization was identified (``graph``: the
+    framework's own layer graph; ``unique``: the only one whose state fits;
+    ``interchangeable``: one of several with equal state, any of which gives the same values
+    as long as only the layer's own parameters change)."""
+
+    kind: str
+    param: str | None
+    batchnorm: tuple[str, str, str, str]
+    eps: float
+    layout: str = "same"
+    paired: str = "unique"
+
 
 @dataclass
 class MappingReport:
@@ -23,9 +44,17 @@ class MappingReport:
     ``mapped``: ONNX name -> parameter name (several ONNX tensors may map to one parameter:
     tied weights); ``unmapped``: ONNX float initializers with no parameter; ``missing``:
     parameters with no ONNX initializer (buffers are only counted when they were mapped);
-    ``folded``: ONNX tensors recognised as a Conv weight or bias with BatchNormalization folded
-    in (eval-mode export), ``folded_into`` the parameters each one combines; ``transposed``:
-    mapped tensors that are their parameter transposed, ``reshaped`` those that differ from it
+    ``constants``: one-element tensors that match no parameter (an exporter's epsilon or 1.0,
+    not weights; a rescale that changed one is still refused like an unmapped tensor);
+    ``absent``: parameters the export left out (a zero bias tf2onnx drops, of a layer whose other
+    parameters were found) or ``merged`` into a tensor that stands for several equal parameters
+    (parameter -> that tensor), not counted as missing;
+    ``folded``: ONNX tensors recognised as a weight, bias or constant with BatchNormalization
+    folded in (inference export), ``folded_into`` the parameters each one combines and
+    ``unfold`` how (a :class:`Fold`); ``transposed``: mapped tensors that are their parameter
+    transposed or permuted, ``layout`` the layout of each tensor not mapped as it is
+    (``transposed``, ``channels-last kernel``, ``channels-last depthwise kernel``: see
+    :mod:`onnxinit.weights.layouts`), ``reshaped`` those that differ from their parameter
     only by size-1 dimensions (a bias written as ``[1, C]``); ``how``: the rule that mapped each
     tensor; ``mismatched``: same-name tensors whose shapes differ; ``ambiguous``: tensors equal
     to several parameters that could not be told apart; ``conflicts``: parameters that would
@@ -36,9 +65,14 @@ class MappingReport:
     mapped: dict[str, str] = field(default_factory=dict)
     unmapped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    constants: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
+    merged: dict[str, str] = field(default_factory=dict)
     folded: list[str] = field(default_factory=list)
     folded_into: dict[str, list[str]] = field(default_factory=dict)
+    unfold: dict[str, Fold] = field(default_factory=dict)
     transposed: list[str] = field(default_factory=list)
+    layout: dict[str, str] = field(default_factory=dict)
     reshaped: list[str] = field(default_factory=list)
     how: dict[str, str] = field(default_factory=dict)
     mismatched: dict[str, str] = field(default_factory=dict)
@@ -50,9 +84,10 @@ class MappingReport:
         """One line: counts, then the first few names of each problem."""
         parts = [f"{len(self.mapped)} mapped", f"{len(self.unmapped)} unmapped",
                  f"{len(self.missing)} missing"]
+        if self.absent:
+            parts.append(f"{len(self.absent)} absent from the export")
         if self.folded:
-            parts.append(f"{len(self.folded)} folded (eval-mode export: BatchNormalization "
-                         "folded into Conv; re-export in training mode)")
+            parts.append(f"{len(self.folded)} with BatchNormalization folded in")
         for label, items in (("mismatched", self.mismatched), ("conflicting", self.conflicts),
                              ("unmapped", self.unmapped), ("missing", self.missing),
                              ("ambiguous", self.ambiguous)):
@@ -66,5 +101,5 @@ class MappingReport:
         return "; ".join(parts)
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return asdict(self)
 

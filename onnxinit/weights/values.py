@@ -6,6 +6,8 @@ import re
 
 import numpy as np
 
+from .layouts import squeezed
+
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "params.", "net.")
 
 
@@ -24,10 +26,6 @@ def normalize_name(name: str) -> str:
     if re.fullmatch(r"[pb]_\w+", key):  # torch.export's flat p_conv1_weight / b_bn_running_mean
         key = key[2:]
     return re.sub(r"[^0-9A-Za-z]+", "_", key).strip("_")
-
-
-def squeezed(shape) -> tuple[int, ...]:
-    return tuple(d for d in shape if d != 1)
 
 
 def value_key(array: np.ndarray) -> tuple:
