@@ -68,7 +68,8 @@ def layer_bias(kernel: str, params: Mapping[str, np.ndarray]) -> str | None:
 def factor(group, params: Mapping[str, np.ndarray], eps: float) -> np.ndarray:
     """``k = gamma / sqrt(var + eps)`` in float64."""
     gamma = np.asarray(params[group[0]], np.float64)
-    return gamma / np.sqrt(np.asarray(params[group[3]], np.float64) + eps)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero variance with eps 0: inf
+        return gamma / np.sqrt(np.asarray(params[group[3]], np.float64) + eps)
 
 
 def fitting_eps(group, params: Mapping[str, np.ndarray], k: np.ndarray) -> float | None:
@@ -79,7 +80,9 @@ def fitting_eps(group, params: Mapping[str, np.ndarray], k: np.ndarray) -> float
         return None
     best, best_err = None, 1e-4
     for eps in EPSILONS:
-        err = float(np.max(np.abs(factor(group, params, eps) - k) / np.maximum(np.abs(k), 1e-30)))
+        with np.errstate(invalid="ignore"):
+            err = float(np.max(np.abs(factor(group, params, eps) - k)
+                               / np.maximum(np.abs(k), 1e-30)))
         if err < best_err:
             best, best_err = eps, err
     return best

@@ -74,8 +74,8 @@ def folded_weights(mapper) -> None:
     consumers = _consumers(mapper.model)
     for name in mapper._remaining():
         ref = mapper.ref.get(name)
-        if ref is None or ref.ndim < 2:
-            continue
+        if ref is None or ref.ndim < (2 if mapper.model is not None else 3):
+            continue  # without the graph, only kernels of a convolution are candidates
         conv = next((node for node, index in consumers.get(name, ())
                      if node.op_type == "Conv" and index == 1), None)
         if mapper.model is not None and conv is None:

@@ -61,7 +61,10 @@ class _Mapper:
         return fits[0] if fits else None
 
     def _fits(self, onnx_name: str, param: str) -> list[Layout]:
-        key = (tuple(self.new[onnx_name].shape), tuple(self.params[param].shape))
+        return self._layouts_between(self.new[onnx_name].shape, self.params[param].shape)
+
+    def _layouts_between(self, onnx_shape, param_shape) -> list[Layout]:
+        key = (tuple(onnx_shape), tuple(param_shape))
         if key not in self._layouts:
             self._layouts[key] = layouts(*key)
         return self._layouts[key]
@@ -130,7 +133,7 @@ class _Mapper:
                 continue
             candidates = []
             for shape in self._param_shapes():
-                for layout in layouts(ref.shape, shape):
+                for layout in self._layouts_between(ref.shape, shape):
                     view = layout.to_param(ref)
                     candidates += [(p, layout) for p in index.get(value_key(view), [])
                                    if p not in {c[0] for c in candidates}

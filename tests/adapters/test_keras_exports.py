@@ -101,7 +101,7 @@ def export(model, path):
         import tensorflow as tf
         import tf2onnx
 
-        spec = [tf.TensorSpec(SHAPE, tf.float32, name="x")]
+        spec = [tf.TensorSpec(tuple(model.inputs[0].shape), tf.float32, name="x")]
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
         onnx.save(proto, str(path))
     else:
