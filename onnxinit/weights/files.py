@@ -16,8 +16,9 @@ import onnx
 from .._version import __version__
 from ..atomic import AtomicFiles
 from ..errors import InvalidOptionError, ModelLoadError, UnsupportedModelError, WriteError
+from ..plan_record import read_plan_record
 from ..weights_files import write_npz, write_safetensors
-from ..writeback import _same_file, read_plan_record
+from ..writeback import _same_file
 from .tensors import float_initializers, identity_aliases, load_model
 
 FORMATS = ("safetensors", "npz")

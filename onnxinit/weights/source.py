@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from ..errors import InvalidOptionError
-from ..writeback import read_plan_record
+from ..plan_record import read_plan_record
 from .files import read_weights, record_from_metadata
 from .tensors import float_initializers, identity_aliases, load_model
 
