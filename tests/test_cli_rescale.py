@@ -95,6 +95,16 @@ def test_missing_safetensors_hint_names_rescale_options(tmp_path, capsys, monkey
     assert "--format" not in err and "-o FILE" not in err
 
 
+def test_safetensors_is_a_core_dependency():
+    """Item 14: the default weights format works with the README's default install."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert any(d.replace(" ", "").startswith("safetensors") for d in
+               project["project"]["dependencies"])
+
+
 @pytest.mark.parametrize("args", [["analyze", SMALL_CNN, "--measure"],
                                   ["rescale", SMALL_CNN, "--method", "lsuv", "--dry-run"]])
 def test_negative_seed_is_a_usage_error(args, capsys):

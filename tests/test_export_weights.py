@@ -153,7 +153,7 @@ def test_cli_default_output_and_refusals(model_path, tmp_path, cli):
 
 def test_missing_safetensors_package_gives_one_clear_error(model_path, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
-    with pytest.raises(InvalidOptionError, match=r"pip install onnxinit\[weights\]"):
+    with pytest.raises(InvalidOptionError, match=r"pip install safetensors"):
         export_weights(model_path)
     assert not (tmp_path / "mlp.safetensors").exists()
     out = export_weights(model_path, tmp_path / "w.npz")  # npz needs no extra package

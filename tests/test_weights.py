@@ -147,7 +147,7 @@ def _conv_bn_values(eps=1e-5):
     return params, folded
 
 
-def test_folded_batchnorm_is_reported_and_refused():
+def test_folded_batchnorm_is_unfolded_with_the_modules_own_state():
     params, folded = _conv_bn_values()
     graph_model = make_model(
         [helper.make_node("Conv", ["x", "onnx::Conv_7", "onnx::Conv_8"], ["y"], name="conv")],
@@ -155,16 +155,24 @@ def test_folded_batchnorm_is_reported_and_refused():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 3, 3])],
         [numpy_helper.from_array(v, n) for n, v in folded.items() if n != "fc.weight"],
     )
-    source = WeightSource(new=folded, reference=folded, model=graph_model)
+    # a rescale: the folded kernel scaled by 2, the folded bias zeroed
+    new = dict(folded, **{"onnx::Conv_7": 2 * folded["onnx::Conv_7"],
+                          "onnx::Conv_8": np.zeros(8, np.float32)})
+    source = WeightSource(new=new, reference=folded, model=graph_model)
     buffers = {"bn.running_mean", "bn.running_var"}
     report = map_weights(source, params, buffers=buffers)
     assert report.folded == ["onnx::Conv_7", "onnx::Conv_8"]
     assert report.folded_into["onnx::Conv_7"] == [
         "conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"]
     assert report.unmapped == [] and report.mapped == {"fc.weight": "fc.weight"}
-    assert report.missing == ["conv.weight", "bn.weight", "bn.bias"]
-    with pytest.raises(MappingError, match="eval-mode export"):
-        load_plan(report, source, params, buffers=buffers)
+    assert report.missing == []
+    values = load_plan(report, source, params, buffers=buffers)
+    # the module then computes conv(x, k W) + beta - mean k: the rescaled ONNX Conv exactly
+    k = params["bn.weight"].astype(np.float64) / np.sqrt(params["bn.running_var"] + 1e-5)
+    np.testing.assert_allclose(k[:, None, None, None] * values["conv.weight"],
+                               new["onnx::Conv_7"], rtol=1e-6)
+    np.testing.assert_allclose(values["bn.bias"] - params["bn.running_mean"] * k, 0, atol=1e-6)
+    assert set(values) == {"conv.weight", "bn.bias", "fc.weight"}
 
 
 def test_a_scaled_conv_without_batchnorm_is_not_called_folded():

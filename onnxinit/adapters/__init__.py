@@ -24,10 +24,12 @@ __all__ = ["MappingReport", "plan_values"]
 
 
 def plan_values(params: dict[str, np.ndarray], buffers: set[str], rescaled, original,
-                strict: bool) -> tuple[dict[str, np.ndarray], MappingReport]:
-    """Map and check: (parameter -> value to load, report). Raises MappingError, loads nothing."""
+                strict: bool, follows: dict[str, str] | None = None,
+                ) -> tuple[dict[str, np.ndarray], MappingReport]:
+    """Map and check: (parameter -> value to load, report). Raises MappingError, loads nothing.
+    ``follows``: kernel -> gamma of the BatchNormalization after it (see ``map_weights``)."""
     source = weight_source(rescaled, original)
-    report = map_weights(source, params, buffers=buffers)
+    report = map_weights(source, params, buffers=buffers, follows=follows)
     return load_plan(report, source, params, buffers=buffers, strict=strict), report
 
 

@@ -57,7 +57,8 @@ def _check_files(model, method, output, in_place, dry_run, report_path, weights_
         if format_for(weights_path, None) == "safetensors" and find_spec("safetensors") is None:
             raise InvalidOptionError(
                 f"--export-weights {weights_path}: writing safetensors needs the safetensors "
-                "package (pip install safetensors), or give --export-weights a .npz file")
+                "package, a dependency of onnxinit that is not installed here (pip install "
+                "safetensors), or give --export-weights a .npz file")
         check_target(weights_path, None,
                      protect=[p for p, role in seen.items() if role != "--export-weights"])
 

@@ -11,7 +11,7 @@ import pytest
 from onnxinit.rescale import rescale
 from onnxinit.weights import MappingError, export_weights
 
-from .torch_roundtrip import export, round_trip
+from .torch_roundtrip import export, ort_outputs, round_trip
 
 torch = pytest.importorskip("torch")
 from onnxinit.adapters.torch import load_into
@@ -92,7 +92,7 @@ def test_a_different_architecture_is_refused_and_left_unchanged(tmp_path):
     assert _same_state(unrelated, state)
 
 
-def test_eval_export_of_conv_bn_reports_folded_and_training_export_loads(tmp_path):
+def test_eval_export_of_conv_bn_is_unfolded_and_training_export_loads(tmp_path):
     torch.manual_seed(3)
     module, x = _conv_bn(), torch.randn(2, 3, 8, 8)
     with torch.no_grad():  # non-trivial running statistics and affine parameters
@@ -105,17 +105,19 @@ def test_eval_export_of_conv_bn_reports_folded_and_training_export_loads(tmp_pat
     inits = [t.name for t in onnx.load(str(folded)).graph.initializer]
     assert "0.weight" not in inits and "1.running_var" not in inits  # BN folded into the Conv
     rescaled = rescale(folded, "autoinit", output=tmp_path / "eval.r.onnx").output
-    state = _state(module)
-    with pytest.raises(MappingError, match="eval-mode export") as info:
-        load_into(module, rescaled, folded)
-    report = info.value.report
+    report = load_into(module, rescaled, folded)
     assert len(report.folded) == 2  # the folded weight and the folded bias
     weight = next(n for n in report.folded if report.folded_into[n][0] == "0.weight")
     assert report.folded_into[weight] == ["0.weight", "1.weight", "1.bias", "1.running_mean",
                                           "1.running_var"]
     assert report.mapped == {"3.weight": "3.weight", "3.bias": "3.bias"}
-    assert set(report.missing) == {"0.weight", "1.weight", "1.bias"}
-    assert _same_state(module, state)
+    assert report.missing == [] and report.unmapped == []
+    # the un-folded module computes what onnxruntime computes on the rescaled model
+    module.eval()
+    with torch.no_grad():
+        ours = module(x).numpy()
+    np.testing.assert_allclose(ours, ort_outputs(rescaled, {"x": x.numpy()}), rtol=1e-5,
+                               atol=1e-5 * np.abs(ours).max())
 
     for bn_module in module.modules():  # batch statistics must not move the running ones
         if isinstance(bn_module, torch.nn.BatchNorm2d):
