@@ -114,8 +114,8 @@ def main(argv=None) -> None:
     parser.add_argument("--resnet-batch", type=int, default=32)
     parser.add_argument("--transformer-batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--k1", type=int, default=2)
-    parser.add_argument("--k2", type=int, default=6)
+    parser.add_argument("--k1", type=int, default=3)
+    parser.add_argument("--k2", type=int, default=9)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                         help="cpu: the process's CPU time (default; one thread); wall: elapsed")
