@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -12,7 +13,17 @@ from ..batch.paths import find_models, one_file
 from ..batch.results import Result, counts, exit_status
 from ..batch.work import analyze_model
 from ..errors import InvalidOptionError, OnnxInitError
-from ._common import echo, error_line, logging_options, model_options, seed_option, stats_option
+from ..reporting.plot import plot_format, require_matplotlib
+from ._common import (
+    echo,
+    error_line,
+    logging_options,
+    measure_options,
+    model_options,
+    seed_option,
+    stats_option,
+    writable_target,
+)
 from ._params import GroupedCommand
 from .batch_options import batch_options, run_models
 from .specs import specs_per_model
@@ -38,17 +49,17 @@ def _document(results: list[Result]) -> dict:
 @model_options("Batch size for symbolic batch dimensions (the batch --measure runs).",
                many=True)
 @stats_option
-@click.option("--measure", is_flag=True,
-              help="Also run the model in onnxruntime on seeded Gaussian inputs and show the "
-                   "measured moments next to the predicted ones.")
+@measure_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-              help="Where --measure runs (default: auto, the GPU when onnxruntime-gpu can use "
-                   "one).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE.png|svg",
+              help="Also write the plot of variance by depth to FILE (.png or .svg; one model; "
+                   "needs matplotlib: onnxinit[report]).")
 @seed_option
 @batch_options
 @logging_options
-def analyze(models, input_shapes, batch_size, stats, measure, as_json, device, seed, batch):
+def analyze(models, input_shapes, batch_size, stats, measure, device, as_json, plot, seed,
+            batch):
     """Predict the mean and variance of every float tensor of MODEL at initialization.
 
     Several models, folders (every *.onnx under them) and patterns are analysed in the order
@@ -61,16 +72,22 @@ def analyze(models, input_shapes, batch_size, stats, measure, as_json, device, s
       onnxinit analyze model.onnx --measure --batch-size 64
       onnxinit analyze bert.onnx --input-shape input_ids:8x128 --json > moments.json
       onnxinit analyze model.onnx --stats x:0.5,0.25
+      onnxinit analyze model.onnx --measure --plot variance.png
       onnxinit analyze models/ --jobs 2 --json > all.json
     """
-    if device is not None and not measure:
-        raise InvalidOptionError("--device says where --measure runs; add --measure or drop it")
     paths = find_models(models)
+    if plot is not None:
+        if len(paths) != 1:
+            raise InvalidOptionError(f"--plot draws one model; {len(paths)} models were given")
+        plot_format(plot)
+        require_matplotlib()
+        writable_target(plot, "--plot")
     shapes_for, stats_for = specs_per_model(paths, input_shapes, stats)
 
     def options_for(model: str) -> dict:
         return {"batch_size": batch_size, "input_shapes": shapes_for(model),
-                "stats": stats_for(model), "measure": measure, "seed": seed, "device": device}
+                "stats": stats_for(model), "measure": measure, "seed": seed, "device": device,
+                **({"plot": str(plot)} if plot is not None else {})}
 
     if one_file(list(models)):
         result = run_models(paths, analyze_model, options_for, "analyze", batch)[0]
