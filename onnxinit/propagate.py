@@ -25,7 +25,7 @@ from .moments import Moments
 from .rules import CommonAncestor, Registration, RuleContext, RuleError, RuleSettings, lookup
 from .rules.empirical import EmpiricalError, measure_node, pass_through
 from .rules.fusion import common_ancestor
-from .rules.masks import derived_moments
+from .rules.masks import OFFSET_CAP, derived_moments, feeds_softmax
 from .rules.tokens import carry
 from .spatial import drop
 
@@ -91,10 +91,20 @@ def input_moments(
 MAX_TRACKED = 1 << 16
 
 
-def _fit(m: Moments, shape: tuple[int, ...] | None) -> Moments:
+def _fit(m: Moments, shape: tuple[int, ...] | None, limit: int = MAX_TRACKED) -> Moments:
     """Make a rule's output broadcast to the tensor's shape, pooling when it does not, or when
-    it tracks more than MAX_TRACKED statistics (:meth:`Moments.capped`)."""
-    return _fitted_shape(m, shape).capped(MAX_TRACKED)
+    it tracks more than ``limit`` statistics (:meth:`Moments.capped`)."""
+    return _fitted_shape(m, shape).capped(limit)
+
+
+def _tracked_limit(ctx: RuleContext, m: Moments) -> int:
+    """MAX_TRACKED, or ``masks.OFFSET_CAP`` for the output of a node that reaches a Softmax:
+    its per-element offsets (a causal mask on ``[1, heads, S, S]`` logits) are positions the
+    Softmax ignores or shifts, and pooling them into a variance (law of total variance) would
+    give the logits the variance of the mask (1e76 for ``finfo.min``)."""
+    if m.tracked_size() <= MAX_TRACKED or not feeds_softmax(ctx):
+        return MAX_TRACKED
+    return OFFSET_CAP
 
 
 def _fitted_shape(m: Moments, shape: tuple[int, ...] | None) -> Moments:
@@ -261,7 +271,7 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
     outputs = carry(ctx, inputs, list(outputs))
     for name, m in zip(node.output, outputs):
         if name and m is not None and graph.is_signal(name):
-            m = _fit(m, graph.shape(name))
+            m = _fit(m, graph.shape(name), _tracked_limit(ctx, m))
             _require_finite(m, node_id, node.op_type, name, rule_name)
             result.moments[name] = m
             result.rules[name] = rule_name

@@ -110,6 +110,34 @@ def test_causal_mask_forms(form):
     np.testing.assert_allclose(mean, values.mean(axis=(0, 1)), atol=0.01)
 
 
+def test_causal_mask_on_logits_too_many_to_track_one_by_one():
+    """GPT-2 at 128 tokens: logits that differ per head plus a finfo.min causal mask make a
+    [1, heads, S, S] grid, more statistics than a tensor otherwise keeps (65,536); the mask
+    must reach the Softmax as positions it ignores, not pooled into the logits' variance."""
+    heads, s, n = 5, 128, 48
+    causal = np.tril(np.ones((s, s), dtype=bool))
+    mask = np.where(causal, 0.0, np.finfo(np.float32).min).astype(np.float32)
+    nodes = [helper.make_node("Add", ["x", "m"], ["a"]),
+             helper.make_node("Softmax", ["a"], ["y"], axis=-1)]
+    model = make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, heads, s, s])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(mask, "m")])
+    x = Moments(np.zeros((1, heads, 1, 1)), np.linspace(0.2, 0.6, heads).reshape(1, heads, 1, 1))
+    _, result = predict(model, {"x": x})
+    assert result.rules["y"] == "softmax" and not result.fallbacks
+    assert result.moments["a"].tracked_size() > 1 << 16
+    values = monte_carlo(model, {"x": x})["y"].astype(np.float64)
+    m = result.moments["y"]
+    assert_moments_close(m, values, rtol=0.03)
+    # per key, pooled over the heads and queries (the keys at least 32 queries see: a later key
+    # has too few draws): the closed form (5%) and the sampling error of skewed draws
+    mean, var = m.values_along(3, s)
+    keys = slice(0, s - 32)
+    np.testing.assert_allclose(mean[keys], values.mean(axis=(0, 1, 2))[keys], rtol=0.05)
+    np.testing.assert_allclose(var[keys], values.var(axis=(0, 1, 2))[keys], rtol=0.1)
+
+
 def test_softmax_statistics_repeated_over_the_batch():
     # a causal mask expanded over an axis (GPT-2's over the batch): per-row logit statistics
     # repeated along it count once (200 distributions, not 2 x 200: over the sampling limit)
