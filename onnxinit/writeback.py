@@ -54,7 +54,6 @@ from .initializers import (
 from .modelfile import Piece, copy_fields, field_size, serialized_model
 from .output_paths import external_layout
 from .plan import Change, Plan, changed_values
-from .plan_record import read_plan_record  # noqa: F401  (weights.py imports it from here)
 from .plan_record import set_plan_record
 
 WRITABLE_TYPES = FLOAT_TYPES  # the types a Change can be applied to
