@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -87,16 +88,24 @@ def _child(job: Job, conn) -> None:
 def _sigint_deferred():
     """Hold Ctrl-C back while a process starts and is recorded: an interrupt inside
     ``Process.start()`` would leave a started process that the cleanup does not know of (the
-    run then waits on it). The held signal is delivered when the block ends."""
-    block = getattr(signal, "pthread_sigmask", None)  # not on Windows
-    if block is None:
-        yield
+    run then waits on it). A Python-level handler records the interrupt and the previous
+    handler gets it when the block ends. (A signal mask would not do: the kernel hands a
+    process-directed SIGINT to any thread that does not block it, onnxruntime's or Ray's, and
+    Python then raises in the main thread all the same.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers, and only it gets KeyboardInterrupt
         return
-    previous = block(signal.SIG_BLOCK, {signal.SIGINT})
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
-        block(signal.SIG_SETMASK, previous)
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
 
 
 @dataclass
