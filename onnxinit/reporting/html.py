@@ -76,6 +76,9 @@ def _summary(content: ReportContent) -> str:
     items = []
     for view in content.views:
         tensors, key = view.tensors, view.key
+        if not tensors:
+            items.append(f"<li>{name(view.path)}: no float activations</li>")
+            continue
         status = view.check["status"]
 
         def checked(field: str, view=view) -> str:
@@ -129,7 +132,7 @@ def _tensor_rows(content: ReportContent) -> tuple[list[str], list[str]]:
     if measured:
         header += ["measured mean", "measured var", "rel. error"]
     if backward:
-        header += ["grad var"] + (["measured grad var"] if measured else [])
+        header += ["grad var"] + (["measured grad var", "grad rel. error"] if measured else [])
     if after is not None:
         header += ["var after", "growth after", "flag after"]
     header += (["block"] if content.blocks else []) + ["flag"]
@@ -149,7 +152,8 @@ def _tensor_rows(content: ReportContent) -> tuple[list[str], list[str]]:
             cells += [_cell(number(t.get(f), f"{ref}/{f}"), True)
                       for f in ("measured_mean", "measured_var", "relative_error")]
         if backward:
-            fields = ["grad_var"] + (["measured_grad_var"] if measured else [])
+            fields = ["grad_var"] + (["measured_grad_var", "grad_relative_error"] if measured
+                                     else [])
             cells += [_cell(number(t.get(f), f"{ref}/{f}"), True) for f in fields]
         if after is not None:
             a = after.tensors[i]
