@@ -25,6 +25,7 @@ from html import escape
 
 from ..report import format_number
 from .content import ModelView, ReportContent
+from .stages import MAX_ROWS
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em auto;
@@ -86,10 +87,13 @@ def _summary(content: ReportContent) -> str:
 
         last = len(tensors) - 1
         what = "Model" if key == "model" else "Rescaled model"
+        # growth compares with the float inputs' variance; token ids have none (as `analyze`)
+        relative = (f", {number(tensors[last]['growth'], f'{key}:/tensors/{last}/growth')}x "
+                    "the input" if any("var" in i for i in view.analysis["inputs"].values())
+                    else "")
         facts = [f"{number(len(tensors), f'count:{key}:/tensors')} float tensors analysed",
                  f"output {name(tensors[last]['name'])}: predicted variance "
-                 f"{number(tensors[last]['var'], f'{key}:/tensors/{last}/var')}, "
-                 f"{number(tensors[last]['growth'], f'{key}:/tensors/{last}/growth')}x the input",
+                 f"{number(tensors[last]['var'], f'{key}:/tensors/{last}/var')}{relative}",
                  f'check: <span class="{status}">{status}</span>; '
                  + ", ".join(f"{field} {checked(field)}"
                              for field in ("errors", "warnings", "notes"))
@@ -270,13 +274,16 @@ def document(content: ReportContent, png: bytes) -> str:
         parts.append(f"<h2>Tensors</h2>{tensors}")
     if content.layers:
         parts.append("<h2>Per-layer weight scales</h2><p>rms of the rescaled weight over rms "
-                     "of the original one.</p>" + _layer_scales(content))
+                     "of the original one.</p>"
+                     + _folded("Every layer", _layer_scales(content),
+                               len(content.layers) <= MAX_ROWS))
     for view in content.views:
         if view.backward:
             label = "" if view.key == "model" else " of the rescaled model"
             parts.append(f"<h2>Parameter gradients{label}</h2><p>Predicted variance of dL/dW, "
                          "the weight's rms and their update ratio (learning rate one).</p>"
-                         + _parameters(view))
+                         + _folded("Every parameter", _parameters(view),
+                                   len(view.analysis["parameters"]) <= MAX_ROWS))
     for view in content.views:
         warnings = view.analysis["warnings"]
         if warnings:
