@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -87,16 +88,24 @@ def _child(job: Job, conn) -> None:
 def _sigint_deferred():
     """Hold Ctrl-C back while a process starts and is recorded: an interrupt inside
     ``Process.start()`` would leave a started process that the cleanup does not know of (the
-    run then waits on it). The held signal is delivered when the block ends."""
-    block = getattr(signal, "pthread_sigmask", None)  # not on Windows
-    if block is None:
+    run then waits on it). The interrupt is held by a Python handler that records it and is
+    raised again when the block ends. (Blocking SIGINT with ``pthread_sigmask`` held it for
+    this thread only: a SIGINT sent to the process goes to any thread that does not block it,
+    an onnxruntime or Ray thread, and Python still runs the handler in the main thread.)
+    Handlers belong to the main thread; elsewhere nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = block(signal.SIG_BLOCK, {signal.SIGINT})
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
-        block(signal.SIG_SETMASK, previous)
+        # None: a handler not set from Python; Python's own is the nearest one can restore
+        signal.signal(signal.SIGINT, previous if previous is not None else
+                      signal.default_int_handler)
+        if held:
+            signal.raise_signal(signal.SIGINT)
 
 
 @dataclass
