@@ -15,3 +15,10 @@ def run(args, capsys) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, out: str, err: str, *words: str) -> None:
+    """A user error: exit 2, nothing on stdout, one line on stderr naming each of ``words``."""
+    assert code == 2 and out == "" and "Traceback" not in err, (code, out, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("onnxinit: error:"), err
+    assert all(w in err for w in words), err

@@ -25,6 +25,7 @@ from html import escape
 
 from ..report import format_number
 from .content import ModelView, ReportContent
+from .stages import MAX_ROWS
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em auto;
@@ -76,6 +77,9 @@ def _summary(content: ReportContent) -> str:
     items = []
     for view in content.views:
         tensors, key = view.tensors, view.key
+        if not tensors:
+            items.append(f"<li>{name(view.path)}: no float activations</li>")
+            continue
         status = view.check["status"]
 
         def checked(field: str, view=view) -> str:
@@ -83,10 +87,13 @@ def _summary(content: ReportContent) -> str:
 
         last = len(tensors) - 1
         what = "Model" if key == "model" else "Rescaled model"
+        # growth compares with the float inputs' variance; token ids have none (as `analyze`)
+        relative = (f", {number(tensors[last]['growth'], f'{key}:/tensors/{last}/growth')}x "
+                    "the input" if any("var" in i for i in view.analysis["inputs"].values())
+                    else "")
         facts = [f"{number(len(tensors), f'count:{key}:/tensors')} float tensors analysed",
                  f"output {name(tensors[last]['name'])}: predicted variance "
-                 f"{number(tensors[last]['var'], f'{key}:/tensors/{last}/var')}, "
-                 f"{number(tensors[last]['growth'], f'{key}:/tensors/{last}/growth')}x the input",
+                 f"{number(tensors[last]['var'], f'{key}:/tensors/{last}/var')}{relative}",
                  f'check: <span class="{status}">{status}</span>; '
                  + ", ".join(f"{field} {checked(field)}"
                              for field in ("errors", "warnings", "notes"))
@@ -129,7 +136,7 @@ def _tensor_rows(content: ReportContent) -> tuple[list[str], list[str]]:
     if measured:
         header += ["measured mean", "measured var", "rel. error"]
     if backward:
-        header += ["grad var"] + (["measured grad var"] if measured else [])
+        header += ["grad var"] + (["measured grad var", "grad rel. error"] if measured else [])
     if after is not None:
         header += ["var after", "growth after", "flag after"]
     header += (["block"] if content.blocks else []) + ["flag"]
@@ -149,7 +156,8 @@ def _tensor_rows(content: ReportContent) -> tuple[list[str], list[str]]:
             cells += [_cell(number(t.get(f), f"{ref}/{f}"), True)
                       for f in ("measured_mean", "measured_var", "relative_error")]
         if backward:
-            fields = ["grad_var"] + (["measured_grad_var"] if measured else [])
+            fields = ["grad_var"] + (["measured_grad_var", "grad_relative_error"] if measured
+                                     else [])
             cells += [_cell(number(t.get(f), f"{ref}/{f}"), True) for f in fields]
         if after is not None:
             a = after.tensors[i]
@@ -266,13 +274,16 @@ def document(content: ReportContent, png: bytes) -> str:
         parts.append(f"<h2>Tensors</h2>{tensors}")
     if content.layers:
         parts.append("<h2>Per-layer weight scales</h2><p>rms of the rescaled weight over rms "
-                     "of the original one.</p>" + _layer_scales(content))
+                     "of the original one.</p>"
+                     + _folded("Every layer", _layer_scales(content),
+                               len(content.layers) <= MAX_ROWS))
     for view in content.views:
         if view.backward:
             label = "" if view.key == "model" else " of the rescaled model"
             parts.append(f"<h2>Parameter gradients{label}</h2><p>Predicted variance of dL/dW, "
                          "the weight's rms and their update ratio (learning rate one).</p>"
-                         + _parameters(view))
+                         + _folded("Every parameter", _parameters(view),
+                                   len(view.analysis["parameters"]) <= MAX_ROWS))
     for view in content.views:
         warnings = view.analysis["warnings"]
         if warnings:

@@ -3,7 +3,8 @@
 One point per tensor in topological order (the x axis), its variance on a log scale: the
 predicted forward variance (a line along the main signal path, dots for the tensors beside it),
 the measured one with ``--measure``, the gradient variance dL/dx when the analysis has a backward
-part, the rescaled model's on the same axes with the per-layer weight scales in a panel below;
+part (in a panel below: gradients have a scale of their own), the rescaled model's on the same
+axes with the per-layer weight scales in a panel below;
 residual blocks shaded, the ``check`` thresholds dashed (when near the curves), the tensors
 ``analyze`` flags marked and the ones ``check`` raises a finding at crossed and named.
 
@@ -109,7 +110,7 @@ def _flags(ax, view: ModelView) -> None:
 
 def _plotted(content: ReportContent) -> np.ndarray:
     """Every value the variance axes show."""
-    fields = ("var", "measured_var", "grad_var", "measured_grad_var")
+    fields = ("var", "measured_var")
     values = [t.get(f) for view in content.views for t in view.tensors for f in fields]
     return _positive(np.zeros(len(values)), values)[1]
 
@@ -145,17 +146,30 @@ def _variance_axes(ax, content: ReportContent) -> None:
         if content.rescaled.measured:
             _markers(ax, content.rescaled, "measured_var", COLORS["rescaled measured"],
                      "rescaled: measured variance")
-    for view in content.views:
-        if view.backward:
-            prefix = "rescaled: " if view.key != model.key else ""
-            _curve(ax, view, "grad_var", COLORS["gradient"], f"{prefix}gradient variance dL/dx",
-                   style="--")
-            _markers(ax, view, "measured_grad_var", COLORS["gradient measured"],
-                     f"{prefix}measured gradient variance")
     _flags(ax, model)
     _thresholds(ax, content)
     ax.set_yscale("log")
     ax.set_ylabel("variance (log scale)")
+    ax.grid(True, which="major", axis="y", lw=0.4, alpha=0.5)
+    ax.legend(fontsize=7, ncol=2, loc="best", framealpha=0.85)
+
+
+def _gradient_axes(ax, content: ReportContent) -> None:
+    """The predicted (and measured) variance of dL/dx of every tensor, for each model with a
+    backward analysis: a panel of its own, gradients having a scale of their own."""
+    for view, colors in zip(content.views, (("gradient", "gradient measured"),
+                                            ("rescaled", "rescaled measured"))):
+        if not view.backward:
+            continue
+        prefix = "rescaled: " if view.key != content.model.key else ""
+        _curve(ax, view, "grad_var", COLORS[colors[0]], f"{prefix}gradient variance dL/dx",
+               style="--")
+        _markers(ax, view, "measured_grad_var", COLORS[colors[1]],
+                 f"{prefix}measured gradient variance")
+    for _, start, end in content.blocks:
+        ax.axvspan(start, end, color=COLORS["block"], lw=0, zorder=0)
+    ax.set_yscale("log")
+    ax.set_ylabel("gradient variance\n(log scale)")
     ax.grid(True, which="major", axis="y", lw=0.4, alpha=0.5)
     ax.legend(fontsize=7, ncol=2, loc="best", framealpha=0.85)
 
@@ -178,14 +192,17 @@ def _scale_axes(ax, content: ReportContent) -> None:
 def figure(content: ReportContent):
     """The matplotlib Figure of the variance by depth (and the layer scales)."""
     Figure, Canvas = require_matplotlib()
-    panels = 2 if content.layers else 1
-    fig = Figure(figsize=(11, 5.2 if panels == 1 else 7.2), layout="constrained")
+    panels = [(_variance_axes, 3.0)]
+    if any(view.backward for view in content.views):
+        panels.append((_gradient_axes, 1.8))
+    if content.layers:
+        panels.append((_scale_axes, 1.2))
+    fig = Figure(figsize=(11, 1.0 + 1.4 * sum(h for _, h in panels)), layout="constrained")
     Canvas(fig)
-    axes = fig.subplots(panels, 1, sharex=True, squeeze=False,
-                        height_ratios=[3, 1] if panels == 2 else None)[:, 0]
-    _variance_axes(axes[0], content)
-    if panels == 2:
-        _scale_axes(axes[1], content)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False,
+                        height_ratios=[h for _, h in panels])[:, 0]
+    for ax, (draw, _) in zip(axes, panels):
+        draw(ax, content)
     tensors = content.model.tensors
     bottom = axes[-1]
     if len(tensors) <= LABELLED_TICKS:

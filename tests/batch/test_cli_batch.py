@@ -20,7 +20,7 @@ from onnxinit import escape
 from onnxinit.batch import find_models, run_many
 from onnxinit.errors import InvalidOptionError
 
-from ..cli import run
+from ..cli import assert_one_line_error, run
 from ..models import mlp
 from .conftest import write_zoo
 from .faults import behave
@@ -32,12 +32,6 @@ REPO = Path(__file__).resolve().parents[2]
 def zoo_dir(tmp_path) -> Path:
     write_zoo(tmp_path / "zoo")
     return tmp_path / "zoo"
-
-
-def _one_line_error(code, out, err, *words):
-    assert code == 2 and out == "" and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("onnxinit: error:"), err
-    assert all(w in err for w in words), err
 
 
 def test_folders_and_patterns(tmp_path):
@@ -59,7 +53,7 @@ def test_folders_and_patterns(tmp_path):
 
 
 def test_an_empty_folder_is_an_error(tmp_path, capsys):
-    _one_line_error(*run(["check", tmp_path], capsys), "no .onnx file")
+    assert_one_line_error(*run(["check", tmp_path], capsys), "no .onnx file")
 
 
 def test_check_a_folder_exit_codes_and_order(zoo_dir, capsys):
@@ -124,13 +118,13 @@ def test_resume_from_the_command_line(zoo_dir, tmp_path, capsys):
 
 
 def test_option_errors_are_one_line(zoo_dir, tmp_path, capsys, monkeypatch):
-    _one_line_error(*run(["check", zoo_dir, "--resume"], capsys), "--jsonl")
-    _one_line_error(*run(["check", zoo_dir, "--jobs", "2", "--ray"], capsys), "--ray")
-    _one_line_error(*run(["check", "--ray", zoo_dir], capsys), "not a Ray address",
+    assert_one_line_error(*run(["check", zoo_dir, "--resume"], capsys), "--jsonl")
+    assert_one_line_error(*run(["check", zoo_dir, "--jobs", "2", "--ray"], capsys), "--ray")
+    assert_one_line_error(*run(["check", "--ray", zoo_dir], capsys), "not a Ray address",
                     "--ray=ADDRESS")
     monkeypatch.setitem(sys.modules, "ray", None)  # as when ray is not installed
-    _one_line_error(*run(["check", zoo_dir, "--ray"], capsys), "pip install 'onnxinit[ray]'")
-    _one_line_error(*run(["analyze", zoo_dir, "--ray=auto"], capsys), "onnxinit[ray]")
+    assert_one_line_error(*run(["check", zoo_dir, "--ray"], capsys), "pip install 'onnxinit[ray]'")
+    assert_one_line_error(*run(["analyze", zoo_dir, "--ray=auto"], capsys), "onnxinit[ray]")
     assert not list(tmp_path.glob("*.jsonl"))
 
 
@@ -175,7 +169,7 @@ def test_analyze_many(zoo_dir, capsys):
     # one model file: its analysis object, as ever, also when run in a worker
     code, out, _ = run(["analyze", models[0], "--json", "--timeout", "60"], capsys)
     assert code == 0 and json.loads(out) == document["models"][0]["analysis"]
-    _one_line_error(*run(["analyze", models[2], "--timeout", "60"], capsys), "bad.onnx")
+    assert_one_line_error(*run(["analyze", models[2], "--timeout", "60"], capsys), "bad.onnx")
 
 
 def _weights(path) -> dict[str, np.ndarray]:
@@ -200,9 +194,9 @@ def test_rescale_many(zoo_dir, tmp_path, capsys):
     assert all(np.array_equal(ours[k], reference[k]) for k in ours)
     code, out, err = run(["rescale", zoo_dir, "--dry-run"], capsys)
     assert code == 0 and out.count("dry run") == 4, out  # not the .autoinit.onnx files
-    _one_line_error(*run(["rescale", zoo_dir, "-o", tmp_path / "x.onnx"], capsys),
+    assert_one_line_error(*run(["rescale", zoo_dir, "-o", tmp_path / "x.onnx"], capsys),
                     "-o/--output", "one MODEL")
-    _one_line_error(*run(["rescale", zoo_dir, "--report", tmp_path / "r.json"], capsys),
+    assert_one_line_error(*run(["rescale", zoo_dir, "--report", tmp_path / "r.json"], capsys),
                     "--report")
 
 

@@ -34,11 +34,13 @@ def _json(args, capsys) -> dict:
 
 def documents(model: Path, capsys, rescaled: Path | None = None, extra=()) -> dict:
     """The documents the command line prints on its own, keyed as the page's refs name them."""
+    shared = [a for a in extra if a != "--measure"]  # what check takes of analyze's options
     docs = {"model": _json(["analyze", model, "--json", *extra], capsys),
-            "model.check": _json(["check", model, "--format", "json"], capsys)["models"][0]}
+            "model.check": _json(["check", model, "--format", "json", *shared],
+                                 capsys)["models"][0]}
     if rescaled is not None:
         docs["rescaled"] = _json(["analyze", rescaled, "--json", *extra], capsys)
-        docs["rescaled.check"] = _json(["check", rescaled, "--format", "json"],
+        docs["rescaled.check"] = _json(["check", rescaled, "--format", "json", *shared],
                                        capsys)["models"][0]
         record = {p.key: p.value for p in onnx.load(str(rescaled)).metadata_props}
         docs["plan"] = json.loads(record["onnxinit.plan"])
@@ -209,3 +211,16 @@ def test_the_page_check_fails_on_a_wrong_or_unchecked_number(broken, tmp_path, c
         html = html.replace("<h2>Tensors</h2>", "<h2>Tensors (12)</h2>")
     with pytest.raises(AssertionError):
         check_page(html, docs)
+
+
+def test_a_token_id_model_has_no_ratio_to_its_input(tmp_path, capsys):
+    """Token ids have no variance to compare with: the summary gives the output's variance
+    alone, as ``analyze``'s does."""
+    from tests.test_cli_readme import _bert_like
+
+    model = tmp_path / "bert.onnx"
+    _bert_like(model)
+    extra = ["--input-shape", "input_ids:2x8"]
+    html = _report([model, *extra], capsys, tmp_path / "r.html")
+    check_page(html, documents(model, capsys, extra=extra))
+    assert "x the input" not in html and "predicted variance" in html

@@ -10,17 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cli import run
+from tests.cli import assert_one_line_error, run
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 MODEL = SAMPLES / "resnet20_nobn.onnx"
 
 
 def _one_line_error(result, text: str) -> None:
-    code, out, err = result
-    assert code == 2 and out == "", (code, out, err)
-    assert len(err.strip().splitlines()) == 1 and err.startswith("onnxinit: error:"), err
-    assert text in err, err
+    assert_one_line_error(*result, text)
 
 
 def test_plot_png_is_the_figure(tmp_path, capsys):
