@@ -58,11 +58,13 @@ check_model.error_status = UNREADABLE
 
 def analyze_model(path: str, options: dict) -> dict:
     """``analyze`` of one model; options: input_shapes, batch_size, stats, measure, seed,
-    device."""
+    device, backward, loss."""
     result = analyze(path, input_shapes=_shapes(options),
                      batch_size=options.get("batch_size", 32), stats=_stats(options),
                      measure=options.get("measure", False), seed=options.get("seed", 0),
-                     device=options.get("device") or "auto")
+                     device=options.get("device") or "auto",
+                     backward=options.get("backward", False),
+                     loss=options.get("loss") or "cross_entropy")
     text = analysis_table(result) + "\n\n" + analysis_summary(result)
     return {"analysis": result.to_dict(), "text": text}
 

@@ -41,6 +41,12 @@ def _document(results: list[Result]) -> dict:
 @click.option("--measure", is_flag=True,
               help="Also run the model in onnxruntime on seeded Gaussian inputs and show the "
                    "measured moments next to the predicted ones.")
+@click.option("--backward", is_flag=True,
+              help="Also predict the gradient of every tensor and parameter at initialization "
+                   "(with --measure: measured with onnxinit's autodiff too).")
+@click.option("--loss", type=click.Choice(["cross_entropy", "mse", "unit"]), default=None,
+              help="The loss --backward puts on the first output (default: cross_entropy with "
+                   "uniformly drawn labels).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="Where --measure runs (default: auto, the GPU when onnxruntime-gpu can use "
@@ -48,7 +54,8 @@ def _document(results: list[Result]) -> dict:
 @seed_option
 @batch_options
 @logging_options
-def analyze(models, input_shapes, batch_size, stats, measure, as_json, device, seed, batch):
+def analyze(models, input_shapes, batch_size, stats, measure, backward, loss, as_json, device,
+            seed, batch):
     """Predict the mean and variance of every float tensor of MODEL at initialization.
 
     Several models, folders (every *.onnx under them) and patterns are analysed in the order
@@ -59,18 +66,22 @@ def analyze(models, input_shapes, batch_size, stats, measure, as_json, device, s
     Examples:
       onnxinit analyze model.onnx
       onnxinit analyze model.onnx --measure --batch-size 64
+      onnxinit analyze model.onnx --backward --measure --batch-size 16
       onnxinit analyze bert.onnx --input-shape input_ids:8x128 --json > moments.json
       onnxinit analyze model.onnx --stats x:0.5,0.25
       onnxinit analyze models/ --jobs 2 --json > all.json
     """
     if device is not None and not measure:
         raise InvalidOptionError("--device says where --measure runs; add --measure or drop it")
+    if loss is not None and not backward:
+        raise InvalidOptionError("--loss is the loss of --backward; add --backward or drop it")
     paths = find_models(models)
     shapes_for, stats_for = specs_per_model(paths, input_shapes, stats)
 
     def options_for(model: str) -> dict:
         return {"batch_size": batch_size, "input_shapes": shapes_for(model),
-                "stats": stats_for(model), "measure": measure, "seed": seed, "device": device}
+                "stats": stats_for(model), "measure": measure, "seed": seed, "device": device,
+                "backward": backward, "loss": loss}
 
     if one_file(list(models)):
         result = run_models(paths, analyze_model, options_for, "analyze", batch)[0]

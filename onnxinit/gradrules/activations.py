@@ -1,0 +1,155 @@
+"""Backward rules of element-wise functions ``y = f(x)``: ``dx = dy f'(x)``.
+
+With dy independent of x (the usual assumption at initialization), per channel::
+
+    E[dx]   = E[dy] E[f'(x)]
+    Var[dx] = E[dy^2] E[f'(x)^2] - E[dx]^2
+
+E[f'] and E[f'^2] are integrals over x's forward distribution (its Gaussian source and chain
+of element-wise functions, :mod:`onnxinit.rules.elementwise`), f' by central differences of
+the op's own numpy function. A sample's spatial mean (``sample_var``, S positions, f' taken as
+independent between positions, ``p1 = E[f']``, ``p2 = E[f'^2]``)::
+
+    u' = (u + m^2) (p1^2 + (p2 - p1^2) / S) - m^2 p1^2 + (Var[dy] - u) (p2 - p1^2) / S
+
+The same rule serves every op whose forward rule is element-wise (the unary activations, and
+Add/Sub/Mul/Div/Pow with a constant operand, whose constant gets its own gradient in
+:mod:`.arithmetic`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..moments import Moments
+from ..rules import activations as forward_activations  # noqa: F401 - fills UNARY
+from ..rules.context import RuleError
+from ..rules.elementwise import UNARY, base_source, is_smooth, node_function, rank_of
+from ..rules.gaussian import compose, expand, gaussian_moments
+from .context import GradContext
+from .gradient import Gradient
+from .registry import rule
+
+STEP = 1e-4
+
+
+def derivative(fn: Callable) -> Callable:
+    """f' by central differences with a step relative to |x|."""
+
+    def df(x):
+        h = STEP * np.maximum(1.0, np.abs(x))
+        return (fn(x + h) - fn(x - h)) / (2.0 * h)
+
+    return df
+
+
+def derivative_moments(fn: Callable, x: Moments, rank: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(E[f'(x)], E[f'(x)^2]) over x's forward distribution, per tracked index."""
+    src = base_source(x, rank)
+    inner = compose(src.chain)
+    df = derivative(fn)
+    smooth = is_smooth(src.chain)
+    mean, var = gaussian_moments(lambda z: df(inner(z)), src.mean, src.var, smooth=smooth,
+                                 rank=rank)
+    return mean, var + mean**2
+
+
+SELECTION_SAMPLES = 4096
+
+
+def window_maxima(k: int, r: float, seed: int = 0) -> np.ndarray:
+    """Samples of the maximum of k standard normals with pairwise correlation r (seeded)."""
+    rng = np.random.default_rng([seed, k, int(r * 1e6)])
+    common = rng.standard_normal((SELECTION_SAMPLES, 1))
+    own = rng.standard_normal((SELECTION_SAMPLES, k))
+    return (np.sqrt(r) * common + np.sqrt(1.0 - r) * own).max(axis=1)
+
+
+def selected_derivative_moments(fn: Callable, x: Moments, rank: int | None, k: int, r: float):
+    """(E[f'(M)], E[f'(M)^2]) with M the element of a window of k that is the window's maximum
+    (x's source Gaussian, its chain taken as increasing: the argmax of x is that of z)."""
+    src = base_source(x, rank)
+    inner = compose(src.chain)
+    df = derivative(fn)
+    mean, std = expand(src.mean, rank), np.sqrt(expand(src.var, rank))
+    z = window_maxima(k, r)
+    with np.errstate(all="ignore"):
+        d = df(inner(mean[..., None] + std[..., None] * z))
+    d = np.nan_to_num(d)
+    return d.mean(axis=-1), (d * d).mean(axis=-1)
+
+
+def positions_of(ctx: GradContext) -> int:
+    shape = ctx.out_shape()
+    return int(np.prod(shape[2:])) if len(shape) > 2 else 1
+
+
+def times_independent(g: Gradient, p1, p2, positions: int) -> Gradient:
+    """``dy * a`` for a factor ``a`` independent of dy with E[a] = p1, E[a^2] = p2 per tracked
+    index (see the module docstring)."""
+    rank = max(g.rank, np.ndim(p1), np.ndim(p2))
+    g = g.expand_rank(rank)
+    p1, p2 = expand(p1, rank), expand(p2, rank)
+    m, v = g.mean, g.var
+    mean = m * p1
+    var = (v + m * m) * p2 - mean**2
+    sample_var = None
+    if g.sample_var is not None:
+        u = np.minimum(g.sample_var, v)
+        spread = np.maximum(p2 - p1 * p1, 0.0) / positions
+        sample_var = (u + m * m) * (p1 * p1 + spread) - m * m * p1 * p1 + (v - u) * spread
+        sample_var = _per_channel_like(sample_var, g.sample_var)
+    return Gradient(mean, var, sample_var, g.profile, None, g.selected)
+
+
+def _per_channel_like(a: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``a`` reduced to the shape of ``like`` (a factor may track axes sample_var does not)."""
+    if a.shape == like.shape or like.ndim != a.ndim:
+        return a
+    axes = tuple(i for i, (n, k) in enumerate(zip(a.shape, like.shape)) if k == 1 and n > 1)
+    return a.mean(axis=axes, keepdims=True) if axes else a
+
+
+def through_function(g: Gradient, fn: Callable, x: Moments, ctx: GradContext) -> Gradient:
+    rank = rank_of(ctx)
+    if g.selected is not None:
+        p1, p2 = selected_derivative_moments(fn, x, rank, *g.selected)
+    else:
+        p1, p2 = derivative_moments(fn, x, rank)
+    return times_independent(g, p1, p2, positions_of(ctx))
+
+
+def elementwise_backward(grads, ctx: GradContext):
+    """dx = dy f'(x) for the node's element-wise function (see the module docstring)."""
+    found = node_function(ctx)
+    if found is None or found[0] is None:
+        raise RuleError(f"{ctx.node.op_type} is not element-wise here")
+    f, which = found
+    out = [None] * len(ctx.node.input)
+    out[which] = through_function(grads[0], f.fn, ctx.x(which), ctx)
+    return out
+
+
+for _op in sorted(set(UNARY) - {"Identity", "Dropout", "Cast", "CastLike"}):
+    rule(_op)(elementwise_backward)
+
+
+@rule("Identity", "Cast", "CastLike")
+def identity(grads, ctx: GradContext):
+    """dx = dy."""
+    return [grads[0]] + [None] * (len(ctx.node.input) - 1)
+
+
+@rule("Dropout")
+def dropout(grads, ctx: GradContext):
+    """Dropout at analysis time is the identity (or a fixed mask scaled by 1/(1-ratio):
+    ``E[dx^2] = E[dy^2] / (1 - ratio)``)."""
+    if not ctx.settings.dropout:
+        return [grads[0]] + [None] * (len(ctx.node.input) - 1)
+    ratio = ctx.const(1)
+    ratio = float(ctx.attr("ratio", 0.5) if ratio is None else ratio)
+    keep = 1.0 - ratio
+    return [times_independent(grads[0], 1.0, 1.0 / keep, positions_of(ctx))] + [None] * (
+        len(ctx.node.input) - 1)
