@@ -24,6 +24,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -82,6 +83,22 @@ def _child(job: Job, conn) -> None:
     conn.close()
 
 
+@contextmanager
+def _sigint_deferred():
+    """Hold Ctrl-C back while a process starts and is recorded: an interrupt inside
+    ``Process.start()`` would leave a started process that the cleanup does not know of (the
+    run then waits on it). The held signal is delivered when the block ends."""
+    block = getattr(signal, "pthread_sigmask", None)  # not on Windows
+    if block is None:
+        yield
+        return
+    previous = block(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        block(signal.SIG_SETMASK, previous)
+
+
 @dataclass
 class _Running:
     process: object
@@ -122,12 +139,13 @@ def run_local(jobs: list[Job], workers: int, timeout: float | None = None,
         while queue or running:
             while queue and len(running) < workers:
                 job, attempt = queue.popleft()
-                reader, writer = context.Pipe(duplex=False)
-                process = context.Process(target=_child, args=(job, writer), daemon=True,
-                                          name=f"onnxinit-{job.index}")
-                process.start()
-                writer.close()
-                running[reader] = _Running(process, job, attempt, time.monotonic())
+                with _sigint_deferred():
+                    reader, writer = context.Pipe(duplex=False)
+                    process = context.Process(target=_child, args=(job, writer), daemon=True,
+                                              name=f"onnxinit-{job.index}")
+                    process.start()
+                    writer.close()
+                    running[reader] = _Running(process, job, attempt, time.monotonic())
             limit = None
             if timeout is not None:
                 first = min(r.started for r in running.values())

@@ -163,6 +163,38 @@ def test_ctrl_c_kills_the_worker_processes(zoo, tmp_path):
     assert not multiprocessing.active_children()
 
 
+class _InterruptedAfterStart(multiprocessing.get_context("forkserver").Process):
+    """A worker process whose start is followed at once by Ctrl-C (pickled by name, so at
+    module level)."""
+
+    def start(self):
+        super().start()
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_while_a_worker_starts_leaves_no_process(zoo, monkeypatch):
+    """An interrupt that lands just after a worker started, before the engine recorded it: the
+    engine still knows the process and kills it."""
+    from onnxinit.batch import local
+
+    context = local._context()
+
+    class Context:
+        Process = _InterruptedAfterStart
+
+        def __getattr__(self, name):
+            return getattr(context, name)
+
+    monkeypatch.setattr(local, "_context", Context)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            list(run_many(zoo, behave, {"hang": _names(zoo)}, jobs=2))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not multiprocessing.active_children()
+
+
 def test_the_command_line_on_ray(ray_instance, tmp_path, capsys):
     """``check FOLDER --ray`` in a process already connected to Ray submits there (and leaves
     the connection open): the same output and exit code as in this process, then resume."""
