@@ -29,7 +29,7 @@ from ..rules.context import RuleError
 from ..rules.elementwise import UNARY, base_source, is_smooth, node_function, rank_of
 from ..rules.gaussian import compose, expand, gaussian_moments
 from .context import GradContext
-from .gradient import Gradient
+from .gradient import Gradient, last_axis
 from .registry import rule
 
 STEP = 1e-4
@@ -95,13 +95,29 @@ def times_independent(g: Gradient, p1, p2, positions: int) -> Gradient:
     m, v = g.mean, g.var
     mean = m * p1
     var = (v + m * m) * p2 - mean**2
+    cov = _feature_cov(g, p1, p2, mean, var)
     sample_var = None
     if g.sample_var is not None:
         u = np.minimum(g.sample_var, v)
         spread = np.maximum(p2 - p1 * p1, 0.0) / positions
         sample_var = (u + m * m) * (p1 * p1 + spread) - m * m * p1 * p1 + (v - u) * spread
         sample_var = _per_channel_like(sample_var, g.sample_var)
-    return Gradient(mean, var, sample_var, g.profile, None, g.selected)
+    return Gradient(mean, var, sample_var, g.profile, cov, g.selected)
+
+
+def _feature_cov(g: Gradient, p1, p2, mean, var) -> np.ndarray | None:
+    """``E[dx_j dx_k] = E[dy_j dy_k] E[a_j] E[a_k]`` off the diagonal (factors independent
+    across features), the variance on it."""
+    if g.cov is None:
+        return None
+    n = g.cov.shape[0]
+    f1, m = last_axis(p1, n), last_axis(g.mean, n)
+    m_out, v_out = last_axis(mean, n), last_axis(var, n)
+    if f1 is None or m is None or m_out is None or v_out is None:
+        return None
+    cov = (g.cov + np.outer(m, m)) * np.outer(f1, f1) - np.outer(m_out, m_out)
+    cov[np.diag_indices(n)] = v_out
+    return cov
 
 
 def _per_channel_like(a: np.ndarray, like: np.ndarray) -> np.ndarray:

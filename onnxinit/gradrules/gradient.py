@@ -12,8 +12,10 @@ statistics of normalization layers and the weight gradients need:
   positions give ``var / S``. Absent: ``var / S``.
 - ``profile`` (convolution layout): the second moment at each position over the map's average,
   ``[*S]`` with mean 1 (a zero-padded convolution sends fewer taps back to the border).
-- ``cov`` (``[F, F]``, the last axis): the covariance across features of one sample, where a
-  rule knows it (the softmax cross-entropy head: the gradients of one row sum to zero).
+- ``cov`` (``[F, F]``, the last axis, F <= MAX_COV): the covariance across features of one
+  sample (the softmax cross-entropy head: the gradients of one row sum to zero; a linear layer
+  maps it to ``W Cov W^T``). Through a deep stack of narrow layers the off-diagonal terms
+  matter: the diagonal alone is the average over random weights, not these weights.
 - ``selected`` (``(k, r)``): the gradient is non-zero only at the maxima of windows of k
   values of the forward tensor, correlated r with each other (a MaxPool sends each output's
   gradient to its window's argmax). An element-wise function before it sees its derivative at
@@ -25,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+
+MAX_COV = 1024
 
 
 def _array(value) -> np.ndarray:
@@ -160,6 +164,11 @@ def add(parts: list[Gradient]) -> Gradient:
         except ValueError:
             sample_var = None
     profile = None
+    cov = None
+    if any(p.cov is not None for p in parts):
+        covs = [p.cov if p.cov is not None else feature_cov(p) for p in parts]
+        if all(c is not None and c.shape == covs[0].shape for c in covs):
+            cov = sum(covs)
     profiles = [p.profile for p in parts if p.profile is not None]
     if profiles and all(p.profile is None or p.profile.shape == profiles[0].shape
                         for p in parts):
@@ -167,4 +176,26 @@ def add(parts: list[Gradient]) -> Gradient:
         ones = np.ones_like(profiles[0])
         profile = sum(w * (p.profile if p.profile is not None else ones)
                       for w, p in zip(weights, parts)) / max(sum(weights), 1e-300)
-    return Gradient(mean, var, sample_var, profile)
+    return Gradient(mean, var, sample_var, profile, cov)
+
+
+def feature_cov(g: Gradient) -> np.ndarray | None:
+    """The covariance across the last axis: ``g.cov``, or the diagonal of the variances when
+    they vary along the last axis only; None when the statistics do not allow it."""
+    if g.cov is not None:
+        return g.cov
+    var = np.asarray(g.var)
+    if var.ndim == 0 or any(n > 1 for n in var.shape[:-1]) or var.shape[-1] > MAX_COV:
+        return None
+    return np.diag(var.reshape(-1))
+
+
+def last_axis(a, size: int) -> np.ndarray | None:
+    """``a`` as a vector along the last axis (a scalar repeated); None when it varies along
+    another axis."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.size == 1:
+        return np.full(size, float(a.reshape(())))
+    if any(n > 1 for n in a.shape[:-1]) or a.shape[-1] != size:
+        return None
+    return a.reshape(-1)

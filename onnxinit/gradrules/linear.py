@@ -3,7 +3,10 @@
 For ``y_j = sum_i W_ji x_i + b_j`` the input gradient is ``dx_i = sum_j W_ji dy_j``:
 
     E[dx_i]   = sum_j W_ji E[dy_j]
-    Var[dx_i] = sum_j W_ji^2 Var[dy_j]         (sum_jl W_ji W_li Cov(dy_j, dy_l) with ``cov``)
+    Var[dx_i] = sum_j W_ji^2 Var[dy_j]
+
+or with the covariance across features (``Gradient.cov``, kept up to MAX_COV features)
+``Cov[dx] = W^T Cov[dy] W``.
 
 with the actual weights. The weight gradient sums over the R rows (samples, positions) a layer
 is applied to, ``dW_ji = sum_r x_ri dy_rj``; with rows independent of each other and x
@@ -31,7 +34,7 @@ from ..rules.context import RuleError
 from ..rules.linear import _pads
 from .context import GradContext
 from .attention import matmul_activations
-from .gradient import Gradient, along
+from .gradient import MAX_COV, Gradient, along, feature_cov
 from .registry import rule
 from .windows import tap_counts, tap_maps
 
@@ -39,13 +42,15 @@ from .windows import tap_counts, tap_maps
 def dense_input(g: Gradient, w: np.ndarray, rank: int) -> Gradient:
     """dx = dy W^T for ``w`` [in, out] along the last axis."""
     n_in, n_out = w.shape
-    m, v = g.expand_rank(rank).values_along(rank - 1, n_out)
+    g = g.expand_rank(rank)
+    m, v = g.values_along(rank - 1, n_out)
     mean = w @ m
-    if g.cov is not None and g.cov.shape == (n_out, n_out):
-        var = np.einsum("ij,jk,ik->i", w, g.cov, w)
-    else:
-        var = (w * w) @ v
-    return along(mean, var, rank - 1, rank)
+    cov = feature_cov(g) if max(n_in, n_out) <= MAX_COV else None
+    if cov is not None and cov.shape == (n_out, n_out):
+        cov = (w @ cov) @ w.T
+        out = along(mean, np.diag(cov).copy(), rank - 1, rank)
+        return Gradient(out.mean, out.var, cov=cov)
+    return along(mean, (w * w) @ v, rank - 1, rank)
 
 
 def dense_weight(x_second: float, x_mean_sq: float, g: Gradient, rows: int, rank: int,
