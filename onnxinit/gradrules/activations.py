@@ -20,6 +20,7 @@ Add/Sub/Mul/Div/Pow with a constant operand, whose constant gets its own gradien
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from ..rules.context import RuleError
 from ..rules.elementwise import UNARY, base_source, is_smooth, node_function, rank_of
 from ..rules.gaussian import compose, expand, gaussian_moments
 from .context import GradContext
-from .gradient import Gradient, last_axis
+from .gradient import Gate, Gradient, last_axis
 from .registry import rule
 
 STEP = 1e-4
@@ -128,13 +129,58 @@ def _per_channel_like(a: np.ndarray, like: np.ndarray) -> np.ndarray:
     return a.mean(axis=axes, keepdims=True) if axes else a
 
 
+def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Midpoints of n equal cells over [-7, 7] with standard-normal weights (summing to 1):
+    a rule that converges for step functions (a ReLU's derivative) where Gauss-Hermite does
+    not."""
+    edges = np.linspace(-7.0, 7.0, n + 1)
+    nodes = (edges[:-1] + edges[1:]) / 2
+    weights = np.exp(-nodes**2 / 2)
+    return nodes, weights / weights.sum()
+
+
+_Z_NODES, _Z_WEIGHTS = _grid(192)
+_B_NODES, _B_WEIGHTS = _grid(48)
+
+
+def gated_derivative_moments(fn: Callable, x: Moments, rank: int | None, gate: Gate):
+    """(E[f'(x) h'(f(x) + b)] / E[h'], E[f'(x)^2 h'(f(x) + b)^2] / E[h'^2]) with h the gate's
+    function and b its independent Gaussian: the derivative moments where the gradient is
+    (a residual ReLU's input is positive more often where the skip's ReLU was active)."""
+    src = base_source(x, rank)
+    inner = compose(src.chain)
+    df, dh = derivative(fn), derivative(gate.fn)
+    b_mean, b_std = expand(gate.mean, rank), np.sqrt(expand(gate.var, rank))
+
+    shape = np.broadcast_shapes(np.shape(expand(src.mean, rank)), np.shape(b_mean))
+    axis = (-1,) + (1,) * len(shape)
+    z = expand(src.mean, rank) + np.sqrt(expand(src.var, rank)) * _Z_NODES.reshape(axis)
+    w = _Z_WEIGHTS.reshape(axis)
+    with np.errstate(all="ignore"):
+        x_values = inner(z)
+        t = fn(x_values)[..., None] + b_mean[..., None] + b_std[..., None] * _B_NODES
+        d = dh(t)
+        h1 = np.nan_to_num((d * _B_WEIGHTS).sum(axis=-1))
+        h2 = np.nan_to_num((d * d * _B_WEIGHTS).sum(axis=-1))
+        f1 = np.nan_to_num(df(x_values))
+    e_h1, e_h2 = (w * h1).sum(axis=0), (w * h2).sum(axis=0)
+    j1, j2 = (w * h1 * f1).sum(axis=0), (w * h2 * f1 * f1).sum(axis=0)
+    with np.errstate(all="ignore"):
+        return (np.where(e_h1 > 0, j1 / e_h1, 0.0), np.where(e_h2 > 0, j2 / e_h2, 0.0))
+
+
 def through_function(g: Gradient, fn: Callable, x: Moments, ctx: GradContext) -> Gradient:
     rank = rank_of(ctx)
     if g.selected is not None:
         p1, p2 = selected_derivative_moments(fn, x, rank, *g.selected)
     else:
         p1, p2 = derivative_moments(fn, x, rank)
-    return times_independent(g, p1, p2, positions_of(ctx))
+    if g.gate is not None and g.gate.mean is not None:
+        q1, q2 = gated_derivative_moments(fn, x, rank, g.gate)
+        share = g.gate.share
+        p1, p2 = (1 - share) * p1 + share * q1, (1 - share) * p2 + share * q2
+    out = times_independent(g, p1, p2, positions_of(ctx))
+    return replace(out, gate=Gate(fn))
 
 
 def elementwise_backward(grads, ctx: GradContext):

@@ -18,6 +18,8 @@ through ``sample_var`` (``Var[sum_s dy] = S^2 u``).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..moments import Moments
@@ -27,7 +29,7 @@ from ..rules.fusion import common_ancestor, fused_function
 from ..rules.gaussian import compose, gaussian_moments
 from .activations import derivative, positions_of, through_function, times_independent
 from .context import GradContext
-from .gradient import Gradient
+from .gradient import Gate, Gradient
 from .registry import rule
 
 
@@ -93,6 +95,15 @@ def _fused(grads, ctx: GradContext):
     return [None] * len(ctx.node.input)
 
 
+def gated(g: Gradient, ctx: GradContext, other: int) -> Gradient:
+    """dy for one operand of ``a + b``: when dy is an activation's ``f'(a + b)`` times what
+    reached it, the operand's gradient carries the gate with the other operand's moments."""
+    if g.gate is None or g.gate.mean is not None:
+        return Gradient(g.mean, g.var, g.sample_var, g.profile, g.cov)
+    b = ctx.x(other)
+    return replace(g, gate=Gate(g.gate.fn, b.mean, b.var, g.gate.share))
+
+
 def _inverse_moments(b: Moments, power: int, rank) -> tuple[np.ndarray, np.ndarray]:
     """(E[b^-power], E[b^-2 power]) over b's forward distribution."""
     src = base_source(b, rank)
@@ -124,9 +135,11 @@ def binary(grads, ctx: GradContext):
     op = ctx.node.op_type
     a_shape, b_shape = ctx.in_shape(0), ctx.in_shape(1)
     s = positions_of(ctx)
-    if op in ("Add", "Sub"):
-        return [reduce_to(g, out_shape, a_shape),
-                reduce_to(g if op == "Add" else g.scaled(-1.0), out_shape, b_shape)]
+    if op == "Add":
+        return [reduce_to(gated(g, ctx, 1), out_shape, a_shape),
+                reduce_to(gated(g, ctx, 0), out_shape, b_shape)]
+    if op == "Sub":
+        return [reduce_to(g, out_shape, a_shape), reduce_to(g.scaled(-1.0), out_shape, b_shape)]
     a, b = ctx.x(0), ctx.x(1)
     if op == "Mul":
         da = times_independent(g, b.mean, b.var + b.mean**2, s)

@@ -20,11 +20,16 @@ statistics of normalization layers and the weight gradients need:
   values of the forward tensor, correlated r with each other (a MaxPool sends each output's
   gradient to its window's argmax). An element-wise function before it sees its derivative at
   the window maxima, not at a typical element. Kept only through element-wise rules.
+- ``gate`` (:class:`Gate`): a share of the gradient is scaled by ``f'(a + b)``, where a is the
+  tensor itself and b the other operand of the Add it feeds (a residual skip ``relu(a + b)``).
+  An activation that produced a sees whether its own derivative and f'(a + b) are non-zero
+  together: a ReLU's positive outputs make the next ReLU's input positive more often.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,6 +41,18 @@ def _array(value) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
+class Gate:
+    """The gradient's share ``share`` of its second moment is scaled by ``fn'(a + b)``, a the
+    tensor, b independent Gaussian with ``mean``/``var`` (None: b = 0, the gradient of the
+    input of ``fn`` itself)."""
+
+    fn: Callable = field(repr=False)
+    mean: np.ndarray | None = None
+    var: np.ndarray | None = None
+    share: float = 1.0
+
+
+@dataclass(frozen=True, eq=False)
 class Gradient:
     mean: np.ndarray
     var: np.ndarray
@@ -43,6 +60,7 @@ class Gradient:
     profile: np.ndarray | None = None
     cov: np.ndarray | None = None
     selected: tuple[int, float] | None = None
+    gate: Gate | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mean", _array(self.mean))
@@ -176,7 +194,19 @@ def add(parts: list[Gradient]) -> Gradient:
         ones = np.ones_like(profiles[0])
         profile = sum(w * (p.profile if p.profile is not None else ones)
                       for w, p in zip(weights, parts)) / max(sum(weights), 1e-300)
-    return Gradient(mean, var, sample_var, profile, cov)
+    return Gradient(mean, var, sample_var, profile, cov, None, _gate(parts))
+
+
+def _gate(parts: list[Gradient]) -> Gate | None:
+    """The one gate among the parts, its share diluted by the ungated parts."""
+    gates = {id(p.gate): p.gate for p in parts if p.gate is not None}
+    if len(gates) != 1:
+        return None
+    gate = next(iter(gates.values()))
+    seconds = [float(np.mean(p.second_moment())) for p in parts]
+    gated = sum(s * p.gate.share for s, p in zip(seconds, parts) if p.gate is not None)
+    total = sum(seconds)
+    return replace(gate, share=gated / total) if total > 0 else None
 
 
 def feature_cov(g: Gradient) -> np.ndarray | None:

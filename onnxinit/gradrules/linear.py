@@ -128,6 +128,24 @@ def conv_geometry(ctx: GradContext, kernel):
     return x_shape, y_shape, strides, dilations, begins
 
 
+def shared_part(tap_sum: np.ndarray, reach: np.ndarray, u: np.ndarray, v: np.ndarray,
+                s_out: int) -> np.ndarray:
+    """``[C_in, S_in]``: what the covariance of dy between the positions of one sample adds to
+    Var[dx]. With ``c_o = (S u_o - v_o) / (S - 1)`` the covariance of two positions (u the
+    variance of a sample's spatial mean), input p receiving taps V(p):
+    ``sum_o c_o ((sum_{t in V(p)} W_oct)^2 - sum_{t in V(p)} W_oct^2)`` (zero on average over
+    random weights, not for these weights)."""
+    if s_out <= 1 or tap_sum.shape[1] == 1:
+        return np.zeros((tap_sum.shape[0], reach.shape[1]))
+    shared = np.maximum((s_out * u - v) / (s_out - 1), 0.0)  # [C_out]
+    patterns, where = np.unique(reach > 0, axis=1, return_inverse=True)  # [T, P], [S_in]
+    patterns = patterns.astype(np.float64)
+    sums = np.einsum("cto,tp->cpo", tap_sum, patterns)
+    squares = np.einsum("cto,tp->cpo", tap_sum**2, patterns)
+    extra = (sums**2 - squares) @ shared  # [C_in, P]
+    return extra[:, where.reshape(-1)]
+
+
 def spread(tap_energy: np.ndarray, tap_sum: np.ndarray, g: Gradient, ctx: GradContext, kernel,
            mean_taps: np.ndarray) -> Gradient:
     """The input gradient of a window op from per-(input channel, tap) sums over output
@@ -141,10 +159,12 @@ def spread(tap_energy: np.ndarray, tap_sum: np.ndarray, g: Gradient, ctx: GradCo
     maps = tap_maps(profile, x_shape[2:], kernel, strides, dilations, begins)  # [T, *S_in]
     var_map = tap_energy @ maps.reshape(maps.shape[0], -1)  # [C_in, S_in]
     reach = tap_maps(np.ones(y_shape[2:]), x_shape[2:], kernel, strides, dilations, begins)
-    mean_map = mean_taps @ reach.reshape(reach.shape[0], -1)
+    reach = reach.reshape(reach.shape[0], -1)
+    mean_map = mean_taps @ reach
     counts = tap_counts(x_shape[2:], y_shape[2:], kernel, strides, dilations, begins)  # [T]
     m_out, v_out = g.channels(rank, c_out)
     u_out = np.minimum(g.channel_sample_var(rank, c_out, s_out), v_out)
+    var_map = var_map + shared_part(tap_sum, reach, u_out, v_out, s_out)
     coherent = np.einsum("cto,t->co", tap_sum, counts) ** 2 @ u_out
     spread_part = np.einsum("cto,t->co", tap_sum**2, counts) @ (v_out - u_out)
     sample_var = (coherent + spread_part) / s_in**2

@@ -24,3 +24,8 @@ def test_batch_norm_on_a_1x1_map_removes_the_batch_mean_and_x_hat_components():
     that ignores the batch statistics is 33% high."""
     found = ratios(_conv_bn_relu(1, np.random.default_rng(0)), batch_size=8, batches=16)
     assert_within(found, 0.15)
+def test_batch_norm_on_a_4x4_map():
+    """A gradient broadcast by the global pool is the same at every position of a sample:
+    the batch mean removes 1/N of it, not 1/(N S)."""
+    found = ratios(_conv_bn_relu(4, np.random.default_rng(1)), batch_size=8, batches=16)
+    assert_within(found, 0.15)
