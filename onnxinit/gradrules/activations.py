@@ -29,6 +29,8 @@ from ..rules import activations as forward_activations  # noqa: F401 - fills UNA
 from ..rules.context import RuleError
 from ..rules.elementwise import UNARY, base_source, is_smooth, node_function, rank_of
 from ..rules.gaussian import compose, expand, gaussian_moments
+from ..rules.mixture import components
+from ..spatial import class_weights
 from .context import GradContext
 from .gradient import Gate, Gradient, last_axis
 from .registry import rule
@@ -46,11 +48,46 @@ def derivative(fn: Callable) -> Callable:
     return df
 
 
+def mixture_of(x: Moments, rank: int | None):
+    """x's Gaussian mixture components (w, m, v) with a leading component axis when the forward
+    pass describes x as one (a ReLU output plus a Gaussian: a residual sum), else None."""
+    if rank is None:
+        return None
+    if x.spatial is not None and x.spatial.cells.mixture is not None and rank > 2:
+        return _cell_mixture(x.spatial, rank)
+    if x.source is not None or x.mixture is None:
+        return None
+    return components(x, rank)
+
+
+def _cell_mixture(sp, rank: int):
+    """The components of the position classes merged per component index (weights summed,
+    means and variances matched over the classes, each weighted by its share of the
+    positions): per channel ``[K, 1, C, 1, ...]``."""
+    w, m, v = components(sp.cells, rank)
+    shape = np.broadcast_shapes(w.shape, m.shape, v.shape)
+    w, m, v = (np.broadcast_to(a, shape) for a in (w, m, v))
+    cells = class_weights(sp.maps)
+    weight = w * cells.reshape((1, 1, 1) + cells.shape)
+    axes = tuple(range(3, len(shape)))
+    total = weight.sum(axis=axes, keepdims=True)
+    safe = np.where(total > 0, total, 1.0)
+    mean = (weight * m).sum(axis=axes, keepdims=True) / safe
+    var = (weight * (v + m * m)).sum(axis=axes, keepdims=True) / safe - mean**2
+    return total, mean, np.maximum(var, 0.0)
+
+
 def derivative_moments(fn: Callable, x: Moments, rank: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(E[f'(x)], E[f'(x)^2]) over x's forward distribution, per tracked index."""
+    """(E[f'(x)], E[f'(x)^2]) over x's forward distribution, per tracked index: its Gaussian
+    source and chain, or its mixture components."""
+    df = derivative(fn)
+    mixture = mixture_of(x, rank)
+    if mixture is not None:
+        w, m, v = mixture
+        mean, var = gaussian_moments(df, m, v)
+        return (w * mean).sum(axis=0), (w * (var + mean**2)).sum(axis=0)
     src = base_source(x, rank)
     inner = compose(src.chain)
-    df = derivative(fn)
     smooth = is_smooth(src.chain)
     mean, var = gaussian_moments(lambda z: df(inner(z)), src.mean, src.var, smooth=smooth,
                                  rank=rank)
@@ -147,15 +184,19 @@ def gated_derivative_moments(fn: Callable, x: Moments, rank: int | None, gate: G
     """(E[f'(x) h'(f(x) + b)] / E[h'], E[f'(x)^2 h'(f(x) + b)^2] / E[h'^2]) with h the gate's
     function and b its independent Gaussian: the derivative moments where the gradient is
     (a residual ReLU's input is positive more often where the skip's ReLU was active)."""
-    src = base_source(x, rank)
-    inner = compose(src.chain)
     df, dh = derivative(fn), derivative(gate.fn)
     b_mean, b_std = expand(gate.mean, rank), np.sqrt(expand(gate.var, rank))
-
-    shape = np.broadcast_shapes(np.shape(expand(src.mean, rank)), np.shape(b_mean))
-    axis = (-1,) + (1,) * len(shape)
-    z = expand(src.mean, rank) + np.sqrt(expand(src.var, rank)) * _Z_NODES.reshape(axis)
-    w = _Z_WEIGHTS.reshape(axis)
+    mixture = mixture_of(x, rank)
+    if mixture is not None:  # z over each component, weights w_k
+        cw, cm, cv = mixture
+        inner = compose(())
+    else:
+        src = base_source(x, rank)
+        inner = compose(src.chain)
+        cw, cm, cv = np.ones(1), expand(src.mean, rank)[None], expand(src.var, rank)[None]
+    axis = (-1,) + (1,) * cm.ndim
+    z = cm + np.sqrt(cv) * _Z_NODES.reshape(axis)
+    w = _Z_WEIGHTS.reshape(axis) * cw.reshape(cw.shape + (1,) * (cm.ndim - cw.ndim))
     with np.errstate(all="ignore"):
         x_values = inner(z)
         t = fn(x_values)[..., None] + b_mean[..., None] + b_std[..., None] * _B_NODES
@@ -163,8 +204,12 @@ def gated_derivative_moments(fn: Callable, x: Moments, rank: int | None, gate: G
         h1 = np.nan_to_num((d * _B_WEIGHTS).sum(axis=-1))
         h2 = np.nan_to_num((d * d * _B_WEIGHTS).sum(axis=-1))
         f1 = np.nan_to_num(df(x_values))
-    e_h1, e_h2 = (w * h1).sum(axis=0), (w * h2).sum(axis=0)
-    j1, j2 = (w * h1 * f1).sum(axis=0), (w * h2 * f1 * f1).sum(axis=0)
+
+    def total(a):
+        return (w * a).sum(axis=(0, 1))
+
+    e_h1, e_h2 = total(h1), total(h2)
+    j1, j2 = total(h1 * f1), total(h2 * f1 * f1)
     with np.errstate(all="ignore"):
         return (np.where(e_h1 > 0, j1 / e_h1, 0.0), np.where(e_h2 > 0, j2 / e_h2, 0.0))
 

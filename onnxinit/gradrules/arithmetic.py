@@ -41,6 +41,9 @@ def reduce_to(g: Gradient, out_shape, operand_shape) -> Gradient:
         return g
     g = g.expand_rank(rank)
     summed = [i for i in range(rank) if operand[i] == 1 and out_shape[i] > 1]
+    if g.rank < rank:
+        g = Gradient(np.reshape(g.mean, (1,) * rank), np.reshape(g.var, (1,) * rank),
+                     None if g.sample_var is None else np.reshape(g.sample_var, (1,) * rank))
     spatial = [i for i in summed if i >= 2] if rank > 2 else []
     count = int(np.prod([out_shape[i] for i in summed]))
     mean, var = np.broadcast_arrays(g.mean, g.var)

@@ -155,12 +155,24 @@ def split(grads, ctx: GradContext):
     return [Gradient.scalar(mean, second - mean**2)] + [None] * (len(ctx.node.input) - 1)
 
 
+def embedding(g: Gradient, ctx: GradContext) -> Gradient:
+    """The table's gradient of an embedding Gather: each of the R looked-up positions adds its
+    dy to its row; with ids spread uniformly over the V rows, ``E[dE^2] = (R / V) E[dy^2]``
+    pooled over the table (positions independent)."""
+    table = ctx.in_shape(0)
+    rows = int(np.prod(ctx.in_shape(1))) if ctx.has_input(1) else 1
+    m, v = g.total()
+    return Gradient.scalar(0.0, rows / table[0] * (v + m * m))
+
+
 @rule("Slice", "Gather")
 def slice_(grads, ctx: GradContext):
     """dy where the elements were taken, zero elsewhere (a Gather of a signal: indices taken as
-    distinct)."""
+    distinct); the table of an embedding Gather gets :func:`embedding`."""
     if not ctx.is_signal(0):
-        raise RuleError("Gather from a constant table (an embedding)")
+        if ctx.node.op_type == "Gather" and ctx.is_parameter(0):
+            return [embedding(grads[0], ctx)] + [None] * (len(ctx.node.input) - 1)
+        raise RuleError("Gather from a constant that is not a parameter")
     out_n = int(np.prod(ctx.out_shape()))
     in_n = int(np.prod(ctx.in_shape(0)))
     share = min(1.0, out_n / in_n)
