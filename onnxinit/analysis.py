@@ -18,7 +18,7 @@ from .graph import ModelGraph, load
 from .measure import measure as run_measure
 from .propagate import EMPIRICAL, PASS_THROUGH, Propagation, propagate
 from .residual import ResidualBlock, residual_blocks
-from .writeback import read_plan_record
+from .plan_record import read_plan_record
 
 log = logging.getLogger("onnxinit")
 

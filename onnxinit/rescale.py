@@ -14,16 +14,11 @@ import onnx
 from .errors import InvalidOptionError, UnsupportedModelError
 from .graph import ModelGraph, load
 from .methods import METHODS, make_options, parse_methods, refuse_unread
+from .output_paths import default_output
 from .plan import Plan
+from .plan_record import plan_record, read_plan_record, set_plan_record
 from .propagate import Propagation, propagate, single_threaded_blas
-from .writeback import (
-    apply_plan,
-    default_output,
-    plan_record,
-    read_plan_record,
-    set_plan_record,
-    write_model,
-)
+from .writeback import apply_plan, write_model
 
 log = logging.getLogger("onnxinit")
 

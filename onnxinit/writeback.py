@@ -32,9 +32,7 @@ Guarantees:
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -54,7 +52,10 @@ from .initializers import (
     write_tensor_bytes,
 )
 from .modelfile import Piece, copy_fields, field_size, serialized_model
+from .output_paths import external_layout
 from .plan import Change, Plan, changed_values
+from .plan_record import read_plan_record  # noqa: F401  (weights.py imports it from here)
+from .plan_record import set_plan_record
 
 WRITABLE_TYPES = FLOAT_TYPES  # the types a Change can be applied to
 WORK_BYTES = 1 << 20  # float64 bytes of a changed tensor computed at a time (cache-sized)
@@ -151,52 +152,10 @@ def apply_plan(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
 # saving -----------------------------------------------------------------------------------------
 
 
-def default_output(input_path: str | os.PathLike, method: str) -> Path:
-    """``dir/model.onnx`` + ``autoinit`` -> ``dir/model.autoinit.onnx``.
-
-    A comma list of methods is joined with ``-`` (``idinit,autoinit`` ->
-    ``model.idinit-autoinit.onnx``); characters other than letters, digits, ``_`` and ``-``
-    become ``_``. The output always ends in ``.onnx`` whatever the input's suffix."""
-    path = Path(input_path)
-    tag = "-".join(p.strip() for p in method.split(",") if p.strip())
-    tag = re.sub(r"[^A-Za-z0-9_-]", "_", tag) or "rescaled"
-    stem = path.stem if path.suffix else path.name
-    return path.with_name(f"{stem}.{tag}.onnx")
-
-
 def _same_file(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
         return os.path.samefile(a, b)
     return a.resolve() == b.resolve()
-
-
-def external_location(location: str, source_name: str | None, out_name: str,
-                      in_place: bool) -> str:
-    """Where a tensor stored at ``location`` (relative to the source model) goes beside the
-    output: the same folder part, and a file name derived from the output's name.
-
-    - in place: unchanged;
-    - a file named after the source model file (``m.onnx.data`` for ``m.onnx``) is renamed after
-      the output file (``m.autoinit.onnx.data``); one named after its stem (``m.weights``) after
-      the output's stem (``m.autoinit.weights``);
-    - any other name is prefixed with the output's stem (``weights.bin`` ->
-      ``m.autoinit.weights.bin``).
-
-    Tensors sharing a file in the source share one in the output, so the grouping (and the
-    folder layout) is kept while the input's data files are never overwritten.
-    """
-    if in_place:
-        return location
-    folder, _, name = location.replace("\\", "/").rpartition("/")
-    out_stem = Path(out_name).stem
-    src_stem = Path(source_name).stem if source_name else None
-    if source_name and name.startswith(source_name):
-        new = out_name + name[len(source_name):]
-    elif src_stem and name.startswith(src_stem + "."):
-        new = out_stem + name[len(src_stem):]
-    else:
-        new = f"{out_stem}.{name}"
-    return f"{folder}/{new}" if folder else new
 
 
 def _check_target(out: Path, source_path: Path | None, in_place: bool) -> None:
@@ -213,29 +172,6 @@ def _check_target(out: Path, source_path: Path | None, in_place: bool) -> None:
         raise WriteError(f"{out}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise WriteError(f"{out}: the output folder {folder} is not writable")
-
-
-def _external_layout(out, source_path, external, in_place):
-    """{tensor name: new location} for the tensors stored externally in the source."""
-    if not external:
-        return {}
-    source_name = source_path.name if source_path is not None else None
-    layout = {n: external_location(loc, source_name, out.name, in_place)
-              for n, loc in external.items()}
-    if source_path is not None and not in_place:
-        src_files = {(source_path.parent / loc).resolve() for loc in external.values()}
-        for loc in set(layout.values()):
-            if (out.parent / loc).resolve() in src_files:
-                raise InvalidOptionError(
-                    f"{out}: writing external data to {loc!r} would overwrite the input's data "
-                    "file; choose another output name"
-                )
-        if out.resolve() in src_files:
-            raise InvalidOptionError(f"{out}: the output is one of the input's data files")
-    for loc in set(layout.values()):
-        if os.path.isabs(loc) or ".." in Path(loc).parts:
-            raise WriteError(f"{out}: external data location {loc!r} escapes the output folder")
-    return layout
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -349,23 +285,24 @@ def write_model(
     ``source_path`` is its file (to refuse overwriting it unless ``in_place``); ``external``
     maps each tensor that was external in the source to its location (as
     ``ModelGraph.external``): those tensors are written as external data beside the output,
-    renamed by :func:`external_location` so the input's data files are never overwritten (in
-    place they keep their names and are replaced). ``record`` is stored as the plan record
-    (:func:`set_plan_record`). The data files are moved into place before the model; see the
-    module docstring for what happens on failure and how much memory is used.
+    renamed by :func:`~onnxinit.output_paths.external_location` so the input's data files are
+    never overwritten (in place they keep their names and are replaced). ``record`` is stored
+    as the plan record (:func:`~onnxinit.plan_record.set_plan_record`). The data files are
+    moved into place before the model; see the module docstring for what happens on failure
+    and how much memory is used.
     """
     out = Path(out_path)
     source = Path(source_path) if source_path is not None else None
     _check_target(out, source, in_place)
     changes = dict(plan.changes) if plan is not None else {}
     _check_changes(model, changes, plan.method if plan is not None else "")
-    external_layout = _external_layout(out, source, external, in_place)
+    locations = external_layout(out, source, external, in_place)
     skeleton = _skeleton(model)
     if record is not None:
         set_plan_record(skeleton, record)
     layout, pieces = _Layout(), []
     for tensor in model.graph.initializer:
-        change, location = changes.get(tensor.name), external_layout.get(tensor.name)
+        change, location = changes.get(tensor.name), locations.get(tensor.name)
         if location is None:
             pieces.append(_inline_piece(tensor, change))
         else:
@@ -373,7 +310,7 @@ def write_model(
             pieces.append(Piece(header.ByteSize(),
                                 lambda h=header: h.SerializeToString(deterministic=True)))
     for tensor in external_data_helper._get_all_tensors(skeleton):  # Constant/subgraph tensors
-        location = external_layout.get(tensor.name)
+        location = locations.get(tensor.name)
         if location is not None:
             tensor.CopyFrom(layout.place(tensor, None, location))
         elif is_external(tensor):
@@ -402,63 +339,3 @@ def save_model(
     """Write ``model`` as it is (see :func:`write_model`)."""
     return write_model(model, out_path, source_path=source_path, external=external,
                        in_place=in_place)
-
-
-# the plan record ---------------------------------------------------------------------------------
-
-PLAN_METADATA_KEY = "onnxinit.plan"
-
-
-def plan_record(plan: Plan, source: str | os.PathLike | None,
-                previous: dict | None = None) -> dict:
-    """What ``rescale`` stores under ``metadata_props["onnxinit.plan"]`` (as JSON).
-
-    ``{"version": 1, "source": path of the input model, "method": "autoinit",
-    "scales": {initializer: scale}, "replaced": [initializer, ...]}``. Scales are relative to
-    ``source``. When the input was itself a rescaled model (``previous``, its own record),
-    the records compose so that ``source`` stays the first model and every scale is relative to
-    it: scales multiply, a replaced tensor stays replaced, a replacement replaces."""
-    scales, replaced = plan.scales(), plan.replaced()
-    record = {"version": 1, "source": str(source) if source is not None else None,
-              "method": plan.method, "scales": scales, "replaced": replaced}
-    if not previous:
-        return record
-    old_scales = dict(previous.get("scales", {}))
-    old_replaced = list(previous.get("replaced", []))
-    for name, scale in scales.items():
-        if name in old_scales:
-            old_scales[name] *= scale
-        elif name not in old_replaced:
-            old_scales[name] = scale
-    for name in replaced:
-        old_scales.pop(name, None)
-        if name not in old_replaced:
-            old_replaced.append(name)
-    return {"version": 1, "source": previous.get("source", record["source"]),
-            "method": ",".join(m for m in (previous.get("method"), plan.method) if m),
-            "scales": old_scales, "replaced": old_replaced}
-
-
-def read_plan_record(model: onnx.ModelProto) -> dict | None:
-    """The record :func:`plan_record` stored in ``model``, or None (absent or not readable)."""
-    for prop in model.metadata_props:
-        if prop.key == PLAN_METADATA_KEY:
-            try:
-                record = json.loads(prop.value)
-            except ValueError:
-                return None
-            return record if isinstance(record, dict) else None
-    return None
-
-
-def set_plan_record(model: onnx.ModelProto, record: dict) -> None:
-    """Store ``record`` as JSON under ``metadata_props["onnxinit.plan"]`` (replacing one there);
-    every other metadata entry is kept in order."""
-    value = json.dumps(record, sort_keys=True, separators=(",", ":"))
-    for prop in model.metadata_props:
-        if prop.key == PLAN_METADATA_KEY:
-            prop.value = value
-            return
-    entry = model.metadata_props.add()
-    entry.key = PLAN_METADATA_KEY
-    entry.value = value

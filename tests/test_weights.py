@@ -17,7 +17,7 @@ from onnxinit.weights import (
     normalize_name,
     weight_source,
 )
-from onnxinit.writeback import read_plan_record
+from onnxinit.plan_record import read_plan_record
 
 from .models import make_model, mlp
 

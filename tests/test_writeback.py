@@ -16,7 +16,8 @@ from onnxinit import writeback
 from onnxinit.errors import InvalidOptionError, UnsupportedModelError, WriteError
 from onnxinit.graph import load
 from onnxinit.plan import Change, Plan
-from onnxinit.writeback import apply_plan, default_output, save_model
+from onnxinit.output_paths import default_output
+from onnxinit.writeback import apply_plan, save_model
 
 
 def _model(dtype=TensorProto.FLOAT) -> onnx.ModelProto:
@@ -158,14 +159,6 @@ def test_external_data_in_subfolder_keeps_layout(tmp_path):
                                  "conv.b": "weights/net.x.conv.bin"}
     np.testing.assert_array_equal(numpy_helper.to_array(_inits(reloaded.source)["conv.w"]),
                                   numpy_helper.to_array(_inits(graph.source)["conv.w"]) * 0.5)
-
-
-def test_external_location_rule():
-    rule = writeback.external_location
-    assert rule("m.onnx.data", "m.onnx", "m.autoinit.onnx", False) == "m.autoinit.onnx.data"
-    assert rule("m.weights", "m.onnx", "m.autoinit.onnx", False) == "m.autoinit.weights"
-    assert rule("d/w.bin", "m.onnx", "out.onnx", False) == "d/out.w.bin"
-    assert rule("d/w.bin", "m.onnx", "out.onnx", True) == "d/w.bin"
 
 
 def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
@@ -347,11 +340,3 @@ def test_same_input_gives_identical_bytes(tmp_path):
     copy = save_model(apply_plan(load(plain).source, Plan("t", {})), tmp_path / "copy.onnx",
                       source_path=plain)
     assert copy.read_bytes() == plain.read_bytes()
-
-
-def test_default_output_names():
-    assert default_output("dir/model.onnx", "autoinit") == Path("dir/model.autoinit.onnx")
-    assert default_output("model.onnx", "idinit,autoinit") == Path("model.idinit-autoinit.onnx")
-    assert default_output("model.onnx", "idinit-autoinit") == Path("model.idinit-autoinit.onnx")
-    assert default_output("a/net", "kaiming") == Path("a/net.kaiming.onnx")
-    assert default_output("net.pb", "x/y") == Path("net.x_y.onnx")

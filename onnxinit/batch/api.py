@@ -17,7 +17,7 @@ from pathlib import Path
 from ..analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR
 from ..errors import InvalidOptionError
 from ..methods import make_options, parse_methods, refuse_unread
-from ..writeback import default_output
+from ..output_paths import default_output
 from .engine import run_many
 from .results import Result
 from ..findings.gradient import DEFAULT_MAX_RATIO, DEFAULT_MIN_RATIO
