@@ -64,6 +64,8 @@ def model_path(name: str, directory: Path, size: int) -> Path:
     torch.manual_seed(0)
     module, shape = builder(32 if vocab else size)
     path = directory / f"{name}_{size}.onnx"
+    if path.exists():  # --exports DIR keeps them between runs
+        return path
     exports.export_module(module, shape, path, input_name="input_ids" if vocab else "x",
                           integer_input=vocab)
     return path
@@ -96,15 +98,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="image side (default 32)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=4, help="measured batches")
+    parser.add_argument("--exports", help="folder to keep the exports in (default: temporary)")
     args = parser.parse_args()
     print(f"batch {args.batch_size}, {args.batches} measured batches, images "
           f"{args.size}x{args.size}\n")
     print("| model | tensors | within 20% | within 2x | median pred/meas | range "
           "| backward / forward CPU s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    with tempfile.TemporaryDirectory() as directory:
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(args.exports or scratch)
+        directory.mkdir(parents=True, exist_ok=True)
         for name in args.models.split(","):
-            path = model_path(name, Path(directory), args.size)
+            path = model_path(name, directory, args.size)
             print(row(name, path, args.batch_size, args.batches), flush=True)
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
+from scipy import special
 
 from ..moments import Moments
 from ..rules import activations as forward_activations  # noqa: F401 - fills UNARY
@@ -199,10 +200,13 @@ def gated_derivative_moments(fn: Callable, x: Moments, rank: int | None, gate: G
     w = _Z_WEIGHTS.reshape(axis) * cw.reshape(cw.shape + (1,) * (cm.ndim - cw.ndim))
     with np.errstate(all="ignore"):
         x_values = inner(z)
-        t = fn(x_values)[..., None] + b_mean[..., None] + b_std[..., None] * _B_NODES
-        d = dh(t)
-        h1 = np.nan_to_num((d * _B_WEIGHTS).sum(axis=-1))
-        h2 = np.nan_to_num((d * d * _B_WEIGHTS).sum(axis=-1))
+        if gate.key == ("Relu",):  # h' is the step: E_b[h'] = E_b[h'^2] = Phi((a + mu_b) / s_b)
+            h1 = h2 = special.ndtr((fn(x_values) + b_mean) / np.maximum(b_std, 1e-30))
+        else:
+            t = fn(x_values)[..., None] + b_mean[..., None] + b_std[..., None] * _B_NODES
+            d = dh(t)
+            h1 = np.nan_to_num((d * _B_WEIGHTS).sum(axis=-1))
+            h2 = np.nan_to_num((d * d * _B_WEIGHTS).sum(axis=-1))
         f1 = np.nan_to_num(df(x_values))
 
     def total(a):
@@ -214,7 +218,8 @@ def gated_derivative_moments(fn: Callable, x: Moments, rank: int | None, gate: G
         return (np.where(e_h1 > 0, j1 / e_h1, 0.0), np.where(e_h2 > 0, j2 / e_h2, 0.0))
 
 
-def through_function(g: Gradient, fn: Callable, x: Moments, ctx: GradContext) -> Gradient:
+def through_function(g: Gradient, fn: Callable, x: Moments, ctx: GradContext,
+                     key: tuple = ()) -> Gradient:
     rank = rank_of(ctx)
     if g.selected is not None:
         p1, p2 = selected_derivative_moments(fn, x, rank, *g.selected)
@@ -225,7 +230,7 @@ def through_function(g: Gradient, fn: Callable, x: Moments, ctx: GradContext) ->
         share = g.gate.share
         p1, p2 = (1 - share) * p1 + share * q1, (1 - share) * p2 + share * q2
     out = times_independent(g, p1, p2, positions_of(ctx))
-    return replace(out, gate=Gate(fn))
+    return replace(out, gate=Gate(fn, key=tuple(key)))
 
 
 def elementwise_backward(grads, ctx: GradContext):
@@ -235,7 +240,7 @@ def elementwise_backward(grads, ctx: GradContext):
         raise RuleError(f"{ctx.node.op_type} is not element-wise here")
     f, which = found
     out = [None] * len(ctx.node.input)
-    out[which] = through_function(grads[0], f.fn, ctx.x(which), ctx)
+    out[which] = through_function(grads[0], f.fn, ctx.x(which), ctx, f.key)
     return out
 
 

@@ -104,7 +104,7 @@ def gated(g: Gradient, ctx: GradContext, other: int) -> Gradient:
     if g.gate is None or g.gate.mean is not None:
         return Gradient(g.mean, g.var, g.sample_var, g.profile, g.cov)
     b = ctx.x(other)
-    return replace(g, gate=Gate(g.gate.fn, b.mean, b.var, g.gate.share))
+    return replace(g, gate=Gate(g.gate.fn, b.mean, b.var, g.gate.share, g.gate.key))
 
 
 def _inverse_moments(b: Moments, power: int, rank) -> tuple[np.ndarray, np.ndarray]:

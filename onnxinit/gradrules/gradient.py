@@ -50,6 +50,7 @@ class Gate:
     mean: np.ndarray | None = None
     var: np.ndarray | None = None
     share: float = 1.0
+    key: tuple = ()  # the function's key (("Relu",): closed forms)
 
 
 @dataclass(frozen=True, eq=False)
