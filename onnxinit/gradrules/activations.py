@@ -29,7 +29,7 @@ from ..moments import Moments
 from ..rules import activations as forward_activations  # noqa: F401 - fills UNARY
 from ..rules.context import RuleError
 from ..rules.elementwise import UNARY, base_source, is_smooth, node_function, rank_of
-from ..rules.gaussian import compose, expand, gaussian_moments
+from ..rules.gaussian import compose, expand, gaussian_moments, probability
 from ..rules.mixture import components
 from ..spatial import class_weights
 from .context import GradContext
@@ -78,16 +78,28 @@ def _cell_mixture(sp, rank: int):
     return total, mean, np.maximum(var, 0.0)
 
 
-def derivative_moments(fn: Callable, x: Moments, rank: int | None) -> tuple[np.ndarray, np.ndarray]:
+def derivative_moments(fn: Callable, x: Moments, rank: int | None,
+                       relu: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(E[f'(x)], E[f'(x)^2]) over x's forward distribution, per tracked index: its Gaussian
-    source and chain, or its mixture components."""
+    source and chain, or its mixture components (``relu``: f' is the step, both are
+    P(x > 0))."""
     df = derivative(fn)
     mixture = mixture_of(x, rank)
     if mixture is not None:
         w, m, v = mixture
+        if relu:  # relu' is the step: E[relu'] = E[relu'^2] = sum_k w_k Phi(m_k / s_k)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                p = special.ndtr(np.where(v > 0, m / np.sqrt(v), np.sign(m) * np.inf))
+            p = np.where((v == 0) & (m == 0), 0.0, p)
+            p = (w * p).sum(axis=0)
+            return p, p
         mean, var = gaussian_moments(df, m, v)
         return (w * mean).sum(axis=0), (w * (var + mean**2)).sum(axis=0)
     src = base_source(x, rank)
+    if relu:
+        inner = compose(src.chain)
+        p = probability(lambda z: inner(z) > 0, src.mean, src.var, rank=rank)
+        return p, p
     inner = compose(src.chain)
     smooth = is_smooth(src.chain)
     mean, var = gaussian_moments(lambda z: df(inner(z)), src.mean, src.var, smooth=smooth,
@@ -224,7 +236,7 @@ def through_function(g: Gradient, fn: Callable, x: Moments, ctx: GradContext,
     if g.selected is not None:
         p1, p2 = selected_derivative_moments(fn, x, rank, *g.selected)
     else:
-        p1, p2 = derivative_moments(fn, x, rank)
+        p1, p2 = derivative_moments(fn, x, rank, relu=tuple(key) == ("Relu",))
     if g.gate is not None and g.gate.mean is not None:
         q1, q2 = gated_derivative_moments(fn, x, rank, g.gate)
         share = g.gate.share
