@@ -9,7 +9,8 @@ from .analysis import Analysis
 from .rescale import RescaleResult
 
 
-def _fmt(x: float | None) -> str:
+def format_number(x: float | None) -> str:
+    """A number in a table: 4 significant digits, scientific notation outside [1e-3, 1e5)."""
     if x is None:
         return "-"
     if x == 0 or (1e-3 <= abs(x) < 1e5):
@@ -45,10 +46,10 @@ def analysis_table(analysis: Analysis, width: int = 40) -> str:
     for i, t in enumerate(analysis.tensors):
         shape = "x".join(map(str, t.shape)) if t.shape else "?"
         row = [str(i), _clip(escape.text(t.name), width), escape.text(t.op), shape,
-               _fmt(t.mean), _fmt(t.var), _fmt(t.growth)]
+               format_number(t.mean), format_number(t.var), format_number(t.growth)]
         if measured:
             err = t.relative_error
-            row += [_fmt(t.measured_mean), _fmt(t.measured_var),
+            row += [format_number(t.measured_mean), format_number(t.measured_var),
                     "-" if err is None else f"{100 * err:.1f}%"]
         if gradients is not None:
             g = gradients.get(t.name)
@@ -87,11 +88,11 @@ def analysis_summary(analysis: Analysis) -> str:
     exploding = [t for t in tensors if t.flag == "exploding"]
     vanishing = [t for t in tensors if t.flag == "vanishing"]
     # growth is relative to the float inputs' variance; token ids have none to compare with
-    relative = (f" ({_fmt(last.growth)}x the input)"
+    relative = (f" ({format_number(last.growth)}x the input)"
                 if any("var" in entry for entry in analysis.inputs.values()) else "")
     lines = [
         (f"{escape.text(analysis.model)}: {len(tensors)} float tensors; output "
-         f"'{escape.text(last.name)}' var {_fmt(last.var)}{relative}")
+         f"'{escape.text(last.name)}' var {format_number(last.var)}{relative}")
     ]
     if exploding:
         lines.append(

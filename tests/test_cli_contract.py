@@ -69,6 +69,8 @@ def base_args(name: str, command: click.Command, tmp: Path) -> list[str]:
         args += ["-o", str(tmp / "out.onnx")]
     if name == "export-weights":
         args += ["-o", str(tmp / "w.npz")]
+    if name == "report":
+        args += ["-o", str(tmp / "report.html")]
     return args
 
 

@@ -24,6 +24,8 @@ from ..check import find
 from ..check_formats import ModelResult
 from ..errors import WriteError
 from ..report import analysis_summary, analysis_table, rescale_summary
+from ..reporting.content import build
+from ..reporting.plot import write_plot
 from ..rescale import rescale
 from ..weights import export_weights
 from .results import UNREADABLE
@@ -60,7 +62,7 @@ check_model.error_status = UNREADABLE
 
 def analyze_model(path: str, options: dict) -> dict:
     """``analyze`` of one model; options: input_shapes, batch_size, stats, measure, seed,
-    device, backward, loss."""
+    device, backward, loss, plot (a .png or .svg file to draw the variance by depth in)."""
     result = analyze(path, input_shapes=_shapes(options),
                      batch_size=options.get("batch_size", 32), stats=_stats(options),
                      measure=options.get("measure", False), seed=options.get("seed", 0),
@@ -68,6 +70,8 @@ def analyze_model(path: str, options: dict) -> dict:
                      backward=options.get("backward", False),
                      loss=options.get("loss") or "cross_entropy")
     text = analysis_table(result) + "\n\n" + analysis_summary(result)
+    if options.get("plot"):
+        text += f"\nwrote {write_plot(build(result), options['plot'])}"
     return {"analysis": result.to_dict(), "text": text}
 
 

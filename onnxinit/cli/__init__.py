@@ -24,6 +24,9 @@ COMMANDS = {
     "export-weights": ("export_weights", "export_weights",
                        ("Write every float initializer of MODEL to safetensors (or .npz), keyed "
                         "by name.")),
+    "report": ("report", "report",
+               ("Write an HTML report on MODEL at initialization (and on RESCALED, its rescaled "
+                "copy).")),
     "rescale": ("rescale", "rescale", "Rescale the weights of MODEL and write a new ONNX file."),
     "rules": ("rules", "rules_command",
               ("List the op rules known, with their source (built-in or plugin); with OP, show "
@@ -84,6 +87,7 @@ def cli():
       onnxinit analyze model.onnx --measure  ... next to values measured in onnxruntime
       onnxinit check model.onnx              CI gate: exit 1 if variance explodes/vanishes
       onnxinit rescale model.onnx            write model.autoinit.onnx with rescaled weights
+      onnxinit report model.onnx -o r.html   the same as an HTML page with plots
       onnxinit rules                         the op rules known, and where they come from
     """
 

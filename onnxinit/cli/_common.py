@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
+from pathlib import Path
 
 import click
 
 from .. import escape
-from ..errors import OnnxInitError
+from ..errors import InvalidOptionError, OnnxInitError, WriteError
 
 log = logging.getLogger("onnxinit")
 
@@ -98,6 +100,33 @@ def stats_option(fn):
         "--stats", "stats", multiple=True, metavar="NAME:MEAN,VAR",
         help="Mean and variance of an input (default 0,1), e.g. x:0.5,0.25 (repeatable).",
     )(fn)
+
+
+def measure_options(fn):
+    """--measure and --device (where --measure runs; refused without it)."""
+
+    @click.option("--measure", is_flag=True,
+                  help="Also run the model in onnxruntime on seeded Gaussian inputs and show the "
+                       "measured moments next to the predicted ones.")
+    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+                  help="Where --measure runs (default: auto, the GPU when onnxruntime-gpu can "
+                       "use one).")
+    @functools.wraps(fn)
+    def wrapper(*args, measure: bool, device: str | None, **kwargs):
+        if device is not None and not measure:
+            raise InvalidOptionError("--device says where --measure runs; add --measure or "
+                                     "drop it")
+        return fn(*args, measure=measure, device=device, **kwargs)
+
+    return wrapper
+
+
+def writable_target(path: Path, role: str) -> None:
+    """Refuse, before any work, an output file whose folder does not exist or cannot be
+    written."""
+    folder = Path(path).resolve().parent
+    if not (folder.is_dir() and os.access(folder, os.W_OK)):
+        raise WriteError(f"{path}: {role} cannot be written: no writable folder {folder}")
 
 
 def seed_option(fn):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR
 from ..methods.options import Range
 
 
@@ -38,6 +39,19 @@ class GroupedOption(click.Option):
     def __init__(self, *args, group: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.group = group
+
+
+def threshold_options(fn):
+    """--max-growth and --min-var: the thresholds of ``check``'s variance findings (and of the
+    flags a report marks)."""
+    fn = click.option(
+        "--min-var", type=Number(float, Range(gt=0, le=1)), default=DEFAULT_MIN_VAR,
+        show_default=True, help="Finding when a tensor's predicted variance falls below this "
+                                "many times the input variance.")(fn)
+    return click.option(
+        "--max-growth", type=Number(float, Range(ge=1)), default=DEFAULT_MAX_GROWTH,
+        show_default=True, help="Finding when a tensor's predicted variance exceeds this many "
+                                "times the input variance.")(fn)
 
 
 class GroupedCommand(click.Command):

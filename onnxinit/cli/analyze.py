@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -12,7 +13,17 @@ from ..batch.paths import find_models, one_file
 from ..batch.results import Result, counts, exit_status
 from ..batch.work import analyze_model
 from ..errors import InvalidOptionError, OnnxInitError
-from ._common import echo, error_line, logging_options, model_options, seed_option, stats_option
+from ..reporting.plot import plot_format, require_matplotlib
+from ._common import (
+    echo,
+    error_line,
+    logging_options,
+    measure_options,
+    model_options,
+    seed_option,
+    stats_option,
+    writable_target,
+)
 from ._params import GroupedCommand
 from .batch_options import batch_options, run_models
 from .specs import specs_per_model
@@ -38,9 +49,7 @@ def _document(results: list[Result]) -> dict:
 @model_options("Batch size for symbolic batch dimensions (the batch --measure runs).",
                many=True)
 @stats_option
-@click.option("--measure", is_flag=True,
-              help="Also run the model in onnxruntime on seeded Gaussian inputs and show the "
-                   "measured moments next to the predicted ones.")
+@measure_options
 @click.option("--backward", is_flag=True,
               help="Also predict the gradient of every tensor and parameter at initialization "
                    "(with --measure: measured with onnxinit's autodiff too).")
@@ -48,14 +57,15 @@ def _document(results: list[Result]) -> dict:
               help="The loss --backward puts on the first output (default: cross_entropy with "
                    "uniformly drawn labels).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-              help="Where --measure runs (default: auto, the GPU when onnxruntime-gpu can use "
-                   "one).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE.png|svg",
+              help="Also write the plot of variance by depth to FILE (.png or .svg; one model; "
+                   "needs matplotlib: onnxinit[report]).")
 @seed_option
 @batch_options
 @logging_options
-def analyze(models, input_shapes, batch_size, stats, measure, backward, loss, as_json, device,
-            seed, batch):
+def analyze(models, input_shapes, batch_size, stats, measure, device, backward, loss, as_json,
+            plot, seed, batch):
     """Predict the mean and variance of every float tensor of MODEL at initialization.
 
     Several models, folders (every *.onnx under them) and patterns are analysed in the order
@@ -69,19 +79,25 @@ def analyze(models, input_shapes, batch_size, stats, measure, backward, loss, as
       onnxinit analyze model.onnx --backward --measure --batch-size 16
       onnxinit analyze bert.onnx --input-shape input_ids:8x128 --json > moments.json
       onnxinit analyze model.onnx --stats x:0.5,0.25
+      onnxinit analyze model.onnx --measure --plot variance.png
       onnxinit analyze models/ --jobs 2 --json > all.json
     """
-    if device is not None and not measure:
-        raise InvalidOptionError("--device says where --measure runs; add --measure or drop it")
     if loss is not None and not backward:
         raise InvalidOptionError("--loss is the loss of --backward; add --backward or drop it")
     paths = find_models(models)
+    if plot is not None:
+        if len(paths) != 1:
+            raise InvalidOptionError(f"--plot draws one model; {len(paths)} models were given")
+        plot_format(plot)
+        require_matplotlib()
+        writable_target(plot, "--plot")
     shapes_for, stats_for = specs_per_model(paths, input_shapes, stats)
 
     def options_for(model: str) -> dict:
         return {"batch_size": batch_size, "input_shapes": shapes_for(model),
                 "stats": stats_for(model), "measure": measure, "seed": seed, "device": device,
-                "backward": backward, "loss": loss}
+                "backward": backward, "loss": loss,
+                **({"plot": str(plot)} if plot is not None else {})}
 
     if one_file(list(models)):
         result = run_models(paths, analyze_model, options_for, "analyze", batch)[0]

@@ -7,17 +7,16 @@ import sys
 
 import click
 
-from ..analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR
 from ..batch.paths import find_models
 from ..batch.results import Result
 from ..batch.work import check_model
 from ..check import RULES, explain
-from ..findings.gradient import DEFAULT_MAX_RATIO, DEFAULT_MIN_RATIO
 from ..check_formats import ModelResult, exit_status, format_github, format_json, format_text
+from ..findings.gradient import DEFAULT_MAX_RATIO, DEFAULT_MIN_RATIO
 from ..methods.options import Range
 from ..sarif import format_sarif
 from ._common import batch_size_option, echo, error_line, logging_options, stats_option
-from ._params import GroupedCommand, Number
+from ._params import GroupedCommand, Number, threshold_options
 from .batch_options import batch_options, run_models
 from .specs import specs_per_model
 
@@ -36,13 +35,7 @@ def _report(result: Result) -> None:
 @click.command("check", cls=GroupedCommand)
 @click.argument("models", nargs=-1, metavar="MODEL...",
                 type=click.Path(dir_okay=True, path_type=str))
-@click.option("--max-growth", type=Number(float, Range(ge=1)), default=DEFAULT_MAX_GROWTH,
-              show_default=True, help="Finding when a tensor's predicted variance exceeds this "
-                                      "many times the input variance.")
-@click.option("--min-var", type=Number(float, Range(gt=0, le=1)),
-              default=DEFAULT_MIN_VAR, show_default=True,
-              help="Finding when a tensor's predicted variance falls below this many times the "
-                   "input variance.")
+@threshold_options
 @click.option("--max-gradient-ratio", type=Number(float, Range(gt=1)),
               default=DEFAULT_MAX_RATIO, show_default=True,
               help="ONNXINIT005 when the first body layer's predicted update-to-weight ratio "
