@@ -227,8 +227,7 @@ def analyze(
         warnings.append(warning)
     gradients = None
     if backward:
-        gradients = predict_backward(result, loss)
-        warnings.extend(gradients.warnings)
+        gradients = predict_backward(result, loss)  # its warnings: gradients.warnings
         if measure:
             gradients = measured_backward(gradients, graph, batches=gradient_batches, seed=seed,
                                           stats=stats, device=device)

@@ -11,7 +11,9 @@ The sweep visits the nodes in reverse topological order; each node's rule
 (:mod:`onnxinit.gradrules`) turns the summed gradient statistics of its outputs into those of
 its inputs. A tensor used several times (a residual fork) collects one contribution per use;
 they add as uncorrelated. A node without a backward rule passes its output gradient's
-statistics to its signal inputs unchanged and is listed in ``warnings``.
+statistics to its signal inputs unchanged and is listed in ``warnings`` (shown by the
+``analyze`` summary; not repeated in ``Analysis.warnings``, where the forward analysis already
+names an op it has no rule for).
 
 Conventions: the loss is the mean over the batch (and any other non-class axis), as
 :mod:`onnxinit.autodiff.loss` writes it, so every gradient carries the factor 1/batch. A
@@ -143,8 +145,8 @@ def tensor_gradients(propagation: Propagation, loss: str = "cross_entropy",
         else:
             reason = "no backward rule for this op"
         if inputs is None:
-            warnings.append(f"node {node_id} ({node.op_type}): gradient statistics passed "
-                            f"through unchanged ({reason})")
+            warnings.append(f"node {node_id} ({node.op_type}): no backward rule applied, the "
+                            f"output's gradient statistics taken for its inputs ({reason})")
             first = next(g for g in grads if g is not None)
             inputs = [first.pooled() if graph.is_signal(name) else None for name in node.input]
         for name, g in ctx.redirect.items():

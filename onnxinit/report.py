@@ -53,10 +53,10 @@ def analysis_table(analysis: Analysis, width: int = 40) -> str:
                     "-" if err is None else f"{100 * err:.1f}%"]
         if gradients is not None:
             g = gradients.get(t.name)
-            row.append(_fmt(g.var) if g is not None else "-")
+            row.append(format_number(g.var) if g is not None else "-")
             if grad_measured:
                 err = g.relative_error if g is not None else None
-                row += [_fmt(g.measured_var if g is not None else None),
+                row += [format_number(g.measured_var if g is not None else None),
                         "-" if err is None else f"{100 * err:.1f}%"]
         if block_of:
             row.append(block_of.get(t.name, ""))
@@ -127,12 +127,15 @@ def _gradient_lines(analysis: Analysis) -> list[str]:
     backward = analysis.backward
     lines = [f"  gradients ({backward.loss} loss): {len(backward.tensors)} tensors, "
              f"{len(backward.parameters)} parameter uses"]
+    if backward.warnings:
+        lines.append(f"  gradients taken unchanged through {len(backward.warnings)} node(s) "
+                     f"without a backward rule: {escape.text(backward.warnings[0])}")
     ratios = [p for p in backward.parameters if p.role == "weight" and p.update_ratio]
     if ratios:
         lo = min(ratios, key=lambda p: p.update_ratio)
         hi = max(ratios, key=lambda p: p.update_ratio)
-        lines.append(f"  weight update ratio rms(dL/dW)/rms(W): {_fmt(lo.update_ratio)} "
-                     f"('{escape.text(lo.name)}') to {_fmt(hi.update_ratio)} "
+        lines.append(f"  weight update ratio rms(dL/dW)/rms(W): {format_number(lo.update_ratio)} "
+                     f"('{escape.text(lo.name)}') to {format_number(hi.update_ratio)} "
                      f"('{escape.text(hi.name)}')")
     errors = [g.relative_error for g in backward.tensors.values()
               if g.relative_error is not None]
