@@ -110,21 +110,24 @@ def check_export(model) -> dict:
             "check_seconds": round(time.perf_counter() - start, 1)}
 
 
-def check_missing(names: list[str]) -> dict:
-    cache = _load(CHECK_FILE)
+def check_missing(names: list[str], run=None, path: Path = CHECK_FILE) -> dict:
+    """``run(name)`` (default :func:`check_network`) for each network whose cached verdict in
+    ``path`` is missing or from other onnxinit sources; the cache, updated after each one."""
+    run = run or check_network
+    cache = _load(path)
     version = sources_hash()
     for name in names:
         if cache.get(name, {}).get("sources") == version:
             continue
         try:
-            cache[name] = {**check_network(name), "sources": version}
+            cache[name] = {**run(name), "sources": version}
         except Exception as exc:  # noqa: BLE001 - record it, go on with the others
             print(f"{name}: check failed to run: {type(exc).__name__}: {exc}", flush=True)
             continue
         r = cache[name]
         print(f"{name}: {'passed' if r['passed'] else 'FAILED'} {' '.join(r['rules'])} "
               f"({r['export_seconds'] + r['check_seconds']:.0f} s)", flush=True)
-        _save(CHECK_FILE, cache)
+        _save(path, cache)
     return cache
 
 

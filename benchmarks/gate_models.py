@@ -305,19 +305,25 @@ def example_input(kind: str, batch: int = EXPORT_BATCH, seed: int = 0):
 
 
 def export_onnx(module, kind: str, batch: int = EXPORT_BATCH):
-    """The module exported in training mode (legacy exporter, opset 17, no constant folding),
-    input ``x`` (``input_ids`` for token models) with a fixed batch of ``batch``."""
+    """The module exported in training mode (:func:`export_training`), input ``x``
+    (``input_ids`` for token models) with a fixed batch of ``batch``."""
+    name = "input_ids" if kind == "tokens" else "x"
+    return export_training(module, example_input(kind, batch), name)
+
+
+def export_training(module, example, input_name: str, output_name: str = "logits"):
+    """``module`` exported in training mode (legacy exporter, opset 17, no constant folding,
+    shapes fixed by ``example``), IR version at most 10 (onnxruntime's limit)."""
     torch, _ = _torch()
     import onnx
 
     buffer = io.BytesIO()
     module.train()
-    name = "input_ids" if kind == "tokens" else "x"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example_input(kind, batch),), buffer, dynamo=False,
-                          opset_version=17, training=torch.onnx.TrainingMode.TRAINING,
-                          do_constant_folding=False, input_names=[name], output_names=["logits"])
+        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17,
+                          training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
+                          input_names=[input_name], output_names=[output_name])
     model = onnx.load_from_string(buffer.getvalue())
     model.ir_version = min(model.ir_version, 10)
     return model

@@ -14,16 +14,17 @@ hash; the table is printed at the end.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gate_calibration  # noqa: E402
+import gate_models  # noqa: E402
+
+from tests.real.sequence import last_hidden_state  # noqa: E402
 
 NATIVE_FILE = gate_calibration.RESULTS / "gate_native.json"
 TORCHVISION = ("resnet18", "vgg11_bn", "densenet121", "regnet_y_400mf", "squeezenet1_0", "vgg11",
@@ -48,17 +49,9 @@ def build(name: str):
             config = transformers.GPT2Config(attn_implementation="eager")
             backbone = transformers.GPT2Model(config)
 
-        class Hidden(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.backbone = backbone
-
-            def forward(self, input_ids):
-                return self.backbone(input_ids=input_ids).last_hidden_state
-
         ids = torch.randint(0, config.vocab_size, (1, 128),
                             generator=torch.Generator().manual_seed(0))
-        return Hidden(), ids, "input_ids"
+        return last_hidden_state(backbone), ids, "input_ids"
     import torchvision
 
     if name in BROKEN:
@@ -69,25 +62,10 @@ def build(name: str):
     return module, torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)), "x"
 
 
-def export(module, example, input_name: str):
-    import onnx
-    import torch
-
-    buffer = io.BytesIO()
-    module.train()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17,
-                          training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
-                          input_names=[input_name], output_names=["out"])
-    model = onnx.load_from_string(buffer.getvalue())
-    model.ir_version = min(model.ir_version, 10)
-    return model
-
-
 def check_native(name: str) -> dict:
     start = time.perf_counter()
-    model = export(*build(name))
+    module, example, input_name = build(name)
+    model = gate_models.export_training(module, example, input_name, output_name="out")
     return {**gate_calibration.check_export(model),
             "export_seconds": round(time.perf_counter() - start, 1)}
 
@@ -103,20 +81,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown networks: {', '.join(unknown)}")
     gate_calibration.torch_threads()
-    cache = gate_calibration._load(NATIVE_FILE)
-    version = gate_calibration.sources_hash()
-    for name in [] if args.table else chosen:
-        if cache.get(name, {}).get("sources") == version:
-            continue
-        try:
-            cache[name] = {**check_native(name), "sources": version}
-        except Exception as exc:  # noqa: BLE001 - record it, go on with the others
-            print(f"{name}: check failed to run: {type(exc).__name__}: {exc}", flush=True)
-            continue
-        r = cache[name]
-        print(f"{name}: {'passed' if r['passed'] else 'FAILED'} {' '.join(r['rules'])} "
-              f"({r['export_seconds'] + r['check_seconds']:.0f} s)", flush=True)
-        gate_calibration._save(NATIVE_FILE, cache)
+    cache = gate_calibration.check_missing([] if args.table else chosen, check_native,
+                                           NATIVE_FILE)
     rows = ["| network (native size) | expected | check | findings (errors, warnings) | "
             "max growth | min signal |", "| --- | --- | --- | --- | --- | --- |"]
     for name in chosen:

@@ -77,6 +77,10 @@ class BackwardContext:
     def emit(self, op_type: str, inputs: Sequence[str], n_outputs: int = 1, **attrs):
         return self._emitter.node(op_type, inputs, n_outputs, **attrs)
 
+    def annotate(self, doc: str) -> None:
+        """Set the ``doc_string`` of the node emitted last (a record a later derivation reads)."""
+        self._emitter.nodes[-1].doc_string = doc
+
     def const(self, value, like: str) -> str:
         """A constant with the element type of tensor ``like``."""
         return self._emitter.constant(value, self.elem_type(like))

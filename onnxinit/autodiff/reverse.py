@@ -21,6 +21,8 @@ from ..errors import InvalidOptionError, MissingRuleError, UnsupportedModelError
 from ..parameters import float_parameters
 from ..passes import GraphEmitter, fold_constants, types_and_shapes
 from .backward import RULES
+from .backward.linear import weight_gradient_backward
+from .backward.windows import WeightGradientGeometry
 from .context import BackwardContext, node_label
 from .fused import batch_norm_backward, match_batch_norm
 from .loss import CrossEntropy, loss_head
@@ -88,6 +90,17 @@ def _active_tensors(graph, wrt, loss, static) -> set[str]:
     return varied & needed
 
 
+def _weight_gradient(node, static) -> WeightGradientGeometry | None:
+    """The recorded geometry when ``node`` outputs a convolution's weight gradient built by
+    :func:`~.backward.linear.weight_gradient` whose operands still have static shapes."""
+    if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
+        return None
+    geometry = WeightGradientGeometry.of(node)
+    if geometry is None or any(static.known_shape(n) is None for n in (geometry.x, geometry.g)):
+        return None
+    return geometry
+
+
 def _sweep(graph, active, loss, emitter, static) -> dict[str, list[str]]:
     contributions: dict[str, list[str]] = {loss: [emitter.constant(1.0, static.elem_type(loss),
                                                                    "loss_seed")]}
@@ -110,6 +123,16 @@ def _sweep(graph, active, loss, emitter, static) -> dict[str, list[str]]:
             grads = batch_norm_backward(ctx, pattern, ctx.sum(contributions[node.output[0]]),
                                         fused_requires)
             for name, grad in zip(inputs, grads):
+                if grad is not None:
+                    contributions.setdefault(name, []).append(grad)
+            continue
+        geometry = _weight_gradient(node, static)
+        if geometry is not None:  # a convolution's weight gradient, differentiated again
+            ctx = BackwardContext(node, emitter, static, requires)
+            pair = (geometry.x, geometry.g)
+            grads = weight_gradient_backward(ctx, geometry, ctx.sum(contributions[node.output[0]]),
+                                             tuple(name in active for name in pair))
+            for name, grad in zip(pair, grads):
                 if grad is not None:
                     contributions.setdefault(name, []).append(grad)
             continue

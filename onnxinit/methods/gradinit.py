@@ -11,9 +11,9 @@ Per iteration t, with p = 2 for ``sgd`` and p = 1 for ``adam``:
    and d/dalpha_i = <(H v)_i, p0_i>. Exact where the autodiff can (``gradinit_hvp``): one run
    of the gradient graph extended with |g|_p and differentiated again gives L, g, |g|_p and
    d|g|_p/dtheta together, as the paper's double backward does; else H v by finite differences
-   of gradients. Which program an iteration starts with follows the previous iteration's
-   branch (the constraint program also gives L and g, so a wrong guess costs one pass, never a
-   different result).
+   of gradients. The norm program runs in two stages (:mod:`onnxinit.autodiff.staged`): the
+   first is step 1's gradient pass, the second runs on a constraint step only and reuses the
+   first's tensors, as the paper's code reuses its graph (``create_graph=True``).
 3. Else: the first step d = A[g] = gamma g / |g|_2 (sgd, normalised as in the paper's runs) or
    sign(g) (adam), held constant (not differentiated, as the paper's code does); theta' =
    theta - eta d. S~ = the first half of S and the second half of batch 2t+1. The objective is
@@ -130,24 +130,38 @@ def norm_graph(alg: str) -> Callable:
 
 def norm_gradient(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray, g: np.ndarray,
                   batch: Batch, alg: str) -> np.ndarray:
-    """d|g(S; theta(alpha))|_p / dalpha_i = <(H v)_i, p0_i>, v = d|g|_p/dg (constant)."""
+    """d|g(S; theta(alpha))|_p / dalpha_i = <(H v)_i, p0_i>, v = d|g|_p/dg (constant): from
+    the exact norm program where there is one (the program a constraint step usually runs:
+    one second-order program is built, not two), else from the product H v."""
+    exact = oracle.derived(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg))
+    if exact is not None:
+        out = oracle.run(exact, space.theta(alpha), batch, [f"dphi:{n}" for n in oracle.wrt])
+        return space.alpha_gradient(oracle.join(out, "dphi"))
     hv = oracle.hvp(space.theta(alpha), norm_direction(g, alg), batch)
     return space.alpha_gradient(hv)
 
 
+def gradient_then_norm(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
+                       batch: Batch, alg: str) -> tuple[float, np.ndarray, Callable | None]:
+    """(L, g, a function giving d|g|_p/dalpha) at alpha on ``batch``: stage 1 of the exact norm
+    program (a gradient pass) now, its stage 2 when the function is called
+    (:mod:`onnxinit.autodiff.staged`); where the program cannot be staged, a gradient pass and
+    :func:`norm_gradient`."""
+    staged = oracle.staged(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg))
+    if staged is None:
+        loss, g = oracle.gradient(space.theta(alpha), batch)
+        return loss, g, lambda: norm_gradient(oracle, space, alpha, g, batch, alg)
+    loss, g, carry = oracle.first_stage(staged, space.theta(alpha), batch)
+    return loss, g, lambda: space.alpha_gradient(oracle.rest_stage(staged, carry))
+
+
 def gradient_and_norm_gradient(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
                                batch: Batch, alg: str):
-    """(L, g, d|g|_p/dalpha) at alpha on ``batch`` from one run of the exact norm program; where
-    the autodiff cannot build it, (L, g, None) from a gradient pass."""
-    exact = oracle.derived(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg))
-    if exact is None:
-        loss, g = oracle.gradient(space.theta(alpha), batch)
-        return loss, g, None
-    wrt = oracle.wrt
-    out = oracle.run(exact, space.theta(alpha), batch,
-                     ["loss", *(f"grad:{n}" for n in wrt), *(f"dphi:{n}" for n in wrt)])
-    return (float(out["loss"]), oracle.join(out, "grad"),
-            space.alpha_gradient(oracle.join(out, "dphi")))
+    """(L, g, d|g|_p/dalpha) at alpha on ``batch`` from both stages of the exact norm program;
+    where the autodiff cannot build it, (L, g, None) from a gradient pass."""
+    staged = oracle.staged(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg))
+    loss, g, later = gradient_then_norm(oracle, space, alpha, batch, alg)
+    return loss, g, None if staged is None else later()
 
 
 def loss_after_step(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
@@ -195,21 +209,13 @@ def plan(graph: ModelGraph, options: GradInitOptions | None = None, *,
                   hvp=options.gradinit_hvp)
     oracle, space, alg = run.oracle, run.space, options.gradinit_alg
     gamma, eta = options.gradinit_gamma, options.gradinit_eta
-    expect = {"constraint": False}  # the previous iteration's branch
 
     def step(t: int, alpha: np.ndarray) -> Step:
         first, second = batch_pair(run.source, t)
-        if expect["constraint"]:
-            loss, g, dnorm = gradient_and_norm_gradient(oracle, space, alpha, first, alg)
-        else:
-            loss, g = oracle.gradient(space.theta(alpha), first)
-            dnorm = None
+        loss, g, norm_gradient_now = gradient_then_norm(oracle, space, alpha, first, alg)
         norm = gradient_norm(g, alg)
-        expect["constraint"] = norm > gamma
         if norm > gamma:
-            if dnorm is None:
-                dnorm = norm_gradient(oracle, space, alpha, g, first, alg)
-            return Step(None, dnorm, norm, constraint=True, metrics={"loss": loss})
+            return Step(None, norm_gradient_now(), norm, constraint=True, metrics={"loss": loss})
         value, grad = loss_after_step(oracle, space, alpha, first_step(g, alg, gamma), second,
                                       eta)
         return Step(value, grad, norm, metrics={"loss": loss, "loss_after_step": value * eta})

@@ -19,7 +19,9 @@ g_i = gradient of chunk i's mean loss, n_i = |g_i|, u_i = g_i / n_i, S = sum_i u
 
   H_i (the Hessian of chunk i's loss) times w_i exact where the autodiff can (``nio_hvp``),
   else by finite differences of chunk gradients: D gradient passes and D products (3D gradient
-  passes with differences) per iteration on chunks of about (1 + 2r) B / D samples.
+  passes with differences) per iteration on chunks of about (1 + 2r) B / D samples. Exact
+  products run in two stages (:mod:`onnxinit.autodiff.staged`): the chunk gradient passes are
+  their first stages, so a product costs its second stage only.
 
 Adam on alpha as in GradInit (descending -F, or gnorm on constraint steps), clipped, clamped.
 The report gives GC, gnorm and F on held-out batches T, T + 1, ... before, at the checkpoints
@@ -34,6 +36,7 @@ from functools import cached_property
 
 import numpy as np
 
+from ..autodiff.staged import Carry
 from ..data import Batch
 from ..errors import InvalidOptionError
 from ..graph import ModelGraph
@@ -119,6 +122,7 @@ class Chunks:
     grads: list[np.ndarray]
     norms: np.ndarray
     losses: list[float]
+    carries: list[Carry | None] | None = None  # what exact products at theta reuse
 
     @cached_property
     def units(self) -> list[np.ndarray]:
@@ -127,11 +131,17 @@ class Chunks:
 
 
 def chunk_gradients(oracle: GradientOracle, theta: np.ndarray, batch: Batch,
-                    bounds: list[tuple[int, int]]) -> Chunks:
+                    bounds: list[tuple[int, int]], products: bool = False) -> Chunks:
+    """The sub-batch gradients at theta; with ``products``, also what the Hessian-vector
+    products of :func:`through_hessians` reuse (stage 1 of the staged product program)."""
     batches = [slice_batch(batch, start, stop) for start, stop in bounds]
-    losses, grads = zip(*(oracle.gradient(theta, b) for b in batches))
+    if products:
+        losses, grads, carries = zip(*(oracle.gradient_kept(theta, b) for b in batches))
+    else:
+        losses, grads = zip(*(oracle.gradient(theta, b) for b in batches))
+        carries = None
     return Chunks(theta, batches, list(grads), np.array([np.linalg.norm(g) for g in grads]),
-                  list(losses))
+                  list(losses), None if carries is None else list(carries))
 
 
 def grad_cosine(chunks: Chunks) -> float:
@@ -153,7 +163,9 @@ def cosine_weights(chunks: Chunks, gn_mul: float) -> list[np.ndarray]:
 def through_hessians(oracle: GradientOracle, chunks: Chunks,
                      weights: list[np.ndarray]) -> np.ndarray:
     """sum_i H_i w_i: the parameter gradient of a function of the g_i with dF/dg_i = w_i."""
-    return sum(oracle.hvp(chunks.theta, w, b) for w, b in zip(weights, chunks.batches))
+    carries = chunks.carries or [None] * len(weights)
+    return sum(oracle.hvp(chunks.theta, w, b, carry)
+               for w, b, carry in zip(weights, chunks.batches, carries))
 
 
 def objective(chunks: Chunks, gn_mul: float) -> float:
@@ -201,7 +213,7 @@ def plan(graph: ModelGraph, options: NIOOptions | None = None, *,
 
     def step(t: int, alpha: np.ndarray) -> Step:
         batch = run.source.batch(t)
-        chunks = chunk_gradients(oracle, space.theta(alpha), batch, bounds)
+        chunks = chunk_gradients(oracle, space.theta(alpha), batch, bounds, products=True)
         gnorm = float(np.mean(chunks.norms))
         metrics = {"gradcosine": grad_cosine(chunks), "gnorm": gnorm}
         value = objective(chunks, gn_mul)

@@ -37,6 +37,7 @@ except ImportError:  # no onnxruntime: runtime.make_session refuses with the ins
 from ..autodiff import GradientProgram
 from ..autodiff.higher_order import DerivedGraph, DerivedProgram, HessianVectorProgram
 from ..autodiff.reverse import GradientGraph
+from ..autodiff.staged import Carry, StagedProgram, staged_or_none
 from ..data import Batch, DataSource
 from ..errors import InvalidOptionError, OnnxInitError
 from .scales import Layout
@@ -93,6 +94,7 @@ class GradientOracle:
         self._programs: dict[int, GradientProgram] = {}
         self._derived: dict[tuple[str, int], DerivedProgram | None] = {}
         self._products: dict[int, HessianVectorProgram | None] = {}
+        self._staged: dict[tuple[str, int], StagedProgram | None] = {}
         self.passes = 0
         self.exact_passes = 0
         first = self.program(source.batch_size)
@@ -148,6 +150,44 @@ class GradientOracle:
                 threads=self.threads, backend=program.backend))
         return self._derived[key, batch_size]
 
+    def staged(self, key: str, batch_size: int,
+               make: Callable[[GradientGraph], DerivedGraph]) -> StagedProgram | None:
+        """The two stages (:mod:`onnxinit.autodiff.staged`) of the exact program
+        ``derived(key, batch_size, make)`` giving its ``dphi`` tensors, or None where there is
+        no exact program or it cannot be split."""
+        if (key, batch_size) not in self._staged:
+            derived = self.derived(key, batch_size, make)
+            self._staged[key, batch_size] = None if derived is None else staged_or_none(
+                self.program(batch_size), derived.graph, [f"dphi:{n}" for n in self.wrt])
+        return self._staged[key, batch_size]
+
+    def staged_products(self, batch_size: int) -> StagedProgram | None:
+        """The two stages of the exact Hessian-vector product, or None."""
+        key = ("products", batch_size)
+        if key not in self._staged:
+            exact = self.products(batch_size)
+            self._staged[key] = None if exact is None else staged_or_none(
+                exact.program, exact.graph, [f"dphi:{n}" for n in self.wrt])
+        return self._staged[key]
+
+    def first_stage(self, staged: StagedProgram, theta: np.ndarray,
+                    batch: Batch) -> tuple[float, np.ndarray, Carry]:
+        """(L(batch; theta), dL/dtheta, what stage 2 needs): a gradient pass."""
+        feeds = self.program(batch_length(batch)).session_feeds(
+            batch.feeds, batch.labels, self.layout.split(theta))
+        loss, grads, carry = staged.first(feeds)
+        self.passes += 1
+        return loss, self.layout.join(grads), carry
+
+    def rest_stage(self, staged: StagedProgram, carry: Carry,
+                   extra: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """The flat ``dphi`` of stage 2 (``extra``: the derived graph's own inputs by role)."""
+        dtype = staged.program.parameters[self.wrt[0]].dtype
+        feeds = {staged.derived.tensors[role]: np.asarray(value, dtype=dtype)
+                 for role, value in (extra or {}).items()}
+        self.exact_passes += 1
+        return self.join(staged.rest(carry, feeds), "dphi")
+
     def run(self, derived: DerivedProgram, theta: np.ndarray, batch: Batch,
             roles: Sequence[str]) -> dict[str, np.ndarray]:
         """The tensors of ``roles`` from one run of an exact program at theta."""
@@ -171,8 +211,24 @@ class GradientOracle:
         v_norm = float(np.linalg.norm(v))
         return rel * (1.0 + float(np.linalg.norm(theta))) / v_norm if v_norm else 0.0
 
-    def hvp(self, theta: np.ndarray, v: np.ndarray, batch: Batch) -> np.ndarray:
-        """H(theta) v: exact where possible, else the central difference (2)."""
+    def gradient_kept(self, theta: np.ndarray,
+                      batch: Batch) -> tuple[float, np.ndarray, Carry | None]:
+        """(L, dL/dtheta, what a later :meth:`hvp` at the same theta and batch reuses, or None
+        where products are not exact or cannot be staged)."""
+        staged = self.staged_products(batch_length(batch))
+        if staged is None:
+            return (*self.gradient(theta, batch), None)
+        return self.first_stage(staged, theta, batch)
+
+    def hvp(self, theta: np.ndarray, v: np.ndarray, batch: Batch,
+            carry: Carry | None = None) -> np.ndarray:
+        """H(theta) v: exact where possible (from ``carry`` of :meth:`gradient_kept` at this
+        theta and batch when given: the second stage only), else the central difference
+        (2)."""
+        if carry is not None:
+            staged = self.staged_products(batch_length(batch))
+            return self.rest_stage(staged, carry, {f"v:{name}": part for name, part in
+                                                   self.layout.split(v).items()})
         exact = self.products(batch_length(batch))
         if exact is not None:
             self.exact_passes += 1

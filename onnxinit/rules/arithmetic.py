@@ -12,8 +12,8 @@ are exact for it::
 Statistics are computed on the broadcast grid of every operand's tracked axes (a per-channel
 signal plus a ``[S, D]`` positional constant gives a ``[1, S, D]`` grid), kept whole when it is
 small (at most 65536 cells), else folded back onto the signal's tracked axes (or, for a scalar
-signal, the last axis the constant varies along) by the law of total variance, which is exact
-for the per-index statistics over the folded axes:
+signal, the last axis the constant varies along) by the law of total variance (grids.py), which
+is exact for the per-index statistics over the folded axes:
 
     E_k = mean_f E_kf,   Var_k = mean_f Var_kf + var_f E_kf
 
@@ -24,7 +24,7 @@ that are element-wise functions of one common ancestor (``x * Sigmoid(x)``) are 
 Attention masks (masks.py): a constant holding -inf is allowed in Add, Sub and Where (the
 elements it reaches are masked: mean -inf, variance 0), and a grid that reaches a Softmax keeps
 one value per element up to ``masks.OFFSET_CAP`` cells (a ``finfo.min`` or -100 offset is a
-position the Softmax ignores, not variance to fold).
+position the Softmax ignores, not variance to fold): ``masks.logit_offset``.
 """
 
 from __future__ import annotations
@@ -33,80 +33,30 @@ import numpy as np
 from scipy import special
 
 from . import masks
-from ..moments import Elementwise, Moments, compressed
+from ..moments import Elementwise, Moments
 from .context import RuleContext, RuleError, signal
 from .elementwise import apply_elementwise, apply_fn, digest
 from .fusion import fused_elementwise
 from .gaussian import compose
+from .grids import (
+    GRID_CAP,
+    KEEP_CAP,
+    finish,
+    operand,
+    out_rank,
+    signal_axes,
+    varies,
+    varying_axes,
+)
 from .mixture import binary_independent, lift, sum_mixture
 from .positional import concat_channels, positions_binary
 from .registry import rule
 
-_GRID_CAP = 1 << 22  # elements of a statistics grid before it is folded further
 _CONST_CAP = 1 << 16  # constants larger than this are not handed to the element-wise rules
-_KEEP_CAP = 1 << 16  # grids up to this many cells are kept whole (never folded)
 
 
 # ---------------------------------------------------------------------------------------------
-# grids of statistics
-
-
-def _out_rank(ctx: RuleContext) -> int:
-    shape = ctx.graph.shape(ctx.node.output[0])
-    if shape is not None:
-        return len(shape)
-    ranks = [len(s) for s in (ctx.graph.shape(n) for n in ctx.node.input if n) if s is not None]
-    if not ranks:
-        raise RuleError("no static shape to align the operands")
-    return max(ranks)
-
-
-def _operand(inputs, ctx: RuleContext, i: int, rank: int, masked: bool = False
-             ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(mean, var, is_signal) of input ``i`` laid out at ``rank``; constants have variance 0
-    (and may hold -inf, a mask, when ``masked``)."""
-    m = inputs[i] if i < len(inputs) else None
-    if m is not None:
-        return lift(m.mean, rank), lift(m.var, rank), True
-    c = ctx.const(i)
-    if c is None:
-        raise RuleError(f"input {i} is neither a signal nor constant")
-    c = np.asarray(c, dtype=np.float64)
-    if not np.all(np.isfinite(c) | (masked & np.isneginf(c))):
-        raise RuleError(f"constant input {i} is not finite")
-    c = lift(c, rank)
-    return c, np.zeros_like(c), False
-
-
-def _axes(*arrays: np.ndarray) -> set[int]:
-    shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
-    return {i for i, n in enumerate(shape) if n > 1}
-
-
-def fold(mean: np.ndarray, var: np.ndarray, keep) -> Moments:
-    """Moments tracked along ``keep`` only: E_k = mean_f E, Var_k = mean_f Var + var_f E over
-    the other axes (uniform weights: each grid cell stands for the same number of elements)."""
-    mean, var = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(var, np.float64))
-    other = tuple(i for i in range(mean.ndim) if i not in set(keep) and mean.shape[i] > 1)
-    if not other:
-        return Moments(mean.copy(), var.copy())
-    m = mean.mean(axis=other, keepdims=True)
-    v = var.mean(axis=other, keepdims=True) + ((mean - m) ** 2).mean(axis=other, keepdims=True)
-    return Moments(m, v)
-
-
-def _finish(mean, var, signal_axes: set[int], keep: int = _KEEP_CAP) -> Moments:
-    """Keep the whole grid when it is small (<= ``keep`` cells: a positional embedding's
-    per-position means stay per position, so that a later mean over the sequence averages them
-    instead of counting them as noise), or when it varies only along the signal's tracked axes;
-    else fold a constant's variation along other axes, keeping its last varying axis for a
-    scalar signal."""
-    axes = _axes(mean, var)
-    size = int(np.prod(np.broadcast_shapes(np.shape(mean), np.shape(var))))
-    if size <= keep or ((axes <= signal_axes or len(axes) <= 1) and size <= _GRID_CAP):
-        return Moments(mean, var)
-    keep = signal_axes if signal_axes else {max(axes)}
-    return fold(mean, var, keep)
+# which machinery takes a node
 
 
 def _same_layout(inputs, ctx: RuleContext, rank: int) -> bool:
@@ -117,7 +67,7 @@ def _same_layout(inputs, ctx: RuleContext, rank: int) -> bool:
     if len(which) != 1:
         return False
     x = inputs[which[0]]
-    x_axes = _axes(lift(x.mean, rank), lift(x.var, rank))
+    x_axes = varying_axes(lift(x.mean, rank), lift(x.var, rank))
     c_axes: set[int] = set()
     for i, name in enumerate(ctx.node.input):
         if i == which[0] or not name:
@@ -125,7 +75,7 @@ def _same_layout(inputs, ctx: RuleContext, rank: int) -> bool:
         c = ctx.const(i)
         if c is None or np.size(c) > _CONST_CAP or not np.all(np.isfinite(c)):
             return False
-        c_axes |= _axes(lift(c, rank))
+        c_axes |= varying_axes(lift(c, rank))
     return c_axes <= x_axes or (not x_axes and len(c_axes) <= 1)
 
 
@@ -149,8 +99,8 @@ def binary(inputs, ctx: RuleContext):
     E = mu1 mu2, Var = (nu1+mu1^2)(nu2+mu2^2) - mu1^2 mu2^2. Division by a signal (other than
     c / x, element-wise) is measured."""
     op = ctx.node.op_type
-    rank = _out_rank(ctx)
-    offset = _logit_offset(inputs, ctx, rank)
+    rank = out_rank(ctx)
+    offset = masks.logit_offset(inputs, ctx, rank)
     if offset is not None:
         return [offset]
     fused = _two_signals_fused(inputs, ctx)
@@ -168,80 +118,22 @@ def binary(inputs, ctx: RuleContext):
     if op == "Div":
         if inputs[1] is not None:
             raise RuleError("division by a signal")
-        mb, vb, _ = _operand(inputs, ctx, 1, rank)
+        mb, vb, _ = operand(inputs, ctx, 1, rank)
         if np.any(mb == 0):
             raise RuleError("division by a constant holding zeros")
         b = (1.0 / mb, vb)
         op = "Mul"
     else:
-        b = _operand(inputs, ctx, 1, rank)[:2]
-    a = _operand(inputs, ctx, 0, rank)[:2]
+        b = operand(inputs, ctx, 1, rank)[:2]
+    a = operand(inputs, ctx, 0, rank)[:2]
     mean, var = binary_independent(op, a, b)
-    keep = masks.OFFSET_CAP if _varies(mean) and masks.feeds_softmax(ctx) else _KEEP_CAP
-    out = _finish(mean, var, _signal_axes(inputs, rank), keep)
+    keep = masks.OFFSET_CAP if varies(mean) and masks.feeds_softmax(ctx) else KEEP_CAP
+    out = finish(mean, var, signal_axes(inputs, rank), keep)
     if op in ("Add", "Sub") and all(m is not None for m in inputs) and out.mean.shape == np.shape(mean):
         mixture = sum_mixture(inputs[0], inputs[1], rank, op == "Sub")
         if mixture is not None:
             out = Moments(out.mean, out.var, None, mixture)
     return [out]
-
-
-def _varies(a) -> bool:
-    return len(_axes(a)) > 1
-
-
-def _exact(inputs, ctx: RuleContext, i: int) -> np.ndarray | None:
-    """Input ``i``'s value when it is exactly known: a constant, or a signal of variance 0
-    (computed from an attention_mask input, masks.derived_moments)."""
-    m = inputs[i]
-    if m is None:
-        return ctx.const(i)
-    if np.all(m.var == 0):
-        return m.mean
-    return None
-
-
-def _logit_offset(inputs, ctx: RuleContext, rank: int) -> Moments | None:
-    """Add/Sub of a signal x and an exactly known c that is a mask (holds -inf) or a grid that
-    reaches a Softmax: E = mu +/- c per element, Var = nu (0 where masked), the grid kept up to
-    masks.OFFSET_CAP cells (x's own variation folded first onto c's axes when larger). None
-    when this is not such a node."""
-    if ctx.node.op_type not in ("Add", "Sub") or len(inputs) != 2:
-        return None
-    known = [_exact(inputs, ctx, i) for i in range(2)]
-    if (known[0] is None) == (known[1] is None):
-        return None
-    i = 0 if known[0] is None else 1
-    c = lift(np.asarray(known[1 - i], dtype=np.float64), rank)
-    c = lift(compressed(c, np.zeros_like(c)).mean, rank)  # a mask expanded over the batch: once
-    if ctx.node.op_type == "Sub" and i == 0:
-        c = -c
-    if not (masks.has_masked(c) or (_varies(c) and masks.feeds_softmax(ctx))):
-        return None
-    if np.isnan(c).any() or np.isposinf(c).any():
-        raise RuleError("a constant offset holds NaN or +inf")
-    x = inputs[i]
-    mx, vx = lift(x.mean, rank), lift(x.var, rank)
-    sign = -1.0 if ctx.node.op_type == "Sub" and i == 1 else 1.0
-    size = int(np.prod(np.broadcast_shapes(np.shape(mx), np.shape(vx), np.shape(c))))
-    if size > masks.OFFSET_CAP:
-        folded = fold(mx, vx, _axes(c))
-        mx, vx = folded.mean, folded.var
-        size = int(np.prod(np.broadcast_shapes(np.shape(mx), np.shape(vx), np.shape(c))))
-        if size > masks.OFFSET_CAP:
-            raise RuleError("an attention mask too large to keep per element")
-    with np.errstate(invalid="ignore"):
-        mean = sign * mx + c
-    var = np.where(np.isneginf(mean), 0.0, np.broadcast_to(vx, mean.shape))
-    return Moments(mean, var)
-
-
-def _signal_axes(inputs, rank: int) -> set[int]:
-    axes: set[int] = set()
-    for m in inputs:
-        if m is not None:
-            axes |= _axes(lift(m.mean, rank), lift(m.var, rank))
-    return axes
 
 
 @rule("Pow", fusion=True)
@@ -263,17 +155,17 @@ def power(inputs, ctx: RuleContext):
 def sum_mean(inputs, ctx: RuleContext):
     """y = sum_i x_i (Mean: divided by n), operands independent, constants exact:
     E = sum_i mu_i, Var = sum_i nu_i (Mean: E / n, Var / n^2)."""
-    rank = _out_rank(ctx)
+    rank = out_rank(ctx)
     if len(inputs) == 1:
         return [signal(inputs, 0)]
     mean, var = np.float64(0.0), np.float64(0.0)
     for i in range(len(inputs)):
-        m, v, _ = _operand(inputs, ctx, i, rank)
+        m, v, _ = operand(inputs, ctx, i, rank)
         mean, var = mean + m, var + v
     if ctx.node.op_type == "Mean":
         n = len(inputs)
         mean, var = mean / n, var / n**2
-    return [_finish(mean, var, _signal_axes(inputs, rank))]
+    return [finish(mean, var, signal_axes(inputs, rank))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +204,7 @@ def _fused_extreme(inputs, ctx: RuleContext, minimum: bool):
            tuple(f.key for f in fusion.chain_a), tuple(f.key for f in fusion.chain_b))  # fmt: skip
     h = Elementwise(key, lambda z: pick(fa(z), fb(z)))
     shape = ctx.graph.shape(fusion.tensor)
-    rank = _out_rank(ctx)
+    rank = out_rank(ctx)
     if shape is not None and len(shape) != rank:
         return None
     try:
@@ -356,13 +248,13 @@ def extreme(inputs, ctx: RuleContext):
     theta phi(alpha), E[y^2] = (mu1^2+nu1) Phi(alpha) + (mu2^2+nu2) Phi(-alpha) +
     (mu1+mu2) theta phi(alpha)); otherwise Monte Carlo from the inputs' sources."""
     minimum = ctx.node.op_type == "Min"
-    rank = _out_rank(ctx)
+    rank = out_rank(ctx)
     pick = np.minimum if minimum else np.maximum
     signals = [m for m in inputs if m is not None]
     consts = []
     for i, m in enumerate(inputs):
         if m is None:
-            consts.append(_operand(inputs, ctx, i, rank)[0])
+            consts.append(operand(inputs, ctx, i, rank)[0])
     if len(signals) == 1:
         if not consts:
             return [signals[0]]
@@ -374,8 +266,8 @@ def extreme(inputs, ctx: RuleContext):
             raise RuleError("a constant too large to track per element")
         f = Elementwise(("Min" if minimum else "Max", *digest(c)), lambda z: pick(z, c))
         out = apply_fn(x, f, rank)
-        if len(_axes(out.mean, out.var)) > 1:
-            return [_finish(out.mean, out.var, _axes(lift(x.mean, rank), lift(x.var, rank)))]
+        if len(varying_axes(out.mean, out.var)) > 1:
+            return [finish(out.mean, out.var, varying_axes(lift(x.mean, rank), lift(x.var, rank)))]
         return [out]
     if len(signals) == 2 and not consts:
         fused = _fused_extreme(inputs, ctx, minimum)
@@ -391,9 +283,9 @@ def extreme(inputs, ctx: RuleContext):
                 lift(b.var, rank),
                 minimum,
             )
-            return [_finish(mean, var, _signal_axes(inputs, rank))]
+            return [finish(mean, var, signal_axes(inputs, rank))]
     mean, var = _monte_carlo_extreme(signals, consts, ctx, rank, minimum)
-    return [_finish(mean, var, _signal_axes(inputs, rank))]
+    return [finish(mean, var, signal_axes(inputs, rank))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,21 +303,21 @@ def where(inputs, ctx: RuleContext):
     cond = masks.condition(ctx, 0, inputs)
     if cond is None:
         raise RuleError("the condition depends on a signal")
-    rank = _out_rank(ctx)
+    rank = out_rank(ctx)
     cond = lift(np.asarray(cond, dtype=bool), rank)
     if np.all(cond) and inputs[1] is not None:
         return [inputs[1]]
     if not np.any(cond) and inputs[2] is not None:
         return [inputs[2]]
-    ma, va, _ = _operand(inputs, ctx, 1, rank, masked=True)
-    mb, vb, _ = _operand(inputs, ctx, 2, rank, masked=True)
+    ma, va, _ = operand(inputs, ctx, 1, rank, masked=True)
+    mb, vb, _ = operand(inputs, ctx, 2, rank, masked=True)
     mean, var = np.where(cond, ma, mb), np.where(cond, va, vb)
-    axes = _signal_axes(inputs, rank)
+    axes = signal_axes(inputs, rank)
     if np.isneginf(mean).any() or masks.feeds_softmax(ctx):
         if mean.size > masks.OFFSET_CAP:
             raise RuleError("an attention mask too large to keep per element")
         return [Moments(mean, np.broadcast_to(var, mean.shape))]
-    return [_finish(mean, var, axes)]
+    return [finish(mean, var, axes)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,7 +342,7 @@ def _concat_grids(pieces, sizes, axis: int, rank: int) -> Moments | None:
              for m, v in grids]
     common = [max(m.shape[a] for m, _ in grids) for a in range(rank)]
     common[axis] = 1
-    if int(np.prod(common)) * sum(sizes) > _GRID_CAP:
+    if int(np.prod(common)) * sum(sizes) > GRID_CAP:
         return None
     means, variances = [], []
     for (m, v), n in zip(grids, sizes):
@@ -506,4 +398,4 @@ def concat(inputs, ctx: RuleContext):
     return [Moments.scalar(mean, e2 - mean**2)]
 
 
-__all__ = ["binary", "concat", "extreme", "fold", "power", "sum_mean", "where"]
+__all__ = ["binary", "concat", "extreme", "power", "sum_mean", "where"]

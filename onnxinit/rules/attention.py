@@ -37,7 +37,7 @@ from ..moments import Moments, compressed
 from .context import RuleContext, RuleError, signal
 from .registry import rule
 from .masks import feeds_softmax
-from .tokens import attach, sigma, token_axes
+from .token_field import attach, sigma, token_axes
 
 def _full(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
     x = x.expand_rank(rank)

@@ -30,7 +30,9 @@ from onnx import helper
 from ..feeds import synthetic_feeds, vocab_size
 from ..moments import Moments, Rows, compressed
 from ..runtime import make_session
-from .context import RuleContext
+from .context import RuleContext, RuleError
+from .grids import fold, varies, varying_axes
+from .mixture import lift
 
 OFFSET_CAP = 1 << 21  # elements of a logit-offset grid kept per element (before folding)
 _THROUGH = {"Reshape", "Transpose", "Add", "Sub", "Where", "Cast", "Identity", "Dropout", "Mul",
@@ -201,5 +203,51 @@ def derived_moments(inputs, ctx: RuleContext) -> list[Moments | None] | None:
     return outs
 
 
-__all__ = ["OFFSET_CAP", "condition", "keep_rows", "derived_moments", "feeds_softmax", "has_masked",
-           "input_derived"]
+def exact_value(inputs, ctx: RuleContext, i: int) -> np.ndarray | None:
+    """Input ``i``'s value when it is exactly known: a constant, or a signal of variance 0
+    (computed from an attention_mask input, :func:`derived_moments`)."""
+    m = inputs[i]
+    if m is None:
+        return ctx.const(i)
+    if np.all(m.var == 0):
+        return m.mean
+    return None
+
+
+def logit_offset(inputs, ctx: RuleContext, rank: int) -> Moments | None:
+    """Add/Sub of a signal x and an exactly known c that is a mask (holds -inf) or a grid that
+    reaches a Softmax: E = mu +/- c per element, Var = nu (0 where masked), the grid kept up to
+    OFFSET_CAP cells (x's own variation folded first onto c's axes when larger). None
+    when this is not such a node."""
+    if ctx.node.op_type not in ("Add", "Sub") or len(inputs) != 2:
+        return None
+    known = [exact_value(inputs, ctx, i) for i in range(2)]
+    if (known[0] is None) == (known[1] is None):
+        return None
+    i = 0 if known[0] is None else 1
+    c = lift(np.asarray(known[1 - i], dtype=np.float64), rank)
+    c = lift(compressed(c, np.zeros_like(c)).mean, rank)  # a mask expanded over the batch: once
+    if ctx.node.op_type == "Sub" and i == 0:
+        c = -c
+    if not (has_masked(c) or (varies(c) and feeds_softmax(ctx))):
+        return None
+    if np.isnan(c).any() or np.isposinf(c).any():
+        raise RuleError("a constant offset holds NaN or +inf")
+    x = inputs[i]
+    mx, vx = lift(x.mean, rank), lift(x.var, rank)
+    sign = -1.0 if ctx.node.op_type == "Sub" and i == 1 else 1.0
+    size = int(np.prod(np.broadcast_shapes(np.shape(mx), np.shape(vx), np.shape(c))))
+    if size > OFFSET_CAP:
+        folded = fold(mx, vx, varying_axes(c))
+        mx, vx = folded.mean, folded.var
+        size = int(np.prod(np.broadcast_shapes(np.shape(mx), np.shape(vx), np.shape(c))))
+        if size > OFFSET_CAP:
+            raise RuleError("an attention mask too large to keep per element")
+    with np.errstate(invalid="ignore"):
+        mean = sign * mx + c
+    var = np.where(np.isneginf(mean), 0.0, np.broadcast_to(vx, mean.shape))
+    return Moments(mean, var)
+
+
+__all__ = ["OFFSET_CAP", "condition", "derived_moments", "exact_value", "feeds_softmax",
+           "has_masked", "input_derived", "keep_rows", "logit_offset"]

@@ -26,7 +26,7 @@ from .context import RuleContext, RuleError, signal
 from .masks import input_derived
 from .recurrence import Drive, Gate
 from .registry import rule
-from .tokens import attach, token_axes
+from .token_field import attach, token_axes
 
 _MAX_LENGTHS = 8  # distinct sequence lengths scanned separately
 _MAX_STEPS = 512

@@ -1,11 +1,10 @@
 """Layout ops: they move, select or repeat elements without mixing them, so the statistics of the
 elements are unchanged and only per-axis statistics must follow the element they belong to:
 
-* Reshape, Flatten, Squeeze, Unsqueeze: the tracked axes occupy a range of "digits" of the flat
-  (row-major) index; the output axes that cover this range carry the statistics exactly, e.g.
-  ``[N, C, H, W] -> [N, C*H*W]`` gives feature ``f`` the statistics of channel ``f // (H*W)``
-  (``np.repeat``), ``[N, S, D] -> [N, S, h, D/h]`` reshapes per-feature statistics to
-  ``[h, D/h]``. When the range does not map onto whole output axes, they are pooled.
+* Reshape, Flatten, Squeeze, Unsqueeze: the per-axis statistics follow the flat (row-major)
+  index, exactly where the tracked axes map onto whole output axes, pooled otherwise
+  (layout.py: ``[N, C, H, W] -> [N, C*H*W]`` gives feature ``f`` the statistics of channel
+  ``f // (H*W)``).
 * Transpose permutes them; Slice, Split, Gather (constant indices) select them; Tile repeats
   them; Expand broadcasts; Pad mixes in the pad value by the padded fraction.
 * Gather from a constant table by integer ids (an embedding): per column over the table's rows,
@@ -23,93 +22,14 @@ from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
 from ..spatial import DENSE_CAP, dense, drop, select
 from .context import RuleContext, RuleError, signal
+from .layout import drop_constant_axes, full_grid, reshape_moments, scalar_of
 from .masks import keep_rows
 from .registry import rule
 from .weighted import moments_along
 
-_GRID_CAP = 1 << 22
-
-
-def _scalar(x: Moments) -> Moments:
-    """x's scalar statistics as 0-d arrays, keeping a source that is scalar too."""
-    src = x.source
-    if src is not None and (np.size(src.mean) != 1 or np.size(src.var) != 1):
-        src = None
-    elif src is not None:
-        src = type(src)(np.reshape(src.mean, ()), np.reshape(src.var, ()), src.chain)
-    return Moments(x.mean.reshape(()), x.var.reshape(()), src)
-
-
-def _full(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, var) broadcast together at ``rank`` (size 1 on untracked axes)."""
-    x = x.expand_rank(rank)
-    mean, var = np.broadcast_arrays(x.mean, x.var)
-    if mean.ndim != rank:
-        raise RuleError("statistics of a higher rank than the tensor")
-    return np.array(mean), np.array(var)
-
-
-def _compress(mean: np.ndarray, var: np.ndarray) -> Moments:
-    """Drop the variation along axes where the statistics are constant."""
-    for axis in range(mean.ndim):
-        if mean.shape[axis] > 1:
-            first_m = np.take(mean, [0], axis=axis)
-            first_v = np.take(var, [0], axis=axis)
-            if np.array_equal(mean, np.broadcast_to(first_m, mean.shape)) and np.array_equal(
-                var, np.broadcast_to(first_v, var.shape)
-            ):
-                mean, var = first_m, first_v
-    return Moments(mean, var)
-
 
 # ---------------------------------------------------------------------------------------------
 # Reshape and its special cases
-
-
-def _map_span(flat: np.ndarray, inner: int, n: int, out_shape) -> tuple | None:
-    """Per-element values ``flat[(i // inner) % n]`` (i the flat index) as an array over the
-    output axes that determine them: (j0, values shaped out_shape[j0:j1+1]) or None."""
-    r = len(out_shape)
-    p = [int(np.prod(out_shape[j:], dtype=np.int64)) for j in range(r + 1)]
-    top = inner * n
-    j1 = next((j for j in range(r) if p[j + 1] <= inner < p[j]), None)
-    j0 = next((j for j in range(r) if p[j + 1] < top <= p[j]), None)
-    if j0 is None or j1 is None or j0 > j1:
-        return None
-    if inner % p[j1 + 1] or p[j0] % top:
-        return None
-    size = p[j0] // p[j1 + 1]
-    if size > _GRID_CAP:
-        return None
-    t = np.arange(size, dtype=np.int64)
-    idx = (t * p[j1 + 1] // inner) % n
-    return j0, flat[..., idx].reshape(flat.shape[:-1] + tuple(out_shape[j0 : j1 + 1]))
-
-
-def reshape_moments(x: Moments, in_shape, out_shape) -> Moments:
-    """Statistics of ``x`` (a tensor of ``in_shape``) reshaped to ``out_shape``: exact when the
-    tracked axes' digit range of the flat index covers whole output axes, pooled otherwise."""
-    if x.is_scalar:
-        return _scalar(x)
-    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
-    mean, var = _full(x, len(in_shape))
-    tracked = [a for a in range(len(in_shape)) if mean.shape[a] > 1]
-    a0, a1 = tracked[0], tracked[-1]
-    span = in_shape[a0 : a1 + 1]
-    index = tuple(slice(None) if a0 <= a <= a1 else 0 for a in range(len(in_shape)))
-    stats = np.stack([np.broadcast_to(mean[index], span), np.broadcast_to(var[index], span)])
-    inner = int(np.prod(in_shape[a1 + 1 :], dtype=np.int64))
-    n = int(np.prod(span, dtype=np.int64))
-    found = _map_span(stats.reshape(2, n), inner, n, out_shape)
-    if found is None:
-        if len(tracked) > 1:  # keep the last tracked axis alone (the others pooled), retry
-            m, v = x.values_along(a1, in_shape[a1])
-            return reshape_moments(Moments.along(m, v, a1, len(in_shape)), in_shape, out_shape)
-        return x.pooled()
-    j0, values = found
-    shape = [1] * len(out_shape)
-    shape[j0 : j0 + values.ndim - 1] = values.shape[1:]
-    return _compress(values[0].reshape(shape), values[1].reshape(shape))
 
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -158,10 +78,10 @@ def transpose(inputs, ctx: RuleContext):
     """y = x with axes permuted by ``perm`` (default reversed): per-axis statistics permuted."""
     x = signal(inputs, 0)
     if x.is_scalar:
-        return [_scalar(x)]
+        return [scalar_of(x)]
     rank = len(ctx.in_shape(0))
     perm = list(ctx.attr("perm", list(range(rank))[::-1]))
-    mean, var = _full(x, rank)
+    mean, var = full_grid(x, rank)
     return [Moments(mean.transpose(perm), var.transpose(perm))]
 
 
@@ -179,12 +99,12 @@ def tile(inputs, ctx: RuleContext):
     """y = x repeated ``repeats[a]`` times along each axis a: per-axis statistics tiled."""
     x = signal(inputs, 0)
     if x.is_scalar:
-        return [_scalar(x)]
+        return [scalar_of(x)]
     repeats = ctx.const(1)
     if repeats is None:
         raise RuleError("repeats is not constant")
     rank = len(ctx.in_shape(0))
-    mean, var = _full(x, rank)
+    mean, var = full_grid(x, rank)
     reps = [int(r) if mean.shape[a] > 1 else 1 for a, r in enumerate(np.ravel(repeats))]
     return [Moments(np.tile(mean, reps), np.tile(var, reps))]
 
@@ -195,15 +115,15 @@ def tile(inputs, ctx: RuleContext):
 
 def _take(x: Moments, rank: int, axis: int, indices: np.ndarray) -> Moments:
     """Statistics of x.take(indices, axis) (indices already non-negative, any shape)."""
-    mean, var = _full(x, rank)
+    mean, var = full_grid(x, rank)
     if mean.shape[axis] == 1:
         indices = np.zeros_like(indices)
     m = np.take(mean, indices, axis=axis)
     v = np.take(var, indices, axis=axis)
-    return _compress(m, v) if m.size > 1 else Moments(m.reshape(()), v.reshape(()))
+    return drop_constant_axes(m, v) if m.size > 1 else Moments(m.reshape(()), v.reshape(()))
 
 
-def _slice_params(ctx: RuleContext, rank: int):
+def slice_params(ctx: RuleContext, rank: int):
     if ctx.opset < 10:
         starts, ends = ctx.attr("starts"), ctx.attr("ends")
         axes = ctx.attr("axes", list(range(len(starts))))
@@ -230,13 +150,13 @@ def slice_(inputs, ctx: RuleContext):
     in_shape = ctx.in_shape(0)
     rank = len(in_shape)
     if x.spatial is not None:
-        for axis, start, end, step in _slice_params(ctx, rank):
+        for axis, start, end, step in slice_params(ctx, rank):
             x = select(x, axis, np.arange(in_shape[axis])[slice(start, end, step)])
         return [x]
     if x.is_scalar:
-        return [_scalar(x)]
+        return [scalar_of(x)]
     out = x.expand_rank(rank)
-    for axis, start, end, step in _slice_params(ctx, rank):
+    for axis, start, end, step in slice_params(ctx, rank):
         if out.rank and np.broadcast_shapes(out.mean.shape, out.var.shape)[axis] > 1:
             idx = np.arange(in_shape[axis])[slice(start, end, step)]
             out = _take(out, rank, axis, idx)
@@ -258,7 +178,7 @@ def split(inputs, ctx: RuleContext):
     if x.spatial is not None:
         return [select(x, axis, idx) for idx in pieces]
     if x.is_scalar:
-        return [_scalar(x) for _ in range(outs_n)]
+        return [scalar_of(x) for _ in range(outs_n)]
     return [_take(x, rank, axis, idx) for idx in pieces]
 
 
@@ -278,7 +198,7 @@ def gather(inputs, ctx: RuleContext):
         rank = len(in_shape)
         axis %= rank
         if x.is_scalar:
-            return [_scalar(x)]
+            return [scalar_of(x)]
         idx = np.asarray(indices, dtype=np.int64) % in_shape[axis]
         return [_take(x, rank, axis, idx)]
     table = ctx.const(0)
@@ -289,7 +209,7 @@ def gather(inputs, ctx: RuleContext):
     mean, var = moments_along(table, axis)
     ids_rank = out_rank - (table.ndim - 1)
     shape = list(table.shape[:axis]) + [1] * ids_rank + list(table.shape[axis + 1 :])
-    return [_compress(mean.reshape(shape), var.reshape(shape))]
+    return [drop_constant_axes(mean.reshape(shape), var.reshape(shape))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +256,7 @@ def pad(inputs, ctx: RuleContext):
     mode, value, pads = _pad_params(ctx, rank)
     if mode not in ("constant", "reflect", "edge", "wrap"):
         raise RuleError(f"pad mode {mode}")
-    mean, var = _full(x, rank) if x.rank else (x.mean, x.var)
+    mean, var = full_grid(x, rank) if x.rank else (x.mean, x.var)
     mean, var = np.array(mean, dtype=np.float64), np.array(var, dtype=np.float64)
     kept = 1.0  # fraction of elements that are x's, over the untracked padded axes
     for axis, (b, e) in sorted(pads.items()):
@@ -394,7 +314,7 @@ def depth_space(inputs, ctx: RuleContext):
     Var = mean_k (nu + mu^2) - E^2. SpaceToDepth: output channel k C + c is input channel c."""
     x = signal(inputs, 0)
     if x.is_scalar:
-        return [_scalar(x)]
+        return [scalar_of(x)]
     b = int(ctx.attr("blocksize"))
     c_in = ctx.in_shape(0)[1]
     mu, nu = x.values_along(1, c_in)
@@ -409,4 +329,3 @@ def depth_space(inputs, ctx: RuleContext):
     return [Moments.along(mean, (nu + mu**2).mean(axis=1) - mean**2, 1, 4)]
 
 
-__all__ = ["reshape_moments"]

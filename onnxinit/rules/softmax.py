@@ -33,7 +33,7 @@ from scipy import special
 from ..moments import Moments, compressed
 from .context import RuleContext, signal
 from .registry import rule
-from .tokens import token_axes
+from .token_field import token_axes
 
 _GH_Z, _GH_W = np.polynomial.hermite_e.hermegauss(16)  # 3e-7 of the variance (sigmoid is smooth)
 _GH_W = _GH_W / _GH_W.sum()

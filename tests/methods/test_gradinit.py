@@ -118,8 +118,9 @@ def test_loss_after_step_gradient(alg):
 
 @pytest.mark.parametrize("alg,hvp", [("sgd", "exact"), ("adam", "exact"), ("sgd", "fd")])
 def test_constraint_gradient(alg, hvp):
-    """d|g(theta(alpha))|_p / dalpha: the exact norm program (one run), and the product
-    H v with v = d|g|_p/dg (exact or by differences), against central differences."""
+    """d|g(theta(alpha))|_p / dalpha: the exact norm program (alone, and with L and g from the
+    same run), and the product H v with v = d|g|_p/dg by differences, against central
+    differences."""
     run = tiny_run(hvp=hvp)
     oracle, space = run.oracle, run.space
     alpha = random_alpha(run)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from onnxinit.measure import measurable_model
 from onnxinit.runtime import make_session
 
 from .compare import random_only
+from .exports import export_module
 
 
 @dataclass(frozen=True)
@@ -159,31 +159,13 @@ SIZES = {"full": FULL, "small": SMALL}
 
 
 def export(spec: Spec, path: Path) -> Path:
-    """Export in training mode (README): TrainingMode.TRAINING, no constant folding, the
-    TorchScript exporter, a dynamic batch axis, IR version <= 10 (onnxruntime's limit)."""
-    import onnx
+    """Export in training mode as the README says (:func:`.exports.export_module`), the module
+    built with torch's seed 0."""
     import torch
 
     torch.manual_seed(0)
-    module = spec.build()
-    module.train()
-    if spec.vocab:
-        name, example = "input_ids", torch.randint(0, spec.vocab, (2, *spec.shape))
-    else:
-        name, example = "x", torch.randn(2, *spec.shape)
-    tmp = path.with_suffix(".tmp.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, (example,), str(tmp), input_names=[name],
-            training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False, dynamo=False,
-            opset_version=17, dynamic_axes={name: {0: "batch"}},
-        )
-    proto = onnx.load(str(tmp))
-    proto.ir_version = min(proto.ir_version, 10)
-    onnx.save(proto, str(path))
-    tmp.unlink()
-    return path
+    return export_module(spec.build(), spec.shape, path,
+                         input_name="input_ids" if spec.vocab else "x", integer_input=spec.vocab)
 
 
 _CACHE: dict[tuple[str, str], Path] = {}

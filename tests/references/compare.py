@@ -42,15 +42,21 @@ def torch_threads(count: int = 1):
         torch.set_num_threads(before)
 
 
-def onnxinit_trajectory(method: str, twin, **options):
+def onnxinit_trajectory(method: str, twin, observe=None, **options):
     """(tensor names, scales after every iteration, plan, the DataSource its batches come
     from) of onnxinit's ``method`` on ``twin``; seed 0 and no held-out checks unless given (the
-    papers keep the last iteration's scales)."""
+    papers keep the last iteration's scales). ``observe(t)`` is called after every iteration."""
     graph = load(twin.model, batch_size=twin.batch_size)
     plan_fn, _ = METHODS[method]
     values = make_options(method, {"seed": 0, "held_out_batches": 0, **options})
     history = []
-    plan = plan_fn(graph, values, observe=lambda t, alpha: history.append(np.array(alpha)))
+
+    def record(t, alpha):
+        history.append(np.array(alpha))
+        if observe is not None:
+            observe(t)
+
+    plan = plan_fn(graph, values, observe=record)
     return list(plan.report["scales"]), history, plan, batches(graph, values)
 
 

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.moments import Moments
-from onnxinit.rules.arithmetic import fold
+from onnxinit.rules.grids import fold
 from tests.models import make_model
 from tests.oracle import assert_moments_close, monte_carlo, node_model, predict
 

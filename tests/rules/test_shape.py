@@ -10,7 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxinit.graph import load
 from onnxinit.moments import Moments
 from onnxinit.rules import RuleContext
-from onnxinit.rules.shape import gather, reshape_moments
+from onnxinit.rules.layout import reshape_moments
+from onnxinit.rules.shape import gather
 from onnxinit.runtime import make_session
 from tests.oracle import assert_moments_close, monte_carlo, node_model, predict
 
@@ -76,6 +77,27 @@ def test_flatten_of_two_tracked_axes():
     x = Moments(np.arange(6.0).reshape(1, 2, 3), np.ones((1, 2, 3)))
     m = reshape_moments(x, (5, 2, 3), (5, 6))
     np.testing.assert_array_equal(m.mean.ravel(), np.arange(6.0))
+
+
+@pytest.mark.parametrize("in_shape, out_shape, tracked", [
+    ((3, 5, 4, 1, 6), (3, 5, 4, 6), (0, 4)),  # torchvision MHA's Squeeze of [3, L, N, 1, E]
+    ((12, 5, 4), (3, 4, 5, 4), (0, 2)),  # batch x heads split back, features kept
+    ((2, 3, 5, 7), (6, 35), (0, 1)),
+    ((2, 3, 5, 7), (2, 1, 3, 35, 1), (0, 2, 3)),
+    ((4, 6, 5), (2, 2, 30), (0,)),
+    ((4, 6, 5), (24, 5), (2,)),
+])
+def test_reshape_statistics_follow_each_element(in_shape, out_shape, tracked):
+    """Per-element statistics, reshaped by numpy, are what the prediction gives each output
+    element (tracked axes far apart, untracked axes between them)."""
+    rng = np.random.default_rng(1)
+    stat = tuple(n if a in tracked else 1 for a, n in enumerate(in_shape))
+    x = Moments(rng.standard_normal(stat), rng.random(stat) + 0.1)
+    m = reshape_moments(x, in_shape, out_shape)
+    for predicted, given in ((m.mean, x.mean), (m.var, x.var)):
+        expected = np.broadcast_to(given, in_shape).reshape(out_shape)
+        np.testing.assert_array_equal(np.broadcast_to(predicted, out_shape), expected)
+    assert m.mean.size < int(np.prod(out_shape))  # statistics, not every element
 
 
 def test_squeeze_and_unsqueeze_move_the_axis():

@@ -5,7 +5,12 @@ Convolutions: the input gradient of Conv is a ConvTranspose with explicit pads a
 product: strided Slices of the padded input, one per kernel tap, times the output gradient.
 (ORT runs the alternative, a Conv whose kernel is the whole output gradient, several times
 slower.) ConvTranspose is the adjoint of Conv, so its two gradients are the same constructions
-with the roles exchanged. (The forward family is :mod:`onnxinit.rules.linear`.)"""
+with the roles exchanged. (The forward family is :mod:`onnxinit.rules.linear`.)
+
+The weight gradient is bilinear in (X, dY); differentiating it again (reverse over reverse)
+takes its closed form, a ConvTranspose and a Conv (:func:`weight_gradient_backward`), instead
+of the adjoints of its im2col primitives (a Pad or two ScatterElements per kernel tap, their
+sum, a Split and two products), which cost about twice as much."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import numpy as np
 
 from ...errors import UnsupportedModelError
 from .registry import backward
-from .windows import explicit_pads, transposed_geometry
+from .windows import WeightGradientGeometry, explicit_pads, transposed_geometry
 
 
 def _swap_last_two(ctx, name: str, rank: int) -> str:
@@ -91,14 +96,33 @@ def _window_attrs(ctx, spatial: int):
     return strides, dilations, ctx.attr("group", 1)
 
 
+def _end_pads(in_sizes, out_sizes, kernel, strides, dilations, pad_begin) -> list[int]:
+    """The zero rows past the input that the last of ``out_sizes`` windows reaches."""
+    return [max(s * (o - 1) + d * (k - 1) + 1 - pb - size, 0) for size, o, k, s, d, pb in zip(
+        in_sizes, out_sizes, kernel, strides, dilations, pad_begin)]
+
+
+def _cropped(ctx, y, y_sizes, sizes):
+    """``y`` (a window op's output with ``y_sizes`` positions) cut to its first ``sizes``."""
+    if list(y_sizes) == list(sizes):
+        return y
+    axes = list(range(2, 2 + len(sizes)))
+    return ctx.emit("Slice", [y, ctx.ints([0] * len(axes)), ctx.ints(sizes), ctx.ints(axes)])
+
+
+def _window_count(in_sizes, pad_begin, pad_end, kernel, strides, dilations) -> list[int]:
+    """Output positions of a Conv over ``in_sizes`` with these pads and window."""
+    return [(size + pb + pe - d * (k - 1) - 1) // s + 1 for size, pb, pe, k, s, d in zip(
+        in_sizes, pad_begin, pad_end, kernel, strides, dilations)]
+
+
 def _patches(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin):
     """im2col with the batch folded into the positions: (C, K, N * P) for K = prod(kernel) taps
     and P = prod(out_sizes) output positions; entry [c, k, (n, p)] = X[n, c, p s + k d - pad]
     (zero outside X)."""
     n, channels, *in_sizes = x_shape
     spatial = len(kernel)
-    pad_end = [max(s * (o - 1) + d * (k - 1) + 1 - pb - size, 0) for size, o, k, s, d, pb in zip(
-        in_sizes, out_sizes, kernel, strides, dilations, pad_begin)]
+    pad_end = _end_pads(in_sizes, out_sizes, kernel, strides, dilations, pad_begin)
     channel_major = ctx.emit("Transpose", [x], perm=[1, 0, *range(2, 2 + spatial)])
     if any(pad_begin) or any(pad_end):
         channel_major = ctx.emit("Pad", [channel_major, ctx.ints(
@@ -121,7 +145,17 @@ def _patches(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin):
 def weight_gradient(ctx, x, x_shape, g, g_shape, kernel, strides, dilations, pad_begin, group):
     """dW[m, c, k] = sum_{n, p} dY[n, m, p] X[n, group(m) c, p s + k d - pad] for a Conv with
     input ``x`` and output gradient ``g``: im2col patches of X (one strided Slice per kernel
-    tap, batch folded into the positions) times dY as one matrix product per group."""
+    tap, batch folded into the positions) times dY as one matrix product per group. The node
+    that outputs dW records the geometry (:class:`~.windows.WeightGradientGeometry`)."""
+    dw = _weight_gradient_products(ctx, x, x_shape, g, g_shape, kernel, strides, dilations,
+                                   pad_begin, group)
+    ctx.annotate(WeightGradientGeometry(x, g, tuple(kernel), tuple(strides), tuple(dilations),
+                                        tuple(pad_begin), group).encode())
+    return dw
+
+
+def _weight_gradient_products(ctx, x, x_shape, g, g_shape, kernel, strides, dilations,
+                              pad_begin, group):
     n, c_in = x_shape[:2]
     c_out, out_sizes = g_shape[1], list(g_shape[2:])
     columns = n * int(np.prod(out_sizes))
@@ -136,6 +170,49 @@ def weight_gradient(ctx, x, x_shape, g, g_shape, kernel, strides, dilations, pad
     flat = ctx.emit("Reshape", [patches, ctx.ints([group, -1, columns])])
     product = ctx.emit("MatMul", [rows, ctx.emit("Transpose", [flat], perm=[0, 2, 1])])
     return ctx.emit("Reshape", [product, ctx.ints([c_out, c_in // group, *kernel])])
+
+
+def input_gradient(ctx, g, w, x_shape, g_shape, kernel, strides, dilations, pad_begin, group):
+    """dX[n, c, q] = sum over (m, p, k) with p s + k d - pad = q of W[m, c, k] dY[n, m, p]: a
+    ConvTranspose of dY with W onto X's positions (explicit pads; the rows past the last one a
+    window reaches are an ``output_padding``, or a Pad where it would reach a stride)."""
+    ends, out_pads = zip(*(
+        transposed_geometry(size, out, k, s, d, pb)
+        for size, out, k, s, d, pb in zip(
+            x_shape[2:], g_shape[2:], kernel, strides, dilations, pad_begin)
+    ))
+    padding_in_op = all(p < max(s, d) for p, s, d in zip(out_pads, strides, dilations))
+    dx = ctx.emit(
+        "ConvTranspose", [g, w], group=group, strides=list(strides), dilations=list(dilations),
+        kernel_shape=list(kernel), pads=list(pad_begin) + list(ends),
+        output_padding=list(out_pads) if padding_in_op else [0] * len(kernel),
+    )
+    if padding_in_op or not any(out_pads):
+        return dx
+    return ctx.emit("Pad", [dx, ctx.ints([0, 0] + [0] * len(kernel) + [0, 0] + list(out_pads))],
+                    mode="constant")
+
+
+def weight_gradient_backward(ctx, geometry: WeightGradientGeometry, grad: str,
+                             requires: tuple[bool, bool]) -> list[str | None]:
+    """Gradients for (x, g) of dW = weight_gradient(x, g), given G = dL/ddW (the shape of W):
+    dx = conv_transpose(g, G) (:func:`input_gradient`) and dg = conv(x, G), cropped to g's
+    positions; the window of ``geometry`` with G in the weight's place."""
+    x, g = geometry.x, geometry.g
+    x_shape, g_shape = ctx.shape(x), ctx.shape(g)
+    strides, dilations = list(geometry.strides), list(geometry.dilations)
+    pad_begin, kernel = list(geometry.pad_begin), list(geometry.kernel)
+    dx = dg = None
+    if requires[0]:
+        dx = input_gradient(ctx, g, grad, x_shape, g_shape, kernel, strides, dilations,
+                            pad_begin, geometry.group)
+    if requires[1]:
+        pad_end = _end_pads(x_shape[2:], g_shape[2:], kernel, strides, dilations, pad_begin)
+        dg = ctx.emit("Conv", [x, grad], group=geometry.group, strides=strides,
+                      dilations=dilations, kernel_shape=kernel, pads=pad_begin + pad_end)
+        rows = _window_count(x_shape[2:], pad_begin, pad_end, kernel, strides, dilations)
+        dg = _cropped(ctx, dg, rows, g_shape[2:])
+    return [dx, dg]
 
 
 def bias_gradient(ctx, g, rank):
@@ -159,15 +236,8 @@ def conv(ctx, grads):
     )
     dx = dw = db = None
     if ctx.requires(0):
-        ends, out_pads = zip(*(
-            transposed_geometry(size, out, k, s, d, pb)
-            for size, out, k, s, d, pb in zip(
-                x_shape[2:], y_shape[2:], kernel, strides, dilations, pad_begin)
-        ))
-        dx = ctx.emit(
-            "ConvTranspose", [g, w], group=group, strides=strides, dilations=dilations,
-            kernel_shape=kernel, pads=list(pad_begin) + list(ends), output_padding=list(out_pads),
-        )
+        dx = input_gradient(ctx, g, w, x_shape, y_shape, kernel, strides, dilations, pad_begin,
+                            group)
     if ctx.requires(1):
         dw = weight_gradient(ctx, x, x_shape, g, y_shape, kernel, strides, dilations, pad_begin,
                              group)
@@ -213,12 +283,8 @@ def conv_transpose(ctx, grads):
     if ctx.requires(0):
         dx = ctx.emit("Conv", [g, w], group=group, strides=strides, dilations=dilations,
                       kernel_shape=kernel, pads=pad_begin + pad_end)
-        rows = [(y + pb + pe - d * (k - 1) - 1) // s + 1 for y, pb, pe, k, s, d in zip(
-            y_shape[2:], pad_begin, pad_end, kernel, strides, dilations)]
-        if rows != list(x_shape[2:]):
-            axes = list(range(2, len(x_shape)))
-            dx = ctx.emit("Slice", [dx, ctx.ints([0] * len(axes)), ctx.ints(x_shape[2:]),
-                                    ctx.ints(axes)])
+        rows = _window_count(y_shape[2:], pad_begin, pad_end, kernel, strides, dilations)
+        dx = _cropped(ctx, dx, rows, x_shape[2:])
     if ctx.requires(1):
         dw = weight_gradient(ctx, g, y_shape, x, x_shape, kernel, strides, dilations, pad_begin,
                              group)

@@ -1,12 +1,46 @@
-"""Geometry shared by convolutions and pools: explicit pads from ``auto_pad``, and the pads and
+"""Geometry shared by convolutions and pools: explicit pads from ``auto_pad``, the pads and
 ``output_padding`` of the transposed convolution that maps an output gradient back onto the
-input."""
+input, and the record a convolution's weight gradient carries so that differentiating it again
+takes its closed form (:class:`WeightGradientGeometry`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import onnx
 
 from ...errors import UnsupportedModelError
+
+WEIGHT_GRADIENT_TAG = "onnxinit:conv-weight-gradient "
+
+
+@dataclass(frozen=True)
+class WeightGradientGeometry:
+    """``dW[m, c, k] = sum_{n, p} g[n, m, p] x[n, group(m) c, p s + k d - pad_begin]`` (zero
+    outside x): which tensors and which window. Written into the ``doc_string`` of the node that
+    outputs dW (onnxruntime ignores it), so that a second derivation recognises the subgraph
+    however it was spelled out in primitives."""
+
+    x: str
+    g: str
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pad_begin: tuple[int, ...]
+    group: int
+
+    def encode(self) -> str:
+        return WEIGHT_GRADIENT_TAG + json.dumps(asdict(self))
+
+    @classmethod
+    def of(cls, node: onnx.NodeProto) -> WeightGradientGeometry | None:
+        """The geometry recorded on ``node``, or None when it carries none."""
+        if not node.doc_string.startswith(WEIGHT_GRADIENT_TAG):
+            return None
+        fields = json.loads(node.doc_string[len(WEIGHT_GRADIENT_TAG):])
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 def explicit_pads(

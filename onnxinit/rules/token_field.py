@@ -1,0 +1,142 @@
+"""The token field (``Moments.tokens``) as a covariance matrix: where its axes are, the
+feature-averaged token covariance of a tensor, attaching a new one to an output, and Mehler's
+transfer of it through an element-wise function.
+
+The field records, per sequence tensor, ``Sigma[s, t] = mean_d Cov(x[s, d], x[t, d])`` as
+``nu_d * cov[s, t]`` (moments.Tokens): one token-by-token covariance shared by the features,
+scaled by each feature's variance. Token axes are counted from the end; a batch merged into
+them is allowed (token = (flat index // stride) % n). How each op carries the field is in
+tokens.py; attention.py creates it and softmax.py reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..moments import Moments, Tokens, compressed
+from .hermite import coefficients
+from .mixture import lift
+
+_MAX_FEATURES = 4096  # features sampled for the Hermite coefficients
+
+
+def token_axes(t: Tokens, rank: int) -> list[int] | None:
+    """The token axes (non-negative) of a rank-``rank`` tensor, None if they do not fit."""
+    first = rank + t.axis
+    if first < 0 or t.axis + t.span > 0:
+        return None
+    return list(range(first, first + t.span))
+
+
+def grid(m: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """``m``'s mean and variance broadcast to each other at ``rank`` dims."""
+    m = m.expand_rank(rank)
+    mean, var = np.broadcast_arrays(m.mean, m.var)
+    if mean.ndim == 0:
+        mean, var = mean.reshape((1,) * rank), var.reshape((1,) * rank)
+    return mean, var
+
+
+def profile(m: Moments, shape, axes: list[int], n: int, stride: int = 1) -> np.ndarray:
+    """Per-token variance [n] (mean over the other axes; token index = (flat index // stride)
+    % n)."""
+    rank = len(shape)
+    _, var = grid(m, rank)
+    other = tuple(a for a in range(rank) if a not in axes)
+    var = var.mean(axis=other) if other else var
+    full = np.broadcast_to(var, tuple(shape[a] for a in axes)).reshape(-1)
+    return full.reshape(-1, n, stride).mean(axis=(0, 2))
+
+
+def sigma(m: Moments | None, shape, axes: list[int], n: int,
+          stride: int = 1) -> np.ndarray | None:
+    """Feature-averaged token covariance [n, n] of ``m`` at the given token axes: ``mean(var)
+    * cov`` with the field, else diag of its per-token variance (independent tokens)."""
+    if m is None:
+        return None
+    t = m.tokens
+    if t is not None and t.n == n and t.stride == stride and token_axes(t, len(shape)) == axes:
+        return float(np.mean(m.var)) * t.cov
+    return np.diag(profile(m, shape, axes, n, stride))
+
+
+def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None,
+           stride: int = 1) -> Moments:
+    """``m`` with the variance pooled over the token axes and the field ``sig / mean diag``
+    (the pooled-out per-token profile lives in the field's diagonal), tokens ``stride`` apart
+    along the flattened token axes."""
+    if sig is None:
+        return without(m)
+    scale = float(np.mean(np.diag(sig)))
+    if not np.isfinite(scale) or scale <= 0:
+        return without(m)
+    rank = len(shape)
+    t = Tokens(axes[0] - rank, len(axes), sig / scale, stride)
+    var = lift(m.var, rank)
+    if var.ndim == 0 or not any(var.shape[a] > 1 for a in axes):
+        # the variance is already the same for every token: m unchanged, its distribution kept
+        return Moments(m.mean, m.var, m.source, m.mixture, t, m.rows)
+    mean, var = grid(m, rank)
+    pooled = tuple(a for a in axes if var.shape[a] > 1)
+    masked = np.isneginf(mean)
+    if masked.any():  # masked elements keep variance 0; the others share the pooled variance
+        count = np.maximum((~masked).sum(axis=pooled, keepdims=True), 1)
+        var = np.where(masked, 0.0, np.where(masked, 0.0, var).sum(axis=pooled, keepdims=True) / count)
+    else:
+        var = var.mean(axis=pooled, keepdims=True)
+    mean = compressed(mean, np.broadcast_to(var, mean.shape)).mean  # means may be per token
+    return Moments(mean.reshape((1,) * (rank - mean.ndim) + mean.shape), var, None, None, t,
+                   m.rows)
+
+
+def without(m: Moments | None) -> Moments | None:
+    """``m`` without the token field (independent tokens)."""
+    if m is None or m.tokens is None:
+        return m
+    return Moments(m.mean, m.var, m.source, m.mixture, None, m.rows)
+
+
+def same_field(x: Moments, out: Moments, shape) -> Moments:
+    """``out`` with ``x``'s field unchanged (same token axes, counted from the end)."""
+    t = x.tokens
+    axes = token_axes(t, len(shape)) if shape is not None else None
+    if axes is None or int(np.prod([shape[a] for a in axes])) % (t.n * t.stride):
+        return without(out)
+    return attach(out, shape, axes, float(np.mean(x.var)) * t.cov, t.stride)
+
+
+def mehler_weights(fn: Callable, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """``a_n = mean_d c_n(d)^2`` for n = 1..8 and, last, the mean remainder (hermite.py)."""
+    mean, var = np.ravel(mean), np.ravel(var)
+    if mean.size > _MAX_FEATURES:
+        pick = np.linspace(0, mean.size - 1, _MAX_FEATURES).astype(np.int64)
+        mean, var = mean[pick], var[pick]
+    c, remainder = coefficients(fn, mean, var)
+    return np.append((c[1:] ** 2).mean(axis=1), remainder.mean())
+
+
+def transfer(sig_in: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Mehler: ``Sigma_out = sqrt(p_s p_t) sum_n a_n rho^n``, rho the correlation of
+    ``sig_in``, p its per-token profile (relative to its mean)."""
+    d = np.sqrt(np.maximum(np.diag(sig_in), 1e-300))
+    rho = np.clip(sig_in / np.outer(d, d), -1.0, 1.0)
+    scale = np.outer(d, d) / np.mean(d * d)
+    out = np.zeros_like(rho)
+    power = np.ones_like(rho)
+    for coefficient in a:
+        power = power * rho
+        out += coefficient * power
+    return out * scale
+
+
+def pooled_features(m: Moments, shape, axes) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature (mean, var) of ``m`` with the token axes pooled."""
+    mean, var = grid(m, len(shape))
+    keep = tuple(a for a in axes if mean.shape[a] > 1)
+    if keep:
+        m0 = mean.mean(axis=keep, keepdims=True)
+        var = var.mean(axis=keep, keepdims=True) + ((mean - m0) ** 2).mean(axis=keep, keepdims=True)
+        mean = m0
+    return mean.reshape(-1), np.broadcast_to(var, mean.shape).reshape(-1)
