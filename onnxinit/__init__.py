@@ -21,7 +21,7 @@ from ._version import __version__ as __version__
 
 # public name -> the module defining it
 _EXPORTS = {
-    "Analysis": "analysis", "analyze": "analysis",
+    "Analysis": "analysis", "analyze": "analysis", "predict_gradients": "analysis",
     "OnnxInitError": "errors",
     "ModelGraph": "graph", "load": "graph",
     "Moments": "moments",
@@ -30,7 +30,8 @@ _EXPORTS = {
 }
 
 __all__ = ["Analysis", "MappingReport", "ModelGraph", "Moments", "OnnxInitError", "RescaleResult",
-           "__version__", "analyze", "export_weights", "load", "read_weights", "rescale"]
+           "__version__", "analyze", "export_weights", "load", "predict_gradients", "read_weights",
+           "rescale"]
 
 
 def __getattr__(name: str):

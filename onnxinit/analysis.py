@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
+from .backward import BackwardAnalysis, measured_backward, predict_backward
 from .feeds import synthetic_feeds
 from .graph import ModelGraph, load
 from .measure import measure as run_measure
@@ -59,6 +60,7 @@ class Analysis:
     max_growth: float = DEFAULT_MAX_GROWTH
     min_var: float = DEFAULT_MIN_VAR
     residual_blocks: list[ResidualBlock] = field(default_factory=list)
+    backward: BackwardAnalysis | None = None  # with backward=True (analyze --backward)
 
     @property
     def graph(self) -> ModelGraph:
@@ -75,13 +77,25 @@ class Analysis:
                 entry["flag"] = t.flag
             if t.relative_error is not None:
                 entry["relative_error"] = t.relative_error
+            gradient = self.backward.tensors.get(t.name) if self.backward else None
+            if gradient is not None:
+                entry["grad_mean"], entry["grad_var"] = gradient.mean, gradient.var
+                if gradient.measured_var is not None:
+                    entry["measured_grad_mean"] = gradient.measured_mean
+                    entry["measured_grad_var"] = gradient.measured_var
+                    entry["grad_relative_error"] = gradient.relative_error
             tensors.append(entry)
+        extra = {}
+        if self.backward is not None:
+            extra = {"backward": {"loss": self.backward.loss},
+                     "parameters": [asdict(p) for p in self.backward.parameters]}
         return {
             "model": self.model,
             "inputs": self.inputs,
             "tensors": tensors,
             "residual_blocks": [block.to_dict() for block in self.residual_blocks],
             "warnings": self.warnings,
+            **extra,
         }
 
 
@@ -160,11 +174,19 @@ def analyze(
     device: str = "auto",
     max_growth: float = DEFAULT_MAX_GROWTH,
     min_var: float = DEFAULT_MIN_VAR,
+    backward: bool = False,
+    loss: str = "cross_entropy",
+    gradient_batches: int = 4,
 ) -> Analysis:
     """Predict the mean and variance of every float activation of ``model``.
 
     With ``measure=True`` the model also runs in onnxruntime on seeded Gaussian inputs (batch
     ``batch_size``) with training semantics, and each tensor reports the measured moments.
+
+    With ``backward=True`` the analysis also predicts the gradient statistics of every
+    activation and parameter under ``loss`` ("cross_entropy", "mse", "unit"; see
+    :mod:`onnxinit.backward`); with ``measure=True`` too, they are measured with the autodiff
+    over ``gradient_batches`` seeded batches.
     """
     graph = load(model, input_shapes=input_shapes, batch_size=batch_size)
     result = propagate(graph, stats, seed=seed)
@@ -203,6 +225,12 @@ def analyze(
             warnings.append(f"node {fb.node} ({fb.op}): analysed by the empirical fallback ({fb.reason})")
     if (warning := eval_export_warning(graph)) is not None:
         warnings.append(warning)
+    gradients = None
+    if backward:
+        gradients = predict_backward(result, loss)  # its warnings: gradients.warnings
+        if measure:
+            gradients = measured_backward(gradients, graph, batches=gradient_batches, seed=seed,
+                                          stats=stats, device=device)
     return Analysis(
         model=graph.name,
         inputs=_inputs_summary(result),
@@ -212,7 +240,16 @@ def analyze(
         max_growth=max_growth,
         min_var=min_var,
         residual_blocks=residual_blocks(graph),
+        backward=gradients,
     )
 
 
-__all__ = ["EMPIRICAL", "PASS_THROUGH", "Analysis", "TensorReport", "analyze"]
+def predict_gradients(model: str | os.PathLike | onnx.ModelProto | ModelGraph, *,
+                      loss: str = "cross_entropy", **options) -> BackwardAnalysis:
+    """The backward analysis of ``model`` alone: :func:`analyze` with ``backward=True`` (the
+    same options; ``measure=True`` fills in the measured gradients)."""
+    return analyze(model, backward=True, loss=loss, **options).backward
+
+
+__all__ = ["EMPIRICAL", "PASS_THROUGH", "Analysis", "TensorReport", "analyze",
+           "predict_gradients"]

@@ -10,8 +10,9 @@ its own module of :mod:`onnxinit.findings`, registers its rules there, and has a
   (warning);
 - :mod:`onnxinit.findings.offpath`: ``ONNXINIT007 off-path-scale`` (note);
 - :mod:`onnxinit.findings.fallback`: ``ONNXINIT004 unanalysed-op`` (note; error with ``strict``);
-- :mod:`onnxinit.findings.gradient`: the interface the gradient rules (ONNXINIT005/006) plug
-  into once the backward analysis is part of onnxinit.
+- :mod:`onnxinit.findings.gradient`: ``ONNXINIT005 exploding-gradient`` and
+  ``ONNXINIT006 vanishing-gradient`` (errors), from the backward analysis (``check`` runs it
+  unless ``--no-gradients``).
 
 Rule ids are stable (SARIF and the other formats use them). Every finding's message names the
 tensor and node, the path it lies on, the predicted ratio, and what to do; ``RULES[id].full``
@@ -24,7 +25,7 @@ from __future__ import annotations
 import textwrap
 
 from .analysis import Analysis
-from .findings import fallback, offpath, variance
+from .findings import fallback, gradient, offpath, variance
 from .findings.base import RULES as _REGISTERED
 from .findings.base import Finding, RuleInfo
 from .signal_path import SignalPaths, signal_paths
@@ -32,6 +33,8 @@ from .signal_path import SignalPaths, signal_paths
 RULES: dict[str, RuleInfo] = dict(sorted(_REGISTERED.items()))
 EXPLODING, VANISHING, TREND = variance.EXPLODING, variance.VANISHING, variance.TREND
 UNANALYSED, OFF_PATH = fallback.UNANALYSED, offpath.OFF_PATH
+EXPLODING_GRADIENT = gradient.EXPLODING_GRADIENT
+VANISHING_GRADIENT = gradient.VANISHING_GRADIENT
 
 
 def paths_of(analysis: Analysis) -> SignalPaths:
@@ -40,12 +43,18 @@ def paths_of(analysis: Analysis) -> SignalPaths:
 
 
 def find(analysis: Analysis, *, strict: bool = False,
-         paths: SignalPaths | None = None) -> list[Finding]:
-    """The findings of ``analysis`` (thresholds are the analysis's ``max_growth``/``min_var``),
-    in order: main-path explosions and vanishing (topological), the trend, notes off the main
-    path, unanalysed ops."""
+         paths: SignalPaths | None = None,
+         max_gradient_ratio: float = gradient.DEFAULT_MAX_RATIO,
+         min_gradient_ratio: float = gradient.DEFAULT_MIN_RATIO) -> list[Finding]:
+    """The findings of ``analysis`` (thresholds are the analysis's ``max_growth``/``min_var``
+    and the gradient ratios), in order: main-path explosions and vanishing (topological), the
+    trend, notes off the main path, the gradient findings (when the analysis has a backward
+    part), unanalysed ops."""
     paths = paths if paths is not None else paths_of(analysis)
-    return variance.find(analysis, paths) + fallback.find(analysis, strict)
+    return (variance.find(analysis, paths)
+            + gradient.find(analysis, paths, max_ratio=max_gradient_ratio,
+                            min_ratio=min_gradient_ratio)
+            + fallback.find(analysis, strict))
 
 
 def explain(rule_id: str) -> str:

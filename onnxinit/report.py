@@ -32,6 +32,13 @@ def analysis_table(analysis: Analysis, width: int = 40) -> str:
     header = ["#", "tensor", "op", "shape", "mean", "var", "growth"]
     if measured:
         header += ["meas. mean", "meas. var", "rel.err"]
+    gradients = analysis.backward.tensors if analysis.backward is not None else None
+    grad_measured = gradients is not None and any(
+        g.measured_var is not None for g in gradients.values())
+    if gradients is not None:
+        header += ["grad var"]
+        if grad_measured:
+            header += ["meas. grad var", "grad err"]
     if block_of:
         header.append("block")
     header.append("flag")
@@ -44,6 +51,13 @@ def analysis_table(analysis: Analysis, width: int = 40) -> str:
             err = t.relative_error
             row += [format_number(t.measured_mean), format_number(t.measured_var),
                     "-" if err is None else f"{100 * err:.1f}%"]
+        if gradients is not None:
+            g = gradients.get(t.name)
+            row.append(format_number(g.var) if g is not None else "-")
+            if grad_measured:
+                err = g.relative_error if g is not None else None
+                row += [format_number(g.measured_var if g is not None else None),
+                        "-" if err is None else f"{100 * err:.1f}%"]
         if block_of:
             row.append(block_of.get(t.name, ""))
         flag = t.flag or ""
@@ -53,7 +67,8 @@ def analysis_table(analysis: Analysis, width: int = 40) -> str:
         rows.append(row)
     widths = [max(len(h), *(len(r[k]) for r in rows)) if rows else len(h)
               for k, h in enumerate(header)]
-    numeric = {"mean", "var", "growth", "meas. mean", "meas. var", "rel.err", "#"}
+    numeric = {"mean", "var", "growth", "meas. mean", "meas. var", "rel.err", "#", "grad var",
+               "meas. grad var", "grad err"}
 
     def line(cells):
         return "  ".join(
@@ -103,7 +118,34 @@ def analysis_summary(analysis: Analysis) -> str:
             f"  predicted vs measured variance: {np.mean(errors < 0.10) * 100:.1f}% within 10%, "
             f"median error {np.median(errors) * 100:.1f}%, worst {errors.max() * 100:.1f}%"
         )
+    if analysis.backward is not None:
+        lines += _gradient_lines(analysis)
     return "\n".join(lines)
+
+
+def _gradient_lines(analysis: Analysis) -> list[str]:
+    backward = analysis.backward
+    lines = [f"  gradients ({backward.loss} loss): {len(backward.tensors)} tensors, "
+             f"{len(backward.parameters)} parameter uses"]
+    if backward.warnings:
+        lines.append(f"  gradients taken unchanged through {len(backward.warnings)} node(s) "
+                     f"without a backward rule: {escape.text(backward.warnings[0])}")
+    ratios = [p for p in backward.parameters if p.role == "weight" and p.update_ratio]
+    if ratios:
+        lo = min(ratios, key=lambda p: p.update_ratio)
+        hi = max(ratios, key=lambda p: p.update_ratio)
+        lines.append(f"  weight update ratio rms(dL/dW)/rms(W): {format_number(lo.update_ratio)} "
+                     f"('{escape.text(lo.name)}') to {format_number(hi.update_ratio)} "
+                     f"('{escape.text(hi.name)}')")
+    errors = [g.relative_error for g in backward.tensors.values()
+              if g.relative_error is not None]
+    if errors:
+        errors = np.array(errors)
+        lines.append(
+            f"  predicted vs measured gradient variance: {np.mean(errors < 0.20) * 100:.1f}% "
+            f"within 20%, median error {np.median(errors) * 100:.1f}%, worst "
+            f"{errors.max() * 100:.1f}%")
+    return lines
 
 
 def rescale_summary(result: RescaleResult) -> str:

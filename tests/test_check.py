@@ -279,7 +279,8 @@ def test_sarif(models, capsys, monkeypatch):
     driver = log["runs"][0]["tool"]["driver"]
     assert driver["name"] == "onnxinit"
     rule_ids = [r["id"] for r in driver["rules"]]
-    assert rule_ids == ["ONNXINIT001", "ONNXINIT002", "ONNXINIT003", "ONNXINIT004", "ONNXINIT007"]
+    assert rule_ids == ["ONNXINIT001", "ONNXINIT002", "ONNXINIT003", "ONNXINIT004", "ONNXINIT005",
+                        "ONNXINIT006", "ONNXINIT007"]
     results = log["runs"][0]["results"]
     assert [(r["ruleId"], r["level"]) for r in results] == [
         ("ONNXINIT001", "error"), ("ONNXINIT003", "warning"), ("ONNXINIT004", "note")]

@@ -20,6 +20,7 @@ from ..methods import make_options, parse_methods, refuse_unread
 from ..output_paths import default_output
 from .engine import run_many
 from .results import Result
+from ..findings.gradient import DEFAULT_MAX_RATIO, DEFAULT_MIN_RATIO
 from .work import analyze_model, check_model, rescale_model
 
 log = logging.getLogger("onnxinit")
@@ -33,12 +34,14 @@ def _plain(mapping: Mapping | None) -> dict:
 def check_many(models: Iterable[str], *, max_growth: float = DEFAULT_MAX_GROWTH,
                min_var: float = DEFAULT_MIN_VAR, strict: bool = False, batch_size: int = 32,
                input_shapes: Mapping | None = None, stats: Mapping | None = None,
-               **batch) -> Iterator[Result]:
+               gradients: bool = True, max_gradient_ratio: float = DEFAULT_MAX_RATIO,
+               min_gradient_ratio: float = DEFAULT_MIN_RATIO, **batch) -> Iterator[Result]:
     """``onnxinit check`` of every model; status passed, failed or unreadable (or timeout,
     crashed, error); the payload is the model's entry of ``check --format json``."""
     options = {"max_growth": max_growth, "min_var": min_var, "strict": strict,
                "batch_size": batch_size, "input_shapes": _plain(input_shapes),
-               "stats": _plain(stats)}
+               "stats": _plain(stats), "gradients": gradients,
+               "max_gradient_ratio": max_gradient_ratio, "min_gradient_ratio": min_gradient_ratio}
     return run_many(models, check_model, options, command="check", **batch)
 
 

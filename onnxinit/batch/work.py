@@ -43,13 +43,15 @@ def _stats(options: dict) -> dict[str, tuple[float, float]]:
 
 def check_model(path: str, options: dict) -> dict:
     """``check`` of one model; options: max_growth, min_var, strict, batch_size, input_shapes,
-    stats. A model that cannot be read or analysed has status unreadable."""
+    stats, gradients (default True), max_gradient_ratio, min_gradient_ratio. A model that cannot be read or analysed has status unreadable."""
     start = time.perf_counter()
     analysis = analyze(path, input_shapes=_shapes(options),
                        batch_size=options.get("batch_size", 32), stats=_stats(options),
-                       max_growth=options["max_growth"], min_var=options["min_var"])
-    result = ModelResult.of_analysis(path, find(analysis, strict=options.get("strict", False)),
-                                     analysis)
+                       max_growth=options["max_growth"], min_var=options["min_var"],
+                       backward=options.get("gradients", True))
+    ratios = {k: options[k] for k in ("max_gradient_ratio", "min_gradient_ratio") if k in options}
+    result = ModelResult.of_analysis(path, find(analysis, strict=options.get("strict", False),
+                                                **ratios), analysis)
     log.info("checked %s in %.2f s: %s, %d findings", path, time.perf_counter() - start,
              result.status, len(result.findings))
     return result.to_json()
@@ -60,11 +62,13 @@ check_model.error_status = UNREADABLE
 
 def analyze_model(path: str, options: dict) -> dict:
     """``analyze`` of one model; options: input_shapes, batch_size, stats, measure, seed,
-    device, plot (a .png or .svg file to draw the variance by depth in)."""
+    device, backward, loss, plot (a .png or .svg file to draw the variance by depth in)."""
     result = analyze(path, input_shapes=_shapes(options),
                      batch_size=options.get("batch_size", 32), stats=_stats(options),
                      measure=options.get("measure", False), seed=options.get("seed", 0),
-                     device=options.get("device") or "auto")
+                     device=options.get("device") or "auto",
+                     backward=options.get("backward", False),
+                     loss=options.get("loss") or "cross_entropy")
     text = analysis_table(result) + "\n\n" + analysis_summary(result)
     if options.get("plot"):
         text += f"\nwrote {write_plot(build(result), options['plot'])}"

@@ -50,6 +50,12 @@ def _document(results: list[Result]) -> dict:
                many=True)
 @stats_option
 @measure_options
+@click.option("--backward", is_flag=True,
+              help="Also predict the gradient of every tensor and parameter at initialization "
+                   "(with --measure: measured with onnxinit's autodiff too).")
+@click.option("--loss", type=click.Choice(["cross_entropy", "mse", "unit"]), default=None,
+              help="The loss --backward puts on the first output (default: cross_entropy with "
+                   "uniformly drawn labels).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE.png|svg",
@@ -58,8 +64,8 @@ def _document(results: list[Result]) -> dict:
 @seed_option
 @batch_options
 @logging_options
-def analyze(models, input_shapes, batch_size, stats, measure, device, as_json, plot, seed,
-            batch):
+def analyze(models, input_shapes, batch_size, stats, measure, device, backward, loss, as_json,
+            plot, seed, batch):
     """Predict the mean and variance of every float tensor of MODEL at initialization.
 
     Several models, folders (every *.onnx under them) and patterns are analysed in the order
@@ -70,11 +76,14 @@ def analyze(models, input_shapes, batch_size, stats, measure, device, as_json, p
     Examples:
       onnxinit analyze model.onnx
       onnxinit analyze model.onnx --measure --batch-size 64
+      onnxinit analyze model.onnx --backward --measure --batch-size 16
       onnxinit analyze bert.onnx --input-shape input_ids:8x128 --json > moments.json
       onnxinit analyze model.onnx --stats x:0.5,0.25
       onnxinit analyze model.onnx --measure --plot variance.png
       onnxinit analyze models/ --jobs 2 --json > all.json
     """
+    if loss is not None and not backward:
+        raise InvalidOptionError("--loss is the loss of --backward; add --backward or drop it")
     paths = find_models(models)
     if plot is not None:
         if len(paths) != 1:
@@ -87,6 +96,7 @@ def analyze(models, input_shapes, batch_size, stats, measure, device, as_json, p
     def options_for(model: str) -> dict:
         return {"batch_size": batch_size, "input_shapes": shapes_for(model),
                 "stats": stats_for(model), "measure": measure, "seed": seed, "device": device,
+                "backward": backward, "loss": loss,
                 **({"plot": str(plot)} if plot is not None else {})}
 
     if one_file(list(models)):

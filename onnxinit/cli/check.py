@@ -12,9 +12,11 @@ from ..batch.results import Result
 from ..batch.work import check_model
 from ..check import RULES, explain
 from ..check_formats import ModelResult, exit_status, format_github, format_json, format_text
+from ..findings.gradient import DEFAULT_MAX_RATIO, DEFAULT_MIN_RATIO
+from ..methods.options import Range
 from ..sarif import format_sarif
 from ._common import batch_size_option, echo, error_line, logging_options, stats_option
-from ._params import GroupedCommand, threshold_options
+from ._params import GroupedCommand, Number, threshold_options
 from .batch_options import batch_options, run_models
 from .specs import specs_per_model
 
@@ -34,6 +36,16 @@ def _report(result: Result) -> None:
 @click.argument("models", nargs=-1, metavar="MODEL...",
                 type=click.Path(dir_okay=True, path_type=str))
 @threshold_options
+@click.option("--max-gradient-ratio", type=Number(float, Range(gt=1)),
+              default=DEFAULT_MAX_RATIO, show_default=True,
+              help="ONNXINIT005 when the first body layer's predicted update-to-weight ratio "
+                   "is this many times the last one's.")
+@click.option("--min-gradient-ratio", type=Number(float, Range(gt=0, lt=1)),
+              default=DEFAULT_MIN_RATIO, show_default=True,
+              help="ONNXINIT006 when the first body layer's predicted update-to-weight ratio "
+                   "is below this fraction of the last one's.")
+@click.option("--no-gradients", is_flag=True,
+              help="Skip the backward analysis (and ONNXINIT005/006).")
 @click.option("--strict", is_flag=True,
               help="Ops without a rule (empirical fallback or pass-through) are findings, "
                    "not notes.")
@@ -49,14 +61,16 @@ def _report(result: Result) -> None:
               help="Print the long description of a rule (e.g. ONNXINIT002) and exit.")
 @batch_options
 @logging_options
-def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, stats,
+def check(models, max_growth, min_var, max_gradient_ratio, min_gradient_ratio, no_gradients,
+          strict, fmt, batch_size, input_shapes, stats,
           explain_rule, batch):
     """Fail when the predicted variance of MODEL explodes or vanishes at initialization.
 
     Findings are judged on the main signal path from the inputs to the outputs: a tensor whose
     variance exceeds --max-growth or whose signal variance falls below --min-var times the
-    input variance (one per connected chain of such tensors, at its first tensor), and an
-    exponential trend of variance with depth. The same off the main path (residual branches,
+    input variance (one per connected chain of such tensors, at its first tensor), an
+    exponential trend of variance with depth, and gradients that vanish or explode from the
+    last layer to the first (predicted update-to-weight ratios; --no-gradients skips them). The same off the main path (residual branches,
     gates, attention weights, normalization statistics, a small output head) are notes, as are
     ops no rule covers (findings with --strict). --explain RULE describes a rule. Several
     models may be given (as pre-commit does), and folders (every *.onnx under them) or
@@ -84,6 +98,8 @@ def check(models, max_growth, min_var, strict, fmt, batch_size, input_shapes, st
 
     def options_for(model: str) -> dict:
         return {"max_growth": max_growth, "min_var": min_var, "strict": strict,
+                "gradients": not no_gradients, "max_gradient_ratio": max_gradient_ratio,
+                "min_gradient_ratio": min_gradient_ratio,
                 "batch_size": batch_size, "input_shapes": shapes_for(model),
                 "stats": stats_for(model)}
 

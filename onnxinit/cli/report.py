@@ -61,7 +61,8 @@ def report(model, input_shapes, batch_size, rescaled, output, stats, measure, de
     writable_target(target, "the report")
     options = {"input_shapes": parse_input_shapes(input_shapes), "batch_size": batch_size,
                "stats": parse_stats(stats), "measure": measure, "seed": seed,
-               "device": device or "auto", "max_growth": max_growth, "min_var": min_var}
+               "device": device or "auto", "max_growth": max_growth, "min_var": min_var,
+               "backward": True}  # as check: its findings 005/006 and the gradient curve
     analyses = [analyze(path, **options) for path in (model, rescaled) if path is not None]
     for analysis in analyses:
         for warning in analysis.warnings:

@@ -17,11 +17,14 @@ on the signal path:
 - :func:`depth_ratio` is the first layer's ratio over the last one's: the number ONNXINIT005
   (above a maximum) and ONNXINIT006 (below a minimum) will judge.
 
-Pending: the backward analysis is not part of onnxinit yet. ``Analysis`` has no ``backward``
-part, :func:`layer_gradients` returns None, and ONNXINIT005/006 are neither registered nor
-raised (``--explain`` and SARIF list only rules that can fire). When it lands, this module
-registers the two rules and ``check.find`` raises them from :func:`depth_ratio`;
-``benchmarks/gate_calibration.py`` records the ratio whenever an analysis has gradients.
+Rules (raised by :func:`find` when the analysis has a backward part; ``check`` runs it by
+default):
+
+- ``ONNXINIT005 exploding-gradient`` (error): the ratio is above ``max_ratio``;
+- ``ONNXINIT006 vanishing-gradient`` (error): the ratio is below ``min_ratio``.
+
+Thresholds from ``benchmarks/gate_calibration.py`` (README, 'Calibration'): 0.29 to 5.6 on
+networks that train, 1e-41 to 8.5e-5 on those that do not.
 """
 
 from __future__ import annotations
@@ -31,6 +34,36 @@ from dataclasses import dataclass
 
 from ..analysis import Analysis
 from ..signal_path import BRANCH, SignalPaths
+from .base import Finding, RuleInfo, fmt, register
+
+EXPLODING_GRADIENT, VANISHING_GRADIENT = "ONNXINIT005", "ONNXINIT006"
+DEFAULT_MAX_RATIO = 1e3
+DEFAULT_MIN_RATIO = 1e-3
+
+_WHY = ("the update-to-weight ratio lr * rms(dL/dW) / rms(W) (lr = 1) predicted at "
+        "initialization by the backward analysis (analyze --backward) for the first parametric "
+        "layer of the network's body (main path and residual branches; the output head left "
+        "out), over the same ratio for its last layer. ")
+register(
+    RuleInfo(EXPLODING_GRADIENT, "exploding-gradient", "error",
+             "Gradients explode towards the input",
+             "The ratio of " + _WHY + "Above --max-gradient-ratio, one learning rate cannot "
+             "suit both ends: the rate the last layers need moves the first ones by far more "
+             "than their own scale and training diverges there. Typical causes: activations "
+             "driven into saturation by large weights, deep stacks whose backward gain "
+             "exceeds their forward gain. What to do: onnxinit rescale MODEL --method autoinit "
+             "(forward gains of 1; check again, the backward gain can differ), normalization, "
+             "or a per-layer learning rate (LARS/LAMB)."),
+    RuleInfo(VANISHING_GRADIENT, "vanishing-gradient", "error",
+             "Gradients vanish towards the input",
+             "The ratio of " + _WHY + "Below --min-gradient-ratio, the first layers do not "
+             "learn at a learning rate that keeps the last ones stable. Typical causes: "
+             "saturating activations (sigmoid, tanh) over many layers, weights too small for "
+             "the activation. What to do: residual connections or normalization; "
+             "onnxinit rescale MODEL --method autoinit fixes the forward gain, which for ReLU "
+             "networks also fixes the backward one (for sigmoid it does not: its forward gain "
+             "of 1 needs a backward gain below 1; check again); a ReLU-family activation."),
+)
 
 
 @dataclass(frozen=True)
@@ -69,3 +102,32 @@ def depth_ratio(layers: list[LayerGradient]) -> float | None:
     if last <= 0:
         return math.inf if first > 0 else 1.0
     return first / last
+
+
+def find(analysis: Analysis, paths: SignalPaths, *, max_ratio: float = DEFAULT_MAX_RATIO,
+         min_ratio: float = DEFAULT_MIN_RATIO) -> list[Finding]:
+    """ONNXINIT005/006 from :func:`depth_ratio`; nothing without a backward analysis."""
+    layers = layer_gradients(analysis, paths)
+    ratio = depth_ratio(layers) if layers else None
+    if ratio is None:
+        return []
+    first, last = layers[0], layers[-1]
+    where = (f"the first layer (node '{first.node}', weight '{first.weight}', update ratio "
+             f"{fmt(first.update_ratio)}) over the last (node '{last.node}', "
+             f"{fmt(last.update_ratio)}) of {len(layers)} body layers")
+    op = analysis.graph.node(first.node).op_type
+    if ratio > max_ratio:
+        message = (f"predicted gradient update ratio of {where} is {fmt(ratio)}, above "
+                   f"--max-gradient-ratio {fmt(max_ratio)}. What to do: rescale (onnxinit "
+                   "rescale MODEL --method autoinit), normalization, or per-layer learning "
+                   "rates")
+        return [Finding(EXPLODING_GRADIENT, "error", message, first.weight, first.node, op,
+                        float(ratio))]
+    if ratio < min_ratio:
+        message = (f"predicted gradient update ratio of {where} is {fmt(ratio)}, below "
+                   f"--min-gradient-ratio {fmt(min_ratio)}: the first layers will not learn. "
+                   "What to do: residual connections or normalization, a ReLU-family "
+                   "activation, or onnxinit rescale MODEL --method autoinit and check again")
+        return [Finding(VANISHING_GRADIENT, "error", message, first.weight, first.node, op,
+                        float(ratio))]
+    return []

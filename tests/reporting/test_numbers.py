@@ -35,11 +35,11 @@ def _json(args, capsys) -> dict:
 def documents(model: Path, capsys, rescaled: Path | None = None, extra=()) -> dict:
     """The documents the command line prints on its own, keyed as the page's refs name them."""
     shared = [a for a in extra if a != "--measure"]  # what check takes of analyze's options
-    docs = {"model": _json(["analyze", model, "--json", *extra], capsys),
+    docs = {"model": _json(["analyze", model, "--json", "--backward", *extra], capsys),
             "model.check": _json(["check", model, "--format", "json", *shared],
                                  capsys)["models"][0]}
     if rescaled is not None:
-        docs["rescaled"] = _json(["analyze", rescaled, "--json", *extra], capsys)
+        docs["rescaled"] = _json(["analyze", rescaled, "--json", "--backward", *extra], capsys)
         docs["rescaled.check"] = _json(["check", rescaled, "--format", "json", *shared],
                                        capsys)["models"][0]
         record = {p.key: p.value for p in onnx.load(str(rescaled)).metadata_props}

@@ -1,0 +1,279 @@
+"""Backward rules of element-wise functions ``y = f(x)``: ``dx = dy f'(x)``.
+
+With dy independent of x (the usual assumption at initialization), per channel::
+
+    E[dx]   = E[dy] E[f'(x)]
+    Var[dx] = E[dy^2] E[f'(x)^2] - E[dx]^2
+
+E[f'] and E[f'^2] are integrals over x's forward distribution (its Gaussian source and chain
+of element-wise functions, :mod:`onnxinit.rules.elementwise`), f' by central differences of
+the op's own numpy function. A sample's spatial mean (``sample_var``, S positions, f' taken as
+independent between positions, ``p1 = E[f']``, ``p2 = E[f'^2]``)::
+
+    u' = (u + m^2) (p1^2 + (p2 - p1^2) / S) - m^2 p1^2 + (Var[dy] - u) (p2 - p1^2) / S
+
+The same rule serves every op whose forward rule is element-wise (the unary activations, and
+Add/Sub/Mul/Div/Pow with a constant operand, whose constant gets its own gradient in
+:mod:`.arithmetic`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+from scipy import special
+
+from ..moments import Moments
+from ..rules import activations as forward_activations  # noqa: F401 - fills UNARY
+from ..rules.context import RuleError
+from ..rules.elementwise import UNARY, base_source, is_smooth, node_function, rank_of
+from ..rules.gaussian import compose, expand, gaussian_moments, probability
+from ..rules.mixture import components
+from ..spatial import class_weights
+from .context import GradContext
+from .gradient import Gate, Gradient, last_axis
+from .registry import rule
+
+STEP = 1e-4
+
+
+def derivative(fn: Callable) -> Callable:
+    """f' by central differences with a step relative to |x|."""
+
+    def df(x):
+        h = STEP * np.maximum(1.0, np.abs(x))
+        return (fn(x + h) - fn(x - h)) / (2.0 * h)
+
+    return df
+
+
+def mixture_of(x: Moments, rank: int | None):
+    """x's Gaussian mixture components (w, m, v) with a leading component axis when the forward
+    pass describes x as one (a ReLU output plus a Gaussian: a residual sum), else None."""
+    if rank is None:
+        return None
+    if x.spatial is not None and x.spatial.cells.mixture is not None and rank > 2:
+        return _cell_mixture(x.spatial, rank)
+    if x.source is not None or x.mixture is None:
+        return None
+    return components(x, rank)
+
+
+def _cell_mixture(sp, rank: int):
+    """The components of the position classes merged per component index (weights summed,
+    means and variances matched over the classes, each weighted by its share of the
+    positions): per channel ``[K, 1, C, 1, ...]``."""
+    w, m, v = components(sp.cells, rank)
+    shape = np.broadcast_shapes(w.shape, m.shape, v.shape)
+    w, m, v = (np.broadcast_to(a, shape) for a in (w, m, v))
+    cells = class_weights(sp.maps)
+    weight = w * cells.reshape((1, 1, 1) + cells.shape)
+    axes = tuple(range(3, len(shape)))
+    total = weight.sum(axis=axes, keepdims=True)
+    safe = np.where(total > 0, total, 1.0)
+    mean = (weight * m).sum(axis=axes, keepdims=True) / safe
+    var = (weight * (v + m * m)).sum(axis=axes, keepdims=True) / safe - mean**2
+    return total, mean, np.maximum(var, 0.0)
+
+
+def derivative_moments(fn: Callable, x: Moments, rank: int | None,
+                       relu: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(E[f'(x)], E[f'(x)^2]) over x's forward distribution, per tracked index: its Gaussian
+    source and chain, or its mixture components (``relu``: f' is the step, both are
+    P(x > 0))."""
+    df = derivative(fn)
+    mixture = mixture_of(x, rank)
+    if mixture is not None:
+        w, m, v = mixture
+        if relu:  # relu' is the step: E[relu'] = E[relu'^2] = sum_k w_k Phi(m_k / s_k)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                p = special.ndtr(np.where(v > 0, m / np.sqrt(v), np.sign(m) * np.inf))
+            p = np.where((v == 0) & (m == 0), 0.0, p)
+            p = (w * p).sum(axis=0)
+            return p, p
+        mean, var = gaussian_moments(df, m, v)
+        return (w * mean).sum(axis=0), (w * (var + mean**2)).sum(axis=0)
+    src = base_source(x, rank)
+    if relu:
+        inner = compose(src.chain)
+        p = probability(lambda z: inner(z) > 0, src.mean, src.var, rank=rank)
+        return p, p
+    inner = compose(src.chain)
+    smooth = is_smooth(src.chain)
+    mean, var = gaussian_moments(lambda z: df(inner(z)), src.mean, src.var, smooth=smooth,
+                                 rank=rank)
+    return mean, var + mean**2
+
+
+SELECTION_SAMPLES = 4096
+
+
+def window_maxima(k: int, r: float, seed: int = 0) -> np.ndarray:
+    """Samples of the maximum of k standard normals with pairwise correlation r (seeded)."""
+    rng = np.random.default_rng([seed, k, int(r * 1e6)])
+    common = rng.standard_normal((SELECTION_SAMPLES, 1))
+    own = rng.standard_normal((SELECTION_SAMPLES, k))
+    return (np.sqrt(r) * common + np.sqrt(1.0 - r) * own).max(axis=1)
+
+
+def selected_derivative_moments(fn: Callable, x: Moments, rank: int | None, k: int, r: float):
+    """(E[f'(M)], E[f'(M)^2]) with M the element of a window of k that is the window's maximum
+    (x's source Gaussian, its chain taken as increasing: the argmax of x is that of z)."""
+    src = base_source(x, rank)
+    inner = compose(src.chain)
+    df = derivative(fn)
+    mean, std = expand(src.mean, rank), np.sqrt(expand(src.var, rank))
+    z = window_maxima(k, r)
+    with np.errstate(all="ignore"):
+        d = df(inner(mean[..., None] + std[..., None] * z))
+    d = np.nan_to_num(d)
+    return d.mean(axis=-1), (d * d).mean(axis=-1)
+
+
+def positions_of(ctx: GradContext) -> int:
+    shape = ctx.out_shape()
+    return int(np.prod(shape[2:])) if len(shape) > 2 else 1
+
+
+def times_independent(g: Gradient, p1, p2, positions: int) -> Gradient:
+    """``dy * a`` for a factor ``a`` independent of dy with E[a] = p1, E[a^2] = p2 per tracked
+    index (see the module docstring)."""
+    rank = max(g.rank, np.ndim(p1), np.ndim(p2))
+    g = g.expand_rank(rank)
+    p1, p2 = expand(p1, rank), expand(p2, rank)
+    m, v = g.mean, g.var
+    mean = m * p1
+    var = (v + m * m) * p2 - mean**2
+    cov = _feature_cov(g, p1, p2, mean, var)
+    sample_var = None
+    if g.sample_var is not None:
+        u = np.minimum(g.sample_var, v)
+        spread = np.maximum(p2 - p1 * p1, 0.0) / positions
+        sample_var = (u + m * m) * (p1 * p1 + spread) - m * m * p1 * p1 + (v - u) * spread
+        sample_var = _per_channel_like(sample_var, g.sample_var)
+    return Gradient(mean, var, sample_var, g.profile, cov, g.selected)
+
+
+def _feature_cov(g: Gradient, p1, p2, mean, var) -> np.ndarray | None:
+    """``E[dx_j dx_k] = E[dy_j dy_k] E[a_j] E[a_k]`` off the diagonal (factors independent
+    across features), the variance on it."""
+    if g.cov is None:
+        return None
+    n = g.cov.shape[0]
+    f1, m = last_axis(p1, n), last_axis(g.mean, n)
+    m_out, v_out = last_axis(mean, n), last_axis(var, n)
+    if f1 is None or m is None or m_out is None or v_out is None:
+        return None
+    cov = (g.cov + np.outer(m, m)) * np.outer(f1, f1) - np.outer(m_out, m_out)
+    cov[np.diag_indices(n)] = v_out
+    return cov
+
+
+def _per_channel_like(a: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``a`` reduced to the shape of ``like`` (a factor may track axes sample_var does not)."""
+    if a.shape == like.shape or like.ndim != a.ndim:
+        return a
+    axes = tuple(i for i, (n, k) in enumerate(zip(a.shape, like.shape)) if k == 1 and n > 1)
+    return a.mean(axis=axes, keepdims=True) if axes else a
+
+
+def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Midpoints of n equal cells over [-7, 7] with standard-normal weights (summing to 1):
+    a rule that converges for step functions (a ReLU's derivative) where Gauss-Hermite does
+    not."""
+    edges = np.linspace(-7.0, 7.0, n + 1)
+    nodes = (edges[:-1] + edges[1:]) / 2
+    weights = np.exp(-nodes**2 / 2)
+    return nodes, weights / weights.sum()
+
+
+_Z_NODES, _Z_WEIGHTS = _grid(192)
+_B_NODES, _B_WEIGHTS = _grid(48)
+
+
+def gated_derivative_moments(fn: Callable, x: Moments, rank: int | None, gate: Gate):
+    """(E[f'(x) h'(f(x) + b)] / E[h'], E[f'(x)^2 h'(f(x) + b)^2] / E[h'^2]) with h the gate's
+    function and b its independent Gaussian: the derivative moments where the gradient is
+    (a residual ReLU's input is positive more often where the skip's ReLU was active)."""
+    df, dh = derivative(fn), derivative(gate.fn)
+    b_mean, b_std = expand(gate.mean, rank), np.sqrt(expand(gate.var, rank))
+    mixture = mixture_of(x, rank)
+    if mixture is not None:  # z over each component, weights w_k
+        cw, cm, cv = mixture
+        inner = compose(())
+    else:
+        src = base_source(x, rank)
+        inner = compose(src.chain)
+        cw, cm, cv = np.ones(1), expand(src.mean, rank)[None], expand(src.var, rank)[None]
+    axis = (-1,) + (1,) * cm.ndim
+    z = cm + np.sqrt(cv) * _Z_NODES.reshape(axis)
+    w = _Z_WEIGHTS.reshape(axis) * cw.reshape(cw.shape + (1,) * (cm.ndim - cw.ndim))
+    with np.errstate(all="ignore"):
+        x_values = inner(z)
+        if gate.key == ("Relu",):  # h' is the step: E_b[h'] = E_b[h'^2] = Phi((a + mu_b) / s_b)
+            h1 = h2 = special.ndtr((fn(x_values) + b_mean) / np.maximum(b_std, 1e-30))
+        else:
+            t = fn(x_values)[..., None] + b_mean[..., None] + b_std[..., None] * _B_NODES
+            d = dh(t)
+            h1 = np.nan_to_num((d * _B_WEIGHTS).sum(axis=-1))
+            h2 = np.nan_to_num((d * d * _B_WEIGHTS).sum(axis=-1))
+        f1 = np.nan_to_num(df(x_values))
+
+    def total(a):
+        return (w * a).sum(axis=(0, 1))
+
+    e_h1, e_h2 = total(h1), total(h2)
+    j1, j2 = total(h1 * f1), total(h2 * f1 * f1)
+    with np.errstate(all="ignore"):
+        return (np.where(e_h1 > 0, j1 / e_h1, 0.0), np.where(e_h2 > 0, j2 / e_h2, 0.0))
+
+
+def through_function(g: Gradient, fn: Callable, x: Moments, ctx: GradContext,
+                     key: tuple = ()) -> Gradient:
+    rank = rank_of(ctx)
+    if g.selected is not None:
+        p1, p2 = selected_derivative_moments(fn, x, rank, *g.selected)
+    else:
+        p1, p2 = derivative_moments(fn, x, rank, relu=tuple(key) == ("Relu",))
+    if g.gate is not None and g.gate.mean is not None:
+        q1, q2 = gated_derivative_moments(fn, x, rank, g.gate)
+        share = g.gate.share
+        p1, p2 = (1 - share) * p1 + share * q1, (1 - share) * p2 + share * q2
+    out = times_independent(g, p1, p2, positions_of(ctx))
+    return replace(out, gate=Gate(fn, key=tuple(key)))
+
+
+def elementwise_backward(grads, ctx: GradContext):
+    """dx = dy f'(x) for the node's element-wise function (see the module docstring)."""
+    found = node_function(ctx)
+    if found is None or found[0] is None:
+        raise RuleError(f"{ctx.node.op_type} is not element-wise here")
+    f, which = found
+    out = [None] * len(ctx.node.input)
+    out[which] = through_function(grads[0], f.fn, ctx.x(which), ctx, f.key)
+    return out
+
+
+for _op in sorted(set(UNARY) - {"Identity", "Dropout", "Cast", "CastLike"}):
+    rule(_op)(elementwise_backward)
+
+
+@rule("Identity", "Cast", "CastLike")
+def identity(grads, ctx: GradContext):
+    """dx = dy."""
+    return [grads[0]] + [None] * (len(ctx.node.input) - 1)
+
+
+@rule("Dropout")
+def dropout(grads, ctx: GradContext):
+    """Dropout at analysis time is the identity (or a fixed mask scaled by 1/(1-ratio):
+    ``E[dx^2] = E[dy^2] / (1 - ratio)``)."""
+    if not ctx.settings.dropout:
+        return [grads[0]] + [None] * (len(ctx.node.input) - 1)
+    ratio = ctx.const(1)
+    ratio = float(ctx.attr("ratio", 0.5) if ratio is None else ratio)
+    keep = 1.0 - ratio
+    return [times_independent(grads[0], 1.0, 1.0 / keep, positions_of(ctx))] + [None] * (
+        len(ctx.node.input) - 1)

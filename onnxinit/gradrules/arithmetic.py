@@ -1,0 +1,169 @@
+"""Backward rules of the arithmetic ops: Add, Sub, Mul, Div, Pow, Sum, Mean.
+
+- One constant operand c: the element-wise rule of :mod:`.activations` for the signal
+  (``dx = dy * d op(x, c)/dx``); a constant that is a parameter (a bias, a scale) gets
+  ``dc = sum over the broadcast axes of dy * d op/dc``.
+- Two signal operands that are element-wise functions of one tensor T (GELU as
+  ``x * 0.5 * (1 + erf(x / sqrt 2))``, SiLU as ``x * sigmoid(x)``): the node is ``h(T)``;
+  the gradient goes to T directly, ``dT = dy h'(T)``, since the two paths carry the same dy
+  and do not add as independent.
+- Otherwise, operands independent: Add/Sub/Sum pass dy (negated for Sub's second operand),
+  ``Mean`` divides by the operand count, Mul gives ``da = dy b`` with
+  ``E[da^2] = E[dy^2] E[b^2]``, Div ``da = dy / b`` and ``db = -dy a / b^2`` alike.
+
+An operand broadcast against the output receives the sum of dy over the broadcast axes:
+independent over samples and features (variances add), and over the positions of a sample
+through ``sample_var`` (``Var[sum_s dy] = S^2 u``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..moments import Moments
+from ..rules.context import RuleError
+from ..rules.elementwise import base_source, is_smooth, node_function, rank_of
+from ..rules.fusion import common_ancestor, fused_function
+from ..rules.gaussian import compose, gaussian_moments
+from .activations import derivative, positions_of, through_function, times_independent
+from .context import GradContext
+from .gradient import Gate, Gradient
+from .registry import rule
+
+
+def reduce_to(g: Gradient, out_shape, operand_shape) -> Gradient:
+    """dy summed over the axes along which the operand was broadcast (module docstring)."""
+    rank = len(out_shape)
+    operand = (1,) * (rank - len(operand_shape)) + tuple(operand_shape)
+    if tuple(operand) == tuple(out_shape):
+        return g
+    g = g.expand_rank(rank)
+    summed = [i for i in range(rank) if operand[i] == 1 and out_shape[i] > 1]
+    if g.rank < rank:
+        g = Gradient(np.reshape(g.mean, (1,) * rank), np.reshape(g.var, (1,) * rank),
+                     None if g.sample_var is None else np.reshape(g.sample_var, (1,) * rank))
+    spatial = [i for i in summed if i >= 2] if rank > 2 else []
+    count = int(np.prod([out_shape[i] for i in summed]))
+    mean, var = np.broadcast_arrays(g.mean, g.var)
+    mean = mean.mean(axis=tuple(summed), keepdims=True) if summed else mean
+    var = var.mean(axis=tuple(summed), keepdims=True) if summed else var
+    if spatial and len(spatial) == rank - 2:
+        s = int(np.prod(out_shape[2:]))
+        u = g.sample_var if g.sample_var is not None else g.var / s
+        u = np.broadcast_to(u, np.broadcast_shapes(np.shape(u), (1,) * rank))
+        u = u.mean(axis=tuple(summed), keepdims=True)
+        var = np.minimum(var, u * s) * s  # per sample and channel: S^2 u = S (S u)
+        var = var * (count // s)
+    else:
+        var = var * count
+    return Gradient(mean * count, var)
+
+
+def _constant_gradient(g: Gradient, ctx: GradContext, which: int) -> Gradient | None:
+    """The gradient of the constant operand ``1 - which`` when it is a parameter."""
+    other = 1 - which
+    if not ctx.is_parameter(other):
+        return None
+    op = ctx.node.op_type
+    out_shape = ctx.out_shape()
+    shape = ctx.in_shape(other)
+    if op in ("Add", "Sub"):
+        part = g if op == "Add" or other == 0 else g.scaled(-1.0)
+    elif op == "Mul":
+        x = ctx.x(which)
+        part = times_independent(g, x.mean, x.var + x.mean**2, positions_of(ctx))
+    else:
+        return None  # Div/Pow by a parameter: rare; no gradient predicted
+    return reduce_to(part, out_shape, shape).pooled()
+
+
+def _fused(grads, ctx: GradContext):
+    found = common_ancestor(ctx)
+    if found is None:
+        return None
+    tensor, chain_a, chain_b = found
+    if tensor not in ctx.forward:
+        return None
+    h = fused_function(ctx.node.op_type, chain_a, chain_b)
+    rank = rank_of(ctx)
+    x: Moments = ctx.forward[tensor]
+    src = base_source(x, rank)
+    inner = compose(src.chain)
+    dh = derivative(h.fn)
+    p1, var = gaussian_moments(lambda z: dh(inner(z)), src.mean, src.var,
+                               smooth=is_smooth(src.chain), rank=rank)
+    ctx.redirect[tensor] = times_independent(grads[0], p1, var + p1**2, positions_of(ctx))
+    return [None] * len(ctx.node.input)
+
+
+def gated(g: Gradient, ctx: GradContext, other: int) -> Gradient:
+    """dy for one operand of ``a + b``: when dy is an activation's ``f'(a + b)`` times what
+    reached it, the operand's gradient carries the gate with the other operand's moments."""
+    if g.gate is None or g.gate.mean is not None:
+        return Gradient(g.mean, g.var, g.sample_var, g.profile, g.cov)
+    b = ctx.x(other)
+    return replace(g, gate=Gate(g.gate.fn, b.mean, b.var, g.gate.share, g.gate.key))
+
+
+def _inverse_moments(b: Moments, power: int, rank) -> tuple[np.ndarray, np.ndarray]:
+    """(E[b^-power], E[b^-2 power]) over b's forward distribution."""
+    src = base_source(b, rank)
+    inner = compose(src.chain)
+    mean, var = gaussian_moments(lambda z: inner(z) ** (-power), src.mean, src.var,
+                                 smooth=is_smooth(src.chain), rank=rank)
+    return mean, var + mean**2
+
+
+@rule("Add", "Sub", "Mul", "Div", "Pow")
+def binary(grads, ctx: GradContext):
+    """See the module docstring."""
+    g = grads[0]
+    signals = [i for i in (0, 1) if ctx.is_signal(i)]
+    out_shape = ctx.out_shape()
+    if len(signals) == 1:
+        found = node_function(ctx)
+        if found is None or found[0] is None:
+            raise RuleError("not element-wise")
+        f, which = found
+        out = [None, None]
+        out[which] = reduce_to(through_function(g, f.fn, ctx.x(which), ctx), out_shape,
+                               ctx.in_shape(which))
+        out[1 - which] = _constant_gradient(g, ctx, which)
+        return out
+    fused = _fused(grads, ctx)
+    if fused is not None:
+        return fused
+    op = ctx.node.op_type
+    a_shape, b_shape = ctx.in_shape(0), ctx.in_shape(1)
+    s = positions_of(ctx)
+    if op == "Add":
+        return [reduce_to(gated(g, ctx, 1), out_shape, a_shape),
+                reduce_to(gated(g, ctx, 0), out_shape, b_shape)]
+    if op == "Sub":
+        return [reduce_to(g, out_shape, a_shape), reduce_to(g.scaled(-1.0), out_shape, b_shape)]
+    a, b = ctx.x(0), ctx.x(1)
+    if op == "Mul":
+        da = times_independent(g, b.mean, b.var + b.mean**2, s)
+        db = times_independent(g, a.mean, a.var + a.mean**2, s)
+        return [reduce_to(da, out_shape, a_shape), reduce_to(db, out_shape, b_shape)]
+    if op == "Div":
+        rank = rank_of(ctx)
+        inv1, inv2 = _inverse_moments(b, 1, rank)
+        da = times_independent(g, inv1, inv2, s)
+        q1, q2 = _inverse_moments(b, 2, rank)
+        a2 = a.var + a.mean**2
+        db = times_independent(g, -a.mean * q1, a2 * q2, s)
+        return [reduce_to(da, out_shape, a_shape), reduce_to(db, out_shape, b_shape)]
+    raise RuleError(f"{op} of two independent signals")
+
+
+@rule("Sum", "Mean")
+def sum_(grads, ctx: GradContext):
+    """Sum: every operand receives dy; Mean: dy / n (broadcast operands: summed)."""
+    g = grads[0]
+    n = len(ctx.node.input)
+    part = g if ctx.node.op_type == "Sum" else g.scaled(1.0 / n)
+    return [reduce_to(part, ctx.out_shape(), ctx.in_shape(i)) if ctx.is_signal(i) else None
+            for i in range(n)]

@@ -1,0 +1,232 @@
+"""The statistics of a gradient dL/dx at initialization (the backward counterpart of
+:class:`~onnxinit.moments.Moments`).
+
+A :class:`Gradient` holds ``mean`` and ``var`` as float64 arrays that broadcast to the tensor,
+like Moments: 0-d for the whole tensor, per channel (``[1, C, 1, 1]``) or per feature
+(``[1, F]``) where a rule can follow the axis. Two optional fields carry what the batch
+statistics of normalization layers and the weight gradients need:
+
+- ``sample_var`` (convolution layout ``[N, C, *S]``): per channel, the variance over samples of
+  a sample's spatial mean ``(1/S) sum_s g[n, c, s]``. A gradient broadcast back by a global
+  average pool is the same at every position of a sample (``sample_var = var``); independent
+  positions give ``var / S``. Absent: ``var / S``.
+- ``profile`` (convolution layout): the second moment at each position over the map's average,
+  ``[*S]`` with mean 1 (a zero-padded convolution sends fewer taps back to the border).
+- ``cov`` (``[F, F]``, the last axis, F <= MAX_COV): the covariance across features of one
+  sample (the softmax cross-entropy head: the gradients of one row sum to zero; a linear layer
+  maps it to ``W Cov W^T``). Through a deep stack of narrow layers the off-diagonal terms
+  matter: the diagonal alone is the average over random weights, not these weights.
+- ``selected`` (``(k, r)``): the gradient is non-zero only at the maxima of windows of k
+  values of the forward tensor, correlated r with each other (a MaxPool sends each output's
+  gradient to its window's argmax). An element-wise function before it sees its derivative at
+  the window maxima, not at a typical element. Kept only through element-wise rules.
+- ``gate`` (:class:`Gate`): a share of the gradient is scaled by ``f'(a + b)``, where a is the
+  tensor itself and b the other operand of the Add it feeds (a residual skip ``relu(a + b)``).
+  An activation that produced a sees whether its own derivative and f'(a + b) are non-zero
+  together: a ReLU's positive outputs make the next ReLU's input positive more often.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+MAX_COV = 1024
+
+
+def _array(value) -> np.ndarray:
+    return np.asarray(value, dtype=np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class Gate:
+    """The gradient's share ``share`` of its second moment is scaled by ``fn'(a + b)``, a the
+    tensor, b independent Gaussian with ``mean``/``var`` (None: b = 0, the gradient of the
+    input of ``fn`` itself)."""
+
+    fn: Callable = field(repr=False)
+    mean: np.ndarray | None = None
+    var: np.ndarray | None = None
+    share: float = 1.0
+    key: tuple = ()  # the function's key (("Relu",): closed forms)
+
+
+@dataclass(frozen=True, eq=False)
+class Gradient:
+    mean: np.ndarray
+    var: np.ndarray
+    sample_var: np.ndarray | None = None
+    profile: np.ndarray | None = None
+    cov: np.ndarray | None = None
+    selected: tuple[int, float] | None = None
+    gate: Gate | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", _array(self.mean))
+        object.__setattr__(self, "var", np.maximum(_array(self.var), 0.0))
+        if self.sample_var is not None:
+            object.__setattr__(self, "sample_var", np.maximum(_array(self.sample_var), 0.0))
+
+    @classmethod
+    def scalar(cls, mean: float, var: float) -> Gradient:
+        return cls(np.float64(mean), np.float64(var))
+
+    @property
+    def rank(self) -> int:
+        return max(self.mean.ndim, self.var.ndim)
+
+    def second_moment(self) -> np.ndarray:
+        return self.var + self.mean**2
+
+    def total(self) -> tuple[float, float]:
+        """(mean, var) over every element: the mean of the means; the mean of the variances
+        plus the variance of the means."""
+        mean, var = np.broadcast_arrays(self.mean, self.var)
+        m = float(mean.mean())
+        return m, float(var.mean() + ((mean - m) ** 2).mean())
+
+    def pooled(self) -> Gradient:
+        """The statistics of the whole tensor (a rule that cannot follow the tracked axis)."""
+        return Gradient.scalar(*self.total())
+
+    def scaled(self, factor) -> Gradient:
+        """``factor * g`` for a constant ``factor`` broadcasting like the statistics."""
+        f = _array(factor)
+        sample_var = None if self.sample_var is None else self.sample_var * f**2
+        cov = None
+        if self.cov is not None and f.size == 1:
+            cov = self.cov * float(f.reshape(())) ** 2
+        return Gradient(self.mean * f, self.var * f**2, sample_var, self.profile, cov)
+
+    def plain(self) -> Gradient:
+        """Mean and variance only."""
+        return Gradient(self.mean, self.var)
+
+    def expand_rank(self, rank: int) -> Gradient:
+        def pad(a):
+            if a is None or a.ndim == 0 or a.ndim >= rank:
+                return a
+            return a.reshape((1,) * (rank - a.ndim) + a.shape)
+
+        return replace(self, mean=pad(self.mean), var=pad(self.var),
+                       sample_var=pad(self.sample_var))
+
+    def values_along(self, axis: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """1-D (mean, var) of length ``size`` along ``axis`` (other tracked axes pooled)."""
+        rank = self.rank
+        mean, var = np.broadcast_arrays(self.mean, self.var)
+        if rank == 0 or mean.size == 1:
+            m, v = self.total()
+            return np.full(size, m), np.full(size, v)
+        axis %= rank
+        other = tuple(i for i in range(rank) if i != axis)
+        m = mean.mean(axis=other)
+        shaped = m.reshape([-1 if i == axis else 1 for i in range(rank)])
+        v = var.mean(axis=other) + ((mean - shaped) ** 2).mean(axis=other)
+        if m.shape[0] != size:
+            if m.shape[0] != 1:
+                t_m, t_v = self.total()
+                return np.full(size, t_m), np.full(size, t_v)
+            m, v = np.full(size, m[0]), np.full(size, v[0])
+        return m, v
+
+    def channels(self, rank: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (axis 1) mean and variance, 1-D."""
+        return self.expand_rank(rank).values_along(1, channels)
+
+    def channel_sample_var(self, rank: int, channels: int, positions: int) -> np.ndarray:
+        """Per channel, 1-D: ``sample_var`` (default: the variance over the positions)."""
+        if self.sample_var is not None:
+            sv = self.expand_rank(rank).sample_var
+            sv = np.broadcast_to(sv, np.broadcast_shapes(sv.shape, (1,) * rank))
+            if sv.ndim >= 2 and sv.shape[1] == channels:
+                return sv.reshape(sv.shape[0], channels, -1).mean(axis=(0, 2))
+            return np.full(channels, float(sv.mean()))
+        return self.channels(rank, channels)[1] / max(positions, 1)
+
+
+def along(mean, var, axis: int, rank: int, sample_var=None, profile=None) -> Gradient:
+    """A Gradient of 1-D per-index statistics along ``axis`` of a rank-``rank`` tensor."""
+    mean, var = _array(mean).reshape(-1), _array(var).reshape(-1)
+    size = max(mean.size, var.size)
+    shape = [1] * rank
+    shape[axis % rank] = size
+    mean = np.broadcast_to(mean, (size,)).reshape(shape)
+    var = np.broadcast_to(var, (size,)).reshape(shape)
+    if sample_var is not None:
+        sample_var = np.broadcast_to(_array(sample_var).reshape(-1), (size,)).reshape(shape)
+    return Gradient(mean, var, sample_var, profile)
+
+
+def add(parts: list[Gradient]) -> Gradient:
+    """The sum of gradients reaching one tensor from several uses (a fork), taken as
+    uncorrelated: means add, variances add (``sample_var`` too); the position profile is the
+    second-moment-weighted average of the parts'."""
+    parts = [p for p in parts if p is not None]
+    if len(parts) == 1:
+        return parts[0]
+    rank = max(p.rank for p in parts)
+    parts = [p.expand_rank(rank) for p in parts]
+    try:
+        mean = sum(p.mean for p in parts)
+        var = sum(p.var for p in parts)
+    except ValueError:  # tracked axes that do not broadcast: pool
+        mean = sum(p.total()[0] for p in parts)
+        var = sum(p.total()[1] for p in parts)
+        return Gradient(mean, var)
+    sample_var = None
+    if all(p.sample_var is not None for p in parts):
+        try:
+            sample_var = sum(p.sample_var for p in parts)
+        except ValueError:
+            sample_var = None
+    profile = None
+    cov = None
+    if any(p.cov is not None for p in parts):
+        covs = [p.cov if p.cov is not None else feature_cov(p) for p in parts]
+        if all(c is not None and c.shape == covs[0].shape for c in covs):
+            cov = sum(covs)
+    profiles = [p.profile for p in parts if p.profile is not None]
+    if profiles and all(p.profile is None or p.profile.shape == profiles[0].shape
+                        for p in parts):
+        weights = [float(np.mean(p.second_moment())) for p in parts]
+        ones = np.ones_like(profiles[0])
+        profile = sum(w * (p.profile if p.profile is not None else ones)
+                      for w, p in zip(weights, parts)) / max(sum(weights), 1e-300)
+    return Gradient(mean, var, sample_var, profile, cov, None, _gate(parts))
+
+
+def _gate(parts: list[Gradient]) -> Gate | None:
+    """The one gate among the parts, its share diluted by the ungated parts."""
+    gates = {id(p.gate): p.gate for p in parts if p.gate is not None}
+    if len(gates) != 1:
+        return None
+    gate = next(iter(gates.values()))
+    seconds = [float(np.mean(p.second_moment())) for p in parts]
+    gated = sum(s * p.gate.share for s, p in zip(seconds, parts) if p.gate is not None)
+    total = sum(seconds)
+    return replace(gate, share=gated / total) if total > 0 else None
+
+
+def feature_cov(g: Gradient) -> np.ndarray | None:
+    """The covariance across the last axis: ``g.cov``, or the diagonal of the variances when
+    they vary along the last axis only; None when the statistics do not allow it."""
+    if g.cov is not None:
+        return g.cov
+    var = np.asarray(g.var)
+    if var.ndim == 0 or any(n > 1 for n in var.shape[:-1]) or var.shape[-1] > MAX_COV:
+        return None
+    return np.diag(var.reshape(-1))
+
+
+def last_axis(a, size: int) -> np.ndarray | None:
+    """``a`` as a vector along the last axis (a scalar repeated); None when it varies along
+    another axis."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.size == 1:
+        return np.full(size, float(a.reshape(())))
+    if any(n > 1 for n in a.shape[:-1]) or a.shape[-1] != size:
+        return None
+    return a.reshape(-1)

@@ -1,0 +1,185 @@
+"""Backward rules of the layout ops: the gradient is the output gradient moved back to where
+the element came from.
+
+- Reshape, Flatten, Squeeze, Unsqueeze: the same elements in another shape. Statistics tracked
+  per element of one sample (at most MAX_DENSE of them) are reshaped with the tensor; a
+  convolution-layout input gets per-channel statistics and the position profile back from
+  them. Otherwise the statistics of the whole tensor.
+- Transpose: tracked axes permuted.
+- Concat: each input gets its slice of the output gradient (its channels' statistics when the
+  gradient tracks the concatenation axis).
+- Split, Slice: the input gradient is the outputs' gradients where they came from and zero
+  elsewhere (a mixture with the zeros' share).
+- Expand: the sum over the broadcast axes (:func:`.arithmetic.reduce_to`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..rules.context import RuleError
+from .arithmetic import reduce_to
+from .context import GradContext
+from .gradient import Gradient, along
+from .registry import rule
+
+MAX_DENSE = 1 << 20
+
+
+def _dense(g: Gradient, shape) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean, var) per element of one sample, ``[1, *shape[1:]]``; None when too many."""
+    one = (1, *shape[1:])
+    if int(np.prod(one)) > MAX_DENSE:
+        return None
+    g = g.expand_rank(len(shape))
+    try:
+        mean = np.broadcast_to(g.mean, one)
+        var = np.broadcast_to(g.var, one)
+    except ValueError:
+        return None
+    if g.profile is not None and len(shape) > 2 and g.profile.shape == tuple(shape[2:]):
+        second = (var + mean**2) * g.profile
+        var = np.maximum(second - mean**2, 0.0)
+    return mean, var
+
+
+def _from_dense(mean, var, shape, sample_var_share: float | None = None) -> Gradient:
+    """Per-channel statistics and the position profile of a convolution-layout gradient
+    given per element of one sample; other layouts keep the per-element arrays."""
+    rank = len(shape)
+    if rank <= 2:
+        return Gradient(mean.reshape((1, *shape[1:])), var.reshape((1, *shape[1:])))
+    c = shape[1]
+    mean = mean.reshape(c, -1)
+    var = var.reshape(c, -1)
+    m = mean.mean(axis=1)
+    v = var.mean(axis=1) + ((mean - m[:, None]) ** 2).mean(axis=1)
+    second = (var + mean**2).sum(axis=0)
+    profile = (second / second.mean()).reshape(shape[2:]) if second.mean() > 0 else None
+    s = int(np.prod(shape[2:]))
+    return along(m, v, 1, rank, var.mean(axis=1) / s, profile)
+
+
+def relayout(g: Gradient, out_shape, in_shape) -> Gradient:
+    """The gradient of a reshape's input (same elements, same order)."""
+    if len(out_shape) >= 1 and len(in_shape) >= 1 and out_shape[0] == in_shape[0]:
+        if g.rank == 0:
+            if len(in_shape) > 2:
+                s = int(np.prod(in_shape[2:]))
+                return Gradient(g.mean, g.var, g.var / s)
+            return g
+        dense = _dense(g, out_shape)
+        if dense is not None:
+            return _from_dense(*dense, in_shape)
+    return g.pooled()
+
+
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(grads, ctx: GradContext):
+    """See the module docstring."""
+    g = relayout(grads[0], ctx.out_shape(), ctx.in_shape(0))
+    return [g] + [None] * (len(ctx.node.input) - 1)
+
+
+@rule("Transpose")
+def transpose(grads, ctx: GradContext):
+    """Tracked axes permuted back."""
+    g = grads[0]
+    rank = len(ctx.out_shape())
+    perm = list(ctx.attr("perm", list(range(rank))[::-1]))
+    g = g.expand_rank(rank)
+    if g.rank != rank:
+        return [g.pooled()]
+    inverse = np.argsort(perm)
+    mean = np.transpose(np.broadcast_to(g.mean, np.broadcast_shapes(g.mean.shape, g.var.shape)),
+                        inverse) if g.mean.ndim == rank else g.mean
+    var = np.transpose(np.broadcast_to(g.var, np.broadcast_shapes(g.mean.shape, g.var.shape)),
+                       inverse) if g.var.ndim == rank else g.var
+    return [Gradient(mean, var)]
+
+
+def _slice_along(g: Gradient, axis: int, start: int, stop: int, size: int, rank: int) -> Gradient:
+    g = g.expand_rank(rank)
+    if g.rank == rank:
+        shape = np.broadcast_shapes(g.mean.shape, g.var.shape)
+        if shape[axis] == size:
+            index = [slice(None)] * rank
+            index[axis] = slice(start, stop)
+            mean = np.broadcast_to(g.mean, shape)[tuple(index)]
+            var = np.broadcast_to(g.var, shape)[tuple(index)]
+            sample_var = None
+            if g.sample_var is not None and np.shape(g.sample_var) == shape:
+                sample_var = g.sample_var[tuple(index)]
+            return Gradient(mean, var, sample_var, g.profile)
+    return g
+
+
+@rule("Concat")
+def concat(grads, ctx: GradContext):
+    """Each input receives its slice of dy."""
+    g = grads[0]
+    rank = len(ctx.out_shape())
+    axis = int(ctx.attr("axis")) % rank
+    out, start = [], 0
+    for i in range(len(ctx.node.input)):
+        size = ctx.in_shape(i)[axis]
+        part = _slice_along(g, axis, start, start + size, ctx.out_shape()[axis], rank)
+        out.append(part if ctx.is_signal(i) else None)
+        start += size
+    return out
+
+
+def _with_zeros(g: Gradient, share: float) -> Gradient:
+    """A gradient that is ``g`` on a ``share`` of the elements and zero elsewhere."""
+    m, v = g.total()
+    mean = share * m
+    return Gradient.scalar(mean, share * (v + m * m) - mean**2)
+
+
+@rule("Split")
+def split(grads, ctx: GradContext):
+    """The outputs' gradients side by side (zero for an output no gradient reaches)."""
+    rank = len(ctx.in_shape(0))
+    axis = int(ctx.attr("axis", 0)) % rank
+    size = ctx.in_shape(0)[axis]
+    parts = []
+    for i, name in enumerate(ctx.node.output):
+        share = ctx.out_shape(i)[axis] / size
+        if grads[i] is not None:
+            m, v = grads[i].total()
+            parts.append((share, m, v + m * m))
+        else:
+            parts.append((share, 0.0, 0.0))
+    mean = sum(w * m for w, m, _ in parts)
+    second = sum(w * e for w, _, e in parts)
+    return [Gradient.scalar(mean, second - mean**2)] + [None] * (len(ctx.node.input) - 1)
+
+
+def embedding(g: Gradient, ctx: GradContext) -> Gradient:
+    """The table's gradient of an embedding Gather: each of the R looked-up positions adds its
+    dy to its row; with ids spread uniformly over the V rows, ``E[dE^2] = (R / V) E[dy^2]``
+    pooled over the table (positions independent)."""
+    table = ctx.in_shape(0)
+    rows = int(np.prod(ctx.in_shape(1))) if ctx.has_input(1) else 1
+    m, v = g.total()
+    return Gradient.scalar(0.0, rows / table[0] * (v + m * m))
+
+
+@rule("Slice", "Gather")
+def slice_(grads, ctx: GradContext):
+    """dy where the elements were taken, zero elsewhere (a Gather of a signal: indices taken as
+    distinct); the table of an embedding Gather gets :func:`embedding`."""
+    if not ctx.is_signal(0):
+        if ctx.node.op_type == "Gather" and ctx.is_parameter(0):
+            return [embedding(grads[0], ctx)] + [None] * (len(ctx.node.input) - 1)
+        raise RuleError("Gather from a constant that is not a parameter")
+    out_n = int(np.prod(ctx.out_shape()))
+    in_n = int(np.prod(ctx.in_shape(0)))
+    share = min(1.0, out_n / in_n)
+    return [_with_zeros(grads[0], share)] + [None] * (len(ctx.node.input) - 1)
+
+
+@rule("Expand")
+def expand(grads, ctx: GradContext):
+    """The sum of dy over the broadcast axes."""
+    return [reduce_to(grads[0], ctx.out_shape(), ctx.in_shape(0)), None]

@@ -1,0 +1,29 @@
+"""Backward rule of Softmax: ``dx_k = p_k (dy_k - sum_j p_j dy_j)`` along the axis (K
+elements). A mean shared by the row's dy cancels; with the rest independent across the row::
+
+    E[dx_k^2] = Var[dy] E[p_k^2 (1 - 2 p_k + sum_j p_j^2)]
+             ~ Var[dy] (E[p^2] - 2 E[p^3] + K E[p^2]^2),   E[dx] = 0
+
+with E[p^2] from the forward moments of the output and E[p^3] ~ E[p^2]^2 / E[p] (a moment
+closure exact for a constant row).
+"""
+
+from __future__ import annotations
+
+from .context import GradContext
+from .gradient import Gradient
+from .registry import rule
+
+
+@rule("Softmax")
+def softmax(grads, ctx: GradContext):
+    """See the module docstring."""
+    g = grads[0]
+    shape = ctx.out_shape()
+    axis = int(ctx.attr("axis", -1)) % len(shape)
+    k = shape[axis]
+    p_mean, p_var = ctx.y(0).total()
+    p2 = p_var + p_mean**2
+    p3 = p2 * p2 / max(p_mean, 1e-30)
+    _, v = g.total()
+    return [Gradient.scalar(0.0, v * max(p2 - 2 * p3 + k * p2 * p2, 0.0))]
