@@ -43,7 +43,7 @@ import gate_training  # noqa: E402
 
 from onnxinit import check  # noqa: E402
 from onnxinit.analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR, analyze  # noqa: E402
-from onnxinit.findings import variance  # noqa: E402
+from onnxinit.findings import gradient, variance  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAINING_FILE = RESULTS / "gate_training.json"
@@ -100,13 +100,15 @@ def check_network(name: str) -> dict:
 def check_export(model) -> dict:
     """The verdict, the findings and what the thresholds act on, for one exported model."""
     start = time.perf_counter()
-    analysis = analyze(model)
+    analysis = analyze(model, backward=True)  # as `check` runs it by default
     paths = check.paths_of(analysis)
     findings = check.find(analysis, paths=paths)
+    layers = gradient.layer_gradients(analysis, paths)
     return {"passed": not check.failed(findings),
             "rules": [f"{f.rule_id}:{f.level}" for f in findings],
             "messages": [f.message for f in findings],
             **variance.extremes(analysis, paths),
+            "gradient_ratio": gradient.depth_ratio(layers) if layers else None,
             "check_seconds": round(time.perf_counter() - start, 1)}
 
 

@@ -23,7 +23,7 @@ from .plan_record import read_plan_record
 log = logging.getLogger("onnxinit")
 
 DEFAULT_MAX_GROWTH = 100.0
-DEFAULT_MIN_VAR = 1e-4
+DEFAULT_MIN_VAR = 1e-6
 
 NORMALIZATION_OPS = {"BatchNormalization", "InstanceNormalization", "GroupNormalization",
                      "LayerNormalization", "RMSNormalization"}

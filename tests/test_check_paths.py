@@ -180,7 +180,7 @@ def test_resnet50_without_normalization_fails():
 def test_global_pooling_of_white_noise_is_not_a_vanishing_signal():
     """small_cnn averages 8x8 positions: the white-noise prediction divides the variance by 64,
     real inputs' correlated positions do not; the vanishing test multiplies the 64 back in."""
-    analysis = analyze(sample("small_cnn"))
+    analysis = analyze(sample("small_cnn"), min_var=1e-4)  # a threshold between raw and x64
     paths = check.paths_of(analysis)
     (pool,) = [n for n in analysis.graph.order
                if analysis.graph.node(n).op_type == "GlobalAveragePool"]

@@ -23,8 +23,10 @@ default):
 - ``ONNXINIT005 exploding-gradient`` (error): the ratio is above ``max_ratio``;
 - ``ONNXINIT006 vanishing-gradient`` (error): the ratio is below ``min_ratio``.
 
-Thresholds from ``benchmarks/gate_calibration.py`` (README, 'Calibration'): 0.29 to 5.6 on
-networks that train, 1e-41 to 8.5e-5 on those that do not.
+Thresholds from ``benchmarks/gate_calibration.py`` (README, 'Calibration'): on the networks
+that train the ratio is 0.064 to 4.6e7 (ConvNeXt's LayerScale of 1e-6 makes its last blocks'
+gradients small; RegNet-Y 9.4e3, ResNet-18 132), on those that do not 1e-41 to 8.5e-5 (deep
+MLPs) and 5e20 (a 48-layer transformer without LayerNorm): hence 1e-3 and 1e9.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ..signal_path import BRANCH, SignalPaths
 from .base import Finding, RuleInfo, fmt, register
 
 EXPLODING_GRADIENT, VANISHING_GRADIENT = "ONNXINIT005", "ONNXINIT006"
-DEFAULT_MAX_RATIO = 1e3
+DEFAULT_MAX_RATIO = 1e9
 DEFAULT_MIN_RATIO = 1e-3
 
 _WHY = ("the update-to-weight ratio lr * rms(dL/dW) / rms(W) (lr = 1) predicted at "
