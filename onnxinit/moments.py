@@ -261,21 +261,10 @@ class Moments:
 
     def values_along(self, axis: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """1-D (mean, var) of length ``size`` along ``axis``, pooling any other tracked axis."""
-        rank = self.rank
-        if rank == 0 or self.is_scalar:
+        if self.rank == 0 or self.is_scalar:
             m, v = self.total()
             return np.full(size, m), np.full(size, v)
-        axis %= rank
-        mean, var = np.broadcast_arrays(self.mean, self.var)
-        other = tuple(i for i in range(rank) if i != axis)
-        m = mean.mean(axis=other)
-        v = var.mean(axis=other) + ((mean - m.reshape([-1 if i == axis else 1 for i in range(rank)])) ** 2).mean(axis=other)
-        if m.shape[0] != size:
-            if m.shape[0] != 1:
-                t_m, t_v = self.total()
-                return np.full(size, t_m), np.full(size, t_v)
-            m, v = np.full(size, m[0]), np.full(size, v[0])
-        return m, v
+        return pooled_along(self.mean, self.var, axis, size, self.total)
 
     def expand_rank(self, rank: int) -> Moments:
         """Left-pad the arrays with size-1 axes up to ``rank`` (numpy broadcasting semantics)."""
@@ -312,3 +301,23 @@ def compressed(mean: np.ndarray, var: np.ndarray) -> Moments:
     if mean.size == 1:
         return Moments(mean.reshape(()), var.reshape(()))
     return Moments(mean, var)
+
+
+def pooled_along(mean, var, axis: int, size: int, total) -> tuple[np.ndarray, np.ndarray]:
+    """1-D (mean, var) of length ``size`` along ``axis`` of broadcastable per-element ``mean`` and
+    ``var``, the other axes pooled by the law of total variance:
+    m_a = E_other[mean], v_a = E_other[var] + Var_other[mean]. An axis tracked at another length
+    than ``size`` falls back to ``total()`` everywhere."""
+    mean, var = np.broadcast_arrays(mean, var)
+    rank = mean.ndim
+    axis %= rank
+    other = tuple(i for i in range(rank) if i != axis)
+    m = mean.mean(axis=other)
+    shaped = m.reshape([-1 if i == axis else 1 for i in range(rank)])
+    v = var.mean(axis=other) + ((mean - shaped) ** 2).mean(axis=other)
+    if m.shape[0] != size:
+        if m.shape[0] != 1:
+            t_m, t_v = total()
+            return np.full(size, t_m), np.full(size, t_v)
+        m, v = np.full(size, m[0]), np.full(size, v[0])
+    return m, v

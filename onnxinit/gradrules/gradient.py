@@ -33,6 +33,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..moments import pooled_along
+
 MAX_COV = 1024
 
 
@@ -115,22 +117,10 @@ class Gradient:
 
     def values_along(self, axis: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """1-D (mean, var) of length ``size`` along ``axis`` (other tracked axes pooled)."""
-        rank = self.rank
-        mean, var = np.broadcast_arrays(self.mean, self.var)
-        if rank == 0 or mean.size == 1:
+        if self.rank == 0 or np.broadcast(self.mean, self.var).size == 1:
             m, v = self.total()
             return np.full(size, m), np.full(size, v)
-        axis %= rank
-        other = tuple(i for i in range(rank) if i != axis)
-        m = mean.mean(axis=other)
-        shaped = m.reshape([-1 if i == axis else 1 for i in range(rank)])
-        v = var.mean(axis=other) + ((mean - shaped) ** 2).mean(axis=other)
-        if m.shape[0] != size:
-            if m.shape[0] != 1:
-                t_m, t_v = self.total()
-                return np.full(size, t_m), np.full(size, t_v)
-            m, v = np.full(size, m[0]), np.full(size, v[0])
-        return m, v
+        return pooled_along(self.mean, self.var, axis, size, self.total)
 
     def channels(self, rank: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (axis 1) mean and variance, 1-D."""
