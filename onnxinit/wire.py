@@ -114,12 +114,13 @@ def _tensor(data, start: int, end: int, reference: tuple[str, str], inline_below
     return b"".join(kept)
 
 
-def _graph(data, start: int, end: int, reference: tuple[str, str], inline_below: int) -> bytes:
+def _rewrite(data, start: int, end: int, number: int, transform) -> bytes:
+    """The message in ``data[start:end]`` with each length-delimited field ``number`` replaced
+    by ``transform(payload_start, stop)`` (its new payload); every other field as it is."""
     out = []
-    for number, wire, field, payload, stop in _fields(data, start, end):
-        if number == _GRAPH_INITIALIZER and wire == 2:
-            out.append(_length_delimited(
-                number, _tensor(data, payload, stop, reference, inline_below)))
+    for field_number, wire, field, payload, stop in _fields(data, start, end):
+        if field_number == number and wire == 2:
+            out.append(_length_delimited(number, transform(payload, stop)))
         else:
             out.append(bytes(data[field:stop]))
     return b"".join(out)
@@ -130,11 +131,9 @@ def light_model_bytes(data, path: Path, inline_below: int) -> bytes:
     initializer's raw data over ``inline_below`` bytes left in the file (see the module
     docstring). Raises WireError when the bytes are not a message this reader handles."""
     reference = (path.name, str(path.parent.resolve()))
-    out = []
-    for number, wire, field, payload, stop in _fields(data, 0, len(data)):
-        if number == _MODEL_GRAPH and wire == 2:
-            out.append(_length_delimited(
-                number, _graph(data, payload, stop, reference, inline_below)))
-        else:
-            out.append(bytes(data[field:stop]))
-    return b"".join(out)
+
+    def graph(start: int, end: int) -> bytes:
+        return _rewrite(data, start, end, _GRAPH_INITIALIZER,
+                        lambda first, stop: _tensor(data, first, stop, reference, inline_below))
+
+    return _rewrite(data, 0, len(data), _MODEL_GRAPH, graph)
