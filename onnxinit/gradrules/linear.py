@@ -28,6 +28,8 @@ with ``u_o`` the output gradient's ``sample_var`` and ``n_t`` the positions tap 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..rules.context import RuleError
@@ -36,6 +38,7 @@ from .context import GradContext
 from .attention import matmul_activations
 from .gradient import MAX_COV, Gradient, along, feature_cov
 from .registry import rule
+from .tokens import kept_unless
 from .windows import tap_counts, tap_maps
 
 
@@ -46,11 +49,13 @@ def dense_input(g: Gradient, w: np.ndarray, rank: int) -> Gradient:
     m, v = g.values_along(rank - 1, n_out)
     mean = w @ m
     cov = feature_cov(g) if max(n_in, n_out) <= MAX_COV else None
+    tokens = kept_unless(g.tokens, rank, [rank - 1])
     if cov is not None and cov.shape == (n_out, n_out):
         cov = (w @ cov) @ w.T
         out = along(mean, np.diag(cov).copy(), rank - 1, rank)
-        return Gradient(out.mean, out.var, cov=cov)
-    return along(mean, (w * w) @ v, rank - 1, rank)
+        return Gradient(out.mean, out.var, cov=cov, tokens=tokens)
+    out = along(mean, (w * w) @ v, rank - 1, rank)
+    return replace(out, tokens=tokens)
 
 
 def dense_weight(x_second: float, x_mean_sq: float, g: Gradient, rows: int, rank: int,

@@ -34,6 +34,7 @@ from .activations import positions_of
 from .context import GradContext
 from .gradient import Gradient, along
 from .registry import rule
+from .tokens import kept_unless
 
 
 def _param(ctx: GradContext, index: int, size: int, default: float) -> np.ndarray:
@@ -104,7 +105,7 @@ def layer_normalization(grads, ctx: GradContext):
     m, v = g.expand_rank(rank).values_along(rank - 1, d)
     gm = gamma * m
     var = (gamma**2 * v * (1.0 - 2.0 / d) + (gm - gm.mean()) ** 2) / sigma2
-    dx = Gradient.scalar(0.0, float(np.mean(var)))
+    dx = Gradient(0.0, float(np.mean(var)), tokens=kept_unless(g.tokens, rank, [rank - 1]))
     params = [None, None]
     if ctx.is_parameter(1):
         params[0] = Gradient.scalar(0.0, float(np.mean(rows * (v + m * m))))
