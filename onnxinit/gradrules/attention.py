@@ -8,9 +8,12 @@ terms share a component: the value gradient ``dV = P^T dY`` of a gradient the qu
 (a loss on the mean over the sequence) is ``sum_q P_qk dY_q``, of variance ``E[P]^2 T^2 Var[dY]``
 rather than ``T E[P^2] Var[dY]``; the key gradient ``dK = dS^T Q`` likewise over the queries.
 The probabilities P from a Softmax over the last axis have ``E[P_qk P_q'k'] = J (x) p p^T +
-I (x) (Q - p p^T)`` (rows sum to one, :func:`.pairs.softmax_backward`). The gradient of an
+I (x) (E[P P^T] - p p^T)`` (rows independent, :func:`.pairs.probabilities`, their statistics
+from :mod:`.rows`). The gradient of an
 operand carries the token field along the axis its forward tensor has it (the query axis for P)
-and, for P, the pair itself on to the Softmax's backward rule (:mod:`.softmax`).
+and, for P, the pair itself on to the Softmax's backward rule (:mod:`.softmax`). P depends on
+the Q and K of Q K^T, which makes their gradients larger than for independent factors; that
+factor is measured by Monte Carlo (:mod:`.coupling`).
 
 Without that structure (matrices longer than :data:`.pairs.MAX_SIDE`), elements independent::
 
@@ -23,12 +26,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..moments import Moments
 from ..rules.context import RuleError
 from . import pairs
 from .context import GradContext
 from .gradient import Gradient
 from .registry import rule
+from .coupling import coupling
+from .rows import row_stats, row_variance
 from .tokens import axes_of
 
 PASSING = ("Dropout", "Cast", "Identity")
@@ -39,39 +43,59 @@ def _second(ctx: GradContext, index: int) -> float:
     return v + m * m
 
 
-def probabilities_of(ctx: GradContext, index: int) -> bool:
-    """Input ``index`` is a Softmax over its last axis (through Dropout, Cast, Identity)."""
+def softmax_logits(ctx: GradContext, index: int) -> str | None:
+    """The logits when input ``index`` is a Softmax over its last axis (through Dropout,
+    Cast, Identity), else None."""
     graph, name = ctx.graph, ctx.node.input[index]
     for _ in range(4):
         node_id = graph.producer.get(name)
         if node_id is None:
-            return False
+            return None
         node = graph.node(node_id)
         if node.op_type == "Softmax":
             rank = len(graph.shape(name) or ())
             axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-            return rank > 0 and axis % rank == rank - 1 and ctx.opset >= 13
+            last = rank > 0 and axis % rank == rank - 1 and ctx.opset >= 13
+            return node.input[0] if last and node.input[0] in ctx.forward else None
         if node.op_type not in PASSING:
-            return False
+            return None
         name = node.input[0]
-    return False
+    return None
 
 
-def key_moments(x: Moments, shape) -> tuple[np.ndarray, float]:
-    """(per-key mean [K], E[P^2] pooled) of softmax probabilities ``x`` over the last axis."""
-    rank = len(shape)
-    mean = np.asarray(x.mean, dtype=np.float64)
-    mean = mean.reshape((1,) * (rank - mean.ndim) + mean.shape) if mean.ndim < rank else mean
-    p = np.broadcast_to(mean, np.broadcast_shapes(mean.shape, (1,) * (rank - 1) + (shape[-1],)))
-    p = p.reshape(-1, shape[-1]).mean(axis=0)
-    p = np.where(np.isfinite(p), p, 0.0)
-    m, v = x.total()
-    return p, v + m * m
+def softmax_after(ctx: GradContext) -> str | None:
+    """The logits of the Softmax over the last axis this node's output reaches through
+    element-wise scalings and masks (Q K^T / sqrt(d) + mask), else None."""
+    graph, name = ctx.graph, ctx.node.output[0]
+    for _ in range(5):
+        uses = graph.consumers.get(name, [])
+        if len(uses) != 1:
+            return None
+        node = graph.node(uses[0][0])
+        if node.op_type == "Softmax":
+            rank = len(graph.shape(name) or ())
+            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+            last = rank > 0 and axis % rank == rank - 1 and ctx.opset >= 13
+            return name if last and name in ctx.forward else None
+        if node.op_type not in (*PASSING, "Mul", "Div", "Add", "Sub", "Where"):
+            return None
+        name = node.output[0]
+    return None
+
+
+def _query_sharing(p: pairs.Pair) -> float:
+    """The share of dS's variance the queries have in common (its pair along axis -2)."""
+    sig = pairs.along(p, -2)
+    n = sig.shape[0]
+    diag = float(np.trace(sig)) / n
+    off = (float(sig.sum()) - diag * n) / max(n * (n - 1), 1)
+    return off / diag if diag > 0 else 0.0
 
 
 def _operand(ctx: GradContext, index: int, shape) -> pairs.Operand:
-    if index == 0 and probabilities_of(ctx, 0):
-        return pairs.probabilities(*key_moments(ctx.x(0), shape), shape[-2])
+    logits = softmax_logits(ctx, index) if index == 0 else None
+    if logits is not None:
+        return pairs.probabilities(row_stats(ctx.forward[logits], shape), shape[-2])
     return pairs.of_moments(ctx.x(index), shape)
 
 
@@ -109,6 +133,12 @@ def matmul_activations(grads, ctx: GradContext):
     gm, gv = g.total()
     y = g.pair if g.pair is not None else pairs.of_gradient(gv, gm, g.tokens, y_shape)
     a, b = _operand(ctx, 0, a_shape), _operand(ctx, 1, b_shape)
-    keep = probabilities_of(ctx, 0)
-    return [_gradient(pairs.contract_left(y, b), ctx, 0, a_shape, keep),
-            _gradient(pairs.contract_right(a, y), ctx, 1, b_shape, False)]
+    keep = softmax_logits(ctx, 0) is not None
+    da = _gradient(pairs.contract_left(y, b), ctx, 0, a_shape, keep)
+    db = _gradient(pairs.contract_right(a, y), ctx, 1, b_shape, False)
+    logits = softmax_after(ctx)
+    if logits is not None:  # Q K^T: the probabilities depend on Q and K (coupling.py)
+        f_q, f_k = coupling(row_variance(ctx.forward[logits], y_shape), y_shape[-1],
+                            a_shape[-1], _query_sharing(y))
+        da, db = da.scaled(np.sqrt(f_q)), db.scaled(np.sqrt(f_k))
+    return [da, db]

@@ -11,12 +11,10 @@ independent::
     dB = A^T dY:  E[dB_kn dB_k'n'] = sum_{i,j} A_i.C[k, k'] Y_j.C[n, n'] <A_i.R, Y_j.R>
 
 (``<X, Z> = sum X * Z``). A softmax over the last axis, ``dS = P * (dP - sum_j P_.j dP_.j)``,
-with P independent of dP, E[P] = p per column and rows summing to one:
-``u = dP - (sum_j p_j dP_j)`` has ``C_u = H C H^T``, ``H = I - 1 p^T`` (a component a row's
-dP share cancels), and ``E[P_qk P_q'k'] = J (x) p p^T + I (x) (Q - p p^T)`` with ``Q`` the
-second moments within a row (``E[P^2]`` on the diagonal, ``(p - E[P^2]) / (K - 1)`` off it:
-a row sums to one), so ``dS`` has the terms ``(R, C_u * p p^T)`` and
-``(R * I, C_u * (Q - p p^T))``.
+with P independent of dP and rows of P independent (:mod:`.rows`: ``M = E[diag(P)(I - 1 P^T)]``
+and ``W``, the within-row second moments for unit independent dP): a term ``(R, C)`` of dP gives
+``(R, M C M^T)`` between queries and ``(diag R, a W - M C M^T)`` within a query, with ``a`` the
+part of C's variance the row does not share (a component a row's dP share cancels exactly).
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..moments import Moments, Tokens
+from .rows import RowStats
 from .tokens import axes_of
 
 MAX_SIDE = 1024
@@ -98,33 +97,25 @@ def contract_right(a: Operand, y: Pair) -> Pair:
     return _compact(terms)
 
 
-def softmax_backward(p: Pair, mean: np.ndarray, p2: float) -> Pair:
-    """The pair of dS from that of dP, for probabilities with per-column means ``mean`` [K]
-    and ``p2 = E[P^2]`` (module docstring)."""
-    k = mean.size
-    h = np.eye(k) - np.outer(np.ones(k), mean)
-    (_, outer), (_, spread) = softmax_moments(mean, p2, 1)
+def softmax_backward(p: Pair, rows: RowStats) -> Pair:
+    """The pair of dS = P * (dP - sum_j P_.j dP_.j) from that of dP (module docstring)."""
+    m = rows.projection()
+    w = rows.within()
+    k = rows.keys
     terms = []
     for r, c in p:
-        cu = h @ c @ h.T
-        terms.append((r, cu * outer))
-        terms.append((np.diag(np.diag(r)), cu * spread))
+        across = m @ c @ m.T
+        own = (np.trace(c) - (c.sum() - np.trace(c)) / max(k - 1, 1)) / k  # not row-shared
+        terms.append((r, across))
+        terms.append((np.diag(np.diag(r)), own * w - across))
     return _compact(terms)
 
 
-def softmax_moments(mean: np.ndarray, p2: float, rows: int) -> Pair:
-    """``E[P_qk P_q'k']`` of ``rows`` softmax rows over ``mean.size`` keys with per-key means
-    ``mean`` and ``E[P^2] = p2``: ``J (x) p p^T + I (x) (Q - p p^T)`` (module docstring)."""
-    k = mean.size
-    outer = np.outer(mean, mean)
-    within = np.full((k, k), (float(mean.mean()) - p2) / max(k - 1, 1))
-    within[np.diag_indices(k)] = p2
-    return ((np.ones((rows, rows)), outer), (np.eye(rows), within - outer))
-
-
-def probabilities(mean: np.ndarray, p2: float, rows: int) -> Operand:
-    """Softmax rows as an operand (:func:`softmax_moments`)."""
-    return Operand(softmax_moments(mean, p2, rows))
+def probabilities(rows: RowStats, count: int) -> Operand:
+    """``count`` softmax rows as an operand: ``E[P_qk P_q'k'] = J (x) p p^T + I (x) (E[P P^T]
+    - p p^T)`` (rows independent)."""
+    outer = np.outer(rows.mean, rows.mean)
+    return Operand(((np.ones((count, count)), outer), (np.eye(count), rows.second - outer)))
 
 
 def _pooled_last_two(a: np.ndarray, rank: int) -> np.ndarray:
