@@ -22,10 +22,13 @@ gradients: ``dgamma = sum dy x_hat`` (variance ``M E[dy^2]``), ``dbeta = sum dy`
 LayerNormalization over the last D features of each row: the same projection per row,
 ``Var[dx] = mean_f(gamma_f^2 Var[dy_f]) (1 - 2/D) / sigma^2`` with sigma^2 the row variance
 predicted by the forward pass; ``dgamma_f = sum_r dy x_hat`` (variance ``R E[dy_f^2]``),
-``dbeta_f = sum_r dy`` over the R rows.
+``dbeta_f = sum_r dy`` over the R rows; rows that are tokens of one sample add with their
+covariance (the token fields, :func:`.linear.dense_weight`).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -34,7 +37,8 @@ from .activations import positions_of
 from .context import GradContext
 from .gradient import Gradient, along
 from .registry import rule
-from .tokens import kept_unless
+from .linear import dense_weight
+from .tokens import coherent_gain, kept_unless
 
 
 def _param(ctx: GradContext, index: int, size: int, default: float) -> np.ndarray:
@@ -107,8 +111,10 @@ def layer_normalization(grads, ctx: GradContext):
     var = (gamma**2 * v * (1.0 - 2.0 / d) + (gm - gm.mean()) ** 2) / sigma2
     dx = Gradient(0.0, float(np.mean(var)), tokens=kept_unless(g.tokens, rank, [rank - 1]))
     params = [None, None]
-    if ctx.is_parameter(1):
-        params[0] = Gradient.scalar(0.0, float(np.mean(rows * (v + m * m))))
+    if ctx.is_parameter(1):  # dgamma = sum_r dy x_hat: x_hat's own field, mean 0, variance 1
+        x_hat = ctx.y(0).tokens if ctx.node.output[0] in ctx.forward else None
+        params[0] = dense_weight(1.0, 0.0, replace(g, cov=None), rows, rank, d, x_hat)
     if ctx.has_input(2) and ctx.is_parameter(2):
-        params[1] = Gradient(rows * m, rows * v).pooled()
+        gain = coherent_gain(kept_unless(g.tokens, rank, [rank - 1]))
+        params[1] = Gradient(rows * m, rows * v * gain).pooled()
     return _rest(ctx, dx, params)
