@@ -30,7 +30,6 @@ from ..rules.context import RuleError
 from . import pairs
 from .context import GradContext
 from .gradient import Gradient
-from .registry import rule
 from .coupling import coupling
 from .rows import row_stats, row_variance
 from .tokens import axes_of

@@ -15,9 +15,9 @@ x_hat (``E[mean(dy x_hat)^2] = E[dy^2] / M`` for dy independent of x)::
 
 ``1 / sigma_b^2`` is random with M values per channel: for Gaussian values
 ``sigma_b^2 ~ sigma^2 chi^2_{M-1} / M`` and ``E[1 / sigma_b^2] = M / ((M - 3) sigma^2)`` (60%
-above ``1 / sigma^2`` at M = 8), with sigma^2 the channel's predicted variance; eps is added. Scale and bias
-gradients: ``dgamma = sum dy x_hat`` (variance ``M E[dy^2]``), ``dbeta = sum dy`` (mean
-``M E[dy]``, variance ``N S^2 u``).
+above ``1 / sigma^2`` at M = 8), with sigma^2 the channel's predicted variance; eps is added.
+Scale and bias gradients: ``dgamma = sum dy x_hat`` (variance ``M E[dy^2]``), ``dbeta = sum dy``
+(mean ``M E[dy]``, variance ``N S^2 u``).
 
 InstanceNormalization (per sample and channel over the S positions) and GroupNormalization
 (per sample and group of k = C/G channels over k S values): the same projection within each

@@ -54,7 +54,7 @@ def make(axes: list[int], rank: int, sig: np.ndarray, stride: int = 1) -> Tokens
 
 def shared(axes: list[int], rank: int, n: int) -> Tokens | None:
     """The field of a gradient broadcast back over ``n`` tokens: the same value everywhere."""
-    if not axes or axes != list(range(axes[0], axes[-1] + 1)) or axes[0] == 0:
+    if not axes or axes != list(range(axes[0], axes[-1] + 1)) or axes[0] == 0 or n > MAX_TOKENS:
         return None
     return make(axes, rank, np.ones((n, n)))
 
