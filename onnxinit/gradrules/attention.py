@@ -29,8 +29,8 @@ import numpy as np
 from ..rules.context import RuleError
 from . import pairs
 from .context import GradContext
-from .gradient import Gradient
 from .coupling import coupling
+from .gradient import Gradient
 from .rows import row_stats, row_variance
 from .tokens import axes_of
 
