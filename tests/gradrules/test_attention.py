@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
+from onnxinit import analyze
 from tests.gradrules.oracle import array, assert_within, ratios, weight
 from tests.models import make_model
 
@@ -96,3 +97,13 @@ def test_per_token_labels_leave_the_tokens_independent():
 def test_query_and_key_gradients_within_20_percent():
     found = ratios(_attention(pool_tokens=True), batch_size=16)
     assert_within({k: v for k, v in found.items() if k in QUERY_PATH}, 0.2)
+
+
+def test_weight_and_norm_parameter_gradients_sum_the_tokens_coherently():
+    """dbeta = sum over a sample's tokens of a gradient they share: 16x the independent sum
+    (the LayerNorm's beta was predicted at 0.095 of the autodiff's before the token field)."""
+    analysis = analyze(_attention(pool_tokens=True, mlp=True), batch_size=16, backward=True,
+                       measure=True, gradient_batches=8)
+    found = {p.name: p.grad_var / p.measured_grad_var for p in analysis.backward.parameters
+             if p.measured_grad_var}
+    assert_within({k: found[k] for k in ("beta", "gamma", "wv", "wo", "w1", "w2", "wfc")}, 0.25)
