@@ -1,7 +1,8 @@
 """Backward rules of the arithmetic ops: Add, Sub, Mul, Div, Pow, Sum, Mean.
 
 - One constant operand c: the element-wise rule of :mod:`.activations` for the signal
-  (``dx = dy * d op(x, c)/dx``); a constant that is a parameter (a bias, a scale) gets
+  (``dx = dy * d op(x, c)/dx``; for Add and Sub exactly ``+-dy``, an attention mask's
+  ``finfo.min`` would defeat the numerical derivative); a constant that is a parameter (a bias, a scale) gets
   ``dc = sum over the broadcast axes of dy * d op/dc``.
 - Two signal operands that are element-wise functions of one tensor T (GELU as
   ``x * 0.5 * (1 + erf(x / sqrt 2))``, SiLU as ``x * sigmoid(x)``): the node is ``h(T)``;
@@ -135,8 +136,13 @@ def binary(grads, ctx: GradContext):
             raise RuleError("not element-wise")
         f, which = found
         out = [None, None]
-        out[which] = reduce_to(through_function(g, f.fn, ctx.x(which), ctx), out_shape,
-                               ctx.in_shape(which))
+        if ctx.node.op_type in ("Add", "Sub"):  # d(x +- c)/dx = +-1 exactly (mask constants of
+            # finfo.min defeat a numerical derivative: x + h + c == c)
+            part = g.scaled(-1.0) if ctx.node.op_type == "Sub" and which == 1 else g
+            part = replace(part, gate=Gate(f.fn))
+        else:
+            part = through_function(g, f.fn, ctx.x(which), ctx)
+        out[which] = reduce_to(part, out_shape, ctx.in_shape(which))
         out[1 - which] = _constant_gradient(g, ctx, which)
         return out
     fused = _fused(grads, ctx)
