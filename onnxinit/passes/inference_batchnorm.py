@@ -45,7 +45,7 @@ from onnx import helper, numpy_helper
 from ..initializers import tensor_array
 from .base import model_pass
 from .emitter import GraphEmitter
-from .folding import evaluate_node
+from .folding import RANDOM_OPS, evaluate_node
 from .shapes import shape_of
 
 log = logging.getLogger("onnxinit.passes")
@@ -70,27 +70,31 @@ class _Graph:
                 self.consumers.setdefault(name, []).append(node)
         self.outputs = {o.name for o in model.graph.output}
         self.initializers = {i.name: i for i in model.graph.initializer}
+        self.constants = set(self.initializers)  # computed from initializers only
+        for node in model.graph.node:  # ONNX nodes are in topological order
+            if node.op_type not in RANDOM_OPS and all(
+                    i in self.constants for i in node.input if i):
+                self.constants.update(o for o in node.output if o)
         self.values: dict[str, np.ndarray | None] = {}
 
-    def value(self, name: str, depth: int = 0) -> np.ndarray | None:
+    def value(self, name: str) -> np.ndarray | None:
         """The value of a tensor computed from initializers and Constant nodes only, else None."""
-        if name in self.values:
-            return self.values[name]
-        value = None
-        if name in self.initializers:
-            value = tensor_array(self.initializers[name])
-        elif name in self.producer and depth < 32:
-            node = self.producer[name]
-            feeds = {i: self.value(i, depth + 1) for i in node.input if i}
-            if node.domain in ("", "ai.onnx") and all(v is not None for v in feeds.values()):
+        if name not in self.constants:
+            return None
+        if name not in self.values:
+            if name in self.initializers:
+                self.values[name] = tensor_array(self.initializers[name])
+            else:
+                node = self.producer[name]
+                feeds = {i: self.value(i) for i in node.input if i}
                 try:
                     outs = evaluate_node(node, feeds, opset_import=self.model.opset_import,
                                          ir_version=self.model.ir_version)
-                    value = dict(zip([o for o in node.output if o], outs)).get(name)
-                except Exception:  # noqa: BLE001 - an op that cannot be evaluated: not constant
-                    value = None
-        self.values[name] = value
-        return value
+                    self.values.update(zip([o for o in node.output if o], outs))
+                except Exception:  # noqa: BLE001 - an op neither evaluator can run
+                    self.values[name] = None
+            self.values.setdefault(name, None)
+        return self.values[name]
 
     def only_consumer(self, name: str) -> onnx.NodeProto | None:
         users = self.consumers.get(name, [])
@@ -164,7 +168,7 @@ def follows_linear_layer(graph: _Graph, x: str) -> bool:
         if node.op_type in _LAYOUT_OPS:
             x = node.input[0]
         elif node.op_type == "Add":
-            signals = [i for i in node.input if graph.value(i) is None]
+            signals = [i for i in node.input if i not in graph.constants]
             if len(signals) != 1:
                 return False
             x = signals[0]
@@ -178,8 +182,8 @@ def _match(graph: _Graph, mul: onnx.NodeProto, ranks: dict[str, int]):
     BatchNormalization written as arithmetic (see the module docstring), else None."""
     if mul.op_type != "Mul" or len(mul.input) != 2:
         return None
-    constant = [i for i in mul.input if graph.value(i) is not None]
-    if len(constant) != 1:
+    constant = [i for i in mul.input if i in graph.constants]
+    if len(constant) != 1 or graph.value(constant[0]) is None:
         return None
     k = constant[0]
     x = mul.input[1] if mul.input[0] == k else mul.input[0]
