@@ -18,19 +18,22 @@ and how much of that survives depends on the exporter:
   ``.../batchnorm/add_1`` (Keras 3's TensorFlow export; Keras 2's for rank-2 inputs).
 
 :func:`inference_batchnorms` brings the last two to the second: every such map that does not
-follow a foldable layer becomes a ``BatchNormalization`` node (scale ``k``, shift ``s``), so
-that the analysis gives it training semantics, as it does the nodes other exporters keep, and
-predicts the same network the same way whichever exporter wrote it. A map that does follow a
-Conv, ConvTranspose, Gemm or MatMul (through layout ops and a bias ``Add``) stays the affine
-map: folding exporters leave nothing there, so this is what every export of it reads as.
+follow a foldable layer becomes a ``BatchNormalization`` node, so that the analysis gives it
+training semantics, as it does the nodes other exporters keep, and predicts the same network
+the same way whichever exporter wrote it. A map that does follow a Conv, ConvTranspose, Gemm or
+MatMul (through layout ops and a bias ``Add``, each read by nothing else) stays the affine map:
+folding exporters leave nothing there, so this is what every export of it reads as. Channels
+on an axis other than 1 (channels-last) get a Transpose on each side of the node.
 
 Evidence, never a model's own names: the ``Sqrt`` of a per-channel tensor plus a scalar in the
 constant subgraph that computes ``k``, or TensorFlow's fixed op names. A per-channel affine
 written otherwise (a layer scale, input standardisation) is left alone.
 
-Limits: the node's scale is ``k``, which is ``gamma`` only up to ``sqrt(var + eps)``: exact for
-the moving variance of a fresh network (1) up to ``sqrt(1 + eps)``; the moving statistics
-themselves play no part under batch statistics.
+Limits: the node's scale is ``gamma = k sqrt(var + eps)`` where the formula shows ``var`` and
+``eps``, else ``k`` itself: ``gamma`` within ``sqrt(1 + eps)`` for the moving variance of a
+fresh network (1), with ``eps`` unknown (ONNX's 1e-5 is used). The shift is ``s``, which is
+``beta`` for a fresh moving mean (0). The moving statistics play no other part under batch
+statistics. Only ModelGraph's analysis view is rewritten, never the model written back.
 """
 
 from __future__ import annotations
