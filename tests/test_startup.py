@@ -95,3 +95,13 @@ def test_analyze_imports_only_what_the_forward_analysis_needs(tmp_path):
                                          "onnxinit.weights", "onnxinit.reporting",
                                          "onnxinit.rescale")))
     assert not unexpected, unexpected
+
+
+def test_the_rescale_command_imports_no_autodiff_or_onnxruntime_until_a_method_needs_it():
+    """``rescale --method autoinit`` builds every method's options, but the autodiff and
+    onnxruntime are imported only when a data-driven method runs."""
+    modules = _modules_after("import onnxinit.cli.rescale\nimport onnxinit.methods")
+    assert "onnxinit.methods.gradinit" in modules  # the methods are there
+    unexpected = sorted(m for m in modules if m.split(".")[0] == "onnxruntime"
+                        or m.startswith("onnxinit.autodiff"))
+    assert not unexpected, unexpected
