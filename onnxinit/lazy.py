@@ -10,6 +10,8 @@ through a lazy module are still found.
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Callable, Mapping
 from types import ModuleType
 
 
@@ -36,3 +38,23 @@ class LazyModule:
 def lazy_module(name: str) -> LazyModule:
     """A handle on the module ``name`` (absolute, dotted) that imports it on first use."""
     return LazyModule(name)
+
+
+def lazy_exports(package: str, exports: Mapping[str, str], public: list[str]
+                 ) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+    """PEP 562 ``__getattr__`` and ``__dir__`` for ``package`` whose public names (``exports``:
+    name -> submodule) are imported on first use and then kept as module attributes."""
+
+    def __getattr__(name: str):
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{module}", package), name)
+        vars(sys.modules[package])[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return public
+
+    return __getattr__, __dir__
+

@@ -13,8 +13,9 @@ See :mod:`onnxinit.batch.api` (the functions), :mod:`onnxinit.batch.engine` (how
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .api import analyze_many, check_many, rescale_many
@@ -22,24 +23,12 @@ if TYPE_CHECKING:
     from .paths import find_models
     from .results import Result, exit_status
 
-# public name -> the submodule defining it, imported on first use (PEP 562): the command line
-# imports ``onnxinit.batch.paths`` without the analysis and rescale machinery of ``api``
-_EXPORTS = {"analyze_many": "api", "check_many": "api", "rescale_many": "api",
-            "in_order": "engine", "run_many": "engine", "find_models": "paths",
-            "Result": "results", "exit_status": "results"}
-
 __all__ = ["Result", "analyze_many", "check_many", "exit_status", "find_models", "in_order",
            "rescale_many", "run_many"]
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+# imported on first use (PEP 562): the command line imports ``onnxinit.batch.paths`` without
+# the analysis and rescale machinery of ``api``
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "analyze_many": "api", "check_many": "api", "rescale_many": "api", "in_order": "engine",
+    "run_many": "engine", "find_models": "paths", "Result": "results",
+    "exit_status": "results"}, __all__)
