@@ -12,6 +12,8 @@ clock also counts the time other processes held the cores, the CPU time does not
   when torch, torchvision or transformers is missing); each against a reference process timed
   in the same run: onnxruntime creating a session for the model and running one forward pass
   at batch 1, started the same way;
+- per model, the CPU seconds of each phase in a fresh process: imports, load (read, shape
+  inference, folding) and propagation (``phases``: where a command's time goes);
 - two scaling series, the chain at 1,250 to 20,000 nodes and the ResNet at 2 to 36 blocks per
   stage: the CPU seconds of ``onnxinit.analyze`` itself (imports excluded, measured inside a
   fresh process), and the slope of log(seconds) against log(nodes), which must be at most 1.1
@@ -64,6 +66,24 @@ for i in session.get_inputs():
     else:
         feeds[i.name] = np.zeros(shape, np.float16 if "16" in i.type else np.float32)
 session.run(None, feeds)
+"""
+
+# CPU seconds of the phases of an analysis in a fresh process: imports (onnxinit, the graph
+# loader, the propagator and the rules), load (read, shape inference, folding), propagation
+_PHASES = """
+import sys, time, json
+start = time.process_time()
+import onnxinit
+from onnxinit.graph import load
+from onnxinit.propagate import propagate
+from onnxinit.rules.catalog import load_rules
+load_rules()
+imported = time.process_time()
+graph = load(sys.argv[1], batch_size=int(sys.argv[2]))
+loaded = time.process_time()
+propagate(graph)
+done = time.process_time()
+print(json.dumps([imported - start, loaded - imported, done - loaded]))
 """
 
 # CPU seconds of onnxinit.analyze alone (imports and rule loading done first), in this process
@@ -177,6 +197,29 @@ def models(names: list[str], folder: Path, repeat: int) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def phases(names: list[str], folder: Path, repeat: int, batch: int = 32) -> None:
+    """Per model, the CPU seconds of each phase (best of ``repeat`` fresh processes), next to
+    ``import numpy`` timed the same way."""
+    def best(command: list[str]) -> list[float]:
+        runs = [json.loads(subprocess.run(command, env=ENV, capture_output=True, text=True,
+                                          check=True).stdout.strip().splitlines()[-1])
+                for _ in range(repeat)]
+        return [min(r[i] for r in runs) for i in range(len(runs[0]))]
+
+    numpy_cpu = best([sys.executable, "-c",
+                      "import time, json, numpy; print(json.dumps([time.process_time()]))"])[0]
+    print(f"\nphases: CPU seconds at batch {batch} (reference: python -c 'import numpy' "
+          f"{numpy_cpu:.3f} s)")
+    for name in names:
+        path = model_path(name, folder)
+        if not isinstance(path, Path):
+            print(f"  {name}: skipped ({path})")
+            continue
+        imports, load, propagation = best([sys.executable, "-c", _PHASES, str(path), str(batch)])
+        print(f"  {name:22} imports {imports:6.2f}  load {load:6.2f}  propagate "
+              f"{propagation:6.2f}  total {imports + load + propagation:6.2f}", flush=True)
+
+
 def scaling(folder: Path, repeat: int) -> None:
     print("\nscaling: CPU seconds of onnxinit.analyze (imports excluded)")
     series = {
@@ -205,7 +248,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs per figure (best of)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder for the built and exported models (kept between runs)")
-    parser.add_argument("--skip", default="", help="parts to skip: startup,models,scaling")
+    parser.add_argument("--skip", default="",
+                        help="parts to skip: startup,models,phases,scaling")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,6 +259,8 @@ def main() -> None:
             startup(args.repeat)
         if "models" not in skip:
             models(args.models.split(","), folder, args.repeat)
+        if "phases" not in skip:
+            phases(args.models.split(","), folder, args.repeat)
         if "scaling" not in skip:
             scaling(Path(tmp), args.repeat)
 

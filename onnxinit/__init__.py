@@ -13,11 +13,11 @@ command line's ``--help`` and ``--version`` do not pay for numpy, onnx and onnxr
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 
 from ._version import __version__ as __version__
+from .lazy import lazy_exports
 
 # public name -> the module defining it
 _EXPORTS = {
@@ -33,18 +33,7 @@ __all__ = ["Analysis", "MappingReport", "ModelGraph", "Moments", "OnnxInitError"
            "__version__", "analyze", "export_weights", "load", "predict_gradients", "read_weights",
            "rescale"]
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'onnxinit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
 
 
 class _Package(types.ModuleType):

@@ -8,17 +8,24 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
-from .backward import BackwardAnalysis, measured_backward, predict_backward
-from .feeds import synthetic_feeds
 from .graph import ModelGraph, load
-from .measure import measure as run_measure
+from .lazy import lazy_module
 from .propagate import EMPIRICAL, PASS_THROUGH, Propagation, propagate
 from .residual import ResidualBlock, residual_blocks
 from .plan_record import read_plan_record
+
+if TYPE_CHECKING:
+    from .backward import BackwardAnalysis
+
+# only for --backward and --measure: the autodiff, the gradient rules and onnxruntime
+_backward = lazy_module("onnxinit.backward")
+_feeds = lazy_module("onnxinit.feeds")
+_measure = lazy_module("onnxinit.measure")
 
 log = logging.getLogger("onnxinit")
 
@@ -193,8 +200,8 @@ def analyze(
     measured = {}
     if measure:
         start = time.perf_counter()
-        feeds = synthetic_feeds(graph, seed=seed, stats=stats)
-        measured = run_measure(graph, feeds, device=device)
+        feeds = _feeds.synthetic_feeds(graph, seed=seed, stats=stats)
+        measured = _measure.measure(graph, feeds, device=device)
         log.info("measured %d tensors in onnxruntime on a seeded batch in %.2f s",
                  len(measured), time.perf_counter() - start)
     input_var = result.input_var
@@ -227,10 +234,10 @@ def analyze(
         warnings.append(warning)
     gradients = None
     if backward:
-        gradients = predict_backward(result, loss)  # its warnings: gradients.warnings
+        gradients = _backward.predict_backward(result, loss)  # its warnings: gradients.warnings
         if measure:
-            gradients = measured_backward(gradients, graph, batches=gradient_batches, seed=seed,
-                                          stats=stats, device=device)
+            gradients = _backward.measured_backward(gradients, graph, batches=gradient_batches,
+                                                    seed=seed, stats=stats, device=device)
     return Analysis(
         model=graph.name,
         inputs=_inputs_summary(result),

@@ -55,6 +55,7 @@ from scipy import special
 MAX_OFFSET = 6  # largest offset per axis at which the correlation is kept
 CONV_BUDGET = 2e7  # multiply-adds above which a Conv keeps only the delta = 0 terms
 _HERMITE = 8  # terms of Mehler's expansion
+_NODE_BLOCK = 1 << 21  # function values evaluated at once by hermite_amplitudes
 
 
 @dataclass(frozen=True, eq=False)
@@ -236,20 +237,40 @@ def leaky_hermite_amplitudes(slope: float, mean, std) -> np.ndarray:
 
 def hermite_amplitudes(fn: Callable, mean, std, nodes, weights) -> np.ndarray:
     """a_n = E[f(mean + std z) He_n(z)] for n = 1..8 by quadrature, per tracked index
-    (``[8, *index shape]``)."""
+    (``[8, *index shape]``): ``sum_i w_i He_n(z_i) (f_i - E[f])``, f's non-finite values taken
+    as 0. Evaluated a block of nodes at a time (at most ``_NODE_BLOCK`` values), the eight sums
+    as one matrix product ``[8, nodes] @ [nodes, indices]``; ``E[f]`` is subtracted after the
+    product, from values already shifted by ``f(mean)`` so that the cancellation is as small
+    as when centring first."""
     shape = np.broadcast_shapes(np.shape(mean), np.shape(std))
-    z = nodes.reshape((-1,) + (1,) * len(shape))
-    w = weights.reshape(z.shape)
-    with np.errstate(all="ignore"):
-        values = np.asarray(fn(mean + std * z), dtype=np.float64)
-    values = np.where(np.isfinite(values), values, 0.0)
-    values = values - (w * values).sum(axis=0)
-    he_prev, he = np.ones_like(z), z
-    out = []
+    rank_pad = (1,) * len(shape)
+    mean = np.broadcast_to(np.asarray(mean, np.float64), shape)
+    std = np.broadcast_to(np.asarray(std, np.float64), shape)
+    he = np.empty((_HERMITE, nodes.size))  # He_n(z_i), n = 1..8
+    he_prev, h = np.ones_like(nodes), nodes
     for k in range(1, _HERMITE + 1):
-        out.append((w * values * he).sum(axis=0))
-        he_prev, he = he, z * he - k * he_prev
-    return np.stack(out)
+        he[k - 1] = h
+        he_prev, h = h, nodes * h - k * he_prev
+    hw = he * weights
+    with np.errstate(all="ignore"):
+        shift = np.asarray(fn(mean[None]), dtype=np.float64)[0]
+        shift = np.where(np.isfinite(shift), shift, 0.0)
+        out_shape = shift.shape
+        cells = int(np.prod(out_shape))
+        step = max(1, _NODE_BLOCK // max(1, cells))
+        acc = np.zeros((_HERMITE, cells))
+        centre = np.zeros(cells)  # sum_i w_i (f_i - shift)
+        for i in range(0, nodes.size, step):
+            z = nodes[i:i + step].reshape((-1,) + rank_pad)
+            values = np.asarray(fn(mean + std * z), dtype=np.float64)
+            values = np.broadcast_to(values, (z.shape[0],) + out_shape).reshape(z.shape[0], -1)
+            values = np.where(np.isfinite(values), values, 0.0) - shift.reshape(1, -1)
+            acc += hw[:, i:i + step] @ values
+            centre += weights[i:i + step] @ values
+    # sum_i hw_i (f_i - E[f]) with E[f] = shift * sum(w) + centre
+    offset = centre + shift.reshape(-1) * (weights.sum() - 1.0)
+    acc -= np.outer(hw.sum(axis=1), offset)
+    return acc.reshape((_HERMITE,) + out_shape)
 
 
 def mehler(amplitudes: np.ndarray, variance: np.ndarray, rho: np.ndarray) -> np.ndarray:

@@ -40,3 +40,12 @@ def bar(total: int, description: str, *, show: bool | None = None,
         yield progress
     finally:
         progress.close()
+
+
+def write_around_bars():
+    """A context in which writing to stderr does not garble the bars drawn there (tqdm's
+    ``external_write_mode``; tqdm is imported here, when a bar is drawn, not with the CLI)."""
+    from tqdm import tqdm
+
+    return tqdm.external_write_mode(file=sys.stderr)
+

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from . import escape
-from .analysis import Analysis
-from .rescale import RescaleResult
+
+if TYPE_CHECKING:  # annotations only: analyze's table must not import the rescale methods
+    from .analysis import Analysis
+    from .rescale import RescaleResult
 
 
 def format_number(x: float | None) -> str:

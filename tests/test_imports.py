@@ -1,8 +1,9 @@
 """The package's import structure: no import cycles, and no imports of project modules inside
 functions (where they hide cycles). Read from the source with ``ast``: module-level and
-function-local ``import`` statements both count. (The rules catalog loads built-in rule modules
-and plugins lazily by name with importlib; those modules import the registry, never the
-catalog, so no cycle can run through it.)"""
+function-local ``import`` statements both count, and so does each ``lazy_module("onnxinit.x")``
+(:mod:`onnxinit.lazy`: a module imported on first use is still a dependency). (The rules
+catalog loads built-in rule modules and plugins lazily by name with importlib; those modules
+import the registry, never the catalog, so no cycle can run through it.)"""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def _imports(modules: dict[str, Path], module: str) -> list[tuple[str, int, bool
             # from the module itself
             names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
                      for a in node.names]
+        if _is_lazy_module_call(node):
+            names = [node.args[0].value]
         for name in names:
             if name != top and not name.startswith(top + "."):
                 continue
@@ -60,6 +63,16 @@ def _imports(modules: dict[str, Path], module: str) -> list[tuple[str, int, bool
             if name and name != module:
                 found.append((name, node.lineno, node.lineno in local_lines))
     return found
+
+
+def _is_lazy_module_call(node: ast.AST) -> bool:
+    """``lazy_module("dotted.name")`` (or ``lazy.lazy_module(...)``) with a literal name."""
+    if not isinstance(node, ast.Call) or len(node.args) != 1:
+        return False
+    func = node.func
+    called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+    return (called == "lazy_module" and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str))
 
 
 def _graph(modules: dict[str, Path]) -> nx.DiGraph:
@@ -88,6 +101,7 @@ def test_no_import_cycles():
     # the walker reads this package: edges known to exist are seen
     assert graph.has_edge("onnxinit.graph", "onnxinit.passes")
     assert graph.has_edge("onnxinit.rules.activations", "onnxinit.rules.registry")
+    assert graph.has_edge("onnxinit.analysis", "onnxinit.backward")  # a lazy_module edge
     cycles = _cycles(graph)
     assert not cycles, "\n".join(cycles)
 
@@ -110,3 +124,15 @@ def test_the_walker_finds_a_cycle_hidden_in_a_function(tmp_path):
     assert set(graph.edges) == {("pkg.a", "pkg.b"), ("pkg.b", "pkg.sub"), ("pkg.b", "pkg.a"),
                                 ("pkg.sub", "pkg.sub.c")}
     assert _cycles(graph) and _local_imports(modules) == ["a.py:2 imports pkg.b"]
+
+
+def test_the_walker_finds_a_cycle_through_a_lazy_module(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from .lazy import lazy_module\n_b = lazy_module('pkg.b')\n")
+    (package / "b.py").write_text("from . import a\n")
+    (package / "lazy.py").write_text("def lazy_module(name):\n    return name\n")
+    graph = _graph(_modules(package))
+    assert graph.has_edge("pkg.a", "pkg.b") and graph.has_edge("pkg.b", "pkg.a")
+    assert _cycles(graph)

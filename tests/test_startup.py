@@ -65,3 +65,43 @@ def test_the_help_list_is_each_commands_own_short_help():
         command = cli.get_command(None, name)
         assert command.name == name
         assert command.get_short_help_str(limit=1000) == short, name
+
+
+def test_analyze_imports_only_what_the_forward_analysis_needs(tmp_path):
+    """``analyze`` without --backward/--measure/--plot runs no autodiff, gradient rule,
+    initialization method, onnxruntime session or progress bar: none of them is imported."""
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32) * 0.5, "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Relu", ["y"], ["z"])],
+        "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 4])], [weight])
+    path = tmp_path / "small.onnx"
+    path.write_bytes(helper.make_model(graph, ir_version=8,
+                                       opset_imports=[helper.make_opsetid("", 17)])
+                     .SerializeToString())
+    code = ("from onnxinit.cli import main\n"
+            "try:\n"
+            f"    main(['analyze', {str(path)!r}, '-q'])\n"
+            "except SystemExit as exit:\n"
+            "    assert exit.code in (0, None), exit.code")
+    modules = _modules_after(code)
+    assert "onnxinit.analysis" in modules and "onnxinit.propagate" in modules  # it did run
+    unexpected = sorted(m for m in modules if m.split(".")[0] in ("onnxruntime", "tqdm")
+                        or m.startswith(("onnxinit.autodiff", "onnxinit.gradrules",
+                                         "onnxinit.methods", "onnxinit.backward",
+                                         "onnxinit.weights", "onnxinit.reporting",
+                                         "onnxinit.rescale")))
+    assert not unexpected, unexpected
+
+
+def test_the_rescale_command_imports_no_autodiff_or_onnxruntime_until_a_method_needs_it():
+    """``rescale --method autoinit`` builds every method's options, but the autodiff and
+    onnxruntime are imported only when a data-driven method runs."""
+    modules = _modules_after("import onnxinit.cli.rescale\nimport onnxinit.methods")
+    assert "onnxinit.methods.gradinit" in modules  # the methods are there
+    unexpected = sorted(m for m in modules if m.split(".")[0] == "onnxruntime"
+                        or m.startswith("onnxinit.autodiff"))
+    assert not unexpected, unexpected

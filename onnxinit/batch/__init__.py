@@ -13,10 +13,22 @@ See :mod:`onnxinit.batch.api` (the functions), :mod:`onnxinit.batch.engine` (how
 
 from __future__ import annotations
 
-from .api import analyze_many, check_many, rescale_many
-from .engine import in_order, run_many
-from .paths import find_models
-from .results import Result, exit_status
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .api import analyze_many, check_many, rescale_many
+    from .engine import in_order, run_many
+    from .paths import find_models
+    from .results import Result, exit_status
 
 __all__ = ["Result", "analyze_many", "check_many", "exit_status", "find_models", "in_order",
            "rescale_many", "run_many"]
+
+# imported on first use (PEP 562): the command line imports ``onnxinit.batch.paths`` without
+# the analysis and rescale machinery of ``api``
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "analyze_many": "api", "check_many": "api", "rescale_many": "api", "in_order": "engine",
+    "run_many": "engine", "find_models": "paths", "Result": "results",
+    "exit_status": "results"}, __all__)

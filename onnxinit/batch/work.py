@@ -20,15 +20,18 @@ from pathlib import Path
 
 from .. import escape
 from ..analysis import analyze
-from ..check import find
-from ..check_formats import ModelResult
 from ..errors import WriteError
+from ..lazy import lazy_module
 from ..report import analysis_summary, analysis_table, rescale_summary
-from ..reporting.content import build
-from ..reporting.plot import write_plot
-from ..rescale import rescale
-from ..weights import export_weights
 from .results import UNREADABLE
+
+# each imported by the command that needs it: analyze does not pay for the rescale methods
+_check = lazy_module("onnxinit.check")
+_check_formats = lazy_module("onnxinit.check_formats")
+_content = lazy_module("onnxinit.reporting.content")
+_plot = lazy_module("onnxinit.reporting.plot")
+_rescale = lazy_module("onnxinit.rescale")
+_weights = lazy_module("onnxinit.weights")
 
 log = logging.getLogger("onnxinit")
 
@@ -50,8 +53,8 @@ def check_model(path: str, options: dict) -> dict:
                        max_growth=options["max_growth"], min_var=options["min_var"],
                        backward=options.get("gradients", True))
     ratios = {k: options[k] for k in ("max_gradient_ratio", "min_gradient_ratio") if k in options}
-    result = ModelResult.of_analysis(path, find(analysis, strict=options.get("strict", False),
-                                                **ratios), analysis)
+    findings = _check.find(analysis, strict=options.get("strict", False), **ratios)
+    result = _check_formats.ModelResult.of_analysis(path, findings, analysis)
     log.info("checked %s in %.2f s: %s, %d findings", path, time.perf_counter() - start,
              result.status, len(result.findings))
     return result.to_json()
@@ -71,17 +74,20 @@ def analyze_model(path: str, options: dict) -> dict:
                      loss=options.get("loss") or "cross_entropy")
     text = analysis_table(result) + "\n\n" + analysis_summary(result)
     if options.get("plot"):
-        text += f"\nwrote {write_plot(build(result), options['plot'])}"
+        text += f"\nwrote {_plot.write_plot(_content.build(result), options['plot'])}"
     return {"analysis": result.to_dict(), "text": text}
 
 
 def rescale_model(path: str, options: dict) -> dict:
     """``rescale`` of one model; options: method, output, in_place, write, input_shapes,
     batch_size, seed, report, export_weights and ``method_options`` (by keyword name)."""
-    result = rescale(path, options.get("method", "autoinit"), output=options.get("output"),
-                     in_place=options.get("in_place", False), write=options.get("write", True),
-                     input_shapes=_shapes(options), batch_size=options.get("batch_size", 32),
-                     seed=options.get("seed", 0), **(options.get("method_options") or {}))
+    result = _rescale.rescale(path, options.get("method", "autoinit"),
+                              output=options.get("output"),
+                              in_place=options.get("in_place", False),
+                              write=options.get("write", True), input_shapes=_shapes(options),
+                              batch_size=options.get("batch_size", 32),
+                              seed=options.get("seed", 0),
+                              **(options.get("method_options") or {}))
     report = result.to_dict()
     if options.get("report"):
         target = Path(options["report"])
@@ -91,7 +97,7 @@ def rescale_model(path: str, options: dict) -> dict:
             raise WriteError(f"{target}: cannot write the report: {exc.strerror}") from None
     text = rescale_summary(result)
     if options.get("export_weights"):
-        written = export_weights(result.model, options["export_weights"],
+        written = _weights.export_weights(result.model, options["export_weights"],
                                  model_path=result.output, protect=[path])
         text += f"\nwrote {written}"
     return {"report": report, "text": text,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..analysis import DEFAULT_MAX_GROWTH, DEFAULT_MIN_VAR
-from ..methods.options import Range
+from ..value_range import Range
 
 
 class Number(click.ParamType):

@@ -13,7 +13,7 @@ from ..batch.paths import find_models, one_file
 from ..batch.results import Result, counts, exit_status
 from ..batch.work import analyze_model
 from ..errors import InvalidOptionError, OnnxInitError
-from ..reporting.plot import plot_format, require_matplotlib
+from ..lazy import lazy_module
 from ._common import (
     echo,
     error_line,
@@ -29,6 +29,8 @@ from .batch_options import batch_options, run_models
 from .specs import specs_per_model
 
 log = logging.getLogger("onnxinit")
+
+_plot = lazy_module("onnxinit.reporting.plot")  # only for --plot
 
 
 def _warn(result: Result) -> None:
@@ -88,8 +90,8 @@ def analyze(models, input_shapes, batch_size, stats, measure, device, backward, 
     if plot is not None:
         if len(paths) != 1:
             raise InvalidOptionError(f"--plot draws one model; {len(paths)} models were given")
-        plot_format(plot)
-        require_matplotlib()
+        _plot.plot_format(plot)
+        _plot.require_matplotlib()
         writable_target(plot, "--plot")
     shapes_for, stats_for = specs_per_model(paths, input_shapes, stats)
 

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from .. import progress
 from ..batch.engine import describe, in_order, replay, run_many
 from ..batch.jobs import Work
 from ..batch.results import Result, summary_lines
 from ..errors import InvalidOptionError, WriteError
-from ..methods.options import Range
+from ..value_range import Range
 from ._common import echo
 from ._params import GroupedOption, Number
 
@@ -137,7 +136,7 @@ def run_models(models: list[str], work: Work, options_for, command: str, batch: 
     with drawn as bar, closing(stream):
 
         def report(result: Result) -> None:
-            with tqdm.external_write_mode(file=sys.stderr) if show else nullcontext():
+            with progress.write_around_bars() if show else nullcontext():
                 replay(result)
                 if on_result is not None:
                     on_result(result)

@@ -13,7 +13,7 @@ from ..batch.work import check_model
 from ..check import RULES, explain
 from ..check_formats import ModelResult, exit_status, format_github, format_json, format_text
 from ..findings.gradient import DEFAULT_MAX_RATIO, DEFAULT_MIN_RATIO
-from ..methods.options import Range
+from ..value_range import Range
 from ..sarif import format_sarif
 from ._common import batch_size_option, echo, error_line, logging_options, stats_option
 from ._params import GroupedCommand, Number, threshold_options

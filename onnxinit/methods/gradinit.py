@@ -34,12 +34,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..autodiff.higher_order import DerivedGraph, derive
 from ..data import Batch
 from ..graph import ModelGraph
+from ..lazy import lazy_module
 from ..plan import Plan
 from .options import check_values, option
 from .optimisers import RescaleAdam
@@ -54,6 +55,11 @@ from .scaleopt import (
     prepare,
 )
 from .scales import ScaleSpace
+
+if TYPE_CHECKING:
+    from ..autodiff.higher_order import DerivedGraph
+
+_higher_order = lazy_module("onnxinit.autodiff.higher_order")  # imported when the method runs
 
 
 @dataclass
@@ -123,7 +129,7 @@ def norm_graph(alg: str) -> Callable:
         return total if alg == "adam" else emitter.node("Sqrt", [total])
 
     def make(graph) -> DerivedGraph:
-        return derive(graph, build)
+        return _higher_order.derive(graph, build)
 
     return make
 

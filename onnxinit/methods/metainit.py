@@ -46,13 +46,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..autodiff.higher_order import DerivedGraph, derive
 from ..data import Batch
 from ..graph import ModelGraph
+from ..lazy import lazy_module
 from ..plan import Plan
 from .options import check_values, option
 from .optimisers import SignMomentum
@@ -68,6 +68,11 @@ from .scaleopt import (
     prepare,
 )
 from .scales import ScaleSpace
+
+if TYPE_CHECKING:
+    from ..autodiff.higher_order import DerivedGraph
+
+_higher_order = lazy_module("onnxinit.autodiff.higher_order")  # imported when the method runs
 
 
 @dataclass
@@ -122,7 +127,7 @@ def _half_square(emitter, roles, elem):
 def curvature_graph(graph) -> DerivedGraph:
     """The gradient graph extended with |g|^2 / 2 and differentiated again: role
     ``dhalf_square:<param>`` is H g."""
-    return derive(graph, _half_square, role="half_square")
+    return _higher_order.derive(graph, _half_square, role="half_square")
 
 
 def quotient_graph(eps: float, count: int) -> Callable:
@@ -146,7 +151,7 @@ def quotient_graph(eps: float, count: int) -> Callable:
         return emitter.node("Mul", [total, emitter.constant(1.0 / count, elem, "inverse_count")])
 
     def make(graph) -> DerivedGraph:
-        return derive(curvature_graph(graph), build, role="gq")
+        return _higher_order.derive(curvature_graph(graph), build, role="gq")
 
     return make
 

@@ -33,10 +33,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..autodiff.staged import Carry
 from ..data import Batch
 from ..errors import InvalidOptionError
 from ..graph import ModelGraph
@@ -55,6 +55,9 @@ from .scaleopt import (
     prepare,
 )
 from .scales import ScaleSpace
+
+if TYPE_CHECKING:
+    from ..autodiff.staged import Carry
 
 OBJECTIVES = ("gc_gn_sqrt", "gc")
 

@@ -26,27 +26,39 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx
 
-try:
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-except ImportError:  # no onnxruntime: runtime.make_session refuses with the install command
-    ort_errors = None
-
-from ..autodiff import GradientProgram
-from ..autodiff.higher_order import DerivedGraph, DerivedProgram, HessianVectorProgram
-from ..autodiff.reverse import GradientGraph
-from ..autodiff.staged import Carry, StagedProgram, staged_or_none
 from ..data import Batch, DataSource
 from ..errors import InvalidOptionError, OnnxInitError
+from ..lazy import lazy_module
 from .scales import Layout
 
+if TYPE_CHECKING:
+    from ..autodiff import GradientProgram
+    from ..autodiff.higher_order import DerivedGraph, DerivedProgram, HessianVectorProgram
+    from ..autodiff.reverse import GradientGraph
+    from ..autodiff.staged import Carry, StagedProgram
+
+# imported when a data-driven method runs, not with the rescale command (nor onnxruntime)
+_autodiff = lazy_module("onnxinit.autodiff")
+_higher_order = lazy_module("onnxinit.autodiff.higher_order")
+_staged = lazy_module("onnxinit.autodiff.staged")
+
 HVP_MODES = ("auto", "exact", "fd")
-# what building or loading a second-order graph raises where the autodiff or onnxruntime cannot
-_REFUSED = (OnnxInitError,) + (
-    (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.NotImplemented,
-     ort_errors.InvalidArgument) if ort_errors else ())
+
+
+def _refused() -> tuple[type[BaseException], ...]:
+    """What building or loading a second-order graph raises where the autodiff or onnxruntime
+    cannot (onnxruntime's error types, imported when one is being handled)."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+    except ImportError:  # no onnxruntime: runtime.make_session refuses with the install command
+        return (OnnxInitError,)
+    return (OnnxInitError, ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.NotImplemented,
+            ort_errors.InvalidArgument)
 
 
 def unit_roundoff(dtype: str) -> float:
@@ -110,7 +122,7 @@ class GradientOracle:
             label_shape = None
             if self.source.label_shape is not None:
                 label_shape = (batch_size, *tuple(self.source.label_shape)[1:])
-            self._programs[batch_size] = GradientProgram(
+            self._programs[batch_size] = _autodiff.GradientProgram(
                 self.model, shapes, loss=self.source.loss, output=self.source.output,
                 wrt=list(self.wrt), label_shape=label_shape, device=self.device,
                 dtype=self.dtype, threads=self.threads)
@@ -123,7 +135,7 @@ class GradientOracle:
             return None
         try:
             built = build()
-        except _REFUSED as exc:
+        except _refused() as exc:
             if self.hvp_mode == "exact":
                 raise
             self.hvp_note = f"finite differences of gradients ({exc})"
@@ -136,7 +148,7 @@ class GradientOracle:
         """The exact Hessian-vector product for this batch size, or None."""
         if batch_size not in self._products:
             self._products[batch_size] = self._exact(
-                lambda: HessianVectorProgram(self.program(batch_size)))
+                lambda: _higher_order.HessianVectorProgram(self.program(batch_size)))
         return self._products[batch_size]
 
     def derived(self, key: str, batch_size: int,
@@ -145,7 +157,7 @@ class GradientOracle:
         ``key``), or None where the autodiff cannot build it (or ``hvp='fd'``)."""
         if (key, batch_size) not in self._derived:
             program = self.program(batch_size)
-            self._derived[key, batch_size] = self._exact(lambda: DerivedProgram(
+            self._derived[key, batch_size] = self._exact(lambda: _higher_order.DerivedProgram(
                 make(program.graph), device=self.device, float64=program.float64,
                 threads=self.threads, backend=program.backend))
         return self._derived[key, batch_size]
@@ -157,7 +169,7 @@ class GradientOracle:
         no exact program or it cannot be split."""
         if (key, batch_size) not in self._staged:
             derived = self.derived(key, batch_size, make)
-            self._staged[key, batch_size] = None if derived is None else staged_or_none(
+            self._staged[key, batch_size] = None if derived is None else _staged.staged_or_none(
                 self.program(batch_size), derived.graph, [f"dphi:{n}" for n in self.wrt])
         return self._staged[key, batch_size]
 
@@ -166,7 +178,7 @@ class GradientOracle:
         key = ("products", batch_size)
         if key not in self._staged:
             exact = self.products(batch_size)
-            self._staged[key] = None if exact is None else staged_or_none(
+            self._staged[key] = None if exact is None else _staged.staged_or_none(
                 exact.program, exact.graph, [f"dphi:{n}" for n in self.wrt])
         return self._staged[key]
 

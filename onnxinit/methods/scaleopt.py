@@ -24,10 +24,10 @@ from typing import Protocol
 
 import numpy as np
 
-from ..autodiff import float_parameters
 from ..data import DataSource
 from ..errors import InvalidOptionError, UnsupportedModelError
 from ..graph import ModelGraph
+from ..parameters import float_parameters
 from ..progress import bar
 from ..propagate import single_threaded_blas
 from ..plan import Change, Plan

@@ -64,11 +64,17 @@ def set_input_shapes(
 
 
 def _informative(vi: onnx.ValueInfoProto) -> int:
-    """How much a value_info says: 0 nothing, 1 a type, 2 a rank, 3 a static shape."""
+    """How much a value_info says: 0 nothing, 1 a type, 2 a rank, 3 a static shape (every dim
+    a value >= 0: :func:`is_static` of :func:`shape_of`, without building the tuple)."""
     if not vi.type.HasField("tensor_type"):
         return 0
-    shape = shape_of(vi.type)
-    return 1 if shape is None else 3 if is_static(shape) else 2
+    tensor_type = vi.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return 1
+    for d in tensor_type.shape.dim:
+        if d.WhichOneof("value") != "dim_value" or d.dim_value < 0:
+            return 2
+    return 3
 
 
 def _copied(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
@@ -81,27 +87,40 @@ def keep_declared(graph: onnx.GraphProto, declared: Iterable[onnx.ValueInfoProto
                   replace: Iterable[onnx.ValueInfoProto] | None = None) -> bool:
     """Merge ``declared`` value_info into ``graph``'s (in place): a declared entry is kept where
     inference has none or a less precise one. With ``replace``, ``graph``'s value_info becomes
-    ``replace`` first. True if any declared entry was kept."""
-    changed = False
-    declared = [_copied(vi) for vi in declared]  # they may be entries of graph.value_info
-    if replace is not None:
-        replace = list(replace)
-        del graph.value_info[:]
-        graph.value_info.extend(replace)
-    known = {vi.name: i for i, vi in enumerate(graph.value_info)}
+    ``replace`` first. True if any declared entry was kept. (Only the entries kept are copied,
+    and each entry's informativeness is computed once.)"""
+    declared = list(declared)
     outputs = {o.name for o in graph.output} | {i.name for i in graph.input}
+    current = list(graph.value_info) if replace is None else list(replace)
+    known = {vi.name: i for i, vi in enumerate(current)}
+    levels: dict[int, int] = {}
+    appended: list[onnx.ValueInfoProto] = []
+    overwrite: dict[int, onnx.ValueInfoProto] = {}
     for vi in declared:
         if vi.name in outputs:
             continue
         i = known.get(vi.name)
-        if i is None:
-            graph.value_info.append(vi)
-            known[vi.name] = len(graph.value_info) - 1
-            changed = True
-        elif _informative(vi) > _informative(graph.value_info[i]):
-            graph.value_info[i].CopyFrom(vi)
-            changed = True
-    return changed
+        if i is None:  # copies, made before anything changes: vi may be an entry of the graph
+            known[vi.name] = i = len(current) + len(appended)
+            appended.append(_copied(vi))
+            levels[i] = _informative(vi)
+            continue
+        if i not in levels:
+            levels[i] = _informative(current[i])
+        mine = _informative(vi)
+        if mine > levels[i]:
+            levels[i] = mine
+            if i >= len(current):
+                appended[i - len(current)] = _copied(vi)
+            else:
+                overwrite[i] = _copied(vi)
+    if replace is not None:
+        del graph.value_info[:]
+        graph.value_info.extend(current)
+    for i, vi in overwrite.items():
+        graph.value_info[i].CopyFrom(vi)
+    graph.value_info.extend(appended)
+    return bool(appended or overwrite)
 
 
 def _without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -32,6 +32,7 @@ from ..spatial import attach, with_corr
 from .context import RuleContext, RuleError, signal
 from .correlations import elementwise_correlation
 from .gaussian import compose, expand, gaussian_moments, probability
+from .powers import integer_power
 from .registry import rule
 
 
@@ -116,7 +117,7 @@ def binary_function(ctx: RuleContext, rank: int | None, which: int) -> Elementwi
     if op == "Pow" and which == 0:
         integer = bool(np.all(c == np.round(c)))
         if integer and np.all(c >= 0):
-            return ElementwiseFn(("PowInt", *d), lambda x: np.power(x, c))
+            return ElementwiseFn(("PowInt", *d), lambda x: integer_power(x, c))
         return ElementwiseFn(
             ("Pow", *d), lambda x: np.power(x, c), domain="nonzero" if integer else "positive"
         )

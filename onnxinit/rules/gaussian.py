@@ -90,18 +90,28 @@ def gaussian_moments(
     with np.errstate(all="ignore"):
         shift = np.nan_to_num(np.asarray(fn(mean[None]), dtype=np.float64))[0:1]
         acc0 = acc1 = acc2 = 0.0
+        out_shape = None
         for i in range(0, nodes.size, step):
             z = nodes[i : i + step].reshape(node_axis)
-            w = weights[i : i + step].reshape(node_axis)
+            w = weights[i : i + step]
             y = np.asarray(fn(mean + std * z), dtype=np.float64) - shift
+            out_shape = y.shape[1:] if out_shape is None else out_shape
+            y = np.broadcast_to(y, (z.shape[0],) + out_shape).reshape(z.shape[0], -1)
             # nodes far in the tail may leave the function's domain (Log, Sqrt): drop them if
             # their probability is negligible, refuse otherwise
             finite = np.isfinite(y)
-            w = np.where(finite, w, 0.0)
-            y = np.where(finite, y, 0.0)
-            acc0 = acc0 + w.sum(axis=0)
-            acc1 = acc1 + (w * y).sum(axis=0)
-            acc2 = acc2 + (w * y * y).sum(axis=0)
+            if finite.all():  # the weighted sums over nodes as matrix-vector products
+                acc0 = acc0 + w.sum()
+                acc1 = acc1 + w @ y
+                acc2 = acc2 + w @ (y * y)
+            else:
+                wf = np.where(finite, w[:, None], 0.0)
+                y = np.where(finite, y, 0.0)
+                acc0 = acc0 + wf.sum(axis=0)
+                acc1 = acc1 + (wf * y).sum(axis=0)
+                acc2 = acc2 + (wf * y * y).sum(axis=0)
+        acc0 = np.reshape(acc0, out_shape) if np.ndim(acc0) else acc0
+        acc1, acc2 = np.reshape(acc1, out_shape), np.reshape(acc2, out_shape)
         if np.any(acc0 < 1.0 - 1e-6):
             raise RuleError("the function is not finite on the input distribution")
         acc1, acc2 = acc1 / acc0, acc2 / acc0

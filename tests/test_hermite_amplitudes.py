@@ -1,0 +1,62 @@
+"""``correlation.hermite_amplitudes`` (blocked, one matrix product) against the sum written
+from its formula, ``a_n = sum_i w_i He_n(z_i) (f(m + s z_i) - E[f])``, and against a fine-grid
+integral for a smooth and a kinked function."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxinit import correlation
+from onnxinit.rules.correlations import _W, _Z
+from onnxinit.rules.gaussian import quadrature
+
+
+def _formula(fn, mean, std, nodes, weights):
+    """The sum as written: every node at once, centred first, one He_n at a time."""
+    shape = np.broadcast_shapes(np.shape(mean), np.shape(std))
+    z = nodes.reshape((-1,) + (1,) * len(shape))
+    w = weights.reshape(z.shape)
+    with np.errstate(all="ignore"):
+        values = np.asarray(fn(mean + std * z), dtype=np.float64)
+    values = np.where(np.isfinite(values), values, 0.0)
+    values = values - (w * values).sum(axis=0)
+    he_prev, he = np.ones_like(z), z
+    out = []
+    for k in range(1, 9):
+        out.append((w * values * he).sum(axis=0))
+        he_prev, he = he, z * he - k * he_prev
+    return np.stack(out)
+
+
+def _hardswish(x):
+    return x * np.clip(x / 6 + 0.5, 0, 1)
+
+
+SLOPES = np.array([0.5, 1.0, 2.0]).reshape(1, 3, 1, 1)  # a per-channel constant in the chain
+
+
+@pytest.mark.parametrize("fn", [np.tanh, _hardswish, lambda x: np.log(x),
+                                lambda x: np.maximum(SLOPES * x, 0) + 100.0])
+@pytest.mark.parametrize("smooth", [True, False])
+def test_matches_the_formula(fn, smooth, monkeypatch):
+    rng = np.random.default_rng(0)
+    mean = rng.normal(0, 2, (1, 3, 5, 4))
+    std = rng.uniform(0.0, 2.0, (1, 3, 1, 4))
+    nodes, weights = quadrature(True) if smooth else (_Z, _W)
+    expected = _formula(fn, mean, std, nodes, weights)
+    monkeypatch.setattr(correlation, "_NODE_BLOCK", 200)  # several blocks of nodes
+    got = correlation.hermite_amplitudes(fn, mean, std, nodes, weights)
+    assert got.shape == expected.shape == (8, 1, 3, 5, 4)
+    scale = np.abs(expected).max(axis=0, keepdims=True) + 1e-12 * std
+    np.testing.assert_allclose(got / scale, expected / scale, atol=1e-11)
+
+
+def test_a_fine_grid_integral_agrees():
+    z = np.linspace(-12, 12, 400_001)  # the formula's sum on a fine grid: the integral
+    density = np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi) * (z[1] - z[0])
+    for m, s in [(0.3, 1.2), (-2.0, 3.0)]:
+        expected = _formula(_hardswish, np.array(m), np.array(s), z, density)
+        got = correlation.hermite_amplitudes(_hardswish, np.array(m), np.array(s), _Z, _W)
+        # the composite rule itself is accurate to about 2e-4 of the largest amplitude
+        np.testing.assert_allclose(got, expected, atol=1e-3 * np.abs(expected).max())
