@@ -38,9 +38,10 @@ Rules (each exact under its stated assumption):
 * Global mean over the K positions: ``Var = (nu/K^2) sum_d n(d) rho(d)``, n(d) the number of
   position pairs at offset d.
 
-Not modelled: correlation across channels, across samples (BatchNorm's batch statistics), the
-change of correlation near the border, and anything after a layout op that moves positions
-(Reshape, Transpose, Resize), where it is dropped.
+Correlation across channels is carried where weights are sparse and structured (``cross``,
+:mod:`onnxinit.cross_channel`); elsewhere it is not modelled, nor is correlation across samples
+(BatchNorm's batch statistics), the change of correlation near the border, and anything after
+a layout op that moves positions (Reshape, Transpose, Resize), where it is dropped.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Correlation:
     floor: np.ndarray
     gauss: tuple[np.ndarray, np.ndarray] | None = None
     centred: np.ndarray | None = None  # [C or 1]: see batch_centred()
+    cross: object | None = None  # cross_channel.CrossField: channels' correlation with each other
 
     @property
     def radius(self) -> tuple[int, ...]:
@@ -85,7 +87,8 @@ class Correlation:
         return np.broadcast_to(self.centred, (channels,)).astype(np.float64)
 
     def with_centred(self, centred) -> Correlation:
-        return Correlation(self.rho, self.floor, self.gauss, np.asarray(centred, np.float64))
+        return Correlation(self.rho, self.floor, self.gauss, np.asarray(centred, np.float64),
+                           self.cross)
 
 
 def independent(channels: int, sizes: Sequence[int]) -> Correlation:

@@ -9,6 +9,7 @@ import numpy as np
 from .. import correlation
 from ..moments import Moments
 from ..spatial import attach, class_weights, joint, positions, take_cells, within_variance
+from . import cross_fields
 from .context import RuleContext, RuleError
 from .mixture import binary_independent, lift, sum_mixture
 
@@ -63,7 +64,7 @@ def joint_correlation(operands, inputs, op: str, out_shape):
     a signal with spatial axes carries none (unknown: taken as independent downstream)."""
     channels = out_shape[1]
     sizes = out_shape[2:]
-    parts = []
+    parts, known = [], True  # known: every signal operand has a per-position correlation
     for sp, m in zip(operands, inputs):
         uniform = all(n == 1 for n in (mp.size for mp in sp.maps))
         nu = within_variance(sp, channels) if m is not None else np.zeros(channels)
@@ -72,11 +73,16 @@ def joint_correlation(operands, inputs, op: str, out_shape):
             corr = sp.corr
         elif uniform or m is None:  # one value per sample (or a constant): rho = 1
             corr = correlation.Correlation(np.ones((1,) * (1 + len(sizes))), np.ones(1))
+            known = known and m is None
         else:
             return None
         parts.append((corr, nu, mean))
     if op in ("Add", "Sub"):
-        return correlation.add([(c, nu) for c, nu, _ in parts], sizes)
+        out = correlation.add([(c, nu) for c, nu, _ in parts], sizes)
+        if not known:
+            return out
+        signals = [(c, nu, m is not None) for (c, nu, _), m in zip(parts, inputs)]
+        return cross_fields.add(out, signals, channels, sizes)
     (cx, nx, mx), (cs, ns, ms) = parts
     return correlation.product(cx, nx, mx, cs, ns, ms, sizes)
 

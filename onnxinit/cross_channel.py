@@ -1,0 +1,254 @@
+"""Cross-channel spatial correlation: how two channels of one sample co-vary at an offset.
+
+``onnxinit.correlation`` carries, per channel, the correlation of a channel with itself at
+offset d. That suffices for random weights: a convolution's cross terms ``W_jk W_jl Cov(x_k,
+x_l)`` between different input channels have mean zero over random signs. Structured, sparse
+kernels (IDInit's identity patterns, a Dirac kernel, hand-built filters) are not random: an
+output channel sums a few input channels at a few taps with weights of one sign, and the input
+channels are themselves shifted copies or sums of the same pixels, so the cross terms add up
+(the output of a 16->16 patch-identity conv of a patch-identity stem's ReLU has twice the
+variance of the independent sum).
+
+What is modelled (``CrossField``): ``R[c, c', d] = Corr(x_c(p), x_c'(p + d))`` for offsets
+``|d_i| <= R_i`` (``R_i = min(MAX_OFFSET, size_i - 1)``, as the per-channel correlation),
+positions taken as stationary (the interior's correlation holds at the border), normalised by
+each channel's within-position variance ``nu_c``; ``R[c, c, 0] = 1`` and ``R[c', c, -d] =
+R[c, c', d]``. Zero beyond the stored offsets. ``gauss``: the same for the Gaussian an
+element-wise chain starts from (None: the values are that Gaussian). The transfer rules:
+
+* Conv with a sparse kernel (at most ``MAX_NONZEROS`` non-zeros per output channel and at most
+  half of the kernel non-zero), output channel j summing entries k = (c_k, t_k) with weights
+  ``w_jk``, exact for the stationary field::
+
+      Cov(y_j(p), y_j'(p + d)) = sum_{k,l} w_jk w_j'l sqrt(nu_ck nu_cl) R[c_k, c_l, s d + dil (t_l - t_k)]
+      Var_j(r) = sum_{k,l inside at r} w_jk w_jl R[c_k, c_l, dil (t_l - t_k)] sqrt(nu_ck(r_k) nu_cl(r_l))
+
+  (``r``: a position class, ``nu(r_k)`` the input's variance in the class under tap k; taps
+  in the zero padding add nothing). Cost ``C_out^2 nnz^2 offsets``. A tensor without a field
+  counts as channels independent of each other (its per-channel correlation on the diagonal):
+  that is how a field starts (the graph input's white noise). A dense kernel drops it.
+  A kernel that copies (one non-zero per row) moves the Gaussian's field along with the
+  values' (the copy keeps the input's element-wise chain).
+* Element-wise f (Mehler's formula per pair of channels, with each channel's Hermite
+  amplitudes ``a_n^c = E[f(z_c) He_n]``)::
+
+      Cov(f(z_c), f(z_c')) = sum_n a_n^c a_n^c' R_z[c, c', d]^n / n!
+
+* Add of independent operands: covariances add. A per-channel affine map with negative
+  scales flips the signs of the pairs it touches.
+
+Every other op drops the field (what was done before: channels independent of each other).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_NONZEROS = 16  # non-zeros per output channel up to which a Conv carries the field
+
+
+@dataclass(frozen=True, eq=False)
+class CrossField:
+    """``corr[c, c', 2R_0+1, ...]``: correlation of channel c at p with channel c' at p + d
+    (centre = offset 0); ``gauss`` the same for the Gaussian of the element-wise chain."""
+
+    corr: np.ndarray
+    gauss: np.ndarray | None = None
+
+    @property
+    def radius(self) -> tuple[int, ...]:
+        return tuple((n - 1) // 2 for n in self.corr.shape[2:])
+
+    def gaussian(self) -> np.ndarray:
+        return self.gauss if self.gauss is not None else self.corr
+
+    def diagonal(self, field: np.ndarray | None = None) -> np.ndarray:
+        """The per-channel correlation ``rho_c(d) = R[c, c, d]`` ``[C, 2R+1, ...]``."""
+        field = self.corr if field is None else field
+        c = field.shape[0]
+        return field[np.arange(c), np.arange(c)]
+
+
+def from_diagonal(rho: np.ndarray, channels: int) -> np.ndarray:
+    """The field of channels independent of each other, each with its own correlation
+    ``rho`` ``[C or 1, 2R+1, ...]``: ``R[c, c', d] = rho_c(d) [c = c']``."""
+    rho = np.broadcast_to(rho, (channels,) + rho.shape[1:])
+    field = np.zeros((channels, channels) + rho.shape[1:])
+    field[np.arange(channels), np.arange(channels)] = rho
+    return field
+
+
+def cropped(field: np.ndarray, radius: Sequence[int]) -> np.ndarray:
+    """``field`` on the offsets ``|d_i| <= radius_i``, zero where it stores none."""
+    have = [(n - 1) // 2 for n in field.shape[2:]]
+    out = np.zeros(field.shape[:2] + tuple(2 * r + 1 for r in radius))
+    src, dst = [slice(None)] * 2, [slice(None)] * 2
+    for h, r in zip(have, radius):
+        k = min(h, r)
+        src.append(slice(h - k, h + k + 1))
+        dst.append(slice(r - k, r + k + 1))
+    out[tuple(dst)] = field[tuple(src)]
+    return out
+
+
+# --- convolution -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SparseKernel:
+    """A kernel's non-zeros per output channel, padded to ``n`` with weight 0:
+    ``channel[j, k]`` (input channel), ``tap[j, k, axis]``, ``weight[j, k]``."""
+
+    channel: np.ndarray
+    tap: np.ndarray
+    weight: np.ndarray
+
+    @property
+    def copies(self) -> bool:
+        return self.weight.shape[1] == 1
+
+
+def sparse_kernel(w: np.ndarray, groups: int) -> SparseKernel | None:
+    """The non-zeros of ``w`` ``[C_out, C_in/g, k...]`` per output channel, or None for a dense
+    kernel (more than ``MAX_NONZEROS`` per row, or more than half of its entries)."""
+    c_out, cpg = w.shape[:2]
+    kernel = w.shape[2:]
+    flat = w.reshape(c_out, -1)
+    nonzero = flat != 0
+    counts = nonzero.sum(axis=1)
+    if counts.max(initial=0) > MAX_NONZEROS or 2 * counts.sum() > flat.size or counts.max() == 0:
+        return None
+    n = int(counts.max())
+    order = np.argsort(~nonzero, axis=1, kind="stable")[:, :n]  # the non-zeros first
+    rows = np.arange(c_out)[:, None]
+    weight = np.where(nonzero[rows, order], flat[rows, order], 0.0)
+    taps_per = int(np.prod(kernel))
+    group = rows // (c_out // groups)
+    channel = group * cpg + order // taps_per
+    tap = np.stack(np.unravel_index(order % taps_per, kernel), axis=-1)
+    return SparseKernel(channel, tap, weight)
+
+
+def _pair_index(field: np.ndarray, kern_a: SparseKernel, kern_b: SparseKernel, k: int, l: int,
+                offsets: Sequence[np.ndarray], strides, dilations):
+    """``field[c_k(j), c_l(j'), s d + dil (t_l(j') - t_k(j))]`` for every j, j', d, 0 where the
+    offset is not stored: ``[C_out, C_out, *d]``."""
+    radius = [(n - 1) // 2 for n in field.shape[2:]]
+    n = len(radius)
+    index = [kern_a.channel[:, k].reshape((-1, 1) + (1,) * n),
+             kern_b.channel[:, l].reshape((1, -1) + (1,) * n)]
+    valid = True
+    for a in range(n):
+        shape = [1] * n
+        shape[a] = offsets[a].size
+        step = (kern_b.tap[:, l, a][None, :] - kern_a.tap[:, k, a][:, None]) * dilations[a]
+        pos = (strides[a] * offsets[a]).reshape([1, 1] + shape) + step.reshape(step.shape
+                                                                                 + (1,) * n)
+        valid = valid & (np.abs(pos) <= radius[a])
+        index.append(np.clip(pos, -radius[a], radius[a]) + radius[a])
+    return np.where(valid, field[tuple(index)], 0.0)
+
+
+def conv_covariance(field: np.ndarray, nu: np.ndarray, kern: SparseKernel, strides, dilations,
+                    out_radius: Sequence[int], magnitudes: bool = False) -> np.ndarray:
+    """``Cov(y_j(p), y_j'(p + d))`` ``[C_out, C_out, *d]`` for the stationary input field
+    (correlations ``field``, variances ``nu`` ``[C_in]``), offsets ``|d_i| <= out_radius_i``.
+    ``magnitudes``: with |w| (the field of a copy's Gaussian, which the weight's sign does not
+    reach)."""
+    offsets = [np.arange(-r, r + 1) for r in out_radius]
+    weight = np.abs(kern.weight) if magnitudes else kern.weight
+    scaled = weight * np.sqrt(nu)[kern.channel]  # w_jk sqrt(nu_ck)
+    n = len(out_radius)
+    cov = np.zeros((weight.shape[0], weight.shape[0], *(o.size for o in offsets)))
+    for k in range(weight.shape[1]):
+        for l in range(weight.shape[1]):
+            pair = _pair_index(field, kern, kern, k, l, offsets, strides, dilations)
+            cov += (scaled[:, k].reshape((-1, 1) + (1,) * n)
+                    * scaled[:, l].reshape((1, -1) + (1,) * n) * pair)
+    return cov
+
+
+def class_variance(field: np.ndarray, sd_taps: np.ndarray, kern: SparseKernel,
+                   dilations) -> np.ndarray:
+    """Per output channel and position class, ``Var_j(r) = sum_{k,l} w_jk w_jl R[c_k, c_l,
+    dil (t_l - t_k)] sd_k(r) sd_l(r)``; ``sd_taps`` ``[C_in, T_0, .., R_0, ..]``: the input's
+    standard deviation in the class under each tap (0 in the padding). ``[C_out, R_0, ...]``."""
+    c_out, n = kern.weight.shape
+    axes = kern.tap.shape[2]
+    zero = [np.zeros(1, dtype=np.int64)] * axes
+    pair = np.empty((c_out, n, n))
+    for k in range(n):
+        for l in range(n):
+            both = _pair_index(field, kern, kern, k, l, zero, [1] * axes, dilations)
+            pair[:, k, l] = both[np.arange(c_out), np.arange(c_out)].reshape(c_out)
+    index = (kern.channel,) + tuple(kern.tap[..., a] for a in range(axes))
+    sd = sd_taps[index]  # [C_out, n, R_0, ...]
+    ws = kern.weight.reshape((c_out, n) + (1,) * (sd.ndim - 2)) * sd
+    flat = ws.reshape(c_out, n, -1)
+    var = np.einsum("jkr,jkl,jlr->jr", flat, pair, flat)
+    return np.maximum(var, 0.0).reshape((c_out,) + sd.shape[2:])
+
+
+def normalised(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(correlation field, per-channel variance ``Cov_jj(0)``) of a covariance field."""
+    c = cov.shape[0]
+    centre = tuple(((n - 1) // 2) for n in cov.shape[2:])
+    var = cov[(np.arange(c), np.arange(c), *centre)]
+    sd = np.sqrt(np.where(var > 0, var, 1.0))
+    n = cov.ndim - 2
+    corr = cov / (sd.reshape((-1, 1) + (1,) * n) * sd.reshape((1, -1) + (1,) * n))
+    corr[(np.arange(c), np.arange(c), *centre)] = 1.0
+    return np.clip(corr, -1.0, 1.0), var
+
+
+# --- element-wise functions and sums -----------------------------------------------------------
+
+
+def mehler(gauss: np.ndarray, amplitudes: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """The correlation field of ``f_c(z_c)``: ``sum_n a_n^c a_n^c' R_z^n / n!`` divided by
+    ``sqrt(Var f_c Var f_c')``; ``amplitudes`` ``[N, C]`` (``a_n = E[f(z) He_n(z)]``, n = 1..N),
+    ``variance`` ``[C]`` within a position."""
+    n = gauss.ndim - 2
+    out = np.zeros_like(gauss)
+    power = np.ones_like(gauss)
+    for k, a in enumerate(amplitudes):
+        power = power * gauss
+        out += (a.reshape((-1, 1) + (1,) * n) * a.reshape((1, -1) + (1,) * n)
+                / math.factorial(k + 1)) * power
+    sd = np.sqrt(np.where(variance > 0, variance, 1.0))
+    out /= sd.reshape((-1, 1) + (1,) * n) * sd.reshape((1, -1) + (1,) * n)
+    c = gauss.shape[0]
+    centre = tuple((m - 1) // 2 for m in gauss.shape[2:])
+    out[(np.arange(c), np.arange(c), *centre)] = 1.0
+    return np.clip(out, -1.0, 1.0)
+
+
+def signed(field: CrossField, sign: np.ndarray) -> CrossField:
+    """The field of ``a_c x_c + b_c`` (per-channel ``sign`` of a_c, ``[C]``): pairs of channels
+    with opposite signs change sign; the Gaussian's field is the chain's, unchanged."""
+    n = field.corr.ndim - 2
+    s = np.sign(sign).astype(np.float64)
+    s = np.where(s == 0, 1.0, s)
+    flip = s.reshape((-1, 1) + (1,) * n) * s.reshape((1, -1) + (1,) * n)
+    return CrossField(field.corr * flip, field.gauss)
+
+
+def add(parts: Sequence[tuple[np.ndarray, np.ndarray]], radius) -> np.ndarray:
+    """Sum of independent operands, each ``(field, nu [C])``: covariances add; the correlation
+    field of the sum."""
+    cov = 0.0
+    for field, nu in parts:
+        sd = np.sqrt(nu)
+        n = field.ndim - 2
+        cov = cov + cropped(field, radius) * (sd.reshape((-1, 1) + (1,) * n)
+                                              * sd.reshape((1, -1) + (1,) * n))
+    return normalised(cov)[0]
+
+
+__all__ = ["MAX_NONZEROS", "CrossField", "SparseKernel", "add", "class_variance",
+           "conv_covariance", "cropped", "from_diagonal", "mehler", "normalised", "signed",
+           "sparse_kernel"]
