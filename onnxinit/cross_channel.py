@@ -133,42 +133,50 @@ def sparse_kernel(w: np.ndarray, groups: int) -> SparseKernel | None:
     return SparseKernel(channel, tap, weight)
 
 
-def _pair_index(field: np.ndarray, kern_a: SparseKernel, kern_b: SparseKernel, k: int, l: int,
-                offsets: Sequence[np.ndarray], strides, dilations):
-    """``field[c_k(j), c_l(j'), s d + dil (t_l(j') - t_k(j))]`` for every j, j', d, 0 where the
-    offset is not stored: ``[C_out, C_out, *d]``."""
-    radius = [(n - 1) // 2 for n in field.shape[2:]]
-    n = len(radius)
-    index = [kern_a.channel[:, k].reshape((-1, 1) + (1,) * n),
-             kern_b.channel[:, l].reshape((1, -1) + (1,) * n)]
-    valid = True
-    for a in range(n):
-        shape = [1] * n
-        shape[a] = offsets[a].size
-        step = (kern_b.tap[:, l, a][None, :] - kern_a.tap[:, k, a][:, None]) * dilations[a]
-        pos = (strides[a] * offsets[a]).reshape([1, 1] + shape) + step.reshape(step.shape
-                                                                                 + (1,) * n)
-        valid = valid & (np.abs(pos) <= radius[a])
-        index.append(np.clip(pos, -radius[a], radius[a]) + radius[a])
-    return np.where(valid, field[tuple(index)], 0.0)
-
-
 def conv_covariance(field: np.ndarray, nu: np.ndarray, kern: SparseKernel, strides, dilations,
                     out_radius: Sequence[int], magnitudes: bool = False) -> np.ndarray:
     """``Cov(y_j(p), y_j'(p + d))`` ``[C_out, C_out, *d]`` for the stationary input field
     (correlations ``field``, variances ``nu`` ``[C_in]``), offsets ``|d_i| <= out_radius_i``.
     ``magnitudes``: with |w| (the field of a copy's Gaussian, which the weight's sign does not
-    reach)."""
-    offsets = [np.arange(-r, r + 1) for r in out_radius]
+    reach). In two passes over the non-zeros (``C_in C_out nnz`` offsets each, not
+    ``C_out^2 nnz^2``)::
+
+        Z[c, j', e] = sum_l w_j'l sqrt(nu_cl) R[c, c_l, e + dil t_l]
+        Cov[j, j', d] = sum_k w_jk sqrt(nu_ck) Z[c_k, j', s d - dil t_k]
+    """
     weight = np.abs(kern.weight) if magnitudes else kern.weight
     scaled = weight * np.sqrt(nu)[kern.channel]  # w_jk sqrt(nu_ck)
+    c_in, c_out = field.shape[0], weight.shape[0]
     n = len(out_radius)
-    cov = np.zeros((weight.shape[0], weight.shape[0], *(o.size for o in offsets)))
+    span = [(int(kern.tap[..., a].max(initial=0))) * dilations[a] for a in range(n)]
+    reach = [s * r + sp for s, r, sp in zip(strides, out_radius, span)]  # |e| <= reach
+    padded = cropped(field, [r + sp for r, sp in zip(reach, span)])
+    sizes = padded.shape[2:]
+    flat = padded.reshape(-1).astype(np.float32)  # the large products in float32: 1e-7
+    e_sizes = [2 * r + 1 for r in reach]
+    z = np.zeros((c_in, c_out, *e_sizes), dtype=np.float32)
+    for l in range(weight.shape[1]):
+        index = (np.arange(c_in).reshape((-1, 1) + (1,) * n) * c_in
+                 + kern.channel[:, l].reshape((1, -1) + (1,) * n))
+        for a in range(n):
+            shape = [1, c_out] + [1] * n
+            shape[2 + a] = e_sizes[a]
+            pos = (np.arange(-reach[a], reach[a] + 1)[None, :]
+                   + dilations[a] * kern.tap[:, l, a][:, None] + reach[a] + span[a])
+            index = index * sizes[a] + pos.reshape(shape)
+        z += scaled[:, l].reshape((1, -1) + (1,) * n).astype(np.float32) * flat.take(index)
+    zflat = z.reshape(-1)
+    cov = np.zeros((c_out, c_out, *(2 * r + 1 for r in out_radius)))
     for k in range(weight.shape[1]):
-        for l in range(weight.shape[1]):
-            pair = _pair_index(field, kern, kern, k, l, offsets, strides, dilations)
-            cov += (scaled[:, k].reshape((-1, 1) + (1,) * n)
-                    * scaled[:, l].reshape((1, -1) + (1,) * n) * pair)
+        index = (kern.channel[:, k].reshape((-1, 1) + (1,) * n) * c_out
+                 + np.arange(c_out).reshape((1, -1) + (1,) * n))
+        for a in range(n):
+            shape = [c_out, 1] + [1] * n
+            shape[2 + a] = 2 * out_radius[a] + 1
+            pos = (strides[a] * np.arange(-out_radius[a], out_radius[a] + 1)[None, :]
+                   - dilations[a] * kern.tap[:, k, a][:, None] + reach[a])
+            index = index * e_sizes[a] + pos.reshape(shape)
+        cov += scaled[:, k].reshape((-1, 1) + (1,) * n) * zflat.take(index)
     return cov
 
 
@@ -179,12 +187,14 @@ def class_variance(field: np.ndarray, sd_taps: np.ndarray, kern: SparseKernel,
     standard deviation in the class under each tap (0 in the padding). ``[C_out, R_0, ...]``."""
     c_out, n = kern.weight.shape
     axes = kern.tap.shape[2]
-    zero = [np.zeros(1, dtype=np.int64)] * axes
-    pair = np.empty((c_out, n, n))
-    for k in range(n):
-        for l in range(n):
-            both = _pair_index(field, kern, kern, k, l, zero, [1] * axes, dilations)
-            pair[:, k, l] = both[np.arange(c_out), np.arange(c_out)].reshape(c_out)
+    radius = [(m - 1) // 2 for m in field.shape[2:]]
+    index = kern.channel[:, :, None] * field.shape[1] + kern.channel[:, None, :]  # [j, k, l]
+    valid = np.ones(index.shape, dtype=bool)
+    for a in range(axes):
+        step = (kern.tap[:, None, :, a] - kern.tap[:, :, None, a]) * dilations[a]
+        valid &= np.abs(step) <= radius[a]
+        index = index * field.shape[2 + a] + np.clip(step, -radius[a], radius[a]) + radius[a]
+    pair = np.where(valid, field.reshape(-1).take(index), 0.0)
     index = (kern.channel,) + tuple(kern.tap[..., a] for a in range(axes))
     sd = sd_taps[index]  # [C_out, n, R_0, ...]
     ws = kern.weight.reshape((c_out, n) + (1,) * (sd.ndim - 2)) * sd

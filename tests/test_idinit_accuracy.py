@@ -5,8 +5,9 @@ a ReLU output is the identity rather than the ReLU of a Gaussian, and a residual
 near-zero branch stays the skip's mixture.
 
 The patch-maintain pattern (the default) also sums several shifted copies per output channel:
-terms that share image pixels, whose covariance the per-channel model does not carry (strict
-xfail with the measured share).
+terms that share image pixels, whose covariance the cross-channel field carries
+(onnxinit/cross_channel.py), and a ReLU of such a same-sign sum of ReLU outputs is its input
+(rules/support.py).
 """
 
 from __future__ import annotations
@@ -29,11 +30,7 @@ def _within(path) -> float:
                           for t in rows]))
 
 
-@pytest.mark.parametrize("conv", [
-    "dirac",
-    pytest.param("patch", marks=pytest.mark.xfail(
-        strict=True, reason="68% within 10%: sums of shifted copies sharing input pixels")),
-])
+@pytest.mark.parametrize("conv", ["dirac", "patch"])
 def test_idinit_result_is_predicted(conv, tmp_path):
     out = tmp_path / f"idinit_{conv}.onnx"
     rescale(SAMPLE, "idinit", output=out, idinit_conv=conv)
