@@ -35,3 +35,17 @@ def test_idinit_result_is_predicted(conv, tmp_path):
     out = tmp_path / f"idinit_{conv}.onnx"
     rescale(SAMPLE, "idinit", output=out, idinit_conv=conv)
     assert _within(out) >= 0.95
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "3 of 22 layers within 10% (measured 0.98-3.6, after the first residual block): the "
+    "branch is a function of the skip, and their covariance (an Add's operands taken as "
+    "independent) is not carried once autoinit scales IDInit's eps branch ends to variance 1"))
+def test_idinit_autoinit_reaches_its_target(tmp_path):
+    out = tmp_path / "idinit_autoinit.onnx"
+    rescale(SAMPLE, "idinit,autoinit", output=out)
+    result = analyze(out, measure=True, batch_size=32, device="cpu")
+    layers = [t for t in result.tensors if t.op in ("Conv", "Gemm")]
+    assert len(layers) == 22
+    assert all(abs(t.measured_var - 1.0) <= 0.10 for t in layers), [
+        (t.name, round(t.measured_var, 3)) for t in layers]
