@@ -36,6 +36,10 @@ element-wise chain starts from (None: the values are that Gaussian). The transfe
 
 * Add of independent operands: covariances add. A per-channel affine map with negative
   scales flips the signs of the pairs it touches.
+* A residual block's branch carries its correlation with the block's input A (``Anchor``,
+  created by a sparse Conv of a tensor read by several nodes, moved by later sparse Convs,
+  by Stein's lemma through element-wise functions); the Add of A, or of a sparse Conv of A,
+  and the branch adds their covariance (``operand_covariance``).
 
 Every other op drops the field (what was done before: channels independent of each other).
 """
@@ -44,20 +48,41 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 MAX_NONZEROS = 16  # non-zeros per output channel up to which a Conv carries the field
+ANCHOR_RADIUS = 24  # largest offset, on the anchor's grid, of a correlation with the anchor
+
+
+@dataclass(frozen=True, eq=False)
+class Anchor:
+    """The correlation of a tensor t with an earlier tensor A of which it is a function (a
+    residual block's input, for the tensors of its branch): ``corr[c, a, e] = Corr(t_c(p),
+    A_a(stride p + origin + e))`` for ``|e_i| <= radius_i`` on A's grid; ``gauss`` the same for
+    the Gaussian of t's element-wise chain."""
+
+    name: str
+    stride: tuple[int, ...]
+    origin: tuple[int, ...]
+    sd: np.ndarray  # A's standard deviation within a position, per channel
+    corr: np.ndarray
+    gauss: np.ndarray | None = None
+
+    def gaussian(self) -> np.ndarray:
+        return self.gauss if self.gauss is not None else self.corr
 
 
 @dataclass(frozen=True, eq=False)
 class CrossField:
     """``corr[c, c', 2R_0+1, ...]``: correlation of channel c at p with channel c' at p + d
-    (centre = offset 0); ``gauss`` the same for the Gaussian of the element-wise chain."""
+    (centre = offset 0); ``gauss`` the same for the Gaussian of the element-wise chain;
+    ``anchor`` the tensor's correlation with an earlier tensor (:class:`Anchor`)."""
 
     corr: np.ndarray
     gauss: np.ndarray | None = None
+    anchor: Anchor | None = None
 
     @property
     def radius(self) -> tuple[int, ...]:
@@ -239,12 +264,88 @@ def mehler(gauss: np.ndarray, amplitudes: np.ndarray, variance: np.ndarray) -> n
 
 def signed(field: CrossField, sign: np.ndarray) -> CrossField:
     """The field of ``a_c x_c + b_c`` (per-channel ``sign`` of a_c, ``[C]``): pairs of channels
-    with opposite signs change sign; the Gaussian's field is the chain's, unchanged."""
+    with opposite signs change sign, and so does a channel's correlation with the anchor; the
+    Gaussian's fields are the chain's, unchanged."""
     n = field.corr.ndim - 2
     s = np.sign(sign).astype(np.float64)
     s = np.where(s == 0, 1.0, s)
     flip = s.reshape((-1, 1) + (1,) * n) * s.reshape((1, -1) + (1,) * n)
-    return CrossField(field.corr * flip, field.gauss)
+    anchor = field.anchor
+    if anchor is not None:
+        anchor = replace(anchor, corr=anchor.corr * s.reshape((-1, 1) + (1,) * n))
+    return CrossField(field.corr * flip, field.gauss, anchor)
+
+
+# --- the correlation with an anchor (residual branches) -----------------------------------------
+
+
+def anchor_conv(x: np.ndarray, sd_in: np.ndarray, kern: SparseKernel, stride, dilations,
+                sd_out: np.ndarray, magnitudes: bool = False) -> np.ndarray:
+    """A Conv's correlation with the anchor, from its input's ``x`` ``[C_in, C_A, e]`` (input
+    stride ``stride`` on A's grid): ``Corr(y_j(q), A_a(S' q + o' + e)) = sum_k w_jk sd_ck
+    x[c_k, a, e - S dil t_k] / sd_j`` (S' = S s, o' = o - S pad: the caller's), zero where
+    the offset is not stored. ``[C_out, C_A, e]``."""
+    weight = np.abs(kern.weight) if magnitudes else kern.weight
+    scaled = weight * sd_in[kern.channel]
+    c_out = weight.shape[0]
+    c_a = x.shape[1]
+    radius = [(m - 1) // 2 for m in x.shape[2:]]
+    n = len(radius)
+    # the offsets reached grow by the kernel's extent on A's grid (up to ANCHOR_RADIUS)
+    grown = [min(ANCHOR_RADIUS, max(r, r + st * dl * int(kern.tap[..., a].max(initial=0))))
+             for a, (r, st, dl) in enumerate(zip(radius, stride, dilations))]
+    flat = x.reshape(-1)
+    out = np.zeros((c_out, c_a, *(2 * g + 1 for g in grown)))
+    for k in range(weight.shape[1]):
+        index = (kern.channel[:, k].reshape((-1, 1) + (1,) * n) * c_a
+                 + np.arange(c_a).reshape((1, -1) + (1,) * n))
+        valid = True
+        for a in range(n):
+            shape = [c_out, 1] + [1] * n
+            shape[2 + a] = 2 * grown[a] + 1
+            pos = (np.arange(-grown[a], grown[a] + 1)[None, :]
+                   - stride[a] * dilations[a] * kern.tap[:, k, a][:, None]).reshape(shape)
+            valid = valid & (np.abs(pos) <= radius[a])
+            index = index * (2 * radius[a] + 1) + np.clip(pos, -radius[a], radius[a]) + radius[a]
+        out += scaled[:, k].reshape((-1, 1) + (1,) * n) * np.where(valid, flat.take(index), 0.0)
+    sd = np.where(sd_out > 0, sd_out, 1.0)
+    return np.clip(out / sd.reshape((-1, 1) + (1,) * n), -1.0, 1.0)
+
+
+def operand_covariance(kern: SparseKernel, stride, dilations, origin_a, sd_anchor: np.ndarray,
+                       anchor_b: Anchor, sd_b: np.ndarray, out_radius) -> np.ndarray:
+    """``Cov(a_j(q), b_j'(q + d))`` ``[C_a, C_b, *d]`` for a = Conv(A) (``kern``, stride S =
+    b's, origin ``origin_a`` = -pad on A's grid; an identity for a = A) and b with anchor A::
+
+        sum_k w_jk sd_A(c_k) sd_b(j') X_b[j', c_k, o_a - o_b + dil t_k - S d]
+    """
+    x = anchor_b.corr
+    c_a, c_b = kern.weight.shape[0], x.shape[0]
+    radius = [(m - 1) // 2 for m in x.shape[2:]]
+    n = len(radius)
+    flat = x.reshape(-1)
+    scaled = kern.weight * sd_anchor[kern.channel]
+    cov = np.zeros((c_a, c_b, *(2 * r + 1 for r in out_radius)))
+    for k in range(kern.weight.shape[1]):
+        index = (np.arange(c_b).reshape((1, -1) + (1,) * n) * x.shape[1]
+                 + kern.channel[:, k].reshape((-1, 1) + (1,) * n))
+        valid = True
+        for a in range(n):
+            shape = [c_a, 1] + [1] * n
+            shape[2 + a] = 2 * out_radius[a] + 1
+            pos = ((origin_a[a] - anchor_b.origin[a]) + dilations[a] * kern.tap[:, k, a][:, None]
+                   - stride[a] * np.arange(-out_radius[a], out_radius[a] + 1)[None, :])
+            pos = pos.reshape(shape)
+            valid = valid & (np.abs(pos) <= radius[a])
+            index = index * (2 * radius[a] + 1) + np.clip(pos, -radius[a], radius[a]) + radius[a]
+        cov += scaled[:, k].reshape((-1, 1) + (1,) * n) * np.where(valid, flat.take(index), 0.0)
+    return cov * sd_b.reshape((1, -1) + (1,) * n)
+
+
+def identity_kernel(channels: int, axes: int) -> SparseKernel:
+    """``a = A`` as a kernel: one tap, weight 1, channel j from channel j."""
+    return SparseKernel(np.arange(channels)[:, None], np.zeros((channels, 1, axes), np.int64),
+                        np.ones((channels, 1)))
 
 
 def add(parts: Sequence[tuple[np.ndarray, np.ndarray]], radius) -> np.ndarray:
@@ -259,6 +360,6 @@ def add(parts: Sequence[tuple[np.ndarray, np.ndarray]], radius) -> np.ndarray:
     return normalised(cov)[0]
 
 
-__all__ = ["MAX_NONZEROS", "CrossField", "SparseKernel", "add", "class_variance",
-           "conv_covariance", "cropped", "from_diagonal", "mehler", "normalised", "signed",
-           "sparse_kernel"]
+__all__ = ["MAX_NONZEROS", "Anchor", "CrossField", "SparseKernel", "add", "anchor_conv",
+           "class_variance", "conv_covariance", "cropped", "from_diagonal", "identity_kernel",
+           "mehler", "normalised", "operand_covariance", "signed", "sparse_kernel"]

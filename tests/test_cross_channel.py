@@ -127,3 +127,54 @@ def test_dense_random_conv_creates_no_field():
                        [numpy_helper.from_array(w, "w")])
     _, result = predict(model, {"x": Moments.scalar(0.0, 1.0)})
     assert result.moments["y"].spatial.corr.cross is None
+
+
+def _block(projection: bool):
+    """x -> patch-identity conv -> Relu -> r; branch: sparse conv (same sign) -> Relu -> sparse conv (+-, scaled to
+    matter); skip: r itself or a 1x1 stride-2 copy of it; y = skip + branch, z = Relu(y)."""
+    rng = np.random.default_rng(5)
+    c = 6
+    stride = 2 if projection else 1
+    wb1 = _sparse(c, c, rng, 3, None)
+    wb2 = _sparse(c, c, rng, 4, np.array([1.0, -1.0, 1.0, 0.5]))
+    for w in (wb1, wb2):  # each channel also reads itself at the centre tap
+        w[np.arange(c), np.arange(c), 1, 1] = 1.0
+    stem = padded_identity(c, 3 * 9).reshape(c, 3, 3, 3)
+    inits = [numpy_helper.from_array(w.astype(np.float32), n)
+             for n, w in (("w1", wb1), ("w2", wb2), ("w0", stem))]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w1"], ["h"], pads=[1, 1, 1, 1], strides=[stride] * 2),
+             helper.make_node("Relu", ["h"], ["rh"]),
+             helper.make_node("Conv", ["rh", "w2"], ["b"], pads=[1, 1, 1, 1])]
+    skip = "r"
+    if projection:
+        wp = np.zeros((c, c, 1, 1))
+        wp[np.arange(c), np.arange(c)] = 1.0
+        inits.append(numpy_helper.from_array(wp.astype(np.float32), "wp"))
+        nodes.append(helper.make_node("Conv", ["r", "wp"], ["s"], strides=[2, 2]))
+        skip = "s"
+    nodes += [helper.make_node("Add", [skip, "b"], ["y"]), helper.make_node("Relu", ["y"], ["z"])]
+    model = make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3000, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("b", "y", "z")],
+        inits)
+    moments = {"x": Moments.scalar(0.0, 1.0)}
+    _, result = predict(model, moments)
+    return result, monte_carlo(model, moments, seed=2)
+
+
+def test_residual_sum_of_correlated_skip_and_branch_matches_onnxruntime():
+    for projection in (False, True):
+        result, values = _block(projection)
+        skip = values["y"] - values["b"]
+        b = values["b"].astype(np.float64)
+        cov = ((skip - skip.mean(axis=0)) * (b - b.mean(axis=0))).mean()
+        assert 2 * cov > 0.1 * values["y"].var()  # what an independent sum would leave out
+        assert_moments_close(result.moments["y"], values["y"], rtol=0.05, axis=1)
+        cross = result.moments["y"].spatial.corr.cross
+        r, centre = 2, cross.radius
+        got = _sample_field(values["y"], 2, r)
+        predicted = cross.corr[:, :, centre[0] - r:centre[0] + r + 1,
+                               centre[1] - r:centre[1] + r + 1]
+        np.testing.assert_allclose(predicted, got, atol=0.05, err_msg=str(projection))

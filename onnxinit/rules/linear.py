@@ -181,7 +181,9 @@ def conv(inputs, ctx: RuleContext):
                                dilations, y_shape[2:])
     cells = copy_cells(sp, w, bias, groups, taps, mean, var)
     var, corr = cross_fields.conv(sp, nu, w, groups, strides, dilations, taps, var, corr,
-                                  chained=cells is not None and cells.source is not None)
+                                  chained=cells is not None and cells.source is not None,
+                                  name=ctx.node.input[0], begins=begins,
+                                  fork=len(ctx.graph.consumers.get(ctx.node.input[0], ())) > 1)
     if cells is None:
         cells = Moments(mean[None], var[None])
     return [attach(cells, out_maps, corr)]

@@ -53,6 +53,9 @@ def positions_binary(inputs, ctx: RuleContext, op: str, rank: int) -> Moments | 
     if op in ("Add", "Sub") and all(m is not None for m in inputs):
         mixture = sum_mixture(cells[0], cells[1], rank, op == "Sub")
     corr = joint_correlation(operands, inputs, op, out_shape)
+    if all(m is not None for m in inputs):  # a residual block's skip and branch
+        var, mixture, corr = cross_fields.residual_sum(ctx, op, operands, cells, var, mixture,
+                                                       corr, out_shape[1])
     return attach(Moments(mean, var, None, mixture), maps, corr)
 
 
