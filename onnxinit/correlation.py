@@ -99,18 +99,25 @@ def independent(channels: int, sizes: Sequence[int]) -> Correlation:
     return Correlation(rho, np.zeros(channels))
 
 
-def _extended(rho: np.ndarray, floor: np.ndarray, radius: Sequence[int]) -> np.ndarray:
-    """rho on a larger window (radius per axis), ``floor`` outside the stored offsets."""
-    have = [(n - 1) // 2 for n in rho.shape[1:]]
-    out = np.empty((rho.shape[0], *(2 * r + 1 for r in radius)))
-    out[...] = floor.reshape((-1,) + (1,) * len(radius))
-    src, dst = [slice(None)], [slice(None)]
+def recentred(field: np.ndarray, lead: int, radius: Sequence[int], fill) -> np.ndarray:
+    """``field`` (``lead`` leading axes, then one centred axis of offsets per spatial axis) on
+    the window ``|d_i| <= radius_i``: cropped, or extended with ``fill`` (broadcast against
+    the leading axes) outside the stored offsets."""
+    have = [(n - 1) // 2 for n in field.shape[lead:]]
+    out = np.empty(field.shape[:lead] + tuple(2 * r + 1 for r in radius))
+    out[...] = np.reshape(fill, np.shape(fill) + (1,) * len(radius))
+    src, dst = [slice(None)] * lead, [slice(None)] * lead
     for h, r in zip(have, radius):
         k = min(h, r)
         src.append(slice(h - k, h + k + 1))
         dst.append(slice(r - k, r + k + 1))
-    out[tuple(dst)] = rho[tuple(src)]
+    out[tuple(dst)] = field[tuple(src)]
     return out
+
+
+def _extended(rho: np.ndarray, floor: np.ndarray, radius: Sequence[int]) -> np.ndarray:
+    """rho on a larger window (radius per axis), ``floor`` outside the stored offsets."""
+    return recentred(rho, 1, radius, floor.reshape(-1))
 
 
 def _offsets(radius: Sequence[int]) -> list[np.ndarray]:

@@ -52,6 +52,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .correlation import recentred
+
 MAX_NONZEROS = 16  # non-zeros per output channel up to which a Conv carries the field
 ANCHOR_RADIUS = 24  # largest offset, on the anchor's grid, of a correlation with the anchor
 
@@ -109,15 +111,7 @@ def from_diagonal(rho: np.ndarray, channels: int) -> np.ndarray:
 
 def cropped(field: np.ndarray, radius: Sequence[int]) -> np.ndarray:
     """``field`` on the offsets ``|d_i| <= radius_i``, zero where it stores none."""
-    have = [(n - 1) // 2 for n in field.shape[2:]]
-    out = np.zeros(field.shape[:2] + tuple(2 * r + 1 for r in radius))
-    src, dst = [slice(None)] * 2, [slice(None)] * 2
-    for h, r in zip(have, radius):
-        k = min(h, r)
-        src.append(slice(h - k, h + k + 1))
-        dst.append(slice(r - k, r + k + 1))
-    out[tuple(dst)] = field[tuple(src)]
-    return out
+    return recentred(field, 2, radius, 0.0)
 
 
 # --- convolution -------------------------------------------------------------------------------
