@@ -56,6 +56,7 @@ from .correlation import recentred
 
 MAX_NONZEROS = 16  # non-zeros per output channel up to which a Conv carries the field
 ANCHOR_RADIUS = 24  # largest offset, on the anchor's grid, of a correlation with the anchor
+FIELD_BUDGET = 2e7  # elements (and multiply-adds per pass) above which a Conv drops the field
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +69,7 @@ class Anchor:
     name: str
     stride: tuple[int, ...]
     origin: tuple[int, ...]
+    limit: tuple[int, ...]  # A's size - 1 per axis: no larger offset exists
     sd: np.ndarray  # A's standard deviation within a position, per channel
     corr: np.ndarray
     gauss: np.ndarray | None = None
@@ -150,6 +152,19 @@ def sparse_kernel(w: np.ndarray, groups: int) -> SparseKernel | None:
     channel = group * cpg + order // taps_per
     tap = np.stack(np.unravel_index(order % taps_per, kernel), axis=-1)
     return SparseKernel(channel, tap, weight)
+
+
+def affordable(c_in: int, c_out: int, kern: SparseKernel, strides, dilations, out_radius,
+               anchor_channels: int = 0) -> bool:
+    """Whether carrying the field through this Conv stays within ``FIELD_BUDGET``: the output
+    field ``C_out^2 prod(2R+1)``, each pass of :func:`conv_covariance` (``C_in C_out nnz``
+    offsets) and the correlation with an anchor (``C_out C_A prod(2 ANCHOR_RADIUS + 1)``)."""
+    nnz = kern.weight.shape[1]
+    span = [int(kern.tap[..., a].max(initial=0)) * d for a, d in enumerate(dilations)]
+    offsets = int(np.prod([2 * r + 1 for r in out_radius]))
+    reach = int(np.prod([2 * (s * r + sp) + 1 for s, r, sp in zip(strides, out_radius, span)]))
+    anchor = anchor_channels * (2 * ANCHOR_RADIUS + 1) ** len(out_radius)
+    return max(c_out * c_out * offsets, c_in * c_out * reach * nnz, c_out * anchor) <= FIELD_BUDGET
 
 
 def conv_covariance(field: np.ndarray, nu: np.ndarray, kern: SparseKernel, strides, dilations,
@@ -274,11 +289,12 @@ def signed(field: CrossField, sign: np.ndarray) -> CrossField:
 
 
 def anchor_conv(x: np.ndarray, sd_in: np.ndarray, kern: SparseKernel, stride, dilations,
-                sd_out: np.ndarray, magnitudes: bool = False) -> np.ndarray:
+                sd_out: np.ndarray, limit, magnitudes: bool = False) -> np.ndarray:
     """A Conv's correlation with the anchor, from its input's ``x`` ``[C_in, C_A, e]`` (input
     stride ``stride`` on A's grid): ``Corr(y_j(q), A_a(S' q + o' + e)) = sum_k w_jk sd_ck
     x[c_k, a, e - S dil t_k] / sd_j`` (S' = S s, o' = o - S pad: the caller's), zero where
-    the offset is not stored. ``[C_out, C_A, e]``."""
+    the offset is not stored; the offsets grow by the kernel's extent, up to ``limit`` (A's
+    size - 1) and ``ANCHOR_RADIUS``. ``[C_out, C_A, e]``."""
     weight = np.abs(kern.weight) if magnitudes else kern.weight
     scaled = weight * sd_in[kern.channel]
     c_out = weight.shape[0]
@@ -286,8 +302,8 @@ def anchor_conv(x: np.ndarray, sd_in: np.ndarray, kern: SparseKernel, stride, di
     radius = [(m - 1) // 2 for m in x.shape[2:]]
     n = len(radius)
     # the offsets reached grow by the kernel's extent on A's grid (up to ANCHOR_RADIUS)
-    grown = [min(ANCHOR_RADIUS, max(r, r + st * dl * int(kern.tap[..., a].max(initial=0))))
-             for a, (r, st, dl) in enumerate(zip(radius, stride, dilations))]
+    grown = [min(ANCHOR_RADIUS, lim, max(r, r + st * dl * int(kern.tap[..., a].max(initial=0))))
+             for a, (r, st, dl, lim) in enumerate(zip(radius, stride, dilations, limit))]
     flat = x.reshape(-1)
     out = np.zeros((c_out, c_a, *(2 * g + 1 for g in grown)))
     for k in range(weight.shape[1]):
@@ -354,6 +370,7 @@ def add(parts: Sequence[tuple[np.ndarray, np.ndarray]], radius) -> np.ndarray:
     return normalised(cov)[0]
 
 
-__all__ = ["MAX_NONZEROS", "Anchor", "CrossField", "SparseKernel", "add", "anchor_conv",
+__all__ = ["FIELD_BUDGET", "MAX_NONZEROS", "Anchor", "CrossField", "SparseKernel", "add",
+           "affordable", "anchor_conv",
            "class_variance", "conv_covariance", "cropped", "from_diagonal", "identity_kernel",
            "mehler", "normalised", "operand_covariance", "signed", "sparse_kernel"]

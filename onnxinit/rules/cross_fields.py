@@ -29,8 +29,8 @@ def _input_field(corr_in: Correlation | None, channels: int, sizes) -> CrossFiel
     return CrossField(cross_channel.from_diagonal(corr_in.rho, channels), gauss)
 
 
-def _anchor(field: CrossField, name: str, sd_in, kern, strides, dilations, begins, sd_out,
-            chained: bool, fork: bool):
+def _anchor(field: CrossField, name: str, sizes, sd_in, kern, strides, dilations, begins,
+            sd_out, chained: bool, fork: bool):
     """The output's correlation with the input itself when the input is read by several
     nodes (``fork``: a residual block's input, for the first conv of its branch), else with
     the input's anchor (the later convs of the branch)."""
@@ -39,17 +39,20 @@ def _anchor(field: CrossField, name: str, sd_in, kern, strides, dilations, begin
     if anchor is None:
         if chained:  # the values are not the Gaussian of the copied chain: not followed
             return None
-        anchor = Anchor(name, (1,) * n, (0,) * n, sd_in, field.corr)
+        anchor = Anchor(name, (1,) * n, (0,) * n, tuple(s - 1 for s in sizes), sd_in,
+                        field.corr)
     elif chained and anchor.gauss is None:
         return None
-    x = cross_channel.anchor_conv(anchor.corr, sd_in, kern, anchor.stride, dilations, sd_out)
+    x = cross_channel.anchor_conv(anchor.corr, sd_in, kern, anchor.stride, dilations, sd_out,
+                                  anchor.limit)
     gauss = None
     if chained:
         gauss = cross_channel.anchor_conv(anchor.gauss, np.ones_like(sd_in), kern, anchor.stride,
-                                          dilations, np.abs(kern.weight[:, 0]), magnitudes=True)
+                                          dilations, np.abs(kern.weight[:, 0]), anchor.limit,
+                                          magnitudes=True)
     stride = tuple(a * s for a, s in zip(anchor.stride, strides))
     origin = tuple(o - a * b for o, a, b in zip(anchor.origin, anchor.stride, begins))
-    return Anchor(anchor.name, stride, origin, anchor.sd, x, gauss)
+    return Anchor(anchor.name, stride, origin, anchor.limit, anchor.sd, x, gauss)
 
 
 def conv(sp, nu_cells: np.ndarray, w: np.ndarray, groups: int, strides, dilations, taps,
@@ -65,14 +68,16 @@ def conv(sp, nu_cells: np.ndarray, w: np.ndarray, groups: int, strides, dilation
         return var, corr
     c_in = w.shape[1] * groups
     field = _input_field(sp.corr, c_in, [m.size for m in sp.maps])
-    if field.corr.shape[0] != c_in:
+    anchored = field.anchor.corr.shape[1] if field.anchor is not None and not fork else c_in
+    if field.corr.shape[0] != c_in or not cross_channel.affordable(
+            c_in, w.shape[0], kern, strides, dilations, corr.radius, anchored):
         return var, corr
     nu = within_variance(sp, c_in)
     cov = cross_channel.conv_covariance(field.corr, nu, kern, strides, dilations, corr.radius)
     out, out_var = cross_channel.normalised(cov)
     begins = [0] * len(strides) if begins is None else begins
-    anchor = _anchor(field, name, np.sqrt(nu), kern, strides, dilations, begins,
-                     np.sqrt(out_var), chained and kern.copies, fork)
+    anchor = _anchor(field, name, [m.size for m in sp.maps], np.sqrt(nu), kern, strides,
+                     dilations, begins, np.sqrt(out_var), chained and kern.copies, fork)
     sd_taps = gather_taps(np.sqrt(nu_cells), taps)
     var = cross_channel.class_variance(field.corr, sd_taps, kern, dilations)
     gauss, gauss_pair = None, corr.gauss
