@@ -11,7 +11,8 @@ with a non-negative range (Relu, Abs, Sigmoid, HardSigmoid, Softplus, Exp, Softm
 that keeps non-negative inputs non-negative (sums and products with non-negative constants:
 Conv, ConvTranspose, Gemm with alpha, beta >= 0, MatMul, Add, Sum, Mean, Mul; pools; layout ops,
 which only move values), every value operand non-negative. Anything else (a graph input, Sub, a
-function of unknown sign) is not known to be, within ``MAX_DEPTH`` producers.
+function of unknown sign, a constant of more than ``MAX_CHECKED`` entries, which is not read)
+is not known to be, within ``MAX_DEPTH`` producers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 
 IDENTITY_ON_NONNEGATIVE = frozenset({"Relu", "LeakyRelu", "PRelu", "Abs", "Elu", "Celu"})
 MAX_DEPTH = 24  # producers followed back from a tensor
+_BLOCK = 1 << 16  # entries of a constant checked at once
+MAX_CHECKED = 1 << 22  # entries of a constant above which its sign is not read (unknown)
 
 _NONNEGATIVE_RANGE = frozenset({"Relu", "Abs", "Sigmoid", "HardSigmoid", "Softplus", "Exp",
                                 "Softmax"})
@@ -64,10 +67,23 @@ def nonnegative(graph, tensor: str, depth: int = MAX_DEPTH, seen: dict | None = 
     return seen[tensor]
 
 
+def _no_negative(value: np.ndarray) -> bool:
+    """No entry < 0 (nor NaN), read a block at a time and stopping at the first: a random
+    weight (a memory map of external data) is not paged in whole."""
+    flat = np.asarray(value).reshape(-1)
+    for start in range(0, flat.size, _BLOCK):
+        if not np.all(flat[start:start + _BLOCK] >= 0):
+            return False
+    return True
+
+
 def _nonnegative(graph, tensor: str, depth: int, seen: dict) -> bool:
     if graph.is_constant(tensor):
+        shape = graph.shape(tensor)
+        if shape is None or np.prod(shape, dtype=np.int64) > MAX_CHECKED:
+            return False  # not read: a large weight is not made (scaled, converted) for this
         value = graph.value(tensor)
-        return value is not None and bool(np.all(np.asarray(value) >= 0))
+        return value is not None and _no_negative(value)
     node_id = graph.producer.get(tensor)
     if node_id is None or depth <= 0:
         return False
