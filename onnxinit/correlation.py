@@ -38,9 +38,10 @@ Rules (each exact under its stated assumption):
 * Global mean over the K positions: ``Var = (nu/K^2) sum_d n(d) rho(d)``, n(d) the number of
   position pairs at offset d.
 
-Not modelled: correlation across channels, across samples (BatchNorm's batch statistics), the
-change of correlation near the border, and anything after a layout op that moves positions
-(Reshape, Transpose, Resize), where it is dropped.
+Correlation across channels is carried where weights are sparse and structured (``cross``,
+:mod:`onnxinit.cross_channel`); elsewhere it is not modelled, nor is correlation across samples
+(BatchNorm's batch statistics), the change of correlation near the border, and anything after
+a layout op that moves positions (Reshape, Transpose, Resize), where it is dropped.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Correlation:
     floor: np.ndarray
     gauss: tuple[np.ndarray, np.ndarray] | None = None
     centred: np.ndarray | None = None  # [C or 1]: see batch_centred()
+    cross: object | None = None  # cross_channel.CrossField: channels' correlation with each other
 
     @property
     def radius(self) -> tuple[int, ...]:
@@ -86,7 +88,8 @@ class Correlation:
         return np.broadcast_to(self.centred, (channels,)).astype(np.float64)
 
     def with_centred(self, centred) -> Correlation:
-        return Correlation(self.rho, self.floor, self.gauss, np.asarray(centred, np.float64))
+        return Correlation(self.rho, self.floor, self.gauss, np.asarray(centred, np.float64),
+                           self.cross)
 
 
 def independent(channels: int, sizes: Sequence[int]) -> Correlation:
@@ -97,18 +100,25 @@ def independent(channels: int, sizes: Sequence[int]) -> Correlation:
     return Correlation(rho, np.zeros(channels))
 
 
-def _extended(rho: np.ndarray, floor: np.ndarray, radius: Sequence[int]) -> np.ndarray:
-    """rho on a larger window (radius per axis), ``floor`` outside the stored offsets."""
-    have = [(n - 1) // 2 for n in rho.shape[1:]]
-    out = np.empty((rho.shape[0], *(2 * r + 1 for r in radius)))
-    out[...] = floor.reshape((-1,) + (1,) * len(radius))
-    src, dst = [slice(None)], [slice(None)]
+def recentred(field: np.ndarray, lead: int, radius: Sequence[int], fill) -> np.ndarray:
+    """``field`` (``lead`` leading axes, then one centred axis of offsets per spatial axis) on
+    the window ``|d_i| <= radius_i``: cropped, or extended with ``fill`` (broadcast against
+    the leading axes) outside the stored offsets."""
+    have = [(n - 1) // 2 for n in field.shape[lead:]]
+    out = np.empty(field.shape[:lead] + tuple(2 * r + 1 for r in radius))
+    out[...] = np.reshape(fill, np.shape(fill) + (1,) * len(radius))
+    src, dst = [slice(None)] * lead, [slice(None)] * lead
     for h, r in zip(have, radius):
         k = min(h, r)
         src.append(slice(h - k, h + k + 1))
         dst.append(slice(r - k, r + k + 1))
-    out[tuple(dst)] = rho[tuple(src)]
+    out[tuple(dst)] = field[tuple(src)]
     return out
+
+
+def _extended(rho: np.ndarray, floor: np.ndarray, radius: Sequence[int]) -> np.ndarray:
+    """rho on a larger window (radius per axis), ``floor`` outside the stored offsets."""
+    return recentred(rho, 1, radius, floor.reshape(-1))
 
 
 def _offsets(radius: Sequence[int]) -> list[np.ndarray]:

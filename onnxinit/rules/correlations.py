@@ -11,6 +11,7 @@ from .. import correlation
 from ..correlation import Correlation
 from ..moments import Moments
 from ..spatial import class_weights, within_variance
+from . import cross_fields
 from .gaussian import compose, quadrature
 
 _L = 10.0  # the composite rules' range of z, as in .gaussian
@@ -66,8 +67,9 @@ def elementwise_correlation(corr: Correlation, y: Moments, smooth: bool) -> Corr
     floor_z = np.broadcast_to(floor_z, (channels,))
     rho = correlation.mehler(amp, variance, rho_z)
     rho[(slice(None), *corr.radius)] = 1.0
-    return Correlation(rho, correlation.mehler(amp, variance, floor_z), (rho_z, floor_z),
-                       corr.centred)
+    out = Correlation(rho, correlation.mehler(amp, variance, floor_z), (rho_z, floor_z),
+                      corr.centred)
+    return cross_fields.elementwise(corr, amp, variance, out)
 
 
 __all__ = ["elementwise_correlation"]

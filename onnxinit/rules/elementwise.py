@@ -30,10 +30,12 @@ import numpy as np
 from ..moments import Elementwise, Moments, Source
 from ..spatial import attach, with_corr
 from .context import RuleContext, RuleError, signal
+from . import cross_fields
 from .correlations import elementwise_correlation
 from .gaussian import compose, expand, gaussian_moments, probability
 from .powers import integer_power
 from .registry import rule
+from .support import identity_on_input
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,10 @@ def _apply_to_cells(x: Moments, f: ElementwiseFn, rank) -> Moments:
     if sp.corr is None:
         return result
     smooth = result.source is not None and is_smooth(result.source.chain)
-    return with_corr(result, elementwise_correlation(sp.corr, result, smooth), sp.maps)
+    corr = elementwise_correlation(sp.corr, result, smooth)
+    if corr is sp.corr and f.affine is not None:  # the values' field, a_c x + b: signs of a
+        corr = cross_fields.affine(corr, f.affine[0])
+    return with_corr(result, corr, sp.maps)
 
 
 def affine(a, b, key: tuple) -> ElementwiseFn:
@@ -273,6 +278,8 @@ def apply_elementwise(inputs: list, ctx: RuleContext) -> list:
         raise RuleError("not an element-wise function of one signal")
     f, which = found
     x = signal(inputs, which)
+    if identity_on_input(ctx.node, ctx.graph):  # f(x) = x on [0, inf), x >= 0
+        return [x] + [None] * (len(ctx.node.output) - 1)
     outs = [apply_fn(x, f, rank_of(ctx))]
     return outs + [None] * (len(ctx.node.output) - 1)
 

@@ -23,6 +23,7 @@ from ..moments import Moments
 from .. import correlation
 from ..spatial import attach, gather_taps, positions, window, within_variance
 from .attention import matmul_activations
+from . import cross_fields
 from .copies import copy_cells
 from .context import RuleContext, RuleError, signal
 from .registry import rule
@@ -179,6 +180,10 @@ def conv(inputs, ctx: RuleContext):
     corr, _ = correlation.conv(corr_in, within_variance(sp, c_in), w, groups, strides,
                                dilations, y_shape[2:])
     cells = copy_cells(sp, w, bias, groups, taps, mean, var)
+    var, corr = cross_fields.conv(sp, nu, w, groups, strides, dilations, taps, var, corr,
+                                  chained=cells is not None and cells.source is not None,
+                                  name=ctx.node.input[0], begins=begins,
+                                  fork=len(ctx.graph.consumers.get(ctx.node.input[0], ())) > 1)
     if cells is None:
         cells = Moments(mean[None], var[None])
     return [attach(cells, out_maps, corr)]

@@ -9,6 +9,7 @@ import numpy as np
 from .. import correlation
 from ..moments import Moments
 from ..spatial import attach, class_weights, joint, positions, take_cells, within_variance
+from . import cross_fields
 from .context import RuleContext, RuleError
 from .mixture import binary_independent, lift, sum_mixture
 
@@ -52,6 +53,9 @@ def positions_binary(inputs, ctx: RuleContext, op: str, rank: int) -> Moments | 
     if op in ("Add", "Sub") and all(m is not None for m in inputs):
         mixture = sum_mixture(cells[0], cells[1], rank, op == "Sub")
     corr = joint_correlation(operands, inputs, op, out_shape)
+    if all(m is not None for m in inputs):  # a residual block's skip and branch
+        var, mixture, corr = cross_fields.residual_sum(ctx, op, operands, cells, var, mixture,
+                                                       corr, out_shape[1])
     return attach(Moments(mean, var, None, mixture), maps, corr)
 
 
@@ -63,7 +67,7 @@ def joint_correlation(operands, inputs, op: str, out_shape):
     a signal with spatial axes carries none (unknown: taken as independent downstream)."""
     channels = out_shape[1]
     sizes = out_shape[2:]
-    parts = []
+    parts, known = [], True  # known: every signal operand has a per-position correlation
     for sp, m in zip(operands, inputs):
         uniform = all(n == 1 for n in (mp.size for mp in sp.maps))
         nu = within_variance(sp, channels) if m is not None else np.zeros(channels)
@@ -72,11 +76,16 @@ def joint_correlation(operands, inputs, op: str, out_shape):
             corr = sp.corr
         elif uniform or m is None:  # one value per sample (or a constant): rho = 1
             corr = correlation.Correlation(np.ones((1,) * (1 + len(sizes))), np.ones(1))
+            known = known and m is None
         else:
             return None
         parts.append((corr, nu, mean))
     if op in ("Add", "Sub"):
-        return correlation.add([(c, nu) for c, nu, _ in parts], sizes)
+        out = correlation.add([(c, nu) for c, nu, _ in parts], sizes)
+        if not known:
+            return out
+        signals = [(c, nu, m is not None) for (c, nu, _), m in zip(parts, inputs)]
+        return cross_fields.add(out, signals, channels, sizes)
     (cx, nx, mx), (cs, ns, ms) = parts
     return correlation.product(cx, nx, mx, cs, ns, ms, sizes)
 

@@ -1,0 +1,261 @@
+"""The cross-channel correlation field (``onnxinit.cross_channel``) in the rules: created and
+carried by a Conv with a sparse kernel, carried by element-wise functions and independent sums,
+and read back as the Conv's output variance per position class and the per-channel correlation
+(its diagonal). Each function returns what the rule computed without the field when the field
+does not apply, so a rule's result changes only where the field exists."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .. import correlation, cross_channel
+from ..correlation import Correlation
+from ..cross_channel import Anchor, CrossField
+from ..moments import Moments, Source
+from ..spatial import gather_taps, within_variance
+from .mixture import sum_mixture
+
+
+def _input_field(corr_in: Correlation | None, channels: int, sizes) -> CrossField:
+    """The input's field; channels independent of each other when it carries none."""
+    if corr_in is not None and corr_in.cross is not None:
+        return corr_in.cross
+    corr_in = corr_in if corr_in is not None else correlation.independent(1, sizes)
+    gauss = None
+    if corr_in.gauss is not None:
+        gauss = cross_channel.from_diagonal(corr_in.gauss[0], channels)
+    return CrossField(cross_channel.from_diagonal(corr_in.rho, channels), gauss)
+
+
+def _anchor(field: CrossField, name: str, sizes, sd_in, kern, strides, dilations, begins,
+            sd_out, chained: bool, fork: bool):
+    """The output's correlation with the input itself when the input is read by several
+    nodes (``fork``: a residual block's input, for the first conv of its branch), else with
+    the input's anchor (the later convs of the branch)."""
+    n = len(strides)
+    anchor = None if fork else field.anchor
+    if anchor is None:
+        if chained:  # the values are not the Gaussian of the copied chain: not followed
+            return None
+        anchor = Anchor(name, (1,) * n, (0,) * n, tuple(s - 1 for s in sizes), sd_in,
+                        field.corr)
+    elif chained and anchor.gauss is None:
+        return None
+    x = cross_channel.anchor_conv(anchor.corr, sd_in, kern, anchor.stride, dilations, sd_out,
+                                  anchor.limit)
+    gauss = None
+    if chained:
+        gauss = cross_channel.anchor_conv(anchor.gauss, np.ones_like(sd_in), kern, anchor.stride,
+                                          dilations, np.abs(kern.weight[:, 0]), anchor.limit,
+                                          magnitudes=True)
+    stride = tuple(a * s for a, s in zip(anchor.stride, strides))
+    origin = tuple(o - a * b for o, a, b in zip(anchor.origin, anchor.stride, begins))
+    return Anchor(anchor.name, stride, origin, anchor.limit, anchor.sd, x, gauss)
+
+
+def conv(sp, nu_cells: np.ndarray, w: np.ndarray, groups: int, strides, dilations, taps,
+         var: np.ndarray, corr: Correlation, chained: bool, name: str = "",
+         begins=None, fork: bool = False) -> tuple[np.ndarray, Correlation]:
+    """A Conv's per-class output variance ``var`` ``[C_out, R...]`` and correlation ``corr``
+    with the cross-channel field when the kernel is sparse (``cross_channel.sparse_kernel``);
+    unchanged otherwise. ``nu_cells`` ``[C_in, K...]``: the input's variance per class;
+    ``chained``: the output keeps the input's element-wise chain (a copy), so the field of
+    its Gaussian is the input's Gaussian's, moved like the values."""
+    kern = cross_channel.sparse_kernel(w, groups)
+    if kern is None:
+        return var, corr
+    c_in = w.shape[1] * groups
+    field = _input_field(sp.corr, c_in, [m.size for m in sp.maps])
+    anchored = field.anchor.corr.shape[1] if field.anchor is not None and not fork else c_in
+    if field.corr.shape[0] != c_in or not cross_channel.affordable(
+            c_in, w.shape[0], kern, strides, dilations, corr.radius, anchored):
+        return var, corr
+    nu = within_variance(sp, c_in)
+    cov = cross_channel.conv_covariance(field.corr, nu, kern, strides, dilations, corr.radius)
+    out, out_var = cross_channel.normalised(cov)
+    begins = [0] * len(strides) if begins is None else begins
+    anchor = _anchor(field, name, [m.size for m in sp.maps], np.sqrt(nu), kern, strides,
+                     dilations, begins, np.sqrt(out_var), chained and kern.copies, fork)
+    sd_taps = gather_taps(np.sqrt(nu_cells), taps)
+    var = cross_channel.class_variance(field.corr, sd_taps, kern, dilations)
+    gauss, gauss_pair = None, corr.gauss
+    if chained and kern.copies:
+        moved = cross_channel.conv_covariance(field.gaussian(), np.ones(c_in), kern, strides,
+                                              dilations, corr.radius, magnitudes=True)
+        gauss = cross_channel.normalised(moved)[0]
+        gauss_pair = (CrossField(gauss).diagonal(), corr.floor)
+    cross = CrossField(out, gauss, anchor)
+    return var, replace(corr, rho=cross.diagonal(), gauss=gauss_pair, cross=cross)
+
+
+def elementwise(corr: Correlation, amplitudes: np.ndarray, variance: np.ndarray,
+                rho: Correlation) -> Correlation:
+    """``rho`` (the per-channel correlation of f(z)) with the field of f(z) by Mehler's
+    formula per pair of channels, when ``corr`` (z's correlation) carries one."""
+    cross = corr.cross
+    if cross is None or cross.corr.shape[0] != amplitudes.shape[1]:
+        return rho
+    gauss = cross_channel.cropped(cross.gaussian(), rho.radius)
+    anchor = cross.anchor
+    if anchor is not None:  # Stein: Corr(f(z), A) = a_1 Corr(z, A) / sd(f(z))
+        x = anchor.gaussian()
+        gain = amplitudes[0] / np.sqrt(np.where(variance > 0, variance, 1.0))
+        anchor = replace(anchor, corr=np.clip(gain.reshape((-1,) + (1,) * (x.ndim - 1)) * x,
+                                              -1.0, 1.0), gauss=x)
+    return replace(rho, cross=CrossField(cross_channel.mehler(gauss, amplitudes, variance),
+                                         gauss, anchor))
+
+
+def affine(corr: Correlation, scale) -> Correlation:
+    """The correlation of ``a x + b`` with per-channel ``a`` (layout ``[1, C, 1...]`` or a
+    scalar) when the values' field is carried unchanged: pairs of opposite signs flip."""
+    if corr.cross is None:
+        return corr
+    a = np.asarray(scale, dtype=np.float64)
+    channels = corr.cross.corr.shape[0]
+    if a.ndim < 2 or a.shape[1] == 1:
+        sign = np.full(channels, np.sign(a.reshape(-1)[0]) if a.size else 1.0)
+    elif any(n > 1 for n in a.shape[2:]) or a.shape[1] != channels:
+        return replace(corr, cross=None)
+    else:
+        sign = np.sign(a.reshape(a.shape[:2])[0])
+    return replace(corr, cross=cross_channel.signed(corr.cross, sign))
+
+
+def add(out: Correlation, parts, channels: int, sizes) -> Correlation:
+    """The field of a sum of independent operands, ``parts`` ``(Correlation, nu [C], signal)``
+    (a constant: nu 0), added to ``out`` when an operand carries one and every signal operand
+    has a per-position correlation of ``channels`` channels."""
+    if not any(c.cross is not None for c, _, _ in parts):
+        return out
+    fields = []
+    for corr, nu, is_signal in parts:
+        if not is_signal:
+            continue
+        if corr.rho.shape[0] not in (1, channels) or corr.rho.ndim != 1 + len(sizes):
+            return out
+        field = (corr.cross.corr if corr.cross is not None
+                 else cross_channel.from_diagonal(corr.rho, channels))
+        if field.shape[0] != channels:
+            return out
+        fields.append((field, np.broadcast_to(nu, (channels,))))
+    total = cross_channel.add(fields, out.radius)
+    return replace(out, rho=CrossField(total).diagonal(), cross=CrossField(total))
+
+
+
+
+def _operand_kernel(ctx, tensor: str, anchor: Anchor, channels: int, axes: int):
+    """(kernel, stride, origin) of ``tensor`` as a function of ``anchor``'s tensor A: the
+    identity when it is A, a sparse Conv's kernel when a Conv of A made it; else None."""
+    if tensor == anchor.name:
+        return (cross_channel.identity_kernel(channels, axes), (1,) * axes, (0,) * axes,
+                [1] * axes)
+    graph = ctx.graph
+    node_id = graph.producer.get(tensor)
+    if node_id is None:
+        return None
+    node = graph.node(node_id)
+    w = graph.value(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+    if w is None or node.input[0] != anchor.name or np.ndim(w) != 2 + axes:
+        return None
+    attrs = ctx.for_node(node_id)
+    if attrs.attr("auto_pad", "NOTSET") not in ("NOTSET", ""):
+        return None
+    kern = cross_channel.sparse_kernel(np.asarray(w, np.float64), attrs.attr("group", 1))
+    if kern is None:
+        return None
+    strides = tuple(attrs.attr("strides", [1] * axes))
+    begins = tuple(attrs.attr("pads", [0] * 2 * axes))[:axes]
+    dilations = attrs.attr("dilations", [1] * axes)
+    return kern, strides, tuple(-b for b in begins), dilations
+
+
+def residual_sum(ctx, op: str, operands, cells, var: np.ndarray, mixture, corr, channels: int):
+    """Add/Sub of operands of which one (b) carries its correlation with the other (a) through
+    an anchor (a is b's anchor A, or a sparse Conv of A: a residual block's skip and branch):
+    the covariance the independent sum leaves out, per position class and in the field::
+
+        Var(a +- b) = Var a + Var b +- 2 Cov(a_c(p), b_c(p))
+        Cov_sum[c, c', d] = Cov_a + Cov_b +- (C_ab[c, c', d] + C_ab[c', c, -d])
+
+    (``cross_channel.operand_covariance``); the sum is then described as Gaussian (its
+    mixture assumed independent operands). Unchanged when no operand has such an anchor."""
+    if op not in ("Add", "Sub") or corr is None or len(operands) != 2:
+        return var, mixture, corr
+    axes = len(operands[0].maps)
+    found = None
+    for i, j in ((0, 1), (1, 0)):
+        b = operands[j].corr
+        anchor = b.cross.anchor if b is not None and b.cross is not None else None
+        if anchor is None or anchor.corr.shape[0] != channels:
+            continue
+        made = _operand_kernel(ctx, ctx.node.input[i], anchor, channels, axes)
+        if made is None or tuple(made[1]) != tuple(anchor.stride):
+            continue
+        found = (i, j, anchor) + tuple(made)
+        break
+    if found is None or any(sp.corr is None for sp in operands):
+        return var, mixture, corr
+    i, j, anchor, kern, stride, origin, dilations = found
+    sd = [np.sqrt(within_variance(sp, channels)) for sp in operands]
+    c_ab = cross_channel.operand_covariance(kern, stride, dilations, origin, anchor.sd, anchor,
+                                            sd[j], corr.radius)
+    if i == 1:  # Cov(op0(q), op1(q + d)) = C_10[c', c, -d]
+        c_ab = np.flip(np.swapaxes(c_ab, 0, 1), axis=tuple(range(2, 2 + axes)))
+    sign = -1.0 if op == "Sub" else 1.0
+    parts = []
+    for sp, s in zip(operands, sd):
+        field = (sp.corr.cross.corr if sp.corr.cross is not None
+                 else cross_channel.from_diagonal(sp.corr.rho, channels))
+        field = cross_channel.cropped(field, corr.radius)
+        parts.append(field * (s.reshape((-1, 1) + (1,) * axes) * s.reshape((1, -1) + (1,) * axes)))
+    cov = parts[0] + parts[1] + sign * (c_ab + np.flip(np.swapaxes(c_ab, 0, 1),
+                                                       axis=tuple(range(2, 2 + axes))))
+    total, _ = cross_channel.normalised(cov)
+    centre = (np.arange(channels), np.arange(channels), *corr.radius)
+    rho = c_ab[centre] / np.where(sd[0] * sd[1] > 0, sd[0] * sd[1], 1.0)  # [C]
+    shape = (1, channels) + (1,) * axes
+    extra = 2 * sign * rho.reshape(shape) * np.sqrt(cells[0].var) * np.sqrt(cells[1].var)
+    var = np.maximum(var + extra, 0.0)
+    if op == "Add":
+        beta = rho * sd[j] / np.where(sd[i] > 0, sd[i], 1.0)
+        mixture = _regressed_mixture(cells[i], cells[j], beta.reshape(shape), len(shape))
+    else:
+        mixture = None
+    return var, mixture, replace(corr, rho=CrossField(total).diagonal(), cross=CrossField(total))
+
+
+def _scaled_cells(x: Moments, g: np.ndarray) -> Moments | None:
+    """``g x`` per channel (g > 0) keeping x's law: a Gaussian, a ReLU of one (``g relu(z) =
+    relu(g z)``) or a mixture; None for another chain."""
+    src = x.source
+    if x.mixture is not None and src is None:
+        w, m, v = x.mixture
+        return Moments(x.mean * g, x.var * g * g, None, (w, m * g, v * g * g))
+    if src is None or not src.chain:
+        return Moments(x.mean * g, x.var * g * g)
+    if len(src.chain) == 1 and src.chain[0].key == ("Relu",):
+        return Moments(x.mean * g, x.var * g * g, Source(src.mean * g, src.var * g * g,
+                                                         src.chain))
+    return None
+
+
+def _regressed_mixture(a: Moments, b: Moments, beta: np.ndarray, rank: int):
+    """a + b with b = beta a + e, e uncorrelated with a (least squares per channel) and taken
+    as independent: ``(1 + beta) a + e`` as a Gaussian mixture (``mixture.sum_mixture``),
+    ``E e = E b - beta E a``, ``Var e = Var b - beta^2 Var a``; None where 1 + beta <= 0 or
+    a's law is not one of those."""
+    g = 1.0 + beta
+    if np.any(g <= 0):
+        return None
+    scaled = _scaled_cells(a, g)
+    if scaled is None:
+        return None
+    rest = Moments(b.mean - beta * a.mean, np.maximum(b.var - beta * beta * a.var, 0.0))
+    return sum_mixture(scaled, rest, rank)
+
+
+__all__ = ["add", "affine", "conv", "elementwise", "residual_sum"]
