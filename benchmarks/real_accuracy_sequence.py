@@ -1,6 +1,7 @@
 """Prediction accuracy of `analyze` on real sequence and attention networks (issue 10): GPT-2 and
 BERT-base (Hugging Face, default configurations, built from config objects), vit_b_16 and swin_t
-(torchvision), and LSTM/GRU classifiers (2 layers, hidden 128, 32 steps); random initialization,
+(torchvision), LSTM/GRU classifiers (2 layers, hidden 128, 32 steps) and a Llama-style decoder
+(Hugging Face LlamaModel, 4 layers, hidden 512: RMSNorm written out as ops); random initialization,
 nothing downloaded; exported in training mode exactly as the README says (tests/real/sequence.py).
 
 Prints per model: float activation tensors compared, the share whose predicted variance is within

@@ -81,6 +81,18 @@ def _bert(**config):
     return build
 
 
+def _llama(**config):
+    """Hugging Face LlamaModel: RMSNorm written out as ops (Pow, ReduceMean, Add, Sqrt, Div,
+    Mul), rotary position embeddings, SwiGLU MLP, causal mask."""
+
+    def build():
+        from transformers import LlamaConfig, LlamaModel
+
+        return last_hidden_state(LlamaModel(LlamaConfig(attn_implementation="eager", **config)))
+
+    return build
+
+
 def _torchvision(name: str, **kwargs):
     def build():
         import torchvision
@@ -138,6 +150,9 @@ FULL: dict[str, Spec] = {
     "swin_t": Spec(_torchvision("swin_t"), (3, 224, 224), runs=4),
     "lstm": Spec(_recurrent("LSTM", 64, 128, 2), (32, 64)),
     "gru": Spec(_recurrent("GRU", 64, 128, 2), (32, 64)),
+    "llama": Spec(_llama(hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=8, vocab_size=32000,
+                         max_position_embeddings=256), (128,), vocab=32000),
 }
 
 SMALL: dict[str, Spec] = {
@@ -153,6 +168,9 @@ SMALL: dict[str, Spec] = {
     "lstm": Spec(_recurrent("LSTM", 16, 32, 2), (16, 16)),
     "gru": Spec(_recurrent("GRU", 16, 32, 2), (16, 16)),
     "rnn_bidirectional": Spec(_recurrent("RNN", 16, 32, 2, bidirectional=True), (16, 16)),
+    "llama": Spec(_llama(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+                         max_position_embeddings=64), (32,), vocab=512),
 }
 
 SIZES = {"full": FULL, "small": SMALL}

@@ -4,7 +4,8 @@ onnxruntime measurements at batch 8 (issue 10): at least 95% of the float activa
 within 10% of the measured variance, all within 2x, every one predicted, none NaN or infinite.
 
 Small configurations of the same code paths (tests/real/sequence.py ``SMALL``): GPT-2 with its
-causal mask, BERT with its padding mask, ViT at 32x32 with 3 encoder layers (the token
+causal mask, Llama (RMSNorm written out as ops, rotary embeddings, grouped-query attention),
+BERT with its padding mask, ViT at 32x32 with 3 encoder layers (the token
 correlation builds from layer 1 on), Swin with shifted windows and their mask, 2-layer recurrent
 classifiers over 16 steps. The full-size table is ``benchmarks/real_accuracy_sequence.py``.
 """
@@ -29,6 +30,15 @@ _SHORT = {
     "vit": "ViT attention outputs from layer 1 on under-predicted (0.77x at layer 2)",
     # 10 tensors, 2 outside 10%: the second GRU layer's Y_h and the last step (0.85x, 0.83x)
     "gru": "GRU second layer's last state 0.83-0.85x of measured",
+    # 148 tensors, 79.7% within 10%, 90.5% within 2x: the mean square of RMSNorm
+    # (ReduceMean of Pow over the features) from the first residual sum after attention on,
+    # 0.21-0.30x. A causal attention output's variance differs per token (the token field's
+    # diagonal profile); element-wise rules use the token-pooled variance, so the per-token
+    # means of x^2 do not vary, and a mean over features keeps only the within-token noise.
+    # Tried: per-token means in the element-wise rules fix the mean square (0.94-1.02x) but the
+    # Div by its root then over-predicts (x's variance stays pooled over tokens: 1.07x, and 3x
+    # at the last norm): the fix needs per-token variances in the Moments, not only the field
+    "llama": "RMSNorm's mean square under-predicted (0.2-0.3x): per-token variance profile",
 }
 CASES = [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=_SHORT[name]))
          if name in _SHORT else name for name in SMALL]
