@@ -11,6 +11,7 @@ import pytest
 
 from onnxinit import check
 from onnxinit.analysis import analyze
+from onnxinit.findings import gradient
 from onnxinit.findings.scale import signal_reference
 from onnxinit.signal_path import ATTENTION, BRANCH, GATE, signal_variance
 
@@ -76,6 +77,33 @@ def test_layerscale_residual_blocks_pass_with_a_branch_note():
     assert ratio == pytest.approx(measured, rel=0.1) and ratio < 1e-11
     # the main path is the skip chain: every block's output is on it
     assert len(paths.blocks) == 6 and all(paths.is_main(b.output) for b in paths.blocks)
+
+
+def test_layerscale_branch_gradients_are_small_by_design_not_vanishing():
+    """A branch x + gamma * f(x; W) scales dL/dW by gamma: its layers' update ratios are gamma
+    small by design. PyTorch measures the first body layer's ratio at about 1/gamma times a branch
+    layer's, which a strict --max-gradient-ratio would call exploding; the judged layers are the
+    main path's, where the ratio is ordinary."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(32, 32), *(LayerScaleBlock(32) for _ in range(3)),
+                        nn.Linear(32, 32), *(LayerScaleBlock(32) for _ in range(3)),
+                        nn.Linear(32, 10))
+    analysis = analyze(export(net, 16, 32), backward=True)
+    paths = check.paths_of(analysis)
+    layers = gradient.layer_gradients(analysis, paths)
+    graph = analysis.graph
+    assert len(layers) == 2 and all(paths.is_main(graph.node(g.node).output[0]) for g in layers)
+
+    x, y = torch.randn(256, 32), torch.randint(0, 10, (256,))
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+
+    def update_ratio(layer):
+        weight = layer.weight.detach()
+        return float(layer.weight.grad.pow(2).mean().sqrt() / weight.pow(2).mean().sqrt())
+
+    assert update_ratio(net[0]) / update_ratio(net[-2].fc2) > 1e4
+    findings = check.find(analysis, paths=paths, max_gradient_ratio=1e3)
+    assert not check.failed(findings), [f.message for f in findings]
 
 
 class SqueezeExcite(nn.Module):
