@@ -37,7 +37,14 @@ resumes where it stopped; ``--report`` prints the tables from the cache and ``--
 extra).
 
     python benchmarks/training_benefit.py --models mlp resnet20          # run (resumable)
+    python benchmarks/training_benefit.py --models vgg --seeds 1 2 --at-best-of 0  # more seeds
     python benchmarks/training_benefit.py --report --plot                # tables and figures
+
+``--at-best-of 0`` runs only each init's best (scale lr, lr) cell of seed 0's cached grid: the
+full grid for one seed, more seeds where it matters. The best cell is ranked over the seeds
+every candidate cell has, so extra seeds do not move it. A mean Acc_best below 20% (twice
+chance) reads "none trains". The cache key has no epoch count: keep ``--epochs`` fixed per model
+(the table header prints the epochs it found).
 
 Needs the ``bench`` extra: ``pip install -e .[bench]`` (scikit-learn, torch, torchvision,
 matplotlib).
