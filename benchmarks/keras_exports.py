@@ -22,33 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onnxinit.adapters.keras import load_into  # noqa: E402
 from onnxinit.rescale import rescale  # noqa: E402
-from tests.adapters.test_keras_exports import EXPORTER, export, keras  # noqa: E402
+from tests.adapters.test_keras_exports import (  # noqa: E402
+    EXPORTER,
+    export,
+    keras,
+    preact_resnet,
+)
 from tests.adapters.torch_roundtrip import ort_outputs  # noqa: E402
 
 SHAPE = (8, 32, 32, 3)
-
-
-def preact_resnet56(bn: bool, blocks: int = 9):
-    """He et al. 2016's pre-activation ResNet-56 for CIFAR: 3 stages of 9 blocks (16, 32, 64
-    channels), a 1x1 projection where the shape changes."""
-    layers = keras.layers
-
-    def norm(x):
-        return layers.BatchNormalization()(x) if bn else x
-
-    inp = keras.Input(SHAPE[1:], batch_size=SHAPE[0], name="x")
-    x = layers.Conv2D(16, 3, padding="same", use_bias=False)(inp)
-    for stage, width in enumerate((16, 32, 64)):
-        for block in range(blocks):
-            stride = 2 if stage > 0 and block == 0 else 1
-            y = layers.ReLU()(norm(x))
-            shortcut = x if stride == 1 and x.shape[-1] == width else layers.Conv2D(
-                width, 1, strides=stride, use_bias=False)(y)
-            y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False)(y)
-            y = layers.Conv2D(width, 3, padding="same", use_bias=False)(layers.ReLU()(norm(y)))
-            x = layers.Add()([shortcut, y])
-    x = layers.GlobalAveragePooling2D()(layers.ReLU()(norm(x)))
-    return keras.Model(inp, layers.Dense(10)(x))
 
 
 def main() -> None:
@@ -56,7 +38,7 @@ def main() -> None:
     x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
     for bn in (False, True):
         keras.utils.set_random_seed(0)
-        model = preact_resnet56(bn)
+        model = preact_resnet(bn, blocks=9, shape=SHAPE)
         model(x, training=False)
         original = export(model, folder / f"resnet56_{bn}.onnx")
         start = time.process_time()

@@ -36,6 +36,7 @@ from .passes import (
     evaluate_node,
     infer_shapes,
     infer_with_constants,
+    inference_batchnorms,
     is_static,
     keep_declared,
     measured_shapes,
@@ -145,7 +146,7 @@ class ModelGraph(GraphStructure):
         inferred, warning = infer_shapes(work, self._resolved(list(work.graph.value_info)))
         if warning:
             self.warnings.append(warning)
-        return inferred
+        return inference_batchnorms(inferred)
 
     def _resolved(self, infos: list[onnx.ValueInfoProto]) -> list[onnx.ValueInfoProto]:
         """Declared value_info with the inputs' symbolic dims (``batch``...) replaced by the

@@ -12,6 +12,9 @@ independent between positions, ``p1 = E[f']``, ``p2 = E[f'^2]``)::
 
     u' = (u + m^2) (p1^2 + (p2 - p1^2) / S) - m^2 p1^2 + (Var[dy] - u) (p2 - p1^2) / S
 
+Across the tokens of a sample (``Gradient.tokens``) ``Cov(dx_s, dx_t) = E[a_s a_t] (Sigma[s, t]
++ m^2) - m'^2`` with ``E[a_s a_t] = p1^2`` (:func:`.tokens.through_factor`).
+
 The same rule serves every op whose forward rule is element-wise (the unary activations, and
 Add/Sub/Mul/Div/Pow with a constant operand, whose constant gets its own gradient in
 :mod:`.arithmetic`).
@@ -35,6 +38,7 @@ from ..spatial import class_weights
 from .context import GradContext
 from .gradient import Gate, Gradient, last_axis
 from .registry import rule
+from .tokens import through_factor
 
 STEP = 1e-4
 
@@ -153,7 +157,15 @@ def times_independent(g: Gradient, p1, p2, positions: int) -> Gradient:
         spread = np.maximum(p2 - p1 * p1, 0.0) / positions
         sample_var = (u + m * m) * (p1 * p1 + spread) - m * m * p1 * p1 + (v - u) * spread
         sample_var = _per_channel_like(sample_var, g.sample_var)
-    return Gradient(mean, var, sample_var, g.profile, cov, g.selected)
+    tokens, pair = None, None
+    if g.tokens is not None or g.pair is not None:
+        f1, f2 = float(np.mean(p1)), float(np.mean(p2))
+        gm, gv = g.total()
+        tokens = through_factor(g.tokens, gm, gv, f1, f2)
+        if g.pair is not None and np.size(p2) == 1:
+            if abs(f1 * f1 - f2) <= 1e-6 * max(f2, 1e-300):  # a constant factor
+                pair = tuple((r * f2, c) for r, c in g.pair)
+    return Gradient(mean, var, sample_var, g.profile, cov, g.selected, tokens=tokens, pair=pair)
 
 
 def _feature_cov(g: Gradient, p1, p2, mean, var) -> np.ndarray | None:

@@ -12,8 +12,9 @@
   ``E[da^2] = E[dy^2] E[b^2]``, Div ``da = dy / b`` and ``db = -dy a / b^2`` alike.
 
 An operand broadcast against the output receives the sum of dy over the broadcast axes:
-independent over samples and features (variances add), and over the positions of a sample
-through ``sample_var`` (``Var[sum_s dy] = S^2 u``).
+independent over samples and features (variances add), over the positions of a sample
+through ``sample_var`` (``Var[sum_s dy] = S^2 u``), over tokens through the token field
+(``Var[sum_t dy] = sum_{s,t} Sigma[s, t]``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .activations import derivative, positions_of, through_function, times_indep
 from .context import GradContext
 from .gradient import Gate, Gradient
 from .registry import rule
+from .tokens import axes_of, coherent_gain
 
 
 def reduce_to(g: Gradient, out_shape, operand_shape) -> Gradient:
@@ -43,7 +45,8 @@ def reduce_to(g: Gradient, out_shape, operand_shape) -> Gradient:
     summed = [i for i in range(rank) if operand[i] == 1 and out_shape[i] > 1]
     if g.rank < rank:
         g = Gradient(np.reshape(g.mean, (1,) * rank), np.reshape(g.var, (1,) * rank),
-                     None if g.sample_var is None else np.reshape(g.sample_var, (1,) * rank))
+                     None if g.sample_var is None else np.reshape(g.sample_var, (1,) * rank),
+                     tokens=g.tokens)
     spatial = [i for i in summed if i >= 2] if rank > 2 else []
     count = int(np.prod([out_shape[i] for i in summed]))
     mean, var = np.broadcast_arrays(g.mean, g.var)
@@ -58,7 +61,11 @@ def reduce_to(g: Gradient, out_shape, operand_shape) -> Gradient:
         var = var * (count // s)
     else:
         var = var * count
-    return Gradient(mean * count, var)
+    axes = axes_of(g.tokens, rank) or []
+    if axes and set(axes) <= set(summed):  # summed over the tokens: coherently
+        var = var * coherent_gain(g.tokens)
+    tokens = g.tokens if axes and not set(axes) & set(summed) else None
+    return Gradient(mean * count, var, tokens=tokens)
 
 
 def _constant_gradient(g: Gradient, ctx: GradContext, which: int) -> Gradient | None:
@@ -102,7 +109,7 @@ def gated(g: Gradient, ctx: GradContext, other: int) -> Gradient:
     """dy for one operand of ``a + b``: when dy is an activation's ``f'(a + b)`` times what
     reached it, the operand's gradient carries the gate with the other operand's moments."""
     if g.gate is None or g.gate.mean is not None:
-        return Gradient(g.mean, g.var, g.sample_var, g.profile, g.cov)
+        return Gradient(g.mean, g.var, g.sample_var, g.profile, g.cov, tokens=g.tokens)
     b = ctx.x(other)
     return replace(g, gate=Gate(g.gate.fn, b.mean, b.var, g.gate.share, g.gate.key))
 

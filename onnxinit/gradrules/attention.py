@@ -1,6 +1,21 @@
 """Backward rule of MatMul of two activations (attention's Q K^T and P V): ``Y = A B`` over
-the inner dimension K, ``dA = dY B^T`` and ``dB = A^T dY``. Operands independent, elements
-independent::
+the inner dimension K, ``dA = dY B^T`` and ``dB = A^T dY``, with A, B and dY independent.
+
+Each operand's second moments over its last two axes are a short sum of Kronecker products
+(:mod:`.pairs`): its covariance along its token axis (``Moments.tokens`` forward,
+``Gradient.tokens`` backward) and its means. A sum over tokens then adds coherently where the
+terms share a component: the value gradient ``dV = P^T dY`` of a gradient the queries share
+(a loss on the mean over the sequence) is ``sum_q P_qk dY_q``, of variance ``E[P]^2 T^2 Var[dY]``
+rather than ``T E[P^2] Var[dY]``; the key gradient ``dK = dS^T Q`` likewise over the queries.
+The probabilities P from a Softmax over the last axis have ``E[P_qk P_q'k'] = J (x) p p^T +
+I (x) (E[P P^T] - p p^T)`` (rows independent, :func:`.pairs.probabilities`, their statistics
+from :mod:`.rows`). The gradient of an
+operand carries the token field along the axis its forward tensor has it (the query axis for P)
+and, for P, the pair itself on to the Softmax's backward rule (:mod:`.softmax`). P depends on
+the Q and K of Q K^T, which makes their gradients larger than for independent factors; that
+factor is measured by Monte Carlo (:mod:`.coupling`).
+
+Without that structure (matrices longer than :data:`.pairs.MAX_SIDE`), elements independent::
 
     E[dA^2] = N E[dY^2] E[B^2],   E[dB^2] = M E[A^2] E[dY^2]
 
@@ -9,10 +24,17 @@ for A ``[..., M, K]`` and B ``[..., K, N]`` (whole-tensor statistics).
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..rules.context import RuleError
+from . import pairs
 from .context import GradContext
+from .coupling import coupling
 from .gradient import Gradient
-from .registry import rule
+from .rows import row_stats, row_variance
+from .tokens import axes_of
+
+PASSING = ("Dropout", "Cast", "Identity")
 
 
 def _second(ctx: GradContext, index: int) -> float:
@@ -20,15 +42,102 @@ def _second(ctx: GradContext, index: int) -> float:
     return v + m * m
 
 
-def matmul_activations(grads, ctx: GradContext):
-    """See the module docstring."""
-    if not (ctx.is_signal(0) and ctx.is_signal(1)):
-        raise RuleError("MatMul with a constant operand")
-    a_shape, b_shape = ctx.in_shape(0), ctx.in_shape(1)
-    if len(a_shape) < 2 or len(b_shape) < 2:
-        raise RuleError("MatMul of vectors")
+def softmax_logits(ctx: GradContext, index: int) -> str | None:
+    """The logits when input ``index`` is a Softmax over its last axis (through Dropout,
+    Cast, Identity), else None."""
+    graph, name = ctx.graph, ctx.node.input[index]
+    for _ in range(4):
+        node_id = graph.producer.get(name)
+        if node_id is None:
+            return None
+        node = graph.node(node_id)
+        if node.op_type == "Softmax":
+            rank = len(graph.shape(name) or ())
+            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+            last = rank > 0 and axis % rank == rank - 1 and ctx.opset >= 13
+            return node.input[0] if last and node.input[0] in ctx.forward else None
+        if node.op_type not in PASSING:
+            return None
+        name = node.input[0]
+    return None
+
+
+def softmax_after(ctx: GradContext) -> str | None:
+    """The logits of the Softmax over the last axis this node's output reaches through
+    element-wise scalings and masks (Q K^T / sqrt(d) + mask), else None."""
+    graph, name = ctx.graph, ctx.node.output[0]
+    for _ in range(5):
+        uses = graph.consumers.get(name, [])
+        if len(uses) != 1:
+            return None
+        node = graph.node(uses[0][0])
+        if node.op_type == "Softmax":
+            rank = len(graph.shape(name) or ())
+            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+            last = rank > 0 and axis % rank == rank - 1 and ctx.opset >= 13
+            return name if last and name in ctx.forward else None
+        if node.op_type not in (*PASSING, "Mul", "Div", "Add", "Sub", "Where"):
+            return None
+        name = node.output[0]
+    return None
+
+
+def _query_sharing(p: pairs.Pair) -> float:
+    """The share of dS's variance the queries have in common (its pair along axis -2)."""
+    sig = pairs.along(p, -2)
+    n = sig.shape[0]
+    diag = float(np.trace(sig)) / n
+    off = (float(sig.sum()) - diag * n) / max(n * (n - 1), 1)
+    return off / diag if diag > 0 else 0.0
+
+
+def _operand(ctx: GradContext, index: int, shape) -> pairs.Operand:
+    logits = softmax_logits(ctx, index) if index == 0 else None
+    if logits is not None:
+        return pairs.probabilities(row_stats(ctx.forward[logits], shape), shape[-2])
+    return pairs.of_moments(ctx.x(index), shape)
+
+
+def _gradient(p: pairs.Pair, ctx: GradContext, index: int, shape, keep_pair: bool) -> Gradient:
+    """The operand's gradient: its second moment, the token field along the axis its forward
+    tensor has it (else the query axis), the pair when asked."""
+    rank = len(shape)
+    x = ctx.x(index)
+    axes = axes_of(x.tokens, rank)
+    axis = -1 if axes == [rank - 1] else -2
+    tokens = pairs.token_field(p, axis, rank)
+    return Gradient(0.0, max(pairs.second(p), 0.0), tokens=tokens,
+                    pair=p if keep_pair else None)
+
+
+def independent(grads, ctx: GradContext, a_shape, b_shape):
+    """The rule without correlations (module docstring)."""
     m_rows, n_cols = a_shape[-2], b_shape[-1]
     gm, gv = grads[0].total()
     dy2 = gv + gm * gm
     return [Gradient.scalar(0.0, n_cols * dy2 * _second(ctx, 1)),
             Gradient.scalar(0.0, m_rows * dy2 * _second(ctx, 0))]
+
+
+def matmul_activations(grads, ctx: GradContext):
+    """See the module docstring."""
+    if not (ctx.is_signal(0) and ctx.is_signal(1)):
+        raise RuleError("MatMul with a constant operand")
+    a_shape, b_shape, y_shape = ctx.in_shape(0), ctx.in_shape(1), ctx.out_shape()
+    if len(a_shape) < 2 or len(b_shape) < 2:
+        raise RuleError("MatMul of vectors")
+    if not all(pairs.fits(s) for s in (a_shape, b_shape, y_shape)):
+        return independent(grads, ctx, a_shape, b_shape)
+    g = grads[0]
+    gm, gv = g.total()
+    y = g.pair if g.pair is not None else pairs.of_gradient(gv, gm, g.tokens, y_shape)
+    a, b = _operand(ctx, 0, a_shape), _operand(ctx, 1, b_shape)
+    keep = softmax_logits(ctx, 0) is not None
+    da = _gradient(pairs.contract_left(y, b), ctx, 0, a_shape, keep)
+    db = _gradient(pairs.contract_right(a, y), ctx, 1, b_shape, False)
+    logits = softmax_after(ctx)
+    if logits is not None:  # Q K^T: the probabilities depend on Q and K (coupling.py)
+        f_q, f_k = coupling(row_variance(ctx.forward[logits], y_shape), y_shape[-1],
+                            a_shape[-1], _query_sharing(y))
+        da, db = da.scaled(np.sqrt(f_q)), db.scaled(np.sqrt(f_k))
+    return [da, db]

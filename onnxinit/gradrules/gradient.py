@@ -24,6 +24,10 @@ statistics of normalization layers and the weight gradients need:
   tensor itself and b the other operand of the Add it feeds (a residual skip ``relu(a + b)``).
   An activation that produced a sees whether its own derivative and f'(a + b) are non-zero
   together: a ReLU's positive outputs make the next ReLU's input positive more often.
+- ``tokens`` (:class:`~onnxinit.moments.Tokens`): the covariance across the tokens of one
+  sample (:mod:`.tokens`; a loss on the mean over a sequence gives every token the same dy).
+- ``pair``: the second moments over the last two axes as a sum of Kronecker products
+  (:mod:`.pairs`), from the attention MatMul P V to the Softmax and on to Q K^T.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..moments import pooled_along
+from ..moments import Tokens, pooled_along
+from . import tokens as token_field
 
 MAX_COV = 1024
 
@@ -64,6 +69,8 @@ class Gradient:
     cov: np.ndarray | None = None
     selected: tuple[int, float] | None = None
     gate: Gate | None = None
+    tokens: Tokens | None = None
+    pair: tuple | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mean", _array(self.mean))
@@ -97,10 +104,13 @@ class Gradient:
         """``factor * g`` for a constant ``factor`` broadcasting like the statistics."""
         f = _array(factor)
         sample_var = None if self.sample_var is None else self.sample_var * f**2
-        cov = None
-        if self.cov is not None and f.size == 1:
-            cov = self.cov * float(f.reshape(())) ** 2
-        return Gradient(self.mean * f, self.var * f**2, sample_var, self.profile, cov)
+        cov, pair = None, None
+        if f.size == 1:
+            square = float(f.reshape(())) ** 2
+            cov = None if self.cov is None else self.cov * square
+            pair = None if self.pair is None else tuple((r * square, c) for r, c in self.pair)
+        return Gradient(self.mean * f, self.var * f**2, sample_var, self.profile, cov,
+                        tokens=self.tokens, pair=pair)
 
     def plain(self) -> Gradient:
         """Mean and variance only."""
@@ -185,7 +195,8 @@ def add(parts: list[Gradient]) -> Gradient:
         ones = np.ones_like(profiles[0])
         profile = sum(w * (p.profile if p.profile is not None else ones)
                       for w, p in zip(weights, parts)) / max(sum(weights), 1e-300)
-    return Gradient(mean, var, sample_var, profile, cov, None, _gate(parts))
+    tokens = token_field.summed([(p.tokens, p.total()[1]) for p in parts])
+    return Gradient(mean, var, sample_var, profile, cov, None, _gate(parts), tokens)
 
 
 def _gate(parts: list[Gradient]) -> Gate | None:

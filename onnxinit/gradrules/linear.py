@@ -28,6 +28,8 @@ with ``u_o`` the output gradient's ``sample_var`` and ``n_t`` the positions tap 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..rules.context import RuleError
@@ -36,6 +38,7 @@ from .context import GradContext
 from .attention import matmul_activations
 from .gradient import MAX_COV, Gradient, along, feature_cov
 from .registry import rule
+from .tokens import axes_of, kept_unless
 from .windows import tap_counts, tap_maps
 
 
@@ -46,20 +49,41 @@ def dense_input(g: Gradient, w: np.ndarray, rank: int) -> Gradient:
     m, v = g.values_along(rank - 1, n_out)
     mean = w @ m
     cov = feature_cov(g) if max(n_in, n_out) <= MAX_COV else None
+    tokens = kept_unless(g.tokens, rank, [rank - 1])
     if cov is not None and cov.shape == (n_out, n_out):
         cov = (w @ cov) @ w.T
         out = along(mean, np.diag(cov).copy(), rank - 1, rank)
-        return Gradient(out.mean, out.var, cov=cov)
-    return along(mean, (w * w) @ v, rank - 1, rank)
+        return Gradient(out.mean, out.var, cov=cov, tokens=tokens)
+    out = along(mean, (w * w) @ v, rank - 1, rank)
+    return replace(out, tokens=tokens)
 
 
 def dense_weight(x_second: float, x_mean_sq: float, g: Gradient, rows: int, rank: int,
-                 n_out: int) -> Gradient:
-    """Pooled statistics of dW = sum_r x_r dy_r (see the module docstring)."""
+                 n_out: int, x_tokens=None) -> Gradient:
+    """Pooled statistics of dW = sum_r x_r dy_r (see the module docstring); rows that are
+    tokens of one sample add with their covariances (``x_tokens``, the forward field of x, and
+    ``g.tokens``): per sample ``sum_{s,t} (nu_x cx[s,t] + mu_x^2)(nu_g cg[s,t] + m^2)``."""
     m, v = g.expand_rank(rank).values_along(rank - 1, n_out)
-    second = rows * x_second * float(np.mean(v + m * m)) + rows * (rows - 1) * x_mean_sq * float(
-        np.mean(m * m))
+    g2, gm2 = float(np.mean(v + m * m)), float(np.mean(m * m))
+    n = _token_count(x_tokens, g.tokens, rank)
+    cx = x_tokens.cov if n > 1 and x_tokens is not None else np.eye(n)
+    cg = g.tokens.cov if n > 1 and g.tokens is not None else np.eye(n)
+    per_sample = float(np.sum(((x_second - x_mean_sq) * cx + x_mean_sq) * ((g2 - gm2) * cg + gm2)))
+    samples = rows / n
+    second = samples * per_sample + samples * (samples - 1) * n * n * x_mean_sq * gm2
     return Gradient.scalar(0.0, second)
+
+
+def _token_count(x_tokens, g_tokens, rank: int) -> int:
+    """The tokens the rows of a dense layer are grouped in: the fields' common count (1 when
+    neither has one, or they disagree on where the tokens are)."""
+    fields = [t for t in (x_tokens, g_tokens) if t is not None]
+    axes = [axes_of(t, rank) for t in fields]
+    if not fields or any(a is None or rank - 1 in a for a in axes):
+        return 1
+    if any(a != axes[0] or t.n != fields[0].n or t.stride != 1 for a, t in zip(axes, fields)):
+        return 1
+    return fields[0].n
 
 
 def dense_bias(g: Gradient, rows: int, rank: int, n_out: int) -> Gradient:
@@ -90,7 +114,8 @@ def matmul(grads, ctx: GradContext):
     rows = int(np.prod(ctx.out_shape()[:-1]))
     out = [dense_input(g, w, rank), None]
     if ctx.is_parameter(1):
-        out[1] = dense_weight(*_x_stats(ctx, 0, w.shape[0], rank), g, rows, rank, w.shape[1])
+        out[1] = dense_weight(*_x_stats(ctx, 0, w.shape[0], rank), g, rows, rank, w.shape[1],
+                              ctx.x(0).tokens)
     return out
 
 

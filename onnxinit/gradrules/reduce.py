@@ -1,14 +1,18 @@
 """Backward rules of the reductions ReduceMean and ReduceSum: dy broadcast back over the k
 reduced elements, divided by k for the mean. Over the spatial axes of a convolution-layout
-tensor the whole variance is a sample's spatial mean (``sample_var = Var``)."""
+tensor the whole variance is a sample's spatial mean (``sample_var = Var``). Over other axes
+(the tokens of a sequence) every reduced element receives the same value: the gradient's token
+field (:mod:`.tokens`) is one everywhere, and statistics along the last axis, when it is kept,
+stay per feature."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .context import GradContext
-from .gradient import Gradient
+from .gradient import Gradient, along
 from .registry import rule
+from .tokens import shared
 
 
 def _axes(ctx: GradContext, rank: int) -> list[int]:
@@ -43,4 +47,14 @@ def reduce_mean(grads, ctx: GradContext):
         return [Gradient((mc * scale).reshape(1, c, *[1] * (rank - 2)),
                          var.reshape(1, c, *[1] * (rank - 2)), var.reshape(1, c, *[1] * (rank - 2)),
                          np.ones(shape[2:]))] + [None] * (len(ctx.node.input) - 1)
-    return [Gradient(m * scale, v * scale**2, sample_var)] + [None] * (len(ctx.node.input) - 1)
+    rest = [None] * (len(ctx.node.input) - 1)
+    tokens = shared(axes, rank, k) if axes and axes[0] > 0 else None
+    last = rank - 1
+    if tokens is None or last in axes:
+        return [Gradient(m * scale, v * scale**2, sample_var, tokens=tokens)] + rest
+    keep = bool(ctx.attr("keepdims", 1))
+    gg = g if keep else g.expand_rank(rank - len(axes))
+    mf, vf = gg.values_along(gg.rank - 1, shape[last]) if gg.rank >= 1 else (m, v)
+    out = along(mf * scale, vf * scale**2, last, rank)
+    cov = None if g.cov is None else g.cov * scale**2
+    return [Gradient(out.mean, out.var, cov=cov, tokens=tokens)] + rest

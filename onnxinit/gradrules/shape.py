@@ -11,17 +11,24 @@ the element came from.
 - Split, Slice: the input gradient is the outputs' gradients where they came from and zero
   elsewhere (a mixture with the zeros' share).
 - Expand: the sum over the broadcast axes (:func:`.arithmetic.reduce_to`).
+
+The token field (:mod:`.tokens`) follows the token axes through all of them (dropped where a
+rule selects or splits tokens); the attention pair (:mod:`.pairs`) through a Reshape that keeps
+the last two axes and a Transpose of them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import replace
+
 from ..rules.context import RuleError
 from .arithmetic import reduce_to
 from .context import GradContext
 from .gradient import Gradient, along
 from .registry import rule
+from .tokens import axes_of, kept_unless, moved, summed, transposed
 
 MAX_DENSE = 1 << 20
 
@@ -77,7 +84,11 @@ def relayout(g: Gradient, out_shape, in_shape) -> Gradient:
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(grads, ctx: GradContext):
     """See the module docstring."""
-    g = relayout(grads[0], ctx.out_shape(), ctx.in_shape(0))
+    out_shape, in_shape = ctx.out_shape(), ctx.in_shape(0)
+    g = relayout(grads[0], out_shape, in_shape)
+    same_matrix = len(in_shape) >= 2 and tuple(out_shape[-2:]) == tuple(in_shape[-2:])
+    g = replace(g, tokens=moved(grads[0].tokens, out_shape, in_shape),
+                pair=grads[0].pair if same_matrix else None)
     return [g] + [None] * (len(ctx.node.input) - 1)
 
 
@@ -87,15 +98,20 @@ def transpose(grads, ctx: GradContext):
     g = grads[0]
     rank = len(ctx.out_shape())
     perm = list(ctx.attr("perm", list(range(rank))[::-1]))
+    tokens = transposed(g.tokens, perm, rank)
+    pair = None
+    if list(perm[:-2]) == list(range(rank - 2)):
+        pair = g.pair if list(perm[-2:]) == [rank - 2, rank - 1] else (
+            None if g.pair is None else tuple((c, r) for r, c in g.pair))
     g = g.expand_rank(rank)
     if g.rank != rank:
-        return [g.pooled()]
+        return [replace(g.pooled(), tokens=tokens, pair=pair)]
     inverse = np.argsort(perm)
     mean = np.transpose(np.broadcast_to(g.mean, np.broadcast_shapes(g.mean.shape, g.var.shape)),
                         inverse) if g.mean.ndim == rank else g.mean
     var = np.transpose(np.broadcast_to(g.var, np.broadcast_shapes(g.mean.shape, g.var.shape)),
                        inverse) if g.var.ndim == rank else g.var
-    return [Gradient(mean, var)]
+    return [Gradient(mean, var, tokens=tokens, pair=pair)]
 
 
 def _slice_along(g: Gradient, axis: int, start: int, stop: int, size: int, rank: int) -> Gradient:
@@ -110,8 +126,9 @@ def _slice_along(g: Gradient, axis: int, start: int, stop: int, size: int, rank:
             sample_var = None
             if g.sample_var is not None and np.shape(g.sample_var) == shape:
                 sample_var = g.sample_var[tuple(index)]
-            return Gradient(mean, var, sample_var, g.profile)
-    return g
+            return Gradient(mean, var, sample_var, g.profile,
+                            tokens=kept_unless(g.tokens, rank, [axis]))
+    return replace(g, tokens=kept_unless(g.tokens, rank, [axis]), pair=None)
 
 
 @rule("Concat")
@@ -152,7 +169,10 @@ def split(grads, ctx: GradContext):
             parts.append((share, 0.0, 0.0))
     mean = sum(w * m for w, m, _ in parts)
     second = sum(w * e for w, _, e in parts)
-    return [Gradient.scalar(mean, second - mean**2)] + [None] * (len(ctx.node.input) - 1)
+    fields = [(kept_unless(g.tokens, rank, [axis]), w * (e - m * m)) for g, (w, m, e) in
+              zip(grads, parts) if g is not None]
+    tokens = summed(fields) if all(t is not None for t, _ in fields) else None
+    return [Gradient(mean, second - mean**2, tokens=tokens)] + [None] * (len(ctx.node.input) - 1)
 
 
 def embedding(g: Gradient, ctx: GradContext) -> Gradient:
@@ -176,7 +196,36 @@ def slice_(grads, ctx: GradContext):
     out_n = int(np.prod(ctx.out_shape()))
     in_n = int(np.prod(ctx.in_shape(0)))
     share = min(1.0, out_n / in_n)
-    return [_with_zeros(grads[0], share)] + [None] * (len(ctx.node.input) - 1)
+    out = replace(_with_zeros(grads[0], share), tokens=_selected_tokens(grads[0], ctx))
+    return [out] + [None] * (len(ctx.node.input) - 1)
+
+
+def _selected_tokens(g: Gradient, ctx: GradContext):
+    """The token field of a Slice's or Gather's input: unchanged when the selection is on axes
+    before the token axes (counted from the end, a Gather's index axes replacing its axis)."""
+    in_rank, out_rank = len(ctx.in_shape(0)), len(ctx.out_shape())
+    out_axes = axes_of(g.tokens, out_rank)
+    if out_axes is None:
+        return None
+    touched: list[int]
+    if ctx.node.op_type == "Gather":
+        touched = [int(ctx.attr("axis", 0)) % in_rank]
+    else:
+        touched = _slice_axes(ctx, in_rank)
+    in_axes = axes_of(g.tokens, in_rank)
+    if in_axes is None:
+        return None
+    if ctx.node.op_type == "Gather" and touched[0] >= in_axes[0]:
+        return None  # a gathered axis after the tokens changes their place from the end
+    if any(a in in_axes for a in touched):
+        return None
+    return g.tokens
+
+
+def _slice_axes(ctx: GradContext, rank: int) -> list[int]:
+    """The axes a Slice changes."""
+    in_shape, out_shape = ctx.in_shape(0), ctx.out_shape()
+    return [a for a in range(rank) if in_shape[a] != out_shape[a]]
 
 
 @rule("Expand")

@@ -1,15 +1,23 @@
 """Backward rule of Softmax: ``dx_k = p_k (dy_k - sum_j p_j dy_j)`` along the axis (K
 elements). A mean shared by the row's dy cancels; with the rest independent across the row::
 
-    E[dx_k^2] = Var[dy] E[p_k^2 (1 - 2 p_k + sum_j p_j^2)]
-             ~ Var[dy] (E[p^2] - 2 E[p^3] + K E[p^2]^2),   E[dx] = 0
+    E[dx_k^2] = Var[dy] E[p_k^2 (1 - 2 p_k + sum_j p_j^2)],   E[dx] = 0
 
-with E[p^2] from the forward moments of the output and E[p^3] ~ E[p^2]^2 / E[p] (a moment
-closure exact for a constant row).
+the expectation over the rows of the forward logits (Monte Carlo, :mod:`.rows`; over the last
+axis, up to :data:`.pairs.MAX_SIDE` keys). Otherwise, with E[p^2] from the forward moments of
+the output and the moment closure E[p^3] ~ E[p^2]^2 / E[p] (exact for a constant row):
+``Var[dy] (E[p^2] - 2 E[p^3] + K E[p^2]^2)``.
+
+When the output gradient carries its second moments over the last two axes (``pair``, from
+the attention MatMul P V, :mod:`.attention`), the rule follows them instead
+(:func:`.pairs.softmax_backward`): what a row's dP share cancels, what the queries' dP share
+passes on (along the query axis, to the keys' gradient).
 """
 
 from __future__ import annotations
 
+from . import pairs
+from .rows import row_stats
 from .context import GradContext
 from .gradient import Gradient
 from .registry import rule
@@ -22,8 +30,16 @@ def softmax(grads, ctx: GradContext):
     shape = ctx.out_shape()
     axis = int(ctx.attr("axis", -1)) % len(shape)
     k = shape[axis]
+    if g.pair is not None and axis == len(shape) - 1 and pairs.fits(shape):
+        p = pairs.softmax_backward(g.pair, row_stats(ctx.x(0), shape))
+        return [Gradient(0.0, max(pairs.second(p), 0.0),
+                         tokens=pairs.token_field(p, -2, len(shape)), pair=p)]
+    if axis == len(shape) - 1 and k <= pairs.MAX_SIDE and ctx.x(0) is not None:
+        _, v = g.total()
+        return [Gradient.scalar(0.0, v * max(row_stats(ctx.x(0), shape).w_diag, 0.0))]
     p_mean, p_var = ctx.y(0).total()
     p2 = p_var + p_mean**2
     p3 = p2 * p2 / max(p_mean, 1e-30)
     _, v = g.total()
     return [Gradient.scalar(0.0, v * max(p2 - 2 * p3 + k * p2 * p2, 0.0))]
+

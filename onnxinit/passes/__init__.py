@@ -10,6 +10,7 @@ pass                          in place  what it does
 ``infer_with_constants``      no        shape inference seeing folded constants' values
 ``types_and_shapes``          no        element types and shapes by inference
 ``fold_constants``            no        nodes computable from constants -> initializers
+``inference_batchnorms``      no        BatchNormalization written as arithmetic -> node
 ``batch_statistics``          yes       BatchNormalization on the batch's statistics
 ``fixed_dropout``             yes       Dropout as identity (or a fixed seeded mask)
 ``with_outputs``              no        intermediate tensors as graph outputs
@@ -29,6 +30,7 @@ from .folding import (
     fold_constants,
     shape_op_value,
 )
+from .inference_batchnorm import inference_batchnorms
 from .measuring import measured_shapes, with_outputs
 from .shapes import (
     SMALL_TENSOR,
@@ -46,7 +48,7 @@ from .training import batch_statistics, fixed_dropout
 __all__ = [
     "MAX_FOLDED_ELEMENTS", "NEVER_FOLDED", "PASSES", "RANDOM_OPS", "SMALL_TENSOR", "GraphEmitter",
     "PassInfo", "batch_statistics", "evaluate_node", "fixed_dropout", "fold_constants",
-    "infer_shapes", "infer_with_constants", "is_static", "keep_declared", "measured_shapes",
+    "inference_batchnorms", "infer_shapes", "infer_with_constants", "is_static", "keep_declared", "measured_shapes",
     "model_pass", "set_input_shapes", "shape_of", "shape_op_value", "types_and_shapes",
     "value_info", "with_outputs",
 ]

@@ -96,6 +96,59 @@ def layout_zoo(bn: bool):
     return keras.Model(inp, layers.Dense(2)(x))
 
 
+def vgg16(bn: bool, shape=(2, 32, 32, 3)):
+    """VGG-16's 13 convolutions (Simonyan & Zisserman 2015, configuration D; with BatchNorm
+    after each, Keras Applications' layout otherwise) at CIFAR size, with a CIFAR head (one
+    512-wide Dense) instead of the two 4096-wide ones."""
+    inp = keras.Input(shape[1:], batch_size=shape[0], name="x")
+    x = inp
+    for width, convs in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
+        for _ in range(convs):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=not bn)(x)
+            if bn:
+                x = layers.BatchNormalization()(x)
+            x = layers.ReLU()(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.Dense(512, activation="relu")(layers.Flatten()(x))
+    return keras.Model(inp, layers.Dense(10)(x))
+
+
+def preact_resnet(bn: bool, blocks: int = 9, shape=SHAPE):
+    """He et al. 2016's pre-activation ResNet for CIFAR (6 blocks + 2 layers: ResNet-56 at 9):
+    3 stages of ``blocks`` blocks (16, 32, 64 channels), a 1x1 projection where the shape
+    changes, a BatchNormalization before every ReLU (after the residual Add)."""
+    def norm(x):
+        return layers.BatchNormalization()(x) if bn else x
+
+    inp = keras.Input(shape[1:], batch_size=shape[0], name="x")
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False)(inp)
+    for stage, width in enumerate((16, 32, 64)):
+        for block in range(blocks):
+            stride = 2 if stage > 0 and block == 0 else 1
+            y = layers.ReLU()(norm(x))
+            shortcut = x if stride == 1 and x.shape[-1] == width else layers.Conv2D(
+                width, 1, strides=stride, use_bias=False)(y)
+            y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False)(y)
+            y = layers.Conv2D(width, 3, padding="same", use_bias=False)(layers.ReLU()(norm(y)))
+            x = layers.Add()([shortcut, y])
+    x = layers.GlobalAveragePooling2D()(layers.ReLU()(norm(x)))
+    return keras.Model(inp, layers.Dense(10)(x))
+
+
+def preact_resnet20(bn: bool):
+    return preact_resnet(bn, blocks=3, shape=(2, 16, 16, 3))
+
+
+def seeded_weights(model, seed: int = 0) -> None:
+    """Kernels drawn from numpy (``N(0, 1/fan_in)``, fan-in the product of all but the last
+    axis, Keras's layout): the same network in every Keras; vectors (biases, BatchNorm state)
+    kept as built."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([
+        (rng.standard_normal(w.shape) / np.sqrt(np.prod(w.shape[:-1]))).astype(np.float32)
+        if w.ndim >= 2 else w for w in model.get_weights()])
+
+
 def export(model, path):
     if EXPORTER == "keras2-tf2onnx":
         import tensorflow as tf
@@ -109,12 +162,33 @@ def export(model, path):
     return path
 
 
+@pytest.mark.parametrize("build", [small_cnn, residual_cnn, preact_resnet20])
+def test_export_for_the_exporter_comparison(build):
+    """With ``ONNXINIT_KERAS_EXPORTS=DIR``: the BatchNorm network with numpy-seeded kernels,
+    exported to ``DIR/<exporter>/<network>.onnx`` for ``test_keras_exporters_agree.py``."""
+    folder = os.environ.get("ONNXINIT_KERAS_EXPORTS")
+    if not folder:
+        pytest.skip("ONNXINIT_KERAS_EXPORTS is not set")
+    model = build(True)
+    seeded_weights(model)
+    shape = tuple(model.inputs[0].shape)
+    model(np.zeros(shape, np.float32), training=False)  # Keras 3 exports called models only
+    os.makedirs(os.path.join(folder, EXPORTER), exist_ok=True)
+    export(model, os.path.join(folder, EXPORTER, f"{build.__name__}.onnx"))
+
+
 @pytest.mark.parametrize("bn", [False, True], ids=["nobn", "bn"])
-@pytest.mark.parametrize("build", [dense_only, small_cnn, residual_cnn, layout_zoo])
-def test_rescaled_export_loads_and_matches_onnxruntime(tmp_path, build, bn):
+@pytest.mark.parametrize("build", [dense_only, small_cnn, residual_cnn, layout_zoo, vgg16])
+def test_rescaled_export_loads_and_matches_onnxruntime(tmp_path, build, bn, request):
+    if build is vgg16 and EXPORTER == "keras3-jax":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "jax2onnx 0.17.1 writes MaxPooling2D as a MaxPool over 4 axes (kernel_shape "
+            "[1, 2, 2, 1] on an unsqueezed input), which onnxruntime refuses ('Unsupported "
+            "pooling size'): the export itself does not run")))
     keras.utils.set_random_seed(0)
     model = build(bn)
-    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    shape = tuple(model.inputs[0].shape)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     before = np.asarray(model(x, training=False))
     original = export(model, tmp_path / "m.onnx")
     rescaled = rescale(original, "autoinit", output=tmp_path / "m.r.onnx").output

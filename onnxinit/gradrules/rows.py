@@ -1,0 +1,96 @@
+"""Statistics of softmax rows that the backward rules of attention need, by Monte Carlo over
+the forward moments of the logits (seeded; Gaussian logits with each row's per-key means and
+variances, less the variance a row's logits share, which the softmax does not see).
+
+For probabilities P (a row of K) and ``s_n = sum_k P_k^n``:
+
+- ``mean[k] = E[P_k]`` and ``second[k, l] = E[P_k P_l]`` (what dV = P^T dY and the
+  cross-query terms need);
+- ``M = diag(mean) - second = E[diag(P) (I - 1 P^T)]``: dS = M dP on average over P;
+- ``W[k, l] = E[P_k P_l (delta_kl - P_k - P_l + s_2)]``, the second moments of dS for dP
+  independent across the row with unit variance; pooled over keys, diagonal
+  ``E[s_2 - 2 s_3 + s_2^2] / K`` and off-diagonal ``E[-s_2 - s_2^2 + 2 s_3] / (K (K - 1))``
+  (a row of W sums to zero: dS sums to zero over the row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..moments import Moments
+
+DRAWS = 1 << 17  # logits drawn in all
+MAX_ROWS = 256  # distinct rows of logit statistics sampled (evenly spaced beyond)
+
+
+@dataclass(frozen=True)
+class RowStats:
+    mean: np.ndarray  # [K]
+    second: np.ndarray  # [K, K]
+    w_diag: float
+    w_off: float
+
+    @property
+    def keys(self) -> int:
+        return self.mean.size
+
+    def within(self) -> np.ndarray:
+        """W (module docstring)."""
+        k = self.keys
+        w = np.full((k, k), self.w_off)
+        w[np.diag_indices(k)] = self.w_diag
+        return w
+
+    def projection(self) -> np.ndarray:
+        """M (module docstring)."""
+        return np.diag(self.mean) - self.second
+
+
+def _rows(x: Moments, shape) -> tuple[np.ndarray, np.ndarray]:
+    """[R, K] means and variances of the distinct rows of logits ``x``."""
+    rank, k = len(shape), shape[-1]
+    mean = np.asarray(x.mean, dtype=np.float64)
+    var = np.asarray(x.var, dtype=np.float64)
+    mean = mean.reshape((1,) * (rank - mean.ndim) + mean.shape)
+    var = var.reshape((1,) * (rank - var.ndim) + var.shape)
+    both = np.broadcast_shapes(mean.shape, var.shape, (1,) * (rank - 1) + (k,))
+    mean = np.broadcast_to(mean, both).reshape(-1, k)
+    var = np.broadcast_to(var, both).reshape(-1, k)
+    if len(mean) > MAX_ROWS:
+        pick = np.linspace(0, len(mean) - 1, MAX_ROWS).astype(np.int64)
+        mean, var = mean[pick], var[pick]
+    t = x.tokens
+    if t is not None and t.axis == -1 and t.span == 1 and t.n == k and k > 1:
+        off = (t.cov.sum() - np.trace(t.cov)) / (k * (k - 1))
+        var = var * np.maximum(np.diag(t.cov) - off, 0.0)  # less what the row shares
+    return mean, var
+
+
+def row_variance(logits: Moments, shape) -> float:
+    """The logits' variance within a row (less what the row shares), over unmasked keys."""
+    mean, var = _rows(logits, shape)
+    finite = np.isfinite(mean)
+    return float(var[finite].mean()) if finite.any() else 0.0
+
+
+def row_stats(logits: Moments, shape, seed: int = 0) -> RowStats:
+    """The row statistics of ``softmax(logits)`` over the last axis (module docstring)."""
+    mean, var = _rows(logits, shape)
+    rows, k = mean.shape
+    draws = max(16, DRAWS // (rows * k))
+    rng = np.random.default_rng([seed, k, rows])
+    finite = np.isfinite(mean)
+    z = np.where(finite, mean, -np.inf)[:, None, :] + np.where(finite, np.sqrt(var), 0.0)[
+        :, None, :] * rng.standard_normal((rows, draws, k))
+    top = z.max(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        p = np.exp(z - np.where(np.isfinite(top), top, 0.0))
+        p = p / p.sum(axis=-1, keepdims=True)
+    p = np.nan_to_num(p).reshape(-1, k)
+    n = p.shape[0]
+    s2, s3 = (p * p).sum(axis=1), (p**3).sum(axis=1)
+    w_diag = float(np.mean(s2 - 2 * s3 + s2 * s2)) / k
+    w_off = float(np.mean(-s2 - s2 * s2 + 2 * s3)) / max(k * (k - 1), 1)
+    return RowStats(p.mean(axis=0), p.T @ p / n, w_diag, w_off)
