@@ -73,7 +73,7 @@ def train_missing(names: list[str]) -> dict:
     data = gate_models.digits(gate_training.SEED)
     for name in names:
         cached = cache.get(name)
-        if cached is not None and cached.get("protocol") == gate_training.PROTOCOL:
+        if cached is not None and cached.get("protocol") == gate_training.protocol(name):
             continue
         start = time.perf_counter()
         try:

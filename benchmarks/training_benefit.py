@@ -37,7 +37,14 @@ resumes where it stopped; ``--report`` prints the tables from the cache and ``--
 extra).
 
     python benchmarks/training_benefit.py --models mlp resnet20          # run (resumable)
+    python benchmarks/training_benefit.py --models vgg --seeds 1 2 --at-best-of 0  # more seeds
     python benchmarks/training_benefit.py --report --plot                # tables and figures
+
+``--at-best-of 0`` runs only each init's best (scale lr, lr) cell of seed 0's cached grid: the
+full grid for one seed, more seeds where it matters. The best cell is ranked over the seeds
+every candidate cell has, so extra seeds do not move it. A mean Acc_best below 20% (twice
+chance) reads "none trains". The cache key has no epoch count: keep ``--epochs`` fixed per model
+(the table header prints the epochs it found).
 
 Needs the ``bench`` extra: ``pip install -e .[bench]`` (scikit-learn, torch, torchvision,
 matplotlib).
@@ -64,6 +71,7 @@ INITS = ("default", "kaiming", "autoinit", "idinit", "idinit,autoinit", "lsuv", 
 GRADIENT_METHODS = ("gradinit", "metainit", "nio")
 SCALE_LRS = {"gradinit": (1e-3, 1e-2, 5e-2), "metainit": (0.01, 0.1), "nio": (3e-3, 3e-2)}
 LOSS_STEPS = 100
+TRAINS = 0.2  # a mean Acc_best below twice chance (10 classes) counts as "none trains"
 
 
 # --- data and models ------------------------------------------------------------------------
@@ -267,6 +275,18 @@ def scale_lrs(init: str, args) -> list:
     return list(SCALE_LRS[methods[-1]])
 
 
+def planned(results: dict, model: str, init: str, args) -> list:
+    """[(scale lr, training lrs)] to run for ``init``: the whole grid, or with ``--at-best-of
+    SEED`` only the cell (scale lr, lr) with the best Acc_best that seed reached (cached)."""
+    if args.at_best_of is None:
+        return [(s, list(args.lrs)) for s in scale_lrs(init, args)]
+    cells = summarise(results, model, init, args.lrs, [args.at_best_of])
+    best = best_cell(cells)
+    if best is None:
+        return []
+    return [(None if best[0] == "None" else float(best[0]), [best[1]])]
+
+
 def run(args) -> None:
     import copy
 
@@ -278,9 +298,9 @@ def run(args) -> None:
         split = digits(None if model == "mlp" else args.image)
         for seed in args.seeds:
             for init in args.inits:
-                for scale_lr in scale_lrs(init, args):
+                for scale_lr, lrs in planned(results, model, init, args):
                     base = key(model, init, scale_lr, seed)
-                    todo = [lr for lr in args.lrs if key(base, lr) not in results]
+                    todo = [lr for lr in lrs if key(base, lr) not in results]
                     if not todo or results.get(key(base, "failed")):
                         continue
                     module, _ = build(model, seed, args)
@@ -314,30 +334,44 @@ def summarise(results: dict, model: str, init: str, lrs, seeds):
     for scale_lr in sorted({k.split("|")[2] for k in results
                             if k.startswith(f"{model}|{init}|")}):
         for lr in lrs:
-            runs = [results.get(key(model, init, scale_lr, s, lr)) for s in seeds]
-            runs = [r for r in runs if r]
+            found = [(s, results.get(key(model, init, scale_lr, s, lr))) for s in seeds]
+            found = [(s, r) for s, r in found if r]
+            runs = [r for _, r in found]
             if runs:
                 cells[scale_lr, lr] = {
                     "acc0": [r["acc"][0] for r in runs], "best": [max(r["acc"]) for r in runs],
-                    "loss": [r["loss"] for r in runs], "seeds": len(runs)}
+                    "loss": [r["loss"] for r in runs], "seeds": len(runs),
+                    "seed_ids": [s for s, _ in found], "epochs": len(runs[0]["acc"])}
     return cells
 
 
 def best_cell(cells, lr=None):
-    """The (scale lr, lr) with the highest mean Acc_best (at ``lr`` if given)."""
+    """The (scale lr, lr) with the highest mean Acc_best (at ``lr`` if given), ranked over the
+    seeds every candidate cell has (seed 0 alone when only the best cells got more seeds), so a
+    cell run with more seeds is not favoured or penalised for them."""
     options = [k for k in cells if lr is None or k[1] == lr]
-    return max(options, key=lambda k: np.mean(cells[k]["best"])) if options else None
+    if not options:
+        return None
+    common = set.intersection(*(set(cells[k]["seed_ids"]) for k in options))
+
+    def score(k):
+        c = cells[k]
+        return np.mean([b for s, b in zip(c["seed_ids"], c["best"]) if s in common] or [-1])
+    return max(options, key=score)
 
 
 def fmt(values) -> str:
+    """Mean +- std in %; a single seed is shown without a spread it does not have."""
     values = 100 * np.asarray(values)
+    if len(values) == 1:
+        return f"{values[0]:.1f} (1 seed)"
     return f"{values.mean():.1f} +- {values.std():.1f}"
 
 
 def report(results: dict, args) -> str:
     lines = []
     for model in args.models:
-        rows = []
+        rows, epochs = [], set()
         base_best = None
         for init in args.inits:
             cells = summarise(results, model, init, args.lrs, args.seeds)
@@ -349,19 +383,22 @@ def report(results: dict, args) -> str:
                 continue
             best = best_cell(cells)
             at_default = best_cell(cells, args.default_lr)
-            if init == "default":
-                base_best = best[1]
-            ratio = "" if base_best is None else f"{best[1] / base_best:g}x"
-            scale = "" if best[0] == "None" else f" (scale lr {best[0]})"
             c, d = cells[best], cells.get(at_default)
+            trains = np.mean(c["best"]) >= TRAINS
+            if init == "default" and trains:
+                base_best = best[1]
+            ratio = "" if base_best is None else f" ({best[1] / base_best:.3g}x)"
+            rate = f"{best[1]:g}{ratio}" if trains else "none trains"
+            scale = "" if best[0] == "None" else f" (scale lr {best[0]})"
+            epochs.add(c["epochs"])
             rows.append(
-                f"| {init}{scale} | {best[1]:g} ({ratio}) | {fmt(c['acc0'])} | {fmt(c['best'])} "
+                f"| {init}{scale} | {rate} | {fmt(c['acc0'])} | {fmt(c['best'])} "
                 f"| {fmt(d['acc0']) if d else ''} | {fmt(d['best']) if d else ''} | "
                 f"{c['seeds']} |")
         if rows:
             lines += [f"\n{model}: best lr over {args.lrs} (ratio to the default init's best), "
-                      f"Acc_0 / Acc_best (%) at it and at lr {args.default_lr}; mean +- std "
-                      "over seeds", "",
+                      f"Acc_0 (epoch 1) / Acc_best (of {'/'.join(map(str, sorted(epochs)))} "
+                      f"epochs, %) at it and at lr {args.default_lr}; mean +- std over seeds", "",
                       "| init | best lr | Acc_0 at best | Acc_best at best | Acc_0 at default lr "
                       "| Acc_best at default lr | seeds |", "|---|---|---|---|---|---|---|", *rows]
     return "\n".join(lines)
@@ -419,6 +456,9 @@ def main(argv=None) -> None:
     parser.add_argument("--mlp-width", type=int, default=64)
     parser.add_argument("--mlp-activation", choices=("relu", "tanh"), default="relu")
     parser.add_argument("--sweep-scale-lr", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--at-best-of", type=int, default=None, metavar="SEED",
+                        help="run only each init's best (scale lr, lr) cell of SEED's cached "
+                             "results (e.g. seeds 1 2 at the best rates of seed 0)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--method-option", action="append", default=[], metavar="NAME=VALUE",
                         help="a rescale option for every method run, e.g. metainit_steps=100")

@@ -89,7 +89,8 @@ def test_every_option_the_readme_names_exists():
 
 
 # options the README names that are benchmarks/training_benefit.py's (not the CLI's)
-TRAINING_BENEFIT_OPTIONS = ("--image", "--inits", "--lrs", "--plot", "--sweep-scale-lr")
+TRAINING_BENEFIT_OPTIONS = ("--image", "--inits", "--lrs", "--plot", "--sweep-scale-lr",
+                            "--epochs", "--at-best-of", "--report")
 
 
 # and benchmarks/gate_calibration.py's
