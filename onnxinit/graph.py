@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from ._loading import read_model
 from .dtypes import INT_TYPES
@@ -368,6 +369,24 @@ class ModelGraph(GraphStructure):
 
     def copy_source(self) -> onnx.ModelProto:
         return copy.deepcopy(self.source)
+
+    def source_with_values(self) -> onnx.ModelProto:
+        """The model as given with this view's values (:meth:`with_values`,
+        :meth:`with_changes`) in its initializers: what a method that runs the model after
+        other methods of a composition must execute. The source itself on a graph that is not a
+        view or whose view changes no initializer."""
+        if self._root is None:
+            return self.source
+        changed = {n for n in self.initializers if n in self._changes or n in self._values}
+        if not changed:
+            return self.source
+        model = onnx.ModelProto()
+        model.CopyFrom(self.source)
+        for init in model.graph.initializer:
+            if init.name in changed:
+                init.CopyFrom(numpy_helper.from_array(np.asarray(self.value(init.name)),
+                                                      init.name))
+        return model
 
 
 def load(

@@ -292,11 +292,12 @@ def prepare(
     with ``options.threads``), and the alphas (:func:`~.scales.scale_space`)."""
     started = time.perf_counter()
     source = batches(graph, options, batch_size=batch_size)
-    differentiable = float_parameters(graph.source)
+    model = graph.source_with_values()  # after earlier methods of a composition: their values
+    differentiable = float_parameters(model)
     wrt = [n for n in scalable_parameters(graph) if n in differentiable]
     if not wrt:
         raise UnsupportedModelError(f"{graph.name}: no float parameter to differentiate")
-    oracle = GradientOracle(graph.source, source, wrt, device=device, dtype=options.precision,
+    oracle = GradientOracle(model, source, wrt, device=device, dtype=options.precision,
                             hvp=hvp, threads=options.threads or None)
     space = scale_space(graph, oracle.values, min_scale=min_scale, select=select)
     return Run(graph, source, oracle, space, started)

@@ -5,6 +5,7 @@ and the Plan."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -22,7 +23,9 @@ from onnxinit.methods.scaleopt import (
     prepare,
 )
 from onnxinit.methods.scales import Layout
+from onnxinit.rescale import rescale
 from tests.methods.scaleopt_fixtures import (
+    MLP50,
     SAMPLES,
     assert_gradient_matches,
     central_difference,
@@ -338,3 +341,28 @@ def test_exact_and_difference_products_agree_through_batch_norm():
         assert run.oracle.hvp_note.startswith("exact" if mode == "exact" else "finite")
     error = np.linalg.norm(products["exact"] - products["fd"]) / np.linalg.norm(products["fd"])
     assert error < 1e-6, error
+
+
+@pytest.mark.parametrize("method,steps", [("gradinit", "gradinit_iterations"),
+                                          ("nio", "nio_iterations"),
+                                          ("metainit", "metainit_steps")])
+def test_a_composition_equals_the_methods_run_one_after_the_other(tmp_path, method, steps):
+    """``kaiming,METHOD`` must optimise from kaiming's weights: its file equals METHOD run on
+    the file kaiming wrote (same seed, same synthetic batches). The gradient methods once built
+    their oracle from the model as given, so the composition optimised the original weights
+    and multiplied the scales onto kaiming's."""
+    options = {"batch_size": 8, "seed": 3, steps: 3, "held_out_batches": 0}
+    composed = tmp_path / "composed.onnx"
+    rescale(MLP50, f"kaiming,{method}", output=composed, **options)
+    first = tmp_path / "kaiming.onnx"
+    rescale(MLP50, "kaiming", output=first, seed=3)
+    sequential = tmp_path / "sequential.onnx"
+    rescale(first, method, output=sequential, **options)
+
+    def weights(path):
+        return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+    a, b = weights(composed), weights(sequential)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-7, err_msg=name)
