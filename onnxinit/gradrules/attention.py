@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..rules.attention import last_axis_softmax
 from ..rules.context import RuleError
 from . import pairs
 from .context import GradContext
@@ -45,21 +46,8 @@ def _second(ctx: GradContext, index: int) -> float:
 def softmax_logits(ctx: GradContext, index: int) -> str | None:
     """The logits when input ``index`` is a Softmax over its last axis (through Dropout,
     Cast, Identity), else None."""
-    graph, name = ctx.graph, ctx.node.input[index]
-    for _ in range(4):
-        node_id = graph.producer.get(name)
-        if node_id is None:
-            return None
-        node = graph.node(node_id)
-        if node.op_type == "Softmax":
-            rank = len(graph.shape(name) or ())
-            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-            last = rank > 0 and axis % rank == rank - 1 and ctx.opset >= 13
-            return node.input[0] if last and node.input[0] in ctx.forward else None
-        if node.op_type not in PASSING:
-            return None
-        name = node.input[0]
-    return None
+    node = last_axis_softmax(ctx.graph, ctx.node.input[index], ctx.opset, PASSING)
+    return node.input[0] if node is not None and node.input[0] in ctx.forward else None
 
 
 def softmax_after(ctx: GradContext) -> str | None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Tokens
+from ..rules.token_field import reshaped_token_axes
 
 MAX_TOKENS = 4096
 
@@ -114,24 +115,11 @@ def moved(t: Tokens | None, from_shape, to_shape) -> Tokens | None:
     axes = axes_of(t, len(from_shape))
     if axes is None or from_shape is None or to_shape is None:
         return None
-    n = t.n
-    step = int(np.prod(from_shape[axes[-1] + 1:], dtype=np.int64)) * t.stride
-    after = [int(np.prod(to_shape[j + 1:], dtype=np.int64)) for j in range(len(to_shape))]
-    j1 = next((j for j in range(len(to_shape)) if after[j] <= step < after[j] * to_shape[j]),
-              None)
-    if j1 is None or step % after[j1]:
+    placed = reshaped_token_axes(axes[-1], t.n, t.stride, from_shape, to_shape)
+    if placed is None:
         return None
-    stride = step // after[j1]
-    acc, j0 = 1, j1
-    while True:
-        acc *= to_shape[j0]
-        if acc >= n * stride or j0 == 0:
-            break
-        j0 -= 1
-    if acc % (n * stride):
-        return None
-    rank = len(to_shape)
-    return Tokens(j0 - rank, j1 - j0 + 1, t.cov, stride)
+    out_axes, stride = placed
+    return Tokens(out_axes[0] - len(to_shape), len(out_axes), t.cov, stride)
 
 
 def transposed(t: Tokens | None, perm, rank: int) -> Tokens | None:

@@ -85,22 +85,27 @@ def matmul_activations(inputs, ctx: RuleContext):
 _PASSING = ("Dropout", "Cast", "Identity", "Where")  # Where(IsNaN(p), 0, p) after a softmax
 
 
-def _from_softmax(ctx: RuleContext) -> bool:
-    """True when A is a Softmax over its last axis (through Dropout, Cast, the IsNaN guard)."""
-    graph, name = ctx.graph, ctx.node.input[0]
+def last_axis_softmax(graph, name: str, opset: int, passing=_PASSING):
+    """The Softmax node over its last axis that tensor ``name`` comes from through ``passing``
+    ops (a Where through its value branch: the IsNaN guard), else None."""
     for _ in range(4):
         node_id = graph.producer.get(name)
         if node_id is None:
-            return False
+            return None
         node = graph.node(node_id)
         if node.op_type == "Softmax":
             rank = len(graph.shape(name) or ())
             axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-            return rank > 0 and axis % rank == rank - 1 and ctx.opset >= 13
-        if node.op_type not in _PASSING:
-            return False
+            return node if rank > 0 and axis % rank == rank - 1 and opset >= 13 else None
+        if node.op_type not in passing:
+            return None
         name = node.input[-1] if node.op_type == "Where" else node.input[0]
-    return False
+    return None
+
+
+def _from_softmax(ctx: RuleContext) -> bool:
+    """True when A is a Softmax over its last axis (through Dropout, Cast, the IsNaN guard)."""
+    return last_axis_softmax(ctx.graph, ctx.node.input[0], ctx.opset) is not None
 
 
 def _contracted_tokens(b: Moments, sb, probabilities: bool) -> np.ndarray | None:

@@ -140,3 +140,29 @@ def pooled_features(m: Moments, shape, axes) -> tuple[np.ndarray, np.ndarray]:
         var = var.mean(axis=keep, keepdims=True) + ((mean - m0) ** 2).mean(axis=keep, keepdims=True)
         mean = m0
     return mean.reshape(-1), np.broadcast_to(var, mean.shape).reshape(-1)
+
+
+def reshaped_token_axes(last_axis: int, n: int, stride: int, from_shape,
+                        to_shape) -> tuple[list[int], int] | None:
+    """Where a reshape from ``from_shape`` to ``to_shape`` (same elements, same order) puts a
+    token digit of ``n`` tokens whose last axis is ``last_axis`` and whose consecutive tokens are
+    ``stride`` apart along it: (the output axes covering the digit, the new stride), or None
+    when the digit is split between axes. With ``S`` elements between consecutive tokens, the
+    output axes covering the digit are those from the one where ``S`` falls, merged with outer
+    axes (the batch: index % n) until they hold ``n`` tokens."""
+    step = int(np.prod(from_shape[last_axis + 1:], dtype=np.int64)) * stride
+    after = [int(np.prod(to_shape[j + 1:], dtype=np.int64)) for j in range(len(to_shape))]
+    j1 = next((j for j in range(len(to_shape)) if after[j] <= step < after[j] * to_shape[j]),
+              None)
+    if j1 is None or step % after[j1]:
+        return None
+    stride = step // after[j1]
+    acc, j0 = 1, j1
+    while True:
+        acc *= to_shape[j0]
+        if acc >= n * stride or j0 == 0:
+            break
+        j0 -= 1
+    if acc % (n * stride):
+        return None
+    return list(range(j0, j1 + 1)), stride

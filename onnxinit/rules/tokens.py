@@ -49,6 +49,7 @@ from .token_field import (
     grid,
     mehler_weights,
     pooled_features,
+    reshaped_token_axes,
     same_field,
     sigma,
     token_axes,
@@ -120,24 +121,12 @@ def _reshape(ctx, inputs, outputs):
     x = inputs[0]
     in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
     axes = token_axes(x.tokens, len(in_shape))
-    n = x.tokens.n
-    step = int(np.prod(in_shape[axes[-1] + 1:], dtype=np.int64)) * x.tokens.stride
-    after = [int(np.prod(out_shape[j + 1:], dtype=np.int64)) for j in range(len(out_shape))]
-    j1 = next((j for j in range(len(out_shape)) if after[j] <= step < after[j] * out_shape[j]),
-              None)
-    if j1 is None or step % after[j1]:
+    placed = reshaped_token_axes(axes[-1], x.tokens.n, x.tokens.stride, in_shape, out_shape)
+    if placed is None:
         raise ValueError("the token digit is split between axes")
-    stride = step // after[j1]
-    acc, j0 = 1, j1
-    while True:
-        acc *= out_shape[j0]
-        if acc >= n * stride or j0 == 0:
-            break
-        j0 -= 1
-    if acc % (n * stride):
-        raise ValueError("the token axes are split")
-    return [attach(outputs[0], out_shape, list(range(j0, j1 + 1)),
-                   float(np.mean(x.var)) * x.tokens.cov, stride)]
+    out_axes, stride = placed
+    return [attach(outputs[0], out_shape, out_axes, float(np.mean(x.var)) * x.tokens.cov,
+                   stride)]
 
 
 @_carrier("Transpose")
