@@ -158,6 +158,30 @@ def sum_mixture(a: Moments, b: Moments, rank: int, subtract: bool = False):
     )
 
 
+def permuted(x: Moments, perm, rank: int):
+    """x's law as a Gaussian mixture (:func:`components`) with the tensor's axes permuted by
+    ``perm`` (a Transpose moves values, so each component moves with them); None when x is a
+    Gaussian (nothing to carry) or of another law. A source's chain holds constants laid out
+    for the input's axes, so a ReLU of a Gaussian is carried as its mixture."""
+    if x.mixture is None and (x.source is None or not x.source.chain):
+        return None
+    found = components(x, rank)
+    if found is None or found[0].shape[0] == 1:
+        return None
+    order = [0] + [a + 1 for a in perm]
+    return tuple(np.transpose(a, order) for a in found)
+
+
+def affine_mixture(x: Moments, a, b, rank: int):
+    """The mixture of ``a x + b`` (arrays laid out at ``rank``) when x is described by one:
+    each component mapped, ``(w, a m + b, a^2 v)``; None otherwise."""
+    if x.source is not None or x.mixture is None or x.mixture[1].ndim != rank + 1:
+        return None
+    w, m, v = x.mixture
+    a = np.asarray(a, dtype=np.float64)
+    return w, a * m + b, a * a * v
+
+
 def through(mixture, closed, fn, smooth: bool, rank: int | None):
     """``f`` of a Gaussian mixture (w, m, v), component by component: each component's
     moments ``(E_i, Var_i)`` in closed form (``closed(mu, var)``) or by quadrature of ``fn``,
@@ -175,4 +199,5 @@ def through(mixture, closed, fn, smooth: bool, rank: int | None):
     return mean, np.maximum(var, 0.0), (w, e_i, v_i)
 
 
-__all__ = ["at_rank", "binary_independent", "components", "lift", "sum_mixture", "through"]
+__all__ = ["affine_mixture", "at_rank", "binary_independent", "components", "lift", "permuted",
+           "sum_mixture", "through"]

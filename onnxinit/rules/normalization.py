@@ -35,6 +35,7 @@ from ..spatial import attach, within_variance
 from .context import RuleContext, RuleError, signal
 from .elementwise import affine, apply_fn, digest
 from .gaussian import abs_closed, expand, gaussian_moments
+from .mixture import affine_mixture
 from .registry import rule
 
 _MIN_FOR_SOURCE = 64
@@ -98,7 +99,10 @@ def _normalized(x: Moments, in_shape, axes, eps, gamma, beta) -> Moments:
             b = mean - a * (expand(x.mean, rank))
             f = Elementwise(("Affine", "norm", *digest(a), *digest(b)), lambda v: a * v + b)
             source = Source(src.mean, src.var, src.chain + (f,))
-    return Moments(mean, var, source)
+    mixture = None
+    if n >= _MIN_FOR_SOURCE:  # a mixture (residual sum) mapped like the source
+        mixture = affine_mixture(x, scale, mean - scale * expand(x.mean, rank), rank)
+    return Moments(mean, var, source, mixture)
 
 
 def _normalized_cells(x: Moments, in_shape, axes, eps, gamma, beta, n: int) -> Moments:

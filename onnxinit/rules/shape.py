@@ -24,6 +24,7 @@ from ..spatial import DENSE_CAP, dense, drop, select
 from .context import RuleContext, RuleError, signal
 from .layout import drop_constant_axes, full_grid, reshape_moments, scalar_of
 from .masks import keep_rows
+from .mixture import permuted
 from .registry import rule
 from .weighted import moments_along
 
@@ -75,14 +76,15 @@ def cast(inputs, ctx: RuleContext):
 
 @rule("Transpose")
 def transpose(inputs, ctx: RuleContext):
-    """y = x with axes permuted by ``perm`` (default reversed): per-axis statistics permuted."""
+    """y = x with axes permuted by ``perm`` (default reversed): per-axis statistics permuted,
+    and a Gaussian mixture's components (a ReLU output, a residual sum) with them."""
     x = signal(inputs, 0)
     if x.is_scalar:
         return [scalar_of(x)]
     rank = len(ctx.in_shape(0))
     perm = list(ctx.attr("perm", list(range(rank))[::-1]))
     mean, var = full_grid(x, rank)
-    return [Moments(mean.transpose(perm), var.transpose(perm))]
+    return [Moments(mean.transpose(perm), var.transpose(perm), None, permuted(x, perm, rank))]
 
 
 @rule("Expand")

@@ -112,3 +112,58 @@ def test_brief_case_relu_of_relu_plus_scaled_gaussian():
     assert result.moments["s"].mixture is not None
     got = monte_carlo(model, moments, seed=11)["y"].astype(np.float64).var()
     assert float(result.moments["y"].total()[1]) == pytest.approx(got, rel=0.015)
+
+
+def _residual_then(nodes_after, initializers=(), shape=(4000, 3, 4, 4)):
+    """s = Relu(x1) + 0.3 x2 (x1, x2 per-channel Gaussians, NCHW), then ``nodes_after``."""
+    nodes = [helper.make_node("Relu", ["x1"], ["r"]),
+             helper.make_node("Mul", ["x2", "c"], ["m"]),
+             helper.make_node("Add", ["r", "m"], ["s"]), *nodes_after]
+    consts = [numpy_helper.from_array(np.float32(0.3), "c"), *initializers]
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(shape)) for n in ("x1", "x2")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("s", "y")],
+        consts,
+    )
+
+
+RESIDUAL = {
+    "x1": Moments.along([0.0, 0.5, -0.3], [1.0, 0.5, 2.0], axis=1, rank=4),
+    "x2": Moments.along([0.1, 0.0, 0.0], [1.0, 2.0, 0.5], axis=1, rank=4),
+}
+
+
+@pytest.mark.parametrize("activation", ["Relu", "Tanh"])
+def test_mixture_through_transposes(activation):
+    # channels-last and back (jax2onnx writes its convs so): the sum's law moves with its
+    # values; a Gaussian with its moments puts ReLU's variance 10-26% low
+    model = _residual_then([
+        helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node(activation, ["t"], ["u"]),
+        helper.make_node("Transpose", ["u"], ["y"], perm=[0, 3, 1, 2]),
+    ])
+    _, result = predict(model, RESIDUAL)
+    got = monte_carlo(model, RESIDUAL, seed=2)["y"].astype(np.float64)
+    mean, var = result.moments["y"].values_along(1, 3)
+    np.testing.assert_allclose(var, got.var(axis=(0, 2, 3)), rtol=0.02)
+
+
+def test_batchnorm_of_a_mixture_then_relu():
+    # a pre-activation BatchNorm after a residual sum (training semantics: batch statistics):
+    # the normalised sum keeps the law of the sum; the oracle is numpy's batch norm of
+    # onnxruntime's sum
+    gamma, beta = np.array([1.0, 0.5, 2.0]), np.array([0.0, 0.3, -0.2])
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in
+             (("g", gamma), ("b", beta), ("rm", np.zeros(3)), ("rv", np.ones(3)))]
+    model = _residual_then([
+        helper.make_node("BatchNormalization", ["s", "g", "b", "rm", "rv"], ["n"]),
+        helper.make_node("Relu", ["n"], ["y"]),
+    ], inits)
+    _, result = predict(model, RESIDUAL)
+    s = monte_carlo(model, RESIDUAL, seed=4)["s"].astype(np.float64)
+    mu, var = s.mean(axis=(0, 2, 3), keepdims=True), s.var(axis=(0, 2, 3), keepdims=True)
+    shape = (1, 3, 1, 1)
+    y = np.maximum(gamma.reshape(shape) * (s - mu) / np.sqrt(var + 1e-5) + beta.reshape(shape), 0)
+    mean, pred = result.moments["y"].values_along(1, 3)
+    np.testing.assert_allclose(pred, y.var(axis=(0, 2, 3)), rtol=0.02)
