@@ -39,9 +39,10 @@ def test_idinit_result_is_predicted(conv, tmp_path):
 
 @pytest.mark.xfail(strict=True, reason=(
     "12 of 22 layers within 10% (measured 0.98-1.23; 3 of 22, 0.78-4.2, without the residual "
-    "operands' covariance): Relu(skip + branch) is predicted 6-10% low (the part of the branch "
-    "not explained by the skip is taken as independent and Gaussian), and the field through "
-    "the ReLU of that mixture is carried unchanged"))
+    "operands' covariance): Relu(skip + branch) is predicted 3-12% low per channel: the part "
+    "of the branch not explained by the skip is taken as independent and Gaussian, where it "
+    "is skewed (measured skewness up to 0.9: the branch's third cumulant is not carried "
+    "through its convs), and the field through the ReLU of that mixture is carried unchanged"))
 def test_idinit_autoinit_reaches_its_target(tmp_path):
     out = tmp_path / "idinit_autoinit.onnx"
     rescale(SAMPLE, "idinit,autoinit", output=out)
