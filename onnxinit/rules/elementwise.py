@@ -33,6 +33,7 @@ from .context import RuleContext, RuleError, signal
 from . import cross_fields
 from .correlations import elementwise_correlation
 from .gaussian import compose, expand, gaussian_moments, probability
+from .mixture import through
 from .powers import integer_power
 from .registry import rule
 from .support import identity_on_input
@@ -209,18 +210,12 @@ def apply_fn(x: Moments, f: ElementwiseFn | Elementwise, rank: int | None = None
         return Moments(mean, var, out_src)
     if f.domain is not None:
         guard(f.domain, src.chain, src, rank)
-    if f.closed is not None and x.source is None and x.mixture is not None:
-        # a Gaussian mixture (ReLU output + Gaussian): the closed form per component,
-        # E = sum_i w_i E_i, E[f^2] = sum_i w_i (Var_i + E_i^2); the output stays a mixture,
-        # each component replaced by the Gaussian with its f-moments (exact for a component
-        # on one side of f's kinks, as the narrow components of a ReLU output plus a small
-        # residual branch are)
-        w, m, v = x.mixture
-        if rank is None or m.ndim == rank + 1:
-            e_i, v_i = f.closed(m, v)
-            mean = (w * e_i).sum(axis=0)
-            var = (w * (v_i + e_i**2)).sum(axis=0) - mean**2
-            return Moments(mean, var, None, (w, e_i, v_i))
+    if x.source is None and x.mixture is not None and f.domain is None:
+        # a Gaussian mixture (ReLU output + Gaussian): f per component (mixture.through)
+        if rank is None or x.mixture[1].ndim == rank + 1:
+            mean, var, mixture = through(x.mixture, f.closed, (f.elementwise,),
+                                         is_smooth((f.elementwise,)), rank)
+            return Moments(mean, var, None, mixture)
     if f.closed is not None and not src.chain:
         mean, var = f.closed(expand(src.mean, rank), expand(src.var, rank))
         return Moments(mean, var, out_src)

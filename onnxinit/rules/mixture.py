@@ -9,6 +9,8 @@ import numpy as np
 from scipy import special
 
 from ..moments import Moments
+from .context import RuleError
+from .gaussian import gaussian_moments
 
 
 def lift(a: np.ndarray, rank: int) -> np.ndarray:
@@ -30,7 +32,7 @@ def binary_independent(op: str, a, b) -> tuple[np.ndarray, np.ndarray]:
 
 
 _MAX_COMPONENTS = 24  # of a sum's mixture: more and the smaller operand counts as Gaussian
-_RELU_BINS = 2  # equal-probability bins of a ReLU's positive part in a mixture
+_RELU_BINS = 3  # equal-probability bins of a ReLU's positive part in a mixture
 
 
 def _phi(t: np.ndarray) -> np.ndarray:
@@ -39,12 +41,48 @@ def _phi(t: np.ndarray) -> np.ndarray:
     return np.where(finite, np.exp(-0.5 * np.where(finite, t, 0.0) ** 2), 0.0) / np.sqrt(2 * np.pi)
 
 
+_AFFINE_KEYS = frozenset({"Affine", "scale", "Identity", "Neg"})  # chain steps a x + b exactly
+
+
+def at_rank(a, rank: int) -> np.ndarray:
+    """``a`` left-padded to ``rank`` axes (a 0-d array too, unlike :func:`lift`)."""
+    a = np.asarray(a, dtype=np.float64)
+    return a.reshape((1,) * (rank - a.ndim) + a.shape) if a.ndim < rank else a
+
+
+def _affine_of(chain, rank: int):
+    """(a, b) with ``compose(chain)(x) = a x + b`` for a chain of affine steps, read off the
+    chain at x = 0 and x = 1 (exact: each step is affine)."""
+    zero, one = np.zeros((1,) * rank), np.ones((1,) * rank)
+    for f in chain:
+        zero, one = f.fn(zero), f.fn(one)
+    zero = np.asarray(zero, dtype=np.float64)
+    return np.asarray(one, dtype=np.float64) - zero, zero
+
+
+def _split_chain(chain):
+    """A chain read as ``affine, [Relu, affine]``: (leading affine steps, whether a ReLU
+    follows, trailing affine steps); None for any other chain."""
+    keys = [f.key[0] if f.key else None for f in chain]
+    relus = [i for i, k in enumerate(keys) if k == "Relu"]
+    if len(relus) > 1 or any(k not in _AFFINE_KEYS for i, k in enumerate(keys) if i not in relus):
+        return None
+    if not relus:
+        return chain, False, ()
+    return chain[: relus[0]], True, chain[relus[0] + 1:]
+
+
+def _gaussian(mean, var, rank: int):
+    return np.ones((1,) + (1,) * rank), at_rank(mean, rank)[None], at_rank(var, rank)[None]
+
+
 def components(x: Moments, rank: int):
-    """x as Gaussian mixture components (w, m, v), each with a leading component axis: one
-    component for a Gaussian (no element-wise chain); for ReLU(z), z ~ N(mu, s^2), the point
-    mass at 0 (weight Phi(-mu/s)) and the positive part cut in _RELU_BINS equal-probability bins
-    of z, each with its exact conditional mean and variance; a mixture-described x (a ReLU of a
-    sum) its own components. None for any other chain."""
+    """x as Gaussian mixture components (w, m, v), each with a leading component axis and
+    ``rank`` more: one component for a Gaussian, also after affine steps (a Gaussian stays
+    one); for ``c ReLU(a z + b) + d``, z ~ N(mu, s^2), the point mass at ``d`` (weight
+    P(a z + b <= 0)) and the positive part cut in _RELU_BINS equal-probability bins of
+    ``a z + b``, each with its exact conditional mean and variance, mapped by ``c x + d``; a
+    mixture-described x (a ReLU of a sum) its own components. None for any other chain."""
     src = x.source
     if src is None and x.mixture is not None:
         w, m, v = x.mixture
@@ -52,10 +90,24 @@ def components(x: Moments, rank: int):
             return tuple(a.reshape(a.shape[:1] + (1,) * (rank + 1 - a.ndim) + a.shape[1:])
                          for a in (w, m, v))
     if src is None or not src.chain:
-        return np.ones((1,) + (1,) * rank), lift(x.mean, rank)[None], lift(x.var, rank)[None]
-    if len(src.chain) != 1 or src.chain[0].key != ("Relu",):
+        return _gaussian(x.mean, x.var, rank)
+    parts = _split_chain(src.chain)
+    if parts is None:
         return None
-    mu, var = np.broadcast_arrays(lift(src.mean, rank), lift(src.var, rank))
+    before, relu, after = parts
+    if not relu:
+        return _gaussian(x.mean, x.var, rank)
+    a, b = _affine_of(before, rank)
+    mu, var = at_rank(src.mean, rank) * a + b, at_rank(src.var, rank) * a * a
+    w, m, v = _relu_components(mu, var)
+    c, d = _affine_of(after, rank)
+    return w, m * c + d, v * c * c
+
+
+def _relu_components(mu: np.ndarray, var: np.ndarray):
+    """ReLU(z), z ~ N(mu, var): the point mass at 0 and _RELU_BINS equal-probability bins of
+    the positive part, as (w, m, v) with a leading component axis."""
+    mu, var = np.broadcast_arrays(mu, var)
     s = np.sqrt(var)
     with np.errstate(divide="ignore", invalid="ignore"):
         a0 = np.where(s > 0, -mu / np.where(s > 0, s, 1.0), np.where(mu > 0, -np.inf, np.inf))
@@ -87,11 +139,10 @@ def sum_mixture(a: Moments, b: Moments, rank: int, subtract: bool = False):
     if ca is None or cb is None or (ca[0].shape[0] == 1 and cb[0].shape[0] == 1):
         return None
     if ca[0].shape[0] * cb[0].shape[0] > _MAX_COMPONENTS:  # the smaller part as one Gaussian
-        one = np.ones((1,) + (1,) * rank)
         if float(np.mean(a.var)) < float(np.mean(b.var)):
-            ca = (one, lift(a.mean, rank)[None], lift(a.var, rank)[None])
+            ca = _gaussian(a.mean, a.var, rank)
         else:
-            cb = (one, lift(b.mean, rank)[None], lift(b.var, rank)[None])
+            cb = _gaussian(b.mean, b.var, rank)
     (wa, ma, va), (wb, mb, vb) = ca, cb
     na, nb = wa.shape[0], wb.shape[0]
 
@@ -107,4 +158,21 @@ def sum_mixture(a: Moments, b: Moments, rank: int, subtract: bool = False):
     )
 
 
-__all__ = ["binary_independent", "components", "lift", "sum_mixture"]
+def through(mixture, closed, fn, smooth: bool, rank: int | None):
+    """``f`` of a Gaussian mixture (w, m, v), component by component: each component's
+    moments ``(E_i, Var_i)`` in closed form (``closed(mu, var)``) or by quadrature of ``fn``,
+    and ``E = sum_i w_i E_i``, ``Var = sum_i w_i (Var_i + E_i^2) - E^2``. Returns (mean, var,
+    the mixture of the output with each component replaced by the Gaussian of its moments:
+    exact for a component on one side of f's kinks, as the narrow components of a ReLU output
+    are, and close for a smooth f of a narrow component)."""
+    w, m, v = mixture
+    if closed is not None:
+        e_i, v_i = closed(m, v)
+    else:
+        e_i, v_i = gaussian_moments(fn, m, v, smooth=smooth, rank=None if rank is None else rank + 1)
+    mean = (w * e_i).sum(axis=0)
+    var = (w * (v_i + e_i**2)).sum(axis=0) - mean**2
+    return mean, np.maximum(var, 0.0), (w, e_i, v_i)
+
+
+__all__ = ["at_rank", "binary_independent", "components", "lift", "sum_mixture", "through"]
