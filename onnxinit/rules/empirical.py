@@ -7,6 +7,11 @@ An input that is neither (an integer or boolean tensor computed from signals, su
 mask ``Less(RandomUniformLike(x), p)``) is computed by running its producers along with the node
 (up to 8 of them). When the node cannot run (custom domain, subgraphs), statistics pass through
 unchanged.
+
+Every random op run here (RandomUniform/Normal(Like), Bernoulli, Multinomial, Dropout) gets a
+``seed`` attribute drawn from the node's seeded generator unless the model gave it one:
+onnxruntime seeds an unseeded random op from the clock, which made the measured moments (and
+everything downstream of a stochastic-depth mask) differ between runs with the same ``--seed``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,21 @@ def _measure(values: np.ndarray, axis: int | None) -> Moments:
     return Moments(values.mean(axis=other, keepdims=True), values.var(axis=other, keepdims=True))
 
 
+def _seeded(node: onnx.NodeProto, rng: np.random.Generator, opset: int) -> onnx.NodeProto:
+    """``node``, or for a random op without a ``seed`` attribute a copy seeded from ``rng``
+    (a float attribute for the Random* ops, Bernoulli and Multinomial; an int for Dropout,
+    which has one from opset 12)."""
+    if node.op_type not in RANDOM_OPS or any(a.name == "seed" for a in node.attribute) \
+            or (node.op_type == "Dropout" and opset < 12):
+        return node
+    seed = int(rng.integers(1, 1 << 24))  # exact as a float32 attribute
+    seeded = onnx.NodeProto()
+    seeded.CopyFrom(node)
+    seeded.attribute.append(helper.make_attribute(
+        "seed", seed if node.op_type == "Dropout" else float(seed)))
+    return seeded
+
+
 def measure_node(inputs: list[Moments | None], ctx: RuleContext,
                  known: Mapping[str, Moments]) -> list[Moments | None]:
     """Run ``ctx.node`` alone on samples of its inputs and measure its outputs; ``known``: the
@@ -95,7 +115,7 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         else:
             raise EmpiricalError(f"input {name!r} is neither a signal with moments nor constant")
     order = {n: i for i, n in enumerate(graph.order)}
-    node_list = [nodes[n] for n in sorted(nodes, key=order.get)]
+    node_list = [_seeded(nodes[n], rng, graph.opset) for n in sorted(nodes, key=order.get)]
     factor = 1
     random_ops = any(n.op_type in RANDOM_OPS for n in node_list)
     if random_ops and signals \
