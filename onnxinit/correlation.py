@@ -136,6 +136,8 @@ def _kernel_autocorrelation(w: np.ndarray) -> np.ndarray:
     """G[j, c, delta] = sum_t W[j,c,t] W[j,c,t+delta], delta in [-(k-1), k-1] per axis (the
     kernels' autocorrelation, by FFT over the spatial axes padded to 2k - 1)."""
     kernel = w.shape[2:]
+    if all(k == 1 for k in kernel):  # a pointwise conv mixes channels only: G = W^2 at lag 0
+        return w * w
     axes = tuple(range(2, 2 + len(kernel)))
     size = [2 * k - 1 for k in kernel]
     f = np.fft.rfftn(w, s=size, axes=axes)

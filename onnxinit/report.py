@@ -154,7 +154,7 @@ def _gradient_lines(analysis: Analysis) -> list[str]:
 
 def rescale_summary(result: RescaleResult) -> str:
     """What ``rescale`` did: the file written, the scales, each method's report, the
-    predicted output variances before and after."""
+    predicted output variances after (and before, when the result has computed them)."""
     scales = {n: c.scale for n, c in result.plan.changes.items() if c.scale is not None}
     replaced = [n for n, c in result.plan.changes.items() if c.scale is None]
     lines = [
@@ -168,9 +168,13 @@ def rescale_summary(result: RescaleResult) -> str:
         lines.append(f"  smallest scale {scales[smallest]:.4g}  ({smallest})")
     for method, report in result.method_reports.items():
         lines += _method_lines(method, report or {})
-    for name, before in result.outputs_var_before.items():
-        after = result.outputs_var_after.get(name, float("nan"))
-        lines.append(f"  predicted output var of {name!r}: {before:.4g} -> {after:.4g}")
+    if result.before_known:
+        for name, before in result.outputs_var_before.items():
+            after = result.outputs_var_after.get(name, float("nan"))
+            lines.append(f"  predicted output var of {name!r}: {before:.4g} -> {after:.4g}")
+    else:  # the model as given would take one more propagation (--report has it)
+        for name, after in result.outputs_var_after.items():
+            lines.append(f"  predicted output var of {name!r} after rescaling: {after:.4g}")
     if scales or replaced:
         lines.append(LEARNING_RATE_NOTE)
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,16 +30,28 @@ QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
 @dataclass
 class RescaleResult:
     """What :func:`rescale` did: the plan, where it was written, the predicted output variances
-    before and after (the after a prediction of the rescaled model itself), each method's
-    report. ``model`` is the rescaled model in memory, made when first asked for."""
+    after (a prediction of the rescaled model itself) and before, each method's report.
+    ``outputs_var_before`` takes one more propagation, of the model as given, and is made when
+    first asked for (the summary of ``onnxinit rescale`` does not ask unless ``--report`` or
+    ``--jsonl`` records it); so is ``model``, the rescaled model in memory."""
 
     plan: Plan
     output: Path | None
-    outputs_var_before: dict[str, float]
     outputs_var_after: dict[str, float]
     method_reports: dict[str, dict] = field(default_factory=dict)
     source: onnx.ModelProto | None = field(default=None, repr=False)
     record: dict | None = field(default=None, repr=False)
+    predict_before: Callable[[], dict[str, float]] | None = field(default=None, repr=False)
+
+    @cached_property
+    def outputs_var_before(self) -> dict[str, float]:
+        """The predicted output variances of the model as given."""
+        return {} if self.predict_before is None else self.predict_before()
+
+    @property
+    def before_known(self) -> bool:
+        """Whether ``outputs_var_before`` has been computed (it costs a propagation)."""
+        return "outputs_var_before" in self.__dict__
 
     @cached_property
     def model(self) -> onnx.ModelProto:
@@ -48,7 +61,9 @@ class RescaleResult:
             set_plan_record(model, self.record)
         return model
 
-    def to_dict(self) -> dict:
+    def to_dict(self, before: bool = True) -> dict:
+        """The JSON report (``--report``); ``before=False`` leaves out ``outputs_var_before``
+        unless it is already known, saving its propagation."""
         changes = {}
         for name, change in self.plan.changes.items():
             entry = {"rule": change.rule, "target": change.target}
@@ -59,14 +74,19 @@ class RescaleResult:
             if change.note:
                 entry["note"] = change.note
             changes[name] = entry
-        return {
+        report = {
             "output": str(self.output) if self.output else None,
             "methods": self.plan.method.split(","),
             "changes": changes,
-            "outputs_var_before": self.outputs_var_before,
+            "outputs_var_before": None,
             "outputs_var_after": self.outputs_var_after,
             "method_reports": self.method_reports,
         }
+        if before or self.before_known:
+            report["outputs_var_before"] = self.outputs_var_before
+        else:
+            del report["outputs_var_before"]
+        return report
 
 
 def _refuse_unsupported(graph: ModelGraph) -> None:
@@ -115,12 +135,13 @@ def rescale(
     unless ``in_place``). Method options (``target_var``, ``keep_bias``, ``seed``...) pass by
     keyword.
 
-    The model is loaded once (large external data memory-mapped, never copied whole) and
-    propagated once for the "before" variances; each method plans on a view of it holding the
-    values chosen so far (:meth:`ModelGraph.with_changes`); the "after" variances are the last
+    The model is loaded once (large external data memory-mapped, never copied whole); each
+    method plans on a view of it holding the values chosen so far
+    (:meth:`ModelGraph.with_changes`); the "after" variances are the last
     method's own prediction of the rescaled model when it made one (autoinit's single pass),
-    else one more propagation of the final view; the file is written tensor by tensor
-    (:func:`~onnxinit.writeback.write_model`)."""
+    else one more propagation of the final view; the "before" variances are a propagation of
+    the model as given, made only when first read (:attr:`RescaleResult.outputs_var_before`);
+    the file is written tensor by tensor (:func:`~onnxinit.writeback.write_model`)."""
     names = parse_methods(method)
     refuse_unread(names, {k: v for k, v in options.items() if k != "seed"})
     graph = load(model, input_shapes=input_shapes, batch_size=batch_size)
@@ -134,7 +155,6 @@ def rescale(
         if out_path is None:
             raise InvalidOptionError("rescaling a ModelProto needs an output path (output=...)")
     seed = options.get("seed", 0)
-    before = _output_vars(propagate(graph, seed=seed))
     plan, current, reports = None, graph, {}
     with single_threaded_blas():
         for name in names:
@@ -154,10 +174,12 @@ def rescale(
         prediction = propagate(current, seed=seed)
     record = plan_record(plan, graph.path, read_plan_record(graph.source))
     result = RescaleResult(
-        plan=plan, output=out_path, outputs_var_before=before,
-        outputs_var_after=_output_vars(prediction), method_reports=reports,
-        source=graph.source, record=record,
+        plan=plan, output=out_path, outputs_var_after=_output_vars(prediction),
+        method_reports=reports, source=graph.source, record=record,
+        predict_before=lambda: _output_vars(propagate(graph, seed=seed)),
     )
+    if write and in_place:  # read the weights as given before they are overwritten
+        result.outputs_var_before  # noqa: B018
     if write:
         write_model(graph.source, out_path, plan, source_path=graph.path,
                     external=graph.external, in_place=in_place, record=record)

@@ -146,3 +146,39 @@ def test_summary_of_a_data_driven_method(tmp_path, capsys):
     assert "gradinit (held-out batches, kept iteration " in out and "): loss " in out
     moved = next(line for line in out.splitlines() if "gradinit moved most:" in line)
     assert moved.count(" x") == 3
+
+
+def _count_propagations(monkeypatch) -> list[str]:
+    """Record every start of a propagation (``propagate`` and autoinit's own pass both begin
+    with ``start_propagation``)."""
+    import onnxinit.methods.autoinit as autoinit_module
+    import onnxinit.propagate as propagate_module
+
+    started = []
+    original = propagate_module.start_propagation
+
+    def counting(graph, *args, **kwargs):
+        started.append(graph.name)
+        return original(graph, *args, **kwargs)
+
+    monkeypatch.setattr(propagate_module, "start_propagation", counting)
+    monkeypatch.setattr(autoinit_module, "start_propagation", counting)
+    return started
+
+
+def test_rescale_command_propagates_once(tmp_path, capsys, monkeypatch):
+    """``onnxinit rescale`` propagates the model once (autoinit's pass, whose statistics are
+    the "after"); the variances of the model as given take one more propagation, made only
+    when --report records them."""
+    model = sample("small_cnn")
+    started = _count_propagations(monkeypatch)
+    code, out, _ = run(["rescale", model, "-o", tmp_path / "o.onnx"], capsys)
+    assert code == 0 and "after rescaling" in out
+    assert len(started) == 1, started
+    started.clear()
+    code, out, _ = run(["rescale", model, "-o", tmp_path / "p.onnx", "--report",
+                        tmp_path / "r.json"], capsys)
+    assert code == 0 and "->" in out and len(started) == 2, started
+    before = json.loads((tmp_path / "r.json").read_text())["outputs_var_before"]
+    fresh = rescale(model, "autoinit", write=False)
+    assert before == pytest.approx(fresh.outputs_var_before, rel=1e-12)

@@ -80,7 +80,9 @@ def analyze_model(path: str, options: dict) -> dict:
 
 def rescale_model(path: str, options: dict) -> dict:
     """``rescale`` of one model; options: method, output, in_place, write, input_shapes,
-    batch_size, seed, report, export_weights and ``method_options`` (by keyword name)."""
+    batch_size, seed, report, export_weights, ``method_options`` (by keyword name) and
+    ``before`` (default True: the report holds the variances of the model as given, one more
+    propagation)."""
     result = _rescale.rescale(path, options.get("method", "autoinit"),
                               output=options.get("output"),
                               in_place=options.get("in_place", False),
@@ -88,7 +90,7 @@ def rescale_model(path: str, options: dict) -> dict:
                               batch_size=options.get("batch_size", 32),
                               seed=options.get("seed", 0),
                               **(options.get("method_options") or {}))
-    report = result.to_dict()
+    report = result.to_dict(before=options.get("before", True))
     if options.get("report"):
         target = Path(options["report"])
         try:

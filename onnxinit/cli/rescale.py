@@ -144,10 +144,17 @@ def rescale(models, input_shapes, batch_size, method, output, in_place, dry_run,
     chosen = {name: value for name, value in method_values.items() if value is not None}
 
     def options_for(model: str) -> dict:
-        return {"method": method, "output": output and str(output), "in_place": in_place,
-                "write": not dry_run, "input_shapes": shapes_for(model),
-                "batch_size": batch_size, "seed": seed, "report": report_path and str(report_path),
-                "export_weights": weights_path and str(weights_path), "method_options": chosen}
+        options = {"method": method, "output": output and str(output), "in_place": in_place,
+                   "write": not dry_run, "input_shapes": shapes_for(model),
+                   "batch_size": batch_size, "seed": seed,
+                   "report": report_path and str(report_path),
+                   "export_weights": weights_path and str(weights_path),
+                   "method_options": chosen}
+        if not (report_path or batch.jsonl):
+            # nothing records the variances of the model as given: skip their propagation
+            # (the key only when False, so --resume keys of --jsonl runs are unchanged)
+            options["before"] = False
+        return options
 
     if single:
         result = run_models(paths, rescale_model, options_for, "rescale", batch)[0]
