@@ -89,11 +89,14 @@ def _centred_through_mixture(corr: Correlation, y: Moments, x: Moments, fn) -> C
 
 def _amplitudes(chain, mean, var, smooth: bool) -> np.ndarray:
     """a_n = E[h(mean + std z) He_n(z)], n = 1..8, of the chain h (``[8, *shape]``): closed
-    form for one ReLU / LeakyRelu and for no function at all (a_1 = std), else quadrature."""
+    form for one ReLU / LeakyRelu, for the identity (a_1 = std) and the square (a_1 =
+    2 mean std, a_2 = 2 var), else quadrature."""
     keys = [f.key for f in chain]
-    if not keys:
+    if not keys or keys == [("Square",)]:  # x = m + s z; x^2 = m^2 + 2 m s z + s^2 (He_2 + 1)
         amp = np.zeros((8,) + np.shape(mean))
-        amp[0] = np.sqrt(var)
+        amp[0] = np.sqrt(var) * (2 * mean if keys else 1.0)
+        if keys:
+            amp[1] = 2 * var
         return amp
     if keys == [("Relu",)] or (len(keys) == 1 and keys[0][0] == "LeakyRelu"):
         slope = 0.0 if keys[0] == ("Relu",) else float(keys[0][1])
