@@ -6,9 +6,10 @@ digits classifiers small enough to train on a CPU) at the size the gate meets in
 
     python benchmarks/gate_native.py                       # every network
     python benchmarks/gate_native.py --models resnet50_nonorm,swin_t
+    python benchmarks/gate_native.py --batch 8             # exported at batch 8 instead of 1
 
 Results are cached in ``benchmarks/results/gate_native.json`` per network and onnxinit source
-hash; the table is printed at the end.
+hash (a batch other than 1 under ``name@bN``); the table is printed at the end.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ BROKEN = {"resnet50_nonorm": "resnet50", "resnet152_nonorm": "resnet152"}
 HUGGING_FACE = ("bert_base", "gpt2")
 
 
-def build(name: str):
-    """(module, example input, input name) with seed 0."""
+def build(name: str, batch: int = 1):
+    """(module, example input of ``batch`` samples, input name) with seed 0."""
     import torch
     from torch import nn
 
@@ -49,7 +50,7 @@ def build(name: str):
             config = transformers.GPT2Config(attn_implementation="eager")
             backbone = transformers.GPT2Model(config)
 
-        ids = torch.randint(0, config.vocab_size, (1, 128),
+        ids = torch.randint(0, config.vocab_size, (batch, 128),
                             generator=torch.Generator().manual_seed(0))
         return last_hidden_state(backbone), ids, "input_ids"
     import torchvision
@@ -59,12 +60,18 @@ def build(name: str):
             weights=None, norm_layer=lambda channels: nn.Identity())
     else:
         module = getattr(torchvision.models, name)(weights=None)
-    return module, torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)), "x"
+    return module, torch.randn(batch, 3, 224, 224,
+                               generator=torch.Generator().manual_seed(0)), "x"
 
 
-def check_native(name: str) -> dict:
+def cache_key(name: str, batch: int) -> str:
+    return name if batch == 1 else f"{name}@b{batch}"
+
+
+def check_native(key: str) -> dict:
     start = time.perf_counter()
-    module, example, input_name = build(name)
+    name, _, batch = key.partition("@b")
+    module, example, input_name = build(name, int(batch or 1))
     model = gate_models.export_training(module, example, input_name, output_name="out")
     return {**gate_calibration.check_export(model),
             "export_seconds": round(time.perf_counter() - start, 1)}
@@ -74,6 +81,7 @@ def main() -> None:
     names = [*TORCHVISION, *HUGGING_FACE, *BROKEN]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(names))
+    parser.add_argument("--batch", type=int, default=1, help="the export's batch size")
     parser.add_argument("--table", action="store_true", help="print the cached table only")
     args = parser.parse_args()
     chosen = [n for n in args.models.split(",") if n]
@@ -81,14 +89,15 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown networks: {', '.join(unknown)}")
     gate_calibration.torch_threads()
-    cache = gate_calibration.check_missing([] if args.table else chosen, check_native,
-                                           NATIVE_FILE)
-    rows = ["| network (native size) | expected | check | findings (errors, warnings) | "
-            "max growth | min signal |", "| --- | --- | --- | --- | --- | --- |"]
+    keys = {name: cache_key(name, args.batch) for name in chosen}
+    cache = gate_calibration.check_missing([] if args.table else list(keys.values()),
+                                           check_native, NATIVE_FILE)
+    rows = [f"| network (native size, batch {args.batch}) | expected | check | "
+            "findings (errors, warnings) | max growth | min signal |", "| --- | --- | --- | --- | --- | --- |"]
     for name in chosen:
-        if name not in cache:
+        if keys[name] not in cache:
             continue
-        r = cache[name]
+        r = cache[keys[name]]
         fired = sorted({x.split(":")[0] for x in r["rules"] if not x.endswith(":note")})
         notes = sum(x.endswith(":note") for x in r["rules"])
         rows.append(f"| {name} | {'fail' if name in BROKEN else 'pass'} | "

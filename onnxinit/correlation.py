@@ -69,6 +69,9 @@ class Correlation:
     gauss: tuple[np.ndarray, np.ndarray] | None = None
     centred: np.ndarray | None = None  # [C or 1]: see batch_centred()
     cross: object | None = None  # cross_channel.CrossField: channels' correlation with each other
+    # a BatchNorm's output (or an affine map of it): the sample means of its square are
+    # centred over the batch too (the normalization fixes both moments)
+    normalized: bool = False
 
     @property
     def radius(self) -> tuple[int, ...]:
@@ -87,9 +90,9 @@ class Correlation:
             return np.zeros(channels)
         return np.broadcast_to(self.centred, (channels,)).astype(np.float64)
 
-    def with_centred(self, centred) -> Correlation:
+    def with_centred(self, centred, normalized: bool = False) -> Correlation:
         return Correlation(self.rho, self.floor, self.gauss, np.asarray(centred, np.float64),
-                           self.cross)
+                           self.cross, normalized)
 
 
 def independent(channels: int, sizes: Sequence[int]) -> Correlation:

@@ -128,7 +128,7 @@ def _normalized_cells(x: Moments, in_shape, axes, eps, gamma, beta, n: int) -> M
     cells = Moments(cells.mean, var, cells.source, cells.mixture)
     corr = out.spatial.corr if out.spatial is not None else None
     if 0 in axes and corr is not None:  # batch statistics: sample means centred over the batch
-        corr = corr.with_centred(np.ones(1))
+        corr = corr.with_centred(np.ones(1), normalized=True)
     return attach(cells, sp.maps, corr)
 
 
