@@ -234,30 +234,38 @@ class Moments:
         return int(np.prod(np.broadcast_shapes(self.mean.shape, self.var.shape)))
 
     def capped(self, limit: int) -> Moments:
-        """These moments when they track at most ``limit`` statistics; else pooled over every
-        axis but one (law of total variance: mean of means, mean of vars plus var of means), or
-        over all when each axis alone is longer than ``limit``. The axis kept is the one along
-        which the statistics differ most: the largest share of the spread of the means and of
-        the second moments over all tracked indices that is between its indices (channels,
-        usually; the longest axis on a tie). Pooling mixes values: source and mixture go."""
+        """These moments when they track at most ``limit`` statistics; else the tracked axes
+        pooled one at a time (law of total variance: mean of means, mean of vars plus var of
+        means), the one along which the statistics differ least first, until at most ``limit``
+        are left (one statistic when each axis alone is longer). An axis's score is the share
+        of the spread of the means and of the second moments over all tracked indices that is
+        between its indices (the shortest axis goes first on a tie), so the axes that matter
+        (channels; the tokens of a causal attention's output, whose variances differ) are kept.
+        Pooling mixes values: source, mixture and rows go; the token field stays (its variance
+        is the same along the token axes, and pooling other axes keeps it so)."""
         if self.tracked_size() <= limit:
             return self
-        shape = np.broadcast_shapes(self.mean.shape, self.var.shape)
-        mean, var = np.broadcast_arrays(self.mean, self.var)
-        second = var + mean**2
-        best, best_score = None, -1.0
-        for axis in sorted(self.tracked_axes(), key=lambda a: -shape[a]):
-            if shape[axis] > limit:
-                continue
-            others = tuple(i for i in range(len(shape)) if i != axis)
-            score = sum(float(np.var(a.mean(axis=others))) / total
-                        for a in (mean, second) if (total := float(np.var(a))) > 0)
-            if score > best_score:
-                best, best_score = axis, score
-        if best is None:
+        mean, var = (np.array(a) for a in np.broadcast_arrays(self.mean, self.var))
+        masked = np.isneginf(mean)
+        if masked.any():  # -inf offsets (masks) do not pool into a variance: one statistic
             return Moments.scalar(*self.total())
-        m, v = self.values_along(best, shape[best])
-        return Moments.along(m, v, best, len(shape))
+        while mean.size > limit:
+            second = var + mean**2
+            axes = [a for a in range(mean.ndim) if mean.shape[a] > 1]
+            totals = [float(np.var(a)) for a in (mean, second)]
+
+            def score(axis):
+                others = tuple(i for i in range(mean.ndim) if i != axis)
+                return (sum(float(np.var(a.mean(axis=others))) / t
+                            for a, t in zip((mean, second), totals) if t > 0), mean.shape[axis])
+
+            axis = min(axes, key=score)
+            m = mean.mean(axis=axis, keepdims=True)
+            var = var.mean(axis=axis, keepdims=True) + ((mean - m) ** 2).mean(axis=axis, keepdims=True)
+            mean = m
+        if mean.size == 1:
+            return Moments(mean.reshape(()), var.reshape(()), tokens=self.tokens)
+        return Moments(mean, var, tokens=self.tokens)
 
     def values_along(self, axis: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         """1-D (mean, var) of length ``size`` along ``axis``, pooling any other tracked axis."""

@@ -6,7 +6,9 @@ every node handled by a fallback (empirical measurement or pass-through) is list
 A NaN or infinite prediction is fatal: :class:`~onnxinit.errors.PredictionError` names the node
 (elements masked with -inf, mean -inf and variance 0, are the one exception: see moments.py).
 After each rule, the token covariance (``Moments.tokens``) is carried to the outputs
-(:func:`onnxinit.rules.tokens.carry`).
+(:func:`onnxinit.rules.tokens.carry`); a non-linear point-wise rule sees an input whose field
+says its variance differs from token to token with that variance per token
+(:func:`onnxinit.rules.tokens.per_token_inputs`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .rules import CommonAncestor, Registration, RuleContext, RuleError, RuleSet
 from .rules.empirical import EmpiricalError, measure_node, pass_through
 from .rules.fusion import common_ancestor
 from .rules.masks import OFFSET_CAP, derived_moments, feeds_softmax
-from .rules.tokens import carry
+from .rules.tokens import carry, per_token_fusion, per_token_inputs
 from .spatial import drop
 
 log = logging.getLogger("onnxinit")
@@ -233,7 +235,9 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
     ]
     ctx = RuleContext(node, node_id, graph, result.settings)
     registration = lookup(node.domain, node.op_type, graph.opset)
-    outputs, rule_name, reason = None, None, ""
+    per_token = per_token_inputs(ctx, inputs)  # the rule's inputs; carry() reads the fields
+    seen = per_token if per_token is not None else inputs
+    outputs, rule_name, reason, fused = None, None, "", None
     if all(m is None for m in inputs):  # computed from an attention_mask input?
         outputs, rule_name = derived_moments(inputs, ctx), DERIVED
     # a rule is called even without signal inputs: an embedding Gather(table, int ids) has a
@@ -242,7 +246,8 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
     if outputs is None and registration is not None:
         try:
             ctx = rule_context(graph, node_id, result, registration)
-            outputs = registration.fn(inputs, ctx)
+            fused = per_token_fusion(ctx)  # a fused ancestor spelled per token, for the rule
+            outputs = registration.fn(seen, fused or ctx)
             rule_name = registration.fn.__name__
         except RuleError as exc:
             reason = str(exc)
@@ -253,7 +258,7 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
         reason = "no rule for this op"
     if outputs is None:
         try:
-            outputs = measure_node(inputs, ctx, result.moments)
+            outputs = measure_node(seen, ctx, result.moments)
             rule_name = EMPIRICAL
             _record(result, Fallback(node_id, node.op_type, EMPIRICAL, reason))
         except Exception as exc:  # EmpiricalError, or a constant input that
@@ -268,7 +273,7 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
                 result.warnings.append(
                     f"node {node_id} ({node.op_type}): statistics passed through unchanged ({exc})"
                 )
-    outputs = carry(ctx, inputs, list(outputs))
+    outputs = carry(ctx, inputs, list(outputs), per_token is not None or fused is not None)
     for name, m in zip(node.output, outputs):
         if name and m is not None and graph.is_signal(name):
             m = _fit(m, graph.shape(name), _tracked_limit(ctx, m))

@@ -33,7 +33,7 @@ def test_negative_variance_is_clipped_and_pooled_is_scalar():
     assert m.tracked_axes() == (1,)
 
 
-def test_capped_pools_all_but_the_longest_axis_when_too_many_statistics_are_tracked():
+def test_capped_pools_the_least_varying_axes_one_at_a_time():
     rng = np.random.default_rng(0)
     shape = (1, 30, 40, 8)
     # statistics that differ mostly along the last axis (the channels of an NHWC tensor)
@@ -41,7 +41,17 @@ def test_capped_pools_all_but_the_longest_axis_when_too_many_statistics_are_trac
     var = rng.uniform(0.5, 0.6, size=shape) * np.arange(1.0, 9.0)
     m = Moments(mean, var)
     assert m.capped(30 * 40 * 8) is m
+    # 1000: one of the two position axes goes (30 x 8 or 40 x 8 statistics are left)
     capped = m.capped(1000)
+    assert capped.tracked_size() <= 1000 and 3 in capped.tracked_axes()
+    pooled = tuple(a for a in (1, 2) if a not in capped.tracked_axes())
+    assert len(pooled) == 1
+    second = (var + mean**2).mean(axis=pooled, keepdims=True)
+    want_mean = mean.mean(axis=pooled, keepdims=True)
+    np.testing.assert_allclose(capped.mean, want_mean, rtol=1e-12)
+    np.testing.assert_allclose(capped.var, second - want_mean**2, rtol=1e-12)
+    # 100: only the channels are left
+    capped = m.capped(100)
     assert capped.tracked_axes() == (3,)
     # each kept index: an equal mixture of N(mean, var) over the pooled positions
     second = (var + mean**2).mean(axis=(0, 1, 2))
@@ -52,6 +62,35 @@ def test_capped_pools_all_but_the_longest_axis_when_too_many_statistics_are_trac
     assert scalar.is_scalar
     np.testing.assert_allclose(scalar.total(), (mean.mean(), (var + mean**2).mean()
                                                 - mean.mean() ** 2), rtol=1e-12)
+
+
+def test_capped_keeps_the_axis_whose_variances_differ():
+    rng = np.random.default_rng(1)
+    # [1, heads, tokens, features]: means that differ a little per head and feature, variances
+    # that differ a lot per token (a causal attention output): too many for 4096 statistics
+    mean = rng.normal(size=(1, 4, 1, 64)) * 0.01
+    var = np.broadcast_to(np.linspace(0.1, 3.0, 32).reshape(1, 1, 32, 1), (1, 4, 32, 64))
+    m = Moments(mean, var)
+    capped = m.capped(4096)
+    assert capped.tracked_axes() == (2, 3)  # the heads pooled, the tokens and features kept
+    np.testing.assert_allclose(capped.var.reshape(32, 64).mean(axis=1),
+                               np.linspace(0.1, 3.0, 32) + mean.var(axis=1).mean(), rtol=1e-9)
+    assert capped.total() == pytest.approx(m.total(), rel=1e-12)
+
+
+def test_capped_keeps_the_token_field():
+    from onnxinit.moments import Tokens
+
+    rng = np.random.default_rng(2)
+    # per-token means (position embeddings) and per-feature variances over a token field
+    mean = rng.normal(size=(1, 64, 128))
+    var = rng.uniform(0.5, 2.0, size=(1, 1, 128))
+    cov = np.full((64, 64), 0.5) + 0.5 * np.eye(64)
+    m = Moments(mean, var, tokens=Tokens(-2, 1, cov))
+    capped = m.capped(1000)
+    assert capped.tokens is m.tokens
+    assert capped.tracked_size() <= 1000
+    assert capped.total() == pytest.approx(m.total(), rel=1e-12)
 
 
 def test_propagation_caps_the_statistics_a_rule_tracks():
@@ -69,9 +108,8 @@ def test_propagation_caps_the_statistics_a_rule_tracks():
     x = Moments(rng.normal(size=shape), rng.uniform(0.5, 2.0, size=shape))
     result = propagate(load(model), initial={"x": x})
     y = result.moments["y"]
-    assert y.tracked_size() <= MAX_TRACKED and len(y.tracked_axes()) == 1
-    axis = y.tracked_axes()[0]
-    others = tuple(i for i in range(4) if i != axis)
+    assert y.tracked_size() <= MAX_TRACKED and len(y.tracked_axes()) >= 1
+    others = tuple(i for i in range(4) if i not in y.tracked_axes())
     # the capped statistics pool the exact per-position ReLU moments
     mu, s = x.mean, np.sqrt(x.var)
     from scipy import stats
@@ -79,6 +117,6 @@ def test_propagation_caps_the_statistics_a_rule_tracks():
     a = mu / s
     e1 = mu * stats.norm.cdf(a) + s * stats.norm.pdf(a)
     e2 = (mu**2 + s**2) * stats.norm.cdf(a) + mu * s * stats.norm.pdf(a)
-    want = e1.mean(axis=others)
-    np.testing.assert_allclose(y.mean.reshape(-1), want, rtol=1e-9)
-    np.testing.assert_allclose(y.var.reshape(-1), e2.mean(axis=others) - want**2, rtol=1e-9)
+    want = e1.mean(axis=others, keepdims=True)
+    np.testing.assert_allclose(y.mean, want, rtol=1e-9)
+    np.testing.assert_allclose(y.var, e2.mean(axis=others, keepdims=True) - want**2, rtol=1e-9)

@@ -30,15 +30,14 @@ _SHORT = {
     "vit": "ViT attention outputs from layer 1 on under-predicted (0.77x at layer 2)",
     # 10 tensors, 2 outside 10%: the second GRU layer's Y_h and the last step (0.85x, 0.83x)
     "gru": "GRU second layer's last state 0.83-0.85x of measured",
-    # 148 tensors, 79.7% within 10%, 90.5% within 2x: the mean square of RMSNorm
-    # (ReduceMean of Pow over the features) from the first residual sum after attention on,
-    # 0.21-0.30x. A causal attention output's variance differs per token (the token field's
-    # diagonal profile); element-wise rules use the token-pooled variance, so the per-token
-    # means of x^2 do not vary, and a mean over features keeps only the within-token noise.
-    # Tried: per-token means in the element-wise rules fix the mean square (0.94-1.02x) but the
-    # Div by its root then over-predicts (x's variance stays pooled over tokens: 1.07x, and 3x
-    # at the last norm): the fix needs per-token variances in the Moments, not only the field
-    "llama": "RMSNorm's mean square under-predicted (0.2-0.3x): per-token variance profile",
+    # 148 tensors, 93.2% within 10% (79.7% before the per-token variances: RMSNorm's mean
+    # square 0.2-0.3x), 100% within 2x (90.5%). Left: layer 1's attention output P V and its
+    # projection, 1.21-1.23x (growing from 1.16x at the first query to 1.46x at the last, though
+    # the values' token correlations and per-token variances are predicted within a few %),
+    # the reciprocal RMS after layer 1's attention and the final norm's (0.87x), and the first
+    # norm's chain on the embeddings (1.13-1.20x: the variance of the embedding rows' mean
+    # square, measured over 256 draws of one table)
+    "llama": "attention output P V of layer 1 over-predicted (1.23x); RMSNorm reciprocal 0.87x",
 }
 CASES = [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=_SHORT[name]))
          if name in _SHORT else name for name in SMALL]
