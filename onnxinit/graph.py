@@ -34,6 +34,7 @@ from .parameters import LAYOUT_OPS, PARAMETER_ROLES, WEIGHT_OPS, Layer, Paramete
 from .passes import (
     MAX_FOLDED_ELEMENTS,
     RANDOM_OPS,
+    channels_first,
     evaluate_node,
     infer_shapes,
     infer_with_constants,
@@ -147,7 +148,7 @@ class ModelGraph(GraphStructure):
         inferred, warning = infer_shapes(work, self._resolved(list(work.graph.value_info)))
         if warning:
             self.warnings.append(warning)
-        return inference_batchnorms(inferred)
+        return channels_first(inference_batchnorms(inferred))
 
     def _resolved(self, infos: list[onnx.ValueInfoProto]) -> list[onnx.ValueInfoProto]:
         """Declared value_info with the inputs' symbolic dims (``batch``...) replaced by the

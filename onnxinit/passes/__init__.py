@@ -11,6 +11,7 @@ pass                          in place  what it does
 ``types_and_shapes``          no        element types and shapes by inference
 ``fold_constants``            no        nodes computable from constants -> initializers
 ``inference_batchnorms``      no        BatchNormalization written as arithmetic -> node
+``channels_first``            no        channels-last stretches between Transposes -> NCHW
 ``batch_statistics``          yes       BatchNormalization on the batch's statistics
 ``fixed_dropout``             yes       Dropout as identity (or a fixed seeded mask)
 ``with_outputs``              no        intermediate tensors as graph outputs
@@ -21,6 +22,7 @@ pass                          in place  what it does
 from __future__ import annotations
 
 from .base import PASSES, PassInfo, model_pass
+from .channels_first import channels_first
 from .emitter import GraphEmitter
 from .folding import (
     MAX_FOLDED_ELEMENTS,
@@ -47,7 +49,7 @@ from .training import batch_statistics, fixed_dropout
 
 __all__ = [
     "MAX_FOLDED_ELEMENTS", "NEVER_FOLDED", "PASSES", "RANDOM_OPS", "SMALL_TENSOR", "GraphEmitter",
-    "PassInfo", "batch_statistics", "evaluate_node", "fixed_dropout", "fold_constants",
+    "PassInfo", "batch_statistics", "channels_first", "evaluate_node", "fixed_dropout", "fold_constants",
     "inference_batchnorms", "infer_shapes", "infer_with_constants", "is_static", "keep_declared", "measured_shapes",
     "model_pass", "set_input_shapes", "shape_of", "shape_op_value", "types_and_shapes",
     "value_info", "with_outputs",

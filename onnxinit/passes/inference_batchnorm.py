@@ -61,7 +61,7 @@ _TF_ADD = re.compile(r"(?:^|/)batchnorm/add_1$")
 _DEFAULT_EPS = 1e-5  # ONNX's; only the TensorFlow form hides eps
 
 
-class _Graph:
+class ConstantGraph:
     """Producers, consumers and constant values (computed on demand) of a model's tensors."""
 
     def __init__(self, model: onnx.ModelProto):
@@ -117,7 +117,7 @@ class _Graph:
         return nodes
 
 
-def _declared(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tuple]]:
+def declared(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tuple]]:
     """Element types and shapes the (inferred) model declares for its tensors."""
     types, shapes = {}, {}
     graph = model.graph
@@ -140,7 +140,7 @@ def channel_axis(shape: tuple[int, ...], rank: int) -> int | None:
     return axes[0] if len(axes) == 1 and axes[0] != 0 else None
 
 
-def sqrt_var_eps(graph: _Graph, k: str) -> tuple[np.ndarray, float] | None:
+def sqrt_var_eps(graph: ConstantGraph, k: str) -> tuple[np.ndarray, float] | None:
     """``(v, eps)`` when the constant subgraph computing ``k`` takes ``Sqrt(v + eps)`` of a
     tensor ``v`` with more than one element and a scalar ``eps >= 0`` (BatchNormalization's
     ``sqrt(var + eps)``), else None."""
@@ -159,7 +159,7 @@ def sqrt_var_eps(graph: _Graph, k: str) -> tuple[np.ndarray, float] | None:
     return None
 
 
-def follows_linear_layer(graph: _Graph, x: str) -> bool:
+def follows_linear_layer(graph: ConstantGraph, x: str) -> bool:
     """Whether ``x`` is the output of a Conv/ConvTranspose/Gemm/MatMul, through layout ops and
     a constant (bias) Add, each output read by nothing else: where folding exporters fold."""
     for _ in range(8):
@@ -180,7 +180,7 @@ def follows_linear_layer(graph: _Graph, x: str) -> bool:
     return False
 
 
-def _match(graph: _Graph, mul: onnx.NodeProto, ranks: dict[str, int]):
+def _match(graph: ConstantGraph, mul: onnx.NodeProto, ranks: dict[str, int]):
     """(x, k, gamma or None, shift or None, final node, eps, axis) when ``mul`` starts an inference
     BatchNormalization written as arithmetic (see the module docstring), else None."""
     if mul.op_type != "Mul" or len(mul.input) != 2:
@@ -265,8 +265,8 @@ def inference_batchnorms(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with every inference BatchNormalization written as arithmetic (and not after a
     foldable layer) as a ``BatchNormalization`` node; ``model`` itself when there is none.
     ``model`` has its shapes inferred (the channel axis is read from them)."""
-    graph = _Graph(model)
-    types, shapes = _declared(model)
+    graph = ConstantGraph(model)
+    types, shapes = declared(model)
     ranks = {name: len(s) for name, s in shapes.items() if s is not None}
     matches, replaced = [], set()
     for node in model.graph.node:
@@ -301,4 +301,4 @@ def inference_batchnorms(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-__all__ = ["inference_batchnorms"]
+__all__ = ["ConstantGraph", "declared", "inference_batchnorms"]

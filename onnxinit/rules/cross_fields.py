@@ -14,8 +14,8 @@ from .. import correlation, cross_channel
 from ..correlation import Correlation
 from ..cross_channel import Anchor, CrossField
 from ..moments import Moments, Source
-from ..spatial import gather_taps, within_variance
-from .mixture import sum_mixture
+from ..spatial import class_weights, gather_taps, joint, within_variance
+from .mixture import relu_plus_linear, sum_mixture
 
 
 def _input_field(corr_in: Correlation | None, channels: int, sizes) -> CrossField:
@@ -220,9 +220,13 @@ def residual_sum(ctx, op: str, operands, cells, var: np.ndarray, mixture, corr, 
     shape = (1, channels) + (1,) * axes
     extra = 2 * sign * rho.reshape(shape) * np.sqrt(cells[0].var) * np.sqrt(cells[1].var)
     var = np.maximum(var + extra, 0.0)
-    if op == "Add":
-        beta = rho * sd[j] / np.where(sd[i] > 0, sd[i], 1.0)
-        mixture = _regressed_mixture(cells[i], cells[j], beta.reshape(shape), len(shape))
+    if op == "Add":  # a ReLU branch of a linear image of a Gaussian A: per side of its kink
+        weights = class_weights(joint([sp.maps for sp in operands], ctx.out_shape(0)[2:])[0])
+        mixture = relu_plus_linear(cells[j], cells[i], (rho * sd[0] * sd[1]).reshape(shape),
+                                   len(shape), weights.reshape((1, 1) + weights.shape))
+        if mixture is None:
+            beta = rho * sd[j] / np.where(sd[i] > 0, sd[i], 1.0)
+            mixture = _regressed_mixture(cells[i], cells[j], beta.reshape(shape), len(shape))
     else:
         mixture = None
     return var, mixture, replace(corr, rho=CrossField(total).diagonal(), cross=CrossField(total))

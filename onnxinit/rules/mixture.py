@@ -76,6 +76,21 @@ def _gaussian(mean, var, rank: int):
     return np.ones((1,) + (1,) * rank), at_rank(mean, rank)[None], at_rank(var, rank)[None]
 
 
+def relu_parts(x: Moments, rank: int):
+    """(mu, var, c, d) with ``x = c ReLU(u) + d``, u ~ N(mu, var) (``u = a z + b`` over x's
+    source z), arrays laid out at ``rank``; None when x is not such a ReLU of a Gaussian."""
+    src = x.source
+    if src is None or not src.chain:
+        return None
+    parts = _split_chain(src.chain)
+    if parts is None or not parts[1]:
+        return None
+    before, _, after = parts
+    a, b = _affine_of(before, rank)
+    c, d = _affine_of(after, rank)
+    return at_rank(src.mean, rank) * a + b, at_rank(src.var, rank) * a * a, c, d
+
+
 def components(x: Moments, rank: int):
     """x as Gaussian mixture components (w, m, v), each with a leading component axis and
     ``rank`` more: one component for a Gaussian, also after affine steps (a Gaussian stays
@@ -91,44 +106,86 @@ def components(x: Moments, rank: int):
                          for a in (w, m, v))
     if src is None or not src.chain:
         return _gaussian(x.mean, x.var, rank)
-    parts = _split_chain(src.chain)
-    if parts is None:
+    if _split_chain(src.chain) is None:
         return None
-    before, relu, after = parts
-    if not relu:
+    found = relu_parts(x, rank)
+    if found is None:
         return _gaussian(x.mean, x.var, rank)
-    a, b = _affine_of(before, rank)
-    mu, var = at_rank(src.mean, rank) * a + b, at_rank(src.var, rank) * a * a
+    mu, var, c, d = found
     w, m, v = _relu_components(mu, var)
-    c, d = _affine_of(after, rank)
     return w, m * c + d, v * c * c
+
+
+def _bins(mu, s, lo, hi, p_lo, mass):
+    """N(mu, s^2) restricted to [mu + lo s, mu + hi s] (standard units, lo may be -inf, hi
+    +inf, ``p_lo = P(t <= lo)``, ``mass = P(lo < t <= hi)``) cut in _RELU_BINS bins of equal
+    probability: (w, m, v), each bin's probability and exact conditional mean and variance."""
+    k = np.arange(1, _RELU_BINS).reshape((-1,) + (1,) * np.ndim(mu))
+    inner = special.ndtri(np.clip(p_lo + mass * k / _RELU_BINS, 0.0, 1.0))
+    edges = np.concatenate([np.broadcast_to(lo, np.shape(mu))[None], inner,
+                            np.broadcast_to(hi, np.shape(mu))[None]])
+    part = mass / _RELU_BINS  # each bin's probability, by construction
+    phi = _phi(edges)
+    tphi = np.where(phi > 0, np.where(np.isfinite(edges), edges, 0.0) * phi, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        safe = np.where(part > 0, part, 1.0)
+        # standard normal restricted to [lo, hi]: mean (phi(lo) - phi(hi)) / mass,
+        # second moment 1 + (lo phi(lo) - hi phi(hi)) / mass
+        cm = np.where(part > 0, (phi[:-1] - phi[1:]) / safe, 0.0)
+        cv = np.where(part > 0, 1.0 + (tphi[:-1] - tphi[1:]) / safe - cm**2, 0.0)
+    w = np.broadcast_to(part, edges[:-1].shape)
+    return w, mu + s * cm, s * s * np.maximum(cv, 0.0)
+
+
+def _zero_edge(mu, var):
+    """(s, a0, P(u <= 0)) for u ~ N(mu, var), a0 = -mu / s the edge 0 in standard units."""
+    s = np.sqrt(var)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a0 = np.where(s > 0, -mu / np.where(s > 0, s, 1.0), np.where(mu > 0, -np.inf, np.inf))
+    return s, a0, special.ndtr(a0)
 
 
 def _relu_components(mu: np.ndarray, var: np.ndarray):
     """ReLU(z), z ~ N(mu, var): the point mass at 0 and _RELU_BINS equal-probability bins of
     the positive part, as (w, m, v) with a leading component axis."""
     mu, var = np.broadcast_arrays(mu, var)
-    s = np.sqrt(var)
+    s, a0, p0 = _zero_edge(mu, var)
+    w, m, v = _bins(mu, s, a0, np.inf, p0, 1 - p0)
+    return (np.concatenate([p0[None], w]), np.concatenate([np.zeros_like(mu)[None], m]),
+            np.concatenate([np.zeros_like(var)[None], v]))
+
+
+def relu_plus_linear(r: Moments, g: Moments, cov, rank: int, weights=None):
+    """r + g for ``r = c ReLU(u) + d`` (u ~ N(mu, s^2)) and a Gaussian g jointly Gaussian with
+    u (both linear images of one Gaussian: a residual block's skip and a ReLU branch),
+    ``cov = Cov(r, g)``. Then ``g = k u + e``, e independent of u, with Stein's lemma
+    ``Cov(r, g) = c k s^2 P(u > 0)``, ``E e = E g - k mu``, ``Var e = Var g - k^2 s^2``, and
+    the sum is affine on each side of u = 0: ``k u + d + e`` below, ``(c + k) u + d + e``
+    above; each side is cut in _RELU_BINS equal-probability bins of u (exact conditional
+    moments), e added to every component. With position classes, ``cov`` is per channel and
+    ``weights`` the classes' shares (broadcast to r's cells): one k per channel,
+    ``k = Cov / sum_cells weight c s^2 P(u > 0)`` (the linear maps behind k are the same at
+    every position). None when r is not such a ReLU or g not Gaussian."""
+    found = relu_parts(r, rank)
+    if found is None or g.source is not None and g.source.chain or g.mixture is not None:
+        return None
+    mu, var, c, d = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(*found))
+    s, a0, p0 = _zero_edge(mu, var)
+    denom = c * var * (1 - p0)
+    if weights is not None:
+        axes = tuple(range(2, rank))
+        denom = (np.broadcast_to(denom, np.broadcast_shapes(denom.shape, np.shape(weights)))
+                 * weights).sum(axis=axes, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        a0 = np.where(s > 0, -mu / np.where(s > 0, s, 1.0), np.where(mu > 0, -np.inf, np.inf))
-    p0 = special.ndtr(a0)  # P(z <= 0)
-    k = np.arange(1, _RELU_BINS).reshape((-1,) + (1,) * mu.ndim)
-    inner = special.ndtri(np.clip(p0 + (1 - p0) * k / _RELU_BINS, 0.0, 1.0))  # standard units
-    edges = np.concatenate([a0[None], inner, np.full_like(a0, np.inf)[None]])
-    mass = (1 - p0) / _RELU_BINS  # each bin's probability, by construction
-    phi = _phi(edges)
-    tphi = np.where(phi > 0, np.where(np.isfinite(edges), edges, 0.0) * phi, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        safe = np.where(mass > 0, mass, 1.0)
-        # standard normal restricted to [lo, hi]: mean (phi(lo) - phi(hi)) / mass,
-        # second moment 1 + (lo phi(lo) - hi phi(hi)) / mass
-        cm = np.where(mass > 0, (phi[:-1] - phi[1:]) / safe, 0.0)
-        cv = np.where(mass > 0, 1.0 + (tphi[:-1] - tphi[1:]) / safe - cm**2, 0.0)
-    lo = edges[:-1]
-    w = np.concatenate([p0[None], np.broadcast_to((1 - p0) / _RELU_BINS, lo.shape)])
-    m = np.concatenate([np.zeros_like(mu)[None], mu + s * cm])
-    v = np.concatenate([np.zeros_like(var)[None], var * np.maximum(cv, 0.0)])
-    return w, m, v
+        k = np.where(denom != 0, at_rank(cov, rank) / np.where(denom != 0, denom, 1.0), 0.0)
+    e_mean = at_rank(g.mean, rank) - k * mu
+    e_var = np.maximum(at_rank(g.var, rank) - k * k * var, 0.0)
+    lw, lm, lv = _bins(mu, s, -np.inf, a0, 0.0, p0)
+    hw, hm, hv = _bins(mu, s, a0, np.inf, p0, 1 - p0)
+    w = np.concatenate([lw, hw])
+    m = np.concatenate([k * lm, (c + k) * hm]) + d + e_mean
+    v = np.concatenate([k * k * lv, (c + k) ** 2 * hv]) + e_var
+    return tuple(np.ascontiguousarray(a) for a in np.broadcast_arrays(w, m, v))
 
 
 def sum_mixture(a: Moments, b: Moments, rank: int, subtract: bool = False):
@@ -200,4 +257,4 @@ def through(mixture, closed, fn, smooth: bool, rank: int | None):
 
 
 __all__ = ["affine_mixture", "at_rank", "binary_independent", "components", "lift", "permuted",
-           "sum_mixture", "through"]
+           "relu_parts", "relu_plus_linear", "sum_mixture", "through"]
