@@ -50,3 +50,17 @@ def test_broadcasts_like_pow_and_returns_a_new_array():
 def test_other_exponents_go_to_pow(c):
     x = np.linspace(0.5, 3.0, 8).reshape(4, 2)
     np.testing.assert_array_equal(integer_power(x, c), np.power(x, c))
+
+
+def test_gaussian_power_closed_form_matches_numpy_float64_sampling():
+    from onnxinit.rules.powers import gaussian_power
+
+    rng = np.random.default_rng(3)
+    mu = rng.normal(size=6) * 2
+    var = rng.uniform(0.05, 3.0, size=6)
+    z = rng.standard_normal((2_000_000, 1)) * np.sqrt(var) + mu
+    for n in (2, 3):
+        mean, v = gaussian_power(n)(mu, var)
+        np.testing.assert_allclose(mean, (z**n).mean(axis=0), atol=0.01 * np.sqrt(v).max())
+        np.testing.assert_allclose(v, (z**n).var(axis=0), rtol=0.02)
+    assert gaussian_power(4) is None and gaussian_power(np.array([2.0, 3.0])) is None

@@ -34,7 +34,7 @@ from . import cross_fields
 from .correlations import elementwise_correlation
 from .gaussian import compose, expand, gaussian_moments, probability
 from .mixture import through
-from .powers import integer_power
+from .powers import gaussian_power, integer_power
 from .registry import rule
 from .support import identity_on_input
 
@@ -120,7 +120,8 @@ def binary_function(ctx: RuleContext, rank: int | None, which: int) -> Elementwi
     if op == "Pow" and which == 0:
         integer = bool(np.all(c == np.round(c)))
         if integer and np.all(c >= 0):
-            return ElementwiseFn(("PowInt", *d), lambda x: integer_power(x, c))
+            return ElementwiseFn(("PowInt", *d), lambda x: integer_power(x, c),
+                                 closed=gaussian_power(c))
         return ElementwiseFn(
             ("Pow", *d), lambda x: np.power(x, c), domain="nonzero" if integer else "positive"
         )

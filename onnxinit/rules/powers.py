@@ -39,4 +39,19 @@ def integer_power(x, c) -> np.ndarray:
     return result if result.shape == shape else np.broadcast_to(result, shape).copy()
 
 
-__all__ = ["MAX_EXPONENT", "integer_power"]
+def gaussian_power(c):
+    """The closed form ``(mu, var) -> (E[x^n], Var[x^n])`` for ``x ~ N(mu, var)`` when ``c`` is
+    one whole ``n`` in {2, 3} (RMSNorm's mean square, the tanh GELU's cube), else None.
+    With ``x = mu + s z``: n = 2, ``E = mu^2 + var``, ``Var = 4 mu^2 var + 2 var^2``; n = 3,
+    ``E = mu^3 + 3 mu var``, ``Var = 9 mu^4 var + 36 mu^2 var^2 + 15 var^3`` (central terms
+    only: no cancellation when var << mu^2)."""
+    c = np.asarray(c)
+    if c.size != 1 or float(c.reshape(())) not in (2.0, 3.0):
+        return None
+    if float(c.reshape(())) == 2.0:
+        return lambda mu, var: (mu * mu + var, 4 * mu * mu * var + 2 * var * var)
+    return lambda mu, var: (mu**3 + 3 * mu * var,
+                            9 * mu**4 * var + 36 * mu * mu * var * var + 15 * var**3)
+
+
+__all__ = ["MAX_EXPONENT", "gaussian_power", "integer_power"]
