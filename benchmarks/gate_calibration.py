@@ -126,10 +126,13 @@ def check_missing(names: list[str], run=None, path: Path = CHECK_FILE) -> dict:
         except Exception as exc:  # noqa: BLE001 - record it, go on with the others
             print(f"{name}: check failed to run: {type(exc).__name__}: {exc}", flush=True)
             continue
+        _save(path, cache)
         r = cache[name]
+        if r.get("export_error"):
+            print(f"{name}: not exported: {r['export_error']}", flush=True)
+            continue
         print(f"{name}: {'passed' if r['passed'] else 'FAILED'} {' '.join(r['rules'])} "
               f"({r['export_seconds'] + r['check_seconds']:.0f} s)", flush=True)
-        _save(path, cache)
     return cache
 
 

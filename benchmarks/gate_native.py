@@ -6,7 +6,7 @@ digits classifiers small enough to train on a CPU) at the size the gate meets in
 
     python benchmarks/gate_native.py                       # every network
     python benchmarks/gate_native.py --models resnet50_nonorm,swin_t
-    python benchmarks/gate_native.py --batch 8             # exported at batch 8 instead of 1
+    python benchmarks/gate_native.py --batch-size 8        # exported at batch 8 instead of 1
 
 Results are cached in ``benchmarks/results/gate_native.json`` per network and onnxinit source
 hash (a batch other than 1 under ``name@bN``); the table is printed at the end.
@@ -81,7 +81,7 @@ def main() -> None:
     names = [*TORCHVISION, *HUGGING_FACE, *BROKEN]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(names))
-    parser.add_argument("--batch", type=int, default=1, help="the export's batch size")
+    parser.add_argument("--batch-size", type=int, default=1, help="the export's batch size")
     parser.add_argument("--table", action="store_true", help="print the cached table only")
     args = parser.parse_args()
     chosen = [n for n in args.models.split(",") if n]
@@ -89,11 +89,12 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown networks: {', '.join(unknown)}")
     gate_calibration.torch_threads()
-    keys = {name: cache_key(name, args.batch) for name in chosen}
+    keys = {name: cache_key(name, args.batch_size) for name in chosen}
     cache = gate_calibration.check_missing([] if args.table else list(keys.values()),
                                            check_native, NATIVE_FILE)
-    rows = [f"| network (native size, batch {args.batch}) | expected | check | "
-            "findings (errors, warnings) | max growth | min signal |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = [f"| network (native size, batch {args.batch_size}) | expected | check | "
+            "findings (errors, warnings) | max growth | min signal |",
+            "| --- | --- | --- | --- | --- | --- |"]
     for name in chosen:
         if keys[name] not in cache:
             continue

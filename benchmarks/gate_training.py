@@ -95,18 +95,19 @@ def _accuracy(module, x, y) -> float:
     return correct / len(y)
 
 
-def train_once(name: str, lr: float, data) -> dict:
-    """One run at learning rate ``lr``: best test accuracy, steps run, divergence, seconds."""
+def train_once(name: str, lr: float, data, seed: int = SEED) -> dict:
+    """One run at learning rate ``lr``: best test accuracy, steps run, divergence, seconds
+    (``seed``: the weights' and the batches' order; the label uses ``SEED``)."""
     import torch
 
-    module, kind = gate_models.NETWORKS[name](SEED)
+    module, kind = gate_models.NETWORKS[name](seed)
     x_train_raw, y_train, x_test_raw, y_test = data
     x_train = gate_models.as_kind(x_train_raw, kind, x_train_raw)
     x_test = gate_models.as_kind(x_test_raw, kind, x_train_raw)
     y_train, y_test = torch.as_tensor(y_train), torch.as_tensor(y_test)
     recipe = TRANSFORMER_PROTOCOL if is_transformer(module) else PROTOCOL
     optimizer, scheduler = _optimizer(module, lr, recipe)
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(seed)
     order, cursor = rng.permutation(len(y_train)), 0
     start = time.perf_counter()
     best, accuracies, diverged, step, loss_value = 0.0, [], False, 0, math.nan
