@@ -1,5 +1,5 @@
 """MaxPool whose windows tile the input (kernel = stride, no pads): the backward rule's
-one-hot mask of each window's first maximum (SpaceToDepth, ArgMax, Where, DepthToSpace)
+one-hot mask of each window's first maximum (SpaceToDepth, ArgMax, Mul, DepthToSpace)
 against torch autograd (float64, first and second order, ties included) and central
 differences, and the layout ops it is built from, SpaceToDepth and DepthToSpace (DCR and CRD),
 against torch autograd."""
@@ -71,7 +71,7 @@ def test_tiled_max_pool_routes_ties_to_the_first_maximum():
 
 def test_tiled_max_pool_hessian_vector_products_match_torch():
     """GradInit and NIO differentiate the gradient again: the mask's path (ArgMax) has zero
-    derivative, dY's path goes back through Where and DepthToSpace."""
+    derivative, dY's path goes back through Mul and DepthToSpace."""
     module, x, model = _pool_model(2, 8, seed=1)
     labels = np.array([2, 0, 3])
     program = GradientProgram(model, {"x": x.shape}, dtype="float64", device="cpu")
@@ -89,8 +89,8 @@ def test_tiled_max_pool_hessian_vector_products_match_torch():
 
 
 def test_tiled_max_pool_uses_no_scatter():
-    """The tiling case takes the mask path, not Indices + ScatterElements (several times
-    slower in onnxruntime); an overlapping pool still takes the Indices."""
+    """The tiling case takes the mask path, not Indices + ScatterElements; an overlapping pool
+    still takes the Indices."""
     _, _, model = _pool_model(2, 8)
     program = GradientProgram(model, {"x": (3, 3, 8, 8)}, dtype="float64", device="cpu")
     ops = [n.op_type for n in HessianVectorProgram(program).graph.model.graph.node]

@@ -1,8 +1,8 @@
 """Pools. MaxPool routes each output gradient to the input element its window picked: for
 a 2-D pool whose windows tile the input (square kernel = stride, no pads, no dilation) as a
-one-hot mask of the ArgMax within each block (SpaceToDepth, ArgMax, Where, DepthToSpace: a few
+one-hot mask of the ArgMax within each block (SpaceToDepth, ArgMax, Mul, DepthToSpace: a few
 element-wise passes), otherwise through the Indices output (flat over N*C*H*W of the unpadded
-input) with ScatterElements(add), several times slower in onnxruntime; AveragePool
+input) with ScatterElements(add); AveragePool
 spreads it over its window with a depthwise ConvTranspose of ones after dividing by the window's
 divisor, computed statically for pads, ceil_mode and count_include_pad."""
 
@@ -41,15 +41,16 @@ def _tile(ctx, x_shape, y_shape) -> int | None:
 def _tiled_max_pool(ctx, g, x, x_shape, b: int) -> str:
     """dX for non-overlapping b x b windows: the b^2 taps of each window become channels
     (SpaceToDepth, tap-major), the first maximum's tap (ArgMax: the first in raster order, as
-    MaxPool picks it) selects where dY goes (Where), and DepthToSpace puts the taps back."""
+    MaxPool picks it) is a one-hot mask that dY is multiplied by, and DepthToSpace puts the
+    taps back. (A Where in place of the Cast and Mul is slower in onnxruntime.)"""
     n, c, h, w = x_shape
-    taps = b * b
-    blocks = [n, taps, c, h // b, w // b]
-    stacked = ctx.emit("Reshape", [ctx.emit("SpaceToDepth", [x], blocksize=b), ctx.ints(blocks)])
+    taps, cells = b * b, c * (h // b) * (w // b)
+    stacked = ctx.emit("Reshape", [ctx.emit("SpaceToDepth", [x], blocksize=b),
+                                   ctx.ints([n, taps, cells])])
     picked = ctx.emit("ArgMax", [stacked], axis=1, keepdims=1)
-    mask = ctx.emit("Equal", [picked, ctx.ints(np.arange(taps).reshape(1, taps, 1, 1, 1))])
-    spread = ctx.emit("Where", [mask, ctx.emit("Reshape", [g, ctx.ints([n, 1, c, h // b, w // b])]),
-                                ctx.const(0.0, like=x)])
+    mask = ctx.emit("Equal", [picked, ctx.ints(np.arange(taps).reshape(taps, 1))])
+    spread = ctx.emit("Mul", [ctx.emit("Cast", [mask], to=ctx.elem_type(x)),
+                              ctx.emit("Reshape", [g, ctx.ints([n, 1, cells])])])
     flat = ctx.emit("Reshape", [spread, ctx.ints([n, taps * c, h // b, w // b])])
     return ctx.emit("DepthToSpace", [flat], blocksize=b, mode="DCR")
 
