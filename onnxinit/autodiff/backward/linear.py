@@ -124,9 +124,10 @@ def _taps(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin) -> 
     n, channels, *in_sizes = x_shape
     spatial = len(kernel)
     pad_end = _end_pads(in_sizes, out_sizes, kernel, strides, dilations, pad_begin)
-    channel_major = ctx.emit("Transpose", [x], perm=[1, 0, *range(2, 2 + spatial)])
+    unpadded = ctx.emit("Transpose", [x], perm=[1, 0, *range(2, 2 + spatial)])
+    channel_major = unpadded
     if any(pad_begin) or any(pad_end):
-        channel_major = ctx.emit("Pad", [channel_major, ctx.ints(
+        channel_major = ctx.emit("Pad", [unpadded, ctx.ints(
             [0, 0, *pad_begin, 0, 0, *pad_end])], mode="constant")
     padded_sizes = [size + b + e for size, b, e in zip(in_sizes, pad_begin, pad_end)]
     columns = n * int(np.prod(out_sizes))
@@ -137,7 +138,10 @@ def _taps(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin) -> 
         starts = [j * d for j, d in zip(offset, dilations)]
         ends = [b + s * (o - 1) + 1 for b, s, o in zip(starts, strides, out_sizes)]
         tap = channel_major
-        if starts != [0] * spatial or ends != padded_sizes or strides != [1] * spatial:
+        if strides == [1] * spatial and starts == list(pad_begin) and ends == [
+                b + size for b, size in zip(pad_begin, in_sizes)]:
+            tap = unpadded  # the tap that reads X itself (a "same" conv's centre): no Slice
+        elif starts != [0] * spatial or ends != padded_sizes or strides != [1] * spatial:
             tap = ctx.emit("Slice", [channel_major, ctx.ints(starts), ctx.ints(ends), axes, steps])
         taps.append(ctx.emit("Reshape", [tap, ctx.ints([channels, columns])]))
     return taps
