@@ -30,6 +30,7 @@ from .dtypes import INT_TYPES
 from .errors import InvalidOptionError, ModelLoadError
 from .feeds import synthetic_feeds
 from .initializers import is_external, tensor_array
+from .input_shapes import resolve_input_shapes, resolved_value_info
 from .parameters import LAYOUT_OPS, PARAMETER_ROLES, WEIGHT_OPS, Layer, Parameter, ParameterTable
 from .passes import (
     MAX_FOLDED_ELEMENTS,
@@ -43,7 +44,6 @@ from .passes import (
     keep_declared,
     measured_shapes,
     set_input_shapes,
-    shape_of,
     shape_op_value,
 )
 from .plan import Change, changed_values
@@ -83,9 +83,9 @@ class ModelGraph(GraphStructure):
         self.initializers = {t.name: t for t in model.graph.initializer}
         self.input_names = [i.name for i in model.graph.input if i.name not in self.initializers]
         self.output_names = [o.name for o in model.graph.output]
-        self.input_shapes = self._resolve_input_shapes(
-            dict(input_shapes or {}), batch_size, default_length
-        )
+        self.input_shapes, shape_warnings = resolve_input_shapes(
+            self.model_inputs(), dict(input_shapes or {}), batch_size, default_length, self.name)
+        self.warnings.extend(shape_warnings)
         self._values: dict[str, np.ndarray] = {}
         self._root: ModelGraph | None = None  # set on views made by with_values
         self._stale: frozenset[str] = frozenset()
@@ -99,76 +99,15 @@ class ModelGraph(GraphStructure):
 
     # construction steps -----------------------------------------------------------------------
 
-    def _resolve_input_shapes(self, given, batch_size, default_length):
-        unknown = set(given) - set(self.input_names)
-        if unknown:
-            raise InvalidOptionError(
-                f"--input-shape names {', '.join(sorted(unknown))}, not an input of {self.name} "
-                f"(inputs: {', '.join(self.input_names)})"
-            )
-        shapes = {}
-        for inp in self.model_inputs():
-            declared = shape_of(inp.type)
-            if inp.name in given:
-                shape = given[inp.name]
-                if declared is not None and (
-                    len(declared) != len(shape)
-                    or any(isinstance(d, int) and d != s for d, s in zip(declared, shape))
-                ):
-                    raise InvalidOptionError(
-                        f"--input-shape {inp.name}:{'x'.join(map(str, shape))} does not match "
-                        f"the declared shape {declared} of input {inp.name!r}"
-                    )
-                shapes[inp.name] = tuple(shape)
-                continue
-            if declared is None:
-                raise InvalidOptionError(
-                    f"{self.name}: input {inp.name!r} has no declared shape; "
-                    f"give one with --input-shape {inp.name}:DIMS"
-                )
-            dims = []
-            for axis, d in enumerate(declared):
-                if isinstance(d, int) and d > 0:
-                    dims.append(d)
-                elif axis == 0:
-                    dims.append(batch_size)
-                else:
-                    dims.append(default_length)
-                    self.warnings.append(
-                        f"input {inp.name!r} axis {axis} ({d or 'unnamed'}) is symbolic; using "
-                        f"{default_length} (set it with --input-shape {inp.name}:DIMS)"
-                    )
-            shapes[inp.name] = tuple(dims)
-        return shapes
-
     def _infer_shapes(self, model: onnx.ModelProto) -> onnx.ModelProto:
         work = onnx.ModelProto()
         work.CopyFrom(model)
         set_input_shapes(work, self.input_shapes)
-        inferred, warning = infer_shapes(work, self._resolved(list(work.graph.value_info)))
+        inferred, warning = infer_shapes(work, resolved_value_info(
+            list(work.graph.value_info), self.model_inputs(), self.input_shapes))
         if warning:
             self.warnings.append(warning)
         return channels_first(inference_batchnorms(inferred))
-
-    def _resolved(self, infos: list[onnx.ValueInfoProto]) -> list[onnx.ValueInfoProto]:
-        """Declared value_info with the inputs' symbolic dims (``batch``...) replaced by the
-        values chosen for them."""
-        names = {}
-        for inp in self.model_inputs():
-            declared = shape_of(inp.type) or ()
-            for d, v in zip(declared, self.input_shapes.get(inp.name, ())):
-                if isinstance(d, str) and d:
-                    names.setdefault(d, v)
-        out = []
-        for vi in infos:
-            vi2 = onnx.ValueInfoProto()
-            vi2.CopyFrom(vi)
-            if vi2.type.HasField("tensor_type") and vi2.type.tensor_type.HasField("shape"):
-                for dim in vi2.type.tensor_type.shape.dim:
-                    if dim.HasField("dim_param") and dim.dim_param in names:
-                        dim.dim_value = names[dim.dim_param]
-            out.append(vi2)
-        return out
 
     def _refine_shapes(self, rounds: int = 8):
         """Where shape inference left tensors without a static shape (onnx's data propagation

@@ -85,7 +85,10 @@ class BackwardContext:
         """A constant with the element type of tensor ``like``."""
         return self._emitter.constant(value, self.elem_type(like))
 
-    def ints(self, values: Sequence[int]) -> str:
+    def ints(self, values) -> str:
+        """An int64 constant: a sequence of ints, or an integer array of any shape."""
+        if isinstance(values, np.ndarray):
+            return self._emitter.constant(values, np.int64, "ints")
         return self._emitter.int64s(values)
 
     def zeros(self, shape: Sequence[int], like: str) -> str:

@@ -2,7 +2,8 @@
 
 Convolutions: the input gradient of Conv is a ConvTranspose with explicit pads and a computed
 ``output_padding`` (never ``output_shape`` or ``auto_pad``); the weight gradient is an im2col
-product: strided Slices of the padded input, one per kernel tap, times the output gradient.
+product: strided Slices of the padded input, one per kernel tap, each times the output gradient
+(one Gemm per tap).
 (ORT runs the alternative, a Conv whose kernel is the whole output gradient, several times
 slower.) ConvTranspose is the adjoint of Conv, so its two gradients are the same constructions
 with the roles exchanged. (The forward family is :mod:`onnxinit.rules.linear`.)
@@ -116,16 +117,17 @@ def _window_count(in_sizes, pad_begin, pad_end, kernel, strides, dilations) -> l
         in_sizes, pad_begin, pad_end, kernel, strides, dilations)]
 
 
-def _patches(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin):
-    """im2col with the batch folded into the positions: (C, K, N * P) for K = prod(kernel) taps
-    and P = prod(out_sizes) output positions; entry [c, k, (n, p)] = X[n, c, p s + k d - pad]
-    (zero outside X)."""
+def _taps(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin) -> list[str]:
+    """im2col with the batch folded into the positions, one (C, N * P) matrix per kernel tap
+    (P = prod(out_sizes) output positions); entry [c, (n, p)] of tap k is
+    X[n, c, p s + k d - pad] (zero outside X)."""
     n, channels, *in_sizes = x_shape
     spatial = len(kernel)
     pad_end = _end_pads(in_sizes, out_sizes, kernel, strides, dilations, pad_begin)
-    channel_major = ctx.emit("Transpose", [x], perm=[1, 0, *range(2, 2 + spatial)])
+    unpadded = ctx.emit("Transpose", [x], perm=[1, 0, *range(2, 2 + spatial)])
+    channel_major = unpadded
     if any(pad_begin) or any(pad_end):
-        channel_major = ctx.emit("Pad", [channel_major, ctx.ints(
+        channel_major = ctx.emit("Pad", [unpadded, ctx.ints(
             [0, 0, *pad_begin, 0, 0, *pad_end])], mode="constant")
     padded_sizes = [size + b + e for size, b, e in zip(in_sizes, pad_begin, pad_end)]
     columns = n * int(np.prod(out_sizes))
@@ -136,17 +138,20 @@ def _patches(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin):
         starts = [j * d for j, d in zip(offset, dilations)]
         ends = [b + s * (o - 1) + 1 for b, s, o in zip(starts, strides, out_sizes)]
         tap = channel_major
-        if starts != [0] * spatial or ends != padded_sizes or strides != [1] * spatial:
+        if strides == [1] * spatial and starts == list(pad_begin) and ends == [
+                b + size for b, size in zip(pad_begin, in_sizes)]:
+            tap = unpadded  # the tap that reads X itself (a "same" conv's centre): no Slice
+        elif starts != [0] * spatial or ends != padded_sizes or strides != [1] * spatial:
             tap = ctx.emit("Slice", [channel_major, ctx.ints(starts), ctx.ints(ends), axes, steps])
-        taps.append(ctx.emit("Reshape", [tap, ctx.ints([channels, 1, columns])]))
-    return taps[0] if len(taps) == 1 else ctx.emit("Concat", taps, axis=1)
+        taps.append(ctx.emit("Reshape", [tap, ctx.ints([channels, columns])]))
+    return taps
 
 
 def weight_gradient(ctx, x, x_shape, g, g_shape, kernel, strides, dilations, pad_begin, group):
     """dW[m, c, k] = sum_{n, p} dY[n, m, p] X[n, group(m) c, p s + k d - pad] for a Conv with
-    input ``x`` and output gradient ``g``: im2col patches of X (one strided Slice per kernel
-    tap, batch folded into the positions) times dY as one matrix product per group. The node
-    that outputs dW records the geometry (:class:`~.windows.WeightGradientGeometry`)."""
+    input ``x`` and output gradient ``g``: im2col of X (one strided Slice per kernel tap, batch
+    folded into the positions) times dY, one matrix product per tap (and group). The node that
+    outputs dW records the geometry (:class:`~.windows.WeightGradientGeometry`)."""
     dw = _weight_gradient_products(ctx, x, x_shape, g, g_shape, kernel, strides, dilations,
                                    pad_begin, group)
     ctx.annotate(WeightGradientGeometry(x, g, tuple(kernel), tuple(strides), tuple(dilations),
@@ -159,13 +164,18 @@ def _weight_gradient_products(ctx, x, x_shape, g, g_shape, kernel, strides, dila
     n, c_in = x_shape[:2]
     c_out, out_sizes = g_shape[1], list(g_shape[2:])
     columns = n * int(np.prod(out_sizes))
-    patches = _patches(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin)
+    taps = _taps(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin)
     g_channel_major = ctx.emit("Transpose", [g], perm=[1, 0, *range(2, len(g_shape))])
     if group == 1:
+        # a Gemm per tap, (C_out, N P) x (C_in, N P)^T: no (C_in K, N P) im2col matrix is
+        # ever concatenated (that copy cost as much as the products)
         rows = ctx.emit("Reshape", [g_channel_major, ctx.ints([c_out, columns])])
-        flat = ctx.emit("Reshape", [patches, ctx.ints([-1, columns])])
-        product = ctx.emit("Gemm", [rows, flat], transB=1)  # (C_out, C_in * K)
-        return ctx.emit("Reshape", [product, ctx.ints([c_out, c_in, *kernel])])
+        products = [ctx.emit("Reshape", [ctx.emit("Gemm", [rows, tap], transB=1),
+                                         ctx.ints([c_out, c_in, 1])]) for tap in taps]
+        stacked = products[0] if len(products) == 1 else ctx.emit("Concat", products, axis=2)
+        return ctx.emit("Reshape", [stacked, ctx.ints([c_out, c_in, *kernel])])
+    patches = taps[0] if len(taps) == 1 else ctx.emit(
+        "Concat", [ctx.emit("Reshape", [t, ctx.ints([c_in, 1, columns])]) for t in taps], axis=1)
     rows = ctx.emit("Reshape", [g_channel_major, ctx.ints([group, c_out // group, columns])])
     flat = ctx.emit("Reshape", [patches, ctx.ints([group, -1, columns])])
     product = ctx.emit("MatMul", [rows, ctx.emit("Transpose", [flat], perm=[0, 2, 1])])

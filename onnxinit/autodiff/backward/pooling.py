@@ -1,5 +1,8 @@
-"""Pools. MaxPool routes each output gradient to the input element its window picked (the
-Indices output, flat over N*C*H*W of the unpadded input) with ScatterElements(add); AveragePool
+"""Pools. MaxPool routes each output gradient to the input element its window picked: for
+a 2-D pool whose windows tile the input (square kernel = stride, no pads, no dilation) as a
+one-hot mask of the ArgMax within each block (SpaceToDepth, ArgMax, Mul, DepthToSpace: a few
+element-wise passes), otherwise through the Indices output (flat over N*C*H*W of the unpadded
+input) with ScatterElements(add); AveragePool
 spreads it over its window with a depthwise ConvTranspose of ones after dividing by the window's
 divisor, computed statically for pads, ceil_mode and count_include_pad."""
 
@@ -22,13 +25,48 @@ def _pool_geometry(ctx, x_shape, y_shape):
     return kernel, strides, dilations, begin, end
 
 
+def _tile(ctx, x_shape, y_shape) -> int | None:
+    """The block size b when a MaxPool's windows are the b x b blocks of its 2-D input (kernel
+    = stride = b on both axes, no pads, no dilation, sizes multiples of b); else None."""
+    if len(x_shape) != 4:
+        return None
+    kernel, strides, dilations, begin, end = _pool_geometry(ctx, x_shape, y_shape)
+    b = kernel[0]
+    tiles = (kernel == [b, b] and strides == [b, b] and dilations == [1, 1]
+             and not any(begin + end) and b > 1
+             and all(o * b == size for o, size in zip(y_shape[2:], x_shape[2:])))
+    return b if tiles else None
+
+
+def _tiled_max_pool(ctx, g, x, x_shape, b: int) -> str:
+    """dX for non-overlapping b x b windows: the b^2 taps of each window become channels
+    (SpaceToDepth, tap-major), the first maximum's tap (ArgMax: the first in raster order, as
+    MaxPool picks it) is a one-hot mask that dY is multiplied by, and DepthToSpace puts the
+    taps back. (A Where in place of the Cast and Mul is slower in onnxruntime.)"""
+    n, c, h, w = x_shape
+    taps, cells = b * b, c * (h // b) * (w // b)
+    stacked = ctx.emit("Reshape", [ctx.emit("SpaceToDepth", [x], blocksize=b),
+                                   ctx.ints([n, taps, cells])])
+    picked = ctx.emit("ArgMax", [stacked], axis=1, keepdims=1)
+    mask = ctx.emit("Equal", [picked, ctx.ints(np.arange(taps).reshape(taps, 1))])
+    spread = ctx.emit("Mul", [ctx.emit("Cast", [mask], to=ctx.elem_type(x)),
+                              ctx.emit("Reshape", [g, ctx.ints([n, 1, cells])])])
+    flat = ctx.emit("Reshape", [spread, ctx.ints([n, taps * c, h // b, w // b])])
+    return ctx.emit("DepthToSpace", [flat], blocksize=b, mode="DCR")
+
+
 @backward("MaxPool")
 def max_pool(ctx, grads):
-    """Y[p] = X[argmax_window(p)]:  dX = scatter_add(zeros, Indices, dY)."""
+    """Y[p] = X[argmax_window(p)]:  dX = scatter_add(zeros, Indices, dY) (for tiling windows,
+    the same by a one-hot mask of the window's first maximum)."""
     if ctx.attr("storage_order", 0) != 0:
         raise UnsupportedModelError(f"{ctx.describe()}: storage_order=1 is not supported")
     g = grads[0]
     x = ctx.node.input[0]
+    x_shape = ctx.shape(x)
+    block = _tile(ctx, x_shape, ctx.shape(ctx.node.output[0]))
+    if block is not None:
+        return [_tiled_max_pool(ctx, g, x, x_shape, block)]
     if len(ctx.node.output) > 1 and ctx.node.output[1]:
         indices = ctx.node.output[1]
     else:

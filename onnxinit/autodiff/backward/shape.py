@@ -200,3 +200,24 @@ def cast(ctx, grads):
 def cast_like(ctx, grads):
     """Y = cast_like(X, T):  dX = cast_like(dY, X); T carries only a type."""
     return [ctx.emit("CastLike", [grads[0], ctx.node.input[0]]), None]
+
+
+@backward("SpaceToDepth")
+def space_to_depth(ctx, grads):
+    """Y = space_to_depth(X, b) (channel (i b + j) C + c holds X[c, h b + i, w b + j]): a
+    permutation of the elements, undone by dX = depth_to_space(dY, b) in DCR order."""
+    return [ctx.emit("DepthToSpace", [grads[0]], blocksize=ctx.attr("blocksize"), mode="DCR")]
+
+
+@backward("DepthToSpace")
+def depth_to_space(ctx, grads):
+    """Y = depth_to_space(X, b): dX = space_to_depth(dY, b) in DCR mode; in CRD mode (input
+    channel c b^2 + i b + j to Y[c, h b + i, w b + j]) dY reshaped to (N, C, H, b, W, b),
+    its block axes moved after the channel, and reshaped to X's shape."""
+    b = ctx.attr("blocksize")
+    if ctx.attr("mode", "DCR") == "DCR":
+        return [ctx.emit("SpaceToDepth", [grads[0]], blocksize=b)]
+    n, c, h, w = ctx.shape(ctx.node.input[0])
+    blocks = ctx.emit("Reshape", [grads[0], ctx.ints([n, c // (b * b), h, b, w, b])])
+    moved = ctx.emit("Transpose", [blocks], perm=[0, 1, 3, 5, 2, 4])
+    return [ctx.emit("Reshape", [moved, ctx.ints([n, c, h, w])])]

@@ -1,0 +1,83 @@
+"""Concrete shapes for a model's graph inputs: the shapes given (``--input-shape``), else the
+declared ones with the batch axis set to ``batch_size`` and other symbolic axes to
+``default_length`` (with a warning each); and the declared value_info with the inputs' symbolic
+dims replaced by the values chosen for them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import onnx
+
+from .errors import InvalidOptionError
+from .passes import shape_of
+
+
+def resolve_input_shapes(inputs: Sequence[onnx.ValueInfoProto], given: Mapping[str, tuple],
+                         batch_size: int, default_length: int,
+                         model_name: str) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """({input name: shape}, warnings) for the runtime ``inputs`` of ``model_name``."""
+    names = [inp.name for inp in inputs]
+    unknown = set(given) - set(names)
+    if unknown:
+        raise InvalidOptionError(
+            f"--input-shape names {', '.join(sorted(unknown))}, not an input of {model_name} "
+            f"(inputs: {', '.join(names)})"
+        )
+    shapes, warnings = {}, []
+    for inp in inputs:
+        declared = shape_of(inp.type)
+        if inp.name in given:
+            shape = given[inp.name]
+            if declared is not None and (
+                len(declared) != len(shape)
+                or any(isinstance(d, int) and d != s for d, s in zip(declared, shape))
+            ):
+                raise InvalidOptionError(
+                    f"--input-shape {inp.name}:{'x'.join(map(str, shape))} does not match "
+                    f"the declared shape {declared} of input {inp.name!r}"
+                )
+            shapes[inp.name] = tuple(shape)
+            continue
+        if declared is None:
+            raise InvalidOptionError(
+                f"{model_name}: input {inp.name!r} has no declared shape; "
+                f"give one with --input-shape {inp.name}:DIMS"
+            )
+        dims = []
+        for axis, d in enumerate(declared):
+            if isinstance(d, int) and d > 0:
+                dims.append(d)
+            elif axis == 0:
+                dims.append(batch_size)
+            else:
+                dims.append(default_length)
+                warnings.append(
+                    f"input {inp.name!r} axis {axis} ({d or 'unnamed'}) is symbolic; using "
+                    f"{default_length} (set it with --input-shape {inp.name}:DIMS)"
+                )
+        shapes[inp.name] = tuple(dims)
+    return shapes, warnings
+
+
+def resolved_value_info(infos: Sequence[onnx.ValueInfoProto],
+                        inputs: Sequence[onnx.ValueInfoProto],
+                        input_shapes: Mapping[str, tuple[int, ...]]) -> list[onnx.ValueInfoProto]:
+    """Copies of ``infos`` with the inputs' symbolic dims (``batch``...) replaced by the values
+    chosen for them in ``input_shapes``."""
+    names = {}
+    for inp in inputs:
+        declared = shape_of(inp.type) or ()
+        for d, v in zip(declared, input_shapes.get(inp.name, ())):
+            if isinstance(d, str) and d:
+                names.setdefault(d, v)
+    out = []
+    for vi in infos:
+        vi2 = onnx.ValueInfoProto()
+        vi2.CopyFrom(vi)
+        if vi2.type.HasField("tensor_type") and vi2.type.tensor_type.HasField("shape"):
+            for dim in vi2.type.tensor_type.shape.dim:
+                if dim.HasField("dim_param") and dim.dim_param in names:
+                    dim.dim_value = names[dim.dim_param]
+        out.append(vi2)
+    return out
