@@ -1,6 +1,11 @@
 """Measured gradient statistics: the oracle of the backward analysis, with the project's own
 autodiff (:mod:`onnxinit.autodiff`) run by onnxruntime over seeded batches.
 
+The model run is the analysis view (``graph.model``): where loading rewrote the graph (an
+inference BatchNormalization written as arithmetic given back its node, which the analysis runs
+with batch statistics), the measured network and tensor names are those the prediction
+describes, not the file's.
+
 dL/dT of an activation T is read by adding a probe: a zero initializer P of T's full shape
 (batch included) and ``T := T_pre + P``; the gradient with respect to P is dL/dT, and the
 model computes the same function. Labels are drawn uniformly over the classes (cross-entropy),
@@ -13,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import copy
 
 import numpy as np
 import onnx
@@ -43,7 +50,7 @@ class UnitGradient:
 
 def probed_model(graph: ModelGraph, tensors: Sequence[str]) -> tuple[onnx.ModelProto, dict]:
     """A copy of the model with a zero probe added to each of ``tensors``; {tensor: probe}."""
-    model = graph.copy_source()
+    model = copy.deepcopy(graph.model)
     g = model.graph
     producers = {out: i for i, node in enumerate(g.node) for out in node.output if out}
     probes = {}
@@ -107,7 +114,7 @@ def measure_gradients(
     """({tensor: (mean, var)}, {parameter: (mean, var)}) of the gradients, measured."""
     output = output or graph.output_names[0]
     model, probes = probed_model(graph, tensors)
-    parameters = [name for name in float_parameters(graph.source)]
+    parameters = [name for name in float_parameters(graph.model)]
     head = _head(loss, output)
     out_shape = graph.shape(output)
     label_shape = tuple(out_shape[:-1]) if loss == "cross_entropy" else tuple(out_shape)
