@@ -14,15 +14,20 @@ moved through Transposes, the pre-act ResNet-20's 0.88-1.09x, the tf2onnx export
 tensors closed under its consumers: it starts at *entries*, Transposes by
 ``P = [0, 2, ..., r-1, 1]`` (axis 1 to the end) of the output of a channels-first op (Conv,
 ConvTranspose, a pool, BatchNormalization, InstanceNormalization), goes through element-wise
-ops whose other operands are constants, and ends at *exits*, Transposes by ``P``'s inverse.
-Entries and exits become ``Identity``, the element-wise ops run on the NCHW tensors (a
-constant operand ``c``, right-aligned to rank r, is transposed by ``P``'s inverse:
-``c_nchw = c_nhwc.transpose(argsort(P))``; a scalar stays), and the stretch's tensors keep
-their names with their shapes permuted. Exact: element-wise ops commute with a transpose of all
-their operands. A stretch any of whose tensors is read by another op (a reduction, a MatMul, a
-Reshape) or is a graph output is left alone, so an attention's ``Transpose(K, [0, 2, 3, 1])``
-before its MatMul, or a sequence model's ``[0, 2, 1]`` pair, is never touched; entries must
-also read a channels-first op's output, which sequence models do not have.
+ops whose other operands are constants and reductions over constant axes, and ends at *exits*,
+Transposes by ``P``'s inverse, or at a reduction without ``keepdims`` whose kept axes keep their
+order (a global average pool, ``[N, H, W, C] -> [N, C]``). Entries and exits become
+``Identity``, the element-wise ops run on the NCHW tensors (a constant operand ``c``,
+right-aligned to rank r, transposed by ``P``'s inverse, ``c_nchw = c_nhwc.transpose(argsort(P))``,
+by a Reshape and a Transpose in the graph, so that a view changing the initializer behind it
+still reaches the op; a scalar stays), a reduction's NHWC axis a becomes NCHW axis ``P[a]``,
+and the stretch's tensors keep their names with their shapes permuted. Exact: element-wise ops
+commute with a transpose of all their operands. A stretch any of whose tensors is read by
+another op (a Reshape, a MatMul) or is a graph output is left alone, so an attention's
+``Transpose(K, [0, 2, 3, 1])`` before its MatMul, or a sequence model's ``[0, 2, 1]`` pair, is
+never touched; entries must also read a channels-first op's output, which sequence models do
+not have (GPT-2, BERT, Llama, ViT and Swin exports are analysed byte-identically with and
+without the pass).
 
 Only ModelGraph's analysis view is rewritten (measurement runs the same view), never the model
 written back.

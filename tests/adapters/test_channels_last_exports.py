@@ -32,12 +32,14 @@ def _weights():
         "w3": rng.standard_normal((C, C, 3, 3)) * np.sqrt(2 / (9 * C)),
         "bias": rng.standard_normal(C) * 0.3,
         "k": np.abs(rng.standard_normal(C)) + 0.5,
+        "wd": rng.standard_normal((C, 10)) / np.sqrt(C),
     }
 
 
 def residual_cnn(channels_last: bool) -> onnx.ModelProto:
-    """conv0 -> +bias -> relu (a); conv1 -> relu -> conv2 -> *k -> + a -> relu -> conv3,
-    element-wise ops in NHWC between Transposes when ``channels_last``."""
+    """conv0 -> +bias -> relu (a); conv1 -> relu -> conv2 -> *k -> + a -> relu -> conv3 ->
+    relu -> global average pool (ReduceMean) -> dense, element-wise ops and the pool in NHWC
+    between Transposes when ``channels_last``."""
     w = _weights()
     nodes, consts = [], {n: w[n] for n in ("w0", "w1", "w2", "w3")}
 
@@ -67,24 +69,31 @@ def residual_cnn(channels_last: bool) -> onnx.ModelProto:
     nodes += [helper.make_node("Mul", [h, vector("k")], ["m"]),
               helper.make_node("Add", ["m", "a"], ["s"]),
               helper.make_node("Relu", ["s"], ["r2"])]
-    nodes.append(helper.make_node("Conv", [to_conv("r2"), "w3"], ["c3"], pads=[1, 1, 1, 1]))
+    h = conv(to_conv("r2"), "w3", "c3")
+    consts["axes"] = np.asarray([1, 2] if channels_last else [2, 3], np.int64)  # global pool
+    consts["wd"] = w["wd"]
+    nodes += [helper.make_node("Relu", [h], ["r3"]),
+              helper.make_node("ReduceMean", ["r3", "axes"], ["pool"], keepdims=0),
+              helper.make_node("MatMul", ["pool", "wd"], ["y"])]
     return make_model(
         nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 3, HW, HW])],
-        [helper.make_tensor_value_info("c3", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in consts.items()])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v if k == "axes" else np.asarray(v, np.float32), k)
+         for k, v in consts.items()])
 
 
 def _conv_variances(model) -> dict[str, float]:
     result = analyze(model, batch_size=16)
-    return {t.name: t.var for t in result.tensors if t.op == "Conv"}
+    return {t.name: t.var for t in result.tensors if t.op in ("Conv", "ReduceMean", "MatMul")}
 
 
 def test_channels_last_export_predicted_as_channels_first():
     # without the pass the convs after a Transpose lost the position classes and the spatial
-    # correlation: c2, c3 predicted 3-6% apart from the channels-first network's
+    # correlation, the pool the spatial correlation: c1, c2, pool, y 0.96x, 0.93x, 0.99x, 0.97x
+    # of the channels-first network's predictions
     first = _conv_variances(residual_cnn(False))
     last = _conv_variances(residual_cnn(True))
-    assert set(first) == set(last) == {"c0", "c1", "c2", "c3"}
+    assert set(first) == set(last) == {"c0", "c1", "c2", "c3", "pool", "y"}
     for name in first:
         assert last[name] == pytest.approx(first[name], rel=1e-9), name
 
@@ -97,8 +106,8 @@ def test_view_with_a_changed_constant_reaches_the_stretch():
     for last in (False, True):
         graph = load(residual_cnn(last), batch_size=16)
         view = graph.with_values({"k": k if last else k.reshape(C, 1, 1)})
-        before = propagate(graph).moments["c3"].var
-        results.append((before, propagate(view).moments["c3"].var))
+        before = propagate(graph).moments["y"].var
+        results.append((before, propagate(view).moments["y"].var))
     (first_before, first_after), (last_before, last_after) = results
     assert not np.allclose(first_after, first_before, rtol=1e-3)
     np.testing.assert_allclose(last_after, first_after, rtol=1e-9)
@@ -117,7 +126,8 @@ def test_pass_computes_the_same_values():
     assert not any(n.op_type == "Transpose" and n.input[0] not in constants
                    for n in rewritten.graph.node)
     x = np.random.default_rng(1).standard_normal((16, 3, HW, HW)).astype(np.float32)
-    np.testing.assert_array_equal(_run(rewritten, x), _run(model, x))
+    # the same sums, in another order for the pool: float32 rounding apart
+    np.testing.assert_allclose(_run(rewritten, x), _run(model, x), rtol=1e-5, atol=1e-6)
 
 
 def _sequence_model(perm, then):
