@@ -30,11 +30,12 @@ import numpy as np
 from ..moments import Elementwise, Moments, Source
 from ..spatial import attach, with_corr
 from .context import RuleContext, RuleError, signal
-from . import cross_fields, rectified
+from . import cross_fields
 from .correlations import elementwise_correlation
 from .gaussian import compose, expand, gaussian_moments, probability
 from .mixture import through
 from .powers import gaussian_power, integer_power
+from .rectified import relu_mixture
 from .registry import rule
 from .support import identity_on_input
 
@@ -217,7 +218,7 @@ def apply_fn(x: Moments, f: ElementwiseFn | Elementwise, rank: int | None = None
             mean, var, mixture = through(x.mixture, f.closed, (f.elementwise,),
                                          is_smooth((f.elementwise,)), rank)
             if f.key == ("Relu",):  # its zero and positive parts per component
-                mixture = rectified.relu_mixture(x.mixture)
+                mixture = relu_mixture(x.mixture)
             return Moments(mean, var, None, mixture)
     if f.closed is not None and not src.chain:
         mean, var = f.closed(expand(src.mean, rank), expand(src.var, rank))

@@ -41,27 +41,25 @@ def truncated_positive(m: np.ndarray, v: np.ndarray):
     return q, mean, var
 
 
-def relu_mixture(mixture, groups: bool = False):
+def relu_mixture(mixture):
     """``ReLU(x)`` for x a Gaussian mixture (w, m, v) (leading component axis): the merged
     point mass at 0 first, then each component's positive part (module docstring), at most
-    MAX_COMPONENTS in all (:func:`merge`). ``groups``: also the index of the output component
-    that holds each input component's positive part (``[K, ...]``)."""
+    MAX_COMPONENTS in all (:func:`merge`)."""
     w, m, v = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in mixture))
     q, mean, var = truncated_positive(m, v)
     zero = (w * (1.0 - q)).sum(axis=0, keepdims=True)
-    (pw, pm, pv), group = merge(w * q, mean, var, MAX_COMPONENTS - 1)
-    out = (np.concatenate([zero, pw]), np.concatenate([np.zeros_like(zero), pm]),
-           np.concatenate([np.zeros_like(zero), pv]))
-    return (out, group + 1) if groups else out
+    pw, pm, pv = merge(w * q, mean, var, MAX_COMPONENTS - 1)
+    return (np.concatenate([zero, pw]), np.concatenate([np.zeros_like(zero), pm]),
+            np.concatenate([np.zeros_like(zero), pv]))
 
 
 def merge(w: np.ndarray, m: np.ndarray, v: np.ndarray, most: int):
-    """((w, m, v) with at most ``most`` components, the merged component each input one went
-    to): sorted by mean per element, the components whose cumulative weight midpoint falls in
-    the same of ``most`` equal weight ranges are merged by moment matching (``W = sum w``,
-    ``M = sum w m / W``, ``V = sum w (v + m^2) / W - M^2``)."""
+    """(w, m, v) with at most ``most`` components: sorted by mean per element, the components
+    whose cumulative weight midpoint falls in the same of ``most`` equal weight ranges are
+    merged by moment matching (``W = sum w``, ``M = sum w m / W``,
+    ``V = sum w (v + m^2) / W - M^2``)."""
     if w.shape[0] <= most:
-        return (w, m, v), np.arange(w.shape[0]).reshape((-1,) + (1,) * (w.ndim - 1))
+        return w, m, v
     order = np.argsort(m, axis=0, kind="stable")
     w, m, v = (np.take_along_axis(a, order, axis=0) for a in (w, m, v))
     total = w.sum(axis=0, keepdims=True)
@@ -73,9 +71,7 @@ def merge(w: np.ndarray, m: np.ndarray, v: np.ndarray, most: int):
     safe = np.where(weights > 0, weights, 1.0)
     mean = (w[:, None] * m[:, None] * onehot).sum(axis=0) / safe
     second = (w[:, None] * (v + m * m)[:, None] * onehot).sum(axis=0) / safe
-    unsorted = np.empty_like(group)
-    np.put_along_axis(unsorted, order, group, axis=0)
-    return (weights, mean, np.maximum(second - mean * mean, 0.0)), unsorted
+    return weights, mean, np.maximum(second - mean * mean, 0.0)
 
 
 __all__ = ["MAX_COMPONENTS", "merge", "relu_mixture", "truncated_positive"]
