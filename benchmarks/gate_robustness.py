@@ -86,6 +86,7 @@ def _cell(r: dict | None) -> str:
 
 def table(names: list[str], variants: list[str], base: dict, cache: dict) -> str:
     version = gate_calibration.sources_hash()
+    training = gate_calibration._load(gate_calibration.TRAINING_FILE)
     head = ["network", "label", "baseline", *variants, "flips", "max growth (range)",
             "min signal (range)"]
     rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -102,7 +103,8 @@ def table(names: list[str], variants: list[str], base: dict, cache: dict) -> str
         flips_total += flips
         growth = [r["max_growth"] for r in done.values()]
         signal = [r["min_signal"] for r in done.values()]
-        label = "trains" if gate_models.expected_trainable(name) else "does not train"
+        trainable, trained = gate_calibration.label(name, training)
+        label = ("trains" if trainable else "does not train") + ("" if trained else " (expected)")
         rows.append(f"| {name} | {label} | {_cell(results['baseline'])} | "
                     + " | ".join(_cell(results.get(v)) if applies(name, v) else "n/a"
                                  for v in variants)
