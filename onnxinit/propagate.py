@@ -8,7 +8,7 @@ A NaN or infinite prediction is fatal: :class:`~onnxinit.errors.PredictionError`
 After each rule, the token covariance (``Moments.tokens``) is carried to the outputs
 (:func:`onnxinit.rules.tokens.carry`); a non-linear point-wise rule sees an input whose field
 says its variance differs from token to token with that variance per token
-(:func:`onnxinit.rules.tokens.per_token_inputs`).
+(:func:`onnxinit.rules.per_token.per_token_inputs`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from .rules import CommonAncestor, Registration, RuleContext, RuleError, RuleSet
 from .rules.empirical import EmpiricalError, measure_node, pass_through
 from .rules.fusion import common_ancestor
 from .rules.masks import OFFSET_CAP, derived_moments, feeds_softmax
-from .rules.tokens import carry, per_token_fusion, per_token_inputs
+from .rules.per_token import per_token_fusion, per_token_inputs
+from .rules.tokens import carry
 from .spatial import drop
 
 log = logging.getLogger("onnxinit")

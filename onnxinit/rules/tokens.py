@@ -32,7 +32,7 @@ diagonal (the per-token variance profile ``p_t``) is far from flat, while the mo
 variance pooled over tokens. A non-linear point-wise node (an element-wise function, Pow, a
 product or quotient of two signals: RMSNorm's mean square and its division, GELU, SiLU) gives
 ``E[f(x)]`` of a mix of variances, not ``f`` at the mean variance, so
-:func:`per_token_inputs` hands its rule each such input as a Gaussian per token,
+:func:`.per_token.per_token_inputs` hands its rule each such input as a Gaussian per token,
 ``Var[x_td] = nu_d p_t``; the rule's output then varies per token, and :func:`carry` keeps that
 profile as the output field's diagonal (correlations from the transfer below) or, where the
 field ends (a quotient by a signal), in the moments themselves.
@@ -46,23 +46,20 @@ Any other op drops the field (its absence means independent tokens).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import numpy as np
 
 from ..moments import Moments
-from .context import RuleContext, RuleError
+from .context import RuleContext
 from .elementwise import UNARY, elementwise
 from .fusion import fused_function
+from .per_token import with_profile
 from .shape import slice_params
 from .token_field import (
     attach,
     grid,
     mehler_weights,
     pooled_features,
-    profile,
-    profile_grid,
-    reprofiled,
     reshaped_token_axes,
     same_field,
     sigma,
@@ -87,47 +84,10 @@ def _carrier(*ops: str):
 # carrying the field through one node
 
 
-# point-wise ops that are linear in their one signal: per-token variances change nothing
-_LINEAR = frozenset(("Identity", "Dropout", "Cast", "CastLike", "Neg"))
-
-
-def per_token_inputs(ctx: RuleContext, inputs: list) -> list | None:
-    """The inputs of a non-linear point-wise node (an element-wise function of one signal, Pow,
-    a product or quotient of two signals, ``c / x``), each whose field says the variance differs
-    from token to token spelled out per token (token_field.profile_grid); None when the node is
-    not such a node or no input needs it."""
-    op = ctx.node.op_type if ctx.node.domain in ("", "ai.onnx") else None
-    signals = sum(m is not None for m in inputs)
-    if not (op == "Pow" or (op in UNARY and op not in _LINEAR) or (op in ("Mul", "Div") and (
-            signals == 2 or (op == "Div" and len(inputs) > 1 and inputs[1] is not None)))):
-        return None
-    out, changed = [], False
-    for i, m in enumerate(inputs):
-        grid_m = None
-        if m is not None and m.tokens is not None:
-            try:
-                grid_m = profile_grid(m, ctx.in_shape(i))
-            except RuleError:  # no static shape
-                grid_m = None
-        out.append(m if grid_m is None else grid_m)
-        changed |= grid_m is not None
-    return out if changed else None
-
-
-def per_token_fusion(ctx: RuleContext) -> RuleContext | None:
-    """``ctx`` with its fused common ancestor (``x * Sigmoid(x)``, GELU written out) spelled out
-    per token like :func:`per_token_inputs`' inputs, for the rule; None when it needs not be."""
-    f = ctx.fusion
-    if f is None or f.moments.tokens is None:
-        return None
-    grid_m = profile_grid(f.moments, ctx.graph.shape(f.tensor))
-    return None if grid_m is None else replace(ctx, fusion=replace(f, moments=grid_m))
-
-
 def carry(ctx: RuleContext, inputs: list, outputs: list, per_token: bool = False) -> list:
     """The outputs with the token field each op's transfer gives (module docstring); unchanged
     when no input carries one, or when the rule set the field itself. ``per_token``: the rule
-    saw per-token inputs (:func:`per_token_inputs`), so where its output's variance varies
+    saw per-token inputs (:func:`.per_token.per_token_inputs`), so where its output's variance varies
     along the token axes that profile becomes the field's diagonal."""
     if not any(m is not None and m.tokens is not None for m in inputs):
         return outputs
@@ -140,26 +100,11 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, per_token: bool = False
     try:
         carried = fn(ctx, inputs, outputs)
         if per_token:
-            carried = [_with_profile(ctx, i, raw, m)
+            carried = [with_profile(ctx, i, raw, m)
                        for i, (raw, m) in enumerate(zip(outputs, carried))]
         return carried
     except (ValueError, IndexError):  # a layout the transfer does not follow: drop the field
         return [without(m) for m in outputs]
-
-
-def _with_profile(ctx: RuleContext, i: int, raw: Moments | None, out: Moments | None):
-    """``out`` (carrying a field) with the field's diagonal the per-token variance of the rule's
-    output ``raw`` where that varies along the token axes."""
-    if raw is None or out is None or out.tokens is None:
-        return out
-    t = out.tokens
-    shape = ctx.out_shape(i)
-    axes = token_axes(t, len(shape))
-    var = raw.expand_rank(len(shape)).var
-    if axes is None or var.ndim != len(shape) or not any(var.shape[a] > 1 for a in axes):
-        return out
-    p = profile(raw, shape, axes, t.n, t.stride)
-    return attach(raw, shape, axes, reprofiled(t.cov, p), t.stride)
 
 
 def _first(inputs) -> Moments:
@@ -427,4 +372,4 @@ def _reduce(ctx, inputs, outputs):
     return [Moments(outputs[0].mean, var)]
 
 
-__all__ = ["CARRIERS", "carry", "per_token_fusion", "per_token_inputs"]
+__all__ = ["CARRIERS", "carry"]

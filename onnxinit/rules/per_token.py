@@ -1,0 +1,72 @@
+"""Per-token variances for the non-linear point-wise rules (the why: tokens.py's docstring).
+
+After a causal attention the token field's diagonal (the per-token variance profile ``p_t``)
+is far from flat while the moments hold the variance pooled over the tokens. The propagation
+hands a non-linear point-wise rule each input whose profile spreads (token_field.per_token)
+spelled out per token, ``Var[x_td] = nu_d p_t`` (:func:`per_token_inputs`; a fused common
+ancestor likewise, :func:`per_token_fusion`); ``tokens.carry`` then makes the rule's per-token
+output variance the output field's diagonal (:func:`with_profile`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..moments import Moments
+from .context import RuleContext, RuleError
+from .elementwise import UNARY
+from .token_field import attach, profile, profile_grid, reprofiled, token_axes
+
+# point-wise ops that are linear in their one signal: per-token variances change nothing
+_LINEAR = frozenset(("Identity", "Dropout", "Cast", "CastLike", "Neg"))
+
+
+def per_token_inputs(ctx: RuleContext, inputs: list) -> list | None:
+    """The inputs of a non-linear point-wise node (an element-wise function of one signal, Pow,
+    a product or quotient of two signals, ``c / x``), each whose field says the variance differs
+    from token to token spelled out per token (token_field.profile_grid); None when the node is
+    not such a node or no input needs it."""
+    op = ctx.node.op_type if ctx.node.domain in ("", "ai.onnx") else None
+    signals = sum(m is not None for m in inputs)
+    if not (op == "Pow" or (op in UNARY and op not in _LINEAR) or (op in ("Mul", "Div") and (
+            signals == 2 or (op == "Div" and len(inputs) > 1 and inputs[1] is not None)))):
+        return None
+    out, changed = [], False
+    for i, m in enumerate(inputs):
+        grid_m = None
+        if m is not None and m.tokens is not None:
+            try:
+                grid_m = profile_grid(m, ctx.in_shape(i))
+            except RuleError:  # no static shape
+                grid_m = None
+        out.append(m if grid_m is None else grid_m)
+        changed |= grid_m is not None
+    return out if changed else None
+
+
+def per_token_fusion(ctx: RuleContext) -> RuleContext | None:
+    """``ctx`` with its fused common ancestor (``x * Sigmoid(x)``, GELU written out) spelled out
+    per token like :func:`per_token_inputs`' inputs, for the rule; None when it needs not be."""
+    f = ctx.fusion
+    if f is None or f.moments.tokens is None:
+        return None
+    grid_m = profile_grid(f.moments, ctx.graph.shape(f.tensor))
+    return None if grid_m is None else replace(ctx, fusion=replace(f, moments=grid_m))
+
+
+def with_profile(ctx: RuleContext, i: int, raw: Moments | None, out: Moments | None):
+    """``out`` (carrying a field) with the field's diagonal the per-token variance of the rule's
+    output ``raw`` where that varies along the token axes."""
+    if raw is None or out is None or out.tokens is None:
+        return out
+    t = out.tokens
+    shape = ctx.out_shape(i)
+    axes = token_axes(t, len(shape))
+    var = raw.expand_rank(len(shape)).var
+    if axes is None or var.ndim != len(shape) or not any(var.shape[a] > 1 for a in axes):
+        return out
+    p = profile(raw, shape, axes, t.n, t.stride)
+    return attach(raw, shape, axes, reprofiled(t.cov, p), t.stride)
+
+
+__all__ = ["per_token_fusion", "per_token_inputs", "with_profile"]
