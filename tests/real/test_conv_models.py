@@ -24,8 +24,8 @@ from tests.real.exports import exported  # noqa: E402
 # squeeze-excite global pools: the depthwise conv's non-Gaussian energy correlation is modelled
 # (rules/pool_skewness.py: first-order Edgeworth terms from the conv input's own cumulants),
 # what an upstream per-sample energy scale adds across positions is not (docs/design.md
-# "Correlation"): measured at 64x64, 81.5% (MobileNetV3, was 73.2%) and 90.9% (EfficientNet,
-# 16 batches, was 81.2%) of the tensors within 10%, every one within 2x. strict: a pass is
+# "Correlation"): measured at 64x64, 81.5% (MobileNetV3, was 73.2%) and 90.9-91.6% (EfficientNet,
+# 16 batches, was 80.2-81.2%; its stochastic-depth masks are drawn unseeded) of the tensors within 10%, every one within 2x. strict: a pass is
 # reported.
 _SQUEEZE_EXCITE = pytest.mark.xfail(strict=True, reason="squeeze-excite pools under-predicted "
                                     "(upstream per-sample energy scale not modelled)")
