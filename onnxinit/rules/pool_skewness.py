@@ -51,8 +51,8 @@ _ELEMENTWISE = {"Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Mul", "C
                 "LeakyRelu", "Gelu", "Softplus", "Mish", "Identity", "Swish"}
 
 # composite Gauss-Legendre rule on [-8, 8] for E[g(t)], t ~ N(0, 1): kinks (ReLU, HardSwish)
-# converge slowly with Gauss-Hermite; 48 panels of 4 nodes put the correction within 0.5% of
-# a 3072-node rule (tests/rules/test_pooling.py)
+# converge slowly with Gauss-Hermite; 48 panels of 4 nodes give every quantity used here within
+# 0.11% of 2048 panels on [-10, 10] (ReLU's worst; HardSwish 5e-5, SiLU 1e-8)
 _g, _gw = np.polynomial.legendre.leggauss(4)
 _edges = np.linspace(-8.0, 8.0, 49)
 _h = _edges[1] - _edges[0]
