@@ -214,7 +214,7 @@ def rule_context(graph: ModelGraph, node_id: str, result: Propagation,
     for rules registered with ``fusion=True`` the common element-wise ancestor of the two
     signal operands with its moments from ``result`` (:mod:`onnxinit.rules.fusion`)."""
     node = graph.node(node_id)
-    ctx = RuleContext(node, node_id, graph, result.settings)
+    ctx = RuleContext(node, node_id, graph, result.settings, known=result.moments)
     if registration is None:
         registration = lookup(node.domain, node.op_type, graph.opset)
     if registration is not None and registration.fusion:

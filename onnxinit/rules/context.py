@@ -4,8 +4,8 @@ hands it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -52,6 +52,9 @@ class RuleContext:
     settings: RuleSettings = RuleSettings()
     # for rules registered with fusion=True: the operands' common element-wise ancestor
     fusion: CommonAncestor | None = None
+    # the moments propagated so far (read-only): rules that look past their inputs (a global
+    # pool reading a depthwise conv's input, rules/pool_skewness.py); None outside propagation
+    known: Mapping[str, Moments] | None = field(default=None, repr=False)
 
     @cached_property
     def attrs(self) -> dict:

@@ -30,6 +30,7 @@ from ..spatial import attach, class_weights, gather_taps, positions, window
 from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
 from .gaussian import compose, expand
+from .pool_skewness import pooled_correction
 from .maxima import max_moments, max_of_correlated_gaussians, max_of_gaussians, non_decreasing
 from .registry import rule
 
@@ -203,10 +204,15 @@ def _geometry(ctx: RuleContext):
 @rule("GlobalAveragePool")
 def global_average_pool(inputs, ctx: RuleContext):
     """Mean over the K spatial positions, per channel: E = mean_p mu, Var = mean_p nu / K
-    (independent positions: a lower bound when neighbours are correlated)."""
+    (independent positions: a lower bound when neighbours are correlated), plus the
+    non-Gaussian energy correlation of a depthwise Conv's outputs (:mod:`.pool_skewness`)."""
     x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
-    return [spatial_mean(x, x_shape)]
+    out = spatial_mean(x, x_shape)
+    extra = pooled_correction(ctx, x, x_shape)
+    if extra is None:
+        return [out]
+    return [Moments(out.mean, out.var + extra.reshape(out.var.shape))]
 
 
 def spatial_mean(x: Moments, x_shape) -> Moments:

@@ -1,0 +1,231 @@
+"""The non-Gaussian part of a global average pool of ``f(z)``, ``z`` a depthwise Conv's output.
+
+A depthwise Conv sums few inputs per output (9 or 25 taps, fewer on a small map), and those
+inputs are skewed and heavy-tailed (a ReLU or HardSwish of a Gaussian), so its output is far
+from Gaussian, and not independently so at each position: neighbours share inputs, and a large
+input raises the energy of every output that reads it. A squeeze-excite block then averages
+``f(z)`` (HardSwish, SiLU, ReLU) over the map. The Gaussian model of ``z`` (with its exact
+covariance) misses the energy correlation of the positions: measured on MobileNetV3-small at
+64x64 it explains 0.72-0.92 of the pooled variance; with the first-order Edgeworth terms below
+(cumulants measured) 0.96-1.02.
+
+For ``E[f(z_p) f(z_q)]`` the first-order Edgeworth expansion adds to the Gaussian value, for
+the mixed joint cumulants (the only ones that do not factor into the marginals),
+
+    1/2 k(z_p, z_p, z_q) E f''(z_p) E f'(z_q) + 1/2 k(z_p, z_q, z_q) E f'(z_p) E f''(z_q)
+    + 1/4 k(z_p, z_p, z_q, z_q) E f''(z_p) E f''(z_q),
+
+so the variance of the mean over the K positions gains, per channel,
+
+    dVar = E f' E f'' S3 + 1/4 (E f'')^2 S4,
+    S3 = (1/K^2) sum_{p,q} k(z_p, z_p, z_q),   S4 = (1/K^2) sum_{p,q} k(z_p, z_p, z_q, z_q),
+
+with ``E f' = E[t f(z)] / s``, ``E f'' = E[(t^2 - 1) f(z)] / s^2`` (Stein; z = m + s t) under
+the Gaussian of ``z``. For ``z_p = a sum_u W_pu x_u + b`` (a Conv of kernel W per channel, then
+a BatchNorm's affine map a, b) with inputs independent across positions, of cumulants k3, k4
+(their distribution: the input's source, a Gaussian through its element-wise chain),
+
+    S3 = a^3 k3 sum_u c2_u c1_u / K^2,   S4 = a^4 k4 sum_u c2_u^2 / K^2,
+    c1_u = sum_p W_pu,   c2_u = sum_p W_pu^2
+
+(column sums of the kernel over the output positions: a transposed convolution of ones,
+per axis). Closed forms, per channel: the cost is a few quadratures over channels and one
+small einsum, next to nothing beside the Conv rule. Applied only where a GlobalAveragePool reads
+``f(BatchNorm(Conv))`` or ``f(Conv)`` of a depthwise Conv (one input channel per group); other
+pools are unchanged.
+
+Not modelled: the inputs' own joint cumulants across positions (an upstream per-sample energy
+scale, which grows with depth in MobileNetV3), and the Edgeworth terms of higher order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..moments import Moments
+from .context import RuleContext, RuleError
+from .gaussian import compose
+
+# element-wise ops a pool's input may go through from the Conv (SiLU's Mul(z, Sigmoid(z)) too)
+_ELEMENTWISE = {"Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Mul", "Clip", "Elu",
+                "LeakyRelu", "Gelu", "Softplus", "Mish", "Identity", "Swish"}
+
+# composite Gauss-Legendre rule on [-8, 8] for E[g(t)], t ~ N(0, 1): kinks (ReLU, HardSwish)
+# converge slowly with Gauss-Hermite; 48 panels of 4 nodes give every quantity used here within
+# 0.11% of 2048 panels on [-10, 10] (ReLU's worst; HardSwish 5e-5, SiLU 1e-8)
+_g, _gw = np.polynomial.legendre.leggauss(4)
+_edges = np.linspace(-8.0, 8.0, 49)
+_h = _edges[1] - _edges[0]
+_T = (_edges[:-1, None] + _h / 2 * (_g[None, :] + 1)).ravel()
+_W = np.tile(_gw * _h / 2, _edges.size - 1) * np.exp(-0.5 * _T**2)
+_W /= _W.sum()
+# the weighted power sums the rule needs, one matrix product: rows 1, t, t^2 - 1
+_BASIS = np.stack([_W, _W * _T, _W * (_T**2 - 1)])
+del _g, _gw, _edges, _h
+
+
+def _channel(m: Moments, c: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    return m.expand_rank(rank).values_along(1, c)
+
+
+def _source_expectations(source, c: int, rank: int):
+    """Per channel, over ``f(z)``, z ~ N(m, s^2) the source's Gaussian and f its chain
+    (:func:`_channel_source`): (E[f], E[t f], E[(t^2 - 1) f], central k2, k3, k4 of f(z)),
+    t = (z - m) / s; None where f is not finite."""
+    mean, var, chain = source
+    std = np.sqrt(var)
+    t = _T.reshape((-1,) + (1,) * (rank - 1))
+    with np.errstate(all="ignore"):
+        y = np.asarray(compose(chain)(mean + std * t), dtype=np.float64)
+    y = np.broadcast_to(y, (_T.size,) + mean.shape[1:]).reshape(_T.size, c)
+    if not np.all(np.isfinite(y)):
+        return None
+    e, et, ett = _BASIS @ y
+    d2 = (y - e) ** 2
+    k2 = _W @ d2
+    k3 = _W @ (d2 * (y - e))
+    k4 = _W @ (d2 * d2) - 3 * k2**2
+    return e, et, ett, k2, k3, k4
+
+
+def _same_operand(graph, node) -> bool:
+    """A Mul of z and an element-wise function of z (SiLU's z * Sigmoid(z)), or by a constant."""
+    a, b = node.input[0], node.input[1]
+    if graph.is_constant(b) or graph.is_constant(a):
+        return True
+    for u, v in ((a, b), (b, a)):
+        producer = graph.producer.get(v)
+        if producer is not None and graph.node(producer).input[:1] == [u]:
+            return True
+    return False
+
+
+def _find_conv(ctx: RuleContext, tensor: str):
+    """(conv node id, BatchNorm node id or None, tensor z feeding the element-wise chain) when
+    ``tensor`` is element-wise ops of [BatchNorm of] a Conv's output; else None."""
+    graph = ctx.graph
+    bn, z = None, None
+    for _ in range(8):
+        node_id = graph.producer.get(tensor)
+        if node_id is None:
+            return None
+        node = graph.node(node_id)
+        if node.op_type == "Conv":
+            return node_id, bn, z if z is not None else tensor
+        if node.op_type == "BatchNormalization" and bn is None:
+            bn, z = node_id, tensor
+        elif (node.op_type not in _ELEMENTWISE or bn is not None
+              or (node.op_type == "Mul" and not _same_operand(graph, node))):
+            return None
+        tensor = node.input[0]
+    return None
+
+
+def _pads(conv: RuleContext, in_sizes, out_sizes, kernel, strides, dilations) -> list[int]:
+    """Begin pads per spatial axis (auto_pad resolved from the static shapes)."""
+    n = len(kernel)
+    auto_pad = conv.attr("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", ""):
+        return list(conv.attr("pads", [0] * 2 * n))[:n]
+    if auto_pad == "VALID":
+        return [0] * n
+    begins = []
+    for i in range(n):
+        extent = (kernel[i] - 1) * dilations[i] + 1
+        total = max(0, (out_sizes[i] - 1) * strides[i] + extent - in_sizes[i])
+        begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+    return begins
+
+
+def _channel_source(m: Moments, c: int, rank: int):
+    """m's source Gaussian pooled per channel (law of total variance) with its chain, as
+    ``[1, C, 1, ...]`` arrays; None without a source or with statistics beyond the rank."""
+    src = m.source
+    if src is None or not src.chain or max(np.ndim(src.mean), np.ndim(src.var)) > rank:
+        return None
+    mean, var = Moments(src.mean, src.var).expand_rank(rank).values_along(1, c)
+    shape = (1, c) + (1,) * (rank - 2)
+    return mean.reshape(shape), var.reshape(shape), src.chain
+
+
+def _column_sums(weight: np.ndarray, conv: RuleContext, in_sizes, out_sizes, power: int):
+    """``sum_p W_pu^power`` per channel and input position u, [C, *in_sizes]."""
+    kernel = list(weight.shape[2:])
+    n = len(kernel)
+    strides = list(conv.attr("strides", [1] * n))
+    dilations = list(conv.attr("dilations", [1] * n))
+    begins = _pads(conv, in_sizes, out_sizes, kernel, strides, dilations)
+    out = weight[:, 0] ** power
+    for d in range(n):  # M_d[t, i]: output positions o whose tap t lands on input i
+        pos = (np.arange(out_sizes[d])[:, None] * strides[d] - begins[d]
+               + np.arange(kernel[d])[None, :] * dilations[d])
+        m = np.zeros((kernel[d], in_sizes[d]))
+        for t in range(kernel[d]):
+            inside = pos[:, t][(pos[:, t] >= 0) & (pos[:, t] < in_sizes[d])]
+            np.add.at(m[t], inside, 1.0)
+        # contract the tap axis 1 (the next tap axis), append the input axis at the end
+        out = np.tensordot(out, m, axes=([1], [0]))  # the next tap axis is axis 1
+    return out
+
+
+def pooled_correction(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
+    """dVar per channel (module docstring) for the GlobalAveragePool of ``ctx`` reading ``x``;
+    None where it does not apply (not a depthwise Conv's f, no source, unknown moments)."""
+    known = ctx.known
+    rank = len(x_shape)
+    if known is None or x.source is None or rank < 3:
+        return None
+    found = _find_conv(ctx, ctx.node.input[0])
+    if found is None:
+        return None
+    conv_id, bn_id, z_name = found
+    conv = ctx.for_node(conv_id)
+    weight = conv.const(1)
+    c = x_shape[1]
+    if weight is None or weight.ndim != rank or weight.shape[1] != 1 or weight.shape[0] != c:
+        return None
+    group = conv.attr("group", 1)
+    if group < 2:
+        return None
+    y_name, in_name = conv.node.output[0], conv.node.input[0]
+    if any(name not in known for name in (y_name, z_name, in_name)):
+        return None
+    try:
+        in_shape, out_shape = conv.in_shape(0), conv.out_shape(0)
+    except RuleError:
+        return None
+    if tuple(out_shape[2:]) != tuple(x_shape[2:]):
+        return None
+    x_source = _channel_source(known[in_name], in_shape[1], rank)
+    f_source = _channel_source(x, c, rank)
+    if x_source is None or f_source is None:
+        return None
+    x_stats = _source_expectations(x_source, in_shape[1], rank)
+    f_stats = _source_expectations(f_source, c, rank)
+    if x_stats is None or f_stats is None:
+        return None
+    _, _, _, _, k3, k4 = x_stats
+    _, et, ett, _, _, _ = f_stats
+    mult = c // group
+    k3, k4 = np.repeat(k3, mult), np.repeat(k4, mult)
+    _, var_y = _channel(known[y_name], c, rank)
+    _, var_z = _channel(known[z_name], c, rank)
+    s2 = f_source[1].reshape(c)
+    # the pool's input must be f of z itself (its source's Gaussian), z an affine map of y
+    if np.any(var_y <= 0) or not np.allclose(s2, var_z, rtol=1e-2, atol=1e-12):
+        return None
+    a = np.sqrt(var_z / var_y)
+    if bn_id is not None:
+        scale = ctx.for_node(bn_id).const(1)
+        if scale is None:
+            return None
+        a = a * np.sign(np.broadcast_to(np.asarray(scale, dtype=np.float64).ravel(), (c,)))
+    s = np.sqrt(np.maximum(s2, 1e-300))
+    d1, d2 = et / s, ett / s**2
+    k = int(np.prod(x_shape[2:]))
+    c1 = _column_sums(weight, conv, in_shape[2:], out_shape[2:], 1).reshape(c, -1)
+    c2 = _column_sums(weight, conv, in_shape[2:], out_shape[2:], 2).reshape(c, -1)
+    s3 = a**3 * k3 * (c2 * c1).sum(axis=1) / k**2
+    s4 = a**4 * k4 * (c2 * c2).sum(axis=1) / k**2
+    dvar = d1 * d2 * s3 + 0.25 * d2**2 * s4
+    return dvar if np.all(np.isfinite(dvar)) else None
