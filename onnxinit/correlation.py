@@ -46,6 +46,7 @@ a layout op that moves positions (Reshape, Transpose, Resize), where it is dropp
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ MAX_OFFSET = 6  # largest offset per axis at which the correlation is kept
 CONV_BUDGET = 2e7  # multiply-adds above which a Conv keeps only the delta = 0 terms
 _HERMITE = 8  # terms of Mehler's expansion
 _NODE_BLOCK = 1 << 21  # function values evaluated at once by hermite_amplitudes
+_DIRECT_TAPS = 25  # kernels up to 5 x 5: autocorrelation by pairs of taps, not FFT
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,12 +137,33 @@ def _gather(ext: np.ndarray, ext_radius, positions: Sequence[np.ndarray]) -> np.
     return ext[tuple(index)]
 
 
+@functools.lru_cache(maxsize=32)
+def _lag_matrix(kernel: tuple[int, ...]) -> np.ndarray:
+    """``[K^2, prod(2k - 1)]`` (K = prod(kernel) taps): 1 where the pair of taps (t, t') is at
+    lag t' - t, which sums the products W[t] W[t'] into the autocorrelation's lags."""
+    taps = np.array(list(np.ndindex(*kernel)))
+    lags = taps[None, :, :] - taps[:, None, :] + (np.array(kernel) - 1)
+    index = np.ravel_multi_index(tuple(lags.reshape(-1, len(kernel)).T),
+                                 tuple(2 * k - 1 for k in kernel))
+    out = np.zeros((len(taps) ** 2, int(np.prod([2 * k - 1 for k in kernel]))))
+    out[np.arange(out.shape[0]), index] = 1.0
+    return out
+
+
 def _kernel_autocorrelation(w: np.ndarray) -> np.ndarray:
     """G[j, c, delta] = sum_t W[j,c,t] W[j,c,t+delta], delta in [-(k-1), k-1] per axis (the
-    kernels' autocorrelation, by FFT over the spatial axes padded to 2k - 1)."""
+    kernels' autocorrelation): for up to ``_DIRECT_TAPS`` taps as the products of every pair
+    of taps summed per lag (one matrix product), else by FFT over the spatial axes padded to
+    2k - 1."""
     kernel = w.shape[2:]
     if all(k == 1 for k in kernel):  # a pointwise conv mixes channels only: G = W^2 at lag 0
         return w * w
+    taps = int(np.prod(kernel))
+    if taps <= _DIRECT_TAPS:
+        flat = w.reshape(w.shape[0], w.shape[1], taps)
+        pairs = (flat[..., :, None] * flat[..., None, :]).reshape(w.shape[0], w.shape[1], -1)
+        return (pairs @ _lag_matrix(tuple(kernel))).reshape(
+            w.shape[:2] + tuple(2 * k - 1 for k in kernel))
     axes = tuple(range(2, 2 + len(kernel)))
     size = [2 * k - 1 for k in kernel]
     f = np.fft.rfftn(w, s=size, axes=axes)
