@@ -263,9 +263,9 @@ def test_progress_quiet_in_ci_and_off_a_terminal(monkeypatch):
 
 
 def test_auto_falls_back_to_differences_where_autodiff_cannot(monkeypatch):
-    """small_cnn's MaxPool gradient is a ScatterElements; without a backward rule for it (as
-    for any op the second-order graph needs and the autodiff lacks) 'auto' uses differences of
-    gradients and says why; 'exact' refuses."""
+    """small_cnn's MaxPool gradient ends in a DepthToSpace (its windows tile the input);
+    without a backward rule for it (as for any op the second-order graph needs and the autodiff
+    lacks) 'auto' uses differences of gradients and says why; 'exact' refuses."""
     from onnxinit.autodiff.backward.registry import RULES
 
     graph = load(SAMPLES / "small_cnn.onnx", batch_size=2)
@@ -273,15 +273,15 @@ def test_auto_falls_back_to_differences_where_autodiff_cannot(monkeypatch):
     theta = run.space.theta(np.ones(run.space.size))
     assert np.all(np.isfinite(run.oracle.hvp(theta, np.ones_like(theta), run.source.batch(0))))
     assert run.oracle.hvp_note.startswith("exact")  # MaxPool nets have exact products now
-    monkeypatch.delitem(RULES, "ScatterElements")
+    monkeypatch.delitem(RULES, "DepthToSpace")
     run = prepare(graph, GradInitOptions(), min_scale=0.01, device="cpu", hvp="auto")
     theta = run.space.theta(np.ones(run.space.size))
     v = np.ones_like(theta)
     assert np.all(np.isfinite(run.oracle.hvp(theta, v, run.source.batch(0))))
-    assert run.oracle.hvp_note.startswith("finite differences") and "ScatterElements" in \
+    assert run.oracle.hvp_note.startswith("finite differences") and "DepthToSpace" in \
         run.oracle.hvp_note and run.oracle.exact_passes == 0
     strict = prepare(graph, GradInitOptions(), min_scale=0.01, device="cpu", hvp="exact")
-    with pytest.raises(OnnxInitError, match="ScatterElements"):
+    with pytest.raises(OnnxInitError, match="DepthToSpace"):
         strict.oracle.hvp(theta, v, strict.source.batch(0))
 
 
