@@ -263,9 +263,9 @@ def test_progress_quiet_in_ci_and_off_a_terminal(monkeypatch):
 
 
 def test_auto_falls_back_to_differences_where_autodiff_cannot(monkeypatch):
-    """small_cnn's MaxPool gradient puts dY back with a DepthToSpace; without a backward rule
-    for it (as for any op the second-order graph needs and the autodiff lacks) 'auto' uses
-    differences of gradients and says why; 'exact' refuses."""
+    """small_cnn's MaxPool gradient ends in a DepthToSpace (its windows tile the input);
+    without a backward rule for it (as for any op the second-order graph needs and the autodiff
+    lacks) 'auto' uses differences of gradients and says why; 'exact' refuses."""
     from onnxinit.autodiff.backward.registry import RULES
 
     graph = load(SAMPLES / "small_cnn.onnx", batch_size=2)
