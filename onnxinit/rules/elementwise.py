@@ -246,7 +246,8 @@ def _apply_to_cells(x: Moments, f: ElementwiseFn, rank) -> Moments:
     if sp.corr is None:
         return result
     smooth = result.source is not None and is_smooth(result.source.chain)
-    corr = elementwise_correlation(sp.corr, result, smooth)
+    corr = elementwise_correlation(sp.corr, result, smooth,
+                                   f.elementwise if f.affine is None else None, cells)
     if corr is sp.corr and f.affine is not None:  # the values' field, a_c x + b: signs of a
         corr = cross_fields.affine(corr, f.affine[0])
     return with_corr(result, corr, sp.maps)
