@@ -8,9 +8,13 @@ positions), ``x_hat = (x - mean_b) / sigma_b``::
 
 The projection removes the batch mean of dy (variance ``u / N``, u the variance of a sample's
 spatial mean: all of it for a gradient broadcast by a global pool) and its component along
-x_hat (``E[mean(dy x_hat)^2] = E[dy^2] / M`` for dy independent of x)::
+x_hat. With dy independent of x, ``E[x_hat_p x_hat_q] = -1 / (M - 1)`` for p != q (x_hat sums
+to 0) and dy correlated only within a sample, that component's share per value is what the
+mean left over M - 1: ``(Var[dy] - u / N) / (M - 1)`` (``E[dy^2] / M`` when the values are
+independent; at batch 1 on a 2x2 map, where a pooled gradient is nearly alike across the
+positions, E[dy^2] / M removed more than was left)::
 
-    Var[dx] = gamma^2 / sigma_b^2 (Var[dy] - u / N - E[dy^2] / M),   E[dx] = 0,
+    Var[dx] = gamma^2 / sigma_b^2 (Var[dy] - u / N) (1 - 1 / (M - 1)),   E[dx] = 0,
     u' = gamma^2 / sigma_b^2 u (1 - 1/N)
 
 ``1 / sigma_b^2`` is random with M values per channel: for Gaussian values
@@ -105,7 +109,8 @@ def batch_normalization(grads, ctx: GradContext):
     m, v = g.channels(rank, c)
     u = np.minimum(g.channel_sample_var(rank, c, s), v)
     second = v + m * m
-    kept = np.maximum(v - u / n - second / m_count, 0.0)
+    centred = np.maximum(v - u / n, 0.0)
+    kept = centred * (1.0 - 1.0 / max(m_count - 1, 1))
     a2 = gamma**2 * sigma2
     sample_var = a2 * u * (1.0 - 1.0 / n) if rank > 2 else None
     dx = along(np.zeros(c), a2 * kept, 1, rank, sample_var, g.profile)
