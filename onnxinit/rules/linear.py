@@ -60,7 +60,8 @@ def _mix(a: np.ndarray, b: np.ndarray, bias: np.ndarray, patterns, weights):
     return mean, var
 
 
-def _pads(ctx: RuleContext, in_sizes, out_sizes, kernel, strides, dilations, transpose=False):
+def begin_pads(ctx: RuleContext, in_sizes, out_sizes, kernel, strides, dilations,
+               transpose=False):
     """Begin pads per spatial axis, with auto_pad resolved from the static shapes.
 
     ConvTranspose with ``output_shape`` (ONNX spec): total_i = stride_i * (in_i - 1) +
@@ -162,7 +163,7 @@ def conv(inputs, ctx: RuleContext):
     x_shape, y_shape, kernel, strides, dilations = _geometry(ctx, w.shape)
     groups = ctx.attr("group", 1)
     c_in, c_out = x_shape[1], w.shape[0]
-    begins = _pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
+    begins = begin_pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
     sp = positions(x, x_shape)
     if sp is None:
         raise RuleError("a Conv without spatial axes")
@@ -207,7 +208,8 @@ def conv_transpose(inputs, ctx: RuleContext):
     c_in, opg = w.shape[0], w.shape[1]
     c_out = opg * groups
     mu, nu = x.values_along(1, x_shape[1])
-    begins = _pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations, transpose=True)
+    begins = begin_pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations,
+                        transpose=True)
     indicators = []
     for d in range(len(kernel)):
         # o + pad - k*dil must be a multiple of the stride, and the quotient a valid input index

@@ -45,6 +45,7 @@ import numpy as np
 from ..moments import Moments
 from .context import RuleContext, RuleError
 from .gaussian import compose
+from .linear import begin_pads
 
 # element-wise ops a pool's input may go through from the Conv (SiLU's Mul(z, Sigmoid(z)) too)
 _ELEMENTWISE = {"Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Mul", "Clip", "Elu",
@@ -121,22 +122,6 @@ def _find_conv(ctx: RuleContext, tensor: str):
     return None
 
 
-def _pads(conv: RuleContext, in_sizes, out_sizes, kernel, strides, dilations) -> list[int]:
-    """Begin pads per spatial axis (auto_pad resolved from the static shapes)."""
-    n = len(kernel)
-    auto_pad = conv.attr("auto_pad", "NOTSET")
-    if auto_pad in ("NOTSET", ""):
-        return list(conv.attr("pads", [0] * 2 * n))[:n]
-    if auto_pad == "VALID":
-        return [0] * n
-    begins = []
-    for i in range(n):
-        extent = (kernel[i] - 1) * dilations[i] + 1
-        total = max(0, (out_sizes[i] - 1) * strides[i] + extent - in_sizes[i])
-        begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
-    return begins
-
-
 def _channel_source(m: Moments, c: int, rank: int):
     """m's source Gaussian pooled per channel (law of total variance) with its chain, as
     ``[1, C, 1, ...]`` arrays; None without a source or with statistics beyond the rank."""
@@ -154,7 +139,7 @@ def _column_sums(weight: np.ndarray, conv: RuleContext, in_sizes, out_sizes, pow
     n = len(kernel)
     strides = list(conv.attr("strides", [1] * n))
     dilations = list(conv.attr("dilations", [1] * n))
-    begins = _pads(conv, in_sizes, out_sizes, kernel, strides, dilations)
+    begins = begin_pads(conv, in_sizes, out_sizes, kernel, strides, dilations)
     out = weight[:, 0] ** power
     for d in range(n):  # M_d[t, i]: output positions o whose tap t lands on input i
         pos = (np.arange(out_sizes[d])[:, None] * strides[d] - begins[d]
