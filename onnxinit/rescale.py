@@ -78,14 +78,11 @@ class RescaleResult:
             "output": str(self.output) if self.output else None,
             "methods": self.plan.method.split(","),
             "changes": changes,
-            "outputs_var_before": None,
-            "outputs_var_after": self.outputs_var_after,
-            "method_reports": self.method_reports,
         }
         if before or self.before_known:
             report["outputs_var_before"] = self.outputs_var_before
-        else:
-            del report["outputs_var_before"]
+        report["outputs_var_after"] = self.outputs_var_after
+        report["method_reports"] = self.method_reports
         return report
 
 
