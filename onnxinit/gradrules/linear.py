@@ -33,7 +33,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..rules.context import RuleError
-from ..rules.linear import _pads
+from ..rules.linear import begin_pads
 from .context import GradContext
 from .attention import matmul_activations
 from .gradient import MAX_COV, Gradient, along, feature_cov
@@ -149,7 +149,7 @@ def conv_geometry(ctx: GradContext, kernel):
     n = len(kernel)
     strides = list(ctx.attr("strides", [1] * n))
     dilations = list(ctx.attr("dilations", [1] * n))
-    begins = _pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
+    begins = begin_pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
     return x_shape, y_shape, strides, dilations, begins
 
 
