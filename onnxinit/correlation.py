@@ -52,7 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
+from . import special
 
 MAX_OFFSET = 6  # largest offset per axis at which the correlation is kept
 CONV_BUDGET = 2e7  # multiply-adds above which a Conv keeps only the delta = 0 terms

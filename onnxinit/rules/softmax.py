@@ -28,7 +28,7 @@ What is not modelled: correlation between the logits of a row beyond that common
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
+from .. import special
 
 from ..moments import Moments, compressed
 from .context import RuleContext, signal
