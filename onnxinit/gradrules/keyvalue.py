@@ -33,16 +33,19 @@ import numpy as np
 
 from .context import GradContext
 from .rows import RowStats
+from .tokens import axes_of
 
 PASSING = ("Dropout", "Cast", "Identity")
-MAX_STEPS = 10
+LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Gather")
+MAX_STEPS = 16
 MAX_ELEMENTS = 1 << 22  # index arrays carried through a chain's layout ops
 
 
 @dataclass(frozen=True)
 class Chain:
     """``tensor = layout(scale * (source @ weight + bias))``; ``layout`` from ``start`` (the
-    MatMul's output) in forward order: ("Transpose", perm) or ("Reshape", shape)."""
+    MatMul's output) in forward order: ("Transpose", perm), ("Gather", (indices, axis)) or
+    ("Reshape", shape) (Reshape, Squeeze, Unsqueeze, Flatten: the output's static shape)."""
 
     source: str
     weight: np.ndarray  # [H_in, H_out]
@@ -57,6 +60,33 @@ def _scalar(value) -> float | None:
     return float(np.asarray(value, dtype=np.float64).reshape(()))
 
 
+def _axes(graph, node) -> list[int] | None:
+    """Squeeze/Unsqueeze axes (attribute before opset 13, else a constant input)."""
+    for a in node.attribute:
+        if a.name == "axes":
+            return list(a.ints)
+    if len(node.input) > 1 and node.input[1]:
+        value = graph.value(node.input[1])
+        return None if value is None else [int(v) for v in np.ravel(value)]
+    return None
+
+
+def _layout_step(graph, node) -> tuple | None:
+    """A layout op as a step of :class:`Chain` (``()`` for a pass-through), None if unknown."""
+    op = node.op_type
+    if op in PASSING:
+        return ()
+    if op == "Transpose":
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        return None if perm is None else ("Transpose", perm)
+    if op == "Gather":
+        index = graph.value(node.input[1])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        return None if index is None else ("Gather", (np.asarray(index, np.int64), axis))
+    shape = graph.shape(node.output[0])
+    return None if shape is None else ("Reshape", tuple(shape))
+
+
 def linear_chain(graph, name: str) -> Chain | None:
     """The chain that produces ``name`` (see :class:`Chain`), else None."""
     layout, scale = [], 1.0
@@ -67,17 +97,12 @@ def linear_chain(graph, name: str) -> Chain | None:
         node = graph.node(node_id)
         op, inputs = node.op_type, list(node.input)
         signals = [i for i in inputs if i and graph.is_signal(i)]
-        if op in PASSING or op in ("Transpose", "Reshape"):
-            if op == "Transpose":
-                perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-                if perm is None:
-                    return None
-                layout.append(("Transpose", perm))
-            elif op == "Reshape":
-                shape = graph.shape(node.output[0])
-                if shape is None:
-                    return None
-                layout.append(("Reshape", tuple(shape)))
+        if op in PASSING or op in LAYOUT:
+            step = _layout_step(graph, node)
+            if step is None:
+                return None
+            if step:
+                layout.append(step)
             name = inputs[0]
             continue
         if len(signals) != 1:
@@ -103,18 +128,26 @@ def linear_chain(graph, name: str) -> Chain | None:
     return None
 
 
-def head_columns(graph, chain: Chain, feature_axis: int, token_axis: int) -> np.ndarray | None:
+def head_columns(graph, chain: Chain, feature_axis: int, token_axis: int,
+                 source_tokens: int = -2) -> np.ndarray | None:
     """[L, d]: the columns of ``chain.weight`` at each index L of the leading axes of the
     chain's tensor (its last two axes: features at ``feature_axis``, tokens at
-    ``token_axis``), when every token of the matrix takes its feature from the same column."""
+    ``token_axis``), when every token of the matrix takes its feature from the same column
+    (``source_tokens``: the token axis of the MatMul's output)."""
     shape = graph.shape(chain.start)
     if shape is None or len(shape) < 2 or int(np.prod(shape)) > MAX_ELEMENTS:
         return None
+    axis = source_tokens % len(shape)
+    if axis == len(shape) - 1:
+        return None
     column = np.broadcast_to(np.arange(shape[-1]), shape)
-    token = np.broadcast_to(np.arange(shape[-2])[:, None], shape)
+    token = np.moveaxis(np.broadcast_to(np.arange(shape[axis]), (*shape[:axis], *shape[axis + 1:],
+                                                                   shape[axis])), -1, axis)
     for op, arg in chain.layout:
         if op == "Transpose":
             column, token = column.transpose(arg), token.transpose(arg)
+        elif op == "Gather":
+            column, token = np.take(column, arg[0], arg[1]), np.take(token, arg[0], arg[1])
         else:
             if int(np.prod(arg)) != column.size:
                 return None
@@ -144,7 +177,7 @@ def kept_share(moments, rows: RowStats) -> float:
     """``1 - E[P^T Tc P]``, Tc x's correlation across the keys (identity without a field)."""
     keys = rows.keys
     t = moments.tokens
-    if t is not None and t.axis == -2 and t.span == 1 and t.n == keys and t.stride == 1:
+    if t is not None and t.span == 1 and t.n == keys and t.stride == 1:
         tc = t.cov
     else:
         tc = np.eye(keys)
@@ -162,11 +195,14 @@ def random_norm(ctx: GradContext, key: str, value: str, rows: RowStats) -> float
         return None
     if k.weight.shape[0] != v.weight.shape[0]:
         return None
-    k_cols = head_columns(graph, k, -2, -1)
-    v_cols = head_columns(graph, v, -1, -2)
+    x = ctx.forward[k.source]
+    source_shape = graph.shape(k.source)
+    axes = axes_of(x.tokens, len(source_shape)) if source_shape is not None else None
+    tokens = axes[0] if axes is not None and len(axes) == 1 else -2
+    k_cols = head_columns(graph, k, -2, -1, tokens)
+    v_cols = head_columns(graph, v, -1, -2, tokens)
     if k_cols is None or v_cols is None or len(k_cols) != len(v_cols):
         return None
-    x = ctx.forward[k.source]
     sigma = _variance(x, k.weight.shape[0]) * kept_share(x, rows)
     c = (v.scale * v.weight).T @ (sigma[:, None] * (k.scale * k.weight))
     norms = [float(np.sum(c[np.ix_(vc, kc)] ** 2)) for vc, kc in zip(v_cols, k_cols)]
