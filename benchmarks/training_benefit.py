@@ -273,7 +273,7 @@ def scale_lrs(init: str, args) -> list:
     methods = [n for n in init.split(",") if n in GRADIENT_METHODS]
     if not methods or not args.sweep_scale_lr:
         return [None]
-    return list(SCALE_LRS[methods[-1]])
+    return list(args.scale_lrs.get(methods[-1], SCALE_LRS[methods[-1]]))
 
 
 def planned(results: dict, model: str, init: str, args) -> list:
@@ -467,6 +467,9 @@ def main(argv=None) -> None:
     parser.add_argument("--mlp-width", type=int, default=64)
     parser.add_argument("--mlp-activation", choices=("relu", "tanh"), default="relu")
     parser.add_argument("--sweep-scale-lr", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--scale-lrs", action="append", default=[], metavar="METHOD=LR[,LR]",
+                        help="the scale rates swept for METHOD instead of its default list, "
+                             "e.g. gradinit=0.01 (a CPU budget: the paper's default first)")
     parser.add_argument("--at-best-of", type=int, default=None, metavar="SEED",
                         help="run only each init's best (scale lr, lr) cell of SEED's cached "
                              "results (e.g. seeds 1 2 at the best rates of seed 0)")
@@ -477,6 +480,8 @@ def main(argv=None) -> None:
     parser.add_argument("--report", action="store_true", help="print tables from the cache")
     parser.add_argument("--plot", action="store_true", help="draw PNGs from the cache")
     args = parser.parse_args(argv)
+    args.scale_lrs = {name: [float(v) for v in values.split(",")] for name, values in
+                      (item.split("=", 1) for item in args.scale_lrs)}
     args.method_options = {k: json.loads(v) for k, v in
                            (item.split("=", 1) for item in args.method_option)}
     if args.report or args.plot:
