@@ -183,6 +183,8 @@ class ModelGraph(GraphStructure):
             self.warnings.append(f"could not run the model to measure shapes: {exc}")
             measured = {}
         self.shapes.update(measured)
+        if measured:  # a Shape of a tensor measured static is a constant, and what it computes
+            self._classify_tensors()
         if len(measured) < len(missing):
             self.warnings.append(
                 f"{len(missing) - len(measured)} tensor shapes could not be determined"
