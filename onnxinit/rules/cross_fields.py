@@ -116,8 +116,8 @@ def through_joint(corr: Correlation, x: Moments, fn, spatial) -> Correlation:
     cross = corr.cross
     if cross is None or cross.joint is None or spatial is None:
         return corr
-    joint = cross.joint
-    channels = joint.shape[1]
+    draws = cross.joint
+    channels = draws.shape[1]
     if cross.corr.shape[0] != channels:
         return corr
     rank = 2 + len(spatial.maps)
@@ -125,7 +125,7 @@ def through_joint(corr: Correlation, x: Moments, fn, spatial) -> Correlation:
         np.asarray(a, np.float64).reshape((1,) * (rank - np.ndim(a)) + np.shape(a)),
         (1, channels) + tuple(int(m.max()) + 1 for m in spatial.maps)), spatial)
         for a in (x.mean, x.var))
-    values = (mean + np.sqrt(var) * joint).reshape(joint.shape + (1,) * (rank - 2))
+    values = (mean + np.sqrt(var) * draws).reshape(draws.shape + (1,) * (rank - 2))
     out = np.asarray(compose((fn,))(values), np.float64)
     out = shared_source.interior(out[:, None], spatial, lead=1)  # [N, C]
     sd = out.std(axis=0)
@@ -254,9 +254,9 @@ def residual_sum(ctx, op: str, operands, cells, var: np.ndarray, mixture, corr, 
     var = np.maximum(var + extra, 0.0)
     sampled = shared_source.sampled_mixture(ctx, anchor.name, channels, axes, sign,
                                             cells[0].mean + sign * cells[1].mean, var)
-    joint = None
+    draws = None
     if sampled is not None:  # both operands sparse linear maps of A: their sum's own law
-        mixture, joint = sampled
+        mixture, draws = sampled
     elif op == "Add":  # a ReLU branch of a linear image of a Gaussian A: per side of its kink
         weights = class_weights(joint([sp.maps for sp in operands], ctx.out_shape(0)[2:])[0])
         mixture = relu_plus_linear(cells[j], cells[i], (rho * sd[0] * sd[1]).reshape(shape),
@@ -267,7 +267,7 @@ def residual_sum(ctx, op: str, operands, cells, var: np.ndarray, mixture, corr, 
     else:
         mixture = None
     return var, mixture, replace(corr, rho=CrossField(total).diagonal(),
-                                 cross=CrossField(total, joint=joint))
+                                 cross=CrossField(total, joint=draws))
 
 
 def _scaled_cells(x: Moments, g: np.ndarray) -> Moments | None:
