@@ -278,8 +278,7 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
                     f"node {node_id} ({node.op_type}): statistics passed through unchanged ({exc})"
                 )
     outputs = carry(ctx, inputs, list(outputs), per_token is not None or fused is not None)
-    outputs, pairs = feature_pairs.carry(
-        ctx, inputs, outputs, [result.pairs.get(name) if name else None for name in node.input])
+    outputs, pairs = feature_pairs.carry(ctx, inputs, outputs, result.pairs)
     for name, m, pair in zip(node.output, outputs, pairs):
         if name and m is not None and graph.is_signal(name):
             m = _fit(m, graph.shape(name), _tracked_limit(ctx, m))

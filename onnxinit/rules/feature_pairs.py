@@ -47,7 +47,11 @@ import numpy as np
 from ..moments import Moments
 from .context import RuleContext, RuleError
 from .elementwise import elementwise
+from .fusion import fused_function
 from .hermite import coefficients
+
+_Z, _W = np.polynomial.hermite_e.hermegauss(48)
+_W = _W / _W.sum()
 
 _PROBES = 16  # random probes for tr((W W^T)^2) of a large weight (Hutchinson)
 _EXACT = 1 << 24  # K * N * min(K, N) up to which the Gram matrix is formed exactly
@@ -64,6 +68,10 @@ class Pairs:
     # (tr A C)^2 for any A (a dense layer keeps it); -2/D (1 + (D-1) squared) for a
     # normalised row (RMSNorm, LayerNorm: its mean square is constant)
     excess: float = 0.0
+    # the marginal shape of one element (pooled): skewness and excess kurtosis; a dense layer
+    # turns the inputs' kurtosis into excess energy of its outputs (``sum_j A_jj^2 k4_j``)
+    skew: float = 0.0
+    kurtosis: float = 0.0
 
 
 _NONE = Pairs(0.0, 0.0)
@@ -115,12 +123,16 @@ def _dense(x: Pairs, xm: Moments, w: np.ndarray, ym: Moments) -> Pairs:
     if v <= 0:
         return _NONE
     off2 = tr2 - float(np.sum(nu_y**2))
+    excess = x.excess
+    if x.kurtosis != 0.0:  # independent non-Gaussian inputs: sum_j A_jj^2 k4_j / (tr A C)^2
+        a_jj = np.sum(np.asarray(w, dtype=np.float64) ** 2, axis=1)
+        excess += x.kurtosis * float(np.sum((a_jj * nu_x) ** 2)) / float(a_jj @ nu_x) ** 2
     u = np.asarray(w, dtype=np.float64).sum(axis=1)
     total = a1 * ((1 - x.signed) * float(u @ u) + x.signed * float(u.sum()) ** 2)
     off = total - float(np.sum(nu_y))
     pairs = n * (n - 1)
     return Pairs(float(np.clip(off / (pairs * v), -1, 1)),
-                 float(np.clip(off2 / (pairs * v * v), 0, 1)), x.excess)
+                 float(np.clip(off2 / (pairs * v * v), 0, 1)), float(excess))
 
 
 def _weight(ctx: RuleContext, inputs) -> np.ndarray | None:
@@ -138,10 +150,23 @@ def _weight(ctx: RuleContext, inputs) -> np.ndarray | None:
     return w
 
 
-def _function(x: Pairs, xm: Moments, ctx: RuleContext) -> Pairs | None:
+def _shape(fn, mean: float, var: float) -> tuple[float, float]:
+    """(skewness, excess kurtosis) of ``fn(z)``, ``z ~ N(mean, var)`` (Gauss-Hermite)."""
+    with np.errstate(all="ignore"):
+        y = np.asarray(fn(mean + np.sqrt(var) * _Z), dtype=np.float64)
+    if y.shape != _Z.shape or not np.all(np.isfinite(y)):
+        return 0.0, 0.0
+    c = y - _W @ y
+    m2 = float(_W @ c**2)
+    if m2 <= 0:
+        return 0.0, 0.0
+    return float(_W @ c**3) / m2**1.5, float(_W @ c**4) / m2**2 - 3.0
+
+
+def _function(x: Pairs, xm: Moments, ctx: RuleContext, f=None) -> Pairs | None:
     """Through an element-wise function of one signal (Mehler, pooled moments); None when the
     node is not one."""
-    f = elementwise(ctx.node, ctx)
+    f = f if f is not None else elementwise(ctx.node, ctx)
     if f is None:
         return None
     mean, var = xm.total()
@@ -161,7 +186,9 @@ def _function(x: Pairs, xm: Moments, ctx: RuleContext) -> Pairs | None:
     signed = (c2[0] * x.signed + c2[1] * q) / total
     squared = (c2[0] ** 2 * q + 3 * c2[1] ** 2 * q * q) / total**2
     signed += c2[1] * x.excess / 2 / total  # the square's share of the shared energy
-    return Pairs(float(signed), float(min(squared, 1.0)), float(x.excess * (c2[0] / total) ** 2))
+    skew, kurtosis = _shape(f.fn, float(mean), float(var))
+    return Pairs(float(signed), float(min(squared, 1.0)), float(x.excess * (c2[0] / total) ** 2),
+                 skew, kurtosis)
 
 
 def _product(a: Pairs, am: Moments, b: Pairs, bm: Moments) -> Pairs:
@@ -174,7 +201,29 @@ def _product(a: Pairs, am: Moments, b: Pairs, bm: Moments) -> Pairs:
     signed = (a.signed * b.signed * va * vb + a.signed * va * mb + b.signed * vb * ma) / v
     squared = (a.squared * b.squared * (va * vb) ** 2 + a.squared * (va * mb) ** 2
                + b.squared * (vb * ma) ** 2) / v**2
-    return Pairs(float(signed), float(min(squared, 1.0)))
+    skew, kurtosis = _product_shape(a, am, b, bm)
+    return Pairs(float(signed), float(min(squared, 1.0)), 0.0, skew, kurtosis)
+
+
+def _raw(p: Pairs, m: Moments) -> np.ndarray:
+    """E[x^k], k = 1..4, from the pooled mean, variance, skewness and kurtosis."""
+    mu, nu = m.total()
+    sd = np.sqrt(max(nu, 0.0))
+    m3, m4 = p.skew * sd**3, (3 + p.kurtosis) * nu * nu
+    return np.array([mu, mu * mu + nu, mu**3 + 3 * mu * nu + m3,
+                     mu**4 + 6 * mu * mu * nu + 4 * mu * m3 + m4])
+
+
+def _product_shape(a: Pairs, am: Moments, b: Pairs, bm: Moments) -> tuple[float, float]:
+    """Skewness and kurtosis of ``a b`` for independent ``a``, ``b`` (raw moments multiply)."""
+    r = _raw(a, am) * _raw(b, bm)
+    mu = r[0]
+    var = r[1] - mu * mu
+    if not var > 0:
+        return 0.0, 0.0
+    m3 = r[2] - 3 * mu * r[1] + 2 * mu**3
+    m4 = r[3] - 4 * mu * r[2] + 6 * mu * mu * r[1] - 3 * mu**4
+    return float(m3 / var**1.5), float(m4 / var**2 - 3)
 
 
 def _sum(a: Pairs, am: Moments, b: Pairs, bm: Moments) -> Pairs:
@@ -185,7 +234,10 @@ def _sum(a: Pairs, am: Moments, b: Pairs, bm: Moments) -> Pairs:
     signed = (a.signed * va + b.signed * vb) / v
     squared = (a.squared * va * va + b.squared * vb * vb + 2 * a.signed * b.signed * va * vb) / v**2
     excess = (a.excess * va * va + b.excess * vb * vb) / v**2
-    return Pairs(float(signed), float(min(squared, 1.0)), float(excess))
+    skew = (a.skew * va**1.5 + b.skew * vb**1.5) / v**1.5  # cumulants add
+    kurtosis = (a.kurtosis * va * va + b.kurtosis * vb * vb) / v**2
+    return Pairs(float(signed), float(min(squared, 1.0)), float(excess), float(skew),
+                 float(kurtosis))
 
 
 def _last_dim(ctx: RuleContext, i: int, out: bool = False) -> int | None:
@@ -234,9 +286,11 @@ def _reduced_last(ctx: RuleContext) -> int | None:
     return x[-1] if tuple(y) == tuple(x[:-1]) else None
 
 
-def carry(ctx: RuleContext, inputs: list, outputs: list, known: list) -> tuple[list, list]:
-    """(outputs, their Pairs) after the node's rule: ``known`` holds the inputs' Pairs (None:
-    independent features). A mean over the last axis has its variance corrected."""
+def carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[list, list]:
+    """(outputs, their Pairs) after the node's rule: ``table`` holds the Pairs known so far
+    (by tensor; absent: independent features). A mean over the last axis has its variance
+    corrected."""
+    known = [table.get(name) if name else None for name in ctx.node.input]
     node = ctx.node
     op = node.op_type if node.domain in ("", "ai.onnx") else None
     none = [None] * len(outputs)
@@ -255,7 +309,9 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, known: list) -> tuple[l
         return outputs, none
     if op in ("MatMul", "Gemm"):
         if len(signals) == 2:  # P V: the rows are the right operand's, averaged over tokens
-            return outputs, [replace(pairs[1], excess=0.0) if pairs[1] != _NONE else None] + none[1:]
+            found = replace(pairs[1], excess=_mixed_excess(inputs[0], inputs[1], pairs[1].excess),
+                            skew=0.0, kurtosis=0.0)
+            return outputs, [found if found != _NONE else None] + none[1:]
         w = _weight(ctx, inputs)
         if w is None or signals != [0]:
             return outputs, none
@@ -264,6 +320,11 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, known: list) -> tuple[l
         return outputs, [_normalised(p0, outputs[0], _last_dim(ctx, 0, out=True))]
     if op in _NORMS:
         return outputs, [_normalised(p0, outputs[0], _last_dim(ctx, 0, out=True))] + none[1:]
+    f = ctx.fusion
+    if f is not None and len(signals) == 2 and op in ("Add", "Sub", "Mul", "Div", "Pow"):
+        t = table.get(f.tensor) or _NONE
+        found = _function(t, f.moments, ctx, fused_function(op, f.chain_a, f.chain_b))
+        return outputs, [found] + none[1:]
     if all(p == _NONE for p in pairs):
         return outputs, none
     if op in _LAYOUT or op == "Transpose":
@@ -293,6 +354,34 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, known: list) -> tuple[l
     if found is not None:
         return outputs, [found] + none[1:]
     return outputs, none
+
+
+def _mixed_excess(pm: Moments, vm: Moments, excess: float) -> float:
+    """The energy excess of ``P V``'s rows: row t mixes V's rows with weights ``w = E[P_t]``.
+    V's rows as a part shared by all (the mean off-diagonal correlation f of the token field,
+    over the rows mixed) and independent parts, each with V's excess: ``excess (f^2 (sum w)^4 +
+    (1 - f)^2 sum w^4) / (f (sum w)^2 + (1 - f) sum w^2)^2``, pooled over the rows by their
+    variance squared. 0 when P's means are not a token-by-token matrix."""
+    if excess == 0.0:
+        return 0.0
+    mean = np.asarray(pm.mean, dtype=np.float64)
+    if mean.ndim < 2 or mean.shape[-1] != mean.shape[-2] or mean.shape[-1] < 2:
+        return 0.0
+    n = mean.shape[-1]
+    w = np.where(np.isfinite(mean), mean, 0.0).reshape(-1, n, n).mean(axis=0)
+    t = vm.tokens
+    if t is not None and t.n == n and t.axis == -2 and t.span == 1 and t.stride == 1:
+        d = np.sqrt(np.maximum(np.diag(t.cov), 1e-300))
+        r = t.cov / np.outer(d, d)
+    else:
+        r = np.eye(n)
+    s1, s2, s4 = w.sum(axis=1), (w * w).sum(axis=1), (w**4).sum(axis=1)
+    var = np.einsum("ts,su,tu->t", w, r, w)
+    f = np.clip((var - s2) / np.maximum(s1 * s1 - s2, 1e-300), 0.0, 1.0)
+    per_row = (f * f * s1**4 + (1 - f) ** 2 * s4) / np.maximum(f * s1 * s1 + (1 - f) * s2,
+                                                              1e-300) ** 2
+    weight = var * var
+    return float(excess * (per_row * weight).sum() / max(float(weight.sum()), 1e-300))
 
 
 def _normalised(x: Pairs, ym: Moments, d: int | None) -> Pairs:
