@@ -41,6 +41,7 @@ Every other op ends them (independent features).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -53,7 +54,7 @@ from .hermite import coefficients
 _Z, _W = np.polynomial.hermite_e.hermegauss(48)
 _W = _W / _W.sum()
 
-_PROBES = 16  # random probes for tr((W W^T)^2) of a large weight (Hutchinson)
+_PROBES = 8  # random probes for tr((W W^T)^2) of a large weight (Hutchinson)
 _EXACT = 1 << 24  # K * N * min(K, N) up to which the Gram matrix is formed exactly
 
 
@@ -92,18 +93,20 @@ def _row_vars(m: Moments, d: int) -> np.ndarray:
     return var.reshape(-1, d).mean(axis=0)
 
 
-def _gram_traces(w: np.ndarray) -> tuple[float, float]:
-    """(b_1, b_2) = (tr B / K, tr B^2 / K) for ``B = W W^T``, W [K, N]: exactly when small, by
-    Hutchinson's estimator ``E ||B g||^2`` over seeded Rademacher probes otherwise."""
-    w = np.asarray(w, dtype=np.float64)
+def _gram_traces(w: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(b_1, b_2, diag B) = (tr B / K, tr B^2 / K, B_jj) for ``B = W W^T``, W [K, N] in its own
+    dtype: ``tr B^2`` exactly when small, else by Hutchinson's estimator ``E ||B g||^2`` over
+    seeded Rademacher probes (relative error about ``sqrt(2 / (K probes))``)."""
     k, n = w.shape
-    b1 = float(np.sum(w * w)) / k
+    diag = np.square(w).sum(axis=1, dtype=np.float64)
+    b1 = float(diag.sum()) / k
     if k * n * min(k, n) <= _EXACT:
-        g = w.T @ w if n <= k else w @ w.T
-        return b1, float(np.sum(g * g)) / k
-    probes = np.random.default_rng(0).choice((-1.0, 1.0), size=(k, _PROBES))
-    bg = w @ (w.T @ probes)
-    return b1, float(np.sum(bg * bg)) / (_PROBES * k)
+        w64 = np.asarray(w, dtype=np.float64)
+        g = w64.T @ w64 if n <= k else w64 @ w64.T
+        return b1, float(np.sum(g * g)) / k, diag
+    probes = np.random.default_rng(0).choice((-1.0, 1.0), size=(k, _PROBES)).astype(w.dtype)
+    bg = np.asarray(w @ (w.T @ probes), dtype=np.float64)
+    return b1, float(np.sum(bg * bg)) / (_PROBES * k), diag
 
 
 def _dense(x: Pairs, xm: Moments, w: np.ndarray, ym: Moments) -> Pairs:
@@ -116,7 +119,7 @@ def _dense(x: Pairs, xm: Moments, w: np.ndarray, ym: Moments) -> Pairs:
     if a1 <= 0:
         return _NONE
     a2 = float(np.mean(nu_x**2)) + (k - 1) * a1 * a1 * x.squared
-    b1, b2 = _gram_traces(w)
+    b1, b2, a_jj = _gram_traces(w)
     tr2 = k * (a2 * b1 * b1 + a1 * a1 * b2 - a1 * a1 * b1 * b1)
     nu_y = _row_vars(ym, n)
     v = float(nu_y.mean())
@@ -125,9 +128,8 @@ def _dense(x: Pairs, xm: Moments, w: np.ndarray, ym: Moments) -> Pairs:
     off2 = tr2 - float(np.sum(nu_y**2))
     excess = x.excess
     if x.kurtosis != 0.0:  # independent non-Gaussian inputs: sum_j A_jj^2 k4_j / (tr A C)^2
-        a_jj = np.sum(np.asarray(w, dtype=np.float64) ** 2, axis=1)
         excess += x.kurtosis * float(np.sum((a_jj * nu_x) ** 2)) / float(a_jj @ nu_x) ** 2
-    u = np.asarray(w, dtype=np.float64).sum(axis=1)
+    u = w.sum(axis=1, dtype=np.float64)
     total = a1 * ((1 - x.signed) * float(u @ u) + x.signed * float(u.sum()) ** 2)
     off = total - float(np.sum(nu_y))
     pairs = n * (n - 1)
@@ -286,10 +288,34 @@ def _reduced_last(ctx: RuleContext) -> int | None:
     return x[-1] if tuple(y) == tuple(x[:-1]) else None
 
 
+_READERS: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def _read(graph) -> bool:
+    """Whether some node of ``graph`` takes a mean or sum of squares (``Pow``, ``x * x``): the
+    only reader of the pairs; without one they are not followed (no cost)."""
+    found = _READERS.get(graph)
+    if found is None:
+        found = False
+        for node_id in graph.order:
+            node = graph.node(node_id)
+            if node.op_type in ("ReduceMean", "ReduceSum") and node.input:
+                sq = graph.producer.get(node.input[0])
+                sq = graph.node(sq) if sq else None
+                if sq is not None and (sq.op_type == "Pow" or (
+                        sq.op_type == "Mul" and sq.input[0] == sq.input[1])):
+                    found = True
+                    break
+        _READERS[graph] = found
+    return found
+
+
 def carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[list, list]:
     """(outputs, their Pairs) after the node's rule: ``table`` holds the Pairs known so far
     (by tensor; absent: independent features). A mean over the last axis has its variance
     corrected."""
+    if not _read(ctx.graph):
+        return outputs, [None] * len(outputs)
     known = [table.get(name) if name else None for name in ctx.node.input]
     node = ctx.node
     op = node.op_type if node.domain in ("", "ai.onnx") else None
