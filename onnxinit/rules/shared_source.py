@@ -30,9 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
-from scipy.stats import qmc
 
+from .. import special
 from ..cross_channel import sparse_kernel
 from ..moments import Moments
 from .gaussian import compose
@@ -203,6 +202,10 @@ def _normal_points(dims: int, rng: np.random.Generator) -> np.ndarray:
     """SAMPLES standard normal points in ``dims`` dimensions: a scrambled Sobol sequence
     (quasi-Monte Carlo: the bins' moments converge much faster than with random draws)
     mapped by the normal quantile."""
+    # scipy.stats takes 1.5 s of CPU to import (every command that loads the rules would pay
+    # it): imported by the one function that draws
+    from scipy.stats import qmc
+
     u = qmc.Sobol(dims, scramble=True, seed=rng).random(SAMPLES)
     return special.ndtri(np.clip(u, 1e-12, 1 - 1e-12))
 
