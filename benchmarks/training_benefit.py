@@ -43,8 +43,9 @@ extra).
 ``--at-best-of 0`` runs only each init's best (scale lr, lr) cell of seed 0's cached grid: the
 full grid for one seed, more seeds where it matters. The best cell is ranked over the seeds
 every candidate cell has, so extra seeds do not move it. A mean Acc_best below 20% (twice
-chance) reads "none trains". The cache key has no epoch count: keep ``--epochs`` fixed per model
-(the table header prints the epochs it found).
+chance) reads "none trains". The cache key has no epoch count or image size: keep ``--epochs`` and ``--image`` fixed per
+model (the table header prints the epochs and image sizes it found; a run at another image size
+than the cached ones of that model stops).
 
 Needs the ``bench`` extra: ``pip install -e .[bench]`` (scikit-learn, torch, torchvision,
 matplotlib).
@@ -272,7 +273,7 @@ def scale_lrs(init: str, args) -> list:
     methods = [n for n in init.split(",") if n in GRADIENT_METHODS]
     if not methods or not args.sweep_scale_lr:
         return [None]
-    return list(SCALE_LRS[methods[-1]])
+    return list(args.scale_lrs.get(methods[-1], SCALE_LRS[methods[-1]]))
 
 
 def planned(results: dict, model: str, init: str, args) -> list:
@@ -295,6 +296,11 @@ def run(args) -> None:
     torch.set_num_threads(args.threads)
     results = load_results(args.results)
     for model in args.models:
+        mixed = {r["image"] for k, r in results.items() if k.startswith(f"{model}|")
+                 and isinstance(r, dict) and r.get("image") not in (None, args.image)}
+        if model != "mlp" and mixed:
+            raise SystemExit(f"{model}: the cache holds runs at --image {sorted(mixed)}; the key "
+                             f"has no image size, so keep it fixed per model (or --results)")
         split = digits(None if model == "mlp" else args.image)
         for seed in args.seeds:
             for init in args.inits:
@@ -319,6 +325,7 @@ def run(args) -> None:
                         start = time.perf_counter()
                         outcome = train(trained, split, lr=lr, seed=seed, args=args)
                         outcome["seconds"] = time.perf_counter() - start
+                        outcome["image"] = None if model == "mlp" else args.image
                         results[key(base, lr)] = outcome
                         save_results(args.results, results)
                         print(f"{key(base, lr)}: acc {' '.join(f'{a:.2f}' for a in outcome['acc'])}"
@@ -341,7 +348,8 @@ def summarise(results: dict, model: str, init: str, lrs, seeds):
                 cells[scale_lr, lr] = {
                     "acc0": [r["acc"][0] for r in runs], "best": [max(r["acc"]) for r in runs],
                     "loss": [r["loss"] for r in runs], "seeds": len(runs),
-                    "seed_ids": [s for s, _ in found], "epochs": len(runs[0]["acc"])}
+                    "seed_ids": [s for s, _ in found], "epochs": len(runs[0]["acc"]),
+                    "image": runs[0].get("image")}
     return cells
 
 
@@ -371,7 +379,7 @@ def fmt(values) -> str:
 def report(results: dict, args) -> str:
     lines = []
     for model in args.models:
-        rows, epochs = [], set()
+        rows, epochs, images = [], set(), set()
         base_best = None
         for init in args.inits:
             cells = summarise(results, model, init, args.lrs, args.seeds)
@@ -391,12 +399,15 @@ def report(results: dict, args) -> str:
             rate = f"{best[1]:g}{ratio}" if trains else "none trains"
             scale = "" if best[0] == "None" else f" (scale lr {best[0]})"
             epochs.add(c["epochs"])
+            images.add(c["image"])
             rows.append(
                 f"| {init}{scale} | {rate} | {fmt(c['acc0'])} | {fmt(c['best'])} "
                 f"| {fmt(d['acc0']) if d else ''} | {fmt(d['best']) if d else ''} | "
                 f"{c['seeds']} |")
         if rows:
-            lines += [f"\n{model}: best lr over {args.lrs} (ratio to the default init's best), "
+            shown = sorted(str(i) for i in images if i is not None)
+            size = f", {'/'.join(shown)} px images" if shown else ""
+            lines += [f"\n{model}{size}: best lr over {args.lrs} (ratio to the default init's best), "
                       f"Acc_0 (epoch 1) / Acc_best (of {'/'.join(map(str, sorted(epochs)))} "
                       f"epochs, %) at it and at lr {args.default_lr}; mean +- std over seeds", "",
                       "| init | best lr | Acc_0 at best | Acc_best at best | Acc_0 at default lr "
@@ -456,6 +467,9 @@ def main(argv=None) -> None:
     parser.add_argument("--mlp-width", type=int, default=64)
     parser.add_argument("--mlp-activation", choices=("relu", "tanh"), default="relu")
     parser.add_argument("--sweep-scale-lr", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--scale-lrs", action="append", default=[], metavar="METHOD=LR[,LR]",
+                        help="the scale rates swept for METHOD instead of its default list, "
+                             "e.g. gradinit=0.01 (a CPU budget: the paper's default first)")
     parser.add_argument("--at-best-of", type=int, default=None, metavar="SEED",
                         help="run only each init's best (scale lr, lr) cell of SEED's cached "
                              "results (e.g. seeds 1 2 at the best rates of seed 0)")
@@ -466,6 +480,8 @@ def main(argv=None) -> None:
     parser.add_argument("--report", action="store_true", help="print tables from the cache")
     parser.add_argument("--plot", action="store_true", help="draw PNGs from the cache")
     args = parser.parse_args(argv)
+    args.scale_lrs = {name: [float(v) for v in values.split(",")] for name, values in
+                      (item.split("=", 1) for item in args.scale_lrs)}
     args.method_options = {k: json.loads(v) for k, v in
                            (item.split("=", 1) for item in args.method_option)}
     if args.report or args.plot:

@@ -129,7 +129,7 @@ def tensor_gradients(propagation: Propagation, loss: str = "cross_entropy",
         if all(g is None for g in grads):
             continue
         ctx = GradContext(node, node_id, graph, propagation.settings, forward=forward,
-                          batch=batch)
+                          batch=batch, gradients=done)
         registration = lookup(node.domain, node.op_type, graph.opset)
         inputs, rule_name = None, PASSED
         if registration is not None:

@@ -52,12 +52,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
+from . import special
 
 MAX_OFFSET = 6  # largest offset per axis at which the correlation is kept
 CONV_BUDGET = 2e7  # multiply-adds above which a Conv keeps only the delta = 0 terms
 _HERMITE = 8  # terms of Mehler's expansion
-_NODE_BLOCK = 1 << 21  # function values evaluated at once by hermite_amplitudes
+_NODE_BLOCK = 1 << 21  # function values per matrix product of hermite_amplitudes
+_CACHE_BLOCK = 1 << 17  # function values per evaluation of the function there
 _DIRECT_TAPS = 25  # kernels up to 5 x 5: autocorrelation by pairs of taps, not FFT
 
 
@@ -265,12 +266,21 @@ def leaky_hermite_amplitudes(slope: float, mean, std) -> np.ndarray:
     a0 = np.where(finite, alpha, 0.0)
     phi = np.where(finite, np.exp(-0.5 * a0**2) / np.sqrt(2 * np.pi), 0.0)
     cdf = special.ndtr(-alpha)
-    out = [std * (cdf + slope * (1 - cdf))]
-    he_prev, he = np.zeros_like(a0), np.ones_like(a0)  # He_{-1} (unused), He_0
-    for k in range(2, _HERMITE + 1):
-        out.append((1 - slope) * std * he * phi)
-        he_prev, he = he, a0 * he - (k - 2) * he_prev
-    return np.stack(out)
+    out = np.empty((_HERMITE,) + a0.shape)
+    out[0] = std * (cdf + slope * (1 - cdf))
+    scaled = (1 - slope) * std
+    np.multiply(scaled, phi, out=out[1, ...])  # He_0 = 1
+    he_prev, he = np.ones_like(a0), a0.copy()  # He_0, He_1
+    step = np.empty_like(a0)
+    for k in range(3, _HERMITE + 1):  # a_k = (1 - slope) std He_{k-2} phi
+        np.multiply(scaled, he, out=out[k - 1, ...])
+        out[k - 1, ...] *= phi
+        if k < _HERMITE:  # He_{k-1} = alpha He_{k-2} - (k - 2) He_{k-3}
+            np.multiply(he_prev, k - 2, out=step)
+            np.multiply(a0, he, out=he_prev)
+            he_prev -= step
+            he_prev, he = he, he_prev
+    return out
 
 
 def hermite_amplitudes(fn: Callable, mean, std, nodes, weights) -> np.ndarray:
@@ -296,15 +306,27 @@ def hermite_amplitudes(fn: Callable, mean, std, nodes, weights) -> np.ndarray:
         out_shape = shift.shape
         cells = int(np.prod(out_shape))
         step = max(1, _NODE_BLOCK // max(1, cells))
+        # the function is evaluated a few nodes at a time (``_CACHE_BLOCK`` values: its
+        # temporaries stay in cache; a whole block's are tens of MB) into the block's matrix
+        sub = max(1, _CACHE_BLOCK // max(1, cells))
+        flat_shift = shift.reshape(1, -1)
         acc = np.zeros((_HERMITE, cells))
         centre = np.zeros(cells)  # sum_i w_i (f_i - shift)
         for i in range(0, nodes.size, step):
-            z = nodes[i:i + step].reshape((-1,) + rank_pad)
-            values = np.asarray(fn(mean + std * z), dtype=np.float64)
-            values = np.broadcast_to(values, (z.shape[0],) + out_shape).reshape(z.shape[0], -1)
-            values = np.where(np.isfinite(values), values, 0.0) - shift.reshape(1, -1)
-            acc += hw[:, i:i + step] @ values
-            centre += weights[i:i + step] @ values
+            count = min(step, nodes.size - i)
+            values = np.empty((count, cells))
+            for j in range(0, count, sub):
+                z = nodes[i + j:i + min(j + sub, count)].reshape((-1,) + rank_pad)
+                x = std * z
+                x += mean
+                f = np.asarray(fn(x), dtype=np.float64)
+                f = np.broadcast_to(f, (z.shape[0],) + out_shape).reshape(z.shape[0], -1)
+                finite = np.isfinite(f)
+                if not finite.all():
+                    f = np.where(finite, f, 0.0)
+                np.subtract(f, flat_shift, out=values[j:j + z.shape[0]])
+            acc += hw[:, i:i + count] @ values
+            centre += weights[i:i + count] @ values
     # sum_i hw_i (f_i - E[f]) with E[f] = shift * sum(w) + centre
     offset = centre + shift.reshape(-1) * (weights.sum() - 1.0)
     acc -= np.outer(hw.sum(axis=1), offset)
@@ -320,10 +342,11 @@ def mehler(amplitudes: np.ndarray, variance: np.ndarray, rho: np.ndarray) -> np.
     c = c.reshape(c.shape[:2] + (1,) * (rho.ndim - 1))
     v = variance.reshape((-1,) + (1,) * (rho.ndim - 1))
     out = np.zeros(np.broadcast_shapes(rho.shape, v.shape))
-    power = np.ones_like(out)
+    power, term = np.ones_like(out), np.empty_like(out)
     for k in range(c.shape[0]):
-        power = power * rho
-        out = out + c[k] * power
+        power *= rho
+        np.multiply(c[k], power, out=term)
+        out += term
     return np.clip(np.where(v > 0, out / np.where(v > 0, v, 1.0), rho), -1.0, 1.0)
 
 

@@ -45,7 +45,9 @@ _LEADING_COMMAND = re.compile(r"^(\s*):", re.MULTILINE)
 def text(value: object) -> str:
     """``value`` as one printable, inert piece of a log line (see the module docstring)."""
     s = str(value)
-    if any(_unsafe(ch) for ch in s):
+    # every unsafe character is non-printable (categories Cc, Zl, Zp, and Cf for the bidi
+    # marks): a printable string skips the per-character check
+    if not s.isprintable() and any(_unsafe(ch) for ch in s):
         s = "".join(_code(ch) if _unsafe(ch) else ch for ch in s)
     s = s.replace("##[", "#\\x23[")
     if s.lstrip().startswith("::"):

@@ -48,6 +48,7 @@ from .passes import (
 )
 from .plan import Change, changed_values
 from .structure import GraphStructure
+from .validation import check_initializers, check_structure, inconsistency
 
 log = logging.getLogger("onnxinit")
 
@@ -79,6 +80,14 @@ class ModelGraph(GraphStructure):
         )
         if self.opset == 0:
             raise ModelLoadError(f"{self.name}: the model imports no default-domain opset")
+        check_structure(model, self.name)
+        check_initializers(model, self.name)
+        known = onnx.defs.onnx_opset_version()
+        if self.opset > known:
+            self.warnings.append(
+                f"{self.name}: the model imports opset {self.opset} of the default ONNX domain; "
+                f"the installed onnx knows up to {known}: ops are read with their opset-{known} "
+                f"meaning")
 
         self.initializers = {t.name: t for t in model.graph.initializer}
         self.input_names = [i.name for i in model.graph.input if i.name not in self.initializers]
@@ -103,8 +112,13 @@ class ModelGraph(GraphStructure):
         work = onnx.ModelProto()
         work.CopyFrom(model)
         set_input_shapes(work, self.input_shapes)
-        inferred, warning = infer_shapes(work, resolved_value_info(
+        inferred, warning, strict_failed = infer_shapes(work, resolved_value_info(
             list(work.graph.value_info), self.model_inputs(), self.input_shapes))
+        if strict_failed:
+            reason = inconsistency(self.source)
+            if reason:
+                raise ModelLoadError(f"{self.name}: not a valid ONNX model (onnxruntime refuses "
+                                     f"it too): {reason}")
         if warning:
             self.warnings.append(warning)
         return channels_first(inference_batchnorms(inferred))
@@ -169,6 +183,8 @@ class ModelGraph(GraphStructure):
             self.warnings.append(f"could not run the model to measure shapes: {exc}")
             measured = {}
         self.shapes.update(measured)
+        if measured:  # a Shape of a tensor measured static is a constant, and what it computes
+            self._classify_tensors()
         if len(measured) < len(missing):
             self.warnings.append(
                 f"{len(missing) - len(measured)} tensor shapes could not be determined"

@@ -20,6 +20,7 @@ the channel axis. Other rules see the per-channel totals in ``Moments.mean/var``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,11 +35,31 @@ DENSE_CAP = 1 << 20  # cells up to which a spatial tensor is expanded per positi
 
 
 def class_weights(maps: Sequence[np.ndarray]) -> np.ndarray:
-    """Fraction of the positions in each cell, ``[K_0, ..., K_{n-1}]`` (sums to 1)."""
+    """Fraction of the positions in each cell, ``[K_0, ..., K_{n-1}]`` (sums to 1; read-only,
+    shared between calls on equal maps)."""
+    return _class_weights(tuple(_key(m) for m in maps))
+
+
+def _key(a) -> tuple:
+    """A hashable stand-in for a small integer array: its values (for the caches below, which
+    save the repeated work of a deep stack's hundreds of layers on the same few maps)."""
+    a = np.asarray(a)
+    return a.dtype.str, a.shape, a.tobytes()
+
+
+def _array(key: tuple) -> np.ndarray:
+    dtype, shape, data = key
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _class_weights(keys: tuple) -> np.ndarray:
     w = np.ones(())
-    for m in maps:
+    for key in keys:
+        m = _array(key)
         counts = np.bincount(m).astype(np.float64) / m.size
         w = np.multiply.outer(w, counts)
+    w.flags.writeable = False
     return w
 
 
@@ -180,7 +201,15 @@ def window(in_map: np.ndarray, out_size: int, kernel: int, stride: int, dilation
     and outputs with equal signatures form one class.
 
     Returns (out_map [out_size], taps [R, kernel]: each output class's input classes, negative
-    in the padding)."""
+    in the padding; read-only, shared between calls with equal arguments)."""
+    return _window(_key(in_map), int(out_size), int(kernel), int(stride), int(dilation),
+                   int(begin), None if end is None else int(end))
+
+
+@functools.lru_cache(maxsize=256)
+def _window(map_key: tuple, out_size: int, kernel: int, stride: int, dilation: int, begin: int,
+            end: int | None) -> tuple[np.ndarray, np.ndarray]:
+    in_map = _array(map_key)
     size = in_map.size
     pos = np.arange(out_size)[:, None] * stride - begin + np.arange(kernel)[None, :] * dilation
     inside = (pos >= 0) & (pos < size)
@@ -188,7 +217,9 @@ def window(in_map: np.ndarray, out_size: int, kernel: int, stride: int, dilation
     if end is not None:
         sig = np.where(pos >= size + end, -2, sig)
     taps, out_map = np.unique(sig, axis=0, return_inverse=True)
-    return out_map.reshape(-1), taps
+    out_map = out_map.reshape(-1)
+    out_map.flags.writeable = taps.flags.writeable = False
+    return out_map, taps
 
 
 def gather_taps(arr: np.ndarray, taps: Sequence[np.ndarray], fill: float = 0.0) -> np.ndarray:
@@ -197,7 +228,9 @@ def gather_taps(arr: np.ndarray, taps: Sequence[np.ndarray], fill: float = 0.0) 
     (``fill`` where a tap is in the padding)."""
     n = len(taps)
     lead = arr.ndim - n
-    padded = np.pad(arr, [(0, 0)] * lead + [(0, 1)] * n, constant_values=fill)
+    padded = np.full(arr.shape[:lead] + tuple(k + 1 for k in arr.shape[lead:]), fill,
+                     dtype=arr.dtype)
+    padded[(Ellipsis, *(slice(0, k) for k in arr.shape[lead:]))] = arr
     index = []
     for i, t in enumerate(taps):
         k = arr.shape[lead + i]

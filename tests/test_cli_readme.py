@@ -90,7 +90,7 @@ def test_every_option_the_readme_names_exists():
 
 # options the README names that are benchmarks/training_benefit.py's (not the CLI's)
 TRAINING_BENEFIT_OPTIONS = ("--image", "--inits", "--lrs", "--plot", "--sweep-scale-lr",
-                            "--epochs", "--at-best-of", "--report")
+                            "--epochs", "--at-best-of", "--report", "--scale-lrs")
 
 
 # and benchmarks/gate_calibration.py's

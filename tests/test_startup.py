@@ -95,6 +95,20 @@ def test_analyze_imports_only_what_the_forward_analysis_needs(tmp_path):
                                          "onnxinit.weights", "onnxinit.reporting",
                                          "onnxinit.rescale")))
     assert not unexpected, unexpected
+    # scipy.special's package __init__ (an array-API layer importing numpy.f2py, numpy.ma and
+    # numpy.testing: 0.3 s of CPU) is not run; onnxinit.special loads its ufuncs directly
+    assert "scipy.special._ufuncs" in modules
+    assert "scipy.special" not in modules and "numpy.f2py" not in modules
+
+
+def test_onnxinit_special_is_scipy_special():
+    """The ufuncs are scipy.special's own objects, also once the real package is imported,
+    and any other name comes from the real package."""
+    code = ("from onnxinit import special\n"
+            "import scipy.special as real\n"
+            "assert all(getattr(special, n) is getattr(real, n) for n in special.__all__)\n"
+            "assert special.logsumexp is real.logsumexp")
+    assert "scipy.special" in _modules_after(code)
 
 
 def test_the_rescale_command_imports_no_autodiff_or_onnxruntime_until_a_method_needs_it():

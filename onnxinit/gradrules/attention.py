@@ -13,7 +13,9 @@ from :mod:`.rows`). The gradient of an
 operand carries the token field along the axis its forward tensor has it (the query axis for P)
 and, for P, the pair itself on to the Softmax's backward rule (:mod:`.softmax`). P depends on
 the Q and K of Q K^T, which makes their gradients larger than for independent factors; that
-factor is measured by Monte Carlo (:mod:`.coupling`).
+factor is measured by Monte Carlo (:mod:`.coupling`). K and V maps of the same tokens make
+dS and K correlated, and dQ gains a part coherent over the keys (:mod:`.keyvalue`; it needs the
+gradient of P V's output, from ``ctx.gradients``).
 
 Without that structure (matrices longer than :data:`.pairs.MAX_SIDE`), elements independent::
 
@@ -28,7 +30,7 @@ import numpy as np
 
 from ..rules.attention import last_axis_softmax
 from ..rules.context import RuleError
-from . import pairs
+from . import keyvalue, pairs
 from .context import GradContext
 from .coupling import coupling
 from .gradient import Gradient
@@ -121,11 +123,31 @@ def matmul_activations(grads, ctx: GradContext):
     y = g.pair if g.pair is not None else pairs.of_gradient(gv, gm, g.tokens, y_shape)
     a, b = _operand(ctx, 0, a_shape), _operand(ctx, 1, b_shape)
     keep = softmax_logits(ctx, 0) is not None
-    da = _gradient(pairs.contract_left(y, b), ctx, 0, a_shape, keep)
-    db = _gradient(pairs.contract_right(a, y), ctx, 1, b_shape, False)
+    pa, pb = pairs.contract_left(y, b), pairs.contract_right(a, y)
     logits = softmax_after(ctx)
     if logits is not None:  # Q K^T: the probabilities depend on Q and K (coupling.py)
         f_q, f_k = coupling(row_variance(ctx.forward[logits], y_shape), y_shape[-1],
                             a_shape[-1], _query_sharing(y))
-        da, db = da.scaled(np.sqrt(f_q)), db.scaled(np.sqrt(f_k))
-    return [da, db]
+        pa = pairs.scaled(pa, f_q) + _key_value_term(ctx, logits, a_shape, y_shape)
+        pb = pairs.scaled(pb, f_k)
+    return [_gradient(pa, ctx, 0, a_shape, keep), _gradient(pb, ctx, 1, b_shape, False)]
+
+
+def _key_value_term(ctx: GradContext, logits: str, a_shape, y_shape) -> pairs.Pair:
+    """The pair term of dQ that keys and values from the same tokens add (:mod:`.keyvalue`);
+    empty when the graph does not show it."""
+    found = keyvalue.value_output(ctx.graph, logits)
+    scale = keyvalue.score_scale(ctx.graph, ctx.node.output[0], logits)
+    g = ctx.gradients.get(found[1]) if found is not None else None
+    if g is None or scale is None:
+        return ()
+    out_shape = ctx.graph.shape(found[1])
+    if out_shape is None or not pairs.fits(out_shape):
+        return ()
+    rows = row_stats(ctx.forward[logits], y_shape)
+    norm = keyvalue.random_norm(ctx, ctx.node.input[1], found[0], rows)
+    if not norm:
+        return ()
+    gm, gv = g.total()
+    a = g.pair if g.pair is not None else pairs.of_gradient(gv, gm, g.tokens, out_shape)
+    return ((scale**2 * norm * pairs.along(a, -2), np.eye(a_shape[-1])),)

@@ -18,6 +18,8 @@ class GradContext(RuleContext):
     # gradients a rule sends past its own inputs: a fused element-wise node (GELU written as
     # x * Phi(x)) sends dy h'(T) straight to the common ancestor T
     redirect: dict = field(default_factory=dict)
+    # the finished gradients of the tensors after this node (the sweep's results so far)
+    gradients: Mapping[str, object] = field(default_factory=dict)
 
     def x(self, index: int = 0) -> Moments:
         """The forward moments of input ``index`` (RuleError when it is not a signal)."""

@@ -13,8 +13,11 @@ independent::
 (``<X, Z> = sum X * Z``). A softmax over the last axis, ``dS = P * (dP - sum_j P_.j dP_.j)``,
 with P independent of dP and rows of P independent (:mod:`.rows`: ``M = E[diag(P)(I - 1 P^T)]``
 and ``W``, the within-row second moments for unit independent dP): a term ``(R, C)`` of dP gives
-``(R, M C M^T)`` between queries and ``(diag R, a W - M C M^T)`` within a query, with ``a`` the
-part of C's variance the row does not share (a component a row's dP share cancels exactly).
+``(R, M C M^T)`` between queries and within a query, plus ``(diag R, a (W - M M^T))`` within
+a query for the fluctuation of P, with ``a`` the part of C's variance the row does not share (a
+component a row's dP share cancels exactly; the fluctuation taken as for isotropic dP). The
+structure of C within a query is kept (values with per-token means give dP a low-rank C that
+``dQ = dS K`` contracts with the keys' means).
 """
 
 from __future__ import annotations
@@ -100,14 +103,13 @@ def contract_right(a: Operand, y: Pair) -> Pair:
 def softmax_backward(p: Pair, rows: RowStats) -> Pair:
     """The pair of dS = P * (dP - sum_j P_.j dP_.j) from that of dP (module docstring)."""
     m = rows.projection()
-    w = rows.within()
+    fluctuation = rows.within() - m @ m.T
     k = rows.keys
     terms = []
     for r, c in p:
-        across = m @ c @ m.T
         own = (np.trace(c) - (c.sum() - np.trace(c)) / max(k - 1, 1)) / k  # not row-shared
-        terms.append((r, across))
-        terms.append((np.diag(np.diag(r)), own * w - across))
+        terms.append((r, m @ c @ m.T))
+        terms.append((np.diag(np.diag(r)), own * fluctuation))
     return _compact(terms)
 
 

@@ -123,7 +123,7 @@ def keep_declared(graph: onnx.GraphProto, declared: Iterable[onnx.ValueInfoProto
     return bool(appended or overwrite)
 
 
-def _without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:
+def without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy for shape inference that declares large initializers as typed graph inputs
     instead of serializing their data (small ones stay: data propagation reads them)."""
     light = onnx.ModelProto()
@@ -145,11 +145,12 @@ def _without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def _inferred(model: onnx.ModelProto) -> onnx.GraphProto:
+def _inferred(model: onnx.ModelProto, strict: bool = False) -> onnx.GraphProto:
     """``model``'s graph after onnx's shape inference (with data propagation): value_info and
-    output types filled in. Raises what onnx raises."""
-    return onnx.shape_inference.infer_shapes(_without_large_data(model), strict_mode=False,
-                                             data_prop=True).graph
+    output types filled in. Raises what onnx raises (``strict``: also on inconsistent shapes or
+    types, which a lenient run skips)."""
+    return onnx.shape_inference.infer_shapes(without_large_data(model), strict_mode=strict,
+                                             check_type=strict, data_prop=True).graph
 
 
 def _take_inferred(model: onnx.ModelProto, inferred: onnx.GraphProto) -> None:
@@ -161,27 +162,34 @@ def _take_inferred(model: onnx.ModelProto, inferred: onnx.GraphProto) -> None:
 
 
 @model_pass(in_place=False)
-def infer_shapes(model: onnx.ModelProto,
-                 declared: Iterable[onnx.ValueInfoProto] = ()) -> tuple[onnx.ModelProto, str]:
+def infer_shapes(model: onnx.ModelProto, declared: Iterable[onnx.ValueInfoProto] = ()
+                 ) -> tuple[onnx.ModelProto, str, bool]:
     """A copy of ``model`` whose value_info is onnx's shape inference (with data propagation)
     merged with ``declared`` (kept where inference knows less; then inference runs again from
-    them), and a warning ('' when inference ran). The model's own value_info is replaced."""
+    them), a warning ('' when inference ran), and whether strict inference (shapes and types
+    checked) failed, leaving a lenient run's result. The model's own value_info is replaced."""
     declared = list(declared)
     work = onnx.ModelProto()
     work.CopyFrom(model)
     del work.graph.value_info[:]
+    strict_failed = False
     try:
-        _take_inferred(work, _inferred(work))
+        _take_inferred(work, _inferred(work, strict=True))
+    except Exception:  # noqa: BLE001 - the caller decides whether the model is invalid
+        strict_failed = True
+    try:
+        if strict_failed:
+            _take_inferred(work, _inferred(work))
     except Exception as exc:  # noqa: BLE001 - onnx raises unrelated types; best effort
         keep_declared(work.graph, declared)
-        return work, f"shape inference failed ({exc}); shapes measured instead"
+        return work, f"shape inference failed ({exc}); shapes measured instead", True
     if keep_declared(work.graph, declared):
         # declared shapes filled gaps (custom-op outputs): infer again from them
         try:
             _take_inferred(work, _inferred(work))
         except Exception as exc:  # noqa: BLE001 - keep the first inference
             log.debug("shape inference from declared value_info failed: %s", exc)
-    return work, ""
+    return work, "", strict_failed
 
 
 @model_pass(in_place=False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
-from scipy import special
+from .. import special
 
 from ..dtypes import FLOAT_TYPES
 from ..moments import Moments

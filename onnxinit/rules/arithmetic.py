@@ -30,7 +30,7 @@ position the Softmax ignores, not variance to fold): ``masks.logit_offset``.
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
+from .. import special
 
 from . import masks
 from ..moments import Elementwise, Moments

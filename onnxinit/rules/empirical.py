@@ -5,8 +5,9 @@ constant inputs are the node's real constants, and the outputs' moments are meas
 along the axis the first signal input tracks when the output keeps that axis, pooled otherwise.
 An input that is neither (an integer or boolean tensor computed from signals, such as a random
 mask ``Less(RandomUniformLike(x), p)``) is computed by running its producers along with the node
-(up to 8 of them). When the node cannot run (custom domain, subgraphs), statistics pass through
-unchanged.
+(up to 8 of them). Tensors a subgraph (Loop, Scan and If bodies) reads from the outer scope are
+fed like inputs, so a recurrent layer exported as a Loop (tf2onnx's SimpleRNN) is measured.
+When the node cannot run (custom domain), statistics pass through unchanged.
 
 Every random op run here (RandomUniform/Normal(Like), Bernoulli, Multinomial, Dropout) gets a
 ``seed`` attribute drawn from the node's seeded generator unless the model gave it one:
@@ -79,13 +80,13 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
     """Run ``ctx.node`` alone on samples of its inputs and measure its outputs; ``known``: the
     moments of the signals upstream, for the inputs of producers run along with the node."""
     node, graph = ctx.node, ctx.graph
-    if graph.implicit_inputs_of(ctx.node_id):
-        raise EmpiricalError("the node reads outer-scope tensors from a subgraph")
     rng = ctx.rng()
     feeds, graph_inputs, initializers = {}, [], []
     tracked_axis, tracked_size = None, None
     nodes, seen, signals = {ctx.node_id: node}, set(), []
     pending = [(name, inputs[i] if i < len(inputs) else None) for i, name in enumerate(node.input)]
+    # what a Loop/Scan/If body reads from the outer scope becomes an input of the one-node model
+    pending += [(name, None) for name in graph.implicit_inputs_of(ctx.node_id)]
     while pending:
         name, m = pending.pop(0)
         if not name or name in seen:
@@ -129,7 +130,7 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         if factor > 1:
             shape = (shape[0] * factor, *shape[1:])
         dtype = onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1))
-        feeds[name] = _sample(m.expand_rank(len(shape)), shape, rng).astype(dtype)
+        feeds[name] = np.asarray(_sample(m.expand_rank(len(shape)), shape, rng), dtype=dtype)
         graph_inputs.append(helper.make_tensor_value_info(name, graph.dtypes[name], shape))
         if tracked_axis is None and m.tracked_axes():
             tracked_axis = m.tracked_axes()[0]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .. import special
 from ..moments import Elementwise
 from .context import RuleError
 
@@ -138,10 +139,6 @@ def probability(pred: Callable, mean, var, *, rank: int | None = None) -> np.nda
 
 def relu_parts(mu, s):
     """E[max(x, 0)] and E[max(x, 0)^2] for x ~ N(mu, s^2), s >= 0."""
-    # scipy takes longer to import than the rest of the package: the fusion machinery that the
-    # propagator imports up front (through this module) must not pull it in
-    from scipy import special
-
     with np.errstate(divide="ignore", invalid="ignore"):
         a = np.where(s > 0, mu / np.where(s > 0, s, 1.0), np.copysign(np.inf, mu))
     cdf, pdf = (
@@ -177,8 +174,6 @@ def _partial_moments(lo, hi, top: int) -> list[np.ndarray]:
     """``M_k = int_lo^hi z^k phi(z) dz`` for k = 0..top (standard normal, infinite bounds
     allowed): M_0 = Phi(hi) - Phi(lo), M_1 = phi(lo) - phi(hi),
     M_k = (k - 1) M_{k-2} + lo^(k-1) phi(lo) - hi^(k-1) phi(hi)."""
-    from scipy import special
-
     def tail(t, k):  # t^k phi(t), 0 at +-inf
         finite = np.isfinite(t)
         t = np.where(finite, t, 0.0)

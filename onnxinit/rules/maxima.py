@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import special
+from .. import special
 
 from ..moments import Elementwise, Source
 from .context import RuleError

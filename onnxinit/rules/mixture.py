@@ -6,7 +6,7 @@ component; the sum of two independent operands pairs their components. Closed-fo
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
+from .. import special
 
 from ..moments import Moments
 from .context import RuleError

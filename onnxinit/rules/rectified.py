@@ -14,7 +14,7 @@ at most MAX_COMPONENTS - 1 (moment-matched: the mean and variance stay exact).
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
+from .. import special
 
 MAX_COMPONENTS = 8
 _SQRT2 = np.sqrt(2.0)

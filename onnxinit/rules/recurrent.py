@@ -18,7 +18,7 @@ the next layer (and for anything that pools over time).
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
+from .. import special
 
 from ..moments import Moments
 from . import recurrence

@@ -11,7 +11,7 @@ positions' correlation). Maxima use the order statistics of the input's distribu
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
+from .. import special
 
 from ..moments import Moments
 from .context import RuleContext, RuleError, signal

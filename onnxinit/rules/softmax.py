@@ -28,7 +28,7 @@ What is not modelled: correlation between the logits of a row beyond that common
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
+from .. import special
 
 from ..moments import Moments, compressed
 from .context import RuleContext, signal
@@ -105,16 +105,19 @@ def _monte_carlo(rel, var, masked, log, rng, chain=()):
     with np.errstate(all="ignore"):
         for r in range(rows):
             done = 0
+            row_masked = bool(masked[r].any())  # else the two masks below change nothing
             while done < count:
                 c = min(step, count - done)
                 z = rng.standard_normal((c, n)) * std[r] + base[r]
                 for f in chain:
                     z = f.fn(z)
-                z = np.where(masked[r], -np.inf, z)
+                if row_masked:
+                    z = np.where(masked[r], -np.inf, z)
                 z = z - z.max(axis=1, keepdims=True)
                 lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
                 y = z - lse if log else np.exp(z - lse)
-                y = np.where(masked[r], 0.0, y)
+                if row_masked:
+                    y = np.where(masked[r], 0.0, y)
                 ex[r] += y.sum(axis=0)
                 ex2[r] += (y * y).sum(axis=0)
                 done += c

@@ -166,8 +166,18 @@ def _select(ctx, x: Moments, out: Moments, axis: int, index: np.ndarray, out_sha
         return same_field(x, out, out_shape)
     if len(axes) != 1 or ctx.in_shape(0)[axis] != x.tokens.n or np.ndim(index) != 1:
         return without(out)
-    sig = float(np.mean(x.var)) * x.tokens.cov[np.ix_(index, index)]
+    cov = x.tokens.cov
+    sig = float(np.mean(x.var)) * cov[np.ix_(index, index)]
     shift = len(out_shape) - rank
+    var, from_end = np.asarray(out.var), axis + shift - len(out_shape)
+    pooled = var.ndim < -from_end or var.shape[from_end] == 1
+    if pooled and len(index) < cov.shape[0]:
+        # the variance was pooled over every token (its per-token profile is the field's
+        # diagonal): the selected tokens have their own share (an RNN's last step after a
+        # zero initial state: more than the average)
+        share = float(np.mean(np.diag(cov)[index]) / np.mean(np.diag(cov)))
+        if np.isfinite(share) and share > 0:
+            out = Moments(out.mean, out.var * share, None, None, out.tokens, out.rows)
     return attach(out, out_shape, [axis + shift], sig)
 
 

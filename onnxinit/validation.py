@@ -1,0 +1,142 @@
+"""Refusing files that are not valid ONNX graphs, with the reason, before any analysis.
+
+Two checks:
+
+- structure (:func:`check_structure`): every tensor a node reads is defined (a graph input, an
+  initializer, a node's output, or for a subgraph the outer scope) and every tensor is defined
+  once (the static single assignment the ONNX spec requires). Linear in the nodes; nothing else
+  would notice, since a rule cannot tell a missing input from an unknown one.
+- data (:func:`check_initializers`): each initializer holds as many bytes (or values) as its
+  shape and element type need (a truncated tensor would otherwise be reshaped wrongly or
+  skipped). An op of the default domain that onnx does not know is not refused: onnxruntime
+  registers contrib ops there (SimplifiedLayerNormalization), which the fallback runs.
+- consistency (:func:`inconsistency`): shapes and element types that onnx's strict shape
+  inference rejects (a MatMul of incompatible dimensions, an Add of float and int64). Strict
+  inference runs anyway when a model is prepared (:func:`onnxinit.passes.infer_shapes`), so this
+  costs nothing on a valid model; on a failure the model as given is checked again, and it is
+  refused only when onnxruntime refuses it too, so a gap in onnx's inference never refuses a
+  model onnxruntime runs. Unordered nodes are not an error (the analysis sorts them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from .errors import ModelLoadError
+from .initializers import external_file, is_external
+from .structure import implicit_inputs
+
+# element types stored one fixed-size item per element (raw data: item size x elements)
+_FIXED_SIZE = {TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, TensorProto.FLOAT16: 2,
+               TensorProto.BFLOAT16: 2, TensorProto.INT8: 1, TensorProto.UINT8: 1,
+               TensorProto.INT16: 2, TensorProto.UINT16: 2, TensorProto.INT32: 4,
+               TensorProto.UINT32: 4, TensorProto.INT64: 8, TensorProto.UINT64: 8,
+               TensorProto.BOOL: 1}
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+
+
+def _subgraphs(node: onnx.NodeProto):
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def _check_graph(graph: onnx.GraphProto, outer: set[str], name: str) -> None:
+    defined = set(outer)
+    declared = [i.name for i in graph.input] + [t.name for t in graph.initializer]
+    defined.update(declared)
+    produced: dict[str, str] = {}
+    for i, node in enumerate(graph.node):
+        node_name = node.name or f"{node.op_type}_{i}"
+        for out in node.output:
+            if not out:
+                continue
+            if out in produced:
+                raise ModelLoadError(
+                    f"{name}: not a valid ONNX graph: tensor {out!r} is written by two nodes "
+                    f"({produced[out]!r} and {node_name!r}); each tensor must have one producer")
+            if out in declared:
+                raise ModelLoadError(
+                    f"{name}: not a valid ONNX graph: node {node_name!r} writes {out!r}, which "
+                    f"is already a graph input or initializer")
+            produced[out] = node_name
+    defined.update(produced)
+    for i, node in enumerate(graph.node):
+        for read in list(node.input) + implicit_inputs(node):
+            if read and read not in defined:
+                raise ModelLoadError(
+                    f"{name}: not a valid ONNX graph: node {node.name or f'{node.op_type}_{i}'!r}"
+                    f" ({node.op_type}) reads {read!r}, which no node, graph input or "
+                    f"initializer defines")
+        for sub in _subgraphs(node):
+            _check_graph(sub, defined, name)
+    for out in graph.output:
+        if out.name not in defined:
+            raise ModelLoadError(f"{name}: not a valid ONNX graph: output {out.name!r} is not "
+                                 f"computed by any node")
+
+
+def check_structure(model: onnx.ModelProto, name: str) -> None:
+    """Raise ModelLoadError naming the first tensor that is read but never defined, or defined
+    twice, in ``model``'s graph or its subgraphs."""
+    _check_graph(model.graph, set(), name)
+
+
+def _stored(tensor: TensorProto) -> tuple[int, str] | None:
+    """(amount, unit) of data ``tensor`` holds: bytes of raw or external data, else values of
+    its typed field; None when an external tensor does not say its length."""
+    if is_external(tensor):
+        length = external_file(tensor)[2]
+        return None if length is None else (length, "bytes")
+    if tensor.HasField("raw_data"):
+        return len(tensor.raw_data), "bytes"
+    return sum(len(getattr(tensor, f)) for f in _TYPED_FIELDS), "values"
+
+
+def check_initializers(model: onnx.ModelProto, name: str) -> None:
+    """Raise ModelLoadError naming the first initializer whose data does not fill its shape."""
+    for tensor in model.graph.initializer:
+        itemsize = _FIXED_SIZE.get(tensor.data_type)
+        stored = _stored(tensor) if itemsize else None
+        if stored is None:
+            continue
+        count = int(np.prod(tensor.dims, dtype=np.int64))
+        amount, unit = stored
+        needed = count * itemsize if unit == "bytes" else count
+        if amount != needed:
+            dims = "x".join(str(d) for d in tensor.dims) or "scalar"
+            raise ModelLoadError(
+                f"{name}: initializer {tensor.name!r} holds {amount} {unit} of data; its shape "
+                f"{dims} of {TensorProto.DataType.Name(tensor.data_type).lower()} needs {needed}")
+
+
+def inconsistency(model: onnx.ModelProto) -> str | None:
+    """Why ``model`` (as given: its own input shapes) is not a consistent ONNX model, or None:
+    onnx's strict shape inference with type checks fails on it and onnxruntime refuses it."""
+    from .passes.shapes import without_large_data
+    from .runtime import onnxruntime
+    light = without_large_data(model)
+    try:
+        onnx.shape_inference.infer_shapes(light, strict_mode=True, check_type=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises InferenceError or RuntimeError
+        reason = " ".join(str(exc).split())
+    else:
+        return None
+    ort = onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        # large initializers are graph inputs in ``light``: no weight is read
+        ort.InferenceSession(light.SerializeToString(), options,
+                             providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
+        return reason
+    return None
+
+
+__all__ = ["check_initializers", "check_structure", "inconsistency"]

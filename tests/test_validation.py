@@ -1,0 +1,128 @@
+"""Files that are not valid ONNX graphs are refused with the reason (exit 2, one line), and
+valid ones that onnx's strict inference dislikes but onnxruntime runs are still analysed."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxinit import analyze
+from onnxinit.errors import ModelLoadError
+
+from .models import make_model
+from .test_loading import run_cli
+
+X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 16])
+Y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 16])
+
+
+def _weight(rows=16, cols=16):
+    rng = np.random.default_rng(0)
+    return numpy_helper.from_array((rng.standard_normal((rows, cols)) / 4).astype(np.float32), "w")
+
+
+def _runtime_refuses(model) -> bool:
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001
+        return True
+    return False
+
+
+def test_undefined_input_is_refused(tmp_path, capsys):
+    model = make_model([helper.make_node("MatMul", ["x", "nope"], ["y"])], [X], [Y])
+    assert _runtime_refuses(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    code, _, err = run_cli(["analyze", str(path)], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "'nope'" in err and "MatMul" in err
+
+
+def test_tensor_written_twice_is_refused():
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"]),
+                        helper.make_node("Relu", ["x"], ["y"])], [X], [Y], [_weight()])
+    with pytest.raises(ModelLoadError, match="written by two nodes"):
+        analyze(model)
+
+
+def test_node_overwriting_an_initializer_is_refused():
+    model = make_model([helper.make_node("Relu", ["x"], ["w"]),
+                        helper.make_node("MatMul", ["x", "w"], ["y"])], [X], [Y], [_weight()])
+    with pytest.raises(ModelLoadError, match="already a graph input or initializer"):
+        analyze(model)
+
+
+def test_subgraph_reading_an_undefined_tensor_is_refused():
+    body = helper.make_graph([helper.make_node("Relu", ["ghost"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [8, 16])])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [8, 16])])
+    model = make_model([helper.make_node("If", ["cond"], ["y"], then_branch=body,
+                                         else_branch=other)], [X], [Y],
+                       [numpy_helper.from_array(np.array(True), "cond")])
+    with pytest.raises(ModelLoadError, match="'ghost'"):
+        analyze(model)
+
+
+def test_incompatible_matmul_is_refused():
+    """A 16-wide input times a 7x16 weight: onnxruntime refuses it; so does the analysis (it
+    used to predict a variance for it)."""
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [X], [Y],
+                       [_weight(7, 16)])
+    assert _runtime_refuses(model)
+    with pytest.raises(ModelLoadError, match="Incompatible dimensions"):
+        analyze(model)
+
+
+def test_add_of_float_and_int_is_refused():
+    model = make_model([helper.make_node("Add", ["x", "k"], ["y"])], [X], [Y],
+                       [numpy_helper.from_array(np.ones((8, 16), np.int64), "k")])
+    assert _runtime_refuses(model)
+    with pytest.raises(ModelLoadError, match="not a valid ONNX model"):
+        analyze(model)
+
+
+def test_declared_output_shape_that_runtime_accepts_is_analysed():
+    """The output is declared 8x16 but is 16x16: strict inference fails, onnxruntime runs the
+    model, so it is analysed (not refused)."""
+    w = numpy_helper.from_array(np.eye(16, dtype=np.float32), "w")
+    model = make_model([helper.make_node("Relu", ["w"], ["r"]),
+                        helper.make_node("MatMul", ["x", "r"], ["y"])], [X],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])], [w])
+    with pytest.raises(Exception):
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    assert not _runtime_refuses(model)
+    result = analyze(model)
+    assert result.tensors[-1].name == "y"
+
+
+def test_unknown_opset_is_warned():
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [X], [Y], [_weight()],
+                       opset=onnx.defs.onnx_opset_version() + 1)
+    result = analyze(model)
+    assert any("knows up to" in w for w in result.warnings)
+
+
+def test_initializer_shorter_than_its_shape_is_refused(tmp_path, capsys):
+    w = _weight()
+    w.raw_data = w.raw_data[:100]
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [X], [Y], [w])
+    assert _runtime_refuses(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    for command in (["analyze", str(path)], ["rescale", str(path), "-o", str(tmp_path / "o.onnx")]):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2 and "holds 100 bytes" in err and "needs 1024" in err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_initializer_with_too_few_typed_values_is_refused():
+    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[16, 16])
+    w.float_data.extend([0.1] * 200)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [X], [Y], [w])
+    with pytest.raises(ModelLoadError, match="holds 200 values"):
+        analyze(model)
