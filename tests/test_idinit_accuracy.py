@@ -55,11 +55,11 @@ def test_idinit_autoinit_first_residual_sum(conv, tmp_path):
         assert abs(t.var - t.measured_var) <= 0.03 * t.measured_var, (name, t.var, t.measured_var)
 
 
-@pytest.mark.parametrize("conv, tensors, layers", [("patch", 0.90, 19), ("dirac", 0.85, 18)])
+@pytest.mark.parametrize("conv, tensors, layers", [("patch", 0.95, 21), ("dirac", 0.80, 18)])
 def test_idinit_autoinit_is_predicted(conv, tensors, layers, tmp_path):
     """``analyze --measure`` after ``idinit,autoinit``: the share of tensors within 10% (before
-    the sampled residual sums: 87% patch, 23% Dirac; now 91%, 87%) and the layers within 10% of
-    autoinit's target, of 22 (before: 17, 6; now 19, 18)."""
+    the sampled residual sums: 87% patch, 23% Dirac; now 98%, 85%) and the layers within 10% of
+    autoinit's target, of 22 (before: 17, 6; now 21, 18)."""
     out = tmp_path / f"idinit_autoinit_{conv}.onnx"
     rescale(SAMPLE, "idinit,autoinit", output=out, idinit_conv=conv)
     result = analyze(out, measure=True, batch_size=32, device="cpu")
@@ -73,11 +73,10 @@ def test_idinit_autoinit_is_predicted(conv, tensors, layers, tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "19 of 22 layers within 10% (measured 0.98-1.17): the first conv of the blocks that read "
-    "a residual ReLU output (layer1.2, layer2.0: measured 1.12) and the classifier (1.17): "
-    "the field (correlation across channels and offsets) of ReLU(skip + branch) is carried "
-    "unchanged from the sum's, where the ReLU, by clipping the samples in which the skip is "
-    "0, makes neighbouring values more correlated (measured +5-10% at offset 1)"))
+    "21 of 22 layers within 10% (measured 0.98-1.16): the classifier (Gemm after the global "
+    "pool, measured 1.16) sums pooled channels whose correlation comes from the last residual "
+    "ReLU's field at every offset, and the sampled window holds offsets up to 2 only (stage 3 "
+    "needs more sites than are drawn jointly: its field is carried unchanged through the ReLU)"))
 def test_idinit_autoinit_reaches_its_target(tmp_path):
     out = tmp_path / "idinit_autoinit.onnx"
     rescale(SAMPLE, "idinit,autoinit", output=out)

@@ -6,6 +6,7 @@ does not apply, so a rule's result changes only where the field exists."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -109,35 +110,55 @@ def elementwise(corr: Correlation, amplitudes: np.ndarray, variance: np.ndarray,
 
 
 def through_joint(corr: Correlation, x: Moments, fn, spatial) -> Correlation:
-    """The field of ``f(x)`` for an x whose field carries joint draws of all channels at one
-    position (``CrossField.joint``, a residual sum's sampled law): across channels at offset
-    0, ``Corr(f(x_c), f(x_c'))`` measured on the draws ``x_c = E_c + sd_c z_c`` (interior
-    class); the other offsets as they were. ``corr`` unchanged without draws."""
+    """The field of ``f(x)`` for an x whose field carries joint draws of all channels on a
+    window of positions (``CrossField.joint``, a residual sum's sampled law): ``Corr(f(x_c(p)),
+    f(x_c'(p + d)))`` for the offsets the window holds, measured on the draws ``x_c = E_c +
+    sd_c z_c`` (interior class) over every pair of positions d apart; the other offsets as
+    they were. ``corr`` unchanged without draws."""
     cross = corr.cross
     if cross is None or cross.joint is None or spatial is None:
         return corr
     draws = cross.joint
-    channels = draws.shape[1]
-    if cross.corr.shape[0] != channels:
+    channels, window = draws.shape[1], draws.shape[2:]
+    axes = len(spatial.maps)
+    if cross.corr.shape[0] != channels or len(window) != axes:
         return corr
-    rank = 2 + len(spatial.maps)
+    rank = 2 + axes
+    classes = (1, channels) + tuple(int(m.max()) + 1 for m in spatial.maps)
     mean, var = (shared_source.interior(np.broadcast_to(
-        np.asarray(a, np.float64).reshape((1,) * (rank - np.ndim(a)) + np.shape(a)),
-        (1, channels) + tuple(int(m.max()) + 1 for m in spatial.maps)), spatial)
-        for a in (x.mean, x.var))
-    values = (mean + np.sqrt(var) * draws).reshape(draws.shape + (1,) * (rank - 2))
-    out = np.asarray(compose((fn,))(values), np.float64)
-    out = shared_source.interior(out[:, None], spatial, lead=1)  # [N, C]
-    sd = out.std(axis=0)
-    centred = out - out.mean(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        measured = (centred.T @ centred) / len(out) / np.outer(sd, sd)
-    known = np.outer(sd > 0, sd > 0)
+        np.asarray(a, np.float64).reshape((1,) * (rank - np.ndim(a)) + np.shape(a)), classes),
+        spatial) for a in (x.mean, x.var))
+    flat = draws.reshape(len(draws), channels, -1)
+    out = np.empty_like(flat)
+    for q in range(flat.shape[2]):  # f may hold constants laid out per position class
+        values = (mean + np.sqrt(var) * flat[:, :, q]).reshape((len(draws), channels)
+                                                                + (1,) * axes)
+        out[:, :, q] = shared_source.interior(
+            np.asarray(compose((fn,))(values), np.float64)[:, None], spatial, lead=1)
+    out = out.reshape(draws.shape)
+    pooled = (0,) + tuple(range(2, rank))
+    out = out - out.mean(axis=pooled, keepdims=True)
+    sd = out.std(axis=pooled)
     field = cross.corr.copy()
-    centre = (slice(None), slice(None)) + tuple((n - 1) // 2 for n in field.shape[2:])
-    field[centre] = np.where(known, np.clip(measured, -1.0, 1.0), field[centre])
-    field[(np.arange(channels), np.arange(channels)) + centre[2:]] = 1.0
-    return replace(corr, cross=CrossField(field, cross.gauss, cross.anchor))
+    radius = [(n - 1) // 2 for n in field.shape[2:]]
+    known = np.outer(sd > 0, sd > 0)
+    norm = np.outer(np.where(sd > 0, sd, 1.0), np.where(sd > 0, sd, 1.0))
+    for d in itertools.product(*[range(1 - n, n) for n in window]):
+        if any(abs(di) > r for di, r in zip(d, radius)):
+            continue
+        first = tuple(slice(max(0, -di), n - max(0, di)) for di, n in zip(d, window))
+        second = tuple(slice(max(0, di), n + min(0, di)) for di, n in zip(d, window))
+        a = np.moveaxis(out[(slice(None), slice(None)) + first], 1, 0).reshape(channels, -1)
+        b = np.moveaxis(out[(slice(None), slice(None)) + second], 1, 0).reshape(channels, -1)
+        cov = a @ b.T / a.shape[1]
+        at = (slice(None), slice(None)) + tuple(r + di for r, di in zip(radius, d))
+        field[at] = np.where(known, np.clip(cov / norm, -1.0, 1.0), field[at])
+    field[(np.arange(channels), np.arange(channels)) + tuple(radius)] = 1.0
+    cross = CrossField(field, cross.gauss, cross.anchor)
+    rho = corr.rho
+    if rho.shape == cross.diagonal().shape:
+        rho = cross.diagonal()
+    return replace(corr, rho=rho, cross=cross)
 
 
 def affine(corr: Correlation, scale) -> Correlation:

@@ -39,7 +39,8 @@ from .support import identity_on_input
 
 MAX_TERMS = 512  # taps of a composed map per output channel beyond which it is not sampled
 MAX_DEPTH = 8  # producers followed back from an operand to A
-MAX_JOINT_SITES = 512  # distinct sites of A up to which all channels are drawn jointly
+MAX_JOINT_SITES = 1024  # distinct sites of A up to which all channels are drawn jointly
+WINDOW = 3  # output positions per axis drawn jointly: the field at offsets up to WINDOW - 1
 SAMPLES = 1 << 11  # a power of 2 (Sobol), divisible by BINS
 BINS = 16  # divides SAMPLES
 _GRID = 16001  # points of a marginal's tabulated transform on [-8, 8]
@@ -251,29 +252,59 @@ def standardised_law(total: LinearMap, a: Moments, field: np.ndarray, gauss_fiel
     return w, m, v
 
 
+def _window_taps(total: LinearMap, width: int):
+    """(channel, offset, weight, column) of every tap of every output channel j at each of
+    the ``width^n`` output positions q of a window (``column = j width^n + q``)."""
+    n = total.offset.shape[-1]
+    grid = np.stack(np.meshgrid(*[np.arange(width)] * n, indexing="ij"), -1).reshape(-1, n)
+    rows, taps = np.nonzero(total.weight != 0)
+    shift = (np.asarray(total.stride) * grid)[:, None, :]  # [Q, 1, n]
+    q = len(grid)
+    return (np.tile(total.channel[rows, taps], q),
+            (total.offset[rows, taps][None] + shift).reshape(-1, n),
+            np.tile(total.weight[rows, taps], q),
+            (rows[None, :] * q + np.arange(q)[:, None]).reshape(-1))
+
+
+def _root(r: np.ndarray) -> np.ndarray:
+    """L with ``L L^T = r``: Cholesky, or the clipped eigen-decomposition where r (built
+    from a field cut at its stored offsets) is not positive definite."""
+    try:
+        return np.linalg.cholesky(r + 1e-10 * np.eye(len(r)))
+    except np.linalg.LinAlgError:
+        lam, vec = np.linalg.eigh(r)
+        return vec * np.sqrt(np.clip(lam, 0.0, None))
+
+
 def joint_law(total: LinearMap, a: Moments, field: np.ndarray, gauss_field,
               rng: np.random.Generator) -> np.ndarray | None:
-    """``[SAMPLES, C]``: joint draws of every output channel of ``total(A)`` at one interior
-    position, each standardised; None beyond MAX_JOINT_SITES distinct sites of A."""
-    live = total.weight != 0
-    keys = np.concatenate([total.channel[live][:, None], total.offset[live]], axis=1)
-    sites, inverse = np.unique(keys, axis=0, return_inverse=True)
-    if len(sites) > MAX_JOINT_SITES:
+    """``[SAMPLES, C, w, ...]``: joint draws of every output channel of ``total(A)`` on a
+    window of ``w = WINDOW`` interior positions per axis (``w = 1`` when that needs more than
+    MAX_JOINT_SITES distinct sites of A), each channel standardised; None when even one
+    position needs more."""
+    for width in (WINDOW, 1):
+        channel, offset, weight, column = _window_taps(total, width)
+        keys = np.concatenate([channel[:, None], offset], axis=1)
+        sites, inverse = np.unique(keys, axis=0, return_inverse=True)
+        if len(sites) <= MAX_JOINT_SITES:
+            break
+    else:
         return None
     found = _marginals(a, max(int(sites[:, 0].max()) + 1, field.shape[0]))
     if found is None:
         return None
     z_grid, table, chained = found
     corr = gauss_field if chained and gauss_field is not None else field
-    lam, vec = np.linalg.eigh(_site_correlation(corr, sites[:, 0], sites[:, 1:]))
-    z = _normal_points(len(sites), rng) @ (vec * np.sqrt(np.clip(lam, 0.0, None))).T
+    z = _normal_points(len(sites), rng) @ _root(
+        _site_correlation(corr, sites[:, 0], sites[:, 1:])).T
     x = _transformed(z, z_grid, np.ascontiguousarray(table.T).reshape(-1), sites[:, 0])
-    weights = np.zeros((len(sites), total.weight.shape[0]))
-    rows = np.nonzero(live)[0]
-    np.add.at(weights, (inverse.reshape(-1), rows), total.weight[live])
-    s = x @ weights
-    sd = s.std(axis=0)
-    return (s - s.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    c_out, axes = total.weight.shape[0], offset.shape[-1]
+    weights = np.zeros((len(sites), c_out * width**axes))
+    np.add.at(weights, (inverse.reshape(-1), column), weight)
+    s = (x @ weights).reshape((SAMPLES, c_out) + (width,) * axes)
+    pooled = (0,) + tuple(range(2, 2 + axes))
+    sd = s.std(axis=pooled, keepdims=True)
+    return (s - s.mean(axis=pooled, keepdims=True)) / np.where(sd > 0, sd, 1.0)
 
 
 def sampled_mixture(ctx, anchor: str, channels: int, axes: int, sign: float, mean, var):
