@@ -8,7 +8,8 @@ Two checks:
   would notice, since a rule cannot tell a missing input from an unknown one.
 - data (:func:`check_initializers`): each initializer holds as many bytes (or values) as its
   shape and element type need (a truncated tensor would otherwise be reshaped wrongly or
-  skipped), and each node of the default domain is an ONNX operator.
+  skipped). An op of the default domain that onnx does not know is not refused: onnxruntime
+  registers contrib ops there (SimplifiedLayerNormalization), which the fallback runs.
 - consistency (:func:`inconsistency`): shapes and element types that onnx's strict shape
   inference rejects (a MatMul of incompatible dimensions, an Add of float and int64). Strict
   inference runs anyway when a model is prepared (:func:`onnxinit.passes.infer_shapes`), so this
@@ -97,8 +98,7 @@ def _stored(tensor: TensorProto) -> tuple[int, str] | None:
 
 
 def check_initializers(model: onnx.ModelProto, name: str) -> None:
-    """Raise ModelLoadError naming the first initializer whose data does not fill its shape,
-    or the first default-domain node whose op onnx does not know."""
+    """Raise ModelLoadError naming the first initializer whose data does not fill its shape."""
     for tensor in model.graph.initializer:
         itemsize = _FIXED_SIZE.get(tensor.data_type)
         stored = _stored(tensor) if itemsize else None
@@ -112,11 +112,6 @@ def check_initializers(model: onnx.ModelProto, name: str) -> None:
             raise ModelLoadError(
                 f"{name}: initializer {tensor.name!r} holds {amount} {unit} of data; its shape "
                 f"{dims} of {TensorProto.DataType.Name(tensor.data_type).lower()} needs {needed}")
-    for i, node in enumerate(model.graph.node):
-        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
-            raise ModelLoadError(
-                f"{name}: node {node.name or f'{node.op_type}_{i}'!r}: {node.op_type!r} is not "
-                f"an ONNX operator (a custom op must name its own domain)")
 
 
 def inconsistency(model: onnx.ModelProto) -> str | None:

@@ -24,12 +24,13 @@ def node_model(
     dtype: int = TensorProto.FLOAT,
 ) -> onnx.ModelProto:
     """A model of one node: ``inputs`` are float graph inputs with static shapes, ``constants``
-    become initializers; every output is a graph output."""
+    become initializers; every output is a graph output (its type left to inference)."""
     graph = helper.make_graph(
         [node],
         "single",
         [helper.make_tensor_value_info(n, dtype, list(s)) for n, s in inputs.items()],
-        [helper.make_tensor_value_info(o, dtype, None) for o in node.output if o],
+        # outputs untyped: an op's output type is its own (Cast to int64, Dropout's bool mask)
+        [onnx.ValueInfoProto(name=o) for o in node.output if o],
         [numpy_helper.from_array(np.asarray(v), n) for n, v in (constants or {}).items()],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)

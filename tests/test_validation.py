@@ -126,10 +126,3 @@ def test_initializer_with_too_few_typed_values_is_refused():
     model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [X], [Y], [w])
     with pytest.raises(ModelLoadError, match="holds 200 values"):
         analyze(model)
-
-
-def test_unknown_default_domain_op_is_refused():
-    model = make_model([helper.make_node("FooBar", ["x"], ["y"])], [X], [Y])
-    assert _runtime_refuses(model)
-    with pytest.raises(ModelLoadError, match="'FooBar' is not an ONNX operator"):
-        analyze(model)

@@ -60,17 +60,6 @@ def _scalar(value) -> float | None:
     return float(np.asarray(value, dtype=np.float64).reshape(()))
 
 
-def _axes(graph, node) -> list[int] | None:
-    """Squeeze/Unsqueeze axes (attribute before opset 13, else a constant input)."""
-    for a in node.attribute:
-        if a.name == "axes":
-            return list(a.ints)
-    if len(node.input) > 1 and node.input[1]:
-        value = graph.value(node.input[1])
-        return None if value is None else [int(v) for v in np.ravel(value)]
-    return None
-
-
 def _layout_step(graph, node) -> tuple | None:
     """A layout op as a step of :class:`Chain` (``()`` for a pass-through), None if unknown."""
     op = node.op_type
