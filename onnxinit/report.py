@@ -180,13 +180,14 @@ def rescale_summary(result: RescaleResult) -> str:
     return "\n".join(lines)
 
 
-# measured by benchmarks/training_benefit.py (README "Measured": a VGG net and a 24-layer MLP
-# without normalization): after kaiming, autoinit, lsuv or idinit the best rate was 3x-10x below
-# the default init's; after gradinit, metainit or nio it was the default init's own
+# measured by benchmarks/training_benefit.py (README "Measured": a 24-layer MLP, a VGG net and
+# ResNet-20 without normalization): after kaiming, autoinit, lsuv or idinit the best rate was
+# 1x-10x below the default init's (3x-10x on the MLP and VGG, 1x-10x on ResNet-20); after
+# gradinit, metainit or nio the default init's own (VGG) or 3x below it (ResNet-20)
 LEARNING_RATE_NOTE = (
-    "  note: a rescaled network usually wants a lower training learning rate: in our "
-    "benchmarks its best rate was 3x-10x below the default init's after kaiming, autoinit, "
-    "lsuv or idinit, about the same after gradinit, metainit or nio (sweep it)")
+    "  note: sweep the training learning rate of a rescaled network: in our benchmarks its best "
+    "rate was 1x-10x below the default init's after kaiming, autoinit, lsuv or idinit, and 1x-3x "
+    "below after gradinit, metainit or nio")
 
 
 def _method_lines(method: str, report: dict) -> list[str]:

@@ -86,7 +86,7 @@ def test_report_and_summary(tmp_path, capsys):
     layers = data["method_reports"]["autoinit"]["layers"]
     assert {"node", "input_mean", "input_var", "scale", "output_var"} <= set(layers[0])
     assert "50 tensors rescaled" in out and "largest scale" in out and "->" in out
-    assert "note: a rescaled network usually wants a lower training learning rate" in out
+    assert "note: sweep the training learning rate of a rescaled network" in out
 
 
 def test_dry_run_writes_nothing(tmp_path, capsys):

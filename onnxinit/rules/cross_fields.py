@@ -15,6 +15,8 @@ from ..correlation import Correlation
 from ..cross_channel import Anchor, CrossField
 from ..moments import Moments, Source
 from ..spatial import class_weights, gather_taps, joint, within_variance
+from . import shared_source
+from .gaussian import compose
 from .mixture import relu_plus_linear, sum_mixture
 
 
@@ -36,23 +38,21 @@ def _anchor(field: CrossField, name: str, sizes, sd_in, kern, strides, dilations
     the input's anchor (the later convs of the branch)."""
     n = len(strides)
     anchor = None if fork else field.anchor
-    if anchor is None:
-        if chained:  # the values are not the Gaussian of the copied chain: not followed
-            return None
+    if anchor is None:  # a copy of A's values (chained) keeps only their correlation
         anchor = Anchor(name, (1,) * n, (0,) * n, tuple(s - 1 for s in sizes), sd_in,
-                        field.corr)
-    elif chained and anchor.gauss is None:
+                        field.corr, values_only=chained)
+    elif chained and anchor.gauss is None and not anchor.values_only:
         return None
     x = cross_channel.anchor_conv(anchor.corr, sd_in, kern, anchor.stride, dilations, sd_out,
                                   anchor.limit)
-    gauss = None
-    if chained:
+    gauss, values_only = None, chained and anchor.values_only
+    if chained and not values_only:
         gauss = cross_channel.anchor_conv(anchor.gauss, np.ones_like(sd_in), kern, anchor.stride,
                                           dilations, np.abs(kern.weight[:, 0]), anchor.limit,
                                           magnitudes=True)
     stride = tuple(a * s for a, s in zip(anchor.stride, strides))
     origin = tuple(o - a * b for o, a, b in zip(anchor.origin, anchor.stride, begins))
-    return Anchor(anchor.name, stride, origin, anchor.limit, anchor.sd, x, gauss)
+    return Anchor(anchor.name, stride, origin, anchor.limit, anchor.sd, x, gauss, values_only)
 
 
 def conv(sp, nu_cells: np.ndarray, w: np.ndarray, groups: int, strides, dilations, taps,
@@ -98,7 +98,7 @@ def elementwise(corr: Correlation, amplitudes: np.ndarray, variance: np.ndarray,
     if cross is None or cross.corr.shape[0] != amplitudes.shape[1]:
         return rho
     gauss = cross_channel.cropped(cross.gaussian(), rho.radius)
-    anchor = cross.anchor
+    anchor = cross.anchor if cross.anchor is None or not cross.anchor.values_only else None
     if anchor is not None:  # Stein: Corr(f(z), A) = a_1 Corr(z, A) / sd(f(z))
         x = anchor.gaussian()
         gain = amplitudes[0] / np.sqrt(np.where(variance > 0, variance, 1.0))
@@ -106,6 +106,38 @@ def elementwise(corr: Correlation, amplitudes: np.ndarray, variance: np.ndarray,
                                               -1.0, 1.0), gauss=x)
     return replace(rho, cross=CrossField(cross_channel.mehler(gauss, amplitudes, variance),
                                          gauss, anchor))
+
+
+def through_joint(corr: Correlation, x: Moments, fn, spatial) -> Correlation:
+    """The field of ``f(x)`` for an x whose field carries joint draws of all channels at one
+    position (``CrossField.joint``, a residual sum's sampled law): across channels at offset
+    0, ``Corr(f(x_c), f(x_c'))`` measured on the draws ``x_c = E_c + sd_c z_c`` (interior
+    class); the other offsets as they were. ``corr`` unchanged without draws."""
+    cross = corr.cross
+    if cross is None or cross.joint is None or spatial is None:
+        return corr
+    draws = cross.joint
+    channels = draws.shape[1]
+    if cross.corr.shape[0] != channels:
+        return corr
+    rank = 2 + len(spatial.maps)
+    mean, var = (shared_source.interior(np.broadcast_to(
+        np.asarray(a, np.float64).reshape((1,) * (rank - np.ndim(a)) + np.shape(a)),
+        (1, channels) + tuple(int(m.max()) + 1 for m in spatial.maps)), spatial)
+        for a in (x.mean, x.var))
+    values = (mean + np.sqrt(var) * draws).reshape(draws.shape + (1,) * (rank - 2))
+    out = np.asarray(compose((fn,))(values), np.float64)
+    out = shared_source.interior(out[:, None], spatial, lead=1)  # [N, C]
+    sd = out.std(axis=0)
+    centred = out - out.mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        measured = (centred.T @ centred) / len(out) / np.outer(sd, sd)
+    known = np.outer(sd > 0, sd > 0)
+    field = cross.corr.copy()
+    centre = (slice(None), slice(None)) + tuple((n - 1) // 2 for n in field.shape[2:])
+    field[centre] = np.where(known, np.clip(measured, -1.0, 1.0), field[centre])
+    field[(np.arange(channels), np.arange(channels)) + centre[2:]] = 1.0
+    return replace(corr, cross=CrossField(field, cross.gauss, cross.anchor))
 
 
 def affine(corr: Correlation, scale) -> Correlation:
@@ -220,7 +252,12 @@ def residual_sum(ctx, op: str, operands, cells, var: np.ndarray, mixture, corr, 
     shape = (1, channels) + (1,) * axes
     extra = 2 * sign * rho.reshape(shape) * np.sqrt(cells[0].var) * np.sqrt(cells[1].var)
     var = np.maximum(var + extra, 0.0)
-    if op == "Add":  # a ReLU branch of a linear image of a Gaussian A: per side of its kink
+    sampled = shared_source.sampled_mixture(ctx, anchor.name, channels, axes, sign,
+                                            cells[0].mean + sign * cells[1].mean, var)
+    draws = None
+    if sampled is not None:  # both operands sparse linear maps of A: their sum's own law
+        mixture, draws = sampled
+    elif op == "Add":  # a ReLU branch of a linear image of a Gaussian A: per side of its kink
         weights = class_weights(joint([sp.maps for sp in operands], ctx.out_shape(0)[2:])[0])
         mixture = relu_plus_linear(cells[j], cells[i], (rho * sd[0] * sd[1]).reshape(shape),
                                    len(shape), weights.reshape((1, 1) + weights.shape))
@@ -229,7 +266,8 @@ def residual_sum(ctx, op: str, operands, cells, var: np.ndarray, mixture, corr, 
             mixture = _regressed_mixture(cells[i], cells[j], beta.reshape(shape), len(shape))
     else:
         mixture = None
-    return var, mixture, replace(corr, rho=CrossField(total).diagonal(), cross=CrossField(total))
+    return var, mixture, replace(corr, rho=CrossField(total).diagonal(),
+                                 cross=CrossField(total, joint=draws))
 
 
 def _scaled_cells(x: Moments, g: np.ndarray) -> Moments | None:

@@ -86,7 +86,7 @@ def _input_cumulants(ctx: RuleContext, in_name: str, source, c: int, rank: int):
     kappa = excess_kurtosis(ctx, chain_start(ctx.graph, in_name))
     if kappa is None or kappa.shape != (c,) or not np.any(kappa > 0):
         return None
-    y, w = chain_values(*source, c, rank, kappa / 3)
+    y, w = chain_values(*source, c, rank, kappa / 3, coarse=True)
     if not np.all(np.isfinite(y)):
         return None
     return _cumulants(y, w)[1:]
