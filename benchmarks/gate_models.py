@@ -293,6 +293,8 @@ NETWORKS = {
     "mlp50_sigmoid_default": mlp(50, "sigmoid"),
     "mlp50_selu_default": mlp(50, "selu"),
     "mlp24_relu_default": mlp(24, "relu"),
+    "mlp10_relu_default": mlp(10, "relu"),
+    "mlp12_relu_default": mlp(12, "relu"),
     "mlp24_relu_kaiming": mlp(24, "relu", "kaiming"),
     "mlp50_selu_lecun": mlp(50, "selu", "lecun"),
     "mlp8_tanh_default": mlp(8, "tanh"),

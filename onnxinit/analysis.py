@@ -30,7 +30,7 @@ _measure = lazy_module("onnxinit.measure")
 log = logging.getLogger("onnxinit")
 
 DEFAULT_MAX_GROWTH = 100.0
-DEFAULT_MIN_VAR = 1e-6
+DEFAULT_MIN_VAR = 1e-7
 
 NORMALIZATION_OPS = {"BatchNormalization", "InstanceNormalization", "GroupNormalization",
                      "LayerNormalization", "RMSNormalization"}

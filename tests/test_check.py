@@ -107,7 +107,7 @@ def test_well_scaled_net_is_clean():
 def test_vanishing_net():
     findings = check.find(analyze(mlp(scale=0.5)))
     assert [f.rule_id for f in findings] == ["ONNXINIT002", "ONNXINIT003"]
-    assert "below --min-var 1e-06" in findings[0].message
+    assert "below --min-var 1e-07" in findings[0].message
     assert findings[1].value < 0.3
 
 
@@ -200,7 +200,7 @@ def test_cli_json(models, capsys):
     assert [f["rule_id"] for f in entry["findings"]] == ["ONNXINIT001", "ONNXINIT003"]
     assert entry["findings"][0]["rule"] == "exploding-variance"
     assert entry["summary"] == {"errors": 1, "warnings": 1, "notes": 0, "passed": False,
-                                "max_growth": 100.0, "min_var": 1e-6, "tensors": 41}
+                                "max_growth": 100.0, "min_var": 1e-7, "tensors": 41}
     assert data["passed"] is False
     code, out, _ = run(["check", "--format", "json", models["good"], models["custom"]], capsys)
     assert code == 0
