@@ -18,7 +18,8 @@ Families:
 - deep MLPs of width 256: PyTorch's default Linear init with tanh, sigmoid, SELU, ReLU, and
   controls with Kaiming (ReLU) and LeCun (SELU) init;
 - transformer encoders over the rows (pre-LN, PyTorch ``nn.TransformerEncoderLayer`` defaults),
-  with LayerNorm and with every LayerNorm replaced by Identity.
+  with LayerNorm and with every LayerNorm replaced by Identity;
+- stacked ``nn.LSTM``/``nn.GRU`` over the rows with PyTorch's default init (2, 4 and 8 layers).
 """
 
 from __future__ import annotations
@@ -249,6 +250,29 @@ def hf_gpt2(layers: int = 4, hidden: int = 128):
     return build
 
 
+# recurrent --------------------------------------------------------------------------------------
+
+
+def recurrent(kind: str, layers: int, hidden: int = 128):
+    """``nn.LSTM``/``nn.GRU`` (batch first, PyTorch's default init U(+-1/sqrt(hidden))) of
+    ``layers`` stacked layers over the 8 rows, a Linear classifier on the last step."""
+    _, nn = _torch()
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = getattr(nn, kind)(8, hidden, layers, batch_first=True)
+            self.head = nn.Linear(hidden, 10)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    def build(seed: int):
+        _torch()[0].manual_seed(seed)
+        return Classifier(), "rows"
+    return build
+
+
 # the set ----------------------------------------------------------------------------------------
 
 HEALTHY_TORCHVISION = ("resnet18", "vgg11_bn", "densenet121", "regnet_y_400mf", "squeezenet1_0",
@@ -275,6 +299,11 @@ NETWORKS = {
     "transformer12_ln": row_transformer(12, True),
     "transformer12_noln": row_transformer(12, False),
     "transformer48_noln": row_transformer(48, False),
+    "lstm2_default": recurrent("LSTM", 2),
+    "lstm4_default": recurrent("LSTM", 4),
+    "lstm8_default": recurrent("LSTM", 8),
+    "gru4_default": recurrent("GRU", 4),
+    "gru8_default": recurrent("GRU", 8),
 }
 
 

@@ -43,6 +43,8 @@ TORCHVISION = {
     "googlenet": {"aux_logits": False, "init_weights": True},
     "inception_v3": {"aux_logits": False, "init_weights": True},
     "maxvit_t": lambda size: {"input_size": (size, size)},
+    "alexnet": {}, "vgg16": {}, "resnet50": {}, "efficientnet_v2_s": {}, "regnet_x_400mf": {},
+    "squeezenet1_1": {},
 }
 BROKEN = {"resnet50_nonorm": "resnet50", "resnet152_nonorm": "resnet152"}
 # Hugging Face: name -> (config class, model class, config keywords); 128 tokens
@@ -175,7 +177,8 @@ def check_native(key: str) -> dict:
             "export_seconds": round(time.perf_counter() - start, 1)}
 
 
-def _cell(r: dict | None) -> str:
+def _cell(r: dict | None, version: str) -> str:
+    """The verdict, ``*`` when checked with other onnxinit sources than these."""
     if r is None:
         return ""
     if r.get("export_error"):
@@ -183,12 +186,14 @@ def _cell(r: dict | None) -> str:
     fired = sorted({x.split(":")[0][-3:] for x in r["rules"] if not x.endswith(":note")})
     notes = sum(x.endswith(":note") for x in r["rules"])
     verdict = "pass" if r["passed"] else "**FAIL** " + ",".join(fired)
-    return verdict + (f" (+{notes} notes)" if notes else "")
+    return verdict + (f" (+{notes} notes)" if notes else "") + (
+        "" if r.get("sources") == version else "*")
 
 
 def table(chosen: list[str], variants: list[str], cache: dict) -> str:
     head = ["network", "expected", *variants, "max growth (range)", "min signal (range)"]
     rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    version = gate_calibration.sources_hash()
     for name in chosen:
         cells, done = [], []
         for variant in variants:
@@ -197,7 +202,7 @@ def table(chosen: list[str], variants: list[str], cache: dict) -> str:
                 cells.append("n/a")
                 continue
             r = cache.get(key)
-            cells.append(_cell(r))
+            cells.append(_cell(r, version))
             if r is not None and not r.get("export_error"):
                 done.append(r)
         if not done:
@@ -207,6 +212,7 @@ def table(chosen: list[str], variants: list[str], cache: dict) -> str:
         rows.append(f"| {name} | {'fail' if name in BROKEN else 'pass'} | " + " | ".join(cells)
                     + f" | {min(growth):.3g} - {max(growth):.3g} | "
                     f"{min(signal):.3g} - {max(signal):.3g} |")
+    rows.append("\n(*: checked with earlier onnxinit sources)")
     return "\n".join(rows)
 
 

@@ -47,7 +47,7 @@ def applies(name: str, variant: str) -> bool:
 
 def _kind(name: str) -> str:
     return "tokens" if name in ("bert_4x128", "gpt2_4x128") else (
-        "rows" if name.startswith("transformer") else "flat" if name.startswith("mlp")
+        "rows" if name.startswith(("transformer", "lstm", "gru")) else "flat" if name.startswith("mlp")
         else "image")
 
 

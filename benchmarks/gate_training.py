@@ -20,7 +20,10 @@ budget) then linear decay to 0 at ``STEPS``, gradient-norm clipping at 1, learni
 ``TRANSFORMER_LEARNING_RATES`` = 1e-3, 3e-4, 1e-4 in that order; the rest (data, batch, steps,
 evaluation, threshold) is unchanged. SGD is a protocol artefact for attention networks (a 4-layer
 BERT reached 23% in 300 SGD steps at every rate): the label should say whether a network trains
-with the recipe it would be trained with.
+with the recipe it would be trained with. Recurrent networks (``nn.LSTM``/``nn.GRU``/``nn.RNN``)
+train with the same adaptive recipe: under this SGD protocol a 2-layer LSTM with PyTorch's
+default init reached 39% at lr 0.01 and 52% at 0.1 (the recurrent recipe is Adam, or SGD at lr
+1 with clipping as in Zaremba et al. 2014, neither of which this sweep covers).
 """
 
 from __future__ import annotations
@@ -54,10 +57,14 @@ TRANSFORMER_PROTOCOL = {"steps": STEPS, "batch": BATCH, "eval_every": EVAL_EVERY
 
 
 def is_transformer(module) -> bool:
-    """Whether ``module`` has an attention module (a class named ``*Attention*``:
-    ``nn.MultiheadAttention``, Hugging Face's ``BertSelfAttention``/``GPT2Attention``,
-    torchvision's ``ShiftedWindowAttention``)."""
-    return any("Attention" in type(m).__name__ for m in module.modules())
+    """Whether ``module`` trains with the adaptive recipe: it has an attention module (a class
+    named ``*Attention*``: ``nn.MultiheadAttention``, Hugging Face's
+    ``BertSelfAttention``/``GPT2Attention``, torchvision's ``ShiftedWindowAttention``) or a
+    recurrent one (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``)."""
+    import torch
+
+    return any("Attention" in type(m).__name__ or isinstance(m, torch.nn.RNNBase)
+               for m in module.modules())
 
 
 def protocol(name: str) -> dict:

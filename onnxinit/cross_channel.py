@@ -73,6 +73,7 @@ class Anchor:
     sd: np.ndarray  # A's standard deviation within a position, per channel
     corr: np.ndarray
     gauss: np.ndarray | None = None
+    values_only: bool = False  # t copies A's values (a chain): no Gaussian correlation known
 
     def gaussian(self) -> np.ndarray:
         return self.gauss if self.gauss is not None else self.corr
@@ -87,6 +88,9 @@ class CrossField:
     corr: np.ndarray
     gauss: np.ndarray | None = None
     anchor: Anchor | None = None
+    # [N, C]: standardised joint samples of all channels at one interior position, where the
+    # law was sampled (rules/shared_source.py); read by an element-wise function that follows
+    joint: np.ndarray | None = None
 
     @property
     def radius(self) -> tuple[int, ...]:

@@ -25,6 +25,7 @@ from .errors import InvalidOptionError, PredictionError
 from .graph import ModelGraph
 from .moments import Moments
 from .rules import CommonAncestor, Registration, RuleContext, RuleError, RuleSettings, lookup
+from .rules import feature_pairs
 from .rules.empirical import EmpiricalError, measure_node, pass_through
 from .rules.fusion import common_ancestor
 from .rules.masks import OFFSET_CAP, derived_moments, feeds_softmax
@@ -57,6 +58,8 @@ class Propagation:
     fallbacks: list[Fallback] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     settings: RuleSettings = field(default_factory=RuleSettings, repr=False)
+    # correlation of the features of one row (rules/feature_pairs.py), for tensors that have it
+    pairs: dict[str, feature_pairs.Pairs] = field(default_factory=dict, repr=False)
 
     @property
     def input_var(self) -> float:
@@ -275,13 +278,18 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
                     f"node {node_id} ({node.op_type}): statistics passed through unchanged ({exc})"
                 )
     outputs = carry(ctx, inputs, list(outputs), per_token is not None or fused is not None)
-    for name, m in zip(node.output, outputs):
+    outputs, pairs = feature_pairs.carry(ctx, inputs, outputs, result.pairs)
+    for name, m, pair in zip(node.output, outputs, pairs):
         if name and m is not None and graph.is_signal(name):
             m = _fit(m, graph.shape(name), _tracked_limit(ctx, m))
             _require_finite(m, node_id, node.op_type, name, rule_name)
             result.moments[name] = m
             result.rules[name] = rule_name
             result.producers[name] = node_id
+            if pair is not None:
+                result.pairs[name] = pair
+            else:
+                result.pairs.pop(name, None)
             if log.isEnabledFor(logging.DEBUG):
                 mean, var = result.moments[name].total()
                 log.debug("node %s (%s) by %s: %s mean %.4g var %.4g", node_id, node.op_type,

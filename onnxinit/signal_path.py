@@ -33,8 +33,8 @@ The **main path** is every signal tensor that reaches a graph output and lies on
 the stem, the skip chain of the residual blocks and the tensors between them, plain layers, the
 head. Signal tensors that reach no output are *unused*. The **head** is the main path from the
 *head layers* (parametric nodes on the main path with no parametric node anywhere below them,
-and at least one above) to the outputs: a deliberately small classifier init scales the logits,
-not the signal.
+and at least one above, a recurrent LSTM/GRU/RNN counting as one) to the outputs: a deliberately
+small classifier init scales the logits, not the signal.
 
 **Pooling**: onnxinit predicts moments for inputs whose elements are independent (white noise).
 An average over K positions of such a signal has 1/K of its variance, an average of perfectly
@@ -62,6 +62,8 @@ GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax"}
 ATTENTION_JOINS = {"MatMul", "Einsum"}
 BROADCAST_JOINS = {"Add", "Sub", "Mul", "Div"}
 # ops that only move or copy values: a gate stays a gate through them
+# layers with weights that are not Conv/Gemm/MatMul: above a classifier, they make it a head
+RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
 AVERAGING_OPS = {"GlobalAveragePool", "AveragePool", "ReduceMean", "ReduceSum", "GlobalLpPool",
                  "LpPool"}
 LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Dropout", "Identity",
@@ -244,7 +246,8 @@ def _reaching_outputs(graph: ModelGraph) -> set[str]:
 
 def _head(graph: ModelGraph, main: list[str]) -> tuple[list[str], set[str]]:
     """(head layers, head tensors): see the module docstring."""
-    parametric = set(graph.parametric_nodes)
+    parametric = set(graph.parametric_nodes) | {
+        n for n in graph.order if graph.node(n).op_type in RECURRENT_OPS}
     main_set = set(main)
     below: dict[str, bool] = {}  # tensor -> a parametric node consumes it, directly or further down
     for node_id in reversed(graph.order):

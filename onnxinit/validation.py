@@ -26,6 +26,8 @@ from onnx import TensorProto
 
 from .errors import ModelLoadError
 from .initializers import external_file, is_external
+from .passes.shapes import without_large_data
+from .runtime import onnxruntime
 from .structure import implicit_inputs
 
 # element types stored one fixed-size item per element (raw data: item size x elements)
@@ -117,8 +119,6 @@ def check_initializers(model: onnx.ModelProto, name: str) -> None:
 def inconsistency(model: onnx.ModelProto) -> str | None:
     """Why ``model`` (as given: its own input shapes) is not a consistent ONNX model, or None:
     onnx's strict shape inference with type checks fails on it and onnxruntime refuses it."""
-    from .passes.shapes import without_large_data
-    from .runtime import onnxruntime
     light = without_large_data(model)
     try:
         onnx.shape_inference.infer_shapes(light, strict_mode=True, check_type=True)

@@ -37,12 +37,46 @@ def test_idinit_result_is_predicted(conv, tmp_path):
     assert _within(out) >= 0.95
 
 
+FIRST_BLOCK = ("/layer1/layer1.0/Add_output_0", "/layer1/layer1.0/Relu_1_output_0")
+
+
+@pytest.mark.parametrize("conv", ["dirac", "patch"])
+def test_idinit_autoinit_first_residual_sum(conv, tmp_path):
+    """The first block's sum and the ReLU after it within 3% of onnxruntime (before: Dirac's
+    sum 37% low, its skip-branch covariance missing when the branch starts with a copy of the
+    block input; the patch pattern's ReLU 6% low, the branch's skewed law taken as Gaussian:
+    rules/shared_source.py)."""
+    out = tmp_path / f"idinit_autoinit_{conv}.onnx"
+    rescale(SAMPLE, "idinit,autoinit", output=out, idinit_conv=conv)
+    result = analyze(out, measure=True, batch_size=32, device="cpu")
+    rows = {t.name: t for t in result.tensors}
+    for name in FIRST_BLOCK:
+        t = rows[name]
+        assert abs(t.var - t.measured_var) <= 0.03 * t.measured_var, (name, t.var, t.measured_var)
+
+
+@pytest.mark.parametrize("conv, tensors, layers", [("patch", 0.95, 21), ("dirac", 0.80, 18)])
+def test_idinit_autoinit_is_predicted(conv, tensors, layers, tmp_path):
+    """``analyze --measure`` after ``idinit,autoinit``: the share of tensors within 10% (before
+    the sampled residual sums: 87% patch, 23% Dirac; now 98%, 85%) and the layers within 10% of
+    autoinit's target, of 22 (before: 17, 6; now 21, 18)."""
+    out = tmp_path / f"idinit_autoinit_{conv}.onnx"
+    rescale(SAMPLE, "idinit,autoinit", output=out, idinit_conv=conv)
+    result = analyze(out, measure=True, batch_size=32, device="cpu")
+    rows = [t for t in result.tensors if t.measured_var is not None]
+    share = np.mean([abs(t.var - t.measured_var) <= 0.10 * t.measured_var for t in rows])
+    assert share >= tensors
+    found = [t for t in result.tensors if t.op in ("Conv", "Gemm")]
+    assert len(found) == 22
+    assert sum(abs(t.measured_var - 1.0) <= 0.10 for t in found) >= layers, [
+        (t.name, round(t.measured_var, 3)) for t in found]
+
+
 @pytest.mark.xfail(strict=True, reason=(
-    "12 of 22 layers within 10% (measured 0.98-1.23; 3 of 22, 0.78-4.2, without the residual "
-    "operands' covariance): Relu(skip + branch) is predicted 3-12% low per channel: the part "
-    "of the branch not explained by the skip is taken as independent and Gaussian, where it "
-    "is skewed (measured skewness up to 0.9: the branch's third cumulant is not carried "
-    "through its convs), and the field through the ReLU of that mixture is carried unchanged"))
+    "21 of 22 layers within 10% (measured 0.98-1.16): the classifier (Gemm after the global "
+    "pool, measured 1.16) sums pooled channels whose correlation comes from the last residual "
+    "ReLU's field at every offset, and the sampled window holds offsets up to 2 only (stage 3 "
+    "needs more sites than are drawn jointly: its field is carried unchanged through the ReLU)"))
 def test_idinit_autoinit_reaches_its_target(tmp_path):
     out = tmp_path / "idinit_autoinit.onnx"
     rescale(SAMPLE, "idinit,autoinit", output=out)

@@ -9,6 +9,7 @@ prepared model) and the prediction."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -163,9 +164,9 @@ def test_standardisation_by_a_computed_std_is_left_alone():
     _checked(model, normalise=False, affine=(k, 0.0))
 
 
-def test_formula_after_a_foldable_layer_stays_affine():
-    """Directly after a MatMul (its only reader): where tf2onnx and PyTorch's eval export fold
-    the BatchNormalization into the layer, so every export of it reads as the affine map."""
+def test_formula_after_a_linear_layer_is_analysed_with_batch_statistics():
+    """Directly after a MatMul: a BatchNormalization the network trains with, as after any
+    other op (jax2onnx writes it so after every Conv and Dense)."""
     nodes, inits = formula_bn("h", "y", 2)
     front, inputs, front_inits = _front((BATCH, C))
     first = [helper.make_node("MatMul", ["r", "V"], ["h"])]
@@ -173,12 +174,43 @@ def test_formula_after_a_foldable_layer_stays_affine():
     eye = np.eye(C, dtype=np.float32)
     model = make_model(front + first + nodes + head, inputs, outputs,
                        front_inits + [_init("V", eye)] + inits + head_inits)
-    _unchanged(model)
-    # the same layer output read twice cannot be folded: batch statistics
-    twice = make_model(front + first + nodes + head + [helper.make_node("Relu", ["h"], ["h2"])],
-                       inputs, outputs + [helper.make_tensor_value_info("h2", 1, None)],
-                       front_inits + [_init("V", eye)] + inits + head_inits)
-    assert sum(n.op_type == "BatchNormalization" for n in load(twice).model.graph.node) == 1
+    assert sum(n.op_type == "BatchNormalization" for n in load(model).model.graph.node) == 1
+    _checked(model, normalise=True)
+
+
+def _conv_model(conv_output: str) -> onnx.ModelProto:
+    """x -> Conv (3x3, 4 -> 6 channels, bias) named ``conv_output`` -> Relu."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((6, 4, 3, 3)) * 0.7).astype(np.float32)
+    b = np.linspace(-0.5, 0.5, 6).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], [conv_output], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", [conv_output], ["out"])]
+    return make_model(nodes, [helper.make_tensor_value_info("x", 1, [BATCH, 4, 5, 5])],
+                      [helper.make_tensor_value_info("out", 1, [BATCH, 6, 5, 5])],
+                      [_init("w", w), _init("b", b)])
+
+
+def test_conv_that_tf2onnx_folded_is_analysed_with_batch_statistics():
+    """tf2onnx folds a Keras BatchNormalization into the Conv before it and names the Conv's
+    output after TensorFlow's fused batch norm: the analysis puts the normalization back
+    (scale 1, shift the folded bias), so the Relu after it sees a unit-variance input
+    shifted by the bias, per channel, as in training."""
+    model = _conv_model("net/block_1/bn/FusedBatchNormV3:0")
+    analysis = analyze(model, batch_size=BATCH, measure=True)
+    x = synthetic_feeds(load(model, batch_size=BATCH), seed=0)["x"].astype(np.float64)
+    w, b = (numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer)
+    windows = np.lib.stride_tricks.sliding_window_view(
+        np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3), axis=(2, 3))
+    conv = np.einsum("ncijkl,ockl->noij", windows, w)  # the folded bias cancels in the mean
+    mean, var = conv.mean(axis=(0, 2, 3), keepdims=True), conv.var(axis=(0, 2, 3), keepdims=True)
+    normalised = (conv - mean) / np.sqrt(var + 1e-5) + b.reshape(1, -1, 1, 1)
+    expected = float(np.maximum(normalised, 0).var())
+    out = next(t for t in analysis.tensors if t.name == "out")
+    assert out.measured_var == pytest.approx(expected, rel=2e-3)
+    assert out.var == pytest.approx(expected, rel=0.05)
+    # an ordinary Conv output stays what it computes
+    plain = load(_conv_model("net/block_1/conv/Conv2D:0")).model
+    assert not any(n.op_type == "BatchNormalization" for n in plain.graph.node)
 
 
 def test_no_match_returns_the_model_itself():

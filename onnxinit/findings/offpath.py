@@ -1,7 +1,8 @@
 """``ONNXINIT007 off-path-scale`` (note): ``--max-growth`` or ``--min-var`` crossed off the main
 signal path (:mod:`onnxinit.signal_path`: residual branches, gates, attention weights and logits,
 normalization statistics, tensors only a normalization reads) or first in the output head (a
-small classifier init). One note per (kind of side path, direction), and one per head chain; an
+small classifier init) or in a stack of recurrent layers. One note per (kind of side path,
+direction), and one per head or recurrent chain; an
 exploding residual branch gives none (it reaches the signal at its Add, which the main path
 judges). Notes never fail the gate: they say where, by how much, and ask whether it is by design.
 """
@@ -13,7 +14,7 @@ import math
 from ..analysis import Analysis
 from ..signal_path import BRANCH, SidePath, SignalPaths
 from .base import Finding, RuleInfo, fmt, register
-from .scale import Scale, flag, head_input_of, judged, severity
+from .scale import Scale, flag, head_input_of, judged, recurrent_stack, severity
 
 OFF_PATH = "ONNXINIT007"
 NORMALIZED = "normalized"
@@ -100,6 +101,25 @@ def _head_note(chain: list[str], analysis: Analysis, paths: SignalPaths,
                    graph.node(node).op_type if node else "input", float(value))
 
 
+def _recurrent_note(chain: list[str], analysis: Analysis, paths: SignalPaths,
+                    scale: dict[str, Scale]) -> Finding:
+    graph = analysis.graph
+    first = chain[0]
+    worst = min(chain, key=lambda t: scale[t].signal)
+    entry, layers = recurrent_stack(first, analysis, paths)
+    node = graph.producer.get(first, "")
+    value = scale[worst].signal
+    message = (f"a stack of recurrent layers makes the signal small: {first!r} "
+               f"{paths.describe(first)} is at {fmt(scale[first].signal)}x the input variance, "
+               f"below --min-var {analysis.min_var:g} ({worst!r} at {fmt(value)}x), while the "
+               f"stack's input {entry!r} is at {fmt(scale[entry].signal)}x ({layers} recurrent "
+               "layers up to here): PyTorch's default LSTM/GRU init shrinks the signal about 20x "
+               "per layer, and such stacks train with an adaptive optimizer (Adam); with SGD, "
+               "onnxinit rescale MODEL --method autoinit")
+    return Finding(OFF_PATH, "note", message, first, node,
+                   graph.node(node).op_type if node else "input", float(value))
+
+
 def find(analysis: Analysis, paths: SignalPaths, scale: dict[str, Scale],
                    head_chains: list[list[str]]) -> list[Finding]:
     groups: dict[tuple[str, str], list[str]] = {}
@@ -116,5 +136,7 @@ def find(analysis: Analysis, paths: SignalPaths, scale: dict[str, Scale],
         groups.setdefault((kind, direction), []).append(t.name)
     notes = [_side_note(kind, direction, tensors, analysis, paths, scale)
              for (kind, direction), tensors in groups.items()]
-    notes.extend(_head_note(chain, analysis, paths, scale) for chain in head_chains)
+    notes.extend(_head_note(chain, analysis, paths, scale)
+                 if head_input_of(chain[0], analysis, paths) is not None
+                 else _recurrent_note(chain, analysis, paths, scale) for chain in head_chains)
     return notes

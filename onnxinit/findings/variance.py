@@ -9,7 +9,8 @@ Rules:
   prediction there that is not finite (onnxinit could not predict the graph: it never passes it;
   a side path's non-finite prediction that reaches the main path makes it non-finite there);
 - ``ONNXINIT002 vanishing-variance`` (error): signal below ``min_var`` on the main path, except
-  where it first happens in the output head;
+  where it first happens in the output head or in a stack of recurrent layers whose input is
+  above it (:func:`onnxinit.findings.scale.starts_in_recurrent_stack`);
 - ``ONNXINIT003 exponential-variance-trend`` (warning): the log signal variance at the main
   path's *stations* (outputs of its parametric layers and of residual Adds, above the output
   head) is linear in the station index ``k`` (least squares ``log v = a + b k``, R² >= 0.9 over
@@ -32,7 +33,8 @@ from ..analysis import Analysis
 from ..signal_path import SignalPaths
 from . import offpath
 from .base import Finding, RuleInfo, fmt, register
-from .scale import Scale, flag, judged, scales, severity, starts_in_head
+from .scale import (Scale, flag, judged, scales, severity, starts_in_head,
+                    starts_in_recurrent_stack)
 
 EXPLODING, VANISHING, TREND = "ONNXINIT001", "ONNXINIT002", "ONNXINIT003"
 MIN_TREND_STATIONS = 8
@@ -146,7 +148,8 @@ def main_path_findings(analysis: Analysis, paths: SignalPaths,
     findings, head_chains = [], []
     for chain in chains(analysis, flags):
         kind = flags[chain[0]]
-        if kind == "vanishing" and starts_in_head(chain[0], analysis, paths, scale):
+        if kind == "vanishing" and (starts_in_head(chain[0], analysis, paths, scale) or
+                                    starts_in_recurrent_stack(chain[0], analysis, paths, scale)):
             head_chains.append(chain)
             continue
         findings.append(_chain_finding(chain, kind, analysis, paths, scale))
@@ -207,11 +210,12 @@ def trend_finding(analysis: Analysis, paths: SignalPaths,
 
 def extremes(analysis: Analysis, paths: SignalPaths) -> dict[str, float]:
     """What the thresholds act on, for calibration: the largest growth on the main path and the
-    smallest signal on its body (the main path above the output head), normalized tensors left
-    out, relative to the input variance; and the trend's change over depth (1 without a fit)."""
+    smallest signal on its body (the main path above the output head, recurrent stacks left out
+    as ONNXINIT002 leaves them), normalized tensors left out, relative to the input variance; and the trend's change over depth (1 without a fit)."""
     scale = scales(analysis, paths)
     main = [t for t in paths.main if t in scale and t not in paths.normalized]
-    body = [t for t in main if t not in paths.head]
+    body = [t for t in main if t not in paths.head
+            and not starts_in_recurrent_stack(t, analysis, paths, scale)]
     fit = _trend_fit(analysis, paths, scale)
     return {"max_growth": max((scale[t].growth for t in main), default=1.0),
             "min_signal": min((scale[t].signal for t in body), default=1.0),

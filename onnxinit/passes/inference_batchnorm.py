@@ -8,7 +8,8 @@ affine map it computes with its running statistics,
 and how much of that survives depends on the exporter:
 
 - folded into the layer before it (a Conv, Gemm or MatMul: tf2onnx, PyTorch's eval export):
-  nothing is left to recognise, the layer computes ``W k``;
+  the layer computes ``W k``; tf2onnx leaves the name of TensorFlow's fused batch-norm op on
+  the Conv's output (``.../FusedBatchNormV3:0``), PyTorch leaves nothing;
 - a ``BatchNormalization`` node where nothing precedes it to fold into (tf2onnx for a fused
   batch norm, PyTorch's eval export): the analysis already runs it with batch statistics;
 - the arithmetic itself as ops (jax2onnx: Keras 3's JAX export, Flax): ``k`` is computed in the
@@ -17,23 +18,26 @@ and how much of that survives depends on the exporter:
   under TensorFlow's ``tf.nn.batch_normalization`` op names, ``.../batchnorm/mul_1`` and
   ``.../batchnorm/add_1`` (Keras 3's TensorFlow export; Keras 2's for rank-2 inputs).
 
-:func:`inference_batchnorms` brings the last two to the second: every such map that does not
-follow a foldable layer becomes a ``BatchNormalization`` node, so that the analysis gives it
-training semantics, as it does the nodes other exporters keep, and predicts the same network
-the same way whichever exporter wrote it. A map that does follow a Conv, ConvTranspose, Gemm or
-MatMul (through layout ops and a bias ``Add``, each read by nothing else) stays the affine map:
-folding exporters leave nothing there, so this is what every export of it reads as. Channels
-on an axis other than 1 (channels-last) get a Transpose on each side of the node.
+:func:`inference_batchnorms` brings the first (where tf2onnx named it), the third and the
+fourth to the second: each becomes a ``BatchNormalization`` node, so that the analysis gives it
+training semantics, as it does the nodes other exporters keep: the network is analysed as it
+trains, and the same way whichever exporter wrote it. A Conv that tf2onnx folded gets the node
+after it (scale 1, shift its bias). Only PyTorch's eval export leaves no trace; the analysis
+warns about it (an eval export). Channels on an axis other than 1 (channels-last) get a
+Transpose on each side of the node.
 
-Evidence, never a model's own names: the ``Sqrt`` of a per-channel tensor plus a scalar in the
-constant subgraph that computes ``k``, or TensorFlow's fixed op names. A per-channel affine
-written otherwise (a layer scale, input standardisation) is left alone.
+Evidence, never a model's own layer names: the ``Sqrt`` of a per-channel tensor plus a scalar
+in the constant subgraph that computes ``k``, or TensorFlow's fixed op names
+(``FusedBatchNormV3``, ``batchnorm/mul_1``). A per-channel affine written otherwise (a layer
+scale, input standardisation) is left alone.
 
 Limits: the node's scale is ``gamma = k sqrt(var + eps)`` where the formula shows ``var`` and
 ``eps``, else ``k`` itself: ``gamma`` within ``sqrt(1 + eps)`` for the moving variance of a
 fresh network (1), with ``eps`` unknown (ONNX's 1e-5 is used). The shift is ``s``, which is
 ``beta`` for a fresh moving mean (0). The moving statistics play no other part under batch
-statistics. Only ModelGraph's analysis view is rewritten, never the model written back.
+statistics. A folded Conv's scale is 1: ``gamma / sqrt(var + eps)`` is in its kernel, which
+for a fresh network is ``1 / sqrt(1 + eps)``. Only ModelGraph's analysis view is rewritten,
+never the model written back.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ _LAYOUT_OPS = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squeeze
                          "Cast"})
 _TF_MUL = re.compile(r"(?:^|/)batchnorm/mul_1$")
 _TF_ADD = re.compile(r"(?:^|/)batchnorm/add_1$")
+# the output of a Conv into which tf2onnx folded a Keras BatchNormalization keeps the name of
+# TensorFlow's fused batch-norm op
+_TF_FUSED = re.compile(r"(?:^|/)FusedBatchNorm(?:V[23])?(?::\d+)?$")
 _DEFAULT_EPS = 1e-5  # ONNX's; only the TensorFlow form hides eps
 
 
@@ -159,27 +166,6 @@ def sqrt_var_eps(graph: ConstantGraph, k: str) -> tuple[np.ndarray, float] | Non
     return None
 
 
-def follows_linear_layer(graph: ConstantGraph, x: str) -> bool:
-    """Whether ``x`` is the output of a Conv/ConvTranspose/Gemm/MatMul, through layout ops and
-    a constant (bias) Add, each output read by nothing else: where folding exporters fold."""
-    for _ in range(8):
-        node = graph.producer.get(x)
-        if node is None or graph.only_consumer(x) is None:
-            return False
-        if node.op_type in LINEAR_OPS:
-            return True
-        if node.op_type in _LAYOUT_OPS:
-            x = node.input[0]
-        elif node.op_type == "Add":
-            signals = [i for i in node.input if i not in graph.constants]
-            if len(signals) != 1:
-                return False
-            x = signals[0]
-        else:
-            return False
-    return False
-
-
 def _match(graph: ConstantGraph, mul: onnx.NodeProto, ranks: dict[str, int]):
     """(x, k, gamma or None, shift or None, final node, eps, axis) when ``mul`` starts an inference
     BatchNormalization written as arithmetic (see the module docstring), else None."""
@@ -212,8 +198,6 @@ def _match(graph: ConstantGraph, mul: onnx.NodeProto, ranks: dict[str, int]):
         if shift is not None and not _TF_ADD.search(add.name):
             shift = None
     else:
-        return None
-    if follows_linear_layer(graph, x):
         return None
     return x, k, gamma, shift, (add if shift is not None else mul), eps, axis
 
@@ -260,6 +244,40 @@ def _rewrite(emitter: GraphEmitter, match, shape: tuple, elem_type: int) -> list
     return emitter.nodes[nodes_before:], infos
 
 
+def _folded_convs(model: onnx.ModelProto, graph: ConstantGraph) -> list[onnx.NodeProto]:
+    """Convs whose output is named after TensorFlow's fused batch norm (tf2onnx folded it into
+    them), with a constant weight."""
+    return [node for node in model.graph.node
+            if node.op_type == "Conv" and _TF_FUSED.search(node.output[0])
+            and graph.value(node.input[1]) is not None]
+
+
+def _unfold(emitter: GraphEmitter, conv: onnx.NodeProto, graph: ConstantGraph) -> list:
+    """``conv`` writing a fresh tensor, and a BatchNormalization of it into ``conv``'s output:
+    scale 1 (gamma / sqrt(var + eps) folded into the kernel is 1 / sqrt(1 + eps) for a fresh
+    network), shift the folded bias (beta for a fresh moving mean), moving statistics 0 and 1."""
+    channels = int(np.shape(graph.value(conv.input[1]))[0])
+    dtype = np.float32
+    bias = graph.value(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+    shift = np.zeros(channels, dtype) if bias is None else np.asarray(bias, dtype).reshape(-1)
+
+    def constant(value) -> str:
+        return emitter.node("Constant", [], value=numpy_helper.from_array(np.asarray(value)))
+
+    nodes_before = len(emitter.nodes)
+    inner = emitter.fresh("folded")
+    unfolded = onnx.NodeProto()
+    unfolded.CopyFrom(conv)
+    unfolded.output[0] = inner
+    params = [constant(np.ones(channels, dtype)), constant(shift),
+              constant(np.zeros(channels, dtype)), constant(np.ones(channels, dtype))]
+    emitter.nodes.append(unfolded)
+    emitter.nodes.append(helper.make_node(
+        "BatchNormalization", [inner, *params], [conv.output[0]], epsilon=_DEFAULT_EPS,
+        name=emitter.fresh(f"{conv.name or 'conv'}/BatchNormalization")))
+    return emitter.nodes[nodes_before:]
+
+
 @model_pass(in_place=False)
 def inference_batchnorms(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with every inference BatchNormalization written as arithmetic (and not after a
@@ -278,7 +296,8 @@ def inference_batchnorms(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         matches.append((node, match, tuple(shape)))
         replaced.update({id(node), id(match[4])})
-    if not matches:
+    folded = _folded_convs(model, graph)
+    if not matches and not folded:
         return model
     names = {n for node in model.graph.node for n in [*node.input, *node.output, node.name]}
     emitter = GraphEmitter(names | set(graph.initializers), "prepared/")
@@ -287,6 +306,8 @@ def inference_batchnorms(model: onnx.ModelProto) -> onnx.ModelProto:
         nodes, new_infos = _rewrite(emitter, match, shape, types.get(match[0], 1))
         rewritten[id(match[4])] = nodes
         infos.extend(new_infos)
+    for conv in folded:
+        rewritten[id(conv)] = _unfold(emitter, conv, graph)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     out.graph.ClearField("node")
@@ -296,8 +317,9 @@ def inference_batchnorms(model: onnx.ModelProto) -> onnx.ModelProto:
         elif id(node) not in replaced:
             out.graph.node.append(node)
     out.graph.value_info.extend(infos)
-    log.info("%d inference BatchNormalization(s) written as arithmetic analysed as "
-             "BatchNormalization nodes (training semantics)", len(matches))
+    log.info("%d inference BatchNormalization(s) written as arithmetic and %d folded into a "
+             "Conv analysed as BatchNormalization nodes (training semantics)", len(matches),
+             len(folded))
     return out
 
 

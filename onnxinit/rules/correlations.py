@@ -42,6 +42,8 @@ def elementwise_correlation(corr: Correlation, y: Moments, smooth: bool, fn=None
     cells = y.spatial.cells if y.spatial is not None else y
     src = cells.source
     if src is None or not src.chain:
+        if fn is not None and x is not None:  # a sampled residual sum's joint law
+            corr = cross_fields.through_joint(corr, x, fn, y.spatial)
         if fn is not None and x is not None and corr.centred is not None:
             return _centred_through_mixture(corr, y, x, fn)
         return corr

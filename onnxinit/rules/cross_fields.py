@@ -6,6 +6,7 @@ does not apply, so a rule's result changes only where the field exists."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -15,6 +16,8 @@ from ..correlation import Correlation
 from ..cross_channel import Anchor, CrossField
 from ..moments import Moments, Source
 from ..spatial import class_weights, gather_taps, joint, within_variance
+from . import shared_source
+from .gaussian import compose
 from .mixture import relu_plus_linear, sum_mixture
 
 
@@ -36,23 +39,21 @@ def _anchor(field: CrossField, name: str, sizes, sd_in, kern, strides, dilations
     the input's anchor (the later convs of the branch)."""
     n = len(strides)
     anchor = None if fork else field.anchor
-    if anchor is None:
-        if chained:  # the values are not the Gaussian of the copied chain: not followed
-            return None
+    if anchor is None:  # a copy of A's values (chained) keeps only their correlation
         anchor = Anchor(name, (1,) * n, (0,) * n, tuple(s - 1 for s in sizes), sd_in,
-                        field.corr)
-    elif chained and anchor.gauss is None:
+                        field.corr, values_only=chained)
+    elif chained and anchor.gauss is None and not anchor.values_only:
         return None
     x = cross_channel.anchor_conv(anchor.corr, sd_in, kern, anchor.stride, dilations, sd_out,
                                   anchor.limit)
-    gauss = None
-    if chained:
+    gauss, values_only = None, chained and anchor.values_only
+    if chained and not values_only:
         gauss = cross_channel.anchor_conv(anchor.gauss, np.ones_like(sd_in), kern, anchor.stride,
                                           dilations, np.abs(kern.weight[:, 0]), anchor.limit,
                                           magnitudes=True)
     stride = tuple(a * s for a, s in zip(anchor.stride, strides))
     origin = tuple(o - a * b for o, a, b in zip(anchor.origin, anchor.stride, begins))
-    return Anchor(anchor.name, stride, origin, anchor.limit, anchor.sd, x, gauss)
+    return Anchor(anchor.name, stride, origin, anchor.limit, anchor.sd, x, gauss, values_only)
 
 
 def conv(sp, nu_cells: np.ndarray, w: np.ndarray, groups: int, strides, dilations, taps,
@@ -98,7 +99,7 @@ def elementwise(corr: Correlation, amplitudes: np.ndarray, variance: np.ndarray,
     if cross is None or cross.corr.shape[0] != amplitudes.shape[1]:
         return rho
     gauss = cross_channel.cropped(cross.gaussian(), rho.radius)
-    anchor = cross.anchor
+    anchor = cross.anchor if cross.anchor is None or not cross.anchor.values_only else None
     if anchor is not None:  # Stein: Corr(f(z), A) = a_1 Corr(z, A) / sd(f(z))
         x = anchor.gaussian()
         gain = amplitudes[0] / np.sqrt(np.where(variance > 0, variance, 1.0))
@@ -106,6 +107,58 @@ def elementwise(corr: Correlation, amplitudes: np.ndarray, variance: np.ndarray,
                                               -1.0, 1.0), gauss=x)
     return replace(rho, cross=CrossField(cross_channel.mehler(gauss, amplitudes, variance),
                                          gauss, anchor))
+
+
+def through_joint(corr: Correlation, x: Moments, fn, spatial) -> Correlation:
+    """The field of ``f(x)`` for an x whose field carries joint draws of all channels on a
+    window of positions (``CrossField.joint``, a residual sum's sampled law): ``Corr(f(x_c(p)),
+    f(x_c'(p + d)))`` for the offsets the window holds, measured on the draws ``x_c = E_c +
+    sd_c z_c`` (interior class) over every pair of positions d apart; the other offsets as
+    they were. ``corr`` unchanged without draws."""
+    cross = corr.cross
+    if cross is None or cross.joint is None or spatial is None:
+        return corr
+    draws = cross.joint
+    channels, window = draws.shape[1], draws.shape[2:]
+    axes = len(spatial.maps)
+    if cross.corr.shape[0] != channels or len(window) != axes:
+        return corr
+    rank = 2 + axes
+    classes = (1, channels) + tuple(int(m.max()) + 1 for m in spatial.maps)
+    mean, var = (shared_source.interior(np.broadcast_to(
+        np.asarray(a, np.float64).reshape((1,) * (rank - np.ndim(a)) + np.shape(a)), classes),
+        spatial) for a in (x.mean, x.var))
+    flat = draws.reshape(len(draws), channels, -1)
+    out = np.empty_like(flat)
+    for q in range(flat.shape[2]):  # f may hold constants laid out per position class
+        values = (mean + np.sqrt(var) * flat[:, :, q]).reshape((len(draws), channels)
+                                                                + (1,) * axes)
+        out[:, :, q] = shared_source.interior(
+            np.asarray(compose((fn,))(values), np.float64)[:, None], spatial, lead=1)
+    out = out.reshape(draws.shape)
+    pooled = (0,) + tuple(range(2, rank))
+    out = out - out.mean(axis=pooled, keepdims=True)
+    sd = out.std(axis=pooled)
+    field = cross.corr.copy()
+    radius = [(n - 1) // 2 for n in field.shape[2:]]
+    known = np.outer(sd > 0, sd > 0)
+    norm = np.outer(np.where(sd > 0, sd, 1.0), np.where(sd > 0, sd, 1.0))
+    for d in itertools.product(*[range(1 - n, n) for n in window]):
+        if any(abs(di) > r for di, r in zip(d, radius)):
+            continue
+        first = tuple(slice(max(0, -di), n - max(0, di)) for di, n in zip(d, window))
+        second = tuple(slice(max(0, di), n + min(0, di)) for di, n in zip(d, window))
+        a = np.moveaxis(out[(slice(None), slice(None)) + first], 1, 0).reshape(channels, -1)
+        b = np.moveaxis(out[(slice(None), slice(None)) + second], 1, 0).reshape(channels, -1)
+        cov = a @ b.T / a.shape[1]
+        at = (slice(None), slice(None)) + tuple(r + di for r, di in zip(radius, d))
+        field[at] = np.where(known, np.clip(cov / norm, -1.0, 1.0), field[at])
+    field[(np.arange(channels), np.arange(channels)) + tuple(radius)] = 1.0
+    cross = CrossField(field, cross.gauss, cross.anchor)
+    rho = corr.rho
+    if rho.shape == cross.diagonal().shape:
+        rho = cross.diagonal()
+    return replace(corr, rho=rho, cross=cross)
 
 
 def affine(corr: Correlation, scale) -> Correlation:
@@ -220,7 +273,12 @@ def residual_sum(ctx, op: str, operands, cells, var: np.ndarray, mixture, corr, 
     shape = (1, channels) + (1,) * axes
     extra = 2 * sign * rho.reshape(shape) * np.sqrt(cells[0].var) * np.sqrt(cells[1].var)
     var = np.maximum(var + extra, 0.0)
-    if op == "Add":  # a ReLU branch of a linear image of a Gaussian A: per side of its kink
+    sampled = shared_source.sampled_mixture(ctx, anchor.name, channels, axes, sign,
+                                            cells[0].mean + sign * cells[1].mean, var)
+    draws = None
+    if sampled is not None:  # both operands sparse linear maps of A: their sum's own law
+        mixture, draws = sampled
+    elif op == "Add":  # a ReLU branch of a linear image of a Gaussian A: per side of its kink
         weights = class_weights(joint([sp.maps for sp in operands], ctx.out_shape(0)[2:])[0])
         mixture = relu_plus_linear(cells[j], cells[i], (rho * sd[0] * sd[1]).reshape(shape),
                                    len(shape), weights.reshape((1, 1) + weights.shape))
@@ -229,7 +287,8 @@ def residual_sum(ctx, op: str, operands, cells, var: np.ndarray, mixture, corr, 
             mixture = _regressed_mixture(cells[i], cells[j], beta.reshape(shape), len(shape))
     else:
         mixture = None
-    return var, mixture, replace(corr, rho=CrossField(total).diagonal(), cross=CrossField(total))
+    return var, mixture, replace(corr, rho=CrossField(total).diagonal(),
+                                 cross=CrossField(total, joint=draws))
 
 
 def _scaled_cells(x: Moments, g: np.ndarray) -> Moments | None:

@@ -64,6 +64,7 @@ def _vgg(name: str) -> Builder:
 
 BUILDERS: dict[str, Builder] = {
     "resnet18": _torchvision("resnet18"),
+    "resnet18_nonorm": _no_norm("resnet18"),
     "resnet50_nonorm": _no_norm("resnet50"),
     "resnet152_nonorm": _no_norm("resnet152"),
     "vgg11": _vgg("vgg11"),

@@ -1,0 +1,345 @@
+"""The law of a residual sum whose two operands are sparse linear maps of one tensor A.
+
+IDInit's blocks (and any block built from copies, Dirac or hand-made sparse kernels) add a skip
+``a = K_a * A`` (the identity, or a sparse projection) and a branch ``b = K_b * A`` made of
+sparse convs of A with identity-on-input activations between them (a ReLU of a same-sign sum
+of ReLU outputs: ``rules/support.py``). Every output channel j of the sum is then one linear
+combination of a few values of A::
+
+    s_j(q) = sum_k W_jk A_{c_k}(S q + o_k)        (k over the composed kernels' taps)
+
+A is a ReLU output (or a mixture after the first block): s is skewed (0.2-0.9 on the IDInit
+ResNet-20), and a ReLU after the sum clips less of it than of the Gaussian that
+``mixture.relu_plus_linear`` or ``cross_fields._regressed_mixture`` put in place of the part of
+the branch not explained by the skip. Here the law of s_j at an interior position is sampled
+from A's law at those sites:
+
+* the sites' joint law is a Gaussian copula: A = g_c(z) per channel, z jointly Gaussian with
+  the correlation of A's field at the sites' offsets, ``Corr(z_k, z_l) = R[c_k, c_l, o_l - o_k]``
+  (zero beyond the stored offsets). When A is an element-wise chain of a Gaussian (a ReLU
+  output) g is that chain and R the field of its Gaussian: exact. When A is described by a
+  Gaussian mixture, g is the mixture's quantile function and R the values' field (the copula
+  is then an approximation of the dependence);
+* ``SAMPLES`` seeded draws give s_j's standardised law, cut in ``BINS`` equal-probability bins
+  (each bin's mean and variance: a Gaussian mixture), which is laid on every position class of
+  the sum with the class's own mean and variance (computed in closed form by the caller).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import special
+from ..cross_channel import sparse_kernel
+from ..moments import Moments
+from .gaussian import compose
+from .support import identity_on_input
+
+MAX_TERMS = 512  # taps of a composed map per output channel beyond which it is not sampled
+MAX_DEPTH = 8  # producers followed back from an operand to A
+MAX_JOINT_SITES = 1024  # distinct sites of A up to which all channels are drawn jointly
+WINDOW = 3  # output positions per axis drawn jointly: the field at offsets up to WINDOW - 1
+SAMPLES = 1 << 11  # a power of 2 (Sobol), divisible by BINS
+BINS = 16  # divides SAMPLES
+_GRID = 16001  # points of a marginal's tabulated transform on [-8, 8]
+_COARSE = 2001  # points at which it is computed
+
+
+@dataclass(frozen=True)
+class LinearMap:
+    """``y_j(q) = sum_k weight[j, k] A_{channel[j, k]}(stride q + offset[j, k])`` on A's grid
+    (interior positions: zero padding is not modelled)."""
+
+    stride: tuple[int, ...]
+    channel: np.ndarray  # [C_out, K]
+    offset: np.ndarray  # [C_out, K, axes]
+    weight: np.ndarray  # [C_out, K]
+
+
+def identity_map(channels: int, axes: int) -> LinearMap:
+    return LinearMap((1,) * axes, np.arange(channels)[:, None],
+                     np.zeros((channels, 1, axes), np.int64), np.ones((channels, 1)))
+
+
+def _merged(channel, offset, weight) -> LinearMap | None:
+    """Rows with equal (channel, offset) taps merged (weights added), zeros dropped, padded
+    with weight 0 to the longest row; None beyond MAX_TERMS taps."""
+    rows = []
+    for c, o, w in zip(channel, offset, weight):
+        keys = np.concatenate([c[:, None], o], axis=1)
+        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+        summed = np.bincount(inverse.reshape(-1), weights=w, minlength=len(unique))
+        keep = summed != 0
+        rows.append((unique[keep], summed[keep]))
+    n = max(len(r[1]) for r in rows)
+    if n == 0 or n > MAX_TERMS:
+        return None
+    axes = offset.shape[-1]
+    ch = np.zeros((len(rows), n), np.int64)
+    off = np.zeros((len(rows), n, axes), np.int64)
+    wt = np.zeros((len(rows), n))
+    for j, (keys, w) in enumerate(rows):
+        ch[j, :len(w)], off[j, :len(w)], wt[j, :len(w)] = keys[:, 0], keys[:, 1:], w
+    return ch, off, wt
+
+
+def compose_conv(kern, strides, dilations, begins, inner: LinearMap) -> LinearMap | None:
+    """``y_j(q) = sum_k w_jk x_{c_k}(s q - b + dil t_k)`` of ``x = inner(A)``: the taps of
+    y on A, at ``S s q + S (dil t_k - b) + o_l`` with weight ``w_jk v_{c_k l}``."""
+    s_in = np.asarray(inner.stride)
+    base = s_in * (np.asarray(dilations) * kern.tap - np.asarray(begins))  # [C_out, K, n]
+    channel = inner.channel[kern.channel]  # [C_out, K, L]
+    offset = base[:, :, None, :] + inner.offset[kern.channel]
+    weight = kern.weight[:, :, None] * inner.weight[kern.channel]
+    c_out = weight.shape[0]
+    merged = _merged(channel.reshape(c_out, -1), offset.reshape(c_out, -1, offset.shape[-1]),
+                     weight.reshape(c_out, -1))
+    if merged is None:
+        return None
+    stride = tuple(int(a * b) for a, b in zip(inner.stride, strides))
+    return LinearMap(stride, *merged)
+
+
+def linear_map(ctx, tensor: str, anchor: str, channels: int, axes: int,
+               depth: int = MAX_DEPTH) -> LinearMap | None:
+    """``tensor`` as a :class:`LinearMap` of ``anchor`` through sparse bias-free Convs and
+    functions that are the identity on their non-negative input; None for anything else."""
+    if tensor == anchor:
+        return identity_map(channels, axes)
+    graph = ctx.graph
+    node_id = graph.producer.get(tensor)
+    if node_id is None or depth <= 0:
+        return None
+    node = graph.node(node_id)
+    if identity_on_input(node, graph):
+        return linear_map(ctx, node.input[0], anchor, channels, axes, depth - 1)
+    if node.op_type != "Conv" or len(node.input) < 2:
+        return None
+    w = graph.value(node.input[1])
+    if w is None or np.ndim(w) != 2 + axes:
+        return None
+    if len(node.input) > 2 and node.input[2]:
+        bias = graph.value(node.input[2])
+        if bias is None or np.any(np.asarray(bias) != 0):
+            return None
+    attrs = ctx.for_node(node_id)
+    if attrs.attr("auto_pad", "NOTSET") not in ("NOTSET", ""):
+        return None
+    kern = sparse_kernel(np.asarray(w, np.float64), attrs.attr("group", 1))
+    if kern is None:
+        return None
+    inner = linear_map(ctx, node.input[0], anchor, channels, axes, depth - 1)
+    if inner is None:
+        return None
+    strides = tuple(attrs.attr("strides", [1] * axes))
+    begins = tuple(attrs.attr("pads", [0] * 2 * axes))[:axes]
+    dilations = tuple(attrs.attr("dilations", [1] * axes))
+    return compose_conv(kern, strides, dilations, begins, inner)
+
+
+def interior(arr, spatial, lead: int = 0) -> np.ndarray:
+    """``arr`` laid out like the cells (``lead`` leading axes) at the interior class of every
+    spatial axis (the class of the middle position), ``[..., C]``."""
+    arr = np.asarray(arr, np.float64)
+    index = [slice(None)] * (lead + 2)
+    for a, m in enumerate(spatial.maps):
+        n = arr.shape[lead + 2 + a]
+        index.append(int(m[m.size // 2]) if n > 1 else 0)
+    return arr[tuple(index)][(slice(None),) * lead + (0,)]
+
+
+def _marginals(a: Moments, channels: int):
+    """(z grid, table [G, C]) with A_c = table[:, c] at z ~ N(0, 1) on the grid (interior
+    class), and whether the copula's correlation is that of A's Gaussian; None when A is
+    Gaussian (the sum is then Gaussian too) or of another law. Tabulated on _COARSE points,
+    interpolated linearly to _GRID."""
+    sp = a.spatial
+    cells = sp.cells
+    z = np.linspace(-8.0, 8.0, _COARSE)
+    if cells.source is not None and cells.source.chain:
+        src = cells.source
+        rank = np.ndim(cells.mean)
+        grid = z.reshape((-1,) + (1,) * rank)
+        mean = np.reshape(src.mean, (1,) * (rank - np.ndim(src.mean)) + np.shape(src.mean))
+        var = np.reshape(src.var, (1,) * (rank - np.ndim(src.var)) + np.shape(src.var))
+        values = compose(src.chain)(mean[None] + np.sqrt(var)[None] * grid)
+        values = np.broadcast_to(values, (_COARSE,) + np.broadcast_shapes(
+            np.shape(values)[1:], np.shape(cells.mean)))
+        coarse, chained = np.broadcast_to(interior(values, sp, 1), (_COARSE, channels)), True
+    elif cells.mixture is None or cells.source is not None:
+        return None
+    else:
+        w, m, v = (np.broadcast_to(interior(x, sp, 1), (len(cells.mixture[0]), channels))
+                   for x in np.broadcast_arrays(*cells.mixture))
+        s = np.sqrt(v)
+        x = np.linspace((m - 8 * s).min(), (m + 8 * s).max(), _COARSE)[:, None, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(s > 0, (x - m) / np.where(s > 0, s, 1.0),
+                         np.where(x >= m, np.inf, -np.inf))
+        cdf = np.maximum.accumulate((w * special.ndtr(t)).sum(axis=1) / w.sum(axis=0), axis=0)
+        p = special.ndtr(z)
+        coarse = np.stack([np.interp(p, cdf[:, c], x[:, 0, 0]) for c in range(channels)], axis=1)
+        chained = False
+    fine = np.linspace(-8.0, 8.0, _GRID)
+    table = np.stack([np.interp(fine, z, coarse[:, c]) for c in range(channels)], axis=1)
+    return fine, table, chained
+
+
+def _site_correlation(field: np.ndarray, channel: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """``R[c_k, c_l, o_l - o_k]`` for the taps of one output channel, 0 beyond the field."""
+    radius = np.array([(n - 1) // 2 for n in field.shape[2:]])
+    d = offset[None, :, :] - offset[:, None, :]  # [K, K, n]
+    inside = np.all(np.abs(d) <= radius, axis=-1)
+    index = (channel[:, None], channel[None, :]) + tuple(
+        np.clip(d[..., a] + radius[a], 0, 2 * radius[a]) for a in range(len(radius)))
+    r = np.where(inside, field[index], 0.0)
+    np.fill_diagonal(r, 1.0)
+    return r
+
+
+def _normal_points(dims: int, rng: np.random.Generator) -> np.ndarray:
+    """SAMPLES standard normal points in ``dims`` dimensions: a scrambled Sobol sequence
+    (quasi-Monte Carlo: the bins' moments converge much faster than with random draws)
+    mapped by the normal quantile."""
+    # scipy.stats takes 1.5 s of CPU to import (every command that loads the rules would pay
+    # it): imported by the one function that draws
+    from scipy.stats import qmc
+
+    u = qmc.Sobol(dims, scramble=True, seed=rng).random(SAMPLES)
+    return special.ndtri(np.clip(u, 1e-12, 1 - 1e-12))
+
+
+def _transformed(z: np.ndarray, z_grid: np.ndarray, flat: np.ndarray, channel) -> np.ndarray:
+    """``table[:, channel[k]]`` at the grid point nearest ``z[:, k]`` on the uniform
+    ``z_grid`` (clamped at its ends; the grid step is 1/1000 of a standard deviation);
+    ``flat`` the table channel-major, flattened."""
+    step = z_grid[1] - z_grid[0]
+    i = np.clip(np.rint((z - z_grid[0]) / step), 0, len(z_grid) - 1).astype(np.int64)
+    i += np.asarray(channel) * len(z_grid)
+    return flat.take(i)
+
+
+def standardised_law(total: LinearMap, a: Moments, field: np.ndarray, gauss_field,
+                     rng: np.random.Generator):
+    """(w, m, v) ``[BINS, C]``: the law of ``total(A)`` per output channel at an interior
+    position, standardised (mean 0, variance 1) and cut in BINS equal-probability bins; None
+    when A is Gaussian or of another law (module docstring)."""
+    channels = int(total.channel.max()) + 1
+    found = _marginals(a, max(channels, field.shape[0]))
+    if found is None:
+        return None
+    z_grid, table, chained = found
+    flat = np.ascontiguousarray(table.T).reshape(-1)
+    corr = gauss_field if chained and gauss_field is not None else field
+    c_out = total.weight.shape[0]
+    points = _normal_points(int((total.weight != 0).sum(axis=1).max()), rng)
+    w = np.full((BINS, c_out), 1.0 / BINS)
+    m, v = np.zeros((BINS, c_out)), np.ones((BINS, c_out))
+    for j in range(c_out):
+        live = total.weight[j] != 0
+        ch, off, wt = total.channel[j][live], total.offset[j][live], total.weight[j][live]
+        lam, vec = np.linalg.eigh(_site_correlation(corr, ch, off))
+        root = vec * np.sqrt(np.clip(lam, 0.0, None))
+        z = points[:, :len(wt)] @ root.T  # the first K coordinates: a Sobol sequence too
+        s = _transformed(z, z_grid, flat, ch) @ wt
+        sd = s.std()
+        if not sd > 0:
+            continue
+        bins = np.sort((s - s.mean()) / sd).reshape(BINS, -1)
+        m[:, j], v[:, j] = bins.mean(axis=1), bins.var(axis=1)
+    return w, m, v
+
+
+def _window_taps(total: LinearMap, width: int):
+    """(channel, offset, weight, column) of every tap of every output channel j at each of
+    the ``width^n`` output positions q of a window (``column = j width^n + q``)."""
+    n = total.offset.shape[-1]
+    grid = np.stack(np.meshgrid(*[np.arange(width)] * n, indexing="ij"), -1).reshape(-1, n)
+    rows, taps = np.nonzero(total.weight != 0)
+    shift = (np.asarray(total.stride) * grid)[:, None, :]  # [Q, 1, n]
+    q = len(grid)
+    return (np.tile(total.channel[rows, taps], q),
+            (total.offset[rows, taps][None] + shift).reshape(-1, n),
+            np.tile(total.weight[rows, taps], q),
+            (rows[None, :] * q + np.arange(q)[:, None]).reshape(-1))
+
+
+def _root(r: np.ndarray) -> np.ndarray:
+    """L with ``L L^T = r``: Cholesky, or the clipped eigen-decomposition where r (built
+    from a field cut at its stored offsets) is not positive definite."""
+    try:
+        return np.linalg.cholesky(r + 1e-10 * np.eye(len(r)))
+    except np.linalg.LinAlgError:
+        lam, vec = np.linalg.eigh(r)
+        return vec * np.sqrt(np.clip(lam, 0.0, None))
+
+
+def joint_law(total: LinearMap, a: Moments, field: np.ndarray, gauss_field,
+              rng: np.random.Generator) -> np.ndarray | None:
+    """``[SAMPLES, C, w, ...]``: joint draws of every output channel of ``total(A)`` on a
+    window of ``w = WINDOW`` interior positions per axis (``w = 1`` when that needs more than
+    MAX_JOINT_SITES distinct sites of A), each channel standardised; None when even one
+    position needs more."""
+    for width in (WINDOW, 1):
+        channel, offset, weight, column = _window_taps(total, width)
+        keys = np.concatenate([channel[:, None], offset], axis=1)
+        sites, inverse = np.unique(keys, axis=0, return_inverse=True)
+        if len(sites) <= MAX_JOINT_SITES:
+            break
+    else:
+        return None
+    found = _marginals(a, max(int(sites[:, 0].max()) + 1, field.shape[0]))
+    if found is None:
+        return None
+    z_grid, table, chained = found
+    corr = gauss_field if chained and gauss_field is not None else field
+    z = _normal_points(len(sites), rng) @ _root(
+        _site_correlation(corr, sites[:, 0], sites[:, 1:])).T
+    x = _transformed(z, z_grid, np.ascontiguousarray(table.T).reshape(-1), sites[:, 0])
+    c_out, axes = total.weight.shape[0], offset.shape[-1]
+    weights = np.zeros((len(sites), c_out * width**axes))
+    np.add.at(weights, (inverse.reshape(-1), column), weight)
+    s = (x @ weights).reshape((SAMPLES, c_out) + (width,) * axes)
+    pooled = (0,) + tuple(range(2, 2 + axes))
+    sd = s.std(axis=pooled, keepdims=True)
+    return (s - s.mean(axis=pooled, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+
+
+def sampled_mixture(ctx, anchor: str, channels: int, axes: int, sign: float, mean, var):
+    """(the Gaussian mixture of ``input0 + sign * input1`` on its cells (``mean``/``var``
+    ``[1, C, R...]`` in closed form), :func:`joint_law` or None) when both inputs are
+    :class:`LinearMap` s of ``anchor`` with the same stride and A carries a cross-channel
+    field; None otherwise."""
+    known = ctx.known
+    a = known.get(anchor) if known is not None else None
+    if a is None or a.spatial is None or a.spatial.corr is None or a.spatial.corr.cross is None:
+        return None
+    cross = a.spatial.corr.cross
+    maps = [linear_map(ctx, name, anchor, cross.corr.shape[0], axes) for name in ctx.node.input]
+    if any(m is None for m in maps) or maps[0].stride != maps[1].stride:
+        return None
+    if any(m.weight.shape[0] != channels for m in maps):
+        return None
+    total = _merged(np.concatenate([maps[0].channel, maps[1].channel], axis=1),
+                    np.concatenate([maps[0].offset, maps[1].offset], axis=1),
+                    np.concatenate([maps[0].weight, sign * maps[1].weight], axis=1))
+    if total is None:
+        return None
+    total = LinearMap(maps[0].stride, *total)
+    rng = ctx.rng()
+    law = standardised_law(total, a, cross.corr, cross.gauss, rng)
+    if law is None:
+        return None
+    w, m, v = law
+    lead = (BINS, 1, channels) + (1,) * axes
+    mean, var = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(var, np.float64))
+    sd = np.sqrt(var)
+    mixture = (np.broadcast_to(w.reshape(lead), (BINS,) + mean.shape).copy(),
+               mean[None] + sd[None] * m.reshape(lead), var[None] * v.reshape(lead))
+    return mixture, joint_law(total, a, cross.corr, cross.gauss, rng)
+
+
+__all__ = ["LinearMap", "compose_conv", "identity_map", "interior", "joint_law", "linear_map",
+           "sampled_mixture"]

@@ -1,0 +1,80 @@
+"""rules/shared_source.py: the composed map of sparse convs against PyTorch's float64 convs,
+and the sampled law of a sum of ReLU outputs against a direct Monte Carlo in numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from onnxinit.cross_channel import sparse_kernel
+from onnxinit.rules.shared_source import BINS, LinearMap, compose_conv, identity_map
+
+
+def _sparse(rng, c_out, c_in, k, nnz):
+    w = np.zeros((c_out, c_in * k * k))
+    for j in range(c_out):
+        w[j, rng.choice(c_in * k * k, nnz, replace=False)] = rng.standard_normal(nnz)
+    return w.reshape(c_out, c_in, k, k)
+
+
+def _apply(m: LinearMap, a: np.ndarray, q: tuple[int, int]) -> np.ndarray:
+    """The map at output position q of A [C, H, W] (every tap inside A)."""
+    out = np.zeros(m.weight.shape[0])
+    for j in range(m.weight.shape[0]):
+        for c, o, w in zip(m.channel[j], m.offset[j], m.weight[j]):
+            out[j] += w * a[c, m.stride[0] * q[0] + o[0], m.stride[1] * q[1] + o[1]]
+    return out
+
+
+def test_composed_map_matches_the_convolutions():
+    rng = np.random.default_rng(0)
+    w1, w2 = _sparse(rng, 6, 4, 3, 5), _sparse(rng, 5, 6, 3, 4)
+    a = rng.standard_normal((4, 17, 17))
+    m = identity_map(4, 2)
+    m = compose_conv(sparse_kernel(w1, 1), (2, 2), (1, 1), (1, 1), m)
+    m = compose_conv(sparse_kernel(w2, 1), (1, 1), (1, 1), (1, 1), m)
+    x = torch.from_numpy(a)[None]
+    y = F.conv2d(F.conv2d(x, torch.from_numpy(w1), stride=2, padding=1),
+                 torch.from_numpy(w2), padding=1)[0].numpy()
+    assert m.stride == (2, 2)
+    for q in [(2, 2), (3, 5), (6, 4)]:  # interior: no tap in the zero padding
+        np.testing.assert_allclose(_apply(m, a, q), y[:, q[0], q[1]], rtol=1e-12, atol=1e-12)
+
+
+def test_duplicate_taps_are_merged():
+    w = np.zeros((1, 1, 3, 3))
+    w[0, 0, 1, 1] = 2.0
+    inner = LinearMap((1, 1), np.array([[0, 0]]), np.array([[[0, 0], [0, 0]]]),
+                      np.array([[1.0, 0.5]]))
+    m = compose_conv(sparse_kernel(w, 1), (1, 1), (1, 1), (1, 1), inner)
+    assert m.weight.shape == (1, 1) and m.weight[0, 0] == 3.0
+
+
+def test_sampled_law_of_a_sum_of_relus(monkeypatch):
+    """s = r_0 + 0.8 r_1 - 0.5 r_2 for r = ReLU(u), u Gaussian with correlated sites: the
+    binned law reproduces Var(ReLU(s - 0.3 sd)) of a direct float64 Monte Carlo."""
+    from onnxinit.rules import shared_source as ss
+
+    rng = np.random.default_rng(1)
+    field = np.zeros((3, 3, 3, 3))
+    corr = np.array([[1.0, 0.6, -0.3], [0.6, 1.0, 0.2], [-0.3, 0.2, 1.0]])
+    field[:, :, 1, 1] = corr
+    total = LinearMap((1, 1), np.array([[0, 1, 2]]), np.zeros((1, 3, 2), np.int64),
+                      np.array([[1.0, 0.8, -0.5]]))
+    grid = np.linspace(-8, 8, ss._GRID)
+    table = np.maximum(np.repeat(grid[:, None], 3, axis=1) + 0.2, 0.0)
+    monkeypatch.setattr(ss, "_marginals", lambda a, channels: (grid, table, True))
+    w, m, v = ss.standardised_law(total, None, field, field, rng)
+    u = rng.multivariate_normal(np.zeros(3), corr, size=2_000_000) + 0.2
+    s = np.maximum(u, 0) @ np.array([1.0, 0.8, -0.5])
+    z = (s - s.mean()) / s.std()
+    assert w.shape == (BINS, 1)
+    for shift in (-0.3, 0.0, 0.5):
+        # ReLU(z - shift) of the mixture with each bin as a Gaussian of its moments
+        from onnxinit.rules.rectified import truncated_positive
+        q, mean, var = truncated_positive(m[:, 0] - shift, v[:, 0])
+        e = (w[:, 0] * q * mean).sum()
+        second = (w[:, 0] * q * (var + mean**2)).sum()
+        direct = np.maximum(z - shift, 0)
+        assert abs(second - e**2 - direct.var()) <= 0.01 * direct.var()
