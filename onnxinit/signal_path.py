@@ -304,8 +304,8 @@ def _normalizes(graph: ModelGraph, side: dict[str, SidePath], statistic_joins: s
     return node.op_type == "Sub" and all(o in normalized for o in outputs)  # x - mean, then /
 
 
-def _pooling(graph: ModelGraph, main: list[str]) -> dict[str, float]:
-    """Main tensor -> product of K = (input elements / output elements) over the averaging ops
+def main_path_products(graph: ModelGraph, main, step) -> dict[str, float]:
+    """Main tensor -> the product of ``step(node, main inputs, main outputs)`` over the nodes
     above it on the main path (the largest product over its main-path inputs)."""
     main_set = set(main)
     factor: dict[str, float] = {}
@@ -316,12 +316,22 @@ def _pooling(graph: ModelGraph, main: list[str]) -> dict[str, float]:
             continue
         inputs = [t for t in node.input if t in main_set]
         here = max((factor.get(t, 1.0) for t in inputs), default=1.0)
+        factor.update((o, here * step(node, inputs, outputs)) for o in outputs)
+    return factor
+
+
+def _pooling(graph: ModelGraph, main: list[str]) -> dict[str, float]:
+    """Main tensor -> product of K = (input elements / output elements) over the averaging ops
+    above it on the main path (the largest product over its main-path inputs)."""
+
+    def reduction(node, inputs, outputs) -> float:
         if node.op_type in AVERAGING_OPS and inputs:
             before, after = _numel(graph, inputs[0]), _numel(graph, outputs[0])
             if before and after and after < before:
-                here *= before / after
-        factor.update((o, here) for o in outputs)
-    return factor
+                return before / after
+        return 1.0
+
+    return main_path_products(graph, main, reduction)
 
 
 def signal_paths(graph: ModelGraph, blocks: list[ResidualBlock] | None = None) -> SignalPaths:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..analysis import Analysis
 from ..rules.pooling import spatial_mean
-from ..signal_path import RECURRENT_OPS, SignalPaths, signal_variance
+from ..signal_path import RECURRENT_OPS, SignalPaths, main_path_products, signal_variance
 
 # the batch of "a large batch" in batch_factors: (1 - c/N) is 1 to float precision
 _LARGE_BATCH = 1 << 40
@@ -62,15 +62,8 @@ def batch_factors(analysis: Analysis, paths: SignalPaths) -> dict[str, float]:
     constant (S_N = 0: a pool straight after BatchNorm at N = 1) keeps factor 1: that graph's
     output does not depend on its input."""
     graph, moments = analysis.graph, analysis.propagation.moments
-    main = set(paths.main)
-    factor: dict[str, float] = {}
-    for node_id in graph.order:
-        node = graph.node(node_id)
-        outputs = [o for o in node.output if o in main]
-        if not outputs:
-            continue
-        here = max((factor.get(t, 1.0) for t in node.input if t in main), default=1.0)
-        factor.update((o, here * _centring_loss(graph, moments, node)) for o in outputs)
+    factor = main_path_products(
+        graph, paths.main, lambda node, _inputs, _outputs: _centring_loss(graph, moments, node))
     return {t: f for t, f in factor.items() if f != 1.0}
 
 
