@@ -10,8 +10,9 @@ Two checks:
   shape and element type need (a truncated tensor would otherwise be reshaped wrongly or
   skipped). An op of the default domain that onnx does not know is not refused: onnxruntime
   registers contrib ops there (SimplifiedLayerNormalization), which the fallback runs.
-- consistency (:func:`inconsistency`): shapes and element types that onnx's strict shape
-  inference rejects (a MatMul of incompatible dimensions, an Add of float and int64). Strict
+- consistency (:func:`inconsistency`): an op that cannot compute its output from its inputs'
+  shapes, types or count, or with an attribute out of range, as onnx's strict shape inference
+  says (a MatMul of incompatible dimensions, an Add of float and int64). Strict
   inference runs anyway when a model is prepared (:func:`onnxinit.passes.infer_shapes`), so this
   costs nothing on a valid model; on a failure the model as given is checked again, and it is
   refused only when onnxruntime refuses it too, so a gap in onnx's inference never refuses a
@@ -116,15 +117,26 @@ def check_initializers(model: onnx.ModelProto, name: str) -> None:
                 f"{dims} of {TensorProto.DataType.Name(tensor.data_type).lower()} needs {needed}")
 
 
+# what strict inference says when an op cannot compute anything from its inputs (their shapes,
+# types or count, or an attribute out of range): the analysis would predict a tensor that
+# cannot exist. Other complaints (a training-mode BatchNormalization whose statistics outputs
+# a tool pruned, a declared output type) leave the computation defined: analysed.
+_UNCOMPUTABLE = ("Incompatible dimensions", "inconsistent type", "bound to different types",
+                 "not in range", "must be in", "Dimension mismatch")
+
+
 def inconsistency(model: onnx.ModelProto) -> str | None:
     """Why ``model`` (as given: its own input shapes) is not a consistent ONNX model, or None:
-    onnx's strict shape inference with type checks fails on it and onnxruntime refuses it."""
+    onnx's strict shape inference with type checks finds an op that cannot compute its output
+    (``_UNCOMPUTABLE``) and onnxruntime refuses the model."""
     light = without_large_data(model)
     try:
         onnx.shape_inference.infer_shapes(light, strict_mode=True, check_type=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises InferenceError or RuntimeError
         reason = " ".join(str(exc).split())
     else:
+        return None
+    if not any(phrase in reason for phrase in _UNCOMPUTABLE):
         return None
     ort = onnxruntime()
     options = ort.SessionOptions()

@@ -126,3 +126,20 @@ def test_initializer_with_too_few_typed_values_is_refused():
     model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [X], [Y], [w])
     with pytest.raises(ModelLoadError, match="holds 200 values"):
         analyze(model)
+
+
+def test_training_batchnorm_with_pruned_statistics_outputs_is_analysed():
+    """training_mode=1 with one output (a graph tool pruned the unused running-statistics
+    outputs): strict inference and onnxruntime object, but the computation is defined; it is
+    analysed with batch statistics, not refused."""
+    c = 3
+    ones, zeros = np.ones(c, np.float32), np.zeros(c, np.float32)
+    model = make_model(
+        [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"],
+                          training_mode=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, c, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, c, 4, 4])],
+        [numpy_helper.from_array(a, n) for a, n in ((ones, "g"), (zeros, "b"), (zeros, "m"),
+                                                    (ones, "v"))])
+    assert _runtime_refuses(model)
+    assert analyze(model).tensors[-1].name == "y"
