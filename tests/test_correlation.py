@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxinit import correlation
+from onnxinit import correlation, mehler
 from onnxinit.rules.maxima import max_of_correlated_gaussians
 
 
@@ -19,13 +19,13 @@ def test_relu_hermite_amplitudes_match_numerical_integration():
     for m, s in [(0.3, 1.2), (-1.0, 0.5), (0.0, 2.0)]:
         f = np.maximum(m + s * z, 0)
         expected = [(f * he[n] * density).sum() for n in range(1, 9)]
-        got = correlation.leaky_hermite_amplitudes(0.0, m, s)
+        got = mehler.leaky_hermite_amplitudes(0.0, m, s)
         np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 def test_a_constant_channel_has_zero_amplitudes_not_nan():
     # a channel with zero weights and zero bias (IDInit's padded patterns): mean 0, std 0
-    amp = correlation.leaky_hermite_amplitudes(0.0, np.array([0.0, 1.0, -1.0]), np.zeros(3))
+    amp = mehler.leaky_hermite_amplitudes(0.0, np.array([0.0, 1.0, -1.0]), np.zeros(3))
     assert np.all(np.isfinite(amp)) and np.all(amp == 0)
 
 

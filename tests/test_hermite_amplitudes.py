@@ -1,4 +1,4 @@
-"""``correlation.hermite_amplitudes`` (blocked, one matrix product) against the sum written
+"""``mehler.hermite_amplitudes`` (blocked, one matrix product) against the sum written
 from its formula, ``a_n = sum_i w_i He_n(z_i) (f(m + s z_i) - E[f])``, and against a fine-grid
 integral for a smooth and a kinked function."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxinit import correlation
+from onnxinit import mehler
 from onnxinit.rules.correlations import _W, _Z
 from onnxinit.rules.gaussian import quadrature
 
@@ -45,8 +45,8 @@ def test_matches_the_formula(fn, smooth, monkeypatch):
     std = rng.uniform(0.0, 2.0, (1, 3, 1, 4))
     nodes, weights = quadrature(True) if smooth else (_Z, _W)
     expected = _formula(fn, mean, std, nodes, weights)
-    monkeypatch.setattr(correlation, "_NODE_BLOCK", 200)  # several blocks of nodes
-    got = correlation.hermite_amplitudes(fn, mean, std, nodes, weights)
+    monkeypatch.setattr(mehler, "_NODE_BLOCK", 200)  # several blocks of nodes
+    got = mehler.hermite_amplitudes(fn, mean, std, nodes, weights)
     assert got.shape == expected.shape == (8, 1, 3, 5, 4)
     scale = np.abs(expected).max(axis=0, keepdims=True) + 1e-12 * std
     np.testing.assert_allclose(got / scale, expected / scale, atol=1e-11)
@@ -57,6 +57,6 @@ def test_a_fine_grid_integral_agrees():
     density = np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi) * (z[1] - z[0])
     for m, s in [(0.3, 1.2), (-2.0, 3.0)]:
         expected = _formula(_hardswish, np.array(m), np.array(s), z, density)
-        got = correlation.hermite_amplitudes(_hardswish, np.array(m), np.array(s), _Z, _W)
+        got = mehler.hermite_amplitudes(_hardswish, np.array(m), np.array(s), _Z, _W)
         # the composite rule itself is accurate to about 2e-4 of the largest amplitude
         np.testing.assert_allclose(got, expected, atol=1e-3 * np.abs(expected).max())

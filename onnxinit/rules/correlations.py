@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .. import correlation
+from .. import correlation, mehler
 from ..correlation import Correlation
 from ..moments import Elementwise, Moments
 from ..spatial import class_weights, within_variance
@@ -65,12 +65,12 @@ def elementwise_correlation(corr: Correlation, y: Moments, smooth: bool, fn=None
     variance = np.broadcast_to(variance, (channels,))
     rho_z = np.broadcast_to(rho_z, (channels,) + rho_z.shape[1:])
     floor_z = np.broadcast_to(floor_z, (channels,))
-    rho = correlation.mehler(amp, variance, rho_z)
+    rho = mehler.mehler(amp, variance, rho_z)
     rho[(slice(None), *corr.radius)] = 1.0
     centred = corr.centred
     if centred is not None:
         centred = _centred(corr, src.chain, mean, var, smooth, y, shape, channels, amp, rho_z)
-    out = Correlation(rho, correlation.mehler(amp, variance, floor_z), (rho_z, floor_z),
+    out = Correlation(rho, mehler.mehler(amp, variance, floor_z), (rho_z, floor_z),
                       centred)
     return cross_fields.elementwise(corr, amp, variance, out)
 
@@ -102,9 +102,9 @@ def _amplitudes(chain, mean, var, smooth: bool) -> np.ndarray:
         return amp
     if keys == [("Relu",)] or (len(keys) == 1 and keys[0][0] == "LeakyRelu"):
         slope = 0.0 if keys[0] == ("Relu",) else float(keys[0][1])
-        return correlation.leaky_hermite_amplitudes(slope, mean, np.sqrt(var))
+        return mehler.leaky_hermite_amplitudes(slope, mean, np.sqrt(var))
     nodes, weights = quadrature(True) if smooth else (_Z, _W)
-    return correlation.hermite_amplitudes(compose(chain), mean, np.sqrt(var), nodes, weights)
+    return mehler.hermite_amplitudes(compose(chain), mean, np.sqrt(var), nodes, weights)
 
 
 def _per_channel(amp: np.ndarray, y: Moments, shape, channels: int) -> np.ndarray:

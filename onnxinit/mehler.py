@@ -1,0 +1,122 @@
+"""Hermite amplitudes of a function of a Gaussian and Mehler's formula: how an element-wise
+function maps the correlation of two jointly Gaussian values (the spatial correlation of
+:mod:`onnxinit.correlation` through an activation).
+
+``a_n = E[f(mean + std z) He_n(z)]`` (n = 1..8, z standard normal) in closed form for LeakyRelu
+and ReLU, by blocked quadrature otherwise; ``Cov(f(z), f(z')) = sum_n a_n^2 rho^n / n!`` for
+pairs of correlation rho.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from . import special
+
+_HERMITE = 8  # terms of Mehler's expansion
+_NODE_BLOCK = 1 << 21  # function values per matrix product of hermite_amplitudes
+_CACHE_BLOCK = 1 << 17  # function values per evaluation of the function there
+
+
+def leaky_hermite_amplitudes(slope: float, mean, std) -> np.ndarray:
+    """a_n = E[f(mean + std z) He_n(z)], n = 1..8, for f = LeakyRelu (ReLU: slope 0), in
+    closed form: with alpha = -mean/std the kink in z, ``a_1 = std (Phi(-alpha) + slope
+    Phi(alpha))`` and ``a_n = (1 - slope) std He_{n-2}(alpha) phi(alpha)`` for n >= 2
+    (Stein: E[g He_n] = E[g^(n)]). ``[8, *index shape]``."""
+    mean, std = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(std, np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # a constant (std 0) has every amplitude 0; its kink sits at +-inf, never at 0 * inf
+        alpha = np.where(std > 0, -mean / np.where(std > 0, std, 1.0),
+                         np.where(mean > 0, -np.inf, np.inf))
+    finite = np.isfinite(alpha)
+    a0 = np.where(finite, alpha, 0.0)
+    phi = np.where(finite, np.exp(-0.5 * a0**2) / np.sqrt(2 * np.pi), 0.0)
+    cdf = special.ndtr(-alpha)
+    out = np.empty((_HERMITE,) + a0.shape)
+    out[0] = std * (cdf + slope * (1 - cdf))
+    scaled = (1 - slope) * std
+    np.multiply(scaled, phi, out=out[1, ...])  # He_0 = 1
+    he_prev, he = np.ones_like(a0), a0.copy()  # He_0, He_1
+    step = np.empty_like(a0)
+    for k in range(3, _HERMITE + 1):  # a_k = (1 - slope) std He_{k-2} phi
+        np.multiply(scaled, he, out=out[k - 1, ...])
+        out[k - 1, ...] *= phi
+        if k < _HERMITE:  # He_{k-1} = alpha He_{k-2} - (k - 2) He_{k-3}
+            np.multiply(he_prev, k - 2, out=step)
+            np.multiply(a0, he, out=he_prev)
+            he_prev -= step
+            he_prev, he = he, he_prev
+    return out
+
+
+def hermite_amplitudes(fn: Callable, mean, std, nodes, weights) -> np.ndarray:
+    """a_n = E[f(mean + std z) He_n(z)] for n = 1..8 by quadrature, per tracked index
+    (``[8, *index shape]``): ``sum_i w_i He_n(z_i) (f_i - E[f])``, f's non-finite values taken
+    as 0. Evaluated a block of nodes at a time (at most ``_NODE_BLOCK`` values), the eight sums
+    as one matrix product ``[8, nodes] @ [nodes, indices]``; ``E[f]`` is subtracted after the
+    product, from values already shifted by ``f(mean)`` so that the cancellation is as small
+    as when centring first."""
+    shape = np.broadcast_shapes(np.shape(mean), np.shape(std))
+    rank_pad = (1,) * len(shape)
+    mean = np.broadcast_to(np.asarray(mean, np.float64), shape)
+    std = np.broadcast_to(np.asarray(std, np.float64), shape)
+    he = np.empty((_HERMITE, nodes.size))  # He_n(z_i), n = 1..8
+    he_prev, h = np.ones_like(nodes), nodes
+    for k in range(1, _HERMITE + 1):
+        he[k - 1] = h
+        he_prev, h = h, nodes * h - k * he_prev
+    hw = he * weights
+    with np.errstate(all="ignore"):
+        shift = np.asarray(fn(mean[None]), dtype=np.float64)[0]
+        shift = np.where(np.isfinite(shift), shift, 0.0)
+        out_shape = shift.shape
+        cells = int(np.prod(out_shape))
+        step = max(1, _NODE_BLOCK // max(1, cells))
+        # the function is evaluated a few nodes at a time (``_CACHE_BLOCK`` values: its
+        # temporaries stay in cache; a whole block's are tens of MB) into the block's matrix
+        sub = max(1, _CACHE_BLOCK // max(1, cells))
+        flat_shift = shift.reshape(1, -1)
+        acc = np.zeros((_HERMITE, cells))
+        centre = np.zeros(cells)  # sum_i w_i (f_i - shift)
+        for i in range(0, nodes.size, step):
+            count = min(step, nodes.size - i)
+            values = np.empty((count, cells))
+            for j in range(0, count, sub):
+                z = nodes[i + j:i + min(j + sub, count)].reshape((-1,) + rank_pad)
+                x = std * z
+                x += mean
+                f = np.asarray(fn(x), dtype=np.float64)
+                f = np.broadcast_to(f, (z.shape[0],) + out_shape).reshape(z.shape[0], -1)
+                finite = np.isfinite(f)
+                if not finite.all():
+                    f = np.where(finite, f, 0.0)
+                np.subtract(f, flat_shift, out=values[j:j + z.shape[0]])
+            acc += hw[:, i:i + count] @ values
+            centre += weights[i:i + count] @ values
+    # sum_i hw_i (f_i - E[f]) with E[f] = shift * sum(w) + centre
+    offset = centre + shift.reshape(-1) * (weights.sum() - 1.0)
+    acc -= np.outer(hw.sum(axis=1), offset)
+    return acc.reshape((_HERMITE,) + out_shape)
+
+
+def mehler(amplitudes: np.ndarray, variance: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """Mehler's formula: ``Cov(f(z), f(z')) = sum_n a_n^2 rho^n / n!`` for standard-normal
+    pairs of correlation rho, divided by f's variance (per channel): the output correlation.
+    ``amplitudes`` ``[8, C]`` (averaged over position classes when positions differ),
+    ``variance`` ``[C]`` (within a position), rho ``[C, ...]``."""
+    c = np.stack([a * a / math.factorial(k + 1) for k, a in enumerate(amplitudes)])
+    c = c.reshape(c.shape[:2] + (1,) * (rho.ndim - 1))
+    v = variance.reshape((-1,) + (1,) * (rho.ndim - 1))
+    out = np.zeros(np.broadcast_shapes(rho.shape, v.shape))
+    power, term = np.ones_like(out), np.empty_like(out)
+    for k in range(c.shape[0]):
+        power *= rho
+        np.multiply(c[k], power, out=term)
+        out += term
+    return np.clip(np.where(v > 0, out / np.where(v > 0, v, 1.0), rho), -1.0, 1.0)
+
+
+__all__ = ["hermite_amplitudes", "leaky_hermite_amplitudes", "mehler"]
