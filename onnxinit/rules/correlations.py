@@ -14,19 +14,13 @@ from ..correlation import Correlation
 from ..moments import Elementwise, Moments
 from ..spatial import class_weights, within_variance
 from . import cross_fields
-from .gaussian import compose, quadrature
+from .gaussian import compose, composite_rule, quadrature
 
 _L = 10.0  # the composite rules' range of z, as in .gaussian
 
 # a coarser composite rule (256 panels of 3 nodes) than the moments' for the 8 Hermite
 # coefficients of a kinked function
-_g, _gw = np.polynomial.legendre.leggauss(3)
-_edges = np.linspace(-_L, _L, 257)
-_h = _edges[1] - _edges[0]
-_Z = (_edges[:-1, None] + _h / 2 * (_g[None, :] + 1)).ravel()
-_W = np.tile(_gw * _h / 2, 256) * np.exp(-0.5 * _Z**2) / np.sqrt(2 * np.pi)
-_W /= _W.sum()
-del _g, _gw, _edges, _h
+_Z, _W = composite_rule(_L, 256, 3)
 
 
 def elementwise_correlation(corr: Correlation, y: Moments, smooth: bool, fn=None,

@@ -28,14 +28,23 @@ _t, _w = np.polynomial.hermite.hermgauss(_GH_N)
 _GH_Z = np.sqrt(2.0) * _t
 _GH_W = _w / np.sqrt(np.pi)
 
-_L, _PANELS = 10.0, 1024
-_g, _gw = np.polynomial.legendre.leggauss(3)
-_edges = np.linspace(-_L, _L, _PANELS + 1)
-_h = _edges[1] - _edges[0]
-COMPOSITE_Z = (_edges[:-1, None] + _h / 2 * (_g[None, :] + 1)).ravel()
-COMPOSITE_W = np.tile(_gw * _h / 2, _PANELS) * np.exp(-0.5 * COMPOSITE_Z**2) / np.sqrt(2 * np.pi)
-COMPOSITE_W /= COMPOSITE_W.sum()
-del _t, _w, _g, _gw, _edges, _h
+
+
+def composite_rule(half_width: float, panels: int, per_panel: int) -> tuple[np.ndarray, np.ndarray]:
+    """Standard-normal nodes and weights of a composite Gauss-Legendre rule: ``panels`` equal
+    panels on ``[-half_width, half_width]``, ``per_panel`` nodes each, weights times the
+    normal density, normalised to sum 1 (kinks and jumps converge as the panels shrink)."""
+    g, gw = np.polynomial.legendre.leggauss(per_panel)
+    edges = np.linspace(-half_width, half_width, panels + 1)
+    h = edges[1] - edges[0]
+    z = (edges[:-1, None] + h / 2 * (g[None, :] + 1)).ravel()
+    w = np.tile(gw * h / 2, panels) * np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi)
+    return z, w / w.sum()
+
+
+_L = 10.0
+COMPOSITE_Z, COMPOSITE_W = composite_rule(_L, 1024, 3)
+del _t, _w
 
 _CHUNK = 1 << 22  # elements evaluated at once (nodes x tracked indices)
 
