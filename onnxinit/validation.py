@@ -29,7 +29,6 @@ from .errors import ModelLoadError
 from .initializers import external_file, is_external
 from .passes.shapes import without_large_data
 from .runtime import onnxruntime
-from .structure import implicit_inputs
 
 # element types stored one fixed-size item per element (raw data: item size x elements)
 _FIXED_SIZE = {TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, TensorProto.FLOAT16: 2,
@@ -69,7 +68,7 @@ def _check_graph(graph: onnx.GraphProto, outer: set[str], name: str) -> None:
             produced[out] = node_name
     defined.update(produced)
     for i, node in enumerate(graph.node):
-        for read in list(node.input) + implicit_inputs(node):
+        for read in node.input:  # a subgraph's reads: checked in it, below
             if read and read not in defined:
                 raise ModelLoadError(
                     f"{name}: not a valid ONNX graph: node {node.name or f'{node.op_type}_{i}'!r}"

@@ -256,8 +256,8 @@ def _unfold(emitter: GraphEmitter, conv: onnx.NodeProto, graph: ConstantGraph) -
     """``conv`` writing a fresh tensor, and a BatchNormalization of it into ``conv``'s output:
     scale 1 (gamma / sqrt(var + eps) folded into the kernel is 1 / sqrt(1 + eps) for a fresh
     network), shift the folded bias (beta for a fresh moving mean), moving statistics 0 and 1."""
-    channels = int(np.shape(graph.value(conv.input[1]))[0])
-    dtype = np.float32
+    kernel = graph.value(conv.input[1])
+    channels, dtype = int(np.shape(kernel)[0]), np.asarray(kernel).dtype  # the Conv's own type
     bias = graph.value(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
     shift = np.zeros(channels, dtype) if bias is None else np.asarray(bias, dtype).reshape(-1)
 
