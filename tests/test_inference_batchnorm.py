@@ -190,12 +190,17 @@ def _conv_model(conv_output: str) -> onnx.ModelProto:
                       [_init("w", w), _init("b", b)])
 
 
-def test_conv_that_tf2onnx_folded_is_analysed_with_batch_statistics():
+@pytest.mark.parametrize("conv_output", [
+    "net/block_1/bn/FusedBatchNormV3:0",  # Keras 2: the fused batch norm
+    "functional_1/bn/batchnorm/mul_1:0",  # Keras 3, zero shift: the Add was dropped
+    "functional_1/bn/batchnorm/add_1:0",  # Keras 3: the Add folded into the bias
+])
+def test_conv_that_tf2onnx_folded_is_analysed_with_batch_statistics(conv_output):
     """tf2onnx folds a Keras BatchNormalization into the Conv before it and names the Conv's
-    output after TensorFlow's fused batch norm: the analysis puts the normalization back
+    output after TensorFlow's batch-norm op: the analysis puts the normalization back
     (scale 1, shift the folded bias), so the Relu after it sees a unit-variance input
     shifted by the bias, per channel, as in training."""
-    model = _conv_model("net/block_1/bn/FusedBatchNormV3:0")
+    model = _conv_model(conv_output)
     analysis = analyze(model, batch_size=BATCH, measure=True)
     x = synthetic_feeds(load(model, batch_size=BATCH), seed=0)["x"].astype(np.float64)
     w, b = (numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer)

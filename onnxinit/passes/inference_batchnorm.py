@@ -8,8 +8,9 @@ affine map it computes with its running statistics,
 and how much of that survives depends on the exporter:
 
 - folded into the layer before it (a Conv, Gemm or MatMul: tf2onnx, PyTorch's eval export):
-  the layer computes ``W k``; tf2onnx leaves the name of TensorFlow's fused batch-norm op on
-  the Conv's output (``.../FusedBatchNormV3:0``), PyTorch leaves nothing;
+  the layer computes ``W k``; tf2onnx leaves the name of TensorFlow's batch-norm op on the
+  Conv's output (``.../FusedBatchNormV3:0`` from Keras 2, ``.../batchnorm/mul_1:0`` or
+  ``.../batchnorm/add_1:0`` from Keras 3), PyTorch leaves nothing;
 - a ``BatchNormalization`` node where nothing precedes it to fold into (tf2onnx for a fused
   batch norm, PyTorch's eval export): the analysis already runs it with batch statistics;
 - the arithmetic itself as ops (jax2onnx: Keras 3's JAX export, Flax): ``k`` is computed in the
@@ -63,8 +64,10 @@ _LAYOUT_OPS = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squeeze
 _TF_MUL = re.compile(r"(?:^|/)batchnorm/mul_1$")
 _TF_ADD = re.compile(r"(?:^|/)batchnorm/add_1$")
 # the output of a Conv into which tf2onnx folded a Keras BatchNormalization keeps the name of
-# TensorFlow's fused batch-norm op
-_TF_FUSED = re.compile(r"(?:^|/)FusedBatchNorm(?:V[23])?(?::\d+)?$")
+# TensorFlow's op: the fused batch norm (Keras 2), or the last of tf.nn.batch_normalization's
+# Mul and Add (Keras 3, whose Add is dropped when the shift is zero)
+_TF_FOLDED = re.compile(
+    r"(?:^|/)(?:FusedBatchNorm(?:V[23])?|batchnorm/mul_1|batchnorm/add_1)(?::\d+)?$")
 _DEFAULT_EPS = 1e-5  # ONNX's; only the TensorFlow form hides eps
 
 
@@ -245,10 +248,10 @@ def _rewrite(emitter: GraphEmitter, match, shape: tuple, elem_type: int) -> list
 
 
 def _folded_convs(model: onnx.ModelProto, graph: ConstantGraph) -> list[onnx.NodeProto]:
-    """Convs whose output is named after TensorFlow's fused batch norm (tf2onnx folded it into
+    """Convs whose output is named after TensorFlow's batch-norm op (tf2onnx folded it into
     them), with a constant weight."""
     return [node for node in model.graph.node
-            if node.op_type == "Conv" and _TF_FUSED.search(node.output[0])
+            if node.op_type == "Conv" and _TF_FOLDED.search(node.output[0])
             and graph.value(node.input[1]) is not None]
 
 
