@@ -37,7 +37,7 @@ def test_registered_with_defaults():
     assert METHODS["metainit"] == (metainit.plan, MetaInitOptions)
     o = MetaInitOptions()
     assert (o.metainit_lr, o.metainit_momentum, o.metainit_steps, o.metainit_eps,
-            o.metainit_hvp) == (0.1, 0.9, 500, 1e-5, "auto")
+            o.metainit_hvp) == (0.01, 0.9, 500, 1e-5, "auto")
 
 
 @pytest.mark.parametrize("twin", ["tanh_mlp", SLOW("transformer"), SLOW("resnet20_maxpool")])
@@ -107,7 +107,8 @@ def test_a_diverging_run_leaves_the_model_unchanged_and_says_what_to_try(caplog)
     twin = TWINS["transformer"]()
     graph = load(twin.model, batch_size=twin.batch_size)
     with caplog.at_level("WARNING", logger="onnxinit"):
-        plan = metainit.plan(graph, make_options("metainit", {"seed": 0, "metainit_steps": 60}))
+        plan = metainit.plan(graph, make_options("metainit", {"seed": 0, "metainit_steps": 60,
+                                                              "metainit_lr": 0.1}))
     assert plan.changes == {} and plan.report["kept_iteration"] == 0
     checks = plan.report["held_out_checks"]
     assert all(c["gq"] > checks[0]["gq"] for c in checks[1:])
