@@ -28,8 +28,9 @@ _MAX_FEATURES = 4096  # features sampled for the Hermite coefficients
 # 10x the analysis time; a causal attention's output: 0.25-1)
 _UNEVEN = 0.125
 # tokens of a field spelled out over every index of several axes (Swin's windows put back on
-# the map: a stage's 14x14 or 28x28 positions), at most
-MAX_EXPANDED = 1024
+# the map: Swin-T's 14x14 and 7x7 stages; its 28x28 stage, with 784, cost 2.5x the analysis
+# time), at most
+MAX_EXPANDED = 256
 
 
 def token_axes(t: Tokens, rank: int) -> list[int] | None:
