@@ -387,7 +387,9 @@ def _arithmetic(ctx, inputs, outputs):
     shapes = [ctx.in_shape(i) for i in signals]
     if any(len(s) != rank for s in shapes):
         raise ValueError("operands of another rank")
-    sigs = [sigma(inputs[i], out_shape, axes, n, stride) for i in signals]
+    sigs = [_shared(inputs[i], ctx.in_shape(i), axes, n)
+            if all(ctx.in_shape(i)[a] == 1 for a in axes) and inputs[i].tokens is None
+            else sigma(inputs[i], out_shape, axes, n, stride) for i in signals]
     if op in ("Add", "Sub", "Sum"):
         fused = _fused(ctx, outputs[0], out_shape, axes)
         return [fused if fused is not None
@@ -399,6 +401,13 @@ def _arithmetic(ctx, inputs, outputs):
     mu_a, mu_b = (float(np.mean(np.square(m.mean))) for m in (a, b))
     sig = sigs[0] * sigs[1] + sigs[0] * mu_b + sigs[1] * mu_a
     return [attach(outputs[0], out_shape, axes, sig, stride)]
+
+
+def _shared(m: Moments, shape, axes, n: int) -> np.ndarray:
+    """A signal broadcast along the token axes (a stochastic-depth mask or a gate per sample,
+    ``[B, 1, 1, C]``) is the same for every token of a sample: ``Cov(s, t) = Var``."""
+    _, var = grid(m, len(shape))
+    return float(np.mean(var)) * np.ones((n, n))
 
 
 def _elementwise(ctx, x: Moments, out: Moments, out_shape, axes) -> Moments:
