@@ -79,14 +79,7 @@ def _closed_form(rel, var, masked, log):
         sig2 = np.log1p(v1 / safe**2)
         zm = np.where(masked, 0.0, rel - (np.log(safe) - sig2 / 2))
         zs = np.sqrt(np.where(masked, 0.0, var + sig2))
-    ex = np.empty(rel.shape)
-    ex2 = np.empty(rel.shape)
-    rows = max(1, _CLOSED_CHUNK // (rel.shape[1] * _GH_Z.size))
-    for i in range(0, rel.shape[0], rows):
-        z = zm[i:i + rows, :, None] + zs[i:i + rows, :, None] * _GH_Z
-        y = -np.logaddexp(0.0, -z) if log else special.expit(z)
-        ex[i:i + rows] = y @ _GH_W
-        ex2[i:i + rows] = (y * y) @ _GH_W
+    ex, ex2 = _sigmoid_moments(zm, zs, masked, log)
     if log:
         return ex, ex2 - ex**2
     ex = np.where(masked, 0.0, np.where(alone, 1.0, ex))
@@ -94,6 +87,31 @@ def _closed_form(rel, var, masked, log):
     var_out = np.maximum(ex2 - ex**2, 0.0)
     ex = ex / np.maximum(ex.sum(axis=1, keepdims=True), 1e-300)  # the row sums to 1 exactly
     return ex, var_out
+
+
+def _sigmoid_moments(zm, zs, masked, log):
+    """(E[y], E[y^2]) of y = sigmoid(Z) (LogSoftmax: -softplus(-Z)), Z ~ N(zm, zs^2), by
+    Gauss-Hermite, computed on the unmasked elements only (a causal mask is half of every
+    attention row); a masked element gets the value at Z = 0, as if it had been computed
+    (its rows' callers overwrite it)."""
+    def both(m, s):
+        z = m[:, None] + s[:, None] * _GH_Z
+        y = -np.logaddexp(0.0, -z) if log else special.expit(z)
+        first = y @ _GH_W
+        y *= y
+        return first, y @ _GH_W
+
+    keep = ~masked
+    m, s = zm[keep], zs[keep]
+    first, second = np.empty(m.size), np.empty(m.size)
+    step = max(1, _CLOSED_CHUNK // _GH_Z.size)
+    for i in range(0, m.size, step):
+        first[i:i + step], second[i:i + step] = both(m[i:i + step], s[i:i + step])
+    at_zero = both(np.zeros(1), np.zeros(1))
+    ex = np.full(zm.shape, at_zero[0][0])
+    ex2 = np.full(zm.shape, at_zero[1][0])
+    ex[keep], ex2[keep] = first, second
+    return ex, ex2
 
 
 def _monte_carlo(rel, var, masked, log, rng, chain=()):
