@@ -52,6 +52,63 @@ def leaky_hermite_amplitudes(slope: float, mean, std) -> np.ndarray:
     return out
 
 
+def piecewise_hermite_amplitudes(pieces, mean, std) -> np.ndarray:
+    """a_n = E[f(mean + std z) He_n(z)], n = 1..8, in closed form for f a piecewise polynomial
+    of degree <= 2 (``pieces``: ``(lo, hi, (c0, c1, c2))`` covering the real line, as
+    ``rules.gaussian.piecewise_closed``; HardSwish, HardSigmoid, Clip...). On a piece, in z,
+    f - f(mean) = d0 + d1 z + d2 z^2 between alpha = (lo - mean)/std and beta, and with
+    z He_n = He_{n+1} + n He_{n-1}, z^2 He_n = He_{n+2} + (2n+1) He_n + n(n-1) He_{n-2}::
+
+        a_n = sum_pieces d0 J_n + d1 (J_{n+1} + n J_{n-1}) + d2 (J_{n+2} + (2n+1) J_n
+                                                                   + n(n-1) J_{n-2})
+
+    with J_k = int_alpha^beta He_k phi = He_{k-1}(alpha) phi(alpha) - He_{k-1}(beta) phi(beta)
+    (k >= 1), J_0 = Phi(beta) - Phi(alpha). Subtracting f(mean) changes no a_n (n >= 1: the
+    J_n of the pieces sum to E[He_n] = 0) but keeps the terms small. A point mass (std 0)
+    has every amplitude 0. ``[8, *shape]``."""
+    mean, std = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(std, np.float64))
+    point = std == 0
+    s1 = np.where(point, 1.0, std)
+    shift = sum(np.where((mean >= lo) & (mean < hi), c0 + c1 * mean + c2 * mean * mean, 0.0)
+                for lo, hi, (c0, c1, c2) in pieces)
+    out = np.zeros((_HERMITE,) + mean.shape)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for lo, hi, (c0, c1, c2) in pieces:
+            d0 = c0 + c1 * mean + c2 * mean * mean - shift
+            d1 = (c1 + 2 * c2 * mean) * s1
+            d2 = c2 * s1 * s1
+            j = _hermite_integrals((lo - mean) / s1, (hi - mean) / s1, _HERMITE + 2)
+            for n in range(1, _HERMITE + 1):
+                term = d1 * (j[n + 1] + n * j[n - 1])
+                term += d0 * j[n]
+                low = (2 * n + 1) * j[n] + (n * (n - 1) * j[n - 2] if n >= 2 else 0.0)
+                term += d2 * (j[n + 2] + low)
+                out[n - 1] += term
+    return np.where(point, 0.0, out)
+
+
+def _hermite_integrals(lo, hi, top: int) -> list[np.ndarray]:
+    """``J_k = int_lo^hi He_k(z) phi(z) dz`` for k = 0..top, infinite bounds allowed:
+    J_0 = Phi(hi) - Phi(lo) (from the nearer tail), J_k = g_{k-1}(lo) - g_{k-1}(hi) with
+    g_j = He_j phi, 0 at +-inf and where phi underflows."""
+    def g_all(t):  # [He_j(t) phi(t) for j = 0..top-1]
+        phi = np.exp(-0.5 * np.where(np.isfinite(t), t, 0.0) ** 2) / np.sqrt(2 * np.pi)
+        live = np.isfinite(t) & (phi > 0)
+        phi = np.where(live, phi, 0.0)
+        t = np.where(live, t, 0.0)
+        he_prev, he, out = np.ones_like(t), t, [phi]
+        for j in range(1, top):
+            out.append(he * phi)
+            he_prev, he = he, t * he - j * he_prev
+        return out
+
+    upper = lo > 0
+    j0 = np.where(upper, special.ndtr(-lo) - special.ndtr(-hi),
+                  special.ndtr(hi) - special.ndtr(lo))
+    g_lo, g_hi = g_all(lo), g_all(hi)
+    return [j0] + [a - b for a, b in zip(g_lo, g_hi)]
+
+
 def hermite_amplitudes(fn: Callable, mean, std, nodes, weights) -> np.ndarray:
     """a_n = E[f(mean + std z) He_n(z)] for n = 1..8 by quadrature, per tracked index
     (``[8, *index shape]``): ``sum_i w_i He_n(z_i) (f_i - E[f])``, f's non-finite values taken
@@ -134,4 +191,5 @@ def mehler(amplitudes: np.ndarray, variance: np.ndarray, rho: np.ndarray) -> np.
     return np.clip(np.where(v > 0, out / np.where(v > 0, v, 1.0), rho), -1.0, 1.0)
 
 
-__all__ = ["hermite_amplitudes", "leaky_hermite_amplitudes", "mehler"]
+__all__ = ["hermite_amplitudes", "leaky_hermite_amplitudes", "mehler",
+           "piecewise_hermite_amplitudes"]

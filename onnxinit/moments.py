@@ -53,6 +53,9 @@ class Elementwise:
 
     key: tuple
     fn: Callable[[np.ndarray], np.ndarray] = field(compare=False, repr=False)
+    # fn as a piecewise polynomial of degree <= 2, ``[(lo, hi, (c0, c1, c2)), ...]`` covering
+    # the real line (``rules.gaussian.piecewise_closed``), where it is one: closed forms use it
+    pieces: tuple | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
