@@ -91,9 +91,11 @@ def _closed_form(rel, var, masked, log):
 
 def _sigmoid_moments(zm, zs, masked, log):
     """(E[y], E[y^2]) of y = sigmoid(Z) (LogSoftmax: -softplus(-Z)), Z ~ N(zm, zs^2), by
-    Gauss-Hermite, computed on the unmasked elements only (a causal mask is half of every
-    attention row); a masked element gets the value at Z = 0, as if it had been computed
-    (its rows' callers overwrite it)."""
+    Gauss-Hermite per element of rows [R, n]. Computed once per distinct value: an element
+    equal (zm and zs) to the first unmasked element of its row takes that one's result (rows
+    of identically distributed logits, attention at initialization, are a single value), and
+    masked elements (a causal mask is half of every attention row) take the value at Z = 0,
+    as if computed (the callers overwrite them)."""
     def both(m, s):
         z = m[:, None] + s[:, None] * _GH_Z
         y = -np.logaddexp(0.0, -z) if log else special.expit(z)
@@ -102,7 +104,12 @@ def _sigmoid_moments(zm, zs, masked, log):
         return first, y @ _GH_W
 
     keep = ~masked
-    m, s = zm[keep], zs[keep]
+    rows = np.arange(zm.shape[0])
+    lead = np.argmax(keep, axis=1)  # each row's first unmasked element
+    same = keep & (zm == zm[rows, lead][:, None]) & (zs == zs[rows, lead][:, None])
+    same[rows, lead] = False
+    own = keep & ~same
+    m, s = zm[own], zs[own]
     first, second = np.empty(m.size), np.empty(m.size)
     step = max(1, _CLOSED_CHUNK // _GH_Z.size)
     for i in range(0, m.size, step):
@@ -110,7 +117,9 @@ def _sigmoid_moments(zm, zs, masked, log):
     at_zero = both(np.zeros(1), np.zeros(1))
     ex = np.full(zm.shape, at_zero[0][0])
     ex2 = np.full(zm.shape, at_zero[1][0])
-    ex[keep], ex2[keep] = first, second
+    ex[own], ex2[own] = first, second
+    ex = np.where(same, ex[rows, lead][:, None], ex)
+    ex2 = np.where(same, ex2[rows, lead][:, None], ex2)
     return ex, ex2
 
 
