@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import onnx
+from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
@@ -28,6 +29,12 @@ INLINE_BYTES = 1 << 20
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 LFS_HINT = ("this is a Git LFS pointer, not the file: fetch the file (git lfs pull; in GitHub "
             "Actions, actions/checkout with lfs: true)")
+
+
+# what parsing a file that is not an ONNX model raises; onnx reads a file named .json or
+# .textproto in that format, whose parse errors are not DecodeErrors
+UNREADABLE = (DecodeError, json_format.ParseError, text_format.ParseError, ValueError,
+              RuntimeError, OSError)
 
 
 def is_lfs_pointer(path: Path) -> bool:
@@ -108,7 +115,7 @@ def input_names(path: str | os.PathLike) -> list[str]:
     without its external data; ModelLoadError when it cannot be read."""
     try:
         model = _parse(Path(path))
-    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+    except UNREADABLE as exc:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({exc})") from None
     initializers = {t.name for t in model.graph.initializer}
     return [i.name for i in model.graph.input if i.name not in initializers]
@@ -126,7 +133,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, str]
         raise ModelLoadError(f"{path}: {LFS_HINT}")
     try:
         model = _parse(path)
-    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+    except UNREADABLE as exc:
         raise ModelLoadError(
             f"{path}: not a readable ONNX model (truncated or not ONNX: {exc})"
         ) from None

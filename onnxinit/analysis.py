@@ -200,6 +200,7 @@ def analyze(
     measured = {}
     if measure:
         start = time.perf_counter()
+        _measure.require_memory(graph)
         feeds = _feeds.synthetic_feeds(graph, seed=seed, stats=stats)
         measured = _measure.measure(graph, feeds, device=device)
         log.info("measured %d tensors in onnxruntime on a seeded batch in %.2f s",

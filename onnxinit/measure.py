@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import onnx
 
+from .errors import InvalidOptionError
 from .graph import ModelGraph
 from .passes import batch_statistics, fixed_dropout, set_input_shapes, with_outputs
 from .runtime import make_session
@@ -22,6 +23,43 @@ def measurable_model(graph: ModelGraph, tensors: Iterable[str]) -> onnx.ModelPro
     batch_statistics(model, graph.shapes, graph.dtypes)
     fixed_dropout(model)
     return model
+
+
+def measured_bytes(graph: ModelGraph, tensors: Iterable[str] | None = None) -> int:
+    """Memory one measurement holds at once: every measured tensor as onnxruntime returns it,
+    and the float inputs as drawn (float64)."""
+    tensors = tensors if tensors is not None else graph.float_activations()
+    total = 0
+    for name in dict.fromkeys([*tensors, *graph.input_names]):
+        shape = graph.shape(name)
+        if shape is not None:
+            itemsize = 8 if name in graph.input_names else np.dtype(
+                onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1))).itemsize
+            total += int(np.prod(shape, dtype=np.float64)) * itemsize
+    return total
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def require_memory(graph: ModelGraph, available: int | None = None) -> None:
+    """InvalidOptionError, before anything is drawn, when measuring ``graph`` would take more
+    than the memory available."""
+    need, available = measured_bytes(graph), available or available_memory()
+    if available is not None and need > available:
+        raise InvalidOptionError(
+            f"{graph.name}: measuring holds {need / 2**30:.1f} GiB of tensors at once and "
+            f"{available / 2**30:.1f} GiB is available; use a smaller --batch-size or input "
+            "shape (--input-shape), or analyze without --measure")
 
 
 def measure(

@@ -175,6 +175,13 @@ def rescale_summary(result: RescaleResult) -> str:
     else:  # the model as given would take one more propagation (--report has it)
         for name, after in result.outputs_var_after.items():
             lines.append(f"  predicted output var of {name!r} after rescaling: {after:.4g}")
+    if result.left_as_initialised:
+        ops = sorted({op for ops in result.left_as_initialised.values() for op in ops.split(", ")})
+        count = len(result.left_as_initialised)
+        lines.append(
+            f"  note: {count} parameter{'s' if count > 1 else ''} of recurrent layers "
+            f"({', '.join(ops)}) left as initialised: the methods rescale Conv, ConvTranspose, "
+            "Gemm and MatMul weights (--report lists them)")
     if scales or replaced:
         lines.append(LEARNING_RATE_NOTE)
     return "\n".join(lines)

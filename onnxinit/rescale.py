@@ -25,6 +25,9 @@ log = logging.getLogger("onnxinit")
 
 QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
                  "DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "QGemm"}
+# ops whose weights no method rescales: recurrent layers, and the bodies of control flow that
+# exporters write recurrent layers as (tf2onnx's Keras GRU, jax2onnx's LSTM)
+RECURRENT_HOLDERS = {"LSTM", "GRU", "RNN", "Loop", "Scan"}
 
 
 @dataclass
@@ -42,6 +45,7 @@ class RescaleResult:
     source: onnx.ModelProto | None = field(default=None, repr=False)
     record: dict | None = field(default=None, repr=False)
     predict_before: Callable[[], dict[str, float]] | None = field(default=None, repr=False)
+    left_as_initialised: dict[str, str] = field(default_factory=dict)
 
     @cached_property
     def outputs_var_before(self) -> dict[str, float]:
@@ -82,6 +86,7 @@ class RescaleResult:
         if before or self.before_known:
             report["outputs_var_before"] = self.outputs_var_before
         report["outputs_var_after"] = self.outputs_var_after
+        report["left_as_initialised"] = self.left_as_initialised
         report["method_reports"] = self.method_reports
         return report
 
@@ -96,6 +101,18 @@ def _refuse_unsupported(graph: ModelGraph) -> None:
         )
     if not graph.parameters:
         raise UnsupportedModelError(f"{graph.name}: the model has no float parameters to rescale")
+
+
+def recurrent_weights_left(graph: ModelGraph, plan: Plan) -> dict[str, str]:
+    """Weights (float initializers of two or more dimensions) read only by recurrent ops or
+    control-flow bodies that ``plan`` leaves unchanged, each with the op types reading it."""
+    left = {}
+    for name, parameter in graph.parameters.items():
+        ops = {graph.node(node).op_type for node, _, _ in parameter.uses}
+        if (len(parameter.shape) >= 2 and ops and ops <= RECURRENT_HOLDERS
+                and name not in plan.changes):
+            left[name] = ", ".join(sorted(ops))
+    return left
 
 
 def output_path(model_path: str | os.PathLike | None, method: str,
@@ -174,6 +191,7 @@ def rescale(
         plan=plan, output=out_path, outputs_var_after=_output_vars(prediction),
         method_reports=reports, source=graph.source, record=record,
         predict_before=lambda: _output_vars(propagate(graph, seed=seed)),
+        left_as_initialised=recurrent_weights_left(graph, plan),
     )
     if write and in_place:  # read the weights as given before they are overwritten
         result.outputs_var_before  # noqa: B018

@@ -193,6 +193,38 @@ def with_corr(x: Moments, corr, maps: Sequence[np.ndarray]) -> Moments:
                    spatial=Spatial(sp.maps, sp.cells, corr))
 
 
+def pad(x: Moments, shape: Sequence[int], pads: dict[int, tuple[int, int]],
+        value: float) -> Moments | None:
+    """A constant Pad (value v) of spatial axes only, pads non-negative, per position class: the
+    padded indices of axis d form one new class along d (mean v, variance 0), the others keep
+    their input class. The correlation is kept as it is (as a Conv's own zero padding keeps
+    it: the change of correlation near the border is not modelled); each cell's source and
+    mixture are dropped (a padded cell is a constant). None where it does not apply."""
+    rank = len(shape)
+    if rank < 3 or any(a < 2 or b < 0 or e < 0 for a, (b, e) in pads.items()):
+        return None
+    sp = positions(x, shape)
+    if sp is None:
+        return None
+    mean, var = np.broadcast_arrays(sp.cells.mean, sp.cells.var)
+    full = mean.shape[:2] + sp.classes
+    mean = np.array(np.broadcast_to(mean, full), dtype=np.float64)
+    var = np.array(np.broadcast_to(var, full), dtype=np.float64)
+    maps = list(sp.maps)
+    for axis, (b, e) in sorted(pads.items()):
+        if b == 0 and e == 0:
+            continue
+        d = axis - 2
+        k = mean.shape[axis]
+        maps[d] = np.concatenate([np.full(b, k), np.asarray(maps[d], dtype=np.int64),
+                                  np.full(e, k)]).astype(np.int64)
+        widths = [(0, 0)] * rank
+        widths[axis] = (0, 1)
+        mean = np.pad(mean, widths, constant_values=value)
+        var = np.pad(var, widths, constant_values=0.0)
+    return attach(Moments(mean, var), maps, sp.corr)
+
+
 def window(in_map: np.ndarray, out_size: int, kernel: int, stride: int, dilation: int,
            begin: int, end: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Output classes along one axis of a window op. Output index q reads input indices

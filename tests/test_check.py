@@ -111,6 +111,27 @@ def test_vanishing_net():
     assert findings[1].value < 0.3
 
 
+def _cast_input_model(elem_type: int) -> onnx.ModelProto:
+    """x [8, 16] of ``elem_type`` -> Cast to float -> MatMul by a 16x16 weight of std 1e-5."""
+    w = (np.random.default_rng(0).standard_normal((16, 16)) * 1e-5).astype(np.float32)
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("MatMul", ["xf", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "cast", [helper.make_tensor_value_info("x", elem_type,
+                                                                            [8, 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_integer_inputs_that_index_nothing_are_not_judged():
+    """An integer input that is neither an embedding index nor a mask is fed as zeros: with no
+    float input and no embedding lookup the signal has no known scale, and `check` does not call
+    it vanishing. The same graph with a float input does vanish (1e-10)."""
+    assert check.find(analyze(_cast_input_model(onnx.TensorProto.INT64))) == []
+    floating = check.find(analyze(_cast_input_model(onnx.TensorProto.FLOAT)))
+    assert [f.rule_id for f in floating] == ["ONNXINIT002"]
+
+
 def test_thresholds_come_from_the_analysis():
     assert check.find(analyze(mlp(scale=2.0), max_growth=1e12)) == []
     assert check.find(analyze(mlp(), max_growth=1.5, min_var=0.9))  # ReLU halves: vanishing

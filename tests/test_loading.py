@@ -44,6 +44,26 @@ def test_truncated(tmp_path, capsys):
     assert code == 2 and str(path) in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("name, text", [
+    ("findings.json", '{"tool": "onnxinit", "models": []}'),  # onnx reads .json as JSON
+    ("model.textproto", '{"ir_version": 8'),  # and .textproto as protobuf text
+])
+def test_text_formats_that_are_not_models(tmp_path, capsys, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    code, _, err = run_cli(["analyze", str(path)], capsys)
+    assert code == 2 and "not a readable ONNX model" in err
+    assert "internal error" not in err and "Traceback" not in err
+
+
+def test_json_model_loads(tmp_path):
+    """A model saved in onnx's JSON format is read as the binary one is."""
+    model = mlp([16, 16, 8])
+    onnx.save(model, tmp_path / "m.json")
+    assert analyze(tmp_path / "m.json").tensors[-1].var == pytest.approx(
+        analyze(model).tensors[-1].var)
+
+
 def _external_model(tmp_path):
     model = mlp([16, 32, 8])
     path = tmp_path / "ext.onnx"

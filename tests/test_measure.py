@@ -34,3 +34,29 @@ def test_batchnorm_measured_with_batch_statistics():
         x = (np.random.default_rng(0).standard_normal((64, 3, 4, 4)) * 5 + 3).astype(np.float32)
         mean, var = measure(graph, {"x": x})["y"]
         assert abs(mean) < 1e-5 and abs(var - 1) < 1e-3, (training_mode, mean, var)
+
+
+def _conv_on(size: int):
+    w = numpy_helper.from_array(np.full((4, 3, 3, 3), 0.1, np.float32), "w")
+    return make_model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, size, size])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+
+
+def test_measured_bytes_counts_what_one_run_holds():
+    """x drawn in float64 (2*3*10*10 * 8 bytes) and y as onnxruntime returns it (float32)."""
+    from onnxinit.measure import measured_bytes
+
+    assert measured_bytes(load(_conv_on(10))) == 2 * 3 * 100 * 8 + 2 * 4 * 100 * 4
+
+
+def test_a_measurement_larger_than_memory_is_refused_before_drawing(tmp_path, capsys):
+    """A 2x3x100000x100000 input (480 GB in float64): exit 2 with one line, no MemoryError."""
+    import onnx
+
+    from .cli import assert_one_line_error, run
+
+    path = tmp_path / "huge.onnx"
+    onnx.save(_conv_on(100_000), path)
+    assert_one_line_error(*run(["analyze", str(path), "--measure"], capsys),
+                          "measuring holds", "--batch-size")

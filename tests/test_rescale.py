@@ -182,3 +182,47 @@ def test_rescale_command_propagates_once(tmp_path, capsys, monkeypatch):
     before = json.loads((tmp_path / "r.json").read_text())["outputs_var_before"]
     fresh = rescale(model, "autoinit", write=False)
     assert before == pytest.approx(fresh.outputs_var_before, rel=1e-12)
+
+
+def _lstm_classifier() -> onnx.ModelProto:
+    """x [T=5, batch, 8] -> LSTM (hidden 6) -> last hidden state -> MatMul (6 -> 3)."""
+    rng = np.random.default_rng(0)
+    hidden, features = 6, 8
+
+    def init(name, shape):
+        return numpy_helper.from_array(
+            rng.uniform(-0.4, 0.4, shape).astype(np.float32), name)
+
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "h"], hidden_size=hidden),
+             helper.make_node("Squeeze", ["h", "axis0"], ["h2"]),
+             helper.make_node("MatMul", ["h2", "V"], ["y"])]
+    inits = [init("W", (1, 4 * hidden, features)), init("R", (1, 4 * hidden, hidden)),
+             init("B", (1, 8 * hidden)), init("V", (hidden, 3)),
+             numpy_helper.from_array(np.array([0], np.int64), "axis0")]
+    graph = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", 1, [5, "batch", 8])],
+                              [helper.make_tensor_value_info("y", 1, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_recurrent_weights_left_as_initialised_are_said():
+    """An LSTM's W, R and B are not rescaled (no method has a rule for them): the written model
+    holds them unchanged, and the report and the summary say so; the classifier after it is
+    rescaled to its target, measured in onnxruntime."""
+    model = _lstm_classifier()
+    result = rescale(model, "autoinit", write=False)
+    written = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    original = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for name in "WRB":
+        assert np.array_equal(written[name], original[name])
+    assert result.left_as_initialised == {"W": "LSTM", "R": "LSTM", "B": "LSTM"}
+    assert result.to_dict(before=False)["left_as_initialised"] == result.left_as_initialised
+    from onnxinit.report import rescale_summary
+    assert "3 parameters of recurrent layers (LSTM) left as initialised" in rescale_summary(result)
+    x = np.random.default_rng(1).standard_normal((5, 256, 8)).astype(np.float32)
+    session = make_session(result.model.SerializeToString())
+    assert float(session.run(None, {"x": x})[0].var()) == pytest.approx(1.0, rel=0.25)
+
+
+def test_no_recurrent_note_without_recurrent_layers():
+    result = rescale(sample("small_cnn"), "autoinit", write=False)
+    assert result.left_as_initialised == {}

@@ -94,6 +94,12 @@ def run(job: Job, *, reraise: bool = False) -> Result:
             if reraise:
                 raise
             payload, status, error = None, getattr(job.work, "error_status", ERROR), str(exc)
+        except MemoryError as exc:
+            if reraise:
+                raise
+            payload, status = None, ERROR
+            error = (f"{job.model}: not enough memory ({exc}); use a smaller --batch-size or "
+                     "input shape (--input-shape)")
         except Exception as exc:  # noqa: BLE001 - a bug on one model must not stop the batch
             if reraise:
                 raise

@@ -84,6 +84,21 @@ def _centring_loss(graph, moments, node) -> float:
     return max(large / at_n, 1.0)
 
 
+def embedding_lookups(analysis: Analysis) -> list[str]:
+    """Outputs of the ``Gather`` nodes that read a parameter table (embedding lookups)."""
+    graph = analysis.graph
+    return [node.output[0] for node_id in graph.order
+            if (node := graph.node(node_id)).op_type == "Gather"
+            and graph.parameter_of(node.input[0]) is not None]
+
+
+def has_signal_source(analysis: Analysis) -> bool:
+    """Whether the signal starts somewhere its scale is known: a float input, or an embedding
+    lookup. Without either (integer inputs that index nothing, which the analysis feeds as
+    zeros) no variance can be judged against the input's."""
+    return bool(analysis.propagation.input_stats) or bool(embedding_lookups(analysis))
+
+
 def signal_reference(analysis: Analysis) -> float:
     """What the signal variance is compared with: the float inputs' variance; for a model whose
     inputs are all integers (token ids), where the signal starts at the embedding lookups, the
@@ -93,11 +108,8 @@ def signal_reference(analysis: Analysis) -> float:
     propagation = analysis.propagation
     if propagation.input_stats:
         return propagation.input_var
-    graph = analysis.graph
-    lookups = [signal_variance(propagation.moments[out]) for node_id in graph.order
-               if (node := graph.node(node_id)).op_type == "Gather"
-               and graph.parameter_of(node.input[0]) is not None
-               and (out := node.output[0]) in propagation.moments]
+    lookups = [signal_variance(propagation.moments[out]) for out in embedding_lookups(analysis)
+               if out in propagation.moments]
     return max((v for v in lookups if math.isfinite(v) and v > 0), default=1.0)
 
 

@@ -33,7 +33,7 @@ from ..analysis import Analysis
 from ..signal_path import SignalPaths
 from . import offpath
 from .base import Finding, RuleInfo, fmt, register
-from .scale import (Scale, flag, judged, scales, severity, starts_in_head,
+from .scale import (Scale, flag, has_signal_source, judged, scales, severity, starts_in_head,
                     starts_in_recurrent_stack)
 
 EXPLODING, VANISHING, TREND = "ONNXINIT001", "ONNXINIT002", "ONNXINIT003"
@@ -223,7 +223,10 @@ def extremes(analysis: Analysis, paths: SignalPaths) -> dict[str, float]:
 
 
 def find(analysis: Analysis, paths: SignalPaths) -> list[Finding]:
-    """ONNXINIT001/002 chains on the main path (topological), the 003 trend, the 007 notes."""
+    """ONNXINIT001/002 chains on the main path (topological), the 003 trend, the 007 notes;
+    none for a model whose signal has no known source (:func:`has_signal_source`)."""
+    if not has_signal_source(analysis):
+        return []
     scale = scales(analysis, paths)
     findings, head_chains = main_path_findings(analysis, paths, scale)
     if (trend := trend_finding(analysis, paths, scale)) is not None:

@@ -39,7 +39,8 @@ from .attention import matmul_activations
 from .gradient import MAX_COV, Gradient, along, feature_cov
 from .registry import rule
 from .tokens import axes_of, kept_unless
-from .windows import tap_counts, tap_maps
+from .windows import (pattern_of_positions, pattern_weights, reach_patterns, tap_counts,
+                      tap_weighted_map)
 
 
 def dense_input(g: Gradient, w: np.ndarray, rank: int) -> Gradient:
@@ -153,50 +154,65 @@ def conv_geometry(ctx: GradContext, kernel):
     return x_shape, y_shape, strides, dilations, begins
 
 
-def shared_part(tap_sum: np.ndarray, reach: np.ndarray, u: np.ndarray, v: np.ndarray,
+# input channels x positions up to which the input gradient's variance is mapped per position
+# (with the output gradient's spatial profile); above it, per set of reaching taps, no profile
+DENSE_POSITIONS = 1 << 24
+
+
+def shared_part(tap_sum: np.ndarray, patterns: np.ndarray, u: np.ndarray, v: np.ndarray,
                 s_out: int) -> np.ndarray:
-    """``[C_in, S_in]``: what the covariance of dy between the positions of one sample adds to
-    Var[dx]. With ``c_o = (S u_o - v_o) / (S - 1)`` the covariance of two positions (u the
-    variance of a sample's spatial mean), input p receiving taps V(p):
-    ``sum_o c_o ((sum_{t in V(p)} W_oct)^2 - sum_{t in V(p)} W_oct^2)`` (zero on average over
+    """``[C_in, P]``: what the covariance of dy between the positions of one sample adds to
+    Var[dx] at an input position receiving the set of taps V (``patterns[:, p]`` from
+    :func:`~.windows.reach_patterns`). With ``c_o = (S u_o - v_o) / (S - 1)`` the covariance
+    of two positions (u the variance of a sample's spatial mean):
+    ``sum_o c_o ((sum_{t in V} W_oct)^2 - sum_{t in V} W_oct^2)`` (zero on average over
     random weights, not for these weights)."""
     if s_out <= 1 or tap_sum.shape[1] == 1:
-        return np.zeros((tap_sum.shape[0], reach.shape[1]))
+        return np.zeros((tap_sum.shape[0], patterns.shape[1]))
     shared = np.maximum((s_out * u - v) / (s_out - 1), 0.0)  # [C_out]
-    patterns, where = np.unique(reach > 0, axis=1, return_inverse=True)  # [T, P], [S_in]
-    patterns = patterns.astype(np.float64)
     sums = np.einsum("cto,tp->cpo", tap_sum, patterns)
     squares = np.einsum("cto,tp->cpo", tap_sum**2, patterns)
-    extra = (sums**2 - squares) @ shared  # [C_in, P]
-    return extra[:, where.reshape(-1)]
+    return (sums**2 - squares) @ shared
 
 
 def spread(tap_energy: np.ndarray, tap_sum: np.ndarray, g: Gradient, ctx: GradContext, kernel,
            mean_taps: np.ndarray) -> Gradient:
     """The input gradient of a window op from per-(input channel, tap) sums over output
     channels: ``tap_energy[c, t] = sum_o W_oct^2 Var[dy_o]``, ``tap_sum[c, t, o] =
-    W_oct`` (for the sample mean) and ``mean_taps[c, t] = sum_o W_oct E[dy_o]``."""
+    W_oct`` (for the sample mean) and ``mean_taps[c, t] = sum_o W_oct E[dy_o]``.
+
+    Positions that receive the same set of taps have the same mean; their variance also
+    follows the output gradient's spatial profile, mapped per position, unless the map would
+    exceed ``DENSE_POSITIONS`` entries: then the profile is left out (it matters near the
+    borders, a vanishing share of such a map) and the memory stays bounded."""
     x_shape, y_shape, strides, dilations, begins = conv_geometry(ctx, kernel)
     rank, c_out = len(y_shape), y_shape[1]
     s_in, s_out = int(np.prod(x_shape[2:])), int(np.prod(y_shape[2:]))
-    profile = g.profile if g.profile is not None and g.profile.shape == tuple(y_shape[2:]) \
-        else np.ones(y_shape[2:])
-    maps = tap_maps(profile, x_shape[2:], kernel, strides, dilations, begins)  # [T, *S_in]
-    var_map = tap_energy @ maps.reshape(maps.shape[0], -1)  # [C_in, S_in]
-    reach = tap_maps(np.ones(y_shape[2:]), x_shape[2:], kernel, strides, dilations, begins)
-    reach = reach.reshape(reach.shape[0], -1)
-    mean_map = mean_taps @ reach
+    patterns, axis_ids = reach_patterns(x_shape[2:], y_shape[2:], kernel, strides, dilations,
+                                        begins)
+    weights = pattern_weights(axis_ids)
     counts = tap_counts(x_shape[2:], y_shape[2:], kernel, strides, dilations, begins)  # [T]
     m_out, v_out = g.channels(rank, c_out)
     u_out = np.minimum(g.channel_sample_var(rank, c_out, s_out), v_out)
-    var_map = var_map + shared_part(tap_sum, reach, u_out, v_out, s_out)
+    extra = shared_part(tap_sum, patterns, u_out, v_out, s_out)  # [C_in, P]
+    mean_cells = mean_taps @ patterns
+    mean = mean_cells @ weights
+    var = ((mean_cells - mean[:, None]) ** 2) @ weights
+    if tap_energy.shape[0] * s_in <= DENSE_POSITIONS:
+        profile = g.profile if g.profile is not None and g.profile.shape == tuple(y_shape[2:]) \
+            else np.ones(y_shape[2:])
+        var_map = tap_weighted_map(tap_energy, profile, x_shape[2:], kernel, strides,
+                                   dilations, begins)  # [C_in, S_in]
+        var_map += extra[:, pattern_of_positions(axis_ids)]
+        var = var + var_map.mean(axis=1)
+        total = var_map.sum(axis=0)
+        new_profile = (total / total.mean()).reshape(x_shape[2:]) if total.mean() > 0 else None
+    else:
+        var = var + (tap_energy @ patterns + extra) @ weights
+        new_profile = None
     coherent = np.einsum("cto,t->co", tap_sum, counts) ** 2 @ u_out
     spread_part = np.einsum("cto,t->co", tap_sum**2, counts) @ (v_out - u_out)
     sample_var = (coherent + spread_part) / s_in**2
-    mean = mean_map.mean(axis=1)
-    var = var_map.mean(axis=1) + ((mean_map - mean[:, None]) ** 2).mean(axis=1)
-    total = var_map.sum(axis=0)
-    new_profile = (total / total.mean()).reshape(x_shape[2:]) if total.mean() > 0 else None
     return along(mean, var, 1, rank, sample_var, new_profile)
 
 

@@ -51,8 +51,10 @@ class Layout:
 
     def join(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         """The flat float64 vector of ``arrays`` (every name of the layout)."""
-        return np.concatenate([np.asarray(arrays[n], dtype=np.float64).ravel()
-                               for n in self.names]) if self.names else np.zeros(0)
+        out = np.empty(self.size)
+        for i, n in enumerate(self.names):  # cast while copying: no float64 temporaries
+            out[self.offsets[i]:self.offsets[i + 1]] = np.ravel(arrays[n])
+        return out
 
     def split(self, vector: np.ndarray) -> dict[str, np.ndarray]:
         """Name -> view of ``vector`` reshaped to the tensor's shape."""
@@ -66,11 +68,14 @@ class Layout:
 
     def segment_dot(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Per tensor i: <a_i, b_i>."""
-        return np.bincount(self.ids, weights=a * b, minlength=len(self.names))
+        sizes = self.sizes
+        if not len(sizes) or not sizes.all():  # reduceat reads an empty segment's next element
+            return np.bincount(self.ids, weights=a * b, minlength=len(self.names))
+        return np.add.reduceat(a * b, self.offsets[:-1])
 
     def expand(self, per_tensor: np.ndarray) -> np.ndarray:
         """A per-tensor value repeated over each tensor's elements."""
-        return per_tensor[self.ids]
+        return np.repeat(per_tensor, self.sizes)
 
 
 def scalable_parameters(graph: ModelGraph) -> dict[str, set[str]]:

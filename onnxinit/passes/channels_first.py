@@ -14,7 +14,9 @@ moved through Transposes, the pre-act ResNet-20's 0.88-1.09x, the tf2onnx export
 tensors closed under its consumers: it starts at *entries*, Transposes by
 ``P = [0, 2, ..., r-1, 1]`` (axis 1 to the end) of the output of a channels-first op (Conv,
 ConvTranspose, a pool, BatchNormalization, InstanceNormalization), goes through element-wise
-ops whose other operands are constants and reductions over constant axes, and ends at *exits*,
+ops whose other operands are constants, reductions over constant axes and Pads by constant pads
+(tf2onnx writes Keras' ZeroPadding2D before a strided depthwise conv inside the stretch; its
+pads are permuted like the axes), and ends at *exits*,
 Transposes by ``P``'s inverse, or at a reduction without ``keepdims`` whose kept axes keep their
 order (a global average pool, ``[N, H, W, C] -> [N, C]``). Entries and exits become
 ``Identity``, the element-wise ops run on the NCHW tensors (a constant operand ``c``,
@@ -139,6 +141,9 @@ class _Stretches:
         if node.op_type in REDUCE_OPS and node.input and node.input[0] in self.rank:
             self._reduction(node)
             return
+        if node.op_type == "Pad" and node.input and node.input[0] in self.rank:
+            self._pad(node)
+            return
         if node.op_type not in ELEMENTWISE_OPS:
             return
         inside = [i for i in node.input if i in self.rank]
@@ -158,6 +163,23 @@ class _Stretches:
         for name in node.output:
             if name:
                 self.rank[name] = rank
+
+    def _pad(self, node: onnx.NodeProto) -> None:
+        """A Pad of a stretch's tensor by constant pads over every axis (no ``axes`` input;
+        Keras' ZeroPadding2D before a strided depthwise conv): inside, its pads permuted."""
+        x = node.input[0]
+        rank = self.rank[x]
+        if len(node.input) < 2 or not node.input[1] or (len(node.input) > 3 and node.input[3]):
+            return
+        pads = self.graph.value(node.input[1])
+        if pads is None or np.size(pads) != 2 * rank:
+            return
+        if len(node.input) > 2 and node.input[2] and self.graph.value(node.input[2]) is None:
+            return
+        self.kind[id(node)] = "inside"
+        self.parent[id(node)] = id(node)
+        self._join(node, x)
+        self.rank[node.output[0]] = rank
 
     def _reduction(self, node: onnx.NodeProto) -> None:
         """A reduction of a stretch's tensor over constant axes: inside (its output in the
@@ -218,6 +240,24 @@ def _reduction_channels_first(node, graph: ConstantGraph, rank: int, emitter: Gr
     return [made, copy]
 
 
+def _pad_channels_first(node, graph: ConstantGraph, rank: int, emitter: GraphEmitter):
+    """The Pad of the channels-first tensor: NCHW axis i is NHWC axis ``argsort(P)[i]``, so
+    its begin and end pads are the NHWC ones at that axis (a constant: the pads of an export
+    are)."""
+    pads = np.asarray(graph.value(node.input[1]), np.int64).reshape(2, rank)
+    back = np.argsort(to_last(rank))
+    const = emitter.fresh("channels_first_pads")
+    made = helper.make_node("Constant", [], [const], name=emitter.fresh("Constant"),
+                            value=numpy_helper.from_array(pads[:, back].reshape(-1)))
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.input[1] = const
+    emitter.nodes.append(made)
+    out = list(emitter.nodes)
+    emitter.nodes.clear()
+    return out + [copy]
+
+
 def _permuted_constant(name: str, value: np.ndarray, rank: int, emitter: GraphEmitter) -> str:
     """``name`` (a constant laid out channels-last) right-aligned to ``rank`` and transposed by
     ``P``'s inverse, in the graph: a view that changes the initializer behind it (a rescaled
@@ -265,6 +305,10 @@ def channels_first(model: onnx.ModelProto) -> onnx.ModelProto:
             out.graph.node.extend(_reduction_channels_first(node, graph, rank, emitter))
             if kind == "inside":
                 moved.add(node.output[0])
+            continue
+        if node.op_type == "Pad":
+            out.graph.node.extend(_pad_channels_first(node, graph, rank, emitter))
+            moved.add(node.output[0])
             continue
         copy = onnx.NodeProto()
         copy.CopyFrom(node)

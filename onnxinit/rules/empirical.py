@@ -9,6 +9,12 @@ mask ``Less(RandomUniformLike(x), p)``) is computed by running its producers alo
 fed like inputs, so a recurrent layer exported as a Loop (tf2onnx's SimpleRNN) is measured.
 When the node cannot run (custom domain), statistics pass through unchanged.
 
+A small output measured once is noisy: a recurrent Loop's final state at batch 8 is 512 values
+whose units share 16 input features, and one draw read its variance anywhere from 0.8x to 1.3x of
+the truth. A deterministic node whose smallest float output has fewer than 16,384 elements is
+run again on fresh samples of its inputs (at most 32 runs and 2^23 sampled input elements in
+all), and the moments are measured over every run.
+
 Every random op run here (RandomUniform/Normal(Like), Bernoulli, Multinomial, Dropout) gets a
 ``seed`` attribute drawn from the node's seeded generator unless the model gave it one:
 onnxruntime seeds an unseeded random op from the clock, which made the measured moments (and
@@ -32,6 +38,9 @@ _MAX_ELEMENTS = 1 << 22  # cap the sample size of one input; batch is shrunk to 
 _MAX_UPSTREAM = 8  # nodes computing a non-float input that are run along with the node
 _MIN_RANDOM = 1 << 16  # elements drawn at least when a random op runs
 _MAX_RUNS = 500  # runs of a node whose random draws are few and of a fixed shape
+_MIN_MEASURED = 1 << 14  # output elements measured at least (fresh input samples each run)
+_MAX_RESAMPLES = 32  # runs on fresh samples of a deterministic node with a small output
+_MAX_RESAMPLED = 1 << 23  # input elements sampled over those runs, at most
 
 
 class EmpiricalError(Exception):
@@ -149,6 +158,16 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
     try:
         session = make_session(model, device="cpu")
         values = session.run(None, feeds)
+        resamples = 1 if random_ops else _resamples(values, feeds)
+        if resamples > 1:
+            runs = [values]
+            for _ in range(resamples - 1):
+                fresh = {}
+                for name, m, shape in signals:
+                    fresh[name] = np.asarray(_sample(m.expand_rank(len(shape)), shape, rng),
+                                             dtype=feeds[name].dtype)
+                runs.append(session.run(None, {**feeds, **fresh}))
+            values = [np.stack([np.asarray(r[i]) for r in runs]) for i in range(len(values))]
         if random_ops and values:
             # random draws with a shape fixed by constants: run again until enough are drawn
             size = max(1, max(np.size(v) for v in values))
@@ -165,13 +184,26 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         if not np.issubdtype(value.dtype, np.floating):
             results[name] = None
             continue
+        shift = 1 if resamples > 1 else 0  # the runs are a new leading axis of more samples
         keep = (
             tracked_axis is not None
-            and value.ndim > tracked_axis
-            and value.shape[tracked_axis] == tracked_size
+            and value.ndim > tracked_axis + shift
+            and value.shape[tracked_axis + shift] == tracked_size
         )
-        results[name] = _measure(value, tracked_axis if keep else None)
+        m = _measure(value, tracked_axis + shift if keep else None)
+        results[name] = Moments(m.mean[0], m.var[0]) if keep and shift else m
     return [results.get(o) for o in node.output]
+
+
+def _resamples(values, feeds) -> int:
+    """Runs on fresh samples (1: the first is enough) so that the smallest float output is
+    measured on at least ``_MIN_MEASURED`` elements, within the sampling budget."""
+    sizes = [np.size(v) for v in values if np.issubdtype(np.asarray(v).dtype, np.floating)]
+    sampled = sum(np.size(v) for v in feeds.values())
+    if not sizes or not sampled or min(sizes) >= _MIN_MEASURED:
+        return 1
+    want = -(-_MIN_MEASURED // max(1, min(sizes)))
+    return int(max(1, min(want, _MAX_RESAMPLES, _MAX_RESAMPLED // sampled)))
 
 
 def pass_through(inputs: list[Moments | None], ctx: RuleContext) -> list[Moments | None]:

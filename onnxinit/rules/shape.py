@@ -21,6 +21,7 @@ import numpy as np
 from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
 from ..spatial import DENSE_CAP, dense, drop, select
+from ..spatial import pad as pad_classes
 from .context import RuleContext, RuleError, signal
 from .layout import drop_constant_axes, full_grid, reshape_moments, scalar_of
 from .masks import keep_rows
@@ -251,13 +252,19 @@ def pad(inputs, ctx: RuleContext):
     (E, Var) = (v, 0); along untracked axes a fraction p of the elements is padding:
     E = (1-p) mu + p v, Var = (1-p)(nu + mu^2) + p v^2 - E^2. Reflect/edge/wrap: tracked axes
     padded with the statistics of the copied indices, untracked axes unchanged. Negative pads
-    crop."""
+    crop. A feature map's position classes (``onnxinit.spatial``) are padded with a class of
+    the constant when only spatial axes are padded (an explicit ZeroPadding2D before a conv,
+    as tf2onnx writes Keras' strided depthwise convs)."""
     x = signal(inputs, 0)
     in_shape = ctx.in_shape(0)
     rank = len(in_shape)
     mode, value, pads = _pad_params(ctx, rank)
     if mode not in ("constant", "reflect", "edge", "wrap"):
         raise RuleError(f"pad mode {mode}")
+    if mode == "constant" and (x.spatial is not None or x.rank == rank):
+        padded = pad_classes(x, in_shape, {a: p for a, p in pads.items() if p != (0, 0)}, value)
+        if padded is not None:
+            return [padded]
     mean, var = full_grid(x, rank) if x.rank else (x.mean, x.var)
     mean, var = np.array(mean, dtype=np.float64), np.array(var, dtype=np.float64)
     kept = 1.0  # fraction of elements that are x's, over the untracked padded axes

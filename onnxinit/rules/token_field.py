@@ -27,6 +27,10 @@ _MAX_FEATURES = 4096  # features sampled for the Hermite coefficients
 # multiplies a point-wise rule's cost by the tokens (GPT-2's MLPs after LayerNorm: spread 0.1,
 # 10x the analysis time; a causal attention's output: 0.25-1)
 _UNEVEN = 0.125
+# tokens of a field spelled out over every index of several axes (Swin's windows put back on
+# the map: Swin-T's 14x14 and 7x7 stages; its 28x28 stage, with 784, cost 2.5x the analysis
+# time), at most
+MAX_EXPANDED = 256
 
 
 def token_axes(t: Tokens, rank: int) -> list[int] | None:
@@ -60,13 +64,39 @@ def profile(m: Moments, shape, axes: list[int], n: int, stride: int = 1) -> np.n
 def sigma(m: Moments | None, shape, axes: list[int], n: int,
           stride: int = 1) -> np.ndarray | None:
     """Feature-averaged token covariance [n, n] of ``m`` at the given token axes: ``mean(var)
-    * cov`` with the field, else diag of its per-token variance (independent tokens)."""
+    * cov`` with the field (a field of fewer tokens on the same axes, the outer digits merged
+    like a batch, is spread to ``n`` with those groups independent: :func:`expanded`), else
+    diag of its per-token variance (independent tokens)."""
     if m is None:
         return None
     t = m.tokens
-    if t is not None and t.n == n and t.stride == stride and token_axes(t, len(shape)) == axes:
-        return float(np.mean(m.var)) * t.cov
+    if t is not None and t.stride == stride and token_axes(t, len(shape)) == axes:
+        if t.n == n:
+            return float(np.mean(m.var)) * t.cov
+        if stride == 1 and n % t.n == 0:
+            return float(np.mean(m.var)) * np.kron(np.eye(n // t.n), t.cov)
     return np.diag(profile(m, shape, axes, n, stride))
+
+
+def expanded(t: Tokens, sizes) -> np.ndarray | None:
+    """The field over every index of token axes of ``sizes`` (``prod(sizes)`` a multiple of
+    ``t.n``): the groups of ``t.n`` consecutive indices (the batch or windows merged into the
+    axes) are independent, ``kron(I, cov)``; None when strided or over ``MAX_EXPANDED``."""
+    total = int(np.prod(sizes, dtype=np.int64))
+    if total == t.n:
+        return t.cov
+    if t.stride != 1 or total % t.n or total > MAX_EXPANDED:
+        return None
+    return np.kron(np.eye(total // t.n), t.cov)
+
+
+def inner_blocks(t: Tokens, size: int) -> np.ndarray | None:
+    """The field of the innermost ``size`` digits of the token index, its outer digits taken as
+    independent samples: the mean of ``cov``'s diagonal blocks of ``size``."""
+    if t.stride != 1 or t.n % size:
+        return None
+    k = t.n // size
+    return np.einsum("iaib->ab", t.cov.reshape(k, size, k, size)) / k
 
 
 def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None,

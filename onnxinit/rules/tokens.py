@@ -56,8 +56,11 @@ from .fusion import fused_function
 from .per_token import with_profile
 from .shape import slice_params
 from .token_field import (
+    MAX_EXPANDED,
     attach,
+    expanded,
     grid,
+    inner_blocks,
     mehler_weights,
     pooled_features,
     reshaped_token_axes,
@@ -69,6 +72,8 @@ from .token_field import (
 )
 
 CARRIERS: dict[str, Callable] = {}
+# ops whose rule may hand on its input's field unchanged although the op selects tokens
+_RESELECTED = ("Slice", "Pad")
 
 
 def _carrier(*ops: str):
@@ -91,9 +96,12 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, per_token: bool = False
     along the token axes that profile becomes the field's diagonal."""
     if not any(m is not None and m.tokens is not None for m in inputs):
         return outputs
+    op = ctx.node.op_type if ctx.node.domain in ("", "ai.onnx") else None
+    if op in _RESELECTED:  # the rule passed its input's field on as it was: carried here
+        outputs = [without(m) if m is not None and any(
+            m.tokens is i.tokens for i in inputs if i is not None) else m for m in outputs]
     if any(m is not None and m.tokens is not None for m in outputs):
         return outputs
-    op = ctx.node.op_type if ctx.node.domain in ("", "ai.onnx") else None
     fn = CARRIERS.get(op) or (_unary if op in UNARY else None)
     if fn is None:
         return [without(m) for m in outputs]
@@ -148,14 +156,63 @@ def _reshape(ctx, inputs, outputs):
 
 @_carrier("Transpose")
 def _transpose(ctx, inputs, outputs):
+    """Token axes kept in order: unchanged. Reordered among themselves (a window partition's
+    ``[B, nH, ws, nW, ws, C] -> [B, nH, nW, ws, ws, C]``): the token index is permuted. Split
+    by the permutation: the field moves to the smallest run of axes that stays together,
+    outer axes added (their indices independent groups, :func:`.token_field.expanded`: the
+    windows put back on the map) or outer token digits dropped (taken as independent samples,
+    :func:`.token_field.inner_blocks`: the tokens of one window)."""
     x = inputs[0]
-    rank = len(ctx.in_shape(0))
+    shape = ctx.in_shape(0)
+    rank = len(shape)
     perm = list(ctx.attr("perm", list(range(rank))[::-1]))
-    new = [perm.index(a) for a in token_axes(x.tokens, rank)]
-    if new != list(range(new[0], new[0] + len(new))):
-        raise ValueError("the token axes are reordered")
-    return [attach(outputs[0], ctx.out_shape(0), new, float(np.mean(x.var)) * x.tokens.cov,
-                   x.tokens.stride)]
+    axes = token_axes(x.tokens, rank)
+    new = [perm.index(a) for a in axes]
+    if new == list(range(new[0], new[0] + len(new))):
+        return [attach(outputs[0], ctx.out_shape(0), new, float(np.mean(x.var)) * x.tokens.cov,
+                       x.tokens.stride)]
+    t = x.tokens
+    first, last = axes[0], axes[-1]
+    runs = [axes] + [list(range(r, last + 1)) for r in range(first - 1, -1, -1)]
+    runs += [list(range(r, last + 1)) for r in range(first + 1, last + 1)]
+    for run in runs:
+        images = sorted(perm.index(a) for a in run)
+        if images != list(range(images[0], images[0] + len(run))):
+            continue
+        sizes = [shape[a] for a in run]
+        total = int(np.prod(sizes, dtype=np.int64))
+        cov = expanded(t, sizes) if run[0] <= first else inner_blocks(t, total)
+        if cov is None or total > max(MAX_EXPANDED, t.n):
+            continue
+        order = [run.index(perm[o]) for o in images]
+        index = np.arange(total).reshape(sizes).transpose(order).ravel()
+        sig = float(np.mean(x.var)) * cov[np.ix_(index, index)]
+        return [attach(outputs[0], ctx.out_shape(0), images, sig)]
+    raise ValueError("the token axes are reordered")
+
+
+def _pick(x: Moments, out: Moments, in_shape, out_shape, picks: dict) -> Moments:
+    """Indices ``picks[axis]`` (1-d) along token axes spanning several axes or with a batch
+    merged into them: the field spelled out over every index of the token axes, rows and
+    columns selected; a variance pooled over the tokens takes the selected tokens' share."""
+    rank = len(in_shape)
+    axes = token_axes(x.tokens, rank)
+    sizes = [in_shape[a] for a in axes]
+    cov = expanded(x.tokens, sizes)
+    if cov is None or any(np.ndim(i) != 1 for i in picks.values()) or len(out_shape) != rank:
+        return without(out)
+    cells = np.arange(int(np.prod(sizes, dtype=np.int64))).reshape(sizes)
+    for axis, index in picks.items():
+        if axis in axes:
+            cells = np.take(cells, index, axis=axes.index(axis))
+    index = cells.ravel()
+    var = np.asarray(out.var)
+    pooled = var.ndim < rank or all(var.shape[a] == 1 for a in axes)
+    if pooled and index.size < cov.shape[0]:
+        share = float(np.mean(np.diag(cov)[index]) / np.mean(np.diag(cov)))
+        if np.isfinite(share) and share > 0:
+            out = Moments(out.mean, out.var * share, None, None, out.tokens, out.rows)
+    return attach(out, out_shape, axes, float(np.mean(x.var)) * cov[np.ix_(index, index)])
 
 
 def _select(ctx, x: Moments, out: Moments, axis: int, index: np.ndarray, out_shape) -> Moments:
@@ -185,12 +242,28 @@ def _select(ctx, x: Moments, out: Moments, axis: int, index: np.ndarray, out_sha
 def _slice(ctx, inputs, outputs):
     x, out = inputs[0], outputs[0]
     in_shape = ctx.in_shape(0)
+    axes = token_axes(x.tokens, len(in_shape))
+    if len(axes) > 1 or in_shape[axes[0]] != x.tokens.n:
+        picks = {axis: np.arange(in_shape[axis])[slice(start, end, step)]
+                 for axis, start, end, step in slice_params(ctx, len(in_shape))}
+        if not set(picks) & set(axes):
+            return [same_field(x, out, ctx.out_shape(0))]
+        return [_pick(x, out, in_shape, ctx.out_shape(0), picks)]
     for axis, start, end, step in slice_params(ctx, len(in_shape)):
         index = np.arange(in_shape[axis])[slice(start, end, step)]
         out = _select(ctx, x, out, axis, index, ctx.out_shape(0))
         if out.tokens is None:
             break
     return [out]
+
+
+@_carrier("Pad")
+def _pad(ctx, inputs, outputs):
+    """No padding (Swin's pad to a multiple of the window, when there is none): unchanged."""
+    pads = ctx.const(1) if ctx.opset >= 11 else np.asarray(ctx.attr("pads", []))
+    if pads is None or np.any(np.asarray(pads) != 0):
+        return [without(m) for m in outputs]
+    return [same_field(inputs[0], outputs[0], ctx.out_shape(0))]
 
 
 @_carrier("Gather")
@@ -231,6 +304,9 @@ def _concat(ctx, inputs, outputs):
     pieces = [m if m is not None else Moments.scalar(0.0, 0.0) for m in inputs]
     shapes = [ctx.in_shape(i) for i in range(len(inputs))]
     if axis in axes:
+        rolled = _pieces_of_one(ctx, axis)
+        if rolled is not None:
+            return [rolled(outputs[0], out_shape)]
         if len(axes) != 1 or shapes[inputs.index(x)][axis] != x.tokens.n or x.tokens.stride > 1:
             raise ValueError("concatenation of merged token axes")
         blocks = [sigma(m, s, axes, s[axis]) for m, s in zip(pieces, shapes)]
@@ -246,6 +322,38 @@ def _concat(ctx, inputs, outputs):
     return [attach(outputs[0], out_shape, axes, sig / weights.sum(), stride)]
 
 
+def _pieces_of_one(ctx, axis: int):
+    """A Concat along ``axis`` of step-1 Slices of one tensor X along that axis alone
+    (``torch.roll``: ``Concat(X[-s:], X[:-s])``): X's tokens in a new order, not independent
+    pieces. Returns a function of (output, shape) giving the output with X's field so moved,
+    or None."""
+    known = ctx.known
+    source, index = None, []
+    for name in ctx.node.input:
+        node_id = ctx.graph.producer.get(name)
+        node = ctx.graph.node(node_id) if node_id is not None else None
+        if node is None or node.op_type != "Slice" or known is None:
+            return None
+        sub = ctx.for_node(node_id)
+        if source not in (None, node.input[0]):
+            return None
+        source = node.input[0]
+        shape = sub.in_shape(0)
+        params = slice_params(sub, len(shape))
+        if len(params) != 1 or params[0][0] != axis or params[0][3] != 1:
+            return None
+        _, start, end, _ = params[0]
+        index.append(np.arange(shape[axis])[slice(start, end)])
+    x = known.get(source)
+    if x is None or x.tokens is None:
+        return None
+    shape = ctx.graph.shape(source)
+    index = np.concatenate(index)
+    if token_axes(x.tokens, len(shape)) is None:
+        return None
+    return lambda out, out_shape: _pick(x, out, shape, out_shape, {axis: index})
+
+
 # ---------------------------------------------------------------------------------------------
 # arithmetic, element-wise functions, normalization, pooling
 
@@ -259,7 +367,10 @@ def _arithmetic(ctx, inputs, outputs):
     op = ctx.node.op_type
     out_shape = ctx.out_shape(0)
     rank = len(out_shape)
-    x = _first(inputs)
+    # the operand whose field has the most tokens (a residual stream over a Swin stage's map;
+    # the branch's over one row of windows is spread to it: token_field.sigma)
+    x = max((m for m in inputs if m is not None and m.tokens is not None),
+            key=lambda m: m.tokens.n)
     axes = token_axes(x.tokens, rank)
     n, stride = x.tokens.n, x.tokens.stride
     signals = [i for i, m in enumerate(inputs) if m is not None]
@@ -276,7 +387,9 @@ def _arithmetic(ctx, inputs, outputs):
     shapes = [ctx.in_shape(i) for i in signals]
     if any(len(s) != rank for s in shapes):
         raise ValueError("operands of another rank")
-    sigs = [sigma(inputs[i], out_shape, axes, n, stride) for i in signals]
+    sigs = [_shared(inputs[i], ctx.in_shape(i), axes, n)
+            if all(ctx.in_shape(i)[a] == 1 for a in axes) and inputs[i].tokens is None
+            else sigma(inputs[i], out_shape, axes, n, stride) for i in signals]
     if op in ("Add", "Sub", "Sum"):
         fused = _fused(ctx, outputs[0], out_shape, axes)
         return [fused if fused is not None
@@ -288,6 +401,13 @@ def _arithmetic(ctx, inputs, outputs):
     mu_a, mu_b = (float(np.mean(np.square(m.mean))) for m in (a, b))
     sig = sigs[0] * sigs[1] + sigs[0] * mu_b + sigs[1] * mu_a
     return [attach(outputs[0], out_shape, axes, sig, stride)]
+
+
+def _shared(m: Moments, shape, axes, n: int) -> np.ndarray:
+    """A signal broadcast along the token axes (a stochastic-depth mask or a gate per sample,
+    ``[B, 1, 1, C]``) is the same for every token of a sample: ``Cov(s, t) = Var``."""
+    _, var = grid(m, len(shape))
+    return float(np.mean(var)) * np.ones((n, n))
 
 
 def _elementwise(ctx, x: Moments, out: Moments, out_shape, axes) -> Moments:
@@ -371,14 +491,25 @@ def _reduce(ctx, inputs, outputs):
     keep = ctx.node.op_type == "GlobalAveragePool" or bool(ctx.attr("keepdims", 1))
     if not set(reduced) & set(axes):
         return [same_field(x, outputs[0], ctx.out_shape(0)) if keep else without(outputs[0])]
-    if sorted(reduced) != axes or x.tokens.n != int(np.prod([shape[a] for a in axes])) or (
-            x.tokens.stride > 1):
+    reduced = sorted(reduced)
+    total = int(np.prod([shape[a] for a in reduced]))
+    if reduced == axes[len(axes) - len(reduced):] and reduced != axes:
+        # the inner token axes (each window's tokens, the windows merged into an outer axis)
+        cov = inner_blocks(x.tokens, total)
+        if cov is None:
+            return [without(outputs[0])]
+        mean_cov = float(np.mean(cov))
+    elif reduced == axes and total % x.tokens.n == 0 and x.tokens.stride == 1:
+        # groups of n tokens merged into the axes (windows put back on a map) are
+        # independent: the mean over all of them is mean(cov) n / total
+        mean_cov = float(np.mean(x.tokens.cov)) * x.tokens.n / total
+    else:
         return [without(outputs[0])]
-    factor = float(np.mean(x.tokens.cov)) * (x.tokens.n ** 2 if ctx.node.op_type == "ReduceSum" else 1)
+    factor = mean_cov * (total ** 2 if ctx.node.op_type == "ReduceSum" else 1)
     _, var = grid(x, rank)
-    var = var.mean(axis=tuple(axes), keepdims=True) * factor
+    var = var.mean(axis=tuple(reduced), keepdims=True) * factor
     if not keep:
-        var = var.reshape([var.shape[a] for a in range(rank) if a not in axes])
+        var = var.reshape([var.shape[a] for a in range(rank) if a not in reduced])
     return [Moments(outputs[0].mean, var)]
 
 

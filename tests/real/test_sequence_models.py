@@ -28,8 +28,6 @@ _SHORT = {
     # LayerNorm and the MLP the field keeps one correlation for every feature): 92.5% within
     # 10%, the worst the layer-2 attention output projection at 0.77x
     "vit": "ViT attention outputs from layer 1 on under-predicted (0.77x at layer 2)",
-    # 10 tensors, 2 outside 10%: the second GRU layer's Y_h and the last step (0.85x, 0.83x)
-    "gru": "GRU second layer's last state 0.83-0.85x of measured",
     # 148 tensors, 93.9% within 10% (93.2% before the features' correlation, rules/
     # feature_pairs.py; 79.7% before the per-token variances), 100% within 2x. Left: layer 1's
     # attention output P V and its projection, 1.21-1.24x on this batch (1.10x over 16

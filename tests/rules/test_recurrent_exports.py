@@ -8,7 +8,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxinit.graph import load
 from onnxinit.moments import Moments
+from onnxinit.propagate import propagate
 
 from ..oracle import assert_moments_close, monte_carlo, predict
 
@@ -16,8 +18,8 @@ T, B, I, H = 12, 1024, 8, 16
 STEPS = 6  # of the LSTM
 
 
-def _loop_rnn() -> onnx.ModelProto:
-    """h_{k+1} = tanh(h_k R + x W) for T steps, x [B, I] read inside the body from the outer
+def _loop_rnn(batch: int = B) -> onnx.ModelProto:
+    """h_{k+1} = tanh(h_k R + x W) for T steps, x [batch, I] read inside the body from the outer
     scope (not a Loop input), h_0 = 0; the output is h_T."""
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((I, H)) * 1.5 / np.sqrt(I)).astype(np.float32)
@@ -31,16 +33,16 @@ def _loop_rnn() -> onnx.ModelProto:
         "body",
         [helper.make_tensor_value_info("i", TensorProto.INT64, []),
          helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [B, H])],
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [batch, H])],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [B, H])])
+         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [batch, H])])
     graph = helper.make_graph(
         [helper.make_node("Loop", ["trips", "cond", "h0"], ["y"], body=body)], "loop_rnn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [B, I])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [B, H])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, I])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, H])],
         [numpy_helper.from_array(np.array(T, np.int64), "trips"),
          numpy_helper.from_array(np.array(True), "cond"),
-         numpy_helper.from_array(np.zeros((B, H), np.float32), "h0"),
+         numpy_helper.from_array(np.zeros((batch, H), np.float32), "h0"),
          numpy_helper.from_array(w, "w"), numpy_helper.from_array(r, "r")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
@@ -53,6 +55,19 @@ def test_loop_reading_the_outer_scope_is_measured():
     assert result.rules["y"] == "empirical"
     assert_moments_close(result.moments["y"], monte_carlo(model, moments)["y"], rtol=0.05,
                          axis=None)
+
+
+def test_loop_with_a_small_output_is_measured_on_enough_samples():
+    """At batch 8 the Loop's output is 128 values whose units share 8 input features: measured
+    on one draw its variance was 9% off for one of these seeds (a Keras 3 GRU's final state:
+    0.79-1.28x over six seeds); the fallback now runs it on fresh samples until 16,384 output
+    values are measured (at most 32 runs)."""
+    moments = {"x": Moments.scalar(0.0, 1.0)}
+    truth = monte_carlo(_loop_rnn(), moments)["y"].astype(np.float64).var()
+    graph = load(_loop_rnn(batch=8))
+    for seed in range(4):
+        y = propagate(graph, initial=dict(moments), seed=seed).moments["y"]
+        assert abs(y.total()[1] / truth - 1) < 0.04, seed
 
 
 def _lstm_last_step() -> onnx.ModelProto:

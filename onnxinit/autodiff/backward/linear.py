@@ -2,8 +2,8 @@
 
 Convolutions: the input gradient of Conv is a ConvTranspose with explicit pads and a computed
 ``output_padding`` (never ``output_shape`` or ``auto_pad``); the weight gradient is an im2col
-product: strided Slices of the padded input, one per kernel tap, each times the output gradient
-(one Gemm per tap).
+product: strided Slices of the padded input laid out spatial-first, one per kernel tap, each
+times the output gradient (one Gemm per tap).
 (ORT runs the alternative, a Conv whose kernel is the whole output gradient, several times
 slower.) ConvTranspose is the adjoint of Conv, so its two gradients are the same constructions
 with the roles exchanged. (The forward family is :mod:`onnxinit.rules.linear`.)
@@ -118,32 +118,34 @@ def _window_count(in_sizes, pad_begin, pad_end, kernel, strides, dilations) -> l
 
 
 def _taps(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin) -> list[str]:
-    """im2col with the batch folded into the positions, one (C, N * P) matrix per kernel tap
-    (P = prod(out_sizes) output positions); entry [c, (n, p)] of tap k is
-    X[n, c, p s + k d - pad] (zero outside X)."""
+    """im2col with the batch folded into the positions, one (P * N, C) matrix per kernel tap
+    (P = prod(out_sizes) output positions, position-major); entry [(p, n), c] of tap k is
+    X[n, c, p s + k d - pad] (zero outside X). X is laid out spatial-first, (H, W, N, C), so a
+    tap's Slice copies whole (N, C) blocks (in (C, N, H, W) it copied rows of W floats, and
+    cost more than the products)."""
     n, channels, *in_sizes = x_shape
     spatial = len(kernel)
     pad_end = _end_pads(in_sizes, out_sizes, kernel, strides, dilations, pad_begin)
-    unpadded = ctx.emit("Transpose", [x], perm=[1, 0, *range(2, 2 + spatial)])
-    channel_major = unpadded
+    unpadded = ctx.emit("Transpose", [x], perm=[*range(2, 2 + spatial), 0, 1])
+    spatial_major = unpadded
     if any(pad_begin) or any(pad_end):
-        channel_major = ctx.emit("Pad", [unpadded, ctx.ints(
-            [0, 0, *pad_begin, 0, 0, *pad_end])], mode="constant")
+        spatial_major = ctx.emit("Pad", [unpadded, ctx.ints(
+            [*pad_begin, 0, 0, *pad_end, 0, 0])], mode="constant")
     padded_sizes = [size + b + e for size, b, e in zip(in_sizes, pad_begin, pad_end)]
-    columns = n * int(np.prod(out_sizes))
-    axes = ctx.ints(range(2, 2 + spatial))
+    rows = n * int(np.prod(out_sizes))
+    axes = ctx.ints(range(spatial))
     steps = ctx.ints(strides)
     taps = []
     for offset in itertools.product(*(range(k) for k in kernel)):
         starts = [j * d for j, d in zip(offset, dilations)]
         ends = [b + s * (o - 1) + 1 for b, s, o in zip(starts, strides, out_sizes)]
-        tap = channel_major
+        tap = spatial_major
         if strides == [1] * spatial and starts == list(pad_begin) and ends == [
                 b + size for b, size in zip(pad_begin, in_sizes)]:
             tap = unpadded  # the tap that reads X itself (a "same" conv's centre): no Slice
         elif starts != [0] * spatial or ends != padded_sizes or strides != [1] * spatial:
-            tap = ctx.emit("Slice", [channel_major, ctx.ints(starts), ctx.ints(ends), axes, steps])
-        taps.append(ctx.emit("Reshape", [tap, ctx.ints([channels, columns])]))
+            tap = ctx.emit("Slice", [spatial_major, ctx.ints(starts), ctx.ints(ends), axes, steps])
+        taps.append(ctx.emit("Reshape", [tap, ctx.ints([rows, channels])]))
     return taps
 
 
@@ -163,22 +165,29 @@ def _weight_gradient_products(ctx, x, x_shape, g, g_shape, kernel, strides, dila
                               pad_begin, group):
     n, c_in = x_shape[:2]
     c_out, out_sizes = g_shape[1], list(g_shape[2:])
-    columns = n * int(np.prod(out_sizes))
+    rows = n * int(np.prod(out_sizes))
     taps = _taps(ctx, x, x_shape, out_sizes, kernel, strides, dilations, pad_begin)
-    g_channel_major = ctx.emit("Transpose", [g], perm=[1, 0, *range(2, len(g_shape))])
+    spatial = len(out_sizes)
     if group == 1:
-        # a Gemm per tap, (C_out, N P) x (C_in, N P)^T: no (C_in K, N P) im2col matrix is
-        # ever concatenated (that copy cost as much as the products)
-        rows = ctx.emit("Reshape", [g_channel_major, ctx.ints([c_out, columns])])
-        products = [ctx.emit("Reshape", [ctx.emit("Gemm", [rows, tap], transB=1),
+        # a Gemm per tap, (C_out, P N) x (P N, C_in), dY laid out (C_out, *out_sizes, N) to
+        # match the taps' rows: no (P N, C_in K) im2col matrix is ever concatenated (that copy
+        # cost as much as the products), and no operand is transposed inside the Gemm (MLAS
+        # packs a transposed (P N)-long operand slowly)
+        g_rows = ctx.emit("Transpose", [g], perm=[1, *range(2, 2 + spatial), 0])
+        columns = ctx.emit("Reshape", [g_rows, ctx.ints([c_out, rows])])
+        products = [ctx.emit("Reshape", [ctx.emit("Gemm", [columns, tap]),
                                          ctx.ints([c_out, c_in, 1])]) for tap in taps]
         stacked = products[0] if len(products) == 1 else ctx.emit("Concat", products, axis=2)
         return ctx.emit("Reshape", [stacked, ctx.ints([c_out, c_in, *kernel])])
-    patches = taps[0] if len(taps) == 1 else ctx.emit(
-        "Concat", [ctx.emit("Reshape", [t, ctx.ints([c_in, 1, columns])]) for t in taps], axis=1)
-    rows = ctx.emit("Reshape", [g_channel_major, ctx.ints([group, c_out // group, columns])])
-    flat = ctx.emit("Reshape", [patches, ctx.ints([group, -1, columns])])
-    product = ctx.emit("MatMul", [rows, ctx.emit("Transpose", [flat], perm=[0, 2, 1])])
+    # grouped: (group, C/group, N P) matrices, taps stacked after the group's channels
+    patches = ctx.emit("Concat", [ctx.emit("Reshape", [t, ctx.ints([rows, group, c_in // group, 1])])
+                                  for t in taps], axis=3)
+    flat = ctx.emit("Transpose", [ctx.emit("Reshape", [patches, ctx.ints([rows, group, -1])])],
+                    perm=[1, 0, 2])
+    g_spatial_major = ctx.emit("Transpose", [g], perm=[*range(2, 2 + spatial), 0, 1])
+    per_group = ctx.emit("Transpose", [ctx.emit("Reshape", [g_spatial_major, ctx.ints(
+        [rows, group, c_out // group])])], perm=[1, 2, 0])
+    product = ctx.emit("MatMul", [per_group, flat])  # (group, C_out/group, C_in/group K)
     return ctx.emit("Reshape", [product, ctx.ints([c_out, c_in // group, *kernel])])
 
 
