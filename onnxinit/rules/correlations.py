@@ -13,7 +13,7 @@ from .. import correlation, mehler
 from ..correlation import Correlation
 from ..moments import Elementwise, Moments
 from ..spatial import class_weights, within_variance
-from . import cross_fields
+from . import cross_fields, piecewise
 from .gaussian import compose, composite_rule, quadrature
 
 _L = 10.0  # the composite rules' range of z, as in .gaussian
@@ -85,7 +85,8 @@ def _centred_through_mixture(corr: Correlation, y: Moments, x: Moments, fn) -> C
 
 def _amplitudes(chain, mean, var, smooth: bool) -> np.ndarray:
     """a_n = E[h(mean + std z) He_n(z)], n = 1..8, of the chain h (``[8, *shape]``): closed
-    form for one ReLU / LeakyRelu / Clip of scalar bounds, for the identity (a_1 = std) and the square (a_1 =
+    form for one ReLU / LeakyRelu, a piecewise-polynomial chain (:mod:`.piecewise`: affine maps,
+    Clip, HardSwish written out), for the identity (a_1 = std) and the square (a_1 =
     2 mean std, a_2 = 2 var), else quadrature."""
     keys = [f.key for f in chain]
     if not keys or keys == [("Square",)]:  # x = m + s z; x^2 = m^2 + 2 m s z + s^2 (He_2 + 1)
@@ -97,25 +98,11 @@ def _amplitudes(chain, mean, var, smooth: bool) -> np.ndarray:
     if keys == [("Relu",)] or (len(keys) == 1 and keys[0][0] == "LeakyRelu"):
         slope = 0.0 if keys[0] == ("Relu",) else float(keys[0][1])
         return mehler.leaky_hermite_amplitudes(slope, mean, np.sqrt(var))
-    if len(keys) == 1 and keys[0][0] == "Clip" and len(keys[0]) == 3 and all(
-            isinstance(b, float) for b in keys[0][1:]):
-        return _clip_amplitudes(keys[0][1], keys[0][2], mean, np.sqrt(var))
+    pieces = piecewise.chain_pieces(keys)
+    if pieces is not None:  # affine maps, ReLU6 / Clip, HardSwish written out: closed form
+        return piecewise.amplitudes(pieces, mean, np.sqrt(var))
     nodes, weights = quadrature(True) if smooth else (_Z, _W)
     return mehler.hermite_amplitudes(compose(chain), mean, np.sqrt(var), nodes, weights)
-
-
-def _clip_amplitudes(lo: float, hi: float, mean, std) -> np.ndarray:
-    """The amplitudes of ``Clip(x, lo, hi) = lo + Relu(x - lo) - Relu(x - hi)`` (ReLU6:
-    0, 6), linear in the function: ReLU's closed form at each bound; an infinite bound drops
-    its ReLU (``x`` itself for lo = -inf: a_1 = std)."""
-    amp = np.zeros((8,) + np.shape(mean))
-    if np.isfinite(lo):
-        amp += mehler.leaky_hermite_amplitudes(0.0, mean - lo, std)
-    else:
-        amp[0] += std
-    if np.isfinite(hi):
-        amp -= mehler.leaky_hermite_amplitudes(0.0, mean - hi, std)
-    return amp
 
 
 def _per_channel(amp: np.ndarray, y: Moments, shape, channels: int) -> np.ndarray:
