@@ -64,12 +64,12 @@ def test_a_fine_grid_integral_agrees():
 
 @pytest.mark.parametrize("lo,hi", [(0.0, 6.0), (-np.inf, 2.0), (-1.0, np.inf)])
 def test_clip_amplitudes_in_closed_form(lo, hi):
-    # Clip is piecewise linear (rules/piecewise.py; ReLU6 is Keras' and MobileNetV2's
-    # activation): against a 2e6-point float64 grid integral to 1e-8; the composite quadrature
-    # it replaces was 1.3e-3 off for ReLU6
+    # Clip's pieces (lo below lo, x up to hi, hi above) in the piecewise closed form (ReLU6 is
+    # Keras' and MobileNetV2's activation): against a 2e6-point float64 grid integral to 1e-8;
+    # the composite quadrature it replaces was 1.3e-3 off for ReLU6
     from numpy.polynomial.hermite_e import hermeval
 
-    from onnxinit.rules.piecewise import amplitudes, chain_pieces
+    from onnxinit.rules.activations import _clip_pieces
 
     mean = np.array([-1.0, 0.5, 3.0, 7.0])
     std = np.array([0.5, 1.0, 2.0, 1.5])
@@ -78,8 +78,8 @@ def test_clip_amplitudes_in_closed_form(lo, hi):
     grid = np.stack([
         [(np.clip(m + s * z, lo, hi) * hermeval(z, [0] * n + [1]) * pdf).sum()
          for m, s in zip(mean, std)] for n in range(1, 9)])
-    pieces = chain_pieces([("Clip", lo, hi)])
-    np.testing.assert_allclose(amplitudes(pieces, mean, std), grid, atol=1e-8)
+    amplitudes = mehler.piecewise_hermite_amplitudes(_clip_pieces(lo, hi), mean, std)
+    np.testing.assert_allclose(amplitudes, grid, atol=1e-8)
 
 
 def test_written_out_hardswish_in_closed_form():
@@ -87,7 +87,7 @@ def test_written_out_hardswish_in_closed_form():
     # piecewise-quadratic function: its moments and amplitudes against the grid integral
     from numpy.polynomial.hermite_e import hermeval
 
-    from onnxinit.rules.piecewise import amplitudes, chain_pieces, closed_moments
+    from onnxinit.rules.piecewise import chain_pieces, closed_moments
 
     key = ("Fused", "Mul", (), (("Affine", "add", 3.0), ("Clip", 0.0, 6.0),
                                ("Affine", "mul", 1 / 6)))
@@ -99,7 +99,8 @@ def test_written_out_hardswish_in_closed_form():
     values = [_hardswish(m + s * z) for m, s in zip(mean, std)]
     grid = np.stack([[(v * hermeval(z, [0] * n + [1]) * pdf).sum() for v in values]
                      for n in range(1, 9)])
-    np.testing.assert_allclose(amplitudes(pieces, mean, std), grid, atol=1e-8)
+    np.testing.assert_allclose(mehler.piecewise_hermite_amplitudes(pieces, mean, std), grid,
+                               atol=1e-8)
     e, var = closed_moments(pieces)(mean, std**2)
     np.testing.assert_allclose(e, [(v * pdf).sum() for v in values], atol=1e-9)
     np.testing.assert_allclose(var, [(v * v * pdf).sum() - (v * pdf).sum() ** 2 for v in values],

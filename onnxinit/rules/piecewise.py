@@ -4,15 +4,11 @@ on a Gaussian in closed form.
 A chain of affine maps, ReLU, LeakyReLU and Clip with scalar constants is piecewise linear in
 its input; a Mul, Add or Sub of two such chains of one tensor (a fused binary node,
 :mod:`.fusion`: HardSwish as tf2onnx writes Keras', ``x * (Relu6(x + 3) * (1/6))``) is piecewise
-quadratic. On ``x ~ N(m, s^2)`` each piece is a polynomial ``e_0 + e_1 z + e_2 z^2`` of the
-standard normal ``z`` over an interval, so the moments are sums of partial moments
-(:func:`.gaussian.piecewise_closed`) and so are the Hermite amplitudes Mehler's formula needs,
-
-    a_n = E[f(m + s z) He_n(z)] = sum_pieces sum_k e_k sum_j h_nj M_{k+j}(lo, hi),
-
-``He_n = sum_j h_nj z^j``, ``M_i`` the partial moments of the standard normal over the piece.
-Exact where the composite quadrature over 768-3072 nodes per element was 1e-3 off at a kink,
-and a few array operations per piece instead of one function evaluation per node.
+quadratic. The pieces ``(lo, hi, (c0, c1, c2))`` are read from the chain's keys (scalar
+constants only); on a Gaussian their moments are :func:`.gaussian.piecewise_closed` and their
+Hermite amplitudes ``mehler.piecewise_hermite_amplitudes``: exact where the composite quadrature
+over 768-3072 nodes per element was 1e-3 off at a kink, and a few array operations per piece
+instead of one function evaluation per node.
 """
 
 from __future__ import annotations
@@ -20,17 +16,9 @@ from __future__ import annotations
 import math
 from functools import partial
 
-import numpy as np
-from numpy.polynomial import hermite_e
-
-from .gaussian import _partial_moments, piecewise_closed
+from .gaussian import piecewise_closed
 
 _INF = math.inf
-_ORDER = 8
-# He_n's power coefficients, n = 1..8: row n - 1, column j
-_HE = np.zeros((_ORDER, _ORDER + 1))
-for _n in range(1, _ORDER + 1):
-    _HE[_n - 1, : _n + 1] = hermite_e.herme2poly([0] * _n + [1])
 
 
 def _scalar(key, start: int) -> list[float] | None:
@@ -153,23 +141,3 @@ def chain_pieces(keys) -> list[tuple[float, float, tuple]] | None:
 def closed_moments(pieces):
     """``(mu, var) -> (E, Var)`` of the pieces (:func:`.gaussian.piecewise_closed`)."""
     return partial(piecewise_closed, pieces)
-
-
-def amplitudes(pieces, mean, std) -> np.ndarray:
-    """``a_n = E[f(mean + std z) He_n(z)]``, n = 1..8, ``[8, *shape]`` (module docstring); 0
-    for a point mass (std 0)."""
-    mean, std = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(std, np.float64))
-    point = std <= 0
-    s = np.where(point, 1.0, std)
-    out = np.zeros((_ORDER,) + mean.shape)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for lo, hi, (c0, c1, c2) in pieces:
-            e = (c0 + c1 * mean + c2 * mean * mean, (c1 + 2 * c2 * mean) * s, c2 * s * s)
-            m = _partial_moments((lo - mean) / s, (hi - mean) / s, _ORDER + 2)
-            for k in range(3):
-                if not np.any(e[k]):
-                    continue
-                # sum_j h_nj M_{k+j}, every n at once
-                stacked = np.stack(m[k:k + _ORDER + 1])  # [9, *shape]
-                out += e[k] * np.tensordot(_HE, stacked, axes=(1, 0))
-    return np.where(point, 0.0, out)
