@@ -64,12 +64,12 @@ def test_a_fine_grid_integral_agrees():
 
 @pytest.mark.parametrize("lo,hi", [(0.0, 6.0), (-np.inf, 2.0), (-1.0, np.inf)])
 def test_clip_amplitudes_in_closed_form(lo, hi):
-    # Clip's pieces (lo below lo, x up to hi, hi above) in the piecewise closed form (ReLU6 is
-    # Keras' and MobileNetV2's activation): against a 2e6-point float64 grid integral to 1e-8;
-    # the composite quadrature it replaces was 1.3e-3 off for ReLU6
+    # Clip is piecewise linear (rules/piecewise.py; ReLU6 is Keras' and MobileNetV2's
+    # activation): against a 2e6-point float64 grid integral to 1e-8; the composite quadrature
+    # it replaces was 1.3e-3 off for ReLU6
     from numpy.polynomial.hermite_e import hermeval
 
-    from onnxinit.rules.activations import _clip_pieces
+    from onnxinit.rules.piecewise import chain_pieces
 
     mean = np.array([-1.0, 0.5, 3.0, 7.0])
     std = np.array([0.5, 1.0, 2.0, 1.5])
@@ -78,8 +78,9 @@ def test_clip_amplitudes_in_closed_form(lo, hi):
     grid = np.stack([
         [(np.clip(m + s * z, lo, hi) * hermeval(z, [0] * n + [1]) * pdf).sum()
          for m, s in zip(mean, std)] for n in range(1, 9)])
-    amplitudes = mehler.piecewise_hermite_amplitudes(_clip_pieces(lo, hi), mean, std)
-    np.testing.assert_allclose(amplitudes, grid, atol=1e-8)
+    pieces = chain_pieces([("Clip", lo, hi)])
+    np.testing.assert_allclose(mehler.piecewise_hermite_amplitudes(pieces, mean, std), grid,
+                               atol=1e-8)
 
 
 def test_written_out_hardswish_in_closed_form():

@@ -4,9 +4,10 @@ on a Gaussian in closed form.
 A chain of affine maps, ReLU, LeakyReLU and Clip with scalar constants is piecewise linear in
 its input; a Mul, Add or Sub of two such chains of one tensor (a fused binary node,
 :mod:`.fusion`: HardSwish as tf2onnx writes Keras', ``x * (Relu6(x + 3) * (1/6))``) is piecewise
-quadratic. The pieces ``(lo, hi, (c0, c1, c2))`` are read from the chain's keys (scalar
-constants only); on a Gaussian their moments are :func:`.gaussian.piecewise_closed` and their
-Hermite amplitudes ``mehler.piecewise_hermite_amplitudes``: exact where the composite quadrature
+quadratic. On ``x ~ N(m, s^2)`` each piece is a polynomial ``e_0 + e_1 z + e_2 z^2`` of the
+standard normal ``z`` over an interval, so the moments are sums of partial moments
+(:func:`.gaussian.piecewise_closed`) and so are the Hermite amplitudes Mehler's formula needs
+(:func:`onnxinit.mehler.piecewise_hermite_amplitudes`): exact where the composite quadrature
 over 768-3072 nodes per element was 1e-3 off at a kink, and a few array operations per piece
 instead of one function evaluation per node.
 """
