@@ -137,9 +137,16 @@ class GraphStructure:
             elif node.op_type in ("Shape", "Size") and node.domain in ("", "ai.onnx"):
                 constant = is_static(self.shapes.get(node.input[0]))
             else:
-                constant = all(n in self.constants for n in inputs)
+                constant = (all(n in self.constants for n in inputs)
+                            or self._uniform_gather(node) is not None)
             if constant:
                 self.constants.update(o for o in node.output if o)
+
+    def _uniform_gather(self, node) -> object | None:
+        """The value every element of ``node``'s output takes when it gathers from a constant
+        integer tensor whose entries all hold that value (whatever the indices), else None.
+        The structure knows no values: :class:`~onnxinit.graph.ModelGraph` answers."""
+        return None
 
     # classification ---------------------------------------------------------------------------
 

@@ -214,6 +214,12 @@ def choose(outcome: Outcome, description: str,
     return kept
 
 
+def at_lower_bound(space: ScaleSpace, alpha: np.ndarray) -> list[str]:
+    """The weight tensors (lower bound > 0; a bias at 0 is harmless) whose scale is at its
+    bound."""
+    return [name for name, a, low in zip(space.names, alpha, space.lower) if 0 < low and a <= low]
+
+
 def _shown(assessment: Assessment) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in assessment.values.items())
 
@@ -236,6 +242,15 @@ def finish(
     warning suggests when no iteration beat the model's own scales."""
     kept_iteration, alpha, kept = choose(outcome, method, advice)
     scales = {name: float(a) for name, a in zip(space.names, alpha)}
+    bounded = at_lower_bound(space, alpha)
+    if bounded:
+        log.warning(
+            "%s: %d weight tensor(s) kept at the lower bound --%s-min-scale (%g of their norm): "
+            "%s. The optimisation pushed them further down and was stopped there; the layers "
+            "they scale now pass almost nothing (a residual branch is then switched off). "
+            "Check that the network still trains at your learning rate, or try %s.",
+            method, len(bounded), method, float(space.lower[space.names.index(bounded[0])]),
+            ", ".join(bounded[:5]) + (", ..." if len(bounded) > 5 else ""), advice)
     moved = sorted(scales, key=lambda n: (-abs(math.log(scales[n])) if scales[n] > 0
                                           else -math.inf, n))
     changes = {
@@ -256,6 +271,7 @@ def finish(
         "held_out_checks": [{"iteration": i, **a.values} for i, _, a in outcome.checks],
         "trajectory": trajectory,
         "scales": scales,
+        "at_lower_bound": bounded,
         "moved_most": [{"tensor": n, "scale": scales[n]} for n in moved[:top]],
         "skipped": dict(space.skipped),
         "seconds": seconds,

@@ -30,9 +30,11 @@ a BatchNorm's affine map a, b) with inputs independent across positions, of cumu
 
 (column sums of the kernel over the output positions: a transposed convolution of ones,
 per axis). Closed forms, per channel: the cost is a few quadratures over channels and one
-small einsum, next to nothing beside the Conv rule. Applied only where a GlobalAveragePool reads
-``f(BatchNorm(Conv))`` or ``f(Conv)`` of a depthwise Conv (one input channel per group); other
-pools are unchanged.
+small einsum, next to nothing beside the Conv rule. Applied only where a GlobalAveragePool (or a
+ReduceMean over every spatial axis: tf2onnx's Keras squeeze-excite pool) reads
+``f(BatchNorm(Conv))`` or ``f(Conv)`` of a depthwise Conv (one input channel per group), ``f``
+element-wise ops or a binary node fused from them (``x * Relu6(x + 3) / 6``); other pools are
+unchanged.
 
 Not modelled: the inputs' own joint cumulants across positions (an upstream per-sample energy
 scale, which grows with depth in MobileNetV3), and the Edgeworth terms of higher order.
@@ -44,6 +46,7 @@ import numpy as np
 
 from ..moments import Moments
 from .context import RuleContext, RuleError
+from .fusion import common_ancestor
 from .kurtosis import NODES, WEIGHTS, chain_start, chain_values, excess_kurtosis
 from .linear import begin_pads
 
@@ -83,7 +86,7 @@ def _cumulants(y: np.ndarray, w: np.ndarray):
 def _input_cumulants(ctx: RuleContext, in_name: str, source, c: int, rank: int):
     """k3, k4 of the conv input ``f(u)``, its chain integrated over the scale mixture of u's
     excess kurtosis (:mod:`.kurtosis`: u is a sum of heavy-tailed values, not a Gaussian)."""
-    kappa = excess_kurtosis(ctx, chain_start(ctx.graph, in_name))
+    kappa = excess_kurtosis(ctx, chain_start(ctx.graph, in_name, ctx))
     if kappa is None or kappa.shape != (c,) or not np.any(kappa > 0):
         return None
     y, w = chain_values(*source, c, rank, kappa / 3, coarse=True)
@@ -106,7 +109,9 @@ def _same_operand(graph, node) -> bool:
 
 def _find_conv(ctx: RuleContext, tensor: str):
     """(conv node id, BatchNorm node id or None, tensor z feeding the element-wise chain) when
-    ``tensor`` is element-wise ops of [BatchNorm of] a Conv's output; else None."""
+    ``tensor`` is element-wise ops of [BatchNorm of] a Conv's output; else None. A binary node
+    whose operands are both element-wise functions of one tensor (HardSwish written
+    ``x * Relu6(x + 3) / 6``, :func:`.fusion.common_ancestor`) is a step to that tensor."""
     graph = ctx.graph
     bn, z = None, None
     for _ in range(8):
@@ -118,10 +123,20 @@ def _find_conv(ctx: RuleContext, tensor: str):
             return node_id, bn, z if z is not None else tensor
         if node.op_type == "BatchNormalization" and bn is None:
             bn, z = node_id, tensor
-        elif (node.op_type not in _ELEMENTWISE or bn is not None
-              or (node.op_type == "Mul" and not _same_operand(graph, node))):
+            tensor = node.input[0]
+            continue
+        if bn is not None:
             return None
-        tensor = node.input[0]
+        if ((node.op_type in _ELEMENTWISE and node.op_type != "Mul")
+                or (node.op_type in ("Mul", "Add", "Sub", "Div") and _same_operand(graph, node))):
+            tensor = next((n for n in node.input if n and not graph.is_constant(n)),
+                          node.input[0])
+            continue
+        found = (common_ancestor(ctx.for_node(node_id))
+                 if node.op_type in ("Mul", "Add", "Sub", "Div") else None)
+        if found is None:
+            return None
+        tensor = found[0]
     return None
 
 
