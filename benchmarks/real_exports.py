@@ -27,6 +27,12 @@ outputs (float32 rounding: ~1e-6; models with random ops such as stochastic dept
 masks in PyTorch, so theirs is larger).
 
     python benchmarks/real_exports.py --models resnet50_nonorm --size 112 --before /work/main
+
+``--onnx FILE,...`` compares exports made elsewhere instead (say Keras applications exported by
+tf2onnx, ``benchmarks/keras_applications.py``), measured over ``--runs`` batches (default 1).
+
+    python benchmarks/real_exports.py --onnx kapps/mobilenetv3small.onnx --runs 16 \
+        --before /work/main
 """
 
 from __future__ import annotations
@@ -125,7 +131,7 @@ json.dump({"seconds": seconds, "var": {t.name: t.var for t in analysis.tensors}}
 def predict_with(checkout: str, path: Path, batch_size: int) -> tuple[dict[str, float], float]:
     """Predicted variances of ``path`` by the onnxinit in ``checkout`` (a subprocess), and the
     seconds its analyze took."""
-    out = path.with_suffix(".before.json")
+    out = Path(tempfile.mkdtemp()) / f"{path.stem}.before.json"  # path's folder may be read-only
     subprocess.run([sys.executable, "-c", _PREDICT, checkout, str(path), str(batch_size),
                     str(out)], check=True, env={**os.environ, "PYTHONPATH": checkout})
     data = json.loads(out.read_text())
@@ -189,10 +195,25 @@ def main() -> None:
                         help="another onnxinit checkout to predict with too (e.g. /work/main)")
     parser.add_argument("--torch-check", action="store_true",
                         help="check the onnxruntime measurements against PyTorch train()")
+    parser.add_argument("--onnx", default=None, metavar="FILE,...",
+                        help="compare these ONNX files instead of building models")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="batches measured per --onnx file (default 1)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     print(f"{'model':28} {'tensors':>7} {'within 10%':>10} {'within 2x':>9} {'pred/meas':>9} "
           f"{'coverage':>8} {'analyze s':>9} {'torch':>9}  worst", flush=True)
+    if args.onnx:
+        for file in args.onnx.split(","):
+            path, name = Path(file), Path(file).stem
+            r = compare(path, batch_size=args.batch_size, runs=args.runs)
+            if args.before:
+                predicted, seconds = predict_with(args.before, path, args.batch_size)
+                b = compare(path, batch_size=args.batch_size, runs=args.runs,
+                            predicted=predicted, analyze_s=seconds)
+                print(_row(f"{name} (before)", b), flush=True)
+            print(_row(name, r), flush=True)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             try:

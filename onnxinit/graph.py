@@ -56,6 +56,9 @@ log = logging.getLogger("onnxinit")
 _CACHED_CHANGE_ELEMENTS = 1 << 20
 
 
+_GATHERS = frozenset({"Gather", "GatherElements", "GatherND"})
+
+
 class ModelGraph(GraphStructure):
     """An ONNX model prepared for analysis. Build with :func:`load`."""
 
@@ -267,12 +270,39 @@ class ModelGraph(GraphStructure):
                         stack.append(out)
         return frozenset(seen)
 
+    def _uniform_gather(self, node) -> np.ndarray | None:
+        """A Gather/GatherElements/GatherND from a constant integer tensor whose entries are
+        all equal, with a static output shape, outputs that value everywhere whatever its
+        indices: RoBERTa-style token types, a zero buffer gathered by position ids computed from
+        the tokens, are one row of the embedding for every token, not a row drawn per token.
+        Integer data only: a float table may be a parameter that a method changes."""
+        if (node.op_type not in _GATHERS or node.domain not in ("", "ai.onnx")
+                or len(node.input) < 2 or node.input[0] not in self.constants
+                or self.dtypes.get(node.input[0]) not in INT_TYPES
+                or not is_static(self.shapes.get(node.output[0]))):
+            return None
+        try:
+            data = self.value(node.input[0])
+        except Exception as exc:  # noqa: BLE001 - a constant that cannot be folded stays unknown
+            log.debug("could not fold %s: %s", node.input[0], exc)
+            return None
+        if data is None or data.size == 0 or data.flat[0] != data.flat[-1] or not np.all(
+                data == data.flat[0]):
+            return None
+        return data.flat[0]
+
     def _fold(self, node_id: str, tensor: str) -> np.ndarray:
         node = self.node_by_id[node_id]
         if node.op_type in ("Shape", "Size"):
             value = shape_op_value(node, self.shapes[node.input[0]])
             self._values[tensor] = value
             return value
+        if node.input[1:] and not self.is_constant(node.input[1]):
+            fill = self._uniform_gather(node)
+            if fill is not None:  # constant although its indices are not
+                value = np.full(self.shapes[tensor], fill, dtype=np.asarray(fill).dtype)
+                self._values[tensor] = value
+                return value
         outs = evaluate_node(
             node, {n: self.value(n) for n in node.input if n},
             opset_import=self.model.opset_import, ir_version=self.model.ir_version,

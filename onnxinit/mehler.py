@@ -52,6 +52,63 @@ def leaky_hermite_amplitudes(slope: float, mean, std) -> np.ndarray:
     return out
 
 
+def piecewise_hermite_amplitudes(pieces, mean, std) -> np.ndarray:
+    """a_n = E[f(mean + std z) He_n(z)], n = 1..8, in closed form for f a piecewise polynomial
+    of degree <= 2 (``pieces``: ``(lo, hi, (c0, c1, c2))`` covering the real line, as
+    ``rules.gaussian.piecewise_closed``; HardSwish, HardSigmoid, Clip...). On a piece, in z,
+    f - f(mean) = d0 + d1 z + d2 z^2 between alpha = (lo - mean)/std and beta, and with
+    z He_n = He_{n+1} + n He_{n-1}, z^2 He_n = He_{n+2} + (2n+1) He_n + n(n-1) He_{n-2}::
+
+        a_n = sum_pieces d0 J_n + d1 (J_{n+1} + n J_{n-1}) + d2 (J_{n+2} + (2n+1) J_n
+                                                                   + n(n-1) J_{n-2})
+
+    with J_k = int_alpha^beta He_k phi = He_{k-1}(alpha) phi(alpha) - He_{k-1}(beta) phi(beta)
+    (k >= 1), J_0 = Phi(beta) - Phi(alpha). Subtracting f(mean) changes no a_n (n >= 1: the
+    J_n of the pieces sum to E[He_n] = 0) but keeps the terms small. A point mass (std 0)
+    has every amplitude 0. ``[8, *shape]``."""
+    mean, std = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(std, np.float64))
+    point = std == 0
+    s1 = np.where(point, 1.0, std)
+    shift = sum(np.where((mean >= lo) & (mean < hi), c0 + c1 * mean + c2 * mean * mean, 0.0)
+                for lo, hi, (c0, c1, c2) in pieces)
+    out = np.zeros((_HERMITE,) + mean.shape)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for lo, hi, (c0, c1, c2) in pieces:
+            d0 = c0 + c1 * mean + c2 * mean * mean - shift
+            d1 = (c1 + 2 * c2 * mean) * s1
+            d2 = c2 * s1 * s1
+            j = _hermite_integrals((lo - mean) / s1, (hi - mean) / s1, _HERMITE + 2)
+            for n in range(1, _HERMITE + 1):
+                term = d1 * (j[n + 1] + n * j[n - 1])
+                term += d0 * j[n]
+                low = (2 * n + 1) * j[n] + (n * (n - 1) * j[n - 2] if n >= 2 else 0.0)
+                term += d2 * (j[n + 2] + low)
+                out[n - 1] += term
+    return np.where(point, 0.0, out)
+
+
+def _hermite_integrals(lo, hi, top: int) -> list[np.ndarray]:
+    """``J_k = int_lo^hi He_k(z) phi(z) dz`` for k = 0..top, infinite bounds allowed:
+    J_0 = Phi(hi) - Phi(lo) (from the nearer tail), J_k = g_{k-1}(lo) - g_{k-1}(hi) with
+    g_j = He_j phi, 0 at +-inf and where phi underflows."""
+    def g_all(t):  # [He_j(t) phi(t) for j = 0..top-1]
+        phi = np.exp(-0.5 * np.where(np.isfinite(t), t, 0.0) ** 2) / np.sqrt(2 * np.pi)
+        live = np.isfinite(t) & (phi > 0)
+        phi = np.where(live, phi, 0.0)
+        t = np.where(live, t, 0.0)
+        he_prev, he, out = np.ones_like(t), t, [phi]
+        for j in range(1, top):
+            out.append(he * phi)
+            he_prev, he = he, t * he - j * he_prev
+        return out
+
+    upper = lo > 0
+    j0 = np.where(upper, special.ndtr(-lo) - special.ndtr(-hi),
+                  special.ndtr(hi) - special.ndtr(lo))
+    g_lo, g_hi = g_all(lo), g_all(hi)
+    return [j0] + [a - b for a, b in zip(g_lo, g_hi)]
+
+
 def hermite_amplitudes(fn: Callable, mean, std, nodes, weights) -> np.ndarray:
     """a_n = E[f(mean + std z) He_n(z)] for n = 1..8 by quadrature, per tracked index
     (``[8, *index shape]``): ``sum_i w_i He_n(z_i) (f_i - E[f])``, f's non-finite values taken
@@ -60,7 +117,6 @@ def hermite_amplitudes(fn: Callable, mean, std, nodes, weights) -> np.ndarray:
     product, from values already shifted by ``f(mean)`` so that the cancellation is as small
     as when centring first."""
     shape = np.broadcast_shapes(np.shape(mean), np.shape(std))
-    rank_pad = (1,) * len(shape)
     mean = np.broadcast_to(np.asarray(mean, np.float64), shape)
     std = np.broadcast_to(np.asarray(std, np.float64), shape)
     he = np.empty((_HERMITE, nodes.size))  # He_n(z_i), n = 1..8
@@ -72,34 +128,50 @@ def hermite_amplitudes(fn: Callable, mean, std, nodes, weights) -> np.ndarray:
     with np.errstate(all="ignore"):
         shift = np.asarray(fn(mean[None]), dtype=np.float64)[0]
         shift = np.where(np.isfinite(shift), shift, 0.0)
-        out_shape = shift.shape
-        cells = int(np.prod(out_shape))
-        step = max(1, _NODE_BLOCK // max(1, cells))
-        # the function is evaluated a few nodes at a time (``_CACHE_BLOCK`` values: its
-        # temporaries stay in cache; a whole block's are tens of MB) into the block's matrix
-        sub = max(1, _CACHE_BLOCK // max(1, cells))
-        flat_shift = shift.reshape(1, -1)
-        acc = np.zeros((_HERMITE, cells))
-        centre = np.zeros(cells)  # sum_i w_i (f_i - shift)
-        for i in range(0, nodes.size, step):
-            count = min(step, nodes.size - i)
-            values = np.empty((count, cells))
-            for j in range(0, count, sub):
-                z = nodes[i + j:i + min(j + sub, count)].reshape((-1,) + rank_pad)
-                x = std * z
-                x += mean
-                f = np.asarray(fn(x), dtype=np.float64)
-                f = np.broadcast_to(f, (z.shape[0],) + out_shape).reshape(z.shape[0], -1)
-                finite = np.isfinite(f)
-                if not finite.all():
-                    f = np.where(finite, f, 0.0)
-                np.subtract(f, flat_shift, out=values[j:j + z.shape[0]])
-            acc += hw[:, i:i + count] @ values
-            centre += weights[i:i + count] @ values
+        # with positive weights, a non-finite value of f makes its index's centre sum
+        # non-finite: the values are checked only then (the check is a fifth of the work)
+        if np.all(weights > 0):
+            acc, centre = _weighted_sums(fn, mean, std, shift, nodes, weights, hw, False)
+            if not np.isfinite(centre).all():
+                acc, centre = _weighted_sums(fn, mean, std, shift, nodes, weights, hw, True)
+        else:
+            acc, centre = _weighted_sums(fn, mean, std, shift, nodes, weights, hw, True)
     # sum_i hw_i (f_i - E[f]) with E[f] = shift * sum(w) + centre
     offset = centre + shift.reshape(-1) * (weights.sum() - 1.0)
     acc -= np.outer(hw.sum(axis=1), offset)
-    return acc.reshape((_HERMITE,) + out_shape)
+    return acc.reshape((_HERMITE,) + shift.shape)
+
+
+def _weighted_sums(fn, mean, std, shift, nodes, weights, hw, check: bool):
+    """(``hw @ (f - shift)``, ``weights @ (f - shift)``) over the nodes, f's non-finite values
+    taken as 0 when ``check`` (else they propagate)."""
+    rank_pad = (1,) * mean.ndim
+    out_shape = shift.shape
+    cells = int(np.prod(out_shape))
+    step = max(1, _NODE_BLOCK // max(1, cells))
+    # the function is evaluated a few nodes at a time (``_CACHE_BLOCK`` values: its
+    # temporaries stay in cache; a whole block's are tens of MB) into the block's matrix
+    sub = max(1, _CACHE_BLOCK // max(1, cells))
+    flat_shift = shift.reshape(1, -1)
+    acc = np.zeros((_HERMITE, cells))
+    centre = np.zeros(cells)  # sum_i w_i (f_i - shift)
+    for i in range(0, nodes.size, step):
+        count = min(step, nodes.size - i)
+        values = np.empty((count, cells))
+        for j in range(0, count, sub):
+            z = nodes[i + j:i + min(j + sub, count)].reshape((-1,) + rank_pad)
+            x = std * z
+            x += mean
+            f = np.asarray(fn(x), dtype=np.float64)
+            f = np.broadcast_to(f, (z.shape[0],) + out_shape).reshape(z.shape[0], -1)
+            if check:
+                finite = np.isfinite(f)
+                if not finite.all():
+                    f = np.where(finite, f, 0.0)
+            np.subtract(f, flat_shift, out=values[j:j + z.shape[0]])
+        acc += hw[:, i:i + count] @ values
+        centre += weights[i:i + count] @ values
+    return acc, centre
 
 
 def mehler(amplitudes: np.ndarray, variance: np.ndarray, rho: np.ndarray) -> np.ndarray:
@@ -119,4 +191,5 @@ def mehler(amplitudes: np.ndarray, variance: np.ndarray, rho: np.ndarray) -> np.
     return np.clip(np.where(v > 0, out / np.where(v > 0, v, 1.0), rho), -1.0, 1.0)
 
 
-__all__ = ["hermite_amplitudes", "leaky_hermite_amplitudes", "mehler"]
+__all__ = ["hermite_amplitudes", "leaky_hermite_amplitudes", "mehler",
+           "piecewise_hermite_amplitudes"]

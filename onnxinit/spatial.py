@@ -198,8 +198,10 @@ def pad(x: Moments, shape: Sequence[int], pads: dict[int, tuple[int, int]],
     """A constant Pad (value v) of spatial axes only, pads non-negative, per position class: the
     padded indices of axis d form one new class along d (mean v, variance 0), the others keep
     their input class. The correlation is kept as it is (as a Conv's own zero padding keeps
-    it: the change of correlation near the border is not modelled); each cell's source and
-    mixture are dropped (a padded cell is a constant). None where it does not apply."""
+    it: the change of correlation near the border is not modelled). The cells' source (a
+    Gaussian and its element-wise chain f) is kept when f maps v to v (ReLU, ReLU6 and zero
+    padding: the padded cells are the point mass v of the same chain), else dropped with the
+    mixture. None where it does not apply."""
     rank = len(shape)
     if rank < 3 or any(a < 2 or b < 0 or e < 0 for a, (b, e) in pads.items()):
         return None
@@ -210,6 +212,22 @@ def pad(x: Moments, shape: Sequence[int], pads: dict[int, tuple[int, int]],
     full = mean.shape[:2] + sp.classes
     mean = np.array(np.broadcast_to(mean, full), dtype=np.float64)
     var = np.array(np.broadcast_to(var, full), dtype=np.float64)
+    src = sp.cells.source
+    if src is not None and src.chain:
+        fixed = np.full(full, value)
+        with np.errstate(all="ignore"):
+            for f in src.chain:
+                fixed = f.fn(fixed)
+        fixed = np.asarray(fixed, dtype=np.float64)
+        if fixed.shape == full and np.allclose(fixed, value, rtol=0, atol=1e-12):
+            src_mean = np.array(np.broadcast_to(np.reshape(src.mean, (1,) * (rank - np.ndim(
+                src.mean)) + np.shape(src.mean)), full), dtype=np.float64)
+            src_var = np.array(np.broadcast_to(np.reshape(src.var, (1,) * (rank - np.ndim(
+                src.var)) + np.shape(src.var)), full), dtype=np.float64)
+        else:
+            src = None
+    else:
+        src = None
     maps = list(sp.maps)
     for axis, (b, e) in sorted(pads.items()):
         if b == 0 and e == 0:
@@ -222,7 +240,11 @@ def pad(x: Moments, shape: Sequence[int], pads: dict[int, tuple[int, int]],
         widths[axis] = (0, 1)
         mean = np.pad(mean, widths, constant_values=value)
         var = np.pad(var, widths, constant_values=0.0)
-    return attach(Moments(mean, var), maps, sp.corr)
+        if src is not None:
+            src_mean = np.pad(src_mean, widths, constant_values=value)
+            src_var = np.pad(src_var, widths, constant_values=0.0)
+    source = None if src is None else Source(src_mean, src_var, src.chain)
+    return attach(Moments(mean, var, source), maps, sp.corr)
 
 
 def window(in_map: np.ndarray, out_size: int, kernel: int, stride: int, dilation: int,

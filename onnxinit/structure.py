@@ -137,9 +137,16 @@ class GraphStructure:
             elif node.op_type in ("Shape", "Size") and node.domain in ("", "ai.onnx"):
                 constant = is_static(self.shapes.get(node.input[0]))
             else:
-                constant = all(n in self.constants for n in inputs)
+                constant = (all(n in self.constants for n in inputs)
+                            or self._uniform_gather(node) is not None)
             if constant:
                 self.constants.update(o for o in node.output if o)
+
+    def _uniform_gather(self, node) -> object | None:
+        """The value every element of ``node``'s output takes when it gathers from a constant
+        integer tensor whose entries all hold that value (whatever the indices), else None.
+        The structure knows no values: :class:`~onnxinit.graph.ModelGraph` answers."""
+        return None
 
     # classification ---------------------------------------------------------------------------
 
@@ -206,11 +213,12 @@ class GraphStructure:
         return [i for i in self.source.graph.input if i.name not in self.initializers]
 
     def float_activations(self) -> list[str]:
-        """Signal tensors in topological order (graph inputs first)."""
+        """Signal tensors in topological order (graph inputs first), less those of no elements
+        (a static shape with a 0: a Slice past the end has no variance to report)."""
         out = [i for i in self.input_names if self.is_signal(i)]
         for node_id in self.order:
             out.extend(o for o in self.node_by_id[node_id].output if self.is_signal(o))
-        return out
+        return [t for t in out if 0 not in (self.shapes.get(t) or ())]
 
     def subgraph_nodes(self) -> list[str]:
         return [n for n in self.order

@@ -55,11 +55,12 @@ def test_idinit_autoinit_first_residual_sum(conv, tmp_path):
         assert abs(t.var - t.measured_var) <= 0.03 * t.measured_var, (name, t.var, t.measured_var)
 
 
-@pytest.mark.parametrize("conv, tensors, layers", [("patch", 0.95, 21), ("dirac", 0.80, 18)])
+@pytest.mark.parametrize("conv, tensors, layers", [("patch", 0.97, 22), ("dirac", 0.80, 18)])
 def test_idinit_autoinit_is_predicted(conv, tensors, layers, tmp_path):
     """``analyze --measure`` after ``idinit,autoinit``: the share of tensors within 10% (before
     the sampled residual sums: 87% patch, 23% Dirac; now 98%, 85%) and the layers within 10% of
-    autoinit's target, of 22 (before: 17, 6; now 21, 18)."""
+    autoinit's target, of 22 (before: 17, 6; then 21, 18; with the pooled channels' covariance
+    in the classifier 22, 18)."""
     out = tmp_path / f"idinit_autoinit_{conv}.onnx"
     rescale(SAMPLE, "idinit,autoinit", output=out, idinit_conv=conv)
     result = analyze(out, measure=True, batch_size=32, device="cpu")
@@ -72,12 +73,10 @@ def test_idinit_autoinit_is_predicted(conv, tensors, layers, tmp_path):
         (t.name, round(t.measured_var, 3)) for t in found]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "21 of 22 layers within 10% (measured 0.98-1.16): the classifier (Gemm after the global "
-    "pool, measured 1.16) sums pooled channels whose correlation comes from the last residual "
-    "ReLU's field at every offset, and the sampled window holds offsets up to 2 only (stage 3 "
-    "needs more sites than are drawn jointly: its field is carried unchanged through the ReLU)"))
 def test_idinit_autoinit_reaches_its_target(tmp_path):
+    """Every Conv and the classifier within 10% of autoinit's target, measured (before: the
+    classifier, a Gemm after the global pool summing 6-7 pooled channels of one sign, at 1.16:
+    its pooled channels' covariance was left out, rules/pooled_features.py; now 1.03)."""
     out = tmp_path / "idinit_autoinit.onnx"
     rescale(SAMPLE, "idinit,autoinit", output=out)
     result = analyze(out, measure=True, batch_size=32, device="cpu")
@@ -85,3 +84,18 @@ def test_idinit_autoinit_reaches_its_target(tmp_path):
     assert len(layers) == 22
     assert all(abs(t.measured_var - 1.0) <= 0.10 for t in layers), [
         (t.name, round(t.measured_var, 3)) for t in layers]
+
+
+def test_idinit_on_torchvision_resnet18_without_norm(tmp_path):
+    """torchvision's ResNet-18 with its norm layers removed, at 32x32 (tests/real/exports.py):
+    after ``idinit`` its branches end in the eps pattern and each residual sum is its skip.
+    A max-pool output's border classes have another law than its interior; the sampled law
+    of the sum is laid only where every tap sees A's interior (shared_source.valid_classes):
+    tensors within 10% 66% -> 76% (76% before the sampled law); the rest are the 2x2 and 1x1
+    maps of stages 3-4, all border."""
+    pytest.importorskip("torchvision")
+    from .real.exports import exported
+
+    out = tmp_path / "resnet18_nonorm_idinit.onnx"
+    rescale(exported("resnet18_nonorm", 32), "idinit", output=out)
+    assert _within(out) >= 0.74

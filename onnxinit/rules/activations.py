@@ -149,14 +149,14 @@ def sigmoid(ctx: RuleContext, rank):
 def hard_sigmoid(ctx: RuleContext, rank):
     """y = clip(alpha x + beta, 0, 1), alpha 0.2, beta 0.5 by default."""
     alpha, beta = float(ctx.attr("alpha", 0.2)), float(ctx.attr("beta", 0.5))
-    closed = None
     if alpha > 0:  # 0 below -beta/alpha, alpha x + beta up to (1 - beta)/alpha, 1 above
         lo, hi = -beta / alpha, (1.0 - beta) / alpha
         pieces = [(-np.inf, lo, (0.0, 0.0, 0.0)), (lo, hi, (beta, alpha, 0.0)),
                   (hi, np.inf, (1.0, 0.0, 0.0))]
-        closed = partial(piecewise_closed, pieces)
-    return ElementwiseFn(("HardSigmoid", alpha, beta),
-                         lambda x: np.clip(alpha * x + beta, 0.0, 1.0), closed=closed)
+    else:
+        pieces = None
+    return _piecewise(("HardSigmoid", alpha, beta),
+                      lambda x: np.clip(alpha * x + beta, 0.0, 1.0), pieces)
 
 
 @elementwise_rule("Tanh")
@@ -203,8 +203,8 @@ def swish(ctx: RuleContext, rank):
 def hard_swish(ctx: RuleContext, rank):
     """y = x clip(x / 6 + 1/2, 0, 1): 0 below -3, x/2 + x^2/6 up to 3, x above (closed form
     on a Gaussian)."""
-    return ElementwiseFn(("HardSwish",), lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
-                         closed=partial(piecewise_closed, _HARD_SWISH))
+    return _piecewise(("HardSwish",), lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
+                      _HARD_SWISH)
 
 
 _HARD_SWISH = [(-np.inf, -3.0, (0.0, 0.0, 0.0)), (-3.0, 3.0, (0.0, 0.5, 1.0 / 6.0)),
@@ -225,24 +225,20 @@ def thresholded_relu(ctx: RuleContext, rank):
     """y = x (x > alpha), 0 otherwise, alpha default 1."""
     alpha = float(ctx.attr("alpha", 1.0))
     pieces = [(-np.inf, alpha, (0.0, 0.0, 0.0)), (alpha, np.inf, (0.0, 1.0, 0.0))]
-    return ElementwiseFn(("ThresholdedRelu", alpha), lambda x: np.where(x > alpha, x, 0.0),
-                         closed=partial(piecewise_closed, pieces))
+    return _piecewise(("ThresholdedRelu", alpha), lambda x: np.where(x > alpha, x, 0.0), pieces)
 
 
 @elementwise_rule("Shrink")
 def shrink(ctx: RuleContext, rank):
     """y = x + bias (x < -lambd), x - bias (x > lambd), 0 otherwise; bias 0, lambd 0.5."""
     bias, lambd = float(ctx.attr("bias", 0.0)), float(ctx.attr("lambd", 0.5))
-    closed = None
+    pieces = None
     if lambd >= 0:
         pieces = [(-np.inf, -lambd, (bias, 1.0, 0.0)), (-lambd, lambd, (0.0, 0.0, 0.0)),
                   (lambd, np.inf, (-bias, 1.0, 0.0))]
-        closed = partial(piecewise_closed, pieces)
-    return ElementwiseFn(
+    return _piecewise(
         ("Shrink", bias, lambd),
-        lambda x: np.where(x < -lambd, x + bias, np.where(x > lambd, x - bias, 0.0)),
-        closed=closed,
-    )
+        lambda x: np.where(x < -lambd, x + bias, np.where(x > lambd, x - bias, 0.0)), pieces)
 
 
 @elementwise_rule("Clip")
@@ -254,14 +250,23 @@ def clip(ctx: RuleContext, rank):
     else:
         lo = constant_input(ctx, 1, rank) if ctx.has_input(1) else np.float64(-np.inf)
         hi = constant_input(ctx, 2, rank) if ctx.has_input(2) else np.float64(np.inf)
-    return ElementwiseFn(("Clip", *digest(lo), *digest(hi)),
-                         lambda x: np.minimum(np.maximum(x, lo), hi), closed=_clip_closed(lo, hi))
+    return _piecewise(("Clip", *digest(lo), *digest(hi)),
+                      lambda x: np.minimum(np.maximum(x, lo), hi), _clip_pieces(lo, hi))
 
 
+def _piecewise(key: tuple, fn, pieces) -> ElementwiseFn:
+    """An element-wise function that is a piecewise polynomial of degree <= 2 (``pieces``,
+    None when it is not one for these attributes): closed forms on a Gaussian for its
+    moments (``piecewise_closed``) and its Hermite amplitudes (``mehler``)."""
+    if pieces is None:
+        return ElementwiseFn(key, fn)
+    return ElementwiseFn(key, fn, closed=partial(piecewise_closed, pieces),
+                         pieces=tuple(pieces))
 
-def _clip_closed(lo, hi):
-    """The closed form of clip(x, lo, hi): lo below lo, x up to hi, hi above; None where a
-    bound is infinite in part only or lo > hi (the output is then hi everywhere)."""
+
+def _clip_pieces(lo, hi):
+    """clip(x, lo, hi) as pieces: lo below lo, x up to hi, hi above; None where a bound is
+    infinite in part only or lo > hi (the output is then hi everywhere)."""
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
     if np.any(lo > hi):
         return None
@@ -272,7 +277,7 @@ def _clip_closed(lo, hi):
             pieces.append((*piece, (bound, 0.0, 0.0)))
         elif not np.all(bound == side):
             return None
-    return partial(piecewise_closed, pieces)
+    return pieces
 
 
 # transcendental and rounding functions ----------------------------------------------------------

@@ -51,6 +51,7 @@ from .grids import (
 from .mixture import binary_independent, lift, sum_mixture
 from .positional import concat_channels, positions_binary
 from .registry import rule
+from .row_norm import response_normalised, row_normalised
 
 _CONST_CAP = 1 << 16  # constants larger than this are not handed to the element-wise rules
 
@@ -103,6 +104,11 @@ def binary(inputs, ctx: RuleContext):
     offset = masks.logit_offset(inputs, ctx, rank)
     if offset is not None:
         return [offset]
+    normalised = row_normalised(inputs, ctx, rank)
+    if normalised is None:
+        normalised = response_normalised(inputs, ctx, rank)
+    if normalised is not None:
+        return [finish(*normalised, signal_axes(inputs, rank))]
     fused = _two_signals_fused(inputs, ctx)
     if fused is not None:
         return fused

@@ -1,7 +1,7 @@
 """The spatial correlation of an element-wise function's output (``onnxinit.correlation``
 describes the model): Mehler's formula on the correlation of the Gaussian the function is
-applied to, with the Hermite coefficients in closed form for ReLU / LeakyRelu and by quadrature
-otherwise (Gauss-Hermite for smooth chains, a 768-node composite rule for kinked ones)."""
+applied to, with the Hermite coefficients in closed form for ReLU / LeakyRelu and piecewise polynomials
+(HardSwish, HardSigmoid, Clip...) and by quadrature otherwise (Gauss-Hermite for smooth chains, a 768-node composite rule for kinked ones)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .. import correlation, mehler
 from ..correlation import Correlation
 from ..moments import Elementwise, Moments
 from ..spatial import class_weights, within_variance
-from . import cross_fields
+from . import cross_fields, piecewise
 from .gaussian import compose, composite_rule, quadrature
 
 _L = 10.0  # the composite rules' range of z, as in .gaussian
@@ -85,7 +85,8 @@ def _centred_through_mixture(corr: Correlation, y: Moments, x: Moments, fn) -> C
 
 def _amplitudes(chain, mean, var, smooth: bool) -> np.ndarray:
     """a_n = E[h(mean + std z) He_n(z)], n = 1..8, of the chain h (``[8, *shape]``): closed
-    form for one ReLU / LeakyRelu, for the identity (a_1 = std) and the square (a_1 =
+    form for one ReLU / LeakyRelu, a piecewise-polynomial function (HardSwish, HardSigmoid) or
+    chain (:mod:`.piecewise`: affine maps, Clip, HardSwish written out), for the identity (a_1 = std) and the square (a_1 =
     2 mean std, a_2 = 2 var), else quadrature."""
     keys = [f.key for f in chain]
     if not keys or keys == [("Square",)]:  # x = m + s z; x^2 = m^2 + 2 m s z + s^2 (He_2 + 1)
@@ -97,6 +98,10 @@ def _amplitudes(chain, mean, var, smooth: bool) -> np.ndarray:
     if keys == [("Relu",)] or (len(keys) == 1 and keys[0][0] == "LeakyRelu"):
         slope = 0.0 if keys[0] == ("Relu",) else float(keys[0][1])
         return mehler.leaky_hermite_amplitudes(slope, mean, np.sqrt(var))
+    pieces = chain[0].pieces if len(chain) == 1 and chain[0].pieces is not None \
+        else piecewise.chain_pieces(keys)
+    if pieces is not None:  # HardSwish, HardSigmoid, affine maps, ReLU6 / Clip, written-out
+        return mehler.piecewise_hermite_amplitudes(pieces, mean, np.sqrt(var))
     nodes, weights = quadrature(True) if smooth else (_Z, _W)
     return mehler.hermite_amplitudes(compose(chain), mean, np.sqrt(var), nodes, weights)
 

@@ -273,22 +273,46 @@ def residual_sum(ctx, op: str, operands, cells, var: np.ndarray, mixture, corr, 
     shape = (1, channels) + (1,) * axes
     extra = 2 * sign * rho.reshape(shape) * np.sqrt(cells[0].var) * np.sqrt(cells[1].var)
     var = np.maximum(var + extra, 0.0)
+    maps = joint([sp.maps for sp in operands], ctx.out_shape(0)[2:])[0]
     sampled = shared_source.sampled_mixture(ctx, anchor.name, channels, axes, sign,
-                                            cells[0].mean + sign * cells[1].mean, var)
-    draws = None
-    if sampled is not None:  # both operands sparse linear maps of A: their sum's own law
-        mixture, draws = sampled
-    elif op == "Add":  # a ReLU branch of a linear image of a Gaussian A: per side of its kink
-        weights = class_weights(joint([sp.maps for sp in operands], ctx.out_shape(0)[2:])[0])
+                                            cells[0].mean + sign * cells[1].mean, var, maps)
+    draws, mixture = None, None
+    # a ReLU branch of a linear image of a Gaussian A, per side of its kink, where the
+    # sampled law does not hold
+    if op == "Add" and (sampled is None or not sampled[2].all()):
+        weights = class_weights(maps)
         mixture = relu_plus_linear(cells[j], cells[i], (rho * sd[0] * sd[1]).reshape(shape),
                                    len(shape), weights.reshape((1, 1) + weights.shape))
         if mixture is None:
             beta = rho * sd[j] / np.where(sd[i] > 0, sd[i], 1.0)
             mixture = _regressed_mixture(cells[i], cells[j], beta.reshape(shape), len(shape))
-    else:
-        mixture = None
+    if sampled is not None:  # both operands sparse linear maps of A: their sum's own law
+        law, draws, valid = sampled
+        mixture = _where_valid(valid, law, mixture, cells[0].mean + sign * cells[1].mean, var)
     return var, mixture, replace(corr, rho=CrossField(total).diagonal(),
                                  cross=CrossField(total, joint=draws))
+
+
+def _where_valid(valid: np.ndarray, law, other, mean, var):
+    """The sampled ``law`` at the classes where it holds (``valid`` ``[R...]``), ``other``
+    (the regression's mixture, or the Gaussian of the cell's moments when None) elsewhere;
+    the two padded with weightless components to the same count."""
+    shape = np.broadcast_shapes(np.shape(mean), np.shape(var), law[0].shape[1:],
+                                (1, 1) + valid.shape)
+    if other is None:
+        other = (np.ones((1,) + shape), np.broadcast_to(mean, shape)[None],
+                 np.broadcast_to(var, shape)[None])
+    parts = []
+    for mix in (law, other):
+        k = max(np.shape(x)[0] for x in mix)
+        parts.append([np.broadcast_to(x, (k,) + shape) for x in mix])
+    k = max(p[0].shape[0] for p in parts)
+    padded = []
+    for w, m, v in parts:
+        pad = ((0, k - w.shape[0]),) + ((0, 0),) * len(shape)
+        padded.append((np.pad(w, pad), np.pad(m, pad, mode="edge"), np.pad(v, pad, mode="edge")))
+    mask = np.broadcast_to(valid.reshape((1, 1, 1) + valid.shape), (k,) + shape)
+    return tuple(np.where(mask, a, b) for a, b in zip(*padded))
 
 
 def _scaled_cells(x: Moments, g: np.ndarray) -> Moments | None:

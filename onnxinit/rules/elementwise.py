@@ -49,10 +49,11 @@ class ElementwiseFn:
     affine: tuple | None = None  # (a, b): f(x) = a x + b exactly
     closed: Callable | None = None  # (mu, var) -> (E, Var) for a Gaussian input
     domain: str | None = None  # "positive", "nonnegative", "nonzero": guard the input
+    pieces: tuple | None = None  # fn as a piecewise polynomial (Elementwise.pieces)
 
     @property
     def elementwise(self) -> Elementwise:
-        return Elementwise(self.key, self.fn)
+        return Elementwise(self.key, self.fn, self.pieces)
 
 
 # key[0] of functions with no kink or jump (Gauss-Hermite converges fast)

@@ -18,6 +18,7 @@ from ..moments import Elementwise, Moments
 from .context import RuleContext, RuleError
 from .elementwise import ElementwiseFn, apply_fn, base_source, guard, node_function, rank_of
 from .gaussian import compose
+from .piecewise import closed_moments, fused_pieces
 
 MAX_DEPTH = 16  # nodes walked back from the two operands together (GPT-2's tanh GELU: 12)
 _BINARY = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide,
@@ -105,6 +106,8 @@ def fused_elementwise(inputs: list, ctx: RuleContext) -> list[Moments] | None:
     if fusion is None:
         return None
     h = fused_function(ctx.node.op_type, fusion.chain_a, fusion.chain_b)
+    pieces = fused_pieces(ctx.node.op_type, [f.key for f in fusion.chain_a],
+                          [f.key for f in fusion.chain_b])
     rank = rank_of(ctx)
     shape = ctx.graph.shape(fusion.tensor)
     if rank is not None and shape is not None and len(shape) != rank:
@@ -113,7 +116,8 @@ def fused_elementwise(inputs: list, ctx: RuleContext) -> list[Moments] | None:
         if ctx.node.op_type == "Div":  # the denominator must keep one sign
             src = base_source(fusion.moments, rank)
             guard("nonzero", src.chain + fusion.chain_b, src, rank)
-        out = apply_fn(fusion.moments, ElementwiseFn(h.key, h.fn), rank)
+        closed = None if pieces is None else closed_moments(pieces)  # x * Relu6(x + 3) / 6
+        out = apply_fn(fusion.moments, ElementwiseFn(h.key, h.fn, closed=closed), rank)
     except RuleError:
         return None
     return [out]

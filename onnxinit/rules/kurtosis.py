@@ -37,6 +37,7 @@ import numpy as np
 
 from ..moments import Moments
 from .context import RuleContext, RuleError
+from .fusion import common_ancestor
 from .gaussian import compose, composite_rule
 
 # the element-wise ops an element-wise chain (a tensor's source) is built from
@@ -103,18 +104,34 @@ def _stats(known, tensor: str, c: int) -> tuple[np.ndarray, np.ndarray]:
     return known[tensor].values_along(1, c)
 
 
-def chain_start(graph, tensor: str) -> str:
+def chain_start(graph, tensor: str, ctx: RuleContext | None = None) -> str:
     """The tensor an element-wise chain ending at ``tensor`` starts from (walking back through
-    element-wise ops, BatchNormalization and Mul/Add of a constant or of the chain itself)."""
+    element-wise ops, BatchNormalization and Mul/Add of a constant or of the chain itself;
+    with ``ctx``, through any binary node whose two operands are element-wise functions of one
+    tensor, :func:`.fusion.common_ancestor`: HardSwish written ``x * Relu6(x + 3) / 6``)."""
     for _ in range(16):
         node_id = graph.producer.get(tensor)
         if node_id is None:
             return tensor
-        node = graph.node(node_id)
-        if node.op_type not in ELEMENTWISE or not _one_signal(graph, node):
+        step = _step(graph, node_id, ctx)
+        if step is None:
             return tensor
-        tensor = node.input[0]
+        tensor = step
     return tensor
+
+
+def _step(graph, node_id: str, ctx: RuleContext | None) -> str | None:
+    """The tensor the element-wise node ``node_id`` is a function of, or None."""
+    node = graph.node(node_id)
+    if node.op_type not in ELEMENTWISE:
+        return None
+    if _one_signal(graph, node):
+        return next((n for n in node.input if n and not graph.is_constant(n)), node.input[0])
+    if ctx is not None and node.op_type in ("Mul", "Add", "Sub", "Div"):
+        found = common_ancestor(ctx.for_node(node_id))
+        if found is not None:
+            return found[0]
+    return None
 
 
 def _one_signal(graph, node) -> bool:
@@ -130,16 +147,16 @@ def _one_signal(graph, node) -> bool:
     return False
 
 
-def _deps(graph, known, tensor: str) -> list[str]:
+def _deps(graph, known, tensor: str, ctx: RuleContext | None = None) -> list[str]:
     node_id = graph.producer.get(tensor)
     if node_id is None:
         return []
     node = graph.node(node_id)
     op = node.op_type
     m = known.get(tensor)
-    if (m is not None and m.source is not None and m.source.chain and op in ELEMENTWISE
-            and _one_signal(graph, node)):
-        base = chain_start(graph, tensor)
+    if (m is not None and m.source is not None and m.source.chain
+            and _step(graph, node_id, ctx) is not None):
+        base = chain_start(graph, tensor, ctx)
         return [base] if base != tensor else []
     signals = [n for n in node.input if n and n in known and not graph.is_constant(n)]
     if op in ("Conv", "BatchNormalization", "Add", "Sub", "Mul") or op in _SAME:
@@ -173,7 +190,7 @@ def law(ctx: RuleContext, tensor: str) -> tuple[float, np.ndarray] | None:
         if cached(name):
             stack.pop()
             continue
-        missing = [d for d in _deps(graph, known, name) if not cached(d)]
+        missing = [d for d in _deps(graph, known, name, ctx) if not cached(d)]
         if missing:
             stack.extend(missing)
             continue
@@ -201,9 +218,8 @@ def _compute(ctx: RuleContext, tensor: str, law_of) -> tuple[float, np.ndarray] 
         return (0.0, np.zeros(size)) if got is None or got[1].shape != (size,) else got
 
     try:
-        if m.source is not None and m.source.chain and op in ELEMENTWISE and _one_signal(graph,
-                                                                                        node):
-            base = chain_start(graph, tensor)
+        if m.source is not None and m.source.chain and _step(graph, node_id, ctx) is not None:
+            base = chain_start(graph, tensor, ctx)
             return _chain_law(m, c, rank, *of(base)) if base != tensor else gaussian
         signals = [n for n in node.input if n and n in known and not graph.is_constant(n)]
         if op == "Conv":

@@ -25,6 +25,7 @@ from ..spatial import attach, gather_taps, positions, window, within_variance
 from .attention import matmul_activations
 from . import cross_fields
 from .copies import copy_cells
+from .pooled_features import cross_terms, pooled_correlation
 from .context import RuleContext, RuleError, signal
 from .registry import rule
 from .weighted import weighted_sums
@@ -243,6 +244,15 @@ def _dense(mu, nu, w_in_out: np.ndarray, bias: np.ndarray | float = 0.0, scale: 
     return scale * wmu + bias, scale**2 * wnu
 
 
+def _pooled(ctx: RuleContext, skip: bool, nu, w, var, scale: float = 1.0):
+    """``var`` plus the cross terms of correlated pooled channels when the input is a global
+    spatial mean of a tensor with a cross-channel field (:mod:`.pooled_features`)."""
+    corr = None if skip else pooled_correlation(ctx, ctx.node.input[0], w.shape[0])
+    if corr is None:
+        return var
+    return np.maximum(var + scale**2 * cross_terms(corr, nu, w), 0.0)
+
+
 @rule("Gemm")
 def gemm(inputs, ctx: RuleContext):
     """Y = alpha * A' B' + beta * C with one constant operand W (A' = A or A^T):
@@ -262,7 +272,7 @@ def gemm(inputs, ctx: RuleContext):
             return [Moments(*_dense(*kept, w, beta * c, alpha))]
         mu, nu = x.values_along(0 if trans_a else 1, w.shape[0])
         mean, var = _dense(mu, nu, w, beta * c, alpha)
-        return [Moments.along(mean, var, 1, 2)]
+        return [Moments.along(mean, _pooled(ctx, trans_a, nu, w, var, alpha), 1, 2)]
     if inputs[1] is not None and ctx.const(0) is not None:
         x = inputs[1]
         w = ctx.const(0)
@@ -299,7 +309,7 @@ def matmul_const(inputs, ctx: RuleContext):
             return [Moments(*_dense(*kept, w))]
         mu, nu = inputs[0].values_along(-1, w.shape[0])
         mean, var = _dense(mu, nu, w)
-        return [Moments.along(mean, var, -1, y_rank)]
+        return [Moments.along(mean, _pooled(ctx, y_rank != 2, nu, w, var), -1, y_rank)]
     w = ctx.const(0)
     if w is None or np.ndim(w) != 2 or len(ctx.in_shape(1)) < 2:
         raise RuleError("MatMul with a non-2-D constant left operand")

@@ -21,7 +21,7 @@ formula above follows them. It treats ``v_hat`` as its expectation, exact as n g
 O(1/n)); normalised groups of a few elements are approximate.
 
 BatchNormalization always uses training semantics (batch statistics); its running-statistic
-outputs get None. When the input carries a source (an element-wise chain over a Gaussian) and the
+outputs (training mode) follow :mod:`.running_statistics`. When the input carries a source (an element-wise chain over a Gaussian) and the
 groups are large (n >= 64), the output keeps it with the per-index affine map appended, so
 MaxPool after BN(ReLU(x)) still samples the real distribution.
 """
@@ -37,6 +37,7 @@ from .elementwise import affine, apply_fn, digest
 from .gaussian import abs_closed, expand, gaussian_moments
 from .mixture import affine_mixture
 from .registry import rule
+from .running_statistics import running_statistics
 
 _MIN_FOR_SOURCE = 64
 
@@ -143,7 +144,8 @@ def batch_normalization(inputs, ctx: RuleContext):
         E_c = beta_c,  Var_c = gamma_c^2 nu_c / (nu_c + eps n/(n-1)),  n = N x spatial
 
     (the module formula with the channel's statistics; tracked spatial means are pooled into
-    the channel's). Running-mean/var outputs get None."""
+    the channel's). The running-mean/var outputs of training mode:
+    :mod:`.running_statistics`."""
     x = signal(inputs, 0)
     in_shape = ctx.in_shape(0)
     rank = len(in_shape)
@@ -153,7 +155,11 @@ def batch_normalization(inputs, ctx: RuleContext):
     gamma = _along(_param(ctx, 1, 1, 1.0), 1, rank)
     beta = _along(_param(ctx, 2, 1, 0.0), 1, rank)
     axes = [a for a in range(rank) if a != 1]
-    return _rest(ctx, _normalized(x, in_shape, axes, eps, gamma, beta))
+    out = _normalized(x, in_shape, axes, eps, gamma, beta)
+    extra = len(ctx.node.output) - 1
+    if extra == 2 and all(ctx.node.output[1:]):
+        return [out, *running_statistics(x, in_shape, ctx)]
+    return _rest(ctx, out)
 
 
 @rule("InstanceNormalization")

@@ -30,9 +30,11 @@ a BatchNorm's affine map a, b) with inputs independent across positions, of cumu
 
 (column sums of the kernel over the output positions: a transposed convolution of ones,
 per axis). Closed forms, per channel: the cost is a few quadratures over channels and one
-small einsum, next to nothing beside the Conv rule. Applied only where a GlobalAveragePool reads
-``f(BatchNorm(Conv))`` or ``f(Conv)`` of a depthwise Conv (one input channel per group); other
-pools are unchanged.
+small einsum, next to nothing beside the Conv rule. Applied only where a GlobalAveragePool (or a
+ReduceMean over every spatial axis: tf2onnx's Keras squeeze-excite pool) reads
+``f(BatchNorm(Conv))`` or ``f(Conv)`` of a depthwise Conv (one input channel per group), ``f``
+element-wise ops or a binary node fused from them (``x * Relu6(x + 3) / 6``); other pools are
+unchanged.
 
 Not modelled: the inputs' own joint cumulants across positions (an upstream per-sample energy
 scale, which grows with depth in MobileNetV3), and the Edgeworth terms of higher order.
@@ -43,7 +45,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments
+from ..spatial import class_weights
 from .context import RuleContext, RuleError
+from .fusion import common_ancestor
 from .kurtosis import NODES, WEIGHTS, chain_start, chain_values, excess_kurtosis
 from .linear import begin_pads
 
@@ -83,7 +87,7 @@ def _cumulants(y: np.ndarray, w: np.ndarray):
 def _input_cumulants(ctx: RuleContext, in_name: str, source, c: int, rank: int):
     """k3, k4 of the conv input ``f(u)``, its chain integrated over the scale mixture of u's
     excess kurtosis (:mod:`.kurtosis`: u is a sum of heavy-tailed values, not a Gaussian)."""
-    kappa = excess_kurtosis(ctx, chain_start(ctx.graph, in_name))
+    kappa = excess_kurtosis(ctx, chain_start(ctx.graph, in_name, ctx))
     if kappa is None or kappa.shape != (c,) or not np.any(kappa > 0):
         return None
     y, w = chain_values(*source, c, rank, kappa / 3, coarse=True)
@@ -106,7 +110,9 @@ def _same_operand(graph, node) -> bool:
 
 def _find_conv(ctx: RuleContext, tensor: str):
     """(conv node id, BatchNorm node id or None, tensor z feeding the element-wise chain) when
-    ``tensor`` is element-wise ops of [BatchNorm of] a Conv's output; else None."""
+    ``tensor`` is element-wise ops of [BatchNorm of] a Conv's output; else None. A binary node
+    whose operands are both element-wise functions of one tensor (HardSwish written
+    ``x * Relu6(x + 3) / 6``, :func:`.fusion.common_ancestor`) is a step to that tensor."""
     graph = ctx.graph
     bn, z = None, None
     for _ in range(8):
@@ -118,10 +124,20 @@ def _find_conv(ctx: RuleContext, tensor: str):
             return node_id, bn, z if z is not None else tensor
         if node.op_type == "BatchNormalization" and bn is None:
             bn, z = node_id, tensor
-        elif (node.op_type not in _ELEMENTWISE or bn is not None
-              or (node.op_type == "Mul" and not _same_operand(graph, node))):
+            tensor = node.input[0]
+            continue
+        if bn is not None:
             return None
-        tensor = node.input[0]
+        if ((node.op_type in _ELEMENTWISE and node.op_type != "Mul")
+                or (node.op_type in ("Mul", "Add", "Sub", "Div") and _same_operand(graph, node))):
+            tensor = next((n for n in node.input if n and not graph.is_constant(n)),
+                          node.input[0])
+            continue
+        found = (common_ancestor(ctx.for_node(node_id))
+                 if node.op_type in ("Mul", "Add", "Sub", "Div") else None)
+        if found is None:
+            return None
+        tensor = found[0]
     return None
 
 
@@ -134,6 +150,37 @@ def _channel_source(m: Moments, c: int, rank: int):
     mean, var = Moments(src.mean, src.var).expand_rank(rank).values_along(1, c)
     shape = (1, c) + (1,) * (rank - 2)
     return mean.reshape(shape), var.reshape(shape), src.chain
+
+
+# the spread of the position classes' source means, over their mean variance, up to which an
+# input counts as stationary (its per-channel source describes every position): the border
+# classes of zero-padded convs spread 0.01-1.1 (MobileNetV3, EfficientNet; torchvision and
+# Keras); a nearly constant input (Keras' Rescaling on N(0, 1)) gives 1.5e3
+_SPREAD = 10.0
+
+
+def _stationary(m: Moments, rank: int) -> bool:
+    """True unless m's position classes have source Gaussians whose means spread by more than
+    ``_SPREAD`` times their variance (weighted by the classes' shares) in some channel: the
+    terms above are for one stationary field, and a border pattern that dominates a channel
+    (a nearly constant input's zero padding) pooled into the per-channel source would be read
+    as fluctuation (34x the measured pooled variance on Keras' MobileNetV3Small)."""
+    sp = m.spatial
+    src = None if sp is None else sp.cells.source
+    if src is None:
+        return True
+    mean = np.asarray(src.mean, dtype=np.float64)
+    var = np.asarray(src.var, dtype=np.float64)
+    if mean.ndim != rank or var.ndim != rank:
+        return True
+    shape = np.broadcast_shapes(mean.shape, var.shape, (1, 1, *sp.classes))
+    w = class_weights(sp.maps)
+    mean, var = np.broadcast_to(mean, shape)[0], np.broadcast_to(var, shape)[0]
+    axes = tuple(range(1, mean.ndim))
+    centre = (mean * w).sum(axis=axes, keepdims=True)
+    spread = (((mean - centre) ** 2) * w).sum(axis=axes)
+    within = (var * w).sum(axis=axes)
+    return bool(np.all(spread <= _SPREAD * within))
 
 
 def _column_sums(weight: np.ndarray, conv: RuleContext, in_sizes, out_sizes, power: int):
@@ -183,6 +230,8 @@ def pooled_correction(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | Non
     except RuleError:
         return None
     if tuple(out_shape[2:]) != tuple(x_shape[2:]):
+        return None
+    if not (_stationary(known[in_name], rank) and _stationary(x, rank)):
         return None
     x_source = _channel_source(known[in_name], in_shape[1], rank)
     f_source = _channel_source(x, c, rank)

@@ -209,10 +209,17 @@ def global_average_pool(inputs, ctx: RuleContext):
     x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
     out = spatial_mean(x, x_shape)
-    extra = pooled_correction(ctx, x, x_shape)
+    extra = pooled_extra(ctx, x, x_shape)
     if extra is None:
         return [out]
     return [Moments(out.mean, out.var + extra.reshape(out.var.shape))]
+
+
+def pooled_extra(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
+    """What a mean over every position of ``x`` (the node's input 0) adds per channel to
+    :func:`spatial_mean`'s variance, the non-Gaussian terms (:mod:`.pool_skewness`); None
+    without any."""
+    return pooled_correction(ctx, x, x_shape)
 
 
 def spatial_mean(x: Moments, x_shape) -> Moments:

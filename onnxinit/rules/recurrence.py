@@ -25,9 +25,17 @@ past state with today's drive::
     GRU   H_t = (1 - z_t) n_t + z_t H_{t-1}: the same with f -> z and d_t -> (1 - z_t) n_t
     RNN   h_t = f(z_t): Mehler directly
 
-Not modelled: correlation between the gates of one unit (they read the same inputs through
-different weight rows), between a gate and the state it multiplies, between different units,
-and the forget gates' own fluctuation in the cross-time products (``E[f_t]`` for ``f_t``).
+LSTM gates of one unit read the same inputs through different rows of W and R, so their
+pre-activations co-vary, ``Cov(z_a, z_b) = sum_k W_ak W_bk Var[x_k] + sum_k R_ak R_bk
+Var[h_k]``: the drive ``E[i g]`` is Mehler's ``sum_n c_n(i) c_n(g) rho^n`` (not E[i] E[g]), and
+``E[h] = E[o] E[h(c)] + E[o'] E[h'(c)] Cov(z_o, c_t)`` with this step's part of the cell,
+``Cov(z_o, i g) = Cov(z_o, z_i) E[i'] E[g] + Cov(z_o, z_g) E[i] E[g']`` (Stein, first order).
+The cell sums Cov(i, g) over about ``1 / (1 - E[f])`` steps: each unit of a fresh LSTM gets a
+mean of its own (a Keras LSTM's mean over time: a tenth of its variance).
+
+Not modelled: the gates' correlation in the GRU and in second moments, between a gate and
+the state it multiplies beyond this step, between different units, and the forget gates' own
+fluctuation in the cross-time products (``E[f_t]`` for ``f_t``).
 """
 
 from __future__ import annotations
@@ -43,11 +51,14 @@ from .hermite import ORDER, coefficients, cross_moment
 @dataclass
 class Drive:
     """The input part of the pre-activations of one direction, in scan order: W x_t plus the
-    biases. ``mean``/``var`` [T, G*H], ``cov`` [T, T, G*H] (Cov across steps, diagonal = var)."""
+    biases. ``mean``/``var`` [T, G*H], ``cov`` [T, T, G*H] (Cov across steps, diagonal = var);
+    ``cross`` [T, G, G, H]: Cov between the gates of one unit at one step (rows of W over the
+    same inputs), when known."""
 
     mean: np.ndarray
     var: np.ndarray
     cov: np.ndarray
+    cross: np.ndarray | None = None
 
 
 @dataclass
@@ -135,8 +146,10 @@ def lstm(drive: Drive, R, peep, c0, h0, gates: tuple[Gate, Gate, Gate], input_fo
     hm, hs = _state(steps, units, h0)
     cm, cs = _state(steps, units, c0)
     series = {k: _Series(steps, units) for k in "iofch"}
+    m_mean, m_ind = np.zeros((steps, units)), np.zeros((steps, units))
     d_second = np.zeros((steps, steps, units))
     f_mean = np.zeros((steps, units))
+    d_mean, d_ind = np.zeros((steps, units)), np.zeros((steps, units))
     for t in range(steps):
         rm, rv, rc = _recurrent(R, hm, hs, t)
         mz = drive.mean[t] + rm
@@ -158,8 +171,15 @@ def lstm(drive: Drive, R, peep, c0, h0, gates: tuple[Gate, Gate, Gate], input_fo
         if input_forget:
             Ef, Ef2 = 1.0 - Ei, 1.0 - 2 * Ei + Ei2
         f_mean[t] = Ef
-        d_second[t, :t] = Eii * Egg
-        _cell(Ef, Ef2, Ei * Eg, Ei2 * Eg2, d_second[t, :t], cm, cs, f_mean[:t], t)
+        joint = _gate_cross(drive, R, hm, hs, t, units)
+        # E[i g] by Mehler over the correlation of the two pre-activations (rows of W and R
+        # over the same inputs): the cell sums Cov(i, g) over ~1 / (1 - E[f]) steps, which is
+        # what gives each unit of a fresh LSTM its own mean
+        Ed = Ei * Eg if joint is None else _joint(series["i"], series["c"], t, joint[0, 3])
+        d_mean[t] = Ed
+        d_second[t, :t] = Eii * Egg + Ed * d_mean[:t] - Ei * Eg * d_ind[:t]
+        d_ind[t] = Ei * Eg
+        _cell(Ef, Ef2, Ed, np.maximum(Ei2 * Eg2, Ed**2), d_second[t, :t], cm, cs, f_mean[:t], t)
         m, v, cross = mz[parts["o"]], vz[parts["o"]], cz[:, parts["o"]]
         if peep is not None:
             new_var = np.maximum(cs[t + 1, t + 1] - cm[t + 1] ** 2, 0.0)
@@ -167,8 +187,37 @@ def lstm(drive: Drive, R, peep, c0, h0, gates: tuple[Gate, Gate, Gate], input_fo
         Eo, Eo2 = series["o"].add(t, f_gate, m, v)
         Eoo = series["o"].cross(t, cross)
         Eh, Eh2, Ehh = _squashed(h_gate, cm, cs, t, series["h"])
-        _store(hm, hs, t, Eo * Eh, Eo2 * Eh2, Eoo * Ehh)
+        Em = Eo * Eh
+        if joint is not None and peep is None:
+            # Cov(o, h(c)) to first order: E[o'] E[h'(c)] Cov(z_o, c_t), the cell's part of
+            # this step Cov(z_o, i g) = Cov(z_o, z_i) E[i'] E[g] + Cov(z_o, z_g) E[i] E[g']
+            i1, g1, o1, h1 = (series[k].c[t][1] / np.sqrt(np.maximum(series[k].var[t], 1e-300))
+                              for k in "icoh")
+            cov_oc = joint[1, 0] * i1 * Eg + joint[1, 3] * Ei * g1
+            Em = Em + o1 * h1 * cov_oc
+        m_mean[t] = Em
+        _store(hm, hs, t, Em, np.maximum(Eo2 * Eh2, Em**2),
+               Eoo * Ehh + Em * m_mean[:t] - Eo * Eh * m_ind[:t])
+        m_ind[t] = Eo * Eh
     return Scan(hm[1:], hs[1:, 1:], cm[1:], cs[1:, 1:])
+
+
+def _gate_cross(drive: Drive, R, hm, hs, t: int, units: int) -> np.ndarray | None:
+    """Cov between the gates' pre-activations of one unit at step t [G, G, H]: the drive's
+    (``drive.cross``) plus ``sum_k R_ak R_bk Var[h_{t-1, k}]``."""
+    if drive.cross is None:
+        return None
+    gates = R.shape[0] // units
+    rg = R.reshape(gates, units, -1)
+    var_h = np.maximum(hs[t, t] - hm[t] ** 2, 0.0)
+    return drive.cross[t] + np.einsum("ajk,bjk,k->abj", rg, rg, var_h)
+
+
+def _joint(a: _Series, b: _Series, t: int, cov: np.ndarray) -> np.ndarray:
+    """E[f_a(z_a) f_b(z_b)] at step t of two gates whose pre-activations have Cov ``cov``."""
+    scale = np.sqrt(a.var[t] * b.var[t])
+    rho = np.where(scale > 0, cov / np.where(scale > 0, scale, 1.0), 0.0)
+    return cross_moment(a.c[t], b.c[t], rho, a.rem[t], b.rem[t])
 
 
 def gru(drive: Drive, R, recurrent_bias, h0, gates: tuple[Gate, Gate], linear_before_reset: bool

@@ -107,12 +107,17 @@ def _input_steps(x: Moments, shape, time_axis: int):
     return np.array(m), np.array(v), np.eye(steps)
 
 
-def _drive(mean, var, corr, W, bias) -> Drive:
-    """W x_t + bias over the steps given, with the input's correlation across steps."""
+def _drive(mean, var, corr, W, bias, gates: int = 1) -> Drive:
+    """W x_t + bias over the steps given, with the input's correlation across steps and, for
+    ``gates`` > 1, the covariance between the gates of one unit, ``sum_k W_ak W_bk Var[x_k]``."""
     dm = mean @ W.T + bias
     dv = var @ (W**2).T
     sd = np.sqrt(dv)
-    return Drive(dm, dv, corr[:, :, None] * sd[:, None, :] * sd[None, :, :])
+    cross = None
+    if gates > 1:
+        wg = W.reshape(gates, W.shape[0] // gates, -1)
+        cross = np.einsum("ajk,bjk,tk->tabj", wg, wg, var)
+    return Drive(dm, dv, corr[:, :, None] * sd[:, None, :] * sd[None, :, :], cross)
 
 
 def _initial(ctx: RuleContext, inputs, index: int, directions: int, units: int, layout: int):
@@ -196,7 +201,8 @@ def _run(op: str, inputs, ctx: RuleContext):
             if length == 0:
                 continue
             order = np.arange(length)[::-1] if reverse[d] else np.arange(length)
-            drive = _drive(mean[order], var[order], corr[np.ix_(order, order)], W[d], bias)
+            drive = _drive(mean[order], var[order], corr[np.ix_(order, order)], W[d], bias,
+                           g if op == "LSTM" else 1)
             scan = _scan(op, ctx, drive, d, gates[d], h0s[d], c0s[d], R, B)
             y_mean[order, d] += share * scan.h_mean
             y_second[np.ix_(order, order, [d])] += share * scan.h_second[:, :, None, :]

@@ -18,7 +18,7 @@ from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
 from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
 from .maxima import max_moments
-from .pooling import spatial_mean
+from .pooling import pooled_extra, spatial_mean
 from .registry import rule
 
 
@@ -126,8 +126,10 @@ def reduce_linear(inputs, ctx: RuleContext):
     if op in ("ReduceMean", "ReduceSum") and x.spatial is not None and set(axes) == set(
             range(2, rank)):  # over every position of a map: position classes, correlation
         m = spatial_mean(x, x_shape)
+        extra = pooled_extra(ctx, x, x_shape)
+        var = m.var if extra is None else m.var + extra.reshape(m.var.shape)
         k2 = k if op == "ReduceSum" else 1
-        return [_finish(m.mean * k2, m.var * k2 * k2, axes, keepdims)]
+        return [_finish(m.mean * k2, var * k2 * k2, axes, keepdims)]
     if op in ("ReduceMean", "ReduceSum"):
         mu, nu = _layout(x, rank)
         m = mu.mean(axis=axes, keepdims=True)

@@ -261,7 +261,12 @@ def pad(inputs, ctx: RuleContext):
     mode, value, pads = _pad_params(ctx, rank)
     if mode not in ("constant", "reflect", "edge", "wrap"):
         raise RuleError(f"pad mode {mode}")
-    if mode == "constant" and (x.spatial is not None or x.rank == rank):
+    if not any(p != (0, 0) for p in pads.values()):
+        return [x]  # nothing padded (Swin pads its map to a multiple of the window: 0 here)
+    # position classes need convolution layout: statistics per channel (axis 1) at most; a
+    # channels-last [B, H, W, C] tensor's per-feature statistics would be pooled
+    if mode == "constant" and (x.spatial is not None or (
+            x.rank == rank and set(x.tracked_axes()) <= {1})):
         padded = pad_classes(x, in_shape, {a: p for a, p in pads.items() if p != (0, 0)}, value)
         if padded is not None:
             return [padded]

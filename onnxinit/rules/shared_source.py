@@ -307,11 +307,45 @@ def joint_law(total: LinearMap, a: Moments, field: np.ndarray, gauss_field,
     return (s - s.mean(axis=pooled, keepdims=True)) / np.where(sd > 0, sd, 1.0)
 
 
-def sampled_mixture(ctx, anchor: str, channels: int, axes: int, sign: float, mean, var):
+def valid_classes(total: LinearMap, a_maps, out_maps) -> np.ndarray:
+    """``[R_0, ...]``: the output position classes at which the sampled law holds: every
+    position of the class has all its taps (of any channel) inside A and at A's interior class
+    (the class of A's middle position), whose marginal and stationary field the sampling uses.
+    Elsewhere (zero padding under some taps, or A's border law) the law differs: a border
+    class of a max-pool keeps fewer of the interior's lower values, and an interior law laid
+    on it with its own mean and variance puts mass below zero that a ReLU then clips."""
+    live = total.weight != 0
+    out = np.ones(())
+    for a, (a_map, o_map) in enumerate(zip(a_maps, out_maps)):
+        a_map, o_map = np.asarray(a_map), np.asarray(o_map)
+        offsets = np.unique(total.offset[live][:, a])
+        sites = total.stride[a] * np.arange(o_map.size)[:, None] + offsets[None, :]
+        inside = (sites >= 0) & (sites < a_map.size)
+        centre = a_map[a_map.size // 2]
+        ok = np.all(inside & (a_map[np.clip(sites, 0, a_map.size - 1)] == centre), axis=1)
+        classes = int(o_map.max()) + 1 if o_map.size else 1
+        per_class = np.ones(classes, bool)
+        np.logical_and.at(per_class, o_map, ok)
+        out = np.multiply.outer(out, per_class)
+    return out.astype(bool)
+
+
+def binned(draws: np.ndarray):
+    """(w, m, v) ``[BINS, C]`` of the joint draws ``[N, C, w...]`` (standardised per channel),
+    every position of the window an interior position of the same law: each channel's values
+    over the draws and positions sorted and cut in BINS equal-probability bins (the marginal
+    of the joint law: :func:`standardised_law` without drawing again)."""
+    c = draws.shape[1]
+    s = np.sort(np.moveaxis(draws, 1, -1).reshape(-1, c), axis=0).reshape(BINS, -1, c)
+    return np.full((BINS, c), 1.0 / BINS), s.mean(axis=1), s.var(axis=1)
+
+
+def sampled_mixture(ctx, anchor: str, channels: int, axes: int, sign: float, mean, var,
+                    out_maps):
     """(the Gaussian mixture of ``input0 + sign * input1`` on its cells (``mean``/``var``
-    ``[1, C, R...]`` in closed form), :func:`joint_law` or None) when both inputs are
-    :class:`LinearMap` s of ``anchor`` with the same stride and A carries a cross-channel
-    field; None otherwise."""
+    ``[1, C, R...]`` in closed form), :func:`joint_law` or None, the classes where it holds
+    (:func:`valid_classes`)) when both inputs are :class:`LinearMap` s of ``anchor`` with the
+    same stride, A carries a cross-channel field and some class is valid; None otherwise."""
     known = ctx.known
     a = known.get(anchor) if known is not None else None
     if a is None or a.spatial is None or a.spatial.corr is None or a.spatial.corr.cross is None:
@@ -328,8 +362,13 @@ def sampled_mixture(ctx, anchor: str, channels: int, axes: int, sign: float, mea
     if total is None:
         return None
     total = LinearMap(maps[0].stride, *total)
+    valid = valid_classes(total, a.spatial.maps, out_maps)
+    if not valid.any():
+        return None
     rng = ctx.rng()
-    law = standardised_law(total, a, cross.corr, cross.gauss, rng)
+    draws = joint_law(total, a, cross.corr, cross.gauss, rng)
+    law = (binned(draws) if draws is not None
+           else standardised_law(total, a, cross.corr, cross.gauss, rng))
     if law is None:
         return None
     w, m, v = law
@@ -338,8 +377,8 @@ def sampled_mixture(ctx, anchor: str, channels: int, axes: int, sign: float, mea
     sd = np.sqrt(var)
     mixture = (np.broadcast_to(w.reshape(lead), (BINS,) + mean.shape).copy(),
                mean[None] + sd[None] * m.reshape(lead), var[None] * v.reshape(lead))
-    return mixture, joint_law(total, a, cross.corr, cross.gauss, rng)
+    return mixture, draws, valid
 
 
 __all__ = ["LinearMap", "compose_conv", "identity_map", "interior", "joint_law", "linear_map",
-           "sampled_mixture"]
+           "binned", "sampled_mixture", "valid_classes"]

@@ -79,14 +79,7 @@ def _closed_form(rel, var, masked, log):
         sig2 = np.log1p(v1 / safe**2)
         zm = np.where(masked, 0.0, rel - (np.log(safe) - sig2 / 2))
         zs = np.sqrt(np.where(masked, 0.0, var + sig2))
-    ex = np.empty(rel.shape)
-    ex2 = np.empty(rel.shape)
-    rows = max(1, _CLOSED_CHUNK // (rel.shape[1] * _GH_Z.size))
-    for i in range(0, rel.shape[0], rows):
-        z = zm[i:i + rows, :, None] + zs[i:i + rows, :, None] * _GH_Z
-        y = -np.logaddexp(0.0, -z) if log else special.expit(z)
-        ex[i:i + rows] = y @ _GH_W
-        ex2[i:i + rows] = (y * y) @ _GH_W
+    ex, ex2 = _sigmoid_moments(zm, zs, masked, log)
     if log:
         return ex, ex2 - ex**2
     ex = np.where(masked, 0.0, np.where(alone, 1.0, ex))
@@ -94,6 +87,40 @@ def _closed_form(rel, var, masked, log):
     var_out = np.maximum(ex2 - ex**2, 0.0)
     ex = ex / np.maximum(ex.sum(axis=1, keepdims=True), 1e-300)  # the row sums to 1 exactly
     return ex, var_out
+
+
+def _sigmoid_moments(zm, zs, masked, log):
+    """(E[y], E[y^2]) of y = sigmoid(Z) (LogSoftmax: -softplus(-Z)), Z ~ N(zm, zs^2), by
+    Gauss-Hermite per element of rows [R, n]. Computed once per distinct value: an element
+    equal (zm and zs) to the first unmasked element of its row takes that one's result (rows
+    of identically distributed logits, attention at initialization, are a single value), and
+    masked elements (a causal mask is half of every attention row) take the value at Z = 0,
+    as if computed (the callers overwrite them)."""
+    def both(m, s):
+        z = m[:, None] + s[:, None] * _GH_Z
+        y = -np.logaddexp(0.0, -z) if log else special.expit(z)
+        first = y @ _GH_W
+        y *= y
+        return first, y @ _GH_W
+
+    keep = ~masked
+    rows = np.arange(zm.shape[0])
+    lead = np.argmax(keep, axis=1)  # each row's first unmasked element
+    same = keep & (zm == zm[rows, lead][:, None]) & (zs == zs[rows, lead][:, None])
+    same[rows, lead] = False
+    own = keep & ~same
+    m, s = zm[own], zs[own]
+    first, second = np.empty(m.size), np.empty(m.size)
+    step = max(1, _CLOSED_CHUNK // _GH_Z.size)
+    for i in range(0, m.size, step):
+        first[i:i + step], second[i:i + step] = both(m[i:i + step], s[i:i + step])
+    at_zero = both(np.zeros(1), np.zeros(1))
+    ex = np.full(zm.shape, at_zero[0][0])
+    ex2 = np.full(zm.shape, at_zero[1][0])
+    ex[own], ex2[own] = first, second
+    ex = np.where(same, ex[rows, lead][:, None], ex)
+    ex2 = np.where(same, ex2[rows, lead][:, None], ex2)
+    return ex, ex2
 
 
 def _monte_carlo(rel, var, masked, log, rng, chain=()):

@@ -7,7 +7,11 @@ the first conv's output is nearly constant inside and differs at the zero-padded
 after BatchNorm its variance is mostly the border's spread. Without the Pad in the stretch the
 HardSwish (``x * Relu6(x + 3) / 6``) was computed on per-channel totals, 2.9x the measured
 variance on MobileNetV3Small's export; without classes through the Pad the depthwise conv after
-it was 3.6x. The oracle is onnxruntime (``tests/real/compare``)."""
+it was 3.6x. The squeeze-excite-like pool after the depthwise conv reads a channel whose
+variance is mostly that border pattern: the pool's non-Gaussian terms (rules/pool_skewness.py),
+which take the input's per-channel distribution as one stationary field, are left out there
+(with them 131x here, 34x on MobileNetV3Small's first squeeze-excite pool once the Pad kept the ReLU's
+source). The oracle is onnxruntime (``tests/real/compare``)."""
 
 from __future__ import annotations
 
@@ -51,8 +55,11 @@ def keras_like(channels_last: bool):
     if channels_last:
         nodes.append(helper.make_node("Transpose", [h], ["padded_f"], perm=TO_FIRST))
         h = "padded_f"
+    consts.update({"g2": np.ones(C), "b2": np.zeros(C), "m2": np.zeros(C), "v2": np.ones(C)})
     nodes += [helper.make_node("Conv", [h, "wd"], ["dw"], group=C, strides=[2, 2]),
-              helper.make_node("Relu", ["dw"], ["y"])]
+              helper.make_node("BatchNormalization", ["dw", "g2", "b2", "m2", "v2"], ["dwn"]),
+              helper.make_node("Relu", ["dwn"], ["r"]),
+              helper.make_node("GlobalAveragePool", ["r"], ["y"])]
     inits = [numpy_helper.from_array(np.asarray(v, np.int64 if k == "pads" else np.float32), k)
              for k, v in consts.items()]
     return make_model(
@@ -68,7 +75,51 @@ def test_padded_stretch_predicted_within_10_percent(tmp_path, channels_last):
     onnx.save(keras_like(channels_last), path)
     result = compare(path, batch_size=N, runs=4)
     rows = {r.tensor: r for r in result.rows}
-    assert {"bn", "hswish", "padded", "dw", "y"} <= set(rows)
+    assert {"bn", "hswish", "padded", "dw", "r", "y"} <= set(rows)
+    assert result.coverage == 1.0
+    off = [f"{r.tensor} {r.predicted / r.measured:.3f}" for r in result.rows if not r.within]
+    assert not off, off
+
+
+def keras_stem(channels_last: bool):
+    """Conv (stride 2) -> BatchNorm -> ReLU -> ZeroPadding2D(1) -> MaxPool 3x3 stride 2 (Keras'
+    ResNet50 and DenseNet121 stems)."""
+    rng = np.random.default_rng(1)
+    consts = {"w0": rng.standard_normal((C, 3, 3, 3)) / np.sqrt(27),
+              "gamma": np.ones(C), "beta": np.zeros(C), "rm": np.zeros(C), "rv": np.ones(C)}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("BatchNormalization", ["c0", "gamma", "beta", "rm", "rv"], ["bn"])]
+    h = "bn"
+    if channels_last:
+        nodes.append(helper.make_node("Transpose", [h], ["bn_t"], perm=TO_LAST))
+        h = "bn_t"
+    pads = [0, 1, 1, 0, 0, 1, 1, 0] if channels_last else [0, 0, 1, 1, 0, 0, 1, 1]
+    consts["pads"] = np.asarray(pads, np.int64)
+    nodes += [helper.make_node("Relu", [h], ["r"]),
+              helper.make_node("Pad", ["r", "pads"], ["padded"])]
+    h = "padded"
+    if channels_last:
+        nodes.append(helper.make_node("Transpose", [h], ["padded_f"], perm=TO_FIRST))
+        h = "padded_f"
+    nodes.append(helper.make_node("MaxPool", [h], ["y"], kernel_shape=[3, 3], strides=[2, 2]))
+    inits = [numpy_helper.from_array(np.asarray(v, np.int64 if k == "pads" else np.float32), k)
+             for k, v in consts.items()]
+    return make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 24, 24])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_pool_after_zero_padding_of_a_relu(tmp_path, channels_last):
+    # the padded cells keep the ReLU's source (its point mass at 0 is ReLU(0)): the max pool
+    # takes the maximum of the ReLU'd Gaussians and the zeros; with the cells as Gaussians of
+    # the ReLU's moments (the source dropped) 0.36x on Keras' ResNet50 (Rescaling first), here
+    # 0.37x (1.03x now)
+    import onnx
+
+    path = tmp_path / "m.onnx"
+    onnx.save(keras_stem(channels_last), path)
+    result = compare(path, batch_size=N, runs=4)
     assert result.coverage == 1.0
     off = [f"{r.tensor} {r.predicted / r.measured:.3f}" for r in result.rows if not r.within]
     assert not off, off

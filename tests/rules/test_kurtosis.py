@@ -13,11 +13,14 @@ from tests.models import make_model
 from tests.oracle import monte_carlo, predict
 
 
-def _narrow_block(shape, width, seed=0, depthwise=True, kernel=3, stride=1, scale=1.0):
+def _narrow_block(shape, width, seed=0, depthwise=True, kernel=3, stride=1, scale=1.0,
+                  spelled=False):
     """HardSwish -> 1x1 Conv to ``width`` channels -> BatchNorm -> HardSwish -> 1x1 Conv back
     -> BatchNorm ("u") -> HardSwish [-> depthwise Conv -> BatchNorm -> HardSwish ->
     GlobalAveragePool] (BatchNorm on batch statistics): the 1x1 Convs sum few heavy-tailed
-    inputs, so the energy of a position is shared by its channels."""
+    inputs, so the energy of a position is shared by its channels. ``spelled``: every
+    HardSwish written as Keras exports it, ``x * (Relu6(x + 3) * (1/6))``, and the pool as a
+    ReduceMean over the spatial axes."""
     rng = np.random.default_rng(seed)
     c = shape[1]
     consts = {"w1": rng.standard_normal((width, c, 1, 1)) / np.sqrt(c) * scale,
@@ -31,22 +34,36 @@ def _narrow_block(shape, width, seed=0, depthwise=True, kernel=3, stride=1, scal
         return helper.make_node("BatchNormalization", [x] + [f"{p}{name}" for p in "gbmv"],
                                 [y, f"rm{name}", f"rv{name}"], training_mode=1)
 
-    nodes = [helper.make_node("HardSwish", ["x"], ["h0"]),
+    if spelled:
+        consts.update({"three": np.array(3.0), "zero": np.array(0.0), "six": np.array(6.0),
+                       "sixth": np.array(1 / 6), "axes": np.array([2, 3])})
+
+    def hardswish(x, y):
+        if not spelled:
+            return [helper.make_node("HardSwish", [x], [y])]
+        return [helper.make_node("Add", [x, "three"], [y + "_3"]),
+                helper.make_node("Clip", [y + "_3", "zero", "six"], [y + "_6"]),
+                helper.make_node("Mul", [y + "_6", "sixth"], [y + "_s"]),
+                helper.make_node("Mul", [x, y + "_s"], [y])]
+
+    nodes = [*hardswish("x", "h0"),
              helper.make_node("Conv", ["h0", "w1"], ["c1"]), bn("1", "c1", "u1"),
-             helper.make_node("HardSwish", ["u1"], ["h1"]),
+             *hardswish("u1", "h1"),
              helper.make_node("Conv", ["h1", "w2"], ["c2"]), bn("2", "c2", "u"),
-             helper.make_node("HardSwish", ["u"], ["h"])]
+             *hardswish("u", "h")]
     if depthwise:
         nodes += [helper.make_node("Conv", ["h", "wd"], ["z"], pads=[kernel // 2] * 4,
                                    strides=[stride, stride], group=c), bn("d", "z", "n"),
-                  helper.make_node("HardSwish", ["n"], ["a"]),
+                  *hardswish("n", "a"),
+                  helper.make_node("ReduceMean", ["a", "axes"], ["y"]) if spelled else
                   helper.make_node("GlobalAveragePool", ["a"], ["y"])]
     else:
         nodes.append(helper.make_node("Identity", ["h"], ["y"]))
     return make_model(
         nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("u", "y")],
-        [numpy_helper.from_array(v.astype(np.float32), n) for n, v in consts.items()])
+        [numpy_helper.from_array(v.astype(np.int64 if n == "axes" else np.float32), n)
+         for n, v in consts.items()])
 
 
 def _excess_kurtosis(values):
@@ -86,3 +103,19 @@ def test_squeeze_excite_pool_reads_the_carried_kurtosis():
     predicted = result.moments["y"].var.sum()
     measured = values.var(axis=(0, 2, 3)).sum()
     np.testing.assert_allclose(predicted, measured, rtol=0.06)
+
+
+def test_pool_of_a_hardswish_written_out_reads_the_same_terms():
+    # tf2onnx writes Keras' HardSwish as x * (Relu6(x + 3) * (1/6)) and its squeeze-excite pool
+    # as a ReduceMean: the pool's non-Gaussian terms (the depthwise conv found through the
+    # fused binary node, the kurtosis carried through the written-out chains) are the same as
+    # with HardSwish nodes, and the pooled variance within 6% of onnxruntime's as above
+    # (without: 0.87 of it, the Gaussian terms alone, on MobileNetV3Small's Keras export 0.6)
+    x = Moments.scalar(0.0, 1.0)
+    model = _narrow_block((2000, 128, 4, 4), width=32, seed=1, kernel=5, spelled=True)
+    _, result = predict(model, {"x": x})
+    _, fused = predict(_narrow_block((2000, 128, 4, 4), width=32, seed=1, kernel=5), {"x": x})
+    values = monte_carlo(model, {"x": x})["y"].astype(np.float64)
+    predicted = result.moments["y"].var.sum()
+    np.testing.assert_allclose(predicted, fused.moments["y"].var.sum(), rtol=1e-3)
+    np.testing.assert_allclose(predicted, values.var(axis=(0, 2, 3)).sum(), rtol=0.06)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.moments import Moments
 from tests.models import make_model
@@ -42,7 +42,47 @@ def test_batch_normalization_training_per_channel(eps):
     np.testing.assert_allclose(m.mean.ravel(), BETA, rtol=1e-6, atol=1e-6)
     nu = PER_CHANNEL.var.ravel()
     np.testing.assert_allclose(m.var.ravel(), GAMMA.astype(float) ** 2 * nu / (nu + eps), rtol=1e-4)
-    assert "running_mean" not in result.moments
+
+
+def _running_model(shape, momentum=0.9):
+    node = helper.make_node("BatchNormalization", ["x", "g", "b", "rm", "rv"],
+                            ["y", "running_mean", "running_var"], momentum=momentum,
+                            training_mode=1)
+    c = shape[1]
+    rng = np.random.default_rng(3)
+    constants = {"g": np.ones(c, np.float32), "b": np.zeros(c, np.float32),
+                 "rm": rng.uniform(-0.5, 0.5, c).astype(np.float32),
+                 "rv": rng.uniform(0.5, 1.5, c).astype(np.float32)}
+    return node_model(node, {"x": shape}, constants)
+
+
+@pytest.mark.parametrize("output", ["running_mean", "running_var"])
+def test_batch_normalization_running_statistics_across_channels(output):
+    """Training mode's updated running mean and variance, a [C] vector whose spread across
+    channels comes from the channels' own means and variances and the previous running
+    values (momentum 0.7), against onnxruntime."""
+    model = _running_model(NCHW, momentum=0.7)
+    _, result = predict(model, {"x": PER_CHANNEL})
+    assert_moments_close(result.moments[output], monte_carlo(model, {"x": PER_CHANNEL})[output],
+                         rtol=0.01)
+
+
+@pytest.mark.parametrize("output", ["running_mean", "running_var"])
+def test_batch_normalization_running_statistics_of_a_small_batch(output):
+    """Channels alike, 4 samples of 4x4 positions: the running statistics vary across channels
+    only by the batch's sampling noise (Var[m] = nu / 64, Var[v] = 2 nu^2 / 64, times
+    (1 - momentum)^2), against onnxruntime over 4096 channels."""
+    shape = (4, 4096, 4, 4)
+    model = _running_model(shape)
+    uniform = Moments.scalar(0.5, 2.0)
+    _, result = predict(model, {"x": uniform})
+    values = monte_carlo(model, {"x": uniform})[output].astype(np.float64)
+    rm_or_rv = [t for t in model.graph.initializer if t.name == ("rm" if output == "running_mean"
+                                                                   else "rv")][0]
+    previous = numpy_helper.to_array(rm_or_rv).astype(np.float64)
+    noise = values - 0.9 * previous  # (1 - momentum) times the batch statistic
+    predicted_noise = result.moments[output].var.mean()
+    assert noise.var() == pytest.approx(predicted_noise, rel=0.1)
 
 
 def test_batch_normalization_after_relu_keeps_the_distribution():

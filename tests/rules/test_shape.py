@@ -357,3 +357,27 @@ def test_random_mask_of_constant_shape_is_drawn_over_several_runs():
     assert abs(u_mean - 0.5) < 0.05 and abs(u_var - 1 / 12) < 0.01
     mean, var = result.moments["mask"].total()
     assert abs(mean - 0.8) < 0.05 and abs(var - 0.16) < 0.03
+
+
+def test_pad_of_a_channels_last_map_keeps_per_feature_statistics():
+    """A constant Pad of the spatial axes of a channels-last ``[N, H, W, C]`` map (Swin pads
+    its map to a multiple of the window, by 0 when it is one) followed by a map over the
+    features: the per-feature variances stay per feature (position classes, which assume
+    channels on axis 1, pooled them into one for zero pads: V of Swin's windowed attention
+    0.9x, its P V 0.73x)."""
+    rng = np.random.default_rng(6)
+    w = np.diag([0.1, 0.3, 1.0, 3.0]).astype(np.float32) @ rng.standard_normal((4, 3)).astype(
+        np.float32)
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads"], ["p"]),
+         helper.make_node("MatMul", ["p", "w"], ["y"])], "pad_nhwc",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [512, 6, 6, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [512, 6, 6, 3])],
+        [numpy_helper.from_array(np.zeros(8, np.int64), "pads"),
+         numpy_helper.from_array(w, "w")]),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    moments = {"x": Moments(np.zeros((1, 1, 1, 4)), np.array([0.1, 1.0, 4.0, 9.0]).reshape(
+        1, 1, 1, 4))}
+    _, result = predict(model, moments)
+    measured = monte_carlo(model, moments)["y"].astype(np.float64).var()
+    assert abs(result.moments["y"].total()[1] / measured - 1) < 0.05
