@@ -316,11 +316,15 @@ def _within(a: np.ndarray, b: np.ndarray, tol: float) -> bool:
 def compressed(mean: np.ndarray, var: np.ndarray) -> Moments:
     """Moments of the grid, without the axes along which it does not vary (to rounding: 1e-12
     of the grid's largest magnitude)."""
-    tol_m = 1e-12 * float(np.max(np.abs(mean[np.isfinite(mean)]), initial=0.0))
+    tol_m = 1e-12 * float(np.max(np.abs(mean), where=np.isfinite(mean), initial=0.0))
     tol_v = 1e-12 * float(np.max(np.abs(var), initial=0.0))
     for axis in range(mean.ndim):
         if mean.shape[axis] > 1:
             m0, v0 = np.take(mean, [0], axis=axis), np.take(var, [0], axis=axis)
+            # the second slab first: where the axis varies, it nearly always does there
+            m1, v1 = np.take(mean, [1], axis=axis), np.take(var, [1], axis=axis)
+            if not (_within(m1, m0, tol_m) and _within(v1, v0, tol_v)):
+                continue
             if _within(mean, m0, tol_m) and _within(var, v0, tol_v):
                 mean, var = m0, v0
     if mean.size == 1:

@@ -38,6 +38,7 @@ log = logging.getLogger("onnxinit")
 EMPIRICAL = "empirical"
 PASS_THROUGH = "pass-through"
 DERIVED = "input-derived"  # known exactly from an attention_mask input (rules/masks.py)
+EMPTY = "empty"  # a tensor of no elements (Phi-3's pass-through part of rotary embeddings)
 
 
 @dataclass
@@ -231,6 +232,14 @@ def rule_context(graph: ModelGraph, node_id: str, result: Propagation,
     return ctx
 
 
+def _empty_outputs(graph: ModelGraph, node) -> bool:
+    """Every signal output of ``node`` has a static shape with no elements (a Slice past the
+    end): its statistics are those of nothing, 0 (a Concat drops it)."""
+    outs = [o for o in node.output if o and graph.is_signal(o)]
+    shapes = [graph.shape(o) for o in outs]
+    return bool(outs) and all(s is not None and 0 in s for s in shapes)
+
+
 def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None:
     """Compute (or recompute) the moments of one node's outputs from those in ``result``."""
     node = graph.node(node_id)
@@ -244,6 +253,8 @@ def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None
     outputs, rule_name, reason, fused = None, None, "", None
     if all(m is None for m in inputs):  # computed from an attention_mask input?
         outputs, rule_name = derived_moments(inputs, ctx), DERIVED
+    if outputs is None and _empty_outputs(graph, node):
+        outputs, rule_name = [Moments.scalar(0.0, 0.0) for _ in node.output], EMPTY
     # a rule is called even without signal inputs: an embedding Gather(table, int ids) has a
     # signal output computed from a constant and an integer tensor; rules that need a signal
     # raise RuleError and the node is measured instead

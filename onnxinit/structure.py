@@ -213,11 +213,12 @@ class GraphStructure:
         return [i for i in self.source.graph.input if i.name not in self.initializers]
 
     def float_activations(self) -> list[str]:
-        """Signal tensors in topological order (graph inputs first)."""
+        """Signal tensors in topological order (graph inputs first), less those of no elements
+        (a static shape with a 0: a Slice past the end has no variance to report)."""
         out = [i for i in self.input_names if self.is_signal(i)]
         for node_id in self.order:
             out.extend(o for o in self.node_by_id[node_id].output if self.is_signal(o))
-        return out
+        return [t for t in out if 0 not in (self.shapes.get(t) or ())]
 
     def subgraph_nodes(self) -> list[str]:
         return [n for n in self.order

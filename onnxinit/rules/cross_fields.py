@@ -276,16 +276,16 @@ def residual_sum(ctx, op: str, operands, cells, var: np.ndarray, mixture, corr, 
     maps = joint([sp.maps for sp in operands], ctx.out_shape(0)[2:])[0]
     sampled = shared_source.sampled_mixture(ctx, anchor.name, channels, axes, sign,
                                             cells[0].mean + sign * cells[1].mean, var, maps)
-    draws = None
-    if op == "Add":  # a ReLU branch of a linear image of a Gaussian A: per side of its kink
+    draws, mixture = None, None
+    # a ReLU branch of a linear image of a Gaussian A, per side of its kink, where the
+    # sampled law does not hold
+    if op == "Add" and (sampled is None or not sampled[2].all()):
         weights = class_weights(maps)
         mixture = relu_plus_linear(cells[j], cells[i], (rho * sd[0] * sd[1]).reshape(shape),
                                    len(shape), weights.reshape((1, 1) + weights.shape))
         if mixture is None:
             beta = rho * sd[j] / np.where(sd[i] > 0, sd[i], 1.0)
             mixture = _regressed_mixture(cells[i], cells[j], beta.reshape(shape), len(shape))
-    else:
-        mixture = None
     if sampled is not None:  # both operands sparse linear maps of A: their sum's own law
         law, draws, valid = sampled
         mixture = _where_valid(valid, law, mixture, cells[0].mean + sign * cells[1].mean, var)

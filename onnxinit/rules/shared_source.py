@@ -330,6 +330,16 @@ def valid_classes(total: LinearMap, a_maps, out_maps) -> np.ndarray:
     return out.astype(bool)
 
 
+def binned(draws: np.ndarray):
+    """(w, m, v) ``[BINS, C]`` of the joint draws ``[N, C, w...]`` (standardised per channel),
+    every position of the window an interior position of the same law: each channel's values
+    over the draws and positions sorted and cut in BINS equal-probability bins (the marginal
+    of the joint law: :func:`standardised_law` without drawing again)."""
+    c = draws.shape[1]
+    s = np.sort(np.moveaxis(draws, 1, -1).reshape(-1, c), axis=0).reshape(BINS, -1, c)
+    return np.full((BINS, c), 1.0 / BINS), s.mean(axis=1), s.var(axis=1)
+
+
 def sampled_mixture(ctx, anchor: str, channels: int, axes: int, sign: float, mean, var,
                     out_maps):
     """(the Gaussian mixture of ``input0 + sign * input1`` on its cells (``mean``/``var``
@@ -356,7 +366,9 @@ def sampled_mixture(ctx, anchor: str, channels: int, axes: int, sign: float, mea
     if not valid.any():
         return None
     rng = ctx.rng()
-    law = standardised_law(total, a, cross.corr, cross.gauss, rng)
+    draws = joint_law(total, a, cross.corr, cross.gauss, rng)
+    law = (binned(draws) if draws is not None
+           else standardised_law(total, a, cross.corr, cross.gauss, rng))
     if law is None:
         return None
     w, m, v = law
@@ -365,8 +377,8 @@ def sampled_mixture(ctx, anchor: str, channels: int, axes: int, sign: float, mea
     sd = np.sqrt(var)
     mixture = (np.broadcast_to(w.reshape(lead), (BINS,) + mean.shape).copy(),
                mean[None] + sd[None] * m.reshape(lead), var[None] * v.reshape(lead))
-    return mixture, joint_law(total, a, cross.corr, cross.gauss, rng), valid
+    return mixture, draws, valid
 
 
 __all__ = ["LinearMap", "compose_conv", "identity_map", "interior", "joint_law", "linear_map",
-           "sampled_mixture", "valid_classes"]
+           "binned", "sampled_mixture", "valid_classes"]

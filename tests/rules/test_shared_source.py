@@ -78,3 +78,23 @@ def test_sampled_law_of_a_sum_of_relus(monkeypatch):
         second = (w[:, 0] * q * (var + mean**2)).sum()
         direct = np.maximum(z - shift, 0)
         assert abs(second - e**2 - direct.var()) <= 0.01 * direct.var()
+
+
+def test_valid_classes_are_those_whose_taps_see_the_interior():
+    """A 3-tap map (offsets -1, 0, +1 along each axis) on an 8-wide A whose first and last
+    positions are border classes: an output position is valid when its three sites are inside
+    A and none is at a border position, i.e. positions 2..5; classes mixing valid and invalid
+    positions are invalid."""
+    from onnxinit.rules.shared_source import valid_classes
+
+    offsets = np.array([[-1, 0], [0, 0], [1, 0], [0, -1], [0, 1]])
+    total = LinearMap((1, 1), np.zeros((1, 5), np.int64), offsets[None], np.ones((1, 5)))
+    a_maps = (np.array([0, 1, 1, 1, 1, 1, 1, 2]),) * 2
+    out_maps = (np.array([0, 1, 2, 2, 2, 2, 3, 4]), np.array([0, 1, 1, 1, 1, 1, 1, 2]))
+    valid = valid_classes(total, a_maps, out_maps)
+    assert valid.shape == (5, 3)
+    rows = np.array([False, False, True, False, False])  # class 1 is position 1 (site 0)
+    cols = np.array([False, False, False])  # class 1 of the columns holds positions 1 and 6
+    np.testing.assert_array_equal(valid, np.outer(rows, cols))
+    out_maps = (out_maps[0], np.array([0, 1, 2, 2, 2, 2, 3, 4]))
+    np.testing.assert_array_equal(valid_classes(total, a_maps, out_maps), np.outer(rows, rows))
