@@ -1,0 +1,243 @@
+"""Token-field carriers of the layout ops (:mod:`.tokens` has the field and the other ops):
+they follow the token axes. Reshape, Flatten, Squeeze and Unsqueeze keep the token digit of the
+flat index in its place; Transpose keeps or permutes the token index (a window partition and
+its reverse); Slice, Gather and Split select rows and columns of the covariance (a pooled
+variance takes the selected tokens' share); Pad without padding keeps it; Concat stacks
+independent pieces along the token axis (or moves one tensor's tokens: ``torch.roll``), and
+averages the pieces' covariances along another axis."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..moments import Moments
+from .shape import slice_params
+from .token_carriers import carrier, first_with_field
+from .token_field import (
+    MAX_EXPANDED,
+    attach,
+    expanded,
+    inner_blocks,
+    reshaped_token_axes,
+    same_field,
+    sigma,
+    token_axes,
+    without,
+)
+
+
+@carrier("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def _reshape(ctx, inputs, outputs):
+    """The token digit of the flat index keeps its place: with ``S`` elements between
+    consecutive tokens (the axes after the token axes times the stride), the output axes
+    covering that digit are the token axes, merged with outer axes such as the batch (index %
+    n) and with ``S / (elements after them)`` inner ones (the new stride)."""
+    x = inputs[0]
+    in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
+    axes = token_axes(x.tokens, len(in_shape))
+    placed = reshaped_token_axes(axes[-1], x.tokens.n, x.tokens.stride, in_shape, out_shape)
+    if placed is None:
+        raise ValueError("the token digit is split between axes")
+    out_axes, stride = placed
+    return [attach(outputs[0], out_shape, out_axes, float(np.mean(x.var)) * x.tokens.cov,
+                   stride)]
+
+
+@carrier("Transpose")
+def _transpose(ctx, inputs, outputs):
+    """Token axes kept in order: unchanged. Reordered among themselves (a window partition's
+    ``[B, nH, ws, nW, ws, C] -> [B, nH, nW, ws, ws, C]``): the token index is permuted. Split
+    by the permutation: the field moves to the smallest run of axes that stays together,
+    outer axes added (their indices independent groups, :func:`.token_field.expanded`: the
+    windows put back on the map) or outer token digits dropped (taken as independent samples,
+    :func:`.token_field.inner_blocks`: the tokens of one window)."""
+    x = inputs[0]
+    shape = ctx.in_shape(0)
+    rank = len(shape)
+    perm = list(ctx.attr("perm", list(range(rank))[::-1]))
+    axes = token_axes(x.tokens, rank)
+    new = [perm.index(a) for a in axes]
+    if new == list(range(new[0], new[0] + len(new))):
+        return [attach(outputs[0], ctx.out_shape(0), new, float(np.mean(x.var)) * x.tokens.cov,
+                       x.tokens.stride)]
+    t = x.tokens
+    first, last = axes[0], axes[-1]
+    runs = [axes] + [list(range(r, last + 1)) for r in range(first - 1, -1, -1)]
+    runs += [list(range(r, last + 1)) for r in range(first + 1, last + 1)]
+    for run in runs:
+        images = sorted(perm.index(a) for a in run)
+        if images != list(range(images[0], images[0] + len(run))):
+            continue
+        sizes = [shape[a] for a in run]
+        total = int(np.prod(sizes, dtype=np.int64))
+        cov = expanded(t, sizes) if run[0] <= first else inner_blocks(t, total)
+        if cov is None or total > max(MAX_EXPANDED, t.n):
+            continue
+        order = [run.index(perm[o]) for o in images]
+        index = np.arange(total).reshape(sizes).transpose(order).ravel()
+        sig = float(np.mean(x.var)) * cov[np.ix_(index, index)]
+        return [attach(outputs[0], ctx.out_shape(0), images, sig)]
+    raise ValueError("the token axes are reordered")
+
+
+def _pick(x: Moments, out: Moments, in_shape, out_shape, picks: dict) -> Moments:
+    """Indices ``picks[axis]`` (1-d) along token axes spanning several axes or with a batch
+    merged into them: the field spelled out over every index of the token axes, rows and
+    columns selected; a variance pooled over the tokens takes the selected tokens' share."""
+    rank = len(in_shape)
+    axes = token_axes(x.tokens, rank)
+    sizes = [in_shape[a] for a in axes]
+    cov = expanded(x.tokens, sizes)
+    if cov is None or any(np.ndim(i) != 1 for i in picks.values()) or len(out_shape) != rank:
+        return without(out)
+    cells = np.arange(int(np.prod(sizes, dtype=np.int64))).reshape(sizes)
+    for axis, index in picks.items():
+        if axis in axes:
+            cells = np.take(cells, index, axis=axes.index(axis))
+    index = cells.ravel()
+    var = np.asarray(out.var)
+    pooled = var.ndim < rank or all(var.shape[a] == 1 for a in axes)
+    if pooled and index.size < cov.shape[0]:
+        share = float(np.mean(np.diag(cov)[index]) / np.mean(np.diag(cov)))
+        if np.isfinite(share) and share > 0:
+            out = Moments(out.mean, out.var * share, None, None, out.tokens, out.rows)
+    return attach(out, out_shape, axes, float(np.mean(x.var)) * cov[np.ix_(index, index)])
+
+
+def _select(ctx, x: Moments, out: Moments, axis: int, index: np.ndarray, out_shape) -> Moments:
+    """Tokens ``index`` along the (single, unmerged) token axis ``axis``."""
+    rank = len(ctx.in_shape(0))
+    axes = token_axes(x.tokens, rank)
+    if axis not in axes:
+        return same_field(x, out, out_shape)
+    if len(axes) != 1 or ctx.in_shape(0)[axis] != x.tokens.n or np.ndim(index) != 1:
+        return without(out)
+    cov = x.tokens.cov
+    sig = float(np.mean(x.var)) * cov[np.ix_(index, index)]
+    shift = len(out_shape) - rank
+    var, from_end = np.asarray(out.var), axis + shift - len(out_shape)
+    pooled = var.ndim < -from_end or var.shape[from_end] == 1
+    if pooled and len(index) < cov.shape[0]:
+        # the variance was pooled over every token (its per-token profile is the field's
+        # diagonal): the selected tokens have their own share (an RNN's last step after a
+        # zero initial state: more than the average)
+        share = float(np.mean(np.diag(cov)[index]) / np.mean(np.diag(cov)))
+        if np.isfinite(share) and share > 0:
+            out = Moments(out.mean, out.var * share, None, None, out.tokens, out.rows)
+    return attach(out, out_shape, [axis + shift], sig)
+
+
+@carrier("Slice")
+def _slice(ctx, inputs, outputs):
+    x, out = inputs[0], outputs[0]
+    in_shape = ctx.in_shape(0)
+    axes = token_axes(x.tokens, len(in_shape))
+    if len(axes) > 1 or in_shape[axes[0]] != x.tokens.n:
+        picks = {axis: np.arange(in_shape[axis])[slice(start, end, step)]
+                 for axis, start, end, step in slice_params(ctx, len(in_shape))}
+        if not set(picks) & set(axes):
+            return [same_field(x, out, ctx.out_shape(0))]
+        return [_pick(x, out, in_shape, ctx.out_shape(0), picks)]
+    for axis, start, end, step in slice_params(ctx, len(in_shape)):
+        index = np.arange(in_shape[axis])[slice(start, end, step)]
+        out = _select(ctx, x, out, axis, index, ctx.out_shape(0))
+        if out.tokens is None:
+            break
+    return [out]
+
+
+@carrier("Pad")
+def _pad(ctx, inputs, outputs):
+    """No padding (Swin's pad to a multiple of the window, when there is none): unchanged."""
+    pads = ctx.const(1) if ctx.opset >= 11 else np.asarray(ctx.attr("pads", []))
+    if pads is None or np.any(np.asarray(pads) != 0):
+        return [without(m) for m in outputs]
+    return [same_field(inputs[0], outputs[0], ctx.out_shape(0))]
+
+
+@carrier("Gather")
+def _gather(ctx, inputs, outputs):
+    x = inputs[0]
+    index = ctx.const(1)
+    if x is None or index is None:
+        return [without(m) for m in outputs]
+    rank = len(ctx.in_shape(0))
+    axis = ctx.attr("axis", 0) % rank
+    index = np.asarray(index, dtype=np.int64) % ctx.in_shape(0)[axis]
+    return [_select(ctx, x, outputs[0], axis, index, ctx.out_shape(0))]
+
+
+@carrier("Split")
+def _split(ctx, inputs, outputs):
+    x = inputs[0]
+    rank = len(ctx.in_shape(0))
+    axis = ctx.attr("axis", 0) % rank
+    out, start = [], 0
+    for i, m in enumerate(outputs):
+        size = ctx.out_shape(i)[axis]
+        index = np.arange(start, start + size)
+        start += size
+        out.append(_select(ctx, x, m, axis, index, ctx.out_shape(i)) if m is not None else m)
+    return out
+
+
+@carrier("Concat")
+def _concat(ctx, inputs, outputs):
+    """Along the token axis: independent pieces, block-diagonal covariance; along another
+    axis: the pieces' covariances averaged by their sizes."""
+    out_shape = ctx.out_shape(0)
+    rank = len(out_shape)
+    axis = ctx.attr("axis") % rank
+    x = first_with_field(inputs)
+    axes = token_axes(x.tokens, rank)
+    pieces = [m if m is not None else Moments.scalar(0.0, 0.0) for m in inputs]
+    shapes = [ctx.in_shape(i) for i in range(len(inputs))]
+    if axis in axes:
+        rolled = _pieces_of_one(ctx, axis)
+        if rolled is not None:
+            return [rolled(outputs[0], out_shape)]
+        if len(axes) != 1 or shapes[inputs.index(x)][axis] != x.tokens.n or x.tokens.stride > 1:
+            raise ValueError("concatenation of merged token axes")
+        blocks = [sigma(m, s, axes, s[axis]) for m, s in zip(pieces, shapes)]
+        sizes = [b.shape[0] for b in blocks]
+        sig = np.zeros((sum(sizes), sum(sizes)))
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        for b, o in zip(blocks, offsets):
+            sig[o:o + b.shape[0], o:o + b.shape[0]] = b
+        return [attach(outputs[0], out_shape, axes, sig)]
+    n, stride = x.tokens.n, x.tokens.stride
+    weights = np.array([s[axis] for s in shapes], dtype=np.float64)
+    sig = sum(w * sigma(m, s, axes, n, stride) for w, m, s in zip(weights, pieces, shapes))
+    return [attach(outputs[0], out_shape, axes, sig / weights.sum(), stride)]
+
+
+def _pieces_of_one(ctx, axis: int):
+    """A Concat along ``axis`` of step-1 Slices of one tensor X along that axis alone
+    (``torch.roll``: ``Concat(X[-s:], X[:-s])``): X's tokens in a new order, not independent
+    pieces. Returns a function of (output, shape) giving the output with X's field so moved,
+    or None."""
+    known = ctx.known
+    source, index = None, []
+    for name in ctx.node.input:
+        node_id = ctx.graph.producer.get(name)
+        node = ctx.graph.node(node_id) if node_id is not None else None
+        if node is None or node.op_type != "Slice" or known is None:
+            return None
+        sub = ctx.for_node(node_id)
+        if source not in (None, node.input[0]):
+            return None
+        source = node.input[0]
+        shape = sub.in_shape(0)
+        params = slice_params(sub, len(shape))
+        if len(params) != 1 or params[0][0] != axis or params[0][3] != 1:
+            return None
+        _, start, end, _ = params[0]
+        index.append(np.arange(shape[axis])[slice(start, end)])
+    x = known.get(source)
+    if x is None or x.tokens is None:
+        return None
+    shape = ctx.graph.shape(source)
+    index = np.concatenate(index)
+    if token_axes(x.tokens, len(shape)) is None:
+        return None
+    return lambda out, out_shape: _pick(x, out, shape, out_shape, {axis: index})
