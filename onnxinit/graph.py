@@ -315,6 +315,12 @@ class ModelGraph(GraphStructure):
     # parameters -------------------------------------------------------------------------------
 
     @property
+    def root(self) -> ModelGraph:
+        """The graph this view was made from (itself when it is not a view): the key of what
+        depends on the structure alone, which every view shares."""
+        return self._root if self._root is not None else self
+
+    @property
     def table(self) -> ParameterTable:
         """The parameter table (built once per model, shared by views)."""
         return self._root.table if self._root is not None else self._table

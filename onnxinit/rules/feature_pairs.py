@@ -113,6 +113,7 @@ _READERS: WeakKeyDictionary = WeakKeyDictionary()
 def _read(graph) -> bool:
     """Whether some node of ``graph`` takes a mean or sum of squares (``Pow``, ``x * x``): the
     only reader of the pairs; without one they are not followed (no cost)."""
+    graph = getattr(graph, "root", graph)  # views of one model (autoinit: one per layer) share it
     found = _READERS.get(graph)
     if found is None:
         found = False
