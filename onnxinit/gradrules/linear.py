@@ -191,7 +191,7 @@ def spread(tap_energy: np.ndarray, tap_sum: np.ndarray, g: Gradient, ctx: GradCo
     patterns, axis_ids = reach_patterns(x_shape[2:], y_shape[2:], kernel, strides, dilations,
                                         begins)
     weights = pattern_weights(axis_ids)
-    counts = tap_counts(x_shape[2:], y_shape[2:], kernel, strides, dilations, begins)  # [T]
+    counts = patterns @ weights * s_in  # [T]: input positions (one output each) per tap
     m_out, v_out = g.channels(rank, c_out)
     u_out = np.minimum(g.channel_sample_var(rank, c_out, s_out), v_out)
     extra = shared_part(tap_sum, patterns, u_out, v_out, s_out)  # [C_in, P]
