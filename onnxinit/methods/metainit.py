@@ -168,20 +168,22 @@ def quotient_graph(eps: float, count: int) -> Callable:
     return make
 
 
-def _exact_quotient(oracle, space, theta, batch, eps, gradient):
-    """GQ (and dGQ/dalpha) from one run of the exact programs, or None where the autodiff
-    cannot build them."""
+def _exact_quotient(oracle, space, alpha, batch, eps, gradient):
+    """GQ (and dGQ/dalpha) from one run of the exact programs (with scaled convolutions:
+    theta = theta(alpha)), or None where the autodiff cannot build them."""
     n = batch_length(batch)
     wrt = oracle.wrt
     if gradient:
-        program = oracle.derived("metainit-gq", n, quotient_graph(eps, oracle.layout.size))
+        program = oracle.derived("metainit-gq", n, quotient_graph(eps, oracle.layout.size),
+                                 scaled=True)
         roles = ["loss", "gq", *(f"grad:{p}" for p in wrt), *(f"dgq:{p}" for p in wrt)]
     else:
-        program = oracle.derived("metainit-hg", n, curvature_graph)
+        program = oracle.derived("metainit-hg", n, curvature_graph, scaled=True)
         roles = ["loss", *(f"grad:{p}" for p in wrt), *(f"dhalf_square:{p}" for p in wrt)]
     if program is None:
         return None
-    out = oracle.run(program, theta, batch, roles)
+    out = oracle.run(program, space.theta(alpha), batch, roles,
+                     scales=space.tensor_scales(alpha))
     g = oracle.join(out, "grad")
     norm = float(np.linalg.norm(g))
     if gradient:
@@ -195,10 +197,10 @@ def gradient_quotient(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarr
                       batch: Batch, eps: float, *, gradient: bool = True) -> Quotient:
     """GQ at theta(alpha) on ``batch`` and (``gradient``) dGQ/dalpha (module docstring): exact
     where the autodiff can, else by the formula on difference products."""
-    theta = space.theta(alpha)
-    exact = _exact_quotient(oracle, space, theta, batch, eps, gradient)
+    exact = _exact_quotient(oracle, space, alpha, batch, eps, gradient)
     if exact is not None:
         return exact
+    theta = space.theta(alpha)
     loss, g = oracle.gradient(theta, batch)
     h = oracle.hvp(theta, g, batch)
     gq = quotient(g, h, eps)
