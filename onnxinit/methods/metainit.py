@@ -54,6 +54,7 @@ scales (scaleopt: the best-measured scales are kept), and the trajectory.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -83,6 +84,16 @@ if TYPE_CHECKING:
     from ..autodiff.higher_order import DerivedGraph
 
 _higher_order = lazy_module("onnxinit.autodiff.higher_order")  # imported when the method runs
+log = logging.getLogger(__name__)
+
+# measured by benchmarks/training_benefit.py (docs/methods.md, "Training from the rescaled
+# weights"): what a user should expect of the rescaled network
+TRAINING_CAVEAT = (
+    "metainit: a lower gradient quotient did not mean better training in our benchmarks: "
+    "rescaled by MetaInit, ResNet-20 without normalization trained to 80%% where its default "
+    "init reaches 86%%, and after Kaiming one run in three did not train (%s); it helped only "
+    "where the starting init barely trained. Train the model with and without these scales "
+    "before keeping them.")
 
 
 @dataclass
@@ -259,7 +270,7 @@ def plan(graph: ModelGraph, options: MetaInitOptions | None = None, *,
                        assess=(lambda a: assessment(oracle, space, a, batches, eps)) if batches
                        else None,
                        checkpoints=options.checkpoints, observe=observe)
-    return finish(
+    result = finish(
         "metainit", space, outcome,
         objective="gradient quotient GQ = mean |(g - Hg) / (g + eps sign g) - 1|",
         started=run.started,
@@ -269,3 +280,6 @@ def plan(graph: ModelGraph, options: MetaInitOptions | None = None, *,
                  "held_out_batches": list(range(steps, steps + len(batches)))},
         advice=lower_rate_advice(space.norms, options.metainit_lr, options.metainit_momentum),
     )
+    if result.changes:
+        log.warning(TRAINING_CAVEAT, "docs/methods.md, 'Training from the rescaled weights'")
+    return result
