@@ -178,9 +178,10 @@ def gradient_and_norm_gradient(oracle: GradientOracle, space: ScaleSpace, alpha:
 def loss_after_step(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
                     step: np.ndarray, batch: Batch, eta: float) -> tuple[float, np.ndarray]:
     """(L(S~; theta(alpha) - eta step) / eta, its alpha-gradient with ``step`` held constant:
-    <dL/dtheta'_i, p0_i> / eta)."""
-    loss, grad = oracle.gradient(space.theta(alpha) - eta * step, batch)
-    return loss / eta, space.alpha_gradient(grad) / eta
+    <dL/dtheta'_i, p0_i> / eta, from the oracle's directional program: no convolution weight
+    gradient is formed)."""
+    loss, inner = oracle.directional(space.theta(alpha) - eta * step, batch)
+    return loss / eta, inner[space.index] / eta
 
 
 def batch_pair(source, t: int) -> tuple[Batch, Batch]:

@@ -54,6 +54,7 @@ _autodiff = lazy_module("onnxinit.autodiff")
 _higher_order = lazy_module("onnxinit.autodiff.higher_order")
 _staged = lazy_module("onnxinit.autodiff.staged")
 _scaled = lazy_module("onnxinit.autodiff.scaled")
+_execution = lazy_module("onnxinit.autodiff.execution")
 
 HVP_MODES = ("auto", "exact", "fd")
 
@@ -117,6 +118,7 @@ class GradientOracle:
         self._derived: dict[tuple, DerivedProgram | None] = {}
         self._products: dict[int, HessianVectorProgram | None] = {}
         self._staged: dict[tuple, StagedProgram | None] = {}
+        self._directional: dict[int, object] = {}
         self.passes = 0
         self.exact_passes = 0
         first = self.program(source.batch_size)
@@ -264,6 +266,26 @@ class GradientOracle:
         loss, grads = program.gradients(batch.feeds, batch.labels, self.layout.split(theta))
         self.passes += 1
         return loss, self.layout.join(grads)
+
+    def directional(self, theta: np.ndarray, batch: Batch) -> tuple[float, np.ndarray]:
+        """(L(batch; theta), <dL/dtheta_i, p0_i> for every tensor i of the layout): the
+        gradient's inner products with the initial values, from a program that forms no
+        convolution weight gradient (:func:`onnxinit.autodiff.scaled.directional`); where that
+        program is not used (``scaled_convolutions`` off, not onnxruntime), from a gradient
+        pass. Any theta."""
+        n = batch_length(batch)
+        if not self._scaling(n, True):
+            loss, g = self.gradient(theta, batch)
+            return loss, self.layout.segment_dot(g, self.layout.join(self.values))
+        if n not in self._directional:
+            program = self.program(n)
+            model = _scaled.directional(program.graph.model, self.wrt, self.values)
+            self._directional[n] = _execution.Runner(
+                model, device=self.device, float64=program.float64, threads=self.threads,
+                backend=program.backend)
+        results = self._directional[n].run(self.feeds(theta, batch))
+        self.passes += 1
+        return float(results[0]), np.array([float(r) for r in results[1:]])
 
     def _step(self, theta: np.ndarray, v: np.ndarray, rel: float) -> float:
         v_norm = float(np.linalg.norm(v))

@@ -147,3 +147,38 @@ def test_metainit_quotient_gradient_scaled_equals_plain():
                if n.op_type in ("Conv", "ConvTranspose")]
     assert not set(weights) & set(oracle.wrt)  # no convolution reads a parameter input
     assert sum(w in constants for w in weights) >= 3 * 9  # forward, dX and more, of 9 convs
+
+
+def test_directional_gradient_equals_the_gradients_inner_products():
+    """The directional program's <dL/dtheta_i, p0_i> (equation (3): sum(dY * Conv(x, p0)) for a
+    convolution weight, no im2col product formed) equals the full gradient's inner products
+    at a theta that is not a multiple of p0 (GradInit's stepped point), on a ResNet-8 in
+    float32; and GradInit's objective gradient from it matches central differences on the
+    smooth conv net."""
+    from onnxinit.autodiff.backward.windows import WeightGradientGeometry
+    from onnxinit.autodiff.scaled import directional
+    from onnxinit.methods.gradinit import batch_pair, first_step, loss_after_step
+
+    graph = load(resnet20_nobn(blocks_per_stage=1, image=8), batch_size=4)
+    run = prepare(graph, GradInitOptions(seed=0), min_scale=0.01, device="cpu", hvp="exact")
+    oracle, space = run.oracle, run.space
+    rng = np.random.default_rng(2)
+    theta = space.theta(random_alpha(run)) + 0.01 * rng.standard_normal(space.layout.size)
+    batch = run.source.batch(0)
+    loss, g = oracle.gradient(theta, batch)
+    loss_d, inner = oracle.directional(theta, batch)
+    assert loss_d == pytest.approx(loss, rel=1e-6)
+    assert _relative(inner, space.layout.segment_dot(g, space.theta0)) < 1e-5
+    model = directional(oracle.program(4).graph.model, oracle.wrt, oracle.values)
+    assert not any(WeightGradientGeometry.of(n) for n in model.graph.node)  # no dW formed
+
+    smooth = prepare(load(smooth_conv_net(), batch_size=8), GradInitOptions(seed=0),
+                     min_scale=0.01, device="cpu", hvp="exact")
+    alpha = random_alpha(smooth)
+    first, second = batch_pair(smooth.source, 0)
+    _, g = smooth.oracle.gradient(smooth.space.theta(alpha), first)
+    step = first_step(g, "sgd", gamma=1.0)
+    _, analytic = loss_after_step(smooth.oracle, smooth.space, alpha, step, second, eta=0.1)
+    numeric = central_difference(lambda a: loss_after_step(
+        smooth.oracle, smooth.space, a, step, second, eta=0.1)[0], alpha, h=1e-3)
+    assert _relative(analytic, numeric) < 2e-3
