@@ -38,6 +38,7 @@ from .context import RuleContext, RuleError, signal
 from .registry import rule
 from .masks import feeds_softmax
 from .token_field import attach, sigma, token_axes
+from .value_selection import selection_variance
 
 def _full(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
     x = x.expand_rank(rank)
@@ -69,9 +70,11 @@ def matmul_activations(inputs, ctx: RuleContext):
     mean = np.matmul(ma, mb)
     rank = len(ctx.out_shape(0))
     shaped = (lambda t: t.reshape((1,) * (rank - t.ndim) + t.shape))
-    contracted = _contracted_tokens(b, sb, _from_softmax(ctx))
+    probabilities = _from_softmax(ctx)
+    contracted = _contracted_tokens(b, sb, probabilities)
     if contracted is not None:
-        return [_weighted_average(ma, va, mb, vb, contracted, ctx.out_shape(0))]
+        selected = selection_variance(ctx) if probabilities else 0.0
+        return [_weighted_average(ma, va, mb, vb, contracted, ctx.out_shape(0), selected)]
     var = np.matmul(va + ma**2, vb + mb**2) - np.matmul(ma**2, mb**2)
     out = compressed(shaped(mean), np.maximum(shaped(var), 0.0))
     t = b.tokens
@@ -121,7 +124,7 @@ def _contracted_tokens(b: Moments, sb, probabilities: bool) -> np.ndarray | None
     return None
 
 
-def _weighted_average(ma, va, mb, vb, sig, out_shape):
+def _weighted_average(ma, va, mb, vb, sig, out_shape, selected=0.0):
     """O = P V with V's token covariance ``sig`` (absolute, feature-averaged): see the module
     docstring. A fluctuation of a softmax row sums to 0, so it sees only the token-specific part
     of the covariance (the diagonal less the mean off-diagonal). Axes along which only P varies
@@ -141,7 +144,7 @@ def _weighted_average(ma, va, mb, vb, sig, out_shape):
     centre = np.matmul(p_mean, mb)  # E[O]
     means_term = np.maximum(np.matmul(p_var, mb**2) - 2 * centre * np.matmul(p_var, mb)
                             + centre**2 * p_var.sum(axis=-1, keepdims=True), 0.0)
-    var = vb.mean(axis=-2, keepdims=True) * gain[..., None] + means_term
+    var = vb.mean(axis=-2, keepdims=True) * gain[..., None] + means_term + selected
     shaped = (lambda t: t.reshape((1,) * (rank - t.ndim) + t.shape))
     mean, var = shaped(centre), shaped(var)
     values = shaped(mb)
@@ -156,7 +159,7 @@ def _weighted_average(ma, va, mb, vb, sig, out_shape):
     lead_q = np.broadcast_shapes(gain.shape, means_term.shape[:-1])
     rows = (lambda t: np.broadcast_to(t, lead_q).reshape(-1, lead_q[-1]).mean(axis=0))
     field = (spread.mean(axis=lead) if lead else spread) + np.diag(rows(fluctuation))
-    field = nu_bar * field + np.diag(rows(means_term.mean(axis=-1)))
+    field = nu_bar * field + np.diag(rows(means_term.mean(axis=-1)) + selected)
     return attach(compressed(mean, np.maximum(var, 0.0)), out_shape, [rank - 2], field)
 
 
