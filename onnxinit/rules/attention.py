@@ -24,9 +24,13 @@ along k may be correlated through the token covariance (``Moments.tokens``, toke
   the logits of one query share the query, so along the keys ``Cov(a_k, a_l) = (sum_d E[q_d^2] nu_d) cov[k, l] + sum_d Var(q_d) mu_kd mu_ld``, the
   field Softmax reads (a component common to a row's logits does not change the softmax).
 
-Not modelled: the dependence of P on V (both functions of the same tokens), the correlation of
-a query with its own key (the diagonal of Q K^T), and Q's token covariance (it does not change
-a Softmax over the keys).
+P and V are not independent when the keys and the values are projections of the same tokens:
+given the query, a key's logit and its value are correlated, and P V's variance gains
+``Var_sel = G R`` (value_selection.py: exact for Gaussian tokens; T5's unscaled logits 16%).
+
+Not modelled: that dependence when the keys are rotated per position or the projections fused,
+the correlation of a query with its own key (the diagonal of Q K^T), and Q's token covariance
+(it does not change a Softmax over the keys).
 """
 
 from __future__ import annotations
