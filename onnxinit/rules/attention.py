@@ -74,10 +74,10 @@ def matmul_activations(inputs, ctx: RuleContext):
     mean = np.matmul(ma, mb)
     rank = len(ctx.out_shape(0))
     shaped = (lambda t: t.reshape((1,) * (rank - t.ndim) + t.shape))
-    probabilities = _from_softmax(ctx)
-    contracted = _contracted_tokens(b, sb, probabilities)
+    softmax = last_axis_softmax(ctx.graph, ctx.node.input[0], ctx.opset)
+    contracted = _contracted_tokens(b, sb, softmax is not None)
     if contracted is not None:
-        selected = selection_variance(ctx) if probabilities else 0.0
+        selected = selection_variance(ctx, softmax) if softmax is not None else 0.0
         return [_weighted_average(ma, va, mb, vb, contracted, ctx.out_shape(0), selected)]
     var = np.matmul(va + ma**2, vb + mb**2) - np.matmul(ma**2, mb**2)
     out = compressed(shaped(mean), np.maximum(shaped(var), 0.0))
@@ -108,11 +108,6 @@ def last_axis_softmax(graph, name: str, opset: int, passing=_PASSING):
             return None
         name = node.input[-1] if node.op_type == "Where" else node.input[0]
     return None
-
-
-def _from_softmax(ctx: RuleContext) -> bool:
-    """True when A is a Softmax over its last axis (through Dropout, Cast, the IsNaN guard)."""
-    return last_axis_softmax(ctx.graph, ctx.node.input[0], ctx.opset) is not None
 
 
 def _contracted_tokens(b: Moments, sb, probabilities: bool) -> np.ndarray | None:

@@ -147,17 +147,12 @@ def selection_gain(logits: Moments, shape, rng: np.random.Generator) -> float:
     return max(float(np.mean(gains)), 0.0) if gains else 0.0
 
 
-def selection_variance(ctx: RuleContext) -> float:
-    """``Var_sel = G R`` (module docstring) for the P V node of ``ctx`` whose P is the softmax
-    ``softmax`` of logits from Q K^T; 0 when the keys and values are not found to be linear
-    maps of one tensor with known moments."""
-    from .attention import last_axis_softmax
-
+def selection_variance(ctx: RuleContext, softmax) -> float:
+    """``Var_sel = G R`` (module docstring) for the P V node of ``ctx`` whose P is the Softmax
+    node ``softmax`` of logits from Q K^T; 0 when the keys and values are not found to be
+    linear maps of one tensor with known moments."""
     graph, known = ctx.graph, ctx.known
     if known is None:
-        return 0.0
-    softmax = last_axis_softmax(graph, ctx.node.input[0], ctx.opset)
-    if softmax is None:
         return 0.0
     logits_name = softmax.input[0]
     qk = _qk_matmul(graph, logits_name)
@@ -185,7 +180,11 @@ def selection_variance(ctx: RuleContext) -> float:
     logit_shape = graph.shape(logits_name)
     if not logit_shape:
         return 0.0
-    return ratio * selection_gain(known[logits_name], logit_shape, ctx.rng())
+    try:
+        gain = selection_gain(known[logits_name], logit_shape, ctx.rng())
+    except ValueError:  # statistics laid out otherwise (per-window rows)
+        return 0.0
+    return ratio * gain
 
 
 __all__ = ["selection_gain", "selection_ratio", "selection_variance"]
