@@ -73,3 +73,13 @@ def test_silu_layers_take_their_amplitudes_from_the_moment_rule(monkeypatch, tmp
     for a, b in zip(joint.tensors, separate.tensors):
         assert a.var == pytest.approx(b.var, rel=1e-12)
         assert a.mean == pytest.approx(b.mean, rel=1e-12, abs=1e-14 * np.sqrt(b.var))
+
+
+def test_sigmoid_is_scipys_expit_to_an_ulp():
+    from onnxinit.rules.activations import _sigmoid
+
+    x = np.concatenate([np.linspace(-800, 800, 200_001), [np.inf, -np.inf, 0.0]])
+    got, expected = _sigmoid(x), special.expit(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-15, atol=0)
+    assert np.isnan(_sigmoid(np.array([np.nan])))[0]
+    assert _sigmoid(np.ones(3, np.float32)).dtype == np.float32
