@@ -69,10 +69,12 @@ from ..moments import Moments
 from ..spatial import class_weights
 from .context import RuleContext, RuleError
 from .gaussian import compose
+from .linear import begin_pads
 from .kurtosis import NODES, WEIGHTS, _step, chain_start, mixture_nodes
 
 import os
 POOLED = os.environ.get("SE_POOLED", "1") == "1"
+SHIFT = float(os.environ.get("SE_SHIFT", "1"))
 _MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _KEEP = {"Identity", "Dropout", "AveragePool", "MaxPool", "Pad"}
 _HERMITE = [NODES, NODES**2 - 1, NODES**3 - 3 * NODES, NODES**4 - 6 * NODES**2 + 3]
@@ -187,61 +189,67 @@ def law(ctx: RuleContext, tensor: str) -> tuple[float, np.ndarray] | None:
     return memo[tensor][1]
 
 
-def _compute(ctx: RuleContext, tensor: str, law_of) -> tuple[float, np.ndarray]:
+def _compute(ctx: RuleContext, tensor: str, law_of):
     graph, known = ctx.graph, ctx.known
     shape = _shape(graph, tensor)
     m: Moments = known[tensor]
-    fresh = (0.0, _gaussian_local(m, shape))
+    c = shape[1]
+    fresh = (0.0, _gaussian_local(m, shape), np.zeros(c))
     node_id = graph.producer.get(tensor)
     if node_id is None:
         return fresh
     node = graph.node(node_id)
     op, signals = node.op_type, _signals(graph, known, node)
-    c = shape[1]
 
     def of(name, size=c):
         got = law_of(name) if name in known and _shape(graph, name) is not None else None
         if got is None or got[1].shape != (size,):
-            return 0.0, _gaussian_local(known[name], _shape(graph, name) or (1, size))
+            return (0.0, _gaussian_local(known[name], _shape(graph, name) or (1, size)),
+                    np.zeros(size))
         return got
 
     try:
         with np.errstate(all="ignore"):
             if _is_chain(graph, ctx, known, tensor):
                 base = _chain(graph, ctx, tensor)[0]
-                if base == tensor:
-                    out = fresh
-                else:
-                    base_shape = _shape(graph, base)
-                    eta_z, lam_z = of(base, base_shape[1])
-                    excess = lam_z - _gaussian_local(known[base], base_shape)
-                    out = _chain_law(m, shape, eta_z, excess)
+                out = fresh if base == tensor else _chain_law(
+                    m, shape, of(base, _shape(graph, base)[1]), known[base],
+                    _shape(graph, base))
             elif op == "Conv" and signals:
                 out = _conv_law(ctx.for_node(node_id), known, of, shape)
-            elif op == "BatchNormalization" and signals:
-                out = of(signals[0])
             elif op in _KEEP and signals:
-                eta, lam = of(signals[0])
+                eta, lam, alpha = of(signals[0])
                 gauss_in = _gaussian_local(known[signals[0]], _shape(graph, signals[0]))
-                out = eta, np.maximum(fresh[1] + lam - gauss_in, 0.0)
+                out = eta, np.maximum(fresh[1] + lam - gauss_in, 0.0), alpha
             elif op in ("Add", "Sub") and len(signals) == 2:
-                out = _sum_law(known, graph, signals, of, shape, fresh[1])
-            elif op in ("Add", "Sub", "Mul") and len(signals) == 1:
-                out = of(signals[0]) if _shape(graph, signals[0]) == shape else fresh
+                out = _sum_law(known, graph, signals, of, shape, fresh[1], op == "Sub")
+            elif (op in ("Add", "Sub", "Mul", "Div", "BatchNormalization")
+                  and len(signals) == 1 and _shape(graph, signals[0]) == shape):
+                # a per-channel affine map: the loading scales with the standard deviation
+                eta, lam, alpha = of(signals[0])
+                ratio = np.sqrt(_channel_var(known, signals[0], c) / _channel_var(known, tensor, c))
+                out = eta, lam, alpha / np.where(ratio > 0, ratio, 1.0)
             elif op == "Mul" and len(signals) == 2:
                 out = _gated_law(known, graph, signals, of, shape)
-            elif op == "Concat" and signals and ctx.for_node(node_id).attr("axis") in (1, 1 - len(shape)):
+            elif (op == "Concat" and signals
+                  and ctx.for_node(node_id).attr("axis") in (1, 1 - len(shape))):
                 out = _concat_law(graph, signals, of)
             else:
                 out = None
     except (ValueError, IndexError, KeyError, RuleError):
         return fresh
-    if out is None or not np.isfinite(out[0]) or not np.all(np.isfinite(out[1])):
+    if out is None or not all(np.all(np.isfinite(a)) for a in out):
         return fresh
-    return max(float(out[0]), 0.0), np.maximum(np.asarray(out[1], np.float64), 0.0)
+    eta, lam, alpha = out
+    return (max(float(eta), 0.0), np.maximum(np.asarray(lam, np.float64), 0.0),
+            np.broadcast_to(np.asarray(alpha, np.float64), (c,)).copy())
 
 
-def _chain_values(m: Moments, shape, scale=None):
+def _channel_var(known, name: str, c: int) -> np.ndarray:
+    return np.broadcast_to(known[name].values_along(1, c)[1], (c,))
+
+
+def _chain_values(m: Moments, shape, scale=None, shift=None):
     """f at the quadrature nodes of each position class's Gaussian: (values ``[T, C, R]``,
     weights ``[T, 1, R]``: node weight times the class's share of the positions), the
     Gaussians' standard deviations multiplied by ``sqrt(scale)`` ([C]) when given; None
@@ -274,6 +282,8 @@ def _chain_values(m: Moments, shape, scale=None):
         full = (1, c) + classes
     if scale is not None:
         var = var * np.reshape(scale, (1, c) + (1,) * (rank - 2))
+    if shift is not None:
+        mu = mu + np.reshape(shift, (1, c) + (1,) * (rank - 2))
     t = NODES.reshape((-1,) + (1,) * (rank - 1))
     with np.errstate(all="ignore"):
         y = np.asarray(compose(src.chain)(mu + np.sqrt(var) * t), np.float64)
@@ -284,13 +294,14 @@ def _chain_values(m: Moments, shape, scale=None):
     return y, w
 
 
-def _chain_law(m: Moments, shape, eta_z: float, excess: np.ndarray):
-    """f(z) of the Gaussian z its chain starts from: eta through the slope beta, lam by Mehler
-    plus z's own energy fluctuation beyond a Gaussian field's (``excess``) through beta
-    (module docstring)."""
+def _chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
+    """f(z) of the Gaussian z its chain starts from (module docstring): eta through the slope
+    beta, the loading ``alpha_f = E[t f] alpha_z / s + E[(t^2 - 1) f] / 2``, lam by Mehler plus
+    z's own energy fluctuation beyond a Gaussian field's through beta."""
     found = _chain_values(m, shape)
     if found is None:
         return None
+    eta_z, lam_z, alpha_z = law_z
     y, w = found
     c, rank = shape[1], len(shape)
     d = y - (w * y).sum(axis=(0, 2), keepdims=True)
@@ -300,14 +311,26 @@ def _chain_law(m: Moments, shape, eta_z: float, excess: np.ndarray):
     t = NODES[:, None, None]
     beta = np.where(v > 0, (w * (t * t - 1) / 2 * g).sum(axis=(0, 2)) / safe, 1.0)
     eta = float(np.mean(beta)) ** 2 * eta_z
+    # alpha_z in z's units; the chain's Gaussian is z through the affine maps on the way
+    s_src = np.sqrt(np.maximum(_source_var(m, shape), 1e-300))
+    ratio = s_src / np.sqrt(np.maximum(_channel_var({"z": z}, "z", c), 1e-300))
+    alpha = ((w * t * y).sum(axis=(0, 2)) * alpha_z * ratio / s_src
+             + (w * (t * t - 1) / 2 * y).sum(axis=(0, 2)))
     var_g = (w * (g - v[None, :, None]) ** 2).sum(axis=(0, 2))
-    amps = np.stack([(w * h[:, None, None] * g).sum(axis=(0, 2)) for h in _HERMITE])  # [4, C]
+    amps = np.stack([(w * h[:, None, None] * g).sum(axis=(0, 2)) for h in _HERMITE])  # a_n, [4, C]
     terms = amps**2 / np.array([math.factorial(n) for n in range(1, 5)])[:, None]
     k = int(np.prod(shape[2:])) if rank > 2 else 1
     pairs = _pair_powers(m, shape)
     cov = (var_g - terms.sum(axis=0)) / k + (terms * pairs).sum(axis=0)
-    own = np.maximum(np.broadcast_to(excess, (c,)), 0.0) if np.size(excess) in (1, c) else 0.0
-    return eta, np.where(v > 0, cov / safe**2, 0.0) + beta**2 * own
+    excess = np.maximum(lam_z - _gaussian_local(z, z_shape), 0.0)
+    return eta, np.where(v > 0, cov / safe**2, 0.0) + beta**2 * excess, alpha
+
+
+def _source_var(m: Moments, shape) -> np.ndarray:
+    """The variance of m's source Gaussian per channel over the positions (total variance)."""
+    src = m.source
+    mean, var = Moments(src.mean, src.var).expand_rank(len(shape)).values_along(1, shape[1])
+    return np.broadcast_to(var, (shape[1],))
 
 
 def _conv_law(conv: RuleContext, known, of, shape):
@@ -320,11 +343,11 @@ def _conv_law(conv: RuleContext, known, of, shape):
     cin = x_shape[1]
     group = int(conv.attr("group", 1))
     per = cin // group
-    eta_x, lam_x = of(x, cin)
-    _, nu = known[x].values_along(1, cin)
-    w2 = np.asarray(weight, np.float64).reshape(j, per, -1) ** 2
+    eta_x, lam_x, alpha_x = of(x, cin)
+    nu = _channel_var(known, x, cin)
+    weight = np.asarray(weight, np.float64).reshape(j, per, -1)
     idx = (np.arange(j) // (j // group))[:, None] * per + np.arange(per)[None]  # [J, I/g]
-    share = (w2 * nu[idx][..., None]).sum(axis=2)
+    share = ((weight**2) * nu[idx][..., None]).sum(axis=2)
     total = share.sum(axis=1, keepdims=True)
     b = np.where(total > 0, share / np.where(total > 0, total, 1.0), 0.0)  # B_jc, [J, I/g]
     s = np.zeros(cin)
@@ -334,21 +357,40 @@ def _conv_law(conv: RuleContext, known, of, shape):
     seeded = float((lam_x * (s * s - q)).sum() / (j * (j - 1))) if j > 1 else 0.0
     excess = lam_x - _gaussian_local(known[x], x_shape)
     lam = _gaussian_local(known[conv.node.output[0]], shape) + (b * b * excess[idx]).sum(axis=1)
-    return eta_x + seeded, lam
+    taps = weight * _inside(conv, x_shape, shape).reshape(1, 1, -1)
+    alpha = (taps.sum(axis=2) * alpha_x[idx]).sum(axis=1)
+    return eta_x + seeded, lam, alpha
 
 
-def _sum_law(known, graph, names, of, shape, gauss):
+def _inside(conv: RuleContext, x_shape, y_shape) -> np.ndarray:
+    """Per tap, the fraction of the output positions at which it reads inside the input (not
+    the zero padding): how much of a shift of every input position reaches the output's mean."""
+    kernel = list(conv.const(1).shape[2:])
+    n = len(kernel)
+    strides = list(conv.attr("strides", [1] * n))
+    dilations = list(conv.attr("dilations", [1] * n))
+    begins = begin_pads(conv, x_shape[2:], y_shape[2:], kernel, strides, dilations)
+    out = np.ones(())
+    for d in range(n):
+        pos = (np.arange(y_shape[2 + d])[:, None] * strides[d] - begins[d]
+               + np.arange(kernel[d])[None, :] * dilations[d])
+        frac = ((pos >= 0) & (pos < x_shape[2 + d])).mean(axis=0)
+        out = np.multiply.outer(out, frac)
+    return out
+
+
+def _sum_law(known, graph, names, of, shape, gauss, minus=False):
     if any(_shape(graph, n) != shape for n in names):
         return None
     c = shape[1]
-    nu = [known[n].values_along(1, c)[1] for n in names]
+    nu = [_channel_var(known, n, c) for n in names]
     total = nu[0] + nu[1]
     share = float(nu[0].sum() / max(float(total.sum()), 1e-300))
     wa = np.where(total > 0, nu[0] / np.where(total > 0, total, 1.0), 0.5)
-    (ea, la), (eb, lb) = of(names[0]), of(names[1])
+    (ea, la, aa), (eb, lb, ab) = of(names[0]), of(names[1])
     eta = (share * math.sqrt(ea) + (1 - share) * math.sqrt(eb)) ** 2
     ga, gb = (_gaussian_local(known[n], shape) for n in names)
-    return eta, gauss + wa**2 * (la - ga) + (1 - wa) ** 2 * (lb - gb)
+    return eta, gauss + wa**2 * (la - ga) + (1 - wa) ** 2 * (lb - gb), aa - ab if minus else aa + ab
 
 
 def _gated_law(known, graph, names, of, shape):
@@ -356,21 +398,22 @@ def _gated_law(known, graph, names, of, shape):
     maps = [n for n in names if n not in gates]
     if len(gates) != 1 or len(maps) != 1 or _shape(graph, maps[0]) != shape:
         return None
-    eta, lam = of(maps[0])
+    eta, lam, alpha = of(maps[0])
     c = shape[1]
     mu, v = known[gates[0]].values_along(1, c)
     m2 = v + mu**2
     m4 = mu**4 + 6 * mu**2 * v + 3 * v**2  # the gate as a Gaussian
     r = np.where(m2 > 0, m4 / np.where(m2 > 0, m2, 1.0) ** 2, 1.0)
-    return eta, r * (1 + lam + eta) - 1 - eta
+    return eta, r * (1 + lam + eta) - 1 - eta, alpha * mu
 
 
 def _concat_law(graph, names, of):
     sizes = [_shape(graph, n)[1] for n in names]
     laws = [of(n, s) for n, s in zip(names, sizes)]
     total = sum(sizes)
-    eta = sum(s / total * math.sqrt(e) for s, (e, _) in zip(sizes, laws)) ** 2
-    return eta, np.concatenate([lam for _, lam in laws])
+    eta = sum(s / total * math.sqrt(e) for s, (e, _, _) in zip(sizes, laws)) ** 2
+    return (eta, np.concatenate([lam for _, lam, _ in laws]),
+            np.concatenate([a for _, _, a in laws]))
 
 
 def pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
@@ -389,8 +432,12 @@ def pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     c = x_shape[1]
     sig2, wts = mixture_nodes(np.full(c, eta))
     means = []
+    s_src = np.sqrt(np.maximum(_source_var(x, tuple(x_shape)), 1e-300))
+    z = known[base]
+    ratio = s_src / np.sqrt(np.maximum(_channel_var({"z": z}, "z", c), 1e-300))
     for s2 in sig2:
-        got = _chain_values(x, tuple(x_shape), s2)
+        shift = SHIFT * found[2] * ratio * (s2 - 1.0)
+        got = _chain_values(x, tuple(x_shape), s2, shift)
         if got is None:
             return None
         means.append((got[1] * got[0]).sum(axis=(0, 2)))
