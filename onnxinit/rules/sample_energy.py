@@ -70,6 +70,7 @@ from ..spatial import class_weights
 from .context import RuleContext, RuleError
 from .gaussian import compose
 from .linear import begin_pads
+from .pool_skewness import _stationary
 from .kurtosis import NODES, WEIGHTS, _step, chain_start, mixture_nodes
 
 import os
@@ -220,6 +221,8 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
             elif op in _KEEP and signals:
                 eta, lam, alpha = of(signals[0])
                 gauss_in = _gaussian_local(known[signals[0]], _shape(graph, signals[0]))
+                if op == "Pad":  # zeros added: the positions' mean shift is diluted
+                    alpha = alpha * _positions(_shape(graph, signals[0])) / _positions(shape)
                 out = eta, np.maximum(fresh[1] + lam - gauss_in, 0.0), alpha
             elif op in ("Add", "Sub") and len(signals) == 2:
                 out = _sum_law(known, graph, signals, of, shape, fresh[1], op == "Sub")
@@ -243,6 +246,10 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
     eta, lam, alpha = out
     return (max(float(eta), 0.0), np.maximum(np.asarray(lam, np.float64), 0.0),
             np.broadcast_to(np.asarray(alpha, np.float64), (c,)).copy())
+
+
+def _positions(shape) -> int:
+    return int(np.prod(shape[2:])) if len(shape) > 2 else 1
 
 
 def _channel_var(known, name: str, c: int) -> np.ndarray:
@@ -424,6 +431,8 @@ def pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     if known is None or len(x_shape) < 3 or not _is_chain(graph, ctx, known, name):
         return None
     base, norms = _chain(graph, ctx, name)
+    if not (_stationary(known[base], len(x_shape)) and _stationary(x, len(x_shape))):
+        return None
     found = law(ctx, base) if base != name else None
     if found is None or found[0] <= 0:
         return None
