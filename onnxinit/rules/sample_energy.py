@@ -73,9 +73,6 @@ from .linear import begin_pads
 from .pool_skewness import _stationary
 from .kurtosis import NODES, WEIGHTS, _step, chain_start, mixture_nodes
 
-import os
-POOLED = os.environ.get("SE_POOLED", "1") == "1"
-SHIFT = float(os.environ.get("SE_SHIFT", "1"))
 _MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _KEEP = {"Identity", "Dropout", "AveragePool", "MaxPool", "Pad"}
 _HERMITE = [NODES, NODES**2 - 1, NODES**3 - 3 * NODES, NODES**4 - 6 * NODES**2 + 3]
@@ -280,7 +277,7 @@ def _chain_values(m: Moments, shape, scale=None, shift=None):
         var = np.broadcast_to(np.asarray(mean.var, np.float64), full)
     except ValueError:
         return None
-    if POOLED and len(classes) and np.size(w_cls) > 1:
+    if np.size(w_cls) > 1:
         axes = tuple(range(2, rank))
         wk = np.reshape(w_cls, (1, 1) + classes)
         centre = (wk * mu).sum(axis=axes, keepdims=True)
@@ -366,6 +363,9 @@ def _conv_law(conv: RuleContext, known, of, shape):
     lam = _gaussian_local(known[conv.node.output[0]], shape) + (b * b * excess[idx]).sum(axis=1)
     taps = weight * _inside(conv, x_shape, shape).reshape(1, 1, -1)
     alpha = (taps.sum(axis=2) * alpha_x[idx]).sum(axis=1)
+    # alpha is a regression on eps: the seeded part is independent of the offsets
+    if seeded > 0:
+        alpha = alpha * eta_x / (eta_x + seeded)
     return eta_x + seeded, lam, alpha
 
 
@@ -407,7 +407,7 @@ def _gated_law(known, graph, names, of, shape):
         return None
     eta, lam, alpha = of(maps[0])
     c = shape[1]
-    mu, v = known[gates[0]].values_along(1, c)
+    mu, v = (np.broadcast_to(a, (c,)) for a in known[gates[0]].values_along(1, c))
     m2 = v + mu**2
     m4 = mu**4 + 6 * mu**2 * v + 3 * v**2  # the gate as a Gaussian
     r = np.where(m2 > 0, m4 / np.where(m2 > 0, m2, 1.0) ** 2, 1.0)
@@ -445,7 +445,7 @@ def pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     z = known[base]
     ratio = s_src / np.sqrt(np.maximum(_channel_var({"z": z}, "z", c), 1e-300))
     for s2 in sig2:
-        shift = SHIFT * found[2] * ratio * (s2 - 1.0)
+        shift = found[2] * ratio * (s2 - 1.0)
         got = _chain_values(x, tuple(x_shape), s2, shift)
         if got is None:
             return None
