@@ -1,60 +1,64 @@
 """The energy a sample's channels and positions share, carried on demand to a global pool.
 
 Per tensor x ``[N, C, *spatial]`` (K positions) let ``e_nc = mean_p (x_ncp - mu_c)^2 / nu_c``
-be sample n's energy in channel c, relative to the channel's variance over batch and positions.
-Two numbers describe how it moves from sample to sample:
+be sample n's energy in channel c relative to the channel's variance. Three quantities:
 
-* ``eta``, the energy all channels and positions of a sample share: the mean over pairs of
-  distinct channels of ``Cov_n(e_nc, e_nc')`` (one per tensor: a per-sample scale
-  ``sigma_n^2 = 1 + eps_n``, ``Var eps = eta``, multiplying every value of the sample);
-* ``lam_c``, the rest of ``Var_n(e_nc)``: the realized energy of channel c's K positions
+* ``eta``: the energy every channel and position of a sample shares, the mean over pairs of
+  distinct channels of ``Cov_n(e_nc, e_nc')`` (a per-sample scale ``sigma_n^2 = 1 + eps_n``,
+  ``Var eps = eta``);
+* ``alpha_c``: the per-sample mean offset that moves with it, ``E[x_nc | eps] - mu_c =
+  alpha_c eps`` (a sample with more energy has a larger mean after a convex activation);
+* ``lam_c``: the rest of ``Var_n(e_nc)``, the realized energy of channel c's K positions
   (``2/K`` for independent Gaussian positions).
 
-A global pool of ``f(z)`` keeps the first: a sample whose z is larger has a larger mean of f at
-every position, a between-sample variance that no model of independent (or locally
-correlated) positions sees. The pool gains, per channel,
+A global pool of ``f(z)`` keeps the shared part, a between-sample variance no model of
+independent or locally correlated positions sees. Per channel, with z's source Gaussian
+``N(m, s^2)`` pooled over position classes (law of total variance),
 
-    dVar = Var_sigma( E_t[f(m + s sigma t)] ),   sigma^2 lognormal, E sigma^2 = 1,
-                                                 Var sigma^2 = eta_z
+    dVar = Var_eps E_t[f(m + a alpha_z eps + s sqrt(1 + eps) t)],  1 + eps lognormal, mean 1,
+                                                                   variance eta_z (1 - 1/N)
 
-(= (E[(t^2 - 1) f] / 2)^2 eta_z to first order; z the Gaussian f's chain starts from, three
-Gauss-Hermite nodes of log sigma^2). Measured on MobileNetV3-small (64x64, 16 batches of 8)
-eta grows from 0.002 (block 1) to 0.1 (block 9-11) and the squeeze-excite pools miss 0.13-0.24
-of their variance without this term.
+(three Gauss-Hermite nodes of log(1 + eps); a = s / sd(z) takes alpha to the source's units;
+``1 - 1/N``: a BatchNorm in the chain centres the batch). To first order
+``(E[t f] a alpha_z / s + E[(t^2 - 1) f] / 2)^2 eta_z``. Measured on MobileNetV3-small
+(64x64, 16 batches of 8) eta grows from 0.002 (block 1) to 0.1 (blocks 8-11), alpha / sd is
+0.2-0.4, and without them the squeeze-excite pools miss 0.1-0.3 of their variance.
 
 Carried through the layers on demand (memoised per propagation), per node kind:
 
-- Conv (weights W, groups), per output channel j the shares of its inputs (channel c, tap t)
-  in its variance ``b_jct = W_jct^2 nu_c / sum W^2 nu``, ``B_jc = sum_t b_jct``. Two output
-  channels share the energies of the inputs they both read, so a channel mix seeds eta from
-  the inputs' realized energies (the heavy-tailed few positions of a squeeze-excite map leak
-  into every output channel of a 1x1 conv):
+- Conv (weights W, groups): ``b_jct = W_jct^2 nu_c / sum W^2 nu``, ``B_jc = sum_t b_jct``.
+  Two output channels share the realized energies of the inputs they both read (a squeeze-
+  excite map's few heavy-tailed positions leak into every output of a 1x1 conv):
   ``eta_y = eta_x + sum_c lam_c (S_c^2 - Q_c) / (J (J - 1))``, ``S_c = sum_j B_jc``,
-  ``Q_c = sum_j B_jc^2`` (the mean over pairs j != j'; 0 for a depthwise conv). Locally
-  ``lam_y = lam_G(y) + sum_c B_jc^2 (lam_c - lam_G(x_c))``: the Gaussian field's value of the
-  output (``2 sum_{p,q} rho(p - q)^2 / K^2`` from its spatial correlation) plus what the inputs
-  carry beyond theirs (all taps of a channel read one sample's energy).
-- BatchNormalization (batch statistics): the batch's energies are centred, ``eta (1 - 1/N)``.
-- Element-wise chain f of a Gaussian z (the tensor's source): ``eta_f = beta^2 eta_z``,
-  ``beta = E[(t^2 - 1) (f - E f)^2] / (2 Var f)`` (the slope of ``log Var f`` in ``log
-  sigma^2``, Stein's identity; its mean over channels), times ``1 - 1/N`` per BatchNorm in the
-  chain. ``lam_f = (1/K^2) sum_{p,q} Cov(g_p, g_q) / Var(f)^2`` for ``g = (f - E f)^2``, by
-  Mehler's expansion ``Cov = sum_{n<=4} a_n^2 rho_z^n / n!``, ``a_n = E[g He_n(t)]`` (the
-  n = 0 offset taking g's whole variance).
-- Add of two signals (a residual branch computed from its skip, one per-sample scale):
-  ``eta = (w sqrt(eta_a) + (1 - w) sqrt(eta_b))^2``, w a's share of the variance;
-  ``lam = lam_G + w^2 (lam_a - lam_G(a)) + (1 - w)^2 (lam_b - lam_G(b))``.
-- Mul by a per-sample gate g ``[N, C, 1, ...]``: ``e_y = g^2 e_x / E g^2``, so eta is kept (the
-  gates' energies are not shared across channels: measured 0.0000) and
-  ``lam_y = r (1 + lam_x + eta_x) - 1 - eta_x``, ``r = E g^4 / (E g^2)^2``.
-- Concat over channels: ``eta = (sum_i (C_i / C) sqrt(eta_i))^2``; lam concatenated.
-- Identity, Dropout, AveragePool, MaxPool (a scale passes through maxima and means): kept.
-- Anything else (graph inputs, normalizations over a sample: LayerNorm, GroupNorm,
-  InstanceNorm; layout ops): ``eta = 0``, the Gaussian field's lam.
+  ``Q_c = sum_j B_jc^2`` (the mean over pairs j != j'; 0 for a depthwise conv);
+  ``lam_y = lam_G(y) + sum_c B_jc^2 (lam_c - lam_G(x_c))``, ``lam_G = 2 sum_{p,q} rho(p - q)^2
+  / K^2`` the Gaussian field's value from the tensor's spatial correlation;
+  ``alpha_y = (sum_{c,t} W_jct f_t alpha_c) eta_x / eta_y``, f_t the share of output positions
+  where tap t reads inside the input (zero padding does not move), the ratio because the
+  seeded energy is independent of the offsets.
+- Per-channel affine maps (BatchNorm, Add/Mul of constants): eta, lam kept, alpha scaled.
+- Element-wise chain f of a Gaussian z (the tensor's source): ``eta_f = mean(beta)^2 eta_z``,
+  ``beta = E[(t^2 - 1) (f - E f)^2] / (2 Var f)`` (the slope of log Var f in log sigma^2,
+  Stein's identity); ``alpha_f = E[t f] a alpha_z / s + E[(t^2 - 1) f] / 2``; ``lam_f =
+  (1/K^2) sum_{p,q} Cov(g_p, g_q) / Var(f)^2 + beta^2 (lam_z - lam_G(z))``, ``g = (f - E f)^2``,
+  by Mehler's expansion ``Cov = sum_{n<=4} a_n^2 rho_z^n / n!``, ``a_n = E[g He_n(t)]``.
+- Add of two signals (a residual branch carries its skip's scale): ``eta = (w sqrt(eta_a) +
+  (1 - w) sqrt(eta_b))^2``, w a's share of the variance; lam by the shares squared; alphas add.
+- Mul by a per-sample gate g ``[N, C or 1, 1, ...]`` (taken as Gaussian): eta kept,
+  ``lam_y = r (1 + lam_x + eta_x) - 1 - eta_x``, ``r = E g^4 / (E g^2)^2``, ``alpha_y = E[g]
+  alpha_x``.
+- Concat over channels: ``eta = (sum_i (C_i / C) sqrt(eta_i))^2``; lam, alpha concatenated.
+- Identity, Dropout, AveragePool, MaxPool, Pad: kept (Pad dilutes alpha by its added zeros).
+- Anything else (graph inputs, LayerNorm, GroupNorm, InstanceNorm, layout ops): none, lam_G.
 
-Not modelled: the shared energy's part in the per-sample mean offsets (the correlation
-``floor`` carries those), the correlation of the energies of a sum's two operands beyond one
-common scale, gates' own shared energy, and the position dependence of the scale.
+Not modelled: the energy a gate shares across channels (measured 0.0000 for squeeze-excite
+gates; a stochastic-depth mask ``[N, 1, 1, 1]`` shares all of its own, which carried through
+sums as one common scale overshoots EfficientNet's last stages 1.5-1.9x, so it is left out),
+the per-sample Gram of a conv's input channels beyond their energies (a projection conv after a
+gate seeds 1.5-2x the diagonal term measured), the joint cumulants of four distinct positions
+(a depthwise conv's lam is 0.65-0.8 of the measured), and eta's own non-linear response (first
+order in the chains). Pools whose input is not stationary (:func:`.stationary.stationary`) are
+left alone.
 """
 
 from __future__ import annotations
@@ -66,16 +70,16 @@ import numpy as np
 
 from ..correlation import Correlation, mean_variance_factor
 from ..moments import Moments
-from ..spatial import class_weights
 from .context import RuleContext, RuleError
 from .gaussian import compose
 from .linear import begin_pads
-from .pool_skewness import _stationary
+from .stationary import stationary
 from .kurtosis import NODES, WEIGHTS, _step, chain_start, mixture_nodes
 
 _MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _KEEP = {"Identity", "Dropout", "AveragePool", "MaxPool", "Pad"}
 _HERMITE = [NODES, NODES**2 - 1, NODES**3 - 3 * NODES, NODES**4 - 6 * NODES**2 + 3]
+_FACTORIALS = np.array([1.0, 2.0, 6.0, 24.0])[:, None]
 
 
 def _shape(graph, name: str):
@@ -227,7 +231,7 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
                   and len(signals) == 1 and _shape(graph, signals[0]) == shape):
                 # a per-channel affine map: the loading scales with the standard deviation
                 eta, lam, alpha = of(signals[0])
-                ratio = np.sqrt(_channel_var(known, signals[0], c) / _channel_var(known, tensor, c))
+                ratio = np.sqrt(_var(known[signals[0]], c) / _var(m, c))
                 out = eta, lam, alpha / np.where(ratio > 0, ratio, 1.0)
             elif op == "Mul" and len(signals) == 2:
                 out = _gated_law(known, graph, signals, of, shape)
@@ -249,85 +253,54 @@ def _positions(shape) -> int:
     return int(np.prod(shape[2:])) if len(shape) > 2 else 1
 
 
-def _channel_var(known, name: str, c: int) -> np.ndarray:
-    return np.broadcast_to(known[name].values_along(1, c)[1], (c,))
-
-
 def _chain_values(m: Moments, shape, scale=None, shift=None):
-    """f at the quadrature nodes of each position class's Gaussian: (values ``[T, C, R]``,
-    weights ``[T, 1, R]``: node weight times the class's share of the positions), the
-    Gaussians' standard deviations multiplied by ``sqrt(scale)`` ([C]) when given; None
-    without a chain or where f is not finite. The class means (a zero-padded conv's border
-    pattern) are not scaled: the per-sample scale multiplies the fluctuations."""
-    rank = len(shape)
-    sp = m.spatial
-    src = sp.cells.source if sp is not None and sp.cells.source is not None else m.source
+    """f at the quadrature nodes of m's source Gaussian per channel, pooled over the position
+    classes (law of total variance): (values ``[T, C]``, weights ``[T]``), the variance times
+    ``scale`` and the mean plus ``shift`` ([C]) when given; None without a chain or where f is
+    not finite. Pooling the classes takes a zero-padded conv's border pattern to move with
+    the sample like the rest (it is the input's per-sample mean, which does: alpha)."""
+    rank, c = len(shape), shape[1]
+    src = m.source
     if src is None or not src.chain or max(np.ndim(src.mean), np.ndim(src.var)) > rank:
         return None
-    c = shape[1]
-    mean = Moments(src.mean, src.var).expand_rank(rank)
-    classes = (1,) * (rank - 2)
-    w_cls = np.ones(classes)
-    if sp is not None and sp.cells.source is not None:
-        classes = tuple(int(k) for k in sp.classes)
-        w_cls = class_weights(sp.maps)
-    full = (1, c) + classes
-    try:
-        mu = np.broadcast_to(np.asarray(mean.mean, np.float64), full)
-        var = np.broadcast_to(np.asarray(mean.var, np.float64), full)
-    except ValueError:
-        return None
-    if np.size(w_cls) > 1:
-        axes = tuple(range(2, rank))
-        wk = np.reshape(w_cls, (1, 1) + classes)
-        centre = (wk * mu).sum(axis=axes, keepdims=True)
-        var = (wk * (var + (mu - centre) ** 2)).sum(axis=axes, keepdims=True)
-        mu, classes, w_cls = centre, (1,) * (rank - 2), np.ones((1,) * (rank - 2))
-        full = (1, c) + classes
-    if scale is not None:
-        var = var * np.reshape(scale, (1, c) + (1,) * (rank - 2))
-    if shift is not None:
-        mu = mu + np.reshape(shift, (1, c) + (1,) * (rank - 2))
-    t = NODES.reshape((-1,) + (1,) * (rank - 1))
+    mean, var = (np.broadcast_to(a, (c,)) for a in
+                 Moments(src.mean, src.var).expand_rank(rank).values_along(1, c))
+    var = var * (1.0 if scale is None else scale)
+    mean = mean + (0.0 if shift is None else shift)
+    cell = (1, c) + (1,) * (rank - 2)
     with np.errstate(all="ignore"):
-        y = np.asarray(compose(src.chain)(mu + np.sqrt(var) * t), np.float64)
-    y = np.broadcast_to(y, (NODES.size,) + full[1:]).reshape(NODES.size, c, -1)
-    if not np.all(np.isfinite(y)):
-        return None
-    w = WEIGHTS[:, None, None] * np.reshape(w_cls, (1, 1, -1))
-    return y, w
+        y = compose(src.chain)(mean.reshape(cell) + np.sqrt(var).reshape(cell)
+                               * NODES.reshape((-1,) + (1,) * (rank - 1)))
+    y = np.broadcast_to(np.asarray(y, np.float64), (NODES.size,) + cell[1:]).reshape(-1, c)
+    return (y, WEIGHTS) if np.all(np.isfinite(y)) else None
+
+
+def _var(m: Moments, c: int) -> np.ndarray:
+    return np.broadcast_to(m.values_along(1, c)[1], (c,))
 
 
 def _chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
-    """f(z) of the Gaussian z its chain starts from (module docstring): eta through the slope
-    beta, the loading ``alpha_f = E[t f] alpha_z / s + E[(t^2 - 1) f] / 2``, lam by Mehler plus
-    z's own energy fluctuation beyond a Gaussian field's through beta."""
+    """f(z) of the Gaussian z its chain starts from (module docstring)."""
     found = _chain_values(m, shape)
     if found is None:
         return None
     eta_z, lam_z, alpha_z = law_z
     y, w = found
-    c, rank = shape[1], len(shape)
-    d = y - (w * y).sum(axis=(0, 2), keepdims=True)
-    g = d * d
-    v = (w * g).sum(axis=(0, 2))
+    c, t = shape[1], NODES[:, None]
+    g = (y - w @ y) ** 2
+    v = w @ g
     safe = np.where(v > 0, v, 1.0)
-    t = NODES[:, None, None]
-    beta = np.where(v > 0, (w * (t * t - 1) / 2 * g).sum(axis=(0, 2)) / safe, 1.0)
-    eta = float(np.mean(beta)) ** 2 * eta_z
-    # alpha_z in z's units; the chain's Gaussian is z through the affine maps on the way
+    beta = np.where(v > 0, ((w * (t[:, 0] ** 2 - 1) / 2) @ g) / safe, 1.0)
+    # alpha_z is in z's units; the chain's Gaussian is z through the affine maps on the way
     s_src = np.sqrt(np.maximum(_source_var(m, shape), 1e-300))
-    ratio = s_src / np.sqrt(np.maximum(_channel_var({"z": z}, "z", c), 1e-300))
-    alpha = ((w * t * y).sum(axis=(0, 2)) * alpha_z * ratio / s_src
-             + (w * (t * t - 1) / 2 * y).sum(axis=(0, 2)))
-    var_g = (w * (g - v[None, :, None]) ** 2).sum(axis=(0, 2))
-    amps = np.stack([(w * h[:, None, None] * g).sum(axis=(0, 2)) for h in _HERMITE])  # a_n, [4, C]
-    terms = amps**2 / np.array([math.factorial(n) for n in range(1, 5)])[:, None]
-    k = int(np.prod(shape[2:])) if rank > 2 else 1
-    pairs = _pair_powers(m, shape)
-    cov = (var_g - terms.sum(axis=0)) / k + (terms * pairs).sum(axis=0)
+    ratio = s_src / np.sqrt(np.maximum(_var(z, c), 1e-300))
+    alpha = (w * t[:, 0]) @ y * alpha_z * ratio / s_src + (w * (t[:, 0] ** 2 - 1) / 2) @ y
+    var_g = w @ (g - v) ** 2
+    terms = np.stack([(w * h) @ g for h in _HERMITE]) ** 2 / _FACTORIALS  # a_n^2 / n!, [4, C]
+    k = _positions(shape)
+    cov = (var_g - terms.sum(axis=0)) / k + (terms * _pair_powers(m, shape)).sum(axis=0)
     excess = np.maximum(lam_z - _gaussian_local(z, z_shape), 0.0)
-    return eta, np.where(v > 0, cov / safe**2, 0.0) + beta**2 * excess, alpha
+    return float(np.mean(beta)) ** 2 * eta_z, cov / safe**2 + beta**2 * excess, alpha
 
 
 def _source_var(m: Moments, shape) -> np.ndarray:
@@ -348,7 +321,7 @@ def _conv_law(conv: RuleContext, known, of, shape):
     group = int(conv.attr("group", 1))
     per = cin // group
     eta_x, lam_x, alpha_x = of(x, cin)
-    nu = _channel_var(known, x, cin)
+    nu = _var(known[x], cin)
     weight = np.asarray(weight, np.float64).reshape(j, per, -1)
     idx = (np.arange(j) // (j // group))[:, None] * per + np.arange(per)[None]  # [J, I/g]
     share = ((weight**2) * nu[idx][..., None]).sum(axis=2)
@@ -390,7 +363,7 @@ def _sum_law(known, graph, names, of, shape, gauss, minus=False):
     if any(_shape(graph, n) != shape for n in names):
         return None
     c = shape[1]
-    nu = [_channel_var(known, n, c) for n in names]
+    nu = [_var(known[n], c) for n in names]
     total = nu[0] + nu[1]
     share = float(nu[0].sum() / max(float(total.sum()), 1e-300))
     wa = np.where(total > 0, nu[0] / np.where(total > 0, total, 1.0), 0.5)
@@ -431,7 +404,7 @@ def pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     if known is None or len(x_shape) < 3 or not _is_chain(graph, ctx, known, name):
         return None
     base, norms = _chain(graph, ctx, name)
-    if not (_stationary(known[base], len(x_shape)) and _stationary(x, len(x_shape))):
+    if not (stationary(known[base], len(x_shape)) and stationary(x, len(x_shape))):
         return None
     found = law(ctx, base) if base != name else None
     if found is None or found[0] <= 0:
@@ -440,16 +413,14 @@ def pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     eta = found[0] * ((1.0 - 1.0 / max(x_shape[0], 1)) if norms else 1.0)
     c = x_shape[1]
     sig2, wts = mixture_nodes(np.full(c, eta))
-    means = []
     s_src = np.sqrt(np.maximum(_source_var(x, tuple(x_shape)), 1e-300))
-    z = known[base]
-    ratio = s_src / np.sqrt(np.maximum(_channel_var({"z": z}, "z", c), 1e-300))
+    shift = found[2] * s_src / np.sqrt(np.maximum(_var(known[base], c), 1e-300))
+    means = []
     for s2 in sig2:
-        shift = found[2] * ratio * (s2 - 1.0)
-        got = _chain_values(x, tuple(x_shape), s2, shift)
+        got = _chain_values(x, tuple(x_shape), s2, shift * (s2 - 1.0))
         if got is None:
             return None
-        means.append((got[1] * got[0]).sum(axis=(0, 2)))
+        means.append(got[1] @ got[0])
     means = np.stack(means)  # [3, C]
     dvar = wts @ (means - wts @ means) ** 2
     return dvar if np.all(np.isfinite(dvar)) else None
