@@ -68,16 +68,18 @@ import weakref
 
 import numpy as np
 
-from ..correlation import Correlation, mean_variance_factor
 from ..moments import Moments
 from .context import RuleContext, RuleError
-from .gaussian import compose
+from .gaussian import compose, composite_rule
 from .linear import begin_pads
 from .stationary import stationary
-from .kurtosis import NODES, WEIGHTS, _step, chain_start, mixture_nodes
+from .kurtosis import _step, chain_start, mixture_nodes
 
 _MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _KEEP = {"Identity", "Dropout", "AveragePool", "MaxPool", "Pad"}
+# composite Gauss-Legendre rule for E[g(t)], t ~ N(0, 1), on 96 nodes (kurtosis' coarse one:
+# within 1.5% of its 192-node rule for HardSwish, ReLU, SiLU of N(m, s^2))
+NODES, WEIGHTS = composite_rule(8.0, 24, 4)
 _HERMITE = [NODES, NODES**2 - 1, NODES**3 - 3 * NODES, NODES**4 - 6 * NODES**2 + 3]
 _FACTORIALS = np.array([1.0, 2.0, 6.0, 24.0])[:, None]
 
@@ -87,29 +89,64 @@ def _shape(graph, name: str):
     return None if not shape or len(shape) < 2 else tuple(int(s) for s in shape)
 
 
+def _pair_sums(corr, sizes, powers) -> np.ndarray:
+    """``(1/K^2) sum_{p,q} rho(p - q)^n`` for each n in ``powers``, ``[len(powers), C or 1]``
+    (the floor's power beyond the stored offsets), from one table of pair counts."""
+    rho, floor = corr
+    k = int(np.prod(sizes))
+    counts = np.ones(())
+    for n, s in zip(rho.shape[1:], sizes):
+        d = np.arange(n) - (n - 1) // 2
+        counts = np.multiply.outer(counts, np.maximum(s - np.abs(d), 0).astype(np.float64))
+    floor = np.reshape(floor, (-1,) + (1,) * len(sizes))
+    axes = tuple(range(1, rho.ndim))
+    out = []
+    for n in powers:
+        f = floor**n
+        out.append((((rho**n - f) * counts).sum(axis=axes) + k * k * f.reshape(-1)) / (k * k))
+    return np.stack(out)
+
+
+def _correlation(m: Moments, shape, gaussian: bool = False):
+    corr = m.spatial.corr if m.spatial is not None else None
+    if corr is None or corr.rho.ndim != len(shape) - 1 or corr.rho.shape[0] not in (1, shape[1]):
+        return None
+    rho, floor = corr.gaussian() if gaussian else (corr.rho, corr.floor)
+    return rho, np.broadcast_to(floor, (rho.shape[0],))
+
+
+_LOCAL: dict[int, tuple] = {}  # id(Moments) -> (weakref, shape, lam_G): read several times
+
+
 def _gaussian_local(m: Moments, shape) -> np.ndarray:
     """lam of a Gaussian field with m's spatial correlation: ``2 sum_{p,q} rho^2 / K^2``."""
-    c, sizes = shape[1], shape[2:]
-    k = int(np.prod(sizes)) if sizes else 1
-    corr = m.spatial.corr if m.spatial is not None else None
-    if corr is None or corr.rho.ndim != 1 + len(sizes) or corr.rho.shape[0] not in (1, c):
-        return np.full(c, 2.0 / k)
-    squared = Correlation(corr.rho**2, np.broadcast_to(corr.floor, (corr.rho.shape[0],))**2)
-    return np.broadcast_to(2.0 * mean_variance_factor(squared, sizes) / k, (c,)).copy()
+    hit = _LOCAL.get(id(m))
+    if hit is not None and hit[0]() is m and hit[1] == shape:
+        return hit[2]
+    if len(_LOCAL) > 4096:
+        _LOCAL.clear()
+    out = _field_local(m, shape)
+    out.flags.writeable = False
+    _LOCAL[id(m)] = (weakref.ref(m), shape, out)
+    return out
+
+
+def _field_local(m: Moments, shape) -> np.ndarray:
+    c = shape[1]
+    corr = _correlation(m, shape)
+    if corr is None:
+        return np.full(c, 2.0 / _positions(shape))
+    return np.broadcast_to(2.0 * _pair_sums(corr, shape[2:], (2,))[0], (c,)).copy()
 
 
 def _pair_powers(m: Moments, shape) -> np.ndarray:
     """``(1/K^2) sum_{p,q} rho_z(p - q)^n``, n = 1..4, per channel ``[4, C]`` (rho_z: the
     correlation of the Gaussian under m's chain; independent positions without one)."""
-    c, sizes = shape[1], shape[2:]
-    k = int(np.prod(sizes)) if sizes else 1
-    corr = m.spatial.corr if m.spatial is not None else None
-    if corr is None or corr.rho.ndim != 1 + len(sizes) or corr.rho.shape[0] not in (1, c):
-        return np.full((4, c), 1.0 / k)
-    rho, floor = corr.gaussian()
-    floor = np.broadcast_to(floor, (rho.shape[0],))
-    return np.stack([np.broadcast_to(mean_variance_factor(Correlation(rho**n, floor**n), sizes)
-                                     / k, (c,)) for n in range(1, 5)])
+    c = shape[1]
+    corr = _correlation(m, shape, gaussian=True)
+    if corr is None:
+        return np.full((4, c), 1.0 / _positions(shape))
+    return np.broadcast_to(_pair_sums(corr, shape[2:], (1, 2, 3, 4)), (4, c))
 
 
 def _chain(graph, ctx, tensor: str) -> tuple[str, int]:
@@ -327,10 +364,8 @@ def _conv_law(conv: RuleContext, known, of, shape):
     share = ((weight**2) * nu[idx][..., None]).sum(axis=2)
     total = share.sum(axis=1, keepdims=True)
     b = np.where(total > 0, share / np.where(total > 0, total, 1.0), 0.0)  # B_jc, [J, I/g]
-    s = np.zeros(cin)
-    q = np.zeros(cin)
-    np.add.at(s, idx, b)
-    np.add.at(q, idx, b * b)
+    s = np.bincount(idx.ravel(), b.ravel(), minlength=cin)
+    q = np.bincount(idx.ravel(), (b * b).ravel(), minlength=cin)
     seeded = float((lam_x * (s * s - q)).sum() / (j * (j - 1))) if j > 1 else 0.0
     excess = lam_x - _gaussian_local(known[x], x_shape)
     lam = _gaussian_local(known[conv.node.output[0]], shape) + (b * b * excess[idx]).sum(axis=1)
