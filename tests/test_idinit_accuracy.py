@@ -55,12 +55,15 @@ def test_idinit_autoinit_first_residual_sum(conv, tmp_path):
         assert abs(t.var - t.measured_var) <= 0.03 * t.measured_var, (name, t.var, t.measured_var)
 
 
-@pytest.mark.parametrize("conv, tensors, layers", [("patch", 0.97, 22), ("dirac", 0.80, 18)])
+@pytest.mark.parametrize("conv, tensors, layers", [("patch", 0.97, 22), ("dirac", 0.97, 21)])
 def test_idinit_autoinit_is_predicted(conv, tensors, layers, tmp_path):
     """``analyze --measure`` after ``idinit,autoinit``: the share of tensors within 10% (before
-    the sampled residual sums: 87% patch, 23% Dirac; now 98%, 85%) and the layers within 10% of
-    autoinit's target, of 22 (before: 17, 6; then 21, 18; with the pooled channels' covariance
-    in the classifier 22, 18)."""
+    the sampled residual sums: 87% patch, 23% Dirac; then 98%, 83%; Dirac now 98%) and the
+    layers within 10% of autoinit's target, of 22 (before: 17, 6; then 21, 18; with the pooled
+    channels' covariance in the classifier 22, 18; Dirac now 21: the stream's sums taken on
+    the previous sum's joint draws, and centre-tap convs without border classes). Dirac's
+    22nd, the classifier, measures 0.90 on this batch of 32 and 1.05 on 256: sampling
+    (test_idinit_dirac_autoinit_reaches_its_target)."""
     out = tmp_path / f"idinit_autoinit_{conv}.onnx"
     rescale(SAMPLE, "idinit,autoinit", output=out, idinit_conv=conv)
     result = analyze(out, measure=True, batch_size=32, device="cpu")
@@ -80,6 +83,23 @@ def test_idinit_autoinit_reaches_its_target(tmp_path):
     out = tmp_path / "idinit_autoinit.onnx"
     rescale(SAMPLE, "idinit,autoinit", output=out)
     result = analyze(out, measure=True, batch_size=32, device="cpu")
+    layers = [t for t in result.tensors if t.op in ("Conv", "Gemm")]
+    assert len(layers) == 22
+    assert all(abs(t.measured_var - 1.0) <= 0.10 for t in layers), [
+        (t.name, round(t.measured_var, 3)) for t in layers]
+
+
+def test_idinit_dirac_autoinit_reaches_its_target(tmp_path):
+    """``idinit,autoinit --idinit-conv dirac``: every Conv and the classifier within 10% of the
+    target, measured on a batch of 256 (the classifier's variance over 32 samples of 64 pooled
+    channels copied from 3 input channels varies by +-10% from batch to batch). Before: 19 of
+    22, the third stage's branch ends at 1.14-1.19: the stream's cross-channel correlation
+    came from a Gaussian copula of its mixture marginals (0.05 short on the ReLU outputs'
+    channel pairs, and none of their joint zeros), and the centre-tap convs' border classes
+    took another law than the interior; now every layer within 0.5% and the classifier 5%."""
+    out = tmp_path / "idinit_autoinit_dirac.onnx"
+    rescale(SAMPLE, "idinit,autoinit", output=out, idinit_conv="dirac")
+    result = analyze(out, measure=True, batch_size=256, device="cpu")
     layers = [t for t in result.tensors if t.op in ("Conv", "Gemm")]
     assert len(layers) == 22
     assert all(abs(t.measured_var - 1.0) <= 0.10 for t in layers), [

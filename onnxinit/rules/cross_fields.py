@@ -114,7 +114,8 @@ def through_joint(corr: Correlation, x: Moments, fn, spatial) -> Correlation:
     window of positions (``CrossField.joint``, a residual sum's sampled law): ``Corr(f(x_c(p)),
     f(x_c'(p + d)))`` for the offsets the window holds, measured on the draws ``x_c = E_c +
     sd_c z_c`` (interior class) over every pair of positions d apart; the other offsets as
-    they were. ``corr`` unchanged without draws."""
+    they were; the draws of f(x), standardised, are kept as f(x)'s own (``joint``). ``corr``
+    unchanged without draws."""
     cross = corr.cross
     if cross is None or cross.joint is None or spatial is None:
         return corr
@@ -154,7 +155,10 @@ def through_joint(corr: Correlation, x: Moments, fn, spatial) -> Correlation:
         at = (slice(None), slice(None)) + tuple(r + di for r, di in zip(radius, d))
         field[at] = np.where(known, np.clip(cov / norm, -1.0, 1.0), field[at])
     field[(np.arange(channels), np.arange(channels)) + tuple(radius)] = 1.0
-    cross = CrossField(field, cross.gauss, cross.anchor)
+    # the draws of f(x), standardised, are f(x)'s joint law: a later residual sum of copies
+    # of f(x) reads them (shared_source.joint_law) instead of a copula of its marginals
+    scale = np.where(sd > 0, sd, 1.0).reshape((1, channels) + (1,) * axes)
+    cross = CrossField(field, cross.gauss, cross.anchor, joint=out / scale)
     rho = corr.rho
     if rho.shape == cross.diagonal().shape:
         rho = cross.diagonal()

@@ -243,7 +243,9 @@ def _apply_to_cells(x: Moments, f: ElementwiseFn, rank) -> Moments:
             raise ValueError
     except ValueError:  # a constant laid out along the positions: per channel instead
         return apply_fn(Moments(x.mean, x.var, x.source), f, rank)
-    result = attach(out, sp.maps)
+    # attached with the input's correlation (replaced below) so that a single class keeps
+    # its layout: the correlation rules read the output's classes
+    result = attach(out, sp.maps, sp.corr)
     if sp.corr is None:
         return result
     smooth = result.source is not None and is_smooth(result.source.chain)

@@ -138,6 +138,27 @@ def _conv_cells(mu, nu, w, bias, groups, taps):
     return mean.reshape((c_out, *out_classes)), var.reshape((c_out, *out_classes))
 
 
+def trimmed_kernel(w: np.ndarray, kernel, begins, dilations):
+    """(w, kernel, begins) with the kernel cut to the bounding box of its non-zero taps: a tap
+    whose weight is zero for every channel pair reads nothing, so along each axis with first
+    and last non-zero tap lo and hi the Conv is the one of kernel ``hi - lo + 1`` and begin
+    pad ``begin - lo dil`` (output q reads ``q s - begin + t dil`` either way). The position
+    classes then follow the taps that read: a centre-tap (Dirac) kernel's output has no
+    border ring, its padding being read by zero weights only. Unchanged for an all-zero
+    kernel."""
+    nonzero = np.abs(w) > 0
+    if not nonzero.any():
+        return w, list(kernel), list(begins)
+    index, kernel, begins = [slice(None), slice(None)], list(kernel), list(begins)
+    for d in range(w.ndim - 2):
+        used = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(w.ndim) if a != d + 2)))
+        lo, hi = int(used[0]), int(used[-1])
+        index.append(slice(lo, hi + 1))
+        kernel[d] = hi - lo + 1
+        begins[d] = begins[d] - lo * dilations[d]
+    return w[tuple(index)], kernel, begins
+
+
 @rule("Conv")
 def conv(inputs, ctx: RuleContext):
     """Conv, groups and dilations included, weight-aware, per output channel and position
@@ -165,6 +186,7 @@ def conv(inputs, ctx: RuleContext):
     groups = ctx.attr("group", 1)
     c_in, c_out = x_shape[1], w.shape[0]
     begins = begin_pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
+    w, kernel, begins = trimmed_kernel(w, kernel, begins, dilations)
     sp = positions(x, x_shape)
     if sp is None:
         raise RuleError("a Conv without spatial axes")

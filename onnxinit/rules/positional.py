@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import correlation
-from ..moments import Moments
+from ..moments import Moments, Source
 from ..spatial import attach, class_weights, joint, positions, take_cells, within_variance
 from . import cross_fields
 from .context import RuleContext, RuleError
@@ -110,13 +110,8 @@ def concat_channels(inputs, ctx: RuleContext, out_shape) -> Moments:
     maps, selections = joint([sp.maps for sp in spatials], out_shape[2:])
     cells = [take_cells(sp.cells, sel) for sp, sel in zip(spatials, selections)]
     shape = (1,) + tuple(len(sel) for sel in selections[0])
-    means, variances = [], []
-    for c, n in zip(cells, channels):
-        mean, var = np.broadcast_arrays(c.mean, c.var)
-        full = (1, n) + shape[1:]
-        means.append(np.broadcast_to(mean, np.broadcast_shapes(mean.shape, full)))
-        variances.append(np.broadcast_to(var, np.broadcast_shapes(var.shape, full)))
-    cells = Moments(np.concatenate(means, axis=1), np.concatenate(variances, axis=1))
+    mean, var = _channel_concat([(c.mean, c.var) for c in cells], channels, shape)
+    cells = Moments(mean, var, _joint_source(cells, channels, shape))
     corr = None
     if any(sp.corr is not None for sp in spatials):
         corr = correlation.concat([(sp.corr, n) for sp, n in zip(spatials, channels)],
@@ -124,6 +119,31 @@ def concat_channels(inputs, ctx: RuleContext, out_shape) -> Moments:
     return attach(cells, maps, corr)
 
 
+
+
+def _channel_concat(pairs, channels, shape) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, var) arrays laid out like cells, each broadcast to its channels and the joint
+    classes ``shape[1:]``, concatenated along the channel axis."""
+    means, variances = [], []
+    for (mean, var), n in zip(pairs, channels):
+        mean, var = np.broadcast_arrays(mean, var)
+        full = (1, n) + shape[1:]
+        means.append(np.broadcast_to(mean, np.broadcast_shapes(mean.shape, full)))
+        variances.append(np.broadcast_to(var, np.broadcast_shapes(var.shape, full)))
+    return np.concatenate(means, axis=1), np.concatenate(variances, axis=1)
+
+
+def _joint_source(cells, channels, shape) -> Source | None:
+    """The operands' source Gaussians side by side when they share one chain (the ReLU after
+    every branch of an Inception block): the concatenation is then that chain of a Gaussian
+    with per-channel moments, and a later max or non-linear rule keeps the law's shape instead
+    of a Gaussian with the same two moments. None when a source is missing or the chains
+    differ."""
+    sources = [c.source for c in cells]
+    if any(s is None for s in sources) or any(s.chain != sources[0].chain for s in sources):
+        return None
+    mean, var = _channel_concat([(s.mean, s.var) for s in sources], channels, shape)
+    return Source(mean, var, sources[0].chain)
 
 
 def _piece(inputs, ctx: RuleContext, i: int, rank: int) -> Moments:

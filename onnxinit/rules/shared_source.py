@@ -19,7 +19,9 @@ from A's law at those sites:
   (zero beyond the stored offsets). When A is an element-wise chain of a Gaussian (a ReLU
   output) g is that chain and R the field of its Gaussian: exact. When A is described by a
   Gaussian mixture, g is the mixture's quantile function and R the values' field (the copula
-  is then an approximation of the dependence);
+  is then an approximation of the dependence). Where A is itself a function of an earlier
+  sampled sum (the stream of a chain of blocks) and that sum's draws, carried through the
+  function, hold every site, they are A's joint law and are used instead (:func:`joint_law`);
 * ``SAMPLES`` seeded draws give s_j's standardised law, cut in ``BINS`` equal-probability bins
   (each bin's mean and variance: a Gaussian mixture), which is laid on every position class of
   the sum with the class's own mean and variance (computed in closed form by the caller).
@@ -276,16 +278,47 @@ def _root(r: np.ndarray) -> np.ndarray:
         return vec * np.sqrt(np.clip(lam, 0.0, None))
 
 
-def joint_law(total: LinearMap, a: Moments, field: np.ndarray, gauss_field,
-              rng: np.random.Generator) -> np.ndarray | None:
-    """``[SAMPLES, C, w, ...]``: joint draws of every output channel of ``total(A)`` on a
-    window of ``w = WINDOW`` interior positions per axis (``w = 1`` when that needs more than
-    MAX_JOINT_SITES distinct sites of A), each channel standardised; None when even one
-    position needs more."""
+def _drawn(draws: np.ndarray, sites: np.ndarray) -> np.ndarray | None:
+    """``[N, S]``: A's joint draws ``[N, C_A, w...]`` at the sites (channel, offset...), the
+    offsets translated into the draws' window (A is stationary over its interior); None when
+    they span more than the window or name a channel the draws lack."""
+    offset = sites[:, 1:] - sites[:, 1:].min(axis=0)
+    if (sites[:, 0].max() >= draws.shape[1]
+            or np.any(offset.max(axis=0) >= np.asarray(draws.shape[2:]))):
+        return None
+    return draws[(slice(None), sites[:, 0]) + tuple(offset.T)]
+
+
+def _own_sites(total: LinearMap, a: Moments):
+    """(width, taps, sites, inverse, values ``[N, S]``) from A's own joint draws
+    (``CrossField.joint``) at the largest window width whose sites they hold, each draw
+    scaled by A's standard deviation at the interior class; None without such draws."""
+    own = a.spatial.corr.cross.joint if a.spatial.corr.cross is not None else None
+    if own is None:
+        return None
+    cells = a.spatial.cells
+    var = interior(np.broadcast_to(cells.var, np.broadcast_shapes(np.shape(cells.var),
+                                                                  np.shape(cells.mean))),
+                   a.spatial)
+    sd = np.sqrt(np.broadcast_to(var, (own.shape[1],)))
     for width in (WINDOW, 1):
-        channel, offset, weight, column = _window_taps(total, width)
-        keys = np.concatenate([channel[:, None], offset], axis=1)
-        sites, inverse = np.unique(keys, axis=0, return_inverse=True)
+        taps = _window_taps(total, width)
+        sites, inverse = np.unique(np.concatenate([taps[0][:, None], taps[1]], axis=1),
+                                   axis=0, return_inverse=True)
+        drawn = _drawn(own, sites)
+        if drawn is not None:
+            return width, taps, sites, inverse, drawn * sd[sites[:, 0]]
+    return None
+
+
+def _copula_sites(total: LinearMap, a: Moments, field: np.ndarray, gauss_field,
+                  rng: np.random.Generator):
+    """(width, taps, sites, inverse, values ``[SAMPLES, S]``) drawn from the Gaussian copula
+    of A's marginals (module docstring); None beyond MAX_JOINT_SITES or for another law."""
+    for width in (WINDOW, 1):
+        taps = _window_taps(total, width)
+        sites, inverse = np.unique(np.concatenate([taps[0][:, None], taps[1]], axis=1),
+                                   axis=0, return_inverse=True)
         if len(sites) <= MAX_JOINT_SITES:
             break
     else:
@@ -298,10 +331,34 @@ def joint_law(total: LinearMap, a: Moments, field: np.ndarray, gauss_field,
     z = _normal_points(len(sites), rng) @ _root(
         _site_correlation(corr, sites[:, 0], sites[:, 1:])).T
     x = _transformed(z, z_grid, np.ascontiguousarray(table.T).reshape(-1), sites[:, 0])
+    return width, taps, sites, inverse, x
+
+
+def joint_law(total: LinearMap, a: Moments, field: np.ndarray, gauss_field,
+              rng: np.random.Generator) -> np.ndarray | None:
+    """``[N, C, w, ...]``: joint draws of every output channel of ``total(A)`` on a window of
+    ``w = WINDOW`` interior positions per axis (``w = 1`` when that needs more than
+    MAX_JOINT_SITES distinct sites of A), each channel standardised; None when even one
+    position needs more.
+
+    When A carries joint draws of its own (``CrossField.joint``: A a function of an earlier
+    sampled residual sum, the stream of a chain of blocks) that hold every site, the sum is
+    taken on them, ``s_j = sum_k W_jk sd_A(c_k) u_{c_k}(o_k)`` with u A's standardised
+    draws: A's joint law itself, where the copula keeps only its marginals and correlation
+    (on the Dirac-IDInit ResNet-20, a Gaussian copula of the ReLU outputs' mixture marginals
+    gives their channel pairs 0.05 less correlation than its own, and none of their joint
+    zeros: the next sum's ReLU had its channels' correlation 0.1-0.5 off). The widest window
+    the draws hold is taken, before the copula's."""
+    found = _own_sites(total, a)
+    if found is None:
+        found = _copula_sites(total, a, field, gauss_field, rng)
+    if found is None:
+        return None
+    width, (channel, offset, weight, column), sites, inverse, x = found
     c_out, axes = total.weight.shape[0], offset.shape[-1]
     weights = np.zeros((len(sites), c_out * width**axes))
     np.add.at(weights, (inverse.reshape(-1), column), weight)
-    s = (x @ weights).reshape((SAMPLES, c_out) + (width,) * axes)
+    s = (x @ weights).reshape((len(x), c_out) + (width,) * axes)
     pooled = (0,) + tuple(range(2, 2 + axes))
     sd = s.std(axis=pooled, keepdims=True)
     return (s - s.mean(axis=pooled, keepdims=True)) / np.where(sd > 0, sd, 1.0)

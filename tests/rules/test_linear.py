@@ -276,6 +276,56 @@ def test_padded_conv_per_position_statistics():
     assert np.all(c1_var[0, :, 0, 0] < c1_var[0, :, 2, 2])
 
 
+def test_trimmed_kernel_is_the_same_convolution():
+    """rules.linear.trimmed_kernel: the kernel cut to its non-zero taps' bounding box with the
+    begin pads moved by ``lo dil`` gives the same output, ``y(q) = sum_t w_t x(q s - b + t
+    dil)`` (zero outside x) evaluated directly, itself checked against PyTorch's float64
+    conv2d for the full kernel (strides, dilations, asymmetric pads)."""
+    torch = pytest.importorskip("torch")
+    from torch.nn import functional as F
+
+    from onnxinit.rules.linear import trimmed_kernel
+
+    rng = np.random.default_rng(3)
+    w = np.zeros((3, 2, 5, 4))
+    w[:, :, 1:3, 2] = rng.standard_normal((3, 2, 2))
+    w[0, 1, 3, 3] = 0.7
+    x = rng.standard_normal((2, 2, 11, 9))
+    begin, end, strides, dilations = [3, 2], [1, 2], (2, 1), (1, 2)
+    out = [(n + b + e - (k - 1) * d - 1) // s + 1
+           for n, b, e, k, d, s in zip(x.shape[2:], begin, end, w.shape[2:], dilations, strides)]
+
+    def direct(weight, begins):
+        y = np.zeros((2, 3, *out))
+        for i, j in np.ndindex(*weight.shape[2:]):
+            rows = np.arange(out[0]) * strides[0] - begins[0] + i * dilations[0]
+            cols = np.arange(out[1]) * strides[1] - begins[1] + j * dilations[1]
+            inside = ((rows >= 0) & (rows < x.shape[2]))[:, None] & (
+                (cols >= 0) & (cols < x.shape[3]))[None]
+            taken = x[:, :, np.clip(rows, 0, x.shape[2] - 1)][..., np.clip(cols, 0, x.shape[3] - 1)]
+            y += np.einsum("oc,nchw->nohw", weight[:, :, i, j], taken * inside)
+        return y
+
+    padded = F.pad(torch.from_numpy(x), (begin[1], end[1], begin[0], end[0]))
+    full = F.conv2d(padded, torch.from_numpy(w), stride=strides, dilation=dilations).numpy()
+    np.testing.assert_allclose(direct(w, begin), full, rtol=1e-12, atol=1e-12)
+    t, kernel, begins = trimmed_kernel(w, [5, 4], begin, dilations)
+    assert t.shape == (3, 2, 3, 2) and kernel == [3, 2] and begins == [2, -2]
+    np.testing.assert_allclose(direct(t, begins), full, rtol=1e-12, atol=1e-12)
+
+
+def test_centre_tap_conv_has_no_border_classes():
+    """A padded 3x3 Conv whose only non-zero taps are the centre reads no padding: its output
+    is one position class (before: a border ring per axis, whose later sums fell back to
+    another law than the interior's), with the input's moments, against onnxruntime."""
+    w = np.zeros((4, 4, 3, 3), np.float32)
+    w[np.arange(4), (np.arange(4) + 1) % 4, 1, 1] = [1.0, -0.5, 2.0, 0.3]
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])
+    model = node_model(node, {"x": (2000, 4, 7, 7)}, {"w": w})
+    m = run(model, {"x": PC}, rule="conv")
+    assert m.spatial is None or all(int(k.max()) == 0 for k in m.spatial.maps)
+
+
 def test_per_position_conv_uniform_output_stays_per_channel():
     # no padding and uniform input statistics: the positions do not differ
     node = helper.make_node("Conv", ["x", "w"], ["y"])

@@ -229,3 +229,39 @@ def test_simplified_layer_normalization_contrib():
     )  # onnxruntime registers it in the default domain
     model = _ms_model(node, {"x": (2000, 50, F)}, {"g": g})
     check(model, {"x": PER_FEATURE}, axis=2)
+
+
+def test_running_mean_of_a_batch_centred_input_is_the_previous_one():
+    """A 1x1 Conv of a sum of two training-mode BatchNorm outputs (MobileNetV2's inverted
+    residuals) has, per channel, a batch mean fixed at 0 whatever the samples: the updated
+    running mean is momentum times the previous one, with no batch noise. Taken as noisy, it
+    was predicted 1e12x the measured variance (which is float rounding). The centring is
+    tracked with the spatial correlation, which a padded Conv (every real stem) starts."""
+    rng = np.random.default_rng(5)
+    c, shape = 32, (8, 32, 6, 6)
+    ones, zeros = np.ones(c, np.float32), np.zeros(c, np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["h", "g", "b", "rm", "rv"],
+                              ["n1", "m1", "v1"], training_mode=1),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("BatchNormalization", ["r", "g", "b", "rm", "rv"],
+                              ["n2", "m2", "v2"], training_mode=1),
+             helper.make_node("Add", ["n1", "n2"], ["s"]),
+             helper.make_node("Conv", ["s", "w"], ["y"]),
+             helper.make_node("BatchNormalization", ["y", "g", "b", "rm", "rv"],
+                              ["z", "running_mean", "running_var"], training_mode=1)]
+    model = make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        # every running output is a graph output: onnxruntime's optimizer otherwise runs a
+        # BatchNorm with unused running outputs in inference mode
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+         for n in ("z", "running_mean", "y", "m1", "v1", "m2", "v2")],
+        [numpy_helper.from_array(v, n) for n, v in
+         {"g": ones, "b": zeros, "rm": zeros, "rv": ones,
+          "w0": (rng.standard_normal((c, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32),
+          "w": (rng.standard_normal((c, c, 1, 1)) / np.sqrt(c)).astype(np.float32)}.items()])
+    _, result = predict(model, {"x": Moments.scalar(0.0, 1.0)})
+    measured = monte_carlo(model, {"x": Moments.scalar(0.0, 1.0)})
+    y_var = measured["y"].astype(np.float64).var()
+    assert measured["running_mean"].astype(np.float64).var() < 1e-10 * y_var
+    assert float(np.max(result.moments["running_mean"].var)) < 1e-10 * y_var

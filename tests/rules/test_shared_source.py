@@ -98,3 +98,52 @@ def test_valid_classes_are_those_whose_taps_see_the_interior():
     np.testing.assert_array_equal(valid, np.outer(rows, cols))
     out_maps = (out_maps[0], np.array([0, 1, 2, 2, 2, 2, 3, 4]))
     np.testing.assert_array_equal(valid_classes(total, a_maps, out_maps), np.outer(rows, rows))
+
+
+def _dirac_chain(blocks: int, channels: int = 8, size: int = 12, k: float = 1.0):
+    """x -> sparse 1x1 stem (each channel x_c + u_c x_{c+1}) -> ReLU = A_0; then ``blocks``
+    residual blocks of centre-tap 3x3 convs (pad 1) as Dirac-IDInit builds them: a copy of A,
+    its ReLU, a difference ``k (r_c - r_{c+1})``, the sum with A and a ReLU."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    rows = np.arange(channels)
+    w0 = np.zeros((channels, channels, 1, 1))
+    w0[rows, rows, 0, 0] = 1.0
+    w0[rows, (rows + 1) % channels, 0, 0] = rng.uniform(-0.8, 0.8, channels)
+    eye = np.zeros((channels, channels, 3, 3))
+    eye[rows, rows, 1, 1] = 1.0
+    diff = np.zeros_like(eye)
+    diff[rows, rows, 1, 1] = k
+    diff[rows, (rows + 1) % channels, 1, 1] = -k
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["s0"]), helper.make_node("Relu", ["s0"], ["a0"])]
+    for i in range(blocks):
+        nodes += [helper.make_node("Conv", [f"a{i}", "eye"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+                  helper.make_node("Conv", [f"r{i}", "diff"], [f"d{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Add", [f"a{i}", f"d{i}"], [f"s{i + 1}"]),
+                  helper.make_node("Relu", [f"s{i + 1}"], [f"a{i + 1}"])]
+    inits = [numpy_helper.from_array(a.astype(np.float32), n)
+             for n, a in (("w0", w0), ("eye", eye), ("diff", diff))]
+    graph = helper.make_graph(
+        nodes, "dirac_chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, channels, size, size])],
+        [helper.make_tensor_value_info(f"a{blocks}", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_chain_of_blocks_reads_the_joint_draws(tmp_path):
+    """Four Dirac blocks: each block's input after the first is a ReLU of a sampled sum,
+    described by a Gaussian mixture; its sum is taken on the previous sum's joint draws through
+    the ReLU (``CrossField.joint``), not on a Gaussian copula of its marginals. Every tensor
+    within 2% of onnxruntime (batch 256; before: the block outputs 2.4%, 6.9%, 11% high from
+    the third on, the copula losing 0.05 of the correlation of the ReLU outputs' channels)."""
+    import onnx
+
+    from onnxinit.analysis import analyze
+
+    path = tmp_path / "dirac_chain.onnx"
+    onnx.save(_dirac_chain(4), path)
+    result = analyze(path, measure=True, batch_size=256, device="cpu")
+    errors = {t.name: t.var / t.measured_var - 1 for t in result.tensors}
+    assert max(abs(e) for e in errors.values()) <= 0.02, errors
