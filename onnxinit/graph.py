@@ -8,7 +8,8 @@ Postconditions: every graph input has a concrete shape (symbolic dims resolved f
 (:mod:`onnxinit.parameters`) is built once. Rules only ever see signals as inputs with moments.
 
 A ModelGraph is not changed by its users: :meth:`ModelGraph.with_values` gives a view with
-other parameter values (methods choosing weights one layer at a time), sharing the rest.
+other parameter values (methods choosing weights one layer at a time), sharing the rest; only
+a view's maker may change that view (:meth:`ModelGraph.take_changes`).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class ModelGraph(GraphStructure):
         self.warnings.extend(shape_warnings)
         self._values: dict[str, np.ndarray] = {}
         self._root: ModelGraph | None = None  # set on views made by with_values
-        self._stale: frozenset[str] = frozenset()
+        self._stale: frozenset[str] | set[str] = frozenset()  # a set in take_changes' views
         self._changes: dict[str, Change] = {}  # on views made by with_changes
         self.model = self._infer_shapes(model)
         self._index_tensors()
@@ -236,12 +237,38 @@ class ModelGraph(GraphStructure):
         rounded once to the tensor's dtype) when a rule reads it. Nothing is computed up front,
         and large values are not kept, so a view of a large model costs no memory."""
         view = self._view(changes)
+        view._changes.update(self._composed(changes))
+        return view
+
+    def take_changes(self, changes: Mapping[str, Change]) -> None:
+        """Apply ``changes`` to this view itself, as :meth:`with_changes` applies them to a new
+        one: for the one caller that made the view and alone reads it (autoinit's pass, whose
+        view per layer would copy the tables of every change before it: quadratic in depth).
+        Never on a loaded graph (the root of views), which others share."""
+        if self._root is None:
+            raise ValueError("take_changes changes a view made by with_changes, not the graph")
+        unknown = [name for name in changes if name not in self.initializers]
+        if unknown:
+            raise InvalidOptionError(
+                f"{', '.join(repr(n) for n in unknown)}: not an initializer of {self.name}")
+        composed = self._composed(changes)
+        fresh = self.downstream_constants(changes)
+        for name in fresh:
+            self._values.pop(name, None)
+        if not isinstance(self._stale, set):  # a set of its own from now on, grown in place
+            self._stale = set(self._stale)
+        self._stale.update(fresh)
+        self._changes.update(composed)
+
+    def _composed(self, changes: Mapping[str, Change]) -> dict[str, Change]:
+        """Each change after this view's own change of the same initializer, if any."""
+        out = {}
         for name, change in changes.items():
             previous = self._changes.get(name)
             if previous is None and self._root is not None and name in self._values:
                 previous = Change(array=self._values[name])  # a value given to with_values
-            view._changes[name] = previous.then(change) if previous is not None else change
-        return view
+            out[name] = previous.then(change) if previous is not None else change
+        return out
 
     def _view(self, names: Mapping[str, object]) -> ModelGraph:
         unknown = [name for name in names if name not in self.initializers]

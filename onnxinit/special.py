@@ -20,7 +20,7 @@ import sys
 import types
 
 
-_NAMES = ("erf", "erfcx", "expit", "gammaincinv", "log_ndtr", "ndtr", "ndtri")
+_NAMES = ("erf", "erfcx", "expit", "gammaincinv", "gammaln", "log_ndtr", "ndtr", "ndtri")
 
 
 def _load() -> types.ModuleType:
@@ -49,8 +49,8 @@ def _load() -> types.ModuleType:
 
 _module = _load()
 erf, erfcx, expit = _module.erf, _module.erfcx, _module.expit
-gammaincinv, log_ndtr, ndtr, ndtri = (_module.gammaincinv, _module.log_ndtr, _module.ndtr,
-                                      _module.ndtri)
+gammaincinv, gammaln, log_ndtr, ndtr, ndtri = (
+    _module.gammaincinv, _module.gammaln, _module.log_ndtr, _module.ndtr, _module.ndtri)
 
 
 def __getattr__(name: str):
@@ -60,4 +60,4 @@ def __getattr__(name: str):
     return getattr(importlib.import_module("scipy.special"), name)
 
 
-__all__ = ["erf", "erfcx", "expit", "gammaincinv", "log_ndtr", "ndtr", "ndtri"]
+__all__ = ["erf", "erfcx", "expit", "gammaincinv", "gammaln", "log_ndtr", "ndtr", "ndtri"]

@@ -49,7 +49,7 @@ def _subgraphs(node: onnx.NodeProto):
 
 def _check_graph(graph: onnx.GraphProto, outer: set[str], name: str) -> None:
     defined = set(outer)
-    declared = [i.name for i in graph.input] + [t.name for t in graph.initializer]
+    declared = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     defined.update(declared)
     produced: dict[str, str] = {}
     for i, node in enumerate(graph.node):

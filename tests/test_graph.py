@@ -183,6 +183,28 @@ def test_with_values_is_a_view_that_leaves_the_graph_alone():
         graph.with_values({"flat": np.zeros(1)})
 
 
+def test_take_changes_gives_the_values_of_a_chain_of_views():
+    from onnxinit.plan import Change
+
+    graph = load(_exporter_like_model())
+    original = graph.value("fc.weight_t").copy()
+    steps = [{"fc.weight": Change(scale=2.0)}, {"conv.weight": Change(scale=0.5)},
+             {"fc.weight": Change(scale=3.0)}]
+    chained, owned = graph, graph.with_changes({})
+    for step in steps:
+        chained = chained.with_changes(step)
+        owned.take_changes(step)
+        for name in ("fc.weight", "fc.weight_t", "conv.weight"):
+            np.testing.assert_array_equal(owned.value(name), chained.value(name))
+    np.testing.assert_allclose(owned.value("fc.weight_t"), 6 * graph.value("fc.weight_t"),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(graph.value("fc.weight_t"), original)  # the graph is not
+    with pytest.raises(ValueError, match="not the graph"):
+        graph.take_changes({"fc.weight": Change(scale=2.0)})
+    with pytest.raises(InvalidOptionError, match="not an initializer"):
+        owned.take_changes({"flat": Change(scale=2.0)})
+
+
 def test_networkx_view_has_one_edge_per_node_pair_that_passes_a_tensor():
     nx = pytest.importorskip("networkx")
     model = _exporter_like_model()

@@ -101,6 +101,31 @@ def test_analyze_imports_only_what_the_forward_analysis_needs(tmp_path):
     assert "scipy.special" not in modules and "numpy.f2py" not in modules
 
 
+def test_a_model_with_binary_ops_does_not_import_scipy_special(tmp_path):
+    """The element-wise binary rule's normalised-product check (rules/row_norm.py) uses
+    gammaln from onnxinit.special, not from scipy.special's package (1 s of CPU on Swin-T)."""
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+
+    inits = [numpy_helper.from_array(np.ones((4, 4), np.float32) * 0.5, "w"),
+             numpy_helper.from_array(np.ones(4, np.float32), "b")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]),
+             helper.make_node("Add", ["y", "b"], ["a"]),
+             helper.make_node("Tanh", ["a"], ["t"]),
+             helper.make_node("Mul", ["t", "y"], ["z"])]
+    graph = helper.make_graph(nodes, "small",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 4])],
+                              inits)
+    path = tmp_path / "binary.onnx"
+    path.write_bytes(helper.make_model(graph, ir_version=8,
+                                       opset_imports=[helper.make_opsetid("", 17)])
+                     .SerializeToString())
+    modules = _modules_after(f"import onnxinit\nonnxinit.analyze({str(path)!r})")
+    assert "onnxinit.rules.row_norm" in modules and "scipy.special._ufuncs" in modules
+    assert "scipy.special" not in modules
+
+
 def test_onnxinit_special_is_scipy_special():
     """The ufuncs are scipy.special's own objects, also once the real package is imported,
     and any other name comes from the real package."""

@@ -75,7 +75,7 @@ def plan(graph: ModelGraph, options: AutoInitOptions | None = None) -> Plan:
 def _pass(graph, options, parametric, result, changes, layers) -> bool:
     """The topological pass of :func:`plan`: fills ``result``, ``changes`` and ``layers``;
     True when a node was propagated before a value it reads changed."""
-    chosen = graph  # a view with the values chosen so far
+    chosen = graph.with_changes({})  # a view with the values chosen so far, changed in place
     done: set[str] = set()  # nodes propagated
     stale = False  # a node was propagated before a value it reads changed
     for node_id in graph.order:
@@ -90,7 +90,7 @@ def _pass(graph, options, parametric, result, changes, layers) -> bool:
         if bias is not None and not options.keep_bias and bias not in changes:
             zero = Change(array=np.zeros(tuple(graph.initializers[bias].dims)), rule="autoinit",
                           target="bias = 0")
-            chosen = chosen.with_changes({bias: zero})
+            chosen.take_changes({bias: zero})
             changes[bias] = zero
             stale = stale or _read_by(graph, bias, done)
         in_name = next(n for n in node.input if graph.is_signal(n))
@@ -112,7 +112,7 @@ def _pass(graph, options, parametric, result, changes, layers) -> bool:
                 scale, note = _scale_with_bias(
                     options.target_var,
                     *(_variance_at(chosen, node_id, result, weight, s) for s in (-1.0, 0.0, 1.0)))
-            chosen = chosen.with_changes({weight: Change(scale=scale)})
+            chosen.take_changes({weight: Change(scale=scale)})
             stale = stale or _read_by(graph, weight, done)
             if linear:
                 _scale_outputs(graph, node_id, result, scale)

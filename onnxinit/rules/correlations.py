@@ -13,7 +13,7 @@ from .. import correlation, mehler
 from ..correlation import Correlation
 from ..moments import Elementwise, Moments
 from ..spatial import class_weights, within_variance
-from . import cross_fields, piecewise
+from . import cross_fields, piecewise, smooth_quadrature
 from .gaussian import compose, composite_rule, quadrature
 
 _L = 10.0  # the composite rules' range of z, as in .gaussian
@@ -102,6 +102,10 @@ def _amplitudes(chain, mean, var, smooth: bool) -> np.ndarray:
         else piecewise.chain_pieces(keys)
     if pieces is not None:  # HardSwish, HardSigmoid, affine maps, ReLU6 / Clip, written-out
         return mehler.piecewise_hermite_amplitudes(pieces, mean, np.sqrt(var))
+    if smooth:  # the moment rule's quadrature found them already
+        kept = smooth_quadrature.recall(tuple(keys), mean, var)
+        if kept is not None:
+            return kept
     nodes, weights = quadrature(True) if smooth else (_Z, _W)
     return mehler.hermite_amplitudes(compose(chain), mean, np.sqrt(var), nodes, weights)
 

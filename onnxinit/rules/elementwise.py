@@ -37,6 +37,7 @@ from .mixture import through
 from .powers import gaussian_power, integer_power
 from .rectified import relu_mixture
 from .registry import rule
+from .smooth_quadrature import smooth_moments
 from .support import identity_on_input
 
 
@@ -229,8 +230,14 @@ def apply_fn(x: Moments, f: ElementwiseFn | Elementwise, rank: int | None = None
         # 1/x has infinite variance under any Gaussian; integrate it away from zero, over
         # |x| >= |median|/10, and refuse (above) when that band holds a probability over 1e-6
         chain = src.chain + (Elementwise(f.key, _away_from_zero(f.fn, src, rank)),)
-    mean, var = gaussian_moments(chain, src.mean, src.var, smooth=is_smooth(chain), rank=rank)
-    return Moments(mean, var, out_src)
+    smooth = is_smooth(chain)
+    found = None
+    if smooth and chain is out_src.chain:  # with the amplitudes its correlation will need
+        found = smooth_moments(tuple(g.key for g in chain), compose(chain),
+                               expand(src.mean, rank), expand(src.var, rank))
+    if found is None:
+        found = gaussian_moments(chain, src.mean, src.var, smooth=smooth, rank=rank)
+    return Moments(found[0], found[1], out_src)
 
 
 def _apply_to_cells(x: Moments, f: ElementwiseFn, rank) -> Moments:

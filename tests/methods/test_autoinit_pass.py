@@ -52,6 +52,20 @@ def test_every_rule_runs_once(monkeypatch):
     assert len(plan.scales()) == len(graph.parametric_nodes)
 
 
+def test_the_pass_makes_one_view_whatever_the_depth(monkeypatch):
+    # a view per layer copied the tables of every change before it: quadratic in depth
+    from onnxinit.graph import ModelGraph
+
+    graph = load(sample("resnet20_nobn"))
+    views = []
+    make_view = ModelGraph._view
+    monkeypatch.setattr(ModelGraph, "_view", lambda self, names: views.append(1) or make_view(
+        self, names))
+    plan = autoinit.plan(graph)
+    assert len(plan.scales()) == len(graph.parametric_nodes) > 10
+    assert len(views) == 1
+
+
 def _deep_equal(a, b, path="moments"):
     """Every field of two Moments (recursively, arrays to 1e-12), so that a field added to
     Moments later and not scaled by Moments.scaled fails here."""

@@ -1,0 +1,113 @@
+"""The moments and the Hermite amplitudes of a smooth chain on a Gaussian, from one evaluation.
+
+An element-wise node with a smooth chain (Sigmoid, SiLU's ``x * Sigmoid(x)``, Tanh ...) on
+position classes needs both ``(E[f], Var[f])`` (its moments, :func:`.gaussian.gaussian_moments`)
+and ``a_n = E[f(mean + std z) He_n(z)]``, n = 1..8 (Mehler's formula for its spatial
+correlation, :func:`onnxinit.mehler.hermite_amplitudes`), both by the same 96-node
+Gauss-Hermite rule over the same cells: :func:`moments_and_amplitudes` evaluates ``f`` once
+per node and cell for all of them (the nine weighted sums as one matrix product per block of
+nodes small enough to stay in cache), and keeps the amplitudes of its last calls
+(:func:`recall`) for the correlation rule that follows the moment rule.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from .gaussian import quadrature
+
+_HERMITE = 8  # amplitudes, as onnxinit.mehler
+_NODE_BLOCK = 1 << 21  # values per matrix product
+_CACHE_BLOCK = 1 << 17  # function values per evaluation (the temporaries stay in cache)
+_KEEP = 2  # calls whose amplitudes are kept (the correlation follows its moments)
+
+_Z, _W = quadrature(True)
+_ROWS = np.empty((_HERMITE + 1, _Z.size))  # w_i He_n(z_i), n = 0..8
+_ROWS[0] = 1.0
+_ROWS[1] = _Z
+for _n in range(2, _HERMITE + 1):  # He_n = z He_{n-1} - (n - 1) He_{n-2}
+    _ROWS[_n] = _Z * _ROWS[_n - 1] - (_n - 1) * _ROWS[_n - 2]
+_ROWS *= _W
+del _n
+
+_kept: list[tuple] = []  # (chain keys, mean, var, amplitudes), newest last
+_lock = threading.Lock()
+
+
+def moments_and_amplitudes(fn: Callable, mean: np.ndarray, var: np.ndarray):
+    """``(E[f], Var[f], a)`` for ``z ~ N(mean, var)`` per cell (arrays of one shape, already
+    laid out at the tensor's rank), ``a`` ``[8, *shape]``, by the 96-node Gauss-Hermite rule:
+    with ``y_i = f(mean + std z_i) - f(mean)`` (shifted against cancellation),
+    ``E[f] = f(mean) + sum_i w_i y_i / sum_i w_i``, ``Var[f] = sum_i w_i y_i^2 / sum_i w_i -
+    (E[f] - f(mean))^2`` and ``a_n = sum_i w_i He_n(z_i) (f_i - sum_j w_j f_j)``, as :func:`.gaussian.gaussian_moments` and :func:`onnxinit.mehler.
+    hermite_amplitudes` compute them. None where ``f`` is not finite at some node or returns
+    another shape (the callers' own rules handle those cases)."""
+    shape = mean.shape
+    cells = mean.size
+    std = np.sqrt(var)
+    with np.errstate(all="ignore"):
+        shift = np.asarray(fn(mean[None]), dtype=np.float64)
+        if shift.shape != (1,) + shape or not np.isfinite(shift).all():
+            return None
+        shift = shift.reshape(1, cells)
+        sums = np.zeros((_HERMITE + 1, cells))  # sum_i w_i He_n(z_i) y_i, n = 0..8
+        squares = np.zeros(cells)  # sum_i w_i y_i^2
+        step = max(1, _NODE_BLOCK // cells)
+        sub = max(1, _CACHE_BLOCK // cells)
+        pad = (-1,) + (1,) * len(shape)
+        for i in range(0, _Z.size, step):
+            count = min(step, _Z.size - i)
+            values = np.empty((count, cells))
+            for j in range(0, count, sub):
+                z = _Z[i + j:i + min(j + sub, count)].reshape(pad)
+                x = std * z
+                x += mean
+                y = np.asarray(fn(x), dtype=np.float64)
+                if y.shape != x.shape:
+                    return None
+                np.subtract(y.reshape(z.size, cells), shift, out=values[j:j + z.size])
+            sums += _ROWS[:, i:i + count] @ values
+            values *= values
+            squares += _W[i:i + count] @ values
+        total = _W.sum()
+        centre = sums[0] / total
+        mean_out = shift[0] + centre
+        var_out = squares / total - centre**2
+        # a_n = sum_i w_i He_n(z_i) (f_i - E) with E = sum_i w_i f_i = shift sum(w) + sums_0
+        amp = sums[1:] - np.outer(_ROWS[1:].sum(axis=1), sums[0] + shift[0] * (total - 1.0))
+    if not (np.isfinite(mean_out).all() and np.isfinite(var_out).all()
+            and np.isfinite(amp).all()):
+        return None
+    return (mean_out.reshape(shape), np.maximum(var_out, 0.0).reshape(shape),
+            amp.reshape((_HERMITE,) + shape))
+
+
+def smooth_moments(chain_keys: tuple, fn: Callable, mean, var):
+    """``(E[f], Var[f])`` of :func:`moments_and_amplitudes` (mean and var broadcast to one
+    shape), its amplitudes kept for :func:`recall` under ``chain_keys``; None as there."""
+    shape = np.broadcast_shapes(np.shape(mean), np.shape(var))
+    mean = np.array(np.broadcast_to(mean, shape), dtype=np.float64)
+    var = np.array(np.broadcast_to(var, shape), dtype=np.float64)
+    out = moments_and_amplitudes(fn, mean, var)
+    if out is None:
+        return None
+    with _lock:
+        _kept.append((chain_keys, mean, var, out[2]))
+        del _kept[:-_KEEP]
+    return out[0], out[1]
+
+
+def recall(chain_keys: tuple, mean, var) -> np.ndarray | None:
+    """The amplitudes ``[8, *shape]`` :func:`smooth_moments` found for this chain on these
+    cells (equal keys, equal mean and var arrays), else None."""
+    shape = np.broadcast_shapes(np.shape(mean), np.shape(var))
+    with _lock:
+        kept = list(_kept)
+    for keys, m, v, amp in reversed(kept):
+        if (keys == chain_keys and m.shape == shape and np.array_equal(m, mean)
+                and np.array_equal(v, var)):
+            return amp
+    return None
