@@ -32,6 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..passes.emitter import GraphEmitter
+from .backward.windows import WeightGradientGeometry
 
 
 def scale_input(name: str) -> str:
@@ -156,8 +157,6 @@ def directional(model: onnx.ModelProto, wrt: list[str] | tuple[str, ...],
     the Conv taking the forward node's window. Every other gradient is reduced as
     ``sum(dL/dp_i * d_i)``. Nodes no output needs any more are dropped. Holds at any parameter
     values (unlike :func:`rewrite`, which needs ``p = s W0``)."""
-    from .backward.windows import WeightGradientGeometry
-
     graph = model.graph
     outputs = [o.name for o in graph.output]
     producer = {name: node for node in graph.node for name in node.output}
