@@ -69,6 +69,13 @@ def hf_gpt2(seq: int):
     return last_hidden_state(GPT2Model(GPT2Config(attn_implementation="eager"))), (seq,)
 
 
+def hf_bloom(seq: int):
+    from transformers import BloomConfig, BloomModel
+
+    # the default configuration: 2 layers, hidden 64, 8 heads with ALiBi
+    return last_hidden_state(BloomModel(BloomConfig(attn_implementation="eager"))), (seq,)
+
+
 def mlp(activation: str, depth: int = 50, width: int = 64):
     def build(size: int):
         from torch import nn
@@ -98,6 +105,16 @@ MODELS = {
     "swin_t": (exports.BUILDERS["swin_t"], 224, 1, 0),
     "bert_base": (hf_bert, 128, 1, 30522),
     "gpt2": (hf_gpt2, 128, 1, 50257),
+    "googlenet": (exports.BUILDERS["googlenet"], 224, 1, 0),
+    "mobilenet_v2": (exports.BUILDERS["mobilenet_v2"], 224, 1, 0),
+    "mnasnet1_0": (exports.BUILDERS["mnasnet1_0"], 224, 1, 0),
+    "shufflenet_v2_x1_0": (exports.BUILDERS["shufflenet_v2_x1_0"], 224, 1, 0),
+    "squeezenet1_1": (exports.BUILDERS["squeezenet1_1"], 224, 1, 0),
+    "resnext50_32x4d": (exports.BUILDERS["resnext50_32x4d"], 224, 1, 0),
+    "efficientnet_v2_s": (exports.BUILDERS["efficientnet_v2_s"], 224, 8, 0),
+    "swin_v2_t": (exports.BUILDERS["swin_v2_t"], 224, 8, 0),
+    "maxvit_t": (exports.BUILDERS["maxvit_t"], 224, 8, 0),
+    "bloom": (hf_bloom, 128, 1, 250880),
     "tanh_mlp50": (mlp("tanh"), 0, 1, 0),
     "selu_mlp50": (mlp("selu"), 0, 1, 0),
 }

@@ -24,9 +24,13 @@ along k may be correlated through the token covariance (``Moments.tokens``, toke
   the logits of one query share the query, so along the keys ``Cov(a_k, a_l) = (sum_d E[q_d^2] nu_d) cov[k, l] + sum_d Var(q_d) mu_kd mu_ld``, the
   field Softmax reads (a component common to a row's logits does not change the softmax).
 
-Not modelled: the dependence of P on V (both functions of the same tokens), the correlation of
-a query with its own key (the diagonal of Q K^T), and Q's token covariance (it does not change
-a Softmax over the keys).
+P and V are not independent when the keys and the values are projections of the same tokens:
+given the query, a key's logit and its value are correlated, and P V's variance gains
+``Var_sel = G R`` (value_selection.py: exact for Gaussian tokens; T5's unscaled logits 16%).
+
+Not modelled: that dependence when the keys are rotated per position or the projections fused,
+the correlation of a query with its own key (the diagonal of Q K^T), and Q's token covariance
+(it does not change a Softmax over the keys).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from .context import RuleContext, RuleError, signal
 from .registry import rule
 from .masks import feeds_softmax
 from .token_field import attach, sigma, token_axes
+from .value_selection import selection_variance
 
 def _full(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
     x = x.expand_rank(rank)
@@ -69,9 +74,11 @@ def matmul_activations(inputs, ctx: RuleContext):
     mean = np.matmul(ma, mb)
     rank = len(ctx.out_shape(0))
     shaped = (lambda t: t.reshape((1,) * (rank - t.ndim) + t.shape))
-    contracted = _contracted_tokens(b, sb, _from_softmax(ctx))
+    softmax = last_axis_softmax(ctx.graph, ctx.node.input[0], ctx.opset)
+    contracted = _contracted_tokens(b, sb, softmax is not None)
     if contracted is not None:
-        return [_weighted_average(ma, va, mb, vb, contracted, ctx.out_shape(0))]
+        selected = selection_variance(ctx, softmax) if softmax is not None else 0.0
+        return [_weighted_average(ma, va, mb, vb, contracted, ctx.out_shape(0), selected)]
     var = np.matmul(va + ma**2, vb + mb**2) - np.matmul(ma**2, mb**2)
     out = compressed(shaped(mean), np.maximum(shaped(var), 0.0))
     t = b.tokens
@@ -103,11 +110,6 @@ def last_axis_softmax(graph, name: str, opset: int, passing=_PASSING):
     return None
 
 
-def _from_softmax(ctx: RuleContext) -> bool:
-    """True when A is a Softmax over its last axis (through Dropout, Cast, the IsNaN guard)."""
-    return last_axis_softmax(ctx.graph, ctx.node.input[0], ctx.opset) is not None
-
-
 def _contracted_tokens(b: Moments, sb, probabilities: bool) -> np.ndarray | None:
     """B's token covariance [k, k] along the contracted axis when this is a weighted average
     over tokens: B carries the field there, or A is a softmax over the contracted axis
@@ -121,7 +123,7 @@ def _contracted_tokens(b: Moments, sb, probabilities: bool) -> np.ndarray | None
     return None
 
 
-def _weighted_average(ma, va, mb, vb, sig, out_shape):
+def _weighted_average(ma, va, mb, vb, sig, out_shape, selected=0.0):
     """O = P V with V's token covariance ``sig`` (absolute, feature-averaged): see the module
     docstring. A fluctuation of a softmax row sums to 0, so it sees only the token-specific part
     of the covariance (the diagonal less the mean off-diagonal). Axes along which only P varies
@@ -141,7 +143,7 @@ def _weighted_average(ma, va, mb, vb, sig, out_shape):
     centre = np.matmul(p_mean, mb)  # E[O]
     means_term = np.maximum(np.matmul(p_var, mb**2) - 2 * centre * np.matmul(p_var, mb)
                             + centre**2 * p_var.sum(axis=-1, keepdims=True), 0.0)
-    var = vb.mean(axis=-2, keepdims=True) * gain[..., None] + means_term
+    var = vb.mean(axis=-2, keepdims=True) * gain[..., None] + means_term + selected
     shaped = (lambda t: t.reshape((1,) * (rank - t.ndim) + t.shape))
     mean, var = shaped(centre), shaped(var)
     values = shaped(mb)
@@ -156,7 +158,7 @@ def _weighted_average(ma, va, mb, vb, sig, out_shape):
     lead_q = np.broadcast_shapes(gain.shape, means_term.shape[:-1])
     rows = (lambda t: np.broadcast_to(t, lead_q).reshape(-1, lead_q[-1]).mean(axis=0))
     field = (spread.mean(axis=lead) if lead else spread) + np.diag(rows(fluctuation))
-    field = nu_bar * field + np.diag(rows(means_term.mean(axis=-1)))
+    field = nu_bar * field + np.diag(rows(means_term.mean(axis=-1)) + selected)
     return attach(compressed(mean, np.maximum(var, 0.0)), out_shape, [rank - 2], field)
 
 

@@ -117,6 +117,16 @@ def _by_axis_groups(mean: np.ndarray, var: np.ndarray, in_shape, out_shape):
     return mean.reshape(out), var.reshape(out)
 
 
+def reshape_is_exact(x: Moments, in_shape, out_shape) -> bool:
+    """Whether :func:`reshape_moments` keeps every element's statistics without pooling or
+    tiling: each group of axes either varies along all its axes or along none (a per-head bias
+    on ``[B*H, S, S]`` -> ``[B, H, S, S]``)."""
+    if x.is_scalar:
+        return True
+    mean, var = full_grid(x, len(in_shape))
+    return _by_axis_groups(mean, var, tuple(in_shape), tuple(out_shape)) is not None
+
+
 def reshape_moments(x: Moments, in_shape, out_shape) -> Moments:
     """Statistics of ``x`` (a tensor of ``in_shape``) reshaped to ``out_shape``: exact when the
     tracked axes' digit range of the flat index covers whole output axes, pooled otherwise."""
@@ -146,4 +156,4 @@ def reshape_moments(x: Moments, in_shape, out_shape) -> Moments:
     return drop_constant_axes(values[0].reshape(shape), values[1].reshape(shape))
 
 
-__all__ = ["drop_constant_axes", "full_grid", "reshape_moments", "scalar_of"]
+__all__ = ["drop_constant_axes", "full_grid", "reshape_is_exact", "reshape_moments", "scalar_of"]

@@ -32,6 +32,7 @@ from ..moments import Moments, Rows, compressed
 from ..runtime import make_session
 from .context import RuleContext, RuleError
 from .grids import fold, varies, varying_axes
+from .layout import reshape_is_exact
 from .mixture import lift
 
 OFFSET_CAP = 1 << 21  # elements of a logit-offset grid kept per element (before folding)
@@ -72,7 +73,8 @@ def keep_rows(x: Moments, in_shape, out_shape, out: Moments, ctx: RuleContext) -
     mean, var = (a.reshape((1,) * (rank - a.ndim) + a.shape)
                  for a in np.broadcast_arrays(x.mean, x.var))
     kept = np.broadcast_shapes(np.shape(out.mean), np.shape(out.var))
-    if mean.shape[-1] == 1 or mean.size == 1 or int(np.prod(kept)) == mean.size:
+    if mean.shape[-1] == 1 or mean.size == 1 or int(np.prod(kept)) == mean.size \
+            or reshape_is_exact(x, in_shape, out_shape):
         return out
     if not feeds_softmax(ctx):
         return out

@@ -20,6 +20,7 @@ from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
 from .maxima import max_moments
 from .pooling import pooled_extra, spatial_mean
 from .registry import rule
+from .table_rows import table_mean_square
 
 
 def _axes(ctx: RuleContext, rank: int) -> tuple[int, ...] | None:
@@ -131,6 +132,9 @@ def reduce_linear(inputs, ctx: RuleContext):
         k2 = k if op == "ReduceSum" else 1
         return [_finish(m.mean * k2, var * k2 * k2, axes, keepdims)]
     if op in ("ReduceMean", "ReduceSum"):
+        rows = table_mean_square(ctx, tuple(sorted(axes)), rank)
+        if rows is not None:  # the mean square of embedding rows: the table's law
+            return [rows]
         mu, nu = _layout(x, rank)
         m = mu.mean(axis=axes, keepdims=True)
         v = nu.mean(axis=axes, keepdims=True)

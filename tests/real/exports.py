@@ -76,6 +76,16 @@ BUILDERS: dict[str, Builder] = {
     "regnet_y_400mf": _torchvision("regnet_y_400mf"),
     "vit_b_16": _torchvision("vit_b_16"),
     "swin_t": _torchvision("swin_t"),
+    # architectures tried once in issue 10's later rounds (benchmarks/real_exports.py)
+    "googlenet": _torchvision("googlenet", aux_logits=False, init_weights=True),
+    "mobilenet_v2": _torchvision("mobilenet_v2"),
+    "mnasnet1_0": _torchvision("mnasnet1_0"),
+    "shufflenet_v2_x1_0": _torchvision("shufflenet_v2_x1_0"),
+    "squeezenet1_1": _torchvision("squeezenet1_1"),
+    "resnext50_32x4d": _torchvision("resnext50_32x4d"),
+    "efficientnet_v2_s": _torchvision("efficientnet_v2_s"),
+    "swin_v2_t": _torchvision("swin_v2_t"),
+    "maxvit_t": _torchvision("maxvit_t"),
 }
 
 _CACHE: dict[tuple[str, int], Path] = {}

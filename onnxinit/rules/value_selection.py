@@ -1,0 +1,190 @@
+"""Attention that selects the values it is correlated with: ``O = P V`` where the keys that set
+P and the values V are linear maps of the same tokens (``k = W_k^T x``, ``v = W_v^T x``).
+
+The P V rule (attention.py) takes P and V as independent. But given the query q, a key's logit
+``a_j = s q . k_j`` and its value ``v_j`` share the token x_j: ``c_d = Cov(v_jd, a_j | q) =
+s sum_e q_e C_de`` with ``C = W_v^T diag(nu_x) W_k`` per head (x's features independent). Write
+``v_j = mu + (c / sigma^2) a~_j + eps_j`` (``a~_j`` the logit less its mean, ``sigma^2 =
+Var(a_j | q)``, eps independent of the logits, variance ``nu - c^2 / sigma^2``); then, for
+Gaussian keys and values, exactly::
+
+    E[(O_d - mu_d)^2 | q] = nu_d S_2 + c_d^2 (E[(sum_j p_j z_j)^2] - S_2) / sigma^2
+
+with ``z_j = a~_j / sigma`` and ``S_2 = E[sum_j p_j^2]`` (the first term is the rule's). Over
+the queries ``c_d^2 / sigma^2`` is ``sum_e E[q_e^2] C_de^2 / sum_e E[q_e^2] nu_ke``, taken as
+``R_d = sum_e C_de^2 / sum_e nu_ke`` (q's features of equal power), so the rule's variance gains::
+
+    Var_sel = G R,   G = E[(sum_j p_j z_j)^2] - E[sum_j p_j^2],   R = mean_{h,d} R_hd
+
+G is sampled from the softmax's input (its rows' means: position biases, masks; the row's mean
+variance), ``G ~ sigma^2`` for small logits and G ~ 1 at sigma^2 ~ 1 (T5's unscaled logits: the
+selected values' mean moves with the query by ``c``; P V 16% low without this). The scale of the
+logits cancels (it is in both c and sigma), so only the key and value projections are read: a
+MatMul (or Gemm) with a constant weight, a bias Add, then layout ops (Reshape into heads,
+Transpose, the Unsqueeze/Expand of grouped-query attention) to K^T [.., H, d_k, n] and V
+[.., H, n, d_v], heads splitting the projection's columns head-major.
+
+Not modelled: keys rotated per position (rotary embeddings: no term), projections fused and
+split (one qkv MatMul: no term), q's features of unequal power or correlated, the query's own
+key, non-Gaussian tokens (RMS-normalised tokens lie on a sphere: the term is then a few percent
+high).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..moments import Moments
+from .context import RuleContext
+from .softmax import MASK_GAP
+
+_LAYOUT = ("Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Cast", "Identity",
+           "Dropout")
+_LOGIT_PATH = ("Cast", "Identity", "Mul", "Div", "Add", "Sub", "Where")
+_ROWS = 16  # softmax rows sampled for G
+_DRAWS = 1024  # draws per row
+
+
+def _stripped(graph, name: str) -> str:
+    while (nid := graph.producer.get(name)) is not None and graph.node(nid).op_type in (
+            "Cast", "Identity"):
+        name = graph.node(nid).input[0]
+    return name
+
+
+def _qk_matmul(graph, name: str, depth: int = 0):
+    """The MatMul of two activations (Q K^T) that logits ``name`` come from through scalings,
+    additive biases and masks, else None."""
+    nid = graph.producer.get(name)
+    if nid is None or depth > 8:
+        return None
+    node = graph.node(nid)
+    if node.op_type == "MatMul":
+        return node if all(graph.is_signal(t) for t in node.input) else None
+    if node.op_type not in _LOGIT_PATH:
+        return None
+    for t in (node.input[1:] if node.op_type == "Where" else node.input):
+        if t and graph.is_signal(t) and (found := _qk_matmul(graph, t, depth + 1)) is not None:
+            return found
+    return None
+
+
+def _projection(graph, name: str):
+    """(x, W [D, N]) when ``name`` is ``x @ W`` (+ bias) through layout ops that include a
+    Reshape, else None."""
+    reshaped = False
+    for _ in range(12):
+        nid = graph.producer.get(name)
+        if nid is None:
+            return None
+        node = graph.node(nid)
+        op = node.op_type
+        if op in _LAYOUT:
+            reshaped |= op == "Reshape"
+            name = node.input[0]
+        elif op == "Add":
+            signals = [t for t in node.input if graph.is_signal(t)]
+            if len(signals) != 1:
+                return None
+            name = signals[0]
+        elif op == "MatMul" and graph.is_constant(node.input[1]):
+            w = graph.value(node.input[1])
+            if w is None or w.ndim != 2 or not reshaped:
+                return None
+            return _stripped(graph, node.input[0]), np.asarray(w, dtype=np.float64)
+        else:
+            return None
+    return None
+
+
+def _head_blocks(w: np.ndarray, d: int) -> np.ndarray | None:
+    """W [D, H d] as [H, D, d] (head-major columns)."""
+    n = w.shape[1]
+    if d <= 0 or n % d:
+        return None
+    return w.reshape(w.shape[0], n // d, d).transpose(1, 0, 2)
+
+
+def selection_ratio(wk: np.ndarray, wv: np.ndarray, nu_x: np.ndarray) -> float:
+    """``R = mean_{h,d} sum_e C_de^2 / sum_e nu_ke``, ``C = W_v,h^T diag(nu_x) W_k,h``,
+    ``nu_ke = sum_i W_k,ie^2 nu_xi``; wk [H, D, d_k], wv [H, D, d_v]."""
+    c = np.einsum("hiv,i,hie->hve", wv, nu_x, wk)
+    nu_k = np.einsum("hie,i->h", wk**2, nu_x)
+    return float(np.mean((c**2).sum(axis=-1) / np.maximum(nu_k[:, None], 1e-300)))
+
+
+def selection_gain(logits: Moments, shape, rng: np.random.Generator) -> float:
+    """``G = E[(sum_j p_j z_j)^2] - E[sum_j p_j^2]``, p the softmax of ``m_j + sigma z_j``,
+    z standard normal, averaged over up to ``_ROWS`` rows of the logits (each row's means and
+    mean unmasked variance). ``(mean_j z_j)^2`` (expectation 1/n over n unmasked keys) is the
+    control variate."""
+    shape = tuple(shape)
+    n = shape[-1]
+    lead = shape[:-1]
+    rows = int(np.prod(lead)) if lead else 1
+    pick = np.unique(np.linspace(0, rows - 1, min(_ROWS, rows)).astype(np.int64))
+    index = np.unravel_index(pick, lead) if lead else ()
+    mean = np.broadcast_to(np.asarray(logits.mean, dtype=np.float64), shape)[index]
+    var = np.broadcast_to(np.asarray(logits.var, dtype=np.float64), shape)[index]
+    mean, var = mean.reshape(-1, n), var.reshape(-1, n)
+    gains = []
+    for m, v in zip(mean, var):
+        finite = np.isfinite(m)
+        if not finite.any():
+            continue
+        keep = finite & (m >= np.max(m[finite]) - MASK_GAP)
+        k = int(keep.sum())
+        if k < 2:
+            continue
+        sigma = float(np.sqrt(np.mean(v[keep])))
+        z = rng.standard_normal((_DRAWS, k))
+        a = m[keep] + sigma * z
+        p = np.exp(a - a.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        weighted = (p * z).sum(axis=1)
+        gains.append(np.mean(weighted**2 - z.mean(axis=1) ** 2) + 1.0 / k
+                     - np.mean((p * p).sum(axis=1)))
+    return max(float(np.mean(gains)), 0.0) if gains else 0.0
+
+
+def selection_variance(ctx: RuleContext, softmax) -> float:
+    """``Var_sel = G R`` (module docstring) for the P V node of ``ctx`` whose P is the Softmax
+    node ``softmax`` of logits from Q K^T; 0 when the keys and values are not found to be
+    linear maps of one tensor with known moments."""
+    graph, known = ctx.graph, ctx.known
+    if known is None:
+        return 0.0
+    logits_name = softmax.input[0]
+    qk = _qk_matmul(graph, logits_name)
+    if qk is None or logits_name not in known:
+        return 0.0
+    kt_shape, v_shape = graph.shape(qk.input[1]), graph.shape(ctx.node.input[1])
+    key, value = _projection(graph, qk.input[1]), _projection(graph, ctx.node.input[1])
+    if not kt_shape or not v_shape or key is None or value is None or key[0] != value[0]:
+        return 0.0
+    x = known.get(key[0])
+    wk, wv = _head_blocks(key[1], kt_shape[-2]), _head_blocks(value[1], v_shape[-1])
+    if x is None or wk is None or wv is None or wk.shape[:2] != wv.shape[:2]:
+        return 0.0
+    x_shape = graph.shape(key[0])
+    if not x_shape or x_shape[-1] != wk.shape[1]:
+        return 0.0
+    try:
+        nu = np.broadcast_to(np.asarray(x.var, dtype=np.float64), x_shape)
+    except ValueError:  # statistics laid out otherwise (rows, a higher rank)
+        return 0.0
+    nu_x = nu.reshape(-1, x_shape[-1]).mean(axis=0)
+    ratio = selection_ratio(wk, wv, nu_x)
+    if ratio <= 0:
+        return 0.0
+    logit_shape = graph.shape(logits_name)
+    if not logit_shape:
+        return 0.0
+    try:
+        gain = selection_gain(known[logits_name], logit_shape, ctx.rng())
+    except ValueError:  # statistics laid out otherwise (per-window rows)
+        return 0.0
+    return ratio * gain
+
+
+__all__ = ["selection_gain", "selection_ratio", "selection_variance"]
