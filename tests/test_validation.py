@@ -143,3 +143,21 @@ def test_training_batchnorm_with_pruned_statistics_outputs_is_analysed():
                                                     (ones, "v"))])
     assert _runtime_refuses(model)
     assert analyze(model).tensors[-1].name == "y"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_weights_that_are_not_finite_are_named(tmp_path, capsys, bad):
+    # the prediction is not finite because the model's weight is not: say which weight, in one
+    # line (it was "a bug in onnxinit", after a numpy RuntimeWarning)
+    w = numpy_helper.to_array(_weight()).copy()
+    w[3, 4] = bad
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [X], [Y],
+                       [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    for command in (["analyze", str(path)], ["check", str(path)],
+                    ["rescale", str(path), "-o", str(tmp_path / "o.onnx")]):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "initializer 'w'" in err and "bug" not in err and "Warning" not in err
+    assert not (tmp_path / "o.onnx").exists()

@@ -19,7 +19,7 @@ every first-order node to appear unchanged in the derived graph and the onnxrunt
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,10 +85,14 @@ def split(first: onnx.ModelProto, derived: onnx.ModelProto,
 class StagedProgram:
     """``first(feeds)``: (loss, {param: gradient}, Carry) from stage 1 (module docstring),
     ``feeds`` the gradient graph's inputs; ``rest(carry, extra)``: the derived tensors of
-    ``roles`` from stage 2, ``extra`` the derived graph's own inputs by tensor name."""
+    ``roles`` from stage 2, ``extra`` the derived graph's own inputs by tensor name.
+    ``transform``: a value-preserving rewrite applied to both stages' models before their
+    sessions are made (:func:`~onnxinit.autodiff.scaled.rewrite`); feeds a stage does not read
+    are dropped."""
 
     def __init__(self, program: GradientProgram, derived: DerivedGraph, carried: list[str],
-                 rest: onnx.ModelProto, roles: Sequence[str]):
+                 rest: onnx.ModelProto, roles: Sequence[str],
+                 transform: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None):
         self.program, self.derived, self.roles = program, derived, tuple(roles)
         first = onnx.ModelProto()
         first.CopyFrom(program.graph.model)
@@ -99,6 +103,9 @@ class StagedProgram:
             for name in carried if name not in declared)
         self._first_outputs = [v.name for v in first.graph.output]
         self._count = 1 + len(program.wrt)
+        if transform is not None:
+            first, rest = transform(first), transform(rest)
+        self._first_inputs = frozenset(v.name for v in first.graph.input)
         self._first = make_session(first, device=program.device, threads=program.threads)
         self._rest = make_session(rest, device=program.device, threads=program.threads)
         self._rest_inputs = frozenset(v.name for v in rest.graph.input)
@@ -111,7 +118,9 @@ class StagedProgram:
 
     def first(self, feeds: Mapping[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray],
                                                                Carry]:
-        results = self._first.run_with_ort_values(self._first_outputs, self._values(feeds))
+        results = self._first.run_with_ort_values(
+            self._first_outputs,
+            self._values({k: v for k, v in feeds.items() if k in self._first_inputs}))
         first = [value.numpy() for value in results[:self._count]]
         named = dict(zip(self._first_outputs, results))
         carry = {name: named[name] for name in self._carried}
@@ -127,15 +136,16 @@ class StagedProgram:
         return {role: value.numpy() for role, value in zip(self.roles, results)}
 
 
-def staged_or_none(program: GradientProgram, derived: DerivedGraph,
-                   roles: Sequence[str]) -> StagedProgram | None:
+def staged_or_none(program: GradientProgram, derived: DerivedGraph, roles: Sequence[str],
+                   transform: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None
+                   ) -> StagedProgram | None:
     """The two-stage form of ``derived`` computing ``roles`` (derived tensors, not the loss or
     first-order gradients, which stage 1 gives), or None where it cannot be split or does not
-    run on onnxruntime."""
+    run on onnxruntime. ``transform``: see :class:`StagedProgram`."""
     if program.backend != "onnxruntime":
         return None
     parts = split(program.graph.model, derived.model,
                   [derived.tensors[role] for role in roles])
     if parts is None:
         return None
-    return StagedProgram(program, derived, parts[0], parts[1], roles)
+    return StagedProgram(program, derived, parts[0], parts[1], roles, transform)

@@ -139,9 +139,11 @@ def norm_gradient(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray, 
     """d|g(S; theta(alpha))|_p / dalpha_i = <(H v)_i, p0_i>, v = d|g|_p/dg (constant): from
     the exact norm program where there is one (the program a constraint step usually runs:
     one second-order program is built, not two), else from the product H v."""
-    exact = oracle.derived(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg))
+    exact = oracle.derived(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg),
+                           scaled=True)
     if exact is not None:
-        out = oracle.run(exact, space.theta(alpha), batch, [f"dphi:{n}" for n in oracle.wrt])
+        out = oracle.run(exact, space.theta(alpha), batch, [f"dphi:{n}" for n in oracle.wrt],
+                         scales=space.tensor_scales(alpha))
         return space.alpha_gradient(oracle.join(out, "dphi"))
     hv = oracle.hvp(space.theta(alpha), norm_direction(g, alg), batch)
     return space.alpha_gradient(hv)
@@ -153,11 +155,13 @@ def gradient_then_norm(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndar
     program (a gradient pass) now, its stage 2 when the function is called
     (:mod:`onnxinit.autodiff.staged`); where the program cannot be staged, a gradient pass and
     :func:`norm_gradient`."""
-    staged = oracle.staged(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg))
+    staged = oracle.staged(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg),
+                           scaled=True)
     if staged is None:
         loss, g = oracle.gradient(space.theta(alpha), batch)
         return loss, g, lambda: norm_gradient(oracle, space, alpha, g, batch, alg)
-    loss, g, carry = oracle.first_stage(staged, space.theta(alpha), batch)
+    loss, g, carry = oracle.first_stage(staged, space.theta(alpha), batch,
+                                        scales=space.tensor_scales(alpha))
     return loss, g, lambda: space.alpha_gradient(oracle.rest_stage(staged, carry))
 
 
@@ -165,7 +169,8 @@ def gradient_and_norm_gradient(oracle: GradientOracle, space: ScaleSpace, alpha:
                                batch: Batch, alg: str):
     """(L, g, d|g|_p/dalpha) at alpha on ``batch`` from both stages of the exact norm program;
     where the autodiff cannot build it, (L, g, None) from a gradient pass."""
-    staged = oracle.staged(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg))
+    staged = oracle.staged(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg),
+                           scaled=True)
     loss, g, later = gradient_then_norm(oracle, space, alpha, batch, alg)
     return loss, g, None if staged is None else later()
 
@@ -173,9 +178,10 @@ def gradient_and_norm_gradient(oracle: GradientOracle, space: ScaleSpace, alpha:
 def loss_after_step(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
                     step: np.ndarray, batch: Batch, eta: float) -> tuple[float, np.ndarray]:
     """(L(S~; theta(alpha) - eta step) / eta, its alpha-gradient with ``step`` held constant:
-    <dL/dtheta'_i, p0_i> / eta)."""
-    loss, grad = oracle.gradient(space.theta(alpha) - eta * step, batch)
-    return loss / eta, space.alpha_gradient(grad) / eta
+    <dL/dtheta'_i, p0_i> / eta, from the oracle's directional program: no convolution weight
+    gradient is formed)."""
+    loss, inner = oracle.directional(space.theta(alpha) - eta * step, batch)
+    return loss / eta, inner[space.index] / eta
 
 
 def batch_pair(source, t: int) -> tuple[Batch, Batch]:

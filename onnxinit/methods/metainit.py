@@ -54,6 +54,7 @@ scales (scaleopt: the best-measured scales are kept), and the trajectory.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -83,6 +84,16 @@ if TYPE_CHECKING:
     from ..autodiff.higher_order import DerivedGraph
 
 _higher_order = lazy_module("onnxinit.autodiff.higher_order")  # imported when the method runs
+log = logging.getLogger(__name__)
+
+# measured by benchmarks/training_benefit.py (docs/methods.md, "Training from the rescaled
+# weights"): what a user should expect of the rescaled network
+TRAINING_CAVEAT = (
+    "metainit: a lower gradient quotient did not mean better training in our benchmarks: "
+    "rescaled by MetaInit, ResNet-20 without normalization trained to 80%% where its default "
+    "init reaches 86%%, and after Kaiming one run in three did not train (%s); it helped only "
+    "where the starting init barely trained. Train the model with and without these scales "
+    "before keeping them.")
 
 
 @dataclass
@@ -168,20 +179,22 @@ def quotient_graph(eps: float, count: int) -> Callable:
     return make
 
 
-def _exact_quotient(oracle, space, theta, batch, eps, gradient):
-    """GQ (and dGQ/dalpha) from one run of the exact programs, or None where the autodiff
-    cannot build them."""
+def _exact_quotient(oracle, space, alpha, batch, eps, gradient):
+    """GQ (and dGQ/dalpha) from one run of the exact programs (with scaled convolutions:
+    theta = theta(alpha)), or None where the autodiff cannot build them."""
     n = batch_length(batch)
     wrt = oracle.wrt
     if gradient:
-        program = oracle.derived("metainit-gq", n, quotient_graph(eps, oracle.layout.size))
+        program = oracle.derived("metainit-gq", n, quotient_graph(eps, oracle.layout.size),
+                                 scaled=True)
         roles = ["loss", "gq", *(f"grad:{p}" for p in wrt), *(f"dgq:{p}" for p in wrt)]
     else:
-        program = oracle.derived("metainit-hg", n, curvature_graph)
+        program = oracle.derived("metainit-hg", n, curvature_graph, scaled=True)
         roles = ["loss", *(f"grad:{p}" for p in wrt), *(f"dhalf_square:{p}" for p in wrt)]
     if program is None:
         return None
-    out = oracle.run(program, theta, batch, roles)
+    out = oracle.run(program, space.theta(alpha), batch, roles,
+                     scales=space.tensor_scales(alpha))
     g = oracle.join(out, "grad")
     norm = float(np.linalg.norm(g))
     if gradient:
@@ -195,10 +208,10 @@ def gradient_quotient(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarr
                       batch: Batch, eps: float, *, gradient: bool = True) -> Quotient:
     """GQ at theta(alpha) on ``batch`` and (``gradient``) dGQ/dalpha (module docstring): exact
     where the autodiff can, else by the formula on difference products."""
-    theta = space.theta(alpha)
-    exact = _exact_quotient(oracle, space, theta, batch, eps, gradient)
+    exact = _exact_quotient(oracle, space, alpha, batch, eps, gradient)
     if exact is not None:
         return exact
+    theta = space.theta(alpha)
     loss, g = oracle.gradient(theta, batch)
     h = oracle.hvp(theta, g, batch)
     gq = quotient(g, h, eps)
@@ -257,7 +270,7 @@ def plan(graph: ModelGraph, options: MetaInitOptions | None = None, *,
                        assess=(lambda a: assessment(oracle, space, a, batches, eps)) if batches
                        else None,
                        checkpoints=options.checkpoints, observe=observe)
-    return finish(
+    result = finish(
         "metainit", space, outcome,
         objective="gradient quotient GQ = mean |(g - Hg) / (g + eps sign g) - 1|",
         started=run.started,
@@ -267,3 +280,6 @@ def plan(graph: ModelGraph, options: MetaInitOptions | None = None, *,
                  "held_out_batches": list(range(steps, steps + len(batches)))},
         advice=lower_rate_advice(space.norms, options.metainit_lr, options.metainit_momentum),
     )
+    if result.changes:
+        log.warning(TRAINING_CAVEAT, "docs/methods.md, 'Training from the rescaled weights'")
+    return result

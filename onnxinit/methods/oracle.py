@@ -20,6 +20,13 @@ first difference ``(H(t + e a) b - H(t - e a) b) / (2 e)``, ``e = r3 (1 + |t|) /
 On ReLU networks in float32 the differences cross activation kinks and lose small curvature
 terms (on the normalization-free ResNet-20 a float32 difference is off by 170% against a float64
 one), so exact products are the default wherever they exist.
+
+**Scaled convolutions.** Where a caller evaluates at ``theta_i = s_i p0_i`` (the methods' own
+points, not a stepped or perturbed theta) it passes the per-tensor multipliers ``scales``, and a
+program asked for with ``scaled=True`` reads each convolution weight as the constant ``p0_i``
+with ``s_i`` applied to the convolution's output (:mod:`onnxinit.autodiff.scaled`): onnxruntime
+prepacks constant weights, and the same values come out (to float rounding). Off with
+``scaled_convolutions=False`` and on other backends than onnxruntime.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ if TYPE_CHECKING:
 _autodiff = lazy_module("onnxinit.autodiff")
 _higher_order = lazy_module("onnxinit.autodiff.higher_order")
 _staged = lazy_module("onnxinit.autodiff.staged")
+_scaled = lazy_module("onnxinit.autodiff.scaled")
+_execution = lazy_module("onnxinit.autodiff.execution")
 
 HVP_MODES = ("auto", "exact", "fd")
 
@@ -97,16 +106,19 @@ class GradientOracle:
         dtype: str = "float32",
         hvp: str = "auto",
         threads: int | None = None,
+        scaled_convolutions: bool = True,
     ):
         if hvp not in HVP_MODES:
             raise InvalidOptionError(f"hvp must be auto, exact or fd, not {hvp!r}")
         self.model, self.source, self.wrt = model, source, tuple(wrt)
         self.device, self.dtype, self.threads, self.hvp_mode = device, dtype, threads, hvp
+        self.scaled_convolutions = scaled_convolutions
         self.hvp_note = "finite differences of gradients" if hvp == "fd" else ""
         self._programs: dict[int, GradientProgram] = {}
-        self._derived: dict[tuple[str, int], DerivedProgram | None] = {}
+        self._derived: dict[tuple, DerivedProgram | None] = {}
         self._products: dict[int, HessianVectorProgram | None] = {}
-        self._staged: dict[tuple[str, int], StagedProgram | None] = {}
+        self._staged: dict[tuple, StagedProgram | None] = {}
+        self._directional: dict[int, object] = {}
         self.passes = 0
         self.exact_passes = 0
         first = self.program(source.batch_size)
@@ -151,27 +163,53 @@ class GradientOracle:
                 lambda: _higher_order.HessianVectorProgram(self.program(batch_size)))
         return self._products[batch_size]
 
-    def derived(self, key: str, batch_size: int,
-                make: Callable[[GradientGraph], DerivedGraph]) -> DerivedProgram | None:
-        """An exact program ``make(gradient graph)`` for this batch size (cached under
-        ``key``), or None where the autodiff cannot build it (or ``hvp='fd'``)."""
-        if (key, batch_size) not in self._derived:
-            program = self.program(batch_size)
-            self._derived[key, batch_size] = self._exact(lambda: _higher_order.DerivedProgram(
-                make(program.graph), device=self.device, float64=program.float64,
-                threads=self.threads, backend=program.backend))
-        return self._derived[key, batch_size]
+    def _scaling(self, batch_size: int, scaled: bool) -> bool:
+        """Whether programs asked for with ``scaled`` get their convolutions rewritten."""
+        return (scaled and self.scaled_convolutions
+                and self.program(batch_size).backend == "onnxruntime")
 
-    def staged(self, key: str, batch_size: int,
-               make: Callable[[GradientGraph], DerivedGraph]) -> StagedProgram | None:
+    def _rewrite(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        return _scaled.rewrite(model, self.values)
+
+    def _rewritten(self, graph: DerivedGraph) -> DerivedGraph:
+        model = self._rewrite(graph.model)
+        added = tuple(v.name for v in model.graph.input[len(graph.model.graph.input):])
+        return type(graph)(model, graph.wrt, graph.tensors, graph.inputs + added,
+                           graph.elem_type)
+
+    def derived(self, key: str, batch_size: int, make: Callable[[GradientGraph], DerivedGraph],
+                *, scaled: bool = False) -> DerivedProgram | None:
+        """An exact program ``make(gradient graph)`` for this batch size (cached under
+        ``key``), or None where the autodiff cannot build it (or ``hvp='fd'``). ``scaled``:
+        with scaled convolutions (module docstring); run it with ``scales``."""
+        scaled = self._scaling(batch_size, scaled)
+        if (key, batch_size, scaled) not in self._derived:
+            program = self.program(batch_size)
+            if scaled:
+                plain = self.derived(key, batch_size, make)
+                built = None if plain is None else _higher_order.DerivedProgram(
+                    self._rewritten(plain.graph), device=self.device, float64=program.float64,
+                    threads=self.threads, backend=program.backend)
+            else:
+                built = self._exact(lambda: _higher_order.DerivedProgram(
+                    make(program.graph), device=self.device, float64=program.float64,
+                    threads=self.threads, backend=program.backend))
+            self._derived[key, batch_size, scaled] = built
+        return self._derived[key, batch_size, scaled]
+
+    def staged(self, key: str, batch_size: int, make: Callable[[GradientGraph], DerivedGraph],
+               *, scaled: bool = False) -> StagedProgram | None:
         """The two stages (:mod:`onnxinit.autodiff.staged`) of the exact program
         ``derived(key, batch_size, make)`` giving its ``dphi`` tensors, or None where there is
-        no exact program or it cannot be split."""
-        if (key, batch_size) not in self._staged:
+        no exact program or it cannot be split. ``scaled``: as :meth:`derived`."""
+        scaled = self._scaling(batch_size, scaled)
+        if (key, batch_size, scaled) not in self._staged:
             derived = self.derived(key, batch_size, make)
-            self._staged[key, batch_size] = None if derived is None else _staged.staged_or_none(
-                self.program(batch_size), derived.graph, [f"dphi:{n}" for n in self.wrt])
-        return self._staged[key, batch_size]
+            self._staged[key, batch_size, scaled] = None if derived is None else \
+                _staged.staged_or_none(self.program(batch_size), derived.graph,
+                                       [f"dphi:{n}" for n in self.wrt],
+                                       transform=self._rewrite if scaled else None)
+        return self._staged[key, batch_size, scaled]
 
     def staged_products(self, batch_size: int) -> StagedProgram | None:
         """The two stages of the exact Hessian-vector product, or None."""
@@ -182,12 +220,23 @@ class GradientOracle:
                 exact.program, exact.graph, [f"dphi:{n}" for n in self.wrt])
         return self._staged[key]
 
-    def first_stage(self, staged: StagedProgram, theta: np.ndarray,
-                    batch: Batch) -> tuple[float, np.ndarray, Carry]:
-        """(L(batch; theta), dL/dtheta, what stage 2 needs): a gradient pass."""
-        feeds = self.program(batch_length(batch)).session_feeds(
-            batch.feeds, batch.labels, self.layout.split(theta))
-        loss, grads, carry = staged.first(feeds)
+    def feeds(self, theta: np.ndarray, batch: Batch,
+              scales: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """A program's inputs at theta on ``batch``; with ``scales`` (one multiplier per tensor
+        of the layout, theta = scales * p0) also the scale inputs of scaled programs."""
+        program = self.program(batch_length(batch))
+        feeds = program.session_feeds(batch.feeds, batch.labels, self.layout.split(theta))
+        if scales is not None:
+            dtype = program.parameters[self.wrt[0]].dtype
+            feeds.update({_scaled.scale_input(name): np.asarray(value, dtype=dtype)
+                          for name, value in zip(self.layout.names, scales)})
+        return feeds
+
+    def first_stage(self, staged: StagedProgram, theta: np.ndarray, batch: Batch,
+                    scales: np.ndarray | None = None) -> tuple[float, np.ndarray, Carry]:
+        """(L(batch; theta), dL/dtheta, what stage 2 needs): a gradient pass (``scales``: see
+        :meth:`feeds`)."""
+        loss, grads, carry = staged.first(self.feeds(theta, batch, scales))
         self.passes += 1
         return loss, self.layout.join(grads), carry
 
@@ -201,12 +250,11 @@ class GradientOracle:
         return self.join(staged.rest(carry, feeds), "dphi")
 
     def run(self, derived: DerivedProgram, theta: np.ndarray, batch: Batch,
-            roles: Sequence[str]) -> dict[str, np.ndarray]:
-        """The tensors of ``roles`` from one run of an exact program at theta."""
-        feeds = self.program(batch_length(batch)).session_feeds(
-            batch.feeds, batch.labels, self.layout.split(theta))
+            roles: Sequence[str], scales: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The tensors of ``roles`` from one run of an exact program at theta (``scales``: see
+        :meth:`feeds`)."""
         self.exact_passes += 1
-        return derived.run(feeds, roles)
+        return derived.run(self.feeds(theta, batch, scales), roles)
 
     def join(self, tensors: Mapping[str, np.ndarray], prefix: str) -> np.ndarray:
         """The flat vector of the per-parameter tensors ``<prefix>:<name>``."""
@@ -218,6 +266,26 @@ class GradientOracle:
         loss, grads = program.gradients(batch.feeds, batch.labels, self.layout.split(theta))
         self.passes += 1
         return loss, self.layout.join(grads)
+
+    def directional(self, theta: np.ndarray, batch: Batch) -> tuple[float, np.ndarray]:
+        """(L(batch; theta), <dL/dtheta_i, p0_i> for every tensor i of the layout): the
+        gradient's inner products with the initial values, from a program that forms no
+        convolution weight gradient (:func:`onnxinit.autodiff.scaled.directional`); where that
+        program is not used (``scaled_convolutions`` off, not onnxruntime), from a gradient
+        pass. Any theta."""
+        n = batch_length(batch)
+        if not self._scaling(n, True):
+            loss, g = self.gradient(theta, batch)
+            return loss, self.layout.segment_dot(g, self.layout.join(self.values))
+        if n not in self._directional:
+            program = self.program(n)
+            model = _scaled.directional(program.graph.model, self.wrt, self.values)
+            self._directional[n] = _execution.Runner(
+                model, device=self.device, float64=program.float64, threads=self.threads,
+                backend=program.backend)
+        results = self._directional[n].run(self.feeds(theta, batch))
+        self.passes += 1
+        return float(results[0]), np.array([float(r) for r in results[1:]])
 
     def _step(self, theta: np.ndarray, v: np.ndarray, rel: float) -> float:
         v_norm = float(np.linalg.norm(v))

@@ -108,10 +108,14 @@ class ScaleSpace:
     def size(self) -> int:
         return len(self.names)
 
-    def multipliers(self, alpha: np.ndarray) -> np.ndarray:
+    def tensor_scales(self, alpha: np.ndarray) -> np.ndarray:
+        """The multiplier of every tensor of the layout: alpha_i, or 1 for unscaled ones."""
         per_tensor = np.ones(len(self.layout.names))
         per_tensor[self.index] = alpha
-        return self.layout.expand(per_tensor)
+        return per_tensor
+
+    def multipliers(self, alpha: np.ndarray) -> np.ndarray:
+        return self.layout.expand(self.tensor_scales(alpha))
 
     def theta(self, alpha: np.ndarray) -> np.ndarray:
         return self.theta0 * self.multipliers(alpha)

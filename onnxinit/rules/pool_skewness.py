@@ -36,8 +36,10 @@ ReduceMean over every spatial axis: tf2onnx's Keras squeeze-excite pool) reads
 element-wise ops or a binary node fused from them (``x * Relu6(x + 3) / 6``); other pools are
 unchanged.
 
-Not modelled: the inputs' own joint cumulants across positions (an upstream per-sample energy
-scale, which grows with depth in MobileNetV3), and the Edgeworth terms of higher order.
+The energy every position of a sample shares (a per-sample scale, growing with depth in
+MobileNetV3) is :mod:`.sample_energy`'s term; its part of the carried kurtosis (``3 eta``) is
+left out here. Not modelled: the inputs' other joint cumulants across positions, and the
+Edgeworth terms of higher order.
 """
 
 from __future__ import annotations
@@ -45,11 +47,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments
-from ..spatial import class_weights
 from .context import RuleContext, RuleError
 from .fusion import common_ancestor
 from .kurtosis import NODES, WEIGHTS, chain_start, chain_values, excess_kurtosis
 from .linear import begin_pads
+from .sample_energy import law
+from .stationary import stationary
 
 # element-wise ops a pool's input may go through from the Conv (SiLU's Mul(z, Sigmoid(z)) too)
 _ELEMENTWISE = {"Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Mul", "Clip", "Elu",
@@ -86,11 +89,17 @@ def _cumulants(y: np.ndarray, w: np.ndarray):
 
 def _input_cumulants(ctx: RuleContext, in_name: str, source, c: int, rank: int):
     """k3, k4 of the conv input ``f(u)``, its chain integrated over the scale mixture of u's
-    excess kurtosis (:mod:`.kurtosis`: u is a sum of heavy-tailed values, not a Gaussian)."""
-    kappa = excess_kurtosis(ctx, chain_start(ctx.graph, in_name, ctx))
+    excess kurtosis (:mod:`.kurtosis`: u is a sum of heavy-tailed values, not a Gaussian),
+    less the ``3 eta`` of the scale every position of a sample shares (:mod:`.sample_energy`
+    adds that one over all pairs of positions)."""
+    start = chain_start(ctx.graph, in_name, ctx)
+    kappa = excess_kurtosis(ctx, start)
+    shared = law(ctx, start)
+    if kappa is not None and shared is not None:
+        kappa = kappa - 3 * shared[0]
     if kappa is None or kappa.shape != (c,) or not np.any(kappa > 0):
         return None
-    y, w = chain_values(*source, c, rank, kappa / 3, coarse=True)
+    y, w = chain_values(*source, c, rank, np.maximum(kappa, 0) / 3, coarse=True)
     if not np.all(np.isfinite(y)):
         return None
     return _cumulants(y, w)[1:]
@@ -152,37 +161,6 @@ def _channel_source(m: Moments, c: int, rank: int):
     return mean.reshape(shape), var.reshape(shape), src.chain
 
 
-# the spread of the position classes' source means, over their mean variance, up to which an
-# input counts as stationary (its per-channel source describes every position): the border
-# classes of zero-padded convs spread 0.01-1.1 (MobileNetV3, EfficientNet; torchvision and
-# Keras); a nearly constant input (Keras' Rescaling on N(0, 1)) gives 1.5e3
-_SPREAD = 10.0
-
-
-def _stationary(m: Moments, rank: int) -> bool:
-    """True unless m's position classes have source Gaussians whose means spread by more than
-    ``_SPREAD`` times their variance (weighted by the classes' shares) in some channel: the
-    terms above are for one stationary field, and a border pattern that dominates a channel
-    (a nearly constant input's zero padding) pooled into the per-channel source would be read
-    as fluctuation (34x the measured pooled variance on Keras' MobileNetV3Small)."""
-    sp = m.spatial
-    src = None if sp is None else sp.cells.source
-    if src is None:
-        return True
-    mean = np.asarray(src.mean, dtype=np.float64)
-    var = np.asarray(src.var, dtype=np.float64)
-    if mean.ndim != rank or var.ndim != rank:
-        return True
-    shape = np.broadcast_shapes(mean.shape, var.shape, (1, 1, *sp.classes))
-    w = class_weights(sp.maps)
-    mean, var = np.broadcast_to(mean, shape)[0], np.broadcast_to(var, shape)[0]
-    axes = tuple(range(1, mean.ndim))
-    centre = (mean * w).sum(axis=axes, keepdims=True)
-    spread = (((mean - centre) ** 2) * w).sum(axis=axes)
-    within = (var * w).sum(axis=axes)
-    return bool(np.all(spread <= _SPREAD * within))
-
-
 def _column_sums(weight: np.ndarray, conv: RuleContext, in_sizes, out_sizes, power: int):
     """``sum_p W_pu^power`` per channel and input position u, [C, *in_sizes]."""
     kernel = list(weight.shape[2:])
@@ -231,7 +209,7 @@ def pooled_correction(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | Non
         return None
     if tuple(out_shape[2:]) != tuple(x_shape[2:]):
         return None
-    if not (_stationary(known[in_name], rank) and _stationary(x, rank)):
+    if not (stationary(known[in_name], rank) and stationary(x, rank)):
         return None
     x_source = _channel_source(known[in_name], in_shape[1], rank)
     f_source = _channel_source(x, c, rank)

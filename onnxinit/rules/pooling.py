@@ -31,6 +31,7 @@ from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
 from .gaussian import compose, expand
 from .pool_skewness import pooled_correction
+from .sample_energy import pooled_shared
 from .maxima import max_moments, max_of_correlated_gaussians, max_of_gaussians, non_decreasing
 from .registry import rule
 
@@ -217,9 +218,12 @@ def global_average_pool(inputs, ctx: RuleContext):
 
 def pooled_extra(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     """What a mean over every position of ``x`` (the node's input 0) adds per channel to
-    :func:`spatial_mean`'s variance, the non-Gaussian terms (:mod:`.pool_skewness`); None
-    without any."""
-    return pooled_correction(ctx, x, x_shape)
+    :func:`spatial_mean`'s variance: the non-Gaussian terms of a depthwise conv's local energy
+    (:mod:`.pool_skewness`) and the energy a sample's positions share (:mod:`.sample_energy`);
+    None without either."""
+    parts = [p for p in (pooled_correction(ctx, x, x_shape), pooled_shared(ctx, x, x_shape))
+             if p is not None]
+    return sum(parts) if parts else None
 
 
 def spatial_mean(x: Moments, x_shape) -> Moments:

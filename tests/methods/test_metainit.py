@@ -168,3 +168,23 @@ def test_a_scale_stopped_at_the_bound_is_named_in_a_warning(caplog):
     assert sorted(result.method_reports["metainit"]["at_lower_bound"]) == shrunk
     assert "kept at the lower bound --metainit-min-scale" in caplog.text
     assert all(name in caplog.text for name in shrunk)
+
+
+def test_a_rescaled_network_comes_with_the_measured_training_caveat(caplog):
+    """A user is told that a lower quotient did not mean better training in the benchmarks
+    (item 5 of the methods issue: no one ends with a worse network without being told); a run
+    that changes nothing says nothing."""
+    from tests.models import mlp
+
+    graph = load(mlp([5, 7, 6, 4], activation="Tanh", seed=0), batch_size=12)
+    options = MetaInitOptions(seed=0, metainit_steps=3, held_out_batches=0, precision="float64")
+    with caplog.at_level("WARNING", logger="onnxinit"):
+        plan = metainit.plan(graph, options)
+    assert plan.changes
+    assert "did not mean better training" in caplog.text and "80%" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="onnxinit"):
+        unchanged = metainit.plan(graph, MetaInitOptions(seed=0, metainit_steps=0,
+                                                         held_out_batches=0,
+                                                         precision="float64"))
+    assert not unchanged.changes and "did not mean better training" not in caplog.text
