@@ -127,3 +127,33 @@ def test_batch_statistics_at_either_reduction_form(opset):
     y = _run(model, {"x": x})["y"]
     np.testing.assert_allclose(y.mean(axis=(0, 2)), 0, atol=1e-5)
     np.testing.assert_allclose(y.var(axis=(0, 2)), 1, rtol=1e-3)
+
+
+def test_inference_with_folded_constants_sees_no_weights(monkeypatch):
+    """infer_with_constants (run once per round of ModelGraph._refine_shapes) hands shape
+    inference the light copy only (large weights as typed inputs), and the folded constant's
+    value still fixes the shape that data propagation could not."""
+    import onnx
+
+    from onnxinit.passes import infer_with_constants
+    from onnxinit.passes.shapes import SMALL_TENSOR
+
+    weight = np.ones((300, 300), np.float32)  # 90,000 elements: a weight
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Shape", ["h"], ["s"]),
+             helper.make_node("Mod", ["s", "two"], ["m"]),  # data propagation stops at Mod
+             helper.make_node("Reshape", ["h", "m"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 300])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                       [numpy_helper.from_array(weight, "w"),
+                        numpy_helper.from_array(np.array([5, 1000], np.int64), "two")])
+    seen = []
+    infer = onnx.shape_inference.infer_shapes
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes",
+                        lambda m, **k: seen.append(m) or infer(m, **k))
+    infos = infer_with_constants(model, {"m": np.array([4, 300], np.int64) % [5, 1000]})
+    assert len(seen) == 1
+    assert all(np.prod(i.dims) <= SMALL_TENSOR for i in seen[0].graph.initializer)
+    assert "w" in {i.name for i in seen[0].graph.input}
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in infos}
+    assert shapes["m"] == [2] and shapes["y"] == [4, 300]

@@ -83,3 +83,8 @@ def test_sigmoid_is_scipys_expit_to_an_ulp():
     np.testing.assert_allclose(got, expected, rtol=1e-15, atol=0)
     assert np.isnan(_sigmoid(np.array([np.nan])))[0]
     assert _sigmoid(np.ones(3, np.float32)).dtype == np.float32
+
+
+def test_no_cells_is_left_to_the_rules():
+    assert smooth_quadrature.moments_and_amplitudes(np.tanh, np.zeros((1, 0, 3)),
+                                                    np.ones((1, 0, 3))) is None

@@ -149,8 +149,13 @@ def _inferred(model: onnx.ModelProto, strict: bool = False) -> onnx.GraphProto:
     """``model``'s graph after onnx's shape inference (with data propagation): value_info and
     output types filled in. Raises what onnx raises (``strict``: also on inconsistent shapes or
     types, which a lenient run skips)."""
-    return onnx.shape_inference.infer_shapes(without_large_data(model), strict_mode=strict,
-                                             check_type=strict, data_prop=True).graph
+    return _inferred_light(without_large_data(model), strict)
+
+
+def _inferred_light(light: onnx.ModelProto, strict: bool = False) -> onnx.GraphProto:
+    """:func:`_inferred` of a model that holds no large initializer already."""
+    return onnx.shape_inference.infer_shapes(light, strict_mode=strict, check_type=strict,
+                                             data_prop=True).graph
 
 
 def _take_inferred(model: onnx.ModelProto, inferred: onnx.GraphProto) -> None:
@@ -198,17 +203,17 @@ def infer_with_constants(model: onnx.ModelProto, constants: Mapping[str, np.ndar
     """Value_info inferred with the tensors in ``constants`` (outputs of nodes of ``model``)
     known: each stands in as an initializer (its producer's output renamed), so shape inference
     sees the values where its own data propagation stopped (Mod, Slice of computed bounds).
-    None when inference fails. The constants get value_info of their own values."""
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    None when inference fails. The constants get value_info of their own values. (Only the
+    light copy is made: the weights are not copied in every round of the caller's loop.)"""
+    work = without_large_data(model)
     del work.graph.value_info[:]
     produced = {n: i for i, node in enumerate(work.graph.node) for n in node.output}
     for name, value in constants.items():
         work.graph.initializer.append(numpy_helper.from_array(value, name))
         node = work.graph.node[produced[name]]
         node.output[list(node.output).index(name)] = f"{name}{FOLDED_SUFFIX}"
-    try:
-        inferred = _inferred(work)
+    try:  # the constants are small (MAX_FOLDED_ELEMENTS): initializers, as without_large_data
+        inferred = _inferred_light(work)
     except Exception as exc:  # noqa: BLE001 - best effort, as infer_shapes
         log.debug("shape inference with folded constants failed: %s", exc)
         return None

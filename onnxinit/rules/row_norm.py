@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments
+from ..special import gammaln  # the ufunc alone: scipy.special's package is 1 s
 from .context import RuleContext, RuleError
 from .elementwise import node_function
 from .gaussian import compose, gaussian_moments
@@ -151,8 +152,6 @@ def _l2_of(ctx: RuleContext, name: str, x: str) -> bool:
 def _gamma_shape(ratio: np.ndarray) -> np.ndarray:
     """k with ``Gamma(k + 1/2)^2 / (k Gamma(k)^2) = ratio`` (``E[G]^2 / E[G^2]`` of
     ``G = sqrt(Q)``, Q Gamma of shape k), by bisection on log k in [1e-3, 1e6]."""
-    from ..special import gammaln  # the ufunc alone: scipy.special's package is 1 s
-
     ratio = np.clip(ratio, 1e-6, 1 - 1e-9)
     lo, hi = np.full(ratio.shape, np.log(1e-3)), np.full(ratio.shape, np.log(1e6))
     for _ in range(60):
@@ -213,8 +212,6 @@ def response_normalised(inputs, ctx: RuleContext, rank: int
     ``E[y^2] = n E[x^2]^2 (1 + 1/k) E[c^2]``, ``E[y] = mu (E[G] + sigma^2 E[1/G]) E[c]``
     (Q = G^2 Gamma of shape k fitted per channel to G's moments, Stein's lemma for E[x G]).
     (mean, var) at ``rank``; None when the node is not such a product."""
-    from ..special import gammaln  # the ufunc alone: scipy.special's package is 1 s
-
     node, graph = ctx.node, ctx.graph
     if node.op_type != "Mul" or len(inputs) != 2 or any(m is None for m in inputs):
         return None

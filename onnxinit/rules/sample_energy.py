@@ -70,83 +70,19 @@ import numpy as np
 
 from ..moments import Moments
 from .context import RuleContext, RuleError
-from .gaussian import compose, composite_rule
+from .energy_fields import (chain_law, chain_values, channel_var, gaussian_local, positions,
+                            source_var)
 from .linear import begin_pads
 from .stationary import stationary
 from .kurtosis import _step, chain_start, mixture_nodes
 
 _MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _KEEP = {"Identity", "Dropout", "AveragePool", "MaxPool", "Pad"}
-# composite Gauss-Legendre rule for E[g(t)], t ~ N(0, 1), on 96 nodes (kurtosis' coarse one:
-# within 1.5% of its 192-node rule for HardSwish, ReLU, SiLU of N(m, s^2))
-NODES, WEIGHTS = composite_rule(8.0, 24, 4)
-_HERMITE = [NODES, NODES**2 - 1, NODES**3 - 3 * NODES, NODES**4 - 6 * NODES**2 + 3]
-_FACTORIALS = np.array([1.0, 2.0, 6.0, 24.0])[:, None]
 
 
 def _shape(graph, name: str):
     shape = graph.shape(name)
     return None if not shape or len(shape) < 2 else tuple(int(s) for s in shape)
-
-
-def _pair_sums(corr, sizes, powers) -> np.ndarray:
-    """``(1/K^2) sum_{p,q} rho(p - q)^n`` for each n in ``powers``, ``[len(powers), C or 1]``
-    (the floor's power beyond the stored offsets), from one table of pair counts."""
-    rho, floor = corr
-    k = int(np.prod(sizes))
-    counts = np.ones(())
-    for n, s in zip(rho.shape[1:], sizes):
-        d = np.arange(n) - (n - 1) // 2
-        counts = np.multiply.outer(counts, np.maximum(s - np.abs(d), 0).astype(np.float64))
-    floor = np.reshape(floor, (-1,) + (1,) * len(sizes))
-    axes = tuple(range(1, rho.ndim))
-    out = []
-    for n in powers:
-        f = floor**n
-        out.append((((rho**n - f) * counts).sum(axis=axes) + k * k * f.reshape(-1)) / (k * k))
-    return np.stack(out)
-
-
-def _correlation(m: Moments, shape, gaussian: bool = False):
-    corr = m.spatial.corr if m.spatial is not None else None
-    if corr is None or corr.rho.ndim != len(shape) - 1 or corr.rho.shape[0] not in (1, shape[1]):
-        return None
-    rho, floor = corr.gaussian() if gaussian else (corr.rho, corr.floor)
-    return rho, np.broadcast_to(floor, (rho.shape[0],))
-
-
-_LOCAL: dict[int, tuple] = {}  # id(Moments) -> (weakref, shape, lam_G): read several times
-
-
-def _gaussian_local(m: Moments, shape) -> np.ndarray:
-    """lam of a Gaussian field with m's spatial correlation: ``2 sum_{p,q} rho^2 / K^2``."""
-    hit = _LOCAL.get(id(m))
-    if hit is not None and hit[0]() is m and hit[1] == shape:
-        return hit[2]
-    if len(_LOCAL) > 4096:
-        _LOCAL.clear()
-    out = _field_local(m, shape)
-    out.flags.writeable = False
-    _LOCAL[id(m)] = (weakref.ref(m), shape, out)
-    return out
-
-
-def _field_local(m: Moments, shape) -> np.ndarray:
-    c = shape[1]
-    corr = _correlation(m, shape)
-    if corr is None:
-        return np.full(c, 2.0 / _positions(shape))
-    return np.broadcast_to(2.0 * _pair_sums(corr, shape[2:], (2,))[0], (c,)).copy()
-
-
-def _pair_powers(m: Moments, shape) -> np.ndarray:
-    """``(1/K^2) sum_{p,q} rho_z(p - q)^n``, n = 1..4, per channel ``[4, C]`` (rho_z: the
-    correlation of the Gaussian under m's chain; independent positions without one)."""
-    c = shape[1]
-    corr = _correlation(m, shape, gaussian=True)
-    if corr is None:
-        return np.full((4, c), 1.0 / _positions(shape))
-    return np.broadcast_to(_pair_sums(corr, shape[2:], (1, 2, 3, 4)), (4, c))
 
 
 def _chain(graph, ctx, tensor: str) -> tuple[str, int]:
@@ -196,14 +132,14 @@ def _deps(ctx, known, tensor: str) -> list[str]:
     if op == "Mul" and len(signals) == 2:
         shape = _shape(graph, tensor)
         return [n for n in signals if not _gate(graph, n, shape)][:1]
-    if op in ("Add", "Sub", "Mul", "Concat"):
+    if op in ("Add", "Sub", "Mul", "Div", "Concat"):
         return signals
     return []
 
 
-def law(ctx: RuleContext, tensor: str) -> tuple[float, np.ndarray] | None:
-    """(eta, lam [C]) of ``tensor`` (module docstring); None outside propagation or without a
-    channel axis."""
+def law(ctx: RuleContext, tensor: str):
+    """(eta, lam [C], alpha [C]) of ``tensor`` (module docstring); None outside propagation or
+    without a channel axis."""
     known, graph = ctx.known, ctx.graph
     if known is None or tensor not in known or _shape(graph, tensor) is None:
         return None
@@ -219,7 +155,11 @@ def law(ctx: RuleContext, tensor: str) -> tuple[float, np.ndarray] | None:
         if cached(name):
             stack.pop()
             continue
-        missing = [d for d in _deps(ctx, known, name) if not cached(d) and d not in stack]
+        try:
+            deps = _deps(ctx, known, name)
+        except (ValueError, IndexError, KeyError, TypeError):
+            deps = []
+        missing = [d for d in deps if not cached(d) and d not in stack]
         if missing:
             stack.extend(missing)
             continue
@@ -233,7 +173,7 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
     shape = _shape(graph, tensor)
     m: Moments = known[tensor]
     c = shape[1]
-    fresh = (0.0, _gaussian_local(m, shape), np.zeros(c))
+    fresh = (0.0, gaussian_local(m, shape), np.zeros(c))
     node_id = graph.producer.get(tensor)
     if node_id is None:
         return fresh
@@ -243,7 +183,7 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
     def of(name, size=c):
         got = law_of(name) if name in known and _shape(graph, name) is not None else None
         if got is None or got[1].shape != (size,):
-            return (0.0, _gaussian_local(known[name], _shape(graph, name) or (1, size)),
+            return (0.0, gaussian_local(known[name], _shape(graph, name) or (1, size)),
                     np.zeros(size))
         return got
 
@@ -251,16 +191,16 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
         with np.errstate(all="ignore"):
             if _is_chain(graph, ctx, known, tensor):
                 base = _chain(graph, ctx, tensor)[0]
-                out = fresh if base == tensor else _chain_law(
+                out = fresh if base == tensor else chain_law(
                     m, shape, of(base, _shape(graph, base)[1]), known[base],
                     _shape(graph, base))
             elif op == "Conv" and signals:
                 out = _conv_law(ctx.for_node(node_id), known, of, shape)
             elif op in _KEEP and signals:
                 eta, lam, alpha = of(signals[0])
-                gauss_in = _gaussian_local(known[signals[0]], _shape(graph, signals[0]))
+                gauss_in = gaussian_local(known[signals[0]], _shape(graph, signals[0]))
                 if op == "Pad":  # zeros added: the positions' mean shift is diluted
-                    alpha = alpha * _positions(_shape(graph, signals[0])) / _positions(shape)
+                    alpha = alpha * positions(_shape(graph, signals[0])) / positions(shape)
                 out = eta, np.maximum(fresh[1] + lam - gauss_in, 0.0), alpha
             elif op in ("Add", "Sub") and len(signals) == 2:
                 out = _sum_law(known, graph, signals, of, shape, fresh[1], op == "Sub")
@@ -268,7 +208,7 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
                   and len(signals) == 1 and _shape(graph, signals[0]) == shape):
                 # a per-channel affine map: the loading scales with the standard deviation
                 eta, lam, alpha = of(signals[0])
-                ratio = np.sqrt(_var(known[signals[0]], c) / _var(m, c))
+                ratio = np.sqrt(channel_var(known[signals[0]], c) / channel_var(m, c))
                 out = eta, lam, alpha / np.where(ratio > 0, ratio, 1.0)
             elif op == "Mul" and len(signals) == 2:
                 out = _gated_law(known, graph, signals, of, shape)
@@ -277,74 +217,13 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
                 out = _concat_law(graph, signals, of)
             else:
                 out = None
-    except (ValueError, IndexError, KeyError, RuleError):
+    except (ValueError, IndexError, KeyError, TypeError, RuleError):
         return fresh
     if out is None or not all(np.all(np.isfinite(a)) for a in out):
         return fresh
     eta, lam, alpha = out
     return (max(float(eta), 0.0), np.maximum(np.asarray(lam, np.float64), 0.0),
             np.broadcast_to(np.asarray(alpha, np.float64), (c,)).copy())
-
-
-def _positions(shape) -> int:
-    return int(np.prod(shape[2:])) if len(shape) > 2 else 1
-
-
-def _chain_values(m: Moments, shape, scale=None, shift=None):
-    """f at the quadrature nodes of m's source Gaussian per channel, pooled over the position
-    classes (law of total variance): (values ``[T, C]``, weights ``[T]``), the variance times
-    ``scale`` and the mean plus ``shift`` ([C]) when given; None without a chain or where f is
-    not finite. Pooling the classes takes a zero-padded conv's border pattern to move with
-    the sample like the rest (it is the input's per-sample mean, which does: alpha)."""
-    rank, c = len(shape), shape[1]
-    src = m.source
-    if src is None or not src.chain or max(np.ndim(src.mean), np.ndim(src.var)) > rank:
-        return None
-    mean, var = (np.broadcast_to(a, (c,)) for a in
-                 Moments(src.mean, src.var).expand_rank(rank).values_along(1, c))
-    var = var * (1.0 if scale is None else scale)
-    mean = mean + (0.0 if shift is None else shift)
-    cell = (1, c) + (1,) * (rank - 2)
-    with np.errstate(all="ignore"):
-        y = compose(src.chain)(mean.reshape(cell) + np.sqrt(var).reshape(cell)
-                               * NODES.reshape((-1,) + (1,) * (rank - 1)))
-    y = np.broadcast_to(np.asarray(y, np.float64), (NODES.size,) + cell[1:]).reshape(-1, c)
-    return (y, WEIGHTS) if np.all(np.isfinite(y)) else None
-
-
-def _var(m: Moments, c: int) -> np.ndarray:
-    return np.broadcast_to(m.values_along(1, c)[1], (c,))
-
-
-def _chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
-    """f(z) of the Gaussian z its chain starts from (module docstring)."""
-    found = _chain_values(m, shape)
-    if found is None:
-        return None
-    eta_z, lam_z, alpha_z = law_z
-    y, w = found
-    c, t = shape[1], NODES[:, None]
-    g = (y - w @ y) ** 2
-    v = w @ g
-    safe = np.where(v > 0, v, 1.0)
-    beta = np.where(v > 0, ((w * (t[:, 0] ** 2 - 1) / 2) @ g) / safe, 1.0)
-    # alpha_z is in z's units; the chain's Gaussian is z through the affine maps on the way
-    s_src = np.sqrt(np.maximum(_source_var(m, shape), 1e-300))
-    ratio = s_src / np.sqrt(np.maximum(_var(z, c), 1e-300))
-    alpha = (w * t[:, 0]) @ y * alpha_z * ratio / s_src + (w * (t[:, 0] ** 2 - 1) / 2) @ y
-    var_g = w @ (g - v) ** 2
-    terms = np.stack([(w * h) @ g for h in _HERMITE]) ** 2 / _FACTORIALS  # a_n^2 / n!, [4, C]
-    k = _positions(shape)
-    cov = (var_g - terms.sum(axis=0)) / k + (terms * _pair_powers(m, shape)).sum(axis=0)
-    excess = np.maximum(lam_z - _gaussian_local(z, z_shape), 0.0)
-    return float(np.mean(beta)) ** 2 * eta_z, cov / safe**2 + beta**2 * excess, alpha
-
-
-def _source_var(m: Moments, shape) -> np.ndarray:
-    """The variance of m's source Gaussian per channel over the positions (total variance)."""
-    src = m.source
-    mean, var = Moments(src.mean, src.var).expand_rank(len(shape)).values_along(1, shape[1])
-    return np.broadcast_to(var, (shape[1],))
 
 
 def _conv_law(conv: RuleContext, known, of, shape):
@@ -358,7 +237,7 @@ def _conv_law(conv: RuleContext, known, of, shape):
     group = int(conv.attr("group", 1))
     per = cin // group
     eta_x, lam_x, alpha_x = of(x, cin)
-    nu = _var(known[x], cin)
+    nu = channel_var(known[x], cin)
     weight = np.asarray(weight, np.float64).reshape(j, per, -1)
     idx = (np.arange(j) // (j // group))[:, None] * per + np.arange(per)[None]  # [J, I/g]
     share = ((weight**2) * nu[idx][..., None]).sum(axis=2)
@@ -367,8 +246,8 @@ def _conv_law(conv: RuleContext, known, of, shape):
     s = np.bincount(idx.ravel(), b.ravel(), minlength=cin)
     q = np.bincount(idx.ravel(), (b * b).ravel(), minlength=cin)
     seeded = float((lam_x * (s * s - q)).sum() / (j * (j - 1))) if j > 1 else 0.0
-    excess = lam_x - _gaussian_local(known[x], x_shape)
-    lam = _gaussian_local(known[conv.node.output[0]], shape) + (b * b * excess[idx]).sum(axis=1)
+    excess = lam_x - gaussian_local(known[x], x_shape)
+    lam = gaussian_local(known[conv.node.output[0]], shape) + (b * b * excess[idx]).sum(axis=1)
     taps = weight * _inside(conv, x_shape, shape).reshape(1, 1, -1)
     alpha = (taps.sum(axis=2) * alpha_x[idx]).sum(axis=1)
     # alpha is a regression on eps: the seeded part is independent of the offsets
@@ -398,13 +277,13 @@ def _sum_law(known, graph, names, of, shape, gauss, minus=False):
     if any(_shape(graph, n) != shape for n in names):
         return None
     c = shape[1]
-    nu = [_var(known[n], c) for n in names]
+    nu = [channel_var(known[n], c) for n in names]
     total = nu[0] + nu[1]
     share = float(nu[0].sum() / max(float(total.sum()), 1e-300))
     wa = np.where(total > 0, nu[0] / np.where(total > 0, total, 1.0), 0.5)
     (ea, la, aa), (eb, lb, ab) = of(names[0]), of(names[1])
     eta = (share * math.sqrt(ea) + (1 - share) * math.sqrt(eb)) ** 2
-    ga, gb = (_gaussian_local(known[n], shape) for n in names)
+    ga, gb = (gaussian_local(known[n], shape) for n in names)
     return eta, gauss + wa**2 * (la - ga) + (1 - wa) ** 2 * (lb - gb), aa - ab if minus else aa + ab
 
 
@@ -435,6 +314,14 @@ def pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     """dVar per channel that the shared energy adds to a mean over every position of
     ``x = f(z)`` (the node's input 0; module docstring); None where x is not an element-wise
     chain of a Gaussian or nothing is shared."""
+    try:
+        with np.errstate(all="ignore"):
+            return _pooled_shared(ctx, x, tuple(x_shape))
+    except (ValueError, IndexError, KeyError, TypeError, RuleError):
+        return None
+
+
+def _pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     graph, known, name = ctx.graph, ctx.known, ctx.node.input[0]
     if known is None or len(x_shape) < 3 or not _is_chain(graph, ctx, known, name):
         return None
@@ -448,11 +335,11 @@ def pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     eta = found[0] * ((1.0 - 1.0 / max(x_shape[0], 1)) if norms else 1.0)
     c = x_shape[1]
     sig2, wts = mixture_nodes(np.full(c, eta))
-    s_src = np.sqrt(np.maximum(_source_var(x, tuple(x_shape)), 1e-300))
-    shift = found[2] * s_src / np.sqrt(np.maximum(_var(known[base], c), 1e-300))
+    s_src = np.sqrt(np.maximum(source_var(x, tuple(x_shape)), 1e-300))
+    shift = found[2] * s_src / np.sqrt(np.maximum(channel_var(known[base], c), 1e-300))
     means = []
     for s2 in sig2:
-        got = _chain_values(x, tuple(x_shape), s2, shift * (s2 - 1.0))
+        got = chain_values(x, tuple(x_shape), s2, shift * (s2 - 1.0))
         if got is None:
             return None
         means.append(got[1] @ got[0])

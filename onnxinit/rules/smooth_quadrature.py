@@ -42,11 +42,14 @@ def moments_and_amplitudes(fn: Callable, mean: np.ndarray, var: np.ndarray):
     laid out at the tensor's rank), ``a`` ``[8, *shape]``, by the 96-node Gauss-Hermite rule:
     with ``y_i = f(mean + std z_i) - f(mean)`` (shifted against cancellation),
     ``E[f] = f(mean) + sum_i w_i y_i / sum_i w_i``, ``Var[f] = sum_i w_i y_i^2 / sum_i w_i -
-    (E[f] - f(mean))^2`` and ``a_n = sum_i w_i He_n(z_i) (f_i - sum_j w_j f_j)``, as :func:`.gaussian.gaussian_moments` and :func:`onnxinit.mehler.
-    hermite_amplitudes` compute them. None where ``f`` is not finite at some node or returns
-    another shape (the callers' own rules handle those cases)."""
+    (E[f] - f(mean))^2`` and ``a_n = sum_i w_i He_n(z_i) (f_i - sum_j w_j f_j)``, as
+    :func:`.gaussian.gaussian_moments` and :func:`onnxinit.mehler.hermite_amplitudes` compute
+    them. None where ``f`` is not finite at some node or returns another shape, or there are
+    no cells (the callers' own rules handle those cases)."""
     shape = mean.shape
     cells = mean.size
+    if cells == 0:
+        return None
     std = np.sqrt(var)
     with np.errstate(all="ignore"):
         shift = np.asarray(fn(mean[None]), dtype=np.float64)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from onnx import helper
 
 import onnxinit
 from onnxinit.feeds import synthetic_feeds
@@ -33,6 +34,19 @@ from onnxinit.runtime import make_session
 
 RANDOM_OPS = {"RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal",
               "Bernoulli", "Multinomial"}
+
+
+def seeded(model, seed: int = 0):
+    """``model`` with every random op given its own ``seed`` attribute, so that a measurement
+    draws the same stochastic-depth masks each time it runs (onnxruntime seeds each kernel once,
+    at session creation: successive runs of a session still draw new masks). Unseeded, a
+    strict test near its threshold could pass or fail by the draws alone."""
+    for index, node in enumerate(model.graph.node):
+        if node.op_type in RANDOM_OPS:
+            kept = [a for a in node.attribute if a.name != "seed"]
+            del node.attribute[:]
+            node.attribute.extend(kept + [helper.make_attribute("seed", float(seed * 7919 + index))])
+    return model
 
 
 @dataclass
@@ -123,7 +137,7 @@ def measured_moments(graph, tensors: list[str], batch_size: int, runs: int,
                      seed: int = 0, first: dict | None = None) -> dict[str, tuple[float, float]]:
     """(mean, var) of each tensor pooled over ``runs`` batches in one onnxruntime session;
     ``first``, when given, receives each tensor's (shape, var) on the first batch."""
-    session = make_session(measurable_model(graph, tensors), device="cpu")
+    session = make_session(seeded(measurable_model(graph, tensors), seed), device="cpu")
     names = [o.name for o in session.get_outputs()]
     wanted = [n for n in names if n in set(tensors)]
     s1 = dict.fromkeys(wanted, 0.0)

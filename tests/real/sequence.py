@@ -34,7 +34,7 @@ from onnxinit.feeds import synthetic_feeds
 from onnxinit.measure import measurable_model
 from onnxinit.runtime import make_session
 
-from .compare import random_only
+from .compare import random_only, seeded
 from .exports import export_module
 
 
@@ -265,7 +265,7 @@ class Comparison:
 def measured_variances(graph, tensors: list[str], batch_size: int, runs: int) -> dict[str, float]:
     """Variance of each tensor pooled over ``runs`` seeded batches in one onnxruntime session
     (elements that are -inf, an additive mask, left out)."""
-    session = make_session(measurable_model(graph, tensors), device="cpu")
+    session = make_session(seeded(measurable_model(graph, tensors)), device="cpu")
     names = [o.name for o in session.get_outputs()]
     wanted = set(tensors)
     s0, s1, s2 = {}, {}, {}

@@ -8,7 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from onnxinit.cross_channel import sparse_kernel
-from onnxinit.rules.shared_source import BINS, LinearMap, compose_conv, identity_map
+from onnxinit.rules.shared_source import BINS
+from onnxinit.rules.sparse_maps import LinearMap, compose_conv, identity_map
 
 
 def _sparse(rng, c_out, c_in, k, nnz):
