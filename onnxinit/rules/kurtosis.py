@@ -31,14 +31,13 @@ Each tensor is computed once per propagation (memoised on the Moments object it 
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
 from ..moments import Moments
 from .context import RuleContext, RuleError
 from .fusion import common_ancestor
 from .gaussian import compose, composite_rule
+from .on_demand import OnDemandField
 
 # the element-wise ops an element-wise chain (a tensor's source) is built from
 ELEMENTWISE = {"Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Clip", "Elu", "LeakyRelu",
@@ -59,7 +58,7 @@ NODES, WEIGHTS = _T, _W
 # function evaluations
 _TC, _WC = composite_rule(8.0, 24, 4)
 
-_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FIELD = OnDemandField()
 
 
 def mixture_nodes(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,25 +177,8 @@ def law(ctx: RuleContext, tensor: str) -> tuple[float, np.ndarray] | None:
     known, graph = ctx.known, ctx.graph
     if known is None or tensor not in known or _channels(graph, tensor) is None:
         return None
-    memo = _MEMO.setdefault(graph, {})
-
-    def cached(name):
-        hit = memo.get(name)
-        return hit is not None and hit[0] is known.get(name)
-
-    stack = [tensor]
-    while stack:
-        name = stack[-1]
-        if cached(name):
-            stack.pop()
-            continue
-        missing = [d for d in _deps(graph, known, name, ctx) if not cached(d)]
-        if missing:
-            stack.extend(missing)
-            continue
-        memo[name] = (known.get(name), _compute(ctx, name, lambda n: memo[n][1]))
-        stack.pop()
-    return memo[tensor][1]
+    return _FIELD.value(ctx, tensor, lambda name: _deps(graph, known, name, ctx),
+                        lambda name, law_of: _compute(ctx, name, law_of))
 
 
 def _compute(ctx: RuleContext, tensor: str, law_of) -> tuple[float, np.ndarray] | None:

@@ -64,7 +64,6 @@ left alone.
 from __future__ import annotations
 
 import math
-import weakref
 
 import numpy as np
 
@@ -73,10 +72,11 @@ from .context import RuleContext, RuleError
 from .energy_fields import (chain_law, chain_values, channel_var, gaussian_local, positions,
                             source_var)
 from .linear import begin_pads
+from .on_demand import OnDemandField
 from .stationary import stationary
 from .kurtosis import _step, chain_start, mixture_nodes
 
-_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FIELD = OnDemandField()
 _KEEP = {"Identity", "Dropout", "AveragePool", "MaxPool", "Pad"}
 
 
@@ -143,29 +143,14 @@ def law(ctx: RuleContext, tensor: str):
     known, graph = ctx.known, ctx.graph
     if known is None or tensor not in known or _shape(graph, tensor) is None:
         return None
-    memo = _MEMO.setdefault(graph, {})
 
-    def cached(name):
-        hit = memo.get(name)
-        return hit is not None and hit[0] is known.get(name)
-
-    stack = [tensor]
-    while stack:
-        name = stack[-1]
-        if cached(name):
-            stack.pop()
-            continue
+    def deps(name):
         try:
-            deps = _deps(ctx, known, name)
+            return _deps(ctx, known, name)
         except (ValueError, IndexError, KeyError, TypeError):
-            deps = []
-        missing = [d for d in deps if not cached(d) and d not in stack]
-        if missing:
-            stack.extend(missing)
-            continue
-        memo[name] = (known.get(name), _compute(ctx, name, lambda n: memo[n][1]))
-        stack.pop()
-    return memo[tensor][1]
+            return []
+
+    return _FIELD.value(ctx, tensor, deps, lambda name, law_of: _compute(ctx, name, law_of))
 
 
 def _compute(ctx: RuleContext, tensor: str, law_of):
