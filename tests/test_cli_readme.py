@@ -84,7 +84,8 @@ def test_every_option_the_readme_names_exists():
                "--activation", "--lr", "--seeds", "--models", "--threads", "--repeats",
                *TRAINING_BENEFIT_OPTIONS, "--no-sweep-scale-lr",  # argparse's negation
                *GATE_CALIBRATION_OPTIONS,
-               "--size", "--variants", "--runs", "--before", "--torch-check", "--onnx"}  # benchmark scripts' options
+               "--size", "--variants", "--runs", "--before", "--torch-check", "--onnx",
+               "--train-seeds"}  # benchmark scripts' options (metainit_diagnosis.py's last)
     assert sorted(named - known - not_cli) == []
 
 
