@@ -170,6 +170,26 @@ def _inputs_summary(result: Propagation) -> dict[str, dict]:
     return out
 
 
+
+def fallback_warnings(fallbacks) -> list[str]:
+    """One warning per node the empirical fallback measured; nodes of one op type measured for
+    one reason (EfficientNet's stochastic-depth masks: 9 RandomUniformLike, 9 Cast) share one
+    line naming the first and the last, each node logged at -v."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for fb in fallbacks:
+        if fb.kind == EMPIRICAL:
+            groups.setdefault((fb.op, fb.reason), []).append(fb.node)
+    lines = []
+    for (op, reason), nodes in groups.items():
+        for node in nodes:
+            log.info("node %s (%s): analysed by the empirical fallback (%s)", node, op, reason)
+        if len(nodes) == 1:
+            lines.append(f"node {nodes[0]} ({op}): analysed by the empirical fallback ({reason})")
+        else:
+            lines.append(f"{len(nodes)} {op} nodes, {nodes[0]} to {nodes[-1]}: analysed by the "
+                         f"empirical fallback ({reason}; -v lists each)")
+    return lines
+
 def analyze(
     model: str | os.PathLike | onnx.ModelProto | ModelGraph,
     *,
@@ -227,10 +247,7 @@ def analyze(
         if name in measured:
             report.measured_mean, report.measured_var = measured[name]
         tensors.append(report)
-    warnings = list(result.warnings)
-    for fb in result.fallbacks:
-        if fb.kind == EMPIRICAL:
-            warnings.append(f"node {fb.node} ({fb.op}): analysed by the empirical fallback ({fb.reason})")
+    warnings = list(result.warnings) + fallback_warnings(result.fallbacks)
     if (warning := eval_export_warning(graph)) is not None:
         warnings.append(warning)
     gradients = None
