@@ -247,10 +247,7 @@ class ModelGraph(GraphStructure):
         Never on a loaded graph (the root of views), which others share."""
         if self._root is None:
             raise ValueError("take_changes changes a view made by with_changes, not the graph")
-        unknown = [name for name in changes if name not in self.initializers]
-        if unknown:
-            raise InvalidOptionError(
-                f"{', '.join(repr(n) for n in unknown)}: not an initializer of {self.name}")
+        self._require_initializers(changes)
         composed = self._composed(changes)
         fresh = self.downstream_constants(changes)
         for name in fresh:
@@ -259,6 +256,12 @@ class ModelGraph(GraphStructure):
             self._stale = set(self._stale)
         self._stale.update(fresh)
         self._changes.update(composed)
+
+    def _require_initializers(self, names) -> None:
+        unknown = [name for name in names if name not in self.initializers]
+        if unknown:
+            raise InvalidOptionError(
+                f"{', '.join(repr(n) for n in unknown)}: not an initializer of {self.name}")
 
     def _composed(self, changes: Mapping[str, Change]) -> dict[str, Change]:
         """Each change after this view's own change of the same initializer, if any."""
@@ -271,10 +274,7 @@ class ModelGraph(GraphStructure):
         return out
 
     def _view(self, names: Mapping[str, object]) -> ModelGraph:
-        unknown = [name for name in names if name not in self.initializers]
-        if unknown:
-            raise InvalidOptionError(
-                f"{', '.join(repr(n) for n in unknown)}: not an initializer of {self.name}")
+        self._require_initializers(names)
         fresh = self.downstream_constants(names)
         view = copy.copy(self)
         if self._root is None:

@@ -55,6 +55,17 @@ def monte_carlo(
     return dict(zip(names, session.run(names, feeds)))
 
 
+def measured_over_token_ids(model: onnx.ModelProto, names: list[str], vocab: int,
+                            shape: tuple[int, int], batches: int) -> dict[str, float]:
+    """Variance of each of ``names`` pooled over ``batches`` runs of ``model`` on uniform token
+    ids below ``vocab`` (its input "ids", of ``shape``)."""
+    session = make_session(model, device="cpu", optimize=False)
+    rng = np.random.default_rng(1)
+    runs = [session.run(names, {"ids": rng.integers(0, vocab, shape)}) for _ in range(batches)]
+    return {n: float(np.var(np.stack([r[i] for r in runs]).astype(np.float64)))
+            for i, n in enumerate(names)}
+
+
 def predict(model: onnx.ModelProto, moments: Mapping[str, Moments]) -> tuple[ModelGraph, dict]:
     """The propagation's moments for every tensor of ``model`` given input moments."""
     graph = load(model)

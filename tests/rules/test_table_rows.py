@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.graph import load
 from onnxinit.propagate import propagate
-from onnxinit.runtime import make_session
+from tests.oracle import measured_over_token_ids
 
 B, T, D, V, EPS = 64, 32, 32, 64, 1e-5
 
@@ -44,12 +44,8 @@ def _embedding_norm(square: str) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
 
 
-def _measured(model: onnx.ModelProto, names: list[str], batches: int = 32) -> dict[str, float]:
-    session = make_session(model, device="cpu", optimize=False)
-    rng = np.random.default_rng(1)
-    runs = [session.run(names, {"ids": rng.integers(0, V, (B, T))}) for _ in range(batches)]
-    return {n: float(np.var(np.stack([r[i] for r in runs]).astype(np.float64)))
-            for i, n in enumerate(names)}
+def _measured(model: onnx.ModelProto, names: list[str]) -> dict[str, float]:
+    return measured_over_token_ids(model, names, V, (B, T), batches=32)
 
 
 @pytest.mark.parametrize("square", ["pow", "mul"])

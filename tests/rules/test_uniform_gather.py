@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.graph import load
 from onnxinit.propagate import propagate
-from onnxinit.runtime import make_session
+from tests.oracle import measured_over_token_ids
 
 B, T, D, V, PAD, MAX_POS = 16, 32, 16, 100, 1, 64
 
@@ -55,12 +55,8 @@ def _roberta_embeddings() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
 
 
-def _measured(model: onnx.ModelProto, names: list[str], batches: int = 64) -> dict[str, float]:
-    session = make_session(model, device="cpu", optimize=False)
-    rng = np.random.default_rng(1)
-    runs = [session.run(names, {"ids": rng.integers(0, V, (B, T))}) for _ in range(batches)]
-    return {n: float(np.var(np.stack([r[i] for r in runs]).astype(np.float64)))
-            for i, n in enumerate(names)}
+def _measured(model: onnx.ModelProto, names: list[str]) -> dict[str, float]:
+    return measured_over_token_ids(model, names, V, (B, T), batches=64)
 
 
 def test_token_types_gathered_at_computed_positions_are_one_row():
