@@ -34,7 +34,11 @@ SHAPE = (8, 32, 32, 3)
 
 
 def main() -> None:
-    folder = Path(tempfile.mkdtemp())
+    with tempfile.TemporaryDirectory() as scratch:
+        _compare_in(Path(scratch))
+
+
+def _compare_in(folder: Path) -> None:
     x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
     for bn in (False, True):
         keras.utils.set_random_seed(0)

@@ -148,10 +148,11 @@ json.dump({"seconds": seconds, "var": {t.name: t.var for t in analysis.tensors}}
 def predict_with(checkout: str, path: Path, batch_size: int) -> tuple[dict[str, float], float]:
     """Predicted variances of ``path`` by the onnxinit in ``checkout`` (a subprocess), and the
     seconds its analyze took."""
-    out = Path(tempfile.mkdtemp()) / f"{path.stem}.before.json"  # path's folder may be read-only
-    subprocess.run([sys.executable, "-c", _PREDICT, checkout, str(path), str(batch_size),
-                    str(out)], check=True, env={**os.environ, "PYTHONPATH": checkout})
-    data = json.loads(out.read_text())
+    with tempfile.TemporaryDirectory() as scratch:  # path's folder may be read-only
+        out = Path(scratch) / f"{path.stem}.before.json"
+        subprocess.run([sys.executable, "-c", _PREDICT, checkout, str(path), str(batch_size),
+                        str(out)], check=True, env={**os.environ, "PYTHONPATH": checkout})
+        data = json.loads(out.read_text())
     return {k: (float("nan") if v is None else v) for k, v in data["var"].items()}, data["seconds"]
 
 

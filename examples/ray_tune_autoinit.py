@@ -65,16 +65,15 @@ def output_variance(path: str) -> float:
 
 def trainable(config: dict) -> None:
     """One trial: export, initialize with autoinit, (train,) report."""
-    folder = Path(tempfile.mkdtemp(prefix="trial-"))
-    model = export_candidate(config["depth"], config["width"], folder / "candidate.onnx")
-    result = next(rescale_many([str(model)], "autoinit"))
-    if result.status != "ok":
-        tune.report({"output_var": float("nan"), "error": result.error})
-        return
-    tune.report({"output_var": output_variance(result.payload["output"]),
-                 "exported_var": output_variance(str(model)),
-                 "init_seconds": result.seconds})
-
+    with tempfile.TemporaryDirectory(prefix="trial-") as folder:
+        model = export_candidate(config["depth"], config["width"], Path(folder) / "candidate.onnx")
+        result = next(rescale_many([str(model)], "autoinit"))
+        if result.status != "ok":
+            tune.report({"output_var": float("nan"), "error": result.error})
+            return
+        tune.report({"output_var": output_variance(result.payload["output"]),
+                     "exported_var": output_variance(str(model)),
+                     "init_seconds": result.seconds})
 
 def search(storage: str) -> list[dict]:
     """A 2 x 2 grid of depths and widths; one row per trial."""

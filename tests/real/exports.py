@@ -6,13 +6,15 @@ ONNX in training mode exactly as the README says, cached per process.
 ``exported(name, size)`` is the whole API: ``name`` is a key of :data:`BUILDERS` (a function
 of the input size returning ``(module, example input shape without the batch axis)``), ``size``
 the spatial size (images) or sequence length. The batch axis is dynamic. Exports are written to
-one temporary directory per process (``ONNXINIT_EXPORT_CACHE`` names a persistent one instead)
-and reused by every caller.
+one temporary directory per process, removed when the process exits (``ONNXINIT_EXPORT_CACHE``
+names a persistent one instead), and reused by every caller.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -89,19 +91,20 @@ BUILDERS: dict[str, Builder] = {
 }
 
 _CACHE: dict[tuple[str, int], Path] = {}
-_DIRECTORY: Path | None = None
+_DIRECTORIES: dict[str, Path] = {}
 
 
-def _directory() -> Path:
-    global _DIRECTORY
-    if _DIRECTORY is None:
-        named = os.environ.get("ONNXINIT_EXPORT_CACHE")
-        if named:
-            _DIRECTORY = Path(named)
-            _DIRECTORY.mkdir(parents=True, exist_ok=True)
-        else:
-            _DIRECTORY = Path(tempfile.mkdtemp(prefix="onnxinit-exports-"))
-    return _DIRECTORY
+def export_directory(prefix: str = "onnxinit-exports-") -> Path:
+    """The folder exports go to: ``ONNXINIT_EXPORT_CACHE`` when set (kept), otherwise one
+    temporary folder per prefix and process, removed at exit (a CI run exports gigabytes)."""
+    named = os.environ.get("ONNXINIT_EXPORT_CACHE")
+    if named:
+        Path(named).mkdir(parents=True, exist_ok=True)
+        return Path(named)
+    if prefix not in _DIRECTORIES:
+        _DIRECTORIES[prefix] = Path(tempfile.mkdtemp(prefix=prefix))
+        atexit.register(shutil.rmtree, _DIRECTORIES[prefix], ignore_errors=True)
+    return _DIRECTORIES[prefix]
 
 
 def export_module(module, example_shape: tuple[int, ...], path: Path, *,
@@ -138,7 +141,7 @@ def exported(name: str, size: int) -> Path:
     key = (name, size)
     if key in _CACHE:
         return _CACHE[key]
-    path = _directory() / f"{name}_{size}.onnx"
+    path = export_directory() / f"{name}_{size}.onnx"
     if not path.exists():
         import torch
 

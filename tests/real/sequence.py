@@ -20,8 +20,6 @@ measures another checkout of onnxinit (the benchmark's before/after).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ from onnxinit.measure import measurable_model
 from onnxinit.runtime import make_session
 
 from .compare import random_only, seeded
-from .exports import export_module
+from .exports import export_directory, export_module
 
 
 @dataclass(frozen=True)
@@ -207,10 +205,7 @@ def exported(size: str, name: str) -> Path:
     (``ONNXINIT_EXPORT_CACHE`` names a directory that keeps them across processes)."""
     key = (size, name)
     if key not in _CACHE:
-        directory = Path(os.environ.get("ONNXINIT_EXPORT_CACHE") or tempfile.mkdtemp(
-            prefix="onnxinit-sequence-"))
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{name}_{size}.onnx"
+        path = export_directory("onnxinit-sequence-") / f"{name}_{size}.onnx"
         if not path.exists():
             export(SIZES[size][name], path)
         _CACHE[key] = path

@@ -28,7 +28,7 @@ nn = torch.nn
 import onnx  # noqa: E402
 
 import onnxinit  # noqa: E402
-from tests.real.exports import export_module  # noqa: E402
+from tests.real.exports import export_directory, export_module  # noqa: E402
 
 
 class _Block(nn.Module):
@@ -72,7 +72,8 @@ def _predicted_and_measured(module, size: int, watched: list[nn.Module], batch: 
     """(onnxinit's predicted variances of the graph's tensors, PyTorch's measured variance of
     each watched module's output, in call order, the ONNX graph)."""
     torch.manual_seed(0)
-    path = export_module(module, (3, size, size), Path(tempfile.mkdtemp()) / "model.onnx")
+    folder = Path(tempfile.mkdtemp(dir=export_directory()))
+    path = export_module(module, (3, size, size), folder / "model.onnx")
     predicted = {t.name: t.var for t in onnxinit.analyze(path, batch_size=8).tensors}
     measured = []
     hooks = [m.register_forward_hook(
