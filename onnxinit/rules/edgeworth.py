@@ -5,16 +5,16 @@ The moment rules describe a Conv's output as Gaussian. A depthwise Conv sums 9 (
 (5x5) inputs per output, and those inputs are skewed (a HardSwish, ReLU or SiLU of a Gaussian),
 so the output ``z`` of channel j has third and fourth cumulants
 
-    k3_j(r) = sum_{c, t inside at r} W_jct^3 k3_c(class under t)
-    k4_j(r) = sum_{c, t inside at r} W_jct^4 k4_c(class under t)
+    k3_j(r) = sum_{c, t inside at r} W_jct^3 k3_c
+    k4_j(r) = sum_{c, t inside at r} W_jct^4 k4_c
 
 (inputs independent across taps; per position class r, zero padding exact;
-:func:`.linear.conv_tap_sums`), where ``k3_c``, ``k4_c`` are the input's cumulants per cell,
-from its Gaussian and element-wise chain (quadrature). With BatchNorm after the Conv the
-channel is centred and the skewness's effect on a ReLU's variance has either sign, cancelling
-over channels; without it (an eval-mode export: BatchNorm folded into the Conv) the channel
-keeps its mean ``sum_t W_jt E[x]``, whose sign follows the kernel's as the skewness's does, and
-a ReLU after it is systematically wider than the Gaussian's (MobileNetV3-small, the first
+:func:`.linear.conv_tap_sums`), where ``k3_c``, ``k4_c`` are the input's cumulants, from its
+Gaussian and element-wise chain (quadrature, on its interior class). With BatchNorm after
+the Conv the channel is centred and the skewness's effect on a ReLU's variance has either
+sign, cancelling over channels; without it (an eval-mode export: BatchNorm folded into the
+Conv) the channel keeps its mean ``sum_t W_jt E[x]``, whose sign follows the kernel's as the
+skewness's does, and a ReLU after it is systematically wider than the Gaussian's (MobileNetV3-small, the first
 depthwise Conv's ReLU: measured 1.058x the Gaussian value, 1.000x with the measured k3, k4 in
 the expansion below).
 
@@ -41,7 +41,7 @@ import weakref
 import numpy as np
 
 from ..moments import Moments
-from ..spatial import attach
+from ..spatial import attach, class_weights
 from .context import RuleContext, RuleError
 from .elementwise import refinement
 from .gaussian import compose, composite_rule
@@ -74,18 +74,28 @@ def _nodes(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
 
 
 def input_cumulants(x: Moments) -> tuple[np.ndarray, np.ndarray] | None:
-    """(k3, k4) per cell ``[C, K_0, ...]`` of a tensor described as an element-wise chain of a
-    Gaussian (its cells' source), by quadrature; None without a chain."""
+    """(k3, k4) per channel ``[C, 1, ...]`` of a tensor described as an element-wise chain of a
+    Gaussian (its cells' source), by quadrature over the Gaussian of its most frequent position
+    class (the interior: a border cell's own cumulants differ less than its number of taps,
+    which the tap sums keep); None without a chain."""
     cells = x.spatial.cells if x.spatial is not None else x
     src = cells.source
     if src is None or not src.chain:
         return None
     mean, var = np.broadcast_arrays(np.asarray(src.mean, dtype=np.float64),
                                     np.asarray(src.var, dtype=np.float64))
-    if mean.ndim < 2:
+    if mean.ndim < 3:
+        return None
+    mean, var = mean[0], var[0]
+    if x.spatial is not None and mean.shape[1:] == x.spatial.classes:
+        index = np.unravel_index(int(np.argmax(class_weights(x.spatial.maps))),
+                                 x.spatial.classes)
+        pick = (slice(None),) + tuple(slice(i, i + 1) for i in index)
+        mean, var = mean[pick], var[pick]
+    elif any(n > 1 for n in mean.shape[1:]):
         return None
     with np.errstate(all="ignore"):
-        y = np.asarray(compose(src.chain)(_nodes(mean[0], var[0])), dtype=np.float64)
+        y = np.asarray(compose(src.chain)(_nodes(mean, var)), dtype=np.float64)
     if not np.all(np.isfinite(y)):
         return None
     w = _W.reshape((-1,) + (1,) * (y.ndim - 1))

@@ -233,8 +233,8 @@ def conv_tap_sums(ctx: RuleContext, x: Moments, values: np.ndarray, power: int):
     sp = positions(x, x_shape)
     if sp is None:
         return None
-    taps = [window(sp.maps[d], y_shape[2 + d], kernel[d], strides[d], dilations[d], begins[d])[1]
-            for d in range(len(kernel))]
+    taps = [window(sp.maps[d], y_shape[2 + d], kernel[d], strides[d], dilations[d],
+                   begins[d])[1] for d in range(len(kernel))]
     values = np.broadcast_to(values, (x_shape[1],) + sp.classes)
     sums, _ = _conv_cells(values, np.zeros_like(values), w**power, np.zeros(w.shape[0]),
                           ctx.attr("group", 1), taps)

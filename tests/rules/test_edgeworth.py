@@ -32,7 +32,8 @@ def _depthwise_model(act: str, kernel: int, stride: int) -> tuple:
                          strides=[stride, stride]),
     ]
     if act == "SiLU":  # the dynamo exporter's SiLU: x * Sigmoid(x)
-        nodes += [helper.make_node("Sigmoid", ["z"], ["s"]), helper.make_node("Mul", ["z", "s"], ["y"])]
+        nodes += [helper.make_node("Sigmoid", ["z"], ["s"]),
+                  helper.make_node("Mul", ["z", "s"], ["y"])]
     else:
         nodes.append(helper.make_node(act, ["z"], ["y"]))
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [N, C, SIDE, SIDE])
