@@ -14,9 +14,9 @@ Gaussian and element-wise chain (quadrature, on its interior class). With BatchN
 the Conv the channel is centred and the skewness's effect on a ReLU's variance has either
 sign, cancelling over channels; without it (an eval-mode export: BatchNorm folded into the
 Conv) the channel keeps its mean ``sum_t W_jt E[x]``, whose sign follows the kernel's as the
-skewness's does, and a ReLU after it is systematically wider than the Gaussian's (MobileNetV3-small, the first
-depthwise Conv's ReLU: measured 1.058x the Gaussian value, 1.000x with the measured k3, k4 in
-the expansion below).
+skewness's does, and a ReLU after it is systematically wider than the Gaussian's
+(MobileNetV3-small, the first depthwise Conv's ReLU: measured 1.058x the Gaussian value,
+1.000x with the measured k3, k4 in the expansion below).
 
 For ``y = g(z)`` (``g`` the chain of element-wise functions from ``z``: the tensor's source),
 ``z = m + s t``, the Edgeworth density ``phi(t) (1 + gamma/6 He3(t) + kappa/24 He4(t)
