@@ -155,8 +155,9 @@ def eval_export_warning(graph: ModelGraph) -> str | None:
             f"BatchNormalization was folded into {fused} node(s) by the exporter (their metadata "
             "names the onnxscript rewrite rule FuseBatchNormInto...: torch.onnx.export with "
             "dynamo=True does this in training mode too), which at initialization is a different "
-            "function from the network being trained; export with dynamo=False and "
-            "training=torch.onnx.TrainingMode.TRAINING"
+            "function from the network being trained; export with "
+            "training=torch.onnx.TrainingMode.TRAINING and optimize=False (the dynamo exporter "
+            "then keeps BatchNormalization) or dynamo=False"
         )
     ops = {graph.node(n).op_type for n in graph.order}
     if ops & NORMALIZATION_OPS:
