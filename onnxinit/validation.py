@@ -186,10 +186,10 @@ def unknown_default_op(model: onnx.ModelProto) -> str | None:
     if not unknown:
         return None
     reason = _refused_by_onnxruntime(without_large_data(model))
-    if reason is None or "No Op registered" not in reason:
+    if reason is None or not ("No Op registered" in reason or "op_type" in reason):
         return None
-    return (f"no op {', '.join(unknown)} in the default ONNX domain, and onnxruntime has none "
-            f"either")
+    named = ", ".join(op or "with an empty op_type" for op in unknown)
+    return f"no op {named} in the default ONNX domain, and onnxruntime has none either"
 
 
 def inconsistency(model: onnx.ModelProto) -> str | None:

@@ -212,3 +212,9 @@ def test_op_that_neither_onnx_nor_onnxruntime_knows_is_refused(tmp_path, capsys)
         code, _, err = run_cli(command, capsys)
         assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert "no op FooBar in the default ONNX domain" in err
+
+
+def test_node_with_an_empty_op_type_is_refused():
+    model = make_model([helper.make_node("", ["x"], ["y"])], [X], [Y])
+    with pytest.raises(ModelLoadError, match="empty op_type"):
+        analyze(model)
