@@ -50,7 +50,8 @@ from .passes import (
 )
 from .plan import Change, changed_values
 from .structure import GraphStructure
-from .validation import check_initializers, check_structure, inconsistency
+from .validation import (check_initializers, check_structure, inconsistency, unknown_default_op,
+                         weight_mismatch)
 
 log = logging.getLogger("onnxinit")
 
@@ -87,6 +88,9 @@ class ModelGraph(GraphStructure):
             raise ModelLoadError(f"{self.name}: the model imports no default-domain opset")
         check_structure(model, self.name)
         check_initializers(model, self.name)
+        unknown = unknown_default_op(model)
+        if unknown:
+            raise ModelLoadError(f"{self.name}: not a valid ONNX model: {unknown}")
         known = onnx.defs.onnx_opset_version()
         if self.opset > known:
             self.warnings.append(
@@ -110,6 +114,10 @@ class ModelGraph(GraphStructure):
         self._classify_tensors()
         self._refine_shapes()
         self._fill_missing_shapes()
+        mismatch = weight_mismatch(self.model.graph.node, self.shapes,
+                                   {n: tuple(t.dims) for n, t in self.initializers.items()})
+        if mismatch:
+            raise ModelLoadError(f"{self.name}: not a valid ONNX model: {mismatch}")
 
     # construction steps -----------------------------------------------------------------------
 
