@@ -60,6 +60,13 @@ def _floor(ctx: RuleContext, node) -> float | None:
     return None
 
 
+def is_unit_rows(ctx: RuleContext) -> bool:
+    """The node is ``Div(x, max(ReduceL2(x, last axis), eps))``."""
+    node = ctx.node
+    return (node.op_type == "Div" and len(node.input) == 2
+            and _norm_of(ctx, node.input[1], _strip(ctx, node.input[0])) is not None)
+
+
 def _norm_of(ctx: RuleContext, name: str, x: str) -> float | None:
     """eps when ``name`` is ``max(ReduceL2(x over the last axis, keepdims), eps)``, broadcast
     back by Expand (Cast/Identity allowed), else None."""
@@ -133,4 +140,4 @@ def unit_rows(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.ndarr
     return out_mean, np.maximum(out_second - out_mean**2, 0.0)
 
 
-__all__ = ["unit_rows"]
+__all__ = ["is_unit_rows", "unit_rows"]
