@@ -51,7 +51,7 @@ import numpy as np
 
 from .. import correlation as corr_model
 from ..moments import Moments
-from ..spatial import attach
+from ..spatial import attach, positions
 from .context import RuleContext
 from .correlations import chain_amplitudes
 from .kurtosis import chain_start
@@ -453,11 +453,13 @@ def onto_map(ctx: RuleContext, out: Moments) -> Moments:
     rho = corr_model.independent(c, sizes).rho
     rho = np.where(rho == 1.0, 1.0, floor)  # every pair of distinct positions alike
     field_corr = corr_model.Correlation(rho, np.full(c, floor))
-    cells = out.expand_rank(len(shape))
-    if cells.rank != len(shape) and not cells.is_scalar:
+    sp = positions(out, shape)  # per-position means (a token's bias) keep their classes
+    if sp is None:
         return out
-    maps = [np.zeros(s, dtype=np.int64) for s in sizes]
-    return attach(cells, maps, field_corr)
+    try:
+        return attach(sp.cells, sp.maps, field_corr)
+    except (ValueError, IndexError):
+        return out
 
 
 __all__ = ["correlation", "onto_map", "reshape_roles", "share"]

@@ -24,12 +24,21 @@ def _attention(prefix, t, rng, nodes, consts):
     for w in ("q", "k", "v", "o"):
         consts[f"{prefix}w{w}"] = rng.standard_normal((C, C)) / np.sqrt(C)
     consts[f"{prefix}scale"] = np.array(1 / C)
+    # a bias of the values and a relative-position bias of the logits: the output's mean
+    # differs from position to position
+    consts[f"{prefix}bias"] = rng.standard_normal(C) * 0.5
+    tokens = 16
+    consts[f"{prefix}rel"] = rng.standard_normal((tokens, tokens)) * 0.5
     for w in ("q", "k", "v"):
-        nodes.append(helper.make_node("MatMul", [t, f"{prefix}w{w}"], [f"{prefix}{w}"]))
+        nodes.append(helper.make_node("MatMul", [t, f"{prefix}w{w}"], [f"{prefix}{w}0"]))
     nodes += [
+        helper.make_node("Identity", [f"{prefix}q0"], [f"{prefix}q"]),
+        helper.make_node("Identity", [f"{prefix}k0"], [f"{prefix}k"]),
+        helper.make_node("Add", [f"{prefix}v0", f"{prefix}bias"], [f"{prefix}v"]),
         helper.make_node("Mul", [f"{prefix}q", f"{prefix}scale"], [f"{prefix}qs"]),
-        helper.make_node("Einsum", [f"{prefix}qs", f"{prefix}k"], [f"{prefix}logits"],
+        helper.make_node("Einsum", [f"{prefix}qs", f"{prefix}k"], [f"{prefix}logits0"],
                          equation="bgic,bgjc->bgij"),
+        helper.make_node("Add", [f"{prefix}logits0", f"{prefix}rel"], [f"{prefix}logits"]),
         helper.make_node("Softmax", [f"{prefix}logits"], [f"{prefix}p"], axis=-1),
         helper.make_node("Einsum", [f"{prefix}p", f"{prefix}v"], [f"{prefix}pv"],
                          equation="bgij,bgjc->bgic"),
@@ -151,4 +160,5 @@ def test_grid_attention_and_the_pool_after_it():
                                rtol=0.15)
     np.testing.assert_allclose(np.mean(result.moments["y"].var),
                                out["y"].astype(np.float64).var(axis=0).mean(), rtol=0.15)
+
 
