@@ -41,7 +41,8 @@ Rules (each exact under its stated assumption):
 Correlation across channels is carried where weights are sparse and structured (``cross``,
 :mod:`onnxinit.cross_channel`); elsewhere it is not modelled, nor is correlation across samples
 (BatchNorm's batch statistics), the change of correlation near the border, and anything after
-a layout op that moves positions (Reshape, Transpose, Resize), where it is dropped.
+a layout op that moves positions (Reshape, Transpose, Resize), where it is dropped (a stretch
+that puts the positions back carries what a global mean reads: rules/position_share.py).
 """
 
 from __future__ import annotations

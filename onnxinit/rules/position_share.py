@@ -51,7 +51,7 @@ import numpy as np
 
 from .. import correlation as corr_model
 from ..moments import Moments
-from ..spatial import attach, positions
+from ..spatial import attach
 from .context import RuleContext
 from .correlations import chain_amplitudes
 from .kurtosis import chain_start
@@ -61,6 +61,8 @@ _FIELD = OnDemandField()
 _LAYOUT = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout",
            "Cast"}
 _CONST_MAPS = {"Add", "Sub", "Mul", "Div"}
+_HANDLED = _LAYOUT | _CONST_MAPS | {"Slice", "Split", "BatchNormalization", "LayerNormalization",
+                                    "MatMul", "Gemm", "Einsum"}
 _TO_SOFTMAX = {"Identity", "Dropout", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze"}
 
 
@@ -189,7 +191,7 @@ def _deps(ctx: RuleContext, tensor: str) -> list[str]:
     signals = _signals(graph, known, node)
     if node.op_type in ("MatMul", "Einsum") and len(signals) == 2:
         return [n for n in signals if not _from_softmax(graph, n)][:1]
-    return signals[:2]
+    return signals[:2] if node.op_type in _HANDLED else []
 
 
 def share(ctx: RuleContext, tensor: str):
@@ -453,13 +455,17 @@ def onto_map(ctx: RuleContext, out: Moments) -> Moments:
     rho = corr_model.independent(c, sizes).rho
     rho = np.where(rho == 1.0, 1.0, floor)  # every pair of distinct positions alike
     field_corr = corr_model.Correlation(rho, np.full(c, floor))
-    sp = positions(out, shape)  # per-position means (a token's bias) keep their classes
-    if sp is None:
-        return out
+    # per-position means (a relative-position bias) pooled into the channel's variance:
+    # position classes on the whole map would make every later rule per class (5x the
+    # analysis time on MaxViT), and the BatchNorm that reads the map pools them anyway
     try:
-        return attach(sp.cells, sp.maps, field_corr)
-    except (ValueError, IndexError):
+        mean, var = (np.broadcast_to(a, (c,)) for a in
+                     out.expand_rank(len(shape)).values_along(1, c))
+    except ValueError:
         return out
+    cell = (1, c) + (1,) * len(sizes)
+    maps = [np.zeros(s, dtype=np.int64) for s in sizes]
+    return attach(Moments(mean.reshape(cell), var.reshape(cell)), maps, field_corr)
 
 
 __all__ = ["correlation", "onto_map", "reshape_roles", "share"]
