@@ -17,6 +17,7 @@ from ..moments import Moments
 from .context import RuleError
 
 _GRID_CAP = 1 << 22
+PADDED_CAP = 1 << 18  # statistics kept by a tensor that holds exact padding (holds_padding)
 
 
 def scalar_of(x: Moments) -> Moments:
@@ -156,4 +157,26 @@ def reshape_moments(x: Moments, in_shape, out_shape) -> Moments:
     return drop_constant_axes(values[0].reshape(shape), values[1].reshape(shape))
 
 
-__all__ = ["drop_constant_axes", "full_grid", "reshape_is_exact", "reshape_moments", "scalar_of"]
+
+
+def holds_padding(m: Moments) -> bool:
+    """Some indices of a tracked axis are exactly constant (variance 0 at every index of the
+    other axes) and others are not: padding (a zero-padded window's tokens), which pooling
+    that axis would turn into variance. Such a tensor keeps up to ``PADDED_CAP`` statistics,
+    so that its other axes (the features, whose means the tokens share) need not be pooled
+    either."""
+    var = np.asarray(m.var)
+    if var.ndim == 0 or var.size <= 1 or var.size > PADDED_CAP:
+        return False
+    exact = var == 0
+    for axis in range(var.ndim):
+        if var.shape[axis] > 1:
+            others = tuple(a for a in range(var.ndim) if a != axis)
+            constant = exact.all(axis=others) if others else exact
+            if constant.any() and not constant.all():
+                return True
+    return False
+
+
+__all__ = ["PADDED_CAP", "drop_constant_axes", "full_grid", "holds_padding", "reshape_is_exact",
+           "reshape_moments", "scalar_of"]
