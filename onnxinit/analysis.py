@@ -125,6 +125,22 @@ def _own_parameters(weight: str, bias: str) -> bool:
     return match is not None and bias in (f"{match['layer']}.bias", f"{match['layer']}/bias")
 
 
+_REWRITE_RULE = "pkg.onnxscript.rewriter.rule_name"  # torch.onnx's dynamo exporter's optimizer
+
+
+def _fused_by_exporter(graph: ModelGraph) -> int:
+    """How many nodes the exporter's optimizer wrote by folding a BatchNormalization into them:
+    torch.onnx's dynamo exporter records the onnxscript rewrite rule it applied
+    (``FuseBatchNormIntoConv``, ``...IntoGemm``) in each node's metadata, and it folds with
+    ``training=TRAINING`` too, keeping the layer's own weight names (so the zero-bias reading
+    below cannot see it: the zero bias is dropped)."""
+    return sum(
+        any(p.key == _REWRITE_RULE and "FuseBatchNormInto" in p.value
+            for p in graph.node(n).metadata_props)
+        for n in graph.order
+    )
+
+
 def eval_export_warning(graph: ModelGraph) -> str | None:
     """An eval-mode export of a normalised convnet has its BatchNormalization folded into the
     convolutions: at initialization that leaves Convs whose bias is all zeros (the folded shift
@@ -133,6 +149,16 @@ def eval_export_warning(graph: ModelGraph) -> str | None:
     replaced: autoinit, the classic schemes and idinit zero biases) or when the layer's weight
     and bias keep its parameters' own names (nothing was folded into them; e.g. a network
     whose init zeroes its biases)."""
+    fused = _fused_by_exporter(graph)
+    if fused:
+        return (
+            f"BatchNormalization was folded into {fused} node(s) by the exporter (their metadata "
+            "names the onnxscript rewrite rule FuseBatchNormInto...: torch.onnx.export with "
+            "dynamo=True does this in training mode too), which at initialization is a different "
+            "function from the network being trained; export with "
+            "training=torch.onnx.TrainingMode.TRAINING and optimize=False (the dynamo exporter "
+            "then keeps BatchNormalization) or dynamo=False"
+        )
     ops = {graph.node(n).op_type for n in graph.order}
     if ops & NORMALIZATION_OPS:
         return None

@@ -109,13 +109,20 @@ def tensor_gradients(propagation: Propagation, loss: str = "cross_entropy",
     graph = propagation.graph
     forward = propagation.moments
     head = _head_output(propagation, output)
+    head_shape = graph.shape(head)
+    if head_shape is None:
+        raise InvalidOptionError(f"{graph.name}: output {head!r} has no static shape, so no "
+                                 f"loss can be put on it; choose another with --output")
     batch = _batch(propagation)
+    warnings: list[str] = []
+    if len(head_shape) == 0:
+        warnings.append(f"output {head!r} is a scalar: taken as the loss itself (dL/d{head} = 1)")
+        loss = "self"
     contributions: dict[str, list[Gradient]] = {
-        head: [loss_gradient(loss, forward[head], graph.shape(head))]}
+        head: [loss_gradient(loss, forward[head], head_shape)]}
     rules = {head: f"loss:{loss}"}
     done: dict[str, Gradient] = {}
     params: dict[tuple[str, str, int], Gradient] = {}
-    warnings: list[str] = []
     for node_id in reversed(graph.order):
         if graph.is_shape_node(node_id):
             continue

@@ -95,8 +95,8 @@ def _head(loss: str, output: str):
         return UnitGradient(output=output)
     if loss == "cross_entropy":
         return "cross_entropy"
-    if loss == "mse":
-        return "mse"
+    if loss in ("mse", "output"):
+        return loss
     raise InvalidOptionError(f"loss must be one of cross_entropy, mse, unit, not {loss!r}")
 
 
@@ -115,8 +115,10 @@ def measure_gradients(
     output = output or graph.output_names[0]
     model, probes = probed_model(graph, tensors)
     parameters = [name for name in float_parameters(graph.model)]
-    head = _head(loss, output)
     out_shape = graph.shape(output)
+    if out_shape is not None and len(out_shape) == 0:
+        loss = "output"  # a scalar output is the loss itself, as the prediction takes it
+    head = _head(loss, output)
     label_shape = tuple(out_shape[:-1]) if loss == "cross_entropy" else tuple(out_shape)
     program = GradientProgram(model, graph.input_shapes, loss=head, output=output,
                               wrt=[*probes.values(), *parameters], label_shape=label_shape,
@@ -125,7 +127,9 @@ def measure_gradients(
     rng = np.random.default_rng([seed, 15])
     for b in range(batches):
         feeds = synthetic_feeds(graph, seed=seed + b, stats=stats)
-        if loss == "cross_entropy":
+        if loss == "output":
+            labels = None
+        elif loss == "cross_entropy":
             labels = rng.integers(0, out_shape[-1], size=label_shape)
         else:
             labels = rng.standard_normal(label_shape)

@@ -44,7 +44,8 @@ def _batch_shape(graph: ModelGraph, name: str, batch_size: int) -> tuple[int, ..
         raise InvalidOptionError(f"input {name!r} is a scalar; it has no batch axis to draw from")
     declared = next((i for i in graph.model_inputs() if i.name == name), None)
     dims = declared.type.tensor_type.shape.dim if declared is not None else []
-    if dims and dims[0].HasField("dim_value") and dims[0].dim_value not in (0, batch_size):
+    if dims and dims[0].HasField("dim_value") and dims[0].dim_value not in (batch_size,) \
+            and dims[0].dim_value > 0:  # 0 or -1: written by some exporters for a dynamic axis
         raise InvalidOptionError(
             f"input {name!r} has a fixed batch size {dims[0].dim_value}; use "
             f"--batch-size {dims[0].dim_value}, not {batch_size}"

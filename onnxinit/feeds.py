@@ -52,9 +52,9 @@ def synthetic_feeds(
         dtype = onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1))
         if np.issubdtype(dtype, np.floating):
             mean, var = stats.get(name, (0.0, 1.0))
-            feeds[name] = (rng.standard_normal(shape) * np.sqrt(var) + mean).astype(dtype)
+            feeds[name] = np.asarray(rng.standard_normal(shape) * np.sqrt(var) + mean, dtype)
         elif (vocab := vocab_size(graph, name)) is not None:
-            feeds[name] = rng.integers(0, vocab, size=shape).astype(dtype)
+            feeds[name] = np.asarray(rng.integers(0, vocab, size=shape), dtype)
         elif dtype == np.bool_ or "mask" in name.lower():
             feeds[name] = np.ones(shape, dtype=dtype)
         else:

@@ -14,6 +14,7 @@ a view's maker may change that view (:meth:`ModelGraph.take_changes`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -49,7 +50,8 @@ from .passes import (
 )
 from .plan import Change, changed_values
 from .structure import GraphStructure
-from .validation import check_initializers, check_structure, inconsistency
+from .validation import (check_initializers, check_structure, inconsistency, unknown_default_op,
+                         weight_mismatch)
 
 log = logging.getLogger("onnxinit")
 
@@ -86,6 +88,9 @@ class ModelGraph(GraphStructure):
             raise ModelLoadError(f"{self.name}: the model imports no default-domain opset")
         check_structure(model, self.name)
         check_initializers(model, self.name)
+        unknown = unknown_default_op(model)
+        if unknown:
+            raise ModelLoadError(f"{self.name}: not a valid ONNX model: {unknown}")
         known = onnx.defs.onnx_opset_version()
         if self.opset > known:
             self.warnings.append(
@@ -109,6 +114,10 @@ class ModelGraph(GraphStructure):
         self._classify_tensors()
         self._refine_shapes()
         self._fill_missing_shapes()
+        mismatch = weight_mismatch(self.model.graph.node, self.shapes,
+                                   {n: tuple(t.dims) for n, t in self.initializers.items()})
+        if mismatch:
+            raise ModelLoadError(f"{self.name}: not a valid ONNX model: {mismatch}")
 
     # construction steps -----------------------------------------------------------------------
 
@@ -256,6 +265,38 @@ class ModelGraph(GraphStructure):
             self._stale = set(self._stale)
         self._stale.update(fresh)
         self._changes.update(composed)
+
+    @contextlib.contextmanager
+    def trying(self, changes: Mapping[str, Change]):
+        """Within the block, this view reads as :meth:`with_changes` would make it; afterwards
+        it is as before. For the one caller that made the view and alone reads it (autoinit's
+        ``--keep-bias`` tries three scales of each layer's weight): the cost is that of the
+        changed tensors and the constants computed from them, where a new view per try copied
+        the tables of every change before it (quadratic in depth)."""
+        if self._root is None:
+            raise ValueError("trying changes a view made by with_changes, not the graph")
+        self._require_initializers(changes)
+        composed = self._composed(changes)
+        fresh = self.downstream_constants(changes)
+        saved_values = {name: self._values.pop(name) for name in fresh if name in self._values}
+        saved_changes = {name: self._changes.get(name) for name in composed}
+        if not isinstance(self._stale, set):
+            self._stale = set(self._stale)
+        added = fresh - self._stale
+        self._stale.update(added)
+        self._changes.update(composed)
+        try:
+            yield self
+        finally:
+            for name in fresh:
+                self._values.pop(name, None)
+            self._values.update(saved_values)
+            self._stale.difference_update(added)
+            for name, change in saved_changes.items():
+                if change is None:
+                    self._changes.pop(name, None)
+                else:
+                    self._changes[name] = change
 
     def _require_initializers(self, names) -> None:
         unknown = [name for name in names if name not in self.initializers]

@@ -7,11 +7,16 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
+from onnx import TensorProto
 
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, UnsupportedModelError
 from .graph import ModelGraph
 from .passes import batch_statistics, fixed_dropout, set_input_shapes, with_outputs
 from .runtime import make_session
+
+
+# what onnxruntime hands back as numpy arrays (bfloat16 and the float8 types it cannot)
+_NUMPY_FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
 
 
 def measurable_model(graph: ModelGraph, tensors: Iterable[str]) -> onnx.ModelProto:
@@ -72,17 +77,29 @@ def measure(
     """Measured (mean, var) over every element of each tensor, on ``feeds``, with training
     semantics: BatchNormalization on batch statistics; Dropout is identity (even with
     ``training_mode=True``), as in the analysis by default. Elements that are -inf (an
-    attention mask written with -inf) are left out, as the predictions leave them out."""
-    tensors = list(tensors if tensors is not None else graph.float_activations())
+    attention mask written with -inf) are left out, as the predictions leave them out; so are
+    tensors of a float type numpy cannot hold (bfloat16, float8) and tensors of one element.
+    UnsupportedModelError when onnxruntime cannot run the model."""
+    tensors = [t for t in (tensors if tensors is not None else graph.float_activations())
+               if graph.dtypes.get(t, TensorProto.FLOAT) in _NUMPY_FLOATS]
     model = measurable_model(graph, [t for t in tensors if t not in graph.input_names])
-    session = make_session(model, device=device)
-    names = [o.name for o in session.get_outputs()]
-    values = dict(zip(names, session.run(names, dict(feeds))))
+    try:
+        session = make_session(model, device=device)
+        names = [o.name for o in session.get_outputs()]
+        values = dict(zip(names, session.run(names, dict(feeds))))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
+        if isinstance(exc, MemoryError):
+            raise
+        raise UnsupportedModelError(
+            f"{graph.name}: onnxruntime cannot run this model, so nothing can be measured: "
+            f"{' '.join(str(exc).split())[:300]}") from exc
     values.update({k: v for k, v in feeds.items() if k in graph.input_names})
     out = {}
     for name in tensors:
         if name in values:
             v = np.asarray(values[name], dtype=np.float64)
+            if v.size < 2:  # one draw has no spread: there is nothing to compare with
+                continue
             masked = np.isneginf(v)
             if masked.any() and not masked.all():  # an attention mask written with -inf:
                 v = v[~masked]  # the moments of the other elements, as in Moments.total

@@ -88,7 +88,8 @@ def analysis_summary(analysis: Analysis) -> str:
     tensors = analysis.tensors
     if not tensors:
         return "no float activations"
-    last = tensors[-1]
+    by_name = {t.name: t for t in tensors}  # the first float output, not the last node's
+    last = next((by_name[o] for o in analysis.graph.output_names if o in by_name), tensors[-1])
     exploding = [t for t in tensors if t.flag == "exploding"]
     vanishing = [t for t in tensors if t.flag == "vanishing"]
     # growth is relative to the float inputs' variance; token ids have none to compare with

@@ -8,8 +8,13 @@ Two checks:
   would notice, since a rule cannot tell a missing input from an unknown one.
 - data (:func:`check_initializers`): each initializer holds as many bytes (or values) as its
   shape and element type need (a truncated tensor would otherwise be reshaped wrongly or
-  skipped). An op of the default domain that onnx does not know is not refused: onnxruntime
-  registers contrib ops there (SimplifiedLayerNormalization), which the fallback runs.
+  skipped).
+- unknown ops (:func:`unknown_default_op`): an op of the default domain that onnx does not
+  know is refused only when onnxruntime does not know it either: onnxruntime registers contrib
+  ops there (SimplifiedLayerNormalization), which the fallback runs.
+- weights (:func:`weight_mismatch`): a Conv or ConvTranspose whose constant weight does not fit
+  its input's channels or its own ``kernel_shape``. Neither onnx's inference nor onnxruntime's
+  session creation checks this; onnxruntime fails only when the node runs.
 - consistency (:func:`inconsistency`): an op that cannot compute its output from its inputs'
   shapes, types or count, or with an attribute out of range, as onnx's strict shape inference
   says (a MatMul of incompatible dimensions, an Add of float and int64). Strict
@@ -116,12 +121,75 @@ def check_initializers(model: onnx.ModelProto, name: str) -> None:
                 f"{dims} of {TensorProto.DataType.Name(tensor.data_type).lower()} needs {needed}")
 
 
+def _attribute(node: onnx.NodeProto, name: str, default):
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+def weight_mismatch(nodes, shapes: dict, constants: dict) -> str | None:
+    """Why a Conv/ConvTranspose of ``nodes`` cannot run with its constant weight, or None:
+    Conv's weight ``[M, C/group, k...]`` and ConvTranspose's ``[C, M/group, k...]`` must match
+    the input's ``C`` (axis 1), and ``kernel_shape``, when given, the weight's ``k``.
+    ``shapes``: tensor -> static shape; ``constants``: initializer name -> dims."""
+    for index, node in enumerate(nodes):
+        if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
+            continue
+        x, w = shapes.get(node.input[0]), constants.get(node.input[1])
+        if w is None or len(w) < 3:
+            continue
+        label = f"node {node.name or f'{node.op_type}_{index}'!r} ({node.op_type})"
+        kernel = _attribute(node, "kernel_shape", None)
+        if kernel is not None and list(kernel) != list(w[2:]):
+            return (f"{label}: kernel_shape {list(kernel)} but its weight {node.input[1]!r} "
+                    f"has kernel {list(w[2:])}")
+        channels = x[1] if x is not None and len(x) > 1 and isinstance(x[1], int) else None
+        if channels is None:
+            continue
+        group = int(_attribute(node, "group", 1))
+        expected = w[1] * group if node.op_type == "Conv" else w[0]
+        if expected != channels:
+            return (f"{label}: its input {node.input[0]!r} has {channels} channels but its weight "
+                    f"{node.input[1]!r} of shape {'x'.join(map(str, w))} (group {group}) reads "
+                    f"{expected}")
+    return None
+
+
 # what strict inference says when an op cannot compute anything from its inputs (their shapes,
 # types or count, or an attribute out of range): the analysis would predict a tensor that
 # cannot exist. Other complaints (a training-mode BatchNormalization whose statistics outputs
 # a tool pruned, a declared output type) leave the computation defined: analysed.
 _UNCOMPUTABLE = ("Incompatible dimensions", "inconsistent type", "bound to different types",
                  "not in range", "must be in", "Dimension mismatch")
+
+
+def _refused_by_onnxruntime(light: onnx.ModelProto) -> str | None:
+    ort = onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        # large initializers are graph inputs in ``light``: no weight is read
+        ort.InferenceSession(light.SerializeToString(), options,
+                             providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
+        return " ".join(str(exc).split())
+    return None
+
+
+def unknown_default_op(model: onnx.ModelProto) -> str | None:
+    """The first op of the default domain in ``model``'s main graph that neither onnx nor
+    onnxruntime knows, or None (no session is made unless onnx does not know an op)."""
+    unknown = sorted({n.op_type for n in model.graph.node
+                      if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)})
+    if not unknown:
+        return None
+    reason = _refused_by_onnxruntime(without_large_data(model))
+    if reason is None or not ("No Op registered" in reason or "op_type" in reason):
+        return None
+    named = ", ".join(op or "with an empty op_type" for op in unknown)
+    return f"no op {named} in the default ONNX domain, and onnxruntime has none either"
 
 
 def inconsistency(model: onnx.ModelProto) -> str | None:
@@ -137,17 +205,8 @@ def inconsistency(model: onnx.ModelProto) -> str | None:
         return None
     if not any(phrase in reason for phrase in _UNCOMPUTABLE):
         return None
-    ort = onnxruntime()
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        # large initializers are graph inputs in ``light``: no weight is read
-        ort.InferenceSession(light.SerializeToString(), options,
-                             providers=["CPUExecutionProvider"])
-    except Exception:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
-        return reason
-    return None
+    return reason if _refused_by_onnxruntime(light) else None
 
 
-__all__ = ["check_initializers", "check_structure", "inconsistency"]
+__all__ = ["check_initializers", "check_structure", "inconsistency", "unknown_default_op",
+           "weight_mismatch"]

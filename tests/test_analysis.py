@@ -112,3 +112,39 @@ def test_truncated_sample_model(tmp_path, capsys):
     path.write_bytes(data[: len(data) // 2])
     code, _, err = run(["analyze", path], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def _dynamo_like_convnet(rule_name: str | None):
+    """Three bias-free Convs + ReLU with the layers' own weight names, as torch.onnx's dynamo
+    exporter writes a Conv + BatchNorm network (it folds the BatchNorm, drops the zero bias and
+    records the onnxscript rewrite rule in the node's metadata); ``rule_name`` None: no record
+    (a network whose Convs simply have no bias)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.models import make_model
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(3):
+        w = f"features.{i}.0.weight"
+        inits.append(numpy_helper.from_array(
+            (rng.standard_normal((4, 4, 3, 3)) * 0.2).astype(np.float32), w))
+        conv = helper.make_node("Conv", [x, w], [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}")
+        if rule_name is not None:
+            entry = conv.metadata_props.add()
+            entry.key, entry.value = "pkg.onnxscript.rewriter.rule_name", rule_name
+        nodes += [conv, helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8])]
+    outputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)]
+    return make_model(nodes, inputs, outputs, inits)
+
+
+def test_batchnorm_folded_by_the_dynamo_exporter_is_named():
+    """torch.onnx.export(dynamo=True) folds BatchNorm into the Convs even in training mode and
+    keeps the weights' names (the zero-bias evidence is gone); its metadata says so."""
+    folded = analyze(_dynamo_like_convnet("RemoveOptionalBiasFromConv, FuseBatchNormIntoConv"))
+    assert any("folded into 3 node(s) by the exporter" in w for w in folded.warnings)
+    plain = analyze(_dynamo_like_convnet(None))
+    assert not any("folded" in w for w in plain.warnings)

@@ -209,3 +209,23 @@ def test_rules_have_a_header_whole_names_and_formulas(capsys):
     assert code == 0 and "Var_j(p) = sum" in out  # the conv rule's docstring formula
     code, out, err = run(["rules", "NoSuchOp"], capsys)
     assert code == 2 and "no rule for NoSuchOp" in err
+
+
+def test_summary_names_the_graph_output_not_the_last_node(tmp_path, capsys):
+    # a node whose output nothing reads comes last in the order; the summary named it
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.models import make_model
+
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32) * 3, "w")
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"]),
+                        helper.make_node("Relu", ["x"], ["unused"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 4])], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    code, out, _ = run(["analyze", path], capsys)
+    (summary,) = [line for line in out.splitlines() if "float tensors; output" in line]
+    assert code == 0 and "output 'y' var 9 " in summary, summary

@@ -143,21 +143,22 @@ def test_if_node_is_opaque_and_warned():
 
 
 def test_fallback_warnings_of_one_op_and_reason_share_a_line(caplog):
-    # EfficientNet's stochastic depth: one RandomUniformLike per block, each measured by the
-    # fallback for the same reason; one line names the first and the last (-v logs each)
+    # an op without a rule in every block (EfficientNet's stochastic-depth draws were, before
+    # rules/random_draws.py), each measured by the fallback for the same reason; one line
+    # names the first and the last (-v logs each)
     import logging
 
     nodes, last = [], "x"
     for i in range(3):
-        nodes += [helper.make_node("RandomUniformLike", [last], [f"u{i}"], name=f"draw{i}"),
+        nodes += [helper.make_node("Hardmax", [last], [f"u{i}"], name=f"draw{i}"),
                   helper.make_node("Add", [last, f"u{i}"], [f"s{i}"], name=f"add{i}")]
         last = f"s{i}"
     model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4])],
                        [helper.make_tensor_value_info(last, TensorProto.FLOAT, [8, 4])])
     with caplog.at_level(logging.INFO, logger="onnxinit"):
         result = analyze(model)
-    lines = [w for w in result.warnings if "RandomUniformLike" in w]
-    assert len(lines) == 1 and "3 RandomUniformLike nodes" in lines[0]
+    lines = [w for w in result.warnings if "Hardmax" in w]
+    assert len(lines) == 1 and "3 Hardmax nodes" in lines[0]
     assert "draw0" in lines[0] and "draw2" in lines[0]
     logged = [r.getMessage() for r in caplog.records
               if "analysed by the empirical fallback" in r.getMessage()]

@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.graph import load
+from onnxinit.errors import UnsupportedModelError
 from onnxinit.measure import measure
 
 from .models import make_model
@@ -60,3 +62,30 @@ def test_a_measurement_larger_than_memory_is_refused_before_drawing(tmp_path, ca
     onnx.save(_conv_on(100_000), path)
     assert_one_line_error(*run(["analyze", str(path), "--measure"], capsys),
                           "measuring holds", "--batch-size")
+
+
+def test_model_onnxruntime_cannot_run_is_a_clear_error():
+    # onnxruntime has no float64 Conv kernel: measuring was an "internal error"
+    w = numpy_helper.from_array(np.full((2, 3, 3, 3), 0.1), "w")
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2, 3, 8, 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)], [w])
+    graph = load(model)
+    with pytest.raises(UnsupportedModelError, match="onnxruntime cannot run this model"):
+        measure(graph, {"x": np.zeros((2, 3, 8, 8))})
+
+
+def test_bfloat16_tensors_and_scalars_are_left_out():
+    # numpy has no bfloat16 (onnxruntime could not hand the tensor back), and one element has
+    # no spread to compare a variance with; the other tensors are measured
+    model = make_model(
+        [helper.make_node("Cast", ["x"], ["b"], to=TensorProto.BFLOAT16),
+         helper.make_node("Cast", ["b"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("ReduceMean", ["f"], ["s"], keepdims=0)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 8])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])])
+    graph = load(model)
+    measured = measure(graph, {"x": np.random.default_rng(0).standard_normal((64, 8))
+                               .astype(np.float32)})
+    assert "b" not in measured and "s" not in measured
+    assert abs(measured["f"][1] - 1) < 0.2

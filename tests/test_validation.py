@@ -161,3 +161,60 @@ def test_weights_that_are_not_finite_are_named(tmp_path, capsys, bad):
         assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert "initializer 'w'" in err and "bug" not in err and "Warning" not in err
     assert not (tmp_path / "o.onnx").exists()
+
+
+def _conv_model(weight_shape, **attributes):
+    w = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal(weight_shape).astype(np.float32), "w")
+    return make_model([helper.make_node("Conv", ["x", "w"], ["y"], **attributes)],
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+
+
+def _runtime_cannot_run(model) -> bool:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    try:
+        session.run(None, {"x": np.zeros((2, 3, 8, 8), np.float32)})
+    except Exception:  # noqa: BLE001
+        return True
+    return False
+
+
+@pytest.mark.parametrize("weight_shape, attributes, reason", [
+    ((4, 2, 3, 3), {}, "has 3 channels but its weight 'w' of shape 4x2x3x3"),
+    ((4, 3, 3, 3), {"kernel_shape": [5, 5]}, "kernel_shape [5, 5] but its weight 'w'"),
+    ((6, 2, 3, 3), {"group": 3}, "has 3 channels but its weight 'w' of shape 6x2x3x3 (group 3)"),
+])
+def test_conv_whose_weight_does_not_fit_is_refused(tmp_path, capsys, weight_shape, attributes,
+                                                   reason):
+    # onnx's inference and onnxruntime's session creation accept these; onnxruntime fails only
+    # when the Conv runs. They were analysed as if they ran (and check passed them)
+    model = _conv_model(weight_shape, **attributes)
+    assert _runtime_cannot_run(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    for command in (["analyze", str(path)], ["check", str(path)]):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert reason in err
+
+
+def test_grouped_conv_that_fits_is_analysed():
+    assert analyze(_conv_model((6, 1, 3, 3), group=3)).tensors[-1].name == "y"
+
+
+def test_op_that_neither_onnx_nor_onnxruntime_knows_is_refused(tmp_path, capsys):
+    model = make_model([helper.make_node("FooBar", ["x"], ["y"])], [X], [Y])
+    assert _runtime_refuses(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    for command in (["analyze", str(path)], ["check", str(path)]):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "no op FooBar in the default ONNX domain" in err
+
+
+def test_node_with_an_empty_op_type_is_refused():
+    model = make_model([helper.make_node("", ["x"], ["y"])], [X], [Y])
+    with pytest.raises(ModelLoadError, match="empty op_type"):
+        analyze(model)

@@ -13,6 +13,7 @@ the class axis), as :mod:`onnxinit.autodiff.loss` writes it.
   ``g = 2 (z - t) / numel``, ``E[g] = 2 E[z] / numel``, ``Var[g] = 4 (Var[z] + 1) / numel^2``.
 - ``unit``: ``g ~ N(0, 1)`` per element (``L = sum(z * r)`` with a fixed standard normal r):
   a loss-free probe of how the network scales a gradient.
+- ``self``: a scalar output is the loss itself (a model exported with its loss): ``g = 1``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def unit(shape) -> Gradient:
 
 
 def loss_gradient(loss: str, z: Moments, shape, seed: int = 0) -> Gradient:
+    if loss == "self":
+        return Gradient.scalar(1.0, 0.0)
     if loss == "cross_entropy":
         return cross_entropy(z, tuple(shape), seed)
     if loss == "mse":

@@ -109,9 +109,10 @@ def _pass(graph, options, parametric, result, changes, layers) -> bool:
             # (y = s W x + b); a bias added by a later node leaves it linear: the plain scale
             linear = bias is None or not options.keep_bias or layer.bias_node is not None
             if not linear:
-                scale, note = _scale_with_bias(
-                    options.target_var,
-                    *(_variance_at(chosen, node_id, result, weight, s) for s in (-1.0, 0.0, 1.0)))
+                # T(1) is the variance just propagated: the weight as it is, scale 1
+                t_minus, t_zero = (_variance_at(chosen, node_id, result, weight, s)
+                                   for s in (-1.0, 0.0))
+                scale, note = _scale_with_bias(options.target_var, t_minus, t_zero, out_var)
             chosen.take_changes({weight: Change(scale=scale)})
             stale = stale or _read_by(graph, weight, done)
             if linear:
@@ -147,9 +148,11 @@ def _read_by(graph: ModelGraph, tensor: str, nodes: set[str]) -> bool:
 
 def _variance_at(graph: ModelGraph, node_id: str, result: Propagation, weight: str,
                  s: float) -> float:
-    """Total output variance of ``node_id`` with its weight multiplied by ``s`` (on a view of
-    ``graph``; ``result`` holds that node's moments until it is propagated again)."""
-    propagate_node(graph.with_changes({weight: Change(scale=s)}), node_id, result)
+    """Total output variance of ``node_id`` with its weight multiplied by ``s`` (``graph``, the
+    pass's view, reads so during the call only: :meth:`ModelGraph.trying`; ``result`` holds
+    that node's moments until it is propagated again)."""
+    with graph.trying({weight: Change(scale=s)}):
+        propagate_node(graph, node_id, result)
     return result.moments[graph.node(node_id).output[0]].total()[1]
 
 

@@ -280,6 +280,24 @@ def _away_from_zero(fn: Callable, src: Source, rank) -> Callable:
     return masked
 
 
+# refinements of a non-affine element-wise rule's output that need modules which import this
+# one (the Edgeworth terms of a few-term Conv's output, :mod:`.edgeworth`): each
+# ``refine(y, ctx) -> Moments`` registers itself with :func:`refinement` when imported
+REFINEMENTS: list[Callable] = []
+
+
+def refinement(refine: Callable) -> Callable:
+    REFINEMENTS.append(refine)
+    return refine
+
+
+def refined(y: Moments, ctx: RuleContext) -> Moments:
+    """``y`` through every registered refinement."""
+    for refine in REFINEMENTS:
+        y = refine(y, ctx)
+    return y
+
+
 def apply_elementwise(inputs: list, ctx: RuleContext) -> list:
     """The rule of any node for which :func:`elementwise` holds (unary activations, and
     Mul/Add/Sub/Div/Pow with one constant operand: arithmetic.py may delegate to it)."""
@@ -290,7 +308,8 @@ def apply_elementwise(inputs: list, ctx: RuleContext) -> list:
     x = signal(inputs, which)
     if identity_on_input(ctx.node, ctx.graph):  # f(x) = x on [0, inf), x >= 0
         return [x] + [None] * (len(ctx.node.output) - 1)
-    outs = [apply_fn(x, f, rank_of(ctx))]
+    y = apply_fn(x, f, rank_of(ctx))
+    outs = [y if f.affine is not None else refined(y, ctx)]
     return outs + [None] * (len(ctx.node.output) - 1)
 
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..moments import Elementwise, Moments
 from .context import RuleContext, RuleError
-from .elementwise import ElementwiseFn, apply_fn, base_source, guard, node_function, rank_of
+from .elementwise import (ElementwiseFn, apply_fn, base_source, guard, node_function, rank_of,
+                          refined)
 from .gaussian import compose
 from .piecewise import closed_moments, fused_pieces
 
@@ -120,4 +121,4 @@ def fused_elementwise(inputs: list, ctx: RuleContext) -> list[Moments] | None:
         out = apply_fn(fusion.moments, ElementwiseFn(h.key, h.fn, closed=closed), rank)
     except RuleError:
         return None
-    return [out]
+    return [refined(out, ctx)]

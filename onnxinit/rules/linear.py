@@ -23,6 +23,7 @@ from ..moments import Moments
 from .. import correlation
 from ..spatial import attach, gather_taps, positions, window, within_variance
 from .attention import matmul_activations
+from .channel_covariance import cross_term_factor
 from . import cross_fields
 from .copies import copy_cells
 from .pooled_features import cross_terms, pooled_correlation
@@ -200,6 +201,9 @@ def conv(inputs, ctx: RuleContext):
     mu, nu = np.broadcast_to(mu[0], shape), np.broadcast_to(nu[0], shape)
     bias = _bias(ctx, 2, c_out)
     mean, var = _conv_cells(mu, nu, w, bias, groups, taps)
+    factor = cross_term_factor(ctx, w)  # correlated input channels (a 1x1 Conv's output)
+    if factor is not None:
+        var = var * factor.reshape((-1,) + (1,) * (var.ndim - 1))
     corr_in = sp.corr if sp.corr is not None else correlation.independent(1, x_shape[2:])
     corr, _ = correlation.conv(corr_in, within_variance(sp, c_in), w, groups, strides,
                                dilations, y_shape[2:])
@@ -211,6 +215,30 @@ def conv(inputs, ctx: RuleContext):
     if cells is None:
         cells = Moments(mean[None], var[None])
     return [attach(cells, out_maps, corr)]
+
+
+def conv_tap_sums(ctx: RuleContext, x: Moments, values: np.ndarray, power: int):
+    """``sum_{c in group(j), t inside at r} W_jct^power v_c(class under t)`` per output channel
+    j and position class r of this Conv (``[C_out, R_0, ...]``, the classes of the conv rule's
+    output), for per-input-cell ``values`` ``[C_in, K_0, ...]`` on ``x``'s position classes:
+    the cumulants of independent inputs add this way (power 3, 4). None for a non-constant
+    weight or a Conv without spatial axes."""
+    w = ctx.const(1)
+    if w is None:
+        return None
+    w = np.asarray(w, dtype=np.float64)
+    x_shape, y_shape, kernel, strides, dilations = _geometry(ctx, w.shape)
+    begins = begin_pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
+    w, kernel, begins = trimmed_kernel(w, kernel, begins, dilations)
+    sp = positions(x, x_shape)
+    if sp is None:
+        return None
+    taps = [window(sp.maps[d], y_shape[2 + d], kernel[d], strides[d], dilations[d],
+                   begins[d])[1] for d in range(len(kernel))]
+    values = np.broadcast_to(values, (x_shape[1],) + sp.classes)
+    sums, _ = _conv_cells(values, np.zeros_like(values), w**power, np.zeros(w.shape[0]),
+                          ctx.attr("group", 1), taps)
+    return sums
 
 
 @rule("ConvTranspose")

@@ -26,6 +26,7 @@ from .context import RuleContext, RuleError, signal
 from .layout import drop_constant_axes, full_grid, reshape_moments, scalar_of
 from .masks import keep_rows
 from .mixture import permuted
+from .random_draws import comparison_draw
 from .registry import rule
 from .weighted import moments_along
 
@@ -65,13 +66,19 @@ def identity(inputs, ctx: RuleContext):
 
 @rule("Cast", "CastLike")
 def cast(inputs, ctx: RuleContext):
-    """Cast to a float type: unchanged (rounding ignored); to another type: not a signal."""
-    x = signal(inputs, 0)
+    """Cast to a float type: unchanged (rounding ignored); to another type: not a signal. A
+    comparison of a uniform draw with a constant cast to float is a Bernoulli draw
+    (:func:`.random_draws.comparison_draw`: stochastic depth's keep mask)."""
     if ctx.node.op_type == "Cast":
         to = ctx.attr("to")
     else:
         name = ctx.node.input[1]
         to = ctx.graph.dtypes.get(name, 1)
+    if inputs[0] is None and to in FLOAT_TYPES:
+        drawn = comparison_draw(ctx)
+        if drawn is not None:
+            return [drawn]
+    x = signal(inputs, 0)
     return [x if to in FLOAT_TYPES else None]
 
 

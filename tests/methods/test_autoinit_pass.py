@@ -140,3 +140,78 @@ def test_a_weight_tied_to_an_earlier_node_is_propagated_again(tmp_path, monkeypa
     assert result.outputs_var_before and len(calls) == 2  # before: made when first read
     fresh = _output_vars(analyze(out))
     assert result.outputs_var_after["logits"] == pytest.approx(fresh["logits"], rel=1e-6)
+
+
+def _layers_with_kept_bias(graph) -> list[str]:
+    """Layers whose own node adds a bias: with --keep-bias, y = s W x + b is not linear in s
+    and autoinit tries three scales of the weight."""
+    return [layer.node for layer in graph.layers
+            if layer.bias is not None and layer.bias_node is None]
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet20_nobn", "transformer_postln"])
+def test_keep_bias_makes_one_view_and_a_constant_work_per_layer(name, monkeypatch):
+    # a view per try (three per layer) copied the tables of every change before it
+    from onnxinit.graph import ModelGraph
+
+    graph = load(sample(name))
+    views, calls = [], []
+    make_view = ModelGraph._view
+    monkeypatch.setattr(ModelGraph, "_view", lambda self, names: views.append(1) or make_view(
+        self, names))
+
+    def counting(graph, node_id, result):
+        calls.append(node_id)
+        return propagate_node(graph, node_id, result)
+
+    monkeypatch.setattr(autoinit, "propagate_node", counting)
+    plan = autoinit.plan(graph, autoinit.AutoInitOptions(keep_bias=True))
+    kept = _layers_with_kept_bias(graph)
+    nodes = [n for n in graph.order if not graph.is_shape_node(n)]
+    assert kept and len(views) == 1
+    # each node once; a layer with a kept bias two more tries (scales -1 and 0: scale 1 is
+    # its first run) and once more at its chosen scale
+    assert len(calls) == len(nodes) + 3 * len(kept)
+    assert len(plan.scales()) == len(graph.parametric_nodes)
+
+
+def _variance_by_view(graph, node_id, result, weight, s):
+    """The try as autoinit made it before ModelGraph.trying: a new view per try."""
+    propagate_node(graph.with_changes({weight: autoinit.Change(scale=s)}), node_id, result)
+    return result.moments[graph.node(node_id).output[0]].total()[1]
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet20_nobn", "transformer_postln"])
+def test_keep_bias_plan_equals_the_plan_made_with_a_view_per_try(name, monkeypatch):
+    """The tries on the pass's own view (undone after each) give the plan that a fresh view
+    per try gave: the same scales, layer reports and predicted moments, bit for bit."""
+    options = autoinit.AutoInitOptions(keep_bias=True)
+    ours = autoinit.plan(load(sample(name)), options)
+    monkeypatch.setattr(autoinit, "_variance_at", _variance_by_view)
+    theirs = autoinit.plan(load(sample(name)), options)
+    assert ours.scales() == theirs.scales()
+    assert ours.report == theirs.report
+    assert {k: c.target for k, c in ours.changes.items()} == {
+        k: c.target for k, c in theirs.changes.items()}
+    assert ours.prediction is not None and theirs.prediction is not None
+    for tensor, m in theirs.prediction.moments.items():
+        got = ours.prediction.moments[tensor]
+        np.testing.assert_array_equal(got.mean, m.mean, err_msg=tensor)
+        np.testing.assert_array_equal(got.var, m.var, err_msg=tensor)
+
+
+def test_a_try_leaves_the_view_as_it_was():
+    graph = load(sample("small_cnn"))
+    view = graph.with_changes({})
+    layer = next(layer for layer in graph.layers if layer.bias is not None)
+    before = view.value(layer.weight).copy()
+    with view.trying({layer.weight: autoinit.Change(scale=-1.0)}):
+        np.testing.assert_array_equal(view.value(layer.weight), -before)
+    np.testing.assert_array_equal(view.value(layer.weight), before)
+    view.take_changes({layer.weight: autoinit.Change(scale=2.0)})
+    with view.trying({layer.weight: autoinit.Change(scale=0.5)}):  # after the view's own
+        np.testing.assert_array_equal(view.value(layer.weight), before)
+    np.testing.assert_array_equal(view.value(layer.weight), 2 * before)
+    with pytest.raises(ValueError):
+        with graph.trying({layer.weight: autoinit.Change(scale=2.0)}):
+            pass

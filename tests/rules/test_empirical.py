@@ -16,10 +16,12 @@ SHAPE = (8, 16, 6, 6)
 SURVIVAL = 0.8
 
 
-def stochastic_depth_model() -> onnx.ModelProto:
+def stochastic_depth_model(threshold: str = "p") -> onnx.ModelProto:
     """``x * (Less(RandomUniformLike(ConstantOfShape([N, 1, 1, 1])), p) / p)`` with N read from
     x's shape, as ``torchvision.ops.stochastic_depth`` exports in training mode, after a Relu
-    (so that the signal is not centred)."""
+    (so that the signal is not centred). ``threshold="r"`` draws U like r and compares it with
+    r instead of the constant p: no rule knows that mask (rules/random_draws.py knows the
+    constant one), so the fallback measures it, running the random op."""
     ints = lambda name, v: numpy_helper.from_array(np.array(v, dtype=np.int64), name)  # noqa: E731
     floats = lambda name, v: numpy_helper.from_array(np.array(v, dtype=np.float32), name)  # noqa: E731
     nodes = [
@@ -30,8 +32,9 @@ def stochastic_depth_model() -> onnx.ModelProto:
         helper.make_node("Concat", ["n1", "ones3"], ["size"], axis=0),
         helper.make_node("ConstantOfShape", ["size"], ["empty"],
                          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
-        helper.make_node("RandomUniformLike", ["empty"], ["u"], dtype=1, low=0.0, high=1.0),
-        helper.make_node("Less", ["u", "p"], ["keep"]),
+        helper.make_node("RandomUniformLike", ["empty" if threshold == "p" else "r"], ["u"],
+                         dtype=1, low=0.0, high=1.0),
+        helper.make_node("Less", ["u", threshold], ["keep"]),
         helper.make_node("Cast", ["keep"], ["keep_f"], to=TensorProto.FLOAT),
         helper.make_node("Div", ["keep_f", "p"], ["mask"]),
         helper.make_node("Mul", ["r", "mask"], ["y"]),
@@ -75,3 +78,20 @@ def test_stochastic_depth_is_reproducible_and_exact(tmp_path):
     exact_var = 0.5 / SURVIVAL - exact_mean**2
     assert abs(mean - exact_mean) < 0.03 * exact_mean
     assert abs(var - exact_var) < 0.05 * exact_var
+
+
+def test_a_random_mask_the_rules_do_not_know_is_measured_reproducibly(tmp_path):
+    from onnxinit.graph import load
+    from onnxinit.propagate import propagate
+
+    model = stochastic_depth_model(threshold="r")
+    assert propagate(load(model)).rules["keep_f"] == "empirical"
+    path = tmp_path / "random_threshold.onnx"
+    onnx.save(model, path)
+    first = _analyze_in_fresh_process(path, seed=0)
+    assert first == _analyze_in_fresh_process(path, seed=0)  # the fallback's draws are seeded
+    # the mask is 1 where U < r: E[keep] = E[r] for r in [0, 1)... r = relu(z) reaches above 1,
+    # so E[keep] = E[min(r, 1)] = E[r] - E[(r - 1)+] = phi(0) - (phi(1) - Phi(-1))
+    from scipy.stats import norm
+    want = norm.pdf(0) - (norm.pdf(1) - norm.cdf(-1))
+    assert abs(first["keep_f"][0] - want) < 0.02

@@ -302,12 +302,26 @@ def test_space_to_depth():
     run(node, {"x": (4000, 4, 4, 4)}, {"x": PC})
 
 
+def _fallback(model, tensor: str, result) -> Moments:
+    """``tensor`` as the empirical fallback measures it (its producer run alone, the random
+    producers of a boolean input along with it), whatever rule the propagation used."""
+    from onnxinit.rules.empirical import measure_node
+
+    graph = load(model)
+    node_id = graph.producer[tensor]
+    node = graph.node(node_id)
+    inputs = [result.moments.get(n) if graph.is_signal(n) else None for n in node.input]
+    outputs = measure_node(inputs, RuleContext(node, node_id, graph), result.moments)
+    return outputs[list(node.output).index(tensor)]
+
+
 @pytest.mark.parametrize("shape", [[4000, 8], [2, 1, 1, 1]])
 def test_random_mask_measured_with_its_producers(shape):
     # stochastic depth as torchvision exports it in training mode: a Bernoulli(0.8) mask from
-    # Less(RandomUniformLike(x), 0.8), cast to float; the boolean tensor has no moments, so the
-    # fallback runs the mask's producers along with the Cast (on a larger batch when the mask
-    # is tiny: [batch, 1, 1, 1])
+    # Less(RandomUniformLike(x), 0.8), cast to float. The Cast's rule knows it is a Bernoulli
+    # draw (rules/random_draws.py); the boolean tensor has no moments, so the fallback, which
+    # measured it before that rule, runs the mask's producers along with the Cast (on a larger
+    # batch when the mask is tiny: [batch, 1, 1, 1])
     nodes = [
         helper.make_node("RandomUniformLike", ["x"], ["u"], seed=1.0),
         helper.make_node("Less", ["u", "p"], ["keep"]),
@@ -324,8 +338,10 @@ def test_random_mask_measured_with_its_producers(shape):
     from onnxinit.propagate import propagate
 
     result = propagate(load(model))
-    assert result.rules["mask"] == "empirical"
-    mean, var = result.moments["mask"].total()
+    assert result.rules["mask"] == "cast" and not result.fallbacks
+    p = float(np.float32(0.8))
+    assert result.moments["mask"].total() == (p, p * (1 - p))
+    mean, var = _fallback(model, "mask", result).total()
     assert abs(mean - 0.8) < 0.01 and abs(var - 0.16) < 0.01
     # y = x * mask, independent: E[y^2] = E[x^2] E[mask^2] = 0.8
     assert abs(result.moments["y"].total()[1] - 0.8) < 0.02
@@ -333,7 +349,8 @@ def test_random_mask_measured_with_its_producers(shape):
 
 def test_random_mask_of_constant_shape_is_drawn_over_several_runs():
     # the mask's shape comes from constants ([2, 1, 1, 1]): no batch to enlarge, so the
-    # fallback runs the random nodes repeatedly (500 runs, 1000 draws)
+    # fallback runs the random nodes repeatedly (500 runs, 1000 draws); the rules know the
+    # draws' moments exactly
     nodes = [
         helper.make_node("ConstantOfShape", ["shp"], ["z"],
                          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
@@ -353,9 +370,10 @@ def test_random_mask_of_constant_shape_is_drawn_over_several_runs():
     from onnxinit.propagate import propagate
 
     result = propagate(load(model))
-    u_mean, u_var = result.moments["u"].total()
+    assert result.moments["u"].total() == (0.5, 1 / 12) and not result.fallbacks
+    u_mean, u_var = _fallback(model, "u", result).total()
     assert abs(u_mean - 0.5) < 0.05 and abs(u_var - 1 / 12) < 0.01
-    mean, var = result.moments["mask"].total()
+    mean, var = _fallback(model, "mask", result).total()
     assert abs(mean - 0.8) < 0.05 and abs(var - 0.16) < 0.03
 
 
