@@ -4,8 +4,8 @@ onnxruntime's CPU provider runs a Conv whose weight is a constant initializer on
 kernels: at load time its graph transformer reorders the weight into blocks of channels and
 wraps the convolution in ``ReorderInput`` / ``ReorderOutput``. A weight that is a graph input
 or computed in the graph (the stepped weights of GradInit's objective step, the directions of
-a second-order program) gets the plain im2col kernel instead, at 1.4-3.8x the time on the
-ResNet twin's sizes (``benchmarks/conv_kernels.py``).
+a second-order program) gets the plain im2col kernel instead, at 1.3-1.9x the time of the
+blocked one on the ResNet twin's sizes (``benchmarks/conv_kernels.py``).
 
 :func:`rewrite` gives such a convolution the blocked kernel anyway: it asks onnxruntime how it
 lays out a constant weight of the same shape (a one-node model whose weight holds ``1 + k`` at
