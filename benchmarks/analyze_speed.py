@@ -14,9 +14,10 @@ clock also counts the time other processes held the cores, the CPU time does not
   at batch 1, started the same way;
 - per model, the CPU seconds of each phase in a fresh process: imports, load (read, shape
   inference, folding) and propagation (``phases``: where a command's time goes);
-- two scaling series, the chain at 1,250 to 20,000 nodes and the ResNet at 2 to 36 blocks per
-  stage: the CPU seconds of ``onnxinit.analyze`` itself (imports excluded, measured inside a
-  fresh process), and the slope of log(seconds) against log(nodes), which must be at most 1.1
+- three scaling series, the chain at 1,250 to 20,000 nodes and the ResNet at 2 to 36 blocks
+  per stage: the CPU seconds of ``onnxinit.analyze`` itself (imports excluded, measured inside
+  a fresh process), and a chain of 250 to 4,000 Gemm layers with biases: the CPU seconds of
+  ``rescale --method autoinit --keep-bias``; and the slope of log(seconds) against log(nodes), which must be at most 1.1
   (linear cost).
 
 Each row ends with issue 11's target for it where there is one (``TARGETS``) and whether the
@@ -102,6 +103,18 @@ print(json.dumps(time.process_time() - start))
 """
 
 
+# CPU seconds of onnxinit.rescale(autoinit, keep_bias=True) alone, in this process
+_KEEP_BIAS_ONLY = """
+import sys, time, json
+import onnxinit
+from onnxinit.rules.catalog import load_rules
+load_rules()
+start = time.process_time()
+onnxinit.rescale(sys.argv[1], "autoinit", keep_bias=True, output=sys.argv[2])
+print(json.dumps(time.process_time() - start))
+"""
+
+
 def timed(command: list[str], repeat: int) -> tuple[float, float]:
     """(best wall seconds, best CPU seconds) of ``command`` run ``repeat`` times."""
     best_wall = best_cpu = float("inf")
@@ -119,12 +132,15 @@ def timed(command: list[str], repeat: int) -> tuple[float, float]:
     return best_wall, best_cpu
 
 
-def analyze_cpu(path: Path, repeat: int) -> float:
+def analyze_cpu(path: Path, repeat: int, script: str = _ANALYZE_ONLY) -> float:
     best = float("inf")
+    extra = [str(path.with_name(path.stem + ".out.onnx"))] if script is _KEEP_BIAS_ONLY else []
     for _ in range(repeat):
-        out = subprocess.run([sys.executable, "-c", _ANALYZE_ONLY, str(path)], env=ENV,
+        out = subprocess.run([sys.executable, "-c", script, str(path), *extra], env=ENV,
                              capture_output=True, text=True, check=True)
         best = min(best, json.loads(out.stdout.strip().splitlines()[-1]))
+    for leftover in extra:
+        Path(leftover).unlink(missing_ok=True)
     return best
 
 
@@ -225,20 +241,24 @@ def phases(names: list[str], folder: Path, repeat: int, batch: int = 32) -> None
 
 
 def scaling(folder: Path, repeat: int) -> None:
-    print("\nscaling: CPU seconds of onnxinit.analyze (imports excluded)")
+    print("\nscaling: CPU seconds of onnxinit.analyze (imports excluded; the Gemm chain: "
+          "rescale --method autoinit --keep-bias)")
     series = {
         "chain": [(n, lambda n=n: zoo.chain(n)) for n in (1250, 2500, 5000, 10000, 20000)],
         "resnet (blocks/stage)": [(b, lambda b=b: zoo.preact_resnet(b))
                                   for b in (2, 4, 9, 18, 36)],
+        "gemm-bias chain (layers), --keep-bias": [(n, lambda n=n: zoo.gemm_chain(n))
+                                                  for n in (250, 500, 1000, 2000, 4000)],
     }
     for label, builds in series.items():
+        script = _KEEP_BIAS_ONLY if "keep-bias" in label else _ANALYZE_ONLY
         nodes, seconds = [], []
         for size, build in builds:
             model = build()
             path = folder / f"scaling-{label.split()[0]}-{size}.onnx"
             onnx.save(model, path)
             nodes.append(len(model.graph.node))
-            seconds.append(analyze_cpu(path, repeat))
+            seconds.append(analyze_cpu(path, repeat, script))
             print(f"  {label} {size:6}: {nodes[-1]:6} nodes  {seconds[-1]:7.3f} s", flush=True)
             path.unlink()
         slope = np.polyfit(np.log(nodes), np.log(seconds), 1)[0]

@@ -6,6 +6,8 @@
   written the way tf2onnx exports the Keras model: an NHWC input with a Transpose in front,
   Conv with bias, Dense as MatMul + Add, a Transpose back to NHWC before the Flatten.
 - :func:`chain`: MatMul + Add + Tanh/Relu triples with a residual Add every 4 layers, any length.
+- :func:`gemm_chain`: Gemm layers with non-zero biases, each followed by a Tanh: the layers
+  whose bias ``rescale --keep-bias`` keeps (y = s W x + b is not linear in s).
 - :func:`export_torch`: GPT-2 (12 layers), BERT-base, ViT-B/16, MobileNetV3-small, Swin-T,
   EfficientNet-B0 exported with PyTorch in training mode (as the README says), random init;
   None when torch (or transformers, for the Hugging Face models) is not installed.
@@ -126,6 +128,24 @@ def chain(n_nodes: int = 10_000, width: int = 32) -> onnx.ModelProto:
         i += 1
     graph = helper.make_graph(
         nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                             ir_version=IR_VERSION)
+
+
+def gemm_chain(layers: int, width: int = 32) -> onnx.ModelProto:
+    """``layers`` Gemm (bias C ~ N(0, 0.01)) + Tanh pairs."""
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(layers):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        b = (0.1 * rng.standard_normal(width)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [f"g{i}"], name=f"gemm{i}"),
+                  helper.make_node("Tanh", [f"g{i}"], [f"h{i}"], name=f"act{i}")]
+        x = f"h{i}"
+    graph = helper.make_graph(
+        nodes, "gemm_chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                              ir_version=IR_VERSION)

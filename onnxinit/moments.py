@@ -41,6 +41,7 @@ new Moments drops it by construction). ``onnxinit.spatial`` builds and reads it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -234,6 +235,8 @@ class Moments:
 
     def tracked_size(self) -> int:
         """How many statistics are tracked (1 for scalar moments)."""
+        if self.mean.shape == self.var.shape:  # the usual case, without numpy's broadcasting
+            return math.prod(self.mean.shape)
         return int(np.prod(np.broadcast_shapes(self.mean.shape, self.var.shape)))
 
     def capped(self, limit: int) -> Moments:

@@ -333,11 +333,14 @@ def _require_finite(m: Moments, node_id: str, op: str, tensor: str, rule_name: s
     """Raise PredictionError unless every statistic of ``m`` is finite (a masked element, mean
     -inf with variance 0, is allowed: the tensor really holds -inf there). ``constant_cause``
     names a non-finite weight of the node, which makes it the model's fault, not a rule's."""
-    mean, var = np.broadcast_arrays(m.mean, m.var)
-    masked = np.isneginf(mean) & (var == 0)
-    finite = np.isfinite(var).all() and (np.isfinite(mean) | masked).all()
-    if finite:
-        finite = not masked.all() and all(np.isfinite(m.total()))
+    if m.mean.size and np.isfinite(m.mean).all():  # nothing masked: the usual case, quickly
+        finite = np.isfinite(m.var).all() and all(np.isfinite(m.total()))
+    else:
+        mean, var = np.broadcast_arrays(m.mean, m.var)
+        masked = np.isneginf(mean) & (var == 0)
+        finite = np.isfinite(var).all() and (np.isfinite(mean) | masked).all()
+        if finite:
+            finite = not masked.all() and all(np.isfinite(m.total()))
     if not finite:
         if rule_name == EMPIRICAL:
             why = ("the empirical fallback measured a non-finite mean or variance for tensor "

@@ -52,6 +52,7 @@ from .mixture import binary_independent, lift, sum_mixture
 from .positional import concat_channels, positions_binary
 from .registry import rule
 from .row_norm import response_normalised, row_normalised
+from .unit_rows import unit_rows
 
 _CONST_CAP = 1 << 16  # constants larger than this are not handed to the element-wise rules
 
@@ -107,6 +108,8 @@ def binary(inputs, ctx: RuleContext):
     normalised = row_normalised(inputs, ctx, rank)
     if normalised is None:
         normalised = response_normalised(inputs, ctx, rank)
+    if normalised is None:
+        normalised = unit_rows(inputs, ctx, rank)
     if normalised is not None:
         return [finish(*normalised, signal_axes(inputs, rank))]
     fused = _two_signals_fused(inputs, ctx)

@@ -78,6 +78,13 @@ def _pearson(k1, k2, k3, g):
     """(E[g(S)], Var[g(S)]) for S matched on three cumulants to a shifted gamma
     c + theta Gamma(k) (Pearson's approximation; a Gaussian when the skewness vanishes)."""
     k1, k2, k3 = np.broadcast_arrays(k1, k2, k3)
+    if k1.size > 1:  # each distinct row once (the zero rows of a padded window are one)
+        stacked = np.stack([np.ravel(k1), np.ravel(k2), np.ravel(k3)], axis=1)
+        unique, inverse = np.unique(stacked, axis=0, return_inverse=True)
+        if len(unique) < len(stacked):
+            e, var = _pearson(unique[:, 0], unique[:, 1], unique[:, 2], g)
+            inverse = np.ravel(inverse)
+            return e[inverse].reshape(k1.shape), var[inverse].reshape(k1.shape)
     with np.errstate(all="ignore"):
         skewed = k3 > 1e-12 * np.maximum(k2, 1e-300) ** 1.5
         theta = np.where(skewed, k3 / (2 * k2), 0.0)

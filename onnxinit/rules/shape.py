@@ -253,6 +253,29 @@ def _pad_params(ctx: RuleContext, rank: int):
     return mode, value, {axes[i]: (pads[i], pads[i + k]) for i in range(k)}
 
 
+PAD_TRACK_CAP = 1 << 16  # statistics a constant Pad may spell out along its padded axes
+
+
+def _track_padded(mean, var, in_shape, pads, rank):
+    """Spell out the padded axes that are not tracked (when the grid stays within
+    PAD_TRACK_CAP), so that the padding stays where it is: its elements are exactly the pad
+    value, which a mixture pooled over the axis loses (a zero-padded window's tokens: zero
+    keys and queries, cosines exactly 0, ``rules/padded_rows.py``)."""
+    if mean.ndim != rank:
+        mean = np.reshape(mean, (1,) * (rank - mean.ndim) + mean.shape)
+        var = np.reshape(var, (1,) * (rank - var.ndim) + var.shape)
+    spelled = tuple(a for a, (b, e) in sorted(pads.items())
+                    if (b > 0 or e > 0) and mean.shape[a] == 1)
+    if not spelled:
+        return mean, var, ()
+    target = [int(in_shape[a]) if a in spelled else n for a, n in enumerate(mean.shape)]
+    padded = [n + sum(max(0, p) for p in pads.get(a, (0, 0))) if n > 1 or a in spelled else 1
+              for a, n in enumerate(target)]
+    if int(np.prod(padded)) > PAD_TRACK_CAP:
+        return mean, var, ()
+    return np.broadcast_to(mean, target).copy(), np.broadcast_to(var, target).copy(), spelled
+
+
 @rule("Pad")
 def pad(inputs, ctx: RuleContext):
     """Constant mode (value v), per index along tracked axes: indices in the padding get
@@ -279,12 +302,16 @@ def pad(inputs, ctx: RuleContext):
             return [padded]
     mean, var = full_grid(x, rank) if x.rank else (x.mean, x.var)
     mean, var = np.array(mean, dtype=np.float64), np.array(var, dtype=np.float64)
+    if mode == "constant":
+        mean, var, spelled = _track_padded(mean, var, in_shape, pads, rank)
+    else:
+        spelled = ()
     kept = 1.0  # fraction of elements that are x's, over the untracked padded axes
     for axis, (b, e) in sorted(pads.items()):
         if b == 0 and e == 0:
             continue
         size = in_shape[axis]
-        tracked = mean.ndim > 0 and mean.shape[axis] > 1
+        tracked = mean.ndim > 0 and (mean.shape[axis] > 1 or axis in spelled)
         if tracked:
             crop = slice(max(0, -b), size - max(0, -e))
             mean, var = (

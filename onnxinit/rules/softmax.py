@@ -22,7 +22,10 @@ the softmax axis (``Moments.tokens``, from Q K^T) get its per-key variance profi
 covariance common to a row's unmasked logits (a component the keys share) is subtracted from
 each variance first: softmax is invariant to adding the same value to a whole row.
 
-What is not modelled: correlation between the logits of a row beyond that common component.
+Keys correlated unevenly (a component shared by some keys only: the real keys of a zero-padded
+window against its constant padding) are sampled jointly (``key_groups.py``).
+
+What is not modelled: non-Gaussian logits other than an element-wise chain of a Gaussian.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .. import special
 
 from ..moments import Moments, compressed
 from .context import RuleContext, signal
+from .key_groups import correlated_rows, correlation_factor
 from .registry import rule
 from .token_field import token_axes
 
@@ -301,12 +305,21 @@ def softmax(inputs, ctx: RuleContext):
     inner_grid = tuple(shape[a] for a in inner)
     mean = np.broadcast_to(mean, outer_grid + inner_grid).reshape(rows, n)
     var = np.broadcast_to(var, outer_grid + inner_grid).reshape(rows, n)
-    shared = _shared(mean, var, cov) if cov is not None else None
-    if shared is not None:
-        var = np.maximum(var - shared[:, None], 0.0)
-    um, uv, inverse = _unique_rows(mean, var)
-    e, v = softmax_rows(um, uv, log=log, rng=ctx.rng(), chain=chain)
-    e, v = e[inverse], v[inverse]
+    factor = correlation_factor(cov) if cov is not None and not (log or chain) else None
+    if factor is not None:  # keys correlated unevenly (key_groups.py): sampled jointly
+        um, uv, inverse = _unique_rows(mean, var)
+        rel, masked, empty = _relative(um)
+        e, v = correlated_rows(rel, np.where(masked, 0.0, uv), masked, factor, ctx.rng(),
+                               _MC_DRAWS, _MC_MIN)
+        gone = masked | empty[:, None]
+        e, v = np.where(gone, 0.0, e)[inverse], np.where(gone, 0.0, v)[inverse]
+    else:
+        shared = _shared(mean, var, cov) if cov is not None else None
+        if shared is not None:
+            var = np.maximum(var - shared[:, None], 0.0)
+        um, uv, inverse = _unique_rows(mean, var)
+        e, v = softmax_rows(um, uv, log=log, rng=ctx.rng(), chain=chain)
+        e, v = e[inverse], v[inverse]
     inv = np.argsort(perm)
     out_mean = e.reshape(outer_grid + inner_grid).transpose(inv)
     out_var = v.reshape(outer_grid + inner_grid).transpose(inv)

@@ -80,6 +80,15 @@ def _transpose(ctx, inputs, outputs):
     raise ValueError("the token axes are reordered")
 
 
+def _pooled_over(x: Moments, rank: int, axes: list[int]) -> bool:
+    """x's variance is one value along the token ``axes`` (its per-token profile is the
+    field's diagonal), whatever its mean does (a zero-padded window's means are per token,
+    and a Slice's rule takes the variance along with them)."""
+    var = np.asarray(x.var)
+    var = var.reshape((1,) * (rank - var.ndim) + var.shape) if var.ndim < rank else var
+    return var.ndim == rank and all(var.shape[a] == 1 for a in axes)
+
+
 def _pick(x: Moments, out: Moments, in_shape, out_shape, picks: dict) -> Moments:
     """Indices ``picks[axis]`` (1-d) along token axes spanning several axes or with a batch
     merged into them: the field spelled out over every index of the token axes, rows and
@@ -95,9 +104,7 @@ def _pick(x: Moments, out: Moments, in_shape, out_shape, picks: dict) -> Moments
         if axis in axes:
             cells = np.take(cells, index, axis=axes.index(axis))
     index = cells.ravel()
-    var = np.asarray(out.var)
-    pooled = var.ndim < rank or all(var.shape[a] == 1 for a in axes)
-    if pooled and index.size < cov.shape[0]:
+    if _pooled_over(x, rank, axes) and index.size < cov.shape[0]:
         share = float(np.mean(np.diag(cov)[index]) / np.mean(np.diag(cov)))
         if np.isfinite(share) and share > 0:
             out = Moments(out.mean, out.var * share, None, None, out.tokens, out.rows)
@@ -115,9 +122,7 @@ def _select(ctx, x: Moments, out: Moments, axis: int, index: np.ndarray, out_sha
     cov = x.tokens.cov
     sig = float(np.mean(x.var)) * cov[np.ix_(index, index)]
     shift = len(out_shape) - rank
-    var, from_end = np.asarray(out.var), axis + shift - len(out_shape)
-    pooled = var.ndim < -from_end or var.shape[from_end] == 1
-    if pooled and len(index) < cov.shape[0]:
+    if _pooled_over(x, rank, [axis]) and len(index) < cov.shape[0]:
         # the variance was pooled over every token (its per-token profile is the field's
         # diagonal): the selected tokens have their own share (an RNN's last step after a
         # zero initial state: more than the average)

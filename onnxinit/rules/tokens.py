@@ -54,6 +54,7 @@ from .fusion import fused_function
 from .per_token import with_profile
 from . import token_layout  # noqa: F401 - registers the layout ops' carriers
 from .token_carriers import CARRIERS, carrier, first_with_field
+from .unit_rows import is_unit_rows
 from .token_field import (
     attach,
     grid,
@@ -141,6 +142,8 @@ def _arithmetic(ctx, inputs, outputs):
     signals = [i for i, m in enumerate(inputs) if m is not None]
     if op == "Where":
         return [same_field(x, outputs[0], out_shape)]
+    if op == "Div" and inputs[0] is x and is_unit_rows(ctx):
+        return [_per_token_scale(x, ctx.in_shape(0), outputs[0], "rms")]
     if len(signals) == 1:
         if op in ("Add", "Sub"):
             return [same_field(x, outputs[0], out_shape)]
@@ -216,14 +219,24 @@ def _layer_norm(ctx, inputs, outputs):
     ``cov'[s, t] = cov[s, t] / sqrt(D_s D_t)``."""
     x = inputs[0]
     shape = ctx.in_shape(0)
+    first = ctx.attr("axis", -1) % len(shape)
+    kind = "centred" if ctx.node.op_type == "LayerNormalization" else "rms"
+    return [_per_token_scale(x, shape, outputs[0], kind, first)] + [
+        without(m) for m in outputs[1:]]
+
+
+def _per_token_scale(x: Moments, shape, out: Moments, kind: str, first: int = -1) -> Moments:
+    """``cov'[s, t] = cov[s, t] / sqrt(D_s D_t)`` for each token divided by its own scale
+    (features from axis ``first`` on; ``kind`` "centred": LayerNorm, "rms": RMS norms and
+    rows scaled to unit length, ``rules/unit_rows.py``)."""
     rank = len(shape)
+    first %= rank
     axes = token_axes(x.tokens, rank)
-    first = ctx.attr("axis", -1) % rank
     if any(a >= first for a in axes):
-        return [without(m) for m in outputs]
+        return without(out)
     mean, _ = grid(x, rank)
     features = tuple(range(first, rank))
-    if ctx.node.op_type == "LayerNormalization":
+    if kind == "centred":
         spread = ((mean - mean.mean(axis=features, keepdims=True)) ** 2).mean(axis=features)
     else:
         spread = (mean**2).mean(axis=features)
@@ -235,7 +248,7 @@ def _layer_norm(ctx, inputs, outputs):
     nu = float(np.mean(x.var))
     scale = np.sqrt(np.maximum(spread + nu * np.diag(x.tokens.cov), 1e-300))
     sig = nu * x.tokens.cov / np.outer(scale, scale)
-    return [attach(outputs[0], shape, axes, sig, stride)] + [without(m) for m in outputs[1:]]
+    return attach(out, shape, axes, sig, stride)
 
 
 @carrier("ReduceMean", "ReduceSum", "GlobalAveragePool")
