@@ -41,6 +41,7 @@ from ..moments import Moments, compressed
 from .context import RuleContext, RuleError, signal
 from .registry import rule
 from .masks import feeds_softmax
+from . import position_share
 from .token_field import attach, sigma, token_axes
 from .value_selection import selection_variance
 
@@ -220,7 +221,35 @@ def einsum(inputs, ctx: RuleContext):
     (ma, va), (mb, vb) = ops
     mean = np.einsum(eq, ma, mb)
     var = np.einsum(eq, va + ma**2, vb + mb**2) - np.einsum(eq, ma**2, mb**2)
+    var = var + _shared_values(ctx, terms, summed, sizes, ops)
     return [compressed(mean, np.maximum(var, 0.0))]
+
+
+def _shared_values(ctx: RuleContext, terms, summed, sizes, ops):
+    """P V written as an Einsum, P a Softmax output over the summed label, V's positions along
+    it sharing a component (``position_share``: the part of V's variance that a sample's mean
+    over all its positions keeps, r the correlation of two distinct positions): a row of P sums
+    to 1, so ``Var O = nu [(1 - r) sum_j E p_j^2 + r]``, ``nu r (1 - sum_j E p_j^2)`` more than
+    for independent values. 0 otherwise."""
+    if len(summed) != 1:
+        return 0.0
+    soft = [last_axis_softmax(ctx.graph, ctx.node.input[i], ctx.opset) is not None
+            for i in range(2)]
+    if sum(soft) != 1:
+        return 0.0
+    p, v = (0, 1) if soft[0] else (1, 0)
+    label = next(iter(summed))
+    if terms[p][-1] != label:
+        return 0.0
+    r = position_share.correlation(ctx, ctx.node.input[v], terms[v].index(label))
+    if r <= 0:
+        return 0.0
+    (mp, vp), (_, vv) = ops[p], ops[v]
+    eq = f"{terms[0]},{terms[1]}->" + ctx.attr("equation").replace(" ", "").split("->")[1]
+    uniform = np.full_like(np.asarray(mp), 1.0 / sizes[label])
+    pair = (uniform, vv) if p == 0 else (vv, uniform)
+    squares = (vp + mp**2, vv) if p == 0 else (vv, vp + mp**2)
+    return r * np.maximum(np.einsum(eq, *pair) - np.einsum(eq, *squares), 0.0)
 
 
 __all__ = ["einsum", "matmul_activations"]

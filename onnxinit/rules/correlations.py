@@ -110,6 +110,12 @@ def _amplitudes(chain, mean, var, smooth: bool) -> np.ndarray:
     return mehler.hermite_amplitudes(compose(chain), mean, np.sqrt(var), nodes, weights)
 
 
+def chain_amplitudes(chain, mean, var) -> np.ndarray:
+    """a_n = E[h(mean + std z) He_n(z)], n = 1..8, of the chain h (``[8, *shape]``), by the
+    closed forms of :func:`_amplitudes` or the composite rule (kinks allowed)."""
+    return _amplitudes(chain, mean, var, False)
+
+
 def _per_channel(amp: np.ndarray, y: Moments, shape, channels: int) -> np.ndarray:
     """``[8, channels]``: the amplitudes averaged over the position classes, weighted by
     their size."""
@@ -172,4 +178,4 @@ def centred_share(basis, outer: np.ndarray, rho_z: np.ndarray) -> np.ndarray:
     return np.clip(share, 0.0, 1.0)
 
 
-__all__ = ["centred_share", "elementwise_correlation"]
+__all__ = ["centred_share", "chain_amplitudes", "elementwise_correlation"]

@@ -31,14 +31,18 @@ class OnDemandField:
             hit = memo.get(name)
             return hit is not None and hit[0] is known.get(name)
 
-        stack = [tensor]
+        # a dependency already lower on the stack (a residual block's input, read by its
+        # branch and its skip) is pushed again, so that it is computed before its reader;
+        # ``expanded`` guards against a cycle, which a graph does not have
+        stack, expanded = [tensor], set()
         while stack:
             name = stack[-1]
             if cached(name):
                 stack.pop()
                 continue
-            missing = [d for d in deps(name) if not cached(d) and d not in stack]
-            if missing:
+            missing = [d for d in deps(name) if not cached(d)]
+            if missing and name not in expanded:
+                expanded.add(name)
                 stack.extend(missing)
                 continue
             memo[name] = (known.get(name), compute(name, lambda n: memo[n][1]))

@@ -26,6 +26,7 @@ from .context import RuleContext, RuleError, signal
 from .layout import drop_constant_axes, full_grid, reshape_moments, scalar_of
 from .masks import keep_rows
 from .mixture import permuted
+from .position_share import onto_map
 from .random_draws import comparison_draw
 from .registry import rule
 from .weighted import moments_along
@@ -46,7 +47,8 @@ def reshape(inputs, ctx: RuleContext):
     in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
     if x.spatial is not None:
         x = per_position(x, in_shape)
-    return [keep_rows(x, in_shape, out_shape, reshape_moments(x, in_shape, out_shape), ctx)]
+    out = keep_rows(x, in_shape, out_shape, reshape_moments(x, in_shape, out_shape), ctx)
+    return [onto_map(ctx, out)]
 
 
 def per_position(x: Moments, shape) -> Moments:
@@ -92,7 +94,8 @@ def transpose(inputs, ctx: RuleContext):
     rank = len(ctx.in_shape(0))
     perm = list(ctx.attr("perm", list(range(rank))[::-1]))
     mean, var = full_grid(x, rank)
-    return [Moments(mean.transpose(perm), var.transpose(perm), None, permuted(x, perm, rank))]
+    out = Moments(mean.transpose(perm), var.transpose(perm), None, permuted(x, perm, rank))
+    return [onto_map(ctx, out)]
 
 
 @rule("Expand")

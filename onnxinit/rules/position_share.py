@@ -1,0 +1,465 @@
+"""The share of a tensor's variance that a sample's mean over all its positions keeps, carried
+through a stretch where layout ops move the positions (window and grid partitions of
+MaxViT-style attention blocks) and put back onto the feature map as its correlation floor.
+
+Per tensor, with each axis given a role (``b`` the batch, ``c`` channels, ``p`` positions,
+``1`` a size-1 axis; ``x`` mixed), let K be the number of positions and
+
+    phi = sum_c Var_n(mean_p x_ncp) / sum_c nu_c
+
+(``1/K`` for independent positions, 1 for a component shared by every position). A global
+pool of the feature map reads it, and the spatial correlation (:mod:`onnxinit.correlation`)
+carries it as the floor, but that correlation is dropped by a layout op that moves positions:
+in MaxViT a window attention averages its values over a 7x7 window, the grid attention after it
+averages over a lattice that spans the map, and the stream's per-sample mean holds 0.27 of its
+variance where independent positions give 1/196 (the squeeze-excite pools of the next MBConv
+were predicted 9-12x low). Carried on demand from a layout op whose output is a feature map
+again, per producer:
+
+- a feature map with a spatial correlation (the entry): ``phi = sum_c nu_c (1/K^2) sum_{p,q}
+  rho_c(p - q) / sum_c nu_c`` (``correlation.mean_variance_factor``), roles ``b, c, p, ...``;
+- layout ops (Reshape, Flatten, Squeeze, Unsqueeze, Transpose), Identity, Dropout (the
+  identity), Cast: a permutation of the elements, each keeping its sample, channel and position:
+  phi kept, the roles follow the axes (a reshape group of axes of one role keeps that role);
+  Slice and Split of channel axes alone (q, k, v of one projection) keep it too;
+- maps over the channels alone (MatMul or Gemm by a constant weight over a ``c`` axis,
+  LayerNormalization over ``c`` axes, BatchNormalization, Add/Sub/Mul/Div by a constant that is
+  one value over the positions): ``S_j = sum_c W_jc^2 S_c`` with ``S_c = phi nu_c``: phi kept;
+- an element-wise chain f of a Gaussian z (its source): Mehler's formula on the equicorrelated
+  positions, ``phi_f = 1/K + (1 - 1/K) sum_n a_n^2 r^n / n! / Var f``, ``r = (phi_z - 1/K) /
+  (1 - 1/K)``, ``a_n = E[f He_n]`` per channel (weighted by Var f);
+- a sum of two signals (a residual stream and its branch, independent): ``S = S_a + S_b``;
+  an operand with size 1 on every position axis (a per-sample vector) is all shared (phi 1);
+- a product with a per-sample gate g (size 1 on every position axis: a stochastic-depth mask,
+  a squeeze-excite scale), ``S = E[g^2] S_x + Var(g) mu_x^2``;
+- an attention average ``sum_j P_ij V_j`` (MatMul or Einsum of a Softmax output P with V over a
+  position axis of V): the mean over every query of a sample is ``(1/K) sum_j colsum_j V_j``
+  with column sums near 1 at initialization: ``S = S_V``.
+
+Anything else ends the field (None). On the way back onto a feature map (a layout op whose
+output axes are ``b, c, p, ...`` while its input's positions were elsewhere, and which is not
+read by layout ops alone) every pair of distinct positions gets the correlation
+``r = (phi - 1/K) / (1 - 1/K)`` (rho and floor): the local correlation within a window is not
+kept, only what a global mean reads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import correlation as corr_model
+from ..moments import Moments
+from ..spatial import attach, positions
+from .context import RuleContext
+from .correlations import chain_amplitudes
+from .kurtosis import chain_start
+from .on_demand import OnDemandField
+
+_FIELD = OnDemandField()
+_LAYOUT = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout",
+           "Cast"}
+_CONST_MAPS = {"Add", "Sub", "Mul", "Div"}
+_TO_SOFTMAX = {"Identity", "Dropout", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze"}
+
+
+# ---------------------------------------------------------------------------------------------
+# roles of the axes
+
+
+def reshape_roles(in_shape, roles, out_shape) -> tuple | None:
+    """The output axes' roles of a row-major reshape: consecutive groups of axes with equal
+    products map onto each other; a group whose input axes (of size > 1) share one role gives
+    it to its output axes, a mixed group gives ``x``."""
+    ins = [(int(s), r) for s, r in zip(in_shape, roles) if s != 1]
+    outs = [i for i, s in enumerate(out_shape) if s != 1]
+    result = ["1"] * len(out_shape)
+    i = j = 0
+    while i < len(ins):
+        if j >= len(outs):
+            return None
+        size, kinds, group = ins[i][0], {ins[i][1]}, [outs[j]]
+        target = int(out_shape[outs[j]])
+        i, j = i + 1, j + 1
+        while size != target:
+            if size < target and i < len(ins):
+                size, i = size * ins[i][0], i + 1
+                kinds.add(ins[i - 1][1])
+            elif size > target and j < len(outs):
+                target, j = target * int(out_shape[outs[j]]), j + 1
+                group.append(outs[j - 1])
+            else:
+                return None
+        role = kinds.pop() if len(kinds) == 1 else "x"
+        for g in group:
+            result[g] = role
+    return tuple(result) if j == len(outs) else None
+
+
+def _einsum_terms(ctx: RuleContext):
+    eq = ctx.attr("equation")
+    eq = (eq.decode() if isinstance(eq, bytes) else str(eq or "")).replace(" ", "")
+    if "->" not in eq or "." in eq:
+        return None
+    lhs, out = eq.split("->")
+    terms = lhs.split(",")
+    return (terms, out) if len(terms) == 2 else None
+
+
+def _from_softmax(graph, name: str) -> bool:
+    """``name`` is a Softmax output, possibly through layout ops and Dropout."""
+    for _ in range(8):
+        node_id = graph.producer.get(name)
+        if node_id is None:
+            return False
+        node = graph.node(node_id)
+        if node.op_type == "Softmax":
+            return True
+        if node.op_type not in _TO_SOFTMAX:
+            return False
+        name = node.input[0]
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# the field
+
+
+def _shape(graph, name):
+    shape = graph.shape(name)
+    return None if shape is None else tuple(int(s) for s in shape)
+
+
+def _signals(graph, known, node) -> list[str]:
+    return [n for n in node.input if n and n in known and not graph.is_constant(n)]
+
+
+def _nu(m: Moments) -> float:
+    return float(np.mean(m.var))
+
+
+def _positions(shape, roles) -> int:
+    return int(np.prod([s for s, r in zip(shape, roles) if r == "p"], dtype=np.int64))
+
+
+def _entry(m: Moments, shape):
+    """(roles, phi) of a feature map with a spatial correlation, else None."""
+    sp = m.spatial
+    corr = None if sp is None else sp.corr
+    if corr is None or len(shape) < 3 or corr.rho.ndim != len(shape) - 1:
+        return None
+    c, sizes = shape[1], shape[2:]
+    nu = np.broadcast_to(m.values_along(1, c)[1], (c,))
+    phi = np.broadcast_to(corr_model.mean_variance_factor(corr, sizes), (c,)) / np.prod(sizes)
+    total = float(nu.sum())
+    if total <= 0:
+        return None
+    return ("b", "c") + ("p",) * len(sizes), float((nu * phi).sum() / total)
+
+
+def _gate(shape, roles, g_shape) -> bool:
+    """g (``g_shape``) is one value per sample over every position axis of x."""
+    if g_shape is None or len(g_shape) > len(shape):
+        return False
+    g = (1,) * (len(shape) - len(g_shape)) + tuple(g_shape)
+    return (any(r == "p" for r in roles)
+            and all(gs == 1 for gs, r in zip(g, roles) if r == "p"))
+
+
+def _is_chain(graph, ctx, known, tensor) -> str | None:
+    m = known.get(tensor)
+    if m is None or m.source is None or not m.source.chain:
+        return None
+    base = chain_start(graph, tensor, ctx)
+    return base if base != tensor and base in known else None
+
+
+def _deps(ctx: RuleContext, tensor: str) -> list[str]:
+    graph, known = ctx.graph, ctx.known
+    m = known.get(tensor)
+    node_id = graph.producer.get(tensor)
+    shape = _shape(graph, tensor)
+    if m is None or node_id is None or shape is None or _entry(m, shape) is not None:
+        return []
+    base = _is_chain(graph, ctx, known, tensor)
+    if base is not None:
+        return [base]
+    node = graph.node(node_id)
+    signals = _signals(graph, known, node)
+    if node.op_type in ("MatMul", "Einsum") and len(signals) == 2:
+        return [n for n in signals if not _from_softmax(graph, n)][:1]
+    return signals[:2]
+
+
+def share(ctx: RuleContext, tensor: str):
+    """(roles, phi) of ``tensor`` (module docstring), or None."""
+    if ctx.known is None or tensor not in ctx.known:
+        return None
+
+    def deps(name):
+        try:
+            return _deps(ctx, name)
+        except (ValueError, IndexError, KeyError, TypeError):
+            return []
+
+    def compute(name, of):
+        try:
+            with np.errstate(all="ignore"):
+                out = _compute(ctx, name, of)
+        except (ValueError, IndexError, KeyError, TypeError):
+            return None
+        if out is None or not math.isfinite(out[1]):
+            return None
+        return out[0], min(max(out[1], 0.0), 1.0)
+
+    return _FIELD.value(ctx, tensor, deps, compute)
+
+
+def _compute(ctx: RuleContext, tensor: str, of):
+    graph, known = ctx.graph, ctx.known
+    m, shape = known[tensor], _shape(graph, tensor)
+    node_id = graph.producer.get(tensor)
+    if shape is None or node_id is None:
+        return None
+    entry = _entry(m, shape)
+    if entry is not None:
+        return entry
+    base = _is_chain(graph, ctx, known, tensor)
+    if base is not None:
+        return _chain(m, shape, of(base))
+    node = graph.node(node_id)
+    op, signals = node.op_type, _signals(graph, known, node)
+    if not signals:
+        return None
+    node_ctx = ctx.for_node(node_id)
+    if len(signals) == 2 and op in ("MatMul", "Einsum"):
+        return _attention(node_ctx, op, signals, of, known, shape)
+    first = of(signals[0])
+    if op in _LAYOUT and first is not None:
+        return _layout(node_ctx, op, first, _shape(graph, signals[0]), shape)
+    if op in ("Slice", "Split") and first is not None:
+        return _channels_taken(first, _shape(graph, signals[0]), shape)
+    if len(signals) == 1 and first is not None:
+        return _channel_map(node_ctx, op, first, _shape(graph, signals[0]), shape)
+    if len(signals) != 2:
+        return None
+    a, b = (of(n) for n in signals)
+    sa, sb = (_shape(graph, n) for n in signals)
+    if op in ("Add", "Sub"):
+        return _sum(known, signals, (a, b), (sa, sb), shape)
+    if op == "Mul":
+        return _gated(known, signals, (a, b), (sa, sb), shape)
+    return None
+
+
+def _layout(ctx, op, field, in_shape, out_shape):
+    roles, phi = field
+    if op == "Transpose":
+        perm = list(ctx.attr("perm", list(range(len(roles)))[::-1]))
+        return tuple(roles[p] for p in perm), phi
+    if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+        new = reshape_roles(in_shape, roles, out_shape)
+        return None if new is None else (new, phi)
+    return roles, phi
+
+
+def _channels_taken(field, in_shape, out_shape):
+    """Slice or Split of channels only (q, k and v from one projection): phi kept."""
+    roles, phi = field
+    if in_shape is None or len(in_shape) != len(out_shape) or len(roles) != len(out_shape):
+        return None
+    cut = [r for r, a, b in zip(roles, in_shape, out_shape) if a != b]
+    return (roles, phi) if all(r == "c" for r in cut) else None
+
+
+def _channel_map(ctx, op, field, in_shape, out_shape):
+    """A map over the channels alone keeps phi."""
+    roles, phi = field
+    rank = len(roles)
+    if op == "BatchNormalization":
+        return (roles, phi) if rank > 1 and roles[1] == "c" else None
+    if op == "LayerNormalization":
+        axis = int(ctx.attr("axis", -1)) % rank
+        return (roles, phi) if all(r in ("c", "1") for r in roles[axis:]) else None
+    if op in ("MatMul", "Gemm") and ctx.const(1) is not None and np.ndim(ctx.const(1)) == 2:
+        if roles[-1] != "c" or len(out_shape) != rank:
+            return None
+        return roles, phi
+    if op in _CONST_MAPS and tuple(out_shape) == tuple(in_shape):
+        const = next((ctx.const(i) for i in range(2) if ctx.const(i) is not None), None)
+        if const is None:
+            return None
+        c = (1,) * (rank - np.ndim(const)) + tuple(np.shape(const))
+        if op in ("Mul", "Div") and any(s > 1 and r == "p" for s, r in zip(c, roles)):
+            return None
+        return roles, phi
+    return None
+
+
+def _chain(m: Moments, shape, field):
+    """Mehler's formula on equicorrelated positions (module docstring)."""
+    if field is None:
+        return None
+    roles, phi_z = field
+    if len(roles) != len(shape):
+        return None
+    k = _positions(shape, roles)
+    if k <= 1:
+        return roles, phi_z
+    src = m.source
+    rank = len(shape)
+    mean, var = Moments(src.mean, src.var).expand_rank(rank).mean, Moments(
+        src.mean, src.var).expand_rank(rank).var
+    mean, var = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(var, np.float64))
+    amp = chain_amplitudes(src.chain, mean, var).reshape(8, -1)
+    coef = np.stack([a * a / math.factorial(n + 1) for n, a in enumerate(amp)])
+    total = coef.sum(axis=0)
+    nu = np.broadcast_to(np.asarray(m.var, np.float64), mean.shape).reshape(-1)
+    r = (phi_z - 1.0 / k) / (1.0 - 1.0 / k)
+    far = (coef * r ** np.arange(1, 9)[:, None]).sum(axis=0)
+    rho = np.where(total > 0, far / np.where(total > 0, total, 1.0), r)
+    weight = nu if nu.sum() > 0 else np.ones_like(nu)
+    return roles, 1.0 / k + (1.0 - 1.0 / k) * float((weight * rho).sum() / weight.sum())
+
+
+def _sum(known, names, fields, shapes, shape):
+    parts = []
+    for name, field, s in zip(names, fields, shapes):
+        nu = _nu(known[name])
+        if s == shape and field is not None:
+            parts.append((field[0], field[1], nu))
+        elif s is not None and field is None:
+            parts.append((None, None, nu))
+        else:
+            return None
+    roles = next((r for r, _, _ in parts if r is not None), None)
+    if roles is None:
+        return None
+    total, shared = 0.0, 0.0
+    for (r, phi, nu), s in zip(parts, shapes):
+        if r is None:  # a broadcast operand with one value over every position: all shared
+            if not _gate(shape, roles, s):
+                return None
+            phi = 1.0
+        elif r != roles:
+            return None
+        total, shared = total + nu, shared + phi * nu
+    return (roles, shared / total) if total > 0 else None
+
+
+def _gated(known, names, fields, shapes, shape):
+    for x, g in ((0, 1), (1, 0)):
+        field = fields[x]
+        if field is None or shapes[x] != shape or not _gate(shape, field[0], shapes[g]):
+            continue
+        roles, phi = field
+        mx, mg = known[names[x]], known[names[g]]
+        nu, mu2 = _nu(mx), float(np.mean(np.asarray(mx.mean, np.float64) ** 2))
+        g1, gv = float(np.mean(mg.mean)), _nu(mg)
+        g2 = gv + float(np.mean(np.asarray(mg.mean, np.float64) ** 2))
+        total = g2 * nu + gv * mu2
+        return (roles, (g2 * phi * nu + gv * mu2) / total) if total > 0 else None
+    return None
+
+
+def _attention(ctx, op, names, of, known, shape):
+    """P V: the values' shared variance, ``S = S_V`` (module docstring)."""
+    graph = ctx.graph
+    soft = [_from_softmax(graph, n) for n in names]
+    if sum(soft) != 1:
+        return None
+    p_index = soft.index(True)
+    v_name = names[1 - p_index]
+    field = of(v_name)
+    if field is None:
+        return None
+    roles, phi = field
+    if op == "MatMul":
+        if p_index != 0 or len(roles) < 2 or roles[-2] != "p" or len(shape) != len(roles):
+            return None
+        out_roles = roles[:-2] + ("p", roles[-1])
+    else:
+        terms = _einsum_terms(ctx)
+        if terms is None:
+            return None
+        (t0, t1), out = terms
+        tp, tv = (t0, t1) if p_index == 0 else (t1, t0)
+        if len(tv) != len(roles):
+            return None
+        role_of = dict(zip(tv, roles))
+        summed = [ch for ch in tv if ch in tp and ch not in out]
+        if len(summed) != 1 or role_of[summed[0]] != "p":
+            return None
+        out_roles = tuple(role_of.get(ch, "p") for ch in out)
+    nu_out = _nu(known[ctx.node.output[0]]) if ctx.node.output[0] in known else None
+    if not nu_out:
+        return None
+    return out_roles, phi * _nu(known[v_name]) / nu_out
+
+
+def correlation(ctx: RuleContext, tensor: str, axis: int) -> float:
+    """The correlation of two distinct positions of ``tensor`` that its position share implies,
+    ``r = (phi - 1/K) / (1 - 1/K)``, when ``axis`` is one of its position axes; else 0."""
+    try:
+        field = share(ctx, tensor)
+    except (ValueError, IndexError, KeyError, TypeError):
+        return 0.0
+    shape = _shape(ctx.graph, tensor)
+    if field is None or shape is None or len(field[0]) != len(shape) or field[0][axis] != "p":
+        return 0.0
+    k = _positions(shape, field[0])
+    return max((field[1] - 1.0 / k) / (1.0 - 1.0 / k), 0.0) if k > 1 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# back onto the feature map
+
+
+def onto_map(ctx: RuleContext, out: Moments) -> Moments:
+    """``out``, the output of the layout op of ``ctx``, with a correlation floor when its axes
+    are (batch, channels, positions...) again and its input's field is known (module
+    docstring); unchanged otherwise."""
+    shape = ctx.out_shape(0)
+    if out is None or out.spatial is not None or shape is None or len(shape) < 3:
+        return out
+    graph = ctx.graph
+    readers = [graph.node(n).op_type for n, _ in graph.consumers.get(ctx.node.output[0], [])]
+    if readers and all(op in _LAYOUT for op in readers):  # not the map yet: the field carries it
+        return out
+    try:
+        node = ctx.node
+        if ctx.known is None or node.input[0] not in ctx.known:
+            return out
+        if _entry(ctx.known[node.input[0]], tuple(ctx.in_shape(0))) is not None:
+            return out  # a feature map's own reshape: its correlation is its own
+        field = share(ctx, node.input[0])
+        if field is None:
+            return out
+        placed = _layout(ctx, node.op_type, field, tuple(ctx.in_shape(0)), tuple(shape))
+    except (ValueError, IndexError, KeyError, TypeError):
+        return out
+    if placed is None:
+        return out
+    roles, phi = placed
+    if roles[:2] != ("b", "c") or not all(r in ("p", "1") for r in roles[2:]):
+        return out
+    k = int(np.prod(shape[2:]))
+    if k <= 1:
+        return out
+    c = int(shape[1])
+    floor = min(max((phi - 1.0 / k) / (1.0 - 1.0 / k), 0.0), 1.0)
+    sizes = [int(s) for s in shape[2:]]
+    rho = corr_model.independent(c, sizes).rho
+    rho = np.where(rho == 1.0, 1.0, floor)  # every pair of distinct positions alike
+    field_corr = corr_model.Correlation(rho, np.full(c, floor))
+    sp = positions(out, shape)  # per-position means (a token's bias) keep their classes
+    if sp is None:
+        return out
+    try:
+        return attach(sp.cells, sp.maps, field_corr)
+    except (ValueError, IndexError):
+        return out
+
+
+__all__ = ["correlation", "onto_map", "reshape_roles", "share"]
