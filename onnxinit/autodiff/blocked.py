@@ -33,6 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..passes import types_and_shapes
 from ..passes.emitter import GraphEmitter
+from ..runtime import onnxruntime
 from .scaled import _as_convolution, _attributes
 
 DOMAIN = "com.microsoft.nchwc"
@@ -49,8 +50,6 @@ def _template(attrs: tuple, weight_shape: tuple[int, ...], transposed: bool, bia
     for each of their initializers, its name and the indices into the source it is gathered
     from: the flat weight, then the bias, then a zero at index ``n``) or None where onnxruntime
     leaves the convolution unblocked."""
-    from ..runtime import onnxruntime
-
     ort = onnxruntime()
     source = np.arange(int(np.prod(weight_shape)), dtype=np.int64).reshape(weight_shape)
     index = np.swapaxes(source, 0, 1)[:, :, ::-1, ::-1] if transposed else source
