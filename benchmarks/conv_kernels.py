@@ -1,10 +1,12 @@
 """One 3x3 convolution (stride 1, pad 1, no bias) of the ResNet twin's stages, CPU seconds per
 call on one thread: onnxruntime's Conv and ConvTranspose with the weight as a graph input (as in
-every gradient program: the methods feed theta), the same two as GradInit's and MetaInit's
-scaled programs run them (onnxinit/autodiff/scaled.py: ``s Conv(x, W0)`` and the input gradient
-as ``s Conv(dy, flip(W0)^T)``, W0 a constant), onnxinit's gradient program of the convolution
-alone (forward, then dX and dW), against torch's forward and forward + backward. It says where
-the gradient methods' time on convolutional networks goes (docs/methods.md, "Cost per iteration").
+every gradient program: the methods feed theta), the same two on onnxruntime's blocked kernels
+with the input weight reordered in the graph (onnxinit/autodiff/blocked.py), the same two as
+GradInit's and MetaInit's scaled programs run them (onnxinit/autodiff/scaled.py: ``s Conv(x,
+W0)`` and the input gradient as ``s Conv(dy, flip(W0)^T)``, W0 a constant), onnxinit's gradient
+program of the convolution alone (forward, then dX and dW), against torch's forward and forward
++ backward. It says where the gradient methods' time on convolutional networks goes
+(docs/methods.md, "Cost per iteration").
 
     python benchmarks/conv_kernels.py
 """
@@ -63,6 +65,15 @@ def scaled_session(op: str, x_shape, w):
                         threads=1)
 
 
+def blocked_session(op: str, x_shape, w_shape):
+    """``session(op, ...)`` rewritten by :func:`onnxinit.autodiff.blocked.rewrite`: the weight
+    still an input, reordered in the graph for onnxruntime's NCHWc kernels."""
+    from onnxinit.autodiff.blocked import rewrite
+    from onnxinit.runtime import make_session
+
+    return make_session(rewrite(one_op(op, x_shape, w_shape)), device="cpu", threads=1)
+
+
 def gradient_program(x_shape, w):
     """Gradients of sum(conv(x, w) * G) for x (a graph input) and w: dX and dW, one pass."""
     from onnx import TensorProto, helper, numpy_helper
@@ -86,15 +97,18 @@ def main() -> None:
     import torch.nn.functional as F
 
     torch.set_num_threads(1)
-    print("| batch, channels, side | ORT Conv | ORT ConvTranspose (dX) | scaled Conv | scaled dX "
-          "| onnxinit fwd + dW | torch conv2d | torch fwd + dW | torch fwd + dX + dW |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| batch, channels, side | ORT Conv | ORT ConvTranspose (dX) | blocked Conv | blocked dX "
+          "| scaled Conv | scaled dX | onnxinit fwd + dW | torch conv2d | torch fwd + dW "
+          "| torch fwd + dX + dW |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n, c, side in SHAPES:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((n, c, side, side)).astype(np.float32)
         w = (rng.standard_normal((c, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
         conv, transpose = session("Conv", x.shape, w.shape), session("ConvTranspose", x.shape,
                                                                        w.shape)
+        blocked_conv = blocked_session("Conv", x.shape, w.shape)
+        blocked_transpose = blocked_session("ConvTranspose", x.shape, w.shape)
         scaled_conv = scaled_session("Conv", x.shape, w)
         scaled_transpose = scaled_session("ConvTranspose", x.shape, w)
         scale = {"w::scale": np.array(1.0, dtype=np.float32)}
@@ -114,6 +128,8 @@ def main() -> None:
 
         row = [seconds(lambda: conv.run(None, {"x": x, "w": w})),
                seconds(lambda: transpose.run(None, {"x": x, "w": w})),
+               seconds(lambda: blocked_conv.run(None, {"x": x, "w": w})),
+               seconds(lambda: blocked_transpose.run(None, {"x": x, "w": w})),
                seconds(lambda: scaled_conv.run(None, {"x": x, "w": w, **scale})),
                seconds(lambda: scaled_transpose.run(None, {"x": x, "w": w, **scale})),
                seconds(lambda: program.gradients({"x": x})),

@@ -28,6 +28,7 @@ from .rules import CommonAncestor, Registration, RuleContext, RuleError, RuleSet
 from .rules import feature_pairs
 from .rules.empirical import EmpiricalError, measure_node, pass_through
 from .rules.fusion import common_ancestor
+from .rules.layout import PADDED_CAP, holds_padding
 from .rules.masks import OFFSET_CAP, derived_moments, feeds_softmax
 from .rules.per_token import per_token_fusion, per_token_inputs
 from .rules.tokens import carry
@@ -108,10 +109,14 @@ def _tracked_limit(ctx: RuleContext, m: Moments) -> int:
     """MAX_TRACKED, or ``masks.OFFSET_CAP`` for the output of a node that reaches a Softmax:
     its per-element offsets (a causal mask on ``[1, heads, S, S]`` logits) are positions the
     Softmax ignores or shifts, and pooling them into a variance (law of total variance) would
-    give the logits the variance of the mask (1e76 for ``finfo.min``)."""
-    if m.tracked_size() <= MAX_TRACKED or not feeds_softmax(ctx):
+    give the logits the variance of the mask (1e76 for ``finfo.min``). ``PADDED_CAP`` for a
+    tensor that holds exact padding (``layout.holds_padding``: a zero-padded window's tokens
+    with per-feature means, ``[1, 64, 3 * 384]`` after Swin V2's qkv projection)."""
+    if m.tracked_size() <= MAX_TRACKED:
         return MAX_TRACKED
-    return OFFSET_CAP
+    if feeds_softmax(ctx):
+        return OFFSET_CAP
+    return PADDED_CAP if holds_padding(m) else MAX_TRACKED
 
 
 def _fitted_shape(m: Moments, shape: tuple[int, ...] | None) -> Moments:

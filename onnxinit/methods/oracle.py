@@ -27,6 +27,12 @@ program asked for with ``scaled=True`` reads each convolution weight as the cons
 with ``s_i`` applied to the convolution's output (:mod:`onnxinit.autodiff.scaled`): onnxruntime
 prepacks constant weights, and the same values come out (to float rounding). Off with
 ``scaled_convolutions=False`` and on other backends than onnxruntime.
+
+**Blocked convolutions.** Every convolution left with a weight that is not a constant (the
+stepped weights of GradInit's objective step, the directions of second-order programs, the
+unscaled gradient passes) runs on onnxruntime's NCHWc kernels with the weight reordered in the
+graph (:mod:`onnxinit.autodiff.blocked`): float32 on the CPU provider only. Off with
+``blocked_convolutions=False``.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ _higher_order = lazy_module("onnxinit.autodiff.higher_order")
 _staged = lazy_module("onnxinit.autodiff.staged")
 _scaled = lazy_module("onnxinit.autodiff.scaled")
 _execution = lazy_module("onnxinit.autodiff.execution")
+_blocked = lazy_module("onnxinit.autodiff.blocked")
+_runtime = lazy_module("onnxinit.runtime")
 
 HVP_MODES = ("auto", "exact", "fd")
 
@@ -107,18 +115,21 @@ class GradientOracle:
         hvp: str = "auto",
         threads: int | None = None,
         scaled_convolutions: bool = True,
+        blocked_convolutions: bool = True,
     ):
         if hvp not in HVP_MODES:
             raise InvalidOptionError(f"hvp must be auto, exact or fd, not {hvp!r}")
         self.model, self.source, self.wrt = model, source, tuple(wrt)
         self.device, self.dtype, self.threads, self.hvp_mode = device, dtype, threads, hvp
         self.scaled_convolutions = scaled_convolutions
+        self.blocked_convolutions = blocked_convolutions
         self.hvp_note = "finite differences of gradients" if hvp == "fd" else ""
         self._programs: dict[int, GradientProgram] = {}
         self._derived: dict[tuple, DerivedProgram | None] = {}
+        self._graphs: dict[tuple, DerivedGraph | None] = {}
         self._products: dict[int, HessianVectorProgram | None] = {}
         self._staged: dict[tuple, StagedProgram | None] = {}
-        self._directional: dict[int, object] = {}
+        self._directional: dict[tuple[int, bool], object] = {}
         self.passes = 0
         self.exact_passes = 0
         first = self.program(source.batch_size)
@@ -168,11 +179,31 @@ class GradientOracle:
         return (scaled and self.scaled_convolutions
                 and self.program(batch_size).backend == "onnxruntime")
 
-    def _rewrite(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        return _scaled.rewrite(model, self.values)
+    def _blocking(self, batch_size: int) -> bool:
+        """Whether this batch size's programs get blocked convolutions (module docstring):
+        float32 on onnxruntime's CPU provider alone."""
+        program = self.program(batch_size)
+        return (self.blocked_convolutions and program.backend == "onnxruntime"
+                and not program.float64
+                and _runtime.providers(self.device) == ["CPUExecutionProvider"])
 
-    def _rewritten(self, graph: DerivedGraph) -> DerivedGraph:
-        model = self._rewrite(graph.model)
+    def _transform(self, batch_size: int, scaled: bool
+                   ) -> Callable[[onnx.ModelProto], onnx.ModelProto] | None:
+        """The value-preserving rewrite of this batch size's programs: scaled convolutions
+        (``scaled``), then blocked ones; None where neither applies."""
+        scaled, blocked = self._scaling(batch_size, scaled), self._blocking(batch_size)
+        if not (scaled or blocked):
+            return None
+
+        def transform(model: onnx.ModelProto) -> onnx.ModelProto:
+            if scaled:
+                model = _scaled.rewrite(model, self.values)
+            return _blocked.rewrite(model) if blocked else model
+
+        return transform
+
+    def _rewritten(self, graph: DerivedGraph, transform) -> DerivedGraph:
+        model = transform(graph.model)
         added = tuple(v.name for v in model.graph.input[len(graph.model.graph.input):])
         return type(graph)(model, graph.wrt, graph.tensors, graph.inputs + added,
                            graph.elem_type)
@@ -183,19 +214,27 @@ class GradientOracle:
         ``key``), or None where the autodiff cannot build it (or ``hvp='fd'``). ``scaled``:
         with scaled convolutions (module docstring); run it with ``scales``."""
         scaled = self._scaling(batch_size, scaled)
-        if (key, batch_size, scaled) not in self._derived:
+        cached = (key, batch_size, scaled, self._blocking(batch_size))
+        if cached not in self._derived:
             program = self.program(batch_size)
-            if scaled:
-                plain = self.derived(key, batch_size, make)
-                built = None if plain is None else _higher_order.DerivedProgram(
-                    self._rewritten(plain.graph), device=self.device, float64=program.float64,
-                    threads=self.threads, backend=program.backend)
-            else:
-                built = self._exact(lambda: _higher_order.DerivedProgram(
-                    make(program.graph), device=self.device, float64=program.float64,
-                    threads=self.threads, backend=program.backend))
-            self._derived[key, batch_size, scaled] = built
-        return self._derived[key, batch_size, scaled]
+            graph = self.derived_graph(key, batch_size, make)
+            transform = self._transform(batch_size, scaled)
+            if graph is not None and transform is not None:
+                graph = self._rewritten(graph, transform)
+            self._derived[cached] = None if graph is None else \
+                self._exact(lambda: _higher_order.DerivedProgram(
+                    graph, device=self.device, float64=program.float64, threads=self.threads,
+                    backend=program.backend))
+        return self._derived[cached]
+
+    def derived_graph(self, key: str, batch_size: int,
+                      make: Callable[[GradientGraph], DerivedGraph]) -> DerivedGraph | None:
+        """``make(gradient graph)`` as built (no rewrite; cached), or None where the autodiff
+        cannot (or ``hvp='fd'``)."""
+        if (key, batch_size) not in self._graphs:
+            self._graphs[key, batch_size] = self._exact(
+                lambda: make(self.program(batch_size).graph))
+        return self._graphs[key, batch_size]
 
     def staged(self, key: str, batch_size: int, make: Callable[[GradientGraph], DerivedGraph],
                *, scaled: bool = False) -> StagedProgram | None:
@@ -203,21 +242,23 @@ class GradientOracle:
         ``derived(key, batch_size, make)`` giving its ``dphi`` tensors, or None where there is
         no exact program or it cannot be split. ``scaled``: as :meth:`derived`."""
         scaled = self._scaling(batch_size, scaled)
-        if (key, batch_size, scaled) not in self._staged:
-            derived = self.derived(key, batch_size, make)
-            self._staged[key, batch_size, scaled] = None if derived is None else \
-                _staged.staged_or_none(self.program(batch_size), derived.graph,
+        cached = (key, batch_size, scaled, self._blocking(batch_size))
+        if cached not in self._staged:
+            graph = self.derived_graph(key, batch_size, make)
+            self._staged[cached] = None if graph is None else \
+                _staged.staged_or_none(self.program(batch_size), graph,
                                        [f"dphi:{n}" for n in self.wrt],
-                                       transform=self._rewrite if scaled else None)
-        return self._staged[key, batch_size, scaled]
+                                       transform=self._transform(batch_size, scaled))
+        return self._staged[cached]
 
     def staged_products(self, batch_size: int) -> StagedProgram | None:
         """The two stages of the exact Hessian-vector product, or None."""
-        key = ("products", batch_size)
+        key = ("products", batch_size, self._blocking(batch_size))
         if key not in self._staged:
             exact = self.products(batch_size)
             self._staged[key] = None if exact is None else _staged.staged_or_none(
-                exact.program, exact.graph, [f"dphi:{n}" for n in self.wrt])
+                exact.program, exact.graph, [f"dphi:{n}" for n in self.wrt],
+                transform=self._transform(batch_size, False))
         return self._staged[key]
 
     def feeds(self, theta: np.ndarray, batch: Batch,
@@ -277,13 +318,16 @@ class GradientOracle:
         if not self._scaling(n, True):
             loss, g = self.gradient(theta, batch)
             return loss, self.layout.segment_dot(g, self.layout.join(self.values))
-        if n not in self._directional:
+        cached = (n, self._blocking(n))
+        if cached not in self._directional:
             program = self.program(n)
             model = _scaled.directional(program.graph.model, self.wrt, self.values)
-            self._directional[n] = _execution.Runner(
+            if cached[1]:
+                model = _blocked.rewrite(model)
+            self._directional[cached] = _execution.Runner(
                 model, device=self.device, float64=program.float64, threads=self.threads,
                 backend=program.backend)
-        results = self._directional[n].run(self.feeds(theta, batch))
+        results = self._directional[cached].run(self.feeds(theta, batch))
         self.passes += 1
         return float(results[0]), np.array([float(r) for r in results[1:]])
 

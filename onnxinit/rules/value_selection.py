@@ -37,6 +37,7 @@ import numpy as np
 from ..moments import Moments
 from .context import RuleContext
 from .softmax import MASK_GAP
+from .unit_rows import is_unit_rows
 
 _LAYOUT = ("Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Cast", "Identity",
            "Dropout")
@@ -69,17 +70,61 @@ def _qk_matmul(graph, name: str, depth: int = 0):
     return None
 
 
-def _projection(graph, name: str):
+def _picked_axis(graph, node, axis: int | None):
+    """The axis of ``node``'s input that output axis ``axis`` (a picked part of a fused
+    projection) comes from, through a Transpose; None when it is lost."""
+    if axis is None:
+        return None
+    if node.op_type == "Transpose":
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        return perm[axis] if perm is not None and axis < len(perm) else None
+    if node.op_type in ("Cast", "Identity", "Dropout"):
+        return axis
+    return None
+
+
+def _projection(ctx: RuleContext, name: str):
     """(x, W [D, N]) when ``name`` is ``x @ W`` (+ bias) through layout ops that include a
-    Reshape, else None."""
+    Reshape, else None. A fused projection split by a Gather of one index along an axis that
+    a Reshape split off its columns (Swin's ``qkv``: ``[B, T, 3 D] -> [B, T, 3, H, d]``,
+    permuted, ``qkv[i]``) gives that block of W's columns; a row scaled to unit length
+    (``F.normalize``: cosine attention) is read as its numerator (the scale of a key cancels
+    in the selection ratio)."""
+    graph = ctx.graph
     reshaped = False
-    for _ in range(12):
+    picked = None  # (axis of the current tensor, index) of a Gather of a fused projection
+    columns = None  # (index, block): W's columns [index * block, (index + 1) * block)
+    for _ in range(16):
         nid = graph.producer.get(name)
         if nid is None:
             return None
         node = graph.node(nid)
         op = node.op_type
-        if op in _LAYOUT:
+        if op == "Gather" and picked is None and columns is None:
+            index = graph.value(node.input[1]) if len(node.input) > 1 else None
+            if index is None or np.size(index) != 1 or np.ndim(index) != 0:
+                return None
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            rank = len(graph.shape(node.input[0]) or ())
+            picked = (axis % rank if rank else None, int(index))
+            name = node.input[0]
+        elif op == "Div" and is_unit_rows(ctx.for_node(nid)):
+            name = node.input[0]
+        elif op == "Reshape" and picked is not None:
+            out_shape, in_shape = graph.shape(node.output[0]), graph.shape(node.input[0])
+            axis = picked[0]
+            if axis is None or not out_shape or not in_shape:
+                return None
+            block = int(np.prod(out_shape[axis + 1:]))
+            if int(np.prod(out_shape[axis:])) != in_shape[-1]:
+                return None
+            columns, picked, reshaped = (picked[1], block), None, True
+            name = node.input[0]
+        elif op in _LAYOUT:
+            if picked is not None:
+                picked = (_picked_axis(graph, node, picked[0]), picked[1])
+                if picked[0] is None:
+                    return None
             reshaped |= op == "Reshape"
             name = node.input[0]
         elif op == "Add":
@@ -87,11 +132,14 @@ def _projection(graph, name: str):
             if len(signals) != 1:
                 return None
             name = signals[0]
-        elif op == "MatMul" and graph.is_constant(node.input[1]):
+        elif op == "MatMul" and graph.is_constant(node.input[1]) and picked is None:
             w = graph.value(node.input[1])
             if w is None or w.ndim != 2 or not reshaped:
                 return None
-            return _stripped(graph, node.input[0]), np.asarray(w, dtype=np.float64)
+            w = np.asarray(w, dtype=np.float64)
+            if columns is not None:
+                w = w[:, columns[0] * columns[1]:(columns[0] + 1) * columns[1]]
+            return _stripped(graph, node.input[0]), w
         else:
             return None
     return None
@@ -159,7 +207,7 @@ def selection_variance(ctx: RuleContext, softmax) -> float:
     if qk is None or logits_name not in known:
         return 0.0
     kt_shape, v_shape = graph.shape(qk.input[1]), graph.shape(ctx.node.input[1])
-    key, value = _projection(graph, qk.input[1]), _projection(graph, ctx.node.input[1])
+    key, value = _projection(ctx, qk.input[1]), _projection(ctx, ctx.node.input[1])
     if not kt_shape or not v_shape or key is None or value is None or key[0] != value[0]:
         return 0.0
     x = known.get(key[0])

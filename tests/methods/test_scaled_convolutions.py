@@ -92,14 +92,15 @@ def smooth_conv_net(seed=0):
 
 
 def _both(run, compute):
-    """compute() with the scaled programs, then with the plain ones."""
+    """compute() with the scaled programs (as the methods run them: blocked convolutions where
+    onnxruntime has them), then with the plain ones (neither rewrite)."""
     oracle = run.oracle
     scaled = compute()
-    oracle.scaled_convolutions = False
+    oracle.scaled_convolutions = oracle.blocked_convolutions = False
     try:
         plain = compute()
     finally:
-        oracle.scaled_convolutions = True
+        oracle.scaled_convolutions = oracle.blocked_convolutions = True
     return scaled, plain
 
 
