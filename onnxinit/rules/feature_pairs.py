@@ -49,6 +49,7 @@ from .context import RuleContext, RuleError
 from .fusion import fused_function
 from .pair_algebra import (NONE, Pairs, dense, independent_sum, mixed_excess, normalised, product,
                            row_mean_factor, square, through_function)
+from .row_norm import without_casts
 
 
 _NORMS = frozenset(("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"))
@@ -203,20 +204,6 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[l
     return outputs, none
 
 
-def _strip(ctx: RuleContext, name: str) -> str:
-    """``name`` before any Cast/Identity producing it."""
-    graph = ctx.graph
-    for _ in range(4):
-        node_id = graph.producer.get(name)
-        if not node_id:
-            return name
-        node = graph.node(node_id)
-        if node.op_type not in ("Cast", "Identity", "CastLike"):
-            return name
-        name = node.input[0]
-    return name
-
-
 def _normalises(ctx: RuleContext) -> bool:
     """The node is ``x * s`` or ``x / s`` with ``s`` a function of the mean over the last axis
     of ``x^2`` alone (RMSNorm and LayerNorm written out: ``x / sqrt(mean(x^2) + eps)``)."""
@@ -224,7 +211,7 @@ def _normalises(ctx: RuleContext) -> bool:
     x_name, s_name = ctx.node.input[0], ctx.node.input[1]
     if ctx.node.op_type == "Mul" and _last_dim(ctx, 0) == 1:
         x_name, s_name = s_name, x_name
-    x = _strip(ctx, x_name)
+    x = without_casts(ctx, x_name)
     name = s_name
     for _ in range(8):
         node_id = graph.producer.get(name)
@@ -240,7 +227,7 @@ def _normalises(ctx: RuleContext) -> bool:
                 return False
             sq = graph.node(sq_id)
             if sq.op_type == "Pow" or (sq.op_type == "Mul" and sq.input[0] == sq.input[1]):
-                return _strip(ctx, sq.input[0]) == x
+                return without_casts(ctx, sq.input[0]) == x
             return False
         name = signals[0]
     return False

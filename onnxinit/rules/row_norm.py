@@ -37,7 +37,7 @@ from .mixture import lift
 MAX_CHAIN = 8  # element-wise nodes between the mean square and the scale
 
 
-def _strip(ctx: RuleContext, name: str) -> str:
+def without_casts(ctx: RuleContext, name: str) -> str:
     """``name`` before any Cast/Identity producing it."""
     graph = ctx.graph
     for _ in range(4):
@@ -64,7 +64,7 @@ def _scale_chain(ctx: RuleContext, x: str, name: str):
                                   and float(np.asarray(graph.value(sq.input[1]))) == 2.0
                                   or sq.op_type == "Mul" and sq.input[0] == sq.input[1]):
                 return None
-            if _strip(ctx, sq.input[0]) != x or not _last_axis(ctx.for_node(node_id)):
+            if without_casts(ctx, sq.input[0]) != x or not _last_axis(ctx.for_node(node_id)):
                 return None
             return name, tuple(reversed(chain))
         found = node_function(ctx.for_node(node_id))
@@ -95,7 +95,7 @@ def row_normalised(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.
         return None
     order = (0, 1) if node.op_type == "Div" else (0, 1, 1, 0)
     for xi, si in zip(order[::2], order[1::2]):
-        found = _scale_chain(ctx, _strip(ctx, node.input[xi]), node.input[si])
+        found = _scale_chain(ctx, without_casts(ctx, node.input[xi]), node.input[si])
         if found is not None:
             break
     else:
@@ -137,7 +137,7 @@ def _l2_of(ctx: RuleContext, name: str, x: str) -> bool:
     if not node_id:
         return False
     node = graph.node(node_id)
-    if node.op_type != "ReduceL2" or _strip(ctx, node.input[0]) != x:
+    if node.op_type != "ReduceL2" or without_casts(ctx, node.input[0]) != x:
         return False
     nctx = ctx.for_node(node_id)
     try:
@@ -217,7 +217,7 @@ def response_normalised(inputs, ctx: RuleContext, rank: int
         return None
     known = ctx.known or {}
     for xi in (0, 1):
-        x, n_name = _strip(ctx, node.input[xi]), node.input[1 - xi]
+        x, n_name = without_casts(ctx, node.input[xi]), node.input[1 - xi]
         n_id = graph.producer.get(n_name)
         n_node = graph.node(n_id) if n_id else None
         if n_node is None or n_node.op_type not in ("Div", "Mul"):

@@ -26,19 +26,10 @@ import numpy as np
 from ..special import gammaln
 from .context import RuleContext, RuleError
 from .mixture import lift
+from .row_norm import without_casts
 
 _PASSING = ("Expand", "Cast", "Identity", "CastLike")
 MAX_STEPS = 6
-
-
-def _strip(ctx: RuleContext, name: str) -> str:
-    graph = ctx.graph
-    for _ in range(4):
-        node_id = graph.producer.get(name)
-        if not node_id or graph.node(node_id).op_type not in ("Cast", "Identity", "CastLike"):
-            return name
-        name = graph.node(node_id).input[0]
-    return name
 
 
 def _floor(ctx: RuleContext, node) -> float | None:
@@ -64,7 +55,7 @@ def is_unit_rows(ctx: RuleContext) -> bool:
     """The node is ``Div(x, max(ReduceL2(x, last axis), eps))``."""
     node = ctx.node
     return (node.op_type == "Div" and len(node.input) == 2
-            and _norm_of(ctx, node.input[1], _strip(ctx, node.input[0])) is not None)
+            and _norm_of(ctx, node.input[1], without_casts(ctx, node.input[0])) is not None)
 
 
 def _norm_of(ctx: RuleContext, name: str, x: str) -> float | None:
@@ -86,7 +77,7 @@ def _norm_of(ctx: RuleContext, name: str, x: str) -> float | None:
             eps = max(eps, low)
             name = next(i for i in node.input if graph.value(i) is None)
             continue
-        if node.op_type != "ReduceL2" or _strip(ctx, node.input[0]) != x:
+        if node.op_type != "ReduceL2" or without_casts(ctx, node.input[0]) != x:
             return None
         nctx = ctx.for_node(node_id)
         try:
@@ -112,7 +103,7 @@ def unit_rows(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.ndarr
     node = ctx.node
     if node.op_type != "Div" or len(inputs) != 2 or any(m is None for m in inputs):
         return None
-    x_name = _strip(ctx, node.input[0])
+    x_name = without_casts(ctx, node.input[0])
     eps = _norm_of(ctx, node.input[1], x_name)
     if eps is None:
         return None
