@@ -52,6 +52,7 @@ import numpy as np
 from .. import correlation as corr_model
 from ..moments import Moments
 from ..spatial import attach
+from .axis_roles import CONST_MAPS, channel_map_roles, channels_taken, layout_roles
 from .context import RuleContext
 from .correlations import chain_amplitudes
 from .kurtosis import chain_start
@@ -60,43 +61,9 @@ from .on_demand import OnDemandField
 _FIELD = OnDemandField()
 _LAYOUT = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout",
            "Cast"}
-_CONST_MAPS = {"Add", "Sub", "Mul", "Div"}
-_HANDLED = _LAYOUT | _CONST_MAPS | {"Slice", "Split", "BatchNormalization", "LayerNormalization",
+_HANDLED = _LAYOUT | CONST_MAPS | {"Slice", "Split", "BatchNormalization", "LayerNormalization",
                                     "MatMul", "Gemm", "Einsum"}
 _TO_SOFTMAX = {"Identity", "Dropout", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze"}
-
-
-# ---------------------------------------------------------------------------------------------
-# roles of the axes
-
-
-def reshape_roles(in_shape, roles, out_shape) -> tuple | None:
-    """The output axes' roles of a row-major reshape: consecutive groups of axes with equal
-    products map onto each other; a group whose input axes (of size > 1) share one role gives
-    it to its output axes, a mixed group gives ``x``."""
-    ins = [(int(s), r) for s, r in zip(in_shape, roles) if s != 1]
-    outs = [i for i, s in enumerate(out_shape) if s != 1]
-    result = ["1"] * len(out_shape)
-    i = j = 0
-    while i < len(ins):
-        if j >= len(outs):
-            return None
-        size, kinds, group = ins[i][0], {ins[i][1]}, [outs[j]]
-        target = int(out_shape[outs[j]])
-        i, j = i + 1, j + 1
-        while size != target:
-            if size < target and i < len(ins):
-                size, i = size * ins[i][0], i + 1
-                kinds.add(ins[i - 1][1])
-            elif size > target and j < len(outs):
-                target, j = target * int(out_shape[outs[j]]), j + 1
-                group.append(outs[j - 1])
-            else:
-                return None
-        role = kinds.pop() if len(kinds) == 1 else "x"
-        for g in group:
-            result[g] = role
-    return tuple(result) if j == len(outs) else None
 
 
 def _einsum_terms(ctx: RuleContext):
@@ -239,11 +206,11 @@ def _compute(ctx: RuleContext, tensor: str, of):
         return _attention(node_ctx, op, signals, of, known, shape)
     first = of(signals[0])
     if op in _LAYOUT and first is not None:
-        return _layout(node_ctx, op, first, _shape(graph, signals[0]), shape)
+        return layout_roles(node_ctx, op, first, _shape(graph, signals[0]), shape)
     if op in ("Slice", "Split") and first is not None:
-        return _channels_taken(first, _shape(graph, signals[0]), shape)
+        return channels_taken(first, _shape(graph, signals[0]), shape)
     if len(signals) == 1 and first is not None:
-        return _channel_map(node_ctx, op, first, _shape(graph, signals[0]), shape)
+        return channel_map_roles(node_ctx, op, first, _shape(graph, signals[0]), shape)
     if len(signals) != 2:
         return None
     a, b = (of(n) for n in signals)
@@ -252,50 +219,6 @@ def _compute(ctx: RuleContext, tensor: str, of):
         return _sum(known, signals, (a, b), (sa, sb), shape)
     if op == "Mul":
         return _gated(known, signals, (a, b), (sa, sb), shape)
-    return None
-
-
-def _layout(ctx, op, field, in_shape, out_shape):
-    roles, phi = field
-    if op == "Transpose":
-        perm = list(ctx.attr("perm", list(range(len(roles)))[::-1]))
-        return tuple(roles[p] for p in perm), phi
-    if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-        new = reshape_roles(in_shape, roles, out_shape)
-        return None if new is None else (new, phi)
-    return roles, phi
-
-
-def _channels_taken(field, in_shape, out_shape):
-    """Slice or Split of channels only (q, k and v from one projection): phi kept."""
-    roles, phi = field
-    if in_shape is None or len(in_shape) != len(out_shape) or len(roles) != len(out_shape):
-        return None
-    cut = [r for r, a, b in zip(roles, in_shape, out_shape) if a != b]
-    return (roles, phi) if all(r == "c" for r in cut) else None
-
-
-def _channel_map(ctx, op, field, in_shape, out_shape):
-    """A map over the channels alone keeps phi."""
-    roles, phi = field
-    rank = len(roles)
-    if op == "BatchNormalization":
-        return (roles, phi) if rank > 1 and roles[1] == "c" else None
-    if op == "LayerNormalization":
-        axis = int(ctx.attr("axis", -1)) % rank
-        return (roles, phi) if all(r in ("c", "1") for r in roles[axis:]) else None
-    if op in ("MatMul", "Gemm") and ctx.const(1) is not None and np.ndim(ctx.const(1)) == 2:
-        if roles[-1] != "c" or len(out_shape) != rank:
-            return None
-        return roles, phi
-    if op in _CONST_MAPS and tuple(out_shape) == tuple(in_shape):
-        const = next((ctx.const(i) for i in range(2) if ctx.const(i) is not None), None)
-        if const is None:
-            return None
-        c = (1,) * (rank - np.ndim(const)) + tuple(np.shape(const))
-        if op in ("Mul", "Div") and any(s > 1 and r == "p" for s, r in zip(c, roles)):
-            return None
-        return roles, phi
     return None
 
 
@@ -358,7 +281,7 @@ def _gated(known, names, fields, shapes, shape):
         roles, phi = field
         mx, mg = known[names[x]], known[names[g]]
         nu, mu2 = _nu(mx), float(np.mean(np.asarray(mx.mean, np.float64) ** 2))
-        g1, gv = float(np.mean(mg.mean)), _nu(mg)
+        gv = _nu(mg)
         g2 = gv + float(np.mean(np.asarray(mg.mean, np.float64) ** 2))
         total = g2 * nu + gv * mu2
         return (roles, (g2 * phi * nu + gv * mu2) / total) if total > 0 else None
@@ -438,7 +361,7 @@ def onto_map(ctx: RuleContext, out: Moments) -> Moments:
         field = share(ctx, node.input[0])
         if field is None:
             return out
-        placed = _layout(ctx, node.op_type, field, tuple(ctx.in_shape(0)), tuple(shape))
+        placed = layout_roles(ctx, node.op_type, field, tuple(ctx.in_shape(0)), tuple(shape))
     except (ValueError, IndexError, KeyError, TypeError):
         return out
     if placed is None:
@@ -468,4 +391,4 @@ def onto_map(ctx: RuleContext, out: Moments) -> Moments:
     return attach(Moments(mean.reshape(cell), var.reshape(cell)), maps, field_corr)
 
 
-__all__ = ["correlation", "onto_map", "reshape_roles", "share"]
+__all__ = ["correlation", "onto_map", "share"]

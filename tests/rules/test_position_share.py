@@ -10,7 +10,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.moments import Moments
-from onnxinit.rules.position_share import reshape_roles
+from onnxinit.rules.axis_roles import reshape_roles
 from tests.models import make_model
 from tests.oracle import monte_carlo, predict
 
