@@ -34,7 +34,8 @@ Rules (each exact under its stated assumption):
 * AveragePool: ``Cov(d) = (1/n^2) sum_{t,t'} Cov_x(s d + t' - t)``; the window's variance is
   ``(1/n^2) sum_{t,t'} Cov_x(t' - t)`` instead of ``nu/n``.
 * MaxPool: Stein's lemma linearisation, ``Cov(max_A, max_B) ~ sum_{i in A, j in B} pi_i pi_j
-  Cov_z(i, j)`` with ``pi_i = P(max > 0)/n`` (ReLU) the chance that tap i is the maximum.
+  Cov_z(i, j)`` with ``pi_i = P(max > 0)/n`` (ReLU) the chance that tap i is the maximum, except
+  for the taps two overlapping windows share, whose covariance is exact (rules/max_pool.py).
 * Global mean over the K positions: ``Var = (nu/K^2) sum_d n(d) rho(d)``, n(d) the number of
   position pairs at offset d.
 

@@ -20,142 +20,20 @@ AutoInit does) under-predicts E[x^2] after max-pooling by about 1.3x. Results ar
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
 from .. import correlation
-from ..moments import Moments, Source
-from ..spatial import attach, class_weights, gather_taps, positions, window
+from ..moments import Moments
+from ..spatial import attach, class_weights, gather_taps, positions
 from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
-from .gaussian import compose, expand
+from .max_windows import max_pool_classes
+from .maxima import max_moments
 from .pool_skewness import pooled_correction
-from .sample_energy import pooled_shared
-from .maxima import max_moments, max_of_correlated_gaussians, max_of_gaussians, non_decreasing
+from .pool_windows import (cell_arrays, class_windows, distinct_windows, mix, per_channel,
+                           tap_counts, window_geometry)
 from .registry import rule
-
-# ---------------------------------------------------------------------------------------------
-# window geometry
-
-
-def _pads(ctx: RuleContext, in_sizes, out_sizes, kernel, strides, dilations):
-    """(begin, end) pads per spatial axis, auto_pad resolved from the static shapes."""
-    n = len(kernel)
-    auto_pad = ctx.attr("auto_pad", "NOTSET")
-    if auto_pad in ("NOTSET", ""):
-        pads = list(ctx.attr("pads", [0] * 2 * n))
-        return pads[:n], pads[n:]
-    if auto_pad == "VALID":
-        return [0] * n, [0] * n
-    begins, ends = [], []
-    for i in range(n):
-        extent = (kernel[i] - 1) * dilations[i] + 1
-        total = max(0, (out_sizes[i] - 1) * strides[i] + extent - in_sizes[i])
-        begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
-        begins.append(begin)
-        ends.append(total - begin)
-    return begins, ends
-
-
-def _windows(ctx: RuleContext) -> list[tuple[int, int, float]]:
-    """Distinct windows over output positions: (taps inside the input, taps inside the padded
-    input, fraction of positions)."""
-    x_shape, y_shape = ctx.in_shape(0), ctx.out_shape(0)
-    kernel = list(ctx.attr("kernel_shape"))
-    n = len(kernel)
-    strides = list(ctx.attr("strides", [1] * n))
-    dilations = list(ctx.attr("dilations", [1] * n))
-    begins, ends = _pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
-    per_axis = []
-    for d in range(n):
-        pos = (
-            np.arange(y_shape[2 + d])[:, None] * strides[d]
-            - begins[d]
-            + np.arange(kernel[d])[None, :] * dilations[d]
-        )
-        # ceil_mode: a window starting in the end padding is dropped (onnxruntime, PyTorch);
-        # onnx shape inference may still count it
-        pos = pos[pos[:, 0] < x_shape[2 + d]] if ctx.attr("ceil_mode", 0) else pos
-        inside = ((pos >= 0) & (pos < x_shape[2 + d])).sum(axis=1)
-        padded = ((pos >= -begins[d]) & (pos < x_shape[2 + d] + ends[d])).sum(axis=1)
-        pairs, counts = np.unique(np.stack([inside, padded], axis=1), axis=0, return_counts=True)
-        per_axis.append([(int(a), int(b), c / len(inside)) for (a, b), c in zip(pairs, counts)])
-    windows: dict[tuple[int, int], float] = {}
-    for combo in itertools.product(*per_axis):
-        inside = int(np.prod([c[0] for c in combo]))
-        padded = int(np.prod([c[1] for c in combo]))
-        weight = float(np.prod([c[2] for c in combo]))
-        windows[(inside, padded)] = windows.get((inside, padded), 0.0) + weight
-    return [(a, b, w) for (a, b), w in windows.items()]
-
-
-def _class_windows(ctx: RuleContext, maps):
-    """Output position classes of a pooling window over input classes ``maps``: per axis
-    (out_map, taps [R, k]) with taps -1 in the pads and -2 beyond them (ceil_mode)."""
-    x_shape, y_shape = ctx.in_shape(0), ctx.out_shape(0)
-    kernel = list(ctx.attr("kernel_shape"))
-    n = len(kernel)
-    strides = list(ctx.attr("strides", [1] * n))
-    dilations = list(ctx.attr("dilations", [1] * n))
-    begins, ends = _pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
-    out_maps, taps = [], []
-    for d in range(n):
-        size = y_shape[2 + d]
-        if ctx.attr("ceil_mode", 0):  # a window starting in the end padding is dropped
-            size = int(np.sum(np.arange(size) * strides[d] - begins[d] < x_shape[2 + d]))
-        m, t = window(maps[d], size, kernel[d], strides[d], dilations[d], begins[d], ends[d])
-        out_maps.append(m)
-        taps.append(t)
-    return out_maps, taps
-
-
-def _tap_counts(taps, lowest: int) -> np.ndarray:
-    """Per output cell, the number of taps with class >= ``lowest`` (0: inside the input, -1:
-    inside the padded input): a product over the axes ``[R_0, ..., R_{n-1}]``."""
-    out = np.ones(())
-    for t in taps:
-        out = np.multiply.outer(out, (t >= lowest).sum(axis=1).astype(np.float64))
-    return out
-
-
-def _cell_arrays(sp, c: int) -> tuple[np.ndarray, np.ndarray]:
-    mu, nu = np.broadcast_arrays(sp.cells.mean, sp.cells.var)
-    shape = (c,) + tuple(sp.classes)
-    return np.broadcast_to(mu[0], shape), np.broadcast_to(nu[0], shape)
-
-
-def _mix(parts: list[tuple[np.ndarray, np.ndarray, float]]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel moments over positions of kinds r (mean_r, var_r, weight_r):
-    mean = sum w mean_r, var = sum w var_r + sum w (mean_r - mean)^2."""
-    mean = sum(w * m for m, _, w in parts)
-    var = sum(w * v for _, v, w in parts) + sum(w * (m - mean) ** 2 for m, _, w in parts)
-    return mean, var
-
-
-def _spatially_uniform(x: Moments) -> bool:
-    return all(a == 1 for a in x.tracked_axes()) or x.is_scalar
-
-
-def per_channel(x: Moments, x_shape) -> Moments:
-    """x with statistics that vary along spatial axes (a padded Conv's per-position output)
-    pooled per channel: the moments by the law of total variance, and the source's Gaussian
-    likewise (its element-wise chain kept), so that maxima sample one distribution per
-    channel, as when the statistics were per channel from the start."""
-    if _spatially_uniform(x):
-        return x
-    rank, c = len(x_shape), x_shape[1]
-    m, v = x.values_along(1, c)
-    src = x.source
-    if src is not None and max(np.ndim(src.mean), np.ndim(src.var)) <= rank:
-        pooled_src = Moments.along(
-            *Moments(src.mean, src.var).expand_rank(rank).values_along(1, c), 1, rank)
-        src = Source(pooled_src.mean, pooled_src.var, src.chain)
-    else:
-        src = None
-    pooled = Moments.along(m, v, 1, rank)
-    return Moments(pooled.mean, pooled.var, src)
-
+from .sample_energy import pooled_shared
 
 # ---------------------------------------------------------------------------------------------
 # averages
@@ -176,13 +54,13 @@ def average_pool(inputs, ctx: RuleContext):
     x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
     sp = positions(x, x_shape)
-    out_maps, taps = _class_windows(ctx, sp.maps)
-    geometry = _geometry(ctx)
-    inside = _tap_counts(taps, 0)
+    out_maps, taps = class_windows(ctx, sp.maps)
+    geometry = window_geometry(ctx)
+    inside = tap_counts(taps, 0)
     if np.any(inside == 0):
         raise RuleError("a window entirely in the padding")
-    divisor = _tap_counts(taps, -1) if ctx.attr("count_include_pad", 0) else inside
-    mu, nu = _cell_arrays(sp, x_shape[1])
+    divisor = tap_counts(taps, -1) if ctx.attr("count_include_pad", 0) else inside
+    mu, nu = cell_arrays(sp, x_shape[1])
     n = len(taps)
     t_axes = tuple(range(1, 1 + n))
     mean = gather_taps(mu, taps).sum(axis=t_axes) / divisor
@@ -194,12 +72,6 @@ def average_pool(inputs, ctx: RuleContext):
                                               ctx.out_shape(0)[2:])
         var = var * (centre * int(np.prod(kernel))).reshape((-1,) + (1,) * n)
     return [attach(Moments(mean[None], var[None]), out_maps, corr)]
-
-
-def _geometry(ctx: RuleContext):
-    kernel = list(ctx.attr("kernel_shape"))
-    n = len(kernel)
-    return kernel, list(ctx.attr("strides", [1] * n)), list(ctx.attr("dilations", [1] * n))
 
 
 @rule("GlobalAveragePool")
@@ -233,7 +105,7 @@ def spatial_mean(x: Moments, x_shape) -> Moments:
     (1/K) sum_{p,p'} rho(p - p') when the positions are correlated (``onnxinit.correlation``)."""
     sp = positions(x, x_shape)
     k = int(np.prod(x_shape[2:]))
-    mu, nu = _cell_arrays(sp, np.broadcast_shapes(x.mean.shape, x.var.shape)[1]
+    mu, nu = cell_arrays(sp, np.broadcast_shapes(x.mean.shape, x.var.shape)[1]
                           if x.rank == len(x_shape) else 1)
     w = class_weights(sp.maps)[None]
     axes = tuple(range(1, mu.ndim))
@@ -257,100 +129,19 @@ def max_pool(inputs, ctx: RuleContext):
     x_shape = ctx.in_shape(0)
     x = signal(inputs, 0)
     outs = [None] * (len(ctx.node.output) - 1)
-    classes = _max_pool_classes(x, x_shape, ctx)
+    classes = max_pool_classes(x, x_shape, ctx)
     if classes is not None:
         return [classes] + outs
     x = per_channel(x, x_shape)
     rank = len(x_shape)
-    windows = _windows(ctx)
+    windows = distinct_windows(ctx)
     if any(inside == 0 for inside, _, _ in windows):
         raise RuleError("a window entirely in the padding")
     counts = sorted({inside for inside, _, _ in windows})
     stats = dict(zip(counts, max_moments(base_source(x, rank), counts, rank)))
     parts = [(*stats[inside], w) for inside, _, w in windows]
-    mean, var = _mix(parts)
+    mean, var = mix(parts)
     return [Moments(mean, var)] + outs
-
-
-def _max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
-    """MaxPool per output position class, when the input is a Gaussian per cell followed by a
-    non-decreasing chain f (ReLU ...): max_taps f(z_t) = f(max_taps z_t) with z_t ~ N(m_t, s_t^2)
-    the Gaussians of the cells under the taps (``maxima.max_of_gaussians``), correlated as the
-    input's correlation says (a conv output's neighbours): each channel's taps at one common
-    correlation r (``maxima.max_of_correlated_gaussians``, exact when the pairs are equally
-    correlated), chosen so that the window's mean pair distance matches,
-    ``sqrt(1 - r) = mean_pairs sqrt(1 - rho_ij)`` (E|z_i - z_j| sets the spread of a maximum;
-    a 2x2 window's diagonal pair is less correlated than its sides). Positions are taken as
-    stationary: the interior's correlation at the border too.
-    None when the chain is not monotone."""
-    sp = positions(x, x_shape)
-    cells = sp.cells
-    src = cells.source if cells.source is not None else Source(cells.mean, cells.var)
-    rank = len(x_shape)
-    mean, var = np.broadcast_arrays(expand(src.mean, rank), expand(src.var, rank))
-    c = np.broadcast_shapes(mean.shape, cells.mean.shape)[1]
-    shape = (c,) + tuple(sp.classes)
-    mean, var = np.broadcast_to(mean[0], shape), np.broadcast_to(var[0], shape)
-    if mean.shape[1:] != tuple(sp.classes) or not non_decreasing(src.chain, mean, var):
-        return None
-    out_maps, taps = _class_windows(ctx, sp.maps)
-    n = len(taps)
-    m_t = gather_taps(mean, taps)  # [C, T_0.., R_0..]
-    s_t = gather_taps(np.sqrt(var), taps)
-    valid = gather_taps(np.ones(shape), taps)
-    t_shape = m_t.shape[1:1 + n]
-    r_shape = m_t.shape[1 + n:]
-
-    def lay_out(a):  # [T, 1, C, R_0, ...] so that per-channel constants of f broadcast
-        a = np.moveaxis(a.reshape((c, int(np.prod(t_shape))) + r_shape), 1, 0)
-        return a[:, None]
-
-    if sp.corr is None:
-        e, v, _ = max_of_gaussians(lay_out(m_t), lay_out(s_t), lay_out(valid),
-                                   compose(src.chain))
-        return attach(Moments(e, v), out_maps, None)
-    kernel, _, dilations = _geometry(ctx)
-    pairs = correlation.window_pairs(correlation.Correlation(*sp.corr.gaussian()), kernel,
-                                     dilations)
-    # one common correlation r with the mean distance of the pairs, E|z_i - z_j| ~ sqrt(1 - rho)
-    if pairs.shape[1]:
-        distance = np.sqrt(np.clip(1.0 - pairs, 0.0, 2.0)).mean(axis=1)
-        common = np.broadcast_to(1.0 - distance**2, (c,))
-    else:
-        common = np.zeros(c)
-    e, v, slope = max_of_correlated_gaussians(
-        lay_out(m_t), lay_out(s_t), lay_out(valid), compose(src.chain),
-        common.reshape((1, c) + (1,) * len(r_shape)))
-    lin, centre = _window_correlation(sp, ctx)
-    return attach(Moments(e, v), out_maps, _max_correlation(lin, centre, var, slope, v, sp.corr.centred))
-
-
-def _window_correlation(sp, ctx: RuleContext):
-    """The window average of the Gaussian under the input's chain: (its output Correlation,
-    ``(1/n^2) sum_{t,t'} rho_z(t' - t)`` per channel)."""
-    kernel, strides, dilations = _geometry(ctx)
-    rho_z, floor_z = sp.corr.gaussian()
-    gauss = correlation.Correlation(rho_z, floor_z, None, sp.corr.centred)
-    return correlation.window_sum(gauss, kernel, strides, dilations, ctx.out_shape(0)[2:])
-
-
-def _max_correlation(lin, centre, var_z, slope, var_max, centred):
-    """Output correlation of a max pool by Stein's lemma, linearised: with pi_t = E[f'(M)]/n
-    the chance-weighted derivative of the window's maximum by tap t,
-    ``Cov(out(p), out(p+d)) ~ E[f'(M)]^2 nu_z (1/n^2) sum_{t,t'} rho_z(s d + t' - t)``
-    (z the Gaussian under the chain; ``lin``, ``centre`` from :func:`_window_correlation`),
-    divided by the maximum's variance; per channel, averaged over the position classes."""
-    c = var_z.shape[0]
-    axes = tuple(range(1, var_z.ndim))
-    nu_z = var_z.mean(axis=axes)
-    k = slope.reshape(c, -1).mean(axis=1)
-    v = var_max.reshape(c, -1).mean(axis=1)
-    scale = k**2 * nu_z * np.broadcast_to(centre, (c,)) / np.where(v > 0, v, 1.0)
-    n = lin.rho.ndim - 1
-    rho = np.broadcast_to(lin.rho, (c,) + lin.rho.shape[1:]) * scale.reshape((-1,) + (1,) * n)
-    rho[(slice(None), *lin.radius)] = 1.0
-    floor = np.broadcast_to(lin.floor, (c,)) * scale
-    return correlation.Correlation(np.clip(rho, -1, 1), np.clip(floor, -1, 1), None, centred)
 
 
 @rule("GlobalMaxPool")
@@ -365,4 +156,4 @@ def global_max_pool(inputs, ctx: RuleContext):
     return [Moments(mean, var)]
 
 
-__all__ = ["max_moments", "spatial_mean"]
+__all__ = ["spatial_mean"]

@@ -1,0 +1,137 @@
+"""Pooling windows: their geometry (pads, strides, dilations, ceil_mode) per output position
+class, and per-channel summaries of per-position statistics, shared by the average and max
+pooling rules (rules/pooling.py, rules/max_windows.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..moments import Moments, Source
+from ..spatial import window
+from .context import RuleContext
+
+
+def pads(ctx: RuleContext, in_sizes, out_sizes, kernel, strides, dilations):
+    """(begin, end) pads per spatial axis, auto_pad resolved from the static shapes."""
+    n = len(kernel)
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", ""):
+        pads = list(ctx.attr("pads", [0] * 2 * n))
+        return pads[:n], pads[n:]
+    if auto_pad == "VALID":
+        return [0] * n, [0] * n
+    begins, ends = [], []
+    for i in range(n):
+        extent = (kernel[i] - 1) * dilations[i] + 1
+        total = max(0, (out_sizes[i] - 1) * strides[i] + extent - in_sizes[i])
+        begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+        begins.append(begin)
+        ends.append(total - begin)
+    return begins, ends
+
+
+def distinct_windows(ctx: RuleContext) -> list[tuple[int, int, float]]:
+    """Distinct windows over output positions: (taps inside the input, taps inside the padded
+    input, fraction of positions)."""
+    x_shape, y_shape = ctx.in_shape(0), ctx.out_shape(0)
+    kernel = list(ctx.attr("kernel_shape"))
+    n = len(kernel)
+    strides = list(ctx.attr("strides", [1] * n))
+    dilations = list(ctx.attr("dilations", [1] * n))
+    begins, ends = pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
+    per_axis = []
+    for d in range(n):
+        pos = (
+            np.arange(y_shape[2 + d])[:, None] * strides[d]
+            - begins[d]
+            + np.arange(kernel[d])[None, :] * dilations[d]
+        )
+        # ceil_mode: a window starting in the end padding is dropped (onnxruntime, PyTorch);
+        # onnx shape inference may still count it
+        pos = pos[pos[:, 0] < x_shape[2 + d]] if ctx.attr("ceil_mode", 0) else pos
+        inside = ((pos >= 0) & (pos < x_shape[2 + d])).sum(axis=1)
+        padded = ((pos >= -begins[d]) & (pos < x_shape[2 + d] + ends[d])).sum(axis=1)
+        pairs, counts = np.unique(np.stack([inside, padded], axis=1), axis=0, return_counts=True)
+        per_axis.append([(int(a), int(b), c / len(inside)) for (a, b), c in zip(pairs, counts)])
+    windows: dict[tuple[int, int], float] = {}
+    for combo in itertools.product(*per_axis):
+        inside = int(np.prod([c[0] for c in combo]))
+        padded = int(np.prod([c[1] for c in combo]))
+        weight = float(np.prod([c[2] for c in combo]))
+        windows[(inside, padded)] = windows.get((inside, padded), 0.0) + weight
+    return [(a, b, w) for (a, b), w in windows.items()]
+
+
+def class_windows(ctx: RuleContext, maps):
+    """Output position classes of a pooling window over input classes ``maps``: per axis
+    (out_map, taps [R, k]) with taps -1 in the pads and -2 beyond them (ceil_mode)."""
+    x_shape, y_shape = ctx.in_shape(0), ctx.out_shape(0)
+    kernel = list(ctx.attr("kernel_shape"))
+    n = len(kernel)
+    strides = list(ctx.attr("strides", [1] * n))
+    dilations = list(ctx.attr("dilations", [1] * n))
+    begins, ends = pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
+    out_maps, taps = [], []
+    for d in range(n):
+        size = y_shape[2 + d]
+        if ctx.attr("ceil_mode", 0):  # a window starting in the end padding is dropped
+            size = int(np.sum(np.arange(size) * strides[d] - begins[d] < x_shape[2 + d]))
+        m, t = window(maps[d], size, kernel[d], strides[d], dilations[d], begins[d], ends[d])
+        out_maps.append(m)
+        taps.append(t)
+    return out_maps, taps
+
+
+def tap_counts(taps, lowest: int) -> np.ndarray:
+    """Per output cell, the number of taps with class >= ``lowest`` (0: inside the input, -1:
+    inside the padded input): a product over the axes ``[R_0, ..., R_{n-1}]``."""
+    out = np.ones(())
+    for t in taps:
+        out = np.multiply.outer(out, (t >= lowest).sum(axis=1).astype(np.float64))
+    return out
+
+
+def cell_arrays(sp, c: int) -> tuple[np.ndarray, np.ndarray]:
+    mu, nu = np.broadcast_arrays(sp.cells.mean, sp.cells.var)
+    shape = (c,) + tuple(sp.classes)
+    return np.broadcast_to(mu[0], shape), np.broadcast_to(nu[0], shape)
+
+
+def mix(parts: list[tuple[np.ndarray, np.ndarray, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel moments over positions of kinds r (mean_r, var_r, weight_r):
+    mean = sum w mean_r, var = sum w var_r + sum w (mean_r - mean)^2."""
+    mean = sum(w * m for m, _, w in parts)
+    var = sum(w * v for _, v, w in parts) + sum(w * (m - mean) ** 2 for m, _, w in parts)
+    return mean, var
+
+
+def spatially_uniform(x: Moments) -> bool:
+    return all(a == 1 for a in x.tracked_axes()) or x.is_scalar
+
+
+def per_channel(x: Moments, x_shape) -> Moments:
+    """x with statistics that vary along spatial axes (a padded Conv's per-position output)
+    pooled per channel: the moments by the law of total variance, and the source's Gaussian
+    likewise (its element-wise chain kept), so that maxima sample one distribution per
+    channel, as when the statistics were per channel from the start."""
+    if spatially_uniform(x):
+        return x
+    rank, c = len(x_shape), x_shape[1]
+    m, v = x.values_along(1, c)
+    src = x.source
+    if src is not None and max(np.ndim(src.mean), np.ndim(src.var)) <= rank:
+        pooled_src = Moments.along(
+            *Moments(src.mean, src.var).expand_rank(rank).values_along(1, c), 1, rank)
+        src = Source(pooled_src.mean, pooled_src.var, src.chain)
+    else:
+        src = None
+    pooled = Moments.along(m, v, 1, rank)
+    return Moments(pooled.mean, pooled.var, src)
+
+
+def window_geometry(ctx: RuleContext):
+    kernel = list(ctx.attr("kernel_shape"))
+    n = len(kernel)
+    return kernel, list(ctx.attr("strides", [1] * n)), list(ctx.attr("dilations", [1] * n))
