@@ -217,6 +217,10 @@ def _outputs(ctx: RuleContext, layout: int, y_mean, y_second, last):
     steps = y_mean.shape[0]
     y_var = np.maximum(np.einsum("ttdh->tdh", y_second) - y_mean**2, 0.0)
     cov = (y_second - y_mean[:, None] * y_mean[None]).mean(axis=(2, 3))
+    # the correlation across steps: the per-step variances stay Y's own (token_field.attach:
+    # pooled with one profile, or kept per step where the directions' profiles differ)
+    sd = np.sqrt(np.maximum(np.diag(cov), 1e-300))
+    cov = cov / np.outer(sd, sd)
     outs = []
     names = list(ctx.node.output) + [""] * (3 - len(ctx.node.output))
     if names[0]:

@@ -71,10 +71,14 @@ def sigma(m: Moments | None, shape, axes: list[int], n: int,
         return None
     t = m.tokens
     if t is not None and t.stride == stride and token_axes(t, len(shape)) == axes:
+        cov = t.cov
+        if is_correlation(cov) and t.n == n:  # the per-token variance is m's own
+            cov = reprofiled(cov, profile(m, shape, axes, n, stride))
+            return cov * float(np.mean(m.var)) / float(np.mean(np.diag(cov)))
         if t.n == n:
-            return float(np.mean(m.var)) * t.cov
+            return float(np.mean(m.var)) * cov
         if stride == 1 and n % t.n == 0:
-            return float(np.mean(m.var)) * np.kron(np.eye(n // t.n), t.cov)
+            return float(np.mean(m.var)) * np.kron(np.eye(n // t.n), cov)
     return np.diag(profile(m, shape, axes, n, stride))
 
 
@@ -103,19 +107,29 @@ def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None,
            stride: int = 1) -> Moments:
     """``m`` with the variance pooled over the token axes and the field ``sig / mean diag``
     (the pooled-out per-token profile lives in the field's diagonal), tokens ``stride`` apart
-    along the flattened token axes."""
+    along the flattened token axes. ``sig`` a correlation (flat diagonal) and ``m``'s variance
+    varying along the token axes: the profile is ``m``'s; where the features' profiles differ
+    (:func:`_own_profiles`) ``m`` keeps its per-token variance and the field is the correlation
+    (``moments.Tokens``)."""
     if sig is None:
         return without(m)
     scale = float(np.mean(np.diag(sig)))
     if not np.isfinite(scale) or scale <= 0:
         return without(m)
     rank = len(shape)
-    t = Tokens(axes[0] - rank, len(axes), sig / scale, stride)
     var = lift(m.var, rank)
     if var.ndim == 0 or not any(var.shape[a] > 1 for a in axes):
         # the variance is already the same for every token: m unchanged, its distribution kept
+        t = Tokens(axes[0] - rank, len(axes), sig / scale, stride)
         return Moments(m.mean, m.var, m.source, m.mixture, t, m.rows)
     mean, var = grid(m, rank)
+    if is_correlation(sig):  # the per-token variance lives in m (a recurrent layer's Y)
+        if _own_profiles(var, axes):
+            return Moments(m.mean, m.var, None, None,
+                           Tokens(axes[0] - rank, len(axes), sig / scale, stride), m.rows)
+        sig = reprofiled(sig, profile(m, shape, axes, sig.shape[0], stride))
+        scale = float(np.mean(np.diag(sig)))
+    t = Tokens(axes[0] - rank, len(axes), sig / scale, stride)
     pooled = tuple(a for a in axes if var.shape[a] > 1)
     masked = np.isneginf(mean)
     if masked.any():  # masked elements keep variance 0; the others share the pooled variance
@@ -126,6 +140,27 @@ def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None,
     mean = compressed(mean, np.broadcast_to(var, mean.shape)).mean  # means may be per token
     return Moments(mean.reshape((1,) * (rank - mean.ndim) + mean.shape), var, None, None, t,
                    m.rows)
+
+
+def is_correlation(sig: np.ndarray) -> bool:
+    """The field's diagonal is flat (to rounding): it holds no per-token variance profile."""
+    d = np.diag(sig)
+    return float(np.ptp(d)) <= 1e-9 * float(np.max(np.abs(d)))
+
+
+def _own_profiles(var: np.ndarray, axes: list[int]) -> bool:
+    """The features' per-token variance profiles (each over the token ``axes``, mean 1) differ
+    from their mean profile by over ``_UNEVEN`` (RMS over the features) at some token: the two
+    directions of a bidirectional recurrent layer (the backward one's last index is its first
+    step), which one profile shared by the features (the field's diagonal) would mis-state
+    wherever tokens are selected."""
+    mean = var.mean(axis=tuple(axes), keepdims=True)
+    p = var / np.where(mean > 0, mean, 1.0)
+    other = tuple(a for a in range(var.ndim) if a not in axes)
+    if not other:
+        return False
+    spread = np.sqrt(np.mean((p - p.mean(axis=other, keepdims=True)) ** 2, axis=other))
+    return float(np.max(spread)) > _UNEVEN
 
 
 def per_token(m: Moments, shape) -> tuple[list[int], np.ndarray] | None:

@@ -117,19 +117,21 @@ def _select(ctx, x: Moments, out: Moments, axis: int, index: np.ndarray, out_sha
     axes = token_axes(x.tokens, rank)
     if axis not in axes:
         return same_field(x, out, out_shape)
-    if len(axes) != 1 or ctx.in_shape(0)[axis] != x.tokens.n or np.ndim(index) != 1:
+    if len(axes) != 1 or ctx.in_shape(0)[axis] != x.tokens.n or np.ndim(index) > 1:
         return without(out)
     cov = x.tokens.cov
-    sig = float(np.mean(x.var)) * cov[np.ix_(index, index)]
-    shift = len(out_shape) - rank
-    if _pooled_over(x, rank, [axis]) and len(index) < cov.shape[0]:
+    picked = np.atleast_1d(index)
+    if _pooled_over(x, rank, [axis]) and len(picked) < cov.shape[0]:
         # the variance was pooled over every token (its per-token profile is the field's
         # diagonal): the selected tokens have their own share (an RNN's last step after a
-        # zero initial state: more than the average)
-        share = float(np.mean(np.diag(cov)[index]) / np.mean(np.diag(cov)))
+        # zero initial state: more than the average; a reverse one's: less)
+        share = float(np.mean(np.diag(cov)[picked]) / np.mean(np.diag(cov)))
         if np.isfinite(share) and share > 0:
             out = Moments(out.mean, out.var * share, None, None, out.tokens, out.rows)
-    return attach(out, out_shape, [axis + shift], sig)
+    if np.ndim(index) == 0:  # one token, its axis removed (``y[:, -1]``): no field left
+        return without(out)
+    sig = float(np.mean(x.var)) * cov[np.ix_(index, index)]
+    return attach(out, out_shape, [axis + len(out_shape) - rank], sig)
 
 
 @carrier("Slice")

@@ -176,8 +176,9 @@ SMALL: dict[str, Spec] = {
                        window_size=[4, 4], stochastic_depth_prob=0.0), (3, 64, 64)),
     "lstm": Spec(_recurrent("LSTM", 16, 32, 2), (16, 16), runs=_RECURRENT_RUNS),
     "gru": Spec(_recurrent("GRU", 16, 32, 2), (16, 16), runs=_RECURRENT_RUNS),
-    # over 32-64 batches its last step (Gather) reads 1.09-1.11x: the per-step variance
-    # profile is shared by the two directions (the backward one's last index is its first step)
+    # its last step (Gather) read 1.11x over 32 batches while one per-step variance profile
+    # was shared by the two directions (the backward one's last index is its first step);
+    # 0.99-1.0x since each direction keeps its own (token_field.attach)
     "rnn_bidirectional": Spec(_recurrent("RNN", 16, 32, 2, bidirectional=True), (16, 16)),
     "llama": Spec(_llama(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
