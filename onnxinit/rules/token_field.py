@@ -108,9 +108,9 @@ def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None,
     """``m`` with the variance pooled over the token axes and the field ``sig / mean diag``
     (the pooled-out per-token profile lives in the field's diagonal), tokens ``stride`` apart
     along the flattened token axes. ``sig`` a correlation (flat diagonal) and ``m``'s variance
-    varying along the token axes: the profile is ``m``'s; where the features' profiles differ
-    (:func:`_own_profiles`) ``m`` keeps its per-token variance and the field is the correlation
-    (``moments.Tokens``)."""
+    varying along the token axes: ``m`` keeps its per-token variance, which may differ from
+    feature to feature (a bidirectional recurrent layer's two directions: the reverse one's last
+    index is its first step), and the field is the correlation (``moments.Tokens``)."""
     if sig is None:
         return without(m)
     scale = float(np.mean(np.diag(sig)))
@@ -124,11 +124,8 @@ def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None,
         return Moments(m.mean, m.var, m.source, m.mixture, t, m.rows)
     mean, var = grid(m, rank)
     if is_correlation(sig):  # the per-token variance lives in m (a recurrent layer's Y)
-        if _own_profiles(var, axes):
-            return Moments(m.mean, m.var, None, None,
-                           Tokens(axes[0] - rank, len(axes), sig / scale, stride), m.rows)
-        sig = reprofiled(sig, profile(m, shape, axes, sig.shape[0], stride))
-        scale = float(np.mean(np.diag(sig)))
+        return Moments(m.mean, m.var, None, None,
+                       Tokens(axes[0] - rank, len(axes), sig / scale, stride), m.rows)
     t = Tokens(axes[0] - rank, len(axes), sig / scale, stride)
     pooled = tuple(a for a in axes if var.shape[a] > 1)
     masked = np.isneginf(mean)
@@ -146,21 +143,6 @@ def is_correlation(sig: np.ndarray) -> bool:
     """The field's diagonal is flat (to rounding): it holds no per-token variance profile."""
     d = np.diag(sig)
     return float(np.ptp(d)) <= 1e-9 * float(np.max(np.abs(d)))
-
-
-def _own_profiles(var: np.ndarray, axes: list[int]) -> bool:
-    """The features' per-token variance profiles (each over the token ``axes``, mean 1) differ
-    from their mean profile by over ``_UNEVEN`` (RMS over the features) at some token: the two
-    directions of a bidirectional recurrent layer (the backward one's last index is its first
-    step), which one profile shared by the features (the field's diagonal) would mis-state
-    wherever tokens are selected."""
-    mean = var.mean(axis=tuple(axes), keepdims=True)
-    p = var / np.where(mean > 0, mean, 1.0)
-    other = tuple(a for a in range(var.ndim) if a not in axes)
-    if not other:
-        return False
-    spread = np.sqrt(np.mean((p - p.mean(axis=other, keepdims=True)) ** 2, axis=other))
-    return float(np.max(spread)) > _UNEVEN
 
 
 def per_token(m: Moments, shape) -> tuple[list[int], np.ndarray] | None:

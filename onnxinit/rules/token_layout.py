@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments
+from .masks import sequence_lengths
 from .shape import slice_params
 from .token_carriers import carrier, first_with_field
 from .token_field import (
@@ -117,21 +118,19 @@ def _select(ctx, x: Moments, out: Moments, axis: int, index: np.ndarray, out_sha
     axes = token_axes(x.tokens, rank)
     if axis not in axes:
         return same_field(x, out, out_shape)
-    if len(axes) != 1 or ctx.in_shape(0)[axis] != x.tokens.n or np.ndim(index) > 1:
+    if len(axes) != 1 or ctx.in_shape(0)[axis] != x.tokens.n or np.ndim(index) != 1:
         return without(out)
     cov = x.tokens.cov
-    picked = np.atleast_1d(index)
-    if _pooled_over(x, rank, [axis]) and len(picked) < cov.shape[0]:
+    sig = float(np.mean(x.var)) * cov[np.ix_(index, index)]
+    shift = len(out_shape) - rank
+    if _pooled_over(x, rank, [axis]) and len(index) < cov.shape[0]:
         # the variance was pooled over every token (its per-token profile is the field's
         # diagonal): the selected tokens have their own share (an RNN's last step after a
-        # zero initial state: more than the average; a reverse one's: less)
-        share = float(np.mean(np.diag(cov)[picked]) / np.mean(np.diag(cov)))
+        # zero initial state: more than the average)
+        share = float(np.mean(np.diag(cov)[index]) / np.mean(np.diag(cov)))
         if np.isfinite(share) and share > 0:
             out = Moments(out.mean, out.var * share, None, None, out.tokens, out.rows)
-    if np.ndim(index) == 0:  # one token, its axis removed (``y[:, -1]``): no field left
-        return without(out)
-    sig = float(np.mean(x.var)) * cov[np.ix_(index, index)]
-    return attach(out, out_shape, [axis + len(out_shape) - rank], sig)
+    return attach(out, out_shape, [axis + shift], sig)
 
 
 @carrier("Slice")
@@ -160,6 +159,31 @@ def _pad(ctx, inputs, outputs):
     if pads is None or np.any(np.asarray(pads) != 0):
         return [without(m) for m in outputs]
     return [same_field(inputs[0], outputs[0], ctx.out_shape(0))]
+
+
+@carrier("ReverseSequence")
+def _reverse_sequence(ctx, inputs, outputs):
+    """The first ``len`` tokens of each sequence reversed (the time axis the token axis): the
+    token index so permuted, the permuted fields mixed over the batch by their share of
+    sequences, ``Sigma = sum_L w_L cov[idx_L, idx_L]``."""
+    x = inputs[0]
+    shape = ctx.in_shape(0)
+    rank = len(shape)
+    time = ctx.attr("time_axis", 0) % rank
+    axes = token_axes(x.tokens, rank)
+    if time not in axes:
+        return [same_field(x, outputs[0], ctx.out_shape(0))]
+    lengths = sequence_lengths(ctx, 1)
+    steps = shape[time]
+    if axes != [time] or x.tokens.n != steps or lengths is None:
+        return [without(outputs[0])]
+    found, counts = np.unique(np.clip(lengths, 0, steps), return_counts=True)
+    cov = x.tokens.cov
+    sig = np.zeros_like(cov)
+    for length, count in zip(found, counts):
+        index = np.concatenate([np.arange(length)[::-1], np.arange(length, steps)]).astype(int)
+        sig += count / counts.sum() * cov[np.ix_(index, index)]
+    return [attach(outputs[0], ctx.out_shape(0), axes, float(np.mean(x.var)) * sig)]
 
 
 @carrier("Gather")
