@@ -25,10 +25,11 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def _stack(op: str, direction: str, layers: int = 2, batch_first: bool = False,
-           seed: int = 0, **attrs) -> onnx.ModelProto:
+           seed: int = 0, sliced: bool = False, **attrs) -> onnx.ModelProto:
     """``layers`` recurrent layers (PyTorch's default initialization, uniform +-1/sqrt(H)) and
     a linear head on the last step (``batch_first``: the sequence transposed to [N, T, D*H]
-    before the Gather, as torch writes ``out[:, -1]``)."""
+    before the Gather, as torch writes ``out[:, -1]``; ``sliced``: a Slice ``[-1:]`` of it, as
+    tf2onnx writes Keras' ``return_sequences=False``)."""
     rng = np.random.default_rng(seed)
     dirs = 2 if direction == "bidirectional" else 1
     g = GATES[op]
@@ -56,8 +57,12 @@ def _stack(op: str, direction: str, layers: int = 2, batch_first: bool = False,
     if batch_first:
         nodes.append(helper.make_node("Transpose", [x], ["bf"], perm=[1, 0, 2]))
         x, axis = "bf", 1
-    nodes.append(helper.make_node("Gather", [x, const("minus1", np.array(-1, np.int64))],
-                                  ["last"], axis=axis))
+    if sliced:
+        nodes.append(helper.make_node("Slice", [x, const("start", [-1]), const("end", [T]),
+                                                const("axis", [axis])], ["last"]))
+    else:
+        nodes.append(helper.make_node("Gather", [x, const("minus1", np.array(-1, np.int64))],
+                                      ["last"], axis=axis))
     nodes.append(helper.make_node("MatMul", ["last", const("head", uniform(dirs * H, C))],
                                   ["logits"]))
     graph = helper.make_graph(
@@ -80,7 +85,7 @@ def _check(model, rtol=0.06):
     last, logits = values["last"], values["logits"]
     half = last.shape[-1] // 2
     for part in (slice(None, half), slice(half, None)):  # each direction's (or feature) half
-        ratio = _total(result.moments["last"], last.shape, part) / last[:, part].var()
+        ratio = _total(result.moments["last"], last.shape, part) / last[..., part].var()
         assert abs(ratio - 1) < rtol, (part, ratio)
     ratio = _total(result.moments["logits"], logits.shape) / logits.var()
     assert abs(ratio - 1) < rtol, ratio
@@ -94,6 +99,10 @@ def test_bidirectional_stack_last_step(op):
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])
 def test_reverse_stack_last_step_batch_first(op):
     _check(_stack(op, "reverse", batch_first=True))
+
+
+def test_bidirectional_lstm_last_step_sliced():
+    _check(_stack("LSTM", "bidirectional", sliced=True))
 
 
 def test_bidirectional_gru_linear_before_reset_three_layers():
