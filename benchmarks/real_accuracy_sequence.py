@@ -13,6 +13,8 @@ predicted), the seconds analyze took, and the worst tensor.
     python benchmarks/real_accuracy_sequence.py                   # full size, batch 8, seq 128
     python benchmarks/real_accuracy_sequence.py --size small      # the test suite's configs
     python benchmarks/real_accuracy_sequence.py --models llama --runs 4  # measured over 4 batches
+    python benchmarks/real_accuracy_sequence.py --size recurrent  # docs/recurrent.md's variants
+    python benchmarks/real_accuracy_sequence.py --onnx a.onnx,b.onnx --runs 16  # given exports
     PYTHONPATH=/path/to/other/checkout python benchmarks/real_accuracy_sequence.py  # before/after
 
 The onnxinit measured is whichever the interpreter imports first (printed on the first line): put
@@ -38,6 +40,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--models", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--onnx", default=None,
+                        help="comma-separated ONNX files to compare instead (input batch axis "
+                             "dynamic: a tf2onnx Keras export)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--worst", type=int, default=1, help="worst tensors listed per model")
     parser.add_argument("--runs", type=int, default=None,
@@ -47,6 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     specs = SIZES[args.size]
     names = args.models.split(",") if args.models else list(specs)
+    files = {Path(f).stem: Path(f) for f in args.onnx.split(",")} if args.onnx else {}
+    names = list(files) if files else names
     warnings.simplefilter("ignore")
     print(f"onnxinit from {Path(onnxinit.__file__).parent}; size {args.size}, "
           f"batch {args.batch_size}" + (f", {args.runs} batches" if args.runs else ""))
@@ -54,9 +61,10 @@ def main() -> None:
           f"{'NaN':>4} {'coverage':>8} {'analyze s':>9}  worst", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            spec = specs[name]
-            path = export(spec, Path(tmp) / f"{name}.onnx")
-            r = compare(path, batch_size=args.batch_size, runs=args.runs or spec.runs)
+            spec = specs.get(name)
+            path = files.get(name) or export(spec, Path(tmp) / f"{name}.onnx")
+            r = compare(path, batch_size=args.batch_size,
+                        runs=args.runs or (spec.runs if spec else 1))
             if r.error is not None:
                 print(f"{name:18} analyze refused: {r.error[:160]}", flush=True)
                 continue
@@ -67,7 +75,8 @@ def main() -> None:
                   f"{r.analyze_s:9.1f}  {worst[0]}", flush=True)
             for line in worst[1:]:
                 print(f"{'':18} {line}")
-            path.unlink()
+            if name not in files:
+                path.unlink()
 
 
 if __name__ == "__main__":

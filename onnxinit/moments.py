@@ -86,7 +86,10 @@ class Tokens:
     here. ``stride`` > 1: the tokens are not the innermost digits of those axes but are
     followed by ``stride`` others merged into them (``[S*B, D]`` written from ``[S, B, D]``, as
     multi-head attention exports do before the output projection): token index = (index //
-    stride) % n."""
+    stride) % n. A ``cov`` with a flat diagonal (a correlation) and a variance that varies
+    along the token axes: the per-token variance is the Moments' own, ``Cov(x[s, d], x[t, d]) =
+    sqrt(var[s, d] var[t, d]) cov[s, t]`` (a bidirectional recurrent layer's output, whose two
+    directions' per-step profiles differ: token_field.attach)."""
 
     axis: int
     span: int

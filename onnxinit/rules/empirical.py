@@ -33,6 +33,7 @@ from ..moments import Moments
 from ..passes import RANDOM_OPS
 from ..runtime import make_session
 from .context import RuleContext
+from .token_field import attach, expanded, token_axes
 
 _MAX_ELEMENTS = 1 << 22  # cap the sample size of one input; batch is shrunk to fit
 _MAX_UPSTREAM = 8  # nodes computing a non-float input that are run along with the node
@@ -41,6 +42,7 @@ _MAX_RUNS = 500  # runs of a node whose random draws are few and of a fixed shap
 _MIN_MEASURED = 1 << 14  # output elements measured at least (fresh input samples each run)
 _MAX_RESAMPLES = 32  # runs on fresh samples of a deterministic node with a small output
 _MAX_RESAMPLED = 1 << 23  # input elements sampled over those runs, at most
+_MAX_STEPS = 512  # iterations of a scan output given a measured field across them, at most
 
 
 class EmpiricalError(Exception):
@@ -58,7 +60,25 @@ def _sample_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 def _sample(m: Moments, shape, rng) -> np.ndarray:
     if m.source is not None:
         return m.source.sample(rng, shape)
-    return rng.standard_normal(shape) * np.sqrt(m.var) + m.mean
+    return _across_tokens(m, shape, rng.standard_normal(shape)) * np.sqrt(m.var) + m.mean
+
+
+def _across_tokens(m: Moments, shape, z: np.ndarray) -> np.ndarray:
+    """Standard normal ``z`` given the correlation across tokens of ``m``'s field (a stacked
+    recurrent layer exported as a Loop reads a sequence correlated over its steps): along the
+    token axes ``z @ S`` with ``S^T S = cov`` (the field over every index of those axes,
+    token_field.expanded); ``z`` unchanged without a field or where it cannot be spelled out."""
+    t = m.tokens
+    axes = token_axes(t, len(shape)) if t is not None else None
+    cov = expanded(t, [shape[a] for a in axes]) if axes is not None else None
+    if cov is None or cov.shape[0] != int(np.prod([shape[a] for a in axes])):
+        return z
+    w, v = np.linalg.eigh((cov + cov.T) / 2)
+    root = (v * np.sqrt(np.maximum(w, 0.0))).T  # root^T root = cov
+    end = list(range(len(shape) - len(axes), len(shape)))
+    moved = np.moveaxis(z, axes, end)
+    flat = moved.reshape(moved.shape[:len(shape) - len(axes)] + (-1,)) @ root
+    return np.moveaxis(flat.reshape(moved.shape), end, axes)
 
 
 def _measure(values: np.ndarray, axis: int | None) -> Moments:
@@ -191,8 +211,32 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
             and value.shape[tracked_axis + shift] == tracked_size
         )
         m = _measure(value, tracked_axis + shift if keep else None)
-        results[name] = Moments(m.mean[0], m.var[0]) if keep and shift else m
+        m = Moments(m.mean[0], m.var[0]) if keep and shift else m
+        results[name] = _with_steps_field(ctx, name, m, value, shift)
     return [results.get(o) for o in node.output]
+
+
+def _with_steps_field(ctx: RuleContext, name: str, m: Moments, value: np.ndarray,
+                      shift: int) -> Moments:
+    """A scan output of a Loop or Scan (the iterations stacked along axis 0: a recurrent
+    layer's sequence, which the next layer reads) with its measured covariance across the
+    iterations as a token field, ``Sigma[s, t] = mean(c_s c_t)`` over the other axes (and the
+    runs), ``c`` each iteration's values less their mean."""
+    node = ctx.node
+    outputs = [o for o in node.output if o]
+    carried = len(node.input) - (2 if node.op_type == "Loop" else 0)
+    if node.op_type == "Scan":
+        carried = len(node.input) - int(ctx.attr("num_scan_inputs", 0))
+        if any(ctx.attr("scan_output_axes", []) or []):
+            return m
+    if node.op_type not in ("Loop", "Scan") or outputs.index(name) < carried:
+        return m
+    v = np.moveaxis(value.astype(np.float64), shift, 0)
+    steps, shape = v.shape[0], ctx.graph.shape(name)
+    if v.ndim < 2 or not 2 <= steps <= _MAX_STEPS or shape is None or shape[0] != steps:
+        return m
+    c = v.reshape(steps, -1) - v.reshape(steps, -1).mean(axis=1, keepdims=True)
+    return attach(m, shape, [0], c @ c.T / c.shape[1])
 
 
 def _resamples(values, feeds) -> int:

@@ -186,6 +186,16 @@ def input_derived(ctx: RuleContext, tensor: str) -> np.ndarray | None:
     return cache.get(tensor)
 
 
+def sequence_lengths(ctx: RuleContext, index: int) -> np.ndarray | None:
+    """The integer lengths of input ``index`` (an RNN's or ReverseSequence's
+    ``sequence_lens``): a constant, or computed from shapes and integer graph inputs
+    (:func:`input_derived`); None when not known."""
+    value = ctx.const(index)
+    if value is None:
+        value = input_derived(ctx, ctx.node.input[index])
+    return None if value is None else np.ravel(value).astype(np.int64)
+
+
 def derived_moments(inputs, ctx: RuleContext) -> list[Moments | None] | None:
     """Exact moments (variance 0, one value per element) of a node's float outputs when no input
     is a signal with moments and each output is input-derived (see the module docstring)."""
@@ -252,4 +262,5 @@ def logit_offset(inputs, ctx: RuleContext, rank: int) -> Moments | None:
 
 
 __all__ = ["OFFSET_CAP", "condition", "derived_moments", "exact_value", "feeds_softmax",
+           "sequence_lengths",
            "has_masked", "input_derived", "keep_rows", "logit_offset"]

@@ -23,7 +23,8 @@ from .. import special
 from ..moments import Moments
 from . import recurrence
 from .context import RuleContext, RuleError, signal
-from .masks import input_derived
+from .layout import drop_constant_axes, full_grid
+from .masks import sequence_lengths
 from .recurrence import Drive, Gate
 from .registry import rule
 from .token_field import attach, token_axes
@@ -147,12 +148,10 @@ def _lengths(ctx: RuleContext, steps: int, batch: int) -> list[tuple[int, float]
     """Distinct sequence lengths with their share of the batch (all ``steps`` when absent)."""
     if not ctx.has_input(4):
         return [(steps, 1.0)]
-    value = ctx.const(4)
-    if value is None:
-        value = input_derived(ctx, ctx.node.input[4])
+    value = sequence_lengths(ctx, 4)
     if value is None:
         raise RuleError("sequence_lens is not known")
-    lengths, counts = np.unique(np.clip(np.ravel(value).astype(np.int64), 0, steps), return_counts=True)
+    lengths, counts = np.unique(np.clip(value, 0, steps), return_counts=True)
     if lengths.size > _MAX_LENGTHS:
         raise RuleError("too many distinct sequence lengths")
     return [(int(n), c / counts.sum()) for n, c in zip(lengths, counts)]
@@ -217,6 +216,11 @@ def _outputs(ctx: RuleContext, layout: int, y_mean, y_second, last):
     steps = y_mean.shape[0]
     y_var = np.maximum(np.einsum("ttdh->tdh", y_second) - y_mean**2, 0.0)
     cov = (y_second - y_mean[:, None] * y_mean[None]).mean(axis=(2, 3))
+    # the field is the correlation across steps: Y keeps its variance per step and direction
+    # (token_field.attach; one profile for all features would mis-state a bidirectional
+    # layer's steps, the reverse direction's last index being its first step)
+    sd = np.sqrt(np.maximum(np.diag(cov), 1e-300))
+    cov = cov / np.outer(sd, sd)
     outs = []
     names = list(ctx.node.output) + [""] * (3 - len(ctx.node.output))
     if names[0]:
@@ -238,6 +242,39 @@ def _outputs(ctx: RuleContext, layout: int, y_mean, y_second, last):
         mean, var = ((a[:, None, :] if layout == 0 else a[None]) for a in (mean, var))
         outs.append(Moments(mean, var))
     return outs[: len(ctx.node.output)]
+
+
+@rule("ReverseSequence")
+def reverse_sequence(inputs, ctx: RuleContext):
+    """``y[b, t] = x[b, len_b - 1 - t]`` for ``t < len_b``, else ``x[b, t]`` (along
+    ``time_axis``, per index b of ``batch_axis``; tf2onnx writes Keras' ``go_backwards`` so):
+    the per-element statistics gathered the same way."""
+    x = signal(inputs, 0)
+    if x.is_scalar:
+        return [x]
+    shape = ctx.in_shape(0)
+    rank = len(shape)
+    time, batch = ctx.attr("time_axis", 0) % rank, ctx.attr("batch_axis", 1) % rank
+    lengths = sequence_lengths(ctx, 1)
+    if lengths is None:
+        raise RuleError("sequence_lens is not known")
+    mean, var = full_grid(x, rank)
+    if mean.shape[time] == 1 and (mean.shape[batch] == 1 or np.all(lengths >= shape[time])):
+        return [x]  # the same statistics at every step
+    steps = np.arange(shape[time])
+    lengths = np.broadcast_to(np.clip(lengths, 0, shape[time]), (shape[batch],))
+    index = np.where(steps[None] < lengths[:, None], lengths[:, None] - 1 - steps[None], steps)
+    if np.all(index == index[:1]):  # one reversal for the whole batch
+        out = [np.take(np.broadcast_to(a, a.shape[:time] + (shape[time],) + a.shape[time + 1:]),
+                       index[0], axis=time) for a in (mean, var)]
+        return [drop_constant_axes(*out)]
+    full = tuple(n if a in (time, batch) else mean.shape[a] for a, n in enumerate(shape))
+    layout = [1] * rank
+    layout[batch], layout[time] = shape[batch], shape[time]
+    index = (index if batch < time else index.T).reshape(layout)
+    out = [np.take_along_axis(np.broadcast_to(a, full), np.broadcast_to(index, full), axis=time)
+           for a in (mean, var)]
+    return [drop_constant_axes(*out)]
 
 
 @rule("LSTM")
@@ -265,4 +302,4 @@ def rnn(inputs, ctx: RuleContext):
     return _run("RNN", inputs, ctx)
 
 
-__all__ = ["gru", "lstm", "rnn"]
+__all__ = ["gru", "lstm", "reverse_sequence", "rnn"]

@@ -71,10 +71,14 @@ def sigma(m: Moments | None, shape, axes: list[int], n: int,
         return None
     t = m.tokens
     if t is not None and t.stride == stride and token_axes(t, len(shape)) == axes:
+        cov = t.cov
+        if is_correlation(cov) and t.n == n:  # the per-token variance is m's own
+            cov = reprofiled(cov, profile(m, shape, axes, n, stride))
+            return cov * float(np.mean(m.var)) / float(np.mean(np.diag(cov)))
         if t.n == n:
-            return float(np.mean(m.var)) * t.cov
+            return float(np.mean(m.var)) * cov
         if stride == 1 and n % t.n == 0:
-            return float(np.mean(m.var)) * np.kron(np.eye(n // t.n), t.cov)
+            return float(np.mean(m.var)) * np.kron(np.eye(n // t.n), cov)
     return np.diag(profile(m, shape, axes, n, stride))
 
 
@@ -103,19 +107,26 @@ def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None,
            stride: int = 1) -> Moments:
     """``m`` with the variance pooled over the token axes and the field ``sig / mean diag``
     (the pooled-out per-token profile lives in the field's diagonal), tokens ``stride`` apart
-    along the flattened token axes."""
+    along the flattened token axes. ``sig`` a correlation (flat diagonal) and ``m``'s variance
+    varying along the token axes: ``m`` keeps its per-token variance, which may differ from
+    feature to feature (a bidirectional recurrent layer's two directions: the reverse one's last
+    index is its first step), and the field is the correlation (``moments.Tokens``)."""
     if sig is None:
         return without(m)
     scale = float(np.mean(np.diag(sig)))
     if not np.isfinite(scale) or scale <= 0:
         return without(m)
     rank = len(shape)
-    t = Tokens(axes[0] - rank, len(axes), sig / scale, stride)
     var = lift(m.var, rank)
     if var.ndim == 0 or not any(var.shape[a] > 1 for a in axes):
         # the variance is already the same for every token: m unchanged, its distribution kept
+        t = Tokens(axes[0] - rank, len(axes), sig / scale, stride)
         return Moments(m.mean, m.var, m.source, m.mixture, t, m.rows)
     mean, var = grid(m, rank)
+    if is_correlation(sig):  # the per-token variance lives in m (a recurrent layer's Y)
+        return Moments(m.mean, m.var, None, None,
+                       Tokens(axes[0] - rank, len(axes), sig / scale, stride), m.rows)
+    t = Tokens(axes[0] - rank, len(axes), sig / scale, stride)
     pooled = tuple(a for a in axes if var.shape[a] > 1)
     masked = np.isneginf(mean)
     if masked.any():  # masked elements keep variance 0; the others share the pooled variance
@@ -126,6 +137,12 @@ def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None,
     mean = compressed(mean, np.broadcast_to(var, mean.shape)).mean  # means may be per token
     return Moments(mean.reshape((1,) * (rank - mean.ndim) + mean.shape), var, None, None, t,
                    m.rows)
+
+
+def is_correlation(sig: np.ndarray) -> bool:
+    """The field's diagonal is flat (to rounding): it holds no per-token variance profile."""
+    d = np.diag(sig)
+    return float(np.ptp(d)) <= 1e-9 * float(np.max(np.abs(d)))
 
 
 def per_token(m: Moments, shape) -> tuple[list[int], np.ndarray] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments
+from .masks import sequence_lengths
 from .shape import slice_params
 from .token_carriers import carrier, first_with_field
 from .token_field import (
@@ -158,6 +159,31 @@ def _pad(ctx, inputs, outputs):
     if pads is None or np.any(np.asarray(pads) != 0):
         return [without(m) for m in outputs]
     return [same_field(inputs[0], outputs[0], ctx.out_shape(0))]
+
+
+@carrier("ReverseSequence")
+def _reverse_sequence(ctx, inputs, outputs):
+    """The first ``len`` tokens of each sequence reversed (the time axis the token axis): the
+    token index so permuted, the permuted fields mixed over the batch by their share of
+    sequences, ``Sigma = sum_L w_L cov[idx_L, idx_L]``."""
+    x = inputs[0]
+    shape = ctx.in_shape(0)
+    rank = len(shape)
+    time = ctx.attr("time_axis", 0) % rank
+    axes = token_axes(x.tokens, rank)
+    if time not in axes:
+        return [same_field(x, outputs[0], ctx.out_shape(0))]
+    lengths = sequence_lengths(ctx, 1)
+    steps = shape[time]
+    if axes != [time] or x.tokens.n != steps or lengths is None:
+        return [without(outputs[0])]
+    found, counts = np.unique(np.clip(lengths, 0, steps), return_counts=True)
+    cov = x.tokens.cov
+    sig = np.zeros_like(cov)
+    for length, count in zip(found, counts):
+        index = np.concatenate([np.arange(length)[::-1], np.arange(length, steps)]).astype(int)
+        sig += count / counts.sum() * cov[np.ix_(index, index)]
+    return [attach(outputs[0], ctx.out_shape(0), axes, float(np.mean(x.var)) * sig)]
 
 
 @carrier("Gather")

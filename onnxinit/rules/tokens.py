@@ -245,10 +245,9 @@ def _per_token_scale(x: Moments, shape, out: Moments, kind: str, first: int = -1
     n, stride = x.tokens.n, x.tokens.stride
     spread = np.broadcast_to(spread, tuple(shape[a] for a in axes)).reshape(-1, n, stride)
     spread = spread.mean(axis=(0, 2))
-    nu = float(np.mean(x.var))
-    scale = np.sqrt(np.maximum(spread + nu * np.diag(x.tokens.cov), 1e-300))
-    sig = nu * x.tokens.cov / np.outer(scale, scale)
-    return attach(out, shape, axes, sig, stride)
+    sig = sigma(x, shape, axes, n, stride)  # the per-token variance, the field's or x's own
+    scale = np.sqrt(np.maximum(spread + np.diag(sig), 1e-300))
+    return attach(out, shape, axes, sig / np.outer(scale, scale), stride)
 
 
 @carrier("ReduceMean", "ReduceSum", "GlobalAveragePool")

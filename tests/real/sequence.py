@@ -119,22 +119,38 @@ def _swin(**kwargs):
 
 
 def _recurrent(kind: str, features: int, hidden: int, layers: int, classes: int = 10,
-               bidirectional: bool = False):
-    """``nn.LSTM``/``nn.GRU``/``nn.RNN`` (batch first) and a Linear classifier on the last step."""
+               bidirectional: bool = False, batch_first: bool = True, head: str = "last",
+               initial: bool = False, **options):
+    """``nn.LSTM``/``nn.GRU``/``nn.RNN`` and a Linear classifier on the last step (``head``
+    "h_n"/"c_n": on the last layer's final states, both directions concatenated); ``initial``:
+    initial states given (0.5 and 0.3 everywhere); ``options``: the module's own
+    (``nonlinearity``)."""
 
     def build():
+        import torch
         from torch import nn
+
+        directions = 2 if bidirectional else 1
 
         class Classifier(nn.Module):
             def __init__(self):
                 super().__init__()
-                self.rnn = getattr(nn, kind)(features, hidden, layers, batch_first=True,
-                                             bidirectional=bidirectional)
-                self.head = nn.Linear(hidden * (2 if bidirectional else 1), classes)
+                self.rnn = getattr(nn, kind)(features, hidden, layers, batch_first=batch_first,
+                                             bidirectional=bidirectional, **options)
+                self.head = nn.Linear(hidden * directions, classes)
 
             def forward(self, x):
-                out = self.rnn(x)[0]
-                return self.head(out[:, -1])
+                if initial:
+                    shape = (layers * directions, x.shape[0 if batch_first else 1], hidden)
+                    h0 = torch.zeros(shape) + 0.5
+                    state = (h0, torch.zeros(shape) + 0.3) if kind == "LSTM" else h0
+                    out, final = self.rnn(x, state)
+                else:
+                    out, final = self.rnn(x)
+                if head == "last":
+                    return self.head(out[:, -1] if batch_first else out[-1])
+                final = final[0 if head == "h_n" else 1] if kind == "LSTM" else final
+                return self.head(torch.cat(list(final[-directions:]), -1))
 
         return Classifier()
 
@@ -176,15 +192,40 @@ SMALL: dict[str, Spec] = {
                        window_size=[4, 4], stochastic_depth_prob=0.0), (3, 64, 64)),
     "lstm": Spec(_recurrent("LSTM", 16, 32, 2), (16, 16), runs=_RECURRENT_RUNS),
     "gru": Spec(_recurrent("GRU", 16, 32, 2), (16, 16), runs=_RECURRENT_RUNS),
-    # over 32-64 batches its last step (Gather) reads 1.09-1.11x: the per-step variance
-    # profile is shared by the two directions (the backward one's last index is its first step)
+    # its last step (Gather) read 1.11x over 32 batches while one per-step variance profile
+    # was shared by the two directions (the backward one's last index is its first step);
+    # 0.99-1.0x since each direction keeps its own (token_field.attach)
     "rnn_bidirectional": Spec(_recurrent("RNN", 16, 32, 2, bidirectional=True), (16, 16)),
     "llama": Spec(_llama(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
                          max_position_embeddings=64), (32,), vocab=512, runs=_FEW_TOKEN_RUNS),
 }
 
-SIZES = {"full": FULL, "small": SMALL}
+def _variant(kind: str, layers: int = 2, **options) -> Spec:
+    """A recurrent classifier of hidden 128 over 32 steps of 64 features (docs/recurrent.md)."""
+    return Spec(_recurrent(kind, 64, 128, layers, **options), (32, 64), runs=_RECURRENT_RUNS)
+
+
+# the recurrent variants of docs/recurrent.md (`benchmarks/real_accuracy_sequence.py --size
+# recurrent`)
+RECURRENT: dict[str, Spec] = {
+    "bilstm": _variant("LSTM", bidirectional=True),
+    "bigru": _variant("GRU", bidirectional=True),
+    "birnn_tanh": _variant("RNN", bidirectional=True),
+    "birnn_relu": _variant("RNN", bidirectional=True, nonlinearity="relu"),
+    "rnn_relu": _variant("RNN", nonlinearity="relu"),
+    "bilstm_3": _variant("LSTM", 3, bidirectional=True),
+    "bigru_3": _variant("GRU", 3, bidirectional=True),
+    "lstm_3_time_first": _variant("LSTM", 3, batch_first=False),
+    "bilstm_time_first": _variant("LSTM", bidirectional=True, batch_first=False),
+    "bilstm_h_n": _variant("LSTM", bidirectional=True, head="h_n"),
+    "bilstm_c_n": _variant("LSTM", bidirectional=True, head="c_n"),
+    "bigru_h_n": _variant("GRU", bidirectional=True, head="h_n"),
+    "bilstm_initial": _variant("LSTM", bidirectional=True, initial=True),
+    "bigru_initial": _variant("GRU", bidirectional=True, initial=True),
+}
+
+SIZES = {"full": FULL, "small": SMALL, "recurrent": RECURRENT}
 
 
 def export(spec: Spec, path: Path) -> Path:

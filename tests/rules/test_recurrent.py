@@ -15,6 +15,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from onnxinit.moments import Moments
+from onnxinit.rules.token_field import sigma
 from tests.oracle import assert_moments_close, monte_carlo, node_model, predict
 
 T, N, I, H = 12, 3000, 8, 16
@@ -175,5 +176,7 @@ def test_recurrent_output_carries_its_correlation_across_steps():
     assert tokens is not None and tokens.axis == -4 and tokens.n == T
     centred = y - y.mean(axis=2, keepdims=True)  # [T, 1, N, H]
     measured = np.einsum("tdnh,sdnh->ts", centred, centred) / (N * H)
-    predicted = float(np.mean(result.moments["y"].var)) * tokens.cov
+    # the field is the correlation, Y's moments keep the variance per step (token_field.sigma
+    # puts them together: before, the pooled variance times a covariance of mean diagonal 1)
+    predicted = sigma(result.moments["y"], y.shape, [0], T)
     np.testing.assert_allclose(predicted, measured, atol=0.05 * measured.max())
