@@ -57,6 +57,8 @@ class Elementwise:
     # fn as a piecewise polynomial of degree <= 2, ``[(lo, hi, (c0, c1, c2)), ...]`` covering
     # the real line (``rules.gaussian.piecewise_closed``), where it is one: closed forms use it
     pieces: tuple | None = field(default=None, compare=False, repr=False)
+    # the finitely many values fn takes, where it is a step function (a table's rows' law)
+    support: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

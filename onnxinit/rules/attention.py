@@ -128,8 +128,9 @@ def _weighted_average(ma, va, mb, vb, sig, out_shape, selected=0.0):
     """O = P V with V's token covariance ``sig`` (absolute, feature-averaged): see the module
     docstring. A fluctuation of a softmax row sums to 0, so it sees only the token-specific part
     of the covariance (the diagonal less the mean off-diagonal). Axes along which only P varies
-    (windows masked differently) are folded (law of total variance), the query axis pooled: the
-    per-query profile goes to the field."""
+    (windows masked differently, merged with the batch) keep their statistics: an edge window's
+    masked regions average fewer values (the window reverse moves them into the field,
+    token_layout._profiled); the query axis pooled: the per-query profile goes to the field."""
     rank = len(out_shape)
     nu_bar = max(float(np.mean(vb)), 1e-300)
     cov = sig / nu_bar  # per unit of V's variance
@@ -147,12 +148,6 @@ def _weighted_average(ma, va, mb, vb, sig, out_shape, selected=0.0):
     var = vb.mean(axis=-2, keepdims=True) * gain[..., None] + means_term + selected
     shaped = (lambda t: t.reshape((1,) * (rank - t.ndim) + t.shape))
     mean, var = shaped(centre), shaped(var)
-    values = shaped(mb)
-    only_p = tuple(a for a in range(rank - 2) if var.shape[a] > 1 and values.shape[a] == 1)
-    if only_p:
-        m0 = mean.mean(axis=only_p, keepdims=True)
-        var = var.mean(axis=only_p, keepdims=True) + ((mean - m0) ** 2).mean(axis=only_p, keepdims=True)
-        mean = m0
     # the field: nu_bar (P cov P^T + diag(sum_k Var(p) specific_k)) + diag(means term),
     # averaged over heads and windows
     lead = tuple(range(spread.ndim - 2))

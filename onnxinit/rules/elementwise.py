@@ -175,6 +175,17 @@ def base_source(x: Moments, rank: int | None) -> Source:
 
 
 def guard(domain: str, chain: Sequence[Elementwise], src: Source, rank) -> None:
+    """Refuse a chain whose input leaves ``domain`` with probability above 1e-6 ("nonzero":
+    within a tenth of its median of zero). A chain that starts with a step function (a table's
+    rows, ``Elementwise.support``) takes finitely many values: those are checked exactly."""
+    if chain and chain[0].support is not None:
+        with np.errstate(all="ignore"):
+            values = compose(chain[1:])(np.asarray(chain[0].support, dtype=np.float64))
+        inside = {"positive": values > 0, "nonnegative": values >= 0}.get(
+            domain, np.isfinite(values) & (values != 0))
+        if not np.all(inside):
+            raise RuleError(f"the input is not {domain} on one of its values")
+        return
     inner = compose(chain)
     if domain == "positive":
         bad = probability(lambda z: ~(inner(z) > 0), src.mean, src.var, rank=rank)
@@ -226,9 +237,10 @@ def apply_fn(x: Moments, f: ElementwiseFn | Elementwise, rank: int | None = None
         mean, var = f.closed(expand(src.mean, rank), expand(src.var, rank))
         return Moments(mean, var, out_src)
     chain = out_src.chain
-    if f.domain == "nonzero":
+    if f.domain == "nonzero" and not (src.chain and src.chain[0].support is not None):
         # 1/x has infinite variance under any Gaussian; integrate it away from zero, over
-        # |x| >= |median|/10, and refuse (above) when that band holds a probability over 1e-6
+        # |x| >= |median|/10, and refuse (above) when that band holds a probability over 1e-6;
+        # a chain from a step function takes finitely many values, each checked by guard
         chain = src.chain + (Elementwise(f.key, _away_from_zero(f.fn, src, rank)),)
     smooth = is_smooth(chain)
     found = None

@@ -25,7 +25,7 @@ import weakref
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import TensorProto, helper
 
 from ..feeds import synthetic_feeds, vocab_size
 from ..moments import Moments, Rows, compressed
@@ -122,10 +122,10 @@ def condition(ctx: RuleContext, index: int, inputs) -> np.ndarray | None:
     return input_derived(ctx, name)
 
 
-def _upstream(graph, tensor: str) -> tuple[list[str], set[str]] | None:
+def upstream(graph, tensor: str, token_ids: bool = False) -> tuple[list[str], set[str]] | None:
     """(nodes in topological order, graph inputs) computing ``tensor`` from constants and
-    integer/boolean inputs that are not token ids; None when a float signal, token ids or too
-    many nodes are involved."""
+    integer/boolean inputs that are not token ids (``token_ids``: token ids too); None when a
+    float signal, token ids or too many nodes are involved."""
     nodes, inputs, stack, seen = set(), set(), [tensor], set()
     while stack:
         name = stack.pop()
@@ -133,7 +133,7 @@ def _upstream(graph, tensor: str) -> tuple[list[str], set[str]] | None:
             continue
         seen.add(name)
         if name in graph.input_names:
-            if graph.is_float(name) or vocab_size(graph, name) is not None:
+            if graph.is_float(name) or (not token_ids and vocab_size(graph, name) is not None):
                 return None
             inputs.add(name)
             continue
@@ -159,10 +159,21 @@ def input_derived(ctx: RuleContext, tensor: str) -> np.ndarray | None:
     cache = _DERIVED.setdefault(graph, {})
     if tensor in cache:
         return cache[tensor]
-    found = _upstream(graph, tensor)
+    found = upstream(graph, tensor)
     if found is None or not found[1]:
         cache[tensor] = None
         return None
+    runs = evaluated(graph, found, [ctx.settings.seed])
+    if runs is None:
+        cache[tensor] = None
+        return None
+    cache.update(runs[0])
+    return cache.get(tensor)
+
+
+def evaluated(graph, found, seeds) -> list[dict[str, np.ndarray]] | None:
+    """Every tensor of the subgraph ``found`` (:func:`upstream`) on the synthetic inputs of each
+    seed, or None when onnxruntime cannot run it alone."""
     order, inputs = found
     produced = [o for n in order for o in graph.node(n).output if o]
     used = {n for node_id in order for n in graph.node(node_id).input if n}
@@ -176,14 +187,15 @@ def input_derived(ctx: RuleContext, tensor: str) -> np.ndarray | None:
             [helper.make_tensor_value_info(o, graph.dtypes.get(o, 0), None) for o in produced],
             constants),
         opset_imports=list(graph.model.opset_import), ir_version=min(graph.model.ir_version, 10))
-    feeds = synthetic_feeds(graph, seed=ctx.settings.seed)
     try:
-        values = make_session(model, device="cpu").run(None, {n: feeds[n] for n in inputs})
+        session = make_session(model, device="cpu")
+        runs = []
+        for seed in seeds:
+            feeds = synthetic_feeds(graph, seed=seed)
+            runs.append(dict(zip(produced, session.run(None, {n: feeds[n] for n in inputs}))))
     except Exception:  # noqa: BLE001 - a subgraph onnxruntime cannot run alone: unknown
-        cache[tensor] = None
         return None
-    cache.update(zip(produced, values))
-    return cache.get(tensor)
+    return runs
 
 
 def sequence_lengths(ctx: RuleContext, index: int) -> np.ndarray | None:
@@ -256,11 +268,26 @@ def logit_offset(inputs, ctx: RuleContext, rank: int) -> Moments | None:
         if size > OFFSET_CAP:
             raise RuleError("an attention mask too large to keep per element")
     with np.errstate(invalid="ignore"):
-        mean = sign * mx + c
+        mean = overflowed(sign * mx + c, ctx.graph.dtypes.get(ctx.node.output[0]))
     var = np.where(np.isneginf(mean), 0.0, np.broadcast_to(vx, mean.shape))
     return Moments(mean, var)
 
 
-__all__ = ["OFFSET_CAP", "condition", "derived_moments", "exact_value", "feeds_softmax",
-           "sequence_lengths",
-           "has_masked", "input_derived", "keep_rows", "logit_offset"]
+_LARGEST = {TensorProto.FLOAT: float(np.finfo(np.float32).max),
+            TensorProto.FLOAT16: float(np.finfo(np.float16).max),
+            TensorProto.BFLOAT16: 3.3895313892515355e38}
+
+
+def overflowed(mean: np.ndarray, elem_type: int | None) -> np.ndarray:
+    """Offsets summed in the tensor's own precision: an element whose mean is below
+    ``-finfo.max`` is -inf (masked), as the runtime computes it (``finfo.min + finfo.min``, a
+    causal mask added to a padding mask, GPT-Neo)."""
+    largest = _LARGEST.get(elem_type)
+    if largest is None:
+        return mean
+    return np.where(mean < -largest, -np.inf, mean)
+
+
+__all__ = ["OFFSET_CAP", "condition", "derived_moments", "evaluated", "exact_value",
+           "feeds_softmax", "has_masked", "input_derived", "keep_rows", "logit_offset",
+           "overflowed", "sequence_lengths", "upstream"]

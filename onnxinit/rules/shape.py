@@ -23,6 +23,7 @@ from ..moments import Moments
 from ..spatial import DENSE_CAP, dense, drop, select
 from ..spatial import pad as pad_classes
 from .context import RuleContext, RuleError, signal
+from .derived_ids import positional_rows
 from .layout import drop_constant_axes, full_grid, reshape_moments, scalar_of
 from .masks import keep_rows
 from .mixture import permuted
@@ -200,7 +201,8 @@ def gather(inputs, ctx: RuleContext):
     """Gather of activations by constant indices along ``axis``: the selected statistics (the
     indices' shape replaces the axis). Gather of a constant table T by non-constant integer ids
     (an embedding, ids uniform): per index of the table's other axes, E = mean_v T[v],
-    Var = var_v T[v] (population variance over the gathered axis)."""
+    Var = var_v T[v] (population variance over the gathered axis); by ids computed from the
+    token ids (position ids), the rows each position draws (derived_ids.py)."""
     axis = ctx.attr("axis", 0)
     if inputs[0] is not None:
         indices = ctx.const(1)
@@ -218,6 +220,9 @@ def gather(inputs, ctx: RuleContext):
     if table is None:
         raise RuleError("neither the data nor the table is known")
     axis %= table.ndim
+    positional = positional_rows(ctx, table, axis)
+    if positional is not None:
+        return [positional]
     out_rank = len(ctx.out_shape(0))
     mean, var = moments_along(table, axis)
     ids_rank = out_rank - (table.ndim - 1)

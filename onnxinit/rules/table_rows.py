@@ -35,9 +35,16 @@ def _producer(graph, name: str):
     return graph.node(node_id) if node_id else None
 
 
+def _scalar(graph, name: str) -> float | None:
+    value = graph.value(name) if graph.is_constant(name) else None
+    return float(np.ravel(value)[0]) if value is not None and np.size(value) == 1 else None
+
+
 def _table(graph, name: str) -> np.ndarray | None:
     """T [V, D] when ``name`` is a Gather of rows of a constant 2-D table by non-constant ids
-    (through Cast, Identity, Dropout), else None."""
+    (through Cast, Identity, Dropout, and a Mul or Div by a scalar constant: Gemma's
+    ``embedding * sqrt(D)``, then the rows scaled), else None."""
+    scale = 1.0
     for _ in range(6):
         node = _producer(graph, name)
         if node is None:
@@ -45,13 +52,22 @@ def _table(graph, name: str) -> np.ndarray | None:
         if node.op_type in _THROUGH:
             name = node.input[0]
             continue
+        if node.op_type in ("Mul", "Div") and len(node.input) == 2:
+            which = 1 if _scalar(graph, node.input[1]) is not None else 0
+            if which == 0 and node.op_type == "Div":
+                return None
+            c, name = _scalar(graph, node.input[which]), node.input[1 - which]
+            if c is None or c == 0:
+                return None
+            scale *= c if node.op_type == "Mul" else 1.0 / c
+            continue
         if node.op_type != "Gather" or graph.is_constant(node.input[1]):
             return None
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         table = graph.value(node.input[0]) if graph.is_constant(node.input[0]) else None
         if table is None or table.ndim != 2 or axis % 2 != 0:
             return None
-        return np.asarray(table, dtype=np.float64)
+        return np.asarray(table, dtype=np.float64) * scale
     return None
 
 
@@ -78,7 +94,7 @@ def _quantile(values: np.ndarray) -> Elementwise:
         u = special.ndtr(np.asarray(z, dtype=np.float64)) * r.size
         return r[np.clip(u.astype(np.int64), 0, r.size - 1)]
 
-    return Elementwise(("TableRows", *digest(r)), fn)
+    return Elementwise(("TableRows", *digest(r)), fn, support=np.unique(r))
 
 
 def table_mean_square(ctx: RuleContext, axes: tuple[int, ...], rank: int) -> Moments | None:

@@ -103,6 +103,11 @@ def inner_blocks(t: Tokens, size: int) -> np.ndarray | None:
     return np.einsum("iaib->ab", t.cov.reshape(k, size, k, size)) / k
 
 
+# a constant at or below this where other elements vary is a mask value (-1e4, -1e9, finfo.min
+# put in by Where(cond, logits, value)), not a token whose variance pools with the others'
+MASK_VALUE = -1e4
+
+
 def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None,
            stride: int = 1) -> Moments:
     """``m`` with the variance pooled over the token axes and the field ``sig / mean diag``
@@ -128,7 +133,7 @@ def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None,
                        Tokens(axes[0] - rank, len(axes), sig / scale, stride), m.rows)
     t = Tokens(axes[0] - rank, len(axes), sig / scale, stride)
     pooled = tuple(a for a in axes if var.shape[a] > 1)
-    masked = np.isneginf(mean)
+    masked = np.isneginf(mean) | ((var == 0) & (mean <= MASK_VALUE))
     if masked.any():  # masked elements keep variance 0; the others share the pooled variance
         count = np.maximum((~masked).sum(axis=pooled, keepdims=True), 1)
         var = np.where(masked, 0.0, np.where(masked, 0.0, var).sum(axis=pooled, keepdims=True) / count)

@@ -18,7 +18,9 @@ from .token_field import (
     MAX_EXPANDED,
     attach,
     expanded,
+    grid,
     inner_blocks,
+    profile,
     reshaped_token_axes,
     same_field,
     sigma,
@@ -40,8 +42,35 @@ def _reshape(ctx, inputs, outputs):
     if placed is None:
         raise ValueError("the token digit is split between axes")
     out_axes, stride = placed
-    return [attach(outputs[0], out_shape, out_axes, float(np.mean(x.var)) * x.tokens.cov,
-                   stride)]
+    sig = float(np.mean(x.var)) * x.tokens.cov
+    if _pooled_over(x, len(in_shape), axes):
+        sig = _profiled(outputs[0], out_shape, out_axes, sig, stride)
+    return [attach(outputs[0], out_shape, out_axes, sig, stride)]
+
+
+def _profiled(out: Moments, shape, axes: list[int], sig: np.ndarray, stride: int) -> np.ndarray:
+    """``sig`` with ``out``'s variance profile along the token ``axes`` moved into it, where
+    the input's variance was one value along its own token axes: the profile is then along axes
+    that a layout op made token axes (Swin's windows, masked differently, put back on the map:
+    each window's variance). The field is spelled out over every index of the axes when longer
+    (:func:`.token_field.expanded`, at most ``MAX_EXPANDED``), then ``Sigma[s, t] sqrt(p_s
+    p_t)``, p the profile (mean 1). Unchanged where the profile cannot be placed."""
+    rank = len(shape)
+    mean, var = grid(out, rank)
+    if stride != 1 or np.isneginf(mean).any() or all(var.shape[a] == 1 for a in axes):
+        return sig
+    total = int(np.prod([shape[a] for a in axes], dtype=np.int64))
+    n = sig.shape[0]
+    if total != n:
+        if total % n or total > MAX_EXPANDED:
+            return sig
+        sig = np.kron(np.eye(total // n), sig)
+    p = profile(out, shape, axes, total)
+    level = float(np.mean(p))
+    if not level > 0 or not np.all(np.isfinite(p)):
+        return sig
+    d = np.sqrt(p / level)
+    return sig * np.outer(d, d)
 
 
 @carrier("Transpose")
@@ -77,6 +106,8 @@ def _transpose(ctx, inputs, outputs):
         order = [run.index(perm[o]) for o in images]
         index = np.arange(total).reshape(sizes).transpose(order).ravel()
         sig = float(np.mean(x.var)) * cov[np.ix_(index, index)]
+        if _pooled_over(x, rank, axes):
+            sig = _profiled(outputs[0], ctx.out_shape(0), images, sig, 1)
         return [attach(outputs[0], ctx.out_shape(0), images, sig)]
     raise ValueError("the token axes are reordered")
 

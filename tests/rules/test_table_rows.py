@@ -18,15 +18,19 @@ from tests.oracle import measured_over_token_ids
 B, T, D, V, EPS = 64, 32, 32, 64, 1e-5
 
 
-def _embedding_norm(square: str) -> onnx.ModelProto:
+def _embedding_norm(square: str, scaled: bool = False) -> onnx.ModelProto:
+    """``scaled``: the rows times ``sqrt(D)`` before the norm (Gemma's embeddings)."""
     rng = np.random.default_rng(0)
     table = rng.standard_normal((V, D)) * 0.02
     table[0] = 0.0  # padding_idx
     f32 = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
     squared = (helper.make_node("Pow", ["x", "two"], ["sq"]) if square == "pow"
                else helper.make_node("Mul", ["x", "x"], ["sq"]))
+    gathered = [helper.make_node("Gather", ["table", "ids"], ["rows"]),
+                helper.make_node("Mul", ["rows", "normalizer"], ["x"])] if scaled else [
+                    helper.make_node("Gather", ["table", "ids"], ["x"])]
     nodes = [
-        helper.make_node("Gather", ["table", "ids"], ["x"]),
+        *gathered,
         squared,
         helper.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1),
         helper.make_node("Add", ["ms", "eps"], ["mse"]),
@@ -40,6 +44,7 @@ def _embedding_norm(square: str) -> onnx.ModelProto:
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
          for n in ("ms", "rms", "inv", "y")],
         [f32("table", table), f32("two", 2.0), f32("eps", EPS), f32("one", 1.0),
+         f32("normalizer", np.sqrt(D)),
          numpy_helper.from_array(np.array([-1], np.int64), "axes")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
 
@@ -48,11 +53,12 @@ def _measured(model: onnx.ModelProto, names: list[str]) -> dict[str, float]:
     return measured_over_token_ids(model, names, V, (B, T), batches=32)
 
 
-@pytest.mark.parametrize("square", ["pow", "mul"])
-def test_reciprocal_rms_of_a_zero_padding_row(square):
+@pytest.mark.parametrize("square,scaled", [("pow", False), ("mul", False), ("pow", True)])
+def test_reciprocal_rms_of_a_zero_padding_row(square, scaled):
     """1/32 of the tokens (65,536 drawn: about 2,000 zero rows) have ``1/sqrt(eps)``: the
-    reciprocal's variance is 9x that of the other rows."""
-    model = _embedding_norm(square)
+    reciprocal's variance is 9x that of the other rows. Rows scaled by a constant first
+    (Gemma): the scaled table's law (the reciprocal 0.27x before, a Gaussian)."""
+    model = _embedding_norm(square, scaled)
     result = propagate(load(model))
     names = ["ms", "rms", "inv", "y"]
     measured = _measured(model, names)

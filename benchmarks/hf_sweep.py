@@ -1,0 +1,209 @@
+"""A sweep of Hugging Face architectures at small configurations (issue 10): each model built
+from a config object (random initialization, nothing downloaded; eager attention), exported in
+training mode as the README says (``tests/real/exports.export_module``), predicted with
+``onnxinit.analyze`` and measured with onnxruntime at batch 8 over ``--runs`` batches
+(``tests/real/sequence.compare``: every float activation tensor, Dropout as the identity).
+
+Sizes: 2 layers, hidden 64, 4 heads, 32 tokens (vocabulary 512); images 32x32 (MobileViT 64x64);
+Whisper's encoder 16 mel bins x 32 frames. Each model runs in a subprocess with a time limit, so a
+model the exporter refuses or that hangs is a row with its error, not the end of the sweep.
+
+    python benchmarks/hf_sweep.py                              # every model, 4 batches
+    python benchmarks/hf_sweep.py --models mpnet,t5 --runs 16  # some, over 16 batches
+    python benchmarks/hf_sweep.py --worst 8                    # and each model's 8 worst tensors
+
+Columns: float activation tensors compared, the share within 10% of the measured variance,
+within 2x, coverage (tensors predicted), whether a prediction is NaN/inf (or analyze refused the
+model), the seconds analyze took, and the worst tensor (predicted/measured, op). Exports are kept
+in ``ONNXINIT_EXPORT_CACHE`` when set (a temporary folder otherwise). The onnxinit measured is
+the one the interpreter imports first: put another checkout on PYTHONPATH for a before/after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))  # tests.real; an onnxinit on PYTHONPATH comes first
+
+_TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+             vocab_size=512, max_position_embeddings=64)
+_DECODER = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+                max_position_embeddings=64)
+_VISION = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+               image_size=32, patch_size=8)
+_TOKENS, _IMAGE = ((32,), "input_ids", 512), ((3, 32, 32), "pixel_values", 0)
+
+# name: (config class, model class, config keywords, (input shape, input name, vocabulary))
+MODELS = {
+    "bert": ("BertConfig", "BertModel", _TEXT, _TOKENS),
+    "roberta": ("RobertaConfig", "RobertaModel", _TEXT, _TOKENS),
+    "xlm_roberta": ("XLMRobertaConfig", "XLMRobertaModel", _TEXT, _TOKENS),
+    "distilbert": ("DistilBertConfig", "DistilBertModel",
+                   dict(dim=64, n_layers=2, n_heads=4, hidden_dim=256, vocab_size=512,
+                        max_position_embeddings=64), _TOKENS),
+    "albert": ("AlbertConfig", "AlbertModel", dict(_TEXT, embedding_size=32), _TOKENS),
+    "electra": ("ElectraConfig", "ElectraModel", dict(_TEXT, embedding_size=32), _TOKENS),
+    "mpnet": ("MPNetConfig", "MPNetModel", _TEXT, _TOKENS),
+    "deberta_v2": ("DebertaV2Config", "DebertaV2Model", _TEXT, _TOKENS),
+    "gpt2": ("GPT2Config", "GPT2Model",
+             dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=512), _TOKENS),
+    "opt": ("OPTConfig", "OPTModel",
+            dict(hidden_size=64, num_hidden_layers=2, ffn_dim=256, num_attention_heads=4,
+                 vocab_size=512, max_position_embeddings=64, word_embed_proj_dim=64), _TOKENS),
+    "t5_encoder": ("T5Config", "T5EncoderModel",
+                   dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                        vocab_size=512), _TOKENS),
+    "t5": ("T5Config", "T5Model",
+           dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=512),
+           _TOKENS),
+    "bart": ("BartConfig", "BartModel",
+             dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256,
+                  vocab_size=512, max_position_embeddings=64), _TOKENS),
+    "llama": ("LlamaConfig", "LlamaModel", _DECODER, _TOKENS),
+    "mistral": ("MistralConfig", "MistralModel", _DECODER, _TOKENS),
+    "qwen2": ("Qwen2Config", "Qwen2Model", _DECODER, _TOKENS),
+    "gemma": ("GemmaConfig", "GemmaModel", dict(_DECODER, head_dim=16), _TOKENS),
+    "phi": ("PhiConfig", "PhiModel", dict(_DECODER, intermediate_size=256), _TOKENS),
+    "phi3": ("Phi3Config", "Phi3Model", dict(_DECODER, pad_token_id=0), _TOKENS),
+    "gpt_neo": ("GPTNeoConfig", "GPTNeoModel",
+                dict(hidden_size=64, num_layers=2, num_heads=4, vocab_size=512,
+                     max_position_embeddings=64, attention_types=[[["global", "local"], 1]],
+                     window_size=16), _TOKENS),
+    "gptj": ("GPTJConfig", "GPTJModel",
+             dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=64,
+                  vocab_size=512), _TOKENS),
+    "bloom": ("BloomConfig", "BloomModel",
+              dict(hidden_size=64, n_layer=2, n_head=4, vocab_size=512), _TOKENS),
+    "falcon": ("FalconConfig", "FalconModel",
+               dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    vocab_size=512), _TOKENS),
+    "clip_text": ("CLIPTextConfig", "CLIPTextModel", _TEXT, _TOKENS),
+    "vit": ("ViTConfig", "ViTModel", _VISION, _IMAGE),
+    "deit": ("DeiTConfig", "DeiTModel", _VISION, _IMAGE),
+    "beit": ("BeitConfig", "BeitModel", dict(_VISION, use_relative_position_bias=True), _IMAGE),
+    "dinov2": ("Dinov2Config", "Dinov2Model",
+               dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                    patch_size=8), _IMAGE),
+    "clip_vision": ("CLIPVisionConfig", "CLIPVisionModel", _VISION, _IMAGE),
+    "swin": ("SwinConfig", "SwinModel",
+             dict(image_size=32, patch_size=2, embed_dim=32, depths=[2, 2], num_heads=[2, 4],
+                  window_size=4), _IMAGE),
+    "convnext": ("ConvNextConfig", "ConvNextModel",
+                 dict(num_stages=2, hidden_sizes=[16, 32], depths=[2, 2], image_size=32), _IMAGE),
+    "segformer": ("SegformerConfig", "SegformerModel",
+                  dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+                       hidden_sizes=[16, 32], num_attention_heads=[1, 2], patch_sizes=[7, 3],
+                       strides=[4, 2], mlp_ratios=[4, 4], image_size=32), _IMAGE),
+    "mobilevit": ("MobileViTConfig", "MobileViTModel", dict(image_size=64),
+                  ((3, 64, 64), "pixel_values", 0)),
+    "whisper_encoder": ("WhisperConfig", "WhisperModel",
+                        dict(d_model=64, encoder_layers=2, decoder_layers=2,
+                             encoder_attention_heads=4, decoder_attention_heads=4,
+                             encoder_ffn_dim=256, decoder_ffn_dim=256, num_mel_bins=16,
+                             max_source_positions=16, vocab_size=512, pad_token_id=0,
+                             bos_token_id=1, eos_token_id=2, decoder_start_token_id=1),
+                        ((16, 32), "input_features", 0)),
+    "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model",
+                 dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=128, conv_dim=(32, 32), conv_stride=(5, 2),
+                      conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                      num_conv_pos_embedding_groups=4), ((400,), "input_values", 0)),
+}
+
+
+def build(name: str):
+    """(module taking the one input positionally and returning the last hidden state, shape,
+    input name, vocabulary)."""
+    import torch
+    import transformers
+
+    config_class, model_class, kwargs, (shape, input_name, vocab) = MODELS[name]
+    config = getattr(transformers, config_class)(attn_implementation="eager", **kwargs)
+    model = getattr(transformers, model_class)(config)
+    if name == "whisper_encoder":
+        model = model.get_encoder()
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            extra = {"decoder_input_ids": x} if name == "t5" else {}
+            return self.model(**{input_name: x}, **extra)[0]
+
+    return LastHiddenState(), shape, input_name, vocab
+
+
+def one(name: str, directory: Path, runs: int, worst: int) -> dict:
+    import torch
+
+    from tests.real.exports import export_module
+    from tests.real.sequence import compare
+
+    path = directory / f"sweep_{name}.onnx"
+    if not path.exists():
+        torch.manual_seed(0)
+        module, shape, input_name, vocab = build(name)
+        export_module(module, shape, path, input_name=input_name, integer_input=vocab)
+    r = compare(path, batch_size=8, runs=runs)
+    return {"name": name, "tensors": len(r.tensors), "within_10": r.within_10,
+            "within_2x": r.within_2x, "coverage": r.coverage, "non_finite": r.non_finite,
+            "analyze_s": r.analyze_s, "error": r.error, "worst": r.worst(max(worst, 1))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--runs", type=int, default=4)
+    parser.add_argument("--worst", type=int, default=0, help="print each model's N worst")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per model")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    directory = Path(os.environ.get("ONNXINIT_EXPORT_CACHE") or tempfile.mkdtemp())
+    directory.mkdir(parents=True, exist_ok=True)
+    if args.one:
+        warnings.simplefilter("ignore")
+        print(json.dumps(one(args.one, directory, args.runs, args.worst)))
+        return
+    env = {**os.environ, "ONNXINIT_EXPORT_CACHE": str(directory)}
+    print(f"{'model':16} {'tensors':>7} {'within 10%':>10} {'within 2x':>9} {'coverage':>8} "
+          f"{'NaN/inf':>7} {'analyze s':>9}  worst", flush=True)
+    for name in args.models.split(","):
+        try:
+            done = subprocess.run(
+                [sys.executable, __file__, "--one", name, "--runs", str(args.runs),
+                 "--worst", str(args.worst)], capture_output=True, text=True, env=env,
+                timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{name:16} timed out after {args.timeout} s", flush=True)
+            continue
+        lines = done.stdout.strip().splitlines()
+        if done.returncode or not lines:
+            last = (done.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"{name:16} failed: {last[:150]}", flush=True)
+            continue
+        r = json.loads(lines[-1])
+        if r["error"]:
+            print(f"{name:16} analyze refused: {r['error'][:150]}", flush=True)
+            continue
+        print(f"{name:16} {r['tensors']:7} {100 * r['within_10']:9.1f}% "
+              f"{100 * r['within_2x']:8.1f}% {100 * r['coverage']:7.1f}% "
+              f"{'yes' if r['non_finite'] else 'no':>7} {r['analyze_s']:9.2f}  {r['worst'][0]}",
+              flush=True)
+        for line in r["worst"][1:args.worst]:
+            print(f"{'':16} {line}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
