@@ -54,9 +54,9 @@ FEW_TERMS = 64  # inputs per output (C_in / groups x kernel taps) up to which th
 # corrections within 1% of 48 panels' on the tests' ReLU and SiLU
 _T, _W = composite_rule(8.0, 24, 4)
 NEGLIGIBLE = 1e-3  # |gamma| and |kappa| below which a cell keeps the Gaussian's moments
-_HE3 = _T**3 - 3 * _T
-_HE4 = _T**4 - 6 * _T**2 + 3
-_HE6 = _T**6 - 15 * _T**4 + 45 * _T**2 - 15
+# rows w He3, w He4, w He6 at the nodes: the expansion's three node sums as one matrix product
+_WEIGHTED_HE = np.stack([_W * (_T**3 - 3 * _T), _W * (_T**4 - 6 * _T**2 + 3),
+                         _W * (_T**6 - 15 * _T**4 + 45 * _T**2 - 15)])
 
 
 def _cells(m: Moments, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +144,12 @@ def _conv_cumulants(conv: RuleContext, x: Moments) -> tuple[np.ndarray, np.ndarr
     return out[0], out[1]
 
 
+def _lifted(sums: np.ndarray, gamma: np.ndarray, kappa: np.ndarray) -> np.ndarray:
+    """``gamma/6 S3 + kappa/24 S4 + gamma^2/72 S6`` per cell from the rows ``sums`` [3, cells]."""
+    gamma, kappa = gamma.reshape(-1), kappa.reshape(-1)
+    return gamma / 6 * sums[0] + kappa / 24 * sums[1] + gamma**2 / 72 * sums[2]
+
+
 @refinement
 def corrected(y: Moments, ctx: RuleContext) -> Moments:
     """``y`` (an element-wise rule's output) with the Edgeworth terms of its chain's start when
@@ -192,14 +198,14 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
     kappa = np.where(var > 0, k4 / s**4, 0.0)
     if max(float(np.max(np.abs(gamma))), float(np.max(np.abs(kappa)))) < NEGLIGIBLE:
         return y
-    lift = (gamma[None] / 6 * _HE3.reshape((-1,) + (1,) * len(shape))
-            + kappa[None] / 24 * _HE4.reshape((-1,) + (1,) * len(shape))
-            + gamma[None] ** 2 / 72 * _HE6.reshape((-1,) + (1,) * len(shape)))
     with np.errstate(all="ignore"):
         g = np.asarray(compose(src.chain)(_nodes(mean, var)), dtype=np.float64)
-    w = _W.reshape((-1,) + (1,) * len(shape))
-    d1 = (w * g * lift).sum(axis=0)
-    d2 = (w * g * g * lift).sum(axis=0)
+        g = g.reshape(g.shape[0], -1)
+        # sum_t w_t g^p(t) lift(t) = gamma/6 S3 + kappa/24 S4 + gamma^2/72 S6,
+        # S_k = sum_t w_t He_k(t) g^p(t): two matrix products over the nodes
+        first = _lifted(_WEIGHTED_HE @ g, gamma, kappa)
+        second = _lifted(_WEIGHTED_HE @ (g * g), gamma, kappa)
+    d1, d2 = first.reshape(shape), second.reshape(shape)
     if not (np.all(np.isfinite(d1)) and np.all(np.isfinite(d2))):
         return y
     m0, v0 = np.broadcast_to(cells.mean, shape), np.broadcast_to(cells.var, shape)

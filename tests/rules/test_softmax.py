@@ -177,3 +177,24 @@ def test_per_head_bias_merged_with_the_batch_keeps_its_heads():
     got = monte_carlo(model, {"x": x})["y"].astype(np.float64)
     _, var = result.moments["y"].values_along(1, h)  # pooled over batch, queries and keys
     np.testing.assert_allclose(var, got.var(axis=(0, 2, 3)), rtol=0.05)
+
+
+def test_monte_carlo_chunking_keeps_the_draws(monkeypatch):
+    """The Monte Carlo path evaluates its draws in chunks; the chunk size must change only how
+    the sums are grouped, never which draws are made (one generator stream): the result of
+    every chunk size agrees with one chunk holding all the draws to rounding, while a
+    different seed moves it by the Monte Carlo error."""
+    from onnxinit.rules import softmax
+
+    mean = np.array([[0.3, -0.5, 1.2, 0.0, -2.0, 0.7], [1.0, 1.0, -1.0, 0.2, 0.0, -0.3]])
+    var = np.full(mean.shape, 2.5)  # above CLOSED_FORM_MAX_VAR: sampled
+    results = {}
+    for chunk in (1 << 22, 1 << 12, 97):
+        monkeypatch.setattr(softmax, "_CHUNK", chunk)
+        results[chunk] = softmax.softmax_rows(mean, var, rng=np.random.default_rng(0))
+    whole = results[1 << 22]
+    for chunk in (1 << 12, 97):
+        for got, want in zip(results[chunk], whole):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    other_seed = softmax.softmax_rows(mean, var, rng=np.random.default_rng(1))
+    assert np.max(np.abs(other_seed[0] - whole[0])) > 1e-6
