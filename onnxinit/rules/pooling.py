@@ -32,7 +32,8 @@ from .elementwise import base_source
 from .gaussian import compose, expand
 from .pool_skewness import pooled_correction
 from .sample_energy import pooled_shared
-from .maxima import max_moments, max_of_correlated_gaussians, max_of_gaussians, non_decreasing
+from .maxima import (max_moments, max_of_correlated_gaussians, max_of_gaussians,
+                     max_of_mixtures, non_decreasing)
 from .registry import rule
 
 # ---------------------------------------------------------------------------------------------
@@ -285,8 +286,10 @@ def _max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
     None when the chain is not monotone."""
     sp = positions(x, x_shape)
     cells = sp.cells
-    src = cells.source if cells.source is not None else Source(cells.mean, cells.var)
     rank = len(x_shape)
+    if cells.source is None and cells.mixture is not None and cells.mixture[1].ndim == rank + 1:
+        return _max_pool_mixture(sp, x_shape, ctx)
+    src = cells.source if cells.source is not None else Source(cells.mean, cells.var)
     mean, var = np.broadcast_arrays(expand(src.mean, rank), expand(src.var, rank))
     c = np.broadcast_shapes(mean.shape, cells.mean.shape)[1]
     shape = (c,) + tuple(sp.classes)
@@ -309,20 +312,59 @@ def _max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
         e, v, _ = max_of_gaussians(lay_out(m_t), lay_out(s_t), lay_out(valid),
                                    compose(src.chain))
         return attach(Moments(e, v), out_maps, None)
-    kernel, _, dilations = _geometry(ctx)
-    pairs = correlation.window_pairs(correlation.Correlation(*sp.corr.gaussian()), kernel,
-                                     dilations)
-    # one common correlation r with the mean distance of the pairs, E|z_i - z_j| ~ sqrt(1 - rho)
-    if pairs.shape[1]:
-        distance = np.sqrt(np.clip(1.0 - pairs, 0.0, 2.0)).mean(axis=1)
-        common = np.broadcast_to(1.0 - distance**2, (c,))
-    else:
-        common = np.zeros(c)
+    common = _common_correlation(sp, ctx, c)
     e, v, slope = max_of_correlated_gaussians(
         lay_out(m_t), lay_out(s_t), lay_out(valid), compose(src.chain),
         common.reshape((1, c) + (1,) * len(r_shape)))
     lin, centre = _window_correlation(sp, ctx)
     return attach(Moments(e, v), out_maps, _max_correlation(lin, centre, var, slope, v, sp.corr.centred))
+
+
+def _common_correlation(sp, ctx: RuleContext, c: int) -> np.ndarray:
+    """Per channel, the one correlation r of a window's taps with their mean pair distance,
+    ``sqrt(1 - r) = mean_pairs sqrt(1 - rho_ij)`` (E|z_i - z_j| sets the spread of a maximum)."""
+    if sp.corr is None:
+        return np.zeros(c)
+    kernel, _, dilations = _geometry(ctx)
+    pairs = correlation.window_pairs(correlation.Correlation(*sp.corr.gaussian()), kernel,
+                                     dilations)
+    if not pairs.shape[1]:
+        return np.zeros(c)
+    distance = np.sqrt(np.clip(1.0 - pairs, 0.0, 2.0)).mean(axis=1)
+    return np.broadcast_to(1.0 - distance**2, (c,))
+
+
+def _max_pool_mixture(sp, x_shape, ctx: RuleContext) -> Moments:
+    """MaxPool per output position class of an input described per cell as a Gaussian mixture
+    (a ReLU of a residual sum): the maximum of the taps' mixtures joined by a Gaussian copula
+    at the window's common correlation (``maxima.max_of_mixtures``); the output's correlation
+    by :func:`_max_correlation` with the identity's slope 1."""
+    w, m, v = (np.asarray(a, np.float64) for a in sp.cells.mixture)
+    c = np.broadcast_shapes(m.shape, sp.cells.mean.shape)[2]
+    shape = (w.shape[0], c) + tuple(sp.classes)
+    w, m, v = (np.broadcast_to(a[:, 0], shape) for a in (w, m, v))
+    out_maps, taps = _class_windows(ctx, sp.maps)
+    n = len(taps)
+    w_t, m_t, s_t = (gather_taps(a, taps) for a in (w, m, np.sqrt(v)))  # [K, C, T.., R..]
+    valid = gather_taps(np.ones(shape[1:]), taps)
+    t_shape, r_shape = m_t.shape[2:2 + n], m_t.shape[2 + n:]
+
+    def lay_out(a):  # [(K,) T, C, R_0, ...]
+        lead = a.shape[:a.ndim - 1 - 2 * n]
+        a = a.reshape(lead + (c, int(np.prod(t_shape))) + r_shape)
+        return np.moveaxis(a, len(lead) + 1, len(lead))
+
+    common = _common_correlation(sp, ctx, c).reshape((c,) + (1,) * len(r_shape))
+    e, var = max_of_mixtures(lay_out(w_t), lay_out(m_t), lay_out(s_t), lay_out(valid), common)
+    e, var = e[None], var[None]
+    if sp.corr is None:
+        return attach(Moments(e, var), out_maps, None)
+    lin, centre = _window_correlation(sp, ctx)
+    cell_var = np.broadcast_to(np.broadcast_arrays(sp.cells.mean, sp.cells.var)[1][0],
+                               shape[1:])
+    return attach(Moments(e, var), out_maps,
+                  _max_correlation(lin, centre, cell_var, np.ones_like(var), var,
+                                   sp.corr.centred))
 
 
 def _window_correlation(sp, ctx: RuleContext):
