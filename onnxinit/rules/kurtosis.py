@@ -72,23 +72,25 @@ def chain_values(mean, var, chain, c: int, rank: int, v=None,
     """(values [nodes, C], weights [nodes]) of ``chain(u)`` per channel, ``u`` Gaussian with
     per-channel ``mean``, ``var`` (arrays of ``rank`` with the channel on axis 1), or the
     scale mixture of relative variance ``v`` [C] when given; ``coarse``: on the 96-node
-    rule."""
+    rule. ``mean``, ``var`` per position class (``[1, C, K_0, ...]``) give the values
+    ``[nodes, C * K_0 * ...]``, channel-major."""
     nodes, weights = (_TC, _WC) if coarse else (_T, _W)
-    shape = (1, c) + (1,) * (rank - 2)
-    mean = np.broadcast_to(np.asarray(mean, dtype=np.float64), shape)
-    var = np.broadcast_to(np.asarray(var, dtype=np.float64), shape)
+    channel = (1, c) + (1,) * (rank - 2)
+    mean, var = (np.asarray(a, dtype=np.float64) for a in (mean, var))
+    shape = np.broadcast_shapes(mean.shape, var.shape, channel)
+    mean, var = np.broadcast_to(mean, shape), np.broadcast_to(var, shape)
     t = nodes.reshape((-1,) + (1,) * (rank - 1))
     fn = compose(chain)
     if v is None or not np.any(v > 0):
         with np.errstate(all="ignore"):
             y = np.asarray(fn(mean + np.sqrt(var) * t), dtype=np.float64)
-        return np.broadcast_to(y, (nodes.size,) + shape[1:]).reshape(nodes.size, c), weights
+        return np.broadcast_to(y, (nodes.size,) + shape[1:]).reshape(nodes.size, -1), weights
     sig2, w = mixture_nodes(np.broadcast_to(v, (c,)))
     ys = []
     for s2 in sig2:
         with np.errstate(all="ignore"):
-            y = np.asarray(fn(mean + np.sqrt(var * s2.reshape(shape)) * t), dtype=np.float64)
-        ys.append(np.broadcast_to(y, (nodes.size,) + shape[1:]).reshape(nodes.size, c))
+            y = np.asarray(fn(mean + np.sqrt(var * s2.reshape(channel)) * t), dtype=np.float64)
+        ys.append(np.broadcast_to(y, (nodes.size,) + shape[1:]).reshape(nodes.size, -1))
     return np.concatenate(ys), np.concatenate([weights * wi for wi in w])
 
 

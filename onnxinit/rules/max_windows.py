@@ -26,7 +26,8 @@ from ..moments import Moments, Source
 from ..spatial import attach, class_weights, gather_taps, positions
 from .context import RuleContext
 from .gaussian import compose, expand
-from .maxima import max_of_correlated_gaussians, non_decreasing, shared_taps_covariance
+from .maxima import (max_of_correlated_gaussians, max_of_mixtures, non_decreasing,
+                     shared_taps_covariance)
 from .pool_windows import class_windows, window_geometry
 
 
@@ -40,11 +41,14 @@ def max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
     ``sqrt(1 - r) = mean_pairs sqrt(1 - rho_ij)`` (E|z_i - z_j| sets the spread of a maximum;
     a 2x2 window's diagonal pair is less correlated than its sides). Positions are taken as
     stationary: the interior's correlation at the border too.
-    None when the chain is not monotone."""
+    An input described per cell as a Gaussian mixture (a ReLU of a residual sum) takes the
+    mixture path (:func:`_max_pool_mixture`). None when the chain is not monotone."""
     sp = positions(x, x_shape)
     cells = sp.cells
-    src = cells.source if cells.source is not None else Source(cells.mean, cells.var)
     rank = len(x_shape)
+    if cells.source is None and cells.mixture is not None and cells.mixture[1].ndim == rank + 1:
+        return _max_pool_mixture(sp, x_shape, ctx)
+    src = cells.source if cells.source is not None else Source(cells.mean, cells.var)
     mean, var = np.broadcast_arrays(expand(src.mean, rank), expand(src.var, rank))
     c = np.broadcast_shapes(mean.shape, cells.mean.shape)[1]
     shape = (c,) + tuple(sp.classes)
@@ -63,21 +67,58 @@ def max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
         a = np.moveaxis(a.reshape((c, int(np.prod(t_shape))) + r_shape), 1, 0)
         return a[:, None]
 
-    kernel, _, dilations = window_geometry(ctx)
-    common = np.zeros(c)
-    if sp.corr is not None:
-        pairs = correlation.window_pairs(correlation.Correlation(*sp.corr.gaussian()), kernel,
-                                         dilations)
-        # one common correlation r with the mean distance of the pairs, E|z_i - z_j| ~
-        # sqrt(1 - rho)
-        if pairs.shape[1]:
-            distance = np.sqrt(np.clip(1.0 - pairs, 0.0, 2.0)).mean(axis=1)
-            common = np.broadcast_to(1.0 - distance**2, (c,)).copy()
+    common = _common_correlation(sp, ctx, c)
     e, v, slope = max_of_correlated_gaussians(
         lay_out(m_t), lay_out(s_t), lay_out(valid), compose(src.chain),
         common.reshape((1, c) + (1,) * len(r_shape)))
     corr = _max_correlation(sp, out_maps, ctx, mean, var, compose(src.chain), common, slope, v)
     return attach(Moments(e, v), out_maps, corr)
+
+
+def _common_correlation(sp, ctx: RuleContext, c: int) -> np.ndarray:
+    """Per channel, the one correlation r of a window's taps with their mean pair distance,
+    ``sqrt(1 - r) = mean_pairs sqrt(1 - rho_ij)`` (E|z_i - z_j| sets the spread of a maximum)."""
+    if sp.corr is None:
+        return np.zeros(c)
+    kernel, _, dilations = window_geometry(ctx)
+    pairs = correlation.window_pairs(correlation.Correlation(*sp.corr.gaussian()), kernel,
+                                     dilations)
+    if not pairs.shape[1]:
+        return np.zeros(c)
+    distance = np.sqrt(np.clip(1.0 - pairs, 0.0, 2.0)).mean(axis=1)
+    return np.broadcast_to(1.0 - distance**2, (c,)).copy()
+
+
+def _max_pool_mixture(sp, x_shape, ctx: RuleContext) -> Moments:
+    """MaxPool per output position class of an input described per cell as a Gaussian mixture
+    (a ReLU of a residual sum): the maximum of the taps' mixtures joined by a Gaussian copula
+    at the window's common correlation (``maxima.max_of_mixtures``); the output's correlation
+    by :func:`_max_correlation` with the identity's slope 1 and, for the shared taps, the
+    Gaussian of each cell's moments."""
+    w, m, v = (np.asarray(a, np.float64) for a in sp.cells.mixture)
+    c = np.broadcast_shapes(m.shape, sp.cells.mean.shape)[2]
+    shape = (w.shape[0], c) + tuple(sp.classes)
+    w, m, v = (np.broadcast_to(a[:, 0], shape) for a in (w, m, v))
+    out_maps, taps = class_windows(ctx, sp.maps)
+    n = len(taps)
+    w_t, m_t, s_t = (gather_taps(a, taps) for a in (w, m, np.sqrt(v)))  # [K, C, T.., R..]
+    valid = gather_taps(np.ones(shape[1:]), taps)
+    t_shape, r_shape = m_t.shape[2:2 + n], m_t.shape[2 + n:]
+
+    def lay_out(a):  # [(K,) T, C, R_0, ...]
+        lead = a.shape[:a.ndim - 1 - 2 * n]
+        a = a.reshape(lead + (c, int(np.prod(t_shape))) + r_shape)
+        return np.moveaxis(a, len(lead) + 1, len(lead))
+
+    common = _common_correlation(sp, ctx, c)
+    e, var = max_of_mixtures(lay_out(w_t), lay_out(m_t), lay_out(s_t), lay_out(valid),
+                             common.reshape((c,) + (1,) * len(r_shape)))
+    e, var = e[None], var[None]
+    cell_mean, cell_var = (np.broadcast_to(a[0], shape[1:]) for a in
+                           np.broadcast_arrays(sp.cells.mean, sp.cells.var))
+    corr = _max_correlation(sp, out_maps, ctx, cell_mean, cell_var, lambda z: z, common,
+                            np.ones_like(var), var)
+    return attach(Moments(e, var), out_maps, corr)
 
 
 def _shared_taps(kernel, strides, dilations, radius) -> np.ndarray:

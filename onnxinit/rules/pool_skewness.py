@@ -22,10 +22,12 @@ so the variance of the mean over the K positions gains, per channel,
 
 with ``E f' = E[t f(z)] / s``, ``E f'' = E[(t^2 - 1) f(z)] / s^2`` (Stein; z = m + s t) under
 the Gaussian of ``z``. For ``z_p = a sum_u W_pu x_u + b`` (a Conv of kernel W per channel, then
-a BatchNorm's affine map a, b) with inputs independent across positions, of cumulants k3, k4
-(their distribution: the input's source, a Gaussian through its element-wise chain),
+a BatchNorm's affine map a, b) with inputs independent across positions, of cumulants k3_u,
+k4_u (their distribution: the input's source, a Gaussian through its element-wise chain, per
+position class, about that class's mean: a zero-padded border's pattern is the same in every
+sample, no fluctuation),
 
-    S3 = a^3 k3 sum_u c2_u c1_u / K^2,   S4 = a^4 k4 sum_u c2_u^2 / K^2,
+    S3 = a^3 sum_u k3_u c2_u c1_u / K^2,   S4 = a^4 sum_u k4_u c2_u^2 / K^2,
     c1_u = sum_p W_pu,   c2_u = sum_p W_pu^2
 
 (column sums of the kernel over the output positions: a transposed convolution of ones,
@@ -68,15 +70,17 @@ def _channel(m: Moments, c: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _source_expectations(source, c: int, rank: int):
-    """Per channel, over ``f(z)``, z ~ N(m, s^2) the source's Gaussian and f its chain
-    (:func:`_channel_source`): (E[f], E[t f], E[(t^2 - 1) f], central k2, k3, k4 of f(z)),
-    t = (z - m) / s; None where f is not finite."""
+    """Per channel (and position class, :func:`_class_source`), over ``f(z)``, z ~ N(m, s^2)
+    the source's Gaussian and f its chain: (E[f], E[t f], E[(t^2 - 1) f], central k2, k3, k4
+    of f(z)) as ``[C, ...]`` arrays laid out like the source's statistics without the batch
+    axis, t = (z - m) / s; None where f is not finite."""
     mean, var, chain = source
     y, _ = chain_values(mean, var, chain, c, rank)
     if not np.all(np.isfinite(y)):
         return None
     e, et, ett = _BASIS @ y
-    return (e, et, ett) + _cumulants(y, _W)
+    shape = np.shape(mean)[1:]
+    return tuple(a.reshape(shape) for a in (e, et, ett) + _cumulants(y, _W))
 
 
 def _cumulants(y: np.ndarray, w: np.ndarray):
@@ -102,7 +106,7 @@ def _input_cumulants(ctx: RuleContext, in_name: str, source, c: int, rank: int):
     y, w = chain_values(*source, c, rank, np.maximum(kappa, 0) / 3, coarse=True)
     if not np.all(np.isfinite(y)):
         return None
-    return _cumulants(y, w)[1:]
+    return tuple(a.reshape(np.shape(source[0])[1:]) for a in _cumulants(y, w)[1:])
 
 
 def _same_operand(graph, node) -> bool:
@@ -161,6 +165,33 @@ def _channel_source(m: Moments, c: int, rank: int):
     return mean.reshape(shape), var.reshape(shape), src.chain
 
 
+def _class_source(m: Moments, c: int, rank: int):
+    """m's source Gaussian per position class, ``[1, C, K_0, ...]`` arrays, with its chain and
+    the classes' maps (None: m has no position classes, its source pooled per channel); None
+    without a source."""
+    sp = m.spatial
+    src = None if sp is None else sp.cells.source
+    if src is None or not src.chain or max(np.ndim(src.mean), np.ndim(src.var)) != rank:
+        found = _channel_source(m, c, rank)
+        return None if found is None else (*found, None)
+    shape = (1, c) + tuple(sp.classes)
+    try:
+        mean, var = (np.broadcast_to(np.asarray(a, np.float64), shape)
+                     for a in (src.mean, src.var))
+    except ValueError:
+        return None
+    return mean, var, src.chain, sp.maps
+
+
+def _at_positions(a: np.ndarray, maps, sizes) -> np.ndarray:
+    """Per-class values ``[C, K_0, ...]`` at every position, ``[C, *sizes]``."""
+    if maps is None:
+        return np.broadcast_to(a, a.shape[:1] + tuple(sizes))
+    for i, m in enumerate(maps):
+        a = np.take(a, np.asarray(m), axis=1 + i)
+    return a
+
+
 def _column_sums(weight: np.ndarray, conv: RuleContext, in_sizes, out_sizes, power: int):
     """``sum_p W_pu^power`` per channel and input position u, [C, *in_sizes]."""
     kernel = list(weight.shape[2:])
@@ -211,21 +242,24 @@ def pooled_correction(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | Non
         return None
     if not (stationary(known[in_name], rank) and stationary(x, rank)):
         return None
-    x_source = _channel_source(known[in_name], in_shape[1], rank)
+    x_source = _class_source(known[in_name], in_shape[1], rank)
     f_source = _channel_source(x, c, rank)
     if x_source is None or f_source is None:
         return None
-    x_stats = _source_expectations(x_source, in_shape[1], rank)
+    x_stats = _source_expectations(x_source[:3], in_shape[1], rank)
     f_stats = _source_expectations(f_source, c, rank)
     if x_stats is None or f_stats is None:
         return None
     _, _, _, _, k3, k4 = x_stats
-    mixed = _input_cumulants(ctx, in_name, x_source, in_shape[1], rank)
+    mixed = _input_cumulants(ctx, in_name, x_source[:3], in_shape[1], rank)
     if mixed is not None:
         k3, k4 = mixed
-    _, et, ett, _, _, _ = f_stats
+    _, et, ett, _, _, _ = (a.reshape(c) for a in f_stats)
     mult = c // group
-    k3, k4 = np.repeat(k3, mult), np.repeat(k4, mult)
+    # each input position's cumulants about its own class's mean: a border pattern is no
+    # fluctuation (pooled per channel it read as a fourth cumulant 15x the positions' own)
+    k3, k4 = (_at_positions(np.repeat(k, mult, axis=0), x_source[3], in_shape[2:]).reshape(c, -1)
+              for k in (k3, k4))
     _, var_y = _channel(known[y_name], c, rank)
     _, var_z = _channel(known[z_name], c, rank)
     s2 = f_source[1].reshape(c)
@@ -243,7 +277,7 @@ def pooled_correction(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | Non
     k = int(np.prod(x_shape[2:]))
     c1 = _column_sums(weight, conv, in_shape[2:], out_shape[2:], 1).reshape(c, -1)
     c2 = _column_sums(weight, conv, in_shape[2:], out_shape[2:], 2).reshape(c, -1)
-    s3 = a**3 * k3 * (c2 * c1).sum(axis=1) / k**2
-    s4 = a**4 * k4 * (c2 * c2).sum(axis=1) / k**2
+    s3 = a**3 * (k3 * c2 * c1).sum(axis=1) / k**2
+    s4 = a**4 * (k4 * c2 * c2).sum(axis=1) / k**2
     dvar = d1 * d2 * s3 + 0.25 * d2**2 * s4
     return dvar if np.all(np.isfinite(dvar)) else None

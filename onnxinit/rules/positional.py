@@ -11,7 +11,7 @@ from ..moments import Moments, Source
 from ..spatial import attach, class_weights, joint, positions, take_cells, within_variance
 from . import cross_fields
 from .context import RuleContext, RuleError
-from .mixture import binary_independent, lift, sum_mixture
+from .mixture import binary_independent, components, lift, sum_mixture
 
 
 def positions_binary(inputs, ctx: RuleContext, op: str, rank: int) -> Moments | None:
@@ -111,7 +111,9 @@ def concat_channels(inputs, ctx: RuleContext, out_shape) -> Moments:
     cells = [take_cells(sp.cells, sel) for sp, sel in zip(spatials, selections)]
     shape = (1,) + tuple(len(sel) for sel in selections[0])
     mean, var = _channel_concat([(c.mean, c.var) for c in cells], channels, shape)
-    cells = Moments(mean, var, _joint_source(cells, channels, shape))
+    source = _joint_source(cells, channels, shape)
+    mixture = None if source is not None else _joint_mixture(cells, channels, shape)
+    cells = Moments(mean, var, source, mixture)
     corr = None
     if any(sp.corr is not None for sp in spatials):
         corr = correlation.concat([(sp.corr, n) for sp, n in zip(spatials, channels)],
@@ -144,6 +146,31 @@ def _joint_source(cells, channels, shape) -> Source | None:
         return None
     mean, var = _channel_concat([(s.mean, s.var) for s in sources], channels, shape)
     return Source(mean, var, sources[0].chain)
+
+
+def _joint_mixture(cells, channels, shape):
+    """The operands' laws side by side as Gaussian mixtures when their chains differ and one
+    is not Gaussian (Inception-ResNet's reduction block: ReLU branches beside a max pool):
+    each operand's components (``mixture.components``: a ReLU's atom at 0 and bins of its
+    positive part, a Gaussian as one), padded to the most components with weight 0, so that
+    a ReLU or a max after the concat keeps each channel's law. None when every operand is
+    Gaussian or one has another chain."""
+    rank = len(shape) + 1
+    parts = [components(c, rank) for c in cells]
+    if any(p is None for p in parts) or all(p[0].shape[0] == 1 for p in parts):
+        return None
+    most = max(p[0].shape[0] for p in parts)
+    out = ([], [], [])
+    for (w, m, v), cell, n in zip(parts, cells, channels):
+        full = (w.shape[0], 1, n) + shape[1:]
+        w, m, v = (np.broadcast_to(a, np.broadcast_shapes(a.shape, full)) for a in (w, m, v))
+        pad = (most - w.shape[0],) + w.shape[1:]
+        mean, var = (np.broadcast_to(a, np.broadcast_shapes(np.shape(a), w.shape[1:]))
+                     for a in (cell.mean, cell.var))
+        for dst, a, fill in zip(out, (w, m, v), (np.zeros(pad), np.broadcast_to(mean, pad),
+                                                  np.broadcast_to(var, pad))):
+            dst.append(np.concatenate([a, fill]))
+    return tuple(np.concatenate(a, axis=2) for a in out)
 
 
 def _piece(inputs, ctx: RuleContext, i: int, rank: int) -> Moments:
