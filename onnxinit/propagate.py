@@ -129,7 +129,10 @@ def _fitted_shape(m: Moments, shape: tuple[int, ...] | None) -> Moments:
     if m.is_scalar:
         if m.rank == 0:
             return m
-        return Moments(m.mean.reshape(()), m.var.reshape(()), m.source, None, m.tokens)
+        mixture = None  # the law of a sum of ReLU outputs and Gaussians: one per component
+        if m.mixture is not None and all(np.size(a) == np.shape(a)[0] for a in m.mixture):
+            mixture = tuple(np.reshape(a, (np.shape(a)[0],)) for a in m.mixture)
+        return Moments(m.mean.reshape(()), m.var.reshape(()), m.source, mixture, m.tokens)
     if shape is None:
         return m.pooled()
     if m.rank > len(shape):

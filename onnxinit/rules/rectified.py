@@ -6,9 +6,14 @@ straddles it too, and the next residual ReLU (``ReLU(ReLU(a) + b)``, a ResNet's 
 smeared law: its ``P(x > 0)`` (dReLU's gate) and its variance drift over the blocks (BatchNorm
 ResNet-50: the stream's variance 11% short by the end of the third stage, its gradients 20-28%
 high). Here each component keeps what a ReLU makes of it: its point mass at 0 (all components'
-merged into one, ``w_0 = sum_k w_k Phi(-m_k / s_k)``) and its positive part as the Gaussian of
-the truncated normal's exact moments. The positive parts are then merged, sorted by mean, into
-at most MAX_COMPONENTS - 1 (moment-matched: the mean and variance stay exact).
+merged into one, ``w_0 = sum_k w_k Phi(-m_k / s_k)``) and its positive part cut in
+POSITIVE_BINS bins of equal probability, each the Gaussian of its truncated normal's exact
+moments. The positive parts are then merged, sorted by mean, into at most MAX_COMPONENTS - 1
+(moment-matched: the mean and variance stay exact). One Gaussian per positive part spills below
+0 (a half-normal as one Gaussian puts 9% of its mass there), and a stream of residual ReLUs
+``s_k = ReLU(s_{k-1} + g_k)`` clipped too much block after block: 0.83x of the variance after 30
+blocks, torchvision's ResNet-152 (BatchNorm) 0.86x by the end of its third stage; with three
+bins 0.99x for both.
 """
 
 from __future__ import annotations
@@ -17,7 +22,40 @@ import numpy as np
 from .. import special
 
 MAX_COMPONENTS = 8
+_EDGE = 9.0  # standard units beyond which a Gaussian's tail holds < 1e-19
+_INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
+POSITIVE_BINS = 3  # equal-probability bins of each component's positive part before merging
 _SQRT2 = np.sqrt(2.0)
+
+
+def positive_bins(m: np.ndarray, v: np.ndarray, bins: int):
+    """Each N(m, v)'s part above 0 cut in ``bins`` bins of equal probability: (P(bin),
+    E[x | bin], Var[x | bin]) with a leading bin axis (bins x components, flattened). In
+    standard units t = (x - m) / s, a bin [lo, hi] of probability p has ``E[t] = (phi(lo) -
+    phi(hi)) / p`` and ``E[t^2] = 1 + (lo phi(lo) - hi phi(hi)) / p``; the edges are 0 (``a0 =
+    -m / s``), the inner quantiles and +inf. A point component (v = 0) stays whole in the first
+    bin when positive."""
+    s = np.sqrt(v)
+    point = s <= 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        a0 = np.clip(np.where(point, 0.0, -m / np.where(point, 1.0, s)), -_EDGE, _EDGE)
+        p0 = special.ndtr(a0)
+        part = (1.0 - p0) / bins
+        k = np.arange(1, bins).reshape((-1,) + (1,) * m.ndim)
+        inner = special.ndtri(p0 + part * k)
+        edges = np.concatenate([a0[None], np.clip(inner, -_EDGE, _EDGE),
+                                np.full((1,) + m.shape, _EDGE)])
+        phi = np.exp(-0.5 * edges * edges) * _INV_SQRT_2PI
+        tphi = edges * phi
+        safe = np.where(part > 0, part, 1.0)
+        cm = (phi[:-1] - phi[1:]) / safe
+        cv = 1.0 + (tphi[:-1] - tphi[1:]) / safe - cm * cm
+    first = np.arange(bins).reshape((bins,) + (1,) * m.ndim) == 0
+    w = np.where(point, first * (m > 0), part)
+    mean = np.where(point, m, m + s * cm)
+    var = np.where(point | (part <= 0), 0.0, v * np.maximum(cv, 0.0))
+    flat = (-1,) + m.shape[1:]
+    return w.reshape(flat), mean.reshape(flat), var.reshape(flat)
 
 
 def truncated_positive(m: np.ndarray, v: np.ndarray):
@@ -48,6 +86,11 @@ def relu_mixture(mixture):
     w, m, v = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in mixture))
     q, mean, var = truncated_positive(m, v)
     zero = (w * (1.0 - q)).sum(axis=0, keepdims=True)
+    if POSITIVE_BINS > 1:
+        bw, mean, var = positive_bins(m, v, POSITIVE_BINS)
+        q = bw.reshape((-1,) + w.shape[1:])
+        w = np.concatenate([w] * POSITIVE_BINS)
+        mean, var = (a.reshape((-1,) + w.shape[1:]) for a in (mean, var))
     pw, pm, pv = merge(w * q, mean, var, MAX_COMPONENTS - 1)
     return (np.concatenate([zero, pw]), np.concatenate([np.zeros_like(zero), pm]),
             np.concatenate([np.zeros_like(zero), pv]))
@@ -57,21 +100,32 @@ def merge(w: np.ndarray, m: np.ndarray, v: np.ndarray, most: int):
     """(w, m, v) with at most ``most`` components: sorted by mean per element, the components
     whose cumulative weight midpoint falls in the same of ``most`` equal weight ranges are
     merged by moment matching (``W = sum w``, ``M = sum w m / W``,
-    ``V = sum w (v + m^2) / W - M^2``)."""
+    ``V = sum w (v + m^2) / W - M^2``). The groups are runs of the sorted order, so each
+    group's sums are differences of cumulative sums at its last member."""
     if w.shape[0] <= most:
         return w, m, v
     order = np.argsort(m, axis=0, kind="stable")
     w, m, v = (np.take_along_axis(a, order, axis=0) for a in (w, m, v))
     total = w.sum(axis=0, keepdims=True)
+    cum = np.cumsum(w, axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        mid = np.where(total > 0, (np.cumsum(w, axis=0) - w / 2) / total, 0.0)
+        mid = np.where(total > 0, (cum - w / 2) / total, 0.0)
     group = np.minimum((mid * most).astype(np.int64), most - 1)
-    onehot = group[:, None] == np.arange(most).reshape((1, most) + (1,) * (w.ndim - 1))
-    weights = (w[:, None] * onehot).sum(axis=0)
+    # per element, the members of each group (a histogram of group + most * element), summed
+    # up to each group: the last member's index + 1 (0 for an empty leading group)
+    cells = int(np.prod(w.shape[1:]))
+    flat = (group.reshape(group.shape[0], -1) + most * np.arange(cells)).ravel()
+    counts = np.bincount(flat, minlength=most * cells).reshape(cells, most).T
+    ends = np.cumsum(counts, axis=0).reshape((most,) + w.shape[1:]) - 1  # last member, or -1
+    sums = []
+    for a in (w, w * m, w * (v + m * m)):
+        c = np.concatenate([np.zeros_like(a[:1]), np.cumsum(a, axis=0)])
+        at_end = np.take_along_axis(c, ends + 1, axis=0)
+        sums.append(np.diff(np.concatenate([np.zeros_like(at_end[:1]), at_end]), axis=0))
+    weights, first, second = sums
     safe = np.where(weights > 0, weights, 1.0)
-    mean = (w[:, None] * m[:, None] * onehot).sum(axis=0) / safe
-    second = (w[:, None] * (v + m * m)[:, None] * onehot).sum(axis=0) / safe
-    return weights, mean, np.maximum(second - mean * mean, 0.0)
+    mean = first / safe
+    return weights, mean, np.maximum(second / safe - mean * mean, 0.0)
 
 
 __all__ = ["MAX_COMPONENTS", "merge", "relu_mixture", "truncated_positive"]
