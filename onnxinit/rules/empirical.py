@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..feeds import synthetic_feeds
 from ..moments import Moments
 from ..passes import RANDOM_OPS
 from ..runtime import make_session
@@ -135,6 +136,13 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         elif graph.is_constant(name):
             value = graph.value(name)
             initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        elif name in graph.input_names and not graph.is_float(name):
+            # an integer or boolean graph input (token ids behind a padding mask that a
+            # recurrent Loop reads): its synthetic value, as analyze feeds it
+            value = synthetic_feeds(graph, seed=ctx.settings.seed)[name]
+            feeds[name] = value
+            graph_inputs.append(helper.make_tensor_value_info(name, graph.dtypes[name],
+                                                              value.shape))
         elif src is not None and len(nodes) <= _MAX_UPSTREAM:
             # an integer/boolean tensor computed from signals (a random mask: Less of
             # RandomUniformLike): run the nodes that compute it too
