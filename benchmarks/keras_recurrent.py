@@ -5,7 +5,7 @@ Keras 2 venv (``tensorflow-cpu==2.15.1 tf2onnx==1.17.0 'numpy<2' onnx==1.17.0``)
 ``keras_NAME.onnx`` to the current folder:
 
     python benchmarks/keras_recurrent.py lstm gru gru_v1 simplernn bilstm bigru bisimplernn \\
-        lstm_pool lstm_state gobackwards
+        lstm_pool lstm_state gobackwards masked embed_mask
     python benchmarks/real_accuracy_sequence.py --runs 16 --onnx keras_lstm.onnx,keras_gru.onnx
 """
 
@@ -42,13 +42,18 @@ BODIES = {
     "lstm_state": lambda x: L.Concatenate()(list(L.LSTM(UNITS, return_state=True)(x)[1:])),
     "gobackwards": lambda x: L.GRU(UNITS, go_backwards=True)(
         L.LSTM(UNITS, return_sequences=True, go_backwards=True)(x)),  # ReverseSequence
+    "masked": lambda x: _pair(L.LSTM)(L.Masking(mask_value=0.0)(x)),  # Loops reading the mask
 }
+# token ids [batch, STEPS] below 1000, id 0 the padding (Loops reading the mask)
+IDS = {"embed_mask": lambda x: L.Bidirectional(L.LSTM(UNITS))(
+    L.Embedding(1000, FEATURES, mask_zero=True)(x))}
 
 for name in sys.argv[1:]:
     keras.utils.set_random_seed(0)
-    x = keras.Input((STEPS, FEATURES), name="x")
-    model = keras.Model(x, L.Dense(10)(BODIES[name](x)))
-    spec = (tf.TensorSpec((None, STEPS, FEATURES), tf.float32, name="x"),)
+    shape, dtype = ((STEPS,), tf.int32) if name in IDS else ((STEPS, FEATURES), tf.float32)
+    x = keras.Input(shape, name="x", dtype=dtype)
+    model = keras.Model(x, L.Dense(10)({**BODIES, **IDS}[name](x)))
+    spec = (tf.TensorSpec((None, *shape), dtype, name="x"),)
     tf2onnx.convert.from_keras(model, input_signature=spec, opset=17,
                                output_path=f"keras_{name}.onnx")
     print(name, "ok", flush=True)

@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..feeds import synthetic_feeds
 from ..moments import Moments
 from ..passes import RANDOM_OPS
 from ..runtime import make_session
@@ -111,7 +112,7 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
     node, graph = ctx.node, ctx.graph
     rng = ctx.rng()
     feeds, graph_inputs, initializers = {}, [], []
-    tracked_axis, tracked_size = None, None
+    tracked_axis, tracked_size, from_end = None, None, []
     nodes, seen, signals = {ctx.node_id: node}, set(), []
     pending = [(name, inputs[i] if i < len(inputs) else None) for i, name in enumerate(node.input)]
     # what a Loop/Scan/If body reads from the outer scope becomes an input of the one-node model
@@ -135,6 +136,13 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         elif graph.is_constant(name):
             value = graph.value(name)
             initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        elif name in graph.input_names and not graph.is_float(name):
+            # an integer or boolean graph input (token ids behind a padding mask that a
+            # recurrent Loop reads): its synthetic value, as analyze feeds it
+            value = synthetic_feeds(graph, seed=ctx.settings.seed)[name]
+            feeds[name] = value
+            graph_inputs.append(helper.make_tensor_value_info(name, graph.dtypes[name],
+                                                              value.shape))
         elif src is not None and len(nodes) <= _MAX_UPSTREAM:
             # an integer/boolean tensor computed from signals (a random mask: Less of
             # RandomUniformLike): run the nodes that compute it too
@@ -164,6 +172,10 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         if tracked_axis is None and m.tracked_axes():
             tracked_axis = m.tracked_axes()[0]
             tracked_size = shape[tracked_axis]
+            # each tracked axis counted from the end, with its size: the features of a max
+            # over time ([B, T, C] -> [B, C]) keep the last one, not the first
+            from_end = [(a - len(shape), shape[a])
+                        for a in m.expand_rank(len(shape)).tracked_axes()][::-1]
     outputs = [
         helper.make_tensor_value_info(o, graph.dtypes.get(o, onnx.TensorProto.FLOAT), None)
         for o in node.output
@@ -210,8 +222,11 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
             and value.ndim > tracked_axis + shift
             and value.shape[tracked_axis + shift] == tracked_size
         )
-        m = _measure(value, tracked_axis + shift if keep else None)
-        m = Moments(m.mean[0], m.var[0]) if keep and shift else m
+        axis = tracked_axis + shift if keep else next(
+            (value.ndim + a for a, size in from_end
+             if value.ndim - shift >= -a and value.shape[a] == size), None)
+        m = _measure(value, axis)
+        m = Moments(m.mean[0], m.var[0]) if axis is not None and shift else m
         results[name] = _with_steps_field(ctx, name, m, value, shift)
     return [results.get(o) for o in node.output]
 

@@ -122,7 +122,8 @@ def _recurrent(kind: str, features: int, hidden: int, layers: int, classes: int 
                bidirectional: bool = False, batch_first: bool = True, head: str = "last",
                initial: bool = False, **options):
     """``nn.LSTM``/``nn.GRU``/``nn.RNN`` and a Linear classifier on the last step (``head``
-    "h_n"/"c_n": on the last layer's final states, both directions concatenated); ``initial``:
+    "h_n"/"c_n": on the last layer's final states, both directions concatenated; "max": on the
+    maximum over the steps); ``initial``:
     initial states given (0.5 and 0.3 everywhere); ``options``: the module's own
     (``nonlinearity``)."""
 
@@ -149,6 +150,8 @@ def _recurrent(kind: str, features: int, hidden: int, layers: int, classes: int 
                     out, final = self.rnn(x)
                 if head == "last":
                     return self.head(out[:, -1] if batch_first else out[-1])
+                if head == "max":
+                    return self.head(out.max(1 if batch_first else 0).values)
                 final = final[0 if head == "h_n" else 1] if kind == "LSTM" else final
                 return self.head(torch.cat(list(final[-directions:]), -1))
 
@@ -223,6 +226,7 @@ RECURRENT: dict[str, Spec] = {
     "bigru_h_n": _variant("GRU", bidirectional=True, head="h_n"),
     "bilstm_initial": _variant("LSTM", bidirectional=True, initial=True),
     "bigru_initial": _variant("GRU", bidirectional=True, initial=True),
+    "bilstm_max": _variant("LSTM", bidirectional=True, head="max"),
 }
 
 SIZES = {"full": FULL, "small": SMALL, "recurrent": RECURRENT}

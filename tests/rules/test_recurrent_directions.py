@@ -25,7 +25,7 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def _stack(op: str, direction: str, layers: int = 2, batch_first: bool = False,
-           seed: int = 0, sliced: bool = False, norm: bool = False,
+           seed: int = 0, sliced: bool = False, norm: bool = False, pooled: bool = False,
            **attrs) -> onnx.ModelProto:
     """``layers`` recurrent layers (PyTorch's default initialization, uniform +-1/sqrt(H)) and
     a linear head on the last step (``batch_first``: the sequence transposed to [N, T, D*H]
@@ -63,7 +63,9 @@ def _stack(op: str, direction: str, layers: int = 2, batch_first: bool = False,
     if batch_first:
         nodes.append(helper.make_node("Transpose", [x], ["bf"], perm=[1, 0, 2]))
         x, axis = "bf", 1
-    if sliced:
+    if pooled:  # the maximum over the steps (a max-pooling classifier) instead of the last
+        nodes.append(helper.make_node("ReduceMax", [x], ["last"], axes=[axis], keepdims=0))
+    elif sliced:
         nodes.append(helper.make_node("Slice", [x, const("start", [-1]), const("end", [T]),
                                                 const("axis", [axis])], ["last"]))
     else:
@@ -84,7 +86,7 @@ def _total(m: Moments, shape, part=slice(None)) -> float:
     return float(var.mean() + mean.var())
 
 
-def _check(model, rtol=0.06):
+def _check(model, rtol=0.06, head=True):
     moments = {"x": Moments.scalar(0.0, 1.0)}
     _, result = predict(model, moments)
     values = {k: v.astype(np.float64) for k, v in monte_carlo(model, moments, seed=1).items()}
@@ -93,8 +95,9 @@ def _check(model, rtol=0.06):
     for part in (slice(None, half), slice(half, None)):  # each direction's (or feature) half
         ratio = _total(result.moments["last"], last.shape, part) / last[..., part].var()
         assert abs(ratio - 1) < rtol, (part, ratio)
-    ratio = _total(result.moments["logits"], logits.shape) / logits.var()
-    assert abs(ratio - 1) < rtol, ratio
+    if head:
+        ratio = _total(result.moments["logits"], logits.shape) / logits.var()
+        assert abs(ratio - 1) < rtol, ratio
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
@@ -109,6 +112,23 @@ def test_reverse_stack_last_step_batch_first(op):
 
 def test_bidirectional_lstm_last_step_sliced():
     _check(_stack("LSTM", "bidirectional", sliced=True))
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_max_over_the_steps(op):
+    """The maximum over time of a recurrent layer's outputs (ReduceMax has no rule for
+    statistics that vary along the reduced axis: measured by the fallback on samples correlated
+    across the steps, per feature since the features axis is kept; before: pooled over the
+    features, a full-size bidirectional LSTM's head after the max 1.87x, now 1.095x)."""
+    _check(_stack(op, "forward", layers=2, pooled=True), rtol=0.1)
+
+
+@pytest.mark.xfail(strict=True, reason="one correlation across steps for both directions' "
+                   "features (the forward one's and the reverse one's differ: each is mirrored "
+                   "in the other's): the maximum's halves 0.90x (LSTM), 1.18x (GRU)")
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_max_over_the_steps_bidirectional(op):
+    _check(_stack(op, "bidirectional", layers=1, pooled=True), head=False)
 
 
 @pytest.mark.xfail(strict=True, reason="a Gather of one token (a scalar index) takes the "
