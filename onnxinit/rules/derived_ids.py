@@ -25,10 +25,12 @@ import numpy as np
 from ..moments import Moments, compressed
 from .context import RuleContext
 from .masks import evaluated, upstream
+from .token_field import attach
 
 _DRAWS = 4
 _LAYOUT = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
 _MAX_ELEMENTS = 1 << 24  # gathered values held while averaging (samples x elements x features)
+_TRACKED = 1 << 16  # statistics a tensor tracks (propagate.MAX_TRACKED, which imports the rules)
 
 
 def _modal_share(ids: np.ndarray) -> float:
@@ -74,7 +76,25 @@ def positional_rows(ctx: RuleContext, table: np.ndarray, axis: int) -> Moments |
     mean = rows.mean(axis=0)
     var = np.maximum((rows**2).mean(axis=0) - mean**2, 0.0)
     out = (1, *shape[1:], table.shape[1])
-    return compressed(mean.reshape(out), var.reshape(out))
+    if mean.size <= _TRACKED or len(shape) != 2:
+        return compressed(mean.reshape(out), var.reshape(out))
+    return _as_field(rows, ctx.out_shape(0))
+
+
+def _as_field(rows: np.ndarray, shape) -> Moments:
+    """Per-position rows (sampled ``[samples, S, D]``) over the statistics a tensor tracks
+    (``propagate.MAX_TRACKED``: BERT-size tables at 128 tokens), pooled over the positions, their
+    spread kept by the token field: about the centre ``m_d`` (the mean over samples and
+    positions), ``Sigma[s, t] = mean_{n,d} (r_nsd - m_d)(r_ntd - m_d)``. The positions' rows are
+    mostly deterministic, so an average over every position cancels them (an attention nearly
+    uniform over the tokens: pooled as noise they counted ``1/S`` of their variance); a padding
+    token that shifts the later positions moves them together, which the samples keep."""
+    centre = rows.mean(axis=(0, 1))
+    centred = rows - centre
+    pooled = (centred**2).mean(axis=(0, 1))
+    sig = np.einsum("nsd,ntd->st", centred, centred) / (rows.shape[0] * rows.shape[2])
+    d = rows.shape[2]
+    return attach(Moments(centre.reshape(1, 1, d), pooled.reshape(1, 1, d)), shape, [1], sig)
 
 
 __all__ = ["positional_rows"]
