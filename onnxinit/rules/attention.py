@@ -137,14 +137,23 @@ def _weighted_average(ma, va, mb, vb, sig, out_shape, selected=0.0):
     n = cov.shape[0]
     shared = max((cov.sum() - np.trace(cov)) / max(n * (n - 1), 1), 0.0)
     specific = np.diag(cov) - shared
-    p_mean = np.broadcast_to(ma, ma.shape[:-2] + (out_shape[-2], n))
+    queries = out_shape[-2]
+    # P's statistics the same for every query (one row broadcast): the products for one row,
+    # then broadcast (a zero-stride P made matmul walk it element by element)
+    rows = 1 if np.shape(ma)[-2] == 1 and np.shape(va)[-2] == 1 else queries
+    p_mean = np.broadcast_to(ma, ma.shape[:-2] + (rows, n))
     p_var = np.broadcast_to(va, p_mean.shape)
     spread = np.matmul(p_mean @ cov, np.swapaxes(p_mean, -1, -2))  # P cov P^T [.., q, q]
     fluctuation = p_var @ specific  # [.., q]
-    gain = np.diagonal(spread, axis1=-2, axis2=-1) + fluctuation
     centre = np.matmul(p_mean, mb)  # E[O]
     means_term = np.maximum(np.matmul(p_var, mb**2) - 2 * centre * np.matmul(p_var, mb)
                             + centre**2 * p_var.sum(axis=-1, keepdims=True), 0.0)
+    if rows != queries:
+        spread = np.broadcast_to(spread, spread.shape[:-2] + (queries, queries))
+        fluctuation = np.array(np.broadcast_to(fluctuation, fluctuation.shape[:-1] + (queries,)))
+        centre = np.array(np.broadcast_to(centre, centre.shape[:-2] + (queries,) + centre.shape[-1:]))
+        means_term = np.array(np.broadcast_to(means_term, centre.shape))
+    gain = np.diagonal(spread, axis1=-2, axis2=-1) + fluctuation
     var = vb.mean(axis=-2, keepdims=True) * gain[..., None] + means_term + selected
     shaped = (lambda t: t.reshape((1,) * (rank - t.ndim) + t.shape))
     mean, var = shaped(centre), shaped(var)

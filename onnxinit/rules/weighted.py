@@ -31,6 +31,16 @@ def weighted_sums(mu: np.ndarray, nu: np.ndarray, w: np.ndarray,
     mu = np.asarray(mu, dtype=np.float64)
     nu = np.asarray(nu, dtype=np.float64)
     k, n = w.shape
+    mu_row, nu_row = _one_row(mu), _one_row(nu)
+    if mu_row is not None or nu_row is not None:
+        # every row the same (statistics broadcast along the leading axes, often as a view
+        # of zero strides, which matmul walks row by row): one row, then spread
+        mean, var = weighted_sums(mu if mu_row is None else mu_row,
+                                  nu if nu_row is None else nu_row, w, block_bytes)
+        return _spread(mean, mu.shape[:-1]), _spread(var, nu.shape[:-1])
+    if mu.ndim > 2 or nu.ndim > 2:  # a stack of rows: one matrix product of [rows, K]
+        mean, var = weighted_sums(mu.reshape(-1, k), nu.reshape(-1, k), w, block_bytes)
+        return mean.reshape(mu.shape[:-1] + (n,)), var.reshape(nu.shape[:-1] + (n,))
     if w.size * 8 <= block_bytes:
         w64 = np.asarray(w, dtype=np.float64)
         return mu @ w64, nu @ (w64 * w64)
@@ -49,6 +59,20 @@ def weighted_sums(mu: np.ndarray, nu: np.ndarray, w: np.ndarray,
         mean += mu[..., start:start + step] @ block
         var += nu[..., start:start + step] @ (block * block)
     return mean, var
+
+
+def _one_row(x: np.ndarray) -> np.ndarray | None:
+    """x's single row ``[K]`` when x has several rows along its leading axes and they are all
+    equal, else None."""
+    if x.ndim < 2 or x.size == x.shape[-1]:
+        return None
+    rows = x.reshape(-1, x.shape[-1])
+    return rows[0] if (rows == rows[0]).all() else None
+
+
+def _spread(row: np.ndarray, lead: tuple) -> np.ndarray:
+    """``row`` ``[..., N]`` copied to every index of the leading shape ``lead``."""
+    return np.array(np.broadcast_to(row, lead + row.shape[-1:]))
 
 
 def moments_along(table: np.ndarray, axis: int,

@@ -214,3 +214,26 @@ def test_unscaled_logits_select_correlated_values(out):
     (16% low when the weights and values were taken as independent)."""
     moments, values = _unscaled_attention()
     assert_moments_close(moments[out], values[out], rtol=0.05, atol=0.05)
+
+
+def test_weighted_average_of_one_probability_row_for_every_query():
+    """P V with P's statistics the same for every query (one row, broadcast): the same
+    moments and token field as with that row written out for each query."""
+    from onnxinit.rules.attention import _weighted_average
+
+    rng = np.random.default_rng(0)
+    heads, queries, keys, d = 2, 5, 4, 3
+    p = rng.dirichlet(np.ones(keys), size=(1, heads, 1))  # [1, H, 1, keys]
+    p_var = rng.uniform(0.0, 0.01, size=p.shape)
+    mb = rng.normal(size=(1, heads, keys, d))
+    vb = rng.uniform(0.5, 2.0, size=(1, heads, keys, d))
+    a = rng.normal(size=(keys, keys))
+    sig = a @ a.T / keys + np.eye(keys)
+    out_shape = (8, heads, queries, d)
+    one = _weighted_average(p, p_var, mb, vb, sig, out_shape, 0.01)
+    every = _weighted_average(np.repeat(p, queries, axis=2), np.repeat(p_var, queries, axis=2),
+                              mb, vb, sig, out_shape, 0.01)
+    for got, want in [(one.mean, every.mean), (one.var, every.var),
+                      (one.tokens.cov, every.tokens.cov)]:
+        np.testing.assert_allclose(np.broadcast_to(got, np.shape(want)), want, rtol=1e-12,
+                                   atol=1e-15)

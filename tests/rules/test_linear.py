@@ -394,3 +394,30 @@ def test_copy_conv_keeps_the_distribution_of_a_relu_output():
     for name in ("c2", "y"):
         assert_moments_close(result.moments[name], values[name], rtol=0.03, axis=1)
     assert result.moments["c2"].spatial.cells.source is not None  # the copied description
+
+
+def test_weighted_sums_of_repeated_and_stacked_rows():
+    """``(mu @ W, nu @ W**2)`` for statistics given per row of a stack, equal rows (a view of
+    zero strides, as statistics broadcast along the tokens are) or not, in blocks or whole,
+    against the sums written out in float64 row by row."""
+    from onnxinit.rules.weighted import weighted_sums
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(6, 5)).astype(np.float32)
+    w64 = w.astype(np.float64)
+    row = rng.normal(size=6)
+    repeated = np.broadcast_to(row, (4, 1, 6))
+    distinct = rng.uniform(0.5, 2.0, size=(4, 1, 6))
+    for mu, nu in [(repeated, distinct), (distinct, repeated), (repeated, repeated),
+                   (row, distinct)]:
+        for block in (8, 1 << 20):  # one weight row per block, or the whole weight at once
+            mean, var = weighted_sums(mu, nu, w, block_bytes=block)
+            assert mean.shape == np.shape(mu)[:-1] + (5,)
+            assert var.shape == np.shape(nu)[:-1] + (5,)
+            want_mean = np.array([[sum(m[i] * w64[i, j] for i in range(6)) for j in range(5)]
+                                  for m in np.reshape(mu, (-1, 6))])
+            want_var = np.array([[sum(v[i] * w64[i, j] ** 2 for i in range(6)) for j in range(5)]
+                                 for v in np.reshape(nu, (-1, 6))])
+            np.testing.assert_allclose(mean.reshape(-1, 5), want_mean, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(var.reshape(-1, 5), want_var, rtol=1e-12, atol=1e-12)
+            mean[...] = 0.0  # a writable array of its own, not a view of another
