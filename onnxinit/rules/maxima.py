@@ -186,6 +186,34 @@ def max_of_correlated_gaussians(mean, std, count, fn, rho):
     return e_all, np.maximum(var_all, 0.0), (p * slope).sum(axis=0)
 
 
+def shared_max_covariance(values, probs, n: int, shared: Sequence[int]):
+    """For two windows of ``n`` independent taps drawn from one discrete law (atoms ``values``
+    ``[G, *P]``, ascending along G, of probabilities ``probs``) that share ``shared`` taps,
+    M a window's maximum: with U the maximum of the shared taps and V, W of each window's
+    others (independent), ``E[M_A M_B] = sum_i P(U = v_i) h_i^2``, ``h_i = E[max(v_i, V)] =
+    v_i C_i^r + sum_(j > i) v_j (C_j^r - C_(j-1)^r)``, r = n - shared, C the law's CDF: exact
+    for the discrete law (a max is not linear in its taps: windows that share the maximum
+    are equal). Returns (E[M], Var[M] [*P], Cov[M_A, M_B] per shared count
+    [len(shared), *P])."""
+    values = np.asarray(values, np.float64)
+    probs = np.asarray(probs, np.float64)
+    cdf = np.clip(np.cumsum(probs, axis=0) / probs.sum(axis=0, keepdims=True), 0.0, 1.0)
+    before = np.concatenate([np.zeros_like(cdf[:1]), cdf[:-1]])
+
+    def law(k):  # P(max of k taps = v_i)
+        return cdf**k - before**k
+
+    e = (law(n) * values).sum(axis=0)
+    var = np.maximum((law(n) * values**2).sum(axis=0) - e**2, 0.0)
+    covs = []
+    for s in shared:
+        rest = law(n - s)
+        above = np.cumsum((rest * values)[::-1], axis=0)[::-1] - rest * values  # sum_(j > i)
+        h = values * cdf ** (n - s) + above
+        covs.append((law(s) * h * h).sum(axis=0) - e**2)
+    return e, var, np.stack(covs) if covs else np.zeros((0,) + var.shape)
+
+
 _MIXTURE_GRID = 97  # grid points of the maximum's CDF for mixture taps (atoms need a finer one)
 
 
@@ -247,4 +275,4 @@ def max_of_mixtures(weight, mean, std, count, rho):
 
 
 __all__ = ["max_moments", "max_of_correlated_gaussians", "max_of_gaussians", "max_of_mixtures",
-           "non_decreasing"]
+           "non_decreasing", "shared_max_covariance"]

@@ -24,16 +24,17 @@ import itertools
 
 import numpy as np
 
-from .. import correlation
+from .. import correlation, special
 from ..moments import Moments, Source
 from ..spatial import attach, class_weights, gather_taps, positions, window
 from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
 from .gaussian import compose, expand
 from .pool_skewness import pooled_correction
+from .rectified import MAX_COMPONENTS, merge
 from .sample_energy import pooled_shared
 from .maxima import (max_moments, max_of_correlated_gaussians, max_of_gaussians,
-                     max_of_mixtures, non_decreasing)
+                     max_of_mixtures, non_decreasing, shared_max_covariance)
 from .registry import rule
 
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +318,15 @@ def _max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
         lay_out(m_t), lay_out(s_t), lay_out(valid), compose(src.chain),
         common.reshape((1, c) + (1,) * len(r_shape)))
     lin, centre = _window_correlation(sp, ctx)
-    return attach(Moments(e, v), out_maps, _max_correlation(lin, centre, var, slope, v, sp.corr.centred))
+    z = _Z.reshape((-1, 1, 1) + (1,) * len(r_shape))
+    nu = var.reshape(c, -1).mean(axis=1)
+    m = mean.reshape(c, -1).mean(axis=1).reshape((1, c) + (1,) * len(r_shape))
+    with np.errstate(all="ignore"):
+        atoms = compose(src.chain)(m + np.sqrt(nu.reshape(m.shape)) * z)
+    atoms = np.broadcast_to(atoms, (z.shape[0], 1, c) + atoms.shape[3:]).reshape(z.shape[0], c, -1)
+    extra = _overlap_correlation(ctx, lin, atoms[:, :, 0], _P[:, None], nu, _Z)
+    return attach(Moments(e, v), out_maps,
+                  _max_correlation(lin, centre, var, slope, v, sp.corr.centred, extra))
 
 
 def _common_correlation(sp, ctx: RuleContext, c: int) -> np.ndarray:
@@ -362,9 +371,22 @@ def _max_pool_mixture(sp, x_shape, ctx: RuleContext) -> Moments:
     lin, centre = _window_correlation(sp, ctx)
     cell_var = np.broadcast_to(np.broadcast_arrays(sp.cells.mean, sp.cells.var)[1][0],
                                shape[1:])
+    # the taps' law pooled over the classes per channel (merged to MAX_COMPONENTS), on a grid
+    classes = int(np.prod(sp.classes))
+    wc, mc, vc = merge(*(np.moveaxis(a.reshape(a.shape[0], c, -1), 2, 1).reshape(-1, c)
+                         for a in (w / classes, m, v)), MAX_COMPONENTS)
+    sc = np.sqrt(vc)
+    lo, hi = (mc - 8 * sc).min(axis=0), (mc + 8 * sc).max(axis=0)
+    x = lo + (hi - lo) * np.linspace(0.0, 1.0, _Z.size)[:, None]  # [G, C]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cdf = (wc * np.where(sc > 0, special.ndtr((x[:, None] - mc) / np.where(sc > 0, sc, 1.0)),
+                             x[:, None] >= mc)).sum(axis=1)
+    cdf = cdf / np.maximum(cdf[-1:], 1e-300)
+    probs = np.diff(cdf, axis=0, prepend=0.0)
+    extra = _overlap_correlation(ctx, lin, x, probs, cell_var.reshape(c, -1).mean(axis=1), x)
     return attach(Moments(e, var), out_maps,
                   _max_correlation(lin, centre, cell_var, np.ones_like(var), var,
-                                   sp.corr.centred))
+                                   sp.corr.centred, extra))
 
 
 def _window_correlation(sp, ctx: RuleContext):
@@ -376,7 +398,49 @@ def _window_correlation(sp, ctx: RuleContext):
     return correlation.window_sum(gauss, kernel, strides, dilations, ctx.out_shape(0)[2:])
 
 
-def _max_correlation(lin, centre, var_z, slope, var_max, centred):
+# the Gaussian of a max pool's taps as atoms, for the windows' shared maximum
+_Z = np.linspace(-8.0, 8.0, 801)
+_P = np.diff(special.ndtr(np.concatenate([[-np.inf], 0.5 * (_Z[1:] + _Z[:-1]), [np.inf]])))
+
+
+def _overlap_correlation(ctx: RuleContext, lin, atoms, probs, nu, z) -> np.ndarray:
+    """Per channel and output offset, the correlation that windows sharing taps add beyond
+    :func:`_max_correlation`'s linearisation: the exact covariance of the maxima of two
+    windows of n independent taps, s of them shared (``maxima.shared_max_covariance``, the
+    taps' law as ``atoms`` ``[G, C]`` of ``probs`` at the Gaussian values ``z``), less its
+    linear part ``s nu (E f'(M) / n)^2``, over the maximum's variance. 0 where no tap is
+    shared."""
+    kernel, strides, dilations = _geometry(ctx)
+    n = int(np.prod(kernel))
+    radius = lin.radius
+    offsets = list(itertools.product(*(range(-r, r + 1) for r in radius)))
+    counts = []
+    for d in offsets:
+        shared = 1
+        for k, st, dil, di in zip(kernel, strides, dilations, d):
+            step = abs(di) * st
+            shared *= max(0, k - step // dil) if step % dil == 0 else 0
+        counts.append(shared if any(d) else 0)
+    c = atoms.shape[1]
+    extra = np.zeros((c, len(offsets)))
+    wanted = sorted({s for s in counts if 0 < s < n})
+    if wanted:
+        e, var, covs = shared_max_covariance(atoms, np.broadcast_to(probs, atoms.shape), n, wanted)
+        with np.errstate(all="ignore"):
+            slope = np.gradient(atoms, axis=0) / np.gradient(np.broadcast_to(
+                z.reshape(z.shape[0], -1), atoms.shape), axis=0)
+        cdf = np.cumsum(np.broadcast_to(probs, atoms.shape), axis=0)
+        law = cdf**n - np.concatenate([np.zeros_like(cdf[:1]), cdf[:-1]]) ** n
+        k = (law * np.where(np.isfinite(slope), slope, 0.0)).sum(axis=0)
+        safe = np.where(var > 0, var, 1.0)
+        for j, s in enumerate(counts):
+            if s in wanted:
+                cov = covs[wanted.index(s)]
+                extra[:, j] = np.where(var > 0, (cov - s * nu * (k / n) ** 2) / safe, 0.0)
+    return extra.reshape((c,) + tuple(2 * r + 1 for r in radius))
+
+
+def _max_correlation(lin, centre, var_z, slope, var_max, centred, extra=0.0):
     """Output correlation of a max pool by Stein's lemma, linearised: with pi_t = E[f'(M)]/n
     the chance-weighted derivative of the window's maximum by tap t,
     ``Cov(out(p), out(p+d)) ~ E[f'(M)]^2 nu_z (1/n^2) sum_{t,t'} rho_z(s d + t' - t)``
@@ -390,6 +454,7 @@ def _max_correlation(lin, centre, var_z, slope, var_max, centred):
     scale = k**2 * nu_z * np.broadcast_to(centre, (c,)) / np.where(v > 0, v, 1.0)
     n = lin.rho.ndim - 1
     rho = np.broadcast_to(lin.rho, (c,) + lin.rho.shape[1:]) * scale.reshape((-1,) + (1,) * n)
+    rho = rho + extra
     rho[(slice(None), *lin.radius)] = 1.0
     floor = np.broadcast_to(lin.floor, (c,)) * scale
     return correlation.Correlation(np.clip(rho, -1, 1), np.clip(floor, -1, 1), None, centred)
