@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import onnx
 
 from ..moments import Moments, Source
 from ..spatial import window
@@ -135,3 +136,52 @@ def window_geometry(ctx: RuleContext):
     kernel = list(ctx.attr("kernel_shape"))
     n = len(kernel)
     return kernel, list(ctx.attr("strides", [1] * n)), list(ctx.attr("dilations", [1] * n))
+
+
+def composed_max_pool(ctx: RuleContext) -> RuleContext | None:
+    """A MaxPool of a MaxPool's output is one MaxPool of the first one's input over the union
+    of its windows (GoogLeNet's pool branch after a stride-2 max pool): per axis, with the
+    inner pool's kernel k1, stride s1, begin pad b1 and the outer's k2, s2, b2,
+
+        kernel = (k2 - 1) s1 + k1,  stride = s1 s2,  begin pad = b2 s1 + b1
+
+    (a window of the outer pool starting before the inner map, or past its end, loses the same
+    inner windows as the composed one loses rows). The context of that composed node, with the
+    outer node's output; None when the input is not a MaxPool's, either pool is dilated, the
+    inner windows leave gaps (s1 > k1), or the composed windows would read rows the inner
+    pool never covers (a floor-mode inner pool that drops the map's last rows)."""
+    producer = ctx.graph.producer.get(ctx.node.input[0])
+    if producer is None or ctx.graph.node(producer).op_type != "MaxPool":
+        return None
+    inner = ctx.for_node(producer)
+    if len(inner.node.output) > 1 and inner.node.output[1]:
+        return None
+    x_shape, mid_shape, y_shape = inner.in_shape(0), ctx.in_shape(0), ctx.out_shape(0)
+    parts = []
+    for c in (inner, ctx):
+        kernel, strides, dilations = window_geometry(c)
+        sizes_in, sizes_out = c.in_shape(0)[2:], c.out_shape(0)[2:]
+        if any(d != 1 for d in dilations):
+            return None
+        begins, _ = pads(c, sizes_in, sizes_out, kernel, strides, dilations)
+        parts.append((kernel, strides, begins))
+    (k1, s1, b1), (k2, s2, b2) = parts
+    kernel, strides, begins, ends = [], [], [], []
+    for axis in range(len(k1)):
+        if s1[axis] > k1[axis]:
+            return None
+        k = (k2[axis] - 1) * s1[axis] + k1[axis]
+        s = s1[axis] * s2[axis]
+        b = b2[axis] * s1[axis] + b1[axis]
+        size, out = x_shape[2 + axis], y_shape[2 + axis]
+        covered = (mid_shape[2 + axis] - 1) * s1[axis] - b1[axis] + k1[axis] - 1
+        last = (out - 1) * s - b + k - 1
+        if last > covered and covered < size - 1:
+            return None
+        kernel.append(k)
+        strides.append(s)
+        begins.append(b)
+        ends.append(max(0, last - (size - 1)))
+    node = onnx.helper.make_node("MaxPool", [inner.node.input[0]], [ctx.node.output[0]],
+                                 kernel_shape=kernel, strides=strides, pads=begins + ends)
+    return RuleContext(node, ctx.node_id, ctx.graph, ctx.settings, known=ctx.known)

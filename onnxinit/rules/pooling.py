@@ -30,8 +30,8 @@ from .elementwise import base_source
 from .max_windows import max_pool_classes
 from .maxima import max_moments
 from .pool_skewness import pooled_correction
-from .pool_windows import (cell_arrays, class_windows, distinct_windows, mix, per_channel,
-                           tap_counts, window_geometry)
+from .pool_windows import (cell_arrays, class_windows, composed_max_pool, distinct_windows, mix,
+                           per_channel, tap_counts, window_geometry)
 from .registry import rule
 from .sample_energy import pooled_shared
 
@@ -129,6 +129,12 @@ def max_pool(inputs, ctx: RuleContext):
     x_shape = ctx.in_shape(0)
     x = signal(inputs, 0)
     outs = [None] * (len(ctx.node.output) - 1)
+    composed = composed_max_pool(ctx)
+    if composed is not None and composed.known is not None:
+        base = composed.known.get(composed.node.input[0])
+        classes = None if base is None else max_pool_classes(base, composed.in_shape(0), composed)
+        if classes is not None:
+            return [classes] + outs
     classes = max_pool_classes(x, x_shape, ctx)
     if classes is not None:
         return [classes] + outs
