@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import correlation
+from .. import correlation, special
 from ..moments import Moments, Source
 from ..spatial import attach, class_weights, gather_taps, positions
 from .context import RuleContext
@@ -46,7 +46,7 @@ def max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
     sp = positions(x, x_shape)
     cells = sp.cells
     rank = len(x_shape)
-    if cells.source is None and cells.mixture is not None and cells.mixture[1].ndim == rank + 1:
+    if cells.source is None and cells.mixture is not None and cells.mixture[1].ndim <= rank + 1:
         return _max_pool_mixture(sp, x_shape, ctx)
     src = cells.source if cells.source is not None else Source(cells.mean, cells.var)
     mean, var = np.broadcast_arrays(expand(src.mean, rank), expand(src.var, rank))
@@ -93,9 +93,11 @@ def _max_pool_mixture(sp, x_shape, ctx: RuleContext) -> Moments:
     """MaxPool per output position class of an input described per cell as a Gaussian mixture
     (a ReLU of a residual sum): the maximum of the taps' mixtures joined by a Gaussian copula
     at the window's common correlation (``maxima.max_of_mixtures``); the output's correlation
-    by :func:`_max_correlation` with the identity's slope 1 and, for the shared taps, the
-    Gaussian of each cell's moments."""
+    by :func:`_max_correlation` in the copula's Gaussian units (the taps as the quantile
+    function of their law of a standard normal, :func:`_quantile_function`)."""
     w, m, v = (np.asarray(a, np.float64) for a in sp.cells.mixture)
+    rank = len(x_shape)  # a mixture shared by every channel has no channel axis: lift it
+    w, m, v = (a.reshape(a.shape[:1] + (1,) * (rank + 1 - a.ndim) + a.shape[1:]) for a in (w, m, v))
     c = np.broadcast_shapes(m.shape, sp.cells.mean.shape)[2]
     shape = (w.shape[0], c) + tuple(sp.classes)
     w, m, v = (np.broadcast_to(a[:, 0], shape) for a in (w, m, v))
@@ -114,11 +116,47 @@ def _max_pool_mixture(sp, x_shape, ctx: RuleContext) -> Moments:
     e, var = max_of_mixtures(lay_out(w_t), lay_out(m_t), lay_out(s_t), lay_out(valid),
                              common.reshape((c,) + (1,) * len(r_shape)))
     e, var = e[None], var[None]
-    cell_mean, cell_var = (np.broadcast_to(a[0], shape[1:]) for a in
-                           np.broadcast_arrays(sp.cells.mean, sp.cells.var))
-    corr = _max_correlation(sp, out_maps, ctx, cell_mean, cell_var, lambda z: z, common,
-                            np.ones_like(var), var)
+    # the output's correlation in the copula's Gaussian units: the taps as q(z), z standard
+    # normal, q the quantile function of the channel's law pooled over its position classes
+    quantile = _quantile_function(w, m, v, class_weights(sp.maps), rank)
+    unit = np.zeros((1, 1, c) + (1,) * (rank - 2))  # one tap drawn n times, per channel
+    taps_n = float(np.prod(window_geometry(ctx)[0]))
+    slope = max_of_correlated_gaussians(unit, unit + 1.0, unit + taps_n, quantile,
+                                        common.reshape(unit.shape[1:]))[2]
+    corr = _max_correlation(sp, out_maps, ctx, np.zeros(shape[1:]), np.ones(shape[1:]), quantile,
+                            common, np.broadcast_to(slope, var.shape), var)
     return attach(Moments(e, var), out_maps, corr)
+
+
+_QUANTILE_GRID = 401
+
+
+def _quantile_function(w, m, v, weights, rank):
+    """z -> F_c^-1(Phi(z)) per channel c, F_c the law of the mixture (w, m, v) ``[K, C,
+    *classes]`` pooled over the position classes (their shares ``weights``), tabulated on
+    _QUANTILE_GRID points over +-8 standard deviations of every component; called on arrays
+    laid out at the tensor's rank (the channel axis ``rank - 1`` from the end)."""
+    k, c = w.shape[:2]
+    w = (w * weights).reshape(k, c, -1).transpose(0, 2, 1).reshape(-1, c)
+    m, s = (a.reshape(k, c, -1).transpose(0, 2, 1).reshape(-1, c) for a in (m, np.sqrt(v)))
+    lo, hi = (m - 8 * s).min(axis=0), np.maximum((m + 8 * s).max(axis=0), (m - 8 * s).min(axis=0) + 1e-12)
+    x = lo + (hi - lo) * np.linspace(0.0, 1.0, _QUANTILE_GRID)[:, None]  # [G, C]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (x[:, None] - m) / np.where(s > 0, s, 1.0)
+        cdf = (w * np.where(s > 0, special.ndtr(z), x[:, None] >= m)).sum(axis=1)
+    cdf = np.maximum.accumulate(cdf / np.maximum(cdf[-1:], 1e-300), axis=0)
+
+    def quantile(values):
+        u = special.ndtr(np.asarray(values, np.float64))
+        axis = u.ndim - (rank - 1)
+        moved = np.moveaxis(u, axis, -1)
+        out = np.empty(moved.shape)
+        for j in range(moved.shape[-1]):
+            col = j if c > 1 else 0
+            out[..., j] = np.interp(moved[..., j], cdf[:, col], x[:, col])
+        return np.moveaxis(out, -1, axis)
+
+    return quantile
 
 
 def _shared_taps(kernel, strides, dilations, radius) -> np.ndarray:

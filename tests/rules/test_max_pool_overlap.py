@@ -139,3 +139,27 @@ def test_max_pool_of_a_max_pool_is_one_max_pool_over_the_union():
         values = measured[name].astype(np.float64)
         np.testing.assert_allclose(predicted[name].var, values.var(), rtol=rtol, err_msg=name)
         np.testing.assert_allclose(predicted[name].mean, values.mean(), rtol=0.02, err_msg=name)
+
+
+def test_max_pool_of_a_residual_relu_stream_shared_by_every_channel():
+    # s = ReLU(ReLU(x1) + x2) is a Gaussian mixture; with the same law in every channel it
+    # lost its mixture (0.41x at the max pool, 0.22x / 0.17x at the pools after it); now the
+    # taps' mixtures by a Gaussian copula, the output correlation in its Gaussian units. What
+    # is left (0.85-0.88x) is the mixture's top tail, thinner than the real one (three bins
+    # per positive part, merged): a maximum of nine reads it
+    shape = [512, CHANNELS, 24, 24]
+    nodes = [helper.make_node("Relu", ["x1"], ["r1"]), helper.make_node("Add", ["r1", "x2"], ["a"]),
+             helper.make_node("Relu", ["a"], ["s"]),
+             helper.make_node("MaxPool", ["s"], ["m"], kernel_shape=[3, 3], strides=[2, 2]),
+             helper.make_node("AveragePool", ["m"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["m"], ["g"])]
+    model = make_model(
+        nodes, [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("x1", "x2")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("m", "y", "g")], [])
+    predicted = {t.name: t for t in onnxinit.analyze(model).tensors}
+    unit = Moments.scalar(0.0, 1.0)
+    measured = monte_carlo(model, {"x1": unit, "x2": unit})
+    for name in ("m", "y", "g"):
+        values = measured[name].astype(np.float64)
+        np.testing.assert_allclose(predicted[name].var, values.var(), rtol=0.2, err_msg=name)
+        np.testing.assert_allclose(predicted[name].mean, values.mean(), rtol=0.02, err_msg=name)
