@@ -36,6 +36,7 @@ from .layout import reshape_is_exact
 from .mixture import lift
 
 OFFSET_CAP = 1 << 21  # elements of a logit-offset grid kept per element (before folding)
+TILED_CAP = 1 << 16  # elements of a reshape into a Softmax tiled over the batch (else Rows)
 _THROUGH = {"Reshape", "Transpose", "Add", "Sub", "Where", "Cast", "Identity", "Dropout", "Mul",
             "Div", "Unsqueeze", "Squeeze", "Expand", "Slice", "Concat"}
 _DEPTH = 6
@@ -65,7 +66,8 @@ def feeds_softmax(ctx: RuleContext) -> bool:
 
 def keep_rows(x: Moments, in_shape, out_shape, out: Moments, ctx: RuleContext) -> Moments:
     """A reshape into a Softmax that cannot keep x's statistics grid (it would tile it over the
-    batch, or pool it): ``out`` pooled along the last axis, with x's rows as ``Moments.rows``
+    batch, or pool it): tiled over the batch when the tensor has at most ``TILED_CAP``
+    elements, else ``out`` pooled along the last axis, with x's rows as ``Moments.rows``
     (Swin: windows masked differently, merged with the batch before the softmax)."""
     rank = len(in_shape)
     if in_shape[-1] != out_shape[-1] or x.rank == 0:
@@ -78,6 +80,11 @@ def keep_rows(x: Moments, in_shape, out_shape, out: Moments, ctx: RuleContext) -
         return out
     if not feeds_softmax(ctx):
         return out
+    if 0 < int(np.prod(in_shape)) <= TILED_CAP and all(int(d) > 0 for d in in_shape):
+        # small enough to tile over the batch: every row in its place (a window's P V keeps
+        # its own variance, attention.py)
+        tiled = (np.broadcast_to(a, tuple(in_shape)).reshape(tuple(out_shape)) for a in (mean, var))
+        return compressed(*tiled)
     n = in_shape[-1]
     rows_m = np.broadcast_to(mean, mean.shape[:-1] + (n,)).reshape(-1, n)
     rows_v = np.broadcast_to(var, mean.shape[:-1] + (n,)).reshape(-1, n)
