@@ -5,12 +5,13 @@ pooling rules (rules/pooling.py, rules/max_windows.py)."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from ..moments import Moments, Source
-from ..spatial import window
+from ..spatial import select, window, with_corr
 from .context import RuleContext
 
 
@@ -138,7 +139,7 @@ def window_geometry(ctx: RuleContext):
     return kernel, list(ctx.attr("strides", [1] * n)), list(ctx.attr("dilations", [1] * n))
 
 
-def composed_max_pool(ctx: RuleContext) -> RuleContext | None:
+def composed_max_pool(ctx: RuleContext) -> ComposedPool | None:
     """A MaxPool of a MaxPool's output is one MaxPool of the first one's input over the union
     of its windows (GoogLeNet's pool branch after a stride-2 max pool): per axis, with the
     inner pool's kernel k1, stride s1, begin pad b1 and the outer's k2, s2, b2,
@@ -148,14 +149,12 @@ def composed_max_pool(ctx: RuleContext) -> RuleContext | None:
     (a window of the outer pool starting before the inner map, or past its end, loses the same
     inner windows as the composed one loses rows). The context of that composed node, with the
     outer node's output; None when the input is not a MaxPool's, either pool is dilated, the
-    inner windows leave gaps (s1 > k1), or the composed windows would read rows the inner
-    pool never covers (a floor-mode inner pool that drops the map's last rows)."""
+    inner windows leave gaps (s1 > k1). Rows the inner pool never covers (a floor-mode pool
+    that drops the map's last rows) are cropped from the composed pool's input."""
     producer = ctx.graph.producer.get(ctx.node.input[0])
     if producer is None or ctx.graph.node(producer).op_type != "MaxPool":
         return None
     inner = ctx.for_node(producer)
-    if len(inner.node.output) > 1 and inner.node.output[1]:
-        return None
     x_shape, mid_shape, y_shape = inner.in_shape(0), ctx.in_shape(0), ctx.out_shape(0)
     parts = []
     for c in (inner, ctx):
@@ -166,22 +165,44 @@ def composed_max_pool(ctx: RuleContext) -> RuleContext | None:
         begins, _ = pads(c, sizes_in, sizes_out, kernel, strides, dilations)
         parts.append((kernel, strides, begins))
     (k1, s1, b1), (k2, s2, b2) = parts
-    kernel, strides, begins, ends = [], [], [], []
+    kernel, strides, begins, ends, sizes = [], [], [], [], []
     for axis in range(len(k1)):
         if s1[axis] > k1[axis]:
             return None
         k = (k2[axis] - 1) * s1[axis] + k1[axis]
         s = s1[axis] * s2[axis]
         b = b2[axis] * s1[axis] + b1[axis]
-        size, out = x_shape[2 + axis], y_shape[2 + axis]
         covered = (mid_shape[2 + axis] - 1) * s1[axis] - b1[axis] + k1[axis] - 1
-        last = (out - 1) * s - b + k - 1
-        if last > covered and covered < size - 1:
-            return None
+        size = min(x_shape[2 + axis], covered + 1)  # rows past the inner windows: cropped
+        last = (y_shape[2 + axis] - 1) * s - b + k - 1
         kernel.append(k)
         strides.append(s)
         begins.append(b)
         ends.append(max(0, last - (size - 1)))
+        sizes.append(size)
     node = onnx.helper.make_node("MaxPool", [inner.node.input[0]], [ctx.node.output[0]],
                                  kernel_shape=kernel, strides=strides, pads=begins + ends)
-    return RuleContext(node, ctx.node_id, ctx.graph, ctx.settings, known=ctx.known)
+    return ComposedPool(node, ctx.node_id, ctx.graph, ctx.settings, known=ctx.known,
+                        input_shape=tuple(x_shape[:2]) + tuple(sizes))
+
+
+@dataclass
+class ComposedPool(RuleContext):
+    """The context of a composed MaxPool (:func:`composed_max_pool`): its input is the inner
+    pool's input cropped to ``input_shape`` (the rows the inner windows cover)."""
+
+    input_shape: tuple[int, ...] = ()
+
+    def in_shape(self, index: int = 0) -> tuple[int, ...]:
+        return self.input_shape
+
+    def cropped(self, x: Moments) -> Moments:
+        """The inner pool's input moments restricted to the covered rows."""
+        full = self.graph.shape(self.node.input[0])
+        if x.spatial is None or tuple(full) == self.input_shape:
+            return x
+        corr = x.spatial.corr
+        for axis, (have, keep) in enumerate(zip(full, self.input_shape)):
+            if axis >= 2 and keep < have:
+                x = select(x, axis, np.arange(keep))
+        return x if corr is None else with_corr(x, corr, x.spatial.maps)

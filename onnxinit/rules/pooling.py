@@ -132,7 +132,8 @@ def max_pool(inputs, ctx: RuleContext):
     composed = composed_max_pool(ctx)
     if composed is not None and composed.known is not None:
         base = composed.known.get(composed.node.input[0])
-        classes = None if base is None else max_pool_classes(base, composed.in_shape(0), composed)
+        classes = None if base is None else max_pool_classes(composed.cropped(base),
+                                                             composed.in_shape(0), composed)
         if classes is not None:
             return [classes] + outs
     classes = max_pool_classes(x, x_shape, ctx)
