@@ -38,10 +38,8 @@ def distinct_windows(ctx: RuleContext) -> list[tuple[int, int, float]]:
     """Distinct windows over output positions: (taps inside the input, taps inside the padded
     input, fraction of positions)."""
     x_shape, y_shape = ctx.in_shape(0), ctx.out_shape(0)
-    kernel = list(ctx.attr("kernel_shape"))
+    kernel, strides, dilations = window_geometry(ctx)
     n = len(kernel)
-    strides = list(ctx.attr("strides", [1] * n))
-    dilations = list(ctx.attr("dilations", [1] * n))
     begins, ends = pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
     per_axis = []
     for d in range(n):
@@ -70,10 +68,8 @@ def class_windows(ctx: RuleContext, maps):
     """Output position classes of a pooling window over input classes ``maps``: per axis
     (out_map, taps [R, k]) with taps -1 in the pads and -2 beyond them (ceil_mode)."""
     x_shape, y_shape = ctx.in_shape(0), ctx.out_shape(0)
-    kernel = list(ctx.attr("kernel_shape"))
+    kernel, strides, dilations = window_geometry(ctx)
     n = len(kernel)
-    strides = list(ctx.attr("strides", [1] * n))
-    dilations = list(ctx.attr("dilations", [1] * n))
     begins, ends = pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
     out_maps, taps = [], []
     for d in range(n):
