@@ -116,15 +116,15 @@ def components(x: Moments, rank: int):
     return w, m * c + d, v * c * c
 
 
-def _bins(mu, s, lo, hi, p_lo, mass):
+def truncated_bins(mu, s, lo, hi, p_lo, mass, bins: int = _RELU_BINS):
     """N(mu, s^2) restricted to [mu + lo s, mu + hi s] (standard units, lo may be -inf, hi
-    +inf, ``p_lo = P(t <= lo)``, ``mass = P(lo < t <= hi)``) cut in _RELU_BINS bins of equal
+    +inf, ``p_lo = P(t <= lo)``, ``mass = P(lo < t <= hi)``) cut in ``bins`` bins of equal
     probability: (w, m, v), each bin's probability and exact conditional mean and variance."""
-    k = np.arange(1, _RELU_BINS).reshape((-1,) + (1,) * np.ndim(mu))
-    inner = special.ndtri(np.clip(p_lo + mass * k / _RELU_BINS, 0.0, 1.0))
+    k = np.arange(1, bins).reshape((-1,) + (1,) * np.ndim(mu))
+    inner = special.ndtri(np.clip(p_lo + mass * k / bins, 0.0, 1.0))
     edges = np.concatenate([np.broadcast_to(lo, np.shape(mu))[None], inner,
                             np.broadcast_to(hi, np.shape(mu))[None]])
-    part = mass / _RELU_BINS  # each bin's probability, by construction
+    part = mass / bins  # each bin's probability, by construction
     phi = _phi(edges)
     tphi = np.where(phi > 0, np.where(np.isfinite(edges), edges, 0.0) * phi, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -137,7 +137,7 @@ def _bins(mu, s, lo, hi, p_lo, mass):
     return w, mu + s * cm, s * s * np.maximum(cv, 0.0)
 
 
-def _zero_edge(mu, var):
+def zero_edge(mu, var):
     """(s, a0, P(u <= 0)) for u ~ N(mu, var), a0 = -mu / s the edge 0 in standard units."""
     s = np.sqrt(var)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -149,8 +149,8 @@ def _relu_components(mu: np.ndarray, var: np.ndarray):
     """ReLU(z), z ~ N(mu, var): the point mass at 0 and _RELU_BINS equal-probability bins of
     the positive part, as (w, m, v) with a leading component axis."""
     mu, var = np.broadcast_arrays(mu, var)
-    s, a0, p0 = _zero_edge(mu, var)
-    w, m, v = _bins(mu, s, a0, np.inf, p0, 1 - p0)
+    s, a0, p0 = zero_edge(mu, var)
+    w, m, v = truncated_bins(mu, s, a0, np.inf, p0, 1 - p0)
     return (np.concatenate([p0[None], w]), np.concatenate([np.zeros_like(mu)[None], m]),
             np.concatenate([np.zeros_like(var)[None], v]))
 
@@ -170,7 +170,7 @@ def relu_plus_linear(r: Moments, g: Moments, cov, rank: int, weights=None):
     if found is None or g.source is not None and g.source.chain or g.mixture is not None:
         return None
     mu, var, c, d = (np.asarray(a, dtype=np.float64) for a in np.broadcast_arrays(*found))
-    s, a0, p0 = _zero_edge(mu, var)
+    s, a0, p0 = zero_edge(mu, var)
     denom = c * var * (1 - p0)
     if weights is not None:
         axes = tuple(range(2, rank))
@@ -180,8 +180,8 @@ def relu_plus_linear(r: Moments, g: Moments, cov, rank: int, weights=None):
         k = np.where(denom != 0, at_rank(cov, rank) / np.where(denom != 0, denom, 1.0), 0.0)
     e_mean = at_rank(g.mean, rank) - k * mu
     e_var = np.maximum(at_rank(g.var, rank) - k * k * var, 0.0)
-    lw, lm, lv = _bins(mu, s, -np.inf, a0, 0.0, p0)
-    hw, hm, hv = _bins(mu, s, a0, np.inf, p0, 1 - p0)
+    lw, lm, lv = truncated_bins(mu, s, -np.inf, a0, 0.0, p0)
+    hw, hm, hv = truncated_bins(mu, s, a0, np.inf, p0, 1 - p0)
     w = np.concatenate([lw, hw])
     m = np.concatenate([k * lm, (c + k) * hm]) + d + e_mean
     v = np.concatenate([k * k * lv, (c + k) ** 2 * hv]) + e_var
