@@ -13,10 +13,11 @@ import mmap
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper
+from onnx import external_data_helper, numpy_helper
 
 from .errors import ExternalDataError, ModelLoadError
 from .initializers import attach_base
@@ -110,6 +111,35 @@ def _parse(path: Path) -> onnx.ModelProto:
     return model
 
 
+def dense_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its sparse initializers (``graph.sparse_initializer``, which onnxruntime
+    reads as dense tensors) turned into dense initializers of the same name, zeros where no
+    value is stored; ``model`` itself when it has none. ValueError when an index falls outside
+    the shape. Subgraphs' sparse initializers are left: the analysis does not look into
+    subgraphs."""
+    if not model.graph.sparse_initializer:
+        return model
+    dense = onnx.ModelProto()
+    dense.CopyFrom(model)
+    for sparse in dense.graph.sparse_initializer:
+        values = numpy_helper.to_array(sparse.values)
+        indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+        shape = tuple(int(d) for d in sparse.dims)
+        size = int(np.prod(shape, dtype=np.int64))
+        flat = indices if indices.ndim == 1 else (
+            np.ravel_multi_index(tuple(indices.T), shape) if indices.size else indices.reshape(-1))
+        if flat.size != values.size or (flat.size and (flat.min() < 0 or flat.max() >= size)):
+            raise ValueError(
+                f"sparse initializer {sparse.values.name!r}: {flat.size} indices for "
+                f"{values.size} values, or an index outside its shape {list(shape)}")
+        array = np.zeros(size, dtype=values.dtype)
+        array[flat] = values
+        dense.graph.initializer.append(
+            numpy_helper.from_array(array.reshape(shape), sparse.values.name))
+    dense.graph.ClearField("sparse_initializer")
+    return dense
+
+
 def input_names(path: str | os.PathLike) -> list[str]:
     """The names of the graph inputs (initializers excluded) of the ONNX file at ``path``, read
     without its external data; ModelLoadError when it cannot be read."""
@@ -140,6 +170,10 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, str]
     if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.node:
         raise ModelLoadError(f"{path}: not an ONNX model (no IR version or empty graph)")
     check_external_data(model, path.parent, str(path))
+    try:
+        model = dense_initializers(model)
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: not a valid ONNX model: {exc}") from None
     external = external_data_files(model)  # (inline tensors left in the file are not)
     if external:
         try:

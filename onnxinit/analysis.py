@@ -243,12 +243,12 @@ def analyze(
     """
     graph = load(model, input_shapes=input_shapes, batch_size=batch_size)
     result = propagate(graph, stats, seed=seed)
-    measured = {}
+    measured, overflowed = {}, []
     if measure:
         start = time.perf_counter()
         _measure.require_memory(graph)
         feeds = _feeds.synthetic_feeds(graph, seed=seed, stats=stats)
-        measured = _measure.measure(graph, feeds, device=device)
+        measured = _measure.measure(graph, feeds, device=device, overflowed=overflowed)
         log.info("measured %d tensors in onnxruntime on a seeded batch in %.2f s",
                  len(measured), time.perf_counter() - start)
     input_var = result.input_var
@@ -274,6 +274,10 @@ def analyze(
             report.measured_mean, report.measured_var = measured[name]
         tensors.append(report)
     warnings = list(result.warnings) + fallback_warnings(result.fallbacks)
+    if overflowed:
+        warnings.append(
+            f"{len(overflowed)} tensor(s) overflowed to inf or NaN in onnxruntime (first "
+            f"{overflowed[0]!r}): left out of the measured comparison")
     if (warning := eval_export_warning(graph)) is not None:
         warnings.append(warning)
     gradients = None

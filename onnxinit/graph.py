@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ._loading import read_model
+from ._loading import dense_initializers, read_model
 from .dtypes import INT_TYPES
 from .errors import InvalidOptionError, ModelLoadError
 from .feeds import synthetic_feeds
 from .graph_views import ChangeViews
 from .initializers import is_external, tensor_array
-from .input_shapes import resolve_input_shapes, resolved_value_info
+from .input_shapes import forget_unset_dims, resolve_input_shapes, resolved_value_info
 from .parameters import LAYOUT_OPS, PARAMETER_ROLES, WEIGHT_OPS, Layer, Parameter, ParameterTable
 from .passes import (
     MAX_FOLDED_ELEMENTS,
@@ -93,7 +93,7 @@ class ModelGraph(ChangeViews, GraphStructure):
         known = onnx.defs.onnx_opset_version()
         if self.opset > known:
             self.warnings.append(
-                f"{self.name}: the model imports opset {self.opset} of the default ONNX domain; "
+                f"the model imports opset {self.opset} of the default ONNX domain; "
                 f"the installed onnx knows up to {known}: ops are read with their opset-{known} "
                 f"meaning")
 
@@ -124,6 +124,7 @@ class ModelGraph(ChangeViews, GraphStructure):
         work = onnx.ModelProto()
         work.CopyFrom(model)
         set_input_shapes(work, self.input_shapes)
+        forget_unset_dims(work.graph.output)
         inferred, warning, strict_failed = infer_shapes(work, resolved_value_info(
             list(work.graph.value_info), self.model_inputs(), self.input_shapes))
         if strict_failed:
@@ -335,6 +336,11 @@ def load(
         raise InvalidOptionError(f"--batch-size must be at least 1, not {batch_size}")
     start = time.perf_counter()
     if isinstance(model, onnx.ModelProto):
+        try:
+            model = dense_initializers(model)
+        except ValueError as exc:
+            raise ModelLoadError(f"{model.graph.name or '<model>'}: not a valid ONNX model: "
+                                 f"{exc}") from None
         graph = ModelGraph(model, input_shapes=input_shapes, batch_size=batch_size)
     else:
         path = Path(model)

@@ -31,7 +31,7 @@ def resolve_input_shapes(inputs: Sequence[onnx.ValueInfoProto], given: Mapping[s
             shape = given[inp.name]
             if declared is not None and (
                 len(declared) != len(shape)
-                or any(isinstance(d, int) and d != s for d, s in zip(declared, shape))
+                or any(isinstance(d, int) and d > 0 and d != s for d, s in zip(declared, shape))
             ):
                 raise InvalidOptionError(
                     f"--input-shape {inp.name}:{'x'.join(map(str, shape))} does not match "
@@ -58,6 +58,18 @@ def resolve_input_shapes(inputs: Sequence[onnx.ValueInfoProto], given: Mapping[s
                 )
         shapes[inp.name] = tuple(dims)
     return shapes, warnings
+
+
+def forget_unset_dims(values: Sequence[onnx.ValueInfoProto]) -> None:
+    """Make each dim of ``values`` declared as 0 or less unknown, in place: exporters write 0
+    (or -1) for a dynamic axis, as :func:`resolve_input_shapes` reads an input's; left as
+    they are, an output declared ``[0, 10]`` would contradict the shape inference gives it
+    from the resolved inputs and pass for an empty tensor."""
+    for vi in values:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            for dim in vi.type.tensor_type.shape.dim:
+                if dim.WhichOneof("value") == "dim_value" and dim.dim_value <= 0:
+                    dim.ClearField("dim_value")
 
 
 def resolved_value_info(infos: Sequence[onnx.ValueInfoProto],

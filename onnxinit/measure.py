@@ -73,12 +73,15 @@ def measure(
     tensors: Iterable[str] | None = None,
     *,
     device: str = "auto",
+    overflowed: list[str] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Measured (mean, var) over every element of each tensor, on ``feeds``, with training
     semantics: BatchNormalization on batch statistics; Dropout is identity (even with
     ``training_mode=True``), as in the analysis by default. Elements that are -inf (an
     attention mask written with -inf) are left out, as the predictions leave them out; so are
-    tensors of a float type numpy cannot hold (bfloat16, float8) and tensors of one element.
+    tensors of a float type numpy cannot hold (bfloat16, float8) and tensors of one element, and
+    tensors holding +inf or NaN (float32 overflowed: there is no finite moment to compare
+    with), whose names are appended to ``overflowed`` when it is given.
     UnsupportedModelError when onnxruntime cannot run the model."""
     tensors = [t for t in (tensors if tensors is not None else graph.float_activations())
                if graph.dtypes.get(t, TensorProto.FLOAT) in _NUMPY_FLOATS]
@@ -103,5 +106,9 @@ def measure(
             masked = np.isneginf(v)
             if masked.any() and not masked.all():  # an attention mask written with -inf:
                 v = v[~masked]  # the moments of the other elements, as in Moments.total
+            if not np.isfinite(v).all():
+                if overflowed is not None:
+                    overflowed.append(name)
+                continue
             out[name] = (float(v.mean()), float(v.var()))
     return out

@@ -83,11 +83,28 @@ def _across_tokens(m: Moments, shape, z: np.ndarray) -> np.ndarray:
 
 
 def _measure(values: np.ndarray, axis: int | None) -> Moments:
+    """Mean and variance of ``values`` (per index of ``axis`` when given). Elements that are
+    -inf (an attention mask written with -inf, moved by a ScatterND or a Concat) are left out,
+    as :meth:`Moments.total` leaves them out; a channel of -inf alone is masked (mean -inf,
+    variance 0)."""
     values = values.astype(np.float64)
+    masked = np.isneginf(values)
+    if not masked.any() or masked.all():
+        if axis is None or values.ndim <= axis:
+            return Moments.scalar(values.mean(), values.var())
+        other = tuple(i for i in range(values.ndim) if i != axis)
+        return Moments(values.mean(axis=other, keepdims=True),
+                       values.var(axis=other, keepdims=True))
+    other = tuple(i for i in range(values.ndim) if axis is None or values.ndim <= axis or i != axis)
+    kept = np.maximum((~masked).sum(axis=other, keepdims=True), 1)
+    zeroed = np.where(masked, 0.0, values)
+    mean = zeroed.sum(axis=other, keepdims=True) / kept
+    var = np.where(masked, 0.0, (values - mean) ** 2).sum(axis=other, keepdims=True) / kept
+    empty = masked.all(axis=other, keepdims=True)
+    mean, var = np.where(empty, -np.inf, mean), np.where(empty, 0.0, var)
     if axis is None or values.ndim <= axis:
-        return Moments.scalar(values.mean(), values.var())
-    other = tuple(i for i in range(values.ndim) if i != axis)
-    return Moments(values.mean(axis=other, keepdims=True), values.var(axis=other, keepdims=True))
+        return Moments.scalar(float(mean.reshape(-1)[0]), float(var.reshape(-1)[0]))
+    return Moments(mean, var)
 
 
 def _seeded(node: onnx.NodeProto, rng: np.random.Generator, opset: int) -> onnx.NodeProto:

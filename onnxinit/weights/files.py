@@ -17,6 +17,7 @@ from .._version import __version__
 from ..atomic import AtomicFiles
 from ..errors import InvalidOptionError, ModelLoadError, UnsupportedModelError, WriteError
 from ..plan_record import read_plan_record
+from ..validation import check_initializers
 from ..weights_files import write_npz, write_safetensors
 from ..writeback import _same_file
 from .tensors import float_initializers, identity_aliases, load_model
@@ -164,6 +165,7 @@ def export_weights(
         output = default_weights_output(path, fmt)
     out = Path(output)
     check_target(out, fmt, [path, *protect])
+    check_initializers(proto, str(path or "model"))
     tensors = float_initializers(proto)
     if not tensors:
         raise UnsupportedModelError(f"{path or 'model'}: the model has no float initializers")

@@ -1,0 +1,393 @@
+"""Every command on malformed and unusual files: a result (exit 0 or 1, finite numbers) or one
+line ``onnxinit: error: ...`` with exit 2 and no file left behind, never a traceback.
+
+Each case says which it must be; the loaders' and validators' own tests (test_loading.py,
+test_validation.py) cover the reasons in detail. The cases are those of real exports and
+hand-edited files: old exporters that list initializers as graph inputs or write 0 for a
+dynamic axis, IR 3 and IR 14 files, sparse initializers, external data in a sub-folder or with
+a wrong offset or length, quantized and half-precision graphs, subgraphs, non-tensor inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxinit import analyze
+from onnxinit._loading import dense_initializers
+
+from .cli import run
+from .models import make_model, mlp
+
+X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 16])
+
+
+def _value(name, elem=TensorProto.FLOAT, shape=(8, 16)):
+    return helper.make_tensor_value_info(name, elem, list(shape))
+
+
+def _weight(name="w", rows=16, cols=16, dtype=np.float32):
+    rng = np.random.default_rng(0)
+    return numpy_helper.from_array((rng.standard_normal((rows, cols)) / 4).astype(dtype), name)
+
+
+def _matmul_relu(**kwargs):
+    return make_model([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                       helper.make_node("Relu", ["h"], ["y"])], [X], [_value("y")],
+                      [_weight()], **kwargs)
+
+
+def _external(tmp_path, location="m.data", edit=None):
+    path = tmp_path / "model.onnx"
+    (tmp_path / location).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(mlp([16, 32, 8]), path, save_as_external_data=True, location=location,
+                    size_threshold=0)
+    if edit is not None:
+        model = onnx.load(path, load_external_data=False)
+        for tensor in model.graph.initializer:
+            entries = {e.key: e.value for e in tensor.external_data}
+            edit(entries)
+            del tensor.external_data[:]
+            for key, value in entries.items():
+                tensor.external_data.add(key=key, value=value)
+        onnx.save(model, path)
+    return path
+
+
+def _typed_mlp(elem):
+    model = mlp([16, 32, 8])
+    for tensor in model.graph.initializer:
+        values = numpy_helper.to_array(tensor).astype(np.float32)
+        tensor.CopyFrom(helper.make_tensor(tensor.name, elem, values.shape,
+                                           values.flatten().tolist()))
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.elem_type = elem
+    return model
+
+
+def _qdq():
+    scale = numpy_helper.from_array(np.array(0.05, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(0, np.int8), "z")
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-100, 100, (16, 16)).astype(np.int8), "wq")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"]),
+             helper.make_node("MatMul", ["xd", "wd"], ["h"]),
+             helper.make_node("Relu", ["h"], ["y"])]
+    return make_model(nodes, [X], [_value("y")], [scale, zero, weight])
+
+
+def _qlinear_conv():
+    def const(name, value, dtype):
+        return numpy_helper.from_array(np.array(value, dtype), name)
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(0, 255, (8, 4, 3, 3)).astype(np.uint8), "wq")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("QLinearConv", ["xq", "xs", "xz", "wq", "ws", "wz", "ys", "yz"],
+                              ["yq"], pads=[1, 1, 1, 1]),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
+    inits = [const("xs", 0.05, np.float32), const("xz", 128, np.uint8), weight,
+             const("ws", 0.01, np.float32), const("wz", 128, np.uint8),
+             const("ys", 0.1, np.float32), const("yz", 128, np.uint8)]
+    return make_model(nodes, [_value("x", shape=(2, 4, 8, 8))],
+                      [_value("y", shape=(2, 8, 8, 8))], inits)
+
+
+def _sparse(coordinates=False):
+    values = numpy_helper.from_array(np.array([1.0, 2.0, -1.0, 0.5], np.float32), "w")
+    flat = np.array([0, 17, 40, 255], np.int64)
+    indices = np.stack(np.unravel_index(flat, (16, 16)), axis=1) if coordinates else flat
+    sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(indices, "w_idx"),
+                                       [16, 16])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                               helper.make_node("Relu", ["h"], ["y"])], "sparse",
+                              [_value("x", shape=("N", 16))], [_value("y", shape=("N", 16))],
+                              sparse_initializer=[sparse])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def _loop():
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["s_in", "w"], ["m"]), helper.make_node("Relu", ["m"], ["s_out"]),
+         helper.make_node("Identity", ["c_in"], ["c_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c_in", TensorProto.BOOL, []), _value("s_in")],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), _value("s_out")])
+    return make_model([helper.make_node("Loop", ["trip", "", "x"], ["y"], body=body)], [X],
+                      [_value("y")], [numpy_helper.from_array(np.array(3, np.int64), "trip"),
+                                      _weight()])
+
+
+def _write(model):
+    def build(tmp_path):
+        path = tmp_path / "model.onnx"
+        onnx.save(model() if callable(model) else model, path)
+        return path
+    return build
+
+
+def _bytes(data):
+    def build(tmp_path):
+        path = tmp_path / "model.onnx"
+        path.write_bytes(data)
+        return path
+    return build
+
+
+def _truncated(tmp_path):
+    path = _write(mlp([16, 32, 8]))(tmp_path)
+    path.write_bytes(path.read_bytes()[:150])
+    return path
+
+
+def _folder(tmp_path):
+    (tmp_path / "model.onnx").mkdir()
+    return tmp_path / "model.onnx"
+
+
+def _ir(version, opset=18):
+    model = _matmul_relu(opset=opset)
+    model.ir_version = version
+    if version < 4:  # before IR 4 every initializer was also a graph input
+        model.graph.input.append(_value("w", shape=(16, 16)))
+    return model
+
+
+def _no_opset():
+    model = _matmul_relu()
+    del model.opset_import[:]
+    return model
+
+
+def _initializers_as_inputs():
+    model = mlp([16, 32, 8])
+    for tensor in model.graph.initializer:
+        model.graph.input.append(_value(tensor.name, tensor.data_type, tensor.dims))
+    return model
+
+
+def _symbolic():
+    model = mlp([16, 32, 8])
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "features"
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "classes"
+    return model
+
+
+def _cycle():
+    return make_model([helper.make_node("Add", ["x", "b"], ["a"]),
+                       helper.make_node("Relu", ["a"], ["b"]),
+                       helper.make_node("Relu", ["a"], ["y"])], [X], [_value("y")])
+
+
+def _empty_graph():
+    graph = helper.make_graph([], "empty", [X], [_value("x")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def _sequence_input():
+    return make_model([helper.make_node("SequenceAt", ["s", "zero"], ["a"]),
+                       helper.make_node("MatMul", ["a", "w"], ["y"])],
+                      [helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, [8, 16])],
+                      [_value("y")],
+                      [numpy_helper.from_array(np.array(0, np.int64), "zero"), _weight()])
+
+
+def _string_input():
+    return make_model([helper.make_node("Identity", ["s"], ["s2"]),
+                       helper.make_node("MatMul", ["x", "w"], ["y"])],
+                      [_value("s", TensorProto.STRING, (8,)), X],
+                      [_value("y"), _value("s2", TensorProto.STRING, (8,))], [_weight()])
+
+
+def _declared_zero_batch():
+    # an old exporter's 0 for a dynamic axis, on the input and the output
+    return make_model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                      [_value("x", shape=(0, 16))], [_value("y", shape=(0, 16))], [_weight()])
+
+
+def _offset_past_end(entries):
+    entries["offset"] = str(int(entries.get("offset", 0)) + 100_000)
+
+
+def _length_short(entries):
+    entries["length"] = str(int(entries["length"]) - 4)
+
+
+# case -> (builder, None when every command gives a result, else words of the one-line error
+# analyze gives)
+CASES = {
+    "zero bytes": (_bytes(b""), "empty file"),
+    "truncated protobuf": (_truncated, "not a readable ONNX model"),
+    "PNG image": (_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2), "not a readable ONNX"),
+    "text file": (_bytes(b"hello world\n" * 20), "not a readable ONNX model"),
+    "folder": (_folder, "folder"),
+    "external data missing": (
+        lambda p: (_external(p), (p / "m.data").unlink())[0], "is missing"),
+    "external data offset past its end": (
+        lambda p: _external(p, edit=_offset_past_end), "is truncated"),
+    "external data length short": (
+        lambda p: _external(p, edit=_length_short), "holds 2044 bytes"),
+    "external data in a sub-folder": (lambda p: _external(p, "weights/m.data"), None),
+    "cycle": (_write(_cycle), "cycle"),
+    "undefined input": (_write(make_model([helper.make_node("MatMul", ["x", "nope"], ["y"])],
+                                          [X], [_value("y")])), "'nope'"),
+    "output listed twice": (_write(make_model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                                              [X], [_value("y"), _value("y")], [_weight()])),
+                            None),
+    "custom-domain op": (_write(make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("Mystery", ["h"], ["y"], domain="com.example")], [X], [_value("y")],
+        [_weight()], extra_opsets=[("com.example", 1)])), None),
+    "opset newer than onnx's": (_write(lambda: _matmul_relu(opset=onnx.defs.onnx_opset_version()
+                                                             + 5)), None),
+    "no opset import": (_write(_no_opset), "no default-domain opset"),
+    "IR version 14": (_write(lambda: _ir(14)), None),
+    "IR version 3": (_write(lambda: _ir(3, opset=7)), None),
+    "no initializers": (_write(make_model([helper.make_node("Relu", ["x"], ["h"]),
+                                           helper.make_node("Tanh", ["h"], ["y"])], [X],
+                                          [_value("y")])), None),
+    "symbolic dims only": (_write(_symbolic), None),
+    "float16": (_write(lambda: _typed_mlp(TensorProto.FLOAT16)), None),
+    "bfloat16": (_write(lambda: _typed_mlp(TensorProto.BFLOAT16)), None),
+    "int8 QuantizeLinear/DequantizeLinear": (_write(_qdq), None),
+    "QLinearConv": (_write(_qlinear_conv), None),
+    "initializers listed as inputs": (_write(_initializers_as_inputs), None),
+    "sparse initializer": (_write(_sparse), None),
+    "empty graph": (_write(_empty_graph), "empty graph"),
+    "If subgraph": (_write(lambda: make_model(
+        [helper.make_node("If", ["cond"], ["y"],
+                          then_branch=helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["t"])],
+                                                        "then", [], [_value("t")]),
+                          else_branch=helper.make_graph([helper.make_node("Neg", ["x"], ["e"])],
+                                                        "else", [], [_value("e")]))],
+        [X], [_value("y")], [numpy_helper.from_array(np.array(True), "cond"), _weight()])), None),
+    "Loop subgraph": (_write(_loop), None),
+    "sequence input": (_write(_sequence_input), "no declared shape"),
+    "string input": (_write(_string_input), None),
+    "declared 0 for a dynamic axis": (_write(_declared_zero_batch), None),
+}
+
+COMMANDS = {
+    "analyze": lambda m, d: ["analyze", m],
+    "check": lambda m, d: ["check", m],
+    "rescale": lambda m, d: ["rescale", m, "--method", "autoinit", "-o", d / "out.onnx"],
+    "export-weights": lambda m, d: ["export-weights", m, "-o", d / "w.npz"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_result_or_one_line_error(case, command, tmp_path, capsys):
+    build, refusal = CASES[case]
+    folder = tmp_path / "case"
+    folder.mkdir()
+    path = build(folder)
+    before = set(folder.rglob("*"))
+    code, out, err = run(COMMANDS[command](path, folder), capsys)
+    assert "Traceback" not in out + err, (code, err)
+    if code == 2:
+        assert out == "" and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("onnxinit: error:"), err
+        assert set(folder.rglob("*")) == before, "a failed command left a file"
+    else:
+        assert code in (0, 1), (code, err)
+        for word in ("nan", "inf"):
+            assert word not in out.lower().replace("info", "").split(), out
+    if command == "analyze":
+        if refusal is None:
+            assert code == 0, err
+        else:
+            assert code == 2 and refusal in err, err
+
+
+@pytest.mark.parametrize("case", ["symbolic dims only", "declared 0 for a dynamic axis"])
+def test_input_shape_given_for_dynamic_axes(case, tmp_path, capsys):
+    path = CASES[case][0](tmp_path)
+    code, out, err = run(["analyze", path, "--input-shape", "x:4x16", "--json"], capsys)
+    assert code == 0, err
+    shapes = [t["shape"] for t in json.loads(out)["tensors"]]
+    assert shapes[0] == [4, 16] and all(s[0] == 4 for s in shapes)
+
+
+def test_sparse_initializers_read_as_onnxruntime_reads_them():
+    """A sparse initializer (flat or coordinate indices) is the dense tensor onnxruntime
+    computes with: the densified model gives onnxruntime's outputs for the sparse one, and the
+    analysis predicts the measured variance."""
+    feeds = {"x": np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)}
+    for coordinates in (False, True):
+        model = _sparse(coordinates)
+        dense = dense_initializers(model)
+        assert not dense.graph.sparse_initializer and len(dense.graph.initializer) == 1
+        outputs = [ort.InferenceSession(m.SerializeToString(),
+                                        providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+                   for m in (model, dense)]
+        np.testing.assert_array_equal(outputs[0], outputs[1])
+    # 4 non-zero weights: each h column is one input column times a weight (or 0)
+    result = analyze(_sparse(), batch_size=4096, measure=True)
+    h = next(t for t in result.tensors if t.name == "h")
+    assert h.var == pytest.approx(h.measured_var, rel=0.1)
+
+
+def test_declared_zero_axis_is_analysed_at_the_resolved_size():
+    """An output declared [0, 16] (an exporter's 0 for a dynamic axis, as on the input) is the
+    tensor shape inference computes, not an empty one: it is predicted, and checked."""
+    result = analyze(_declared_zero_batch(), measure=True)
+    y = result.tensors[-1]
+    assert y.name == "y" and y.shape == [32, 16]
+    assert y.var == pytest.approx(y.measured_var, rel=0.15)
+
+
+def test_measured_overflow_is_left_out_not_reported_as_nan():
+    """Weights of 1e12 overflow float32 by the third MatMul: onnxruntime computes inf there; the
+    comparison leaves those tensors out with a warning instead of a NaN error."""
+    weight = numpy_helper.from_array(np.full((16, 16), 1e12, np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h1"]),
+             helper.make_node("MatMul", ["h1", "w"], ["h2"]),
+             helper.make_node("MatMul", ["h2", "w"], ["y"])]
+    model = make_model(nodes, [X], [_value("y")], [weight])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = session.run(None, {"x": np.ones((8, 16), np.float32)})[0]
+    assert not np.isfinite(y).all()
+    result = analyze(model, measure=True)
+    errors = [t.relative_error for t in result.tensors if t.relative_error is not None]
+    assert errors and all(math.isfinite(e) for e in errors)
+    assert result.tensors[-1].measured_var is None
+    assert any("overflowed" in w and "'y'" in w for w in result.warnings)
+
+
+def test_newer_opset_warning_names_the_file_once(tmp_path, capsys):
+    path = _write(lambda: _matmul_relu(opset=onnx.defs.onnx_opset_version() + 5))(tmp_path)
+    code, _, err = run(["analyze", path], capsys)
+    line = next(line for line in err.splitlines() if "knows up to" in line)
+    assert code == 0 and line.count(str(path)) == 1, line
+
+
+def test_empirical_fallback_measures_a_partly_masked_channel():
+    """Longformer's pattern: a ScatterND (no rule: the empirical fallback) writes finite values
+    into a channel an attention mask had set to -inf. The channel then mixes -inf and finite
+    elements; its moments are those of the finite ones (as onnxruntime's measurement leaves
+    -inf out), not NaN, which stopped the analysis."""
+    mask = np.zeros((1, 4, 1), np.float32)
+    mask[:, 3] = -np.inf
+    constants = [numpy_helper.from_array(mask, "mask"),
+                 numpy_helper.from_array(np.arange(4, dtype=np.int64).reshape(4, 1), "rows"),
+                 numpy_helper.from_array(np.array([0], np.int64), "start"),
+                 numpy_helper.from_array(np.array([4], np.int64), "end"),
+                 numpy_helper.from_array(np.array([0], np.int64), "axis")]
+    nodes = [helper.make_node("Add", ["x", "mask"], ["a"]),
+             helper.make_node("Slice", ["x", "start", "end", "axis"], ["u"]),
+             helper.make_node("ScatterND", ["a", "rows", "u"], ["y"]),
+             helper.make_node("Softmax", ["y"], ["p"], axis=1)]
+    model = make_model(nodes, [_value("x", shape=(8, 4, 6))], [_value("p", shape=(8, 4, 6))],
+                       constants)
+    result = analyze(model, measure=True)
+    assert all(math.isfinite(t.var) and math.isfinite(t.mean) for t in result.tensors)
+    y = next(t for t in result.tensors if t.name == "y")
+    assert y.rule == "empirical" and y.var == pytest.approx(y.measured_var, rel=0.2)
