@@ -391,3 +391,28 @@ def test_empirical_fallback_measures_a_partly_masked_channel():
     assert all(math.isfinite(t.var) and math.isfinite(t.mean) for t in result.tensors)
     y = next(t for t in result.tensors if t.name == "y")
     assert y.rule == "empirical" and y.var == pytest.approx(y.measured_var, rel=0.2)
+
+
+def test_rms_norm_over_a_narrow_row():
+    """A decomposed RMSNorm over 16 features (a per-head query/key norm): the mean of squares'
+    Gaussian law crosses 0 at 2.8 standard deviations, where the tensor is nonnegative. The
+    square root is predicted over the Gamma law of a mean of squares (it was refused, and the
+    fallback measured NaN on the negative draws: the analysis stopped); checked against
+    onnxruntime."""
+    def const(name, value):
+        return numpy_helper.from_array(np.array(value, np.float32), name)
+
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["xs"]),
+             helper.make_node("Pow", ["xs", "two"], ["squares"]),
+             helper.make_node("ReduceMean", ["squares"], ["mean_square"], axes=[-1]),
+             helper.make_node("Add", ["mean_square", "eps"], ["shifted"]),
+             helper.make_node("Sqrt", ["shifted"], ["rms"]),
+             helper.make_node("Div", ["one", "rms"], ["inverse"]),
+             helper.make_node("Mul", ["xs", "inverse"], ["y"])]
+    shape = (64, 32, 16)
+    model = make_model(nodes, [_value("x", shape=shape)], [_value("y", shape=shape)],
+                       [const("scale", 0.16), const("two", 2.0), const("eps", 1e-6),
+                        const("one", 1.0)], opset=17)
+    result = {t.name: t for t in analyze(model, measure=True).tensors}
+    for name in ("rms", "inverse"):
+        assert result[name].var == pytest.approx(result[name].measured_var, rel=0.1), name

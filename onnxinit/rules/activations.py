@@ -22,12 +22,14 @@ from ..moments import Moments
 from .context import RuleContext, RuleError, signal
 from .elementwise import (
     ElementwiseFn,
+    apply_elementwise,
     constant_input,
     digest,
     elementwise_function,
     elementwise_rule,
 )
 from .gaussian import abs_closed, leaky_closed, piecewise_closed
+from .nonnegative import nonnegative
 from .registry import rule
 
 _FLOAT_MAX = 3.4028234663852886e38
@@ -304,10 +306,31 @@ def log(ctx: RuleContext, rank):
     return ElementwiseFn(("Log",), np.log, domain="positive")
 
 
-@elementwise_rule("Sqrt")
-def sqrt(ctx: RuleContext, rank):
+@elementwise_function("Sqrt")
+def sqrt_function(ctx: RuleContext, rank):
     """y = sqrt(x); refused unless x >= 0 with probability 1 - 1e-6."""
     return ElementwiseFn(("Sqrt",), np.sqrt, domain="nonnegative")
+
+
+@rule("Sqrt")
+def sqrt(inputs, ctx: RuleContext):
+    """y = sqrt(x) over x's law (apply_elementwise); refused unless x >= 0 with probability
+    1 - 1e-6, except for an x that is nonnegative by construction (a mean of squares plus an
+    epsilon, :mod:`.nonnegative`) whose Gaussian law of mean mu and variance nu crosses 0: then
+    x ~ Gamma(k = mu^2 / nu, theta = nu / mu), the law of a mean of k/2 squared Gaussians of
+    that mean and variance, and E = sqrt(theta) Gamma(k + 1/2) / Gamma(k), Var = mu - E^2."""
+    try:
+        return apply_elementwise(inputs, ctx)
+    except RuleError:
+        x = inputs[0]
+        if x is None or x.source is not None or not nonnegative(ctx, ctx.node.input[0]):
+            raise
+    mu, nu = np.asarray(x.mean, np.float64), np.asarray(x.var, np.float64)
+    if not (np.all(mu > 0) and np.all(nu > 0)):
+        raise RuleError("the input's mean is not positive")
+    k, theta = mu * mu / nu, nu / mu
+    mean = np.sqrt(theta) * np.exp(special.gammaln(k + 0.5) - special.gammaln(k))
+    return [Moments(mean, np.maximum(mu - mean * mean, 0.0))]
 
 
 @elementwise_rule("Reciprocal")
