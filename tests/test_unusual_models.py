@@ -416,3 +416,30 @@ def test_rms_norm_over_a_narrow_row():
     result = {t.name: t for t in analyze(model, measure=True).tensors}
     for name in ("rms", "inverse"):
         assert result[name].var == pytest.approx(result[name].measured_var, rel=0.1), name
+
+
+def test_variances_past_1e154_are_predicted_not_an_internal_error(capsys):
+    """Weights of 1e9 and two squarings make variances of 1e159: their squares overflow a
+    Python float in the pairs' algebra (an OverflowError ended `rescale` on Mamba as an
+    internal error). The variances are still finite in float64 and are reported; float32
+    holds none of them, so there is no measurement to compare with."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal((16, 16)) * 1e9).astype(np.float32),
+                                       name) for name in ("w1", "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]),
+             helper.make_node("MatMul", ["z", "w2"], ["b"]),
+             helper.make_node("Mul", ["a", "b"], ["ab"]),
+             helper.make_node("Mul", ["ab", "ab"], ["ab2"]),
+             helper.make_node("Mul", ["b", "b"], ["bb"]),
+             helper.make_node("Mul", ["bb", "bb"], ["b4"]),
+             helper.make_node("Add", ["ab2", "b4"], ["s"]),
+             helper.make_node("Pow", ["s", "two"], ["squares"]),
+             helper.make_node("ReduceMean", ["squares"], ["y"], axes=[-1])]
+    model = make_model(nodes, [X, _value("z")], [_value("y", shape=(8, 1))],
+                       [*weights, numpy_helper.from_array(np.array(2.0, np.float32), "two")])
+    tensors = {t.name: t for t in analyze(model).tensors}
+    # independent a and b: Var(a b) = mean over columns of Var a_j Var b_j, in float64
+    w1, w2 = (numpy_helper.to_array(w).astype(np.float64) for w in weights)
+    expected = np.mean((w1 ** 2).sum(axis=0) * (w2 ** 2).sum(axis=0))
+    assert tensors["ab"].var == pytest.approx(expected, rel=1e-6)
+    assert 1e154 < tensors["y"].var < np.inf

@@ -134,7 +134,16 @@ def _read(graph) -> bool:
 def carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[list, list]:
     """(outputs, their Pairs) after the node's rule: ``table`` holds the Pairs known so far
     (by tensor; absent: independent features). A mean over the last axis has its variance
-    corrected."""
+    corrected. Variances so large that their squares overflow a float (a network whose signal
+    explodes past 1e154) carry no Pairs: the outputs are the rule's."""
+    try:
+        with np.errstate(over="raise"):
+            return _carry(ctx, inputs, outputs, table)
+    except (OverflowError, FloatingPointError):
+        return outputs, [None] * len(outputs)
+
+
+def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[list, list]:
     if not _read(ctx.graph):
         return outputs, [None] * len(outputs)
     known = [table.get(name) if name else None for name in ctx.node.input]

@@ -177,13 +177,14 @@ def _product_shape(a: Pairs, am: Moments, b: Pairs, bm: Moments) -> tuple[float,
 def independent_sum(a: Pairs, am: Moments, b: Pairs, bm: Moments) -> Pairs:
     va, vb = _mean_var(am), _mean_var(bm)
     v = va + vb
-    if v <= 0:
+    if not 0 < v < np.inf:
         return NONE
-    signed = (a.signed * va + b.signed * vb) / v
-    squared = (a.squared * va * va + b.squared * vb * vb + 2 * a.signed * b.signed * va * vb) / v**2
-    excess = (a.excess * va * va + b.excess * vb * vb) / v**2
-    skew = (a.skew * va**1.5 + b.skew * vb**1.5) / v**1.5  # cumulants add
-    kurtosis = (a.kurtosis * va * va + b.kurtosis * vb * vb) / v**2
+    ra, rb = va / v, vb / v  # shares of the variance: squares of variances overflow past 1e154
+    signed = a.signed * ra + b.signed * rb
+    squared = a.squared * ra * ra + b.squared * rb * rb + 2 * a.signed * b.signed * ra * rb
+    excess = a.excess * ra * ra + b.excess * rb * rb
+    skew = a.skew * ra**1.5 + b.skew * rb**1.5  # cumulants add
+    kurtosis = a.kurtosis * ra * ra + b.kurtosis * rb * rb
     return Pairs(float(signed), float(min(squared, 1.0)), float(excess), float(skew),
                  float(kurtosis))
 
