@@ -15,8 +15,15 @@ import onnx
 from .structure import GraphStructure
 
 
+# integer ops an index passes through on its way to a table: layout, and the arithmetic of
+# Keras 3's Embedding, which maps a negative index i to i + rows (Less, Where, Add, Mul)
+_INDEX_PATH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Add", "Sub",
+               "Mul", "Where", "Max", "Min", "Mod", "Clip", "Abs", "Neg"}
+
+
 def vocab_size(graph: GraphStructure, input_name: str) -> int | None:
-    """Rows of the embedding table an integer input indexes (through Cast/Reshape...), if any."""
+    """Rows of the embedding table an integer input indexes (through Cast/Reshape and integer
+    arithmetic), if any."""
     frontier, seen = [input_name], set()
     while frontier:
         tensor = frontier.pop()
@@ -29,8 +36,8 @@ def vocab_size(graph: GraphStructure, input_name: str) -> int | None:
                 shape = graph.shape(node.input[0])
                 if shape:
                     return shape[0]
-            if node.op_type in ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"):
-                frontier.extend(o for o in node.output if o)
+            if node.op_type in _INDEX_PATH:
+                frontier.extend(o for o in node.output if o and not graph.is_float(o))
     return None
 
 

@@ -443,3 +443,25 @@ def test_variances_past_1e154_are_predicted_not_an_internal_error(capsys):
     expected = np.mean((w1 ** 2).sum(axis=0) * (w2 ** 2).sum(axis=0))
     assert tensors["ab"].var == pytest.approx(expected, rel=1e-6)
     assert 1e154 < tensors["y"].var < np.inf
+
+
+def test_token_ids_through_index_arithmetic_are_drawn_as_token_ids():
+    """Keras 3's Embedding, as tf2onnx writes it, maps a negative index i to i + rows (Less,
+    Where, Add) before the Gather: the input is still token ids, drawn uniformly over the
+    table by --measure (it was fed zeros: every token the same row, and a transformer's
+    attention measured uniform)."""
+    rows = 64
+    table = np.random.default_rng(0).uniform(-0.05, 0.05, (rows, 16)).astype(np.float32)
+    nodes = [helper.make_node("Less", ["ids", "zero"], ["negative"]),
+             helper.make_node("Add", ["ids", "rows"], ["wrapped"]),
+             helper.make_node("Where", ["negative", "wrapped", "ids"], ["index"]),
+             helper.make_node("Gather", ["table", "index"], ["e"]),
+             helper.make_node("Relu", ["e"], ["y"])]
+    model = make_model(nodes, [_value("ids", TensorProto.INT32, (64, 32))],
+                       [_value("y", shape=(64, 32, 16))],
+                       [numpy_helper.from_array(table, "table"),
+                        numpy_helper.from_array(np.array(0, np.int32), "zero"),
+                        numpy_helper.from_array(np.array(rows, np.int32), "rows")])
+    result = {t.name: t for t in analyze(model, measure=True).tensors}
+    assert result["e"].var == pytest.approx(table.var(), rel=0.05)
+    assert result["e"].measured_var == pytest.approx(table.var(), rel=0.1)
