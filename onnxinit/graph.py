@@ -59,6 +59,9 @@ _CACHED_CHANGE_ELEMENTS = 1 << 20
 
 
 _GATHERS = frozenset({"Gather", "GatherElements", "GatherND"})
+# ops whose output is a sequence of tensors
+_SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert",
+                           "SequenceErase", "SplitToSequence", "SequenceMap"})
 
 
 class ModelGraph(ChangeViews, GraphStructure):
@@ -172,6 +175,8 @@ class ModelGraph(ChangeViews, GraphStructure):
         for tensor in sorted(self.constants - set(self.initializers) - set(injected)):
             if tensor not in self.producer:
                 continue
+            if self.node_by_id[self.producer[tensor]].op_type in _SEQUENCE_OPS:
+                continue  # a sequence, not a tensor: shape inference would be told it is one
             if self.dtypes.get(tensor) not in INT_TYPES and is_static(self.shapes.get(tensor)):
                 continue
             if all(self.is_constant(o) for c, _ in self.consumers.get(tensor, [])

@@ -83,8 +83,10 @@ def measure(
     tensors holding +inf or NaN (float32 overflowed: there is no finite moment to compare
     with), whose names are appended to ``overflowed`` when it is given.
     UnsupportedModelError when onnxruntime cannot run the model."""
+    # a tensor of no known element type (a sequence of tensors, a Loop's sequence output) is
+    # left out: onnxruntime refuses a model output of undefined type
     tensors = [t for t in (tensors if tensors is not None else graph.float_activations())
-               if graph.dtypes.get(t, TensorProto.FLOAT) in _NUMPY_FLOATS]
+               if graph.dtypes.get(t) in _NUMPY_FLOATS]
     model = measurable_model(graph, [t for t in tensors if t not in graph.input_names])
     try:
         session = make_session(model, device=device)

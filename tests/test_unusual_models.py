@@ -465,3 +465,38 @@ def test_token_ids_through_index_arithmetic_are_drawn_as_token_ids():
     result = {t.name: t for t in analyze(model, measure=True).tensors}
     assert result["e"].var == pytest.approx(table.var(), rel=0.05)
     assert result["e"].measured_var == pytest.approx(table.var(), rel=0.1)
+
+
+def test_sequence_tensors_are_not_measured_and_do_not_stop_the_run():
+    """A list built with SequenceEmpty/SequenceInsert and concatenated (MViT's pooling writes
+    one in a Loop): the sequences have no element type, and asking onnxruntime for them as
+    outputs made it refuse the whole model, so neither the missing shapes nor --measure ran;
+    SequenceEmpty was also folded as a float64 tensor. Now the tensors are measured and
+    predicted; the sequences are left out."""
+    weight = _weight()
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("SequenceEmpty", [], ["empty"], dtype=TensorProto.FLOAT),
+             helper.make_node("SequenceInsert", ["empty", "h"], ["s1"]),
+             helper.make_node("SequenceInsert", ["s1", "h"], ["s2"]),
+             helper.make_node("ConcatFromSequence", ["s2"], ["c"], axis=1),
+             helper.make_node("Relu", ["c"], ["y"])]
+    model = make_model(nodes, [_value("x", shape=("N", 16))],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    result = analyze(model, measure=True)
+    tensors = {t.name: t for t in result.tensors}
+    assert tensors["c"].shape == [32, 32] and tensors["s1"].measured_var is None
+    for name in ("c", "y"):
+        assert tensors[name].var == pytest.approx(tensors[name].measured_var, rel=0.1), name
+
+
+def test_check_without_a_loss_judges_the_forward_pass(tmp_path, capsys):
+    """`check` runs the backward analysis by default; a model no loss can be put on (here
+    its only float output depends on no input; MViT's output shape is not static) was refused
+    (exit 2). It is judged on its forward pass, with a warning that says why 005/006 were
+    not."""
+    model = make_model([helper.make_node("MatMul", ["w", "w2"], ["y"])], [],
+                       [_value("y", shape=(16, 16))], [_weight(), _weight("w2")])
+    path = _write(model)(tmp_path)
+    code, out, err = run(["check", path], capsys)
+    assert code == 0 and "passed" in out, (code, out, err)
+    assert "gradients not analysed" in err and "Traceback" not in err

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from .. import escape
 from ..analysis import analyze
-from ..errors import WriteError
+from ..errors import InvalidOptionError, WriteError
 from ..lazy import lazy_module
 from ..report import analysis_summary, analysis_table, rescale_summary
 from .results import UNREADABLE
 
 # each imported by the command that needs it: analyze does not pay for the rescale methods
+_backward = lazy_module("onnxinit.backward")
 _check = lazy_module("onnxinit.check")
 _check_formats = lazy_module("onnxinit.check_formats")
 _content = lazy_module("onnxinit.reporting.content")
@@ -46,12 +47,20 @@ def _stats(options: dict) -> dict[str, tuple[float, float]]:
 
 def check_model(path: str, options: dict) -> dict:
     """``check`` of one model; options: max_growth, min_var, strict, batch_size, input_shapes,
-    stats, gradients (default True), max_gradient_ratio, min_gradient_ratio. A model that cannot be read or analysed has status unreadable."""
+    stats, gradients (default True), max_gradient_ratio, min_gradient_ratio. A model that
+    cannot be read or analysed has status unreadable; one whose gradients cannot be predicted
+    is judged without them, with a warning."""
     start = time.perf_counter()
     analysis = analyze(path, input_shapes=_shapes(options),
                        batch_size=options.get("batch_size", 32), stats=_stats(options),
-                       max_growth=options["max_growth"], min_var=options["min_var"],
-                       backward=options.get("gradients", True))
+                       max_growth=options["max_growth"], min_var=options["min_var"])
+    if options.get("gradients", True):
+        # as analyze(backward=True) does; a model no loss can be put on (its output's shape is
+        # not static, or no float output depends on the inputs) is still judged forward
+        try:
+            analysis.backward = _backward.predict_backward(analysis.propagation, "cross_entropy")
+        except InvalidOptionError as exc:
+            analysis.warnings.append(f"gradients not analysed, ONNXINIT005/006 not judged: {exc}")
     ratios = {k: options[k] for k in ("max_gradient_ratio", "min_gradient_ratio") if k in options}
     findings = _check.find(analysis, strict=options.get("strict", False), **ratios)
     result = _check_formats.ModelResult.of_analysis(path, findings, analysis)

@@ -18,12 +18,14 @@ MAX_RUN_IR_VERSION = 10  # onnxruntime reads at most IR 13; onnx writes newer by
 @model_pass(in_place=False)
 def with_outputs(model: onnx.ModelProto, tensors: Iterable[str],
                  types: Mapping[str, int]) -> onnx.ModelProto:
-    """A copy of ``model`` that also returns ``tensors`` (element types from ``types``)."""
+    """A copy of ``model`` that also returns ``tensors`` (element types from ``types``), less
+    those of no known element type (a sequence of tensors: onnxruntime refuses a model output
+    of undefined type, and would run none of the others)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     existing = {o.name for o in out.graph.output}
     for name in tensors:
-        if name not in existing:
+        if name not in existing and types.get(name, 0):
             out.graph.output.append(helper.make_tensor_value_info(name, types.get(name, 0), None))
             existing.add(name)
     out.ir_version = min(out.ir_version, MAX_RUN_IR_VERSION)
