@@ -15,10 +15,12 @@ import onnx
 from .structure import GraphStructure
 
 
-# integer ops an index passes through on its way to a table: layout, and the arithmetic of
-# Keras 3's Embedding, which maps a negative index i to i + rows (Less, Where, Add, Mul)
-_INDEX_PATH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Add", "Sub",
-               "Mul", "Where", "Max", "Min", "Mod", "Clip", "Abs", "Neg"}
+# integer ops an index passes through on its way to a table: layout (XLNet transposes its ids
+# to time-first), and the arithmetic of Keras 3's Embedding, which maps a negative index i to
+# i + rows (Less, Where, Add, Mul)
+_INDEX_PATH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Transpose",
+               "Slice", "Expand", "Tile", "Concat", "Split", "Add", "Sub", "Mul", "Where", "Max",
+               "Min", "Mod", "Clip", "Abs", "Neg"}
 
 
 def vocab_size(graph: GraphStructure, input_name: str) -> int | None:

@@ -500,3 +500,21 @@ def test_check_without_a_loss_judges_the_forward_pass(tmp_path, capsys):
     code, out, err = run(["check", path], capsys)
     assert code == 0 and "passed" in out, (code, out, err)
     assert "gradients not analysed" in err and "Traceback" not in err
+
+
+def test_time_first_token_ids_are_token_ids(tmp_path, capsys):
+    """XLNet transposes its ids to time-first before the lookup: they were taken for an input
+    that is no index, fed as zeros (one row for every token), and `check` failed the model
+    with ONNXINIT002 at the embedding (signal variance 0)."""
+    table = np.random.default_rng(0).normal(0, 0.02, (64, 16)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["ids"], ["time_first"], perm=[1, 0]),
+             helper.make_node("Gather", ["table", "time_first"], ["e"]),
+             helper.make_node("MatMul", ["e", "w"], ["y"])]
+    model = make_model(nodes, [_value("ids", TensorProto.INT64, (8, 32))],
+                       [_value("y", shape=(32, 8, 16))],
+                       [numpy_helper.from_array(table, "table"), _weight()])
+    result = {t.name: t for t in analyze(model, measure=True).tensors}
+    assert result["e"].var == pytest.approx(result["e"].measured_var, rel=0.1)
+    path = _write(model)(tmp_path)
+    code, out, err = run(["check", path], capsys)
+    assert code == 0 and "ONNXINIT002" not in out, out
