@@ -214,6 +214,46 @@ def _side_operand(graph: ModelGraph, node_id: str) -> tuple[str, int, int] | Non
     return None
 
 
+def _layer_scaled(graph: ModelGraph, tensor: str) -> bool:
+    """Whether ``tensor`` is a ``Mul`` by a constant of more than one element (LayerScale's
+    per-channel gamma; a scalar is a constant of a formula, GELU's 0.044715)."""
+    producer = graph.producer.get(tensor)
+    node = graph.node(producer) if producer is not None else None
+    if node is None or node.op_type != "Mul":
+        return False
+    constants = [graph.value(i) for i in node.input if i and not graph.is_signal(i)]
+    return any(c is not None and np.size(c) > 1 for c in constants)
+
+
+def _scaled_branches(graph: ModelGraph, signal: SignalGraph,
+                     blocks: list[ResidualBlock]) -> list[SidePath]:
+    """``x + gamma * f(x)`` where ``f`` holds no parametric layer (PoolFormer's token mixer,
+    ``pool(n(x)) - n(x)``): no residual block (:mod:`onnxinit.residual` wants a parametric
+    branch), but ``gamma * f(x)`` is a LayerScaled branch beside an identity skip."""
+    adds = {b.add for b in blocks}
+    paths = []
+    for node_id in graph.order:
+        node = graph.node(node_id)
+        if node.op_type not in ("Add", "Sum") or node_id in adds:
+            continue
+        inputs = [(i, t) for i, t in enumerate(node.input) if graph.is_signal(t)]
+        if len(inputs) != 2 or inputs[0][1] == inputs[1][1]:
+            continue
+        shape = graph.shape(node.output[0])
+        if shape is None or any(graph.shape(t) != shape for _, t in inputs):
+            continue
+        fork = signal.fork([signal.start(t) for _, t in inputs])
+        if fork is None:
+            continue
+        found = [signal.path(i, t, fork) for i, t in inputs]
+        skips = [p for p in found if not p.nodes]
+        branches = [p for p in found if p.nodes and _layer_scaled(graph, p.tensor)]
+        if len(skips) == 1 and len(branches) == 1:
+            paths.append(SidePath(BRANCH, node_id, branches[0].tensor, skips[0].tensor,
+                                  branches[0].nodes))
+    return paths
+
+
 def _side_paths(graph: ModelGraph, signal: SignalGraph,
                 blocks: list[ResidualBlock]) -> list[SidePath]:
     paths = []
@@ -221,6 +261,7 @@ def _side_paths(graph: ModelGraph, signal: SignalGraph,
         for branch in block.branches:
             paths.append(SidePath(BRANCH, block.add, branch.tensor, block.skip.tensor,
                                   branch.nodes))
+    paths.extend(_scaled_branches(graph, signal, blocks))
     for node_id in graph.order:
         found = _side_operand(graph, node_id)
         if found is None:

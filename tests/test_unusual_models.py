@@ -518,3 +518,42 @@ def test_time_first_token_ids_are_token_ids(tmp_path, capsys):
     path = _write(model)(tmp_path)
     code, out, err = run(["check", path], capsys)
     assert code == 0 and "ONNXINIT002" not in out, out
+
+
+def _pool_mixer(residual: bool):
+    """PoolFormer's token mixer, ``h + gamma * (AvgPool(h) - h)`` with LayerScale gamma = 1e-5
+    per channel, between two convolutions; ``residual=False`` drops the skip (``gamma * (...)``
+    alone: the signal really is 1e-10 of its input)."""
+    rng = np.random.default_rng(0)
+    conv = [numpy_helper.from_array((rng.standard_normal((8, 8, 3, 3)) / np.sqrt(72))
+                                    .astype(np.float32), f"k{i}") for i in range(2)]
+    gamma = numpy_helper.from_array(np.full((8, 1, 1), 1e-5, np.float32), "gamma")
+    nodes = [helper.make_node("Conv", ["x", "k0"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("AveragePool", ["h"], ["pooled"], kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1], count_include_pad=0),
+             helper.make_node("Sub", ["pooled", "h"], ["mixed"]),
+             helper.make_node("Mul", ["gamma", "mixed"], ["scaled"]),
+             helper.make_node("Add", ["h", "scaled"], ["block"]) if residual else
+             helper.make_node("Identity", ["scaled"], ["block"]),
+             helper.make_node("Conv", ["block", "k1"], ["y"], pads=[1, 1, 1, 1])]
+    shape = (8, 8, 16, 16)
+    return make_model(nodes, [_value("x", shape=shape)], [_value("y", shape=shape)],
+                      [*conv, gamma])
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_layer_scaled_branch_without_a_layer_is_a_side_path(residual, tmp_path, capsys):
+    """A residual branch with no Conv or MatMul, only LayerScale (PoolFormer): its 1e-10 signal
+    is the branch's, beside an identity skip that carries the signal (onnxruntime: the output's
+    variance stays of the order of the input's), so `check` notes it; `check` failed it with
+    ONNXINIT002. Without the skip the signal does vanish, and the error stands."""
+    model = _pool_mixer(residual)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((8, 8, 16, 16)).astype(np.float32)
+    measured = float(session.run(None, {"x": x})[0].var())
+    code, out, _ = run(["check", _write(model)(tmp_path)], capsys)
+    if residual:
+        assert measured > 0.1 and code == 0 and "ONNXINIT002" not in out, out
+        assert "ONNXINIT007" in out and "residual branch" in out
+    else:
+        assert measured < 1e-7 and code == 1 and "ONNXINIT002" in out, out
