@@ -263,6 +263,17 @@ def _side_paths(graph: ModelGraph, signal: SignalGraph,
                                   branch.nodes))
     paths.extend(_scaled_branches(graph, signal, blocks))
     for node_id in graph.order:
+        node = graph.node(node_id)
+        if node.op_type == "Clip" and node.input and graph.is_signal(node.input[0]):
+            # bounds computed from the signal (T5 in float16 clamps to finfo.max, or 1000 below
+            # it where an inf appeared): statistics of the signal, not the signal
+            for bound in node.input[1:3]:
+                if bound and graph.is_signal(bound):
+                    nodes = signal.exclusive_ancestors(bound, node.input[0])
+                    if nodes:
+                        paths.append(SidePath(STATISTIC, node_id, bound, node.input[0],
+                                              tuple(nodes)))
+            continue
         found = _side_operand(graph, node_id)
         if found is None:
             continue

@@ -557,3 +557,32 @@ def test_layer_scaled_branch_without_a_layer_is_a_side_path(residual, tmp_path, 
         assert "ONNXINIT007" in out and "residual branch" in out
     else:
         assert measured < 1e-7 and code == 1 and "ONNXINIT002" in out, out
+
+
+def test_clip_to_bounds_computed_from_the_signal(tmp_path, capsys):
+    """T5 exported in float16 clamps its hidden states to +-finfo.max, or 1000 below it when an
+    inf appeared: `Where(ReduceSum(IsInf(h)) > 0, 64504, 65504)`, so the Clip's bounds are
+    signals. They were the main path to `check` (a scalar of no spread: ONNXINIT002) and the
+    Clip went to the fallback; now the bounds are statistics and the Clip is predicted with
+    their predicted values, here the identity, as onnxruntime measures."""
+    def const(name, value, dtype=np.float32):
+        return numpy_helper.from_array(np.array(value, dtype), name)
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("IsInf", ["h"], ["inf"]),
+             helper.make_node("Cast", ["inf"], ["inf_count"], to=TensorProto.INT64),
+             helper.make_node("ReduceSum", ["inf_count"], ["infs"], keepdims=0),
+             helper.make_node("Greater", ["infs", "zero"], ["any_inf"]),
+             helper.make_node("Where", ["any_inf", "below_max", "max"], ["bound"]),
+             helper.make_node("Neg", ["bound"], ["lower"]),
+             helper.make_node("Clip", ["h", "lower", "bound"], ["clamped"]),
+             helper.make_node("Tanh", ["clamped"], ["y"])]
+    model = make_model(nodes, [X], [_value("y")],
+                       [_weight(), const("zero", 0, np.int64), const("below_max", 64504.0),
+                        const("max", 65504.0)])
+    result = {t.name: t for t in analyze(model, measure=True).tensors}
+    assert result["clamped"].rule == "clip"
+    assert result["clamped"].var == pytest.approx(result["h"].var, rel=1e-9)
+    assert result["y"].var == pytest.approx(result["y"].measured_var, rel=0.15)
+    code, out, _ = run(["check", _write(model)(tmp_path)], capsys)
+    assert code == 0 and "ONNXINIT002" not in out, out

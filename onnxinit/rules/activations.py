@@ -23,10 +23,13 @@ from .context import RuleContext, RuleError, signal
 from .elementwise import (
     ElementwiseFn,
     apply_elementwise,
+    apply_fn,
     constant_input,
     digest,
     elementwise_function,
     elementwise_rule,
+    rank_of,
+    refined,
 )
 from .gaussian import abs_closed, leaky_closed, piecewise_closed
 from .nonnegative import nonnegative
@@ -252,8 +255,8 @@ def shrink(ctx: RuleContext, rank):
         lambda x: np.where(x < -lambd, x + bias, np.where(x > lambd, x - bias, 0.0)), pieces)
 
 
-@elementwise_rule("Clip")
-def clip(ctx: RuleContext, rank):
+@elementwise_function("Clip")
+def clip_function(ctx: RuleContext, rank):
     """y = min(max(x, lo), hi), bounds from attributes (opset < 11) or constant inputs."""
     if ctx.opset < 11:
         lo = np.float64(float(ctx.attr("min", -_FLOAT_MAX)))
@@ -261,8 +264,37 @@ def clip(ctx: RuleContext, rank):
     else:
         lo = constant_input(ctx, 1, rank) if ctx.has_input(1) else np.float64(-np.inf)
         hi = constant_input(ctx, 2, rank) if ctx.has_input(2) else np.float64(np.inf)
+    return _clip(lo, hi)
+
+
+def _clip(lo, hi) -> ElementwiseFn:
     return _piecewise(("Clip", *digest(lo), *digest(hi)),
                       lambda x: np.minimum(np.maximum(x, lo), hi), _clip_pieces(lo, hi))
+
+
+@rule("Clip")
+def clip(inputs, ctx: RuleContext):
+    """y = min(max(x, lo), hi) over x's law (apply_elementwise), bounds from attributes
+    (opset < 11) or constant inputs; a bound computed from the signal but predicted without
+    spread (T5 in float16 clamps to finfo.max, or 1000 below it once an inf appeared) is taken
+    at its predicted value."""
+    try:
+        return apply_elementwise(inputs, ctx)
+    except RuleError:
+        if inputs[0] is None or ctx.opset < 11 or all(b is None for b in inputs[1:3]):
+            raise
+    bounds = []
+    for index, default in ((1, -np.inf), (2, np.inf)):
+        b = inputs[index] if index < len(inputs) else None
+        if b is not None:
+            if np.size(b.mean) != 1 or np.any(np.asarray(b.var) != 0):
+                raise RuleError(f"bound {index} varies with the signal")
+            bounds.append(np.float64(np.ravel(b.mean)[0]))
+        else:
+            bounds.append(constant_input(ctx, index, None) if ctx.has_input(index)
+                          else np.float64(default))
+    y = apply_fn(inputs[0], _clip(*bounds), rank_of(ctx))
+    return [refined(y, ctx)] + [None] * (len(ctx.node.output) - 1)
 
 
 def _piecewise(key: tuple, fn, pieces) -> ElementwiseFn:
