@@ -39,6 +39,7 @@ _SUPPORT = 1e-12  # a key whose variance is below this share of the largest is a
 # 0.3-0.9% with 64, 0.05-0.4% with 256 as with a group per row (0.03-0.5%), at 0.41 s against
 # 1.25 s for a group per row; each element's own error (10% median) is the draws' in all
 DRAW_GROUPS = 256
+_GROUPS_PER_PRODUCT = 16  # groups whose draws are one matrix product (6,400 x n at 400 draws)
 _EXP_SAFE = 600.0  # |logit| below which exp needs no shift (exp(600) = 3.8e260, exp(-600) normal)
 
 
@@ -91,36 +92,36 @@ def correlated_rows(rel: np.ndarray, var: np.ndarray, masked: np.ndarray, factor
     base = np.where(masked, 0.0, rel)
     ex, ex2 = np.zeros(rel.shape), np.zeros(rel.shape)
     with np.errstate(all="ignore"):
-        for group in _draw_groups(masked):
-            cols = np.flatnonzero(~masked[group].all(axis=0))
-            if cols.size == 0:
-                continue
-            shared = rng.standard_normal((count, factor.shape[1])) @ factor[cols].T
-            peak = np.abs(shared).max(axis=0)
-            position = np.full(n, -1)
-            position[cols] = np.arange(cols.size)
-            for r in range(group.start, group.stop):
-                keys = np.flatnonzero(~masked[r])
-                if keys.size == 0:
-                    continue
-                at = position[keys]
-                if at[-1] - at[0] == keys.size - 1:  # consecutive keys: a view
-                    z = shared[:, at[0]:at[-1] + 1] * sd[r, keys]
-                else:
-                    z = shared[:, at] * sd[r, keys]
-                z += base[r, keys]
-                reach = sd[r, keys] * peak[at]
-                # exp needs no shift when no logit can overflow and every draw's largest
-                # logit is a normal number's exponent (all draws' logits lie within +-reach)
-                if not (np.max(base[r, keys] + reach) < _EXP_SAFE and
-                        np.max(base[r, keys] - reach) > -_EXP_SAFE):
-                    z -= z.max(axis=1, keepdims=True)
-                np.exp(z, out=z)
-                weight = 1.0 / z.sum(axis=1)  # each draw's 1 / sum of its exponentials
-                ex[r, keys] = (weight / count) @ z
-                z *= z
-                weight *= weight
-                ex2[r, keys] = (weight / count) @ z
+        groups = _draw_groups(masked)
+        for first in range(0, len(groups), _GROUPS_PER_PRODUCT):
+            batch = groups[first:first + _GROUPS_PER_PRODUCT]
+            # one product for several groups: a small product per group ran OpenBLAS's
+            # threads for 0.2 ms of work each, whose waits cost 5x the work on a busy machine
+            correlated = rng.standard_normal((len(batch) * count, factor.shape[1])) @ factor.T
+            for j, group in enumerate(batch):
+                shared = correlated[j * count:(j + 1) * count]
+                peak = np.abs(shared).max(axis=0)
+                for r in range(group.start, group.stop):
+                    keys = np.flatnonzero(~masked[r])
+                    if keys.size == 0:
+                        continue
+                    if keys[-1] - keys[0] == keys.size - 1:  # consecutive keys: a view
+                        z = shared[:, keys[0]:keys[-1] + 1] * sd[r, keys]
+                    else:
+                        z = shared[:, keys] * sd[r, keys]
+                    z += base[r, keys]
+                    reach = sd[r, keys] * peak[keys]
+                    # exp needs no shift when no logit can overflow and every draw's largest
+                    # logit is a normal number's exponent (all draws' logits lie within +-reach)
+                    if not (np.max(base[r, keys] + reach) < _EXP_SAFE and
+                            np.max(base[r, keys] - reach) > -_EXP_SAFE):
+                        z -= z.max(axis=1, keepdims=True)
+                    np.exp(z, out=z)
+                    weight = 1.0 / z.sum(axis=1)  # each draw's 1 / sum of its exponentials
+                    ex[r, keys] = (weight / count) @ z
+                    z *= z
+                    weight *= weight
+                    ex2[r, keys] = (weight / count) @ z
     return ex, np.maximum(ex2 - ex**2, 0.0)
 
 
