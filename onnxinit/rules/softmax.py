@@ -156,15 +156,20 @@ def _monte_carlo(rel, var, masked, log, rng, chain=()):
                     z = np.where(masked[r], -np.inf, z)
                 z -= z.max(axis=1, keepdims=True)
                 e = np.exp(z)
-                lse = np.log(e.sum(axis=1, keepdims=True))
-                y = np.subtract(z, lse, out=z)
-                if not log:
-                    y = np.exp(y, out=e)
-                if row_masked:
-                    y = np.where(masked[r], 0.0, y)
-                ex[r] += y.sum(axis=0)
-                y *= y
-                ex2[r] += y.sum(axis=0)
+                total = e.sum(axis=1)
+                if log:
+                    y = np.subtract(z, np.log(total)[:, None], out=z)
+                    if row_masked:
+                        y = np.where(masked[r], 0.0, y)
+                    ex[r] += y.sum(axis=0)
+                    y *= y
+                    ex2[r] += y.sum(axis=0)
+                else:  # p = e / total; masked elements are exp(-inf) = 0 already
+                    weight = 1.0 / total
+                    ex[r] += weight @ e
+                    e *= e
+                    weight *= weight
+                    ex2[r] += weight @ e
                 done += c
     ex, ex2 = ex / count, ex2 / count
     return ex, np.maximum(ex2 - ex**2, 0.0)
