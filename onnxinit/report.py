@@ -188,14 +188,15 @@ def rescale_summary(result: RescaleResult) -> str:
     return "\n".join(lines)
 
 
-# measured by benchmarks/training_benefit.py (README "Measured": a 24-layer MLP, a VGG net and
-# ResNet-20 without normalization): after kaiming, autoinit, lsuv or idinit the best rate was
-# 1x-10x below the default init's (3x-10x on the MLP and VGG, 1x-10x on ResNet-20); after
-# gradinit, metainit or nio the default init's own (VGG) or 3x below it (ResNet-20)
+# measured by benchmarks/training_benefit.py (README "Measured": a 24-layer MLP, a VGG net,
+# ResNet-20/32 and ResNet-50 without normalization): after kaiming, autoinit, lsuv or idinit the
+# best rate was 1x-10x below the default init's on the MLP, the VGG net and ResNet-20/32, but
+# 1x-10x above it on ResNet-50, whose default init is already fan-scaled; after gradinit,
+# metainit or nio 3x below to 30x above
 LEARNING_RATE_NOTE = (
     "  note: sweep the training learning rate of a rescaled network: in our benchmarks its best "
-    "rate was 1x-10x below the default init's after kaiming, autoinit, lsuv or idinit, and 1x-3x "
-    "below after gradinit, metainit or nio")
+    "rate moved from 10x below to 10x above the default init's (most often below after kaiming, "
+    "autoinit, lsuv or idinit; at or above after gradinit, metainit or nio)")
 
 
 def _method_lines(method: str, report: dict) -> list[str]:
