@@ -586,3 +586,25 @@ def test_clip_to_bounds_computed_from_the_signal(tmp_path, capsys):
     assert result["y"].var == pytest.approx(result["y"].measured_var, rel=0.15)
     code, out, _ = run(["check", _write(model)(tmp_path)], capsys)
     assert code == 0 and "ONNXINIT002" not in out, out
+
+
+@pytest.mark.parametrize("method", ["lsuv", "metainit"])
+def test_methods_that_run_the_model_say_onnxruntime_cannot(method, tmp_path, capsys):
+    """lsuv, gradinit, metainit and nio run the model in onnxruntime, which has no bfloat16
+    Gemm on the CPU: one line saying so (it read "internal error"), and no file written."""
+    model = _typed_mlp(TensorProto.BFLOAT16)
+    assert _runtime_cannot_run(model)
+    path = _write(model)(tmp_path)
+    code, out, err = run(["rescale", path, "--method", method, "-o", tmp_path / "out.onnx",
+                          "-q"], capsys)
+    assert code == 2 and "onnxruntime cannot run this model" in err, err
+    assert "internal error" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def _runtime_cannot_run(model) -> bool:
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - onnxruntime's own error types
+        return True
+    return False

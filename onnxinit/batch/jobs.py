@@ -105,7 +105,14 @@ def run(job: Job, *, reraise: bool = False) -> Result:
                 raise
             log.debug("%s: %s", job.model, traceback.format_exc())
             payload, status = None, ERROR
-            error = (f"{job.model}: internal error ({type(exc).__name__}: {exc}); "
-                     "run this model alone with --debug for the traceback")
+            if type(exc).__module__.startswith("onnxruntime"):
+                # a method that runs the model (lsuv, gradinit, metainit, nio) on one that
+                # onnxruntime has no kernel for (bfloat16 Gemm on the CPU): the model's limit
+                message = " ".join(str(exc).split())[:300]
+                error = (f"{job.model}: onnxruntime cannot run this model, which this command "
+                         f"needs: {message}")
+            else:
+                error = (f"{job.model}: internal error ({type(exc).__name__}: {exc}); "
+                         "run this model alone with --debug for the traceback")
     return Result(job.index, job.model, status, payload, error, time.perf_counter() - start,
                   job.command, job.key, sha256, log=records)
