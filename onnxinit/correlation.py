@@ -72,6 +72,9 @@ class Correlation:
     # a BatchNorm's output (or an affine map of it): the sample means of its square are
     # centred over the batch too (the normalization fixes both moments)
     normalized: bool = False
+    # rho holds, besides the Gaussian's Mehler terms, the non-Gaussian covariance of distinct
+    # positions that read common inputs (rules/pool_pairs.py): a pool adds only the rest
+    energy_pairs: bool = False
 
     @property
     def radius(self) -> tuple[int, ...]:
@@ -92,7 +95,7 @@ class Correlation:
 
     def with_centred(self, centred, normalized: bool = False) -> Correlation:
         return Correlation(self.rho, self.floor, self.gauss, np.asarray(centred, np.float64),
-                           self.cross, normalized)
+                           self.cross, normalized, self.energy_pairs)
 
 
 def independent(channels: int, sizes: Sequence[int]) -> Correlation:

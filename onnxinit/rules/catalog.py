@@ -25,6 +25,7 @@ BUILTIN_MODULES = (
     "onnxinit.rules.linear",
     "onnxinit.rules.normalization",
     "onnxinit.rules.pooling",
+    "onnxinit.rules.pool_pairs",
     "onnxinit.rules.random_draws",
     "onnxinit.rules.recurrent",
     "onnxinit.rules.reduce",

@@ -38,17 +38,25 @@ ReduceMean over every spatial axis: tf2onnx's Keras squeeze-excite pool) reads
 element-wise ops or a binary node fused from them (``x * Relu6(x + 3) / 6``); other pools are
 unchanged.
 
-The energy every position of a sample shares (a per-sample scale, growing with depth in
-MobileNetV3) is :mod:`.sample_energy`'s term; its part of the carried kurtosis (``3 eta``) is
+The pairs p != q are also carried in ``f(z)``'s spatial correlation (:mod:`.pool_pairs`), so
+that the layers after it see them; where the pool's input holds them
+(``Correlation.energy_pairs``) the pool adds only the terms p = q, ``S3 = a^3 sum_u k3_u c3_u /
+K^2``, ``S4 = a^4 sum_u k4_u c4_u / K^2`` (``c3``, ``c4``: column sums of the kernel's cubes
+and fourth powers). The energy every position of a sample shares (a per-sample scale, growing
+with depth in MobileNetV3) is :mod:`.sample_energy`'s term; its part of the carried kurtosis (``3 eta``) is
 left out here. Not modelled: the inputs' other joint cumulants across positions, and the
 Edgeworth terms of higher order.
 """
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..moments import Moments
+from ..spatial import positions
 from .context import RuleContext, RuleError
 from .fusion import common_ancestor
 from .kurtosis import NODES, WEIGHTS, chain_start, chain_values, excess_kurtosis
@@ -236,14 +244,35 @@ def _column_sums(weight: np.ndarray, conv: RuleContext, in_sizes, out_sizes, pow
     return out
 
 
-def pooled_correction(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
-    """dVar per channel (module docstring) for the GlobalAveragePool of ``ctx`` reading ``x``;
-    None where it does not apply (not a depthwise Conv's f, no source, unknown moments)."""
+@dataclass(frozen=True)
+class Terms:
+    """What the Edgeworth terms of ``f(z)`` need, ``z = a Conv(x) + b`` a depthwise conv's:
+    per channel ``a`` (with the BatchNorm scale's sign), ``d1 = E f'``, ``d2 = E f''`` under
+    z's Gaussian; the conv input's ``k3``, ``k4`` at every input position ``[C, P_in]``; the
+    conv's context and its input and output shapes."""
+
+    a: np.ndarray
+    d1: np.ndarray
+    d2: np.ndarray
+    k3: np.ndarray
+    k4: np.ndarray
+    conv: RuleContext
+    in_shape: tuple
+    out_shape: tuple
+
+
+def edgeworth_terms(ctx: RuleContext, tensor: str, x: Moments, x_shape,
+                    per_class: bool = True) -> Terms | None:
+    """:class:`Terms` for ``tensor`` (moments ``x``, shape ``x_shape``), an element-wise chain
+    ``f(z)`` of a depthwise Conv's [BatchNorm'd] output; None where they do not apply (not a
+    depthwise Conv's f, no source, unknown moments, a position pattern that is not
+    stationary). ``per_class=False``: the conv input's cumulants from its source pooled per
+    channel (cheaper; the same at every position)."""
     known = ctx.known
     rank = len(x_shape)
     if known is None or x.source is None or rank < 3:
         return None
-    found = _find_conv(ctx, ctx.node.input[0])
+    found = _find_conv(ctx, tensor)
     if found is None:
         return None
     conv_id, bn_id, z_name = found
@@ -266,27 +295,17 @@ def pooled_correction(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | Non
         return None
     if not (stationary(known[in_name], rank) and stationary(x, rank)):
         return None
-    x_source = _class_source(known[in_name], in_shape[1], rank)
     f_source = _channel_source(x, c, rank)
-    if x_source is None or f_source is None:
+    if f_source is None:
         return None
     f_stats = _source_expectations(f_source, c, rank)
     if f_stats is None:
         return None
-    # the conv input's k3, k4: over the scale mixture of its kurtosis where that is known,
-    # else of its own chain (per position class: the costly part, so only one of the two)
-    found = _input_cumulants(ctx, in_name, x_source[:3], in_shape[1], rank)
+    found = _position_cumulants(ctx, in_name, in_shape, c // group, rank, per_class)
     if found is None:
-        found = _source_cumulants(x_source[:3], in_shape[1], rank)
-        if found is None:
-            return None
+        return None
     k3, k4 = found
     _, et, ett, _, _, _ = (a.reshape(c) for a in f_stats)
-    mult = c // group
-    # each input position's cumulants about its own class's mean: a border pattern is no
-    # fluctuation (pooled per channel it read as a fourth cumulant 15x the positions' own)
-    k3, k4 = (_at_positions(np.repeat(k, mult, axis=0), x_source[3], in_shape[2:]).reshape(c, -1)
-              for k in (k3, k4))
     _, var_y = _channel(known[y_name], c, rank)
     _, var_z = _channel(known[z_name], c, rank)
     s2 = f_source[1].reshape(c)
@@ -300,11 +319,60 @@ def pooled_correction(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | Non
             return None
         a = a * np.sign(np.broadcast_to(np.asarray(scale, dtype=np.float64).ravel(), (c,)))
     s = np.sqrt(np.maximum(s2, 1e-300))
-    d1, d2 = et / s, ett / s**2
+    return Terms(a, et / s, ett / s**2, k3, k4, conv, tuple(in_shape), tuple(out_shape))
+
+
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _position_cumulants(ctx: RuleContext, in_name: str, in_shape, mult: int, rank: int,
+                        per_class: bool = True):
+    """The conv input's k3, k4 at every input position, ``[C_in * mult, P_in]``, each about
+    its own position class's mean (a border pattern is no fluctuation: pooled per channel it
+    read as a fourth cumulant 15x the positions' own), memoised per propagation state (the
+    element-wise nodes of one chain and its pool read the same)."""
+    known = ctx.known
+    memo = _MEMO.setdefault(ctx.graph, {})
+    hit = memo.get((in_name, per_class))
+    if hit is not None and hit[0] is known[in_name]:
+        return hit[1]
+    out = None
+    x_source = (_class_source(known[in_name], in_shape[1], rank) if per_class else
+                _channel_source(known[in_name], in_shape[1], rank))
+    if x_source is not None and not per_class:
+        x_source = (*x_source, None)
+    if x_source is not None:
+        # over the scale mixture of the input's kurtosis where that is known, else of its own
+        # chain (per position class: the costly part, so only one of the two)
+        found = _input_cumulants(ctx, in_name, x_source[:3], in_shape[1], rank)
+        if found is None:
+            found = _source_cumulants(x_source[:3], in_shape[1], rank)
+        if found is not None:
+            out = tuple(_at_positions(np.repeat(k, mult, axis=0), x_source[3],
+                                      in_shape[2:]).reshape(in_shape[1] * mult, -1)
+                        for k in found)
+    memo[(in_name, per_class)] = (known[in_name], out)
+    return out
+
+
+def pooled_correction(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
+    """dVar per channel (module docstring) for the GlobalAveragePool of ``ctx`` reading ``x``;
+    None where it does not apply. Where x's correlation already holds the covariance of
+    distinct positions (:mod:`.pool_pairs`), only the terms of each position with itself."""
+    t = edgeworth_terms(ctx, ctx.node.input[0], x, x_shape)
+    if t is None:
+        return None
+    c = x_shape[1]
     k = int(np.prod(x_shape[2:]))
-    c1 = _column_sums(weight, conv, in_shape[2:], out_shape[2:], 1).reshape(c, -1)
-    c2 = _column_sums(weight, conv, in_shape[2:], out_shape[2:], 2).reshape(c, -1)
-    s3 = a**3 * (k3 * c2 * c1).sum(axis=1) / k**2
-    s4 = a**4 * (k4 * c2 * c2).sum(axis=1) / k**2
-    dvar = d1 * d2 * s3 + 0.25 * d2**2 * s4
+    sp = positions(x, x_shape)
+    pairs = sp is not None and sp.corr is not None and sp.corr.energy_pairs
+    sums = [_column_sums(t.conv.const(1), t.conv, t.in_shape[2:], t.out_shape[2:], p).reshape(c, -1)
+            for p in ((3, 4) if pairs else (1, 2))]
+    if pairs:  # sum_p W_pu^3, sum_p W_pu^4: the pairs p = q
+        s3 = t.a**3 * (t.k3 * sums[0]).sum(axis=1) / k**2
+        s4 = t.a**4 * (t.k4 * sums[1]).sum(axis=1) / k**2
+    else:
+        s3 = t.a**3 * (t.k3 * sums[1] * sums[0]).sum(axis=1) / k**2
+        s4 = t.a**4 * (t.k4 * sums[1] * sums[1]).sum(axis=1) / k**2
+    dvar = t.d1 * t.d2 * s3 + 0.25 * t.d2**2 * s4
     return dvar if np.all(np.isfinite(dvar)) else None

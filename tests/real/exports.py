@@ -86,6 +86,10 @@ BUILDERS: dict[str, Builder] = {
     "squeezenet1_1": _torchvision("squeezenet1_1"),
     "resnext50_32x4d": _torchvision("resnext50_32x4d"),
     "efficientnet_v2_s": _torchvision("efficientnet_v2_s"),
+    "efficientnet_b3": _torchvision("efficientnet_b3"),
+    "mobilenet_v3_large": _torchvision("mobilenet_v3_large"),
+    "resnet50": _torchvision("resnet50"),
+    "vit_b_32": _torchvision("vit_b_32"),
     "swin_v2_t": _torchvision("swin_v2_t"),
     "maxvit_t": _torchvision("maxvit_t"),
 }
