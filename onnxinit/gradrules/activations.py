@@ -36,7 +36,8 @@ from ..rules.gaussian import compose, expand, gaussian_moments, probability
 from ..rules.mixture import components
 from ..spatial import class_weights
 from .context import GradContext
-from .gradient import Gate, Gradient, last_axis
+from .conditional import pulled_back
+from .gradient import Gradient, last_axis
 from .registry import rule
 from .tokens import through_factor
 
@@ -202,59 +203,50 @@ def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 _Z_NODES, _Z_WEIGHTS = _grid(192)
-_B_NODES, _B_WEIGHTS = _grid(48)
 
 
-def gated_derivative_moments(fn: Callable, x: Moments, rank: int | None, gate: Gate):
-    """(E[f'(x) h'(f(x) + b)] / E[h'], E[f'(x)^2 h'(f(x) + b)^2] / E[h'^2]) with h the gate's
-    function and b its independent Gaussian: the derivative moments where the gradient is
-    (a residual ReLU's input is positive more often where the skip's ReLU was active)."""
-    df, dh = derivative(fn), derivative(gate.fn)
-    b_mean, b_std = expand(gate.mean, rank), np.sqrt(expand(gate.var, rank))
-    mixture = mixture_of(x, rank)
-    if mixture is not None:  # z over each component, weights w_k
-        cw, cm, cv = mixture
-        inner = compose(())
-    else:
-        src = base_source(x, rank)
-        inner = compose(src.chain)
-        cw, cm, cv = np.ones(1), expand(src.mean, rank)[None], expand(src.var, rank)[None]
-    axis = (-1,) + (1,) * cm.ndim
-    z = cm + np.sqrt(cv) * _Z_NODES.reshape(axis)
-    w = _Z_WEIGHTS.reshape(axis) * cw.reshape(cw.shape + (1,) * (cm.ndim - cw.ndim))
+def law_of(x: Moments, rank: int):
+    """x's forward law as Gaussian mixture components (w, m, v) with a leading component
+    axis: its mixture, or a Gaussian source's chain as point masses at the images of a
+    192-cell grid of the source (a chain that is not a ReLU of an affine map)."""
+    found = mixture_of(x, rank)
+    if found is None:
+        found = components(x, rank)
+    if found is not None:
+        return found
+    src = base_source(x, rank)
+    axis = (-1,) + (1,) * rank
+    z = expand(src.mean, rank) + np.sqrt(expand(src.var, rank)) * _Z_NODES.reshape(axis)
     with np.errstate(all="ignore"):
-        x_values = inner(z)
-        if gate.key == ("Relu",):  # h' is the step: E_b[h'] = E_b[h'^2] = Phi((a + mu_b) / s_b)
-            h1 = h2 = special.ndtr((fn(x_values) + b_mean) / np.maximum(b_std, 1e-30))
-        else:
-            t = fn(x_values)[..., None] + b_mean[..., None] + b_std[..., None] * _B_NODES
-            d = dh(t)
-            h1 = np.nan_to_num((d * _B_WEIGHTS).sum(axis=-1))
-            h2 = np.nan_to_num((d * d * _B_WEIGHTS).sum(axis=-1))
-        f1 = np.nan_to_num(df(x_values))
+        values = np.nan_to_num(compose(src.chain)(z))
+    return _Z_WEIGHTS.reshape(axis), values, np.zeros_like(values)
 
-    def total(a):
-        return (w * a).sum(axis=(0, 1))
 
-    e_h1, e_h2 = total(h1), total(h2)
-    j1, j2 = total(h1 * f1), total(h2 * f1 * f1)
+def conditional_factor(g: Gradient, fn: Callable, x: Moments, rank: int | None, relu: bool):
+    """(p2, r_x): ``E[f'(x)^2 r_y(f(x))]`` and the conditional of dx (:mod:`.conditional`);
+    (None, None) when x's rank is unknown or dy lives at window maxima."""
+    if rank is None or g.selected is not None:
+        return None, None
+    mean, var = expand(x.mean, rank), expand(x.var, rank)
     with np.errstate(all="ignore"):
-        return (np.where(e_h1 > 0, j1 / e_h1, 0.0), np.where(e_h2 > 0, j2 / e_h2, 0.0))
+        return pulled_back(g.given, fn, derivative(fn), law_of(x, rank), mean, var, relu)
 
 
 def through_function(g: Gradient, fn: Callable, x: Moments, ctx: GradContext,
                      key: tuple = ()) -> Gradient:
+    """``dx = dy f'(x)``: E[f'] and E[f'^2] over x's law, the latter weighted by dy's
+    conditional on y when it has one (:func:`conditional_factor`)."""
     rank = rank_of(ctx)
+    relu = tuple(key) == ("Relu",)
     if g.selected is not None:
         p1, p2 = selected_derivative_moments(fn, x, rank, *g.selected)
     else:
-        p1, p2 = derivative_moments(fn, x, rank, relu=tuple(key) == ("Relu",))
-    if g.gate is not None and g.gate.mean is not None:
-        q1, q2 = gated_derivative_moments(fn, x, rank, g.gate)
-        share = g.gate.share
-        p1, p2 = (1 - share) * p1 + share * q1, (1 - share) * p2 + share * q2
+        p1, p2 = derivative_moments(fn, x, rank, relu=relu)
+    weighted, given = conditional_factor(g, fn, x, rank, relu)
+    if g.given is not None and weighted is not None:
+        p2 = weighted
     out = times_independent(g, p1, p2, positions_of(ctx))
-    return replace(out, gate=Gate(fn, key=tuple(key)))
+    return replace(out, given=given)
 
 
 def elementwise_backward(grads, ctx: GradContext):

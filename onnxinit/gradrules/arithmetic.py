@@ -28,10 +28,11 @@ from ..moments import Moments
 from ..rules.context import RuleError
 from ..rules.elementwise import base_source, is_smooth, node_function, rank_of
 from ..rules.fusion import common_ancestor, fused_function
-from ..rules.gaussian import compose, gaussian_moments
+from ..rules.gaussian import compose, expand, gaussian_moments
 from .activations import derivative, positions_of, through_function, times_independent
 from .context import GradContext
-from .gradient import Gate, Gradient
+from .conditional import operand, shifted
+from .gradient import Gradient
 from .registry import rule
 from .tokens import axes_of, coherent_gain
 
@@ -106,13 +107,27 @@ def _fused(grads, ctx: GradContext):
     return [None] * len(ctx.node.input)
 
 
-def gated(g: Gradient, ctx: GradContext, other: int) -> Gradient:
-    """dy for one operand of ``a + b``: when dy is an activation's ``f'(a + b)`` times what
-    reached it, the operand's gradient carries the gate with the other operand's moments."""
-    if g.gate is None or g.gate.mean is not None:
-        return Gradient(g.mean, g.var, g.sample_var, g.profile, g.cov, tokens=g.tokens)
-    b = ctx.x(other)
-    return replace(g, gate=Gate(g.gate.fn, b.mean, b.var, g.gate.share, g.gate.key))
+def conditioned(g: Gradient, ctx: GradContext, which: int) -> Gradient:
+    """dy for operand ``which`` of ``a + b``, with dy's conditional on a passed to the operand
+    (``r_s(x) = E_o[r_a(x + o)]``, the other operand o independent: :mod:`.conditional`)."""
+    if g.given is None:
+        return g
+    rank = rank_of(ctx)
+    s, o = ctx.x(which), ctx.x(1 - which)
+    if rank is None or rank != g.given.rank:
+        return replace(g, given=None)
+    return replace(g, given=operand(g.given, expand(s.mean, rank), expand(s.var, rank),
+                                    expand(o.mean, rank), expand(o.var, rank)))
+
+
+def _shifted(g: Gradient, ctx: GradContext, which: int) -> Gradient:
+    """dx for ``y = x + c`` (c a scalar constant): dy with its conditional moved by c."""
+    if g.given is None or ctx.node.op_type != "Add":
+        return replace(g, given=None)
+    c = ctx.const(1 - which)
+    if c is None or np.size(c) != 1:
+        return replace(g, given=None)
+    return replace(g, given=shifted(g.given, float(np.reshape(c, ()))))
 
 
 def _inverse_moments(b: Moments, power: int, rank) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +154,7 @@ def binary(grads, ctx: GradContext):
         if ctx.node.op_type in ("Add", "Sub"):  # d(x +- c)/dx = +-1 exactly (mask constants of
             # finfo.min defeat a numerical derivative: x + h + c == c)
             part = g.scaled(-1.0) if ctx.node.op_type == "Sub" and which == 1 else g
-            part = replace(part, gate=Gate(f.fn))
+            part = _shifted(part, ctx, which)
         else:
             part = through_function(g, f.fn, ctx.x(which), ctx)
         out[which] = reduce_to(part, out_shape, ctx.in_shape(which))
@@ -152,8 +167,8 @@ def binary(grads, ctx: GradContext):
     a_shape, b_shape = ctx.in_shape(0), ctx.in_shape(1)
     s = positions_of(ctx)
     if op == "Add":
-        return [reduce_to(gated(g, ctx, 1), out_shape, a_shape),
-                reduce_to(gated(g, ctx, 0), out_shape, b_shape)]
+        return [reduce_to(conditioned(g, ctx, 0), out_shape, a_shape),
+                reduce_to(conditioned(g, ctx, 1), out_shape, b_shape)]
     if op == "Sub":
         return [reduce_to(g, out_shape, a_shape), reduce_to(g.scaled(-1.0), out_shape, b_shape)]
     a, b = ctx.x(0), ctx.x(1)

@@ -20,10 +20,10 @@ statistics of normalization layers and the weight gradients need:
   values of the forward tensor, correlated r with each other (a MaxPool sends each output's
   gradient to its window's argmax). An element-wise function before it sees its derivative at
   the window maxima, not at a typical element. Kept only through element-wise rules.
-- ``gate`` (:class:`Gate`): a share of the gradient is scaled by ``f'(a + b)``, where a is the
-  tensor itself and b the other operand of the Add it feeds (a residual skip ``relu(a + b)``).
-  An activation that produced a sees whether its own derivative and f'(a + b) are non-zero
-  together: a ReLU's positive outputs make the next ReLU's input positive more often.
+- ``given`` (:class:`~.conditional.Conditional`): the gradient's second moment as a function of
+  the tensor's own forward value, ``E[g^2 | x] / E[g^2]`` (set by element-wise rules, passed
+  through a residual Add and mixed at forks): an activation's derivative is not independent
+  of a gradient that is larger where its output is larger (a ResNet's stream of gates).
 - ``tokens`` (:class:`~onnxinit.moments.Tokens`): the covariance across the tokens of one
   sample (:mod:`.tokens`; a loss on the mean over a sequence gives every token the same dy).
 - ``pair``: the second moments over the last two axes as a sum of Kronecker products
@@ -32,32 +32,19 @@ statistics of normalization layers and the weight gradients need:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..moments import Tokens, pooled_along
 from . import tokens as token_field
+from .conditional import Conditional, mixed
 
 MAX_COV = 1024
 
 
 def _array(value) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
-
-
-@dataclass(frozen=True, eq=False)
-class Gate:
-    """The gradient's share ``share`` of its second moment is scaled by ``fn'(a + b)``, a the
-    tensor, b independent Gaussian with ``mean``/``var`` (None: b = 0, the gradient of the
-    input of ``fn`` itself)."""
-
-    fn: Callable = field(repr=False)
-    mean: np.ndarray | None = None
-    var: np.ndarray | None = None
-    share: float = 1.0
-    key: tuple = ()  # the function's key (("Relu",): closed forms)
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,7 +55,7 @@ class Gradient:
     profile: np.ndarray | None = None
     cov: np.ndarray | None = None
     selected: tuple[int, float] | None = None
-    gate: Gate | None = None
+    given: Conditional | None = None
     tokens: Tokens | None = None
     pair: tuple | None = None
 
@@ -196,19 +183,14 @@ def add(parts: list[Gradient]) -> Gradient:
         profile = sum(w * (p.profile if p.profile is not None else ones)
                       for w, p in zip(weights, parts)) / max(sum(weights), 1e-300)
     tokens = token_field.summed([(p.tokens, p.total()[1]) for p in parts])
-    return Gradient(mean, var, sample_var, profile, cov, None, _gate(parts), tokens)
+    return Gradient(mean, var, sample_var, profile, cov, None, _given(parts), tokens)
 
 
-def _gate(parts: list[Gradient]) -> Gate | None:
-    """The one gate among the parts, its share diluted by the ungated parts."""
-    gates = {id(p.gate): p.gate for p in parts if p.gate is not None}
-    if len(gates) != 1:
+def _given(parts: list[Gradient]) -> Conditional | None:
+    """The parts' conditionals mixed by their second moments (:func:`.conditional.mixed`)."""
+    if all(p.given is None for p in parts):
         return None
-    gate = next(iter(gates.values()))
-    seconds = [float(np.mean(p.second_moment())) for p in parts]
-    gated = sum(s * p.gate.share for s, p in zip(seconds, parts) if p.gate is not None)
-    total = sum(seconds)
-    return replace(gate, share=gated / total) if total > 0 else None
+    return mixed([(p.given, p.second_moment()) for p in parts])
 
 
 def feature_cov(g: Gradient) -> np.ndarray | None:

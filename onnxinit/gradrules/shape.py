@@ -89,7 +89,7 @@ def reshape(grads, ctx: GradContext):
     g = relayout(grads[0], out_shape, in_shape)
     same_matrix = len(in_shape) >= 2 and tuple(out_shape[-2:]) == tuple(in_shape[-2:])
     g = replace(g, tokens=moved(grads[0].tokens, out_shape, in_shape),
-                pair=grads[0].pair if same_matrix else None)
+                pair=grads[0].pair if same_matrix else None, given=None)
     return [g] + [None] * (len(ctx.node.input) - 1)
 
 
@@ -129,7 +129,7 @@ def _slice_along(g: Gradient, axis: int, start: int, stop: int, size: int, rank:
                 sample_var = g.sample_var[tuple(index)]
             return Gradient(mean, var, sample_var, g.profile,
                             tokens=kept_unless(g.tokens, rank, [axis]))
-    return replace(g, tokens=kept_unless(g.tokens, rank, [axis]), pair=None)
+    return replace(g, tokens=kept_unless(g.tokens, rank, [axis]), pair=None, given=None)
 
 
 @rule("Concat")

@@ -13,7 +13,7 @@ moments. The positive parts are then merged, sorted by mean, into at most MAX_CO
 0 (a half-normal as one Gaussian puts 9% of its mass there), and a stream of residual ReLUs
 ``s_k = ReLU(s_{k-1} + g_k)`` clipped too much block after block: 0.83x of the variance after 30
 blocks, torchvision's ResNet-152 (BatchNorm) 0.86x by the end of its third stage; with three
-bins 0.99x for both (not the default yet: POSITIVE_BINS).
+bins 0.99x for both.
 """
 
 from __future__ import annotations
@@ -25,13 +25,11 @@ from .mixture import truncated_bins, zero_edge
 MAX_COMPONENTS = 8
 # Bins of each component's positive part before merging. 3 makes the forward law exact on a
 # residual ReLU stream (the module docstring; the gate P(a > 0) of torchvision ResNet-152's
-# layer3 within 0.2% of onnxruntime's, against 0.5% low with 1), but the backward analysis
-# takes each ReLU's gate as independent of the gradient it multiplies, and the single-Gaussian
-# law's slightly high gate has been offsetting that: with 3 bins BatchNorm ResNet-50's
-# gradients fall from 100% to 65% within 20% (median 0.94 -> 0.84 of measured). 1 until the
-# backward carries the gradient per forward component (tests/rules/test_rectified.py's strict
-# xfail and tests/gradrules/test_residual.py hold both sides).
-POSITIVE_BINS = 1
+# layer3 within 0.2% of onnxruntime's, against 0.5% low with 1). The backward reads this law
+# for dReLU's gate together with the gradient's conditional on the stream's value
+# (gradrules/conditional.py); with one gate at a time, the single-Gaussian law's slightly high
+# gate had been offsetting the gates' dependence (tests/gradrules/test_residual.py).
+POSITIVE_BINS = 3
 _SQRT2 = np.sqrt(2.0)
 
 
@@ -73,7 +71,7 @@ def relu_mixture(mixture):
     w, m, v = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in mixture))
     q, mean, var = truncated_positive(m, v)
     zero = (w * (1.0 - q)).sum(axis=0, keepdims=True)
-    if POSITIVE_BINS > 1:  # (POSITIVE_BINS is 1 for now: see its comment)
+    if POSITIVE_BINS > 1:
         bw, mean, var = positive_bins(m, v, POSITIVE_BINS)
         q = bw.reshape((-1,) + w.shape[1:])
         w = np.concatenate([w] * POSITIVE_BINS)

@@ -5,7 +5,13 @@ The stream is a ReLU of a sum whose first operand is itself a ReLU output: a Gau
 with a point mass at 0 (:mod:`onnxinit.rules.rectified`), and dReLU's gate ``P(s + b > 0)`` is
 read off it. Carried as one Gaussian per component (the ReLU's moments only) the stream's zero
 mass was smeared over the blocks and the gradient variance came out up to 2.3x the measured
-one (0.81-1.09 with the mixture kept, 12 blocks)."""
+one. The gates down the stream are open together more often than independently (a large unit
+stays large), which the gradient's conditional on the stream's value carries
+(:mod:`onnxinit.gradrules.conditional`); with one gate at a time and the stream's exact law
+the gradient came out 1.20-1.27x at width 128-256 (0.95-1.07x with the conditional). At width
+64 the particular weights move the 12-block stream's gradient by 5-15% either way (seeds 0-2),
+more than the rule is meant to resolve, so the blocks are 256 wide.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +55,36 @@ def residual_stream(blocks: int, width: int, rng, classes: int = 10):
 
 @pytest.mark.parametrize("loss", ["unit", "cross_entropy"])
 def test_gradient_through_a_deep_residual_relu_stream(loss):
-    found = ratios(residual_stream(12, 64, np.random.default_rng(0)), batch_size=64,
+    found = ratios(residual_stream(12, 256, np.random.default_rng(0)), batch_size=64,
                    loss=loss, batches=16)
-    assert_within(found, 0.2)
+    assert_within(found, 0.1)
+
+
+def relu_stream(blocks: int, width: int, rng, classes: int = 10):
+    """``s_k = ReLU(s_{k-1} + W_k x)``: a residual ReLU stream whose branches are Gaussian and
+    do not read the stream, so the stream's gradient is the head's times the product of the
+    gates below it, ``prod_{j > k} 1[a_j > 0]``."""
+    nodes = [helper.make_node("Relu", ["x"], ["s0"], name="relu_in")]
+    inits = []
+    for k in range(1, blocks + 1):
+        inits.append(weight(f"w{k}", (width, width), rng, scale=width**-0.5))
+        nodes += [helper.make_node("Gemm", ["x", f"w{k}"], [f"o{k}"], transB=1, name=f"fc{k}"),
+                  helper.make_node("Add", [f"s{k - 1}", f"o{k}"], [f"a{k}"], name=f"add{k}"),
+                  helper.make_node("Relu", [f"a{k}"], [f"s{k}"], name=f"relu{k}")]
+    inits.append(weight("fc_w", (classes, width), rng, scale=width**-0.5))
+    nodes.append(helper.make_node("Gemm", [f"s{blocks}", "fc_w"], ["logits"], transB=1,
+                                  name="fc"))
+    return make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+
+
+def test_gradient_down_a_stream_of_gates():
+    """The gradient at block k of a 16-block stream is the head's times 16 - k gates that are
+    open together far more often than independently (a unit that is large stays large): each
+    gate taken with the next one only (``P(a_k > 0 | a_{k+1} > 0)``) gave 0.49x at the
+    bottom; the gradient's conditional on the stream's value (:mod:`onnxinit.gradrules.
+    conditional`) 0.98x."""
+    found = ratios(relu_stream(16, 64, np.random.default_rng(0)), batch_size=256, loss="unit",
+                   batches=8)
+    assert_within({k: v for k, v in found.items() if k[0] in "sa"}, 0.05)

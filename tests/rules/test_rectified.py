@@ -60,9 +60,6 @@ def test_next_residual_relu_sees_the_point_mass():
     np.testing.assert_allclose(var, z.var(axis=0), rtol=2.5e-2)
 
 
-@pytest.mark.xfail(POSITIVE_BINS < 3, strict=True,
-                   reason="exact with rectified.POSITIVE_BINS = 3 (0.99x at block 30), which waits "
-                          "for the backward's conditional gradient (see POSITIVE_BINS)")
 def test_a_residual_relu_stream_keeps_its_law_over_thirty_blocks():
     """``s_k = ReLU(s_{k-1} + g_k)``, g_k independent N(0, 1) (a BatchNorm ResNet's stream: the
     branch's BatchNorm output added to the skip): against onnxruntime, the stream's variance
