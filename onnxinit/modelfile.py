@@ -11,7 +11,7 @@ concatenate to what ``SerializeToString(deterministic=True)`` of the whole model
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -40,7 +40,12 @@ def _key(number: int) -> bytes:
 
 def field_size(number: int, payload: int) -> int:
     """Bytes of a length-delimited field ``number`` holding ``payload`` bytes."""
-    return len(_key(number)) + len(_varint(payload)) + payload
+    return len(field_start(number, payload)) + payload
+
+
+def field_start(number: int, payload: int) -> bytes:
+    """The key and length that precede the ``payload`` bytes of a length-delimited field."""
+    return _key(number) + _varint(payload)
 
 
 def copy_fields(source: Message, target: Message, keep: Callable[[int], bool]) -> None:
@@ -64,7 +69,7 @@ class Piece:
     """An initializer to serialize: its size in bytes and how to make its bytes."""
 
     size: int
-    serialize: Callable[[], bytes]
+    serialize: Callable[[], bytes | Iterable[bytes]]  # the bytes, or them in order in pieces
 
 
 def serialized_model(model: onnx.ModelProto, initializers: Sequence[Piece]) -> Iterator[bytes]:
@@ -88,10 +93,20 @@ def serialized_model(model: onnx.ModelProto, initializers: Sequence[Piece]) -> I
         yield graph_before
         for piece in initializers:
             data = piece.serialize()
-            if len(data) != piece.size:
-                raise ValueError(f"an initializer serialized to {len(data)} bytes, not "
+            if isinstance(data, bytes):
+                if len(data) != piece.size:
+                    raise ValueError(f"an initializer serialized to {len(data)} bytes, not "
+                                     f"the {piece.size} announced")
+                yield field_start(_INITIALIZER, len(data))
+                yield data
+                continue
+            yield field_start(_INITIALIZER, piece.size)
+            written = 0
+            for part in data:  # made as they are written
+                written += len(part)
+                yield part
+            if written != piece.size:
+                raise ValueError(f"an initializer serialized to {written} bytes, not "
                                  f"the {piece.size} announced")
-            yield _key(_INITIALIZER) + _varint(len(data))
-            yield data
         yield graph_after
     yield model_after

@@ -33,7 +33,7 @@ Guarantees:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -51,7 +51,7 @@ from .initializers import (
     tensor_nbytes,
     write_tensor_bytes,
 )
-from .modelfile import Piece, copy_fields, field_size, serialized_model
+from .modelfile import Piece, copy_fields, field_size, field_start, serialized_model
 from .output_paths import external_layout
 from .plan import Change, Plan, changed_values
 from .plan_record import set_plan_record
@@ -222,6 +222,22 @@ def _data_writer(tensor: TensorProto, change: Change | None):
     return write
 
 
+def _with_raw_data(header: TensorProto, chunks: Iterable[np.ndarray],
+                   length: int) -> Iterator[bytes]:
+    """The bytes of ``header`` with ``raw_data`` set to the ``length`` bytes of ``chunks``, a
+    chunk at a time (no copy of the whole tensor): deterministic serialization writes fields in
+    number order, so the header's fields before ``raw_data``, its key and length, the data, then
+    the fields after it."""
+    before, after = TensorProto(), TensorProto()
+    copy_fields(header, before, lambda n: n < _RAW_DATA_FIELD)
+    copy_fields(header, after, lambda n: n > _RAW_DATA_FIELD)
+    yield before.SerializeToString(deterministic=True)
+    yield field_start(_RAW_DATA_FIELD, length)
+    for chunk in chunks:
+        yield chunk.tobytes()
+    yield after.SerializeToString(deterministic=True)
+
+
 def _inline_piece(tensor: TensorProto, change: Change | None) -> Piece:
     """The output TensorProto of a tensor written inline, serialized when its turn comes."""
     if change is None and not is_external(tensor):
@@ -229,13 +245,12 @@ def _inline_piece(tensor: TensorProto, change: Change | None) -> Piece:
     header = _header(tensor)
     length = _data_length(tensor, change)
 
-    def serialize() -> bytes:
-        out = TensorProto()
-        out.CopyFrom(header)
+    def serialize() -> bytes | Iterator[bytes]:
         if change is not None:
-            out.raw_data = _changed_bytes(tensor, change)
-        else:  # an external tensor the output holds inline (a ModelProto given without a path)
-            out.raw_data = _little_endian(np.asarray(tensor_array(tensor))).tobytes()
+            return _with_raw_data(header, _changed_chunks(tensor, change), length)
+        out = TensorProto()  # an external tensor the output holds inline (a ModelProto
+        out.CopyFrom(header)  # given without a path)
+        out.raw_data = _little_endian(np.asarray(tensor_array(tensor))).tobytes()
         return out.SerializeToString(deterministic=True)
 
     return Piece(header.ByteSize() + field_size(_RAW_DATA_FIELD, length), serialize)

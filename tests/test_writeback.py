@@ -17,7 +17,7 @@ from onnxinit.errors import InvalidOptionError, UnsupportedModelError, WriteErro
 from onnxinit.graph import load
 from onnxinit.plan import Change, Plan
 from onnxinit.output_paths import default_output
-from onnxinit.writeback import apply_plan, save_model
+from onnxinit.writeback import apply_plan, save_model, write_model
 
 
 def _model(dtype=TensorProto.FLOAT) -> onnx.ModelProto:
@@ -340,3 +340,23 @@ def test_same_input_gives_identical_bytes(tmp_path):
     copy = save_model(apply_plan(load(plain).source, Plan("t", {})), tmp_path / "copy.onnx",
                       source_path=plain)
     assert copy.read_bytes() == plain.read_bytes()
+
+
+def test_scaled_inline_tensor_written_in_chunks_is_protobufs_serialization(tmp_path, monkeypatch):
+    """A rescaled inline tensor is written a chunk at a time (its fields before raw_data, the
+    data, the fields after: doc_string, metadata): the file's bytes are protobuf's own
+    serialization of the model with the plan applied in memory."""
+    model = _model()
+    fc = _inits(model)["fc.w"]
+    fc.doc_string = "after raw_data"
+    if hasattr(fc, "metadata_props"):
+        entry = fc.metadata_props.add()
+        entry.key, entry.value = "k", "v"
+    src = _save(model, tmp_path / "m.onnx")
+    plan = Plan("t", {"fc.w": Change(scale=0.5), "conv.w": Change(scale=3.0)})
+    chunks = writeback._changed_chunks
+    monkeypatch.setattr(writeback, "_changed_chunks",
+                        lambda tensor, change: chunks(tensor, change, chunk_bytes=64))
+    out = write_model(load(src).source, tmp_path / "out.onnx", plan, source_path=src)
+    expected = apply_plan(onnx.load(str(src)), plan).SerializeToString(deterministic=True)
+    assert out.read_bytes() == expected
