@@ -229,6 +229,7 @@ def analyze(
     min_var: float = DEFAULT_MIN_VAR,
     backward: bool = False,
     loss: str = "cross_entropy",
+    loss_output: str | None = None,
     gradient_batches: int = 4,
 ) -> Analysis:
     """Predict the mean and variance of every float activation of ``model``.
@@ -238,8 +239,9 @@ def analyze(
 
     With ``backward=True`` the analysis also predicts the gradient statistics of every
     activation and parameter under ``loss`` ("cross_entropy", "mse", "unit"; see
-    :mod:`onnxinit.backward`); with ``measure=True`` too, they are measured with the autodiff
-    over ``gradient_batches`` seeded batches.
+    :mod:`onnxinit.backward`), put on ``loss_output`` (default: the first float output of the
+    graph); with ``measure=True`` too, they are measured with the autodiff over
+    ``gradient_batches`` seeded batches.
     """
     graph = load(model, input_shapes=input_shapes, batch_size=batch_size)
     result = propagate(graph, stats, seed=seed)
@@ -282,10 +284,12 @@ def analyze(
         warnings.append(warning)
     gradients = None
     if backward:
-        gradients = _backward.predict_backward(result, loss)  # its warnings: gradients.warnings
+        # its warnings: gradients.warnings
+        gradients = _backward.predict_backward(result, loss, loss_output)
         if measure:
             gradients = _backward.measured_backward(gradients, graph, batches=gradient_batches,
-                                                    seed=seed, stats=stats, device=device)
+                                                    seed=seed, stats=stats, device=device,
+                                                    output=loss_output)
     return Analysis(
         model=graph.name,
         inputs=_inputs_summary(result),

@@ -83,7 +83,8 @@ def _head_output(propagation: Propagation, output: str | None) -> str:
     outputs = [o for o in graph.output_names if o in propagation.moments]
     if output is not None:
         if output not in propagation.moments:
-            raise InvalidOptionError(f"--output {output!r} is not a float tensor of {graph.name}")
+            raise InvalidOptionError(
+                f"--loss-output {output!r} is not a float tensor of {graph.name}")
         return output
     if not outputs:
         raise InvalidOptionError(f"{graph.name} has no float output to put a loss on")
@@ -112,7 +113,7 @@ def tensor_gradients(propagation: Propagation, loss: str = "cross_entropy",
     head_shape = graph.shape(head)
     if head_shape is None:
         raise InvalidOptionError(f"{graph.name}: output {head!r} has no static shape, so no "
-                                 f"loss can be put on it; choose another with --output")
+                                 f"loss can be put on it; choose another with --loss-output")
     batch = _batch(propagation)
     warnings: list[str] = []
     if len(head_shape) == 0:

@@ -229,3 +229,53 @@ def test_summary_names_the_graph_output_not_the_last_node(tmp_path, capsys):
     code, out, _ = run(["analyze", path], capsys)
     (summary,) = [line for line in out.splitlines() if "float tensors; output" in line]
     assert code == 0 and "output 'y' var 9 " in summary, summary
+
+
+def _two_heads(path: Path) -> Path:
+    """x -> Relu(x W) = h, then two heads: y1 = h (4 W1) and y2 = h W2, each [8, 10]."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, (2 / 16) ** 0.5, (16, 32)).astype(np.float32)
+    w1 = rng.normal(0, 4 / 32 ** 0.5, (32, 10)).astype(np.float32)
+    w2 = rng.normal(0, 1 / 32 ** 0.5, (32, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Relu", ["a"], ["h"]),
+         helper.make_node("MatMul", ["h", "w1"], ["y1"]),
+         helper.make_node("MatMul", ["h", "w2"], ["y2"])],
+        "two_heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 16])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [8, 10]) for y in ("y1", "y2")],
+        [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (w1, "w1"), (w2, "w2"))])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), path)
+    return path
+
+
+def test_loss_output_chooses_the_head_the_backward_loss_is_put_on(tmp_path, capsys):
+    """--loss-output y2: the gradient reaches h through y2 alone (y1 gets none), and the
+    prediction agrees with the gradient measured by autodiff on that head; the first head's
+    weights are 4x larger, so a loss left on y1 would give h a gradient many times larger."""
+    model = _two_heads(tmp_path / "two_heads.onnx")
+    grads = {}
+    for head in ("y1", "y2"):
+        code, out, err = run(["analyze", model, "--backward", "--measure", "--json",
+                              "--loss-output", head], capsys)
+        assert code in (0, 1), err
+        tensors = {t["name"]: t for t in json.loads(out)["tensors"]}
+        other = "y1" if head == "y2" else "y2"
+        assert "grad_var" not in tensors[other]
+        h = tensors["h"]
+        assert 0.8 < h["grad_var"] / h["measured_grad_var"] < 1.25, h
+        grads[head] = h["measured_grad_var"]
+    assert grads["y1"] > 4 * grads["y2"], grads
+
+
+def test_loss_output_errors(tmp_path, capsys):
+    from .cli import assert_one_line_error
+
+    model = _two_heads(tmp_path / "two_heads.onnx")
+    assert_one_line_error(*run(["analyze", model, "--backward", "--loss-output", "nope"], capsys),
+                          "--loss-output", "nope")
+    assert_one_line_error(*run(["analyze", model, "--loss-output", "y2"], capsys),
+                          "--backward")

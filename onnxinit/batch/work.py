@@ -74,13 +74,15 @@ check_model.error_status = UNREADABLE
 
 def analyze_model(path: str, options: dict) -> dict:
     """``analyze`` of one model; options: input_shapes, batch_size, stats, measure, seed,
-    device, backward, loss, plot (a .png or .svg file to draw the variance by depth in)."""
+    device, backward, loss, loss_output, plot (a .png or .svg file to draw the variance by depth
+    in)."""
     result = analyze(path, input_shapes=_shapes(options),
                      batch_size=options.get("batch_size", 32), stats=_stats(options),
                      measure=options.get("measure", False), seed=options.get("seed", 0),
                      device=options.get("device") or "auto",
                      backward=options.get("backward", False),
-                     loss=options.get("loss") or "cross_entropy")
+                     loss=options.get("loss") or "cross_entropy",
+                     loss_output=options.get("loss_output"))
     text = analysis_table(result) + "\n\n" + analysis_summary(result)
     if options.get("plot"):
         text += f"\nwrote {_plot.write_plot(_content.build(result), options['plot'])}"

@@ -58,6 +58,8 @@ def _document(results: list[Result]) -> dict:
 @click.option("--loss", type=click.Choice(["cross_entropy", "mse", "unit"]), default=None,
               help="The loss --backward puts on the first output (default: cross_entropy with "
                    "uniformly drawn labels).")
+@click.option("--loss-output", metavar="TENSOR", default=None,
+              help="The tensor --backward puts its loss on (default: the first float output).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE.png|svg",
@@ -66,8 +68,8 @@ def _document(results: list[Result]) -> dict:
 @seed_option
 @batch_options
 @logging_options
-def analyze(models, input_shapes, batch_size, stats, measure, device, backward, loss, as_json,
-            plot, seed, batch):
+def analyze(models, input_shapes, batch_size, stats, measure, device, backward, loss,
+            loss_output, as_json, plot, seed, batch):
     """Predict the mean and variance of every float tensor of MODEL at initialization.
 
     Several models, folders (every *.onnx under them) and patterns are analysed in the order
@@ -79,6 +81,7 @@ def analyze(models, input_shapes, batch_size, stats, measure, device, backward, 
       onnxinit analyze model.onnx
       onnxinit analyze model.onnx --measure --batch-size 64
       onnxinit analyze model.onnx --backward --measure --batch-size 16
+      onnxinit analyze two_heads.onnx --backward --loss-output logits
       onnxinit analyze bert.onnx --input-shape input_ids:8x128 --json > moments.json
       onnxinit analyze model.onnx --stats x:0.5,0.25
       onnxinit analyze model.onnx --measure --plot variance.png
@@ -86,6 +89,9 @@ def analyze(models, input_shapes, batch_size, stats, measure, device, backward, 
     """
     if loss is not None and not backward:
         raise InvalidOptionError("--loss is the loss of --backward; add --backward or drop it")
+    if loss_output is not None and not backward:
+        raise InvalidOptionError("--loss-output is where --backward puts its loss; add --backward "
+                                 "or drop it")
     paths = find_models(models)
     if plot is not None:
         if len(paths) != 1:
@@ -98,7 +104,7 @@ def analyze(models, input_shapes, batch_size, stats, measure, device, backward, 
     def options_for(model: str) -> dict:
         return {"batch_size": batch_size, "input_shapes": shapes_for(model),
                 "stats": stats_for(model), "measure": measure, "seed": seed, "device": device,
-                "backward": backward, "loss": loss,
+                "backward": backward, "loss": loss, "loss_output": loss_output,
                 **({"plot": str(plot)} if plot is not None else {})}
 
     if one_file(list(models)):
