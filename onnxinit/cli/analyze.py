@@ -81,7 +81,7 @@ def analyze(models, input_shapes, batch_size, stats, measure, device, backward, 
       onnxinit analyze model.onnx
       onnxinit analyze model.onnx --measure --batch-size 64
       onnxinit analyze model.onnx --backward --measure --batch-size 16
-      onnxinit analyze two_heads.onnx --backward --loss-output logits
+      onnxinit analyze model.onnx --backward --loss-output logits
       onnxinit analyze bert.onnx --input-shape input_ids:8x128 --json > moments.json
       onnxinit analyze model.onnx --stats x:0.5,0.25
       onnxinit analyze model.onnx --measure --plot variance.png
