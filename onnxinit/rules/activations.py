@@ -349,8 +349,9 @@ def sqrt(inputs, ctx: RuleContext):
     """y = sqrt(x) over x's law (apply_elementwise); refused unless x >= 0 with probability
     1 - 1e-6, except for an x that is nonnegative by construction (a mean of squares plus an
     epsilon, :mod:`.nonnegative`) whose Gaussian law of mean mu and variance nu crosses 0: then
-    x ~ Gamma(k = mu^2 / nu, theta = nu / mu), the law of a mean of k/2 squared Gaussians of
-    that mean and variance, and E = sqrt(theta) Gamma(k + 1/2) / Gamma(k), Var = mu - E^2."""
+    x ~ Gamma(k = mu^2 / nu, theta = nu / mu) of that mean and variance (a mean of 2k squared
+    zero-mean Gaussians has this law), and E = sqrt(theta) Gamma(k + 1/2) / Gamma(k),
+    Var = mu - E^2."""
     try:
         return apply_elementwise(inputs, ctx)
     except RuleError:
