@@ -608,3 +608,19 @@ def _runtime_cannot_run(model) -> bool:
     except Exception:  # noqa: BLE001 - onnxruntime's own error types
         return True
     return False
+
+
+@pytest.mark.parametrize("method", ["gradinit", "metainit"])
+def test_gradient_methods_feed_a_string_input(method, tmp_path, capsys):
+    """A model with a string input beside its float one: the gradient programs feed it as a
+    numpy array (onnxruntime makes no OrtValue of a string array: "internal error" before),
+    and the rescaled model runs in onnxruntime like the original."""
+    path = _write(_string_input)(tmp_path)
+    out_path = tmp_path / "out.onnx"
+    code, _, err = run(["rescale", path, "--method", method, "-o", out_path, "-q"], capsys)
+    assert code == 0 and "internal error" not in err, err
+    feeds = {"s": np.array(["a"] * 8, dtype=object),
+             "x": np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)}
+    y = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"]).run(
+        ["y"], feeds)[0]
+    assert y.shape == (8, 16) and np.isfinite(y).all()

@@ -136,14 +136,18 @@ class StagedProgram:
         return {role: value.numpy() for role, value in zip(self.roles, results)}
 
 
+def _string_inputs(model: onnx.ModelProto) -> bool:
+    return any(v.type.tensor_type.elem_type == onnx.TensorProto.STRING for v in model.graph.input)
+
+
 def staged_or_none(program: GradientProgram, derived: DerivedGraph, roles: Sequence[str],
                    transform: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None
                    ) -> StagedProgram | None:
     """The two-stage form of ``derived`` computing ``roles`` (derived tensors, not the loss or
     first-order gradients, which stage 1 gives), or None where it cannot be split or does not
     run on onnxruntime. ``transform``: see :class:`StagedProgram`."""
-    if program.backend != "onnxruntime":
-        return None
+    if program.backend != "onnxruntime" or _string_inputs(program.graph.model):
+        return None  # (onnxruntime makes no OrtValue of a string array: the plain path feeds it)
     parts = split(program.graph.model, derived.model,
                   [derived.tensors[role] for role in roles])
     if parts is None:
