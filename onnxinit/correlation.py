@@ -289,7 +289,26 @@ def product(cx: Correlation, nx, mx, cs: Correlation, ns, ms, sizes) -> Correlat
     safe = np.where(var > 0, var, 1.0)
     rho = cov / b(safe)
     rho[(slice(None), *radius)] = 1.0
-    return Correlation(np.clip(rho, -1, 1), np.clip(far / safe, -1, 1), None, cx.centred)
+    out = Correlation(np.clip(rho, -1, 1), np.clip(far / safe, -1, 1))
+    if cx.centred is None and cs.centred is None:
+        return out
+    return out.with_centred(_product_centred(cx, nx, mx, cs, ns, ms, sizes))
+
+
+def _product_centred(cx: Correlation, nx, mx, cs: Correlation, ns, ms, sizes) -> np.ndarray:
+    """The batch-centred fraction of the spatial mean of y = x s: its variance is
+    ``mu_s^2 nu_x F_x + mu_x^2 nu_s F_s + nu_x nu_s F_xs`` (F: :func:`mean_variance_factor`,
+    F_xs taken as the smaller), of which the first part is centred as x is and the second as
+    s is (a squeeze-excite gate: the projection's BatchNorm after it then centres only what is
+    left, 0.98 of the variance measured there, not 7/8)."""
+    channels = np.broadcast(nx, ns, mx, ms).shape[0] if np.ndim(nx) else 1
+    fx = mean_variance_factor(cx, sizes)
+    fs = mean_variance_factor(cs, sizes)
+    own_x = ms**2 * nx * fx
+    own_s = mx**2 * ns * fs
+    total = own_x + own_s + nx * ns * np.minimum(fx, fs)
+    centred = own_x * cx.batch_centred(channels) + own_s * cs.batch_centred(channels)
+    return centred / np.where(total > 0, total, 1.0)
 
 
 def window_sum(corr: Correlation, kernel, strides, dilations, out_sizes, weights=None):

@@ -110,6 +110,18 @@ def _conv_pair_sums(conv: RuleContext, t, radius):
     return memo[key]
 
 
+def _within(t, radius) -> bool:
+    """Every pair of outputs that read a common input is at an offset the field keeps (a
+    dilated kernel reaches beyond ``MAX_OFFSET``: then the pool adds all its pairs itself)."""
+    conv = t.conv
+    kernel = np.shape(conv.const(1))[2:]
+    n = len(kernel)
+    strides = conv.attr("strides", [1] * n)
+    dilations = conv.attr("dilations", [1] * n)
+    return all(dl * (k - 1) // s <= r or r >= size - 1 for k, s, dl, r, size
+               in zip(kernel, strides, dilations, radius, t.out_shape[2:]))
+
+
 _POOLS = {"GlobalAveragePool", "ReduceMean"}
 _CHAIN = {"Sigmoid", "HardSigmoid", "Mul", "Div", "Add", "Sub", "Clip", "Relu", "HardSwish"}
 
@@ -146,6 +158,8 @@ def paired(y: Moments, ctx: RuleContext) -> Moments:
         return y
     c = shape[1]
     n = len(shape) - 2
+    if not _within(t, sp.corr.radius):
+        return y
     s3, s4 = _conv_pair_sums(t.conv, t, sp.corr.radius)
     k3, k4 = t.k3.mean(axis=1), t.k4.mean(axis=1)
     b = (-1,) + (1,) * n

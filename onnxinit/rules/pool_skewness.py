@@ -266,8 +266,8 @@ def edgeworth_terms(ctx: RuleContext, tensor: str, x: Moments, x_shape,
     """:class:`Terms` for ``tensor`` (moments ``x``, shape ``x_shape``), an element-wise chain
     ``f(z)`` of a depthwise Conv's [BatchNorm'd] output; None where they do not apply (not a
     depthwise Conv's f, no source, unknown moments, a position pattern that is not
-    stationary). ``per_class=False``: the conv input's cumulants from its source pooled per
-    channel (cheaper; the same at every position)."""
+    stationary). ``per_class=False``: the conv input's cumulants from its own chain on its
+    source pooled per channel (cheaper; the same at every position)."""
     known = ctx.known
     rank = len(x_shape)
     if known is None or x.source is None or rank < 3:
@@ -343,8 +343,11 @@ def _position_cumulants(ctx: RuleContext, in_name: str, in_shape, mult: int, ran
         x_source = (*x_source, None)
     if x_source is not None:
         # over the scale mixture of the input's kurtosis where that is known, else of its own
-        # chain (per position class: the costly part, so only one of the two)
-        found = _input_cumulants(ctx, in_name, x_source[:3], in_shape[1], rank)
+        # chain (per position class: the costly part, so only one of the two); pooled per
+        # channel, its own chain only (the kurtosis is carried on demand through every layer
+        # above, which a chain no pool reads has not needed)
+        found = (_input_cumulants(ctx, in_name, x_source[:3], in_shape[1], rank)
+                 if per_class else None)
         if found is None:
             found = _source_cumulants(x_source[:3], in_shape[1], rank)
         if found is not None:

@@ -64,6 +64,19 @@ def _vgg(name: str) -> Builder:
     return build
 
 
+def _segmentation(name: str) -> Builder:
+    """A torchvision segmentation model, random weights (backbone too), 21 classes."""
+
+    def build(size: int):
+        import torchvision
+
+        model = getattr(torchvision.models.segmentation, name)(weights=None,
+                                                                weights_backbone=None)
+        return model, (3, size, size)
+
+    return build
+
+
 BUILDERS: dict[str, Builder] = {
     "resnet18": _torchvision("resnet18"),
     "resnet18_nonorm": _no_norm("resnet18"),
@@ -90,6 +103,7 @@ BUILDERS: dict[str, Builder] = {
     "mobilenet_v3_large": _torchvision("mobilenet_v3_large"),
     "resnet50": _torchvision("resnet50"),
     "vit_b_32": _torchvision("vit_b_32"),
+    "lraspp_mobilenet_v3_large": _segmentation("lraspp_mobilenet_v3_large"),
     "swin_v2_t": _torchvision("swin_v2_t"),
     "maxvit_t": _torchvision("maxvit_t"),
 }
