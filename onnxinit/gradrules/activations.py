@@ -222,6 +222,19 @@ def law_of(x: Moments, rank: int):
     return _Z_WEIGHTS.reshape(axis), values, np.zeros_like(values)
 
 
+_PASSING = {"Add", "Identity", "Cast", "CastLike", "Dropout"}
+
+
+def reads_given(ctx: GradContext, which: int) -> bool:
+    """Whether the backward rule of input ``which``'s producer reads a conditional (an
+    element-wise op, or one that passes it on); any other drops it, so it is not computed."""
+    producer = ctx.graph.producer.get(ctx.node.input[which])
+    if producer is None:
+        return False
+    op = ctx.graph.node(producer).op_type
+    return op in _PASSING or op in UNARY
+
+
 def conditional_factor(g: Gradient, fn: Callable, x: Moments, rank: int | None, relu: bool):
     """(p2, r_x): ``E[f'(x)^2 r_y(f(x))]`` and the conditional of dx (:mod:`.conditional`);
     (None, None) when x's rank is unknown or dy lives at window maxima."""
@@ -233,7 +246,7 @@ def conditional_factor(g: Gradient, fn: Callable, x: Moments, rank: int | None, 
 
 
 def through_function(g: Gradient, fn: Callable, x: Moments, ctx: GradContext,
-                     key: tuple = ()) -> Gradient:
+                     key: tuple = (), which: int = 0) -> Gradient:
     """``dx = dy f'(x)``: E[f'] and E[f'^2] over x's law, the latter weighted by dy's
     conditional on y when it has one (:func:`conditional_factor`)."""
     rank = rank_of(ctx)
@@ -242,9 +255,13 @@ def through_function(g: Gradient, fn: Callable, x: Moments, ctx: GradContext,
         p1, p2 = selected_derivative_moments(fn, x, rank, *g.selected)
     else:
         p1, p2 = derivative_moments(fn, x, rank, relu=relu)
-    weighted, given = conditional_factor(g, fn, x, rank, relu)
+    weighted, given = None, None
+    passed = reads_given(ctx, which)
+    if g.given is not None or passed:
+        weighted, given = conditional_factor(g, fn, x, rank, relu)
     if g.given is not None and weighted is not None:
         p2 = weighted
+    given = given if passed else None
     out = times_independent(g, p1, p2, positions_of(ctx))
     return replace(out, given=given)
 
@@ -256,7 +273,7 @@ def elementwise_backward(grads, ctx: GradContext):
         raise RuleError(f"{ctx.node.op_type} is not element-wise here")
     f, which = found
     out = [None] * len(ctx.node.input)
-    out[which] = through_function(grads[0], f.fn, ctx.x(which), ctx, f.key)
+    out[which] = through_function(grads[0], f.fn, ctx.x(which), ctx, f.key, which)
     return out
 
 

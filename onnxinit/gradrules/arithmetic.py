@@ -29,7 +29,8 @@ from ..rules.context import RuleError
 from ..rules.elementwise import base_source, is_smooth, node_function, rank_of
 from ..rules.fusion import common_ancestor, fused_function
 from ..rules.gaussian import compose, expand, gaussian_moments
-from .activations import derivative, positions_of, through_function, times_independent
+from .activations import (derivative, positions_of, reads_given, through_function,
+                          times_independent)
 from .context import GradContext
 from .conditional import operand, shifted
 from .gradient import Gradient
@@ -114,7 +115,7 @@ def conditioned(g: Gradient, ctx: GradContext, which: int) -> Gradient:
         return g
     rank = rank_of(ctx)
     s, o = ctx.x(which), ctx.x(1 - which)
-    if rank is None or rank != g.given.rank:
+    if rank is None or rank != g.given.rank or not reads_given(ctx, which):
         return replace(g, given=None)
     return replace(g, given=operand(g.given, expand(s.mean, rank), expand(s.var, rank),
                                     expand(o.mean, rank), expand(o.var, rank)))
@@ -156,7 +157,7 @@ def binary(grads, ctx: GradContext):
             part = g.scaled(-1.0) if ctx.node.op_type == "Sub" and which == 1 else g
             part = _shifted(part, ctx, which)
         else:
-            part = through_function(g, f.fn, ctx.x(which), ctx)
+            part = through_function(g, f.fn, ctx.x(which), ctx, which=which)
         out[which] = reduce_to(part, out_shape, ctx.in_shape(which))
         out[1 - which] = _constant_gradient(g, ctx, which)
         return out
