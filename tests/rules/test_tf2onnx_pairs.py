@@ -1,4 +1,6 @@
-"""A mean over the features of a row that a LayerNorm centred, as tf2onnx writes Keras'
+"""Statistics over the features of a token as tf2onnx writes Keras transformers.
+
+A mean over the features of a row that a LayerNorm centred, as tf2onnx writes Keras'
 LayerNormalization: ``x * s + (beta - mean(x) * s)`` with the mean a GlobalAveragePool of the
 [N, T, D] tensor, ``s = gamma / sqrt(mean((x - mean)^2) + eps)``. The next block's norm takes
 the per-token mean of ``h + a`` (the normalised row plus a small attention output): the
@@ -94,3 +96,28 @@ def test_mean_square_of_a_row_after_folded_layer_norm():
     for sub_form in (False, True):
         ratios = _ratios(_model(beta=False, sub_form=sub_form))
         assert 0.5 < ratios["n2_var"] < 3, ratios
+
+
+def test_mean_square_over_the_channels_of_a_patch_embedding():
+    """A Conv's channels moved last (tf2onnx's NHWC Transpose; a ViT's patch embedding) are a
+    dense layer of the window's taps: their correlations (about ``1/sqrt(K)``, K = 48 taps here)
+    add up in the mean square over the 64 channels, 2.3x its variance with the channels taken
+    as independent. Against onnxruntime."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(
+        (rng.standard_normal((D, 3, 4, 4)) / np.sqrt(48)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], strides=[4, 4]),
+             helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["t", "shape"], ["y"]),
+             helper.make_node("Mul", ["y", "y"], ["y2"]),
+             helper.make_node("GlobalAveragePool", ["y2"], ["ms"])]
+    graph = helper.make_graph(
+        nodes, "patches", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [B, 3, 16, 16])],
+        [helper.make_tensor_value_info("ms", TensorProto.FLOAT, None)],
+        [w, numpy_helper.from_array(np.array([B, 16, D], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = Moments(np.zeros((1, 3, 1, 1)), np.ones((1, 3, 1, 1)))
+    _, result = predict(model, {"x": x})
+    measured = float(np.var(monte_carlo(model, {"x": x})["ms"].astype(np.float64)))
+    ratio = result.moments["ms"].total()[1] / measured
+    assert abs(ratio - 1) < 0.15, ratio
