@@ -41,11 +41,22 @@ def reduces_last_alone(ctx: RuleContext) -> bool:
     x, y = ctx.graph.shape(ctx.node.input[0]), ctx.graph.shape(ctx.node.output[0])
     if not x or not y or x[-1] <= 1:
         return False
-    if op == "GlobalAveragePool" and len(x) != 3:
-        return False
+    if op == "GlobalAveragePool":
+        if len(x) != 3:
+            return False
+    elif _axes(ctx) not in ([-1], [len(x) - 1]):
+        return False  # shapes alone cannot tell the last axis from another of the same size
     if len(y) == len(x):
         return y[-1] == 1 and tuple(y[:-1]) == tuple(x[:-1])
     return tuple(y) == tuple(x[:-1])
+
+
+def _axes(ctx: RuleContext) -> list[int] | None:
+    """A Reduce node's axes (attribute, or input 1 from opset 18); None when not constant."""
+    axes = ctx.attr("axes")
+    if axes is None and len(ctx.node.input) > 1 and ctx.node.input[1]:
+        axes = ctx.graph.value(ctx.node.input[1])
+    return None if axes is None else [int(a) for a in np.ravel(axes)]
 
 
 def _producer(ctx: RuleContext, name: str):

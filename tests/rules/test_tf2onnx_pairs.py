@@ -121,3 +121,22 @@ def test_mean_square_over_the_channels_of_a_patch_embedding():
     measured = float(np.var(monte_carlo(model, {"x": x})["ms"].astype(np.float64)))
     ratio = result.moments["ms"].total()[1] / measured
     assert abs(ratio - 1) < 0.15, ratio
+
+
+def test_mean_over_tokens_of_centred_rows_as_many_as_features():
+    """A mean over the tokens (Keras' GlobalAveragePooling1D: ReduceMean over axis 1, not kept)
+    of centred rows with as many tokens as features has the shape of a mean over the features;
+    read as one, its variance was 0 and ``check`` failed a Keras ViT with ONNXINIT002."""
+    nodes = _tf_layer_norm("x", "n1", beta=True, sub_form=False)
+    nodes.append(helper.make_node("ReduceMean", ["n1_y"], ["pooled"], axes=[1], keepdims=0))
+    f32 = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
+    graph = helper.make_graph(
+        nodes, "pool_tokens", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [B, D, D])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, None)],
+        [f32("eps", 1e-6), f32("gamma", np.ones(D)), f32("beta", np.zeros(D))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = Moments(np.zeros((1, 1, D)), np.ones((1, 1, D)))
+    _, result = predict(model, {"x": x})
+    measured = float(np.var(monte_carlo(model, {"x": x})["pooled"].astype(np.float64)))
+    ratio = result.moments["pooled"].total()[1] / measured
+    assert abs(ratio - 1) < 0.1, ratio
