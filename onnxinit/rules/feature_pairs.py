@@ -20,6 +20,8 @@ through each node after its rule (absent: independent features, 0 and 0):
   ``B = W W^T`` by ``b_1, b_2`` likewise; ``C_x`` and ``B`` in generic position (free):
   ``tr C_y^2 = K (a_2 b_1^2 + a_1^2 b_2 - a_1^2 b_1^2)``, whose off-diagonal part gives
   ``squared``; ``signed`` from ``1^T C_y 1 = u^T C_x u``, ``u = W 1``;
+* a Conv's output with its channels moved last (tf2onnx's NHWC Transpose): a dense layer of the
+  window's taps, taken as independent, ``W`` the kernel as [Cin kh kw, Cout];
 * layout ops (Reshape, Transpose keeping the last axis, Slice, Gather, Concat, Split, Expand,
   Squeeze, Unsqueeze), per-feature affine maps (a constant added, multiplied, divided by),
   products by a per-row scalar (RMSNorm's ``x * 1/rms``) and products ``P V`` (the row is V's)
@@ -32,7 +34,12 @@ through each node after its rule (absent: independent features, 0 and 0):
   moments, so ``signed = (c_1^2 s + c_2^2 q) / Var f`` and ``squared = (c_1^4 q + 3 c_2^4 q^2)
   / Var f^2``;
 * a product of two independent signals ``a b``: ``Cov = C_a C_b + C_a mu_b^2 + C_b mu_a^2``;
-* ReduceMean/ReduceSum over the last axis alone reads ``signed``: the rule's variance times
+* rows centred on their own mean (``x - mean(x)``, TensorFlow's folded LayerNorm ``x * s + (c -
+  mean(x) * s)``; :mod:`.centred_rows`) get the ``signed`` that makes their row mean constant,
+  and are normalised when ``s`` comes from the mean square of the centred x;
+* ReduceMean/ReduceSum over the last axis alone (and GlobalAveragePool of an [N, T, D] tensor,
+  which averages D: tf2onnx writes a Keras mean over features so) reads ``signed``: the rule's
+  variance times
   ``1 + signed ((sum_d sqrt(V_d))^2 - sum_d V_d) / sum_d V_d``.
 
 Every other op ends them (independent features).
@@ -45,6 +52,8 @@ from weakref import WeakKeyDictionary
 
 import numpy as np
 
+from ..moments import Moments
+from .centred_rows import centred, centred_input, reduces_last_alone
 from .context import RuleContext, RuleError
 from .fusion import fused_function
 from .pair_algebra import (NONE, Pairs, dense, independent_sum, mixed_excess, normalised, product,
@@ -108,6 +117,7 @@ def _reduced_last(ctx: RuleContext) -> int | None:
     return x[-1] if tuple(y) == tuple(x[:-1]) else None
 
 
+_MEANS = frozenset(("ReduceMean", "ReduceSum", "GlobalAveragePool"))
 _READERS: WeakKeyDictionary = WeakKeyDictionary()
 
 
@@ -120,7 +130,8 @@ def _read(graph) -> bool:
         found = False
         for node_id in graph.order:
             node = graph.node(node_id)
-            if node.op_type in ("ReduceMean", "ReduceSum") and node.input:
+            if node.op_type in _MEANS and node.input and (
+                    node.op_type != "GlobalAveragePool" or len(graph.shape(node.input[0]) or ()) == 3):
                 sq = graph.producer.get(node.input[0])
                 sq = graph.node(sq) if sq else None
                 if sq is not None and (sq.op_type == "Pow" or (
@@ -156,8 +167,8 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
         return outputs, none
     first = signals[0]
     p0, m0 = pairs[first], inputs[first]
-    if op in ("ReduceMean", "ReduceSum"):
-        d = _reduced_last(ctx)
+    if op in _MEANS:
+        d = _reduced_last(ctx) if reduces_last_alone(ctx) else None
         if d is not None and p0.signed != 0.0:
             f = row_mean_factor(p0, m0, d)
             m = outputs[0]
@@ -176,6 +187,14 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
         return outputs, [normalised(p0, outputs[0], _last_dim(ctx, 0, out=True))]
     if op in _NORMS:
         return outputs, [normalised(p0, outputs[0], _last_dim(ctx, 0, out=True))] + none[1:]
+    if op in ("Sub", "Add") and len(signals) == 2:
+        x = centred_input(ctx)
+        if x is not None:
+            return outputs, [_centred_pairs(ctx, x, table, outputs[0])] + none[1:]
+    if op == "Transpose":
+        conv = _conv_channels_last(ctx)
+        if conv is not None:
+            return outputs, [dense(NONE, conv[1], conv[0], outputs[0])]
     f = ctx.fusion
     if f is not None and len(signals) == 2 and op in ("Add", "Sub", "Mul", "Div", "Pow"):
         t = table.get(f.tensor) or NONE
@@ -213,33 +232,77 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
     return outputs, none
 
 
+def _centred_pairs(ctx: RuleContext, x: str, table: dict, y: Moments) -> Pairs:
+    """The Pairs of x's rows centred (:mod:`.centred_rows`), and normalised when the node is
+    TensorFlow's folded LayerNorm, whose per-row scale comes from the mean square of the
+    centred x."""
+    d = _last_dim(ctx, 0, out=True)
+    found = centred(table.get(x) or NONE, y, d)
+    scales = {n for i in ctx.node.input for n in _producer_inputs(ctx, i)}
+    for s in scales:
+        base = _mean_square_base(ctx, s)
+        node_id = ctx.graph.producer.get(base) if base else None
+        if node_id and centred_input(ctx.for_node(node_id)) == x:
+            return normalised(found, y, d)
+    return found
+
+
+def _conv_channels_last(ctx: RuleContext) -> tuple[np.ndarray, Moments] | None:
+    """(W [Cin kh kw, Cout], the Conv's input moments) when the node moves the channels of a
+    Conv's output (group 1, constant weight) to the last axis (tf2onnx's NCHW -> NHWC after
+    each Conv, a patch embedding's features): the channels are a dense layer of the window's
+    taps, taken as independent. Else None."""
+    perm = ctx.attr("perm")
+    node_id = ctx.graph.producer.get(ctx.node.input[0])
+    if perm is None or len(perm) < 3 or list(perm)[-1] != 1 or not node_id:
+        return None
+    conv = ctx.for_node(node_id)
+    if conv.node.op_type != "Conv" or conv.attr("group", 1) != 1:
+        return None
+    w, x = conv.const(1), (ctx.known or {}).get(conv.node.input[0])
+    if w is None or np.ndim(w) < 3 or x is None:
+        return None
+    return np.reshape(w, (w.shape[0], -1)).T, x
+
+
+def _producer_inputs(ctx: RuleContext, name: str) -> list[str]:
+    node_id = ctx.graph.producer.get(name)
+    return list(ctx.graph.node(node_id).input) if node_id else []
+
+
 def _normalises(ctx: RuleContext) -> bool:
     """The node is ``x * s`` or ``x / s`` with ``s`` a function of the mean over the last axis
     of ``x^2`` alone (RMSNorm and LayerNorm written out: ``x / sqrt(mean(x^2) + eps)``)."""
-    graph = ctx.graph
     x_name, s_name = ctx.node.input[0], ctx.node.input[1]
     if ctx.node.op_type == "Mul" and _last_dim(ctx, 0) == 1:
         x_name, s_name = s_name, x_name
     x = without_casts(ctx, x_name)
-    name = s_name
+    return _mean_square_base(ctx, s_name) == x
+
+
+def _mean_square_base(ctx: RuleContext, name: str) -> str | None:
+    """b when ``name`` is a function of the mean over the last axis of ``b^2`` alone, walking
+    up through nodes of one signal input; else None."""
+    graph = ctx.graph
     for _ in range(8):
         node_id = graph.producer.get(name)
         if not node_id:
-            return False
+            return None
         node = graph.node(node_id)
         signals = [n for n in node.input if n and graph.is_signal(n)]
         if len(signals) != 1 and not (len(signals) == 2 and signals[0] == signals[1]):
-            return False
-        if node.op_type in ("ReduceMean", "ReduceSum"):
+            return None
+        if node.op_type in _MEANS:
             sq_id = graph.producer.get(signals[0])
-            if not sq_id:
-                return False
+            if not sq_id or (node.op_type == "GlobalAveragePool"
+                             and not reduces_last_alone(ctx.for_node(node_id))):
+                return None
             sq = graph.node(sq_id)
             if sq.op_type == "Pow" or (sq.op_type == "Mul" and sq.input[0] == sq.input[1]):
-                return without_casts(ctx, sq.input[0]) == x
-            return False
+                return without_casts(ctx, sq.input[0])
+            return None
         name = signals[0]
-    return False
+    return None
 
 
 __all__ = ["Pairs", "carry"]

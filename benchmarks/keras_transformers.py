@@ -1,0 +1,101 @@
+"""Two small Keras 3 transformers exported by tf2onnx, against onnxruntime tensor by tensor: a
+text encoder (Embedding + positional Embedding, 2 blocks of MultiHeadAttention, LayerNorm and
+a ReLU FFN; 32 tokens of a 512-token vocabulary, width 64, 4 heads) and a ViT-like classifier
+(32x32 images, a 4x4 patch Conv2D, the same 2 blocks, mean over tokens, Dense 10). Batch 8.
+
+Export in a venv with TensorFlow, Keras 3 and tf2onnx (tensorflow-cpu 2.21, keras 3.15,
+tf2onnx 1.17), compare where onnxinit's test environment is::
+
+    python benchmarks/keras_transformers.py --export DIR      # the TF venv: DIR/text.onnx, vit.onnx
+    PYTHONPATH=$PWD python benchmarks/keras_transformers.py --compare DIR [--worst 20]
+
+The comparison prints, per model, the share of float activations within 10% and within 2x of
+the measured variance (``tests/real/compare``, 2 batches of 8), and the worst tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+B, T, V, D, H = 8, 32, 512, 64, 4
+MODELS = ("text", "vit")
+
+
+def export(folder: Path) -> None:
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+    from keras import layers
+
+    class Positions(layers.Layer):
+        """A learned embedding of each position, added."""
+
+        def __init__(self, n, d, **kw):
+            super().__init__(**kw)
+            self.table, self.n = layers.Embedding(n, d), n
+
+        def call(self, x):
+            return x + self.table(tf.range(self.n))
+
+    def block(x):
+        a = layers.MultiHeadAttention(num_heads=H, key_dim=D // H)(x, x)
+        x = layers.LayerNormalization(epsilon=1e-6)(x + a)
+        f = layers.Dense(D)(layers.Dense(2 * D, activation="relu")(x))
+        return layers.LayerNormalization(epsilon=1e-6)(x + f)
+
+    def text():
+        ids = keras.Input((T,), batch_size=B, dtype="int32")
+        x = Positions(T, D)(layers.Embedding(V, D)(ids))
+        for _ in range(2):
+            x = block(x)
+        return keras.Model(ids, x), tf.TensorSpec((B, T), tf.int32)
+
+    def vit():
+        image = keras.Input((32, 32, 3), batch_size=B)
+        x = layers.Reshape((64, D))(layers.Conv2D(D, 4, strides=4)(image))
+        x = Positions(64, D)(x)
+        for _ in range(2):
+            x = block(x)
+        x = layers.Dense(10)(layers.GlobalAveragePooling1D()(x))
+        return keras.Model(image, x), tf.TensorSpec((B, 32, 32, 3), tf.float32)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, build in (("text", text), ("vit", vit)):
+        keras.utils.set_random_seed(0)
+        model, spec = build()
+        fn = tf.function(lambda x, model=model: model(x, training=False))
+        tf2onnx.convert.from_function(fn, input_signature=[spec], opset=17,
+                                      output_path=str(folder / f"{name}.onnx"))
+
+
+def compare_all(folder: Path, worst: int) -> None:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests.real
+    from tests.real.compare import compare
+
+    for name in MODELS:
+        rows = compare(folder / f"{name}.onnx", batch_size=B, runs=2).rows
+        within = sum(r.within for r in rows) / len(rows)
+        twice = sum(r.ratio <= 2 for r in rows) / len(rows)
+        print(f"{name}: {len(rows)} tensors, {within:.1%} within 10%, {twice:.1%} within 2x")
+        for r in sorted(rows, key=lambda r: -r.ratio)[:worst]:
+            print(f"  {r.ratio:7.2f}x  {r.op:18s} {r.tensor}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--export", type=Path, help="export both models into this folder")
+    parser.add_argument("--compare", type=Path, help="compare the exports in this folder")
+    parser.add_argument("--worst", type=int, default=10, help="worst tensors listed per model")
+    args = parser.parse_args()
+    if args.export:
+        export(args.export)
+    if args.compare:
+        compare_all(args.compare, args.worst)
+    if not (args.export or args.compare):
+        parser.error("give --export DIR or --compare DIR")
+
+
+if __name__ == "__main__":
+    main()
