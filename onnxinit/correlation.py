@@ -315,7 +315,6 @@ def window_sum(corr: Correlation, kernel, strides, dilations, out_sizes, weights
     """For a window of n taps with weights pi_t (default 1/n), the output's covariance
     relative to the input variance: ``cov(d) = sum_{t,t'} pi_t pi_t' rho(s d + dil (t'-t))``;
     returns (Correlation of the output, cov(0) per channel)."""
-    n = len(kernel)
     taps = int(np.prod(kernel))
     c = corr.rho.shape[0]
     w = np.full((c, 1, *kernel), 1.0 / taps) if weights is None else weights
