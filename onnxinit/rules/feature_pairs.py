@@ -294,8 +294,9 @@ def _mean_square_base(ctx: RuleContext, name: str) -> str | None:
             return None
         if node.op_type in _MEANS:
             sq_id = graph.producer.get(signals[0])
-            if not sq_id or (node.op_type == "GlobalAveragePool"
-                             and not reduces_last_alone(ctx.for_node(node_id))):
+            # over the last axis alone: a mean of squares over the tokens of [N, T, D] is
+            # not a row's, even when T == D gives it the same shape
+            if not sq_id or not reduces_last_alone(ctx.for_node(node_id)):
                 return None
             sq = graph.node(sq_id)
             if sq.op_type == "Pow" or (sq.op_type == "Mul" and sq.input[0] == sq.input[1]):

@@ -77,3 +77,31 @@ def test_a_normalised_row_keeps_a_constant_energy_through_a_dense_layer():
     rng = np.random.default_rng(2)
     w = rng.normal(size=(64, 8)) @ rng.normal(size=(8, 96)) / np.sqrt(64 * 8)
     _check(_model(w, normalise=True))
+
+
+def test_a_mean_square_over_tokens_is_not_a_row_normalisation():
+    """``y = h / sqrt(mean_t h^2)`` with the mean taken over the tokens of ``[N, T, D]``, T == D:
+    its shapes are those of a row's RMS norm, but the rows are not normalised, so a row's mean
+    square of y varies (it was read as a row norm's: 0.10x of the measured variance)."""
+    n, d = 64, 16
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Mul", ["h", "h"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[1], keepdims=1),
+             helper.make_node("Add", ["ms", "eps"], ["mse"]),
+             helper.make_node("Sqrt", ["mse"], ["rms"]),
+             helper.make_node("Div", ["h", "rms"], ["y"]),
+             helper.make_node("Mul", ["y", "y"], ["y2"]),
+             helper.make_node("ReduceMean", ["y2"], ["z"], axes=[2], keepdims=1)]
+    graph = helper.make_graph(
+        nodes, "token_rms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, d, d])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [n, d, 1])],
+        [numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(np.array(1e-6, np.float32), "eps")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = Moments(np.zeros((1, 1, d)), np.ones((1, 1, d)))
+    _, result = predict(model, {"x": x})
+    measured = float(np.var(monte_carlo(model, {"x": x})["z"].astype(np.float64)))
+    ratio = result.moments["z"].total()[1] / measured
+    assert 0.75 < ratio < 1.33, ratio
