@@ -83,7 +83,7 @@ def test_every_option_the_readme_names_exists():
     not_cli = {"--all-files", "--files", "--repo", "--pre-commit", "--quick", "--depth",
                "--activation", "--lr", "--seeds", "--models", "--threads", "--repeats",
                *TRAINING_BENEFIT_OPTIONS, "--no-sweep-scale-lr",  # argparse's negation
-               *GATE_CALIBRATION_OPTIONS,
+               *GATE_CALIBRATION_OPTIONS, *METHOD_COST_OPTIONS,
                "--size", "--variants", "--runs", "--before", "--torch-check", "--onnx",
                "--train-seeds"}  # benchmark scripts' options (metainit_diagnosis.py's last)
     assert sorted(named - known - not_cli) == []
@@ -96,10 +96,13 @@ TRAINING_BENEFIT_OPTIONS = ("--image", "--inits", "--lrs", "--plot", "--sweep-sc
 
 # and benchmarks/gate_calibration.py's
 GATE_CALIBRATION_OPTIONS = ("--no-train", "--no-check", "--table")
+# and benchmarks/method_cost.py's
+METHOD_COST_OPTIONS = ("--methods", "--repeats", "--models")
 
 
 @pytest.mark.parametrize("script, names", [("training_benefit.py", TRAINING_BENEFIT_OPTIONS),
-                                           ("gate_calibration.py", GATE_CALIBRATION_OPTIONS)])
+                                           ("gate_calibration.py", GATE_CALIBRATION_OPTIONS),
+                                           ("method_cost.py", METHOD_COST_OPTIONS)])
 def test_benchmark_options_exist(script, names):
     source = (Path(__file__).resolve().parents[1] / "benchmarks" / script).read_text()
     for name in names:
