@@ -30,6 +30,8 @@ from scipy import special
 
 from ..moments import Moments
 from ..rules import activations as forward_activations  # noqa: F401 - fills UNARY
+from ..rules import dropout as forward_dropout  # noqa: F401 - fills UNARY
+from ..rules import rounding as forward_rounding  # noqa: F401 - fills UNARY
 from ..rules.context import RuleError
 from ..rules.elementwise import UNARY, base_source, is_smooth, node_function, rank_of
 from ..rules.gaussian import compose, expand, gaussian_moments, probability

@@ -7,7 +7,8 @@ slope); ``@elementwise_rule`` also registers the op's moment rule under the fact
 Closed forms on a Gaussian input (:mod:`.gaussian`): Relu, LeakyRelu, PRelu, Abs, and the
 piecewise polynomials HardSigmoid, HardSwish, Clip, ThresholdedRelu, Shrink; Neg and the
 float Cast/Identity are exact affine maps. Smooth functions are integrated by Gauss-Hermite,
-the others (kinks, jumps) by the composite rule (:data:`.elementwise.SMOOTH`).
+the others (kinks, jumps) by the composite rule (:data:`.elementwise.SMOOTH`). Dropout's
+rule is in :mod:`.dropout`, the rounding maps (Sign, Floor, Ceil, Round) in :mod:`.rounding`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .. import special
 
 from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
-from .context import RuleContext, RuleError, signal
+from .context import RuleContext, RuleError
 from .elementwise import (
     ElementwiseFn,
     apply_elementwise,
@@ -38,29 +39,23 @@ from .registry import rule
 _FLOAT_MAX = 3.4028234663852886e38
 
 
-def _identity() -> ElementwiseFn:
+def identity_fn() -> ElementwiseFn:
     return ElementwiseFn(("Identity",), lambda x: x, affine=(1.0, 0.0))
 
 
-# functions whose moment rule is elsewhere (shape.py: Identity, Cast; below: Dropout) ----------
+# functions whose moment rule is elsewhere (shape.py: Identity, Cast) ---------------------------
 
 
 @elementwise_function("Identity")
 def identity_function(ctx: RuleContext, rank):
     """y = x."""
-    return _identity()
+    return identity_fn()
 
 
 @elementwise_function("Cast")
 def cast_function(ctx: RuleContext, rank):
     """y = x for a cast to a float type; not element-wise otherwise."""
-    return _identity() if ctx.attr("to") in FLOAT_TYPES else None
-
-
-@elementwise_function("Dropout")
-def dropout_function(ctx: RuleContext, rank):
-    """y = x, unless the analysis applies training-mode dropout (then not a fixed function)."""
-    return None if ctx.settings.dropout else _identity()
+    return identity_fn() if ctx.attr("to") in FLOAT_TYPES else None
 
 
 # rectifiers: closed forms on a Gaussian ------------------------------------------------------
@@ -323,7 +318,7 @@ def _clip_pieces(lo, hi):
     return pieces
 
 
-# transcendental and rounding functions ----------------------------------------------------------
+# transcendental functions (rounding: rounding.py) ------------------------------------------------
 
 
 @elementwise_rule("Exp")
@@ -413,59 +408,3 @@ def cosh(ctx: RuleContext, rank):
 def asinh(ctx: RuleContext, rank):
     """y = arcsinh(x)."""
     return ElementwiseFn(("Asinh",), np.arcsinh)
-
-
-@elementwise_rule("Sign")
-def sign(ctx: RuleContext, rank):
-    """y = sign(x) in {-1, 0, 1}."""
-    return ElementwiseFn(("Sign",), np.sign)
-
-
-@elementwise_rule("Floor")
-def floor(ctx: RuleContext, rank):
-    """y = floor(x)."""
-    return ElementwiseFn(("Floor",), np.floor)
-
-
-@elementwise_rule("Ceil")
-def ceil(ctx: RuleContext, rank):
-    """y = ceil(x)."""
-    return ElementwiseFn(("Ceil",), np.ceil)
-
-
-@elementwise_rule("Round")
-def round_half_even(ctx: RuleContext, rank):
-    """y = round(x), half to even as ONNX."""
-    return ElementwiseFn(("Round",), np.round)
-
-
-# Dropout ----------------------------------------------------------------------------------------
-
-
-@rule("Dropout")
-def dropout(inputs, ctx: RuleContext):
-    """Identity unless the analysis applies training-mode dropout (``settings.dropout``), then
-    with drop ratio p (attribute ``ratio`` before opset 12, input 1 from opset 12, default 0.5):
-
-        E = mu,  Var = (nu + mu^2) / (1 - p) - mu^2
-
-    The mask output gets None."""
-    x = signal(inputs, 0)
-    rest = [None] * (len(ctx.node.output) - 1)
-    if not ctx.settings.dropout:
-        return [x] + rest
-    if ctx.opset < 12:
-        p = float(ctx.attr("ratio", 0.5))
-    elif ctx.has_input(1):
-        value = ctx.const(1)
-        if value is None:
-            raise RuleError("the dropout ratio is not constant")
-        p = float(np.asarray(value).reshape(()))
-    else:
-        p = 0.5
-    if p <= 0.0:
-        return [x] + rest
-    if p >= 1.0:
-        return [Moments(np.zeros_like(x.mean), np.zeros_like(x.var))] + rest
-    var = x.second_moment() / (1.0 - p) - x.mean**2
-    return [Moments(x.mean, var)] + rest

@@ -21,6 +21,7 @@ BUILTIN_MODULES = (
     "onnxinit.rules.activations",
     "onnxinit.rules.arithmetic",
     "onnxinit.rules.attention",
+    "onnxinit.rules.dropout",
     "onnxinit.rules.edgeworth",
     "onnxinit.rules.linear",
     "onnxinit.rules.normalization",
@@ -29,6 +30,7 @@ BUILTIN_MODULES = (
     "onnxinit.rules.random_draws",
     "onnxinit.rules.recurrent",
     "onnxinit.rules.reduce",
+    "onnxinit.rules.rounding",
     "onnxinit.rules.shape",
     "onnxinit.rules.softmax",
 )
