@@ -93,16 +93,9 @@ def serialized_model(model: onnx.ModelProto, initializers: Sequence[Piece]) -> I
         yield graph_before
         for piece in initializers:
             data = piece.serialize()
-            if isinstance(data, bytes):
-                if len(data) != piece.size:
-                    raise ValueError(f"an initializer serialized to {len(data)} bytes, not "
-                                     f"the {piece.size} announced")
-                yield field_start(_INITIALIZER, len(data))
-                yield data
-                continue
             yield field_start(_INITIALIZER, piece.size)
             written = 0
-            for part in data:  # made as they are written
+            for part in (data,) if isinstance(data, bytes) else data:  # made as written
                 written += len(part)
                 yield part
             if written != piece.size:
