@@ -69,13 +69,16 @@ def relu_mixture(mixture):
     point mass at 0 first, then each component's positive part (module docstring), at most
     MAX_COMPONENTS in all (:func:`merge`)."""
     w, m, v = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in mixture))
-    q, mean, var = truncated_positive(m, v)
-    zero = (w * (1.0 - q)).sum(axis=0, keepdims=True)
     if POSITIVE_BINS > 1:
         bw, mean, var = positive_bins(m, v, POSITIVE_BINS)
-        q = bw.reshape((-1,) + w.shape[1:])
+        q = bw.reshape((-1,) + w.shape[1:])  # bin-major: bin b of component k at b K + k
+        zero = (w * (1.0 - q.reshape((POSITIVE_BINS,) + w.shape).sum(axis=0))).sum(
+            axis=0, keepdims=True)
         w = np.concatenate([w] * POSITIVE_BINS)
         mean, var = (a.reshape((-1,) + w.shape[1:]) for a in (mean, var))
+    else:
+        q, mean, var = truncated_positive(m, v)
+        zero = (w * (1.0 - q)).sum(axis=0, keepdims=True)
     pw, pm, pv = merge(w * q, mean, var, MAX_COMPONENTS - 1)
     return (np.concatenate([zero, pw]), np.concatenate([np.zeros_like(zero), pm]),
             np.concatenate([np.zeros_like(zero), pv]))
