@@ -118,6 +118,62 @@ MODELS = {
                       intermediate_size=128, conv_dim=(32, 32), conv_stride=(5, 2),
                       conv_kernel=(10, 3), num_conv_pos_embeddings=16,
                       num_conv_pos_embedding_groups=4), ((400,), "input_values", 0)),
+    # a second tier, probed for unseen architectures (rotary, convolutional mixing, Nystrom and
+    # relative attention, squeeze-excite vision stacks)
+    "roformer": ("RoFormerConfig", "RoFormerModel", dict(_TEXT, embedding_size=64), _TOKENS),
+    "convbert": ("ConvBertConfig", "ConvBertModel", dict(_TEXT, embedding_size=64), _TOKENS),
+    "squeezebert": ("SqueezeBertConfig", "SqueezeBertModel", dict(_TEXT, embedding_size=64),
+                    _TOKENS),
+    "megatron_bert": ("MegatronBertConfig", "MegatronBertModel", _TEXT, _TOKENS),
+    "modernbert": ("ModernBertConfig", "ModernBertModel",
+                   dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, vocab_size=512, max_position_embeddings=64,
+                        pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                        sep_token_id=2, global_attn_every_n_layers=2, local_attention=16),
+                   _TOKENS),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXModel", dict(_TEXT, rotary_pct=0.5), _TOKENS),
+    "codegen": ("CodeGenConfig", "CodeGenModel",
+                dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=64,
+                     n_ctx=64, vocab_size=512), _TOKENS),
+    "xglm": ("XGLMConfig", "XGLMModel",
+             dict(d_model=64, num_layers=2, attention_heads=4, ffn_dim=256, vocab_size=512,
+                  max_position_embeddings=64), _TOKENS),
+    "biogpt": ("BioGptConfig", "BioGptModel", _TEXT, _TOKENS),
+    "mpt": ("MptConfig", "MptModel",
+            dict(d_model=64, n_heads=4, n_layers=2, expansion_ratio=4, max_seq_len=64,
+                 vocab_size=512), _TOKENS),
+    "stablelm": ("StableLmConfig", "StableLmModel", _DECODER, _TOKENS),
+    "olmo2": ("Olmo2Config", "Olmo2Model", _DECODER, _TOKENS),
+    "gemma2": ("Gemma2Config", "Gemma2Model", dict(_DECODER, head_dim=16, sliding_window=16),
+               _TOKENS),
+    "qwen3": ("Qwen3Config", "Qwen3Model", dict(_DECODER, head_dim=16), _TOKENS),
+    "starcoder2": ("Starcoder2Config", "Starcoder2Model", _DECODER, _TOKENS),
+    "m2m100": ("M2M100Config", "M2M100Model",
+               dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                    decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256,
+                    vocab_size=512, max_position_embeddings=64), _TOKENS),
+    "data2vec_vision": ("Data2VecVisionConfig", "Data2VecVisionModel",
+                        dict(_VISION, use_relative_position_bias=True), _IMAGE),
+    "siglip_vision": ("SiglipVisionConfig", "SiglipVisionModel", _VISION, _IMAGE),
+    "swinv2": ("Swinv2Config", "Swinv2Model",
+               dict(image_size=32, patch_size=2, embed_dim=32, depths=[2, 2], num_heads=[2, 4],
+                    window_size=4), _IMAGE),
+    "convnextv2": ("ConvNextV2Config", "ConvNextV2Model",
+                   dict(num_stages=2, hidden_sizes=[16, 32], depths=[2, 2], image_size=32),
+                   _IMAGE),
+    "focalnet": ("FocalNetConfig", "FocalNetModel",
+                 dict(image_size=32, patch_size=2, embed_dim=32, depths=[2, 2]), _IMAGE),
+    "pvt_v2": ("PvtV2Config", "PvtV2Model",
+               dict(image_size=32, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+                    hidden_sizes=[16, 32], num_attention_heads=[1, 2], patch_sizes=[7, 3],
+                    strides=[4, 2], mlp_ratios=[4, 4]), _IMAGE),
+    "regnet": ("RegNetConfig", "RegNetModel",
+               dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 2], groups_width=8),
+               _IMAGE),
+    "bit": ("BitConfig", "BitModel",
+            dict(embedding_size=32, hidden_sizes=[128, 256], depths=[1, 1]), _IMAGE),
+    "mobilenet_v2": ("MobileNetV2Config", "MobileNetV2Model", dict(image_size=32), _IMAGE),
+    "efficientnet": ("EfficientNetConfig", "EfficientNetModel", dict(image_size=32), _IMAGE),
 }
 
 
@@ -139,7 +195,7 @@ def build(name: str):
             self.model = model
 
         def forward(self, x):
-            extra = {"decoder_input_ids": x} if name == "t5" else {}
+            extra = {"decoder_input_ids": x} if name in ("t5", "m2m100") else {}
             return self.model(**{input_name: x}, **extra)[0]
 
     return LastHiddenState(), shape, input_name, vocab

@@ -31,7 +31,8 @@ from .errors import InvalidOptionError, ModelLoadError
 from .feeds import synthetic_feeds
 from .graph_views import ChangeViews
 from .initializers import is_external, tensor_array
-from .input_shapes import forget_unset_dims, resolve_input_shapes, resolved_value_info
+from .input_shapes import (assumed_dims, forget_unset_dims, resolve_input_shapes,
+                           resolved_value_info)
 from .parameters import LAYOUT_OPS, PARAMETER_ROLES, WEIGHT_OPS, Layer, Parameter, ParameterTable
 from .passes import (
     MAX_FOLDED_ELEMENTS,
@@ -49,8 +50,8 @@ from .passes import (
 )
 from .plan import Change, changed_values
 from .structure import GraphStructure
-from .validation import (check_initializers, check_structure, inconsistency, unknown_default_op,
-                         weight_mismatch)
+from .validation import (check_initializers, check_structure, inconsistency, says_uncomputable,
+                         unknown_default_op, weight_mismatch)
 
 log = logging.getLogger("onnxinit")
 
@@ -106,6 +107,7 @@ class ModelGraph(ChangeViews, GraphStructure):
         self.input_shapes, shape_warnings = resolve_input_shapes(
             self.model_inputs(), dict(input_shapes or {}), batch_size, default_length, self.name)
         self.warnings.extend(shape_warnings)
+        self._assumed_dims = assumed_dims(self.model_inputs(), dict(input_shapes or {}))
         self._values: dict[str, np.ndarray] = {}
         self._root: ModelGraph | None = None  # set on views made by with_values
         self._stale: frozenset[str] | set[str] = frozenset()  # a set in take_changes' views
@@ -198,6 +200,12 @@ class ModelGraph(ChangeViews, GraphStructure):
         try:
             measured = measured_shapes(self.model, synthetic_feeds(self), missing, self.dtypes)
         except Exception as exc:  # noqa: BLE001 - the model cannot run here: rules fall back
+            reason = " ".join(str(exc).split())
+            # an op's inputs clash once the shapes are computed, at input shapes that are the
+            # model's own or the user's (an assumed length may be one the model cannot take)
+            if says_uncomputable(reason) and not self._assumed_dims:
+                raise ModelLoadError(f"{self.name}: not a valid ONNX model: onnxruntime cannot "
+                                     f"run it either: {reason}") from None
             self.warnings.append(f"could not run the model to measure shapes: {exc}")
             measured = {}
         self.shapes.update(measured)

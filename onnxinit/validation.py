@@ -164,6 +164,12 @@ _UNCOMPUTABLE = ("Incompatible dimensions", "inconsistent type", "bound to diffe
                  "not in range", "must be in", "Dimension mismatch")
 
 
+def says_uncomputable(message: str) -> bool:
+    """Whether an onnx or onnxruntime error ``message`` says an op cannot compute its output
+    from its inputs' shapes or types."""
+    return any(phrase in message for phrase in _UNCOMPUTABLE + ("ShapeInferenceError",))
+
+
 def _refused_by_onnxruntime(light: onnx.ModelProto) -> str | None:
     ort = onnxruntime()
     options = ort.SessionOptions()
@@ -208,5 +214,6 @@ def inconsistency(model: onnx.ModelProto) -> str | None:
     return reason if _refused_by_onnxruntime(light) else None
 
 
-__all__ = ["check_initializers", "check_structure", "inconsistency", "unknown_default_op",
+__all__ = ["check_initializers", "check_structure", "inconsistency", "says_uncomputable",
+           "unknown_default_op",
            "weight_mismatch"]

@@ -212,6 +212,23 @@ def _declared_zero_batch():
                       [_value("x", shape=(0, 16))], [_value("y", shape=(0, 16))], [_weight()])
 
 
+def _clash_at_run_time():
+    """Two Reshapes of x to shapes built from its own Shape, [8, 2, 8] and [8, 8, 2], multiplied:
+    only known once the shape subgraph is evaluated (an exporter's mistake, as in a rotary
+    embedding that mixes head layouts)."""
+    const = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Slice", ["s", "zero", "one"], ["n"]),
+             helper.make_node("Concat", ["n", "a_tail"], ["shape_a"], axis=0),
+             helper.make_node("Concat", ["n", "b_tail"], ["shape_b"], axis=0),
+             helper.make_node("Reshape", ["x", "shape_a"], ["a"]),
+             helper.make_node("Reshape", ["x", "shape_b"], ["b"]),
+             helper.make_node("Mul", ["a", "b"], ["y"])]
+    return make_model(nodes, [X], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                      [const("zero", [0]), const("one", [1]), const("a_tail", [2, 8]),
+                       const("b_tail", [8, 2])])
+
+
 def _offset_past_end(entries):
     entries["offset"] = str(int(entries.get("offset", 0)) + 100_000)
 
@@ -272,6 +289,8 @@ CASES = {
     "sequence input": (_write(_sequence_input), "no declared shape"),
     "string input": (_write(_string_input), None),
     "declared 0 for a dynamic axis": (_write(_declared_zero_batch), None),
+    "shapes that clash only at run time": (_write(_clash_at_run_time),
+                                           "onnxruntime cannot run it either"),
 }
 
 COMMANDS = {

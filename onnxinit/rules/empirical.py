@@ -184,7 +184,8 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         if factor > 1:
             shape = (shape[0] * factor, *shape[1:])
         dtype = onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1))
-        feeds[name] = np.asarray(_sample(m.expand_rank(len(shape)), shape, rng), dtype=dtype)
+        with np.errstate(over="ignore"):  # beyond the dtype's range: inf, as it would hold
+            feeds[name] = np.asarray(_sample(m.expand_rank(len(shape)), shape, rng), dtype=dtype)
         graph_inputs.append(helper.make_tensor_value_info(name, graph.dtypes[name], shape))
         if tracked_axis is None and m.tracked_axes():
             tracked_axis = m.tracked_axes()[0]
