@@ -60,6 +60,12 @@ TORCHVISION = {
     "fcos_resnet50_fpn": ("detection", (3, 64, 64), {}),
     "resnext101_64x4d": ("models", (3, 64, 64), {}),
     "r3d_18": ("video", (3, 8, 64, 64), {}), "r2plus1d_18": ("video", (3, 8, 64, 64), {}),
+    "squeezenet1_1": ("models", (3, 64, 64), {}), "googlenet": ("models", (3, 64, 64),
+                                                                  {"aux_logits": False, "init_weights": True}),
+    "shufflenet_v2_x0_5": ("models", (3, 64, 64), {}), "mnasnet0_5": ("models", (3, 64, 64), {}),
+    "regnet_y_1_6gf": ("models", (3, 64, 64), {}), "efficientnet_b3": ("models", (3, 64, 64), {}),
+    "resnet101": ("models", (3, 64, 64), {}), "convnext_small": ("models", (3, 64, 64), {}),
+    "swin_v2_t": ("models", (3, 64, 64), {}),
 }
 HF = {
     "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model", "audio", (1600,), 0, _AUDIO),

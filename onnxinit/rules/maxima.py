@@ -116,19 +116,32 @@ def max_of_gaussians(mean, std, count, fn):
     n_chunk = max(1, _CHUNK // max(1, _GRID * int(np.prod(problems)) or 1))
     small = float(count.max()) <= 64  # a product of CDFs cannot underflow: no logarithms
     acc = np.ones(grid.shape) if small else np.zeros(grid.shape)
+    scale = 1.0 / np.where(std > 0, std, 1.0)
+    constant = std <= 0  # a constant tap (variance 0): its CDF is a step at its value
+    has_constant, has_absent, repeated = constant.any(), not present.all(), np.any(count > 1)
     with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
         for i in range(0, taps, n_chunk):
-            m, s, c = mean[i:i + n_chunk, None], std[i:i + n_chunk, None], count[i:i + n_chunk, None]
-            z = (grid[None] - m) / np.where(s > 0, s, 1.0)
-            step = grid[None] >= m  # a constant tap (variance 0)
+            m, c = mean[i:i + n_chunk, None], count[i:i + n_chunk, None]
+            z = grid[None] - m  # [n, G, *P], standardised in place
+            z *= scale[i:i + n_chunk, None]
             if small:
-                cdf_i = np.where(s > 0, special.ndtr(z), step)
-                if np.any(c > 1):
-                    cdf_i = np.exp(c * np.log(cdf_i))
-                acc = acc * np.where(c > 0, cdf_i, 1.0).prod(axis=0)
+                cdf_i = special.ndtr(z, out=z)
+                if has_constant:
+                    np.copyto(cdf_i, grid[None] >= m, where=constant[i:i + n_chunk, None])
+                if repeated:
+                    np.power(cdf_i, c, out=cdf_i)
+                if has_absent:
+                    np.copyto(cdf_i, 1.0, where=(c <= 0))
+                acc *= np.multiply.reduce(cdf_i, axis=0)
             else:
-                lc = np.where(s > 0, special.log_ndtr(z), np.where(step, 0.0, -np.inf))
-                acc = acc + np.where(c > 0, c * lc, 0.0).sum(axis=0)
+                lc = special.log_ndtr(z, out=z)
+                if has_constant:
+                    np.copyto(lc, np.where(grid[None] >= m, 0.0, -np.inf),
+                              where=constant[i:i + n_chunk, None])
+                lc *= c  # an absent tap (count 0) adds nothing: 0 * log, with 0 * -inf = nan
+                if has_absent:
+                    np.copyto(lc, 0.0, where=(c <= 0))
+                acc += lc.sum(axis=0)
     cdf = acc if small else np.exp(acc)
     cdf[-1] = 1.0  # the mass above the grid (< 1e-9) goes to its last point
     mass = np.diff(cdf, axis=0, prepend=0.0)
