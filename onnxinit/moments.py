@@ -220,13 +220,26 @@ class Moments:
 
     def total(self) -> tuple[float, float]:
         """(mean, var) of the whole tensor: mean of means; mean of vars plus var of means
-        (over the elements that are not masked, when some are)."""
+        (over the elements that are not masked, when some are). Computed once: the
+        propagator's finiteness check and the report both ask (Moments are not changed in
+        place)."""
+        cached = self.__dict__.get("_total")
+        if cached is None:
+            cached = self._total_of_grid()
+            object.__setattr__(self, "_total", cached)
+        return cached
+
+    def _total_of_grid(self) -> tuple[float, float]:
         mean, var = np.broadcast_arrays(self.mean, self.var)
-        masked = np.isneginf(mean)
-        if masked.any() and not masked.all():
-            mean, var = mean[~masked], var[~masked]
+        # any -inf at all (fmin skips NaN), before the mask itself
+        if mean.size and np.fmin.reduce(mean, axis=None) == -np.inf:
+            masked = np.isneginf(mean)
+            if not masked.all():
+                mean, var = mean[~masked], var[~masked]
         m = float(mean.mean())
-        return m, float(var.mean() + ((mean - m) ** 2).mean())
+        spread = mean - m
+        spread *= spread
+        return m, float(var.mean() + spread.mean())
 
     def second_moment(self) -> np.ndarray:
         """E[x^2] per tracked index."""

@@ -142,10 +142,16 @@ def _softplus(x):
 def _sigmoid(x):
     """1 / (1 + exp(-x)), scipy's ``expit`` formula, with numpy's vectorised exp: the same
     values to an ulp, at a third of the time (the smooth chains' quadrature evaluates SiLU's
-    sigmoid at 96 nodes for each of 1e5-1e6 cells per layer)."""
+    sigmoid at 96 nodes for each of 1e5-1e6 cells per layer). In place on one temporary (the
+    same operations: ``1 / t`` is ``reciprocal(t)``)."""
+    t = np.negative(x)
+    if not isinstance(t, np.ndarray) or t.dtype.kind != "f":  # a scalar, an integer array
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(t))
     with np.errstate(over="ignore"):
-        t = np.exp(np.negative(x))
-    return 1.0 / (1.0 + t)
+        np.exp(t, out=t)
+    t += 1.0
+    return np.reciprocal(t, out=t)
 
 
 @elementwise_rule("Sigmoid")

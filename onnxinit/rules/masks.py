@@ -256,7 +256,12 @@ def logit_offset(inputs, ctx: RuleContext, rank: int) -> Moments | None:
     if (known[0] is None) == (known[1] is None):
         return None
     i = 0 if known[0] is None else 1
-    c = lift(np.asarray(known[1 - i], dtype=np.float64), rank)
+    raw = known[1 - i]
+    # a constant without -inf has none once compressed (a slab of it) either: a bias that
+    # reaches no Softmax is settled before the compression
+    if not has_masked(raw) and not feeds_softmax(ctx):
+        return None
+    c = lift(np.asarray(raw, dtype=np.float64), rank)
     c = lift(compressed(c, np.zeros_like(c)).mean, rank)  # a mask expanded over the batch: once
     if ctx.node.op_type == "Sub" and i == 0:
         c = -c

@@ -46,18 +46,25 @@ def weighted_sums(mu: np.ndarray, nu: np.ndarray, w: np.ndarray,
         return mu @ w64, nu @ (w64 * w64)
     mean = np.zeros(mu.shape[:-1] + (n,))
     var = np.zeros(nu.shape[:-1] + (n,))
+    # each block converted into one reused buffer and squared in place: no fresh temporaries
     if w.flags.f_contiguous and not w.flags.c_contiguous:  # a transposed view: columns
         step = _block(n, k, block_bytes)
+        buffer = np.empty((step, k)).T
         for start in range(0, n, step):
-            block = np.asarray(w[:, start:start + step], dtype=np.float64)
+            block = buffer[:, :min(step, n - start)]
+            np.copyto(block, w[:, start:start + step], casting="unsafe")
             mean[..., start:start + step] = mu @ block
-            var[..., start:start + step] = nu @ (block * block)
+            np.multiply(block, block, out=block)
+            var[..., start:start + step] = nu @ block
         return mean, var
     step = _block(k, n, block_bytes)
+    buffer = np.empty((min(step, k), n))
     for start in range(0, k, step):
-        block = np.asarray(w[start:start + step], dtype=np.float64)
+        block = buffer[:min(step, k - start)]
+        np.copyto(block, w[start:start + step], casting="unsafe")
         mean += mu[..., start:start + step] @ block
-        var += nu[..., start:start + step] @ (block * block)
+        np.multiply(block, block, out=block)
+        var += nu[..., start:start + step] @ block
     return mean, var
 
 
@@ -87,11 +94,15 @@ def moments_along(table: np.ndarray, axis: int,
     rows = moved.shape[0]
     step = _block(rows, int(np.prod(moved.shape[1:])), block_bytes)
     count, mean, m2 = 0, None, None
+    buffer = np.empty_like(moved[:step], dtype=np.float64)  # the layout asarray would give
     for start in range(0, rows, step):
-        block = np.asarray(moved[start:start + step], dtype=np.float64)
+        block = buffer[:min(step, rows - start)]
+        np.copyto(block, moved[start:start + step], casting="unsafe")
         b_count = block.shape[0]
         b_mean = block.mean(axis=0)
-        b_m2 = ((block - b_mean) ** 2).sum(axis=0)
+        block -= b_mean
+        block *= block
+        b_m2 = block.sum(axis=0)
         if mean is None:
             count, mean, m2 = b_count, b_mean, b_m2
             continue

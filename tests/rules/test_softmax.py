@@ -198,3 +198,27 @@ def test_monte_carlo_chunking_keeps_the_draws(monkeypatch):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
     other_seed = softmax.softmax_rows(mean, var, rng=np.random.default_rng(1))
     assert np.max(np.abs(other_seed[0] - whole[0])) > 1e-6
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_closed_form_rows_in_blocks_equal_each_row_alone(log):
+    """Many closed-form rows are evaluated a block of rows at a time (cache-sized); every step
+    is per row, so each row's result must be the one it gets alone (to the rounding of the
+    quadrature's sums, whose grouping follows the number of values evaluated at once: a few
+    ulps of E[y^2], which Var = E[y^2] - E[y]^2 keeps in absolute terms): causal masks (finfo.min), a row masked entirely, rows of identical logits and
+    rows that differ."""
+    from onnxinit.rules import softmax
+
+    rng = np.random.default_rng(3)
+    rows, n = 3 * softmax._ROW_BLOCK + 17, 24
+    mean = rng.normal(size=(rows, n))
+    var = rng.uniform(0.0, 0.9, size=(rows, n))
+    causal = np.arange(n)[None, :] > (np.arange(rows) % n)[:, None]
+    mean[causal] = np.finfo(np.float32).min
+    mean[5] = np.finfo(np.float32).min  # every element masked
+    mean[7], var[7] = 0.4, 0.3  # identically distributed
+    ex, vx = softmax.softmax_rows(mean, var, log=log)
+    for r in range(rows):
+        alone = softmax.softmax_rows(mean[r:r + 1], var[r:r + 1], log=log)
+        np.testing.assert_allclose(ex[r], alone[0][0], rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(vx[r], alone[1][0], rtol=1e-12, atol=1e-13)
