@@ -31,8 +31,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..passes import types_and_shapes
 from ..passes.emitter import GraphEmitter
-from .backward.windows import WeightGradientGeometry
+from .inner import inner_product, needed
 
 
 def scale_input(name: str) -> str:
@@ -131,64 +132,38 @@ def rewrite(model: onnx.ModelProto, bases: Mapping[str, np.ndarray]) -> onnx.Mod
     return out
 
 
-def _needed(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
-    """The nodes that ``outputs`` depend on, in their order."""
-    wanted, kept = set(outputs), []
-    for node in reversed(nodes):
-        if any(name in wanted for name in node.output):
-            kept.append(node)
-            wanted.update(name for name in node.input if name)
-    return kept[::-1]
-
-
 def directional(model: onnx.ModelProto, wrt: list[str] | tuple[str, ...],
                 directions: Mapping[str, np.ndarray]) -> onnx.ModelProto:
     """A gradient model (output 0 the loss, output ``i + 1`` the gradient of ``wrt[i]``) turned
     into one whose output ``i + 1`` is the scalar ``<dL/dp_i, d_i>`` with ``d_i`` the constant
     ``directions[wrt[i]]``.
 
-    Where the gradient of a convolution weight is the recorded weight-gradient product of one
-    Conv (:class:`~onnxinit.autodiff.backward.windows.WeightGradientGeometry`: ``dW[m, c, k] =
+    Where the gradient of a convolution weight is (a sum of) recorded weight-gradient products
+    (:class:`~onnxinit.autodiff.backward.windows.WeightGradientGeometry`: ``dW[m, c, k] =
     sum_{n, p} g[n, m, p] x[n, c, p s + k d - pad]``), the product is never formed:
 
         <dW, D> = sum_{n, m, p} g[n, m, p] Conv(x, D)[n, m, p]                        (3)
 
-    with ``D`` an initializer (a prepacked convolution, against an im2col Gemm per kernel tap),
-    the Conv taking the forward node's window. Every other gradient is reduced as
-    ``sum(dL/dp_i * d_i)``. Nodes no output needs any more are dropped. Holds at any parameter
-    values (unlike :func:`rewrite`, which needs ``p = s W0``)."""
+    with ``D`` an initializer (a prepacked convolution, against an im2col Gemm per kernel tap)
+    and the product's window (:func:`onnxinit.autodiff.inner.inner_product`). Every other
+    gradient is reduced as ``sum(dL/dp_i * d_i)``. Nodes no output needs any more are dropped.
+    Holds at any parameter values (unlike :func:`rewrite`, which needs ``p = s W0``)."""
     graph = model.graph
     outputs = [o.name for o in graph.output]
     producer = {name: node for node in graph.node for name in node.output}
-    inputs = {v.name for v in graph.input}
-    forward = {}
-    for node in graph.node:
-        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in inputs:
-            forward.setdefault(node.input[1], []).append(node)
+    _, shapes = types_and_shapes(model)
     taken = {n for node in graph.node for n in [*node.input, *node.output]}
-    taken |= inputs | {t.name for t in graph.initializer}
+    taken |= {v.name for v in graph.input} | {t.name for t in graph.initializer}
     emitter = GraphEmitter(taken, "directional/")
     elem = graph.output[0].type.tensor_type.elem_type
     dtype = helper.tensor_dtype_to_np_dtype(elem)
     scalars = []
     for k, name in enumerate(wrt):
-        grad = outputs[k + 1]
         direction = emitter.constant(np.asarray(directions[name], dtype=dtype), dtype,
                                      "direction")
-        source = grad
-        while source in producer and producer[source].op_type == "Identity":
-            source = producer[source].input[0]
-        geometry = WeightGradientGeometry.of(producer[source]) if source in producer else None
-        convs = forward.get(name, [])
-        if geometry is not None and len(convs) == 1 and convs[0].input[0] == geometry.x:
-            attrs = {a.name: helper.get_attribute_value(a) for a in convs[0].attribute}
-            along = emitter.node("Conv", [geometry.x, direction], **attrs)
-            product = emitter.node("Mul", [geometry.g, along])
-        else:
-            product = emitter.node("Mul", [grad, direction])
-        scalars.append(emitter.node("ReduceSum", [product], keepdims=0))
+        scalars.append(inner_product(emitter, outputs[k + 1], direction, producer, shapes))
     new_outputs = [outputs[0], *scalars]
-    nodes = _needed([*graph.node, *emitter.nodes], new_outputs)
+    nodes = needed([*graph.node, *emitter.nodes], new_outputs)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.graph.node[:]

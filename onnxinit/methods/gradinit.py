@@ -156,13 +156,13 @@ def gradient_then_norm(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndar
     (:mod:`onnxinit.autodiff.staged`); where the program cannot be staged, a gradient pass and
     :func:`norm_gradient`."""
     staged = oracle.staged(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg),
-                           scaled=True)
+                           scaled=True, along_values=True)
     if staged is None:
         loss, g = oracle.gradient(space.theta(alpha), batch)
         return loss, g, lambda: norm_gradient(oracle, space, alpha, g, batch, alg)
     loss, g, carry = oracle.first_stage(staged, space.theta(alpha), batch,
                                         scales=space.tensor_scales(alpha))
-    return loss, g, lambda: space.alpha_gradient(oracle.rest_stage(staged, carry))
+    return loss, g, lambda: oracle.rest_along_values(staged, carry)[space.index]
 
 
 def gradient_and_norm_gradient(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
@@ -170,7 +170,7 @@ def gradient_and_norm_gradient(oracle: GradientOracle, space: ScaleSpace, alpha:
     """(L, g, d|g|_p/dalpha) at alpha on ``batch`` from both stages of the exact norm program;
     where the autodiff cannot build it, (L, g, None) from a gradient pass."""
     staged = oracle.staged(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg),
-                           scaled=True)
+                           scaled=True, along_values=True)
     loss, g, later = gradient_then_norm(oracle, space, alpha, batch, alg)
     return loss, g, None if staged is None else later()
 
