@@ -25,6 +25,7 @@ reading it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -64,6 +65,37 @@ def _as_convolution(attrs: dict, kernel: tuple[int, ...]) -> dict | None:
     return {"kernel_shape": list(kernel), "pads": flipped}
 
 
+def _window(attrs: dict, kernel: tuple[int, ...]) -> tuple | None:
+    """A Conv's window with the defaults filled in (None with auto_pad)."""
+    rank = len(kernel)
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    return (tuple(attrs.get("kernel_shape", kernel)), tuple(attrs.get("strides", [1] * rank)),
+            tuple(attrs.get("dilations", [1] * rank)), tuple(attrs.get("pads", [0] * 2 * rank)),
+            attrs.get("group", 1))
+
+
+def _content(array: np.ndarray) -> tuple:
+    return array.dtype.str, array.shape, hashlib.sha1(np.ascontiguousarray(array)).hexdigest()
+
+
+def _constant_convolutions(graph: onnx.GraphProto) -> dict[tuple, int]:
+    """(input, kernel values, window) -> the position of a bias-free Conv of the graph whose
+    kernel is an initializer (such as :mod:`.inner`'s ``Conv(x, p0)``)."""
+    # an initializer that is also a graph input can be overridden: not a constant
+    weights = {node.input[1] for node in graph.node
+               if node.op_type == "Conv" and len(node.input) == 2} - {v.name for v in graph.input}
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in weights}
+    found = {}
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Conv" and len(node.input) == 2 and node.input[1] in values:
+            kernel = values[node.input[1]]
+            window = _window(_attributes(node), kernel.shape[2:])
+            if window is not None:
+                found.setdefault((node.input[0], _content(kernel), window), i)
+    return found
+
+
 def rewrite(model: onnx.ModelProto, bases: Mapping[str, np.ndarray]) -> onnx.ModelProto:
     """``model`` with equations (1) and (2) applied to every Conv / ConvTranspose whose weight
     is a graph input named in ``bases`` (name -> W0); the scales are new scalar inputs
@@ -80,6 +112,8 @@ def rewrite(model: onnx.ModelProto, bases: Mapping[str, np.ndarray]) -> onnx.Mod
     constants: dict[tuple[str, bool], str] = {}
     used: list[str] = []
     nodes = []
+    existing = _constant_convolutions(graph)
+    moved: set[int] = set()  # positions of nodes emitted earlier than where they stood
 
     def constant(name: str, flip: bool) -> str:
         if (name, flip) not in constants:
@@ -93,7 +127,9 @@ def rewrite(model: onnx.ModelProto, bases: Mapping[str, np.ndarray]) -> onnx.Mod
             constants[name, flip] = tensor
         return constants[name, flip]
 
-    for node in graph.node:
+    for i, node in enumerate(graph.node):
+        if i in moved:
+            continue
         weight = node.input[1] if len(node.input) > 1 else ""
         if node.op_type not in ("Conv", "ConvTranspose") or weight not in bases \
                 or weight not in inputs:
@@ -101,15 +137,26 @@ def rewrite(model: onnx.ModelProto, bases: Mapping[str, np.ndarray]) -> onnx.Mod
             continue
         attrs = _attributes(node)
         kernel = tuple(np.shape(bases[weight])[2:])
-        if node.op_type == "ConvTranspose":
-            flipped = _as_convolution(attrs, kernel)
-            op, w = ("Conv", constant(weight, True)) if flipped else \
-                ("ConvTranspose", constant(weight, False))
-            attrs = flipped or attrs
-        else:
-            op, w = "Conv", constant(weight, False)
         emitter.nodes.clear()
-        unscaled = emitter.node(op, [node.input[0], w], **attrs)
+        same = None
+        window = _window(attrs, kernel)
+        if node.op_type == "Conv" and window is not None:  # x convolved with W0 already
+            same = existing.get((node.input[0], _content(np.asarray(bases[weight], dtype)),
+                                 window))
+        if same is not None:
+            if same > i and same not in moved:  # computed here, not later
+                moved.add(same)
+                emitter.nodes.append(graph.node[same])
+            unscaled = graph.node[same].output[0]
+        else:
+            if node.op_type == "ConvTranspose":
+                flipped = _as_convolution(attrs, kernel)
+                op, w = ("Conv", constant(weight, True)) if flipped else \
+                    ("ConvTranspose", constant(weight, False))
+                attrs = flipped or attrs
+            else:
+                op, w = "Conv", constant(weight, False)
+            unscaled = emitter.node(op, [node.input[0], w], **attrs)
         if weight not in used:
             used.append(weight)
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None

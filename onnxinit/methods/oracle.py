@@ -273,9 +273,11 @@ class GradientOracle:
         """A program's inputs at theta on ``batch``; with ``scales`` (one multiplier per tensor
         of the layout, theta = scales * p0) also the scale inputs of scaled programs."""
         program = self.program(batch_length(batch))
-        feeds = program.session_feeds(batch.feeds, batch.labels, self.layout.split(theta))
+        dtype = program.parameters[self.wrt[0]].dtype
+        # one cast of the whole vector: the tensors are views of it (one pass, not one a tensor)
+        feeds = program.session_feeds(batch.feeds, batch.labels,
+                                      self.layout.split(np.asarray(theta, dtype=dtype)))
         if scales is not None:
-            dtype = program.parameters[self.wrt[0]].dtype
             feeds.update({_scaled.scale_input(name): np.asarray(value, dtype=dtype)
                           for name, value in zip(self.layout.names, scales)})
         return feeds
