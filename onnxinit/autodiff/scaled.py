@@ -25,14 +25,16 @@ reading it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..passes import types_and_shapes
 from ..passes.emitter import GraphEmitter
-from .backward.windows import WeightGradientGeometry
+from .inner import inner_product, needed
 
 
 def scale_input(name: str) -> str:
@@ -63,6 +65,37 @@ def _as_convolution(attrs: dict, kernel: tuple[int, ...]) -> dict | None:
     return {"kernel_shape": list(kernel), "pads": flipped}
 
 
+def _window(attrs: dict, kernel: tuple[int, ...]) -> tuple | None:
+    """A Conv's window with the defaults filled in (None with auto_pad)."""
+    rank = len(kernel)
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    return (tuple(attrs.get("kernel_shape", kernel)), tuple(attrs.get("strides", [1] * rank)),
+            tuple(attrs.get("dilations", [1] * rank)), tuple(attrs.get("pads", [0] * 2 * rank)),
+            attrs.get("group", 1))
+
+
+def _content(array: np.ndarray) -> tuple:
+    return array.dtype.str, array.shape, hashlib.sha1(np.ascontiguousarray(array)).hexdigest()
+
+
+def _constant_convolutions(graph: onnx.GraphProto) -> dict[tuple, int]:
+    """(input, kernel values, window) -> the position of a bias-free Conv of the graph whose
+    kernel is an initializer (such as :mod:`.inner`'s ``Conv(x, p0)``)."""
+    # an initializer that is also a graph input can be overridden: not a constant
+    weights = {node.input[1] for node in graph.node
+               if node.op_type == "Conv" and len(node.input) == 2} - {v.name for v in graph.input}
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in weights}
+    found = {}
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Conv" and len(node.input) == 2 and node.input[1] in values:
+            kernel = values[node.input[1]]
+            window = _window(_attributes(node), kernel.shape[2:])
+            if window is not None:
+                found.setdefault((node.input[0], _content(kernel), window), i)
+    return found
+
+
 def rewrite(model: onnx.ModelProto, bases: Mapping[str, np.ndarray]) -> onnx.ModelProto:
     """``model`` with equations (1) and (2) applied to every Conv / ConvTranspose whose weight
     is a graph input named in ``bases`` (name -> W0); the scales are new scalar inputs
@@ -79,6 +112,8 @@ def rewrite(model: onnx.ModelProto, bases: Mapping[str, np.ndarray]) -> onnx.Mod
     constants: dict[tuple[str, bool], str] = {}
     used: list[str] = []
     nodes = []
+    existing = _constant_convolutions(graph)
+    moved: set[int] = set()  # positions of nodes emitted earlier than where they stood
 
     def constant(name: str, flip: bool) -> str:
         if (name, flip) not in constants:
@@ -92,7 +127,9 @@ def rewrite(model: onnx.ModelProto, bases: Mapping[str, np.ndarray]) -> onnx.Mod
             constants[name, flip] = tensor
         return constants[name, flip]
 
-    for node in graph.node:
+    for i, node in enumerate(graph.node):
+        if i in moved:
+            continue
         weight = node.input[1] if len(node.input) > 1 else ""
         if node.op_type not in ("Conv", "ConvTranspose") or weight not in bases \
                 or weight not in inputs:
@@ -100,15 +137,26 @@ def rewrite(model: onnx.ModelProto, bases: Mapping[str, np.ndarray]) -> onnx.Mod
             continue
         attrs = _attributes(node)
         kernel = tuple(np.shape(bases[weight])[2:])
-        if node.op_type == "ConvTranspose":
-            flipped = _as_convolution(attrs, kernel)
-            op, w = ("Conv", constant(weight, True)) if flipped else \
-                ("ConvTranspose", constant(weight, False))
-            attrs = flipped or attrs
-        else:
-            op, w = "Conv", constant(weight, False)
         emitter.nodes.clear()
-        unscaled = emitter.node(op, [node.input[0], w], **attrs)
+        same = None
+        window = _window(attrs, kernel)
+        if node.op_type == "Conv" and window is not None:  # x convolved with W0 already
+            same = existing.get((node.input[0], _content(np.asarray(bases[weight], dtype)),
+                                 window))
+        if same is not None:
+            if same > i and same not in moved:  # computed here, not later
+                moved.add(same)
+                emitter.nodes.append(graph.node[same])
+            unscaled = graph.node[same].output[0]
+        else:
+            if node.op_type == "ConvTranspose":
+                flipped = _as_convolution(attrs, kernel)
+                op, w = ("Conv", constant(weight, True)) if flipped else \
+                    ("ConvTranspose", constant(weight, False))
+                attrs = flipped or attrs
+            else:
+                op, w = "Conv", constant(weight, False)
+            unscaled = emitter.node(op, [node.input[0], w], **attrs)
         if weight not in used:
             used.append(weight)
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
@@ -131,64 +179,38 @@ def rewrite(model: onnx.ModelProto, bases: Mapping[str, np.ndarray]) -> onnx.Mod
     return out
 
 
-def _needed(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
-    """The nodes that ``outputs`` depend on, in their order."""
-    wanted, kept = set(outputs), []
-    for node in reversed(nodes):
-        if any(name in wanted for name in node.output):
-            kept.append(node)
-            wanted.update(name for name in node.input if name)
-    return kept[::-1]
-
-
 def directional(model: onnx.ModelProto, wrt: list[str] | tuple[str, ...],
                 directions: Mapping[str, np.ndarray]) -> onnx.ModelProto:
     """A gradient model (output 0 the loss, output ``i + 1`` the gradient of ``wrt[i]``) turned
     into one whose output ``i + 1`` is the scalar ``<dL/dp_i, d_i>`` with ``d_i`` the constant
     ``directions[wrt[i]]``.
 
-    Where the gradient of a convolution weight is the recorded weight-gradient product of one
-    Conv (:class:`~onnxinit.autodiff.backward.windows.WeightGradientGeometry`: ``dW[m, c, k] =
+    Where the gradient of a convolution weight is (a sum of) recorded weight-gradient products
+    (:class:`~onnxinit.autodiff.backward.windows.WeightGradientGeometry`: ``dW[m, c, k] =
     sum_{n, p} g[n, m, p] x[n, c, p s + k d - pad]``), the product is never formed:
 
         <dW, D> = sum_{n, m, p} g[n, m, p] Conv(x, D)[n, m, p]                        (3)
 
-    with ``D`` an initializer (a prepacked convolution, against an im2col Gemm per kernel tap),
-    the Conv taking the forward node's window. Every other gradient is reduced as
-    ``sum(dL/dp_i * d_i)``. Nodes no output needs any more are dropped. Holds at any parameter
-    values (unlike :func:`rewrite`, which needs ``p = s W0``)."""
+    with ``D`` an initializer (a prepacked convolution, against an im2col Gemm per kernel tap)
+    and the product's window (:func:`onnxinit.autodiff.inner.inner_product`). Every other
+    gradient is reduced as ``sum(dL/dp_i * d_i)``. Nodes no output needs any more are dropped.
+    Holds at any parameter values (unlike :func:`rewrite`, which needs ``p = s W0``)."""
     graph = model.graph
     outputs = [o.name for o in graph.output]
     producer = {name: node for node in graph.node for name in node.output}
-    inputs = {v.name for v in graph.input}
-    forward = {}
-    for node in graph.node:
-        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in inputs:
-            forward.setdefault(node.input[1], []).append(node)
+    _, shapes = types_and_shapes(model)
     taken = {n for node in graph.node for n in [*node.input, *node.output]}
-    taken |= inputs | {t.name for t in graph.initializer}
+    taken |= {v.name for v in graph.input} | {t.name for t in graph.initializer}
     emitter = GraphEmitter(taken, "directional/")
     elem = graph.output[0].type.tensor_type.elem_type
     dtype = helper.tensor_dtype_to_np_dtype(elem)
     scalars = []
     for k, name in enumerate(wrt):
-        grad = outputs[k + 1]
         direction = emitter.constant(np.asarray(directions[name], dtype=dtype), dtype,
                                      "direction")
-        source = grad
-        while source in producer and producer[source].op_type == "Identity":
-            source = producer[source].input[0]
-        geometry = WeightGradientGeometry.of(producer[source]) if source in producer else None
-        convs = forward.get(name, [])
-        if geometry is not None and len(convs) == 1 and convs[0].input[0] == geometry.x:
-            attrs = {a.name: helper.get_attribute_value(a) for a in convs[0].attribute}
-            along = emitter.node("Conv", [geometry.x, direction], **attrs)
-            product = emitter.node("Mul", [geometry.g, along])
-        else:
-            product = emitter.node("Mul", [grad, direction])
-        scalars.append(emitter.node("ReduceSum", [product], keepdims=0))
+        scalars.append(inner_product(emitter, outputs[k + 1], direction, producer, shapes))
     new_outputs = [outputs[0], *scalars]
-    nodes = _needed([*graph.node, *emitter.nodes], new_outputs)
+    nodes = needed([*graph.node, *emitter.nodes], new_outputs)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.graph.node[:]

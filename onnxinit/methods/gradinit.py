@@ -150,19 +150,21 @@ def norm_gradient(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray, 
 
 
 def gradient_then_norm(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
-                       batch: Batch, alg: str) -> tuple[float, np.ndarray, Callable | None]:
+                       batch: Batch, alg: str, theta: np.ndarray | None = None
+                       ) -> tuple[float, np.ndarray, Callable | None]:
     """(L, g, a function giving d|g|_p/dalpha) at alpha on ``batch``: stage 1 of the exact norm
     program (a gradient pass) now, its stage 2 when the function is called
     (:mod:`onnxinit.autodiff.staged`); where the program cannot be staged, a gradient pass and
-    :func:`norm_gradient`."""
+    :func:`norm_gradient`. ``theta``: ``space.theta(alpha)`` where the caller has it."""
+    theta = space.theta(alpha) if theta is None else theta
     staged = oracle.staged(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg),
-                           scaled=True)
+                           scaled=True, along_values=True)
     if staged is None:
-        loss, g = oracle.gradient(space.theta(alpha), batch)
+        loss, g = oracle.gradient(theta, batch)
         return loss, g, lambda: norm_gradient(oracle, space, alpha, g, batch, alg)
-    loss, g, carry = oracle.first_stage(staged, space.theta(alpha), batch,
+    loss, g, carry = oracle.first_stage(staged, theta, batch,
                                         scales=space.tensor_scales(alpha))
-    return loss, g, lambda: space.alpha_gradient(oracle.rest_stage(staged, carry))
+    return loss, g, lambda: oracle.rest_along_values(staged, carry)[space.index]
 
 
 def gradient_and_norm_gradient(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
@@ -170,17 +172,19 @@ def gradient_and_norm_gradient(oracle: GradientOracle, space: ScaleSpace, alpha:
     """(L, g, d|g|_p/dalpha) at alpha on ``batch`` from both stages of the exact norm program;
     where the autodiff cannot build it, (L, g, None) from a gradient pass."""
     staged = oracle.staged(f"gradinit-norm-{alg}", batch_length(batch), norm_graph(alg),
-                           scaled=True)
+                           scaled=True, along_values=True)
     loss, g, later = gradient_then_norm(oracle, space, alpha, batch, alg)
     return loss, g, None if staged is None else later()
 
 
 def loss_after_step(oracle: GradientOracle, space: ScaleSpace, alpha: np.ndarray,
-                    step: np.ndarray, batch: Batch, eta: float) -> tuple[float, np.ndarray]:
+                    step: np.ndarray, batch: Batch, eta: float,
+                    theta: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """(L(S~; theta(alpha) - eta step) / eta, its alpha-gradient with ``step`` held constant:
     <dL/dtheta'_i, p0_i> / eta, from the oracle's directional program: no convolution weight
-    gradient is formed)."""
-    loss, inner = oracle.directional(space.theta(alpha) - eta * step, batch)
+    gradient is formed). ``theta``: ``space.theta(alpha)`` where the caller has it."""
+    theta = space.theta(alpha) if theta is None else theta
+    loss, inner = oracle.directional(theta - eta * step, batch)
     return loss / eta, inner[space.index] / eta
 
 
@@ -224,12 +228,13 @@ def plan(graph: ModelGraph, options: GradInitOptions | None = None, *,
 
     def step(t: int, alpha: np.ndarray) -> Step:
         first, second = batch_pair(run.source, t)
-        loss, g, norm_gradient_now = gradient_then_norm(oracle, space, alpha, first, alg)
+        theta = space.theta(alpha)
+        loss, g, norm_gradient_now = gradient_then_norm(oracle, space, alpha, first, alg, theta)
         norm = gradient_norm(g, alg)
         if norm > gamma:
             return Step(None, norm_gradient_now(), norm, constraint=True, metrics={"loss": loss})
         value, grad = loss_after_step(oracle, space, alpha, first_step(g, alg, gamma), second,
-                                      eta)
+                                      eta, theta)
         return Step(value, grad, norm, metrics={"loss": loss, "loss_after_step": value * eta})
 
     iterations = options.gradinit_iterations

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 _autodiff = lazy_module("onnxinit.autodiff")
 _higher_order = lazy_module("onnxinit.autodiff.higher_order")
 _staged = lazy_module("onnxinit.autodiff.staged")
+_inner = lazy_module("onnxinit.autodiff.inner")
 _scaled = lazy_module("onnxinit.autodiff.scaled")
 _execution = lazy_module("onnxinit.autodiff.execution")
 _blocked = lazy_module("onnxinit.autodiff.blocked")
@@ -237,17 +238,23 @@ class GradientOracle:
         return self._graphs[key, batch_size]
 
     def staged(self, key: str, batch_size: int, make: Callable[[GradientGraph], DerivedGraph],
-               *, scaled: bool = False) -> StagedProgram | None:
+               *, scaled: bool = False, along_values: bool = False) -> StagedProgram | None:
         """The two stages (:mod:`onnxinit.autodiff.staged`) of the exact program
         ``derived(key, batch_size, make)`` giving its ``dphi`` tensors, or None where there is
-        no exact program or it cannot be split. ``scaled``: as :meth:`derived`."""
+        no exact program or it cannot be split. ``scaled``: as :meth:`derived`.
+        ``along_values``: stage 2 gives only ``<dphi_i, p0_i>`` per tensor (read them with
+        :meth:`rest_along_values`), without forming convolution weight gradients
+        (:mod:`onnxinit.autodiff.inner`)."""
         scaled = self._scaling(batch_size, scaled)
-        cached = (key, batch_size, scaled, self._blocking(batch_size))
+        cached = (key, batch_size, scaled, self._blocking(batch_size), along_values)
         if cached not in self._staged:
             graph = self.derived_graph(key, batch_size, make)
+            role = "dphi"
+            if graph is not None and along_values:
+                graph, role = _inner.with_inner_products(graph, "dphi", self.values), "dphi.dir"
             self._staged[cached] = None if graph is None else \
                 _staged.staged_or_none(self.program(batch_size), graph,
-                                       [f"dphi:{n}" for n in self.wrt],
+                                       [f"{role}:{n}" for n in self.wrt],
                                        transform=self._transform(batch_size, scaled))
         return self._staged[cached]
 
@@ -266,9 +273,11 @@ class GradientOracle:
         """A program's inputs at theta on ``batch``; with ``scales`` (one multiplier per tensor
         of the layout, theta = scales * p0) also the scale inputs of scaled programs."""
         program = self.program(batch_length(batch))
-        feeds = program.session_feeds(batch.feeds, batch.labels, self.layout.split(theta))
+        dtype = program.parameters[self.wrt[0]].dtype
+        # one cast of the whole vector: the tensors are views of it (one pass, not one a tensor)
+        feeds = program.session_feeds(batch.feeds, batch.labels,
+                                      self.layout.split(np.asarray(theta, dtype=dtype)))
         if scales is not None:
-            dtype = program.parameters[self.wrt[0]].dtype
             feeds.update({_scaled.scale_input(name): np.asarray(value, dtype=dtype)
                           for name, value in zip(self.layout.names, scales)})
         return feeds
@@ -289,6 +298,13 @@ class GradientOracle:
                  for role, value in (extra or {}).items()}
         self.exact_passes += 1
         return self.join(staged.rest(carry, feeds), "dphi")
+
+    def rest_along_values(self, staged: StagedProgram, carry: Carry) -> np.ndarray:
+        """Per tensor of the layout, ``<dphi_i, p0_i>`` from stage 2 of a program staged with
+        ``along_values``."""
+        self.exact_passes += 1
+        out = staged.rest(carry, {})
+        return np.array([float(out[f"dphi.dir:{name}"]) for name in self.wrt])
 
     def run(self, derived: DerivedProgram, theta: np.ndarray, batch: Batch,
             roles: Sequence[str], scales: np.ndarray | None = None) -> dict[str, np.ndarray]:

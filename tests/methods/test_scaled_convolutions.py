@@ -65,6 +65,38 @@ def test_rewrite_gives_the_op_on_the_runtime_weight(op, attrs, bias, becomes):
     assert convolutions[0].input[1] in constants
 
 
+@pytest.mark.parametrize("same_window", [True, False])
+def test_rewrite_reuses_a_convolution_of_the_input_with_w0(same_window):
+    """Where the graph already convolves x with a constant equal to W0 over the same window
+    (GradInit's stage 2: autodiff/inner.py's Conv(x, p0)), Conv(x, s W0) becomes s times that
+    convolution's output, computed where the rewritten node stood; another window keeps its
+    own. Values: onnxruntime's ops on the runtime weight."""
+    rng = np.random.default_rng(1)
+    w0 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((2, 3, 7, 7)).astype(np.float32)
+    later = dict(pads=[1, 1, 1, 1]) if same_window else dict(pads=[1, 1, 1, 1], strides=[2, 2])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y1"], pads=[1, 1, 1, 1]),
+         helper.make_node("Tanh", ["y1"], ["t"]),
+         helper.make_node("Conv", ["x", "c"], ["y2"], kernel_shape=[3, 3], **later)], "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape)),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, list(w0.shape))],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("t", "y2")],
+        [numpy_helper.from_array(w0.copy(), "c")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    s = 0.37
+    session = make_session(model, device="cpu", threads=1)
+    expected = session.run(None, {"x": x, "w": s * w0})
+    scaled = rewrite(model, {"w": w0})
+    got = make_session(scaled, device="cpu", threads=1).run(
+        None, {"x": x, "w": s * w0, scale_input("w"): np.array(s, dtype=np.float32)})
+    for a, b in zip(got, expected):
+        assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(b))
+    convolutions = [n for n in scaled.graph.node if n.op_type == "Conv"]
+    assert len(convolutions) == (1 if same_window else 2)
+    assert all(n.input[1] != "w" for n in convolutions)
+
+
 def smooth_conv_net(seed=0):
     """Conv(3->6, pad 1) - Tanh - Conv(6->8, stride 2) - Tanh - GAP - Gemm: smooth, so central
     differences of its gradient norm are reliable in float32."""
