@@ -37,6 +37,7 @@ import numpy as np
 NODES = 49
 SPAN = 6.0  # standard deviations either side
 _LEG_T, _LEG_W = np.polynomial.legendre.leggauss(16)
+_OUTSIDE = 1e-6  # probability of the nodes outside h's domain that may be dropped
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,7 +102,9 @@ def span_of(mean, var) -> tuple[np.ndarray, np.ndarray]:
 def truncated_expectation(h: Callable, mean, var, cut=-np.inf) -> np.ndarray:
     """``E[1[Y > cut] h(Y)]`` for ``Y ~ N(mean, var)``: Gauss-Legendre on
     ``[max(cut, mean - 6 s), mean + 6 s]`` (a point mass: ``1[mean > cut] h(mean)``).
-    ``h`` takes an array with one more leading axis (the nodes)."""
+    ``h`` takes an array with one more leading axis (the nodes). Nodes where h is not finite
+    are dropped and the rest renormalised when they carry at most ``_OUTSIDE`` of the
+    probability; otherwise the expectation is NaN (and the analysis says so)."""
     mean, var = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(var, np.float64))
     s = np.sqrt(np.maximum(var, 0.0))
     point = s <= 0
@@ -112,7 +115,15 @@ def truncated_expectation(h: Callable, mean, var, cut=-np.inf) -> np.ndarray:
     y = (lo + hi) / 2 + (hi - lo) / 2 * _LEG_T.reshape(shape)
     density = np.exp(-0.5 * ((y - mean) / safe) ** 2) / (np.sqrt(2 * np.pi) * safe)
     weights = _LEG_W.reshape(shape) * (hi - lo) / 2 * density
-    spread = (weights * h(y)).sum(axis=0)
+    with np.errstate(invalid="ignore"):
+        values = h(y)
+    finite = np.isfinite(values)
+    if finite.all():
+        spread = (weights * values).sum(axis=0)
+    else:  # nodes outside h's domain (Sqrt's input 5.4 deviations from 0): dropped when rare
+        outside = np.where(finite, 0.0, weights).sum(axis=0)
+        spread = np.where(finite, weights * np.where(finite, values, 0.0), 0.0).sum(axis=0)
+        spread = np.where(outside <= _OUTSIDE, spread / np.maximum(1.0 - outside, 0.5), np.nan)
     at_mean = np.where(mean > cut, h(mean[None])[0], 0.0)
     return np.where(point, at_mean, spread)
 
@@ -141,7 +152,8 @@ def pulled_back(given: Conditional | None, fn: Callable, df: Callable, law, mean
             d = df(y) ** 2
             return d * given(fn(y)) if given is not None else d
         p2 = law_expectation(h, law)
-        table, cut = h(x), -np.inf
+        with np.errstate(invalid="ignore"):  # nodes outside f's domain: probability ~0 there
+            table, cut = np.nan_to_num(h(x), nan=0.0, posinf=0.0), -np.inf
     safe = np.where(p2 > 0, p2, 1.0)
     return p2, Conditional(lo, hi, np.where(p2 > 0, table / safe, 0.0), cut)
 

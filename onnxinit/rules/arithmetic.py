@@ -34,6 +34,7 @@ from .. import special
 
 from . import masks
 from ..moments import Elementwise, Moments
+from .constant_cells import per_cell_law
 from .context import RuleContext, RuleError, signal
 from .elementwise import apply_elementwise, apply_fn, digest
 from .fusion import fused_elementwise
@@ -121,6 +122,9 @@ def binary(inputs, ctx: RuleContext):
         except RuleError:
             if op == "Div" and inputs[1] is not None:
                 raise
+    cells = per_cell_law(inputs, ctx, rank)
+    if cells is not None:
+        return [cells]
     spatial = positions_binary(inputs, ctx, op, rank)
     if spatial is not None:
         return [spatial]

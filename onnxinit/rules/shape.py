@@ -11,7 +11,8 @@ elements are unchanged and only per-axis statistics must follow the element they
   ``E_d = mean_v T[v, d]``, ``Var_d = var_v T[v, d]`` (ids uniform over the vocabulary).
 
 The distribution's description (``source``) is kept only where the layout cannot misalign it:
-scalar statistics, or ops that do not move axes.
+scalar statistics, ops that do not move axes, and a Reshape or Transpose of a source whose chain
+holds no constant laid out at the old shape (``constant_cells.reshaped`` / ``transposed``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
 from ..spatial import DENSE_CAP, dense, drop, select
 from ..spatial import pad as pad_classes
+from .constant_cells import reshaped, transposed
 from .context import RuleContext, RuleError, signal
 from .derived_ids import positional_rows
+from .grids import KEEP_CAP
 from .layout import drop_constant_axes, full_grid, reshape_moments, scalar_of
 from .masks import keep_rows
 from .mixture import permuted
@@ -49,7 +52,7 @@ def reshape(inputs, ctx: RuleContext):
     if x.spatial is not None:
         x = per_position(x, in_shape)
     out = keep_rows(x, in_shape, out_shape, reshape_moments(x, in_shape, out_shape), ctx)
-    return [onto_map(ctx, out)]
+    return [onto_map(ctx, reshaped(x, out, in_shape, out_shape))]
 
 
 def per_position(x: Moments, shape) -> Moments:
@@ -59,6 +62,16 @@ def per_position(x: Moments, shape) -> Moments:
     if int(np.prod(shape[1:])) > DENSE_CAP:
         return Moments(x.mean, x.var, x.source)
     return Moments(*dense(x.spatial))
+
+
+def sequence_positions(x: Moments, shape) -> Moments:
+    """x's position classes as per-position statistics ``[1, C, S]`` when x is a sequence
+    ``[N, C, S]`` whose classes differ and that grid has at most ``KEEP_CAP`` cells (a causal
+    Conv1d's first positions see fewer taps: Mamba's); x otherwise."""
+    sp = x.spatial
+    if sp is None or len(shape) != 3 or sp.classes[0] < 2 or int(np.prod(shape[1:])) > KEEP_CAP:
+        return x
+    return drop_constant_axes(*dense(sp))
 
 
 @rule("Identity")
@@ -88,15 +101,18 @@ def cast(inputs, ctx: RuleContext):
 @rule("Transpose")
 def transpose(inputs, ctx: RuleContext):
     """y = x with axes permuted by ``perm`` (default reversed): per-axis statistics permuted,
-    and a Gaussian mixture's components (a ReLU output, a residual sum) with them."""
+    and a Gaussian mixture's components (a ReLU output, a residual sum) with them. A sequence
+    ``[N, C, S]`` whose positions differ (a padded Conv1d's border taps) keeps them per
+    position: its ``[1, C, S]`` statistics permuted (``sequence_positions``)."""
     x = signal(inputs, 0)
+    rank = len(ctx.in_shape(0))
+    x = sequence_positions(x, ctx.in_shape(0))
     if x.is_scalar:
         return [scalar_of(x)]
-    rank = len(ctx.in_shape(0))
     perm = list(ctx.attr("perm", list(range(rank))[::-1]))
     mean, var = full_grid(x, rank)
     out = Moments(mean.transpose(perm), var.transpose(perm), None, permuted(x, perm, rank))
-    return [onto_map(ctx, out)]
+    return [onto_map(ctx, transposed(x, out, perm, rank))]
 
 
 @rule("Expand")
