@@ -297,7 +297,9 @@ def _offset_grid(raw: np.ndarray, rank: int) -> np.ndarray:
     c = lift(np.asarray(raw, dtype=np.float64), rank)
     c = lift(compressed(c, np.zeros_like(c)).mean, rank)
     if isinstance(raw, np.ndarray):
-        if len(_OFFSETS) > 256:
+        for key in [k for k, kept in _OFFSETS.items() if kept[0]() is None]:
+            del _OFFSETS[key]  # constants gone with their graph: their grids go too
+        if len(_OFFSETS) >= 64:
             _OFFSETS.clear()
         c.flags.writeable = False
         _OFFSETS[id(raw)] = (weakref.ref(raw), rank, c)
