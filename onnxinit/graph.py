@@ -150,6 +150,7 @@ class ModelGraph(ChangeViews, GraphStructure):
         Repeats until nothing changes. ``self.model`` keeps its nodes; only its value_info
         grows."""
         injected: dict[str, np.ndarray] = {}
+        protos: dict[str, tuple] = {}  # their TensorProto and value_info, made once
         for _ in range(rounds):
             if all(is_static(self.shapes.get(t)) for t in self.producer
                    if t not in self.constants):
@@ -158,7 +159,7 @@ class ModelGraph(ChangeViews, GraphStructure):
             if not new:
                 break
             injected.update(new)
-            infos = infer_with_constants(self.model, injected)
+            infos = infer_with_constants(self.model, injected, protos)
             if infos is None:
                 break
             keep_declared(self.model.graph, list(self.model.graph.value_info), replace=infos)

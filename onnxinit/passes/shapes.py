@@ -198,18 +198,25 @@ def infer_shapes(model: onnx.ModelProto, declared: Iterable[onnx.ValueInfoProto]
 
 
 @model_pass(in_place=False)
-def infer_with_constants(model: onnx.ModelProto, constants: Mapping[str, np.ndarray]
+def infer_with_constants(model: onnx.ModelProto, constants: Mapping[str, np.ndarray],
+                         protos: dict[str, tuple] | None = None
                          ) -> list[onnx.ValueInfoProto] | None:
     """Value_info inferred with the tensors in ``constants`` (outputs of nodes of ``model``)
     known: each stands in as an initializer (its producer's output renamed), so shape inference
     sees the values where its own data propagation stopped (Mod, Slice of computed bounds).
     None when inference fails. The constants get value_info of their own values. (Only the
-    light copy is made: the weights are not copied in every round of the caller's loop.)"""
+    light copy is made: the weights are not copied in every round of the caller's loop.)
+    ``protos``, a dict the caller keeps between rounds, holds each constant's initializer and
+    value_info once made (a name's value does not change between rounds)."""
+    protos = {} if protos is None else protos
+    for name, value in constants.items():
+        if name not in protos:
+            protos[name] = (numpy_helper.from_array(value, name), value_info(name, value))
     work = without_large_data(model)
     del work.graph.value_info[:]
     produced = {n: i for i, node in enumerate(work.graph.node) for n in node.output}
-    for name, value in constants.items():
-        work.graph.initializer.append(numpy_helper.from_array(value, name))
+    work.graph.initializer.extend(protos[name][0] for name in constants)
+    for name in constants:
         node = work.graph.node[produced[name]]
         node.output[list(node.output).index(name)] = f"{name}{FOLDED_SUFFIX}"
     try:  # the constants are small (MAX_FOLDED_ELEMENTS): initializers, as without_large_data
@@ -221,7 +228,7 @@ def infer_with_constants(model: onnx.ModelProto, constants: Mapping[str, np.ndar
     # Reshape) is only known from here
     infos = [vi for vi in list(inferred.value_info) + list(inferred.output)
              if vi.name not in constants and not vi.name.endswith(FOLDED_SUFFIX)]
-    infos.extend(value_info(name, value) for name, value in constants.items())
+    infos.extend(protos[name][1] for name in constants)
     return infos
 
 

@@ -261,8 +261,7 @@ def logit_offset(inputs, ctx: RuleContext, rank: int) -> Moments | None:
     # reaches no Softmax is settled before the compression
     if not has_masked(raw) and not feeds_softmax(ctx):
         return None
-    c = lift(np.asarray(raw, dtype=np.float64), rank)
-    c = lift(compressed(c, np.zeros_like(c)).mean, rank)  # a mask expanded over the batch: once
+    c = _offset_grid(raw, rank)
     if ctx.node.op_type == "Sub" and i == 0:
         c = -c
     if not (has_masked(c) or (varies(c) and feeds_softmax(ctx))):
@@ -283,6 +282,28 @@ def logit_offset(inputs, ctx: RuleContext, rank: int) -> Moments | None:
         mean = overflowed(sign * mx + c, ctx.graph.dtypes.get(ctx.node.output[0]))
     var = np.where(np.isneginf(mean), 0.0, np.broadcast_to(vx, mean.shape))
     return Moments(mean, var)
+
+
+_OFFSETS: dict[int, tuple] = {}  # id(constant) -> (weakref, rank, its compressed grid)
+
+
+def _offset_grid(raw: np.ndarray, rank: int) -> np.ndarray:
+    """``raw`` in float64 at ``rank``, without the axes it does not vary along (a mask
+    expanded over the batch: once). Kept per constant array (read-only): every attention layer
+    adds the same folded mask, 4 MB at GPT-2's batch of 32."""
+    hit = _OFFSETS.get(id(raw))
+    if hit is not None and hit[0]() is raw and hit[1] == rank:
+        return hit[2]
+    c = lift(np.asarray(raw, dtype=np.float64), rank)
+    c = lift(compressed(c, np.zeros_like(c)).mean, rank)
+    if isinstance(raw, np.ndarray):
+        for key in [k for k, kept in _OFFSETS.items() if kept[0]() is None]:
+            del _OFFSETS[key]  # constants gone with their graph: their grids go too
+        if len(_OFFSETS) >= 64:
+            _OFFSETS.clear()
+        c.flags.writeable = False
+        _OFFSETS[id(raw)] = (weakref.ref(raw), rank, c)
+    return c
 
 
 _LARGEST = {TensorProto.FLOAT: float(np.finfo(np.float32).max),
