@@ -21,6 +21,7 @@ BUILTIN_MODULES = (
     "onnxinit.rules.activations",
     "onnxinit.rules.arithmetic",
     "onnxinit.rules.attention",
+    "onnxinit.rules.chi_square",
     "onnxinit.rules.dropout",
     "onnxinit.rules.edgeworth",
     "onnxinit.rules.linear",

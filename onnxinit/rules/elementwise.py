@@ -292,6 +292,17 @@ def _away_from_zero(fn: Callable, src: Source, rank) -> Callable:
     return masked
 
 
+# laws of an element-wise rule's input that a field dropped on the way (a mean square's
+# chi-square after a per-token field pooled its variance: :mod:`.chi_square`): each
+# ``restore(x, ctx, name) -> Moments`` registers itself with :func:`input_law` when imported
+INPUT_LAWS: list[Callable] = []
+
+
+def input_law(restore: Callable) -> Callable:
+    INPUT_LAWS.append(restore)
+    return restore
+
+
 # refinements of a non-affine element-wise rule's output that need modules which import this
 # one (the Edgeworth terms of a few-term Conv's output, :mod:`.edgeworth`): each
 # ``refine(y, ctx) -> Moments`` registers itself with :func:`refinement` when imported
@@ -318,6 +329,8 @@ def apply_elementwise(inputs: list, ctx: RuleContext) -> list:
         raise RuleError("not an element-wise function of one signal")
     f, which = found
     x = signal(inputs, which)
+    for restore in INPUT_LAWS:
+        x = restore(x, ctx, ctx.node.input[which])
     if identity_on_input(ctx.node, ctx.graph):  # f(x) = x on [0, inf), x >= 0
         return [x] + [None] * (len(ctx.node.output) - 1)
     y = apply_fn(x, f, rank_of(ctx))

@@ -169,7 +169,7 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
     p0, m0 = pairs[first], inputs[first]
     if op in _MEANS:
         d = _reduced_last(ctx) if reduces_last_alone(ctx) else None
-        if d is not None and p0.signed != 0.0:
+        if d is not None and p0.signed != 0.0 and not _table_law(outputs[0]):
             f = row_mean_factor(p0, m0, d)
             m = outputs[0]
             outputs = [replace(m, var=m.var * f, source=None, mixture=None)] + outputs[1:]
@@ -230,6 +230,13 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
     if found is not None:
         return outputs, [found] + none[1:]
     return outputs, none
+
+
+def _table_law(m: Moments | None) -> bool:
+    """``m`` is a mean square's exact law over a table's rows (:mod:`.table_rows`): the
+    features' correlations are in it already."""
+    chain = m.source.chain if m is not None and m.source is not None else ()
+    return bool(chain) and chain[0].key[0] == "TableRows"
 
 
 def _centred_pairs(ctx: RuleContext, x: str, table: dict, y: Moments) -> Pairs:

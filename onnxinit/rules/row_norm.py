@@ -29,12 +29,11 @@ import numpy as np
 
 from ..moments import Moments
 from ..special import gammaln  # the ufunc alone: scipy.special's package is 1 s
+from .chi_square import mean_square_chain
 from .context import RuleContext, RuleError
-from .elementwise import node_function
 from .gaussian import compose, gaussian_moments
 from .mixture import lift
-
-MAX_CHAIN = 8  # element-wise nodes between the mean square and the scale
+from .table_rows import squared_input
 
 
 def without_casts(ctx: RuleContext, name: str) -> str:
@@ -51,28 +50,15 @@ def without_casts(ctx: RuleContext, name: str) -> str:
 def _scale_chain(ctx: RuleContext, x: str, name: str):
     """(mean-square tensor, element-wise chain from it to ``name``) when ``name`` is an
     element-wise function of ``mean(x^2)`` over the last axis (keepdims), else None."""
-    graph, chain = ctx.graph, []
-    for _ in range(MAX_CHAIN):
-        node_id = graph.producer.get(name)
-        if not node_id:
-            return None
-        node = graph.node(node_id)
-        if node.op_type == "ReduceMean":
-            sq_id = graph.producer.get(node.input[0])
-            sq = graph.node(sq_id) if sq_id else None
-            if sq is None or not (sq.op_type == "Pow" and graph.value(sq.input[1]) is not None
-                                  and float(np.asarray(graph.value(sq.input[1]))) == 2.0
-                                  or sq.op_type == "Mul" and sq.input[0] == sq.input[1]):
-                return None
-            if without_casts(ctx, sq.input[0]) != x or not _last_axis(ctx.for_node(node_id)):
-                return None
-            return name, tuple(reversed(chain))
-        found = node_function(ctx.for_node(node_id))
-        if found is None or found[0] is None:
-            return None
-        chain.append(found[0].elementwise)
-        name = node.input[found[1]]
-    return None
+    found = mean_square_chain(ctx, name)
+    if found is None:
+        return None
+    node_id = ctx.graph.producer[found[0]]
+    node = ctx.graph.node(node_id)
+    if (node.op_type != "ReduceMean" or not _last_axis(ctx.for_node(node_id))
+            or without_casts(ctx, squared_input(ctx.graph, node.input[0])) != x):
+        return None
+    return found
 
 
 def _last_axis(ctx: RuleContext) -> bool:

@@ -14,6 +14,11 @@ table's quantile function (the sorted ``r_v`` as steps of probability 1/V: a zer
 its mass), so the element-wise chain after it (``+ eps``, Sqrt, the reciprocal) is
 integrated over the rows (rules/gaussian.py's composite rule).
 
+The rows may go through a dense layer of constant weights and a constant bias before the
+square (a decoder without a norm before its first projection: OLMo-2's q_norm and k_norm of
+the embeddings' projections): ``Gather(T, ids) W + b = Gather(T W + b, ids)``, the mapped
+table's law, whose features' correlations are in it (feature_pairs leaves it uncorrected).
+
 Not modelled: ids that are not uniform over the table (the synthetic feeds draw them so), and
 rows whose ids do not reach the mean one by one (a mean over other axes than the features).
 """
@@ -28,6 +33,7 @@ from .context import RuleContext
 from .elementwise import digest
 
 _THROUGH = ("Cast", "Identity", "Dropout")
+MAX_MAPPED = 1 << 26  # multiply-adds of a table's rows through a dense layer
 
 
 def _producer(graph, name: str):
@@ -42,10 +48,12 @@ def _scalar(graph, name: str) -> float | None:
 
 def _table(graph, name: str) -> np.ndarray | None:
     """T [V, D] when ``name`` is a Gather of rows of a constant 2-D table by non-constant ids
-    (through Cast, Identity, Dropout, and a Mul or Div by a scalar constant: Gemma's
-    ``embedding * sqrt(D)``, then the rows scaled), else None."""
-    scale = 1.0
-    for _ in range(6):
+    (through Cast, Identity, Dropout, a Mul or Div by a scalar constant: Gemma's ``embedding *
+    sqrt(D)``, then the rows scaled; a dense layer of a constant 2-D weight and a constant bias
+    added, then the rows mapped, ``T W + b``, while ``V K N <= MAX_MAPPED``: a decoder without
+    a norm before its first projection, OLMo-2's q_proj of the embeddings), else None."""
+    steps = []
+    for _ in range(8):
         node = _producer(graph, name)
         if node is None:
             return None
@@ -59,7 +67,14 @@ def _table(graph, name: str) -> np.ndarray | None:
             c, name = _scalar(graph, node.input[which]), node.input[1 - which]
             if c is None or c == 0:
                 return None
-            scale *= c if node.op_type == "Mul" else 1.0 / c
+            steps.append(("scale", c if node.op_type == "Mul" else 1.0 / c))
+            continue
+        if node.op_type in ("MatMul", "Add") and len(node.input) == 2:
+            w = graph.value(node.input[1]) if graph.is_constant(node.input[1]) else None
+            if w is None or np.ndim(w) != (2 if node.op_type == "MatMul" else 1):
+                return None
+            steps.append((node.op_type, np.asarray(w, dtype=np.float64)))
+            name = node.input[0]
             continue
         if node.op_type != "Gather" or graph.is_constant(node.input[1]):
             return None
@@ -67,11 +82,28 @@ def _table(graph, name: str) -> np.ndarray | None:
         table = graph.value(node.input[0]) if graph.is_constant(node.input[0]) else None
         if table is None or table.ndim != 2 or axis % 2 != 0:
             return None
-        return np.asarray(table, dtype=np.float64) * scale
+        return _mapped(np.asarray(table, dtype=np.float64), steps[::-1])
     return None
 
 
-def _squared(graph, name: str) -> str | None:
+def _mapped(table: np.ndarray, steps) -> np.ndarray | None:
+    """``table``'s rows through ``steps`` (scale, MatMul, Add), in order; None when a shape
+    does not fit or a product is over ``MAX_MAPPED``."""
+    for kind, value in steps:
+        if kind == "scale":
+            table = table * value
+        elif kind == "Add":
+            if value.shape[0] not in (1, table.shape[1]):
+                return None
+            table = table + value
+        else:
+            if value.shape[0] != table.shape[1] or table.size * value.shape[1] > MAX_MAPPED:
+                return None
+            table = table @ value
+    return table
+
+
+def squared_input(graph, name: str) -> str | None:
     """x when ``name`` is ``x^2`` (Pow by the constant 2, or ``x * x``), else None."""
     node = _producer(graph, name)
     if node is None:
@@ -103,7 +135,7 @@ def table_mean_square(ctx: RuleContext, axes: tuple[int, ...], rank: int) -> Mom
     if axes != (rank - 1,) or ctx.node.op_type not in ("ReduceMean", "ReduceSum"):
         return None
     graph = ctx.graph
-    x = _squared(graph, ctx.node.input[0])
+    x = squared_input(graph, ctx.node.input[0])
     table = _table(graph, x) if x is not None else None
     if table is None or table.shape[1] < 2 or table.shape[0] < 2:
         return None
@@ -114,4 +146,4 @@ def table_mean_square(ctx: RuleContext, axes: tuple[int, ...], rank: int) -> Mom
                    Source(np.float64(0.0), np.float64(1.0), (_quantile(rows),)))
 
 
-__all__ = ["table_mean_square"]
+__all__ = ["squared_input", "table_mean_square"]
