@@ -118,7 +118,8 @@ def channel_var(m: Moments, c: int) -> np.ndarray:
 
 
 def chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
-    """f(z) of the Gaussian z its chain starts from (module docstring)."""
+    """f(z) of the Gaussian z its chain starts from (module docstring): (eta, lam, alpha, (the
+    factor eta is multiplied by, alpha's slope in alpha_z, alpha's offset))."""
     found = chain_values(m, shape)
     if found is None:
         return None
@@ -132,13 +133,16 @@ def chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
     # alpha_z is in z's units; the chain's Gaussian is z through the affine maps on the way
     s_src = np.sqrt(np.maximum(source_var(m, shape), 1e-300))
     ratio = s_src / np.sqrt(np.maximum(channel_var(z, c), 1e-300))
-    alpha = (w * t[:, 0]) @ y * alpha_z * ratio / s_src + (w * (t[:, 0] ** 2 - 1) / 2) @ y
+    slope = (w * t[:, 0]) @ y * ratio / s_src
+    offset = (w * (t[:, 0] ** 2 - 1) / 2) @ y
+    alpha = slope * alpha_z + offset
     var_g = w @ (g - v) ** 2
     terms = np.stack([(w * h) @ g for h in _HERMITE]) ** 2 / _FACTORIALS  # a_n^2 / n!, [4, C]
     k = positions(shape)
     cov = (var_g - terms.sum(axis=0)) / k + (terms * _pair_powers(m, shape)).sum(axis=0)
     excess = np.maximum(lam_z - gaussian_local(z, z_shape), 0.0)
-    return float(np.mean(beta)) ** 2 * eta_z, cov / safe**2 + beta**2 * excess, alpha
+    beta2 = float(np.mean(beta)) ** 2
+    return beta2 * eta_z, cov / safe**2 + beta**2 * excess, alpha, (beta2, slope, offset)
 
 
 def source_var(m: Moments, shape) -> np.ndarray:

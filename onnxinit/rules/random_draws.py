@@ -103,4 +103,24 @@ def comparison_draw(ctx: RuleContext) -> Moments | None:
     return None
 
 
-__all__ = ["comparison_draw", "random_normal", "random_uniform"]
+def is_keep_mask(ctx: RuleContext, tensor: str) -> bool:
+    """``tensor`` is a Bernoulli draw of :func:`comparison_draw` times constants (stochastic
+    depth's ``Cast(Less(U, c)) / keep``): its values are 0 and one other, per element."""
+    graph = ctx.graph
+    for _ in range(8):
+        node_id = graph.producer.get(tensor)
+        if node_id is None:
+            return False
+        node = graph.node(node_id)
+        if node.op_type == "Cast":
+            return comparison_draw(ctx.for_node(node_id)) is not None
+        if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
+            return False
+        signals = [n for n in node.input if not graph.is_constant(n)]
+        if len(signals) != 1 or (node.op_type == "Div" and signals[0] != node.input[0]):
+            return False
+        tensor = signals[0]
+    return False
+
+
+__all__ = ["comparison_draw", "is_keep_mask", "random_normal", "random_uniform"]

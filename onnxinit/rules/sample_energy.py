@@ -24,37 +24,48 @@ independent or locally correlated positions sees. Per channel, with z's source G
 (64x64, 16 batches of 8) eta grows from 0.002 (block 1) to 0.1 (blocks 8-11), alpha / sd is
 0.2-0.4, and without them the squeeze-excite pools miss 0.1-0.3 of their variance.
 
+``eps`` is a sum of independent factors (:mod:`.sample_masks`): ``eps_0``, and one factor per
+source of per-sample energy, each conv's seeded energy and each per-sample gate every channel
+shares (a stochastic-depth keep mask), with its own ``eta_k`` and offset ``alpha_k``; the rules
+below act on each factor (a residual sum adds each factor's loadings, so a branch's own seeds
+and masks add in quadrature with its skip's energy), and the pool integrates ``eps_0`` with the
+linear factors as above, each two-point factor (a mask) exactly at its two points. At most 16
+linear factors are kept apart per tensor, the smallest merged into ``eps_0``.
+
 Carried through the layers on demand (memoised per propagation), per node kind:
 
 - Conv (weights W, groups): ``b_jct = W_jct^2 nu_c / sum W^2 nu``, ``B_jc = sum_t b_jct``.
   Two output channels share the realized energies of the inputs they both read (a squeeze-
   excite map's few heavy-tailed positions leak into every output of a 1x1 conv):
-  ``eta_y = eta_x + sum_c lam_c (S_c^2 - Q_c) / (J (J - 1))``, ``S_c = sum_j B_jc``,
+  ``eta_y = eta_x + sum_c lam_c (S_c^2 - Q_c) / (J (J - 1))`` (the seeded part a factor of
+  its own, with no offset), ``S_c = sum_j B_jc``,
   ``Q_c = sum_j B_jc^2`` (the mean over pairs j != j'; 0 for a depthwise conv);
   ``lam_y = lam_G(y) + sum_c B_jc^2 (lam_c - lam_G(x_c))``, ``lam_G = 2 sum_{p,q} rho(p - q)^2
   / K^2`` the Gaussian field's value from the tensor's spatial correlation;
-  ``alpha_y = (sum_{c,t} W_jct f_t alpha_c) eta_x / eta_y``, f_t the share of output positions
-  where tap t reads inside the input (zero padding does not move), the ratio because the
-  seeded energy is independent of the offsets.
+  ``alpha_y = sum_{c,t} W_jct f_t alpha_c`` per factor, f_t the share of output positions
+  where tap t reads inside the input (zero padding does not move).
 - Per-channel affine maps (BatchNorm, Add/Mul of constants): eta, lam kept, alpha scaled.
 - Element-wise chain f of a Gaussian z (the tensor's source): ``eta_f = mean(beta)^2 eta_z``,
   ``beta = E[(t^2 - 1) (f - E f)^2] / (2 Var f)`` (the slope of log Var f in log sigma^2,
   Stein's identity); ``alpha_f = E[t f] a alpha_z / s + E[(t^2 - 1) f] / 2``; ``lam_f =
   (1/K^2) sum_{p,q} Cov(g_p, g_q) / Var(f)^2 + beta^2 (lam_z - lam_G(z))``, ``g = (f - E f)^2``,
   by Mehler's expansion ``Cov = sum_{n<=4} a_n^2 rho_z^n / n!``, ``a_n = E[g He_n(t)]``.
-- Add of two signals (a residual branch carries its skip's scale): ``eta = (w sqrt(eta_a) +
-  (1 - w) sqrt(eta_b))^2``, w a's share of the variance; lam by the shares squared; alphas add.
-- Mul by a per-sample gate g ``[N, C or 1, 1, ...]`` (taken as Gaussian): eta kept,
+  A two-point factor exactly at its points (:func:`.sample_masks.chain_factor`).
+- Add of two signals, per factor (a residual branch carries its skip's scale): ``eta = (w
+  sqrt(eta_a) + (1 - w) sqrt(eta_b))^2``, w a's share of the variance; lam by the shares
+  squared; the offsets add (:func:`.sample_masks.sum_factors`).
+- Mul by a per-sample gate g ``[N, C, 1, ...]`` (taken as Gaussian): eta kept,
   ``lam_y = r (1 + lam_x + eta_x) - 1 - eta_x``, ``r = E g^4 / (E g^2)^2``, ``alpha_y = E[g]
-  alpha_x``.
-- Concat over channels: ``eta = (sum_i (C_i / C) sqrt(eta_i))^2``; lam, alpha concatenated.
+  alpha_x``. A gate ``[N, 1, 1, ...]`` one value for all channels: x's factors kept, a factor of
+  its own ``(r - 1) (1 + eta_x)`` (:func:`.sample_masks.gate_factor`; a keep mask
+  ``Cast(Less(U, c)) / keep`` two-point, other gates Gaussian), ``lam_y = r lam_x``.
+- Concat over channels, per factor: ``eta = (sum_i (C_i / C) sqrt(eta_i))^2``; lam, alpha
+  concatenated.
 - Identity, Dropout, AveragePool, MaxPool, Pad: kept (Pad dilutes alpha by its added zeros).
 - Anything else (graph inputs, LayerNorm, GroupNorm, InstanceNorm, layout ops): none, lam_G.
 
-Not modelled: the energy a gate shares across channels (measured 0.0000 for squeeze-excite
-gates; a stochastic-depth mask ``[N, 1, 1, 1]`` shares all of its own, which carried through
-sums as one common scale overshoots EfficientNet's last stages 1.5-1.9x, so it is left out),
-the per-sample Gram of a conv's input channels beyond their energies (a projection conv after a
+Not modelled: the energy a per-channel gate shares across channels (measured 0.0000 for
+squeeze-excite gates), BatchNorm's batch centring of a factor before the pool, the per-sample Gram of a conv's input channels beyond their energies (a projection conv after a
 gate seeds 1.5-2x the diagonal term measured), the joint cumulants of four distinct positions
 (a depthwise conv's lam is 0.65-0.8 of the measured), and eta's own non-linear response (first
 order in the chains). Pools whose input is not stationary (:func:`.stationary.stationary`) are
@@ -73,11 +84,17 @@ from .energy_fields import (chain_law, chain_values, channel_var, gaussian_local
                             source_var)
 from .linear import begin_pads
 from .on_demand import OnDemandField
+from .random_draws import is_keep_mask
+from .sample_masks import (chain_factor, concat_factors, gate_factor, gate_moments,
+                           merge_smallest, pooled_factor, regression, sum_factors)
 from .stationary import stationary
 from .kurtosis import _step, chain_start, mixture_nodes
 
 _FIELD = OnDemandField()
 _KEEP = {"Identity", "Dropout", "AveragePool", "MaxPool", "Pad"}
+# linear factors kept apart per tensor (the rest merged into eta_0): memory and time stay
+# bounded on deep networks, a conv seeding one each
+_MAX_FACTORS = 16
 
 
 def _shape(graph, name: str):
@@ -110,6 +127,11 @@ def _signals(graph, known, node) -> list[str]:
     return [n for n in node.input if n and n in known and not graph.is_constant(n)]
 
 
+def _shared_gate(graph, name: str, shape) -> bool:
+    """``name`` is a per-sample ``[N, 1, 1, ...]`` gate: one value for every channel."""
+    return _gate(graph, name, shape) and _shape(graph, name)[1] == 1 and shape[1] > 1
+
+
 def _gate(graph, name: str, shape) -> bool:
     """``name`` is a per-sample ``[N, C or 1, 1, ...]`` operand of an output of ``shape``."""
     s = _shape(graph, name)
@@ -138,8 +160,25 @@ def _deps(ctx, known, tensor: str) -> list[str]:
 
 
 def law(ctx: RuleContext, tensor: str):
-    """(eta, lam [C], alpha [C]) of ``tensor`` (module docstring); None outside propagation or
-    without a channel axis."""
+    """(eta, lam [C], alpha [C]) of ``tensor`` (module docstring), the per-sample gates' own
+    factors left out; None outside propagation or without a channel axis."""
+    found = _record(ctx, tensor)
+    if found is None:
+        return None
+    linear = {k: f for k, f in found[3].items() if not f[2]}
+    eta, alpha = regression(found[0], found[2], linear)
+    return eta, found[1], alpha
+
+
+def shared_energy(ctx: RuleContext, tensor: str):
+    """(eta, alpha [C]) of the whole per-sample energy of ``tensor``, the per-sample gates'
+    factors (:mod:`.sample_masks`) included; None as :func:`law`."""
+    found = _record(ctx, tensor)
+    return None if found is None else regression(found[0], found[2], found[3])
+
+
+def _record(ctx: RuleContext, tensor: str):
+    """(eta_0, lam, alpha_0, factors) of ``tensor``."""
     known, graph = ctx.known, ctx.graph
     if known is None or tensor not in known or _shape(graph, tensor) is None:
         return None
@@ -158,7 +197,7 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
     shape = _shape(graph, tensor)
     m: Moments = known[tensor]
     c = shape[1]
-    fresh = (0.0, gaussian_local(m, shape), np.zeros(c))
+    fresh = (0.0, gaussian_local(m, shape), np.zeros(c), {})
     node_id = graph.producer.get(tensor)
     if node_id is None:
         return fresh
@@ -169,34 +208,38 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
         got = law_of(name) if name in known and _shape(graph, name) is not None else None
         if got is None or got[1].shape != (size,):
             return (0.0, gaussian_local(known[name], _shape(graph, name) or (1, size)),
-                    np.zeros(size))
+                    np.zeros(size), {})
         return got
 
     try:
         with np.errstate(all="ignore"):
             if _is_chain(graph, ctx, known, tensor):
                 base = _chain(graph, ctx, tensor)[0]
-                out = fresh if base == tensor else chain_law(
+                out = fresh if base == tensor else _chain_law(
                     m, shape, of(base, _shape(graph, base)[1]), known[base],
                     _shape(graph, base))
             elif op == "Conv" and signals:
                 out = _conv_law(ctx.for_node(node_id), known, of, shape)
             elif op in _KEEP and signals:
-                eta, lam, alpha = of(signals[0])
+                eta, lam, alpha, factors = of(signals[0])
                 gauss_in = gaussian_local(known[signals[0]], _shape(graph, signals[0]))
                 if op == "Pad":  # zeros added: the positions' mean shift is diluted
-                    alpha = alpha * positions(_shape(graph, signals[0])) / positions(shape)
-                out = eta, np.maximum(fresh[1] + lam - gauss_in, 0.0), alpha
+                    dilution = positions(_shape(graph, signals[0])) / positions(shape)
+                    alpha = alpha * dilution
+                    factors = {k: (e, a * dilution, p) for k, (e, a, p) in factors.items()}
+                out = eta, np.maximum(fresh[1] + lam - gauss_in, 0.0), alpha, factors
             elif op in ("Add", "Sub") and len(signals) == 2:
                 out = _sum_law(known, graph, signals, of, shape, fresh[1], op == "Sub")
             elif (op in ("Add", "Sub", "Mul", "Div", "BatchNormalization")
                   and len(signals) == 1 and _shape(graph, signals[0]) == shape):
                 # a per-channel affine map: the loading scales with the standard deviation
-                eta, lam, alpha = of(signals[0])
+                eta, lam, alpha, factors = of(signals[0])
                 ratio = np.sqrt(channel_var(known[signals[0]], c) / channel_var(m, c))
-                out = eta, lam, alpha / np.where(ratio > 0, ratio, 1.0)
+                ratio = np.where(ratio > 0, ratio, 1.0)
+                out = eta, lam, alpha / ratio, {k: (e, a / ratio, p)
+                                                for k, (e, a, p) in factors.items()}
             elif op == "Mul" and len(signals) == 2:
-                out = _gated_law(known, graph, signals, of, shape)
+                out = _gated_law(ctx, signals, of, shape)
             elif (op == "Concat" and signals
                   and ctx.for_node(node_id).attr("axis") in (1, 1 - len(shape))):
                 out = _concat_law(graph, signals, of)
@@ -204,11 +247,32 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
                 out = None
     except (ValueError, IndexError, KeyError, TypeError, RuleError):
         return fresh
-    if out is None or not all(np.all(np.isfinite(a)) for a in out):
+    if out is None or not all(np.all(np.isfinite(a)) for a in out[:3]):
         return fresh
-    eta, lam, alpha = out
-    return (max(float(eta), 0.0), np.maximum(np.asarray(lam, np.float64), 0.0),
-            np.broadcast_to(np.asarray(alpha, np.float64), (c,)).copy())
+    eta, lam, alpha, factors = out
+    if not all(math.isfinite(e) and np.all(np.isfinite(a)) for e, a, _ in factors.values()):
+        return fresh
+    factors = {k: (max(float(e), 0.0), np.broadcast_to(np.asarray(a, np.float64), (c,)).copy(), p)
+               for k, (e, a, p) in factors.items()}
+    eta, alpha, factors = merge_smallest(float(eta), np.broadcast_to(alpha, (c,)), factors,
+                                         _MAX_FACTORS)
+    return max(eta, 0.0), np.maximum(np.asarray(lam, np.float64), 0.0), alpha, factors
+
+
+def _chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
+    """f(z): :func:`.energy_fields.chain_law` for eta_0, and each gate's factor alike (its
+    eta times the chain's mean beta squared, its offset ``E[t f] a alpha / s + E[(t^2 - 1) f]
+    / 2``)."""
+    eta_z, lam_z, alpha_z, factors = law_z
+    found = chain_law(m, shape, (eta_z, lam_z, alpha_z), z, z_shape)
+    if found is None:
+        return None
+    eta, lam, alpha, (beta2, slope, offset) = found
+    out = {}
+    for key, (e, a, p) in factors.items():
+        exact = chain_factor(m, shape, z, e, a, p) if p else None
+        out[key] = (*exact, p) if exact is not None else (beta2 * e, slope * a + offset, p)
+    return eta, lam, alpha, out
 
 
 def _conv_law(conv: RuleContext, known, of, shape):
@@ -221,7 +285,7 @@ def _conv_law(conv: RuleContext, known, of, shape):
     cin = x_shape[1]
     group = int(conv.attr("group", 1))
     per = cin // group
-    eta_x, lam_x, alpha_x = of(x, cin)
+    eta_x, lam_x, alpha_x, factors = of(x, cin)
     nu = channel_var(known[x], cin)
     weight = np.asarray(weight, np.float64).reshape(j, per, -1)
     idx = (np.arange(j) // (j // group))[:, None] * per + np.arange(per)[None]  # [J, I/g]
@@ -233,12 +297,12 @@ def _conv_law(conv: RuleContext, known, of, shape):
     seeded = float((lam_x * (s * s - q)).sum() / (j * (j - 1))) if j > 1 else 0.0
     excess = lam_x - gaussian_local(known[x], x_shape)
     lam = gaussian_local(known[conv.node.output[0]], shape) + (b * b * excess[idx]).sum(axis=1)
-    taps = weight * _inside(conv, x_shape, shape).reshape(1, 1, -1)
-    alpha = (taps.sum(axis=2) * alpha_x[idx]).sum(axis=1)
-    # alpha is a regression on eps: the seeded part is independent of the offsets
-    if seeded > 0:
-        alpha = alpha * eta_x / (eta_x + seeded)
-    return eta_x + seeded, lam, alpha
+    taps = (weight * _inside(conv, x_shape, shape).reshape(1, 1, -1)).sum(axis=2)
+    alpha = (taps * alpha_x[idx]).sum(axis=1)
+    factors = {k: (e, (taps * a[idx]).sum(axis=1), p) for k, (e, a, p) in factors.items()}
+    if seeded > 0:  # independent of every energy before it: a factor of its own, no offset
+        factors[conv.node.output[0]] = (seeded, np.zeros(j), None)
+    return eta_x, lam, alpha, factors
 
 
 def _inside(conv: RuleContext, x_shape, y_shape) -> np.ndarray:
@@ -266,33 +330,47 @@ def _sum_law(known, graph, names, of, shape, gauss, minus=False):
     total = nu[0] + nu[1]
     share = float(nu[0].sum() / max(float(total.sum()), 1e-300))
     wa = np.where(total > 0, nu[0] / np.where(total > 0, total, 1.0), 0.5)
-    (ea, la, aa), (eb, lb, ab) = of(names[0]), of(names[1])
+    (ea, la, aa, fa), (eb, lb, ab, fb) = of(names[0]), of(names[1])
     eta = (share * math.sqrt(ea) + (1 - share) * math.sqrt(eb)) ** 2
     ga, gb = (gaussian_local(known[n], shape) for n in names)
-    return eta, gauss + wa**2 * (la - ga) + (1 - wa) ** 2 * (lb - gb), aa - ab if minus else aa + ab
+    return (eta, gauss + wa**2 * (la - ga) + (1 - wa) ** 2 * (lb - gb),
+            aa - ab if minus else aa + ab, sum_factors(fa, fb, share, minus))
 
 
-def _gated_law(known, graph, names, of, shape):
+def _gated_law(ctx, names, of, shape):
+    graph, known = ctx.graph, ctx.known
     gates = [n for n in names if _gate(graph, n, shape)]
     maps = [n for n in names if n not in gates]
     if len(gates) != 1 or len(maps) != 1 or _shape(graph, maps[0]) != shape:
         return None
-    eta, lam, alpha = of(maps[0])
+    eta, lam, alpha, factors = of(maps[0])
     c = shape[1]
     mu, v = (np.broadcast_to(a, (c,)) for a in known[gates[0]].values_along(1, c))
+    factors = {k: (e, a * mu, p) for k, (e, a, p) in factors.items()}
+    if _shared_gate(graph, gates[0], shape):  # one value per sample: a factor of its own
+        mask = is_keep_mask(ctx, gates[0])
+        moments = gate_moments(float(mu[0]), float(v[0]), mask)
+        eta_x = eta + sum(f[0] for f in factors.values())
+        mean_x = known[maps[0]].values_along(1, c)[0]
+        eta_g, alpha_g, r = gate_factor(moments, eta_x, np.broadcast_to(mean_x, (c,)))
+        if eta_g > 0:
+            drop = 1.0 - moments[0] ** 2 / moments[1] if mask else None
+            factors[gates[0]] = (eta_g, alpha_g, drop if drop and 0 < drop < 1 else None)
+        return eta, r * lam, alpha * mu, factors
     m2 = v + mu**2
     m4 = mu**4 + 6 * mu**2 * v + 3 * v**2  # the gate as a Gaussian
     r = np.where(m2 > 0, m4 / np.where(m2 > 0, m2, 1.0) ** 2, 1.0)
-    return eta, r * (1 + lam + eta) - 1 - eta, alpha * mu
+    return eta, r * (1 + lam + eta) - 1 - eta, alpha * mu, factors
 
 
 def _concat_law(graph, names, of):
     sizes = [_shape(graph, n)[1] for n in names]
     laws = [of(n, s) for n, s in zip(names, sizes)]
     total = sum(sizes)
-    eta = sum(s / total * math.sqrt(e) for s, (e, _, _) in zip(sizes, laws)) ** 2
-    return (eta, np.concatenate([lam for _, lam, _ in laws]),
-            np.concatenate([a for _, _, a in laws]))
+    eta = sum(s / total * math.sqrt(law[0]) for s, law in zip(sizes, laws)) ** 2
+    return (eta, np.concatenate([law[1] for law in laws]),
+            np.concatenate([law[2] for law in laws]),
+            concat_factors([(s, law[3]) for s, law in zip(sizes, laws)]))
 
 
 def pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
@@ -313,24 +391,35 @@ def _pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     base, norms = _chain(graph, ctx, name)
     if not (stationary(known[base], len(x_shape)) and stationary(x, len(x_shape))):
         return None
-    found = law(ctx, base) if base != name else None
-    if found is None or found[0] <= 0:
+    found = _record(ctx, base) if base != name else None
+    if found is None:
         return None
     # BatchNorm's batch statistics centre the sample energies over the batch
-    eta = found[0] * ((1.0 - 1.0 / max(x_shape[0], 1)) if norms else 1.0)
-    c = x_shape[1]
-    sig2, wts = mixture_nodes(np.full(c, eta))
-    s_src = np.sqrt(np.maximum(source_var(x, tuple(x_shape)), 1e-300))
-    shift = found[2] * s_src / np.sqrt(np.maximum(channel_var(known[base], c), 1e-300))
-    means = []
-    for s2 in sig2:
-        got = chain_values(x, tuple(x_shape), s2, shift * (s2 - 1.0))
+    kept = (1.0 - 1.0 / max(x_shape[0], 1)) if norms else 1.0
+    c, shape = x_shape[1], tuple(x_shape)
+    two_point = {k: f for k, f in found[3].items() if f[2]}
+    eta, alpha = regression(found[0], found[2],
+                            {k: f for k, f in found[3].items() if k not in two_point})
+    dvar = np.zeros(c)
+    if eta > 0:
+        sig2, wts = mixture_nodes(np.full(c, eta * kept))
+        s_src = np.sqrt(np.maximum(source_var(x, shape), 1e-300))
+        shift = alpha * s_src / np.sqrt(np.maximum(channel_var(known[base], c), 1e-300))
+        means = []
+        for s2 in sig2:
+            got = chain_values(x, shape, s2, shift * (s2 - 1.0))
+            if got is None:
+                return None
+            means.append(got[1] @ got[0])
+        means = np.stack(means)  # [3, C]
+        dvar = dvar + wts @ (means - wts @ means) ** 2
+    for e, a, p in two_point.values():
+        got = pooled_factor(x, shape, known[base], e * kept, a, p)
         if got is None:
             return None
-        means.append(got[1] @ got[0])
-    means = np.stack(means)  # [3, C]
-    dvar = wts @ (means - wts @ means) ** 2
+        dvar = dvar + got
+    if not np.any(dvar > 0):
+        return None
     return dvar if np.all(np.isfinite(dvar)) else None
 
-
-__all__ = ["law", "pooled_shared"]
+__all__ = ["law", "pooled_shared", "shared_energy"]
