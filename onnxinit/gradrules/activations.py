@@ -37,6 +37,7 @@ from ..rules.elementwise import UNARY, base_source, is_smooth, node_function, ra
 from ..rules.gaussian import compose, expand, gaussian_moments, probability
 from ..rules.mixture import components
 from ..spatial import class_weights
+from .batch_share import through_derivative
 from .context import GradContext
 from .conditional import pulled_back
 from .gradient import Gradient, last_axis
@@ -265,7 +266,15 @@ def through_function(g: Gradient, fn: Callable, x: Moments, ctx: GradContext,
         p2 = weighted
     given = given if passed else None
     out = times_independent(g, p1, p2, positions_of(ctx))
-    return replace(out, given=given)
+    centred = None
+    if g.centred is not None:
+        shape = ctx.out_shape()
+        s = positions_of(ctx)
+        c = shape[1] if len(shape) > 2 else 1
+        u = g.channel_sample_var(len(shape), c, s) if len(shape) > 2 else g.var
+        share = float(np.mean(u) / max(float(np.mean(g.var)), 1e-300))
+        centred = through_derivative(g.centred, derivative(fn), x, shape, share)
+    return replace(out, given=given, centred=centred)
 
 
 def elementwise_backward(grads, ctx: GradContext):

@@ -121,6 +121,16 @@ def conditioned(g: Gradient, ctx: GradContext, which: int) -> Gradient:
                                     expand(o.mean, rank), expand(o.var, rank)))
 
 
+def _operand_centred(g: Gradient, ctx: GradContext, which: int) -> Gradient:
+    """dy for operand ``which`` of ``a + b``: the x_hat deficit of dy's batch-centred part
+    (:class:`.batch_share.Centred`) scaled by ``Var operand / Var(a + b)``."""
+    if g.centred is None:
+        return g
+    total = ctx.x(0).total()[1] + ctx.x(1).total()[1]
+    rho2 = ctx.x(which).total()[1] / total if total > 0 else 1.0
+    return replace(g, centred=g.centred.operand(rho2))
+
+
 def _shifted(g: Gradient, ctx: GradContext, which: int) -> Gradient:
     """dx for ``y = x + c`` (c a scalar constant): dy with its conditional moved by c."""
     if g.given is None or ctx.node.op_type != "Add":
@@ -168,8 +178,8 @@ def binary(grads, ctx: GradContext):
     a_shape, b_shape = ctx.in_shape(0), ctx.in_shape(1)
     s = positions_of(ctx)
     if op == "Add":
-        return [reduce_to(conditioned(g, ctx, 0), out_shape, a_shape),
-                reduce_to(conditioned(g, ctx, 1), out_shape, b_shape)]
+        return [reduce_to(_operand_centred(conditioned(g, ctx, 0), ctx, 0), out_shape, a_shape),
+                reduce_to(_operand_centred(conditioned(g, ctx, 1), ctx, 1), out_shape, b_shape)]
     if op == "Sub":
         return [reduce_to(g, out_shape, a_shape), reduce_to(g.scaled(-1.0), out_shape, b_shape)]
     a, b = ctx.x(0), ctx.x(1)

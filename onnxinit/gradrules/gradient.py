@@ -28,6 +28,9 @@ statistics of normalization layers and the weight gradients need:
   sample (:mod:`.tokens`; a loss on the mean over a sequence gives every token the same dy).
 - ``pair``: the second moments over the last two axes as a sum of Kronecker products
   (:mod:`.pairs`), from the attention MatMul P V to the Softmax and on to Q K^T.
+- ``centred`` (:class:`~.batch_share.Centred`): the shares of E[g^2] whose batch mean is
+  exactly zero (a BatchNorm's input gradient, through linear maps) or ``f'(a)`` times such a
+  part; the BatchNorm rule removes less from them.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np
 
 from ..moments import Tokens, pooled_along
 from . import tokens as token_field
+from .batch_share import Centred, mixed as centred_mixed
 from .conditional import Conditional, mixed
 
 MAX_COV = 1024
@@ -58,6 +62,7 @@ class Gradient:
     given: Conditional | None = None
     tokens: Tokens | None = None
     pair: tuple | None = None
+    centred: Centred | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mean", _array(self.mean))
@@ -183,7 +188,9 @@ def add(parts: list[Gradient]) -> Gradient:
         profile = sum(w * (p.profile if p.profile is not None else ones)
                       for w, p in zip(weights, parts)) / max(sum(weights), 1e-300)
     tokens = token_field.summed([(p.tokens, p.total()[1]) for p in parts])
-    return Gradient(mean, var, sample_var, profile, cov, None, _given(parts), tokens)
+    centred = centred_mixed([(p.centred, float(np.mean(p.second_moment()))) for p in parts])
+    return Gradient(mean, var, sample_var, profile, cov, None, _given(parts), tokens,
+                    centred=centred)
 
 
 def _given(parts: list[Gradient]) -> Conditional | None:

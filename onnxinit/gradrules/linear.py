@@ -99,6 +99,11 @@ def _x_stats(ctx: GradContext, index: int, size: int, rank: int) -> tuple[float,
     return float(np.mean(var + mean**2)), float(np.mean(mean**2))
 
 
+def linear_centred(dx: Gradient, g: Gradient) -> Gradient:
+    """dx of ``W^T dy`` with dy's batch-centred part (:class:`.batch_share.Centred`)."""
+    return replace(dx, centred=g.centred.linear() if g.centred is not None else None)
+
+
 @rule("MatMul")
 def matmul(grads, ctx: GradContext):
     """y = x W with W constant [K, M] (x [..., K]); see the module docstring."""
@@ -113,7 +118,7 @@ def matmul(grads, ctx: GradContext):
     w = np.asarray(w, dtype=np.float64)
     rank = len(ctx.out_shape())
     rows = int(np.prod(ctx.out_shape()[:-1]))
-    out = [dense_input(g, w, rank), None]
+    out = [linear_centred(dense_input(g, w, rank), g), None]
     if ctx.is_parameter(1):
         out[1] = dense_weight(*_x_stats(ctx, 0, w.shape[0], rank), g, rows, rank, w.shape[1],
                               ctx.x(0).tokens)
@@ -136,7 +141,7 @@ def gemm(grads, ctx: GradContext):
     if ctx.attr("transA", 0):
         raise RuleError("Gemm with transA")
     rows = ctx.out_shape()[0]
-    out = [dense_input(g, alpha * w, 2), None, None]
+    out = [linear_centred(dense_input(g, alpha * w, 2), g), None, None]
     if ctx.is_parameter(1):
         out[1] = dense_weight(*_x_stats(ctx, 0, w.shape[0], 2), g.scaled(alpha), rows, 2,
                               w.shape[1])
@@ -267,7 +272,7 @@ def conv(grads, ctx: GradContext):
         tap_sum[ins, :, outs] = wf[outs].transpose(1, 2, 0)
     energy = (tap_sum**2) @ v_out
     mean_taps = tap_sum @ m_out
-    out = [spread(energy, tap_sum, g, ctx, kernel, mean_taps), None, None]
+    out = [linear_centred(spread(energy, tap_sum, g, ctx, kernel, mean_taps), g), None, None]
     s_out = int(np.prod(y_shape[2:]))
     rows = ctx.batch * s_out
     if ctx.is_parameter(1):

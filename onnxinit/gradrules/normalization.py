@@ -14,12 +14,23 @@ mean left over M - 1: ``(Var[dy] - u / N) / (M - 1)`` (``E[dy^2] / M`` when the 
 independent; at batch 1 on a 2x2 map, where a pooled gradient is nearly alike across the
 positions, E[dy^2] / M removed more than was left)::
 
-    Var[dx] = gamma^2 / sigma_b^2 (Var[dy] - u / N) (1 - 1 / (M - 1)),   E[dx] = 0,
-    u' = gamma^2 / sigma_b^2 u (1 - 1/N)
+    Var[dx] = gamma^2 E[1 / sigma_b^2] (Var[dy] - u / N) (1 - 1 / (M - 1)),   E[dx] = 0,
+    u' = gamma^2 E[1 / sigma_b^2] u (1 - 1/N)
 
-``1 / sigma_b^2`` is random with M values per channel: for Gaussian values
-``sigma_b^2 ~ sigma^2 chi^2_{M-1} / M`` and ``E[1 / sigma_b^2] = M / ((M - 3) sigma^2)`` (60%
-above ``1 / sigma^2`` at M = 8), with sigma^2 the channel's predicted variance; eps is added.
+Where dy is ``f'(y) g`` with g of exactly zero batch mean (a ReLU between two BatchNorms), the
+two removed parts are smaller (:func:`.batch_share.removed`: ReLU 0.50 and 0.68 of
+``E[dy^2] / M`` instead of 1 and 1); dx itself has zero batch mean (``Gradient.centred``).
+
+``1 / sigma_b^2`` is random with M values per channel: ``sigma_b^2 ~ W chi^2_{M-1} / (M - 1)``
+with ``W = E[sigma_b^2] = s P (1 - r / M)``, P the channel's predicted variance, r the spread
+of the input's batch mean relative to independent values (1 for those; 0.03 after
+``Conv(relu(BN))``: the previous BatchNorm fixed the batch's first two moments) and s the
+variance of relu of batch-standardized values against a Gaussian's (0.965 at M = 8)
+(:func:`.batch_share.input_law`)::
+
+    E[1 / (sigma_b^2 + eps)] = g / (W + g eps),   g = (M - 1) / (M - 3)
+
+(independent values: ``M / ((M - 3) P)``, 60% above ``1 / P`` at M = 8).
 Scale and bias gradients: ``dgamma = sum dy x_hat`` (variance ``M E[dy^2]``), ``dbeta = sum dy``
 (mean ``M E[dy]``, variance ``N S^2 u``).
 
@@ -52,6 +63,7 @@ import numpy as np
 
 from ..rules.context import RuleError
 from .activations import positions_of
+from .batch_share import Centred, input_law, removed
 from ..spatial import dense
 from .context import GradContext
 from .gradient import Gradient, along
@@ -69,12 +81,16 @@ def _param(ctx: GradContext, index: int, size: int, default: float) -> np.ndarra
     return np.broadcast_to(np.asarray(value, dtype=np.float64).reshape(-1), (size,))
 
 
-def inverse_batch_variance(var: np.ndarray, count: int, eps: float) -> np.ndarray:
-    """E[1 / (sigma_b^2 + eps)] for the biased variance sigma_b^2 of ``count`` Gaussian values
-    of variance ``var``: ``f / (var + f eps)`` with ``f = count / (count - 3)`` (the module
-    docstring; the limits var >> eps and var << eps are exact), f bounded for count <= 4."""
-    factor = count / (count - 3.0) if count > 4 else count / 1.5
-    return factor / (var + eps * factor)
+def inverse_batch_variance(var: np.ndarray, count: int, eps: float,
+                           share: float = 1.0) -> np.ndarray:
+    """E[1 / (sigma_b^2 + eps)] for the biased variance sigma_b^2 of ``count`` values of
+    variance ``var`` whose batch mean varies by ``share var / count`` (``share`` 1: independent
+    values): ``g / (var (1 - share / count) + g eps)`` with ``g = (count - 1) / (count - 3)``,
+    E[1 / chi^2_{count-1}] times count - 1 (the module docstring; the limits var >> eps and
+    var << eps are exact), g bounded for count <= 4."""
+    g = (count - 1) / (count - 3.0) if count > 4 else (count - 1) / 1.5
+    within = var * (1.0 - share / count) if count > 1 else var
+    return g / (within + eps * g)
 
 
 def sample_inverse_variance(random: np.ndarray, fixed: np.ndarray, count: int,
@@ -105,15 +121,17 @@ def batch_normalization(grads, ctx: GradContext):
     eps = float(ctx.attr("epsilon", 1e-5))
     gamma = _param(ctx, 1, c, 1.0)
     _, x_var = ctx.x(0).expand_rank(rank).values_along(1, c)
-    sigma2 = inverse_batch_variance(x_var, m_count, eps)
+    law = input_law(ctx.graph, ctx.forward, ctx.node.input[0], n)
+    sigma2 = inverse_batch_variance(x_var * law.scale, m_count, eps, law.r1)
     m, v = g.channels(rank, c)
     u = np.minimum(g.channel_sample_var(rank, c, s), v)
     second = v + m * m
-    centred = np.maximum(v - u / n, 0.0)
-    kept = centred * (1.0 - 1.0 / max(m_count - 1, 1))
+    batch_mean, along_x_hat = removed(g.centred, v, u, n, m_count)
+    kept = np.maximum(v - batch_mean - along_x_hat, 0.0)
     a2 = gamma**2 * sigma2
     sample_var = a2 * u * (1.0 - 1.0 / n) if rank > 2 else None
-    dx = along(np.zeros(c), a2 * kept, 1, rank, sample_var, g.profile)
+    dx = replace(along(np.zeros(c), a2 * kept, 1, rank, sample_var, g.profile),
+                 centred=Centred.whole())
     params = [None, None]
     if ctx.is_parameter(1):
         params[0] = Gradient.scalar(0.0, float(np.mean(m_count * second)))

@@ -114,3 +114,52 @@ def test_batch_norm_at_batch_one_on_a_2x2_map():
     the BN predicted 0, a false ONNXINIT005 on RegNet exported at batch 1)."""
     found = ratios(_residual_bn_block(2, np.random.default_rng(2)), batch_size=1, batches=256)
     assert_within(found, 0.3)
+
+
+def _two_batch_norms_on_1x1_maps(rng, channels: int = 64):
+    """x -> Conv -> BN -> ReLU -> Conv -> BN -> ReLU -> pool -> Gemm on 1x1 maps: M = 8 values
+    per channel at batch 8. The second BN's input is a Conv of relu(x_hat) and the first BN's
+    output gradient is relu' times a gradient whose batch mean the second BN removed."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+             helper.make_node("BatchNormalization", ["c1", "g1", "b1", "m1", "v1"], ["n1"],
+                              name="bn1"),
+             helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2"),
+             helper.make_node("BatchNormalization", ["c2", "g2", "b2", "m2", "v2"], ["n2"],
+                              name="bn2"),
+             helper.make_node("Relu", ["n2"], ["r2"], name="relu2")]
+    inits = [weight("w1", (channels, 256, 1, 1), rng),
+             weight("w2", (channels, channels, 1, 1), rng)]
+    for k in (1, 2):
+        inits += [array(f"g{k}", np.ones(channels)), array(f"b{k}", np.zeros(channels)),
+                  array(f"m{k}", np.zeros(channels)), array(f"v{k}", np.ones(channels))]
+    head("r2", channels, 10, rng, nodes, inits)
+    return image_model(nodes, inits, (256, 1, 1), 10)
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_batch_norm_steps_at_eight_values_per_channel(seed):
+    """The oracle: the autodiff over 64 batches. Each BN's step, the predicted/measured ratio
+    at its input over that at its output, within 7%. The second BN: E[1/sigma_b^2] is
+    (M-1)/(M-3) over the within-batch variance P (1 - r/M), r = 0.03 (its input's batch mean
+    hardly moves after relu(x_hat)), and relu(x_hat) has 3.5% less variance than relu of a
+    Gaussian; M/((M-3) P) was 14-16% high. The first BN keeps 0.84 of E[dy^2], not 0.75:
+    dy = relu' g with g of zero batch mean loses 0.50 and 0.68 of E[dy^2]/M, not 1 and 1
+    (10-13% low before)."""
+    found = ratios(_two_batch_norms_on_1x1_maps(np.random.default_rng(seed)), batch_size=8,
+                   batches=64)
+    steps = {"bn1": found["c1"] / found["n1"], "bn2": found["c2"] / found["n2"]}
+    assert_within(steps, 0.07)
+
+
+@pytest.mark.parametrize("count", [5, 8, 32])
+def test_relu_of_batch_standardized_values_against_simulation(count):
+    """Var[relu(0.3 + 1.2 x_hat)] for x_hat standardized over its batch of ``count`` values:
+    the sphere law against 200k simulated batches (8 values: 3.5% below the Gaussian's)."""
+    from onnxinit.gradrules.batch_share import sphere_variance
+
+    rng = np.random.default_rng(count)
+    x = rng.standard_normal((200_000 // count * 8, count))
+    x_hat = (x - x.mean(axis=1, keepdims=True)) / x.std(axis=1, keepdims=True)
+    simulated = np.maximum(0.3 + 1.2 * x_hat, 0.0).var()
+    assert abs(sphere_variance(0.3, 1.2, count) / simulated - 1) < 0.006
