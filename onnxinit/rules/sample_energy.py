@@ -24,26 +24,29 @@ independent or locally correlated positions sees. Per channel, with z's source G
 (64x64, 16 batches of 8) eta grows from 0.002 (block 1) to 0.1 (blocks 8-11), alpha / sd is
 0.2-0.4, and without them the squeeze-excite pools miss 0.1-0.3 of their variance.
 
-``eps`` is a sum of independent factors (:mod:`.sample_masks`): ``eps_0``, and one factor per
-source of per-sample energy, each conv's seeded energy and each per-sample gate every channel
-shares (a stochastic-depth keep mask), with its own ``eta_k`` and offset ``alpha_k``; the rules
-below act on each factor (a residual sum adds each factor's loadings, so a branch's own seeds
-and masks add in quadrature with its skip's energy), and the pool integrates ``eps_0`` with the
-linear factors as above, each two-point factor (a mask) exactly at its two points. At most 16
-linear factors are kept apart per tensor, the smallest merged into ``eps_0``.
+``eps`` is a sum of independent factors (:mod:`.sample_masks`): ``eps_0`` (what the convs
+seed), and one factor per per-sample gate every channel shares (a stochastic-depth keep mask),
+with its own ``eta_k`` and offset ``alpha_k``; the rules below act on each factor (a residual
+sum adds each factor's loadings, so a branch's mask adds in quadrature with its skip's
+energy), and the pool integrates ``eps_0`` with the Gaussian factors as above, each two-point
+factor (a mask) exactly at its two points. At most 16 factors are kept apart per tensor, the
+smallest merged into ``eps_0``. The convs' seeds stay in ``eps_0``, one common scale: as
+factors of their own (adding in quadrature at the sums) MobileNetV3-small at 64x64 went 91.1%
+-> 93.6% within 10% but EfficientNet-B0 without stochastic depth at 112x112 94.5% -> 92.7%,
+its pools lowered where the projection convs after the gates already seed too little.
 
 Carried through the layers on demand (memoised per propagation), per node kind:
 
 - Conv (weights W, groups): ``b_jct = W_jct^2 nu_c / sum W^2 nu``, ``B_jc = sum_t b_jct``.
   Two output channels share the realized energies of the inputs they both read (a squeeze-
   excite map's few heavy-tailed positions leak into every output of a 1x1 conv):
-  ``eta_y = eta_x + sum_c lam_c (S_c^2 - Q_c) / (J (J - 1))`` (the seeded part a factor of
-  its own, with no offset), ``S_c = sum_j B_jc``,
+  ``eta_y = eta_x + sum_c lam_c (S_c^2 - Q_c) / (J (J - 1))``, ``S_c = sum_j B_jc``,
   ``Q_c = sum_j B_jc^2`` (the mean over pairs j != j'; 0 for a depthwise conv);
   ``lam_y = lam_G(y) + sum_c B_jc^2 (lam_c - lam_G(x_c))``, ``lam_G = 2 sum_{p,q} rho(p - q)^2
   / K^2`` the Gaussian field's value from the tensor's spatial correlation;
-  ``alpha_y = sum_{c,t} W_jct f_t alpha_c`` per factor, f_t the share of output positions
-  where tap t reads inside the input (zero padding does not move).
+  ``alpha_y = (sum_{c,t} W_jct f_t alpha_c) eta_x / eta_y`` (per factor without the ratio),
+  f_t the share of output positions where tap t reads inside the input (zero padding does not
+  move), the ratio because the seeded energy is independent of the offsets.
 - Per-channel affine maps (BatchNorm, Add/Mul of constants): eta, lam kept, alpha scaled.
 - Element-wise chain f of a Gaussian z (the tensor's source): ``eta_f = mean(beta)^2 eta_z``,
   ``beta = E[(t^2 - 1) (f - E f)^2] / (2 Var f)`` (the slope of log Var f in log sigma^2,
@@ -92,8 +95,8 @@ from .kurtosis import _step, chain_start, mixture_nodes
 
 _FIELD = OnDemandField()
 _KEEP = {"Identity", "Dropout", "AveragePool", "MaxPool", "Pad"}
-# linear factors kept apart per tensor (the rest merged into eta_0): memory and time stay
-# bounded on deep networks, a conv seeding one each
+# factors kept apart per tensor (the rest merged into eta_0): memory and time stay bounded on
+# deep networks with a mask in every block
 _MAX_FACTORS = 16
 
 
@@ -300,9 +303,12 @@ def _conv_law(conv: RuleContext, known, of, shape):
     taps = (weight * _inside(conv, x_shape, shape).reshape(1, 1, -1)).sum(axis=2)
     alpha = (taps * alpha_x[idx]).sum(axis=1)
     factors = {k: (e, (taps * a[idx]).sum(axis=1), p) for k, (e, a, p) in factors.items()}
-    if seeded > 0:  # independent of every energy before it: a factor of its own, no offset
-        factors[conv.node.output[0]] = (seeded, np.zeros(j), None)
-    return eta_x, lam, alpha, factors
+    # alpha is a regression on eps: the seeded part is independent of the offsets (it joins
+    # eta_0: as its own factor it would add in quadrature at the residual sums, which lowers
+    # the pools where the projection convs' seeds are already missing, module docstring)
+    if seeded > 0:
+        alpha = alpha * eta_x / (eta_x + seeded)
+    return eta_x + seeded, lam, alpha, factors
 
 
 def _inside(conv: RuleContext, x_shape, y_shape) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Independent sources of a sample's shared energy, carried by :mod:`.sample_energy` as
 factors of their own: each per-sample gate every channel shares (a stochastic-depth keep mask
-``[N, 1, 1, 1]``, any per-sample scale) and each conv's seeded energy.
+``[N, 1, 1, 1]``, any per-sample scale).
 
 A tensor's relative per-sample energy is ``eps = eps_0 + sum_k eps_k``: ``eps_0`` the common
 part (factors merged into it add as one scale), ``eps_k`` the part source k put in, with
@@ -152,13 +152,13 @@ def concat_factors(parts: list[tuple[int, Factors]]) -> Factors:
 
 
 def merge_smallest(eta0: float, alpha0: np.ndarray, factors: Factors, keep: int):
-    """(eta_0, alpha_0, factors) with all but the ``keep`` largest linear factors (no two-point
-    law) merged into the common part: ``eta_0 + sum e``, offsets by :func:`regression` (at a
-    later sum the common part adds as one scale: correlated, where the merged ones are not)."""
-    linear = sorted((k for k, f in factors.items() if not f[2]), key=lambda k: -factors[k][0])
-    if len(linear) <= keep:
+    """(eta_0, alpha_0, factors) with all but the ``keep`` largest factors merged into the
+    common part: ``eta_0 + sum e``, offsets by :func:`regression` (at a later sum the common
+    part adds as one scale: correlated, where the merged ones are not)."""
+    if len(factors) <= keep:
         return eta0, alpha0.copy(), factors
-    merged = {k: factors[k] for k in linear[keep:]}
+    order = sorted(factors, key=lambda k: -factors[k][0])
+    merged = {k: factors[k] for k in order[keep:]}
     eta, alpha = regression(eta0, alpha0, merged)
     return eta, alpha, {k: f for k, f in factors.items() if k not in merged}
 

@@ -34,10 +34,10 @@ from tests.real.exports import exported  # noqa: E402
 # With the depthwise pairs carried past the pool (rules/pool_pairs.py): 94.3% -> 91.1%
 # (MobileNetV3, one batch: threshold crossings; over 16 batches 98.7% either way, its pools'
 # mean |log ratio| 0.054 -> 0.047) and 92.3% -> 91.6% (EfficientNet).
-# EfficientNet's stochastic-depth masks and each conv's seeded energy are now independent
-# factors (rules/sample_masks.py): MobileNetV3 91.1% -> 93.6%; EfficientNet 84.2% -> 86.6% at
-# 224 and 85.9% -> 90.9% at 112 (benchmarks/real_exports.py), but 91.6% -> 87.2% here: its
-# last stages are 2x2 maps, where the shared energy overshoots and the pools reach 1.1-1.3x.
+# EfficientNet's stochastic-depth masks are now factors of their own (rules/sample_masks.py):
+# 84.2% -> 86.6% at 224 and 85.9% -> 90.3% at 112 (benchmarks/real_exports.py), but 91.6% ->
+# 86.6% here: its last stages are 2x2 maps, where the shared energy overshoots and the pools
+# reach 1.1-1.3x (the missing mask energy hid that before).
 _SQUEEZE_EXCITE = pytest.mark.xfail(strict=True, reason="squeeze-excite pools under-predicted "
                                     "(a gate's projection seeds more shared energy than modelled)")
 
