@@ -219,8 +219,36 @@ def _conv(ctx: RuleContext, node, x: str, y: str, field_of) -> Field | None:
     if pointwise:
         w = w.reshape(c_out, -1)
         return Field(1, w @ s_x @ w.T)
-    return Field(1, maps.rescaled(maps.conv_same_tap(s_x, w, groups),
+    share = _share(graph, node, w, shape_x, shape_y)
+    return Field(1, maps.rescaled(maps.conv_same_tap(s_x, w, groups, share),
                                   within(ctx.known[y], shape_y)))
+
+
+def _share(graph, node, w: np.ndarray, shape_x, shape_y) -> np.ndarray | None:
+    """Each tap's share of positions inside the input (explicit pads, and a zero Pad of the
+    positions before the Conv, TF-style "same" padding; None: auto_pad)."""
+    n = w.ndim - 2
+    if (_attr(node, "auto_pad") or b"NOTSET") not in (b"NOTSET", b"VALID", b""):
+        return None
+    begins = list(_attr(node, "pads") or [0] * 2 * n)[:n]
+    sizes = list(shape_x[2:])
+    pad_id = graph.producer.get(node.input[0])
+    pad = graph.node(pad_id) if pad_id is not None else None
+    if pad is not None and pad.op_type == "Pad" and len(pad.input) > 1:
+        amounts = graph.value(pad.input[1])
+        value = graph.value(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else 0.0
+        mode = _attr(pad, "mode") or b"constant"
+        rank = len(shape_x)
+        if (amounts is not None and value is not None and mode == b"constant"
+                and not np.any(value) and np.size(amounts) == 2 * rank
+                and (len(pad.input) < 4 or not pad.input[3])):
+            amounts = np.asarray(amounts).reshape(-1)
+            begins = [b + int(a) for b, a in zip(begins, amounts[2:rank])]
+            sizes = [k - int(a) - int(e) for k, a, e in zip(sizes, amounts[2:rank],
+                                                             amounts[rank + 2:])]
+    strides = _attr(node, "strides") or [1] * n
+    dilations = _attr(node, "dilations") or [1] * n
+    return maps.tap_fractions(sizes, shape_y[2:], w.shape[2:], strides, dilations, begins)
 
 
 def _sum(ctx: RuleContext, signals: list[str], y: str, field_of) -> Field | None:
@@ -328,7 +356,7 @@ def _moved(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
 def _attr(node, name: str):
     for a in node.attribute:
         if a.name == name:
-            return list(a.ints) if a.ints else a.i
+            return list(a.ints) if a.ints else (a.s if a.s else a.i)
     return None
 
 

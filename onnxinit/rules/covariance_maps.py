@@ -22,20 +22,33 @@ def rescaled(s: np.ndarray, nu: np.ndarray, sign: np.ndarray | None = None) -> n
     return out
 
 
-def conv_same_tap(s_x: np.ndarray, w: np.ndarray, groups: int) -> np.ndarray:
-    """``sum_t W_t S_x W_t^T`` for a Conv weight ``[C_out, C_in / groups, *kernel]``, ``W_t``
-    block-diagonal over the groups (the input positions taken as independent)."""
+def tap_fractions(in_sizes, out_sizes, kernel, strides, dilations, begins) -> np.ndarray:
+    """Per tap of a Conv's kernel (C order), the share of output positions where it reads
+    inside the input (not the zero padding)."""
+    share = np.ones(1)
+    for n_in, n_out, k, s, d, b in zip(in_sizes, out_sizes, kernel, strides, dilations, begins):
+        index = np.arange(n_out)[None, :] * s - b + np.arange(k)[:, None] * d
+        share = np.outer(share, ((index >= 0) & (index < n_in)).mean(axis=1)).reshape(-1)
+    return share
+
+
+def conv_same_tap(s_x: np.ndarray, w: np.ndarray, groups: int,
+                  share: np.ndarray | None = None) -> np.ndarray:
+    """``sum_t f_t W_t S_x W_t^T`` for a Conv weight ``[C_out, C_in / groups, *kernel]``,
+    ``W_t`` block-diagonal over the groups (the input positions taken as independent), ``f_t``
+    the share of positions where tap t reads inside (:func:`tap_fractions`; default 1)."""
     c_out, c_in_group = w.shape[:2]
     taps = int(np.prod(w.shape[2:]))
     per = c_out // groups
+    share = np.ones(taps) if share is None else share
     if c_in_group == 1:  # depthwise (a channel multiplier per): one input channel per output
         k = w.reshape(c_out, taps)
         if per == 1:
-            return s_x * (k @ k.T)
+            return s_x * ((k * share) @ k.T)
         source = np.arange(c_out) // per
-        return s_x[source[:, None], source[None, :]] * (k @ k.T)
+        return s_x[source[:, None], source[None, :]] * ((k * share) @ k.T)
     w4 = w.reshape(groups, per, c_in_group, taps)  # the groups read correlated inputs too
-    left = w4.transpose(0, 1, 3, 2).reshape(groups, per * taps, c_in_group)
+    left = (w4 * share).transpose(0, 1, 3, 2).reshape(groups, per * taps, c_in_group)
     mixed = left @ s_x.reshape(groups, c_in_group, -1)  # [g, per * taps, G * in]
     mixed = mixed.reshape(groups, per, taps, groups, c_in_group).transpose(3, 0, 1, 2, 4)
     right = w4.transpose(0, 3, 2, 1).reshape(groups, taps * c_in_group, per)
@@ -97,5 +110,5 @@ def cross_term_factor(s: np.ndarray, w_out_in: np.ndarray) -> np.ndarray:
     return np.where(diag > 0, np.maximum(full, 0.0) / np.maximum(diag, 1e-300), 1.0)
 
 
-__all__ = ["centred", "conv_same_tap", "cross_term_factor", "gated", "mehler",
+__all__ = ["centred", "conv_same_tap", "tap_fractions", "cross_term_factor", "gated", "mehler",
            "normalized_variances", "rescaled"]
