@@ -59,13 +59,11 @@ variance), and a gate's own covariance across channels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..moments import Moments
-from ..spatial import positions, within_variance
 from . import covariance_maps as maps
+from .covariance_layout import Field, attr, conv_share, moved, variances, within
 from .context import RuleContext, RuleError
 from .elementwise import UNARY, elementwise
 from .hermite import coefficients
@@ -78,29 +76,6 @@ _FIELD = OnDemandField()
 _AFFINE = ("Mul", "Add", "Sub", "Div")
 _ONE_INPUT = ("BatchNormalization", "Conv", "Pad", "Transpose", "Reshape", "Slice", "Dropout",
               "Identity", "LayerNormalization", "MatMul")
-
-
-@dataclass(frozen=True)
-class Field:
-    """``cov`` ``[n, n]`` across ``axis`` (non-negative) of the tensor."""
-
-    axis: int
-    cov: np.ndarray
-
-
-def within(m: Moments, shape) -> np.ndarray:
-    """Per-channel variance at one position (``[C]``), the position means' spread excluded."""
-    c = shape[1]
-    sp = positions(m, shape) if len(shape) >= 3 else None
-    if sp is not None:
-        return within_variance(sp, c)
-    return np.broadcast_to(m.values_along(1, c)[1], (c,)).copy()
-
-
-def _variances(m: Moments, shape, axis: int) -> np.ndarray:
-    if axis == 1:
-        return within(m, shape)
-    return np.broadcast_to(m.values_along(axis, shape[axis])[1], (shape[axis],)).copy()
 
 
 def _pointwise(ctx: RuleContext, node) -> bool:
@@ -173,7 +148,7 @@ def _compute(ctx: RuleContext, tensor: str, field_of) -> Field | None:
         if node.op_type in ("BatchNormalization",) + _AFFINE:
             return _affine(ctx, node, x, tensor, f_x)
         if node.op_type in ("Pad", "Slice", "Reshape", "Transpose", "Dropout", "Identity"):
-            return _moved(ctx, node, x, tensor, f_x)
+            return moved(graph, known, node, x, tensor, f_x)
         if node.op_type == "LayerNormalization":
             return _layer_norm(ctx, node, x, tensor, f_x)
         if node.op_type == "MatMul":
@@ -219,36 +194,9 @@ def _conv(ctx: RuleContext, node, x: str, y: str, field_of) -> Field | None:
     if pointwise:
         w = w.reshape(c_out, -1)
         return Field(1, w @ s_x @ w.T)
-    share = _share(graph, node, w, shape_x, shape_y)
+    share = conv_share(graph, node, w, shape_x, shape_y)
     return Field(1, maps.rescaled(maps.conv_same_tap(s_x, w, groups, share),
                                   within(ctx.known[y], shape_y)))
-
-
-def _share(graph, node, w: np.ndarray, shape_x, shape_y) -> np.ndarray | None:
-    """Each tap's share of positions inside the input (explicit pads, and a zero Pad of the
-    positions before the Conv, TF-style "same" padding; None: auto_pad)."""
-    n = w.ndim - 2
-    if (_attr(node, "auto_pad") or b"NOTSET") not in (b"NOTSET", b"VALID", b""):
-        return None
-    begins = list(_attr(node, "pads") or [0] * 2 * n)[:n]
-    sizes = list(shape_x[2:])
-    pad_id = graph.producer.get(node.input[0])
-    pad = graph.node(pad_id) if pad_id is not None else None
-    if pad is not None and pad.op_type == "Pad" and len(pad.input) > 1:
-        amounts = graph.value(pad.input[1])
-        value = graph.value(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else 0.0
-        mode = _attr(pad, "mode") or b"constant"
-        rank = len(shape_x)
-        if (amounts is not None and value is not None and mode == b"constant"
-                and not np.any(value) and np.size(amounts) == 2 * rank
-                and (len(pad.input) < 4 or not pad.input[3])):
-            amounts = np.asarray(amounts).reshape(-1)
-            begins = [b + int(a) for b, a in zip(begins, amounts[2:rank])]
-            sizes = [k - int(a) - int(e) for k, a, e in zip(sizes, amounts[2:rank],
-                                                             amounts[rank + 2:])]
-    strides = _attr(node, "strides") or [1] * n
-    dilations = _attr(node, "dilations") or [1] * n
-    return maps.tap_fractions(sizes, shape_y[2:], w.shape[2:], strides, dilations, begins)
 
 
 def _sum(ctx: RuleContext, signals: list[str], y: str, field_of) -> Field | None:
@@ -262,7 +210,7 @@ def _sum(ctx: RuleContext, signals: list[str], y: str, field_of) -> Field | None
     for f, n in zip(fields, signals):
         if ctx.graph.shape(n) != shape:
             return None
-        parts.append(f.cov if f is not None else np.diag(_variances(ctx.known[n], shape, axis)))
+        parts.append(f.cov if f is not None else np.diag(variances(ctx.known[n], shape, axis)))
     if parts[0].shape != parts[1].shape or parts[0].shape[0] != shape[axis]:
         return None
     return Field(axis, parts[0] + parts[1])
@@ -282,7 +230,7 @@ def _gated(ctx: RuleContext, signals: list[str], y: str, field_of) -> Field | No
     gate_shape = graph.shape(gates[0])
     if f_x is None or not gate_shape or len(gate_shape) != len(shape):
         return None
-    axis, nu = f_x.axis, _variances(ctx.known[y], shape, f_x.axis)
+    axis, nu = f_x.axis, variances(ctx.known[y], shape, f_x.axis)
     others = [k for i, k in enumerate(gate_shape) if i not in (0, axis)]
     if gate_shape[axis] == shape[axis] and all(k == 1 for k in others):
         g = ctx.known[gates[0]].values_along(axis, shape[axis])[0]
@@ -317,80 +265,20 @@ def _affine(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
         if any(k != 1 for i, k in enumerate(const.shape) if i != axis):
             return None
         sign = np.sign(np.broadcast_to(const.reshape(-1), (shape[axis],)))
-    return Field(axis, maps.rescaled(f_x.cov, _variances(ctx.known[y], shape, axis), sign))
-
-
-def _moved(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
-    """Layout ops: the axis moved (Transpose, Reshape), cropped (Slice), padded (Pad)."""
-    graph = ctx.graph
-    shape_x, shape_y = graph.shape(x), graph.shape(y)
-    axis = f_x.axis
-    if not shape_x or not shape_y:
-        return None
-    if node.op_type in ("Dropout", "Identity"):
-        return f_x
-    if node.op_type == "Transpose":
-        perm = _attr(node, "perm")
-        perm = list(perm) if perm is not None else list(range(len(shape_x)))[::-1]
-        return Field(perm.index(axis), f_x.cov)
-    if node.op_type == "Reshape":
-        after = int(np.prod(shape_x[axis + 1:]))
-        for b in range(len(shape_y)):
-            if shape_y[b] == shape_x[axis] and int(np.prod(shape_y[b + 1:])) == after:
-                return Field(b, f_x.cov)
-        return None
-    if len(shape_x) != len(shape_y):
-        return None
-    if node.op_type == "Slice" and shape_y[axis] != shape_x[axis]:
-        index = _sliced(graph, node, shape_x, axis)
-        if index is None or len(index) != shape_y[axis]:
-            return None
-        return Field(axis, f_x.cov[np.ix_(index, index)])
-    if shape_y[axis] != shape_x[axis]:
-        return None
-    if shape_x == shape_y:
-        return f_x
-    return Field(axis, maps.rescaled(f_x.cov, _variances(ctx.known[y], shape_y, axis)))
-
-
-def _attr(node, name: str):
-    for a in node.attribute:
-        if a.name == name:
-            return list(a.ints) if a.ints else (a.s if a.s else a.i)
-    return None
-
-
-def _sliced(graph, node, shape, axis: int) -> np.ndarray | None:
-    """The indices along ``axis`` a Slice (opset 10+: starts, ends, axes, steps) keeps."""
-    values = [graph.value(n) if n else None for n in list(node.input[1:5])]
-    if len(values) < 2 or values[0] is None or values[1] is None:
-        return None
-    starts, ends = np.asarray(values[0]).reshape(-1), np.asarray(values[1]).reshape(-1)
-    axes = np.arange(len(starts))
-    if len(values) > 2 and values[2] is not None:
-        axes = np.asarray(values[2]).reshape(-1) % len(shape)
-    steps = np.ones(len(starts), dtype=np.int64)
-    if len(values) > 3 and values[3] is not None:
-        steps = np.asarray(values[3]).reshape(-1)
-    hit = np.flatnonzero(axes == axis)
-    if len(hit) != 1:
-        return None
-    i = hit[0]
-    return np.arange(shape[axis])[slice(*slice(int(starts[i]), int(ends[i]),
-                                               int(steps[i])).indices(shape[axis]))]
+    return Field(axis, maps.rescaled(f_x.cov, variances(ctx.known[y], shape, axis), sign))
 
 
 def _layer_norm(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
     """Normalized over the last axis only, the field's: ``P S_x P`` (module docstring)."""
     shape = ctx.graph.shape(y)
-    axis = _attr(node, "axis")
+    axis = attr(node, "axis")
     last = len(shape) - 1
     if (axis if axis is not None else -1) % len(shape) != last or f_x.axis != last:
         return None
     scale = ctx.graph.value(node.input[1]) if len(node.input) > 1 else None
     sign = None if scale is None else np.sign(np.broadcast_to(
         np.asarray(scale, np.float64).reshape(-1), (shape[last],)))
-    return Field(last, maps.centred(f_x.cov, _variances(ctx.known[y], shape, last), sign))
+    return Field(last, maps.centred(f_x.cov, variances(ctx.known[y], shape, last), sign))
 
 
 def _dense(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
@@ -414,7 +302,7 @@ def _through(ctx: RuleContext, fn, x: str, y: str, f_x: Field) -> Field | None:
     axis = f_x.axis
     mean = ctx.known[x].values_along(axis, shape[axis])[0]
     a, _ = coefficients(fn, mean, np.diag(f_x.cov))  # [ORDER + 1, n]
-    return Field(axis, maps.mehler(f_x.cov, a, _variances(ctx.known[y], shape, axis)))
+    return Field(axis, maps.mehler(f_x.cov, a, variances(ctx.known[y], shape, axis)))
 
 
 def layer_norm_factor(ctx: RuleContext, x: Moments, shape, eps: float) -> np.ndarray | None:
