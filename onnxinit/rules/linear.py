@@ -23,7 +23,7 @@ from ..moments import Moments
 from .. import correlation
 from ..spatial import attach, gather_taps, positions, window, within_variance
 from .attention import matmul_activations
-from .channel_covariance import cross_term_factor
+from .channel_covariance import cross_term_factor, feature_cross_term_factor
 from . import cross_fields
 from .copies import copy_cells
 from .pooled_features import cross_terms, pooled_correlation
@@ -354,12 +354,16 @@ def matmul_const(inputs, ctx: RuleContext):
         w = ctx.const(1)
         if w is None or np.ndim(w) != 2:
             raise RuleError("MatMul with a non-2-D constant weight")
+        factor = feature_cross_term_factor(ctx, w)  # correlated features (a patch embedding)
+        factor = 1.0 if factor is None else factor
         kept = _leading(inputs[0], y_rank, w.shape[0])
         if kept is not None:  # per position and feature: the same formula row by row
-            return [Moments(*_dense(*kept, w))]
+            mean, var = _dense(*kept, w)
+            return [Moments(mean, var * factor)]
         mu, nu = inputs[0].values_along(-1, w.shape[0])
         mean, var = _dense(mu, nu, w)
-        return [Moments.along(mean, _pooled(ctx, y_rank != 2, nu, w, var), -1, y_rank)]
+        return [Moments.along(mean, _pooled(ctx, y_rank != 2, nu, w, var * factor), -1,
+                              y_rank)]
     w = ctx.const(0)
     if w is None or np.ndim(w) != 2 or len(ctx.in_shape(1)) < 2:
         raise RuleError("MatMul with a non-2-D constant left operand")

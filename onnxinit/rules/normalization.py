@@ -32,6 +32,7 @@ import numpy as np
 
 from ..moments import Elementwise, Moments, Source
 from ..spatial import attach, within_variance
+from .channel_covariance import layer_norm_factor
 from .context import RuleContext, RuleError, signal
 from .elementwise import affine, apply_fn, digest
 from .gaussian import abs_closed, expand, gaussian_moments
@@ -231,7 +232,12 @@ def layer_normalization(inputs, ctx: RuleContext):
     eps = float(ctx.attr("epsilon", 1e-5))
     gamma = _param(ctx, 1, rank, 1.0)
     beta = _param(ctx, 2, rank, 0.0)
-    return _rest(ctx, _normalized(x, in_shape, range(axis, rank), eps, gamma, beta))
+    out = _normalized(x, in_shape, range(axis, rank), eps, gamma, beta)
+    factor = layer_norm_factor(ctx, x, in_shape, eps) if axis == rank - 1 else None
+    if factor is not None:  # correlated features (a patch embedding's): their centring
+        out = Moments(out.mean, out.var * expand(factor.reshape((1,) * (rank - 1) + (-1,)),
+                                                 rank))
+    return _rest(ctx, out)
 
 
 @rule("MeanVarianceNormalization")

@@ -1,0 +1,114 @@
+"""How a covariance matrix across one axis of a tensor (its channels, or a token's features)
+maps through one op: pure functions on the ``[n, n]`` matrices, for the walk in
+:mod:`.channel_covariance`. ``nu`` is always the output's variance per index of that axis (the
+diagonal the result is given: the moments rules' own, which count what these maps leave out).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rescaled(s: np.ndarray, nu: np.ndarray, sign: np.ndarray | None = None) -> np.ndarray:
+    """``s`` as a correlation, scaled to the variances ``nu``: ``D s D`` with ``D =
+    diag(sign sqrt(nu / diag s))`` (a per-index affine map, or one that keeps correlations)."""
+    d = np.sqrt(np.maximum(np.diag(s), 0.0))
+    scale = np.where(d > 0, np.sqrt(np.maximum(nu, 0.0)) / np.where(d > 0, d, 1.0), 0.0)
+    if sign is not None:
+        scale = scale * sign
+    out = s * scale[:, None]
+    out *= scale[None, :]
+    np.fill_diagonal(out, np.where(d > 0, nu, 0.0))
+    return out
+
+
+def tap_fractions(in_sizes, out_sizes, kernel, strides, dilations, begins) -> np.ndarray:
+    """Per tap of a Conv's kernel (C order), the share of output positions where it reads
+    inside the input (not the zero padding)."""
+    share = np.ones(1)
+    for n_in, n_out, k, s, d, b in zip(in_sizes, out_sizes, kernel, strides, dilations, begins):
+        index = np.arange(n_out)[None, :] * s - b + np.arange(k)[:, None] * d
+        share = np.outer(share, ((index >= 0) & (index < n_in)).mean(axis=1)).reshape(-1)
+    return share
+
+
+def conv_same_tap(s_x: np.ndarray, w: np.ndarray, groups: int,
+                  share: np.ndarray | None = None) -> np.ndarray:
+    """``sum_t f_t W_t S_x W_t^T`` for a Conv weight ``[C_out, C_in / groups, *kernel]``,
+    ``W_t`` block-diagonal over the groups (the input positions taken as independent), ``f_t``
+    the share of positions where tap t reads inside (:func:`tap_fractions`; default 1)."""
+    c_out, c_in_group = w.shape[:2]
+    taps = int(np.prod(w.shape[2:]))
+    per = c_out // groups
+    share = np.ones(taps) if share is None else share
+    if c_in_group == 1:  # depthwise (a channel multiplier per): one input channel per output
+        k = w.reshape(c_out, taps)
+        if per == 1:
+            return s_x * ((k * share) @ k.T)
+        source = np.arange(c_out) // per
+        return s_x[source[:, None], source[None, :]] * ((k * share) @ k.T)
+    w4 = w.reshape(groups, per, c_in_group, taps)  # the groups read correlated inputs too
+    left = (w4 * share).transpose(0, 1, 3, 2).reshape(groups, per * taps, c_in_group)
+    mixed = left @ s_x.reshape(groups, c_in_group, -1)  # [g, per * taps, G * in]
+    mixed = mixed.reshape(groups, per, taps, groups, c_in_group).transpose(3, 0, 1, 2, 4)
+    right = w4.transpose(0, 3, 2, 1).reshape(groups, taps * c_in_group, per)
+    out = mixed.reshape(groups, c_out, taps * c_in_group) @ right  # [h, (g, p), q]
+    return out.transpose(1, 0, 2).reshape(c_out, c_out)
+
+
+def mehler(s_x: np.ndarray, a: np.ndarray, nu: np.ndarray) -> np.ndarray:
+    """``Cov(f(x_i), f(x_j)) = a_1^i a_1^j rho_ij + a_2^i a_2^j rho_ij^2`` off the diagonal,
+    for ``a`` ``[orders, n]`` the Hermite amplitudes of f at each index (the higher orders
+    left out: correlations between channels or features are small)."""
+    sd = np.sqrt(np.maximum(np.diag(s_x), 0.0))
+    inv = np.where(sd > 0, 1.0 / np.where(sd > 0, sd, 1.0), 0.0)
+    first, second = a[1] * inv, a[2] * inv**2  # rho = S_x / (sd sd^T)
+    s_y = s_x * first[:, None]
+    s_y *= first[None, :]
+    square = s_x * s_x
+    square *= second[:, None]
+    square *= second[None, :]
+    s_y += square
+    np.fill_diagonal(s_y, nu)
+    return s_y
+
+
+def gated(s_x: np.ndarray, gate_mean: np.ndarray, nu: np.ndarray) -> np.ndarray:
+    """``x_i g_i`` with gates independent of x and of each other: ``E g_i E g_j S_x[i, j]``
+    off the diagonal."""
+    s_y = s_x * np.outer(gate_mean, gate_mean)
+    np.fill_diagonal(s_y, nu)
+    return s_y
+
+
+def centred(s_x: np.ndarray, nu: np.ndarray, sign: np.ndarray | None = None) -> np.ndarray:
+    """A normalization over the axis (LayerNorm): each row minus its mean, ``P S_x P`` with
+    ``P = I - 1 1^T / n``, divided by the row's scale (a common factor), times the scale
+    parameters (their signs ``sign``), as :func:`rescaled` to ``nu``."""
+    s = s_x - s_x.mean(axis=0, keepdims=True)
+    s -= s.mean(axis=1, keepdims=True)
+    return rescaled(s, nu, sign)
+
+
+def normalized_variances(s: np.ndarray, mu: np.ndarray, eps: float, rows: int = 16384,
+                         seed: int = 0) -> np.ndarray:
+    """``Var[(x_f - m) / sqrt(v + eps)]`` per feature for rows ``x ~ N(mu, s)`` (m, v: the
+    row's mean and variance), over ``rows`` seeded samples."""
+    vals, vecs = np.linalg.eigh(s)
+    root = vecs * np.sqrt(np.maximum(vals, 0.0))
+    x = np.random.default_rng(seed).standard_normal((rows, s.shape[0])) @ root.T + mu
+    x -= x.mean(axis=1, keepdims=True)
+    x /= np.sqrt((x * x).mean(axis=1, keepdims=True) + eps)
+    return x.var(axis=0)
+
+
+def cross_term_factor(s: np.ndarray, w_out_in: np.ndarray) -> np.ndarray:
+    """Per output j of a linear map ``y_j = sum_m W_jm x_m``: ``w_j^T S w_j / sum_m W_jm^2
+    S_mm``, the variance with x's covariance over the one with independent inputs."""
+    diag = (w_out_in * w_out_in) @ np.diag(s)
+    full = ((w_out_in @ s) * w_out_in).sum(axis=1)
+    return np.where(diag > 0, np.maximum(full, 0.0) / np.maximum(diag, 1e-300), 1.0)
+
+
+__all__ = ["centred", "conv_same_tap", "tap_fractions", "cross_term_factor", "gated", "mehler",
+           "normalized_variances", "rescaled"]
