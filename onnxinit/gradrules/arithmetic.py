@@ -23,12 +23,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+from scipy import special
 
 from ..moments import Moments
 from ..rules.context import RuleError
 from ..rules.elementwise import base_source, is_smooth, node_function, rank_of
 from ..rules.fusion import common_ancestor, fused_function
 from ..rules.gaussian import compose, expand, gaussian_moments
+from ..rules.support import nonnegative
 from .activations import (derivative, positions_of, reads_given, through_function,
                           times_independent)
 from .context import GradContext
@@ -141,13 +143,35 @@ def _shifted(g: Gradient, ctx: GradContext, which: int) -> Gradient:
     return replace(g, given=shifted(g.given, float(np.reshape(c, ()))))
 
 
-def _inverse_moments(b: Moments, power: int, rank) -> tuple[np.ndarray, np.ndarray]:
-    """(E[b^-power], E[b^-2 power]) over b's forward distribution."""
+def _inverse_moments(b: Moments, power: int, rank, positive: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(E[b^-power], E[b^-2 power]) over b's forward distribution. A ``positive`` b (a norm,
+    the square root of a mean of squares: :func:`~onnxinit.rules.support.nonnegative`) is taken
+    as the gamma of its mean m and variance v, ``k = m^2 / v``, ``theta = v / m``:
+    ``E[b^-p] = theta^-p Gamma(k - p) / Gamma(k)`` (finite for k > 2 power). Its Gaussian law
+    reaches below 0, where a clipped denominator (``F.normalize``'s ``max(||x||, eps)``) makes
+    ``b^-4`` of order ``eps^-4``."""
+    if positive:
+        mu = np.asarray(b.mean, np.float64)
+        nu = np.asarray(b.var, np.float64)
+        if np.all(mu > 0) and np.all(nu >= 0):
+            k = np.where(nu > 0, mu * mu / np.where(nu > 0, nu, 1.0), np.inf)
+            if np.all(k > 2 * power):
+                return _gamma_inverse(mu, nu, k, power), _gamma_inverse(mu, nu, k, 2 * power)
     src = base_source(b, rank)
     inner = compose(src.chain)
     mean, var = gaussian_moments(lambda z: inner(z) ** (-power), src.mean, src.var,
                                  smooth=is_smooth(src.chain), rank=rank)
     return mean, var + mean**2
+
+
+def _gamma_inverse(mu, nu, k, p: int) -> np.ndarray:
+    """E[b^-p] for b ~ Gamma(k, nu / mu) (mu^-p where b is constant, k infinite)."""
+    finite = np.isfinite(k)
+    k_safe = np.where(finite, k, 2.0 * p + 1.0)
+    theta = np.where(finite, nu / mu, 1.0)
+    ratio = np.exp(special.gammaln(k_safe - p) - special.gammaln(k_safe)) * theta ** (-p)
+    return np.where(finite, ratio, mu ** (-p))
 
 
 @rule("Add", "Sub", "Mul", "Div", "Pow")
@@ -189,9 +213,10 @@ def binary(grads, ctx: GradContext):
         return [reduce_to(da, out_shape, a_shape), reduce_to(db, out_shape, b_shape)]
     if op == "Div":
         rank = rank_of(ctx)
-        inv1, inv2 = _inverse_moments(b, 1, rank)
+        positive = nonnegative(ctx.graph, ctx.node.input[1])
+        inv1, inv2 = _inverse_moments(b, 1, rank, positive)
         da = times_independent(g, inv1, inv2, s)
-        q1, q2 = _inverse_moments(b, 2, rank)
+        q1, q2 = _inverse_moments(b, 2, rank, positive)
         a2 = a.var + a.mean**2
         db = times_independent(g, -a.mean * q1, a2 * q2, s)
         return [reduce_to(da, out_shape, a_shape), reduce_to(db, out_shape, b_shape)]

@@ -33,7 +33,7 @@ from .elementwise import (
     refined,
 )
 from .gaussian import abs_closed, leaky_closed, piecewise_closed
-from .nonnegative import nonnegative
+from .support import nonnegative
 from .registry import rule
 
 _FLOAT_MAX = 3.4028234663852886e38
@@ -349,7 +349,7 @@ def sqrt_function(ctx: RuleContext, rank):
 def sqrt(inputs, ctx: RuleContext):
     """y = sqrt(x) over x's law (apply_elementwise); refused unless x >= 0 with probability
     1 - 1e-6, except for an x that is nonnegative by construction (a mean of squares plus an
-    epsilon, :mod:`.nonnegative`) whose Gaussian law of mean mu and variance nu crosses 0: then
+    epsilon, :func:`.support.nonnegative`) whose Gaussian law of mean mu and variance nu crosses 0: then
     x ~ Gamma(k = mu^2 / nu, theta = nu / mu) of that mean and variance (a mean of 2k squared
     zero-mean Gaussians has this law), and E = sqrt(theta) Gamma(k + 1/2) / Gamma(k),
     Var = mu - E^2."""
@@ -357,7 +357,7 @@ def sqrt(inputs, ctx: RuleContext):
         return apply_elementwise(inputs, ctx)
     except RuleError:
         x = inputs[0]
-        if x is None or x.source is not None or not nonnegative(ctx, ctx.node.input[0]):
+        if x is None or x.source is not None or not nonnegative(ctx.graph, ctx.node.input[0]):
             raise
     mu, nu = np.asarray(x.mean, np.float64), np.asarray(x.var, np.float64)
     if not (np.all(mu > 0) and np.all(nu > 0)):

@@ -7,10 +7,13 @@ Gaussian, whose lower tail a following ReLU would clip. A function that is the i
 :func:`identity_on_input` says when, and the element-wise rules then pass the input through.
 
 ``nonnegative(graph, t)``: t is a constant with no negative entry; or the output of a function
-with a non-negative range (Relu, Abs, Sigmoid, HardSigmoid, Softplus, Exp, Softmax); or of an op
-that keeps non-negative inputs non-negative (sums and products with non-negative constants:
-Conv, ConvTranspose, Gemm with alpha, beta >= 0, MatMul, Add, Sum, Mean, Mul; pools; layout ops,
-which only move values), every value operand non-negative. Anything else (a graph input, Sub, a
+with a non-negative range (Relu, Abs, Sigmoid, HardSigmoid, Softplus, Exp, Softmax, Sqrt, the
+norms ReduceL1/ReduceL2/ReduceSumSquare, a square ``Pow(x, even)`` or ``Mul(x, x)``, a Clip
+with a lower bound >= 0); or of an op that keeps non-negative inputs non-negative (sums and
+products with non-negative constants: Conv, ConvTranspose, Gemm with alpha, beta >= 0, MatMul,
+Add, Sum, Mean, Mul, Max; pools and reductions; layout ops, which only move values), every
+value operand non-negative. A statistic of a decomposed norm (a mean of squares plus an
+epsilon, its square root) is one: its Gaussian moments put mass below 0 where it has none. Anything else (a graph input, Sub, a
 function of unknown sign, a constant of more than ``MAX_CHECKED`` entries, which is not read)
 is not known to be, within ``MAX_DEPTH`` producers.
 """
@@ -25,12 +28,14 @@ _BLOCK = 1 << 16  # entries of a constant checked at once
 MAX_CHECKED = 1 << 22  # entries of a constant above which its sign is not read (unknown)
 
 _NONNEGATIVE_RANGE = frozenset({"Relu", "Abs", "Sigmoid", "HardSigmoid", "Softplus", "Exp",
-                                "Softmax"})
-_ALL_OPERANDS = frozenset({"Conv", "ConvTranspose", "MatMul", "Add", "Sum", "Mean", "Mul"})
+                                "Softmax", "Sqrt", "ReduceL1", "ReduceL2", "ReduceSumSquare"})
+_ALL_OPERANDS = frozenset({"Conv", "ConvTranspose", "MatMul", "Add", "Sum", "Mean", "Mul",
+                           "Max"})
 _FIRST_OPERAND = frozenset({
     "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Identity", "Reshape",
     "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Split", "Pad", "Dropout",
-    "Resize", "Upsample", "DepthToSpace", "SpaceToDepth", "Tile", "Expand",
+    "Resize", "Upsample", "DepthToSpace", "SpaceToDepth", "Tile", "Expand", "Cast", "Gather",
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
 })
 
 
@@ -88,12 +93,33 @@ def _nonnegative(graph, tensor: str, depth: int, seen: dict) -> bool:
     if node_id is None or depth <= 0:
         return False
     node = graph.node(node_id)
-    if node.op_type in _NONNEGATIVE_RANGE:
+    if node.op_type in _NONNEGATIVE_RANGE or _squares(graph, node) or _clipped_at_0(graph, node):
         return True
     operands = _operands(node)
     if operands is None:
         return False
     return all(nonnegative(graph, name, depth - 1, seen) for name in operands)
+
+
+def _squares(graph, node) -> bool:
+    """``Pow(x, p)`` with every p even, or ``Mul(x, x)``."""
+    inputs = [name for name in node.input if name]
+    if node.op_type == "Mul":
+        return len(inputs) == 2 and inputs[0] == inputs[1]
+    if node.op_type != "Pow" or len(inputs) != 2 or not graph.is_constant(inputs[1]):
+        return False
+    power = graph.value(inputs[1])
+    return power is not None and bool(np.all(np.mod(np.asarray(power, np.float64), 2) == 0))
+
+
+def _clipped_at_0(graph, node) -> bool:
+    """A Clip whose lower bound is a constant >= 0."""
+    if node.op_type != "Clip":
+        return False
+    if len(node.input) > 1 and node.input[1]:
+        low = graph.value(node.input[1]) if graph.is_constant(node.input[1]) else None
+        return low is not None and bool(np.all(np.asarray(low) >= 0))
+    return _attr(node, "min", -np.inf) >= 0  # opset < 11: an attribute
 
 
 def identity_on_input(node, graph) -> bool:
