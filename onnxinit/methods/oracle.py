@@ -251,7 +251,11 @@ class GradientOracle:
             graph = self.derived_graph(key, batch_size, make)
             role = "dphi"
             if graph is not None and along_values:
-                graph, role = _inner.with_inner_products(graph, "dphi", self.values), "dphi.dir"
+                try:
+                    graph, role = _inner.with_inner_products(graph, "dphi", self.values), \
+                        "dphi.dir"
+                except (*_refused(), onnx.shape_inference.InferenceError):
+                    pass  # the full dphi, reduced here (rest_along_values)
             self._staged[cached] = None if graph is None else \
                 _staged.staged_or_none(self.program(batch_size), graph,
                                        [f"{role}:{n}" for n in self.wrt],
@@ -304,6 +308,8 @@ class GradientOracle:
         ``along_values``."""
         self.exact_passes += 1
         out = staged.rest(carry, {})
+        if f"dphi:{self.wrt[0]}" in out:  # the inner products could not be built into it
+            return self.layout.segment_dot(self.join(out, "dphi"), self.layout.join(self.values))
         return np.array([float(out[f"dphi.dir:{name}"]) for name in self.wrt])
 
     def run(self, derived: DerivedProgram, theta: np.ndarray, batch: Batch,

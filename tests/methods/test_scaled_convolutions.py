@@ -159,6 +159,36 @@ def test_gradinit_norm_gradient_scaled_equals_plain_and_differences():
     assert _relative(scaled[2], numeric) < 2e-3
 
 
+def test_gradinit_norm_gradient_without_inner_products_is_the_same(monkeypatch):
+    """Where the stage-2 inner products cannot be built into the graph (autodiff/inner.py), the
+    constraint gradient comes from the full dphi reduced in numpy: the same values."""
+    import onnxinit.autodiff.inner as inner
+    from onnxinit.errors import OnnxInitError
+
+    def run():
+        graph = load(smooth_conv_net(), batch_size=8)
+        prepared = prepare(graph, GradInitOptions(seed=0), min_scale=0.01, device="cpu",
+                           hvp="exact")
+        alpha = random_alpha(prepared)
+        batch = prepared.source.batch(0)
+        result = gradient_and_norm_gradient(prepared.oracle, prepared.space, alpha, batch, "sgd")
+        staged = prepared.oracle.staged("gradinit-norm-sgd", 8, None, scaled=True,
+                                        along_values=True)
+        return (*result, staged.roles[0].split(":")[0])
+
+    along = run()
+    assert along[3] == "dphi.dir"
+
+    def refuse(*args, **kwargs):
+        raise OnnxInitError("no inner products here")
+
+    monkeypatch.setattr(inner, "with_inner_products", refuse)
+    full = run()
+    assert full[3] == "dphi"
+    assert along[0] == full[0]
+    assert _relative(along[2], full[2]) < 1e-5
+
+
 def test_metainit_quotient_gradient_scaled_equals_plain():
     """MetaInit's dGQ/dalpha from the scaled third-order program equals the plain program's on
     a normalization-free ResNet-8 (float32; third-order rounding: 1e-4). Central differences
