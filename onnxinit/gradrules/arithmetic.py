@@ -165,6 +165,27 @@ def _inverse_moments(b: Moments, power: int, rank, positive: bool = False
     return mean, var + mean**2
 
 
+def _off_padding(a: Moments, b: Moments, factors: list) -> list:
+    """The Div's gradient factors with the padding left out: elements where ``a`` is exactly 0
+    and ``b`` a constant (a zero vector normalised, ``0 / max(||0||, eps)``: the padded tokens
+    of a shifted window) get factor 0, the others ``1 / share`` of the elements that carry
+    signal. The incoming gradient is 0 there (the padding is sliced away after the block),
+    but is described by one second moment for all elements; ``b^-2 = eps^-2`` times it would
+    send ``1e24`` times the gradient back. Unchanged where no element is padding."""
+    rank = max(np.ndim(a.mean), np.ndim(a.var), np.ndim(b.mean), np.ndim(b.var),
+               *(np.ndim(f) for f in factors))
+    a_mean, a_var, b_var = (expand(np.asarray(x, np.float64), rank)
+                            for x in (a.mean, a.var, b.var))
+    padding = (a_mean == 0) & (a_var == 0) & (b_var == 0)
+    if not padding.any() or padding.all():
+        return factors
+    padding = np.broadcast_to(padding, np.broadcast_shapes(
+        padding.shape, *(np.shape(expand(np.asarray(f), rank)) for f in factors)))
+    share = 1.0 - padding.mean()
+    return [np.where(padding, 0.0, expand(np.asarray(f, np.float64), rank)) / share
+            for f in factors]
+
+
 def _gamma_inverse(mu, nu, k, p: int) -> np.ndarray:
     """E[b^-p] for b ~ Gamma(k, nu / mu) (mu^-p where b is constant, k infinite)."""
     finite = np.isfinite(k)
@@ -215,10 +236,11 @@ def binary(grads, ctx: GradContext):
         rank = rank_of(ctx)
         positive = nonnegative(ctx.graph, ctx.node.input[1])
         inv1, inv2 = _inverse_moments(b, 1, rank, positive)
-        da = times_independent(g, inv1, inv2, s)
         q1, q2 = _inverse_moments(b, 2, rank, positive)
         a2 = a.var + a.mean**2
-        db = times_independent(g, -a.mean * q1, a2 * q2, s)
+        factors = _off_padding(a, b, [inv1, inv2, -a.mean * q1, a2 * q2])
+        da = times_independent(g, *factors[:2], s)
+        db = times_independent(g, *factors[2:], s)
         return [reduce_to(da, out_shape, a_shape), reduce_to(db, out_shape, b_shape)]
     raise RuleError(f"{op} of two independent signals")
 

@@ -58,3 +58,26 @@ def reduce_mean(grads, ctx: GradContext):
     out = along(mf * scale, vf * scale**2, last, rank)
     cov = None if g.cov is None else g.cov * scale**2
     return [Gradient(out.mean, out.var, cov=cov, tokens=tokens)] + rest
+
+
+@rule("ReduceL2")
+def reduce_l2(grads, ctx: GradContext):
+    """y = ||x|| over the reduced axes: ``dx_i = dy x_i / y``. Over many features ``x_i^2 /
+    y^2`` is element i's share of the row's second moment, ``w_i = E[x_i^2] / sum_j E[x_j^2]``
+    (``1/K`` for K alike features), and ``E[x_i / y] = E[x_i] / sqrt(sum_j E[x_j^2])``:
+    ``E[dx_i] = E[dy] E[x_i / y]``, ``E[dx_i^2] = E[dy^2] w_i`` (dy taken independent of
+    the row's direction)."""
+    x = ctx.x(0)
+    shape = ctx.in_shape(0)
+    rank = len(shape)
+    axes = _axes(ctx, rank)
+    full = np.broadcast_to(np.asarray(x.var + x.mean**2, np.float64),
+                           np.broadcast_shapes(np.shape(x.mean), np.shape(x.var), (1,) * rank))
+    sizes = [shape[a] if full.shape[a] == 1 else 1 for a in range(rank)]
+    row = full.sum(axis=tuple(axes), keepdims=True) * np.prod([sizes[a] for a in axes])
+    share = full / np.maximum(row, 1e-300)
+    direction = np.asarray(x.mean, np.float64) / np.sqrt(np.maximum(row, 1e-300))
+    m, v = grads[0].total()
+    mean = m * direction
+    return [Gradient(mean, np.maximum((v + m * m) * share - mean**2, 0.0))] + \
+        [None] * (len(ctx.node.input) - 1)

@@ -229,6 +229,62 @@ def _slice_axes(ctx: GradContext, rank: int) -> list[int]:
     return [a for a in range(rank) if in_shape[a] != out_shape[a]]
 
 
+@rule("Pad")
+def pad(grads, ctx: GradContext):
+    """dy at the input's elements. Statistics that vary along a padded axis (full size there:
+    a Div that left padded tokens out) are cut to the input's extent; pooled statistics pass
+    unchanged (the padded elements' gradient is not told apart from the rest)."""
+    g = grads[0]
+    rest = [None] * (len(ctx.node.input) - 1)
+    in_shape, out_shape = ctx.in_shape(0), ctx.out_shape()
+    rank = len(in_shape)
+    g = g.expand_rank(rank)
+    cut = []
+    for axis in range(rank):
+        if in_shape[axis] == out_shape[axis]:
+            cut.append(slice(None))
+            continue
+        begin = _pad_begin(ctx, axis, rank)
+        if begin is None or begin < 0 or in_shape[axis] > out_shape[axis]:
+            return [g.plain() if g.rank else g] + rest
+        cut.append(slice(begin, begin + in_shape[axis]))
+    if all(c == slice(None) for c in cut) or g.rank == 0:
+        return [g] + rest
+
+    def take(a):
+        a = np.asarray(a)
+        if a.ndim != rank:
+            return a
+        index = tuple(c if a.shape[i] == out_shape[i] and a.shape[i] > 1 else slice(None)
+                      for i, c in enumerate(cut))
+        return a[index]
+
+    if all(np.shape(g.mean)[i] <= 1 and np.shape(g.var)[i] <= 1
+           for i, c in enumerate(cut) if c != slice(None)):
+        return [g] + rest
+    return [Gradient(take(g.mean), take(g.var))] + rest
+
+
+def _pad_begin(ctx: GradContext, axis: int, rank: int) -> int | None:
+    """The count of elements a Pad puts before ``axis`` (its ``pads`` input or attribute and
+    ``axes`` input), or None when not constant."""
+    pads = ctx.attr("pads")
+    if pads is None and ctx.has_input(1):
+        value = ctx.const(1)
+        pads = None if value is None else [int(p) for p in np.asarray(value).reshape(-1)]
+    if pads is None:
+        return None
+    axes = list(range(rank))
+    if ctx.has_input(3):
+        value = ctx.const(3)
+        if value is None:
+            return None
+        axes = [int(a) % rank for a in np.asarray(value).reshape(-1)]
+    if axis not in axes:
+        return 0
+    return int(pads[axes.index(axis)])
+
+
 @rule("Expand")
 def expand(grads, ctx: GradContext):
     """The sum of dy over the broadcast axes."""
