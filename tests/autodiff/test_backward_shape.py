@@ -84,6 +84,18 @@ def test_scatter_elements(reduction, axis):
                     {"a": randn(3, 4), "u": updates})
 
 
+@pytest.mark.parametrize("reduction", ["none", "add"])
+def test_scatter_nd(reduction):
+    """Rows of a [4, 3, 2] tensor written (I indexes the first axis) and single elements
+    (I indexes the first two); 'add' with a repeated row."""
+    rows = [[2], [0], [2]] if reduction == "add" else [[2], [0], [3]]
+    check_gradients([const("i", rows), node("ScatterND", ["a", "i", "u"], reduction=reduction)],
+                    {"a": randn(4, 3, 2), "u": randn(3, 3, 2)})
+    check_gradients([const("i", [[1, 2], [3, 0]]),
+                     node("ScatterND", ["a", "i", "u"], reduction=reduction)],
+                    {"a": randn(4, 3, 2), "u": randn(2, 2)})
+
+
 def test_expand():
     check_gradients([const("s", [2, 3, 4]), node("Expand", ["a", "s"])], {"a": randn(3, 1)})
 

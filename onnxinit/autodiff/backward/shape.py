@@ -143,6 +143,26 @@ def scatter_elements(ctx, grads):
     return [dx, None, du]
 
 
+@backward("ScatterND")
+def scatter_nd(ctx, grads):
+    """Y = X with Y[I[j]] = U[j] (reduction 'none') or += U[j] ('add'), I's last axis indexing
+    X's leading axes: dU = gather_nd(dY, I); dX = dY ('add') or dY with the written slices
+    zeroed ('none'). Indices repeated under 'none' are undefined behaviour in ONNX and are not
+    special-cased (the shifted-window mask of Swin is written so, from constants)."""
+    data, indices, updates = ctx.node.input
+    reduction = ctx.attr("reduction", "none")
+    if reduction not in ("none", "add"):
+        raise UnsupportedModelError(f"{ctx.describe()}: reduction={reduction!r} is not "
+                                    "differentiable here (only 'none' and 'add')")
+    dx = du = None
+    if ctx.requires(0):
+        dx = grads[0] if reduction == "add" else ctx.emit(
+            "ScatterND", [grads[0], indices, ctx.zeros(ctx.shape(updates), like=updates)])
+    if ctx.requires(2):
+        du = ctx.emit("GatherND", [grads[0], indices])
+    return [dx, None, du]
+
+
 @backward("Expand")
 def expand(ctx, grads):
     """Y = broadcast(X, shape):  dX = dY summed over the broadcast axes."""
