@@ -118,17 +118,18 @@ def pair_mean(x, shape, fn=lambda rho: rho) -> float:
     radius = [(n - 1) // 2 for n in rho.shape]
     if len(radius) != len(sizes):
         return float(fn(0.0))
-    total = weight = 0.0
-    for offset in np.ndindex(*[2 * n - 1 for n in sizes]):
-        d = [o - (n - 1) for o, n in zip(offset, sizes)]
-        if not any(d):
-            continue
-        count = float(np.prod([n - abs(k) for n, k in zip(sizes, d)]))
-        inside = all(abs(k) <= r for k, r in zip(d, radius))
-        total += count * float(fn(rho[tuple(k + r for k, r in zip(d, radius))] if inside
-                                  else floor))
-        weight += count
-    return total / weight
+    offsets = [np.arange(1 - n, n) for n in sizes]
+    counts = np.ones(())
+    values = np.full([2 * n - 1 for n in sizes], floor)
+    for axis, (d, n) in enumerate(zip(offsets, sizes)):
+        counts = np.multiply.outer(counts, (n - np.abs(d)).astype(np.float64))
+    inside = tuple(slice(max(n - 1 - r, 0), n - 1 + r + 1) for n, r in zip(sizes, radius))
+    stored = tuple(slice(max(r - (n - 1), 0), r + min(r, n - 1) + 1)
+                   for n, r in zip(sizes, radius))
+    values[inside] = rho[stored]
+    counts[tuple(n - 1 for n in sizes)] = 0.0  # the position with itself
+    total = counts.sum()
+    return float((counts * fn(values)).sum() / total) if total > 0 else float(fn(0.0))
 
 
 def fewer_positions(r: float, rho: float, s_in: int, s_out: int) -> float:

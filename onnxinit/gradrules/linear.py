@@ -22,8 +22,11 @@ Conv: input position p receives output q's gradient through tap t when
 Var[dy_o]``, ``Var[dx_c(p)] = sum_t A[c, t] profile(q(p, t))``: zero padding is exact (a
 border input receives fewer taps). A sample's spatial mean of dx (what a batch normalization
 before the Conv removes):
-``Var = (1/S_in^2) sum_o [u_o (sum_t W_oct n_t)^2 + (Var[dy_o] - u_o) sum_t W_oct^2 n_t]``
-with ``u_o`` the output gradient's ``sample_var`` and ``n_t`` the positions tap t connects.
+``Var = (1/S_in^2) sum_o [c_o (sum_t W_oct n_t)^2 + (Var[dy_o] - c_o) sum_t W_oct^2 n_t]``
+with ``c_o = (S_out u_o - Var[dy_o]) / (S_out - 1)`` the covariance of two positions of one
+sample (``u_o`` the output gradient's ``sample_var``) and ``n_t`` the positions tap t connects
+(with u_o in place of c_o a 1x1 Conv had counted the independent part twice: 0.44 instead of
+0.25 of Var on 2x2 maps of independent positions).
 """
 
 from __future__ import annotations
@@ -164,6 +167,14 @@ def conv_geometry(ctx: GradContext, kernel):
 DENSE_POSITIONS = 1 << 24
 
 
+def shared_covariance(u: np.ndarray, v: np.ndarray, positions: int) -> np.ndarray:
+    """The covariance of dy at two positions of one sample, ``c = (S u - v) / (S - 1)`` from
+    the variance u of a sample's spatial mean over S positions (at least 0; ``u`` at S = 1)."""
+    if positions <= 1:
+        return u
+    return np.maximum((positions * u - v) / (positions - 1), 0.0)
+
+
 def shared_part(tap_sum: np.ndarray, patterns: np.ndarray, u: np.ndarray, v: np.ndarray,
                 s_out: int) -> np.ndarray:
     """``[C_in, P]``: what the covariance of dy between the positions of one sample adds to
@@ -174,7 +185,7 @@ def shared_part(tap_sum: np.ndarray, patterns: np.ndarray, u: np.ndarray, v: np.
     random weights, not for these weights)."""
     if s_out <= 1 or tap_sum.shape[1] == 1:
         return np.zeros((tap_sum.shape[0], patterns.shape[1]))
-    shared = np.maximum((s_out * u - v) / (s_out - 1), 0.0)  # [C_out]
+    shared = shared_covariance(u, v, s_out)
     sums = np.einsum("cto,tp->cpo", tap_sum, patterns)
     squares = np.einsum("cto,tp->cpo", tap_sum**2, patterns)
     return (sums**2 - squares) @ shared
@@ -215,8 +226,9 @@ def spread(tap_energy: np.ndarray, tap_sum: np.ndarray, g: Gradient, ctx: GradCo
     else:
         var = var + (tap_energy @ patterns + extra) @ weights
         new_profile = None
-    coherent = np.einsum("cto,t->co", tap_sum, counts) ** 2 @ u_out
-    spread_part = np.einsum("cto,t->co", tap_sum**2, counts) @ (v_out - u_out)
+    shared = shared_covariance(u_out, v_out, s_out)
+    coherent = np.einsum("cto,t->co", tap_sum, counts) ** 2 @ shared
+    spread_part = np.einsum("cto,t->co", tap_sum**2, counts) @ (v_out - shared)
     sample_var = (coherent + spread_part) / s_in**2
     return along(mean, var, 1, rank, sample_var, new_profile)
 
