@@ -58,9 +58,12 @@ def _sum_square_local(ctx, x, g_kept, kept, count):
 
 
 def _l2_local(ctx, x, g_kept, kept, count):
-    """Y = sqrt(sum_axes X^2):  dX = X dY / Y."""
+    """Y = sqrt(sum_axes X^2):  dX = X dY / Y, and 0 where Y = 0 (X is 0 there; as torch's
+    norm: a zero vector, a padded token before ``F.normalize``, gave 0 / 0 = NaN)."""
     y_kept = ctx.emit("Reshape", [ctx.node.output[0], ctx.ints(kept)])
-    return ctx.emit("Mul", [ctx.emit("Div", [g_kept, y_kept]), x])
+    zero = ctx.emit("Equal", [y_kept, ctx.const(0.0, like=x)])
+    y_safe = ctx.emit("Where", [zero, ctx.const(1.0, like=x), y_kept])
+    return ctx.emit("Mul", [ctx.emit("Div", [g_kept, y_safe]), x])
 
 
 def _extreme_local(ctx, x, g_kept, kept, count):
