@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import sys
 import time
 from contextlib import closing, nullcontext
 from dataclasses import dataclass

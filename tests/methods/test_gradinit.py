@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from onnxinit.cli import main
-from onnxinit.graph import load
 from onnxinit.methods import METHODS, gradinit
 from onnxinit.methods.gradinit import (
     GradInitOptions,
