@@ -330,6 +330,27 @@ def layer_norm_factor(ctx: RuleContext, x: Moments, shape, eps: float) -> np.nda
     return np.where(independent > 0, np.maximum(ratio, 0.0), 1.0)
 
 
+def contraction_factor(ctx: RuleContext, mu_a, nu_a, mu_b, nu_b) -> float | None:
+    """For ``A @ B`` of independent activations whose contracted axis carries a field (A's last,
+    B's second to last): ``sum_de (S_a + mu_a mu_a^T)_de (S_b + mu_b mu_b^T)_de - (mu_a .
+    mu_b)^2`` over the same with diagonal fields (the MatMul rule's), per-feature moments pooled
+    over the other axes; None where neither operand has a field."""
+    shapes = [ctx.graph.shape(n) for n in ctx.node.input[:2]]
+    if any(not s for s in shapes):
+        return None
+    fields = [covariance(ctx, n) for n in ctx.node.input[:2]]
+    axes = (len(shapes[0]) - 1, len(shapes[1]) - 2)
+    covs = [f.cov if f is not None and f.axis == axis and f.cov.shape[0] == np.size(nu) else None
+            for f, axis, nu in zip(fields, axes, (nu_a, nu_b))]
+    if all(c is None for c in covs):
+        return None
+    covs = [c if c is not None else np.diag(nu) for c, nu in zip(covs, (nu_a, nu_b))]
+    second = [c + np.outer(m, m) for c, m in zip(covs, (mu_a, mu_b))]
+    full = float((second[0] * second[1]).sum()) - float(mu_a @ mu_b) ** 2
+    independent = float(np.diag(second[0]) @ np.diag(second[1])) - float(mu_a**2 @ mu_b**2)
+    return max(full, 0.0) / independent if independent > 0 else None
+
+
 def cross_term_factor(ctx: RuleContext, w: np.ndarray) -> np.ndarray | None:
     """Per output channel of the 1x1 Conv of ``ctx`` (weight ``w`` ``[C_out, C_in, 1...]``),
     ``w_j^T S w_j / sum_m W_jm^2 S_mm`` for its input's field S; None without one."""

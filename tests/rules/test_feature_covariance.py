@@ -64,3 +64,31 @@ def test_dense_layer_of_a_patch_embeddings_features(seed):
                                c.var(axis=(0, 2, 3)), rtol=0.08)
     h = measured["h"].astype(np.float64)
     np.testing.assert_allclose(result.moments["h"].total()[1], h.var(), rtol=0.03)
+
+
+def _logits_model(seed: int):
+    """The patch tokens' LayerNorm into a query and a key projection (one head of 16), and the
+    logits ``Q K^T`` over the 16 tokens."""
+    rng = np.random.default_rng(seed)
+    model, moments = _patch_model(seed)
+    graph = model.graph
+    for name in ("wq", "wk"):
+        graph.initializer.append(numpy_helper.from_array(
+            (rng.standard_normal((D, 16)) * np.sqrt(1.0 / D)).astype(np.float32), name))
+    graph.node.extend([helper.make_node("MatMul", ["n", "wq"], ["q"]),
+                       helper.make_node("MatMul", ["n", "wk"], ["key"]),
+                       helper.make_node("Transpose", ["key"], ["kt"], perm=[0, 2, 1]),
+                       helper.make_node("MatMul", ["q", "kt"], ["logits"])])
+    graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, None))
+    return model, moments
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_logits_of_a_patch_embeddings_features(seed):
+    """``Q K^T`` sums products over the head's features, which the embedding correlates: the
+    logits' variance was 0.94-1.17x the measured with independent features (the three seeds),
+    0.99x with ``tr((S_q + mu mu^T)(S_k + mu mu^T))``."""
+    model, moments = _logits_model(seed)
+    _, result = predict(model, moments)
+    logits = monte_carlo(model, moments)["logits"].astype(np.float64)
+    assert result.moments["logits"].total()[1] == pytest.approx(logits.var(), rel=0.05)
