@@ -71,7 +71,7 @@ from .hermite import coefficients
 from .on_demand import OnDemandField
 
 MAX_CHANNELS = 1024  # a field is [C, C]: beyond, the cross terms are small (1/sqrt(C)) anyway
-MAX_SAMPLED = 256  # features up to which a LayerNorm's variances are sampled
+MAX_ROW_FEATURES = 256  # features up to which a LayerNorm's row scale is expanded (n^3 work)
 MAX_WORK = 2e8  # multiply-adds above which an op drops the field instead of mapping it
 _FIELD = OnDemandField()
 _LAYOUT = ("Pad", "Slice", "Reshape", "Transpose", "Dropout", "Identity")
@@ -195,9 +195,9 @@ def _conv(ctx: RuleContext, node, x: str, y: str, field_of) -> Field | None:
     s_x = _channels_or_diagonal(ctx, x, field_of)
     if s_x is None or s_x.shape[0] != shape_x[1]:
         return None
-    if is_pointwise:
-        w = w.reshape(c_out, -1)
-        return Field(1, w @ s_x @ w.T)
+    if is_pointwise:  # float32 products: a field is a correlation estimate, C^3 work
+        w = w.reshape(c_out, -1).astype(np.float32)
+        return Field(1, (w @ s_x.astype(np.float32) @ w.T).astype(np.float64))
     share = conv_share(graph, node, w, shape_x, shape_y)
     return Field(1, maps.rescaled(maps.conv_same_tap(s_x, w, groups, share),
                                   within(ctx.known[y], shape_y)))
