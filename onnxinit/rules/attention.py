@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments, compressed
-from .channel_covariance import contraction_factor
+from .covariance_readers import contraction_factor
 from .context import RuleContext, RuleError, signal
 from .registry import rule
 from .masks import feeds_softmax
@@ -82,8 +82,7 @@ def matmul_activations(inputs, ctx: RuleContext):
         selected = selection_variance(ctx, softmax) if softmax is not None else 0.0
         return [_weighted_average(ma, va, mb, vb, contracted, ctx.out_shape(0), selected)]
     var = np.matmul(va + ma**2, vb + mb**2) - np.matmul(ma**2, mb**2)
-    factor = contraction_factor(ctx, *a.values_along(len(sa) - 1, k),
-                                *b.values_along(len(sb) - 2, k))
+    factor = contraction_factor(ctx, a, b)
     if factor is not None:  # correlated features (a patch embedding's) on the contracted axis
         var = var * factor
     out = compressed(shaped(mean), np.maximum(shaped(var), 0.0))

@@ -48,7 +48,9 @@ without the input's channel covariance and 1.000 with it.
 
 A 1x1 Conv reading a tensor with a field adds the cross terms per output channel,
 ``Var y_j = w_j^T S_x w_j``, scaling each position class's variance by
-``w_j^T S_x w_j / sum_m W_jm^2 S_x,mm``; a MatMul likewise per output feature. A patch
+``w_j^T S_x w_j / sum_m W_jm^2 S_x,mm``; a MatMul likewise per output feature, a LayerNorm
+its per-feature variances, and the logits ``Q K^T`` per head (:mod:`.covariance_readers`; a
+Reshape that splits the features into heads keeps one block per head). A patch
 embedding of few inputs (FocalNet's and Swin's 2x2 patches of 3 channels: 12 values for 32
 features) makes the features' covariance of low rank, and each feature's variance after the
 next dense layer is then set by it (HF FocalNet's gate columns: measured variances correlate
@@ -61,7 +63,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..moments import Moments
 from . import covariance_maps as maps
 from .covariance_layout import Field, attr, conv_share, moved, variances, within
 from .context import RuleContext, RuleError
@@ -70,15 +71,16 @@ from .hermite import coefficients
 from .on_demand import OnDemandField
 
 MAX_CHANNELS = 1024  # a field is [C, C]: beyond, the cross terms are small (1/sqrt(C)) anyway
-MAX_SAMPLED = 256  # features up to which a LayerNorm's variances are sampled
+MAX_ROW_FEATURES = 256  # features up to which a LayerNorm's row scale is expanded (n^3 work)
 MAX_WORK = 2e8  # multiply-adds above which an op drops the field instead of mapping it
 _FIELD = OnDemandField()
+_LAYOUT = ("Pad", "Slice", "Reshape", "Transpose", "Dropout", "Identity")
 _AFFINE = ("Mul", "Add", "Sub", "Div")
 _ONE_INPUT = ("BatchNormalization", "Conv", "Pad", "Transpose", "Reshape", "Slice", "Dropout",
               "Identity", "LayerNormalization", "MatMul")
 
 
-def _pointwise(ctx: RuleContext, node) -> bool:
+def pointwise(ctx: RuleContext, node) -> bool:
     """A Conv with a 1x1 kernel, one group, no padding, unit strides and dilations... that
     mixes channels only (strides do not matter: each output reads one position)."""
     if node.op_type != "Conv":
@@ -145,9 +147,11 @@ def _compute(ctx: RuleContext, tensor: str, field_of) -> Field | None:
         f_x = field_of(x)
         if f_x is None or f_x.cov.shape[0] > MAX_CHANNELS:
             return None
+        if f_x.head_axis is not None and node.op_type not in _LAYOUT:
+            return None  # per-head blocks: only moved, and read by the logits
         if node.op_type in ("BatchNormalization",) + _AFFINE:
             return _affine(ctx, node, x, tensor, f_x)
-        if node.op_type in ("Pad", "Slice", "Reshape", "Transpose", "Dropout", "Identity"):
+        if node.op_type in _LAYOUT:
             return moved(graph, known, node, x, tensor, f_x)
         if node.op_type == "LayerNormalization":
             return _layer_norm(ctx, node, x, tensor, f_x)
@@ -165,7 +169,7 @@ def _compute(ctx: RuleContext, tensor: str, field_of) -> Field | None:
 def _channels_or_diagonal(ctx: RuleContext, name: str, field_of) -> np.ndarray | None:
     """The covariance across axis 1 of ``name``: its field's, or its channels' variances."""
     f = field_of(name)
-    if f is not None and f.axis == 1:
+    if f is not None and f.axis == 1 and f.head_axis is None:
         return f.cov
     shape = ctx.graph.shape(name)
     if not shape or len(shape) < 2 or shape[1] > MAX_CHANNELS:
@@ -185,15 +189,15 @@ def _conv(ctx: RuleContext, node, x: str, y: str, field_of) -> Field | None:
     groups = shape_x[1] // c_in_group
     if groups < 1 or groups * c_in_group != shape_x[1] or c_out % groups:
         return None
-    pointwise = _pointwise(ctx, node)
-    if not pointwise and c_out * taps * shape_x[1] * (c_in_group + c_out // groups) > MAX_WORK:
+    is_pointwise = pointwise(ctx, node)
+    if not is_pointwise and c_out * taps * shape_x[1] * (c_in_group + c_out // groups) > MAX_WORK:
         return None
     s_x = _channels_or_diagonal(ctx, x, field_of)
     if s_x is None or s_x.shape[0] != shape_x[1]:
         return None
-    if pointwise:
-        w = w.reshape(c_out, -1)
-        return Field(1, w @ s_x @ w.T)
+    if is_pointwise:  # float32 products: a field is a correlation estimate, C^3 work
+        w = w.reshape(c_out, -1).astype(np.float32)
+        return Field(1, (w @ s_x.astype(np.float32) @ w.T).astype(np.float64))
     share = conv_share(graph, node, w, shape_x, shape_y)
     return Field(1, maps.rescaled(maps.conv_same_tap(s_x, w, groups, share),
                                   within(ctx.known[y], shape_y)))
@@ -203,7 +207,8 @@ def _sum(ctx: RuleContext, signals: list[str], y: str, field_of) -> Field | None
     """Independent operands: covariances add (a missing field: that operand's variances)."""
     fields = [field_of(n) for n in signals]
     present = [f for f in fields if f is not None]
-    if not present or any(f.axis != present[0].axis for f in present):
+    if (not present or any(f.axis != present[0].axis for f in present)
+            or any(f.head_axis is not None for f in present)):
         return None
     axis, shape = present[0].axis, ctx.graph.shape(y)
     parts = []
@@ -228,7 +233,8 @@ def _gated(ctx: RuleContext, signals: list[str], y: str, field_of) -> Field | No
         return None
     f_x = field_of(full[0])
     gate_shape = graph.shape(gates[0])
-    if f_x is None or not gate_shape or len(gate_shape) != len(shape):
+    if (f_x is None or f_x.head_axis is not None or not gate_shape
+            or len(gate_shape) != len(shape)):
         return None
     axis, nu = f_x.axis, variances(ctx.known[y], shape, f_x.axis)
     others = [k for i, k in enumerate(gate_shape) if i not in (0, axis)]
@@ -303,71 +309,3 @@ def _through(ctx: RuleContext, fn, x: str, y: str, f_x: Field) -> Field | None:
     mean = ctx.known[x].values_along(axis, shape[axis])[0]
     a, _ = coefficients(fn, mean, np.diag(f_x.cov))  # [ORDER + 1, n]
     return Field(axis, maps.mehler(f_x.cov, a, variances(ctx.known[y], shape, axis)))
-
-
-def layer_norm_factor(ctx: RuleContext, x: Moments, shape, eps: float) -> np.ndarray | None:
-    """Per feature of a LayerNormalization over the last axis of a tensor whose features
-    carry a field S: its variance over the one for independent features, ``(nu_f (1 - 2/n) +
-    nu_bar / n) / (var(mu) + nu_bar (n - 1) / n + eps)`` (the LayerNorm rule's). Up to
-    ``MAX_SAMPLED`` features: over Gaussian rows of S sampled, each centred and divided by its
-    own scale (:func:`.covariance_maps.normalized_variances`; few inputs make the row's scale
-    vary: 0.91-1.07x of the measured with a common scale, 12 inputs for 32 features);
-    beyond, ``(P S P)_ff / (var(mu) + tr(P S P) / n + eps)``, the scale taken as common."""
-    last = len(shape) - 1
-    f = covariance(ctx, ctx.node.input[0])
-    if f is None or f.axis != last or f.cov.shape[0] != shape[last]:
-        return None
-    n, s = shape[last], f.cov
-    mu, nu = x.values_along(last, n)
-    independent = nu * (1 - 2 / n) + nu.mean() / n
-    if n <= MAX_SAMPLED:
-        normalized = maps.normalized_variances(s, mu, eps)
-    else:
-        centred = np.diag(s) - 2.0 * s.mean(axis=1) + s.mean()
-        normalized = centred / (mu.var() + centred.mean() + eps)
-    ratio = normalized / np.maximum(independent / (mu.var() + nu.mean() * (n - 1) / n + eps),
-                                    1e-300)
-    return np.where(independent > 0, np.maximum(ratio, 0.0), 1.0)
-
-
-def contraction_factor(ctx: RuleContext, mu_a, nu_a, mu_b, nu_b) -> float | None:
-    """For ``A @ B`` of independent activations whose contracted axis carries a field (A's last,
-    B's second to last): ``sum_de (S_a + mu_a mu_a^T)_de (S_b + mu_b mu_b^T)_de - (mu_a .
-    mu_b)^2`` over the same with diagonal fields (the MatMul rule's), per-feature moments pooled
-    over the other axes; None where neither operand has a field."""
-    shapes = [ctx.graph.shape(n) for n in ctx.node.input[:2]]
-    if any(not s for s in shapes):
-        return None
-    fields = [covariance(ctx, n) for n in ctx.node.input[:2]]
-    axes = (len(shapes[0]) - 1, len(shapes[1]) - 2)
-    covs = [f.cov if f is not None and f.axis == axis and f.cov.shape[0] == np.size(nu) else None
-            for f, axis, nu in zip(fields, axes, (nu_a, nu_b))]
-    if all(c is None for c in covs):
-        return None
-    covs = [c if c is not None else np.diag(nu) for c, nu in zip(covs, (nu_a, nu_b))]
-    second = [c + np.outer(m, m) for c, m in zip(covs, (mu_a, mu_b))]
-    full = float((second[0] * second[1]).sum()) - float(mu_a @ mu_b) ** 2
-    independent = float(np.diag(second[0]) @ np.diag(second[1])) - float(mu_a**2 @ mu_b**2)
-    return max(full, 0.0) / independent if independent > 0 else None
-
-
-def cross_term_factor(ctx: RuleContext, w: np.ndarray) -> np.ndarray | None:
-    """Per output channel of the 1x1 Conv of ``ctx`` (weight ``w`` ``[C_out, C_in, 1...]``),
-    ``w_j^T S w_j / sum_m W_jm^2 S_mm`` for its input's field S; None without one."""
-    if not _pointwise(ctx, ctx.node):
-        return None
-    f = covariance(ctx, ctx.node.input[0])
-    w = np.asarray(w, dtype=np.float64).reshape(w.shape[0], -1)
-    if f is None or f.axis != 1 or f.cov.shape[0] != w.shape[1]:
-        return None
-    return maps.cross_term_factor(f.cov, w)
-
-
-def feature_cross_term_factor(ctx: RuleContext, w_in_out: np.ndarray) -> np.ndarray | None:
-    """Per output feature of the MatMul of ``ctx`` by ``W[D, E]``, the same for its input's
-    field over the last axis; None without one."""
-    shape = ctx.graph.shape(ctx.node.input[0])
-    f = covariance(ctx, ctx.node.input[0]) if shape else None
-    if f is None or f.axis != len(shape) - 1 or f.cov.shape[0] != np.shape(w_in_out)[0]:
-        return None
-    return maps.cross_term_factor(f.cov, np.asarray(w_in_out, dtype=np.float64).T)

@@ -15,10 +15,12 @@ from . import covariance_maps as maps
 
 @dataclass(frozen=True)
 class Field:
-    """``cov`` ``[n, n]`` across ``axis`` (non-negative) of the tensor."""
+    """``cov`` ``[n, n]`` across ``axis`` (non-negative) of the tensor; after a Reshape that
+    splits the axis into heads, one block ``[n, n]`` per head along ``head_axis``."""
 
     axis: int
-    cov: np.ndarray
+    cov: np.ndarray  # [n, n]; [H, n, n] per head, H along head_axis
+    head_axis: int | None = None
 
 
 def within(m: Moments, shape) -> np.ndarray:
@@ -75,14 +77,11 @@ def moved(graph, known, node, x: str, y: str, f_x: Field) -> Field | None:
     if node.op_type == "Transpose":
         perm = attr(node, "perm")
         perm = list(perm) if perm is not None else list(range(len(shape_x)))[::-1]
-        return Field(perm.index(axis), f_x.cov)
+        head = None if f_x.head_axis is None else perm.index(f_x.head_axis)
+        return Field(perm.index(axis), f_x.cov, head)
     if node.op_type == "Reshape":
-        after = int(np.prod(shape_x[axis + 1:]))
-        for b in range(len(shape_y)):
-            if shape_y[b] == shape_x[axis] and int(np.prod(shape_y[b + 1:])) == after:
-                return Field(b, f_x.cov)
-        return None
-    if len(shape_x) != len(shape_y):
+        return _reshaped(f_x, shape_x, shape_y)
+    if len(shape_x) != len(shape_y) or f_x.head_axis is not None:
         return None
     if node.op_type == "Slice" and shape_y[axis] != shape_x[axis]:
         index = _sliced(graph, node, shape_x, axis)
@@ -94,6 +93,29 @@ def moved(graph, known, node, x: str, y: str, f_x: Field) -> Field | None:
     if shape_x == shape_y:
         return f_x
     return Field(axis, maps.rescaled(f_x.cov, variances(known[y], shape_y, axis)))
+
+
+def _reshaped(f_x: Field, shape_x, shape_y) -> Field | None:
+    """The axis kept (its size and the product of the axes after it), or split into heads
+    ``[H, n / H]`` (the blocks on the diagonal kept), or heads kept; else None."""
+    axis, after = f_x.axis, int(np.prod(shape_x[f_x.axis + 1:]))
+    n = f_x.cov.shape[-1]
+    for b in range(len(shape_y)):
+        if shape_y[b] != n or int(np.prod(shape_y[b + 1:])) != after:
+            continue
+        if f_x.head_axis is None:
+            return Field(b, f_x.cov)
+        if (b > 0 and f_x.head_axis == axis - 1 and shape_y[b - 1] == shape_x[axis - 1]):
+            return Field(b, f_x.cov, b - 1)
+        return None
+    if f_x.head_axis is not None:
+        return None
+    for b in range(len(shape_y) - 1):
+        heads, width = shape_y[b], shape_y[b + 1]
+        if heads > 1 and heads * width == n and int(np.prod(shape_y[b + 2:])) == after:
+            blocks = f_x.cov.reshape(heads, width, heads, width)
+            return Field(b + 1, blocks[np.arange(heads), :, np.arange(heads), :], b)
+    return None
 
 
 def attr(node, name: str):

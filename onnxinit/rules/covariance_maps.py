@@ -49,11 +49,12 @@ def conv_same_tap(s_x: np.ndarray, w: np.ndarray, groups: int,
         return s_x[source[:, None], source[None, :]] * ((k * share) @ k.T)
     w4 = w.reshape(groups, per, c_in_group, taps)  # the groups read correlated inputs too
     left = (w4 * share).transpose(0, 1, 3, 2).reshape(groups, per * taps, c_in_group)
-    mixed = left @ s_x.reshape(groups, c_in_group, -1)  # [g, per * taps, G * in]
+    left = left.astype(np.float32)  # float32 products
+    mixed = left @ s_x.astype(np.float32).reshape(groups, c_in_group, -1)  # [g, per taps, C]
     mixed = mixed.reshape(groups, per, taps, groups, c_in_group).transpose(3, 0, 1, 2, 4)
     right = w4.transpose(0, 3, 2, 1).reshape(groups, taps * c_in_group, per)
-    out = mixed.reshape(groups, c_out, taps * c_in_group) @ right  # [h, (g, p), q]
-    return out.transpose(1, 0, 2).reshape(c_out, c_out)
+    out = mixed.reshape(groups, c_out, taps * c_in_group) @ right.astype(np.float32)
+    return out.transpose(1, 0, 2).reshape(c_out, c_out).astype(np.float64)  # [h, (g, p), q]
 
 
 def mehler(s_x: np.ndarray, a: np.ndarray, nu: np.ndarray) -> np.ndarray:
@@ -90,23 +91,32 @@ def centred(s_x: np.ndarray, nu: np.ndarray, sign: np.ndarray | None = None) -> 
     return rescaled(s, nu, sign)
 
 
-def normalized_variances(s: np.ndarray, mu: np.ndarray, eps: float, rows: int = 16384,
-                         seed: int = 0) -> np.ndarray:
-    """``Var[(x_f - m) / sqrt(v + eps)]`` per feature for rows ``x ~ N(mu, s)`` (m, v: the
-    row's mean and variance), over ``rows`` seeded samples."""
-    vals, vecs = np.linalg.eigh(s)
-    root = vecs * np.sqrt(np.maximum(vals, 0.0))
-    x = np.random.default_rng(seed).standard_normal((rows, s.shape[0])) @ root.T + mu
-    x -= x.mean(axis=1, keepdims=True)
-    x /= np.sqrt((x * x).mean(axis=1, keepdims=True) + eps)
-    return x.var(axis=0)
+def normalized_variances(s: np.ndarray, mu: np.ndarray, eps: float) -> np.ndarray:
+    """``Var[u_f / sqrt(Y)]`` per feature for a Gaussian row ``x ~ N(mu, s)``, ``u = P x`` its
+    centred values (``C = P s P``, ``m = P mu``) and ``Y = u^T u / n + eps`` its scale, by the
+    ratio's second-order expansion around ``E Y``: ``E[u_f^2 / Y] ~ E X / E Y - Cov(X, Y) / (E
+    Y)^2 + E X Var Y / (E Y)^3`` with ``X = u_f^2``, ``E X = C_ff + m_f^2``, ``Cov(X, Y) = (2
+    (C^2)_ff + 4 m_f (C m)_f) / n``, ``Var Y = (2 tr C^2 + 4 m^T C m) / n^2``, minus the mean's
+    square ``m_f^2 / E Y`` (the row's own scale divides each row: few inputs make it vary)."""
+    n = s.shape[0]
+    c = s - s.mean(axis=0, keepdims=True)
+    c -= c.mean(axis=1, keepdims=True)
+    m = mu - mu.mean()
+    c2, cm = c @ c, c @ m
+    ey = (np.trace(c) + m @ m) / n + eps
+    ex = np.diag(c) + m * m
+    cov_xy = (2.0 * np.diag(c2) + 4.0 * m * cm) / n
+    var_y = (2.0 * np.trace(c2) + 4.0 * m @ cm) / n**2
+    second = ex / ey - cov_xy / ey**2 + ex * var_y / ey**3
+    return np.maximum(second - m * m / ey, 0.0)
 
 
 def cross_term_factor(s: np.ndarray, w_out_in: np.ndarray) -> np.ndarray:
     """Per output j of a linear map ``y_j = sum_m W_jm x_m``: ``w_j^T S w_j / sum_m W_jm^2
     S_mm``, the variance with x's covariance over the one with independent inputs."""
     diag = (w_out_in * w_out_in) @ np.diag(s)
-    full = ((w_out_in @ s) * w_out_in).sum(axis=1)
+    w32 = w_out_in.astype(np.float32)  # float32 products: C^3 work
+    full = ((w32 @ s.astype(np.float32)) * w32).sum(axis=1, dtype=np.float64)
     return np.where(diag > 0, np.maximum(full, 0.0) / np.maximum(diag, 1e-300), 1.0)
 
 

@@ -23,7 +23,7 @@ from ..moments import Moments
 from .. import correlation
 from ..spatial import attach, gather_taps, positions, window, within_variance
 from .attention import matmul_activations
-from .channel_covariance import cross_term_factor, feature_cross_term_factor
+from .covariance_readers import cross_term_factor, feature_cross_term_factor
 from . import cross_fields
 from .copies import copy_cells
 from .pooled_features import cross_terms, pooled_correlation

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..moments import Elementwise, Moments, Source
 from ..spatial import attach, within_variance
-from .channel_covariance import layer_norm_factor
+from .covariance_readers import layer_norm_factor
 from .context import RuleContext, RuleError, signal
 from .elementwise import affine, apply_fn, digest
 from .gaussian import abs_closed, expand, gaussian_moments
