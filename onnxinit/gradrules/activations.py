@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
-from scipy import special
+from .. import special
 
 from ..moments import Moments
 from ..rules import activations as forward_activations  # noqa: F401 - fills UNARY

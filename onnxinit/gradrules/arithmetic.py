@@ -23,9 +23,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from scipy import special
 
 from ..moments import Moments
+from ..rules.gamma_law import gamma_moment
 from ..rules.context import RuleError
 from ..rules.elementwise import base_source, is_smooth, node_function, rank_of
 from ..rules.fusion import common_ancestor, fused_function
@@ -191,8 +191,7 @@ def _gamma_inverse(mu, nu, k, p: int) -> np.ndarray:
     finite = np.isfinite(k)
     k_safe = np.where(finite, k, 2.0 * p + 1.0)
     theta = np.where(finite, nu / mu, 1.0)
-    ratio = np.exp(special.gammaln(k_safe - p) - special.gammaln(k_safe)) * theta ** (-p)
-    return np.where(finite, ratio, mu ** (-p))
+    return np.where(finite, gamma_moment(k_safe, theta, -p), mu ** (-p))
 
 
 @rule("Add", "Sub", "Mul", "Div", "Pow")

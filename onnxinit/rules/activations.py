@@ -33,6 +33,7 @@ from .elementwise import (
     refined,
 )
 from .gaussian import abs_closed, leaky_closed, piecewise_closed
+from .gamma_law import gamma_moment
 from .support import nonnegative
 from .registry import rule
 
@@ -363,7 +364,7 @@ def sqrt(inputs, ctx: RuleContext):
     if not (np.all(mu > 0) and np.all(nu > 0)):
         raise RuleError("the input's mean is not positive")
     k, theta = mu * mu / nu, nu / mu
-    mean = np.sqrt(theta) * np.exp(special.gammaln(k + 0.5) - special.gammaln(k))
+    mean = gamma_moment(k, theta, 0.5)
     return [Moments(mean, np.maximum(mu - mean * mean, 0.0))]
 
 

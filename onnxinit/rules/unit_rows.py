@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..special import gammaln
+from .gamma_law import gamma_moment
 from .context import RuleContext, RuleError
 from .mixture import lift
 from .row_norm import without_casts
@@ -93,8 +93,7 @@ def _norm_of(ctx: RuleContext, name: str, x: str) -> float | None:
 
 def _inverse_power(k: np.ndarray, theta: np.ndarray, a: float) -> np.ndarray:
     """E[Q^-a] for Q Gamma(k, theta) (k > a; a row of under ~2 effective entries is floored)."""
-    k = np.maximum(k, a + 0.25)
-    return np.exp(gammaln(k - a) - gammaln(k)) * theta ** (-a)
+    return gamma_moment(np.maximum(k, a + 0.25), theta, -a)
 
 
 def unit_rows(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
