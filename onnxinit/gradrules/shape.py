@@ -25,6 +25,7 @@ import numpy as np
 from dataclasses import replace
 
 from ..rules.context import RuleError
+from ..rules.shape import pad_params
 from .arithmetic import reduce_to
 from .context import GradContext
 from .gradient import Gradient, along
@@ -238,51 +239,30 @@ def pad(grads, ctx: GradContext):
     rest = [None] * (len(ctx.node.input) - 1)
     in_shape, out_shape = ctx.in_shape(0), ctx.out_shape()
     rank = len(in_shape)
+    try:
+        _, _, pads = pad_params(ctx, rank)
+    except RuleError:
+        return [g.plain()] + rest
+    if any(b < 0 or e < 0 for b, e in pads.values()):
+        return [g.plain()] + rest  # a crop, not a pad
     g = g.expand_rank(rank)
-    cut = []
-    for axis in range(rank):
-        if in_shape[axis] == out_shape[axis]:
-            cut.append(slice(None))
-            continue
-        begin = _pad_begin(ctx, axis, rank)
-        if begin is None or begin < 0 or in_shape[axis] > out_shape[axis]:
-            return [g.plain() if g.rank else g] + rest
-        cut.append(slice(begin, begin + in_shape[axis]))
-    if all(c == slice(None) for c in cut) or g.rank == 0:
+    padded = [a for a in range(rank) if out_shape[a] > in_shape[a]]
+
+    def varies(a):
+        return np.ndim(a) == rank and any(np.shape(a)[i] == out_shape[i] for i in padded)
+
+    if not (varies(g.mean) or varies(g.var)):
         return [g] + rest
 
-    def take(a):
-        a = np.asarray(a)
-        if a.ndim != rank:
+    def cut(a):
+        if np.ndim(a) != rank:
             return a
-        index = tuple(c if a.shape[i] == out_shape[i] and a.shape[i] > 1 else slice(None)
-                      for i, c in enumerate(cut))
-        return a[index]
+        return np.asarray(a)[tuple(
+            slice(pads[i][0], pads[i][0] + in_shape[i])
+            if i in padded and np.shape(a)[i] == out_shape[i] else slice(None)
+            for i in range(rank))]
 
-    if all(np.shape(g.mean)[i] <= 1 and np.shape(g.var)[i] <= 1
-           for i, c in enumerate(cut) if c != slice(None)):
-        return [g] + rest
-    return [Gradient(take(g.mean), take(g.var))] + rest
-
-
-def _pad_begin(ctx: GradContext, axis: int, rank: int) -> int | None:
-    """The count of elements a Pad puts before ``axis`` (its ``pads`` input or attribute and
-    ``axes`` input), or None when not constant."""
-    pads = ctx.attr("pads")
-    if pads is None and ctx.has_input(1):
-        value = ctx.const(1)
-        pads = None if value is None else [int(p) for p in np.asarray(value).reshape(-1)]
-    if pads is None:
-        return None
-    axes = list(range(rank))
-    if ctx.has_input(3):
-        value = ctx.const(3)
-        if value is None:
-            return None
-        axes = [int(a) % rank for a in np.asarray(value).reshape(-1)]
-    if axis not in axes:
-        return 0
-    return int(pads[axes.index(axis)])
+    return [Gradient(cut(g.mean), cut(g.var))] + rest
 
 
 @rule("Expand")

@@ -250,7 +250,8 @@ def gather(inputs, ctx: RuleContext):
 # Pad
 
 
-def _pad_params(ctx: RuleContext, rank: int):
+def pad_params(ctx: RuleContext, rank: int):
+    """(mode, value, {axis: (begin, end)}) of a Pad, any opset; RuleError when not constant."""
     mode = ctx.attr("mode", "constant")
     if ctx.opset < 11:
         pads = list(ctx.attr("pads"))
@@ -312,7 +313,7 @@ def pad(inputs, ctx: RuleContext):
     x = signal(inputs, 0)
     in_shape = ctx.in_shape(0)
     rank = len(in_shape)
-    mode, value, pads = _pad_params(ctx, rank)
+    mode, value, pads = pad_params(ctx, rank)
     if mode not in ("constant", "reflect", "edge", "wrap"):
         raise RuleError(f"pad mode {mode}")
     if not any(p != (0, 0) for p in pads.values()):
