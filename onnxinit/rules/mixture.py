@@ -35,12 +35,6 @@ _MAX_COMPONENTS = 24  # of a sum's mixture: more and the smaller operand counts 
 _RELU_BINS = 3  # equal-probability bins of a ReLU's positive part in a mixture
 
 
-def _phi(t: np.ndarray) -> np.ndarray:
-    """Standard normal density, 0 at +-inf."""
-    finite = np.isfinite(t)
-    return np.where(finite, np.exp(-0.5 * np.where(finite, t, 0.0) ** 2), 0.0) / np.sqrt(2 * np.pi)
-
-
 _AFFINE_KEYS = frozenset({"Affine", "scale", "Identity", "Neg"})  # chain steps a x + b exactly
 
 
@@ -119,22 +113,41 @@ def components(x: Moments, rank: int):
 def truncated_bins(mu, s, lo, hi, p_lo, mass, bins: int = _RELU_BINS):
     """N(mu, s^2) restricted to [mu + lo s, mu + hi s] (standard units, lo may be -inf, hi
     +inf, ``p_lo = P(t <= lo)``, ``mass = P(lo < t <= hi)``) cut in ``bins`` bins of equal
-    probability: (w, m, v), each bin's probability and exact conditional mean and variance."""
-    k = np.arange(1, bins).reshape((-1,) + (1,) * np.ndim(mu))
-    inner = special.ndtri(np.clip(p_lo + mass * k / bins, 0.0, 1.0))
-    edges = np.concatenate([np.broadcast_to(lo, np.shape(mu))[None], inner,
-                            np.broadcast_to(hi, np.shape(mu))[None]])
-    part = mass / bins  # each bin's probability, by construction
-    phi = _phi(edges)
-    tphi = np.where(phi > 0, np.where(np.isfinite(edges), edges, 0.0) * phi, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        safe = np.where(part > 0, part, 1.0)
-        # standard normal restricted to [lo, hi]: mean (phi(lo) - phi(hi)) / mass,
-        # second moment 1 + (lo phi(lo) - hi phi(hi)) / mass
-        cm = np.where(part > 0, (phi[:-1] - phi[1:]) / safe, 0.0)
-        cv = np.where(part > 0, 1.0 + (tphi[:-1] - tphi[1:]) / safe - cm**2, 0.0)
-    w = np.broadcast_to(part, edges[:-1].shape)
-    return w, mu + s * cm, s * s * np.maximum(cv, 0.0)
+    probability ``q = mass / bins``, with edges ``t_j``: (w, m, v), each bin's probability and
+    exact conditional mean and variance. With the standard normal density phi (0 at +-inf, as
+    is ``t phi(t)``), a bin [a, b] has::
+
+        m = mu + s (phi(a) - phi(b)) / q
+        v = s^2 (1 + (a phi(a) - b phi(b)) / q - ((phi(a) - phi(b)) / q)^2)
+    """
+    shape = np.shape(mu)
+    k = np.arange(1, bins).reshape((-1,) + (1,) * len(shape))
+    edges = np.empty((bins + 1,) + shape)
+    edges[0], edges[-1] = lo, hi
+    edges[1:-1] = special.ndtri(np.clip(p_lo + mass * k / bins, 0.0, 1.0))
+    phi = np.square(edges)
+    phi *= -0.5
+    np.exp(phi, out=phi)  # exp(-inf) = 0: phi(+-inf) = 0 as written
+    phi *= 1.0 / np.sqrt(2 * np.pi)
+    with np.errstate(invalid="ignore"):
+        tphi = edges * phi
+    np.copyto(tphi, 0.0, where=phi == 0)  # t phi(t) -> 0 as t -> +-inf, not inf * 0
+    part = np.asarray(mass / bins, dtype=np.float64)
+    inside = part > 0
+    safe = np.where(inside, part, 1.0)  # divided, not multiplied by 1/q: q may be subnormal
+    cm = np.subtract(phi[:-1], phi[1:])
+    cm /= safe
+    cm *= inside
+    cv = np.subtract(tphi[:-1], tphi[1:])
+    cv /= safe
+    cv += 1.0
+    cv *= inside
+    cv -= cm * cm
+    np.maximum(cv, 0.0, out=cv)
+    cm *= s
+    cm += mu
+    cv *= np.square(s)
+    return np.broadcast_to(part, edges[:-1].shape), cm, cv
 
 
 def zero_edge(mu, var):

@@ -88,32 +88,39 @@ def merge(w: np.ndarray, m: np.ndarray, v: np.ndarray, most: int):
     """(w, m, v) with at most ``most`` components: sorted by mean per element, the components
     whose cumulative weight midpoint falls in the same of ``most`` equal weight ranges are
     merged by moment matching (``W = sum w``, ``M = sum w m / W``,
-    ``V = sum w (v + m^2) / W - M^2``). The groups are runs of the sorted order, so each
-    group's sums are differences of cumulative sums at its last member."""
-    if w.shape[0] <= most:
+    ``V = sum w (v + m^2) / W - M^2``); an empty range gives a component of weight 0.
+    Worked per element as a row of components (contiguous), the sums of each (element, range)
+    pair are one weighted bincount each."""
+    count = w.shape[0]
+    if count <= most:
         return w, m, v
-    order = np.argsort(m, axis=0, kind="stable")
-    w, m, v = (np.take_along_axis(a, order, axis=0) for a in (w, m, v))
-    total = w.sum(axis=0, keepdims=True)
-    cum = np.cumsum(w, axis=0)
+    w, m, v = np.broadcast_arrays(w, m, v)
+    cells_shape = w.shape[1:]
+    rows = [np.ascontiguousarray(a.reshape(count, -1).T) for a in (w, m, v)]
+    cells = rows[0].shape[0]
+    base = np.arange(cells).reshape(-1, 1)
+    flat = (np.argsort(rows[1], axis=1, kind="stable") + base * count).ravel()
+    w, m, v = (a.ravel().take(flat).reshape(cells, count) for a in rows)
+    total = w.sum(axis=1, keepdims=True)
+    mid = np.cumsum(w, axis=1)
+    mid -= w / 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        mid = np.where(total > 0, (cum - w / 2) / total, 0.0)
-    group = np.minimum((mid * most).astype(np.int64), most - 1)
-    # per element, the members of each group (a histogram of group + most * element), summed
-    # up to each group: the last member's index + 1 (0 for an empty leading group)
-    cells = int(np.prod(w.shape[1:]))
-    flat = (group.reshape(group.shape[0], -1) + most * np.arange(cells)).ravel()
-    counts = np.bincount(flat, minlength=most * cells).reshape(cells, most).T
-    ends = np.cumsum(counts, axis=0).reshape((most,) + w.shape[1:]) - 1  # last member, or -1
-    sums = []
-    for a in (w, w * m, w * (v + m * m)):
-        c = np.concatenate([np.zeros_like(a[:1]), np.cumsum(a, axis=0)])
-        at_end = np.take_along_axis(c, ends + 1, axis=0)
-        sums.append(np.diff(np.concatenate([np.zeros_like(at_end[:1]), at_end]), axis=0))
-    weights, first, second = sums
+        mid = np.where(total > 0, mid / total, 0.0)
+    mid *= most
+    group = np.minimum(mid.astype(np.int64), most - 1)
+    group += base * most
+    keys = group.ravel()
+    first_moment = w * m
+    second_moment = first_moment * m
+    second_moment += w * v
+    weights, first, second = (
+        np.bincount(keys, weights=a.ravel(), minlength=cells * most).reshape(cells, most).T
+        for a in (w, first_moment, second_moment))
     safe = np.where(weights > 0, weights, 1.0)
     mean = first / safe
-    return weights, mean, np.maximum(second / safe - mean * mean, 0.0)
+    var = np.maximum(second / safe - mean * mean, 0.0)
+    out = (most,) + cells_shape
+    return weights.reshape(out), mean.reshape(out), var.reshape(out)
 
 
 __all__ = ["MAX_COMPONENTS", "merge", "relu_mixture", "truncated_positive"]
