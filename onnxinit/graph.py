@@ -37,13 +37,13 @@ from .parameters import LAYOUT_OPS, PARAMETER_ROLES, WEIGHT_OPS, Layer, Paramete
 from .passes import (
     MAX_FOLDED_ELEMENTS,
     RANDOM_OPS,
+    DeclaredMerge,
     channels_first,
     evaluate_node,
     infer_shapes,
     infer_with_constants,
     inference_batchnorms,
     is_static,
-    keep_declared,
     measured_shapes,
     set_input_shapes,
     shape_op_value,
@@ -151,6 +151,7 @@ class ModelGraph(ChangeViews, GraphStructure):
         grows."""
         injected: dict[str, np.ndarray] = {}
         protos: dict[str, tuple] = {}  # their TensorProto and value_info, made once
+        merge: DeclaredMerge | None = None
         for _ in range(rounds):
             if all(is_static(self.shapes.get(t)) for t in self.producer
                    if t not in self.constants):
@@ -162,9 +163,13 @@ class ModelGraph(ChangeViews, GraphStructure):
             infos = infer_with_constants(self.model, injected, protos)
             if infos is None:
                 break
-            keep_declared(self.model.graph, list(self.model.graph.value_info), replace=infos)
-            self._index_tensors()
+            # keep_declared(graph, graph.value_info, replace=infos) in Python until the end
+            merge = merge or DeclaredMerge(self.model.graph)
+            merge.replace(infos)
+            self._index_tensors(merge.entries)
             self._classify_tensors()
+        if merge is not None:
+            merge.write(self.model.graph)
         for name, value in self._values.items():  # folded constants know their shapes
             if not is_static(self.shapes.get(name)):
                 self.shapes[name] = tuple(np.shape(value))

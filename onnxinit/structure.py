@@ -11,13 +11,15 @@ constant values and parameters.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
+from itertools import chain
 
 import onnx
 from onnx import TensorProto
 
 from .dtypes import FLOAT_TYPES
 from .errors import ModelLoadError
-from .passes import RANDOM_OPS, is_static, shape_of
+from .passes import RANDOM_OPS, described, is_static
 
 
 def implicit_inputs(node: onnx.NodeProto) -> list[str]:
@@ -54,17 +56,21 @@ class GraphStructure:
 
     # indexing ---------------------------------------------------------------------------------
 
-    def _index_tensors(self) -> None:
+    def _index_tensors(self, value_info: Iterable[tuple] | None = None) -> None:
+        """Element types and shapes from the graph's inputs, value_info and outputs;
+        ``value_info``: the value_info already read (:func:`~onnxinit.passes.described`)."""
         g = self.model.graph
         self.shapes: dict[str, tuple | None] = {}
         self.dtypes: dict[str, int] = {}
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            if vi.type.HasField("tensor_type"):
-                self.dtypes[vi.name] = vi.type.tensor_type.elem_type
-                shape = shape_of(vi.type)
+        if value_info is None:
+            value_info = map(described, g.value_info)
+        for name, elem_type, shape, _ in chain(map(described, g.input), value_info,
+                                               map(described, g.output)):
+            if elem_type is not None:
+                self.dtypes[name] = elem_type
                 # a graph output declared with symbolic dims keeps the inferred static shape
-                if is_static(shape) or not is_static(self.shapes.get(vi.name)):
-                    self.shapes[vi.name] = shape
+                if is_static(shape) or not is_static(self.shapes.get(name)):
+                    self.shapes[name] = shape
         for t in g.initializer:
             self.dtypes[t.name] = t.data_type
             self.shapes[t.name] = tuple(t.dims)

@@ -77,6 +77,54 @@ def _informative(vi: onnx.ValueInfoProto) -> int:
     return 3
 
 
+def described(vi: onnx.ValueInfoProto) -> tuple[str, int | None, tuple | None, int]:
+    """(name, element type or None without a tensor type, :func:`shape_of`, informativeness as
+    :func:`_informative`) of a value_info, read once."""
+    if not vi.type.HasField("tensor_type"):
+        return vi.name, None, None, 0
+    shape = shape_of(vi.type)
+    level = 1 if shape is None else (3 if is_static(shape) else 2)
+    return vi.name, vi.type.tensor_type.elem_type, shape, level
+
+
+class DeclaredMerge:
+    """Repeated :func:`keep_declared` ``(graph, graph.value_info, replace=infos)`` kept in
+    Python until :meth:`write`: each entry is read once (:func:`described`), no proto is copied
+    per round, and :attr:`entries` gives the merged value_info's descriptions in order (what
+    ``GraphStructure._index_tensors`` reads)."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.skip = {o.name for o in graph.output} | {i.name for i in graph.input}
+        self.protos = list(graph.value_info)
+        self.entries = [described(vi) for vi in self.protos]
+
+    def replace(self, infos: Sequence[onnx.ValueInfoProto]) -> None:
+        """The merge of :func:`keep_declared` with ``replace=infos``: ``infos`` in order, then
+        each current entry where ``infos`` has none of its name (appended in order) or a less
+        informative one (the last of that name replaced)."""
+        protos, entries = list(infos), [described(vi) for vi in infos]
+        known = {entry[0]: i for i, entry in enumerate(entries)}
+        for proto, entry in zip(self.protos, self.entries):
+            if entry[0] in self.skip:
+                continue
+            i = known.get(entry[0])
+            if i is None:
+                known[entry[0]] = len(entries)
+                protos.append(proto)
+                entries.append(entry)
+            elif entry[3] > entries[i][3]:
+                protos[i], entries[i] = proto, entry
+        self.protos, self.entries = protos, entries
+
+    def write(self, graph: onnx.GraphProto) -> None:
+        """Make the merged entries ``graph``'s value_info (copied out before the graph's own
+        entries, which may be among them, are cleared)."""
+        held = onnx.GraphProto()
+        held.value_info.extend(self.protos)
+        del graph.value_info[:]
+        graph.value_info.extend(held.value_info)
+
+
 def _copied(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
     out = onnx.ValueInfoProto()
     out.CopyFrom(vi)
@@ -123,9 +171,10 @@ def keep_declared(graph: onnx.GraphProto, declared: Iterable[onnx.ValueInfoProto
     return bool(appended or overwrite)
 
 
-def without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:
+def without_large_data(model: onnx.ModelProto, value_info: bool = True) -> onnx.ModelProto:
     """A copy for shape inference that declares large initializers as typed graph inputs
-    instead of serializing their data (small ones stay: data propagation reads them)."""
+    instead of serializing their data (small ones stay: data propagation reads them); without
+    the value_info when ``value_info`` is False."""
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
@@ -134,7 +183,8 @@ def without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.node.extend(model.graph.node)
     graph.input.extend(model.graph.input)
     graph.output.extend(model.graph.output)
-    graph.value_info.extend(model.graph.value_info)
+    if value_info:
+        graph.value_info.extend(model.graph.value_info)
     declared = {value.name for value in model.graph.input}
     for init in model.graph.initializer:
         if int(np.prod(init.dims)) <= SMALL_TENSOR:
@@ -212,8 +262,7 @@ def infer_with_constants(model: onnx.ModelProto, constants: Mapping[str, np.ndar
     for name, value in constants.items():
         if name not in protos:
             protos[name] = (numpy_helper.from_array(value, name), value_info(name, value))
-    work = without_large_data(model)
-    del work.graph.value_info[:]
+    work = without_large_data(model, value_info=False)
     produced = {n: i for i, node in enumerate(work.graph.node) for n in node.output}
     work.graph.initializer.extend(protos[name][0] for name in constants)
     for name in constants:
