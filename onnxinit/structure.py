@@ -102,6 +102,15 @@ class GraphStructure:
                 if name:
                     self.consumers.setdefault(name, []).append((node_id, idx))
         self.order = self._topological_order(ids)
+        # what _classify_tensors reads of each node, in topological order, read once
+        self._classified = []
+        for node_id in self.order:
+            node = self.node_by_id[node_id]
+            default = node.domain in ("", "ai.onnx")
+            kind = ("random" if default and node.op_type in RANDOM_OPS else
+                    "shape" if default and node.op_type in ("Shape", "Size") else "")
+            inputs = [n for n in list(node.input) + self._implicit[node_id] if n]
+            self._classified.append((node, kind, inputs, [o for o in node.output if o]))
 
     def _topological_order(self, ids: list[str]) -> list[str]:
         """Nodes in topological order, ties broken by their position in the file (Kahn's
@@ -135,18 +144,17 @@ class GraphStructure:
         """Constants: initializers, Constant outputs, Shape/Size of static tensors, and outputs
         of deterministic nodes whose inputs are all constant."""
         self.constants: set[str] = set(self.initializers)
-        for node_id in self.order:
-            node = self.node_by_id[node_id]
-            inputs = [n for n in list(node.input) + self._implicit[node_id] if n]
-            if node.op_type in RANDOM_OPS and node.domain in ("", "ai.onnx"):
+        constants = self.constants
+        for node, kind, inputs, outputs in self._classified:
+            if kind == "random":
                 constant = False
-            elif node.op_type in ("Shape", "Size") and node.domain in ("", "ai.onnx"):
+            elif kind == "shape":
                 constant = is_static(self.shapes.get(node.input[0]))
             else:
-                constant = (all(n in self.constants for n in inputs)
+                constant = (all(n in constants for n in inputs)
                             or self._uniform_gather(node) is not None)
             if constant:
-                self.constants.update(o for o in node.output if o)
+                constants.update(outputs)
 
     def _uniform_gather(self, node) -> object | None:
         """The value every element of ``node``'s output takes when it gathers from a constant

@@ -96,13 +96,21 @@ class DeclaredMerge:
     def __init__(self, graph: onnx.GraphProto):
         self.skip = {o.name for o in graph.output} | {i.name for i in graph.input}
         self.protos = list(graph.value_info)
-        self.entries = [described(vi) for vi in self.protos]
+        self._read: dict[bytes, tuple] = {}  # described() by serialized entry: most repeat
+        self.entries = [self._described(vi) for vi in self.protos]
+
+    def _described(self, vi: onnx.ValueInfoProto) -> tuple:
+        key = vi.SerializeToString()
+        entry = self._read.get(key)
+        if entry is None:
+            entry = self._read[key] = described(vi)
+        return entry
 
     def replace(self, infos: Sequence[onnx.ValueInfoProto]) -> None:
         """The merge of :func:`keep_declared` with ``replace=infos``: ``infos`` in order, then
         each current entry where ``infos`` has none of its name (appended in order) or a less
         informative one (the last of that name replaced)."""
-        protos, entries = list(infos), [described(vi) for vi in infos]
+        protos, entries = list(infos), [self._described(vi) for vi in infos]
         known = {entry[0]: i for i, entry in enumerate(entries)}
         for proto, entry in zip(self.protos, self.entries):
             if entry[0] in self.skip:
