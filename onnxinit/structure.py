@@ -64,12 +64,13 @@ class GraphStructure:
         self.dtypes: dict[str, int] = {}
         if value_info is None:
             value_info = map(described, g.value_info)
-        for name, elem_type, shape, _ in chain(map(described, g.input), value_info,
-                                               map(described, g.output)):
+        for name, elem_type, shape, level in chain(map(described, g.input), value_info,
+                                                   map(described, g.output)):
             if elem_type is not None:
                 self.dtypes[name] = elem_type
                 # a graph output declared with symbolic dims keeps the inferred static shape
-                if is_static(shape) or not is_static(self.shapes.get(name)):
+                # (level 3: a static shape)
+                if level == 3 or not is_static(self.shapes.get(name)):
                     self.shapes[name] = shape
         for t in g.initializer:
             self.dtypes[t.name] = t.data_type
