@@ -37,6 +37,7 @@ from .measuring import measured_shapes, with_outputs
 from .shapes import (
     SMALL_TENSOR,
     DeclaredMerge,
+    FoldedInference,
     described,
     infer_shapes,
     infer_with_constants,
@@ -51,6 +52,7 @@ from .training import batch_statistics, fixed_dropout
 
 __all__ = [
     "MAX_FOLDED_ELEMENTS", "NEVER_FOLDED", "PASSES", "RANDOM_OPS", "SMALL_TENSOR", "DeclaredMerge",
+    "FoldedInference",
     "GraphEmitter", "PassInfo", "batch_statistics", "described", "channels_first", "evaluate_node", "fixed_dropout", "fold_constants",
     "inference_batchnorms", "infer_shapes", "infer_with_constants", "is_static", "keep_declared", "measured_shapes",
     "model_pass", "set_input_shapes", "shape_of", "shape_op_value", "types_and_shapes",
