@@ -37,13 +37,13 @@ from .parameters import LAYOUT_OPS, PARAMETER_ROLES, WEIGHT_OPS, Layer, Paramete
 from .passes import (
     MAX_FOLDED_ELEMENTS,
     RANDOM_OPS,
+    DeclaredMerge,
+    FoldedInference,
     channels_first,
     evaluate_node,
     infer_shapes,
-    infer_with_constants,
     inference_batchnorms,
     is_static,
-    keep_declared,
     measured_shapes,
     set_input_shapes,
     shape_op_value,
@@ -145,12 +145,14 @@ class ModelGraph(ChangeViews, GraphStructure):
         """Where shape inference left tensors without a static shape (onnx's data propagation
         stops at ops such as Mod or Slice of computed bounds), fold the integer constants that
         feed non-constant nodes (Reshape/Expand/Slice shape inputs, ...), let shape inference see
-        their values (:func:`~onnxinit.passes.infer_with_constants`), and reclassify: a Shape of
+        their values (:func:`~onnxinit.passes.infer_with_constants`, round after round
+        :class:`~onnxinit.passes.FoldedInference`), and reclassify: a Shape of
         a tensor whose shape became static is constant, and so is everything computed from it.
         Repeats until nothing changes. ``self.model`` keeps its nodes; only its value_info
         grows."""
         injected: dict[str, np.ndarray] = {}
-        protos: dict[str, tuple] = {}  # their TensorProto and value_info, made once
+        inference: FoldedInference | None = None  # infer_with_constants, round after round
+        merge: DeclaredMerge | None = None
         for _ in range(rounds):
             if all(is_static(self.shapes.get(t)) for t in self.producer
                    if t not in self.constants):
@@ -159,12 +161,17 @@ class ModelGraph(ChangeViews, GraphStructure):
             if not new:
                 break
             injected.update(new)
-            infos = infer_with_constants(self.model, injected, protos)
+            inference = inference or FoldedInference(self.model)
+            infos = inference.infos(injected)
             if infos is None:
                 break
-            keep_declared(self.model.graph, list(self.model.graph.value_info), replace=infos)
-            self._index_tensors()
+            # keep_declared(graph, graph.value_info, replace=infos) in Python until the end
+            merge = merge or DeclaredMerge(self.model.graph)
+            merge.replace(infos)
+            self._index_tensors(merge.entries)
             self._classify_tensors()
+        if merge is not None:
+            merge.write(self.model.graph)
         for name, value in self._values.items():  # folded constants know their shapes
             if not is_static(self.shapes.get(name)):
                 self.shapes[name] = tuple(np.shape(value))

@@ -11,13 +11,15 @@ constant values and parameters.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
+from itertools import chain
 
 import onnx
 from onnx import TensorProto
 
 from .dtypes import FLOAT_TYPES
 from .errors import ModelLoadError
-from .passes import RANDOM_OPS, is_static, shape_of
+from .passes import RANDOM_OPS, described, is_static
 
 
 def implicit_inputs(node: onnx.NodeProto) -> list[str]:
@@ -54,17 +56,22 @@ class GraphStructure:
 
     # indexing ---------------------------------------------------------------------------------
 
-    def _index_tensors(self) -> None:
+    def _index_tensors(self, value_info: Iterable[tuple] | None = None) -> None:
+        """Element types and shapes from the graph's inputs, value_info and outputs;
+        ``value_info``: the value_info already read (:func:`~onnxinit.passes.described`)."""
         g = self.model.graph
         self.shapes: dict[str, tuple | None] = {}
         self.dtypes: dict[str, int] = {}
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            if vi.type.HasField("tensor_type"):
-                self.dtypes[vi.name] = vi.type.tensor_type.elem_type
-                shape = shape_of(vi.type)
+        if value_info is None:
+            value_info = map(described, g.value_info)
+        for name, elem_type, shape, level in chain(map(described, g.input), value_info,
+                                                   map(described, g.output)):
+            if elem_type is not None:
+                self.dtypes[name] = elem_type
                 # a graph output declared with symbolic dims keeps the inferred static shape
-                if is_static(shape) or not is_static(self.shapes.get(vi.name)):
-                    self.shapes[vi.name] = shape
+                # (level 3: a static shape)
+                if level == 3 or not is_static(self.shapes.get(name)):
+                    self.shapes[name] = shape
         for t in g.initializer:
             self.dtypes[t.name] = t.data_type
             self.shapes[t.name] = tuple(t.dims)
@@ -96,6 +103,15 @@ class GraphStructure:
                 if name:
                     self.consumers.setdefault(name, []).append((node_id, idx))
         self.order = self._topological_order(ids)
+        # what _classify_tensors reads of each node, in topological order, read once
+        self._classified = []
+        for node_id in self.order:
+            node = self.node_by_id[node_id]
+            default = node.domain in ("", "ai.onnx")
+            kind = ("random" if default and node.op_type in RANDOM_OPS else
+                    "shape" if default and node.op_type in ("Shape", "Size") else "")
+            inputs = [n for n in list(node.input) + self._implicit[node_id] if n]
+            self._classified.append((node, kind, inputs, [o for o in node.output if o]))
 
     def _topological_order(self, ids: list[str]) -> list[str]:
         """Nodes in topological order, ties broken by their position in the file (Kahn's
@@ -129,18 +145,17 @@ class GraphStructure:
         """Constants: initializers, Constant outputs, Shape/Size of static tensors, and outputs
         of deterministic nodes whose inputs are all constant."""
         self.constants: set[str] = set(self.initializers)
-        for node_id in self.order:
-            node = self.node_by_id[node_id]
-            inputs = [n for n in list(node.input) + self._implicit[node_id] if n]
-            if node.op_type in RANDOM_OPS and node.domain in ("", "ai.onnx"):
+        constants = self.constants
+        for node, kind, inputs, outputs in self._classified:
+            if kind == "random":
                 constant = False
-            elif node.op_type in ("Shape", "Size") and node.domain in ("", "ai.onnx"):
+            elif kind == "shape":
                 constant = is_static(self.shapes.get(node.input[0]))
             else:
-                constant = (all(n in self.constants for n in inputs)
+                constant = (all(n in constants for n in inputs)
                             or self._uniform_gather(node) is not None)
             if constant:
-                self.constants.update(o for o in node.output if o)
+                constants.update(outputs)
 
     def _uniform_gather(self, node) -> object | None:
         """The value every element of ``node``'s output takes when it gathers from a constant

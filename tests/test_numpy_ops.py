@@ -83,6 +83,21 @@ CASES = [
     ("Not", [np.array([True, False])], {}, 17),
     ("And", [np.array([True, True, False]), np.array([True, False, False])], {}, 17),
     ("Or", [np.array([True, False, False]), np.array([False, False, True])], {}, 17),
+    # Swin-T's attention scale, ViT's, Swin-T's shifted-window masks, a position-id gather
+    ("Pow", [np.array(32.0, np.float32), np.array(-0.5, np.float32)], {}, 17),
+    ("Pow", [np.array([2.0, 3.0], np.float32), np.array(3, I64)], {}, 17),
+    ("Pow", [np.array([2, 3], I64), np.array([2, 0], I64)], {}, 17),
+    ("Sqrt", [np.array([96.0], np.float32)], {}, 17),
+    ("Sqrt", [np.array([2.0, 0.0], np.float64)], {}, 17),
+    ("ScatterND", [np.zeros((14, 14), np.float32),
+                   np.stack(np.meshgrid(np.arange(7, 14), np.arange(3), indexing="ij"), -1),
+                   np.full((7, 3), 4.0, np.float32)], {}, 17),
+    ("ScatterND", [np.arange(8, dtype=I64), np.array([[1], [1], [5]], I64),
+                   np.array([3, 4, 5], I64)], {"reduction": "add"}, 17),
+    ("GatherElements", [np.arange(12, dtype=I64).reshape(3, 4),
+                        np.array([[0, -1], [3, 2], [1, 1]], I64)], {"axis": 1}, 17),
+    ("GatherElements", [np.arange(12, dtype=np.float32).reshape(3, 4),
+                        np.array([[2, 0, 1, 0]], I64)], {"axis": 0}, 17),
 ]
 
 
@@ -104,3 +119,26 @@ def test_what_is_not_handled_is_said_so():
     with pytest.raises(numpy_ops.NotHandled):
         numpy_ops.evaluate(helper.make_node("Split", ["x"], ["a", "b"], axis=0),
                            [np.ones(4, I64)], 17)
+
+
+def test_gather_elements_beyond_the_reference_matches_onnxruntime():
+    """BERT's token-type gather ([1, 512] by [1, 128] indices along axis 1): onnx's reference
+    evaluator cannot (np.choose takes at most 64 choices), onnxruntime folded it before."""
+    import onnxruntime as ort
+
+    data = np.arange(512, dtype=I64).reshape(1, 512) * 3
+    indices = np.arange(128, dtype=I64).reshape(1, 128)[:, ::-1].copy()
+    node = helper.make_node("GatherElements", ["d", "i"], ["y"], axis=1)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("d", TensorProto.INT64, [1, 512]),
+                      helper.make_tensor_value_info("i", TensorProto.INT64, [1, 128])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    (expected,) = ort.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"]).run(
+        None, {"d": data, "i": indices})
+    (got,) = numpy_ops.evaluate(node, [data, indices], 17)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    with pytest.raises(numpy_ops.NotHandled):  # out of range: left to the evaluators
+        numpy_ops.evaluate(node, [data, indices + 500], 17)

@@ -36,6 +36,9 @@ from .inference_batchnorm import inference_batchnorms
 from .measuring import measured_shapes, with_outputs
 from .shapes import (
     SMALL_TENSOR,
+    DeclaredMerge,
+    FoldedInference,
+    described,
     infer_shapes,
     infer_with_constants,
     is_static,
@@ -48,8 +51,9 @@ from .shapes import (
 from .training import batch_statistics, fixed_dropout
 
 __all__ = [
-    "MAX_FOLDED_ELEMENTS", "NEVER_FOLDED", "PASSES", "RANDOM_OPS", "SMALL_TENSOR", "GraphEmitter",
-    "PassInfo", "batch_statistics", "channels_first", "evaluate_node", "fixed_dropout", "fold_constants",
+    "MAX_FOLDED_ELEMENTS", "NEVER_FOLDED", "PASSES", "RANDOM_OPS", "SMALL_TENSOR", "DeclaredMerge",
+    "FoldedInference",
+    "GraphEmitter", "PassInfo", "batch_statistics", "described", "channels_first", "evaluate_node", "fixed_dropout", "fold_constants",
     "inference_batchnorms", "infer_shapes", "infer_with_constants", "is_static", "keep_declared", "measured_shapes",
     "model_pass", "set_input_shapes", "shape_of", "shape_op_value", "types_and_shapes",
     "value_info", "with_outputs",

@@ -166,13 +166,58 @@ def _identity(node, inputs, opset):
     return np.asarray(inputs[0])
 
 
+def _pow(node, inputs, opset):
+    """The reference's Pow: numpy's power, in the base's type (a float32 base with an int64
+    exponent is computed in float64 and rounded)."""
+    base, exponent = (np.asarray(v) for v in inputs)
+    with np.errstate(all="ignore"):
+        return np.power(base, exponent).astype(base.dtype)
+
+
+def _sqrt(node, inputs, opset):
+    x = np.asarray(inputs[0])
+    with np.errstate(all="ignore"):
+        return np.sqrt(x).astype(x.dtype)
+
+
+def _gather_elements(node, inputs, opset):
+    """Within-range indices only (negative ones counted from the end); others are left to the
+    evaluators below, whose handling of them differs."""
+    data, indices = (np.asarray(v) for v in inputs)
+    axis = _attrs(node).get("axis", 0) % max(data.ndim, 1)
+    if indices.dtype.kind not in "iu" or indices.ndim != data.ndim:
+        raise NotHandled("GatherElements indices")
+    size = data.shape[axis]
+    indices = np.where(indices < 0, indices + size, indices)
+    if indices.size and (indices.min() < 0 or indices.max() >= size):
+        raise NotHandled("GatherElements out of range")
+    return np.take_along_axis(data, indices, axis=axis)
+
+
+def _scatter_nd(node, inputs, opset):
+    """The reference's ScatterND (later indices win; with ``reduction``, combined in order)."""
+    data, indices, updates = (np.asarray(v) for v in inputs)
+    reduction = _attrs(node).get("reduction", b"none")
+    reduction = reduction.decode() if isinstance(reduction, bytes) else reduction
+    combine = {"none": None, "add": np.add, "mul": np.multiply, "max": np.maximum,
+               "min": np.minimum}.get(reduction, NotHandled)
+    if combine is NotHandled:
+        raise NotHandled(f"ScatterND reduction {reduction}")
+    output = np.copy(data)
+    for i in np.ndindex(indices.shape[:-1]):
+        at = tuple(indices[i])
+        output[at] = updates[i] if combine is None else combine(output[at], updates[i])
+    return output
+
+
 OPS: dict[str, Callable] = {
     "Constant": _constant, "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Gather": _gather,
     "Concat": _concat, "Reshape": _reshape, "ConstantOfShape": _constant_of_shape,
     "Add": _binary(np.add), "Sub": _binary(np.subtract), "Mul": _binary(np.multiply),
     "Div": _binary(_divide), "Mod": _mod, "Equal": lambda n, i, o: np.equal(*i),
     "Where": _where, "Slice": _slice, "Cast": _cast, "Transpose": _transpose, "Range": _range,
-    "Identity": _identity, "Expand": _expand,
+    "Identity": _identity, "Expand": _expand, "Pow": _pow, "Sqrt": _sqrt,
+    "GatherElements": _gather_elements, "ScatterND": _scatter_nd,
     "Less": _compare(np.less), "LessOrEqual": _compare(np.less_equal),
     "Greater": _compare(np.greater), "GreaterOrEqual": _compare(np.greater_equal),
     "Not": _compare(np.logical_not), "And": _compare(np.logical_and),

@@ -77,6 +77,62 @@ def _informative(vi: onnx.ValueInfoProto) -> int:
     return 3
 
 
+def described(vi: onnx.ValueInfoProto) -> tuple[str, int | None, tuple | None, int]:
+    """(name, element type or None without a tensor type, :func:`shape_of`, informativeness as
+    :func:`_informative`) of a value_info, read once."""
+    if not vi.type.HasField("tensor_type"):
+        return vi.name, None, None, 0
+    shape = shape_of(vi.type)
+    level = 1 if shape is None else (3 if is_static(shape) else 2)
+    return vi.name, vi.type.tensor_type.elem_type, shape, level
+
+
+class DeclaredMerge:
+    """Repeated :func:`keep_declared` ``(graph, graph.value_info, replace=infos)`` kept in
+    Python until :meth:`write`: each entry is read once (:func:`described`), no proto is copied
+    per round, and :attr:`entries` gives the merged value_info's descriptions in order (what
+    ``GraphStructure._index_tensors`` reads)."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.skip = {o.name for o in graph.output} | {i.name for i in graph.input}
+        self.protos = list(graph.value_info)
+        self._read: dict[bytes, tuple] = {}  # described() by serialized entry: most repeat
+        self.entries = [self._described(vi) for vi in self.protos]
+
+    def _described(self, vi: onnx.ValueInfoProto) -> tuple:
+        key = vi.SerializeToString()
+        entry = self._read.get(key)
+        if entry is None:
+            entry = self._read[key] = described(vi)
+        return entry
+
+    def replace(self, infos: Sequence[onnx.ValueInfoProto]) -> None:
+        """The merge of :func:`keep_declared` with ``replace=infos``: ``infos`` in order, then
+        each current entry where ``infos`` has none of its name (appended in order) or a less
+        informative one (the last of that name replaced)."""
+        protos, entries = list(infos), [self._described(vi) for vi in infos]
+        known = {entry[0]: i for i, entry in enumerate(entries)}
+        for proto, entry in zip(self.protos, self.entries):
+            if entry[0] in self.skip:
+                continue
+            i = known.get(entry[0])
+            if i is None:
+                known[entry[0]] = len(entries)
+                protos.append(proto)
+                entries.append(entry)
+            elif entry[3] > entries[i][3]:
+                protos[i], entries[i] = proto, entry
+        self.protos, self.entries = protos, entries
+
+    def write(self, graph: onnx.GraphProto) -> None:
+        """Make the merged entries ``graph``'s value_info (copied out before the graph's own
+        entries, which may be among them, are cleared)."""
+        held = onnx.GraphProto()
+        held.value_info.extend(self.protos)
+        del graph.value_info[:]
+        graph.value_info.extend(held.value_info)
+
+
 def _copied(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
     out = onnx.ValueInfoProto()
     out.CopyFrom(vi)
@@ -123,9 +179,10 @@ def keep_declared(graph: onnx.GraphProto, declared: Iterable[onnx.ValueInfoProto
     return bool(appended or overwrite)
 
 
-def without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:
+def without_large_data(model: onnx.ModelProto, value_info: bool = True) -> onnx.ModelProto:
     """A copy for shape inference that declares large initializers as typed graph inputs
-    instead of serializing their data (small ones stay: data propagation reads them)."""
+    instead of serializing their data (small ones stay: data propagation reads them); without
+    the value_info when ``value_info`` is False."""
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
@@ -134,7 +191,8 @@ def without_large_data(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.node.extend(model.graph.node)
     graph.input.extend(model.graph.input)
     graph.output.extend(model.graph.output)
-    graph.value_info.extend(model.graph.value_info)
+    if value_info:
+        graph.value_info.extend(model.graph.value_info)
     declared = {value.name for value in model.graph.input}
     for init in model.graph.initializer:
         if int(np.prod(init.dims)) <= SMALL_TENSOR:
@@ -198,38 +256,51 @@ def infer_shapes(model: onnx.ModelProto, declared: Iterable[onnx.ValueInfoProto]
 
 
 @model_pass(in_place=False)
-def infer_with_constants(model: onnx.ModelProto, constants: Mapping[str, np.ndarray],
-                         protos: dict[str, tuple] | None = None
+def infer_with_constants(model: onnx.ModelProto, constants: Mapping[str, np.ndarray]
                          ) -> list[onnx.ValueInfoProto] | None:
     """Value_info inferred with the tensors in ``constants`` (outputs of nodes of ``model``)
     known: each stands in as an initializer (its producer's output renamed), so shape inference
     sees the values where its own data propagation stopped (Mod, Slice of computed bounds).
     None when inference fails. The constants get value_info of their own values. (Only the
-    light copy is made: the weights are not copied in every round of the caller's loop.)
-    ``protos``, a dict the caller keeps between rounds, holds each constant's initializer and
-    value_info once made (a name's value does not change between rounds)."""
-    protos = {} if protos is None else protos
-    for name, value in constants.items():
-        if name not in protos:
-            protos[name] = (numpy_helper.from_array(value, name), value_info(name, value))
-    work = without_large_data(model)
-    del work.graph.value_info[:]
-    produced = {n: i for i, node in enumerate(work.graph.node) for n in node.output}
-    work.graph.initializer.extend(protos[name][0] for name in constants)
-    for name in constants:
-        node = work.graph.node[produced[name]]
-        node.output[list(node.output).index(name)] = f"{name}{FOLDED_SUFFIX}"
-    try:  # the constants are small (MAX_FOLDED_ELEMENTS): initializers, as without_large_data
-        inferred = _inferred_light(work)
-    except Exception as exc:  # noqa: BLE001 - best effort, as infer_shapes
-        log.debug("shape inference with folded constants failed: %s", exc)
-        return None
-    # the graph outputs too: an exporter's output declared with symbolic dims (GPT-2's final
-    # Reshape) is only known from here
-    infos = [vi for vi in list(inferred.value_info) + list(inferred.output)
-             if vi.name not in constants and not vi.name.endswith(FOLDED_SUFFIX)]
-    infos.extend(protos[name][1] for name in constants)
-    return infos
+    light copy is made: the weights are not copied.) A caller's loop that adds constants round
+    after round uses :class:`FoldedInference`."""
+    return FoldedInference(model).infos(constants)
+
+
+class FoldedInference:
+    """:func:`infer_with_constants` for rounds of a loop whose ``constants`` only grow (a dict
+    the caller adds to): the light copy and its index of producers are made once, and each round
+    adds only the constants it has not seen (their initializer, value_info and renamed producer
+    output, made once), so that shape inference gets the model :func:`infer_with_constants`
+    builds, byte for byte (initializers in the dict's order)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.work = without_large_data(model, value_info=False)
+        self.produced = {n: i for i, node in enumerate(self.work.graph.node) for n in node.output}
+        self.protos: dict[str, tuple] = {}  # name -> (initializer, value_info)
+
+    def infos(self, constants: Mapping[str, np.ndarray]) -> list[onnx.ValueInfoProto] | None:
+        """What :func:`infer_with_constants` returns for ``model`` and ``constants``."""
+        new = [name for name in constants if name not in self.protos]
+        for name in new:
+            value = constants[name]
+            self.protos[name] = (numpy_helper.from_array(value, name), value_info(name, value))
+        work = self.work
+        work.graph.initializer.extend(self.protos[name][0] for name in new)
+        for name in new:
+            node = work.graph.node[self.produced[name]]
+            node.output[list(node.output).index(name)] = f"{name}{FOLDED_SUFFIX}"
+        try:  # the constants are small (MAX_FOLDED_ELEMENTS): initializers, as without_large_data
+            inferred = _inferred_light(work)
+        except Exception as exc:  # noqa: BLE001 - best effort, as infer_shapes
+            log.debug("shape inference with folded constants failed: %s", exc)
+            return None
+        # the graph outputs too: an exporter's output declared with symbolic dims (GPT-2's final
+        # Reshape) is only known from here
+        infos = [vi for vi in list(inferred.value_info) + list(inferred.output)
+                 if vi.name not in constants and not vi.name.endswith(FOLDED_SUFFIX)]
+        infos.extend(self.protos[name][1] for name in constants)
+        return infos
 
 
 @model_pass(in_place=False)

@@ -119,10 +119,14 @@ def max_of_gaussians(mean, std, count, fn):
     scale = 1.0 / np.where(std > 0, std, 1.0)
     constant = std <= 0  # a constant tap (variance 0): its CDF is a step at its value
     has_constant, has_absent, repeated = constant.any(), not present.all(), np.any(count > 1)
+    # one buffer for every chunk (a chunk is up to 64 MB: freshly mapped pages each time
+    # otherwise); a chunk of one tap (many problems) is taken as it is, not reduced
+    buffer = np.empty((min(n_chunk, taps),) + grid.shape)
     with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
         for i in range(0, taps, n_chunk):
             m, c = mean[i:i + n_chunk, None], count[i:i + n_chunk, None]
-            z = grid[None] - m  # [n, G, *P], standardised in place
+            # [n, G, *P], standardised in place
+            z = np.subtract(grid[None], m, out=buffer[:m.shape[0]])
             z *= scale[i:i + n_chunk, None]
             if small:
                 cdf_i = special.ndtr(z, out=z)
@@ -132,7 +136,7 @@ def max_of_gaussians(mean, std, count, fn):
                     np.power(cdf_i, c, out=cdf_i)
                 if has_absent:
                     np.copyto(cdf_i, 1.0, where=(c <= 0))
-                acc *= np.multiply.reduce(cdf_i, axis=0)
+                acc *= cdf_i[0] if len(cdf_i) == 1 else np.multiply.reduce(cdf_i, axis=0)
             else:
                 lc = special.log_ndtr(z, out=z)
                 if has_constant:
@@ -141,7 +145,7 @@ def max_of_gaussians(mean, std, count, fn):
                 lc *= c  # an absent tap (count 0) adds nothing: 0 * log, with 0 * -inf = nan
                 if has_absent:
                     np.copyto(lc, 0.0, where=(c <= 0))
-                acc += lc.sum(axis=0)
+                acc += lc[0] if len(lc) == 1 else lc.sum(axis=0)
     cdf = acc if small else np.exp(acc)
     cdf[-1] = 1.0  # the mass above the grid (< 1e-9) goes to its last point
     mass = np.diff(cdf, axis=0, prepend=0.0)
