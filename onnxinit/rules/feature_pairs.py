@@ -58,7 +58,8 @@ from .context import RuleContext, RuleError
 from .fusion import fused_function
 from .pair_algebra import (NONE, Pairs, dense, independent_sum, mixed_excess, normalised, product,
                            row_mean_factor, square, through_function)
-from .row_norm import without_casts
+from .row_norm import normalisation_degree, without_casts
+from .shared_row_pairs import shared_row_product, squared_row
 
 
 _NORMS = frozenset(("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"))
@@ -149,7 +150,13 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[l
     explodes past 1e154) carry no Pairs: the outputs are the rule's."""
     try:
         with np.errstate(over="raise"):
-            return _carry(ctx, inputs, outputs, table)
+            outputs, found = _carry(ctx, inputs, outputs, table)
+            xp = table.get(ctx.node.input[0]) if ctx.node.input else None
+            if found and found[0] is not None and xp is not None and inputs[0] is not None:
+                squared = squared_row(ctx, inputs[0], xp, outputs[0], found[0])
+                if squared is not None:
+                    outputs, found = [squared[0]] + outputs[1:], [squared[1]] + found[1:]
+            return outputs, found
     except (OverflowError, FloatingPointError):
         return outputs, [None] * len(outputs)
 
@@ -184,7 +191,9 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
             return outputs, none
         return outputs, [dense(p0, m0, w, outputs[0])] + none[1:]
     if op in ("Mul", "Div") and len(signals) == 2 and _normalises(ctx):
-        return outputs, [normalised(p0, outputs[0], _last_dim(ctx, 0, out=True))]
+        x = pairs[0] if _last_dim(ctx, 0) != 1 else pairs[1]
+        kept = normalisation_degree(ctx) or 0.0
+        return outputs, [normalised(x, outputs[0], _last_dim(ctx, 0, out=True), kept)]
     if op in _NORMS:
         return outputs, [normalised(p0, outputs[0], _last_dim(ctx, 0, out=True))] + none[1:]
     if op in ("Sub", "Add") and len(signals) == 2:
@@ -200,6 +209,11 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
         t = table.get(f.tensor) or NONE
         found = through_function(t, f.moments, ctx, fused_function(op, f.chain_a, f.chain_b))
         return outputs, [found] + none[1:]
+    if op == "Mul" and len(signals) == 2:
+        found = product(pairs[0], inputs[0], pairs[1], inputs[1])
+        shared = shared_row_product(ctx, inputs, outputs[0], table, found)
+        if shared is not None:
+            return [shared[0]] + outputs[1:], [shared[1]]
     if all(p == NONE for p in pairs):
         return outputs, none
     if op in _LAYOUT or op == "Transpose":

@@ -55,6 +55,12 @@ def _ancestry(tensor: str, ctx: RuleContext, budget: list[int]) -> list[tuple[st
     return out
 
 
+def ancestry(tensor: str, ctx: RuleContext) -> list[tuple[str, tuple]]:
+    """[(ancestor, element-wise chain from it to ``tensor``)], nearest first: the tensors
+    ``tensor`` is an element-wise function of (through fused binary nodes too)."""
+    return _ancestry(tensor, ctx, [MAX_DEPTH])
+
+
 def _two_signals(ctx: RuleContext) -> bool:
     node, graph = ctx.node, ctx.graph
     return len(node.input) == 2 and all(graph.is_signal(n) for n in node.input)

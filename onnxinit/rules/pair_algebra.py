@@ -227,16 +227,20 @@ def mixed_excess(pm: Moments, vm: Moments, excess: float) -> float:
     return float(excess * (per_row * weight).sum() / max(float(weight.sum()), 1e-300))
 
 
-def normalised(x: Pairs, ym: Moments, d: int | None) -> Pairs:
+def normalised(x: Pairs, ym: Moments, d: int | None, kept: float = 0.0) -> Pairs:
     """A row divided by its own root mean square: ``sum_d y_d^2`` is constant, so ``2 tr C^2 +
-    excess (tr C)^2 = 0``: ``excess = -2 (mean(nu^2) / (D mean(nu)^2) + squared (D-1) / D)``."""
+    excess (tr C)^2 = 0``: ``excess = -2 q``, ``q = mean(nu^2) / (D mean(nu)^2) + squared (D-1)
+    / D``. ``kept`` (``E[rho^2]``, :func:`.row_norm.normalisation_degree`): the share of the
+    row's relative energy variance ``2 q + excess_x`` the norm keeps (eps dominating a small
+    row), ``excess = kept (2 q + excess_x) - 2 q``."""
     if not d or d < 2:
         return x
     nu = row_vars(ym, d)
     v = float(nu.mean())
     if v <= 0:
         return x
-    return replace(x, excess=-2 * (float(np.mean(nu**2)) / (d * v * v) + x.squared * (d - 1) / d))
+    q = float(np.mean(nu**2)) / (d * v * v) + x.squared * (d - 1) / d
+    return replace(x, excess=kept * (2 * q + x.excess) - 2 * q)
 
 
 def square(x: Pairs, xm: Moments) -> Pairs:

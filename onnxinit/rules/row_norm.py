@@ -71,6 +71,20 @@ def _last_axis(ctx: RuleContext) -> bool:
             and tuple(y[:-1]) == tuple(x[:-1]))
 
 
+def _scaled_row(ctx: RuleContext) -> tuple[int, tuple] | None:
+    """(the row's input index, (mean-square tensor, chain to the scale)) for a Mul/Div of a row
+    by an element-wise function of its own mean square, else None."""
+    node = ctx.node
+    order = (0, 1) if node.op_type == "Div" else (0, 1, 1, 0)
+    for xi, si in zip(order[::2], order[1::2]):
+        found = _scale_chain(ctx, without_casts(ctx, node.input[xi]), node.input[si])
+        if found is not None:
+            break
+    else:
+        return None
+    return xi, found
+
+
 def row_normalised(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
     """``y = x * g(s)`` or ``y = x / h(s)``, ``s = mean_f x_f^2`` over the row (last axis):
     ``E[y_f^2] = E[x_f^2] / mean_g E[x_g^2] * E[s g(s)^2]``, ``E[y_f] = E[x_f] E[g(s)]``
@@ -79,13 +93,10 @@ def row_normalised(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.
     node = ctx.node
     if node.op_type not in ("Mul", "Div") or len(inputs) != 2 or any(m is None for m in inputs):
         return None
-    order = (0, 1) if node.op_type == "Div" else (0, 1, 1, 0)
-    for xi, si in zip(order[::2], order[1::2]):
-        found = _scale_chain(ctx, without_casts(ctx, node.input[xi]), node.input[si])
-        if found is not None:
-            break
-    else:
+    scaled = _scaled_row(ctx)
+    if scaled is None:
         return None
+    xi, found = scaled
     s_name, chain = found
     known = ctx.known or {}
     s = known.get(s_name)
@@ -114,6 +125,39 @@ def row_normalised(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.
     out_mean = mean * e_g
     out_var = np.maximum(share * e_sg2 - out_mean**2, 0.0)
     return out_mean, out_var
+
+
+def normalisation_degree(ctx: RuleContext) -> float | None:
+    """How much of a row's energy fluctuation a row normalisation ``y = x g(s)`` (``x / h(s)``)
+    keeps: the row's energy is ``D s g(s)^2``, so ``d log E_y = rho d log s`` with ``rho = d log
+    (s g(s)^2) / d log s`` (RMSNorm: ``eps / (s + eps)``: 0 normalises, 1 where eps dominates a
+    small row and the norm is a scale). ``E[rho^2]`` over the mean square's per-token means,
+    weighted by ``E[s]^2`` (a relative variance pools so); None when the node is not one."""
+    node = ctx.node
+    if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
+        return None
+    scaled = _scaled_row(ctx)
+    if scaled is None:
+        return None
+    found = scaled[1]
+    s = (ctx.known or {}).get(found[0])
+    if s is None:
+        return None
+    g = compose(found[1])
+    power = -2.0 if node.op_type == "Div" else 2.0
+    at = np.asarray(s.mean, np.float64).ravel()
+    at = at[np.isfinite(at) & (at > 0)]
+    if at.size == 0:
+        return None
+    step = 1e-3
+    with np.errstate(all="ignore"):
+        up, down = (np.log(at * np.exp(h)) + power * np.log(np.abs(g(at * np.exp(h))))
+                    for h in (step, -step))
+    rho = (up - down) / (2 * step)
+    if not np.all(np.isfinite(rho)):
+        return None
+    weight = at * at
+    return float(np.sum(weight * rho * rho) / np.sum(weight))
 
 
 def _l2_of(ctx: RuleContext, name: str, x: str) -> bool:
@@ -239,4 +283,4 @@ def response_normalised(inputs, ctx: RuleContext, rank: int
     return mean, np.maximum(second - mean**2, 0.0)
 
 
-__all__ = ["response_normalised", "row_normalised"]
+__all__ = ["normalisation_degree", "response_normalised", "row_normalised"]

@@ -1,0 +1,115 @@
+"""Where :mod:`.shared_row`'s formulas apply in a graph, and what they change: a Mul of two
+element-wise functions of two dense projections of one row (its variance and energy excess),
+and the square of a row with an energy excess (its variance, the mean over the row keeping its
+covariance). Called by :func:`.feature_pairs.carry` after the node's rule."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..moments import Moments
+from .context import RuleContext
+from .fusion import ancestry
+from .gaussian import compose
+from .pair_algebra import NONE, Pairs, row_vars
+from .row_norm import without_casts
+from .shared_row import (cross_variance, energy_degree, power_relvar, row_concentration,
+                         shared_scale, square_excess_variance)
+
+
+def _projection(ctx: RuleContext, name: str) -> tuple[str, str, tuple] | None:
+    """(row, dense output, element-wise chain from the dense output to ``name``) when ``name``
+    is an element-wise function of ``row @ W`` (W a constant matrix), else None."""
+    graph = ctx.graph
+    for tensor, chain in ancestry(name, ctx):
+        node_id = graph.producer.get(tensor)
+        if not node_id:
+            return None
+        node = graph.node(node_id)
+        if node.op_type == "MatMul" and len(node.input) == 2:
+            w = ctx.for_node(node_id).const(1)
+            if w is not None and np.ndim(w) == 2 and graph.is_signal(node.input[0]):
+                return without_casts(ctx, node.input[0]), tensor, chain
+    return None
+
+
+def shared_row_product(ctx: RuleContext, inputs: list, out: Moments, table: dict,
+                       found: Pairs) -> tuple[Moments, Pairs] | None:
+    """(the product's Moments, its Pairs) for ``a * b`` with a and b element-wise functions of
+    two distinct dense projections of one row (:mod:`.shared_row`); None otherwise."""
+    if ctx.node.op_type != "Mul" or any(m is None for m in inputs[:2]):
+        return None
+    pa, pb = (_projection(ctx, n) for n in ctx.node.input[:2])
+    if pa is None or pb is None or pa[0] != pb[0] or pa[1] == pb[1]:
+        return None
+    known = ctx.known or {}
+    row, ga, gb = known.get(pa[0]), known.get(pa[1]), known.get(pb[1])
+    shape = ctx.graph.shape(pa[0])
+    if row is None or ga is None or gb is None or not shape or not shape[-1]:
+        return None
+    rp = table.get(pa[0]) or NONE
+    q = row_concentration(row_vars(row, shape[-1]), rp.squared)
+    fa, fb = compose(pa[2]), compose(pb[2])
+    (ma, va), (mb, vb) = ga.total(), gb.total()
+    if not all(np.isfinite(x) for x in (ma, va, mb, vb)) or va <= 0 or vb <= 0:
+        return None
+    extra = cross_variance(fa, ma, va, fb, mb, vb, q)
+    sa, sb = (float(_W @ np.square(f(m + np.sqrt(v) * _Z))) for f, m, v in
+              ((fa, ma, va), (fb, mb, vb)))
+    ea, eb = (float(_W @ f(m + np.sqrt(v) * _Z)) for f, m, v in ((fa, ma, va), (fb, mb, vb)))
+    base = sa * sb - (ea * eb) ** 2
+    if not base > 0:
+        return None
+    alpha_a, alpha_b = energy_degree(fa, ma, va), energy_degree(fb, mb, vb)
+    excess = power_relvar(2 * q + rp.excess, alpha_a + alpha_b)
+    second = (sa * sb + extra) * shared_scale(alpha_a, alpha_b, rp.excess / (1 + 2 * q))
+    moments = replace(out, var=out.var * ((second - (ea * eb) ** 2) / base), source=None,
+                      mixture=None)
+    return moments, replace(found, excess=found.excess + excess)
+
+
+_Z, _W = np.polynomial.hermite_e.hermegauss(48)
+_W = _W / _W.sum()
+
+
+def _is_square(ctx: RuleContext) -> bool:
+    node = ctx.node
+    if node.op_type == "Mul":
+        return len(node.input) == 2 and node.input[0] == node.input[1]
+    if node.op_type == "Pow":
+        e = ctx.const(1) if len(node.input) > 1 else None
+        return e is not None and np.size(e) == 1 and float(np.ravel(e)[0]) == 2.0
+    return False
+
+
+def _fourth(m: Moments) -> float:
+    """``mean(sigma^4)`` over the elements, each token's variance its own (the token field's
+    profile ``diag(cov)``, mean 1, times the per-feature variance)."""
+    v = np.asarray(m.var, np.float64)
+    nu4 = float(np.mean(v * v))
+    if m.tokens is not None:
+        d = np.diag(m.tokens.cov)
+        if not np.allclose(d, d.mean()):
+            nu4 *= float(np.mean(d * d)) / float(np.mean(d)) ** 2
+    return nu4
+
+
+def squared_row(ctx: RuleContext, x: Moments, xp: Pairs, out: Moments,
+                found: Pairs) -> tuple[Moments, Pairs] | None:
+    """(Moments, Pairs) of ``x^2`` for a row with a positive energy excess (a scale mixture):
+    the variance gains ``3 excess mean(sigma^4)``, and ``signed`` is scaled so that the
+    covariance of two squares of one row (``signed Var``) is unchanged; None otherwise."""
+    if xp.excess <= 0 or not _is_square(ctx):
+        return None
+    extra = square_excess_variance(xp.excess, _fourth(x))
+    var = np.asarray(out.var, np.float64)
+    mean_var = float(np.mean(var))
+    if not (extra > 0 and mean_var > 0 and np.isfinite(extra)):
+        return None
+    factor = 1.0 + extra / mean_var
+    return replace(out, var=var * factor, source=None, mixture=None), replace(found, signed=found.signed / factor)
+
+
+__all__ = ["shared_row_product", "squared_row"]
