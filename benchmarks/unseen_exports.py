@@ -27,10 +27,26 @@ import sys
 import time
 import traceback
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # tests.real; an onnxinit on PYTHONPATH comes first
+sys.path.append(str(ROOT / "benchmarks"))
+from unseen_modules import MODULES  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a model is exported: the exporter ("torchscript" or "dynamo"), the opset, and
+    ``batch1``: batch 1 with static shapes instead of a dynamic batch axis."""
+    exporter: str = "torchscript"
+    opset: int = 17
+    batch1: bool = False
+
+    @property
+    def tag(self) -> str:
+        return f"{self.exporter}{self.opset}{'_b1' if self.batch1 else ''}"
 
 _TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
              vocab_size=512)
@@ -41,6 +57,8 @@ _SEQ2SEQ = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attentio
 _AUDIO = dict(_TEXT, mask_time_prob=0.0, conv_dim=(32, 32, 32), conv_stride=(5, 2, 2),
               conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,
               num_conv_pos_embedding_groups=4)
+_VISION = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+               image_size=32, patch_size=4)
 _STAGES = dict(hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1])
 
 # name: ("torchvision", builder name, input shape, keywords, wrapper)
@@ -66,6 +84,15 @@ TORCHVISION = {
     "regnet_y_1_6gf": ("models", (3, 64, 64), {}), "efficientnet_b3": ("models", (3, 64, 64), {}),
     "resnet101": ("models", (3, 64, 64), {}), "convnext_small": ("models", (3, 64, 64), {}),
     "swin_v2_t": ("models", (3, 64, 64), {}),
+    # stop 32 (probe): more families and export variants
+    "maxvit_t": ("models", (3, 224, 224), {}), "alexnet": ("models", (3, 224, 224), {}),
+    "swin3d_t": ("video", (3, 4, 64, 64), {}),
+    "mobilenet_v3_small": ("models", (3, 64, 64), {"width_mult": 0.75}),
+    "mnasnet1_3": ("models", (3, 64, 64), {}),
+    "ssdlite320_mobilenet_v3_large": ("detection", (3, 128, 128), {}),
+    "raft_small": ("optical_flow", (6, 64, 64), {"num_flow_updates": 2}),
+    "vit_h_14_narrow": ("vit", (3, 56, 56), dict(image_size=56, patch_size=14, num_layers=2,
+                                                 num_heads=16, hidden_dim=1280, mlp_dim=5120)),
 }
 HF = {
     "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model", "audio", (1600,), 0, _AUDIO),
@@ -127,11 +154,89 @@ HF = {
                       feed_forward_size=128, attn_layers=["local", "local"],
                       axial_pos_shape=[4, 8], axial_pos_embds_dim=[32, 32],
                       max_position_embeddings=32, local_attn_chunk_length=8, vocab_size=320)),
+    # stop 32 (probe)
+    "vitmae": ("ViTMAEConfig", "ViTMAEModel", "pixels", (3, 32, 32), 0,
+               dict(_VISION, mask_ratio=0.75)),
+    "yolos": ("YolosConfig", "YolosModel", "pixels", (3, 32, 32), 0,
+              dict(_VISION, image_size=[32, 32], num_detection_tokens=10)),
+    "data2vec_audio": ("Data2VecAudioConfig", "Data2VecAudioModel", "audio", (1600,), 0,
+                       dict(_AUDIO, num_conv_pos_embeddings=5, num_conv_pos_embedding_groups=4)),
+    "wavlm": ("WavLMConfig", "WavLMModel", "audio", (1600,), 0, dict(_AUDIO, num_buckets=32,
+                                                                     max_bucket_distance=64)),
+    "sew": ("SEWConfig", "SEWModel", "audio", (1600,), 0, dict(_AUDIO, squeeze_factor=2)),
+    "perceiver": ("PerceiverConfig", "PerceiverModel", "perceiver", (32, 64), 0,
+                  dict(num_latents=16, d_latents=64, d_model=64, num_blocks=1,
+                       num_self_attends_per_block=2, num_self_attention_heads=4,
+                       num_cross_attention_heads=4)),
+    "clip": ("CLIPConfig", "CLIPModel", "clip", (32,), 512, dict(
+        text_config=dict(_TEXT, max_position_embeddings=64),
+        vision_config=dict(_VISION, image_size=32, patch_size=8), projection_dim=32)),
+    "mobilebert": ("MobileBertConfig", "MobileBertModel", "ids", (32,), 512,
+                   dict(_TEXT, embedding_size=32, intra_bottleneck_size=32,
+                        true_hidden_size=32, num_feedforward_networks=2,
+                        max_position_embeddings=64)),
+    "canine": ("CanineConfig", "CanineModel", "ids", (32,), 512,
+               dict(_TEXT, num_hash_buckets=64, local_transformer_stride=8,
+                    downsampling_rate=4, max_position_embeddings=64)),
+    "nystromformer": ("NystromformerConfig", "NystromformerModel", "ids", (32,), 512,
+                      dict(_TEXT, num_landmarks=8, segment_means_seq_len=32,
+                           max_position_embeddings=64)),
+    "fnet": ("FNetConfig", "FNetModel", "ids", (32,), 512, dict(_TEXT, max_position_embeddings=64)),
+    "granite_moe": ("GraniteMoeConfig", "GraniteMoeModel", "ids", (32,), 512,
+                    dict(_TEXT, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                         max_position_embeddings=64)),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeModel", "ids", (32,), 512,
+                  dict(_TEXT, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                       moe_intermediate_size=64, shared_expert_intermediate_size=64,
+                       max_position_embeddings=64)),
+    "persimmon": ("PersimmonConfig", "PersimmonModel", "ids", (32,), 512,
+                  dict(_TEXT, max_position_embeddings=64)),
+    "nemotron": ("NemotronConfig", "NemotronModel", "ids", (32,), 512,
+                 dict(_TEXT, num_key_value_heads=2, head_dim=16, max_position_embeddings=64)),
+    "recurrent_gemma": ("RecurrentGemmaConfig", "RecurrentGemmaModel", "ids", (32,), 512,
+                        dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                             num_key_value_heads=1, intermediate_size=128, vocab_size=512,
+                             lru_width=64, attention_window_size=16, head_dim=16)),
+    "rwkv": ("RwkvConfig", "RwkvModel", "ids", (32,), 512,
+             dict(hidden_size=64, num_hidden_layers=2, attention_hidden_size=64,
+                  intermediate_size=128, vocab_size=512, context_length=64)),
+    "mamba2": ("Mamba2Config", "Mamba2Model", "ids", (32,), 512,
+               dict(hidden_size=64, state_size=16, num_hidden_layers=2, vocab_size=512,
+                    num_heads=8, head_dim=16, n_groups=1, chunk_size=16, expand=2)),
+    "hiera": ("HieraConfig", "HieraModel", "pixels", (3, 64, 64), 0,
+              dict(embed_dim=32, image_size=[64, 64], patch_size=[7, 7], patch_stride=[4, 4],
+                   patch_padding=[3, 3], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8],
+                   query_stride=[2, 2], masked_unit_size=[8, 8])),
+    "dinat_free_cvt": ("CvtConfig", "CvtModel", "pixels", (3, 64, 64), 0,
+                       dict(embed_dim=[32, 64, 128], num_heads=[1, 2, 4], depth=[1, 1, 1])),
+    "swiftformer": ("SwiftFormerConfig", "SwiftFormerModel", "pixels", (3, 64, 64), 0,
+                    dict(depths=[1, 1, 1, 1], embed_dims=[16, 32, 64, 128])),
+    "mobilevitv2": ("MobileViTV2Config", "MobileViTV2Model", "pixels", (3, 64, 64), 0,
+                    dict(image_size=64, width_multiplier=0.5)),
+    "textnet": ("TextNetConfig", "TextNetModel", "pixels", (3, 64, 64), 0, {}),
+    "hgnet_v2": ("HGNetV2Config", "HGNetV2Backbone", "maps", (3, 64, 64), 0, {}),
+    "long_t5": ("LongT5Config", "LongT5Model", "seq2seq", (32,), 512,
+                dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=512,
+                     decoder_start_token_id=0, local_radius=4,
+                     encoder_attention_type="transient-global")),
+    "switch_transformers": ("SwitchTransformersConfig", "SwitchTransformersModel", "seq2seq",
+                            (32,), 512, dict(d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                                             num_heads=4, vocab_size=512, num_experts=4,
+                                             decoder_start_token_id=0, expert_capacity=64)),
+    "prophetnet": ("ProphetNetConfig", "ProphetNetModel", "seq2seq", (32,), 512,
+                   dict(hidden_size=64, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                        num_encoder_layers=2, num_decoder_layers=2, num_encoder_attention_heads=4,
+                        num_decoder_attention_heads=4, vocab_size=512, ngram=2,
+                        max_position_embeddings=64, decoder_start_token_id=0)),
 }
 _OUTPUT = {"seq2seq": lambda m, x: m(input_ids=x, decoder_input_ids=x).last_hidden_state,
            "ids": lambda m, x: m(input_ids=x).last_hidden_state,
            "pixels": lambda m, x: m(pixel_values=x).last_hidden_state,
-           "audio": lambda m, x: m(x).last_hidden_state}
+           "audio": lambda m, x: m(x).last_hidden_state,
+           "maps": lambda m, x: m(x).feature_maps[-1],
+           "perceiver": lambda m, x: m(inputs=x).last_hidden_state,
+           "clip": lambda m, x, pixels: m(input_ids=x, pixel_values=pixels).logits_per_text}
+_SECOND = {"clip": ("pixel_values", (3, 32, 32))}  # a second, float input
 
 
 def build(name: str):
@@ -143,9 +248,11 @@ def build(name: str):
             super().__init__()
             self.model, self.fn = model, fn
 
-        def forward(self, x):
-            return self.fn(self.model, x)
+        def forward(self, *x):
+            return self.fn(self.model, *x)
 
+    if name in MODULES:
+        return MODULES[name]()
     if name in HF:
         import transformers
 
@@ -161,7 +268,13 @@ def build(name: str):
         model.avgpool = torch.nn.Identity()
         model.classifier[0] = torch.nn.Linear(512 * (shape[1] // 32) ** 2, 4096)
         return model, shape, 0
+    if family == "vit":  # ViT-H/14's widths, two layers, a small image
+        from torchvision.models.vision_transformer import VisionTransformer
+        return VisionTransformer(**keywords), shape, 0
     module = torchvision.models if family == "models" else getattr(torchvision.models, family)
+    if family == "optical_flow":  # two images stacked on the channel axis; the last flow
+        return Output(getattr(module, name)(weights=None, **keywords),
+                      lambda m, x: m(x[:, :3], x[:, 3:])[-1]), shape, 0
     if family == "segmentation":
         model = getattr(module, name)(weights=None, weights_backbone=None, **keywords)
         return Output(model, lambda m, x: m(x)["out"]), shape, 0
@@ -171,23 +284,35 @@ def build(name: str):
     return getattr(module, name)(weights=None, **keywords), shape, 0
 
 
-def export(name: str, mode: str, path: Path) -> None:
+def export(name: str, mode: str, path: Path, variant: Variant) -> None:
     import onnx
     import torch
 
     torch.manual_seed(0)
     module, shape, vocab = build(name)
     module.train(mode == "train")
-    example = torch.randint(0, vocab, (2, *shape)) if vocab else torch.randn(2, *shape)
-    input_name = "input_ids" if vocab else "x"
+    batch = 1 if variant.batch1 else 2
+    inputs = {"input_ids" if vocab else "x":
+              torch.randint(0, vocab, (batch, *shape)) if vocab else torch.randn(batch, *shape)}
+    if name in HF and HF[name][2] in _SECOND:
+        second, second_shape = _SECOND[HF[name][2]]
+        inputs[second] = torch.randn(batch, *second_shape)
     tmp = path.with_suffix(".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(tmp), input_names=[input_name],
-                          training=(torch.onnx.TrainingMode.TRAINING if mode == "train"
-                                    else torch.onnx.TrainingMode.EVAL),
-                          do_constant_folding=mode == "eval", dynamo=False, opset_version=17,
-                          dynamic_axes={input_name: {0: "batch"}})
+        if variant.exporter == "dynamo":
+            dims = None if variant.batch1 else {k: {0: torch.export.Dim("batch")} for k in inputs}
+            torch.onnx.export(module, tuple(inputs.values()), str(tmp), input_names=[*inputs],
+                              dynamo=True, opset_version=variant.opset, dynamic_shapes=dims,
+                              external_data=False)
+        else:
+            torch.onnx.export(module, tuple(inputs.values()), str(tmp), input_names=[*inputs],
+                              training=(torch.onnx.TrainingMode.TRAINING if mode == "train"
+                                        else torch.onnx.TrainingMode.EVAL),
+                              do_constant_folding=mode == "eval", dynamo=False,
+                              opset_version=variant.opset,
+                              dynamic_axes=None if variant.batch1 else {k: {0: "batch"}
+                                                                        for k in inputs})
     proto = onnx.load(str(tmp))
     proto.ir_version = min(proto.ir_version, 10)
     onnx.save(proto, str(path))
@@ -210,17 +335,19 @@ def _cli(args) -> tuple[object, str]:
     return code, " | ".join((out.getvalue() + err.getvalue()).strip().splitlines()[-2:])[:400]
 
 
-def probe(name: str, mode: str, folder: Path) -> dict:
+def probe(name: str, mode: str, folder: Path, variant: Variant = Variant()) -> dict:
     import numpy as np
 
     import onnxinit
     from tests.real.compare import compare
 
     row: dict = {"model": name, "mode": mode}
-    path = folder / f"{name}_{mode}.onnx"
+    if variant != Variant():
+        row.update(asdict(variant))
+    path = folder / f"{name}_{mode}_{variant.tag}.onnx"
     if not path.exists():
         try:
-            export(name, mode, path)
+            export(name, mode, path, variant)
         except Exception as exc:  # noqa: BLE001 - the exporter's own errors
             row["export_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             return row
@@ -252,7 +379,10 @@ def probe(name: str, mode: str, folder: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join([*TORCHVISION, *HF]))
+    parser.add_argument("--models", default=",".join([*TORCHVISION, *HF, *MODULES]))
+    parser.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--batch1", action="store_true", help="batch 1, static shapes")
     parser.add_argument("--mode", choices=["train", "eval"], default="train")
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -260,13 +390,16 @@ def main() -> None:
     from tests.real.exports import export_directory
 
     folder = export_directory("onnxinit-unseen-")
+    variant = Variant(args.exporter, args.opset, args.batch1)
     if args.one:
-        print(json.dumps(probe(args.one, args.mode, folder)), flush=True)
+        print(json.dumps(probe(args.one, args.mode, folder, variant)), flush=True)
         return
     env = {**os.environ, "ONNXINIT_EXPORT_CACHE": str(folder)}
     for name in args.models.split(","):
         try:
-            done = subprocess.run([sys.executable, __file__, "--one", name, "--mode", args.mode],
+            done = subprocess.run([sys.executable, __file__, "--one", name, "--mode", args.mode,
+                                   "--exporter", args.exporter, "--opset", str(args.opset),
+                                   *(["--batch1"] if args.batch1 else [])],
                                   capture_output=True, text=True, timeout=args.timeout, env=env)
             lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
             print(lines[-1] if lines else json.dumps(

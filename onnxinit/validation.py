@@ -161,7 +161,7 @@ def weight_mismatch(nodes, shapes: dict, constants: dict) -> str | None:
 # cannot exist. Other complaints (a training-mode BatchNormalization whose statistics outputs
 # a tool pruned, a declared output type) leave the computation defined: analysed.
 _UNCOMPUTABLE = ("Incompatible dimensions", "inconsistent type", "bound to different types",
-                 "not in range", "must be in", "Dimension mismatch")
+                 "not in range", "must be in", "Dimension mismatch", "must have same rank")
 
 
 def says_uncomputable(message: str) -> bool:
@@ -211,7 +211,16 @@ def inconsistency(model: onnx.ModelProto) -> str | None:
         return None
     if not any(phrase in reason for phrase in _UNCOMPUTABLE):
         return None
-    return reason if _refused_by_onnxruntime(light) else None
+    return _first_error(reason) if _refused_by_onnxruntime(light) else None
+
+
+def _first_error(reason: str) -> str:
+    """The first of the node errors onnx lists in one message (an exporter's broken graph can
+    list dozens), with a count of the others."""
+    head, *errors = reason.split(" (op_type:")
+    if len(errors) < 2:
+        return reason
+    return f"{head} (op_type:{errors[0]} (and {len(errors) - 1} more node errors)"
 
 
 __all__ = ["check_initializers", "check_structure", "inconsistency", "says_uncomputable",

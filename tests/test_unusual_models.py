@@ -229,6 +229,17 @@ def _clash_at_run_time():
                        const("b_tail", [8, 2])])
 
 
+def _weights_of_two_ranks():
+    """A weight concatenated from a matrix and a vector (the dynamo exporter's LSTM with
+    ``proj_size`` writes such Concats): onnx's default shape inference lets it pass,
+    onnxruntime refuses the file."""
+    rows = numpy_helper.from_array(np.ones((8, 16), np.float32), "rows")
+    row = numpy_helper.from_array(np.ones(16, np.float32), "row")
+    return make_model([helper.make_node("Concat", ["rows", "row"], ["w"], axis=0),
+                       helper.make_node("MatMul", ["x24", "w"], ["y"])],
+                      [_value("x24", shape=(8, 24))], [_value("y")], [rows, row])
+
+
 def _offset_past_end(entries):
     entries["offset"] = str(int(entries.get("offset", 0)) + 100_000)
 
@@ -291,6 +302,8 @@ CASES = {
     "declared 0 for a dynamic axis": (_write(_declared_zero_batch), None),
     "shapes that clash only at run time": (_write(_clash_at_run_time),
                                            "onnxruntime cannot run it either"),
+    "weights concatenated from two ranks": (_write(_weights_of_two_ranks),
+                                            "onnxruntime refuses it too"),
 }
 
 COMMANDS = {

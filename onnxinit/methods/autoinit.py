@@ -59,6 +59,11 @@ def plan(graph: ModelGraph, options: AutoInitOptions | None = None) -> Plan:
     result: Propagation = start_propagation(graph, seed=options.seed)
     with single_threaded_blas():
         stale = _pass(graph, options, parametric, result, changes, layers)
+        kept = compounding_weights(layers, options.target_var)
+        if kept:  # once more, those weights as they are
+            changes, layers = {}, []
+            result = start_propagation(graph, seed=options.seed)
+            stale = _pass(graph, options, parametric, result, changes, layers, frozenset(kept))
     return Plan(
         method="autoinit",
         changes=changes,
@@ -72,9 +77,13 @@ def plan(graph: ModelGraph, options: AutoInitOptions | None = None) -> Plan:
     )
 
 
-def _pass(graph, options, parametric, result, changes, layers) -> bool:
+_TIED = "tied weight, scaled at its first use"
+
+
+def _pass(graph, options, parametric, result, changes, layers, kept=frozenset()) -> bool:
     """The topological pass of :func:`plan`: fills ``result``, ``changes`` and ``layers``;
-    True when a node was propagated before a value it reads changed."""
+    True when a node was propagated before a value it reads changed. Weights in ``kept`` are
+    left as they are."""
     chosen = graph.with_changes({})  # a view with the values chosen so far, changed in place
     done: set[str] = set()  # nodes propagated
     stale = False  # a node was propagated before a value it reads changed
@@ -100,7 +109,9 @@ def _pass(graph, options, parametric, result, changes, layers) -> bool:
         entry = {"node": node_id, "op": node.op_type, "weight": weight,
                  "input_mean": in_mean, "input_var": in_var}
         if weight in changes:
-            entry.update(scale=None, note="tied weight, scaled at its first use")
+            entry.update(scale=None, note=_TIED)
+        elif weight in kept:
+            entry.update(scale=None, note=_COMPOUNDING)
         elif not np.isfinite(out_var) or out_var <= 0:
             entry.update(scale=None, note="predicted output variance is 0; left unchanged")
         else:
@@ -130,6 +141,24 @@ def _pass(graph, options, parametric, result, changes, layers) -> bool:
         layers.append(entry)
         done.add(node_id)
     return stale
+
+
+_COMPOUNDING = ("weight read again downstream of its own output, where one scale compounds "
+                "(an unrolled recurrence): left as initialised, as the RNN, GRU and LSTM ops' are")
+_DRIFT = 2.0  # a tied use's output variance this far from the target: the scale compounds
+
+
+def compounding_weights(layers: list[dict], target: float) -> set[str]:
+    """Tied weights (read by several parametric nodes) whose later uses' predicted output
+    variances, with the scale set at the first use, stray from ``target`` by more than a factor
+    ``_DRIFT``: the scale multiplies the signal that reaches those uses (a recurrence unrolled
+    over time steps, where a scale set at the first step, on the initial state, compounds to
+    1e15 over 20 steps). Weights shared across depth behind a normalization (ALBERT's layers)
+    stay near the target at every use and are scaled as before."""
+    scaled = {e["weight"] for e in layers if e.get("scale") is not None}
+    return {e["weight"] for e in layers
+            if e["weight"] in scaled and e.get("scale") is None and e.get("note") == _TIED
+            and not target / _DRIFT <= e["output_var"] <= target * _DRIFT}
 
 
 def _scale_outputs(graph: ModelGraph, node_id: str, result: Propagation, scale: float) -> None:

@@ -91,7 +91,7 @@ def _normalized(x: Moments, in_shape, axes, eps, gamma, beta) -> Moments:
     scale = gamma / np.sqrt(denom)
     mean = scale * centred + beta
     var = gamma**2 * cvar / denom
-    if x.spatial is not None and set(range(2, rank)) <= set(axes):
+    if x.spatial is not None and _per_channel(rank, axes, gamma, beta):
         return _normalized_cells(x, in_shape, axes, eps, gamma, beta, n)
     source = None
     if x.source is not None and x.source.chain and n >= _MIN_FOR_SOURCE:
@@ -105,6 +105,17 @@ def _normalized(x: Moments, in_shape, axes, eps, gamma, beta) -> Moments:
     if n >= _MIN_FOR_SOURCE:  # a mixture (residual sum) mapped like the source
         mixture = affine_mixture(x, scale, mean - scale * expand(x.mean, rank), rank)
     return Moments(mean, var, source, mixture)
+
+
+def _per_channel(rank: int, axes, gamma, beta) -> bool:
+    """Whether a normalisation is per channel over every spatial position with a per-channel
+    affine map (Batch-, Instance-, a LayerNorm over [H, W] with a scalar scale): what the
+    position classes of ``_normalized_cells`` describe. A LayerNorm over [C, H, W] shares one
+    statistic across channels, or scales each position its own way: the plain formula."""
+    axes = {a % rank for a in axes}
+    if 1 in axes or not set(range(2, rank)) <= axes:
+        return False
+    return all(np.ndim(p) <= 2 or all(s == 1 for s in np.shape(p)[2:]) for p in (gamma, beta))
 
 
 def _normalized_cells(x: Moments, in_shape, axes, eps, gamma, beta, n: int) -> Moments:
