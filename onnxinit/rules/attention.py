@@ -17,7 +17,9 @@ along k may be correlated through the token covariance (``Moments.tokens``, toke
 
   (a shared component, ``cov = c`` everywhere, passes whole: ``c (sum_k p_qk)^2 = c``; the
   token-specific part shrinks by ``sum_k p_qk^2``; the last term, the spread of the values'
-  means, uses that a softmax row sums to 1: B carrying the field means A is attention), and O carries the token covariance
+  means, uses that a softmax row sums to 1: B carrying the field means A is attention; a
+  softmax whose keys are sampled jointly gives the covariance ``C`` of its probabilities, and
+  the two ``Var(p)`` terms become ``tr(C cov)`` and ``mu_d^T C mu_d``: ``_joint``), and O carries the token covariance
   ``nu [P cov P^T + diag(sum_k Var(p_qk) cov[k, k])]`` along the query axis (a causal mask
   gives each query its own row of P).
 * Q K^T (B's tokens on the last axis, or the output reaching a Softmax over its last axis):
@@ -44,6 +46,7 @@ from .registry import rule
 from .masks import feeds_softmax
 from . import position_share
 from .token_field import attach, sigma, token_axes
+from .softmax import probability_covariance
 from .value_selection import selection_variance
 
 def _full(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +83,10 @@ def matmul_activations(inputs, ctx: RuleContext):
     contracted = _contracted_tokens(b, sb, softmax is not None)
     if contracted is not None:
         selected = selection_variance(ctx, softmax) if softmax is not None else 0.0
-        return [_weighted_average(ma, va, mb, vb, contracted, ctx.out_shape(0), selected)]
+        p_cov = None if softmax is None else probability_covariance(
+            ctx, ctx.graph.producer[softmax.output[0]])
+        return [_weighted_average(ma, va, mb, vb, contracted, ctx.out_shape(0), selected,
+                                  p_cov)]
     var = np.matmul(va + ma**2, vb + mb**2) - np.matmul(ma**2, mb**2)
     factor = contraction_factor(ctx, a, b)
     if factor is not None:  # correlated features (a patch embedding's) on the contracted axis
@@ -128,7 +134,26 @@ def _contracted_tokens(b: Moments, sb, probabilities: bool) -> np.ndarray | None
     return None
 
 
-def _weighted_average(ma, va, mb, vb, sig, out_shape, selected=0.0):
+def _joint(fluctuation, means_term, cov, mb, p_cov):
+    """The value and means terms of P V for probabilities with the covariance ``C = p_cov``
+    across the keys (averaged over the rows; the real keys of a padded window move together):
+    ``Var_P[sum_k p_k x_k] = x^T C x`` for any fixed x, so the value term is ``tr(C cov)`` and
+    the means term ``mu_d^T C mu_d`` per feature, in place of ``sum_k Var(p_k) specific_k`` and
+    ``sum_k Var(p_k) (mu_kd - E[O_d])^2`` (keys independent but for their sum). Each row keeps
+    its independent-keys profile, scaled so that the mean over the rows is the joint term."""
+    joint_f = float(np.sum(p_cov * cov.T))
+    old_f = float(np.mean(fluctuation))
+    fluctuation = (fluctuation * (joint_f / old_f) if old_f > 0
+                   else np.full(np.shape(fluctuation), max(joint_f, 0.0)))
+    joint_m = np.maximum(np.einsum("...kd,kl,...ld->...d", mb, p_cov, mb), 0.0)[..., None, :]
+    old_m = means_term.mean(axis=-2, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        means_term = np.where(old_m > 0, means_term * (joint_m / np.where(old_m > 0, old_m, 1.0)),
+                              joint_m)
+    return np.maximum(fluctuation, 0.0), means_term
+
+
+def _weighted_average(ma, va, mb, vb, sig, out_shape, selected=0.0, p_cov=None):
     """O = P V with V's token covariance ``sig`` (absolute, feature-averaged): see the module
     docstring. A fluctuation of a softmax row sums to 0, so it sees only the token-specific part
     of the covariance (the diagonal less the mean off-diagonal). Axes along which only P varies
@@ -152,6 +177,8 @@ def _weighted_average(ma, va, mb, vb, sig, out_shape, selected=0.0):
     centre = np.matmul(p_mean, mb)  # E[O]
     means_term = np.maximum(np.matmul(p_var, mb**2) - 2 * centre * np.matmul(p_var, mb)
                             + centre**2 * p_var.sum(axis=-1, keepdims=True), 0.0)
+    if p_cov is not None and p_cov.shape == (n, n):
+        fluctuation, means_term = _joint(fluctuation, means_term, cov, mb, p_cov)
     if rows != queries:
         spread = np.broadcast_to(spread, spread.shape[:-2] + (queries, queries))
         fluctuation = np.array(np.broadcast_to(fluctuation, fluctuation.shape[:-1] + (queries,)))

@@ -40,6 +40,9 @@ _SUPPORT = 1e-12  # a key whose variance is below this share of the largest is a
 # 1.25 s for a group per row; each element's own error (10% median) is the draws' in all
 DRAW_GROUPS = 256
 _GROUPS_PER_PRODUCT = 16  # groups whose draws are one matrix product (6,400 x n at 400 draws)
+# draws per row for the rows' average covariance of p (probability_covariance): an average over
+# many rows (a padded window's 1536), whose n^2 products per draw cost n times the exponentials
+COVARIANCE_DRAWS = 64
 _EXP_SAFE = 600.0  # |logit| below which exp needs no shift (exp(600) = 3.8e260, exp(-600) normal)
 
 
@@ -76,9 +79,11 @@ def _draw_groups(masked: np.ndarray) -> list[slice]:
 
 
 def correlated_rows(rel: np.ndarray, var: np.ndarray, masked: np.ndarray, factor: np.ndarray,
-                    rng, draws: int, minimum: int) -> tuple[np.ndarray, np.ndarray]:
+                    rng, draws: int, minimum: int, weights: np.ndarray | None = None):
     """(E, Var) of softmax over rows [R, n] of jointly Gaussian logits ``rel + sqrt(var) (F e)``
-    (masked elements: probability 0), ``max(minimum, draws // (R n))`` draws per row.
+    (masked elements: probability 0), ``max(minimum, draws // (R n))`` draws per row. With
+    ``weights`` [R] (each row's share), also the probabilities' covariance across the keys
+    averaged over the rows, ``sum_r w_r Cov_r(p_k, p_l)`` [n, n] (:func:`probability_covariance`).
 
     The correlated keys ``F e`` are drawn once per group of consecutive rows (``_draw_groups``)
     and each row of the group scales them by its own standard deviations: every row's estimate
@@ -91,6 +96,7 @@ def correlated_rows(rel: np.ndarray, var: np.ndarray, masked: np.ndarray, factor
     sd = np.sqrt(np.maximum(var, 0.0))
     base = np.where(masked, 0.0, rel)
     ex, ex2 = np.zeros(rel.shape), np.zeros(rel.shape)
+    joint = None if weights is None else np.zeros((n, n))
     with np.errstate(all="ignore"):
         groups = _draw_groups(masked)
         for first in range(0, len(groups), _GROUPS_PER_PRODUCT):
@@ -119,9 +125,16 @@ def correlated_rows(rel: np.ndarray, var: np.ndarray, masked: np.ndarray, factor
                     np.exp(z, out=z)
                     weight = 1.0 / z.sum(axis=1)  # each draw's 1 / sum of its exponentials
                     ex[r, keys] = (weight / count) @ z
+                    if joint is not None and weights[r] > 0:
+                        p = z * weight[:, None]
+                        e = ex[r, keys]
+                        joint[np.ix_(keys, keys)] += weights[r] * (p.T @ p / count
+                                                                   - np.outer(e, e))
                     z *= z
                     weight *= weight
                     ex2[r, keys] = (weight / count) @ z
+    if joint is not None:
+        return ex, np.maximum(ex2 - ex**2, 0.0), joint
     return ex, np.maximum(ex2 - ex**2, 0.0)
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..moments import Moments, compressed
 from .context import RuleContext, signal
-from .key_groups import correlated_rows, correlation_factor
+from .key_groups import COVARIANCE_DRAWS, correlated_rows, correlation_factor
 from .registry import rule
 from .token_field import token_axes
 
@@ -48,6 +48,9 @@ _MC_MIN = 400  # draws per row at least
 # order at any size (one generator stream), only the partial sums' grouping moves (5e-14
 # relative); cache-sized temporaries, where 1 << 21 took 63 ms for 2^21 draws, this 47 ms
 _CHUNK = 1 << 16
+# distinct rows that probability_covariance averages over at most: a padded Swin V2 window's
+# 1536 (64 queries, 24 heads) cost 0.09 s a node in the per-row loop, this a sixth
+COVARIANCE_ROWS = 256
 # row elements x quadrature nodes evaluated at once by the closed form: its temporaries stay in
 # cache (GPT-2's 12 attention softmaxes: 1.0-1.2 s of CPU at 1 << 21, 0.85-0.88 s at this)
 _CLOSED_CHUNK = 1 << 15
@@ -294,15 +297,10 @@ def _shared(mean: np.ndarray, var: np.ndarray, cov: np.ndarray) -> np.ndarray:
     return np.maximum(mean_cov, 0.0) * scale / np.maximum(profile, 1e-300)
 
 
-@rule("Softmax", "LogSoftmax")
-def softmax(inputs, ctx: RuleContext):
-    """y = softmax(x) (LogSoftmax: x - logsumexp(x)) over ``axis`` (opset >= 13; before 13 over
-    the flattened axes [axis:], default axis 1), n entries, per row of the input's statistics:
-    closed form for Gaussian logits (module docstring: p_k = sigmoid(a_k - log R_k) with R_k a
-    log-normal of the other entries' moments), Monte Carlo for rows with a logit variance
-    above 1 or non-Gaussian logits (an element-wise source). Masked entries (-inf, finfo.min)
-    get probability 0; E = 1/n exactly for n identically distributed logits."""
-    x = signal(inputs, 0)
+def _rows(x: Moments, ctx: RuleContext):
+    """The softmax's rows: ``Moments`` when its input carries per-window rows (masks.keep_rows,
+    done), else (mean [R, n], var [R, n], key covariance or None, element-wise chain, layout)
+    with the layout ``(perm, outer grid, inner grid)`` that puts the rows back."""
     shape = ctx.in_shape(0)
     rank = len(shape)
     log = ctx.node.op_type == "LogSoftmax"
@@ -321,7 +319,7 @@ def softmax(inputs, ctx: RuleContext):
         var = np.full((1,) * rank, float(np.ravel(src.var)[0]))
     cov = _key_covariance(x, shape, inner)
     if x.rows is not None and inner == [rank - 1] and x.rows.mean.shape[1] == n and not chain:
-        return [_over_rows(x.rows, cov, log, ctx, rank)]
+        return _over_rows(x.rows, cov, log, ctx, rank)
     perm = outer + inner
     if cov is not None:  # the logits' field: per-key variance profile
         var = var * np.diag(cov).reshape([n if a == inner[0] else 1 for a in range(rank)])
@@ -331,7 +329,29 @@ def softmax(inputs, ctx: RuleContext):
     inner_grid = tuple(shape[a] for a in inner)
     mean = np.broadcast_to(mean, outer_grid + inner_grid).reshape(rows, n)
     var = np.broadcast_to(var, outer_grid + inner_grid).reshape(rows, n)
-    factor = correlation_factor(cov) if cov is not None and not (log or chain) else None
+    return mean, var, cov, chain, (perm, outer_grid, inner_grid)
+
+
+def _joint_factor(cov, chain, log: bool):
+    """F of the keys sampled jointly (key_groups.correlation_factor), None otherwise."""
+    return correlation_factor(cov) if cov is not None and not (log or chain) else None
+
+
+@rule("Softmax", "LogSoftmax")
+def softmax(inputs, ctx: RuleContext):
+    """y = softmax(x) (LogSoftmax: x - logsumexp(x)) over ``axis`` (opset >= 13; before 13 over
+    the flattened axes [axis:], default axis 1), n entries, per row of the input's statistics:
+    closed form for Gaussian logits (module docstring: p_k = sigmoid(a_k - log R_k) with R_k a
+    log-normal of the other entries' moments), Monte Carlo for rows with a logit variance
+    above 1 or non-Gaussian logits (an element-wise source). Masked entries (-inf, finfo.min)
+    get probability 0; E = 1/n exactly for n identically distributed logits."""
+    x = signal(inputs, 0)
+    log = ctx.node.op_type == "LogSoftmax"
+    prepared = _rows(x, ctx)
+    if isinstance(prepared, Moments):
+        return [prepared]
+    mean, var, cov, chain, (perm, outer_grid, inner_grid) = prepared
+    factor = _joint_factor(cov, chain, log)
     if factor is not None:  # keys correlated unevenly (key_groups.py): sampled jointly
         um, uv, inverse = _unique_rows(mean, var)
         rel, masked, empty = _relative(um)
@@ -352,4 +372,38 @@ def softmax(inputs, ctx: RuleContext):
     return [compressed(out_mean, out_var)]
 
 
-__all__ = ["CLOSED_FORM_MAX_VAR", "MASK_GAP", "softmax", "softmax_rows"]
+def probability_covariance(ctx: RuleContext, node_id: str) -> np.ndarray | None:
+    """``Cov(p_k, p_l)`` [n, n] averaged over the rows of the Softmax node ``node_id`` whose
+    keys are sampled jointly (key_groups.py: the real keys of a zero-padded window move together
+    against the padding), from the same draws as its own (its generator); None for a softmax
+    whose rows are taken as independent keys (their covariance is then the diagonal less the
+    share that keeps each row's sum at 1, what P V assumes). Each row's sample covariance over
+    ``key_groups.COVARIANCE_DRAWS`` draws of its own, weighted by its share of the rows; over
+    ``COVARIANCE_ROWS`` evenly spaced distinct rows where there are more (an average)."""
+    node = ctx.graph.node(node_id)
+    x = (ctx.known or {}).get(node.input[0])
+    if node.op_type != "Softmax" or x is None:
+        return None
+    sctx = ctx.for_node(node_id)
+    prepared = _rows(x, sctx)
+    if isinstance(prepared, Moments):
+        return None
+    mean, var, cov, chain, _ = prepared
+    factor = _joint_factor(cov, chain, False)
+    if factor is None:
+        return None
+    um, uv, inverse = _unique_rows(mean, var)
+    weights = np.bincount(np.ravel(inverse), minlength=um.shape[0]).astype(np.float64)
+    if um.shape[0] > COVARIANCE_ROWS:  # evenly spaced rows (windows, heads, queries in order)
+        picked = np.linspace(0, um.shape[0] - 1, COVARIANCE_ROWS).round().astype(np.int64)
+        um, uv, weights = um[picked], uv[picked], weights[picked]
+    rel, masked, empty = _relative(um)
+    weights = np.where(empty, 0.0, weights)
+    if weights.sum() <= 0:
+        return None
+    _, _, joint = correlated_rows(rel, np.where(masked, 0.0, uv), masked, factor, sctx.rng(),
+                                  0, COVARIANCE_DRAWS, weights / weights.sum())
+    return joint
+
+
+__all__ = ["CLOSED_FORM_MAX_VAR", "MASK_GAP", "probability_covariance", "softmax", "softmax_rows"]
