@@ -35,6 +35,7 @@ _CACHE_SIZE = 4096
 _GRID = 49  # grid points of the maximum's CDF (48 intervals: 0.1% on E[ReLU(max)], 1% on Var)
 _SPAN = 6.0  # standard deviations on each side
 _CHUNK = 1 << 23  # elements of the [taps, grid, problems] array evaluated at once
+_BLOCK = 1 << 15  # elements of the [taps, grid, problems] block in cache (the chunks' problems)
 
 
 def max_moments(src: Source, counts: Sequence[int], rank: int, minimum: bool = False):
@@ -119,33 +120,42 @@ def max_of_gaussians(mean, std, count, fn):
     scale = 1.0 / np.where(std > 0, std, 1.0)
     constant = std <= 0  # a constant tap (variance 0): its CDF is a step at its value
     has_constant, has_absent, repeated = constant.any(), not present.all(), np.any(count > 1)
-    # one buffer for every chunk (a chunk is up to 64 MB: freshly mapped pages each time
-    # otherwise); a chunk of one tap (many problems) is taken as it is, not reduced
-    buffer = np.empty((min(n_chunk, taps),) + grid.shape)
+    # the taps' CDFs multiplied into acc per block of problems whose [n, G, block] arrays stay
+    # in cache (each pass over a whole chunk was a pass over up to 64 MB), in the same chunks
+    # of taps: every value is computed as before, in the same order
+    flat = (taps, -1)
+    mean_f, count_f = mean.reshape(flat), count.reshape(flat)
+    scale_f, constant_f = scale.reshape(flat), constant.reshape(flat)
+    grid_f, acc_f = grid.reshape(_GRID, -1), acc.reshape(_GRID, -1)  # views
+    block = max(1, _BLOCK // (_GRID * min(n_chunk, taps)))
+    buffer = np.empty((min(n_chunk, taps), _GRID, min(block, grid_f.shape[1])))
     with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
-        for i in range(0, taps, n_chunk):
-            m, c = mean[i:i + n_chunk, None], count[i:i + n_chunk, None]
-            # [n, G, *P], standardised in place
-            z = np.subtract(grid[None], m, out=buffer[:m.shape[0]])
-            z *= scale[i:i + n_chunk, None]
-            if small:
-                cdf_i = special.ndtr(z, out=z)
-                if has_constant:
-                    np.copyto(cdf_i, grid[None] >= m, where=constant[i:i + n_chunk, None])
-                if repeated:
-                    np.power(cdf_i, c, out=cdf_i)
-                if has_absent:
-                    np.copyto(cdf_i, 1.0, where=(c <= 0))
-                acc *= cdf_i[0] if len(cdf_i) == 1 else np.multiply.reduce(cdf_i, axis=0)
-            else:
-                lc = special.log_ndtr(z, out=z)
-                if has_constant:
-                    np.copyto(lc, np.where(grid[None] >= m, 0.0, -np.inf),
-                              where=constant[i:i + n_chunk, None])
-                lc *= c  # an absent tap (count 0) adds nothing: 0 * log, with 0 * -inf = nan
-                if has_absent:
-                    np.copyto(lc, 0.0, where=(c <= 0))
-                acc += lc[0] if len(lc) == 1 else lc.sum(axis=0)
+        for b in range(0, grid_f.shape[1], block):
+            cols = slice(b, b + block)
+            g, a = grid_f[None, :, cols], acc_f[:, cols]
+            for i in range(0, taps, n_chunk):
+                rows = slice(i, i + n_chunk)
+                m, c = mean_f[rows, None, cols], count_f[rows, None, cols]
+                z = np.subtract(g, m, out=buffer[:m.shape[0], :, :g.shape[2]])  # standardised
+                z *= scale_f[rows, None, cols]
+                if small:
+                    cdf_i = special.ndtr(z, out=z)
+                    if has_constant:
+                        np.copyto(cdf_i, g >= m, where=constant_f[rows, None, cols])
+                    if repeated:
+                        np.power(cdf_i, c, out=cdf_i)
+                    if has_absent:
+                        np.copyto(cdf_i, 1.0, where=(c <= 0))
+                    a *= cdf_i[0] if len(cdf_i) == 1 else np.multiply.reduce(cdf_i, axis=0)
+                else:
+                    lc = special.log_ndtr(z, out=z)
+                    if has_constant:
+                        np.copyto(lc, np.where(g >= m, 0.0, -np.inf),
+                                  where=constant_f[rows, None, cols])
+                    lc *= c  # an absent tap (count 0) adds nothing: 0 * log, 0 * -inf = nan
+                    if has_absent:
+                        np.copyto(lc, 0.0, where=(c <= 0))
+                    a += lc[0] if len(lc) == 1 else lc.sum(axis=0)
     cdf = acc if small else np.exp(acc)
     cdf[-1] = 1.0  # the mass above the grid (< 1e-9) goes to its last point
     mass = np.diff(cdf, axis=0, prepend=0.0)
