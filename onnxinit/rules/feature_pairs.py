@@ -59,7 +59,7 @@ from .fusion import fused_function
 from .pair_algebra import (NONE, Pairs, dense, independent_sum, mixed_excess, normalised, product,
                            row_mean_factor, square, through_function)
 from .row_norm import normalisation_degree, without_casts
-from .shared_row_pairs import shared_row_product, squared_row
+from .shared_row_pairs import mean_square_diagonal, shared_row_product, squared_row
 
 
 _NORMS = frozenset(("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"))
@@ -178,8 +178,8 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
         d = _reduced_last(ctx) if reduces_last_alone(ctx) else None
         if d is not None and p0.signed != 0.0 and not _table_law(outputs[0]):
             f = row_mean_factor(p0, m0, d)
-            m = outputs[0]
-            outputs = [replace(m, var=m.var * f, source=None, mixture=None)] + outputs[1:]
+            m = replace(outputs[0], var=outputs[0].var * f, source=None, mixture=None)
+            outputs = [mean_square_diagonal(ctx, m, table, d)] + outputs[1:]
         return outputs, none
     if op in ("MatMul", "Gemm"):
         if len(signals) == 2:  # P V: the rows are the right operand's, averaged over tokens

@@ -34,6 +34,7 @@ from .context import RuleContext, RuleError
 from .gaussian import compose, gaussian_moments
 from .mixture import lift
 from .table_rows import squared_input
+from .token_field import profile_grid
 
 
 def without_casts(ctx: RuleContext, name: str) -> str:
@@ -85,6 +86,21 @@ def _scaled_row(ctx: RuleContext) -> tuple[int, tuple] | None:
     return xi, found
 
 
+def row_scale(ctx: RuleContext):
+    """(the row's input index, m -> the factor ``g(m)`` it is multiplied by at a mean square m)
+    for a Mul/Div of a row by an element-wise function of its own mean square (``1 / h(m)`` for
+    a Div by ``h``), else None."""
+    if ctx.node.op_type not in ("Mul", "Div") or len(ctx.node.input) != 2:
+        return None
+    scaled = _scaled_row(ctx)
+    if scaled is None:
+        return None
+    g = compose(scaled[1][1])
+    if ctx.node.op_type == "Div":
+        return scaled[0], lambda m: 1.0 / g(m)
+    return scaled[0], g
+
+
 def row_normalised(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
     """``y = x * g(s)`` or ``y = x / h(s)``, ``s = mean_f x_f^2`` over the row (last axis):
     ``E[y_f^2] = E[x_f^2] / mean_g E[x_g^2] * E[s g(s)^2]``, ``E[y_f] = E[x_f] E[g(s)]``
@@ -110,9 +126,7 @@ def row_normalised(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.
     mean, var = lift(x.mean, rank), lift(x.var, rank)
     second = var + mean**2
     row = np.mean(second, axis=-1, keepdims=True)  # E[s] per row (per token where spelled out)
-    s_mean, s_var = s.total()
-    cv2 = s_var / s_mean**2 if s_mean > 0 else 0.0
-    sigma2 = np.log1p(cv2) * np.ones_like(row)
+    sigma2 = np.log1p(_relative_variance(s, ctx.graph.shape(s_name), row)) * np.ones_like(row)
     mu = np.log(np.maximum(row, 1e-300)) - sigma2 / 2
     with np.errstate(all="ignore"):
         e_sg2, _ = gaussian_moments(lambda z: np.exp(z) * g(np.exp(z)) ** 2, mu, sigma2,
@@ -158,6 +172,20 @@ def normalisation_degree(ctx: RuleContext) -> float | None:
         return None
     weight = at * at
     return float(np.sum(weight * rho * rho) / np.sum(weight))
+
+
+def _relative_variance(s: Moments, shape, row: np.ndarray):
+    """The mean square's relative variance within a row: per token where the row's mean square
+    is spelled out per token and s carries a token field (``nu p_t / E[s_t]^2``: the pooled
+    variance would add the spread of the tokens' means, 19x at a causal attention's first
+    token, to every token's Jensen term), else pooled."""
+    grid = profile_grid(s, shape) if s.tokens is not None and shape else None
+    if grid is not None and np.ndim(grid.mean) == row.ndim and np.ndim(grid.var) == row.ndim:
+        mean, var = np.broadcast_arrays(grid.mean, grid.var)
+        if mean.shape == np.broadcast_shapes(mean.shape, row.shape) and np.all(mean > 0):
+            return var / mean**2
+    s_mean, s_var = s.total()
+    return s_var / s_mean**2 if s_mean > 0 else 0.0
 
 
 def _l2_of(ctx: RuleContext, name: str, x: str) -> bool:
@@ -283,4 +311,4 @@ def response_normalised(inputs, ctx: RuleContext, rank: int
     return mean, np.maximum(second - mean**2, 0.0)
 
 
-__all__ = ["normalisation_degree", "response_normalised", "row_normalised"]
+__all__ = ["normalisation_degree", "response_normalised", "row_normalised", "row_scale"]

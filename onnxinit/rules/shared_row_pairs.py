@@ -112,4 +112,29 @@ def squared_row(ctx: RuleContext, x: Moments, xp: Pairs, out: Moments,
     return replace(out, var=var * factor, source=None, mixture=None), replace(found, signed=found.signed / factor)
 
 
-__all__ = ["shared_row_product", "squared_row"]
+def mean_square_diagonal(ctx: RuleContext, out: Moments, table: dict, d: int) -> Moments:
+    """A mean over the row (D features) of ``x^2`` for a row whose energy excess e is negative
+    (normalised, or partly: a residual sum of a normalised sublayer output and a small stream):
+    the Pairs' law ``Var[sum x^2] = 2 tr C^2 + e (tr C)^2`` counts e on the diagonal too, which
+    the mean over pairs (``signed``) leaves out: ``e mean(sigma^4) / D`` is added (at most
+    removing 99.9% of the variance). A cancellation of order ``2 q`` then reads its remainder
+    (Gemma 2's pre-feedforward norm of ``embedding + normalised attention``). ``out`` unchanged
+    otherwise."""
+    node_id = ctx.graph.producer.get(ctx.node.input[0])
+    square_ctx = ctx.for_node(node_id) if node_id else None
+    if square_ctx is None or not _is_square(square_ctx):
+        return out
+    x_name = square_ctx.node.input[0]
+    xp, x = table.get(x_name), (ctx.known or {}).get(x_name)
+    if xp is None or x is None or xp.excess >= 0 or d < 2:
+        return out
+    var = np.asarray(out.var, np.float64)
+    mean_var = float(np.mean(var))
+    if not mean_var > 0:
+        return out
+    extra = xp.excess * _fourth(x) / d
+    factor = max(1.0 + extra / mean_var, 1e-3)
+    return replace(out, var=var * factor, source=None, mixture=None)
+
+
+__all__ = ["mean_square_diagonal", "shared_row_product", "squared_row"]

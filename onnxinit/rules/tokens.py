@@ -54,6 +54,7 @@ from .fusion import fused_function
 from .per_token import with_profile
 from . import token_layout  # noqa: F401 - registers the layout ops' carriers
 from .token_carriers import CARRIERS, carrier, first_with_field
+from .row_norm import row_scale
 from .unit_rows import is_unit_rows
 from .token_field import (
     attach,
@@ -144,6 +145,9 @@ def _arithmetic(ctx, inputs, outputs):
         return [same_field(x, outputs[0], out_shape)]
     if op == "Div" and inputs[0] is x and is_unit_rows(ctx):
         return [_per_token_scale(x, ctx.in_shape(0), outputs[0], "rms")]
+    scaled = row_scale(ctx) if len(signals) == 2 else None
+    if scaled is not None and inputs[scaled[0]] is x:
+        return [_per_token_scale(x, ctx.in_shape(scaled[0]), outputs[0], "rms", g=scaled[1])]
     if len(signals) == 1:
         if op in ("Add", "Sub"):
             return [same_field(x, outputs[0], out_shape)]
@@ -225,10 +229,14 @@ def _layer_norm(ctx, inputs, outputs):
         without(m) for m in outputs[1:]]
 
 
-def _per_token_scale(x: Moments, shape, out: Moments, kind: str, first: int = -1) -> Moments:
+def _per_token_scale(x: Moments, shape, out: Moments, kind: str, first: int = -1,
+                     g=None) -> Moments:
     """``cov'[s, t] = cov[s, t] / sqrt(D_s D_t)`` for each token divided by its own scale
     (features from axis ``first`` on; ``kind`` "centred": LayerNorm, "rms": RMS norms and
-    rows scaled to unit length, ``rules/unit_rows.py``)."""
+    rows scaled to unit length, ``rules/unit_rows.py``). ``g``: each token multiplied by
+    ``g(D_s)`` of its mean square instead (an RMSNorm written out, ``rules/row_norm.row_scale``:
+    ``cov[s, t] g(D_s) g(D_t)``, ``1 / sqrt(D + eps)``: where eps dominates a small row the
+    norm is a scale and the per-token profile is kept)."""
     rank = len(shape)
     first %= rank
     axes = token_axes(x.tokens, rank)
@@ -246,8 +254,12 @@ def _per_token_scale(x: Moments, shape, out: Moments, kind: str, first: int = -1
     spread = np.broadcast_to(spread, tuple(shape[a] for a in axes)).reshape(-1, n, stride)
     spread = spread.mean(axis=(0, 2))
     sig = sigma(x, shape, axes, n, stride)  # the per-token variance, the field's or x's own
-    scale = np.sqrt(np.maximum(spread + np.diag(sig), 1e-300))
-    return attach(out, shape, axes, sig / np.outer(scale, scale), stride)
+    square = np.maximum(spread + np.diag(sig), 1e-300)
+    with np.errstate(all="ignore"):
+        factor = 1.0 / np.sqrt(square) if g is None else np.abs(g(square))
+    if not np.all(np.isfinite(factor)):
+        return without(out)
+    return attach(out, shape, axes, sig * np.outer(factor, factor), stride)
 
 
 @carrier("ReduceMean", "ReduceSum", "GlobalAveragePool")
