@@ -67,8 +67,30 @@ def truncated_positive(m: np.ndarray, v: np.ndarray):
 def relu_mixture(mixture):
     """``ReLU(x)`` for x a Gaussian mixture (w, m, v) (leading component axis): the merged
     point mass at 0 first, then each component's positive part (module docstring), at most
-    MAX_COMPONENTS in all (:func:`merge`)."""
+    MAX_COMPONENTS in all (:func:`merge`). Worked in blocks of elements whose arrays stay in
+    cache (the same values as in one piece: every step is per element)."""
     w, m, v = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in mixture))
+    cells = w.shape[1:]
+    w, m, v = (a.reshape(a.shape[0], -1) for a in (w, m, v))
+    size = w.shape[1]
+    out = None
+    for start in range(0, size, _BLOCK):
+        part = slice(start, min(start + _BLOCK, size))
+        block = _relu_mixture_rows(w[:, part], m[:, part], v[:, part])
+        if out is None:
+            out = tuple(np.empty((b.shape[0], size)) for b in block)
+        for o, b in zip(out, block):
+            o[:, part] = b
+    if out is None:  # no elements
+        out = (np.empty((1 + min(w.shape[0] * POSITIVE_BINS, MAX_COMPONENTS - 1), 0)),) * 3
+    return tuple(o.reshape(o.shape[:1] + cells) for o in out)
+
+
+_BLOCK = 2048  # elements per block of relu_mixture: 24 components x 2048 x 8 bytes = 393 KB
+
+
+def _relu_mixture_rows(w: np.ndarray, m: np.ndarray, v: np.ndarray):
+    """:func:`relu_mixture` of (components x elements) arrays."""
     if POSITIVE_BINS > 1:
         bw, mean, var = positive_bins(m, v, POSITIVE_BINS)
         q = bw.reshape((-1,) + w.shape[1:])  # bin-major: bin b of component k at b K + k
