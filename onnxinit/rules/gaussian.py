@@ -147,14 +147,17 @@ def probability(pred: Callable, mean, var, *, rank: int | None = None) -> np.nda
 
 
 def relu_parts(mu, s):
-    """E[max(x, 0)] and E[max(x, 0)^2] for x ~ N(mu, s^2), s >= 0."""
+    """E[max(x, 0)] and E[max(x, 0)^2] for x ~ N(mu, s^2), s >= 0: with a = mu / s,
+    ``E = mu Phi(a) + s phi(a)``, ``E2 = (mu^2 + s^2) Phi(a) + mu s phi(a)`` (s = 0: a = +-inf,
+    phi = 0; a point at mu = 0 gives 0 either way)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.where(s > 0, mu / np.where(s > 0, s, 1.0), np.copysign(np.inf, mu))
-    cdf, pdf = (
-        special.ndtr(a),
-        np.exp(-0.5 * np.where(np.isfinite(a), a, 0.0) ** 2) / np.sqrt(2 * np.pi),
-    )
-    pdf = np.where(np.isfinite(a), pdf, 0.0)
+        a = np.asarray(np.divide(mu, s), dtype=np.float64)
+    np.copyto(a, np.inf, where=np.isnan(a))
+    cdf = special.ndtr(a)
+    pdf = np.square(a, out=a)
+    pdf *= -0.5
+    np.exp(pdf, out=pdf)  # exp(-inf) = 0: phi(+-inf) = 0
+    pdf /= np.sqrt(2 * np.pi)
     m1 = mu * cdf + s * pdf
     m2 = (mu**2 + s**2) * cdf + mu * s * pdf
     return m1, m2
