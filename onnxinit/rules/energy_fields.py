@@ -119,7 +119,8 @@ def channel_var(m: Moments, c: int) -> np.ndarray:
 
 def chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
     """f(z) of the Gaussian z its chain starts from (module docstring): (eta, lam, alpha, (the
-    factor eta is multiplied by, alpha's slope in alpha_z, alpha's offset))."""
+    factor eta is multiplied by, alpha's slope in alpha_z, alpha's offset, the part of lam
+    that z's spatial mean and energy carry: Hermite terms 1 and 2 and z's own excess))."""
     found = chain_values(m, shape)
     if found is None:
         return None
@@ -139,10 +140,12 @@ def chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
     var_g = w @ (g - v) ** 2
     terms = np.stack([(w * h) @ g for h in _HERMITE]) ** 2 / _FACTORIALS  # a_n^2 / n!, [4, C]
     k = positions(shape)
-    cov = (var_g - terms.sum(axis=0)) / k + (terms * _pair_powers(m, shape)).sum(axis=0)
-    excess = np.maximum(lam_z - gaussian_local(z, z_shape), 0.0)
+    pairs = terms * _pair_powers(m, shape)
+    cov = (var_g - terms.sum(axis=0)) / k + pairs.sum(axis=0)
+    excess = beta**2 * np.maximum(lam_z - gaussian_local(z, z_shape), 0.0)
     beta2 = float(np.mean(beta)) ** 2
-    return beta2 * eta_z, cov / safe**2 + beta**2 * excess, alpha, (beta2, slope, offset)
+    tied = (pairs[0] + pairs[1]) / safe**2 + excess
+    return beta2 * eta_z, cov / safe**2 + excess, alpha, (beta2, slope, offset, tied)
 
 
 def source_var(m: Moments, shape) -> np.ndarray:

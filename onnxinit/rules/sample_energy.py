@@ -47,7 +47,11 @@ Carried through the layers on demand (memoised per propagation), per node kind:
   ``alpha_y = (sum_{c,t} W_jct f_t alpha_c) eta_x / eta_y`` (per factor without the ratio),
   f_t the share of output positions where tap t reads inside the input (zero padding does not
   move), the ratio because the seeded energy is independent of the offsets.
-- Per-channel affine maps (BatchNorm, Add/Mul of constants): eta, lam kept, alpha scaled.
+- Per-channel affine maps (Add/Mul of constants): eta, lam kept, alpha scaled. BatchNorm
+  divides by a batch energy that holds each sample's own: every factor's eta times
+  ``mean_{c != c'} s_c s_c'``, ``s_c = 1 / (1 + omega_c)``, its offsets over the square root
+  (:mod:`.batch_energy`, which also carries omega, the part of lam a batch mean keeps); an
+  element-wise chain through a BatchNorm and the pool of one likewise.
 - Element-wise chain f of a Gaussian z (the tensor's source): ``eta_f = mean(beta)^2 eta_z``,
   ``beta = E[(t^2 - 1) (f - E f)^2] / (2 Var f)`` (the slope of log Var f in log sigma^2,
   Stein's identity); ``alpha_f = E[t f] a alpha_z / s + E[(t^2 - 1) f] / 2``; ``lam_f =
@@ -83,9 +87,10 @@ import numpy as np
 
 from ..moments import Moments
 from .context import RuleContext, RuleError
+from .batch_energy import carried, fresh as fresh_omega, normalised_share
 from .energy_fields import (chain_law, chain_values, channel_var, gaussian_local, positions,
                             source_var)
-from .linear import begin_pads
+from .conv_energy import channel_shape as _shape, conv_law
 from .on_demand import OnDemandField
 from .random_draws import is_keep_mask
 from .sample_masks import (chain_factor, concat_factors, gate_factor, gate_moments,
@@ -98,11 +103,6 @@ _KEEP = {"Identity", "Dropout", "AveragePool", "MaxPool", "Pad"}
 # factors kept apart per tensor (the rest merged into eta_0): memory and time stay bounded on
 # deep networks with a mask in every block
 _MAX_FACTORS = 16
-
-
-def _shape(graph, name: str):
-    shape = graph.shape(name)
-    return None if not shape or len(shape) < 2 else tuple(int(s) for s in shape)
 
 
 def _chain(graph, ctx, tensor: str) -> tuple[str, int]:
@@ -181,7 +181,7 @@ def shared_energy(ctx: RuleContext, tensor: str):
 
 
 def _record(ctx: RuleContext, tensor: str):
-    """(eta_0, lam, alpha_0, factors) of ``tensor``."""
+    """(eta_0, lam, alpha_0, factors, omega) of ``tensor`` (omega: :mod:`.batch_energy`)."""
     known, graph = ctx.known, ctx.graph
     if known is None or tensor not in known or _shape(graph, tensor) is None:
         return None
@@ -199,8 +199,9 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
     graph, known = ctx.graph, ctx.known
     shape = _shape(graph, tensor)
     m: Moments = known[tensor]
-    c = shape[1]
-    fresh = (0.0, gaussian_local(m, shape), np.zeros(c), {})
+    c, batch = shape[1], shape[0]
+    local = gaussian_local(m, shape)
+    fresh = (0.0, local, np.zeros(c), {}, fresh_omega(local, batch))
     node_id = graph.producer.get(tensor)
     if node_id is None:
         return fresh
@@ -210,37 +211,42 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
     def of(name, size=c):
         got = law_of(name) if name in known and _shape(graph, name) is not None else None
         if got is None or got[1].shape != (size,):
-            return (0.0, gaussian_local(known[name], _shape(graph, name) or (1, size)),
-                    np.zeros(size), {})
+            name_shape = _shape(graph, name) or (1, size)
+            local = gaussian_local(known[name], name_shape)
+            return 0.0, local, np.zeros(size), {}, fresh_omega(local, name_shape[0])
         return got
 
     try:
         with np.errstate(all="ignore"):
             if _is_chain(graph, ctx, known, tensor):
-                base = _chain(graph, ctx, tensor)[0]
-                out = fresh if base == tensor else _chain_law(
-                    m, shape, of(base, _shape(graph, base)[1]), known[base],
+                base, norms = _chain(graph, ctx, tensor)
+                source = of(base, _shape(graph, base)[1]) if base != tensor else None
+                out = fresh if source is None else _chain_law(
+                    m, shape, _normalised(source) if norms else source, known[base],
                     _shape(graph, base))
             elif op == "Conv" and signals:
-                out = _conv_law(ctx.for_node(node_id), known, of, shape)
+                out = conv_law(ctx.for_node(node_id), known, of, shape)
             elif op in _KEEP and signals:
-                eta, lam, alpha, factors = of(signals[0])
+                eta, lam, alpha, factors, omega = of(signals[0])
                 gauss_in = gaussian_local(known[signals[0]], _shape(graph, signals[0]))
                 if op == "Pad":  # zeros added: the positions' mean shift is diluted
                     dilution = positions(_shape(graph, signals[0])) / positions(shape)
                     alpha = alpha * dilution
                     factors = {k: (e, a * dilution, p) for k, (e, a, p) in factors.items()}
-                out = eta, np.maximum(fresh[1] + lam - gauss_in, 0.0), alpha, factors
+                lam_y = np.maximum(fresh[1] + lam - gauss_in, 0.0)
+                out = eta, lam_y, alpha, factors, carried(omega, lam, lam_y, batch)
             elif op in ("Add", "Sub") and len(signals) == 2:
                 out = _sum_law(known, graph, signals, of, shape, fresh[1], op == "Sub")
             elif (op in ("Add", "Sub", "Mul", "Div", "BatchNormalization")
                   and len(signals) == 1 and _shape(graph, signals[0]) == shape):
                 # a per-channel affine map: the loading scales with the standard deviation
-                eta, lam, alpha, factors = of(signals[0])
+                found = of(signals[0])
+                eta, lam, alpha, factors, omega = (_normalised(found) if op == "BatchNormalization"
+                                                   else found)
                 ratio = np.sqrt(channel_var(known[signals[0]], c) / channel_var(m, c))
                 ratio = np.where(ratio > 0, ratio, 1.0)
                 out = eta, lam, alpha / ratio, {k: (e, a / ratio, p)
-                                                for k, (e, a, p) in factors.items()}
+                                                for k, (e, a, p) in factors.items()}, omega
             elif op == "Mul" and len(signals) == 2:
                 out = _gated_law(ctx, signals, of, shape)
             elif (op == "Concat" and signals
@@ -250,82 +256,46 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
                 out = None
     except (ValueError, IndexError, KeyError, TypeError, RuleError):
         return fresh
-    if out is None or not all(np.all(np.isfinite(a)) for a in out[:3]):
+    if out is None or not all(np.all(np.isfinite(a)) for a in (*out[:3], out[4])):
         return fresh
-    eta, lam, alpha, factors = out
+    eta, lam, alpha, factors, omega = out
     if not all(math.isfinite(e) and np.all(np.isfinite(a)) for e, a, _ in factors.values()):
         return fresh
     factors = {k: (max(float(e), 0.0), np.broadcast_to(np.asarray(a, np.float64), (c,)).copy(), p)
                for k, (e, a, p) in factors.items()}
     eta, alpha, factors = merge_smallest(float(eta), np.broadcast_to(alpha, (c,)), factors,
                                          _MAX_FACTORS)
-    return max(eta, 0.0), np.maximum(np.asarray(lam, np.float64), 0.0), alpha, factors
+    omega = np.broadcast_to(np.maximum(np.asarray(omega, np.float64), 0.0), (c,)).copy()
+    return max(eta, 0.0), np.maximum(np.asarray(lam, np.float64), 0.0), alpha, factors, omega
+
+
+def _normalised(found):
+    """The record after a BatchNorm's division by the batch energy (:mod:`.batch_energy`):
+    every factor's eta times ``mean s_c s_c'``, its offsets over the square root, omega 0."""
+    eta, lam, alpha, factors, omega = found
+    share = normalised_share(omega)
+    if not 0 < share < 1:
+        return eta, lam, alpha, factors, np.zeros_like(omega)
+    root = math.sqrt(share)
+    return (eta * share, lam, alpha / root,
+            {k: (e * share, a / root, p) for k, (e, a, p) in factors.items()},
+            np.zeros_like(omega))
 
 
 def _chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
     """f(z): :func:`.energy_fields.chain_law` for eta_0, and each gate's factor alike (its
     eta times the chain's mean beta squared, its offset ``E[t f] a alpha / s + E[(t^2 - 1) f]
     / 2``)."""
-    eta_z, lam_z, alpha_z, factors = law_z
+    eta_z, lam_z, alpha_z, factors, omega_z = law_z
     found = chain_law(m, shape, (eta_z, lam_z, alpha_z), z, z_shape)
     if found is None:
         return None
-    eta, lam, alpha, (beta2, slope, offset) = found
+    eta, lam, alpha, (beta2, slope, offset, tied) = found
     out = {}
     for key, (e, a, p) in factors.items():
         exact = chain_factor(m, shape, z, e, a, p) if p else None
         out[key] = (*exact, p) if exact is not None else (beta2 * e, slope * a + offset, p)
-    return eta, lam, alpha, out
-
-
-def _conv_law(conv: RuleContext, known, of, shape):
-    weight = conv.const(1)
-    x = conv.node.input[0]
-    x_shape = _shape(conv.graph, x)
-    j = shape[1]
-    if weight is None or x_shape is None or weight.shape[0] != j:
-        return None
-    cin = x_shape[1]
-    group = int(conv.attr("group", 1))
-    per = cin // group
-    eta_x, lam_x, alpha_x, factors = of(x, cin)
-    nu = channel_var(known[x], cin)
-    weight = np.asarray(weight, np.float64).reshape(j, per, -1)
-    idx = (np.arange(j) // (j // group))[:, None] * per + np.arange(per)[None]  # [J, I/g]
-    share = ((weight**2) * nu[idx][..., None]).sum(axis=2)
-    total = share.sum(axis=1, keepdims=True)
-    b = np.where(total > 0, share / np.where(total > 0, total, 1.0), 0.0)  # B_jc, [J, I/g]
-    s = np.bincount(idx.ravel(), b.ravel(), minlength=cin)
-    q = np.bincount(idx.ravel(), (b * b).ravel(), minlength=cin)
-    seeded = float((lam_x * (s * s - q)).sum() / (j * (j - 1))) if j > 1 else 0.0
-    excess = lam_x - gaussian_local(known[x], x_shape)
-    lam = gaussian_local(known[conv.node.output[0]], shape) + (b * b * excess[idx]).sum(axis=1)
-    taps = (weight * _inside(conv, x_shape, shape).reshape(1, 1, -1)).sum(axis=2)
-    alpha = (taps * alpha_x[idx]).sum(axis=1)
-    factors = {k: (e, (taps * a[idx]).sum(axis=1), p) for k, (e, a, p) in factors.items()}
-    # alpha is a regression on eps: the seeded part is independent of the offsets (it joins
-    # eta_0: as its own factor it would add in quadrature at the residual sums, which lowers
-    # the pools where the projection convs' seeds are already missing, module docstring)
-    if seeded > 0:
-        alpha = alpha * eta_x / (eta_x + seeded)
-    return eta_x + seeded, lam, alpha, factors
-
-
-def _inside(conv: RuleContext, x_shape, y_shape) -> np.ndarray:
-    """Per tap, the fraction of the output positions at which it reads inside the input (not
-    the zero padding): how much of a shift of every input position reaches the output's mean."""
-    kernel = list(conv.const(1).shape[2:])
-    n = len(kernel)
-    strides = list(conv.attr("strides", [1] * n))
-    dilations = list(conv.attr("dilations", [1] * n))
-    begins = begin_pads(conv, x_shape[2:], y_shape[2:], kernel, strides, dilations)
-    out = np.ones(())
-    for d in range(n):
-        pos = (np.arange(y_shape[2 + d])[:, None] * strides[d] - begins[d]
-               + np.arange(kernel[d])[None, :] * dilations[d])
-        frac = ((pos >= 0) & (pos < x_shape[2 + d])).mean(axis=0)
-        out = np.multiply.outer(out, frac)
-    return out
+    return eta, lam, alpha, out, carried(beta2 * omega_z, tied, lam, shape[0])
 
 
 def _sum_law(known, graph, names, of, shape, gauss, minus=False):
@@ -336,11 +306,13 @@ def _sum_law(known, graph, names, of, shape, gauss, minus=False):
     total = nu[0] + nu[1]
     share = float(nu[0].sum() / max(float(total.sum()), 1e-300))
     wa = np.where(total > 0, nu[0] / np.where(total > 0, total, 1.0), 0.5)
-    (ea, la, aa, fa), (eb, lb, ab, fb) = of(names[0]), of(names[1])
+    (ea, la, aa, fa, oa), (eb, lb, ab, fb, ob) = of(names[0]), of(names[1])
     eta = (share * math.sqrt(ea) + (1 - share) * math.sqrt(eb)) ** 2
     ga, gb = (gaussian_local(known[n], shape) for n in names)
-    return (eta, gauss + wa**2 * (la - ga) + (1 - wa) ** 2 * (lb - gb),
-            aa - ab if minus else aa + ab, sum_factors(fa, fb, share, minus))
+    wb = 1 - wa
+    lam = gauss + wa**2 * (la - ga) + wb**2 * (lb - gb)
+    return (eta, lam, aa - ab if minus else aa + ab, sum_factors(fa, fb, share, minus),
+            carried(wa**2 * oa + wb**2 * ob, wa**2 * la + wb**2 * lb, lam, shape[0]))
 
 
 def _gated_law(ctx, names, of, shape):
@@ -349,7 +321,7 @@ def _gated_law(ctx, names, of, shape):
     maps = [n for n in names if n not in gates]
     if len(gates) != 1 or len(maps) != 1 or _shape(graph, maps[0]) != shape:
         return None
-    eta, lam, alpha, factors = of(maps[0])
+    eta, lam, alpha, factors, omega = of(maps[0])
     c = shape[1]
     mu, v = (np.broadcast_to(a, (c,)) for a in known[gates[0]].values_along(1, c))
     factors = {k: (e, a * mu, p) for k, (e, a, p) in factors.items()}
@@ -362,11 +334,12 @@ def _gated_law(ctx, names, of, shape):
         if eta_g > 0:
             drop = 1.0 - moments[0] ** 2 / moments[1] if mask else None
             factors[gates[0]] = (eta_g, alpha_g, drop if drop and 0 < drop < 1 else None)
-        return eta, r * lam, alpha * mu, factors
+        return eta, r * lam, alpha * mu, factors, r * omega
     m2 = v + mu**2
     m4 = mu**4 + 6 * mu**2 * v + 3 * v**2  # the gate as a Gaussian
     r = np.where(m2 > 0, m4 / np.where(m2 > 0, m2, 1.0) ** 2, 1.0)
-    return eta, r * (1 + lam + eta) - 1 - eta, alpha * mu, factors
+    lam_y = r * (1 + lam + eta) - 1 - eta
+    return eta, lam_y, alpha * mu, factors, carried(omega, lam, lam_y, shape[0])
 
 
 def _concat_law(graph, names, of):
@@ -376,7 +349,8 @@ def _concat_law(graph, names, of):
     eta = sum(s / total * math.sqrt(law[0]) for s, law in zip(sizes, laws)) ** 2
     return (eta, np.concatenate([law[1] for law in laws]),
             np.concatenate([law[2] for law in laws]),
-            concat_factors([(s, law[3]) for s, law in zip(sizes, laws)]))
+            concat_factors([(s, law[3]) for s, law in zip(sizes, laws)]),
+            np.concatenate([law[4] for law in laws]))
 
 
 def pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
@@ -400,6 +374,8 @@ def _pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     found = _record(ctx, base) if base != name else None
     if found is None:
         return None
+    if norms:  # the chain's BatchNorm divides by the batch energy (.batch_energy)
+        found = _normalised(found)
     # BatchNorm's batch statistics centre the sample energies over the batch
     kept = (1.0 - 1.0 / max(x_shape[0], 1)) if norms else 1.0
     c, shape = x_shape[1], tuple(x_shape)

@@ -31,6 +31,21 @@ def _bn(x, out, width):
     return node, inits
 
 
+def keep_mask_nodes(x: str, out: str, seed: int) -> list:
+    """``out = x * Cast(Less(U, keep)) / keep``, U a RandomUniformLike draw per sample of the
+    int64 shape "size" ([N, 1, 1, 1]), "keep" a float initializer (torchvision's
+    StochasticDepth)."""
+    return [
+        helper.make_node("ConstantOfShape", ["size"], ["zeros"],
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+        helper.make_node("RandomUniformLike", ["zeros"], ["draw"], seed=float(seed)),
+        helper.make_node("Less", ["draw", "keep"], ["kept"]),
+        helper.make_node("Cast", ["kept"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["mask", "keep"], ["scaled"]),
+        helper.make_node("Mul", [x, "scaled"], [out]),
+    ]
+
+
 def masked_block(keep: float, width: int = 64, seed: int = 0):
     """x -> 1x1 Conv -> BatchNorm ("b"); ``y = x + b * Cast(Less(U, keep)) / keep`` (U a
     RandomUniformLike draw per sample, torchvision's StochasticDepth); y -> 1x1 Conv to
@@ -44,13 +59,7 @@ def masked_block(keep: float, width: int = 64, seed: int = 0):
     bn2, i2 = _bn("u", "z", width)
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["h"]), bn1,
-        helper.make_node("ConstantOfShape", ["size"], ["zeros"],
-                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
-        helper.make_node("RandomUniformLike", ["zeros"], ["draw"], seed=float(seed)),
-        helper.make_node("Less", ["draw", "keep"], ["kept"]),
-        helper.make_node("Cast", ["kept"], ["mask"], to=TensorProto.FLOAT),
-        helper.make_node("Div", ["mask", "keep"], ["scaled"]),
-        helper.make_node("Mul", ["b", "scaled"], ["branch"]),
+        *keep_mask_nodes("b", "branch", seed),
         helper.make_node("Add", ["branch", "x"], ["y"]),
         helper.make_node("Conv", ["y", "w2"], ["u"]), bn2,
         helper.make_node("Sigmoid", ["z"], ["s"]),
