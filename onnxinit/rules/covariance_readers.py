@@ -82,6 +82,25 @@ def contraction_factor(ctx: RuleContext, a: Moments, b: Moments):
     return factor.reshape((1,) * head + (count,) + (1,) * (rank - head - 1))
 
 
+def squared_correlation(ctx: RuleContext, name: str):
+    """The mean squared correlation of two distinct features along the last axis of ``name``
+    from its field, per head where the field is split into heads (an array laid out along the
+    head axis at the tensor's rank), a scalar without heads; None without a field there."""
+    shape = ctx.graph.shape(name)
+    f = covariance(ctx, name)
+    if f is None or not shape or f.axis != len(shape) - 1 or f.cov.shape[-1] < 2:
+        return None
+    d = np.sqrt(np.maximum(np.einsum("...ii->...i", f.cov), 1e-300))
+    r = f.cov / (d[..., :, None] * d[..., None, :])
+    n = r.shape[-1]
+    off = (np.square(r).sum(axis=(-2, -1)) - np.square(np.einsum("...ii->...i", r)).sum(axis=-1))
+    squared = off / (n * (n - 1))
+    if f.head_axis is None or np.ndim(squared) == 0:
+        return float(squared)
+    rank = len(shape)
+    return squared.reshape((1,) * f.head_axis + (-1,) + (1,) * (rank - f.head_axis - 1))
+
+
 def _per_head(values: np.ndarray, shape, axis: int, head: int | None) -> np.ndarray:
     """``values`` (broadcastable to ``shape``) averaged over every axis but ``head`` and
     ``axis``: ``[H, n]`` (``H`` = 1 without heads)."""

@@ -59,6 +59,7 @@ from .token_field import (
     attach,
     grid,
     inner_blocks,
+    is_correlation,
     mehler_weights,
     pooled_features,
     same_field,
@@ -247,7 +248,15 @@ def _per_token_scale(x: Moments, shape, out: Moments, kind: str, first: int = -1
     spread = spread.mean(axis=(0, 2))
     sig = sigma(x, shape, axes, n, stride)  # the per-token variance, the field's or x's own
     scale = np.sqrt(np.maximum(spread + np.diag(sig), 1e-300))
-    return attach(out, shape, axes, sig / np.outer(scale, scale), stride)
+    sig = sig / np.outer(scale, scale)
+    if is_correlation(x.tokens.cov):
+        # x kept its per-token variances beside a correlation (a zero-padded window's exact
+        # zeros): so does the output, whose rule divided each token by its own scale
+        d = np.diag(sig)
+        live = d > 0
+        root = np.sqrt(np.where(live, d, 1.0))
+        sig = np.where(np.outer(live, live), sig / np.outer(root, root), 0.0) + np.diag(~live)
+    return attach(out, shape, axes, sig, stride)
 
 
 @carrier("ReduceMean", "ReduceSum", "GlobalAveragePool")
