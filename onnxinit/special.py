@@ -20,7 +20,8 @@ import sys
 import types
 
 
-_NAMES = ("erf", "erfcx", "expit", "gammaincinv", "gammaln", "log_ndtr", "ndtr", "ndtri")
+_NAMES = ("betaincinv", "erf", "erfcx", "expit", "gammaincinv", "gammaln", "log_ndtr", "ndtr",
+          "ndtri")
 
 
 def _load() -> types.ModuleType:
@@ -48,7 +49,7 @@ def _load() -> types.ModuleType:
 
 
 _module = _load()
-erf, erfcx, expit = _module.erf, _module.erfcx, _module.expit
+betaincinv, erf, erfcx, expit = _module.betaincinv, _module.erf, _module.erfcx, _module.expit
 gammaincinv, gammaln, log_ndtr, ndtr, ndtri = (
     _module.gammaincinv, _module.gammaln, _module.log_ndtr, _module.ndtr, _module.ndtri)
 
@@ -60,4 +61,5 @@ def __getattr__(name: str):
     return getattr(importlib.import_module("scipy.special"), name)
 
 
-__all__ = ["erf", "erfcx", "expit", "gammaincinv", "gammaln", "log_ndtr", "ndtr", "ndtri"]
+__all__ = ["betaincinv", "erf", "erfcx", "expit", "gammaincinv", "gammaln", "log_ndtr", "ndtr",
+           "ndtri"]

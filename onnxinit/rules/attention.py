@@ -128,7 +128,7 @@ def _contracted_tokens(b: Moments, sb, probabilities: bool) -> np.ndarray | None
     t = b.tokens
     axis = len(sb) - 2
     if t is not None and token_axes(t, len(sb)) == [axis] and sb[axis] == t.n:
-        return float(np.mean(b.var)) * t.cov
+        return sigma(b, sb, [axis], t.n)  # a correlation beside B's per-token variances too
     if probabilities and sb[axis] > 1:
         return sigma(b, sb, [axis], sb[axis])
     return None

@@ -33,10 +33,10 @@ from .row_norm import without_casts
 
 
 def reduces_last_alone(ctx: RuleContext) -> bool:
-    """The node (ReduceMean, ReduceSum, GlobalAveragePool) reduces its input's last axis
-    (size > 1) and nothing else."""
+    """The node (ReduceMean, ReduceSum, GlobalAveragePool; ReduceL2, ReduceSumSquare) reduces
+    its input's last axis (size > 1) and nothing else."""
     op = ctx.node.op_type
-    if op not in ("ReduceMean", "ReduceSum", "GlobalAveragePool"):
+    if op not in ("ReduceMean", "ReduceSum", "GlobalAveragePool", "ReduceL2", "ReduceSumSquare"):
         return False
     x, y = ctx.graph.shape(ctx.node.input[0]), ctx.graph.shape(ctx.node.output[0])
     if not x or not y or x[-1] <= 1:

@@ -35,6 +35,9 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
 - Pad of the positions: the correlation, rescaled to y's within-position variances;
 - Transpose, a Reshape that keeps the axis (its size and the product of the axes after it),
   Slice (a block of S where it slices the axis), Dropout and Identity move or crop it;
+- rows scaled to unit length (``F.normalize``, :mod:`.unit_rows`; cosine attention's queries
+  and keys, per head): the correlation kept, rescaled to y's variances (each row's own norm a
+  common factor of its features, as a LayerNorm's scale);
 - LayerNormalization over the last axis, when that is the field's: ``P S_x P`` (``P`` the
   centring across the features; the token's scale a common factor), its scale's signs;
 - MatMul by a constant ``W [D, E]`` reading the field's axis last: ``S_y = W^T S_x W`` (a
@@ -69,6 +72,7 @@ from .context import RuleContext, RuleError
 from .elementwise import UNARY, elementwise
 from .hermite import coefficients
 from .on_demand import OnDemandField
+from .unit_rows import is_unit_rows
 
 MAX_CHANNELS = 1024  # a field is [C, C]: beyond, the cross terms are small (1/sqrt(C)) anyway
 MAX_ROW_FEATURES = 256  # features up to which a LayerNorm's row scale is expanded (n^3 work)
@@ -147,6 +151,8 @@ def _compute(ctx: RuleContext, tensor: str, field_of) -> Field | None:
         f_x = field_of(x)
         if f_x is None or f_x.cov.shape[0] > MAX_CHANNELS:
             return None
+        if node.op_type == "Div" and is_unit_rows(ctx.for_node(node_id)):
+            return _unit_rows(ctx, tensor, f_x)
         if f_x.head_axis is not None and node.op_type not in _LAYOUT:
             return None  # per-head blocks: only moved, and read by the logits
         if node.op_type in ("BatchNormalization",) + _AFFINE:
@@ -272,6 +278,23 @@ def _affine(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
             return None
         sign = np.sign(np.broadcast_to(const.reshape(-1), (shape[axis],)))
     return Field(axis, maps.rescaled(f_x.cov, variances(ctx.known[y], shape, axis), sign))
+
+
+def _unit_rows(ctx: RuleContext, y: str, f_x: Field) -> Field | None:
+    """Rows scaled to unit length over the field's axis: the correlation kept, per head,
+    rescaled to y's variances (pooled over the other axes)."""
+    shape = ctx.graph.shape(y)
+    if f_x.axis != len(shape) - 1:
+        return None
+    if f_x.head_axis is None:
+        return Field(f_x.axis, maps.rescaled(f_x.cov, variances(ctx.known[y], shape, f_x.axis)))
+    full = np.broadcast_to(np.asarray(ctx.known[y].var, dtype=np.float64), shape)
+    other = tuple(i for i in range(len(shape)) if i not in (f_x.head_axis, f_x.axis))
+    nu = (full.mean(axis=other) if other else full).reshape(-1, shape[f_x.axis])
+    if nu.shape[0] != f_x.cov.shape[0]:
+        return None
+    return Field(f_x.axis, np.stack([maps.rescaled(c, v) for c, v in zip(f_x.cov, nu)]),
+                 f_x.head_axis)
 
 
 def _layer_norm(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:

@@ -43,6 +43,27 @@ def contraction_factor(ctx: RuleContext, a: Moments, b: Moments):
     mu_a^T)_de (S_b + mu_b mu_b^T)_de - (mu_a . mu_b)^2`` over the same with diagonal fields
     (the MatMul rule's), the per-feature moments pooled over the other axes; a scalar, or an
     array along the head axis; None where neither operand has a field."""
+    found = _head_operands(ctx, a, b)
+    if found is None:
+        return None
+    second, means, head, count, rank = found
+    dot = (means[0] * means[1]).sum(axis=1)
+    full = (second[0] * second[1]).sum(axis=(1, 2)) - dot**2
+    diagonal = np.einsum("hdd->hd", second[0]) * np.einsum("hdd->hd", second[1])
+    independent = diagonal.sum(axis=1) - ((means[0] * means[1]) ** 2).sum(axis=1)
+    factor = np.where(independent > 0, np.maximum(full, 0.0) / np.where(
+        independent > 0, independent, 1.0), 1.0)
+    if head is None:
+        return float(factor[0])
+    return factor.reshape((1,) * head + (count,) + (1,) * (rank - head - 1))
+
+
+def _head_operands(ctx: RuleContext, a: Moments, b: Moments, seconds: bool = True,
+                   fieldless: bool = False):
+    """Per head, the contracted features' second moments (covariance with ``seconds=False``)
+    and means of ``A @ B``'s operands [H, k, k] and [H, k] (a field's, else the diagonal of the
+    per-feature variances), the head axis, the head count and the rank; None where neither
+    operand has a field on the contracted axis (unless ``fieldless``: both diagonal)."""
     shapes = [ctx.graph.shape(n) for n in ctx.node.input[:2]]
     if any(not s or len(s) < 2 for s in shapes) or len(shapes[0]) != len(shapes[1]):
         return None
@@ -52,7 +73,7 @@ def contraction_factor(ctx: RuleContext, a: Moments, b: Moments):
     for name, axis in zip(ctx.node.input[:2], axes):
         f = covariance(ctx, name)
         fields.append(f if f is not None and f.axis == axis and f.cov.shape[-1] == k else None)
-    if all(f is None for f in fields):
+    if all(f is None for f in fields) and not fieldless:
         return None
     heads = {f.head_axis for f in fields if f is not None and f.head_axis is not None}
     if len(heads) > 1 or (heads and min(heads) >= rank - 2):
@@ -67,19 +88,65 @@ def contraction_factor(ctx: RuleContext, a: Moments, b: Moments):
             cov = nu[:, :, None] * np.eye(k)
         else:
             cov = f.cov if f.cov.ndim == 3 else np.broadcast_to(f.cov, (count, k, k))
-        if cov.shape[0] != count:
+        if cov.shape[0] != count or mu.shape[0] not in (1, count):
             return None
-        second.append(cov + mu[:, :, None] * mu[:, None, :])
+        mu = np.broadcast_to(mu, (count, k))
+        second.append(cov + mu[:, :, None] * mu[:, None, :] if seconds else cov)
         means.append(mu)
-    dot = (means[0] * means[1]).sum(axis=1)
-    full = (second[0] * second[1]).sum(axis=(1, 2)) - dot**2
-    diagonal = np.einsum("hdd->hd", second[0]) * np.einsum("hdd->hd", second[1])
-    independent = diagonal.sum(axis=1) - ((means[0] * means[1]) ** 2).sum(axis=1)
-    factor = np.where(independent > 0, np.maximum(full, 0.0) / np.where(
-        independent > 0, independent, 1.0), 1.0)
-    if head is None:
-        return float(factor[0])
-    return factor.reshape((1,) * head + (count,) + (1,) * (rank - head - 1))
+    return second, means, head, count, rank
+
+
+def row_variance_spread(ctx: RuleContext, q: Moments, k: Moments,
+                        unit_queries: bool = False) -> float | None:
+    """For the logits ``Q K^T`` of the node of ``ctx``: the squared coefficient of variation,
+    across queries, of a row's variance over the keys. Given the query q, the keys' logits
+    ``q . k_j`` vary by ``v(q) = q^T S q`` (S the keys' feature covariance, per head), so for
+    q of mean mu and covariance M::
+
+        E v = tr(S M) + mu^T S mu,   Var v = 2 tr((S M)^2) + 4 mu^T S M S mu
+
+    (Gaussian q); ``Var v / (E v)^2`` averaged over the heads weighted by ``E v``. About
+    ``2 / d`` for d isotropic features; more where the features are correlated (a patch
+    embedding's); the features' variances alone where no field is carried. Queries scaled to
+    unit length (cosine attention) have a constant energy, which adds ``excess tr(S M)^2``,
+    ``excess = -2 tr(M^2) / tr(M)^2`` (as :mod:`.pair_algebra`'s normalised rows): only the
+    keys' anisotropy then varies the rows (0 for isotropic keys)."""
+    found = _head_operands(ctx, q, k, seconds=False, fieldless=True)
+    if found is None:
+        return None
+    (m, s), (mu, _), _, _, _ = found
+    sm = s @ m
+    mean = np.einsum("hii->h", sm) + np.einsum("hi,hij,hj->h", mu, s, mu)
+    var = 2 * np.einsum("hij,hji->h", sm, sm) + 4 * np.einsum("hi,hij,hj->h", mu, sm @ s, mu)
+    if unit_queries:
+        tr_m = np.einsum("hii->h", m)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            excess = np.where(tr_m > 0, -2 * np.einsum("hij,hji->h", m, m) / tr_m**2, 0.0)
+        var = np.maximum(var + excess * np.einsum("hii->h", sm) ** 2, 0.0)
+    if not np.all(np.isfinite(mean)) or float(mean.sum()) <= 0:
+        return None
+    live = mean > 0
+    spread = np.where(live, var / np.where(live, mean, 1.0) ** 2, 0.0)
+    return float((spread * mean).sum() / mean.sum())
+
+
+def squared_correlation(ctx: RuleContext, name: str):
+    """The mean squared correlation of two distinct features along the last axis of ``name``
+    from its field, per head where the field is split into heads (an array laid out along the
+    head axis at the tensor's rank), a scalar without heads; None without a field there."""
+    shape = ctx.graph.shape(name)
+    f = covariance(ctx, name)
+    if f is None or not shape or f.axis != len(shape) - 1 or f.cov.shape[-1] < 2:
+        return None
+    d = np.sqrt(np.maximum(np.einsum("...ii->...i", f.cov), 1e-300))
+    r = f.cov / (d[..., :, None] * d[..., None, :])
+    n = r.shape[-1]
+    off = (np.square(r).sum(axis=(-2, -1)) - np.square(np.einsum("...ii->...i", r)).sum(axis=-1))
+    squared = off / (n * (n - 1))
+    if f.head_axis is None or np.ndim(squared) == 0:
+        return float(squared)
+    rank = len(shape)
+    return squared.reshape((1,) * f.head_axis + (-1,) + (1,) * (rank - f.head_axis - 1))
 
 
 def _per_head(values: np.ndarray, shape, axis: int, head: int | None) -> np.ndarray:

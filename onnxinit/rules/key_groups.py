@@ -79,11 +79,14 @@ def _draw_groups(masked: np.ndarray) -> list[slice]:
 
 
 def correlated_rows(rel: np.ndarray, var: np.ndarray, masked: np.ndarray, factor: np.ndarray,
-                    rng, draws: int, minimum: int, weights: np.ndarray | None = None):
+                    rng, draws: int, minimum: int, weights: np.ndarray | None = None,
+                    scales=None):
     """(E, Var) of softmax over rows [R, n] of jointly Gaussian logits ``rel + sqrt(var) (F e)``
     (masked elements: probability 0), ``max(minimum, draws // (R n))`` draws per row. With
     ``weights`` [R] (each row's share), also the probabilities' covariance across the keys
     averaged over the rows, ``sum_r w_r Cov_r(p_k, p_l)`` [n, n] (:func:`probability_covariance`).
+    ``scales(rng, count)``: each draw's deviations times its own factor (a row's logit variance
+    that differs from query to query: softmax.row_scales).
 
     The correlated keys ``F e`` are drawn once per group of consecutive rows (``_draw_groups``)
     and each row of the group scales them by its own standard deviations: every row's estimate
@@ -104,6 +107,8 @@ def correlated_rows(rel: np.ndarray, var: np.ndarray, masked: np.ndarray, factor
             # one product for several groups: a small product per group ran OpenBLAS's
             # threads for 0.2 ms of work each, whose waits cost 5x the work on a busy machine
             correlated = rng.standard_normal((len(batch) * count, factor.shape[1])) @ factor.T
+            if scales is not None:
+                correlated *= scales(rng, len(batch) * count)[:, None]
             for j, group in enumerate(batch):
                 shared = correlated[j * count:(j + 1) * count]
                 peak = np.abs(shared).max(axis=0)

@@ -202,6 +202,42 @@ def reduce_linear(inputs, ctx: RuleContext):
     return [_finish(e, var, axes, keepdims)]
 
 
+def row_energy(x: Moments, rank: int, d: int, keepdims: bool, op: str, squared: float,
+               excess: float) -> Moments | None:
+    """ReduceSumSquare / ReduceL2 over the last axis alone of rows whose d features are
+    correlated (:mod:`.feature_pairs`: ``squared`` the mean squared correlation of two features,
+    ``excess`` the row energy's excess over a Gaussian's: a LayerNorm output's sum of squares
+    is constant). ``S = sum_f x_f^2`` has, per row::
+
+        Var S = 2 tr C^2 + excess (tr C)^2 + 4 sum_f mu_f^2 nu_f
+              = sum_f (2 nu_f^2 + 4 mu_f^2 nu_f) + 2 squared ((sum_f nu_f)^2 - sum_f nu_f^2)
+                + excess (sum_f nu_f)^2
+
+    (the means' term on the diagonal: the correlations' signs are random against the means);
+    its mean as for independent features, its third cumulant the independent one scaled to
+    keep its skewness, then ``sqrt`` over the shifted gamma (``reduce_linear``). None when the
+    variance comes out negative (a rank the pairs do not describe)."""
+    axes = (rank - 1,)
+    if d <= 1:
+        return None
+    along = (lambda c: c.sum(axis=-1, keepdims=True) if c.shape[-1] == d
+             else d * c.mean(axis=-1, keepdims=True))
+    k1, k2, k3 = (along(expand(c, rank)) for c in _element_cumulants(x, rank, "square"))
+    _, nu = _layout(x, rank)
+    tr, tr2 = along(nu), along(nu**2)
+    cross = 2 * squared * (tr**2 - tr2) + excess * tr**2
+    var = k2 + cross
+    if np.any(var < -1e-9 * np.maximum(k2, 1e-300)):
+        return None
+    var = np.maximum(var, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k3 = np.where(k2 > 0, k3 * (var / np.where(k2 > 0, k2, 1.0)) ** 1.5, 0.0)
+    if op == "ReduceSumSquare":
+        return _finish(k1, var, axes, keepdims)
+    e, v = _pearson(k1, var, k3, np.sqrt)
+    return _finish(e, v, axes, keepdims)
+
+
 def _sampled_logsumexp(x: Moments, rank: int, k: int, ctx: RuleContext):
     """Monte Carlo log(sum of K exp(x)) for small K x tracked size (the shifted-gamma match is
     2-4% off there); None when the sample would be too large."""

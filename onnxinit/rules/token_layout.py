@@ -2,7 +2,8 @@
 they follow the token axes. Reshape, Flatten, Squeeze and Unsqueeze keep the token digit of the
 flat index in its place; Transpose keeps or permutes the token index (a window partition and
 its reverse); Slice, Gather and Split select rows and columns of the covariance (a pooled
-variance takes the selected tokens' share); Pad without padding keeps it; Concat stacks
+variance takes the selected tokens' share); Pad without padding keeps it, a constant Pad of
+the token axes puts it at the input's cells (the padding constants); Concat stacks
 independent pieces along the token axis (or moves one tensor's tokens: ``torch.roll``), and
 averages the pieces' covariances along another axis."""
 
@@ -12,7 +13,8 @@ import numpy as np
 
 from ..moments import Moments
 from .masks import sequence_lengths
-from .shape import slice_params
+from .context import RuleError
+from .shape import pad_params, slice_params
 from .token_carriers import carrier, first_with_field
 from .token_field import (
     MAX_EXPANDED,
@@ -185,11 +187,39 @@ def _slice(ctx, inputs, outputs):
 
 @carrier("Pad")
 def _pad(ctx, inputs, outputs):
-    """No padding (Swin's pad to a multiple of the window, when there is none): unchanged."""
-    pads = ctx.const(1) if ctx.opset >= 11 else np.asarray(ctx.attr("pads", []))
-    if pads is None or np.any(np.asarray(pads) != 0):
+    """No padding (Swin's pad to a multiple of the window, when there is none): unchanged. A
+    constant Pad of the token axes alone (Swin's map smaller than its window): the padded tokens
+    are constants, so the field over the output's tokens is the input's at the cells the input
+    lands on and 0 elsewhere, ``Sigma_y[o(s), o(t)] = Sigma_x[s, t]`` (the real tokens keep the
+    component they share: a window's attention output, which the next block's P V averages),
+    carried as the correlation beside the per-cell variances."""
+    x, in_shape, out_shape = inputs[0], ctx.in_shape(0), ctx.out_shape(0)
+    rank = len(in_shape)
+    try:
+        mode, _, pads = pad_params(ctx, rank)
+    except RuleError:
         return [without(m) for m in outputs]
-    return [same_field(inputs[0], outputs[0], ctx.out_shape(0))]
+    padded = {a: p for a, p in pads.items() if p != (0, 0)}
+    if not padded:
+        return [same_field(x, outputs[0], out_shape)]
+    axes = token_axes(x.tokens, rank)
+    if (mode != "constant" or axes is None or not set(padded) <= set(axes)
+            or any(b < 0 or e < 0 for b, e in padded.values())):
+        return [without(m) for m in outputs]
+    sizes = [in_shape[a] for a in axes]
+    cov = expanded(x.tokens, sizes)
+    total = int(np.prod([out_shape[a] for a in axes], dtype=np.int64))
+    if cov is None or total > max(MAX_EXPANDED, x.tokens.n):
+        return [without(m) for m in outputs]
+    cells = np.arange(total).reshape([out_shape[a] for a in axes])
+    cells = cells[tuple(slice(padded.get(a, (0, 0))[0], padded.get(a, (0, 0))[0] + in_shape[a])
+                        for a in axes)].ravel()
+    # as a correlation (each padded cell its own, 1): the output keeps its per-cell variances,
+    # the padding's 0 among them, which the rules after it read (unit_rows: a row of zeros)
+    d = np.sqrt(np.maximum(np.diag(cov), 1e-300))
+    corr = np.eye(total)
+    corr[np.ix_(cells, cells)] = cov / np.outer(d, d)
+    return [attach(outputs[0], out_shape, axes, corr)] + [without(m) for m in outputs[1:]]
 
 
 @carrier("ReverseSequence")

@@ -60,6 +60,7 @@ from .token_field import (
     attach,
     grid,
     inner_blocks,
+    is_correlation,
     mehler_weights,
     pooled_features,
     same_field,
@@ -259,7 +260,15 @@ def _per_token_scale(x: Moments, shape, out: Moments, kind: str, first: int = -1
         factor = 1.0 / np.sqrt(square) if g is None else np.abs(g(square))
     if not np.all(np.isfinite(factor)):
         return without(out)
-    return attach(out, shape, axes, sig * np.outer(factor, factor), stride)
+    sig = sig * np.outer(factor, factor)
+    if is_correlation(x.tokens.cov):
+        # x kept its per-token variances beside a correlation (a zero-padded window's exact
+        # zeros): so does the output, whose rule scaled each token by its own factor
+        d = np.diag(sig)
+        live = d > 0
+        root = np.sqrt(np.where(live, d, 1.0))
+        sig = np.where(np.outer(live, live), sig / np.outer(root, root), 0.0) + np.diag(~live)
+    return attach(out, shape, axes, sig, stride)
 
 
 @carrier("ReduceMean", "ReduceSum", "GlobalAveragePool")

@@ -36,12 +36,12 @@ import numpy as np
 
 from ..moments import Moments
 from .context import RuleContext
+from .logit_path import qk_matmul as _qk_matmul
 from .softmax import MASK_GAP
 from .unit_rows import is_unit_rows
 
 _LAYOUT = ("Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Cast", "Identity",
            "Dropout")
-_LOGIT_PATH = ("Cast", "Identity", "Mul", "Div", "Add", "Sub", "Where")
 _ROWS = 16  # softmax rows sampled for G
 _DRAWS = 1024  # draws per row
 
@@ -51,23 +51,6 @@ def _stripped(graph, name: str) -> str:
             "Cast", "Identity"):
         name = graph.node(nid).input[0]
     return name
-
-
-def _qk_matmul(graph, name: str, depth: int = 0):
-    """The MatMul of two activations (Q K^T) that logits ``name`` come from through scalings,
-    additive biases and masks, else None."""
-    nid = graph.producer.get(name)
-    if nid is None or depth > 8:
-        return None
-    node = graph.node(nid)
-    if node.op_type == "MatMul":
-        return node if all(graph.is_signal(t) for t in node.input) else None
-    if node.op_type not in _LOGIT_PATH:
-        return None
-    for t in (node.input[1:] if node.op_type == "Where" else node.input):
-        if t and graph.is_signal(t) and (found := _qk_matmul(graph, t, depth + 1)) is not None:
-            return found
-    return None
 
 
 def _picked_axis(graph, node, axis: int | None):

@@ -131,12 +131,10 @@ def test_max_over_the_steps_bidirectional(op):
     _check(_stack(op, "bidirectional", layers=1, pooled=True), head=False)
 
 
-@pytest.mark.xfail(strict=True, reason="a Gather of one token (a scalar index) takes the "
-                   "variance pooled over the tokens, not that token's share of the field's "
-                   "profile; the LayerNorm spreads the per-step profile into the means and the "
-                   "field (0.84x; 0.80x before the per-step variance of Y). Taking the share "
-                   "there moved ViT-B/16's class token (after its LayerNorm) from 1.0x to 0.92x")
 def test_layer_norm_after_a_recurrent_layer():
+    """The LayerNorm keeps the recurrent layer's per-step variances beside its correlation
+    field (tokens._per_token_scale), so the Gather of one step reads that step's own (0.84x
+    before, when the LayerNorm pooled the per-step profile into the field)."""
     _check(_stack("GRU", "reverse", layers=1, norm=True))
 
 
