@@ -11,6 +11,11 @@ For probabilities P (a row of K) and ``s_n = sum_k P_k^n``:
   independent across the row with unit variance; pooled over keys, diagonal
   ``E[s_2 - 2 s_3 + s_2^2] / K`` and off-diagonal ``E[-s_2 - s_2^2 + 2 s_3] / (K (K - 1))``
   (a row of W sums to zero: dS sums to zero over the row).
+
+The logits' statistics are read where the graph keeps them finest (:func:`logits_of`): a
+Reshape that merges windows into the batch (Swin's ``[B, nW, heads, N, N] -> [B nW, heads, N,
+N]`` after its shifted-window mask) pools them over the windows, and a pooled -100 mask is a
+logit variance near 2000 (every row one-hot, ``sum_q E[P_qk^2]`` 0.95 for 0.036).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from ..moments import Moments
 
 DRAWS = 1 << 17  # logits drawn in all
 MAX_ROWS = 256  # distinct rows of logit statistics sampled (evenly spaced beyond)
+RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,35 @@ def _rows(x: Moments, shape) -> tuple[np.ndarray, np.ndarray]:
         off = (t.cov.sum() - np.trace(t.cov)) / (k * (k - 1))
         var = var * np.maximum(np.diag(t.cov) - off, 0.0)  # less what the row shares
     return mean, var
+
+
+def _distinct_rows(x: Moments, shape) -> int:
+    rank = len(shape)
+    both = np.broadcast_shapes(*((1,) * (rank - np.ndim(a)) + np.shape(a)
+                                 for a in (x.mean, x.var)))
+    return int(np.prod(both[:-1]))
+
+
+def logits_of(graph, forward, name: str, shape) -> tuple[Moments, tuple]:
+    """(moments, shape) of the logits ``name`` (of static ``shape``), from the tensor of the
+    Reshapes before it
+    (same last axis) whose statistics tell the most rows apart (module docstring); a row's
+    law does not depend on where the reshape puts it, and the rows are pooled alike."""
+    best = (forward[name], tuple(shape))
+    count = _distinct_rows(*best)
+    for _ in range(4):
+        node_id = graph.producer.get(name)
+        node = graph.node(node_id) if node_id is not None else None
+        if node is None or node.op_type not in RESHAPES or node.input[0] not in forward:
+            break
+        name = node.input[0]
+        shape = graph.shape(name)
+        if shape is None or len(shape) < 2 or shape[-1] != best[1][-1]:
+            break
+        rows = _distinct_rows(forward[name], shape)
+        if rows > count:
+            best, count = (forward[name], tuple(shape)), rows
+    return best
 
 
 def row_variance(logits: Moments, shape) -> float:
