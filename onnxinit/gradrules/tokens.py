@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Tokens
-from ..rules.token_field import reshaped_token_axes
+from ..rules.token_field import inner_blocks, reshaped_token_axes
 
 MAX_TOKENS = 4096
 
@@ -111,7 +111,10 @@ def cross_gain(a: Tokens | None, b: Tokens | None, n: int) -> float:
 def moved(t: Tokens | None, from_shape, to_shape) -> Tokens | None:
     """The field after a reshape from ``from_shape`` to ``to_shape`` (same elements, same
     order): the token digit of the flat index keeps its place (as the forward field,
-    :func:`onnxinit.rules.tokens.carry`); None when it is split between axes."""
+    :func:`onnxinit.rules.tokens.carry`); None when it is split between axes. A field that
+    would reach into the batch axis (windows of a map merged into the batch: ``[B, nW, N, C]
+    -> [B nW, N, C]``) keeps the covariance within one group of the inner axes (the mean of
+    its diagonal blocks), as the windows' attention sees it."""
     axes = axes_of(t, len(from_shape))
     if axes is None or from_shape is None or to_shape is None:
         return None
@@ -119,6 +122,12 @@ def moved(t: Tokens | None, from_shape, to_shape) -> Tokens | None:
     if placed is None:
         return None
     out_axes, stride = placed
+    if out_axes[0] == 0 and len(out_axes) > 1 and stride == 1:
+        size = int(np.prod([to_shape[a] for a in out_axes[1:]], dtype=np.int64))
+        cov = inner_blocks(t, size) if size > 1 else None
+        if cov is None:
+            return None
+        return Tokens(out_axes[1] - len(to_shape), len(out_axes) - 1, cov, 1)
     return Tokens(out_axes[0] - len(to_shape), len(out_axes), t.cov, stride)
 
 
