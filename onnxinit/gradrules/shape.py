@@ -121,7 +121,7 @@ def transpose(grads, ctx: GradContext):
 def _slice_along(g: Gradient, axis: int, start: int, stop: int, out_shape) -> Gradient:
     rank, size = len(out_shape), out_shape[axis]
     in_shape = (*out_shape[:axis], stop - start, *out_shape[axis + 1:])
-    tokens = taken(g.tokens, out_shape, in_shape, {axis: np.arange(start, stop)})
+    tokens, share = taken(g.tokens, out_shape, in_shape, {axis: np.arange(start, stop)})
     g = g.expand_rank(rank)
     if g.rank == rank:
         shape = np.broadcast_shapes(g.mean.shape, g.var.shape)
@@ -134,7 +134,7 @@ def _slice_along(g: Gradient, axis: int, start: int, stop: int, out_shape) -> Gr
             if g.sample_var is not None and np.shape(g.sample_var) == shape:
                 sample_var = g.sample_var[tuple(index)]
             return Gradient(mean, var, sample_var, g.profile, tokens=tokens)
-    return replace(g, tokens=tokens, pair=None, given=None)
+    return replace(g.scaled_second(share), tokens=tokens, pair=None, given=None)
 
 
 @rule("Concat")
@@ -201,7 +201,7 @@ def roll_of(ctx: GradContext, node) -> tuple[str, np.ndarray] | None:
 def _unrolled(g: Gradient, axis: int, where: np.ndarray, out_shape) -> Gradient:
     """dy with index ``where[i]`` along ``axis`` put back at i."""
     rank = len(out_shape)
-    tokens = taken(g.tokens, out_shape, out_shape, {axis: where})
+    tokens, _ = taken(g.tokens, out_shape, out_shape, {axis: where})
     g = g.expand_rank(rank)
 
     def back(a):
@@ -335,14 +335,14 @@ def pad(grads, ctx: GradContext):
         return [g.plain()] + rest  # a crop, not a pad
     g = g.expand_rank(rank)
     padded = [a for a in range(rank) if out_shape[a] > in_shape[a]]
-    tokens = taken(g.tokens, out_shape, in_shape,
-                   {a: pads[a][0] + np.arange(in_shape[a]) for a in padded})
+    tokens, share = taken(g.tokens, out_shape, in_shape,
+                          {a: pads[a][0] + np.arange(in_shape[a]) for a in padded})
 
     def varies(a):
         return np.ndim(a) == rank and any(np.shape(a)[i] == out_shape[i] for i in padded)
 
     if not (varies(g.mean) or varies(g.var)):
-        return [replace(g, tokens=tokens, pair=None)] + rest
+        return [replace(g.scaled_second(share), tokens=tokens, pair=None)] + rest
 
     def cut(a):
         if np.ndim(a) != rank:

@@ -58,32 +58,36 @@ def spell(t: Tokens, shape, run: list[int]) -> np.ndarray | None:
     return np.where(same, t.cov[token[:, None], token[None, :]], 0.0)
 
 
-def taken(t: Tokens | None, from_shape, to_shape, picks: dict[int, np.ndarray]) -> Tokens | None:
+def taken(t: Tokens | None, from_shape, to_shape,
+          picks: dict[int, np.ndarray]) -> tuple[Tokens | None, float]:
     """The field over ``to_shape`` whose index ``i`` along each picked axis ``a`` is index
-    ``picks[a][i]`` of the field ``t`` over ``from_shape`` (module docstring)."""
+    ``picks[a][i]`` of the field ``t`` over ``from_shape`` (module docstring), and the second
+    moment of the taken elements over the whole's (``mean diag Sigma'``: a Pad's zeros cropped
+    away leave the real elements' larger share; 1 without a field or where the field repeats
+    over groups of indices)."""
     return _move(t, from_shape, to_shape, picks, place=False)
 
 
 def placed(t: Tokens | None, from_shape, to_shape, picks: dict[int, np.ndarray]) -> Tokens | None:
     """The field over ``to_shape`` where index ``i`` of ``from_shape`` along each picked axis
     ``a`` lands at ``picks[a][i]`` and the other indices are zero (module docstring)."""
-    return _move(t, from_shape, to_shape, picks, place=True)
+    return _move(t, from_shape, to_shape, picks, place=True)[0]
 
 
-def _move(t, from_shape, to_shape, picks, place: bool) -> Tokens | None:
+def _move(t, from_shape, to_shape, picks, place: bool) -> tuple[Tokens | None, float]:
     rank = len(from_shape)
     axes = axes_of(t, rank)
     if axes is None or len(to_shape) != rank:
-        return None
+        return None, 1.0
     picks = {a: np.asarray(p, dtype=np.int64) for a, p in picks.items() if a in axes}
     if not picks:
-        return t  # moves along other axes keep each feature's token covariance
+        return t, 1.0  # moves along other axes keep each feature's token covariance
     sig = spell(t, from_shape, axes)
     large = to_shape if place else from_shape
     small = from_shape if place else to_shape  # whose indices the picks enumerate
     sizes_large = [int(large[a]) for a in axes]
     if sig is None or int(np.prod(sizes_large, dtype=np.int64)) > MAX_SPELLED:
-        return None
+        return None, 1.0
     index = np.indices([int(small[a]) for a in axes]).reshape(len(axes), -1)
     mapped = [picks[a][index[k]] if a in picks else index[k] for k, a in enumerate(axes)]
     where = np.ravel_multi_index(tuple(mapped), tuple(sizes_large))
@@ -93,7 +97,10 @@ def _move(t, from_shape, to_shape, picks, place: bool) -> Tokens | None:
         out[np.ix_(where, where)] = sig
     else:
         out = sig[np.ix_(where, where)]
-    return make(axes, rank, out)
+    share = 1.0  # a field repeated over groups holds their average profile, not each place's
+    if sig.shape[0] == t.n:
+        share = float(np.mean(np.diag(out))) / max(float(np.mean(np.diag(sig))), 1e-300)
+    return make(axes, rank, out), share
 
 
 def transposed_back(t: Tokens | None, perm, out_shape) -> Tokens | None:
