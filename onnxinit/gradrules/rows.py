@@ -10,7 +10,11 @@ For probabilities P (a row of K) and ``s_n = sum_k P_k^n``:
 - ``W[k, l] = E[P_k P_l (delta_kl - P_k - P_l + s_2)]``, the second moments of dS for dP
   independent across the row with unit variance; pooled over keys, diagonal
   ``E[s_2 - 2 s_3 + s_2^2] / K`` and off-diagonal ``E[-s_2 - s_2^2 + 2 s_3] / (K (K - 1))``
-  (a row of W sums to zero: dS sums to zero over the row).
+  (a row of W sums to zero: dS sums to zero over the row). For dP independent across the row
+  with variances ``d_j`` (:meth:`RowStats.within`), ``dS = A dP`` with ``A_kj = P_k (delta_kj -
+  P_j)`` gives ``E[A diag(d) A^T]_kl = E[P_k P_l (delta_kl d_k - P_l d_l - P_k d_k + sum_j P_j^2
+  d_j)]``, per key: keys that differ (padding whose keys and values are zero, masks) are not
+  pooled.
 
 The logits' statistics are read where the graph keeps them finest (:func:`logits_of`): a
 Reshape that merges windows into the batch (Swin's ``[B, nW, heads, N, N] -> [B nW, heads, N,
@@ -37,17 +41,28 @@ class RowStats:
     second: np.ndarray  # [K, K]
     w_diag: float
     w_off: float
+    samples: np.ndarray | None = None  # [n, K] drawn rows of P
 
     @property
     def keys(self) -> int:
         return self.mean.size
 
-    def within(self) -> np.ndarray:
-        """W (module docstring)."""
-        k = self.keys
-        w = np.full((k, k), self.w_off)
-        w[np.diag_indices(k)] = self.w_diag
-        return w
+    def within(self, d: np.ndarray | None = None) -> np.ndarray:
+        """``E[A diag(d) A^T]`` (module docstring) from the drawn rows; W (``d = 1``) pooled
+        over keys without them."""
+        if self.samples is None:
+            k = self.keys
+            w = np.full((k, k), self.w_off) * (1.0 if d is None else float(np.mean(d)))
+            w[np.diag_indices(k)] = self.w_diag * (1.0 if d is None else float(np.mean(d)))
+            return w
+        p = self.samples
+        d = np.ones(self.keys) if d is None else np.broadcast_to(d, (self.keys,))
+        n = p.shape[0]
+        pd = p * p * d
+        cross = p.T @ pd / n  # E[P_k P_l^2 d_l]
+        out = (p * pd.sum(axis=1, keepdims=True)).T @ p / n - cross - cross.T
+        out[np.diag_indices(self.keys)] += pd.mean(axis=0)
+        return out
 
     def projection(self) -> np.ndarray:
         """M (module docstring)."""
@@ -128,4 +143,4 @@ def row_stats(logits: Moments, shape, seed: int = 0) -> RowStats:
     s2, s3 = (p * p).sum(axis=1), (p**3).sum(axis=1)
     w_diag = float(np.mean(s2 - 2 * s3 + s2 * s2)) / k
     w_off = float(np.mean(-s2 - s2 * s2 + 2 * s3)) / max(k * (k - 1), 1)
-    return RowStats(p.mean(axis=0), p.T @ p / n, w_diag, w_off)
+    return RowStats(p.mean(axis=0), p.T @ p / n, w_diag, w_off, p)

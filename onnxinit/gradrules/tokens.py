@@ -20,7 +20,8 @@ How the rules carry it:
   ``Sigma'[s, t] = E[a_s a_t] (Sigma[s, t] + m^2) - m'^2`` off the diagonal, with
   ``E[a_s a_t] = E[a]^2`` (tokens' factors independent) or, when the forward tensor carries a
   token correlation, ``E[a]^2`` plus Mehler's covariance of ``a`` (:mod:`onnxinit.rules.hermite`);
-* sums from several uses (:func:`summed`): covariances add;
+* sums from several uses (:func:`summed`): covariances add (a part whose field is elsewhere
+  taken as independent tokens);
 * layout ops: the token axes follow (:func:`moved`, :func:`transposed`).
 """
 
@@ -66,12 +67,14 @@ def same_place(a: Tokens, b: Tokens) -> bool:
 
 def summed(parts: list[tuple[Tokens | None, float]]) -> Tokens | None:
     """The field of a sum of independent gradients (``(field, pooled variance)`` each; a part
-    without a field has independent tokens: ``var * I``)."""
-    fields = [t for t, _ in parts if t is not None]
-    if not fields or any(not same_place(t, fields[0]) for t in fields):
+    without a field, or with one on other axes than the largest part's, has independent
+    tokens: ``var * I``; q, k and v of a fused projection, k's field along its features)."""
+    fields = [(t, v) for t, v in parts if t is not None]
+    if not fields:
         return None
-    ref = fields[0]
-    sig = sum(v * (t.cov if t is not None else np.eye(ref.n)) for t, v in parts)
+    ref = max(fields, key=lambda tv: tv[1])[0]
+    sig = sum(v * (t.cov if t is not None and same_place(t, ref) else np.eye(ref.n))
+              for t, v in parts)
     out = make([0], 1, sig, ref.stride)
     return None if out is None else Tokens(ref.axis, ref.span, out.cov, ref.stride)
 
