@@ -81,10 +81,14 @@ def _query_sharing(p: pairs.Pair) -> float:
     return off / diag if diag > 0 else 0.0
 
 
-def _operand(ctx: GradContext, index: int, shape) -> pairs.Operand:
+def _operand(ctx: GradContext, index: int, shape, y: pairs.Pair | None = None) -> pairs.Operand:
+    """Operand ``index`` of the MatMul; softmax rows weighted by the second moment of dY's
+    query (``y``: the rows a zero gradient multiplies do not count)."""
     logits = softmax_logits(ctx, index) if index == 0 else None
     if logits is not None:
-        rows = row_stats(*logits_of(ctx.graph, ctx.forward, logits, shape))
+        weights = None if y is None else np.diag(pairs.along(y, -2))
+        rows = row_stats(*logits_of(ctx.graph, ctx.forward, logits, shape),
+                         query_weights=weights)
         return pairs.probabilities(rows, shape[-2])
     return pairs.of_moments(ctx.x(index), shape)
 
@@ -122,7 +126,7 @@ def matmul_activations(grads, ctx: GradContext):
     g = grads[0]
     gm, gv = g.total()
     y = g.pair if g.pair is not None else pairs.of_gradient(gv, gm, g.tokens, y_shape)
-    a, b = _operand(ctx, 0, a_shape), _operand(ctx, 1, b_shape)
+    a, b = _operand(ctx, 0, a_shape, y), _operand(ctx, 1, b_shape)
     keep = softmax_logits(ctx, 0) is not None
     pa, pb = pairs.contract_left(y, b), pairs.contract_right(a, y)
     logits = softmax_after(ctx)

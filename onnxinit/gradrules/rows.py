@@ -42,6 +42,7 @@ class RowStats:
     w_diag: float
     w_off: float
     samples: np.ndarray | None = None  # [n, K] drawn rows of P
+    weights: np.ndarray | None = None  # [n] their weights (mean 1), None: equal
 
     @property
     def keys(self) -> int:
@@ -56,9 +57,10 @@ class RowStats:
             w[np.diag_indices(k)] = self.w_diag * (1.0 if d is None else float(np.mean(d)))
             return w
         p = self.samples
+        w = np.ones(p.shape[0]) if self.weights is None else self.weights
         d = np.ones(self.keys) if d is None else np.broadcast_to(d, (self.keys,))
         n = p.shape[0]
-        pd = p * p * d
+        pd = p * p * d * w[:, None]
         cross = p.T @ pd / n  # E[P_k P_l^2 d_l]
         out = (p * pd.sum(axis=1, keepdims=True)).T @ p / n - cross - cross.T
         out[np.diag_indices(self.keys)] += pd.mean(axis=0)
@@ -69,8 +71,10 @@ class RowStats:
         return np.diag(self.mean) - self.second
 
 
-def _rows(x: Moments, shape) -> tuple[np.ndarray, np.ndarray]:
-    """[R, K] means and variances of the distinct rows of logits ``x``."""
+def _rows(x: Moments, shape, query_weights=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[R, K] means and variances of the distinct rows of logits ``x`` and [R] their weights:
+    ``query_weights[q]`` of the row's query (axis -2) when the statistics vary along it (rows
+    of weight 0 left out), else 1."""
     rank, k = len(shape), shape[-1]
     mean = np.asarray(x.mean, dtype=np.float64)
     var = np.asarray(x.var, dtype=np.float64)
@@ -79,14 +83,22 @@ def _rows(x: Moments, shape) -> tuple[np.ndarray, np.ndarray]:
     both = np.broadcast_shapes(mean.shape, var.shape, (1,) * (rank - 1) + (k,))
     mean = np.broadcast_to(mean, both).reshape(-1, k)
     var = np.broadcast_to(var, both).reshape(-1, k)
+    weight = np.ones(len(mean))
+    if query_weights is not None and rank >= 2 and both[-2] == len(query_weights) > 1:
+        weight = np.asarray(query_weights, np.float64)[np.arange(len(mean)) % both[-2]]
+        keep = weight > 0
+        if keep.any():
+            mean, var, weight = mean[keep], var[keep], weight[keep]
+        else:
+            weight = np.ones(len(mean))
     if len(mean) > MAX_ROWS:
         pick = np.linspace(0, len(mean) - 1, MAX_ROWS).astype(np.int64)
-        mean, var = mean[pick], var[pick]
+        mean, var, weight = mean[pick], var[pick], weight[pick]
     t = x.tokens
     if t is not None and t.axis == -1 and t.span == 1 and t.n == k and k > 1:
         off = (t.cov.sum() - np.trace(t.cov)) / (k * (k - 1))
         var = var * np.maximum(np.diag(t.cov) - off, 0.0)  # less what the row shares
-    return mean, var
+    return mean, var, weight / weight.mean()
 
 
 def _distinct_rows(x: Moments, shape) -> int:
@@ -120,14 +132,16 @@ def logits_of(graph, forward, name: str, shape) -> tuple[Moments, tuple]:
 
 def row_variance(logits: Moments, shape) -> float:
     """The logits' variance within a row (less what the row shares), over unmasked keys."""
-    mean, var = _rows(logits, shape)
+    mean, var, _ = _rows(logits, shape)
     finite = np.isfinite(mean)
     return float(var[finite].mean()) if finite.any() else 0.0
 
 
-def row_stats(logits: Moments, shape, seed: int = 0) -> RowStats:
-    """The row statistics of ``softmax(logits)`` over the last axis (module docstring)."""
-    mean, var = _rows(logits, shape)
+def row_stats(logits: Moments, shape, seed: int = 0, query_weights=None) -> RowStats:
+    """The row statistics of ``softmax(logits)`` over the last axis (module docstring), the
+    rows weighted by ``query_weights`` (per query: the second moment of the gradient that
+    multiplies them, ``dV = P^T dY``; a zero-padded query's rows count for nothing)."""
+    mean, var, weight = _rows(logits, shape, query_weights)
     rows, k = mean.shape
     draws = max(16, DRAWS // (rows * k))
     rng = np.random.default_rng([seed, k, rows])
@@ -139,8 +153,10 @@ def row_stats(logits: Moments, shape, seed: int = 0) -> RowStats:
         p = np.exp(z - np.where(np.isfinite(top), top, 0.0))
         p = p / p.sum(axis=-1, keepdims=True)
     p = np.nan_to_num(p).reshape(-1, k)
+    w = np.repeat(weight, draws)
     n = p.shape[0]
     s2, s3 = (p * p).sum(axis=1), (p**3).sum(axis=1)
-    w_diag = float(np.mean(s2 - 2 * s3 + s2 * s2)) / k
-    w_off = float(np.mean(-s2 - s2 * s2 + 2 * s3)) / max(k * (k - 1), 1)
-    return RowStats(p.mean(axis=0), p.T @ p / n, w_diag, w_off, p)
+    w_diag = float(np.mean(w * (s2 - 2 * s3 + s2 * s2))) / k
+    w_off = float(np.mean(w * (-s2 - s2 * s2 + 2 * s3))) / max(k * (k - 1), 1)
+    return RowStats((p * w[:, None]).mean(axis=0), (p * w[:, None]).T @ p / n, w_diag, w_off,
+                    p, w)

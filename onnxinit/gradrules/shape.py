@@ -343,6 +343,8 @@ def pad(grads, ctx: GradContext):
 
     if not (varies(g.mean) or varies(g.var)):
         return [replace(g.scaled_second(share), tokens=tokens, pair=None)] + rest
+    if share != 1.0:  # the field spells out each padded place: its profile is the finer one
+        return [replace(g.pooled().scaled_second(share), tokens=tokens)] + rest
 
     def cut(a):
         if np.ndim(a) != rank:

@@ -11,10 +11,13 @@ the output and the moment closure E[p^3] ~ E[p^2]^2 / E[p] (exact for a constant
 When the output gradient carries its second moments over the last two axes (``pair``, from
 the attention MatMul P V, :mod:`.attention`), the rule follows them instead
 (:func:`.pairs.softmax_backward`): what a row's dP share cancels, what the queries' dP share
-passes on (along the query axis, to the keys' gradient).
+passes on (along the query axis, to the keys' gradient); the rows weighted by their query's
+share of dP (a zero-padded query's rows, whose dP is zero, count for nothing).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from . import pairs
 from .rows import logits_of, row_stats
@@ -33,7 +36,8 @@ def softmax(grads, ctx: GradContext):
     logits = logits_of(ctx.graph, ctx.forward, ctx.node.input[0], shape) \
         if ctx.node.input[0] in ctx.forward else None
     if g.pair is not None and logits is not None and axis == len(shape) - 1 and pairs.fits(shape):
-        p = pairs.softmax_backward(g.pair, row_stats(*logits))
+        rows = row_stats(*logits, query_weights=np.diag(pairs.along(g.pair, -2)))
+        p = pairs.softmax_backward(g.pair, rows)
         return [Gradient(0.0, max(pairs.second(p), 0.0),
                          tokens=pairs.token_field(p, -2, len(shape)), pair=p)]
     if axis == len(shape) - 1 and k <= pairs.MAX_SIDE and logits is not None:
