@@ -104,7 +104,6 @@ def contract_right(a: Operand, y: Pair) -> Pair:
 def softmax_backward(p: Pair, rows: RowStats) -> Pair:
     """The pair of dS = P * (dP - sum_j P_.j dP_.j) from that of dP (module docstring)."""
     m = rows.projection()
-    k = rows.keys
     terms = []
     for r, c in p:
         diag = np.diag(c)
