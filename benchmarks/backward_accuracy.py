@@ -9,7 +9,8 @@ output with uniformly drawn labels).
 Models: the committed samples (``sample_models/``), torchvision ResNet-18/50 with and without
 normalization (``norm_layer=Identity``), VGG-11, a 4-layer BERT built from a config (hidden 128,
 4 heads, sequence 32; the loss on its last hidden state), and a 50-layer tanh MLP of width 64
-(PyTorch's default init), exported in training mode as the README says
+(PyTorch's default init), torchvision Swin-T and Swin V2-T at 64x64 (their own size: shifted
+windows, padding to whole windows), exported in training mode as the README says
 (``tests/real/exports.py``). Columns: tensors compared (those the loss depends on, measured
 non-zero), the share whose prediction is within 20% of the measured variance and within 2x,
 the median and the extremes of predicted/measured, the share of the parameters used once whose
@@ -44,7 +45,7 @@ def small_bert(seq: int):
 
 
 SAMPLES = ["small_cnn", "resnet20_bn", "resnet20_nobn", "tanh_mlp50", "transformer_postln"]
-# name: (builder, vocabulary for token inputs or 0)
+# name: (builder, vocabulary for token inputs or 0); SIZES: models measured at their own size
 EXPORTS = {
     "resnet18": (exports.BUILDERS["resnet18"], 0),
     "resnet18_nonorm": (exports._no_norm("resnet18"), 0),
@@ -53,7 +54,10 @@ EXPORTS = {
     "vgg11": (exports.BUILDERS["vgg11"], 0),
     "bert_small": (small_bert, 1000),
     "tanh_mlp50_torch": (mlp("tanh"), 0),
+    "swin_t": (exports.BUILDERS["swin_t"], 0),
+    "swin_v2_t": (exports.BUILDERS["swin_v2_t"], 0),
 }
+SIZES = {"swin_t": 64, "swin_v2_t": 64}  # 32x32 leaves Swin's last stage one token
 
 
 def model_path(name: str, directory: Path, size: int) -> Path:
@@ -62,6 +66,7 @@ def model_path(name: str, directory: Path, size: int) -> Path:
     import torch
 
     builder, vocab = EXPORTS[name]
+    size = SIZES.get(name, size)
     torch.manual_seed(0)
     module, shape = builder(32 if vocab else size)
     path = directory / f"{name}_{size}.onnx"

@@ -166,10 +166,21 @@ def times_independent(g: Gradient, p1, p2, positions: int) -> Gradient:
         f1, f2 = float(np.mean(p1)), float(np.mean(p2))
         gm, gv = g.total()
         tokens = through_factor(g.tokens, gm, gv, f1, f2)
-        if g.pair is not None and np.size(p2) == 1:
-            if abs(f1 * f1 - f2) <= 1e-6 * max(f2, 1e-300):  # a constant factor
-                pair = tuple((r * f2, c) for r, c in g.pair)
+        if g.pair is not None and _constant_over_matrices(p1, p2):
+            pair = tuple((r * f2, c) for r, c in g.pair)
     return Gradient(mean, var, sample_var, g.profile, cov, g.selected, tokens=tokens, pair=pair)
+
+
+def _constant_over_matrices(p1, p2) -> bool:
+    """The factor is a constant over the last two axes (a scale per head, ``[1, H, 1, 1]``: the
+    pair, averaged over the leading axes, takes its mean square)."""
+    p1, p2 = np.asarray(p1, dtype=np.float64), np.asarray(p2, dtype=np.float64)
+    for a in (p1, p2):
+        if a.ndim >= 2 and a.shape[-2:] != (1, 1):
+            spread = np.ptp(a, axis=(-2, -1))
+            if np.any(spread > 1e-9 * np.max(np.abs(a), axis=(-2, -1))):
+                return False
+    return bool(np.all(np.abs(p1 * p1 - p2) <= 1e-6 * np.maximum(p2, 1e-300)))
 
 
 def _feature_cov(g: Gradient, p1, p2, mean, var) -> np.ndarray | None:

@@ -201,16 +201,18 @@ def binary(grads, ctx: GradContext):
     signals = [i for i in (0, 1) if ctx.is_signal(i)]
     out_shape = ctx.out_shape()
     if len(signals) == 1:
-        found = node_function(ctx)
-        if found is None or found[0] is None:
-            raise RuleError("not element-wise")
-        f, which = found
+        which = signals[0]
         out = [None, None]
         if ctx.node.op_type in ("Add", "Sub"):  # d(x +- c)/dx = +-1 exactly (mask constants of
-            # finfo.min defeat a numerical derivative: x + h + c == c)
+            # finfo.min defeat a numerical derivative: x + h + c == c; a constant of any size:
+            # Swin V2's position bias [1, heads, N, N])
             part = g.scaled(-1.0) if ctx.node.op_type == "Sub" and which == 1 else g
             part = _shifted(part, ctx, which)
         else:
+            found = node_function(ctx)
+            if found is None or found[0] is None:
+                raise RuleError("not element-wise")
+            f, which = found
             part = through_function(g, f.fn, ctx.x(which), ctx, which=which)
         out[which] = reduce_to(part, out_shape, ctx.in_shape(which))
         out[1 - which] = _constant_gradient(g, ctx, which)

@@ -34,7 +34,7 @@ from . import keyvalue, pairs
 from .context import GradContext
 from .coupling import coupling
 from .gradient import Gradient
-from .rows import row_stats, row_variance
+from .rows import logits_of, row_stats, row_variance
 from .tokens import axes_of
 
 PASSING = ("Dropout", "Cast", "Identity")
@@ -81,10 +81,15 @@ def _query_sharing(p: pairs.Pair) -> float:
     return off / diag if diag > 0 else 0.0
 
 
-def _operand(ctx: GradContext, index: int, shape) -> pairs.Operand:
+def _operand(ctx: GradContext, index: int, shape, y: pairs.Pair | None = None) -> pairs.Operand:
+    """Operand ``index`` of the MatMul; softmax rows weighted by the second moment of dY's
+    query (``y``: the rows a zero gradient multiplies do not count)."""
     logits = softmax_logits(ctx, index) if index == 0 else None
     if logits is not None:
-        return pairs.probabilities(row_stats(ctx.forward[logits], shape), shape[-2])
+        weights = None if y is None else np.diag(pairs.along(y, -2))
+        rows = row_stats(*logits_of(ctx.graph, ctx.forward, logits, shape),
+                         query_weights=weights)
+        return pairs.probabilities(rows, shape[-2])
     return pairs.of_moments(ctx.x(index), shape)
 
 
@@ -121,13 +126,13 @@ def matmul_activations(grads, ctx: GradContext):
     g = grads[0]
     gm, gv = g.total()
     y = g.pair if g.pair is not None else pairs.of_gradient(gv, gm, g.tokens, y_shape)
-    a, b = _operand(ctx, 0, a_shape), _operand(ctx, 1, b_shape)
+    a, b = _operand(ctx, 0, a_shape, y), _operand(ctx, 1, b_shape)
     keep = softmax_logits(ctx, 0) is not None
     pa, pb = pairs.contract_left(y, b), pairs.contract_right(a, y)
     logits = softmax_after(ctx)
     if logits is not None:  # Q K^T: the probabilities depend on Q and K (coupling.py)
-        f_q, f_k = coupling(row_variance(ctx.forward[logits], y_shape), y_shape[-1],
-                            a_shape[-1], _query_sharing(y))
+        within = row_variance(*logits_of(ctx.graph, ctx.forward, logits, y_shape))
+        f_q, f_k = coupling(within, y_shape[-1], a_shape[-1], _query_sharing(y))
         pa = pairs.scaled(pa, f_q) + _key_value_term(ctx, logits, a_shape, y_shape)
         pb = pairs.scaled(pb, f_k)
     return [_gradient(pa, ctx, 0, a_shape, keep), _gradient(pb, ctx, 1, b_shape, False)]
@@ -144,7 +149,7 @@ def _key_value_term(ctx: GradContext, logits: str, a_shape, y_shape) -> pairs.Pa
     out_shape = ctx.graph.shape(found[1])
     if out_shape is None or not pairs.fits(out_shape):
         return ()
-    rows = row_stats(ctx.forward[logits], y_shape)
+    rows = row_stats(*logits_of(ctx.graph, ctx.forward, logits, y_shape))
     norm = keyvalue.random_norm(ctx, ctx.node.input[1], found[0], rows)
     if not norm:
         return ()

@@ -104,6 +104,16 @@ class Gradient:
         return Gradient(self.mean * f, self.var * f**2, sample_var, self.profile, cov,
                         tokens=self.tokens, pair=pair)
 
+    def scaled_second(self, share: float) -> Gradient:
+        """The gradient of elements whose second moment is ``share`` times the tensor's (the
+        token field's profile over a part taken, :mod:`.token_moves`), means kept."""
+        if share == 1.0:
+            return self
+        var = np.maximum(share * (self.var + self.mean**2) - self.mean**2, 0.0)
+        cov = None if self.cov is None else self.cov * share
+        sample_var = None if self.sample_var is None else self.sample_var * share
+        return replace(self, var=var, cov=cov, sample_var=sample_var)
+
     def plain(self) -> Gradient:
         """Mean and variance only."""
         return Gradient(self.mean, self.var)

@@ -12,10 +12,11 @@ independent::
 
 (``<X, Z> = sum X * Z``). A softmax over the last axis, ``dS = P * (dP - sum_j P_.j dP_.j)``,
 with P independent of dP and rows of P independent (:mod:`.rows`: ``M = E[diag(P)(I - 1 P^T)]``
-and ``W``, the within-row second moments for unit independent dP): a term ``(R, C)`` of dP gives
-``(R, M C M^T)`` between queries and within a query, plus ``(diag R, a (W - M M^T))`` within
-a query for the fluctuation of P, with ``a`` the part of C's variance the row does not share (a
-component a row's dP share cancels exactly; the fluctuation taken as for isotropic dP). The
+and ``W_a = E[A diag(a) A^T]``, the within-row second moments for dP independent across the row
+with variances a): a term ``(R, C)`` of dP gives ``(R, M C M^T)`` between queries and within a
+query, plus ``(diag R, W_a - M diag(a) M^T)`` within a query for the fluctuation of P, with
+``a_k`` the part of ``C_kk`` the row does not share among the keys dP reaches (a component a
+row's dP share cancels exactly; per key: zero-padded keys, whose values are zero, get no dP). The
 structure of C within a query is kept (values with per-token means give dP a low-rank C that
 ``dQ = dS K`` contracts with the keys' means).
 """
@@ -103,13 +104,16 @@ def contract_right(a: Operand, y: Pair) -> Pair:
 def softmax_backward(p: Pair, rows: RowStats) -> Pair:
     """The pair of dS = P * (dP - sum_j P_.j dP_.j) from that of dP (module docstring)."""
     m = rows.projection()
-    fluctuation = rows.within() - m @ m.T
-    k = rows.keys
     terms = []
     for r, c in p:
-        own = (np.trace(c) - (c.sum() - np.trace(c)) / max(k - 1, 1)) / k  # not row-shared
+        diag = np.diag(c)
+        support = diag > 1e-12 * max(float(diag.max()), 1e-300)  # keys dP reaches
+        n = int(support.sum())
+        inner = c[np.ix_(support, support)]
+        shared = (inner.sum() - np.trace(inner)) / max(n * (n - 1), 1)
+        own = np.where(support, np.maximum(diag - shared, 0.0), 0.0)  # per key, not row-shared
         terms.append((r, m @ c @ m.T))
-        terms.append((np.diag(np.diag(r)), own * fluctuation))
+        terms.append((np.diag(np.diag(r)), rows.within(own) - m @ np.diag(own) @ m.T))
     return _compact(terms)
 
 

@@ -2,7 +2,8 @@
 
 - GlobalAveragePool (S positions): ``dx = dy / S`` at every position of the sample:
   ``E = E[dy]/S``, ``Var = Var[dy]/S^2``, and the whole variance is a sample's spatial mean
-  (``sample_var = Var``).
+  (``sample_var = Var``), and the positions share it (the token field ``cov = 1``, read where
+  the map is put back to tokens: a Transpose to ``[N, H, W, C]``).
 - AveragePool (window of k taps): the Conv rule with weight 1/k on every tap of the own
   channel (zero padding counted, as ``count_include_pad=1``; the border windows of
   ``count_include_pad=0`` divide by fewer taps and are slightly larger).
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import itertools
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..rules.context import RuleError
@@ -26,6 +29,7 @@ from .context import GradContext
 from .gradient import Gradient, along
 from .linear import spread
 from .registry import rule
+from .tokens import shared
 
 
 @rule("GlobalAveragePool")
@@ -36,7 +40,8 @@ def global_average_pool(grads, ctx: GradContext):
     rank, c = len(shape), shape[1]
     s = int(np.prod(shape[2:]))
     m, v = g.channels(rank, c)
-    return [along(m / s, v / s**2, 1, rank, v / s**2, np.ones(shape[2:]))]
+    out = along(m / s, v / s**2, 1, rank, v / s**2, np.ones(shape[2:]))
+    return [replace(out, tokens=shared(list(range(2, rank)), rank, s))]
 
 
 @rule("AveragePool")

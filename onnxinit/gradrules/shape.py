@@ -25,11 +25,12 @@ import numpy as np
 from dataclasses import replace
 
 from ..rules.context import RuleError
-from ..rules.shape import pad_params
+from ..rules.shape import pad_params, slice_params
 from .arithmetic import reduce_to
 from .context import GradContext
 from .gradient import Gradient, along
 from .registry import rule
+from .token_moves import placed, taken, transposed_back
 from .tokens import axes_of, kept_unless, moved, summed, transposed
 
 MAX_DENSE = 1 << 20
@@ -100,7 +101,8 @@ def transpose(grads, ctx: GradContext):
     g = grads[0]
     rank = len(ctx.out_shape())
     perm = list(ctx.attr("perm", list(range(rank))[::-1]))
-    tokens = transposed(g.tokens, perm, rank)
+    tokens = transposed(g.tokens, perm, rank) or transposed_back(g.tokens, perm,
+                                                                   ctx.out_shape())
     pair = None
     if list(perm[:-2]) == list(range(rank - 2)):
         pair = g.pair if list(perm[-2:]) == [rank - 2, rank - 1] else (
@@ -116,7 +118,10 @@ def transpose(grads, ctx: GradContext):
     return [Gradient(mean, var, tokens=tokens, pair=pair)]
 
 
-def _slice_along(g: Gradient, axis: int, start: int, stop: int, size: int, rank: int) -> Gradient:
+def _slice_along(g: Gradient, axis: int, start: int, stop: int, out_shape) -> Gradient:
+    rank, size = len(out_shape), out_shape[axis]
+    in_shape = (*out_shape[:axis], stop - start, *out_shape[axis + 1:])
+    tokens, share = taken(g.tokens, out_shape, in_shape, {axis: np.arange(start, stop)})
     g = g.expand_rank(rank)
     if g.rank == rank:
         shape = np.broadcast_shapes(g.mean.shape, g.var.shape)
@@ -128,24 +133,83 @@ def _slice_along(g: Gradient, axis: int, start: int, stop: int, size: int, rank:
             sample_var = None
             if g.sample_var is not None and np.shape(g.sample_var) == shape:
                 sample_var = g.sample_var[tuple(index)]
-            return Gradient(mean, var, sample_var, g.profile,
-                            tokens=kept_unless(g.tokens, rank, [axis]))
-    return replace(g, tokens=kept_unless(g.tokens, rank, [axis]), pair=None, given=None)
+            return Gradient(mean, var, sample_var, g.profile, tokens=tokens)
+    return replace(g.scaled_second(share), tokens=tokens, pair=None, given=None)
 
 
 @rule("Concat")
 def concat(grads, ctx: GradContext):
-    """Each input receives its slice of dy."""
+    """Each input receives its slice of dy. A Concat of Slices of one tensor along its axis
+    that holds each index of it once (``torch.roll``) also sends dy, its indices moved back, to
+    that tensor as a whole (``ctx.redirect``; the Slices then send nothing): summed from the
+    Slices as independent parts it would lose the token covariance between them."""
     g = grads[0]
     rank = len(ctx.out_shape())
     axis = int(ctx.attr("axis")) % rank
     out, start = [], 0
     for i in range(len(ctx.node.input)):
         size = ctx.in_shape(i)[axis]
-        part = _slice_along(g, axis, start, start + size, ctx.out_shape()[axis], rank)
+        part = _slice_along(g, axis, start, start + size, ctx.out_shape())
         out.append(part if ctx.is_signal(i) else None)
         start += size
+    rolled = roll_of(ctx, ctx.node)
+    if rolled is not None:
+        ctx.redirect[rolled[0]] = _unrolled(g, axis, rolled[1], ctx.out_shape())
     return out
+
+
+def roll_of(ctx: GradContext, node) -> tuple[str, np.ndarray] | None:
+    """``(source, where)`` when Concat ``node``'s inputs are Slices (used once) of one tensor
+    along the Concat's axis only, together holding each of its indices once: ``where[i]`` is
+    the output index of the source's index i."""
+    graph = ctx.graph
+    out_shape = graph.shape(node.output[0])
+    if out_shape is None:
+        return None
+    rank = len(out_shape)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % rank
+    source, order = None, []
+    for name in node.input:
+        producer = graph.producer.get(name)
+        piece = graph.node(producer) if producer is not None else None
+        if piece is None or piece.op_type != "Slice" or len(graph.consumers.get(name, [])) != 1:
+            return None
+        if source not in (None, piece.input[0]):
+            return None
+        source = piece.input[0]
+        shape, cut = graph.shape(source), graph.shape(name)
+        if shape is None or cut is None or len(shape) != rank or any(
+                shape[a] != cut[a] for a in range(rank) if a != axis):
+            return None
+        try:
+            params = slice_params(replace(ctx, node=piece, node_id=producer), rank)
+        except RuleError:
+            return None
+        index = np.arange(shape[axis])
+        for a, s, e, t in params:
+            if a == axis:
+                index = index[s:e:t]
+        order.append(index)
+    order = np.concatenate(order) if order else np.zeros(0, np.int64)
+    if source is None or not np.array_equal(np.sort(order), np.arange(out_shape[axis])):
+        return None
+    where = np.empty_like(order)
+    where[order] = np.arange(order.size)
+    return source, where
+
+
+def _unrolled(g: Gradient, axis: int, where: np.ndarray, out_shape) -> Gradient:
+    """dy with index ``where[i]`` along ``axis`` put back at i."""
+    rank = len(out_shape)
+    tokens, _ = taken(g.tokens, out_shape, out_shape, {axis: where})
+    g = g.expand_rank(rank)
+
+    def back(a):
+        a = np.asarray(a)
+        return np.take(a, where, axis=axis) if a.ndim == rank and a.shape[axis] > 1 else a
+
+    return Gradient(back(g.mean), back(g.var), cov=g.cov if axis != rank - 1 else None,
+                    tokens=tokens)
 
 
 def _with_zeros(g: Gradient, share: float) -> Gradient:
@@ -195,11 +259,25 @@ def slice_(grads, ctx: GradContext):
         if ctx.node.op_type == "Gather" and ctx.is_parameter(0):
             return [embedding(grads[0], ctx)] + [None] * (len(ctx.node.input) - 1)
         raise RuleError("Gather from a constant that is not a parameter")
+    if _in_roll(ctx):
+        return [None] * len(ctx.node.input)
     out_n = int(np.prod(ctx.out_shape()))
     in_n = int(np.prod(ctx.in_shape(0)))
     share = min(1.0, out_n / in_n)
     out = replace(_with_zeros(grads[0], share), tokens=_selected_tokens(grads[0], ctx))
     return [out] + [None] * (len(ctx.node.input) - 1)
+
+
+def _in_roll(ctx: GradContext) -> bool:
+    """The Slice's output is a piece of a roll (:func:`roll_of`), whose Concat sent the gradient
+    to the source already."""
+    if ctx.node.op_type != "Slice":
+        return False
+    uses = ctx.graph.consumers.get(ctx.node.output[0], [])
+    if len(uses) != 1:
+        return False
+    user = ctx.graph.node(uses[0][0])
+    return user.op_type == "Concat" and roll_of(ctx, user) is not None
 
 
 def _selected_tokens(g: Gradient, ctx: GradContext):
@@ -219,9 +297,19 @@ def _selected_tokens(g: Gradient, ctx: GradContext):
         return None
     if ctx.node.op_type == "Gather" and touched[0] >= in_axes[0]:
         return None  # a gathered axis after the tokens changes their place from the end
-    if any(a in in_axes for a in touched):
+    if not any(a in in_axes for a in touched):
+        return g.tokens
+    if ctx.node.op_type == "Gather":
         return None
-    return g.tokens
+    try:
+        params = slice_params(ctx, in_rank)
+    except RuleError:
+        return None
+    in_shape, out_shape = ctx.in_shape(0), ctx.out_shape()
+    picks = {a: np.arange(in_shape[a])[s:e:t] for a, s, e, t in params}
+    if any(len(p) != out_shape[a] for a, p in picks.items()):
+        return None
+    return placed(g.tokens, out_shape, in_shape, picks)
 
 
 def _slice_axes(ctx: GradContext, rank: int) -> list[int]:
@@ -247,12 +335,16 @@ def pad(grads, ctx: GradContext):
         return [g.plain()] + rest  # a crop, not a pad
     g = g.expand_rank(rank)
     padded = [a for a in range(rank) if out_shape[a] > in_shape[a]]
+    tokens, share = taken(g.tokens, out_shape, in_shape,
+                          {a: pads[a][0] + np.arange(in_shape[a]) for a in padded})
 
     def varies(a):
         return np.ndim(a) == rank and any(np.shape(a)[i] == out_shape[i] for i in padded)
 
     if not (varies(g.mean) or varies(g.var)):
-        return [g] + rest
+        return [replace(g.scaled_second(share), tokens=tokens, pair=None)] + rest
+    if share != 1.0:  # the field spells out each padded place: its profile is the finer one
+        return [replace(g.pooled().scaled_second(share), tokens=tokens)] + rest
 
     def cut(a):
         if np.ndim(a) != rank:
@@ -262,7 +354,7 @@ def pad(grads, ctx: GradContext):
             if i in padded and np.shape(a)[i] == out_shape[i] else slice(None)
             for i in range(rank))]
 
-    return [Gradient(cut(g.mean), cut(g.var))] + rest
+    return [Gradient(cut(g.mean), cut(g.var), tokens=tokens)] + rest
 
 
 @rule("Expand")

@@ -11,13 +11,16 @@ the output and the moment closure E[p^3] ~ E[p^2]^2 / E[p] (exact for a constant
 When the output gradient carries its second moments over the last two axes (``pair``, from
 the attention MatMul P V, :mod:`.attention`), the rule follows them instead
 (:func:`.pairs.softmax_backward`): what a row's dP share cancels, what the queries' dP share
-passes on (along the query axis, to the keys' gradient).
+passes on (along the query axis, to the keys' gradient); the rows weighted by their query's
+share of dP (a zero-padded query's rows, whose dP is zero, count for nothing).
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import pairs
-from .rows import row_stats
+from .rows import logits_of, row_stats
 from .context import GradContext
 from .gradient import Gradient
 from .registry import rule
@@ -30,13 +33,16 @@ def softmax(grads, ctx: GradContext):
     shape = ctx.out_shape()
     axis = int(ctx.attr("axis", -1)) % len(shape)
     k = shape[axis]
-    if g.pair is not None and axis == len(shape) - 1 and pairs.fits(shape):
-        p = pairs.softmax_backward(g.pair, row_stats(ctx.x(0), shape))
+    logits = logits_of(ctx.graph, ctx.forward, ctx.node.input[0], shape) \
+        if ctx.node.input[0] in ctx.forward else None
+    if g.pair is not None and logits is not None and axis == len(shape) - 1 and pairs.fits(shape):
+        rows = row_stats(*logits, query_weights=np.diag(pairs.along(g.pair, -2)))
+        p = pairs.softmax_backward(g.pair, rows)
         return [Gradient(0.0, max(pairs.second(p), 0.0),
                          tokens=pairs.token_field(p, -2, len(shape)), pair=p)]
-    if axis == len(shape) - 1 and k <= pairs.MAX_SIDE and ctx.x(0) is not None:
+    if axis == len(shape) - 1 and k <= pairs.MAX_SIDE and logits is not None:
         _, v = g.total()
-        return [Gradient.scalar(0.0, v * max(row_stats(ctx.x(0), shape).w_diag, 0.0))]
+        return [Gradient.scalar(0.0, v * max(row_stats(*logits).w_diag, 0.0))]
     p_mean, p_var = ctx.y(0).total()
     p2 = p_var + p_mean**2
     p3 = p2 * p2 / max(p_mean, 1e-30)

@@ -20,7 +20,8 @@ How the rules carry it:
   ``Sigma'[s, t] = E[a_s a_t] (Sigma[s, t] + m^2) - m'^2`` off the diagonal, with
   ``E[a_s a_t] = E[a]^2`` (tokens' factors independent) or, when the forward tensor carries a
   token correlation, ``E[a]^2`` plus Mehler's covariance of ``a`` (:mod:`onnxinit.rules.hermite`);
-* sums from several uses (:func:`summed`): covariances add;
+* sums from several uses (:func:`summed`): covariances add (a part whose field is elsewhere
+  taken as independent tokens);
 * layout ops: the token axes follow (:func:`moved`, :func:`transposed`).
 """
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Tokens
-from ..rules.token_field import reshaped_token_axes
+from ..rules.token_field import inner_blocks, reshaped_token_axes
 
 MAX_TOKENS = 4096
 
@@ -66,12 +67,14 @@ def same_place(a: Tokens, b: Tokens) -> bool:
 
 def summed(parts: list[tuple[Tokens | None, float]]) -> Tokens | None:
     """The field of a sum of independent gradients (``(field, pooled variance)`` each; a part
-    without a field has independent tokens: ``var * I``)."""
-    fields = [t for t, _ in parts if t is not None]
-    if not fields or any(not same_place(t, fields[0]) for t in fields):
+    without a field, or with one on other axes than the largest part's, has independent
+    tokens: ``var * I``; q, k and v of a fused projection, k's field along its features)."""
+    fields = [(t, v) for t, v in parts if t is not None]
+    if not fields:
         return None
-    ref = fields[0]
-    sig = sum(v * (t.cov if t is not None else np.eye(ref.n)) for t, v in parts)
+    ref = max(fields, key=lambda tv: tv[1])[0]
+    sig = sum(v * (t.cov if t is not None and same_place(t, ref) else np.eye(ref.n))
+              for t, v in parts)
     out = make([0], 1, sig, ref.stride)
     return None if out is None else Tokens(ref.axis, ref.span, out.cov, ref.stride)
 
@@ -111,7 +114,10 @@ def cross_gain(a: Tokens | None, b: Tokens | None, n: int) -> float:
 def moved(t: Tokens | None, from_shape, to_shape) -> Tokens | None:
     """The field after a reshape from ``from_shape`` to ``to_shape`` (same elements, same
     order): the token digit of the flat index keeps its place (as the forward field,
-    :func:`onnxinit.rules.tokens.carry`); None when it is split between axes."""
+    :func:`onnxinit.rules.tokens.carry`); None when it is split between axes. A field that
+    would reach into the batch axis (windows of a map merged into the batch: ``[B, nW, N, C]
+    -> [B nW, N, C]``) keeps the covariance within one group of the inner axes (the mean of
+    its diagonal blocks), as the windows' attention sees it."""
     axes = axes_of(t, len(from_shape))
     if axes is None or from_shape is None or to_shape is None:
         return None
@@ -119,6 +125,12 @@ def moved(t: Tokens | None, from_shape, to_shape) -> Tokens | None:
     if placed is None:
         return None
     out_axes, stride = placed
+    if out_axes[0] == 0 and len(out_axes) > 1 and stride == 1:
+        size = int(np.prod([to_shape[a] for a in out_axes[1:]], dtype=np.int64))
+        cov = inner_blocks(t, size) if size > 1 else None
+        if cov is None:
+            return None
+        return Tokens(out_axes[1] - len(to_shape), len(out_axes) - 1, cov, 1)
     return Tokens(out_axes[0] - len(to_shape), len(out_axes), t.cov, stride)
 
 
