@@ -10,7 +10,7 @@ import numpy as np
 from .batch_energy import carried
 from .context import RuleContext
 from .energy_fields import channel_var, gaussian_local
-from .linear import begin_pads
+from .conv_geometry import begin_pads
 
 
 def channel_shape(graph, name: str):

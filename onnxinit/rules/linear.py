@@ -26,6 +26,8 @@ from .attention import matmul_activations
 from .covariance_readers import cross_term_factor, feature_cross_term_factor
 from . import cross_fields
 from .copies import copy_cells
+from .conv_geometry import begin_pads
+from .pooled_energy import shared_cross_terms
 from .pooled_features import cross_terms, pooled_correlation
 from .context import RuleContext, RuleError, signal
 from .registry import rule
@@ -60,34 +62,6 @@ def _mix(a: np.ndarray, b: np.ndarray, bias: np.ndarray, patterns, weights):
     mean = weights @ e
     var = weights @ v + weights @ (e - mean) ** 2
     return mean, var
-
-
-def begin_pads(ctx: RuleContext, in_sizes, out_sizes, kernel, strides, dilations,
-               transpose=False):
-    """Begin pads per spatial axis, with auto_pad resolved from the static shapes.
-
-    ConvTranspose with ``output_shape`` (ONNX spec): total_i = stride_i * (in_i - 1) +
-    output_padding_i + ((k_i - 1) * dilation_i + 1) - out_i; begin_i = total_i // 2 for
-    SAME_UPPER, else (SAME_LOWER, and NOTSET with output_shape) total_i - total_i // 2.
-    """
-    n = len(kernel)
-    auto_pad = ctx.attr("auto_pad", "NOTSET")
-    from_output_shape = transpose and ctx.attr("output_shape") is not None
-    if auto_pad in ("NOTSET", "") and not from_output_shape:
-        return list(ctx.attr("pads", [0] * 2 * n))[:n]
-    if auto_pad == "VALID":
-        return [0] * n
-    begins = []
-    for i in range(n):
-        extent = (kernel[i] - 1) * dilations[i] + 1
-        if transpose:
-            out_pad = ctx.attr("output_padding", [0] * n)[i]
-            total = max(0, strides[i] * (in_sizes[i] - 1) + out_pad + extent - out_sizes[i])
-            begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
-        else:
-            total = max(0, (out_sizes[i] - 1) * strides[i] + extent - in_sizes[i])
-            begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
-    return begins
 
 
 def _geometry(ctx: RuleContext, w_shape):
@@ -204,6 +178,10 @@ def conv(inputs, ctx: RuleContext):
     factor = cross_term_factor(ctx, w)  # correlated input channels (a 1x1 Conv's output)
     if factor is not None:
         var = var * factor.reshape((-1,) + (1,) * (var.ndim - 1))
+    if groups == 1 and all(k == 1 for k in kernel) and all(d == 1 for d in x_shape[2:]):
+        shared = shared_cross_terms(ctx, w.reshape(c_out, -1).T)  # squeeze-excite conv
+        if shared is not None:
+            var = np.maximum(var + shared.reshape((-1,) + (1,) * (var.ndim - 1)), 0.0)
     corr_in = sp.corr if sp.corr is not None else correlation.independent(1, x_shape[2:])
     corr, _ = correlation.conv(corr_in, within_variance(sp, c_in), w, groups, strides,
                                dilations, y_shape[2:])
@@ -297,7 +275,12 @@ def _dense(mu, nu, w_in_out: np.ndarray, bias: np.ndarray | float = 0.0, scale: 
 def _pooled(ctx: RuleContext, skip: bool, nu, w, var, scale: float = 1.0):
     """``var`` plus the cross terms of correlated pooled channels when the input is a global
     spatial mean of a tensor with a cross-channel field (:mod:`.pooled_features`)."""
-    corr = None if skip else pooled_correlation(ctx, ctx.node.input[0], w.shape[0])
+    if skip:
+        return var
+    shared = shared_cross_terms(ctx, w)  # the pooled channels' shared energy
+    if shared is not None:
+        var = np.maximum(var + scale**2 * shared, 0.0)
+    corr = pooled_correlation(ctx, ctx.node.input[0], w.shape[0])
     if corr is None:
         return var
     return np.maximum(var + scale**2 * cross_terms(corr, nu, w), 0.0)

@@ -34,6 +34,13 @@ _POOLS = frozenset(("GlobalAveragePool", "ReduceMean"))
 def _pool_input(ctx, tensor: str, channels: int) -> str | None:
     """The tensor X whose mean over every spatial position ``tensor`` is, with its channels
     as ``tensor``'s features (layout ops with ``channels`` features between); None else."""
+    found = pool_node(ctx, tensor, channels)
+    return None if found is None else ctx.graph.node(found).input[0]
+
+
+def pool_node(ctx, tensor: str, channels: int) -> str | None:
+    """The id of the global spatial mean (GlobalAveragePool, ReduceMean over the spatial axes)
+    ``tensor`` is, with its channels as ``tensor``'s features (layout ops between); None else."""
     graph = ctx.graph
     for _ in range(4):
         node_id = graph.producer.get(tensor)
@@ -63,7 +70,7 @@ def _pool_input(ctx, tensor: str, channels: int) -> str | None:
     out = graph.shape(tensor)
     if out is None or int(np.prod(out[1:])) != channels:
         return None
-    return node.input[0]
+    return node_id
 
 
 def pooled_correlation(ctx, tensor: str, channels: int) -> np.ndarray | None:
@@ -102,4 +109,4 @@ def cross_terms(corr: np.ndarray, var: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.einsum("cj,cd,dj->j", w, cov, w)
 
 
-__all__ = ["cross_terms", "pooled_correlation"]
+__all__ = ["cross_terms", "pool_node", "pooled_correlation"]

@@ -357,14 +357,22 @@ def pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     """dVar per channel that the shared energy adds to a mean over every position of
     ``x = f(z)`` (the node's input 0; module docstring); None where x is not an element-wise
     chain of a Gaussian or nothing is shared."""
+    rows = shared_deviations(ctx, x, x_shape)
+    return None if rows is None else (rows * rows).sum(axis=0)
+
+
+def shared_deviations(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
+    """``[R, C]``: the pooled means' deviations at the points of the shared energy, weighted
+    so that ``dVar_c = sum_r D_rc^2`` and the pooled channels' covariance through the shared
+    energy is ``sum_r D_rc D_rc'`` (the node's input 0 pooled, as :func:`pooled_shared`)."""
     try:
         with np.errstate(all="ignore"):
-            return _pooled_shared(ctx, x, tuple(x_shape))
+            return _shared_deviations(ctx, x, tuple(x_shape))
     except (ValueError, IndexError, KeyError, TypeError, RuleError):
         return None
 
 
-def _pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
+def _shared_deviations(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     graph, known, name = ctx.graph, ctx.known, ctx.node.input[0]
     if known is None or len(x_shape) < 3 or not _is_chain(graph, ctx, known, name):
         return None
@@ -382,7 +390,7 @@ def _pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     two_point = {k: f for k, f in found[3].items() if f[2]}
     eta, alpha = regression(found[0], found[2],
                             {k: f for k, f in found[3].items() if k not in two_point})
-    dvar = np.zeros(c)
+    rows = []
     if eta > 0:
         sig2, wts = mixture_nodes(np.full(c, eta * kept))
         s_src = np.sqrt(np.maximum(source_var(x, shape), 1e-300))
@@ -394,14 +402,18 @@ def _pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
                 return None
             means.append(got[1] @ got[0])
         means = np.stack(means)  # [3, C]
-        dvar = dvar + wts @ (means - wts @ means) ** 2
+        rows.extend(np.sqrt(wts)[:, None] * (means - wts @ means))
     for e, a, p in two_point.values():
         got = pooled_factor(x, shape, known[base], e * kept, a, p)
         if got is None:
             return None
-        dvar = dvar + got
-    if not np.any(dvar > 0):
+        rows.append(got)
+    if not rows:
         return None
-    return dvar if np.all(np.isfinite(dvar)) else None
+    rows = np.stack(rows)
+    if not (np.all(np.isfinite(rows)) and np.any(rows != 0)):
+        return None
+    return rows
 
-__all__ = ["law", "pooled_shared", "shared_energy"]
+
+__all__ = ["law", "pooled_shared", "shared_deviations", "shared_energy"]

@@ -109,13 +109,14 @@ def chain_factor(m: Moments, shape, z: Moments, eta: float, alpha_z: np.ndarray,
 
 
 def pooled_factor(m: Moments, shape, z: Moments, eta: float, alpha_z: np.ndarray, p: float):
-    """``Var_eps E_t f`` per channel of a two-point factor at a global pool of ``f(z)``:
-    ``p q (M_1 - M_0)^2`` (:func:`chain_factor`'s ``M_i``); None where f is not finite."""
+    """``sqrt(p q) (M_1 - M_0)`` per channel of a two-point factor at a global pool of
+    ``f(z)`` (:func:`chain_factor`'s ``M_i``): its square is ``Var_eps E_t f``, its outer
+    product the pooled channels' covariance; None where f is not finite."""
     found = _at_points(m, shape, z, eta, alpha_z, p)
     if found is None:
         return None
     prob, means, _ = found
-    return prob[0] * prob[1] * (means[1] - means[0]) ** 2
+    return math.sqrt(prob[0] * prob[1]) * (means[1] - means[0])
 
 
 def sum_factors(a: Factors, b: Factors, share: float, minus: bool = False) -> Factors:
