@@ -83,3 +83,23 @@ def test_autoinit_leaves_an_unrolled_recurrent_weight_as_initialised():
     assert 0.1 < var < 10
     predicted = next(t for t in analyze(result.model, batch_size=256).tensors if t.name == "h19")
     assert predicted.var == pytest.approx(var, rel=0.15)
+
+
+@pytest.mark.parametrize("op", ["ReduceL2", "ReduceSumSquare"])
+def test_length_of_correlated_features(op):
+    """The length of each token's features (``F.normalize``'s divisor) after a 2x2 patch
+    embedding of one channel and a dense layer: 32 features spanned by 4 pixels, so their
+    squares move together. Summed as independent, the squares' variance was 0.14x (ReduceL2:
+    0.16x) onnxruntime's; with the features' covariance (the Gaussian quadratic form's
+    cumulants) 1.03x (0.96x)."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Transpose", ["p"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["t", "w2"], ["y"]),
+             helper.make_node(op, ["y"], ["n"], axes=[-1], keepdims=1)]
+    model = make_model(nodes, [_value("x", (512, 1, 8, 8))], [_value("n", (512, 4, 4, 1))],
+                       [_const("w1", rng.standard_normal((16, 1, 2, 2)) / 2),
+                        _const("w2", rng.standard_normal((16, 32)) / 4)], opset=17)
+    n = next(t for t in analyze(model, measure=True).tensors if t.name == "n")
+    assert n.var == pytest.approx(n.measured_var, rel=0.1)
+    assert n.mean == pytest.approx(n.measured_mean, rel=0.05)
