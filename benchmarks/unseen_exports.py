@@ -273,8 +273,8 @@ def build(name: str):
         return VisionTransformer(**keywords), shape, 0
     module = torchvision.models if family == "models" else getattr(torchvision.models, family)
     if family == "optical_flow":  # two images stacked on the channel axis; the last flow
-        return Output(getattr(module, name)(weights=None, **keywords),
-                      lambda m, x: m(x[:, :3], x[:, 3:])[-1]), shape, 0
+        return Output(getattr(module, name)(weights=None),
+                      lambda m, x: m(x[:, :3], x[:, 3:], **keywords)[-1]), shape, 0
     if family == "segmentation":
         model = getattr(module, name)(weights=None, weights_backbone=None, **keywords)
         return Output(model, lambda m, x: m(x)["out"]), shape, 0

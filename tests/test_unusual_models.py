@@ -240,6 +240,19 @@ def _weights_of_two_ranks():
                       [_value("x24", shape=(8, 24))], [_value("y")], [rows, row])
 
 
+def _output_declared_int64():
+    """A float output declared int64 (a hand edit, or a converter's wrong dtype)."""
+    model = _matmul_relu()
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.INT64
+    return model
+
+
+def _undefined_initializer_type():
+    model = _matmul_relu()
+    model.graph.initializer[0].data_type = TensorProto.UNDEFINED
+    return model
+
+
 def _offset_past_end(entries):
     entries["offset"] = str(int(entries.get("offset", 0)) + 100_000)
 
@@ -304,6 +317,8 @@ CASES = {
                                            "onnxruntime cannot run it either"),
     "weights concatenated from two ranks": (_write(_weights_of_two_ranks),
                                             "onnxruntime refuses it too"),
+    "float output declared int64": (_write(_output_declared_int64), "onnxruntime refuses it too"),
+    "initializer of undefined type": (_write(_undefined_initializer_type), "no element type"),
 }
 
 COMMANDS = {
