@@ -4,6 +4,7 @@ mispredicted or refused, each in a small graph checked against onnxruntime's mea
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -128,3 +129,22 @@ def test_difference_from_a_running_maximum_that_never_binds():
     # a - min(a, 0.5) = relu(a - 0.5): a rectified tail, not a difference of independents
     excess = tensors["excess"]
     assert excess.var == pytest.approx(excess.measured_var, rel=0.1)
+
+
+def test_rescale_of_a_model_whose_only_weights_are_recurrent_says_so(tmp_path, capsys):
+    """A bidirectional GRU alone: every method rescales Conv, ConvTranspose, Gemm and MatMul
+    weights, so there is nothing to rescale; the error said "no float parameters" (the GRU's
+    W, R and B are float parameters)."""
+    from .cli import assert_one_line_error, run
+
+    rng = np.random.default_rng(0)
+    weights = [_const("W", rng.standard_normal((2, 48, 8)) / 3),
+               _const("R", rng.standard_normal((2, 48, 16)) / 4)]
+    node = helper.make_node("GRU", ["x", "W", "R"], ["y"], hidden_size=16,
+                            direction="bidirectional")
+    path = tmp_path / "gru.onnx"
+    onnx.save(make_model([node], [_value("x", (10, 4, 8))], [_value("y", (10, 2, 4, 16))],
+                         weights, opset=17), path)
+    code, out, err = run(["rescale", path, "--method", "autoinit", "-o", tmp_path / "r.onnx"],
+                         capsys)
+    assert_one_line_error(code, out, err, "recurrent layers (GRU)", "nothing to rescale")
