@@ -9,6 +9,11 @@ point (exit status, any traceback), and the rescaled model analysed again.
 
     python benchmarks/unseen_exports.py                          # every model, training mode
     python benchmarks/unseen_exports.py --models gemma,mamba --mode eval
+    python benchmarks/unseen_exports.py --models gru_bi,einsum --exporter dynamo --opset 18
+    python benchmarks/unseen_exports.py --models conv_decoder --opset 13 --batch1
+
+``--exporter dynamo`` needs onnxscript; ``--batch1`` exports batch 1 with static shapes. The
+torch modules (``gru_bi``, ``einsum``, ...) are in ``benchmarks/unseen_modules.py``.
 
 Each model runs in a subprocess with a time limit, so an export the exporter refuses is a row
 with its error. Exports go to ``ONNXINIT_EXPORT_CACHE`` when set (a temporary folder
@@ -90,7 +95,7 @@ TORCHVISION = {
     "mobilenet_v3_small": ("models", (3, 64, 64), {"width_mult": 0.75}),
     "mnasnet1_3": ("models", (3, 64, 64), {}),
     "ssdlite320_mobilenet_v3_large": ("detection", (3, 128, 128), {}),
-    "raft_small": ("optical_flow", (6, 64, 64), {"num_flow_updates": 2}),
+    "raft_small": ("optical_flow", (6, 128, 128), {"num_flow_updates": 2}),
     "vit_h_14_narrow": ("vit", (3, 56, 56), dict(image_size=56, patch_size=14, num_layers=2,
                                                  num_heads=16, hidden_dim=1280, mlp_dim=5120)),
 }
@@ -207,8 +212,6 @@ HF = {
               dict(embed_dim=32, image_size=[64, 64], patch_size=[7, 7], patch_stride=[4, 4],
                    patch_padding=[3, 3], depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8],
                    query_stride=[2, 2], masked_unit_size=[8, 8])),
-    "dinat_free_cvt": ("CvtConfig", "CvtModel", "pixels", (3, 64, 64), 0,
-                       dict(embed_dim=[32, 64, 128], num_heads=[1, 2, 4], depth=[1, 1, 1])),
     "swiftformer": ("SwiftFormerConfig", "SwiftFormerModel", "pixels", (3, 64, 64), 0,
                     dict(depths=[1, 1, 1, 1], embed_dims=[16, 32, 64, 128])),
     "mobilevitv2": ("MobileViTV2Config", "MobileViTV2Model", "pixels", (3, 64, 64), 0,
@@ -273,8 +276,8 @@ def build(name: str):
         return VisionTransformer(**keywords), shape, 0
     module = torchvision.models if family == "models" else getattr(torchvision.models, family)
     if family == "optical_flow":  # two images stacked on the channel axis; the last flow
-        return Output(getattr(module, name)(weights=None, **keywords),
-                      lambda m, x: m(x[:, :3], x[:, 3:])[-1]), shape, 0
+        return Output(getattr(module, name)(weights=None),
+                      lambda m, x: m(x[:, :3], x[:, 3:], **keywords)[-1]), shape, 0
     if family == "segmentation":
         model = getattr(module, name)(weights=None, weights_backbone=None, **keywords)
         return Output(model, lambda m, x: m(x)["out"]), shape, 0

@@ -99,6 +99,12 @@ def _refuse_unsupported(graph: ModelGraph) -> None:
             "carry quantization scales that rescaling would invalidate; rescale the float "
             "model before quantizing it"
         )
+    recurrent = sorted({graph.node(n).op_type for n in graph.order} & RECURRENT_HOLDERS)
+    if recurrent and not graph.parametric_nodes:
+        raise UnsupportedModelError(
+            f"{graph.name}: the model's weights are those of recurrent layers "
+            f"({', '.join(recurrent)}), which the methods leave as initialised (they rescale "
+            "Conv, ConvTranspose, Gemm and MatMul weights): nothing to rescale")
     if not graph.parameters:
         raise UnsupportedModelError(f"{graph.name}: the model has no float parameters to rescale")
 

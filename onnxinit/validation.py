@@ -107,6 +107,9 @@ def _stored(tensor: TensorProto) -> tuple[int, str] | None:
 def check_initializers(model: onnx.ModelProto, name: str) -> None:
     """Raise ModelLoadError naming the first initializer whose data does not fill its shape."""
     for tensor in model.graph.initializer:
+        if tensor.data_type == TensorProto.UNDEFINED:
+            raise ModelLoadError(f"{name}: initializer {tensor.name!r} has no element type "
+                                 "(data_type 0, UNDEFINED)")
         itemsize = _FIXED_SIZE.get(tensor.data_type)
         stored = _stored(tensor) if itemsize else None
         if stored is None:
@@ -161,7 +164,8 @@ def weight_mismatch(nodes, shapes: dict, constants: dict) -> str | None:
 # cannot exist. Other complaints (a training-mode BatchNormalization whose statistics outputs
 # a tool pruned, a declared output type) leave the computation defined: analysed.
 _UNCOMPUTABLE = ("Incompatible dimensions", "inconsistent type", "bound to different types",
-                 "not in range", "must be in", "Dimension mismatch", "must have same rank")
+                 "not in range", "must be in", "Dimension mismatch", "must have same rank",
+                 "elem type differs", "Invalid attribute")
 
 
 def says_uncomputable(message: str) -> bool:

@@ -240,6 +240,28 @@ def _weights_of_two_ranks():
                       [_value("x24", shape=(8, 24))], [_value("y")], [rows, row])
 
 
+def _output_declared_int64():
+    """A float output declared int64 (a hand edit, or a converter's wrong dtype)."""
+    model = _matmul_relu()
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.INT64
+    return model
+
+
+def _negative_transpose_perm():
+    """A Transpose with ``perm`` [0, -1, 1] (the TorchScript exporter writes such perms for
+    HF Mamba-2's mixer): onnx and onnxruntime both refuse it."""
+    return make_model([helper.make_node("Transpose", ["x3"], ["t"], perm=[0, -1, 1]),
+                       helper.make_node("MatMul", ["t", "w"], ["y"])],
+                      [_value("x3", shape=(8, 4, 16))], [_value("y", shape=(8, 16, 16))],
+                      [_weight(rows=4)])
+
+
+def _undefined_initializer_type():
+    model = _matmul_relu()
+    model.graph.initializer[0].data_type = TensorProto.UNDEFINED
+    return model
+
+
 def _offset_past_end(entries):
     entries["offset"] = str(int(entries.get("offset", 0)) + 100_000)
 
@@ -304,6 +326,9 @@ CASES = {
                                            "onnxruntime cannot run it either"),
     "weights concatenated from two ranks": (_write(_weights_of_two_ranks),
                                             "onnxruntime refuses it too"),
+    "float output declared int64": (_write(_output_declared_int64), "onnxruntime refuses it too"),
+    "initializer of undefined type": (_write(_undefined_initializer_type), "no element type"),
+    "negative Transpose perm": (_write(_negative_transpose_perm), "Invalid attribute perm"),
 }
 
 COMMANDS = {

@@ -269,6 +269,24 @@ def clip_function(ctx: RuleContext, rank):
     return _clip(lo, hi)
 
 
+@elementwise_function("Max", "Min")
+def extreme_function(ctx: RuleContext, rank):
+    """y = max(x, c) (min) of one signal and constants c, at any input index: Clip(x, c, inf)
+    (Clip(x, -inf, c)). Declared so a Max or Min by a constant is walked through like any
+    element-wise node: ``x - max(x, -1e38)`` (RWKV's running maximum, started at -1e38) is 0,
+    not the difference of independent terms."""
+    constants = [constant_input(ctx, i, rank) for i, name in enumerate(ctx.node.input)
+                 if name and not ctx.graph.is_signal(name)]
+    if not constants:
+        return None
+    pick = np.minimum if ctx.node.op_type == "Min" else np.maximum
+    c = constants[0]
+    for other in constants[1:]:
+        c = pick(c, other)
+    inf = np.float64(np.inf)
+    return _clip(-inf, c) if ctx.node.op_type == "Min" else _clip(c, inf)
+
+
 def _clip(lo, hi) -> ElementwiseFn:
     return _piecewise(("Clip", *digest(lo), *digest(hi)),
                       lambda x: np.minimum(np.maximum(x, lo), hi), _clip_pieces(lo, hi))

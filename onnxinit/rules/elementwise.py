@@ -136,6 +136,7 @@ def binary_function(ctx: RuleContext, rank: int | None, which: int) -> Elementwi
 
 
 _BINARY = ("Mul", "Add", "Sub", "Div", "Pow")
+_COMMUTATIVE = ("Max", "Min")  # variadic: the signal may be any input
 
 
 def _signal_index(node, graph) -> int | None:
@@ -159,11 +160,11 @@ def node_function(ctx: RuleContext) -> tuple[ElementwiseFn, int] | None:
     rank = rank_of(ctx)
     if node.op_type in _BINARY:
         return (binary_function(ctx, rank, which), which) if which in (0, 1) else None
-    if which != 0:
+    if which != 0 and node.op_type not in _COMMUTATIVE:
         return None
     factory = UNARY.get(node.op_type)
     fn = factory(ctx, rank) if factory is not None else None
-    return (fn, 0) if fn is not None else None
+    return (fn, which) if fn is not None else None
 
 
 def base_source(x: Moments, rank: int | None) -> Source:

@@ -20,6 +20,7 @@ from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
 from .maxima import max_moments
 from .pooling import pooled_extra, spatial_mean
 from .registry import rule
+from .square_sum_field import square_sum_factors
 from .table_rows import table_mean_square
 
 
@@ -196,6 +197,9 @@ def reduce_linear(inputs, ctx: RuleContext):
     cumulants = [expand(c, rank) for c in _element_cumulants(x, rank, kind)]
     # cumulants of a sum of independent terms add
     k1, k2, k3 = (k * c.mean(axis=axes, keepdims=True) for c in cumulants)
+    factors = square_sum_factors(ctx, x, x_shape, axes) if kind == "square" else None
+    if factors is not None:  # correlated features: their squares move together
+        k2, k3 = k2 * factors[0], k3 * factors[1]
     if op in ("ReduceSumSquare", "ReduceL1"):
         return [_finish(k1, k2, axes, keepdims)]
     e, var = _pearson(k1, k2, k3, np.sqrt if op == "ReduceL2" else np.log)

@@ -1,0 +1,51 @@
+"""The sum of squares of a token's correlated features (``ReduceSumSquare`` / ``ReduceL2``
+over the last axis: ``F.normalize``, a vector's length) with the features' covariance.
+
+The reduce rule sums the squares' cumulants as if the K features were independent. For a
+feature vector ``x ~ N(mu, S)`` the quadratic form ``Q = x^T x`` has (the cumulants of a
+Gaussian quadratic form)
+
+    k2 = 2 tr(S^2) + 4 mu^T S mu,     k3 = 8 tr(S^3) + 24 mu^T S^2 mu
+
+and independent features keep only S's diagonal. Features that are a linear map of fewer
+inputs (a dense layer after a patch or depthwise stage) have a low-rank S: their squares move
+together and ``Var Q`` is many times the independent sum (SwiftFormer's key norms: 15x). The
+factors here, full over diagonal, scale the reduce rule's k2 and k3, which keep the squares'
+own (non-Gaussian) cumulants.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..moments import Moments
+from .channel_covariance import covariance
+from .context import RuleContext
+
+
+def quadratic_cumulants(mu: np.ndarray, s: np.ndarray) -> tuple[float, float]:
+    """(k2, k3) of ``x^T x`` for ``x ~ N(mu, S)``: ``2 tr(S^2) + 4 mu^T S mu`` and
+    ``8 tr(S^3) + 24 mu^T S^2 mu``."""
+    s2 = s @ s
+    return (float(2 * np.trace(s2) + 4 * mu @ s @ mu),
+            float(8 * np.trace(s2 @ s) + 24 * mu @ s2 @ mu))
+
+
+def square_sum_factors(ctx: RuleContext, x: Moments, shape, axes) -> tuple[float, float] | None:
+    """(k2 factor, k3 factor) of the squares' sum over the last axis when its features carry a
+    field (module docstring), the per-feature means pooled over the other axes; None where
+    the reduction is over other axes or the features count as independent."""
+    rank = len(shape)
+    if sorted(a % rank for a in axes) != [rank - 1]:
+        return None
+    f = covariance(ctx, ctx.node.input[0])
+    n = shape[-1]
+    if f is None or f.axis != rank - 1 or f.head_axis is not None or f.cov.shape != (n, n):
+        return None
+    mu = np.broadcast_to(x.values_along(rank - 1, n)[0], (n,)).astype(np.float64)
+    s = np.asarray(f.cov, dtype=np.float64)
+    full = quadratic_cumulants(mu, s)
+    independent = quadratic_cumulants(mu, np.diag(np.diag(s)))
+    if min(independent) <= 0 or not all(np.isfinite(full)):
+        return None
+    return max(full[0], 0.0) / independent[0], max(full[1], 0.0) / independent[1]
