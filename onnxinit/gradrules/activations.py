@@ -42,7 +42,7 @@ from .context import GradContext
 from .conditional import pulled_back
 from .gradient import Gradient, last_axis
 from .registry import rule
-from .tokens import through_factor
+from .tokens import same_place, through_factor
 
 STEP = 1e-4
 
@@ -145,9 +145,11 @@ def positions_of(ctx: GradContext) -> int:
     return int(np.prod(shape[2:])) if len(shape) > 2 else 1
 
 
-def times_independent(g: Gradient, p1, p2, positions: int) -> Gradient:
+def times_independent(g: Gradient, p1, p2, positions: int, factor=None) -> Gradient:
     """``dy * a`` for a factor ``a`` independent of dy with E[a] = p1, E[a^2] = p2 per tracked
-    index (see the module docstring)."""
+    index (see the module docstring); ``factor``, a's forward moments, gives the covariance of
+    a across tokens where its token field lies where dy's does (a branch output times a
+    per-sample mask: the mask's gradient sums ``a dy`` over the tokens)."""
     rank = max(g.rank, np.ndim(p1), np.ndim(p2))
     g = g.expand_rank(rank)
     p1, p2 = expand(p1, rank), expand(p2, rank)
@@ -165,10 +167,18 @@ def times_independent(g: Gradient, p1, p2, positions: int) -> Gradient:
     if g.tokens is not None or g.pair is not None:
         f1, f2 = float(np.mean(p1)), float(np.mean(p2))
         gm, gv = g.total()
-        tokens = through_factor(g.tokens, gm, gv, f1, f2)
+        tokens = through_factor(g.tokens, gm, gv, f1, f2, _token_cov(factor, g.tokens))
         if g.pair is not None and _constant_over_matrices(p1, p2):
             pair = tuple((r * f2, c) for r, c in g.pair)
     return Gradient(mean, var, sample_var, g.profile, cov, g.selected, tokens=tokens, pair=pair)
+
+
+def _token_cov(factor, tokens) -> np.ndarray | None:
+    """``Cov(a_s, a_t)`` over tokens from a's forward field, where it matches ``tokens``."""
+    t = getattr(factor, "tokens", None)
+    if t is None or tokens is None or not same_place(t, tokens):
+        return None
+    return float(np.mean(factor.var)) * t.cov / max(float(np.mean(np.diag(t.cov))), 1e-300)
 
 
 def _constant_over_matrices(p1, p2) -> bool:

@@ -246,8 +246,8 @@ def binary(grads, ctx: GradContext):
         return [reduce_to(g, out_shape, a_shape), reduce_to(g.scaled(-1.0), out_shape, b_shape)]
     a, b = ctx.x(0), ctx.x(1)
     if op == "Mul":
-        da = times_independent(g, b.mean, b.var + b.mean**2, s)
-        db = times_independent(g, a.mean, a.var + a.mean**2, s)
+        da = times_independent(g, b.mean, b.var + b.mean**2, s, factor=b)
+        db = times_independent(g, a.mean, a.var + a.mean**2, s, factor=a)
         return [reduce_to(da, out_shape, a_shape), reduce_to(db, out_shape, b_shape)]
     if op == "Div":
         rank = rank_of(ctx)
