@@ -25,7 +25,12 @@ each variance first: softmax is invariant to adding the same value to a whole ro
 Keys correlated unevenly (a component shared by some keys only: the real keys of a zero-padded
 window against its constant padding) are sampled jointly (``key_groups.py``).
 
-What is not modelled: non-Gaussian logits other than an element-wise chain of a Gaussian.
+Sampled rows draw the spread of their variance across queries and, for cosine logits, the
+bounded cosine law (``logit_law.py``); P V reads the covariance of a jointly sampled softmax's
+probabilities (:func:`probability_covariance`).
+
+What is not modelled: non-Gaussian logits other than an element-wise chain of a Gaussian and
+cosines.
 """
 
 from __future__ import annotations
@@ -34,13 +39,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from .. import special
 from ..moments import Moments, compressed
 from .context import RuleContext, signal
-from .covariance_readers import row_variance_spread
 from .key_groups import COVARIANCE_DRAWS, correlated_rows, correlation_factor
-from .logit_path import WINDOWED, qk_matmul
-from .unit_rows import is_unit_rows
+from .logit_law import (cosine_deviates, cosine_dim, cosine_of, draw_scales, row_scales,
+                        row_spread)
 from .registry import rule
 from .token_field import token_axes
 
@@ -171,7 +174,7 @@ def _monte_carlo(rel, var, masked, log, rng, chain=(), spread=0.0, cosine=None):
                 # values is 16 MB of fresh pages, whose faults cost as much as the arithmetic
                 z = rng.standard_normal((c, n))
                 if cosine is not None:
-                    z = _cosine_of(z, cosine_deviates(cosine))
+                    z = cosine_of(z, cosine_deviates(cosine))
                 z *= std[r]
                 if spread > 0:
                     z *= row_scales(rng, c, spread)[:, None]
@@ -199,13 +202,6 @@ def _monte_carlo(rel, var, masked, log, rng, chain=(), spread=0.0, cosine=None):
                 done += c
     ex, ex2 = ex / count, ex2 / count
     return ex, np.maximum(ex2 - ex**2, 0.0)
-
-
-def row_scales(rng, count: int, spread: float) -> np.ndarray:
-    """``sqrt(g)`` for ``count`` draws of g ~ Gamma(1 / spread, spread) (mean 1, squared
-    coefficient of variation ``spread``): the scale of a row's logit deviations when its
-    variance differs from query to query (:func:`.covariance_readers.row_variance_spread`)."""
-    return np.sqrt(rng.gamma(1.0 / spread, spread, size=count))
 
 
 def softmax_rows(mean, var, *, log=False, rng=None, chain=(), spread=0.0, cosine=None):
@@ -284,7 +280,7 @@ def _over_rows(rows, cov, log: bool, ctx: RuleContext, rank: int, spread: float 
         var = var * np.diag(cov)
         var = np.maximum(var - _shared(mean, var, cov)[:, None], 0.0)
     um, uv, inverse = _unique_rows(mean, var)
-    e, v = softmax_rows(um, uv, log=log, rng=ctx.rng(), spread=spread, cosine=_cosine_dim(ctx))
+    e, v = softmax_rows(um, uv, log=log, rng=ctx.rng(), spread=spread, cosine=cosine_dim(ctx))
     weight = np.bincount(inverse, weights=rows.weight, minlength=um.shape[0])[:, None]
     finite = np.isfinite(e)
     m = (weight * np.where(finite, e, 0.0)).sum(axis=0) / np.maximum((weight * finite).sum(axis=0), 1e-300)
@@ -339,7 +335,7 @@ def _rows(x: Moments, ctx: RuleContext):
         var = np.full((1,) * rank, float(np.ravel(src.var)[0]))
     cov = _key_covariance(x, shape, inner)
     if x.rows is not None and inner == [rank - 1] and x.rows.mean.shape[1] == n and not chain:
-        return _over_rows(x.rows, cov, log, ctx, rank, _spread(ctx))
+        return _over_rows(x.rows, cov, log, ctx, rank, row_spread(ctx))
     perm = outer + inner
     if cov is not None:  # the logits' field: per-key variance profile
         var = var * np.diag(cov).reshape([n if a == inner[0] else 1 for a in range(rank)])
@@ -372,12 +368,12 @@ def softmax(inputs, ctx: RuleContext):
         return [prepared]
     mean, var, cov, chain, (perm, outer_grid, inner_grid) = prepared
     factor = _joint_factor(cov, chain, log)
-    spread = _spread(ctx) if not chain else 0.0
+    spread = row_spread(ctx) if not chain else 0.0
     if factor is not None:  # keys correlated unevenly (key_groups.py): sampled jointly
         um, uv, inverse = _unique_rows(mean, var)
         rel, masked, empty = _relative(um)
         e, v = correlated_rows(rel, np.where(masked, 0.0, uv), masked, factor, ctx.rng(),
-                               _MC_DRAWS, _MC_MIN, scales=_scales(spread))
+                               _MC_DRAWS, _MC_MIN, scales=draw_scales(spread))
         gone = masked | empty[:, None]
         e, v = np.where(gone, 0.0, e)[inverse], np.where(gone, 0.0, v)[inverse]
     else:
@@ -386,7 +382,7 @@ def softmax(inputs, ctx: RuleContext):
             var = np.maximum(var - shared[:, None], 0.0)
         um, uv, inverse = _unique_rows(mean, var)
         e, v = softmax_rows(um, uv, log=log, rng=ctx.rng(), chain=chain, spread=spread,
-                            cosine=None if chain else _cosine_dim(ctx))
+                            cosine=None if chain else cosine_dim(ctx))
         e, v = e[inverse], v[inverse]
     inv = np.argsort(perm)
     out_mean = e.reshape(outer_grid + inner_grid).transpose(inv)
@@ -425,87 +421,8 @@ def probability_covariance(ctx: RuleContext, node_id: str) -> np.ndarray | None:
         return None
     _, _, joint = correlated_rows(rel, np.where(masked, 0.0, uv), masked, factor, sctx.rng(),
                                   0, COVARIANCE_DRAWS, weights / weights.sum(),
-                                  scales=_scales(_spread(replace(sctx, known=ctx.known))))
+                                  scales=draw_scales(row_spread(replace(sctx, known=ctx.known))))
     return joint
-
-
-def _spread(ctx: RuleContext) -> float:
-    """The squared coefficient of variation of a row's logit variance across queries for the
-    Softmax of ``ctx`` whose logits come from Q K^T (0 where not known): the sampled rows draw
-    their deviations' scale from it (a softmax's variance is concave in its logits' variance
-    once they are large: averaging over the rows' variances lowers it)."""
-    qk = qk_matmul(ctx.graph, ctx.node.input[0], passing=WINDOWED)
-    known = ctx.known
-    if qk is None or known is None or any(t not in known for t in qk.input[:2]):
-        return 0.0
-    qctx = replace(ctx.for_node(ctx.graph.producer[qk.output[0]]), known=known)
-    try:
-        spread = row_variance_spread(qctx, known[qk.input[0]], known[qk.input[1]],
-                                     _unit_rows_dim(ctx.graph, qk.input[0]) is not None)
-    except (ValueError, IndexError):
-        return 0.0
-    return spread if spread is not None and np.isfinite(spread) and spread > 0 else 0.0
-
-
-def _unit_rows_dim(graph, name: str) -> int | None:
-    """d when ``name`` is rows of d features scaled to unit length (``F.normalize``), moved by
-    Transposes (a key matrix transposed for Q K^T), else None."""
-    for _ in range(4):
-        node_id = graph.producer.get(name)
-        if node_id is None:
-            return None
-        node = graph.node(node_id)
-        if node.op_type == "Transpose":
-            name = node.input[0]
-            continue
-        shape = graph.shape(name)
-        if node.op_type != "Div" or not shape or not is_unit_rows(RuleContext(node, node_id, graph)):
-            return None
-        return int(shape[-1])
-    return None
-
-
-def _cosine_dim(ctx: RuleContext) -> int | None:
-    """d of the unit rows whose cosines the logits of the Softmax of ``ctx`` are (queries and
-    keys both scaled to unit length, Swin V2's attention), else None."""
-    qk = qk_matmul(ctx.graph, ctx.node.input[0], passing=WINDOWED)
-    if qk is None:
-        return None
-    dims = [_unit_rows_dim(ctx.graph, t) for t in qk.input[:2]]
-    return dims[0] if dims[0] is not None and dims[0] == dims[1] and dims[0] > 2 else None
-
-
-_BETA_GRID = np.linspace(-8.0, 8.0, 2049)  # standard normal deviations the cosine law maps
-_COSINE_LAWS: dict[int, np.ndarray] = {}
-
-
-def cosine_deviates(d: int) -> np.ndarray:
-    """The standardized deviations of a cosine between a fixed unit vector and an isotropic
-    random one in d dimensions, ``sqrt(d) (2 B - 1)`` with ``B ~ Beta((d - 1) / 2, (d - 1) / 2)``
-    (variance 1, excess kurtosis ``-6 / (d + 2)``, bounded by ``sqrt(d)``), at the quantiles of
-    ``_BETA_GRID``'s normal deviations: a Gaussian draw z maps to ``interp(z)`` (kept per d)."""
-    if d not in _COSINE_LAWS:
-        a = (d - 1) / 2.0
-        u = np.clip(special.ndtr(_BETA_GRID), 1e-300, 1 - 1e-16)
-        _COSINE_LAWS[d] = np.sqrt(d) * (2 * special.betaincinv(a, a, u) - 1)
-    return _COSINE_LAWS[d]
-
-
-def _cosine_of(z: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """``table`` interpolated linearly at the normal deviations z (the uniform ``_BETA_GRID``:
-    the cell by arithmetic, 5x faster than ``np.interp``'s search)."""
-    t = np.clip(z, _BETA_GRID[0], _BETA_GRID[-1])
-    t -= _BETA_GRID[0]
-    t *= (len(_BETA_GRID) - 1) / (_BETA_GRID[-1] - _BETA_GRID[0])
-    i = np.minimum(t.astype(np.intp), len(_BETA_GRID) - 2)
-    t -= i
-    low = table[i]
-    return np.add(low, t * (table[i + 1] - low), out=low)
-
-
-def _scales(spread: float):
-    """The per-draw scales of :func:`row_scales` as ``correlated_rows`` takes them."""
-    return None if spread <= 0 else (lambda rng, count: row_scales(rng, count, spread))
 
 
 __all__ = ["CLOSED_FORM_MAX_VAR", "MASK_GAP", "probability_covariance", "softmax", "softmax_rows"]
