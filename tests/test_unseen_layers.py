@@ -148,3 +148,26 @@ def test_rescale_of_a_model_whose_only_weights_are_recurrent_says_so(tmp_path, c
     code, out, err = run(["rescale", path, "--method", "autoinit", "-o", tmp_path / "r.onnx"],
                          capsys)
     assert_one_line_error(code, out, err, "recurrent layers (GRU)", "nothing to rescale")
+
+
+def test_a_coordinate_grid_added_and_subtracted_cancels():
+    """RAFT's ``coords1 = grid + flow`` then ``coords1 - grid``: the grid (a constant that
+    varies per position) is kept per element by the Add, but the next Add of a Conv output
+    (a signal with position classes) folded it into the per-channel variance, so the
+    subtraction counted the grid's spread twice: 44 predicted where onnxruntime measures 1.7
+    (RAFT-small's flow 2137x, and a false ONNXINIT001 at 1.8e3x). An operand whose statistics
+    vary per position keeps the sum per element."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["f1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["grid", "f1"], ["c1"]),
+             helper.make_node("Conv", ["z", "w2"], ["f2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c1", "f2"], ["c2"]),
+             helper.make_node("Sub", ["c2", "grid"], ["flow"])]
+    model = make_model(nodes, [_value("x", (16, 4, 16, 16)), _value("z", (16, 4, 16, 16))],
+                       [_value("flow", (16, 2, 16, 16))],
+                       [_const("w1", rng.standard_normal((2, 4, 3, 3)) / 6),
+                        _const("w2", rng.standard_normal((2, 4, 3, 3)) / 6),
+                        _const("grid", np.stack([xx, yy])[None].repeat(16, 0))], opset=17)
+    flow = next(t for t in analyze(model, measure=True).tensors if t.name == "flow")
+    assert flow.var == pytest.approx(flow.measured_var, rel=0.1)

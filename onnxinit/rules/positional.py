@@ -18,8 +18,8 @@ def positions_binary(inputs, ctx: RuleContext, op: str, rank: int) -> Moments | 
     """Add/Sub/Mul/Div-by-constant of operands of which one carries position classes
     (``onnxinit.spatial``): the same formulas per cell of the operands' joint classes (a
     ``[N, C, 1, 1]`` operand or a per-channel constant is the same in every cell), the sum's
-    Gaussian mixture per cell. None when no operand has classes, or a constant varies along
-    a spatial axis (then the per-channel path below)."""
+    Gaussian mixture per cell. None when no operand has classes, or a constant (or an operand
+    without classes) varies along a spatial axis (then the per-channel path below)."""
     if not any(m is not None and m.spatial is not None for m in inputs) or rank < 3:
         return None
     out_shape = ctx.out_shape(0)
@@ -40,6 +40,9 @@ def positions_binary(inputs, ctx: RuleContext, op: str, rank: int) -> Moments | 
             m = Moments(c, np.zeros_like(c))
         elif op == "Div" and i == 1:
             return None  # division by a signal: measured
+        elif m.spatial is None and any(n > 1 for a in (m.mean, m.var)
+                                       for n in np.shape(lift(a, rank))[2:]):
+            return None  # per-position statistics (a coordinate grid added): kept per element
         sp = positions(m, ctx.in_shape(i) if len(ctx.in_shape(i)) == rank else out_shape)
         if sp is None:
             return None
