@@ -82,6 +82,7 @@ left alone.
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
@@ -99,6 +100,7 @@ from .stationary import stationary
 from .kurtosis import _step, chain_start, mixture_nodes
 
 _FIELD = OnDemandField()
+_DEVIATIONS: dict[tuple, tuple] = {}  # (id(x), name, shape) -> (weakref to x, rows)
 _KEEP = {"Identity", "Dropout", "AveragePool", "MaxPool", "Pad"}
 # factors kept apart per tensor (the rest merged into eta_0): memory and time stay bounded on
 # deep networks with a mask in every block
@@ -365,11 +367,19 @@ def shared_deviations(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | Non
     """``[R, C]``: the pooled means' deviations at the points of the shared energy, weighted
     so that ``dVar_c = sum_r D_rc^2`` and the pooled channels' covariance through the shared
     energy is ``sum_r D_rc D_rc'`` (the node's input 0 pooled, as :func:`pooled_shared`)."""
+    key = (id(x), ctx.node.input[0], tuple(x_shape))
+    hit = _DEVIATIONS.get(key)
+    if hit is not None and hit[0]() is x:  # the pool rule's, read again by the layer after it
+        return hit[1]
     try:
         with np.errstate(all="ignore"):
-            return _shared_deviations(ctx, x, tuple(x_shape))
+            rows = _shared_deviations(ctx, x, tuple(x_shape))
     except (ValueError, IndexError, KeyError, TypeError, RuleError):
-        return None
+        rows = None
+    if len(_DEVIATIONS) > 1024:
+        _DEVIATIONS.clear()
+    _DEVIATIONS[key] = (weakref.ref(x), rows)
+    return rows
 
 
 def _shared_deviations(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
