@@ -72,7 +72,7 @@ from .pair_algebra import (NONE, Pairs, dense, independent_sum, mixed_excess, no
                            row_mean_factor, square, through_function)
 from .reduce import row_energy
 from .row_norm import normalisation_degree, without_casts
-from .square_sum_field import square_sum_factors
+from .square_sum_field import feature_covariance
 from .shared_row_pairs import mean_square_diagonal, shared_row_product, squared_row
 
 
@@ -198,7 +198,7 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
         d = _reduced_last(ctx) if reduces_last_alone(ctx) else None
         field = squared_correlation(ctx, node.input[0]) if d is not None else None
         squared = p0.squared if field is None else field  # the field's, per head: exact
-        if d is not None and p0.excess == 0.0 and square_sum_factors(
+        if d is not None and p0.excess == 0.0 and feature_covariance(
                 ctx, m0, ctx.in_shape(0), (len(ctx.in_shape(0)) - 1,)) is not None:
             return outputs, none  # the reduce rule used the features' whole covariance
         if d is not None and (np.any(squared != 0.0) or p0.excess != 0.0):

@@ -31,6 +31,7 @@ MAX_COMPONENTS = 8
 # gate had been offsetting the gates' dependence (tests/gradrules/test_residual.py).
 POSITIVE_BINS = 3
 _SQRT2 = np.sqrt(2.0)
+_BLOCK = 2048  # elements per block of relu_mixture: 24 components x 2048 x 8 bytes = 393 KB
 
 
 def positive_bins(m: np.ndarray, v: np.ndarray, bins: int):
@@ -84,9 +85,6 @@ def relu_mixture(mixture):
     if out is None:  # no elements
         out = (np.empty((1 + min(w.shape[0] * POSITIVE_BINS, MAX_COMPONENTS - 1), 0)),) * 3
     return tuple(o.reshape(o.shape[:1] + cells) for o in out)
-
-
-_BLOCK = 2048  # elements per block of relu_mixture: 24 components x 2048 x 8 bytes = 393 KB
 
 
 def _relu_mixture_rows(w: np.ndarray, m: np.ndarray, v: np.ndarray):
