@@ -18,6 +18,7 @@ import copy
 import logging
 import os
 import time
+import weakref
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -308,7 +309,8 @@ class ModelGraph(ChangeViews, GraphStructure):
 
     @cached_property
     def _table(self) -> ParameterTable:
-        return ParameterTable(self, self._weight_shape)
+        graph = weakref.ref(self)  # the table must not keep its graph alive (a cycle)
+        return ParameterTable(self, lambda tensor: graph()._weight_shape(tensor))
 
     def _weight_shape(self, tensor: str) -> tuple[int, ...]:
         return self.shape(tensor) or tuple(self.value(tensor).shape)

@@ -15,6 +15,7 @@ model, built once (``ModelGraph.table``) and read by every method.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -120,14 +121,25 @@ class Layer:
 
 
 class ParameterTable:
-    """Parameters and layers of one model; ``weight_shape(tensor)`` gives a constant's shape."""
+    """Parameters and layers of one model; ``weight_shape(tensor)`` gives a constant's shape.
+
+    The table holds its graph by a weak reference: the graph keeps the table
+    (``ModelGraph.table``), and a strong reference back would make every loaded model a
+    reference cycle, freed (weights, folded constants and all) only by the cyclic collector."""
 
     def __init__(self, graph: GraphStructure, weight_shape: Callable[[str], tuple[int, ...]]):
-        self.graph = graph
+        self._graph = weakref.ref(graph)
         self._weight_shape = weight_shape
         self.parameters = self._parameters()
         self.layers = self._layers()
         self._by_node = {layer.node: layer for layer in self.layers}
+
+    @property
+    def graph(self) -> GraphStructure:
+        graph = self._graph()
+        if graph is None:
+            raise ReferenceError("the ParameterTable's graph was freed")
+        return graph
 
     # parameters -------------------------------------------------------------------------------
 
