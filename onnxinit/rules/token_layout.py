@@ -146,24 +146,33 @@ def _pick(x: Moments, out: Moments, in_shape, out_shape, picks: dict) -> Moments
 
 
 def _select(ctx, x: Moments, out: Moments, axis: int, index: np.ndarray, out_shape) -> Moments:
-    """Tokens ``index`` along the (single, unmerged) token axis ``axis``."""
+    """Tokens ``index`` along the (single, unmerged) token axis ``axis``; one token (a scalar
+    index: the axis removed, a classification token ``h[:, 0]``) leaves no field."""
     rank = len(ctx.in_shape(0))
     axes = token_axes(x.tokens, rank)
     if axis not in axes:
         return same_field(x, out, out_shape)
-    if len(axes) != 1 or ctx.in_shape(0)[axis] != x.tokens.n or np.ndim(index) != 1:
+    if len(axes) != 1 or ctx.in_shape(0)[axis] != x.tokens.n or np.ndim(index) > 1:
         return without(out)
     cov = x.tokens.cov
+    picked = np.atleast_1d(index)
+    if _pooled_over(x, rank, [axis]) and len(picked) < cov.shape[0]:
+        out = _token_share(out, cov, picked)
+    if np.ndim(index) == 0:
+        return without(out)
     sig = float(np.mean(x.var)) * cov[np.ix_(index, index)]
-    shift = len(out_shape) - rank
-    if _pooled_over(x, rank, [axis]) and len(index) < cov.shape[0]:
-        # the variance was pooled over every token (its per-token profile is the field's
-        # diagonal): the selected tokens have their own share (an RNN's last step after a
-        # zero initial state: more than the average)
-        share = float(np.mean(np.diag(cov)[index]) / np.mean(np.diag(cov)))
-        if np.isfinite(share) and share > 0:
-            out = Moments(out.mean, out.var * share, None, None, out.tokens, out.rows)
-    return attach(out, out_shape, [axis + shift], sig)
+    return attach(out, out_shape, [axis + len(out_shape) - rank], sig)
+
+
+def _token_share(out: Moments, cov: np.ndarray, index: np.ndarray) -> Moments:
+    """``out`` (a variance pooled over every token, whose per-token profile is the field's
+    diagonal) with the selected tokens' own share of it, ``Var_sel = Var mean_{t in index}
+    cov[t, t] / mean_t cov[t, t]`` (an RNN's last step after a zero initial state: more than
+    the average; a classification token whose embedding is a constant: less)."""
+    share = float(np.mean(np.diag(cov)[index]) / np.mean(np.diag(cov)))
+    if not (np.isfinite(share) and share > 0):
+        return out
+    return Moments(out.mean, out.var * share, None, None, out.tokens, out.rows)
 
 
 @carrier("Slice")

@@ -192,3 +192,47 @@ def test_sublayer_output_norms_keep_the_rows_energy_and_each_tokens_jensen_term(
     ratios = result.ratios[picked]
     assert np.all(np.abs(ratios - 1) <= 0.10), ([result.tensors[i] for i in picked], ratios)
     assert result.within_2x == 1.0 and result.coverage == 1.0, result.worst(5)
+
+
+def _clip_vision_embeddings():
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        image_size=32, patch_size=8, projection_dim=32, attn_implementation="eager"))
+
+    class NormalisedEmbeddings(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            embeds = self.model(pixel_values=x).image_embeds
+            # CLIPModel's _get_vector_norm: the squares summed, then the square root
+            return embeds / embeds.pow(2).sum(dim=-1, keepdim=True).pow(0.5)
+
+    return NormalisedEmbeddings()
+
+
+@pytest.mark.slow
+def test_class_token_keeps_its_own_variance_through_its_gather():
+    """CLIP's image embedding is the class token ``h[:, 0]``: a learnt constant plus what two
+    attention layers add to it (variance 0.03 of the patch tokens'), which the token field's
+    profile holds while the variance is pooled over the tokens. The Gather of that one token
+    (a scalar index: the token axis removed) took the pooled variance, 30x its own, so the
+    embedding's squared length (``Pow``, ``ReduceSum``: a sum over features whose means are
+    fixed, only their small part varying) was 33-37x and its norm 36x
+    (rules/token_layout._select). Over 16 batches: the squared length's variance across 128
+    samples is noisy (one batch of 8 reads 0.4-2.6x of it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = compare(export(Spec(_clip_vision_embeddings, (3, 32, 32)),
+                                Path(tmp) / "clip_vision.onnx"), batch_size=8, runs=16)
+    assert result.error is None, result.error
+    names = ("/Gather_output", "/post_layernorm/LayerNormalization_output",
+             "/visual_projection/MatMul_output", "/ReduceSum_output", "/Pow_1_output")
+    picked = [next(i for i, t in enumerate(result.tensors) if t.endswith(n + "_0"))
+              for n in names]
+    ratios = result.ratios[picked]
+    assert np.all(np.abs(ratios[:3] - 1) <= 0.15), ratios
+    assert np.all(np.abs(ratios[3:] - 1) <= 0.60), ratios  # the norm: 1.44-1.49x, below
+    assert result.within_2x == 1.0 and result.coverage == 1.0, result.worst(5)
