@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import special
+from .kept_cdf import ndtr_kept
 
 _HERMITE = 8  # terms of Mehler's expansion
 _NODE_BLOCK = 1 << 21  # function values per matrix product of hermite_amplitudes
@@ -27,17 +28,30 @@ def leaky_hermite_amplitudes(slope: float, mean, std) -> np.ndarray:
     Phi(alpha))`` and ``a_n = (1 - slope) std He_{n-2}(alpha) phi(alpha)`` for n >= 2
     (Stein: E[g He_n] = E[g^(n)]). ``[8, *index shape]``."""
     mean, std = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(std, np.float64))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # a constant (std 0) has every amplitude 0; its kink sits at +-inf, never at 0 * inf
-        alpha = np.where(std > 0, -mean / np.where(std > 0, std, 1.0),
-                         np.where(mean > 0, -np.inf, np.inf))
-    finite = np.isfinite(alpha)
-    a0 = np.where(finite, alpha, 0.0)
-    phi = np.where(finite, np.exp(-0.5 * a0**2) / np.sqrt(2 * np.pi), 0.0)
-    cdf = special.ndtr(-alpha)
+    alpha = None
+    if std.ndim and std.size and (std > 0).all():  # the usual case, in fewer passes
+        with np.errstate(over="ignore"):
+            ratio = mean / std  # -alpha, bit for bit: (-m) / s = -(m / s)
+        if np.isfinite(ratio).all():
+            cdf = ndtr_kept(ratio)  # the ReLU's moments asked for it (relu_parts)
+            alpha = a0 = np.negative(ratio)
+            phi = np.exp(-0.5 * a0**2) / np.sqrt(2 * np.pi)
+    if alpha is None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # a constant (std 0) has every amplitude 0; its kink sits at +-inf, never at 0 * inf
+            alpha = np.where(std > 0, -mean / np.where(std > 0, std, 1.0),
+                             np.where(mean > 0, -np.inf, np.inf))
+        finite = np.isfinite(alpha)
+        a0 = np.where(finite, alpha, 0.0)
+        phi = np.where(finite, np.exp(-0.5 * a0**2) / np.sqrt(2 * np.pi), 0.0)
+        cdf = special.ndtr(-alpha)
     out = np.empty((_HERMITE,) + a0.shape)
-    out[0] = std * (cdf + slope * (1 - cdf))
-    scaled = (1 - slope) * std
+    if slope == 0:  # cdf + 0 (1 - cdf) is cdf; 1 std is std
+        np.multiply(std, cdf, out=out[0, ...])
+        scaled = std
+    else:
+        out[0] = std * (cdf + slope * (1 - cdf))
+        scaled = (1 - slope) * std
     np.multiply(scaled, phi, out=out[1, ...])  # He_0 = 1
     he_prev, he = np.ones_like(a0), a0.copy()  # He_0, He_1
     step = np.empty_like(a0)

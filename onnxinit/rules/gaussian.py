@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .. import special
+from ..kept_cdf import ndtr_kept
 from ..moments import Elementwise
 from .context import RuleError
 
@@ -153,7 +154,7 @@ def relu_parts(mu, s):
     with np.errstate(divide="ignore", invalid="ignore"):
         a = np.asarray(np.divide(mu, s), dtype=np.float64)
     np.copyto(a, np.inf, where=np.isnan(a))
-    cdf = special.ndtr(a)
+    cdf = ndtr_kept(a)  # the amplitudes of the same cells ask for it next
     pdf = np.square(a, out=a)
     pdf *= -0.5
     np.exp(pdf, out=pdf)  # exp(-inf) = 0: phi(+-inf) = 0

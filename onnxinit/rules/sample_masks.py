@@ -124,7 +124,7 @@ def sum_factors(a: Factors, b: Factors, share: float, minus: bool = False) -> Fa
     factor the loadings add, ``sqrt(eta) = w sqrt(eta_a) + (1 - w) sqrt(eta_b)``, and so do the
     offsets, ``alpha = (alpha_a sqrt(eta_a) +- alpha_b sqrt(eta_b)) / sqrt(eta)``."""
     out = {}
-    for key in a.keys() | b.keys():
+    for key in dict.fromkeys([*a, *b]):  # in order: a set's order follows the string hash
         ea, aa, p = a.get(key, (0.0, 0.0, None))
         eb, ab, p = b.get(key, (0.0, 0.0, p))
         la, lb = math.sqrt(ea), math.sqrt(eb)
@@ -138,7 +138,7 @@ def concat_factors(parts: list[tuple[int, Factors]]) -> Factors:
     """The factors of a concatenation over channels of ``(channels, factors)`` parts: loadings
     weighted by the channel shares, offsets concatenated (in the whole's eps units)."""
     total = sum(size for size, _ in parts)
-    keys = set().union(*(f.keys() for _, f in parts))
+    keys = dict.fromkeys(key for _, f in parts for key in f)  # in order (not a set's)
     out = {}
     for key in keys:
         loads = [math.sqrt(f[key][0]) if key in f else 0.0 for _, f in parts]
