@@ -32,7 +32,7 @@ import numpy as np
 from ..moments import Moments, compressed
 from .context import RuleContext
 from .masks import evaluated, upstream
-from .token_field import attach
+from .token_field import attach, grid, profile_grid
 
 _DRAWS = 4
 _LAYOUT = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
@@ -123,4 +123,46 @@ def _as_field(rows: np.ndarray, shape, axis: int = 1) -> Moments:
                   sig)
 
 
-__all__ = ["positional_rows"]
+def picked_ids(ctx: RuleContext, indices: str, size: int) -> np.ndarray | None:
+    """A Gather's ``indices`` computed from the token ids (CLIP's text embedding, taken at
+    ``argmax(ids == eos)`` of each sample; a classifier's last non-padding token), evaluated on
+    ``_DRAWS`` seeded batches, modulo the gathered axis' ``size``: [draws, *indices' shape], or
+    None (not computed from the token ids alone)."""
+    graph = ctx.graph
+    found = upstream(graph, indices, token_ids=True)
+    shape = graph.shape(indices)
+    if found is None or not found[1] or shape is None:
+        return None
+    if _DRAWS * int(np.prod(shape, dtype=np.int64)) * size > _MAX_ELEMENTS:
+        return None
+    runs = evaluated(graph, found, range(ctx.settings.seed, ctx.settings.seed + _DRAWS))
+    if runs is None:
+        return None
+    return np.stack([np.asarray(r[indices], dtype=np.int64) for r in runs]) % size
+
+
+def picked_rows(ctx: RuleContext, x: Moments, shape) -> Moments | None:
+    """``Gather(x, ids)`` along axis 0 of an activation ``x`` by ids computed from the token
+    ids (:func:`picked_ids`): per element of the ids, the mixture of the rows it picks over
+    the draws, ``E = mean_k mu[i_k]``, ``Var = mean_k (nu[i_k] + mu[i_k]^2) - E^2`` (each row
+    its own means and variance: the token field's profile spelled out); None otherwise."""
+    if ctx.attr("axis", 0) % len(shape) != 0:
+        return None
+    ids = picked_ids(ctx, ctx.node.input[1], shape[0])
+    if ids is None:
+        return None
+    shares = np.eye(shape[0])[ids]
+    mean, var = grid(profile_grid(x, shape) or x, len(shape))
+    rest = np.broadcast_shapes(mean.shape[1:], var.shape[1:])
+    mean = np.broadcast_to(mean, (shape[0],) + rest).reshape(shape[0], -1)
+    var = np.broadcast_to(var, (shape[0],) + rest).reshape(shape[0], -1)
+    weights = shares.reshape(-1, shape[0])
+    if weights.shape[0] * mean.size > _MAX_ELEMENTS:
+        return None
+    e = (weights @ mean).reshape(shares.shape[:-1] + (-1,)).mean(axis=0)
+    second = (weights @ (var + mean * mean)).reshape(shares.shape[:-1] + (-1,)).mean(axis=0)
+    out = e.shape[:-1] + rest
+    return compressed(e.reshape(out), np.maximum(second - e * e, 0.0).reshape(out))
+
+
+__all__ = ["picked_ids", "picked_rows", "positional_rows"]

@@ -70,6 +70,7 @@ from .context import RuleContext, RuleError
 from .fusion import fused_function
 from .pair_algebra import (NONE, Pairs, dense, independent_sum, mixed_excess, normalised, product,
                            row_mean_factor, square, through_function)
+from .normalised_square_sum import normalised_square_sum
 from .reduce import row_energy
 from .row_norm import normalisation_degree, without_casts
 from .square_sum_field import feature_covariance
@@ -194,6 +195,8 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
         return outputs, none
     first = signals[0]
     p0, m0 = pairs[first], inputs[first]
+    if op in _ENERGIES | _MEANS and _reads_normalised_rows(ctx):
+        return outputs, none  # the reduce rule's law has the rows' whole covariance
     if op in _ENERGIES:
         d = _reduced_last(ctx) if reduces_last_alone(ctx) else None
         field = squared_correlation(ctx, node.input[0]) if d is not None else None
@@ -297,6 +300,15 @@ def _from_field(ctx: RuleContext, p: Pairs) -> Pairs:
         return p
     off = r[~np.eye(n, dtype=bool)]
     return replace(p, signed=float(off.mean()), squared=float(np.mean(off**2)))
+
+
+def _reads_normalised_rows(ctx: RuleContext) -> bool:
+    """The reduce sums the squares of a dense layer of a LayerNorm's rows, which its rule
+    integrates as a ratio of quadratic forms (:mod:`.normalised_square_sum`)."""
+    rank = len(ctx.in_shape(0) or ())
+    if not rank or not reduces_last_alone(ctx):
+        return False
+    return normalised_square_sum(ctx, (rank - 1,), rank, bool(ctx.attr("keepdims", 1))) is not None
 
 
 def _table_law(m: Moments | None) -> bool:

@@ -20,6 +20,7 @@ from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
 from .maxima import max_moments
 from .pooling import pooled_extra, spatial_mean
 from .registry import rule
+from .normalised_square_sum import normalised_square_sum
 from .square_sum_field import square_sum_factors
 from .table_rows import table_mean_square
 
@@ -172,6 +173,13 @@ def reduce_linear(inputs, ctx: RuleContext):
     keepdims = bool(ctx.attr("keepdims", 1))
     k = int(np.prod([x_shape[a] for a in axes]))
     op = ctx.node.op_type
+    law = normalised_square_sum(ctx, axes, rank, keepdims)
+    if law is not None:  # a dense layer's squares over a LayerNorm's rows: a ratio's law
+        if op != "ReduceL2":
+            return [law]
+        k1, k2 = law.mean, law.var  # sqrt over a gamma of its mean and variance
+        e, var = _pearson(k1, k2, 2 * k2 * k2 / np.maximum(k1, 1e-300), np.sqrt)
+        return [Moments(e, var)]
     if op in ("ReduceMean", "ReduceSum") and x.spatial is not None and set(axes) == set(
             range(2, rank)):  # over every position of a map: position classes, correlation
         m = spatial_mean(x, x_shape)

@@ -25,7 +25,7 @@ from ..spatial import DENSE_CAP, dense, drop, select
 from ..spatial import pad as pad_classes
 from .constant_cells import reshaped, transposed
 from .context import RuleContext, RuleError, signal
-from .derived_ids import positional_rows
+from .derived_ids import picked_rows, positional_rows
 from .grids import KEEP_CAP
 from .layout import drop_constant_axes, full_grid, reshape_moments, scalar_of
 from .masks import keep_rows
@@ -218,11 +218,16 @@ def gather(inputs, ctx: RuleContext):
     indices' shape replaces the axis). Gather of a constant table T by non-constant integer ids
     (an embedding, ids uniform): per index of the table's other axes, E = mean_v T[v],
     Var = var_v T[v] (population variance over the gathered axis); by ids computed from the
-    token ids (position ids), the rows each position draws (derived_ids.py)."""
+    token ids (position ids), the rows each position draws (derived_ids.py). Activations
+    gathered by ids computed from the token ids (a sequence's pooled token): the rows they
+    pick (derived_ids.picked_rows)."""
     axis = ctx.attr("axis", 0)
     if inputs[0] is not None:
         indices = ctx.const(1)
         if indices is None:
+            picked = picked_rows(ctx, inputs[0], ctx.in_shape(0))
+            if picked is not None:
+                return [picked]
             raise RuleError("the indices are not constant")
         x = inputs[0]
         in_shape = ctx.in_shape(0)
