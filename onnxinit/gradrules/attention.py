@@ -34,6 +34,7 @@ from . import keyvalue, pairs
 from .context import GradContext
 from .coupling import coupling
 from .gradient import Gradient
+from .logit_queries import query_correlation
 from .rows import logits_of, row_stats, row_variance
 from .tokens import axes_of
 
@@ -87,8 +88,9 @@ def _operand(ctx: GradContext, index: int, shape, y: pairs.Pair | None = None) -
     logits = softmax_logits(ctx, index) if index == 0 else None
     if logits is not None:
         weights = None if y is None else np.diag(pairs.along(y, -2))
+        rho = query_correlation(ctx.graph, ctx.forward, logits, weights)
         rows = row_stats(*logits_of(ctx.graph, ctx.forward, logits, shape),
-                         query_weights=weights)
+                         query_weights=weights, query_corr=rho)
         return pairs.probabilities(rows, shape[-2])
     return pairs.of_moments(ctx.x(index), shape)
 

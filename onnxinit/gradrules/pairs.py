@@ -10,15 +10,18 @@ independent::
     dA = dY B^T:  E[dA_mk dA_m'k'] = sum_{i,j} Y_i.R[m, m'] B_j.R[k, k'] <Y_i.C, B_j.C>
     dB = A^T dY:  E[dB_kn dB_k'n'] = sum_{i,j} A_i.C[k, k'] Y_j.C[n, n'] <A_i.R, Y_j.R>
 
-(``<X, Z> = sum X * Z``). A softmax over the last axis, ``dS = P * (dP - sum_j P_.j dP_.j)``,
-with P independent of dP and rows of P independent (:mod:`.rows`: ``M = E[diag(P)(I - 1 P^T)]``
-and ``W_a = E[A diag(a) A^T]``, the within-row second moments for dP independent across the row
-with variances a): a term ``(R, C)`` of dP gives ``(R, M C M^T)`` between queries and within a
-query, plus ``(diag R, W_a - M diag(a) M^T)`` within a query for the fluctuation of P, with
-``a_k`` the part of ``C_kk`` the row does not share among the keys dP reaches (a component a
-row's dP share cancels exactly; per key: zero-padded keys, whose values are zero, get no dP). The
+(``<X, Z> = sum X * Z``). A softmax over the last axis, ``dS = A dP`` per row with ``A =
+diag(P) - P P^T`` and P independent of dP (:mod:`.rows`): a term ``(R, C)`` of dP gives ``(R,
+X_C) + (diag R, W_C - X_C)`` with ``W_C = E[A C A^T]`` within a query and ``X_C = E[A_q C
+A_q'^T]`` between two queries of one window and head (``M C M^T``, ``M = E[A]``, for
+independent rows; queries that share their keys move together). C is dP's whole covariance
+within the row: a component every key's dP shares cancels by itself (``A 1 = 0``), one that
+only some keys share (a zero-padded window's real keys: the padded keys' values are
+constants, their dP does not vary) does not, since the row's other keys hold weight. The
 structure of C within a query is kept (values with per-token means give dP a low-rank C that
-``dQ = dS K`` contracts with the keys' means).
+``dQ = dS K`` contracts with the keys' means). A forward operand's token field reads as a
+covariance in both of its forms (``moments.Tokens``: a profile beside a variance constant
+along the tokens, or a correlation beside per-token variances).
 """
 
 from __future__ import annotations
@@ -103,24 +106,18 @@ def contract_right(a: Operand, y: Pair) -> Pair:
 
 def softmax_backward(p: Pair, rows: RowStats) -> Pair:
     """The pair of dS = P * (dP - sum_j P_.j dP_.j) from that of dP (module docstring)."""
-    m = rows.projection()
     terms = []
     for r, c in p:
-        diag = np.diag(c)
-        support = diag > 1e-12 * max(float(diag.max()), 1e-300)  # keys dP reaches
-        n = int(support.sum())
-        inner = c[np.ix_(support, support)]
-        shared = (inner.sum() - np.trace(inner)) / max(n * (n - 1), 1)
-        own = np.where(support, np.maximum(diag - shared, 0.0), 0.0)  # per key, not row-shared
-        terms.append((r, m @ c @ m.T))
-        terms.append((np.diag(np.diag(r)), rows.within(own) - m @ np.diag(own) @ m.T))
+        between = rows.cross_within(c)
+        terms.append((r, between))
+        terms.append((np.diag(np.diag(r)), rows.within(c) - between))
     return _compact(terms)
 
 
 def probabilities(rows: RowStats, count: int) -> Operand:
-    """``count`` softmax rows as an operand: ``E[P_qk P_q'k'] = J (x) p p^T + I (x) (E[P P^T]
-    - p p^T)`` (rows independent)."""
-    outer = np.outer(rows.mean, rows.mean)
+    """``count`` softmax rows as an operand: ``E[P_qk P_q'k'] = J (x) X + I (x) (E[P P^T] -
+    X)``, ``X = E[P_q P_q'^T]`` for q != q' (``p p^T`` for independent rows)."""
+    outer = rows.cross()
     return Operand(((np.ones((count, count)), outer), (np.eye(count), rows.second - outer)))
 
 
@@ -139,13 +136,13 @@ def of_moments(x: Moments, shape) -> Operand:
     var = np.broadcast_to(_pooled_last_two(x.var, rank), (m_size, n_size))
     axes = axes_of(x.tokens, rank)
     t: Tokens | None = x.tokens
+    row, col = var.mean(axis=1), var.mean(axis=0)
+    total = float(var.mean())
     if axes == [rank - 2] and t.n == m_size and t.stride == 1:
-        terms = [(t.cov, np.diag(var.mean(axis=0)))]
+        terms = [(_token_covariance(t.cov, row, total), np.diag(col))]
     elif axes == [rank - 1] and t.n == n_size and t.stride == 1:
-        terms = [(np.diag(var.mean(axis=1)), t.cov)]
+        terms = [(np.diag(row), _token_covariance(t.cov, col, total))]
     else:
-        row, col = var.mean(axis=1), var.mean(axis=0)
-        total = float(var.mean())
         terms = [(np.diag(row), np.diag(col / total if total > 0 else col))]
     mean = np.asarray(x.mean, dtype=np.float64)
     mean = mean.reshape((1,) * (rank - mean.ndim) + mean.shape) if mean.ndim < rank else mean
@@ -155,6 +152,18 @@ def of_moments(x: Moments, shape) -> Operand:
         lead = lead[np.linspace(0, len(lead) - 1, MAX_TERMS).astype(np.int64)]
     means = tuple(np.broadcast_to(mu, (m_size, n_size)) for mu in lead) if lead.any() else ()
     return Operand(tuple(terms), means)
+
+
+def _token_covariance(cov: np.ndarray, per_token: np.ndarray, total: float) -> np.ndarray:
+    """The token factor of a forward operand, ``sqrt(v_s v_t) cov[s, t] / mean(v)`` with ``v``
+    the per-token variance (averaged over the other axis): both forms of ``moments.Tokens``
+    read alike (a profile in ``diag(cov)`` beside a variance constant along the tokens gives
+    ``cov``; a correlation beside a per-token variance, a zero-padded window's, gives that
+    variance on its diagonal)."""
+    if total <= 0:
+        return cov
+    root = np.sqrt(np.maximum(per_token, 0.0))
+    return cov * np.outer(root, root) / total
 
 
 def of_gradient(var: float, mean: float, tokens: Tokens | None, shape) -> Pair:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import pairs
+from .logit_queries import query_correlation
 from .rows import logits_of, row_stats
 from .context import GradContext
 from .gradient import Gradient
@@ -36,7 +37,9 @@ def softmax(grads, ctx: GradContext):
     logits = logits_of(ctx.graph, ctx.forward, ctx.node.input[0], shape) \
         if ctx.node.input[0] in ctx.forward else None
     if g.pair is not None and logits is not None and axis == len(shape) - 1 and pairs.fits(shape):
-        rows = row_stats(*logits, query_weights=np.diag(pairs.along(g.pair, -2)))
+        weights = np.diag(pairs.along(g.pair, -2))
+        rho = query_correlation(ctx.graph, ctx.forward, ctx.node.input[0], weights)
+        rows = row_stats(*logits, query_weights=weights, query_corr=rho)
         p = pairs.softmax_backward(g.pair, rows)
         return [Gradient(0.0, max(pairs.second(p), 0.0),
                          tokens=pairs.token_field(p, -2, len(shape)), pair=p)]

@@ -50,26 +50,45 @@ def _mask(side: int, window: int, shift: int) -> np.ndarray:
     return np.where(windows[:, :, None] == windows[:, None, :], 0.0, -100.0)
 
 
-def _swin_block(real: int, side: int, window: int, shift: int, seed: int = 0):
-    """x [N, real, real, D] -> zero Pad to side -> roll by -shift -> windows [N nW, w*w, D] ->
-    single-head attention with the shifted-window mask -> windows back -> roll back -> crop ->
-    residual -> Transpose to [N, D, H, W] -> GlobalAveragePool -> logits."""
+def _swin_block(real: int, side: int, window: int, shift: int, seed: int = 0,
+                blocks: int = 1):
+    """x [N, real, real, D] -> ``blocks`` times: zero Pad to side -> roll by -shift -> windows
+    [N nW, w*w, D] -> single-head attention with the shifted-window mask -> windows back ->
+    roll back -> crop -> residual; then Transpose to [N, D, H, W] -> GlobalAveragePool ->
+    logits. Block b > 0 names its tensors ``b{b}_...``."""
     rng = np.random.default_rng(seed)
-    d, n, t = WIDTH, side // window, window * window
     nodes, inits = [], []
+    source = "x"
+    for b in range(blocks):
+        source = _block(source, real, side, window, shift, rng, nodes, inits,
+                        f"b{b}_" if b else "")
+    nodes.append(helper.make_node("Transpose", [source], ["nchw"], perm=[0, 3, 1, 2],
+                                  name="to_nchw"))
+    head("nchw", WIDTH, CLASSES, rng, nodes, inits)
+    return make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", real, real, WIDTH])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])], inits)
+
+
+def _block(source: str, real: int, side: int, window: int, shift: int, rng, nodes, inits,
+           prefix: str) -> str:
+    """One window-attention block of :func:`_swin_block` on ``source``; its output's name."""
+    d, n, t = WIDTH, side // window, window * window
+    block_nodes, block_inits = [], []
     pad = side - real
-    nodes.append(helper.make_node("Pad", ["x", "pads"], ["padded"], name="pad"))
-    inits.append(_ints("pads", [0, 0, 0, 0, 0, pad, pad, 0]))
+    block_nodes.append(helper.make_node("Pad", [source, "pads"], ["padded"], name="pad"))
+    block_inits.append(_ints("pads", [0, 0, 0, 0, 0, pad, pad, 0]))
     if shift:
-        _roll("padded", "rolled_h", 1, shift, side, nodes, inits)
-        _roll("rolled_h", "rolled", 2, shift, side, nodes, inits)
+        _roll("padded", "rolled_h", 1, shift, side, block_nodes, block_inits)
+        _roll("rolled_h", "rolled", 2, shift, side, block_nodes, block_inits)
     else:
-        nodes.append(helper.make_node("Identity", ["padded"], ["rolled"], name="no_roll"))
-    nodes += [
+        block_nodes.append(helper.make_node("Identity", ["padded"], ["rolled"], name="no_roll"))
+    block_nodes += [
         helper.make_node("Reshape", ["rolled", "grid"], ["grid6"], name="partition"),
         helper.make_node("Transpose", ["grid6"], ["windows6"], perm=[0, 1, 3, 2, 4, 5],
                          name="partition_t"),
-        helper.make_node("Reshape", ["windows6", "window_tokens"], ["windows"], name="merge_batch"),
+        helper.make_node("Reshape", ["windows6", "window_tokens"], ["windows"],
+                         name="merge_batch"),
         *(helper.make_node("MatMul", ["windows", f"w{name}"], [name], name=name)
           for name in "qkv"),
         helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="kt"),
@@ -86,27 +105,36 @@ def _swin_block(real: int, side: int, window: int, shift: int, seed: int = 0):
                          name="reverse_t"),
         helper.make_node("Reshape", ["grid_back6", "map"], ["map_back"], name="reverse"),
     ]
-    inits += [_ints("grid", [-1, n, window, n, window, d]), _ints("window_tokens", [-1, t, d]),
-              _ints("per_window", [-1, n * n, t, t]), _ints("logit_shape", [-1, t, t]),
-              _ints("windows_back", [-1, n, n, window, window, d]),
-              _ints("map", [-1, side, side, d]),
-              array("mask", _mask(side, window, shift) if shift else np.zeros((n * n, t, t))),
-              array("scale", d**-0.5),
-              *(weight(f"w{name}", (d, d), rng, scale=d**-0.5) for name in "qkvo")]
+    block_inits += [
+        _ints("grid", [-1, n, window, n, window, d]), _ints("window_tokens", [-1, t, d]),
+        _ints("per_window", [-1, n * n, t, t]), _ints("logit_shape", [-1, t, t]),
+        _ints("windows_back", [-1, n, n, window, window, d]), _ints("map", [-1, side, side, d]),
+        array("mask", _mask(side, window, shift) if shift else np.zeros((n * n, t, t))),
+        array("scale", d**-0.5),
+        *(weight(f"w{name}", (d, d), rng, scale=d**-0.5) for name in "qkvo")]
     if shift:
-        _roll("map_back", "unrolled_h", 1, side - shift, side, nodes, inits)
-        _roll("unrolled_h", "unrolled", 2, side - shift, side, nodes, inits)
+        _roll("map_back", "unrolled_h", 1, side - shift, side, block_nodes, block_inits)
+        _roll("unrolled_h", "unrolled", 2, side - shift, side, block_nodes, block_inits)
     else:
-        nodes.append(helper.make_node("Identity", ["map_back"], ["unrolled"], name="no_unroll"))
-    nodes += [helper.make_node("Slice", ["unrolled", "crop_0", "crop_e", "crop_a"], ["cropped"],
-                               name="crop"),
-              helper.make_node("Add", ["x", "cropped"], ["r"], name="residual"),
-              helper.make_node("Transpose", ["r"], ["nchw"], perm=[0, 3, 1, 2], name="to_nchw")]
-    inits += [_ints("crop_0", [0, 0]), _ints("crop_e", [real, real]), _ints("crop_a", [1, 2])]
-    head("nchw", d, CLASSES, rng, nodes, inits)
-    return make_model(
-        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", real, real, d])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])], inits)
+        block_nodes.append(helper.make_node("Identity", ["map_back"], ["unrolled"],
+                                            name="no_unroll"))
+    block_nodes += [
+        helper.make_node("Slice", ["unrolled", "crop_0", "crop_e", "crop_a"], ["cropped"],
+                         name="crop"),
+        helper.make_node("Add", [source, "cropped"], ["r"], name="residual")]
+    block_inits += [_ints("crop_0", [0, 0]), _ints("crop_e", [real, real]),
+                    _ints("crop_a", [1, 2])]
+    rename = {name: prefix + name for item in block_nodes for name in item.output}
+    rename.update({init.name: prefix + init.name for init in block_inits})
+    for item in block_nodes:
+        item.input[:] = [i if i == source else rename.get(i, i) for i in item.input]
+        item.output[:] = [rename[o] for o in item.output]
+        item.name = prefix + item.name
+    for init in block_inits:
+        init.name = rename[init.name]
+    nodes += block_nodes
+    inits += block_inits
+    return prefix + "r"
 
 
 ATTENTION_SCORES = ("q", "k", "kt", "scores", "scaled", "by_window", "masked", "logits_w", "p")
@@ -146,3 +174,18 @@ def test_padded_shifted_windows_stay_within_2x_on_the_stream():
     found = ratios(_swin_block(6, 8, 4, 2), batch_size=16)
     assert 0.7 < found["v"] < 1.2
     assert all(0.5 < v < 2 for v in _stream(found).values()), found
+
+
+def test_a_second_padded_window_reads_the_real_tokens_shared_component():
+    """Two blocks on a 2x2 map zero-padded to one 8x8 window: the first block's attention
+    output is nearly a window mean, so the second block's real tokens share a component, which
+    the forward keeps beside the per-cell variances as a correlation (the padding stays exact
+    zeros). The backward reads it as a covariance (``sqrt(v_s v_t) corr``: the padded keys get
+    no value variance), takes the softmax fluctuation of dP's full covariance (a component the
+    real keys share is not cancelled by a row whose padded keys hold weight), draws the real
+    keys' logits jointly and pairs the queries' rows, which share the keys. Before (main at
+    95f56f1): the second block's scores 0.23, its queries and keys 0.01 of the autodiff."""
+    found = ratios(_swin_block(2, 8, 8, 0, blocks=2), batch_size=16)
+    assert 0.8 < found["b1_scores"] < 1.25, found
+    assert 0.5 < found["b1_q"] < 1.5 and 0.5 < found["b1_k"] < 1.5, found
+    assert 0.8 < found["b1_padded"] < 1.25 and 0.8 < found["b1_v"] < 1.25, found
