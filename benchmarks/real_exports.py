@@ -96,6 +96,7 @@ MODELS = {
     "vgg11": (exports.BUILDERS["vgg11"], 224, 1, 0),
     "efficientnet_b0": (exports.BUILDERS["efficientnet_b0"], 224, 8, 0),
     "mobilenet_v3_small": (exports.BUILDERS["mobilenet_v3_small"], 224, 1, 0),
+    "mobilenet_v3_large": (exports.BUILDERS["mobilenet_v3_large"], 224, 1, 0),
     "resnet18": (exports.BUILDERS["resnet18"], 224, 1, 0),
     "vgg11_bn": (exports.BUILDERS["vgg11_bn"], 224, 1, 0),
     "densenet121": (exports.BUILDERS["densenet121"], 224, 1, 0),
