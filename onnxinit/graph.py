@@ -275,6 +275,10 @@ class ModelGraph(ChangeViews, GraphStructure):
 
     def _fold(self, node_id: str, tensor: str) -> np.ndarray:
         node = self.node_by_id[node_id]
+        if node.op_type == "Dropout":  # of a constant: the identity (structure._classify_tensors)
+            value = self.value(node.input[0])
+            self._values[tensor] = value
+            return value
         if node.op_type in ("Shape", "Size"):
             value = shape_op_value(node, self.shapes[node.input[0]])
             self._values[tensor] = value

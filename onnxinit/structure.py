@@ -108,7 +108,8 @@ class GraphStructure:
         for node_id in self.order:
             node = self.node_by_id[node_id]
             default = node.domain in ("", "ai.onnx")
-            kind = ("random" if default and node.op_type in RANDOM_OPS else
+            kind = ("dropout" if default and node.op_type == "Dropout" else
+                    "random" if default and node.op_type in RANDOM_OPS else
                     "shape" if default and node.op_type in ("Shape", "Size") else "")
             inputs = [n for n in list(node.input) + self._implicit[node_id] if n]
             self._classified.append((node, kind, inputs, [o for o in node.output if o]))
@@ -149,6 +150,9 @@ class GraphStructure:
         for node, kind, inputs, outputs in self._classified:
             if kind == "random":
                 constant = False
+            elif kind == "dropout":  # the identity, as the analysis takes it: of a constant
+                constant = node.input[0] in constants  # (a position table), a constant
+                outputs = outputs[:1]
             elif kind == "shape":
                 constant = is_static(self.shapes.get(node.input[0]))
             else:
