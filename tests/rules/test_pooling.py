@@ -325,3 +325,32 @@ def test_average_pool_after_a_wide_conv_of_a_batch_norm(monkeypatch):
     assert result.rules["y"] == "average_pool"
     samples = np.concatenate([monte_carlo(model, {"x": x}, seed=s)["y"] for s in range(40)])
     assert_moments_close(result.moments["y"], samples, rtol=0.05)
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_max_pool_of_a_conv1d_reshaped_to_a_map(k):
+    """tf2onnx's Keras Conv1D + ReLU + MaxPooling1D: the Conv as a 2-D Conv on [N, C, 1, T],
+    squeezed to [N, C, T], the ReLU, then Unsqueeze and Reshape to [N, C, T, 1] for a MaxPool
+    over T. Putting the map back dropped the ReLU's law (and a padded kernel's border
+    positions): the pool took a Gaussian with the ReLU's moments, 0.53x of the measured
+    variance (the Keras Conv1D + GRU classifier's pool). Against onnxruntime."""
+    b, c, t = 64, 32, 32
+    rng = np.random.default_rng(0)
+    consts = {"ax1": np.array([1]), "ax2": np.array([2]), "shape4": np.array([b, c, t, 1]),
+              "w": rng.standard_normal((c, c, 1, k)) / np.sqrt(c * k)}
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax2"], ["xe"]),
+             helper.make_node("Conv", ["xe", "w"], ["c4"], pads=[0, k // 2, 0, k // 2]),
+             helper.make_node("Squeeze", ["c4", "ax2"], ["s"]),
+             helper.make_node("Relu", ["s"], ["r"]),
+             helper.make_node("Unsqueeze", ["r", "ax1"], ["u"]),
+             helper.make_node("Reshape", ["u", "shape4"], ["r4"]),
+             helper.make_node("MaxPool", ["r4"], ["y"], kernel_shape=[2, 1], strides=[2, 1])]
+    model = make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, c, t])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32 if n == "w" else np.int64), n)
+         for n, v in consts.items()])
+    x = Moments.scalar(0.0, 1.0)
+    _, result = predict(model, {"x": x})
+    samples = np.concatenate([monte_carlo(model, {"x": x}, seed=s)["y"] for s in range(4)])
+    assert_moments_close(result.moments["y"], samples, rtol=0.03)
