@@ -314,12 +314,16 @@ def _product_centred(cx: Correlation, nx, mx, cs: Correlation, ns, ms, sizes) ->
 def window_sum(corr: Correlation, kernel, strides, dilations, out_sizes, weights=None):
     """For a window of n taps with weights pi_t (default 1/n), the output's covariance
     relative to the input variance: ``cov(d) = sum_{t,t'} pi_t pi_t' rho(s d + dil (t'-t))``;
-    returns (Correlation of the output, cov(0) per channel)."""
+    the batch-centred fraction per channel passes unchanged; returns (Correlation of the output, cov(0) per channel)."""
     taps = int(np.prod(kernel))
     c = corr.rho.shape[0]
     w = np.full((c, 1, *kernel), 1.0 / taps) if weights is None else weights
-    out, centre = conv(corr, np.ones(c), w, c, strides, dilations, out_sizes)
-    return out, centre
+    # each output channel reads its own input channel only, so the batch-centred fraction of
+    # its spatial mean is the input's (kept as given: per channel under a rho pooled to [1])
+    uncentred = Correlation(corr.rho, corr.floor, corr.gauss, None, corr.cross,
+                            corr.normalized, corr.energy_pairs)
+    out, centre = conv(uncentred, np.ones(c), w, c, strides, dilations, out_sizes)
+    return (out if corr.centred is None else out.with_centred(corr.centred)), centre
 
 
 def window_pairs(corr: Correlation, kernel, dilations) -> np.ndarray:

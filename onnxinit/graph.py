@@ -52,7 +52,7 @@ from .passes import (
 from .plan import Change, changed_values
 from .structure import GraphStructure
 from .validation import (check_initializers, check_structure, inconsistency, says_uncomputable,
-                         unknown_default_op, weight_mismatch)
+                         opset_mismatch, unknown_default_op, weight_mismatch)
 
 log = logging.getLogger("onnxinit")
 
@@ -92,7 +92,7 @@ class ModelGraph(ChangeViews, GraphStructure):
             raise ModelLoadError(f"{self.name}: the model imports no default-domain opset")
         check_structure(model, self.name)
         check_initializers(model, self.name)
-        unknown = unknown_default_op(model)
+        unknown = unknown_default_op(model) or opset_mismatch(model)
         if unknown:
             raise ModelLoadError(f"{self.name}: not a valid ONNX model: {unknown}")
         known = onnx.defs.onnx_opset_version()

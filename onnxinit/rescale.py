@@ -105,6 +105,10 @@ def _refuse_unsupported(graph: ModelGraph) -> None:
             f"{graph.name}: the model's weights are those of recurrent layers "
             f"({', '.join(recurrent)}), which the methods leave as initialised (they rescale "
             "Conv, ConvTranspose, Gemm and MatMul weights): nothing to rescale")
+    if not graph.parameters and not graph.input_names:
+        raise UnsupportedModelError(
+            f"{graph.name}: the model has no inputs, so its weights are constants that no "
+            "signal passes through: nothing to rescale")
     if not graph.parameters:
         raise UnsupportedModelError(f"{graph.name}: the model has no float parameters to rescale")
 

@@ -13,6 +13,9 @@ input to the output. Many tensors lie beside it, and their scale says nothing ab
   attention probabilities (about 1/tokens each, tiny variance by construction), and with them the
   query/key projections, logits, scaling, relative-position biases and masks (-inf, finfo.min,
   -100 constants) that feed only them;
+- **function intermediates**: the tensors between ``x`` and an element-wise function of ``x``
+  written out as ops (a tanh GELU's ``x^3``; :mod:`onnxinit.written_functions`). Not judged:
+  the function's output is;
 - **statistics**: a signal operand of an element-wise op (``Add``, ``Sub``, ``Mul``, ``Div``) that
   has fewer elements than the op's output and is broadcast over it: the mean and standard
   deviation of a decomposed LayerNorm, a squeeze-excite pooled vector, a per-sample embedding
@@ -56,8 +59,10 @@ from .graph import ModelGraph
 from .moments import Moments
 from .residual import ResidualBlock, residual_blocks
 from .signal_graph import SignalGraph
+from .written_functions import function_interior
 
 BRANCH, GATE, ATTENTION, STATISTIC = "residual-branch", "gate", "attention", "statistic"
+FUNCTION = "function"  # inside an element-wise function written out as ops (written_functions)
 GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax"}
 ATTENTION_JOINS = {"MatMul", "Einsum"}
 BROADCAST_JOINS = {"Add", "Sub", "Mul", "Div"}
@@ -74,7 +79,7 @@ LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Dropou
 class SidePath:
     """A side path: the nodes feeding input ``tensor`` of ``join`` and not its ``carrier``."""
 
-    kind: str  # BRANCH, GATE, ATTENTION or STATISTIC
+    kind: str  # BRANCH, GATE, ATTENTION, STATISTIC or FUNCTION
     join: str  # node id where the side path meets the main signal again
     tensor: str  # the join's side input
     carrier: str  # the join's other input: the skip, the gated signal, the values
@@ -151,6 +156,8 @@ def describe_side(side: SidePath, graph: ModelGraph) -> str:
         return f"on a gating side path ({join} gates {side.carrier!r})"
     if side.kind == ATTENTION:
         return f"on the attention-weight side path ({join} weighs values {side.carrier!r})"
+    if side.kind == FUNCTION:
+        return f"inside an element-wise function of {side.carrier!r} written out as ops ({join})"
     return f"on a statistics side path ({join} broadcasts it over {side.carrier!r})"
 
 
@@ -276,6 +283,8 @@ def _side_paths(graph: ModelGraph, signal: SignalGraph,
             continue
         found = _side_operand(graph, node_id)
         if found is None:
+            paths.extend(SidePath(FUNCTION, node_id, operand, ancestor, nodes) for
+                         operand, ancestor, nodes in function_interior(graph, signal, node_id))
             continue
         kind, side, carrier = found
         node = graph.node(node_id)

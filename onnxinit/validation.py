@@ -4,11 +4,15 @@ Two checks:
 
 - structure (:func:`check_structure`): every tensor a node reads is defined (a graph input, an
   initializer, a node's output, or for a subgraph the outer scope) and every tensor is defined
-  once (the static single assignment the ONNX spec requires). Linear in the nodes; nothing else
+  once (the static single assignment the ONNX spec requires; a graph input or initializer
+  listed twice too). Linear in the nodes; nothing else
   would notice, since a rule cannot tell a missing input from an unknown one.
 - data (:func:`check_initializers`): each initializer holds as many bytes (or values) as its
   shape and element type need (a truncated tensor would otherwise be reshaped wrongly or
   skipped).
+- ops outside the imported opset (:func:`opset_mismatch`): an op added in a later opset
+  (Gelu at opset 13), or an attribute of another type than the op's schema, refused when
+  onnxruntime refuses the model too.
 - unknown ops (:func:`unknown_default_op`): an op of the default domain that onnx does not
   know is refused only when onnxruntime does not know it either: onnxruntime registers contrib
   ops there (SimplifiedLayerNormalization), which the fallback runs.
@@ -52,7 +56,19 @@ def _subgraphs(node: onnx.NodeProto):
             yield from attr.graphs
 
 
+def _defined_twice(values, kind: str, name: str) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value.name in seen:
+            raise ModelLoadError(f"{name}: not a valid ONNX graph: {kind} {value.name!r} is "
+                                 f"defined twice; each tensor must have one definition")
+        seen.add(value.name)
+
+
 def _check_graph(graph: onnx.GraphProto, outer: set[str], name: str) -> None:
+    # onnxruntime refuses a duplicated input; of two initializers it silently keeps the last
+    _defined_twice(graph.input, "graph input", name)
+    _defined_twice(graph.initializer, "initializer", name)
     defined = set(outer)
     declared = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     defined.update(declared)
@@ -202,6 +218,40 @@ def unknown_default_op(model: onnx.ModelProto) -> str | None:
     return f"no op {named} in the default ONNX domain, and onnxruntime has none either"
 
 
+def _outside_opset(node: onnx.NodeProto, opset: int) -> str | None:
+    """Why ``node`` (a default-domain op onnx knows) is not an op of ``opset``: the op came
+    later, or an attribute has another type than the op's schema at that opset."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        first = onnx.defs.get_schema(node.op_type).since_version
+        return f"{node.op_type} is not in opset {opset} (onnx has it from opset {first})"
+    for attr in node.attribute:
+        expected = schema.attributes.get(attr.name)
+        if expected is not None and attr.type != expected.type:
+            return (f"{node.op_type}'s attribute {attr.name!r} is "
+                    f"{onnx.AttributeProto.AttributeType.Name(attr.type).lower()}, opset {opset} "
+                    f"wants {onnx.AttributeProto.AttributeType.Name(expected.type).lower()}")
+    return None
+
+
+def opset_mismatch(model: onnx.ModelProto) -> str | None:
+    """The first node of ``model``'s main graph that its default-domain opset does not define
+    as written (:func:`_outside_opset`), when onnxruntime refuses the model too; else None (a
+    session is made only when such a node is found)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    for index, node in enumerate(model.graph.node):
+        if node.domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type):
+            continue
+        reason = _outside_opset(node, opset)
+        if reason is None:
+            continue
+        if _refused_by_onnxruntime(without_large_data(model)) is None:
+            return None
+        return f"node {node.name or f'{node.op_type}_{index}'!r}: {reason}"
+    return None
+
+
 def inconsistency(model: onnx.ModelProto) -> str | None:
     """Why ``model`` (as given: its own input shapes) is not a consistent ONNX model, or None:
     onnx's strict shape inference with type checks finds an op that cannot compute its output
@@ -227,6 +277,6 @@ def _first_error(reason: str) -> str:
     return f"{head} (op_type:{errors[0]} (and {len(errors) - 1} more node errors)"
 
 
-__all__ = ["check_initializers", "check_structure", "inconsistency", "says_uncomputable",
-           "unknown_default_op",
+__all__ = ["check_initializers", "check_structure", "inconsistency", "opset_mismatch",
+           "says_uncomputable", "unknown_default_op",
            "weight_mismatch"]

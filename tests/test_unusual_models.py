@@ -262,6 +262,21 @@ def _undefined_initializer_type():
     return model
 
 
+def _listed_twice(field):
+    """A graph input or an initializer written twice (onnxruntime refuses the first; of the
+    second it silently keeps the last)."""
+    model = _matmul_relu()
+    getattr(model.graph, field).append(getattr(model.graph, field)[0])
+    return model
+
+
+def _no_inputs():
+    """Every tensor computed from initializers (a constant function)."""
+    return make_model([helper.make_node("MatMul", ["c", "w"], ["h"]),
+                       helper.make_node("Relu", ["h"], ["y"])], [], [_value("y", shape=(16, 16))],
+                      [_weight(), _weight("c")])
+
+
 def _offset_past_end(entries):
     entries["offset"] = str(int(entries.get("offset", 0)) + 100_000)
 
@@ -329,6 +344,18 @@ CASES = {
     "float output declared int64": (_write(_output_declared_int64), "onnxruntime refuses it too"),
     "initializer of undefined type": (_write(_undefined_initializer_type), "no element type"),
     "negative Transpose perm": (_write(_negative_transpose_perm), "Invalid attribute perm"),
+    "graph input listed twice": (_write(lambda: _listed_twice("input")),
+                                 "graph input 'x' is defined twice"),
+    "initializer listed twice": (_write(lambda: _listed_twice("initializer")),
+                                 "initializer 'w' is defined twice"),
+    "op newer than the imported opset": (_write(lambda: make_model(
+        [helper.make_node("Gelu", ["x"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])],
+        [X], [_value("y")], [_weight()], opset=13)), "Gelu is not in opset 13"),
+    "attribute of the wrong type": (_write(lambda: make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("Softmax", ["h"], ["y"], axis=1.0)], [X], [_value("y")], [_weight()])),
+        "attribute 'axis' is float"),
+    "no inputs": (_write(_no_inputs), None),
 }
 
 COMMANDS = {
@@ -681,3 +708,12 @@ def test_gradient_methods_feed_a_string_input(method, tmp_path, capsys):
     y = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"]).run(
         ["y"], feeds)[0]
     assert y.shape == (8, 16) and np.isfinite(y).all()
+
+
+def test_rescale_of_a_model_without_inputs_says_so(tmp_path, capsys):
+    """A model with no inputs has weights (``c`` and ``w``) but no signal through them:
+    `rescale` said "no float parameters to rescale"."""
+    path = _write(_no_inputs)(tmp_path)
+    code, out, err = run(["rescale", path, "--method", "autoinit", "-o", tmp_path / "o.onnx"],
+                         capsys)
+    assert code == 2 and "has no inputs" in err, err

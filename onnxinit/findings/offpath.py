@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from ..analysis import Analysis
-from ..signal_path import BRANCH, SidePath, SignalPaths
+from ..signal_path import BRANCH, FUNCTION, SidePath, SignalPaths
 from .base import Finding, RuleInfo, fmt, register
 from .scale import Scale, flag, head_input_of, judged, recurrent_stack, severity
 
@@ -131,8 +131,8 @@ def find(analysis: Analysis, paths: SignalPaths, scale: dict[str, Scale],
         if direction is None:
             continue
         kind = NORMALIZED if t.name in paths.normalized else side.kind
-        if (kind, direction) == (BRANCH, "exploding"):
-            continue  # it reaches the signal only at its Add, judged on the main path
+        if (kind, direction) == (BRANCH, "exploding") or kind == FUNCTION:
+            continue  # it reaches the signal only at its Add / as the function's output
         groups.setdefault((kind, direction), []).append(t.name)
     notes = [_side_note(kind, direction, tensors, analysis, paths, scale)
              for (kind, direction), tensors in groups.items()]

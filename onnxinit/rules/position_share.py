@@ -50,11 +50,12 @@ import math
 import numpy as np
 
 from .. import correlation as corr_model
-from ..moments import Moments
+from ..moments import Moments, Source
 from ..spatial import attach
 from .axis_roles import CONST_MAPS, channel_map_roles, channels_taken, layout_roles
 from .context import RuleContext
 from .correlations import chain_amplitudes
+from .grids import KEEP_CAP
 from .kurtosis import chain_start
 from .on_demand import OnDemandField
 
@@ -378,6 +379,9 @@ def onto_map(ctx: RuleContext, out: Moments) -> Moments:
     rho = corr_model.independent(c, sizes).rho
     rho = np.where(rho == 1.0, 1.0, floor)  # every pair of distinct positions alike
     field_corr = corr_model.Correlation(rho, np.full(c, floor))
+    sequence = _sequence_cells(out, tuple(int(d) for d in shape))
+    if sequence is not None:
+        return attach(sequence[0], sequence[1], field_corr)
     # per-position means (a relative-position bias) pooled into the channel's variance:
     # position classes on the whole map would make every later rule per class (5x the
     # analysis time on MaxViT), and the BatchNorm that reads the map pools them anyway
@@ -388,7 +392,46 @@ def onto_map(ctx: RuleContext, out: Moments) -> Moments:
         return out
     cell = (1, c) + (1,) * len(sizes)
     maps = [np.zeros(s, dtype=np.int64) for s in sizes]
-    return attach(Moments(mean.reshape(cell), var.reshape(cell)), maps, field_corr)
+    return attach(Moments(mean.reshape(cell), var.reshape(cell), _source_at(out, cell)),
+                  maps, field_corr)
+
+
+def _sequence_cells(out: Moments, shape: tuple[int, ...]):
+    """(cells, maps) for a sequence put back as a map (``[N, C, S, 1]``: tf2onnx's
+    MaxPooling1D after a Conv1D) whose statistics vary along its one position axis (a padded
+    Conv1D's border taps, kept per position: ``shape.sequence_positions``): one class per
+    position, with its law; None otherwise."""
+    axes = [a for a in range(2, len(shape)) if shape[a] > 1]
+    full = out.expand_rank(len(shape))
+    mean, var = np.broadcast_arrays(full.mean, full.var)
+    if (len(axes) != 1 or mean.ndim != len(shape) or mean.shape[axes[0]] != shape[axes[0]]
+            or mean.size > KEEP_CAP or any(mean.shape[a] != 1 for a in range(2, len(shape))
+                                           if a != axes[0])):
+        return None
+    maps = [np.arange(s) if a == axes[0] else np.zeros(s, dtype=np.int64)
+            for a, s in enumerate(shape[2:], start=2)]
+    return Moments(mean, var, _source_at(out, mean.shape)), maps
+
+
+def _fitting(a, target: tuple[int, ...]) -> np.ndarray | None:
+    """``a`` at rank ``len(target)`` when it broadcasts to ``target`` unchanged, else None."""
+    a = np.asarray(a)
+    a = a.reshape((1,) * (len(target) - a.ndim) + a.shape) if a.ndim < len(target) else a
+    try:
+        return a if np.broadcast_shapes(a.shape, target) == tuple(target) else None
+    except ValueError:
+        return None
+
+
+def _source_at(out: Moments, target: tuple[int, ...]):
+    """``out``'s law (a ReLU's rectified Gaussian) at the cells ``target`` when it and the
+    statistics vary no further than they do, so that the map put back keeps it (a max pool
+    reads it); None otherwise."""
+    src = out.source
+    if src is None or any(_fitting(a, target) is None for a in (out.mean, out.var)):
+        return None
+    mean, var = _fitting(src.mean, target), _fitting(src.var, target)
+    return None if mean is None or var is None else Source(mean, var, src.chain)
 
 
 __all__ = ["correlation", "onto_map", "share"]

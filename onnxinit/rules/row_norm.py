@@ -125,7 +125,8 @@ def row_normalised(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.
     x = inputs[xi]
     mean, var = lift(x.mean, rank), lift(x.var, rank)
     second = var + mean**2
-    row = np.mean(second, axis=-1, keepdims=True)  # E[s] per row (per token where spelled out)
+    # E[s] per row (per token where spelled out); a scalar law is every feature's own
+    row = second if second.ndim == 0 else np.mean(second, axis=-1, keepdims=True)
     sigma2 = np.log1p(_relative_variance(s, ctx.graph.shape(s_name), row)) * np.ones_like(row)
     mu = np.log(np.maximum(row, 1e-300)) - sigma2 / 2
     with np.errstate(all="ignore"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.moments import Moments
 from onnxinit.rules.maxima import max_moments
@@ -295,3 +295,62 @@ def test_max_pool_of_concatenated_relu_branches():
         [numpy_helper.from_array(v.astype(np.float32), n) for n, v in consts.items()])
     result = check_rule(model, {"x": Moments.scalar(0.0, 1.0)}, rtol=0.08)
     assert result.moments["r"].spatial.cells.source is not None
+
+
+def test_average_pool_after_a_wide_conv_of_a_batch_norm(monkeypatch):
+    """A Conv too wide for the exact correlation sum (``CONV_BUDGET``: DenseNet-169's 1x1
+    transition conv, 1280 -> 640 channels on an 8x8 map) keeps one correlation for all its
+    channels but the batch-centred fraction per channel; the AveragePool after it failed on
+    the two shapes ("could not be broadcast", the empirical fallback measured it). Against
+    onnxruntime (training-mode BatchNorm, 40 batches of 8)."""
+    import onnxinit.correlation
+
+    monkeypatch.setattr(onnxinit.correlation, "CONV_BUDGET", 0)
+    rng = np.random.default_rng(3)
+    c = 6
+    consts = {"w1": rng.standard_normal((c, 4, 3, 3)) / 6,
+              "w2": rng.standard_normal((c, c, 1, 1)) / 2, "g": np.ones(c), "b": np.zeros(c), "m": np.zeros(c), "v": np.ones(c)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["h", "g", "b", "m", "v"], ["n", "rm", "rv"],
+                              training_mode=1),
+             helper.make_node("Relu", ["n"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["t"]),
+             helper.make_node("AveragePool", ["t"], ["y"], kernel_shape=[2, 2], strides=[2, 2])]
+    model = make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32), n) for n, v in consts.items()])
+    x = Moments.scalar(0.0, 1.0)
+    _, result = predict(model, {"x": x})
+    assert result.rules["y"] == "average_pool"
+    samples = np.concatenate([monte_carlo(model, {"x": x}, seed=s)["y"] for s in range(40)])
+    assert_moments_close(result.moments["y"], samples, rtol=0.05)
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_max_pool_of_a_conv1d_reshaped_to_a_map(k):
+    """tf2onnx's Keras Conv1D + ReLU + MaxPooling1D: the Conv as a 2-D Conv on [N, C, 1, T],
+    squeezed to [N, C, T], the ReLU, then Unsqueeze and Reshape to [N, C, T, 1] for a MaxPool
+    over T. Putting the map back dropped the ReLU's law (and a padded kernel's border
+    positions): the pool took a Gaussian with the ReLU's moments, 0.53x of the measured
+    variance (the Keras Conv1D + GRU classifier's pool). Against onnxruntime."""
+    b, c, t = 64, 32, 32
+    rng = np.random.default_rng(0)
+    consts = {"ax1": np.array([1]), "ax2": np.array([2]), "shape4": np.array([b, c, t, 1]),
+              "w": rng.standard_normal((c, c, 1, k)) / np.sqrt(c * k)}
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax2"], ["xe"]),
+             helper.make_node("Conv", ["xe", "w"], ["c4"], pads=[0, k // 2, 0, k // 2]),
+             helper.make_node("Squeeze", ["c4", "ax2"], ["s"]),
+             helper.make_node("Relu", ["s"], ["r"]),
+             helper.make_node("Unsqueeze", ["r", "ax1"], ["u"]),
+             helper.make_node("Reshape", ["u", "shape4"], ["r4"]),
+             helper.make_node("MaxPool", ["r4"], ["y"], kernel_shape=[2, 1], strides=[2, 1])]
+    model = make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, c, t])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32 if n == "w" else np.int64), n)
+         for n, v in consts.items()])
+    x = Moments.scalar(0.0, 1.0)
+    _, result = predict(model, {"x": x})
+    samples = np.concatenate([monte_carlo(model, {"x": x}, seed=s)["y"] for s in range(4)])
+    assert_moments_close(result.moments["y"], samples, rtol=0.03)

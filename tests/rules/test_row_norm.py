@@ -63,3 +63,27 @@ def test_times_reciprocal_rms():
 
 def test_divided_by_rms():
     _check(divide=True)
+
+
+def test_layer_norm_of_rows_with_one_law():
+    """``tf.nn.moments`` LayerNorm of a 2-D ``[B, D]`` input whose features share one law
+    (tf2onnx of a ``tf.function`` MLP): the row's statistics are scalars, and the rule failed on
+    them ("axis -1 is out of bounds", the fallback measured the product)."""
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1], keepdims=1),
+             helper.make_node("Sub", ["x", "m"], ["d"]),
+             helper.make_node("Mul", ["d", "d"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq"], ["v"], axes=[-1], keepdims=1),
+             helper.make_node("Add", ["v", "eps"], ["ve"]),
+             helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Reciprocal", ["sd"], ["inv"]),
+             helper.make_node("Mul", ["d", "inv"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "layer_norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [B * T, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [B * T, 16])],
+        [numpy_helper.from_array(np.asarray(1e-5, np.float32), "eps")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = Moments.scalar(0.0, 1.0)
+    _, result = predict(model, {"x": x})
+    assert result.rules["y"] == "binary"
+    measured = monte_carlo(model, {"x": x})["y"].astype(np.float64).var()
+    assert abs(result.moments["y"].total()[1] / measured - 1) < 0.02
