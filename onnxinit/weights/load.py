@@ -67,7 +67,8 @@ def _causes(report: MappingReport, source: WeightSource, params) -> str:
             f"export (trained, re-initialized, another seed): pass as `original` the ONNX "
             f"model exported from this very module; (3) the exporter laid the weights out in "
             f"a way not recognised here (tried: as is, transposed, channels-last and depthwise "
-            f"kernels, BatchNormalization folded into a Conv or written as Mul/Add)")
+            f"kernels, recurrent gate orders, BatchNormalization folded into a Conv or written as "
+            f"Mul/Add)")
 
 
 def load_plan(
@@ -111,7 +112,9 @@ def load_plan(
     weights = [p for p in params if p not in buffers and p not in report.absent]
     found = {p for p in values if p not in buffers}
     found |= {p for into in report.folded_into.values() for p in into if p not in buffers}
+    found |= {p for into in report.recurrent.values() for p in into if p not in buffers}
     lost = [n for n in report.unmapped + report.constants if _changed(source, n)]
+    lost += [n for n in report.recurrent if _changed(source, n)]  # none is loaded
     problems = []
     if report.mismatched:
         problems.append("shapes differ")

@@ -9,6 +9,7 @@ import numpy as np
 from . import folds
 from .batchnorm import split_name
 from .layouts import Layout, layouts
+from .recurrent import recurrent_weights
 from .report import MappingReport
 from .source import WeightSource
 from .values import close, equal, is_degenerate, normalize_name, value_key
@@ -33,7 +34,7 @@ class _Mapper:
     def _used(self) -> set[str]:
         """Parameters that received a tensor, directly, merged or through a fold."""
         used = set(self.report.mapped.values()) | set(self.report.merged)
-        for into in self.report.folded_into.values():
+        for into in (*self.report.folded_into.values(), *self.report.recurrent.values()):
             used.update(into)
         return used
 
@@ -51,7 +52,8 @@ class _Mapper:
             self.report.reshaped.append(onnx_name)
 
     def _remaining(self) -> list[str]:
-        done = set(self.report.mapped) | set(self.report.mismatched) | set(self.report.folded)
+        done = (set(self.report.mapped) | set(self.report.mismatched) | set(self.report.folded)
+                | set(self.report.recurrent))
         return [n for n in self.todo if n not in done]
 
     def _fit(self, onnx_name: str, param: str) -> Layout | None:
@@ -119,11 +121,7 @@ class _Mapper:
     def by_value(self, degenerate: bool) -> None:
         """Exact value matches (hash, verified with array_equal). ``degenerate`` selects the
         tensors whose elements are all equal (done last: they rarely identify a parameter)."""
-        if self._index is None:
-            self._index = {}
-            for param, value in self.params.items():
-                self._index.setdefault(value_key(value), []).append(param)
-        index = self._index
+        index = self.value_index()
         groups: dict[tuple, list[str]] = {}
         for name in self._remaining():
             if name in self.approximate or name not in self.ref:
@@ -140,6 +138,14 @@ class _Mapper:
                                    and equal(view, self.params[p])]
             self._choose(name, candidates, "value", groups)
         self._resolve_groups(groups, "value")
+
+    def value_index(self) -> dict[tuple, list[str]]:
+        """value_key -> the parameters with that key (built once)."""
+        if self._index is None:
+            self._index = {}
+            for param, value in self.params.items():
+                self._index.setdefault(value_key(value), []).append(param)
+        return self._index
 
     def _param_shapes(self) -> list[tuple[int, ...]]:
         return list(dict.fromkeys(tuple(v.shape) for v in self.params.values()))
@@ -191,7 +197,7 @@ class _Mapper:
 
     def finish(self, onnx_order: list[str], aliases: dict[str, str]) -> MappingReport:
         report = self.report
-        done = set(report.mapped) | set(report.folded)
+        done = set(report.mapped) | set(report.folded) | set(report.recurrent)
         done |= {aliases[n] for n in done if n in aliases}
         report.aliases = {n: aliases[n] for n in report.mapped if n in aliases}
         left = [n for n in onnx_order if n not in done and n not in aliases]
@@ -219,7 +225,9 @@ def map_weights(
 
     Order: same name; same normalised name (:func:`normalize_name`, unique on both sides);
     same value in any layout that fits (:mod:`~onnxinit.weights.layouts`: as is, transposed,
-    channels-last kernels) for tensors whose values are not all equal; ``new / scale`` close to
+    channels-last kernels) for tensors whose values are not all equal; a recurrent op's W, R, B
+    per direction in a framework's gate order (:mod:`~onnxinit.weights.recurrent`: recorded,
+    nothing to load); ``new / scale`` close to
     a parameter (rescaled tensors with no original given); BatchNormalization folded into a
     layer or written as constants (:mod:`~onnxinit.weights.folds`); finally exact values of
     constant tensors (zeros, ones), where k tensors equal to the same k parameters map only
@@ -240,6 +248,7 @@ def map_weights(
     mapper.by_name()
     mapper.by_normalized_name()
     mapper.by_value(degenerate=False)
+    recurrent_weights(mapper)
     mapper.by_scaled_value()
     folds.folded_weights(mapper)
     folds.batchnorm_nodes(mapper)

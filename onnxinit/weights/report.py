@@ -79,6 +79,9 @@ class MappingReport:
     ambiguous: dict[str, list[str]] = field(default_factory=dict)
     conflicts: dict[str, list[str]] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    # a recurrent op's W, R or B -> the per-direction parameters its views equal (nothing to
+    # load: the methods leave them as initialised; weights/recurrent.py)
+    recurrent: dict[str, list[str]] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: counts, then the first few names of each problem."""
@@ -88,6 +91,9 @@ class MappingReport:
             parts.append(f"{len(self.absent)} absent from the export")
         if self.folded:
             parts.append(f"{len(self.folded)} with BatchNormalization folded in")
+        if self.recurrent:
+            parts.append(f"{len(self.recurrent)} recurrent (unchanged, "
+                         f"{sum(map(len, self.recurrent.values()))} parameters)")
         for label, items in (("mismatched", self.mismatched), ("conflicting", self.conflicts),
                              ("unmapped", self.unmapped), ("missing", self.missing),
                              ("ambiguous", self.ambiguous)):

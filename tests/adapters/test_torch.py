@@ -161,3 +161,29 @@ def test_float16_module_round_trip_keeps_dtype_and_exact_values(tmp_path):
         assert value.dtype == torch.float16
         want = expected[name].T if name in report.transposed else expected[name]
         np.testing.assert_array_equal(value.detach().numpy(), want)
+
+
+class Recurrent(torch.nn.Module):
+    """A 2-layer bidirectional LSTM or GRU (batch-first) and a Linear on the last step."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.rnn = getattr(torch.nn, kind)(8, 16, num_layers=2, bidirectional=True,
+                                           batch_first=True)
+        self.head = torch.nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_recurrent_layers_are_found_in_their_gate_order(tmp_path, kind):
+    """The ONNX LSTM/GRU writes each layer's weights as W, R, B with both directions stacked
+    and the gates in ONNX's order (LSTM i, o, f, c; GRU z, r, h) where torch keeps i, f, g, o
+    and r, z, n per direction: the load was refused ("only 1 of 9 parameters found"). Every
+    recurrent parameter is found now (left as initialised: nothing to load)."""
+    torch.manual_seed(0)
+    report = round_trip(Recurrent(kind), (torch.randn(2, 5, 8),), ["x"], tmp_path)
+    assert report.missing == [], report.summary()
+    assert sorted(p for ps in report.recurrent.values() for p in ps) == sorted(
+        f"rnn.{n}" for n, _ in Recurrent(kind).rnn.named_parameters())
