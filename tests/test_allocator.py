@@ -53,3 +53,34 @@ def test_freed_temporaries_are_reused_instead_of_mapped_afresh():
 def test_the_users_own_malloc_settings_are_left_alone():
     applied, _ = _faults("keep", MALLOC_ARENA_MAX="2")
     assert applied is False
+
+
+# whether numpy still advises huge pages once the command line has loaded a command
+_ADVICE = """
+import json
+import numpy as np
+from onnxinit.cli import _load
+_load("analyze")
+print(json.dumps(np._core.multiarray._set_madvise_hugepage(True)))
+"""
+
+
+def _advice_after_load(**env) -> bool:
+    environ = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    out = subprocess.run([sys.executable, "-c", _ADVICE], env={**environ, **env},
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_command_turns_numpys_huge_page_advice_off():
+    """numpy's madvise(MADV_HUGEPAGE) on every array of 4 MB or more: where the kernel
+    compacts memory for it on a page fault, seconds of system time (allocator.py)."""
+    import numpy as np
+
+    if not hasattr(np._core.multiarray, "_set_madvise_hugepage"):
+        pytest.skip("this numpy has no switch")
+    assert _advice_after_load() is False
+
+
+def test_the_users_own_huge_page_setting_is_left_alone():
+    assert _advice_after_load(NUMPY_MADVISE_HUGEPAGE="1") is True

@@ -44,7 +44,7 @@ from ..moments import Moments
 from ..spatial import attach, class_weights
 from .context import RuleContext, RuleError
 from .elementwise import refinement
-from .gaussian import compose, composite_rule
+from .gaussian import chain_at_nodes, compose, composite_rule
 from .kurtosis import chain_start
 from .linear import conv_tap_sums
 
@@ -53,7 +53,6 @@ FEW_TERMS = 64  # inputs per output (C_in / groups x kernel taps) up to which th
 # composite Gauss-Legendre on [-8, 8] (kinks converge as the panels shrink); 24 panels: the
 # corrections within 1% of 48 panels' on the tests' ReLU and SiLU
 _T, _W = composite_rule(8.0, 24, 4)
-_NODE_BLOCK = 1 << 15  # node values per block of _chain_at_nodes (in cache)
 NEGLIGIBLE = 1e-3  # |gamma| and |kappa| below which a cell keeps the Gaussian's moments
 # rows w He3, w He4, w He6 at the nodes: the expansion's three node sums as one matrix product
 _WEIGHTED_HE = np.stack([_W * (_T**3 - 3 * _T), _W * (_T**4 - 6 * _T**2 + 3),
@@ -74,24 +73,6 @@ def _nodes(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     """``mean + std t`` at every node t, ``[nodes, *shape]`` (one array, added in place)."""
     out = np.sqrt(np.maximum(var, 0.0))[None] * _T.reshape((-1,) + (1,) * mean.ndim)
     out += mean[None]
-    return out
-
-
-def _chain_at_nodes(fn, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
-    """``fn(mean + std t)`` at every node t, ``[nodes, cells]`` (``mean``, ``var`` of one
-    shape): evaluated a block of nodes at a time, so that the temporaries stay in cache and
-    only the result is a large array (the values are those of one evaluation on all nodes)."""
-    out = np.empty((_T.size, mean.size))
-    std = np.sqrt(np.maximum(var, 0.0))[None]
-    step = max(1, _NODE_BLOCK // max(1, mean.size))
-    for i in range(0, _T.size, step):
-        x = std * _T[i:i + step].reshape((-1,) + (1,) * mean.ndim)
-        x += mean[None]
-        y = np.asarray(fn(x), dtype=np.float64)
-        if y.shape != x.shape:  # a function that broadcasts its input further: all at once
-            y = np.asarray(fn(_nodes(mean, var)), dtype=np.float64)
-            return y.reshape(y.shape[0], -1)
-        out[i:i + step] = y.reshape(y.shape[0], -1)
     return out
 
 
@@ -221,7 +202,11 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
     if max(float(np.max(np.abs(gamma))), float(np.max(np.abs(kappa)))) < NEGLIGIBLE:
         return y
     with np.errstate(all="ignore"):
-        g = _chain_at_nodes(compose(src.chain), mean, var)
+        try:  # a block of nodes at a time, into one [nodes, cells] array
+            g = chain_at_nodes(compose(src.chain), mean, np.sqrt(np.maximum(var, 0.0)), _T)
+        except ValueError:  # a function that broadcasts its input further: all at once
+            g = np.asarray(compose(src.chain)(_nodes(mean, var)), dtype=np.float64)
+            g = g.reshape(g.shape[0], -1)
         # sum_t w_t g^p(t) lift(t) = gamma/6 S3 + kappa/24 S4 + gamma^2/72 S6,
         # S_k = sum_t w_t He_k(t) g^p(t): two matrix products over the nodes
         first = _lifted(_WEIGHTED_HE @ g, gamma, kappa)

@@ -74,6 +74,28 @@ def compose(chain: Sequence[Elementwise | Callable]) -> Callable[[np.ndarray], n
     return composed
 
 
+_NODE_BLOCK = 1 << 15  # function values per block of chain_at_nodes (in cache)
+
+
+def chain_at_nodes(fn: Callable, mean: np.ndarray, std: np.ndarray, nodes: np.ndarray,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """``fn(mean + std t)`` at every node t, ``[nodes, mean.size]`` (into ``out`` when given;
+    ``mean``, ``std`` of one shape, ``fn`` applied to ``[block, *shape]`` arrays): a block of
+    nodes at a time, so that the function's temporaries stay in cache and only the result is
+    a large array; the values are those of one evaluation on all nodes. ValueError where fn's
+    values do not broadcast to its argument's shape."""
+    out = np.empty((nodes.size, mean.size)) if out is None else out
+    step = max(1, _NODE_BLOCK // max(1, mean.size))
+    pad = (1,) * mean.ndim
+    for i in range(0, nodes.size, step):
+        t = nodes[i:i + step]
+        x = std[None] * t.reshape((-1,) + pad)
+        x += mean[None]
+        y = np.asarray(fn(x), dtype=np.float64)
+        out[i:i + t.size] = np.broadcast_to(y, x.shape).reshape(t.size, -1)
+    return out
+
+
 def gaussian_moments(
     fn: Callable | Elementwise | Sequence,
     mean,

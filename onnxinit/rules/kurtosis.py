@@ -36,7 +36,7 @@ import numpy as np
 from ..moments import Moments
 from .context import RuleContext, RuleError
 from .fusion import common_ancestor
-from .gaussian import compose, composite_rule
+from .gaussian import chain_at_nodes, compose, composite_rule
 from .on_demand import OnDemandField
 
 # the element-wise ops an element-wise chain (a tensor's source) is built from
@@ -79,19 +79,18 @@ def chain_values(mean, var, chain, c: int, rank: int, v=None,
     mean, var = (np.asarray(a, dtype=np.float64) for a in (mean, var))
     shape = np.broadcast_shapes(mean.shape, var.shape, channel)
     mean, var = np.broadcast_to(mean, shape), np.broadcast_to(var, shape)
-    t = nodes.reshape((-1,) + (1,) * (rank - 1))
     fn = compose(chain)
+    mean = mean.reshape(shape[1:])  # the nodes take the batch axis
     if v is None or not np.any(v > 0):
         with np.errstate(all="ignore"):
-            y = np.asarray(fn(mean + np.sqrt(var) * t), dtype=np.float64)
-        return np.broadcast_to(y, (nodes.size,) + shape[1:]).reshape(nodes.size, -1), weights
+            return chain_at_nodes(fn, mean, np.sqrt(var).reshape(shape[1:]), nodes), weights
     sig2, w = mixture_nodes(np.broadcast_to(v, (c,)))
-    ys = []
-    for s2 in sig2:
+    out = np.empty((sig2.shape[0] * nodes.size, mean.size))
+    for i, s2 in enumerate(sig2):
         with np.errstate(all="ignore"):
-            y = np.asarray(fn(mean + np.sqrt(var * s2.reshape(channel)) * t), dtype=np.float64)
-        ys.append(np.broadcast_to(y, (nodes.size,) + shape[1:]).reshape(nodes.size, -1))
-    return np.concatenate(ys), np.concatenate([weights * wi for wi in w])
+            chain_at_nodes(fn, mean, np.sqrt(var * s2.reshape(channel)).reshape(shape[1:]),
+                           nodes, out[i * nodes.size:(i + 1) * nodes.size])
+    return out, np.concatenate([weights * wi for wi in w])
 
 
 def _channels(graph, tensor: str) -> tuple[int, int] | None:
