@@ -13,7 +13,9 @@ moved through Transposes, the pre-act ResNet-20's 0.88-1.09x, the tf2onnx export
 :func:`channels_first` rewrites every such stretch in the analysis view. A stretch is a set of
 tensors closed under its consumers: it starts at *entries*, Transposes by
 ``P = [0, 2, ..., r-1, 1]`` (axis 1 to the end) of the output of a channels-first op (Conv,
-ConvTranspose, a pool, BatchNormalization, InstanceNormalization), goes through element-wise
+ConvTranspose, a pool, BatchNormalization, InstanceNormalization), or of element-wise ops and
+``keepdims`` reductions of such outputs and constants (tf2onnx's RMS-normed Conv output
+``c * 1/sqrt(mean_c(c^2))`` before a tanh GELU's NHWC ``x^3``), goes through element-wise
 ops whose other operands are constants, reductions over constant axes and Pads by constant pads
 (tf2onnx writes Keras' ZeroPadding2D before a strided depthwise conv inside the stretch; its
 pads are permuted like the axes), and ends at *exits*,
@@ -105,6 +107,7 @@ class _Stretches:
         self.graph = graph
         self.rank: dict[str, int] = {}  # channels-last tensor -> its rank
         self.kind: dict[int, str] = {}  # id(node) -> "entry", "inside", "exit"
+        self.channels_first: set[str] = set()  # NCHW tensors an entry may read
         self.parent: dict[int, int] = {}
         for node in model.graph.node:  # topological order
             self._classify(node, ranks)
@@ -119,8 +122,29 @@ class _Stretches:
         a, b = self.find(id(node)), self.find(id(self.graph.producer[tensor]))
         self.parent[a] = b
 
+    def _track_channels_first(self, node: onnx.NodeProto) -> None:
+        """Record the tensors laid out channels-first: a channels-first op's outputs, and what
+        element-wise ops and ``keepdims`` reductions compute from such tensors and constants
+        (a Conv output times its own RMS over the channels)."""
+        if node.domain not in ("", "ai.onnx"):
+            return
+        if node.op_type in CHANNELS_FIRST_OPS:
+            self.channels_first.update(o for o in node.output if o)
+            return
+        if node.op_type in REDUCE_OPS:
+            if not _attr(node, "keepdims", 1) or not node.input:
+                return
+            signals = node.input[:1]
+        elif node.op_type in ELEMENTWISE_OPS:
+            signals = [i for i in node.input if i and self.graph.value(i) is None]
+        else:
+            return
+        if signals and all(i in self.channels_first for i in signals):
+            self.channels_first.update(o for o in node.output if o)
+
     def _classify(self, node: onnx.NodeProto, ranks: dict[str, int]) -> None:
         graph = self.graph
+        self._track_channels_first(node)
         if node.op_type == "Transpose" and node.input and node.input[0]:
             perm, x = _perm(node), node.input[0]
             rank = self.rank.get(x)
@@ -131,7 +155,7 @@ class _Stretches:
                 return
             producer = graph.producer.get(x)
             if (perm is not None and len(perm) >= 3 and perm == to_last(len(perm))
-                    and producer is not None and producer.op_type in CHANNELS_FIRST_OPS):
+                    and producer is not None and x in self.channels_first):
                 self.kind[id(node)] = "entry"
                 self.parent[id(node)] = id(node)
                 self.rank[node.output[0]] = len(perm)

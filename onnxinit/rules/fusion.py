@@ -46,9 +46,13 @@ def _ancestry(tensor: str, ctx: RuleContext, budget: list[int]) -> list[tuple[st
             current = node.input[found[1]]
             chain = (found[0].elementwise,) + chain
         else:
-            fused = _fused_binary(nctx, budget)
+            # a failed attempt walks nodes of no chain (a Mul of a conv by its own RMS scale):
+            # only a found fusion spends its nodes, so that the search past it still can
+            trial = [budget[0]]
+            fused = _fused_binary(nctx, trial)
             if fused is None:
                 break
+            budget[0] = trial[0]
             current, h = fused
             chain = (h,) + chain
         out.append((current, chain))
