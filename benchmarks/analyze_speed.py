@@ -74,15 +74,19 @@ session.run(None, feeds)
 """
 
 # CPU seconds of the phases of an analysis in a fresh process: imports (onnxinit, the graph
-# loader, the propagator and the rules), load (read, shape inference, folding), propagation
+# loader, the propagator and the rules), load (read, shape inference, folding), propagation;
+# with the command line's process settings (onnxinit/allocator.py), as a command runs
 _PHASES = """
 import sys, time, json
 start = time.process_time()
+from onnxinit.allocator import keep_freed_memory, no_huge_page_advice
+keep_freed_memory()
 import onnxinit
 from onnxinit.graph import load
 from onnxinit.propagate import propagate
 from onnxinit.rules.catalog import load_rules
 load_rules()
+no_huge_page_advice()
 imported = time.process_time()
 graph = load(sys.argv[1], batch_size=int(sys.argv[2]))
 loaded = time.process_time()
@@ -97,6 +101,9 @@ import sys, time, json
 import onnxinit
 from onnxinit.rules.catalog import load_rules
 load_rules()
+from onnxinit.allocator import keep_freed_memory, no_huge_page_advice
+keep_freed_memory()
+no_huge_page_advice()
 start = time.process_time()
 onnxinit.analyze(sys.argv[1], batch_size=1)
 print(json.dumps(time.process_time() - start))
@@ -109,6 +116,9 @@ import sys, time, json
 import onnxinit
 from onnxinit.rules.catalog import load_rules
 load_rules()
+from onnxinit.allocator import keep_freed_memory, no_huge_page_advice
+keep_freed_memory()
+no_huge_page_advice()
 start = time.process_time()
 onnxinit.rescale(sys.argv[1], "autoinit", keep_bias=True, output=sys.argv[2])
 print(json.dumps(time.process_time() - start))
