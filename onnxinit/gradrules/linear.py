@@ -41,7 +41,7 @@ from .context import GradContext
 from .attention import matmul_activations
 from .gradient import MAX_COV, Gradient, along, feature_cov
 from .registry import rule
-from .tokens import axes_of, kept_unless
+from .tokens import as_profile, axes_of, kept_unless
 from .windows import (pattern_of_positions, pattern_weights, reach_patterns, tap_counts,
                       tap_weighted_map)
 
@@ -124,7 +124,7 @@ def matmul(grads, ctx: GradContext):
     out = [linear_centred(dense_input(g, w, rank), g), None]
     if ctx.is_parameter(1):
         out[1] = dense_weight(*_x_stats(ctx, 0, w.shape[0], rank), g, rows, rank, w.shape[1],
-                              ctx.x(0).tokens)
+                              as_profile(ctx.x(0), ctx.in_shape(0)))
     return out
 
 

@@ -69,7 +69,7 @@ from .context import GradContext
 from .gradient import Gradient, along
 from .registry import rule
 from .linear import dense_weight
-from .tokens import coherent_gain, kept_unless
+from .tokens import as_profile, coherent_gain, kept_unless
 
 
 def _param(ctx: GradContext, index: int, size: int, default: float) -> np.ndarray:
@@ -226,7 +226,8 @@ def layer_normalization(grads, ctx: GradContext):
     dx = Gradient(0.0, float(np.mean(var)), tokens=kept_unless(g.tokens, rank, [rank - 1]))
     params = [None, None]
     if ctx.is_parameter(1):  # dgamma = sum_r dy x_hat: x_hat's own field, mean 0, variance 1
-        x_hat = ctx.y(0).tokens if ctx.node.output[0] in ctx.forward else None
+        x_hat = as_profile(ctx.y(0), ctx.out_shape()) if ctx.node.output[0] in ctx.forward \
+            else None
         params[0] = dense_weight(1.0, 0.0, replace(g, cov=None), rows, rank, d, x_hat)
     if ctx.has_input(2) and ctx.is_parameter(2):
         gain = coherent_gain(kept_unless(g.tokens, rank, [rank - 1]))

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Tokens
-from ..rules.token_field import inner_blocks, reshaped_token_axes
+from ..rules.token_field import inner_blocks, is_correlation, reshaped_token_axes, sigma
 
 MAX_TOKENS = 4096
 
@@ -52,6 +52,22 @@ def make(axes: list[int], rank: int, sig: np.ndarray, stride: int = 1) -> Tokens
     if not np.isfinite(scale) or scale <= 0 or sig.shape[0] > MAX_TOKENS:
         return None
     return Tokens(axes[0] - rank, len(axes), sig / scale, stride)
+
+
+def as_profile(m, shape) -> Tokens | None:
+    """The forward field of ``m`` (a Moments of static ``shape``) with the per-token variance
+    in its diagonal (``moments.Tokens``' first form, what the backward rules read): a
+    correlation beside per-token variances (a zero-padded window's tokens, whose padding has
+    none) becomes ``Sigma / mean diag Sigma`` with ``Sigma[s, t] = sqrt(v_s v_t) corr[s, t]``
+    (:func:`onnxinit.rules.token_field.sigma`); a profile is returned as it is."""
+    t = None if m is None else m.tokens
+    if t is None or shape is None or not is_correlation(t.cov):
+        return t
+    axes = axes_of(t, len(shape))
+    if axes is None:
+        return t
+    found = make(axes, len(shape), sigma(m, shape, axes, t.n, t.stride), t.stride)
+    return t if found is None else found
 
 
 def shared(axes: list[int], rank: int, n: int) -> Tokens | None:
