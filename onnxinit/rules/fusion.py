@@ -5,7 +5,8 @@ A binary node whose two signal operands are both element-wise functions of one t
 itself an element-wise function of T: ``y = h(T)``, ``h(z) = op(f_a(z), f_b(z))``; its moments
 are integrated over T's distribution instead of taking the (correlated) operands as
 independent. :func:`common_ancestor` finds T from the graph alone (walking back through
-element-wise nodes, and through binary nodes that themselves fuse, up to 16 nodes); the
+element-wise nodes, and through binary nodes that themselves fuse: chains of up to 16 nodes,
+64 visited in all); the
 propagator looks up T's moments and hands both to the rule as ``RuleContext.fusion``
 (:class:`~onnxinit.rules.context.CommonAncestor`); :func:`fused_elementwise` integrates.
 """
@@ -21,7 +22,8 @@ from .elementwise import (ElementwiseFn, apply_fn, base_source, guard, node_func
 from .gaussian import compose
 from .piecewise import closed_moments, fused_pieces
 
-MAX_DEPTH = 16  # nodes walked back from the two operands together (GPT-2's tanh GELU: 12)
+MAX_DEPTH = 16  # nodes of the chains found from the two operands (GPT-2's tanh GELU: 12)
+MAX_WORK = 64  # nodes visited in all, failed inner attempts included
 _BINARY = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide,
            "Pow": np.power}
 
@@ -31,11 +33,12 @@ def _ancestry(tensor: str, ctx: RuleContext, budget: list[int]) -> list[tuple[st
     graph = ctx.graph
     out = [(tensor, ())]
     current, chain = tensor, ()
-    while budget[0] > 0:
+    while budget[0] > 0 and budget[1] > 0:
         node_id = graph.producer.get(current)
         if node_id is None:
             break
         budget[0] -= 1
+        budget[1] -= 1
         node = graph.node(node_id)
         nctx = ctx.for_node(node_id)
         try:
@@ -47,9 +50,11 @@ def _ancestry(tensor: str, ctx: RuleContext, budget: list[int]) -> list[tuple[st
             chain = (found[0].elementwise,) + chain
         else:
             # a failed attempt walks nodes of no chain (a Mul of a conv by its own RMS scale):
-            # only a found fusion spends its nodes, so that the search past it still can
-            trial = [budget[0]]
+            # only a found fusion spends depth, so that the search past it still can; every
+            # visit spends work, which bounds the search
+            trial = [budget[0], budget[1]]
             fused = _fused_binary(nctx, trial)
+            budget[1] = trial[1]
             if fused is None:
                 break
             budget[0] = trial[0]
@@ -62,7 +67,7 @@ def _ancestry(tensor: str, ctx: RuleContext, budget: list[int]) -> list[tuple[st
 def ancestry(tensor: str, ctx: RuleContext) -> list[tuple[str, tuple]]:
     """[(ancestor, element-wise chain from it to ``tensor``)], nearest first: the tensors
     ``tensor`` is an element-wise function of (through fused binary nodes too)."""
-    return _ancestry(tensor, ctx, [MAX_DEPTH])
+    return _ancestry(tensor, ctx, [MAX_DEPTH, MAX_WORK])
 
 
 def _two_signals(ctx: RuleContext) -> bool:
@@ -105,7 +110,7 @@ def common_ancestor(ctx: RuleContext) -> tuple[str, tuple, tuple] | None:
     ``chain_b(T)``, else None. Reads the graph only."""
     if ctx.node.domain not in ("", "ai.onnx") or not _two_signals(ctx):
         return None
-    return _common(ctx, [MAX_DEPTH])
+    return _common(ctx, [MAX_DEPTH, MAX_WORK])
 
 
 def fused_elementwise(inputs: list, ctx: RuleContext) -> list[Moments] | None:
