@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments
+from ..spatial import dense
 from .context import RuleError
 
 _GRID_CAP = 1 << 22
@@ -188,5 +189,23 @@ def holds_padding(m: Moments) -> bool:
     return False
 
 
-__all__ = ["PADDED_CAP", "drop_constant_axes", "full_grid", "holds_padding", "reshape_is_exact",
-           "reshape_moments", "scalar_of"]
+POSITIONS_CAP = 1 << 14  # per-position statistics a map's transpose into tokens spells out
+
+
+def positions_spelled(x: Moments, perm, shape) -> Moments:
+    """A feature map ``[N, C, *S]`` whose positions differ (position classes: a padded Conv's
+    border taps, a strided Conv's corners) transposed so that the channels leave axis 1 (into
+    tokens ``[N, *S, C]``, a conv stage before attention): its per-position statistics
+    ``[1, C, *S]`` (at most ``POSITIONS_CAP``), which the transpose moves with the axes; else
+    ``x``. Each token keeps its own variance (SwiftFormer's 2x2 map: the four tokens' energies
+    3.3-11.1)."""
+    if x.spatial is None or list(perm[:2]) == [0, 1] or len(shape) < 3:
+        return x
+    if int(np.prod(shape[1:], dtype=np.int64)) > POSITIONS_CAP:
+        return x
+    mean, var = dense(x.spatial)
+    return Moments(mean, var)
+
+
+__all__ = ["PADDED_CAP", "POSITIONS_CAP", "drop_constant_axes", "full_grid", "holds_padding",
+           "positions_spelled", "reshape_is_exact", "reshape_moments", "scalar_of"]

@@ -27,7 +27,8 @@ from .constant_cells import reshaped, transposed
 from .context import RuleContext, RuleError, signal
 from .derived_ids import picked_rows, positional_rows
 from .grids import KEEP_CAP
-from .layout import drop_constant_axes, full_grid, reshape_moments, scalar_of
+from .layout import (drop_constant_axes, full_grid, positions_spelled, reshape_moments,
+                     scalar_of)
 from .masks import keep_rows
 from .mixture import permuted
 from .position_share import onto_map
@@ -103,13 +104,15 @@ def transpose(inputs, ctx: RuleContext):
     """y = x with axes permuted by ``perm`` (default reversed): per-axis statistics permuted,
     and a Gaussian mixture's components (a ReLU output, a residual sum) with them. A sequence
     ``[N, C, S]`` whose positions differ (a padded Conv1d's border taps) keeps them per
-    position: its ``[1, C, S]`` statistics permuted (``sequence_positions``)."""
+    position: its ``[1, C, S]`` statistics permuted (``sequence_positions``); so does a small
+    map's transpose into tokens (``layout.positions_spelled``)."""
     x = signal(inputs, 0)
     rank = len(ctx.in_shape(0))
     x = sequence_positions(x, ctx.in_shape(0))
     if x.is_scalar:
         return [scalar_of(x)]
     perm = list(ctx.attr("perm", list(range(rank))[::-1]))
+    x = positions_spelled(x, perm, ctx.in_shape(0))
     mean, var = full_grid(x, rank)
     out = Moments(mean.transpose(perm), var.transpose(perm), None, permuted(x, perm, rank))
     return [onto_map(ctx, transposed(x, out, perm, rank))]

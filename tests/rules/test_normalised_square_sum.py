@@ -67,14 +67,15 @@ def _graph(scale: float, spread: float, square: str):
     if square == "pow":
         nodes += [helper.make_node("Pow", ["y", "two"], ["sq"]),
                   helper.make_node("ReduceSum", ["sq", "axes"], ["q"], keepdims=1)]
-    else:
-        nodes += [helper.make_node("ReduceSumSquare", ["y"], ["q"], axes=[-1], keepdims=1)]
+    else:  # opset 17: the axes an attribute
+        op = "ReduceSumSquare" if square == "sum_square" else "ReduceL2"
+        nodes += [helper.make_node(op, ["y"], ["q"], axes=[-1], keepdims=1)]
     return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4096, D])],
                       [helper.make_tensor_value_info("q", TensorProto.FLOAT, [4096, 1])],
                       consts, opset=17)
 
 
-@pytest.mark.parametrize("square", ["pow", "sum_square"])
+@pytest.mark.parametrize("square", ["pow", "sum_square", "l2"])
 @pytest.mark.parametrize("scale, spread", [(1.0, 0.2), (0.7, 0.7)])
 def test_reduce_of_the_squares_matches_onnxruntime(square, scale, spread):
     found = analyze(_graph(scale, spread, square), batch_size=4096, measure=True).tensors
