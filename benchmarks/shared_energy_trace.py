@@ -44,7 +44,7 @@ from onnxinit.measure import measurable_model  # noqa: E402
 from onnxinit.propagate import propagate, rule_context  # noqa: E402
 from onnxinit.rules import sample_energy  # noqa: E402
 from onnxinit.rules.pool_skewness import pooled_correction  # noqa: E402
-from onnxinit.rules.pooling import spatial_mean  # noqa: E402
+from onnxinit.rules.pooling import gaussian_spatial_mean  # noqa: E402
 from onnxinit.runtime import make_session  # noqa: E402
 from tests.real import exports  # noqa: E402
 from tests.real.compare import seeded  # noqa: E402
@@ -150,7 +150,7 @@ def pools(graph, result, data) -> None:
         if got is None:
             continue
         unit = got["nu"] / int(np.prod(shape[2:]))
-        parts = [float(np.mean(spatial_mean(x, shape).var))]
+        parts = [float(np.mean(gaussian_spatial_mean(ctx, x, shape).var))]
         for extra in (pooled_correction(ctx, x, shape),
                       sample_energy.pooled_shared(ctx, x, shape)):
             parts.append(0.0 if extra is None else float(np.mean(extra)))

@@ -24,6 +24,7 @@ BUILTIN_MODULES = (
     "onnxinit.rules.chi_square",
     "onnxinit.rules.dropout",
     "onnxinit.rules.edgeworth",
+    "onnxinit.rules.energy_mixture",
     "onnxinit.rules.linear",
     "onnxinit.rules.normalization",
     "onnxinit.rules.pooling",

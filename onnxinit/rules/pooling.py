@@ -27,6 +27,7 @@ from ..moments import Moments
 from ..spatial import attach, class_weights, gather_taps, positions
 from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
+from .energy_mixture import mixture_shift
 from .max_windows import max_pool_classes
 from .maxima import max_moments
 from .pool_skewness import pooled_correction
@@ -81,7 +82,7 @@ def global_average_pool(inputs, ctx: RuleContext):
     non-Gaussian energy correlation of a depthwise Conv's outputs (:mod:`.pool_skewness`)."""
     x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
-    out = spatial_mean(x, x_shape)
+    out = gaussian_spatial_mean(ctx, x, x_shape)
     extra = pooled_extra(ctx, x, x_shape)
     if extra is None:
         return [out]
@@ -96,6 +97,20 @@ def pooled_extra(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     parts = [p for p in (pooled_correction(ctx, x, x_shape), pooled_shared(ctx, x, x_shape))
              if p is not None]
     return sum(parts) if parts else None
+
+
+def gaussian_spatial_mean(ctx: RuleContext, x: Moments, x_shape) -> Moments:
+    """:func:`spatial_mean` of ``x`` (the node's input 0) with the variance its chain has as a
+    function of one Gaussian, where :mod:`.energy_mixture` integrated it over the shared
+    energy: the pool's shared term (:func:`pooled_extra`) adds the samples' spread itself."""
+    out = spatial_mean(x, x_shape)
+    cells = x.spatial.cells if x.spatial is not None else x
+    found = None
+    if cells.source is not None and cells.source.chain and ctx.node.input:
+        found = mixture_shift(ctx, ctx.node.input[0], cells)
+    if found is None or found[1].size != np.size(out.var):
+        return out
+    return Moments(out.mean, out.var / found[1].reshape(np.shape(out.var)))
 
 
 def spatial_mean(x: Moments, x_shape) -> Moments:

@@ -18,7 +18,7 @@ from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
 from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
 from .maxima import max_moments
-from .pooling import pooled_extra, spatial_mean
+from .pooling import gaussian_spatial_mean, pooled_extra
 from .registry import rule
 from .normalised_square_sum import normalised_square_sum
 from .square_sum_field import square_sum_factors
@@ -182,7 +182,7 @@ def reduce_linear(inputs, ctx: RuleContext):
         return [Moments(e, var)]
     if op in ("ReduceMean", "ReduceSum") and x.spatial is not None and set(axes) == set(
             range(2, rank)):  # over every position of a map: position classes, correlation
-        m = spatial_mean(x, x_shape)
+        m = gaussian_spatial_mean(ctx, x, x_shape)
         extra = pooled_extra(ctx, x, x_shape)
         var = m.var if extra is None else m.var + extra.reshape(m.var.shape)
         k2 = k if op == "ReduceSum" else 1

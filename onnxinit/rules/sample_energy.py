@@ -382,6 +382,28 @@ def shared_deviations(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | Non
     return rows
 
 
+def chain_energy(ctx: RuleContext, tensor: str, x_shape):
+    """(eta, alpha [C] in the base's units, the base, BatchNorms on the way) of the whole
+    per-sample energy (every factor, a regression on the whole eps) that the element-wise chain
+    ending at ``tensor`` reads from the tensor it starts from: the base's record through the
+    chain's BatchNorms (:mod:`.batch_energy`), eta times ``1 - 1/N`` after one (the batch's
+    centring: what a batch's statistics see); None where the chain has no base record."""
+    graph, known = ctx.graph, ctx.known
+    if known is None or len(x_shape) < 3:
+        return None
+    base, norms = _chain(graph, ctx, tensor)
+    if base == tensor or base not in known:
+        return None
+    found = _record(ctx, base)
+    if found is None:
+        return None
+    if norms:
+        found = _normalised(found)
+    kept = (1.0 - 1.0 / max(x_shape[0], 1)) if norms else 1.0
+    eta, alpha = regression(found[0], found[2], found[3])
+    return eta * kept, alpha, base, norms
+
+
 def _shared_deviations(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
     graph, known, name = ctx.graph, ctx.known, ctx.node.input[0]
     if known is None or len(x_shape) < 3 or not _is_chain(graph, ctx, known, name):
@@ -426,4 +448,4 @@ def _shared_deviations(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | No
     return rows
 
 
-__all__ = ["law", "pooled_shared", "shared_deviations", "shared_energy"]
+__all__ = ["chain_energy", "law", "pooled_shared", "shared_deviations", "shared_energy"]
