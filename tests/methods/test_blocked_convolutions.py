@@ -101,3 +101,33 @@ def test_constant_weights_are_left_to_onnxruntime():
     model = one_conv("Conv", (2, 16, 8, 8), weight.shape, False, constant_weight=weight,
                      pads=[1] * 4)
     assert list(blocked.rewrite(model).graph.node) == list(model.graph.node)
+
+
+def test_convolutions_of_one_shape_share_one_layout():
+    """A second-order program uses each weight a dozen times: one layout initializer per
+    distinct (shape, attributes), each convolution still equal to torch's."""
+    if not blocks_here(16, 16):
+        pytest.skip("this onnxruntime has no NCHWc kernels")
+    shape = [16, 16, 3, 3]
+    infos = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in
+             (("x", [2, 16, 8, 8]), ("w1", shape), ("w2", shape), ("w3", [32, 16, 3, 3]))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1] * 4),
+             helper.make_node("Conv", ["h", "w2"], ["g"], pads=[1] * 4),
+             helper.make_node("Conv", ["g", "w3"], ["y"], pads=[1] * 4)]
+    model = helper.make_model(helper.make_graph(
+        nodes, "three", infos, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    rewritten = blocked.rewrite(model)
+    layouts = [t for t in rewritten.graph.initializer if "layout" in t.name]
+    gathered = {n.input[1] for n in rewritten.graph.node if n.op_type == "Gather"}
+    assert len(layouts) == 2 and gathered == {t.name for t in layouts}
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((2, 16, 8, 8)).astype(np.float32),
+             **{w: 0.1 * rng.standard_normal(s).astype(np.float32)
+                for w, s in (("w1", shape), ("w2", shape), ("w3", [32, 16, 3, 3]))}}
+    (ours,) = Runner(rewritten, device="cpu", float64=False).run(feeds)
+    x = torch.from_numpy(feeds["x"].astype(np.float64))
+    for w in ("w1", "w2", "w3"):
+        x = torch.nn.functional.conv2d(x, torch.from_numpy(feeds[w].astype(np.float64)),
+                                       padding=1)
+    assert np.max(np.abs(ours - x.numpy())) < 1e-5 * np.max(np.abs(x.numpy()))
