@@ -42,7 +42,7 @@ from onnxinit.feeds import synthetic_feeds  # noqa: E402
 from onnxinit.graph import load  # noqa: E402
 from onnxinit.measure import measurable_model  # noqa: E402
 from onnxinit.propagate import propagate, rule_context  # noqa: E402
-from onnxinit.rules import sample_energy  # noqa: E402
+from onnxinit.rules import sample_energy, shared_pool  # noqa: E402
 from onnxinit.rules.pool_skewness import pooled_correction  # noqa: E402
 from onnxinit.rules.pooling import gaussian_spatial_mean  # noqa: E402
 from onnxinit.runtime import make_session  # noqa: E402
@@ -152,7 +152,7 @@ def pools(graph, result, data) -> None:
         unit = got["nu"] / int(np.prod(shape[2:]))
         parts = [float(np.mean(gaussian_spatial_mean(ctx, x, shape).var))]
         for extra in (pooled_correction(ctx, x, shape),
-                      sample_energy.pooled_shared(ctx, x, shape)):
+                      shared_pool.pooled_shared(ctx, x, shape)):
             parts.append(0.0 if extra is None else float(np.mean(extra)))
         f = got["means_var"] / unit
         print(f"{x_name[-56:]:56} {sum(parts) / got['means_var']:9.3f} "

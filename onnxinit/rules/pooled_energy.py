@@ -5,7 +5,7 @@ A global pool of ``f(z)`` keeps the per-sample energy ``eps`` every channel shar
 (:mod:`.sample_energy`): a sample with more energy moves every channel's mean, channel c by
 ``M_c(eps) - E M_c``. The pool rule adds each channel's ``Var_eps M_c``; the channels' means
 move together, so they co-vary, ``Cov(g_c, g_c') = sum_r D_rc D_rc'`` over the points of eps
-(:func:`.sample_energy.shared_deviations`, three lognormal nodes and each two-point factor),
+(:func:`.shared_pool.shared_deviations`, three lognormal nodes and each two-point factor),
 and a linear layer ``y_j = sum_c W_jc g_c`` adds
 
     sum_{c != c'} W_jc W_jc' Cov(g_c, g_c') = sum_r (W_j . D_r)^2 - sum_c W_jc^2 sum_r D_rc^2.
@@ -23,7 +23,7 @@ import numpy as np
 
 from .context import RuleContext
 from .pooled_features import pool_node
-from .sample_energy import shared_deviations
+from .shared_pool import shared_deviations
 
 
 def shared_cross_terms(ctx: RuleContext, w_in_out: np.ndarray) -> np.ndarray | None:

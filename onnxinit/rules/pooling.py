@@ -34,7 +34,7 @@ from .pool_skewness import pooled_correction
 from .pool_windows import (cell_arrays, class_windows, composed_max_pool, distinct_windows, mix,
                            per_channel, tap_counts, window_geometry)
 from .registry import rule
-from .sample_energy import pooled_shared
+from .shared_pool import pooled_shared
 
 # ---------------------------------------------------------------------------------------------
 # averages

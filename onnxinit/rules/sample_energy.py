@@ -82,25 +82,21 @@ left alone.
 from __future__ import annotations
 
 import math
-import weakref
 
 import numpy as np
 
 from ..moments import Moments
 from .context import RuleContext, RuleError
 from .batch_energy import carried, fresh as fresh_omega, normalised_share
-from .energy_fields import (chain_law, chain_values, channel_var, gaussian_local, positions,
-                            source_var)
+from .energy_fields import chain_law, channel_var, gaussian_local, positions
 from .conv_energy import channel_shape as _shape, conv_law
 from .on_demand import OnDemandField
 from .random_draws import is_keep_mask
 from .sample_masks import (chain_factor, concat_factors, gate_factor, gate_moments,
-                           merge_smallest, pooled_factor, regression, sum_factors)
-from .stationary import stationary
-from .kurtosis import _step, chain_start, mixture_nodes
+                           merge_smallest, regression, sum_factors)
+from .kurtosis import _step, chain_start
 
 _FIELD = OnDemandField()
-_DEVIATIONS: dict[tuple, tuple] = {}  # (id(x), name, shape) -> (weakref to x, rows)
 _KEEP = {"Identity", "Dropout", "AveragePool", "MaxPool", "Pad"}
 # factors kept apart per tensor (the rest merged into eta_0): memory and time stay bounded on
 # deep networks with a mask in every block
@@ -355,31 +351,21 @@ def _concat_law(graph, names, of):
             np.concatenate([law[4] for law in laws]))
 
 
-def pooled_shared(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
-    """dVar per channel that the shared energy adds to a mean over every position of
-    ``x = f(z)`` (the node's input 0; module docstring); None where x is not an element-wise
-    chain of a Gaussian or nothing is shared."""
-    rows = shared_deviations(ctx, x, x_shape)
-    return None if rows is None else (rows * rows).sum(axis=0)
-
-
-def shared_deviations(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
-    """``[R, C]``: the pooled means' deviations at the points of the shared energy, weighted
-    so that ``dVar_c = sum_r D_rc^2`` and the pooled channels' covariance through the shared
-    energy is ``sum_r D_rc D_rc'`` (the node's input 0 pooled, as :func:`pooled_shared`)."""
-    key = (id(x), ctx.node.input[0], tuple(x_shape))
-    hit = _DEVIATIONS.get(key)
-    if hit is not None and hit[0]() is x:  # the pool rule's, read again by the layer after it
-        return hit[1]
-    try:
-        with np.errstate(all="ignore"):
-            rows = _shared_deviations(ctx, x, tuple(x_shape))
-    except (ValueError, IndexError, KeyError, TypeError, RuleError):
-        rows = None
-    if len(_DEVIATIONS) > 1024:
-        _DEVIATIONS.clear()
-    _DEVIATIONS[key] = (weakref.ref(x), rows)
-    return rows
+def chain_record(ctx: RuleContext, tensor: str, x_shape):
+    """(base, BatchNorms on the way, the base's record through them, the batch's centring
+    ``1 - 1/N`` after one, else 1) for the element-wise chain ending at ``tensor``; None where
+    the chain has no base record."""
+    base, norms = _chain(ctx.graph, ctx, tensor)
+    if base == tensor or base not in ctx.known:
+        return None
+    found = _record(ctx, base)
+    if found is None:
+        return None
+    if norms:  # the chain's BatchNorm divides by the batch energy (.batch_energy)
+        found = _normalised(found)
+    # BatchNorm's batch statistics centre the sample energies over the batch
+    kept = (1.0 - 1.0 / max(x_shape[0], 1)) if norms else 1.0
+    return base, norms, found, kept
 
 
 def chain_energy(ctx: RuleContext, tensor: str, x_shape):
@@ -388,64 +374,19 @@ def chain_energy(ctx: RuleContext, tensor: str, x_shape):
     ending at ``tensor`` reads from the tensor it starts from: the base's record through the
     chain's BatchNorms (:mod:`.batch_energy`), eta times ``1 - 1/N`` after one (the batch's
     centring: what a batch's statistics see); None where the chain has no base record."""
-    graph, known = ctx.graph, ctx.known
-    if known is None or len(x_shape) < 3:
+    if ctx.known is None or len(x_shape) < 3:
         return None
-    base, norms = _chain(graph, ctx, tensor)
-    if base == tensor or base not in known:
+    record = chain_record(ctx, tensor, x_shape)
+    if record is None:
         return None
-    found = _record(ctx, base)
-    if found is None:
-        return None
-    if norms:
-        found = _normalised(found)
-    kept = (1.0 - 1.0 / max(x_shape[0], 1)) if norms else 1.0
+    base, norms, found, kept = record
     eta, alpha = regression(found[0], found[2], found[3])
     return eta * kept, alpha, base, norms
 
 
-def _shared_deviations(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | None:
-    graph, known, name = ctx.graph, ctx.known, ctx.node.input[0]
-    if known is None or len(x_shape) < 3 or not _is_chain(graph, ctx, known, name):
-        return None
-    base, norms = _chain(graph, ctx, name)
-    if not (stationary(known[base], len(x_shape)) and stationary(x, len(x_shape))):
-        return None
-    found = _record(ctx, base) if base != name else None
-    if found is None:
-        return None
-    if norms:  # the chain's BatchNorm divides by the batch energy (.batch_energy)
-        found = _normalised(found)
-    # BatchNorm's batch statistics centre the sample energies over the batch
-    kept = (1.0 - 1.0 / max(x_shape[0], 1)) if norms else 1.0
-    c, shape = x_shape[1], tuple(x_shape)
-    two_point = {k: f for k, f in found[3].items() if f[2]}
-    eta, alpha = regression(found[0], found[2],
-                            {k: f for k, f in found[3].items() if k not in two_point})
-    rows = []
-    if eta > 0:
-        sig2, wts = mixture_nodes(np.full(c, eta * kept))
-        s_src = np.sqrt(np.maximum(source_var(x, shape), 1e-300))
-        shift = alpha * s_src / np.sqrt(np.maximum(channel_var(known[base], c), 1e-300))
-        means = []
-        for s2 in sig2:
-            got = chain_values(x, shape, s2, shift * (s2 - 1.0))
-            if got is None:
-                return None
-            means.append(got[1] @ got[0])
-        means = np.stack(means)  # [3, C]
-        rows.extend(np.sqrt(wts)[:, None] * (means - wts @ means))
-    for e, a, p in two_point.values():
-        got = pooled_factor(x, shape, known[base], e * kept, a, p)
-        if got is None:
-            return None
-        rows.append(got)
-    if not rows:
-        return None
-    rows = np.stack(rows)
-    if not (np.all(np.isfinite(rows)) and np.any(rows != 0)):
-        return None
-    return rows
+def is_chain(ctx: RuleContext, tensor: str) -> bool:
+    """Whether ``tensor`` ends an element-wise chain whose start the record knows."""
+    return _is_chain(ctx.graph, ctx, ctx.known, tensor)
 
 
-__all__ = ["chain_energy", "law", "pooled_shared", "shared_deviations", "shared_energy"]
+__all__ = ["chain_energy", "chain_record", "is_chain", "law", "shared_energy"]
