@@ -11,7 +11,10 @@ analysis's training semantics; tests/real/compare.py), with ``e_nc = mean_p (x_n
   ``rules/sample_energy.shared_energy``'s;
 * ``lam``: the mean over channels of ``Var_n(e_nc)`` less eta, against ``sample_energy.law``'s;
 * ``alpha/sd``: the root mean square over channels of the regression of the sample means on
-  eps, over the root mean variance, against the predicted offsets alike.
+  eps, over the root mean variance, against the predicted offsets alike;
+* ``load sd``: the spread over channels of each channel's regression of its energy on eps
+  (mean 1), against ``sample_energy.loading``'s, and ``r`` their correlation (noisy: see
+  below).
 
 Per global pool: the predicted variance split into the spatial-mean rule with the correlation
 field, the first-order Edgeworth terms (``rules/pool_skewness.py``) and the shared energy
@@ -94,7 +97,8 @@ def measured(first: np.ndarray, second: np.ndarray) -> dict | None:
     eps = eps - eps.mean()
     slope = ((first - mu) * eps[:, None]).mean(axis=0) / max(float(eps.var()), 1e-300)
     means_var = float(first.var(axis=0).mean())
-    return {"eta": eta, "lam": np.trace(cov) / c - eta, "nu": float(nu.mean()),
+    load = (centred * eps[:, None]).mean(axis=0) / max(float(eps.var()), 1e-300)
+    return {"load": load, "eta": eta, "lam": np.trace(cov) / c - eta, "nu": float(nu.mean()),
             "alpha_sd": float(np.sqrt((slope**2).mean() / nu.mean())), "means_var": means_var,
             "explained": float((slope**2).mean() * eps.var()) / max(means_var, 1e-300)}
 
@@ -117,7 +121,7 @@ def main() -> None:
         ctx = rule_context(graph, graph.order[-1], result)
         print(f"{name} {args.size}x{args.size}, {args.runs} batches of {args.batch_size}")
         print(f"{'tensor':56} {'op':12} {'K':>5} {'eta':>7} {'pred':>7} {'lam':>7} {'pred':>7}"
-              f" {'alpha/sd':>8} {'pred':>6}")
+              f" {'alpha/sd':>8} {'pred':>6} {'load sd':>7} {'pred':>6} {'r':>5}")
         for t in tensors:
             got = measured(*data[t])
             if got is None:
@@ -129,9 +133,12 @@ def main() -> None:
             op = graph.node(graph.producer[t]).op_type
             k = int(np.prod(graph.shape(t)[2:]))
             alpha = float(np.sqrt(np.mean(found[1] ** 2) / got["nu"]))
+            loads = sample_energy.loading(ctx, t)
+            r = (float(np.corrcoef(loads, got["load"])[0, 1])
+                 if np.std(loads) > 0 and np.std(got["load"]) > 0 else 0.0)
             print(f"{t[-56:]:56} {op[:12]:12} {k:5} {got['eta']:7.4f} {found[0]:7.4f} "
                   f"{got['lam']:7.4f} {float(np.mean(law[1])):7.4f} {got['alpha_sd']:8.3f} "
-                  f"{alpha:6.3f}")
+                  f"{alpha:6.3f} {np.std(got['load']):7.3f} {np.std(loads):6.3f} {r:5.2f}")
         pools(graph, result, data)
 
 

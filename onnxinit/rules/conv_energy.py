@@ -9,6 +9,7 @@ import numpy as np
 
 from .batch_energy import carried
 from .context import RuleContext
+from .energy_loading import conv_loading
 from .energy_fields import channel_var, gaussian_local
 from .conv_geometry import begin_pads
 
@@ -20,7 +21,7 @@ def channel_shape(graph, name: str):
 
 
 def conv_law(conv: RuleContext, known, of, shape):
-    """(eta, lam, alpha, factors, omega) of the Conv of ``conv`` (output ``shape``) from its
+    """(eta, lam, alpha, factors, omega, loading) of the Conv of ``conv`` (output ``shape``) from its
     input's, ``of(name, channels)`` (:mod:`.sample_energy`'s Conv rule); None without a
     constant weight."""
     weight = conv.const(1)
@@ -32,7 +33,7 @@ def conv_law(conv: RuleContext, known, of, shape):
     cin = x_shape[1]
     group = int(conv.attr("group", 1))
     per = cin // group
-    eta_x, lam_x, alpha_x, factors, omega_x = of(x, cin)
+    eta_x, lam_x, alpha_x, factors, omega_x, load_x = of(x, cin)
     nu = channel_var(known[x], cin)
     weight = np.asarray(weight, np.float64).reshape(j, per, -1)
     idx = (np.arange(j) // (j // group))[:, None] * per + np.arange(per)[None]  # [J, I/g]
@@ -42,19 +43,26 @@ def conv_law(conv: RuleContext, known, of, shape):
     s = np.bincount(idx.ravel(), b.ravel(), minlength=cin)
     q = np.bincount(idx.ravel(), (b * b).ravel(), minlength=cin)
     seeded = float((lam_x * (s * s - q)).sum() / (j * (j - 1))) if j > 1 else 0.0
+    # the channels load on eta unequally and B favours some (.energy_loading)
+    whole = eta_x + sum(f[0] for f in factors.values())
+    grown, load, moved = conv_loading(b, idx, load_x, whole, lam_x, s)
     excess = lam_x - gaussian_local(known[x], x_shape)
     lam = gaussian_local(known[conv.node.output[0]], shape) + (b * b * excess[idx]).sum(axis=1)
     omega = carried((b * b * omega_x[idx]).sum(axis=1), (b * b * lam_x[idx]).sum(axis=1), lam,
                     shape[0])
     taps = (weight * _inside(conv, x_shape, shape).reshape(1, 1, -1)).sum(axis=2)
     alpha = (taps * alpha_x[idx]).sum(axis=1)
-    factors = {k: (e, (taps * a[idx]).sum(axis=1), p) for k, (e, a, p) in factors.items()}
+    # every factor loads as l (.energy_loading): its eps moves by mean(L), its eta by kappa
+    moved_by = moved if moved > 0 else 1.0
+    factors = {k: (e * grown, (taps * a[idx]).sum(axis=1) / moved_by, p)
+               for k, (e, a, p) in factors.items()}
     # alpha is a regression on eps: the seeded part is independent of the offsets (it joins
     # eta_0: as its own factor it would add in quadrature at the residual sums, which lowers
     # the pools where the projection convs' seeds are already missing, module docstring)
-    if seeded > 0:
-        alpha = alpha * eta_x / (eta_x + seeded)
-    return eta_x + seeded, lam, alpha, factors, omega
+    eta = eta_x * grown + seeded
+    if eta > 0 and eta != eta_x:  # the regression on the output's eps, mean(L) eps_x + seed
+        alpha = alpha * eta_x * moved / eta
+    return eta, lam, alpha, factors, omega, load
 
 
 def _inside(conv: RuleContext, x_shape, y_shape) -> np.ndarray:

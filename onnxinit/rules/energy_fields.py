@@ -120,7 +120,9 @@ def channel_var(m: Moments, c: int) -> np.ndarray:
 def chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
     """f(z) of the Gaussian z its chain starts from (module docstring): (eta, lam, alpha, (the
     factor eta is multiplied by, alpha's slope in alpha_z, alpha's offset, the part of lam
-    that z's spatial mean and energy carry: Hermite terms 1 and 2 and z's own excess))."""
+    that z's spatial mean and energy carry: Hermite terms 1 and 2 and z's own excess, and per
+    channel the energy's response to z's scale, beta, and per unit of z's offset, ``E[t g] /
+    (sd(z) Var f)``: :mod:`.energy_loading`))."""
     found = chain_values(m, shape)
     if found is None:
         return None
@@ -145,7 +147,8 @@ def chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
     excess = beta**2 * np.maximum(lam_z - gaussian_local(z, z_shape), 0.0)
     beta2 = float(np.mean(beta)) ** 2
     tied = (pairs[0] + pairs[1]) / safe**2 + excess
-    return beta2 * eta_z, cov / safe**2 + excess, alpha, (beta2, slope, offset, tied)
+    drift = np.where(v > 0, ((w * t[:, 0]) @ g) * ratio / s_src / safe, 0.0)
+    return beta2 * eta_z, cov / safe**2 + excess, alpha, (beta2, slope, offset, tied, beta, drift)
 
 
 def source_var(m: Moments, shape) -> np.ndarray:

@@ -41,6 +41,7 @@ from ..spatial import attach
 from .context import RuleContext
 from .elementwise import refinement
 from .energy_fields import chain_values, channel_var, source_var
+from .energy_loading import node_scales
 from .kurtosis import mixture_nodes
 from .sample_energy import chain_energy
 
@@ -81,12 +82,13 @@ def mixture_shift(ctx: RuleContext, name: str, m: Moments):
             found = chain_energy(ctx, name, shape)
             if found is None or found[3] == 0 or not found[0] > NEGLIGIBLE:
                 return None
-            return _moments_shift(m, shape, found[0], found[1], ctx.known[found[2]])
+            return _moments_shift(m, shape, found[0], found[1], ctx.known[found[2]], found[4])
     except (ValueError, IndexError, KeyError, TypeError):
         return None
 
 
-def _moments_shift(m: Moments, shape, eta: float, alpha: np.ndarray, base: Moments):
+def _moments_shift(m: Moments, shape, eta: float, alpha: np.ndarray, base: Moments,
+                   load: np.ndarray):
     """(d mean [C], variance ratio [C]): each channel's mixture's mean minus its Gaussian's,
     and the ratio of their variances (pooled over the position classes)."""
     c = shape[1]
@@ -101,10 +103,11 @@ def _moments_shift(m: Moments, shape, eta: float, alpha: np.ndarray, base: Momen
     # the location mixture's own variance comes out of the scale's: the total stays s^2
     within = np.clip(1.0 - shift**2 * eta / s2, 0.0, 1.0)
     sig2, wts = mixture_nodes(np.full(c, eta))
+    scales = node_scales(sig2, wts, load)  # each channel's own loading (.energy_loading)
     mean = np.zeros(c)
     square = np.zeros(c)
-    for node, weight in zip(sig2, wts):
-        got = chain_values(m, shape, node * within, shift * (node - 1.0))
+    for node, scale, weight in zip(sig2, scales, wts):
+        got = chain_values(m, shape, scale * within, shift * (node - 1.0))
         if got is None:
             return None
         mean += weight * (got[1] @ got[0])

@@ -35,6 +35,11 @@ factors of their own (adding in quadrature at the sums) MobileNetV3-small at 64x
 -> 93.6% within 10% but EfficientNet-B0 without stochastic depth at 112x112 94.5% -> 92.7%,
 its pools lowered where the projection convs after the gates already seed too little.
 
+Each record also carries the channels' loadings on the energy (:mod:`.energy_loading`: a
+conv that favours the channels that load more grows eta, and the pools and the element-wise
+rules read each channel's own share); the rules below are for equal loadings, where they are
+unchanged.
+
 Carried through the layers on demand (memoised per propagation), per node kind:
 
 - Conv (weights W, groups): ``b_jct = W_jct^2 nu_c / sum W^2 nu``, ``B_jc = sum_t b_jct``.
@@ -72,8 +77,8 @@ Carried through the layers on demand (memoised per propagation), per node kind:
 - Anything else (graph inputs, LayerNorm, GroupNorm, InstanceNorm, layout ops): none, lam_G.
 
 Not modelled: the energy a per-channel gate shares across channels (measured 0.0000 for
-squeeze-excite gates), BatchNorm's batch centring of a factor before the pool, the per-sample Gram of a conv's input channels beyond their energies (a projection conv after a
-gate seeds 1.5-2x the diagonal term measured), the joint cumulants of four distinct positions
+squeeze-excite gates), BatchNorm's batch centring of a factor before the pool, the
+per-sample Gram of a conv's input channels beyond their energies and loadings, the joint cumulants of four distinct positions
 (a depthwise conv's lam is 0.65-0.8 of the measured), and eta's own non-linear response (first
 order in the chains). Pools whose input is not stationary (:func:`.stationary.stationary`) are
 left alone.
@@ -91,6 +96,7 @@ from .batch_energy import carried, fresh as fresh_omega, normalised_share
 from .energy_fields import chain_law, channel_var, gaussian_local, positions
 from .conv_energy import channel_shape as _shape, conv_law
 from .on_demand import OnDemandField
+from .energy_loading import chain_loading, normalised, uniform
 from .random_draws import is_keep_mask
 from .sample_masks import (chain_factor, concat_factors, gate_factor, gate_moments,
                            merge_smallest, regression, sum_factors)
@@ -171,6 +177,13 @@ def law(ctx: RuleContext, tensor: str):
     return eta, found[1], alpha
 
 
+def loading(ctx: RuleContext, tensor: str):
+    """Each channel's loading [C] (mean 1) on the per-sample energy of ``tensor``
+    (:mod:`.energy_loading`); None as :func:`law`."""
+    found = _record(ctx, tensor)
+    return None if found is None else found[5]
+
+
 def shared_energy(ctx: RuleContext, tensor: str):
     """(eta, alpha [C]) of the whole per-sample energy of ``tensor``, the per-sample gates'
     factors (:mod:`.sample_masks`) included; None as :func:`law`."""
@@ -199,7 +212,7 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
     m: Moments = known[tensor]
     c, batch = shape[1], shape[0]
     local = gaussian_local(m, shape)
-    fresh = (0.0, local, np.zeros(c), {}, fresh_omega(local, batch))
+    fresh = (0.0, local, np.zeros(c), {}, fresh_omega(local, batch), uniform(c))
     node_id = graph.producer.get(tensor)
     if node_id is None:
         return fresh
@@ -211,7 +224,8 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
         if got is None or got[1].shape != (size,):
             name_shape = _shape(graph, name) or (1, size)
             local = gaussian_local(known[name], name_shape)
-            return 0.0, local, np.zeros(size), {}, fresh_omega(local, name_shape[0])
+            return (0.0, local, np.zeros(size), {}, fresh_omega(local, name_shape[0]),
+                    uniform(size))
         return got
 
     try:
@@ -225,26 +239,26 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
             elif op == "Conv" and signals:
                 out = conv_law(ctx.for_node(node_id), known, of, shape)
             elif op in _KEEP and signals:
-                eta, lam, alpha, factors, omega = of(signals[0])
+                eta, lam, alpha, factors, omega, load = of(signals[0])
                 gauss_in = gaussian_local(known[signals[0]], _shape(graph, signals[0]))
                 if op == "Pad":  # zeros added: the positions' mean shift is diluted
                     dilution = positions(_shape(graph, signals[0])) / positions(shape)
                     alpha = alpha * dilution
                     factors = {k: (e, a * dilution, p) for k, (e, a, p) in factors.items()}
                 lam_y = np.maximum(fresh[1] + lam - gauss_in, 0.0)
-                out = eta, lam_y, alpha, factors, carried(omega, lam, lam_y, batch)
+                out = eta, lam_y, alpha, factors, carried(omega, lam, lam_y, batch), load
             elif op in ("Add", "Sub") and len(signals) == 2:
                 out = _sum_law(known, graph, signals, of, shape, fresh[1], op == "Sub")
             elif (op in ("Add", "Sub", "Mul", "Div", "BatchNormalization")
                   and len(signals) == 1 and _shape(graph, signals[0]) == shape):
                 # a per-channel affine map: the loading scales with the standard deviation
                 found = of(signals[0])
-                eta, lam, alpha, factors, omega = (_normalised(found) if op == "BatchNormalization"
-                                                   else found)
+                eta, lam, alpha, factors, omega, load = (
+                    _normalised(found) if op == "BatchNormalization" else found)
                 ratio = np.sqrt(channel_var(known[signals[0]], c) / channel_var(m, c))
                 ratio = np.where(ratio > 0, ratio, 1.0)
                 out = eta, lam, alpha / ratio, {k: (e, a / ratio, p)
-                                                for k, (e, a, p) in factors.items()}, omega
+                                                for k, (e, a, p) in factors.items()}, omega, load
             elif op == "Mul" and len(signals) == 2:
                 out = _gated_law(ctx, signals, of, shape)
             elif (op == "Concat" and signals
@@ -254,9 +268,9 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
                 out = None
     except (ValueError, IndexError, KeyError, TypeError, RuleError):
         return fresh
-    if out is None or not all(np.all(np.isfinite(a)) for a in (*out[:3], out[4])):
+    if out is None or not all(np.all(np.isfinite(a)) for a in (*out[:3], *out[4:])):
         return fresh
-    eta, lam, alpha, factors, omega = out
+    eta, lam, alpha, factors, omega, load = out
     if not all(math.isfinite(e) and np.all(np.isfinite(a)) for e, a, _ in factors.values()):
         return fresh
     factors = {k: (max(float(e), 0.0), np.broadcast_to(np.asarray(a, np.float64), (c,)).copy(), p)
@@ -264,36 +278,43 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
     eta, alpha, factors = merge_smallest(float(eta), np.broadcast_to(alpha, (c,)), factors,
                                          _MAX_FACTORS)
     omega = np.broadcast_to(np.maximum(np.asarray(omega, np.float64), 0.0), (c,)).copy()
-    return max(eta, 0.0), np.maximum(np.asarray(lam, np.float64), 0.0), alpha, factors, omega
+    load = np.asarray(load, np.float64)
+    load = load if load.shape == (c,) else uniform(c)
+    return (max(eta, 0.0), np.maximum(np.asarray(lam, np.float64), 0.0), alpha, factors, omega,
+            load)
 
 
 def _normalised(found):
     """The record after a BatchNorm's division by the batch energy (:mod:`.batch_energy`):
-    every factor's eta times ``mean s_c s_c'``, its offsets over the square root, omega 0."""
-    eta, lam, alpha, factors, omega = found
+    every factor's eta times ``mean s_c s_c'``, its offsets over the square root, omega 0,
+    the loadings times ``s_c`` (:mod:`.energy_loading`)."""
+    eta, lam, alpha, factors, omega, load = found
     share = normalised_share(omega)
     if not 0 < share < 1:
-        return eta, lam, alpha, factors, np.zeros_like(omega)
+        return eta, lam, alpha, factors, np.zeros_like(omega), load
     root = math.sqrt(share)
     return (eta * share, lam, alpha / root,
             {k: (e * share, a / root, p) for k, (e, a, p) in factors.items()},
-            np.zeros_like(omega))
+            np.zeros_like(omega), normalised(load / (1.0 + np.maximum(omega, 0.0))))
 
 
 def _chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
     """f(z): :func:`.energy_fields.chain_law` for eta_0, and each gate's factor alike (its
     eta times the chain's mean beta squared, its offset ``E[t f] a alpha / s + E[(t^2 - 1) f]
     / 2``)."""
-    eta_z, lam_z, alpha_z, factors, omega_z = law_z
+    eta_z, lam_z, alpha_z, factors, omega_z, load_z = law_z
     found = chain_law(m, shape, (eta_z, lam_z, alpha_z), z, z_shape)
     if found is None:
         return None
-    eta, lam, alpha, (beta2, slope, offset, tied) = found
+    _, lam, alpha, (beta2, slope, offset, tied, beta, drift) = found
+    # the energy's response per channel: its scale's and its whole offset's (.energy_loading)
+    grown, load = chain_loading(load_z, beta, drift * regression(eta_z, alpha_z, factors)[1])
     out = {}
     for key, (e, a, p) in factors.items():
         exact = chain_factor(m, shape, z, e, a, p) if p else None
-        out[key] = (*exact, p) if exact is not None else (beta2 * e, slope * a + offset, p)
-    return eta, lam, alpha, out, carried(beta2 * omega_z, tied, lam, shape[0])
+        out[key] = (*exact, p) if exact is not None else (grown * e, slope * a + offset, p)
+    return (eta_z * grown, lam, alpha, out, carried(beta2 * omega_z, tied, lam, shape[0]),
+            load)
 
 
 def _sum_law(known, graph, names, of, shape, gauss, minus=False):
@@ -304,13 +325,15 @@ def _sum_law(known, graph, names, of, shape, gauss, minus=False):
     total = nu[0] + nu[1]
     share = float(nu[0].sum() / max(float(total.sum()), 1e-300))
     wa = np.where(total > 0, nu[0] / np.where(total > 0, total, 1.0), 0.5)
-    (ea, la, aa, fa, oa), (eb, lb, ab, fb, ob) = of(names[0]), of(names[1])
+    (ea, la, aa, fa, oa, da), (eb, lb, ab, fb, ob, db) = of(names[0]), of(names[1])
     eta = (share * math.sqrt(ea) + (1 - share) * math.sqrt(eb)) ** 2
-    ga, gb = (gaussian_local(known[n], shape) for n in names)
     wb = 1 - wa
+    whole_a, whole_b = (e + sum(f[0] for f in fs.values()) for e, fs in ((ea, fa), (eb, fb)))
+    load = normalised(wa * math.sqrt(whole_a) * da + wb * math.sqrt(whole_b) * db)
+    ga, gb = (gaussian_local(known[n], shape) for n in names)
     lam = gauss + wa**2 * (la - ga) + wb**2 * (lb - gb)
     return (eta, lam, aa - ab if minus else aa + ab, sum_factors(fa, fb, share, minus),
-            carried(wa**2 * oa + wb**2 * ob, wa**2 * la + wb**2 * lb, lam, shape[0]))
+            carried(wa**2 * oa + wb**2 * ob, wa**2 * la + wb**2 * lb, lam, shape[0]), load)
 
 
 def _gated_law(ctx, names, of, shape):
@@ -319,7 +342,7 @@ def _gated_law(ctx, names, of, shape):
     maps = [n for n in names if n not in gates]
     if len(gates) != 1 or len(maps) != 1 or _shape(graph, maps[0]) != shape:
         return None
-    eta, lam, alpha, factors, omega = of(maps[0])
+    eta, lam, alpha, factors, omega, load = of(maps[0])
     c = shape[1]
     mu, v = (np.broadcast_to(a, (c,)) for a in known[gates[0]].values_along(1, c))
     factors = {k: (e, a * mu, p) for k, (e, a, p) in factors.items()}
@@ -332,12 +355,13 @@ def _gated_law(ctx, names, of, shape):
         if eta_g > 0:
             drop = 1.0 - moments[0] ** 2 / moments[1] if mask else None
             factors[gates[0]] = (eta_g, alpha_g, drop if drop and 0 < drop < 1 else None)
-        return eta, r * lam, alpha * mu, factors, r * omega
+            load = normalised(load * eta_x + eta_g)  # the gate's own factor loads equally
+        return eta, r * lam, alpha * mu, factors, r * omega, load
     m2 = v + mu**2
     m4 = mu**4 + 6 * mu**2 * v + 3 * v**2  # the gate as a Gaussian
     r = np.where(m2 > 0, m4 / np.where(m2 > 0, m2, 1.0) ** 2, 1.0)
     lam_y = r * (1 + lam + eta) - 1 - eta
-    return eta, lam_y, alpha * mu, factors, carried(omega, lam, lam_y, shape[0])
+    return eta, lam_y, alpha * mu, factors, carried(omega, lam, lam_y, shape[0]), load
 
 
 def _concat_law(graph, names, of):
@@ -348,7 +372,9 @@ def _concat_law(graph, names, of):
     return (eta, np.concatenate([law[1] for law in laws]),
             np.concatenate([law[2] for law in laws]),
             concat_factors([(s, law[3]) for s, law in zip(sizes, laws)]),
-            np.concatenate([law[4] for law in laws]))
+            np.concatenate([law[4] for law in laws]),
+            normalised(np.concatenate([math.sqrt(law[0] + sum(f[0] for f in law[3].values()))
+                                       * law[5] for law in laws])))
 
 
 def chain_record(ctx: RuleContext, tensor: str, x_shape):
@@ -369,11 +395,12 @@ def chain_record(ctx: RuleContext, tensor: str, x_shape):
 
 
 def chain_energy(ctx: RuleContext, tensor: str, x_shape):
-    """(eta, alpha [C] in the base's units, the base, BatchNorms on the way) of the whole
-    per-sample energy (every factor, a regression on the whole eps) that the element-wise chain
-    ending at ``tensor`` reads from the tensor it starts from: the base's record through the
-    chain's BatchNorms (:mod:`.batch_energy`), eta times ``1 - 1/N`` after one (the batch's
-    centring: what a batch's statistics see); None where the chain has no base record."""
+    """(eta, alpha [C] in the base's units, the base, BatchNorms on the way, the channels'
+    loadings [C] on it) of the whole per-sample energy (every factor, a regression on the whole
+    eps) that the element-wise chain ending at ``tensor`` reads from the tensor it starts from:
+    the base's record through the chain's BatchNorms (:mod:`.batch_energy`), eta times ``1 -
+    1/N`` after one (the batch's centring: what a batch's statistics see); None where the chain
+    has no base record."""
     if ctx.known is None or len(x_shape) < 3:
         return None
     record = chain_record(ctx, tensor, x_shape)
@@ -381,7 +408,7 @@ def chain_energy(ctx: RuleContext, tensor: str, x_shape):
         return None
     base, norms, found, kept = record
     eta, alpha = regression(found[0], found[2], found[3])
-    return eta * kept, alpha, base, norms
+    return eta * kept, alpha, base, norms, found[5]
 
 
 def is_chain(ctx: RuleContext, tensor: str) -> bool:
@@ -389,4 +416,4 @@ def is_chain(ctx: RuleContext, tensor: str) -> bool:
     return _is_chain(ctx.graph, ctx, ctx.known, tensor)
 
 
-__all__ = ["chain_energy", "chain_record", "is_chain", "law", "shared_energy"]
+__all__ = ["chain_energy", "chain_record", "is_chain", "law", "loading", "shared_energy"]

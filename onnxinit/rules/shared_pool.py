@@ -12,6 +12,7 @@ import numpy as np
 from ..moments import Moments
 from .context import RuleContext, RuleError
 from .energy_fields import chain_values, channel_var, source_var
+from .energy_loading import node_scales
 from .kurtosis import mixture_nodes
 from .sample_energy import chain_record, is_chain
 from .sample_masks import pooled_factor, regression
@@ -59,16 +60,17 @@ def _shared_deviations(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | No
         return None
     c, shape = x_shape[1], tuple(x_shape)
     two_point = {k: f for k, f in found[3].items() if f[2]}
-    eta, alpha = regression(found[0], found[2],
-                            {k: f for k, f in found[3].items() if k not in two_point})
+    rest = {k: f for k, f in found[3].items() if k not in two_point}
+    eta, alpha = regression(found[0], found[2], rest)
     rows = []
     if eta > 0:
         sig2, wts = mixture_nodes(np.full(c, eta * kept))
+        scales = node_scales(sig2, wts, found[5])
         s_src = np.sqrt(np.maximum(source_var(x, shape), 1e-300))
         shift = alpha * s_src / np.sqrt(np.maximum(channel_var(known[base], c), 1e-300))
         means = []
-        for s2 in sig2:
-            got = chain_values(x, shape, s2, shift * (s2 - 1.0))
+        for s2, scale in zip(sig2, scales):
+            got = chain_values(x, shape, scale, shift * (s2 - 1.0))
             if got is None:
                 return None
             means.append(got[1] @ got[0])
