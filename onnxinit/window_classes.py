@@ -360,7 +360,7 @@ def _propagate_windowed(graph, node_id, result, run, wins) -> bool:
         if any(c is None for c in classes):
             continue
         result.moments[o] = mixture(classes, weights[order])
-        result.windows[o] = Windows(axis if o == outs[0] else axis, rank[members],
+        result.windows[o] = Windows(axis, rank[members],
                                     tuple(classes), tuple(pair_class[o][k] for k in order))
     return True
 
