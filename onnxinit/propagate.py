@@ -33,6 +33,7 @@ from .rules.masks import OFFSET_CAP, derived_moments, feeds_softmax
 from .rules.per_token import per_token_fusion, per_token_inputs
 from .rules.tokens import carry
 from .spatial import drop
+from .window_classes import begin_windows, propagate_windowed
 
 log = logging.getLogger("onnxinit")
 
@@ -62,6 +63,9 @@ class Propagation:
     settings: RuleSettings = field(default_factory=RuleSettings, repr=False)
     # correlation of the features of one row (rules/feature_pairs.py), for tensors that have it
     pairs: dict[str, feature_pairs.Pairs] = field(default_factory=dict, repr=False)
+    # padded windows merged with the batch, kept apart by class (onnxinit/window_classes.py)
+    windows: dict = field(default_factory=dict, repr=False)
+    window_readers: dict = field(default_factory=dict, repr=False)  # readers not yet propagated
 
     @property
     def input_var(self) -> float:
@@ -116,7 +120,23 @@ def _tracked_limit(ctx: RuleContext, m: Moments) -> int:
         return MAX_TRACKED
     if feeds_softmax(ctx):
         return OFFSET_CAP
-    return PADDED_CAP if holds_padding(m) else MAX_TRACKED
+    if holds_padding(m) or _moves_a_large_grid(ctx):
+        return PADDED_CAP
+    return MAX_TRACKED
+
+
+_MOVES = {"Reshape", "Transpose", "Slice", "Concat", "Split"}
+
+
+def _moves_a_large_grid(ctx: RuleContext) -> bool:
+    """A layout op whose input kept more than MAX_TRACKED statistics (padded windows spread
+    back on the map, ``window_classes.spread``): it moves them without computing on them, so
+    they stay until the map is cropped (the shifted windows' roll back, the crop to the map)."""
+    known = ctx.known or {}
+    if ctx.node.op_type not in _MOVES:
+        return False
+    inputs = ctx.node.input if ctx.node.op_type == "Concat" else ctx.node.input[:1]
+    return sum(known[n].tracked_size() for n in inputs if n in known) > MAX_TRACKED
 
 
 def _fitted_shape(m: Moments, shape: tuple[int, ...] | None) -> Moments:
@@ -249,7 +269,18 @@ def _empty_outputs(graph: ModelGraph, node) -> bool:
 
 
 def propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None:
-    """Compute (or recompute) the moments of one node's outputs from those in ``result``."""
+    """Compute (or recompute) the moments of one node's outputs from those in ``result``; a
+    node that reads padded windows merged with the batch once per class of windows
+    (:mod:`onnxinit.window_classes`)."""
+    for name in graph.node(node_id).output:
+        result.windows.pop(name, None)
+    if result.windows and propagate_windowed(graph, node_id, result, _propagate_node):
+        return
+    _propagate_node(graph, node_id, result)
+    begin_windows(graph, node_id, result)
+
+
+def _propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> None:
     node = graph.node(node_id)
     inputs = [
         result.moments.get(name) if graph.is_signal(name) else None for name in node.input

@@ -27,7 +27,7 @@ from .constant_cells import reshaped, transposed
 from .context import RuleContext, RuleError, signal
 from .derived_ids import picked_rows, positional_rows
 from .grids import KEEP_CAP
-from .layout import (drop_constant_axes, full_grid, positions_spelled, reshape_moments,
+from .layout import (PADDED_CAP, drop_constant_axes, full_grid, positions_spelled, reshape_moments,
                      scalar_of)
 from .masks import keep_rows
 from .mixture import permuted
@@ -286,7 +286,7 @@ def pad_params(ctx: RuleContext, rank: int):
     return mode, value, {axes[i]: (pads[i], pads[i + k]) for i in range(k)}
 
 
-PAD_TRACK_CAP = 1 << 16  # statistics a constant Pad may spell out along its padded axes
+PAD_TRACK_CAP = PADDED_CAP  # statistics a constant Pad may spell out along its padded axes
 
 
 def _track_padded(mean, var, in_shape, pads, rank):

@@ -28,23 +28,16 @@ T = WS * WS
 DH = D // H
 
 
-def _cosine_attention() -> onnx.ModelProto:
-    """x [B, M, M, D] + a per-feature mean, padded to [B, WS, WS, D]; one window of T tokens;
-    q, k, v projections; cosine logits times 10 plus a constant bias; softmax; P V; the
-    window put back and cropped to the map."""
-    rng = np.random.default_rng(5)
-    f32 = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
-    ints = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
-    w = {k: f32(k, rng.standard_normal((D, D)) / np.sqrt(D)) for k in ("wq", "wk", "wv")}
-    nodes = [
-        helper.make_node("Add", ["x", "shift"], ["xs"]),
-        helper.make_node("Pad", ["xs", "pads"], ["xp"], mode="constant"),
-        helper.make_node("Reshape", ["xp", "tokens"], ["xw"]),
-    ]
+def cosine_attention_nodes(tokens: str) -> list:
+    """Cosine attention over the windows ``tokens`` ``[N, T, D]`` -> ``o`` ``[N, H, T, DH]``:
+    q, k, v projections (``wq``, ``wk``, ``wv``) split into heads (``split``), ``F.normalize``
+    of q and k (``eps``, ``head_shape``), logits times ``scale`` plus ``bias``, softmax ``p``,
+    P V."""
+    nodes = []
     heads = {}
     for name in ("q", "k", "v"):
         nodes += [
-            helper.make_node("MatMul", ["xw", "w" + name], [name + "_lin"]),
+            helper.make_node("MatMul", [tokens, "w" + name], [name + "_lin"]),
             helper.make_node("Reshape", [name + "_lin", "split"], [name + "_4"]),
             helper.make_node("Transpose", [name + "_4"], [name + "_h"], perm=[0, 2, 1, 3]),
         ]
@@ -63,6 +56,23 @@ def _cosine_attention() -> onnx.ModelProto:
         helper.make_node("Add", ["scaled", "bias"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["p"], axis=-1),
         helper.make_node("MatMul", ["p", "v_h"], ["o"]),
+    ]
+    return nodes
+
+def _cosine_attention() -> onnx.ModelProto:
+    """x [B, M, M, D] + a per-feature mean, padded to [B, WS, WS, D]; one window of T tokens;
+    q, k, v projections; cosine logits times 10 plus a constant bias; softmax; P V; the
+    window put back and cropped to the map."""
+    rng = np.random.default_rng(5)
+    f32 = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
+    ints = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    w = {k: f32(k, rng.standard_normal((D, D)) / np.sqrt(D)) for k in ("wq", "wk", "wv")}
+    nodes = [
+        helper.make_node("Add", ["x", "shift"], ["xs"]),
+        helper.make_node("Pad", ["xs", "pads"], ["xp"], mode="constant"),
+        helper.make_node("Reshape", ["xp", "tokens"], ["xw"]),
+    ]
+    nodes += cosine_attention_nodes("xw") + [
         helper.make_node("Transpose", ["o"], ["o_t"], perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", ["o_t", "window"], ["o_map"]),
         helper.make_node("Slice", ["o_map", "zeros", "ends", "axes"], ["cropped"]),

@@ -1,0 +1,384 @@
+"""Window classes: the windows of a padded map merged with the batch, kept apart by class.
+
+Swin's window partition ``[B, nH, nW, ws, ws, C] -> [B*nH*nW, ws*ws, C]`` merges the windows
+with the batch. Where the map was zero-padded to a multiple of the window and holds several
+windows, the windows differ: the padding is in the last row and column of windows only (a
+shifted block rolls it inside), so a token's statistics depend on its window. Statistics laid
+out along the merged axis would have to repeat per sample; pooled over the windows, the padded
+tokens (exact zeros: zero keys, cosines exactly 0) are mixed into the real ones' variance, which
+ReduceL2, unit rows and the softmax then read as noise (Swin V2-T at 224x224: the keys' norms
+0.05x).
+
+Instead, such a reshape groups the windows by their statistics (windows of identical statistics
+form one class: Swin V2-T at 224 has 4, the interior windows, the right column, the bottom row
+and the corner) and each class keeps its own Moments, laid out like the merged tensor with size
+1 along the merged axis (:class:`Windows`). Every later node that treats that axis element by
+element (:func:`window_axis`: element-wise arithmetic whose other operands are constant along
+it, MatMul over other axes, Softmax and reductions over other axes, layout ops that keep it)
+runs its rule once per class, with every windowed tensor the rule may read (its inputs, the
+fields it asks for by name) swapped for that class's Moments: each class's chain is exactly the
+one-window chain of a map that fits one window. Classes of several inputs are refined to their
+common classes (the shifted windows' mask after the padding). The tensor's own statistics are
+the classes' mixture (law of total variance, each class weighted by its share of the windows):
+
+    E = sum_k w_k E_k,   Var = sum_k w_k (Var_k + E_k^2) - E^2
+
+A reshape that splits the windows back out of the batch (``[B*nW, ...] -> [B, nW, ...]``: the
+shifted windows' mask, the window reverse) places each class at its windows (a per-window grid,
+:func:`spread`). Memory is bounded by the number of classes (at most ``MAX_CLASSES``) times one
+window's statistics, not by the map.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .moments import Moments, Tokens
+from .rules.context import RuleContext, RuleError
+from .rules.layout import full_grid, reshape_moments
+from .rules.masks import feeds_softmax
+
+MAX_CLASSES = 16  # classes of windows kept apart (more: the windows are pooled, as before)
+MAX_WINDOW_GRID = 1 << 20  # statistics of the per-window grid a merge reads
+
+# ops that act on each index of the merged axis alone when it is not their axis
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Clip", "Max", "Min", "Relu", "Exp",
+                "Erf", "Sigmoid", "Tanh", "Neg", "Abs", "Identity", "Dropout", "Cast", "Where",
+                "Reciprocal", "Gelu", "Log"}
+_REDUCE = {"ReduceL2", "ReduceSumSquare", "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin",
+           "ReduceL1"}
+_AXIS_OPS = {"Softmax", "LogSoftmax", "LayerNormalization", "Split"}
+
+
+@dataclass(frozen=True, eq=False)
+class Windows:
+    """The windows merged into axis ``axis`` (counted from the end) of a tensor, ``members[w]``
+    the class of window ``w`` (the merged index modulo ``len(members)``), ``classes[k]`` its
+    statistics laid out at the tensor's rank with size 1 along that axis, ``pairs[k]`` its
+    feature pairs (``rules.feature_pairs``) or None."""
+
+    axis: int
+    members: np.ndarray
+    classes: tuple
+    pairs: tuple
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.bincount(self.members, minlength=len(self.classes)) / len(self.members)
+
+
+def mixture(classes, weights) -> Moments:
+    """The tensor's statistics over all windows: E = sum_k w_k E_k, Var = sum_k w_k (Var_k +
+    E_k^2) - E^2; the first (largest) class's token field."""
+    shape = np.broadcast_shapes(*(np.broadcast_shapes(c.mean.shape, c.var.shape)
+                                  for c in classes))
+    mean = sum(w * np.broadcast_to(c.mean, shape) for c, w in zip(classes, weights))
+    second = sum(w * np.broadcast_to(c.var + c.mean ** 2, shape) for c, w in zip(classes, weights))
+    return Moments(mean, np.maximum(second - mean ** 2, 0.0), tokens=classes[0].tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# the merge
+
+
+def _merged_prefix(in_shape, out_shape) -> int | None:
+    """j >= 2 with out_shape[0] = prod(in_shape[:j]) and the rest reshaped alone."""
+    for j in range(2, len(in_shape)):
+        if math.prod(in_shape[:j]) == out_shape[0] and in_shape[j - 1] > 1:
+            if math.prod(in_shape[j:]) == math.prod(out_shape[1:]):
+                return j
+            return None
+    return None
+
+
+def _exact_somewhere(x: Moments) -> bool:
+    """``layout.holds_padding`` without its size cap (the merge bounds the grid itself)."""
+    var = np.asarray(x.var)
+    if var.size > MAX_WINDOW_GRID:
+        return False
+    exact = (var == 0) & np.isfinite(np.asarray(x.mean))
+    return bool(exact.any()) and not bool(exact.all())
+
+
+def merge(x: Moments, in_shape, out_shape, out: Moments, pairs) -> Windows | None:
+    """The classes of the windows a Reshape merges with the batch (module docstring), when
+    ``x`` holds exact padding and its statistics vary along the merged axes; None otherwise.
+    ``out`` is the rule's (pooled) output: its token field goes with every class."""
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+    if x.is_scalar or len(out_shape) < 2 or not _exact_somewhere(x):
+        return None
+    j = _merged_prefix(in_shape, out_shape)
+    if j is None:
+        return None
+    mean, var = full_grid(x, len(in_shape))
+    if mean.shape[0] != 1 or all(n == 1 for n in mean.shape[1:j]):
+        return None
+    windows = math.prod(in_shape[1:j])
+    rest = mean.shape[j:]
+    if windows * math.prod(rest) > MAX_WINDOW_GRID or windows > 1 << 16:
+        return None
+    per_window = [np.broadcast_to(a, (1,) + in_shape[1:j] + rest).reshape((windows,) + rest)
+                  for a in (mean, var)]
+    key = np.concatenate([a.reshape(windows, -1) for a in per_window], axis=1)
+    _, first, members = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    if len(first) > MAX_CLASSES:
+        return None
+    order = np.argsort(-np.bincount(members.ravel()), kind="stable")  # largest class first
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    members = rank[members.ravel()]
+    in_rest, classes = (out_shape[0],) + in_shape[j:], []
+    field = _correlation(out.tokens)  # each class holds its own per-token variances
+    for k in order:
+        w = first[k]
+        m = Moments(per_window[0][w][None], per_window[1][w][None])
+        c = reshape_moments(m, in_rest, out_shape)
+        classes.append(Moments(c.mean, c.var, tokens=field))
+    return Windows(-len(out_shape), members, tuple(classes), (pairs,) * len(classes))
+
+
+# ---------------------------------------------------------------------------------------------
+# which nodes act window by window
+
+
+def _const_shape(ctx: RuleContext, i: int, known) -> tuple | None:
+    name = ctx.node.input[i]
+    m = known.get(name)
+    if m is not None:
+        return tuple(np.broadcast_shapes(m.mean.shape, m.var.shape))
+    c = ctx.const(i)
+    return None if c is None else tuple(np.shape(c))
+
+
+def _axes_arg(ctx: RuleContext, rank: int) -> list[int] | None:
+    axes = ctx.attr("axes", None)
+    if axes is None and len(ctx.node.input) > 1 and ctx.node.input[1]:
+        axes = ctx.const(1)
+        if axes is None:
+            raise RuleError("axes are not constant")
+    if axes is None:
+        return None
+    return [int(a) % rank for a in np.ravel(axes)]
+
+
+def window_axis(ctx: RuleContext, axes: list[int | None], known) -> int | None:
+    """The merged axis (counted from the end) of the node's first output when the node acts
+    on each of its indices alone; None otherwise. ``axes[i]``: input i's merged axis, None
+    for an input without windows."""
+    op = ctx.node.op_type
+    given = [(i, a) for i, a in enumerate(axes) if a is not None]
+    if len({a for _, a in given}) != 1 or not ctx.node.output:
+        return None
+    i0, a = given[0]
+    in_shape = tuple(ctx.in_shape(i0))
+    out_shape = ctx.graph.shape(ctx.node.output[0])
+    if out_shape is None:
+        return None
+    r, pos = len(in_shape), len(in_shape) + a
+    if pos < 0:
+        return None
+    out_rank = len(out_shape)
+    if op == "Transpose":
+        perm = list(ctx.attr("perm", list(range(r))[::-1]))
+        return perm.index(pos) - out_rank
+    if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+        before = math.prod(in_shape[:pos])
+        for j in range(out_rank):
+            if math.prod(out_shape[:j]) == before and out_shape[j] == in_shape[pos]:
+                return j - out_rank
+        return None
+    if op == "Gather":
+        g = int(ctx.attr("axis", 0)) % r
+        indices = ctx.const(1)
+        if g == pos or indices is None or i0 != 0:
+            return None
+        return (pos + np.ndim(indices) - 1 if g < pos else pos) - out_rank
+    if op in _REDUCE:
+        reduced = _axes_arg(ctx, r)
+        if reduced is None or pos in reduced:
+            return None
+        if not ctx.attr("keepdims", 1):
+            pos -= sum(1 for b in reduced if b < pos)
+        return pos - out_rank
+    if op in _AXIS_OPS:
+        default = -1 if op != "Split" else 0
+        if int(ctx.attr("axis", default)) % r == pos:
+            return None
+        return a if out_rank == r else None
+    if op == "Slice":
+        from .rules.shape import slice_params
+        if any(ax == pos for ax, *_ in slice_params(ctx, r)):
+            return None
+        return a
+    if op == "MatMul":
+        if -a <= 2:  # the merged axis must be a batch axis of the product
+            return None
+    elif op not in _ELEMENTWISE and op != "Expand":
+        return None
+    for i, ax in enumerate(axes):  # the other operands must not vary along the merged axis
+        if ax is None and i < len(ctx.node.input) and ctx.node.input[i]:
+            shape = _const_shape(ctx, i, known)
+            if shape is None or (len(shape) >= -a and shape[a] != 1):
+                return None
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# splitting the windows back out
+
+
+def _correlation(t: Tokens | None) -> Tokens | None:
+    """A token field as a correlation (flat diagonal): the per-token variances are then the
+    Moments' own, which a spread grid holds per window (``Tokens``)."""
+    if t is None:
+        return None
+    d = np.sqrt(np.maximum(np.diag(t.cov), 1e-300))
+    return Tokens(t.axis, t.span, t.cov / np.outer(d, d), t.stride)
+
+
+def spread(w: Windows, in_shape, out_shape) -> Moments | None:
+    """Statistics of a Reshape that splits the merged axis (leading) into the batch and the
+    windows (``[B*nW, ...] -> [B, nW, ...]`` or ``[B, nH, nW, ws, ws, C]``): each window's
+    class placed at it, the batch untracked; None when the reshape does not do that."""
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+    n = len(w.members)
+    if len(in_shape) + w.axis != 0 or in_shape[0] % n or out_shape[0] * n != in_shape[0]:
+        return None
+    virtual = (in_shape[0] // n, n) + in_shape[1:]
+    shape = np.broadcast_shapes(*(np.broadcast_shapes(c.mean.shape, c.var.shape)
+                                  for c in w.classes))[1:]
+    if n * math.prod(shape) > MAX_WINDOW_GRID:
+        return None
+    mean = np.stack([np.broadcast_to(c.mean, (1,) + shape)[0] for c in w.classes])[w.members]
+    var = np.stack([np.broadcast_to(c.var, (1,) + shape)[0] for c in w.classes])[w.members]
+    return reshape_moments(Moments(mean[None], var[None]), virtual, out_shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# propagation
+
+
+def _swapped(result, w_ref: Windows, window: int):
+    """Swap every windowed tensor of ``result`` with as many windows as ``w_ref`` for the
+    class of ``window``; returns what to put back."""
+    saved = []
+    n = len(w_ref.members)
+    for name, w in result.windows.items():
+        if len(w.members) != n:
+            continue
+        k = int(w.members[window])
+        saved.append((name, result.moments.get(name), result.pairs.get(name)))
+        result.moments[name] = w.classes[k]
+        if w.pairs[k] is not None:
+            result.pairs[name] = w.pairs[k]
+        else:
+            result.pairs.pop(name, None)
+    return saved
+
+
+def _restore(result, saved) -> None:
+    for name, m, pair in saved:
+        result.moments[name] = m
+        if pair is not None:
+            result.pairs[name] = pair
+        else:
+            result.pairs.pop(name, None)
+
+
+def propagate_windowed(graph, node_id: str, result, run) -> bool:
+    """Propagate a node that reads windowed tensors (module docstring) with ``run`` (the plain
+    propagate_node): once per class where the node acts window by window, else once on the
+    mixtures, the windows spread back where a Reshape splits them out. False when no input
+    is windowed (the caller propagates the node itself)."""
+    node = graph.node(node_id)
+    wins = [result.windows.get(n) if n else None for n in node.input]
+    if not any(w is not None for w in wins):
+        return False
+    try:
+        return _propagate_windowed(graph, node_id, result, run, wins)
+    finally:
+        _release(graph, node_id, result)
+
+
+def _release(graph, node_id: str, result) -> None:
+    """Forget the classes of the inputs whose readers have all been propagated (the classes
+    are only read by the window-local stretch that follows the merge)."""
+    for name in set(n for n in graph.node(node_id).input if n in result.windows):
+        left = result.window_readers.setdefault(
+            name, {c for c, _ in graph.consumers.get(name, [])})
+        left.discard(node_id)
+        if not left:
+            result.windows.pop(name, None)
+            result.window_readers.pop(name, None)
+
+
+def _propagate_windowed(graph, node_id, result, run, wins) -> bool:
+    node = graph.node(node_id)
+    ctx = RuleContext(node, node_id, graph, result.settings, known=result.moments)
+    try:
+        axis = window_axis(ctx, [None if w is None else w.axis for w in wins], result.moments)
+    except RuleError:
+        axis = None
+    sizes = {len(w.members) for w in wins if w is not None}
+    if axis is None or len(sizes) != 1:
+        run(graph, node_id, result)
+        if node.op_type == "Reshape" and wins[0] is not None and node.output[0] in result.moments:
+            spread_out = spread(wins[0], ctx.in_shape(0), ctx.out_shape(0))
+            if spread_out is not None:
+                old = result.moments[node.output[0]]
+                result.moments[node.output[0]] = Moments(spread_out.mean, spread_out.var,
+                                                         tokens=_correlation(old.tokens))
+        return True
+    windowed = [w for w in wins if w is not None]
+    key = np.stack([w.members for w in windowed], axis=1)
+    _, first, members = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    members = members.ravel()
+    if len(first) > MAX_CLASSES:
+        run(graph, node_id, result)
+        return True
+    outs = [o for o in node.output if o]
+    per_class: dict[str, list] = {o: [] for o in outs}
+    pair_class: dict[str, list] = {o: [] for o in outs}
+    for window in first:
+        saved = _swapped(result, windowed[0], int(window))
+        try:
+            run(graph, node_id, result)
+            for o in outs:
+                per_class[o].append(result.moments.get(o))
+                pair_class[o].append(result.pairs.get(o))
+        finally:
+            _restore(result, saved)
+    weights = np.bincount(members, minlength=len(first)) / len(members)
+    order = np.argsort(-weights, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    for o in outs:
+        classes = [per_class[o][k] for k in order]
+        if any(c is None for c in classes):
+            continue
+        result.moments[o] = mixture(classes, weights[order])
+        result.windows[o] = Windows(axis, rank[members],
+                                    tuple(classes), tuple(pair_class[o][k] for k in order))
+    return True
+
+
+def begin_windows(graph, node_id: str, result) -> None:
+    """After a Reshape: its output's window classes when it merges padded windows with the
+    batch (:func:`merge`)."""
+    node = graph.node(node_id)
+    if node.op_type != "Reshape" or node.output[0] not in result.moments:
+        return
+    x = result.moments.get(node.input[0])
+    in_shape, out_shape = graph.shape(node.input[0]), graph.shape(node.output[0])
+    if x is None or in_shape is None or out_shape is None:
+        return
+    out = result.moments[node.output[0]]
+    if feeds_softmax(RuleContext(node, node_id, graph, result.settings)):
+        return  # logits merged back after the shifted windows' mask: Moments.rows (masks.py)
+    found = merge(x, in_shape, out_shape, out, result.pairs.get(node.output[0]))
+    if found is not None:
+        result.windows[node.output[0]] = found
+        result.moments[node.output[0]] = mixture(found.classes, found.weights)
