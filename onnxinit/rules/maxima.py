@@ -113,11 +113,8 @@ def max_of_gaussians(mean, std, count, fn):
     hi = np.where(present, mean + _SPAN * std, -big).max(axis=0)
     hi = np.maximum(hi, lo)
     u = np.linspace(0.0, 1.0, _GRID).reshape((-1,) + (1,) * len(problems))
-    grid = lo + (hi - lo) * u  # [G, *P]
-    mid = np.concatenate([grid[:1], 0.5 * (grid[1:] + grid[:-1])])
-    with np.errstate(all="ignore"):
-        values = np.asarray(fn(mid), dtype=np.float64)
-    values = np.broadcast_to(values, mid.shape).reshape(_GRID, -1)
+    span = hi - lo  # the grid: lo + span u, [G, *P]
+    values = _values_at_midpoints(fn, lo, span, u)
     n_chunk = max(1, _CHUNK // max(1, _GRID * int(np.prod(problems)) or 1))
     small = float(count.max()) <= 64  # a product of CDFs cannot underflow: no logarithms
     scale = 1.0 / np.where(std > 0, std, 1.0)
@@ -130,8 +127,8 @@ def max_of_gaussians(mean, std, count, fn):
     flat = (taps, -1)
     taps_f = (mean.reshape(flat), scale.reshape(flat), count.reshape(flat),
               constant.reshape(flat))
-    grid_f, mid_f = grid.reshape(_GRID, -1), mid.reshape(_GRID, -1)  # views
-    width = grid_f.shape[1]
+    lo_f, span_f, u_f = lo.reshape(-1), span.reshape(-1), u.reshape(_GRID, 1)
+    width = lo_f.size
     block = max(2, _BLOCK // (_GRID * min(n_chunk, taps)))
     starts = list(range(0, width, block))
     if width > 1 and width - starts[-1] == 1:
@@ -142,14 +139,35 @@ def max_of_gaussians(mean, std, count, fn):
     for b in starts:
         cols = slice(b, min(b + block, width))
         a = acc[:, :cols.stop - b]
-        _cdf_block(a, grid_f[:, cols], [t[:, cols] for t in taps_f], n_chunk, small, flags,
-                   buffer)
-        out[:, cols] = _moments_block(a if small else np.exp(a), mid_f[:, cols],
-                                      values[:, cols])
+        grid = lo_f[cols] + span_f[cols] * u_f
+        _cdf_block(a, grid, [t[:, cols] for t in taps_f], n_chunk, small, flags, buffer)
+        mid = np.concatenate([grid[:1], 0.5 * (grid[1:] + grid[:-1])])
+        out[:, cols] = _moments_block(a if small else np.exp(a), mid, values[:, cols])
     e, var, slope = (row.reshape(problems) for row in out)
     if not (np.all(np.isfinite(e)) and np.all(np.isfinite(var))):
         raise RuleError("the input distribution is not finite")
     return e, var, slope
+
+
+_ROWS = 1 << 21  # elements of the [rows, *P] arrays f is evaluated on at once
+
+
+def _values_at_midpoints(fn, lo, span, u) -> np.ndarray:
+    """f at the midpoints of the grid ``lo + span u`` (``[G, *P]``; the first point is its
+    own), ``[G, P]``: f evaluated on a few grid rows at a time (``[rows, *P]`` arrays, so that
+    its per-channel constants broadcast), the values those of one evaluation on every row."""
+    values = np.empty((_GRID, lo.size))
+    step = max(1, _ROWS // max(1, lo.size))
+    for g0 in range(0, _GRID, step):
+        g1 = min(_GRID, g0 + step)
+        grid = lo + span * u[max(g0 - 1, 0):g1]
+        mid = 0.5 * (grid[1:] + grid[:-1])
+        if g0 == 0:
+            mid = np.concatenate([grid[:1], mid])
+        with np.errstate(all="ignore"):
+            y = np.asarray(fn(mid), dtype=np.float64)
+        values[g0:g1] = np.broadcast_to(y, mid.shape).reshape(g1 - g0, -1)
+    return values
 
 
 def _cdf_block(acc, grid, taps, n_chunk, small, flags, buffer):
