@@ -314,6 +314,11 @@ def joint(maps_list: Sequence[Sequence[np.ndarray]], sizes: Sequence[int]):
     return tuple(maps), selections
 
 
+def _in_order(selection: np.ndarray, size: int) -> bool:
+    """Whether ``selection`` takes each of ``size`` classes once, in order (0, 1, ...)."""
+    return len(selection) == size and bool(np.array_equal(selection, np.arange(size)))
+
+
 def take_cells(cells: Moments, selection: Sequence[np.ndarray]) -> Moments:
     """``cells`` re-indexed along each class axis by ``selection`` (source and mixture too)."""
     rank = cells.mean.ndim
@@ -324,7 +329,9 @@ def take_cells(cells: Moments, selection: Sequence[np.ndarray]) -> Moments:
         a = a.reshape((1,) * (rank + lead - a.ndim) + a.shape)
         for i, sel in enumerate(selection):
             axis = lead + rank - n + i
-            if a.shape[axis] > 1:  # size 1: the same for every class (broadcast)
+            # size 1: the same for every class (broadcast); every class in order (operands
+            # with the same classes): a itself, not a copy (a residual sum's mixtures)
+            if a.shape[axis] > 1 and not _in_order(sel, a.shape[axis]):
                 a = np.take(a, sel, axis=axis)
         return a
 

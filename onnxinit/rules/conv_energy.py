@@ -37,24 +37,39 @@ def conv_law(conv: RuleContext, known, of, shape):
     nu = channel_var(known[x], cin)
     weight = np.asarray(weight, np.float64).reshape(j, per, -1)
     idx = (np.arange(j) // (j // group))[:, None] * per + np.arange(per)[None]  # [J, I/g]
-    share = ((weight**2) * nu[idx][..., None]).sum(axis=2)
+
+    def at(a):  # a[idx]: one group reads every channel, a row broadcast (the same values)
+        return a[None, :] if group == 1 else a[idx]
+
+    if weight.shape[2] == 1:  # one tap: its square is the sum over taps
+        share = np.square(weight[:, :, 0])
+        share *= at(nu)
+    else:
+        share = np.square(weight)
+        share *= at(nu)[..., None]
+        share = share.sum(axis=2)
     total = share.sum(axis=1, keepdims=True)
     b = np.where(total > 0, share / np.where(total > 0, total, 1.0), 0.0)  # B_jc, [J, I/g]
+    b2 = b * b
     s = np.bincount(idx.ravel(), b.ravel(), minlength=cin)
-    q = np.bincount(idx.ravel(), (b * b).ravel(), minlength=cin)
+    q = np.bincount(idx.ravel(), b2.ravel(), minlength=cin)
     seeded = float((lam_x * (s * s - q)).sum() / (j * (j - 1))) if j > 1 else 0.0
     # the channels load on eta unequally and B favours some (.energy_loading)
     whole = eta_x + sum(f[0] for f in factors.values())
     grown, load, moved = conv_loading(b, idx, load_x, whole, lam_x, s)
     excess = lam_x - gaussian_local(known[x], x_shape)
-    lam = gaussian_local(known[conv.node.output[0]], shape) + (b * b * excess[idx]).sum(axis=1)
-    omega = carried((b * b * omega_x[idx]).sum(axis=1), (b * b * lam_x[idx]).sum(axis=1), lam,
+    lam = gaussian_local(known[conv.node.output[0]], shape) + (b2 * at(excess)).sum(axis=1)
+    omega = carried((b2 * at(omega_x)).sum(axis=1), (b2 * at(lam_x)).sum(axis=1), lam,
                     shape[0])
-    taps = (weight * _inside(conv, x_shape, shape).reshape(1, 1, -1)).sum(axis=2)
-    alpha = (taps * alpha_x[idx]).sum(axis=1)
+    inside = _inside(conv, x_shape, shape).reshape(-1)
+    if inside.size == 1 and inside[0] == 1.0:  # one tap, always inside: w * 1
+        taps = weight[:, :, 0]
+    else:
+        taps = (weight * inside.reshape(1, 1, -1)).sum(axis=2)
+    alpha = (taps * at(alpha_x)).sum(axis=1)
     # every factor loads as l (.energy_loading): its eps moves by mean(L), its eta by kappa
     moved_by = moved if moved > 0 else 1.0
-    factors = {k: (e * grown, (taps * a[idx]).sum(axis=1) / moved_by, p)
+    factors = {k: (e * grown, (taps * at(a)).sum(axis=1) / moved_by, p)
                for k, (e, a, p) in factors.items()}
     # alpha is a regression on eps: the seeded part is independent of the offsets (it joins
     # eta_0: as its own factor it would add in quadrature at the residual sums, which lowers

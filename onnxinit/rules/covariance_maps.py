@@ -64,14 +64,21 @@ def mehler(s_x: np.ndarray, a: np.ndarray, nu: np.ndarray) -> np.ndarray:
     sd = np.sqrt(np.maximum(np.diag(s_x), 0.0))
     inv = np.where(sd > 0, 1.0 / np.where(sd > 0, sd, 1.0), 0.0)
     first, second = a[1] * inv, a[2] * inv**2  # rho = S_x / (sd sd^T)
-    s_y = s_x * first[:, None]
-    s_y *= first[None, :]
-    square = s_x * s_x
-    square *= second[:, None]
-    square *= second[None, :]
-    s_y += square
+    s_y = np.empty(np.broadcast_shapes(s_x.shape, first.shape))
+    step = max(1, _ROWS_BLOCK // max(1, s_y.shape[1]))  # rows whose temporaries stay in cache
+    for start in range(0, s_y.shape[0], step):
+        rows = slice(start, start + step)
+        out = np.multiply(s_x[rows], first[rows, None], out=s_y[rows])
+        out *= first[None, :]
+        square = s_x[rows] * s_x[rows]
+        square *= second[rows, None]
+        square *= second[None, :]
+        out += square
     np.fill_diagonal(s_y, nu)
     return s_y
+
+
+_ROWS_BLOCK = 1 << 15  # elements per block of rows of :func:`mehler`
 
 
 def gated(s_x: np.ndarray, gate_mean: np.ndarray, nu: np.ndarray) -> np.ndarray:

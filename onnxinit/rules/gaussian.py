@@ -172,11 +172,28 @@ def probability(pred: Callable, mean, var, *, rank: int | None = None) -> np.nda
 def relu_parts(mu, s):
     """E[max(x, 0)] and E[max(x, 0)^2] for x ~ N(mu, s^2), s >= 0: with a = mu / s,
     ``E = mu Phi(a) + s phi(a)``, ``E2 = (mu^2 + s^2) Phi(a) + mu s phi(a)`` (s = 0: a = +-inf,
-    phi = 0; a point at mu = 0 gives 0 either way)."""
+    phi = 0; a point at mu = 0 gives 0 either way). Every step is per element: the steps after
+    Phi run on blocks of ``_PARTS_BLOCK`` elements, whose temporaries stay in cache."""
     with np.errstate(divide="ignore", invalid="ignore"):
         a = np.asarray(np.divide(mu, s), dtype=np.float64)
     np.copyto(a, np.inf, where=np.isnan(a))
     cdf = ndtr_kept(a)  # the amplitudes of the same cells ask for it next
+    if a.size <= _PARTS_BLOCK:
+        return _relu_parts_at(mu, s, a, cdf)
+    flat = [np.ascontiguousarray(np.broadcast_to(x, a.shape)).reshape(-1) for x in (mu, s)]
+    flat += [a.reshape(-1), np.ascontiguousarray(cdf).reshape(-1)]  # a: written
+    m1, m2 = np.empty(a.size), np.empty(a.size)
+    for start in range(0, a.size, _PARTS_BLOCK):
+        part = slice(start, start + _PARTS_BLOCK)
+        m1[part], m2[part] = _relu_parts_at(*(x[part] for x in flat))
+    return m1.reshape(a.shape), m2.reshape(a.shape)
+
+
+_PARTS_BLOCK = 1 << 14
+
+
+def _relu_parts_at(mu, s, a, cdf):
+    """:func:`relu_parts` from ``a = mu / s`` (overwritten) and ``cdf = Phi(a)``."""
     pdf = np.square(a, out=a)
     pdf *= -0.5
     np.exp(pdf, out=pdf)  # exp(-inf) = 0: phi(+-inf) = 0

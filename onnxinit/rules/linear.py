@@ -121,6 +121,8 @@ def trimmed_kernel(w: np.ndarray, kernel, begins, dilations):
     classes then follow the taps that read: a centre-tap (Dirac) kernel's output has no
     border ring, its padding being read by zero weights only. Unchanged for an all-zero
     kernel."""
+    if all(k == 1 for k in w.shape[2:]):  # one tap: nothing to cut
+        return w, list(kernel), list(begins)
     nonzero = np.abs(w) > 0
     if not nonzero.any():
         return w, list(kernel), list(begins)

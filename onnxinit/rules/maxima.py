@@ -113,65 +113,123 @@ def max_of_gaussians(mean, std, count, fn):
     hi = np.where(present, mean + _SPAN * std, -big).max(axis=0)
     hi = np.maximum(hi, lo)
     u = np.linspace(0.0, 1.0, _GRID).reshape((-1,) + (1,) * len(problems))
-    grid = lo + (hi - lo) * u  # [G, *P]
+    span = hi - lo  # the grid: lo + span u, [G, *P]
+    values = _values_at_midpoints(fn, lo, span, u)
     n_chunk = max(1, _CHUNK // max(1, _GRID * int(np.prod(problems)) or 1))
     small = float(count.max()) <= 64  # a product of CDFs cannot underflow: no logarithms
-    acc = np.ones(grid.shape) if small else np.zeros(grid.shape)
     scale = 1.0 / np.where(std > 0, std, 1.0)
     constant = std <= 0  # a constant tap (variance 0): its CDF is a step at its value
-    has_constant, has_absent, repeated = constant.any(), not present.all(), np.any(count > 1)
-    # the taps' CDFs multiplied into acc per block of problems whose [n, G, block] arrays stay
-    # in cache (each pass over a whole chunk was a pass over up to 64 MB), in the same chunks
-    # of taps: every value is computed as before, in the same order
+    flags = (constant.any(), not present.all(), bool(np.any(count > 1)))
+    # each block of problems (its [n, G, block] arrays in cache) runs from the taps' CDFs to
+    # its moments: every value is computed as on the whole array, in the same order (the
+    # taps in the same chunks; a block of one column would sum over the grid in another
+    # order, so the last block is never one column wide)
     flat = (taps, -1)
-    mean_f, count_f = mean.reshape(flat), count.reshape(flat)
-    scale_f, constant_f = scale.reshape(flat), constant.reshape(flat)
-    grid_f, acc_f = grid.reshape(_GRID, -1), acc.reshape(_GRID, -1)  # views
-    block = max(1, _BLOCK // (_GRID * min(n_chunk, taps)))
-    buffer = np.empty((min(n_chunk, taps), _GRID, min(block, grid_f.shape[1])))
-    with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
-        for b in range(0, grid_f.shape[1], block):
-            cols = slice(b, b + block)
-            g, a = grid_f[None, :, cols], acc_f[:, cols]
-            for i in range(0, taps, n_chunk):
-                rows = slice(i, i + n_chunk)
-                m, c = mean_f[rows, None, cols], count_f[rows, None, cols]
-                z = np.subtract(g, m, out=buffer[:m.shape[0], :, :g.shape[2]])  # standardised
-                z *= scale_f[rows, None, cols]
-                if small:
-                    cdf_i = special.ndtr(z, out=z)
-                    if has_constant:
-                        np.copyto(cdf_i, g >= m, where=constant_f[rows, None, cols])
-                    if repeated:
-                        np.power(cdf_i, c, out=cdf_i)
-                    if has_absent:
-                        np.copyto(cdf_i, 1.0, where=(c <= 0))
-                    a *= cdf_i[0] if len(cdf_i) == 1 else np.multiply.reduce(cdf_i, axis=0)
-                else:
-                    lc = special.log_ndtr(z, out=z)
-                    if has_constant:
-                        np.copyto(lc, np.where(g >= m, 0.0, -np.inf),
-                                  where=constant_f[rows, None, cols])
-                    lc *= c  # an absent tap (count 0) adds nothing: 0 * log, 0 * -inf = nan
-                    if has_absent:
-                        np.copyto(lc, 0.0, where=(c <= 0))
-                    a += lc[0] if len(lc) == 1 else lc.sum(axis=0)
-    cdf = acc if small else np.exp(acc)
-    cdf[-1] = 1.0  # the mass above the grid (< 1e-9) goes to its last point
-    mass = np.diff(cdf, axis=0, prepend=0.0)
-    mid = np.concatenate([grid[:1], 0.5 * (grid[1:] + grid[:-1])])
-    with np.errstate(all="ignore"):
-        values = np.asarray(fn(mid), dtype=np.float64)
-    values = np.broadcast_to(values, mid.shape)
-    e = (mass * values).sum(axis=0)
-    var = (mass * (values - e) ** 2).sum(axis=0)
+    taps_f = (mean.reshape(flat), scale.reshape(flat), count.reshape(flat),
+              constant.reshape(flat))
+    lo_f, span_f, u_f = lo.reshape(-1), span.reshape(-1), u.reshape(_GRID, 1)
+    width = lo_f.size
+    block = max(2, _BLOCK // (_GRID * min(n_chunk, taps)))
+    starts = list(range(0, width, block))
+    if width > 1 and width - starts[-1] == 1:
+        starts[-1] -= 1
+    buffer = np.empty((min(n_chunk, taps), _GRID, min(block, width)))
+    acc = np.empty((_GRID, min(block, width)))
+    out = np.empty((3, width))
+    for b in starts:
+        cols = slice(b, min(b + block, width))
+        a = acc[:, :cols.stop - b]
+        grid = lo_f[cols] + span_f[cols] * u_f
+        _cdf_block(a, grid, [t[:, cols] for t in taps_f], n_chunk, small, flags, buffer)
+        mid = np.concatenate([grid[:1], 0.5 * (grid[1:] + grid[:-1])])
+        out[:, cols] = _moments_block(a if small else np.exp(a), mid, values[:, cols])
+    e, var, slope = (row.reshape(problems) for row in out)
     if not (np.all(np.isfinite(e)) and np.all(np.isfinite(var))):
         raise RuleError("the input distribution is not finite")
-    with np.errstate(all="ignore"):  # E[f'(M)], for the output's correlation
-        slope = np.gradient(values, axis=0) / np.gradient(np.broadcast_to(mid, values.shape),
-                                                          axis=0)
-    slope = (mass * np.where(np.isfinite(slope), slope, 0.0)).sum(axis=0)
     return e, var, slope
+
+
+_ROWS = 1 << 21  # elements of the [rows, *P] arrays f is evaluated on at once
+
+
+def _values_at_midpoints(fn, lo, span, u) -> np.ndarray:
+    """f at the midpoints of the grid ``lo + span u`` (``[G, *P]``; the first point is its
+    own), ``[G, P]``: f evaluated on a few grid rows at a time (``[rows, *P]`` arrays, so that
+    its per-channel constants broadcast), the values those of one evaluation on every row."""
+    values = np.empty((_GRID, lo.size))
+    step = max(1, _ROWS // max(1, lo.size))
+    for g0 in range(0, _GRID, step):
+        g1 = min(_GRID, g0 + step)
+        grid = lo + span * u[max(g0 - 1, 0):g1]
+        mid = 0.5 * (grid[1:] + grid[:-1])
+        if g0 == 0:
+            mid = np.concatenate([grid[:1], mid])
+        with np.errstate(all="ignore"):
+            y = np.asarray(fn(mid), dtype=np.float64)
+        values[g0:g1] = np.broadcast_to(y, mid.shape).reshape(g1 - g0, -1)
+    return values
+
+
+def _cdf_block(acc, grid, taps, n_chunk, small, flags, buffer):
+    """Into ``acc`` ``[G, b]``, the maximum's CDF on ``grid`` ``[G, b]`` (``small``) or its
+    logarithm: ``prod_i Phi((g - m_i) s_i^-1)^n_i`` over the taps ``taps`` = (mean, 1/std,
+    count, constant), each ``[T, b]``, multiplied ``n_chunk`` taps at a time."""
+    mean_f, scale_f, count_f, constant_f = taps
+    has_constant, has_absent, repeated = flags
+    acc.fill(1.0 if small else 0.0)
+    g = grid[None]
+    with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
+        for i in range(0, mean_f.shape[0], n_chunk):
+            rows = slice(i, i + n_chunk)
+            m, c = mean_f[rows, None], count_f[rows, None]
+            z = np.subtract(g, m, out=buffer[:m.shape[0], :, :g.shape[2]])  # standardised
+            z *= scale_f[rows, None]
+            if small:
+                cdf_i = special.ndtr(z, out=z)
+                if has_constant:
+                    np.copyto(cdf_i, g >= m, where=constant_f[rows, None])
+                if repeated:
+                    np.power(cdf_i, c, out=cdf_i)
+                if has_absent:
+                    np.copyto(cdf_i, 1.0, where=(c <= 0))
+                acc *= cdf_i[0] if len(cdf_i) == 1 else np.multiply.reduce(cdf_i, axis=0)
+            else:
+                lc = special.log_ndtr(z, out=z)
+                if has_constant:
+                    np.copyto(lc, np.where(g >= m, 0.0, -np.inf), where=constant_f[rows, None])
+                lc *= c  # an absent tap (count 0) adds nothing: 0 * log, 0 * -inf = nan
+                if has_absent:
+                    np.copyto(lc, 0.0, where=(c <= 0))
+                acc += lc[0] if len(lc) == 1 else lc.sum(axis=0)
+
+
+def _moments_block(cdf, mid, values):
+    """(E[f(M)], Var[f(M)], E[f'(M)]) ``[3, b]`` from the maximum's CDF ``[G, b]`` (changed:
+    its last point set to 1, the mass above the grid) and f at the cells' midpoints: Stieltjes
+    sums, the slope by central differences of f over the midpoints (numpy's ``diff`` and
+    ``gradient``, written out into fewer temporaries)."""
+    cdf[-1] = 1.0  # the mass above the grid (< 1e-9) goes to its last point
+    mass = np.empty_like(cdf)
+    mass[0] = cdf[0]  # - 0.0
+    np.subtract(cdf[1:], cdf[:-1], out=mass[1:])
+    e = (mass * values).sum(axis=0)
+    var = (mass * (values - e) ** 2).sum(axis=0)
+    with np.errstate(all="ignore"):  # E[f'(M)], for the output's correlation
+        slope = _gradient(values)
+        slope /= _gradient(mid)
+    np.copyto(slope, 0.0, where=~np.isfinite(slope))
+    return e, var, (mass * slope).sum(axis=0)
+
+
+def _gradient(f):
+    """``numpy.gradient(f, axis=0)`` at unit spacing: central differences inside, one-sided
+    at the ends (the same operations)."""
+    out = np.empty(f.shape)
+    np.subtract(f[2:], f[:-2], out=out[1:-1])
+    out[1:-1] /= 2.0
+    np.subtract(f[1], f[0], out=out[0])  # / 1.0
+    np.subtract(f[-1], f[-2], out=out[-1])
+    return out
 
 
 def _factor_rule(nodes: int) -> tuple[np.ndarray, np.ndarray]:

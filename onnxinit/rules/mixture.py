@@ -220,10 +220,9 @@ def sum_mixture(a: Moments, b: Moments, rank: int, subtract: bool = False):
         z = combine(x.reshape((na, 1) + x.shape[1:]), y.reshape((1, nb) + y.shape[1:]))
         return z.reshape((na * nb,) + z.shape[2:])
 
-    sign = -1.0 if subtract else 1.0
     return (
         pair(wa, wb, np.multiply),
-        pair(ma, mb, lambda x, y: x + sign * y),
+        pair(ma, mb, np.subtract if subtract else np.add),
         pair(va, vb, np.add),
     )
 

@@ -22,8 +22,10 @@ def test_blocks_give_the_same_bits(monkeypatch, taps, problems, top):
     count[0] = np.maximum(count[0], 1)
     fn = np.tanh
     monkeypatch.setattr(maxima, "_BLOCK", 1 << 40)
+    monkeypatch.setattr(maxima, "_ROWS", 1 << 40)
     whole = maxima.max_of_gaussians(mean, std, count, fn)
     monkeypatch.setattr(maxima, "_BLOCK", 64)  # one problem (or a few) per block
+    monkeypatch.setattr(maxima, "_ROWS", 1)  # f on one grid row at a time
     blocked = maxima.max_of_gaussians(mean, std, count, fn)
     for a, b in zip(whole, blocked):
         assert a.tobytes() == b.tobytes()
