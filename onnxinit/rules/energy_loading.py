@@ -46,8 +46,8 @@ channel c's scale at the lognormal nodes of ``1 + eps`` as ``(1 + eps)^(l_c)`` o
 Measured (``python benchmarks/shared_energy_trace.py --models efficientnet_v2_s --size 128``,
 8 batches of 8): the loadings after each SiLU spread 0.26-0.36 about 1 (0.09 the noise floor
 at the convs' inputs), predicted 0.26-0.39, correlated 0.7-0.86 with the measured; the
-projection convs multiply eta by 1.29-1.35 measured, 1.28-1.33 predicted (1.05-1.08 with
-equal loadings). ``tests/rules/test_energy_loading.py``: 2.47x measured, 2.32x predicted,
+projection convs after the gates (stages 4-6) multiply eta by 1.19-1.36 measured, 1.08-1.34
+predicted (1.00 with equal loadings: features.5.3, 1.29 measured). ``tests/rules/test_energy_loading.py``: 2.47x measured, 2.32x predicted,
 1.02x before.
 
 Not modelled: each factor's own loadings (a mask's factor enters loading 1 on every channel
