@@ -173,12 +173,13 @@ def relu_parts(mu, s):
     """E[max(x, 0)] and E[max(x, 0)^2] for x ~ N(mu, s^2), s >= 0: with a = mu / s,
     ``E = mu Phi(a) + s phi(a)``, ``E2 = (mu^2 + s^2) Phi(a) + mu s phi(a)`` (s = 0: a = +-inf,
     phi = 0; a point at mu = 0 gives 0 either way). Every step is per element: the steps after
-    Phi run on blocks of ``_PARTS_BLOCK`` elements, whose temporaries stay in cache."""
+    Phi run on blocks of ``_PARTS_BLOCK`` elements, whose temporaries stay in cache, when there
+    are more than ``_PARTS_WHOLE``."""
     with np.errstate(divide="ignore", invalid="ignore"):
         a = np.asarray(np.divide(mu, s), dtype=np.float64)
     np.copyto(a, np.inf, where=np.isnan(a))
     cdf = ndtr_kept(a)  # the amplitudes of the same cells ask for it next
-    if a.size <= _PARTS_BLOCK:
+    if a.size <= _PARTS_WHOLE:
         return _relu_parts_at(mu, s, a, cdf)
     flat = [np.ascontiguousarray(np.broadcast_to(x, a.shape)).reshape(-1) for x in (mu, s)]
     flat += [a.reshape(-1), np.ascontiguousarray(cdf).reshape(-1)]  # a: written
@@ -190,6 +191,7 @@ def relu_parts(mu, s):
 
 
 _PARTS_BLOCK = 1 << 14
+_PARTS_WHOLE = 1 << 20  # below, the whole arrays' passes cost less than the blocks'
 
 
 def _relu_parts_at(mu, s, a, cdf):

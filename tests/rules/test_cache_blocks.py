@@ -21,8 +21,9 @@ def test_relu_parts_blocks(monkeypatch, shape, mu_shape):
     s = np.abs(rng.standard_normal(shape))
     s[..., :3] = 0.0  # points: a = +-inf
     mu = np.broadcast_to(mu, mu_shape)  # read-only, as a broadcast view reaches the rule
-    monkeypatch.setattr(gaussian, "_PARTS_BLOCK", 1 << 40)
+    monkeypatch.setattr(gaussian, "_PARTS_WHOLE", 1 << 40)
     whole = gaussian.relu_parts(mu, s)
+    monkeypatch.setattr(gaussian, "_PARTS_WHOLE", 0)
     monkeypatch.setattr(gaussian, "_PARTS_BLOCK", 100)
     blocked = gaussian.relu_parts(mu, s)
     for a, b in zip(whole, blocked):
