@@ -66,6 +66,7 @@ class Propagation:
     # padded windows merged with the batch, kept apart by class (onnxinit/window_classes.py)
     windows: dict = field(default_factory=dict, repr=False)
     window_readers: dict = field(default_factory=dict, repr=False)  # readers not yet propagated
+    large_grids: set = field(default_factory=set, repr=False)  # see _moves_a_large_grid
 
     @property
     def input_var(self) -> float:
@@ -109,7 +110,7 @@ def _fit(m: Moments, shape: tuple[int, ...] | None, limit: int = MAX_TRACKED) ->
     return _fitted_shape(m, shape).capped(limit)
 
 
-def _tracked_limit(ctx: RuleContext, m: Moments) -> int:
+def _tracked_limit(ctx: RuleContext, m: Moments, large: set = frozenset()) -> int:
     """MAX_TRACKED, or ``masks.OFFSET_CAP`` for the output of a node that reaches a Softmax:
     its per-element offsets (a causal mask on ``[1, heads, S, S]`` logits) are positions the
     Softmax ignores or shifts, and pooling them into a variance (law of total variance) would
@@ -120,7 +121,7 @@ def _tracked_limit(ctx: RuleContext, m: Moments) -> int:
         return MAX_TRACKED
     if feeds_softmax(ctx):
         return OFFSET_CAP
-    if holds_padding(m) or _moves_a_large_grid(ctx):
+    if holds_padding(m) or _moves_a_large_grid(ctx, large):
         return PADDED_CAP
     return MAX_TRACKED
 
@@ -128,15 +129,12 @@ def _tracked_limit(ctx: RuleContext, m: Moments) -> int:
 _MOVES = {"Reshape", "Transpose", "Slice", "Concat", "Split"}
 
 
-def _moves_a_large_grid(ctx: RuleContext) -> bool:
-    """A layout op whose input kept more than MAX_TRACKED statistics (padded windows spread
-    back on the map, ``window_classes.spread``): it moves them without computing on them, so
-    they stay until the map is cropped (the shifted windows' roll back, the crop to the map)."""
-    known = ctx.known or {}
-    if ctx.node.op_type not in _MOVES:
-        return False
-    inputs = ctx.node.input if ctx.node.op_type == "Concat" else ctx.node.input[:1]
-    return sum(known[n].tracked_size() for n in inputs if n in known) > MAX_TRACKED
+def _moves_a_large_grid(ctx: RuleContext, large: set) -> bool:
+    """A layout op that reads a grid of more than MAX_TRACKED statistics that a constant Pad
+    spelled out or padded windows spread back on the map (``window_classes.spread``;
+    ``large``): it moves them without computing on them, so they stay until the map is cut
+    into windows or cropped (the window partition, the roll back, the crop to the map)."""
+    return ctx.node.op_type in _MOVES and any(n in large for n in ctx.node.input)
 
 
 def _fitted_shape(m: Moments, shape: tuple[int, ...] | None) -> Moments:
@@ -334,7 +332,10 @@ def _propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> Non
     outputs, pairs = feature_pairs.carry(ctx, inputs, outputs, result.pairs)
     for name, m, pair in zip(node.output, outputs, pairs):
         if name and m is not None and graph.is_signal(name):
-            m = _fit(m, graph.shape(name), _tracked_limit(ctx, m))
+            m = _fit(m, graph.shape(name), _tracked_limit(ctx, m, result.large_grids))
+            if m.tracked_size() > MAX_TRACKED and (node.op_type == "Pad" or _moves_a_large_grid(
+                    ctx, result.large_grids)):
+                result.large_grids.add(name)
             _require_finite(m, node_id, node.op_type, name, rule_name,
                             lambda: _non_finite_constant(graph, node))
             result.moments[name] = m

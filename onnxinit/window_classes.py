@@ -331,6 +331,7 @@ def _propagate_windowed(graph, node_id, result, run, wins) -> bool:
                 old = result.moments[node.output[0]]
                 result.moments[node.output[0]] = Moments(spread_out.mean, spread_out.var,
                                                          tokens=_correlation(old.tokens))
+                result.large_grids.add(node.output[0])
         return True
     windowed = [w for w in wins if w is not None]
     key = np.stack([w.members for w in windowed], axis=1)

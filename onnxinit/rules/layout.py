@@ -171,16 +171,22 @@ def reshape_moments(x: Moments, in_shape, out_shape) -> Moments:
 
 
 def holds_padding(m: Moments) -> bool:
-    """Some elements are exactly constant (variance 0, a finite mean) and others are not:
-    padding (a zero-padded window's tokens, or a zero-padded map's positions past its border,
-    which depend on two axes once the map is cut into windows), which pooling would turn into
-    variance. Such a tensor keeps up to ``PADDED_CAP`` statistics, so that its other axes (the
-    features, whose means the tokens share) need not be pooled either."""
+    """Some indices of a tracked axis are exactly constant (variance 0 at every index of the
+    other axes) and others are not: padding (a zero-padded window's tokens), which pooling
+    that axis would turn into variance. Such a tensor keeps up to ``PADDED_CAP`` statistics,
+    so that its other axes (the features, whose means the tokens share) need not be pooled
+    either."""
     var = np.asarray(m.var)
     if var.ndim == 0 or var.size <= 1 or var.size > PADDED_CAP:
         return False
-    exact = (var == 0) & np.isfinite(np.asarray(m.mean))
-    return bool(exact.any()) and not bool(exact.all())
+    exact = var == 0
+    for axis in range(var.ndim):
+        if var.shape[axis] > 1:
+            others = tuple(a for a in range(var.ndim) if a != axis)
+            constant = exact.all(axis=others) if others else exact
+            if constant.any() and not constant.all():
+                return True
+    return False
 
 
 POSITIONS_CAP = 1 << 14  # per-position statistics a map's transpose into tokens spells out
