@@ -40,6 +40,7 @@ from .moments import Moments, Tokens
 from .rules.context import RuleContext, RuleError
 from .rules.layout import full_grid, reshape_moments
 from .rules.masks import feeds_softmax
+from .rules.shape import slice_params
 
 MAX_CLASSES = 16  # classes of windows kept apart (more: the windows are pooled, as before)
 MAX_WINDOW_GRID = 1 << 20  # statistics of the per-window grid a merge reads
@@ -209,7 +210,6 @@ def window_axis(ctx: RuleContext, axes: list[int | None], known) -> int | None:
             return None
         return a if out_rank == r else None
     if op == "Slice":
-        from .rules.shape import slice_params
         if any(ax == pos for ax, *_ in slice_params(ctx, r)):
             return None
         return a
