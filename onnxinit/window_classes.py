@@ -40,6 +40,7 @@ from .moments import Moments, Tokens
 from .rules.context import RuleContext, RuleError
 from .rules.layout import full_grid, reshape_moments
 from .rules.masks import feeds_softmax
+from .rules.reduce import reduced_axes
 from .rules.shape import slice_params
 
 MAX_CLASSES = 16  # classes of windows kept apart (more: the windows are pooled, as before)
@@ -154,17 +155,6 @@ def _const_shape(ctx: RuleContext, i: int, known) -> tuple | None:
     return None if c is None else tuple(np.shape(c))
 
 
-def _axes_arg(ctx: RuleContext, rank: int) -> list[int] | None:
-    axes = ctx.attr("axes", None)
-    if axes is None and len(ctx.node.input) > 1 and ctx.node.input[1]:
-        axes = ctx.const(1)
-        if axes is None:
-            raise RuleError("axes are not constant")
-    if axes is None:
-        return None
-    return [int(a) % rank for a in np.ravel(axes)]
-
-
 def window_axis(ctx: RuleContext, axes: list[int | None], known) -> int | None:
     """The merged axis (counted from the end) of the node's first output when the node acts
     on each of its indices alone; None otherwise. ``axes[i]``: input i's merged axis, None
@@ -198,7 +188,7 @@ def window_axis(ctx: RuleContext, axes: list[int | None], known) -> int | None:
             return None
         return (pos + np.ndim(indices) - 1 if g < pos else pos) - out_rank
     if op in _REDUCE:
-        reduced = _axes_arg(ctx, r)
+        reduced = reduced_axes(ctx, r)
         if reduced is None or pos in reduced:
             return None
         if not ctx.attr("keepdims", 1):

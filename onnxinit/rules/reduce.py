@@ -25,7 +25,7 @@ from .square_sum_field import square_sum_factors
 from .table_rows import table_mean_square
 
 
-def _axes(ctx: RuleContext, rank: int) -> tuple[int, ...] | None:
+def reduced_axes(ctx: RuleContext, rank: int) -> tuple[int, ...] | None:
     """Reduced axes; None for the no-op (empty axes with noop_with_empty_axes)."""
     op = ctx.node.op_type
     from_input = ctx.opset >= (13 if op == "ReduceSum" else 18)
@@ -167,7 +167,7 @@ def reduce_linear(inputs, ctx: RuleContext):
     x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
     rank = len(x_shape)
-    axes = _axes(ctx, rank)
+    axes = reduced_axes(ctx, rank)
     if axes is None:
         return [x]
     keepdims = bool(ctx.attr("keepdims", 1))
@@ -278,7 +278,7 @@ def reduce_max(inputs, ctx: RuleContext):
     x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
     rank = len(x_shape)
-    axes = _axes(ctx, rank)
+    axes = reduced_axes(ctx, rank)
     if axes is None:
         return [x]
     if any(a in axes for a in x.tracked_axes()):
@@ -291,4 +291,4 @@ def reduce_max(inputs, ctx: RuleContext):
     return [_finish(mean, var, axes, keepdims)]
 
 
-__all__ = ["reduce_linear", "reduce_max"]
+__all__ = ["reduce_linear", "reduce_max", "reduced_axes"]
