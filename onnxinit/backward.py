@@ -36,6 +36,7 @@ from .gradrules import LOSSES, GradContext, Gradient, add, loss_gradient, lookup
 from .graph import ModelGraph
 from .propagate import Propagation, single_threaded_blas
 from .rules.context import RuleError
+from .strict import fall_back
 
 log = logging.getLogger("onnxinit")
 
@@ -147,6 +148,7 @@ def tensor_gradients(propagation: Propagation, loss: str = "cross_entropy",
             except RuleError as exc:
                 reason = str(exc)
             except Exception as exc:  # a rule bug must not abort the analysis
+                fall_back(exc)
                 log.debug("backward rule %s failed on %s", registration.fn.__name__, node_id,
                           exc_info=True)
                 reason = f"rule {registration.fn.__name__} failed: {type(exc).__name__}: {exc}"

@@ -33,6 +33,7 @@ from .rules.masks import OFFSET_CAP, derived_moments, feeds_softmax
 from .rules.per_token import per_token_fusion, per_token_inputs
 from .rules.tokens import carry
 from .spatial import drop
+from .strict import fall_back
 from .window_classes import begin_windows, propagate_windowed
 
 log = logging.getLogger("onnxinit")
@@ -307,6 +308,7 @@ def _propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> Non
         except RuleError as exc:
             reason = str(exc)
         except Exception as exc:  # a rule bug must not abort the analysis; measure instead
+            fall_back(exc)
             log.debug("rule %s failed on %s", registration.fn.__name__, node_id, exc_info=True)
             reason = f"rule {registration.fn.__name__} failed: {type(exc).__name__}: {exc}"
     elif outputs is None:

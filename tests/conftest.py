@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
+
+# a rule's unexpected error fails the test instead of falling back quietly (onnxinit/strict.py);
+# set here, before any test runs, so that subprocesses (the CLI) inherit it
+os.environ.setdefault("ONNXINIT_STRICT", "1")
 
 
 @pytest.fixture(autouse=True)

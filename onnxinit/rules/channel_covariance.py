@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..strict import fall_back
 from . import covariance_maps as maps
 from .covariance_layout import Field, attr, conv_share, moved, variances, within
 from .context import RuleContext, RuleError
@@ -167,7 +168,8 @@ def _compute(ctx: RuleContext, tensor: str, field_of) -> Field | None:
             f = elementwise(node, ctx)
             if f is not None:
                 return _through(ctx, f.fn, x, tensor, f_x)
-    except (RuleError, ValueError, TypeError, IndexError):
+    except (RuleError, ValueError, TypeError, IndexError) as exc:
+        fall_back(exc, (RuleError,))
         return None
     return None
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..moments import Moments
 from ..spatial import attach, class_weights
+from ..strict import fall_back
 from .context import RuleContext, RuleError
 from .elementwise import refinement
 from .gaussian import chain_at_nodes, compose, composite_rule
@@ -139,7 +140,8 @@ def _conv_cumulants(conv: RuleContext, x: Moments) -> tuple[np.ndarray, np.ndarr
             continue
         try:
             sums = conv_tap_sums(conv, x, k / scale, power)
-        except (RuleError, ValueError):
+        except (RuleError, ValueError) as exc:
+            fall_back(exc, (RuleError,))
             return None
         if sums is None:
             return None

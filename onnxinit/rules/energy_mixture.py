@@ -38,6 +38,7 @@ import numpy as np
 
 from ..moments import Moments
 from ..spatial import attach
+from ..strict import fall_back
 from .context import RuleContext
 from .elementwise import refinement
 from .energy_fields import chain_values, channel_var, source_var
@@ -83,7 +84,8 @@ def mixture_shift(ctx: RuleContext, name: str, m: Moments):
             if found is None or found[3] == 0 or not found[0] > NEGLIGIBLE:
                 return None
             return _moments_shift(m, shape, found[0], found[1], ctx.known[found[2]], found[4])
-    except (ValueError, IndexError, KeyError, TypeError):
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        fall_back(exc)
         return None
 
 

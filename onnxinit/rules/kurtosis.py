@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments
+from ..strict import fall_back
 from .context import RuleContext, RuleError
 from .fusion import common_ancestor
 from .gaussian import chain_at_nodes, compose, composite_rule
@@ -217,7 +218,8 @@ def _compute(ctx: RuleContext, tensor: str, law_of) -> tuple[float, np.ndarray] 
             raws = [_raw_moments(known, n, c, lw[1], graph) for n, lw in zip(signals, laws)]
             sizes = [int(np.prod(graph.shape(n) or (1,))) for n in signals]
             return laws[int(np.argmax(sizes))][0], _kappa_from_raw(raws[0] * raws[1])
-    except (ValueError, IndexError, FloatingPointError, RuleError):
+    except (ValueError, IndexError, FloatingPointError, RuleError) as exc:
+        fall_back(exc, (FloatingPointError, RuleError,))
         return gaussian
     return gaussian
 

@@ -24,6 +24,7 @@ from dataclasses import replace
 import numpy as np
 
 from .. import special
+from ..strict import fall_back
 from .context import RuleContext
 from .covariance_readers import row_variance_spread
 from .logit_path import WINDOWED, qk_matmul
@@ -50,7 +51,8 @@ def row_spread(ctx: RuleContext) -> float:
     try:
         spread = row_variance_spread(qctx, known[qk.input[0]], known[qk.input[1]],
                                      _unit_rows_dim(ctx.graph, qk.input[0]) is not None)
-    except (ValueError, IndexError):
+    except (ValueError, IndexError) as exc:
+        fall_back(exc)
         return 0.0
     return spread if spread is not None and np.isfinite(spread) and spread > 0 else 0.0
 

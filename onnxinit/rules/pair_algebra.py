@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..moments import Moments
+from ..strict import fall_back
 from .context import RuleContext, RuleError
 from .elementwise import elementwise
 from .hermite import coefficients
@@ -122,7 +123,8 @@ def through_function(x: Pairs, xm: Moments, ctx: RuleContext, f=None) -> Pairs |
         return NONE
     try:
         c, rest = coefficients(f.fn, np.float64(mean), np.float64(var))
-    except (ValueError, FloatingPointError, RuleError):
+    except (ValueError, FloatingPointError, RuleError) as exc:
+        fall_back(exc, (FloatingPointError, RuleError,))
         return NONE
     if np.ndim(c) != 1:  # a function with per-feature constants: pooled moments do not fit
         return NONE

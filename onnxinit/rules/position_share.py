@@ -52,6 +52,7 @@ import numpy as np
 from .. import correlation as corr_model
 from ..moments import Moments, Source
 from ..spatial import attach
+from ..strict import fall_back
 from .axis_roles import CONST_MAPS, channel_map_roles, channels_taken, layout_roles
 from .context import RuleContext
 from .correlations import chain_amplitudes
@@ -170,14 +171,16 @@ def share(ctx: RuleContext, tensor: str):
     def deps(name):
         try:
             return _deps(ctx, name)
-        except (ValueError, IndexError, KeyError, TypeError):
+        except (ValueError, IndexError, KeyError, TypeError) as exc:
+            fall_back(exc)
             return []
 
     def compute(name, of):
         try:
             with np.errstate(all="ignore"):
                 out = _compute(ctx, name, of)
-        except (ValueError, IndexError, KeyError, TypeError):
+        except (ValueError, IndexError, KeyError, TypeError) as exc:
+            fall_back(exc)
             return None
         if out is None or not math.isfinite(out[1]):
             return None
@@ -200,7 +203,7 @@ def _compute(ctx: RuleContext, tensor: str, of):
         return _chain(m, shape, of(base))
     node = graph.node(node_id)
     op, signals = node.op_type, _signals(graph, known, node)
-    if not signals:
+    if not signals or op not in _HANDLED:  # what _deps declares is all that may be read
         return None
     node_ctx = ctx.for_node(node_id)
     if len(signals) == 2 and op in ("MatMul", "Einsum"):
@@ -329,7 +332,8 @@ def correlation(ctx: RuleContext, tensor: str, axis: int) -> float:
     ``r = (phi - 1/K) / (1 - 1/K)``, when ``axis`` is one of its position axes; else 0."""
     try:
         field = share(ctx, tensor)
-    except (ValueError, IndexError, KeyError, TypeError):
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        fall_back(exc)
         return 0.0
     shape = _shape(ctx.graph, tensor)
     if field is None or shape is None or len(field[0]) != len(shape) or field[0][axis] != "p":
@@ -363,7 +367,8 @@ def onto_map(ctx: RuleContext, out: Moments) -> Moments:
         if field is None:
             return out
         placed = layout_roles(ctx, node.op_type, field, tuple(ctx.in_shape(0)), tuple(shape))
-    except (ValueError, IndexError, KeyError, TypeError):
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        fall_back(exc)
         return out
     if placed is None:
         return out

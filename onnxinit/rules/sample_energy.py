@@ -91,6 +91,7 @@ import math
 import numpy as np
 
 from ..moments import Moments
+from ..strict import fall_back
 from .context import RuleContext, RuleError
 from .batch_energy import carried, fresh as fresh_omega, normalised_share
 from .energy_fields import chain_law, channel_var, gaussian_local, positions
@@ -200,7 +201,8 @@ def _record(ctx: RuleContext, tensor: str):
     def deps(name):
         try:
             return _deps(ctx, known, name)
-        except (ValueError, IndexError, KeyError, TypeError):
+        except (ValueError, IndexError, KeyError, TypeError) as exc:
+            fall_back(exc)
             return []
 
     return _FIELD.value(ctx, tensor, deps, lambda name, law_of: _compute(ctx, name, law_of))
@@ -266,7 +268,8 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
                 out = _concat_law(graph, signals, of)
             else:
                 out = None
-    except (ValueError, IndexError, KeyError, TypeError, RuleError):
+    except (ValueError, IndexError, KeyError, TypeError, RuleError) as exc:
+        fall_back(exc, (RuleError,))
         return fresh
     if out is None or not all(np.all(np.isfinite(a)) for a in (*out[:3], *out[4:])):
         return fresh

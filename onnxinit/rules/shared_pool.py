@@ -10,6 +10,7 @@ import weakref
 import numpy as np
 
 from ..moments import Moments
+from ..strict import fall_back
 from .context import RuleContext, RuleError
 from .energy_fields import chain_values, channel_var, source_var
 from .energy_loading import node_scales
@@ -40,7 +41,8 @@ def shared_deviations(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | Non
     try:
         with np.errstate(all="ignore"):
             rows = _shared_deviations(ctx, x, tuple(x_shape))
-    except (ValueError, IndexError, KeyError, TypeError, RuleError):
+    except (ValueError, IndexError, KeyError, TypeError, RuleError) as exc:
+        fall_back(exc, (RuleError,))
         rows = None
     if len(_DEVIATIONS) > 1024:
         _DEVIATIONS.clear()

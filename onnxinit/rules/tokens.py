@@ -48,6 +48,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments
+from ..strict import fall_back
 from .context import RuleContext
 from .elementwise import UNARY, elementwise
 from .fusion import fused_function
@@ -100,7 +101,8 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, per_token: bool = False
             carried = [with_profile(ctx, i, raw, m)
                        for i, (raw, m) in enumerate(zip(outputs, carried))]
         return carried
-    except (ValueError, IndexError):  # a layout the transfer does not follow: drop the field
+    except (ValueError, IndexError) as exc:
+        fall_back(exc)  # a layout the transfer does not follow: drop the field
         return [without(m) for m in outputs]
 
 
