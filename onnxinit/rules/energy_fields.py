@@ -94,8 +94,9 @@ def positions(shape) -> int:
 def chain_values(m: Moments, shape, scale=None, shift=None):
     """f at the quadrature nodes of m's source Gaussian per channel, pooled over the position
     classes (law of total variance): (values ``[T, C]``, weights ``[T]``), the variance times
-    ``scale`` and the mean plus ``shift`` ([C]) when given; None without a chain or where f is
-    not finite. Pooling the classes takes a zero-padded conv's border pattern to move with
+    ``scale`` and the mean plus ``shift`` ([C]) when given; None without a chain, where f is
+    not finite, or where the chain's constants vary along an axis other than the channels (a
+    row's features after a folded LayerNorm: not a channel map). Pooling the classes takes a zero-padded conv's border pattern to move with
     the sample like the rest (it is the input's per-sample mean, which does: alpha)."""
     rank, c = len(shape), shape[1]
     src = m.source
@@ -109,7 +110,10 @@ def chain_values(m: Moments, shape, scale=None, shift=None):
     with np.errstate(all="ignore"):
         y = compose(src.chain)(mean.reshape(cell) + np.sqrt(var).reshape(cell)
                                * NODES.reshape((-1,) + (1,) * (rank - 1)))
-    y = np.broadcast_to(np.asarray(y, np.float64), (NODES.size,) + cell[1:]).reshape(-1, c)
+    y, target = np.asarray(y, np.float64), (NODES.size,) + cell[1:]
+    if y.ndim > len(target) or any(a not in (1, b) for a, b in zip(y.shape[::-1], target[::-1])):
+        return None
+    y = np.broadcast_to(y, target).reshape(-1, c)
     return (y, WEIGHTS) if np.all(np.isfinite(y)) else None
 
 

@@ -155,9 +155,12 @@ def _arithmetic(ctx, inputs, outputs):
         if op in ("Add", "Sub"):
             return [same_field(x, outputs[0], out_shape)]
         c = _known(ctx, 1 - signals[0])
-        if op in ("Mul", "Div") and c is not None and not any(
-                np.ndim(c) >= rank - a and np.shape(c)[a - rank] > 1 for a in axes):
-            return [same_field(x, outputs[0], out_shape)]  # a scale that is the same for every token
+        if op in ("Mul", "Div") and c is not None:
+            if not any(np.ndim(c) >= rank - a and np.shape(c)[a - rank] > 1 for a in axes):
+                return [same_field(x, outputs[0], out_shape)]  # the same scale for every token
+            # a scale that differs from token to token (rotary embeddings' cos and sin): not
+            # one function of every token, which Mehler's transfer needs
+            return [without(outputs[0])]
         return [_elementwise(ctx, x, outputs[0], out_shape, axes)]
     shapes = [ctx.in_shape(i) for i in signals]
     if any(len(s) != rank for s in shapes):
