@@ -151,6 +151,29 @@ def _lag_matrix(kernel: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _lag_indices(radius: tuple, strides: tuple, dilations: tuple, kernel: tuple, lags: tuple,
+                 ext_r: tuple) -> list[tuple]:
+    """Per lag delta, the index of ``ext`` (the input covariance on the window ``ext_r``) at
+    ``s d + dil delta`` for the offsets d of :func:`conv` (d_0 >= 0): the geometry alone, the
+    same for every Conv of a deep stack's blocks."""
+    n = len(kernel)
+    d_axes = _offsets(radius)
+    d_axes[0] = d_axes[0][radius[0]:]
+    out = []
+    for lag in lags:
+        positions = []
+        for a, (d, st, dl, k, l) in enumerate(zip(d_axes, strides, dilations, kernel, lag)):
+            shape = [1] * n
+            shape[a] = d.size
+            positions.append((d * st + (l - (k - 1)) * dl).reshape(shape))
+        index = (slice(None),) + tuple(p + r for p, r in zip(positions, ext_r))
+        for a in index[1:]:
+            a.flags.writeable = False
+        out.append(index)
+    return out
+
+
 def _kernel_autocorrelation(w: np.ndarray) -> np.ndarray:
     """G[j, c, delta] = sum_t W[j,c,t] W[j,c,t+delta], delta in [-(k-1), k-1] per axis (the
     kernels' autocorrelation): for up to ``_DIRECT_TAPS`` taps as the products of every pair
@@ -192,8 +215,6 @@ def conv(corr: Correlation, nu: np.ndarray, w: np.ndarray, groups: int, strides,
     rho = np.broadcast_to(rho, (c_in,) + rho.shape[1:])
     floor = np.broadcast_to(floor, (c_in,))
     exact = c_out * cpg * n_delta * max(n_d, 16) <= CONV_BUDGET
-    d_axes = _offsets(radius)
-    d_axes[0] = d_axes[0][radius[0]:]
     opg = c_out // groups
     if exact:  # every kernel-autocorrelation lag delta
         g = _kernel_autocorrelation(w).reshape(groups, opg, cpg, -1)
@@ -207,13 +228,10 @@ def conv(corr: Correlation, nu: np.ndarray, w: np.ndarray, groups: int, strides,
         ext_r = [s * r for s, r in zip(strides, radius)]
     ext = _extended(rho * nu.reshape((-1,) + (1,) * n), floor * nu, ext_r)
     cov = np.zeros((groups, opg, n_d))
-    for i, lag in enumerate(lags):  # Cov(d) += G(delta) nu rho(s d + dil delta)
-        positions = []
-        for a, (d, st, dl, k, l) in enumerate(zip(d_axes, strides, dilations, kernel, lag)):
-            shape = [1] * n
-            shape[a] = d.size
-            positions.append((d * st + (l - (k - 1)) * dl).reshape(shape))
-        cols = _gather(ext, ext_r, positions).reshape(groups, cpg, n_d)
+    indices = _lag_indices(tuple(radius), tuple(strides), tuple(dilations), tuple(kernel),
+                           tuple(lags), tuple(ext_r))
+    for i, index in enumerate(indices):  # Cov(d) += G(delta) nu rho(s d + dil delta)
+        cols = ext[index].reshape(groups, cpg, n_d)
         gi = g[..., i] if exact else g[..., 0]
         if cpg == 1 and opg == 1:  # depthwise
             cov += gi[:, :, :1] * cols

@@ -113,6 +113,9 @@ class ModelGraph(ChangeViews, GraphStructure):
         self._root: ModelGraph | None = None  # set on views made by with_values
         self._stale: frozenset[str] | set[str] = frozenset()  # a set in take_changes' views
         self._changes: dict[str, Change] = {}  # on views made by with_changes
+        # counts the changes of this object's values in place (take_changes, trying): what is
+        # memoised from the values of a graph object keys on it
+        self.generation = 0
         self.model = self._infer_shapes(model)
         self._index_tensors()
         self._index_nodes()

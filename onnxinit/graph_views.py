@@ -21,7 +21,7 @@ from .plan import Change
 class ChangeViews:
     """The view-making half of ModelGraph (a mixin: it reads the graph's ``initializers``,
     ``constants``, ``consumers``, ``node_by_id``, ``source``, ``value`` and the view state
-    ``_root``, ``_values``, ``_stale``, ``_changes``)."""
+    ``_root``, ``_values``, ``_stale``, ``_changes``, ``generation``)."""
 
     def with_values(self, overrides: Mapping[str, np.ndarray]) -> Self:
         """A view of this graph in which the initializers in ``overrides`` hold the given values
@@ -54,6 +54,7 @@ class ChangeViews:
             self._values.pop(name, None)
         self._stale.update(fresh)
         self._changes.update(composed)
+        self.generation += 1
 
     @contextlib.contextmanager
     def trying(self, changes: Mapping[str, Change]):
@@ -70,9 +71,11 @@ class ChangeViews:
         added = fresh - self._stale
         self._stale.update(added)
         self._changes.update(composed)
+        self.generation += 1
         try:
             yield self
         finally:
+            self.generation += 1
             for name in fresh:
                 self._values.pop(name, None)
             self._values.update(saved_values)

@@ -20,6 +20,7 @@ from .kept_cdf import ndtr_kept
 _HERMITE = 8  # terms of Mehler's expansion
 _NODE_BLOCK = 1 << 21  # function values per matrix product of hermite_amplitudes
 _CACHE_BLOCK = 1 << 17  # function values per evaluation of the function there
+_FACTORIALS = np.array([float(math.factorial(n)) for n in range(1, _HERMITE + 1)])  # n!
 
 
 def leaky_hermite_amplitudes(slope: float, mean, std) -> np.ndarray:
@@ -193,7 +194,8 @@ def mehler(amplitudes: np.ndarray, variance: np.ndarray, rho: np.ndarray) -> np.
     pairs of correlation rho, divided by f's variance (per channel): the output correlation.
     ``amplitudes`` ``[8, C]`` (averaged over position classes when positions differ),
     ``variance`` ``[C]`` (within a position), rho ``[C, ...]``."""
-    c = np.stack([a * a / math.factorial(k + 1) for k, a in enumerate(amplitudes)])
+    c = amplitudes * amplitudes / _FACTORIALS[:len(amplitudes)].reshape(
+        (-1,) + (1,) * (amplitudes.ndim - 1))
     c = c.reshape(c.shape[:2] + (1,) * (rho.ndim - 1))
     v = variance.reshape((-1,) + (1,) * (rho.ndim - 1))
     out = np.zeros(np.broadcast_shapes(rho.shape, v.shape))

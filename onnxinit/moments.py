@@ -131,7 +131,13 @@ class Spatial:
 
     @property
     def classes(self) -> tuple[int, ...]:
-        return tuple(int(m.max()) + 1 if m.size else 1 for m in self.maps)
+        """Classes per spatial axis; computed once (the maps are not changed in place, and
+        every rule on a spatial tensor asks)."""
+        cached = self.__dict__.get("_classes")
+        if cached is None:
+            cached = tuple(int(m.max()) + 1 if m.size else 1 for m in self.maps)
+            object.__setattr__(self, "_classes", cached)
+        return cached
 
 
 def _as_array(value) -> np.ndarray:

@@ -98,12 +98,18 @@ def positions(x: Moments, shape: Sequence[int]) -> Spatial | None:
 
 def within_variance(sp: Spatial, channels: int) -> np.ndarray:
     """Per channel, the variance at one position averaged over the positions (the spread of
-    the position means excluded): ``sum_k w_k Var_k``, ``[channels]``."""
-    var = np.broadcast_to(sp.cells.var, np.broadcast_shapes(sp.cells.var.shape,
-                                                            (1, 1, *sp.classes)))
-    w = class_weights(sp.maps)
-    v = (var[0] * w).reshape(var.shape[1], -1).sum(axis=1)
-    return np.broadcast_to(v, (channels,)).copy()
+    the position means excluded): ``sum_k w_k Var_k``, ``[channels]``. Computed once per
+    description (a Spatial is not changed in place; the Conv, the element-wise correlation
+    and the residual sum each ask), a copy returned."""
+    kept = sp.__dict__.setdefault("_within", {})
+    v = kept.get(channels)
+    if v is None:
+        var = np.broadcast_to(sp.cells.var, np.broadcast_shapes(sp.cells.var.shape,
+                                                                (1, 1, *sp.classes)))
+        w = class_weights(sp.maps)
+        v = (var[0] * w).reshape(var.shape[1], -1).sum(axis=1)
+        v = kept[channels] = np.broadcast_to(v, (channels,)).copy()
+    return v.copy()
 
 
 def dense(sp: Spatial) -> tuple[np.ndarray, np.ndarray]:
@@ -282,6 +288,26 @@ def gather_taps(arr: np.ndarray, taps: Sequence[np.ndarray], fill: float = 0.0) 
     (``fill`` where a tap is in the padding)."""
     n = len(taps)
     lead = arr.ndim - n
+    if all(_one_tap_each(t, k) for t, k in zip(taps, arr.shape[lead:])):
+        return _copied_as_gathered(arr, n)
+    return _gathered(arr, taps, fill)
+
+
+def _copied_as_gathered(arr: np.ndarray, n: int) -> np.ndarray:
+    """``arr`` ``[..., K_0, ..., K_{n-1}]`` as :func:`_gathered` lays out the gather of one
+    tap per class in order (a 1x1 window without padding): ``[..., 1 (x n), K_0, ...]``, a
+    fresh array whose leading axes vary fastest in memory, as numpy's gather leaves them (the
+    matrix products that read it get the same layout, so the same sums), by one copy."""
+    lead = arr.ndim - n
+    out = np.empty((1,) * n + arr.shape[lead:] + arr.shape[:lead], dtype=arr.dtype)
+    out[...] = np.moveaxis(arr, tuple(range(lead)), tuple(range(arr.ndim - lead, arr.ndim)))[
+        (None,) * n]
+    return np.moveaxis(out, tuple(range(out.ndim - lead, out.ndim)), tuple(range(lead)))
+
+
+def _gathered(arr: np.ndarray, taps: Sequence[np.ndarray], fill: float) -> np.ndarray:
+    n = len(taps)
+    lead = arr.ndim - n
     padded = np.full(arr.shape[:lead] + tuple(k + 1 for k in arr.shape[lead:]), fill,
                      dtype=arr.dtype)
     padded[(Ellipsis, *(slice(0, k) for k in arr.shape[lead:]))] = arr
@@ -295,23 +321,38 @@ def gather_taps(arr: np.ndarray, taps: Sequence[np.ndarray], fill: float = 0.0) 
     return padded[(Ellipsis, *index)]
 
 
+def _one_tap_each(taps: np.ndarray, classes: int) -> bool:
+    """``taps`` ``[R, 1]`` read class r at output class r, for all ``classes`` of the axis."""
+    return (taps.shape == (classes, 1) and bool((taps[:, 0] == np.arange(classes)).all()))
+
+
 def joint(maps_list: Sequence[Sequence[np.ndarray]], sizes: Sequence[int]):
     """Classes of several operands over the same positions (a residual Add, a Concat): per axis
     the distinct tuples of the operands' classes. A map of length 1 broadcasts (a ``[N, C, 1, 1]``
     operand). Returns (maps, selections): ``selections[j][i]`` gives operand j's class of each
-    joint class along axis i."""
-    maps, selections = [], [[] for _ in maps_list]
+    joint class along axis i (read-only, shared between calls on equal maps: a deep stack's
+    residual sums meet the same few maps)."""
+    maps, selections = _joint(tuple(tuple(_key(m) for m in maps) for maps in maps_list),
+                              tuple(int(n) for n in sizes))
+    return maps, [list(s) for s in selections]
+
+
+@functools.lru_cache(maxsize=256)
+def _joint(keys: tuple, sizes: tuple) -> tuple[tuple, tuple]:
+    maps, selections = [], [[] for _ in keys]
     for i, size in enumerate(sizes):
         columns = []
-        for m in maps_list:
-            a = np.asarray(m[i])
+        for operand in keys:
+            a = _array(operand[i])
             columns.append(np.zeros(size, dtype=np.int64) if a.size == 1 else a)
         stacked = np.stack(columns, axis=1)
         unique, inverse = np.unique(stacked, axis=0, return_inverse=True)
         maps.append(inverse.reshape(-1))
-        for j in range(len(maps_list)):
+        for j in range(len(keys)):
             selections[j].append(unique[:, j])
-    return tuple(maps), selections
+    for a in maps + [a for s in selections for a in s]:
+        a.flags.writeable = False
+    return tuple(maps), tuple(tuple(s) for s in selections)
 
 
 def _in_order(selection: np.ndarray, size: int) -> bool:

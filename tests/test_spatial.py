@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from onnxinit.moments import Moments
+from onnxinit import spatial
 from onnxinit.spatial import attach, dense, joint, positions, window
 
 
@@ -46,3 +47,20 @@ def test_joint_classes_reproduce_both_operands():
     maps, sel = joint([a, b], (4,))
     for i in range(4):
         assert sel[0][0][maps[0][i]] == a[0][i] and sel[1][0][maps[0][i]] == b[0][i]
+
+
+def test_one_tap_per_class_gather_is_the_general_gather_with_its_layout():
+    """gather_taps' copy for a 1x1 window without padding equals the general gather in values,
+    shape and memory layout (the leading axes fastest, as numpy's gather leaves them: a Conv's
+    matrix product reads that layout, and another one sums in another order)."""
+    rng = np.random.default_rng(0)
+    for shape, n in [((16, 3, 3), 2), ((4, 16, 5, 5), 2), ((16, 7), 1), ((2, 3, 4, 4, 4), 3),
+                     ((5, 1, 1), 2), ((3, 3), 2)]:
+        a = rng.normal(size=shape)
+        taps = [np.arange(k).reshape(k, 1) for k in shape[len(shape) - n:]]
+        for arr in (a, np.broadcast_to(a[:1], shape)):
+            fast = spatial.gather_taps(arr, taps)
+            general = spatial._gathered(arr, taps, 0.0)
+            assert fast.shape == general.shape and fast.strides == general.strides
+            np.testing.assert_array_equal(fast, general)
+            assert fast.flags.writeable and not np.shares_memory(fast, a)

@@ -13,6 +13,8 @@ propagator looks up T's moments and hands both to the rule as ``RuleContext.fusi
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from ..moments import Elementwise, Moments
@@ -105,12 +107,25 @@ def _fused_binary(ctx: RuleContext, budget: list[int]) -> tuple[str, Elementwise
     return tensor, fused_function(node.op_type, chain_a, chain_b)
 
 
+# graph -> {node id: (graph.generation, common_ancestor's answer)}
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def common_ancestor(ctx: RuleContext) -> tuple[str, tuple, tuple] | None:
     """(T, chain_a, chain_b) when the node's two signal operands are ``chain_a(T)`` and
-    ``chain_b(T)``, else None. Reads the graph only."""
+    ``chain_b(T)``, else None. Reads the graph only, so it is memoised per graph object and
+    node while the graph's values are unchanged (``generation``): the propagator and the
+    cumulant rules downstream (:mod:`.kurtosis`, :mod:`.pool_skewness`) ask for the same node,
+    and a residual Add's search walks back through every Add before it."""
     if ctx.node.domain not in ("", "ai.onnx") or not _two_signals(ctx):
         return None
-    return _common(ctx, [MAX_DEPTH, MAX_WORK])
+    memo = _MEMO.setdefault(ctx.graph, {})
+    hit = memo.get(ctx.node_id)
+    if hit is not None and hit[0] == ctx.graph.generation:
+        return hit[1]
+    found = _common(ctx, [MAX_DEPTH, MAX_WORK])
+    memo[ctx.node_id] = (ctx.graph.generation, found)
+    return found
 
 
 def fused_elementwise(inputs: list, ctx: RuleContext) -> list[Moments] | None:
