@@ -42,7 +42,7 @@ def _reshape(ctx, inputs, outputs):
     axes = token_axes(x.tokens, len(in_shape))
     placed = reshaped_token_axes(axes[-1], x.tokens.n, x.tokens.stride, in_shape, out_shape)
     if placed is None:
-        raise ValueError("the token digit is split between axes")
+        raise RuleError("the token digit is split between axes")
     out_axes, stride = placed
     sig = float(np.mean(x.var)) * x.tokens.cov
     if _pooled_over(x, len(in_shape), axes):
@@ -111,7 +111,7 @@ def _transpose(ctx, inputs, outputs):
         if _pooled_over(x, rank, axes):
             sig = _profiled(outputs[0], ctx.out_shape(0), images, sig, 1)
         return [attach(outputs[0], ctx.out_shape(0), images, sig)]
-    raise ValueError("the token axes are reordered")
+    raise RuleError("the token axes are reordered")
 
 
 def _pooled_over(x: Moments, rank: int, axes: list[int]) -> bool:
@@ -298,7 +298,7 @@ def _concat(ctx, inputs, outputs):
         if rolled is not None:
             return [rolled(outputs[0], out_shape)]
         if len(axes) != 1 or shapes[inputs.index(x)][axis] != x.tokens.n or x.tokens.stride > 1:
-            raise ValueError("concatenation of merged token axes")
+            raise RuleError("concatenation of merged token axes")
         blocks = [sigma(m, s, axes, s[axis]) for m, s in zip(pieces, shapes)]
         sizes = [b.shape[0] for b in blocks]
         sig = np.zeros((sum(sizes), sum(sizes)))

@@ -49,7 +49,7 @@ import numpy as np
 
 from ..moments import Moments
 from ..strict import fall_back
-from .context import RuleContext
+from .context import RuleContext, RuleError
 from .elementwise import UNARY, elementwise
 from .fusion import fused_function
 from .per_token import with_profile
@@ -101,8 +101,8 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, per_token: bool = False
             carried = [with_profile(ctx, i, raw, m)
                        for i, (raw, m) in enumerate(zip(outputs, carried))]
         return carried
-    except (ValueError, IndexError) as exc:
-        fall_back(exc)  # a layout the transfer does not follow: drop the field
+    except (RuleError, ValueError, IndexError) as exc:
+        fall_back(exc, (RuleError,))  # a layout the transfer does not follow: drop the field
         return [without(m) for m in outputs]
 
 
@@ -164,7 +164,7 @@ def _arithmetic(ctx, inputs, outputs):
         return [_elementwise(ctx, x, outputs[0], out_shape, axes)]
     shapes = [ctx.in_shape(i) for i in signals]
     if any(len(s) != rank for s in shapes):
-        raise ValueError("operands of another rank")
+        raise RuleError("operands of another rank")
     sigs = [_shared(inputs[i], ctx.in_shape(i), axes, n)
             if all(ctx.in_shape(i)[a] == 1 for a in axes) and inputs[i].tokens is None
             else sigma(inputs[i], out_shape, axes, n, stride) for i in signals]
