@@ -29,6 +29,34 @@ def leaky_hermite_amplitudes(slope: float, mean, std) -> np.ndarray:
     Phi(alpha))`` and ``a_n = (1 - slope) std He_{n-2}(alpha) phi(alpha)`` for n >= 2
     (Stein: E[g He_n] = E[g^(n)]). ``[8, *index shape]``."""
     mean, std = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(std, np.float64))
+    return _leaky_amplitudes(slope, std, *_kink(mean, std))
+
+
+_CLASS_BLOCK = 1 << 13  # cells per block of leaky_hermite_class_means (8 rows in cache)
+
+
+def leaky_hermite_class_means(slope: float, mean, std, weights: np.ndarray) -> np.ndarray:
+    """``sum_k weights_k a_n(cell c, k)`` per channel, ``[8, C]``: the amplitudes of
+    :func:`leaky_hermite_amplitudes` on ``[1, C, K_0, ...]`` cells averaged over the position
+    classes (``weights`` ``[K_0, ...]``), a block of channels at a time so that the eight rows
+    stay in cache; every value and every channel's sum as on the whole array (the kink, its
+    density and CDF are computed on the whole, the CDF kept from the ReLU's moments)."""
+    mean, std = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(std, np.float64))
+    a0, phi, cdf = _kink(mean, std)
+    channels = mean.shape[1]
+    step = max(1, _CLASS_BLOCK // max(1, int(np.prod(mean.shape[2:]))))
+    out = np.empty((_HERMITE, channels))
+    for c in range(0, channels, step):
+        block = (slice(None), slice(c, c + step))
+        amp = _leaky_amplitudes(slope, std[block], a0[block], phi[block], cdf[block])
+        out[:, c:c + step] = (amp[:, 0] * weights).reshape(_HERMITE, amp.shape[2], -1).sum(
+            axis=-1)
+    return out
+
+
+def _kink(mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(alpha, phi(alpha), Phi(-alpha)) of the kink alpha = -mean/std (0, 0 and the side's
+    CDF where alpha is infinite: a constant)."""
     alpha = None
     if std.ndim and std.size and (std > 0).all():  # the usual case, in fewer passes
         with np.errstate(over="ignore"):
@@ -46,6 +74,11 @@ def leaky_hermite_amplitudes(slope: float, mean, std) -> np.ndarray:
         a0 = np.where(finite, alpha, 0.0)
         phi = np.where(finite, np.exp(-0.5 * a0**2) / np.sqrt(2 * np.pi), 0.0)
         cdf = special.ndtr(-alpha)
+    return a0, phi, cdf
+
+
+def _leaky_amplitudes(slope: float, std: np.ndarray, a0: np.ndarray, phi: np.ndarray,
+                      cdf: np.ndarray) -> np.ndarray:
     out = np.empty((_HERMITE,) + a0.shape)
     if slope == 0:  # cdf + 0 (1 - cdf) is cdf; 1 std is std
         np.multiply(std, cdf, out=out[0, ...])

@@ -106,3 +106,21 @@ def test_written_out_hardswish_in_closed_form():
     np.testing.assert_allclose(e, [(v * pdf).sum() for v in values], atol=1e-9)
     np.testing.assert_allclose(var, [(v * v * pdf).sum() - (v * pdf).sum() ** 2 for v in values],
                                atol=1e-9)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+@pytest.mark.parametrize("shape", [(1, 64, 32, 32), (1, 3, 5, 7), (1, 200, 7, 7)])
+def test_class_means_by_channel_blocks_equal_the_whole_arrays_average(slope, shape):
+    """leaky_hermite_class_means (blocks of channels, the kink on the whole) gives every
+    channel's class average bit for bit as averaging the whole array's amplitudes, constants
+    (std 0) and infinite kinks included."""
+    rng = np.random.default_rng(1)
+    mean = rng.normal(size=shape)
+    std = rng.uniform(0.1, 2.0, size=shape)
+    weights = rng.uniform(size=shape[2:])
+    weights /= weights.sum()
+    for s in (std, np.where(rng.uniform(size=shape) < 0.05, 0.0, std)):
+        amp = mehler.leaky_hermite_amplitudes(slope, mean, s)
+        whole = (amp[:, 0] * weights).reshape(8, shape[1], -1).sum(axis=-1)
+        np.testing.assert_array_equal(mehler.leaky_hermite_class_means(slope, mean, s, weights),
+                                      whole)

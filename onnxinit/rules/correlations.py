@@ -48,9 +48,8 @@ def elementwise_correlation(corr: Correlation, y: Moments, smooth: bool, fn=None
                                       + np.shape(src.mean)), shape)
     var = np.broadcast_to(np.reshape(src.var, (1,) * (rank - np.ndim(src.var))
                                      + np.shape(src.var)), shape)
-    amp = _amplitudes(src.chain, mean, var, smooth)
     channels = max(shape[1], rho_z.shape[0])
-    amp = _per_channel(amp, y, shape, channels)
+    amp = _class_amplitudes(src.chain, mean, var, smooth, y, shape, channels)
     if y.spatial is not None:
         variance = within_variance(y.spatial, channels)
     else:
@@ -114,6 +113,21 @@ def chain_amplitudes(chain, mean, var) -> np.ndarray:
     """a_n = E[h(mean + std z) He_n(z)], n = 1..8, of the chain h (``[8, *shape]``), by the
     closed forms of :func:`_amplitudes` or the composite rule (kinks allowed)."""
     return _amplitudes(chain, mean, var, False)
+
+
+def _class_amplitudes(chain, mean, var, smooth: bool, y: Moments, shape,
+                      channels: int) -> np.ndarray:
+    """``_per_channel(_amplitudes(...))``; for one ReLU / LeakyRelu on position classes, a
+    block of channels at a time (:func:`.mehler.leaky_hermite_class_means`: the same values)."""
+    keys = [f.key for f in chain]
+    if y.spatial is not None and len(keys) == 1 and (
+            keys[0] == ("Relu",) or keys[0][0] == "LeakyRelu") and shape[0] == 1:
+        w = class_weights(y.spatial.maps)
+        if tuple(shape[2:]) == w.shape:
+            slope = 0.0 if keys[0] == ("Relu",) else float(keys[0][1])
+            amp = mehler.leaky_hermite_class_means(slope, mean, np.sqrt(var), w)
+            return np.broadcast_to(amp, (amp.shape[0], channels))
+    return _per_channel(_amplitudes(chain, mean, var, smooth), y, shape, channels)
 
 
 def _per_channel(amp: np.ndarray, y: Moments, shape, channels: int) -> np.ndarray:
