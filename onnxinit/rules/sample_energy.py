@@ -79,8 +79,8 @@ Carried through the layers on demand (memoised per propagation), per node kind:
 Not modelled: the energy a per-channel gate shares across channels (measured 0.0000 for
 squeeze-excite gates), BatchNorm's batch centring of a factor before the pool, the
 per-sample Gram of a conv's input channels beyond their energies and loadings, the joint cumulants of four distinct positions
-(a depthwise conv's lam is 0.65-0.8 of the measured), and eta's own non-linear response (first
-order in the chains). Pools whose input is not stationary (:func:`.stationary.stationary`) are
+(a depthwise conv's lam is 0.65-0.8 of the measured). The chains grow eta_0 over three nodes
+of eps's law, not by the slope alone (:mod:`.chain_response`). Pools whose input is not stationary (:func:`.stationary.stationary`) are
 left alone.
 """
 
@@ -94,13 +94,14 @@ from ..moments import Moments
 from ..strict import fall_back
 from .context import RuleContext, RuleError
 from .batch_energy import carried, fresh as fresh_omega, normalised_share
-from .energy_fields import chain_law, channel_var, gaussian_local, positions
+from .energy_fields import channel_var, gaussian_local, positions
 from .conv_energy import channel_shape as _shape, conv_law
 from .on_demand import OnDemandField
-from .energy_loading import chain_loading, normalised, uniform
+from .energy_loading import normalised, uniform
+from .chain_response import chain_record_law
 from .random_draws import is_keep_mask
-from .sample_masks import (chain_factor, concat_factors, gate_factor, gate_moments,
-                           merge_smallest, regression, sum_factors)
+from .sample_masks import (concat_factors, gate_factor, gate_moments, merge_smallest,
+                           regression, sum_factors)
 from .kurtosis import _step, chain_start
 
 _FIELD = OnDemandField()
@@ -235,7 +236,7 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
             if _is_chain(graph, ctx, known, tensor):
                 base, norms = _chain(graph, ctx, tensor)
                 source = of(base, _shape(graph, base)[1]) if base != tensor else None
-                out = fresh if source is None else _chain_law(
+                out = fresh if source is None else chain_record_law(
                     m, shape, _normalised(source) if norms else source, known[base],
                     _shape(graph, base))
             elif op == "Conv" and signals:
@@ -299,25 +300,6 @@ def _normalised(found):
     return (eta * share, lam, alpha / root,
             {k: (e * share, a / root, p) for k, (e, a, p) in factors.items()},
             np.zeros_like(omega), normalised(load / (1.0 + np.maximum(omega, 0.0))))
-
-
-def _chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
-    """f(z): :func:`.energy_fields.chain_law` for eta_0, and each gate's factor alike (its
-    eta times the chain's mean beta squared, its offset ``E[t f] a alpha / s + E[(t^2 - 1) f]
-    / 2``)."""
-    eta_z, lam_z, alpha_z, factors, omega_z, load_z = law_z
-    found = chain_law(m, shape, (eta_z, lam_z, alpha_z), z, z_shape)
-    if found is None:
-        return None
-    _, lam, alpha, (beta2, slope, offset, tied, beta, drift) = found
-    # the energy's response per channel: its scale's and its whole offset's (.energy_loading)
-    grown, load = chain_loading(load_z, beta, drift * regression(eta_z, alpha_z, factors)[1])
-    out = {}
-    for key, (e, a, p) in factors.items():
-        exact = chain_factor(m, shape, z, e, a, p) if p else None
-        out[key] = (*exact, p) if exact is not None else (grown * e, slope * a + offset, p)
-    return (eta_z * grown, lam, alpha, out, carried(beta2 * omega_z, tied, lam, shape[0]),
-            load)
 
 
 def _sum_law(known, graph, names, of, shape, gauss, minus=False):
