@@ -42,6 +42,7 @@ from .rules.layout import full_grid, reshape_moments
 from .rules.masks import feeds_softmax
 from .rules.reduce import reduced_axes
 from .rules.shape import slice_params
+from .rules.token_field import profile_grid
 
 MAX_CLASSES = 16  # classes of windows kept apart (more: the windows are pooled, as before)
 MAX_WINDOW_GRID = 1 << 20  # statistics of the per-window grid a merge reads
@@ -105,12 +106,17 @@ def _exact_somewhere(x: Moments) -> bool:
     return bool(exact.any()) and not bool(exact.all())
 
 
-def merge(x: Moments, in_shape, out_shape, out: Moments, pairs) -> Windows | None:
+def merge(x: Moments, in_shape, out_shape, out: Moments, pairs, masked: bool = False,
+          source: Windows | None = None) -> Windows | None:
     """The classes of the windows a Reshape merges with the batch (module docstring), when
-    ``x`` holds exact padding and its statistics vary along the merged axes; None otherwise.
-    ``out`` is the rule's (pooled) output: its token field goes with every class."""
+    ``x`` holds exact padding or is masked (``masked``: logits merged back after the shifted
+    windows' mask, which differs from window to window) and its statistics vary along the
+    merged axes; None otherwise. ``out`` is the rule's (pooled) output: its token field goes
+    with every class. ``source``: the classes these windows were split out of before the mask
+    (:func:`split_before_offsets`); each class then keeps its source class's variances and field (the
+    padded keys' logits are constants in some windows only), the mask's means added."""
     in_shape, out_shape = tuple(in_shape), tuple(out_shape)
-    if x.is_scalar or len(out_shape) < 2 or not _exact_somewhere(x):
+    if x.is_scalar or len(out_shape) < 2 or not (masked or _exact_somewhere(x)):
         return None
     j = _merged_prefix(in_shape, out_shape)
     if j is None:
@@ -124,22 +130,36 @@ def merge(x: Moments, in_shape, out_shape, out: Moments, pairs) -> Windows | Non
         return None
     per_window = [np.broadcast_to(a, (1,) + in_shape[1:j] + rest).reshape((windows,) + rest)
                   for a in (mean, var)]
-    key = np.concatenate([a.reshape(windows, -1) for a in per_window], axis=1)
+    if source is not None and (len(source.members) != windows
+                               or source.axis != -len(out_shape)):
+        source = None
+    if source is not None:
+        key = np.concatenate([source.members[:, None].astype(np.float64),
+                              per_window[0].reshape(windows, -1)], axis=1)
+    else:
+        key = np.concatenate([a.reshape(windows, -1) for a in per_window], axis=1)
     _, first, members = np.unique(key, axis=0, return_index=True, return_inverse=True)
-    if len(first) > MAX_CLASSES:
+    if len(first) > MAX_CLASSES or len(first) < 2:
         return None
     order = np.argsort(-np.bincount(members.ravel()), kind="stable")  # largest class first
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     members = rank[members.ravel()]
-    in_rest, classes = (out_shape[0],) + in_shape[j:], []
+    in_rest, classes, class_pairs = (out_shape[0],) + in_shape[j:], [], []
     field = _correlation(out.tokens)  # each class holds its own per-token variances
     for k in order:
         w = first[k]
         m = Moments(per_window[0][w][None], per_window[1][w][None])
         c = reshape_moments(m, in_rest, out_shape)
-        classes.append(Moments(c.mean, c.var, tokens=field))
-    return Windows(-len(out_shape), members, tuple(classes), (pairs,) * len(classes))
+        if source is None:
+            classes.append(Moments(c.mean, c.var, tokens=field))
+            class_pairs.append(pairs)
+        else:
+            k_src = int(source.members[w])
+            s = source.classes[k_src]
+            classes.append(Moments(c.mean, s.var, tokens=s.tokens))
+            class_pairs.append(source.pairs[k_src])
+    return Windows(-len(out_shape), members, tuple(classes), tuple(class_pairs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,12 +258,13 @@ def spread(w: Windows, in_shape, out_shape) -> Moments | None:
     if len(in_shape) + w.axis != 0 or in_shape[0] % n or out_shape[0] * n != in_shape[0]:
         return None
     virtual = (in_shape[0] // n, n) + in_shape[1:]
+    classes = [profile_grid(c, (1,) + in_shape[1:]) or c for c in w.classes]
     shape = np.broadcast_shapes(*(np.broadcast_shapes(c.mean.shape, c.var.shape)
-                                  for c in w.classes))[1:]
+                                  for c in classes))[1:]
     if n * math.prod(shape) > MAX_WINDOW_GRID:
         return None
-    mean = np.stack([np.broadcast_to(c.mean, (1,) + shape)[0] for c in w.classes])[w.members]
-    var = np.stack([np.broadcast_to(c.var, (1,) + shape)[0] for c in w.classes])[w.members]
+    mean = np.stack([np.broadcast_to(c.mean, (1,) + shape)[0] for c in classes])[w.members]
+    var = np.stack([np.broadcast_to(c.var, (1,) + shape)[0] for c in classes])[w.members]
     return reshape_moments(Moments(mean[None], var[None]), virtual, out_shape)
 
 
@@ -257,7 +278,7 @@ def _swapped(result, w_ref: Windows, window: int):
     saved = []
     n = len(w_ref.members)
     for name, w in result.windows.items():
-        if len(w.members) != n:
+        if len(w.members) != n or name.endswith(_SPLIT):
             continue
         k = int(w.members[window])
         saved.append((name, result.moments.get(name), result.pairs.get(name)))
@@ -294,15 +315,23 @@ def propagate_windowed(graph, node_id: str, result, run) -> bool:
 
 
 def _release(graph, node_id: str, result) -> None:
-    """Forget the classes of the inputs whose readers have all been propagated (the classes
-    are only read by the window-local stretch that follows the merge)."""
+    """Mark done the classes of the inputs whose readers have all been propagated; they are
+    forgotten when their windows go back on the map (:func:`_forget_done`): until then the
+    rules of the window-local stretch read them by name (P V reads the softmax's logits and
+    the keys it came from, ``softmax.probability_covariance``, ``value_selection``)."""
     for name in set(n for n in graph.node(node_id).input if n in result.windows):
         left = result.window_readers.setdefault(
             name, {c for c, _ in graph.consumers.get(name, [])})
         left.discard(node_id)
-        if not left:
-            result.windows.pop(name, None)
-            result.window_readers.pop(name, None)
+
+
+def _forget_done(result, windows: int) -> None:
+    """Forget the classes of ``windows`` windows whose readers are all done (the window
+    reverse: the window-local stretch is over)."""
+    for name, w in list(result.windows.items()):
+        if len(w.members) == windows and result.window_readers.get(name) == set():
+            result.windows.pop(name)
+            result.window_readers.pop(name)
 
 
 def _propagate_windowed(graph, node_id, result, run, wins) -> bool:
@@ -322,6 +351,10 @@ def _propagate_windowed(graph, node_id, result, run, wins) -> bool:
                 result.moments[node.output[0]] = Moments(spread_out.mean, spread_out.var,
                                                          tokens=_correlation(old.tokens))
                 result.large_grids.add(node.output[0])
+                if feeds_softmax(ctx):  # logits split out for the shifted windows' mask
+                    result.windows[node.output[0] + _SPLIT] = wins[0]
+                else:
+                    _forget_done(result, len(wins[0].members))
         return True
     windowed = [w for w in wins if w is not None]
     key = np.stack([w.members for w in windowed], axis=1)
@@ -356,6 +389,32 @@ def _propagate_windowed(graph, node_id, result, run, wins) -> bool:
     return True
 
 
+_SPLIT = "\0split"  # a side entry of result.windows: classes split out before a mask
+_OFFSETS = ("Add", "Sub")  # ops that add the mask, leaving the variances as they are
+
+
+def split_before_offsets(graph, name: str) -> str | None:
+    """The output of the Reshape that split tensor ``name``'s windows out of the batch
+    (``[B*nW, ...] -> [B, nW, ...]``) before constants were added to it (Add or Sub: the
+    shifted windows' mask, ``attn.view(B, nW, h, N, N) + mask``), else None."""
+    for _ in range(4):
+        producer = graph.producer.get(name)
+        if producer is None:
+            return None
+        node = graph.node(producer)
+        if node.op_type == "Reshape":
+            before, after = graph.shape(node.input[0]), graph.shape(name)
+            if before and after and len(after) == len(before) + 1 and after[0] > 0 \
+                    and after[0] * after[1] == before[0] and tuple(after[2:]) == tuple(before[1:]):
+                return name
+            return None
+        signals = [n for n in node.input if n and graph.is_signal(n)]
+        if node.op_type not in _OFFSETS or len(signals) != 1 or node.input[0] != signals[0]:
+            return None
+        name = signals[0]
+    return None
+
+
 def begin_windows(graph, node_id: str, result) -> None:
     """After a Reshape: its output's window classes when it merges padded windows with the
     batch (:func:`merge`)."""
@@ -367,9 +426,13 @@ def begin_windows(graph, node_id: str, result) -> None:
     if x is None or in_shape is None or out_shape is None:
         return
     out = result.moments[node.output[0]]
+    masked, source = False, None
     if feeds_softmax(RuleContext(node, node_id, graph, result.settings)):
-        return  # logits merged back after the shifted windows' mask: Moments.rows (masks.py)
-    found = merge(x, in_shape, out_shape, out, result.pairs.get(node.output[0]))
+        split = split_before_offsets(graph, node.input[0])
+        if split is None:
+            return  # other logits merged with the batch: Moments.rows (masks.py)
+        masked, source = True, result.windows.pop(split + _SPLIT, None)
+    found = merge(x, in_shape, out_shape, out, result.pairs.get(node.output[0]), masked, source)
     if found is not None:
         result.windows[node.output[0]] = found
         result.moments[node.output[0]] = mixture(found.classes, found.weights)
