@@ -24,9 +24,16 @@ the classes' mixture (law of total variance, each class weighted by its share of
     E = sum_k w_k E_k,   Var = sum_k w_k (Var_k + E_k^2) - E^2
 
 A reshape that splits the windows back out of the batch (``[B*nW, ...] -> [B, nW, ...]``: the
-shifted windows' mask, the window reverse) places each class at its windows (a per-window grid,
-:func:`spread`). Memory is bounded by the number of classes (at most ``MAX_CLASSES``) times one
-window's statistics, not by the map.
+shifted windows' mask, the window reverse) places each class at its windows, each class's
+per-token variances with it (a per-window grid, :func:`spread`). The shifted windows' mask makes
+classes too, on unpadded maps as well: the logits merged back after it (``attn.view(B, nW, h,
+N, N) + mask``, then a Reshape into the Softmax) are grouped by window and mask, each class with
+the variances and field of the logits' own class where the padding had made classes
+(:func:`merge`'s ``source``): an edge window's masked regions average fewer values, so P V's
+variance differs by window and by region, and the roll back's Slices read their own part.
+Classes stay readable until the window reverse (the window-local rules read the logits by
+name). Memory is bounded by the number of classes (at most ``MAX_CLASSES``) times one window's
+statistics, not by the map.
 """
 
 from __future__ import annotations
@@ -43,9 +50,11 @@ from .rules.masks import feeds_softmax
 from .rules.reduce import reduced_axes
 from .rules.shape import slice_params
 from .rules.token_field import profile_grid
+from .window_merges import (MAX_WINDOW_GRID, exact_somewhere, merged_prefix, pooled_windows,
+                            split_before_offsets)
 
 MAX_CLASSES = 16  # classes of windows kept apart (more: the windows are pooled, as before)
-MAX_WINDOW_GRID = 1 << 20  # statistics of the per-window grid a merge reads
+_SPLIT = "\0split"  # a side entry of result.windows: classes split out before a mask
 
 # ops that act on each index of the merged axis alone when it is not their axis
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Clip", "Max", "Min", "Relu", "Exp",
@@ -87,25 +96,6 @@ def mixture(classes, weights) -> Moments:
 # the merge
 
 
-def _merged_prefix(in_shape, out_shape) -> int | None:
-    """j >= 2 with out_shape[0] = prod(in_shape[:j]) and the rest reshaped alone."""
-    for j in range(2, len(in_shape)):
-        if math.prod(in_shape[:j]) == out_shape[0] and in_shape[j - 1] > 1:
-            if math.prod(in_shape[j:]) == math.prod(out_shape[1:]):
-                return j
-            return None
-    return None
-
-
-def _exact_somewhere(x: Moments) -> bool:
-    """``layout.holds_padding`` without its size cap (the merge bounds the grid itself)."""
-    var = np.asarray(x.var)
-    if var.size > MAX_WINDOW_GRID:
-        return False
-    exact = (var == 0) & np.isfinite(np.asarray(x.mean))
-    return bool(exact.any()) and not bool(exact.all())
-
-
 def merge(x: Moments, in_shape, out_shape, out: Moments, pairs, masked: bool = False,
           source: Windows | None = None) -> Windows | None:
     """The classes of the windows a Reshape merges with the batch (module docstring), when
@@ -116,9 +106,9 @@ def merge(x: Moments, in_shape, out_shape, out: Moments, pairs, masked: bool = F
     (:func:`split_before_offsets`); each class then keeps its source class's variances and field (the
     padded keys' logits are constants in some windows only), the mask's means added."""
     in_shape, out_shape = tuple(in_shape), tuple(out_shape)
-    if x.is_scalar or len(out_shape) < 2 or not (masked or _exact_somewhere(x)):
+    if x.is_scalar or len(out_shape) < 2 or not (masked or exact_somewhere(x)):
         return None
-    j = _merged_prefix(in_shape, out_shape)
+    j = merged_prefix(in_shape, out_shape)
     if j is None:
         return None
     mean, var = full_grid(x, len(in_shape))
@@ -389,32 +379,6 @@ def _propagate_windowed(graph, node_id, result, run, wins) -> bool:
     return True
 
 
-_SPLIT = "\0split"  # a side entry of result.windows: classes split out before a mask
-_OFFSETS = ("Add", "Sub")  # ops that add the mask, leaving the variances as they are
-
-
-def split_before_offsets(graph, name: str) -> str | None:
-    """The output of the Reshape that split tensor ``name``'s windows out of the batch
-    (``[B*nW, ...] -> [B, nW, ...]``) before constants were added to it (Add or Sub: the
-    shifted windows' mask, ``attn.view(B, nW, h, N, N) + mask``), else None."""
-    for _ in range(4):
-        producer = graph.producer.get(name)
-        if producer is None:
-            return None
-        node = graph.node(producer)
-        if node.op_type == "Reshape":
-            before, after = graph.shape(node.input[0]), graph.shape(name)
-            if before and after and len(after) == len(before) + 1 and after[0] > 0 \
-                    and after[0] * after[1] == before[0] and tuple(after[2:]) == tuple(before[1:]):
-                return name
-            return None
-        signals = [n for n in node.input if n and graph.is_signal(n)]
-        if node.op_type not in _OFFSETS or len(signals) != 1 or node.input[0] != signals[0]:
-            return None
-        name = signals[0]
-    return None
-
-
 def begin_windows(graph, node_id: str, result) -> None:
     """After a Reshape: its output's window classes when it merges padded windows with the
     batch (:func:`merge`)."""
@@ -436,3 +400,7 @@ def begin_windows(graph, node_id: str, result) -> None:
     if found is not None:
         result.windows[node.output[0]] = found
         result.moments[node.output[0]] = mixture(found.classes, found.weights)
+    elif not masked:
+        pooled = pooled_windows(x, in_shape, out_shape, out)
+        if pooled is not None:
+            result.moments[node.output[0]] = pooled
