@@ -24,9 +24,16 @@ the classes' mixture (law of total variance, each class weighted by its share of
     E = sum_k w_k E_k,   Var = sum_k w_k (Var_k + E_k^2) - E^2
 
 A reshape that splits the windows back out of the batch (``[B*nW, ...] -> [B, nW, ...]``: the
-shifted windows' mask, the window reverse) places each class at its windows (a per-window grid,
-:func:`spread`). Memory is bounded by the number of classes (at most ``MAX_CLASSES``) times one
-window's statistics, not by the map.
+shifted windows' mask, the window reverse) places each class at its windows, each class's
+per-token variances with it (a per-window grid, :func:`spread`). The shifted windows' mask makes
+classes too, on unpadded maps as well: the logits merged back after it (``attn.view(B, nW, h,
+N, N) + mask``, then a Reshape into the Softmax) are grouped by window and mask, each class with
+the variances and field of the logits' own class where the padding had made classes
+(:func:`merge`'s ``source``): an edge window's masked regions average fewer values, so P V's
+variance differs by window and by region, and the roll back's Slices read their own part.
+Classes stay readable until the window reverse (the window-local rules read the logits by
+name). Memory is bounded by the number of classes (at most ``MAX_CLASSES``) times one window's
+statistics, not by the map.
 """
 
 from __future__ import annotations
@@ -42,9 +49,12 @@ from .rules.layout import full_grid, reshape_moments
 from .rules.masks import feeds_softmax
 from .rules.reduce import reduced_axes
 from .rules.shape import slice_params
+from .rules.token_field import profile_grid
+from .window_merges import (MAX_WINDOW_GRID, exact_somewhere, merged_prefix, pooled_windows,
+                            split_before_offsets)
 
 MAX_CLASSES = 16  # classes of windows kept apart (more: the windows are pooled, as before)
-MAX_WINDOW_GRID = 1 << 20  # statistics of the per-window grid a merge reads
+_SPLIT = "\0split"  # a side entry of result.windows: classes split out before a mask
 
 # ops that act on each index of the merged axis alone when it is not their axis
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Clip", "Max", "Min", "Relu", "Exp",
@@ -86,33 +96,19 @@ def mixture(classes, weights) -> Moments:
 # the merge
 
 
-def _merged_prefix(in_shape, out_shape) -> int | None:
-    """j >= 2 with out_shape[0] = prod(in_shape[:j]) and the rest reshaped alone."""
-    for j in range(2, len(in_shape)):
-        if math.prod(in_shape[:j]) == out_shape[0] and in_shape[j - 1] > 1:
-            if math.prod(in_shape[j:]) == math.prod(out_shape[1:]):
-                return j
-            return None
-    return None
-
-
-def _exact_somewhere(x: Moments) -> bool:
-    """``layout.holds_padding`` without its size cap (the merge bounds the grid itself)."""
-    var = np.asarray(x.var)
-    if var.size > MAX_WINDOW_GRID:
-        return False
-    exact = (var == 0) & np.isfinite(np.asarray(x.mean))
-    return bool(exact.any()) and not bool(exact.all())
-
-
-def merge(x: Moments, in_shape, out_shape, out: Moments, pairs) -> Windows | None:
+def merge(x: Moments, in_shape, out_shape, out: Moments, pairs, masked: bool = False,
+          source: Windows | None = None) -> Windows | None:
     """The classes of the windows a Reshape merges with the batch (module docstring), when
-    ``x`` holds exact padding and its statistics vary along the merged axes; None otherwise.
-    ``out`` is the rule's (pooled) output: its token field goes with every class."""
+    ``x`` holds exact padding or is masked (``masked``: logits merged back after the shifted
+    windows' mask, which differs from window to window) and its statistics vary along the
+    merged axes; None otherwise. ``out`` is the rule's (pooled) output: its token field goes
+    with every class. ``source``: the classes these windows were split out of before the mask
+    (:func:`split_before_offsets`); each class then keeps its source class's variances and field (the
+    padded keys' logits are constants in some windows only), the mask's means added."""
     in_shape, out_shape = tuple(in_shape), tuple(out_shape)
-    if x.is_scalar or len(out_shape) < 2 or not _exact_somewhere(x):
+    if x.is_scalar or len(out_shape) < 2 or not (masked or exact_somewhere(x)):
         return None
-    j = _merged_prefix(in_shape, out_shape)
+    j = merged_prefix(in_shape, out_shape)
     if j is None:
         return None
     mean, var = full_grid(x, len(in_shape))
@@ -124,22 +120,36 @@ def merge(x: Moments, in_shape, out_shape, out: Moments, pairs) -> Windows | Non
         return None
     per_window = [np.broadcast_to(a, (1,) + in_shape[1:j] + rest).reshape((windows,) + rest)
                   for a in (mean, var)]
-    key = np.concatenate([a.reshape(windows, -1) for a in per_window], axis=1)
+    if source is not None and (len(source.members) != windows
+                               or source.axis != -len(out_shape)):
+        source = None
+    if source is not None:
+        key = np.concatenate([source.members[:, None].astype(np.float64),
+                              per_window[0].reshape(windows, -1)], axis=1)
+    else:
+        key = np.concatenate([a.reshape(windows, -1) for a in per_window], axis=1)
     _, first, members = np.unique(key, axis=0, return_index=True, return_inverse=True)
-    if len(first) > MAX_CLASSES:
+    if len(first) > MAX_CLASSES or len(first) < 2:
         return None
     order = np.argsort(-np.bincount(members.ravel()), kind="stable")  # largest class first
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     members = rank[members.ravel()]
-    in_rest, classes = (out_shape[0],) + in_shape[j:], []
+    in_rest, classes, class_pairs = (out_shape[0],) + in_shape[j:], [], []
     field = _correlation(out.tokens)  # each class holds its own per-token variances
     for k in order:
         w = first[k]
         m = Moments(per_window[0][w][None], per_window[1][w][None])
         c = reshape_moments(m, in_rest, out_shape)
-        classes.append(Moments(c.mean, c.var, tokens=field))
-    return Windows(-len(out_shape), members, tuple(classes), (pairs,) * len(classes))
+        if source is None:
+            classes.append(Moments(c.mean, c.var, tokens=field))
+            class_pairs.append(pairs)
+        else:
+            k_src = int(source.members[w])
+            s = source.classes[k_src]
+            classes.append(Moments(c.mean, s.var, tokens=s.tokens))
+            class_pairs.append(source.pairs[k_src])
+    return Windows(-len(out_shape), members, tuple(classes), tuple(class_pairs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,12 +248,13 @@ def spread(w: Windows, in_shape, out_shape) -> Moments | None:
     if len(in_shape) + w.axis != 0 or in_shape[0] % n or out_shape[0] * n != in_shape[0]:
         return None
     virtual = (in_shape[0] // n, n) + in_shape[1:]
+    classes = [profile_grid(c, (1,) + in_shape[1:]) or c for c in w.classes]
     shape = np.broadcast_shapes(*(np.broadcast_shapes(c.mean.shape, c.var.shape)
-                                  for c in w.classes))[1:]
+                                  for c in classes))[1:]
     if n * math.prod(shape) > MAX_WINDOW_GRID:
         return None
-    mean = np.stack([np.broadcast_to(c.mean, (1,) + shape)[0] for c in w.classes])[w.members]
-    var = np.stack([np.broadcast_to(c.var, (1,) + shape)[0] for c in w.classes])[w.members]
+    mean = np.stack([np.broadcast_to(c.mean, (1,) + shape)[0] for c in classes])[w.members]
+    var = np.stack([np.broadcast_to(c.var, (1,) + shape)[0] for c in classes])[w.members]
     return reshape_moments(Moments(mean[None], var[None]), virtual, out_shape)
 
 
@@ -257,7 +268,7 @@ def _swapped(result, w_ref: Windows, window: int):
     saved = []
     n = len(w_ref.members)
     for name, w in result.windows.items():
-        if len(w.members) != n:
+        if len(w.members) != n or name.endswith(_SPLIT):
             continue
         k = int(w.members[window])
         saved.append((name, result.moments.get(name), result.pairs.get(name)))
@@ -294,15 +305,23 @@ def propagate_windowed(graph, node_id: str, result, run) -> bool:
 
 
 def _release(graph, node_id: str, result) -> None:
-    """Forget the classes of the inputs whose readers have all been propagated (the classes
-    are only read by the window-local stretch that follows the merge)."""
+    """Mark done the classes of the inputs whose readers have all been propagated; they are
+    forgotten when their windows go back on the map (:func:`_forget_done`): until then the
+    rules of the window-local stretch read them by name (P V reads the softmax's logits and
+    the keys it came from, ``softmax.probability_covariance``, ``value_selection``)."""
     for name in set(n for n in graph.node(node_id).input if n in result.windows):
         left = result.window_readers.setdefault(
             name, {c for c, _ in graph.consumers.get(name, [])})
         left.discard(node_id)
-        if not left:
-            result.windows.pop(name, None)
-            result.window_readers.pop(name, None)
+
+
+def _forget_done(result, windows: int) -> None:
+    """Forget the classes of ``windows`` windows whose readers are all done (the window
+    reverse: the window-local stretch is over)."""
+    for name, w in list(result.windows.items()):
+        if len(w.members) == windows and result.window_readers.get(name) == set():
+            result.windows.pop(name)
+            result.window_readers.pop(name)
 
 
 def _propagate_windowed(graph, node_id, result, run, wins) -> bool:
@@ -322,6 +341,10 @@ def _propagate_windowed(graph, node_id, result, run, wins) -> bool:
                 result.moments[node.output[0]] = Moments(spread_out.mean, spread_out.var,
                                                          tokens=_correlation(old.tokens))
                 result.large_grids.add(node.output[0])
+                if feeds_softmax(ctx):  # logits split out for the shifted windows' mask
+                    result.windows[node.output[0] + _SPLIT] = wins[0]
+                else:
+                    _forget_done(result, len(wins[0].members))
         return True
     windowed = [w for w in wins if w is not None]
     key = np.stack([w.members for w in windowed], axis=1)
@@ -367,9 +390,17 @@ def begin_windows(graph, node_id: str, result) -> None:
     if x is None or in_shape is None or out_shape is None:
         return
     out = result.moments[node.output[0]]
+    masked, source = False, None
     if feeds_softmax(RuleContext(node, node_id, graph, result.settings)):
-        return  # logits merged back after the shifted windows' mask: Moments.rows (masks.py)
-    found = merge(x, in_shape, out_shape, out, result.pairs.get(node.output[0]))
+        split = split_before_offsets(graph, node.input[0])
+        if split is None:
+            return  # other logits merged with the batch: Moments.rows (masks.py)
+        masked, source = True, result.windows.pop(split + _SPLIT, None)
+    found = merge(x, in_shape, out_shape, out, result.pairs.get(node.output[0]), masked, source)
     if found is not None:
         result.windows[node.output[0]] = found
         result.moments[node.output[0]] = mixture(found.classes, found.weights)
+    elif not masked:
+        pooled = pooled_windows(x, in_shape, out_shape, out)
+        if pooled is not None:
+            result.moments[node.output[0]] = pooled

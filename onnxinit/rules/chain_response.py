@@ -37,6 +37,7 @@ import math
 import numpy as np
 
 from ..moments import Moments
+from ..strict import fall_back
 from .batch_energy import carried
 from .energy_fields import chain_law, chain_values, channel_var, source_var
 from .energy_loading import chain_loading, node_scales, normalised, pair_mean
@@ -104,7 +105,8 @@ def chain_growth(m: Moments, shape, whole: tuple, base: Moments, load_z: np.ndar
     try:
         with np.errstate(all="ignore"):
             found = energy_response(m, shape, whole[0], whole[1], base, load_z)
-    except (ValueError, IndexError, TypeError):
+    except (ValueError, IndexError, TypeError) as exc:
+        fall_back(exc)
         found = None
     if found is None:
         return chain_loading(load_z, beta, gamma)

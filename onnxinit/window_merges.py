@@ -1,0 +1,79 @@
+"""Which Reshapes merge windows with the batch, and what goes with them: the merged axes
+(:func:`merged_prefix`), exact padding in a grid (:func:`exact_somewhere`), the split before the
+shifted windows' mask (:func:`split_before_offsets`) and windows that differ without padding or
+mask (:func:`pooled_windows`). Used by :mod:`onnxinit.window_classes`."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .moments import Moments
+from .rules.layout import full_grid
+
+MAX_WINDOW_GRID = 1 << 20  # statistics of the per-window grid a merge reads
+
+
+def merged_prefix(in_shape, out_shape) -> int | None:
+    """j >= 2 with out_shape[0] = prod(in_shape[:j]) and the rest reshaped alone."""
+    for j in range(2, len(in_shape)):
+        if math.prod(in_shape[:j]) == out_shape[0] and in_shape[j - 1] > 1:
+            if math.prod(in_shape[j:]) == math.prod(out_shape[1:]):
+                return j
+            return None
+    return None
+
+
+def exact_somewhere(x: Moments) -> bool:
+    """``layout.holds_padding`` without its size cap (the merge bounds the grid itself)."""
+    var = np.asarray(x.var)
+    if var.size > MAX_WINDOW_GRID:
+        return False
+    exact = (var == 0) & np.isfinite(np.asarray(x.mean))
+    return bool(exact.any()) and not bool(exact.all())
+
+
+_OFFSETS = ("Add", "Sub")  # ops that add the mask, leaving the variances as they are
+
+
+def split_before_offsets(graph, name: str) -> str | None:
+    """The output of the Reshape that split tensor ``name``'s windows out of the batch
+    (``[B*nW, ...] -> [B, nW, ...]``) before constants were added to it (Add or Sub: the
+    shifted windows' mask, ``attn.view(B, nW, h, N, N) + mask``), else None."""
+    for _ in range(4):
+        producer = graph.producer.get(name)
+        if producer is None:
+            return None
+        node = graph.node(producer)
+        if node.op_type == "Reshape":
+            before, after = graph.shape(node.input[0]), graph.shape(name)
+            if before and after and len(after) == len(before) + 1 and after[0] > 0 \
+                    and after[0] * after[1] == before[0] and tuple(after[2:]) == tuple(before[1:]):
+                return name
+            return None
+        signals = [n for n in node.input if n and graph.is_signal(n)]
+        if node.op_type not in _OFFSETS or len(signals) != 1 or node.input[0] != signals[0]:
+            return None
+        name = signals[0]
+    return None
+
+
+def pooled_windows(x: Moments, in_shape, out_shape, out: Moments) -> Moments | None:
+    """A merge of windows whose statistics differ without padding (per-position means after
+    a shifted block's LayerNorm) that the Reshape's rule tiled over the batch (``[B*nW, ...]``
+    statistics): the windows' mixture instead, one window's statistics as before the shifted
+    windows kept their classes (tiled, the shifted windows' mask later added to them would be
+    pooled into a variance). None when the output is not tiled so."""
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+    if x.is_scalar or len(out_shape) < 2 or np.shape(x.mean)[:1] not in ((), (1,)) \
+            or exact_somewhere(x):
+        return None
+    if merged_prefix(in_shape, out_shape) is None:
+        return None
+    mean, var = full_grid(out, len(out_shape))
+    if mean.shape[0] == 1 or mean.shape[0] != out_shape[0]:
+        return None
+    m = mean.mean(axis=0, keepdims=True)
+    v = (var + mean ** 2).mean(axis=0, keepdims=True) - m ** 2
+    return Moments(m, np.maximum(v, 0.0), tokens=out.tokens)
