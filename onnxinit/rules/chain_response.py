@@ -99,8 +99,8 @@ def energy_response(m: Moments, shape, eta: float, alpha: np.ndarray, base: Mome
 
 def chain_growth(m: Moments, shape, whole: tuple, base: Moments, load_z: np.ndarray,
                  beta: np.ndarray, gamma: np.ndarray) -> tuple[float, np.ndarray]:
-    """(the factor eta is multiplied by, the chain's loading): from the secant response over
-    the whole energy ``whole = (eta, alpha)`` where it applies, else the first-order
+    """(the factor eta is multiplied by, the chain's loading): from :func:`energy_response`
+    over the whole energy ``whole = (eta, alpha)`` where it applies, else the first-order
     ``beta l + gamma`` (:func:`.energy_loading.chain_loading`)."""
     try:
         with np.errstate(all="ignore"):
