@@ -149,6 +149,38 @@ def _conv_cumulants(conv: RuleContext, x: Moments) -> tuple[np.ndarray, np.ndarr
     return out[0], out[1]
 
 
+_ROW_BLOCK = 1 << 10  # cells per block of _node_sums: a [nodes, block] array in cache
+
+
+def _node_sums(fn, mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(W @ g, W @ g^2)`` ``[3, cells]`` with ``g = fn(mean + std t)`` ``[nodes, cells]``
+    and W the weighted Hermite rows: a block of the first class axis at a time, so that g stays
+    in cache (each product's column is its cell's own sum over the nodes, the same in a block
+    as in the whole); the whole at once when fn does not broadcast on a block (a constant that
+    varies along that axis, or a function that broadcasts its input further)."""
+    std = np.sqrt(np.maximum(var, 0.0))
+    if mean.ndim >= 3:
+        s1, s2 = np.empty((3,) + mean.shape), np.empty((3,) + mean.shape)
+        per_row = int(np.prod(mean.shape)) // max(1, mean.shape[2])
+        rows = max(1, _ROW_BLOCK // max(1, per_row))
+        try:
+            for i in range(0, mean.shape[2], rows):
+                part = (slice(None), slice(None), slice(i, i + rows))
+                g = chain_at_nodes(fn, mean[part], std[part], _T)
+                s1[(slice(None),) + part] = (_WEIGHTED_HE @ g).reshape((3,) + mean[part].shape)
+                s2[(slice(None),) + part] = (_WEIGHTED_HE @ np.multiply(g, g, out=g)).reshape(
+                    (3,) + mean[part].shape)
+            return s1.reshape(3, -1), s2.reshape(3, -1)
+        except ValueError:
+            pass
+    try:  # a block of nodes at a time, into one [nodes, cells] array
+        g = chain_at_nodes(fn, mean, std, _T)
+    except ValueError:  # a function that broadcasts its input further: all at once
+        g = np.asarray(fn(_nodes(mean, var)), dtype=np.float64)
+        g = g.reshape(g.shape[0], -1)
+    return _WEIGHTED_HE @ g, _WEIGHTED_HE @ np.multiply(g, g, out=g)
+
+
 def _lifted(sums: np.ndarray, gamma: np.ndarray, kappa: np.ndarray) -> np.ndarray:
     """``gamma/6 S3 + kappa/24 S4 + gamma^2/72 S6`` per cell from the rows ``sums`` [3, cells]."""
     gamma, kappa = gamma.reshape(-1), kappa.reshape(-1)
@@ -203,16 +235,11 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
     kappa = np.where(var > 0, k4 / s**4, 0.0)
     if max(float(np.max(np.abs(gamma))), float(np.max(np.abs(kappa)))) < NEGLIGIBLE:
         return y
+    # sum_t w_t g^p(t) lift(t) = gamma/6 S3 + kappa/24 S4 + gamma^2/72 S6,
+    # S_k = sum_t w_t He_k(t) g^p(t): two matrix products over the nodes
     with np.errstate(all="ignore"):
-        try:  # a block of nodes at a time, into one [nodes, cells] array
-            g = chain_at_nodes(compose(src.chain), mean, np.sqrt(np.maximum(var, 0.0)), _T)
-        except ValueError:  # a function that broadcasts its input further: all at once
-            g = np.asarray(compose(src.chain)(_nodes(mean, var)), dtype=np.float64)
-            g = g.reshape(g.shape[0], -1)
-        # sum_t w_t g^p(t) lift(t) = gamma/6 S3 + kappa/24 S4 + gamma^2/72 S6,
-        # S_k = sum_t w_t He_k(t) g^p(t): two matrix products over the nodes
-        first = _lifted(_WEIGHTED_HE @ g, gamma, kappa)
-        second = _lifted(_WEIGHTED_HE @ np.multiply(g, g, out=g), gamma, kappa)
+        s1, s2 = _node_sums(compose(src.chain), mean, var)
+        first, second = _lifted(s1, gamma, kappa), _lifted(s2, gamma, kappa)
     d1, d2 = first.reshape(shape), second.reshape(shape)
     if not (np.all(np.isfinite(d1)) and np.all(np.isfinite(d2))):
         return y

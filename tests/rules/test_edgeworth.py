@@ -9,6 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.moments import Moments
+from onnxinit.rules import edgeworth
+from onnxinit.rules.gaussian import chain_at_nodes
 from tests.models import make_model
 from tests.oracle import monte_carlo, predict
 
@@ -60,3 +62,21 @@ def test_function_of_a_depthwise_conv_of_skewed_inputs(act, kernel, stride):
     np.testing.assert_allclose(got.values_along(1, C)[1], y.var(axis=(0, 2, 3)), rtol=0.1)
     np.testing.assert_allclose(got.values_along(1, C)[0], y.mean(axis=(0, 2, 3)),
                                atol=0.03 * float(np.sqrt(y.var())))
+
+
+def test_node_sums_by_blocks_of_rows_equal_the_whole_products():
+    """edgeworth._node_sums (a block of the first class axis at a time) gives the two products
+    bit for bit as on the whole [nodes, cells] array: a ReLU, a per-channel affine map before
+    it, and a per-position constant (which does not broadcast on a block: the whole path)."""
+    rng = np.random.default_rng(2)
+    shape = (1, 16, 32, 32)
+    mean = rng.normal(size=shape)
+    var = rng.uniform(0.1, 3.0, size=shape)
+    slope = rng.uniform(0.5, 2.0, size=(1, 16, 1, 1))
+    grid = rng.uniform(0.5, 2.0, size=(1, 1, 32, 32))
+    for fn in (lambda x: np.maximum(x, 0.0), lambda x: np.maximum(slope * x, 0.0),
+               lambda x: np.maximum(grid * x, 0.0)):
+        g = chain_at_nodes(fn, mean, np.sqrt(var), edgeworth._T)
+        whole = edgeworth._WEIGHTED_HE @ g, edgeworth._WEIGHTED_HE @ (g * g)
+        for got, want in zip(edgeworth._node_sums(fn, mean, var), whole):
+            np.testing.assert_array_equal(got, want)
