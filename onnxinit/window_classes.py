@@ -380,9 +380,13 @@ def _propagate_windowed(graph, node_id, result, run, wins) -> bool:
 
 
 def begin_windows(graph, node_id: str, result) -> None:
-    """After a Reshape: its output's window classes when it merges padded windows with the
-    batch (:func:`merge`)."""
+    """After a node: its output's window classes when it is a Reshape that merges padded or
+    masked windows with the batch (:func:`merge`). A Slice of a grid kept whole (a spread or a
+    Pad, ``result.large_grids``) marks its output so too, however small: the roll back's
+    Concat of two such pieces then keeps the map's grid instead of pooling an axis of it."""
     node = graph.node(node_id)
+    if node.op_type == "Slice" and node.input[0] in result.large_grids:
+        result.large_grids.update(o for o in node.output if o in result.moments)
     if node.op_type != "Reshape" or node.output[0] not in result.moments:
         return
     x = result.moments.get(node.input[0])

@@ -69,7 +69,8 @@ def pooled_windows(x: Moments, in_shape, out_shape, out: Moments) -> Moments | N
     if x.is_scalar or len(out_shape) < 2 or np.shape(x.mean)[:1] not in ((), (1,)) \
             or exact_somewhere(x):
         return None
-    if merged_prefix(in_shape, out_shape) is None:
+    j = merged_prefix(in_shape, out_shape)
+    if j is None or j < 3:  # windows of a map: two window axes (not heads merged with it)
         return None
     mean, var = full_grid(out, len(out_shape))
     if mean.shape[0] == 1 or mean.shape[0] != out_shape[0]:
