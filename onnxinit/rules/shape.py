@@ -31,7 +31,7 @@ from .layout import (PADDED_CAP, drop_constant_axes, full_grid, positions_spelle
                      scalar_of)
 from .masks import keep_rows
 from .mixture import permuted
-from .position_share import onto_map
+from .position_floor import onto_map
 from .random_draws import comparison_draw
 from .registry import rule
 from .weighted import moments_along
