@@ -51,7 +51,7 @@ from .rules.reduce import reduced_axes
 from .rules.shape import slice_params
 from .rules.token_field import profile_grid
 from .window_merges import (MAX_WINDOW_GRID, exact_somewhere, merged_prefix, pooled_windows,
-                            split_before_offsets)
+                            split_before_offsets, unique_rows)
 
 MAX_CLASSES = 16  # classes of windows kept apart (more: the windows are pooled, as before)
 _SPLIT = "\0split"  # a side entry of result.windows: classes split out before a mask
@@ -128,7 +128,7 @@ def merge(x: Moments, in_shape, out_shape, out: Moments, pairs, masked: bool = F
                               per_window[0].reshape(windows, -1)], axis=1)
     else:
         key = np.concatenate([a.reshape(windows, -1) for a in per_window], axis=1)
-    _, first, members = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    first, members = unique_rows(key)
     if len(first) > MAX_CLASSES or len(first) < 2:
         return None
     order = np.argsort(-np.bincount(members.ravel()), kind="stable")  # largest class first
