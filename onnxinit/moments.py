@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -129,15 +130,11 @@ class Spatial:
     cells: Moments
     corr: object | None = None
 
-    @property
+    @cached_property
     def classes(self) -> tuple[int, ...]:
         """Classes per spatial axis; computed once (the maps are not changed in place, and
         every rule on a spatial tensor asks)."""
-        cached = self.__dict__.get("_classes")
-        if cached is None:
-            cached = tuple(int(m.max()) + 1 if m.size else 1 for m in self.maps)
-            object.__setattr__(self, "_classes", cached)
-        return cached
+        return tuple(int(m.max()) + 1 if m.size else 1 for m in self.maps)
 
 
 def _as_array(value) -> np.ndarray:

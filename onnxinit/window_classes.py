@@ -131,10 +131,10 @@ def merge(x: Moments, in_shape, out_shape, out: Moments, pairs, masked: bool = F
     first, members = unique_rows(key)
     if len(first) > MAX_CLASSES or len(first) < 2:
         return None
-    order = np.argsort(-np.bincount(members.ravel()), kind="stable")  # largest class first
+    order = np.argsort(-np.bincount(members), kind="stable")  # largest class first
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
-    members = rank[members.ravel()]
+    members = rank[members]
     in_rest, classes, class_pairs = (out_shape[0],) + in_shape[j:], [], []
     field = _correlation(out.tokens)  # each class holds its own per-token variances
     for k in order:

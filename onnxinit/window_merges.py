@@ -26,7 +26,9 @@ def merged_prefix(in_shape, out_shape) -> int | None:
 
 
 def exact_somewhere(x: Moments) -> bool:
-    """``layout.holds_padding`` without its size cap (the merge bounds the grid itself)."""
+    """Some elements are exactly constant (variance 0, a finite mean) and others are not:
+    padding anywhere in the grid (``layout.holds_padding`` asks it of whole indices of one
+    axis, up to its size cap; the merge bounds the grid itself)."""
     var = np.asarray(x.var)
     if var.size > MAX_WINDOW_GRID:
         return False
@@ -78,6 +80,7 @@ def pooled_windows(x: Moments, in_shape, out_shape, out: Moments) -> Moments | N
     m = mean.mean(axis=0, keepdims=True)
     v = (var + mean ** 2).mean(axis=0, keepdims=True) - m ** 2
     return Moments(m, np.maximum(v, 0.0), tokens=out.tokens)
+
 
 def unique_rows(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(key, axis=0, return_index=True, return_inverse=True)[1:]`` for a float

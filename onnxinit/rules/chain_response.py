@@ -39,8 +39,8 @@ import numpy as np
 from ..moments import Moments
 from ..strict import fall_back
 from .batch_energy import carried
-from .energy_fields import chain_law, chain_values, channel_var, source_var
-from .energy_loading import chain_loading, node_scales, normalised, pair_mean
+from .energy_fields import chain_at_energy_nodes, chain_law
+from .energy_loading import chain_loading, normalised, pair_mean
 from .sample_masks import chain_factor, regression
 
 _GH = np.array([-math.sqrt(3.0), 0.0, math.sqrt(3.0)])  # Gauss-Hermite nodes and weights
@@ -69,20 +69,10 @@ def energy_response(m: Moments, shape, eta: float, alpha: np.ndarray, base: Mome
     points = scale_nodes(eta)
     if points is None:
         return None
-    c = shape[1]
-    s2 = np.maximum(source_var(m, shape), 1e-300)
-    shift = alpha * np.sqrt(s2 / np.maximum(channel_var(base, c), 1e-300))
-    within = np.clip(1.0 - shift**2 * eta / s2, 0.0, 1.0)
-    scales = node_scales(points, _GHW, load)
-    first, second = [], []
-    for point, scale in zip(points, scales):
-        got = chain_values(m, shape, scale * within, shift * (point - 1.0))
-        if got is None:
-            return None
-        y, w = got
-        first.append(w @ y)
-        second.append(w @ (y * y))
-    first, second = np.stack(first), np.stack(second)
+    found = chain_at_energy_nodes(m, shape, eta, alpha, base, points, _GHW, load)
+    if found is None:
+        return None
+    first, second = found
     mean = _GHW @ first
     var = _GHW @ second - mean**2
     if not np.all(var > 0):

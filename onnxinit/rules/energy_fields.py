@@ -11,6 +11,7 @@ import weakref
 import numpy as np
 
 from ..moments import Moments
+from .energy_loading import node_scales
 from .gaussian import compose, composite_rule
 
 # composite Gauss-Legendre rule for E[g(t)], t ~ N(0, 1), on 96 nodes (kurtosis' coarse one:
@@ -117,6 +118,30 @@ def chain_values(m: Moments, shape, scale=None, shift=None):
     return (y, WEIGHTS) if np.all(np.isfinite(y)) else None
 
 
+def chain_at_energy_nodes(m: Moments, shape, eta: float, alpha: np.ndarray, base: Moments,
+                          points, weights, load: np.ndarray):
+    """The chain ending in moments ``m`` at the nodes ``points`` (``[K]`` or ``[K, C]``, weights
+    ``weights``) of a sample's scale ``1 + eps`` of the shared energy ``eta``, with the mean
+    offsets ``alpha`` [C] in the units of ``base`` (the chain's start) and each channel's scale
+    by its loading ``load`` (:func:`.energy_loading.node_scales`): ``(E f, E f^2)`` per node,
+    ``[K, C]`` each, pooled over the position classes. The location mixture's own variance
+    comes out of the scale's, so the total stays ``s^2``. None where a node's f is not
+    finite."""
+    c = shape[1]
+    s2 = np.maximum(source_var(m, shape), 1e-300)
+    shift = alpha * np.sqrt(s2 / np.maximum(channel_var(base, c), 1e-300))
+    within = np.clip(1.0 - shift**2 * eta / s2, 0.0, 1.0)
+    first, second = [], []
+    for point, scale in zip(points, node_scales(points, weights, load)):
+        got = chain_values(m, shape, scale * within, shift * (point - 1.0))
+        if got is None:
+            return None
+        y, w = got
+        first.append(w @ y)
+        second.append(w @ (y * y))
+    return np.stack(first), np.stack(second)
+
+
 def channel_var(m: Moments, c: int) -> np.ndarray:
     return np.broadcast_to(m.values_along(1, c)[1], (c,))
 
@@ -162,5 +187,5 @@ def source_var(m: Moments, shape) -> np.ndarray:
     return np.broadcast_to(var, (shape[1],))
 
 
-__all__ = ["chain_law", "chain_values", "channel_var", "gaussian_local", "positions",
+__all__ = ["chain_at_energy_nodes", "chain_law", "chain_values", "channel_var", "gaussian_local", "positions",
            "source_var"]

@@ -41,8 +41,7 @@ from ..spatial import attach
 from ..strict import fall_back
 from .context import RuleContext
 from .elementwise import refinement
-from .energy_fields import chain_values, channel_var, source_var
-from .energy_loading import node_scales
+from .energy_fields import chain_at_energy_nodes, chain_values
 from .kurtosis import mixture_nodes
 from .sample_energy import chain_energy
 
@@ -100,20 +99,15 @@ def _moments_shift(m: Moments, shape, eta: float, alpha: np.ndarray, base: Momen
     y, w = plain
     mean0 = w @ y
     var0 = w @ (y - mean0) ** 2
-    s2 = np.maximum(source_var(m, shape), 1e-300)
-    shift = alpha * np.sqrt(s2 / np.maximum(channel_var(base, c), 1e-300))
-    # the location mixture's own variance comes out of the scale's: the total stays s^2
-    within = np.clip(1.0 - shift**2 * eta / s2, 0.0, 1.0)
     sig2, wts = mixture_nodes(np.full(c, eta))
-    scales = node_scales(sig2, wts, load)  # each channel's own loading (.energy_loading)
+    found = chain_at_energy_nodes(m, shape, eta, alpha, base, sig2, wts, load)
+    if found is None:
+        return None
     mean = np.zeros(c)
     square = np.zeros(c)
-    for node, scale, weight in zip(sig2, scales, wts):
-        got = chain_values(m, shape, scale * within, shift * (node - 1.0))
-        if got is None:
-            return None
-        mean += weight * (got[1] @ got[0])
-        square += weight * (got[1] @ got[0] ** 2)
+    for weight, first, second in zip(wts, *found):
+        mean += weight * first
+        square += weight * second
     var = square - mean**2
     ratio = np.where(var0 > 0, var / np.where(var0 > 0, var0, 1.0), 1.0)
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(ratio))):
