@@ -2,7 +2,8 @@
 from a config object (random initialization, nothing downloaded; eager attention), exported in
 training mode as the README says (``tests/real/exports.export_module``), predicted with
 ``onnxinit.analyze`` and measured with onnxruntime at batch 8 over ``--runs`` batches
-(``tests/real/sequence.compare``: every float activation tensor, Dropout as the identity).
+(``tests/real/sequence.compare``: every float activation tensor, Dropout as the identity;
+BatchNormalization's running statistics and other auxiliary outputs left out).
 
 Sizes: 2 layers, hidden 64, 4 heads, 32 tokens (vocabulary 512); images 32x32 (MobileViT 64x64);
 Whisper's encoder 16 mel bins x 32 frames. Each model runs in a subprocess with a time limit, so a

@@ -32,7 +32,7 @@ from onnxinit.feeds import synthetic_feeds
 from onnxinit.measure import measurable_model
 from onnxinit.runtime import make_session
 
-from .compare import random_only, seeded
+from .compare import auxiliary, random_only, seeded
 from .exports import export_directory, export_module
 
 
@@ -323,7 +323,9 @@ def measured_variances(graph, tensors: list[str], batch_size: int, runs: int) ->
 
 
 def compare(path: str | Path, batch_size: int = 8, runs: int = 1) -> Comparison:
-    """Predicted against measured variance of every float activation tensor of ``path``."""
+    """Predicted against measured variance of every float activation tensor of ``path``: as in
+    ``tests/real/compare.py``, auxiliary outputs that are not activations (BatchNormalization's
+    running statistics, LayerNormalization's saved statistics, Dropout's mask) are left out."""
     start = time.perf_counter()
     try:
         analysis = onnxinit.analyze(path, batch_size=batch_size)
@@ -333,7 +335,7 @@ def compare(path: str | Path, batch_size: int = 8, runs: int = 1) -> Comparison:
     analyze_s = time.perf_counter() - start
     graph = analysis.graph
     predicted = {t.name: t.var for t in analysis.tensors}
-    excluded = random_only(graph) | set(graph.input_names)
+    excluded = random_only(graph) | auxiliary(graph) | set(graph.input_names)
     tensors = [t for t in graph.float_activations() if t not in excluded]
     measured = measured_variances(graph, tensors, batch_size, runs)
     tensors = [t for t in tensors if t in measured]
