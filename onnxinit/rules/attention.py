@@ -72,6 +72,12 @@ def matmul_activations(inputs, ctx: RuleContext):
     if len(sa) < 2 or len(sb) < 2:
         raise RuleError("MatMul of a 1-D activation")
     k = sa[-1]
+    if sb[-2] != k:
+        raise RuleError(f"MatMul of [..., {k}] by [..., {sb[-2]}, N]: the inner dimensions differ")
+    try:
+        np.broadcast_shapes(tuple(sa[:-2]), tuple(sb[:-2]))
+    except ValueError:
+        raise RuleError(f"MatMul's batch dimensions {sa[:-2]} and {sb[:-2]} do not broadcast") from None
     ma, va = _full(a, len(sa))
     mb, vb = _full(b, len(sb))
     ma, va = (np.broadcast_to(t, t.shape[:-1] + (k,)) for t in (ma, va))

@@ -10,6 +10,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxinit.moments import Moments
+from onnxinit.rules.attention import matmul_activations
+from onnxinit.rules.context import RuleError
 from tests.models import make_model
 from tests.oracle import assert_moments_close, monte_carlo, node_model, predict
 
@@ -237,3 +239,25 @@ def test_weighted_average_of_one_probability_row_for_every_query():
                       (one.tokens.cov, every.tokens.cov)]:
         np.testing.assert_allclose(np.broadcast_to(got, np.shape(want)), want, rtol=1e-12,
                                    atol=1e-15)
+
+
+
+class _Shapes:
+    """A node's context reduced to its operands' static shapes (all the check reads)."""
+
+    def __init__(self, *shapes):
+        self.shapes = shapes
+
+    def in_shape(self, index):
+        return self.shapes[index]
+
+
+@pytest.mark.parametrize("b_shape", [(3, 6, 4), (2, 5, 4)])
+def test_matmul_of_incompatible_shapes_is_refused_not_crashed(b_shape):
+    # an export whose shapes, once its Shape arithmetic is folded at a batch size, cannot
+    # multiply (HF Canine through the TorchScript exporter: onnxruntime refuses to run it
+    # too): the rule refuses with its own error, which the analysis turns into a pass-through
+    # with a warning; numpy's broadcasting ValueError was a crash in strict mode
+    operand = Moments.scalar(0.0, 1.0)
+    with pytest.raises(RuleError):
+        matmul_activations([operand, operand], _Shapes((3, 4, 5), b_shape))
