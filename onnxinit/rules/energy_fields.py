@@ -6,6 +6,7 @@ of an element-wise chain over its source Gaussian, and the chain's rule for the 
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import numpy as np
@@ -26,10 +27,7 @@ def _pair_sums(corr, sizes, powers) -> np.ndarray:
     (the floor's power beyond the stored offsets), from one table of pair counts."""
     rho, floor = corr
     k = int(np.prod(sizes))
-    counts = np.ones(())
-    for n, s in zip(rho.shape[1:], sizes):
-        d = np.arange(n) - (n - 1) // 2
-        counts = np.multiply.outer(counts, np.maximum(s - np.abs(d), 0).astype(np.float64))
+    counts = _pair_counts(rho.shape[1:], tuple(int(s) for s in sizes))
     floor = np.reshape(floor, (-1,) + (1,) * len(sizes))
     axes = tuple(range(1, rho.ndim))
     # whole powers by multiplication: numpy's ** calls the C library's pow from the cube up,
@@ -44,6 +42,19 @@ def _pair_sums(corr, sizes, powers) -> np.ndarray:
         power = rho**n if power is None else power
         out.append((((power - f) * counts).sum(axis=axes) + k * k * f.reshape(-1)) / (k * k))
     return np.stack(out)
+
+
+@functools.lru_cache(maxsize=256)
+def _pair_counts(offsets: tuple, sizes: tuple) -> np.ndarray:
+    """The number of pairs of positions ``(p, q)`` of a map of ``sizes`` at each stored offset
+    ``p - q`` (``offsets``: the correlation's odd extents, centred), ``[*offsets]``; read-only
+    (a deep stack asks for the same few)."""
+    counts = np.ones(())
+    for n, s in zip(offsets, sizes):
+        d = np.arange(n) - (n - 1) // 2
+        counts = np.multiply.outer(counts, np.maximum(s - np.abs(d), 0).astype(np.float64))
+    counts.flags.writeable = False
+    return counts
 
 
 def _correlation(m: Moments, shape, gaussian: bool = False):

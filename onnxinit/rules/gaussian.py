@@ -74,6 +74,44 @@ def compose(chain: Sequence[Elementwise | Callable]) -> Callable[[np.ndarray], n
     return composed
 
 
+def broadcasts_nothing(fn: Callable, ndim: int) -> bool:
+    """Whether ``fn`` of a ``[1, ..., 1]`` array of its argument's rank (``ndim`` + 1: a node
+    or grid axis first) is one value: no constant of the chain varies along an axis, so that
+    any block of cells, flattened, can be evaluated alone."""
+    probe = (1,) * (ndim + 1)
+    with np.errstate(all="ignore"):
+        return np.shape(fn(np.zeros(probe))) == probe
+
+
+_ALIGN = 256  # columns: where column_blocks start
+
+
+def column_blocks(columns: int, width: int, least: int = _ALIGN) -> list[slice]:
+    """Blocks of about ``width`` columns that start at multiples of ``_ALIGN``, each at least
+    ``least`` (and ``_ALIGN``) wide: a narrow rest joins the block before it. A matrix product
+    of a block then computes each column as a product of all columns does: BLAS kernels treat
+    a product's last ``columns % 4`` (``% 8`` ...) columns apart, and a block of one column is a
+    dot product (``least``: see :func:`small_gemm_width`)."""
+    least = max(least, _ALIGN)
+    width = -(-max(width, least) // _ALIGN) * _ALIGN
+    starts = list(range(0, columns, width))
+    if len(starts) > 1 and columns - starts[-1] < least:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [columns])]
+
+
+_SMALL_GEMM = 1_000_000  # M N K up to which OpenBLAS takes its small-matrix kernel
+
+
+def small_gemm_width(rows: int, depths, columns: int) -> int:
+    """The fewest columns a block needs for each ``[rows, depth] @ [depth, block]`` product to
+    take the kernel the product with all ``columns`` takes: OpenBLAS multiplies a product of
+    at most ``_SMALL_GEMM`` multiply-adds with another kernel, which rounds the last columns
+    otherwise (measured: a block of 769 of 3,329 columns differed in its last one)."""
+    large = [d for d in depths if rows * d * columns > _SMALL_GEMM]
+    return max((_SMALL_GEMM // (rows * d) + 1 for d in large), default=1)
+
+
 _NODE_BLOCK = 1 << 15  # function values per block of chain_at_nodes (in cache)
 
 

@@ -59,6 +59,7 @@ from ..moments import Moments
 from ..spatial import positions
 from .context import RuleContext, RuleError
 from .fusion import common_ancestor
+from .gaussian import column_blocks
 from .kurtosis import NODES, WEIGHTS, chain_start, chain_values, excess_kurtosis
 from .linear import begin_pads
 from .sample_energy import law
@@ -109,8 +110,23 @@ def _source_expectations(source, c: int, rank: int):
     return tuple(a.reshape(shape) for a in (e, et, ett) + _cumulants(y, _W))
 
 
+_COLUMN_BLOCK = 1 << 15  # values of a [nodes, columns] block of _cumulants (in cache)
+
+
 def _cumulants(y: np.ndarray, w: np.ndarray):
-    """Central k2, k3, k4 per column of values ``y`` [nodes, C] of weights ``w``."""
+    """Central k2, k3, k4 per column of values ``y`` [nodes, C] of weights ``w``: a block of
+    columns at a time, so that its passes stay in cache (each column's sums are its own, the
+    same in a block: :func:`.gaussian.column_blocks`)."""
+    blocks = column_blocks(y.shape[1], _COLUMN_BLOCK // max(1, y.shape[0]))
+    if len(blocks) == 1:
+        return _column_cumulants(y, w)
+    out = np.empty((3, y.shape[1]))
+    for cols in blocks:
+        out[:, cols] = _column_cumulants(y[:, cols], w)
+    return out[0], out[1], out[2]
+
+
+def _column_cumulants(y: np.ndarray, w: np.ndarray):
     d = y - w @ y
     d2 = d * d
     k2 = w @ d2
