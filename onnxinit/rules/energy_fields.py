@@ -114,8 +114,7 @@ def chain_values(m: Moments, shape, scale=None, shift=None):
     src = m.source
     if src is None or not src.chain or max(np.ndim(src.mean), np.ndim(src.var)) > rank:
         return None
-    mean, var = (np.broadcast_to(a, (c,)) for a in
-                 Moments(src.mean, src.var).expand_rank(rank).values_along(1, c))
+    mean, var = _source_channels(src, rank, c)
     var = var * (1.0 if scale is None else scale)
     mean = mean + (0.0 if shift is None else shift)
     cell = (1, c) + (1,) * (rank - 2)
@@ -193,9 +192,24 @@ def chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
 
 def source_var(m: Moments, shape) -> np.ndarray:
     """The variance of m's source Gaussian per channel over the positions (total variance)."""
-    src = m.source
-    mean, var = Moments(src.mean, src.var).expand_rank(len(shape)).values_along(1, shape[1])
-    return np.broadcast_to(var, (shape[1],))
+    return _source_channels(m.source, len(shape), shape[1])[1]
+
+
+_SOURCE: dict[int, tuple] = {}  # id(Source) -> (weakref, (rank, C), (mean, var)): see below
+
+
+def _source_channels(src, rank: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, var) ``[C]`` of a source Gaussian, its position classes pooled (total variance);
+    read-only, kept per source: a chain's mixture asks for them at each of its nodes."""
+    hit = _SOURCE.get(id(src))
+    if hit is not None and hit[0]() is src and hit[1] == (rank, c):
+        return hit[2]
+    if len(_SOURCE) > 4096:
+        _SOURCE.clear()
+    out = tuple(np.broadcast_to(a, (c,)) for a in
+                Moments(src.mean, src.var).expand_rank(rank).values_along(1, c))
+    _SOURCE[id(src)] = (weakref.ref(src), (rank, c), out)
+    return out
 
 
 __all__ = ["chain_at_energy_nodes", "chain_law", "chain_values", "channel_var", "gaussian_local", "positions",
