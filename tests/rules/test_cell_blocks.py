@@ -1,6 +1,6 @@
 """Quadratures evaluated a block of cells (columns) at a time, in cache, give the bits of the
 evaluation over all cells at once: the smooth chains' moments and amplitudes
-(``smooth_quadrature``), the squeeze-excite pools' cumulants (``pool_skewness._cumulants``),
+(``smooth_quadrature``), the squeeze-excite pools' cumulants (``chain_cumulants``),
 the max pools' values at the grid's midpoints (``maxima``); and a max pool's absent taps
 (count 0) change nothing, as if they were not there."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from onnxinit.propagate import single_threaded_blas
-from onnxinit.rules import gaussian, maxima, pool_skewness, smooth_quadrature
+from onnxinit.rules import chain_cumulants, gaussian, kurtosis, maxima, smooth_quadrature
 from onnxinit.rules.activations import _sigmoid
 
 _RNG = np.random.default_rng(0)
@@ -76,11 +76,36 @@ def test_pool_cumulants_by_column_blocks(monkeypatch, nodes, cells):
     y = _RNG.normal(size=(nodes, cells)) ** 3 + _RNG.normal(size=cells)
     w = _RNG.random(nodes)
     w /= w.sum()
-    blocked = pool_skewness._cumulants(y, w)
-    monkeypatch.setattr(pool_skewness, "_COLUMN_BLOCK", 1 << 40)
-    whole = pool_skewness._cumulants(y, w)
+    blocked = chain_cumulants.cumulants(y, w)
+    monkeypatch.setattr(chain_cumulants, "_COLUMN_BLOCK", 1 << 40)
+    whole = chain_cumulants.cumulants(y, w)
     for a, b in zip(blocked, whole):
         assert a.tobytes() == b.tobytes()
+
+
+def _chain(kind: str, rank: int):
+    if kind == "silu":
+        return _silu
+    if kind == "hardswish":
+        return lambda x: x * np.clip(x + 3, 0, 6) / 6
+    scale = _RNG.uniform(0.5, 2.0, size=(24,) + (1,) * (rank - 2))  # per channel: whole array
+    return lambda x: _silu(scale * x)
+
+
+@pytest.mark.parametrize("shape", [(1, 24, 1, 1), (1, 24, 14, 14), (1, 24, 40, 40), (1, 24, 7)])
+@pytest.mark.parametrize("mixture", [False, True])
+@pytest.mark.parametrize("kind", ["silu", "hardswish", "per_channel"])
+def test_chain_cumulants_are_those_of_the_chain_values(shape, mixture, kind):
+    fn = _chain(kind, len(shape))
+    mean = _RNG.normal(size=shape)
+    var = _RNG.gamma(2.0, size=shape)
+    v = _RNG.uniform(0.0, 2.0, shape[1]) if mixture else None
+    y, w = kurtosis.chain_values(mean, var, [fn], shape[1], len(shape), v, coarse=True)
+    expected = chain_cumulants.cumulants(y, w)
+    got = chain_cumulants.chain_cumulants(mean, var, [fn], shape[1], len(shape), v, coarse=True)
+    for a, b in zip(got, expected):
+        assert a.tobytes() == b.tobytes()
+    assert chain_cumulants.chain_cumulants(mean, var, [np.log], shape[1], len(shape)) is None
 
 
 def test_max_pool_values_at_midpoints_by_blocks(monkeypatch):
