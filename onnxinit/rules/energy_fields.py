@@ -6,6 +6,7 @@ of an element-wise chain over its source Gaussian, and the chain's rule for the 
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import numpy as np
@@ -26,10 +27,7 @@ def _pair_sums(corr, sizes, powers) -> np.ndarray:
     (the floor's power beyond the stored offsets), from one table of pair counts."""
     rho, floor = corr
     k = int(np.prod(sizes))
-    counts = np.ones(())
-    for n, s in zip(rho.shape[1:], sizes):
-        d = np.arange(n) - (n - 1) // 2
-        counts = np.multiply.outer(counts, np.maximum(s - np.abs(d), 0).astype(np.float64))
+    counts = _pair_counts(rho.shape[1:], tuple(int(s) for s in sizes))
     floor = np.reshape(floor, (-1,) + (1,) * len(sizes))
     axes = tuple(range(1, rho.ndim))
     # whole powers by multiplication: numpy's ** calls the C library's pow from the cube up,
@@ -44,6 +42,19 @@ def _pair_sums(corr, sizes, powers) -> np.ndarray:
         power = rho**n if power is None else power
         out.append((((power - f) * counts).sum(axis=axes) + k * k * f.reshape(-1)) / (k * k))
     return np.stack(out)
+
+
+@functools.lru_cache(maxsize=256)
+def _pair_counts(offsets: tuple, sizes: tuple) -> np.ndarray:
+    """The number of pairs of positions ``(p, q)`` of a map of ``sizes`` at each stored offset
+    ``p - q`` (``offsets``: the correlation's odd extents, centred), ``[*offsets]``; read-only
+    (a deep stack asks for the same few)."""
+    counts = np.ones(())
+    for n, s in zip(offsets, sizes):
+        d = np.arange(n) - (n - 1) // 2
+        counts = np.multiply.outer(counts, np.maximum(s - np.abs(d), 0).astype(np.float64))
+    counts.flags.writeable = False
+    return counts
 
 
 def _correlation(m: Moments, shape, gaussian: bool = False):
@@ -103,8 +114,7 @@ def chain_values(m: Moments, shape, scale=None, shift=None):
     src = m.source
     if src is None or not src.chain or max(np.ndim(src.mean), np.ndim(src.var)) > rank:
         return None
-    mean, var = (np.broadcast_to(a, (c,)) for a in
-                 Moments(src.mean, src.var).expand_rank(rank).values_along(1, c))
+    mean, var = _source_channels(src, rank, c)
     var = var * (1.0 if scale is None else scale)
     mean = mean + (0.0 if shift is None else shift)
     cell = (1, c) + (1,) * (rank - 2)
@@ -182,9 +192,24 @@ def chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
 
 def source_var(m: Moments, shape) -> np.ndarray:
     """The variance of m's source Gaussian per channel over the positions (total variance)."""
-    src = m.source
-    mean, var = Moments(src.mean, src.var).expand_rank(len(shape)).values_along(1, shape[1])
-    return np.broadcast_to(var, (shape[1],))
+    return _source_channels(m.source, len(shape), shape[1])[1]
+
+
+_SOURCE: dict[int, tuple] = {}  # id(Source) -> (weakref, (rank, C), (mean, var)): see below
+
+
+def _source_channels(src, rank: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, var) ``[C]`` of a source Gaussian, its position classes pooled (total variance);
+    read-only, kept per source: a chain's mixture asks for them at each of its nodes."""
+    hit = _SOURCE.get(id(src))
+    if hit is not None and hit[0]() is src and hit[1] == (rank, c):
+        return hit[2]
+    if len(_SOURCE) > 4096:
+        _SOURCE.clear()
+    out = tuple(np.broadcast_to(a, (c,)) for a in
+                Moments(src.mean, src.var).expand_rank(rank).values_along(1, c))
+    _SOURCE[id(src)] = (weakref.ref(src), (rank, c), out)
+    return out
 
 
 __all__ = ["chain_at_energy_nodes", "chain_law", "chain_values", "channel_var", "gaussian_local", "positions",

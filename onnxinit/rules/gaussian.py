@@ -74,6 +74,44 @@ def compose(chain: Sequence[Elementwise | Callable]) -> Callable[[np.ndarray], n
     return composed
 
 
+def broadcasts_nothing(fn: Callable, ndim: int) -> bool:
+    """Whether ``fn`` of a ``[1, ..., 1]`` array of its argument's rank (``ndim`` + 1: a node
+    or grid axis first) is one value: no constant of the chain varies along an axis, so that
+    any block of cells, flattened, can be evaluated alone."""
+    probe = (1,) * (ndim + 1)
+    with np.errstate(all="ignore"):
+        return np.shape(fn(np.zeros(probe))) == probe
+
+
+_ALIGN = 256  # columns: where column_blocks start
+
+
+def column_blocks(columns: int, width: int, least: int = _ALIGN) -> list[slice]:
+    """Blocks of about ``width`` columns that start at multiples of ``_ALIGN``, each at least
+    ``least`` (and ``_ALIGN``) wide: a narrow rest joins the block before it. A matrix product
+    of a block then computes each column as a product of all columns does: BLAS kernels treat
+    a product's last ``columns % 4`` (``% 8`` ...) columns apart, and a block of one column is a
+    dot product (``least``: see :func:`small_gemm_width`)."""
+    least = max(least, _ALIGN)
+    width = -(-max(width, least) // _ALIGN) * _ALIGN
+    starts = list(range(0, columns, width))
+    if len(starts) > 1 and columns - starts[-1] < least:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [columns])]
+
+
+_SMALL_GEMM = 1_000_000  # M N K up to which OpenBLAS takes its small-matrix kernel
+
+
+def small_gemm_width(rows: int, depths, columns: int) -> int:
+    """The fewest columns a block needs for each ``[rows, depth] @ [depth, block]`` product to
+    take the kernel the product with all ``columns`` takes: OpenBLAS multiplies a product of
+    at most ``_SMALL_GEMM`` multiply-adds with another kernel, which rounds the last columns
+    otherwise (measured: a block of 769 of 3,329 columns differed in its last one)."""
+    large = [d for d in depths if rows * d * columns > _SMALL_GEMM]
+    return max((_SMALL_GEMM // (rows * d) + 1 for d in large), default=1)
+
+
 _NODE_BLOCK = 1 << 15  # function values per block of chain_at_nodes (in cache)
 
 
@@ -228,17 +266,19 @@ def _partial_moments(lo, hi, top: int) -> list[np.ndarray]:
     """``M_k = int_lo^hi z^k phi(z) dz`` for k = 0..top (standard normal, infinite bounds
     allowed): M_0 = Phi(hi) - Phi(lo), M_1 = phi(lo) - phi(hi),
     M_k = (k - 1) M_{k-2} + lo^(k-1) phi(lo) - hi^(k-1) phi(hi)."""
-    def tail(t, k):  # t^k phi(t), 0 at +-inf
+    def tails(t):  # k -> t^k phi(t), 0 at +-inf (exp once per bound)
         finite = np.isfinite(t)
         t = np.where(finite, t, 0.0)
-        return np.where(finite, t**k * np.exp(-0.5 * t * t) / np.sqrt(2 * np.pi), 0.0)
+        density = np.exp(-0.5 * t * t)
+        return lambda k: np.where(finite, t**k * density / np.sqrt(2 * np.pi), 0.0)
 
     # Phi(hi) - Phi(lo) from the nearer tail: no cancellation when both bounds are far out
     upper = lo > 0
     m0 = np.where(upper, special.ndtr(-lo) - special.ndtr(-hi), special.ndtr(hi) - special.ndtr(lo))
-    out = [m0, tail(lo, 0) - tail(hi, 0)]
+    at_lo, at_hi = tails(lo), tails(hi)
+    out = [m0, at_lo(0) - at_hi(0)]
     for k in range(2, top + 1):
-        out.append((k - 1) * out[k - 2] + tail(lo, k - 1) - tail(hi, k - 1))
+        out.append((k - 1) * out[k - 2] + at_lo(k - 1) - at_hi(k - 1))
     return out
 
 

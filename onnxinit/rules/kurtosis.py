@@ -68,6 +68,11 @@ def mixture_nodes(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.exp(np.sqrt(ls2)[None] * _GH[:, None] - ls2[None] / 2), _GHW
 
 
+def node_rule(coarse: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(nodes, weights) of :func:`chain_values`' rule: the 96-node one when ``coarse``."""
+    return (_TC, _WC) if coarse else (_T, _W)
+
+
 def chain_values(mean, var, chain, c: int, rank: int, v=None,
                  coarse: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(values [nodes, C], weights [nodes]) of ``chain(u)`` per channel, ``u`` Gaussian with
@@ -75,7 +80,7 @@ def chain_values(mean, var, chain, c: int, rank: int, v=None,
     scale mixture of relative variance ``v`` [C] when given; ``coarse``: on the 96-node
     rule. ``mean``, ``var`` per position class (``[1, C, K_0, ...]``) give the values
     ``[nodes, C * K_0 * ...]``, channel-major."""
-    nodes, weights = (_TC, _WC) if coarse else (_T, _W)
+    nodes, weights = node_rule(coarse)
     channel = (1, c) + (1,) * (rank - 2)
     mean, var = (np.asarray(a, dtype=np.float64) for a in (mean, var))
     shape = np.broadcast_shapes(mean.shape, var.shape, channel)

@@ -28,7 +28,7 @@ from .. import special
 
 from ..moments import Elementwise, Source
 from .context import RuleError
-from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
+from .gaussian import COMPOSITE_W, COMPOSITE_Z, broadcasts_nothing, compose, expand
 
 _CACHE: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
 _CACHE_SIZE = 4096
@@ -114,19 +114,21 @@ def max_of_gaussians(mean, std, count, fn):
     hi = np.maximum(hi, lo)
     u = np.linspace(0.0, 1.0, _GRID).reshape((-1,) + (1,) * len(problems))
     span = hi - lo  # the grid: lo + span u, [G, *P]
-    values = _values_at_midpoints(fn, lo, span, u)
+    flat = broadcasts_nothing(fn, len(problems))  # f on a block's midpoints, else all first
+    values = None if flat else _values_at_midpoints(fn, lo, span, u)
     n_chunk = max(1, _CHUNK // max(1, _GRID * int(np.prod(problems)) or 1))
     small = float(count.max()) <= 64  # a product of CDFs cannot underflow: no logarithms
     scale = 1.0 / np.where(std > 0, std, 1.0)
     constant = std <= 0  # a constant tap (variance 0): its CDF is a step at its value
-    flags = (constant.any(), not present.all(), bool(np.any(count > 1)))
+    if small:  # an absent tap's CDF is 1: at mean -inf it is Phi(+inf) = 1, ndtr's cheap end
+        mean = np.where(present, mean, -np.inf)
+        constant = constant & present
+    flags = (constant.any(), not (small or present.all()), bool(np.any(count > 1)))
     # each block of problems (its [n, G, block] arrays in cache) runs from the taps' CDFs to
     # its moments: every value is computed as on the whole array, in the same order (the
     # taps in the same chunks; a block of one column would sum over the grid in another
     # order, so the last block is never one column wide)
-    flat = (taps, -1)
-    taps_f = (mean.reshape(flat), scale.reshape(flat), count.reshape(flat),
-              constant.reshape(flat))
+    taps_f = tuple(a.reshape(taps, -1) for a in (mean, scale, count, constant))
     lo_f, span_f, u_f = lo.reshape(-1), span.reshape(-1), u.reshape(_GRID, 1)
     width = lo_f.size
     block = max(2, _BLOCK // (_GRID * min(n_chunk, taps)))
@@ -142,7 +144,8 @@ def max_of_gaussians(mean, std, count, fn):
         grid = lo_f[cols] + span_f[cols] * u_f
         _cdf_block(a, grid, [t[:, cols] for t in taps_f], n_chunk, small, flags, buffer)
         mid = np.concatenate([grid[:1], 0.5 * (grid[1:] + grid[:-1])])
-        out[:, cols] = _moments_block(a if small else np.exp(a), mid, values[:, cols])
+        at_mid = _flat_values(fn, mid, len(problems)) if flat else values[:, cols]
+        out[:, cols] = _moments_block(a if small else np.exp(a), mid, at_mid)
     e, var, slope = (row.reshape(problems) for row in out)
     if not (np.all(np.isfinite(e)) and np.all(np.isfinite(var))):
         raise RuleError("the input distribution is not finite")
@@ -168,6 +171,15 @@ def _values_at_midpoints(fn, lo, span, u) -> np.ndarray:
             y = np.asarray(fn(mid), dtype=np.float64)
         values[g0:g1] = np.broadcast_to(y, mid.shape).reshape(g1 - g0, -1)
     return values
+
+
+def _flat_values(fn, mid, ndim: int) -> np.ndarray:
+    """f at a block's midpoints ``[G, b]`` for an f without per-axis constants: the values of
+    :func:`_values_at_midpoints` (the same midpoints, the same evaluation per value)."""
+    x = mid.reshape(mid.shape[:1] + (1,) * (ndim - 1) + mid.shape[1:])
+    with np.errstate(all="ignore"):
+        y = np.asarray(fn(x), dtype=np.float64)
+    return np.broadcast_to(y, x.shape).reshape(mid.shape)
 
 
 def _cdf_block(acc, grid, taps, n_chunk, small, flags, buffer):

@@ -59,6 +59,7 @@ from ..moments import Moments
 from ..spatial import positions
 from .context import RuleContext, RuleError
 from .fusion import common_ancestor
+from .chain_cumulants import chain_cumulants, cumulants
 from .kurtosis import NODES, WEIGHTS, chain_start, chain_values, excess_kurtosis
 from .linear import begin_pads
 from .sample_energy import law
@@ -88,11 +89,11 @@ def _source_cumulants(source, c: int, rank: int):
     Gaussian and f its chain, on the 96-node rule (the conv input per position class: many
     cells); None where f is not finite."""
     mean, var, chain = source
-    y, w = chain_values(mean, var, chain, c, rank, coarse=True)
-    if not np.all(np.isfinite(y)):
+    found = chain_cumulants(mean, var, chain, c, rank, coarse=True)
+    if found is None:
         return None
     shape = np.shape(mean)[1:]
-    return tuple(a.reshape(shape) for a in _cumulants(y, w)[1:])
+    return tuple(a.reshape(shape) for a in found[1:])
 
 
 def _source_expectations(source, c: int, rank: int):
@@ -106,18 +107,7 @@ def _source_expectations(source, c: int, rank: int):
         return None
     e, et, ett = _BASIS @ y
     shape = np.shape(mean)[1:]
-    return tuple(a.reshape(shape) for a in (e, et, ett) + _cumulants(y, _W))
-
-
-def _cumulants(y: np.ndarray, w: np.ndarray):
-    """Central k2, k3, k4 per column of values ``y`` [nodes, C] of weights ``w``."""
-    d = y - w @ y
-    d2 = d * d
-    k2 = w @ d2
-    d *= d2
-    k3 = w @ d
-    d2 *= d2
-    return k2, k3, w @ d2 - 3 * k2**2
+    return tuple(a.reshape(shape) for a in (e, et, ett) + cumulants(y, _W))
 
 
 def _input_cumulants(ctx: RuleContext, in_name: str, source, c: int, rank: int):
@@ -132,10 +122,10 @@ def _input_cumulants(ctx: RuleContext, in_name: str, source, c: int, rank: int):
         kappa = kappa - 3 * shared[0]
     if kappa is None or kappa.shape != (c,) or not np.any(kappa > 0):
         return None
-    y, w = chain_values(*source, c, rank, np.maximum(kappa, 0) / 3, coarse=True)
-    if not np.all(np.isfinite(y)):
+    found = chain_cumulants(*source, c, rank, np.maximum(kappa, 0) / 3, coarse=True)
+    if found is None:
         return None
-    return tuple(a.reshape(np.shape(source[0])[1:]) for a in _cumulants(y, w)[1:])
+    return tuple(a.reshape(np.shape(source[0])[1:]) for a in found[1:])
 
 
 def _same_operand(graph, node) -> bool:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .gaussian import quadrature
+from .gaussian import broadcasts_nothing, column_blocks, quadrature, small_gemm_width
 
 _HERMITE = 8  # amplitudes, as onnxinit.mehler
 _NODE_BLOCK = 1 << 21  # values per matrix product
@@ -59,22 +59,13 @@ def moments_and_amplitudes(fn: Callable, mean: np.ndarray, var: np.ndarray):
         sums = np.zeros((_HERMITE + 1, cells))  # sum_i w_i He_n(z_i) y_i, n = 0..8
         squares = np.zeros(cells)  # sum_i w_i y_i^2
         step = max(1, _NODE_BLOCK // cells)
-        sub = max(1, _CACHE_BLOCK // cells)
-        pad = (-1,) + (1,) * len(shape)
-        for i in range(0, _Z.size, step):
-            count = min(step, _Z.size - i)
-            values = np.empty((count, cells))
-            for j in range(0, count, sub):
-                z = _Z[i + j:i + min(j + sub, count)].reshape(pad)
-                x = std * z
-                x += mean
-                y = np.asarray(fn(x), dtype=np.float64)
-                if y.shape != x.shape:
-                    return None
-                np.subtract(y.reshape(z.size, cells), shift, out=values[j:j + z.size])
-            sums += _ROWS[:, i:i + count] @ values
-            values *= values
-            squares += _W[i:i + count] @ values
+        if broadcasts_nothing(fn, mean.ndim):
+            done = _cell_block_sums(fn, mean.reshape(-1), std.reshape(-1), shift[0], step,
+                                    mean.ndim, (sums, squares))
+        else:
+            done = _node_block_sums(fn, mean, std, shift, step, (sums, squares))
+        if not done:
+            return None
         total = _W.sum()
         centre = sums[0] / total
         mean_out = shift[0] + centre
@@ -86,6 +77,65 @@ def moments_and_amplitudes(fn: Callable, mean: np.ndarray, var: np.ndarray):
         return None
     return (mean_out.reshape(shape), np.maximum(var_out, 0.0).reshape(shape),
             amp.reshape((_HERMITE,) + shape))
+
+
+def _node_block_sums(fn, mean, std, shift, step, out) -> bool:
+    """Add ``sum_i w_i He_n(z_i) y_i`` (n = 0..8) and ``sum_i w_i y_i^2`` over the nodes,
+    ``y_i = f(mean + std z_i) - shift``, into ``out`` = (sums ``[9, cells]``, squares
+    ``[cells]``): one matrix product per block of ``step`` nodes (f evaluated a few nodes at a
+    time on ``[nodes, *shape]`` arrays, so that its per-channel constants broadcast). False
+    where f returns another shape."""
+    sums, squares = out
+    cells = mean.size
+    sub = max(1, _CACHE_BLOCK // cells)
+    pad = (-1,) + (1,) * mean.ndim
+    for i in range(0, _Z.size, step):
+        count = min(step, _Z.size - i)
+        values = np.empty((count, cells))
+        for j in range(0, count, sub):
+            z = _Z[i + j:i + min(j + sub, count)].reshape(pad)
+            x = std * z
+            x += mean
+            y = np.asarray(fn(x), dtype=np.float64)
+            if y.shape != x.shape:
+                return False
+            np.subtract(y.reshape(z.size, cells), shift, out=values[j:j + z.size])
+        sums += _ROWS[:, i:i + count] @ values
+        values *= values
+        squares += _W[i:i + count] @ values
+    return True
+
+
+def _cell_block_sums(fn, mean, std, shift, step, ndim, out) -> bool:
+    """:func:`_node_block_sums` for flat cells (``mean``, ``std``, ``shift`` ``[cells]``) and
+    a function without per-axis constants, a block of cells at a time: each block's
+    ``[step, width]`` values stay in cache through the evaluation and both products. Each
+    cell's sums are the same operations in the same order (a product's column is its cell's
+    sum over the block's nodes, the blocks of nodes as there; the blocks of cells:
+    :func:`.gaussian.column_blocks`)."""
+    sums, squares = out
+    nodes = min(step, _Z.size)
+    counts = {min(step, _Z.size - i) for i in range(0, _Z.size, step)}
+    least = small_gemm_width(_ROWS.shape[0], counts, mean.size)
+    blocks = column_blocks(mean.size, _CACHE_BLOCK // nodes, least)
+    buffer = np.empty(nodes * max(b.stop - b.start for b in blocks))
+    ones = (1,) * (ndim - 1)
+    for cols in blocks:
+        n = cols.stop - cols.start
+        for i in range(0, _Z.size, step):
+            count = min(step, _Z.size - i)
+            values = buffer[:count * n].reshape(count, n)
+            np.multiply(std[cols], _Z[i:i + count, None], out=values)
+            values += mean[cols]
+            x = values.reshape((count,) + ones + (n,))
+            y = np.asarray(fn(x), dtype=np.float64)
+            if y.shape != x.shape:
+                return False
+            np.subtract(y.reshape(count, n), shift[cols], out=values)
+            sums[:, cols] += _ROWS[:, i:i + count] @ values
+            values *= values
+            squares[cols] += _W[i:i + count] @ values
+    return True
 
 
 def smooth_moments(chain_keys: tuple, fn: Callable, mean, var):
