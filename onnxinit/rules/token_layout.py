@@ -56,18 +56,28 @@ def _profiled(out: Moments, shape, axes: list[int], sig: np.ndarray, stride: int
     that a layout op made token axes (Swin's windows, masked differently, put back on the map:
     each window's variance). The field is spelled out over every index of the axes when longer
     (:func:`.token_field.expanded`, at most ``MAX_EXPANDED``), then ``Sigma[s, t] sqrt(p_s
-    p_t)``, p the profile (mean 1). Unchanged where the profile cannot be placed."""
+    p_t)``, p the profile (mean 1). A profile that repeats every ``n`` indices (the batch
+    merged into the axes, ``[N*T, F]`` from ``[N, T, F]``: every sample's tokens alike) is
+    put on the ``n`` tokens as they are (token = index % n), without spelling the groups out.
+    Unchanged where the profile cannot be placed."""
     rank = len(shape)
     mean, var = grid(out, rank)
     if stride != 1 or np.isneginf(mean).any() or all(var.shape[a] == 1 for a in axes):
         return sig
     total = int(np.prod([shape[a] for a in axes], dtype=np.int64))
     n = sig.shape[0]
+    p = None
     if total != n:
-        if total % n or total > MAX_EXPANDED:
+        if total % n:
             return sig
-        sig = np.kron(np.eye(total // n), sig)
-    p = profile(out, shape, axes, total)
+        groups = profile(out, shape, axes, total).reshape(-1, n)
+        if np.ptp(groups, axis=0).max() <= 1e-9 * np.abs(groups).max():
+            p = groups[0]
+        elif total > MAX_EXPANDED:
+            return sig
+        else:
+            sig = np.kron(np.eye(total // n), sig)
+    p = profile(out, shape, axes, total) if p is None else p
     level = float(np.mean(p))
     if not level > 0 or not np.all(np.isfinite(p)):
         return sig

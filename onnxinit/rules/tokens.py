@@ -25,6 +25,8 @@ Attention creates it (attention.py: P V and Q K^T), Softmax reads it (softmax.py
   independent products ``Cov = Sigma_a Sigma_b + Sigma_a mu_b^2 + Sigma_b mu_a^2``;
 * LayerNormalization over the features divides each token by its own scale: ``cov`` becomes
   the correlation (the per-token variance profile is removed);
+* BatchNormalization (batch statistics) over tokens that are not its channels (``[N*T, F]``
+  rows of a flattened sequence) subtracts the batch mean: :mod:`.token_batch_norm`;
 * ReduceMean over the token axes (pooling over tokens): ``Var_d = nu_d * mean_{s,t} cov``.
 
 Per-token variances: after a causal attention token t averages t values, so the field's
@@ -54,6 +56,7 @@ from .elementwise import UNARY, elementwise
 from .fusion import fused_function
 from .per_token import with_profile
 from . import token_layout  # noqa: F401 - registers the layout ops' carriers
+from . import token_batch_norm  # noqa: F401 - registers BatchNormalization's carrier
 from .token_carriers import CARRIERS, carrier, first_with_field
 from .row_norm import row_scale
 from .unit_rows import is_unit_rows

@@ -1,0 +1,124 @@
+"""The token field through a dense layer written as LeViT exports ``Linear`` + ``BatchNorm1d``
+on a sequence: ``MatMul`` -> ``Flatten(axis=2)`` of ``[N, T, F]`` to ``[N*T, F]`` (batch and
+tokens merged into rows) -> training-mode ``BatchNormalization`` over those rows -> ``Reshape``
+back to ``[N, T, F]`` (rules/token_batch_norm.py, token_layout.py). A first attention with
+near-zero logits makes every token of a sample nearly the mean of its values, added to the
+residual stream (a per-sample component shared by every token, about half the variance); after the flattened BatchNorm a second attention averages those tokens,
+which keeps the shared part: its output variance is about the input's, not 1/T of it, and its
+softmax is flat. Predictions against onnxruntime runs of the whole graph (batch 8, as the
+batch-mean centring depends on it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxinit.moments import Moments
+from onnxinit.runtime import make_session
+from tests.oracle import predict
+
+N, T, D, F = 8, 16, 32, 32
+RUNS = 150
+
+
+def _model():
+    rng = np.random.default_rng(0)
+    consts = {
+        "wq": rng.normal(size=(D, D)) * 0.02 / np.sqrt(D),
+        "wk": rng.normal(size=(D, D)) * 0.02 / np.sqrt(D),
+        # orthogonal: the features stay uncorrelated (a shared token component, not a
+        # correlation between features, which the field does not describe)
+        "wv": np.linalg.qr(rng.normal(size=(D, D)))[0],
+        "w1": np.linalg.qr(rng.normal(size=(D, F)))[0],
+        "gamma": np.ones(F), "beta": np.zeros(F), "rm": np.zeros(F), "rv": np.ones(F),
+        "wq2": rng.normal(size=(F, F)) * 1.0 / np.sqrt(F),
+        "wk2": rng.normal(size=(F, F)) * 1.0 / np.sqrt(F),
+        "wv2": rng.normal(size=(F, F)) / np.sqrt(F),
+        "gain": np.sqrt(T),
+        "back": np.array([N, T, F], dtype=np.int64),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"]),
+        helper.make_node("MatMul", ["x", "wk"], ["k"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["x", "wv"], ["v"]),
+        helper.make_node("MatMul", ["p", "v"], ["o"]),
+        # the residual stream: x plus the attention output, scaled up so that the shared
+        # part is about half of each token's variance
+        helper.make_node("Mul", ["o", "gain"], ["o4"]),
+        helper.make_node("Add", ["x", "o4"], ["s"]),
+        # Linear + BatchNorm1d over the merged batch * token rows
+        helper.make_node("MatMul", ["s", "w1"], ["h"]),
+        helper.make_node("Flatten", ["h"], ["rows"], axis=2),
+        helper.make_node("BatchNormalization", ["rows", "gamma", "beta", "rm", "rv"],
+                         ["normed", "rm_out", "rv_out"], training_mode=1),
+        helper.make_node("Reshape", ["normed", "back"], ["r"]),
+        # the second attention, over the correlated tokens
+        helper.make_node("MatMul", ["r", "wq2"], ["q2"]),
+        helper.make_node("MatMul", ["r", "wk2"], ["k2"]),
+        helper.make_node("Transpose", ["k2"], ["k2t"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q2", "k2t"], ["logits2"]),
+        helper.make_node("Softmax", ["logits2"], ["p2"], axis=-1),
+        helper.make_node("MatMul", ["r", "wv2"], ["v2"]),
+        helper.make_node("MatMul", ["p2", "v2"], ["o2"]),
+    ]
+    outputs = ["r", "logits2", "p2", "o2"]
+    graph = helper.make_graph(
+        nodes, "flattened_batch_norm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [N, T, D])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        [numpy_helper.from_array(np.asarray(v, dtype=np.int64 if n == "back" else np.float32), n)
+         for n, v in consts.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8)
+
+
+@pytest.fixture(scope="module")
+def measured():
+    """Each output stacked over ``RUNS`` batches of N(0, 1) inputs (float64)."""
+    model = _model()
+    session = make_session(model, device="cpu", optimize=False)  # batch statistics kept
+    rng = np.random.default_rng(1)
+    names = ["r", "logits2", "p2", "o2"]
+    runs = [session.run(names, {"x": rng.standard_normal((N, T, D)).astype(np.float32)})
+            for _ in range(RUNS)]
+    return {n: np.stack([r[i] for r in runs]).astype(np.float64) for i, n in enumerate(names)}
+
+
+@pytest.fixture(scope="module")
+def result():
+    return predict(_model(), {"x": Moments.scalar(0.0, 1.0)})[1]
+
+
+def test_the_tokens_stay_correlated_through_the_flattened_batch_norm(measured, result):
+    """The field on ``r`` (back at ``[N, T, F]``) holds the within-sample token correlation
+    that onnxruntime measures: the mean over token pairs s != t of ``Cov(r_s, r_t) /
+    Var`` (pooled over features, samples and runs), which the batch mean lowers by about
+    1/N of the shared part."""
+    r = measured["r"]
+    centred = r - r.mean(axis=(0, 1, 2), keepdims=True)
+    cov = np.einsum("abse,abte->st", centred, centred) / (r.shape[0] * N * F)
+    rho = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+    off = ~np.eye(T, dtype=bool)
+    assert rho[off].mean() > 0.3  # strongly shared: the case the test is about
+    field = result.moments["r"].tokens
+    assert field is not None
+    c = field.cov / np.sqrt(np.outer(np.diag(field.cov), np.diag(field.cov)))
+    assert c[off].mean() == pytest.approx(rho[off].mean(), abs=0.03)
+
+
+@pytest.mark.parametrize("name,rtol", [("r", 0.05), ("logits2", 0.1), ("p2", 0.1),
+                                       ("o2", 0.1)])
+def test_the_attention_after_it_sees_the_shared_component(measured, result, name, rtol):
+    _, var = result.moments[name].total()
+    assert var == pytest.approx(measured[name].var(), rel=rtol)
+
+
+def test_the_test_can_fail(measured):
+    """Independent tokens would put P V's variance near Var(v2) / T at a flat softmax; the
+    measured variance is several times that."""
+    v2_scale = measured["r"].var()  # wv2 keeps the variance (N(0, 1/F) entries)
+    assert measured["o2"].var() > 4 * v2_scale / T
