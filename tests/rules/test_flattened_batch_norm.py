@@ -15,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.moments import Moments
+from onnxinit.rules.token_batch_norm import batch_normalized
 from onnxinit.runtime import make_session
 from tests.oracle import predict
 
@@ -122,3 +123,26 @@ def test_the_test_can_fail(measured):
     measured variance is several times that."""
     v2_scale = measured["r"].var()  # wv2 keeps the variance (N(0, 1/F) entries)
     assert measured["o2"].var() > 4 * v2_scale / T
+
+
+@pytest.mark.parametrize("n,groups,shared", [(4, 8, 0.9), (16, 8, 0.5), (5, 3, 0.3)])
+def test_batch_statistics_against_sampled_groups(n, groups, shared):
+    """``batch_normalized`` against numpy draws of ``groups`` independent Gaussian token groups
+    centred on their common mean and divided by their root mean square (few groups with a
+    dominant shared part: the divisor moves with it, LeViT's 4-token stage at batch 8)."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(n, n)) * 0.3
+    cov = (1 - shared) * (np.eye(n) + a @ a.T / n) + shared
+    draws = rng.standard_normal((20000, groups, n)) @ np.linalg.cholesky(cov).T
+    y = draws - draws.mean(axis=(1, 2), keepdims=True)
+    z = y / np.sqrt((y**2).mean(axis=(1, 2), keepdims=True))
+    measured = np.einsum("rks,rkt->st", z, z) / (z.shape[0] * groups)
+    predicted = batch_normalized(cov, groups)
+    predicted = predicted * np.trace(measured) / np.trace(predicted)
+    np.testing.assert_allclose(predicted, measured, atol=0.025)
+    constant_divisor = cov - cov.sum(axis=1)[:, None] / (groups * n)
+    constant_divisor = constant_divisor - cov.sum(axis=1)[None, :] / (groups * n)
+    constant_divisor = constant_divisor + cov.sum() / (groups * n * n)
+    constant_divisor = constant_divisor * np.trace(measured) / np.trace(constant_divisor)
+    if shared >= 0.5:  # the divisor's share is what the constant-divisor formula misses
+        assert np.abs(constant_divisor - measured).max() > 0.03
