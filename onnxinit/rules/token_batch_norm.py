@@ -21,8 +21,11 @@ component shared by every token loses ``1/K`` of its variance to the batch mean;
 takes a further share where that component dominates ``Q`` (few samples: ``Q`` then moves with
 it), which a constant divisor misses (LeViT's stage 1, 4 tokens of batch 8: the token-specific
 share 1.3x after each such node, measured). What is not modelled: ``eps`` in the divisor, the
-channels' different ``C`` (one field per tensor, as everywhere), and tokens correlated across
-samples.
+channels' different ``C`` (one field per tensor, as everywhere), tokens correlated across
+samples, and samples that an earlier batch-statistics node made dependent: a shared part
+already centred over the batch (a BatchNorm1d after a residual stream of BatchNorm1d outputs,
+LeViT) loses its ``1/K`` here a second time (docs/robustness.md, LeViT: 1 - rho 1.16-1.21x
+measured, 1.30-1.38x predicted per node).
 """
 
 from __future__ import annotations
