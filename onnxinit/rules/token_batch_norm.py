@@ -20,12 +20,14 @@ randomness this is ``C - r 1^T - 1 r^T + Var m`` (``r_s = sum_u C[s, u] / M``): 
 component shared by every token loses ``1/K`` of its variance to the batch mean; the division
 takes a further share where that component dominates ``Q`` (few samples: ``Q`` then moves with
 it), which a constant divisor misses (LeViT's stage 1, 4 tokens of batch 8: the token-specific
-share 1.3x after each such node, measured). What is not modelled: ``eps`` in the divisor, the
-channels' different ``C`` (one field per tensor, as everywhere), tokens correlated across
-samples, and samples that an earlier batch-statistics node made dependent: a shared part
-already centred over the batch (a BatchNorm1d after a residual stream of BatchNorm1d outputs,
-LeViT) loses its ``1/K`` here a second time (docs/robustness.md, LeViT: 1 - rho 1.16-1.21x
-measured, 1.30-1.38x predicted per node).
+share 1.3x after each such node, measured). An input already centred over the same elements (:func:`centred_over_batch`: linear maps,
+layout ops and sums of earlier BatchNormalization outputs, a residual stream of them in LeViT)
+makes the samples dependent: its field ``C_in = C - (C - C0) / K`` lost the common part's
+token mean already, so the law reads the independent groups' ``C = (K C_in - P C_in P) / (K -
+1)`` and the batch mean removes nothing twice. What is not modelled: ``eps`` in the divisor,
+the channels' different ``C`` (one field per tensor, as everywhere), tokens correlated across
+samples, and an input centred only in part (an element-wise function of a centred tensor:
+taken as independent samples).
 """
 
 from __future__ import annotations
@@ -69,6 +71,49 @@ def batch_normalized(cov: np.ndarray, groups: int) -> np.ndarray:
     return ((groups - 1) / groups) * (vec * w) @ vec.T + (vec0 * w0) @ vec0.T / groups
 
 
+# ops whose output is centred over the batch (per channel, over every other axis) when their
+# signal inputs are: layout ops and maps that mix or scale features linearly
+_KEEPS_CENTRING = {"Identity", "Dropout", "Cast", "Reshape", "Flatten", "Transpose", "Squeeze",
+                   "Unsqueeze", "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Neg"}
+_MAX_DEPTH = 400
+
+
+def centred_over_batch(graph, tensor: str) -> bool:
+    """Whether ``tensor``'s mean over the batch and every axis but its features is exactly 0
+    for every batch (up to a constant): it is a training-mode BatchNormalization's output (a
+    BatchNorm2d's over N, H, W as well), or reached from such outputs only through layout ops,
+    products with constants over the features (MatMul, Gemm, Mul, Div), sums of such tensors
+    and constants. A Split, Slice or Gather (a subset of the elements), a product of two
+    signals or any other op: not centred."""
+    memo: dict[str, bool] = {}
+
+    def walk(name: str, depth: int) -> bool:
+        if name in memo:
+            return memo[name]
+        node_id = graph.producer.get(name)
+        if node_id is None or depth > _MAX_DEPTH:
+            return False
+        node = graph.node(node_id)
+        op = node.op_type if node.domain in ("", "ai.onnx") else None
+        if op == "BatchNormalization":
+            found = name == node.output[0]
+        elif op in _KEEPS_CENTRING:
+            ins = [i for i in node.input if i]
+            ins = ins[:1] if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") else ins
+            signals = [i for i in ins if graph.value(i) is None]
+            found = bool(signals) and all(walk(i, depth + 1) for i in signals)
+            if op in ("Mul", "Div", "MatMul", "Gemm") and len(signals) != 1:
+                found = False
+            if op == "Div" and signals and signals[0] != ins[0]:
+                found = False
+        else:
+            found = False
+        memo[name] = found
+        return found
+
+    return walk(tensor, 0)
+
+
 @carrier("BatchNormalization")
 def _batch_norm(ctx, inputs, outputs):
     """The field through the batch-statistics normalisation (module docstring); dropped when
@@ -87,8 +132,12 @@ def _batch_norm(ctx, inputs, outputs):
     elements = int(np.prod(shape, dtype=np.int64)) // int(shape[1])
     if sig is None or elements % n:
         return [without(outputs[0])] + rest
-    out = attach(outputs[0], ctx.out_shape(0), axes, batch_normalized(sig, elements // n), stride)
+    groups = elements // n
+    if groups > 1 and centred_over_batch(ctx.graph, ctx.node.input[0]):
+        centre = np.eye(n) - 1.0 / n
+        sig = (groups * sig - centre @ sig @ centre) / (groups - 1)
+    out = attach(outputs[0], ctx.out_shape(0), axes, batch_normalized(sig, groups), stride)
     return [out] + rest
 
 
-__all__ = ["batch_normalized"]
+__all__ = ["batch_normalized", "centred_over_batch"]
