@@ -28,11 +28,10 @@ and the corrected cell moments ``E = E[g]``, ``Var = E[g^2] - E^2``; only the di
 Gaussian value (same quadrature) is added to the rule's own moments. Applied where the
 element-wise chain starts at such a Conv's output (its source is that output's Gaussian, per
 cell) or at a training-mode BatchNormalization of it (:func:`affine_source`: ``gamma`` takes
-the sign of the BatchNorm's scale; both are standardized by ``k2_j(r) = sum W_jct^2 k2_c``,
-the variance of the independent inputs' model the cumulants come from, not by the Conv
-rule's variance, which carries more than that model: correlated positions, and on a
-written-out HardSwish's input a variance per channel up to 28% off that the BatchNorm
-removes), the Conv summing at most :data:`FEW_TERMS` inputs per output
+the sign of the BatchNorm's scale, both are standardized by z's variance as the source holds
+it, ``s^2 / a^2``; standardized by the independent inputs' ``sum W^2 k2`` instead, which
+leaves out the input positions' correlation, EfficientNetV2-S at 128 read 93.4% within 10%
+against 95.4%), the Conv summing at most :data:`FEW_TERMS` inputs per output
 (beyond, the skewness of a random-sign sum shrinks as ``1/sqrt(n)``). With BatchNorm the
 channels' corrections cancel in the mean over channels but not channel by channel, and the
 1x1 projection after a squeeze-excite gate weighs its input channels by their variances:
@@ -119,8 +118,8 @@ def interior_source(x: Moments):
     return mean, var, src.chain
 
 
-def input_cumulants(x: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(k3, k4, k2) per channel ``[C, 1, ...]`` of a tensor described as an element-wise chain
+def input_cumulants(x: Moments) -> tuple[np.ndarray, np.ndarray] | None:
+    """(k3, k4) per channel ``[C, 1, ...]`` of a tensor described as an element-wise chain
     of a Gaussian (its cells' source), by quadrature over the Gaussian of its most frequent position
     class (the interior: a border cell's own cumulants differ less than its number of taps,
     which the tap sums keep); None without a chain."""
@@ -136,14 +135,14 @@ def input_cumulants(x: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray] | N
     d = y - (w * y).sum(axis=0)
     d2 = d * d
     k2 = (w * d2).sum(axis=0)
-    return (w * d2 * d).sum(axis=0), (w * d2 * d2).sum(axis=0) - 3 * k2**2, k2
+    return (w * d2 * d).sum(axis=0), (w * d2 * d2).sum(axis=0) - 3 * k2**2
 
 
 _MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def conv_cumulants(conv: RuleContext, x: Moments):
-    """(k3, k4, k2) per output channel and position class ``[C_out, R_0, ...]`` of a Conv summing
+    """(k3, k4) per output channel and position class ``[C_out, R_0, ...]`` of a Conv summing
     at most FEW_TERMS inputs per output, of input moments ``x``; None otherwise. Memoised per
     Conv while its input's moments are the same object (a SiLU's Sigmoid and Mul both ask)."""
     memo = _MEMO.setdefault(conv.graph, {})
@@ -163,7 +162,7 @@ def _conv_cumulants(conv: RuleContext, x: Moments):
     if found is None:
         return None
     out = []
-    for k, power in zip(found, (3, 4, 2)):
+    for k, power in zip(found, (3, 4)):
         scale = float(np.max(np.abs(k)))  # kept away from float32 underflow in the product
         if not np.isfinite(scale) or scale == 0.0:
             out.append(np.zeros(1))
@@ -176,7 +175,7 @@ def _conv_cumulants(conv: RuleContext, x: Moments):
         if sums is None:
             return None
         out.append(sums * scale)
-    return out[0], out[1], out[2]
+    return out[0], out[1]
 
 
 _ROW_BLOCK = 1 << 10  # cells per block of _node_sums: a [nodes, block] array in cache
@@ -218,18 +217,19 @@ def _lifted(sums: np.ndarray, gamma: np.ndarray, kappa: np.ndarray) -> np.ndarra
 
 
 def affine_source(ctx: RuleContext, z_name: str, mean, var, s_mean, s_var):
-    """The sign of ``a`` where the chain's source is ``a z + b + e`` of ``z``'s Gaussian, cell
-    for cell: ``a`` per channel (z itself: 1.0; a training-mode BatchNormalization between
-    the Conv and the chain: its scale's sign per channel, ``[1, C, 1...]``), ``b`` per channel
-    up to :data:`AFFINE_TOLERANCE` of the source's scale, ``e`` Gaussian (the batch
-    statistics' own fluctuation, which adds to a cell's variance and to none of its higher
-    cumulants) at most as large as ``a z``. None where the source is no such map of z."""
+    """(sign of a, a^2) where the chain's source is ``a z + b + e`` of ``z``'s Gaussian, cell for
+    cell: ``a`` per channel (z itself: 1.0, 1.0; a training-mode BatchNormalization between
+    the Conv and the chain: its scale's sign per channel, ``[1, C, 1...]``, and ``a^2`` the
+    smallest ratio of the cells' variances), ``b`` per channel up to :data:`AFFINE_TOLERANCE`
+    of the source's scale, ``e`` Gaussian (the batch statistics' own fluctuation, which adds
+    to a cell's variance and to none of its higher cumulants) at most as large as ``a z``.
+    None where the source is no such map of z."""
     scale = float(np.max(var)) if var.size else 0.0
     if scale <= 0:
         return None
     if (np.allclose(s_var, var, rtol=1e-6, atol=1e-12 * scale)
             and np.allclose(s_mean, mean, rtol=1e-6, atol=1e-6 * np.sqrt(scale))):
-        return 1.0
+        return 1.0, 1.0
     axes = tuple(range(2, var.ndim))
     live = var > 1e-12 * scale
     ratio = np.where(live, s_var / np.where(live, var, 1.0), np.nan)
@@ -243,7 +243,7 @@ def affine_source(ctx: RuleContext, z_name: str, mean, var, s_mean, s_var):
                                 atol=AFFINE_TOLERANCE * np.sqrt(float(np.max(s_var)))):
         return None
     found = _affine_scale_sign(ctx, z_name, np.shape(var)[1])
-    return None if found is None else found.reshape((1, -1) + (1,) * (var.ndim - 2))
+    return None if found is None else (found.reshape((1, -1) + (1,) * (var.ndim - 2)), a2)
 
 
 def _affine_scale_sign(ctx: RuleContext, z_name: str, channels: int) -> np.ndarray | None:
@@ -287,9 +287,10 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
     mean, var = _cells(z, shape)
     s_mean, s_var = (np.broadcast_to(np.asarray(a, dtype=np.float64), shape)
                      for a in (src.mean, src.var))
-    sign = affine_source(ctx, z_name, mean, var, s_mean, s_var)
-    if sign is None:
+    found = affine_source(ctx, z_name, mean, var, s_mean, s_var)
+    if found is None:
         return y
+    sign, a2 = found
     found = conv_cumulants(conv, known[x_name])
     if found is None:
         return y
@@ -303,8 +304,8 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
     sign = np.broadcast_to(sign, shape) if np.ndim(sign) else sign
     k3 = np.broadcast_to(k3[None], shape)
     k4 = np.broadcast_to(np.asarray(found[1])[None], shape)
-    if np.ndim(sign):  # through a BatchNorm: over the variance of k3's and k4's own model
-        var = np.broadcast_to(np.asarray(found[2])[None], shape)
+    if np.ndim(sign):  # through a BatchNorm: z's variance as the source holds it
+        var = s_var / a2
     s = np.sqrt(np.maximum(var, 1e-300))
     gamma = np.where(var > 0, sign * k3 / s**3, 0.0)
     kappa = np.where(var > 0, k4 / s**4, 0.0)
