@@ -75,9 +75,6 @@ class Correlation:
     # rho holds, besides the Gaussian's Mehler terms, the non-Gaussian covariance of distinct
     # positions that read common inputs (rules/pool_pairs.py): a pool adds only the rest
     energy_pairs: bool = False
-    # the variance at one position holds the first-order Edgeworth terms of a few-term Conv's
-    # skewness and kurtosis (rules/edgeworth.py): a pool adds no term of a position with itself
-    marginal: bool = False
 
     @property
     def radius(self) -> tuple[int, ...]:
@@ -98,7 +95,7 @@ class Correlation:
 
     def with_centred(self, centred, normalized: bool = False) -> Correlation:
         return Correlation(self.rho, self.floor, self.gauss, np.asarray(centred, np.float64),
-                           self.cross, normalized, self.energy_pairs, self.marginal)
+                           self.cross, normalized, self.energy_pairs)
 
 
 def independent(channels: int, sizes: Sequence[int]) -> Correlation:
@@ -142,7 +139,7 @@ def _gather(ext: np.ndarray, ext_radius, positions: Sequence[np.ndarray]) -> np.
 
 
 @functools.lru_cache(maxsize=32)
-def lag_matrix(kernel: tuple[int, ...]) -> np.ndarray:
+def _lag_matrix(kernel: tuple[int, ...]) -> np.ndarray:
     """``[K^2, prod(2k - 1)]`` (K = prod(kernel) taps): 1 where the pair of taps (t, t') is at
     lag t' - t, which sums the products W[t] W[t'] into the autocorrelation's lags."""
     taps = np.array(list(np.ndindex(*kernel)))
@@ -189,7 +186,7 @@ def _kernel_autocorrelation(w: np.ndarray) -> np.ndarray:
     if taps <= _DIRECT_TAPS:
         flat = w.reshape(w.shape[0], w.shape[1], taps)
         pairs = (flat[..., :, None] * flat[..., None, :]).reshape(w.shape[0], w.shape[1], -1)
-        return (pairs @ lag_matrix(tuple(kernel))).reshape(
+        return (pairs @ _lag_matrix(tuple(kernel))).reshape(
             w.shape[:2] + tuple(2 * k - 1 for k in kernel))
     axes = tuple(range(2, 2 + len(kernel)))
     size = [2 * k - 1 for k in kernel]
@@ -342,7 +339,7 @@ def window_sum(corr: Correlation, kernel, strides, dilations, out_sizes, weights
     # each output channel reads its own input channel only, so the batch-centred fraction of
     # its spatial mean is the input's (kept as given: per channel under a rho pooled to [1])
     uncentred = Correlation(corr.rho, corr.floor, corr.gauss, None, corr.cross,
-                            corr.normalized, corr.energy_pairs, corr.marginal)
+                            corr.normalized, corr.energy_pairs)
     out, centre = conv(uncentred, np.ones(c), w, c, strides, dilations, out_sizes)
     return (out if corr.centred is None else out.with_centred(corr.centred)), centre
 
@@ -397,5 +394,4 @@ def concat(parts: Sequence[tuple[Correlation | None, int]], sizes) -> Correlatio
 
 
 __all__ = ["CONV_BUDGET", "MAX_OFFSET", "Correlation", "add", "concat", "conv", "independent",
-           "lag_matrix", "mean_variance_factor", "product", "select", "window_pairs",
-           "window_sum"]
+           "mean_variance_factor", "product", "select", "window_pairs", "window_sum"]

@@ -27,36 +27,21 @@ For ``y = g(z)`` (``g`` the chain of element-wise functions from ``z``: the tens
 and the corrected cell moments ``E = E[g]``, ``Var = E[g^2] - E^2``; only the difference to the
 Gaussian value (same quadrature) is added to the rule's own moments. Applied where the
 element-wise chain starts at such a Conv's output (its source is that output's Gaussian, per
-cell) or at a training-mode BatchNormalization of it (:func:`affine_source`: ``gamma`` takes
-the sign of the BatchNorm's scale, both are standardized by z's variance as the source holds
-it, ``s^2 / a^2``; standardized by the independent inputs' ``sum W^2 k2`` instead, which
-leaves out the input positions' correlation, EfficientNetV2-S at 128 read 93.4% within 10%
-against 95.4%), the Conv summing at most :data:`FEW_TERMS` inputs per output
-(beyond, the skewness of a random-sign sum shrinks as ``1/sqrt(n)``). With BatchNorm the
-channels' corrections cancel in the mean over channels but not channel by channel, and the
-1x1 projection after a squeeze-excite gate weighs its input channels by their variances:
-on MobileNetV3-small at 224 the HardSwish after each depthwise BatchNorm has variances that
-spread 0.19-0.23 (coefficient of variation over channels) measured, 0.12 for the Gaussian
-(with the measured per-position moments as well), the measured over the Gaussian's
-correlated 0.99 with each channel's skewness; with the terms the predicted variances
-correlate 0.99 with the measured (0.85 before). The spatial correlation keeps the Gaussian's
-covariance of distinct positions (their non-Gaussian part is :mod:`.pool_pairs`') over the
-corrected variance, and is marked ``marginal`` so that a global pool adds no term of a
-position with itself (:mod:`.pool_skewness`). Not modelled: the joint cumulants of
-neighbouring inputs in a position's own skewness (:mod:`.input_pairs` carries them between
-positions), the kurtosis the inputs carry beyond their chain (:mod:`.kurtosis`), and the
-source seen by later sampling rules (still the Gaussian).
+cell), the Conv summing at most :data:`FEW_TERMS` inputs per output (beyond, the skewness of
+a random-sign sum shrinks as ``1/sqrt(n)``). Not modelled: the joint cumulants of neighbouring
+inputs (positions that share a Gaussian's correlation), the kurtosis the inputs carry beyond
+their chain (:mod:`.kurtosis`), and the source seen by later sampling rules (still the
+Gaussian).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import weakref
 
 import numpy as np
 
-from ..moments import Moments, Spatial
-from ..spatial import attach, class_weights, within_variance
+from ..moments import Moments
+from ..spatial import attach, class_weights
 from ..strict import fall_back
 from .context import RuleContext, RuleError
 from .elementwise import refinement
@@ -69,9 +54,6 @@ FEW_TERMS = 64  # inputs per output (C_in / groups x kernel taps) up to which th
 # composite Gauss-Legendre on [-8, 8] (kinks converge as the panels shrink); 24 panels: the
 # corrections within 1% of 48 panels' on the tests' ReLU and SiLU
 _T, _W = composite_rule(8.0, 24, 4)
-# a training-mode BatchNormalization's offset per cell: its input's up to the batch mean's
-# fluctuation (3.5% of the scale on MobileNetV3-small's 7x7 maps)
-AFFINE_TOLERANCE = 0.05
 NEGLIGIBLE = 1e-3  # |gamma| and |kappa| below which a cell keeps the Gaussian's moments
 # rows w He3, w He4, w He6 at the nodes: the expansion's three node sums as one matrix product
 _WEIGHTED_HE = np.stack([_W * (_T**3 - 3 * _T), _W * (_T**4 - 6 * _T**2 + 3),
@@ -95,10 +77,11 @@ def _nodes(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     return out
 
 
-def interior_source(x: Moments):
-    """(mean, var, chain) of the Gaussian ``x``'s chain starts from on its most frequent
-    position class (the interior; ``[C or 1, 1, ...]``: about that class's own mean, a border
-    pattern is no fluctuation); None without a chain or in no convolution layout."""
+def input_cumulants(x: Moments) -> tuple[np.ndarray, np.ndarray] | None:
+    """(k3, k4) per channel ``[C, 1, ...]`` of a tensor described as an element-wise chain of a
+    Gaussian (its cells' source), by quadrature over the Gaussian of its most frequent position
+    class (the interior: a border cell's own cumulants differ less than its number of taps,
+    which the tap sums keep); None without a chain."""
     cells = x.spatial.cells if x.spatial is not None else x
     src = cells.source
     if src is None or not src.chain:
@@ -115,20 +98,8 @@ def interior_source(x: Moments):
         mean, var = mean[pick], var[pick]
     elif any(n > 1 for n in mean.shape[1:]):
         return None
-    return mean, var, src.chain
-
-
-def input_cumulants(x: Moments) -> tuple[np.ndarray, np.ndarray] | None:
-    """(k3, k4) per channel ``[C, 1, ...]`` of a tensor described as an element-wise chain
-    of a Gaussian (its cells' source), by quadrature over the Gaussian of its most frequent position
-    class (the interior: a border cell's own cumulants differ less than its number of taps,
-    which the tap sums keep); None without a chain."""
-    found = interior_source(x)
-    if found is None:
-        return None
-    mean, var, chain = found
     with np.errstate(all="ignore"):
-        y = np.asarray(compose(chain)(_nodes(mean, var)), dtype=np.float64)
+        y = np.asarray(compose(src.chain)(_nodes(mean, var)), dtype=np.float64)
     if not np.all(np.isfinite(y)):
         return None
     w = _W.reshape((-1,) + (1,) * (y.ndim - 1))
@@ -141,7 +112,7 @@ def input_cumulants(x: Moments) -> tuple[np.ndarray, np.ndarray] | None:
 _MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def conv_cumulants(conv: RuleContext, x: Moments):
+def conv_cumulants(conv: RuleContext, x: Moments) -> tuple[np.ndarray, np.ndarray] | None:
     """(k3, k4) per output channel and position class ``[C_out, R_0, ...]`` of a Conv summing
     at most FEW_TERMS inputs per output, of input moments ``x``; None otherwise. Memoised per
     Conv while its input's moments are the same object (a SiLU's Sigmoid and Mul both ask)."""
@@ -154,7 +125,7 @@ def conv_cumulants(conv: RuleContext, x: Moments):
     return found
 
 
-def _conv_cumulants(conv: RuleContext, x: Moments):
+def _conv_cumulants(conv: RuleContext, x: Moments) -> tuple[np.ndarray, np.ndarray] | None:
     w = conv.const(1)
     if w is None or np.ndim(w) < 3 or int(np.prod(np.shape(w)[1:])) > FEW_TERMS:
         return None
@@ -216,51 +187,6 @@ def _lifted(sums: np.ndarray, gamma: np.ndarray, kappa: np.ndarray) -> np.ndarra
     return gamma / 6 * sums[0] + kappa / 24 * sums[1] + gamma**2 / 72 * sums[2]
 
 
-def affine_source(ctx: RuleContext, z_name: str, mean, var, s_mean, s_var):
-    """(sign of a, a^2) where the chain's source is ``a z + b + e`` of ``z``'s Gaussian, cell for
-    cell: ``a`` per channel (z itself: 1.0, 1.0; a training-mode BatchNormalization between
-    the Conv and the chain: its scale's sign per channel, ``[1, C, 1...]``, and ``a^2`` the
-    smallest ratio of the cells' variances), ``b`` per channel up to :data:`AFFINE_TOLERANCE`
-    of the source's scale, ``e`` Gaussian (the batch statistics' own fluctuation, which adds
-    to a cell's variance and to none of its higher cumulants) at most as large as ``a z``.
-    None where the source is no such map of z."""
-    scale = float(np.max(var)) if var.size else 0.0
-    if scale <= 0:
-        return None
-    if (np.allclose(s_var, var, rtol=1e-6, atol=1e-12 * scale)
-            and np.allclose(s_mean, mean, rtol=1e-6, atol=1e-6 * np.sqrt(scale))):
-        return 1.0, 1.0
-    axes = tuple(range(2, var.ndim))
-    live = var > 1e-12 * scale
-    ratio = np.where(live, s_var / np.where(live, var, 1.0), np.nan)
-    with np.errstate(all="ignore"):
-        a2 = np.nanmin(ratio, axis=axes, keepdims=True) if axes else ratio
-    if not (np.all(np.isfinite(a2)) and np.all(a2 > 0)
-            and np.all(np.where(live, ratio, a2) <= 2 * a2)):
-        return None
-    b = s_mean - np.sqrt(a2) * mean
-    if axes and not np.allclose(b, b.mean(axis=axes, keepdims=True), rtol=0.0,
-                                atol=AFFINE_TOLERANCE * np.sqrt(float(np.max(s_var)))):
-        return None
-    found = _affine_scale_sign(ctx, z_name, np.shape(var)[1])
-    return None if found is None else (found.reshape((1, -1) + (1,) * (var.ndim - 2)), a2)
-
-
-def _affine_scale_sign(ctx: RuleContext, z_name: str, channels: int) -> np.ndarray | None:
-    """The sign per channel of the BatchNormalization scale that reads ``z_name`` (the only
-    per-channel affine map ``chain_start`` walks through); None if it is not one."""
-    graph = ctx.graph
-    for node_id, _ in graph.consumers.get(z_name, []):
-        node = graph.node(node_id)
-        if node.op_type != "BatchNormalization":
-            continue
-        scale = ctx.for_node(node_id).const(1)
-        if scale is None:
-            return None
-        return np.sign(np.broadcast_to(np.asarray(scale, np.float64).ravel(), (channels,)))
-    return None
-
-
 @refinement
 def corrected(y: Moments, ctx: RuleContext) -> Moments:
     """``y`` (an element-wise rule's output) with the Edgeworth terms of its chain's start when
@@ -287,10 +213,12 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
     mean, var = _cells(z, shape)
     s_mean, s_var = (np.broadcast_to(np.asarray(a, dtype=np.float64), shape)
                      for a in (src.mean, src.var))
-    found = affine_source(ctx, z_name, mean, var, s_mean, s_var)
-    if found is None:
+    # the chain must start from z's own Gaussian, cell for cell
+    scale = float(np.max(var)) if var.size else 0.0
+    if scale <= 0 or not (np.allclose(s_var, var, rtol=1e-6, atol=1e-12 * scale)
+                          and np.allclose(s_mean, mean, rtol=1e-6,
+                                          atol=1e-6 * np.sqrt(scale))):
         return y
-    sign, a2 = found
     found = conv_cumulants(conv, known[x_name])
     if found is None:
         return y
@@ -300,21 +228,17 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
     except ValueError:
         return y
     mean, var = _cells(z, shape)
-    s_mean, s_var = (np.broadcast_to(a, shape) for a in (s_mean, s_var))
-    sign = np.broadcast_to(sign, shape) if np.ndim(sign) else sign
     k3 = np.broadcast_to(k3[None], shape)
     k4 = np.broadcast_to(np.asarray(found[1])[None], shape)
-    if np.ndim(sign):  # through a BatchNorm: z's variance as the source holds it
-        var = s_var / a2
     s = np.sqrt(np.maximum(var, 1e-300))
-    gamma = np.where(var > 0, sign * k3 / s**3, 0.0)
+    gamma = np.where(var > 0, k3 / s**3, 0.0)
     kappa = np.where(var > 0, k4 / s**4, 0.0)
     if max(float(np.max(np.abs(gamma))), float(np.max(np.abs(kappa)))) < NEGLIGIBLE:
         return y
     # sum_t w_t g^p(t) lift(t) = gamma/6 S3 + kappa/24 S4 + gamma^2/72 S6,
     # S_k = sum_t w_t He_k(t) g^p(t): two matrix products over the nodes
     with np.errstate(all="ignore"):
-        s1, s2 = _node_sums(compose(src.chain), s_mean, s_var)
+        s1, s2 = _node_sums(compose(src.chain), mean, var)
         first, second = _lifted(s1, gamma, kappa), _lifted(s2, gamma, kappa)
     d1, d2 = first.reshape(shape), second.reshape(shape)
     if not (np.all(np.isfinite(d1)) and np.all(np.isfinite(d2))):
@@ -329,26 +253,4 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
     out = Moments(m1, v1, cells.source, None)
     if y.spatial is None:
         return out
-    corr = y.spatial.corr
-    if corr is not None:
-        corr = _rescaled(corr, y.spatial, out)
-    return attach(out, y.spatial.maps, corr)
-
-
-def _rescaled(corr, sp, out: Moments):
-    """``corr`` (the Gaussian's covariance over its within-position variance) over the
-    corrected within-position variance of ``out``'s cells: the covariance of distinct
-    positions is the Gaussian's (its own non-Gaussian part is :mod:`.pool_pairs`'), the
-    variance at one position the expansion's; marked ``marginal`` (a pool adds no term of a
-    position with itself)."""
-    channels = np.broadcast_shapes(np.shape(out.mean), np.shape(out.var))[1]
-    before = within_variance(sp, channels)
-    after = within_variance(Spatial(sp.maps, out), channels)
-    ratio = before / np.where(after > 0, after, 1.0)
-    n = corr.rho.ndim - 1
-    rho = np.broadcast_to(corr.rho, (channels,) + corr.rho.shape[1:]) * ratio.reshape(
-        (-1,) + (1,) * n)
-    rho[(slice(None), *corr.radius)] = 1.0
-    floor = np.broadcast_to(corr.floor, (channels,)) * ratio
-    return dataclasses.replace(corr, rho=np.clip(rho, -1.0, 1.0),
-                               floor=np.clip(floor, -1.0, 1.0), marginal=True)
+    return attach(out, y.spatial.maps, y.spatial.corr)

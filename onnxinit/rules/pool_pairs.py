@@ -16,9 +16,7 @@ q = p + d, reads the kernel's lags ``l = s d / dil``:
     dCov(d) = 1/2 E f' E f'' a^3 k3 (B3(l) + B3(-l)) + 1/4 (E f'')^2 a^4 k4 B4(l),
     B3(l) = sum_t W_t^2 W_(t+l),   B4(l) = sum_t W_t^2 W_(t+l)^2
 
-with ``k3``, ``k4`` the conv input's cumulants averaged over its positions, plus the joint
-cumulants of two of its positions where they are correlated (:mod:`.input_pairs`: 1.4-2x the
-independent inputs' third-cumulant pairs measured on MobileNetV3-small). ``rho(d)`` gains
+with ``k3``, ``k4`` the conv input's cumulants averaged over its positions. ``rho(d)`` gains
 ``dCov(d) / nu`` at every d != 0 (nu: f's variance within a position) and the field is marked
 (``Correlation.energy_pairs``), so that a global pool of it adds only the terms of each
 position with itself. Why: a sample whose depthwise output has more energy in a channel has a
@@ -37,12 +35,10 @@ import weakref
 import numpy as np
 
 from ..moments import Moments
-from ..spatial import positions, with_corr, within_variance
+from ..spatial import with_corr, within_variance
 from .context import RuleContext, RuleError
 from .elementwise import refinement
 from .linear import begin_pads
-from .input_pairs import joint_cumulants, pair_terms
-from .edgeworth import interior_source
 from .pool_skewness import edgeworth_terms
 
 
@@ -126,35 +122,6 @@ def _within(t, radius) -> bool:
                in zip(kernel, strides, dilations, radius, t.out_shape[2:]))
 
 
-def correlated_inputs(ctx: RuleContext, t, radius) -> np.ndarray | None:
-    """:func:`.input_pairs.pair_terms` of the depthwise conv of ``t`` (its input's joint
-    cumulants of two positions, per unit ``a^3`` and ``a^4``), two ``[C, *(2 radius + 1)]``;
-    None where the input has no Gaussian source with a chain or no correlation."""
-    in_name = t.conv.node.input[0]
-    x = ctx.known.get(in_name)
-    rank = len(t.in_shape)
-    sp = positions(x, t.in_shape) if x is not None else None
-    if sp is None or sp.corr is None:
-        return None
-    c_in = t.in_shape[1]
-    source = interior_source(x)
-    if source is None:
-        return None
-    mean, var, chain = source
-    mean, var = (np.broadcast_to(a.reshape(-1), (c_in,)) for a in (mean, var))
-    joint = joint_cumulants(mean, np.sqrt(np.maximum(var, 0.0)), chain,
-                            sp.corr.gaussian()[0])
-    if joint is None:
-        return None
-    mult = t.out_shape[1] // c_in
-    if mult > 1:
-        joint = tuple(np.repeat(a, mult, axis=0) for a in joint)
-    weight = np.asarray(t.conv.const(1), np.float64)
-    n = rank - 2
-    return pair_terms(weight, t.conv.attr("strides", [1] * n), t.conv.attr("dilations", [1] * n),
-                      joint, radius)
-
-
 _POOLS = {"GlobalAveragePool", "ReduceMean"}
 _CHAIN = {"Sigmoid", "HardSigmoid", "Mul", "Div", "Add", "Sub", "Clip", "Relu", "HardSwish"}
 
@@ -198,10 +165,6 @@ def paired(y: Moments, ctx: RuleContext) -> Moments:
     b = (-1,) + (1,) * n
     extra = ((t.d1 * t.d2 * t.a**3 * k3).reshape(b) * s3
              + (0.25 * t.d2**2 * t.a**4 * k4).reshape(b) * s4)
-    joint = correlated_inputs(ctx, t, sp.corr.radius)
-    if joint is not None:
-        extra = extra + ((t.d1 * t.d2 * t.a**3).reshape(b) * joint[0]
-                         + (0.25 * t.d2**2 * t.a**4).reshape(b) * joint[1])
     extra[(slice(None), *sp.corr.radius)] = 0.0  # a position with itself: the pool's term
     nu = within_variance(sp, c)
     if not (np.all(np.isfinite(extra)) and np.all(nu > 0)):

@@ -38,8 +38,6 @@ ReduceMean over every spatial axis: tf2onnx's Keras squeeze-excite pool) reads
 element-wise ops or a binary node fused from them (``x * Relu6(x + 3) / 6``); other pools are
 unchanged.
 
-Where ``f(z)``'s variance already holds the terms of each position with itself (the marginal
-Edgeworth terms, :mod:`.edgeworth`, ``Correlation.marginal``) the pool leaves them out.
 The pairs p != q are also carried in ``f(z)``'s spatial correlation (:mod:`.pool_pairs`), so
 that the layers after it see them; where the pool's input holds them
 (``Correlation.energy_pairs``) the pool adds only the terms p = q, ``S3 = a^3 sum_u k3_u c3_u /
@@ -371,23 +369,13 @@ def pooled_correction(ctx: RuleContext, x: Moments, x_shape) -> np.ndarray | Non
     k = int(np.prod(x_shape[2:]))
     sp = positions(x, x_shape)
     pairs = sp is not None and sp.corr is not None and sp.corr.energy_pairs
-    # the variance at one position already holds them (rules/edgeworth.py)
-    marginal = sp is not None and sp.corr is not None and sp.corr.marginal
-    if pairs and marginal:
-        return None
-
-    def sums(power):
-        return _column_sums(t.conv.const(1), t.conv, t.in_shape[2:], t.out_shape[2:],
-                            power).reshape(c, -1)
-
-    s3 = s4 = 0.0
-    if not pairs:  # every pair p, q: c1 c2, c2^2
-        c2 = sums(2)
-        s3 = t.a**3 * (t.k3 * c2 * sums(1)).sum(axis=1) / k**2
-        s4 = t.a**4 * (t.k4 * c2 * c2).sum(axis=1) / k**2
-    if pairs != marginal:  # the pairs p = q: sum_p W_pu^3, sum_p W_pu^4, added or taken out
-        sign = -1.0 if marginal else 1.0
-        s3 = s3 + sign * t.a**3 * (t.k3 * sums(3)).sum(axis=1) / k**2
-        s4 = s4 + sign * t.a**4 * (t.k4 * sums(4)).sum(axis=1) / k**2
+    sums = [_column_sums(t.conv.const(1), t.conv, t.in_shape[2:], t.out_shape[2:], p).reshape(c, -1)
+            for p in ((3, 4) if pairs else (1, 2))]
+    if pairs:  # sum_p W_pu^3, sum_p W_pu^4: the pairs p = q
+        s3 = t.a**3 * (t.k3 * sums[0]).sum(axis=1) / k**2
+        s4 = t.a**4 * (t.k4 * sums[1]).sum(axis=1) / k**2
+    else:
+        s3 = t.a**3 * (t.k3 * sums[1] * sums[0]).sum(axis=1) / k**2
+        s4 = t.a**4 * (t.k4 * sums[1] * sums[1]).sum(axis=1) / k**2
     dvar = t.d1 * t.d2 * s3 + 0.25 * t.d2**2 * s4
     return dvar if np.all(np.isfinite(dvar)) else None
