@@ -103,14 +103,20 @@ def measured(first: np.ndarray, second: np.ndarray) -> dict | None:
             "explained": float((slope**2).mean() * eps.var()) / max(means_var, 1e-300)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def trace_arguments(description: str, match: str = "") -> argparse.Namespace:
+    """The command line of a per-map trace (this script, spatial_rings.py): the models, their
+    input size, the measured batches and the tensor-name filter."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--models", default="mobilenet_v3_small")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--match", default="")
-    args = parser.parse_args()
+    parser.add_argument("--match", default=match)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = trace_arguments(__doc__.splitlines()[0])
     warnings.simplefilter("ignore")
     for name in args.models.split(","):
         graph = load(exports.exported(name, args.size), batch_size=args.batch_size)

@@ -20,7 +20,6 @@ weighs its input channels by their variances: where the two go together it grows
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -39,6 +38,7 @@ from onnxinit.runtime import make_session  # noqa: E402
 from onnxinit.spatial import dense, positions  # noqa: E402
 from tests.real import exports  # noqa: E402
 from tests.real.compare import seeded  # noqa: E402
+from shared_energy_trace import trace_arguments  # noqa: E402
 
 RINGS = 8  # rings printed
 
@@ -79,13 +79,7 @@ def predicted_covariance(m, shape) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="mobilenet_v3_small")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--runs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--match", default="features.8/")
-    args = parser.parse_args()
+    args = trace_arguments(__doc__.splitlines()[0], match="features.8/")
     warnings.simplefilter("ignore")
     for name in args.models.split(","):
         graph = load(exports.exported(name, args.size), batch_size=args.batch_size)
