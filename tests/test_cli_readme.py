@@ -85,7 +85,8 @@ def test_every_option_the_readme_names_exists():
                *TRAINING_BENEFIT_OPTIONS, "--no-sweep-scale-lr",  # argparse's negation
                *GATE_CALIBRATION_OPTIONS, *METHOD_COST_OPTIONS,
                "--size", "--variants", "--runs", "--before", "--torch-check", "--onnx",
-               "--train-seeds"}  # benchmark scripts' options (metainit_diagnosis.py's last)
+               "--train-seeds",  # metainit_diagnosis.py's
+               "--match"}  # benchmark scripts' options (the per-map traces' tensor filter last)
     assert sorted(named - known - not_cli) == []
 
 
