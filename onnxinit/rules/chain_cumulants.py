@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gaussian import broadcasts_nothing, column_blocks, compose
+from .gaussian import broadcasts_nothing, column_blocks, compose, flat_values
 from .kurtosis import chain_values, mixture_nodes, node_rule
 
 _COLUMN_BLOCK = 1 << 15  # values of a [nodes, columns] block (in cache)
@@ -62,17 +62,13 @@ def chain_cumulants(mean, var, chain, c: int, rank: int, v=None, coarse: bool = 
     blocks = column_blocks(mean.size, _COLUMN_BLOCK // rows)
     out = np.empty((3, mean.size))
     buffer = np.empty(rows * max(b.stop - b.start for b in blocks))
-    ones = (1,) * (rank - 2)
     for cols in blocks:
         n = cols.stop - cols.start
         y = buffer[:rows * n].reshape(rows, n)
         for i, std in enumerate(stds):
             x = std[None, cols] * nodes[:, None]
             x += mean[None, cols]
-            x = x.reshape((nodes.size,) + ones + (n,))
-            with np.errstate(all="ignore"):
-                got = np.asarray(fn(x), dtype=np.float64)
-            y[i * nodes.size:(i + 1) * nodes.size] = np.broadcast_to(got, x.shape).reshape(-1, n)
+            y[i * nodes.size:(i + 1) * nodes.size] = flat_values(fn, x, rank - 1)
         if not np.all(np.isfinite(y)):
             return None
         out[:, cols] = _column_cumulants(y, w)

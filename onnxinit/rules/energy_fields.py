@@ -65,20 +65,30 @@ def _correlation(m: Moments, shape, gaussian: bool = False):
     return rho, np.broadcast_to(floor, (rho.shape[0],))
 
 
+def _per_object(cache: dict, obj, key, compute):
+    """``compute()`` kept per live ``obj`` and ``key``: ``cache`` maps ``id(obj)`` to (a weak
+    reference confirming the same object, key, value); cleared beyond 4096 entries."""
+    hit = cache.get(id(obj))
+    if hit is not None and hit[0]() is obj and hit[1] == key:
+        return hit[2]
+    if len(cache) > 4096:
+        cache.clear()
+    out = compute()
+    cache[id(obj)] = (weakref.ref(obj), key, out)
+    return out
+
+
 _LOCAL: dict[int, tuple] = {}  # id(Moments) -> (weakref, shape, lam_G): read several times
 
 
 def gaussian_local(m: Moments, shape) -> np.ndarray:
     """lam of a Gaussian field with m's spatial correlation: ``2 sum_{p,q} rho^2 / K^2``."""
-    hit = _LOCAL.get(id(m))
-    if hit is not None and hit[0]() is m and hit[1] == shape:
-        return hit[2]
-    if len(_LOCAL) > 4096:
-        _LOCAL.clear()
-    out = _field_local(m, shape)
-    out.flags.writeable = False
-    _LOCAL[id(m)] = (weakref.ref(m), shape, out)
-    return out
+    return _per_object(_LOCAL, m, shape, lambda: _read_only(_field_local(m, shape)))
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 def _field_local(m: Moments, shape) -> np.ndarray:
@@ -201,15 +211,9 @@ _SOURCE: dict[int, tuple] = {}  # id(Source) -> (weakref, (rank, C), (mean, var)
 def _source_channels(src, rank: int, c: int) -> tuple[np.ndarray, np.ndarray]:
     """(mean, var) ``[C]`` of a source Gaussian, its position classes pooled (total variance);
     read-only, kept per source: a chain's mixture asks for them at each of its nodes."""
-    hit = _SOURCE.get(id(src))
-    if hit is not None and hit[0]() is src and hit[1] == (rank, c):
-        return hit[2]
-    if len(_SOURCE) > 4096:
-        _SOURCE.clear()
-    out = tuple(np.broadcast_to(a, (c,)) for a in
-                Moments(src.mean, src.var).expand_rank(rank).values_along(1, c))
-    _SOURCE[id(src)] = (weakref.ref(src), (rank, c), out)
-    return out
+    return _per_object(_SOURCE, src, (rank, c), lambda: tuple(
+        np.broadcast_to(a, (c,))
+        for a in Moments(src.mean, src.var).expand_rank(rank).values_along(1, c)))
 
 
 __all__ = ["chain_at_energy_nodes", "chain_law", "chain_values", "channel_var", "gaussian_local", "positions",

@@ -83,6 +83,16 @@ def broadcasts_nothing(fn: Callable, ndim: int) -> bool:
         return np.shape(fn(np.zeros(probe))) == probe
 
 
+def flat_values(fn: Callable, x: np.ndarray, ndim: int) -> np.ndarray:
+    """``fn`` of a block ``x`` ``[rows, cells]`` of flattened cells, for an ``fn`` that
+    :func:`broadcasts_nothing` (``ndim`` as there): evaluated at the argument's rank (the
+    cells on the last axis), ``[rows, cells]``, float64, non-finite values kept."""
+    shaped = x.reshape(x.shape[:1] + (1,) * (ndim - 1) + x.shape[1:])
+    with np.errstate(all="ignore"):
+        y = np.asarray(fn(shaped), dtype=np.float64)
+    return np.broadcast_to(y, shaped.shape).reshape(x.shape)
+
+
 _ALIGN = 256  # columns: where column_blocks start
 
 

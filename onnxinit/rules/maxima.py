@@ -28,7 +28,8 @@ from .. import special
 
 from ..moments import Elementwise, Source
 from .context import RuleError
-from .gaussian import COMPOSITE_W, COMPOSITE_Z, broadcasts_nothing, compose, expand
+from .gaussian import (COMPOSITE_W, COMPOSITE_Z, broadcasts_nothing, compose, expand,
+                       flat_values)
 
 _CACHE: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
 _CACHE_SIZE = 4096
@@ -144,7 +145,7 @@ def max_of_gaussians(mean, std, count, fn):
         grid = lo_f[cols] + span_f[cols] * u_f
         _cdf_block(a, grid, [t[:, cols] for t in taps_f], n_chunk, small, flags, buffer)
         mid = np.concatenate([grid[:1], 0.5 * (grid[1:] + grid[:-1])])
-        at_mid = _flat_values(fn, mid, len(problems)) if flat else values[:, cols]
+        at_mid = flat_values(fn, mid, len(problems)) if flat else values[:, cols]
         out[:, cols] = _moments_block(a if small else np.exp(a), mid, at_mid)
     e, var, slope = (row.reshape(problems) for row in out)
     if not (np.all(np.isfinite(e)) and np.all(np.isfinite(var))):
@@ -171,15 +172,6 @@ def _values_at_midpoints(fn, lo, span, u) -> np.ndarray:
             y = np.asarray(fn(mid), dtype=np.float64)
         values[g0:g1] = np.broadcast_to(y, mid.shape).reshape(g1 - g0, -1)
     return values
-
-
-def _flat_values(fn, mid, ndim: int) -> np.ndarray:
-    """f at a block's midpoints ``[G, b]`` for an f without per-axis constants: the values of
-    :func:`_values_at_midpoints` (the same midpoints, the same evaluation per value)."""
-    x = mid.reshape(mid.shape[:1] + (1,) * (ndim - 1) + mid.shape[1:])
-    with np.errstate(all="ignore"):
-        y = np.asarray(fn(x), dtype=np.float64)
-    return np.broadcast_to(y, x.shape).reshape(mid.shape)
 
 
 def _cdf_block(acc, grid, taps, n_chunk, small, flags, buffer):

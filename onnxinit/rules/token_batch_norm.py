@@ -101,11 +101,10 @@ def centred_over_batch(graph, tensor: str) -> bool:
             ins = [i for i in node.input if i]
             ins = ins[:1] if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") else ins
             signals = [i for i in ins if graph.value(i) is None]
-            found = bool(signals) and all(walk(i, depth + 1) for i in signals)
-            if op in ("Mul", "Div", "MatMul", "Gemm") and len(signals) != 1:
-                found = False
-            if op == "Div" and signals and signals[0] != ins[0]:
-                found = False
+            linear = bool(signals) and (
+                op not in ("Mul", "Div", "MatMul", "Gemm") or len(signals) == 1) and (
+                op != "Div" or signals[0] == ins[0])  # a product with a constant, x / c
+            found = linear and all(walk(i, depth + 1) for i in signals)
         else:
             found = False
         memo[name] = found

@@ -66,18 +66,17 @@ def _profiled(out: Moments, shape, axes: list[int], sig: np.ndarray, stride: int
         return sig
     total = int(np.prod([shape[a] for a in axes], dtype=np.int64))
     n = sig.shape[0]
-    p = None
+    if total % n:
+        return sig
+    p = profile(out, shape, axes, total)
     if total != n:
-        if total % n:
-            return sig
-        groups = profile(out, shape, axes, total).reshape(-1, n)
+        groups = p.reshape(-1, n)
         if np.ptp(groups, axis=0).max() <= 1e-9 * np.abs(groups).max():
             p = groups[0]
         elif total > MAX_EXPANDED:
             return sig
         else:
             sig = np.kron(np.eye(total // n), sig)
-    p = profile(out, shape, axes, total) if p is None else p
     level = float(np.mean(p))
     if not level > 0 or not np.all(np.isfinite(p)):
         return sig

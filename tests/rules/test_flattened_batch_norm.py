@@ -23,6 +23,30 @@ N, T, D, F = 8, 16, 32, 32
 RUNS = 150
 
 
+def _attention(x: str, wq: str, wk: str, wv: str, suffix: str) -> list:
+    """Single-head attention of ``x`` ``[N, T, D]``: q, k, logits, p, v, o (names + suffix)."""
+    q, k, kt, logits, p, v, o = (n + suffix for n in ("q", "k", "kt", "logits", "p", "v", "o"))
+    return [helper.make_node("MatMul", [x, wq], [q]),
+            helper.make_node("MatMul", [x, wk], [k]),
+            helper.make_node("Transpose", [k], [kt], perm=[0, 2, 1]),
+            helper.make_node("MatMul", [q, kt], [logits]),
+            helper.make_node("Softmax", [logits], [p], axis=-1),
+            helper.make_node("MatMul", [x, wv], [v]),
+            helper.make_node("MatMul", [p, v], [o])]
+
+
+def _dense_batch_norm(x: str, w: str, names: list[str], out: str) -> list:
+    """Linear + BatchNorm1d over the merged batch * token rows, as LeViT exports it:
+    MatMul, Flatten(axis=2), training-mode BatchNormalization, Reshape back to [N, T, F]
+    (``names``: the MatMul's, the rows', the normalised output's and the running statistics')."""
+    h, rows, normed, running_mean, running_var = names
+    return [helper.make_node("MatMul", [x, w], [h]),
+            helper.make_node("Flatten", [h], [rows], axis=2),
+            helper.make_node("BatchNormalization", [rows, "gamma", "beta", "rm", "rv"],
+                             [normed, running_mean, running_var], training_mode=1),
+            helper.make_node("Reshape", [normed, "back"], [out])]
+
+
 def _model():
     rng = np.random.default_rng(0)
     consts = {
@@ -41,37 +65,16 @@ def _model():
         "back": np.array([N, T, F], dtype=np.int64),
     }
     nodes = [
-        helper.make_node("MatMul", ["x", "wq"], ["q"]),
-        helper.make_node("MatMul", ["x", "wk"], ["k"]),
-        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
-        helper.make_node("MatMul", ["q", "kt"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["p"], axis=-1),
-        helper.make_node("MatMul", ["x", "wv"], ["v"]),
-        helper.make_node("MatMul", ["p", "v"], ["o"]),
+        *_attention("x", "wq", "wk", "wv", ""),
         # the residual stream: x plus the attention output, scaled up so that the shared
         # part is about half of each token's variance
         helper.make_node("Mul", ["o", "gain"], ["o4"]),
         helper.make_node("Add", ["x", "o4"], ["s"]),
-        # Linear + BatchNorm1d over the merged batch * token rows
-        helper.make_node("MatMul", ["s", "w1"], ["h"]),
-        helper.make_node("Flatten", ["h"], ["rows"], axis=2),
-        helper.make_node("BatchNormalization", ["rows", "gamma", "beta", "rm", "rv"],
-                         ["normed", "rm_out", "rv_out"], training_mode=1),
-        helper.make_node("Reshape", ["normed", "back"], ["r"]),
+        *_dense_batch_norm("s", "w1", ["h", "rows", "normed", "rm_out", "rv_out"], "r"),
         # a second dense layer on r, already centred over the batch by the first BatchNorm
-        helper.make_node("MatMul", ["r", "wc"], ["hc"]),
-        helper.make_node("Flatten", ["hc"], ["rows_c"], axis=2),
-        helper.make_node("BatchNormalization", ["rows_c", "gamma", "beta", "rm", "rv"],
-                         ["normed_c", "rm_c", "rv_c"], training_mode=1),
-        helper.make_node("Reshape", ["normed_c", "back"], ["rc"]),
+        *_dense_batch_norm("r", "wc", ["hc", "rows_c", "normed_c", "rm_c", "rv_c"], "rc"),
         # the second attention, over the correlated tokens
-        helper.make_node("MatMul", ["r", "wq2"], ["q2"]),
-        helper.make_node("MatMul", ["r", "wk2"], ["k2"]),
-        helper.make_node("Transpose", ["k2"], ["k2t"], perm=[0, 2, 1]),
-        helper.make_node("MatMul", ["q2", "k2t"], ["logits2"]),
-        helper.make_node("Softmax", ["logits2"], ["p2"], axis=-1),
-        helper.make_node("MatMul", ["r", "wv2"], ["v2"]),
-        helper.make_node("MatMul", ["p2", "v2"], ["o2"]),
+        *_attention("r", "wq2", "wk2", "wv2", "2"),
     ]
     outputs = ["r", "rc", "logits2", "p2", "o2"]
     graph = helper.make_graph(
