@@ -33,6 +33,7 @@ BUILTIN_MODULES = (
     "onnxinit.rules.recurrent",
     "onnxinit.rules.reduce",
     "onnxinit.rules.rounding",
+    "onnxinit.rules.scatter",
     "onnxinit.rules.shape",
     "onnxinit.rules.softmax",
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import activations, arithmetic, linear, pooling, reduce, shape, softmax  # noqa: F401
+from . import activations, arithmetic, linear, pooling, reduce, scatter, shape, softmax  # noqa: F401
 from .registry import RULES, backward
 
 __all__ = ["RULES", "backward"]

@@ -1,0 +1,114 @@
+"""Scatters by constant indices: ScatterND, ScatterElements (and the deprecated Scatter).
+
+``y = data`` with ``updates`` written at constant indices. Nothing is mixed: each element of y
+is an element of data or of updates, so its statistics are that element's. Exporters write a
+recurrence's steps this way (a scan unrolled into one ScatterND per step into a zero tensor,
+``y[:, t] = h_t``), and a key/value cache its new entries; a Gather of one step then reads
+that step's statistics, and an unwritten slot reads data's (0 for a zero tensor), where the
+statistics pooled over the tensor would give every step the average of all steps.
+
+What is modelled: per-element means and variances, kept along every axis where they vary
+(the batch axis too, where the writes differ by sample). What is not: the distribution's
+description (source, mixture) and the correlation fields of data and updates (their
+elements' covariance across tokens or positions), which a new Moments drops; reductions
+other than ``none`` (a sum of overlapping writes needs their joint law) go to the fallback.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .context import RuleContext, RuleError
+from .layout import drop_constant_axes
+from .registry import rule
+
+SCATTER_CAP = 1 << 20  # elements of data whose statistics are spelled out one by one
+
+
+def _operand(inputs, ctx: RuleContext, index: int, shape: tuple[int, ...]):
+    """(mean, var) of input ``index`` broadcast to ``shape``, as writable arrays; a constant
+    input has its values as means and variance 0."""
+    x = inputs[index]
+    if x is None:
+        value = ctx.const(index)
+        if value is None:
+            raise RuleError(f"input {index} is neither a signal nor a constant")
+        mean = np.asarray(value, dtype=np.float64)
+        var = np.zeros_like(mean)
+    else:
+        x = x.expand_rank(len(shape))
+        mean, var = x.mean, x.var
+    # C order: the writes go through reshaped views (numpy's default "K" order would lay a
+    # broadcast axis out innermost, and the reshape would copy)
+    return (np.array(np.broadcast_to(mean, shape), order="C"),
+            np.array(np.broadcast_to(var, shape), order="C"))
+
+
+def _reduction_none(ctx: RuleContext) -> None:
+    reduction = ctx.attr("reduction", "none")
+    if isinstance(reduction, bytes):
+        reduction = reduction.decode()
+    if reduction != "none":
+        raise RuleError(f"reduction '{reduction}' combines overlapping writes")
+
+
+def _last_write(flat_targets: np.ndarray) -> np.ndarray:
+    """Positions in ``flat_targets`` of each target's last write (later indices win)."""
+    reversed_first = np.unique(flat_targets[::-1], return_index=True)[1]
+    return flat_targets.size - 1 - reversed_first
+
+
+def _spelled_out(data_shape) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in data_shape)
+    if int(np.prod(shape, dtype=np.int64)) > SCATTER_CAP:
+        raise RuleError(f"data of {int(np.prod(shape))} elements is too large to spell out")
+    return shape
+
+
+@rule("ScatterND")
+def scatter_nd(inputs, ctx: RuleContext):
+    """``y = data; y[indices[i]] = updates[i]`` for each index tuple (of the first k axes,
+    k = indices.shape[-1]; later tuples win): ``E y_j, Var y_j`` are those of the element
+    written last at j, data's where nothing is written."""
+    _reduction_none(ctx)
+    indices = ctx.const(1)
+    if indices is None:
+        raise RuleError("the indices are not constant")
+    shape = _spelled_out(ctx.in_shape(0))
+    indices = np.asarray(indices, dtype=np.int64)
+    k = indices.shape[-1]
+    tuples = indices.reshape(-1, k) % np.asarray(shape[:k], dtype=np.int64)
+    mean, var = _operand(inputs, ctx, 0, shape)
+    update_shape = indices.shape[:-1] + shape[k:]
+    upd_mean, upd_var = _operand(inputs, ctx, 2, update_shape)
+    targets = np.ravel_multi_index(tuples.T, shape[:k]) if k else np.zeros(1, np.int64)
+    last = _last_write(targets)
+    slots = (-1,) + shape[k:]
+    for out, upd in ((mean, upd_mean), (var, upd_var)):
+        out.reshape(slots)[targets[last]] = upd.reshape(slots)[last]
+    return [drop_constant_axes(mean, var)]
+
+
+@rule("ScatterElements", "Scatter")
+def scatter_elements(inputs, ctx: RuleContext):
+    """``y = data; y[..., indices[i, j], ...] = updates[i, j]`` along ``axis`` (the element's
+    other coordinates its own; later elements win): ``E y, Var y`` of the element written last
+    at each position, data's where nothing is written."""
+    _reduction_none(ctx)
+    indices = ctx.const(1)
+    if indices is None:
+        raise RuleError("the indices are not constant")
+    shape = _spelled_out(ctx.in_shape(0))
+    rank = len(shape)
+    axis = int(ctx.attr("axis", 0)) % rank
+    indices = np.asarray(indices, dtype=np.int64) % shape[axis]
+    mean, var = _operand(inputs, ctx, 0, shape)
+    upd_mean, upd_var = _operand(inputs, ctx, 2, indices.shape)
+    coords = list(np.indices(indices.shape, dtype=np.int64))
+    coords[axis] = indices
+    targets = np.ravel_multi_index(tuple(c.ravel() for c in coords), shape)
+    last = _last_write(targets)
+    mean.reshape(-1)[targets[last]] = upd_mean.reshape(-1)[last]
+    var.reshape(-1)[targets[last]] = upd_var.reshape(-1)[last]
+    return [drop_constant_axes(mean, var)]
+
