@@ -31,6 +31,7 @@ from .pooled_energy import shared_cross_terms
 from .pooled_features import cross_terms, pooled_correlation
 from .context import RuleContext, RuleError, signal
 from .registry import rule
+from .stacked_weights import stacked_matmul
 from .weighted import weighted_sums
 
 
@@ -337,6 +338,8 @@ def matmul_const(inputs, ctx: RuleContext):
     y_rank = len(ctx.out_shape(0))
     if inputs[0] is not None:
         w = ctx.const(1)
+        if w is not None and np.ndim(w) > 2:
+            return [stacked_matmul(inputs[0], w, y_rank, weight_first=False)]
         if w is None or np.ndim(w) != 2:
             raise RuleError("MatMul with a non-2-D constant weight")
         factor = feature_cross_term_factor(ctx, w)  # correlated features (a patch embedding)
@@ -350,6 +353,8 @@ def matmul_const(inputs, ctx: RuleContext):
         return [Moments.along(mean, _pooled(ctx, y_rank != 2, nu, w, var * factor), -1,
                               y_rank)]
     w = ctx.const(0)
+    if w is not None and np.ndim(w) > 2 and len(ctx.in_shape(1)) >= 2:
+        return [stacked_matmul(inputs[1], w, y_rank, weight_first=True)]
     if w is None or np.ndim(w) != 2 or len(ctx.in_shape(1)) < 2:
         raise RuleError("MatMul with a non-2-D constant left operand")
     mu, nu = inputs[1].values_along(-2, w.shape[1])

@@ -178,6 +178,80 @@ def test_matmul_constant_left():
     run(model, {"x": x}, rule="matmul_const", axis=1)
 
 
+def _per_head_input(heads, features):
+    """Statistics that differ by head (axis 0) and feature (axis 2) of ``[H, R, K]``."""
+    mean = np.linspace(-1, 1, heads * features).reshape(heads, 1, features)
+    var = np.linspace(0.3, 2.0, heads * features)[::-1].reshape(heads, 1, features)
+    return Moments(mean, var)
+
+
+@pytest.mark.parametrize("weight_first", [False, True])
+def test_matmul_stacked_constant_weights_per_head(weight_first):
+    """A block-diagonal layer written as a MatMul with one matrix per head (RecurrentGemma's
+    ``[H, R, K] @ W[H, K, N]``, and ``W[H, M, K] @ X[H, K, R]``): each head's outputs sum its
+    own inputs through its own matrix, ``Var[y_hn] = sum_k W_hkn^2 nu_hk``. Went to the
+    empirical fallback, which pools the heads; now against onnxruntime per head and output."""
+    heads, k, n, rows = 3, 5, 4, 20000
+    w = weights((heads, k, n)) if not weight_first else weights((heads, n, k))
+    if weight_first:
+        x = Moments(np.swapaxes(_per_head_input(heads, k).mean, 1, 2),
+                    np.swapaxes(_per_head_input(heads, k).var, 1, 2))
+        node = helper.make_node("MatMul", ["w", "x"], ["y"])
+        model = node_model(node, {"x": (heads, k, rows)}, {"w": w})
+        summed_over = 2
+    else:
+        x = _per_head_input(heads, k)
+        node = helper.make_node("MatMul", ["x", "w"], ["y"])
+        model = node_model(node, {"x": (heads, rows, k)}, {"w": w})
+        summed_over = 1
+    _, result = predict(model, {"x": x})
+    assert result.rules["y"] == "matmul_const", result.fallbacks
+    y = monte_carlo(model, {"x": x})["y"].astype(np.float64)
+    got_mean, got_var = y.mean(axis=summed_over), y.var(axis=summed_over)
+    predicted = result.moments["y"]
+    shape = (heads, n, rows) if weight_first else (heads, rows, n)
+    mean = np.broadcast_to(predicted.mean, shape).take(0, axis=summed_over)
+    var = np.broadcast_to(predicted.var, shape).take(0, axis=summed_over)
+    np.testing.assert_allclose(var, got_var, rtol=0.05)
+    np.testing.assert_allclose(mean, got_mean, atol=0.05 * np.sqrt(got_var).max())
+    assert np.ptp(var) > 0.2 * var.mean()  # the heads and outputs really differ
+
+
+def test_matmul_stacked_weights_pool_many_rows():
+    """Rows whose variances differ (a per-token profile merged with the batch), more output
+    cells than are kept: the rows are pooled before the stack (``Var = mean_r nu_r``, the means
+    equal), each head's and output's variance still its own against onnxruntime."""
+    heads, rows, k, n = 2, 3000, 8, 12
+    w = weights((heads, k, n))
+    profile = np.linspace(0.2, 3.0, rows).reshape(1, rows, 1)
+    x = Moments(np.zeros((1, 1, 1)), profile * np.linspace(0.5, 1.5, heads).reshape(heads, 1, 1))
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    model = node_model(node, {"x": (heads, rows, k)}, {"w": w})
+    _, result = predict(model, {"x": x})
+    assert result.rules["y"] == "matmul_const", result.fallbacks
+    assert result.moments["y"].mean.shape[1] == 1  # pooled: 2 x 3000 x 12 > KEEP_CAP
+    y = monte_carlo(model, {"x": x})["y"].astype(np.float64)
+    predicted = np.broadcast_to(result.moments["y"].var, (heads, 1, n))[:, 0]
+    np.testing.assert_allclose(predicted, y.var(axis=1), rtol=0.06)
+
+
+def test_matmul_stacked_weights_broadcast_over_a_batch():
+    """``X[B, H, S, K] @ W[H, K, N]``: the stack broadcasts over the batch axis; scalar input
+    statistics, so each head's variance is its matrix's column norms."""
+    w = weights((2, 6, 3), scale=1.0)
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    model = node_model(node, {"x": (4000, 2, 3, 6)}, {"w": w})
+    x = Moments.scalar(0.5, 2.0)
+    _, result = predict(model, {"x": x})
+    assert result.rules["y"] == "matmul_const", result.fallbacks
+    y = monte_carlo(model, {"x": x})["y"].astype(np.float64)
+    got = y.var(axis=(0, 2))
+    predicted = np.broadcast_to(result.moments["y"].var, (1, 2, 1, 3))[0, :, 0]
+    np.testing.assert_allclose(predicted, got, rtol=0.05)
+    np.testing.assert_allclose(predicted, 2.0 * (w.astype(np.float64) ** 2).sum(axis=1),
+                               rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # Conv -> Flatten -> MatMul: the Flatten expansion gives the MatMul per-feature means
 
