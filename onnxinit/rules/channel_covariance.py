@@ -71,6 +71,7 @@ from . import covariance_maps as maps
 from .covariance_layout import Field, attr, conv_share, moved, variances, within
 from .context import RuleContext, RuleError
 from .elementwise import UNARY, elementwise
+from .fusion import common_ancestor, fused_function
 from .hermite import coefficients
 from .on_demand import OnDemandField
 from .unit_rows import is_unit_rows
@@ -113,11 +114,24 @@ def _deps(ctx: RuleContext, tensor: str) -> list[str]:
     signals = [n for n in _signals(ctx, node) if n in ctx.known]
     if node.op_type in _ONE_INPUT:
         return signals[:1] if signals and signals[0] == node.input[0] else []
+    fused = _fused(ctx, node_id) if len(signals) == 2 else None
+    if fused is not None:
+        return [fused[0]]
     if node.op_type in _AFFINE and len(signals) <= 2:
         return signals
     if len(signals) == 1 and node.op_type in UNARY:  # an element-wise function (_compute)
         return signals
     return []
+
+
+def _fused(ctx: RuleContext, node_id: str):
+    """(T, chain_a, chain_b) for a binary node whose two operands are element-wise functions
+    of one tensor T (HardSwish written ``x * Relu6(x + 3) / 6``): ``h(T)``, not a gate."""
+    node = ctx.graph.node(node_id)
+    if node.op_type not in ("Mul", "Add", "Sub", "Div") or len(node.input) != 2:
+        return None
+    found = common_ancestor(ctx.for_node(node_id))
+    return found if found is not None and found[0] in ctx.known else None
 
 
 def covariance(ctx: RuleContext, tensor: str) -> Field | None:
@@ -139,10 +153,17 @@ def _compute(ctx: RuleContext, tensor: str, field_of) -> Field | None:
         return None
     node = graph.node(node_id)
     signals = [n for n in _signals(ctx, node) if n in known]
-    if not signals or signals[0] not in _deps(ctx, tensor):  # an op that drops the field
-        return None
+    fused = _fused(ctx, node_id) if len(signals) == 2 else None
+    if not signals or (fused is None and signals[0] not in _deps(ctx, tensor)):
+        return None  # an op that drops the field
     x = signals[0]
     try:
+        if fused is not None:
+            f_t = field_of(fused[0])
+            if f_t is None or f_t.cov.shape[0] > MAX_CHANNELS or f_t.head_axis is not None:
+                return None
+            h = fused_function(node.op_type, fused[1], fused[2])
+            return _through(ctx, h.fn, fused[0], tensor, f_t)
         if node.op_type == "Conv":
             return _conv(ctx, node, x, tensor, field_of)
         if node.op_type in ("Add", "Sub") and len(signals) == 2:
