@@ -157,11 +157,12 @@ class ModelGraph(ChangeViews, GraphStructure):
         injected: dict[str, np.ndarray] = {}
         inference: FoldedInference | None = None  # infer_with_constants, round after round
         merge: DeclaredMerge | None = None
+        examined: set[str] = set()  # constants _foldable_constants looked at (those folded are in injected)
         for _ in range(rounds):
             if all(is_static(self.shapes.get(t)) for t in self.producer
                    if t not in self.constants):
                 break
-            new = self._foldable_constants(injected)
+            new = self._foldable_constants(examined)
             if not new:
                 break
             injected.update(new)
@@ -180,13 +181,19 @@ class ModelGraph(ChangeViews, GraphStructure):
             if not is_static(self.shapes.get(name)):
                 self.shapes[name] = tuple(np.shape(value))
 
-    def _foldable_constants(self, injected) -> dict[str, np.ndarray]:
+    def _foldable_constants(self, examined: set[str]) -> dict[str, np.ndarray]:
         """Constants computed by nodes that meet a non-constant node, folded: integer ones
         (shape inference reads their values) and others whose shape is unknown (it needs their
         shape: ViT's class token expanded to the batch, before a Concat, would otherwise leave
-        a shape to measure by running the whole model)."""
+        a shape to measure by running the whole model). ``examined``: the
+        tensors looked at in earlier rounds, skipped, and added to: one turned down stays turned
+        down (constants and static shapes only grow from round to round, and a fold that failed
+        fails again), so each round looks only at the constants new since the last."""
         new = {}
-        for tensor in sorted(self.constants - set(self.initializers) - set(injected)):
+        candidates = self.constants - examined
+        examined |= candidates
+        candidates -= self.initializers.keys()
+        for tensor in sorted(candidates):
             if tensor not in self.producer:
                 continue
             if self.node_by_id[self.producer[tensor]].op_type in _SEQUENCE_OPS:
