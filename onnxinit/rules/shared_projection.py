@@ -34,6 +34,7 @@ from .channel_covariance import row_covariance
 from .context import RuleContext
 from .fusion import common_ancestor
 from .grids import KEEP_CAP, out_rank
+from .index_layout import coordinates, grid, move, static
 from .mixture import lift
 from .row_norm import without_casts
 
@@ -90,63 +91,6 @@ def _projects(ctx: RuleContext, name: str) -> bool:
     return _walk(ctx, name, nested=True)[1] is not None
 
 
-def _split_sizes(nctx: RuleContext, length: int, outputs: int) -> list[int]:
-    sizes = nctx.const(1) if nctx.has_input(1) else nctx.attr("split")
-    if sizes is None:
-        step = -(-length // outputs)
-        sizes = [min(step, length - k * step) for k in range(outputs)]
-    return [int(s) for s in np.ravel(sizes)]
-
-
-def _move(nctx: RuleContext, out: str, arrays: list[np.ndarray]) -> list[np.ndarray] | None:
-    """The layout op of ``nctx`` applied to each index array (laid out like its traced input),
-    giving arrays laid out like ``out``; None for an op it cannot follow."""
-    node, op = nctx.node, nctx.node.op_type
-    shape = nctx.graph.shape(out)
-    if shape is None or any(not isinstance(s, (int, np.integer)) or s < 0 for s in shape):
-        return None
-    shape = tuple(int(s) for s in shape)
-    x = arrays[0]
-    if op in ("Cast", "Identity"):
-        moved = arrays
-    elif op == "Transpose":
-        perm = nctx.attr("perm") or list(range(x.ndim))[::-1]
-        moved = [np.transpose(a, perm) for a in arrays]
-    elif op in ("Unsqueeze", "Squeeze", "Reshape", "Flatten"):
-        if int(np.prod(shape)) != x.size:
-            return None
-        moved = [a.reshape(shape) for a in arrays]
-    elif op == "Expand":
-        moved = [np.broadcast_to(a, shape) for a in arrays]
-    elif op == "Split":
-        axis = int(nctx.attr("axis", 0)) % x.ndim
-        sizes = _split_sizes(nctx, x.shape[axis], len(node.output))
-        k = list(node.output).index(out)
-        start = int(sum(sizes[:k]))
-        index = [slice(None)] * x.ndim
-        index[axis] = slice(start, start + sizes[k])
-        moved = [a[tuple(index)] for a in arrays]
-    elif op == "Slice":
-        starts, ends = nctx.const(1), nctx.const(2)
-        axes = nctx.const(3) if nctx.has_input(3) else np.arange(np.size(starts))
-        steps = nctx.const(4) if nctx.has_input(4) else np.ones(np.size(starts), np.int64)
-        if starts is None or ends is None or axes is None or steps is None:
-            return None
-        index = [slice(None)] * x.ndim
-        for s, e, a, st in zip(*(np.ravel(v) for v in (starts, ends, axes, steps))):
-            index[int(a) % x.ndim] = slice(int(s), int(e), int(st))
-        moved = [a[tuple(index)] for a in arrays]
-    elif op == "Gather":
-        indices = nctx.const(1)
-        if indices is None:
-            return None
-        axis = int(nctx.attr("axis", 0)) % x.ndim
-        moved = [np.take(a, np.asarray(indices, np.int64), axis=axis) for a in arrays]
-    else:
-        return None
-    return moved if all(m.shape == shape for m in moved) else None
-
-
 def _factor(ctx: RuleContext, node_id: str, traced: int, shape) -> tuple | None:
     """(E[k], E[k^2]) of the other operand of a Mul (1/c of a Div by c), laid out at ``shape``."""
     nctx = ctx.for_node(node_id)
@@ -178,7 +122,7 @@ def _operand(ctx: RuleContext, steps: list, start: str, index: tuple):
     for node_id, traced, out in reversed(steps):
         nctx = ctx.for_node(node_id)
         if nctx.node.op_type in _LAYOUT:
-            moved = _move(nctx, out, arrays)
+            moved = move(nctx, out, arrays)
             if moved is None:
                 return None
             arrays = moved
@@ -192,12 +136,6 @@ def _operand(ctx: RuleContext, steps: list, start: str, index: tuple):
         arrays = [np.broadcast_to(a, shape) for a in arrays]
         arrays = [arrays[0], arrays[1], arrays[2] * factor[0], arrays[3] * factor[1]]
     return arrays
-
-
-def _grid(shape) -> tuple:
-    """(row index, column index) of the elements of a ``[..., cols]`` tensor."""
-    rows = int(np.prod(shape[:-1]))
-    return (np.arange(rows).reshape(*shape[:-1], 1), np.arange(shape[-1]))
 
 
 _BIJECTIVE = frozenset({"Cast", "Identity", "Transpose", "Unsqueeze", "Squeeze", "Reshape",
@@ -217,29 +155,6 @@ def _ancestors(ctx: RuleContext, row: str) -> list[tuple[str, list]]:
         current = graph.node(node_id).input[0]
         out.append((current, steps))
     return out
-
-
-def _coordinates(ctx: RuleContext, ancestor: str, steps: list, row: str, d: int):
-    """(row index, column index) in ``row`` (``[..., d]``) of each element of ``ancestor``,
-    laid out like it; None unless the layout steps are a permutation of the elements."""
-    shape = ctx.graph.shape(ancestor)
-    if not _static(shape):
-        return None
-    size = int(np.prod(shape))
-    moved = [np.arange(size).reshape(shape)]
-    for node_id, _, out in reversed(steps):
-        moved = _move(ctx.for_node(node_id), out, moved)
-        if moved is None:
-            return None
-    flat = moved[0].ravel()
-    if flat.size != size:
-        return None
-    where = np.full(size, -1)
-    where[flat] = np.arange(size)
-    if np.any(where < 0):
-        return None
-    where = where.reshape(shape)
-    return where // d, where % d
 
 
 def _cut(ctx: RuleContext, steps: list, candidates: list) -> tuple | None:
@@ -267,9 +182,9 @@ def _pairing(ctx: RuleContext, walks: list):
         row = without_casts(ctx, graph.node(p_id).input[0])
         w = np.asarray(ctx.for_node(p_id).const(1), np.float64)
         p_shape, r_shape = graph.shape(projection), graph.shape(row)
-        if not (_static(p_shape) and _static(r_shape)) or len(p_shape) != len(r_shape):
+        if not (static(p_shape) and static(r_shape)) or len(p_shape) != len(r_shape):
             return None
-        own = (steps_i, projection, _grid(p_shape), w, projection)
+        own = (steps_i, projection, grid(p_shape), w, projection)
         steps_o, other = walks[1 - i]
         if other is not None:
             o_id = graph.producer[other]
@@ -278,13 +193,13 @@ def _pairing(ctx: RuleContext, walks: list):
             if not steps_i and not steps_o:
                 return None  # two dense outputs of one row: shared_row's case
             wo = np.asarray(ctx.for_node(o_id).const(1), np.float64)
-            theirs = (steps_o, other, _grid(graph.shape(other)), wo, other)
+            theirs = (steps_o, other, grid(graph.shape(other)), wo, other)
         else:
             cut = _cut(ctx, steps_o, _ancestors(ctx, row))
             if cut is None:
                 return None
             steps_c, (ancestor, layout) = cut
-            index = _coordinates(ctx, ancestor, layout, row, int(r_shape[-1]))
+            index = coordinates(ctx, ancestor, layout, row, int(r_shape[-1]))
             if index is None:
                 return None
             theirs = (steps_c, ancestor, index, None, row)
@@ -323,10 +238,6 @@ def _covariances(ctx: RuleContext, row: str, nu: np.ndarray, weights, index_a, i
     return kernel[inverse[ra], ca, cb]
 
 
-def _static(shape) -> bool:
-    return shape is not None and all(isinstance(s, (int, np.integer)) and s > 0 for s in shape)
-
-
 def product_deltas(inputs, ctx: RuleContext):
     """(delta mean, delta second moment), laid out like the product's output, that the shared
     row adds to ``a * b`` over the independent product (module docstring); None when the
@@ -335,7 +246,7 @@ def product_deltas(inputs, ctx: RuleContext):
     if node.op_type != "Mul" or len(node.input) != 2 or any(m is None for m in inputs[:2]):
         return None
     out_shape = graph.shape(node.output[0])
-    if not _static(out_shape) or int(np.prod(out_shape)) > ELEMENT_CAP:
+    if not static(out_shape) or int(np.prod(out_shape)) > ELEMENT_CAP:
         return None
     walks = [_walk(ctx, n) for n in node.input]
     known = ctx.known or {}
@@ -345,7 +256,7 @@ def product_deltas(inputs, ctx: RuleContext):
     row, pair = found  # [(steps, start, start's indices, W or None, reference)] for a, b
     r_shape = graph.shape(row)
     r = known.get(row)
-    if r is None or not _static(r_shape) or r.mean.ndim > len(r_shape):
+    if r is None or not static(r_shape) or r.mean.ndim > len(r_shape):
         return None
     d = int(r_shape[-1])
     n_rows = int(np.prod(r_shape[:-1]))
