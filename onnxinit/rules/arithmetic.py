@@ -53,6 +53,7 @@ from .mixture import binary_independent, lift, sum_mixture
 from .positional import concat_channels, positions_binary
 from .registry import rule
 from .row_norm import response_normalised, row_normalised
+from .shared_projection import with_shared_row
 from .unit_rows import unit_rows
 
 _CONST_CAP = 1 << 16  # constants larger than this are not handed to the element-wise rules
@@ -140,6 +141,8 @@ def binary(inputs, ctx: RuleContext):
         b = operand(inputs, ctx, 1, rank)[:2]
     a = operand(inputs, ctx, 0, rank)[:2]
     mean, var = binary_independent(op, a, b)
+    if op == "Mul" and all(m is not None for m in inputs[:2]):  # one row's linear images
+        mean, var = with_shared_row(inputs, ctx, mean, var)
     keep = masks.OFFSET_CAP if varies(mean) and masks.feeds_softmax(ctx) else KEEP_CAP
     out = finish(mean, var, signal_axes(inputs, rank), keep)
     if op in ("Add", "Sub") and all(m is not None for m in inputs) and out.mean.shape == np.shape(mean):

@@ -80,6 +80,7 @@ MAX_CHANNELS = 1024  # a field is [C, C]: beyond, the cross terms are small (1/s
 MAX_ROW_FEATURES = 256  # features up to which a LayerNorm's row scale is expanded (n^3 work)
 MAX_WORK = 2e8  # multiply-adds above which an op drops the field instead of mapping it
 _FIELD = OnDemandField()
+_ROW_FIELD = OnDemandField()  # row_covariance's: dense layers start a field
 _LAYOUT = ("Pad", "Slice", "Reshape", "Transpose", "Dropout", "Identity")
 _AFFINE = ("Mul", "Add", "Sub", "Div")
 _ONE_INPUT = ("BatchNormalization", "Conv", "Pad", "Transpose", "Reshape", "Slice", "Dropout",
@@ -106,6 +107,19 @@ def _signals(ctx: RuleContext, node) -> list[str]:
     return [n for n in node.input if n and not graph.is_constant(n)]
 
 
+def _fused(ctx: RuleContext, node_id: str):
+    """(T, h) for a binary node ``h(T)`` of two element-wise functions of one tensor T
+    (HardSwish written ``x * Relu6(x + 3) / 6``, SiLU ``x * Sigmoid(x)``): a function of T,
+    not a gate."""
+    node = ctx.graph.node(node_id)
+    if node.op_type not in _AFFINE or len(node.input) != 2:
+        return None
+    found = common_ancestor(ctx.for_node(node_id))
+    if found is None or found[0] not in ctx.known:
+        return None
+    return found[0], fused_function(node.op_type, found[1], found[2])
+
+
 def _deps(ctx: RuleContext, tensor: str) -> list[str]:
     node_id = ctx.graph.producer.get(tensor)
     if node_id is None:
@@ -124,16 +138,6 @@ def _deps(ctx: RuleContext, tensor: str) -> list[str]:
     return []
 
 
-def _fused(ctx: RuleContext, node_id: str):
-    """(T, chain_a, chain_b) for a binary node whose two operands are element-wise functions
-    of one tensor T (HardSwish written ``x * Relu6(x + 3) / 6``): ``h(T)``, not a gate."""
-    node = ctx.graph.node(node_id)
-    if node.op_type not in ("Mul", "Add", "Sub", "Div") or len(node.input) != 2:
-        return None
-    found = common_ancestor(ctx.for_node(node_id))
-    return found if found is not None and found[0] in ctx.known else None
-
-
 def covariance(ctx: RuleContext, tensor: str) -> Field | None:
     """The field of ``tensor`` (module docstring), None where its channels (features) count
     as independent (or outside propagation)."""
@@ -145,7 +149,22 @@ def covariance(ctx: RuleContext, tensor: str) -> Field | None:
                         lambda name, field_of: _compute(ctx, name, field_of))
 
 
-def _compute(ctx: RuleContext, tensor: str, field_of) -> Field | None:
+def row_covariance(ctx: RuleContext, tensor: str) -> Field | None:
+    """:func:`covariance` for a reader that needs the covariance of a row's features for the
+    weights at hand (:mod:`.shared_projection`), not only the size of its cross terms: a
+    dense layer of a tensor without a field starts one, ``W^T diag(nu_x) W`` (an expansion's
+    features are far from independent: rank D of E), and a product of two element-wise
+    functions of one tensor (SiLU written ``x * sigmoid(x)``) takes Mehler's formula with
+    their product as the function."""
+    known = ctx.known
+    shape = ctx.graph.shape(tensor)
+    if known is None or tensor not in known or not shape or len(shape) < 2:
+        return None
+    return _ROW_FIELD.value(ctx, tensor, lambda name: _deps(ctx, name),
+                            lambda name, field_of: _compute(ctx, name, field_of, True))
+
+
+def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Field | None:
     graph, known = ctx.graph, ctx.known
     node_id = graph.producer.get(tensor)
     shape = graph.shape(tensor)
@@ -154,16 +173,23 @@ def _compute(ctx: RuleContext, tensor: str, field_of) -> Field | None:
     node = graph.node(node_id)
     signals = [n for n in _signals(ctx, node) if n in known]
     fused = _fused(ctx, node_id) if len(signals) == 2 else None
-    if not signals or (fused is None and signals[0] not in _deps(ctx, tensor)):
-        return None  # an op that drops the field
+    if fused is not None:
+        f_t = field_of(fused[0])
+        if f_t is None or f_t.head_axis is not None or f_t.cov.shape[0] > MAX_CHANNELS:
+            return None
+        try:
+            return _through(ctx, fused[1].fn, fused[0], tensor, f_t)
+        except (RuleError, ValueError, TypeError, IndexError) as exc:
+            fall_back(exc, (RuleError,))
+            return None
+    if not signals or signals[0] not in _deps(ctx, tensor):  # an op that drops the field
+        return None
     x = signals[0]
     try:
-        if fused is not None:
-            f_t = field_of(fused[0])
-            if f_t is None or f_t.cov.shape[0] > MAX_CHANNELS or f_t.head_axis is not None:
-                return None
-            h = fused_function(node.op_type, fused[1], fused[2])
-            return _through(ctx, h.fn, fused[0], tensor, f_t)
+        if rows and node.op_type == "MatMul" and field_of(x) is None:
+            shape_x = graph.shape(x)
+            return _dense(ctx, node, x, tensor, Field(len(shape_x) - 1, np.diag(
+                variances(known[x], shape_x, len(shape_x) - 1))))
         if node.op_type == "Conv":
             return _conv(ctx, node, x, tensor, field_of)
         if node.op_type in ("Add", "Sub") and len(signals) == 2:
