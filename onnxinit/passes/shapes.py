@@ -24,16 +24,22 @@ FOLDED_SUFFIX = "__onnxinit_folded"  # renamed producer outputs while a folded v
 def shape_of(type_proto: onnx.TypeProto) -> tuple | None:
     """Dims of a tensor type: ints, dim_param names, or None for an unnamed unknown dim; None
     when the type has no shape."""
-    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+    if not type_proto.HasField("tensor_type"):
         return None
-    dims = []
-    for d in type_proto.tensor_type.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
-    return tuple(dims)
+    tensor_type = type_proto.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return tuple([d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                  for d in tensor_type.shape.dim])
 
 
 def is_static(shape) -> bool:
-    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+    if shape is None:
+        return False
+    for d in shape:  # (a loop, not all() of a generator: called for every tensor, every round)
+        if not (isinstance(d, int) and d >= 0):
+            return False
+    return True
 
 
 def value_info(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
@@ -79,12 +85,23 @@ def _informative(vi: onnx.ValueInfoProto) -> int:
 
 def described(vi: onnx.ValueInfoProto) -> tuple[str, int | None, tuple | None, int]:
     """(name, element type or None without a tensor type, :func:`shape_of`, informativeness as
-    :func:`_informative`) of a value_info, read once."""
-    if not vi.type.HasField("tensor_type"):
+    :func:`_informative`) of a value_info, read once (each dim read once)."""
+    type_proto = vi.type
+    if not type_proto.HasField("tensor_type"):
         return vi.name, None, None, 0
-    shape = shape_of(vi.type)
-    level = 1 if shape is None else (3 if is_static(shape) else 2)
-    return vi.name, vi.type.tensor_type.elem_type, shape, level
+    tensor_type = type_proto.tensor_type
+    if not tensor_type.HasField("shape"):
+        return vi.name, tensor_type.elem_type, None, 1
+    dims, level = [], 3
+    for d in tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            value = d.dim_value
+            if value < 0:
+                level = 2
+        else:
+            value, level = d.dim_param or None, 2
+        dims.append(value)
+    return vi.name, tensor_type.elem_type, tuple(dims), level
 
 
 class DeclaredMerge:
