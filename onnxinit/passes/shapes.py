@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 
 import numpy as np
 import onnx
@@ -114,20 +115,25 @@ class DeclaredMerge:
         self.skip = {o.name for o in graph.output} | {i.name for i in graph.input}
         self.protos = list(graph.value_info)
         self._read: dict[bytes, tuple] = {}  # described() by serialized entry: most repeat
-        self.entries = [self._described(vi) for vi in self.protos]
+        self.entries = self._described(self.protos)
 
-    def _described(self, vi: onnx.ValueInfoProto) -> tuple:
-        key = vi.SerializeToString()
-        entry = self._read.get(key)
-        if entry is None:
-            entry = self._read[key] = described(vi)
-        return entry
+    def _described(self, protos: Sequence[onnx.ValueInfoProto]) -> list[tuple]:
+        """:func:`described` of each entry, read once per distinct serialization."""
+        read, out = self._read, []
+        for vi in protos:
+            key = vi.SerializeToString()
+            entry = read.get(key)
+            if entry is None:
+                entry = read[key] = described(vi)
+            out.append(entry)
+        return out
 
     def replace(self, infos: Sequence[onnx.ValueInfoProto]) -> None:
         """The merge of :func:`keep_declared` with ``replace=infos``: ``infos`` in order, then
         each current entry where ``infos`` has none of its name (appended in order) or a less
         informative one (the last of that name replaced)."""
-        protos, entries = list(infos), [self._described(vi) for vi in infos]
+        protos = list(infos)
+        entries = self._described(protos)
         known = {entry[0]: i for i, entry in enumerate(entries)}
         for proto, entry in zip(self.protos, self.entries):
             if entry[0] in self.skip:
@@ -314,8 +320,9 @@ class FoldedInference:
             return None
         # the graph outputs too: an exporter's output declared with symbolic dims (GPT-2's final
         # Reshape) is only known from here
-        infos = [vi for vi in list(inferred.value_info) + list(inferred.output)
-                 if vi.name not in constants and not vi.name.endswith(FOLDED_SUFFIX)]
+        infos = [vi for vi in chain(inferred.value_info, inferred.output)
+                 if (tensor := vi.name) not in constants
+                 and not tensor.endswith(FOLDED_SUFFIX)]
         infos.extend(self.protos[name][1] for name in constants)
         return infos
 
