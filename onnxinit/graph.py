@@ -159,7 +159,7 @@ class ModelGraph(ChangeViews, GraphStructure):
         injected: dict[str, np.ndarray] = {}
         inference: FoldedInference | None = None  # infer_with_constants, round after round
         merge: DeclaredMerge | None = None
-        examined: set[str] = set()  # constants _foldable_constants looked at (those folded are in injected)
+        examined: set[str] = set()  # constants looked at (those folded are in injected)
         for _ in range(rounds):
             if all(is_static(self.shapes.get(t)) for t in self.producer
                    if t not in self.constants):
