@@ -40,6 +40,7 @@ from .passes import (
     RANDOM_OPS,
     DeclaredMerge,
     FoldedInference,
+    ModelReading,
     channels_first,
     evaluate_node,
     infer_shapes,
@@ -143,7 +144,8 @@ class ModelGraph(ChangeViews, GraphStructure):
                                      f"it too): {reason}")
         if warning:
             self.warnings.append(warning)
-        return channels_first(inference_batchnorms(inferred))
+        reading = ModelReading(inferred)  # read once for both passes (the first often no-op)
+        return channels_first(inference_batchnorms(inferred, reading), reading)
 
     def _refine_shapes(self, rounds: int = 8):
         """Where shape inference left tensors without a static shape (onnx's data propagation
@@ -157,7 +159,7 @@ class ModelGraph(ChangeViews, GraphStructure):
         injected: dict[str, np.ndarray] = {}
         inference: FoldedInference | None = None  # infer_with_constants, round after round
         merge: DeclaredMerge | None = None
-        examined: set[str] = set()  # constants _foldable_constants looked at (those folded are in injected)
+        examined: set[str] = set()  # constants looked at (those folded are in injected)
         for _ in range(rounds):
             if all(is_static(self.shapes.get(t)) for t in self.producer
                    if t not in self.constants):

@@ -92,37 +92,48 @@ class GraphStructure:
         self.consumers: dict[str, list[tuple[str, int]]] = {}
         self.node_by_id: dict[str, onnx.NodeProto] = {}
         self._implicit: dict[str, list[str]] = {}
+        read = {}  # each node's inputs (implicit ones included) and outputs, read once
+        producer, consumers = self.producer, self.consumers
         for node_id, node in zip(ids, nodes):
             self.node_by_id[node_id] = node
-            for out in node.output:
+            outputs = list(node.output)
+            for out in outputs:
                 if out:
-                    self.producer[out] = node_id
+                    producer[out] = node_id
             implicit = implicit_inputs(node) if _has_subgraphs(node) else []
             self._implicit[node_id] = implicit
-            for idx, name in enumerate(list(node.input) + implicit):
+            inputs = list(node.input) + implicit
+            for idx, name in enumerate(inputs):
                 if name:
-                    self.consumers.setdefault(name, []).append((node_id, idx))
-        self.order = self._topological_order(ids)
+                    if name in consumers:
+                        consumers[name].append((node_id, idx))
+                    else:
+                        consumers[name] = [(node_id, idx)]
+            read[node_id] = (inputs, outputs)
+        self.order = self._topological_order(ids, read)
         # what _classify_tensors reads of each node, in topological order, read once
         self._classified = []
         for node_id in self.order:
             node = self.node_by_id[node_id]
+            op_type, inputs, outputs = node.op_type, *read[node_id]
             default = node.domain in ("", "ai.onnx")
-            kind = ("dropout" if default and node.op_type == "Dropout" else
-                    "random" if default and node.op_type in RANDOM_OPS else
-                    "shape" if default and node.op_type in ("Shape", "Size") else "")
-            inputs = [n for n in list(node.input) + self._implicit[node_id] if n]
-            self._classified.append((node, kind, inputs, [o for o in node.output if o]))
+            kind = ("dropout" if default and op_type == "Dropout" else
+                    "random" if default and op_type in RANDOM_OPS else
+                    "shape" if default and op_type in ("Shape", "Size") else "")
+            self._classified.append((node, kind, [n for n in inputs if n],
+                                     [o for o in outputs if o]))
 
-    def _topological_order(self, ids: list[str]) -> list[str]:
+    def _topological_order(self, ids: list[str], read: dict[str, tuple[list, list]]
+                           ) -> list[str]:
         """Nodes in topological order, ties broken by their position in the file (Kahn's
-        algorithm with a heap: the file's order when it is already topological)."""
+        algorithm with a heap: the file's order when it is already topological); ``read``:
+        each node's inputs (implicit ones included) and outputs."""
         position = {node_id: i for i, node_id in enumerate(ids)}
         successors: dict[str, set[str]] = {node_id: set() for node_id in ids}
         waiting = dict.fromkeys(ids, 0)
-        for node_id, node in self.node_by_id.items():
-            sources = {self.producer.get(name) for name in list(node.input)
-                       + self._implicit[node_id] if name}
+        producer = self.producer
+        for node_id in ids:
+            sources = {producer.get(name) for name in read[node_id][0] if name}
             sources.discard(None)
             sources.discard(node_id)
             waiting[node_id] = len(sources)
@@ -156,7 +167,7 @@ class GraphStructure:
             elif kind == "shape":
                 constant = is_static(self.shapes.get(node.input[0]))
             else:
-                constant = (all(n in constants for n in inputs)
+                constant = (constants.issuperset(inputs)
                             or self._uniform_gather(node) is not None)
             if constant:
                 constants.update(outputs)

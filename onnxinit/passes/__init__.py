@@ -32,7 +32,7 @@ from .folding import (
     fold_constants,
     shape_op_value,
 )
-from .inference_batchnorm import inference_batchnorms
+from .inference_batchnorm import ModelReading, inference_batchnorms
 from .measuring import measured_shapes, with_outputs
 from .shapes import (
     SMALL_TENSOR,
@@ -52,7 +52,7 @@ from .training import batch_statistics, fixed_dropout
 
 __all__ = [
     "MAX_FOLDED_ELEMENTS", "NEVER_FOLDED", "PASSES", "RANDOM_OPS", "SMALL_TENSOR", "DeclaredMerge",
-    "FoldedInference",
+    "FoldedInference", "ModelReading",
     "GraphEmitter", "PassInfo", "batch_statistics", "described", "channels_first", "evaluate_node", "fixed_dropout", "fold_constants",
     "inference_batchnorms", "infer_shapes", "infer_with_constants", "is_static", "keep_declared", "measured_shapes",
     "model_pass", "set_input_shapes", "shape_of", "shape_op_value", "types_and_shapes",

@@ -47,7 +47,7 @@ from onnx import helper, numpy_helper
 
 from .base import model_pass
 from .emitter import GraphEmitter
-from .inference_batchnorm import ConstantGraph, declared
+from .inference_batchnorm import ConstantGraph, ModelReading, model_reading
 
 log = logging.getLogger("onnxinit.passes")
 
@@ -295,12 +295,14 @@ def _permuted_constant(name: str, value: np.ndarray, rank: int, emitter: GraphEm
 
 
 @model_pass(in_place=False)
-def channels_first(model: onnx.ModelProto) -> onnx.ModelProto:
+def channels_first(model: onnx.ModelProto, reading: ModelReading | None = None
+                   ) -> onnx.ModelProto:
     """The model with every channels-last stretch between Transposes (Keras 3's JAX export)
     computed channels-first; ``model`` itself when there is none. ``model`` has its shapes
-    inferred (the stretch's tensors get their value_info permuted)."""
-    graph = ConstantGraph(model)
-    types, shapes = declared(model)
+    inferred (the stretch's tensors get their value_info permuted); ``reading``: what was read
+    of it already (:func:`~onnxinit.passes.inference_batchnorm.model_reading`)."""
+    reading = model_reading(model, reading)
+    graph, types, shapes = reading.graph, reading.types, reading.shapes
     ranks = {name: len(s) for name, s in shapes.items() if s is not None}
     found = _Stretches(model, graph, ranks)
     roots = found.valid_components(model)

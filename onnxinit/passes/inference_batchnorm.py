@@ -76,18 +76,23 @@ class ConstantGraph:
 
     def __init__(self, model: onnx.ModelProto):
         self.model = model
-        self.producer = {o: n for n in model.graph.node for o in n.output if o}
+        self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in model.graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
         self.outputs = {o.name for o in model.graph.output}
         self.initializers = {i.name: i for i in model.graph.initializer}
         self.constants = set(self.initializers)  # computed from initializers only
-        for node in model.graph.node:  # ONNX nodes are in topological order
-            if node.op_type not in RANDOM_OPS and all(
-                    i in self.constants for i in node.input if i):
-                self.constants.update(o for o in node.output if o)
+        producer, consumers, constants = self.producer, self.consumers, self.constants
+        for node in model.graph.node:  # ONNX nodes are in topological order; each read once
+            inputs, outputs = list(node.input), [o for o in node.output if o]
+            for o in outputs:
+                producer[o] = node
+            for name in inputs:
+                if name in consumers:
+                    consumers[name].append(node)
+                else:
+                    consumers[name] = [node]
+            if node.op_type not in RANDOM_OPS and constants.issuperset(i for i in inputs if i):
+                constants.update(outputs)
         self.values: dict[str, np.ndarray | None] = {}
 
     def value(self, name: str) -> np.ndarray | None:
@@ -138,6 +143,22 @@ def declared(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tuple]]:
             if shape is not None:
                 shapes[entry.name] = shape
     return types, shapes
+
+
+class ModelReading:
+    """What the passes that run on a model in turn read of it: its :class:`ConstantGraph` and
+    :func:`declared` types and shapes. A pass given one reads it only when it was read from the
+    very model it is given (a pass that changed nothing hands its input on)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.graph = ConstantGraph(model)
+        self.types, self.shapes = declared(model)
+
+
+def model_reading(model: onnx.ModelProto, reading: ModelReading | None) -> ModelReading:
+    """``reading`` when it was read from ``model`` itself, else ``model`` read now."""
+    return reading if reading is not None and reading.model is model else ModelReading(model)
 
 
 def channel_axis(shape: tuple[int, ...], rank: int) -> int | None:
@@ -282,12 +303,14 @@ def _unfold(emitter: GraphEmitter, conv: onnx.NodeProto, graph: ConstantGraph) -
 
 
 @model_pass(in_place=False)
-def inference_batchnorms(model: onnx.ModelProto) -> onnx.ModelProto:
+def inference_batchnorms(model: onnx.ModelProto, reading: ModelReading | None = None
+                         ) -> onnx.ModelProto:
     """The model with every inference BatchNormalization written as arithmetic (and not after a
     foldable layer) as a ``BatchNormalization`` node; ``model`` itself when there is none.
-    ``model`` has its shapes inferred (the channel axis is read from them)."""
-    graph = ConstantGraph(model)
-    types, shapes = declared(model)
+    ``model`` has its shapes inferred (the channel axis is read from them); ``reading``: what
+    was read of it already (:func:`model_reading`)."""
+    reading = model_reading(model, reading)
+    graph, types, shapes = reading.graph, reading.types, reading.shapes
     ranks = {name: len(s) for name, s in shapes.items() if s is not None}
     matches, replaced = [], set()
     for node in model.graph.node:
@@ -326,4 +349,4 @@ def inference_batchnorms(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-__all__ = ["ConstantGraph", "declared", "inference_batchnorms"]
+__all__ = ["ConstantGraph", "ModelReading", "declared", "inference_batchnorms", "model_reading"]

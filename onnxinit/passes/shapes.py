@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 
 import numpy as np
 import onnx
@@ -24,16 +25,22 @@ FOLDED_SUFFIX = "__onnxinit_folded"  # renamed producer outputs while a folded v
 def shape_of(type_proto: onnx.TypeProto) -> tuple | None:
     """Dims of a tensor type: ints, dim_param names, or None for an unnamed unknown dim; None
     when the type has no shape."""
-    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+    if not type_proto.HasField("tensor_type"):
         return None
-    dims = []
-    for d in type_proto.tensor_type.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
-    return tuple(dims)
+    tensor_type = type_proto.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return tuple([d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                  for d in tensor_type.shape.dim])
 
 
 def is_static(shape) -> bool:
-    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+    if shape is None:
+        return False
+    for d in shape:  # (a loop, not all() of a generator: called for every tensor, every round)
+        if not (isinstance(d, int) and d >= 0):
+            return False
+    return True
 
 
 def value_info(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
@@ -79,12 +86,23 @@ def _informative(vi: onnx.ValueInfoProto) -> int:
 
 def described(vi: onnx.ValueInfoProto) -> tuple[str, int | None, tuple | None, int]:
     """(name, element type or None without a tensor type, :func:`shape_of`, informativeness as
-    :func:`_informative`) of a value_info, read once."""
-    if not vi.type.HasField("tensor_type"):
+    :func:`_informative`) of a value_info, read once (each dim read once)."""
+    type_proto = vi.type
+    if not type_proto.HasField("tensor_type"):
         return vi.name, None, None, 0
-    shape = shape_of(vi.type)
-    level = 1 if shape is None else (3 if is_static(shape) else 2)
-    return vi.name, vi.type.tensor_type.elem_type, shape, level
+    tensor_type = type_proto.tensor_type
+    if not tensor_type.HasField("shape"):
+        return vi.name, tensor_type.elem_type, None, 1
+    dims, level = [], 3
+    for d in tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            value = d.dim_value
+            if value < 0:
+                level = 2
+        else:
+            value, level = d.dim_param or None, 2
+        dims.append(value)
+    return vi.name, tensor_type.elem_type, tuple(dims), level
 
 
 class DeclaredMerge:
@@ -97,20 +115,25 @@ class DeclaredMerge:
         self.skip = {o.name for o in graph.output} | {i.name for i in graph.input}
         self.protos = list(graph.value_info)
         self._read: dict[bytes, tuple] = {}  # described() by serialized entry: most repeat
-        self.entries = [self._described(vi) for vi in self.protos]
+        self.entries = self._described(self.protos)
 
-    def _described(self, vi: onnx.ValueInfoProto) -> tuple:
-        key = vi.SerializeToString()
-        entry = self._read.get(key)
-        if entry is None:
-            entry = self._read[key] = described(vi)
-        return entry
+    def _described(self, protos: Sequence[onnx.ValueInfoProto]) -> list[tuple]:
+        """:func:`described` of each entry, read once per distinct serialization."""
+        read, out = self._read, []
+        for vi in protos:
+            key = vi.SerializeToString()
+            entry = read.get(key)
+            if entry is None:
+                entry = read[key] = described(vi)
+            out.append(entry)
+        return out
 
     def replace(self, infos: Sequence[onnx.ValueInfoProto]) -> None:
         """The merge of :func:`keep_declared` with ``replace=infos``: ``infos`` in order, then
         each current entry where ``infos`` has none of its name (appended in order) or a less
         informative one (the last of that name replaced)."""
-        protos, entries = list(infos), [self._described(vi) for vi in infos]
+        protos = list(infos)
+        entries = self._described(protos)
         known = {entry[0]: i for i, entry in enumerate(entries)}
         for proto, entry in zip(self.protos, self.entries):
             if entry[0] in self.skip:
@@ -297,8 +320,9 @@ class FoldedInference:
             return None
         # the graph outputs too: an exporter's output declared with symbolic dims (GPT-2's final
         # Reshape) is only known from here
-        infos = [vi for vi in list(inferred.value_info) + list(inferred.output)
-                 if vi.name not in constants and not vi.name.endswith(FOLDED_SUFFIX)]
+        infos = [vi for vi in chain(inferred.value_info, inferred.output)
+                 if (tensor := vi.name) not in constants
+                 and not tensor.endswith(FOLDED_SUFFIX)]
         infos.extend(self.protos[name][1] for name in constants)
         return infos
 
