@@ -89,14 +89,29 @@ def dense(x: Pairs, xm: Moments, w: np.ndarray, ym: Moments) -> Pairs:
         return NONE
     off2 = tr2 - float(np.sum(nu_y**2))
     excess = x.excess
-    if x.kurtosis != 0.0:  # independent non-Gaussian inputs: sum_j A_jj^2 k4_j / (tr A C)^2
-        excess += x.kurtosis * float(np.sum((a_jj * nu_x) ** 2)) / float(a_jj @ nu_x) ** 2
+    own = x.kurtosis - scale_kurtosis(x.excess, a2 / (k * a1 * a1))
+    if own != 0.0:  # independent non-Gaussian inputs: sum_j A_jj^2 k4_j / (tr A C)^2
+        excess += own * float(np.sum((a_jj * nu_x) ** 2)) / float(a_jj @ nu_x) ** 2
     u = w.sum(axis=1, dtype=np.float64)
     total = a1 * ((1 - x.signed) * float(u @ u) + x.signed * float(u.sum()) ** 2)
     off = total - float(np.sum(nu_y))
     pairs = n * (n - 1)
     return Pairs(float(np.clip(off / (pairs * v), -1, 1)),
-                 float(np.clip(off2 / (pairs * v * v), 0, 1)), float(excess))
+                 float(np.clip(off2 / (pairs * v * v), 0, 1)), float(excess),
+                 kurtosis=scale_kurtosis(excess, tr2 / (n * v) ** 2))
+
+
+def scale_kurtosis(excess: float, q: float) -> float:
+    """The excess kurtosis each element of a row gets from the row's shared scale: the row as
+    ``s z`` (z Gaussian of concentration ``q = tr C^2 / (tr C)^2``, ``E s^2 = 1``), its energy's
+    relative variance ``(1 + e_s) (1 + 2 q) - 1 = 2 q + excess``, so ``e_s = excess / (1 + 2
+    q)``, and a projection ``w . x = s (w . z)`` has kurtosis ``3 e_s`` (negative for a
+    normalised row: ``-6 q / (1 + 2 q)``, a point on a sphere). Part of :class:`Pairs`'
+    ``kurtosis`` (the marginal shape); a dense layer counts only the rest as its inputs' own,
+    independent, fourth cumulants."""
+    if not np.isfinite(excess) or not q >= 0:
+        return 0.0
+    return 3.0 * excess / (1.0 + 2.0 * q)
 
 
 def _shape(fn, mean: float, var: float) -> tuple[float, float]:
@@ -137,8 +152,27 @@ def through_function(x: Pairs, xm: Moments, ctx: RuleContext, f=None) -> Pairs |
     squared = (c2[0] ** 2 * q + 3 * c2[1] ** 2 * q * q) / total**2
     signed += c2[1] * x.excess / 2 / total  # the square's share of the shared energy
     skew, kurtosis = _shape(f.fn, float(mean), float(var))
-    return Pairs(float(signed), float(min(squared, 1.0)), float(x.excess * (c2[0] / total) ** 2),
-                 skew, kurtosis)
+    linear = (c2[0] / total) ** 2  # the share of the input's fourth cumulant the output keeps
+    excess = x.excess * linear
+    d = _out_features(ctx)
+    q_x, q_y = (_concentration(p, d) for p in (x.squared, squared))
+    kurtosis += (x.kurtosis - scale_kurtosis(x.excess, q_x)) * linear  # the inputs' own
+    kurtosis += scale_kurtosis(excess, q_y)  # the row's shared scale, kept
+    return Pairs(float(signed), float(min(squared, 1.0)), float(excess), skew, float(kurtosis))
+
+
+def _out_features(ctx: RuleContext) -> int:
+    try:
+        shape = ctx.out_shape(0)
+    except RuleError:
+        return 0
+    return int(shape[-1]) if shape and shape[-1] else 0
+
+
+def _concentration(squared: float, d: int) -> float:
+    """``q`` of a row of d equal-variance features of mean squared correlation ``squared``
+    (``squared`` alone when d is unknown)."""
+    return squared if d < 1 else 1.0 / d + squared * (d - 1) / d
 
 
 def product(a: Pairs, am: Moments, b: Pairs, bm: Moments) -> Pairs:
@@ -242,7 +276,9 @@ def normalised(x: Pairs, ym: Moments, d: int | None, kept: float = 0.0) -> Pairs
     if v <= 0:
         return x
     q = float(np.mean(nu**2)) / (d * v * v) + x.squared * (d - 1) / d
-    return replace(x, excess=kept * (2 * q + x.excess) - 2 * q)
+    excess = kept * (2 * q + x.excess) - 2 * q
+    own = x.kurtosis - scale_kurtosis(x.excess, q)
+    return replace(x, excess=excess, kurtosis=own + scale_kurtosis(excess, q))
 
 
 def square(x: Pairs, xm: Moments) -> Pairs:
@@ -259,4 +295,4 @@ def square(x: Pairs, xm: Moments) -> Pairs:
 
 
 __all__ = ["NONE", "Pairs", "dense", "independent_sum", "mixed_excess", "normalised", "product",
-           "row_mean_factor", "row_vars", "square", "through_function"]
+           "row_mean_factor", "row_vars", "scale_kurtosis", "square", "through_function"]

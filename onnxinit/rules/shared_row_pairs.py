@@ -13,7 +13,7 @@ from ..moments import Moments
 from .context import RuleContext
 from .fusion import ancestry
 from .gaussian import compose
-from .pair_algebra import NONE, Pairs, row_vars
+from .pair_algebra import NONE, Pairs, row_vars, scale_kurtosis
 from .row_norm import without_casts
 from .shared_row import (cross_variance, energy_degree, power_relvar, row_concentration,
                          shared_scale, square_excess_variance)
@@ -67,7 +67,11 @@ def shared_row_product(ctx: RuleContext, inputs: list, out: Moments, table: dict
     second = (sa * sb + extra) * shared_scale(alpha_a, alpha_b, rp.excess / (1 + 2 * q))
     moments = replace(out, var=out.var * ((second - (ea * eb) ** 2) / base), source=None,
                       mixture=None)
-    return moments, replace(found, excess=found.excess + excess)
+    # the shared energy's part of the marginal kurtosis (pair_algebra.scale_kurtosis), so that
+    # a dense layer counts the product's own kurtosis alone as its inputs' independent part
+    shared = scale_kurtosis(found.excess + excess, q) - scale_kurtosis(found.excess, q)
+    return moments, replace(found, excess=found.excess + excess,
+                            kurtosis=found.kurtosis + shared)
 
 
 _Z, _W = np.polynomial.hermite_e.hermegauss(48)
