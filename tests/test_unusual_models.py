@@ -453,11 +453,14 @@ def test_newer_opset_warning_names_the_file_once(tmp_path, capsys):
     assert code == 0 and line.count(str(path)) == 1, line
 
 
-def test_empirical_fallback_measures_a_partly_masked_channel():
-    """Longformer's pattern: a ScatterND (no rule: the empirical fallback) writes finite values
-    into a channel an attention mask had set to -inf. The channel then mixes -inf and finite
-    elements; its moments are those of the finite ones (as onnxruntime's measurement leaves
-    -inf out), not NaN, which stopped the analysis."""
+@pytest.mark.parametrize("reduction", ["none", "max"])
+def test_partly_masked_channel_written_by_a_scatter(reduction):
+    """Longformer's pattern: a ScatterND writes finite values into a channel an attention mask
+    had set to -inf. The channel then mixes -inf and finite elements; its moments are those of
+    the finite ones (as onnxruntime's measurement leaves -inf out), not NaN, which stopped the
+    analysis. Reduction "none" has a rule (rules/scatter.py: the written samples take the
+    updates' statistics); "max" (``max(-inf, u) = u``) has none, so the empirical fallback
+    measures the mixed channel."""
     mask = np.zeros((1, 4, 1), np.float32)
     mask[:, 3] = -np.inf
     constants = [numpy_helper.from_array(mask, "mask"),
@@ -467,14 +470,15 @@ def test_empirical_fallback_measures_a_partly_masked_channel():
                  numpy_helper.from_array(np.array([0], np.int64), "axis")]
     nodes = [helper.make_node("Add", ["x", "mask"], ["a"]),
              helper.make_node("Slice", ["x", "start", "end", "axis"], ["u"]),
-             helper.make_node("ScatterND", ["a", "rows", "u"], ["y"]),
+             helper.make_node("ScatterND", ["a", "rows", "u"], ["y"], reduction=reduction),
              helper.make_node("Softmax", ["y"], ["p"], axis=1)]
     model = make_model(nodes, [_value("x", shape=(8, 4, 6))], [_value("p", shape=(8, 4, 6))],
-                       constants)
+                       constants, opset=18)
     result = analyze(model, measure=True)
     assert all(math.isfinite(t.var) and math.isfinite(t.mean) for t in result.tensors)
     y = next(t for t in result.tensors if t.name == "y")
-    assert y.rule == "empirical" and y.var == pytest.approx(y.measured_var, rel=0.2)
+    expected = "scatter_nd" if reduction == "none" else "empirical"
+    assert y.rule == expected and y.var == pytest.approx(y.measured_var, rel=0.2)
 
 
 def test_rms_norm_over_a_narrow_row():
