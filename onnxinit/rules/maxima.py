@@ -132,7 +132,8 @@ def max_of_gaussians(mean, std, count, fn, sized: int | None = None):
             pattern |= present_f[t].astype(np.int64) << t
         order = np.argsort(pattern, kind="stable")
         taps_f = tuple(np.take(a, order, axis=1) for a in taps_f)
-        present_f = np.take(present_f, order, axis=1)
+        mean = scale = count = constant = None  # the unsorted arrays, not read below
+        present_f = present = np.take(present_f, order, axis=1)
         lo_f, span_f = lo_f[order], span_f[order]
         values = None if values is None else np.take(values, order, axis=1)
     block = max(2, _BLOCK // (_GRID * min(n_chunk, taps)))
