@@ -131,7 +131,11 @@ def max_of_gaussians(mean, std, count, fn, sized: int | None = None):
         for t in range(taps):
             pattern |= present_f[t].astype(np.int64) << t
         order = np.argsort(pattern, kind="stable")
-        taps_f = tuple(np.take(a, order, axis=1) for a in taps_f)
+        # the counts are read only to raise a CDF to them, the constant flags only where a
+        # tap is constant: otherwise not copied (a stand-in of the shape, never read)
+        needed = (True, True, flags[2], flags[0])
+        taps_f = tuple(np.take(a, order, axis=1) if need else np.broadcast_to(a.flat[0], a.shape)
+                       for a, need in zip(taps_f, needed))
         mean = scale = count = constant = None  # the unsorted arrays, not read below
         present_f = present = np.take(present_f, order, axis=1)
         lo_f, span_f = lo_f[order], span_f[order]

@@ -74,12 +74,14 @@ def test_distinct_columns_declines_when_nearly_all_differ():
     assert distinct_columns(columns)[0].size == 99
 
 
+@pytest.mark.parametrize("plain", [False, True])
 @pytest.mark.parametrize("chunk, block", [(maxima._CHUNK, maxima._BLOCK), (49 * 100 * 3, 1 << 12),
                                           (49 * 100 * 4, 1 << 40), (49 * 100 * 1, 49 * 3)])
-def test_absent_taps_left_out_give_the_same_bits(monkeypatch, chunk, block):
+def test_absent_taps_left_out_give_the_same_bits(monkeypatch, chunk, block, plain):
     """Problems sorted by their absent taps (count 0: padding), each block leaving out the
     taps absent from all its problems: the bits of multiplying every tap's CDF of 1, with
-    chunks of one, three and four taps and blocks of every width."""
+    chunks of one, three and four taps and blocks of every width; ``plain``: no constant tap
+    and no count above 1 (their sorted copies are not made)."""
     rng = np.random.default_rng(3)
     taps, problems = 9, (1, 4, 5, 5)
     mean = rng.standard_normal((taps, *problems))
@@ -90,6 +92,9 @@ def test_absent_taps_left_out_give_the_same_bits(monkeypatch, chunk, block):
     count[:3, ..., 0, :] = 0.0  # a border row of positions misses three taps
     count[6:, ..., :, -1] = 0.0
     count[4, ..., 2, 2] = 0.0
+    if plain:
+        std = np.maximum(std, 0.1)
+        count = np.minimum(count, 1.0)
     monkeypatch.setattr(maxima, "_CHUNK", chunk)
     monkeypatch.setattr(maxima, "_BLOCK", block)
     left_out = maxima.max_of_gaussians(mean, std, count, np.tanh)
