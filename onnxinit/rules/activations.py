@@ -144,7 +144,9 @@ def _sigmoid(x):
     """1 / (1 + exp(-x)), scipy's ``expit`` formula, with numpy's vectorised exp: the same
     values to an ulp, at a third of the time (the smooth chains' quadrature evaluates SiLU's
     sigmoid at 96 nodes for each of 1e5-1e6 cells per layer). In place on one temporary (the
-    same operations: ``1 / t`` is ``reciprocal(t)``)."""
+    same operations: ``1 / t`` as ``divide(1.0, t)``, whose vectorised loop takes half the
+    time of ``reciprocal``'s; both are IEEE division, correctly rounded, so equal bit for
+    bit)."""
     t = np.negative(x)
     if not isinstance(t, np.ndarray) or t.dtype.kind != "f":  # a scalar, an integer array
         with np.errstate(over="ignore"):
@@ -152,7 +154,7 @@ def _sigmoid(x):
     with np.errstate(over="ignore"):
         np.exp(t, out=t)
     t += 1.0
-    return np.reciprocal(t, out=t)
+    return np.divide(1.0, t, out=t)
 
 
 @elementwise_rule("Sigmoid")

@@ -26,8 +26,8 @@ from ..moments import Moments, Source
 from ..spatial import attach, class_weights, gather_taps, positions
 from .context import RuleContext
 from .gaussian import compose, expand
-from .maxima import (max_of_correlated_gaussians, max_of_mixtures, non_decreasing,
-                     shared_taps_covariance)
+from .maxima import max_of_correlated_gaussians, max_of_mixtures, shared_taps_covariance
+from .monotone import non_decreasing
 from .pool_windows import class_windows, window_geometry
 
 

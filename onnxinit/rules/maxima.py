@@ -26,8 +26,9 @@ from collections.abc import Sequence
 import numpy as np
 from .. import special
 
-from ..moments import Elementwise, Source
+from ..moments import Source
 from .context import RuleError
+from .distinct_columns import distinct_columns
 from .gaussian import (COMPOSITE_W, COMPOSITE_Z, broadcasts_nothing, compose, expand,
                        flat_values)
 
@@ -73,28 +74,14 @@ def max_moments(src: Source, counts: Sequence[int], rank: int, minimum: bool = F
     return out
 
 
-def non_decreasing(chain: Sequence[Elementwise], mean: np.ndarray, var: np.ndarray) -> bool:
-    """Whether the chain is non-decreasing over each Gaussian's +-6 standard deviations
-    (checked on 97 points per tracked index)."""
-    if not chain:
-        return True
-    mean, var = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(var, np.float64))
-    z = np.linspace(-_SPAN, _SPAN, 97).reshape((-1,) + (1,) * mean.ndim)
-    with np.errstate(all="ignore"):
-        values = np.asarray(compose(chain)(mean + np.sqrt(var) * z), dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        return False
-    step = np.diff(values, axis=0)
-    scale = np.abs(values).max(axis=0, keepdims=True) + 1e-300
-    return bool(np.all(step >= -1e-9 * scale))
-
-
-def max_of_gaussians(mean, std, count, fn):
+def max_of_gaussians(mean, std, count, fn, sized: int | None = None):
     """(E[f(M)], Var[f(M)], E[f'(M)]) for M the maximum of independent ``z_i ~ N(mean_i, std_i^2)``
     drawn ``count_i`` times each (0: absent), f non-decreasing.
 
     ``mean``, ``std``, ``count`` are ``[T, *P]`` (T taps; P problems laid out at the tensor's
-    rank, so that f's per-channel constants broadcast); returns ``[*P]`` arrays.
+    rank, so that f's per-channel constants broadcast); returns ``[*P]`` arrays. ``sized``:
+    the number of problems the taps are multiplied in chunks for (default: P's; a caller that
+    passes some of its problems keeps each problem's values as among all of them).
     """
     mean, std, count = np.broadcast_arrays(np.asarray(mean, np.float64),
                                            np.asarray(std, np.float64),
@@ -117,7 +104,8 @@ def max_of_gaussians(mean, std, count, fn):
     span = hi - lo  # the grid: lo + span u, [G, *P]
     flat = broadcasts_nothing(fn, len(problems))  # f on a block's midpoints, else all first
     values = None if flat else _values_at_midpoints(fn, lo, span, u)
-    n_chunk = max(1, _CHUNK // max(1, _GRID * int(np.prod(problems)) or 1))
+    n_problems = int(np.prod(problems)) if sized is None else sized
+    n_chunk = max(1, _CHUNK // max(1, _GRID * n_problems or 1))
     small = float(count.max()) <= 64  # a product of CDFs cannot underflow: no logarithms
     scale = 1.0 / np.where(std > 0, std, 1.0)
     constant = std <= 0  # a constant tap (variance 0): its CDF is a step at its value
@@ -132,6 +120,26 @@ def max_of_gaussians(mean, std, count, fn):
     taps_f = tuple(a.reshape(taps, -1) for a in (mean, scale, count, constant))
     lo_f, span_f, u_f = lo.reshape(-1), span.reshape(-1), u.reshape(_GRID, 1)
     width = lo_f.size
+    chunks = [slice(i, i + n_chunk) for i in range(0, taps, n_chunk)]
+    # an absent tap's CDF is exactly 1, a factor that changes no product: problems sorted by
+    # their absent taps, a block leaves out the taps absent from all of its problems (each
+    # chunk's present taps still multiplied in their order, the chunks in theirs)
+    order, present_f = None, None
+    if small and not present.all() and taps <= _PATTERN_TAPS:
+        present_f = present.reshape(taps, -1)
+        pattern = np.zeros(width, np.int64)
+        for t in range(taps):
+            pattern |= present_f[t].astype(np.int64) << t
+        order = np.argsort(pattern, kind="stable")
+        # the counts are read only to raise a CDF to them, the constant flags only where a
+        # tap is constant: otherwise not copied (a stand-in of the shape, never read)
+        needed = (True, True, flags[2], flags[0])
+        taps_f = tuple(np.take(a, order, axis=1) if need else np.broadcast_to(a.flat[0], a.shape)
+                       for a, need in zip(taps_f, needed))
+        mean = scale = count = constant = None  # the unsorted arrays, not read below
+        present_f = present = np.take(present_f, order, axis=1)
+        lo_f, span_f = lo_f[order], span_f[order]
+        values = None if values is None else np.take(values, order, axis=1)
     block = max(2, _BLOCK // (_GRID * min(n_chunk, taps)))
     starts = list(range(0, width, block))
     if width > 1 and width - starts[-1] == 1:
@@ -143,14 +151,35 @@ def max_of_gaussians(mean, std, count, fn):
         cols = slice(b, min(b + block, width))
         a = acc[:, :cols.stop - b]
         grid = lo_f[cols] + span_f[cols] * u_f
-        _cdf_block(a, grid, [t[:, cols] for t in taps_f], n_chunk, small, flags, buffer)
+        _cdf_block(a, grid, [t[:, cols] for t in taps_f],
+                   chunks if order is None else _present_chunks(chunks, present_f[:, cols]),
+                   small, flags, buffer)
         mid = np.concatenate([grid[:1], 0.5 * (grid[1:] + grid[:-1])])
         at_mid = flat_values(fn, mid, len(problems)) if flat else values[:, cols]
         out[:, cols] = _moments_block(a if small else np.exp(a), mid, at_mid)
+    if order is not None:
+        out[:, order] = out.copy()
     e, var, slope = (row.reshape(problems) for row in out)
     if not (np.all(np.isfinite(e)) and np.all(np.isfinite(var))):
         raise RuleError("the input distribution is not finite")
     return e, var, slope
+
+
+_PATTERN_TAPS = 62  # taps up to which problems are sorted by their absent taps
+
+
+def _present_chunks(chunks, present) -> list:
+    """Each chunk of taps (slices) as the indices of its taps present in some problem of the
+    block (``present`` ``[T, b]``), chunks without one left out."""
+    here = present.any(axis=1)
+    if here.all():
+        return chunks
+    out = []
+    for rows in chunks:
+        kept = np.flatnonzero(here[rows]) + rows.start
+        if kept.size:
+            out.append(kept)
+    return out
 
 
 _ROWS = 1 << 21  # elements of the [rows, *P] arrays f is evaluated on at once
@@ -174,17 +203,17 @@ def _values_at_midpoints(fn, lo, span, u) -> np.ndarray:
     return values
 
 
-def _cdf_block(acc, grid, taps, n_chunk, small, flags, buffer):
+def _cdf_block(acc, grid, taps, chunks, small, flags, buffer):
     """Into ``acc`` ``[G, b]``, the maximum's CDF on ``grid`` ``[G, b]`` (``small``) or its
     logarithm: ``prod_i Phi((g - m_i) s_i^-1)^n_i`` over the taps ``taps`` = (mean, 1/std,
-    count, constant), each ``[T, b]``, multiplied ``n_chunk`` taps at a time."""
+    count, constant), each ``[T, b]``, multiplied a chunk of taps (``chunks``: slices or
+    index arrays of rows) at a time."""
     mean_f, scale_f, count_f, constant_f = taps
     has_constant, has_absent, repeated = flags
     acc.fill(1.0 if small else 0.0)
     g = grid[None]
     with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
-        for i in range(0, mean_f.shape[0], n_chunk):
-            rows = slice(i, i + n_chunk)
+        for rows in chunks:
             m, c = mean_f[rows, None], count_f[rows, None]
             z = np.subtract(g, m, out=buffer[:m.shape[0], :, :g.shape[2]])  # standardised
             z *= scale_f[rows, None]
@@ -263,16 +292,45 @@ def max_of_correlated_gaussians(mean, std, count, fn, rho):
     if not np.any(rho > 0):
         return max_of_gaussians(mean, std, count, fn)
     factor_z, factor_w = _FACTOR_RULES[bool(np.any(rho > _WEAK))]
+    problems = mean.shape[1:]
+    sized = factor_z.size * int(np.prod(problems))
+    distinct = _distinct_problems(mean, std, count, rho, fn)
+    if distinct is not None:  # each distinct problem once, as among all of them
+        first, inverse = distinct
+        lay = (1,) * (len(problems) - 1) + (first.size,)
+        mean, std, count = (np.take(a.reshape(a.shape[0], -1), first, axis=1)
+                            .reshape(a.shape[:1] + lay) for a in (mean, std, count))
+        rho = rho.reshape(-1)[first].reshape(lay)
     nodes = factor_z.reshape((1, -1) + (1,) * (mean.ndim - 1))
     shift = std[:, None] * np.sqrt(rho) * nodes  # [T, Q, *P]
     e, var, slope = max_of_gaussians(mean[:, None] + shift,
                                      np.broadcast_to((std * np.sqrt(1 - rho))[:, None],
                                                      shift.shape),
-                                     np.broadcast_to(count[:, None], shift.shape), fn)
-    p = factor_w.reshape((-1,) + (1,) * (mean.ndim - 1))
+                                     np.broadcast_to(count[:, None], shift.shape), fn, sized)
+    if distinct is not None:
+        # np.take keeps the C order (a fancy index on axis 1 lays the copy out in another
+        # order, and the sums over the factor below would add in another order)
+        e, var, slope = (np.take(a.reshape(a.shape[0], -1), inverse, axis=1)
+                         .reshape(a.shape[:1] + problems) for a in (e, var, slope))
+    p = factor_w.reshape((-1,) + (1,) * (len(problems)))
     e_all = (p * e).sum(axis=0)
     var_all = (p * (var + e * e)).sum(axis=0) - e_all**2
     return e_all, np.maximum(var_all, 0.0), (p * slope).sum(axis=0)
+
+
+_DISTINCT_SHARE = 0.97  # problems computed once each only where at most this share is distinct
+
+
+def _distinct_problems(mean, std, count, rho, fn):
+    """:func:`.distinct_columns.distinct_columns` of the problems ``[*P]`` (every tap's mean,
+    std and count ``[T, *P]`` and rho), or None where f has per-axis constants (problems of
+    two channels then differ even with equal taps)."""
+    if mean.ndim < 2 or not broadcasts_nothing(fn, mean.ndim):
+        return None
+    taps = mean.shape[0]
+    columns = np.concatenate([a.reshape(taps, -1) for a in (mean, std, count)]
+                             + [rho.reshape(1, -1)])  # [3 T + 1, P]
+    return distinct_columns(columns, _DISTINCT_SHARE)
 
 
 _SHARED_CELLS = 256  # cells of the standardised tap value on [-_SPAN, _SPAN]
@@ -389,4 +447,4 @@ def max_of_mixtures(weight, mean, std, count, rho):
 
 
 __all__ = ["max_moments", "max_of_correlated_gaussians", "max_of_gaussians", "max_of_mixtures",
-           "non_decreasing", "shared_taps_covariance"]
+           "shared_taps_covariance"]

@@ -70,8 +70,13 @@ def moments_and_amplitudes(fn: Callable, mean: np.ndarray, var: np.ndarray):
         centre = sums[0] / total
         mean_out = shift[0] + centre
         var_out = squares / total - centre**2
-        # a_n = sum_i w_i He_n(z_i) (f_i - E) with E = sum_i w_i f_i = shift sum(w) + sums_0
-        amp = sums[1:] - np.outer(_ROWS[1:].sum(axis=1), sums[0] + shift[0] * (total - 1.0))
+        # a_n = sum_i w_i He_n(z_i) (f_i - E) with E = sum_i w_i f_i = shift sum(w) + sums_0:
+        # the outer product's rows one at a time, subtracted in place (the same operations
+        # as ``sums[1:] - np.outer(...)``, without two [8, cells] temporaries)
+        level = sums[0] + shift[0] * (total - 1.0)
+        amp = sums[1:]
+        for row, factor in zip(amp, _ROWS[1:].sum(axis=1)):
+            row -= factor * level
     if not (np.isfinite(mean_out).all() and np.isfinite(var_out).all()
             and np.isfinite(amp).all()):
         return None

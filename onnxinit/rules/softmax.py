@@ -127,7 +127,7 @@ def _sigmoid_moments(zm, zs, masked, log):
             np.negative(y, out=y)
             np.exp(y, out=y)
             y += 1.0
-            np.reciprocal(y, out=y)
+            np.divide(1.0, y, out=y)
         first = y @ _GH_W
         y *= y
         return first, y @ _GH_W
