@@ -68,13 +68,15 @@ from .channel_covariance import covariance
 from .covariance_readers import squared_correlation
 from .context import RuleContext, RuleError
 from .fusion import fused_function
-from .pair_algebra import (NONE, Pairs, dense, independent_sum, mixed_excess, normalised, product,
+from .pair_algebra import (NONE, Pairs, dense, independent_sum, mean_energy, mixed_excess,
+                           normalised, product,
                            row_mean_factor, scale_kurtosis, square, through_function)
 from .normalised_square_sum import normalised_square_sum
 from .reduce import row_energy
 from .row_norm import normalisation_degree, without_casts
 from .square_sum_field import feature_covariance
-from .shared_row_pairs import mean_square_diagonal, shared_row_product, squared_row
+from .shared_row_pairs import (mean_square_aligned, mean_square_diagonal, shared_row_product,
+                               squared_row)
 
 
 _NORMS = frozenset(("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"))
@@ -217,6 +219,8 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
             f = row_mean_factor(p0, m0, d)
             m = replace(outputs[0], var=outputs[0].var * f, source=None, mixture=None)
             outputs = [mean_square_diagonal(ctx, m, table, d)] + outputs[1:]
+        if d is not None and not _table_law(outputs[0]):
+            outputs = [mean_square_aligned(ctx, outputs[0], table, d)] + outputs[1:]
         return outputs, none
     if op in ("MatMul", "Gemm"):
         if len(signals) == 2:  # P V: the rows are the right operand's, averaged over tokens
@@ -279,6 +283,10 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
         if op == "Mul":
             return outputs, [product(pairs[0], a, pairs[1], b)]
         return outputs, none
+    if op in ("Add", "Sub") and p0.mean_cross:  # a constant added: the aligned part kept
+        base = mean_energy(outputs[0])
+        cross = p0.mean_cross * mean_energy(m0) / base if base > 0 else 0.0
+        return outputs, [replace(p0, mean_cross=float(cross) if np.isfinite(cross) else 0.0)]
     if op in ("Add", "Sub", "Mul") or (op == "Div" and first == 0):
         return outputs, [p0]  # a constant added or multiplied: per-feature affine
     found = through_function(p0, m0, ctx)
