@@ -116,6 +116,16 @@ def mean_energy(m: Moments | None) -> float:
     return found if np.isfinite(found) else 0.0
 
 
+def shifted(x: Pairs, xm: Moments, ym: Moments) -> Pairs:
+    """``x + b``, b constant: the covariance and ``mu^T C mu``'s aligned part are kept (b taken
+    as random against C), ``mean_cross`` rescaled to the new base ``sum mu_d^2 nu_d``."""
+    if not x.mean_cross:
+        return x
+    base = mean_energy(ym)
+    cross = x.mean_cross * mean_energy(xm) / base if base > 0 else 0.0
+    return replace(x, mean_cross=float(cross) if np.isfinite(cross) else 0.0)
+
+
 def mean_alignment(xm: Moments, w: np.ndarray, nu_x: np.ndarray, ym: Moments,
                    off: float) -> float:
     """``(mu^T C_y mu - sum_n mu_n^2 nu_n - mean(mu)^2 off) / sum_n mu_n^2 nu_n`` for ``y = W^T
@@ -351,4 +361,5 @@ def square(x: Pairs, xm: Moments) -> Pairs:
 
 __all__ = ["NONE", "Pairs", "dense", "independent_sum", "mean_alignment", "mean_energy",
            "mixed_excess", "normalised", "product",
-           "row_mean_factor", "row_vars", "scale_kurtosis", "square", "through_function"]
+           "row_mean_factor", "row_vars", "scale_kurtosis", "shifted", "square",
+           "through_function"]
