@@ -69,12 +69,13 @@ from .covariance_readers import squared_correlation
 from .context import RuleContext, RuleError
 from .fusion import fused_function
 from .pair_algebra import (NONE, Pairs, dense, independent_sum, mixed_excess, normalised, product,
-                           row_mean_factor, scale_kurtosis, square, through_function)
+                           row_mean_factor, scale_kurtosis, shifted, square, through_function)
 from .normalised_square_sum import normalised_square_sum
 from .reduce import row_energy
 from .row_norm import normalisation_degree, without_casts
 from .square_sum_field import feature_covariance
-from .shared_row_pairs import mean_square_diagonal, shared_row_product, squared_row
+from .shared_row_pairs import (mean_square_aligned, mean_square_diagonal, shared_row_product,
+                               squared_row)
 
 
 _NORMS = frozenset(("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"))
@@ -213,10 +214,12 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
         return outputs, none
     if op in _MEANS:
         d = _reduced_last(ctx) if reduces_last_alone(ctx) else None
-        if d is not None and p0.signed != 0.0 and not _table_law(outputs[0]):
-            f = row_mean_factor(p0, m0, d)
-            m = replace(outputs[0], var=outputs[0].var * f, source=None, mixture=None)
-            outputs = [mean_square_diagonal(ctx, m, table, d)] + outputs[1:]
+        if d is not None and not _table_law(outputs[0]):
+            m = outputs[0]
+            if p0.signed != 0.0:
+                m = replace(m, var=m.var * row_mean_factor(p0, m0, d), source=None, mixture=None)
+                m = mean_square_diagonal(ctx, m, table, d)
+            outputs = [mean_square_aligned(ctx, m, table, d)] + outputs[1:]
         return outputs, none
     if op in ("MatMul", "Gemm"):
         if len(signals) == 2:  # P V: the rows are the right operand's, averaged over tokens
@@ -279,8 +282,8 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
         if op == "Mul":
             return outputs, [product(pairs[0], a, pairs[1], b)]
         return outputs, none
-    if op in ("Add", "Sub", "Mul") or (op == "Div" and first == 0):
-        return outputs, [p0]  # a constant added or multiplied: per-feature affine
+    if op in ("Add", "Sub", "Mul") or (op == "Div" and first == 0):  # per-feature affine
+        return outputs, [shifted(p0, m0, outputs[0]) if op in ("Add", "Sub") else p0]
     found = through_function(p0, m0, ctx)
     if found is not None:
         return outputs, [found] + none[1:]

@@ -38,6 +38,11 @@ class Pairs:
     # turns the inputs' kurtosis into excess energy of its outputs (``sum_j A_jj^2 k4_j``)
     skew: float = 0.0
     kurtosis: float = 0.0
+    # the row's mean vector against its covariance: ``mu^T C mu`` over its independent-features
+    # part ``sum mu_d^2 nu_d`` (and the pooled mean's ``mean(mu)^2 1^T C_off 1``), relative to
+    # ``sum mu_d^2 nu_d``: a dense layer's mean ``W^T mu_x`` lies along its own covariance
+    # ``W^T C_x W`` (:func:`mean_alignment`); a mean of squares reads it
+    mean_cross: float = 0.0
 
 
 NONE = Pairs(0.0, 0.0)
@@ -98,7 +103,56 @@ def dense(x: Pairs, xm: Moments, w: np.ndarray, ym: Moments) -> Pairs:
     pairs = n * (n - 1)
     return Pairs(float(np.clip(off / (pairs * v), -1, 1)),
                  float(np.clip(off2 / (pairs * v * v), 0, 1)), float(excess),
-                 kurtosis=scale_kurtosis(excess, tr2 / (n * v) ** 2))
+                 kurtosis=scale_kurtosis(excess, tr2 / (n * v) ** 2),
+                 mean_cross=mean_alignment(xm, w, nu_x, ym, off))
+
+
+def mean_energy(m: Moments | None) -> float:
+    """``mean(mu^2 nu)`` over the elements: a row's ``sum_d mu_d^2 nu_d / D``."""
+    if m is None:
+        return 0.0
+    mean, var = np.broadcast_arrays(np.asarray(m.mean, np.float64), np.asarray(m.var, np.float64))
+    found = float(np.mean(mean * mean * var)) if mean.size else 0.0
+    return found if np.isfinite(found) else 0.0
+
+
+def shifted(x: Pairs, xm: Moments, ym: Moments) -> Pairs:
+    """``x + b``, b constant: the covariance and ``mu^T C mu``'s aligned part are kept (b taken
+    as random against C), ``mean_cross`` rescaled to the new base ``sum mu_d^2 nu_d``."""
+    if not x.mean_cross:
+        return x
+    base = mean_energy(ym)
+    cross = x.mean_cross * mean_energy(xm) / base if base > 0 else 0.0
+    return replace(x, mean_cross=float(cross) if np.isfinite(cross) else 0.0)
+
+
+def mean_alignment(xm: Moments, w: np.ndarray, nu_x: np.ndarray, ym: Moments,
+                   off: float) -> float:
+    """``(mu^T C_y mu - sum_n mu_n^2 nu_n - mean(mu)^2 off) / sum_n mu_n^2 nu_n`` for ``y = W^T
+    x``, ``mu = W^T mu_x`` per row of x's means (a bias added after is taken as random
+    against C_y), ``C_y = W^T diag(nu_x) W``: ``mu^T C_y mu = sum_k (W mu)_k^2 nu_k``. The mean
+    of a ReLU layer's outputs is ``c 1``, and ``W^T c 1`` lies along ``W^T W``'s large
+    eigenvectors: ``c^T B^2 c / (c^T B c tr B / N) = 1 + N / K`` for a random W (``B = W
+    W^T``; ``B c`` keeps ``c`` times ``B``'s diagonal).
+    ``off`` the row's off-diagonal covariance sum ``1^T C_y 1 - sum nu``. 0 for zero means."""
+    k, n = w.shape
+    mean = np.asarray(xm.mean, np.float64)
+    if not mean.size or not np.any(mean):
+        return 0.0
+    rows = (np.broadcast_to(mean, mean.shape[:-1] + (k,)) if mean.ndim and mean.shape[-1] in (1, k)
+            else np.full((1, k), float(np.mean(mean))))
+    rows = rows.reshape(-1, k)
+    if rows.shape[0] > 4096:
+        return 0.0  # per-element means over a large grid: left out
+    mu = rows @ np.asarray(w, np.float64)  # [rows, N]
+    nu_y = row_vars(ym, n)
+    base = float(np.mean(np.sum(mu * mu * nu_y, axis=1)))
+    if not base > 0:
+        return 0.0
+    aligned = float(np.mean(np.sum(np.square(mu @ np.asarray(w, np.float64).T) * nu_x, axis=1)))
+    pooled = float(np.mean(np.mean(mu, axis=1) ** 2)) * off
+    found = (aligned - base - pooled) / base
+    return float(found) if np.isfinite(found) else 0.0
 
 
 def scale_kurtosis(excess: float, q: float) -> float:
@@ -221,8 +275,19 @@ def independent_sum(a: Pairs, am: Moments, b: Pairs, bm: Moments) -> Pairs:
     excess = a.excess * ra * ra + b.excess * rb * rb
     skew = a.skew * ra**1.5 + b.skew * rb**1.5  # cumulants add
     kurtosis = a.kurtosis * ra * ra + b.kurtosis * rb * rb
+    cross = 0.0
+    if a.mean_cross or b.mean_cross:  # the aligned energies add, the base is the sum's
+        ea, eb = mean_energy(am), mean_energy(bm)
+        try:
+            mean, var = np.broadcast_arrays(np.asarray(am.mean) + np.asarray(bm.mean),
+                                            np.asarray(am.var) + np.asarray(bm.var))
+            base = float(np.mean(mean * mean * var))
+        except ValueError:  # rows put side by side (Concat): their energies add
+            base = ea + eb
+        if base > 0:
+            cross = (a.mean_cross * ea + b.mean_cross * eb) / base
     return Pairs(float(signed), float(min(squared, 1.0)), float(excess), float(skew),
-                 float(kurtosis))
+                 float(kurtosis), float(cross) if np.isfinite(cross) else 0.0)
 
 
 def row_mean_factor(z: Pairs, zm: Moments, d: int) -> float:
@@ -294,5 +359,7 @@ def square(x: Pairs, xm: Moments) -> Pairs:
                  x.excess * (c1 / total) ** 2)
 
 
-__all__ = ["NONE", "Pairs", "dense", "independent_sum", "mixed_excess", "normalised", "product",
-           "row_mean_factor", "row_vars", "scale_kurtosis", "square", "through_function"]
+__all__ = ["NONE", "Pairs", "dense", "independent_sum", "mean_alignment", "mean_energy",
+           "mixed_excess", "normalised", "product",
+           "row_mean_factor", "row_vars", "scale_kurtosis", "shifted", "square",
+           "through_function"]

@@ -13,7 +13,7 @@ from ..moments import Moments
 from .context import RuleContext
 from .fusion import ancestry
 from .gaussian import compose
-from .pair_algebra import NONE, Pairs, row_vars, scale_kurtosis
+from .pair_algebra import NONE, Pairs, mean_energy, row_vars, scale_kurtosis
 from .row_norm import without_casts
 from .shared_row import (cross_variance, energy_degree, power_relvar, row_concentration,
                          shared_scale, square_excess_variance)
@@ -141,4 +141,25 @@ def mean_square_diagonal(ctx: RuleContext, out: Moments, table: dict, d: int) ->
     return replace(out, var=var * factor, source=None, mixture=None)
 
 
-__all__ = ["mean_square_diagonal", "shared_row_product", "squared_row"]
+def mean_square_aligned(ctx: RuleContext, out: Moments, table: dict, d: int) -> Moments:
+    """A mean over the row (D features) of ``x^2`` for a row whose mean vector lies along its
+    covariance (:func:`.pair_algebra.mean_alignment`, ``mean_cross`` a): ``Cov(x_d^2, x_e^2) =
+    2 C_de^2 + 4 mu_d mu_e C_de``, whose off-diagonal sum of the second term is ``4 (mu^T C mu
+    - sum mu_d^2 nu_d)``: the variance of the mean gains ``4 a mean(mu^2 nu) / D`` (the pooled
+    mean's share is counted by ``signed``). ``out`` unchanged otherwise."""
+    node_id = ctx.graph.producer.get(ctx.node.input[0])
+    square_ctx = ctx.for_node(node_id) if node_id else None
+    if square_ctx is None or not _is_square(square_ctx):
+        return out
+    x_name = square_ctx.node.input[0]
+    xp, x = table.get(x_name), (ctx.known or {}).get(x_name)
+    if xp is None or x is None or not xp.mean_cross or d < 2:
+        return out
+    extra = 4.0 * xp.mean_cross * mean_energy(x) / d
+    var = np.asarray(out.var, np.float64)
+    if not np.isfinite(extra) or not float(np.mean(var)) > 0:
+        return out
+    return replace(out, var=np.maximum(var + extra, var * 1e-3), source=None, mixture=None)
+
+
+__all__ = ["mean_square_aligned", "mean_square_diagonal", "shared_row_product", "squared_row"]
