@@ -124,12 +124,7 @@ def mean_square_diagonal(ctx: RuleContext, out: Moments, table: dict, d: int) ->
     removing 99.9% of the variance). A cancellation of order ``2 q`` then reads its remainder
     (Gemma 2's pre-feedforward norm of ``embedding + normalised attention``). ``out`` unchanged
     otherwise."""
-    node_id = ctx.graph.producer.get(ctx.node.input[0])
-    square_ctx = ctx.for_node(node_id) if node_id else None
-    if square_ctx is None or not _is_square(square_ctx):
-        return out
-    x_name = square_ctx.node.input[0]
-    xp, x = table.get(x_name), (ctx.known or {}).get(x_name)
+    xp, x = _squared_row(ctx, table)
     if xp is None or x is None or xp.excess >= 0 or d < 2:
         return out
     var = np.asarray(out.var, np.float64)
@@ -141,18 +136,24 @@ def mean_square_diagonal(ctx: RuleContext, out: Moments, table: dict, d: int) ->
     return replace(out, var=var * factor, source=None, mixture=None)
 
 
+def _squared_row(ctx: RuleContext, table: dict) -> tuple:
+    """(Pairs, Moments) of the row x whose square the mean reads (``Pow(x, 2)`` or ``x * x``),
+    (None, None) when its input is not such a square."""
+    node_id = ctx.graph.producer.get(ctx.node.input[0])
+    square_ctx = ctx.for_node(node_id) if node_id else None
+    if square_ctx is None or not _is_square(square_ctx):
+        return None, None
+    x_name = square_ctx.node.input[0]
+    return table.get(x_name), (ctx.known or {}).get(x_name)
+
+
 def mean_square_aligned(ctx: RuleContext, out: Moments, table: dict, d: int) -> Moments:
     """A mean over the row (D features) of ``x^2`` for a row whose mean vector lies along its
     covariance (:func:`.pair_algebra.mean_alignment`, ``mean_cross`` a): ``Cov(x_d^2, x_e^2) =
     2 C_de^2 + 4 mu_d mu_e C_de``, whose off-diagonal sum of the second term is ``4 (mu^T C mu
     - sum mu_d^2 nu_d)``: the variance of the mean gains ``4 a mean(mu^2 nu) / D`` (the pooled
     mean's share is counted by ``signed``). ``out`` unchanged otherwise."""
-    node_id = ctx.graph.producer.get(ctx.node.input[0])
-    square_ctx = ctx.for_node(node_id) if node_id else None
-    if square_ctx is None or not _is_square(square_ctx):
-        return out
-    x_name = square_ctx.node.input[0]
-    xp, x = table.get(x_name), (ctx.known or {}).get(x_name)
+    xp, x = _squared_row(ctx, table)
     if xp is None or x is None or not xp.mean_cross or d < 2:
         return out
     extra = 4.0 * xp.mean_cross * mean_energy(x) / d
