@@ -26,7 +26,8 @@ from ..moments import Moments, Source
 from ..spatial import attach, class_weights, gather_taps, positions
 from .context import RuleContext
 from .gaussian import compose, expand
-from .maxima import max_of_correlated_gaussians, max_of_mixtures, shared_taps_covariance
+from .maxima import max_of_correlated_gaussians, shared_taps_covariance
+from .mixture_maxima import max_of_mixtures
 from .monotone import non_decreasing
 from .pool_windows import class_windows, window_geometry
 
@@ -92,7 +93,7 @@ def _common_correlation(sp, ctx: RuleContext, c: int) -> np.ndarray:
 def _max_pool_mixture(sp, x_shape, ctx: RuleContext) -> Moments:
     """MaxPool per output position class of an input described per cell as a Gaussian mixture
     (a ReLU of a residual sum): the maximum of the taps' mixtures joined by a Gaussian copula
-    at the window's common correlation (``maxima.max_of_mixtures``); the output's correlation
+    at the window's common correlation (``mixture_maxima.max_of_mixtures``); the output's correlation
     by :func:`_max_correlation` in the copula's Gaussian units (the taps as the quantile
     function of their law of a standard normal, :func:`_quantile_function`)."""
     w, m, v = (np.asarray(a, np.float64) for a in sp.cells.mixture)
