@@ -333,7 +333,9 @@ def normalised(x: Pairs, ym: Moments, d: int | None, kept: float = 0.0) -> Pairs
     excess (tr C)^2 = 0``: ``excess = -2 q``, ``q = mean(nu^2) / (D mean(nu)^2) + squared (D-1)
     / D``. ``kept`` (``E[rho^2]``, :func:`.row_norm.normalisation_degree`): the share of the
     row's relative energy variance ``2 q + excess_x`` the norm keeps (eps dominating a small
-    row), ``excess = kept (2 q + excess_x) - 2 q``."""
+    row), ``excess = kept (2 q + excess_x) - 2 q``. The energy's part along the mean, ``4 (mu^T
+    C mu - sum mu_d^2 nu_d)``, is fixed with the rest: ``mean_cross`` keeps the share ``kept``
+    (a whole normalised row has ``Var sum y^2 = 0`` whatever its mean)."""
     if not d or d < 2:
         return x
     nu = row_vars(ym, d)
@@ -343,7 +345,8 @@ def normalised(x: Pairs, ym: Moments, d: int | None, kept: float = 0.0) -> Pairs
     q = float(np.mean(nu**2)) / (d * v * v) + x.squared * (d - 1) / d
     excess = kept * (2 * q + x.excess) - 2 * q
     own = x.kurtosis - scale_kurtosis(x.excess, q)
-    return replace(x, excess=excess, kurtosis=own + scale_kurtosis(excess, q))
+    return replace(x, excess=excess, kurtosis=own + scale_kurtosis(excess, q),
+                   mean_cross=kept * x.mean_cross)
 
 
 def square(x: Pairs, xm: Moments) -> Pairs:
