@@ -25,6 +25,7 @@ BUILTIN_MODULES = (
     "onnxinit.rules.dropout",
     "onnxinit.rules.edgeworth",
     "onnxinit.rules.energy_mixture",
+    "onnxinit.rules.fused_ahead",
     "onnxinit.rules.linear",
     "onnxinit.rules.normalization",
     "onnxinit.rules.pooling",

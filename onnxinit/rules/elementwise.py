@@ -37,7 +37,7 @@ from .mixture import through
 from .powers import gaussian_power, integer_power
 from .rectified import relu_mixture
 from .registry import rule
-from .smooth_quadrature import smooth_moments
+from .smooth_quadrature import sharing, smooth_moments
 from .support import identity_on_input
 
 
@@ -304,6 +304,17 @@ def input_law(restore: Callable) -> Callable:
     return restore
 
 
+# chains a later node integrates on this node's cells, offered to the smooth quadrature
+# (:mod:`.fused_ahead`): each ``finder(ctx, f, which) -> [Companion]`` registers itself with
+# :func:`quadrature_companions` when imported
+QUADRATURE_COMPANIONS: list[Callable] = []
+
+
+def quadrature_companions(finder: Callable) -> Callable:
+    QUADRATURE_COMPANIONS.append(finder)
+    return finder
+
+
 # refinements of a non-affine element-wise rule's output that need modules which import this
 # one (the Edgeworth terms of a few-term Conv's output, :mod:`.edgeworth`): each
 # ``refine(y, ctx) -> Moments`` registers itself with :func:`refinement` when imported
@@ -334,7 +345,8 @@ def apply_elementwise(inputs: list, ctx: RuleContext) -> list:
         x = restore(x, ctx, ctx.node.input[which])
     if identity_on_input(ctx.node, ctx.graph):  # f(x) = x on [0, inf), x >= 0
         return [x] + [None] * (len(ctx.node.output) - 1)
-    y = apply_fn(x, f, rank_of(ctx))
+    with sharing(c for find in QUADRATURE_COMPANIONS for c in find(ctx, f, which)):
+        y = apply_fn(x, f, rank_of(ctx))
     outs = [y if f.affine is not None else refined(y, ctx)]
     return outs + [None] * (len(ctx.node.output) - 1)
 
