@@ -303,16 +303,9 @@ def input_law(restore: Callable) -> Callable:
     INPUT_LAWS.append(restore)
     return restore
 
-
-# chains a later node integrates on this node's cells, offered to the smooth quadrature
-# (:mod:`.fused_ahead`): each ``finder(ctx, f, which) -> [Companion]`` registers itself with
-# :func:`quadrature_companions` when imported
+# chains a later node integrates on this node's cells (smooth_quadrature.sharing): each
+# ``finder(ctx, f, which) -> [Companion]`` appends itself when imported (:mod:`.fused_ahead`)
 QUADRATURE_COMPANIONS: list[Callable] = []
-
-
-def quadrature_companions(finder: Callable) -> Callable:
-    QUADRATURE_COMPANIONS.append(finder)
-    return finder
 
 
 # refinements of a non-affine element-wise rule's output that need modules which import this

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .context import RuleContext, RuleError
-from .elementwise import ElementwiseFn, quadrature_companions
+from .elementwise import QUADRATURE_COMPANIONS, ElementwiseFn
 from .fusion import common_ancestor, fused_function
 from .piecewise import fused_pieces
 from .smooth_quadrature import Companion
@@ -30,7 +30,6 @@ def _after(op, first: bool):
     return lambda x, y: op(y, x)
 
 
-@quadrature_companions
 def companions(ctx: RuleContext, f: ElementwiseFn, which: int) -> list[Companion]:
     """The companions of node ``f``'s integral: for each consumer of its output whose two
     operands are ``x`` and ``f(x)`` (x its signal input), ``op(x, f(x))`` under the key its
@@ -59,3 +58,6 @@ def companions(ctx: RuleContext, f: ElementwiseFn, which: int) -> list[Companion
         h = fused_function(consumer.op_type, chain_a, chain_b)
         out.append(Companion((f.key,), (h.key,), h.fn, _after(_OPS[consumer.op_type], not keys_a)))
     return out
+
+
+QUADRATURE_COMPANIONS.append(companions)
