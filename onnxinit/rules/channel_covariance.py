@@ -173,19 +173,15 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
     node = graph.node(node_id)
     signals = [n for n in _signals(ctx, node) if n in known]
     fused = _fused(ctx, node_id) if len(signals) == 2 else None
-    if fused is not None:
-        f_t = field_of(fused[0])
-        if f_t is None or f_t.head_axis is not None or f_t.cov.shape[0] > MAX_CHANNELS:
-            return None
-        try:
-            return _through(ctx, fused[1].fn, fused[0], tensor, f_t)
-        except (RuleError, ValueError, TypeError, IndexError) as exc:
-            fall_back(exc, (RuleError,))
-            return None
-    if not signals or signals[0] not in _deps(ctx, tensor):  # an op that drops the field
-        return None
+    if fused is None and (not signals or signals[0] not in _deps(ctx, tensor)):
+        return None  # an op that drops the field
     x = signals[0]
     try:
+        if fused is not None:  # h(T): T's field through the fused function
+            f_t = field_of(fused[0])
+            if f_t is None or f_t.head_axis is not None or f_t.cov.shape[0] > MAX_CHANNELS:
+                return None
+            return _through(ctx, fused[1].fn, fused[0], tensor, f_t)
         if rows and node.op_type == "MatMul" and field_of(x) is None:
             shape_x = graph.shape(x)
             return _dense(ctx, node, x, tensor, Field(len(shape_x) - 1, np.diag(

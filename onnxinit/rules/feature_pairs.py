@@ -68,8 +68,9 @@ from .channel_covariance import covariance
 from .covariance_readers import squared_correlation
 from .context import RuleContext, RuleError
 from .fusion import fused_function
-from .pair_algebra import (NONE, Pairs, dense, independent_sum, mixed_excess, normalised, product,
-                           row_mean_factor, scale_kurtosis, shifted, square, through_function)
+from .pair_algebra import (NONE, Pairs, concentration, dense, independent_sum, mixed_excess,
+                           normalised, product, row_mean_factor, scale_kurtosis, shifted, square,
+                           through_function)
 from .normalised_square_sum import normalised_square_sum
 from .reduce import row_energy
 from .row_norm import normalisation_degree, without_casts
@@ -224,8 +225,7 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
     if op in ("MatMul", "Gemm"):
         if len(signals) == 2:  # P V: the rows are the right operand's, averaged over tokens
             excess = mixed_excess(inputs[0], inputs[1], pairs[1].excess)
-            d = _last_dim(ctx, 0, out=True) or 0
-            q = pairs[1].squared if d < 1 else 1 / d + pairs[1].squared * (d - 1) / d
+            q = concentration(pairs[1].squared, _last_dim(ctx, 0, out=True) or 0)
             found = replace(pairs[1], excess=excess, skew=0.0,
                             kurtosis=scale_kurtosis(excess, q))
             return outputs, [found if found != NONE else None] + none[1:]

@@ -7,16 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .context import RuleContext
-
-
-def _split_sizes(nctx: RuleContext, length: int, outputs: int) -> list[int]:
-    """A Split's output sizes: its input, its attribute, else equal parts (the last smaller)."""
-    sizes = nctx.const(1) if nctx.has_input(1) else nctx.attr("split")
-    if sizes is None:
-        step = -(-length // outputs)
-        sizes = [min(step, length - k * step) for k in range(outputs)]
-    return [int(s) for s in np.ravel(sizes)]
+from .context import RuleContext, RuleError
+from .shape import slice_params
 
 
 def move(nctx: RuleContext, out: str, arrays: list[np.ndarray]) -> list[np.ndarray] | None:
@@ -39,23 +31,23 @@ def move(nctx: RuleContext, out: str, arrays: list[np.ndarray]) -> list[np.ndarr
         moved = [a.reshape(shape) for a in arrays]
     elif op == "Expand":
         moved = [np.broadcast_to(a, shape) for a in arrays]
-    elif op == "Split":
+    elif op == "Split":  # the outputs before ``out`` (their static sizes) give its start
         axis = int(nctx.attr("axis", 0)) % x.ndim
-        sizes = _split_sizes(nctx, x.shape[axis], len(node.output))
-        k = list(node.output).index(out)
-        start = int(sum(sizes[:k]))
+        before = [nctx.graph.shape(o) for o in node.output[:list(node.output).index(out)]]
+        if any(not static(b) or len(b) != x.ndim for b in before):
+            return None
+        start = sum(int(b[axis]) for b in before)
         index = [slice(None)] * x.ndim
-        index[axis] = slice(start, start + sizes[k])
+        index[axis] = slice(start, start + shape[axis])
         moved = [a[tuple(index)] for a in arrays]
     elif op == "Slice":
-        starts, ends = nctx.const(1), nctx.const(2)
-        axes = nctx.const(3) if nctx.has_input(3) else np.arange(np.size(starts))
-        steps = nctx.const(4) if nctx.has_input(4) else np.ones(np.size(starts), np.int64)
-        if starts is None or ends is None or axes is None or steps is None:
+        try:
+            params = slice_params(nctx, x.ndim)
+        except RuleError:
             return None
         index = [slice(None)] * x.ndim
-        for s, e, a, st in zip(*(np.ravel(v) for v in (starts, ends, axes, steps))):
-            index[int(a) % x.ndim] = slice(int(s), int(e), int(st))
+        for a, s, e, st in params:
+            index[a] = slice(s, e, st)
         moved = [a[tuple(index)] for a in arrays]
     elif op == "Gather":
         indices = nctx.const(1)

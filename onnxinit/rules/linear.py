@@ -338,7 +338,7 @@ def matmul_const(inputs, ctx: RuleContext):
     y_rank = len(ctx.out_shape(0))
     if inputs[0] is not None:
         w = ctx.const(1)
-        if w is not None and np.ndim(w) > 2:
+        if w is not None and np.ndim(w) > 2 and len(ctx.in_shape(0)) >= 2:
             return [stacked_matmul(inputs[0], w, y_rank, weight_first=False)]
         if w is None or np.ndim(w) != 2:
             raise RuleError("MatMul with a non-2-D constant weight")

@@ -265,7 +265,7 @@ def _gradient(f):
     return out
 
 
-def _factor_rule(nodes: int) -> tuple[np.ndarray, np.ndarray]:
+def _gauss_hermite(nodes: int) -> tuple[np.ndarray, np.ndarray]:
     z, w = np.polynomial.hermite_e.hermegauss(nodes)
     return z, w / w.sum()
 
@@ -274,7 +274,7 @@ def _factor_rule(nodes: int) -> tuple[np.ndarray, np.ndarray]:
 # at most _WEAK (a conv output's neighbours), 8 above. Either keeps the maximum's variance
 # within 1% of a 24-node, 257-point reference up to rho = 0.3; 4 nodes are 2% off at 0.5.
 _WEAK = 0.3
-_FACTOR_RULES = {False: _factor_rule(4), True: _factor_rule(8)}
+_FACTOR_RULES = {False: _gauss_hermite(4), True: _gauss_hermite(8)}
 
 
 def max_of_correlated_gaussians(mean, std, count, fn, rho):
@@ -291,7 +291,7 @@ def max_of_correlated_gaussians(mean, std, count, fn, rho):
     rho = np.clip(np.broadcast_to(np.asarray(rho, np.float64), mean.shape[1:]), 0.0, 1.0)
     if not np.any(rho > 0):
         return max_of_gaussians(mean, std, count, fn)
-    factor_z, factor_w = _FACTOR_RULES[bool(np.any(rho > _WEAK))]
+    factor_z, factor_w = factor_rule(rho)
     problems = mean.shape[1:]
     sized = factor_z.size * int(np.prod(problems))
     distinct = _distinct_problems(mean, std, count, rho, fn)
@@ -356,7 +356,7 @@ def shared_taps_covariance(mean, std, fn, taps: int, shared, rho):
                                          np.asarray(std, np.float64),
                                          np.clip(np.asarray(rho, np.float64), 0.0, 1.0))
     if np.any(rho > 0):
-        factor_z, factor_w = _FACTOR_RULES[bool(np.any(rho > _WEAK))]
+        factor_z, factor_w = factor_rule(rho)
     else:
         factor_z, factor_w = np.zeros(1), np.ones(1)
     edges = np.linspace(-SPAN, SPAN, _SHARED_CELLS + 1)

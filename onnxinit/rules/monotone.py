@@ -9,8 +9,8 @@ import numpy as np
 
 from ..moments import Elementwise
 from .gaussian import compose
+from .maxima import SPAN
 
-_SPAN = 6.0  # standard deviations on each side
 _ROWS = 1 << 21  # elements of the [points, *shape] arrays f is evaluated on at once
 
 
@@ -20,7 +20,7 @@ def non_decreasing(chain: Sequence[Elementwise], mean: np.ndarray, var: np.ndarr
     if not chain:
         return True
     mean, var = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(var, np.float64))
-    z = np.linspace(-_SPAN, _SPAN, 97).reshape((-1,) + (1,) * mean.ndim)
+    z = np.linspace(-SPAN, SPAN, 97).reshape((-1,) + (1,) * mean.ndim)
     fn, std = compose(chain), np.sqrt(var)
     # a few points at a time (never the [97, *shape] array): each step's least value and
     # each index's largest |value| over the points, then the test on those

@@ -144,12 +144,13 @@ def mean_alignment(xm: Moments, w: np.ndarray, nu_x: np.ndarray, ym: Moments,
     rows = rows.reshape(-1, k)
     if rows.shape[0] > 4096:
         return 0.0  # per-element means over a large grid: left out
-    mu = rows @ np.asarray(w, np.float64)  # [rows, N]
+    w = np.asarray(w, np.float64)
+    mu = rows @ w  # [rows, N]
     nu_y = row_vars(ym, n)
     base = float(np.mean(np.sum(mu * mu * nu_y, axis=1)))
     if not base > 0:
         return 0.0
-    aligned = float(np.mean(np.sum(np.square(mu @ np.asarray(w, np.float64).T) * nu_x, axis=1)))
+    aligned = float(np.mean(np.sum(np.square(mu @ w.T) * nu_x, axis=1)))
     pooled = float(np.mean(np.mean(mu, axis=1) ** 2)) * off
     found = (aligned - base - pooled) / base
     return float(found) if np.isfinite(found) else 0.0
@@ -209,7 +210,7 @@ def through_function(x: Pairs, xm: Moments, ctx: RuleContext, f=None) -> Pairs |
     linear = (c2[0] / total) ** 2  # the share of the input's fourth cumulant the output keeps
     excess = x.excess * linear
     d = _out_features(ctx)
-    q_x, q_y = (_concentration(p, d) for p in (x.squared, squared))
+    q_x, q_y = (concentration(p, d) for p in (x.squared, squared))
     kurtosis += (x.kurtosis - scale_kurtosis(x.excess, q_x)) * linear  # the inputs' own
     kurtosis += scale_kurtosis(excess, q_y)  # the row's shared scale, kept
     return Pairs(float(signed), float(min(squared, 1.0)), float(excess), skew, float(kurtosis))
@@ -223,9 +224,10 @@ def _out_features(ctx: RuleContext) -> int:
     return int(shape[-1]) if shape and shape[-1] else 0
 
 
-def _concentration(squared: float, d: int) -> float:
+def concentration(squared: float, d: int) -> float:
     """``q`` of a row of d equal-variance features of mean squared correlation ``squared``
-    (``squared`` alone when d is unknown)."""
+    (``squared`` alone when d is unknown): :func:`.shared_row.row_concentration`'s case of
+    equal variances, where the variances are not at hand."""
     return squared if d < 1 else 1.0 / d + squared * (d - 1) / d
 
 
@@ -362,7 +364,8 @@ def square(x: Pairs, xm: Moments) -> Pairs:
                  x.excess * (c1 / total) ** 2)
 
 
-__all__ = ["NONE", "Pairs", "dense", "independent_sum", "mean_alignment", "mean_energy",
+__all__ = ["NONE", "Pairs", "concentration", "dense", "independent_sum", "mean_alignment",
+           "mean_energy",
            "mixed_excess", "normalised", "product",
            "row_mean_factor", "row_vars", "scale_kurtosis", "shifted", "square",
            "through_function"]

@@ -36,7 +36,6 @@ def _operand(inputs, ctx: RuleContext, index: int, shape: tuple[int, ...]):
         mean = np.asarray(value, dtype=np.float64)
         var = np.zeros_like(mean)
     else:
-        x = x.expand_rank(len(shape))
         mean, var = x.mean, x.var
     # C order: the writes go through reshaped views (numpy's default "K" order would lay a
     # broadcast axis out innermost, and the reshape would copy)
@@ -44,25 +43,32 @@ def _operand(inputs, ctx: RuleContext, index: int, shape: tuple[int, ...]):
             np.array(np.broadcast_to(var, shape), order="C"))
 
 
-def _reduction_none(ctx: RuleContext) -> None:
+def _constant_indices(ctx: RuleContext) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(the constant indices, data's static shape) of a scatter that writes each element
+    once, the last write winning (reduction ``none``; another combines overlapping writes)."""
     reduction = ctx.attr("reduction", "none")
-    if isinstance(reduction, bytes):
-        reduction = reduction.decode()
     if reduction != "none":
         raise RuleError(f"reduction '{reduction}' combines overlapping writes")
-
-
-def _last_write(flat_targets: np.ndarray) -> np.ndarray:
-    """Positions in ``flat_targets`` of each target's last write (later indices win)."""
-    reversed_first = np.unique(flat_targets[::-1], return_index=True)[1]
-    return flat_targets.size - 1 - reversed_first
-
-
-def _spelled_out(data_shape) -> tuple[int, ...]:
-    shape = tuple(int(d) for d in data_shape)
+    indices = ctx.const(1)
+    if indices is None:
+        raise RuleError("the indices are not constant")
+    shape = tuple(int(d) for d in ctx.in_shape(0))
     if int(np.prod(shape, dtype=np.int64)) > SCATTER_CAP:
         raise RuleError(f"data of {int(np.prod(shape))} elements is too large to spell out")
-    return shape
+    return np.asarray(indices, dtype=np.int64), shape
+
+
+def _written(inputs, ctx: RuleContext, shape, update_shape, targets: np.ndarray, inner=()):
+    """data's statistics with the updates' written at the flat ``targets`` (each a slot of
+    ``inner`` trailing elements; the last write to a slot wins), constant axes dropped."""
+    mean, var = _operand(inputs, ctx, 0, shape)
+    upd_mean, upd_var = _operand(inputs, ctx, 2, update_shape)
+    reversed_first = np.unique(targets[::-1], return_index=True)[1]
+    last = targets.size - 1 - reversed_first
+    slots = (-1,) + tuple(inner)
+    for out, upd in ((mean, upd_mean), (var, upd_var)):
+        out.reshape(slots)[targets[last]] = upd.reshape(slots)[last]
+    return drop_constant_axes(mean, var)
 
 
 @rule("ScatterND")
@@ -70,23 +76,11 @@ def scatter_nd(inputs, ctx: RuleContext):
     """``y = data; y[indices[i]] = updates[i]`` for each index tuple (of the first k axes,
     k = indices.shape[-1]; later tuples win): ``E y_j, Var y_j`` are those of the element
     written last at j, data's where nothing is written."""
-    _reduction_none(ctx)
-    indices = ctx.const(1)
-    if indices is None:
-        raise RuleError("the indices are not constant")
-    shape = _spelled_out(ctx.in_shape(0))
-    indices = np.asarray(indices, dtype=np.int64)
+    indices, shape = _constant_indices(ctx)
     k = indices.shape[-1]
     tuples = indices.reshape(-1, k) % np.asarray(shape[:k], dtype=np.int64)
-    mean, var = _operand(inputs, ctx, 0, shape)
-    update_shape = indices.shape[:-1] + shape[k:]
-    upd_mean, upd_var = _operand(inputs, ctx, 2, update_shape)
     targets = np.ravel_multi_index(tuples.T, shape[:k]) if k else np.zeros(1, np.int64)
-    last = _last_write(targets)
-    slots = (-1,) + shape[k:]
-    for out, upd in ((mean, upd_mean), (var, upd_var)):
-        out.reshape(slots)[targets[last]] = upd.reshape(slots)[last]
-    return [drop_constant_axes(mean, var)]
+    return [_written(inputs, ctx, shape, indices.shape[:-1] + shape[k:], targets, shape[k:])]
 
 
 @rule("ScatterElements", "Scatter")
@@ -94,21 +88,10 @@ def scatter_elements(inputs, ctx: RuleContext):
     """``y = data; y[..., indices[i, j], ...] = updates[i, j]`` along ``axis`` (the element's
     other coordinates its own; later elements win): ``E y, Var y`` of the element written last
     at each position, data's where nothing is written."""
-    _reduction_none(ctx)
-    indices = ctx.const(1)
-    if indices is None:
-        raise RuleError("the indices are not constant")
-    shape = _spelled_out(ctx.in_shape(0))
-    rank = len(shape)
-    axis = int(ctx.attr("axis", 0)) % rank
-    indices = np.asarray(indices, dtype=np.int64) % shape[axis]
-    mean, var = _operand(inputs, ctx, 0, shape)
-    upd_mean, upd_var = _operand(inputs, ctx, 2, indices.shape)
+    indices, shape = _constant_indices(ctx)
+    axis = int(ctx.attr("axis", 0)) % len(shape)
+    indices = indices % shape[axis]
     coords = list(np.indices(indices.shape, dtype=np.int64))
     coords[axis] = indices
     targets = np.ravel_multi_index(tuple(c.ravel() for c in coords), shape)
-    last = _last_write(targets)
-    mean.reshape(-1)[targets[last]] = upd_mean.reshape(-1)[last]
-    var.reshape(-1)[targets[last]] = upd_var.reshape(-1)[last]
-    return [drop_constant_axes(mean, var)]
-
+    return [_written(inputs, ctx, shape, indices.shape, targets)]

@@ -203,11 +203,18 @@ def _cell_block_sums(fn, mean, std, shift, step, ndim, out, companions=()) -> bo
             for state, room in zip(live, spare):
                 if state[0]:
                     state[0] = _companion_block(state, x, raw, room, cols, i, count)
-            np.subtract(y.reshape(count, n), shift[cols], out=values)
-            sums[:, cols] += _ROWS[:, i:i + count] @ values
-            values *= values
-            squares[cols] += _W[i:i + count] @ values
+            _add_block(y, shift, (sums, squares), values, cols, i, count)
     return True
+
+
+def _add_block(y, shift, out, values, cols, i, count) -> None:
+    """Add one block of nodes ``i:i + count`` over cells ``cols`` to the weighted sums ``out``
+    (``sums``, ``squares``): ``f - shift`` through ``values`` (``[count, n]``, overwritten)."""
+    sums, squares = out
+    np.subtract(y.reshape(values.shape), shift[cols], out=values)
+    sums[:, cols] += _ROWS[:, i:i + count] @ values
+    values *= values
+    squares[cols] += _W[i:i + count] @ values
 
 
 def _companion_block(state, x, raw, room, cols, i, count) -> bool:
@@ -218,11 +225,7 @@ def _companion_block(state, x, raw, room, cols, i, count) -> bool:
     if y.shape != x.shape:
         return False
     n = cols.stop - cols.start
-    values = room[:count * n].reshape(count, n)
-    np.subtract(y.reshape(count, n), shift[cols], out=values)
-    sums[:, cols] += _ROWS[:, i:i + count] @ values
-    values *= values
-    squares[cols] += _W[i:i + count] @ values
+    _add_block(y, shift, (sums, squares), room[:count * n].reshape(count, n), cols, i, count)
     return True
 
 
@@ -251,14 +254,20 @@ def smooth_moments(chain_keys: tuple, fn: Callable, mean, var):
     return out[0], out[1]
 
 
+def _same_cells(entry: tuple, chain_keys: tuple, shape, mean, var) -> bool:
+    """Whether a kept ``(keys, mean, var, ...)`` entry is for this chain on these cells."""
+    keys, m, v = entry[:3]
+    return (keys == chain_keys and m.shape == shape and np.array_equal(m, mean)
+            and np.array_equal(v, var))
+
+
 def _take_ready(chain_keys: tuple, mean, var):
     """The answer integrated ahead for this chain on these cells (removed), else None."""
     with _lock:
-        for k, (keys, m, v, out) in enumerate(_ready):
-            if (keys == chain_keys and m.shape == mean.shape and np.array_equal(m, mean)
-                    and np.array_equal(v, var)):
+        for k, entry in enumerate(_ready):
+            if _same_cells(entry, chain_keys, mean.shape, mean, var):
                 del _ready[k]
-                return out
+                return entry[3]
     return None
 
 
@@ -268,8 +277,7 @@ def recall(chain_keys: tuple, mean, var) -> np.ndarray | None:
     shape = np.broadcast_shapes(np.shape(mean), np.shape(var))
     with _lock:
         kept = list(_kept)
-    for keys, m, v, amp in reversed(kept):
-        if (keys == chain_keys and m.shape == shape and np.array_equal(m, mean)
-                and np.array_equal(v, var)):
-            return amp
+    for entry in reversed(kept):
+        if _same_cells(entry, chain_keys, shape, mean, var):
+            return entry[3]
     return None

@@ -34,7 +34,7 @@ def stacked_matmul(x: Moments, w: np.ndarray, y_rank: int, weight_first: bool) -
         return np.broadcast_to(a, shape)
 
     mu, nu = np.broadcast_arrays(spelled(x.mean), spelled(x.var))
-    rows = summed + 1 if weight_first else summed - 1  # the axis W does not sum over
+    rows = -1 if weight_first else -2  # the axis W does not sum over
     out_cells = mu.size // size * (w.shape[-2] if weight_first else w.shape[-1])
     if mu.shape[rows] > 1 and out_cells > KEEP_CAP:
         mu, nu = mu.mean(axis=rows, keepdims=True), (nu.mean(axis=rows, keepdims=True)

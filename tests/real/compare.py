@@ -154,6 +154,14 @@ def measured_moments(graph, tensors: list[str], batch_size: int, runs: int,
     return {n: (s1[n], s2[n] - s1[n] ** 2) for n in wanted}
 
 
+def predicted_and_measured(model, tensors: list[str], batch_size: int, runs: int):
+    """``analyze``'s report of every tensor (by name) and onnxruntime's pooled (mean, var) of
+    each of ``tensors`` over ``runs`` batches of ``batch_size`` (:func:`measured_moments`)."""
+    predicted = {t.name: t for t in onnxinit.analyze(model, batch_size=batch_size).tensors}
+    return predicted, measured_moments(load(model, batch_size=batch_size), tensors, batch_size,
+                                       runs)
+
+
 def compare(path: str | Path, batch_size: int = 8, runs: int = 1,
             predicted: dict[str, float] | None = None, analyze_s: float = float("nan"),
             first: dict | None = None) -> Comparison:

@@ -14,7 +14,7 @@ from onnxinit import analyze
 from onnxinit.graph import load
 from tests.cli import run
 from tests.models import make_model
-from tests.real.compare import measured_moments
+from tests.real.compare import measured_moments, predicted_and_measured
 
 N, S, D, C, K = 64, 8, 32, 16, 12  # batch, tokens, features, channels, states
 
@@ -92,8 +92,7 @@ def test_exp_of_a_per_state_constant_times_a_positive_step(bias):
     autoinit leaves; Mamba starts near -4 (dt ~ 0.02), where the products' heavy tails need
     far more draws to measure, -2 is between."""
     model, names = _scan_step(bias)
-    predicted = {t.name: t for t in analyze(model).tensors}
-    measured = measured_moments(load(model, batch_size=N), names, N, runs=16)
+    predicted, measured = predicted_and_measured(model, names, N, runs=16)
     for name in names:
         p, (m_mean, m_var) = predicted[name], measured[name]
         assert p.var == pytest.approx(m_var, rel=0.1), (name, p.var, m_var)

@@ -235,6 +235,17 @@ def test_matmul_stacked_weights_pool_many_rows():
     np.testing.assert_allclose(predicted, y.var(axis=1), rtol=0.06)
 
 
+def test_matmul_stacked_weights_of_a_vector_keep_the_output_rank():
+    """``x[K] @ W[H, K, N]`` is ``[H, N]`` (the vector's axis removed again): the stacked
+    rule's statistics would be ``[H, 1, N]``, of a higher rank than the tensor, so the vector
+    goes to the fallback."""
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    model = node_model(node, {"x": (6,)}, {"w": weights((3, 6, 4))})
+    _, result = predict(model, {"x": Moments.scalar(0.0, 1.0)})
+    assert result.rules["y"] != "matmul_const"
+    assert result.moments["y"].mean.ndim <= 2
+
+
 def test_matmul_stacked_weights_broadcast_over_a_batch():
     """``X[B, H, S, K] @ W[H, K, N]``: the stack broadcasts over the batch axis; scalar input
     statistics, so each head's variance is its matrix's column norms."""

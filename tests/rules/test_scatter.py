@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxinit import analyze
-from onnxinit.graph import load
 from tests.models import make_model
-from tests.real.compare import measured_moments
+from tests.real.compare import predicted_and_measured
 
 N, S, D = 16, 6, 24  # batch, steps, features
 
@@ -71,8 +69,7 @@ def test_steps_written_one_by_one_keep_their_own_statistics():
     tensor, so step t read the average of all steps (0.17x at the first, in this model) and
     the unwritten steps read nonzero variances."""
     model, names = _scan_written_by_steps()
-    predicted = {t.name: t for t in analyze(model, batch_size=N).tensors}
-    measured = measured_moments(load(model, batch_size=N), names, N, runs=16)
+    predicted, measured = predicted_and_measured(model, names, N, runs=16)
     for name in names:
         assert predicted[name].var == pytest.approx(measured[name][1], rel=0.1), name
     for t in range(S - 1):
@@ -96,8 +93,7 @@ def test_scatter_elements_writes_columns_of_another_law():
     model = make_model(nodes, [_value("x", (rows, cols)), _value("z", (rows, 2))],
                        [_value("y", (rows, cols))], inits, opset=17)
     names = ["y", "written", "kept"]
-    predicted = {t.name: t for t in analyze(model, batch_size=rows).tensors}
-    measured = measured_moments(load(model, batch_size=rows), names, rows, runs=16)
+    predicted, measured = predicted_and_measured(model, names, rows, runs=16)
     for name in names:
         p, (m_mean, m_var) = predicted[name], measured[name]
         assert p.var == pytest.approx(m_var, rel=0.1), name

@@ -11,9 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit import analyze
-from onnxinit.graph import load
 from tests.models import make_model
-from tests.real.compare import measured_moments
+from tests.real.compare import predicted_and_measured
 
 N, T, D, S = 64, 16, 8, 6  # batch, tokens, features, states
 
@@ -62,8 +61,7 @@ def test_projection_times_its_own_row(mean, step):
     the state's variance is mostly the spread of those means (4-6x of what the independent
     product gave)."""
     model, names = _selective_input(mean, step)
-    predicted = {t.name: t for t in analyze(model).tensors}
-    measured = measured_moments(load(model, batch_size=N), names, N, runs=16)
+    predicted, measured = predicted_and_measured(model, names, N, runs=16)
     for name in names:
         p, (m_mean, m_var) = predicted[name], measured[name]
         assert p.var == pytest.approx(m_var, rel=0.1), (name, p.var, m_var)
@@ -89,10 +87,9 @@ def test_two_projections_of_one_row_on_a_column_grid():
     model = make_model(nodes, [_value("x", (N, T, D))], [_value("outer", (N, k1, k2))], inits,
                        opset=17)
     names = ["gh", "outer"]
-    predicted = {t.name: t for t in analyze(model).tensors}
-    measured = measured_moments(load(model, batch_size=N), names, N, runs=16)
+    predicted, measured = predicted_and_measured(model, names, N, runs=16)
     for name in names:
-        p, (m_mean, m_var) = predicted[name], measured[name]
+        p, (_, m_var) = predicted[name], measured[name]
         assert p.var == pytest.approx(m_var, rel=0.1), (name, p.var, m_var)
 
 
