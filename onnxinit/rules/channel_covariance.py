@@ -83,6 +83,12 @@ _FIELD = OnDemandField()
 _ROW_FIELD = OnDemandField()  # row_covariance's: dense layers start a field
 _LAYOUT = ("Pad", "Slice", "Reshape", "Transpose", "Dropout", "Identity")
 _AFFINE = ("Mul", "Add", "Sub", "Div")
+
+
+def _function(op_type: str) -> bool:
+    """An element-wise function of its one signal (Pow: by a constant exponent)."""
+    return op_type in UNARY or op_type == "Pow"
+
 _ONE_INPUT = ("BatchNormalization", "Conv", "Pad", "Transpose", "Reshape", "Slice", "Dropout",
               "Identity", "LayerNormalization", "MatMul")
 
@@ -133,7 +139,7 @@ def _deps(ctx: RuleContext, tensor: str) -> list[str]:
         return [fused[0]]
     if node.op_type in _AFFINE and len(signals) <= 2:
         return signals
-    if len(signals) == 1 and node.op_type in UNARY:  # an element-wise function (_compute)
+    if len(signals) == 1 and _function(node.op_type):  # element-wise (_compute)
         return signals
     return []
 
@@ -207,7 +213,7 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
             return _layer_norm(ctx, node, x, tensor, f_x)
         if node.op_type == "MatMul":
             return _dense(ctx, node, x, tensor, f_x)
-        if node.op_type in UNARY:
+        if _function(node.op_type):
             f = elementwise(node, ctx)
             if f is not None:
                 return _through(ctx, f.fn, x, tensor, f_x)
