@@ -98,7 +98,7 @@ def chain(ctx: RuleContext, tensor: str, axes: tuple[int, ...]
         fns.append(f.fn)
         t = signals[0]
     m = known.get(t)
-    if m is None or t == tensor or (m.source is not None and m.source.chain):
+    if m is None or (m.source is not None and m.source.chain):
         return None
     return t, fns[::-1]
 

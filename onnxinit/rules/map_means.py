@@ -3,92 +3,125 @@
 whole feature map, whatever exporter wrote it.
 
 The reduce rule takes the ``K = C P`` values as independent. Two values of a Conv's output
-``z = W * x`` (x with independent channels and positions, variances ``nu_i``) correlate
-across channels and offsets: for output offset ``d`` (stride s, dilation e, input offset
-``s d = e L``)::
+``z`` correlate across channels and offsets, ``R[j, k, d] = Corr(z_j(p), z_k(p + d))``
+(:mod:`onnxinit.cross_channel`'s field, here for a dense kernel: ``conv_covariance`` of the
+input's field, positions stationary, offsets up to ``correlation.MAX_OFFSET``). The input's
+field: none (independent channels and positions: a graph input); an element-wise chain of an
+earlier Conv's output, whose own field (recursively, ``DEPTH`` Convs back) goes through the
+chain by Mehler's formula; else the input's carried correlation (its cross-channel field, or
+each channel's own correlation). The reduced values ``y = g(z)`` (an element-wise chain,
+:func:`.correlated_means.chain`, a centring over the same axes included) sum by Mehler's
+formula per pair of channels and offset::
 
-    Cov(z_j(p), z_k(p + d)) = sum_i nu_i sum_t W_j,i,t+L W_k,i,t        (kernel lag L)
+    Var(sum y) = sum_d n(d) sum_jk Cov(g_j, g_k)(R[j, k, d]),    n(d) = prod_a (S_a - |d_a|)
 
-and the reduced values ``y = g(z)`` (an element-wise chain: :func:`.correlated_means.chain`)
-with Mehler's formula per pair of channels and offset, ``rho = Cov / sqrt(V_j V_k)``::
-
-    Var(sum y) = sum_d n(d) sum_jk Cov(g_j, g_k)(rho_jk(d)),    n(d) = prod_a (S_a - |d_a|)
-
-(positions taken as stationary: the interior's statistics). The reduce rule's independent
-variance is replaced by this over its interior diagonal ``P sum_j Var g_j``, times that diagonal
-summed over the position classes (border positions have fewer taps), over ``K^2``. On a ReLU Conv's map
-(3 -> 16 channels, 16x16) the channels' means correlate through the kernels' tap sums (the
-pre-activation mean over the map is a single Conv's with the taps summed) and through the
-squared correlations Mehler's second order adds (all positive): the mean's variance 4x the
-independent one. Cost ``(2k - 1)^n C_out^2 C_in k^n``; None above ``BUDGET``, where the
-Conv's input carries a correlation of its own (positions or channels), or the chain does not
-reach a Conv.
+over the interior's own terms ``P sum_j Var g_j`` this scales the same own terms summed over
+the position classes (a zero-padded Conv's border positions have fewer taps). On a ReLU
+Conv's map (3 -> 16 channels, 16x16) the channels' means correlate through the kernels' tap
+sums (the pre-activation mean over the map is one Conv's, with the taps summed) and through
+Mehler's squared correlations (all positive): the mean's variance is 4x the independent one.
+None where the chain does not reach a Conv, or above ``cross_channel.FIELD_BUDGET``.
 """
 
 from __future__ import annotations
 
-import itertools
+from math import factorial
 
 import numpy as np
 
+from .. import cross_channel
+from ..correlation import MAX_OFFSET
 from ..spatial import class_weights, positions
-from .channel_covariance import covariance
 from .context import RuleContext
 from .correlated_means import chain, coefficients, covariance_sum
 from .covariance_layout import attr, within
 from .pool_windows import cell_arrays
 
-BUDGET = 5e7  # multiply-adds of the kernel lags
+DEPTH = 3  # Convs back through which the field is computed (then the carried correlation)
 
 
-def _full_kernel(w: np.ndarray, c_in: int) -> np.ndarray | None:
-    """``[C_out, C_in, *k]`` with the groups' blocks on the diagonal."""
+def _kernel(w: np.ndarray, groups: int) -> cross_channel.SparseKernel:
+    """Every entry of a dense kernel ``[C_out, C_in/g, k...]`` as a non-zero."""
     c_out, per_group = w.shape[:2]
-    groups = c_in // per_group
-    if groups < 1 or groups * per_group != c_in or c_out % groups:
+    taps = int(np.prod(w.shape[2:]))
+    n = per_group * taps
+    order = np.broadcast_to(np.arange(n), (c_out, n))
+    group = np.arange(c_out)[:, None] // (c_out // groups)
+    channel = group * per_group + order // taps
+    tap = np.stack(np.unravel_index(order % taps, w.shape[2:]), axis=-1)
+    return cross_channel.SparseKernel(channel, tap, w.reshape(c_out, -1))
+
+
+def _carried(ctx: RuleContext, x: str, shape) -> np.ndarray:
+    """The input's correlation field as carried (channels independent where no cross-channel
+    field is: each its own correlation; none at all: independent positions)."""
+    sp = positions(ctx.known[x], shape)
+    n = len(shape) - 2
+    if sp is None or sp.corr is None:
+        return cross_channel.from_diagonal(np.ones((1,) * (1 + n)), shape[1])
+    if sp.corr.cross is not None:
+        return sp.corr.cross.corr
+    return cross_channel.from_diagonal(sp.corr.rho, shape[1])
+
+
+def _input_field(ctx: RuleContext, x: str, depth: int):
+    """(correlation field ``[C, C, *d]``, variance within a position ``[C]``) of a Conv's input."""
+    shape = ctx.graph.shape(x)
+    if depth > 0:
+        found = chain(ctx, x, ())
+        gauss = _conv_field(ctx, found[0], depth - 1) if found is not None else None
+        if gauss is not None:
+            corr, var, mean = gauss
+            coeffs = coefficients(found[1], mean, var, 1, len(shape))
+            if coeffs is not None:
+                c, rem = coeffs
+                own = (c[1:] ** 2).sum(axis=0) + rem
+                if np.all(own > 0):
+                    amplitudes = c[1:] * np.sqrt([factorial(k) for k in range(1, len(c))])[:, None]
+                    return cross_channel.mehler(corr, amplitudes, own), own
+    return _carried(ctx, x, shape), within(ctx.known[x], shape)
+
+
+def _conv_field(ctx: RuleContext, z: str, depth: int):
+    """(correlation field ``[C, C, *d]``, variance ``[C]``, mean ``[C]``) of a Conv's output
+    ``z`` in the interior; None where z is no Conv's or the field is over budget."""
+    graph, known = ctx.graph, ctx.known
+    node_id = graph.producer.get(z)
+    node = graph.node(node_id) if node_id is not None else None
+    if node is None or node.op_type != "Conv" or len(node.input) < 2:
         return None
-    if groups == 1:
-        return w
-    full = np.zeros((c_out, c_in) + w.shape[2:])
-    block = c_out // groups
-    for g in range(groups):
-        full[g * block:(g + 1) * block, g * per_group:(g + 1) * per_group] = w[
-            g * block:(g + 1) * block]
-    return full
-
-
-def lag_covariances(w: np.ndarray, nu: np.ndarray, strides, dilations
-                    ) -> list[tuple[tuple[int, ...], np.ndarray]]:
-    """[(output offset d, Cov(z_j(p), z_k(p + d)) [C_out, C_out])] over the kernel's lags
-    that land on the output grid (module docstring)."""
-    c_out = w.shape[0]
-    k = w.shape[2:]
-    scaled = w * np.sqrt(nu).reshape((1, -1) + (1,) * len(k))
-    out = []
-    for lag in itertools.product(*(range(-(n - 1), n) for n in k)):
-        d = []
-        for a, (L, s, e) in enumerate(zip(lag, strides, dilations)):
-            if (e * L) % s:
-                break
-            d.append(e * L // s)
-        if len(d) != len(k):
-            continue
-        first = tuple(slice(max(0, -L), n - max(0, L)) for L, n in zip(lag, k))
-        second = tuple(slice(max(0, L), n - max(0, -L)) for L, n in zip(lag, k))
-        a = scaled[(slice(None), slice(None)) + second].reshape(c_out, -1)
-        b = scaled[(slice(None), slice(None)) + first].reshape(c_out, -1)
-        out.append((tuple(d), a @ b.T))
-    return out
+    x = node.input[0]
+    w = graph.value(node.input[1])
+    shape_x, shape_z = graph.shape(x), graph.shape(z)
+    if (w is None or x not in known or z not in known or not shape_x or not shape_z
+            or np.ndim(w) != len(shape_z) or len(shape_x) != len(shape_z) or len(shape_z) < 3):
+        return None
+    w = np.asarray(w, dtype=np.float64)
+    groups = shape_x[1] // w.shape[1]
+    if groups < 1 or groups * w.shape[1] != shape_x[1] or w.shape[0] % groups:
+        return None
+    n = len(shape_z) - 2
+    strides = attr(node, "strides") or [1] * n
+    dilations = attr(node, "dilations") or [1] * n
+    radius = [min(MAX_OFFSET, s - 1) for s in shape_z[2:]]
+    kern = _kernel(w, groups)
+    if not cross_channel.affordable(shape_x[1], w.shape[0], kern, strides, dilations, radius):
+        return None
+    field, nu = _input_field(ctx, x, depth)
+    cov = cross_channel.conv_covariance(field, nu, kern, strides, dilations, radius)
+    corr, var = cross_channel.normalised(cov)
+    if np.any(var <= 0):
+        return None
+    mean = np.broadcast_to(known[z].values_along(1, shape_z[1])[0], (shape_z[1],))
+    return corr, var, mean.astype(np.float64)
 
 
 def _own_variance(ctx: RuleContext, z: str, shape_z, fns) -> float | None:
-    """``sum_p sum_j Var g_j(z_j(p))`` over z's position classes (a zero-padded Conv's border
-    positions have fewer taps)."""
+    """``sum_p sum_j Var g_j(z_j(p))`` over z's position classes."""
     sp = positions(ctx.known[z], shape_z)
     if sp is None:
         return None
-    c = shape_z[1]
-    mu, nu = cell_arrays(sp, c)
+    mu, nu = cell_arrays(sp, shape_z[1])
     weights = class_weights(sp.maps)
     total = 0.0
     for cell in np.ndindex(*weights.shape):
@@ -102,8 +135,7 @@ def _own_variance(ctx: RuleContext, z: str, shape_z, fns) -> float | None:
 
 def map_mean_variance(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     """The variance of the mean of the node's input 0 over its channels and every position
-    (module docstring): the stationary sum over the interior's own terms, times the own terms
-    over the position classes, over ``K^2``; None where it does not apply."""
+    (module docstring); None where it does not apply."""
     shape = ctx.graph.shape(ctx.node.input[0])
     if not shape or len(shape) < 3 or tuple(axes) != tuple(range(1, len(shape))):
         return None
@@ -111,53 +143,26 @@ def map_mean_variance(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     if found is None:
         return None
     z, fns = found
-    node_id = ctx.graph.producer.get(z)
-    node = ctx.graph.node(node_id) if node_id is not None else None
-    if node is None or node.op_type != "Conv" or len(node.input) < 2:
+    shape_z = ctx.graph.shape(z)
+    gauss = _conv_field(ctx, z, DEPTH)
+    if gauss is None or tuple(shape_z) != tuple(shape):
         return None
-    x = node.input[0]
-    w = ctx.graph.value(node.input[1])
-    shape_x, shape_z = ctx.graph.shape(x), ctx.graph.shape(z)
-    if (w is None or x not in ctx.known or not shape_x or not shape_z
-            or len(shape_z) != len(shape) or np.ndim(w) != len(shape)):
+    corr, var, mean = gauss
+    coeffs = coefficients(fns, mean, var, 1, len(shape))
+    if coeffs is None:
         return None
-    sp = positions(ctx.known[x], shape_x)
-    if (sp is None or sp.corr is not None or covariance(ctx, x) is not None
-            or ctx.known[x].tokens is not None):
-        return None  # the input's own correlation is not modelled here
-    w = _full_kernel(np.asarray(w, dtype=np.float64), shape_x[1])
-    if w is None:
-        return None
-    c_out, c_in, taps = w.shape[0], w.shape[1], int(np.prod(w.shape[2:]))
-    lags = int(np.prod([2 * n - 1 for n in w.shape[2:]]))
-    if lags * c_out * c_out * c_in * taps > BUDGET:
-        return None
-    n = len(shape) - 2
-    strides = attr(node, "strides") or [1] * n
-    dilations = attr(node, "dilations") or [1] * n
-    nu = within(ctx.known[x], shape_x)
-    pairs = [(d, cov) for d, cov in lag_covariances(w, nu, strides, dilations)
-             if all(abs(o) < s for o, s in zip(d, shape_z[2:]))]
-    centre = dict(pairs).get((0,) * n)
-    if centre is None:
-        return None
-    var = np.diag(centre).copy()
-    if np.any(var <= 0):
-        return None
-    mean = np.broadcast_to(ctx.known[z].values_along(1, c_out)[0], (c_out,)).astype(np.float64)
-    found = coefficients(fns, mean, var, 1, len(shape))
-    if found is None:
-        return None
-    c, rem = found
-    sd = np.sqrt(var)
-    rho = np.stack([cov / np.outer(sd, sd) for _, cov in pairs], axis=-1)  # [C, C, offsets]
-    counts = np.array([np.prod([s - abs(o) for o, s in zip(d, shape_z[2:])]) for d, _ in pairs],
-                      dtype=np.float64)
-    total = float((covariance_sum(c, rem, rho).sum(axis=(0, 1)) * counts).sum())
-    own = float(((c[1:] ** 2).sum(axis=0) + rem).sum()) * float(np.prod(shape_z[2:]))
-    if not (own > 0 and np.isfinite(total)):
-        return None
-    spread = _own_variance(ctx, z, shape_z, fns)  # P sum_j Var g_j over the position classes
-    if spread is None:
+    c, rem = coeffs
+    radius = [(m - 1) // 2 for m in corr.shape[2:]]
+    counts = np.ones(corr.shape[2:])
+    for a, (r, s) in enumerate(zip(radius, shape[2:])):
+        along = np.maximum(s - np.abs(np.arange(-r, r + 1)), 0).astype(np.float64)
+        counts = counts * along.reshape([-1 if b == a else 1 for b in range(len(radius))])
+    total = float((covariance_sum(c, rem, corr).sum(axis=(0, 1)) * counts).sum())
+    own = float(((c[1:] ** 2).sum(axis=0) + rem).sum()) * float(np.prod(shape[2:]))
+    spread = _own_variance(ctx, z, shape_z, fns)
+    if spread is None or not (own > 0 and np.isfinite(total)):
         return None
     return max(total, 0.0) / own * spread / float(np.prod(shape[1:])) ** 2
+
+
+__all__ = ["DEPTH", "map_mean_variance"]
