@@ -50,16 +50,19 @@ def without_casts(ctx: RuleContext, name: str) -> str:
 
 def _scale_chain(ctx: RuleContext, x: str, name: str, any_axis: bool = False):
     """(mean-square tensor, element-wise chain from it to ``name``) when ``name`` is an
-    element-wise function of ``mean(x^2)`` over the last axis (``any_axis``: over one axis)
-    (keepdims), else None."""
+    element-wise function of ``mean(x^2)`` over the last axis (``any_axis``: or over the
+    channels of a map ``[N, C, H, ...]``) (keepdims), else None. Not over the tokens of a
+    sequence ``[N, T, D]``: its mean square over the tokens has its rows' shapes, but the
+    rows are not normalised and what reads them takes the features as rows."""
     found = mean_square_chain(ctx, name)
     if found is None:
         return None
     node_id = ctx.graph.producer[found[0]]
     node = ctx.graph.node(node_id)
     axis = _row_axis(ctx.for_node(node_id))
+    rank = len(ctx.graph.shape(node.input[0]) or ())
     if (node.op_type != "ReduceMean" or axis is None
-            or not (any_axis or axis == len(ctx.graph.shape(node.input[0])) - 1)
+            or not (axis == rank - 1 or (any_axis and axis == 1 and rank >= 4))
             or without_casts(ctx, squared_input(ctx.graph, node.input[0])) != x):
         return None
     return found
@@ -80,8 +83,8 @@ def _row_axis(ctx: RuleContext) -> int | None:
 
 def _scaled_row(ctx: RuleContext, any_axis: bool = False) -> tuple[int, tuple] | None:
     """(the row's input index, (mean-square tensor, chain to the scale)) for a Mul/Div of a row
-    by an element-wise function of its own mean square (over the last axis; ``any_axis``: over
-    one axis), else None."""
+    by an element-wise function of its own mean square (over the last axis; ``any_axis``: or a
+    map's channels), else None."""
     node = ctx.node
     order = (0, 1) if node.op_type == "Div" else (0, 1, 1, 0)
     for xi, si in zip(order[::2], order[1::2]):
@@ -110,7 +113,7 @@ def row_scale(ctx: RuleContext):
 
 def row_normalised(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
     """``y = x * g(s)`` or ``y = x / h(s)``, ``s = mean_f x_f^2`` over the row (the axis the
-    mean square reduces: a token's features, a map's channels at one position):
+    mean square reduces: a token's features, or a map's channels at one position):
     ``E[y_f^2] = E[x_f^2] / mean_g E[x_g^2] * E[s g(s)^2]``, ``E[y_f] = E[x_f] E[g(s)]``
     with ``s`` log-normal (mean: the row's mean square; relative variance: the mean square
     tensor's). (mean, var) arrays at ``rank``; None when the node is not such a product."""
