@@ -24,7 +24,7 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
 - a kxk Conv (any groups): the same-tap sum ``sum_t W_t S_x W_t^T`` (``W_t`` block-diagonal
   over the groups: a depthwise Conv keeps the correlation of the channels it reads; input
   positions taken as independent), as a correlation scaled to y's within-position variance;
-- an element-wise function f (ReLU, Clip, Sigmoid, ...): Mehler's formula on the correlation,
+- an element-wise function f (ReLU, Clip, Sigmoid, Pow by a constant ...): Mehler's formula,
   ``Cov(f(x_i), f(x_j)) = a_1^i a_1^j rho_ij + a_2^i a_2^j rho_ij^2`` with each channel's
   Hermite amplitudes for x taken as Gaussian with its channel mean and within-position
   variance (Gauss-Hermite nodes; Mehler's orders above 2 left out: channels correlate weakly,
