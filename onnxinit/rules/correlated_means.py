@@ -12,9 +12,14 @@ affine maps, a centring ``x - mean(x)`` over the same axes at the mean's expecta
 square of centred values) of a tensor ``z`` taken as Gaussian with the field ``S``; Mehler's
 formula sums ``Cov(g_i(z_i), g_j(z_j)) = sum_n c_n^i c_n^j rho_ij^n`` with each channel's
 normalised Hermite coefficients of its composed chain (:mod:`.hermite`, eight orders and the
-remainder). Where the chain cannot be followed the reduced tensor's own field is summed
-(its element-wise transfer keeps Mehler's orders 1 and 2). Over the channels and every
-position of a map together see :mod:`.map_means`.
+remainder). ``S`` is z's field, or where it has none the covariance a dense layer's features
+have for the weights at hand (``W^T diag(nu_x) W``: :func:`.channel_covariance.row_covariance`;
+a mean has all-ones weights, which do not average the cross terms out as the next layer's
+random weights do) where other axes are reduced too (over a dense row alone
+:mod:`.feature_pairs` reads its pairs; it leaves a row this factor took). Other reduced axes
+are taken as independent: F applies to each row along the field's axis. Where the chain cannot be followed the reduced tensor's own field (over that
+axis alone) is summed (its element-wise transfer keeps Mehler's orders 1 and 2). Over the
+channels and every position of a map together see :mod:`.map_means`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from math import factorial
 
 import numpy as np
 
-from .channel_covariance import covariance
+from .channel_covariance import covariance, row_covariance
 from .context import RuleContext, RuleError
 from .covariance_layout import variances
 from .elementwise import elementwise
@@ -146,7 +151,9 @@ def _chain_factor(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     z, fns = found
     shape = ctx.graph.shape(z)
     f = covariance(ctx, z)
-    if not shape or f is None or f.head_axis is not None or tuple(axes) != (f.axis,):
+    if f is None and len(axes) > 1:  # over a dense row alone: feature_pairs' pairs
+        f = row_covariance(ctx, z)
+    if not shape or f is None or f.head_axis is not None or f.axis not in axes:
         return None
     s = np.asarray(f.cov, dtype=np.float64)
     n = s.shape[0]
@@ -168,8 +175,9 @@ def _chain_factor(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
 
 
 def field_sum_factor(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
-    """F (module docstring) for a mean or sum of the node's input 0 over exactly the axis its
-    field is across; None where it has no field there (independent elements)."""
+    """F (module docstring) for a mean or sum of the node's input 0 over the axis its field is
+    across (and other axes, whose elements are taken as independent of each other); None
+    where it has no field there (independent elements)."""
     factor = _chain_factor(ctx, axes)
     if factor is not None:
         return factor
