@@ -192,4 +192,12 @@ def field_sum_factor(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     return max(total, 0.0) / trace
 
 
-__all__ = ["chain", "coefficients", "covariance_sum", "field_sum_factor"]
+def summed_row(ctx: RuleContext) -> bool:
+    """Whether the reduce rule took a ReduceMean/ReduceSum over the last axis of the node's
+    input 0 with its field (:func:`field_sum_factor`), which :mod:`.feature_pairs` then leaves."""
+    shape = ctx.graph.shape(ctx.node.input[0]) if ctx.node.input else None
+    return bool(shape) and ctx.node.op_type in ("ReduceMean", "ReduceSum") and (
+        field_sum_factor(ctx, (len(shape) - 1,)) is not None)
+
+
+__all__ = ["chain", "coefficients", "covariance_sum", "field_sum_factor", "summed_row"]
