@@ -24,7 +24,7 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
 - a kxk Conv (any groups): the same-tap sum ``sum_t W_t S_x W_t^T`` (``W_t`` block-diagonal
   over the groups: a depthwise Conv keeps the correlation of the channels it reads; input
   positions taken as independent), as a correlation scaled to y's within-position variance;
-- an element-wise function f (ReLU, Clip, Sigmoid, ...): Mehler's formula on the correlation,
+- an element-wise function f (ReLU, Clip, Sigmoid, Pow by a constant ...): Mehler's formula,
   ``Cov(f(x_i), f(x_j)) = a_1^i a_1^j rho_ij + a_2^i a_2^j rho_ij^2`` with each channel's
   Hermite amplitudes for x taken as Gaussian with its channel mean and within-position
   variance (Gauss-Hermite nodes; Mehler's orders above 2 left out: channels correlate weakly,
@@ -83,6 +83,12 @@ _FIELD = OnDemandField()
 _ROW_FIELD = OnDemandField()  # row_covariance's: dense layers start a field
 _LAYOUT = ("Pad", "Slice", "Reshape", "Transpose", "Dropout", "Identity")
 _AFFINE = ("Mul", "Add", "Sub", "Div")
+
+
+def _function(op_type: str) -> bool:
+    """An element-wise function of its one signal (Pow: by a constant exponent)."""
+    return op_type in UNARY or op_type == "Pow"
+
 _ONE_INPUT = ("BatchNormalization", "Conv", "Pad", "Transpose", "Reshape", "Slice", "Dropout",
               "Identity", "LayerNormalization", "MatMul")
 
@@ -133,7 +139,7 @@ def _deps(ctx: RuleContext, tensor: str) -> list[str]:
         return [fused[0]]
     if node.op_type in _AFFINE and len(signals) <= 2:
         return signals
-    if len(signals) == 1 and node.op_type in UNARY:  # an element-wise function (_compute)
+    if len(signals) == 1 and _function(node.op_type):  # element-wise (_compute)
         return signals
     return []
 
@@ -207,7 +213,7 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
             return _layer_norm(ctx, node, x, tensor, f_x)
         if node.op_type == "MatMul":
             return _dense(ctx, node, x, tensor, f_x)
-        if node.op_type in UNARY:
+        if _function(node.op_type):
             f = elementwise(node, ctx)
             if f is not None:
                 return _through(ctx, f.fn, x, tensor, f_x)

@@ -64,6 +64,7 @@ import numpy as np
 
 from ..moments import Moments
 from .centred_rows import centred, centred_input, reduces_last_alone
+from .correlated_means import summed_row
 from .channel_covariance import covariance
 from .covariance_readers import squared_correlation
 from .context import RuleContext, RuleError
@@ -213,8 +214,8 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
             if law is not None:
                 outputs = [law] + outputs[1:]
         return outputs, none
-    if op in _MEANS:
-        d = _reduced_last(ctx) if reduces_last_alone(ctx) else None
+    if op in _MEANS:  # (a mean the reduce rule took with the features' covariance: not read)
+        d = _reduced_last(ctx) if reduces_last_alone(ctx) and not summed_row(ctx) else None
         if d is not None and not _table_law(outputs[0]):
             m = outputs[0]
             if p0.signed != 0.0:
