@@ -41,6 +41,7 @@ import numpy as np
 
 from ..moments import Moments, compressed
 from .context import RuleContext, signal
+from .fixed_forms import joint_rows, row_form
 from .key_groups import COVARIANCE_DRAWS, correlated_rows, correlation_factor
 from .logit_law import (cosine_deviates, cosine_dim, cosine_of, draw_scales, row_scales,
                         row_spread)
@@ -363,6 +364,12 @@ def softmax(inputs, ctx: RuleContext):
     get probability 0; E = 1/n exactly for n identically distributed logits."""
     x = signal(inputs, 0)
     log = ctx.node.op_type == "LogSoftmax"
+    shape = ctx.in_shape(0)
+    form = None if log or ctx.attr("axis", -1) % len(shape) != len(shape) - 1 or (
+        x.source is not None and x.source.chain) else row_form(ctx, x, shape)
+    if form is not None:  # keys of a linear form of fixed vectors (fixed_forms.py)
+        e, v = joint_rows(form, ctx.rng(), _MC_DRAWS, _MC_MIN, MASK_GAP)
+        return [compressed(e.reshape(shape), v.reshape(shape))]
     prepared = _rows(x, ctx)
     if isinstance(prepared, Moments):
         return [prepared]
