@@ -16,12 +16,15 @@ whole row. Each row is then sampled jointly (:func:`joint_rows`)::
     a_j = m_j + sum_k L_jk xi_k + sqrt(u_j) eps_j,    xi, eps ~ N(0, I)
 
 with ``L_jk = c_j r_d(j),k sqrt(nu_k)`` (``c_j`` the constant factors met on the way: a cls
-mask, a scale), ``u_j = Var a_j - sum_k L_jk^2`` the rest of the logit's variance (content
-logits, independent across the keys) and ``m_j`` its mean.
+mask, a scale; ``L = c R S^(1/2)`` where the query's features carry a covariance S,
+``row_covariance``), ``u_j`` the rest of the logit's variance (content logits, independent
+across the keys: ``Var a_j`` less each term's own ``sum_k L_jk^2``, as the rules summed them)
+and ``m_j`` its mean. Terms of one query (Funnel's position and token-type terms) are summed
+in L, their covariance included, which the Add rule's independent sum leaves out.
 
 The form is found by walking back from the Softmax's input through Add and Sub (each signal
-operand a term), Mul and Div by constants, Cast, Identity, Dropout (the identity) and layout
-ops (:mod:`.index_layout`) to an Einsum or MatMul of one signal S by one constant C whose
+operand a term), Mul and Div by constants, Where of a constant condition (a fixed selection),
+Cast, Identity, Dropout (the identity) and layout ops (:mod:`.index_layout`) to an Einsum or MatMul of one signal S by one constant C whose
 summed labels index S's features (the latent variables: elements of S; C's other labels the
 fixed vectors). Terms whose S reads one random tensor (S itself, or past Add/Sub of constants:
 the query plus each term's own bias) share their latent variables; others are independent.
@@ -91,6 +94,8 @@ def _walk(ctx: RuleContext, name: str, steps: tuple, depth: int, found: list) ->
     elif op in ("Mul", "Div") and len(inputs) == 2 and len(signals) == 1 and (
             op == "Mul" or signals[0] == node.input[0]):
         traced = signals
+    elif op == "Where" and len(inputs) == 3 and graph.is_constant(node.input[0]):
+        traced = [i for i in node.input[1:] if i in signals]  # a fixed selection
     elif op in _PASS or op in _LAYOUT or (op == "Dropout" and not ctx.settings.dropout):
         traced = [node.input[0]] if node.input[0] in signals else []
     else:
@@ -115,7 +120,12 @@ def _forward(ctx: RuleContext, start: str, steps: tuple, end: str):
         if not static(oshape):
             return None
         try:
-            if op in ("Add", "Sub", "Mul", "Div"):
+            if op == "Where":  # the elements the constant condition takes from this input
+                keep = np.asarray(graph.value(node.input[0]), dtype=bool)
+                factor = factor * (keep if node.input[1] == traced else ~keep)
+                index = np.broadcast_to(index, oshape)
+                factor = np.broadcast_to(factor, oshape)
+            elif op in ("Add", "Sub", "Mul", "Div"):
                 other = node.input[1] if node.input[0] == traced else node.input[0]
                 if op == "Sub" and node.input[1] == traced:
                     factor = -factor
@@ -311,6 +321,7 @@ def row_form(ctx: RuleContext, x: Moments, shape: tuple) -> Form | None:
     n = shape[-1]
     rows = size // n
     groups: dict = {}
+    own = np.zeros((rows, n))  # each term's own variance (the Add rule's independent sum)
     for node_id, steps in found:
         term = _term(ctx, x_name, node_id, steps)
         if term is None:
@@ -319,14 +330,17 @@ def row_form(ctx: RuleContext, x: Moments, shape: tuple) -> Form | None:
         index = index.reshape(rows, n, -1)
         loading = loading.reshape(rows, n, -1)
         live = np.any(loading != 0, axis=2)
+        if not live.any():
+            continue  # a branch the selection never takes
         lead = np.argmax(live, axis=1)  # each row's first key with a loading
         first = index[np.arange(rows), lead]
         if not np.all((index == first[:, None, :]).all(axis=2) | ~live):
             continue  # the keys of a row read different latent rows: independent keys
+        own += np.einsum("rnk,rnk->rn", loading, loading)
         if key in groups and np.array_equal(groups[key][0], first):
-            groups[key] = (first, groups[key][1] + loading)
+            groups[key] = (first, groups[key][1] + loading)  # one latent: summed
         else:
-            groups[(key, len(groups))] = (first, loading)
+            groups[key if key not in groups else (key, len(groups))] = (first, loading)
     if not groups:
         return None
     loading = np.concatenate([g[1] for g in groups.values()], axis=2)
@@ -336,7 +350,7 @@ def row_form(ctx: RuleContext, x: Moments, shape: tuple) -> Form | None:
     finite = np.isfinite(mean)
     if form_var[finite].sum() < SHARE_MIN * var[finite].sum() or not _correlated(loading, form_var):
         return None
-    residual = np.maximum(var - form_var, 0.0)
+    residual = np.maximum(var - own, 0.0)
     return Form(mean, np.where(finite, residual, 0.0), np.where(finite[..., None], loading, 0.0))
 
 

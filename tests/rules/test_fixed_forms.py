@@ -27,7 +27,8 @@ def _sinusoids(length: int, dim: int) -> np.ndarray:
     return np.concatenate([np.sin(pos * freq), np.cos(pos * freq)], axis=1)
 
 
-def _model(cls_mask: bool, classifier: bool = False, seed: int = 0, D: int = D):
+def _model(cls_mask: bool, classifier: bool = False, seed: int = 0, D: int = D,
+           segments: bool = False):
     """x [B, S, D] -> q, k (heads H of DH) -> content + shifted position term -> Softmax; with
     ``cls_mask`` the position term times a constant mask that zeroes the first query's row and
     the first key's column (Funnel's), then the row's logits minus a constant; ``classifier``:
@@ -50,6 +51,11 @@ def _model(cls_mask: bool, classifier: bool = False, seed: int = 0, D: int = D):
         "mask": np.pad(np.ones((S - 1, S - 1)), ((1, 0), (1, 0))).astype(f32),
         "shift": np.array(0.5, f32),
         "wc": rng.normal(0, D ** -0.5, (D, S)).astype(f32),
+        "seg": rng.uniform(0, 0.5, (2, H, DH)).astype(f32),
+        "useg": rng.uniform(0, 0.05, (H, DH)).astype(f32),
+        "same": np.broadcast_to(np.kron(np.eye(2), np.ones((S // 2, S // 2))) > 0,
+                                (B, H, S, S)).copy(),
+        "square": np.array([B, H, S, S], np.int64), "halves": np.array([1, 1], np.int64),
     }
     node = helper.make_node
     if classifier:
@@ -70,11 +76,21 @@ def _model(cls_mask: bool, classifier: bool = False, seed: int = 0, D: int = D):
         node("Reshape", ["pos2", "narrow"], ["pos3"]),
         node("Slice", ["pos3", "zero", "s", "ax3"], ["pos"]),
     ]
+    content = "content"
+    if segments:  # a token-type term of the same query, chosen by a fixed same-segment map
+        nodes += [node("Add", ["q", "useg"], ["qs"]),
+                  node("Einsum", ["qs", "seg"], ["tt"], equation="bind,snd->bnis"),
+                  node("Split", ["tt", "halves"], ["diff", "same_t"], axis=-1),
+                  node("Expand", ["diff", "square"], ["diff_e"]),
+                  node("Expand", ["same_t", "square"], ["same_e"]),
+                  node("Where", ["same", "same_e", "diff_e"], ["ttw"]),
+                  node("Add", ["content", "ttw"], ["content_t"])]
+        content = "content_t"
     if cls_mask:
-        nodes += [node("Mul", ["pos", "mask"], ["posm"]), node("Add", ["content", "posm"], ["a"]),
+        nodes += [node("Mul", ["pos", "mask"], ["posm"]), node("Add", [content, "posm"], ["a"]),
                   node("Sub", ["a", "shift"], ["logits"])]
     else:
-        nodes += [node("Add", ["content", "pos"], ["logits"])]
+        nodes += [node("Add", [content, "pos"], ["logits"])]
     nodes += [node("Softmax", ["logits"], ["y"], axis=-1)]
     return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [B, S, D])],
                       [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
@@ -144,4 +160,23 @@ def test_fixed_vectors_read_the_query_features_covariance(features):
     _, _, predicted = _predicted(model)
     measured = _measured(model)
     assert predicted["pos0"] == pytest.approx(measured["pos0"], rel=0.05)
+    assert predicted["y"] == pytest.approx(measured["y"], rel=0.1)
+
+
+def test_terms_of_one_query_chosen_by_a_fixed_map_share_it():
+    """A token-type term ``(q_i + w) . s_t`` (two fixed vectors, one per segment relation,
+    picked per key by a constant Where) reads the same query as the position term: one form,
+    the two terms' loadings summed (their covariance, which the Add rule leaves out, in the
+    Softmax's rows). Without the Where the form held the position term alone: 0.82x of the
+    logits' variance."""
+    model = _model(cls_mask=True, segments=True)
+    graph, result, predicted = _predicted(model)
+    ctx = rule_context(graph, graph.producer["y"], result)
+    form = fixed_forms.row_form(ctx, result.moments["logits"], graph.shape("logits"))
+    assert form is not None and form.loading.shape[-1] == DH
+    measured = _measured(model)
+    # the logits' variance under the form: the Add rule's independent sum read 0.82x
+    law = (form.residual + np.square(form.loading).sum(axis=-1)).mean() + form.mean.var()
+    assert predicted["logits"] < 0.85 * measured["logits"]
+    assert law == pytest.approx(measured["logits"], rel=0.05)
     assert predicted["y"] == pytest.approx(measured["y"], rel=0.1)
