@@ -51,6 +51,7 @@ from .index_layout import move, static
 
 CORRELATION_MIN = 0.25  # mean squared off-diagonal correlation of a row's form part
 SHARE_MIN = 0.1  # the form's share of the rows' logit variance
+CORRELATION_ROWS = 64  # rows that the correlation test reads at most
 ELEMENT_CAP = 1 << 20  # elements of the Softmax's input up to which a form is looked for
 LOADING_CAP = 1 << 23  # projection elements x latent variables
 MAX_DEPTH = 24  # nodes walked back on one path
@@ -238,8 +239,9 @@ def projection_cross_terms(ctx: RuleContext, inputs) -> np.ndarray | float:
 
 
 def _projection(ctx: RuleContext, node_id: str):
-    """(latent root, latent index [P, K], loading [P, K]) of each element of the projection's
-    output (P elements): the flat index into S of each latent variable and ``C * sqrt(nu)``."""
+    """(latent root, S, latent row [P], loading [P, K]) of each element of the projection's
+    output (P elements): the flat index into S of its row's first feature (the row of latent
+    variables it reads) and ``C sqrt(nu)`` (``C S^(1/2)`` with a feature covariance)."""
     graph = ctx.graph
     node = graph.node(node_id)
     parsed = _equation(ctx, node_id)
@@ -270,13 +272,15 @@ def _projection(ctx: RuleContext, node_id: str):
         return arr.reshape([arr.shape[present.index(x)] if x in term else 1 for x in order])
 
     target = tuple(oshape) + tuple(sizes[x] for x in summed)
-    index = np.broadcast_to(lay(np.arange(int(np.prod(sshape))).reshape(sshape), ts), target)
     p = int(np.prod(oshape))
+    # the latent row: S's flat index of each element's first feature (the row names the rest)
+    first = lay(np.arange(int(np.prod(sshape))).reshape(sshape), ts)[(...,) + (0,) * len(summed)]
+    index = np.broadcast_to(first, oshape).reshape(p)
     field = _feature_field(ctx, sname, ts, summed)
     if field is None:  # independent features: L = C sqrt(nu)
         sd = np.sqrt(np.broadcast_to(moments.var, sshape))
         loading = np.broadcast_to(lay(np.asarray(c, np.float64), tc) * lay(sd, ts), target)
-        return _latent_root(ctx, sname), sname, index.reshape(p, k), loading.reshape(p, k)
+        return _latent_root(ctx, sname), sname, index, loading.reshape(p, k)
     cov, head = field  # L = C S^(1/2), S^(1/2) the head's symmetric root
     w, v = np.linalg.eigh(cov)
     root = np.einsum("hij,hj,hkj->hik", v, np.sqrt(np.maximum(w, 0.0)), v)
@@ -289,11 +293,11 @@ def _projection(ctx: RuleContext, node_id: str):
     for h in range(root.shape[0]):
         sel = heads == h
         loading[sel] = fixed[sel] @ root[h]
-    return _latent_root(ctx, sname), sname, index.reshape(p, k), loading
+    return _latent_root(ctx, sname), sname, index, loading
 
 
 def _term(ctx: RuleContext, x_name: str, node_id: str, steps: tuple):
-    """(group key, latent index [X, K], loading [X, K]) of a term over the Softmax's input."""
+    """(group key, latent row [X], loading [X, K]) of a term over the Softmax's input."""
     graph = ctx.graph
     proj = _projection(ctx, node_id)
     if proj is None:
@@ -327,14 +331,14 @@ def row_form(ctx: RuleContext, x: Moments, shape: tuple) -> Form | None:
         if term is None:
             continue
         key, index, loading = term
-        index = index.reshape(rows, n, -1)
+        index = index.reshape(rows, n)
         loading = loading.reshape(rows, n, -1)
         live = np.any(loading != 0, axis=2)
         if not live.any():
             continue  # a branch the selection never takes
         lead = np.argmax(live, axis=1)  # each row's first key with a loading
         first = index[np.arange(rows), lead]
-        if not np.all((index == first[:, None, :]).all(axis=2) | ~live):
+        if not np.all((index == first[:, None]) | ~live):
             continue  # the keys of a row read different latent rows: independent keys
         own += np.einsum("rnk,rnk->rn", loading, loading)
         if key in groups and np.array_equal(groups[key][0], first):
@@ -356,11 +360,15 @@ def row_form(ctx: RuleContext, x: Moments, shape: tuple) -> Form | None:
 
 def _correlated(loading: np.ndarray, form_var: np.ndarray) -> bool:
     """Whether the form part's keys correlate (mean squared off-diagonal correlation over the
-    rows' keys of nonzero form variance at least ``CORRELATION_MIN``)."""
+    rows' keys of nonzero form variance at least ``CORRELATION_MIN``; over
+    ``CORRELATION_ROWS`` evenly spaced rows where there are more)."""
+    if loading.shape[0] > CORRELATION_ROWS:  # evenly spaced rows (heads, queries in order)
+        picked = np.linspace(0, loading.shape[0] - 1, CORRELATION_ROWS).round().astype(np.int64)
+        loading, form_var = loading[picked], form_var[picked]
     sd = np.sqrt(form_var)
     live = sd > 0
     unit = loading / np.where(live, sd, 1.0)[..., None]
-    corr = np.einsum("rjk,rlk->rjl", unit, unit) ** 2
+    corr = np.square(np.matmul(unit, unit.transpose(0, 2, 1)))
     pairs = live[:, :, None] & live[:, None, :]
     pairs &= ~np.eye(loading.shape[1], dtype=bool)
     return pairs.any() and float(corr[pairs].mean()) >= CORRELATION_MIN
