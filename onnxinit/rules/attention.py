@@ -41,7 +41,7 @@ import numpy as np
 
 from ..moments import Moments, compressed
 from .covariance_readers import contraction_factor
-from .fixed_forms import projection_cross_terms
+from .fixed_vectors import projection_cross_terms
 from .context import RuleContext, RuleError, signal
 from .registry import rule
 from .masks import feeds_softmax

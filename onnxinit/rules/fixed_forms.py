@@ -45,8 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..moments import Moments
-from .channel_covariance import row_covariance
 from .context import RuleContext
+from .fixed_vectors import equation, feature_field
 from .index_layout import move, static
 
 CORRELATION_MIN = 0.25  # mean squared off-diagonal correlation of a row's form part
@@ -59,7 +59,6 @@ MAX_TERMS = 4
 _PASS = frozenset({"Cast", "Identity"})
 _LAYOUT = frozenset({"Transpose", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Split",
                      "Slice", "Gather", "Expand"})
-_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 # groups of distinct rows with draws of their own (rows of a group share theirs): each row's
 # estimate is that of its own draws, the errors of a group's rows correlated (key_groups.py)
 DRAW_GROUPS = 16
@@ -165,86 +164,13 @@ def _latent_root(ctx: RuleContext, name: str) -> str:
             return name
 
 
-def _equation(ctx: RuleContext, node_id: str) -> tuple[list[str], str] | None:
-    """The projection's terms and output labels (a MatMul written as an Einsum)."""
-    node = ctx.graph.node(node_id)
-    if node.op_type == "Einsum":
-        eq = str(ctx.for_node(node_id).attr("equation")).replace(" ", "")
-        if "..." in eq or "->" not in eq:
-            return None
-        lhs, rhs = eq.split("->")
-        return lhs.split(","), rhs
-    a, b = (ctx.graph.shape(i) for i in node.input[:2])
-    if not static(a) or not static(b) or len(a) < 2 or len(b) < 2:
-        return None
-    if len(a) != len(b) and min(len(a), len(b)) != 2:
-        return None
-    rank = max(len(a), len(b))
-    batch = _LETTERS[:rank - 2]
-    ta = (batch[rank - len(a):] if len(a) > 2 else "") + "xy"
-    tb = (batch[rank - len(b):] if len(b) > 2 else "") + "yz"
-    return [ta, tb], batch + "xz"
-
-
-def _feature_field(ctx: RuleContext, sname: str, term: str, summed: list[str]):
-    """S's features' covariance per head ``[H, K, K]`` (H = 1 without heads) and the head's
-    label in ``term`` (None), where ``row_covariance`` has a field on the one summed axis."""
-    shape = ctx.graph.shape(sname)
-    f = row_covariance(ctx, sname) if len(summed) == 1 and static(shape) else None
-    if f is None or f.axis != term.index(summed[0]) or f.cov.shape[-1] != shape[f.axis]:
-        return None
-    if f.head_axis is None:
-        return f.cov[None], None
-    if f.cov.ndim != 3 or f.cov.shape[0] != shape[f.head_axis]:
-        return None
-    return f.cov, term[f.head_axis]
-
-
-def projection_cross_terms(ctx: RuleContext, inputs) -> np.ndarray | float:
-    """For an Einsum of one signal S by a constant C summed over S's features: the cross terms
-    of S's feature covariance (``row_covariance``, per head), ``sum_{k != l} S_kl C_k C_l``
-    per output element (broadcastable to it), which the Einsum rule's independent features
-    leave out; 0 without a field. A random dense layer's cross terms average out, but fixed
-    vectors of one sign (a position table projected by a positive weight: Funnel's) read the
-    sum of the features: 0.62 where 0.54 was measured, 0.54 with them."""
-    node = ctx.node
-    signals = [i for i, m in enumerate(inputs[:2]) if m is not None]
-    if node.op_type != "Einsum" or len(inputs) != 2 or len(signals) != 1:
-        return 0.0
-    parsed = _equation(ctx, ctx.node_id)
-    s = signals[0]
-    c = ctx.const(1 - s)
-    if parsed is None or c is None:
-        return 0.0
-    terms, rhs = parsed
-    ts, tc = terms[s], terms[1 - s]
-    summed = sorted((set(ts) | set(tc)) - set(rhs))
-    if len(summed) != 1 or summed[0] not in tc or np.ndim(c) != len(tc):
-        return 0.0
-    found = _feature_field(ctx, node.input[s], ts, summed)
-    if found is None:
-        return 0.0
-    cov, head = found
-    if head is not None and head not in rhs:
-        return 0.0
-    k, k2 = summed[0], next(x for x in _LETTERS if x not in ts + tc + rhs)
-    off = cov * (1.0 - np.eye(cov.shape[-1]))
-    labels = (head or "") + k + k2
-    if head is None:
-        off = off[0]
-    out = [x for x in rhs if x in tc or x == head]
-    extra = np.einsum(f"{tc},{labels},{tc.replace(k, k2)}->{''.join(out)}",
-                      np.asarray(c, np.float64), off, np.asarray(c, np.float64))
-    return extra.reshape([extra.shape[out.index(x)] if x in out else 1 for x in rhs])
-
-
 def _projection(ctx: RuleContext, node_id: str):
     """(latent root, S, latent row [P], loading [P, K]) of each element of the projection's
     output (P elements): the flat index into S of its row's first feature (the row of latent
     variables it reads) and ``C sqrt(nu)`` (``C S^(1/2)`` with a feature covariance)."""
     graph = ctx.graph
     node = graph.node(node_id)
-    parsed = _equation(ctx, node_id)
+    parsed = equation(ctx, node_id)
     if parsed is None:
         return None
     terms, rhs = parsed
@@ -276,7 +202,7 @@ def _projection(ctx: RuleContext, node_id: str):
     # the latent row: S's flat index of each element's first feature (the row names the rest)
     first = lay(np.arange(int(np.prod(sshape))).reshape(sshape), ts)[(...,) + (0,) * len(summed)]
     index = np.broadcast_to(first, oshape).reshape(p)
-    field = _feature_field(ctx, sname, ts, summed)
+    field = feature_field(ctx, sname, ts, summed)
     if field is None:  # independent features: L = C sqrt(nu)
         sd = np.sqrt(np.broadcast_to(moments.var, sshape))
         loading = np.broadcast_to(lay(np.asarray(c, np.float64), tc) * lay(sd, ts), target)
