@@ -41,6 +41,7 @@ import numpy as np
 
 from ..moments import Moments, compressed
 from .covariance_readers import contraction_factor
+from .fixed_vectors import projection_cross_terms
 from .context import RuleContext, RuleError, signal
 from .registry import rule
 from .masks import feeds_softmax
@@ -263,6 +264,7 @@ def einsum(inputs, ctx: RuleContext):
     mean = np.einsum(eq, ma, mb)
     var = np.einsum(eq, va + ma**2, vb + mb**2) - np.einsum(eq, ma**2, mb**2)
     var = var + _shared_values(ctx, terms, summed, sizes, ops)
+    var = var + projection_cross_terms(ctx, inputs)  # fixed vectors of correlated features
     return [compressed(mean, np.maximum(var, 0.0))]
 
 

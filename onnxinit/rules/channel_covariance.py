@@ -203,6 +203,8 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
             return None
         if node.op_type == "Div" and is_unit_rows(ctx.for_node(node_id)):
             return _unit_rows(ctx, tensor, f_x)
+        if rows and f_x.head_axis is not None and node.op_type in _AFFINE:
+            return _head_affine(ctx, node, x, tensor, f_x)
         if f_x.head_axis is not None and node.op_type not in _LAYOUT:
             return None  # per-head blocks: only moved, and read by the logits
         if node.op_type in ("BatchNormalization",) + _AFFINE:
@@ -329,6 +331,23 @@ def _affine(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
             return None
         sign = np.sign(np.broadcast_to(const.reshape(-1), (shape[axis],)))
     return Field(axis, maps.rescaled(f_x.cov, variances(ctx.known[y], shape, axis), sign))
+
+
+def _head_affine(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
+    """Per-head blocks (row_covariance's) through a constant added or subtracted (kept) or a
+    scalar constant multiplied or divided by (``c^2 S``, ``S / c^2``): a query's scale and its
+    per-term biases (relative-position attention, :mod:`.fixed_forms`)."""
+    graph = ctx.graph
+    const = [graph.value(n) for n in node.input if n and graph.is_constant(n)]
+    if graph.shape(x) != graph.shape(y) or len(const) != 1:
+        return None
+    if node.op_type in ("Add", "Sub"):
+        return f_x
+    c = float(np.ravel(const[0])[0]) if np.size(const[0]) == 1 else 0.0
+    if c == 0.0 or (node.op_type == "Div" and node.input[0] != x):
+        return None
+    return Field(f_x.axis, f_x.cov * (c * c if node.op_type == "Mul" else 1.0 / (c * c)),
+                 f_x.head_axis)
 
 
 def _unit_rows(ctx: RuleContext, y: str, f_x: Field) -> Field | None:
