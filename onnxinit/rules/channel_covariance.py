@@ -38,8 +38,10 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
 - rows scaled to unit length (``F.normalize``, :mod:`.unit_rows`; cosine attention's queries
   and keys, per head): the correlation kept, rescaled to y's variances (each row's own norm a
   common factor of its features, as a LayerNorm's scale);
-- LayerNormalization over the last axis, when that is the field's: ``P S_x P`` (``P`` the
-  centring across the features; the token's scale a common factor), its scale's signs;
+- LayerNormalization over the last axis, when that is the field's, and rows centred on their
+  mean (``x - mean(x)``, TensorFlow's folded LayerNorm, :mod:`.centred_rows`): ``P S_x P``
+  (``P`` the centring across the features; the token's scale a common factor), its scale's
+  signs;
 - MatMul by a constant ``W [D, E]`` reading the field's axis last: ``S_y = W^T S_x W`` (a
   dense layer of a tensor without a field starts none: its correlations are ``1/sqrt(D)``);
 - everything else: none (channels independent).
@@ -68,6 +70,7 @@ import numpy as np
 
 from ..strict import fall_back
 from . import covariance_maps as maps
+from .centred_rows import centred_input
 from .covariance_layout import Field, attr, conv_share, moved, variances, within
 from .context import RuleContext, RuleError
 from .elementwise import UNARY, elementwise
@@ -137,6 +140,9 @@ def _deps(ctx: RuleContext, tensor: str) -> list[str]:
     fused = _fused(ctx, node_id) if len(signals) == 2 else None
     if fused is not None:
         return [fused[0]]
+    centred = centred_input(ctx.for_node(node_id)) if len(signals) == 2 else None
+    if centred is not None:
+        return [centred] if centred in ctx.known else []
     if node.op_type in _AFFINE and len(signals) <= 2:
         return signals
     if len(signals) == 1 and _function(node.op_type):  # element-wise (_compute)
@@ -179,10 +185,13 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
     node = graph.node(node_id)
     signals = [n for n in _signals(ctx, node) if n in known]
     fused = _fused(ctx, node_id) if len(signals) == 2 else None
-    if fused is None and (not signals or signals[0] not in _deps(ctx, tensor)):
+    deps = _deps(ctx, tensor)
+    if fused is None and (not signals or not deps):
         return None  # an op that drops the field
     x = signals[0]
     try:
+        if fused is None and deps[0] not in signals:  # rows centred on their mean
+            return _centred_rows(ctx, deps[0], tensor, field_of, rows)
         if fused is not None:  # h(T): T's field through the fused function
             f_t = field_of(fused[0])
             if f_t is None or f_t.head_axis is not None or f_t.cov.shape[0] > MAX_CHANNELS:
@@ -378,6 +387,18 @@ def _layer_norm(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | N
     sign = None if scale is None else np.sign(np.broadcast_to(
         np.asarray(scale, np.float64).reshape(-1), (shape[last],)))
     return Field(last, maps.centred(f_x.cov, variances(ctx.known[y], shape, last), sign))
+
+
+def _centred_rows(ctx: RuleContext, x: str, y: str, field_of, rows: bool) -> Field | None:
+    """Rows of x centred on their mean over the last axis: ``P S_x P`` (rows: x's variances)."""
+    shape_x, shape = ctx.graph.shape(x), ctx.graph.shape(y)
+    last = len(shape) - 1
+    f_x = field_of(x)
+    if rows and f_x is None and shape_x and shape_x[-1] <= MAX_ROW_FEATURES:
+        f_x = Field(len(shape_x) - 1, np.diag(variances(ctx.known[x], shape_x, len(shape_x) - 1)))
+    if f_x is None or f_x.head_axis is not None or f_x.axis != last or shape_x != shape:
+        return None
+    return Field(last, maps.centred(f_x.cov, variances(ctx.known[y], shape, last)))
 
 
 def _dense(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:

@@ -184,7 +184,13 @@ def field_sum_factor(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     f = covariance(ctx, ctx.node.input[0])
     if f is None or f.head_axis is not None or tuple(axes) != (f.axis,):
         return None
-    s = np.asarray(f.cov, dtype=np.float64)
+    return sum_over_trace(f.cov)
+
+
+def sum_over_trace(cov) -> float | None:
+    """``1^T S 1 / tr S`` of a covariance S: a mean's variance over the independent one's;
+    None where the trace is not positive or the sum not finite."""
+    s = np.asarray(cov, dtype=np.float64)
     trace = float(np.trace(s))
     total = float(s.sum())
     if not (trace > 0 and np.isfinite(total)):
@@ -200,4 +206,5 @@ def summed_row(ctx: RuleContext) -> bool:
         field_sum_factor(ctx, (len(shape) - 1,)) is not None)
 
 
-__all__ = ["chain", "coefficients", "covariance_sum", "field_sum_factor", "summed_row"]
+__all__ = ["chain", "coefficients", "covariance_sum", "field_sum_factor", "sum_over_trace",
+           "summed_row"]
