@@ -41,7 +41,8 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
 - LayerNormalization over the last axis, when that is the field's: ``P S_x P`` (``P`` the
   centring across the features; the token's scale a common factor), its scale's signs;
 - MatMul by a constant ``W [D, E]`` reading the field's axis last: ``S_y = W^T S_x W`` (a
-  dense layer of a tensor without a field starts none: its correlations are ``1/sqrt(D)``);
+  dense layer of a tensor without a field starts none: its correlations are ``1/sqrt(D)``;
+  :func:`row_covariance` starts one, for the readers of a dense layer's own weights);
 - everything else: none (channels independent).
 
 BatchNormalization's running variance (rules/running_statistics.py) is the spread of the
@@ -151,11 +152,14 @@ def covariance(ctx: RuleContext, tensor: str) -> Field | None:
 
 def row_covariance(ctx: RuleContext, tensor: str) -> Field | None:
     """:func:`covariance` for a reader that needs the covariance of a row's features for the
-    weights at hand (:mod:`.shared_projection`), not only the size of its cross terms: a
-    dense layer of a tensor without a field starts one, ``W^T diag(nu_x) W`` (an expansion's
-    features are far from independent: rank D of E), and a product of two element-wise
-    functions of one tensor (SiLU written ``x * sigmoid(x)``) takes Mehler's formula with
-    their product as the function."""
+    weights at hand (:mod:`.shared_projection`; a dense layer's cross terms, the keys' and
+    values' covariance of :mod:`.value_selection` and :mod:`.mixed_values`), not only the size
+    of its cross terms: a dense layer of a tensor without a field starts one, ``W^T diag(nu_x)
+    W`` (an expansion's features are far from independent:
+    rank D of E; a projection of a projection sums ``D^2`` correlations of ``1/sqrt(D)``:
+    ``nn.MultiheadAttention``'s keys and values from a Linear, ``kdim``/``vdim``, 0.96-1.04x
+    without), and a product of two element-wise functions of one tensor (SiLU written ``x *
+    sigmoid(x)``) takes Mehler's formula with their product as the function."""
     known = ctx.known
     shape = ctx.graph.shape(tensor)
     if known is None or tensor not in known or not shape or len(shape) < 2:
