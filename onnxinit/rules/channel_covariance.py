@@ -188,6 +188,8 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
             return _through(ctx, fused[1].fn, fused[0], tensor, f_t)
         if rows and node.op_type == "MatMul" and field_of(x) is None:
             shape_x = graph.shape(x)
+            if not _dense_fits(ctx, node):  # before its [D, D] diagonal: D = 3072 is 75 MB
+                return None
             return _dense(ctx, node, x, tensor, Field(len(shape_x) - 1, np.diag(
                 variances(known[x], shape_x, len(shape_x) - 1))))
         if node.op_type == "Conv":
@@ -359,16 +361,20 @@ def _layer_norm(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | N
     return Field(last, maps.centred(f_x.cov, variances(ctx.known[y], shape, last), sign))
 
 
+def _dense_fits(ctx: RuleContext, node) -> bool:
+    """A MatMul by a constant 2-D ``W [D, E]`` whose field ``W^T S W`` is within the limits."""
+    w = ctx.graph.value(node.input[1]) if len(node.input) > 1 else None
+    return (w is not None and np.ndim(w) == 2 and w.shape[1] <= MAX_CHANNELS
+            and w.shape[1] ** 2 * w.shape[0] <= MAX_WORK)
+
+
 def _dense(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
     """``X[..., D] @ W[D, E]``: ``W^T S_x W``."""
     graph = ctx.graph
-    w = graph.value(node.input[1]) if len(node.input) > 1 else None
     shape_x = graph.shape(x)
-    if w is None or np.ndim(w) != 2 or f_x.axis != len(shape_x) - 1:
+    if not _dense_fits(ctx, node) or f_x.axis != len(shape_x) - 1:
         return None
-    w = np.asarray(w, dtype=np.float64)
-    if w.shape[1] > MAX_CHANNELS or w.shape[1] ** 2 * w.shape[0] > MAX_WORK:
-        return None
+    w = np.asarray(graph.value(node.input[1]), dtype=np.float64)
     return Field(len(graph.shape(y)) - 1, w.T @ f_x.cov @ w)
 
 

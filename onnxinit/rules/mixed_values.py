@@ -12,7 +12,10 @@ correlated, ``S_v = W_v^T S_x W_v`` (``S_x`` x's field, else ``diag(nu_x)``; of 
 independent tokens; the heads' probabilities taken as independent). The dense layer then
 sums ``w_j^T C w_j`` where the independent-features rule sums only the diagonal (O's own
 variances): ``nn.MultiheadAttention``'s output projection was 1.04-1.07x onnxruntime (cross
-terms 6% of the variance, across heads as large as within).
+terms 6% of the variance, across heads as large as within). One factor per feature serves
+every position, so windows masked differently (Swin's shifted windows: a mask added through a
+Reshape between Q K^T and the softmax) get none: their edge windows, cropped after the roll
+back, read 1-2% lower with it.
 
 Found by its layout alone: from the reader's input back through layout ops to a MatMul of a
 softmax and V, from V back through layout ops (a Gather or Split of a fused projection
@@ -29,6 +32,7 @@ import numpy as np
 
 from .channel_covariance import MAX_WORK, row_covariance as field
 from .context import RuleContext
+from .logit_path import qk_matmul
 from .token_field import sigma
 
 _LAYOUT = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Identity", "Dropout",
@@ -115,13 +119,16 @@ def _is_projection(graph, node) -> bool:
 
 
 def _softmax_input(graph, name: str) -> bool:
+    """``name`` is a Softmax (through Dropout, Identity, Cast) of logits that come from Q K^T
+    through the ops value selection reads (:func:`.logit_path.qk_matmul`: not a per-window
+    mask added through a Reshape, Swin's shifted windows)."""
     for _ in range(4):
         nid = graph.producer.get(name)
         if nid is None:
             return False
         node = graph.node(nid)
         if node.op_type == "Softmax":
-            return True
+            return qk_matmul(graph, node.input[0]) is not None
         if node.op_type not in _PROBABILITIES:
             return False
         name = node.input[0]

@@ -49,7 +49,9 @@ from .unit_rows import is_unit_rows
 _LAYOUT = ("Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Cast", "Identity",
            "Dropout")
 _ROWS = 16  # softmax rows sampled for G
-_DRAWS = 1024  # draws per row
+_DRAWS = 1024  # draws per row (of 8 keys; fewer for wider rows, at least _MIN_DRAWS:
+_KEY_DRAWS = 8 * _DRAWS  # a draw's weighted mean over k keys varies as 1/k, so its error
+_MIN_DRAWS = 128  # stays as it is at 8 keys, and BERT's rows of 128 cost 1/8)
 
 
 def _stripped(graph, name: str) -> str:
@@ -216,7 +218,7 @@ def selection_gain(logits: Moments, shape, rng: np.random.Generator) -> float:
         if k < 2:
             continue
         sigma = float(np.sqrt(np.mean(v[keep])))
-        z = rng.standard_normal((_DRAWS, k))
+        z = rng.standard_normal((min(_DRAWS, max(_MIN_DRAWS, _KEY_DRAWS // k)), k))
         # in place where it computes the same values (each temporary is a fresh megabyte)
         p = np.multiply(z, sigma)
         p += m[keep]
