@@ -43,7 +43,8 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
   (``P`` the centring across the features; the token's scale a common factor), its scale's
   signs;
 - MatMul by a constant ``W [D, E]`` reading the field's axis last: ``S_y = W^T S_x W`` (a
-  dense layer of a tensor without a field starts none: its correlations are ``1/sqrt(D)``);
+  dense layer of a tensor without a field starts none: its correlations are ``1/sqrt(D)``;
+  :func:`row_covariance` starts one, for the readers of a dense layer's own weights);
 - everything else: none (channels independent).
 
 BatchNormalization's running variance (rules/running_statistics.py) is the spread of the
@@ -163,11 +164,14 @@ def covariance(ctx: RuleContext, tensor: str) -> Field | None:
 
 def row_covariance(ctx: RuleContext, tensor: str) -> Field | None:
     """:func:`covariance` for a reader that needs the covariance of a row's features for the
-    weights at hand (:mod:`.shared_projection`), not only the size of its cross terms: a
-    dense layer of a tensor without a field starts one, ``W^T diag(nu_x) W`` (an expansion's
-    features are far from independent: rank D of E), and a product of two element-wise
-    functions of one tensor (SiLU written ``x * sigmoid(x)``) takes Mehler's formula with
-    their product as the function."""
+    weights at hand (:mod:`.shared_projection`; a dense layer's cross terms, the keys' and
+    values' covariance of :mod:`.value_selection` and :mod:`.mixed_values`), not only the size
+    of its cross terms: a dense layer of a tensor without a field starts one, ``W^T diag(nu_x)
+    W`` (an expansion's features are far from independent:
+    rank D of E; a projection of a projection sums ``D^2`` correlations of ``1/sqrt(D)``:
+    ``nn.MultiheadAttention``'s keys and values from a Linear, ``kdim``/``vdim``, 0.96-1.04x
+    without), and a product of two element-wise functions of one tensor (SiLU written ``x *
+    sigmoid(x)``) takes Mehler's formula with their product as the function."""
     known = ctx.known
     shape = ctx.graph.shape(tensor)
     if known is None or tensor not in known or not shape or len(shape) < 2:
@@ -199,6 +203,8 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
             return _through(ctx, fused[1].fn, fused[0], tensor, f_t)
         if rows and node.op_type == "MatMul" and field_of(x) is None:
             shape_x = graph.shape(x)
+            if not _dense_fits(ctx, node):  # before its [D, D] diagonal: D = 3072 is 75 MB
+                return None
             return _dense(ctx, node, x, tensor, Field(len(shape_x) - 1, np.diag(
                 variances(known[x], shape_x, len(shape_x) - 1))))
         if node.op_type == "Conv":
@@ -401,16 +407,20 @@ def _centred_rows(ctx: RuleContext, x: str, y: str, field_of, rows: bool) -> Fie
     return Field(last, maps.centred(f_x.cov, variances(ctx.known[y], shape, last)))
 
 
+def _dense_fits(ctx: RuleContext, node) -> bool:
+    """A MatMul by a constant 2-D ``W [D, E]`` whose field ``W^T S W`` is within the limits."""
+    w = ctx.graph.value(node.input[1]) if len(node.input) > 1 else None
+    return (w is not None and np.ndim(w) == 2 and w.shape[1] <= MAX_CHANNELS
+            and w.shape[1] ** 2 * w.shape[0] <= MAX_WORK)
+
+
 def _dense(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
     """``X[..., D] @ W[D, E]``: ``W^T S_x W``."""
     graph = ctx.graph
-    w = graph.value(node.input[1]) if len(node.input) > 1 else None
     shape_x = graph.shape(x)
-    if w is None or np.ndim(w) != 2 or f_x.axis != len(shape_x) - 1:
+    if not _dense_fits(ctx, node) or f_x.axis != len(shape_x) - 1:
         return None
-    w = np.asarray(w, dtype=np.float64)
-    if w.shape[1] > MAX_CHANNELS or w.shape[1] ** 2 * w.shape[0] > MAX_WORK:
-        return None
+    w = np.asarray(graph.value(node.input[1]), dtype=np.float64)
     return Field(len(graph.shape(y)) - 1, w.T @ f_x.cov @ w)
 
 

@@ -8,8 +8,9 @@ import numpy as np
 
 from ..moments import Moments
 from . import covariance_maps as maps
-from .channel_covariance import MAX_ROW_FEATURES, covariance, pointwise
+from .channel_covariance import MAX_ROW_FEATURES, covariance, pointwise, row_covariance
 from .context import RuleContext
+from .mixed_values import output_covariance
 
 
 def layer_norm_factor(ctx: RuleContext, x: Moments, shape, eps: float) -> np.ndarray | None:
@@ -171,12 +172,43 @@ def cross_term_factor(ctx: RuleContext, w: np.ndarray) -> np.ndarray | None:
     return maps.cross_term_factor(f.cov, w)
 
 
+_LINEAR = ("Transpose", "Reshape", "Identity", "Dropout", "Add", "Sub", "Mul", "Div")
+
+
+def _dense_output(graph, name: str) -> bool:
+    """``name`` is a MatMul by a constant 2-D weight through layout ops and constant offsets
+    or scales (a bias; keys projected, transposed, projected again): its features' covariance
+    is exactly ``W^T diag(nu) W``, no element-wise map between."""
+    for _ in range(8):
+        nid = graph.producer.get(name)
+        if nid is None:
+            return False
+        node = graph.node(nid)
+        signals = [n for n in node.input if n and graph.is_signal(n)]
+        if len(signals) != 1 or (signals[0] != node.input[0]
+                                 and node.op_type not in ("Add", "Mul")):
+            return False
+        if node.op_type == "MatMul":
+            return np.ndim(graph.value(node.input[1])) == 2
+        if node.op_type not in _LINEAR:
+            return False
+        name = signals[0]
+    return False
+
+
 def feature_cross_term_factor(ctx: RuleContext, w_in_out: np.ndarray) -> np.ndarray | None:
-    """Per output feature of the MatMul of ``ctx`` by ``W[D, E]``, the same for its input's
-    field over the last axis; None without one."""
+    """Per output feature of the MatMul (or Gemm) of ``ctx`` by ``W[D, E]``, the same for its
+    input's field over the last axis (a dense layer's output, through layout ops and constant
+    offsets and scales, has one: ``W^T diag(nu) W``, :func:`.channel_covariance.row_covariance`),
+    or for an attention output's features (:mod:`.mixed_values`); None without either."""
     shape = ctx.graph.shape(ctx.node.input[0])
     f = covariance(ctx, ctx.node.input[0]) if shape else None
-    if (f is None or f.axis != len(shape) - 1 or f.head_axis is not None
-            or f.cov.shape[0] != np.shape(w_in_out)[0]):
-        return None
+    if f is None and shape and _dense_output(ctx.graph, ctx.node.input[0]):
+        f = row_covariance(ctx, ctx.node.input[0])
+    d = np.shape(w_in_out)[0]
+    if f is None or f.axis != len(shape) - 1 or f.head_axis is not None or f.cov.shape[0] != d:
+        s = output_covariance(ctx, ctx.node.input[0]) if shape else None
+        if s is None or s.shape[0] != d:
+            return None
+        return maps.cross_term_factor(s, np.asarray(w_in_out, dtype=np.float64).T)
     return maps.cross_term_factor(f.cov, np.asarray(w_in_out, dtype=np.float64).T)

@@ -303,12 +303,15 @@ def gemm(inputs, ctx: RuleContext):
         w = ctx.const(1)
         w = w.T if trans_b else w  # [K, N]
         c = _bias(ctx, 2, y_shape[1]) if ctx.has_input(2) else 0.0
+        factor = None if trans_a else feature_cross_term_factor(ctx, w)  # correlated features
+        factor = 1.0 if factor is None else factor
         kept = None if trans_a else _leading(x, 2, w.shape[0])
         if kept is not None:  # per row (position) and feature
-            return [Moments(*_dense(*kept, w, beta * c, alpha))]
+            mean, var = _dense(*kept, w, beta * c, alpha)
+            return [Moments(mean, var * factor)]
         mu, nu = x.values_along(0 if trans_a else 1, w.shape[0])
         mean, var = _dense(mu, nu, w, beta * c, alpha)
-        return [Moments.along(mean, _pooled(ctx, trans_a, nu, w, var, alpha), 1, 2)]
+        return [Moments.along(mean, _pooled(ctx, trans_a, nu, w, var * factor, alpha), 1, 2)]
     if inputs[1] is not None and ctx.const(0) is not None:
         x = inputs[1]
         w = ctx.const(0)

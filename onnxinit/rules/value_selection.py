@@ -3,7 +3,8 @@ P and the values V are linear maps of the same tokens (``k = W_k^T x``, ``v = W_
 
 The P V rule (attention.py) takes P and V as independent. But given the query q, a key's logit
 ``a_j = s q . k_j`` and its value ``v_j`` share the token x_j: ``c_d = Cov(v_jd, a_j | q) =
-s sum_e q_e C_de`` with ``C = W_v^T diag(nu_x) W_k`` per head (x's features independent). Write
+s sum_e q_e C_de`` with ``C = W_v^T S W_k`` per head (S the covariance of x's features: their
+field where x is a dense layer's output, else ``diag(nu_x)``). Write
 ``v_j = mu + (c / sigma^2) a~_j + eps_j`` (``a~_j`` the logit less its mean, ``sigma^2 =
 Var(a_j | q)``, eps independent of the logits, variance ``nu - c^2 / sigma^2``); then, for
 Gaussian keys and values, exactly::
@@ -21,12 +22,16 @@ variance), ``G ~ sigma^2`` for small logits and G ~ 1 at sigma^2 ~ 1 (T5's unsca
 selected values' mean moves with the query by ``c``; P V 16% low without this). The scale of the
 logits cancels (it is in both c and sigma), so only the key and value projections are read: a
 MatMul (or Gemm) with a constant weight, a bias Add, then layout ops (Reshape into heads,
-Transpose, the Unsqueeze/Expand of grouped-query attention) to K^T [.., H, d_k, n] and V
-[.., H, n, d_v], heads splitting the projection's columns head-major.
+Transpose, the Unsqueeze/Expand of grouped-query attention, a scalar Mul or Div: keys scaled
+before Q K^T) to K^T [.., H, d_k, n] and V [.., H, n, d_v], heads splitting the projection's
+columns head-major; a fused projection picked by a Gather after a Reshape that splits its
+columns (Swin's ``qkv[i]``; torch's packed ``in_proj``, through Unsqueeze, Transpose and
+Squeeze: ``nn.MultiheadAttention``'s P V 0.68x -> 0.99x with tied keys and values).
 
 Not modelled: keys rotated per position (rotary embeddings: no term), projections fused and
-split (one qkv MatMul: no term), q's features of unequal power or correlated, the query's own
-key, non-Gaussian tokens (RMS-normalised tokens lie on a sphere: the term is then a few percent
+split by a Split (no term), q's features of unequal power or correlated (keys of low rank and
+logits of variance ~1 with tied keys and values: up to 1.25x high), the query's own key,
+non-Gaussian tokens (RMS-normalised tokens lie on a sphere: the term is then a few percent
 high).
 """
 
@@ -35,6 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments
+from .channel_covariance import row_covariance
 from .context import RuleContext
 from .logit_path import qk_matmul as _qk_matmul
 from .softmax import MASK_GAP
@@ -43,7 +49,9 @@ from .unit_rows import is_unit_rows
 _LAYOUT = ("Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Cast", "Identity",
            "Dropout")
 _ROWS = 16  # softmax rows sampled for G
-_DRAWS = 1024  # draws per row
+_DRAWS = 1024  # draws per row (of 8 keys; fewer for wider rows, at least _MIN_DRAWS:
+_KEY_DRAWS = 8 * _DRAWS  # a draw's weighted mean over k keys varies as 1/k, so its error
+_MIN_DRAWS = 128  # stays as it is at 8 keys, and BERT's rows of 128 cost 1/8)
 
 
 def _stripped(graph, name: str) -> str:
@@ -53,17 +61,50 @@ def _stripped(graph, name: str) -> str:
     return name
 
 
+def _axes(graph, node, rank: int) -> list[int] | None:
+    """A Squeeze's or Unsqueeze's axes (attribute, or input 1 from opset 13), made
+    non-negative for ``rank``; None when unknown."""
+    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = graph.value(node.input[1])
+        axes = None if value is None else [int(a) for a in np.reshape(value, -1)]
+    return None if axes is None or not rank else sorted(a % rank for a in axes)
+
+
 def _picked_axis(graph, node, axis: int | None):
     """The axis of ``node``'s input that output axis ``axis`` (a picked part of a fused
-    projection) comes from, through a Transpose; None when it is lost."""
+    projection) comes from, through a Transpose, Squeeze or Unsqueeze (torch's packed
+    ``in_proj``: ``[T, N, 3 E] -> [T, N, 3, E]``, unsqueezed, transposed, squeezed, then
+    ``proj[i]``); None when it is lost."""
     if axis is None:
         return None
     if node.op_type == "Transpose":
         perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
         return perm[axis] if perm is not None and axis < len(perm) else None
+    if node.op_type == "Squeeze":
+        rank = len(graph.shape(node.input[0]) or ())
+        axes = _axes(graph, node, rank)
+        kept = [i for i in range(rank) if i not in (axes or ())]
+        return kept[axis] if axes and axis < len(kept) else None
+    if node.op_type == "Unsqueeze":
+        axes = _axes(graph, node, len(graph.shape(node.output[0]) or ()))
+        return None if axes is None or axis in axes else axis - sum(a < axis for a in axes)
     if node.op_type in ("Cast", "Identity", "Dropout"):
         return axis
     return None
+
+
+def _scaled(graph, node) -> str | None:
+    """The signal of a Mul or Div by a constant scalar (keys scaled before Q K^T: the scale
+    cancels in the selection ratio), else None."""
+    if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
+        return None
+    scale = graph.value(node.input[1])
+    if scale is None and node.op_type == "Mul":
+        scale, name = graph.value(node.input[0]), node.input[1]
+    else:
+        name = node.input[0]
+    return name if scale is not None and np.size(scale) == 1 and graph.is_signal(name) else None
 
 
 def _projection(ctx: RuleContext, name: str):
@@ -93,6 +134,8 @@ def _projection(ctx: RuleContext, name: str):
             name = node.input[0]
         elif op == "Div" and is_unit_rows(ctx.for_node(nid)):
             name = node.input[0]
+        elif _scaled(graph, node) is not None:
+            name = _scaled(graph, node)
         elif op == "Reshape" and picked is not None:
             out_shape, in_shape = graph.shape(node.output[0]), graph.shape(node.input[0])
             axis = picked[0]
@@ -137,11 +180,17 @@ def _head_blocks(w: np.ndarray, d: int) -> np.ndarray | None:
 
 
 def selection_ratio(wk: np.ndarray, wv: np.ndarray, nu_x: np.ndarray) -> float:
-    """``R = mean_{h,d} sum_e C_de^2 / sum_e nu_ke``, ``C = W_v,h^T diag(nu_x) W_k,h``,
-    ``nu_ke = sum_i W_k,ie^2 nu_xi``; wk [H, D, d_k], wv [H, D, d_v]."""
+    """``R = mean_{h,d} sum_e C_de^2 / sum_e nu_ke``, ``C = W_v,h^T S W_k,h``,
+    ``nu_ke = (W_k,h^T S W_k,h)_ee``, ``S = diag(nu_x)`` for a vector ``nu_x`` [D] (x's
+    features independent), else the features' covariance ``nu_x`` [D, D] (x a dense layer's
+    output: its field); wk [H, D, d_k], wv [H, D, d_v]."""
     # as batched matrix products (einsum's own loop over three operands was 10 ms a head set)
-    c = np.swapaxes(wv * nu_x[None, :, None], 1, 2) @ wk
-    nu_k = (wk * wk).sum(axis=2) @ nu_x
+    if np.ndim(nu_x) == 2:
+        c = np.swapaxes(wv, 1, 2) @ (nu_x @ wk)
+        nu_k = np.einsum("hie,hie->h", wk, nu_x @ wk)
+    else:
+        c = np.swapaxes(wv * nu_x[None, :, None], 1, 2) @ wk
+        nu_k = (wk * wk).sum(axis=2) @ nu_x
     return float(np.mean((c**2).sum(axis=-1) / np.maximum(nu_k[:, None], 1e-300)))
 
 
@@ -169,7 +218,7 @@ def selection_gain(logits: Moments, shape, rng: np.random.Generator) -> float:
         if k < 2:
             continue
         sigma = float(np.sqrt(np.mean(v[keep])))
-        z = rng.standard_normal((_DRAWS, k))
+        z = rng.standard_normal((min(_DRAWS, max(_MIN_DRAWS, _KEY_DRAWS // k)), k))
         # in place where it computes the same values (each temporary is a fresh megabyte)
         p = np.multiply(z, sigma)
         p += m[keep]
@@ -210,6 +259,10 @@ def selection_variance(ctx: RuleContext, softmax) -> float:
     except ValueError:  # statistics laid out otherwise (rows, a higher rank)
         return 0.0
     nu_x = nu.reshape(-1, x_shape[-1]).mean(axis=0)
+    field = row_covariance(ctx, key[0])  # x's features correlated (a dense layer's output)
+    if (field is not None and field.axis == len(x_shape) - 1 and field.head_axis is None
+            and field.cov.shape == (x_shape[-1],) * 2):
+        nu_x = field.cov
     ratio = selection_ratio(wk, wv, nu_x)
     if ratio <= 0:
         return 0.0

@@ -136,7 +136,10 @@ def auxiliary(graph) -> set[str]:
 def measured_moments(graph, tensors: list[str], batch_size: int, runs: int,
                      seed: int = 0, first: dict | None = None) -> dict[str, tuple[float, float]]:
     """(mean, var) of each tensor pooled over ``runs`` batches in one onnxruntime session;
-    ``first``, when given, receives each tensor's (shape, var) on the first batch."""
+    ``first``, when given, receives each tensor's (shape, var) on the first batch. Elements
+    that are -inf (logits masked with -inf before a softmax) are left out, as
+    ``onnxinit.measure`` and the predictions (``Moments.total``) leave them out: with them the
+    variance was NaN, a miss whatever the prediction."""
     session = make_session(seeded(measurable_model(graph, tensors), seed), device="cpu")
     names = [o.name for o in session.get_outputs()]
     wanted = [n for n in names if n in set(tensors)]
@@ -147,6 +150,9 @@ def measured_moments(graph, tensors: list[str], batch_size: int, runs: int,
         values = dict(zip(names, session.run(names, synthetic_feeds(graph, rng=rng))))
         for n in wanted:
             v = np.asarray(values.pop(n), dtype=np.float64)
+            masked = np.isneginf(v)
+            if masked.any() and not masked.all():  # an attention mask written with -inf: the
+                v = v[~masked]  # other elements, as onnxinit.measure and the predictions
             if run == 0 and first is not None:
                 first[n] = (v.shape, float(v.var()))
             s1[n] += v.mean() / runs
