@@ -54,6 +54,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .views import broadcast_to
+
 MAX_OFFSET = 6  # largest offset per axis at which the correlation is kept
 CONV_BUDGET = 2e7  # multiply-adds above which a Conv keeps only the delta = 0 terms
 _DIRECT_TAPS = 25  # kernels up to 5 x 5: autocorrelation by pairs of taps, not FFT
@@ -212,8 +214,8 @@ def conv(corr: Correlation, nu: np.ndarray, w: np.ndarray, groups: int, strides,
     n_delta = int(np.prod([2 * k - 1 for k in kernel]))
     rho, floor = corr.rho, corr.floor
     c_in = cpg * groups
-    rho = np.broadcast_to(rho, (c_in,) + rho.shape[1:])
-    floor = np.broadcast_to(floor, (c_in,))
+    rho = broadcast_to(rho, (c_in,) + rho.shape[1:])
+    floor = broadcast_to(floor, (c_in,))
     exact = c_out * cpg * n_delta * max(n_d, 16) <= CONV_BUDGET
     opg = c_out // groups
     if exact:  # every kernel-autocorrelation lag delta
@@ -267,7 +269,7 @@ def _spatial_mean_factor(corr: Correlation, channels: int) -> np.ndarray:
     """sum_d rho(d) over the stored offsets (plus nothing beyond): the relative size of a
     channel's spatial-mean component, for weighting the batch-centred fraction."""
     local = corr.rho.reshape(corr.rho.shape[0], -1).sum(axis=1)
-    return np.broadcast_to(np.maximum(local, 1e-12), (channels,))
+    return broadcast_to(np.maximum(local, 1e-12), (channels,))
 
 
 def add(parts: Sequence[tuple[Correlation, np.ndarray]], sizes) -> Correlation:

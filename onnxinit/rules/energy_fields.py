@@ -12,6 +12,7 @@ import weakref
 import numpy as np
 
 from ..moments import Moments
+from ..views import broadcast_to
 from .energy_loading import node_scales
 from .gaussian import compose, composite_rule
 
@@ -62,7 +63,7 @@ def _correlation(m: Moments, shape, gaussian: bool = False):
     if corr is None or corr.rho.ndim != len(shape) - 1 or corr.rho.shape[0] not in (1, shape[1]):
         return None
     rho, floor = corr.gaussian() if gaussian else (corr.rho, corr.floor)
-    return rho, np.broadcast_to(floor, (rho.shape[0],))
+    return rho, broadcast_to(floor, (rho.shape[0],))
 
 
 def _per_object(cache: dict, obj, key, compute):
@@ -96,7 +97,7 @@ def _field_local(m: Moments, shape) -> np.ndarray:
     corr = _correlation(m, shape)
     if corr is None:
         return np.full(c, 2.0 / positions(shape))
-    return np.broadcast_to(2.0 * _pair_sums(corr, shape[2:], (2,))[0], (c,)).copy()
+    return broadcast_to(2.0 * _pair_sums(corr, shape[2:], (2,))[0], (c,)).copy()
 
 
 def _pair_powers(m: Moments, shape) -> np.ndarray:
@@ -106,7 +107,7 @@ def _pair_powers(m: Moments, shape) -> np.ndarray:
     corr = _correlation(m, shape, gaussian=True)
     if corr is None:
         return np.full((4, c), 1.0 / positions(shape))
-    return np.broadcast_to(_pair_sums(corr, shape[2:], (1, 2, 3, 4)), (4, c))
+    return broadcast_to(_pair_sums(corr, shape[2:], (1, 2, 3, 4)), (4, c))
 
 
 def positions(shape) -> int:
@@ -134,7 +135,7 @@ def chain_values(m: Moments, shape, scale=None, shift=None):
     y, target = np.asarray(y, np.float64), (NODES.size,) + cell[1:]
     if y.ndim > len(target) or any(a not in (1, b) for a, b in zip(y.shape[::-1], target[::-1])):
         return None
-    y = np.broadcast_to(y, target).reshape(-1, c)
+    y = broadcast_to(y, target).reshape(-1, c)
     return (y, WEIGHTS) if np.all(np.isfinite(y)) else None
 
 
@@ -163,7 +164,7 @@ def chain_at_energy_nodes(m: Moments, shape, eta: float, alpha: np.ndarray, base
 
 
 def channel_var(m: Moments, c: int) -> np.ndarray:
-    return np.broadcast_to(m.values_along(1, c)[1], (c,))
+    return broadcast_to(m.values_along(1, c)[1], (c,))
 
 
 def chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
@@ -212,7 +213,7 @@ def _source_channels(src, rank: int, c: int) -> tuple[np.ndarray, np.ndarray]:
     """(mean, var) ``[C]`` of a source Gaussian, its position classes pooled (total variance);
     read-only, kept per source: a chain's mixture asks for them at each of its nodes."""
     return _per_object(_SOURCE, src, (rank, c), lambda: tuple(
-        np.broadcast_to(a, (c,))
+        broadcast_to(a, (c,))
         for a in Moments(src.mean, src.var).expand_rank(rank).values_along(1, c)))
 
 
