@@ -49,6 +49,7 @@ that puts the positions back carries what a global mean reads: rules/position_sh
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -210,8 +211,8 @@ def conv(corr: Correlation, nu: np.ndarray, w: np.ndarray, groups: int, strides,
     radius = [min(MAX_OFFSET, s - 1) for s in out_sizes]
     # rho(-d) = rho(d): compute the offsets with d_0 >= 0 and mirror the rest
     half = [radius[0] + 1] + [2 * r + 1 for r in radius[1:]]
-    n_d = int(np.prod(half))
-    n_delta = int(np.prod([2 * k - 1 for k in kernel]))
+    n_d = int(math.prod(half))
+    n_delta = int(math.prod([2 * k - 1 for k in kernel]))
     rho, floor = corr.rho, corr.floor
     c_in = cpg * groups
     rho = broadcast_to(rho, (c_in,) + rho.shape[1:])

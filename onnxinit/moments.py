@@ -48,6 +48,8 @@ from functools import cached_property
 
 import numpy as np
 
+from .views import broadcast_arrays
+
 
 @dataclass(frozen=True)
 class Elementwise:
@@ -233,7 +235,7 @@ class Moments:
         return cached
 
     def _total_of_grid(self) -> tuple[float, float]:
-        mean, var = np.broadcast_arrays(self.mean, self.var)
+        mean, var = broadcast_arrays(self.mean, self.var)
         # any -inf at all (fmin skips NaN), before the mask itself
         if mean.size and np.fmin.reduce(mean, axis=None) == -np.inf:
             masked = np.isneginf(mean)
@@ -382,7 +384,7 @@ def pooled_along(mean, var, axis: int, size: int, total) -> tuple[np.ndarray, np
     ``var``, the other axes pooled by the law of total variance:
     m_a = E_other[mean], v_a = E_other[var] + Var_other[mean]. An axis tracked at another length
     than ``size`` falls back to ``total()`` everywhere."""
-    mean, var = np.broadcast_arrays(mean, var)
+    mean, var = broadcast_arrays(mean, var)
     rank = mean.ndim
     axis %= rank
     other = tuple(i for i in range(rank) if i != axis)

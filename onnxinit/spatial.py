@@ -27,7 +27,7 @@ import numpy as np
 
 from .class_gather import gather_taps
 from .moments import Moments, Source, Spatial
-from .views import broadcast_to
+from .views import broadcast_arrays, broadcast_to
 
 DENSE_CAP = 1 << 20  # cells up to which a spatial tensor is expanded per position (Flatten)
 
@@ -182,7 +182,7 @@ def attach(cells: Moments, maps: Sequence[np.ndarray], corr=None) -> Moments:
         return Moments(cells.mean, cells.var, cells.source, cells.mixture)
     weights = class_weights(maps)
     axes = tuple(range(2, rank))
-    mean, var = np.broadcast_arrays(cells.mean, cells.var)
+    mean, var = broadcast_arrays(cells.mean, cells.var)
     shape = mean.shape[:2] + classes
     mean, var = broadcast_to(mean, shape), broadcast_to(var, shape)
     m, v = _pool(mean, var, weights, axes)

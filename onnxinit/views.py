@@ -6,7 +6,8 @@ thousands of times a propagation (ResNet-164: 8,576 calls, 8,563 of them to the 
 shape), so :func:`broadcast_to` makes numpy's view itself when the shapes are equal: the same
 data, read-only, the array's strides except that an axis of length 1 gets the stride 0, as
 numpy gives it (indexing it with 0 and inserting a new axis there; ``tests/test_views.py``
-compares shapes, strides, flags and data with numpy's on random arrays).
+compares shapes, strides, flags and data with numpy's on random arrays). Likewise
+:func:`broadcast_arrays` of arrays that already share a shape.
 """
 
 from __future__ import annotations
@@ -34,4 +35,14 @@ def broadcast_to(array, shape: tuple[int, ...]) -> np.ndarray:
     return view
 
 
-__all__ = ["broadcast_to"]
+def broadcast_arrays(*arrays) -> tuple:
+    """``np.broadcast_arrays(*arrays)``: numpy returns ndarrays of one shape as they are (the
+    same objects), which this does without its shape computation."""
+    first = arrays[0] if arrays else None
+    if type(first) is np.ndarray and all(type(a) is np.ndarray and a.shape == first.shape
+                                         for a in arrays):
+        return arrays
+    return np.broadcast_arrays(*arrays)
+
+
+__all__ = ["broadcast_arrays", "broadcast_to"]

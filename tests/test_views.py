@@ -4,7 +4,7 @@ read-only) on random arrays, axes of length 1, reversed, strided and transposed 
 import numpy as np
 import pytest
 
-from onnxinit.views import broadcast_to
+from onnxinit.views import broadcast_arrays, broadcast_to
 
 
 def _random_array(rng):
@@ -55,3 +55,16 @@ def test_view_is_read_only_and_leaves_the_array_writable():
         view[0, 0, 0] = 2.0
     a[0, 0, 0] = 3.0
     assert view[0, 0, 0] == 3.0
+
+
+def test_broadcast_arrays_as_numpys():
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    got, want = broadcast_arrays(a, b), np.broadcast_arrays(a, b)
+    assert all(g is w for g, w in zip(got, want))  # numpy returns equal shapes as they are
+    c = rng.standard_normal((1, 3))
+    for g, w in zip(broadcast_arrays(a, c), np.broadcast_arrays(a, c)):
+        assert g.shape == w.shape and g.strides == w.strides  # numpy's own (its flags warn)
+        assert g.__array_interface__["data"] == w.__array_interface__["data"]
+    m = np.memmap  # a subclass goes through numpy (which returns base-class views)
+    assert all(type(x) is np.ndarray for x in broadcast_arrays(a.view(m), b))

@@ -7,6 +7,7 @@ of an element-wise chain over its source Gaussian, and the chain's rule for the 
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 
 import numpy as np
@@ -27,7 +28,7 @@ def _pair_sums(corr, sizes, powers) -> np.ndarray:
     """``(1/K^2) sum_{p,q} rho(p - q)^n`` for each n in ``powers``, ``[len(powers), C or 1]``
     (the floor's power beyond the stored offsets), from one table of pair counts."""
     rho, floor = corr
-    k = int(np.prod(sizes))
+    k = int(math.prod(sizes))
     counts = _pair_counts(rho.shape[1:], tuple(int(s) for s in sizes))
     floor = np.reshape(floor, (-1,) + (1,) * len(sizes))
     axes = tuple(range(1, rho.ndim))
@@ -111,7 +112,7 @@ def _pair_powers(m: Moments, shape) -> np.ndarray:
 
 
 def positions(shape) -> int:
-    return int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    return int(math.prod(shape[2:])) if len(shape) > 2 else 1
 
 
 def chain_values(m: Moments, shape, scale=None, shift=None):
@@ -136,7 +137,7 @@ def chain_values(m: Moments, shape, scale=None, shift=None):
     if y.ndim > len(target) or any(a not in (1, b) for a, b in zip(y.shape[::-1], target[::-1])):
         return None
     y = broadcast_to(y, target).reshape(-1, c)
-    return (y, WEIGHTS) if np.all(np.isfinite(y)) else None
+    return (y, WEIGHTS) if np.isfinite(y).all() else None
 
 
 def chain_at_energy_nodes(m: Moments, shape, eta: float, alpha: np.ndarray, base: Moments,

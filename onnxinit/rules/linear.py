@@ -16,6 +16,7 @@ gives exact per-channel statistics, including the spread of the position means.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -99,9 +100,9 @@ def _conv_cells(mu, nu, w, bias, groups, taps):
     c_out, cpg = w.shape[:2]
     cols_m = gather_taps(mu, taps)  # [C_in, T_0.., R_0..]
     cols_v = gather_taps(nu, taps)
-    n_taps = int(np.prod([t.shape[1] for t in taps]))
+    n_taps = int(math.prod([t.shape[1] for t in taps]))
     out_classes = tuple(t.shape[0] for t in taps)
-    size = int(np.prod(out_classes))
+    size = int(math.prod(out_classes))
     wg = w.reshape(groups, c_out // groups, cpg * n_taps)
     cols_m = cols_m.reshape(groups, cpg * n_taps, size)
     cols_v = cols_v.reshape(groups, cpg * n_taps, size)

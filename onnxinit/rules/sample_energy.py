@@ -273,7 +273,7 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
     except (ValueError, IndexError, KeyError, TypeError, RuleError) as exc:
         fall_back(exc, (RuleError,))
         return fresh
-    if out is None or not all(np.all(np.isfinite(a)) for a in (*out[:3], *out[4:])):
+    if out is None or not all(np.isfinite(a).all() for a in (*out[:3], *out[4:])):
         return fresh
     eta, lam, alpha, factors, omega, load = out
     if not all(math.isfinite(e) and np.all(np.isfinite(a)) for e, a, _ in factors.values()):
