@@ -62,9 +62,12 @@ class RuleContext:
         propagation makes for one node (the propagator's, ``for_node`` of the rules that look
         upstream: 1,864 for ResNet-164's 390 nodes) share them, the node object itself
         confirming the entry (a rule's stand-in node with the same id decodes its own)."""
-        kept = self.graph.__dict__.get("_node_attrs")
+        graph = getattr(self.graph, "__dict__", None)  # None: a context without a graph
+        if graph is None:
+            return {a.name: onnx.helper.get_attribute_value(a) for a in self.node.attribute}
+        kept = graph.get("_node_attrs")
         if kept is None:
-            kept = self.graph.__dict__["_node_attrs"] = {}
+            kept = graph["_node_attrs"] = {}
         hit = kept.get(self.node_id)
         if hit is not None and hit[0] is self.node:
             return hit[1]

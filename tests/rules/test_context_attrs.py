@@ -56,3 +56,8 @@ def test_a_stand_in_node_is_decoded_from_its_own_attributes():
     ctx = RuleContext(stand_in, node_id, graph)
     assert ctx.attr("strides") == [1, 1] and ctx.attr("kernel_shape") == [3, 3]
     assert RuleContext(graph.node(node_id), node_id, graph).attr("strides") == [2, 2]
+
+
+def test_a_context_without_a_graph_decodes_its_node():
+    node = helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.25)
+    assert RuleContext(node, "n", None).attr("alpha") == 0.25
