@@ -142,8 +142,9 @@ def _deps(ctx: RuleContext, tensor: str) -> list[str]:
     if fused is not None:
         return [fused[0]]
     centred = centred_input(ctx.for_node(node_id)) if len(signals) == 2 else None
-    if centred is not None:
-        return [centred] if centred in ctx.known else []
+    if centred is not None:  # folded rows (x * s + (c - mean * s)) read x; x - mean(x) both
+        return ([] if centred not in ctx.known else
+                [centred] if centred not in signals else signals)
     if node.op_type in _AFFINE and len(signals) <= 2:
         return signals
     if len(signals) == 1 and _function(node.op_type):  # element-wise (_compute)
