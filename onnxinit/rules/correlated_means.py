@@ -71,8 +71,10 @@ def chain(ctx: RuleContext, tensor: str, axes: tuple[int, ...]
           ) -> tuple[str, list[Callable[[np.ndarray], np.ndarray]]] | None:
     """(z, [f_1, ..., f_n]) with ``tensor = f_n(...f_1(z))`` element-wise, z the first tensor
     back that no element-wise node produces; the functions take arrays laid out like the
-    tensor (a leading axis of quadrature nodes in place of the batch). None where z is itself
-    a chain of a source (its values are not the Gaussian the field describes)."""
+    tensor (a leading axis of quadrature nodes in place of the batch). A centring ``x - m``,
+    m the mean over ``axes`` of x, is a shift by E[m] (averaged over the kept axes where it
+    varies along them: the factor it enters is a ratio). None where z is itself a chain of a
+    source (its values are not the Gaussian the field describes)."""
     graph, known = ctx.graph, ctx.known
     fns: list = []
     t = tensor
