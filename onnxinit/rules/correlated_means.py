@@ -29,6 +29,7 @@ from math import factorial
 
 import numpy as np
 
+from ..strict import fall_back
 from .channel_covariance import covariance, row_covariance
 from .context import RuleContext, RuleError
 from .covariance_layout import variances
@@ -180,6 +181,14 @@ def field_sum_factor(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     """F (module docstring) for a mean or sum of the node's input 0 over the axis its field is
     across (and other axes, whose elements are taken as independent of each other); None
     where it has no field there (independent elements)."""
+    try:
+        return _field_sum_factor(ctx, axes)
+    except (RuleError, ValueError, TypeError, IndexError) as exc:
+        fall_back(exc, (RuleError,))
+        return None
+
+
+def _field_sum_factor(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     factor = _chain_factor(ctx, axes)
     if factor is not None:
         return factor
