@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments
-from .context import RuleContext
+from ..strict import fall_back
+from .context import RuleContext, RuleError
 from .elementwise import ElementwiseFn, apply_fn, digest
 from .gaussian import expand
 
@@ -51,7 +52,11 @@ def centred(inputs, ctx: RuleContext, rank: int) -> Moments | None:
     if c.ndim != rank or not np.all(np.isfinite(c)):
         return None
     f = ElementwiseFn(("Affine", "sub", *digest(c)), lambda v: v - c, affine=(1.0, -c))
-    return apply_fn(x, f, rank)
+    try:
+        return apply_fn(x, f, rank)
+    except (RuleError, ValueError, TypeError, IndexError) as exc:  # the independent sum then
+        fall_back(exc, (RuleError,))
+        return None
 
 
 __all__ = ["centred"]

@@ -29,6 +29,7 @@ from math import factorial
 
 import numpy as np
 
+from ..strict import fall_back
 from .channel_covariance import covariance, row_covariance
 from .context import RuleContext, RuleError
 from .covariance_layout import variances
@@ -71,8 +72,10 @@ def chain(ctx: RuleContext, tensor: str, axes: tuple[int, ...]
           ) -> tuple[str, list[Callable[[np.ndarray], np.ndarray]]] | None:
     """(z, [f_1, ..., f_n]) with ``tensor = f_n(...f_1(z))`` element-wise, z the first tensor
     back that no element-wise node produces; the functions take arrays laid out like the
-    tensor (a leading axis of quadrature nodes in place of the batch). None where z is itself
-    a chain of a source (its values are not the Gaussian the field describes)."""
+    tensor (a leading axis of quadrature nodes in place of the batch). A centring ``x - m``,
+    m the mean over ``axes`` of x, is a shift by E[m] (averaged over the kept axes where it
+    varies along them: the factor it enters is a ratio). None where z is itself a chain of a
+    source (its values are not the Gaussian the field describes)."""
     graph, known = ctx.graph, ctx.known
     fns: list = []
     t = tensor
@@ -178,6 +181,14 @@ def field_sum_factor(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     """F (module docstring) for a mean or sum of the node's input 0 over the axis its field is
     across (and other axes, whose elements are taken as independent of each other); None
     where it has no field there (independent elements)."""
+    try:
+        return _field_sum_factor(ctx, axes)
+    except (RuleError, ValueError, TypeError, IndexError) as exc:
+        fall_back(exc, (RuleError,))
+        return None
+
+
+def _field_sum_factor(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     factor = _chain_factor(ctx, axes)
     if factor is not None:
         return factor

@@ -32,7 +32,8 @@ import numpy as np
 from .. import cross_channel
 from ..correlation import MAX_OFFSET
 from ..spatial import class_weights, positions
-from .context import RuleContext
+from ..strict import fall_back
+from .context import RuleContext, RuleError
 from .correlated_means import chain, coefficients, covariance_sum
 from .covariance_layout import attr, within
 from .pool_windows import cell_arrays
@@ -136,6 +137,14 @@ def _own_variance(ctx: RuleContext, z: str, shape_z, fns) -> float | None:
 def map_mean_variance(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     """The variance of the mean of the node's input 0 over its channels and every position
     (module docstring); None where it does not apply."""
+    try:
+        return _map_mean_variance(ctx, axes)
+    except (RuleError, ValueError, TypeError, IndexError) as exc:
+        fall_back(exc, (RuleError,))
+        return None
+
+
+def _map_mean_variance(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     shape = ctx.graph.shape(ctx.node.input[0])
     if not shape or len(shape) < 3 or tuple(axes) != tuple(range(1, len(shape))):
         return None
