@@ -210,5 +210,7 @@ def feature_cross_term_factor(ctx: RuleContext, w_in_out: np.ndarray) -> np.ndar
         s = output_covariance(ctx, ctx.node.input[0]) if shape else None
         if s is None or s.shape[0] != d:
             return None
-        return maps.cross_term_factor(s, np.asarray(w_in_out, dtype=np.float64).T)
-    return maps.cross_term_factor(f.cov, np.asarray(w_in_out, dtype=np.float64).T)
+    else:
+        s = f.cov
+    factor = maps.cross_term_factor(s, np.asarray(w_in_out, dtype=np.float64).T)
+    return factor if np.all(np.isfinite(factor)) else None  # weights or moments not finite
