@@ -69,6 +69,10 @@ def _back(graph, name: str, stop):
     return None
 
 
+def _static(shape) -> bool:
+    return bool(shape) and all(isinstance(k, int) and k > 0 for k in shape)
+
+
 def _constant_int(graph, name: str):
     value = graph.value(name) if name else None
     return None if value is None else np.asarray(value).astype(np.int64)
@@ -78,20 +82,26 @@ def _forward(graph, labels: np.ndarray, path) -> np.ndarray | None:
     """``labels`` carried through the layout nodes of ``path`` (:func:`_back`)."""
     for node, out in path:
         shape = graph.shape(out)
-        if not shape or any(not isinstance(k, int) or k <= 0 for k in shape):
+        if not _static(shape):
             return None
         op = node.op_type
         if op == "Transpose":
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            if perm is not None and sorted(perm) != list(range(labels.ndim)):
+                return None
             labels = np.transpose(labels, perm)
         elif op == "Gather":
             index = _constant_int(graph, node.input[1])
-            if index is None:
-                return None
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if (index is None or not -labels.ndim <= axis < labels.ndim
+                    or np.any(np.abs(index + 0.5) > labels.shape[axis])):
+                return None
             labels = np.take(labels, index, axis=axis)
         elif op == "Split":
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % labels.ndim
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if not -labels.ndim <= axis < labels.ndim:
+                return None
+            axis %= labels.ndim
             sizes = _constant_int(graph, node.input[1]) if len(node.input) > 1 else None
             if sizes is None:
                 sizes = next((np.asarray(a.ints) for a in node.attribute if a.name == "split"),
@@ -99,6 +109,8 @@ def _forward(graph, labels: np.ndarray, path) -> np.ndarray | None:
             outputs = list(node.output)
             if sizes is None:
                 sizes = np.full(len(outputs), labels.shape[axis] // len(outputs))
+            if len(sizes) != len(outputs) or int(np.sum(sizes)) != labels.shape[axis]:
+                return None
             index = outputs.index(out)
             start = int(np.sum(sizes[:index]))
             labels = np.take(labels, np.arange(start, start + int(sizes[index])), axis=axis)
@@ -139,12 +151,13 @@ def _head_mixing(ctx: RuleContext, pv, groups: np.ndarray) -> np.ndarray | None:
     """``G`` [heads, heads] (module docstring) for the groups of O's lead index."""
     known, graph = ctx.known, ctx.graph
     p_name, v_name = pv.input[0], pv.input[1]
-    o_shape, v_shape = graph.shape(pv.output[0]), graph.shape(v_name)
+    o_shape, v_shape, p_shape = (graph.shape(n) for n in (pv.output[0], v_name, p_name))
     p, v = known.get(p_name), known.get(v_name)
-    if p is None or v is None or not v_shape or len(v_shape) < 2:
+    if (p is None or v is None or not v_shape or len(v_shape) < 2 or not p_shape
+            or len(p_shape) < 2 or not o_shape):
         return None
     rank = len(o_shape)
-    full = tuple(o_shape[:-2]) + tuple(graph.shape(p_name)[-2:])
+    full = tuple(o_shape[:-2]) + tuple(p_shape[-2:])
     try:
         mean = np.broadcast_to(p.expand_rank(rank).mean, full).reshape(-1, *full[-2:])
         var = np.broadcast_to(p.expand_rank(rank).var, full).reshape(-1, *full[-2:])
@@ -187,7 +200,7 @@ def output_covariance(ctx: RuleContext, name: str) -> np.ndarray | None:
     if e * e * w.shape[0] > MAX_WORK or x not in known:
         return None
     start = graph.shape(values[0])
-    if not start or start[-1] != w.shape[1]:
+    if not _static(start) or start[-1] != w.shape[1] or not _static(graph.shape(x)):
         return None
     v_labels = _forward(graph, np.broadcast_to(np.arange(w.shape[1], dtype=np.int32), start),
                         values[1])
@@ -196,6 +209,8 @@ def output_covariance(ctx: RuleContext, name: str) -> np.ndarray | None:
     if not (v_labels == v_labels[..., :1, :]).all():
         return None  # not one column per feature at every key
     o_shape = graph.shape(pv.output[0])
+    if not _static(o_shape) or len(o_shape) < 2:
+        return None
     lead = tuple(o_shape[:-2])
     try:
         o_labels = np.broadcast_to(v_labels[..., :1, :], lead + (1, o_shape[-1]))
