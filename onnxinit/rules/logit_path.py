@@ -24,20 +24,22 @@ def keeps_token_axes(graph, node) -> bool:
     return len(a) >= 2 and len(b) >= 2 and a[-2:] == b[-2:]
 
 
-def qk_matmul(graph, name: str, depth: int = 0, passing=_LOGIT_PATH):
+def qk_matmul(graph, name: str, depth: int = 0, passing=_LOGIT_PATH, regroup: bool = True):
     """The MatMul of two activations (Q K^T) that logits ``name`` come from through scalings,
     additive biases and masks (``passing`` ops; ``WINDOWED``: also the Reshapes that split the
-    windows from the batch around a shifted-window mask), else None."""
+    windows from the batch around a shifted-window mask; ``regroup``: and the reshapes that
+    keep the query and key axes, :func:`keeps_token_axes`), else None."""
     nid = graph.producer.get(name)
     if nid is None or depth > 8:
         return None
     node = graph.node(nid)
     if node.op_type == "MatMul":
         return node if all(graph.is_signal(t) for t in node.input) else None
-    if node.op_type not in passing and not keeps_token_axes(graph, node):
+    if node.op_type not in passing and not (regroup and keeps_token_axes(graph, node)):
         return None
     for t in (node.input[1:] if node.op_type == "Where" else node.input):
-        if t and graph.is_signal(t) and (found := qk_matmul(graph, t, depth + 1, passing)) is not None:
+        if t and graph.is_signal(t) and (
+                found := qk_matmul(graph, t, depth + 1, passing, regroup)) is not None:
             return found
     return None
 
