@@ -1,5 +1,6 @@
 """Keras applications with random weights (``weights=None``, 10 classes), exported by tf2onnx
-(Keras 2: run in ``.ci-framework-venvs/keras2``, which ``.ci/framework_venvs`` builds), for
+(Keras 2: run in ``.ci-framework-venvs/keras2``, which ``.ci/framework_venvs`` builds; Keras 3
+through a ``tf.function`` of the model), for
 ``benchmarks/real_exports.py --onnx``. One model per call, written to ``NAME.onnx`` in the
 current folder; NAME is any ``keras.applications`` constructor, case-insensitive
 (``resnet50v2``, ``regnetx002``, ``efficientnetv2b1``, ...). The README's table used these sizes:
@@ -32,6 +33,11 @@ m = ctors[args.name.lower()](weights=None, input_shape=(args.size, args.size, 3)
 spec = (tf.TensorSpec((1 if args.batch1 else None, args.size, args.size, 3), tf.float32,
                       name="x"),)
 suffix = (f"_opset{args.opset}" if args.opset != 17 else "") + ("_b1" if args.batch1 else "")
-tf2onnx.convert.from_keras(m, input_signature=spec, opset=args.opset,
-                           output_path=f"{args.name}{suffix}.onnx")
+if keras.__version__.startswith("2."):
+    tf2onnx.convert.from_keras(m, input_signature=spec, opset=args.opset,
+                               output_path=f"{args.name}{suffix}.onnx")
+else:  # Keras 3: tf2onnx converts a tf.function of the model, not the model
+    tf2onnx.convert.from_function(tf.function(lambda x: m(x, training=False)),
+                                  input_signature=spec, opset=args.opset,
+                                  output_path=f"{args.name}{suffix}.onnx")
 print(args.name, "ok")

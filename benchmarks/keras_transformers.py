@@ -7,10 +7,11 @@ Export in a venv with TensorFlow, Keras 3 and tf2onnx (tensorflow-cpu 2.21, kera
 tf2onnx 1.17), compare where onnxinit's test environment is::
 
     python benchmarks/keras_transformers.py --export DIR      # the TF venv: DIR/text.onnx, vit.onnx
-    PYTHONPATH=$PWD python benchmarks/keras_transformers.py --compare DIR [--worst 20]
+    PYTHONPATH=$PWD python benchmarks/keras_transformers.py --compare DIR [--worst 20] [--runs 16]
 
 The comparison prints, per model, the share of float activations within 10% and within 2x of
-the measured variance (``tests/real/compare``, 2 batches of 8), and the worst tensors.
+the measured variance (``tests/real/compare``, ``--runs`` batches of 8, default 2), and the
+worst tensors.
 """
 
 from __future__ import annotations
@@ -70,12 +71,12 @@ def export(folder: Path) -> None:
                                       output_path=str(folder / f"{name}.onnx"))
 
 
-def compare_all(folder: Path, worst: int) -> None:
+def compare_all(folder: Path, worst: int, runs: int = 2) -> None:
     sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests.real
     from tests.real.compare import compare
 
     for name in MODELS:
-        rows = compare(folder / f"{name}.onnx", batch_size=B, runs=2).rows
+        rows = compare(folder / f"{name}.onnx", batch_size=B, runs=runs).rows
         within = sum(r.within for r in rows) / len(rows)
         twice = sum(r.ratio <= 2 for r in rows) / len(rows)
         print(f"{name}: {len(rows)} tensors, {within:.1%} within 10%, {twice:.1%} within 2x")
@@ -88,11 +89,12 @@ def main() -> None:
     parser.add_argument("--export", type=Path, help="export both models into this folder")
     parser.add_argument("--compare", type=Path, help="compare the exports in this folder")
     parser.add_argument("--worst", type=int, default=10, help="worst tensors listed per model")
+    parser.add_argument("--runs", type=int, default=2, help="batches of 8 measured")
     args = parser.parse_args()
     if args.export:
         export(args.export)
     if args.compare:
-        compare_all(args.compare, args.worst)
+        compare_all(args.compare, args.worst, args.runs)
     if not (args.export or args.compare):
         parser.error("give --export DIR or --compare DIR")
 

@@ -20,10 +20,19 @@ system time, and more with every model analysed in one process. EfficientNet-B0'
 spent 2.9-5.0 s of system CPU against 0.5 s with numpy's madvise off (user time the same);
 :func:`no_huge_page_advice` turns it off, as ``NUMPY_MADVISE_HUGEPAGE=0`` would at numpy's
 import, unless the user set that variable.
+
+Python's cyclic garbage collector is paused while a command imports its modules, and the
+objects they made (some 67,000: functions, classes, module dictionaries, which live as long
+as the process) are then moved out of its reach (``gc.freeze``), once per process: a
+ResNet-164 ``analyze`` spent 50 ms of CPU in 140 collections, one of them a full one that
+walked every imported object again, for about 400 objects freed; 9 ms in 61 after
+(:func:`imports_frozen`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import sys
 
@@ -63,3 +72,25 @@ def no_huge_page_advice() -> bool:
         return False
     switch(False)
     return True
+
+
+_FROZEN = False
+
+
+@contextlib.contextmanager
+def imports_frozen():
+    """Within the block (a command's imports) no garbage collection; after it, the objects
+    made so far frozen (:func:`gc.freeze`: never collected, never walked again) and the
+    collector as it was. Once per process: a later block (tests calling the command line
+    again) only pauses the collector, so garbage of its own never joins the frozen set."""
+    global _FROZEN
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if not _FROZEN:
+            _FROZEN = True
+            gc.freeze()
+        if enabled:
+            gc.enable()

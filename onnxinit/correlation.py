@@ -49,10 +49,13 @@ that puts the positions back carries what a global mean reads: rules/position_sh
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from .views import broadcast_to
 
 MAX_OFFSET = 6  # largest offset per axis at which the correlation is kept
 CONV_BUDGET = 2e7  # multiply-adds above which a Conv keeps only the delta = 0 terms
@@ -208,12 +211,12 @@ def conv(corr: Correlation, nu: np.ndarray, w: np.ndarray, groups: int, strides,
     radius = [min(MAX_OFFSET, s - 1) for s in out_sizes]
     # rho(-d) = rho(d): compute the offsets with d_0 >= 0 and mirror the rest
     half = [radius[0] + 1] + [2 * r + 1 for r in radius[1:]]
-    n_d = int(np.prod(half))
-    n_delta = int(np.prod([2 * k - 1 for k in kernel]))
+    n_d = int(math.prod(half))
+    n_delta = int(math.prod([2 * k - 1 for k in kernel]))
     rho, floor = corr.rho, corr.floor
     c_in = cpg * groups
-    rho = np.broadcast_to(rho, (c_in,) + rho.shape[1:])
-    floor = np.broadcast_to(floor, (c_in,))
+    rho = broadcast_to(rho, (c_in,) + rho.shape[1:])
+    floor = broadcast_to(floor, (c_in,))
     exact = c_out * cpg * n_delta * max(n_d, 16) <= CONV_BUDGET
     opg = c_out // groups
     if exact:  # every kernel-autocorrelation lag delta
@@ -267,7 +270,7 @@ def _spatial_mean_factor(corr: Correlation, channels: int) -> np.ndarray:
     """sum_d rho(d) over the stored offsets (plus nothing beyond): the relative size of a
     channel's spatial-mean component, for weighting the batch-centred fraction."""
     local = corr.rho.reshape(corr.rho.shape[0], -1).sum(axis=1)
-    return np.broadcast_to(np.maximum(local, 1e-12), (channels,))
+    return broadcast_to(np.maximum(local, 1e-12), (channels,))
 
 
 def add(parts: Sequence[tuple[Correlation, np.ndarray]], sizes) -> Correlation:

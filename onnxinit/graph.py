@@ -52,8 +52,8 @@ from .passes import (
 )
 from .plan import Change, changed_values
 from .structure import GraphStructure
-from .validation import (check_initializers, check_structure, inconsistency, says_uncomputable,
-                         opset_mismatch, unknown_default_op, weight_mismatch)
+from .validation import (check_initializers, check_structure, inconsistency, legacy_opset,
+                         opset_mismatch, says_uncomputable, unknown_default_op, weight_mismatch)
 
 log = logging.getLogger("onnxinit")
 
@@ -93,7 +93,7 @@ class ModelGraph(ChangeViews, GraphStructure):
             raise ModelLoadError(f"{self.name}: the model imports no default-domain opset")
         check_structure(model, self.name)
         check_initializers(model, self.name)
-        unknown = unknown_default_op(model) or opset_mismatch(model)
+        unknown = unknown_default_op(model) or legacy_opset(model) or opset_mismatch(model)
         if unknown:
             raise ModelLoadError(f"{self.name}: not a valid ONNX model: {unknown}")
         known = onnx.defs.onnx_opset_version()

@@ -27,6 +27,7 @@ import numpy as np
 
 from .class_gather import gather_taps
 from .moments import Moments, Source, Spatial
+from .views import broadcast_arrays, broadcast_to
 
 DENSE_CAP = 1 << 20  # cells up to which a spatial tensor is expanded per position (Flatten)
 
@@ -105,11 +106,11 @@ def within_variance(sp: Spatial, channels: int) -> np.ndarray:
     kept = sp.__dict__.setdefault("_within", {})
     v = kept.get(channels)
     if v is None:
-        var = np.broadcast_to(sp.cells.var, np.broadcast_shapes(sp.cells.var.shape,
+        var = broadcast_to(sp.cells.var, np.broadcast_shapes(sp.cells.var.shape,
                                                                 (1, 1, *sp.classes)))
         w = class_weights(sp.maps)
         v = (var[0] * w).reshape(var.shape[1], -1).sum(axis=1)
-        v = kept[channels] = np.broadcast_to(v, (channels,)).copy()
+        v = kept[channels] = broadcast_to(v, (channels,)).copy()
     return v.copy()
 
 
@@ -146,7 +147,7 @@ def _pooled_source(cells: Moments, weights: np.ndarray, axes: tuple[int, ...]) -
     if mean.ndim != rank or var.ndim != rank:
         return None
     shape = np.broadcast_shapes(mean.shape, var.shape, cells.mean.shape)
-    mean, var = np.broadcast_to(mean, shape), np.broadcast_to(var, shape)
+    mean, var = broadcast_to(mean, shape), broadcast_to(var, shape)
     m, v = _pool(mean, var, weights, axes)
     return Source(m, v, src.chain)
 
@@ -181,9 +182,9 @@ def attach(cells: Moments, maps: Sequence[np.ndarray], corr=None) -> Moments:
         return Moments(cells.mean, cells.var, cells.source, cells.mixture)
     weights = class_weights(maps)
     axes = tuple(range(2, rank))
-    mean, var = np.broadcast_arrays(cells.mean, cells.var)
+    mean, var = broadcast_arrays(cells.mean, cells.var)
     shape = mean.shape[:2] + classes
-    mean, var = np.broadcast_to(mean, shape), np.broadcast_to(var, shape)
+    mean, var = broadcast_to(mean, shape), broadcast_to(var, shape)
     m, v = _pool(mean, var, weights, axes)
     return Moments(m, v, _pooled_source(cells, weights, axes), None,
                    spatial=Spatial(maps, cells, corr))

@@ -13,6 +13,9 @@ Two checks:
 - ops outside the imported opset (:func:`opset_mismatch`): an op added in a later opset
   (Gelu at opset 13), or an attribute of another type than the op's schema, refused when
   onnxruntime refuses the model too.
+- opsets older than onnxruntime implements (:func:`legacy_opset`): ai.onnx opsets before 7,
+  refused when onnxruntime has no kernel for one of the file's nodes at that opset (no rule
+  reads those ops' old semantics either: a Gemm-1 would only be passed through unchanged).
 - unknown ops (:func:`unknown_default_op`): an op of the default domain that onnx does not
   know is refused only when onnxruntime does not know it either: onnxruntime registers contrib
   ops there (SimplifiedLayerNormalization), which the fallback runs.
@@ -29,6 +32,8 @@ Two checks:
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import onnx
@@ -252,6 +257,32 @@ def opset_mismatch(model: onnx.ModelProto) -> str | None:
     return None
 
 
+ONNXRUNTIME_FIRST_OPSET = 7  # onnxruntime guarantees ai.onnx from opset 7 on
+
+
+def legacy_opset(model: onnx.ModelProto) -> str | None:
+    """Why ``model``, importing an ai.onnx opset older than :data:`ONNXRUNTIME_FIRST_OPSET`,
+    cannot be analysed: onnxruntime has no implementation of one of its nodes at that opset
+    (it keeps legacy kernels of a few ops only); else None. No session is made for opset 7+."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if not 0 < opset < ONNXRUNTIME_FIRST_OPSET:
+        return None
+    reason = _refused_by_onnxruntime(without_large_data(model))
+    if reason is None:
+        return None
+    missing = re.search(r"implementation for (\w+)\((\d+)\) node", reason)
+    node = re.search(r'In Node, \("([^"]*)", (\w+),.*, Error (.*)', reason)
+    if missing:
+        what = f"it has no {missing.group(1)}-{missing.group(2)}"
+    elif node:
+        what = f"node {node.group(1)!r} ({node.group(2)}): {node.group(3).strip()}"
+    else:
+        what = _first_error(reason)
+    return (f"it imports ai.onnx opset {opset}, older than onnxruntime implements "
+            f"({ONNXRUNTIME_FIRST_OPSET} and later; {what}); convert it first, e.g. "
+            f"onnx.version_converter.convert_version(model, 13)")
+
+
 def inconsistency(model: onnx.ModelProto) -> str | None:
     """Why ``model`` (as given: its own input shapes) is not a consistent ONNX model, or None:
     onnx's strict shape inference with type checks finds an op that cannot compute its output
@@ -277,6 +308,5 @@ def _first_error(reason: str) -> str:
     return f"{head} (op_type:{errors[0]} (and {len(errors) - 1} more node errors)"
 
 
-__all__ = ["check_initializers", "check_structure", "inconsistency", "opset_mismatch",
-           "says_uncomputable", "unknown_default_op",
-           "weight_mismatch"]
+__all__ = ["check_initializers", "check_structure", "inconsistency", "legacy_opset",
+           "opset_mismatch", "says_uncomputable", "unknown_default_op", "weight_mismatch"]

@@ -84,3 +84,25 @@ def test_a_command_turns_numpys_huge_page_advice_off():
 
 def test_the_users_own_huge_page_setting_is_left_alone():
     assert _advice_after_load(NUMPY_MADVISE_HUGEPAGE="1") is True
+
+
+# a fresh interpreter loads `analyze` and then `rescale` through the command line's own loader:
+# the imports' objects frozen once, the collector on
+_COLLECTIONS = """
+import gc, json
+import onnxinit.cli as cli
+cli._load("analyze")
+frozen = gc.get_freeze_count()
+enabled = gc.isenabled()
+cli._load("rescale")  # a second command: not frozen again
+gc.collect()
+print(json.dumps([frozen, enabled, gc.isenabled(), gc.get_freeze_count() == frozen]))
+"""
+
+
+def test_the_commands_imports_are_frozen_once_and_collection_goes_on():
+    out = subprocess.run([sys.executable, "-c", _COLLECTIONS], capture_output=True, text=True,
+                         check=True)
+    frozen, enabled, still_enabled, once = json.loads(out.stdout)
+    assert frozen > 10_000  # the imported modules' objects (about 67,000 for analyze)
+    assert enabled and still_enabled and once

@@ -120,3 +120,38 @@ def test_propagation_caps_the_statistics_a_rule_tracks():
     want = e1.mean(axis=others, keepdims=True)
     np.testing.assert_allclose(y.mean, want, rtol=1e-9)
     np.testing.assert_allclose(y.var, e2.mean(axis=others, keepdims=True) - want**2, rtol=1e-9)
+
+
+def _numpy_pooled(mean, var, axis):
+    """values_along's formula with ndarray.mean (the code before the unwrapped sums)."""
+    mean, var = np.broadcast_arrays(mean, var)
+    other = tuple(i for i in range(mean.ndim) if i != axis)
+    m = mean.mean(axis=other)
+    shaped = m.reshape([-1 if i == axis else 1 for i in range(mean.ndim)])
+    return m, var.mean(axis=other) + ((mean - shaped) ** 2).mean(axis=other)
+
+
+def test_values_along_and_total_equal_numpys_means_bit_for_bit():
+    rng = np.random.default_rng(1)
+    for shape in [(1, 7, 5, 5), (3, 4, 1, 6), (2, 9), (1, 64, 1, 1), (5,)]:
+        mean = rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 8, size=shape)
+        var = rng.random(shape[:-1] + (1,)) * 1e6
+        m = Moments(mean, var)
+        for axis in range(len(shape)):
+            got = m.values_along(axis, shape[axis])
+            want = _numpy_pooled(m.mean, m.var, axis)
+            assert got[0].tobytes() == want[0].tobytes() and got[1].tobytes() == want[1].tobytes()
+        b_mean, b_var = np.broadcast_arrays(m.mean, m.var)
+        spread = (b_mean - float(b_mean.mean())) ** 2
+        assert m.total() == (float(b_mean.mean()), float(b_var.mean() + spread.mean()))
+
+
+def test_values_along_is_kept_but_each_answer_is_a_fresh_copy():
+    m = Moments(np.array([[1.0, 2.0], [3.0, 5.0]]), np.array([[1.0, 1.0], [2.0, 4.0]]))
+    first = m.values_along(1, 2)
+    first[0][:] = -1.0  # a caller changing its answer in place
+    first[1][:] = -1.0
+    again = m.values_along(1, 2)
+    np.testing.assert_array_equal(again[0], [2.0, 3.5])
+    np.testing.assert_array_equal(again[1], [2.5, 4.75])
+    assert again[0] is not m.values_along(1, 2)[0]

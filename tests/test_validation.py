@@ -100,6 +100,33 @@ def test_declared_output_shape_that_runtime_accepts_is_analysed():
     assert result.tensors[-1].name == "y"
 
 
+def _gemm_chain(opset):
+    b = numpy_helper.from_array(np.zeros(16, np.float32), "b")
+    return make_model([helper.make_node("Gemm", ["x", "w", "b"], ["h"]),
+                       helper.make_node("Tanh", ["h"], ["y"])], [X], [Y], [_weight(), b],
+                      opset=opset)
+
+
+@pytest.mark.parametrize("command", ["analyze", "check"])
+def test_opset_older_than_onnxruntime_implements_is_refused(tmp_path, capsys, command):
+    """An opset-1 Gemm has neither a kernel in onnxruntime nor a rule of that opset: it used
+    to be passed through unchanged, and check passed a graph it had not predicted."""
+    model = _gemm_chain(opset=1)
+    assert _runtime_refuses(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    code, out, err = run_cli([command, str(path)], capsys)
+    assert code == 2 and "opset 1" in err and "Gemm-1" in err and "convert_version" in err
+    assert "Traceback" not in err and "exploding" not in out
+
+
+def test_opset_7_model_is_analysed():
+    model = _gemm_chain(opset=7)
+    assert not _runtime_refuses(model)
+    result = analyze(model)
+    assert result.tensors[-1].rule not in ("empirical", "pass-through")
+
+
 def test_unknown_opset_is_warned():
     model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [X], [Y], [_weight()],
                        opset=onnx.defs.onnx_opset_version() + 1)

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 import click
 
 from .._version import __version__
-from ..allocator import keep_freed_memory, no_huge_page_advice
+from ..allocator import imports_frozen, keep_freed_memory, no_huge_page_advice
 from ._common import run_command
 
 # command name -> (module, function, the one-line help `onnxinit --help` lists; a test checks
@@ -38,7 +38,8 @@ COMMANDS = {
 def _load(name: str) -> click.Command:
     module, function, _ = COMMANDS[name]
     keep_freed_memory()  # a command that computes runs in this process (allocator.py)
-    command = getattr(importlib.import_module(f".{module}", __name__), function)
+    with imports_frozen():  # no collection walks the imported modules (allocator.py)
+        command = getattr(importlib.import_module(f".{module}", __name__), function)
     no_huge_page_advice()  # once the command has imported numpy (allocator.py)
     return command
 

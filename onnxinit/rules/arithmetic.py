@@ -34,6 +34,7 @@ from .. import special
 
 from . import masks
 from ..moments import Elementwise, Moments
+from .centring import centred
 from .constant_cells import per_cell_law
 from .context import RuleContext, RuleError, signal
 from .elementwise import apply_elementwise, apply_fn, digest
@@ -114,9 +115,9 @@ def binary(inputs, ctx: RuleContext):
         normalised = unit_rows(inputs, ctx, rank)
     if normalised is not None:
         return [finish(*normalised, signal_axes(inputs, rank))]
-    fused = _two_signals_fused(inputs, ctx)
+    fused = _two_signals_fused(inputs, ctx) or centred(inputs, ctx, rank)
     if fused is not None:
-        return fused
+        return fused if isinstance(fused, list) else [fused]
     if _same_layout(inputs, ctx, rank):
         try:
             return apply_elementwise(inputs, ctx)

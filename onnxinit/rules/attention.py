@@ -41,8 +41,10 @@ import numpy as np
 
 from ..moments import Moments, compressed
 from .covariance_readers import contraction_factor
+from .fixed_vectors import projection_cross_terms
 from .context import RuleContext, RuleError, signal
 from .registry import rule
+from .logit_path import keeps_token_axes
 from .masks import feeds_softmax
 from . import position_share
 from .token_field import attach, sigma, token_axes
@@ -85,7 +87,7 @@ def matmul_activations(inputs, ctx: RuleContext):
     mean = np.matmul(ma, mb)
     rank = len(ctx.out_shape(0))
     shaped = (lambda t: t.reshape((1,) * (rank - t.ndim) + t.shape))
-    softmax = last_axis_softmax(ctx.graph, ctx.node.input[0], ctx.opset)
+    softmax = last_axis_softmax(ctx.graph, ctx.node.input[0], ctx.opset, regroup=True)
     contracted = _contracted_tokens(b, sb, softmax is not None)
     if contracted is not None:
         selected = selection_variance(ctx, softmax) if softmax is not None else 0.0
@@ -109,9 +111,10 @@ def matmul_activations(inputs, ctx: RuleContext):
 _PASSING = ("Dropout", "Cast", "Identity", "Where")  # Where(IsNaN(p), 0, p) after a softmax
 
 
-def last_axis_softmax(graph, name: str, opset: int, passing=_PASSING):
+def last_axis_softmax(graph, name: str, opset: int, passing=_PASSING, regroup: bool = False):
     """The Softmax node over its last axis that tensor ``name`` comes from through ``passing``
-    ops (a Where through its value branch: the IsNaN guard), else None."""
+    ops (a Where through its value branch: the IsNaN guard), and with ``regroup`` through
+    reshapes of the leading axes (:func:`.logit_path.keeps_token_axes`), else None."""
     for _ in range(4):
         node_id = graph.producer.get(name)
         if node_id is None:
@@ -121,7 +124,7 @@ def last_axis_softmax(graph, name: str, opset: int, passing=_PASSING):
             rank = len(graph.shape(name) or ())
             axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
             return node if rank > 0 and axis % rank == rank - 1 and opset >= 13 else None
-        if node.op_type not in passing:
+        if node.op_type not in passing and not (regroup and keeps_token_axes(graph, node)):
             return None
         name = node.input[-1] if node.op_type == "Where" else node.input[0]
     return None
@@ -263,6 +266,7 @@ def einsum(inputs, ctx: RuleContext):
     mean = np.einsum(eq, ma, mb)
     var = np.einsum(eq, va + ma**2, vb + mb**2) - np.einsum(eq, ma**2, mb**2)
     var = var + _shared_values(ctx, terms, summed, sizes, ops)
+    var = var + projection_cross_terms(ctx, inputs)  # fixed vectors of correlated features
     return [compressed(mean, np.maximum(var, 0.0))]
 
 

@@ -24,7 +24,7 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
 - a kxk Conv (any groups): the same-tap sum ``sum_t W_t S_x W_t^T`` (``W_t`` block-diagonal
   over the groups: a depthwise Conv keeps the correlation of the channels it reads; input
   positions taken as independent), as a correlation scaled to y's within-position variance;
-- an element-wise function f (ReLU, Clip, Sigmoid, ...): Mehler's formula on the correlation,
+- an element-wise function f (ReLU, Clip, Sigmoid, Pow by a constant ...): Mehler's formula,
   ``Cov(f(x_i), f(x_j)) = a_1^i a_1^j rho_ij + a_2^i a_2^j rho_ij^2`` with each channel's
   Hermite amplitudes for x taken as Gaussian with its channel mean and within-position
   variance (Gauss-Hermite nodes; Mehler's orders above 2 left out: channels correlate weakly,
@@ -38,8 +38,10 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
 - rows scaled to unit length (``F.normalize``, :mod:`.unit_rows`; cosine attention's queries
   and keys, per head): the correlation kept, rescaled to y's variances (each row's own norm a
   common factor of its features, as a LayerNorm's scale);
-- LayerNormalization over the last axis, when that is the field's: ``P S_x P`` (``P`` the
-  centring across the features; the token's scale a common factor), its scale's signs;
+- LayerNormalization over the last axis, when that is the field's, and rows centred on their
+  mean (``x - mean(x)``, TensorFlow's folded LayerNorm, :mod:`.centred_rows`): ``P S_x P``
+  (``P`` the centring across the features; the token's scale a common factor), its scale's
+  signs;
 - MatMul by a constant ``W [D, E]`` reading the field's axis last: ``S_y = W^T S_x W`` (a
   dense layer of a tensor without a field starts none: its correlations are ``1/sqrt(D)``;
   :func:`row_covariance` starts one, for the readers of a dense layer's own weights);
@@ -69,6 +71,7 @@ import numpy as np
 
 from ..strict import fall_back
 from . import covariance_maps as maps
+from .centred_rows import centred_input
 from .covariance_layout import Field, attr, conv_share, moved, variances, within
 from .context import RuleContext, RuleError
 from .elementwise import UNARY, elementwise
@@ -84,6 +87,12 @@ _FIELD = OnDemandField()
 _ROW_FIELD = OnDemandField()  # row_covariance's: dense layers start a field
 _LAYOUT = ("Pad", "Slice", "Reshape", "Transpose", "Dropout", "Identity")
 _AFFINE = ("Mul", "Add", "Sub", "Div")
+
+
+def _function(op_type: str) -> bool:
+    """An element-wise function of its one signal (Pow: by a constant exponent)."""
+    return op_type in UNARY or op_type == "Pow"
+
 _ONE_INPUT = ("BatchNormalization", "Conv", "Pad", "Transpose", "Reshape", "Slice", "Dropout",
               "Identity", "LayerNormalization", "MatMul")
 
@@ -132,9 +141,13 @@ def _deps(ctx: RuleContext, tensor: str) -> list[str]:
     fused = _fused(ctx, node_id) if len(signals) == 2 else None
     if fused is not None:
         return [fused[0]]
+    centred = centred_input(ctx.for_node(node_id)) if len(signals) == 2 else None
+    if centred is not None:  # folded rows (x * s + (c - mean * s)) read x; x - mean(x) both
+        return ([] if centred not in ctx.known else
+                [centred] if centred not in signals else signals)
     if node.op_type in _AFFINE and len(signals) <= 2:
         return signals
-    if len(signals) == 1 and node.op_type in UNARY:  # an element-wise function (_compute)
+    if len(signals) == 1 and _function(node.op_type):  # element-wise (_compute)
         return signals
     return []
 
@@ -177,10 +190,13 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
     node = graph.node(node_id)
     signals = [n for n in _signals(ctx, node) if n in known]
     fused = _fused(ctx, node_id) if len(signals) == 2 else None
-    if fused is None and (not signals or signals[0] not in _deps(ctx, tensor)):
+    deps = _deps(ctx, tensor)
+    if fused is None and (not signals or not deps):
         return None  # an op that drops the field
     x = signals[0]
     try:
+        if fused is None and deps[0] not in signals:  # rows centred on their mean
+            return _centred_rows(ctx, deps[0], tensor, field_of, rows)
         if fused is not None:  # h(T): T's field through the fused function
             f_t = field_of(fused[0])
             if f_t is None or f_t.head_axis is not None or f_t.cov.shape[0] > MAX_CHANNELS:
@@ -203,6 +219,8 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
             return None
         if node.op_type == "Div" and is_unit_rows(ctx.for_node(node_id)):
             return _unit_rows(ctx, tensor, f_x)
+        if rows and f_x.head_axis is not None and node.op_type in _AFFINE:
+            return _head_affine(ctx, node, x, tensor, f_x)
         if f_x.head_axis is not None and node.op_type not in _LAYOUT:
             return None  # per-head blocks: only moved, and read by the logits
         if node.op_type in ("BatchNormalization",) + _AFFINE:
@@ -213,7 +231,7 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
             return _layer_norm(ctx, node, x, tensor, f_x)
         if node.op_type == "MatMul":
             return _dense(ctx, node, x, tensor, f_x)
-        if node.op_type in UNARY:
+        if _function(node.op_type):
             f = elementwise(node, ctx)
             if f is not None:
                 return _through(ctx, f.fn, x, tensor, f_x)
@@ -331,6 +349,23 @@ def _affine(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
     return Field(axis, maps.rescaled(f_x.cov, variances(ctx.known[y], shape, axis), sign))
 
 
+def _head_affine(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
+    """Per-head blocks (row_covariance's) through a constant added or subtracted (kept) or a
+    scalar constant multiplied or divided by (``c^2 S``, ``S / c^2``): a query's scale and its
+    per-term biases (relative-position attention, :mod:`.fixed_forms`)."""
+    graph = ctx.graph
+    const = [graph.value(n) for n in node.input if n and graph.is_constant(n)]
+    if graph.shape(x) != graph.shape(y) or len(const) != 1:
+        return None
+    if node.op_type in ("Add", "Sub"):
+        return f_x
+    c = float(np.ravel(const[0])[0]) if np.size(const[0]) == 1 else 0.0
+    if c == 0.0 or (node.op_type == "Div" and node.input[0] != x):
+        return None
+    return Field(f_x.axis, f_x.cov * (c * c if node.op_type == "Mul" else 1.0 / (c * c)),
+                 f_x.head_axis)
+
+
 def _unit_rows(ctx: RuleContext, y: str, f_x: Field) -> Field | None:
     """Rows scaled to unit length over the field's axis: the correlation kept, per head,
     rescaled to y's variances (pooled over the other axes)."""
@@ -359,6 +394,18 @@ def _layer_norm(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | N
     sign = None if scale is None else np.sign(np.broadcast_to(
         np.asarray(scale, np.float64).reshape(-1), (shape[last],)))
     return Field(last, maps.centred(f_x.cov, variances(ctx.known[y], shape, last), sign))
+
+
+def _centred_rows(ctx: RuleContext, x: str, y: str, field_of, rows: bool) -> Field | None:
+    """Rows of x centred on their mean over the last axis: ``P S_x P`` (rows: x's variances)."""
+    shape_x, shape = ctx.graph.shape(x), ctx.graph.shape(y)
+    last = len(shape) - 1
+    f_x = field_of(x)
+    if rows and f_x is None and shape_x and shape_x[-1] <= MAX_ROW_FEATURES:
+        f_x = Field(len(shape_x) - 1, np.diag(variances(ctx.known[x], shape_x, len(shape_x) - 1)))
+    if f_x is None or f_x.head_axis is not None or f_x.axis != last or shape_x != shape:
+        return None
+    return Field(last, maps.centred(f_x.cov, variances(ctx.known[y], shape, last)))
 
 
 def _dense_fits(ctx: RuleContext, node) -> bool:

@@ -13,6 +13,7 @@ from .. import correlation, mehler
 from ..correlation import Correlation
 from ..moments import Elementwise, Moments
 from ..spatial import class_weights, within_variance
+from ..views import broadcast_to
 from . import cross_fields, piecewise, smooth_quadrature
 from .gaussian import compose, composite_rule, quadrature
 
@@ -54,10 +55,10 @@ def elementwise_correlation(corr: Correlation, y: Moments, smooth: bool, fn=None
         variance = within_variance(y.spatial, channels)
     else:
         variance = np.broadcast_to(np.reshape(cells.var, (-1,)), (channels,))
-    amp = np.broadcast_to(amp, (amp.shape[0], channels))
-    variance = np.broadcast_to(variance, (channels,))
-    rho_z = np.broadcast_to(rho_z, (channels,) + rho_z.shape[1:])
-    floor_z = np.broadcast_to(floor_z, (channels,))
+    amp = broadcast_to(amp, (amp.shape[0], channels))
+    variance = broadcast_to(variance, (channels,))
+    rho_z = broadcast_to(rho_z, (channels,) + rho_z.shape[1:])
+    floor_z = broadcast_to(floor_z, (channels,))
     rho = mehler.mehler(amp, variance, rho_z)
     rho[(slice(None), *corr.radius)] = 1.0
     centred = corr.centred
@@ -126,7 +127,7 @@ def _class_amplitudes(chain, mean, var, smooth: bool, y: Moments, shape,
         if tuple(shape[2:]) == w.shape:
             slope = 0.0 if keys[0] == ("Relu",) else float(keys[0][1])
             amp = mehler.leaky_hermite_class_means(slope, mean, np.sqrt(var), w)
-            return np.broadcast_to(amp, (amp.shape[0], channels))
+            return broadcast_to(amp, (amp.shape[0], channels))
     return _per_channel(_amplitudes(chain, mean, var, smooth), y, shape, channels)
 
 

@@ -210,7 +210,11 @@ def feature_cross_term_factor(ctx: RuleContext, w_in_out: np.ndarray) -> np.ndar
         s = output_covariance(ctx, ctx.node.input[0]) if shape else None
         if s is None or s.shape[0] != d:
             return None
-    else:
-        s = f.cov
-    factor = maps.cross_term_factor(s, np.asarray(w_in_out, dtype=np.float64).T)
-    return factor if np.all(np.isfinite(factor)) else None  # weights or moments not finite
+        return _finite(maps.cross_term_factor(s, np.asarray(w_in_out, dtype=np.float64).T))
+    return _finite(maps.cross_term_factor(f.cov, np.asarray(w_in_out, dtype=np.float64).T))
+
+
+def _finite(factor):
+    """``factor``, or None where a covariance too large for its float overflowed in it (a
+    signal past 1e150: the independent sum is then the prediction)."""
+    return factor if factor is None or np.all(np.isfinite(factor)) else None

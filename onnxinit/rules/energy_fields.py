@@ -7,11 +7,13 @@ of an element-wise chain over its source Gaussian, and the chain's rule for the 
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 
 import numpy as np
 
 from ..moments import Moments
+from ..views import broadcast_to
 from .energy_loading import node_scales
 from .gaussian import compose, composite_rule
 
@@ -26,7 +28,7 @@ def _pair_sums(corr, sizes, powers) -> np.ndarray:
     """``(1/K^2) sum_{p,q} rho(p - q)^n`` for each n in ``powers``, ``[len(powers), C or 1]``
     (the floor's power beyond the stored offsets), from one table of pair counts."""
     rho, floor = corr
-    k = int(np.prod(sizes))
+    k = int(math.prod(sizes))
     counts = _pair_counts(rho.shape[1:], tuple(int(s) for s in sizes))
     floor = np.reshape(floor, (-1,) + (1,) * len(sizes))
     axes = tuple(range(1, rho.ndim))
@@ -62,7 +64,7 @@ def _correlation(m: Moments, shape, gaussian: bool = False):
     if corr is None or corr.rho.ndim != len(shape) - 1 or corr.rho.shape[0] not in (1, shape[1]):
         return None
     rho, floor = corr.gaussian() if gaussian else (corr.rho, corr.floor)
-    return rho, np.broadcast_to(floor, (rho.shape[0],))
+    return rho, broadcast_to(floor, (rho.shape[0],))
 
 
 def _per_object(cache: dict, obj, key, compute):
@@ -96,7 +98,7 @@ def _field_local(m: Moments, shape) -> np.ndarray:
     corr = _correlation(m, shape)
     if corr is None:
         return np.full(c, 2.0 / positions(shape))
-    return np.broadcast_to(2.0 * _pair_sums(corr, shape[2:], (2,))[0], (c,)).copy()
+    return broadcast_to(2.0 * _pair_sums(corr, shape[2:], (2,))[0], (c,)).copy()
 
 
 def _pair_powers(m: Moments, shape) -> np.ndarray:
@@ -106,11 +108,11 @@ def _pair_powers(m: Moments, shape) -> np.ndarray:
     corr = _correlation(m, shape, gaussian=True)
     if corr is None:
         return np.full((4, c), 1.0 / positions(shape))
-    return np.broadcast_to(_pair_sums(corr, shape[2:], (1, 2, 3, 4)), (4, c))
+    return broadcast_to(_pair_sums(corr, shape[2:], (1, 2, 3, 4)), (4, c))
 
 
 def positions(shape) -> int:
-    return int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    return int(math.prod(shape[2:])) if len(shape) > 2 else 1
 
 
 def chain_values(m: Moments, shape, scale=None, shift=None):
@@ -134,8 +136,8 @@ def chain_values(m: Moments, shape, scale=None, shift=None):
     y, target = np.asarray(y, np.float64), (NODES.size,) + cell[1:]
     if y.ndim > len(target) or any(a not in (1, b) for a, b in zip(y.shape[::-1], target[::-1])):
         return None
-    y = np.broadcast_to(y, target).reshape(-1, c)
-    return (y, WEIGHTS) if np.all(np.isfinite(y)) else None
+    y = broadcast_to(y, target).reshape(-1, c)
+    return (y, WEIGHTS) if np.isfinite(y).all() else None
 
 
 def chain_at_energy_nodes(m: Moments, shape, eta: float, alpha: np.ndarray, base: Moments,
@@ -163,7 +165,7 @@ def chain_at_energy_nodes(m: Moments, shape, eta: float, alpha: np.ndarray, base
 
 
 def channel_var(m: Moments, c: int) -> np.ndarray:
-    return np.broadcast_to(m.values_along(1, c)[1], (c,))
+    return broadcast_to(m.values_along(1, c)[1], (c,))
 
 
 def chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
@@ -212,7 +214,7 @@ def _source_channels(src, rank: int, c: int) -> tuple[np.ndarray, np.ndarray]:
     """(mean, var) ``[C]`` of a source Gaussian, its position classes pooled (total variance);
     read-only, kept per source: a chain's mixture asks for them at each of its nodes."""
     return _per_object(_SOURCE, src, (rank, c), lambda: tuple(
-        np.broadcast_to(a, (c,))
+        broadcast_to(a, (c,))
         for a in Moments(src.mean, src.var).expand_rank(rank).values_along(1, c)))
 
 

@@ -64,15 +64,19 @@ import numpy as np
 
 from ..moments import Moments
 from .centred_rows import centred, centred_input, reduces_last_alone
+from .correlated_means import summed_row
 from .channel_covariance import covariance
 from .covariance_readers import squared_correlation
 from .context import RuleContext, RuleError
+from .folded_norm import fixed_row_energy
 from .fusion import fused_function
 from .pair_algebra import (NONE, Pairs, concentration, dense, independent_sum, mixed_excess,
                            normalised, product, row_mean_factor, scale_kurtosis, shifted, square,
                            through_function)
+from .marginal_shape import shaped_square, table_pairs
 from .normalised_square_sum import normalised_square_sum
 from .reduce import row_energy
+from .row_mean_field import field_row_mean
 from .row_norm import normalisation_degree, without_casts
 from .square_sum_field import feature_covariance
 from .shared_row_pairs import (mean_square_aligned, mean_square_diagonal, shared_row_product,
@@ -179,6 +183,11 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[l
                 squared = squared_row(ctx, inputs[0], xp, outputs[0], found[0])
                 if squared is not None:
                     outputs, found = [squared[0]] + outputs[1:], [squared[1]] + found[1:]
+                shaped = shaped_square(ctx, inputs[0], xp, outputs[0])
+                if shaped is not None:  # the square's covariances kept: signed rescaled
+                    ratio = float(np.mean(outputs[0].var)) / float(np.mean(shaped.var))
+                    found = [replace(found[0], signed=found[0].signed * ratio)] + found[1:]
+                    outputs = [shaped] + outputs[1:]
             return outputs, found
     except (OverflowError, FloatingPointError):
         return outputs, [None] * len(outputs)
@@ -193,6 +202,8 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
     none = [None] * len(outputs)
     signals = [i for i, m in enumerate(inputs) if m is not None]
     pairs = [p if p is not None else NONE for p in known]
+    if op == "Gather" and outputs[0] is not None and (found := table_pairs(ctx)) is not None:
+        return outputs, [found] + none[1:]
     if op is None or not signals or outputs[0] is None:
         return outputs, none
     first = signals[0]
@@ -213,10 +224,13 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
             if law is not None:
                 outputs = [law] + outputs[1:]
         return outputs, none
-    if op in _MEANS:
-        d = _reduced_last(ctx) if reduces_last_alone(ctx) else None
+    if op in _MEANS:  # (a mean the reduce rule took with the features' covariance: not read)
+        d = _reduced_last(ctx) if reduces_last_alone(ctx) and not summed_row(ctx) else None
         if d is not None and not _table_law(outputs[0]):
             m = outputs[0]
+            field = field_row_mean(ctx, m, d)
+            if field is not None:
+                return [field] + outputs[1:], none
             if p0.signed != 0.0:
                 m = replace(m, var=m.var * row_mean_factor(p0, m0, d), source=None, mixture=None)
                 m = mean_square_diagonal(ctx, m, table, d)
@@ -243,7 +257,8 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
     if op in ("Sub", "Add") and len(signals) == 2:
         x = centred_input(ctx)
         if x is not None:
-            return outputs, [_centred_pairs(ctx, x, table, outputs[0])] + none[1:]
+            found, fixed = _centred_pairs(ctx, x, table, outputs[0])
+            return [fixed] + outputs[1:], [found] + none[1:]
     if op == "Transpose":
         conv = _conv_channels_last(ctx)
         if conv is not None:
@@ -324,19 +339,20 @@ def _table_law(m: Moments | None) -> bool:
     return bool(chain) and chain[0].key[0] == "TableRows"
 
 
-def _centred_pairs(ctx: RuleContext, x: str, table: dict, y: Moments) -> Pairs:
+def _centred_pairs(ctx: RuleContext, x: str, table: dict, y: Moments) -> tuple[Pairs, Moments]:
     """The Pairs of x's rows centred (:mod:`.centred_rows`), and normalised when the node is
     TensorFlow's folded LayerNorm, whose per-row scale comes from the mean square of the
-    centred x."""
+    centred x; then its rows' fixed energy (:mod:`.folded_norm`) sets y's moments."""
     d = _last_dim(ctx, 0, out=True)
     found = centred(table.get(x) or NONE, y, d)
-    scales = {n for i in ctx.node.input for n in _producer_inputs(ctx, i)}
-    for s in scales:
-        base = _mean_square_base(ctx, s)
-        node_id = ctx.graph.producer.get(base) if base else None
-        if node_id and centred_input(ctx.for_node(node_id)) == x:
-            return normalised(found, y, d)
-    return found
+    for i, shift in ((0, 1), (1, 0)):
+        for s in _producer_inputs(ctx, ctx.node.input[i]):
+            base = _mean_square_base(ctx, s)
+            node_id = ctx.graph.producer.get(base) if base else None
+            if node_id and centred_input(ctx.for_node(node_id)) == x:
+                fixed = fixed_row_energy(ctx, y, s, ctx.node.input[shift])
+                return normalised(found, y, d), y if fixed is None else fixed
+    return found, y
 
 
 def _conv_channels_last(ctx: RuleContext) -> tuple[np.ndarray, Moments] | None:

@@ -20,6 +20,7 @@ import numpy as np
 from .. import special
 from ..kept_cdf import ndtr_kept
 from ..moments import Elementwise
+from ..views import broadcast_to
 from .context import RuleError
 
 # quadrature nodes --------------------------------------------------------------------------
@@ -140,7 +141,7 @@ def chain_at_nodes(fn: Callable, mean: np.ndarray, std: np.ndarray, nodes: np.nd
         x = std[None] * t.reshape((-1,) + pad)
         x += mean[None]
         y = np.asarray(fn(x), dtype=np.float64)
-        out[i:i + t.size] = np.broadcast_to(y, x.shape).reshape(t.size, -1)
+        out[i:i + t.size] = broadcast_to(y, x.shape).reshape(t.size, -1)
     return out
 
 

@@ -16,12 +16,14 @@ gives exact per-channel statistics, including the spread of the position means.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
 from ..moments import Moments
 from .. import correlation
 from ..spatial import attach, gather_taps, positions, window, within_variance
+from ..views import broadcast_to
 from .attention import matmul_activations
 from .covariance_readers import cross_term_factor, feature_cross_term_factor
 from . import cross_fields
@@ -80,7 +82,7 @@ def _bias(ctx: RuleContext, index: int, size: int) -> np.ndarray:
         if ctx.has_input(index):
             raise RuleError("bias is not constant")
         return np.zeros(size)
-    return np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (size,))
+    return broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (size,))
 
 
 _FLOAT32_ABOVE = 1 << 24  # multiply-adds of a Conv over cells above which it runs in float32
@@ -98,9 +100,9 @@ def _conv_cells(mu, nu, w, bias, groups, taps):
     c_out, cpg = w.shape[:2]
     cols_m = gather_taps(mu, taps)  # [C_in, T_0.., R_0..]
     cols_v = gather_taps(nu, taps)
-    n_taps = int(np.prod([t.shape[1] for t in taps]))
+    n_taps = int(math.prod([t.shape[1] for t in taps]))
     out_classes = tuple(t.shape[0] for t in taps)
-    size = int(np.prod(out_classes))
+    size = int(math.prod(out_classes))
     wg = w.reshape(groups, c_out // groups, cpg * n_taps)
     cols_m = cols_m.reshape(groups, cpg * n_taps, size)
     cols_v = cols_v.reshape(groups, cpg * n_taps, size)
@@ -175,7 +177,7 @@ def conv(inputs, ctx: RuleContext):
         taps.append(t)
     mu, nu = np.broadcast_arrays(sp.cells.mean, sp.cells.var)
     shape = (c_in,) + mu.shape[2:]
-    mu, nu = np.broadcast_to(mu[0], shape), np.broadcast_to(nu[0], shape)
+    mu, nu = broadcast_to(mu[0], shape), broadcast_to(nu[0], shape)
     bias = _bias(ctx, 2, c_out)
     mean, var = _conv_cells(mu, nu, w, bias, groups, taps)
     factor = cross_term_factor(ctx, w)  # correlated input channels (a 1x1 Conv's output)

@@ -6,6 +6,22 @@ from __future__ import annotations
 
 _LOGIT_PATH = ("Cast", "Identity", "Mul", "Div", "Add", "Sub", "Where")
 WINDOWED = _LOGIT_PATH + ("Reshape",)
+_REGROUPING = ("Reshape", "Squeeze", "Unsqueeze")
+
+
+def keeps_token_axes(graph, node) -> bool:
+    """``node`` is a Reshape, Squeeze or Unsqueeze that keeps the last two axes of its input
+    (the queries and the keys of attention logits or probabilities), axes of size 1 aside: it
+    only merges, splits or adds leading axes (tf2onnx writes Keras' einsum attention so: ``[B
+    H, T, T] -> [B, H, T, T, 1]``, Squeeze; ``[B, H, T, T] -> [B, H, T, 1, T] -> [B H, T,
+    T]``). In row-major order each (query, key) element stays in place."""
+    if node.op_type not in _REGROUPING:
+        return False
+    shapes = [graph.shape(node.input[0]), graph.shape(node.output[0])]
+    if any(not s or None in s for s in shapes):
+        return False
+    a, b = (tuple(d for d in s if d != 1) for s in shapes)
+    return len(a) >= 2 and len(b) >= 2 and a[-2:] == b[-2:]
 
 
 def qk_matmul(graph, name: str, depth: int = 0, passing=_LOGIT_PATH):
@@ -18,7 +34,7 @@ def qk_matmul(graph, name: str, depth: int = 0, passing=_LOGIT_PATH):
     node = graph.node(nid)
     if node.op_type == "MatMul":
         return node if all(graph.is_signal(t) for t in node.input) else None
-    if node.op_type not in passing:
+    if node.op_type not in passing and not keeps_token_axes(graph, node):
         return None
     for t in (node.input[1:] if node.op_type == "Where" else node.input):
         if t and graph.is_signal(t) and (found := qk_matmul(graph, t, depth + 1, passing)) is not None:
@@ -26,4 +42,4 @@ def qk_matmul(graph, name: str, depth: int = 0, passing=_LOGIT_PATH):
     return None
 
 
-__all__ = ["WINDOWED", "qk_matmul"]
+__all__ = ["WINDOWED", "keeps_token_axes", "qk_matmul"]

@@ -9,6 +9,7 @@ import numpy as np
 from .. import correlation
 from ..moments import Moments, Source
 from ..spatial import attach, class_weights, joint, positions, take_cells, within_variance
+from ..views import broadcast_to
 from . import cross_fields
 from .context import RuleContext, RuleError
 from .mixture import binary_independent, components, lift, sum_mixture
@@ -74,7 +75,7 @@ def joint_correlation(operands, inputs, op: str, out_shape):
     for sp, m in zip(operands, inputs):
         uniform = all(n == 1 for n in (mp.size for mp in sp.maps))
         nu = within_variance(sp, channels) if m is not None else np.zeros(channels)
-        mean = np.broadcast_to(pooled_mean(sp), (channels,))
+        mean = broadcast_to(pooled_mean(sp), (channels,))
         if sp.corr is not None:
             corr = sp.corr
         elif uniform or m is None:  # one value per sample (or a constant): rho = 1

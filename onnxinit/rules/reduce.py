@@ -16,31 +16,16 @@ from .. import special
 from ..moments import Moments
 from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
+from .map_means import map_mean_variance
 from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
 from .maxima import max_moments
 from .pooling import gaussian_spatial_mean, pooled_extra
+from .correlated_means import field_sum_factor
+from .reduce_axes import reduced_axes
 from .registry import rule
 from .normalised_square_sum import normalised_square_sum
 from .square_sum_field import square_sum_factors
 from .table_rows import table_mean_square
-
-
-def reduced_axes(ctx: RuleContext, rank: int) -> tuple[int, ...] | None:
-    """Reduced axes; None for the no-op (empty axes with noop_with_empty_axes)."""
-    op = ctx.node.op_type
-    from_input = ctx.opset >= (13 if op == "ReduceSum" else 18)
-    if from_input:
-        axes = ctx.const(1) if ctx.has_input(1) else None
-        if ctx.has_input(1) and axes is None:
-            raise RuleError("the axes are not constant")
-        axes = [] if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
-    else:
-        axes = list(ctx.attr("axes", []))
-    if not axes:
-        if ctx.attr("noop_with_empty_axes", 0):
-            return None
-        return tuple(range(rank))
-    return tuple(sorted({a % rank for a in axes}))
 
 
 def _layout(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -194,6 +179,12 @@ def reduce_linear(inputs, ctx: RuleContext):
         mu, nu = _layout(x, rank)
         m = mu.mean(axis=axes, keepdims=True)
         v = nu.mean(axis=axes, keepdims=True)
+        mean_var = map_mean_variance(ctx, axes)
+        if mean_var is not None:  # a Conv map's channels and positions: their covariances
+            v = np.full_like(v, mean_var * k)
+        factor = field_sum_factor(ctx, axes) if mean_var is None else None
+        if factor is not None:  # correlated channels (features): their covariances' sum
+            v = v * factor
         if op == "ReduceMean":
             return [_finish(m, v / k, axes, keepdims)]
         return [_finish(k * m, k * v, axes, keepdims)]

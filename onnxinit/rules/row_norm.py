@@ -48,37 +48,47 @@ def without_casts(ctx: RuleContext, name: str) -> str:
     return name
 
 
-def _scale_chain(ctx: RuleContext, x: str, name: str):
+def _scale_chain(ctx: RuleContext, x: str, name: str, any_axis: bool = False):
     """(mean-square tensor, element-wise chain from it to ``name``) when ``name`` is an
-    element-wise function of ``mean(x^2)`` over the last axis (keepdims), else None."""
+    element-wise function of ``mean(x^2)`` over the last axis (``any_axis``: or over the
+    channels of a map ``[N, C, H, ...]``) (keepdims), else None. Not over the tokens of a
+    sequence ``[N, T, D]``: its mean square over the tokens has its rows' shapes, but the
+    rows are not normalised and what reads them takes the features as rows."""
     found = mean_square_chain(ctx, name)
     if found is None:
         return None
     node_id = ctx.graph.producer[found[0]]
     node = ctx.graph.node(node_id)
-    if (node.op_type != "ReduceMean" or not _last_axis(ctx.for_node(node_id))
+    axis = _row_axis(ctx.for_node(node_id))
+    rank = len(ctx.graph.shape(node.input[0]) or ())
+    if (node.op_type != "ReduceMean" or axis is None
+            or not (axis == rank - 1 or (any_axis and axis == 1 and rank >= 4))
             or without_casts(ctx, squared_input(ctx.graph, node.input[0])) != x):
         return None
     return found
 
 
-def _last_axis(ctx: RuleContext) -> bool:
-    """A ReduceMean over the last axis alone, keeping it."""
+def _row_axis(ctx: RuleContext) -> int | None:
+    """The one axis a ReduceMean reduces, keeping it (the row's: the last axis for a token's
+    features, axis 1 for a map's channels at one position), else None."""
     try:
         x, y = ctx.in_shape(0), ctx.out_shape(0)
     except RuleError:
-        return False
-    return (len(x) >= 1 and x[-1] > 1 and len(y) == len(x) and y[-1] == 1
-            and tuple(y[:-1]) == tuple(x[:-1]))
+        return None
+    if len(y) != len(x):
+        return None
+    changed = [a for a, (i, o) in enumerate(zip(x, y)) if i != o]
+    return changed[0] if len(changed) == 1 and y[changed[0]] == 1 else None
 
 
-def _scaled_row(ctx: RuleContext) -> tuple[int, tuple] | None:
+def _scaled_row(ctx: RuleContext, any_axis: bool = False) -> tuple[int, tuple] | None:
     """(the row's input index, (mean-square tensor, chain to the scale)) for a Mul/Div of a row
-    by an element-wise function of its own mean square, else None."""
+    by an element-wise function of its own mean square (over the last axis; ``any_axis``: or a
+    map's channels), else None."""
     node = ctx.node
     order = (0, 1) if node.op_type == "Div" else (0, 1, 1, 0)
     for xi, si in zip(order[::2], order[1::2]):
-        found = _scale_chain(ctx, without_casts(ctx, node.input[xi]), node.input[si])
+        found = _scale_chain(ctx, without_casts(ctx, node.input[xi]), node.input[si], any_axis)
         if found is not None:
             break
     else:
@@ -102,18 +112,20 @@ def row_scale(ctx: RuleContext):
 
 
 def row_normalised(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """``y = x * g(s)`` or ``y = x / h(s)``, ``s = mean_f x_f^2`` over the row (last axis):
+    """``y = x * g(s)`` or ``y = x / h(s)``, ``s = mean_f x_f^2`` over the row (the axis the
+    mean square reduces: a token's features, or a map's channels at one position):
     ``E[y_f^2] = E[x_f^2] / mean_g E[x_g^2] * E[s g(s)^2]``, ``E[y_f] = E[x_f] E[g(s)]``
     with ``s`` log-normal (mean: the row's mean square; relative variance: the mean square
     tensor's). (mean, var) arrays at ``rank``; None when the node is not such a product."""
     node = ctx.node
     if node.op_type not in ("Mul", "Div") or len(inputs) != 2 or any(m is None for m in inputs):
         return None
-    scaled = _scaled_row(ctx)
+    scaled = _scaled_row(ctx, any_axis=True)
     if scaled is None:
         return None
     xi, found = scaled
     s_name, chain = found
+    axis = _row_axis(ctx.for_node(ctx.graph.producer[s_name]))
     known = ctx.known or {}
     s = known.get(s_name)
     if s is None:
@@ -126,7 +138,8 @@ def row_normalised(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.
     mean, var = lift(x.mean, rank), lift(x.var, rank)
     second = var + mean**2
     # E[s] per row (per token where spelled out); a scalar law is every feature's own
-    row = second if second.ndim == 0 else np.mean(second, axis=-1, keepdims=True)
+    row = second if second.ndim == 0 else np.mean(
+        second, axis=axis if second.ndim == rank else -1, keepdims=True)
     sigma2 = np.log1p(_relative_variance(s, ctx.graph.shape(s_name), row)) * np.ones_like(row)
     mu = np.log(np.maximum(row, 1e-300)) - sigma2 / 2
     with np.errstate(all="ignore"):

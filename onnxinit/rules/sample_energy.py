@@ -92,6 +92,7 @@ import numpy as np
 
 from ..moments import Moments
 from ..strict import fall_back
+from ..views import broadcast_to
 from .context import RuleContext, RuleError
 from .batch_energy import carried, fresh as fresh_omega, normalised_share
 from .energy_fields import channel_var, gaussian_local, positions
@@ -272,16 +273,16 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
     except (ValueError, IndexError, KeyError, TypeError, RuleError) as exc:
         fall_back(exc, (RuleError,))
         return fresh
-    if out is None or not all(np.all(np.isfinite(a)) for a in (*out[:3], *out[4:])):
+    if out is None or not all(np.isfinite(a).all() for a in (*out[:3], *out[4:])):
         return fresh
     eta, lam, alpha, factors, omega, load = out
     if not all(math.isfinite(e) and np.all(np.isfinite(a)) for e, a, _ in factors.values()):
         return fresh
     factors = {k: (max(float(e), 0.0), np.broadcast_to(np.asarray(a, np.float64), (c,)).copy(), p)
                for k, (e, a, p) in factors.items()}
-    eta, alpha, factors = merge_smallest(float(eta), np.broadcast_to(alpha, (c,)), factors,
+    eta, alpha, factors = merge_smallest(float(eta), broadcast_to(alpha, (c,)), factors,
                                          _MAX_FACTORS)
-    omega = np.broadcast_to(np.maximum(np.asarray(omega, np.float64), 0.0), (c,)).copy()
+    omega = broadcast_to(np.maximum(np.asarray(omega, np.float64), 0.0), (c,)).copy()
     load = np.asarray(load, np.float64)
     load = load if load.shape == (c,) else uniform(c)
     return (max(eta, 0.0), np.maximum(np.asarray(lam, np.float64), 0.0), alpha, factors, omega,

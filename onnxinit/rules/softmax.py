@@ -23,7 +23,8 @@ covariance common to a row's unmasked logits (a component the keys share) is sub
 each variance first: softmax is invariant to adding the same value to a whole row.
 
 Keys correlated unevenly (a component shared by some keys only: the real keys of a zero-padded
-window against its constant padding) are sampled jointly (``key_groups.py``).
+window against its constant padding) are sampled jointly (``key_groups.py``), and so are rows
+whose keys read one query against fixed vectors (relative positions: ``fixed_forms.py``).
 
 Sampled rows draw the spread of their variance across queries and, for cosine logits, the
 bounded cosine law (``logit_law.py``); P V reads the covariance of a jointly sampled softmax's
@@ -41,6 +42,7 @@ import numpy as np
 
 from ..moments import Moments, compressed
 from .context import RuleContext, signal
+from .fixed_forms import joint_rows, row_form
 from .key_groups import COVARIANCE_DRAWS, correlated_rows, correlation_factor
 from .logit_law import (cosine_deviates, cosine_dim, cosine_of, draw_scales, row_scales,
                         row_spread)
@@ -360,9 +362,19 @@ def softmax(inputs, ctx: RuleContext):
     closed form for Gaussian logits (module docstring: p_k = sigmoid(a_k - log R_k) with R_k a
     log-normal of the other entries' moments), Monte Carlo for rows with a logit variance
     above 1 or non-Gaussian logits (an element-wise source). Masked entries (-inf, finfo.min)
-    get probability 0; E = 1/n exactly for n identically distributed logits."""
+    get probability 0; E = 1/n exactly for n identically distributed logits. Logits that hold
+    a random linear form of fixed vectors over the last axis (relative-position attention) are
+    sampled jointly per row (fixed_forms.py)."""
     x = signal(inputs, 0)
     log = ctx.node.op_type == "LogSoftmax"
+    shape = ctx.in_shape(0)
+    last = bool(shape) and ctx.attr("axis", -1 if ctx.opset >= 13 else 1) % len(shape) == len(
+        shape) - 1
+    form = None if log or not last or (x.source is not None and x.source.chain) else row_form(
+        ctx, x, shape)
+    if form is not None:  # keys of a linear form of fixed vectors (fixed_forms.py)
+        e, v = joint_rows(form, ctx.rng(), _MC_DRAWS, _MC_MIN, MASK_GAP)
+        return [compressed(e.reshape(shape), v.reshape(shape))]
     prepared = _rows(x, ctx)
     if isinstance(prepared, Moments):
         return [prepared]

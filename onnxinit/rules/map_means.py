@@ -1,0 +1,168 @@
+"""A mean (sum) over the channels and every position of a Conv's map together: LayerNorm over
+``[C, H, W]`` written out (``ReduceMean`` of x, of ``(x - mean)^2``), a mean square over a
+whole feature map, whatever exporter wrote it.
+
+The reduce rule takes the ``K = C P`` values as independent. Two values of a Conv's output
+``z`` correlate across channels and offsets, ``R[j, k, d] = Corr(z_j(p), z_k(p + d))``
+(:mod:`onnxinit.cross_channel`'s field, here for a dense kernel: ``conv_covariance`` of the
+input's field, positions stationary, offsets up to ``correlation.MAX_OFFSET``). The input's
+field: none (independent channels and positions: a graph input); an element-wise chain of an
+earlier Conv's output, whose own field (recursively, ``DEPTH`` Convs back) goes through the
+chain by Mehler's formula; else the input's carried correlation (its cross-channel field, or
+each channel's own correlation). The reduced values ``y = g(z)`` (an element-wise chain,
+:func:`.correlated_means.chain`, a centring over the same axes included) sum by Mehler's
+formula per pair of channels and offset::
+
+    Var(sum y) = sum_d n(d) sum_jk Cov(g_j, g_k)(R[j, k, d]),    n(d) = prod_a (S_a - |d_a|)
+
+over the interior's own terms ``P sum_j Var g_j`` this scales the same own terms summed over
+the position classes (a zero-padded Conv's border positions have fewer taps). On a ReLU
+Conv's map (3 -> 16 channels, 16x16) the channels' means correlate through the kernels' tap
+sums (the pre-activation mean over the map is one Conv's, with the taps summed) and through
+Mehler's squared correlations (all positive): the mean's variance is 4x the independent one.
+None where the chain does not reach a Conv, or above ``cross_channel.FIELD_BUDGET``.
+"""
+
+from __future__ import annotations
+
+from math import factorial
+
+import numpy as np
+
+from .. import cross_channel
+from ..correlation import MAX_OFFSET
+from ..spatial import class_weights, positions
+from .context import RuleContext
+from .correlated_means import chain, coefficients, covariance_sum
+from .covariance_layout import attr, within
+from .pool_windows import cell_arrays
+
+DEPTH = 3  # Convs back through which the field is computed (then the carried correlation)
+
+
+def _kernel(w: np.ndarray, groups: int) -> cross_channel.SparseKernel:
+    """Every entry of a dense kernel ``[C_out, C_in/g, k...]`` as a non-zero."""
+    c_out, per_group = w.shape[:2]
+    taps = int(np.prod(w.shape[2:]))
+    n = per_group * taps
+    order = np.broadcast_to(np.arange(n), (c_out, n))
+    group = np.arange(c_out)[:, None] // (c_out // groups)
+    channel = group * per_group + order // taps
+    tap = np.stack(np.unravel_index(order % taps, w.shape[2:]), axis=-1)
+    return cross_channel.SparseKernel(channel, tap, w.reshape(c_out, -1))
+
+
+def _carried(ctx: RuleContext, x: str, shape) -> np.ndarray:
+    """The input's correlation field as carried (channels independent where no cross-channel
+    field is: each its own correlation; none at all: independent positions)."""
+    sp = positions(ctx.known[x], shape)
+    n = len(shape) - 2
+    if sp is None or sp.corr is None:
+        return cross_channel.from_diagonal(np.ones((1,) * (1 + n)), shape[1])
+    if sp.corr.cross is not None:
+        return sp.corr.cross.corr
+    return cross_channel.from_diagonal(sp.corr.rho, shape[1])
+
+
+def _input_field(ctx: RuleContext, x: str, depth: int):
+    """(correlation field ``[C, C, *d]``, variance within a position ``[C]``) of a Conv's input."""
+    shape = ctx.graph.shape(x)
+    if depth > 0:
+        found = chain(ctx, x, ())
+        gauss = _conv_field(ctx, found[0], depth - 1) if found is not None else None
+        if gauss is not None:
+            corr, var, mean = gauss
+            coeffs = coefficients(found[1], mean, var, 1, len(shape))
+            if coeffs is not None:
+                c, rem = coeffs
+                own = (c[1:] ** 2).sum(axis=0) + rem
+                if np.all(own > 0):
+                    amplitudes = c[1:] * np.sqrt([factorial(k) for k in range(1, len(c))])[:, None]
+                    return cross_channel.mehler(corr, amplitudes, own), own
+    return _carried(ctx, x, shape), within(ctx.known[x], shape)
+
+
+def _conv_field(ctx: RuleContext, z: str, depth: int):
+    """(correlation field ``[C, C, *d]``, variance ``[C]``, mean ``[C]``) of a Conv's output
+    ``z`` in the interior; None where z is no Conv's or the field is over budget."""
+    graph, known = ctx.graph, ctx.known
+    node_id = graph.producer.get(z)
+    node = graph.node(node_id) if node_id is not None else None
+    if node is None or node.op_type != "Conv" or len(node.input) < 2:
+        return None
+    x = node.input[0]
+    w = graph.value(node.input[1])
+    shape_x, shape_z = graph.shape(x), graph.shape(z)
+    if (w is None or x not in known or z not in known or not shape_x or not shape_z
+            or np.ndim(w) != len(shape_z) or len(shape_x) != len(shape_z) or len(shape_z) < 3):
+        return None
+    w = np.asarray(w, dtype=np.float64)
+    groups = shape_x[1] // w.shape[1]
+    if groups < 1 or groups * w.shape[1] != shape_x[1] or w.shape[0] % groups:
+        return None
+    n = len(shape_z) - 2
+    strides = attr(node, "strides") or [1] * n
+    dilations = attr(node, "dilations") or [1] * n
+    radius = [min(MAX_OFFSET, s - 1) for s in shape_z[2:]]
+    kern = _kernel(w, groups)
+    if not cross_channel.affordable(shape_x[1], w.shape[0], kern, strides, dilations, radius):
+        return None
+    field, nu = _input_field(ctx, x, depth)
+    cov = cross_channel.conv_covariance(field, nu, kern, strides, dilations, radius)
+    corr, var = cross_channel.normalised(cov)
+    if np.any(var <= 0):
+        return None
+    mean = np.broadcast_to(known[z].values_along(1, shape_z[1])[0], (shape_z[1],))
+    return corr, var, mean.astype(np.float64)
+
+
+def _own_variance(ctx: RuleContext, z: str, shape_z, fns) -> float | None:
+    """``sum_p sum_j Var g_j(z_j(p))`` over z's position classes."""
+    sp = positions(ctx.known[z], shape_z)
+    if sp is None:
+        return None
+    mu, nu = cell_arrays(sp, shape_z[1])
+    weights = class_weights(sp.maps)
+    total = 0.0
+    for cell in np.ndindex(*weights.shape):
+        found = coefficients(fns, np.ascontiguousarray(mu[(slice(None),) + cell]),
+                             np.ascontiguousarray(nu[(slice(None),) + cell]), 1, len(shape_z))
+        if found is None:
+            return None
+        total += weights[cell] * float(((found[0][1:] ** 2).sum(axis=0) + found[1]).sum())
+    return total * float(np.prod(shape_z[2:]))
+
+
+def map_mean_variance(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
+    """The variance of the mean of the node's input 0 over its channels and every position
+    (module docstring); None where it does not apply."""
+    shape = ctx.graph.shape(ctx.node.input[0])
+    if not shape or len(shape) < 3 or tuple(axes) != tuple(range(1, len(shape))):
+        return None
+    found = chain(ctx, ctx.node.input[0], axes)
+    if found is None:
+        return None
+    z, fns = found
+    shape_z = ctx.graph.shape(z)
+    gauss = _conv_field(ctx, z, DEPTH)
+    if gauss is None or tuple(shape_z) != tuple(shape):
+        return None
+    corr, var, mean = gauss
+    coeffs = coefficients(fns, mean, var, 1, len(shape))
+    if coeffs is None:
+        return None
+    c, rem = coeffs
+    radius = [(m - 1) // 2 for m in corr.shape[2:]]
+    counts = np.ones(corr.shape[2:])
+    for a, (r, s) in enumerate(zip(radius, shape[2:])):
+        along = np.maximum(s - np.abs(np.arange(-r, r + 1)), 0).astype(np.float64)
+        counts = counts * along.reshape([-1 if b == a else 1 for b in range(len(radius))])
+    total = float((covariance_sum(c, rem, corr).sum(axis=(0, 1)) * counts).sum())
+    own = float(((c[1:] ** 2).sum(axis=0) + rem).sum()) * float(np.prod(shape[2:]))
+    spread = _own_variance(ctx, z, shape_z, fns)
+    if spread is None or not (own > 0 and np.isfinite(total)):
+        return None
+    return max(total, 0.0) / own * spread / float(np.prod(shape[1:])) ** 2
+
+
+__all__ = ["DEPTH", "map_mean_variance"]
