@@ -1,7 +1,10 @@
 """An element-wise chain's response to the shared energy, taken across the energy's spread.
 
 :mod:`.energy_loading` grows the shared energy through a chain ``f(z)`` by each channel's
-response of its energy to eps, ``h_c(eps) = E[(f - E f)^2 | eps] / Var f``: to first order
+response of its energy to eps, ``h_c(eps) = sum_k w_k E[(f - E_k f)^2 | eps] / sum_k w_k
+Var_k f`` over the position classes k (:mod:`.source_classes`: the energy about each class's
+own mean, the classes' pattern no sample's; one class, ``E[(f - E f)^2 | eps] / Var f``,
+where the tensor has none): to first order
 ``h_c = 1 + (beta_c l_c + gamma_c) eps`` (Stein's slope at eps = 0). At the eta of late
 stages (0.3-1) ``h_c`` is not linear over the range eps takes. Here ``h_c`` is integrated
 exactly at three nodes of eps's law (``z = m + a_c eps + s_w sqrt(scale_c(eps)) t``, ``scale_c
@@ -69,15 +72,16 @@ def energy_response(m: Moments, shape, eta: float, alpha: np.ndarray, base: Mome
     points = scale_nodes(eta)
     if points is None:
         return None
-    found = chain_at_energy_nodes(m, shape, eta, alpha, base, points, _GHW, load)
+    found = chain_at_energy_nodes(m, shape, eta, alpha, base, points, _GHW, load, classes=True)
     if found is None:
         return None
-    first, second = found
-    mean = _GHW @ first
-    var = _GHW @ second - mean**2
+    first, second, class_w = found  # [3, K, C] each, [K, C]
+    mean = np.tensordot(_GHW, first, axes=1)  # each class's mean over the energy, [K, C]
+    var = (class_w * (np.tensordot(_GHW, second, axes=1) - mean**2)).sum(axis=0)
     if not np.all(var > 0):
         return None
-    h = (second - 2 * mean * first + mean**2) / var  # [3, C]: each node's energy
+    # each node's energy about the classes' means (their pattern no sample's), [3, C]
+    h = (class_w[None] * (second - 2 * mean * first + mean**2)).sum(axis=1) / var
     rows = np.sqrt(_GHW)[:, None] * (h - _GHW @ h)
     eps = points - 1.0
     grown = sum(pair_mean(row) for row in rows) / eta

@@ -2,13 +2,16 @@
 energy fluctuation of a Gaussian field with the tensor's spatial correlation, the quadrature
 of an element-wise chain over its source Gaussian, and the chain's rule for the shared energy
 ``eta``, the mean loading ``alpha`` and the local fluctuation ``lam`` (formulas:
-:mod:`.sample_energy`)."""
+:mod:`.sample_energy`). The chain's growth of the energy is integrated per position class
+(:mod:`.source_classes`): the sample's scale acts on the variance within each class, the
+classes' means stay, and the chain's energy is taken about each class's own mean (``g = (f -
+E_k f)^2`` over the variance within the classes), so a fixed pattern of class means far apart
+is no energy."""
 
 from __future__ import annotations
 
 import functools
 import math
-import weakref
 
 import numpy as np
 
@@ -16,6 +19,7 @@ from ..moments import Moments
 from ..views import broadcast_to
 from .energy_loading import node_scales
 from .gaussian import compose, composite_rule
+from .source_classes import per_object, pooled_source, source_classes
 
 # composite Gauss-Legendre rule for E[g(t)], t ~ N(0, 1), on 96 nodes (kurtosis' coarse one:
 # within 1.5% of its 192-node rule for HardSwish, ReLU, SiLU of N(m, s^2))
@@ -67,25 +71,12 @@ def _correlation(m: Moments, shape, gaussian: bool = False):
     return rho, broadcast_to(floor, (rho.shape[0],))
 
 
-def _per_object(cache: dict, obj, key, compute):
-    """``compute()`` kept per live ``obj`` and ``key``: ``cache`` maps ``id(obj)`` to (a weak
-    reference confirming the same object, key, value); cleared beyond 4096 entries."""
-    hit = cache.get(id(obj))
-    if hit is not None and hit[0]() is obj and hit[1] == key:
-        return hit[2]
-    if len(cache) > 4096:
-        cache.clear()
-    out = compute()
-    cache[id(obj)] = (weakref.ref(obj), key, out)
-    return out
-
-
 _LOCAL: dict[int, tuple] = {}  # id(Moments) -> (weakref, shape, lam_G): read several times
 
 
 def gaussian_local(m: Moments, shape) -> np.ndarray:
     """lam of a Gaussian field with m's spatial correlation: ``2 sum_{p,q} rho^2 / K^2``."""
-    return _per_object(_LOCAL, m, shape, lambda: _read_only(_field_local(m, shape)))
+    return per_object(_LOCAL, m, shape, lambda: _read_only(_field_local(m, shape)))
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -115,53 +106,84 @@ def positions(shape) -> int:
     return int(math.prod(shape[2:])) if len(shape) > 2 else 1
 
 
-def chain_values(m: Moments, shape, scale=None, shift=None):
-    """f at the quadrature nodes of m's source Gaussian per channel, pooled over the position
-    classes (law of total variance): (values ``[T, C]``, weights ``[T]``), the variance times
-    ``scale`` and the mean plus ``shift`` ([C]) when given; None without a chain, where f is
-    not finite, or where the chain's constants vary along an axis other than the channels (a
-    row's features after a folded LayerNorm: not a channel map). Pooling the classes takes a zero-padded conv's border pattern to move with
-    the sample like the rest (it is the input's per-sample mean, which does: alpha)."""
+def chain_classes(m: Moments, shape, scale=None, shift=None, classes: bool = True):
+    """f at the quadrature nodes of m's source Gaussian per position class
+    (:func:`.source_classes.source_classes`: the class means fixed, the variance within each
+    class times ``scale`` [C] and every mean plus ``shift`` [C] when given): (values ``[T, K,
+    C]``, the classes' weights ``[K, C]``, their standard deviations ``[K, C]``); None without a
+    chain, where f is not finite, or where the chain's constants vary along an axis other than
+    the channels (a row's features after a folded LayerNorm: not a channel map). The classes
+    are binned per channel (:func:`.source_classes.merged`), so their weights are per channel."""
     rank, c = len(shape), shape[1]
     src = m.source
     if src is None or not src.chain or max(np.ndim(src.mean), np.ndim(src.var)) > rank:
         return None
-    mean, var = _source_channels(src, rank, c)
+    if classes:
+        mean, var, weights = source_classes(m, shape)
+    else:  # one class: the pooled source
+        mean, var = (a[None] for a in _source_channels(src, rank, c))
+        weights = np.ones((1, c))
     var = var * (1.0 if scale is None else scale)
     mean = mean + (0.0 if shift is None else shift)
-    cell = (1, c) + (1,) * (rank - 2)
+    sd = np.sqrt(var)
+    k = weights.shape[0]
+    target = (NODES.size * k, c) + (1,) * (rank - 2)
     with np.errstate(all="ignore"):
-        y = compose(src.chain)(mean.reshape(cell) + np.sqrt(var).reshape(cell)
-                               * NODES.reshape((-1,) + (1,) * (rank - 1)))
-    y, target = np.asarray(y, np.float64), (NODES.size,) + cell[1:]
+        y = compose(src.chain)((mean[None] + sd[None] * NODES[:, None, None]).reshape(target))
+    y = np.asarray(y, np.float64)
     if y.ndim > len(target) or any(a not in (1, b) for a, b in zip(y.shape[::-1], target[::-1])):
         return None
-    y = broadcast_to(y, target).reshape(-1, c)
-    return (y, WEIGHTS) if np.isfinite(y).all() else None
+    y = broadcast_to(y, target).reshape(NODES.size, k, c)
+    return (y, weights, sd) if np.isfinite(y).all() else None
+
+
+def chain_values(m: Moments, shape, scale=None, shift=None):
+    """f at the quadrature nodes of m's source Gaussian per channel, its position classes
+    pooled (law of total variance): (values ``[T, C]``, weights ``[T]``), the variance times
+    ``scale`` and the mean plus ``shift`` ([C]) when given; None as :func:`chain_classes`. What
+    the mixture (:mod:`.energy_mixture`), the pools' shared term (:mod:`.shared_pool`) and the
+    masks' factors read: there the pooled Gaussian's scale carries a zero-padded conv's border
+    pattern with the sample (it is the input's per-sample mean, which does: alpha), as
+    torchvision's EfficientNet and MobileNetV3 measure; the chain's growth of the energy reads
+    the classes apart (:func:`chain_law`, :func:`.chain_response.energy_response`)."""
+    found = chain_classes(m, shape, scale, shift, classes=False)
+    if found is None:
+        return None
+    return found[0][:, 0], WEIGHTS
 
 
 def chain_at_energy_nodes(m: Moments, shape, eta: float, alpha: np.ndarray, base: Moments,
-                          points, weights, load: np.ndarray):
-    """The chain ending in moments ``m`` at the nodes ``points`` (``[K]`` or ``[K, C]``, weights
+                          points, weights, load: np.ndarray, classes: bool = False):
+    """The chain ending in moments ``m`` at the nodes ``points`` (``[E]`` or ``[E, C]``, weights
     ``weights``) of a sample's scale ``1 + eps`` of the shared energy ``eta``, with the mean
     offsets ``alpha`` [C] in the units of ``base`` (the chain's start) and each channel's scale
     by its loading ``load`` (:func:`.energy_loading.node_scales`): ``(E f, E f^2)`` per node,
-    ``[K, C]`` each, pooled over the position classes. The location mixture's own variance
-    comes out of the scale's, so the total stays ``s^2``. None where a node's f is not
-    finite."""
+    ``[E, C]`` each, pooled over the position classes; with ``classes`` per node and position
+    class, ``[E, K, C]`` each, and the classes' weights ``[K, C]`` (the scale acts on the
+    variance within each class: :mod:`.source_classes`). The location mixture's own variance
+    comes out of the scale's, so the variance within the classes stays theirs. None where a
+    node's f is not finite."""
     c = shape[1]
     s2 = np.maximum(source_var(m, shape), 1e-300)
+    if classes:
+        _, var, class_w = source_classes(m, shape)
+    else:
+        var, class_w = s2[None], np.ones((1, c))
     shift = alpha * np.sqrt(s2 / np.maximum(channel_var(base, c), 1e-300))
-    within = np.clip(1.0 - shift**2 * eta / s2, 0.0, 1.0)
+    within = np.clip(1.0 - shift**2 * eta / np.maximum((class_w * var).sum(axis=0), 1e-300),
+                     0.0, 1.0)
     first, second = [], []
     for point, scale in zip(points, node_scales(points, weights, load)):
-        got = chain_values(m, shape, scale * within, shift * (point - 1.0))
+        got = chain_classes(m, shape, scale * within, shift * (point - 1.0), classes)
         if got is None:
             return None
-        y, w = got
-        first.append(w @ y)
-        second.append(w @ (y * y))
-    return np.stack(first), np.stack(second)
+        y = got[0]
+        first.append(WEIGHTS @ y.reshape(NODES.size, -1))
+        second.append(WEIGHTS @ (y * y).reshape(NODES.size, -1))
+    k = class_w.shape[0]
+    if not classes:
+        return np.stack(first), np.stack(second)
+    return (np.stack(first).reshape(-1, k, c), np.stack(second).reshape(-1, k, c), class_w)
 
 
 def channel_var(m: Moments, c: int) -> np.ndarray:
@@ -173,32 +195,46 @@ def chain_law(m: Moments, shape, law_z, z: Moments, z_shape):
     factor eta is multiplied by, alpha's slope in alpha_z, alpha's offset, the part of lam
     that z's spatial mean and energy carry: Hermite terms 1 and 2 and z's own excess, and per
     channel the energy's response to z's scale, beta, and per unit of z's offset, ``E[t g] /
-    (sd(z) Var f)``: :mod:`.energy_loading`))."""
-    found = chain_values(m, shape)
+    (sd(z) Var f)``: :mod:`.energy_loading`)). Per position class k (:func:`chain_classes`):
+    ``g = (f - E_k f)^2``, the energy about the class's mean (the classes' pattern is no
+    sample's energy), ``Var f`` the variance within the classes, every expectation the
+    classes' weighted, the slopes in the mean ``E_k[t .] / s_k``."""
+    found = chain_classes(m, shape)
     if found is None:
         return None
     eta_z, lam_z, alpha_z = law_z
-    y, w = found
-    c, t = shape[1], NODES[:, None]
-    g = (y - w @ y) ** 2
-    v = w @ g
+    y, class_w, sd = found
+    c, t = shape[1], NODES
+
+    def per_class(a, h=None):  # E_k[h(t) a], [K, C]
+        return ((WEIGHTS if h is None else WEIGHTS * h) @ a.reshape(t.size, -1)).reshape(
+            class_w.shape)
+
+    def mean(a, h=None):  # sum_k w_k E_k[h(t) a], [C]
+        return (class_w * per_class(a, h)).sum(axis=0)
+
+    inv_sd = np.where(sd > 0, 1.0 / np.where(sd > 0, sd, 1.0), 0.0)
+    g = (y - per_class(y)[None]) ** 2
+    v_k = per_class(g)
+    v = (class_w * v_k).sum(axis=0)
     safe = np.where(v > 0, v, 1.0)
-    beta = np.where(v > 0, ((w * (t[:, 0] ** 2 - 1) / 2) @ g) / safe, 1.0)
+    beta = np.where(v > 0, mean(g, (t**2 - 1) / 2) / safe, 1.0)
     # alpha_z is in z's units; the chain's Gaussian is z through the affine maps on the way
     s_src = np.sqrt(np.maximum(source_var(m, shape), 1e-300))
     ratio = s_src / np.sqrt(np.maximum(channel_var(z, c), 1e-300))
-    slope = (w * t[:, 0]) @ y * ratio / s_src
-    offset = (w * (t[:, 0] ** 2 - 1) / 2) @ y
+    slope = (class_w * per_class(y, t) * inv_sd).sum(axis=0) * ratio
+    offset = mean(y, (t**2 - 1) / 2)
     alpha = slope * alpha_z + offset
-    var_g = w @ (g - v) ** 2
-    terms = np.stack([(w * h) @ g for h in _HERMITE]) ** 2 / _FACTORIALS  # a_n^2 / n!, [4, C]
+    var_g = mean((g - v_k[None]) ** 2)
+    terms = np.stack([mean(g, h) for h in _HERMITE]) ** 2 / _FACTORIALS  # a_n^2 / n!, [4, C]
     k = positions(shape)
     pairs = terms * _pair_powers(m, shape)
     cov = (var_g - terms.sum(axis=0)) / k + pairs.sum(axis=0)
     excess = beta**2 * np.maximum(lam_z - gaussian_local(z, z_shape), 0.0)
     beta2 = float(np.mean(beta)) ** 2
     tied = (pairs[0] + pairs[1]) / safe**2 + excess
-    drift = np.where(v > 0, ((w * t[:, 0]) @ g) * ratio / s_src / safe, 0.0)
+    drift = np.where(v > 0, (class_w * per_class(g, t) * inv_sd).sum(axis=0) * ratio / safe,
+                     0.0)
     return beta2 * eta_z, cov / safe**2 + excess, alpha, (beta2, slope, offset, tied, beta, drift)
 
 
@@ -213,10 +249,9 @@ _SOURCE: dict[int, tuple] = {}  # id(Source) -> (weakref, (rank, C), (mean, var)
 def _source_channels(src, rank: int, c: int) -> tuple[np.ndarray, np.ndarray]:
     """(mean, var) ``[C]`` of a source Gaussian, its position classes pooled (total variance);
     read-only, kept per source: a chain's mixture asks for them at each of its nodes."""
-    return _per_object(_SOURCE, src, (rank, c), lambda: tuple(
-        broadcast_to(a, (c,))
-        for a in Moments(src.mean, src.var).expand_rank(rank).values_along(1, c)))
+    return per_object(_SOURCE, src, (rank, c),
+                      lambda: pooled_source(Moments(src.mean, src.var, src), rank, c))
 
 
-__all__ = ["chain_at_energy_nodes", "chain_law", "chain_values", "channel_var", "gaussian_local", "positions",
-           "source_var"]
+__all__ = ["chain_at_energy_nodes", "chain_classes", "chain_law", "chain_values", "channel_var",
+           "gaussian_local", "positions", "source_var"]
