@@ -62,8 +62,12 @@ def mehler(s_x: np.ndarray, a: np.ndarray, nu: np.ndarray) -> np.ndarray:
     for ``a`` ``[orders, n]`` the Hermite amplitudes of f at each index (the higher orders
     left out: correlations between channels or features are small)."""
     sd = np.sqrt(np.maximum(np.diag(s_x), 0.0))
-    inv = np.where(sd > 0, 1.0 / np.where(sd > 0, sd, 1.0), 0.0)
-    first, second = a[1] * inv, a[2] * inv**2  # rho = S_x / (sd sd^T)
+    # rho = S_x / (sd sd^T); an index of no spread covaries with none: below 1e-150 (a
+    # variance of 1e-300, which no float32 signal holds) 1 / sd^2 would overflow
+    varying = sd > 1e-150
+    inv = np.where(varying, 1.0 / np.where(varying, sd, 1.0), 0.0)
+    first = np.where(varying, a[1] * inv, 0.0)
+    second = np.where(varying, a[2] * inv**2, 0.0)
     s_y = np.empty(np.broadcast_shapes(s_x.shape, first.shape))
     step = max(1, _ROWS_BLOCK // max(1, s_y.shape[1]))  # rows whose temporaries stay in cache
     for start in range(0, s_y.shape[0], step):

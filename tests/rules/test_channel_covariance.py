@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.moments import Moments
+from onnxinit.rules.covariance_maps import mehler
 from tests.models import make_model
 from tests.oracle import monte_carlo, predict
 
@@ -139,3 +140,27 @@ def test_running_variance_spread_follows_the_channels_covariance(seed):
         for _ in range(64)]).astype(np.float64)
     predicted = result.moments["running_var"].total()[1]
     assert predicted == pytest.approx(runs.var(), rel=0.10)
+
+
+def test_mehler_map_of_a_channel_with_no_spread_stays_finite():
+    """A channel whose variance is a float64 denormal (5e-158 standard deviation: a dead
+    channel after a ReLU and a squeeze-excite gate) made 1 / sd^2 overflow, and its inf times
+    a zero covariance put NaN into every pair with it: a Conv after it predicted NaN. Such a
+    channel covaries with none; the other pairs follow Mehler's formula on the correlations."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 5))
+    s_x = a @ a.T / 5 + np.eye(4)
+    s_x[3, :] = s_x[:, 3] = 0.0
+    s_x[3, 3] = (5e-158) ** 2
+    amplitudes = rng.uniform(0.1, 1.0, (3, 4))
+    amplitudes[:, 3] = 2e-158
+    nu = np.array([1.0, 2.0, 3.0, 1e-315])
+    out = mehler(s_x, amplitudes, nu)
+    assert np.all(np.isfinite(out))
+    sd = np.sqrt(np.diag(s_x)[:3])
+    rho = s_x[:3, :3] / np.outer(sd, sd)
+    expected = (np.outer(amplitudes[1, :3], amplitudes[1, :3]) * rho
+                + np.outer(amplitudes[2, :3], amplitudes[2, :3]) * rho**2)
+    np.fill_diagonal(expected, nu[:3])
+    np.testing.assert_allclose(out[:3, :3], expected, rtol=1e-12)
+    assert np.all(out[3, :3] == 0.0) and np.all(out[:3, 3] == 0.0)
