@@ -72,17 +72,16 @@ import numpy as np
 from ..strict import fall_back
 from . import covariance_maps as maps
 from .centred_rows import centred_input
-from .covariance_layout import Field, attr, conv_share, moved, variances, within
+from .covariance_layout import Field, conv_share, moved, variances, within
 from .context import RuleContext, RuleError
 from .elementwise import UNARY, elementwise
 from .fusion import common_ancestor, fused_function
 from .hermite import coefficients
 from .on_demand import OnDemandField
+from . import row_field_maps as row_maps
+from .row_field_maps import MAX_CHANNELS, MAX_WORK
 from .unit_rows import is_unit_rows
 
-MAX_CHANNELS = 1024  # a field is [C, C]: beyond, the cross terms are small (1/sqrt(C)) anyway
-MAX_ROW_FEATURES = 256  # features up to which a LayerNorm's row scale is expanded (n^3 work)
-MAX_WORK = 2e8  # multiply-adds above which an op drops the field instead of mapping it
 _FIELD = OnDemandField()
 _ROW_FIELD = OnDemandField()  # row_covariance's: dense layers start a field
 _LAYOUT = ("Pad", "Slice", "Reshape", "Transpose", "Dropout", "Identity")
@@ -196,7 +195,7 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
     x = signals[0]
     try:
         if fused is None and deps[0] not in signals:  # rows centred on their mean
-            return _centred_rows(ctx, deps[0], tensor, field_of, rows)
+            return row_maps.centred_rows(ctx, deps[0], tensor, field_of, rows)
         if fused is not None:  # h(T): T's field through the fused function
             f_t = field_of(fused[0])
             if f_t is None or f_t.head_axis is not None or f_t.cov.shape[0] > MAX_CHANNELS:
@@ -204,9 +203,9 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
             return _through(ctx, fused[1].fn, fused[0], tensor, f_t)
         if rows and node.op_type == "MatMul" and field_of(x) is None:
             shape_x = graph.shape(x)
-            if not _dense_fits(ctx, node):  # before its [D, D] diagonal: D = 3072 is 75 MB
+            if not row_maps.dense_fits(ctx, node):  # before its [D, D] diagonal: D = 3072 is 75 MB
                 return None
-            return _dense(ctx, node, x, tensor, Field(len(shape_x) - 1, np.diag(
+            return row_maps.dense(ctx, node, x, tensor, Field(len(shape_x) - 1, np.diag(
                 variances(known[x], shape_x, len(shape_x) - 1))))
         if node.op_type == "Conv":
             return _conv(ctx, node, x, tensor, field_of)
@@ -218,9 +217,9 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
         if f_x is None or f_x.cov.shape[0] > MAX_CHANNELS:
             return None
         if node.op_type == "Div" and is_unit_rows(ctx.for_node(node_id)):
-            return _unit_rows(ctx, tensor, f_x)
+            return row_maps.unit_rows(ctx, tensor, f_x)
         if rows and f_x.head_axis is not None and node.op_type in _AFFINE:
-            return _head_affine(ctx, node, x, tensor, f_x)
+            return row_maps.head_affine(ctx, node, x, tensor, f_x)
         if f_x.head_axis is not None and node.op_type not in _LAYOUT:
             return None  # per-head blocks: only moved, and read by the logits
         if node.op_type in ("BatchNormalization",) + _AFFINE:
@@ -228,9 +227,9 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
         if node.op_type in _LAYOUT:
             return moved(graph, known, node, x, tensor, f_x)
         if node.op_type == "LayerNormalization":
-            return _layer_norm(ctx, node, x, tensor, f_x)
+            return row_maps.layer_norm(ctx, node, x, tensor, f_x)
         if node.op_type == "MatMul":
-            return _dense(ctx, node, x, tensor, f_x)
+            return row_maps.dense(ctx, node, x, tensor, f_x)
         if _function(node.op_type):
             f = elementwise(node, ctx)
             if f is not None:
@@ -347,82 +346,6 @@ def _affine(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
             return None
         sign = np.sign(np.broadcast_to(const.reshape(-1), (shape[axis],)))
     return Field(axis, maps.rescaled(f_x.cov, variances(ctx.known[y], shape, axis), sign))
-
-
-def _head_affine(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
-    """Per-head blocks (row_covariance's) through a constant added or subtracted (kept) or a
-    scalar constant multiplied or divided by (``c^2 S``, ``S / c^2``): a query's scale and its
-    per-term biases (relative-position attention, :mod:`.fixed_forms`)."""
-    graph = ctx.graph
-    const = [graph.value(n) for n in node.input if n and graph.is_constant(n)]
-    if graph.shape(x) != graph.shape(y) or len(const) != 1:
-        return None
-    if node.op_type in ("Add", "Sub"):
-        return f_x
-    c = float(np.ravel(const[0])[0]) if np.size(const[0]) == 1 else 0.0
-    if c == 0.0 or (node.op_type == "Div" and node.input[0] != x):
-        return None
-    return Field(f_x.axis, f_x.cov * (c * c if node.op_type == "Mul" else 1.0 / (c * c)),
-                 f_x.head_axis)
-
-
-def _unit_rows(ctx: RuleContext, y: str, f_x: Field) -> Field | None:
-    """Rows scaled to unit length over the field's axis: the correlation kept, per head,
-    rescaled to y's variances (pooled over the other axes)."""
-    shape = ctx.graph.shape(y)
-    if f_x.axis != len(shape) - 1:
-        return None
-    if f_x.head_axis is None:
-        return Field(f_x.axis, maps.rescaled(f_x.cov, variances(ctx.known[y], shape, f_x.axis)))
-    full = np.broadcast_to(np.asarray(ctx.known[y].var, dtype=np.float64), shape)
-    other = tuple(i for i in range(len(shape)) if i not in (f_x.head_axis, f_x.axis))
-    nu = (full.mean(axis=other) if other else full).reshape(-1, shape[f_x.axis])
-    if nu.shape[0] != f_x.cov.shape[0]:
-        return None
-    return Field(f_x.axis, np.stack([maps.rescaled(c, v) for c, v in zip(f_x.cov, nu)]),
-                 f_x.head_axis)
-
-
-def _layer_norm(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
-    """Normalized over the last axis only, the field's: ``P S_x P`` (module docstring)."""
-    shape = ctx.graph.shape(y)
-    axis = attr(node, "axis")
-    last = len(shape) - 1
-    if (axis if axis is not None else -1) % len(shape) != last or f_x.axis != last:
-        return None
-    scale = ctx.graph.value(node.input[1]) if len(node.input) > 1 else None
-    sign = None if scale is None else np.sign(np.broadcast_to(
-        np.asarray(scale, np.float64).reshape(-1), (shape[last],)))
-    return Field(last, maps.centred(f_x.cov, variances(ctx.known[y], shape, last), sign))
-
-
-def _centred_rows(ctx: RuleContext, x: str, y: str, field_of, rows: bool) -> Field | None:
-    """Rows of x centred on their mean over the last axis: ``P S_x P`` (rows: x's variances)."""
-    shape_x, shape = ctx.graph.shape(x), ctx.graph.shape(y)
-    last = len(shape) - 1
-    f_x = field_of(x)
-    if rows and f_x is None and shape_x and shape_x[-1] <= MAX_ROW_FEATURES:
-        f_x = Field(len(shape_x) - 1, np.diag(variances(ctx.known[x], shape_x, len(shape_x) - 1)))
-    if f_x is None or f_x.head_axis is not None or f_x.axis != last or shape_x != shape:
-        return None
-    return Field(last, maps.centred(f_x.cov, variances(ctx.known[y], shape, last)))
-
-
-def _dense_fits(ctx: RuleContext, node) -> bool:
-    """A MatMul by a constant 2-D ``W [D, E]`` whose field ``W^T S W`` is within the limits."""
-    w = ctx.graph.value(node.input[1]) if len(node.input) > 1 else None
-    return (w is not None and np.ndim(w) == 2 and w.shape[1] <= MAX_CHANNELS
-            and w.shape[1] ** 2 * w.shape[0] <= MAX_WORK)
-
-
-def _dense(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
-    """``X[..., D] @ W[D, E]``: ``W^T S_x W``."""
-    graph = ctx.graph
-    shape_x = graph.shape(x)
-    if not _dense_fits(ctx, node) or f_x.axis != len(shape_x) - 1:
-        return None
-    w = np.asarray(graph.value(node.input[1]), dtype=np.float64)
-    return Field(len(graph.shape(y)) - 1, w.T @ f_x.cov @ w)
 
 
 def _through(ctx: RuleContext, fn, x: str, y: str, f_x: Field) -> Field | None:

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .. import correlation, mehler
+from .. import mehler
 from ..correlation import Correlation
 from ..moments import Elementwise, Moments
 from ..spatial import class_weights, within_variance

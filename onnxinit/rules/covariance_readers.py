@@ -8,7 +8,8 @@ import numpy as np
 
 from ..moments import Moments
 from . import covariance_maps as maps
-from .channel_covariance import MAX_ROW_FEATURES, covariance, pointwise, row_covariance
+from .channel_covariance import covariance, pointwise, row_covariance
+from .row_field_maps import MAX_ROW_FEATURES
 from .context import RuleContext
 from .mixed_values import output_covariance
 
