@@ -39,6 +39,7 @@ from .context import RuleContext, RuleError, signal
 from .elementwise import apply_elementwise, apply_fn, digest
 from .fusion import fused_elementwise
 from .gaussian import compose
+from .joint_samples import joint_moments
 from .grids import (
     GRID_CAP,
     KEEP_CAP,
@@ -107,6 +108,9 @@ def binary(inputs, ctx: RuleContext):
     offset = masks.logit_offset(inputs, ctx, rank)
     if offset is not None:
         return [offset]
+    joint = joint_moments(inputs, ctx)  # operands correlated through element-wise nodes
+    if joint is not None:
+        return [joint]
     normalised = row_normalised(inputs, ctx, rank)
     if normalised is None:
         normalised = response_normalised(inputs, ctx, rank)
@@ -157,6 +161,9 @@ def power(inputs, ctx: RuleContext):
     """y = x^c (c constant) or c^x, element-wise over x's source: E = int f N, Var = int f^2 N
     - E^2 (elementwise.apply_elementwise); two signals only when both are element-wise
     functions of a common ancestor (fusion.fused_elementwise)."""
+    joint = joint_moments(inputs, ctx)
+    if joint is not None:
+        return [joint]
     fused = _two_signals_fused(inputs, ctx)
     if fused is not None:
         return fused
@@ -263,6 +270,9 @@ def extreme(inputs, ctx: RuleContext):
     (theta = sqrt(nu1+nu2), alpha = (mu1-mu2)/theta, E = mu1 Phi(alpha) + mu2 Phi(-alpha) +
     theta phi(alpha), E[y^2] = (mu1^2+nu1) Phi(alpha) + (mu2^2+nu2) Phi(-alpha) +
     (mu1+mu2) theta phi(alpha)); otherwise Monte Carlo from the inputs' sources."""
+    joint = joint_moments(inputs, ctx)  # operands correlated through element-wise nodes
+    if joint is not None:
+        return [joint]
     minimum = ctx.node.op_type == "Min"
     rank = out_rank(ctx)
     pick = np.minimum if minimum else np.maximum
