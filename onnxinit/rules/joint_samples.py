@@ -37,10 +37,12 @@ from onnx import TensorProto
 from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
 from .context import RuleContext
+from .joint_linear import apply_linear, linear_node, selects_positions
 
 SAMPLES = 4096  # draws per cell
 CELLS = 4096  # cells of one tensor's statistics grid, at most
-CACHE_BYTES = 128 << 20  # cached samples per graph
+CACHE_BYTES = 256 << 20  # cached samples per graph
+WORK = 1 << 28  # elements computed for one node, at most
 WALK = 64  # region nodes visited per operand when looking for a shared ancestor
 EVALUATIONS = 2048  # region nodes (re)computed for one node, at most
 LOOK_THROUGH = 8  # unary region nodes walked back to find an operand computed here
@@ -131,13 +133,16 @@ def _region_node(graph, tensor: str):
 
 
 def _ancestry(graph, tensor: str, budget: int) -> set[str]:
-    """``tensor`` and the tensors it is computed from through region nodes (``budget`` nodes
-    visited at most)."""
+    """``tensor`` and the tensors it is computed from through region nodes and selections of
+    positions (:func:`.joint_linear.selects_positions`; ``budget`` nodes visited at most)."""
     seen, stack = {tensor}, [tensor]
     while stack and budget > 0:
-        node = _region_node(graph, stack.pop())
+        name = stack.pop()
+        node = _region_node(graph, name)
         if node is None:
-            continue
+            node = linear_node(graph, name)
+            if node is None or not selects_positions(graph, node):
+                continue
         budget -= 1
         for n in node.input:
             if n and graph.is_signal(n) and n not in seen:
@@ -209,6 +214,9 @@ def _draw(ctx: RuleContext, name: str, m: Moments) -> np.ndarray:
     var = np.asarray(var, np.float64)
     var = var.reshape((1,) * (rank - var.ndim) + var.shape) if var.ndim < rank else var
     grid = np.broadcast_shapes(np.shape(mean), np.shape(var))
+    shape = ctx.graph.shape(name)
+    if shape is not None and len(shape) == len(grid) and int(np.prod(shape[1:])) <= CELLS:
+        grid = (1, *shape[1:])  # every element of a sample drawn (a node may move them)
     if int(np.prod(grid)) > CELLS:
         raise _Refused
     rng = np.random.default_rng([ctx.settings.seed, *name.encode()])
@@ -267,22 +275,31 @@ def _samples(ctx: RuleContext, cache: _Cache, tensor: str, budget: list[int]) ->
         m = known.get(name)
         if m is None:
             raise _Refused
-        node = _region_node(graph, name) if name != tensor or name not in ctx.node.output else None
-        if node is None:
+        node = _region_node(graph, name)
+        linear = linear_node(graph, name) if node is None else None
+        if node is None and linear is None:
             cache.put(name, _Entry(m, _draw(ctx, name, m), False))
             stack.pop()
             continue
-        missing = [n for n in node.input if n and graph.is_signal(n)
-                   and cache.get(n, known) is None]
+        inputs = [n for n in (node or linear).input if n and graph.is_signal(n)]
+        missing = [n for n in inputs if cache.get(n, known) is None]
         if missing:
             stack.extend(missing)
             continue
         budget[0] -= 1
         if budget[0] < 0:
             raise _Refused
-        operands = [cache.get(n, known).samples if graph.is_signal(n) else _constant(ctx, n)
-                    for n in node.input if n]
-        cache.put(name, _Entry(m, _evaluate(ctx, node, operands), False))
+        if linear is not None:
+            out = apply_linear(ctx, linear, cache.get(inputs[0], known).samples)
+            out = _draw(ctx, name, m) if out is None else out
+        else:
+            operands = [cache.get(n, known).samples if graph.is_signal(n) else _constant(ctx, n)
+                        for n in node.input if n]
+            out = _evaluate(ctx, node, operands)
+        budget[1] -= out.size
+        if budget[1] < 0:
+            raise _Refused
+        cache.put(name, _Entry(m, out, False))
         stack.pop()
     return cache.get(tensor, known).samples
 
@@ -305,7 +322,7 @@ def joint_moments(inputs, ctx: RuleContext) -> Moments | None:
         return None
     try:
         operands = []
-        budget = [EVALUATIONS]
+        budget = [EVALUATIONS, WORK]
         for name in node.input:
             if not name:
                 continue
