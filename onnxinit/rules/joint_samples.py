@@ -18,9 +18,10 @@ x`` is ``-1e38``, as in onnxruntime). Leaves are independent, as every binary ru
 operands; only the correlation the region itself builds is added.
 
 A node is taken here when (a) two of its signal operands share a region ancestor within
-``WALK`` nodes and :mod:`.fusion` found no single common ancestor, or (b) one of its signal
-operands was itself computed here (so that the whole recurrence downstream of an entangled
-node shares one set of draws). Samples are cached per graph (least recently used first out,
+``WALK`` nodes (through selections of positions too: two tokens of one sequence) and
+:mod:`.fusion` found no single common ancestor, (b) one of its signal operands was itself
+computed here (so that the whole recurrence downstream of an entangled node shares one set of
+draws), or (c) it adds a float32 constant that absorbs its signal (:func:`_absorbed`). Samples are cached per graph (least recently used first out,
 ``CACHE_BYTES`` in all), each entry valid while the propagated Moments of its tensor is the
 object it was computed for (a node computed here: while its Moments hold the values computed);
 an evicted tensor is recomputed from its region inputs.
@@ -183,6 +184,24 @@ def _follows_joint(ctx: RuleContext, cache: _Cache) -> bool:
     return False
 
 
+def _absorbed(inputs, ctx: RuleContext) -> bool:
+    """An Add or Sub in float32 (or narrower) of one signal x and a constant c so large that
+    rounding drops x: ``|c| 2^-24 > |mu| + 8 sigma`` everywhere (``-1e38 - x`` is ``-1e38``
+    in onnxruntime; exact arithmetic gives x's variance)."""
+    node, graph = ctx.node, ctx.graph
+    if node.op_type not in ("Add", "Sub") or _dtype(graph, node.output[0]) is np.float64:
+        return False
+    signals = [m for m in inputs if m is not None]
+    if len(signals) != 1 or len(node.input) != 2:
+        return False
+    c = ctx.const(1 - inputs.index(signals[0]))
+    if c is None or np.size(c) == 0:
+        return False
+    x = signals[0]
+    scale = float(np.max(np.abs(x.mean)) + 8 * np.sqrt(np.max(x.var)))
+    return bool(np.min(np.abs(np.asarray(c, np.float64))) * 2.0**-24 > scale)
+
+
 def _rank(graph, tensor: str, moments: Moments | None) -> int:
     shape = graph.shape(tensor)
     if shape is not None:
@@ -318,7 +337,7 @@ def joint_moments(inputs, ctx: RuleContext) -> Moments | None:
     cache = _CACHES.get(graph)
     if cache is None:
         cache = _CACHES.setdefault(graph, _Cache())
-    if not (_follows_joint(ctx, cache) or _entangled(ctx)):
+    if not (_follows_joint(ctx, cache) or _entangled(ctx) or _absorbed(inputs, ctx)):
         return None
     try:
         operands = []

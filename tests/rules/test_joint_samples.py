@@ -3,7 +3,9 @@ share (rules/joint_samples.py), against onnxruntime: a difference from a running
 (``a - Max(a, b)``, a rectified difference, not one of independent operands) and RWKV's WKV
 recurrence written step by step (exp of differences from running maxima, numerator and
 denominator sums that share their weights, their ratio). Before, each binary node took its
-operands as independent: the recurrence's ratios read up to 1e4x onnxruntime's variance."""
+operands as independent: the recurrence's ratios read up to 1e4x onnxruntime's variance; with the token shift, the
+running maximum of neighbouring keys (correlated: drawn jointly through the Pad and the dense
+layer) read 0.90x when its operands' draws were independent."""
 
 from __future__ import annotations
 
@@ -25,13 +27,26 @@ def _const(name, array):
     return numpy_helper.from_array(np.asarray(array, np.float32), name)
 
 
-def _wkv_model():
+def _wkv_model(shift: bool):
     """HF RWKV's ``rwkv_linear_attention_cpu`` over T steps of keys and values ``[N, T, C]``
-    (dense projections of the inputs: a per-channel variance)."""
+    (dense projections of the inputs: a per-channel variance); ``shift``: RWKV's token shift
+    before the projections, ``mix x_t + (1 - mix) x_{t-1}`` (a Pad by one token), so that
+    neighbouring tokens' keys and values are correlated."""
     rng = np.random.default_rng(0)
-    nodes = [helper.make_node("MatMul", ["x", "wk"], ["key"]),
-             helper.make_node("MatMul", ["y", "wv"], ["value"])]
-    consts = [_const("wk", rng.standard_normal((C, C)) / np.sqrt(C) * 1.2),
+    nodes, consts = [], []
+    for x, y in (("x", "key"), ("y", "value")):
+        if shift:
+            nodes += [helper.make_node("Pad", [x, "pads"], [x + "_shift"]),
+                      helper.make_node("Mul", [x, "mix"], [x + "_now"]),
+                      helper.make_node("Mul", [x + "_shift", "rest"], [x + "_before"]),
+                      helper.make_node("Add", [x + "_now", x + "_before"], [x + "_mixed"])]
+            x = x + "_mixed"
+        nodes.append(helper.make_node("MatMul", [x, "w" + y[0]], [y]))
+    if shift:
+        mix = rng.uniform(0.1, 0.9, C)
+        consts += [numpy_helper.from_array(np.array([0, 1, 0, 0, -1, 0], np.int64), "pads"),
+                   _const("mix", mix), _const("rest", 1 - mix)]
+    consts += [_const("wk", rng.standard_normal((C, C)) / np.sqrt(C) * 1.2),
               _const("wv", rng.standard_normal((C, C)) / np.sqrt(C)),
               _const("u", rng.uniform(-1, 1, C)), _const("w", -np.exp(rng.uniform(-2, 1, C))),
               _const("zero", np.zeros((1, C))), _const("low", np.full((1, C), -1e38))]
@@ -73,8 +88,9 @@ def _wkv_model():
                       consts, opset=17)
 
 
-def test_wkv_recurrence_against_onnxruntime():
-    tensors = {t.name: t for t in analyze(_wkv_model(), measure=True).tensors}
+@pytest.mark.parametrize("shift", [False, True])
+def test_wkv_recurrence_against_onnxruntime(shift):
+    tensors = {t.name: t for t in analyze(_wkv_model(shift), measure=True).tensors}
     checked = [t for name, t in tensors.items()
                if name.split("_")[0] in ("p", "d2", "e2", "a", "b", "out", "q", "f1", "f2",
                                          "g1", "g2", "num", "den") and t.measured_var > 0]
@@ -103,3 +119,19 @@ def test_difference_from_a_maximum_of_two_signals():
     for name in ("d", "e", "r"):
         assert tensors[name].var == pytest.approx(tensors[name].measured_var, rel=0.05), name
         assert tensors[name].mean == pytest.approx(tensors[name].measured_mean, rel=0.05), name
+
+
+def test_a_constant_that_absorbs_the_signal_in_float32():
+    """``-1e38 - Max(-1e38, a)``: in float32 ``a`` is rounded away (onnxruntime measures 0);
+    exact arithmetic gave Var a."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]),
+             helper.make_node("Max", ["low", "a"], ["m"]),
+             helper.make_node("Sub", ["low", "m"], ["d"]),
+             helper.make_node("Exp", ["d"], ["e"])]
+    model = make_model(nodes, [_value("x", (256, 16))], [_value("e", (256, 16))],
+                       [_const("w", rng.standard_normal((16, 16)) / 4),
+                        _const("low", np.full((256, 16), -1e38))], opset=17)
+    tensors = {t.name: t for t in analyze(model, measure=True).tensors}
+    assert tensors["d"].measured_var == 0 and tensors["d"].var == 0
+    assert tensors["e"].var == 0 and tensors["e"].mean == 0
