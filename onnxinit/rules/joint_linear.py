@@ -149,3 +149,29 @@ def selects_positions(graph, node) -> bool:
         axes = (list(range(np.size(starts))) if found is None
                 else [int(a) % rank for a in np.ravel(found)])
     return all(0 < a < rank - 1 for a in axes)
+
+
+def shifts_positions(graph, node) -> bool:
+    """A Pad with a nonzero leading pad, or a Slice with a nonzero start, along a position axis
+    (not the batch axis, not the last): its output's position t holds another position of its
+    input (RWKV's token shift, ``x_{t-1}`` at t)."""
+    shape = graph.shape(node.input[0]) if node.input else None
+    if shape is None or node.op_type not in ("Pad", "Slice"):
+        return False
+    rank = len(shape)
+    if node.op_type == "Pad":
+        pads = graph.value(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        if pads is None:
+            return False
+        pads = np.ravel(pads)
+        found = graph.value(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        axes = (list(range(rank)) if found is None else [int(a) % rank for a in np.ravel(found)])
+        begins = pads[:len(pads) // 2]
+        return any(b != 0 and 0 < a < rank - 1 for a, b in zip(axes, begins))
+    starts = graph.value(node.input[1]) if len(node.input) > 1 else None
+    if starts is None:
+        return False
+    found = graph.value(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    axes = (list(range(np.size(starts))) if found is None
+            else [int(a) % rank for a in np.ravel(found)])
+    return any(s != 0 and 0 < a < rank - 1 for a, s in zip(axes, np.ravel(starts)))

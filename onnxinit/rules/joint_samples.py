@@ -38,12 +38,13 @@ from onnx import TensorProto
 from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
 from .context import RuleContext
-from .joint_linear import apply_linear, linear_node, selects_positions
+from .joint_linear import apply_linear, linear_node, selects_positions, shifts_positions
 
 SAMPLES = 4096  # draws per cell
-CELLS = 4096  # cells of one tensor's statistics grid, at most
+CELLS = 4096  # cells of one draw of a tensor the linear nodes move, at most
+REGION_CELLS = 512  # elements of one sample of a node computed here, at most
 CACHE_BYTES = 256 << 20  # cached samples per graph
-WORK = 1 << 28  # elements computed for one node, at most
+WORK = 1 << 27  # elements computed for one node, at most
 WALK = 64  # region nodes visited per operand when looking for a shared ancestor
 EVALUATIONS = 2048  # region nodes (re)computed for one node, at most
 LOOK_THROUGH = 8  # unary region nodes walked back to find an operand computed here
@@ -142,7 +143,8 @@ def _ancestry(graph, tensor: str, budget: int) -> set[str]:
         node = _region_node(graph, name)
         if node is None:
             node = linear_node(graph, name)
-            if node is None or not selects_positions(graph, node):
+            if node is None or not selects_positions(graph, node) or not _shifted(
+                    graph, node.input[0]):
                 continue
         budget -= 1
         for n in node.input:
@@ -150,6 +152,27 @@ def _ancestry(graph, tensor: str, budget: int) -> set[str]:
                 seen.add(n)
                 stack.append(n)
     return seen
+
+
+def _shifted(graph, tensor: str, budget: int = 2 * WALK) -> bool:
+    """``tensor`` is computed, through region and linear nodes the draws follow, from a shifted
+    copy of a sequence (:func:`.joint_linear.shifts_positions`): its positions are correlated in
+    a way the draws reproduce. Without one, the draws of two selected positions would be
+    independent, as the other rules take them."""
+    seen, stack = {tensor}, [tensor]
+    while stack and budget > 0:
+        name = stack.pop()
+        node = _region_node(graph, name) or linear_node(graph, name)
+        if node is None:
+            continue
+        budget -= 1
+        if shifts_positions(graph, node):
+            return True
+        for n in node.input:
+            if n and graph.is_signal(n) and n not in seen:
+                seen.add(n)
+                stack.append(n)
+    return False
 
 
 def _entangled(ctx: RuleContext) -> bool:
@@ -281,14 +304,25 @@ def _constant(ctx: RuleContext, name: str) -> np.ndarray:
     return value.reshape((1, *value.shape))
 
 
-def _samples(ctx: RuleContext, cache: _Cache, tensor: str, budget: list[int]) -> np.ndarray:
-    """Draws of ``tensor``: cached, else computed from its region inputs (iteratively), else
-    drawn from its own law (a leaf)."""
+def _samples(ctx: RuleContext, cache: _Cache, tensor: str, budget: list[int],
+             local: dict) -> np.ndarray:
+    """Draws of ``tensor``: computed for this node already (``local``, which holds them while
+    the node is computed, whatever the cache evicts), cached, else computed from its region
+    inputs (iteratively), else drawn from its own law (a leaf)."""
     known, graph = ctx.known, ctx.graph
+
+    def found(name):
+        if name not in local:
+            entry = cache.get(name, known)
+            if entry is None:
+                return None
+            local[name] = entry.samples
+        return local[name]
+
     stack = [tensor]
     while stack:
         name = stack[-1]
-        if cache.get(name, known) is not None:
+        if found(name) is not None:
             stack.pop()
             continue
         m = known.get(name)
@@ -297,30 +331,30 @@ def _samples(ctx: RuleContext, cache: _Cache, tensor: str, budget: list[int]) ->
         node = _region_node(graph, name)
         linear = linear_node(graph, name) if node is None else None
         if node is None and linear is None:
-            cache.put(name, _Entry(m, _draw(ctx, name, m), False))
-            stack.pop()
-            continue
-        inputs = [n for n in (node or linear).input if n and graph.is_signal(n)]
-        missing = [n for n in inputs if cache.get(n, known) is None]
-        if missing:
-            stack.extend(missing)
-            continue
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise _Refused
-        if linear is not None:
-            out = apply_linear(ctx, linear, cache.get(inputs[0], known).samples)
-            out = _draw(ctx, name, m) if out is None else out
+            out = _draw(ctx, name, m)
         else:
-            operands = [cache.get(n, known).samples if graph.is_signal(n) else _constant(ctx, n)
-                        for n in node.input if n]
-            out = _evaluate(ctx, node, operands)
+            inputs = [n for n in (node or linear).input if n and graph.is_signal(n)]
+            missing = [n for n in inputs if found(n) is None]
+            if missing:
+                stack.extend(missing)
+                continue
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise _Refused
+            if linear is not None:
+                out = apply_linear(ctx, linear, local[inputs[0]])
+                out = _draw(ctx, name, m) if out is None else out
+            else:
+                operands = [local[n] if graph.is_signal(n) else _constant(ctx, n)
+                            for n in node.input if n]
+                out = _evaluate(ctx, node, operands)
         budget[1] -= out.size
         if budget[1] < 0:
             raise _Refused
+        local[name] = out
         cache.put(name, _Entry(m, out, False))
         stack.pop()
-    return cache.get(tensor, known).samples
+    return local[tensor]
 
 
 def joint_moments(inputs, ctx: RuleContext) -> Moments | None:
@@ -334,6 +368,9 @@ def joint_moments(inputs, ctx: RuleContext) -> Moments | None:
         return None
     if _region_node(graph, node.output[0]) is None:
         return None
+    shape = graph.shape(node.output[0])
+    if shape is None or int(np.prod(shape[1:])) > REGION_CELLS:
+        return None
     cache = _CACHES.get(graph)
     if cache is None:
         cache = _CACHES.setdefault(graph, _Cache())
@@ -341,12 +378,12 @@ def joint_moments(inputs, ctx: RuleContext) -> Moments | None:
         return None
     try:
         operands = []
-        budget = [EVALUATIONS, WORK]
+        budget, local = [EVALUATIONS, WORK], {}
         for name in node.input:
             if not name:
                 continue
             if graph.is_signal(name):
-                operands.append(_samples(ctx, cache, name, budget))
+                operands.append(_samples(ctx, cache, name, budget, local))
             else:
                 operands.append(_constant(ctx, name))
         out = _evaluate(ctx, node, operands)
