@@ -331,8 +331,7 @@ def apply_elementwise(inputs: list, ctx: RuleContext) -> list:
     """The rule of any node for which :func:`elementwise` holds (unary activations, and
     Mul/Add/Sub/Div/Pow with one constant operand: arithmetic.py may delegate to it). An
     operand computed from joint draws (joint_samples) is followed on the same draws."""
-    joint = joint_moments(inputs, ctx)
-    if joint is not None:
+    if (joint := joint_moments(inputs, ctx)) is not None:
         return [joint] + [None] * (len(ctx.node.output) - 1)
     found = node_function(ctx)
     if found is None or found[0] is None:

@@ -21,10 +21,12 @@ A node is taken here when (a) two of its signal operands share a region ancestor
 ``WALK`` nodes (through selections of positions too: two tokens of one sequence) and
 :mod:`.fusion` found no single common ancestor, (b) one of its signal operands was itself
 computed here (so that the whole recurrence downstream of an entangled node shares one set of
-draws), or (c) it adds a float32 constant that absorbs its signal (:func:`_absorbed`). Samples are cached per graph (least recently used first out,
-``CACHE_BYTES`` in all), each entry valid while the propagated Moments of its tensor is the
-object it was computed for (a node computed here: while its Moments hold the values computed);
-an evicted tensor is recomputed from its region inputs.
+draws), or (c) it adds a float32 constant that absorbs its signal (:func:`_absorbed`).
+Samples are cached per graph (least recently used first out, ``CACHE_BYTES`` in all), each
+entry valid while the propagated Moments of its tensor is the object it was computed for (a
+node computed here: while its Moments hold the values computed); an evicted tensor is
+recomputed from its region inputs, and a node's inputs are held while it is computed. Nodes
+of more than ``REGION_CELLS`` elements per sample are left to the other rules.
 """
 
 from __future__ import annotations

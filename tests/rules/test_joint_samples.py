@@ -3,9 +3,9 @@ share (rules/joint_samples.py), against onnxruntime: a difference from a running
 (``a - Max(a, b)``, a rectified difference, not one of independent operands) and RWKV's WKV
 recurrence written step by step (exp of differences from running maxima, numerator and
 denominator sums that share their weights, their ratio). Before, each binary node took its
-operands as independent: the recurrence's ratios read up to 1e4x onnxruntime's variance; with the token shift, the
-running maximum of neighbouring keys (correlated: drawn jointly through the Pad and the dense
-layer) read 0.90x when its operands' draws were independent."""
+operands as independent: the recurrence's ratios read up to 1e4x onnxruntime's variance;
+with the token shift, the running maximum of neighbouring keys (correlated: drawn jointly
+through the Pad and the dense layer) read 0.90x when its operands' draws were independent."""
 
 from __future__ import annotations
 
