@@ -26,7 +26,8 @@ Samples are cached per graph (least recently used first out, ``CACHE_BYTES`` in 
 entry valid while the propagated Moments of its tensor is the object it was computed for (a
 node computed here: while its Moments hold the values computed); an evicted tensor is
 recomputed from its region inputs, and a node's inputs are held while it is computed. Nodes
-of more than ``REGION_CELLS`` elements per sample are left to the other rules.
+of more than ``REGION_CELLS`` elements per sample are left to the other rules, and so is every
+node once ``TOTAL_WORK`` elements have been computed for the graph (a bound on the time).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ CELLS = 4096  # cells of one draw of a tensor the linear nodes move, at most
 REGION_CELLS = 512  # elements of one sample of a node computed here, at most
 CACHE_BYTES = 256 << 20  # cached samples per graph
 WORK = 1 << 27  # elements computed for one node, at most
+TOTAL_WORK = 1 << 32  # elements computed for one graph (RWKV's 2 layers: 6e8), at most
 WALK = 64  # region nodes visited per operand when looking for a shared ancestor
 EVALUATIONS = 2048  # region nodes (re)computed for one node, at most
 LOOK_THROUGH = 8  # unary region nodes walked back to find an operand computed here
@@ -83,6 +85,7 @@ class _Cache:
     def __init__(self):
         self.entries: OrderedDict[str, _Entry] = OrderedDict()
         self.bytes = 0
+        self.spent = 0  # elements computed: past TOTAL_WORK the other rules take every node
 
     def get(self, name: str, known) -> _Entry | None:
         entry = self.entries.get(name)
@@ -376,11 +379,12 @@ def joint_moments(inputs, ctx: RuleContext) -> Moments | None:
     cache = _CACHES.get(graph)
     if cache is None:
         cache = _CACHES.setdefault(graph, _Cache())
-    if not (_follows_joint(ctx, cache) or _entangled(ctx) or _absorbed(inputs, ctx)):
+    if cache.spent > TOTAL_WORK or not (
+            _follows_joint(ctx, cache) or _entangled(ctx) or _absorbed(inputs, ctx)):
         return None
+    budget, local = [EVALUATIONS, WORK], {}
     try:
         operands = []
-        budget, local = [EVALUATIONS, WORK], {}
         for name in node.input:
             if not name:
                 continue
@@ -391,6 +395,8 @@ def joint_moments(inputs, ctx: RuleContext) -> Moments | None:
         out = _evaluate(ctx, node, operands)
     except _Refused:
         return None
+    finally:
+        cache.spent += WORK - budget[1]
     if not np.all(np.isfinite(out)):
         return None
     wide = out.astype(np.float64)
