@@ -50,6 +50,7 @@ from .grids import (
     varies,
     varying_axes,
 )
+from .joint_samples import joint_moments
 from .mixture import binary_independent, lift, sum_mixture
 from .positional import concat_channels, positions_binary
 from .registry import rule
@@ -108,6 +109,8 @@ def binary(inputs, ctx: RuleContext):
     offset = masks.logit_offset(inputs, ctx, rank)
     if offset is not None:
         return [offset]
+    if (joint := joint_moments(inputs, ctx)) is not None:  # correlated through element-wise nodes
+        return [joint]
     normalised = row_normalised(inputs, ctx, rank)
     if normalised is None:
         normalised = response_normalised(inputs, ctx, rank)
@@ -158,6 +161,8 @@ def power(inputs, ctx: RuleContext):
     """y = x^c (c constant) or c^x, element-wise over x's source: E = int f N, Var = int f^2 N
     - E^2 (elementwise.apply_elementwise); two signals only when both are element-wise
     functions of a common ancestor (fusion.fused_elementwise)."""
+    if (joint := joint_moments(inputs, ctx)) is not None:
+        return [joint]
     fused = _two_signals_fused(inputs, ctx)
     if fused is not None:
         return fused
@@ -264,6 +269,8 @@ def extreme(inputs, ctx: RuleContext):
     (theta = sqrt(nu1+nu2), alpha = (mu1-mu2)/theta, E = mu1 Phi(alpha) + mu2 Phi(-alpha) +
     theta phi(alpha), E[y^2] = (mu1^2+nu1) Phi(alpha) + (mu2^2+nu2) Phi(-alpha) +
     (mu1+mu2) theta phi(alpha)); otherwise Monte Carlo from the inputs' sources."""
+    if (joint := joint_moments(inputs, ctx)) is not None:  # correlated through element-wise nodes
+        return [joint]
     minimum = ctx.node.op_type == "Min"
     rank = out_rank(ctx)
     pick = np.minimum if minimum else np.maximum

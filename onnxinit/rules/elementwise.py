@@ -32,6 +32,7 @@ from ..spatial import attach, with_corr
 from .context import RuleContext, RuleError, signal
 from . import cross_fields
 from .correlations import elementwise_correlation
+from .joint_samples import joint_moments
 from .gaussian import compose, expand, gaussian_moments, probability
 from .mixture import through
 from .powers import gaussian_power, integer_power
@@ -328,7 +329,10 @@ def refined(y: Moments, ctx: RuleContext) -> Moments:
 
 def apply_elementwise(inputs: list, ctx: RuleContext) -> list:
     """The rule of any node for which :func:`elementwise` holds (unary activations, and
-    Mul/Add/Sub/Div/Pow with one constant operand: arithmetic.py may delegate to it)."""
+    Mul/Add/Sub/Div/Pow with one constant operand: arithmetic.py may delegate to it). An
+    operand computed from joint draws (joint_samples) is followed on the same draws."""
+    if (joint := joint_moments(inputs, ctx)) is not None:
+        return [joint] + [None] * (len(ctx.node.output) - 1)
     found = node_function(ctx)
     if found is None or found[0] is None:
         raise RuleError("not an element-wise function of one signal")
