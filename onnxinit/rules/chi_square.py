@@ -82,19 +82,17 @@ def chi_square(m: Moments, rank: int) -> Moments:
     return Moments(m.mean, m.var, source, None, m.tokens, m.rows, m.spatial)
 
 
-def mean_square_chain(ctx: RuleContext, name: str) -> tuple[str, tuple] | None:
-    """(the mean or sum of squares, the element-wise chain from it to ``name``) when ``name``
-    is an element-wise function of a ReduceMean/ReduceSum of ``x^2`` (``+ eps``, Sqrt, the
-    reciprocal), else None."""
+def chain_from(ctx: RuleContext, name: str, is_start) -> tuple[str, tuple] | None:
+    """(the tensor ``t``, the element-wise chain from it to ``name``) for the first ``t`` back
+    from ``name`` whose producer ``is_start(node)`` holds, through element-wise nodes only
+    (at most ``MAX_CHAIN``), else None."""
     graph, chain = ctx.graph, []
     for _ in range(MAX_CHAIN):
         node_id = graph.producer.get(name)
         if not node_id:
             return None
         node = graph.node(node_id)
-        if node.op_type in ("ReduceMean", "ReduceSum"):
-            if squared_input(graph, node.input[0]) is None:
-                return None
+        if is_start(node):
             return name, tuple(reversed(chain))
         found = node_function(ctx.for_node(node_id))
         if found is None or found[0] is None:
@@ -102,6 +100,17 @@ def mean_square_chain(ctx: RuleContext, name: str) -> tuple[str, tuple] | None:
         chain.append(found[0].elementwise)
         name = node.input[found[1]]
     return None
+
+
+def mean_square_chain(ctx: RuleContext, name: str) -> tuple[str, tuple] | None:
+    """(the mean or sum of squares, the element-wise chain from it to ``name``) when ``name``
+    is an element-wise function of a ReduceMean/ReduceSum of ``x^2`` (``+ eps``, Sqrt, the
+    reciprocal), else None."""
+    found = chain_from(ctx, name, lambda node: node.op_type in ("ReduceMean", "ReduceSum"))
+    if found is None:
+        return None
+    node = ctx.graph.node(ctx.graph.producer[found[0]])
+    return found if squared_input(ctx.graph, node.input[0]) is not None else None
 
 
 @input_law
@@ -127,5 +136,5 @@ def mean_square_law(x: Moments, ctx: RuleContext, name: str) -> Moments:
                    x.rows)
 
 
-__all__ = ["MAX_CHAIN", "WILSON_HILFERTY", "chi_square", "gamma_of_normal", "mean_square_chain",
-           "mean_square_law"]
+__all__ = ["MAX_CHAIN", "WILSON_HILFERTY", "chain_from", "chi_square", "gamma_of_normal",
+           "mean_square_chain", "mean_square_law"]

@@ -19,31 +19,17 @@ from dataclasses import replace
 import numpy as np
 
 from ..moments import Moments
+from .chi_square import chain_from
 from .context import RuleContext
-from .elementwise import node_function
 from .gaussian import compose
 
-_MAX_CHAIN = 8
 _MEANS = ("GlobalAveragePool", "ReduceMean")
 
 
 def _statistic_chain(ctx: RuleContext, name: str) -> tuple[str, tuple] | None:
     """(the row statistic ``v``, the element-wise chain from it to ``name``) when ``name`` is
     an element-wise function of a mean over the row, else None."""
-    graph, chain = ctx.graph, []
-    for _ in range(_MAX_CHAIN):
-        node_id = graph.producer.get(name)
-        if not node_id:
-            return None
-        node = graph.node(node_id)
-        if node.op_type in _MEANS:
-            return name, tuple(reversed(chain))
-        found = node_function(ctx.for_node(node_id))
-        if found is None or found[0] is None:
-            return None
-        chain.append(found[0].elementwise)
-        name = node.input[found[1]]
-    return None
+    return chain_from(ctx, name, lambda node: node.op_type in _MEANS)
 
 
 def _shift_constant(ctx: RuleContext, name: str) -> np.ndarray | float | None:
