@@ -15,8 +15,8 @@ cov[k, l]``, from Q K^T, ``attention._logit_field``), each row is sampled jointl
     a_k = m_rk + s_rk (F e)_k,   e ~ N(0, I),   F F^T = R,   R_kl = cov_kl / sqrt(cov_kk cov_ll)
 
 (``s_rk^2`` the row's variance of key k; keys of zero variance, the padding, are constants),
-and ``E[p]``, ``Var[p]`` are averaged over the draws (``softmax._MC_DRAWS`` logits per node, at
-least ``softmax._MC_MIN`` draws per row, as the independent path; ``F e`` drawn once per group
+and ``E[p]``, ``Var[p]`` are averaged over the draws (``softmax_rows.MC_DRAWS`` logits per node, at
+least ``softmax_rows.MC_MIN`` draws per row, as the independent path; ``F e`` drawn once per group
 of consecutive rows, each row scaling it by its own deviations). Used when the correlation is
 uneven: some keys are constants while the others share a mean correlation above
 ``SHARED_MIN``, or the off-diagonal correlations spread by more than ``SPREAD_MIN`` (std).

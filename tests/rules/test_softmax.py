@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.moments import Moments
+from onnxinit.rules import softmax_rows
 from tests.models import make_model
 from tests.oracle import assert_moments_close, monte_carlo, node_model, predict
 from tests.rules.test_attention import run
@@ -184,19 +185,17 @@ def test_monte_carlo_chunking_keeps_the_draws(monkeypatch):
     the sums are grouped, never which draws are made (one generator stream): the result of
     every chunk size agrees with one chunk holding all the draws to rounding, while a
     different seed moves it by the Monte Carlo error."""
-    from onnxinit.rules import softmax
-
     mean = np.array([[0.3, -0.5, 1.2, 0.0, -2.0, 0.7], [1.0, 1.0, -1.0, 0.2, 0.0, -0.3]])
     var = np.full(mean.shape, 2.5)  # above CLOSED_FORM_MAX_VAR: sampled
     results = {}
     for chunk in (1 << 22, 1 << 12, 97):
-        monkeypatch.setattr(softmax, "_CHUNK", chunk)
-        results[chunk] = softmax.softmax_rows(mean, var, rng=np.random.default_rng(0))
+        monkeypatch.setattr(softmax_rows, "_CHUNK", chunk)
+        results[chunk] = softmax_rows.softmax_rows(mean, var, rng=np.random.default_rng(0))
     whole = results[1 << 22]
     for chunk in (1 << 12, 97):
         for got, want in zip(results[chunk], whole):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
-    other_seed = softmax.softmax_rows(mean, var, rng=np.random.default_rng(1))
+    other_seed = softmax_rows.softmax_rows(mean, var, rng=np.random.default_rng(1))
     assert np.max(np.abs(other_seed[0] - whole[0])) > 1e-6
 
 
@@ -207,18 +206,16 @@ def test_closed_form_rows_in_blocks_equal_each_row_alone(log):
     quadrature's sums, whose grouping follows the number of values evaluated at once: a few
     ulps of E[y^2], which Var = E[y^2] - E[y]^2 keeps in absolute terms): causal masks (finfo.min), a row masked entirely, rows of identical logits and
     rows that differ."""
-    from onnxinit.rules import softmax
-
     rng = np.random.default_rng(3)
-    rows, n = 3 * softmax._ROW_BLOCK + 17, 24
+    rows, n = 3 * softmax_rows._ROW_BLOCK + 17, 24
     mean = rng.normal(size=(rows, n))
     var = rng.uniform(0.0, 0.9, size=(rows, n))
     causal = np.arange(n)[None, :] > (np.arange(rows) % n)[:, None]
     mean[causal] = np.finfo(np.float32).min
     mean[5] = np.finfo(np.float32).min  # every element masked
     mean[7], var[7] = 0.4, 0.3  # identically distributed
-    ex, vx = softmax.softmax_rows(mean, var, log=log)
+    ex, vx = softmax_rows.softmax_rows(mean, var, log=log)
     for r in range(rows):
-        alone = softmax.softmax_rows(mean[r:r + 1], var[r:r + 1], log=log)
+        alone = softmax_rows.softmax_rows(mean[r:r + 1], var[r:r + 1], log=log)
         np.testing.assert_allclose(ex[r], alone[0][0], rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(vx[r], alone[1][0], rtol=1e-12, atol=1e-13)
