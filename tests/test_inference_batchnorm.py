@@ -194,6 +194,7 @@ def _conv_model(conv_output: str) -> onnx.ModelProto:
     "net/block_1/bn/FusedBatchNormV3:0",  # Keras 2: the fused batch norm
     "functional_1/bn/batchnorm/mul_1:0",  # Keras 3, zero shift: the Add was dropped
     "functional_1/bn/batchnorm/add_1:0",  # Keras 3: the Add folded into the bias
+    "inception_v3_1/bn/batchnorm/mul:0",  # Keras 3, scale=False: x * rsqrt(var + eps)
 ])
 def test_conv_that_tf2onnx_folded_is_analysed_with_batch_statistics(conv_output):
     """tf2onnx folds a Keras BatchNormalization into the Conv before it and names the Conv's

@@ -66,8 +66,11 @@ _TF_ADD = re.compile(r"(?:^|/)batchnorm/add_1$")
 # the output of a Conv into which tf2onnx folded a Keras BatchNormalization keeps the name of
 # TensorFlow's op: the fused batch norm (Keras 2), or the last of tf.nn.batch_normalization's
 # Mul and Add (Keras 3, whose Add is dropped when the shift is zero)
+# (``batchnorm/mul``, not ``mul_1``, for a BatchNormalization without scale, Keras'
+# ``scale=False`` of InceptionV3: TensorFlow's first Mul is then ``x * rsqrt(var + eps)``; with a
+# scale it is ``gamma * rsqrt(...)``, two constants, never a Conv's output)
 _TF_FOLDED = re.compile(
-    r"(?:^|/)(?:FusedBatchNorm(?:V[23])?|batchnorm/mul_1|batchnorm/add_1)(?::\d+)?$")
+    r"(?:^|/)(?:FusedBatchNorm(?:V[23])?|batchnorm/mul(?:_1)?|batchnorm/add_1)(?::\d+)?$")
 _DEFAULT_EPS = 1e-5  # ONNX's; only the TensorFlow form hides eps
 
 
