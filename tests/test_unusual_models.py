@@ -446,6 +446,26 @@ def test_measured_overflow_is_left_out_not_reported_as_nan():
     assert any("overflowed" in w and "'y'" in w for w in result.warnings)
 
 
+def test_pointwise_convs_of_huge_weights_predict_finite_variances():
+    """The same for 1x1 Convs of weights 1e12 after a 3x3 Conv: the channels' cross-term
+    factor overflowed its float32 product, and the Conv predicted NaN (an error naming a bug);
+    it is computed in float64 there (every output channel the same sum: the cross terms are
+    most of the variance)."""
+    rng = np.random.default_rng(0)
+    first = numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32), "w0")
+    huge = numpy_helper.from_array(np.full((16, 16, 1, 1), 1e12, np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["h0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["h0", "w"], ["h1"]),
+             helper.make_node("Conv", ["h1", "w"], ["y"])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                             [8, 16, 8, 8])],
+                       [_value("y", shape=(8, 16, 8, 8))], [first, huge])
+    result = analyze(model, measure=True)
+    assert all(math.isfinite(t.var) for t in result.tensors)
+    errors = [t.relative_error for t in result.tensors if t.relative_error is not None]
+    assert errors and all(abs(e) < 0.05 for e in errors)
+
+
 def test_newer_opset_warning_names_the_file_once(tmp_path, capsys):
     path = _write(lambda: _matmul_relu(opset=onnx.defs.onnx_opset_version() + 5))(tmp_path)
     code, _, err = run(["analyze", path], capsys)

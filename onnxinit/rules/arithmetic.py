@@ -118,9 +118,11 @@ def binary(inputs, ctx: RuleContext):
         normalised = unit_rows(inputs, ctx, rank)
     if normalised is not None:
         return [finish(*normalised, signal_axes(inputs, rank))]
-    fused = _two_signals_fused(inputs, ctx) or centred(inputs, ctx, rank)
+    fused = _two_signals_fused(inputs, ctx)
     if fused is not None:
-        return fused if isinstance(fused, list) else [fused]
+        return fused
+    if (shifted := centred(inputs, ctx, rank)) is not None:  # x - mean(x): x's law, shifted
+        return [shifted]
     if _same_layout(inputs, ctx, rank):
         try:
             return apply_elementwise(inputs, ctx)

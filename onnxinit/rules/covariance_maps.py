@@ -127,7 +127,10 @@ def cross_term_factor(s: np.ndarray, w_out_in: np.ndarray) -> np.ndarray:
     S_mm``, the variance with x's covariance over the one with independent inputs."""
     diag = (w_out_in * w_out_in) @ np.diag(s)
     w32 = w_out_in.astype(np.float32)  # float32 products: C^3 work
-    full = ((w32 @ s.astype(np.float32)) * w32).sum(axis=1, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        full = ((w32 @ s.astype(np.float32)) * w32).sum(axis=1, dtype=np.float64)
+    if not np.all(np.isfinite(full)):  # past float32's range (weights of 1e12): in float64
+        full = ((w_out_in @ s) * w_out_in).sum(axis=1)
     return np.where(diag > 0, np.maximum(full, 0.0) / np.maximum(diag, 1e-300), 1.0)
 
 

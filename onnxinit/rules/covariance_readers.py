@@ -170,7 +170,7 @@ def cross_term_factor(ctx: RuleContext, w: np.ndarray) -> np.ndarray | None:
     w = np.asarray(w, dtype=np.float64).reshape(w.shape[0], -1)
     if f is None or f.axis != 1 or f.head_axis is not None or f.cov.shape[0] != w.shape[1]:
         return None
-    return maps.cross_term_factor(f.cov, w)
+    return _finite(maps.cross_term_factor(f.cov, w))
 
 
 _LINEAR = ("Transpose", "Reshape", "Identity", "Dropout", "Add", "Sub", "Mul", "Div")

@@ -281,10 +281,7 @@ def product_deltas(inputs, ctx: RuleContext):
     same = ra == rb
     if not np.any(same):
         return None
-    cov = _covariances(ctx, row, nu, weights, (ra, ca), (rb, cb))
-    if cov is None:
-        return None
-    cov = np.where(same, cov, 0.0)
+    cov = np.where(same, _covariances(ctx, row, nu, weights, (ra, ca), (rb, cb)), 0.0)
     means = []
     for (steps, start, index, w, ref), (rows_i, cols_i) in zip(pair, ((ra, ca), (rb, cb))):
         m, ref_shape = known.get(ref), graph.shape(ref)
