@@ -32,7 +32,7 @@ from .errors import InvalidOptionError, ModelLoadError
 from .feeds import synthetic_feeds
 from .graph_views import ChangeViews
 from .initializers import is_external, tensor_array
-from .input_shapes import (assumed_dims, forget_unset_dims, resolve_input_shapes,
+from .input_shapes import (assumed_lengths, forget_unset_dims, resolve_input_shapes,
                            resolved_value_info)
 from .parameters import LAYOUT_OPS, PARAMETER_ROLES, WEIGHT_OPS, Layer, Parameter, ParameterTable
 from .passes import (
@@ -109,7 +109,7 @@ class ModelGraph(ChangeViews, GraphStructure):
         self.input_shapes, shape_warnings = resolve_input_shapes(
             self.model_inputs(), dict(input_shapes or {}), batch_size, default_length, self.name)
         self.warnings.extend(shape_warnings)
-        self._assumed_dims = assumed_dims(self.model_inputs(), dict(input_shapes or {}))
+        self._assumed_lengths = assumed_lengths(self.model_inputs(), dict(input_shapes or {}))
         self._values: dict[str, np.ndarray] = {}
         self._root: ModelGraph | None = None  # set on views made by with_values
         self._stale: frozenset[str] | set[str] = frozenset()  # a set in take_changes' views
@@ -223,10 +223,13 @@ class ModelGraph(ChangeViews, GraphStructure):
         except Exception as exc:  # noqa: BLE001 - the model cannot run here: rules fall back
             reason = " ".join(str(exc).split())
             # an op's inputs clash once the shapes are computed, at input shapes that are the
-            # model's own or the user's (an assumed length may be one the model cannot take)
-            if says_uncomputable(reason) and not self._assumed_dims:
+            # model's own, the user's or an assumed batch (an assumed length may be one the
+            # model cannot take: then the analysis goes on without those shapes)
+            if says_uncomputable(reason) and not self._assumed_lengths:
+                shapes = ", ".join(f"{n} {'x'.join(map(str, s))}"
+                                   for n, s in self.input_shapes.items())
                 raise ModelLoadError(f"{self.name}: not a valid ONNX model: onnxruntime cannot "
-                                     f"run it either: {reason}") from None
+                                     f"run it either (inputs {shapes}): {reason}") from None
             self.warnings.append(f"could not run the model to measure shapes: {exc}")
             measured = {}
         self.shapes.update(measured)

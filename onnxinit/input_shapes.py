@@ -72,11 +72,13 @@ def forget_unset_dims(values: Sequence[onnx.ValueInfoProto]) -> None:
                     dim.ClearField("dim_value")
 
 
-def assumed_dims(inputs: Sequence[onnx.ValueInfoProto], given: Mapping[str, tuple]) -> bool:
-    """Whether an input dim was filled in by :func:`resolve_input_shapes` (the batch or a
-    symbolic axis), neither declared by the model nor given by the user."""
-    return any(not (isinstance(d, int) and d > 0)
-               for inp in inputs if inp.name not in given for d in shape_of(inp.type) or ())
+def assumed_lengths(inputs: Sequence[onnx.ValueInfoProto], given: Mapping[str, tuple]) -> bool:
+    """Whether a non-batch input dim was filled in by :func:`resolve_input_shapes` (a symbolic
+    length or size), neither declared by the model nor given by the user. A model may refuse
+    an assumed length (its position table is shorter); every model takes any batch."""
+    return any(axis > 0 and not (isinstance(d, int) and d > 0)
+               for inp in inputs if inp.name not in given
+               for axis, d in enumerate(shape_of(inp.type) or ()))
 
 
 def resolved_value_info(infos: Sequence[onnx.ValueInfoProto],

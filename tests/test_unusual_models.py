@@ -229,6 +229,23 @@ def _clash_at_run_time():
                        const("b_tail", [8, 2])])
 
 
+def _clash_with_symbolic(dims, reduce=False):
+    """:func:`_clash_at_run_time` with some input dims symbolic (the analysis assumes them),
+    optionally followed by the mean square over the last axis of the shapeless product."""
+    model = _clash_at_run_time()
+    del model.graph.input[:]
+    model.graph.input.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, dims))
+    if reduce:
+        model.graph.output[0].name = "p"
+        model.graph.node[-1].output[0] = "p"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
+        model.graph.node.append(helper.make_node("Pow", ["p", "two"], ["q"]))
+        model.graph.node.append(helper.make_node("ReduceMean", ["q"], ["y"], axes=[-1]))
+        model.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
+        del model.graph.output[0]
+    return model
+
+
 def _weights_of_two_ranks():
     """A weight concatenated from a matrix and a vector (the dynamo exporter's LSTM with
     ``proj_size`` writes such Concats): onnx's default shape inference lets it pass,
@@ -339,6 +356,10 @@ CASES = {
     "declared 0 for a dynamic axis": (_write(_declared_zero_batch), None),
     "shapes that clash only at run time": (_write(_clash_at_run_time),
                                            "onnxruntime cannot run it either"),
+    "shapes that clash at run time, batch assumed": (
+        _write(lambda: _clash_with_symbolic(["batch", 16])), "onnxruntime cannot run it either"),
+    "shapes that clash at run time, length assumed": (
+        _write(lambda: _clash_with_symbolic([8, "length"], reduce=True)), None),
     "weights concatenated from two ranks": (_write(_weights_of_two_ranks),
                                             "onnxruntime refuses it too"),
     "float output declared int64": (_write(_output_declared_int64), "onnxruntime refuses it too"),

@@ -326,7 +326,7 @@ def _from_field(ctx: RuleContext, p: Pairs) -> Pairs:
 def _reads_normalised_rows(ctx: RuleContext) -> bool:
     """The reduce sums the squares of a dense layer of a LayerNorm's rows, which its rule
     integrates as a ratio of quadratic forms (:mod:`.normalised_square_sum`)."""
-    rank = len(ctx.in_shape(0) or ())
+    rank = len(ctx.graph.shape(ctx.node.input[0]) or ())  # None: shapes left unknown
     if not rank or not reduces_last_alone(ctx):
         return False
     return normalised_square_sum(ctx, (rank - 1,), rank, bool(ctx.attr("keepdims", 1))) is not None
