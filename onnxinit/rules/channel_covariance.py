@@ -194,8 +194,9 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
         return None  # an op that drops the field
     x = signals[0]
     try:
-        if fused is None and deps[0] not in signals:  # rows centred on their mean
-            return row_maps.centred_rows(ctx, deps[0], tensor, field_of, rows)
+        centred = centred_input(ctx.for_node(node_id)) if len(signals) == 2 else None
+        if fused is None and centred is not None:  # x - mean(x), or folded rows
+            return row_maps.centred_rows(ctx, centred, tensor, field_of, rows)
         if fused is not None:  # h(T): T's field through the fused function
             f_t = field_of(fused[0])
             if f_t is None or f_t.head_axis is not None or f_t.cov.shape[0] > MAX_CHANNELS:
