@@ -16,14 +16,20 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 def explicit(equation: str, ranks: list[int]) -> str | None:
     """``equation`` (spaces removed) with each ``...`` replaced by letters for the operands of
-    ``ranks``; None where it has no output (implicit form), the terms and ranks disagree, or
-    the letters run out. An equation without an ellipsis is returned as it is."""
+    ``ranks`` and the output written out where it is implicit (the ellipsis, then the letters
+    that appear once, in alphabetical order, as ONNX and numpy define it); None where the
+    terms and ranks disagree or the letters run out. An explicit equation without an ellipsis
+    is returned as it is."""
     eq = equation.replace(" ", "")
     if "->" not in eq:
+        letters = eq.replace("...", "").replace(",", "")
+        once = sorted(c for c in set(letters) if letters.count(c) == 1)
+        eq = eq + "->" + ("..." if "..." in eq else "") + "".join(once)
+    if eq.count("->") != 1:
         return None
     lhs, rhs = eq.split("->")
     terms = lhs.split(",")
-    if len(terms) != len(ranks) or eq.count("->") != 1:
+    if len(terms) != len(ranks):
         return None
     if "..." not in eq:
         return eq

@@ -26,7 +26,9 @@ B, N, Q, H, D = 64, 3, 4, 2, 8  # batch, blocks, tokens per block, heads, head w
     ("...ij,...jk->...ik", [4, 3], "abij,bjk->abik"),  # right-aligned, as numpy broadcasts
     ("...ij,jk->...ik", [2, 2], "ij,jk->ik"),  # an empty ellipsis
     ("bij,bjk->bik", [3, 3], "bij,bjk->bik"),
-    ("ij,jk", [2, 2], None),  # implicit output
+    ("ij,jk", [2, 2], "ij,jk->ik"),  # implicit output: the letters seen once, sorted
+    ("...ji,...jk", [3, 3], "aji,ajk->aik"),
+    ("bij,bjk->bi->k", [3, 3], None),
     ("...ij,jk->...ik", [1, 2], None),  # fewer axes than letters
 ])
 def test_explicit_labels(equation, ranks, expected):
