@@ -14,6 +14,11 @@ from __future__ import annotations
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
+def needs_ranks(equation: str) -> bool:
+    """Whether :func:`explicit` needs the operands' ranks (an ellipsis or an implicit output)."""
+    return "." in equation or "->" not in equation
+
+
 def explicit(equation: str, ranks: list[int]) -> str | None:
     """``equation`` (spaces removed) with each ``...`` replaced by letters for the operands of
     ``ranks`` and the output written out where it is implicit (the ellipsis, then the letters

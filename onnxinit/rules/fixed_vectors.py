@@ -17,7 +17,7 @@ import numpy as np
 
 from .channel_covariance import row_covariance
 from .context import RuleContext
-from .einsum_labels import explicit
+from .einsum_labels import explicit, needs_ranks
 from .index_layout import static
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -27,10 +27,11 @@ def equation(ctx: RuleContext, node_id: str) -> tuple[list[str], str] | None:
     """The projection's terms and output labels (a MatMul written as an Einsum)."""
     node = ctx.graph.node(node_id)
     if node.op_type == "Einsum":
+        eq = str(ctx.for_node(node_id).attr("equation"))
         shapes = [ctx.graph.shape(name) for name in node.input]
-        if any(shape is None for shape in shapes):
+        if needs_ranks(eq) and any(shape is None for shape in shapes):
             return None
-        eq = explicit(str(ctx.for_node(node_id).attr("equation")), [len(s) for s in shapes])
+        eq = explicit(eq, [len(s or ()) for s in shapes])
         if eq is None:
             return None
         lhs, rhs = eq.split("->")
