@@ -232,7 +232,7 @@ def einsum(inputs, ctx: RuleContext):
     term, where each summed label appears in every signal's term (so the summed products are
     independent): E = einsum(mu_a, mu_b), Var = einsum(nu_a + mu_a^2, nu_b + mu_b^2)
     - einsum(mu_a^2, mu_b^2); with a constant W (variance 0) this is E = einsum(mu, W),
-    Var = einsum(nu, W^2)."""
+    Var = einsum(nu, W^2). An ellipsis is read as letters (einsum_labels.explicit)."""
     eq = explicit(ctx.attr("equation"), [len(ctx.in_shape(i)) for i in range(len(inputs))])
     if eq is None:
         raise RuleError("an implicit output, or an ellipsis that does not fit the ranks")
