@@ -41,6 +41,7 @@ import numpy as np
 
 from ..moments import Moments, compressed
 from .covariance_readers import contraction_factor
+from .einsum_labels import explicit
 from .fixed_vectors import projection_cross_terms
 from .context import RuleContext, RuleError, signal
 from .registry import rule
@@ -231,10 +232,10 @@ def einsum(inputs, ctx: RuleContext):
     term, where each summed label appears in every signal's term (so the summed products are
     independent): E = einsum(mu_a, mu_b), Var = einsum(nu_a + mu_a^2, nu_b + mu_b^2)
     - einsum(mu_a^2, mu_b^2); with a constant W (variance 0) this is E = einsum(mu, W),
-    Var = einsum(nu, W^2)."""
-    eq = ctx.attr("equation").replace(" ", "")
-    if "..." in eq or "->" not in eq:
-        raise RuleError("implicit output or ellipsis")
+    Var = einsum(nu, W^2). An ellipsis is read as letters (einsum_labels.explicit)."""
+    eq = explicit(ctx.attr("equation"), [len(ctx.in_shape(i)) for i in range(len(inputs))])
+    if eq is None:
+        raise RuleError("an implicit output, or an ellipsis that does not fit the ranks")
     lhs, rhs = eq.split("->")
     terms = lhs.split(",")
     if len(terms) != 2 or len(inputs) != 2:
@@ -265,12 +266,12 @@ def einsum(inputs, ctx: RuleContext):
     (ma, va), (mb, vb) = ops
     mean = np.einsum(eq, ma, mb)
     var = np.einsum(eq, va + ma**2, vb + mb**2) - np.einsum(eq, ma**2, mb**2)
-    var = var + _shared_values(ctx, terms, summed, sizes, ops)
+    var = var + _shared_values(ctx, eq, terms, summed, sizes, ops)
     var = var + projection_cross_terms(ctx, inputs)  # fixed vectors of correlated features
     return [compressed(mean, np.maximum(var, 0.0))]
 
 
-def _shared_values(ctx: RuleContext, terms, summed, sizes, ops):
+def _shared_values(ctx: RuleContext, eq: str, terms, summed, sizes, ops):
     """P V written as an Einsum, P a Softmax output over the summed label, V's positions along
     it sharing a component (``position_share``: the part of V's variance that a sample's mean
     over all its positions keeps, r the correlation of two distinct positions): a row of P sums
@@ -290,7 +291,6 @@ def _shared_values(ctx: RuleContext, terms, summed, sizes, ops):
     if r <= 0:
         return 0.0
     (mp, vp), (_, vv) = ops[p], ops[v]
-    eq = f"{terms[0]},{terms[1]}->" + ctx.attr("equation").replace(" ", "").split("->")[1]
     uniform = np.full_like(np.asarray(mp), 1.0 / sizes[label])
     pair = (uniform, vv) if p == 0 else (vv, uniform)
     squares = (vp + mp**2, vv) if p == 0 else (vv, vp + mp**2)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .channel_covariance import row_covariance
 from .context import RuleContext
+from .einsum_labels import explicit, needs_ranks
 from .index_layout import static
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -26,8 +27,12 @@ def equation(ctx: RuleContext, node_id: str) -> tuple[list[str], str] | None:
     """The projection's terms and output labels (a MatMul written as an Einsum)."""
     node = ctx.graph.node(node_id)
     if node.op_type == "Einsum":
-        eq = str(ctx.for_node(node_id).attr("equation")).replace(" ", "")
-        if "..." in eq or "->" not in eq:
+        eq = str(ctx.for_node(node_id).attr("equation"))
+        shapes = [ctx.graph.shape(name) for name in node.input]
+        if needs_ranks(eq) and any(shape is None for shape in shapes):
+            return None
+        eq = explicit(eq, [len(s or ()) for s in shapes])
+        if eq is None:
             return None
         lhs, rhs = eq.split("->")
         return lhs.split(","), rhs

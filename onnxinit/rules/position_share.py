@@ -54,6 +54,7 @@ from ..moments import Moments
 from ..strict import fall_back
 from .axis_roles import CONST_MAPS, channel_map_roles, channels_taken, layout_roles
 from .context import RuleContext
+from .einsum_labels import explicit, needs_ranks
 from .correlations import chain_amplitudes
 from .kurtosis import chain_start
 from .on_demand import OnDemandField
@@ -69,7 +70,11 @@ _TO_SOFTMAX = {"Identity", "Dropout", "Cast", "Reshape", "Transpose", "Squeeze",
 def _einsum_terms(ctx: RuleContext):
     eq = ctx.attr("equation")
     eq = (eq.decode() if isinstance(eq, bytes) else str(eq or "")).replace(" ", "")
-    if "->" not in eq or "." in eq:
+    shapes = [ctx.graph.shape(name) for name in ctx.node.input]
+    if needs_ranks(eq) and any(shape is None for shape in shapes):
+        return None
+    eq = explicit(eq, [len(shape or ()) for shape in shapes])
+    if eq is None:
         return None
     lhs, out = eq.split("->")
     terms = lhs.split(",")
