@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper, numpy_helper
+from onnx import numpy_helper
 
 from .errors import ExternalDataError, ModelLoadError
 from .initializers import attach_base
@@ -48,16 +48,46 @@ def is_lfs_pointer(path: Path) -> bool:
     return head == LFS_POINTER_PREFIX
 
 
-def _external_tensors(model: onnx.ModelProto):
-    for tensor in external_data_helper._get_all_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
-            yield tensor
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The tensors stored in external files, in the order of onnx's
+    ``external_data_helper._get_all_tensors`` (the initializers of the graph and its subgraphs,
+    then the attribute tensors of the graph, its subgraphs and the model's functions), found in
+    one walk of the nodes where that reads them twice."""
+    initializers: list = []
+    attributes: list = []
+    _walk(model.graph, initializers, attributes)
+    for function in model.functions:
+        _walk(function, None, attributes)
+    return [t for t in initializers + attributes if t.data_location == _EXTERNAL]
 
 
-def check_external_data(model: onnx.ModelProto, base_dir: Path, model_name: str) -> None:
-    """Refuse external-data locations that escape ``base_dir`` or point past a file's end."""
+_EXTERNAL = onnx.TensorProto.EXTERNAL
+_GRAPH, _GRAPHS = onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS
+
+
+def _walk(graph, initializers: list | None, attributes: list) -> None:
+    """Add ``graph``'s initializers (a function has none: ``initializers`` None) and its
+    attribute tensors, each subgraph's after its node's (depth first, as onnx reads them)."""
+    if initializers is not None:
+        initializers.extend(graph.initializer)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                attributes.append(attribute.t)
+            attributes.extend(attribute.tensors)
+            if attribute.type == _GRAPH:
+                _walk(attribute.g, initializers, attributes)
+            elif attribute.type == _GRAPHS:
+                for sub in attribute.graphs:
+                    _walk(sub, initializers, attributes)
+
+
+def check_external_data(model: onnx.ModelProto, base_dir: Path, model_name: str,
+                        tensors: list | None = None) -> None:
+    """Refuse external-data locations that escape ``base_dir`` or point past a file's end
+    (``tensors``: the model's external tensors when the caller has them)."""
     root = base_dir.resolve()
-    for tensor in _external_tensors(model):
+    for tensor in _external_tensors(model) if tensors is None else tensors:
         info = {entry.key: entry.value for entry in tensor.external_data}
         location = info.get("location", "")
         target = (root / location).resolve()
@@ -83,10 +113,11 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path, model_name: str)
             )
 
 
-def external_data_files(model: onnx.ModelProto) -> dict[str, str]:
-    """Initializer name -> external-data location, for a model loaded without its data."""
+def external_data_files(model: onnx.ModelProto, tensors: list | None = None) -> dict[str, str]:
+    """Initializer name -> external-data location, for a model loaded without its data
+    (``tensors``: the model's external tensors when the caller has them)."""
     out = {}
-    for tensor in _external_tensors(model):
+    for tensor in _external_tensors(model) if tensors is None else tensors:
         info = {entry.key: entry.value for entry in tensor.external_data}
         out[tensor.name] = info.get("location", "")
     return out
@@ -169,12 +200,15 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, str]
         ) from None
     if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.node:
         raise ModelLoadError(f"{path}: not an ONNX model (no IR version or empty graph)")
-    check_external_data(model, path.parent, str(path))
+    tensors = _external_tensors(model)
+    check_external_data(model, path.parent, str(path), tensors)
     try:
-        model = dense_initializers(model)
+        dense = dense_initializers(model)
     except ValueError as exc:
         raise ModelLoadError(f"{path}: not a valid ONNX model: {exc}") from None
-    external = external_data_files(model)  # (inline tensors left in the file are not)
+    # (inline tensors left in the file are not external; a dense copy is walked again)
+    external = external_data_files(dense, tensors if dense is model else None)
+    model = dense
     if external:
         try:
             attach_base(model, path.parent, INLINE_BYTES)

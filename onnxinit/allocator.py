@@ -21,6 +21,14 @@ spent 2.9-5.0 s of system CPU against 0.5 s with numpy's madvise off (user time 
 :func:`no_huge_page_advice` turns it off, as ``NUMPY_MADVISE_HUGEPAGE=0`` would at numpy's
 import, unless the user set that variable.
 
+The rule modules compute their quadrature nodes when imported (numpy's ``hermgauss``,
+``hermegauss`` and ``leggauss``: 14 symmetric eigenvalue problems of order 3-96). With
+OpenBLAS's default threads those cost more CPU waking and waiting for each other than
+computing: ``hermgauss(96)`` 17 ms against 0.8 ms on one thread (the same bits), and a
+command's imports 0.24-0.28 s against 0.15-0.18 s on this shared 2-core machine at load 12;
+:func:`blas_single_threaded` runs the imports with BLAS on one thread, as the propagation
+already runs (``propagate.single_threaded_blas``).
+
 Python's cyclic garbage collector is paused while a command imports its modules, and the
 objects they made (some 67,000: functions, classes, module dictionaries, which live as long
 as the process) are then moved out of its reach (``gc.freeze``), once per process: a
@@ -94,3 +102,15 @@ def imports_frozen():
             gc.freeze()
         if enabled:
             gc.enable()
+
+
+@contextlib.contextmanager
+def blas_single_threaded():
+    """Within the block (a command's imports) BLAS on one thread (above), numpy imported
+    first so that its BLAS is loaded and found; after it, the threads as they were."""
+    import numpy  # noqa: F401 - loaded before the limit, which applies to loaded libraries
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+

@@ -120,12 +120,14 @@ def piecewise_hermite_amplitudes(pieces, mean, std) -> np.ndarray:
     shift = sum(np.where((mean >= lo) & (mean < hi), c0 + c1 * mean + c2 * mean * mean, 0.0)
                 for lo, hi, (c0, c1, c2) in pieces)
     out = np.zeros((_HERMITE,) + mean.shape)
+    kept: dict = {}  # the bounds' values, shared by the pieces that meet there
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for lo, hi, (c0, c1, c2) in pieces:
             d0 = c0 + c1 * mean + c2 * mean * mean - shift
             d1 = (c1 + 2 * c2 * mean) * s1
             d2 = c2 * s1 * s1
-            j = _hermite_integrals((lo - mean) / s1, (hi - mean) / s1, _HERMITE + 2)
+            j = _hermite_integrals((lo - mean) / s1, (hi - mean) / s1, _HERMITE + 2, kept,
+                                   (bound_key(lo), bound_key(hi)))
             for n in range(1, _HERMITE + 1):
                 term = d1 * (j[n + 1] + n * j[n - 1])
                 term += d0 * j[n]
@@ -135,26 +137,50 @@ def piecewise_hermite_amplitudes(pieces, mean, std) -> np.ndarray:
     return np.where(point, 0.0, out)
 
 
-def _hermite_integrals(lo, hi, top: int) -> list[np.ndarray]:
+def _hermite_integrals(lo, hi, top: int, kept: dict | None = None,
+                       keys: tuple = (None, None)) -> list[np.ndarray]:
     """``J_k = int_lo^hi He_k(z) phi(z) dz`` for k = 0..top, infinite bounds allowed:
     J_0 = Phi(hi) - Phi(lo) (from the nearer tail), J_k = g_{k-1}(lo) - g_{k-1}(hi) with
-    g_j = He_j phi, 0 at +-inf and where phi underflows."""
-    def g_all(t):  # [He_j(t) phi(t) for j = 0..top-1]
-        phi = np.exp(-0.5 * np.where(np.isfinite(t), t, 0.0) ** 2) / np.sqrt(2 * np.pi)
-        live = np.isfinite(t) & (phi > 0)
-        phi = np.where(live, phi, 0.0)
-        t = np.where(live, t, 0.0)
-        he_prev, he, out = np.ones_like(t), t, [phi]
-        for j in range(1, top):
-            out.append(he * phi)
-            he_prev, he = he, t * he - j * he_prev
-        return out
-
+    g_j = He_j phi, 0 at +-inf and where phi underflows. ``kept`` (a dict for one
+    :func:`piecewise_hermite_amplitudes`): each bound's values under its key in ``keys`` (a
+    piece's upper bound is the next piece's lower one: the same array, computed once)."""
+    g_lo, (cdf_lo, cdf_lo_neg) = _bound_terms(lo, top, kept, keys[0])
+    g_hi, (cdf_hi, cdf_hi_neg) = _bound_terms(hi, top, kept, keys[1])
     upper = lo > 0
-    j0 = np.where(upper, special.ndtr(-lo) - special.ndtr(-hi),
-                  special.ndtr(hi) - special.ndtr(lo))
-    g_lo, g_hi = g_all(lo), g_all(hi)
+    j0 = np.where(upper, cdf_lo_neg - cdf_hi_neg, cdf_hi - cdf_lo)
     return [j0] + [a - b for a, b in zip(g_lo, g_hi)]
+
+
+def _bound_terms(t, top: int, kept: dict | None, key):
+    """([He_j(t) phi(t) for j = 0..top-1], (Phi(t), Phi(-t))) of one bound of
+    :func:`_hermite_integrals`, kept in ``kept`` under ``key`` (None: not kept)."""
+    if kept is not None and key is not None and (key, top) in kept:
+        return kept[key, top]
+    phi = np.exp(-0.5 * np.where(np.isfinite(t), t, 0.0) ** 2) / np.sqrt(2 * np.pi)
+    live = np.isfinite(t) & (phi > 0)
+    whole = live.any()  # else every value at +-inf or past phi's underflow: one value a term
+    phi = np.where(live, phi, 0.0) if whole else np.zeros(())
+    z = np.where(live, t, 0.0) if whole else np.zeros(())
+    he_prev, he, g = np.ones_like(z), z, [phi]
+    for j in range(1, top):
+        g.append(he * phi)
+        he_prev, he = he, z * he - j * he_prev
+    if not whole:  # the same operations on one value (zeros' signs included), spread out
+        g = [np.full(np.shape(t), v) for v in g]
+    out = (g, (special.ndtr(t), special.ndtr(-t)))
+    if kept is not None and key is not None:
+        kept[key, top] = out
+    return out
+
+
+def bound_key(bound):
+    """The key under which equal scalar bounds of a piecewise function share their values
+    (:func:`_hermite_integrals`, ``rules.gaussian._partial_moments``; the sign of a zero kept
+    apart: it reaches the odd terms); None for an array or NaN."""
+    if np.ndim(bound) != 0:
+        return None
+    value = float(bound)
+    return None if math.isnan(value) else (value, math.copysign(1.0, value))
 
 
 def hermite_amplitudes(fn: Callable, mean, std, nodes, weights) -> np.ndarray:
@@ -240,5 +266,5 @@ def mehler(amplitudes: np.ndarray, variance: np.ndarray, rho: np.ndarray) -> np.
     return np.clip(np.where(v > 0, out / np.where(v > 0, v, 1.0), rho), -1.0, 1.0)
 
 
-__all__ = ["hermite_amplitudes", "leaky_hermite_amplitudes", "mehler",
+__all__ = ["bound_key", "hermite_amplitudes", "leaky_hermite_amplitudes", "mehler",
            "piecewise_hermite_amplitudes"]

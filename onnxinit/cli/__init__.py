@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping
 import click
 
 from .._version import __version__
-from ..allocator import imports_frozen, keep_freed_memory, no_huge_page_advice
+from ..allocator import (blas_single_threaded, imports_frozen, keep_freed_memory,
+                         no_huge_page_advice)
 from ._common import run_command
 
 # command name -> (module, function, the one-line help `onnxinit --help` lists; a test checks
@@ -38,7 +39,9 @@ COMMANDS = {
 def _load(name: str) -> click.Command:
     module, function, _ = COMMANDS[name]
     keep_freed_memory()  # a command that computes runs in this process (allocator.py)
-    with imports_frozen():  # no collection walks the imported modules (allocator.py)
+    # no collection walks the imported modules, and their quadrature nodes are computed on
+    # one BLAS thread (allocator.py)
+    with imports_frozen(), blas_single_threaded():
         command = getattr(importlib.import_module(f".{module}", __name__), function)
     no_huge_page_advice()  # once the command has imported numpy (allocator.py)
     return command

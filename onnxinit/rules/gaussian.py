@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import special
 from ..kept_cdf import ndtr_kept
+from ..mehler import bound_key
 from ..moments import Elementwise
 from ..views import broadcast_to
 from .context import RuleError
@@ -273,23 +274,50 @@ def abs_closed(mu, var):
     return e, mu**2 + var - e**2
 
 
-def _partial_moments(lo, hi, top: int) -> list[np.ndarray]:
+def _partial_moments(lo, hi, top: int, kept: dict | None = None,
+                     keys: tuple = (None, None)) -> list[np.ndarray]:
     """``M_k = int_lo^hi z^k phi(z) dz`` for k = 0..top (standard normal, infinite bounds
     allowed): M_0 = Phi(hi) - Phi(lo), M_1 = phi(lo) - phi(hi),
-    M_k = (k - 1) M_{k-2} + lo^(k-1) phi(lo) - hi^(k-1) phi(hi)."""
-    def tails(t):  # k -> t^k phi(t), 0 at +-inf (exp once per bound)
-        finite = np.isfinite(t)
-        t = np.where(finite, t, 0.0)
-        density = np.exp(-0.5 * t * t)
-        return lambda k: np.where(finite, t**k * density / np.sqrt(2 * np.pi), 0.0)
-
+    M_k = (k - 1) M_{k-2} + lo^(k-1) phi(lo) - hi^(k-1) phi(hi). ``kept`` (a dict for one
+    :func:`piecewise_closed`): each bound's values under its key in ``keys`` (a piece's upper
+    bound is the next piece's lower one: the same array, computed once)."""
+    at_lo, (cdf_lo, cdf_lo_neg) = _bound(lo, kept, keys[0])
+    at_hi, (cdf_hi, cdf_hi_neg) = _bound(hi, kept, keys[1])
     # Phi(hi) - Phi(lo) from the nearer tail: no cancellation when both bounds are far out
     upper = lo > 0
-    m0 = np.where(upper, special.ndtr(-lo) - special.ndtr(-hi), special.ndtr(hi) - special.ndtr(lo))
-    at_lo, at_hi = tails(lo), tails(hi)
+    m0 = np.where(upper, cdf_lo_neg - cdf_hi_neg, cdf_hi - cdf_lo)
     out = [m0, at_lo(0) - at_hi(0)]
     for k in range(2, top + 1):
         out.append((k - 1) * out[k - 2] + at_lo(k - 1) - at_hi(k - 1))
+    return out
+
+
+def _bound(t, kept: dict | None, key):
+    """(k -> t^k phi(t), 0 at +-inf, each k computed once; (Phi(t), Phi(-t))) of one bound of
+    :func:`_partial_moments`, kept in ``kept`` under ``key`` (None: not kept)."""
+    if kept is not None and key is not None:
+        found = kept.get(key)
+        if found is not None:
+            return found
+    finite = np.isfinite(t)
+    powers: dict[int, np.ndarray] = {}
+    if finite.any():
+        z = np.where(finite, t, 0.0)
+        density = np.exp(-0.5 * z * z)  # exp once per bound
+
+        def tail(k: int) -> np.ndarray:
+            if k not in powers:
+                powers[k] = np.where(finite, z**k * density / np.sqrt(2 * np.pi), 0.0)
+            return powers[k]
+    else:  # every value at +-inf (or NaN): the tails are 0, as np.where gives them
+
+        def tail(k: int) -> np.ndarray:
+            if k not in powers:
+                powers[k] = np.zeros(np.shape(t))
+            return powers[k]
+    out = (tail, (special.ndtr(t), special.ndtr(-t)))
+    if kept is not None and key is not None:
+        kept[key] = out
     return out
 
 
@@ -307,10 +335,12 @@ def piecewise_closed(pieces, mu, var) -> tuple[np.ndarray, np.ndarray]:
     shift = sum(np.where((mu >= lo) & (mu < hi), c0 + c1 * mu + c2 * mu * mu, 0.0)
                 for lo, hi, (c0, c1, c2) in pieces)
     e = v = 0.0
+    kept: dict = {}  # the bounds' values, shared by the pieces that meet there
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for lo, hi, (c0, c1, c2) in pieces:
             d = (c0 + c1 * mu + c2 * mu * mu - shift, (c1 + 2 * c2 * mu) * s1, c2 * s1 * s1)
-            m = _partial_moments((lo - mu) / s1, (hi - mu) / s1, 4)
+            m = _partial_moments((lo - mu) / s1, (hi - mu) / s1, 4, kept,
+                                 (bound_key(lo), bound_key(hi)))
             e = e + d[0] * m[0] + d[1] * m[1] + d[2] * m[2]
             v = v + sum(d[i] * d[j] * m[i + j] for i in range(3) for j in range(3))
     mean = shift + np.where(point, 0.0, e)

@@ -30,6 +30,7 @@ measured by block 8, the squeeze-excite pools 0.63-0.8x.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import weakref
 
 import numpy as np
@@ -42,10 +43,12 @@ from .linear import begin_pads
 from .pool_skewness import edgeworth_terms
 
 
+@functools.lru_cache(maxsize=256)
 def _axis_counts(n_in: int, n_out: int, stride: int, dilation: int, begin: int, k: int,
                  radius: int) -> np.ndarray:
     """``N[d, t, t']`` along one axis: the output positions o with o and o + d inside the
-    output whose taps t and t' (of o and of o + d) read the same input position, inside."""
+    output whose taps t and t' (of o and of o + d) read the same input position, inside;
+    read-only, kept per geometry (whole numbers: the blocks of a network share a few)."""
     o = np.arange(n_out)
     out = np.zeros((2 * radius + 1, k, k))
     for i, d in enumerate(range(-radius, radius + 1)):
@@ -56,6 +59,7 @@ def _axis_counts(n_in: int, n_out: int, stride: int, dilation: int, begin: int, 
             for t2 in range(k):
                 out[i, t, t2] = np.count_nonzero(inside & (u == (o + d) * stride - begin
                                                            + t2 * dilation))
+    out.flags.writeable = False
     return out
 
 
@@ -74,8 +78,8 @@ def pair_sums(weight, strides, dilations, begins, in_sizes, out_sizes, radius):
     counts = np.ones((1, 1, 1))  # [offsets so far, taps so far, taps so far]
     pairs = np.ones(1)
     for a in range(n):
-        axis = _axis_counts(in_sizes[a], out_sizes[a], strides[a], dilations[a], begins[a],
-                            kernel[a], radius[a])
+        axis = _axis_counts(*(int(v[a]) for v in (in_sizes, out_sizes, strides, dilations,
+                                                  begins, kernel, radius)))
         counts = np.einsum("dtu,eTU->detTuU", counts, axis).reshape(
             counts.shape[0] * axis.shape[0], counts.shape[1] * kernel[a],
             counts.shape[2] * kernel[a])

@@ -121,13 +121,7 @@ def merged(mean: np.ndarray, var: np.ndarray, weights: np.ndarray):
     sd = np.sqrt(np.where(within > 0, within, 1.0))
     heaviest = mean[int(np.argmax(weights))]  # the interior: its bin centred on it
     bins = np.floor((mean - heaviest) / (WIDTH * sd) + 0.5)
-    bins = np.where(np.isfinite(bins), bins, 0.0)
-    order = np.argsort(bins, axis=0, kind="stable")
-    sorted_bins = np.take_along_axis(bins, order, axis=0)
-    new = np.concatenate([np.ones((1, bins.shape[1]), bool),
-                          np.diff(sorted_bins, axis=0) != 0])
-    index = np.empty(bins.shape, np.int64)
-    np.put_along_axis(index, order, np.cumsum(new, axis=0) - 1, axis=0)
+    index = bin_index(np.where(np.isfinite(bins), bins, 0.0))
     count = int(index.max()) + 1
     member = index[None] == np.arange(count)[:, None, None]  # [B, K, C]
     out_w = np.einsum("k,bkc->bc", weights, member)
@@ -139,4 +133,28 @@ def merged(mean: np.ndarray, var: np.ndarray, weights: np.ndarray):
     return out_m, out_v, out_w, index
 
 
-__all__ = ["WIDTH", "merged", "per_object", "pooled_source", "source_classes"]
+def bin_index(bins: np.ndarray) -> np.ndarray:
+    """Each entry's rank among the distinct values of its column, ``[K, C]`` int64, of whole
+    numbers ``bins`` ``[K, C]``: a table of the values present where a column spans fewer than
+    :data:`_SPAN` values (a few passes over the entries), else a stable sort per column."""
+    low = bins.min(axis=0)
+    span = float((bins.max(axis=0) - low).max()) if bins.size else 0.0
+    if span < _SPAN:
+        shifted = (bins - low).astype(np.int64)
+        cols = np.arange(bins.shape[1])
+        present = np.zeros((int(span) + 1, bins.shape[1]), bool)
+        present[shifted, cols] = True
+        return (np.cumsum(present, axis=0, dtype=np.int64) - 1)[shifted, cols]
+    order = np.argsort(bins, axis=0, kind="stable")
+    sorted_bins = np.take_along_axis(bins, order, axis=0)
+    new = np.concatenate([np.ones((1, bins.shape[1]), bool),
+                          np.diff(sorted_bins, axis=0) != 0])
+    index = np.empty(bins.shape, np.int64)
+    np.put_along_axis(index, order, np.cumsum(new, axis=0) - 1, axis=0)
+    return index
+
+
+_SPAN = 64  # bins a column may span for bin_index's table
+
+
+__all__ = ["WIDTH", "bin_index", "merged", "per_object", "pooled_source", "source_classes"]
