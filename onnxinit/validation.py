@@ -70,8 +70,21 @@ def _defined_twice(values, kind: str, name: str) -> None:
         seen.add(value.name)
 
 
+def _check_text(node: onnx.NodeProto, index: int, name: str) -> None:
+    """protobuf hands a text field that is not valid UTF-8 (a corrupted file) back as bytes."""
+    texts = [node.op_type, node.domain, node.name, *node.input, *node.output,
+             *(a.name for a in node.attribute)]
+    if not all(isinstance(t, str) for t in texts):
+        raise ModelLoadError(f"{name}: not a valid ONNX model: node {index} has a name, op type "
+                             f"or tensor name that is not valid UTF-8 text")
+
+
 def _check_graph(graph: onnx.GraphProto, outer: set[str], name: str) -> None:
     # onnxruntime refuses a duplicated input; of two initializers it silently keeps the last
+    if not all(isinstance(v.name, str) for v in (*graph.input, *graph.output,
+                                                   *graph.initializer)):
+        raise ModelLoadError(f"{name}: not a valid ONNX model: a graph input, output or "
+                             f"initializer name is not valid UTF-8 text")
     _defined_twice(graph.input, "graph input", name)
     _defined_twice(graph.initializer, "initializer", name)
     defined = set(outer)
@@ -79,6 +92,7 @@ def _check_graph(graph: onnx.GraphProto, outer: set[str], name: str) -> None:
     defined.update(declared)
     produced: dict[str, str] = {}
     for i, node in enumerate(graph.node):
+        _check_text(node, i, name)
         node_name = node.name or f"{node.op_type}_{i}"
         for out in node.output:
             if not out:

@@ -147,6 +147,18 @@ def _truncated(tmp_path):
     return path
 
 
+def _not_utf8(field: bytes):
+    """The sample MLP with one text field's bytes made invalid UTF-8 (a corrupted file), which
+    protobuf hands back as bytes instead of str."""
+    def build(tmp_path):
+        data = mlp([16, 32, 8]).SerializeToString()
+        assert field in data
+        path = tmp_path / "model.onnx"
+        path.write_bytes(data.replace(field, field[:1] + b"\xff" + field[2:], 1))
+        return path
+    return build
+
+
 def _folder(tmp_path):
     (tmp_path / "model.onnx").mkdir()
     return tmp_path / "model.onnx"
@@ -309,6 +321,7 @@ CASES = {
     "truncated protobuf": (_truncated, "not a readable ONNX model"),
     "PNG image": (_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2), "not a readable ONNX"),
     "text file": (_bytes(b"hello world\n" * 20), "not a readable ONNX model"),
+    "op type not valid UTF-8": (_not_utf8(b"Relu"), "not valid UTF-8"),
     "folder": (_folder, "folder"),
     "external data missing": (
         lambda p: (_external(p), (p / "m.data").unlink())[0], "is missing"),
