@@ -109,7 +109,8 @@ class ModelGraph(ChangeViews, GraphStructure):
         self.input_shapes, shape_warnings = resolve_input_shapes(
             self.model_inputs(), dict(input_shapes or {}), batch_size, default_length, self.name)
         self.warnings.extend(shape_warnings)
-        self._assumed_lengths = assumed_lengths(self.model_inputs(), dict(input_shapes or {}))
+        # a symbolic length filled in (not the batch): a model may not take the size assumed
+        self.assumed_lengths = assumed_lengths(self.model_inputs(), dict(input_shapes or {}))
         self._values: dict[str, np.ndarray] = {}
         self._root: ModelGraph | None = None  # set on views made by with_values
         self._stale: frozenset[str] | set[str] = frozenset()  # a set in take_changes' views
@@ -225,7 +226,7 @@ class ModelGraph(ChangeViews, GraphStructure):
             # an op's inputs clash once the shapes are computed, at input shapes that are the
             # model's own, the user's or an assumed batch (an assumed length may be one the
             # model cannot take: then the analysis goes on without those shapes)
-            if says_uncomputable(reason) and not self._assumed_lengths:
+            if says_uncomputable(reason) and not self.assumed_lengths:
                 shapes = ", ".join(f"{n} {'x'.join(map(str, s))}"
                                    for n, s in self.input_shapes.items())
                 raise ModelLoadError(f"{self.name}: not a valid ONNX model: onnxruntime cannot "

@@ -775,3 +775,15 @@ def test_rescale_of_a_model_without_inputs_says_so(tmp_path, capsys):
     code, out, err = run(["rescale", path, "--method", "autoinit", "-o", tmp_path / "o.onnx"],
                          capsys)
     assert code == 2 and "has no inputs" in err, err
+
+
+def test_a_node_passed_through_at_an_assumed_length_says_how_to_set_it(tmp_path, capsys):
+    """A model that cannot run at the length the analysis assumed for a symbolic axis: the
+    warning of each node it could not predict says the sizes were assumed and how to give
+    them."""
+    path = CASES["shapes that clash at run time, length assumed"][0](tmp_path)
+    code, out, err = run(["analyze", path], capsys)
+    assert code == 0, err
+    passed = [line for line in err.splitlines() if "passed through unchanged" in line]
+    assert passed and all("lengths were assumed (x:8x128)" in line and "--input-shape" in line
+                          for line in passed), err
