@@ -383,6 +383,6 @@ def joint_moments(inputs, ctx: RuleContext) -> Moments | None:
     wide = out.astype(np.float64)
     moments = Moments(wide.mean(axis=0), np.maximum(wide.var(axis=0), 0.0))
     cache.put(node.output[0], _Entry(moments, out, True))
-    if node.op_type == "Div" and all(graph.is_signal(n) for n in node.input):  # for its
-        record(graph, node.output[0], moments, ratio_moments(*operands, out.ndim - 1))  # dy
+    if node.op_type == "Div" and all(graph.is_signal(n) for n in node.input):  # its backward
+        record(graph, node.output[0], moments, ratio_moments(*operands, out.ndim - 1))
     return moments

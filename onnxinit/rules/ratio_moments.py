@@ -6,10 +6,10 @@ rule of the Div (:mod:`onnxinit.gradrules.joint_ratio`). For ``y = a / b``:
     dy/db = -a / b^2:     -E[a / b^2], E[a^2 / b^4]
 
 per cell, the draws' sample axis (0) averaged, recorded per graph and Div output with the
-forward Moments of that output (a later propagation of other weights replaces them). The forward moments of a and b alone do not
-give these: a positive denominator (a sum of exponentials, >= 1 in RWKV's WKV recurrence)
-described by its mean and variance has Gaussian (or gamma) mass near 0, where ``b^-4`` has no
-finite mean; and a and b share their weights.
+forward Moments of that output (a later propagation of other weights replaces them). The
+forward moments of a and b alone do not give these: a positive denominator (a sum of
+exponentials, >= 1 in RWKV's WKV recurrence) described by its mean and variance has Gaussian
+(or gamma) mass near 0, where ``b^-4`` has no finite mean; and a and b share their weights.
 """
 
 from __future__ import annotations
