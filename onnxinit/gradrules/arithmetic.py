@@ -11,6 +11,8 @@
 - Otherwise, operands independent: Add/Sub/Sum pass dy (negated for Sub's second operand),
   ``Mean`` divides by the operand count, Mul gives ``da = dy b`` with
   ``E[da^2] = E[dy^2] E[b^2]``, Div ``da = dy / b`` and ``db = -dy a / b^2`` alike.
+- A Div whose operands the forward drew jointly (a ratio of two sums that share their
+  weights): the factors' moments over those draws (:mod:`.joint_ratio`).
 
 An operand broadcast against the output receives the sum of dy over the broadcast axes:
 independent over samples and features (variances add), over the positions of a sample
@@ -37,6 +39,7 @@ from .activations import (derivative, positions_of, reads_given, through_functio
 from .context import GradContext
 from .conditional import operand, shifted
 from .gradient import Gradient
+from .joint_ratio import joint_ratio_factors
 from .registry import rule
 from .tokens import axes_of, coherent_gain
 
@@ -251,12 +254,14 @@ def binary(grads, ctx: GradContext):
         return [reduce_to(da, out_shape, a_shape), reduce_to(db, out_shape, b_shape)]
     if op == "Div":
         rank = rank_of(ctx)
-        positive = nonnegative(ctx.graph, ctx.node.input[1])
-        inv1, inv2 = _inverse_moments(b, 1, rank, positive)
-        q1, q2 = _inverse_moments(b, 2, rank, positive)
-        a2 = a.var + a.mean**2
-        factors = _off_padding(a, b, [inv1, inv2, -a.mean * q1, _denominator_square(
-            ctx, a2, b, q2, inv2)])
+        factors = joint_ratio_factors(ctx)  # operands drawn jointly by the forward
+        if factors is None:
+            positive = nonnegative(ctx.graph, ctx.node.input[1])
+            inv1, inv2 = _inverse_moments(b, 1, rank, positive)
+            q1, q2 = _inverse_moments(b, 2, rank, positive)
+            a2 = a.var + a.mean**2
+            factors = _off_padding(a, b, [inv1, inv2, -a.mean * q1, _denominator_square(
+                ctx, a2, b, q2, inv2)])
         da = times_independent(g, *factors[:2], s)
         db = times_independent(g, *factors[2:], s)
         return [reduce_to(da, out_shape, a_shape), reduce_to(db, out_shape, b_shape)]

@@ -21,7 +21,9 @@ A node is taken here when (a) two of its signal operands share a region ancestor
 ``WALK`` nodes (through selections of positions too: two tokens of one sequence) and
 :mod:`.fusion` found no single common ancestor, (b) one of its signal operands was itself
 computed here (so that the whole recurrence downstream of an entangled node shares one set of
-draws), or (c) it adds a float32 constant that absorbs its signal (:func:`_absorbed`).
+draws), or (c) it adds a float32 constant that absorbs its signal
+(:func:`.float_absorption.absorbed`). A Div of two signals computed here also records its
+operands' ratio moments for its backward rule (:mod:`.ratio_moments`).
 Samples are cached per graph (least recently used first out, ``CACHE_BYTES`` in all), each
 entry valid while the propagated Moments of its tensor is the object it was computed for (a
 node computed here: while its Moments hold the values computed); an evicted tensor is
@@ -36,12 +38,13 @@ import weakref
 from collections import OrderedDict
 
 import numpy as np
-from onnx import TensorProto
 
 from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
 from .context import RuleContext
+from .float_absorption import absorbed, dtype_of
 from .joint_linear import apply_linear, linear_node, selects_positions, shifts_positions
+from .ratio_moments import ratio_moments, record
 
 SAMPLES = 4096  # draws per cell
 CELLS = 4096  # cells of one draw of a tensor the linear nodes move, at most
@@ -212,24 +215,6 @@ def _follows_joint(ctx: RuleContext, cache: _Cache) -> bool:
     return False
 
 
-def _absorbed(inputs, ctx: RuleContext) -> bool:
-    """An Add or Sub in float32 (or narrower) of one signal x and a constant c so large that
-    rounding drops x: ``|c| 2^-24 > |mu| + 8 sigma`` everywhere (``-1e38 - x`` is ``-1e38``
-    in onnxruntime; exact arithmetic gives x's variance)."""
-    node, graph = ctx.node, ctx.graph
-    if node.op_type not in ("Add", "Sub") or _dtype(graph, node.output[0]) is np.float64:
-        return False
-    signals = [m for m in inputs if m is not None]
-    if len(signals) != 1 or len(node.input) != 2:
-        return False
-    c = ctx.const(1 - inputs.index(signals[0]))
-    if c is None or np.size(c) == 0:
-        return False
-    x = signals[0]
-    scale = float(np.max(np.abs(x.mean)) + 8 * np.sqrt(np.max(x.var)))
-    return bool(np.min(np.abs(np.asarray(c, np.float64))) * 2.0**-24 > scale)
-
-
 def _rank(graph, tensor: str, moments: Moments | None) -> int:
     shape = graph.shape(tensor)
     if shape is not None:
@@ -243,10 +228,6 @@ def _lift(a: np.ndarray, rank: int) -> np.ndarray:
     if missing <= 0:
         return a
     return a.reshape((a.shape[0],) + (1,) * missing + a.shape[1:])
-
-
-def _dtype(graph, tensor: str):
-    return np.float64 if graph.dtypes.get(tensor) == TensorProto.DOUBLE else np.float32
 
 
 def _draw(ctx: RuleContext, name: str, m: Moments) -> np.ndarray:
@@ -272,13 +253,13 @@ def _draw(ctx: RuleContext, name: str, m: Moments) -> np.ndarray:
         with np.errstate(all="ignore"):
             for f in src.chain:
                 z = f.fn(z)
-    return np.asarray(z, dtype=_dtype(ctx.graph, name))
+    return np.asarray(z, dtype=dtype_of(ctx.graph, name))
 
 
 def _evaluate(ctx: RuleContext, node, operands: list[np.ndarray]) -> np.ndarray:
     op = node.op_type
     rank = _rank(ctx.graph, node.output[0], None)
-    dtype = _dtype(ctx.graph, node.output[0])
+    dtype = dtype_of(ctx.graph, node.output[0])
     arrays = [_lift(np.asarray(a, dtype=dtype), rank) for a in operands]
     with np.errstate(all="ignore"):
         if op in UNARY:
@@ -380,7 +361,7 @@ def joint_moments(inputs, ctx: RuleContext) -> Moments | None:
     if cache is None:
         cache = _CACHES.setdefault(graph, _Cache())
     if cache.spent > TOTAL_WORK or not (
-            _follows_joint(ctx, cache) or _entangled(ctx) or _absorbed(inputs, ctx)):
+            _follows_joint(ctx, cache) or _entangled(ctx) or absorbed(inputs, ctx)):
         return None
     budget, local = [EVALUATIONS, WORK], {}
     try:
@@ -400,8 +381,8 @@ def joint_moments(inputs, ctx: RuleContext) -> Moments | None:
     if not np.all(np.isfinite(out)):
         return None
     wide = out.astype(np.float64)
-    mean = wide.mean(axis=0)
-    var = np.maximum(wide.var(axis=0), 0.0)
-    moments = Moments(mean, var)
+    moments = Moments(wide.mean(axis=0), np.maximum(wide.var(axis=0), 0.0))
     cache.put(node.output[0], _Entry(moments, out, True))
+    if node.op_type == "Div" and all(graph.is_signal(n) for n in node.input):  # its backward
+        record(graph, node.output[0], moments, ratio_moments(*operands, out.ndim - 1))
     return moments
