@@ -78,6 +78,7 @@ from .normalised_square_sum import normalised_square_sum
 from .reduce import row_energy
 from .row_mean_field import field_row_mean
 from .row_norm import normalisation_degree, without_casts
+from .repeated_heads import copies, with_copies
 from .square_sum_field import feature_covariance
 from .shared_row_pairs import (mean_square_aligned, mean_square_diagonal, shared_row_product,
                                squared_row)
@@ -281,6 +282,8 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
         if op == "Concat" and len(signals) > 1:
             a, b = signals[0], signals[1]
             p0 = independent_sum(pairs[a], inputs[a], pairs[b], inputs[b])
+        if op == "Reshape" and (g := copies(ctx)) > 1:  # repeated key/value heads merged
+            p0 = with_copies(p0, _last_dim(ctx, 0, out=True), g)
         return outputs, [p0] * len(outputs)
     if op in ("Add", "Sub", "Mul", "Div") and len(signals) == 2:
         a, b = inputs[0], inputs[1]

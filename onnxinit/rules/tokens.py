@@ -16,6 +16,8 @@ Attention creates it (attention.py: P V and Q K^T), Softmax reads it (softmax.py
 * linear maps over features (Gemm, MatMul with a constant, per-feature scales, biases,
   ReduceMean over features) leave ``cov`` unchanged: ``Cov(W x_s, W x_t)_j = sum_i W_ji^2
   nu_i cov[s, t]``;
+* a constant scale that differs from token to token (a rotary embedding's cos and sin):
+  ``Sigma_x[s, t] K[s, t]``, ``K`` the scales' feature-weighted products (:mod:`.token_scale`);
 * sums of signals (residual Add) add their covariances (independent operands):
   ``Sigma = Sigma_a + Sigma_b`` (a signal without the field: ``diag`` of its per-token
   variance);
@@ -58,6 +60,7 @@ from .per_token import with_profile
 from . import token_layout  # noqa: F401 - registers the layout ops' carriers
 from . import token_batch_norm  # noqa: F401 - registers BatchNormalization's carrier
 from .token_carriers import CARRIERS, carrier, first_with_field
+from .token_scale import scaled_field
 from .row_norm import row_scale
 from .unit_rows import is_unit_rows
 from .token_field import (
@@ -161,9 +164,12 @@ def _arithmetic(ctx, inputs, outputs):
         if op in ("Mul", "Div") and c is not None:
             if not any(np.ndim(c) >= rank - a and np.shape(c)[a - rank] > 1 for a in axes):
                 return [same_field(x, outputs[0], out_shape)]  # the same scale for every token
-            # a scale that differs from token to token (rotary embeddings' cos and sin): not
-            # one function of every token, which Mehler's transfer needs
-            return [without(outputs[0])]
+            # a scale that differs from token to token (rotary embeddings' cos and sin)
+            if op == "Div" and (signals[0] != 0 or np.any(np.asarray(c) == 0)):
+                return [without(outputs[0])]
+            scale = np.asarray(c, dtype=np.float64)
+            return [scaled_field(x, scale if op == "Mul" else 1.0 / scale, outputs[0],
+                                 out_shape, axes, stride)]
         return [_elementwise(ctx, x, outputs[0], out_shape, axes)]
     shapes = [ctx.in_shape(i) for i in signals]
     if any(len(s) != rank for s in shapes):
