@@ -36,6 +36,7 @@ from onnx import helper, numpy_helper
 from ..moments import Moments, compressed
 from ..passes import RANDOM_OPS
 from ..runtime import make_session
+from ..strict import fall_back
 from .context import RuleContext
 from .token_field import grid
 
@@ -158,7 +159,8 @@ def covariance(ctx: RuleContext, a: str, b: str) -> np.ndarray | None:
                      for n, m in signals}
             drawn_a.append(np.asarray(session.run(None, feeds)[0], np.float64))
             drawn_b.append(np.asarray(feeds[b], np.float64))
-    except Exception:  # noqa: BLE001 - onnxruntime's own types: no term
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own types: no term
+        fall_back(exc)  # the sub-graph of a model that runs should run: strict mode raises
         return None
     xa, xb = np.concatenate(drawn_a), np.concatenate(drawn_b)
     if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(xb))):
