@@ -48,7 +48,7 @@ IDENTITY_OPS = {"Add", "Sub", "LayerNormalization", "Dropout", "Identity", "Cast
 WALK = 256  # tensors visited back from an operand, at most
 REGION = 2000  # nodes of the sub-graph between the operands, at most
 RUNS = 8  # runs of the sub-graph (each a batch of the graph's own size)
-_MAX_ELEMENTS = 1 << 22  # elements of one operand per run, at most
+_MAX_ELEMENTS = 1 << 20  # elements of one operand per run, at most
 
 
 def _keeps(graph, node, name: str) -> bool:
