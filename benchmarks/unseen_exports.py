@@ -223,6 +223,18 @@ HF = {
                 dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=512,
                      decoder_start_token_id=0, local_radius=4,
                      encoder_attention_type="transient-global")),
+    # local attention alone (no global tokens); BigBird's block-sparse attention (blocks of 2
+    # tokens, 2 random blocks: 32 tokens are enough) and LED (Longformer's encoder-decoder)
+    "long_t5_local": ("LongT5Config", "LongT5Model", "seq2seq", (32,), 512,
+                      dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                           vocab_size=512, decoder_start_token_id=0, local_radius=4,
+                           encoder_attention_type="local")),
+    "bigbird_sparse": ("BigBirdConfig", "BigBirdModel", "ids", (32,), 512,
+                       dict(_TEXT, attention_type="block_sparse", block_size=2,
+                            num_random_blocks=2, max_position_embeddings=64)),
+    "led": ("LEDConfig", "LEDModel", "seq2seq", (32,), 512,
+            dict(_SEQ2SEQ, attention_window=8, max_encoder_position_embeddings=64,
+                 max_decoder_position_embeddings=64)),
     "switch_transformers": ("SwitchTransformersConfig", "SwitchTransformersModel", "seq2seq",
                             (32,), 512, dict(d_model=64, d_kv=16, d_ff=128, num_layers=2,
                                              num_heads=4, vocab_size=512, num_experts=4,
