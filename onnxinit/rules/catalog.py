@@ -26,7 +26,6 @@ BUILTIN_MODULES = (
     "onnxinit.rules.edgeworth",
     "onnxinit.rules.energy_mixture",
     "onnxinit.rules.fused_ahead",
-    "onnxinit.rules.gather_elements",
     "onnxinit.rules.linear",
     "onnxinit.rules.normalization",
     "onnxinit.rules.pooling",

@@ -1,4 +1,5 @@
-"""GatherElements by constant indices: each output element is one element of data.
+"""GatherElements by constant indices: each output element is one element of data (the
+rule, registered in shape.py beside its backward family).
 
 ``y[i, j, k] = x[idx[i, j, k], j, k]`` (axis 0; likewise along any axis): nothing is mixed, so
 each element of y has the statistics of the element it copies. BigBird's block-sparse attention
@@ -19,14 +20,12 @@ import numpy as np
 
 from ..moments import compressed
 from .context import RuleContext, RuleError
-from .registry import rule
 from .token_field import grid
 
 GATHER_CAP = 1 << 22  # elements of the output whose statistics are spelled out one by one
 
 
-@rule("GatherElements")
-def gather_elements(inputs, ctx: RuleContext):
+def gathered(inputs, ctx: RuleContext):
     """``y[..., i, ...] = x[..., idx[..., i, ...], ...]`` along ``axis``, the other
     coordinates the element's own: ``E y, Var y`` those of the element copied."""
     x = inputs[0]
@@ -64,4 +63,4 @@ def _full(stat_shape, index_shape, axis: int) -> tuple[int, ...]:
     return tuple(s if a == axis else n for a, (s, n) in enumerate(zip(stat_shape, index_shape)))
 
 
-__all__ = ["gather_elements"]
+__all__ = ["gathered"]
