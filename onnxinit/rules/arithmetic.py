@@ -56,6 +56,8 @@ from .positional import concat_channels, positions_binary
 from .registry import rule
 from .row_norm import response_normalised, row_normalised
 from .shared_projection import with_shared_row
+from .pool_residual import pool_residual
+from .skip_share import skip_sum
 from .unit_rows import unit_rows
 
 _CONST_CAP = 1 << 16  # constants larger than this are not handed to the element-wise rules
@@ -123,6 +125,8 @@ def binary(inputs, ctx: RuleContext):
         return fused
     if (shifted := centred(inputs, ctx, rank)) is not None:  # x - mean(x): x's law, shifted
         return [shifted]
+    if (skipped := pool_residual(inputs, ctx, op) or skip_sum(inputs, ctx, rank)) is not None:
+        return [skipped]  # AveragePool(x) -/+ x in closed form, else B + (a copy of B, moved)
     if _same_layout(inputs, ctx, rank):
         try:
             return apply_elementwise(inputs, ctx)

@@ -13,7 +13,6 @@ from ..views import broadcast_to
 from . import cross_fields
 from .context import RuleContext, RuleError
 from .mixture import binary_independent, components, lift, sum_mixture
-from .pool_residual import pool_residual
 
 
 def positions_binary(inputs, ctx: RuleContext, op: str, rank: int) -> Moments | None:
@@ -24,8 +23,6 @@ def positions_binary(inputs, ctx: RuleContext, op: str, rank: int) -> Moments | 
     without classes) varies along a spatial axis (then the per-channel path below)."""
     if not any(m is not None and m.spatial is not None for m in inputs) or rank < 3:
         return None
-    if (pooled := pool_residual(inputs, ctx, op)) is not None:  # AveragePool(x) -/+ x
-        return pooled
     out_shape = ctx.out_shape(0)
     operands = []
     for i in range(len(inputs)):

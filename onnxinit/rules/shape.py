@@ -26,6 +26,7 @@ from ..spatial import pad as pad_classes
 from .constant_cells import reshaped, transposed
 from .context import RuleContext, RuleError, signal
 from .derived_ids import picked_rows, positional_rows
+from .gather_elements import gathered
 from .grids import KEEP_CAP
 from .layout import (PADDED_CAP, drop_constant_axes, full_grid, positions_spelled, reshape_moments,
                      scalar_of)
@@ -307,6 +308,12 @@ def _track_padded(mean, var, in_shape, pads, rank):
     if int(np.prod(padded)) > PAD_TRACK_CAP:
         return mean, var, ()
     return np.broadcast_to(mean, target).copy(), np.broadcast_to(var, target).copy(), spelled
+
+
+@rule("GatherElements")
+def gather_elements(inputs, ctx: RuleContext):
+    """Constant indices: each element keeps the statistics it copies (gather_elements.py)."""
+    return gathered(inputs, ctx)
 
 
 @rule("Pad")

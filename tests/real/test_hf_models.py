@@ -329,8 +329,9 @@ def test_relative_position_logits_are_a_form_of_one_query():
     features and every key of a row reads the same query (rules/fixed_forms.py). Over 16
     batches: block 0's position term (``Einsum_2``) 1.13x and its Softmax 4.27x before, block
     1's 0.71x and 3.26x (0.98x, 1.00x, 0.89x, 0.93x since). The decoder's first Add (the
-    upsampled last block plus block 0's output, correlated 0.68 through the pooling) is not
-    modelled: 1.67x there and after."""
+    upsampled last block plus block 0's output, correlated 0.68 through the pooling) read 0.60x,
+    the decoder's tensors after it 0.22-0.65x; its covariance is measured since
+    (rules/skip_share.py): 0.985x, Funnel 71.5% -> 88.7% within 10%, 93.0% -> 100% within 2x."""
     build = _hf("FunnelConfig", "FunnelModel", d_model=64, n_head=4, d_head=16, d_inner=128,
                 block_sizes=[1, 1], num_decoder_layers=1, vocab_size=512)
     with tempfile.TemporaryDirectory() as tmp:
@@ -343,4 +344,7 @@ def test_relative_position_logits_are_a_form_of_one_query():
     ratios = result.ratios[picked]  # block 0's term and Softmax, block 1's
     # block 1's query is pooled: its features' covariance is the dense layer's alone (0.89x)
     assert np.all(np.abs(ratios - 1) <= [0.10, 0.10, 0.15, 0.10]), ratios
-    assert result.within_10 >= 0.70 and result.coverage == 1.0, result.worst(5)
+    assert result.within_10 >= 0.85 and result.coverage == 1.0, result.worst(5)
+    assert result.within_2x == 1.0, result.worst(5)
+    skip = result.tensors.index("/model/decoder/Add_output_0")
+    assert abs(result.ratios[skip] - 1) <= 0.10, result.ratios[skip]
