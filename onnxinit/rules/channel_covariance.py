@@ -33,8 +33,9 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
   as independent of x and of the other channels' gates): ``S_y[i, j] = E g_i E g_j S_x[i, j]``
   off the diagonal;
 - Pad of the positions: the correlation, rescaled to y's within-position variances;
-- Transpose, a Reshape that keeps the axis (its size and the product of the axes after it),
-  Slice (a block of S where it slices the axis), Dropout and Identity move or crop it;
+- Transpose, a Reshape, Squeeze or Unsqueeze that keeps the axis (its size and the product of
+  the axes after it: tf2onnx's Conv1D squeezed from ``[N, C, 1, T]``), Slice (a block of S
+  where it slices the axis), Dropout and Identity move or crop it;
 - rows scaled to unit length (``F.normalize``, :mod:`.unit_rows`; cosine attention's queries
   and keys, per head): the correlation kept, rescaled to y's variances (each row's own norm a
   common factor of its features, as a LayerNorm's scale);
@@ -84,7 +85,7 @@ from .unit_rows import is_unit_rows
 
 _FIELD = OnDemandField()
 _ROW_FIELD = OnDemandField()  # row_covariance's: dense layers start a field
-_LAYOUT = ("Pad", "Slice", "Reshape", "Transpose", "Dropout", "Identity")
+_LAYOUT = ("Pad", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Dropout", "Identity")
 _AFFINE = ("Mul", "Add", "Sub", "Div")
 
 
@@ -92,7 +93,8 @@ def _function(op_type: str) -> bool:
     """An element-wise function of its one signal (Pow: by a constant exponent)."""
     return op_type in UNARY or op_type == "Pow"
 
-_ONE_INPUT = ("BatchNormalization", "Conv", "Pad", "Transpose", "Reshape", "Slice", "Dropout",
+_ONE_INPUT = ("BatchNormalization", "Conv", "Pad", "Transpose", "Reshape", "Squeeze", "Unsqueeze",
+              "Slice", "Dropout",
               "Identity", "LayerNormalization", "MatMul")
 
 
