@@ -63,12 +63,12 @@ def _cells(cells: Moments, rank: int, placed: list[int | None]) -> Moments:
                    src, mixture)
 
 
-def _corr(corr: Correlation | None, placed: list[int | None]) -> Correlation | None:
+def _corr(corr: Correlation | None, rank: int, placed: list[int | None]) -> Correlation | None:
     """The correlation by offset with the unit axes' offset 0 alone; the cross-channel field
     (rarely carried this far) is left out."""
     if corr is None:
         return None
-    rank = corr.rho.ndim + 1  # rho is [C or 1, offsets...]: as cells without the batch axis
+    # rho is [C or 1, offsets...]: laid out as the cells without their batch axis
     move = lambda rho: _moved(rho[None], 0, rank, placed)[0]  # noqa: E731
     gauss = None if corr.gauss is None else (move(corr.gauss[0]), corr.gauss[1])
     return Correlation(move(corr.rho), corr.floor, gauss, corr.centred, None, corr.normalized,
@@ -87,7 +87,7 @@ def unit_axes_moved(x: Moments, in_shape: Sequence[int], out_shape: Sequence[int
         return None
     maps = [np.zeros(1, np.int64) if i is None else sp.maps[i] for i in placed]
     cells = _cells(sp.cells, len(in_shape), placed)
-    return attach(cells, maps, _corr(sp.corr, placed))
+    return attach(cells, maps, _corr(sp.corr, len(in_shape), placed))
 
 
 def per_position(x: Moments, shape) -> Moments:
