@@ -73,6 +73,7 @@ import numpy as np
 from ..strict import fall_back
 from . import covariance_maps as maps
 from .centred_rows import centred_input
+from .channel_centring import centred_field, centred_over
 from .covariance_layout import Field, conv_share, moved, variances, within
 from .context import RuleContext, RuleError
 from .elementwise import UNARY, elementwise
@@ -142,6 +143,9 @@ def _deps(ctx: RuleContext, tensor: str) -> list[str]:
     fused = _fused(ctx, node_id) if len(signals) == 2 else None
     if fused is not None:
         return [fused[0]]
+    over = centred_over(ctx, node) if len(signals) == 2 else None
+    if over is not None:  # channels centred on their mean: P S P (channel_centring)
+        return [over[0]]
     centred = centred_input(ctx.for_node(node_id)) if len(signals) == 2 else None
     if centred is not None:  # folded rows (x * s + (c - mean * s)) read x; x - mean(x) both
         return ([] if centred not in ctx.known else
@@ -196,6 +200,9 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
         return None  # an op that drops the field
     x = signals[0]
     try:
+        over = centred_over(ctx, node) if fused is None and len(signals) == 2 else None
+        if over is not None:
+            return centred_field(ctx, over[0], over[1], tensor, field_of(over[0]))
         if fused is None and deps[0] not in signals:  # rows centred on their mean
             return row_maps.centred_rows(ctx, deps[0], tensor, field_of, rows)
         if fused is not None:  # h(T): T's field through the fused function
