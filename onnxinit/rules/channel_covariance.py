@@ -42,7 +42,8 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
 - LayerNormalization over the last axis, when that is the field's, and rows centred on their
   mean (``x - mean(x)``, TensorFlow's folded LayerNorm, :mod:`.centred_rows`): ``P S_x P``
   (``P`` the centring across the features; the token's scale a common factor), its scale's
-  signs;
+  signs; channels centred on their mean over the field's axis 1 likewise
+  (:mod:`.channel_centring`: tf2onnx's channels-last LayerNorm moved onto an NCHW map);
 - MatMul by a constant ``W [D, E]`` reading the field's axis last: ``S_y = W^T S_x W`` (a
   dense layer of a tensor without a field starts none: its correlations are ``1/sqrt(D)``;
   :func:`row_covariance` starts one, for the readers of a dense layer's own weights);
