@@ -14,6 +14,13 @@ the current folder for ``benchmarks/real_exports.py --onnx``. Run in the Keras 2
 - ``tf_module``: no Keras: a ``tf.Module`` MLP of ``tf.Variable`` weights (4 residual blocks of
   LayerNorm via ``tf.nn.moments``, ``tf.matmul``, ``tf.nn.silu``) over 64 features, through
   ``tf.function``.
+- 1-D convolutions on 64 steps of 16 features (tf2onnx writes each as a 2-D Conv on
+  ``[N, C, 1, T]`` between an Unsqueeze and a Squeeze), through ``tf.function`` (Keras 3 too):
+  ``conv1d`` (Conv1D, SeparableConv1D, MaxPooling1D, a dilated Conv1D, GlobalAveragePooling1D),
+  ``conv1d_bn`` (SeparableConv1D + BatchNormalization + ReLU x3, a strided Conv1D,
+  GlobalMaxPooling1D), ``conv1d_ln`` (a causal Conv1D, 2 residual blocks of LayerNormalization,
+  SeparableConv1D with swish and a 1x1 Conv1D), ``conv1d_lstm`` (SeparableConv1D,
+  AveragePooling1D, a Bidirectional LSTM and a GRU).
 """
 
 import sys
@@ -95,16 +102,54 @@ def tf_module():
     return MLP(), (64,)
 
 
+def conv1d():
+    x = keras.Input((64, 16), name="x")
+    h = L.Conv1D(32, 5, padding="same", activation="relu")(x)
+    h = L.MaxPooling1D(2)(L.SeparableConv1D(32, 5, padding="same", activation="relu")(h))
+    h = L.SeparableConv1D(64, 3, padding="same", activation="relu")(h)
+    h = L.Conv1D(64, 3, padding="valid", activation="relu", dilation_rate=2)(h)
+    return keras.Model(x, L.Dense(10)(L.GlobalAveragePooling1D()(h))), (64, 16)
+
+
+def conv1d_bn():
+    x = keras.Input((64, 16), name="x")
+    h = x
+    for width in (32, 32, 64):
+        h = L.SeparableConv1D(width, 5, padding="same", use_bias=False)(h)
+        h = L.ReLU()(L.BatchNormalization()(h))
+    h = L.GlobalMaxPooling1D()(L.Conv1D(64, 3, strides=2, padding="same")(h))
+    return keras.Model(x, L.Dense(10)(h)), (64, 16)
+
+
+def conv1d_ln():
+    x = keras.Input((64, 16), name="x")
+    h = L.Conv1D(64, 3, padding="causal")(x)
+    for _ in range(2):
+        y = L.SeparableConv1D(64, 5, padding="same", activation="swish")(
+            L.LayerNormalization()(h))
+        h = L.Add()([h, L.Conv1D(64, 1)(y)])
+    return keras.Model(x, L.Dense(10)(L.GlobalAveragePooling1D()(h))), (64, 16)
+
+
+def conv1d_lstm():
+    x = keras.Input((64, 16), name="x")
+    h = L.AveragePooling1D(2)(L.SeparableConv1D(32, 5, padding="same", activation="relu")(x))
+    h = L.GRU(32)(L.Bidirectional(L.LSTM(32, return_sequences=True))(h))
+    return keras.Model(x, L.Dense(10)(h)), (64, 16)
+
+
 for name in sys.argv[1:]:
     keras.utils.set_random_seed(0)
     model, shape = {"channels_first": channels_first, "custom_layers": custom_layers,
-                    "tf_module": tf_module}[name]()
+                    "tf_module": tf_module, "conv1d": conv1d, "conv1d_bn": conv1d_bn,
+                    "conv1d_ln": conv1d_ln, "conv1d_lstm": conv1d_lstm}[name]()
     spec = (tf.TensorSpec((None, *shape), tf.float32, name="x"),)
     if isinstance(model, keras.Model) and name == "channels_first":
         tf2onnx.convert.from_keras(model, input_signature=spec, opset=17,
                                    output_path=f"{name}.onnx")
     else:
-        function = tf.function(lambda x, m=model: m(x), input_signature=spec)
+        function = tf.function(lambda x, m=model: m(x, training=False) if isinstance(
+            m, keras.Model) else m(x), input_signature=spec)
         tf2onnx.convert.from_function(function, input_signature=spec, opset=17,
                                       output_path=f"{name}.onnx")
     print(name, "ok", flush=True)

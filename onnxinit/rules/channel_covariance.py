@@ -33,15 +33,17 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
   as independent of x and of the other channels' gates): ``S_y[i, j] = E g_i E g_j S_x[i, j]``
   off the diagonal;
 - Pad of the positions: the correlation, rescaled to y's within-position variances;
-- Transpose, a Reshape that keeps the axis (its size and the product of the axes after it),
-  Slice (a block of S where it slices the axis), Dropout and Identity move or crop it;
+- Transpose, a Reshape, Squeeze or Unsqueeze that keeps the axis (its size and the product of
+  the axes after it: tf2onnx's Conv1D squeezed from ``[N, C, 1, T]``), Slice (a block of S
+  where it slices the axis), Dropout and Identity move or crop it;
 - rows scaled to unit length (``F.normalize``, :mod:`.unit_rows`; cosine attention's queries
   and keys, per head): the correlation kept, rescaled to y's variances (each row's own norm a
   common factor of its features, as a LayerNorm's scale);
 - LayerNormalization over the last axis, when that is the field's, and rows centred on their
   mean (``x - mean(x)``, TensorFlow's folded LayerNorm, :mod:`.centred_rows`): ``P S_x P``
   (``P`` the centring across the features; the token's scale a common factor), its scale's
-  signs;
+  signs; channels centred on their mean over the field's axis 1 likewise
+  (:mod:`.channel_centring`: tf2onnx's channels-last LayerNorm moved onto an NCHW map);
 - MatMul by a constant ``W [D, E]`` reading the field's axis last: ``S_y = W^T S_x W`` (a
   dense layer of a tensor without a field starts none: its correlations are ``1/sqrt(D)``;
   :func:`row_covariance` starts one, for the readers of a dense layer's own weights);
@@ -72,6 +74,7 @@ import numpy as np
 from ..strict import fall_back
 from . import covariance_maps as maps
 from .centred_rows import centred_input
+from .channel_centring import centred_field, centred_over
 from .covariance_layout import Field, conv_share, moved, variances, within
 from .context import RuleContext, RuleError
 from .elementwise import UNARY, elementwise
@@ -84,7 +87,7 @@ from .unit_rows import is_unit_rows
 
 _FIELD = OnDemandField()
 _ROW_FIELD = OnDemandField()  # row_covariance's: dense layers start a field
-_LAYOUT = ("Pad", "Slice", "Reshape", "Transpose", "Dropout", "Identity")
+_LAYOUT = ("Pad", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Dropout", "Identity")
 _AFFINE = ("Mul", "Add", "Sub", "Div")
 
 
@@ -92,7 +95,8 @@ def _function(op_type: str) -> bool:
     """An element-wise function of its one signal (Pow: by a constant exponent)."""
     return op_type in UNARY or op_type == "Pow"
 
-_ONE_INPUT = ("BatchNormalization", "Conv", "Pad", "Transpose", "Reshape", "Slice", "Dropout",
+_ONE_INPUT = ("BatchNormalization", "Conv", "Pad", "Transpose", "Reshape", "Squeeze", "Unsqueeze",
+              "Slice", "Dropout",
               "Identity", "LayerNormalization", "MatMul")
 
 
@@ -140,6 +144,9 @@ def _deps(ctx: RuleContext, tensor: str) -> list[str]:
     fused = _fused(ctx, node_id) if len(signals) == 2 else None
     if fused is not None:
         return [fused[0]]
+    over = centred_over(ctx, node) if len(signals) == 2 else None
+    if over is not None:  # channels centred on their mean: P S P (channel_centring)
+        return [over[0]]
     centred = centred_input(ctx.for_node(node_id)) if len(signals) == 2 else None
     if centred is not None:  # folded rows (x * s + (c - mean * s)) read x; x - mean(x) both
         return ([] if centred not in ctx.known else
@@ -194,6 +201,9 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
         return None  # an op that drops the field
     x = signals[0]
     try:
+        over = centred_over(ctx, node) if fused is None and len(signals) == 2 else None
+        if over is not None:
+            return centred_field(ctx, over[0], over[1], tensor, field_of(over[0]))
         centred = centred_input(ctx.for_node(node_id)) if len(signals) == 2 else None
         if fused is None and centred is not None:  # x - mean(x), or folded rows
             return row_maps.centred_rows(ctx, centred, tensor, field_of, rows)

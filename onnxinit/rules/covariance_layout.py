@@ -79,7 +79,7 @@ def moved(graph, known, node, x: str, y: str, f_x: Field) -> Field | None:
         perm = list(perm) if perm is not None else list(range(len(shape_x)))[::-1]
         head = None if f_x.head_axis is None else perm.index(f_x.head_axis)
         return Field(perm.index(axis), f_x.cov, head)
-    if node.op_type == "Reshape":
+    if node.op_type in ("Reshape", "Squeeze", "Unsqueeze"):
         return _reshaped(f_x, shape_x, shape_y)
     if len(shape_x) != len(shape_y) or f_x.head_axis is not None:
         return None

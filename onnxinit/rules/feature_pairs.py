@@ -20,8 +20,9 @@ through each node after its rule (absent: independent features, 0 and 0):
   ``B = W W^T`` by ``b_1, b_2`` likewise; ``C_x`` and ``B`` in generic position (free):
   ``tr C_y^2 = K (a_2 b_1^2 + a_1^2 b_2 - a_1^2 b_1^2)``, whose off-diagonal part gives
   ``squared``; ``signed`` from ``1^T C_y 1 = u^T C_x u``, ``u = W 1``;
-* a Conv's output with its channels moved last (tf2onnx's NHWC Transpose): a dense layer of the
-  window's taps, taken as independent, ``W`` the kernel as [Cin kh kw, Cout];
+* a Conv's output with its channels moved last (tf2onnx's NHWC Transpose, a Conv1D's Squeeze
+  before it): a dense layer of the window's taps, taken as independent, ``W`` the kernel as
+  [Cin kh kw, Cout], each tap with its channel's variance (:mod:`.conv_rows`);
 * layout ops (Reshape, Transpose keeping the last axis, Slice, Gather, Concat, Split, Expand,
   Squeeze, Unsqueeze), per-feature affine maps (a constant added, multiplied, divided by),
   products by a per-row scalar (RMSNorm's ``x * 1/rms``) and products ``P V`` (the row is V's)
@@ -68,6 +69,7 @@ from .correlated_means import summed_row
 from .channel_covariance import covariance
 from .covariance_readers import squared_correlation
 from .context import RuleContext, RuleError
+from .conv_rows import conv_channels_last
 from .folded_norm import fixed_row_energy
 from .fusion import fused_function
 from .pair_algebra import (NONE, Pairs, concentration, dense, independent_sum, mixed_excess,
@@ -261,7 +263,7 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
             found, fixed = _centred_pairs(ctx, x, table, outputs[0])
             return [fixed] + outputs[1:], [found] + none[1:]
     if op == "Transpose":
-        conv = _conv_channels_last(ctx)
+        conv = conv_channels_last(ctx)
         if conv is not None:
             return outputs, [dense(NONE, conv[1], conv[0], outputs[0])]
     f = ctx.fusion
@@ -356,24 +358,6 @@ def _centred_pairs(ctx: RuleContext, x: str, table: dict, y: Moments) -> tuple[P
                 fixed = fixed_row_energy(ctx, y, s, ctx.node.input[shift])
                 return normalised(found, y, d), y if fixed is None else fixed
     return found, y
-
-
-def _conv_channels_last(ctx: RuleContext) -> tuple[np.ndarray, Moments] | None:
-    """(W [Cin kh kw, Cout], the Conv's input moments) when the node moves the channels of a
-    Conv's output (group 1, constant weight) to the last axis (tf2onnx's NCHW -> NHWC after
-    each Conv, a patch embedding's features): the channels are a dense layer of the window's
-    taps, taken as independent. Else None."""
-    perm = ctx.attr("perm")
-    node_id = ctx.graph.producer.get(ctx.node.input[0])
-    if perm is None or len(perm) < 3 or list(perm)[-1] != 1 or not node_id:
-        return None
-    conv = ctx.for_node(node_id)
-    if conv.node.op_type != "Conv" or conv.attr("group", 1) != 1:
-        return None
-    w, x = conv.const(1), (ctx.known or {}).get(conv.node.input[0])
-    if w is None or np.ndim(w) < 3 or x is None:
-        return None
-    return np.reshape(w, (w.shape[0], -1)).T, x
 
 
 def _producer_inputs(ctx: RuleContext, name: str) -> list[str]:

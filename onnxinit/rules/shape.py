@@ -21,7 +21,7 @@ import numpy as np
 
 from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
-from ..spatial import DENSE_CAP, dense, drop, select
+from ..spatial import dense, drop, select
 from ..spatial import pad as pad_classes
 from .constant_cells import reshaped, transposed
 from .context import RuleContext, RuleError, signal
@@ -35,6 +35,7 @@ from .mixture import permuted
 from .position_floor import onto_map
 from .random_draws import comparison_draw
 from .registry import rule
+from .unit_axes import per_position, unit_axes_moved
 from .weighted import moments_along
 
 
@@ -51,19 +52,13 @@ def reshape(inputs, ctx: RuleContext):
     Softmax, the rows of a grid it cannot keep are kept as ``Moments.rows``: masks.keep_rows)."""
     x = signal(inputs, 0)
     in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
+    kept = unit_axes_moved(x, in_shape, out_shape)  # no position moves: the map kept
+    if kept is not None:
+        return [kept]
     if x.spatial is not None:
         x = per_position(x, in_shape)
     out = keep_rows(x, in_shape, out_shape, reshape_moments(x, in_shape, out_shape), ctx)
     return [onto_map(ctx, reshaped(x, out, in_shape, out_shape))]
-
-
-def per_position(x: Moments, shape) -> Moments:
-    """x's position classes expanded to per-position statistics (a Flatten of a small map
-    gives each feature its position's statistics), or its per-channel totals when the map is
-    too large to expand."""
-    if int(np.prod(shape[1:])) > DENSE_CAP:
-        return Moments(x.mean, x.var, x.source)
-    return Moments(*dense(x.spatial))
 
 
 def sequence_positions(x: Moments, shape) -> Moments:
