@@ -175,6 +175,13 @@ MODELS = {
             dict(embedding_size=32, hidden_sizes=[128, 256], depths=[1, 1]), _IMAGE),
     "mobilenet_v2": ("MobileNetV2Config", "MobileNetV2Model", dict(image_size=32), _IMAGE),
     "efficientnet": ("EfficientNetConfig", "EfficientNetModel", dict(image_size=32), _IMAGE),
+    # a third tier (stop 39): newer decoders, and a BERT that writes its LayerNorm out
+    "gemma3": ("Gemma3TextConfig", "Gemma3TextModel",
+               dict(_DECODER, head_dim=16, sliding_window=16), _TOKENS),
+    "granite": ("GraniteConfig", "GraniteModel", _DECODER, _TOKENS),
+    "nemotron": ("NemotronConfig", "NemotronModel", _DECODER, _TOKENS),
+    "cohere": ("CohereConfig", "CohereModel", _DECODER, _TOKENS),
+    "ibert": ("IBertConfig", "IBertModel", _TEXT, _TOKENS),
 }
 
 
