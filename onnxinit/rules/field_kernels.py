@@ -1,0 +1,102 @@
+"""The kernel through which a Conv carries the cross-channel field (:mod:`onnxinit.cross_channel`):
+its sparse non-zeros, or, for a dense kernel, every entry, where the field's transfer fits the
+budget.
+
+The field was first carried by sparse kernels only: over random dense weights a conv's cross
+terms ``w_jc w_jc' Cov(x_c(p), x_c'(p + d))`` have mean zero, so a channel-pooled variance
+does not need them. A single channel's does: after a dense convolution of few input channels
+(a stem of 3 colour channels to 16) every pair of its output channels is correlated at every
+offset the kernel spans, and the next 1x1 convolution's output channel j has the correlation
+``rho_j(d) = sum_{c,c'} w_jc w_jc' sqrt(nu_c nu_c') R[c, c', d] / Var_j``, whose cross terms
+are as large as its diagonal ones (MobileViT's first expansion: 0.12 rms over its channels at
+offset 1). Where each channel is read on its own, so is this error: a depthwise convolution
+after it (its variance ``sum_{t,t'} k_t k_t' nu_j rho_j(t' - t)``) and a BatchNorm whose
+``gamma`` weights its channels (Hugging Face's MobileViT, EfficientNet and MobileNet draw
+``gamma`` and the convolutions from N(0, 0.02), so the maps stay far below ``eps`` and
+BatchNorm passes ``gamma_c^2 v_c / eps`` on, channel by channel: 0.93x at MobileViT's first
+block, compounding to 0.85x). With the dense kernel's field the transfer is exact under the
+field's own assumptions (stationary positions, Gaussian chains by Mehler's formula per pair of
+channels).
+
+A dense kernel starts no anchor (``cross_channel.Anchor``: a residual branch's correlation with
+the block's input, which sparse kernels carry): the skip and the branch of a block of dense
+convolutions stay independent operands, as before. Tried: with anchors, a batch-1 residual
+block's pool (``tests/rules/test_batch_one.py``, 2.3-2.6x high for a reason not modelled)
+spread to 2.0-3.6x; MobileViT unchanged either way.
+
+Cost: a dense kernel has ``C_in/g prod(k)`` non-zeros per output channel, and the transfer
+``C_in C_out nnz`` multiply-adds per offset reached, so the budget
+(``cross_channel.affordable``, ``FIELD_BUDGET``) and the size of the field it starts
+(``DENSE_FIELD_BUDGET``) keep it to the narrow layers of a network's first stages (MobileViT: its
+stem and first blocks); a wider conv drops the field as before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import cross_channel
+from ..spatial import gather_taps
+
+# elements of the field (C_out^2 offsets) a dense kernel may start: every op after it works on
+# all of them (a dense field has no zero pairs); MobileNetV2's expansions (1.6e6-3.5e6 each)
+# took its analysis from 0.9 to 4.7 CPU s
+DENSE_FIELD_BUDGET = 1e6
+# pairs of non-zeros over the output channels (C_out nnz^2) up to which a Conv that cannot
+# carry its input's field on still reads it for its output variance (8 bytes each: 32 MB)
+VARIANCE_BUDGET = 4e6
+
+
+def _dense(w: np.ndarray, groups: int) -> cross_channel.SparseKernel:
+    """Every entry of a kernel ``[C_out, C_in/g, k...]`` as a non-zero."""
+    c_out, per_group = w.shape[:2]
+    taps = int(np.prod(w.shape[2:]))
+    n = per_group * taps
+    order = np.broadcast_to(np.arange(n), (c_out, n))
+    group = np.arange(c_out)[:, None] // (c_out // groups)
+    channel = group * per_group + order // taps
+    tap = np.stack(np.unravel_index(order % taps, w.shape[2:]), axis=-1)
+    return cross_channel.SparseKernel(channel, tap, w.reshape(c_out, -1))
+
+
+def field_kernel(w: np.ndarray, groups: int, strides, dilations,
+                 out_radius) -> tuple[cross_channel.SparseKernel | None, bool]:
+    """(kernel, dense): ``w``'s sparse kernel (``cross_channel.sparse_kernel``), else the
+    dense one when its transfer's ``C_in C_out nnz`` multiply-adds per offset reached fit
+    ``FIELD_BUDGET`` and its output field ``DENSE_FIELD_BUDGET`` (checked before the kernel
+    is built), else None."""
+    kern = cross_channel.sparse_kernel(w, groups)
+    if kern is not None:
+        return kern, False
+    c_out, per_group = w.shape[:2]
+    nnz = per_group * int(np.prod(w.shape[2:]))
+    span = [(k - 1) * d for k, d in zip(w.shape[2:], dilations)]
+    reach = int(np.prod([2 * (s * r + sp) + 1 for s, r, sp in zip(strides, out_radius, span)]))
+    offsets = int(np.prod([2 * r + 1 for r in out_radius]))
+    if per_group * groups * c_out * reach * nnz > cross_channel.FIELD_BUDGET \
+            or c_out * c_out * offsets > DENSE_FIELD_BUDGET:
+        return None, True
+    return _dense(w, groups), True
+
+
+def field_variance(held, w: np.ndarray, groups: int, nu_cells: np.ndarray, taps, dilations,
+                   var: np.ndarray, kern: cross_channel.SparseKernel | None = None) -> np.ndarray:
+    """The output variance per channel and position class from the input's field ``held``
+    (``cross_channel.class_variance``: the cross terms at each pair of taps' offset) where
+    the Conv cannot carry the field on (over ``FIELD_BUDGET``) but its ``C_out nnz^2`` pairs
+    fit ``VARIANCE_BUDGET``: MobileViT's 1x1 reductions after a depthwise conv, whose
+    output channels read their inputs' covariance (0.17 rms off the diagonal). ``var``
+    (channels independent) otherwise; the output carries no field either way. ``kern``:
+    ``w``'s kernel where built already."""
+    c_out, per_group = w.shape[:2]
+    nnz = per_group * int(np.prod(w.shape[2:])) if kern is None else kern.weight.shape[1]
+    if held is None or held.corr.shape[0] != per_group * groups \
+            or c_out * nnz * nnz > VARIANCE_BUDGET:
+        return var
+    kern = kern if kern is not None else (cross_channel.sparse_kernel(w, groups)
+                                          or _dense(w, groups))
+    sd_taps = gather_taps(np.sqrt(nu_cells), taps)
+    return cross_channel.class_variance(held.corr, sd_taps, kern, dilations)
+
+
+__all__ = ["field_kernel", "field_variance"]
