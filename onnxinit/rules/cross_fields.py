@@ -17,7 +17,7 @@ from ..cross_channel import Anchor, CrossField
 from ..moments import Moments, Source
 from ..spatial import class_weights, gather_taps, joint, within_variance
 from . import shared_source
-from .field_kernels import field_kernel, field_variance
+from .field_kernels import dense_covariance, field_kernel, field_variance
 from .gaussian import compose
 from .mixture import relu_plus_linear, sum_mixture
 
@@ -90,7 +90,9 @@ def conv(sp, nu_cells: np.ndarray, w: np.ndarray, groups: int, strides, dilation
     if field.corr.shape[0] != c_in:
         return var, corr
     nu = within_variance(sp, c_in)
-    cov = cross_channel.conv_covariance(field.corr, nu, kern, strides, dilations, corr.radius)
+    cov = (dense_covariance(field.corr, nu, w, strides, dilations, corr.radius)
+           if dense and groups == 1 else
+           cross_channel.conv_covariance(field.corr, nu, kern, strides, dilations, corr.radius))
     out, out_var = cross_channel.normalised(cov)
     begins = [0] * len(strides) if begins is None else begins
     anchor = None if dense else _anchor(field, name, [m.size for m in sp.maps], np.sqrt(nu),

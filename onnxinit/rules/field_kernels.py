@@ -18,6 +18,13 @@ block, compounding to 0.85x). With the dense kernel's field the transfer is exac
 field's own assumptions (stationary positions, Gaussian chains by Mehler's formula per pair of
 channels).
 
+Where the field meets what other rules hold, the rule's own result stands: a dense kernel
+starts no field from an input whose channels' covariance the rule already read
+(``channel_covariance``: the field from independent channels would undo it), keeps the rule's
+variance where it starts one (which may hold a pooled energy's covariance, ``pooled_energy``),
+and reads the variance alone where the input's correlation holds non-Gaussian pair terms
+(``pool_pairs``, ``Correlation.energy_pairs``), which the field's Gaussian pairs would replace.
+
 A dense kernel starts no anchor (``cross_channel.Anchor``: a residual branch's correlation with
 the block's input, which sparse kernels carry): the skip and the branch of a block of dense
 convolutions stay independent operands, as before. Tried: with anchors, a batch-1 residual
@@ -57,6 +64,39 @@ def _dense(w: np.ndarray, groups: int) -> cross_channel.SparseKernel:
     channel = group * per_group + order // taps
     tap = np.stack(np.unravel_index(order % taps, w.shape[2:]), axis=-1)
     return cross_channel.SparseKernel(channel, tap, w.reshape(c_out, -1))
+
+
+def dense_covariance(field: np.ndarray, nu: np.ndarray, w: np.ndarray, strides, dilations,
+                     out_radius) -> np.ndarray:
+    """``cross_channel.conv_covariance`` for a dense kernel ``w`` ``[C_out, C_in, k...]`` (one
+    group) by matrix products per tap instead of a gather per non-zero (the same two passes,
+    the same float32 products)::
+
+        Z[c, j', e] = sum_{c', t'} w_j'c't' sqrt(nu_c') R[c, c', e + dil t']
+        Cov[j, j', d] = sum_{c, t} w_jct sqrt(nu_c) Z[c, j', s d - dil t]
+    """
+    c_out, c_in = w.shape[:2]
+    kernel = w.shape[2:]
+    n = len(out_radius)
+    span = [(k - 1) * d for k, d in zip(kernel, dilations)]
+    reach = [s * r + sp for s, r, sp in zip(strides, out_radius, span)]
+    padded = cross_channel.cropped(field, [r + sp for r, sp in zip(reach, span)]).astype(
+        np.float32)
+    scaled = (w * np.sqrt(nu).reshape((1, -1) + (1,) * n)).astype(np.float32)
+    z = np.zeros((c_in, *(2 * r + 1 for r in reach), c_out), dtype=np.float32)
+    for tap in np.ndindex(*kernel):
+        window = (slice(None), slice(None)) + tuple(
+            slice(d * t + sp, d * t + sp + 2 * r + 1)
+            for d, t, sp, r in zip(dilations, tap, span, reach))
+        z += np.tensordot(padded[window], scaled[(slice(None), slice(None)) + tap].T,
+                          axes=([1], [0]))  # [c, e..., j']
+    cov = np.zeros((c_out, *(2 * r + 1 for r in out_radius), c_out))
+    for tap in np.ndindex(*kernel):
+        window = (slice(None),) + tuple(
+            slice(r - s * q - d * t, r + s * q - d * t + 1, s)
+            for r, s, q, d, t in zip(reach, strides, out_radius, dilations, tap))
+        cov += np.tensordot(scaled[(slice(None), slice(None)) + tap], z[window], axes=([1], [0]))
+    return np.moveaxis(cov, -1, 1)
 
 
 def field_kernel(w: np.ndarray, groups: int, strides, dilations,

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxinit import cross_channel
 from onnxinit.moments import Moments
+from onnxinit.rules.field_kernels import _dense, dense_covariance
 from tests.models import make_model
 from tests.oracle import monte_carlo, per_channel, predict
 
@@ -54,3 +56,17 @@ def test_each_channels_variance_after_a_dense_stem():
         # before: the depthwise channels 0.74-1.78x (the expansion's correlations without
         # their cross terms), the reduction's 0.61-1.44x (pair covariances left out)
         np.testing.assert_allclose(predicted, measured, rtol=rtol, err_msg=name)
+
+
+def test_the_dense_transfer_is_the_gathered_one():
+    # matrix products per tap against the gather per non-zero (cross_channel.conv_covariance)
+    rng = np.random.default_rng(0)
+    for c_in, c_out, k, s, d, r in [(3, 16, 3, 2, 1, 6), (16, 24, 1, 1, 1, 6),
+                                    (8, 12, 3, 1, 2, 3), (5, 7, 4, 4, 1, 2)]:
+        field = rng.standard_normal((c_in, c_in, 2 * r + 1, 2 * r + 1)) * 0.1
+        field = field + np.flip(np.swapaxes(field, 0, 1), axis=(2, 3))
+        nu = rng.uniform(0.5, 2.0, c_in)
+        w = rng.standard_normal((c_out, c_in, k, k))
+        gathered = cross_channel.conv_covariance(field, nu, _dense(w, 1), [s, s], [d, d], [r, r])
+        np.testing.assert_allclose(dense_covariance(field, nu, w, [s, s], [d, d], [r, r]),
+                                   gathered, rtol=0, atol=1e-5 * np.abs(gathered).max())
