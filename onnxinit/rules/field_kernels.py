@@ -49,9 +49,17 @@ from ..spatial import gather_taps
 # all of them (a dense field has no zero pairs); MobileNetV2's expansions (1.6e6-3.5e6 each)
 # took its analysis from 0.9 to 4.7 CPU s
 DENSE_FIELD_BUDGET = 1e6
+# multiply-adds of a one-group dense kernel's transfer (C_in C_out nnz offsets reached): the
+# 3x3 convs of a 16-channel stage (1.1e7 each, 19 in ResNet-20) took its analysis from 0.15 to
+# 1.25 CPU s and changed no prediction's side of 10%; a stem (4e5) and a 16 -> 64 expansion
+# (2.8e6) fit. A grouped kernel (depthwise: nnz = its taps) keeps FIELD_BUDGET
+DENSE_TRANSFER_BUDGET = 4e6
 # pairs of non-zeros over the output channels (C_out nnz^2) up to which a Conv that cannot
-# carry its input's field on still reads it for its output variance (8 bytes each: 32 MB)
-VARIANCE_BUDGET = 4e6
+# carry its input's field on still reads it for its output variance (per position class):
+# MobileViT's first 1x1 reduction (64 -> 32) 1.3e5; ResNet-20's padded 3x3 convs of 16
+# channels (3.3e5 each, over 9-25 classes) cost 0.07 s apiece and moved no prediction's side
+# of 10%
+VARIANCE_BUDGET = 2e5
 
 
 def _dense(w: np.ndarray, groups: int) -> cross_channel.SparseKernel:
@@ -113,7 +121,8 @@ def field_kernel(w: np.ndarray, groups: int, strides, dilations,
     span = [(k - 1) * d for k, d in zip(w.shape[2:], dilations)]
     reach = int(np.prod([2 * (s * r + sp) + 1 for s, r, sp in zip(strides, out_radius, span)]))
     offsets = int(np.prod([2 * r + 1 for r in out_radius]))
-    if per_group * groups * c_out * reach * nnz > cross_channel.FIELD_BUDGET \
+    budget = DENSE_TRANSFER_BUDGET if groups == 1 else cross_channel.FIELD_BUDGET
+    if per_group * groups * c_out * reach * nnz > budget \
             or c_out * c_out * offsets > DENSE_FIELD_BUDGET:
         return None, True
     return _dense(w, groups), True
@@ -123,8 +132,8 @@ def field_variance(held, w: np.ndarray, groups: int, nu_cells: np.ndarray, taps,
                    var: np.ndarray, kern: cross_channel.SparseKernel | None = None) -> np.ndarray:
     """The output variance per channel and position class from the input's field ``held``
     (``cross_channel.class_variance``: the cross terms at each pair of taps' offset) where
-    the Conv cannot carry the field on (over ``FIELD_BUDGET``) but its ``C_out nnz^2`` pairs
-    fit ``VARIANCE_BUDGET``: MobileViT's 1x1 reductions after a depthwise conv, whose
+    the Conv cannot carry the field on (over its budget) but its ``C_out nnz^2`` pairs fit
+    ``VARIANCE_BUDGET``: MobileViT's 1x1 reduction after a depthwise conv, whose
     output channels read their inputs' covariance (0.17 rms off the diagonal). ``var``
     (channels independent) otherwise; the output carries no field either way. ``kern``:
     ``w``'s kernel where built already."""
