@@ -26,7 +26,8 @@ element-wise chain starts from (None: the values are that Gaussian). The transfe
   (``r``: a position class, ``nu(r_k)`` the input's variance in the class under tap k; taps
   in the zero padding add nothing). Cost ``C_out^2 nnz^2 offsets``. A tensor without a field
   counts as channels independent of each other (its per-channel correlation on the diagonal):
-  that is how a field starts (the graph input's white noise). A dense kernel drops it.
+  that is how a field starts (the graph input's white noise). A dense kernel carries it where
+  the transfer fits the budget (``rules/field_kernels.py``), else drops it.
   A kernel that copies (one non-zero per row) moves the Gaussian's field along with the
   values' (the copy keeps the input's element-wise chain).
 * Element-wise f (Mehler's formula per pair of channels, with each channel's Hermite

@@ -17,6 +17,7 @@ from ..cross_channel import Anchor, CrossField
 from ..moments import Moments, Source
 from ..spatial import class_weights, gather_taps, joint, within_variance
 from . import shared_source
+from .field_kernels import dense_covariance, field_kernel, field_variance
 from .gaussian import compose
 from .mixture import relu_plus_linear, sum_mixture
 
@@ -58,29 +59,48 @@ def _anchor(field: CrossField, name: str, sizes, sd_in, kern, strides, dilations
 
 def conv(sp, nu_cells: np.ndarray, w: np.ndarray, groups: int, strides, dilations, taps,
          var: np.ndarray, corr: Correlation, chained: bool, name: str = "",
-         begins=None, fork: bool = False) -> tuple[np.ndarray, Correlation]:
+         begins=None, fork: bool = False,
+         covariance_known: bool = False) -> tuple[np.ndarray, Correlation]:
     """A Conv's per-class output variance ``var`` ``[C_out, R...]`` and correlation ``corr``
-    with the cross-channel field when the kernel is sparse (``cross_channel.sparse_kernel``);
-    unchanged otherwise. ``nu_cells`` ``[C_in, K...]``: the input's variance per class;
+    with the cross-channel field when the kernel is sparse (``cross_channel.sparse_kernel``)
+    or dense within the budget (:mod:`.field_kernels`); over it, the variance alone from the
+    input's field where affordable; unchanged otherwise. ``nu_cells`` ``[C_in, K...]``: the
+    input's variance per class;
     ``chained``: the output keeps the input's element-wise chain (a copy), so the field of
-    its Gaussian is the input's Gaussian's, moved like the values."""
-    kern = cross_channel.sparse_kernel(w, groups)
-    if kern is None:
-        return var, corr
+    its Gaussian is the input's Gaussian's, moved like the values. ``covariance_known``: ``var``
+    already has the input channels' covariance (``channel_covariance``), which a dense
+    kernel's field from independent channels would undo: it starts none then. A dense kernel
+    that starts a field keeps the rule's ``var`` (which may hold other covariance, a pooled
+    energy's: ``pooled_energy``)."""
     c_in = w.shape[1] * groups
+    held = sp.corr.cross if sp.corr is not None else None
+    kern, dense = field_kernel(w, groups, strides, dilations, corr.radius)
+    if dense and held is None and covariance_known:
+        return var, corr
+    if dense and sp.corr is not None and sp.corr.energy_pairs:  # rho holds more than the
+        kern = None  # field's Gaussian pairs (rules/pool_pairs.py): the variance alone
+    if kern is None:
+        return field_variance(held, w, groups, nu_cells, taps, dilations, var), corr
+    anchored = held.anchor.corr.shape[1] if held is not None and held.anchor is not None \
+        and not fork else c_in
+    if not cross_channel.affordable(c_in, w.shape[0], kern, strides, dilations, corr.radius,
+                                    anchored):  # checked before a field of C_in^2 offsets is built
+        return field_variance(held, w, groups, nu_cells, taps, dilations, var, kern), corr
     field = _input_field(sp.corr, c_in, [m.size for m in sp.maps])
-    anchored = field.anchor.corr.shape[1] if field.anchor is not None and not fork else c_in
-    if field.corr.shape[0] != c_in or not cross_channel.affordable(
-            c_in, w.shape[0], kern, strides, dilations, corr.radius, anchored):
+    if field.corr.shape[0] != c_in:
         return var, corr
     nu = within_variance(sp, c_in)
-    cov = cross_channel.conv_covariance(field.corr, nu, kern, strides, dilations, corr.radius)
+    cov = (dense_covariance(field.corr, nu, w, strides, dilations, corr.radius)
+           if dense and groups == 1 else
+           cross_channel.conv_covariance(field.corr, nu, kern, strides, dilations, corr.radius))
     out, out_var = cross_channel.normalised(cov)
     begins = [0] * len(strides) if begins is None else begins
-    anchor = _anchor(field, name, [m.size for m in sp.maps], np.sqrt(nu), kern, strides,
-                     dilations, begins, np.sqrt(out_var), chained and kern.copies, fork)
+    anchor = None if dense else _anchor(field, name, [m.size for m in sp.maps], np.sqrt(nu),
+                                        kern, strides, dilations, begins, np.sqrt(out_var),
+                                        chained and kern.copies, fork)
     sd_taps = gather_taps(np.sqrt(nu_cells), taps)
-    var = cross_channel.class_variance(field.corr, sd_taps, kern, dilations)
+    if not (dense and held is None):  # a field from independent channels: var is the rule's
+        var = cross_channel.class_variance(field.corr, sd_taps, kern, dilations)
     gauss, gauss_pair = None, corr.gauss
     if chained and kern.copies:
         moved = cross_channel.conv_covariance(field.gaussian(), np.ones(c_in), kern, strides,

@@ -194,7 +194,8 @@ def conv(inputs, ctx: RuleContext):
     var, corr = cross_fields.conv(sp, nu, w, groups, strides, dilations, taps, var, corr,
                                   chained=cells is not None and cells.source is not None,
                                   name=ctx.node.input[0], begins=begins,
-                                  fork=len(ctx.graph.consumers.get(ctx.node.input[0], ())) > 1)
+                                  fork=len(ctx.graph.consumers.get(ctx.node.input[0], ())) > 1,
+                                  covariance_known=factor is not None)
     if cells is None:
         cells = Moments(mean[None], var[None])
     return [attach(cells, out_maps, corr)]

@@ -16,6 +16,7 @@ from .axis_roles import layout_roles
 from .context import RuleContext
 from .grids import KEEP_CAP
 from .position_share import LAYOUT_OPS, map_entry, share
+from .tokens_map import map_correlation
 
 
 
@@ -36,6 +37,9 @@ def onto_map(ctx: RuleContext, out: Moments) -> Moments:
             return out
         if map_entry(ctx.known[node.input[0]], tuple(ctx.in_shape(0))) is not None:
             return out  # a feature map's own reshape: its correlation is its own
+        folded = map_correlation(ctx, tuple(int(d) for d in shape))
+        if folded is not None:  # a sequence's token field folded back: its correlation
+            return _with_correlation(out, tuple(int(d) for d in shape), folded)
         field = share(ctx, node.input[0])
         if field is None:
             return out
@@ -56,8 +60,15 @@ def onto_map(ctx: RuleContext, out: Moments) -> Moments:
     sizes = [int(s) for s in shape[2:]]
     rho = corr_model.independent(c, sizes).rho
     rho = np.where(rho == 1.0, 1.0, floor)  # every pair of distinct positions alike
-    field_corr = corr_model.Correlation(rho, np.full(c, floor))
-    sequence = _sequence_cells(out, tuple(int(d) for d in shape))
+    return _with_correlation(out, tuple(int(d) for d in shape),
+                             corr_model.Correlation(rho, np.full(c, floor)))
+
+
+def _with_correlation(out: Moments, shape: tuple[int, ...], field_corr) -> Moments:
+    """``out`` (a map ``shape``) with the correlation ``field_corr``, one position class (or
+    one per position of a sequence put back as a map)."""
+    c, sizes = int(shape[1]), [int(s) for s in shape[2:]]
+    sequence = _sequence_cells(out, shape)
     if sequence is not None:
         return attach(sequence[0], sequence[1], field_corr)
     # per-position means (a relative-position bias) pooled into the channel's variance:

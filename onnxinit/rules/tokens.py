@@ -57,6 +57,7 @@ from .context import RuleContext, RuleError
 from .elementwise import UNARY, elementwise
 from .fusion import fused_function
 from .per_token import with_profile
+from . import map_tokens
 from . import token_layout  # noqa: F401 - registers the layout ops' carriers
 from . import token_batch_norm  # noqa: F401 - registers BatchNormalization's carrier
 from .token_carriers import CARRIERS, carrier, first_with_field
@@ -90,9 +91,12 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, per_token: bool = False
     when no input carries one, or when the rule set the field itself. ``per_token``: the rule
     saw per-token inputs (:func:`.per_token.per_token_inputs`), so where its output's variance varies
     along the token axes that profile becomes the field's diagonal."""
-    if not any(m is not None and m.tokens is not None for m in inputs):
-        return outputs
     op = ctx.node.op_type if ctx.node.domain in ("", "ai.onnx") else None
+    if not any(m is not None and m.tokens is not None for m in inputs):
+        # a layout stretch from a correlated feature map into a sequence starts the field
+        return map_tokens.entry(ctx, outputs) if op in map_tokens.LAYOUT_OPS else outputs
+    if op in map_tokens.LAYOUT_OPS and _folded(inputs, outputs):
+        return outputs  # the map's correlation holds what the field said
     if op in _RESELECTED:  # the rule passed its input's field on as it was: carried here
         outputs = [without(m) if m is not None and any(
             m.tokens is i.tokens for i in inputs if i is not None) else m for m in outputs]
@@ -110,6 +114,14 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, per_token: bool = False
     except (RuleError, ValueError, IndexError) as exc:
         fall_back(exc, (RuleError,))  # a layout the transfer does not follow: drop the field
         return [without(m) for m in outputs]
+
+
+def _folded(inputs: list, outputs: list) -> bool:
+    """The rule put a sequence back onto a feature map with a spatial correlation
+    (:mod:`.position_floor`, :mod:`.tokens_map`): the output is a map, its input was not."""
+    out, x = outputs[0] if outputs else None, inputs[0] if inputs else None
+    return (out is not None and out.spatial is not None and out.spatial.corr is not None
+            and out.spatial.corr.rho.ndim >= 3 and x is not None and x.spatial is None)
 
 
 @carrier("Identity", "Dropout", "Cast", "CastLike", "Expand", "Gemm", "MatMul",
