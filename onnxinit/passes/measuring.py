@@ -3,7 +3,7 @@ output; the run-to-measure fallback for shapes that inference could not give."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -34,11 +34,17 @@ def with_outputs(model: onnx.ModelProto, tensors: Iterable[str],
 
 @model_pass(in_place=False)
 def measured_shapes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
-                    tensors: Iterable[str], types: Mapping[str, int]) -> dict[str, tuple]:
+                    tensors: Iterable[str], types: Mapping[str, int],
+                    prepare: Callable[[onnx.ModelProto], None] | None = None
+                    ) -> dict[str, tuple]:
     """Shapes of ``tensors`` seen in one onnxruntime run of ``model`` on ``feeds`` (the
-    fallback where shape inference could not give them). Raises what onnxruntime raises."""
+    fallback where shape inference could not give them), ``prepare`` applied in place to the
+    copy that runs. Raises what onnxruntime raises."""
     tensors = list(tensors)
-    session = make_session(with_outputs(model, tensors, types), device="cpu")
+    run = with_outputs(model, tensors, types)
+    if prepare is not None:
+        prepare(run)
+    session = make_session(run, device="cpu")
     names = [o.name for o in session.get_outputs()]
     values = session.run(names, dict(feeds))
     wanted = set(tensors)
