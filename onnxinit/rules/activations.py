@@ -373,19 +373,20 @@ def sqrt(inputs, ctx: RuleContext):
     epsilon, :func:`.support.nonnegative`) whose Gaussian law of mean mu and variance nu crosses 0: then
     x ~ Gamma(k = mu^2 / nu, theta = nu / mu) of that mean and variance (a mean of 2k squared
     zero-mean Gaussians has this law), and E = sqrt(theta) Gamma(k + 1/2) / Gamma(k),
-    Var = mu - E^2."""
+    Var = mu - E^2 (elements of variance 0, a class token's constant row: sqrt(mu), 0)."""
     try:
         return apply_elementwise(inputs, ctx)
     except RuleError:
         x = inputs[0]
         if x is None or x.source is not None or not nonnegative(ctx.graph, ctx.node.input[0]):
             raise
-    mu, nu = np.asarray(x.mean, np.float64), np.asarray(x.var, np.float64)
-    if not (np.all(mu > 0) and np.all(nu > 0)):
+    mu, nu = np.broadcast_arrays(np.asarray(x.mean, np.float64), np.asarray(x.var, np.float64))
+    if not (np.all(mu > 0) and np.all(nu >= 0) and np.any(nu > 0)):
         raise RuleError("the input's mean is not positive")
-    k, theta = mu * mu / nu, nu / mu
-    mean = gamma_moment(k, theta, 0.5)
-    return [Moments(mean, np.maximum(mu - mean * mean, 0.0))]
+    fixed = nu == 0  # constant elements (a class token's row): sqrt(mu)
+    k, theta = mu * mu / np.where(fixed, 1.0, nu), nu / mu
+    mean = np.where(fixed, np.sqrt(mu), gamma_moment(np.where(fixed, 1.0, k), theta, 0.5))
+    return [Moments(mean, np.where(fixed, 0.0, np.maximum(mu - mean * mean, 0.0)))]
 
 
 @elementwise_rule("Reciprocal")

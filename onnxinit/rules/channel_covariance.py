@@ -33,6 +33,8 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
   as independent of x and of the other channels' gates): ``S_y[i, j] = E g_i E g_j S_x[i, j]``
   off the diagonal;
 - Pad of the positions: the correlation, rescaled to y's within-position variances;
+- Concat along another axis (a class token before the patches): the parts' covariances
+  pooled by their shares of the positions (a part without a field: its variances);
 - Transpose, a Reshape, Squeeze or Unsqueeze that keeps the axis (its size and the product of
   the axes after it: tf2onnx's Conv1D squeezed from ``[N, C, 1, T]``), Slice (a block of S
   where it slices the axis), Dropout and Identity move or crop it;
@@ -153,6 +155,8 @@ def _deps(ctx: RuleContext, tensor: str) -> list[str]:
                 [centred] if centred not in signals else signals)
     if node.op_type in _AFFINE and len(signals) <= 2:
         return signals
+    if node.op_type == "Concat":
+        return signals
     if len(signals) == 1 and _function(node.op_type):  # element-wise (_compute)
         return signals
     return []
@@ -222,6 +226,8 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
             return _conv(ctx, node, x, tensor, field_of)
         if node.op_type in ("Add", "Sub") and len(signals) == 2:
             return _sum(ctx, signals, tensor, field_of)
+        if node.op_type == "Concat":
+            return _concat(ctx, node, signals, tensor, field_of)
         if node.op_type == "Mul" and len(signals) == 2:
             return _gated(ctx, signals, tensor, field_of)
         f_x = field_of(x)
@@ -304,6 +310,31 @@ def _sum(ctx: RuleContext, signals: list[str], y: str, field_of) -> Field | None
     if parts[0].shape != parts[1].shape or parts[0].shape[0] != shape[axis]:
         return None
     return Field(axis, parts[0] + parts[1])
+
+
+def _concat(ctx: RuleContext, node, signals: list[str], y: str, field_of) -> Field | None:
+    """Concat along another axis than the field's (a class token put before a patch
+    embedding's tokens): the within-position covariance pooled over the positions, each part's
+    by its share of them (a part without a field: its variances; constants: none)."""
+    fields = {n: field_of(n) for n in signals}
+    present = [f for f in fields.values() if f is not None]
+    shape, axis = ctx.graph.shape(y), int(ctx.attr("axis", 0))
+    if not present or not shape or any(f.axis != present[0].axis or f.head_axis is not None
+                                        for f in present):
+        return None
+    field_axis, axis = present[0].axis, axis % len(shape)
+    if axis == field_axis:
+        return None
+    total = np.zeros((shape[field_axis],) * 2)
+    for n in node.input:
+        part = ctx.graph.shape(n)
+        if not part or len(part) != len(shape) or part[field_axis] != shape[field_axis]:
+            return None
+        if n in fields:  # (a constant part adds no covariance)
+            f = fields[n]
+            cov = f.cov if f is not None else np.diag(variances(ctx.known[n], part, field_axis))
+            total += cov * (part[axis] / shape[axis])
+    return Field(field_axis, total)
 
 
 def _gated(ctx: RuleContext, signals: list[str], y: str, field_of) -> Field | None:

@@ -34,6 +34,7 @@ from .channel_covariance import covariance, row_covariance
 from .context import RuleContext, RuleError
 from .covariance_layout import variances
 from .elementwise import elementwise
+from .fixed_energy_rows import squares_normalised_term
 from .gaussian import quadrature
 from .hermite import ORDER
 from .reduce_axes import reduced_axes
@@ -189,6 +190,8 @@ def field_sum_factor(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
 
 
 def _field_sum_factor(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
+    if squares_normalised_term(ctx):  # not a Gaussian's energy: the Pairs' law
+        return None
     factor = _chain_factor(ctx, axes)
     if factor is not None:
         return factor
