@@ -313,14 +313,22 @@ def _sum(ctx: RuleContext, signals: list[str], y: str, field_of) -> Field | None
 
 
 def _concat(ctx: RuleContext, node, signals: list[str], y: str, field_of) -> Field | None:
-    """Concat along another axis than the field's (a class token put before a patch
-    embedding's tokens): the within-position covariance pooled over the positions, each part's
-    by its share of them (a part without a field: its variances; constants: none)."""
+    """Concat along another axis than the field's, of one part with a field and single
+    positions without one (a class token put before a patch embedding's tokens): the
+    within-position covariance pooled over the positions, each part's by its share of them (a
+    token without a field: its variances; constants: none). Two parts with a field (Swin's
+    roll: slices of one map put back in another order) end it, as before: their pooled field,
+    read by the value selection, took Swin V2's rolled-back windows to 1.10-1.12x
+    (tests/real/test_sequence_models.py)."""
     fields = {n: field_of(n) for n in signals}
     present = [f for f in fields.values() if f is not None]
     shape, axis = ctx.graph.shape(y), int(ctx.attr("axis", 0))
     if not present or not shape or any(f.axis != present[0].axis or f.head_axis is not None
                                         for f in present):
+        return None
+    tokens = [n for n, f in fields.items() if f is None]
+    if len(present) > 1 or any((ctx.graph.shape(n) or (0,) * len(shape))[axis % len(shape)] != 1
+                               for n in tokens):
         return None
     field_axis, axis = present[0].axis, axis % len(shape)
     if axis == field_axis:
