@@ -62,7 +62,7 @@ DENSE_TRANSFER_BUDGET = 4e6
 VARIANCE_BUDGET = 2e5
 
 
-def _dense(w: np.ndarray, groups: int) -> cross_channel.SparseKernel:
+def dense_kernel(w: np.ndarray, groups: int) -> cross_channel.SparseKernel:
     """Every entry of a kernel ``[C_out, C_in/g, k...]`` as a non-zero."""
     c_out, per_group = w.shape[:2]
     taps = int(np.prod(w.shape[2:]))
@@ -125,7 +125,7 @@ def field_kernel(w: np.ndarray, groups: int, strides, dilations,
     if per_group * groups * c_out * reach * nnz > budget \
             or c_out * c_out * offsets > DENSE_FIELD_BUDGET:
         return None, True
-    return _dense(w, groups), True
+    return dense_kernel(w, groups), True
 
 
 def field_variance(held, w: np.ndarray, groups: int, nu_cells: np.ndarray, taps, dilations,
@@ -143,9 +143,9 @@ def field_variance(held, w: np.ndarray, groups: int, nu_cells: np.ndarray, taps,
             or c_out * nnz * nnz > VARIANCE_BUDGET:
         return var
     kern = kern if kern is not None else (cross_channel.sparse_kernel(w, groups)
-                                          or _dense(w, groups))
+                                          or dense_kernel(w, groups))
     sd_taps = gather_taps(np.sqrt(nu_cells), taps)
     return cross_channel.class_variance(held.corr, sd_taps, kern, dilations)
 
 
-__all__ = ["field_kernel", "field_variance"]
+__all__ = ["dense_kernel", "field_kernel", "field_variance"]

@@ -36,21 +36,10 @@ from ..strict import fall_back
 from .context import RuleContext, RuleError
 from .correlated_means import chain, coefficients, covariance_sum
 from .covariance_layout import attr, within
+from .field_kernels import dense_kernel
 from .pool_windows import cell_arrays
 
 DEPTH = 3  # Convs back through which the field is computed (then the carried correlation)
-
-
-def _kernel(w: np.ndarray, groups: int) -> cross_channel.SparseKernel:
-    """Every entry of a dense kernel ``[C_out, C_in/g, k...]`` as a non-zero."""
-    c_out, per_group = w.shape[:2]
-    taps = int(np.prod(w.shape[2:]))
-    n = per_group * taps
-    order = np.broadcast_to(np.arange(n), (c_out, n))
-    group = np.arange(c_out)[:, None] // (c_out // groups)
-    channel = group * per_group + order // taps
-    tap = np.stack(np.unravel_index(order % taps, w.shape[2:]), axis=-1)
-    return cross_channel.SparseKernel(channel, tap, w.reshape(c_out, -1))
 
 
 def _carried(ctx: RuleContext, x: str, shape) -> np.ndarray:
@@ -105,7 +94,7 @@ def _conv_field(ctx: RuleContext, z: str, depth: int):
     strides = attr(node, "strides") or [1] * n
     dilations = attr(node, "dilations") or [1] * n
     radius = [min(MAX_OFFSET, s - 1) for s in shape_z[2:]]
-    kern = _kernel(w, groups)
+    kern = dense_kernel(w, groups)
     if not cross_channel.affordable(shape_x[1], w.shape[0], kern, strides, dilations, radius):
         return None
     field, nu = _input_field(ctx, x, depth)

@@ -79,7 +79,7 @@ def _source(ctx: RuleContext):
     return None
 
 
-def _composed(ctx: RuleContext, src_shape, chain) -> np.ndarray | None:
+def composed_index(ctx: RuleContext, src_shape, chain) -> np.ndarray | None:
     """The source's flat index at each element of the chain's last output."""
     if int(np.prod(src_shape, dtype=np.int64)) > MAX_ELEMENTS:
         return None
@@ -154,7 +154,7 @@ def entry(ctx: RuleContext, outputs: list) -> list:
     out_shape = ctx.graph.shape(ctx.node.output[0])
     if out_shape is None or len(out_shape) != 3:
         return outputs  # sequences [X, T, F]; a channels-last map [N, H, W, C] is no sequence
-    idx = _composed(ctx, src_shape, chain)
+    idx = composed_index(ctx, src_shape, chain)
     if idx is None:
         return outputs
     cov = token_correlation(m, src_shape, idx)
@@ -167,4 +167,4 @@ def entry(ctx: RuleContext, outputs: list) -> list:
     return [attach(outputs[0], out_shape, [rank - 2], cov)] + [without(o) for o in outputs[1:]]
 
 
-__all__ = ["entry", "token_correlation"]
+__all__ = ["composed_index", "entry", "token_correlation"]

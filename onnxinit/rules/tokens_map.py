@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import correlation as corr_model
 from .context import RuleContext
-from .map_tokens import LAYOUT_OPS, MAX_CHAIN, MAX_ELEMENTS
+from .map_tokens import LAYOUT_OPS, MAX_CHAIN, MAX_ELEMENTS, composed_index
 from .token_field import token_axes
 
 
@@ -59,24 +59,6 @@ def _origin(ctx: RuleContext):
         chain.append(node)
         tensor = node.input[0]
     return found
-
-
-def _composed(ctx: RuleContext, shape, chain) -> np.ndarray | None:
-    idx = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
-    for node in chain:
-        out = ctx.graph.shape(node.output[0])
-        if out is None:
-            return None
-        if node.op_type == "Transpose":
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-            idx = np.transpose(idx, perm if perm else None)
-            if tuple(idx.shape) != tuple(out):
-                return None
-        elif int(np.prod(out, dtype=np.int64)) != idx.size:
-            return None
-        else:
-            idx = idx.reshape(out)
-    return idx
 
 
 def _labels(m, shape, flat: np.ndarray):
@@ -117,7 +99,7 @@ def map_correlation(ctx: RuleContext, shape) -> corr_model.Correlation | None:
     src_shape = ctx.graph.shape(name)
     if src_shape is None:
         return None
-    idx = _composed(ctx, tuple(src_shape), chain)
+    idx = composed_index(ctx, tuple(src_shape), chain)
     if idx is None or tuple(idx.shape) != tuple(shape):
         return None
     # a probe of one sample and two channels first: most stretches fail there, and the
