@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit import cross_channel
 from onnxinit.moments import Moments
-from onnxinit.rules.field_kernels import _dense, dense_covariance
+from onnxinit.rules.field_kernels import dense_kernel, dense_covariance
 from tests.models import make_model
 from tests.oracle import monte_carlo, per_channel, predict
 
@@ -67,6 +67,7 @@ def test_the_dense_transfer_is_the_gathered_one():
         field = field + np.flip(np.swapaxes(field, 0, 1), axis=(2, 3))
         nu = rng.uniform(0.5, 2.0, c_in)
         w = rng.standard_normal((c_out, c_in, k, k))
-        gathered = cross_channel.conv_covariance(field, nu, _dense(w, 1), [s, s], [d, d], [r, r])
+        gathered = cross_channel.conv_covariance(field, nu, dense_kernel(w, 1), [s, s], [d, d],
+                                                 [r, r])
         np.testing.assert_allclose(dense_covariance(field, nu, w, [s, s], [d, d], [r, r]),
                                    gathered, rtol=0, atol=1e-5 * np.abs(gathered).max())
