@@ -59,8 +59,8 @@ def _anchor(field: CrossField, name: str, sizes, sd_in, kern, strides, dilations
 
 def conv(sp, nu_cells: np.ndarray, w: np.ndarray, groups: int, strides, dilations, taps,
          var: np.ndarray, corr: Correlation, chained: bool, name: str = "",
-         begins=None, fork: bool = False,
-         covariance_known: bool = False) -> tuple[np.ndarray, Correlation]:
+         begins=None, fork: bool = False, covariance_known: bool = False,
+         dense_allowed: bool = True) -> tuple[np.ndarray, Correlation]:
     """A Conv's per-class output variance ``var`` ``[C_out, R...]`` and correlation ``corr``
     with the cross-channel field when the kernel is sparse (``cross_channel.sparse_kernel``)
     or dense within the budget (:mod:`.field_kernels`); over it, the variance alone from the
@@ -71,10 +71,11 @@ def conv(sp, nu_cells: np.ndarray, w: np.ndarray, groups: int, strides, dilation
     already has the input channels' covariance (``channel_covariance``), which a dense
     kernel's field from independent channels would undo: it starts none then. A dense kernel
     that starts a field keeps the rule's ``var`` (which may hold other covariance, a pooled
-    energy's: ``pooled_energy``)."""
+    energy's: ``pooled_energy``). ``dense_allowed``: the Conv is one of the graph's first
+    dense ones (``field_kernels.dense_convs``)."""
     c_in = w.shape[1] * groups
     held = sp.corr.cross if sp.corr is not None else None
-    kern, dense = field_kernel(w, groups, strides, dilations, corr.radius)
+    kern, dense = field_kernel(w, groups, strides, dilations, corr.radius, dense_allowed)
     if dense and held is None and covariance_known:
         return var, corr
     if dense and sp.corr is not None and sp.corr.energy_pairs:  # rho holds more than the

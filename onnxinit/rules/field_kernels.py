@@ -35,10 +35,17 @@ Cost: a dense kernel has ``C_in/g prod(k)`` non-zeros per output channel, and th
 ``C_in C_out nnz`` multiply-adds per offset reached, so the budget
 (``cross_channel.affordable``, ``FIELD_BUDGET``) and the size of the field it starts
 (``DENSE_FIELD_BUDGET``) keep it to the narrow layers of a network's first stages (MobileViT: its
-stem and first blocks); a wider conv drops the field as before.
+stem and first blocks); a wider conv drops the field as before. A network narrow throughout (a
+CIFAR ResNet of 16-64 channels) would carry it through every conv, and every element-wise node
+after them through Mehler's formula per pair of channels: the pre-activation ResNet-164's
+analysis went 1.1 -> 2.4-3.7 s of CPU for 21 dense fields (predictions moved under 1%). So only
+the first ``DENSE_CONVS`` dense Convs of the graph (topological order: the stem and the first
+blocks, where a stem of few colour channels makes the field) carry it (:func:`dense_convs`).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 
@@ -60,6 +67,31 @@ DENSE_TRANSFER_BUDGET = 4e6
 # channels (3.3e5 each, over 9-25 classes) cost 0.07 s apiece and moved no prediction's side
 # of 10%
 VARIANCE_BUDGET = 2e5
+DENSE_CONVS = 4  # dense Convs, the graph's first, that may carry a field (module docstring)
+_DENSE_CONVS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def dense_convs(graph) -> frozenset[str]:
+    """The first ``DENSE_CONVS`` Convs of ``graph`` (its root: every view of one model) with a
+    constant dense kernel, in topological order: those that may carry a dense field."""
+    root = getattr(graph, "root", graph)
+    found = _DENSE_CONVS.get(root)
+    if found is None:
+        chosen = []
+        for node_id in root.order:
+            node = root.node(node_id)
+            if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+                continue
+            w = root.value(node.input[1]) if root.is_constant(node.input[1]) else None
+            groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+            if w is None or np.ndim(w) < 3 or cross_channel.sparse_kernel(
+                    np.asarray(w, np.float64), groups) is not None:
+                continue
+            chosen.append(node_id)
+            if len(chosen) == DENSE_CONVS:
+                break
+        found = _DENSE_CONVS[root] = frozenset(chosen)
+    return found
 
 
 def dense_kernel(w: np.ndarray, groups: int) -> cross_channel.SparseKernel:
@@ -108,14 +140,17 @@ def dense_covariance(field: np.ndarray, nu: np.ndarray, w: np.ndarray, strides, 
 
 
 def field_kernel(w: np.ndarray, groups: int, strides, dilations,
-                 out_radius) -> tuple[cross_channel.SparseKernel | None, bool]:
+                 out_radius, dense_allowed: bool = True
+                 ) -> tuple[cross_channel.SparseKernel | None, bool]:
     """(kernel, dense): ``w``'s sparse kernel (``cross_channel.sparse_kernel``), else the
-    dense one when its transfer's ``C_in C_out nnz`` multiply-adds per offset reached fit
-    ``FIELD_BUDGET`` and its output field ``DENSE_FIELD_BUDGET`` (checked before the kernel
-    is built), else None."""
+    dense one when ``dense_allowed`` (:func:`dense_convs`) and its transfer's ``C_in C_out
+    nnz`` multiply-adds per offset reached fit ``FIELD_BUDGET`` and its output field
+    ``DENSE_FIELD_BUDGET`` (checked before the kernel is built), else None."""
     kern = cross_channel.sparse_kernel(w, groups)
     if kern is not None:
         return kern, False
+    if not dense_allowed:
+        return None, True
     c_out, per_group = w.shape[:2]
     nnz = per_group * int(np.prod(w.shape[2:]))
     span = [(k - 1) * d for k, d in zip(w.shape[2:], dilations)]
@@ -148,4 +183,4 @@ def field_variance(held, w: np.ndarray, groups: int, nu_cells: np.ndarray, taps,
     return cross_channel.class_variance(held.corr, sd_taps, kern, dilations)
 
 
-__all__ = ["dense_kernel", "field_kernel", "field_variance"]
+__all__ = ["dense_convs", "dense_kernel", "field_kernel", "field_variance"]

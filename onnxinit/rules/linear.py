@@ -27,6 +27,7 @@ from ..views import broadcast_to
 from .attention import matmul_activations
 from .covariance_readers import cross_term_factor, feature_cross_term_factor
 from . import cross_fields
+from .field_kernels import dense_convs
 from .copies import copy_cells
 from .conv_geometry import begin_pads
 from .pooled_energy import shared_cross_terms
@@ -195,7 +196,8 @@ def conv(inputs, ctx: RuleContext):
                                   chained=cells is not None and cells.source is not None,
                                   name=ctx.node.input[0], begins=begins,
                                   fork=len(ctx.graph.consumers.get(ctx.node.input[0], ())) > 1,
-                                  covariance_known=factor is not None)
+                                  covariance_known=factor is not None,
+                                  dense_allowed=ctx.node_id in dense_convs(ctx.graph))
     if cells is None:
         cells = Moments(mean[None], var[None])
     return [attach(cells, out_maps, corr)]
