@@ -28,7 +28,7 @@ import onnx
 
 from ._loading import dense_initializers, read_model
 from .dtypes import INT_TYPES
-from .errors import InvalidOptionError, ModelLoadError, UnsupportedModelError
+from .errors import InvalidOptionError, ModelLoadError
 from .feeds import synthetic_feeds
 from .graph_views import ChangeViews
 from .initializers import is_external, tensor_array
@@ -41,16 +41,15 @@ from .passes import (
     DeclaredMerge,
     FoldedInference,
     ModelReading,
-    batch_statistics,
     channels_first,
     evaluate_node,
-    fixed_dropout,
     infer_shapes,
     inference_batchnorms,
     is_static,
     measured_shapes,
     set_input_shapes,
     shape_op_value,
+    training_semantics,
 )
 from .plan import Change, changed_values
 from .structure import GraphStructure
@@ -217,24 +216,14 @@ class ModelGraph(ChangeViews, GraphStructure):
                 new[tensor] = np.asarray(value)
         return new
 
-    def _training_semantics(self, model: onnx.ModelProto) -> None:
-        """``model`` (a copy to run) as the measurements run it: BatchNormalization on batch
-        statistics (a training-mode one with its running-statistic outputs left out is a
-        model onnxruntime refuses as written), Dropout the identity; left as it is where a
-        BatchNormalization's input has no static shape."""
-        try:
-            batch_statistics(model, self.shapes, self.dtypes)
-        except UnsupportedModelError:
-            return
-        fixed_dropout(model)
-
     def _fill_missing_shapes(self):
         missing = self.missing_shapes()
         if not missing:
             return
         try:
-            measured = measured_shapes(self.model, synthetic_feeds(self), missing, self.dtypes,
-                                       self._training_semantics)
+            measured = measured_shapes(
+                self.model, synthetic_feeds(self), missing, self.dtypes,
+                lambda run: training_semantics(run, self.shapes, self.dtypes))
         except Exception as exc:  # noqa: BLE001 - the model cannot run here: rules fall back
             reason = " ".join(str(exc).split())
             # an op's inputs clash once the shapes are computed, at input shapes that are the

@@ -102,3 +102,13 @@ def resolved_value_info(infos: Sequence[onnx.ValueInfoProto],
                     dim.dim_value = names[dim.dim_param]
         out.append(vi2)
     return out
+
+
+def assumed_sizes_hint(graph) -> str:
+    """A hint for a node the analysis could not predict where the input lengths were
+    assumed (``graph.assumed_lengths``): the model may not take those sizes."""
+    if not getattr(graph, "assumed_lengths", False):
+        return ""
+    shapes = ", ".join(f"{n}:{'x'.join(map(str, s))}" for n, s in graph.input_shapes.items())
+    return (f"; the inputs' lengths were assumed ({shapes}): if the model takes other sizes, "
+            f"give them with --input-shape")

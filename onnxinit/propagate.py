@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import InvalidOptionError, PredictionError
 from .graph import ModelGraph
+from .input_shapes import assumed_sizes_hint
 from .moments import Moments
 from .rules import CommonAncestor, Registration, RuleContext, RuleError, RuleSettings, lookup
 from .rules import feature_pairs
@@ -329,7 +330,7 @@ def _propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> Non
             if _record(result, fallback):
                 result.warnings.append(
                     f"node {node_id} ({node.op_type}): statistics passed through unchanged ({exc})"
-                    + _assumed_sizes(graph))
+                    + assumed_sizes_hint(graph))
     outputs = carry(ctx, inputs, list(outputs), per_token is not None or fused is not None)
     outputs, pairs = feature_pairs.carry(ctx, inputs, outputs, result.pairs)
     for name, m, pair in zip(node.output, outputs, pairs):
@@ -368,15 +369,6 @@ def _non_finite_constant(graph, node) -> str | None:
             kind = "initializer" if name in graph.initializers else "constant"
             return f"its input {kind} {name!r} holds {what} value(s) of {value.size}"
     return None
-
-
-def _assumed_sizes(graph) -> str:
-    """A hint where the failure may come from a symbolic length the analysis filled in."""
-    if not getattr(graph, "assumed_lengths", False):
-        return ""
-    shapes = ", ".join(f"{n}:{'x'.join(map(str, s))}" for n, s in graph.input_shapes.items())
-    return (f"; the inputs' lengths were assumed ({shapes}): if the model takes other sizes, "
-            f"give them with --input-shape")
 
 
 def _require_finite(m: Moments, node_id: str, op: str, tensor: str, rule_name: str,

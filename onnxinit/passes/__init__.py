@@ -48,12 +48,12 @@ from .shapes import (
     types_and_shapes,
     value_info,
 )
-from .training import batch_statistics, fixed_dropout
+from .training import batch_statistics, fixed_dropout, training_semantics
 
 __all__ = [
     "MAX_FOLDED_ELEMENTS", "NEVER_FOLDED", "PASSES", "RANDOM_OPS", "SMALL_TENSOR", "DeclaredMerge",
     "FoldedInference", "ModelReading",
-    "GraphEmitter", "PassInfo", "batch_statistics", "described", "channels_first", "evaluate_node", "fixed_dropout", "fold_constants",
+    "GraphEmitter", "PassInfo", "batch_statistics", "described", "channels_first", "evaluate_node", "fixed_dropout", "fold_constants", "training_semantics",
     "inference_batchnorms", "infer_shapes", "infer_with_constants", "is_static", "keep_declared", "measured_shapes",
     "model_pass", "set_input_shapes", "shape_of", "shape_op_value", "types_and_shapes",
     "value_info", "with_outputs",

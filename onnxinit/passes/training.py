@@ -174,3 +174,16 @@ def fixed_dropout(model: onnx.ModelProto, *, seed: int | None = None,
                 "Identity", [emitter.constant(keep, np.bool_, "dropout_keep")], [mask],
                 name=emitter.fresh("dropout_mask")))
     _finish(model, emitter)
+
+
+def training_semantics(model: onnx.ModelProto, shapes: Mapping[str, tuple],
+                       types: Mapping[str, int]) -> None:
+    """``model`` as the measurements run it, in place: BatchNormalization on batch statistics
+    (a training-mode one with its running-statistic outputs left out is a model onnxruntime
+    refuses as written), Dropout the identity; left as it is where a BatchNormalization's
+    input has no static shape (``shapes`` still missing some: the run that measures them)."""
+    try:
+        batch_statistics(model, shapes, types)
+    except UnsupportedModelError:
+        return
+    fixed_dropout(model)
