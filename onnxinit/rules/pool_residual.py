@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..correlation import MAX_OFFSET, Correlation, recentred
+from ..correlation import MAX_OFFSET, Correlation, independent, recentred
 from ..moments import Moments
 from ..spatial import attach, gather_taps, positions
 from .context import RuleContext
@@ -91,7 +91,8 @@ def pool_residual(inputs, ctx: RuleContext, op: str) -> Moments | None:
         inside = np.multiply.outer(inside, (t >= 0).T.astype(np.float64))
     inside = np.moveaxis(inside, tuple(range(1, 2 * n, 2)), tuple(range(n, 2 * n)))
     divisor = tap_counts(taps, -1) if pool_ctx.attr("count_include_pad", 0) else tap_counts(taps, 0)
-    rho_taps = _rho_at(sp.corr, offsets)  # [C or 1, T...]
+    own = sp.corr if sp.corr is not None else independent(1, shape[2:])
+    rho_taps = _rho_at(own, offsets)  # [C or 1, T...]
     weights = rho_taps.reshape(rho_taps.shape + (1,) * n) * inside
     cov = (weights * np.sqrt(nu_taps * nu_c[(slice(None),) + (None,) * n])).sum(
         axis=tuple(range(1, 1 + n))) / divisor
@@ -108,17 +109,11 @@ def pool_residual(inputs, ctx: RuleContext, op: str) -> Moments | None:
     return attach(Moments(mean[None], var[None]), out_maps, corr)
 
 
-def _rho_at(corr: Correlation | None, offsets) -> np.ndarray:
+def _rho_at(corr: Correlation, offsets) -> np.ndarray:
     """rho_x at every tap's offset from the centre: ``[C or 1, T_0, ...]``."""
-    n = len(offsets)
-    if corr is None:
-        rho = np.zeros((1,) + tuple(len(o) for o in offsets))
-        rho[(0,) + tuple(int(np.argmin(np.abs(o))) for o in offsets)] = 1.0
-        return rho
     radius = [int(np.abs(o).max(initial=0)) for o in offsets]
     ext = recentred(corr.rho, 1, radius, corr.floor.reshape(-1))
-    index = np.ix_(*[o + r for o, r in zip(offsets, radius)])
-    return ext[(slice(None),) + index] if n else ext
+    return ext[(slice(None),) + np.ix_(*[o + r for o, r in zip(offsets, radius)])]
 
 
 def _output_correlation(cx: Correlation | None, cp: Correlation | None, offsets, sizes,
@@ -134,13 +129,12 @@ def _output_correlation(cx: Correlation | None, cp: Correlation | None, offsets,
     if nu_p is None or nu_x is None:
         return None
     lead = (-1,) + (1,) * n
-    rho_x = recentred(cx.rho, 1, radius, cx.floor.reshape(-1)) if cx is not None else \
-        _independent(radius)
-    rho_p = recentred(cp.rho, 1, radius, cp.floor.reshape(-1)) if cp is not None else \
-        _independent(radius)
+    cx = cx if cx is not None else independent(1, sizes)  # 1 at offset 0, 0 elsewhere
+    cp = cp if cp is not None else independent(1, sizes)
+    rho_x = recentred(cx.rho, 1, radius, cx.floor.reshape(-1))
+    rho_p = recentred(cp.rho, 1, radius, cp.floor.reshape(-1))
     reach = [r + int(np.abs(o).max(initial=0)) for r, o in zip(radius, offsets)]
-    ext = (recentred(cx.rho, 1, reach, cx.floor.reshape(-1)) if cx is not None
-           else _independent(reach))
+    ext = recentred(cx.rho, 1, reach, cx.floor.reshape(-1))
     cross = np.zeros((ext.shape[0],) + tuple(2 * r + 1 for r in radius))
     for tap in np.ndindex(*(len(o) for o in offsets)):
         o = [offsets[a][tap[a]] for a in range(n)]
@@ -150,18 +144,11 @@ def _output_correlation(cx: Correlation | None, cp: Correlation | None, offsets,
             cross = cross + ext[(slice(None),) + index]
     cov = rho_p * nu_p.reshape(lead) + rho_x * nu_x.reshape(lead) \
         + sign * cross * nu_x.reshape(lead) / taps
-    floor_x = cx.floor.reshape(-1) if cx is not None else np.zeros(1)
-    floor_p = cp.floor.reshape(-1) if cp is not None else np.zeros(1)
+    floor_x, floor_p = cx.floor.reshape(-1), cp.floor.reshape(-1)
     far = floor_p * nu_p + floor_x * nu_x + 2.0 * sign * floor_x * nu_x
     at_zero = cov[(slice(None),) + tuple(radius)]
     safe = np.where(at_zero > 0, at_zero, 1.0)
     return Correlation(cov / safe.reshape(lead), far / safe)
-
-
-def _independent(radius) -> np.ndarray:
-    rho = np.zeros((1,) + tuple(2 * r + 1 for r in radius))
-    rho[(0,) + tuple(radius)] = 1.0
-    return rho
 
 
 __all__ = ["pool_residual"]
