@@ -20,7 +20,9 @@ Two checks:
   know is refused only when onnxruntime does not know it either: onnxruntime registers contrib
   ops there (SimplifiedLayerNormalization), which the fallback runs.
 - weights (:func:`weight_mismatch`): a Conv or ConvTranspose whose constant weight does not fit
-  its input's channels or its own ``kernel_shape``. Neither onnx's inference nor onnxruntime's
+  its input's channels or its own ``kernel_shape``, or whose bias is not one value per output
+  channel; an InstanceNormalization, LayerNormalization or Gemm whose constant scale or bias does
+  not fit its input. Neither onnx's inference nor onnxruntime's
   session creation checks this; onnxruntime fails only when the node runs.
 - consistency (:func:`inconsistency`): an op that cannot compute its output from its inputs'
   shapes, types or count, or with an attribute out of range, as onnx's strict shape inference
@@ -166,31 +168,89 @@ def _attribute(node: onnx.NodeProto, name: str, default):
     return default
 
 
+def _broadcasts_to(shape, target) -> bool:
+    """Whether ``shape`` broadcasts one-directionally to ``target`` (unknown dims fit)."""
+    if len(shape) > len(target):
+        return False
+    return all(not isinstance(t, int) or d in (1, t)
+               for d, t in zip(reversed(shape), reversed(target)))
+
+
+def _conv_mismatch(node, label, x, w, constants) -> str | None:
+    kernel = _attribute(node, "kernel_shape", None)
+    if kernel is not None and list(kernel) != list(w[2:]):
+        return (f"{label}: kernel_shape {list(kernel)} but its weight {node.input[1]!r} "
+                f"has kernel {list(w[2:])}")
+    group = int(_attribute(node, "group", 1))
+    outputs = w[0] if node.op_type == "Conv" else w[1] * group
+    bias = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if bias is not None and tuple(bias) != (outputs,):
+        return (f"{label}: its bias {node.input[2]!r} has shape {list(bias)} but its weight "
+                f"{node.input[1]!r} of shape {'x'.join(map(str, w))} (group {group}) makes "
+                f"{outputs} output channels")
+    channels = x[1] if x is not None and len(x) > 1 and isinstance(x[1], int) else None
+    if channels is None:
+        return None
+    expected = w[1] * group if node.op_type == "Conv" else w[0]
+    if expected != channels:
+        return (f"{label}: its input {node.input[0]!r} has {channels} channels but its weight "
+                f"{node.input[1]!r} of shape {'x'.join(map(str, w))} (group {group}) reads "
+                f"{expected}")
+    return None
+
+
+def _affine_mismatch(node, label, x, constants) -> str | None:
+    """InstanceNormalization's scale and B are ``[C]``; LayerNormalization's broadcast to
+    ``X.shape[axis:]``; Gemm's C to ``[M, N]``."""
+    if x is None:
+        return None
+    if node.op_type == "InstanceNormalization":
+        wanted, fits = (x[1],) if len(x) > 1 else None, lambda s, t: tuple(s) == t
+        where = f"its input's {x[1]} channels" if len(x) > 1 else ""
+        params = node.input[1:3]
+    elif node.op_type == "LayerNormalization":
+        axis = int(_attribute(node, "axis", -1))
+        wanted, fits = tuple(x[axis % len(x):]) if x else None, _broadcasts_to
+        where = f"its input's shape {list(x)} from axis {axis}"
+        params = node.input[1:3]
+    else:  # Gemm
+        b = constants.get(node.input[1]) if len(node.input) > 1 else None
+        if len(x) != 2 or b is None or len(b) != 2:
+            return None
+        rows = x[1] if _attribute(node, "transA", 0) else x[0]
+        columns = b[0] if _attribute(node, "transB", 0) else b[1]
+        wanted, fits, where = (rows, columns), _broadcasts_to, f"its output [{rows}, {columns}]"
+        params = node.input[2:3]
+    if wanted is None or not all(isinstance(d, int) for d in wanted):
+        return None
+    for name in params:
+        shape = constants.get(name) if name else None
+        if shape is not None and not fits(shape, wanted):
+            return f"{label}: its parameter {name!r} of shape {list(shape)} does not fit {where}"
+    return None
+
+
 def weight_mismatch(nodes, shapes: dict, constants: dict) -> str | None:
-    """Why a Conv/ConvTranspose of ``nodes`` cannot run with its constant weight, or None:
-    Conv's weight ``[M, C/group, k...]`` and ConvTranspose's ``[C, M/group, k...]`` must match
-    the input's ``C`` (axis 1), and ``kernel_shape``, when given, the weight's ``k``.
-    ``shapes``: tensor -> static shape; ``constants``: initializer name -> dims."""
+    """Why a node of ``nodes`` cannot run with its constant parameters, or None. Conv's weight
+    ``[M, C/group, k...]`` and ConvTranspose's ``[C, M/group, k...]`` must match the input's
+    ``C`` (axis 1), ``kernel_shape``, when given, the weight's ``k``, and a bias must be
+    ``[M]``; InstanceNormalization's scale and B ``[C]``, LayerNormalization's broadcast to
+    the normalised shape, Gemm's C to the output ``[M, N]``. ``shapes``: tensor -> static
+    shape; ``constants``: initializer name -> dims."""
     for index, node in enumerate(nodes):
-        if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
-            continue
-        x, w = shapes.get(node.input[0]), constants.get(node.input[1])
-        if w is None or len(w) < 3:
+        if len(node.input) < 2:
             continue
         label = f"node {node.name or f'{node.op_type}_{index}'!r} ({node.op_type})"
-        kernel = _attribute(node, "kernel_shape", None)
-        if kernel is not None and list(kernel) != list(w[2:]):
-            return (f"{label}: kernel_shape {list(kernel)} but its weight {node.input[1]!r} "
-                    f"has kernel {list(w[2:])}")
-        channels = x[1] if x is not None and len(x) > 1 and isinstance(x[1], int) else None
-        if channels is None:
+        x = shapes.get(node.input[0])
+        if node.op_type in ("Conv", "ConvTranspose"):
+            w = constants.get(node.input[1])
+            reason = _conv_mismatch(node, label, x, w, constants) if w and len(w) >= 3 else None
+        elif node.op_type in ("InstanceNormalization", "LayerNormalization", "Gemm"):
+            reason = _affine_mismatch(node, label, x, constants)
+        else:
             continue
-        group = int(_attribute(node, "group", 1))
-        expected = w[1] * group if node.op_type == "Conv" else w[0]
-        if expected != channels:
-            return (f"{label}: its input {node.input[0]!r} has {channels} channels but its weight "
-                    f"{node.input[1]!r} of shape {'x'.join(map(str, w))} (group {group}) reads "
-                    f"{expected}")
+        if reason:
+            return reason
     return None
 
 

@@ -226,6 +226,59 @@ def test_conv_whose_weight_does_not_fit_is_refused(tmp_path, capsys, weight_shap
         assert reason in err
 
 
+def _ones(name, shape):
+    return numpy_helper.from_array(np.ones(shape, np.float32), name)
+
+
+def _parameter_model(op, shapes, **attributes):
+    """x [2, 3, 8, 8] into one ``op`` whose constant inputs have ``shapes`` (Gemm: flattened)."""
+    names = [f"p{i}" for i in range(len(shapes))]
+    nodes = [helper.make_node(op, ["x", *names], ["y"], **attributes)]
+    if op == "Gemm":
+        nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+                 helper.make_node(op, ["f", *names], ["y"], **attributes)]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                      [_ones(n, s) for n, s in zip(names, shapes)])
+
+
+@pytest.mark.parametrize("op, shapes, attributes, reason", [
+    ("Conv", [(4, 3, 3, 3), (3,)], {}, "its bias 'p1' has shape [3]"),
+    ("ConvTranspose", [(3, 2, 3, 3), (2,)], {"group": 3}, "makes 6 output channels"),
+    ("InstanceNormalization", [(3,), (4,)], {}, "'p1' of shape [4] does not fit"),
+    ("LayerNormalization", [(7,), (8,)], {"axis": -1}, "'p0' of shape [7] does not fit"),
+    ("Gemm", [(5, 192), (3,)], {"transB": 1}, "'p1' of shape [3] does not fit its output [2, 5]"),
+])
+def test_parameters_that_do_not_fit_are_refused(tmp_path, capsys, op, shapes, attributes, reason):
+    # onnx's inference and onnxruntime's session creation accept these; onnxruntime fails only
+    # when the node runs. They were passed through unchanged with a warning (and check ran)
+    model = _parameter_model(op, shapes, **attributes)
+    assert _runtime_cannot_run(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    for command in (["analyze", str(path)], ["check", str(path)]):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert reason in err
+
+
+@pytest.mark.parametrize("op, shapes, attributes", [
+    ("Conv", [(4, 3, 3, 3), (4,)], {}),
+    ("ConvTranspose", [(3, 2, 3, 3), (6,)], {"group": 3}),
+    ("InstanceNormalization", [(3,), (3,)], {}),
+    ("LayerNormalization", [(8,), (1,)], {"axis": -1}),
+    ("LayerNormalization", [(8, 8), (8,)], {"axis": 2}),
+    ("Gemm", [(5, 192), (5,)], {"transB": 1}),
+    ("Gemm", [(5, 192), (1, 5)], {"transB": 1}),
+    ("Gemm", [(5, 192), ()], {"transB": 1}),
+    ("Gemm", [(192, 5), (2, 1)], {}),
+])
+def test_parameters_that_fit_are_analysed(op, shapes, attributes):
+    model = _parameter_model(op, shapes, **attributes)
+    assert not _runtime_cannot_run(model)
+    assert analyze(model).tensors[-1].name == "y"
+
+
 def test_grouped_conv_that_fits_is_analysed():
     assert analyze(_conv_model((6, 1, 3, 3), group=3)).tensors[-1].name == "y"
 

@@ -294,6 +294,16 @@ def _pooled(ctx: RuleContext, skip: bool, nu, w, var, scale: float = 1.0):
     return np.maximum(var + scale**2 * cross_terms(corr, nu, w), 0.0)
 
 
+def _row_bias(ctx: RuleContext, y_shape) -> tuple[np.ndarray, np.ndarray | float]:
+    """Gemm's C broadcast to ``[M, N]``, per column over the M rows (the samples): its mean
+    and, when it differs from row to row, its variance (the rows' spread adds to Y's)."""
+    c = ctx.const(2)
+    if c is None or np.ndim(c) < 2 or np.shape(c)[0] == 1:
+        return _bias(ctx, 2, y_shape[1]), 0.0
+    c = np.broadcast_to(np.asarray(c, dtype=np.float64), tuple(y_shape))
+    return c.mean(axis=0), c.var(axis=0)
+
+
 @rule("Gemm")
 def gemm(inputs, ctx: RuleContext):
     """Y = alpha * A' B' + beta * C with one constant operand W (A' = A or A^T):
@@ -307,16 +317,17 @@ def gemm(inputs, ctx: RuleContext):
         x = inputs[0]
         w = ctx.const(1)
         w = w.T if trans_b else w  # [K, N]
-        c = _bias(ctx, 2, y_shape[1]) if ctx.has_input(2) else 0.0
+        c, c_var = _row_bias(ctx, y_shape) if ctx.has_input(2) else (0.0, 0.0)
         factor = None if trans_a else feature_cross_term_factor(ctx, w)  # correlated features
         factor = 1.0 if factor is None else factor
         kept = None if trans_a else _leading(x, 2, w.shape[0])
         if kept is not None:  # per row (position) and feature
             mean, var = _dense(*kept, w, beta * c, alpha)
-            return [Moments(mean, var * factor)]
+            return [Moments(mean, var * factor + beta**2 * c_var)]
         mu, nu = x.values_along(0 if trans_a else 1, w.shape[0])
         mean, var = _dense(mu, nu, w, beta * c, alpha)
-        return [Moments.along(mean, _pooled(ctx, trans_a, nu, w, var * factor, alpha), 1, 2)]
+        var = _pooled(ctx, trans_a, nu, w, var * factor, alpha) + beta**2 * c_var
+        return [Moments.along(mean, var, 1, 2)]
     if inputs[1] is not None and ctx.const(0) is not None:
         x = inputs[1]
         w = ctx.const(0)

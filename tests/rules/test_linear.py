@@ -151,6 +151,15 @@ def test_gemm_constant_weight(attrs, c):
     run(model, {"x": x}, rule="gemm")
 
 
+def test_gemm_bias_per_row():
+    # C [M, 1]: one bias per row (sample); its spread over the rows adds to each feature's
+    # variance. The rule raised on it (a [M, 1] bias broadcast to [N])
+    c = np.tile(np.array([[1.0], [-2.0], [0.5], [0.0]], np.float32), (50_000, 1))
+    node = helper.make_node("Gemm", ["x", "w", "c"], ["y"], beta=0.5)
+    model = node_model(node, {"x": (200_000, 6)}, {"w": weights((6, 5)), "c": c})
+    run(model, {"x": FEATURES}, rule="gemm")
+
+
 def test_gemm_constant_left_operand():
     # Y[m, n] = sum_k W[m, k] X[k, n] + C[m]: per row m
     x = Moments.along(np.linspace(-1, 1, 6), np.linspace(0.3, 2.0, 6), axis=0, rank=2)
