@@ -25,6 +25,7 @@ def resolve_input_shapes(inputs: Sequence[onnx.ValueInfoProto], given: Mapping[s
             f"(inputs: {', '.join(names)})"
         )
     shapes, warnings = {}, []
+    batch_names = _batch_names(inputs, given)
     for inp in inputs:
         declared = shape_of(inp.type)
         if inp.name in given:
@@ -48,7 +49,7 @@ def resolve_input_shapes(inputs: Sequence[onnx.ValueInfoProto], given: Mapping[s
         for axis, d in enumerate(declared):
             if isinstance(d, int) and d > 0:
                 dims.append(d)
-            elif axis == 0:
+            elif axis == 0 or (isinstance(d, str) and d in batch_names):
                 dims.append(batch_size)
             else:
                 dims.append(default_length)
@@ -76,9 +77,18 @@ def assumed_lengths(inputs: Sequence[onnx.ValueInfoProto], given: Mapping[str, t
     """Whether a non-batch input dim was filled in by :func:`resolve_input_shapes` (a symbolic
     length or size), neither declared by the model nor given by the user. A model may refuse
     an assumed length (its position table is shorter); every model takes any batch."""
-    return any(axis > 0 and not (isinstance(d, int) and d > 0)
+    batch_names = _batch_names(inputs, given)
+    return any(axis > 0 and not (isinstance(d, int) and d > 0) and d not in batch_names
                for inp in inputs if inp.name not in given
                for axis, d in enumerate(shape_of(inp.type) or ()))
+
+
+def _batch_names(inputs: Sequence[onnx.ValueInfoProto], given: Mapping[str, tuple]) -> set[str]:
+    """The names of the inputs' symbolic batch axes (axis 0): a dim so named on another axis
+    is the batch too (an RNN's initial state ``[layers, batch, hidden]`` beside ``x [batch, T,
+    F]``)."""
+    return {d[0] for inp in inputs if inp.name not in given
+            for d in [shape_of(inp.type)] if d and isinstance(d[0], str) and d[0]}
 
 
 def resolved_value_info(infos: Sequence[onnx.ValueInfoProto],

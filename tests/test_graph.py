@@ -251,3 +251,22 @@ def test_an_output_declared_with_symbolic_dims_gets_its_shape_from_folded_consta
     graph = load(model, batch_size=3)
     assert graph.shape("y") == (3, 6)
     assert not graph.missing_shapes()
+
+
+def test_a_dim_named_as_the_batch_is_the_batch_on_any_axis():
+    """torch exports an RNN's initial state as ``h0 [layers, batch, hidden]`` beside ``x
+    [batch, T, F]``, both axes named "batch": h0's axis 1 is the batch, not an assumed length
+    (before: 128, and onnxruntime refused the measuring run's h0 of 2x128x16)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 4])
+    h0 = helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, "batch", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("W", (1, 9, 4)), ("R", (1, 9, 3)))]
+    node = helper.make_node("GRU", ["xt", "W", "R", "", "", "h0"], ["", "y"], hidden_size=3)
+    transpose = helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2])
+    model = helper.make_model(helper.make_graph([transpose, node], "g", [x, h0], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    graph = load(model, batch_size=7)
+    assert graph.input_shapes == {"x": (7, 5, 4), "h0": (1, 7, 3)}
+    assert not graph.assumed_lengths
