@@ -13,6 +13,7 @@ says its variance differs from token to token with that variance per token
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .allocator import huge_pages_unadvised
 from .errors import InvalidOptionError, PredictionError
 from .graph import ModelGraph
 from .input_shapes import assumed_sizes_hint
@@ -231,13 +233,16 @@ def _fallback_summary(fallbacks: list[Fallback]) -> str:
     return "".join(f"; {p}" for p in parts)
 
 
+@contextlib.contextmanager
 def single_threaded_blas():
     """A context where BLAS runs on one thread. Rules multiply small matrices (a per-position
     Conv: C_out x C_in k x positions), where a multi-threaded BLAS spends more time waking
-    threads than computing, 10-50x more on a busy machine."""
+    threads than computing, 10-50x more on a busy machine. numpy advises no huge pages for
+    the rules' temporaries there either (:func:`onnxinit.allocator.huge_pages_unadvised`)."""
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=1, user_api="blas")
+    with threadpool_limits(limits=1, user_api="blas"), huge_pages_unadvised():
+        yield
 
 
 def rule_context(graph: ModelGraph, node_id: str, result: Propagation,
