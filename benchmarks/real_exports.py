@@ -116,6 +116,10 @@ MODELS = {
     "swin_v2_t": (exports.BUILDERS["swin_v2_t"], 224, 8, 0),
     "maxvit_t": (exports.BUILDERS["maxvit_t"], 224, 8, 0),
     "bloom": (hf_bloom, 128, 1, 250880),
+    # decoders: ConvTranspose and upsampling of correlated maps (tests/real/decoders.py)
+    **{name: (exports.BUILDERS[name], size, 8, 0) for name, size in (
+        ("dcgan", 1), ("dcgan_nonorm", 1), ("autoencoder", 32), ("unet_transpose", 32),
+        ("unet_nearest", 32), ("unet_bilinear", 32), ("fcn8s", 64))},
     # one batch of 8 x 64 values gives each variance a sampling error of about 6%
     "tanh_mlp50": (mlp("tanh"), 0, 16, 0),
     "selu_mlp50": (mlp("selu"), 0, 16, 0),

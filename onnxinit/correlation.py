@@ -42,8 +42,10 @@ Rules (each exact under its stated assumption):
 Correlation across channels is carried where weights are sparse and structured (``cross``,
 :mod:`onnxinit.cross_channel`); elsewhere it is not modelled, nor is correlation across samples
 (BatchNorm's batch statistics), the change of correlation near the border, and anything after
-a layout op that moves positions (Reshape, Transpose, Resize), where it is dropped (a stretch
-that puts the positions back carries what a global mean reads: rules/position_share.py).
+a layout op that moves positions (Reshape, Transpose, a cubic Resize), where it is dropped (a
+stretch that puts the positions back carries what a global mean reads: rules/position_share.py).
+A ConvTranspose and a nearest or linear Resize carry it (onnxinit/upsampled.py,
+rules/resize_classes.py).
 """
 
 from __future__ import annotations

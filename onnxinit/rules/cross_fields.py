@@ -60,7 +60,7 @@ def _anchor(field: CrossField, name: str, sizes, sd_in, kern, strides, dilations
 def conv(sp, nu_cells: np.ndarray, w: np.ndarray, groups: int, strides, dilations, taps,
          var: np.ndarray, corr: Correlation, chained: bool, name: str = "",
          begins=None, fork: bool = False, covariance_known: bool = False,
-         dense_allowed: bool = True) -> tuple[np.ndarray, Correlation]:
+         dense_allowed: bool = True, anchors: bool = True) -> tuple[np.ndarray, Correlation]:
     """A Conv's per-class output variance ``var`` ``[C_out, R...]`` and correlation ``corr``
     with the cross-channel field when the kernel is sparse (``cross_channel.sparse_kernel``)
     or dense within the budget (:mod:`.field_kernels`); over it, the variance alone from the
@@ -96,9 +96,9 @@ def conv(sp, nu_cells: np.ndarray, w: np.ndarray, groups: int, strides, dilation
            cross_channel.conv_covariance(field.corr, nu, kern, strides, dilations, corr.radius))
     out, out_var = cross_channel.normalised(cov)
     begins = [0] * len(strides) if begins is None else begins
-    anchor = None if dense else _anchor(field, name, [m.size for m in sp.maps], np.sqrt(nu),
-                                        kern, strides, dilations, begins, np.sqrt(out_var),
-                                        chained and kern.copies, fork)
+    anchor = None if dense or not anchors else _anchor(
+        field, name, [m.size for m in sp.maps], np.sqrt(nu), kern, strides, dilations, begins,
+        np.sqrt(out_var), chained and kern.copies, fork)
     sd_taps = gather_taps(np.sqrt(nu_cells), taps)
     if not (dense and held is None):  # a field from independent channels: var is the rule's
         var = cross_channel.class_variance(field.corr, sd_taps, kern, dilations)

@@ -9,63 +9,31 @@ per-feature mean ``mu_i`` and variance ``nu_i``::
 For convolutions ``i`` runs over the receptive field (C_in/groups x kernel taps) and zero padding
 is exact: an output position only sums the taps that land inside the input. Conv keeps the
 statistics per position class (``onnxinit.spatial``: border rings and the interior), whatever the
-map size; ConvTranspose groups its positions by which taps they see (few distinct patterns) and
-gives exact per-channel statistics, including the spread of the position means.
+map size (:mod:`.conv_output`); ConvTranspose is the Conv of its zero-upsampled input
+(:mod:`onnxinit.upsampled`), its classes the stride's phases and the border's, and reads its
+input's spatial correlation at the offsets its taps combine (:mod:`.tap_pairs`).
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-
 import numpy as np
 
 from ..moments import Moments
-from .. import correlation
-from ..spatial import attach, gather_taps, positions, window, within_variance
+from ..spatial import positions, window
+from ..upsampled import zero_upsampled
 from ..views import broadcast_to
 from .attention import matmul_activations
 from .covariance_readers import cross_term_factor, feature_cross_term_factor
-from . import cross_fields
+from .conv_output import conv_cells, conv_output
 from .field_kernels import dense_convs
-from .copies import copy_cells
 from .conv_geometry import begin_pads
 from .pooled_energy import shared_cross_terms
 from .pooled_features import cross_terms, pooled_correlation
 from .context import RuleContext, RuleError, signal
 from .registry import rule
 from .stacked_weights import stacked_matmul
+from .tap_pairs import pair_variance
 from .weighted import weighted_sums
-
-
-def _patterns(axis_indicators: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct tap-visibility rows over all output positions and the fraction of positions
-    with each: per axis ``[O_d, k_d]`` booleans -> (``[R, prod k]`` float, ``[R]`` weights)."""
-    per_axis = []
-    for ind in axis_indicators:
-        rows, counts = np.unique(ind, axis=0, return_counts=True)
-        per_axis.append((rows.astype(np.float64), counts / ind.shape[0]))
-    patterns, weights = [], []
-    for combo in itertools.product(*(range(len(rows)) for rows, _ in per_axis)):
-        row = np.ones(1)
-        weight = 1.0
-        for (rows, counts), r in zip(per_axis, combo):
-            row = np.outer(row, rows[r]).ravel()
-            weight *= counts[r]
-        patterns.append(row)
-        weights.append(weight)
-    return np.array(patterns), np.array(weights)
-
-
-def _mix(a: np.ndarray, b: np.ndarray, bias: np.ndarray, patterns, weights):
-    """Per-channel moments from per-tap sums ``a[j, k] = sum_c W mu`` and ``b[j, k] = sum_c W^2
-    nu``: E_j(r) = bias_j + a_j . p_r and V_j(r) = b_j . p_r over patterns r with weights w_r;
-    mean_j = sum_r w_r E_j(r), var_j = sum_r w_r V_j(r) + sum_r w_r (E_j(r) - mean_j)^2."""
-    e = bias[None, :] + patterns @ a.T  # [R, C_out]
-    v = patterns @ b.T
-    mean = weights @ e
-    var = weights @ v + weights @ (e - mean) ** 2
-    return mean, var
 
 
 def _geometry(ctx: RuleContext, w_shape):
@@ -84,37 +52,6 @@ def _bias(ctx: RuleContext, index: int, size: int) -> np.ndarray:
             raise RuleError("bias is not constant")
         return np.zeros(size)
     return broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (size,))
-
-
-_FLOAT32_ABOVE = 1 << 24  # multiply-adds of a Conv over cells above which it runs in float32
-
-
-def _conv_cells(mu, nu, w, bias, groups, taps):
-    """Per output channel and position class (zero padding exact), for independent inputs
-    with per-class statistics mu, nu ``[C_in, K_0, ...]``:
-
-        E_j(r)   = b_j + sum_{c in group(j), t: tap t of class r inside} W_jct mu_c(class under t)
-        Var_j(r) = sum_{same c, t} W_jct^2 nu_c(class under t)
-
-    one matrix product per group over the gathered taps (im2col over classes, not positions).
-    Returns ``[C_out, R_0, ...]`` arrays."""
-    c_out, cpg = w.shape[:2]
-    cols_m = gather_taps(mu, taps)  # [C_in, T_0.., R_0..]
-    cols_v = gather_taps(nu, taps)
-    n_taps = int(math.prod([t.shape[1] for t in taps]))
-    out_classes = tuple(t.shape[0] for t in taps)
-    size = int(math.prod(out_classes))
-    wg = w.reshape(groups, c_out // groups, cpg * n_taps)
-    cols_m = cols_m.reshape(groups, cpg * n_taps, size)
-    cols_v = cols_v.reshape(groups, cpg * n_taps, size)
-    if wg.size * size > _FLOAT32_ABOVE:  # large products in float32: 1e-7 relative, 2x faster
-        wg32, mean32 = wg.astype(np.float32), cols_m.astype(np.float32)
-        mean = (wg32 @ mean32).astype(np.float64).reshape(c_out, size) + bias[:, None]
-        var = ((wg32 * wg32) @ cols_v.astype(np.float32)).astype(np.float64).reshape(c_out, size)
-        return mean.reshape((c_out, *out_classes)), var.reshape((c_out, *out_classes))
-    mean = (wg @ cols_m).reshape(c_out, size) + bias[:, None]
-    var = ((wg * wg) @ cols_v).reshape(c_out, size)
-    return mean.reshape((c_out, *out_classes)), var.reshape((c_out, *out_classes))
 
 
 def trimmed_kernel(w: np.ndarray, kernel, begins, dilations):
@@ -165,42 +102,30 @@ def conv(inputs, ctx: RuleContext):
     w = np.asarray(w, dtype=np.float64)
     x_shape, y_shape, kernel, strides, dilations = _geometry(ctx, w.shape)
     groups = ctx.attr("group", 1)
-    c_in, c_out = x_shape[1], w.shape[0]
+    c_out = w.shape[0]
     begins = begin_pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations)
     w, kernel, begins = trimmed_kernel(w, kernel, begins, dilations)
     sp = positions(x, x_shape)
     if sp is None:
         raise RuleError("a Conv without spatial axes")
-    out_maps, taps = [], []
-    for d in range(len(kernel)):
-        m, t = window(sp.maps[d], y_shape[2 + d], kernel[d], strides[d], dilations[d], begins[d])
-        out_maps.append(m)
-        taps.append(t)
-    mu, nu = np.broadcast_arrays(sp.cells.mean, sp.cells.var)
-    shape = (c_in,) + mu.shape[2:]
-    mu, nu = broadcast_to(mu[0], shape), broadcast_to(nu[0], shape)
-    bias = _bias(ctx, 2, c_out)
-    mean, var = _conv_cells(mu, nu, w, bias, groups, taps)
     factor = cross_term_factor(ctx, w)  # correlated input channels (a 1x1 Conv's output)
-    if factor is not None:
-        var = var * factor.reshape((-1,) + (1,) * (var.ndim - 1))
-    if groups == 1 and all(k == 1 for k in kernel) and all(d == 1 for d in x_shape[2:]):
-        shared = shared_cross_terms(ctx, w.reshape(c_out, -1).T)  # squeeze-excite conv
-        if shared is not None:
-            var = np.maximum(var + shared.reshape((-1,) + (1,) * (var.ndim - 1)), 0.0)
-    corr_in = sp.corr if sp.corr is not None else correlation.independent(1, x_shape[2:])
-    corr, _ = correlation.conv(corr_in, within_variance(sp, c_in), w, groups, strides,
-                               dilations, y_shape[2:])
-    cells = copy_cells(sp, w, bias, groups, taps, mean, var)
-    var, corr = cross_fields.conv(sp, nu, w, groups, strides, dilations, taps, var, corr,
-                                  chained=cells is not None and cells.source is not None,
-                                  name=ctx.node.input[0], begins=begins,
-                                  fork=len(ctx.graph.consumers.get(ctx.node.input[0], ())) > 1,
-                                  covariance_known=factor is not None,
-                                  dense_allowed=ctx.node_id in dense_convs(ctx.graph))
-    if cells is None:
-        cells = Moments(mean[None], var[None])
-    return [attach(cells, out_maps, corr)]
+    pointwise_pool = (groups == 1 and all(k == 1 for k in kernel)
+                      and all(d == 1 for d in x_shape[2:]))
+
+    def adjust(var):
+        if factor is not None:
+            var = var * factor.reshape((-1,) + (1,) * (var.ndim - 1))
+        if pointwise_pool:
+            shared = shared_cross_terms(ctx, w.reshape(c_out, -1).T)  # squeeze-excite conv
+            if shared is not None:
+                var = np.maximum(var + shared.reshape((-1,) + (1,) * (var.ndim - 1)), 0.0)
+        return var
+
+    return [conv_output(sp, w, _bias(ctx, 2, c_out), groups, strides, dilations, begins,
+                        y_shape[2:], adjust, name=ctx.node.input[0],
+                        fork=len(ctx.graph.consumers.get(ctx.node.input[0], ())) > 1,
+                        covariance_known=factor is not None,
+                        dense_allowed=ctx.node_id in dense_convs(ctx.graph))]
 
 
 def conv_tap_sums(ctx: RuleContext, x: Moments, values: np.ndarray, power: int):
@@ -222,7 +147,7 @@ def conv_tap_sums(ctx: RuleContext, x: Moments, values: np.ndarray, power: int):
     taps = [window(sp.maps[d], y_shape[2 + d], kernel[d], strides[d], dilations[d],
                    begins[d])[1] for d in range(len(kernel))]
     values = np.broadcast_to(values, (x_shape[1],) + sp.classes)
-    sums, _ = _conv_cells(values, np.zeros_like(values), w**power, np.zeros(w.shape[0]),
+    sums, _ = conv_cells(values, np.zeros_like(values), w**power, np.zeros(w.shape[0]),
                           ctx.attr("group", 1), taps)
     return sums
 
@@ -230,10 +155,18 @@ def conv_tap_sums(ctx: RuleContext, x: Moments, values: np.ndarray, power: int):
 @rule("ConvTranspose")
 def conv_transpose(inputs, ctx: RuleContext):
     """ConvTranspose, W[C_in, C_out/g, k...]: output position o receives tap k of input i when
-    ``i*stride - pad_begin + k*dilation == o`` for some 0 <= i < in. Per output channel j:
+    ``i*stride - pad_begin + k*dilation == o``. That is the stride-1 Conv, kernel flipped and
+    channel axes swapped (``V[g C_out/g + j, c, K - 1 - k] = W[g C_in/g + c, j, k]``), begin
+    pad ``(K - 1) dilation - pad_begin``, of the zero-upsampled input (:mod:`onnxinit.upsampled`:
+    the inserted zeros one position class of their own), so the Conv rule's output applies:
+    per output channel j and position class r (the taps that reach it),
 
-        E_j(o)   = b_j + sum_{c in group(j), k reaching o} W_cjk mu_c
-        Var_j(o) = sum_{c in group(j), k reaching o} W_cjk^2 nu_c
+        E_j(r)   = b_j + sum_{c in group(j), k reaching r} W_cjk mu_c
+        Var_j(r) = sum_{c in group(j), k, k' reaching r} W_cjk W_cjk' sd_c sd_c' rho_c(i' - i)
+
+    the cross terms at the input offsets ``i' - i = dil (k - k') / s`` of the taps
+    (:mod:`.tap_pairs`; the cross-channel field's own where the input carries one), and the
+    output's correlation averaged over the stride's phases for what follows.
     """
     x = signal(inputs, 0)
     w = ctx.const(1)
@@ -243,23 +176,27 @@ def conv_transpose(inputs, ctx: RuleContext):
     x_shape, y_shape, kernel, strides, dilations = _geometry(ctx, w.shape)
     groups = ctx.attr("group", 1)
     c_in, opg = w.shape[0], w.shape[1]
-    c_out = opg * groups
-    mu, nu = x.values_along(1, x_shape[1])
-    begins = begin_pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations,
-                        transpose=True)
-    indicators = []
-    for d in range(len(kernel)):
-        # o + pad - k*dil must be a multiple of the stride, and the quotient a valid input index
-        num = np.arange(y_shape[2 + d])[:, None] + begins[d] - np.arange(kernel[d])[None, :] * dilations[d]
-        i = num // strides[d]
-        indicators.append((num % strides[d] == 0) & (i >= 0) & (i < x_shape[2 + d]))
-    patterns, weights = _patterns(indicators)
-    wg = w.reshape(groups, c_in // groups, opg, -1)  # [g, c, o, K]
-    mug, nug = mu.reshape(groups, -1), nu.reshape(groups, -1)
-    a = np.einsum("gcok,gc->gok", wg, mug).reshape(c_out, -1)
-    b = np.einsum("gcok,gc->gok", wg**2, nug).reshape(c_out, -1)
-    mean, var = _mix(a, b, _bias(ctx, 2, c_out), patterns, weights)
-    return [Moments.along(mean, var, 1, len(y_shape))]
+    c_out, n = opg * groups, len(kernel)
+    pads = begin_pads(ctx, x_shape[2:], y_shape[2:], kernel, strides, dilations,
+                      transpose=True)
+    sp = positions(x, x_shape)
+    if sp is None:
+        raise RuleError("a ConvTranspose without spatial axes")
+    v = w.reshape((groups, c_in // groups, opg) + w.shape[2:]).swapaxes(1, 2)
+    v = np.flip(v.reshape((c_out, c_in // groups) + w.shape[2:]), axis=tuple(range(2, 2 + n)))
+    begins = [(k - 1) * d - p for k, d, p in zip(kernel, dilations, pads)]
+    v, _, begins = trimmed_kernel(np.ascontiguousarray(v), kernel, begins, dilations)
+    upsampled = any(s > 1 for s in strides)
+
+    def pairs(up, nu_cells, taps, var):
+        return pair_variance(up.corr, nu_cells, v, groups, taps, dilations, var)
+
+    zeros = [k if s > 1 else -2 for k, s in zip(sp.classes, strides)] if upsampled else None
+    return [conv_output(zero_upsampled(sp, strides) if upsampled else sp, v,
+                        _bias(ctx, 2, c_out), groups, [1] * n, dilations, begins, y_shape[2:],
+                        pairs=pairs, name=ctx.node.input[0],
+                        fork=len(ctx.graph.consumers.get(ctx.node.input[0], ())) > 1,
+                        anchors=not upsampled, zeros=zeros)]
 
 
 def _leading(x: Moments, rank: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -35,6 +35,7 @@ from .mixture import permuted
 from .position_floor import onto_map
 from .random_draws import comparison_draw
 from .registry import rule
+from .resize_classes import resized
 from .unit_axes import per_position, unit_axes_moved
 from .weighted import moments_along
 
@@ -376,13 +377,13 @@ def pad(inputs, ctx: RuleContext):
 
 @rule("Resize", "Upsample")
 def resize(inputs, ctx: RuleContext):
-    """Nearest-neighbour resize copies elements: statistics unchanged (tracked axes must not be
-    resized). Linear and cubic interpolation average neighbours (the variance shrinks by an
-    amount that depends on the neighbours' correlation): measured."""
+    """A map's nearest or linear resize with its classes and correlation (:mod:`.resize_classes`);
+    else nearest copies (statistics kept, tracked axes not resized); cubic is measured."""
     x = signal(inputs, 0)
-    mode = ctx.attr("mode", "nearest")
-    if mode != "nearest":
-        raise RuleError(f"{mode} interpolation")
+    if (out := resized(x, ctx)) is not None:
+        return [out]
+    if ctx.attr("mode", "nearest") != "nearest":
+        raise RuleError(f"{ctx.attr('mode')} interpolation")
     in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
     for a in x.tracked_axes():
         if in_shape[a - x.rank + len(in_shape)] != out_shape[a - x.rank + len(in_shape)]:

@@ -20,6 +20,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from . import decoders
+
 Builder = Callable[[int], tuple[object, tuple[int, ...]]]
 
 
@@ -106,6 +108,14 @@ BUILDERS: dict[str, Builder] = {
     "lraspp_mobilenet_v3_large": _segmentation("lraspp_mobilenet_v3_large"),
     "swin_v2_t": _torchvision("swin_v2_t"),
     "maxvit_t": _torchvision("maxvit_t"),
+    # decoders (ConvTranspose and upsampling of correlated maps: tests/real/decoders.py)
+    "dcgan": decoders.dcgan(batch_norm=True),
+    "dcgan_nonorm": decoders.dcgan(batch_norm=False),
+    "unet_transpose": decoders.unet("transpose"),
+    "unet_nearest": decoders.unet("nearest"),
+    "unet_bilinear": decoders.unet("bilinear"),
+    "autoencoder": decoders.autoencoder(),
+    "fcn8s": decoders.fcn8s(),
 }
 
 _CACHE: dict[tuple[str, int], Path] = {}

@@ -271,10 +271,12 @@ def test_resize_nearest_unchanged():
     run(node, {"x": (2000, 4, 5, 5)}, {"x": PC}, {"sc": np.array([1, 1, 2, 2], np.float32)})
 
 
-def test_resize_linear_is_measured():
+def test_resize_linear():
+    # computed per position class from the neighbours' correlation (rules/resize_classes.py;
+    # measured before, tests/rules/test_resize_correlation.py has correlated maps)
     node = helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="linear")
     run(node, {"x": (2000, 4, 5, 5)}, {"x": PC}, {"sc": np.array([1, 1, 2, 2], np.float32)},
-        rule="empirical")  # fmt: skip
+        rule="resize")  # fmt: skip
 
 
 def test_cast_and_identity():
