@@ -51,6 +51,7 @@ from .grids import (
     varying_axes,
 )
 from .joint_samples import joint_moments
+from .layout import positions_dense
 from .mixture import binary_independent, lift, sum_mixture
 from .positional import concat_channels, positions_binary
 from .registry import rule
@@ -139,6 +140,9 @@ def binary(inputs, ctx: RuleContext):
     spatial = positions_binary(inputs, ctx, op, rank)
     if spatial is not None:
         return [spatial]
+    # position classes the per-cell path refused: spelled out, not pooled by operand()
+    inputs = [positions_dense(m, ctx.in_shape(i)) if m is not None and m.spatial is not None
+              else m for i, m in enumerate(inputs)]
     if op == "Div":
         if inputs[1] is not None:
             raise RuleError("division by a signal")

@@ -207,5 +207,19 @@ def positions_spelled(x: Moments, perm, shape) -> Moments:
     return Moments(mean, var)
 
 
+def positions_dense(x: Moments | None, shape) -> Moments | None:
+    """``x`` with its position classes spelled out per position (``[1, C, *S]``, at most
+    ``POSITIONS_CAP`` per sample), for a rule that reads plain per-element statistics: a
+    product of a causal conv's output (its first tokens reach fewer taps) and an operand whose
+    statistics vary per element (Mamba's ``dt B x``, per (channel, token, state) cell); else
+    ``x``."""
+    if x is None or x.spatial is None or shape is None or len(shape) < 3:
+        return x
+    if int(np.prod(shape[1:], dtype=np.int64)) > POSITIONS_CAP:
+        return x
+    mean, var = dense(x.spatial)
+    return Moments(mean, var)
+
+
 __all__ = ["PADDED_CAP", "POSITIONS_CAP", "drop_constant_axes", "full_grid", "holds_padding",
-           "positions_spelled", "reshape_is_exact", "reshape_moments", "scalar_of"]
+           "positions_dense", "positions_spelled", "reshape_is_exact", "reshape_moments", "scalar_of"]
