@@ -116,6 +116,16 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, per_token: bool = False
         return [without(m) for m in outputs]
 
 
+def _kept_per_element(out: Moments, c, axes, rank: int) -> bool:
+    """The rule kept ``x * c`` per element along an axis other than the token axes (and the
+    batch) that c varies along (a causal mask of logits, ``masks.logit_offset``): the field's
+    per-token profile would pool it."""
+    var = np.asarray(out.var)
+    return var.ndim == rank and any(
+        a != 0 and a not in axes and np.ndim(c) >= rank - a and np.shape(c)[a - rank] > 1
+        and var.shape[a] > 1 for a in range(rank))
+
+
 def _folded(inputs: list, outputs: list) -> bool:
     """The rule put a sequence back onto a feature map with a spatial correlation
     (:mod:`.position_floor`, :mod:`.tokens_map`): the output is a map, its input was not."""
@@ -176,6 +186,8 @@ def _arithmetic(ctx, inputs, outputs):
         if op in ("Mul", "Div") and c is not None:
             if not any(np.ndim(c) >= rank - a and np.shape(c)[a - rank] > 1 for a in axes):
                 return [same_field(x, outputs[0], out_shape)]  # the same scale for every token
+            if _kept_per_element(outputs[0], c, axes, rank):
+                return [without(outputs[0])]  # a mask of logits the rule kept per element
             # a scale that differs from token to token (rotary embeddings' cos and sin)
             if op == "Div" and (signals[0] != 0 or np.any(np.asarray(c) == 0)):
                 return [without(outputs[0])]
