@@ -56,6 +56,7 @@ from ..strict import fall_back
 from .context import RuleContext, RuleError
 from .elementwise import UNARY, elementwise
 from .fusion import fused_function
+from .masks import feeds_softmax
 from .per_token import with_profile
 from . import map_tokens
 from . import token_layout  # noqa: F401 - registers the layout ops' carriers
@@ -186,7 +187,7 @@ def _arithmetic(ctx, inputs, outputs):
         if op in ("Mul", "Div") and c is not None:
             if not any(np.ndim(c) >= rank - a and np.shape(c)[a - rank] > 1 for a in axes):
                 return [same_field(x, outputs[0], out_shape)]  # the same scale for every token
-            if _kept_per_element(outputs[0], c, axes, rank):
+            if feeds_softmax(ctx) and _kept_per_element(outputs[0], c, axes, rank):
                 return [without(outputs[0])]  # a mask of logits the rule kept per element
             # a scale that differs from token to token (rotary embeddings' cos and sin)
             if op == "Div" and (signals[0] != 0 or np.any(np.asarray(c) == 0)):
