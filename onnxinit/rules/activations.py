@@ -373,7 +373,9 @@ def sqrt(inputs, ctx: RuleContext):
     epsilon, :func:`.support.nonnegative`) whose Gaussian law of mean mu and variance nu crosses 0: then
     x ~ Gamma(k = mu^2 / nu, theta = nu / mu) of that mean and variance (a mean of 2k squared
     zero-mean Gaussians has this law), and E = sqrt(theta) Gamma(k + 1/2) / Gamma(k),
-    Var = mu - E^2 (elements of variance 0, a class token's constant row: sqrt(mu), 0)."""
+    Var = mu - E^2 (elements of variance 0, a class token's constant row: sqrt(mu), 0; of
+    shape k over 1e6, where the Gamma ratio loses its digits (a round-off variance, 1e-40 on
+    a constant row), the delta method: E = sqrt(mu) (1 - 1/(8k)), Var = nu / (4 mu))."""
     try:
         return apply_elementwise(inputs, ctx)
     except RuleError:
@@ -383,10 +385,11 @@ def sqrt(inputs, ctx: RuleContext):
     mu, nu = np.broadcast_arrays(np.asarray(x.mean, np.float64), np.asarray(x.var, np.float64))
     if not (np.all(mu > 0) and np.all(nu >= 0) and np.any(nu > 0)):
         raise RuleError("the input's mean is not positive")
-    fixed = nu == 0  # constant elements (a class token's row): sqrt(mu)
+    fixed = nu <= 1e-6 * mu * mu  # (nearly) constant elements (a class token's row): k > 1e6
     k, theta = mu * mu / np.where(fixed, 1.0, nu), nu / mu
-    mean = np.where(fixed, np.sqrt(mu), gamma_moment(np.where(fixed, 1.0, k), theta, 0.5))
-    return [Moments(mean, np.where(fixed, 0.0, np.maximum(mu - mean * mean, 0.0)))]
+    mean = np.where(fixed, np.sqrt(mu) * (1 - nu / (8 * mu * mu)),
+                    gamma_moment(np.where(fixed, 1.0, k), theta, 0.5))
+    return [Moments(mean, np.where(fixed, nu / (4 * mu), np.maximum(mu - mean * mean, 0.0)))]
 
 
 @elementwise_rule("Reciprocal")

@@ -37,7 +37,7 @@ from ..moments import Elementwise, Moments
 from .centring import centred
 from .constant_cells import per_cell_law
 from .context import RuleContext, RuleError, signal
-from .elementwise import apply_elementwise, apply_fn, digest
+from .elementwise import INPUT_LAWS, apply_elementwise, apply_fn, digest
 from .fusion import fused_elementwise
 from .gaussian import compose
 from .grids import (
@@ -295,7 +295,10 @@ def extreme(inputs, ctx: RuleContext):
         c = consts[0]
         for other in consts[1:]:
             c = pick(c, other)
+        which = next(i for i, m in enumerate(inputs) if m is not None)
         x = signals[0]
+        for restore in INPUT_LAWS:  # a sum of squares floored by eps: its chi-square law
+            x = restore(x, ctx, ctx.node.input[which])
         if np.size(c) > _CONST_CAP:
             raise RuleError("a constant too large to track per element")
         f = Elementwise(("Min" if minimum else "Max", *digest(c)), lambda z: pick(z, c))

@@ -42,6 +42,7 @@ import numpy as np
 from ..moments import Moments, compressed
 from .covariance_readers import contraction_factor
 from .einsum_labels import explicit
+from .gram import gram, is_gram
 from .fixed_vectors import projection_cross_terms
 from .context import RuleContext, RuleError, signal
 from .registry import rule
@@ -85,8 +86,11 @@ def matmul_activations(inputs, ctx: RuleContext):
     mb, vb = _full(b, len(sb))
     ma, va = (np.broadcast_to(t, t.shape[:-1] + (k,)) for t in (ma, va))
     mb, vb = (np.broadcast_to(t, t.shape[:-2] + (k, t.shape[-1])) for t in (mb, vb))
-    mean = np.matmul(ma, mb)
     rank = len(ctx.out_shape(0))
+    if is_gram(ctx) and (scores := gram(ma, va, rank, sa[-2], contraction_factor(ctx, a, b))):
+        # (features correlated without a field: feature_pairs, gram.correlated_gram)
+        return [scores]  # A @ A^T: the diagonal is each row's squared norm
+    mean = np.matmul(ma, mb)
     shaped = (lambda t: t.reshape((1,) * (rank - t.ndim) + t.shape))
     softmax = last_axis_softmax(ctx.graph, ctx.node.input[0], ctx.opset, regroup=True)
     contracted = _contracted_tokens(b, sb, softmax is not None)

@@ -62,7 +62,6 @@ Every other op ends them (independent features).
 from __future__ import annotations
 
 from dataclasses import replace
-from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -76,6 +75,8 @@ from .conv_rows import conv_channels_last
 from .fixed_energy_rows import fixed_row_statistic
 from .folded_norm import fixed_row_energy
 from .fusion import fused_function
+from .gram import correlated_gram
+from .pair_readers import ENERGIES, MEANS, pairs_read
 from .pair_algebra import (NONE, Pairs, concentration, dense, independent_sum, mixed_excess,
                            normalised, product, row_mean_factor, scale_kurtosis, shifted, square,
                            through_function)
@@ -86,8 +87,8 @@ from .row_mean_field import field_row_mean
 from .row_norm import normalisation_degree, without_casts
 from .repeated_heads import copies, with_copies
 from .square_sum_field import feature_covariance
-from .shared_row_pairs import (mean_square_aligned, mean_square_diagonal, shared_row_product,
-                               squared_row)
+from .shared_row_pairs import mean_square_aligned, mean_square_diagonal, shared_row_product
+from .shared_row_pairs import squared_row
 
 
 _NORMS = frozenset(("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"))
@@ -148,35 +149,7 @@ def _reduced_last(ctx: RuleContext) -> int | None:
     return x[-1] if tuple(y) == tuple(x[:-1]) else None
 
 
-_MEANS = frozenset(("ReduceMean", "ReduceSum", "GlobalAveragePool"))
-_ENERGIES = frozenset(("ReduceL2", "ReduceSumSquare"))  # over the last axis: read the pairs
-_READERS: WeakKeyDictionary = WeakKeyDictionary()
-
-
-def _read(graph) -> bool:
-    """Whether some node of ``graph`` takes a mean or sum of squares (``Pow``, ``x * x``): the
-    only reader of the pairs; without one they are not followed (no cost)."""
-    graph = getattr(graph, "root", graph)  # views of one model (autoinit: one per layer) share it
-    found = _READERS.get(graph)
-    if found is None:
-        found = False
-        for node_id in graph.order:
-            node = graph.node(node_id)
-            if node.op_type in _ENERGIES:
-                found = True
-                break
-            if node.op_type in _MEANS and node.input and (
-                    node.op_type != "GlobalAveragePool" or len(graph.shape(node.input[0]) or ()) == 3):
-                sq = graph.producer.get(node.input[0])
-                sq = graph.node(sq) if sq else None
-                if sq is not None and (sq.op_type == "Pow" or (
-                        sq.op_type == "Mul" and sq.input[0] == sq.input[1])):
-                    found = True
-                    break
-        _READERS[graph] = found
-    return found
-
-
+_MEANS, _ENERGIES = MEANS, ENERGIES  # over the last axis: read the pairs
 def carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[list, list]:
     """(outputs, their Pairs) after the node's rule: ``table`` holds the Pairs known so far
     (by tensor; absent: independent features). A mean over the last axis has its variance
@@ -201,7 +174,7 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[l
 
 
 def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[list, list]:
-    if not _read(ctx.graph):
+    if not pairs_read(ctx.graph):
         return outputs, [None] * len(outputs)
     known = [table.get(name) if name else None for name in ctx.node.input]
     node = ctx.node
@@ -247,6 +220,8 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
             outputs = [mean_square_aligned(ctx, m, table, d)] + outputs[1:]
         return outputs, none
     if op in ("MatMul", "Gemm"):
+        if len(signals) == 2 and (scores := correlated_gram(ctx, m0, p0.squared, outputs[0])):
+            return [scores] + outputs[1:], none  # A A^T of correlated features: tr C^2
         if len(signals) == 2:  # P V: the rows are the right operand's, averaged over tokens
             excess = mixed_excess(inputs[0], inputs[1], pairs[1].excess)
             q = concentration(pairs[1].squared, _last_dim(ctx, 0, out=True) or 0)

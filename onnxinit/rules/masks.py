@@ -248,15 +248,18 @@ def exact_value(inputs, ctx: RuleContext, i: int) -> np.ndarray | None:
 def logit_offset(inputs, ctx: RuleContext, rank: int) -> Moments | None:
     """Add/Sub of a signal x and an exactly known c that is a mask (holds -inf) or a grid that
     reaches a Softmax: E = mu +/- c per element, Var = nu (0 where masked), the grid kept up to
-    OFFSET_CAP cells (x's own variation folded first onto c's axes when larger). None
-    when this is not such a node."""
-    if ctx.node.op_type not in ("Add", "Sub") or len(inputs) != 2:
+    OFFSET_CAP cells (x's own variation folded first onto c's axes when larger). Mul by such
+    a c that reaches a Softmax (Keras' ``logits * mask + big * (1 - mask)``): E = c mu,
+    Var = c^2 nu per element. None when this is not such a node."""
+    if ctx.node.op_type not in ("Add", "Sub", "Mul") or len(inputs) != 2:
         return None
     known = [exact_value(inputs, ctx, i) for i in range(2)]
     if (known[0] is None) == (known[1] is None):
         return None
     i = 0 if known[0] is None else 1
     raw = known[1 - i]
+    if ctx.node.op_type == "Mul":
+        return _logit_gate(inputs[i], raw, ctx, rank)
     # a constant without -inf has none once compressed (a slab of it) either: a bias that
     # reaches no Softmax is settled before the compression
     if not has_masked(raw) and not feeds_softmax(ctx):
@@ -280,8 +283,30 @@ def logit_offset(inputs, ctx: RuleContext, rank: int) -> Moments | None:
             raise RuleError("an attention mask too large to keep per element")
     with np.errstate(invalid="ignore"):
         mean = overflowed(sign * mx + c, ctx.graph.dtypes.get(ctx.node.output[0]))
+    # x's variance may vary along an axis its mean does not (per sample: a causal mask's
+    # product with the logits)
+    mean = np.broadcast_to(mean, np.broadcast_shapes(mean.shape, np.shape(vx)))
     var = np.where(np.isneginf(mean), 0.0, np.broadcast_to(vx, mean.shape))
     return Moments(mean, var)
+
+
+def _logit_gate(x: Moments, raw, ctx: RuleContext, rank: int) -> Moments | None:
+    """``x * c`` for an exactly known c that varies and reaches a Softmax: per element
+    (:func:`logit_offset`)."""
+    if not feeds_softmax(ctx):
+        return None
+    c = _offset_grid(raw, rank)
+    if not varies(c) or not np.all(np.isfinite(c)):
+        return None
+    mx, vx = lift(x.mean, rank), lift(x.var, rank)
+    shape = np.broadcast_shapes(np.shape(mx), np.shape(vx), np.shape(c))
+    if int(np.prod(shape)) > OFFSET_CAP:
+        folded = fold(mx, vx, varying_axes(c))
+        mx, vx = folded.mean, folded.var
+        shape = np.broadcast_shapes(np.shape(mx), np.shape(vx), np.shape(c))
+        if int(np.prod(shape)) > OFFSET_CAP:
+            return None
+    return Moments(np.broadcast_to(mx * c, shape), np.broadcast_to(vx * c * c, shape))
 
 
 _OFFSETS: dict[int, tuple] = {}  # id(constant) -> (weakref, rank, its compressed grid)

@@ -48,12 +48,14 @@ def without_casts(ctx: RuleContext, name: str) -> str:
     return name
 
 
-def _scale_chain(ctx: RuleContext, x: str, name: str, any_axis: bool = False):
+def _scale_chain(ctx: RuleContext, x: str, name: str, any_axis: bool = False,
+                 sums: bool = False):
     """(mean-square tensor, element-wise chain from it to ``name``) when ``name`` is an
     element-wise function of ``mean(x^2)`` over the last axis (``any_axis``: or over the
-    channels of a map ``[N, C, H, ...]``) (keepdims), else None. Not over the tokens of a
-    sequence ``[N, T, D]``: its mean square over the tokens has its rows' shapes, but the
-    rows are not normalised and what reads them takes the features as rows."""
+    channels of a map ``[N, C, H, ...]``) (keepdims; ``sums``: or of ``sum(x^2)``), else
+    None. Not over the tokens of a sequence ``[N, T, D]``: its mean square over the tokens has
+    its rows' shapes, but the rows are not normalised and what reads them takes the features as
+    rows."""
     found = mean_square_chain(ctx, name)
     if found is None:
         return None
@@ -61,7 +63,8 @@ def _scale_chain(ctx: RuleContext, x: str, name: str, any_axis: bool = False):
     node = ctx.graph.node(node_id)
     axis = _row_axis(ctx.for_node(node_id))
     rank = len(ctx.graph.shape(node.input[0]) or ())
-    if (node.op_type != "ReduceMean" or axis is None
+    if (node.op_type not in (("ReduceMean", "ReduceSum") if sums else ("ReduceMean",))
+            or axis is None
             or not (axis == rank - 1 or (any_axis and axis == 1 and rank >= 4))
             or without_casts(ctx, squared_input(ctx.graph, node.input[0])) != x):
         return None
@@ -81,14 +84,16 @@ def _row_axis(ctx: RuleContext) -> int | None:
     return changed[0] if len(changed) == 1 and y[changed[0]] == 1 else None
 
 
-def _scaled_row(ctx: RuleContext, any_axis: bool = False) -> tuple[int, tuple] | None:
+def _scaled_row(ctx: RuleContext, any_axis: bool = False,
+                sums: bool = False) -> tuple[int, tuple] | None:
     """(the row's input index, (mean-square tensor, chain to the scale)) for a Mul/Div of a row
     by an element-wise function of its own mean square (over the last axis; ``any_axis``: or a
-    map's channels), else None."""
+    map's channels; ``sums``: or sum of squares), else None."""
     node = ctx.node
     order = (0, 1) if node.op_type == "Div" else (0, 1, 1, 0)
     for xi, si in zip(order[::2], order[1::2]):
-        found = _scale_chain(ctx, without_casts(ctx, node.input[xi]), node.input[si], any_axis)
+        found = _scale_chain(ctx, without_casts(ctx, node.input[xi]), node.input[si], any_axis,
+                             sums)
         if found is not None:
             break
     else:
@@ -116,16 +121,21 @@ def row_normalised(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.
     mean square reduces: a token's features, or a map's channels at one position):
     ``E[y_f^2] = E[x_f^2] / mean_g E[x_g^2] * E[s g(s)^2]``, ``E[y_f] = E[x_f] E[g(s)]``
     with ``s`` log-normal (mean: the row's mean square; relative variance: the mean square
-    tensor's). (mean, var) arrays at ``rank``; None when the node is not such a product."""
+    tensor's). A sum of squares ``Q = D s`` over the D features of the row (TensorFlow's
+    ``l2_normalize``, ``x / sqrt(max(Q, eps))``; Keras' UnitNormalization) reads
+    ``E[y_f^2] = E[x_f^2] / mean_g E[x_g^2] * E[Q g(Q)^2] / D``, ``E[y_f] = E[x_f] E[g(Q)]``.
+    (mean, var) arrays at ``rank``; None when the node is not such a product."""
     node = ctx.node
     if node.op_type not in ("Mul", "Div") or len(inputs) != 2 or any(m is None for m in inputs):
         return None
-    scaled = _scaled_row(ctx, any_axis=True)
+    scaled = _scaled_row(ctx, any_axis=True, sums=True)
     if scaled is None:
         return None
     xi, found = scaled
     s_name, chain = found
-    axis = _row_axis(ctx.for_node(ctx.graph.producer[s_name]))
+    reduce_ctx = ctx.for_node(ctx.graph.producer[s_name])
+    axis = _row_axis(reduce_ctx)
+    d = int(reduce_ctx.in_shape(0)[axis]) if reduce_ctx.node.op_type == "ReduceSum" else 1
     known = ctx.known or {}
     s = known.get(s_name)
     if s is None:
@@ -140,8 +150,8 @@ def row_normalised(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.
     # E[s] per row (per token where spelled out); a scalar law is every feature's own
     row = second if second.ndim == 0 else np.mean(
         second, axis=axis if second.ndim == rank else -1, keepdims=True)
-    sigma2 = np.log1p(_relative_variance(s, ctx.graph.shape(s_name), row)) * np.ones_like(row)
-    mu = np.log(np.maximum(row, 1e-300)) - sigma2 / 2
+    sigma2 = np.log1p(_relative_variance(s, ctx.graph.shape(s_name), d * row)) * np.ones_like(row)
+    mu = np.log(np.maximum(d * row, 1e-300)) - sigma2 / 2
     with np.errstate(all="ignore"):
         e_sg2, _ = gaussian_moments(lambda z: np.exp(z) * g(np.exp(z)) ** 2, mu, sigma2,
                                     smooth=True)
@@ -151,7 +161,7 @@ def row_normalised(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(row > 0, second / row, 0.0)
     out_mean = mean * e_g
-    out_var = np.maximum(share * e_sg2 - out_mean**2, 0.0)
+    out_var = np.maximum(share * e_sg2 / d - out_mean**2, 0.0)
     return out_mean, out_var
 
 

@@ -265,8 +265,9 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
                                                 for k, (e, a, p) in factors.items()}, omega, load
             elif op == "Mul" and len(signals) == 2:
                 out = _gated_law(ctx, signals, of, shape)
-            elif (op == "Concat" and signals
+            elif (op == "Concat" and len(signals) == len([i for i in node.input if i])
                   and ctx.for_node(node_id).attr("axis") in (1, 1 - len(shape))):
+                # (a constant among them, a class token: no record of its channels)
                 out = _concat_law(graph, signals, of)
             else:
                 out = None

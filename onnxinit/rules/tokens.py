@@ -56,6 +56,7 @@ from ..strict import fall_back
 from .context import RuleContext, RuleError
 from .elementwise import UNARY, elementwise
 from .fusion import fused_function
+from .masks import feeds_softmax
 from .per_token import with_profile
 from . import map_tokens
 from . import token_layout  # noqa: F401 - registers the layout ops' carriers
@@ -114,6 +115,16 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, per_token: bool = False
     except (RuleError, ValueError, IndexError) as exc:
         fall_back(exc, (RuleError,))  # a layout the transfer does not follow: drop the field
         return [without(m) for m in outputs]
+
+
+def _kept_per_element(out: Moments, c, axes, rank: int) -> bool:
+    """The rule kept ``x * c`` per element along an axis other than the token axes (and the
+    batch) that c varies along (a causal mask of logits, ``masks.logit_offset``): the field's
+    per-token profile would pool it."""
+    var = np.asarray(out.var)
+    return var.ndim == rank and any(
+        a != 0 and a not in axes and np.ndim(c) >= rank - a and np.shape(c)[a - rank] > 1
+        and var.shape[a] > 1 for a in range(rank))
 
 
 def _folded(inputs: list, outputs: list) -> bool:
@@ -176,6 +187,8 @@ def _arithmetic(ctx, inputs, outputs):
         if op in ("Mul", "Div") and c is not None:
             if not any(np.ndim(c) >= rank - a and np.shape(c)[a - rank] > 1 for a in axes):
                 return [same_field(x, outputs[0], out_shape)]  # the same scale for every token
+            if feeds_softmax(ctx) and _kept_per_element(outputs[0], c, axes, rank):
+                return [without(outputs[0])]  # a mask of logits the rule kept per element
             # a scale that differs from token to token (rotary embeddings' cos and sin)
             if op == "Div" and (signals[0] != 0 or np.any(np.asarray(c) == 0)):
                 return [without(outputs[0])]
