@@ -42,6 +42,12 @@ _DECODER = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
 _VISION = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
                image_size=32, patch_size=8)
 _TOKENS, _IMAGE = ((32,), "input_ids", 512), ((3, 32, 32), "pixel_values", 0)
+_AUDIO = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+              mask_time_prob=0.0, conv_dim=(32, 32, 32), conv_stride=(5, 2, 2),
+              conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,
+              num_conv_pos_embedding_groups=4)
+_WAVE, _VIDEO = ((1600,), "input_values", 0), ((4, 3, 32, 32), "pixel_values", 0)
+_ENCODERS = ("whisper_encoder", "speech2text_encoder")  # a sequence-to-sequence model's encoder
 
 # name: (config class, model class, config keywords, (input shape, input name, vocabulary))
 MODELS = {
@@ -182,6 +188,85 @@ MODELS = {
     "nemotron": ("NemotronConfig", "NemotronModel", _DECODER, _TOKENS),
     "cohere": ("CohereConfig", "CohereModel", _DECODER, _TOKENS),
     "ibert": ("IBertConfig", "IBertModel", _TEXT, _TOKENS),
+    # a fourth tier (issue 10): pre-norm and protein/char BERTs, older and newer decoders
+    # (ReLU^2 MLPs, post-norms), vision transformers with convolutional or reduced attention,
+    # depth necks, speech encoders with convolutional front ends, video transformers
+    "roberta_prelayernorm": ("RobertaPreLayerNormConfig", "RobertaPreLayerNormModel", _TEXT,
+                             _TOKENS),
+    "xlm_roberta_xl": ("XLMRobertaXLConfig", "XLMRobertaXLModel", _TEXT, _TOKENS),
+    "esm": ("EsmConfig", "EsmModel",
+            dict(_TEXT, pad_token_id=1, mask_token_id=2, position_embedding_type="rotary"),
+            _TOKENS),
+    "data2vec_text": ("Data2VecTextConfig", "Data2VecTextModel", _TEXT, _TOKENS),
+    "rembert": ("RemBertConfig", "RemBertModel",
+                dict(_TEXT, input_embedding_size=32, output_embedding_size=64), _TOKENS),
+    "splinter": ("SplinterConfig", "SplinterModel", _TEXT, _TOKENS),
+    "ernie": ("ErnieConfig", "ErnieModel", _TEXT, _TOKENS),
+    "flaubert": ("FlaubertConfig", "FlaubertModel",
+                 dict(emb_dim=64, n_layers=2, n_heads=4, vocab_size=512,
+                      max_position_embeddings=64), _TOKENS),
+    "ctrl": ("CTRLConfig", "CTRLModel",
+             dict(n_embd=64, n_layer=2, n_head=4, dff=256, n_positions=64, vocab_size=512),
+             _TOKENS),
+    "openai_gpt": ("OpenAIGPTConfig", "OpenAIGPTModel",
+                   dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=512), _TOKENS),
+    "olmo": ("OlmoConfig", "OlmoModel", _DECODER, _TOKENS),
+    "glm": ("GlmConfig", "GlmModel", dict(_DECODER, head_dim=16, pad_token_id=0), _TOKENS),
+    "smollm3": ("SmolLM3Config", "SmolLM3Model", dict(_DECODER, pad_token_id=0), _TOKENS),
+    "exaone4": ("Exaone4Config", "Exaone4Model", dict(_DECODER, sliding_window=16), _TOKENS),
+    "arcee": ("ArceeConfig", "ArceeModel", _DECODER, _TOKENS),
+    "bitnet": ("BitNetConfig", "BitNetModel", _DECODER, _TOKENS),
+    "eurobert": ("EuroBertConfig", "EuroBertModel", dict(_DECODER, pad_token_id=0), _TOKENS),
+    "modernbert_decoder": ("ModernBertDecoderConfig", "ModernBertDecoderModel",
+                           dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=128, vocab_size=512,
+                                max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+                                eos_token_id=2, cls_token_id=1, sep_token_id=2,
+                                local_attention=16, global_attn_every_n_layers=2), _TOKENS),
+    "cvt": ("CvtConfig", "CvtModel",
+            dict(embed_dim=[16, 32, 64], num_heads=[1, 2, 4], depth=[1, 2, 3]),
+            ((3, 64, 64), "pixel_values", 0)),
+    "pvt": ("PvtConfig", "PvtModel",
+            dict(image_size=32, num_encoder_blocks=2, depths=[1, 1],
+                 sequence_reduction_ratios=[2, 1], hidden_sizes=[16, 32],
+                 num_attention_heads=[1, 2], patch_sizes=[4, 2], strides=[4, 2],
+                 mlp_ratios=[4, 4]), _IMAGE),
+    "vit_msn": ("ViTMSNConfig", "ViTMSNModel", _VISION, _IMAGE),
+    "ijepa": ("IJepaConfig", "IJepaModel", _VISION, _IMAGE),
+    "glpn": ("GLPNConfig", "GLPNModel",
+             dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+                  num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2],
+                  mlp_ratios=[4, 4]), _IMAGE),
+    "dpt": ("DPTConfig", "DPTModel",
+            dict(_VISION, backbone_out_indices=[0, 1], neck_hidden_sizes=[16, 32],
+                 fusion_hidden_size=32), _IMAGE),
+    "wav2vec2_conformer": ("Wav2Vec2ConformerConfig", "Wav2Vec2ConformerModel",
+                           dict(_AUDIO, position_embeddings_type="relative",
+                                conv_depthwise_kernel_size=7), _WAVE),
+    "unispeech": ("UniSpeechConfig", "UniSpeechModel", _AUDIO, _WAVE),
+    "unispeech_sat": ("UniSpeechSatConfig", "UniSpeechSatModel", _AUDIO, _WAVE),
+    "sew_d": ("SEWDConfig", "SEWDModel",
+              dict(_AUDIO, squeeze_factor=2, position_buckets=32, max_position_embeddings=64),
+              _WAVE),
+    "speech2text_encoder": ("Speech2TextConfig", "Speech2TextModel",
+                            dict(d_model=64, encoder_layers=2, decoder_layers=2,
+                                 encoder_attention_heads=4, decoder_attention_heads=4,
+                                 encoder_ffn_dim=256, decoder_ffn_dim=256,
+                                 input_feat_per_channel=16, input_channels=1, conv_channels=64,
+                                 vocab_size=512, max_source_positions=64,
+                                 max_target_positions=64), ((32, 16), "input_features", 0)),
+    "ast": ("ASTConfig", "ASTModel",
+            dict(_VISION, num_mel_bins=16, max_length=32, frequency_stride=8, time_stride=8),
+            ((32, 16), "input_values", 0)),
+    "videomae": ("VideoMAEConfig", "VideoMAEModel", dict(_VISION, num_frames=4, tubelet_size=2),
+                 _VIDEO),
+    "timesformer": ("TimesformerConfig", "TimesformerModel", dict(_VISION, num_frames=4), _VIDEO),
+    "vivit": ("VivitConfig", "VivitModel", dict(_VISION, num_frames=4, tubelet_size=[2, 8, 8]),
+              _VIDEO),
+    "patchtst": ("PatchTSTConfig", "PatchTSTModel",
+                 dict(num_input_channels=3, context_length=32, patch_length=8, patch_stride=8,
+                      d_model=64, num_attention_heads=4, num_hidden_layers=2, ffn_dim=128),
+                 ((32, 3), "past_values", 0)),
 }
 
 
@@ -194,7 +279,7 @@ def build(name: str):
     config_class, model_class, kwargs, (shape, input_name, vocab) = MODELS[name]
     config = getattr(transformers, config_class)(attn_implementation="eager", **kwargs)
     model = getattr(transformers, model_class)(config)
-    if name == "whisper_encoder":
+    if name in _ENCODERS:
         model = model.get_encoder()
 
     class LastHiddenState(torch.nn.Module):

@@ -30,7 +30,7 @@ from .moments import Moments
 from .rules import CommonAncestor, Registration, RuleContext, RuleError, RuleSettings, lookup
 from .rules import feature_pairs
 from .rules.empirical import EmpiricalError, measure_node, pass_through
-from .rules.fusion import common_ancestor
+from .rules.fusion import described_ancestor
 from .rules.layout import PADDED_CAP, holds_padding
 from .rules.masks import OFFSET_CAP, derived_moments, feeds_softmax
 from .rules.per_token import per_token_fusion, per_token_inputs
@@ -256,10 +256,10 @@ def rule_context(graph: ModelGraph, node_id: str, result: Propagation,
         registration = lookup(node.domain, node.op_type, graph.opset)
     if registration is not None and registration.fusion:
         try:
-            found = common_ancestor(ctx)
+            found = described_ancestor(ctx, result.moments)
         except RuleError:  # an operand's function cannot be built: no fusion
             found = None
-        if found is not None and found[0] in result.moments:
+        if found is not None:
             tensor, chain_a, chain_b = found
             ctx.fusion = CommonAncestor(tensor, result.moments[tensor], chain_a, chain_b)
     return ctx

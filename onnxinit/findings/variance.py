@@ -148,12 +148,39 @@ def main_path_findings(analysis: Analysis, paths: SignalPaths,
     findings, head_chains = [], []
     for chain in chains(analysis, flags):
         kind = flags[chain[0]]
+        if kind == "vanishing" and _constant_part(chain, analysis, paths, flags, scale):
+            continue
         if kind == "vanishing" and (starts_in_head(chain[0], analysis, paths, scale) or
                                     starts_in_recurrent_stack(chain[0], analysis, paths, scale)):
             head_chains.append(chain)
             continue
         findings.append(_chain_finding(chain, kind, analysis, paths, scale))
     return findings, head_chains
+
+def _constant_part(chain: list[str], analysis: Analysis, paths: SignalPaths,
+                   flags: dict[str, str], scale: dict[str, Scale]) -> bool:
+    """A vanishing chain of tensors without any signal variance (exactly 0: a class token's
+    row sliced back out of the tokens, TimeSformer's ``embeddings[:, 0]``) that only rejoins
+    the signal on the main path in a Concat whose output is not flagged: a constant part of
+    the tokens, not a signal that died (a zero-initialised layer on the path has no Concat
+    after it to rejoin). Side paths it feeds are judged as side paths."""
+    graph, members = analysis.graph, set(chain)
+    if any(scale[t].signal != 0.0 for t in chain):
+        return False
+    rejoined = False
+    for t in chain:
+        if t in graph.output_names:
+            return False
+        for node_id, _ in graph.consumers.get(t, []):
+            node = graph.node(node_id)
+            for out in node.output:
+                if out in members or not out or not paths.is_main(out):
+                    continue
+                if node.op_type != "Concat" or out in flags:
+                    return False
+                rejoined = True
+    return rejoined
+
 
 def stations(paths: SignalPaths) -> list[str]:
     """Main-path outputs of parametric layers and residual Adds above the output head (whose

@@ -45,14 +45,24 @@ from .registry import rule
 from .tokens import same_place, through_factor
 
 STEP = 1e-4
+FLOOR = 1e-6  # the |x| below which the step is STEP FLOOR (float64 roundoff ~1e-6 at x = 0)
 
 
 def derivative(fn: Callable) -> Callable:
-    """f' by central differences with a step relative to |x|."""
+    """f' by central differences with a step relative to |x| (``STEP |x|``, at least
+    ``STEP FLOOR``). The step was ``STEP max(1, |x|)``: at a mean square of 1e-4 (a stream of
+    standard deviation 0.01) under Sqrt, ``x - h`` left the domain (NaN: `check` stopped on a
+    "non-finite gradient statistic"), and at 2e-4 sqrt' read 3% high. Where a step still
+    leaves the domain (x within ``STEP FLOOR`` of a boundary), the step ``STEP |x|``."""
 
     def df(x):
-        h = STEP * np.maximum(1.0, np.abs(x))
-        return (fn(x + h) - fn(x - h)) / (2.0 * h)
+        ax = np.abs(x)
+        h = STEP * np.maximum(ax, FLOOR)
+        d = (fn(x + h) - fn(x - h)) / (2.0 * h)
+        if np.all(np.isfinite(d)):
+            return d
+        h = np.where(ax > 0, STEP * ax, h)
+        return np.where(np.isfinite(d), d, (fn(x + h) - fn(x - h)) / (2.0 * h))
 
     return df
 

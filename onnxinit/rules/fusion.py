@@ -77,14 +77,16 @@ def _two_signals(ctx: RuleContext) -> bool:
     return len(node.input) == 2 and all(graph.is_signal(n) for n in node.input)
 
 
-def _common(ctx: RuleContext, budget: list[int]) -> tuple[str, tuple, tuple] | None:
+def _commons(ctx: RuleContext, budget: list[int]) -> list[tuple[str, tuple, tuple]]:
+    """Every common ancestor (T, chain_a, chain_b) of the two operands, nearest first."""
     left = _ancestry(ctx.node.input[0], ctx, budget)
     right = dict(_ancestry(ctx.node.input[1], ctx, budget))
-    common = next(((t, chain) for t, chain in left if t in right), None)
-    if common is None:
-        return None
-    tensor, chain_a = common
-    return tensor, chain_a, right[tensor]
+    return [(t, chain, right[t]) for t, chain in left if t in right]
+
+
+def _common(ctx: RuleContext, budget: list[int]) -> tuple[str, tuple, tuple] | None:
+    found = _commons(ctx, budget)
+    return found[0] if found else None
 
 
 def fused_function(op_type: str, chain_a: tuple, chain_b: tuple) -> Elementwise:
@@ -107,7 +109,7 @@ def _fused_binary(ctx: RuleContext, budget: list[int]) -> tuple[str, Elementwise
     return tensor, fused_function(node.op_type, chain_a, chain_b)
 
 
-# graph -> {node id: (graph.generation, common_ancestor's answer)}
+# graph -> {node id: (graph.generation, common_ancestors' answer)}
 _MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -117,15 +119,48 @@ def common_ancestor(ctx: RuleContext) -> tuple[str, tuple, tuple] | None:
     node while the graph's values are unchanged (``generation``): the propagator and the
     cumulant rules downstream (:mod:`.kurtosis`, :mod:`.pool_skewness`) ask for the same node,
     and a residual Add's search walks back through every Add before it."""
+    found = common_ancestors(ctx)
+    return found[0] if found else None
+
+
+def common_ancestors(ctx: RuleContext) -> list[tuple[str, tuple, tuple]]:
+    """Every (T, chain_a, chain_b) of :func:`common_ancestor`, nearest first (memoised)."""
     if ctx.node.domain not in ("", "ai.onnx") or not _two_signals(ctx):
-        return None
+        return []
     memo = _MEMO.setdefault(ctx.graph, {})
     hit = memo.get(ctx.node_id)
     if hit is not None and hit[0] == ctx.graph.generation:
         return hit[1]
-    found = _common(ctx, [MAX_DEPTH, MAX_WORK])
+    found = _commons(ctx, [MAX_DEPTH, MAX_WORK])
     memo[ctx.node_id] = (ctx.graph.generation, found)
     return found
+
+
+def described_ancestor(ctx: RuleContext, known) -> tuple[str, tuple, tuple] | None:
+    """The common ancestor whose moments in ``known`` describe its law: the nearest, unless a
+    rule left it a bare Gaussian (no source, mixture or position classes) although it is a
+    non-affine element-wise function of a farther common ancestor (a token field pooled the
+    per-token variance of ``Relu(u)``: ``Relu(u) * Relu(u)`` integrated as the square of a
+    Gaussian read 0.38x): then the farther one, through the function's chain."""
+    found = [c for c in common_ancestors(ctx) if c[0] in known]
+    for i, (tensor, _, _) in enumerate(found[:-1]):
+        m = known[tensor]
+        if m.source is not None or m.mixture is not None or m.spatial is not None:
+            return found[i]
+        if not _non_affine_output(tensor, ctx):
+            return found[i]
+    return found[-1] if found else None
+
+
+def _non_affine_output(tensor: str, ctx: RuleContext) -> bool:
+    node_id = ctx.graph.producer.get(tensor)
+    if node_id is None:
+        return False
+    try:
+        fn = node_function(ctx.for_node(node_id))
+    except RuleError:
+        return True
+    return fn is None or fn[0] is None or fn[0].affine is None
 
 
 def fused_elementwise(inputs: list, ctx: RuleContext) -> list[Moments] | None:
