@@ -10,6 +10,7 @@ chain's growth ``eta(f(z)) / eta(z)``:
 * ``meas``: on the measured values themselves;
 * ``gauss``: each sample's channel ``z_nc.`` replaced by a Gaussian of its own mean and variance
   over the positions (Gauss-Hermite), what ``rules/chain_response.py`` assumes;
+* ``edge``: the same with the first-order Edgeworth density of the sample's own k3 and k4;
 * ``perm``: each sample's standardized shape ``(z_ncp - m_nc) / s_nc`` given to another sample
   of the same channel (the channel's shapes kept, their tie to the sample's energy broken);
 * ``flip``: each shape's sign flipped (mean and variance kept: the odd part's share twice);
@@ -86,19 +87,26 @@ def energies(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return (second - 2 * mu * first + mu**2) / np.maximum(nu, 1e-300)
 
 
-def moments(f, z: np.ndarray, shape=None, gauss: bool = False):
+def moments(f, z: np.ndarray, shape=None, gauss: bool = False, edgeworth: bool = False):
     """Each sample's mean and mean square of f per channel [N, C] over the positions, one
     sample at a time (the maps of the first stages are large); ``shape`` [N, C, P] replaces
     each sample's standardized values, ``gauss`` integrates a Gaussian of each sample's own
-    channel mean and variance instead."""
+    channel mean and variance instead, ``edgeworth`` its first-order Edgeworth density with
+    the sample's own k3 and k4 (``phi(t) (1 + k3 He3(t) / 6 + k4 He4(t) / 24)``)."""
     first, second = np.empty(z.shape[:2]), np.empty(z.shape[:2])
     for n in range(z.shape[0]):
         v = np.asarray(z[n], np.float64)
         m = v.mean(axis=1, keepdims=True)
         s = np.maximum(v.std(axis=1, keepdims=True), 1e-12)
-        if gauss:
+        if gauss or edgeworth:
             y = f(m + s * _X)  # [C, Q]
-            first[n], second[n] = y @ _W, (y * y) @ _W
+            w = np.broadcast_to(_W, y.shape)
+            if edgeworth:
+                u = (v - m) / s
+                k3 = (u**3).mean(axis=1, keepdims=True)
+                k4 = (u**4).mean(axis=1, keepdims=True) - 3.0
+                w = _W * (1.0 + k3 * (_X**3 - 3 * _X) / 6 + k4 * (_X**4 - 6 * _X**2 + 3) / 24)
+            first[n], second[n] = (y * w).sum(axis=1), (y * y * w).sum(axis=1)
             continue
         y = f(v if shape is None else m + s * np.asarray(shape[n], np.float64))
         first[n], second[n] = y.mean(axis=1), (y * y).mean(axis=1)
@@ -124,6 +132,7 @@ def row(z: np.ndarray, f, rng) -> dict:
     skew = (u.astype(np.float64) ** 3).mean(axis=2).mean(axis=0)
     model = 3.0 * b * pi
     return {"eta": base, "meas": growth(), "gauss": growth(gauss=True),
+            "edge": growth(edgeworth=True),
             "perm": growth(shape=np.take_along_axis(u, perm[..., None], axis=0)),
             "flip": growth(shape=-u), "pi": pi, "2/C": 2.0 / z.shape[1],
             "skew sd": float(skew.std()), "r": float(np.corrcoef(skew, model)[0, 1]),
@@ -148,13 +157,14 @@ def main() -> None:
                 kept[z].append(v.reshape(v.shape[0], v.shape[1], -1))
         print(f"{name} {args.size}x{args.size}, {args.runs} batches of {args.batch_size}")
         print(f"{'BatchNorm output':56} {'f':9} {'eta':>6} {'meas':>6} {'gauss':>6} "
-              f"{'perm':>6} {'flip':>6} {'pi':>6} {'2/C':>6} {'skew sd':>7} {'r':>5} {'slope':>5}")
+              f"{'edge':>6} {'perm':>6} {'flip':>6} {'pi':>6} {'2/C':>6} {'skew sd':>7} "
+              f"{'r':>5} {'slope':>5}")
         for z, kind in found:
             got = row(np.concatenate(kept.pop(z)), FUNCTIONS[kind], np.random.default_rng(1))
             print(f"{z[-56:]:56} {kind:9} " + " ".join(
                 f"{got[k]:{7 if k == 'skew sd' else 5 if k in ('r', 'slope') else 6}.3f}"
-                for k in ("eta", "meas", "gauss", "perm", "flip", "pi", "2/C", "skew sd", "r",
-                          "slope")), flush=True)
+                for k in ("eta", "meas", "gauss", "edge", "perm", "flip", "pi", "2/C", "skew sd",
+                          "r", "slope")), flush=True)
 
 
 if __name__ == "__main__":
