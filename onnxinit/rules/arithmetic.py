@@ -57,6 +57,7 @@ from .positional import concat_channels, positions_binary
 from .registry import rule
 from .row_norm import response_normalised, row_normalised
 from .shared_projection import with_shared_row
+from .shifted_sum import shifted_sum
 from .pool_residual import pool_residual
 from .skip_share import skip_sum
 from .unit_rows import unit_rows
@@ -114,6 +115,8 @@ def binary(inputs, ctx: RuleContext):
         return [offset]
     if (joint := joint_moments(inputs, ctx)) is not None:  # correlated through element-wise nodes
         return [joint]
+    if (shifted := shifted_sum(inputs, ctx)) is not None:  # x_t and x_{t-1} of one sequence
+        return [shifted]
     normalised = row_normalised(inputs, ctx, rank)
     if normalised is None:
         normalised = response_normalised(inputs, ctx, rank)

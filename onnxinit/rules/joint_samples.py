@@ -45,6 +45,7 @@ from .context import RuleContext
 from .float_absorption import absorbed, dtype_of
 from .joint_linear import apply_linear, linear_node, selects_positions, shifts_positions
 from .ratio_moments import ratio_moments, record
+from .token_draws import token_normals
 
 SAMPLES = 4096  # draws per cell
 CELLS = 4096  # cells of one draw of a tensor the linear nodes move, at most
@@ -248,7 +249,11 @@ def _draw(ctx: RuleContext, name: str, m: Moments) -> np.ndarray:
     if int(np.prod(grid)) > CELLS:
         raise _Refused
     rng = np.random.default_rng([ctx.settings.seed, *name.encode()])
-    z = rng.standard_normal((SAMPLES, *grid)) * np.sqrt(var) + mean
+    found = token_normals(rng, m, grid, SAMPLES)  # correlated across tokens, by m's field
+    if found is None:
+        z = rng.standard_normal((SAMPLES, *grid)) * np.sqrt(var) + mean
+    else:
+        z = found[0] * np.sqrt(var * found[1]) + mean
     if src is not None:
         with np.errstate(all="ignore"):
             for f in src.chain:
@@ -341,6 +346,14 @@ def _samples(ctx: RuleContext, cache: _Cache, tensor: str, budget: list[int],
         cache.put(name, _Entry(m, out, False))
         stack.pop()
     return local[tensor]
+
+
+def joint_draws(graph, tensor: str, known) -> np.ndarray | None:
+    """The cached draws ``[n, *grid]`` of a tensor computed here (valid for its moments in
+    ``known``), else None: :mod:`.token_scatter` reads a scan's steps from them."""
+    cache = _CACHES.get(graph)
+    entry = None if cache is None else cache.get(tensor, known)
+    return None if entry is None or not entry.joint else entry.samples
 
 
 def joint_moments(inputs, ctx: RuleContext) -> Moments | None:

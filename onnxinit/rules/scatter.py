@@ -10,7 +10,8 @@ statistics pooled over the tensor would give every step the average of all steps
 What is modelled: per-element means and variances, kept along every axis where they vary
 (the batch axis too, where the writes differ by sample). What is not: the distribution's
 description (source, mixture) and the correlation fields of data and updates (their
-elements' covariance across tokens or positions), which a new Moments drops; reductions
+elements' covariance across tokens or positions), which a new Moments drops (except the
+token field of a sequence written step by step from joint draws, :mod:`.token_scatter`); reductions
 other than ``none`` (a sum of overlapping writes needs their joint law) go to the fallback.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 from .context import RuleContext, RuleError
 from .layout import drop_constant_axes
 from .registry import rule
+from .token_scatter import scattered_field
 
 SCATTER_CAP = 1 << 20  # elements of data whose statistics are spelled out one by one
 
@@ -80,7 +82,8 @@ def scatter_nd(inputs, ctx: RuleContext):
     k = indices.shape[-1]
     tuples = indices.reshape(-1, k) % np.asarray(shape[:k], dtype=np.int64)
     targets = np.ravel_multi_index(tuples.T, shape[:k]) if k else np.zeros(1, np.int64)
-    return [_written(inputs, ctx, shape, indices.shape[:-1] + shape[k:], targets, shape[k:])]
+    out = _written(inputs, ctx, shape, indices.shape[:-1] + shape[k:], targets, shape[k:])
+    return [scattered_field(ctx, out, indices, shape)]
 
 
 @rule("ScatterElements", "Scatter")

@@ -129,7 +129,8 @@ def attach(m: Moments, shape, axes: list[int], sig: np.ndarray | None,
         return Moments(m.mean, m.var, m.source, m.mixture, t, m.rows)
     mean, var = grid(m, rank)
     if is_correlation(sig):  # the per-token variance lives in m (a recurrent layer's Y)
-        return Moments(m.mean, m.var, None, None,
+        # m's per-element law (its source: a ReLU's output, whose square reads E[x^4]) holds
+        return Moments(m.mean, m.var, m.source, m.mixture,
                        Tokens(axes[0] - rank, len(axes), sig / scale, stride), m.rows)
     t = Tokens(axes[0] - rank, len(axes), sig / scale, stride)
     pooled = tuple(a for a in axes if var.shape[a] > 1)

@@ -7,7 +7,10 @@ tokens makes token i and j > i share most of their value). The field records, pe
 tensor, ``Sigma[s, t] = mean_d Cov(x[s, d], x[t, d])`` as ``nu_d * cov[s, t]`` (moments.Tokens,
 token_field.py): one token-by-token covariance shared by the features, scaled by each feature's
 variance.
-Attention creates it (attention.py: P V and Q K^T), Softmax reads it (softmax.py), and
+Attention creates it (attention.py: P V and Q K^T), and so does a sequence written one step at
+a time from jointly drawn steps (token_scatter.py: RWKV's WKV scan); Softmax reads it
+(softmax.py), so do the sum of a sequence and its shifted copy (shifted_sum.py: a token-shift
+mix) and the joint draws' leaves (token_draws.py); and
 :func:`carry`, called by the propagation after every rule, maps it through the other ops:
 
 * layout ops (Reshape, Transpose, Squeeze, Unsqueeze, Flatten, Split, Slice, Gather, Concat,
