@@ -12,8 +12,9 @@ Dropout, the class token's LayerNorm).
 Export in a venv with TensorFlow, Keras 3 and tf2onnx (tensorflow-cpu 2.21, keras 3.15,
 tf2onnx 1.17), compare where onnxinit's test environment is::
 
-    python benchmarks/keras_transformers.py --export DIR [--sweep]   # the TF venv: DIR/text.onnx ...
-    PYTHONPATH=$PWD python benchmarks/keras_transformers.py --compare DIR [--sweep] [--worst 20] [--runs 16]
+    python benchmarks/keras_transformers.py --export DIR [--sweep]  # TF venv: DIR/text.onnx ...
+    PYTHONPATH=$PWD python benchmarks/keras_transformers.py --compare DIR [--sweep] [--worst 20] \
+        [--runs 16]
 
 The comparison prints, per model, the share of float activations within 10% and within 2x of
 the measured variance (``tests/real/compare``, ``--runs`` batches of 8, default 2), and the

@@ -192,9 +192,11 @@ def attention_layers():
 
 def separable():
     x = _image()
-    h = L.ReLU()(L.BatchNormalization()(L.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(x)))
+    h = L.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(x)
+    h = L.ReLU()(L.BatchNormalization()(h))
     for width, stride in ((64, 1), (64, 2), (128, 1)):
-        h = L.ReLU(6.0)(L.BatchNormalization()(L.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(h)))
+        h = L.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(h)
+        h = L.ReLU(6.0)(L.BatchNormalization()(h))
         h = L.ReLU(6.0)(L.BatchNormalization()(L.Conv2D(width, 1, use_bias=False)(h)))
     h = L.SeparableConv2D(128, 3, padding="same", activation="relu")(h)
     h = L.SeparableConv2D(128, 3, padding="same", depth_multiplier=2)(h)
@@ -246,7 +248,8 @@ def text_gap():
 def activations():
     x = keras.Input((64,), name="x")
     h = x
-    for act in (lambda t: keras.activations.gelu(t, approximate=True), "swish", "selu", "elu", "softplus", "mish"):
+    gelu_tanh = lambda t: keras.activations.gelu(t, approximate=True)  # noqa: E731
+    for act in (gelu_tanh, "swish", "selu", "elu", "softplus", "mish"):
         h = L.Dense(64, activation=act)(h)
     return keras.Model(x, L.Dense(10)(h))
 
