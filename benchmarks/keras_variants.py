@@ -21,6 +21,20 @@ the current folder for ``benchmarks/real_exports.py --onnx``. Run in the Keras 2
   GlobalMaxPooling1D), ``conv1d_ln`` (a causal Conv1D, 2 residual blocks of LayerNormalization,
   SeparableConv1D with swish and a 1x1 Conv1D), ``conv1d_lstm`` (SeparableConv1D,
   AveragePooling1D, a Bidirectional LSTM and a GRU).
+- The Keras sweep's layer models (docs/robustness.md, "Keras sweep, stop 40"; Keras 3 through
+  ``tf.function``; ``python benchmarks/keras_variants.py sweep`` writes them all; its
+  MultiHeadAttention models are ``benchmarks/keras_transformers.py --sweep``): ``groupnorm``
+  (GroupNormalization + swish), ``unitnorm`` (UnitNormalization of Dense rows and of a conv
+  map's channels), ``attention_layers`` (``Attention``, ``AdditiveAttention``, self-similarity
+  ``Attention()([x, x, x])``), ``separable`` (DepthwiseConv2D + BatchNorm + ReLU6 stacks,
+  SeparableConv2D), ``resample`` (ZeroPadding2D, UpSampling2D, Cropping2D), ``unet`` (a
+  concatenating U-Net with UpSampling2D), ``global_max`` (GlobalMaxPooling2D beside
+  GlobalAveragePooling2D), ``text_gap`` (Embedding + GlobalAveragePooling1D), ``activations``
+  (Dense with tanh GELU, swish, selu, elu, softplus, mish), ``dropout_train`` (Dropout and
+  SpatialDropout2D with ``training=True``: tf2onnx leaves ``StatelessRandomUniformV2``, refused
+  in one line), ``dropout_random`` (the same drops written with ``tf.random.uniform``),
+  ``lambda_ops`` (Lambda layers: ``reduce_max``, ``reduce_std``, ``reduce_logsumexp``,
+  ``l2_normalize``, ``reduce_prod``).
 """
 
 import sys
@@ -138,18 +152,181 @@ def conv1d_lstm():
     return keras.Model(x, L.Dense(10)(h)), (64, 16)
 
 
-for name in sys.argv[1:]:
+def _sequence():
+    x = keras.Input((32, 16), name="x")
+    return x, L.Dense(64)(x)
+
+
+def _image():
+    return keras.Input((32, 32, 3), name="x")
+
+
+def groupnorm():
+    x = _image()
+    h = L.Conv2D(32, 3, padding="same")(x)
+    for width in (32, 64):
+        h = L.Activation("swish")(L.GroupNormalization(8)(h))
+        h = L.Conv2D(width, 3, padding="same")(h)
+    h = L.Activation("swish")(L.GroupNormalization(8)(h))
+    return keras.Model(x, L.Dense(10)(L.GlobalAveragePooling2D()(h)))
+
+
+def unitnorm():
+    x = keras.Input((64,), name="x")
+    h = L.UnitNormalization()(L.Dense(128, activation="relu")(x))
+    h = L.UnitNormalization()(L.Dense(64)(h))
+    y = L.UnitNormalization(axis=-1)(L.Conv2D(16, 3)(L.Reshape((8, 8, 1))(x)))
+    h = L.Concatenate()([h, L.Flatten()(y)])
+    return keras.Model(x, L.Dense(10)(h))
+
+
+def attention_layers():
+    x, h = _sequence()
+    q = L.Dense(64)(h)
+    a = L.Attention()([q, h])
+    b = L.AdditiveAttention()([q, h])
+    c = L.Attention(use_scale=True, score_mode="dot")([h, h, h])
+    h = L.LayerNormalization()(L.Add()([h, a, b, c]))
+    return keras.Model(x, L.Dense(10)(L.GlobalAveragePooling1D()(h)))
+
+
+def separable():
+    x = _image()
+    h = L.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(x)
+    h = L.ReLU()(L.BatchNormalization()(h))
+    for width, stride in ((64, 1), (64, 2), (128, 1)):
+        h = L.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(h)
+        h = L.ReLU(6.0)(L.BatchNormalization()(h))
+        h = L.ReLU(6.0)(L.BatchNormalization()(L.Conv2D(width, 1, use_bias=False)(h)))
+    h = L.SeparableConv2D(128, 3, padding="same", activation="relu")(h)
+    h = L.SeparableConv2D(128, 3, padding="same", depth_multiplier=2)(h)
+    return keras.Model(x, L.Dense(10)(L.GlobalAveragePooling2D()(h)))
+
+
+def resample():
+    x = _image()
+    h = L.Conv2D(16, 3, activation="relu")(L.ZeroPadding2D(1)(x))
+    h = L.MaxPooling2D(2)(h)
+    h = L.UpSampling2D(2)(L.Conv2D(16, 3, padding="same", activation="relu")(h))
+    h = L.Cropping2D(((2, 2), (1, 3)))(h)
+    h = L.Conv2D(32, 3, activation="relu")(L.ZeroPadding2D(((1, 2), (0, 1)))(h))
+    return keras.Model(x, L.Dense(10)(L.GlobalAveragePooling2D()(h)))
+
+
+def unet():
+    x = _image()
+    skips, h = [], x
+    for width in (16, 32, 64):
+        h = L.Conv2D(width, 3, padding="same", activation="relu")(h)
+        h = L.Conv2D(width, 3, padding="same", activation="relu")(h)
+        skips.append(h)
+        h = L.MaxPooling2D(2)(h)
+    h = L.Conv2D(128, 3, padding="same", activation="relu")(h)
+    for width, skip in zip((64, 32, 16), skips[::-1]):
+        h = L.Concatenate()([L.UpSampling2D(2)(h), skip])
+        h = L.Conv2D(width, 3, padding="same", activation="relu")(h)
+        h = L.Conv2D(width, 3, padding="same", activation="relu")(h)
+    return keras.Model(x, L.Conv2D(2, 1)(h))
+
+
+def global_max():
+    x = _image()
+    h = L.Conv2D(32, 3, padding="same", activation="relu")(x)
+    a = L.GlobalMaxPooling2D()(L.Conv2D(64, 3, strides=2, padding="same")(h))
+    b = L.GlobalAveragePooling2D()(h)
+    return keras.Model(x, L.Dense(10)(L.Concatenate()([a, b])))
+
+
+def text_gap():
+    ids = keras.Input((32,), dtype="int32", name="x")
+    h = L.Embedding(1000, 64)(ids)
+    h = L.GlobalAveragePooling1D()(h)
+    h = L.Dense(64, activation="relu")(h)
+    return keras.Model(ids, L.Dense(2)(h))
+
+
+def activations():
+    x = keras.Input((64,), name="x")
+    h = x
+    gelu_tanh = lambda t: keras.activations.gelu(t, approximate=True)  # noqa: E731
+    for act in (gelu_tanh, "swish", "selu", "elu", "softplus", "mish"):
+        h = L.Dense(64, activation=act)(h)
+    return keras.Model(x, L.Dense(10)(h))
+
+
+def dropout_train():
+    x = _image()
+    h = L.Conv2D(32, 3, padding="same", activation="relu")(x)
+    h = L.SpatialDropout2D(0.2)(h)
+    h = L.Conv2D(32, 3, padding="same", activation="relu")(h)
+    h = L.Dropout(0.3)(L.GlobalAveragePooling2D()(h))
+    h = L.Dropout(0.5)(L.Dense(64, activation="relu")(h))
+    return keras.Model(x, L.Dense(10)(h))
+
+
+class RandomDrop(L.Layer):
+    def __init__(self, rate, noise_shape=None, **kw):
+        super().__init__(**kw)
+        self.rate, self.noise_shape = rate, noise_shape
+
+    def call(self, x):
+        shape = tf.shape(x) if self.noise_shape is None else self.noise_shape(tf.shape(x))
+        keep = tf.cast(tf.random.uniform(shape) >= self.rate, x.dtype)
+        return x * keep / (1 - self.rate)
+
+
+def dropout_random():
+    x = _image()
+    h = L.Conv2D(32, 3, padding="same", activation="relu")(x)
+    h = RandomDrop(0.2, lambda s: tf.stack([s[0], 1, 1, s[3]]))(h)
+    h = L.Conv2D(32, 3, padding="same", activation="relu")(h)
+    h = RandomDrop(0.3)(L.GlobalAveragePooling2D()(h))
+    h = RandomDrop(0.5)(L.Dense(64, activation="relu")(h))
+    return keras.Model(x, L.Dense(10)(h))
+
+
+def lambda_ops():
+    x = keras.Input((32, 16), name="x")
+    h = L.Dense(64, activation="relu")(x)
+    m = L.Lambda(lambda t: tf.reduce_max(t, axis=1))(h)
+    s = L.Lambda(lambda t: tf.math.reduce_std(t, axis=1))(h)
+    lse = L.Lambda(lambda t: tf.reduce_logsumexp(t, axis=1))(h)
+    n = L.Lambda(lambda t: tf.nn.l2_normalize(t, axis=-1))(h)
+    v = L.Lambda(lambda t: tf.reduce_sum(t, axis=1))(n)
+    p = L.Lambda(lambda t: tf.reduce_prod(1.0 + 0.1 * tf.tanh(t), axis=1))(h)
+    h = L.Concatenate()([m, s, lse, v, p])
+    return keras.Model(x, L.Dense(10)(h))
+
+
+SWEEP = {f.__name__: f for f in (
+    groupnorm, unitnorm, attention_layers, separable, resample, unet, global_max, text_gap,
+    activations, dropout_train, dropout_random, lambda_ops)}
+MODELS = {"channels_first": channels_first, "custom_layers": custom_layers,
+          "tf_module": tf_module, "conv1d": conv1d, "conv1d_bn": conv1d_bn,
+          "conv1d_ln": conv1d_ln, "conv1d_lstm": conv1d_lstm, **SWEEP}
+
+
+def _export(name):
     keras.utils.set_random_seed(0)
-    model, shape = {"channels_first": channels_first, "custom_layers": custom_layers,
-                    "tf_module": tf_module, "conv1d": conv1d, "conv1d_bn": conv1d_bn,
-                    "conv1d_ln": conv1d_ln, "conv1d_lstm": conv1d_lstm}[name]()
-    spec = (tf.TensorSpec((None, *shape), tf.float32, name="x"),)
+    built = MODELS[name]()
+    model, shape = built if isinstance(built, tuple) else (built, None)
+    dtype = tf.float32 if shape else model.inputs[0].dtype  # the sweep's: its own input
+    shape = shape or tuple(model.inputs[0].shape[1:])
+    spec = (tf.TensorSpec((None, *shape), dtype, name="x"),)
     if isinstance(model, keras.Model) and name == "channels_first":
         tf2onnx.convert.from_keras(model, input_signature=spec, opset=17,
                                    output_path=f"{name}.onnx")
-    else:
-        function = tf.function(lambda x, m=model: m(x, training=False) if isinstance(
-            m, keras.Model) else m(x), input_signature=spec)
-        tf2onnx.convert.from_function(function, input_signature=spec, opset=17,
-                                      output_path=f"{name}.onnx")
-    print(name, "ok", flush=True)
+        return
+    training = name == "dropout_train"
+    function = tf.function(lambda x, m=model: m(x, training=training) if isinstance(
+        m, keras.Model) else m(x), input_signature=spec)
+    tf2onnx.convert.from_function(function, input_signature=spec, opset=17,
+                                  output_path=f"{name}.onnx")
+
+
+for name in [n for arg in sys.argv[1:] for n in (SWEEP if arg == "sweep" else [arg])]:
+    try:
+        _export(name)
+        print(name, "ok", flush=True)
+    except Exception as exc:  # noqa: BLE001 - a layer tf2onnx cannot convert: say so, go on
+        print(name, "FAILED", type(exc).__name__, str(exc)[:200], flush=True)

@@ -293,10 +293,10 @@ def logit_offset(inputs, ctx: RuleContext, rank: int) -> Moments | None:
 def _logit_gate(x: Moments, raw, ctx: RuleContext, rank: int) -> Moments | None:
     """``x * c`` for an exactly known c that varies and reaches a Softmax: per element
     (:func:`logit_offset`)."""
-    if not feeds_softmax(ctx):
+    if np.ndim(raw) == 0 or np.size(raw) > OFFSET_CAP * 64:
         return None
     c = _offset_grid(raw, rank)
-    if not varies(c) or not np.all(np.isfinite(c)):
+    if not varies(c) or not np.all(np.isfinite(c)) or not feeds_softmax(ctx):
         return None
     mx, vx = lift(x.mean, rank), lift(x.var, rank)
     shape = np.broadcast_shapes(np.shape(mx), np.shape(vx), np.shape(c))
