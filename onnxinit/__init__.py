@@ -33,7 +33,8 @@ __all__ = ["Analysis", "MappingReport", "ModelGraph", "Moments", "OnnxInitError"
            "__version__", "analyze", "export_weights", "load", "predict_gradients", "read_weights",
            "rescale"]
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)
+# the modules that import the rules: their quadrature nodes computed on one BLAS thread
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__, {"analysis", "rescale"})
 
 
 class _Package(types.ModuleType):

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Mapping, Set
 from types import ModuleType
+
+from .allocator import blas_single_threaded
 
 
 class LazyModule:
@@ -40,16 +43,22 @@ def lazy_module(name: str) -> LazyModule:
     return LazyModule(name)
 
 
-def lazy_exports(package: str, exports: Mapping[str, str], public: list[str]
+def lazy_exports(package: str, exports: Mapping[str, str], public: list[str],
+                 one_blas_thread: Set[str] = frozenset()
                  ) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
     """PEP 562 ``__getattr__`` and ``__dir__`` for ``package`` whose public names (``exports``:
-    name -> submodule) are imported on first use and then kept as module attributes."""
+    name -> submodule) are imported on first use and then kept as module attributes. The
+    submodules in ``one_blas_thread`` (those that import the rules, whose quadrature nodes are
+    eigenvalue problems solved at import) are first imported with BLAS on one thread, as the
+    command line imports its modules (:func:`onnxinit.allocator.blas_single_threaded`)."""
 
     def __getattr__(name: str):
         module = exports.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f".{module}", package), name)
+        first = module in one_blas_thread and f"{package}.{module}" not in sys.modules
+        with blas_single_threaded() if first else contextlib.nullcontext():
+            value = getattr(importlib.import_module(f".{module}", package), name)
         vars(sys.modules[package])[name] = value
         return value
 

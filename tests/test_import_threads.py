@@ -2,7 +2,8 @@
 (onnxinit.allocator.blas_single_threaded): OpenBLAS's default threads spent 20x the CPU on
 them. Checked by the thread count BLAS reports (threadpoolctl) inside numpy's quadrature
 functions while ``analyze``'s modules are imported (numpy's BLAS, the one they call), and
-the count as it was afterwards."""
+the count as it was afterwards; the same for a library's first use of ``onnxinit.analyze``
+and ``onnxinit.rescale`` (``lazy.lazy_exports``)."""
 
 from __future__ import annotations
 
@@ -36,17 +37,21 @@ for module, name in ((np.polynomial.hermite, "hermgauss"), (np.polynomial.hermit
 
     setattr(module, name, probe)
 before = blas_threads()
-from onnxinit.cli import _load
-_load("analyze")
+IMPORT
 print(json.dumps([before, seen, blas_threads()]))
 """
 
+_IMPORTS = {"command": 'from onnxinit.cli import _load\n_load("analyze")',
+            "analyze": "import onnxinit\nonnxinit.analyze",
+            "rescale": "import onnxinit\nonnxinit.rescale"}
 
-def test_the_commands_imports_compute_quadrature_nodes_on_one_blas_thread():
+
+@pytest.mark.parametrize("entry", sorted(_IMPORTS))
+def test_the_commands_imports_compute_quadrature_nodes_on_one_blas_thread(entry):
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
-                         check=True, env=env)
+    out = subprocess.run([sys.executable, "-c", _PROBE.replace("IMPORT", _IMPORTS[entry])],
+                         capture_output=True, text=True, check=True, env=env)
     before, seen, after = json.loads(out.stdout)
     if before is None or before < 2:
         pytest.skip("BLAS runs on one thread here anyway")
