@@ -147,9 +147,16 @@ def described_ancestor(ctx: RuleContext, known) -> tuple[str, tuple, tuple] | No
         m = known[tensor]
         if m.source is not None or m.mixture is not None or m.spatial is not None:
             return found[i]
-        if not _non_affine_output(tensor, ctx):
+        if not _non_affine_output(tensor, ctx) or not _same_rank(tensor, found[i + 1][0], ctx):
             return found[i]
     return found[-1] if found else None
+
+
+def _same_rank(a: str, b: str, ctx: RuleContext) -> bool:
+    """Both tensors' static shapes known and of one rank (the fused rule needs its
+    ancestor at the output's rank)."""
+    sa, sb = ctx.graph.shape(a), ctx.graph.shape(b)
+    return sa is not None and sb is not None and len(sa) == len(sb)
 
 
 def _non_affine_output(tensor: str, ctx: RuleContext) -> bool:
