@@ -32,10 +32,11 @@ import numpy as np
 from .. import special
 from ..moments import Elementwise, Moments, Source
 from .context import RuleContext
-from .elementwise import digest, input_law, node_function
-from .gaussian import expand
+from .elementwise import digest, input_law, node_function, refinement
+from .gaussian import compose, expand
 from .table_rows import squared_input
 from .token_field import profile_grid
+from .zero_rows import mixed, regular, zero_mean_square, zero_mean_squares
 
 WILSON_HILFERTY = 6.0  # the smallest shape that takes the cube (see the module docstring)
 _MEMO = 32  # exact quantiles kept (gamma_of_normal)
@@ -128,6 +129,9 @@ def mean_square_law(x: Moments, ctx: RuleContext, name: str) -> Moments:
     s, shape = (ctx.known or {}).get(s_name), ctx.graph.shape(s_name)
     if s is None or shape is None:
         return x
+    p = zero_mean_square(ctx.graph, s_name)
+    if p is not None:  # the tokens of zero rows: their point mass is mixed in after the rule
+        s = regular(s, p, 0.0)
     spelled = profile_grid(s, shape) if s.tokens is not None else None
     law = chi_square(spelled if spelled is not None else s, len(shape)).source
     if law is None:
@@ -136,5 +140,21 @@ def mean_square_law(x: Moments, ctx: RuleContext, name: str) -> Moments:
                    x.rows)
 
 
+@refinement
+def zero_row_tokens(y: Moments, ctx: RuleContext) -> Moments:
+    """``y``, an element-wise function ``f`` of a mean of squares whose rows are zero for a
+    share p of the tokens (:mod:`.zero_rows`; its regular law by :func:`mean_square_law`),
+    mixed with ``f(0)`` for those tokens: ``(1 - p) y + p delta_f(0)``; ``y`` otherwise."""
+    if not zero_mean_squares(ctx.graph):
+        return y
+    found = mean_square_chain(ctx, ctx.node.output[0])
+    p = zero_mean_square(ctx.graph, found[0]) if found is not None else None
+    if p is None:
+        return y
+    with np.errstate(all="ignore"):
+        value = float(np.ravel(compose(found[1])(np.zeros(1)))[0])
+    return mixed(y, p, value) if np.isfinite(value) else y
+
+
 __all__ = ["MAX_CHAIN", "WILSON_HILFERTY", "chain_from", "chi_square", "gamma_of_normal",
-           "mean_square_chain", "mean_square_law"]
+           "mean_square_chain", "mean_square_law", "zero_row_tokens"]

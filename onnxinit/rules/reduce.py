@@ -26,6 +26,7 @@ from .registry import rule
 from .normalised_square_sum import normalised_square_sum
 from .square_sum_field import square_sum_factors
 from .table_rows import table_mean_square
+from .zero_rows import mixed, zero_mean_square
 
 
 def _layout(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +149,17 @@ def reduce_linear(inputs, ctx: RuleContext):
     integrated over its quantiles (about 1% off for ReduceL2 of non-central terms at K = 8).
     ReduceLogSumExp samples the input's distribution (seeded) when K x tracked size is small
     (the gamma match is 2-4% off for a sum of a few lognormals), the gamma match otherwise.
+
+    A mean of squares of rows that are zero for a share p of the tokens (an embedding table's
+    padding row carried on: :mod:`.zero_rows`) is mixed with its point mass at 0, ``(1 - p)
+    law + p delta_0``.
     """
+    outputs = _reduced(inputs, ctx)
+    p = zero_mean_square(ctx.graph, ctx.node.output[0])
+    return outputs if p is None else [mixed(outputs[0], p, 0.0)]
+
+
+def _reduced(inputs, ctx: RuleContext):
     x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
     rank = len(x_shape)
