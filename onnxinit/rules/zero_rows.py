@@ -89,13 +89,15 @@ def _gathered(graph, node) -> ZeroRows | None:
             node.input[0]):
         return None
     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-    table = graph.value(node.input[0])
     source = _ids_input(graph, node.input[1])
-    if table is None or np.ndim(table) != 2 or axis != 0 or source is None:
+    shape = graph.shape(node.input[0])
+    if axis != 0 or source is None or shape is None or len(shape) != 2 or vocab_size(
+            graph, source) != shape[0]:
         return None
-    if vocab_size(graph, source) != table.shape[0]:
+    table = graph.value(node.input[0])
+    if table is None or np.shape(table) != tuple(shape):
         return None
-    zero = int(np.sum(np.all(np.asarray(table) == 0, axis=1)))
+    zero = int(shape[0] - np.count_nonzero(np.any(np.asarray(table) != 0, axis=1)))
     ids_shape = graph.shape(node.input[1])
     if zero in (0, table.shape[0]) or ids_shape is None:  # an all-zero table is a constant
         return None
