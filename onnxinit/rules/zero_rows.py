@@ -7,8 +7,10 @@ exactly zero through what maps zero to zero token by token: a normalisation (``x
 r finite: ``1/sqrt(eps)`` at x = 0), a scale, a dense layer without bias, the split into heads
 and its transposes, rotary (``x cos + rotate_half(x) sin``: Slice, Neg, Concat, Mul and the Add
 of two terms of the same token's zero row). Where the row meets another non-zero term (a
-residual Add of an attention output, a bias, Q K^T's mixing over tokens) it stops being a point
-mass: the component ends there.
+residual Add of an attention output, a non-zero bias, Q K^T's mixing over tokens) it stops
+being a point mass: the component ends there. A gated block keeps it (``gelu(x W_y + b_y) *
+(...)``, the biases zero at init: RecurrentGemma's recurrent block), and so does a residual Add
+of two such terms.
 
 A mean of squares over the features of such a tensor (a per-head q/k norm after q_proj of the
 normalised embeddings; a norm of a stream that is still zero) is 0 for those tokens, and the
@@ -160,6 +162,12 @@ def _state(graph, node, known: dict) -> ZeroRows | None:
         return ins[k] if k is not None else None
     if op == "Div":
         return first if full(0) else None
+    if op in ("Add", "Sub") and len(ins) == 2:  # a zero constant (a bias at init) keeps it
+        k = 0 if ins[1] is None else 1
+        other = node.input[1 - k]
+        if ins[k] is not None and full(k) and graph.is_constant(other):
+            value = graph.value(other)
+            return ins[k] if value is not None and not np.any(value) else None
     if op in ("Add", "Sub", "Concat"):
         if all(s is not None and s == first for s in ins) and (op == "Concat" or full(0)):
             return first
@@ -248,6 +256,11 @@ def zero_mean_square(graph, name: str) -> float | None:
     return state.p
 
 
+def has_zero_rows(graph) -> bool:
+    """Some tensor of ``graph`` carries zero rows."""
+    return bool(_labels(graph)[1])
+
+
 def zero_mean_squares(graph) -> frozenset:
     """Every tensor of ``graph`` that :func:`zero_mean_square` holds for."""
     _, known, memo = _labels(graph)
@@ -274,5 +287,5 @@ def regular(m: Moments, p: float, value) -> Moments:
                    m.rows)
 
 
-__all__ = ["ZeroRows", "mixed", "regular", "zero_mean_square", "zero_mean_squares",
+__all__ = ["ZeroRows", "has_zero_rows", "mixed", "regular", "zero_mean_square", "zero_mean_squares",
            "zero_rows"]
