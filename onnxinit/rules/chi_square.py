@@ -32,10 +32,12 @@ import numpy as np
 from .. import special
 from ..moments import Elementwise, Moments, Source
 from .context import RuleContext
-from .elementwise import digest, input_law, node_function
-from .gaussian import expand
+from .elementwise import digest, input_law, node_function, refinement
+from .gaussian import compose, expand, gaussian_moments
 from .table_rows import squared_input
 from .token_field import profile_grid
+from .zero_rows import has_zero_rows
+from .zero_streams import mean_square_component, regular
 
 WILSON_HILFERTY = 6.0  # the smallest shape that takes the cube (see the module docstring)
 _MEMO = 32  # exact quantiles kept (gamma_of_normal)
@@ -128,6 +130,9 @@ def mean_square_law(x: Moments, ctx: RuleContext, name: str) -> Moments:
     s, shape = (ctx.known or {}).get(s_name), ctx.graph.shape(s_name)
     if s is None or shape is None:
         return x
+    component = mean_square_component(ctx, s_name)
+    if component is not None:  # the tokens of a zero row: mixed in after the rule
+        s = regular(s, *component)[0]
     spelled = profile_grid(s, shape) if s.tokens is not None else None
     law = chi_square(spelled if spelled is not None else s, len(shape)).source
     if law is None:
@@ -136,5 +141,39 @@ def mean_square_law(x: Moments, ctx: RuleContext, name: str) -> Moments:
                    x.rows)
 
 
+@refinement
+def zero_row_tokens(y: Moments, ctx: RuleContext) -> Moments:
+    """``y``, an element-wise function ``f`` of a mean of squares whose rows are zero for a
+    share p of the tokens (:mod:`.zero_rows`; its others' law by :func:`mean_square_law`) or
+    a residual stream that lacks such a row (:mod:`.zero_streams`), mixed with ``f`` over the
+    component's law for those tokens: ``(1 - p) y + p f(s_c)``, ``f(0)`` for a zero row;
+    ``y`` otherwise."""
+    if not has_zero_rows(ctx.graph):
+        return y
+    found = mean_square_chain(ctx, ctx.node.output[0])
+    component = mean_square_component(ctx, found[0]) if found is not None else None
+    s = (ctx.known or {}).get(found[0]) if component is not None else None
+    if s is None:
+        return y
+    p, m_c = component
+    with np.errstate(all="ignore"):
+        if np.all(np.asarray(m_c) == 0):
+            e_c = float(np.ravel(compose(found[1])(np.zeros(1)))[0])
+            v_c = 0.0
+        else:
+            rank = len(ctx.graph.shape(found[0]) or ())
+            c = expand(np.asarray(m_c, dtype=np.float64), rank)
+            law = chi_square(Moments(c, np.mean(regular(s, p, m_c)[1]) * c * c), rank).source
+            if law is None:
+                return y
+            e_c, v_c = gaussian_moments(law.chain + found[1], law.mean, law.var, rank=rank)
+    if not (np.all(np.isfinite(e_c)) and np.all(np.isfinite(v_c))):
+        return y
+    mean = (1.0 - p) * y.mean + p * e_c
+    second = (1.0 - p) * (y.var + y.mean * y.mean) + p * (v_c + e_c * e_c)
+    return Moments(mean, np.maximum(second - mean * mean, 0.0), y.source, None, y.tokens,
+                   y.rows)
+
+
 __all__ = ["MAX_CHAIN", "WILSON_HILFERTY", "chain_from", "chi_square", "gamma_of_normal",
-           "mean_square_chain", "mean_square_law"]
+           "mean_square_chain", "mean_square_law", "zero_row_tokens"]

@@ -26,6 +26,7 @@ from .registry import rule
 from .normalised_square_sum import normalised_square_sum
 from .square_sum_field import square_sum_factors
 from .table_rows import table_mean_square
+from .zero_streams import mean_square_component, mixed
 
 
 def _layout(x: Moments, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +149,18 @@ def reduce_linear(inputs, ctx: RuleContext):
     integrated over its quantiles (about 1% off for ReduceL2 of non-central terms at K = 8).
     ReduceLogSumExp samples the input's distribution (seeded) when K x tracked size is small
     (the gamma match is 2-4% off for a sum of a few lognormals), the gamma match otherwise.
+
+    A mean of squares of rows that are zero for a share p of the tokens (an embedding table's
+    padding row carried on: :mod:`.zero_rows`) is mixed with its point mass at 0, ``(1 - p)
+    law + p delta_0``; of a residual stream that lacks such a row for them, with the other
+    terms' mean square (:mod:`.zero_streams`).
     """
+    outputs = _reduced(inputs, ctx)
+    found = mean_square_component(ctx, ctx.node.output[0])
+    return outputs if found is None else [mixed(outputs[0], *found)]
+
+
+def _reduced(inputs, ctx: RuleContext):
     x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
     rank = len(x_shape)

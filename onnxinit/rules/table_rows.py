@@ -103,6 +103,11 @@ def _mapped(table: np.ndarray, steps) -> np.ndarray | None:
     return table
 
 
+def gathered_rows(graph, name: str) -> bool:
+    """``name`` is gathered rows of a constant table whose law this module reads."""
+    return _table(graph, name) is not None
+
+
 def squared_input(graph, name: str) -> str | None:
     """x when ``name`` is ``x^2`` (Pow by the constant 2, or ``x * x``), else None."""
     node = _producer(graph, name)
@@ -146,4 +151,4 @@ def table_mean_square(ctx: RuleContext, axes: tuple[int, ...], rank: int) -> Mom
                    Source(np.float64(0.0), np.float64(1.0), (_quantile(rows),)))
 
 
-__all__ = ["squared_input", "table_mean_square"]
+__all__ = ["gathered_rows", "squared_input", "table_mean_square"]
