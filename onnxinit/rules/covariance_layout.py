@@ -81,6 +81,8 @@ def moved(graph, known, node, x: str, y: str, f_x: Field) -> Field | None:
         return Field(perm.index(axis), f_x.cov, head)
     if node.op_type in ("Reshape", "Squeeze", "Unsqueeze"):
         return _reshaped(f_x, shape_x, shape_y)
+    if node.op_type == "Gather":
+        return _gathered(graph, node, f_x, shape_x)
     if len(shape_x) != len(shape_y) or f_x.head_axis is not None:
         return None
     if node.op_type == "Slice" and shape_y[axis] != shape_x[axis]:
@@ -109,13 +111,46 @@ def _reshaped(f_x: Field, shape_x, shape_y) -> Field | None:
             return Field(b, f_x.cov, b - 1)
         return None
     if f_x.head_axis is not None:
-        return None
+        return _merged(f_x, shape_x, shape_y)
     for b in range(len(shape_y) - 1):
         heads, width = shape_y[b], shape_y[b + 1]
         if heads > 1 and heads * width == n and int(np.prod(shape_y[b + 2:])) == after:
             blocks = f_x.cov.reshape(heads, width, heads, width)
             return Field(b + 1, blocks[np.arange(heads), :, np.arange(heads), :], b)
     return None
+
+
+def _merged(f_x: Field, shape_x, shape_y) -> Field | None:
+    """Heads merged back into one axis ``[H, n] -> [H n]`` (a bidirectional recurrent layer's
+    directions, ``[.., 2, H] -> [.., 2H]``): the blocks on the diagonal, the heads taken as
+    independent."""
+    axis, head = f_x.axis, f_x.head_axis
+    heads, n = f_x.cov.shape[0], f_x.cov.shape[-1]
+    after = int(np.prod(shape_x[axis + 1:]))
+    if head != axis - 1 or shape_x[head] != heads:
+        return None
+    for b in range(len(shape_y)):
+        if shape_y[b] == heads * n and int(np.prod(shape_y[b + 1:])) == after:
+            merged = np.zeros((heads * n, heads * n))
+            for k in range(heads):
+                merged[k * n:(k + 1) * n, k * n:(k + 1) * n] = f_x.cov[k]
+            return Field(b, merged)
+    return None
+
+
+def _gathered(graph, node, f_x: Field, shape_x) -> Field | None:
+    """Gather of constant indices along another axis than the field's and its heads' (a step
+    of a sequence, ``y[:, -1]``): the axes after it shift by the indices' rank less one."""
+    axis = int(attr(node, "axis") or 0) % len(shape_x)
+    indices = graph.value(node.input[1]) if len(node.input) > 1 else None
+    if indices is None or axis in (f_x.axis, f_x.head_axis):
+        return None
+    shift = np.ndim(indices) - 1
+
+    def moved_axis(a):
+        return a if a is None or a < axis else a + shift
+
+    return Field(moved_axis(f_x.axis), f_x.cov, moved_axis(f_x.head_axis))
 
 
 def attr(node, name: str):
