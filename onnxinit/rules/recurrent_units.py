@@ -112,12 +112,13 @@ def _set_diagonal(S: np.ndarray, var: np.ndarray) -> None:
 def scan_covariance(op: str, record: dict, W, R, var_x, rho_next, corr_x, initial, *,
                     lbr=False, peep=None):
     """The state's covariance between units ``[S, S]`` (S = H; the LSTM's (h, c), 2H): its mean
-    over the steps and at the last (scan order). ``record`` a direction's gate slopes and state
+    over the steps and at the last (scan order); and each step's gain ``d h_t / d x_t`` [T, H,
+    I] (K's rows of h). ``record`` a direction's gate slopes and state
     variances per step (recurrent_scan.scanned), ``var_x`` [T, I] the input's variance per
     step and feature, ``rho_next`` [T] the input's correlation with the step before (0 at the
     first), ``corr_x`` [I, I] its features' correlation, ``initial`` the states' variances."""
     sl = record
-    steps = sl["var_h"].shape[0]
+    steps, units = sl["var_h"].shape
     exact = np.concatenate([sl["var_h"]] + ([sl["var_c"]] if op == "LSTM" else []), axis=1)
     size = exact.shape[1]
     # float32 products: the field is a correlation estimate (as channel_covariance's)
@@ -127,6 +128,7 @@ def scan_covariance(op: str, record: dict, W, R, var_x, rho_next, corr_x, initia
     S = np.diag(np.maximum(initial, 0.0)).astype(np.float32)
     N = np.zeros((size, W.shape[1]), dtype=np.float32)  # Cov(s_{t-1}, x_{t-1})
     total = np.zeros((size, size))
+    gains = np.empty((steps, units, W.shape[1]), dtype=np.float32)  # K's state rows
     sd_prev = None
     for t in range(steps):
         if op == "LSTM":
@@ -145,12 +147,13 @@ def scan_covariance(op: str, record: dict, W, R, var_x, rho_next, corr_x, initia
         else:  # independent steps (a first layer on its inputs): no cross terms
             JC, cross = 0.0, 0.0
         K_sx = K @ s_x
+        gains[t] = K[:units]
         S = _propagate(J, S) + K_sx @ K.T + cross
         N = JC + K_sx
         _set_diagonal(S, exact[t])
         total += S
         sd_prev = sd
-    return total / steps, S.astype(np.float64)
+    return total / steps, S.astype(np.float64), gains
 
 
 def output_field(ctx: RuleContext, inputs, index: int, x_field: Field | None) -> Field | None:
@@ -171,24 +174,31 @@ def output_field(ctx: RuleContext, inputs, index: int, x_field: Field | None) ->
         return None
     corr_x = keep["corr_x"]
     W, R, corr = keep["W"], keep["R"], keep["corr"]
-    covs = []
+    covs, gains = [], []
     for d, (reverse, scan) in enumerate(keep["scans"]):
         order = np.arange(steps)[::-1] if reverse else np.arange(steps)
         rho = np.concatenate([[0.0], corr[order[:-1], order[1:]]])
         initial = [keep["h0"][d][1]] + ([keep["c0"][d][1]] if op == "LSTM" else [])
         peep = (np.asarray(ctx.const(7), dtype=np.float64)[d].reshape(3, units)
                 if op == "LSTM" and ctx.has_input(7) else None)
-        pooled, final = scan_covariance(op, scan, W[d], R[d], keep["var"][order], rho, corr_x,
-                            np.concatenate(initial), lbr=bool(ctx.attr("linear_before_reset", 0)),
-                            peep=peep)
+        pooled, final, gain = scan_covariance(
+            op, scan, W[d], R[d], keep["var"][order], rho, corr_x, np.concatenate(initial),
+            lbr=bool(ctx.attr("linear_before_reset", 0)), peep=peep)
         block = slice(units, 2 * units) if index == 2 else slice(0, units)
         covs.append(pooled[block, block] if index == 0 else final[block, block])
+        gains.append(gain[::-1] if reverse else gain)  # time order
     layout = keep["layout"]
     axis = 3 if index == 0 else 2
     if directions == 1:
         return Field(axis, covs[0])
     head = (1 if layout == 0 else 2) if index == 0 else (0 if layout == 0 else 1)
-    return Field(axis, np.stack(covs), head)
+    joint = None
+    if index == 0:  # step t of both directions reads x_t: Cov = K_f,t S_x,t K_r,t^T
+        sd = np.sqrt(np.maximum(keep["var"], 0.0)).astype(np.float32)[:, None, :]
+        cross = np.einsum("thi,ij,tkj->hk", gains[0] * sd, corr_x.astype(np.float32),
+                          gains[1] * sd, optimize=True) / steps
+        joint = np.block([[covs[0], cross], [cross.T, covs[1]]])
+    return Field(axis, np.stack(covs), head, joint)
 
 
 __all__ = ["affordable", "output_field", "scan_covariance"]
