@@ -129,7 +129,7 @@ def _drive(mean, var, corr, W, bias, gates: int = 1, corr_x=None) -> Drive:
         sd_x = np.sqrt(pooled)
         ws = W @ (corr_x * np.outer(sd_x, sd_x))
         independent = (W**2) @ pooled
-        dv = dv * np.where(independent > 0, np.einsum("jk,jk->j", ws, W)
+        dv = dv * np.where(independent > 0, np.maximum(np.einsum("jk,jk->j", ws, W), 0.0)
                            / np.where(independent > 0, independent, 1.0), 1.0)
     sd = np.sqrt(dv)
     cross = None

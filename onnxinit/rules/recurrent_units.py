@@ -156,6 +156,17 @@ def scan_covariance(op: str, record: dict, W, R, var_x, rho_next, corr_x, initia
     return total / steps, S.astype(np.float64), gains
 
 
+def _psd(S: np.ndarray) -> np.ndarray:
+    """``S`` with its negative eigenvalues set to 0 (its diagonal, the scan's variances, set
+    after the linear map can leave it indefinite: a deep stack's tiny signal read
+    ``w^T S_x w < 0``)."""
+    S = (S + S.T) / 2
+    values, vectors = np.linalg.eigh(S)
+    if values.min() >= 0:
+        return S
+    return (vectors * np.maximum(values, 0.0)) @ vectors.T
+
+
 def output_field(ctx: RuleContext, inputs, index: int, x_field: Field | None) -> Field | None:
     """The field of output ``index`` (Y, Y_h, Y_c) of the recurrent node of ``ctx`` (module
     docstring); ``x_field`` X's own (its features' correlation), if any."""
@@ -185,7 +196,7 @@ def output_field(ctx: RuleContext, inputs, index: int, x_field: Field | None) ->
             op, scan, W[d], R[d], keep["var"][order], rho, corr_x, np.concatenate(initial),
             lbr=bool(ctx.attr("linear_before_reset", 0)), peep=peep)
         block = slice(units, 2 * units) if index == 2 else slice(0, units)
-        covs.append(pooled[block, block] if index == 0 else final[block, block])
+        covs.append(_psd(pooled[block, block] if index == 0 else final[block, block]))
         gains.append(gain[::-1] if reverse else gain)  # time order
     layout = keep["layout"]
     axis = 3 if index == 0 else 2
@@ -197,7 +208,7 @@ def output_field(ctx: RuleContext, inputs, index: int, x_field: Field | None) ->
         sd = np.sqrt(np.maximum(keep["var"], 0.0)).astype(np.float32)[:, None, :]
         cross = np.einsum("thi,ij,tkj->hk", gains[0] * sd, corr_x.astype(np.float32),
                           gains[1] * sd, optimize=True) / steps
-        joint = np.block([[covs[0], cross], [cross.T, covs[1]]])
+        joint = _psd(np.block([[covs[0], cross], [cross.T, covs[1]]]))
     return Field(axis, np.stack(covs), head, joint)
 
 
