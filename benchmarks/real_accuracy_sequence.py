@@ -14,6 +14,7 @@ predicted), the seconds analyze took, and the worst tensor.
     python benchmarks/real_accuracy_sequence.py --size small      # the test suite's configs
     python benchmarks/real_accuracy_sequence.py --models llama --runs 4  # measured over 4 batches
     python benchmarks/real_accuracy_sequence.py --size recurrent  # docs/recurrent.md's variants
+    python benchmarks/real_accuracy_sequence.py --size recurrent_more  # its second table
     python benchmarks/real_accuracy_sequence.py --onnx a.onnx,b.onnx --runs 16  # given exports
     PYTHONPATH=/path/to/other/checkout python benchmarks/real_accuracy_sequence.py  # before/after
 

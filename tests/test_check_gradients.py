@@ -84,3 +84,40 @@ def test_no_gradients_skips_the_backward_analysis(deep, capsys):
 def test_explain(capsys):
     code, out, _ = run(["check", "--explain", "ONNXINIT006"], capsys)
     assert code == 0 and "vanishing-gradient" in out
+
+
+def test_a_weight_shared_over_unrolled_steps_is_one_parameter(tmp_path):
+    """An RNN cell unrolled over 24 steps (``nn.RNNCell`` in a Python loop exports so): every
+    step's Gemms read the same ``w_ih`` and ``w_hh``. The gradient of the first step's use is
+    tiny (tanh with weights of gain 0.5 over 24 steps), but the parameter's update is the sum
+    over its uses: one parameter, not 48 layers. Before, the first use over the last failed
+    ``check`` with ONNXINIT006 (an ``nn.RNNCell`` model of 32 steps: 3.7e-10)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    features, hidden, steps = 16, 32, 24
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) * 0.5 / np.sqrt(shape[1]))
+                                     .astype(np.float32), name)
+             for name, shape in (("w_ih", (hidden, features)), ("w_hh", (hidden, hidden)),
+                                 ("head", (10, hidden)))]
+    nodes, h = [], None
+    for t in range(steps):
+        nodes.append(helper.make_node("Gemm", ["x", "w_ih"], [f"a{t}"], transB=1))
+        if h is not None:
+            nodes.append(helper.make_node("Gemm", [h, "w_hh"], [f"r{t}"], transB=1))
+            nodes.append(helper.make_node("Add", [f"a{t}", f"r{t}"], [f"z{t}"]))
+        nodes.append(helper.make_node("Tanh", [f"z{t}" if h is not None else f"a{t}"],
+                                      [f"h{t}"]))
+        h = f"h{t}"
+    nodes.append(helper.make_node("Gemm", [h, "head"], ["y"], transB=1))
+    graph = helper.make_graph(
+        nodes, "unrolled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [32, features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [32, 10])], inits)
+    path = tmp_path / "unrolled.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), str(path))
+    analysis = analyze(path, batch_size=32, backward=True)
+    layers = layer_gradients(analysis, paths_of(analysis))
+    assert sorted(layer.weight for layer in layers) == ["w_hh", "w_ih"]
+    assert VANISHING_GRADIENT not in [f.rule_id for f in find(analysis)]

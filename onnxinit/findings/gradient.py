@@ -18,6 +18,12 @@ on the signal path:
   SkipInit, a zero-initialised last layer): a branch ``x + g * f(x; W)`` has
   ``dL/dW = g * (df/dW)^T dL/dy``, so its layers' update ratios are small by the branch's own
   design factor ``g``, not because the gradient vanished on its way to them;
+- a weight that several nodes use (an RNN cell unrolled over the steps, ALBERT's shared
+  layers) is one parameter: its update is the sum of its uses' gradients, so it counts once,
+  at its first use on the body, with the ratio of that sum (all its uses' ratios, on the body
+  or not, added in quadrature). Before,
+  each use was a layer, and an ``nn.RNNCell`` unrolled over 32 steps failed ``check``: its
+  first step's use of ``weight_ih`` (1e-10) against its last (0.29);
 - :func:`depth_ratio` is the first layer's ratio over the last one's: the number ONNXINIT005
   (above a maximum) and ONNXINIT006 (below a minimum) will judge.
 
@@ -103,16 +109,18 @@ def layer_gradients(analysis: Analysis, paths: SignalPaths) -> list[LayerGradien
     small: dict[str, bool] = {}
     weights = {p.node: p for p in backward.parameters
                if p.role == "weight" and p.update_ratio is not None}
-    out = []
+    square: dict[str, float] = {}  # each parameter's squared ratios over all its uses
+    for p in weights.values():
+        square[p.name] = square.get(p.name, 0.0) + float(p.update_ratio) ** 2
+    first: dict[str, str] = {}  # each body parameter's first body node
     for node_id in graph.parametric_nodes:
         output = graph.node(node_id).output[0]
         side = paths.side.get(output)
         on_body = paths.is_main(output) or (side is not None and side.kind == BRANCH
                                             and not _small(analysis, side, small))
         if node_id in weights and node_id not in head and on_body:
-            p = weights[node_id]
-            out.append(LayerGradient(node_id, p.name, float(p.update_ratio)))
-    return out
+            first.setdefault(weights[node_id].name, node_id)
+    return [LayerGradient(node, name, math.sqrt(square[name])) for name, node in first.items()]
 
 
 def _small(analysis: Analysis, side: SidePath, cache: dict[str, bool]) -> bool:

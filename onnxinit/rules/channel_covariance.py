@@ -86,10 +86,13 @@ from .on_demand import OnDemandField
 from . import row_field_maps as row_maps
 from .row_field_maps import MAX_CHANNELS, MAX_WORK
 from .unit_rows import is_unit_rows
+from . import recurrent_units
 
 _FIELD = OnDemandField()
 _ROW_FIELD = OnDemandField()  # row_covariance's: dense layers start a field
-_LAYOUT = ("Pad", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Dropout", "Identity")
+_LAYOUT = ("Pad", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Dropout", "Identity",
+           "Gather")
+RECURRENT = ("LSTM", "GRU", "RNN")
 _AFFINE = ("Mul", "Add", "Sub", "Div")
 
 
@@ -98,8 +101,8 @@ def _function(op_type: str) -> bool:
     return op_type in UNARY or op_type == "Pow"
 
 _ONE_INPUT = ("BatchNormalization", "Conv", "Pad", "Transpose", "Reshape", "Squeeze", "Unsqueeze",
-              "Slice", "Dropout",
-              "Identity", "LayerNormalization", "MatMul")
+              "Slice", "Dropout", "Gather",
+              "Identity", "LayerNormalization", "MatMul") + RECURRENT
 
 
 def pointwise(ctx: RuleContext, node) -> bool:
@@ -224,6 +227,11 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
                 variances(known[x], shape_x, len(shape_x) - 1))))
         if node.op_type == "Conv":
             return _conv(ctx, node, x, tensor, field_of)
+        if node.op_type in RECURRENT:  # the units of a state share the sample's input
+            return recurrent_units.output_field(
+                ctx.for_node(node_id), [known.get(n) if n and graph.is_signal(n) else None
+                                       for n in node.input],
+                list(node.output).index(tensor), field_of(x))
         if node.op_type in ("Add", "Sub") and len(signals) == 2:
             return _sum(ctx, signals, tensor, field_of)
         if node.op_type == "Concat":

@@ -4,7 +4,7 @@ per-index variances a field is scaled to, the ops that move, crop or pad the fie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,6 +21,9 @@ class Field:
     axis: int
     cov: np.ndarray  # [n, n]; [H, n, n] per head, H along head_axis
     head_axis: int | None = None
+    # with heads: the covariance of all of them [H n, H n] where known (a bidirectional
+    # recurrent layer's two directions read the same inputs), for a Reshape that merges them
+    joint: np.ndarray | None = None
 
 
 def within(m: Moments, shape) -> np.ndarray:
@@ -78,9 +81,11 @@ def moved(graph, known, node, x: str, y: str, f_x: Field) -> Field | None:
         perm = attr(node, "perm")
         perm = list(perm) if perm is not None else list(range(len(shape_x)))[::-1]
         head = None if f_x.head_axis is None else perm.index(f_x.head_axis)
-        return Field(perm.index(axis), f_x.cov, head)
+        return replace(f_x, axis=perm.index(axis), head_axis=head)
     if node.op_type in ("Reshape", "Squeeze", "Unsqueeze"):
         return _reshaped(f_x, shape_x, shape_y)
+    if node.op_type == "Gather":
+        return _gathered(graph, node, f_x, shape_x)
     if len(shape_x) != len(shape_y) or f_x.head_axis is not None:
         return None
     if node.op_type == "Slice" and shape_y[axis] != shape_x[axis]:
@@ -106,16 +111,51 @@ def _reshaped(f_x: Field, shape_x, shape_y) -> Field | None:
         if f_x.head_axis is None:
             return Field(b, f_x.cov)
         if (b > 0 and f_x.head_axis == axis - 1 and shape_y[b - 1] == shape_x[axis - 1]):
-            return Field(b, f_x.cov, b - 1)
+            return replace(f_x, axis=b, head_axis=b - 1)
         return None
     if f_x.head_axis is not None:
-        return None
+        return _merged(f_x, shape_x, shape_y)
     for b in range(len(shape_y) - 1):
         heads, width = shape_y[b], shape_y[b + 1]
         if heads > 1 and heads * width == n and int(np.prod(shape_y[b + 2:])) == after:
             blocks = f_x.cov.reshape(heads, width, heads, width)
             return Field(b + 1, blocks[np.arange(heads), :, np.arange(heads), :], b)
     return None
+
+
+def _merged(f_x: Field, shape_x, shape_y) -> Field | None:
+    """Heads merged back into one axis ``[H, n] -> [H n]`` (a bidirectional recurrent layer's
+    directions, ``[.., 2, H] -> [.., 2H]``): their joint covariance where known, else the
+    blocks on the diagonal (the heads taken as independent)."""
+    axis, head = f_x.axis, f_x.head_axis
+    heads, n = f_x.cov.shape[0], f_x.cov.shape[-1]
+    after = int(np.prod(shape_x[axis + 1:]))
+    if head != axis - 1 or shape_x[head] != heads:
+        return None
+    for b in range(len(shape_y)):
+        if shape_y[b] == heads * n and int(np.prod(shape_y[b + 1:])) == after:
+            if f_x.joint is not None:
+                return Field(b, f_x.joint)
+            merged = np.zeros((heads * n, heads * n))
+            for k in range(heads):
+                merged[k * n:(k + 1) * n, k * n:(k + 1) * n] = f_x.cov[k]
+            return Field(b, merged)
+    return None
+
+
+def _gathered(graph, node, f_x: Field, shape_x) -> Field | None:
+    """Gather of constant indices along another axis than the field's and its heads' (a step
+    of a sequence, ``y[:, -1]``): the axes after it shift by the indices' rank less one."""
+    axis = int(attr(node, "axis") or 0) % len(shape_x)
+    indices = graph.value(node.input[1]) if len(node.input) > 1 else None
+    if indices is None or axis in (f_x.axis, f_x.head_axis):
+        return None
+    shift = np.ndim(indices) - 1
+
+    def moved_axis(a):
+        return a if a is None or a < axis else a + shift
+
+    return replace(f_x, axis=moved_axis(f_x.axis), head_axis=moved_axis(f_x.head_axis))
 
 
 def attr(node, name: str):

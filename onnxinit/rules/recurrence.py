@@ -77,6 +77,10 @@ class Scan:
     h_second: np.ndarray
     c_mean: np.ndarray | None = None
     c_second: np.ndarray | None = None
+    # per step [T, H]: the gates' means ("i", "f", ...) and mean slopes E[f'(z)] ("di", ...),
+    # the states' means before the step, for the linearised covariance between units
+    # (recurrent_units.py)
+    slopes: dict[str, np.ndarray] | None = None
 
 
 class _Series:
@@ -91,6 +95,11 @@ class _Series:
         self.c[t], self.rem[t] = coefficients(gate.fn, mean, var, smooth=gate.smooth)
         self.var[t] = var
         return self.c[t][0], (self.c[t] ** 2).sum(axis=0) + self.rem[t]  # E, E[f^2]
+
+    def slope(self, t: int) -> np.ndarray:
+        """E[f'(z_t)] = c_1 / sd (Stein)."""
+        sd = np.sqrt(self.var[t])
+        return np.where(sd > 0, self.c[t][1] / np.where(sd > 0, sd, 1.0), 0.0)
 
     def cross(self, t: int, cov: np.ndarray) -> np.ndarray:
         """E[f_t f_s] for s < t [t, H] given Cov(z_t, z_s) [t, H]."""
@@ -150,6 +159,8 @@ def lstm(drive: Drive, R, peep, c0, h0, gates: tuple[Gate, Gate, Gate], input_fo
     d_second = np.zeros((steps, steps, units))
     f_mean = np.zeros((steps, units))
     d_mean, d_ind = np.zeros((steps, units)), np.zeros((steps, units))
+    slopes = {k: np.zeros((steps, units)) for k in ("i", "f", "g", "o", "h", "di", "df", "dg",
+                                                     "do", "dh", "c_prev")}
     for t in range(steps):
         rm, rv, rc = _recurrent(R, hm, hs, t)
         mz = drive.mean[t] + rm
@@ -196,10 +207,17 @@ def lstm(drive: Drive, R, peep, c0, h0, gates: tuple[Gate, Gate, Gate], input_fo
             cov_oc = joint[1, 0] * i1 * Eg + joint[1, 3] * Ei * g1
             Em = Em + o1 * h1 * cov_oc
         m_mean[t] = Em
+        for key, value in (("i", Ei), ("f", Ef), ("g", Eg), ("o", Eo), ("h", Eh),
+                           ("c_prev", cm[t])):
+            slopes[key][t] = value
+        for key, k in (("di", "i"), ("df", "f"), ("dg", "c"), ("do", "o"), ("dh", "h")):
+            slopes[key][t] = series[k].slope(t)
+        if input_forget:
+            slopes["df"][t] = -slopes["di"][t]
         _store(hm, hs, t, Em, np.maximum(Eo2 * Eh2, Em**2),
                Eoo * Ehh + Em * m_mean[:t] - Eo * Eh * m_ind[:t])
         m_ind[t] = Eo * Eh
-    return Scan(hm[1:], hs[1:, 1:], cm[1:], cs[1:, 1:])
+    return Scan(hm[1:], hs[1:, 1:], cm[1:], cs[1:, 1:], slopes)
 
 
 def _gate_cross(drive: Drive, R, hm, hs, t: int, units: int) -> np.ndarray | None:
@@ -233,6 +251,7 @@ def gru(drive: Drive, R, recurrent_bias, h0, gates: tuple[Gate, Gate], linear_be
     w_mean = np.zeros((steps, units))
     parts = {k: slice(i * units, (i + 1) * units) for i, k in enumerate("zrh")}
     history = (np.zeros((steps, units)), np.zeros((steps, units)))
+    slopes = {k: np.zeros((steps, units)) for k in ("z", "r", "n", "dz", "dr", "dn", "h_prev")}
     for t in range(steps):
         rm, rv, rc = _recurrent(R[: 2 * units], hm, hs, t)
         mz = drive.mean[t, : 2 * units] + rm
@@ -247,6 +266,10 @@ def gru(drive: Drive, R, recurrent_bias, h0, gates: tuple[Gate, Gate], linear_be
         n_second[t, :t] = series["n"].cross(t, uc)
         Ew, Ew2, Ewz = 1.0 - Ez, 1.0 - 2 * Ez + Ez2, Ez - Ez2
         z_mean[t], w_mean[t] = Ez, Ew
+        for key, value in (("z", Ez), ("r", Er), ("n", En), ("h_prev", hm[t])):
+            slopes[key][t] = value
+        for key in "zrn":
+            slopes["d" + key][t] = series[key].slope(t)
         q = np.empty((t + 1, units))
         q[0] = hm[0] * En
         for a in range(1, t + 1):
@@ -256,7 +279,8 @@ def gru(drive: Drive, R, recurrent_bias, h0, gates: tuple[Gate, Gate], linear_be
         cross = Ew * q + Ez * hs[t, : t + 1]
         hs[t + 1, : t + 1] = cross
         hs[: t + 1, t + 1] = cross
-    return Scan(hm[1:], hs[1:, 1:])
+    slopes["b"] = history[1]  # Rh E[h_{t-1}] + Rb_h (linear_before_reset)
+    return Scan(hm[1:], hs[1:, 1:], slopes=slopes)
 
 
 def _candidate(drive, Rh, recurrent_bias, hm, hs, t, r, history, linear_before_reset):
@@ -289,11 +313,13 @@ def rnn(drive: Drive, R, h0, gate: Gate) -> Scan:
     steps, units = drive.mean.shape[0], R.shape[1]
     hm, hs = _state(steps, units, h0)
     series = _Series(steps, units)
+    slope = np.zeros((steps, units))
     for t in range(steps):
         rm, rv, rc = _recurrent(R, hm, hs, t)
         e, e2 = series.add(t, gate, drive.mean[t] + rm, drive.var[t] + rv)
+        slope[t] = series.slope(t)
         _store(hm, hs, t, e, e2, series.cross(t, drive.cov[t, :t] + rc))
-    return Scan(hm[1:], hs[1:, 1:])
+    return Scan(hm[1:], hs[1:, 1:], slopes={"d": slope})
 
 
 def _state(steps: int, units: int, initial) -> tuple[np.ndarray, np.ndarray]:

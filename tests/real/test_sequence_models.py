@@ -7,7 +7,8 @@ Small configurations of the same code paths (tests/real/sequence.py ``SMALL``): 
 causal mask, Llama (RMSNorm written out as ops, rotary embeddings, grouped-query attention),
 BERT with its padding mask, ViT at 32x32 with 3 encoder layers (the token
 correlation builds from layer 1 on), Swin with shifted windows and their mask, 2-layer recurrent
-classifiers over 16 steps. The full-size table is ``benchmarks/real_accuracy_sequence.py``.
+classifiers over 16 steps, an LSTM read by attention pooling (a score per step, softmax over
+the steps). The full-size table is ``benchmarks/real_accuracy_sequence.py``.
 """
 
 from __future__ import annotations
