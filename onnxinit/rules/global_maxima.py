@@ -25,8 +25,9 @@ and took the maximum of K draws of it. A mixture of Gaussians with spread means 
 has a heavier upper tail than the Gaussian of its total variance, so the maximum's spread was
 low. Measured (onnxruntime, 64 batches of 8, torch Conv -> BatchNorm(train) -> ReLU x3 on 16x16,
 ``amax(dim=(2, 3))``): the pooled channel Gaussian gives Var 0.155, each position's own
-Gaussian 0.179, measured 0.242; the rest is each position's excess kurtosis (0.06-0.14: the
-channels at a position share their input neighbourhood's energy), not modelled. There the
+Gaussian 0.179, measured 0.242; the rest is each position's excess kurtosis (0.06-0.14: a
+position sums inputs dependent across channels, ReLUs of one Conv's correlated channels), not
+modelled. There the
 positions' correlation hardly matters: the measured maximum of positions each drawn from another
 sample (no correlation, no shared energy) is within 1% of the real one.
 """
