@@ -28,6 +28,7 @@ from ..spatial import attach, class_weights, gather_taps, positions
 from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
 from .energy_mixture import mixture_shift
+from .global_maxima import class_maximum
 from .max_windows import max_pool_classes
 from .maxima import max_moments
 from .pool_skewness import pooled_correction
@@ -168,10 +169,15 @@ def max_pool(inputs, ctx: RuleContext):
 
 @rule("GlobalMaxPool")
 def global_max_pool(inputs, ctx: RuleContext):
-    """Max over the K spatial positions, per channel, from the order statistics of the input's
-    distribution (its source when it has one)."""
+    """Max over the K spatial positions, per channel: per position class where the positions
+    fall in classes (:func:`.global_maxima.class_maximum`), otherwise from the order statistics
+    of the input's distribution (its source when it has one)."""
     x_shape = ctx.in_shape(0)
-    x = per_channel(signal(inputs, 0), x_shape)
+    x = signal(inputs, 0)
+    found = class_maximum(x, x_shape)
+    if found is not None:
+        return [found]
+    x = per_channel(x, x_shape)
     rank = len(x_shape)
     k = int(np.prod(x_shape[2:]))
     ((mean, var),) = max_moments(base_source(x, rank), [k], rank)

@@ -16,6 +16,7 @@ from .. import special
 from ..moments import Moments
 from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
+from .global_maxima import class_maximum
 from .map_means import map_mean_variance
 from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
 from .maxima import max_moments
@@ -275,8 +276,9 @@ def _sampled_logsumexp(x: Moments, rank: int, k: int, ctx: RuleContext):
 
 @rule("ReduceMax", "ReduceMin")
 def reduce_max(inputs, ctx: RuleContext):
-    """Max (min) over the K reduced elements from the order statistics of the input's
-    distribution, per kept index; refused (measured instead) when the statistics vary along a
+    """Max (min) over the K reduced elements: over exactly the spatial axes of a map whose
+    positions fall in classes, per class (:func:`.global_maxima.class_maximum`); otherwise
+    from the order statistics of the input's distribution, per kept index; refused (measured instead) when the statistics vary along a
     reduced axis (the reduced values are then not identically distributed)."""
     x = signal(inputs, 0)
     x_shape = ctx.in_shape(0)
@@ -284,12 +286,17 @@ def reduce_max(inputs, ctx: RuleContext):
     axes = reduced_axes(ctx, rank)
     if axes is None:
         return [x]
+    keepdims = bool(ctx.attr("keepdims", 1))
+    minimum = ctx.node.op_type == "ReduceMin"
+    if tuple(sorted(axes)) == tuple(range(2, rank)):  # every spatial axis: per position class
+        found = class_maximum(x, x_shape, minimum)
+        if found is not None:
+            return [_finish(found.mean, found.var, axes, keepdims)]
     if any(a in axes for a in x.tracked_axes()):
         raise RuleError("statistics vary along a reduced axis")
-    keepdims = bool(ctx.attr("keepdims", 1))
     k = int(np.prod([x_shape[a] for a in axes]))
     src = base_source(x, rank)
-    ((mean, var),) = max_moments(src, [k], rank, minimum=ctx.node.op_type == "ReduceMin")
+    ((mean, var),) = max_moments(src, [k], rank, minimum=minimum)
     mean, var = expand(mean, rank), expand(var, rank)
     return [_finish(mean, var, axes, keepdims)]
 
