@@ -13,8 +13,6 @@ rule is in :mod:`.dropout`, the rounding maps (Sign, Floor, Ceil, Round) in :mod
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 from .. import special
 
@@ -32,8 +30,9 @@ from .elementwise import (
     rank_of,
     refined,
 )
-from .gaussian import abs_closed, leaky_closed, piecewise_closed
-from .gamma_law import gamma_moment
+from .gaussian import abs_closed, leaky_closed
+from .gamma_law import gamma_sqrt_moments
+from .piecewise_fns import clip_fn, piecewise_fn
 from .support import nonnegative
 from .registry import rule
 
@@ -173,7 +172,7 @@ def hard_sigmoid(ctx: RuleContext, rank):
                   (hi, np.inf, (1.0, 0.0, 0.0))]
     else:
         pieces = None
-    return _piecewise(("HardSigmoid", alpha, beta),
+    return piecewise_fn(("HardSigmoid", alpha, beta),
                       lambda x: np.clip(alpha * x + beta, 0.0, 1.0), pieces)
 
 
@@ -221,7 +220,7 @@ def swish(ctx: RuleContext, rank):
 def hard_swish(ctx: RuleContext, rank):
     """y = x clip(x / 6 + 1/2, 0, 1): 0 below -3, x/2 + x^2/6 up to 3, x above (closed form
     on a Gaussian)."""
-    return _piecewise(("HardSwish",), lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
+    return piecewise_fn(("HardSwish",), lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
                       _HARD_SWISH)
 
 
@@ -243,7 +242,7 @@ def thresholded_relu(ctx: RuleContext, rank):
     """y = x (x > alpha), 0 otherwise, alpha default 1."""
     alpha = float(ctx.attr("alpha", 1.0))
     pieces = [(-np.inf, alpha, (0.0, 0.0, 0.0)), (alpha, np.inf, (0.0, 1.0, 0.0))]
-    return _piecewise(("ThresholdedRelu", alpha), lambda x: np.where(x > alpha, x, 0.0), pieces)
+    return piecewise_fn(("ThresholdedRelu", alpha), lambda x: np.where(x > alpha, x, 0.0), pieces)
 
 
 @elementwise_rule("Shrink")
@@ -254,7 +253,7 @@ def shrink(ctx: RuleContext, rank):
     if lambd >= 0:
         pieces = [(-np.inf, -lambd, (bias, 1.0, 0.0)), (-lambd, lambd, (0.0, 0.0, 0.0)),
                   (lambd, np.inf, (-bias, 1.0, 0.0))]
-    return _piecewise(
+    return piecewise_fn(
         ("Shrink", bias, lambd),
         lambda x: np.where(x < -lambd, x + bias, np.where(x > lambd, x - bias, 0.0)), pieces)
 
@@ -268,7 +267,7 @@ def clip_function(ctx: RuleContext, rank):
     else:
         lo = constant_input(ctx, 1, rank) if ctx.has_input(1) else np.float64(-np.inf)
         hi = constant_input(ctx, 2, rank) if ctx.has_input(2) else np.float64(np.inf)
-    return _clip(lo, hi)
+    return clip_fn(lo, hi)
 
 
 @elementwise_function("Max", "Min")
@@ -286,12 +285,7 @@ def extreme_function(ctx: RuleContext, rank):
     for other in constants[1:]:
         c = pick(c, other)
     inf = np.float64(np.inf)
-    return _clip(-inf, c) if ctx.node.op_type == "Min" else _clip(c, inf)
-
-
-def _clip(lo, hi) -> ElementwiseFn:
-    return _piecewise(("Clip", *digest(lo), *digest(hi)),
-                      lambda x: np.minimum(np.maximum(x, lo), hi), _clip_pieces(lo, hi))
+    return clip_fn(-inf, c) if ctx.node.op_type == "Min" else clip_fn(c, inf)
 
 
 @rule("Clip")
@@ -315,34 +309,8 @@ def clip(inputs, ctx: RuleContext):
         else:
             bounds.append(constant_input(ctx, index, None) if ctx.has_input(index)
                           else np.float64(default))
-    y = apply_fn(inputs[0], _clip(*bounds), rank_of(ctx))
+    y = apply_fn(inputs[0], clip_fn(*bounds), rank_of(ctx))
     return [refined(y, ctx)] + [None] * (len(ctx.node.output) - 1)
-
-
-def _piecewise(key: tuple, fn, pieces) -> ElementwiseFn:
-    """An element-wise function that is a piecewise polynomial of degree <= 2 (``pieces``,
-    None when it is not one for these attributes): closed forms on a Gaussian for its
-    moments (``piecewise_closed``) and its Hermite amplitudes (``mehler``)."""
-    if pieces is None:
-        return ElementwiseFn(key, fn)
-    return ElementwiseFn(key, fn, closed=partial(piecewise_closed, pieces),
-                         pieces=tuple(pieces))
-
-
-def _clip_pieces(lo, hi):
-    """clip(x, lo, hi) as pieces: lo below lo, x up to hi, hi above; None where a bound is
-    infinite in part only or lo > hi (the output is then hi everywhere)."""
-    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
-    if np.any(lo > hi):
-        return None
-    pieces = [(lo, hi, (0.0, 1.0, 0.0))]
-    for bound, side in ((lo, -np.inf), (hi, np.inf)):
-        if np.all(np.isfinite(bound)):
-            piece = (side, bound) if side < 0 else (bound, side)
-            pieces.append((*piece, (bound, 0.0, 0.0)))
-        elif not np.all(bound == side):
-            return None
-    return pieces
 
 
 # transcendental functions (rounding: rounding.py) ------------------------------------------------
@@ -385,11 +353,7 @@ def sqrt(inputs, ctx: RuleContext):
     mu, nu = np.broadcast_arrays(np.asarray(x.mean, np.float64), np.asarray(x.var, np.float64))
     if not (np.all(mu > 0) and np.all(nu >= 0) and np.any(nu > 0)):
         raise RuleError("the input's mean is not positive")
-    fixed = nu <= 1e-6 * mu * mu  # (nearly) constant elements (a class token's row): k > 1e6
-    k, theta = mu * mu / np.where(fixed, 1.0, nu), nu / mu
-    mean = np.where(fixed, np.sqrt(mu) * (1 - nu / (8 * mu * mu)),
-                    gamma_moment(np.where(fixed, 1.0, k), theta, 0.5))
-    return [Moments(mean, np.where(fixed, nu / (4 * mu), np.maximum(mu - mean * mean, 0.0)))]
+    return [Moments(*gamma_sqrt_moments(mu, nu))]
 
 
 @elementwise_rule("Reciprocal")

@@ -21,7 +21,7 @@ e.g. for a positional-embedding Add of ``c[S, D]``: ``Var_d = nu_d + var_s c[s, 
 that are element-wise functions of one common ancestor (``x * Sigmoid(x)``) are fused first
 (``fusion.fused_elementwise``); otherwise the two signals are taken as independent.
 
-Attention masks (masks.py): a constant holding -inf is allowed in Add, Sub and Where (the
+Max and Min laws are in extreme_laws.py. Attention masks (masks.py): a constant holding -inf is allowed in Add, Sub and Where (the
 elements it reaches are masked: mean -inf, variance 0), and a grid that reaches a Softmax keeps
 one value per element up to ``masks.OFFSET_CAP`` cells (a ``finfo.min`` or -100 offset is a
 position the Softmax ignores, not variance to fold): ``masks.logit_offset``.
@@ -30,7 +30,6 @@ position the Softmax ignores, not variance to fold): ``masks.logit_offset``.
 from __future__ import annotations
 
 import numpy as np
-from .. import special
 
 from . import masks
 from ..moments import Elementwise, Moments
@@ -38,8 +37,8 @@ from .centring import centred
 from .constant_cells import per_cell_law
 from .context import RuleContext, RuleError, signal
 from .elementwise import INPUT_LAWS, apply_elementwise, apply_fn, digest
+from .extreme_laws import clark, fused_extreme, monte_carlo_extreme
 from .fusion import fused_elementwise
-from .gaussian import compose
 from .grids import (
     GRID_CAP,
     KEEP_CAP,
@@ -207,73 +206,6 @@ def sum_mean(inputs, ctx: RuleContext):
 # Max, Min
 
 
-def _clark(ma, va, mb, vb, minimum: bool):
-    """Max (Min) of independent Gaussians (Clark 1961): theta = sqrt(va + vb),
-    alpha = (ma - mb) / theta, E = ma Phi(alpha) + mb Phi(-alpha) + theta phi(alpha),
-    E[max^2] = (ma^2+va) Phi(alpha) + (mb^2+vb) Phi(-alpha) + (ma+mb) theta phi(alpha);
-    min = a + b - max, min^2 = a^2 + b^2 - max^2."""
-    theta = np.sqrt(va + vb)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        alpha = np.where(theta > 0, (ma - mb) / np.where(theta > 0, theta, 1.0), 0.0)
-    cdf, cdf_neg = special.ndtr(alpha), special.ndtr(-alpha)
-    pdf = np.exp(-0.5 * alpha**2) / np.sqrt(2 * np.pi)
-    e = ma * cdf + mb * cdf_neg + theta * pdf
-    e2 = (ma**2 + va) * cdf + (mb**2 + vb) * cdf_neg + (ma + mb) * theta * pdf
-    e = np.where(theta > 0, e, np.maximum(ma, mb))
-    e2 = np.where(theta > 0, e2, np.maximum(ma, mb) ** 2)
-    if minimum:
-        e, e2 = ma + mb - e, ma**2 + va + mb**2 + vb - e2
-    return e, np.maximum(e2 - e**2, 0.0)
-
-
-def _fused_extreme(inputs, ctx: RuleContext, minimum: bool):
-    """Max/Min of two signals that are element-wise functions f_a, f_b of one ancestor T
-    (``ctx.fusion``; LeakyRelu written as Max(x, 0.2 x)): h(z) = max(f_a(z), f_b(z)) over T's
-    distribution."""
-    fusion = ctx.fusion
-    if fusion is None:
-        return None
-    fa, fb = compose(fusion.chain_a), compose(fusion.chain_b)
-    pick = np.minimum if minimum else np.maximum
-    key = ("FusedMin" if minimum else "FusedMax",
-           tuple(f.key for f in fusion.chain_a), tuple(f.key for f in fusion.chain_b))  # fmt: skip
-    h = Elementwise(key, lambda z: pick(fa(z), fb(z)))
-    shape = ctx.graph.shape(fusion.tensor)
-    rank = out_rank(ctx)
-    if shape is not None and len(shape) != rank:
-        return None
-    try:
-        return [apply_fn(fusion.moments, h, rank)]
-    except RuleError:
-        return None
-
-
-def _monte_carlo_extreme(signals, consts, ctx: RuleContext, rank: int, minimum: bool):
-    """Max/Min of independent signals (sampled from their sources) and constants, per cell of
-    the broadcast grid of their statistics."""
-    arrays = [a for m in signals for a in (lift(m.mean, rank), lift(m.var, rank))] + consts
-    grid = np.broadcast_shapes(*(np.shape(a) for a in arrays))
-    size = int(np.prod(grid)) if grid else 1
-    if size > 4096:
-        raise RuleError("too many distinct statistics for a Monte Carlo max")
-    n = max(20_000, 4_000_000 // size)
-    rng = ctx.rng()
-    pick = np.minimum if minimum else np.maximum
-    out = None
-    for m in signals:
-        src = m.source
-        if src is not None and max(np.ndim(src.mean), np.ndim(src.var)) <= rank:
-            src_mean, src_var = lift(src.mean, rank), lift(src.var, rank)
-            z = rng.standard_normal((n, *grid)) * np.sqrt(src_var) + src_mean
-            z = compose(src.chain)(z)
-        else:
-            z = rng.standard_normal((n, *grid)) * np.sqrt(lift(m.var, rank)) + lift(m.mean, rank)
-        out = z if out is None else pick(out, z)
-    for c in consts:
-        out = pick(out, c)
-    return out.mean(axis=0), out.var(axis=0)
-
-
 @rule("Max", "Min", fusion=True)
 def extreme(inputs, ctx: RuleContext):
     """Element-wise Max/Min. One signal and constants c: y = max(x, c) element-wise over x's
@@ -310,13 +242,13 @@ def extreme(inputs, ctx: RuleContext):
             return [finish(out.mean, out.var, varying_axes(lift(x.mean, rank), lift(x.var, rank)))]
         return [out]
     if len(signals) == 2 and not consts:
-        fused = _fused_extreme(inputs, ctx, minimum)
+        fused = fused_extreme(inputs, ctx, minimum)
         if fused is not None:
             return fused
         gaussian = all(m.source is None or not m.source.chain for m in signals)
         if gaussian:
             a, b = signals
-            mean, var = _clark(
+            mean, var = clark(
                 lift(a.mean, rank),
                 lift(a.var, rank),
                 lift(b.mean, rank),
@@ -324,7 +256,7 @@ def extreme(inputs, ctx: RuleContext):
                 minimum,
             )
             return [finish(mean, var, signal_axes(inputs, rank))]
-    mean, var = _monte_carlo_extreme(signals, consts, ctx, rank, minimum)
+    mean, var = monte_carlo_extreme(signals, consts, ctx, rank, minimum)
     return [finish(mean, var, signal_axes(inputs, rank))]
 
 

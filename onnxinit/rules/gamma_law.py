@@ -15,4 +15,16 @@ def gamma_moment(k, theta, p):
     return np.exp(gammaln(k + p) - gammaln(k)) * np.asarray(theta, np.float64) ** p
 
 
-__all__ = ["gamma_moment"]
+def gamma_sqrt_moments(mu, nu):
+    """Mean and variance of ``sqrt(Q)`` for ``Q ~ Gamma`` of mean ``mu > 0`` and variance
+    ``nu``: ``E = sqrt(theta) Gamma(k + 1/2) / Gamma(k)``, ``Var = mu - E^2``; where the shape
+    ``k = mu^2 / nu`` is over 1e6 (a round-off variance on a constant row, where the Gamma ratio
+    loses its digits) the delta method: ``E = sqrt(mu) (1 - 1/(8k))``, ``Var = nu / (4 mu)``."""
+    fixed = nu <= 1e-6 * mu * mu
+    k, theta = mu * mu / np.where(fixed, 1.0, nu), nu / mu
+    mean = np.where(fixed, np.sqrt(mu) * (1 - nu / (8 * mu * mu)),
+                    gamma_moment(np.where(fixed, 1.0, k), theta, 0.5))
+    return mean, np.where(fixed, nu / (4 * mu), np.maximum(mu - mean * mean, 0.0))
+
+
+__all__ = ["gamma_moment", "gamma_sqrt_moments"]
