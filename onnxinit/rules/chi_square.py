@@ -32,7 +32,7 @@ import numpy as np
 from .. import special
 from ..moments import Elementwise, Moments, Source
 from .context import RuleContext
-from .elementwise import digest, input_law, node_function, refinement
+from .elementwise import digest, input_law, is_smooth, node_function, refinement
 from .gaussian import compose, expand, gaussian_moments
 from .table_rows import squared_input
 from .token_field import profile_grid
@@ -166,7 +166,9 @@ def zero_row_tokens(y: Moments, ctx: RuleContext) -> Moments:
             law = chi_square(Moments(c, np.mean(regular(s, p, m_c)[1]) * c * c), rank).source
             if law is None:
                 return y
-            e_c, v_c = gaussian_moments(law.chain + found[1], law.mean, law.var, rank=rank)
+            chain = law.chain + found[1]
+            e_c, v_c = gaussian_moments(chain, law.mean, law.var, smooth=is_smooth(chain),
+                                        rank=rank)
     if not (np.all(np.isfinite(e_c)) and np.all(np.isfinite(v_c))):
         return y
     mean = (1.0 - p) * y.mean + p * e_c

@@ -28,7 +28,7 @@ import numpy as np
 from ..moments import Moments
 from .gaussian import expand
 from .table_rows import gathered_rows, squared_input
-from .token_field import profile_grid
+from .token_field import per_token, profile_grid
 from .zero_rows import zero_mean_square, zero_rows
 
 _THROUGH = ("Cast", "Identity", "Dropout")
@@ -69,11 +69,21 @@ def stream_component(ctx, name: str) -> tuple[float, Moments] | None:
     shape = graph.shape(name)
     if shape is None:
         return None
-    spelled = [profile_grid(t, shape) if t.tokens is not None else None for t in terms]
-    terms = [t if s is None else s for t, s in zip(terms, spelled)]
-    mean = sum(expand(t.mean, len(shape)) for t in terms)
-    var = sum(expand(t.var, len(shape)) for t in terms)
+    rank = len(shape)
+    mean = sum(expand(t.mean, rank) for t in terms)
+    var = sum(_feature_mean_variance(t, shape) for t in terms)
     return p, Moments(mean, var)
+
+
+def _feature_mean_variance(t: Moments, shape) -> np.ndarray:
+    """``mean_f Var[t_f]`` per token (the token field's profile ``nu_f p_t`` where it has
+    one), kept along the features with size 1."""
+    var = expand(t.var, len(shape))
+    found = per_token(t, shape) if t.tokens is not None else None
+    if found is not None and found[1].shape[-1] != 1:  # a profile along the features too
+        return np.mean(profile_grid(t, shape).var, axis=-1, keepdims=True)
+    var = np.mean(var, axis=-1, keepdims=True)
+    return var if found is None else var * found[1]
 
 
 def _leads_back(graph, name: str) -> bool:
@@ -148,7 +158,20 @@ def regular(m: Moments, p: float, m_c) -> tuple[Moments, np.ndarray]:
     scale = (1.0 - p) * mean**2 + p * m_c**2
     rho = np.where(scale > 0, second / np.where(scale > 0, scale, 1.0) - 1.0, 0.0)
     rho = np.maximum(rho, 0.0)
-    return Moments(mean, rho * mean**2, m.source, m.mixture, m.tokens, m.rows), rho
+    mean, var = _collapsed(mean), _collapsed(rho * mean**2)
+    return Moments(mean, var, m.source, m.mixture, m.tokens, m.rows), rho
+
+
+def _collapsed(a: np.ndarray) -> np.ndarray:
+    """``a`` reduced to size 1 along every axis it does not vary along (beyond rounding): the
+    others' law, token-uniform where the rule made it so, stays one law (a per-token
+    component's mean square spells the mixture out per token)."""
+    a = np.asarray(a, dtype=np.float64)
+    scale = float(np.max(np.abs(a))) if a.size else 0.0
+    for axis in range(a.ndim):
+        if a.shape[axis] > 1 and float(np.max(np.ptp(a, axis=axis))) <= 1e-9 * scale:
+            a = a.mean(axis=axis, keepdims=True)
+    return a
 
 
 __all__ = ["MAX_TERMS", "mean_square_component", "mixed", "regular", "stream_component"]
