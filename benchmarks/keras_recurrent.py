@@ -67,6 +67,18 @@ BODIES = {
     "conv_gru": lambda x: L.GRU(UNITS)(L.MaxPooling1D(2)(
         L.Conv1D(FEATURES, 5, padding="same", activation="relu")(x))),
     "gru_state": lambda x: L.GRU(UNITS, return_state=True)(x)[1],
+    # docs/recurrent.md's third table
+    "lstm_recdrop": _pair(L.LSTM, dropout=0.2, recurrent_dropout=0.2),
+    "bilstm_ave": lambda x: L.Bidirectional(L.LSTM(UNITS), merge_mode="ave")(
+        L.Bidirectional(L.LSTM(UNITS, return_sequences=True), merge_mode="ave")(x)),
+    "bilstm_mul": lambda x: L.Bidirectional(L.LSTM(UNITS), merge_mode="mul")(
+        L.Bidirectional(L.LSTM(UNITS, return_sequences=True), merge_mode="mul")(x)),
+    "lstm_td": lambda x: L.GlobalAveragePooling1D()(L.TimeDistributed(L.Dense(UNITS))(
+        L.LSTM(UNITS, return_sequences=True)(x))),
+    "convlstm1d": lambda x: L.Flatten()(L.ConvLSTM1D(16, 3, padding="same")(
+        L.Reshape((STEPS, FEATURES, 1))(x))),
+    "convlstm2d": lambda x: L.Flatten()(L.ConvLSTM2D(8, 3, padding="same")(
+        L.Reshape((STEPS, 8, 8, 1))(x))),
 }
 # token ids [batch, STEPS] below 1000, id 0 the padding (Loops reading the mask)
 IDS = {"embed_mask": lambda x: L.Bidirectional(L.LSTM(UNITS))(
