@@ -207,6 +207,18 @@ def _runtime_cannot_run(model) -> bool:
     return False
 
 
+def _assert_refused_when_run(model, reason, tmp_path, capsys):
+    """onnxruntime fails on ``model`` only when it runs; analyze and check refuse it in one
+    line naming ``reason``."""
+    assert _runtime_cannot_run(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    for command in (["analyze", str(path)], ["check", str(path)]):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert reason in err
+
+
 @pytest.mark.parametrize("weight_shape, attributes, reason", [
     ((4, 2, 3, 3), {}, "has 3 channels but its weight 'w' of shape 4x2x3x3"),
     ((4, 3, 3, 3), {"kernel_shape": [5, 5]}, "kernel_shape [5, 5] but its weight 'w'"),
@@ -216,14 +228,7 @@ def test_conv_whose_weight_does_not_fit_is_refused(tmp_path, capsys, weight_shap
                                                    reason):
     # onnx's inference and onnxruntime's session creation accept these; onnxruntime fails only
     # when the Conv runs. They were analysed as if they ran (and check passed them)
-    model = _conv_model(weight_shape, **attributes)
-    assert _runtime_cannot_run(model)
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
-    for command in (["analyze", str(path)], ["check", str(path)]):
-        code, _, err = run_cli(command, capsys)
-        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-        assert reason in err
+    _assert_refused_when_run(_conv_model(weight_shape, **attributes), reason, tmp_path, capsys)
 
 
 def _ones(name, shape):
@@ -252,14 +257,8 @@ def _parameter_model(op, shapes, **attributes):
 def test_parameters_that_do_not_fit_are_refused(tmp_path, capsys, op, shapes, attributes, reason):
     # onnx's inference and onnxruntime's session creation accept these; onnxruntime fails only
     # when the node runs. They were passed through unchanged with a warning (and check ran)
-    model = _parameter_model(op, shapes, **attributes)
-    assert _runtime_cannot_run(model)
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
-    for command in (["analyze", str(path)], ["check", str(path)]):
-        code, _, err = run_cli(command, capsys)
-        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-        assert reason in err
+    _assert_refused_when_run(_parameter_model(op, shapes, **attributes), reason, tmp_path,
+                             capsys)
 
 
 @pytest.mark.parametrize("op, shapes, attributes", [
