@@ -116,6 +116,15 @@ MODELS = {
     "swin_v2_t": (exports.BUILDERS["swin_v2_t"], 224, 8, 0),
     "maxvit_t": (exports.BUILDERS["maxvit_t"], 224, 8, 0),
     "bloom": (hf_bloom, 128, 1, 250880),
+    # stop 40's sweep at 224 (299 for Inception V3); 8 batches where stochastic depth draws
+    **{name: (exports.BUILDERS[name], 224, 1, 0) for name in (
+        "squeezenet1_0", "shufflenet_v2_x0_5", "shufflenet_v2_x2_0", "mnasnet0_5", "mnasnet1_3",
+        "alexnet", "regnet_x_400mf", "regnet_y_800mf", "regnet_x_1_6gf", "resnet34", "resnet101",
+        "wide_resnet50_2", "densenet169", "vit_b_32", "vgg16_bn")},
+    **{name: (exports.BUILDERS[name], 224, 8, 0) for name in (
+        "efficientnet_b1", "efficientnet_b2", "convnext_small", "efficientnet_v2_m")},
+    "swin_s": (exports.BUILDERS["swin_s"], 224, 4, 0),
+    "inception_v3": (exports.BUILDERS["inception_v3"], 299, 1, 0),
     # decoders: ConvTranspose and upsampling of correlated maps (tests/real/decoders.py)
     **{name: (exports.BUILDERS[name], size, 8, 0) for name, size in (
         ("dcgan", 1), ("dcgan_nonorm", 1), ("autoencoder", 32), ("unet_transpose", 32),

@@ -384,17 +384,28 @@ def select(corr: Correlation, indices: np.ndarray) -> Correlation:
     return Correlation(take(corr.rho), take(corr.floor), gauss, centred)
 
 
-def concat(parts: Sequence[tuple[Correlation | None, int]], sizes) -> Correlation:
-    """Channel concatenation; an operand without correlation counts as independent."""
+def concat(parts: Sequence[tuple[Correlation | None, int]], sizes,
+           gaussian: bool = False) -> Correlation:
+    """Channel concatenation; an operand without correlation counts as independent. With
+    ``gaussian`` (the operands share one element-wise chain of their source Gaussians, which
+    the concatenation keeps) the Gaussians' correlations concatenate too, each operand's
+    ``gaussian()``: a ReLU'd operand's values are less correlated than the Gaussian under
+    them, and a max over a window after the concat reads the Gaussian's."""
     radius = [min(MAX_OFFSET, s - 1) for s in sizes]
-    rhos, floors, centred = [], [], []
+    shape = tuple(2 * r + 1 for r in radius)
+    rhos, floors, centred, g_rhos, g_floors = [], [], [], [], []
     for corr, channels in parts:
         corr = corr if corr is not None else independent(1, sizes)
-        rhos.append(np.broadcast_to(_extended(corr.rho, corr.floor, radius),
-                                    (channels, *(2 * r + 1 for r in radius))))
+        rhos.append(np.broadcast_to(_extended(corr.rho, corr.floor, radius), (channels, *shape)))
         floors.append(np.broadcast_to(corr.floor, (channels,)))
         centred.append(corr.batch_centred(channels))
-    return Correlation(np.concatenate(rhos), np.concatenate(floors), None,
+        g_rho, g_floor = corr.gaussian()
+        g_rhos.append(np.broadcast_to(_extended(g_rho, g_floor, radius), (channels, *shape)))
+        g_floors.append(np.broadcast_to(g_floor, (channels,)))
+    gauss = None
+    if gaussian and any(corr is not None and corr.gauss is not None for corr, _ in parts):
+        gauss = (np.concatenate(g_rhos), np.concatenate(g_floors))
+    return Correlation(np.concatenate(rhos), np.concatenate(floors), gauss,
                        np.concatenate(centred))
 
 

@@ -127,6 +127,8 @@ def find(analysis: Analysis, paths: SignalPaths, scale: dict[str, Scale],
         side = paths.side.get(t.name)
         if t.name not in scale or (side is None and t.name not in paths.normalized):
             continue
+        if t.name in paths.unused:  # reaches no output: a training-mode BatchNormalization's
+            continue  # running mean and variance, a LayerNorm's saved statistics
         direction = flag(scale[t.name], analysis.max_growth, analysis.min_var)
         if direction is None:
             continue

@@ -121,7 +121,7 @@ def concat_channels(inputs, ctx: RuleContext, out_shape) -> Moments:
     corr = None
     if any(sp.corr is not None for sp in spatials):
         corr = correlation.concat([(sp.corr, n) for sp, n in zip(spatials, channels)],
-                                  out_shape[2:])
+                                  out_shape[2:], gaussian=source is not None)
     return attach(cells, maps, corr)
 
 

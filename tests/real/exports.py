@@ -108,6 +108,14 @@ BUILDERS: dict[str, Builder] = {
     "lraspp_mobilenet_v3_large": _segmentation("lraspp_mobilenet_v3_large"),
     "swin_v2_t": _torchvision("swin_v2_t"),
     "maxvit_t": _torchvision("maxvit_t"),
+    # issue 10's sweep at 224 (stop 40): the classifiers no table listed at full size
+    **{name: _torchvision(name) for name in (
+        "efficientnet_b1", "efficientnet_b2", "efficientnet_v2_m", "regnet_x_400mf",
+        "regnet_y_800mf", "regnet_x_1_6gf", "wide_resnet50_2", "resnet34", "resnet101",
+        "densenet169", "shufflenet_v2_x0_5", "shufflenet_v2_x2_0", "mnasnet0_5", "mnasnet1_3",
+        "convnext_small", "swin_s", "alexnet", "squeezenet1_0")},
+    "vgg16_bn": _vgg("vgg16_bn"),
+    "inception_v3": _torchvision("inception_v3", aux_logits=False, init_weights=True),
     # decoders (ConvTranspose and upsampling of correlated maps: tests/real/decoders.py)
     "dcgan": decoders.dcgan(batch_norm=True),
     "dcgan_nonorm": decoders.dcgan(batch_norm=False),
