@@ -19,18 +19,9 @@ import numpy as np
 
 from ..moments import Moments
 from .context import RuleContext
+from .row_norm import skip_casts
 
 _CAP = 1 << 16  # cells of the [T, T] grid kept
-_PASSING = ("Identity", "Cast")
-
-
-def _before(graph, name: str) -> str:
-    for _ in range(4):
-        node_id = graph.producer.get(name)
-        if not node_id or graph.node(node_id).op_type not in _PASSING:
-            return name
-        name = graph.node(node_id).input[0]
-    return name
 
 
 def is_gram(ctx: RuleContext) -> bool:
@@ -40,14 +31,14 @@ def is_gram(ctx: RuleContext) -> bool:
 
 def gram_node(graph, node) -> bool:
     """:func:`is_gram` of ``node`` in ``graph``."""
-    node_id = graph.producer.get(_before(graph, node.input[1]))
+    node_id = graph.producer.get(skip_casts(graph, node.input[1]))
     if not node_id or graph.node(node_id).op_type != "Transpose":
         return False
     t = graph.node(node_id)
     rank = len(graph.shape(t.input[0]) or ())
     perm = next((list(a.ints) for a in t.attribute if a.name == "perm"), None)
     swapped = list(range(rank - 2)) + [rank - 1, rank - 2]
-    return rank >= 2 and perm == swapped and _before(graph, t.input[0]) == _before(
+    return rank >= 2 and perm == swapped and skip_casts(graph, t.input[0]) == skip_casts(
         graph, node.input[0])
 
 

@@ -39,7 +39,11 @@ from .token_field import profile_grid
 
 def without_casts(ctx: RuleContext, name: str) -> str:
     """``name`` before any Cast/Identity producing it."""
-    graph = ctx.graph
+    return skip_casts(ctx.graph, name)
+
+
+def skip_casts(graph, name: str) -> str:
+    """:func:`without_casts` in ``graph``."""
     for _ in range(4):
         node_id = graph.producer.get(name)
         if not node_id or graph.node(node_id).op_type not in ("Cast", "Identity", "CastLike"):
