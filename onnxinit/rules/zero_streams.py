@@ -29,7 +29,7 @@ from ..moments import Moments
 from .gaussian import expand
 from .table_rows import gathered_rows, squared_input
 from .token_field import per_token, profile_grid
-from .zero_rows import zero_mean_square, zero_rows
+from .zero_rows import has_zero_rows, zero_mean_square, zero_rows
 
 _THROUGH = ("Cast", "Identity", "Dropout")
 MAX_TERMS = 512  # residual Adds followed back from one stream
@@ -109,6 +109,8 @@ def mean_square_component(ctx, name: str) -> tuple[float, np.ndarray | float] | 
     over the features of a tensor that is a zero row (0) or a residual stream that lacks one
     (``mean_f E_c[x_f^2]``) for a share p of the tokens, else None."""
     graph = ctx.graph
+    if not has_zero_rows(graph):  # every reduce node asks: most graphs have no zero row
+        return None
     p = zero_mean_square(graph, name)
     if p is not None:
         return p, 0.0
