@@ -202,30 +202,31 @@ def _conv_mismatch(node, label, x, w, constants) -> str | None:
 def _affine_mismatch(node, label, x, constants) -> str | None:
     """InstanceNormalization's scale and B are ``[C]``; LayerNormalization's broadcast to
     ``X.shape[axis:]``; Gemm's C to ``[M, N]``."""
-    if x is None:
+    if not x:
         return None
-    if node.op_type == "InstanceNormalization":
-        wanted, fits = (x[1],) if len(x) > 1 else None, lambda s, t: tuple(s) == t
-        where = f"its input's {x[1]} channels" if len(x) > 1 else ""
-        params = node.input[1:3]
+    exact = node.op_type == "InstanceNormalization"
+    if exact:
+        if len(x) < 2:
+            return None
+        wanted, where, params = (x[1],), f"its input's {x[1]} channels", node.input[1:3]
     elif node.op_type == "LayerNormalization":
         axis = int(_attribute(node, "axis", -1))
-        wanted, fits = tuple(x[axis % len(x):]) if x else None, _broadcasts_to
+        wanted, params = tuple(x[axis % len(x):]), node.input[1:3]
         where = f"its input's shape {list(x)} from axis {axis}"
-        params = node.input[1:3]
     else:  # Gemm
-        b = constants.get(node.input[1]) if len(node.input) > 1 else None
+        b = constants.get(node.input[1])
         if len(x) != 2 or b is None or len(b) != 2:
             return None
         rows = x[1] if _attribute(node, "transA", 0) else x[0]
         columns = b[0] if _attribute(node, "transB", 0) else b[1]
-        wanted, fits, where = (rows, columns), _broadcasts_to, f"its output [{rows}, {columns}]"
-        params = node.input[2:3]
-    if wanted is None or not all(isinstance(d, int) for d in wanted):
+        wanted, where, params = (rows, columns), f"its output [{rows}, {columns}]", node.input[2:3]
+    if not all(isinstance(d, int) for d in wanted):
         return None
     for name in params:
         shape = constants.get(name) if name else None
-        if shape is not None and not fits(shape, wanted):
+        if shape is None:
+            continue
+        if tuple(shape) != wanted if exact else not _broadcasts_to(shape, wanted):
             return f"{label}: its parameter {name!r} of shape {list(shape)} does not fit {where}"
     return None
 
