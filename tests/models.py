@@ -17,6 +17,22 @@ def make_model(nodes, inputs, outputs, initializers=(), opset=OPSET, extra_opset
     return helper.make_model(graph, opset_imports=opsets, ir_version=8)
 
 
+def causal_attention() -> list:
+    """One causal attention head over ``x [N, S, D]``: ``o = softmax(x Wq0 (x Wk0)^T + mask)
+    x Wv``, from the constants ``wq0``, ``wk0``, ``wv`` and ``mask`` (0 / -inf) the caller
+    gives."""
+    return [
+        helper.make_node("MatMul", ["x", "wq0"], ["q0"]),
+        helper.make_node("MatMul", ["x", "wk0"], ["k0"]),
+        helper.make_node("Transpose", ["k0"], ["k0t"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q0", "k0t"], ["l0"]),
+        helper.make_node("Add", ["l0", "mask"], ["m0"]),
+        helper.make_node("Softmax", ["m0"], ["p0"], axis=-1),
+        helper.make_node("MatMul", ["x", "wv"], ["v"]),
+        helper.make_node("MatMul", ["p0", "v"], ["o"]),
+    ]
+
+
 def mlp(widths, activation="Relu", seed=0, scale=None, bias=True, dynamic_batch=True) -> onnx.ModelProto:
     """Gemm(transB=1) + activation layers; weights N(0, scale^2) (default 1/fan_in variance)."""
     rng = np.random.default_rng(seed)

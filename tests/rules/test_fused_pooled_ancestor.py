@@ -13,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.moments import Moments
+from tests.models import causal_attention
 from tests.oracle import monte_carlo, predict
 
 B, S, D = 2000, 16, 16
@@ -29,15 +30,7 @@ def _model(act: str):
         "w2": rng.normal(size=(2 * D, D)) / np.sqrt(2 * D),
         "mask": np.where(np.tril(np.ones((S, S), dtype=bool)), 0.0, -np.inf),
     }
-    nodes = [
-        helper.make_node("MatMul", ["x", "wq0"], ["q0"]),
-        helper.make_node("MatMul", ["x", "wk0"], ["k0"]),
-        helper.make_node("Transpose", ["k0"], ["k0t"], perm=[0, 2, 1]),
-        helper.make_node("MatMul", ["q0", "k0t"], ["l0"]),
-        helper.make_node("Add", ["l0", "mask"], ["m0"]),
-        helper.make_node("Softmax", ["m0"], ["p0"], axis=-1),
-        helper.make_node("MatMul", ["x", "wv"], ["v"]),
-        helper.make_node("MatMul", ["p0", "v"], ["o"]),
+    nodes = causal_attention() + [
         helper.make_node("MatMul", ["o", "w"], ["u"]),
         helper.make_node(act, ["u"], ["r"]),
         helper.make_node("Mul", ["r", "r"], ["y"]),

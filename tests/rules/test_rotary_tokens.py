@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.moments import Moments
+from tests.models import causal_attention
 from tests.oracle import monte_carlo, predict
 
 B, S, D = 3000, 16, 16
@@ -51,15 +52,7 @@ def _model(rotary: bool, scale: float):
     }
     ints = {"axes": np.array([-1]), "zero": np.array([0]), "h": np.array([D // 2]),
             "big": np.array([D]), "last": np.array([-1])}
-    nodes = [
-        helper.make_node("MatMul", ["x", "wq0"], ["q0"]),
-        helper.make_node("MatMul", ["x", "wk0"], ["k0"]),
-        helper.make_node("Transpose", ["k0"], ["k0t"], perm=[0, 2, 1]),
-        helper.make_node("MatMul", ["q0", "k0t"], ["l0"]),
-        helper.make_node("Add", ["l0", "mask"], ["m0"]),
-        helper.make_node("Softmax", ["m0"], ["p0"], axis=-1),
-        helper.make_node("MatMul", ["x", "wv"], ["v"]),
-        helper.make_node("MatMul", ["p0", "v"], ["o"]),
+    nodes = causal_attention() + [
         helper.make_node("Pow", ["o", "two"], ["r0"]),
         helper.make_node("ReduceMean", ["r0", "axes"], ["r1"], keepdims=1),
         helper.make_node("Add", ["r1", "eps"], ["r2"]),
