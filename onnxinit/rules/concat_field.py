@@ -146,7 +146,12 @@ def chain(ctx: RuleContext, tensor: str) -> Chain | None:
 
 def shared_sources(ctx: RuleContext, node) -> list[str]:
     """The tensors that the Convs of two or more parts of the Concat ``node`` read (their
-    fields are needed for the cross blocks)."""
+    fields are needed for the cross blocks; none for a Concat along another axis or past
+    :data:`MAX_CHANNELS`)."""
+    shape = ctx.graph.shape(node.output[0])
+    if (not shape or len(shape) < 3 or (attr(node, "axis") or 0) % len(shape) != 1
+            or shape[1] > MAX_CHANNELS):
+        return []
     sources: dict[str, int] = {}
     for part in node.input:
         found = chain(ctx, part) if part and part in ctx.known else None
