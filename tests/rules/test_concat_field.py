@@ -55,7 +55,7 @@ def test_conv_after_a_fire_modules_concat_reads_both_branches_covariance(scaled)
     # channels taken as independent (main: the channel Concat ended the field) the 1x1 Conv's
     # per-channel variances were 0.58-1.74x the measured, rms log error 0.20-0.27 per seed;
     # with the branches' blocks alone (cross blocks 0) 0.08-0.15; with the cross block
-    # 0.045-0.08, each channel 0.78-1.16x (the rest: the 1x1 expand's own ReLU'd block)
+    # 0.045-0.08, each channel 0.77-1.16x (the rest: the 1x1 expand's own ReLU'd block)
     errors = []
     for seed in range(4):
         model, moments = _fire(seed, scaled)
