@@ -14,8 +14,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.graph import load
 from onnxinit.propagate import propagate
+from onnxinit.rules import zero_rows as module
 from onnxinit.rules.zero_rows import zero_rows
 from tests.oracle import make_session, measured_over_token_ids
+from tests.rules.test_energy_mixture import _relu_block
 
 B, T, D, V, H, EPS = 64, 32, 32, 256, 4, 1e-6
 
@@ -147,9 +149,6 @@ def test_labels_of_a_graph_without_gather_kept_across_value_changes(monkeypatch)
     # tensor carries zero rows whatever the values, so the graph is labelled once (ResNet-164's
     # autoinit pass labelled its 390 nodes at each of its 163 ReLUs); with one, every change of
     # the values labels it again (a rewritten table may lose its zero row)
-    from onnxinit.rules import zero_rows as module
-    from tests.rules.test_energy_mixture import _relu_block
-
     calls = []
     original = module._label
     monkeypatch.setattr(module, "_label", lambda graph: calls.append(graph) or original(graph))
