@@ -47,6 +47,7 @@ from onnx import helper
 from ..feeds import synthetic_feeds, vocab_size
 from ..moments import Moments, compressed
 from ..runtime import make_session
+from ..strict import fall_back
 
 DRAWS = 256  # batches of synthetic ids drawn at most (a [B, S] mask: 2048 sequences)
 _SALT = 0x1D3A5C  # the draws' generator: (seed, salt), not a measured batch's seed
@@ -141,6 +142,25 @@ def _session(graph, order, inputs, outputs, leaf: str | None = None):
     return make_session(model, device="cpu")
 
 
+def _session_or_none(graph, order, inputs, outputs, leaf: str | None = None):
+    """:func:`_session`, or None when onnxruntime refuses the subgraph alone (an expected
+    limit: the mask is then unknown and the rules before this module's apply)."""
+    try:
+        return _session(graph, order, inputs, outputs, leaf)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+        fall_back(exc, expected=(Exception,))
+        return None
+
+
+def _runs(session, feeds_list) -> list | None:
+    """The session's outputs on each feed, or None when onnxruntime fails on one."""
+    try:
+        return [session.run(None, feeds) for feeds in feeds_list]
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+        fall_back(exc, expected=(Exception,))
+        return None
+
+
 def _draws(graph, tensor: str) -> int:
     shape = graph.shape(tensor)
     if shape is None:
@@ -166,14 +186,11 @@ def samples(graph, tensor: str, seed: int) -> np.ndarray | None:
     found = id_region(graph, tensor)
     draws = _draws(graph, tensor)
     value = None
-    if found is not None and draws:
-        try:
-            session = _session(graph, found[0], found[1], [tensor])
-            runs = [session.run(None, feeds)[0] for feeds in _id_feeds(graph, found[1], seed,
-                                                                       draws)]
-            value = _pooled(runs)
-        except Exception:  # noqa: BLE001 - a subgraph onnxruntime cannot run alone: unknown
-            value = None
+    session = None if found is None or not draws else _session_or_none(
+        graph, found[0], found[1], [tensor])
+    if session is not None:
+        runs = _runs(session, list(_id_feeds(graph, found[1], seed, draws)))
+        value = None if runs is None else _pooled([r[0] for r in runs])
     cache[key] = value
     return value
 
@@ -306,22 +323,23 @@ def _affine(graph, found, lm: Moments, seed: int, draws: int, tensor: str):
         return None
     if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
         return None
-    try:
-        session = _session(graph, order, inputs, [tensor], leaf)
-        means, variances = [], []
-        for k, feeds in enumerate(_id_feeds(graph, inputs, seed, draws)):
-            values = (np.zeros_like(mu), mu, sigma) + ((mu + sigma,) if k < _CHECKED else ())
-            x0, xm, xs, *xms = (np.asarray(session.run(None, {**feeds, leaf: value})[0],
-                                           dtype=np.float64) for value in values)
-            with np.errstate(invalid="ignore", over="ignore"):
-                spread = xs - x0
-            finite = np.isfinite(x0)
-            if xms and not _affine_at(xms[0], xm, x0, spread, finite):
-                return None  # not affine in the leaf (a product of it with itself)
-            means.append(xm)
-            variances.append(np.where(finite, spread, 0.0) ** 2)
-    except Exception:  # noqa: BLE001 - a subgraph onnxruntime cannot run alone: unknown
+    session = _session_or_none(graph, order, inputs, [tensor], leaf)
+    if session is None:
         return None
+    means, variances = [], []
+    for k, feeds in enumerate(_id_feeds(graph, inputs, seed, draws)):
+        values = (np.zeros_like(mu), mu, sigma) + ((mu + sigma,) if k < _CHECKED else ())
+        runs = _runs(session, [{**feeds, leaf: value} for value in values])
+        if runs is None:
+            return None
+        x0, xm, xs, *xms = (np.asarray(r[0], dtype=np.float64) for r in runs)
+        with np.errstate(invalid="ignore", over="ignore"):
+            spread = xs - x0
+        finite = np.isfinite(x0)
+        if xms and not _affine_at(xms[0], xm, x0, spread, finite):
+            return None  # not affine in the leaf (a product of it with itself)
+        means.append(xm)
+        variances.append(np.where(finite, spread, 0.0) ** 2)
     return leaf, np.concatenate(means), np.concatenate(variances)
 
 
