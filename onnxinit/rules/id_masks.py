@@ -305,8 +305,21 @@ def affine(ctx, tensor: str):
     if hit is not None and hit[0] is lm:
         return hit[1]
     value = _affine(graph, found, lm, ctx.settings.seed, _draws(graph, tensor), tensor)
-    cache[key] = (lm, value)
+    cache[key] = cache[("affine", tensor)] = (lm, value)
     return value
+
+
+def sampled_rows(graph, known, tensor: str) -> tuple[Moments, tuple] | None:
+    """(Moments [N, ...] of each sample's logits, their shape) of a tensor mixing logits with a
+    mask of the token ids, as the forward analysis sampled them (:func:`affine`, its latest
+    seed) for the backward rules, which draw softmax rows from them; None otherwise."""
+    tensor = _through_casts(graph, tensor)
+    found = mixed_region(graph, tensor)
+    hit = _cache(graph).get(("affine", tensor))
+    if found is None or hit is None or hit[1] is None or hit[0] is not known.get(found[2]):
+        return None
+    _, mean_s, var_s = hit[1]
+    return Moments(mean_s, var_s), mean_s.shape
 
 
 def _affine(graph, found, lm: Moments, seed: int, draws: int, tensor: str):
@@ -384,5 +397,5 @@ def exact_compressed(mean: np.ndarray, var: np.ndarray) -> Moments:
     return Moments(mean, var)
 
 
-__all__ = ["DRAWS", "affine", "exact_compressed", "id_region", "mixed_moments", "mixed_region", "mixes_ids",
+__all__ = ["DRAWS", "affine", "exact_compressed", "sampled_rows", "id_region", "mixed_moments", "mixed_region", "mixes_ids",
            "sampled_moments", "samples"]
