@@ -191,8 +191,13 @@ def samples(graph, tensor: str, seed: int) -> np.ndarray | None:
     if session is not None:
         runs = _runs(session, list(_id_feeds(graph, found[1], seed, draws)))
         value = None if runs is None else _pooled([r[0] for r in runs])
-    cache[key] = value
+    cache[key] = cache[("samples", tensor)] = value
     return value
+
+
+def latest_samples(graph, tensor: str) -> np.ndarray | None:
+    """The samples :func:`samples` drew last for ``tensor`` (any seed), or None."""
+    return _cache(graph).get(("samples", tensor))
 
 
 def _pooled(runs) -> np.ndarray | None:
@@ -397,5 +402,5 @@ def exact_compressed(mean: np.ndarray, var: np.ndarray) -> Moments:
     return Moments(mean, var)
 
 
-__all__ = ["DRAWS", "affine", "exact_compressed", "sampled_rows", "id_region", "mixed_moments", "mixed_region", "mixes_ids",
+__all__ = ["DRAWS", "affine", "exact_compressed", "latest_samples", "sampled_rows", "id_region", "mixed_moments", "mixed_region", "mixes_ids",
            "sampled_moments", "samples"]
