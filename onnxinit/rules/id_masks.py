@@ -47,6 +47,7 @@ from onnx import helper
 from ..feeds import synthetic_feeds, vocab_size
 from ..moments import Moments, compressed
 from ..runtime import make_session
+from ..strict import fall_back
 
 DRAWS = 256  # batches of synthetic ids drawn at most (a [B, S] mask: 2048 sequences)
 _SALT = 0x1D3A5C  # the draws' generator: (seed, salt), not a measured batch's seed
@@ -141,6 +142,25 @@ def _session(graph, order, inputs, outputs, leaf: str | None = None):
     return make_session(model, device="cpu")
 
 
+def _session_or_none(graph, order, inputs, outputs, leaf: str | None = None):
+    """:func:`_session`, or None when onnxruntime refuses the subgraph alone (an expected
+    limit: the mask is then unknown and the rules before this module's apply)."""
+    try:
+        return _session(graph, order, inputs, outputs, leaf)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+        fall_back(exc, expected=(Exception,))
+        return None
+
+
+def _runs(session, feeds_list) -> list | None:
+    """The session's outputs on each feed, or None when onnxruntime fails on one."""
+    try:
+        return [session.run(None, feeds) for feeds in feeds_list]
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+        fall_back(exc, expected=(Exception,))
+        return None
+
+
 def _draws(graph, tensor: str) -> int:
     shape = graph.shape(tensor)
     if shape is None:
@@ -166,16 +186,18 @@ def samples(graph, tensor: str, seed: int) -> np.ndarray | None:
     found = id_region(graph, tensor)
     draws = _draws(graph, tensor)
     value = None
-    if found is not None and draws:
-        try:
-            session = _session(graph, found[0], found[1], [tensor])
-            runs = [session.run(None, feeds)[0] for feeds in _id_feeds(graph, found[1], seed,
-                                                                       draws)]
-            value = _pooled(runs)
-        except Exception:  # noqa: BLE001 - a subgraph onnxruntime cannot run alone: unknown
-            value = None
-    cache[key] = value
+    session = None if found is None or not draws else _session_or_none(
+        graph, found[0], found[1], [tensor])
+    if session is not None:
+        runs = _runs(session, list(_id_feeds(graph, found[1], seed, draws)))
+        value = None if runs is None else _pooled([r[0] for r in runs])
+    cache[key] = cache[("samples", tensor)] = value
     return value
+
+
+def latest_samples(graph, tensor: str) -> np.ndarray | None:
+    """The samples :func:`samples` drew last for ``tensor`` (any seed), or None."""
+    return _cache(graph).get(("samples", tensor))
 
 
 def _pooled(runs) -> np.ndarray | None:
@@ -288,8 +310,21 @@ def affine(ctx, tensor: str):
     if hit is not None and hit[0] is lm:
         return hit[1]
     value = _affine(graph, found, lm, ctx.settings.seed, _draws(graph, tensor), tensor)
-    cache[key] = (lm, value)
+    cache[key] = cache[("affine", tensor)] = (lm, value)
     return value
+
+
+def sampled_rows(graph, known, tensor: str) -> tuple[Moments, tuple] | None:
+    """(Moments [N, ...] of each sample's logits, their shape) of a tensor mixing logits with a
+    mask of the token ids, as the forward analysis sampled them (:func:`affine`, its latest
+    seed) for the backward rules, which draw softmax rows from them; None otherwise."""
+    tensor = _through_casts(graph, tensor)
+    found = mixed_region(graph, tensor)
+    hit = _cache(graph).get(("affine", tensor))
+    if found is None or hit is None or hit[1] is None or hit[0] is not known.get(found[2]):
+        return None
+    _, mean_s, var_s = hit[1]
+    return Moments(mean_s, var_s), mean_s.shape
 
 
 def _affine(graph, found, lm: Moments, seed: int, draws: int, tensor: str):
@@ -306,22 +341,23 @@ def _affine(graph, found, lm: Moments, seed: int, draws: int, tensor: str):
         return None
     if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
         return None
-    try:
-        session = _session(graph, order, inputs, [tensor], leaf)
-        means, variances = [], []
-        for k, feeds in enumerate(_id_feeds(graph, inputs, seed, draws)):
-            values = (np.zeros_like(mu), mu, sigma) + ((mu + sigma,) if k < _CHECKED else ())
-            x0, xm, xs, *xms = (np.asarray(session.run(None, {**feeds, leaf: value})[0],
-                                           dtype=np.float64) for value in values)
-            with np.errstate(invalid="ignore", over="ignore"):
-                spread = xs - x0
-            finite = np.isfinite(x0)
-            if xms and not _affine_at(xms[0], xm, x0, spread, finite):
-                return None  # not affine in the leaf (a product of it with itself)
-            means.append(xm)
-            variances.append(np.where(finite, spread, 0.0) ** 2)
-    except Exception:  # noqa: BLE001 - a subgraph onnxruntime cannot run alone: unknown
+    session = _session_or_none(graph, order, inputs, [tensor], leaf)
+    if session is None:
         return None
+    means, variances = [], []
+    for k, feeds in enumerate(_id_feeds(graph, inputs, seed, draws)):
+        values = (np.zeros_like(mu), mu, sigma) + ((mu + sigma,) if k < _CHECKED else ())
+        runs = _runs(session, [{**feeds, leaf: value} for value in values])
+        if runs is None:
+            return None
+        x0, xm, xs, *xms = (np.asarray(r[0], dtype=np.float64) for r in runs)
+        with np.errstate(invalid="ignore", over="ignore"):
+            spread = xs - x0
+        finite = np.isfinite(x0)
+        if xms and not _affine_at(xms[0], xm, x0, spread, finite):
+            return None  # not affine in the leaf (a product of it with itself)
+        means.append(xm)
+        variances.append(np.where(finite, spread, 0.0) ** 2)
     return leaf, np.concatenate(means), np.concatenate(variances)
 
 
@@ -366,5 +402,5 @@ def exact_compressed(mean: np.ndarray, var: np.ndarray) -> Moments:
     return Moments(mean, var)
 
 
-__all__ = ["DRAWS", "affine", "exact_compressed", "id_region", "mixed_moments", "mixed_region", "mixes_ids",
+__all__ = ["DRAWS", "affine", "exact_compressed", "latest_samples", "sampled_rows", "id_region", "mixed_moments", "mixed_region", "mixes_ids",
            "sampled_moments", "samples"]

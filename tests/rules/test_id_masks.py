@@ -130,3 +130,24 @@ def test_flaubert_lengths_mask_from_ids():
     # 16 padding ids of 256: a sequence holds one with probability 1 - (15/16)^16 = 0.64, and
     # masks its last keys (as many as it holds)
     _check(_attention(16, _lengths(), where=True), 0.12)
+
+
+def _backward_check(model, tol: float):
+    model.graph.output.remove(model.graph.output[0])  # the loss on p (the first output)
+    result = onnxinit.analyze(model, batch_size=B, backward=True, measure=True,
+                              gradient_batches=16)
+    for name in ("masked", "logits", "q", "kt", "x"):
+        g = result.backward.tensors[name]
+        assert abs(g.var / g.measured_var - 1) < tol, (name, g.var / g.measured_var)
+
+
+def test_backward_through_a_lengths_mask_from_ids():
+    # the backward rules draw the softmax's rows from each sampled mask (gradrules/rows.py);
+    # on main the gradient below the softmax was predicted 0 here
+    _backward_check(_attention(16, _lengths(), where=True), 0.15)
+
+
+def test_backward_through_keras_products_by_a_mask_from_ids():
+    # ``logits * keep``: the gradient is 0 wherever keep is (the softmax masks the key), so
+    # the logits get it whole (gradrules/id_gates.py); as an independent product 0.74x
+    _backward_check(_attention(64, _not_pad(), where=False), 0.15)
