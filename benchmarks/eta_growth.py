@@ -27,7 +27,9 @@ the correlation of ``d_b`` with the batch's mean of ``(u - 1)^2``; then ``g1``, 
 sample energy ``u`` at the BatchNorm's input regressed on ``x``, the sample energy less 1 at
 the previous traced BatchNorm's output, ``u = 1 + g1 x + g2 (x^2 - E x^2)`` (where that
 BatchNorm pinned each batch's mean of x, ``d_b = g2 (m2_b - E m2)``: the curvature of the
-energy's response since then is what the next BatchNorm divides out).
+energy's response since then is what the next BatchNorm divides out); ``independent``, the
+shared part's change over eta that t1 + t2 give with the samples' ``x^2`` independent
+(:func:`independent_terms`).
 
     python benchmarks/eta_growth.py --models efficientnet_b0 --size 224 --runs 32 \\
         --match features.6
@@ -139,6 +141,19 @@ def drop_share(e: np.ndarray, drops: np.ndarray) -> float:
     design = np.concatenate([np.ones((len(x), 1)), drops], axis=1)
     fit = design @ np.linalg.lstsq(design, x, rcond=None)[0]
     return float(fit.var() / max(float(x.var()), 1e-300))
+
+
+def independent_terms(e_x: np.ndarray, e_u: np.ndarray, g1: float, g2: float,
+                      batch: int) -> float:
+    """t1 + t2 over eta for samples independent but for the batch's pinned sum of x: ``d_b =
+    g2 (m2_b - E m2)``, ``t1 = -2 g2 (g1^2 + 2 g2) Var(x^2) / N``, ``t2 = 3 (1 + eta) g2^2
+    Var(x^2) / N`` (``x`` the previous BatchNorm's sample energy less 1, ``Var(x^2)`` measured)."""
+    x = e_x.mean(axis=1) / e_x.mean() - 1.0
+    eta = float((e_u.mean(axis=1) / e_u.mean()).var())
+    v = float((x * x).var())
+    t1 = -2.0 * g2 * (g1 * g1 + 2.0 * g2) * v / batch
+    t2 = 3.0 * (1.0 + eta) * g2 * g2 * v / batch
+    return (t1 + t2) / max(eta, 1e-300)
 
 
 def kind(graph, ctx, tensor: str, masks: set) -> str:
@@ -260,8 +275,10 @@ def report(name: str, size: int, args) -> None:
             line += ("  shared {shared:.3f} chan {chan:.3f} t1 {t1:+.3f} t2 {t2:+.3f}"
                      " N Var(d)/eta {pinned:.3f} corr(d, m2) {corr:+.2f}").format(**parts)
             if last_bn is not None:
-                g1, g2 = response(energies(*data[last_bn])[0], e_in)
-                line += f" g1 {g1:.3f} g2 {g2:+.3f}"
+                e_x = energies(*data[last_bn])[0]
+                g1, g2 = response(e_x, e_in)
+                line += (f" g1 {g1:.3f} g2 {g2:+.3f} independent"
+                         f" {independent_terms(e_x, e_in, g1, g2, args.batch_size):+.3f}")
             last_bn = t
         print(line)
     print(f"\n{'kind':12} " + " ".join(f"{'eta ' + f'{lo:g}-{hi:g}':>16}"
