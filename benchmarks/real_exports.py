@@ -129,6 +129,10 @@ MODELS = {
     **{name: (exports.BUILDERS[name], size, 8, 0) for name, size in (
         ("dcgan", 1), ("dcgan_nonorm", 1), ("autoencoder", 32), ("unet_transpose", 32),
         ("unet_nearest", 32), ("unet_bilinear", 32), ("fcn8s", 64))},
+    # GroupNorm: ResNet-18 with GroupNorm(8), diffusion-style blocks (nn.GroupNorm, hand-written)
+    "resnet18_gn": (exports.BUILDERS["resnet18_gn"], 64, 8, 0),
+    "gn_blocks": (exports.BUILDERS["gn_blocks"], 32, 8, 0),
+    "gn_blocks_handwritten": (exports.BUILDERS["gn_blocks_handwritten"], 32, 8, 0),
     # one batch of 8 x 64 values gives each variance a sampling error of about 6%
     "tanh_mlp50": (mlp("tanh"), 0, 16, 0),
     "selu_mlp50": (mlp("selu"), 0, 16, 0),

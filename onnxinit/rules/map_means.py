@@ -59,7 +59,7 @@ def _input_field(ctx: RuleContext, x: str, depth: int):
     shape = ctx.graph.shape(x)
     if depth > 0:
         found = chain(ctx, x, ())
-        gauss = _conv_field(ctx, found[0], depth - 1) if found is not None else None
+        gauss = conv_field(ctx, found[0], depth - 1) if found is not None else None
         if gauss is not None:
             corr, var, mean = gauss
             coeffs = coefficients(found[1], mean, var, 1, len(shape))
@@ -72,7 +72,7 @@ def _input_field(ctx: RuleContext, x: str, depth: int):
     return _carried(ctx, x, shape), within(ctx.known[x], shape)
 
 
-def _conv_field(ctx: RuleContext, z: str, depth: int):
+def conv_field(ctx: RuleContext, z: str, depth: int):
     """(correlation field ``[C, C, *d]``, variance ``[C]``, mean ``[C]``) of a Conv's output
     ``z`` in the interior; None where z is no Conv's or the field is over budget."""
     graph, known = ctx.graph, ctx.known
@@ -142,7 +142,7 @@ def _map_mean_variance(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
         return None
     z, fns = found
     shape_z = ctx.graph.shape(z)
-    gauss = _conv_field(ctx, z, DEPTH)
+    gauss = conv_field(ctx, z, DEPTH)
     if gauss is None or tuple(shape_z) != tuple(shape):
         return None
     corr, var, mean = gauss
@@ -163,4 +163,4 @@ def _map_mean_variance(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     return max(total, 0.0) / own * spread / float(np.prod(shape[1:])) ** 2
 
 
-__all__ = ["DEPTH", "map_mean_variance"]
+__all__ = ["DEPTH", "conv_field", "map_mean_variance"]
