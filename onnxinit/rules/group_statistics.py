@@ -22,7 +22,14 @@ that over ``K^2``. On a 3x3 Conv of an image (3 -> 32 channels, 32x32, groups of
 means' variances spread 0.5-3x the independent ``nu / K`` (the kernels' tap sums), and the
 centred mean squares' are 2x it (the squared correlations of neighbouring outputs).
 None where the reduction is not of this form, z is no Conv's output with a field
-(:func:`.map_means.conv_field`), or the index map would be large.
+(:func:`.map_means.conv_field`, unfitted: not through a normalisation), or the index map would
+be large. A field carried through a GroupNorm (:mod:`.normalised_maps`) is right pair by pair
+but lacks what the normalisation removed from each sample (its groups' means are 0 and their
+energies fixed: ``O(1/K)`` per pair, ``O(1)`` summed over all pairs): with it the next Conv's
+group statistics read 1.4-3x their variance over the samples (Keras' second and third
+GroupNorm), so they are left to the independent values' ``nu / K`` there; their expectations,
+whose spread over the groups the pooled statistic holds, come from the Conv's per-channel
+variances (:mod:`.group_conv_variance`).
 """
 
 from __future__ import annotations
