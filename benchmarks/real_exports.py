@@ -136,6 +136,10 @@ MODELS = {
         "r3d_18", "mc3_18", "r2plus1d_18", "s3d", "swin3d_t", "mvit_v2_s")},
     **{name: (exports.BUILDERS[name], 128, 8, 0) for name in (
         "fcn_resnet50", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50")},
+    # GroupNorm: ResNet-18 with GroupNorm(8), diffusion-style blocks (nn.GroupNorm, hand-written)
+    "resnet18_gn": (exports.BUILDERS["resnet18_gn"], 64, 8, 0),
+    "gn_blocks": (exports.BUILDERS["gn_blocks"], 32, 8, 0),
+    "gn_blocks_handwritten": (exports.BUILDERS["gn_blocks_handwritten"], 32, 8, 0),
     # one batch of 8 x 64 values gives each variance a sampling error of about 6%
     "tanh_mlp50": (mlp("tanh"), 0, 16, 0),
     "selu_mlp50": (mlp("selu"), 0, 16, 0),

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from . import decoders
+from . import decoders, group_norm_models
 
 Builder = Callable[[int], tuple[object, tuple[int, ...]]]
 
@@ -185,6 +185,10 @@ BUILDERS: dict[str, Builder] = {
     "unet_bilinear": decoders.unet("bilinear"),
     "autoencoder": decoders.autoencoder(),
     "fcn8s": decoders.fcn8s(),
+    # GroupNorm (tests/real/group_norm_models.py)
+    "resnet18_gn": group_norm_models.resnet18_gn(),
+    "gn_blocks": group_norm_models.gn_blocks(),
+    "gn_blocks_handwritten": group_norm_models.gn_blocks(handwritten=True),
 }
 
 _CACHE: dict[tuple[str, int], Path] = {}

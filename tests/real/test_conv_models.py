@@ -66,6 +66,11 @@ CASES = [
     # ConvTransposes read their input's correlation (0.94x before)
     ("unet_bilinear", 32, 1),
     ("fcn8s", 64, 1),
+    # GroupNorm written out (tests/real/group_norm_models.py: a view's mean and variance): the
+    # statistics of a Conv that reads a GroupNorm'd map spread over the groups as that Conv's
+    # per-channel variances do, which read the input's patch covariance (92.2% before,
+    # rules/group_conv_variance.py)
+    ("gn_blocks_handwritten", 32, 8),
 ]
 
 
