@@ -13,7 +13,8 @@ More variants (docs/robustness.md's Keras table): ``lstm_seq`` (a Dense on every
 ``lstm_relu`` and ``simplernn_relu``, ``bigru_v1`` (Bidirectional GRU with
 ``reset_after=False``), ``bilstm_sum`` (``merge_mode="sum"``), ``bilstm_max``
 (GlobalMaxPooling1D), ``conv_gru`` (Conv1D, MaxPooling1D, GRU), ``gru_state`` (GRU
-``return_state``). ``--opset N`` and ``--batch1`` (a static batch of 1) write
+``return_state``), ``lstm_td_relu`` and ``gru_td_tanh`` (TimeDistributed(Dense) with an
+activation, docs/recurrent.md). ``--opset N`` and ``--batch1`` (a static batch of 1) write
 ``keras_NAME_opsetN.onnx`` / ``keras_NAME_b1.onnx``.
 """
 
@@ -75,6 +76,10 @@ BODIES = {
         L.Bidirectional(L.LSTM(UNITS, return_sequences=True), merge_mode="mul")(x)),
     "lstm_td": lambda x: L.GlobalAveragePooling1D()(L.TimeDistributed(L.Dense(UNITS))(
         L.LSTM(UNITS, return_sequences=True)(x))),
+    "lstm_td_relu": lambda x: L.GlobalAveragePooling1D()(L.TimeDistributed(
+        L.Dense(UNITS, activation="relu"))(L.LSTM(UNITS, return_sequences=True)(x))),
+    "gru_td_tanh": lambda x: L.GlobalAveragePooling1D()(L.TimeDistributed(
+        L.Dense(64, activation="tanh"))(L.GRU(UNITS, return_sequences=True)(x))),
     "convlstm1d": lambda x: L.Flatten()(L.ConvLSTM1D(16, 3, padding="same")(
         L.Reshape((STEPS, FEATURES, 1))(x))),
     "convlstm2d": lambda x: L.Flatten()(L.ConvLSTM2D(8, 3, padding="same")(

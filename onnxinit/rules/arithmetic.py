@@ -57,6 +57,7 @@ from .positional import concat_channels, positions_binary
 from .registry import rule
 from .row_norm import response_normalised, row_normalised
 from .shared_projection import with_shared_row
+from .self_attention_share import self_attention_sum
 from .shifted_sum import shifted_sum
 from .pool_residual import pool_residual
 from .skip_share import skip_sum
@@ -131,7 +132,8 @@ def binary(inputs, ctx: RuleContext):
         return fused
     if (shifted := centred(inputs, ctx, rank)) is not None:  # x - mean(x): x's law, shifted
         return [shifted]
-    if (skipped := pool_residual(inputs, ctx, op) or skip_sum(inputs, ctx, rank)) is not None:
+    if (skipped := pool_residual(inputs, ctx, op) or skip_sum(inputs, ctx, rank)
+            or self_attention_sum(inputs, ctx, rank)) is not None:
         return [skipped]  # AveragePool(x) -/+ x in closed form, else B + (a copy of B, moved)
     if _same_layout(inputs, ctx, rank):
         try:

@@ -77,6 +77,7 @@ from .folded_norm import fixed_row_energy
 from .fusion import fused_function
 from .gram import correlated_gram
 from .pair_readers import ENERGIES, MEANS, pairs_read
+from .pair_origin import aligned
 from .pair_algebra import (NONE, Pairs, concentration, dense, independent_sum, mixed_excess,
                            normalised, product, row_mean_factor, scale_kurtosis, shifted, square,
                            through_function)
@@ -276,7 +277,8 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
             found = through_function(p0, m0, ctx) if op == "Mul" else None
             return outputs, [found if found is not None else square(p0, m0)]
         if op in ("Add", "Sub"):
-            return outputs, [independent_sum(pairs[0], a, pairs[1], b)]
+            one = aligned(ctx.graph, node.input[0], node.input[1])  # V + P V: one pattern
+            return outputs, [independent_sum(pairs[0], a, pairs[1], b, one)]
         if db == 1 and (da or 0) > 1:  # times / by a per-row scalar: correlations kept
             return outputs, [pairs[0]]
         if da == 1 and (db or 0) > 1 and op == "Mul":

@@ -281,7 +281,11 @@ def _product_shape(a: Pairs, am: Moments, b: Pairs, bm: Moments) -> tuple[float,
     return float(m3 / var**1.5), float(m4 / var**2 - 3)
 
 
-def independent_sum(a: Pairs, am: Moments, b: Pairs, bm: Moments) -> Pairs:
+def independent_sum(a: Pairs, am: Moments, b: Pairs, bm: Moments, aligned: bool = False
+                    ) -> Pairs:
+    """The Pairs of ``a + b``, independent signals: ``C = C_a + C_b``, the two correlation
+    patterns in generic position; ``aligned``: one pattern R (:mod:`.pair_origin`: P V and V),
+    ``C = (v_a + v_b) R``, whose correlations are R's."""
     va, vb = _mean_var(am), _mean_var(bm)
     v = va + vb
     if not 0 < v < np.inf:
@@ -289,6 +293,8 @@ def independent_sum(a: Pairs, am: Moments, b: Pairs, bm: Moments) -> Pairs:
     ra, rb = va / v, vb / v  # shares of the variance: squares of variances overflow past 1e154
     signed = a.signed * ra + b.signed * rb
     squared = a.squared * ra * ra + b.squared * rb * rb + 2 * a.signed * b.signed * ra * rb
+    if aligned:  # each operand's correlations R (shares of a mean when they differ)
+        squared = a.squared * ra + b.squared * rb
     excess = a.excess * ra * ra + b.excess * rb * rb
     skew = a.skew * ra**1.5 + b.skew * rb**1.5  # cumulants add
     kurtosis = a.kurtosis * ra * ra + b.kurtosis * rb * rb

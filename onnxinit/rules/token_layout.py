@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments
+from . import step_maps
 from .masks import sequence_lengths
 from .context import RuleError
 from .shape import pad_params, slice_params
@@ -306,6 +307,9 @@ def _concat(ctx, inputs, outputs):
         rolled = _pieces_of_one(ctx, axis)
         if rolled is not None:
             return [rolled(outputs[0], out_shape)]
+        stepped = step_maps.field(ctx)  # one map of each step of one sequence
+        if stepped is not None:
+            return [attach(without(outputs[0]), out_shape, [stepped[0]], stepped[1])]
         if len(axes) != 1 or shapes[inputs.index(x)][axis] != x.tokens.n or x.tokens.stride > 1:
             raise RuleError("concatenation of merged token axes")
         blocks = [sigma(m, s, axes, s[axis]) for m, s in zip(pieces, shapes)]

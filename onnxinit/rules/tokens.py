@@ -62,6 +62,7 @@ from .fusion import fused_function
 from .masks import feeds_softmax
 from .per_token import with_profile
 from . import map_tokens
+from . import step_maps
 from . import token_layout  # noqa: F401 - registers the layout ops' carriers
 from . import token_batch_norm  # noqa: F401 - registers BatchNormalization's carrier
 from .token_carriers import CARRIERS, carrier, first_with_field
@@ -97,7 +98,10 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, per_token: bool = False
     along the token axes that profile becomes the field's diagonal."""
     op = ctx.node.op_type if ctx.node.domain in ("", "ai.onnx") else None
     if not any(m is not None and m.tokens is not None for m in inputs):
-        # a layout stretch from a correlated feature map into a sequence starts the field
+        # a layout stretch from a correlated feature map into a sequence starts the field, and
+        # so does a Concat of one map of each step of a correlated sequence
+        if op == "Concat":
+            return step_maps.entry(ctx, outputs)
         return map_tokens.entry(ctx, outputs) if op in map_tokens.LAYOUT_OPS else outputs
     if op in map_tokens.LAYOUT_OPS and _folded(inputs, outputs):
         return outputs  # the map's correlation holds what the field said
