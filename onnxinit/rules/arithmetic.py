@@ -32,7 +32,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import masks
-from .id_masks import mixed_moments, mixes_ids
+from .id_masks import mixes_ids
+from .id_mixtures import mixed_moments
 from ..moments import Elementwise, Moments
 from .centring import centred
 from .constant_cells import per_cell_law
