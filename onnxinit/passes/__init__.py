@@ -11,6 +11,7 @@ pass                          in place  what it does
 ``types_and_shapes``          no        element types and shapes by inference
 ``fold_constants``            no        nodes computable from constants -> initializers
 ``inference_batchnorms``      no        BatchNormalization written as arithmetic -> node
+``nearest_repeats``           no        Unsqueeze -> Tile -> Reshape repeats -> nearest Resize
 ``channels_first``            no        channels-last stretches between Transposes -> NCHW
 ``batch_statistics``          yes       BatchNormalization on the batch's statistics
 ``fixed_dropout``             yes       Dropout as identity (or a fixed seeded mask)
@@ -34,6 +35,7 @@ from .folding import (
 )
 from .inference_batchnorm import ModelReading, inference_batchnorms
 from .measuring import measured_shapes, with_outputs
+from .repeats import nearest_repeats
 from .shapes import (
     SMALL_TENSOR,
     DeclaredMerge,
@@ -55,6 +57,6 @@ __all__ = [
     "FoldedInference", "ModelReading",
     "GraphEmitter", "PassInfo", "batch_statistics", "described", "channels_first", "evaluate_node", "fixed_dropout", "fold_constants", "training_semantics",
     "inference_batchnorms", "infer_shapes", "infer_with_constants", "is_static", "keep_declared", "measured_shapes",
-    "model_pass", "set_input_shapes", "shape_of", "shape_op_value", "types_and_shapes",
+    "model_pass", "nearest_repeats", "set_input_shapes", "shape_of", "shape_op_value", "types_and_shapes",
     "value_info", "with_outputs",
 ]
