@@ -47,6 +47,7 @@ from .passes import (
     inference_batchnorms,
     is_static,
     measured_shapes,
+    nearest_repeats,
     set_input_shapes,
     shape_op_value,
     static_control,
@@ -149,7 +150,8 @@ class ModelGraph(ChangeViews, GraphStructure):
         if warning:
             self.warnings.append(warning)
         reading = ModelReading(inferred)  # read once for both passes (the first often no-op)
-        return channels_first(inference_batchnorms(inferred, reading), reading)
+        prepared = nearest_repeats(inference_batchnorms(inferred, reading), reading)
+        return channels_first(prepared, reading)
 
     def _refine_shapes(self, rounds: int = 8):
         """Where shape inference left tensors without a static shape (onnx's data propagation

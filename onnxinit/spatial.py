@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .class_gather import gather_taps
+from .crop_correlation import cropped
 from .moments import Moments, Source, Spatial
 from .views import broadcast_arrays, broadcast_to
 
@@ -361,7 +362,7 @@ def select(x: Moments, axis: int, indices: np.ndarray) -> Moments:
     maps[axis - 2] = new_map.reshape(-1)
     sel = [np.arange(k) for k in sp.classes]
     sel[axis - 2] = used
-    return attach(take_cells(cells, sel), maps)
+    return attach(take_cells(cells, sel), maps, cropped(sp.corr, axis - 2, indices))
 
 
 def _channels(cells: Moments, indices: np.ndarray) -> Moments:

@@ -12,6 +12,7 @@ pass                          in place  what it does
 ``fold_constants``            no        nodes computable from constants -> initializers
 ``static_control``            no        constant-condition If inlined, split Loops unrolled
 ``inference_batchnorms``      no        BatchNormalization written as arithmetic -> node
+``nearest_repeats``           no        Unsqueeze -> Tile -> Reshape repeats -> nearest Resize
 ``channels_first``            no        channels-last stretches between Transposes -> NCHW
 ``batch_statistics``          yes       BatchNormalization on the batch's statistics
 ``fixed_dropout``             yes       Dropout as identity (or a fixed seeded mask)
@@ -35,6 +36,7 @@ from .folding import (
 )
 from .inference_batchnorm import ModelReading, inference_batchnorms
 from .measuring import measured_shapes, with_outputs
+from .repeats import nearest_repeats
 from .static_control import static_control
 from .shapes import (
     SMALL_TENSOR,
@@ -57,6 +59,6 @@ __all__ = [
     "FoldedInference", "ModelReading",
     "GraphEmitter", "PassInfo", "batch_statistics", "described", "channels_first", "evaluate_node", "fixed_dropout", "fold_constants", "training_semantics",
     "inference_batchnorms", "infer_shapes", "infer_with_constants", "is_static", "keep_declared", "measured_shapes",
-    "model_pass", "set_input_shapes", "shape_of", "shape_op_value", "types_and_shapes",
-    "static_control", "value_info", "with_outputs",
+    "model_pass", "nearest_repeats", "set_input_shapes", "shape_of", "shape_op_value",
+    "static_control", "types_and_shapes", "value_info", "with_outputs",
 ]

@@ -33,6 +33,7 @@ BUILTIN_MODULES = (
     "onnxinit.rules.random_draws",
     "onnxinit.rules.recurrent",
     "onnxinit.rules.reduce",
+    "onnxinit.rules.reduce_prod",
     "onnxinit.rules.rounding",
     "onnxinit.rules.scatter",
     "onnxinit.rules.shape",

@@ -206,10 +206,8 @@ def _reduced(inputs, ctx: RuleContext):
         if op == "ReduceMean":
             return [_finish(m, v / k, axes, keepdims)]
         return [_finish(k * m, k * v, axes, keepdims)]
-    if op == "ReduceLogSumExp" and not any(a in axes for a in x.tracked_axes()):
-        sampled = _sampled_logsumexp(x, rank, k, ctx)
-        if sampled is not None:
-            return [_finish(*sampled, axes, keepdims)]
+    if op == "ReduceLogSumExp":
+        return [logsumexp_moments(x, x_shape, axes, keepdims, ctx)]
     kind = {"ReduceSumSquare": "square", "ReduceL2": "square", "ReduceL1": "abs"}.get(op, "exp")
     cumulants = [expand(c, rank) for c in _element_cumulants(x, rank, kind)]
     # cumulants of a sum of independent terms add
@@ -221,6 +219,22 @@ def _reduced(inputs, ctx: RuleContext):
         return [_finish(k1, k2, axes, keepdims)]
     e, var = _pearson(k1, k2, k3, np.sqrt if op == "ReduceL2" else np.log)
     return [_finish(e, var, axes, keepdims)]
+
+
+def logsumexp_moments(x: Moments, x_shape, axes: tuple[int, ...], keepdims: bool,
+                      ctx: RuleContext) -> Moments:
+    """ReduceLogSumExp of x over ``axes``, ``log(S)``, ``S = sum_k exp(x_k)`` (K independent
+    terms): sampled when K x tracked size is small and x does not vary along the axes, else
+    S's three cumulants (K times exp(x)'s) matched to a shifted gamma and log integrated."""
+    rank = len(x_shape)
+    k = int(np.prod([x_shape[a] for a in axes]))
+    if not any(a in axes for a in x.tracked_axes()):
+        sampled = _sampled_logsumexp(x, rank, k, ctx)
+        if sampled is not None:
+            return _finish(*sampled, axes, keepdims)
+    cumulants = [expand(c, rank) for c in _element_cumulants(x, rank, "exp")]
+    k1, k2, k3 = (k * c.mean(axis=axes, keepdims=True) for c in cumulants)
+    return _finish(*_pearson(k1, k2, k3, np.log), axes, keepdims)
 
 
 def row_energy(x: Moments, rank: int, d: int, keepdims: bool, op: str, squared: float,
@@ -306,4 +320,4 @@ def reduce_max(inputs, ctx: RuleContext):
     return [_finish(mean, var, axes, keepdims)]
 
 
-__all__ = ["reduce_linear", "reduce_max", "reduced_axes"]
+__all__ = ["logsumexp_moments", "reduce_linear", "reduce_max", "reduced_axes"]
