@@ -66,6 +66,8 @@ class Conditional:
         x = np.broadcast_to(x, lead_shape + tracked).reshape((-1,) + tracked)
         span = np.where(self.hi > self.lo, self.hi - self.lo, 1.0)
         t = np.clip((x - self.lo) / span * (NODES - 1), 0.0, NODES - 1.0)
+        undefined = np.isnan(t)  # x outside the function's domain (Log of y <= 0): NaN out
+        t = np.where(undefined, 0.0, t)
         i = np.minimum(t.astype(np.int64), NODES - 2)
         frac = t - i
         # a flat gather: node i of tracked index j is element i * cells + j of the table
@@ -73,7 +75,8 @@ class Conditional:
         table = np.ascontiguousarray(np.broadcast_to(self.table, (NODES,) + tracked)).ravel()
         flat = i * cells + np.arange(cells).reshape(tracked)
         left, right = table[flat], table[flat + cells]
-        return (left + frac * (right - left)).reshape(lead_shape + tracked)
+        value = np.where(undefined, np.nan, left + frac * (right - left))
+        return value.reshape(lead_shape + tracked)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
