@@ -17,8 +17,12 @@ expected Jacobian:
   ``J = diag(g) (P - P x x^T P / (D sigma^2)) / sigma``, whose mean at x ~ N(0, C) is
   ``diag(a) (P - P C P / tr(P C P))`` with ``a_d = g_d / sigma_bar`` read as
   ``sqrt(Var y_d / (P C P)_dd)`` (the row's radius taken as independent of its direction;
-  C = S_h where x is h itself, else x's variances), so ``K (P - P C P / tr(P C P)) diag(a)``;
-- a layout op that keeps the last axis (the Reshape to ``[N T, D]`` and back): K.
+  C x's covariance carried from S_h, else x's variances), so ``K (P - P C P / tr(P C P))
+  diag(a)``;
+- a layout op that keeps the last axis (the Reshape to ``[N T, D]`` and back): K;
+- a self-attention's output merged over heads, its queries, keys and values dense layers of
+  x: ``K B`` with ``E[o_t | x_t] = x_t B`` (:mod:`.attention_response`: the output moves with
+  its own token's query), C x's covariance carried along (``W^T C W``, ``P C P``).
 
 The row mean of the sum then reads ``Var(1^T x / D) = 1^T (S_h + S_f + K + K^T) 1 / D^2``.
 ``1^T K 1`` is weight-specific (zero on average over random weights) but not small where h's
@@ -28,8 +32,10 @@ residual's (Keras pre-norm encoders, docs/robustness.md). ``mean(h)`` itself doe
 MLP through a LayerNorm (P removes it), but P h does, and P h correlates with ``1^T h`` unless
 ``S_h 1`` is proportional to 1.
 
-None where the branch does not lead back to h through these ops alone (an attention branch),
-or where the products would exceed ``max_work`` multiply-adds.
+Where h's rows sum to 0 (a LayerNorm's output at initialization: post-norm), ``1^T K = 0`` is
+kept exactly (its field, rescaled, sums to 0 only nearly). None where the branch does not lead
+back to h through these ops alone, or where the products would exceed ``max_work``
+multiply-adds.
 """
 
 from __future__ import annotations
@@ -248,8 +254,8 @@ def cross_covariance(ctx: RuleContext, h: str, f: str, s_h: np.ndarray,
             source, _, sign = data
             if kind == "centre":
                 cx = None
-            elif source == h:
-                cx = s_h
+            elif c is not None:  # the LayerNorm's input: h itself, or h through dense layers
+                cx = c
             else:
                 cx = np.diag(variances(ctx.known[source], ctx.graph.shape(source),
                                        len(ctx.graph.shape(source)) - 1))
