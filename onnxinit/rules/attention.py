@@ -92,7 +92,8 @@ def matmul_activations(inputs, ctx: RuleContext):
         return [scores]  # A @ A^T: the diagonal is each row's squared norm
     mean = np.matmul(ma, mb)
     shaped = (lambda t: t.reshape((1,) * (rank - t.ndim) + t.shape))
-    softmax = last_axis_softmax(ctx.graph, ctx.node.input[0], ctx.opset, regroup=True)
+    softmax = last_axis_softmax(ctx.graph, ctx.node.input[0], ctx.opset, regroup=True,
+                                swapped=True)
     contracted = _contracted_tokens(b, sb, softmax is not None)
     if contracted is not None:
         selected = selection_variance(ctx, softmax) if softmax is not None else 0.0
@@ -116,10 +117,14 @@ def matmul_activations(inputs, ctx: RuleContext):
 _PASSING = ("Dropout", "Cast", "Identity", "Where")  # Where(IsNaN(p), 0, p) after a softmax
 
 
-def last_axis_softmax(graph, name: str, opset: int, passing=_PASSING, regroup: bool = False):
+def last_axis_softmax(graph, name: str, opset: int, passing=_PASSING, regroup: bool = False,
+                      swapped: bool = False):
     """The Softmax node over its last axis that tensor ``name`` comes from through ``passing``
     ops (a Where through its value branch: the IsNaN guard), and with ``regroup`` through
-    reshapes of the leading axes (:func:`.logit_path.keeps_token_axes`), else None."""
+    reshapes of the leading axes (:func:`.logit_path.keeps_token_axes`), else None;
+    ``swapped``: also a Softmax over axis -2 whose last two axes a Transpose then swaps
+    (tf2onnx's ``K Q^T`` with ``axis = 2``: Keras' attention with dropout)."""
+    turned = False
     for _ in range(4):
         node_id = graph.producer.get(name)
         if node_id is None:
@@ -128,7 +133,15 @@ def last_axis_softmax(graph, name: str, opset: int, passing=_PASSING, regroup: b
         if node.op_type == "Softmax":
             rank = len(graph.shape(name) or ())
             axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-            return node if rank > 0 and axis % rank == rank - 1 and opset >= 13 else None
+            last = rank - 2 if turned else rank - 1
+            return node if rank > 1 and axis % rank == last and opset >= 13 else None
+        if swapped and not turned and node.op_type == "Transpose":
+            rank = len(graph.shape(name) or ())
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            if rank < 2 or perm != list(range(rank - 2)) + [rank - 1, rank - 2]:
+                return None
+            turned, name = True, node.input[0]
+            continue
         if node.op_type not in passing and not (regroup and keeps_token_axes(graph, node)):
             return None
         name = node.input[-1] if node.op_type == "Where" else node.input[0]

@@ -133,7 +133,7 @@ def response(ctx: RuleContext, name: str, cov_of) -> tuple[str, np.ndarray] | No
         return None
     shape = graph.shape(softmax.input[0])
     first = keys_first(softmax, shape)
-    if first is None or first:  # keys on axis -2: the P V rule does not read that softmax
+    if first is None:
         return None
     q_in, k_in = qk.input[::-1] if first else qk.input  # logits K Q^T: keys on axis -2
     q, k = projection(ctx, q_in), projection(ctx, k_in)

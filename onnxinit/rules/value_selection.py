@@ -42,7 +42,7 @@ import numpy as np
 from ..moments import Moments
 from .channel_covariance import row_covariance
 from .context import RuleContext
-from .head_projections import head_blocks, projection
+from .head_projections import head_blocks, keys_first, projection
 from .logit_path import qk_matmul as _qk_matmul
 from .softmax import MASK_GAP
 
@@ -67,19 +67,24 @@ def selection_ratio(wk: np.ndarray, wv: np.ndarray, nu_x: np.ndarray) -> float:
     return float(np.mean((c**2).sum(axis=-1) / np.maximum(nu_k[:, None], 1e-300)))
 
 
-def selection_gain(logits: Moments, shape, rng: np.random.Generator) -> float:
+def selection_gain(logits: Moments, shape, rng: np.random.Generator,
+                   keys_first: bool = False) -> float:
     """``G = E[(sum_j p_j z_j)^2] - E[sum_j p_j^2]``, p the softmax of ``m_j + sigma z_j``,
     z standard normal, averaged over up to ``_ROWS`` rows of the logits (each row's means and
-    mean unmasked variance). ``(mean_j z_j)^2`` (expectation 1/n over n unmasked keys) is the
-    control variate."""
+    mean unmasked variance; ``keys_first``: the keys on the logits' axis -2). ``(mean_j
+    z_j)^2`` (expectation 1/n over n unmasked keys) is the control variate."""
     shape = tuple(shape)
+    mean = np.broadcast_to(np.asarray(logits.mean, dtype=np.float64), shape)
+    var = np.broadcast_to(np.asarray(logits.var, dtype=np.float64), shape)
+    if keys_first:
+        mean, var = np.swapaxes(mean, -1, -2), np.swapaxes(var, -1, -2)
+        shape = mean.shape
     n = shape[-1]
     lead = shape[:-1]
     rows = int(np.prod(lead)) if lead else 1
     pick = np.unique(np.linspace(0, rows - 1, min(_ROWS, rows)).astype(np.int64))
     index = np.unravel_index(pick, lead) if lead else ()
-    mean = np.broadcast_to(np.asarray(logits.mean, dtype=np.float64), shape)[index]
-    var = np.broadcast_to(np.asarray(logits.var, dtype=np.float64), shape)[index]
+    mean, var = mean[index], var[index]
     mean, var = mean.reshape(-1, n), var.reshape(-1, n)
     gains = []
     for m, v in zip(mean, var):
@@ -116,12 +121,18 @@ def selection_variance(ctx: RuleContext, softmax) -> float:
     qk = _qk_matmul(graph, logits_name)
     if qk is None or logits_name not in known:
         return 0.0
-    kt_shape, v_shape = graph.shape(qk.input[1]), graph.shape(ctx.node.input[1])
-    key, value = projection(ctx, qk.input[1]), projection(ctx, ctx.node.input[1])
-    if not kt_shape or not v_shape or key is None or value is None or key[0] != value[0]:
+    logit_shape = graph.shape(logits_name)
+    first = keys_first(softmax, logit_shape)  # tf2onnx's K Q^T, the softmax over axis -2
+    if first is None:
+        return 0.0
+    k_name = qk.input[0] if first else qk.input[1]
+    k_shape, v_shape = graph.shape(k_name), graph.shape(ctx.node.input[1])
+    key, value = projection(ctx, k_name), projection(ctx, ctx.node.input[1])
+    if not k_shape or not v_shape or key is None or value is None or key[0] != value[0]:
         return 0.0
     x = known.get(key[0])
-    wk, wv = head_blocks(key[1], kt_shape[-2]), head_blocks(value[1], v_shape[-1])
+    wk = head_blocks(key[1], k_shape[-1] if first else k_shape[-2])
+    wv = head_blocks(value[1], v_shape[-1])
     if x is None or wk is None or wv is None or wk.shape[:2] != wv.shape[:2]:
         return 0.0
     x_shape = graph.shape(key[0])
@@ -139,11 +150,8 @@ def selection_variance(ctx: RuleContext, softmax) -> float:
     ratio = selection_ratio(wk, wv, nu_x)
     if ratio <= 0:
         return 0.0
-    logit_shape = graph.shape(logits_name)
-    if not logit_shape:
-        return 0.0
     try:
-        gain = selection_gain(known[logits_name], logit_shape, ctx.rng())
+        gain = selection_gain(known[logits_name], logit_shape, ctx.rng(), first)
     except ValueError:  # statistics laid out otherwise (per-window rows)
         return 0.0
     return ratio * gain
