@@ -29,6 +29,9 @@ along k may be correlated through the token covariance (``Moments.tokens``, toke
 P and V are not independent when the keys and the values are projections of the same tokens:
 given the query, a key's logit and its value are correlated, and P V's variance gains
 ``Var_sel = G R`` (value_selection.py: exact for Gaussian tokens; T5's unscaled logits 16%).
+P may also be a softmax over axis -2 whose last two axes a Transpose swaps (tf2onnx writes
+Keras' attention with dropout as ``K Q^T`` with ``Softmax(axis=2)``): read the same way, the
+keys taken from axis -2 (before, P and V independent there: 0.6x on Keras' ``vit_cls``).
 
 Not modelled: that dependence when the keys are rotated per position or the projections fused,
 the correlation of a query with its own key (the diagonal of Q K^T), and Q's token covariance
