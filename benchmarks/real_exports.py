@@ -129,6 +129,17 @@ MODELS = {
     **{name: (exports.BUILDERS[name], size, 8, 0) for name, size in (
         ("dcgan", 1), ("dcgan_nonorm", 1), ("autoencoder", 32), ("unet_transpose", 32),
         ("unet_nearest", 32), ("unet_bilinear", 32), ("fcn8s", 64))},
+    # stop 41: video classifiers on 8 frames of 64x64 (S3D's final pool global below 16x224x224,
+    # MViT built for that input: tests/real/exports._video) and segmentation heads at 128x128,
+    # 8 measured batches; Swin3D-T held 4.4 GB at batch 8 (docs/accuracy.md: batch 4 there)
+    **{name: (exports.BUILDERS[name], 64, 8, 0) for name in (
+        "r3d_18", "mc3_18", "r2plus1d_18", "s3d", "swin3d_t", "mvit_v2_s")},
+    **{name: (exports.BUILDERS[name], 128, 8, 0) for name in (
+        "fcn_resnet50", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50")},
+    # GroupNorm: ResNet-18 with GroupNorm(8), diffusion-style blocks (nn.GroupNorm, hand-written)
+    "resnet18_gn": (exports.BUILDERS["resnet18_gn"], 64, 8, 0),
+    "gn_blocks": (exports.BUILDERS["gn_blocks"], 32, 8, 0),
+    "gn_blocks_handwritten": (exports.BUILDERS["gn_blocks_handwritten"], 32, 8, 0),
     # one batch of 8 x 64 values gives each variance a sampling error of about 6%
     "tanh_mlp50": (mlp("tanh"), 0, 16, 0),
     "selu_mlp50": (mlp("selu"), 0, 16, 0),

@@ -49,6 +49,7 @@ from .passes import (
     measured_shapes,
     set_input_shapes,
     shape_op_value,
+    static_control,
     training_semantics,
 )
 from .plan import Change, changed_values
@@ -137,6 +138,7 @@ class ModelGraph(ChangeViews, GraphStructure):
         work.CopyFrom(model)
         set_input_shapes(work, self.input_shapes)
         forget_unset_dims(work.graph.output)
+        work = static_control(work)  # constant If conditions, tensor_split's Loop: plain ops
         inferred, warning, strict_failed = infer_shapes(work, resolved_value_info(
             list(work.graph.value_info), self.model_inputs(), self.input_shapes))
         if strict_failed:

@@ -130,16 +130,44 @@ def test_if_node_is_opaque_and_warned():
         [helper.make_node("Neg", ["x"], ["e"])], "else", [],
         [helper.make_tensor_value_info("e", TensorProto.FLOAT, [8, 4])],
     )
-    nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph)]
+    # the condition depends on the data (an If on a constant condition is its branch:
+    # onnxinit.passes.static_control, tests/test_static_control.py)
+    nodes = [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+             helper.make_node("Greater", ["total", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then_graph,
+                              else_branch=else_graph)]
     model = make_model(
         nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 4])],
+        [numpy_helper.from_array(np.array(0, np.float32), "zero")],
+    )
+    result = analyze(model)
+    assert any("subgraphs" in w and "opaque" in w for w in result.warnings)
+    assert result.tensors[-1].name == "y"
+
+
+def test_if_on_a_constant_condition_is_its_branch():
+    """The same If on a constant true: y = Relu(x), Var = (1/2 - 1/(2 pi)) (= 0.3408) of an
+    N(0, 1) x, no opaque subgraph left."""
+    then_graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["t"])], "then", [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [8, 4])],
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["e"])], "else", [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [8, 4])],
+    )
+    model = make_model(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph)],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 4])],
         [numpy_helper.from_array(np.array(True), "cond")],
     )
     result = analyze(model)
-    assert any("subgraphs" in w and "opaque" in w for w in result.warnings)
-    assert result.tensors[-1].name == "y"
+    assert not any("opaque" in w for w in result.warnings)
+    y = next(t for t in result.tensors if t.name == "y")
+    assert y.var == pytest.approx(0.5 - 1 / (2 * np.pi), rel=1e-6)
 
 
 def test_fallback_warnings_of_one_op_and_reason_share_a_line(caplog):

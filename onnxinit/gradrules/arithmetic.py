@@ -37,6 +37,7 @@ from ..rules.unit_rows import is_unit_rows
 from .activations import (derivative, positions_of, reads_given, through_function,
                           times_independent)
 from .context import GradContext
+from .id_gates import gated_by_masked_keys
 from .conditional import operand, shifted
 from .gradient import Gradient
 from .joint_ratio import joint_ratio_factors
@@ -251,6 +252,12 @@ def binary(grads, ctx: GradContext):
     if op == "Mul":
         da = times_independent(g, b.mean, b.var + b.mean**2, s, factor=b)
         db = times_independent(g, a.mean, a.var + a.mean**2, s, factor=a)
+        # a mask of the token ids whose zeros the softmax masks anyway: x's gradient is dy
+        # (id_gates.py)
+        if gated_by_masked_keys(ctx.graph, ctx.forward, ctx.node.input[1], ctx.node.output[0]):
+            da = g
+        elif gated_by_masked_keys(ctx.graph, ctx.forward, ctx.node.input[0], ctx.node.output[0]):
+            db = g
         return [reduce_to(da, out_shape, a_shape), reduce_to(db, out_shape, b_shape)]
     if op == "Div":
         rank = rank_of(ctx)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..moments import Moments
+from ..rules.id_masks import sampled_rows
 
 DRAWS = 1 << 17  # logits drawn in all
 MAX_ROWS = 256  # distinct rows of logit statistics sampled (evenly spaced beyond)
@@ -174,6 +175,9 @@ def logits_of(graph, forward, name: str, shape) -> tuple[Moments, tuple]:
     Reshapes before it
     (same last axis) whose statistics tell the most rows apart (module docstring); a row's
     law does not depend on where the reshape puts it, and the rows are pooled alike."""
+    sampled = sampled_rows(graph, forward, name)
+    if sampled is not None and sampled[1][1:] == tuple(shape)[1:]:
+        return sampled  # masked by the token ids: each sampled mask's rows (id_masks.py)
     best = (forward[name], tuple(shape))
     count = _distinct_rows(*best)
     for _ in range(4):

@@ -10,6 +10,7 @@ pass                          in place  what it does
 ``infer_with_constants``      no        shape inference seeing folded constants' values
 ``types_and_shapes``          no        element types and shapes by inference
 ``fold_constants``            no        nodes computable from constants -> initializers
+``static_control``            no        constant-condition If inlined, split Loops unrolled
 ``inference_batchnorms``      no        BatchNormalization written as arithmetic -> node
 ``channels_first``            no        channels-last stretches between Transposes -> NCHW
 ``batch_statistics``          yes       BatchNormalization on the batch's statistics
@@ -34,6 +35,7 @@ from .folding import (
 )
 from .inference_batchnorm import ModelReading, inference_batchnorms
 from .measuring import measured_shapes, with_outputs
+from .static_control import static_control
 from .shapes import (
     SMALL_TENSOR,
     DeclaredMerge,
@@ -56,5 +58,5 @@ __all__ = [
     "GraphEmitter", "PassInfo", "batch_statistics", "described", "channels_first", "evaluate_node", "fixed_dropout", "fold_constants", "training_semantics",
     "inference_batchnorms", "infer_shapes", "infer_with_constants", "is_static", "keep_declared", "measured_shapes",
     "model_pass", "set_input_shapes", "shape_of", "shape_op_value", "types_and_shapes",
-    "value_info", "with_outputs",
+    "static_control", "value_info", "with_outputs",
 ]

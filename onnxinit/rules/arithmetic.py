@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import masks
+from .id_masks import mixed_moments, mixes_ids
 from ..moments import Elementwise, Moments
 from .centring import centred
 from .constant_cells import per_cell_law
@@ -109,6 +110,8 @@ def binary(inputs, ctx: RuleContext):
     c / x, element-wise) is measured."""
     op = ctx.node.op_type
     rank = out_rank(ctx)
+    if mixes_ids(ctx) and masks.feeds_softmax(ctx) and (mixed := mixed_moments(ctx)):
+        return mixed  # logits mixed with a mask of the token ids (id_masks.py)
     offset = masks.logit_offset(inputs, ctx, rank)
     if offset is not None:
         return [offset]
@@ -272,6 +275,8 @@ def where(inputs, ctx: RuleContext):
     total variance: E_k = mean_f (cond a_mu + (1-cond) b_mu), Var_k = mean_f (cond a_nu +
     (1-cond) b_nu) + var_f E. With a fraction p of True along folded axes this is
     E = p mu_a + (1-p) mu_b, Var = p(nu_a + mu_a^2) + (1-p)(nu_b + mu_b^2) - E^2."""
+    if mixes_ids(ctx) and masks.feeds_softmax(ctx) and (mixed := mixed_moments(ctx)):
+        return mixed  # a condition from the token ids (id_masks.py)
     cond = masks.condition(ctx, 0, inputs)
     if cond is None:
         raise RuleError("the condition depends on a signal")

@@ -32,11 +32,11 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
   variance (Gauss-Hermite nodes; Mehler's orders above 2 left out: channels correlate weakly,
   ``|rho| ~ 1/sqrt(C)``, and a ReLU's third amplitude is 0 at mean 0);
 - Mul by a signal broadcast over the positions (a squeeze-excite gate ``[N, C, 1, 1]``, taken
-  as independent of x and of the other channels' gates): ``S_y[i, j] = E g_i E g_j S_x[i, j]``
-  off the diagonal;
+  as independent of x and of the other gates): ``S_y[i, j] = E g_i E g_j S_x[i, j]``, i != j;
 - Pad of the positions: the correlation, rescaled to y's within-position variances;
 - Concat along another axis (a class token before the patches): the parts' covariances
-  pooled by their shares of the positions (a part without a field: its variances);
+  pooled by their shares of the positions (a part without a field: its variances); along
+  the channels, the parts' blocks and sibling branches' cross blocks (:mod:`.concat_field`);
 - Transpose, a Reshape, Squeeze or Unsqueeze that keeps the axis (its size and the product of
   the axes after it: tf2onnx's Conv1D squeezed from ``[N, C, 1, T]``), Slice (a block of S
   where it slices the axis), Dropout and Identity move or crop it;
@@ -66,9 +66,9 @@ Reshape that splits the features into heads keeps one block per head). A patch
 embedding of few inputs (FocalNet's and Swin's 2x2 patches of 3 channels: 12 values for 32
 features) makes the features' covariance of low rank, and each feature's variance after the
 next dense layer is then set by it (HF FocalNet's gate columns: measured variances correlate
-0.53-0.72 with the independent sum, 1.000 with the cross terms). Not modelled: the cross-channel covariance at other
-offsets (a kxk Conv's cross terms between taps are neither carried nor added to its output's
-variance), and a gate's own covariance across channels.
+0.53-0.72 with the independent sum, 1.000 with the cross terms). Not modelled: the cross-channel
+covariance at other offsets (a kxk Conv's cross terms between taps are neither carried nor added
+to its output's variance), and a gate's own covariance across channels.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..strict import fall_back
-from . import covariance_maps as maps
+from . import concat_field, covariance_maps as maps
 from .centred_rows import centred_input
 from .channel_centring import centred_field, centred_over
 from .covariance_layout import Field, conv_share, moved, variances, within
@@ -104,8 +104,7 @@ def _function(op_type: str) -> bool:
     return op_type in UNARY or op_type == "Pow"
 
 _ONE_INPUT = ("BatchNormalization", "Conv", "Pad", "Transpose", "Reshape", "Squeeze", "Unsqueeze",
-              "Slice", "Dropout", "Gather",
-              "Identity", "LayerNormalization", "MatMul") + RECURRENT
+              "Slice", "Dropout", "Gather", "Identity", "LayerNormalization", "MatMul") + RECURRENT
 
 
 def pointwise(ctx: RuleContext, node) -> bool:
@@ -161,8 +160,8 @@ def _deps(ctx: RuleContext, tensor: str) -> list[str]:
                 [centred] if centred not in signals else signals)
     if node.op_type in _AFFINE and len(signals) <= 2:
         return signals
-    if node.op_type == "Concat":
-        return signals
+    if node.op_type == "Concat":  # and the shared input of sibling branches (concat_field)
+        return signals + [s for s in concat_field.shared_sources(ctx, node) if s not in signals]
     if len(signals) == 1 and _function(node.op_type):  # element-wise (_compute)
         return signals
     return []
@@ -238,7 +237,8 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
         if node.op_type in ("Add", "Sub") and len(signals) == 2:
             return summed(ctx, signals, tensor, field_of, MAX_WORK)
         if node.op_type == "Concat":
-            return _concat(ctx, node, signals, tensor, field_of)
+            return _concat(ctx, node, signals, tensor, field_of) or concat_field.channel_concat(
+                ctx, node, tensor, field_of, lambda n: _channels_or_diagonal(ctx, n, field_of))
         if node.op_type == "Mul" and len(signals) == 2:
             return _gated(ctx, signals, tensor, field_of)
         f_x = field_of(x)

@@ -43,7 +43,7 @@ from .context import RuleContext
 from .elementwise import refinement
 from .energy_fields import chain_at_energy_nodes, chain_values
 from .kurtosis import mixture_nodes
-from .sample_energy import chain_energy
+from .sample_energy import chain_energy, chain_norms
 
 NEGLIGIBLE = 1e-3
 
@@ -79,7 +79,8 @@ def mixture_shift(ctx: RuleContext, name: str, m: Moments):
     shape = tuple(int(d) for d in shape)
     try:
         with np.errstate(all="ignore"):
-            found = chain_energy(ctx, name, shape)
+            # without a BatchNorm on the chain the record is not read: not computed
+            found = chain_energy(ctx, name, shape) if chain_norms(ctx, name) else None
             if found is None or found[3] == 0 or not found[0] > NEGLIGIBLE:
                 return None
             return _moments_shift(m, shape, found[0], found[1], ctx.known[found[2]], found[4])

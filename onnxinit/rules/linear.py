@@ -24,6 +24,7 @@ from ..upsampled import zero_upsampled
 from ..views import broadcast_to
 from .attention import matmul_activations
 from .covariance_readers import cross_term_factor, feature_cross_term_factor
+from .group_conv_variance import group_read_factor
 from .conv_output import conv_cells, conv_output
 from .field_kernels import dense_convs
 from .conv_geometry import begin_pads
@@ -109,6 +110,8 @@ def conv(inputs, ctx: RuleContext):
     if sp is None:
         raise RuleError("a Conv without spatial axes")
     factor = cross_term_factor(ctx, w)  # correlated input channels (a 1x1 Conv's output)
+    if factor is None:  # read by a GroupNorm's statistics: the input's patch covariance
+        factor = group_read_factor(ctx, w)
     pointwise_pool = (groups == 1 and all(k == 1 for k in kernel)
                       and all(d == 1 for d in x_shape[2:]))
 

@@ -25,6 +25,7 @@ None where the chain does not reach a Conv, or above ``cross_channel.FIELD_BUDGE
 
 from __future__ import annotations
 
+import weakref
 from math import factorial
 
 import numpy as np
@@ -37,8 +38,13 @@ from .context import RuleContext, RuleError
 from .correlated_means import chain, coefficients, covariance_sum
 from .covariance_layout import attr, within
 from .field_kernels import dense_kernel
+from .normalised_maps import normalised_conv
 from .pool_windows import cell_arrays
 
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> conv_field's
+# a fitted field's transfer (multiply-adds): a 32 -> 64 3x3 Conv keeps offsets up to 2, which
+# the next 3x3 Conv's tap pairs reach (a GroupNorm's statistics, rules/group_statistics.py)
+FIT_BUDGET = 8e7
 DEPTH = 3  # Convs back through which the field is computed (then the carried correlation)
 
 
@@ -54,15 +60,35 @@ def _carried(ctx: RuleContext, x: str, shape) -> np.ndarray:
     return cross_channel.from_diagonal(sp.corr.rho, shape[1])
 
 
-def _input_field(ctx: RuleContext, x: str, depth: int):
-    """(correlation field ``[C, C, *d]``, variance within a position ``[C]``) of a Conv's input."""
+def _through_chain(ctx: RuleContext, x: str, depth: int, fit: bool):
+    """(correlation field of the chain's Gaussian, its mean and variance per channel, fns) of
+    x an element-wise chain of a Conv's output, or of a per-sample normalisation of one
+    (:mod:`.normalised_maps`, where ``fit``); None otherwise."""
+    found = chain(ctx, x, ())
+    gauss = conv_field(ctx, found[0], depth - 1, fit) if found is not None else None
+    if gauss is not None:
+        corr, var, mean = gauss
+        return corr, mean, var, found[1]
+    if not fit:
+        return None
+    normalised = normalised_conv(ctx, x)
+    if normalised is None:
+        return None
+    z, fns, mean, var = normalised
+    gauss = conv_field(ctx, z, depth - 1, fit)
+    return None if gauss is None else (gauss[0], mean, var, fns)
+
+
+def input_field(ctx: RuleContext, x: str, depth: int, fit: bool = False):
+    """(correlation field ``[C, C, *d]``, variance within a position ``[C]``) of a Conv's input;
+    ``fit``: the Convs back fit their fields to the budget (:func:`conv_field`) and the walk
+    goes through a per-sample normalisation."""
     shape = ctx.graph.shape(x)
     if depth > 0:
-        found = chain(ctx, x, ())
-        gauss = _conv_field(ctx, found[0], depth - 1) if found is not None else None
-        if gauss is not None:
-            corr, var, mean = gauss
-            coeffs = coefficients(found[1], mean, var, 1, len(shape))
+        found = _through_chain(ctx, x, depth, fit)
+        if found is not None:
+            corr, mean, var, fns = found
+            coeffs = coefficients(fns, mean, var, 1, len(shape))
             if coeffs is not None:
                 c, rem = coeffs
                 own = (c[1:] ** 2).sum(axis=0) + rem
@@ -72,9 +98,32 @@ def _input_field(ctx: RuleContext, x: str, depth: int):
     return _carried(ctx, x, shape), within(ctx.known[x], shape)
 
 
-def _conv_field(ctx: RuleContext, z: str, depth: int):
+def conv_field(ctx: RuleContext, z: str, depth: int, fit: bool = False):
     """(correlation field ``[C, C, *d]``, variance ``[C]``, mean ``[C]``) of a Conv's output
-    ``z`` in the interior; None where z is no Conv's or the field is over budget."""
+    ``z`` in the interior; None where z is no Conv's or the field is over budget. ``fit``: the
+    offsets kept shrink from ``MAX_OFFSET`` until the transfer fits the budget (a wide
+    layer's field over fewer offsets). Memoised per graph while z's moments are the same; a
+    fitted field once, at the depth first asked (its Convs back carry the same fields)."""
+    memo = _MEMO.setdefault(ctx.graph, {})
+    key = (z, fit) if fit else (z, depth, fit)
+    hit = memo.get(key)
+    if hit is not None and hit[0] is ctx.known.get(z):
+        return hit[1]
+    found = _conv_field(ctx, z, depth, fit)
+    memo[key] = (ctx.known.get(z), found)
+    return found
+
+
+def _transfer(c_in: int, c_out: int, kern, strides, radius) -> int:
+    """Multiply-adds of ``conv_covariance``'s first pass (``C_in C_out nnz`` per offset
+    reached) and the output field's size."""
+    span = [int(kern.tap[..., a].max(initial=0)) for a in range(len(radius))]
+    reach = int(np.prod([2 * (s * r + sp) + 1 for s, r, sp in zip(strides, radius, span)]))
+    return max(c_in * c_out * reach * kern.weight.shape[1],
+               c_out * c_out * int(np.prod([2 * r + 1 for r in radius])))
+
+
+def _conv_field(ctx: RuleContext, z: str, depth: int, fit: bool):
     graph, known = ctx.graph, ctx.known
     node_id = graph.producer.get(z)
     node = graph.node(node_id) if node_id is not None else None
@@ -93,11 +142,15 @@ def _conv_field(ctx: RuleContext, z: str, depth: int):
     n = len(shape_z) - 2
     strides = attr(node, "strides") or [1] * n
     dilations = attr(node, "dilations") or [1] * n
-    radius = [min(MAX_OFFSET, s - 1) for s in shape_z[2:]]
     kern = dense_kernel(w, groups)
-    if not cross_channel.affordable(shape_x[1], w.shape[0], kern, strides, dilations, radius):
+    for r in range(MAX_OFFSET, -1 if fit else MAX_OFFSET - 1, -1):
+        radius = [min(r, s - 1) for s in shape_z[2:]]
+        if cross_channel.affordable(shape_x[1], w.shape[0], kern, strides, dilations, radius) \
+                or (fit and _transfer(shape_x[1], w.shape[0], kern, strides, radius) <= FIT_BUDGET):
+            break
+    else:
         return None
-    field, nu = _input_field(ctx, x, depth)
+    field, nu = input_field(ctx, x, depth, fit)
     cov = cross_channel.conv_covariance(field, nu, kern, strides, dilations, radius)
     corr, var = cross_channel.normalised(cov)
     if np.any(var <= 0):
@@ -142,7 +195,7 @@ def _map_mean_variance(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
         return None
     z, fns = found
     shape_z = ctx.graph.shape(z)
-    gauss = _conv_field(ctx, z, DEPTH)
+    gauss = conv_field(ctx, z, DEPTH)
     if gauss is None or tuple(shape_z) != tuple(shape):
         return None
     corr, var, mean = gauss
@@ -163,4 +216,4 @@ def _map_mean_variance(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     return max(total, 0.0) / own * spread / float(np.prod(shape[1:])) ** 2
 
 
-__all__ = ["DEPTH", "map_mean_variance"]
+__all__ = ["DEPTH", "conv_field", "input_field", "map_mean_variance"]

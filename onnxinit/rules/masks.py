@@ -14,7 +14,8 @@ A tensor computed only from constants and integer or boolean graph inputs that a
 ids (an ``attention_mask``: all ones, no padding, as in the synthetic inputs ``--measure``
 feeds) is known exactly: :func:`derived_moments` gives it variance 0 and its value per element,
 so ``(1 - mask) * finfo.min`` or a Where condition built from the mask reaches the arithmetic
-rules as the constant it is. ``IsNaN``/``IsInf`` of a signal is known from its predicted moments
+rules as the constant it is. One computed from the token ids (``ids != pad``) is random: its
+law is sampled over draws of the ids (id_masks.py). ``IsNaN``/``IsInf`` of a signal is known from its predicted moments
 (finite predictions: all False; masked elements: IsInf True) when the node also reads that
 signal (``Where(IsNaN(p), 0, p)``, the guard exporters put after a softmax).
 """
@@ -32,6 +33,7 @@ from ..moments import Moments, Rows, compressed
 from ..runtime import make_session
 from .context import RuleContext, RuleError
 from .grids import fold, varies, varying_axes
+from .id_masks import sampled_moments
 from .layout import reshape_is_exact
 from .mixture import lift
 
@@ -227,8 +229,8 @@ def derived_moments(inputs, ctx: RuleContext) -> list[Moments | None] | None:
             outs.append(None)
             continue
         value = input_derived(ctx, name)
-        if value is None:
-            return None
+        if value is None:  # computed from the token ids: random (id_masks.py)
+            return sampled_moments(ctx)
         value = np.asarray(value, dtype=np.float64)
         outs.append(compressed(value, np.zeros_like(value)))
     return outs

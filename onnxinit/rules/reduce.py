@@ -18,6 +18,7 @@ from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
 from .global_maxima import class_maximum
 from .map_means import map_mean_variance
+from .group_statistics import group_statistic_variance
 from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
 from .maxima import max_moments
 from .pooling import gaussian_spatial_mean, pooled_extra
@@ -195,6 +196,10 @@ def _reduced(inputs, ctx: RuleContext):
         mean_var = map_mean_variance(ctx, axes)
         if mean_var is not None:  # a Conv map's channels and positions: their covariances
             v = np.full_like(v, mean_var * k)
+        group = group_statistic_variance(ctx, axes) if mean_var is None else None
+        if group is not None:  # over a group of a Conv map's channels (GroupNorm written out)
+            v = np.broadcast_to(group, np.broadcast_shapes(v.shape, group.shape)) * k
+            mean_var = group
         factor = field_sum_factor(ctx, axes) if mean_var is None else None
         if factor is not None:  # correlated channels (features): their covariances' sum
             v = v * factor

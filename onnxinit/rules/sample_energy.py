@@ -398,9 +398,16 @@ def chain_energy(ctx: RuleContext, tensor: str, x_shape):
     return eta * kept, alpha, base, norms, found[5]
 
 
+def chain_norms(ctx: RuleContext, tensor: str) -> int:
+    """The BatchNorms on the element-wise chain ending at ``tensor`` (0 where none, or where
+    ``tensor`` starts its chain): what :func:`chain_energy` reports as its fourth item, read
+    without the record, for a caller that needs a normalised chain."""
+    return _chain(ctx.graph, ctx, tensor)[1]
+
+
 def is_chain(ctx: RuleContext, tensor: str) -> bool:
     """Whether ``tensor`` ends an element-wise chain whose start the record knows."""
     return _is_chain(ctx.graph, ctx, ctx.known, tensor)
 
 
-__all__ = ["chain_energy", "chain_record", "is_chain", "law", "loading", "shared_energy"]
+__all__ = ["chain_energy", "chain_norms", "chain_record", "is_chain", "law", "loading", "shared_energy"]

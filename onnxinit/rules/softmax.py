@@ -43,6 +43,7 @@ import numpy as np
 from ..moments import Moments, compressed
 from .context import RuleContext, signal
 from .fixed_forms import joint_rows, row_form
+from .id_masks import affine
 from .key_groups import COVARIANCE_DRAWS, correlated_rows, correlation_factor
 from .logit_law import cosine_dim, draw_scales, row_spread
 from .registry import rule
@@ -156,6 +157,73 @@ def _joint_factor(cov, chain, log: bool):
     return correlation_factor(cov) if cov is not None and not (log or chain) else None
 
 
+def _row_moments(mean, var, cov, chain, log: bool, ctx: RuleContext):
+    """(E, Var) [R, n] of the softmax of rows [R, n] of logits (the rule's docstring): keys
+    correlated unevenly sampled jointly, else the closed form or Monte Carlo per row."""
+    factor = _joint_factor(cov, chain, log)
+    spread = row_spread(ctx) if not chain else 0.0
+    if factor is not None:  # keys correlated unevenly (key_groups.py): sampled jointly
+        um, uv, inverse = _unique_rows(mean, var)
+        rel, masked, empty = relative(um)
+        e, v = correlated_rows(rel, np.where(masked, 0.0, uv), masked, factor, ctx.rng(),
+                               MC_DRAWS, MC_MIN, scales=draw_scales(spread))
+        gone = masked | empty[:, None]
+        return np.where(gone, 0.0, e)[inverse], np.where(gone, 0.0, v)[inverse]
+    shared = _shared(mean, var, cov) if cov is not None else None
+    if shared is not None:
+        var = np.maximum(var - shared[:, None], 0.0)
+    um, uv, inverse = _unique_rows(mean, var)
+    e, v = softmax_rows(um, uv, log=log, rng=ctx.rng(), chain=chain, spread=spread,
+                        cosine=None if chain else cosine_dim(ctx))
+    return e[inverse], v[inverse]
+
+
+def _distinct_rows(mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of each distinct row's first occurrence, each row's distinct index) of rows
+    [R, n], by three random projections (the masked entries' values apart from the others': a
+    ``finfo.min`` would swamp the logits' digits); equal rows project equally."""
+    rng = np.random.default_rng(0)
+    big = mean < -1e30
+    keys = np.stack([np.where(big, np.maximum(mean, -1e39) * 1e-30, 0.0)
+                     @ rng.standard_normal(mean.shape[1]),
+                     np.where(big, 0.0, mean) @ rng.standard_normal(mean.shape[1]),
+                     var @ rng.standard_normal(mean.shape[1])])
+    order = np.lexsort(keys)
+    ordered = keys[:, order]
+    new = np.concatenate([[True], np.any(ordered[:, 1:] != ordered[:, :-1], axis=0)])
+    group = np.cumsum(new) - 1
+    inverse = np.empty_like(group)
+    inverse[order] = group
+    return order[new], inverse
+
+
+def _random_mask(ctx: RuleContext, shape, log: bool) -> Moments | None:
+    """Softmax over the last axis of logits mixed with a mask of the token ids
+    (id_masks.affine: per sample s of the ids, rows ``N(M_s, V_s)``, a masked key at
+    ``finfo.min``): each sample's rows as the rule computes rows, then over the samples
+    ``E = mean_s E_s``, ``Var = mean_s (Var_s + E_s^2) - E^2`` (the expectation over the
+    mask). The leaf logits' token covariance is kept when they have the softmax input's shape."""
+    found = affine(ctx, ctx.node.input[0])
+    if found is None:
+        return None
+    leaf, mean_s, var_s = found
+    rank = len(shape)
+    if mean_s.ndim != rank or mean_s.shape[1:] != tuple(shape[1:]):
+        return None
+    n = shape[-1]
+    lm = ctx.known[leaf]
+    cov = _key_covariance(lm, shape, [rank - 1]) if ctx.graph.shape(leaf) == tuple(shape) else None
+    mean, var = mean_s.reshape(-1, n), var_s.reshape(-1, n)
+    if cov is not None:  # the logits' field: per-key variance profile
+        var = var * np.diag(cov)
+    first, inverse = _distinct_rows(mean, var)
+    e, v = _row_moments(mean[first], var[first], cov, (), log, ctx)
+    e, v = (a[inverse].reshape(mean_s.shape) for a in (e, v))
+    out_mean = e.mean(axis=0, keepdims=True)
+    out_var = np.maximum((v + e * e).mean(axis=0, keepdims=True) - out_mean**2, 0.0)
+    return compressed(out_mean, out_var)
+
+
 @rule("Softmax", "LogSoftmax")
 def softmax(inputs, ctx: RuleContext):
     """y = softmax(x) (LogSoftmax: x - logsumexp(x)) over ``axis`` (opset >= 13; before 13 over
@@ -171,6 +239,8 @@ def softmax(inputs, ctx: RuleContext):
     shape = ctx.in_shape(0)
     last = bool(shape) and ctx.attr("axis", -1 if ctx.opset >= 13 else 1) % len(shape) == len(
         shape) - 1
+    if last and (random := _random_mask(ctx, shape, log)) is not None:
+        return [random]  # a mask computed from the token ids (id_masks.py)
     form = None if log or not last or (x.source is not None and x.source.chain) else row_form(
         ctx, x, shape)
     if form is not None:  # keys of a linear form of fixed vectors (fixed_forms.py)
@@ -180,23 +250,7 @@ def softmax(inputs, ctx: RuleContext):
     if isinstance(prepared, Moments):
         return [prepared]
     mean, var, cov, chain, (perm, outer_grid, inner_grid) = prepared
-    factor = _joint_factor(cov, chain, log)
-    spread = row_spread(ctx) if not chain else 0.0
-    if factor is not None:  # keys correlated unevenly (key_groups.py): sampled jointly
-        um, uv, inverse = _unique_rows(mean, var)
-        rel, masked, empty = relative(um)
-        e, v = correlated_rows(rel, np.where(masked, 0.0, uv), masked, factor, ctx.rng(),
-                               MC_DRAWS, MC_MIN, scales=draw_scales(spread))
-        gone = masked | empty[:, None]
-        e, v = np.where(gone, 0.0, e)[inverse], np.where(gone, 0.0, v)[inverse]
-    else:
-        shared = _shared(mean, var, cov) if cov is not None else None
-        if shared is not None:
-            var = np.maximum(var - shared[:, None], 0.0)
-        um, uv, inverse = _unique_rows(mean, var)
-        e, v = softmax_rows(um, uv, log=log, rng=ctx.rng(), chain=chain, spread=spread,
-                            cosine=None if chain else cosine_dim(ctx))
-        e, v = e[inverse], v[inverse]
+    e, v = _row_moments(mean, var, cov, chain, log, ctx)
     inv = np.argsort(perm)
     out_mean = e.reshape(outer_grid + inner_grid).transpose(inv)
     out_var = v.reshape(outer_grid + inner_grid).transpose(inv)

@@ -18,7 +18,7 @@ the queries ``c_d^2 / sigma^2`` is ``sum_e E[q_e^2] C_de^2 / sum_e E[q_e^2] nu_k
     Var_sel = G R,   G = E[(sum_j p_j z_j)^2] - E[sum_j p_j^2],   R = mean_{h,d} R_hd
 
 G is sampled from the softmax's input (its rows' means: position biases, masks; the row's mean
-variance), ``G ~ sigma^2`` for small logits and G ~ 1 at sigma^2 ~ 1 (T5's unscaled logits: the
+variance; a mask computed from the token ids: rows of its samples, id_masks.py), ``G ~ sigma^2`` for small logits and G ~ 1 at sigma^2 ~ 1 (T5's unscaled logits: the
 selected values' mean moves with the query by ``c``; P V 16% low without this). The scale of the
 logits cancels (it is in both c and sigma), so only the key and value projections are read: a
 MatMul (or Gemm) with a constant weight, a bias Add, then layout ops (Reshape into heads,
@@ -43,6 +43,7 @@ from ..moments import Moments
 from .channel_covariance import row_covariance
 from .context import RuleContext
 from .head_projections import head_blocks, keys_first, projection
+from .id_masks import affine
 from .logit_path import qk_matmul as _qk_matmul
 from .softmax import MASK_GAP
 
@@ -150,8 +151,12 @@ def selection_variance(ctx: RuleContext, softmax) -> float:
     ratio = selection_ratio(wk, wv, nu_x)
     if ratio <= 0:
         return 0.0
+    logits, rows_shape = known[logits_name], logit_shape
+    mixed = affine(ctx, logits_name)  # masked by the token ids: each sample's rows (id_masks)
+    if mixed is not None and mixed[1].shape[1:] == tuple(logit_shape[1:]):
+        logits, rows_shape = Moments(mixed[1], mixed[2]), mixed[1].shape
     try:
-        gain = selection_gain(known[logits_name], logit_shape, ctx.rng(), first)
+        gain = selection_gain(logits, rows_shape, ctx.rng(), first)
     except ValueError:  # statistics laid out otherwise (per-window rows)
         return 0.0
     return ratio * gain

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from . import decoders
+from . import decoders, group_norm_models
 
 Builder = Callable[[int], tuple[object, tuple[int, ...]]]
 
@@ -79,6 +79,60 @@ def _segmentation(name: str) -> Builder:
     return build
 
 
+def _video(name: str, frames: int = 8) -> Builder:
+    """A torchvision video classifier, random weights, on ``frames`` frames of ``size`` x
+    ``size`` (input ``(3, frames, size, size)``). Below S3D's 16 x 224 x 224 its final
+    ``(2, 7, 7)`` average pool (a global pool there) becomes the global average pool it is;
+    MViT's positional tables are sized for its input at construction, so it is built for this
+    one (``spatial_size``, ``temporal_size``: the same blocks, strides and pooling kernels)."""
+
+    def build(size: int):
+        from unittest import mock
+
+        import torchvision
+        from torch import nn
+        from torchvision.models.video import mvit
+
+        if name.startswith("mvit"):
+            original = mvit._mvit
+
+            def sized(**kwargs):
+                kwargs.update(spatial_size=(size, size), temporal_size=frames)
+                return original(**kwargs)
+
+            with mock.patch.object(mvit, "_mvit", sized):
+                model = getattr(torchvision.models.video, name)(weights=None)
+        else:
+            model = getattr(torchvision.models.video, name)(weights=None)
+        if name == "s3d" and (frames, size) != (16, 224):
+            model.avgpool = nn.AdaptiveAvgPool3d(1)
+        return model, (3, frames, size, size)
+
+    return build
+
+
+def _optical_flow(name: str) -> Builder:
+    """A torchvision optical-flow model, random weights, on one input holding both frames
+    (``(6, size, size)``: frame 1's channels, then frame 2's); the output is the last of its
+    12 refined flows."""
+
+    def build(size: int):
+        import torchvision
+        from torch import nn
+
+        class BothFrames(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.flow = getattr(torchvision.models.optical_flow, name)(weights=None)
+
+            def forward(self, frames):
+                return self.flow(frames[:, :3], frames[:, 3:])[-1]
+
+        return BothFrames(), (6, size, size)
+
+    return build
+
+
 BUILDERS: dict[str, Builder] = {
     "resnet18": _torchvision("resnet18"),
     "resnet18_nonorm": _no_norm("resnet18"),
@@ -116,6 +170,13 @@ BUILDERS: dict[str, Builder] = {
         "convnext_small", "swin_s", "alexnet", "squeezenet1_0")},
     "vgg16_bn": _vgg("vgg16_bn"),
     "inception_v3": _torchvision("inception_v3", aux_logits=False, init_weights=True),
+    # issue 10, stop 41: video classifiers (Conv3d, 3-D pools and windows) and segmentation
+    # heads (dilated convs, ASPP's global pool and bilinear Resize), random backbones too
+    **{name: _video(name) for name in (
+        "r3d_18", "mc3_18", "r2plus1d_18", "s3d", "swin3d_t", "mvit_v2_s")},
+    **{name: _segmentation(name) for name in (
+        "fcn_resnet50", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50")},
+    "raft_small": _optical_flow("raft_small"),
     # decoders (ConvTranspose and upsampling of correlated maps: tests/real/decoders.py)
     "dcgan": decoders.dcgan(batch_norm=True),
     "dcgan_nonorm": decoders.dcgan(batch_norm=False),
@@ -124,6 +185,10 @@ BUILDERS: dict[str, Builder] = {
     "unet_bilinear": decoders.unet("bilinear"),
     "autoencoder": decoders.autoencoder(),
     "fcn8s": decoders.fcn8s(),
+    # GroupNorm (tests/real/group_norm_models.py)
+    "resnet18_gn": group_norm_models.resnet18_gn(),
+    "gn_blocks": group_norm_models.gn_blocks(),
+    "gn_blocks_handwritten": group_norm_models.gn_blocks(handwritten=True),
 }
 
 _CACHE: dict[tuple[str, int], Path] = {}

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper
 
 from onnxinit.graph import load
 from onnxinit.propagate import propagate
+from onnxinit.rules import sample_energy
 from onnxinit.runtime import make_session
 from tests.rules.test_sample_masks import _bn, _floats
 
@@ -57,3 +58,44 @@ def test_sigmoid_and_silu_of_a_scale_mixture(spread):
         values = np.concatenate([r[i] for r in runs]).astype(np.float64)
         ratio = result.moments[name].total()[1] / values.var()
         assert abs(ratio - 1) < 0.05, (name, ratio)
+
+
+def _relu_block(norm: bool):
+    """x -> 3x3 Conv -> (BatchNorm) -> Relu -> 3x3 Conv -> Relu: two element-wise chains."""
+    rng = np.random.default_rng(2)
+    inits = [_floats(w, rng.standard_normal((CHANNELS, CHANNELS, 3, 3)) / np.sqrt(9 * CHANNELS))
+             for w in ("w1", "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1])]
+    if norm:
+        bn, bn_inits = _bn("h", "z", CHANNELS)
+        nodes.append(bn)
+        inits += bn_inits
+    nodes += [helper.make_node("Relu", ["z" if norm else "h"], ["r"]),
+              helper.make_node("Conv", ["r", "w2"], ["h2"], pads=[1, 1, 1, 1]),
+              helper.make_node("Relu", ["h2"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "relu_block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, CHANNELS, SIDE, SIDE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_record_computed_only_for_a_normalised_chain(monkeypatch, norm):
+    # the mixture reads the sample-energy record only where a BatchNorm is on the chain: a
+    # network without one (a pre-activation ResNet without norm: 163 ReLUs) computed every
+    # tensor's record for nothing (0.6 s of ResNet-164's 1.4); the predictions are the same
+    computed = []
+    original = sample_energy._compute
+
+    def counting(ctx, tensor, law_of):
+        computed.append(tensor)
+        return original(ctx, tensor, law_of)
+
+    monkeypatch.setattr(sample_energy, "_compute", counting)
+    result = propagate(load(_relu_block(norm)))
+    assert bool(computed) == norm, computed
+    monkeypatch.setattr(sample_energy, "_compute", original)
+    again = propagate(load(_relu_block(norm)))
+    for name in ("r", "y"):
+        assert np.array_equal(result.moments[name].total()[1], again.moments[name].total()[1])

@@ -14,8 +14,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.graph import load
 from onnxinit.propagate import propagate
+from onnxinit.rules import zero_rows as module
 from onnxinit.rules.zero_rows import zero_rows
 from tests.oracle import make_session, measured_over_token_ids
+from tests.rules.test_energy_mixture import _relu_block
 
 B, T, D, V, H, EPS = 64, 32, 32, 256, 4, 1e-6
 
@@ -140,3 +142,20 @@ def test_residual_stream_without_its_zero_row():
     measured = float(np.var(np.stack(runs).astype(np.float64)))
     ratio = result.moments["b_inv"].total()[1] / measured
     assert abs(ratio - 1) < 0.1, ratio
+
+
+def test_labels_of_a_graph_without_gather_kept_across_value_changes(monkeypatch):
+    # a rescale changes the values weight by weight (``generation``); without a Gather no
+    # tensor carries zero rows whatever the values, so the graph is labelled once (ResNet-164's
+    # autoinit pass labelled its 390 nodes at each of its 163 ReLUs); with one, every change of
+    # the values labels it again (a rewritten table may lose its zero row)
+    calls = []
+    original = module._label
+    monkeypatch.setattr(module, "_label", lambda graph: calls.append(graph) or original(graph))
+    plain, tokens = load(_relu_block(False)), load(_model(heads=False))
+    for graph, relabelled, answer in ((plain, False, False), (tokens, True, True)):
+        calls.clear()
+        assert module.has_zero_rows(graph) is answer
+        graph.generation += 1
+        assert module.has_zero_rows(graph) is answer
+        assert len(calls) == (2 if relabelled else 1)
