@@ -29,6 +29,9 @@ along k may be correlated through the token covariance (``Moments.tokens``, toke
 P and V are not independent when the keys and the values are projections of the same tokens:
 given the query, a key's logit and its value are correlated, and P V's variance gains
 ``Var_sel = G R`` (value_selection.py: exact for Gaussian tokens; T5's unscaled logits 16%).
+P may also be a softmax over axis -2 whose last two axes a Transpose swaps (tf2onnx writes
+Keras' attention with dropout as ``K Q^T`` with ``Softmax(axis=2)``): read the same way, the
+keys taken from axis -2 (before, P and V independent there: 0.6x on Keras' ``vit_cls``).
 
 Not modelled: that dependence when the keys are rotated per position or the projections fused,
 the correlation of a query with its own key (the diagonal of Q K^T), and Q's token covariance
@@ -92,7 +95,8 @@ def matmul_activations(inputs, ctx: RuleContext):
         return [scores]  # A @ A^T: the diagonal is each row's squared norm
     mean = np.matmul(ma, mb)
     shaped = (lambda t: t.reshape((1,) * (rank - t.ndim) + t.shape))
-    softmax = last_axis_softmax(ctx.graph, ctx.node.input[0], ctx.opset, regroup=True)
+    softmax = last_axis_softmax(ctx.graph, ctx.node.input[0], ctx.opset, regroup=True,
+                                swapped=True)
     contracted = _contracted_tokens(b, sb, softmax is not None)
     if contracted is not None:
         selected = selection_variance(ctx, softmax) if softmax is not None else 0.0
@@ -116,10 +120,14 @@ def matmul_activations(inputs, ctx: RuleContext):
 _PASSING = ("Dropout", "Cast", "Identity", "Where")  # Where(IsNaN(p), 0, p) after a softmax
 
 
-def last_axis_softmax(graph, name: str, opset: int, passing=_PASSING, regroup: bool = False):
+def last_axis_softmax(graph, name: str, opset: int, passing=_PASSING, regroup: bool = False,
+                      swapped: bool = False):
     """The Softmax node over its last axis that tensor ``name`` comes from through ``passing``
     ops (a Where through its value branch: the IsNaN guard), and with ``regroup`` through
-    reshapes of the leading axes (:func:`.logit_path.keeps_token_axes`), else None."""
+    reshapes of the leading axes (:func:`.logit_path.keeps_token_axes`), else None;
+    ``swapped``: also a Softmax over axis -2 whose last two axes a Transpose then swaps
+    (tf2onnx's ``K Q^T`` with ``axis = 2``: Keras' attention with dropout)."""
+    turned = False
     for _ in range(4):
         node_id = graph.producer.get(name)
         if node_id is None:
@@ -128,7 +136,15 @@ def last_axis_softmax(graph, name: str, opset: int, passing=_PASSING, regroup: b
         if node.op_type == "Softmax":
             rank = len(graph.shape(name) or ())
             axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-            return node if rank > 0 and axis % rank == rank - 1 and opset >= 13 else None
+            last = rank - 2 if turned else rank - 1
+            return node if rank > 1 and axis % rank == last and opset >= 13 else None
+        if swapped and not turned and node.op_type == "Transpose":
+            rank = len(graph.shape(name) or ())
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            if rank < 2 or perm != list(range(rank - 2)) + [rank - 1, rank - 2]:
+                return None
+            turned, name = True, node.input[0]
+            continue
         if node.op_type not in passing and not (regroup and keeps_token_axes(graph, node)):
             return None
         name = node.input[-1] if node.op_type == "Where" else node.input[0]

@@ -20,7 +20,9 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
   ``y_c = a_c x_c + b_c``, ``S_y = D S_x D``, ``D = diag(a)`` (``|a_c| = sqrt(nu_y / nu_x)``,
   batch statistics included; its sign the scale's);
 - Add/Sub of two signals: ``S_a + S_b`` (``- S_b`` sign-free: covariances add), the operands
-  taken as independent (a residual sum's skip and branch);
+  taken as independent, except a residual sum's skip h and a branch computed from it row by
+  row (an MLP or a self-attention, through a LayerNorm or not): ``+ K + K^T``, ``K =
+  Cov(h, f)`` by Stein's lemma (:mod:`.residual_coupling`);
 - a kxk Conv (any groups): the same-tap sum ``sum_t W_t S_x W_t^T`` (``W_t`` block-diagonal
   over the groups: a depthwise Conv keeps the correlation of the channels it reads; input
   positions taken as independent), as a correlation scaled to y's within-position variance;
@@ -87,6 +89,7 @@ from . import row_field_maps as row_maps
 from .row_field_maps import MAX_CHANNELS, MAX_WORK
 from .unit_rows import is_unit_rows
 from . import recurrent_units
+from .residual_coupling import summed
 
 _FIELD = OnDemandField()
 _ROW_FIELD = OnDemandField()  # row_covariance's: dense layers start a field
@@ -232,7 +235,7 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
                                        for n in node.input],
                 list(node.output).index(tensor), field_of(x))
         if node.op_type in ("Add", "Sub") and len(signals) == 2:
-            return _sum(ctx, signals, tensor, field_of)
+            return summed(ctx, signals, tensor, field_of, MAX_WORK)
         if node.op_type == "Concat":
             return _concat(ctx, node, signals, tensor, field_of) or concat_field.channel_concat(
                 ctx, node, tensor, field_of, lambda n: _channels_or_diagonal(ctx, n, field_of))
@@ -300,24 +303,6 @@ def _conv(ctx: RuleContext, node, x: str, y: str, field_of) -> Field | None:
     share = conv_share(graph, node, w, shape_x, shape_y)
     return Field(1, maps.rescaled(maps.conv_same_tap(s_x, w, groups, share),
                                   within(ctx.known[y], shape_y)))
-
-
-def _sum(ctx: RuleContext, signals: list[str], y: str, field_of) -> Field | None:
-    """Independent operands: covariances add (a missing field: that operand's variances)."""
-    fields = [field_of(n) for n in signals]
-    present = [f for f in fields if f is not None]
-    if (not present or any(f.axis != present[0].axis for f in present)
-            or any(f.head_axis is not None for f in present)):
-        return None
-    axis, shape = present[0].axis, ctx.graph.shape(y)
-    parts = []
-    for f, n in zip(fields, signals):
-        if ctx.graph.shape(n) != shape:
-            return None
-        parts.append(f.cov if f is not None else np.diag(variances(ctx.known[n], shape, axis)))
-    if parts[0].shape != parts[1].shape or parts[0].shape[0] != shape[axis]:
-        return None
-    return Field(axis, parts[0] + parts[1])
 
 
 def _concat(ctx: RuleContext, node, signals: list[str], y: str, field_of) -> Field | None:

@@ -42,142 +42,15 @@ import numpy as np
 from ..moments import Moments
 from .channel_covariance import row_covariance
 from .context import RuleContext
+from .head_projections import head_blocks, keys_first, projection
 from .id_masks import affine
 from .logit_path import qk_matmul as _qk_matmul
 from .softmax import MASK_GAP
-from .unit_rows import is_unit_rows
 
-_LAYOUT = ("Transpose", "Reshape", "Unsqueeze", "Squeeze", "Expand", "Cast", "Identity",
-           "Dropout")
 _ROWS = 16  # softmax rows sampled for G
 _DRAWS = 1024  # draws per row (of 8 keys; fewer for wider rows, at least _MIN_DRAWS:
 _KEY_DRAWS = 8 * _DRAWS  # a draw's weighted mean over k keys varies as 1/k, so its error
 _MIN_DRAWS = 128  # stays as it is at 8 keys, and BERT's rows of 128 cost 1/8)
-
-
-def _stripped(graph, name: str) -> str:
-    while (nid := graph.producer.get(name)) is not None and graph.node(nid).op_type in (
-            "Cast", "Identity"):
-        name = graph.node(nid).input[0]
-    return name
-
-
-def _axes(graph, node, rank: int) -> list[int] | None:
-    """A Squeeze's or Unsqueeze's axes (attribute, or input 1 from opset 13), made
-    non-negative for ``rank``; None when unknown."""
-    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        value = graph.value(node.input[1])
-        axes = None if value is None else [int(a) for a in np.reshape(value, -1)]
-    return None if axes is None or not rank else sorted(a % rank for a in axes)
-
-
-def _picked_axis(graph, node, axis: int | None):
-    """The axis of ``node``'s input that output axis ``axis`` (a picked part of a fused
-    projection) comes from, through a Transpose, Squeeze or Unsqueeze (torch's packed
-    ``in_proj``: ``[T, N, 3 E] -> [T, N, 3, E]``, unsqueezed, transposed, squeezed, then
-    ``proj[i]``); None when it is lost."""
-    if axis is None:
-        return None
-    if node.op_type == "Transpose":
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-        return perm[axis] if perm is not None and axis < len(perm) else None
-    if node.op_type == "Squeeze":
-        rank = len(graph.shape(node.input[0]) or ())
-        axes = _axes(graph, node, rank)
-        kept = [i for i in range(rank) if i not in (axes or ())]
-        return kept[axis] if axes and axis < len(kept) else None
-    if node.op_type == "Unsqueeze":
-        axes = _axes(graph, node, len(graph.shape(node.output[0]) or ()))
-        return None if axes is None or axis in axes else axis - sum(a < axis for a in axes)
-    if node.op_type in ("Cast", "Identity", "Dropout"):
-        return axis
-    return None
-
-
-def _scaled(graph, node) -> str | None:
-    """The signal of a Mul or Div by a constant scalar (keys scaled before Q K^T: the scale
-    cancels in the selection ratio), else None."""
-    if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
-        return None
-    scale = graph.value(node.input[1])
-    if scale is None and node.op_type == "Mul":
-        scale, name = graph.value(node.input[0]), node.input[1]
-    else:
-        name = node.input[0]
-    return name if scale is not None and np.size(scale) == 1 and graph.is_signal(name) else None
-
-
-def _projection(ctx: RuleContext, name: str):
-    """(x, W [D, N]) when ``name`` is ``x @ W`` (+ bias) through layout ops that include a
-    Reshape, else None. A fused projection split by a Gather of one index along an axis that
-    a Reshape split off its columns (Swin's ``qkv``: ``[B, T, 3 D] -> [B, T, 3, H, d]``,
-    permuted, ``qkv[i]``) gives that block of W's columns; a row scaled to unit length
-    (``F.normalize``: cosine attention) is read as its numerator (the scale of a key cancels
-    in the selection ratio)."""
-    graph = ctx.graph
-    reshaped = False
-    picked = None  # (axis of the current tensor, index) of a Gather of a fused projection
-    columns = None  # (index, block): W's columns [index * block, (index + 1) * block)
-    for _ in range(16):
-        nid = graph.producer.get(name)
-        if nid is None:
-            return None
-        node = graph.node(nid)
-        op = node.op_type
-        if op == "Gather" and picked is None and columns is None:
-            index = graph.value(node.input[1]) if len(node.input) > 1 else None
-            if index is None or np.size(index) != 1 or np.ndim(index) != 0:
-                return None
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            rank = len(graph.shape(node.input[0]) or ())
-            picked = (axis % rank if rank else None, int(index))
-            name = node.input[0]
-        elif op == "Div" and is_unit_rows(ctx.for_node(nid)):
-            name = node.input[0]
-        elif _scaled(graph, node) is not None:
-            name = _scaled(graph, node)
-        elif op == "Reshape" and picked is not None:
-            out_shape, in_shape = graph.shape(node.output[0]), graph.shape(node.input[0])
-            axis = picked[0]
-            if axis is None or not out_shape or not in_shape:
-                return None
-            block = int(np.prod(out_shape[axis + 1:]))
-            if int(np.prod(out_shape[axis:])) != in_shape[-1]:
-                return None
-            columns, picked, reshaped = (picked[1], block), None, True
-            name = node.input[0]
-        elif op in _LAYOUT:
-            if picked is not None:
-                picked = (_picked_axis(graph, node, picked[0]), picked[1])
-                if picked[0] is None:
-                    return None
-            reshaped |= op == "Reshape"
-            name = node.input[0]
-        elif op == "Add":
-            signals = [t for t in node.input if graph.is_signal(t)]
-            if len(signals) != 1:
-                return None
-            name = signals[0]
-        elif op == "MatMul" and graph.is_constant(node.input[1]) and picked is None:
-            w = graph.value(node.input[1])
-            if w is None or w.ndim != 2 or not reshaped:
-                return None
-            w = np.asarray(w, dtype=np.float64)
-            if columns is not None:
-                w = w[:, columns[0] * columns[1]:(columns[0] + 1) * columns[1]]
-            return _stripped(graph, node.input[0]), w
-        else:
-            return None
-    return None
-
-
-def _head_blocks(w: np.ndarray, d: int) -> np.ndarray | None:
-    """W [D, H d] as [H, D, d] (head-major columns)."""
-    n = w.shape[1]
-    if d <= 0 or n % d:
-        return None
-    return w.reshape(w.shape[0], n // d, d).transpose(1, 0, 2)
 
 
 def selection_ratio(wk: np.ndarray, wv: np.ndarray, nu_x: np.ndarray) -> float:
@@ -195,19 +68,24 @@ def selection_ratio(wk: np.ndarray, wv: np.ndarray, nu_x: np.ndarray) -> float:
     return float(np.mean((c**2).sum(axis=-1) / np.maximum(nu_k[:, None], 1e-300)))
 
 
-def selection_gain(logits: Moments, shape, rng: np.random.Generator) -> float:
+def selection_gain(logits: Moments, shape, rng: np.random.Generator,
+                   keys_first: bool = False) -> float:
     """``G = E[(sum_j p_j z_j)^2] - E[sum_j p_j^2]``, p the softmax of ``m_j + sigma z_j``,
     z standard normal, averaged over up to ``_ROWS`` rows of the logits (each row's means and
-    mean unmasked variance). ``(mean_j z_j)^2`` (expectation 1/n over n unmasked keys) is the
-    control variate."""
+    mean unmasked variance; ``keys_first``: the keys on the logits' axis -2). ``(mean_j
+    z_j)^2`` (expectation 1/n over n unmasked keys) is the control variate."""
     shape = tuple(shape)
+    mean = np.broadcast_to(np.asarray(logits.mean, dtype=np.float64), shape)
+    var = np.broadcast_to(np.asarray(logits.var, dtype=np.float64), shape)
+    if keys_first:
+        mean, var = np.swapaxes(mean, -1, -2), np.swapaxes(var, -1, -2)
+        shape = mean.shape
     n = shape[-1]
     lead = shape[:-1]
     rows = int(np.prod(lead)) if lead else 1
     pick = np.unique(np.linspace(0, rows - 1, min(_ROWS, rows)).astype(np.int64))
     index = np.unravel_index(pick, lead) if lead else ()
-    mean = np.broadcast_to(np.asarray(logits.mean, dtype=np.float64), shape)[index]
-    var = np.broadcast_to(np.asarray(logits.var, dtype=np.float64), shape)[index]
+    mean, var = mean[index], var[index]
     mean, var = mean.reshape(-1, n), var.reshape(-1, n)
     gains = []
     for m, v in zip(mean, var):
@@ -244,12 +122,18 @@ def selection_variance(ctx: RuleContext, softmax) -> float:
     qk = _qk_matmul(graph, logits_name)
     if qk is None or logits_name not in known:
         return 0.0
-    kt_shape, v_shape = graph.shape(qk.input[1]), graph.shape(ctx.node.input[1])
-    key, value = _projection(ctx, qk.input[1]), _projection(ctx, ctx.node.input[1])
-    if not kt_shape or not v_shape or key is None or value is None or key[0] != value[0]:
+    logit_shape = graph.shape(logits_name)
+    first = keys_first(softmax, logit_shape)  # tf2onnx's K Q^T, the softmax over axis -2
+    if first is None:
+        return 0.0
+    k_name = qk.input[0] if first else qk.input[1]
+    k_shape, v_shape = graph.shape(k_name), graph.shape(ctx.node.input[1])
+    key, value = projection(ctx, k_name), projection(ctx, ctx.node.input[1])
+    if not k_shape or not v_shape or key is None or value is None or key[0] != value[0]:
         return 0.0
     x = known.get(key[0])
-    wk, wv = _head_blocks(key[1], kt_shape[-2]), _head_blocks(value[1], v_shape[-1])
+    wk = head_blocks(key[1], k_shape[-1] if first else k_shape[-2])
+    wv = head_blocks(value[1], v_shape[-1])
     if x is None or wk is None or wv is None or wk.shape[:2] != wv.shape[:2]:
         return 0.0
     x_shape = graph.shape(key[0])
@@ -267,15 +151,12 @@ def selection_variance(ctx: RuleContext, softmax) -> float:
     ratio = selection_ratio(wk, wv, nu_x)
     if ratio <= 0:
         return 0.0
-    logit_shape = graph.shape(logits_name)
-    if not logit_shape:
-        return 0.0
     logits, rows_shape = known[logits_name], logit_shape
     mixed = affine(ctx, logits_name)  # masked by the token ids: each sample's rows (id_masks)
     if mixed is not None and mixed[1].shape[1:] == tuple(logit_shape[1:]):
         logits, rows_shape = Moments(mixed[1], mixed[2]), mixed[1].shape
     try:
-        gain = selection_gain(logits, rows_shape, ctx.rng())
+        gain = selection_gain(logits, rows_shape, ctx.rng(), first)
     except ValueError:  # statistics laid out otherwise (per-window rows)
         return 0.0
     return ratio * gain
