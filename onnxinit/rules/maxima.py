@@ -125,12 +125,9 @@ def max_of_gaussians(mean, std, count, fn, sized: int | None = None):
     # their absent taps, a block leaves out the taps absent from all of its problems (each
     # chunk's present taps still multiplied in their order, the chunks in theirs)
     order, present_f = None, None
-    if small and not present.all() and taps <= _PATTERN_TAPS:
+    if small and not present.all() and _LEAVE_OUT_ABSENT:
         present_f = present.reshape(taps, -1)
-        pattern = np.zeros(width, np.int64)
-        for t in range(taps):
-            pattern |= present_f[t].astype(np.int64) << t
-        order = np.argsort(pattern, kind="stable")
+        order = _pattern_order(present_f)
         # the counts are read only to raise a CDF to them, the constant flags only where a
         # tap is constant: otherwise not copied (a stand-in of the shape, never read)
         needed = (True, True, flags[2], flags[0])
@@ -165,7 +162,16 @@ def max_of_gaussians(mean, std, count, fn, sized: int | None = None):
     return e, var, slope
 
 
-_PATTERN_TAPS = 62  # taps up to which problems are sorted by their absent taps
+_LEAVE_OUT_ABSENT = True  # problems sorted by their absent taps (any number of taps)
+
+
+def _pattern_order(present) -> np.ndarray:
+    """The problems (columns of ``present`` ``[T, P]``) in the order of their pattern of
+    present taps read as the binary number ``sum_t present[t] 2^t`` (stable: equal patterns
+    keep their order), for any number of taps: the bits packed 8 taps a byte, the bytes
+    sorted on from the highest (``numpy.lexsort``'s last key first)."""
+    packed = np.packbits(present, axis=0, bitorder="little")  # [ceil(T / 8), P]
+    return np.lexsort(packed) if len(packed) > 1 else np.argsort(packed[0], kind="stable")
 
 
 def _present_chunks(chunks, present) -> list:

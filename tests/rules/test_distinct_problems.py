@@ -98,7 +98,50 @@ def test_absent_taps_left_out_give_the_same_bits(monkeypatch, chunk, block, plai
     monkeypatch.setattr(maxima, "_CHUNK", chunk)
     monkeypatch.setattr(maxima, "_BLOCK", block)
     left_out = maxima.max_of_gaussians(mean, std, count, np.tanh)
-    monkeypatch.setattr(maxima, "_PATTERN_TAPS", 0)  # every tap multiplied, unsorted
+    monkeypatch.setattr(maxima, "_LEAVE_OUT_ABSENT", False)  # every tap multiplied, unsorted
+    every = maxima.max_of_gaussians(mean, std, count, np.tanh)
+    for a, b in zip(every, left_out):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_pattern_order_is_the_binary_number_of_present_taps():
+    """Problems sorted by ``sum_t present[t] 2^t`` (Python integers: any number of taps),
+    equal patterns in their order."""
+    rng = np.random.default_rng(5)
+    for taps in (1, 8, 9, 62, 63, 100, 343):
+        present = rng.random((taps, 300)) < 0.6
+        present[:, 100:200] = present[:, :1]  # ties
+        keys = [sum(int(b) << t for t, b in enumerate(present[:, j])) for j in range(300)]
+        expected = sorted(range(300), key=keys.__getitem__)
+        assert maxima._pattern_order(present).tolist() == expected
+
+
+def test_windows_of_many_taps_leave_absent_taps_out(monkeypatch):
+    """A 7x7x7 window (343 taps) on a 2x4x4 map: each problem has at most 32 present taps;
+    the CDFs evaluated are at most a block's present taps (not all 343 of every block), and
+    the bits are those of multiplying every tap's CDF of 1."""
+    rng = np.random.default_rng(6)
+    taps, problems = 343, (1, 6, 2, 4, 4)
+    offsets = np.stack(np.meshgrid(*[np.arange(-3, 4)] * 3, indexing="ij")).reshape(3, -1)
+    position = np.stack(np.meshgrid(np.arange(2), np.arange(4), np.arange(4), indexing="ij"))
+    at = position.reshape(3, 1, -1) + offsets[:, :, None]
+    inside = np.all((at >= 0) & (at < np.array([2, 4, 4])[:, None, None]), axis=0)  # [T, 32]
+    count = np.broadcast_to(inside.reshape(taps, 1, 1, 2, 4, 4), (taps, *problems)) * 1.0
+    mean = rng.standard_normal((taps, *problems))
+    std = np.abs(rng.standard_normal((taps, *problems))) + 0.1
+    evaluated = []
+    original = maxima._cdf_block
+
+    def counted(acc, grid, taps_, chunks, *rest):
+        evaluated.append(sum(len(range(taps)[c]) if isinstance(c, slice) else c.size
+                             for c in chunks) * acc.shape[1])
+        return original(acc, grid, taps_, chunks, *rest)
+
+    monkeypatch.setattr(maxima, "_cdf_block", counted)
+    monkeypatch.setattr(maxima, "_BLOCK", 49 * 2 * 16)
+    left_out = maxima.max_of_gaussians(mean, std, count, np.tanh)
+    assert sum(evaluated) <= 2 * int(inside.sum()) * 6  # blocks of 2 columns, 2 patterns at most
+    monkeypatch.setattr(maxima, "_LEAVE_OUT_ABSENT", False)
     every = maxima.max_of_gaussians(mean, std, count, np.tanh)
     for a, b in zip(every, left_out):
         assert a.tobytes() == b.tobytes()
