@@ -28,7 +28,7 @@ DEPTH = 3
 MAX_RADIUS = 48  # offsets per axis beyond which the field is not followed
 
 
-def _carried(ctx: RuleContext, x: str, shape, radius) -> np.ndarray:
+def carried(ctx: RuleContext, x: str, shape, radius) -> np.ndarray:
     """``[C, 2R+1, ...]``: the input's own correlation per channel as carried."""
     c = shape[1]
     out = np.zeros((c,) + tuple(2 * r + 1 for r in radius))
@@ -72,7 +72,7 @@ def _input_field(ctx: RuleContext, x: str, shape, radius, depth: int, chain_of):
                             r += (c[k] ** 2).reshape((-1,) + (1,) * extra) * power
                         r += rem.reshape((-1,) + (1,) * extra) * power * rho
                         return r / own.reshape((-1,) + (1,) * extra), own
-    return _carried(ctx, x, shape, radius), within(ctx.known[x], shape)
+    return carried(ctx, x, shape, radius), within(ctx.known[x], shape)
 
 
 def field(ctx: RuleContext, z: str, depth: int, chain_of, radius=None):
@@ -129,4 +129,4 @@ def field(ctx: RuleContext, z: str, depth: int, chain_of, radius=None):
     return corr, var, mean
 
 
-__all__ = ["DEPTH", "field"]
+__all__ = ["DEPTH", "carried", "field"]

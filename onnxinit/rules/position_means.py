@@ -28,6 +28,7 @@ from .context import RuleContext, RuleError
 from .covariance_layout import within
 from .correlated_means import chain, coefficients
 from .elementwise import elementwise
+from . import position_covariance
 from .depthwise_field import field as depthwise_field
 from .map_means import DEPTH, conv_field
 from .reduce_axes import reduced_axes
@@ -157,6 +158,17 @@ def _position_mean_moments(ctx: RuleContext, axes: tuple[int, ...]):
     shape_map = ctx.graph.shape(source)
     if tuple(ctx.graph.shape(z) or ()) != tuple(shape_map or ()) or source not in ctx.known:
         return None
+    lay = [1] * rank
+    lay[1] = shape_map[1]
+    k_total = float(np.prod([shape_map[a] for a in union]))
+    exact = position_covariance.covariance(ctx, z, DEPTH, _gated_chain)
+    if exact is not None:  # a small map: every pair of positions, borders included
+        moved = position_covariance.through_chain(*exact, fns, rank)
+        if moved is not None:
+            var = position_covariance.mean_variance(moved[0], list(shape_map[2:]), union)
+            mu = ctx.known[source].values_along(1, shape_map[1])[0]
+            return (np.broadcast_to(np.asarray(mu, np.float64), (shape_map[1],)).reshape(lay),
+                    np.maximum(var, 0.0).reshape(lay), k_total)
     reach = [min(size - 1, RADIUS) for size in shape_map[2:]]  # every offset of the map
     own_field = depthwise_field(ctx, z, DEPTH, _gated_chain, reach)
     if own_field is not None:

@@ -13,7 +13,7 @@ from onnxinit.moments import Moments
 from tests.models import make_model
 from tests.oracle import monte_carlo, predict
 
-C, SIDE, N, K = 8, 16, 4000, 5
+C, N, K = 8, 4000, 5
 
 
 def _gelu(x: str, out: str, tag: str) -> list:
@@ -34,7 +34,7 @@ def _kernels(kind: str, rng) -> np.ndarray:
     return (w * np.sqrt(1.0 / K**2)).astype(np.float32)
 
 
-def _model(kind: str, levels: int, seed: int):
+def _model(kind: str, levels: int, seed: int, side: int = 16):
     """x -> [depthwise Conv KxK -> GELU] x levels -> ReduceMean(H) -> h -> ReduceMean(W) -> y."""
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(np.array(v, np.float32), n)
@@ -50,23 +50,25 @@ def _model(kind: str, levels: int, seed: int):
         t = f"g{level}"
     nodes += [helper.make_node("ReduceMean", [t, "ax2"], ["h"], keepdims=1),
               helper.make_node("ReduceMean", ["h", "ax3"], ["y"], keepdims=1)]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [N, C, SIDE, SIDE])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [N, C, side, side])
     outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("h", "y")]
     return make_model(nodes, [x], outs, inits), {"x": Moments.scalar(0.0, 1.0)}
 
 
 @pytest.mark.parametrize("kind", ["positive", "centred", "random"])
-@pytest.mark.parametrize("levels", [1])
-def test_mean_over_positions_per_channel(kind, levels):
-    model, moments = _model(kind, levels, seed=levels)
+@pytest.mark.parametrize("side", [16, 8])
+def test_mean_over_positions_per_channel(kind, side):
+    model, moments = _model(kind, 1, seed=1, side=side)
     _, result = predict(model, moments)
     measured = monte_carlo(model, moments)
     for name in ("h", "y"):
         got = result.moments[name]
         values = measured[name].astype(np.float64)
-        # each channel's own: the positions taken as independent are 0.1-10x off per channel
+        # each channel's own: the positions taken as independent are 0.1-10x off per channel;
+        # the stationary field (no border) 0.5-2x on the 8x8 map where the taps cancel; the
+        # pooled h misses the spread of the border columns' means (2-5%)
         per_channel = values.var(axis=(0, 2, 3)) if name == "y" else (
             values.var(axis=0).mean(axis=(1, 2)))
         predicted = got.values_along(1, C)[1] if name == "y" else got.values_along(1, C)[1]
-        np.testing.assert_allclose(predicted, per_channel, rtol=0.15, err_msg=name)
-        np.testing.assert_allclose(got.total()[1], values.var(), rtol=0.08, err_msg=name)
+        np.testing.assert_allclose(predicted, per_channel, rtol=0.10, err_msg=name)
+        np.testing.assert_allclose(got.total()[1], values.var(), rtol=0.06, err_msg=name)
