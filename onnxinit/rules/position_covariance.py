@@ -65,28 +65,35 @@ def through_chain(cov: np.ndarray, mean: np.ndarray, fns, rank: int):
     """(Cov ``[C, P, P]``, mean ``[C, P]``) of ``g(z)`` for Gaussian z with these moments, by
     Mehler's formula with each position's coefficients; None where g is not finite."""
     var = np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0)  # [C, P]
+    # positions with the same moments in every channel (the interior: one class) once
+    key = np.concatenate([mean, var], axis=0).T  # [P, 2C]
+    scale = np.maximum(np.abs(key).max(axis=0), 1e-300)
+    _, first, inverse = np.unique(np.round(key / scale, 9), axis=0, return_index=True,
+                                  return_inverse=True)
     c_all, rem_all = [], []
-    for p in range(var.shape[1]):
+    for p in first:
         found = coefficients(fns, mean[:, p], var[:, p], 1, rank)
         if found is None:
             return None
         c_all.append(found[0])
         rem_all.append(found[1])
-    c = np.stack(c_all, axis=-1)  # [ORDER + 1, C, P]
-    rem = np.stack(rem_all, axis=-1)  # [C, P]
+    inverse = np.ravel(inverse)
+    c = np.stack(c_all, axis=-1)[..., inverse]  # [ORDER + 1, C, P]
+    rem = np.stack(rem_all, axis=-1)[..., inverse]  # [C, P]
     sd = np.sqrt(var)
     with np.errstate(divide="ignore", invalid="ignore"):
         rho = np.where(sd[:, :, None] * sd[:, None, :] > 0,
                        cov / (sd[:, :, None] * sd[:, None, :]), 0.0)
-    rho = np.clip(rho, -1.0, 1.0)
+    rho = np.clip(rho, -1.0, 1.0).astype(np.float32)  # float32: the series' C P^2 products
     out = np.zeros_like(rho)
     power = np.ones_like(rho)
     for k in range(1, c.shape[0]):
-        power = power * rho
-        out += c[k][:, :, None] * c[k][:, None, :] * power
-    r = np.sqrt(rem)
+        power *= rho
+        ck = c[k].astype(np.float32)
+        out += ck[:, :, None] * ck[:, None, :] * power
+    r = np.sqrt(rem).astype(np.float32)
     out += r[:, :, None] * r[:, None, :] * power * rho
-    return out, c[0]
+    return out.astype(np.float64), c[0]
 
 
 def covariance(ctx: RuleContext, z: str, depth: int, chain_of):

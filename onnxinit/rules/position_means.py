@@ -161,14 +161,17 @@ def _position_mean_moments(ctx: RuleContext, axes: tuple[int, ...]):
     lay = [1] * rank
     lay[1] = shape_map[1]
     k_total = float(np.prod([shape_map[a] for a in union]))
-    exact = position_covariance.covariance(ctx, z, DEPTH, _gated_chain)
-    if exact is not None:  # a small map: every pair of positions, borders included
-        moved = position_covariance.through_chain(*exact, fns, rank)
-        if moved is not None:
-            var = position_covariance.mean_variance(moved[0], list(shape_map[2:]), union)
-            mu = ctx.known[source].values_along(1, shape_map[1])[0]
-            return (np.broadcast_to(np.asarray(mu, np.float64), (shape_map[1],)).reshape(lay),
-                    np.maximum(var, 0.0).reshape(lay), k_total)
+    kept = ctx.known[source].__dict__.setdefault("_position_covariance", {})
+    if z not in kept:  # the means over H, then W of one map read the same covariance
+        exact = position_covariance.covariance(ctx, z, DEPTH, _gated_chain)
+        kept[z] = None if exact is None else position_covariance.through_chain(
+            *exact, fns, rank)
+    moved = kept[z]
+    if moved is not None:  # a small map: every pair of positions, borders included
+        var = position_covariance.mean_variance(moved[0], list(shape_map[2:]), union)
+        mu = ctx.known[source].values_along(1, shape_map[1])[0]
+        return (np.broadcast_to(np.asarray(mu, np.float64), (shape_map[1],)).reshape(lay),
+                np.maximum(var, 0.0).reshape(lay), k_total)
     reach = [min(size - 1, RADIUS) for size in shape_map[2:]]  # every offset of the map
     own_field = depthwise_field(ctx, z, DEPTH, _gated_chain, reach)
     if own_field is not None:
