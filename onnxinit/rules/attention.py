@@ -263,6 +263,11 @@ def einsum(inputs, ctx: RuleContext):
     if any(len(set(t)) != len(t) for t in terms):
         raise RuleError("a repeated label (a diagonal)")
     summed = set(lhs) - set(rhs) - {","}
+    if _batched_matmul(terms, rhs) and inputs[0] is not None and inputs[1] is not None:
+        b, sb = inputs[1], ctx.in_shape(1)
+        if _contracted_tokens(b, sb, False) is not None and b.tokens is not None:
+            # P V over tokens that carry a field: the MatMul it writes (its token average)
+            return matmul_activations(inputs, ctx)
     sizes = {}
     ops = []
     for i, term in enumerate(terms):
@@ -289,6 +294,17 @@ def einsum(inputs, ctx: RuleContext):
     var = var + _shared_values(ctx, eq, terms, summed, sizes, ops)
     var = var + projection_cross_terms(ctx, inputs)  # fixed vectors of correlated features
     return [compressed(mean, np.maximum(var, 0.0))]
+
+
+def _batched_matmul(terms, rhs: str) -> bool:
+    """Whether ``X ik, X kj -> X ij`` (X the same leading labels): a MatMul written as Einsum."""
+    a, b = terms
+    if len(a) < 2 or len(a) != len(b) or len(rhs) != len(a):
+        return False
+    lead = a[:-2]
+    i, k = a[-2:]
+    return (b[:-2] == lead and b[-2] == k and rhs == lead + i + b[-1]
+            and len({i, k, b[-1]} | set(lead)) == len(lead) + 3)
 
 
 def _shared_values(ctx: RuleContext, eq: str, terms, summed, sizes, ops):

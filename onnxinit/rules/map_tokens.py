@@ -137,8 +137,36 @@ def token_correlation(m: Moments, src_shape, idx: np.ndarray) -> np.ndarray | No
         inside &= np.abs(d) <= h
         index.append(np.clip(d, -h, h) + h)
     cov = np.where(inside, rho_w[tuple(index)], floor_w)
-    cov = np.where(same, cov, 0.0).mean(axis=0)
+    shift = batch_shift(corr, src_shape, channels, weights)
+    cov = np.where(same, (cov - shift) / (1.0 - shift), 0.0).mean(axis=0)
     return 0.5 * (cov + cov.T)
+
+
+def batch_shift(corr, src_shape, channels: np.ndarray, weights: np.ndarray) -> float:
+    """The correlation every pair of one sample's positions loses to a training-mode
+    BatchNormalization (``Correlation.batch_centred``, the share ``b_c`` of each channel's
+    spatial-mean variance centred over the batch): it subtracts the mean of ``N K`` values
+    (``N`` samples of ``K`` positions), so ``Cov(y_p, y_q) = nu_c (rho_c(p - q) - b_c F_c / (N K))``
+    with ``F_c = sum_q rho_c(p - q)`` (stationary: ``sum_d n(d) rho_c(d) / K``, the floor beyond
+    the stored offsets), and a sample's mean keeps ``1 - b_c / N`` of its variance. The
+    variance-weighted mean over the channels; 0 where nothing is centred."""
+    cn = src_shape[1]
+    centred = np.broadcast_to(corr.batch_centred(cn), (cn,))[channels]
+    if not np.any(centred > 0):
+        return 0.0
+    sizes = [int(v) for v in src_shape[2:]]
+    k = float(np.prod(sizes))
+    rho = np.broadcast_to(corr.rho, (cn,) + corr.rho.shape[1:])[channels]
+    floor = np.broadcast_to(corr.floor, (cn,))[channels]
+    counts = np.ones(())
+    for size, m in zip(sizes, rho.shape[1:]):
+        h = (m - 1) // 2
+        counts = counts[..., None] * np.maximum(size - np.abs(np.arange(-h, h + 1)), 0)
+    stored = float(counts.sum())
+    f = (np.tensordot(rho, counts, axes=counts.ndim) + floor * (k * k - stored)) / k
+    shift = float(weights @ (np.clip(centred, 0.0, 1.0) * np.maximum(f, 0.0))) / (
+        max(1, int(src_shape[0])) * k)
+    return min(shift, 0.5)
 
 
 def entry(ctx: RuleContext, outputs: list) -> list:
@@ -167,4 +195,4 @@ def entry(ctx: RuleContext, outputs: list) -> list:
     return [attach(outputs[0], out_shape, [rank - 2], cov)] + [without(o) for o in outputs[1:]]
 
 
-__all__ = ["composed_index", "entry", "token_correlation"]
+__all__ = ["batch_shift", "composed_index", "entry", "token_correlation"]

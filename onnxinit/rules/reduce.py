@@ -22,6 +22,7 @@ from .group_statistics import group_statistic_variance
 from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
 from .maxima import max_moments
 from .pooling import gaussian_spatial_mean, pooled_extra
+from .position_means import position_mean_moments
 from .correlated_means import field_sum_factor
 from .reduce_axes import reduced_axes
 from .registry import rule
@@ -190,6 +191,11 @@ def _reduced(inputs, ctx: RuleContext):
         rows = table_mean_square(ctx, tuple(sorted(axes)), rank)
         if rows is not None:  # the mean square of embedding rows: the table's law
             return [rows]
+        per_channel = position_mean_moments(ctx, axes)
+        if per_channel is not None:  # a Conv map's positions, each channel: its correlation
+            m, v, _ = per_channel
+            scale = 1 if op == "ReduceMean" else k
+            return [_finish(m * scale, v * scale * scale, axes, keepdims)]
         mu, nu = _layout(x, rank)
         m = mu.mean(axis=axes, keepdims=True)
         v = nu.mean(axis=axes, keepdims=True)
