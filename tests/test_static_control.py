@@ -10,12 +10,15 @@ to a shape read from their own sum (too large to fold into shape inference).
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxinit
 from onnxinit.graph import load
 from onnxinit.passes import static_control
+from onnxinit.passes.folding import fold_constants, folded_with_shapes
+from onnxinit.passes.shapes import types_and_shapes, without_large_data
 from onnxinit.runtime import make_session
 
 from .models import make_model
@@ -166,3 +169,24 @@ def test_scatter_indices_from_a_large_constant_after_a_constant_if():
     measured = _measured(model, ["z"])
     predicted = _predicted(model)
     assert predicted["z"] == pytest.approx(measured["z"], rel=0.05), (predicted["z"], measured)
+
+
+def test_shapes_of_a_round_are_folding_s_last_inference(monkeypatch):
+    """A round's shapes are those of a fresh inference on the folded copy (the oracle), and
+    cost no inference beyond folding's own: static_control on a model with one constant If
+    runs onnx's shape inference as often as folding its light copy alone does (main ran it
+    once more, on the folded copy folding had just inferred)."""
+    model = _shortcut_after_if()
+    folded, shapes = folded_with_shapes(without_large_data(model), set())
+    assert shapes == types_and_shapes(folded)[1]
+    assert shapes["xs"] == (4,)  # the Shape the If's condition reads
+    calls = []
+    infer = onnx.shape_inference.infer_shapes
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes",
+                        lambda *a, **k: calls.append(1) or infer(*a, **k))
+    fold_constants(without_large_data(model), set())
+    folding = len(calls)
+    calls.clear()
+    rewritten = static_control(model)
+    assert "If" not in {n.op_type for n in rewritten.graph.node}
+    assert len(calls) == folding

@@ -103,6 +103,15 @@ def fold_constants(model: onnx.ModelProto, variable: set[str]) -> onnx.ModelProt
     """A copy of ``model`` in which every node computable from constants and static shapes
     (not from runtime inputs or the ``variable`` initializers) is replaced by initializers;
     repeated until shape inference learns nothing new."""
+    return folded_with_shapes(model, variable)[0]
+
+
+@model_pass(in_place=False)
+def folded_with_shapes(model: onnx.ModelProto, variable: set[str]
+                       ) -> tuple[onnx.ModelProto, dict[str, tuple]]:
+    """:func:`fold_constants` and the shapes of :func:`.shapes.types_and_shapes` of its result:
+    those of the last round's inference, on the model as returned (that round folded nothing
+    more and left it as it was)."""
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
     graph = folded.graph
@@ -122,7 +131,7 @@ def fold_constants(model: onnx.ModelProto, variable: set[str]) -> onnx.ModelProt
                 values[name] = value
                 new_initializers.append(numpy_helper.from_array(value, name))
         if not new_initializers:
-            return folded
+            return folded, shapes
         graph.ClearField("node")
         graph.node.extend(kept)
         graph.initializer.extend(new_initializers)
@@ -130,4 +139,4 @@ def fold_constants(model: onnx.ModelProto, variable: set[str]) -> onnx.ModelProt
 
 
 __all__ = ["MAX_FOLDED_ELEMENTS", "NEVER_FOLDED", "RANDOM_OPS", "evaluate_node", "fold_constants",
-           "shape_op_value"]
+           "folded_with_shapes", "shape_op_value"]

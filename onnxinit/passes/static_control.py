@@ -42,9 +42,9 @@ from onnx import helper, numpy_helper
 
 from ..initializers import tensor_array
 from .base import model_pass
-from .folding import (MAX_FOLDED_ELEMENTS, NEVER_FOLDED, evaluate_node, fold_constants,
+from .folding import (MAX_FOLDED_ELEMENTS, NEVER_FOLDED, evaluate_node, folded_with_shapes,
                       shape_op_value)
-from .shapes import types_and_shapes, without_large_data
+from .shapes import without_large_data
 
 MAX_STEPS = 64  # steps of one Loop unrolled, at most
 MAX_NODES = 4096  # body nodes written out over all of a Loop's steps, at most
@@ -79,10 +79,10 @@ class _Constants:
 
     def shapes(self) -> dict:
         """Shapes by inference on a light copy with its constants folded (inference alone
-        stops at a Slice whose bounds are computed, even from constants)."""
+        stops at a Slice whose bounds are computed, even from constants): those of folding's
+        last round of inference, on the folded copy as it returns it."""
         if self._shapes is None:
-            light = fold_constants(without_large_data(self.model), set())
-            self._shapes = types_and_shapes(light)[1]
+            self._shapes = folded_with_shapes(without_large_data(self.model), set())[1]
         return self._shapes
 
     def value(self, name: str) -> np.ndarray | None:
