@@ -158,6 +158,27 @@ def _gathered(graph, node, f_x: Field, shape_x) -> Field | None:
     return replace(f_x, axis=moved_axis(f_x.axis), head_axis=moved_axis(f_x.head_axis))
 
 
+def conv_reading(graph, known, z: str, depthwise: bool = False):
+    """(node, input x, weight as float64, shape of x, shape of z) of the Conv writing ``z``
+    with a constant weight of the maps' rank, x's and z's moments known; ``depthwise``: one
+    output per input channel (groups = channels). None otherwise."""
+    node_id = graph.producer.get(z)
+    node = graph.node(node_id) if node_id is not None else None
+    if node is None or node.op_type != "Conv" or len(node.input) < 2:
+        return None
+    x = node.input[0]
+    w = graph.value(node.input[1])
+    shape_x, shape_z = graph.shape(x), graph.shape(z)
+    if (w is None or x not in known or z not in known or not shape_x or not shape_z
+            or len(shape_x) != len(shape_z) or len(shape_z) < 3 or np.ndim(w) != len(shape_z)):
+        return None
+    w = np.asarray(w, dtype=np.float64)
+    c = shape_z[1]
+    if depthwise and (w.shape[1] != 1 or w.shape[0] != c or shape_x[1] != c):
+        return None
+    return node, x, w, shape_x, shape_z
+
+
 def attr(node, name: str):
     for a in node.attribute:
         if a.name == name:

@@ -22,7 +22,7 @@ from ..correlation import MAX_OFFSET
 from ..spatial import positions
 from .context import RuleContext
 from .correlated_means import coefficients
-from .covariance_layout import attr, within
+from .covariance_layout import attr, conv_reading, within
 
 DEPTH = 3
 MAX_RADIUS = 48  # offsets per axis beyond which the field is not followed
@@ -79,21 +79,12 @@ def field(ctx: RuleContext, z: str, depth: int, chain_of, radius=None):
     """(``R`` ``[C, 2R+1, ...]`` each channel's correlation, variance ``[C]``, mean ``[C]``) of a
     depthwise Conv's output ``z`` in the interior; None where z is no such Conv's output.
     ``chain_of(ctx, t)`` -> (z', [f...]) or None follows element-wise chains back."""
-    graph, known = ctx.graph, ctx.known
-    node_id = graph.producer.get(z)
-    node = graph.node(node_id) if node_id is not None else None
-    if node is None or node.op_type != "Conv" or len(node.input) < 2:
+    known = ctx.known
+    found = conv_reading(ctx.graph, known, z, depthwise=True)
+    if found is None:
         return None
-    x = node.input[0]
-    w = graph.value(node.input[1])
-    shape_x, shape_z = graph.shape(x), graph.shape(z)
-    if (w is None or x not in known or z not in known or not shape_x or not shape_z
-            or len(shape_x) != len(shape_z) or len(shape_z) < 3 or np.ndim(w) != len(shape_z)):
-        return None
-    w = np.asarray(w, dtype=np.float64)
+    node, x, w, shape_x, shape_z = found
     c = shape_z[1]
-    if w.shape[1] != 1 or w.shape[0] != c or shape_x[1] != c:
-        return None  # not depthwise with one output per channel
     n = len(shape_z) - 2
     strides = attr(node, "strides") or [1] * n
     dilations = attr(node, "dilations") or [1] * n

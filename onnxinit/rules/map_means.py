@@ -36,7 +36,7 @@ from ..spatial import class_weights, positions
 from ..strict import fall_back
 from .context import RuleContext, RuleError
 from .correlated_means import chain, coefficients, covariance_sum
-from .covariance_layout import attr, within
+from .covariance_layout import attr, conv_reading, within
 from .field_kernels import dense_kernel
 from .normalised_maps import normalised_conv
 from .pool_windows import cell_arrays
@@ -125,17 +125,10 @@ def _transfer(c_in: int, c_out: int, kern, strides, radius) -> int:
 
 def _conv_field(ctx: RuleContext, z: str, depth: int, fit: bool):
     graph, known = ctx.graph, ctx.known
-    node_id = graph.producer.get(z)
-    node = graph.node(node_id) if node_id is not None else None
-    if node is None or node.op_type != "Conv" or len(node.input) < 2:
+    found = conv_reading(graph, known, z)
+    if found is None:
         return None
-    x = node.input[0]
-    w = graph.value(node.input[1])
-    shape_x, shape_z = graph.shape(x), graph.shape(z)
-    if (w is None or x not in known or z not in known or not shape_x or not shape_z
-            or np.ndim(w) != len(shape_z) or len(shape_x) != len(shape_z) or len(shape_z) < 3):
-        return None
-    w = np.asarray(w, dtype=np.float64)
+    node, x, w, shape_x, shape_z = found
     groups = shape_x[1] // w.shape[1]
     if groups < 1 or groups * w.shape[1] != shape_x[1] or w.shape[0] % groups:
         return None

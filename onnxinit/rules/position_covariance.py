@@ -22,7 +22,7 @@ import numpy as np
 
 from .context import RuleContext
 from .correlated_means import coefficients
-from .covariance_layout import attr, within
+from .covariance_layout import attr, conv_reading, within
 from .depthwise_field import carried
 
 DEPTH = 3
@@ -100,20 +100,11 @@ def covariance(ctx: RuleContext, z: str, depth: int, chain_of):
     """(Cov ``[C, P, P]``, mean ``[C, P]``) of a depthwise Conv's output z over its positions
     (module docstring); None where z is no such Conv's or the map is too large."""
     graph, known = ctx.graph, ctx.known
-    node_id = graph.producer.get(z)
-    node = graph.node(node_id) if node_id is not None else None
-    if node is None or node.op_type != "Conv" or len(node.input) < 2:
+    found = conv_reading(graph, known, z, depthwise=True)
+    if found is None:
         return None
-    x = node.input[0]
-    w = graph.value(node.input[1])
-    shape_x, shape_z = graph.shape(x), graph.shape(z)
-    if (w is None or x not in known or not shape_x or not shape_z or len(shape_z) < 3
-            or len(shape_x) != len(shape_z) or np.ndim(w) != len(shape_z)):
-        return None
-    w = np.asarray(w, dtype=np.float64)
+    node, x, w, shape_x, shape_z = found
     c = shape_z[1]
-    if w.shape[1] != 1 or w.shape[0] != c or shape_x[1] != c:
-        return None
     in_sizes, out_sizes = [int(s) for s in shape_x[2:]], [int(s) for s in shape_z[2:]]
     p_in, p_out = int(np.prod(in_sizes)), int(np.prod(out_sizes))
     if max(p_in, p_out) > MAX_POSITIONS or c * max(p_in, p_out) ** 2 > BUDGET:
