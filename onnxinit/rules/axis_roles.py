@@ -51,12 +51,13 @@ def layout_roles(ctx, op, field, in_shape, out_shape):
 
 
 def channels_taken(field, in_shape, out_shape):
-    """Slice or Split of channels only (q, k and v from one projection): phi kept."""
+    """Slice or Split of channels or samples only (q, k and v from one projection; the two
+    frames of one batch): phi kept."""
     roles, phi = field
     if in_shape is None or len(in_shape) != len(out_shape) or len(roles) != len(out_shape):
         return None
     cut = [r for r, a, b in zip(roles, in_shape, out_shape) if a != b]
-    return (roles, phi) if all(r == "c" for r in cut) else None
+    return (roles, phi) if all(r in ("c", "b") for r in cut) else None
 
 
 def channel_map_roles(ctx, op, field, in_shape, out_shape):

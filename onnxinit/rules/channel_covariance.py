@@ -18,7 +18,10 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
 - 1x1 Conv, one group: ``S_y = W S_x W^T``, ``S_x = diag(nu_x)`` where x has no field;
 - BatchNormalization, and Mul/Add/Sub/Div by a constant: a per-channel affine map
   ``y_c = a_c x_c + b_c``, ``S_y = D S_x D``, ``D = diag(a)`` (``|a_c| = sqrt(nu_y / nu_x)``,
-  batch statistics included; its sign the scale's);
+  batch statistics included; its sign the scale's); InstanceNormalization likewise (each
+  sample's channel divided by its own spread over the positions: the within-position
+  correlation kept, rescaled to y's variances, the per-sample channel means it removes taken
+  as the same for every sample);
 - Add/Sub of two signals: ``S_a + S_b`` (``- S_b`` sign-free: covariances add), the operands
   taken as independent, except a residual sum's skip h and a branch computed from it row by
   row (an MLP or a self-attention, through a LayerNorm or not): ``+ K + K^T``, ``K =
@@ -30,7 +33,9 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
   ``Cov(f(x_i), f(x_j)) = a_1^i a_1^j rho_ij + a_2^i a_2^j rho_ij^2`` with each channel's
   Hermite amplitudes for x taken as Gaussian with its channel mean and within-position
   variance (Gauss-Hermite nodes; Mehler's orders above 2 left out: channels correlate weakly,
-  ``|rho| ~ 1/sqrt(C)``, and a ReLU's third amplitude is 0 at mean 0);
+  ``|rho| ~ 1/sqrt(C)``, and a ReLU's third amplitude is 0 at mean 0); a function that is
+  the identity on a non-negative input (:func:`.support.identity_on_input`: the ReLU of a
+  residual sum of ReLU outputs) keeps the field whole;
 - Mul by a signal broadcast over the positions (a squeeze-excite gate ``[N, C, 1, 1]``, taken
   as independent of x and of the other gates): ``S_y[i, j] = E g_i E g_j S_x[i, j]``, i != j;
 - Pad of the positions: the correlation, rescaled to y's within-position variances;
@@ -84,6 +89,7 @@ from .context import RuleContext, RuleError
 from .elementwise import UNARY, elementwise
 from .fusion import common_ancestor, fused_function
 from .hermite import coefficients
+from .support import identity_on_input
 from .on_demand import OnDemandField
 from . import row_field_maps as row_maps
 from .row_field_maps import MAX_CHANNELS, MAX_WORK
@@ -97,13 +103,14 @@ _LAYOUT = ("Pad", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Drop
            "Gather")
 RECURRENT = ("LSTM", "GRU", "RNN")
 _AFFINE = ("Mul", "Add", "Sub", "Div")
+_PER_CHANNEL = ("BatchNormalization", "InstanceNormalization")  # scale input 1, on axis 1
 
 
 def _function(op_type: str) -> bool:
     """An element-wise function of its one signal (Pow: by a constant exponent)."""
     return op_type in UNARY or op_type == "Pow"
 
-_ONE_INPUT = ("BatchNormalization", "Conv", "Pad", "Transpose", "Reshape", "Squeeze", "Unsqueeze",
+_ONE_INPUT = ("BatchNormalization", "InstanceNormalization", "Conv", "Pad", "Transpose", "Reshape", "Squeeze", "Unsqueeze",
               "Slice", "Dropout", "Gather", "Identity", "LayerNormalization", "MatMul") + RECURRENT
 
 
@@ -250,7 +257,7 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
             return row_maps.head_affine(ctx, node, x, tensor, f_x)
         if f_x.head_axis is not None and node.op_type not in _LAYOUT:
             return None  # per-head blocks: only moved, and read by the logits
-        if node.op_type in ("BatchNormalization",) + _AFFINE:
+        if node.op_type in _PER_CHANNEL + _AFFINE:
             return _affine(ctx, node, x, tensor, f_x)
         if node.op_type in _LAYOUT:
             return moved(graph, known, node, x, tensor, f_x)
@@ -258,6 +265,8 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
             return row_maps.layer_norm(ctx, node, x, tensor, f_x)
         if node.op_type == "MatMul":
             return row_maps.dense(ctx, node, x, tensor, f_x)
+        if identity_on_input(node, graph) and graph.shape(x) == shape:
+            return f_x  # ReLU of a residual sum of ReLU outputs: the tensor itself
         if _function(node.op_type):
             f = elementwise(node, ctx)
             if f is not None:
@@ -370,7 +379,7 @@ def _affine(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
     shape = graph.shape(y)
     if graph.shape(x) != shape:
         return None
-    if node.op_type == "BatchNormalization":
+    if node.op_type in _PER_CHANNEL:
         if axis != 1:
             return None
         const = graph.value(node.input[1]) if len(node.input) > 1 else None
@@ -382,7 +391,7 @@ def _affine(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | None:
     sign = None
     if const is not None:
         const = np.asarray(const, dtype=np.float64)
-        if node.op_type == "BatchNormalization":
+        if node.op_type in _PER_CHANNEL:
             const = const.reshape((-1,) + (1,) * (len(shape) - 2))
         const = const.reshape((1,) * (len(shape) - const.ndim) + const.shape)
         if any(k != 1 for i, k in enumerate(const.shape) if i != axis):

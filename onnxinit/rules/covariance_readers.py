@@ -9,7 +9,7 @@ import numpy as np
 from ..moments import Moments
 from . import covariance_maps as maps
 from .channel_covariance import covariance, pointwise, row_covariance
-from .row_field_maps import MAX_ROW_FEATURES
+from .row_field_maps import MAX_CHANNELS, MAX_ROW_FEATURES
 from .context import RuleContext
 from .mixed_values import output_covariance
 
@@ -219,3 +219,23 @@ def _finite(factor):
     """``factor``, or None where a covariance too large for its float overflowed in it (a
     signal past 1e150: the independent sum is then the prediction)."""
     return factor if factor is None or np.all(np.isfinite(factor)) else None
+
+
+def product_terms(ctx: RuleContext, a: Moments, b: Moments):
+    """For ``A @ B`` of independent activations, summed over the heads: ``(tr(S_a S_b),
+    mu_b^T S_a mu_b, mu_a^T S_b mu_a)``, the three parts of a cell's variance (the second the
+    variation of A's row, the same in every column of the row; the third B's column's), with
+    the operands' fields on the contracted axis (their per-feature variances where they have
+    none) and the per-feature means pooled over the other axes; None where the operands do
+    not fit (:func:`_head_operands`) or have neither a field nor fewer than ``MAX_CHANNELS``
+    features."""
+    shape = ctx.graph.shape(ctx.node.input[0])
+    fieldless = bool(shape) and shape[-1] <= MAX_CHANNELS
+    found = _head_operands(ctx, a, b, seconds=False, fieldless=fieldless)
+    if found is None:
+        return None
+    (sa, sb), (ma, mb), _, _, _ = found
+    trace = float(np.einsum("hij,hji->", sa, sb))
+    row = float(np.einsum("hi,hij,hj->", mb, sa, mb))
+    column = float(np.einsum("hi,hij,hj->", ma, sb, ma))
+    return trace, row, column

@@ -50,7 +50,8 @@ def onto_map(ctx: RuleContext, out: Moments) -> Moments:
     if placed is None:
         return out
     roles, phi = placed
-    if roles[:2] != ("b", "c") or not all(r in ("p", "1") for r in roles[2:]):
+    if (roles[0] != "b" or roles[1] not in ("c", "1")
+            or not all(r in ("p", "1") for r in roles[2:])):
         return out
     k = int(np.prod(shape[2:]))
     if k <= 1:
