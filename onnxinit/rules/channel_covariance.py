@@ -110,8 +110,9 @@ def _function(op_type: str) -> bool:
     """An element-wise function of its one signal (Pow: by a constant exponent)."""
     return op_type in UNARY or op_type == "Pow"
 
-_ONE_INPUT = ("BatchNormalization", "InstanceNormalization", "Conv", "Pad", "Transpose", "Reshape", "Squeeze", "Unsqueeze",
-              "Slice", "Dropout", "Gather", "Identity", "LayerNormalization", "MatMul") + RECURRENT
+_ONE_INPUT = ("BatchNormalization", "InstanceNormalization", "Conv", "Pad", "Transpose", "Reshape",
+              "Squeeze", "Unsqueeze", "Slice", "Dropout", "Gather", "Identity",
+              "LayerNormalization", "MatMul") + RECURRENT
 
 
 def pointwise(ctx: RuleContext, node) -> bool:
