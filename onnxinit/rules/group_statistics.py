@@ -41,6 +41,7 @@ from ..strict import fall_back
 from .context import RuleContext, RuleError
 from .correlated_means import coefficients, covariance_sum
 from .map_means import DEPTH, conv_field
+from .normalised_maps import sample_indices
 from .pool_windows import cell_arrays
 from .reduce_axes import reduced_axes
 
@@ -98,10 +99,6 @@ def _statistic(ctx: RuleContext, axes: tuple[int, ...]) -> tuple[str, str | None
     return x, m
 
 
-def _one_sample(shape) -> tuple[int, ...]:
-    return (1,) + tuple(int(s) for s in shape[1:])
-
-
 def group_cells(ctx: RuleContext, z: str, nodes: list, axes: tuple[int, ...]):
     """(cells ``[kept cells]`` of group ids, groups ``[[channels]]``, kept shape): the group of
     channels each reduced value of the last node's output reads, one sample's; None where a
@@ -110,19 +107,10 @@ def group_cells(ctx: RuleContext, z: str, nodes: list, axes: tuple[int, ...]):
     shape_z = ctx.graph.shape(z)
     if not shape_z or len(shape_z) < 3 or int(np.prod(shape_z[1:])) > MAX_INDICES:
         return None
-    c, p = int(shape_z[1]), int(np.prod(shape_z[2:]))
-    idx = np.arange(c * p).reshape(_one_sample(shape_z))
-    for node in nodes:
-        out = ctx.graph.shape(node.output[0])
-        if not out or out[0] != shape_z[0]:
-            return None
-        if node.op_type == "Transpose":
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"),
-                        list(range(idx.ndim))[::-1])
-            if perm[0] != 0:
-                return None
-            idx = np.transpose(idx, perm)
-        idx = idx.reshape(_one_sample(out))
+    p = int(np.prod(shape_z[2:]))
+    idx = sample_indices(ctx.graph, z, nodes)
+    if idx is None:
+        return None
     rank = idx.ndim
     if 0 in axes:
         return None

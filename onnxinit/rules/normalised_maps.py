@@ -137,7 +137,7 @@ def _walk(ctx: RuleContext, t: str, channels: int):
     return None
 
 
-def _indices(graph, z: str, nodes) -> np.ndarray | None:
+def sample_indices(graph, z: str, nodes) -> np.ndarray | None:
     """z's flat index (one sample) carried through the layout nodes; None where a node moves
     the batch axis."""
     shape = graph.shape(z)
@@ -179,10 +179,10 @@ def normalised_conv(ctx: RuleContext, t: str, max_size: int = 4_000_000):
     z, nodes, fns, normalised, to_norm = found
     if tuple(ctx.graph.shape(z) or ()) != tuple(shape) or normalised not in ctx.known:
         return None
-    idx = _indices(ctx.graph, z, nodes)
+    idx = sample_indices(ctx.graph, z, nodes)
     if idx is None or not np.array_equal(idx.reshape(-1), np.arange(idx.size)):
         return None
-    at = _indices(ctx.graph, z, to_norm)
+    at = sample_indices(ctx.graph, z, to_norm)
     norm_shape = ctx.graph.shape(normalised)
     if at is None or tuple(at.shape[1:]) != tuple(norm_shape[1:]):
         return None
@@ -199,4 +199,4 @@ def normalised_conv(ctx: RuleContext, t: str, max_size: int = 4_000_000):
     return z, fns, mu, nu
 
 
-__all__ = ["MAX_NODES", "normalised_conv"]
+__all__ = ["MAX_NODES", "normalised_conv", "sample_indices"]
