@@ -30,7 +30,7 @@ import numpy as np
 
 from .context import RuleContext
 from .head_projections import head_blocks, keys_first, projection
-from .logit_path import qk_matmul
+from .logit_path import qk_matmul, softmax_behind
 from .merged_heads import merged_heads
 
 
@@ -38,22 +38,6 @@ _ROWS = 16  # softmax rows sampled
 MASK_GAP = 1000.0  # softmax_rows.MASK_GAP (not imported: it reads the fields this feeds)
 _DRAWS = 512  # draws per row
 _PASS = ("Add", "Sub", "Where", "Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
-_PROBABILITIES = ("Dropout", "Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Transpose")
-
-
-def _softmax(graph, name: str):
-    """The Softmax node that P V's probabilities ``name`` come from through layout ops."""
-    for _ in range(6):
-        node_id = graph.producer.get(name)
-        if node_id is None:
-            return None
-        node = graph.node(node_id)
-        if node.op_type == "Softmax":
-            return node
-        if node.op_type not in _PROBABILITIES:
-            return None
-        name = node.input[0]
-    return None
 
 
 def _path_scale(graph, logits: str, qk_out: str) -> float | None:
@@ -127,7 +111,7 @@ def response(ctx: RuleContext, name: str, cov_of) -> tuple[str, np.ndarray] | No
     if found is None:
         return None
     pv, x, wv, columns, _ = found
-    softmax = _softmax(graph, pv.input[0])
+    softmax = softmax_behind(graph, pv.input[0])
     qk = qk_matmul(graph, softmax.input[0]) if softmax is not None else None
     if qk is None or softmax.input[0] not in known or qk.output[0] not in known:
         return None

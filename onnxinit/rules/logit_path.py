@@ -7,6 +7,24 @@ from __future__ import annotations
 _LOGIT_PATH = ("Cast", "Identity", "Mul", "Div", "Add", "Sub", "Where")
 WINDOWED = _LOGIT_PATH + ("Reshape",)
 _REGROUPING = ("Reshape", "Squeeze", "Unsqueeze")
+# between a Softmax and the probabilities a MatMul reads (attention dropout, head layouts)
+_TO_PROBABILITIES = ("Identity", "Dropout", "Cast", "Reshape", "Transpose", "Squeeze",
+                     "Unsqueeze")
+
+
+def softmax_behind(graph, name: str):
+    """The Softmax node whose output ``name`` is, through layout ops and Dropout; else None."""
+    for _ in range(8):
+        node_id = graph.producer.get(name)
+        if node_id is None:
+            return None
+        node = graph.node(node_id)
+        if node.op_type == "Softmax":
+            return node
+        if node.op_type not in _TO_PROBABILITIES:
+            return None
+        name = node.input[0]
+    return None
 
 
 def keeps_token_axes(graph, node) -> bool:
@@ -44,4 +62,4 @@ def qk_matmul(graph, name: str, depth: int = 0, passing=_LOGIT_PATH, regroup: bo
     return None
 
 
-__all__ = ["WINDOWED", "keeps_token_axes", "qk_matmul"]
+__all__ = ["WINDOWED", "keeps_token_axes", "qk_matmul", "softmax_behind"]

@@ -64,6 +64,7 @@ from .correlations import chain_amplitudes
 from .covariance_readers import product_terms
 from .gram import gram_node
 from .kurtosis import chain_start
+from .logit_path import softmax_behind
 from .on_demand import OnDemandField
 
 _FIELD = OnDemandField()
@@ -71,7 +72,6 @@ LAYOUT_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identi
            "Cast"}
 _HANDLED = LAYOUT_OPS | CONST_MAPS | {"Slice", "Split", "BatchNormalization", "LayerNormalization",
                                     "MatMul", "Gemm", "Einsum"}
-_TO_SOFTMAX = {"Identity", "Dropout", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze"}
 
 
 def _einsum_terms(ctx: RuleContext):
@@ -90,17 +90,7 @@ def _einsum_terms(ctx: RuleContext):
 
 def _from_softmax(graph, name: str) -> bool:
     """``name`` is a Softmax output, possibly through layout ops and Dropout."""
-    for _ in range(8):
-        node_id = graph.producer.get(name)
-        if node_id is None:
-            return False
-        node = graph.node(node_id)
-        if node.op_type == "Softmax":
-            return True
-        if node.op_type not in _TO_SOFTMAX:
-            return False
-        name = node.input[0]
-    return False
+    return softmax_behind(graph, name) is not None
 
 
 # ---------------------------------------------------------------------------------------------
