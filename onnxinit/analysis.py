@@ -255,16 +255,17 @@ def analyze(
                  len(measured), time.perf_counter() - start)
     input_var = result.input_var
     tensors = []
+    user = graph.user_tensors()  # a pass's own tensors are not the user's: left out
     for name in graph.float_activations():
-        if name not in result.moments:
+        if name not in result.moments or name not in user:
             continue
         mean, var = result.moments[name].total()
-        node_id = result.producers.get(name, "")
+        node_id, op = user[name]
         shape = graph.shape(name)
         report = TensorReport(
             name=name,
             node=node_id,
-            op=graph.node(node_id).op_type if node_id else "input",
+            op=op,
             shape=list(shape) if shape is not None else None,
             mean=mean,
             var=var,

@@ -42,6 +42,19 @@ def _has_subgraphs(node: onnx.NodeProto) -> bool:
                for a in node.attribute)
 
 
+def node_ids(nodes) -> list[str]:
+    """Each node's id: its name, or ``OpType_i`` by its position; a repeated one gets ``__k``."""
+    ids, seen = [], set()
+    for i, node in enumerate(nodes):
+        base = node.name or f"{node.op_type}_{i}"
+        node_id, k = base, 1
+        while node_id in seen:
+            node_id, k = f"{base}__{k}", k + 1
+        seen.add(node_id)
+        ids.append(node_id)
+    return ids
+
+
 class GraphStructure:
     """Indexes of ``self.model`` (set by the subclass before :meth:`_index`): ``node_by_id``,
     ``producer``, ``consumers``, ``order``, ``dtypes``, ``shapes``, ``constants``."""
@@ -80,14 +93,7 @@ class GraphStructure:
 
     def _index_nodes(self) -> None:
         nodes = list(self.model.graph.node)
-        ids, seen = [], set()
-        for i, node in enumerate(nodes):
-            base = node.name or f"{node.op_type}_{i}"
-            node_id, k = base, 1
-            while node_id in seen:
-                node_id, k = f"{base}__{k}", k + 1
-            seen.add(node_id)
-            ids.append(node_id)
+        ids = node_ids(nodes)
         self.producer: dict[str, str] = {}
         self.consumers: dict[str, list[tuple[str, int]]] = {}
         self.node_by_id: dict[str, onnx.NodeProto] = {}
@@ -241,6 +247,31 @@ class GraphStructure:
 
     def model_inputs(self) -> list[onnx.ValueInfoProto]:
         return [i for i in self.source.graph.input if i.name not in self.initializers]
+
+    def user_tensors(self) -> dict[str, tuple[str, str]]:
+        """The tensors of the model as given (``source``: its graph's inputs and the outputs of
+        its top-level nodes), each with the id and op type of the node that writes it there
+        (``""``, ``"input"`` for an input; ids as in the analysed graph: the node's name, or
+        ``OpType_i`` by its position). The passes that prepare a graph for analysis add tensors
+        of their own (``prepared/...``) and may write a user's tensor with another op (a
+        channels-last Reshape as a Transpose, a Tile as a Resize); a report names what the
+        user's file has."""
+        if "_user_tensors" not in self.__dict__:
+            out = {i.name: ("", "input") for i in self.source.graph.input}
+            nodes = self.source.graph.node
+            for node_id, node in zip(node_ids(nodes), nodes):
+                out.update((o, (node_id, node.op_type)) for o in node.output if o)
+            self.__dict__["_user_tensors"] = out
+        return self.__dict__["_user_tensors"]
+
+    def writer(self, tensor: str) -> tuple[str, str]:
+        """The id and op type of the node that writes ``tensor`` in the user's file
+        (:meth:`user_tensors`); for a tensor a pass added, its node in the analysed graph."""
+        user = self.user_tensors().get(tensor)
+        if user is not None:
+            return user
+        node = self.producer.get(tensor, "")
+        return node, (self.node_by_id[node].op_type if node else "input")
 
     def float_activations(self) -> list[str]:
         """Signal tensors in topological order (graph inputs first), less those of no elements

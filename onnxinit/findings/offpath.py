@@ -52,9 +52,7 @@ def _side_note(kind: str, direction: str, tensors: list[str], analysis: Analysis
     if kind == BRANCH:
         message += _branch_ratio(side, scale)
     message += f": {_BY_DESIGN[kind]}"
-    node = graph.producer.get(first, "")
-    return Finding(OFF_PATH, "note", message, first, node,
-                   graph.node(node).op_type if node else "input", float(value))
+    return Finding(OFF_PATH, "note", message, first, *graph.writer(first), float(value))
 
 
 def _count(n: int, noun: str) -> str:
@@ -88,7 +86,6 @@ def _head_note(chain: list[str], analysis: Analysis, paths: SignalPaths,
     graph = analysis.graph
     first = chain[0]
     head_input = head_input_of(first, analysis, paths)
-    node = graph.producer.get(first, "")
     value = scale[first].signal
     gain = value / scale[head_input].signal if scale[head_input].signal > 0 else math.inf
     message = (f"the output head makes the signal small: {first!r} {paths.describe(first)} is at "
@@ -97,8 +94,7 @@ def _head_note(chain: list[str], analysis: Analysis, paths: SignalPaths,
                f"multiplies the signal variance by {fmt(gain)}): small logits at initialization "
                "(a classifier initialised with a small std, or zero) do not stop training; by "
                "design?")
-    return Finding(OFF_PATH, "note", message, first, node,
-                   graph.node(node).op_type if node else "input", float(value))
+    return Finding(OFF_PATH, "note", message, first, *graph.writer(first), float(value))
 
 
 def _recurrent_note(chain: list[str], analysis: Analysis, paths: SignalPaths,
@@ -107,7 +103,6 @@ def _recurrent_note(chain: list[str], analysis: Analysis, paths: SignalPaths,
     first = chain[0]
     worst = min(chain, key=lambda t: scale[t].signal)
     entry, layers = recurrent_stack(first, analysis, paths)
-    node = graph.producer.get(first, "")
     value = scale[worst].signal
     message = (f"a stack of recurrent layers makes the signal small: {first!r} "
                f"{paths.describe(first)} is at {fmt(scale[first].signal)}x the input variance, "
@@ -116,8 +111,7 @@ def _recurrent_note(chain: list[str], analysis: Analysis, paths: SignalPaths,
                "layers up to here): PyTorch's default LSTM/GRU init shrinks the signal about 20x "
                "per layer, and such stacks train with an adaptive optimizer (Adam); with SGD, "
                "onnxinit rescale MODEL --method autoinit")
-    return Finding(OFF_PATH, "note", message, first, node,
-                   graph.node(node).op_type if node else "input", float(value))
+    return Finding(OFF_PATH, "note", message, first, *graph.writer(first), float(value))
 
 
 def find(analysis: Analysis, paths: SignalPaths, scale: dict[str, Scale],

@@ -108,8 +108,7 @@ def _chain_finding(chain: list[str], kind: str, analysis: Analysis, paths: Signa
     first = chain[0]
     worst = max(chain, key=lambda t: severity(scale[t], kind))
     value = judged(scale[first], kind)
-    node = graph.producer.get(first, "")
-    op = graph.node(node).op_type if node else "input"
+    node, op = graph.writer(first)
     where = f"tensor {first!r} ({op} node {node!r}), {paths.describe(first)}"
     if not math.isfinite(value):
         rule = EXPLODING
@@ -225,13 +224,12 @@ def trend_finding(analysis: Analysis, paths: SignalPaths,
         return None
     factor = math.exp(slope)
     last = points[-1][2]
-    node = analysis.graph.producer.get(last, "")
+    node, op = analysis.graph.writer(last)
     message = (f"signal variance changes by a factor {factor:.3g} per layer along the main path "
                f"(log-linear fit over {len(points)} layers and residual blocks, R²={r2:.3f}): "
                f"{fmt(math.exp(log_change))}x over its depth, {bound}, ending at {last!r} "
                f"{paths.describe(last)}. What to do: {RESCALE} (every layer's gain becomes 1), "
                "or normalization")
-    op = analysis.graph.node(node).op_type if node else "input"
     return Finding(TREND, "warning", message, last, node, op, factor)
 
 

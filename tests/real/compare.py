@@ -179,9 +179,10 @@ def compare(path: str | Path, batch_size: int = 8, runs: int = 1,
         predicted = {t.name: t.var for t in onnxinit.analyze(graph).tensors}
         analyze_s = time.perf_counter() - start
     excluded = random_only(graph) | auxiliary(graph)
+    user = graph.user_tensors()  # the file's own tensors, not those the passes add
     tensors = [t for t in graph.float_activations()
-               if t not in excluded and t not in graph.input_names]
+               if t not in excluded and t not in graph.input_names and t in user]
     measured = measured_moments(graph, tensors, batch_size, runs, first=first)
-    rows = [Row(t, graph.node(graph.producer[t]).op_type, predicted.get(t), measured[t][1])
+    rows = [Row(t, user[t][1], predicted.get(t), measured[t][1])
             for t in tensors if t in measured]
     return Comparison(rows, analyze_s, sorted(excluded & set(graph.float_activations())))

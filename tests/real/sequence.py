@@ -370,7 +370,8 @@ def compare(path: str | Path, batch_size: int = 8, runs: int = 1) -> Comparison:
     graph = analysis.graph
     predicted = {t.name: t.var for t in analysis.tensors}
     excluded = random_only(graph) | auxiliary(graph) | set(graph.input_names)
-    tensors = [t for t in graph.float_activations() if t not in excluded]
+    user = graph.user_tensors()  # the file's own tensors, not those the passes add
+    tensors = [t for t in graph.float_activations() if t not in excluded and t in user]
     measured = measured_variances(graph, tensors, batch_size, runs)
     tensors = [t for t in tensors if t in measured]
     return Comparison(
@@ -378,6 +379,6 @@ def compare(path: str | Path, batch_size: int = 8, runs: int = 1) -> Comparison:
         measured=np.array([measured[t] for t in tensors]),
         missing=np.array([t not in predicted for t in tensors], dtype=bool),
         tensors=tensors,
-        ops=[graph.node(graph.producer[t]).op_type for t in tensors],
+        ops=[user[t][1] for t in tensors],
         analyze_s=analyze_s,
     )
