@@ -6,6 +6,8 @@ diagonal the result is given: the moments rules' own, which count what these map
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -24,11 +26,19 @@ def rescaled(s: np.ndarray, nu: np.ndarray, sign: np.ndarray | None = None) -> n
 
 def tap_fractions(in_sizes, out_sizes, kernel, strides, dilations, begins) -> np.ndarray:
     """Per tap of a Conv's kernel (C order), the share of output positions where it reads
-    inside the input (not the zero padding)."""
+    inside the input (not the zero padding). The geometry alone: kept per geometry (a deep
+    stack's blocks share a few), read-only."""
+    return _tap_fractions(*(tuple(int(v) for v in a) for a in (
+        in_sizes, out_sizes, kernel, strides, dilations, begins)))
+
+
+@functools.lru_cache(maxsize=64)
+def _tap_fractions(in_sizes, out_sizes, kernel, strides, dilations, begins) -> np.ndarray:
     share = np.ones(1)
     for n_in, n_out, k, s, d, b in zip(in_sizes, out_sizes, kernel, strides, dilations, begins):
         index = np.arange(n_out)[None, :] * s - b + np.arange(k)[:, None] * d
         share = np.outer(share, ((index >= 0) & (index < n_in)).mean(axis=1)).reshape(-1)
+    share.flags.writeable = False
     return share
 
 

@@ -65,12 +65,12 @@ def trimmed_kernel(w: np.ndarray, kernel, begins, dilations):
     kernel."""
     if all(k == 1 for k in w.shape[2:]):  # one tap: nothing to cut
         return w, list(kernel), list(begins)
-    nonzero = np.abs(w) > 0
+    nonzero = (np.abs(w) > 0).any(axis=(0, 1))  # per tap: read by some channel pair
     if not nonzero.any():
         return w, list(kernel), list(begins)
     index, kernel, begins = [slice(None), slice(None)], list(kernel), list(begins)
     for d in range(w.ndim - 2):
-        used = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(w.ndim) if a != d + 2)))
+        used = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(w.ndim - 2) if a != d)))
         lo, hi = int(used[0]), int(used[-1])
         index.append(slice(lo, hi + 1))
         kernel[d] = hi - lo + 1

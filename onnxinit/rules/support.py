@@ -20,6 +20,8 @@ is not known to be, within ``MAX_DEPTH`` producers.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 IDENTITY_ON_NONNEGATIVE = frozenset({"Relu", "LeakyRelu", "PRelu", "Abs", "Elu", "Celu"})
@@ -64,9 +66,33 @@ def _operands(node) -> list[str] | None:
     return None
 
 
+# graph -> {tensor: (graph.generation, answer)}: the answers of whole walks (MAX_DEPTH)
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def nonnegative(graph, tensor: str, depth: int = MAX_DEPTH, seen: dict | None = None) -> bool:
-    """Whether every element of ``tensor`` is >= 0 in every sample (see the module)."""
-    seen = {} if seen is None else seen
+    """Whether every element of ``tensor`` is >= 0 in every sample (see the module). A whole
+    walk reads the graph alone (its structure and constants), so its answer is memoised per
+    graph object and tensor while the graph's values are unchanged (``generation``): the
+    element-wise rule and the channel covariance of each ReLU ask the same, and each walks
+    back through the residual sums before it."""
+    if seen is None and depth == MAX_DEPTH:
+        generation = getattr(graph, "generation", None)
+        try:
+            memo = _MEMO.setdefault(graph, {}) if generation is not None else None
+        except TypeError:  # not weakly referable: no memo
+            memo = None
+        if memo is not None:
+            hit = memo.get(tensor)
+            if hit is not None and hit[0] == generation:
+                return hit[1]
+            found = _walk(graph, tensor, depth, {})
+            memo[tensor] = (generation, found)
+            return found
+    return _walk(graph, tensor, depth, {} if seen is None else seen)
+
+
+def _walk(graph, tensor: str, depth: int, seen: dict) -> bool:
     if tensor not in seen:
         seen[tensor] = _nonnegative(graph, tensor, depth, seen)
     return seen[tensor]
@@ -98,7 +124,7 @@ def _nonnegative(graph, tensor: str, depth: int, seen: dict) -> bool:
     operands = _operands(node)
     if operands is None:
         return False
-    return all(nonnegative(graph, name, depth - 1, seen) for name in operands)
+    return all(_walk(graph, name, depth - 1, seen) for name in operands)
 
 
 def _squares(graph, node) -> bool:

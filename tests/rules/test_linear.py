@@ -515,3 +515,28 @@ def test_weighted_sums_of_repeated_and_stacked_rows():
             np.testing.assert_allclose(mean.reshape(-1, 5), want_mean, rtol=1e-12, atol=1e-12)
             np.testing.assert_allclose(var.reshape(-1, 5), want_var, rtol=1e-12, atol=1e-12)
             mean[...] = 0.0  # a writable array of its own, not a view of another
+
+
+def test_trimmed_kernel_bounding_box_in_one_and_three_dimensions():
+    """rules.linear.trimmed_kernel on 1-D and 3-D kernels: the kernel cut to the bounding box
+    of the taps some channel pair reads (found here tap by tap), the begin pads moved by ``lo
+    dil``; a NaN tap counts as not read, as ``abs(w) > 0`` says."""
+    from onnxinit.rules.linear import trimmed_kernel
+
+    rng = np.random.default_rng(5)
+    for shape, dil in (((2, 3, 7), [2]), ((2, 1, 4, 5, 6), [1, 3, 2])):
+        for _ in range(20):
+            w = rng.standard_normal(shape) * (rng.random(shape) < 0.1)
+            if rng.random() < 0.3:
+                w[(0, 0) + tuple(rng.integers(0, k) for k in shape[2:])] = np.nan
+            read = np.array([bool((np.abs(w[(slice(None), slice(None)) + t]) > 0).any())
+                             for t in np.ndindex(*shape[2:])]).reshape(shape[2:])
+            begins = list(rng.integers(0, 4, len(shape) - 2))
+            t, kernel, new_begins = trimmed_kernel(w, list(shape[2:]), begins, dil)
+            if not read.any():
+                assert t is w and kernel == list(shape[2:]) and new_begins == begins
+                continue
+            box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(read))
+            np.testing.assert_array_equal(t, w[(slice(None), slice(None)) + box])
+            assert kernel == [s.stop - s.start for s in box]
+            assert new_begins == [b - s.start * d for b, s, d in zip(begins, box, dil)]
