@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import special
-from .kept_cdf import ndtr_kept
+from .kept_cdf import kept_density, ndtr_kept
 
 _HERMITE = 8  # terms of Mehler's expansion
 _NODE_BLOCK = 1 << 21  # function values per matrix product of hermite_amplitudes
@@ -64,7 +64,9 @@ def _kink(mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
         if np.isfinite(ratio).all():
             cdf = ndtr_kept(ratio)  # the ReLU's moments asked for it (relu_parts)
             alpha = a0 = np.negative(ratio)
-            phi = np.exp(-0.5 * a0**2) / np.sqrt(2 * np.pi)
+            phi = kept_density(cdf)  # and computed phi(ratio), the same bits as below
+            if phi is None:
+                phi = np.exp(-0.5 * a0**2) / np.sqrt(2 * np.pi)
     if alpha is None:
         with np.errstate(divide="ignore", invalid="ignore"):
             # a constant (std 0) has every amplitude 0; its kink sits at +-inf, never at 0 * inf

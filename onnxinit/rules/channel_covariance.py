@@ -408,5 +408,5 @@ def _through(ctx: RuleContext, fn, x: str, y: str, f_x: Field) -> Field | None:
         return None
     axis = f_x.axis
     mean = ctx.known[x].values_along(axis, shape[axis])[0]
-    a, _ = coefficients(fn, mean, np.diag(f_x.cov))  # [ORDER + 1, n]
+    a, _ = coefficients(fn, mean, np.diag(f_x.cov), remainder=False)  # [ORDER + 1, n]
     return Field(axis, maps.mehler(f_x.cov, a, variances(ctx.known[y], shape, axis)))

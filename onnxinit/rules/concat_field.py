@@ -243,7 +243,7 @@ def _orders(ctx: RuleContext, step: Step | None, channels: int):
     f = elementwise(graph.node(step.node_id), ctx)
     mean = known[step.x].values_along(1, shape[1])[0]
     var = within(known[step.x], shape)
-    a, _ = coefficients(f.fn, mean, var)
+    a, _ = coefficients(f.fn, mean, var, remainder=False)
     inv = _inverse_sd(var)
     return a[1] * inv, a[2] * inv * inv
 

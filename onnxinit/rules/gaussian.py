@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .. import special
-from ..kept_cdf import ndtr_kept
+from ..kept_cdf import keep_density, ndtr_kept
 from ..mehler import bound_key
 from ..moments import Elementwise
 from ..views import broadcast_to
@@ -230,7 +230,9 @@ def relu_parts(mu, s):
     np.copyto(a, np.inf, where=np.isnan(a))
     cdf = ndtr_kept(a)  # the amplitudes of the same cells ask for it next
     if a.size <= _PARTS_WHOLE:
-        return _relu_parts_at(mu, s, a, cdf)
+        m1, m2 = _relu_parts_at(mu, s, a, cdf)
+        keep_density(cdf, a)  # a holds phi(mu / s) now: the amplitudes read it too
+        return m1, m2
     flat = [np.ascontiguousarray(np.broadcast_to(x, a.shape)).reshape(-1) for x in (mu, s)]
     flat += [a.reshape(-1), np.ascontiguousarray(cdf).reshape(-1)]  # a: written
     m1, m2 = np.empty(a.size), np.empty(a.size)

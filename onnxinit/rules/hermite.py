@@ -40,11 +40,12 @@ _HB = _basis(_HZ)  # [ORDER + 1, nodes]
 _CB = _basis(_CZ)
 
 
-def coefficients(fn: Callable[[np.ndarray], np.ndarray], mean, var, *, smooth: bool = True
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def coefficients(fn: Callable[[np.ndarray], np.ndarray], mean, var, *, smooth: bool = True,
+                 remainder: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """(``c`` of shape ``[ORDER + 1, *shape]``, remainder ``Var f - sum_{n=1..N} c_n^2``) for
     ``z ~ N(mean, var)`` element-wise; ``smooth=False`` integrates with the composite rule
-    (ReLU, clipping)."""
+    (ReLU, clipping). ``remainder=False``: None in its place, not computed (a caller that
+    reads the coefficients alone: the channel covariance's Mehler terms)."""
     mean, var = np.broadcast_arrays(np.asarray(mean, np.float64), np.asarray(var, np.float64))
     z, w, basis = (_HZ, _HW, _HB) if smooth else (_CZ, _CW, _CB)
     with np.errstate(all="ignore"):
@@ -52,9 +53,10 @@ def coefficients(fn: Callable[[np.ndarray], np.ndarray], mean, var, *, smooth: b
                        dtype=np.float64)
     y = np.where(np.isfinite(y), y, 0.0)
     c = np.moveaxis((y * w) @ basis.T, -1, 0)  # [ORDER + 1, *shape]
+    if not remainder:
+        return c, None
     second = (y * y) @ w
-    remainder = np.maximum(second - (c**2).sum(axis=0), 0.0)
-    return c, remainder
+    return c, np.maximum(second - (c**2).sum(axis=0), 0.0)
 
 
 def cross_moment(c_a, c_b, rho, rem_a=None, rem_b=None) -> np.ndarray:
