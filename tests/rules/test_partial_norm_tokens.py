@@ -1,15 +1,14 @@
-"""An RMSNorm that normalises some tokens and only scales others (``rules/token_excess.py``,
-``rules/row_norm.normalisation_degree``):
+"""An RMSNorm that normalises some tokens and only scales others (``rules/token_excess.py``):
 OLMo-2's and EXAONE 4's sublayer-output norms at init, where the first tokens' attention output
 has a mean square above eps (1.7x eps for OLMo-2's layer-1 token 0) and the later tokens' far
-below it. How much of the row's energy fluctuation the norm keeps, per token, is ``rho_t = eps /
-(s_t + eps)``; pooled over tokens, a relative variance of the output's energy weights each token
-by the square of its output energy ``(s_t g(s_t)^2)^2`` (``s_t / (s_t + eps)`` for RMSNorm), not
-by ``s_t^2``, the input's (which over-weights the normalised tokens: the kept share came out too
-small, the output row's energy excess too negative). A gated MLP on the normalised row reads that
-excess (its energy moves with ``Q^2``), and so does the mean square of its down projection, the
-next norm's statistic: against onnxruntime on Gaussian rows, each token scaled by its own
-constant (spanning 0.03-3x eps in mean square)."""
+below it. The norm keeps the share ``rho_t^2`` of a token's energy fluctuation, ``rho_t = eps /
+(s_t + eps)``, so the output row's energy excess goes from ``-2q`` at the first token to the
+input's at the last. A gated MLP on the normalised row reads it per token (its second moment
+``r_t^2 (1 + a b e_t / (1 + 2q))``, its energy law ``Q^2`` at ``2q + e_t``), and so does the
+mean square of its down projection, the next norm's statistic. Against onnxruntime on Gaussian
+rows, each token scaled by its own constant (0.03-3x eps in mean square): that scale is spelled
+out per token in the mean square's moments, whose relative variance for the norm's Jensen term
+is then each token's own (``rules/row_norm._relative_variance``)."""
 
 from __future__ import annotations
 
