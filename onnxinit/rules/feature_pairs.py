@@ -84,8 +84,9 @@ from .pair_algebra import (NONE, Pairs, concentration, dense, independent_sum, m
 from .marginal_shape import shaped_square, table_pairs
 from .normalised_square_sum import normalised_square_sum
 from .reduce import row_energy
+from .token_excess import token_sum
 from .row_mean_field import field_row_mean
-from .row_norm import normalisation_degree, without_casts
+from .row_norm import normalisation_degree, normalisation_tokens, without_casts
 from .repeated_heads import copies, with_copies
 from .square_sum_field import feature_covariance
 from .shared_row_pairs import mean_square_aligned, mean_square_diagonal, shared_row_product
@@ -226,7 +227,7 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
         if len(signals) == 2:  # P V: the rows are the right operand's, averaged over tokens
             excess = mixed_excess(inputs[0], inputs[1], pairs[1].excess)
             q = concentration(pairs[1].squared, _last_dim(ctx, 0, out=True) or 0)
-            found = replace(pairs[1], excess=excess, skew=0.0,
+            found = replace(pairs[1], excess=excess, skew=0.0, token_excess=(),
                             kurtosis=scale_kurtosis(excess, q))
             return outputs, [found if found != NONE else None] + none[1:]
         w = _weight(ctx, inputs)
@@ -236,7 +237,9 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
     if op in ("Mul", "Div") and len(signals) == 2 and _normalises(ctx):
         x = pairs[0] if _last_dim(ctx, 0) != 1 else pairs[1]
         kept = normalisation_degree(ctx) or 0.0
-        return outputs, [normalised(x, outputs[0], _last_dim(ctx, 0, out=True), kept)]
+        tokens = normalisation_tokens(ctx)
+        return outputs, [normalised(x, outputs[0], _last_dim(ctx, 0, out=True), kept,
+                                    tokens[1:] if tokens else None)]
     if op in _NORMS:
         p_in = _from_field(ctx, p0)
         return outputs, [normalised(p_in, outputs[0], _last_dim(ctx, 0, out=True))] + none[1:]
@@ -278,7 +281,8 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
             return outputs, [found if found is not None else square(p0, m0)]
         if op in ("Add", "Sub"):
             one = aligned(ctx.graph, node.input[0], node.input[1])  # V + P V: one pattern
-            return outputs, [independent_sum(pairs[0], a, pairs[1], b, one)]
+            return outputs, [token_sum(independent_sum(pairs[0], a, pairs[1], b, one),
+                                       pairs[0], a, pairs[1], b)]
         if db == 1 and (da or 0) > 1:  # times / by a per-row scalar: correlations kept
             return outputs, [pairs[0]]
         if da == 1 and (db or 0) > 1 and op == "Mul":

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..moments import Moments
 from ..strict import fall_back
+from . import token_excess
 from .context import RuleContext, RuleError
 from .elementwise import elementwise
 from .hermite import coefficients
@@ -43,6 +44,9 @@ class Pairs:
     # ``sum mu_d^2 nu_d``: a dense layer's mean ``W^T mu_x`` lies along its own covariance
     # ``W^T C_x W`` (:func:`mean_alignment`); a mean of squares reads it
     mean_cross: float = 0.0
+    # the excess token by token where a norm normalises some tokens and scales others:
+    # ((relative variance r_t, excess e_t), ...), ``excess`` their pooled value (token_excess.py)
+    token_excess: tuple = ()
 
 
 NONE = Pairs(0.0, 0.0)
@@ -119,7 +123,8 @@ def dense(x: Pairs, xm: Moments, w: np.ndarray, ym: Moments) -> Pairs:
     return Pairs(float(np.clip(off / (pairs * v), -1, 1)),
                  float(np.clip(off2 / (pairs * v * v), 0, 1)), float(excess),
                  kurtosis=scale_kurtosis(excess, tr2 / (n * v) ** 2),
-                 mean_cross=mean_alignment(xm, w, nu_x, ym, off))
+                 mean_cross=mean_alignment(xm, w, nu_x, ym, off),
+                 token_excess=token_excess.shifted(x.token_excess, excess - x.excess))
 
 
 def mean_energy(m: Moments | None) -> float:
@@ -351,14 +356,17 @@ def mixed_excess(pm: Moments, vm: Moments, excess: float) -> float:
     return float(excess * (per_row * weight).sum() / max(float(weight.sum()), 1e-300))
 
 
-def normalised(x: Pairs, ym: Moments, d: int | None, kept: float = 0.0) -> Pairs:
+def normalised(x: Pairs, ym: Moments, d: int | None, kept: float = 0.0,
+               tokens: tuple | None = None) -> Pairs:
     """A row divided by its own root mean square: ``sum_d y_d^2`` is constant, so ``2 tr C^2 +
     excess (tr C)^2 = 0``: ``excess = -2 q``, ``q = mean(nu^2) / (D mean(nu)^2) + squared (D-1)
     / D``. ``kept`` (``E[rho^2]``, :func:`.row_norm.normalisation_degree`): the share of the
     row's relative energy variance ``2 q + excess_x`` the norm keeps (eps dominating a small
     row), ``excess = kept (2 q + excess_x) - 2 q``. The energy's part along the mean, ``4 (mu^T
     C mu - sum mu_d^2 nu_d)``, is fixed with the rest: ``mean_cross`` keeps the share ``kept``
-    (a whole normalised row has ``Var sum y^2 = 0`` whatever its mean)."""
+    (a whole normalised row has ``Var sum y^2 = 0`` whatever its mean). ``tokens``: (the
+    output's per-token variances, each token's ``kept``) where the norm's mean square is
+    spelled out per token: the excess token by token, pooled (:mod:`.token_excess`)."""
     if not d or d < 2:
         return x
     nu = row_vars(ym, d)
@@ -367,9 +375,11 @@ def normalised(x: Pairs, ym: Moments, d: int | None, kept: float = 0.0) -> Pairs
         return x
     q = float(np.mean(nu**2)) / (d * v * v) + x.squared * (d - 1) / d
     excess = kept * (2 * q + x.excess) - 2 * q
+    found = token_excess.normalised(*tokens, q, x.token_excess, x.excess) if tokens else ()
+    excess = token_excess.pooled(found, excess)
     own = x.kurtosis - scale_kurtosis(x.excess, q)
     return replace(x, excess=excess, kurtosis=own + scale_kurtosis(excess, q),
-                   mean_cross=kept * x.mean_cross)
+                   mean_cross=kept * x.mean_cross, token_excess=found)
 
 
 def square(x: Pairs, xm: Moments) -> Pairs:

@@ -174,7 +174,21 @@ def normalisation_degree(ctx: RuleContext) -> float | None:
     keeps: the row's energy is ``D s g(s)^2``, so ``d log E_y = rho d log s`` with ``rho = d log
     (s g(s)^2) / d log s`` (RMSNorm: ``eps / (s + eps)``: 0 normalises, 1 where eps dominates a
     small row and the norm is a scale). ``E[rho^2]`` over the mean square's per-token means,
-    weighted by ``E[s]^2`` (a relative variance pools so); None when the node is not one."""
+    weighted by ``E[s]^2`` (a relative variance pools so); None when the node is not one.
+    (:func:`normalisation_tokens` gives each token's, for the excess token by token.)"""
+    found = normalisation_tokens(ctx)
+    if found is None:
+        return None
+    at, _, kept = found
+    weight = at * at
+    return float(np.sum(weight * kept) / np.sum(weight))
+
+
+def normalisation_tokens(ctx: RuleContext) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(each token's mean square ``s_t``, its output energy ``s_t g(s_t)^2``, its ``rho_t^2``)
+    over the mean square's per-token means (one entry where it has one mean) for
+    :func:`normalisation_degree` and :mod:`.token_excess`; None when the node is not a row
+    normalisation."""
     node = ctx.node
     if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
         return None
@@ -195,23 +209,31 @@ def normalisation_degree(ctx: RuleContext) -> float | None:
     with np.errstate(all="ignore"):
         up, down = (np.log(at * np.exp(h)) + power * np.log(np.abs(g(at * np.exp(h))))
                     for h in (step, -step))
+        energy = at * np.abs(g(at)) ** power
     rho = (up - down) / (2 * step)
     if not np.all(np.isfinite(rho)):
         return None
-    weight = at * at
-    return float(np.sum(weight * rho * rho) / np.sum(weight))
+    if not (np.all(np.isfinite(energy)) and np.sum(energy * energy) > 0):
+        energy = at  # the input's, where the output's overflows
+    return at, energy, rho * rho
 
 
 def _relative_variance(s: Moments, shape, row: np.ndarray):
     """The mean square's relative variance within a row: per token where the row's mean square
     is spelled out per token and s carries a token field (``nu p_t / E[s_t]^2``: the pooled
     variance would add the spread of the tokens' means, 19x at a causal attention's first
-    token, to every token's Jensen term), else pooled."""
+    token, to every token's Jensen term), per row where s's own moments are spelled out per row
+    (a constant per-token scale before the norm), else pooled."""
     grid = profile_grid(s, shape) if s.tokens is not None and shape else None
     if grid is not None and np.ndim(grid.mean) == row.ndim and np.ndim(grid.var) == row.ndim:
         mean, var = np.broadcast_arrays(grid.mean, grid.var)
         if mean.shape == np.broadcast_shapes(mean.shape, row.shape) and np.all(mean > 0):
             return var / mean**2
+    mean, var = np.asarray(s.mean, np.float64), np.asarray(s.var, np.float64)
+    if (mean.size > 1 and mean.ndim == row.ndim and var.ndim == row.ndim
+            and np.broadcast_shapes(mean.shape, var.shape, row.shape) == np.shape(row)
+            and np.all(mean > 0)):
+        return var / mean**2  # spelled out per row: each row's own
     s_mean, s_var = s.total()
     return s_var / s_mean**2 if s_mean > 0 else 0.0
 
@@ -339,4 +361,5 @@ def response_normalised(inputs, ctx: RuleContext, rank: int
     return mean, np.maximum(second - mean**2, 0.0)
 
 
-__all__ = ["normalisation_degree", "response_normalised", "row_normalised", "row_scale"]
+__all__ = ["normalisation_degree", "normalisation_tokens", "response_normalised", "row_normalised",
+           "row_scale"]

@@ -15,6 +15,7 @@ from .fusion import ancestry
 from .gaussian import compose
 from .pair_algebra import NONE, Pairs, mean_energy, row_vars, scale_kurtosis
 from .row_norm import without_casts
+from .token_excess import product_terms
 from .shared_row import (cross_variance, energy_degree, power_relvar, row_concentration,
                          shared_scale, square_excess_variance)
 
@@ -64,7 +65,11 @@ def shared_row_product(ctx: RuleContext, inputs: list, out: Moments, table: dict
         return None
     alpha_a, alpha_b = energy_degree(fa, ma, va), energy_degree(fb, mb, vb)
     excess = power_relvar(2 * q + rp.excess, alpha_a + alpha_b)
-    second = (sa * sb + extra) * shared_scale(alpha_a, alpha_b, rp.excess / (1 + 2 * q))
+    scale = shared_scale(alpha_a, alpha_b, rp.excess / (1 + 2 * q))
+    tokens = product_terms(rp.token_excess, alpha_a, alpha_b, q)
+    if tokens is not None:  # the row's excess token by token (token_excess.py)
+        scale, excess = tokens
+    second = (sa * sb + extra) * scale
     moments = replace(out, var=out.var * ((second - (ea * eb) ** 2) / base), source=None,
                       mixture=None)
     # the shared energy's part of the marginal kurtosis (pair_algebra.scale_kurtosis), so that
