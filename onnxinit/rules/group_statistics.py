@@ -12,9 +12,10 @@ is found by carrying the flat index of z through the layout ops between z and th
 (Transpose, Reshape, Squeeze, Unsqueeze, Identity; the batch axis kept first; none where the
 reduction takes the channels-first map itself over its channel axis and more: Keras'
 LayerNormalization(axis=[1, 2, 3]), whose mean tf2onnx passes through a same-shape Reshape);
-each reduced value must read one group g of channels at every position, once. Per group, with ``y = f(z)``
-(``f`` the identity for the mean, ``f_j(z) = (z - E[m_g])^2`` for the mean square of centred
-values: the group mean at its expectation) and Mehler's formula per pair of channels::
+each reduced value must read one group g of channels at every position, once. Per group, with
+``y = f(z)`` (``f`` the identity for the mean, ``f_j(z) = (z - E[m_g])^2`` for the mean square
+of centred values: the group mean at its expectation) and Mehler's formula per pair of
+channels::
 
     Var(sum_g y) = sum_d n(d) sum_{j,k in g} Cov(f_j, f_k)(R[j, k, d]),  n(d) = prod_a (S_a - |d_a|)
 
@@ -107,7 +108,8 @@ def _through_same_shape(graph, m: str):
     node_id = graph.producer.get(m)
     for _ in range(4):
         node = graph.node(node_id) if node_id is not None else None
-        if node is None or node.op_type not in _LAYOUT or graph.shape(node.input[0]) != graph.shape(m):
+        if (node is None or node.op_type not in _LAYOUT
+                or graph.shape(node.input[0]) != graph.shape(m)):
             return node_id
         node_id = graph.producer.get(node.input[0])
     return node_id
