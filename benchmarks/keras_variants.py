@@ -35,6 +35,10 @@ the current folder for ``benchmarks/real_exports.py --onnx``. Run in the Keras 2
   in one line), ``dropout_random`` (the same drops written with ``tf.random.uniform``),
   ``lambda_ops`` (Lambda layers: ``reduce_max``, ``reduce_std``, ``reduce_logsumexp``,
   ``l2_normalize``, ``reduce_prod``).
+- The Keras sweep of stop 42 (``python benchmarks/keras_variants.py sweep42``): the models of
+  ``benchmarks/keras_sweep42.py`` (Conv3D, Conv2DTranspose, DepthwiseConv1D, ConvLSTM,
+  LayerNormalization over several axes, RMSNormalization, BatchNormalization in training mode,
+  merges, activation layers, seq2seq, a Siamese pair).
 """
 
 import sys
@@ -43,6 +47,8 @@ import numpy as np
 import tensorflow as tf
 import tf2onnx
 from tensorflow import keras
+
+from keras_sweep42 import SWEEP42
 
 L = keras.layers
 
@@ -303,7 +309,8 @@ SWEEP = {f.__name__: f for f in (
     activations, dropout_train, dropout_random, lambda_ops)}
 MODELS = {"channels_first": channels_first, "custom_layers": custom_layers,
           "tf_module": tf_module, "conv1d": conv1d, "conv1d_bn": conv1d_bn,
-          "conv1d_ln": conv1d_ln, "conv1d_lstm": conv1d_lstm, **SWEEP}
+          "conv1d_ln": conv1d_ln, "conv1d_lstm": conv1d_lstm, **SWEEP, **SWEEP42}
+GROUPS = {"sweep": SWEEP, "sweep42": SWEEP42}
 
 
 def _export(name):
@@ -313,6 +320,13 @@ def _export(name):
     dtype = tf.float32 if shape else model.inputs[0].dtype  # the sweep's: its own input
     shape = shape or tuple(model.inputs[0].shape[1:])
     spec = (tf.TensorSpec((None, *shape), dtype, name="x"),)
+    if isinstance(model, keras.Model) and len(model.inputs) > 1:  # sweep42's siamese
+        spec = tuple(tf.TensorSpec((None, *i.shape[1:]), i.dtype, name=i.name)
+                     for i in model.inputs)
+        tf2onnx.convert.from_function(tf.function(lambda *xs: model(list(xs), training=False)),
+                                      input_signature=spec, opset=17,
+                                      output_path=f"{name}.onnx")
+        return
     if isinstance(model, keras.Model) and name == "channels_first":
         tf2onnx.convert.from_keras(model, input_signature=spec, opset=17,
                                    output_path=f"{name}.onnx")
@@ -324,7 +338,7 @@ def _export(name):
                                   output_path=f"{name}.onnx")
 
 
-for name in [n for arg in sys.argv[1:] for n in (SWEEP if arg == "sweep" else [arg])]:
+for name in [n for arg in sys.argv[1:] for n in GROUPS.get(arg, [arg])]:
     try:
         _export(name)
         print(name, "ok", flush=True)

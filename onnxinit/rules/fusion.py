@@ -18,6 +18,7 @@ import weakref
 import numpy as np
 
 from ..moments import Elementwise, Moments
+from .boolean_steps import step_of
 from .context import RuleContext, RuleError
 from .elementwise import (ElementwiseFn, apply_fn, base_source, guard, node_function, rank_of,
                           refined)
@@ -47,9 +48,12 @@ def _ancestry(tensor: str, ctx: RuleContext, budget: list[int]) -> list[tuple[st
             found = node_function(nctx)
         except RuleError:
             found = None
+        step = step_of(nctx) if found is None else None
         if found is not None and found[0] is not None:
             current = node.input[found[1]]
             chain = (found[0].elementwise,) + chain
+        elif step is not None:  # a mask of one signal: a step function of it
+            current, chain = step[0], (step[1],) + chain
         else:
             # a failed attempt walks nodes of no chain (a Mul of a conv by its own RMS scale):
             # only a found fusion spends depth, so that the search past it still can; every

@@ -9,10 +9,13 @@ independent. They are not: two values of a Conv's output ``z`` correlate across 
 offsets, ``R[j, k, d] = Corr(z_j(p), z_k(p + d))`` (the field of :mod:`.map_means`, which does
 the same for a mean over every channel). Which channels and positions each reduced value reads
 is found by carrying the flat index of z through the layout ops between z and the reduction
-(Transpose, Reshape, Squeeze, Unsqueeze, Identity; the batch axis kept first); each reduced
-value must read one group g of channels at every position, once. Per group, with ``y = f(z)``
-(``f`` the identity for the mean, ``f_j(z) = (z - E[m_g])^2`` for the mean square of centred
-values: the group mean at its expectation) and Mehler's formula per pair of channels::
+(Transpose, Reshape, Squeeze, Unsqueeze, Identity; the batch axis kept first; none where the
+reduction takes the channels-first map itself over its channel axis and more: Keras'
+LayerNormalization(axis=[1, 2, 3]), whose mean tf2onnx passes through a same-shape Reshape);
+each reduced value must read one group g of channels at every position, once. Per group, with
+``y = f(z)`` (``f`` the identity for the mean, ``f_j(z) = (z - E[m_g])^2`` for the mean square
+of centred values: the group mean at its expectation) and Mehler's formula per pair of
+channels::
 
     Var(sum_g y) = sum_d n(d) sum_{j,k in g} Cov(f_j, f_k)(R[j, k, d]),  n(d) = prod_a (S_a - |d_a|)
 
@@ -84,7 +87,7 @@ def _statistic(ctx: RuleContext, axes: tuple[int, ...]) -> tuple[str, str | None
     if d is None or d.op_type != "Sub" or len(d.input) != 2:
         return None
     x, m = d.input
-    m_id = graph.producer.get(m)
+    m_id = _through_same_shape(graph, m)
     mnode = graph.node(m_id) if m_id is not None else None
     if mnode is None or mnode.op_type != "ReduceMean" or mnode.input[0] != x:
         return None
@@ -97,6 +100,19 @@ def _statistic(ctx: RuleContext, axes: tuple[int, ...]) -> tuple[str, str | None
     if not same or not sub.attr("keepdims", 1) or m not in ctx.known:
         return None
     return x, m
+
+
+def _through_same_shape(graph, m: str):
+    """The producer of m, back through layout ops that keep its shape (tf2onnx's ``Reshape`` of
+    a keepdims mean to ``[-1, 1, 1, 1]``: the same values in the same layout)."""
+    node_id = graph.producer.get(m)
+    for _ in range(4):
+        node = graph.node(node_id) if node_id is not None else None
+        if (node is None or node.op_type not in _LAYOUT
+                or graph.shape(node.input[0]) != graph.shape(m)):
+            return node_id
+        node_id = graph.producer.get(node.input[0])
+    return node_id
 
 
 def group_cells(ctx: RuleContext, z: str, nodes: list, axes: tuple[int, ...]):
@@ -174,7 +190,7 @@ def _variance(ctx: RuleContext, axes: tuple[int, ...]) -> np.ndarray | None:
         return None
     x, m = found
     z, nodes = _layout_chain(ctx, x)
-    if not nodes or z not in ctx.known:
+    if z not in ctx.known or not (nodes or 1 in axes):
         return None
     mapped = group_cells(ctx, z, nodes, axes)
     if mapped is None:

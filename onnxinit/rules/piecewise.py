@@ -36,6 +36,11 @@ def _outer(key) -> tuple[list[float], list[tuple[float, float]]] | None:
     if kind == "LeakyRelu":
         a = _scalar(key, 1)
         return None if a is None or len(a) != 1 else ([0.0], [(0.0, a[0]), (0.0, 1.0)])
+    if kind == "Step":  # 1 above c (above = 1.0) or below it (above = 0.0), else 0
+        b = _scalar(key, 1)
+        if b is None or len(b) != 2:
+            return None
+        return [b[0]], [(1.0 - b[1], 0.0), (b[1], 0.0)]
     if kind == "Clip":
         b = _scalar(key, 1)
         if b is None or len(b) != 2:

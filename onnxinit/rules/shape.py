@@ -23,6 +23,7 @@ from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
 from ..spatial import dense, drop, select
 from ..spatial import pad as pad_classes
+from .boolean_steps import boolean_cast
 from .constant_cells import reshaped, transposed
 from .context import RuleContext, RuleError, signal
 from .derived_ids import picked_rows, positional_rows
@@ -33,7 +34,6 @@ from .layout import (PADDED_CAP, drop_constant_axes, full_grid, positions_spelle
 from .masks import keep_rows
 from .mixture import permuted
 from .position_floor import onto_map
-from .random_draws import comparison_draw
 from .registry import rule
 from .resize_classes import resized
 from .unit_axes import per_position, unit_axes_moved
@@ -81,15 +81,15 @@ def identity(inputs, ctx: RuleContext):
 @rule("Cast", "CastLike")
 def cast(inputs, ctx: RuleContext):
     """Cast to a float type: unchanged (rounding ignored); to another type: not a signal. A
-    comparison of a uniform draw with a constant cast to float is a Bernoulli draw
-    (:func:`.random_draws.comparison_draw`: stochastic depth's keep mask)."""
+    comparison with a constant cast to float is a Bernoulli draw of a uniform draw (stochastic
+    depth's keep mask) or a step function of a signal (:func:`.boolean_steps.boolean_cast`)."""
     if ctx.node.op_type == "Cast":
         to = ctx.attr("to")
     else:
         name = ctx.node.input[1]
         to = ctx.graph.dtypes.get(name, 1)
     if inputs[0] is None and to in FLOAT_TYPES:
-        drawn = comparison_draw(ctx)
+        drawn = boolean_cast(ctx)
         if drawn is not None:
             return [drawn]
     x = signal(inputs, 0)

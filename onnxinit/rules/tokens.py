@@ -62,6 +62,7 @@ from .fusion import fused_function
 from .masks import feeds_softmax
 from .per_token import with_profile
 from . import map_tokens
+from . import repeat_tokens
 from . import step_maps
 from . import token_layout  # noqa: F401 - registers the layout ops' carriers
 from . import token_batch_norm  # noqa: F401 - registers BatchNormalization's carrier
@@ -102,6 +103,8 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, per_token: bool = False
         # so does a Concat of one map of each step of a correlated sequence
         if op == "Concat":
             return step_maps.entry(ctx, outputs)
+        if op in repeat_tokens.REPEATS:  # RepeatVector: copies along a new axis
+            return repeat_tokens.entry(ctx, outputs)
         return map_tokens.entry(ctx, outputs) if op in map_tokens.LAYOUT_OPS else outputs
     if op in map_tokens.LAYOUT_OPS and _folded(inputs, outputs):
         return outputs  # the map's correlation holds what the field said
