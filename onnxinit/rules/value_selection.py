@@ -32,6 +32,9 @@ columns head-major; a fused projection picked by a Gather after a Reshape that s
 columns (Swin's ``qkv[i]``; torch's packed ``in_proj``, through Unsqueeze, Transpose and
 Squeeze: ``nn.MultiheadAttention``'s P V 0.68x -> 0.99x with tied keys and values).
 
+Additive scores ``sum_d w_d tanh(q_d + k_d)`` whose keys are the values: R from
+:func:`.additive_scores.additive_ratio`, the same G.
+
 Not modelled: keys rotated per position (rotary embeddings: no term), projections fused and
 split by a Split (no term), q's features of unequal power or correlated (keys of low rank and
 logits of variance ~1 with tied keys and values: up to 1.25x high), the query's own key,
@@ -44,6 +47,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments
+from .additive_scores import additive_ratio
 from .channel_covariance import row_covariance
 from .context import RuleContext
 from .head_projections import head_blocks, keys_first, projection
@@ -137,6 +141,11 @@ def selection_variance(ctx: RuleContext, softmax) -> float:
         return 0.0
     logits_name = softmax.input[0]
     qk = _qk_matmul(graph, logits_name)
+    if qk is None and logits_name in known:  # additive scores whose keys are the values
+        ratio = additive_ratio(ctx, logits_name, ctx.node.input[1])
+        shape = graph.shape(logits_name)
+        return 0.0 if ratio is None or not shape else ratio * selection_gain(
+            known[logits_name], shape, ctx.rng())
     if qk is None or logits_name not in known:
         return 0.0
     logit_shape = graph.shape(logits_name)
