@@ -96,6 +96,7 @@ from .row_field_maps import MAX_CHANNELS, MAX_WORK
 from .unit_rows import is_unit_rows
 from . import recurrent_units
 from .residual_coupling import summed
+from .merged_head_field import last_axis, merged_field
 
 _FIELD = OnDemandField()
 _ROW_FIELD = OnDemandField()  # row_covariance's: dense layers start a field
@@ -191,8 +192,9 @@ def row_covariance(ctx: RuleContext, tensor: str) -> Field | None:
     weights at hand (:mod:`.shared_projection`; a dense layer's cross terms, the keys' and
     values' covariance of :mod:`.value_selection` and :mod:`.mixed_values`), not only the size
     of its cross terms: a dense layer of a tensor without a field starts one, ``W^T diag(nu_x)
-    W`` (an expansion's features are far from independent:
-    rank D of E; a projection of a projection sums ``D^2`` correlations of ``1/sqrt(D)``:
+    W`` (``W^T S_o W`` on attention heads merged, :mod:`.merged_head_field`; an expansion's
+    features are far from independent: rank D of E; a projection of a projection sums ``D^2``
+    correlations of ``1/sqrt(D)``:
     ``nn.MultiheadAttention``'s keys and values from a Linear, ``kdim``/``vdim``, 0.96-1.04x
     without), and a product of two element-wise functions of one tensor (SiLU written ``x *
     sigmoid(x)``) takes Mehler's formula with their product as the function."""
@@ -233,8 +235,9 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
             shape_x = graph.shape(x)
             if not row_maps.dense_fits(ctx, node):  # before its [D, D] diagonal: D = 3072 is 75 MB
                 return None
+            merged = merged_field(ctx, x, lambda n: last_axis(row_covariance(ctx, n), shape_x))
             return row_maps.dense(ctx, node, x, tensor, Field(len(shape_x) - 1, np.diag(
-                variances(known[x], shape_x, len(shape_x) - 1))))
+                variances(known[x], shape_x, len(shape_x) - 1)) if merged is None else merged))
         if node.op_type == "Conv":
             return _conv(ctx, node, x, tensor, field_of)
         if node.op_type in RECURRENT:  # the units of a state share the sample's input

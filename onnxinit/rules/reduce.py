@@ -23,6 +23,7 @@ from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
 from .maxima import max_moments
 from .pooling import gaussian_spatial_mean, pooled_extra
 from .position_means import position_mean_moments
+from .additive_scores import key_field
 from .correlated_means import field_sum_factor
 from .reduce_axes import reduced_axes
 from .registry import rule
@@ -160,6 +161,9 @@ def reduce_linear(inputs, ctx: RuleContext):
     """
     outputs = _reduced(inputs, ctx)
     found = mean_square_component(ctx, ctx.node.output[0])
+    if found is None and ctx.node.op_type == "ReduceSum":  # additive attention's scores
+        scored = key_field(ctx, outputs[0])
+        return outputs if scored is None else [scored] + outputs[1:]
     return outputs if found is None else [mixed(outputs[0], *found)]
 
 

@@ -82,7 +82,7 @@ def _over_rows(rows, cov, log: bool, ctx: RuleContext, rank: int, spread: float 
     mean, var = rows.mean, rows.var
     if cov is not None:
         var = var * np.diag(cov)
-        var = np.maximum(var - _shared(mean, var, cov)[:, None], 0.0)
+        var = np.maximum(var - shared_part(mean, var, cov)[:, None], 0.0)
     um, uv, inverse = _unique_rows(mean, var)
     e, v = softmax_rows(um, uv, log=log, rng=ctx.rng(), spread=spread, cosine=cosine_dim(ctx))
     weight = np.bincount(inverse, weights=rows.weight, minlength=um.shape[0])[:, None]
@@ -103,7 +103,7 @@ def _key_covariance(x: Moments, shape, inner: list[int]) -> np.ndarray | None:
     return t.cov
 
 
-def _shared(mean: np.ndarray, var: np.ndarray, cov: np.ndarray) -> np.ndarray:
+def shared_part(mean: np.ndarray, var: np.ndarray, cov: np.ndarray) -> np.ndarray:
     """Per row [R]: the covariance common to its unmasked logits, ``mean_{k != l} Cov``, from
     the row's variance scale and the key covariance (a softmax ignores it)."""
     rel, masked, _ = relative(mean)
@@ -169,7 +169,7 @@ def _row_moments(mean, var, cov, chain, log: bool, ctx: RuleContext):
                                MC_DRAWS, MC_MIN, scales=draw_scales(spread))
         gone = masked | empty[:, None]
         return np.where(gone, 0.0, e)[inverse], np.where(gone, 0.0, v)[inverse]
-    shared = _shared(mean, var, cov) if cov is not None else None
+    shared = shared_part(mean, var, cov) if cov is not None else None
     if shared is not None:
         var = np.maximum(var - shared[:, None], 0.0)
     um, uv, inverse = _unique_rows(mean, var)
@@ -292,4 +292,5 @@ def probability_covariance(ctx: RuleContext, node_id: str) -> np.ndarray | None:
     return joint
 
 
-__all__ = ["CLOSED_FORM_MAX_VAR", "MASK_GAP", "probability_covariance", "softmax", "softmax_rows"]
+__all__ = ["CLOSED_FORM_MAX_VAR", "MASK_GAP", "probability_covariance", "shared_part", "softmax",
+           "softmax_rows"]

@@ -19,7 +19,11 @@ the queries ``c_d^2 / sigma^2`` is ``sum_e E[q_e^2] C_de^2 / sum_e E[q_e^2] nu_k
 
 G is sampled from the softmax's input (its rows' means: position biases, masks; the row's mean
 variance; a mask computed from the token ids: rows of its samples, id_masks.py), ``G ~ sigma^2`` for small logits and G ~ 1 at sigma^2 ~ 1 (T5's unscaled logits: the
-selected values' mean moves with the query by ``c``; P V 16% low without this). The scale of the
+selected values' mean moves with the query by ``c``; P V 16% low without this). sigma^2 is the
+spread of a row's logits given the query: the part of the logits' variance common to a row's
+keys (their token field's mean off-diagonal, as the Softmax rule removes it: a key bias
+``q . b_k``, a component every token of a sample shares) moves no probability (with the whole
+variance, P V read 1.10-1.38x on keys of a common bias, 1.11x on Keras' ViT). The scale of the
 logits cancels (it is in both c and sigma), so only the key and value projections are read: a
 MatMul (or Gemm) with a constant weight, a bias Add, then layout ops (Reshape into heads,
 Transpose, the Unsqueeze/Expand of grouped-query attention, a scalar Mul or Div: keys scaled
@@ -27,6 +31,9 @@ before Q K^T) to K^T [.., H, d_k, n] and V [.., H, n, d_v], heads splitting the 
 columns head-major; a fused projection picked by a Gather after a Reshape that splits its
 columns (Swin's ``qkv[i]``; torch's packed ``in_proj``, through Unsqueeze, Transpose and
 Squeeze: ``nn.MultiheadAttention``'s P V 0.68x -> 0.99x with tied keys and values).
+
+Additive scores ``sum_d w_d tanh(q_d + k_d)`` whose keys are the values: R from
+:func:`.additive_scores.additive_ratio`, the same G.
 
 Not modelled: keys rotated per position (rotary embeddings: no term), projections fused and
 split by a Split (no term), q's features of unequal power or correlated (keys of low rank and
@@ -40,12 +47,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments
+from .additive_scores import additive_ratio
 from .channel_covariance import row_covariance
 from .context import RuleContext
 from .head_projections import head_blocks, keys_first, projection
 from .id_masks import affine
 from .logit_path import qk_matmul as _qk_matmul
-from .softmax import MASK_GAP
+from .softmax import MASK_GAP, shared_part
+from .token_field import token_axes
 
 _ROWS = 16  # softmax rows sampled for G
 _DRAWS = 1024  # draws per row (of 8 keys; fewer for wider rows, at least _MIN_DRAWS:
@@ -68,6 +77,14 @@ def selection_ratio(wk: np.ndarray, wv: np.ndarray, nu_x: np.ndarray) -> float:
     return float(np.mean((c**2).sum(axis=-1) / np.maximum(nu_k[:, None], 1e-300)))
 
 
+def _key_covariance(logits: Moments, shape, axis: int) -> np.ndarray | None:
+    """The logits' token covariance along the keys' ``axis`` (per unit of variance), if any."""
+    t = logits.tokens
+    if t is None or token_axes(t, len(shape)) != [axis] or shape[axis] != t.n:
+        return None
+    return t.cov
+
+
 def selection_gain(logits: Moments, shape, rng: np.random.Generator,
                    keys_first: bool = False) -> float:
     """``G = E[(sum_j p_j z_j)^2] - E[sum_j p_j^2]``, p the softmax of ``m_j + sigma z_j``,
@@ -77,6 +94,7 @@ def selection_gain(logits: Moments, shape, rng: np.random.Generator,
     shape = tuple(shape)
     mean = np.broadcast_to(np.asarray(logits.mean, dtype=np.float64), shape)
     var = np.broadcast_to(np.asarray(logits.var, dtype=np.float64), shape)
+    cov = _key_covariance(logits, shape, len(shape) - (2 if keys_first else 1))
     if keys_first:
         mean, var = np.swapaxes(mean, -1, -2), np.swapaxes(var, -1, -2)
         shape = mean.shape
@@ -87,6 +105,9 @@ def selection_gain(logits: Moments, shape, rng: np.random.Generator,
     index = np.unravel_index(pick, lead) if lead else ()
     mean, var = mean[index], var[index]
     mean, var = mean.reshape(-1, n), var.reshape(-1, n)
+    if cov is not None:  # the part common to a row's logits moves no probability
+        var = var * np.diag(cov)
+        var = np.maximum(var - shared_part(mean, var, cov)[:, None], 0.0)
     gains = []
     for m, v in zip(mean, var):
         finite = np.isfinite(m)
@@ -120,6 +141,11 @@ def selection_variance(ctx: RuleContext, softmax) -> float:
         return 0.0
     logits_name = softmax.input[0]
     qk = _qk_matmul(graph, logits_name)
+    if qk is None and logits_name in known:  # additive scores whose keys are the values
+        ratio = additive_ratio(ctx, logits_name, ctx.node.input[1])
+        shape = graph.shape(logits_name)
+        return 0.0 if ratio is None or not shape else ratio * selection_gain(
+            known[logits_name], shape, ctx.rng())
     if qk is None or logits_name not in known:
         return 0.0
     logit_shape = graph.shape(logits_name)
