@@ -157,15 +157,15 @@ class ModelGraph(ChangeViews, GraphStructure):
         """Where shape inference left tensors without a static shape (onnx's data propagation
         stops at ops such as Mod or Slice of computed bounds), fold the integer constants that
         feed non-constant nodes (Reshape/Expand/Slice shape inputs, ...), let shape inference see
-        their values (:func:`~onnxinit.passes.infer_with_constants`, round after round
-        :class:`~onnxinit.passes.FoldedInference`), and reclassify: a Shape of
-        a tensor whose shape became static is constant, and so is everything computed from it.
-        Repeats until nothing changes. ``self.model`` keeps its nodes; only its value_info
-        grows."""
+        their values (:class:`~onnxinit.passes.FoldedInference`, the settled nodes left out),
+        and reclassify: a Shape of a tensor whose shape became static is constant, and so is
+        everything computed from it. Repeats until nothing changes. ``self.model`` keeps its
+        nodes; only its value_info grows."""
         injected: dict[str, np.ndarray] = {}
         inference: FoldedInference | None = None  # infer_with_constants, round after round
         merge: DeclaredMerge | None = None
         examined: set[str] = set()  # constants looked at (those folded are in injected)
+        settled: set[str] = set()  # nodes left out of the inference (settled)
         for _ in range(rounds):
             if all(is_static(self.shapes.get(t)) for t in self.producer
                    if t not in self.constants):
@@ -175,7 +175,7 @@ class ModelGraph(ChangeViews, GraphStructure):
                 break
             injected.update(new)
             inference = inference or FoldedInference(self.model)
-            infos = inference.infos(injected)
+            infos = inference.infos(injected, self.settled(injected, settled))
             if infos is None:
                 break
             # keep_declared(graph, graph.value_info, replace=infos) in Python until the end
