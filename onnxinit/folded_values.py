@@ -35,8 +35,9 @@ class FoldedValues:
     """:meth:`value` and its folding (a mixin: it reads the graph's ``constants``,
     ``initializers``, ``producer``, ``node_by_id``, ``shapes``, ``dtypes``, ``model`` and the
     view state ``_root``, ``_values``, ``_stale``, ``_changes``; it keeps ``_sources``, the
-    stored bytes each value is computed from, ``_folded``, the shape of every value it folded in
-    the order folded, and ``_request``, the values of the request in progress not kept)."""
+    stored bytes a large value is computed from, ``_folded``, while loading, every value it
+    folded (its shape when not kept) in the order folded, and ``_request``, the values of the request in
+    progress not kept)."""
 
     _request: dict | None = None
 
@@ -58,7 +59,6 @@ class FoldedValues:
         if tensor in self.initializers:
             init = self.initializers[tensor]
             value = tensor_array(init)
-            self._sources[tensor] = value.nbytes
             if not is_external(init):  # a memory map is not cached: its pages go when dropped
                 self._values[tensor] = value
             return value
@@ -75,25 +75,36 @@ class FoldedValues:
         return value
 
     def _source(self, tensor: str) -> int:
-        """The bytes of stored data ``tensor``'s value is computed from (its own when it was
-        given as a value)."""
+        """The bytes of stored data (initializers, values given) ``tensor``'s value is
+        computed from, found by walking back through its producers (memoised)."""
         found = self._sources.get(tensor)
         if found is not None:
             return found
-        value = self._values.get(tensor)
-        return 0 if value is None else int(np.asarray(value).nbytes)
+        if tensor not in self.constants:  # (a uniform gather's indices)
+            found = 0
+        elif tensor in self.initializers:
+            found = int(tensor_array(self.initializers[tensor]).nbytes)
+        elif tensor not in self.producer:
+            value = self._values.get(tensor)
+            found = 0 if value is None else int(np.asarray(value).nbytes)
+        else:
+            node = self.node_by_id[self.producer[tensor]]
+            found = 0 if node.op_type in ("Shape", "Size") else sum(
+                self._source(n) for n in node.input if n)
+        self._sources[tensor] = found
+        return found
 
-    def _keep(self, name: str, value: np.ndarray, source: int) -> None:
+    def _keep(self, name: str, value: np.ndarray) -> None:
         """Record a folded value: kept, or held for this request only (module docstring)."""
         if value is None:  # a Shape of a tensor whose shape is not static: not kept
             return
         value = np.asarray(value)
-        self._sources[name] = source
-        self._folded[name] = np.shape(value)
-        if value.size <= KEPT_ELEMENTS or value.nbytes <= EXPANSION * source:
+        if value.size <= KEPT_ELEMENTS or value.nbytes <= EXPANSION * self._source(name):
             self._values[name] = value
         else:
             self._request[name] = value
+        if self._folded is not None:  # while loading
+            self._folded[name] = value if name in self._values else value.shape
 
     def _uniform_gather(self, node) -> np.ndarray | None:
         """A Gather/GatherElements/GatherND from a constant integer tensor whose entries are
@@ -120,27 +131,26 @@ class FoldedValues:
         node = self.node_by_id[node_id]
         if node.op_type == "Dropout":  # of a constant: the identity (structure._classify_tensors)
             value = self.value(node.input[0])
-            self._keep(tensor, value, self._source(node.input[0]))
+            self._keep(tensor, value)
             return value
         if node.op_type in ("Shape", "Size"):
             value = shape_op_value(node, self.shapes[node.input[0]])
-            self._keep(tensor, value, 0)
+            self._keep(tensor, value)
             return value
         if node.input[1:] and not self.is_constant(node.input[1]):
             fill = self._uniform_gather(node)
             if fill is not None:  # constant although its indices are not
                 value = np.full(self.shapes[tensor], fill, dtype=np.asarray(fill).dtype)
-                self._keep(tensor, value, self._source(node.input[0]))
+                self._keep(tensor, value)
                 return value
         outs = evaluate_node(
             node, {n: self.value(n) for n in node.input if n},
             opset_import=self.model.opset_import, ir_version=self.model.ir_version,
             functions=self.model.functions, types=self.dtypes,
         )
-        source = sum(self._source(n) for n in node.input if n)
         found = None
         for name, out in zip([o for o in node.output if o], outs):
-            self._keep(name, out, source)
+            self._keep(name, out)
             if name == tensor:
                 found = out
         return found

@@ -108,8 +108,8 @@ class ModelGraph(FoldedValues, ChangeViews, GraphStructure):
         # a symbolic length filled in (not the batch): a model may not take the size assumed
         self.assumed_lengths = assumed_lengths(self.model_inputs(), dict(input_shapes or {}))
         self._values: dict[str, np.ndarray] = {}
-        self._sources: dict[str, int] = {}  # FoldedValues: the stored bytes behind each value
-        self._folded: dict[str, tuple] = {}  # FoldedValues: shapes of the values folded
+        self._sources: dict[str, int] = {}  # FoldedValues: the stored bytes behind a value
+        self._folded: dict | None = {}  # FoldedValues: the values folded while loading
         self._root: ModelGraph | None = None  # set on views made by with_values
         self._stale: frozenset[str] | set[str] = frozenset()  # a set in take_changes' views
         self._changes: dict[str, Change] = {}  # on views made by with_changes
@@ -180,9 +180,10 @@ class ModelGraph(FoldedValues, ChangeViews, GraphStructure):
             self._classify_tensors()
         if merge is not None:
             merge.write(self.model.graph)
-        for name, shape in self._folded.items():  # folded constants know their shapes
+        for name, value in self._folded.items():  # folded constants know their shapes
             if not is_static(self.shapes.get(name)):
-                self.shapes[name] = tuple(shape)
+                self.shapes[name] = tuple(np.shape(value))
+        self._folded = None
 
     def _foldable_constants(self, examined: set[str]) -> dict[str, np.ndarray]:
         """Constants computed by nodes that meet a non-constant node, folded: integer ones
