@@ -30,8 +30,8 @@ from ._loading import dense_initializers, read_model
 from .dtypes import INT_TYPES
 from .errors import InvalidOptionError, ModelLoadError
 from .feeds import synthetic_feeds
+from .folded_values import FoldedValues
 from .graph_views import ChangeViews
-from .initializers import is_external, tensor_array
 from .input_shapes import (assumed_lengths, forget_unset_dims, resolve_input_shapes,
                            resolved_value_info)
 from .parameters import LAYOUT_OPS, PARAMETER_ROLES, WEIGHT_OPS, Layer, Parameter, ParameterTable
@@ -42,35 +42,28 @@ from .passes import (
     FoldedInference,
     ModelReading,
     channels_first,
-    evaluate_node,
     infer_shapes,
     inference_batchnorms,
     is_static,
     measured_shapes,
     nearest_repeats,
     set_input_shapes,
-    shape_op_value,
     static_control,
     training_semantics,
 )
-from .plan import Change, changed_values
+from .plan import Change
 from .structure import GraphStructure
 from .validation import (check_initializers, check_structure, inconsistency, legacy_opset,
                          opset_mismatch, says_uncomputable, unknown_default_op, weight_mismatch)
 
 log = logging.getLogger("onnxinit")
 
-# values computed for a view's changes are kept up to this size (larger ones: recomputed)
-_CACHED_CHANGE_ELEMENTS = 1 << 20
-
-
-_GATHERS = frozenset({"Gather", "GatherElements", "GatherND"})
 # ops whose output is a sequence of tensors
 _SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert",
                            "SequenceErase", "SplitToSequence", "SequenceMap"})
 
 
-class ModelGraph(ChangeViews, GraphStructure):
+class ModelGraph(FoldedValues, ChangeViews, GraphStructure):
     """An ONNX model prepared for analysis. Build with :func:`load`."""
 
     def __init__(
@@ -115,6 +108,8 @@ class ModelGraph(ChangeViews, GraphStructure):
         # a symbolic length filled in (not the batch): a model may not take the size assumed
         self.assumed_lengths = assumed_lengths(self.model_inputs(), dict(input_shapes or {}))
         self._values: dict[str, np.ndarray] = {}
+        self._sources: dict[str, int] = {}  # FoldedValues: the stored bytes behind a value
+        self._folded: dict | None = {}  # FoldedValues: the values folded while loading
         self._root: ModelGraph | None = None  # set on views made by with_values
         self._stale: frozenset[str] | set[str] = frozenset()  # a set in take_changes' views
         self._changes: dict[str, Change] = {}  # on views made by with_changes
@@ -157,15 +152,15 @@ class ModelGraph(ChangeViews, GraphStructure):
         """Where shape inference left tensors without a static shape (onnx's data propagation
         stops at ops such as Mod or Slice of computed bounds), fold the integer constants that
         feed non-constant nodes (Reshape/Expand/Slice shape inputs, ...), let shape inference see
-        their values (:func:`~onnxinit.passes.infer_with_constants`, round after round
-        :class:`~onnxinit.passes.FoldedInference`), and reclassify: a Shape of
-        a tensor whose shape became static is constant, and so is everything computed from it.
-        Repeats until nothing changes. ``self.model`` keeps its nodes; only its value_info
-        grows."""
+        their values (:class:`~onnxinit.passes.FoldedInference`, the settled nodes left out),
+        and reclassify: a Shape of a tensor whose shape became static is constant, and so is
+        everything computed from it. Repeats until nothing changes. ``self.model`` keeps its
+        nodes; only its value_info grows."""
         injected: dict[str, np.ndarray] = {}
         inference: FoldedInference | None = None  # infer_with_constants, round after round
         merge: DeclaredMerge | None = None
         examined: set[str] = set()  # constants looked at (those folded are in injected)
+        settled: set[str] = set()  # nodes left out of the inference (settled)
         for _ in range(rounds):
             if all(is_static(self.shapes.get(t)) for t in self.producer
                    if t not in self.constants):
@@ -175,7 +170,7 @@ class ModelGraph(ChangeViews, GraphStructure):
                 break
             injected.update(new)
             inference = inference or FoldedInference(self.model)
-            infos = inference.infos(injected)
+            infos = inference.infos(injected, self.settled(injected, settled))
             if infos is None:
                 break
             # keep_declared(graph, graph.value_info, replace=infos) in Python until the end
@@ -185,9 +180,10 @@ class ModelGraph(ChangeViews, GraphStructure):
             self._classify_tensors()
         if merge is not None:
             merge.write(self.model.graph)
-        for name, value in self._values.items():  # folded constants know their shapes
+        for name, value in self._folded.items():  # folded constants know their shapes
             if not is_static(self.shapes.get(name)):
                 self.shapes[name] = tuple(np.shape(value))
+        self._folded = None
 
     def _foldable_constants(self, examined: set[str]) -> dict[str, np.ndarray]:
         """Constants computed by nodes that meet a non-constant node, folded: integer ones
@@ -206,8 +202,10 @@ class ModelGraph(ChangeViews, GraphStructure):
                 continue
             if self.node_by_id[self.producer[tensor]].op_type in _SEQUENCE_OPS:
                 continue  # a sequence, not a tensor: shape inference would be told it is one
-            if self.dtypes.get(tensor) not in INT_TYPES and is_static(self.shapes.get(tensor)):
-                continue
+            shape = self.shapes.get(tensor)
+            if is_static(shape) and (self.dtypes.get(tensor) not in INT_TYPES
+                                     or int(np.prod(shape)) > MAX_FOLDED_ELEMENTS):
+                continue  # (one too large would be turned down below: not computed)
             if all(self.is_constant(o) for c, _ in self.consumers.get(tensor, [])
                    for o in self.node_by_id[c].output if o):
                 continue  # only constants that meet a non-constant node matter
@@ -247,79 +245,6 @@ class ModelGraph(ChangeViews, GraphStructure):
             self.warnings.append(
                 f"{len(missing) - len(measured)} tensor shapes could not be determined"
             )
-
-    # constants --------------------------------------------------------------------------------
-
-    def value(self, tensor: str) -> np.ndarray | None:
-        """The value of a constant tensor (folded on first use), or None for a signal."""
-        if tensor not in self.constants:
-            return None
-        cached = self._values.get(tensor)
-        if cached is not None:
-            return cached
-        change = self._changes.get(tensor)
-        if change is not None:  # computed from the root's value on use (see with_changes)
-            value = changed_values(tensor, self._root.value(tensor), change)
-            if value.size <= _CACHED_CHANGE_ELEMENTS:
-                self._values[tensor] = value
-            return value
-        if self._root is not None and tensor not in self._stale:
-            return self._root.value(tensor)
-        if tensor in self.initializers:
-            init = self.initializers[tensor]
-            if is_external(init):  # a memory map, not cached: its pages go when it is dropped
-                return tensor_array(init)
-            value = tensor_array(init)
-        else:
-            value = self._fold(self.producer[tensor], tensor)
-        self._values[tensor] = value
-        return value
-
-    def _uniform_gather(self, node) -> np.ndarray | None:
-        """A Gather/GatherElements/GatherND from a constant integer tensor whose entries are
-        all equal, with a static output shape, outputs that value everywhere whatever its
-        indices: RoBERTa-style token types, a zero buffer gathered by position ids computed from
-        the tokens, are one row of the embedding for every token, not a row drawn per token.
-        Integer data only: a float table may be a parameter that a method changes."""
-        if (node.op_type not in _GATHERS or node.domain not in ("", "ai.onnx")
-                or len(node.input) < 2 or node.input[0] not in self.constants
-                or self.dtypes.get(node.input[0]) not in INT_TYPES
-                or not is_static(self.shapes.get(node.output[0]))):
-            return None
-        try:
-            data = self.value(node.input[0])
-        except Exception as exc:  # noqa: BLE001 - a constant that cannot be folded stays unknown
-            log.debug("could not fold %s: %s", node.input[0], exc)
-            return None
-        if data is None or data.size == 0 or data.flat[0] != data.flat[-1] or not np.all(
-                data == data.flat[0]):
-            return None
-        return data.flat[0]
-
-    def _fold(self, node_id: str, tensor: str) -> np.ndarray:
-        node = self.node_by_id[node_id]
-        if node.op_type == "Dropout":  # of a constant: the identity (structure._classify_tensors)
-            value = self.value(node.input[0])
-            self._values[tensor] = value
-            return value
-        if node.op_type in ("Shape", "Size"):
-            value = shape_op_value(node, self.shapes[node.input[0]])
-            self._values[tensor] = value
-            return value
-        if node.input[1:] and not self.is_constant(node.input[1]):
-            fill = self._uniform_gather(node)
-            if fill is not None:  # constant although its indices are not
-                value = np.full(self.shapes[tensor], fill, dtype=np.asarray(fill).dtype)
-                self._values[tensor] = value
-                return value
-        outs = evaluate_node(
-            node, {n: self.value(n) for n in node.input if n},
-            opset_import=self.model.opset_import, ir_version=self.model.ir_version,
-            functions=self.model.functions, types=self.dtypes,
-        )
-        for name, out in zip([o for o in node.output if o], outs):
-            self._values[name] = out
-        return self._values[tensor]
 
     # parameters -------------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from functools import cached_property
 
 import numpy as np
 
+from .deferred import resolved
 from .views import broadcast_arrays
 
 
@@ -125,17 +126,17 @@ class Spatial:
     ``2 + i``), with its own source or mixture per cell: the element at position
     ``(p_0, ..., p_{n-1})`` has the statistics of cell ``(maps[0][p_0], ..., maps[n-1][p_{n-1}])``.
     ``corr`` (optional) is the correlation of a channel's values at two positions of one sample,
-    by offset (``onnxinit.spatial.Correlation``).
-    """
+    by offset (``onnxinit.spatial.Correlation``): ``given``, computed on the first read when a
+    :class:`~onnxinit.deferred.Deferred`."""
 
     maps: tuple[np.ndarray, ...]
     cells: Moments
-    corr: object | None = None
+    given: object | None = None
+    corr = property(lambda self: resolved(self.given))
 
     @cached_property
     def classes(self) -> tuple[int, ...]:
-        """Classes per spatial axis; computed once (the maps are not changed in place, and
-        every rule on a spatial tensor asks)."""
+        """Classes per spatial axis, computed once (every rule on a spatial tensor asks)."""
         return tuple(int(m.max()) + 1 if m.size else 1 for m in self.maps)
 
 
@@ -201,7 +202,7 @@ class Moments:
             rows = Rows(self.rows.mean * f, self.rows.var * f * f, self.rows.weight)
         spatial = None
         if self.spatial is not None:  # position classes scale alike; correlations do not change
-            spatial = Spatial(self.spatial.maps, self.spatial.cells.scaled(f), self.spatial.corr)
+            spatial = Spatial(self.spatial.maps, self.spatial.cells.scaled(f), self.spatial.given)
         # the token covariance is normalised to mean 1 (a correlation profile): scale-free
         return Moments(self.mean * f, self.var * f * f, source, mixture, self.tokens, rows, spatial)
 

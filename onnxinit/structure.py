@@ -11,7 +11,7 @@ constant values and parameters.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from itertools import chain
 
 import onnx
@@ -207,6 +207,27 @@ class GraphStructure:
     def missing_shapes(self) -> list[str]:
         """Signals produced by a node whose shape is not static."""
         return [t for t in self.producer if self.is_signal(t) and not is_static(self.shapes.get(t))]
+
+    def settled(self, folded: Container[str], nodes: set[str]) -> list[str]:
+        """The outputs of the nodes newly settled: nodes whose values no other node needs once
+        the tensors in ``folded`` stand in as values (every output a constant, not a graph
+        output, and folded or read only by settled nodes; walked from the last node back).
+        ``nodes``: the nodes settled before, with fewer constants and fewer folded (each stays
+        settled), skipped and added to."""
+        constants, consumers = self.constants, self.consumers
+        outputs = {o.name for o in self.model.graph.output}
+        names: list[str] = []
+        for node_id, (_, _, _, produced) in zip(reversed(self.order), reversed(self._classified)):
+            if node_id in nodes or not produced:
+                continue
+            for o in produced:
+                if o not in constants or o in outputs or (
+                        o not in folded and not all(c in nodes for c, _ in consumers.get(o, ()))):
+                    break
+            else:
+                nodes.add(node_id)
+                names.extend(produced)
+        return names
 
     # queries ----------------------------------------------------------------------------------
 

@@ -38,13 +38,12 @@ from .inference_batchnorm import ModelReading, inference_batchnorms
 from .measuring import measured_shapes, with_outputs
 from .repeats import nearest_repeats
 from .static_control import static_control
+from .folded_inference import FoldedInference, infer_with_constants
 from .shapes import (
     SMALL_TENSOR,
     DeclaredMerge,
-    FoldedInference,
     described,
     infer_shapes,
-    infer_with_constants,
     is_static,
     keep_declared,
     set_input_shapes,

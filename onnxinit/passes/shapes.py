@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import chain
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from ..errors import UnsupportedModelError
 from .base import model_pass
@@ -19,7 +18,6 @@ log = logging.getLogger("onnxinit")
 # Tensors up to this many elements are values (shapes, axes, pads); larger ones are weights.
 SMALL_TENSOR = 1 << 16
 
-FOLDED_SUFFIX = "__onnxinit_folded"  # renamed producer outputs while a folded value stands in
 
 
 def shape_of(type_proto: onnx.TypeProto) -> tuple | None:
@@ -276,55 +274,6 @@ def infer_shapes(model: onnx.ModelProto, declared: Iterable[onnx.ValueInfoProto]
         except Exception as exc:  # noqa: BLE001 - keep the first inference
             log.debug("shape inference from declared value_info failed: %s", exc)
     return work, "", strict_failed
-
-
-@model_pass(in_place=False)
-def infer_with_constants(model: onnx.ModelProto, constants: Mapping[str, np.ndarray]
-                         ) -> list[onnx.ValueInfoProto] | None:
-    """Value_info inferred with the tensors in ``constants`` (outputs of nodes of ``model``)
-    known: each stands in as an initializer (its producer's output renamed), so shape inference
-    sees the values where its own data propagation stopped (Mod, Slice of computed bounds).
-    None when inference fails. The constants get value_info of their own values. (Only the
-    light copy is made: the weights are not copied.) A caller's loop that adds constants round
-    after round uses :class:`FoldedInference`."""
-    return FoldedInference(model).infos(constants)
-
-
-class FoldedInference:
-    """:func:`infer_with_constants` for rounds of a loop whose ``constants`` only grow (a dict
-    the caller adds to): the light copy and its index of producers are made once, and each round
-    adds only the constants it has not seen (their initializer, value_info and renamed producer
-    output, made once), so that shape inference gets the model :func:`infer_with_constants`
-    builds, byte for byte (initializers in the dict's order)."""
-
-    def __init__(self, model: onnx.ModelProto):
-        self.work = without_large_data(model, value_info=False)
-        self.produced = {n: i for i, node in enumerate(self.work.graph.node) for n in node.output}
-        self.protos: dict[str, tuple] = {}  # name -> (initializer, value_info)
-
-    def infos(self, constants: Mapping[str, np.ndarray]) -> list[onnx.ValueInfoProto] | None:
-        """What :func:`infer_with_constants` returns for ``model`` and ``constants``."""
-        new = [name for name in constants if name not in self.protos]
-        for name in new:
-            value = constants[name]
-            self.protos[name] = (numpy_helper.from_array(value, name), value_info(name, value))
-        work = self.work
-        work.graph.initializer.extend(self.protos[name][0] for name in new)
-        for name in new:
-            node = work.graph.node[self.produced[name]]
-            node.output[list(node.output).index(name)] = f"{name}{FOLDED_SUFFIX}"
-        try:  # the constants are small (MAX_FOLDED_ELEMENTS): initializers, as without_large_data
-            inferred = _inferred_light(work)
-        except Exception as exc:  # noqa: BLE001 - best effort, as infer_shapes
-            log.debug("shape inference with folded constants failed: %s", exc)
-            return None
-        # the graph outputs too: an exporter's output declared with symbolic dims (GPT-2's final
-        # Reshape) is only known from here
-        infos = [vi for vi in chain(inferred.value_info, inferred.output)
-                 if (tensor := vi.name) not in constants
-                 and not tensor.endswith(FOLDED_SUFFIX)]
-        infos.extend(self.protos[name][1] for name in constants)
-        return infos
 
 
 @model_pass(in_place=False)

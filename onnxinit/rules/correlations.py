@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import mehler
 from ..correlation import Correlation
+from ..deferred import DeferredCorrelation, resolved
 from ..moments import Elementwise, Moments
 from ..spatial import class_weights, within_variance
 from ..views import broadcast_to
@@ -34,6 +35,16 @@ def elementwise_correlation(corr: Correlation, y: Moments, smooth: bool, fn=None
     affine) and ``x``, its input's cells: y = fn(x) where y carries no chain (x a Gaussian
     mixture, such as a residual sum of a ReLU and a Gaussian): the correlation is kept and
     only the batch-centred fraction is carried, with x taken as Gaussian."""
+    return resolved(deferred_correlation(corr, y, smooth, fn, x))
+
+
+def deferred_correlation(corr: Correlation, y: Moments, smooth: bool, fn=None,
+                         x: Moments | None = None) -> Correlation | DeferredCorrelation:
+    """:func:`elementwise_correlation`, through a chain a
+    :class:`~onnxinit.deferred.DeferredCorrelation` of Mehler's formula (z's radius): the
+    amplitudes (which the smooth quadrature's last calls may hold,
+    :func:`.smooth_quadrature.recall`) are found now, the rest when it is read (a SiLU's
+    Sigmoid, whose fused Mul reads its input, is never read)."""
     cells = y.spatial.cells if y.spatial is not None else y
     src = cells.source
     if src is None or not src.chain:
@@ -51,11 +62,23 @@ def elementwise_correlation(corr: Correlation, y: Moments, smooth: bool, fn=None
                                      + np.shape(src.var)), shape)
     channels = max(shape[1], rho_z.shape[0])
     amp = _class_amplitudes(src.chain, mean, var, smooth, y, shape, channels)
+    amp = broadcast_to(amp, (amp.shape[0], channels))
+    basis = None
+    if corr.centred is not None:
+        basis = _centred_basis(corr, src.chain, mean, var, smooth, y, shape, channels)
+    return DeferredCorrelation(
+        lambda: _through_mehler(corr, y, channels, amp, basis, rho_z, floor_z), corr.radius)
+
+
+def _through_mehler(corr: Correlation, y: Moments, channels: int, amp: np.ndarray, basis,
+                    rho_z: np.ndarray, floor_z: np.ndarray) -> Correlation:
+    """The rest of :func:`deferred_correlation` from the amplitudes ``amp`` ``[8, channels]``
+    (and the centred fraction's ``basis``, None without one)."""
+    cells = y.spatial.cells if y.spatial is not None else y
     if y.spatial is not None:
         variance = within_variance(y.spatial, channels)
     else:
         variance = np.broadcast_to(np.reshape(cells.var, (-1,)), (channels,))
-    amp = broadcast_to(amp, (amp.shape[0], channels))
     variance = broadcast_to(variance, (channels,))
     rho_z = broadcast_to(rho_z, (channels,) + rho_z.shape[1:])
     floor_z = broadcast_to(floor_z, (channels,))
@@ -63,7 +86,7 @@ def elementwise_correlation(corr: Correlation, y: Moments, smooth: bool, fn=None
     rho[(slice(None), *corr.radius)] = 1.0
     centred = corr.centred
     if centred is not None:
-        centred = _centred(corr, src.chain, mean, var, smooth, y, shape, channels, amp, rho_z)
+        centred = corr.batch_centred(channels) * centred_share(basis, amp, rho_z)
     out = Correlation(rho, mehler.mehler(amp, variance, floor_z), (rho_z, floor_z),
                       centred)
     return cross_fields.elementwise(corr, amp, variance, out)
@@ -143,21 +166,20 @@ def _per_channel(amp: np.ndarray, y: Moments, shape, channels: int) -> np.ndarra
     return np.broadcast_to(amp, (amp.shape[0], channels))
 
 
-def _centred(corr: Correlation, chain, mean, var, smooth: bool, y: Moments, shape,
-             channels: int, outer: np.ndarray, rho_z: np.ndarray) -> np.ndarray:
-    """y = f(x)'s batch-centred fraction (``Correlation.batch_centred``): x = g(z) with g the
-    chain but its last function, the part of y's spatial-mean variance that moves with what
-    BatchNorm centred (:func:`centred_share`). Straight after a BatchNorm
-    (``corr.normalized``) that is x's spatial mean and that of its square: the normalization
-    fixes both moments over the batch and the positions."""
+def _centred_basis(corr: Correlation, chain, mean, var, smooth: bool, y: Moments, shape,
+                   channels: int) -> list[np.ndarray]:
+    """The amplitudes that y = f(x)'s batch-centred fraction (``Correlation.batch_centred``)
+    is projected on: x = g(z) with g the chain but its last function, the part of y's
+    spatial-mean variance that moves with what BatchNorm centred (:func:`centred_share`).
+    Straight after a BatchNorm (``corr.normalized``) that is x's spatial mean and that of its
+    square: the normalization fixes both moments over the batch and the positions."""
     inner = chain[:-1]
-    centred = corr.batch_centred(channels)
     basis = [_per_channel(_amplitudes(inner, mean, var, smooth), y, shape, channels)]
     if corr.normalized:
         square = (Elementwise(("Square",), np.square),)
         basis.append(_per_channel(_amplitudes(inner + square, mean, var, smooth), y, shape,
                                   channels))
-    return centred * centred_share(basis, outer, rho_z)
+    return basis
 
 
 def centred_share(basis, outer: np.ndarray, rho_z: np.ndarray) -> np.ndarray:
@@ -193,4 +215,4 @@ def centred_share(basis, outer: np.ndarray, rho_z: np.ndarray) -> np.ndarray:
     return np.clip(share, 0.0, 1.0)
 
 
-__all__ = ["centred_share", "chain_amplitudes", "elementwise_correlation"]
+__all__ = ["centred_share", "chain_amplitudes", "deferred_correlation", "elementwise_correlation"]

@@ -253,4 +253,4 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
     out = Moments(m1, v1, cells.source, None)
     if y.spatial is None:
         return out
-    return attach(out, y.spatial.maps, y.spatial.corr)
+    return attach(out, y.spatial.maps, y.spatial.given)

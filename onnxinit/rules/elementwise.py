@@ -31,7 +31,7 @@ from ..moments import Elementwise, Moments, Source
 from ..spatial import attach, with_corr
 from .context import RuleContext, RuleError, signal
 from . import cross_fields
-from .correlations import elementwise_correlation
+from .correlations import deferred_correlation
 from .joint_samples import joint_moments
 from .gaussian import compose, expand, gaussian_moments, probability
 from .mixture import through
@@ -270,8 +270,8 @@ def _apply_to_cells(x: Moments, f: ElementwiseFn, rank) -> Moments:
     if sp.corr is None:
         return result
     smooth = result.source is not None and is_smooth(result.source.chain)
-    corr = elementwise_correlation(sp.corr, result, smooth,
-                                   f.elementwise if f.affine is None else None, cells)
+    corr = deferred_correlation(sp.corr, result, smooth,
+                                f.elementwise if f.affine is None else None, cells)
     if corr is sp.corr and f.affine is not None:  # the values' field, a_c x + b: signs of a
         corr = cross_fields.affine(corr, f.affine[0])
     return with_corr(result, corr, sp.maps)

@@ -65,7 +65,7 @@ def mixed(y: Moments, ctx: RuleContext) -> Moments:
     if not (np.all(np.isfinite(var)) and np.all(var > 0)):
         return y
     out = Moments(mean, var, cells.source, None)
-    return out if y.spatial is None else attach(out, y.spatial.maps, y.spatial.corr)
+    return out if y.spatial is None else attach(out, y.spatial.maps, y.spatial.given)
 
 
 def mixture_shift(ctx: RuleContext, name: str, m: Moments):

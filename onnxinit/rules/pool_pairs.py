@@ -35,6 +35,7 @@ import weakref
 
 import numpy as np
 
+from ..deferred import DeferredCorrelation
 from ..moments import Moments
 from ..spatial import with_corr, within_variance
 from .context import RuleContext, RuleError
@@ -147,7 +148,10 @@ def paired(y: Moments, ctx: RuleContext) -> Moments:
     """``y`` with :func:`pair_covariance` in its correlation when it is ``f(z)`` of a depthwise
     Conv's output z (:func:`.pool_skewness.edgeworth_terms`); ``y`` itself otherwise."""
     sp = y.spatial
-    if sp is None or sp.corr is None or sp.corr.energy_pairs or ctx.known is None:
+    # a correlation not computed yet (a SiLU's Sigmoid's, which may never be read) says its
+    # radius: its pair terms are added when it is
+    given = sp.given if sp is not None else None
+    if given is None or given.energy_pairs or ctx.known is None:
         return y
     try:
         shape = tuple(ctx.out_shape(0))
@@ -162,21 +166,28 @@ def paired(y: Moments, ctx: RuleContext) -> Moments:
         return y
     c = shape[1]
     n = len(shape) - 2
-    if not _within(t, sp.corr.radius):
+    if not _within(t, given.radius):
         return y
-    s3, s4 = _conv_pair_sums(t.conv, t, sp.corr.radius)
+    s3, s4 = _conv_pair_sums(t.conv, t, given.radius)
     k3, k4 = t.k3.mean(axis=1), t.k4.mean(axis=1)
     b = (-1,) + (1,) * n
     extra = ((t.d1 * t.d2 * t.a**3 * k3).reshape(b) * s3
              + (0.25 * t.d2**2 * t.a**4 * k4).reshape(b) * s4)
-    extra[(slice(None), *sp.corr.radius)] = 0.0  # a position with itself: the pool's term
+    extra[(slice(None), *given.radius)] = 0.0  # a position with itself: the pool's term
     nu = within_variance(sp, c)
     if not (np.all(np.isfinite(extra)) and np.all(nu > 0)):
         return y
-    rho = np.broadcast_to(sp.corr.rho, (c,) + sp.corr.rho.shape[1:])
+    if isinstance(given, DeferredCorrelation):
+        return with_corr(y, DeferredCorrelation(
+            lambda: _with_pairs(given.get(), extra, nu, c, b), given.radius, True), sp.maps)
+    return with_corr(y, _with_pairs(given, extra, nu, c, b), sp.maps)
+
+
+def _with_pairs(corr, extra: np.ndarray, nu: np.ndarray, c: int, b: tuple):
+    """``corr`` with the pair covariance ``extra`` (over the variance ``nu``) in its rho."""
+    rho = np.broadcast_to(corr.rho, (c,) + corr.rho.shape[1:])
     new = np.clip(rho + extra / nu.reshape(b), -1.0, 1.0)
-    corr = dataclasses.replace(sp.corr, rho=new, energy_pairs=True)
-    return with_corr(y, corr, sp.maps)
+    return dataclasses.replace(corr, rho=new, energy_pairs=True)
 
 
 __all__ = ["pair_sums", "paired"]
