@@ -154,6 +154,9 @@ def _find_conv(ctx: RuleContext, tensor: str):
         node = graph.node(node_id)
         if node.op_type == "Conv":
             return node_id, bn, z if z is not None else tensor
+        if node.op_type == "Identity":  # tf2onnx's Identity after the depthwise Conv
+            tensor = node.input[0]
+            continue
         if node.op_type == "BatchNormalization" and bn is None:
             bn, z = node_id, tensor
             tensor = node.input[0]

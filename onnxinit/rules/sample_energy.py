@@ -104,6 +104,7 @@ from .random_draws import is_keep_mask
 from .sample_masks import (concat_factors, gate_factor, gate_moments, merge_smallest,
                            regression, sum_factors)
 from .kurtosis import _step, chain_start
+from .identity_steps import same_function
 
 _FIELD = OnDemandField()
 _KEEP = {"Identity", "Dropout", "AveragePool", "MaxPool", "Pad"}
@@ -236,6 +237,8 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
         with np.errstate(all="ignore"):
             if _is_chain(graph, ctx, known, tensor):
                 base, norms = _chain(graph, ctx, tensor)
+                if base != tensor and not norms and same_function(known[base], m):
+                    return of(base)  # identities after a Pad of f(z): f already in its record
                 source = of(base, _shape(graph, base)[1]) if base != tensor else None
                 out = fresh if source is None else chain_record_law(
                     m, shape, _normalised(source) if norms else source, known[base],
