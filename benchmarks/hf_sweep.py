@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # tests.real; an onnxinit on PYTHONPATH comes first
 
+from hf_sweep_fifth import ENCODERS, FIFTH, SEQ2SEQ  # noqa: E402  (this script's folder)
+
 _TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
              vocab_size=512, max_position_embeddings=64)
 _DECODER = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
@@ -47,7 +49,7 @@ _AUDIO = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, interm
               conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,
               num_conv_pos_embedding_groups=4)
 _WAVE, _VIDEO = ((1600,), "input_values", 0), ((4, 3, 32, 32), "pixel_values", 0)
-_ENCODERS = ("whisper_encoder", "speech2text_encoder")  # a sequence-to-sequence model's encoder
+_ENCODERS = ("whisper_encoder", "speech2text_encoder", *ENCODERS)  # a seq2seq model's encoder
 
 # name: (config class, model class, config keywords, (input shape, input name, vocabulary))
 MODELS = {
@@ -267,6 +269,12 @@ MODELS = {
                  dict(num_input_channels=3, context_length=32, patch_length=8, patch_stride=8,
                       d_model=64, num_attention_heads=4, num_hidden_layers=2, ffn_dim=128),
                  ((32, 3), "past_values", 0)),
+    # a fifth tier (stop 42): text encoders with layout, entity, language or shape embeddings
+    # and LSH/multiresolution attention, further encoder-decoders, newer decoders (short
+    # convolutions, dynamic masks), selective-scan and hybrid models, audio front ends
+    # (conformers, spectrogram Swin), vision towers of multimodal models, depth and
+    # segmentation heads, MLP-mixer time series
+    **FIFTH,
 }
 
 
@@ -288,7 +296,7 @@ def build(name: str):
             self.model = model
 
         def forward(self, x):
-            extra = {"decoder_input_ids": x} if name in ("t5", "m2m100") else {}
+            extra = {"decoder_input_ids": x} if name in ("t5", "m2m100", *SEQ2SEQ) else {}
             return self.model(**{input_name: x}, **extra)[0]
 
     return LastHiddenState(), shape, input_name, vocab

@@ -163,7 +163,7 @@ def tensor_gradients(propagation: Propagation, loss: str = "cross_entropy",
             contributions.setdefault(name, []).append(g)
             rules.setdefault(name, rule_name)
         for index, (name, g) in enumerate(zip(node.input, inputs)):
-            if g is None or not name:
+            if g is None or not name or _empty(graph, name):
                 continue
             if graph.is_signal(name):
                 _require_finite(g, node_id, node.op_type, name)
@@ -174,6 +174,14 @@ def tensor_gradients(propagation: Propagation, loss: str = "cross_entropy",
     for name, parts in contributions.items():  # graph inputs
         done[name] = add(parts)
     return done, rules, params, warnings
+
+
+def _empty(graph, name: str) -> bool:
+    """``name`` holds no element (a dimension 0: the pass-through part of a rotary embedding
+    that rotates every feature, ``x[..., d:]``): it receives no gradient (its statistics, a
+    mean over no element, would be NaN)."""
+    shape = graph.shape(name)
+    return shape is not None and any(d == 0 for d in shape)
 
 
 def _require_finite(g: Gradient, node_id: str, op: str, tensor: str) -> None:

@@ -31,6 +31,7 @@ from .. import special
 from ..moments import Moments
 from ..rules import activations as forward_activations  # noqa: F401 - fills UNARY
 from ..rules import dropout as forward_dropout  # noqa: F401 - fills UNARY
+from ..rules import inverse_trig as forward_inverse_trig  # noqa: F401 - fills UNARY
 from ..rules import rounding as forward_rounding  # noqa: F401 - fills UNARY
 from ..rules.context import RuleError
 from ..rules.elementwise import UNARY, base_source, is_smooth, node_function, rank_of

@@ -26,6 +26,7 @@ BUILTIN_MODULES = (
     "onnxinit.rules.edgeworth",
     "onnxinit.rules.energy_mixture",
     "onnxinit.rules.fused_ahead",
+    "onnxinit.rules.inverse_trig",
     "onnxinit.rules.linear",
     "onnxinit.rules.normalization",
     "onnxinit.rules.pooling",

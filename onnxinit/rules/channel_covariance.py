@@ -310,9 +310,8 @@ def _conv(ctx: RuleContext, node, x: str, y: str, field_of) -> Field | None:
     s_x = _channels_or_diagonal(ctx, x, field_of)
     if s_x is None or s_x.shape[0] != shape_x[1]:
         return None
-    if is_pointwise:  # float32 products: a field is a correlation estimate, C^3 work
-        w = w.reshape(c_out, -1).astype(np.float32)
-        return Field(1, (w @ s_x.astype(np.float32) @ w.T).astype(np.float64))
+    if is_pointwise:  # W S_x W^T
+        return Field(1, maps.pointwise_field(w, s_x))
     share = conv_share(graph, node, w, shape_x, shape_y)
     return Field(1, maps.rescaled(maps.conv_same_tap(s_x, w, groups, share),
                                   within(ctx.known[y], shape_y)))

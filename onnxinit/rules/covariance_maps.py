@@ -50,13 +50,15 @@ def conv_same_tap(s_x: np.ndarray, w: np.ndarray, groups: int,
     c_out, c_in_group = w.shape[:2]
     taps = int(np.prod(w.shape[2:]))
     per = c_out // groups
+    (s_x, e_s), (w, e_w) = _binary_scaled(s_x), _binary_scaled(w)  # exact; see below
     share = np.ones(taps) if share is None else share
     if c_in_group == 1:  # depthwise (a channel multiplier per): one input channel per output
         k = w.reshape(c_out, taps)
         if per == 1:
-            return s_x * ((k * share) @ k.T)
+            return np.ldexp(s_x * ((k * share) @ k.T), e_s + 2 * e_w)
         source = np.arange(c_out) // per
-        return s_x[source[:, None], source[None, :]] * ((k * share) @ k.T)
+        return np.ldexp(s_x[source[:, None], source[None, :]] * ((k * share) @ k.T),
+                        e_s + 2 * e_w)
     w4 = w.reshape(groups, per, c_in_group, taps)  # the groups read correlated inputs too
     left = (w4 * share).transpose(0, 1, 3, 2).reshape(groups, per * taps, c_in_group)
     left = left.astype(np.float32)  # float32 products
@@ -64,7 +66,16 @@ def conv_same_tap(s_x: np.ndarray, w: np.ndarray, groups: int,
     mixed = mixed.reshape(groups, per, taps, groups, c_in_group).transpose(3, 0, 1, 2, 4)
     right = w4.transpose(0, 3, 2, 1).reshape(groups, taps * c_in_group, per)
     out = mixed.reshape(groups, c_out, taps * c_in_group) @ right.astype(np.float32)
-    return out.transpose(1, 0, 2).reshape(c_out, c_out).astype(np.float64)  # [h, (g, p), q]
+    out = out.transpose(1, 0, 2).reshape(c_out, c_out).astype(np.float64)  # [h, (g, p), q]
+    return np.ldexp(out, e_s + 2 * e_w)
+
+
+def pointwise_field(w: np.ndarray, s_x: np.ndarray) -> np.ndarray:
+    """``W S_x W^T`` for a 1x1 Conv's weight ``[C_out, C_in]``, in float32 products (a field
+    is a correlation estimate, C^3 work) of ``W`` and ``S_x`` at a unit binary scale."""
+    (s_x, e_s), (w, e_w) = _binary_scaled(s_x), _binary_scaled(w)
+    w = w.reshape(w.shape[0], -1).astype(np.float32)
+    return np.ldexp((w @ s_x.astype(np.float32) @ w.T).astype(np.float64), e_s + 2 * e_w)
 
 
 def mehler(s_x: np.ndarray, a: np.ndarray, nu: np.ndarray) -> np.ndarray:
@@ -134,7 +145,13 @@ def normalized_variances(s: np.ndarray, mu: np.ndarray, eps: float) -> np.ndarra
 
 def cross_term_factor(s: np.ndarray, w_out_in: np.ndarray) -> np.ndarray:
     """Per output j of a linear map ``y_j = sum_m W_jm x_m``: ``w_j^T S w_j / sum_m W_jm^2
-    S_mm``, the variance with x's covariance over the one with independent inputs."""
+    S_mm``, the variance with x's covariance over the one with independent inputs. The ratio
+    does not change when S or W is scaled: both are first brought to a largest element in
+    [0.5, 1) by a power of two (exact), so that the float32 products neither overflow nor
+    underflow (SAM's and BLIP's vision towers at their default init, weights of std 1e-10 on
+    variances of 1e-31: every product below float32's smallest, the factor 0, the prediction
+    0 for a variance of 1e-49)."""
+    s, w_out_in = _binary_unit(s), _binary_unit(w_out_in)
     diag = (w_out_in * w_out_in) @ np.diag(s)
     w32 = w_out_in.astype(np.float32)  # float32 products: C^3 work
     with np.errstate(over="ignore", invalid="ignore"):
@@ -144,5 +161,25 @@ def cross_term_factor(s: np.ndarray, w_out_in: np.ndarray) -> np.ndarray:
     return np.where(diag > 0, np.maximum(full, 0.0) / np.maximum(diag, 1e-300), 1.0)
 
 
-__all__ = ["centred", "conv_same_tap", "tap_fractions", "cross_term_factor", "gated", "mehler",
-           "normalized_variances", "rescaled"]
+def _binary_unit(a: np.ndarray) -> np.ndarray:
+    """``a 2^-e`` with ``e`` the binary exponent of its largest magnitude (``a`` when 0 or not
+    finite)."""
+    return _binary_scaled(a)[0]
+
+
+def _binary_scaled(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(a 2^-e, e)``, ``e`` the binary exponent of ``a``'s largest magnitude (0 when that is
+    0 or not finite): the float32 products of the covariance maps then neither underflow nor
+    overflow (SAM's neck at its default init: a Conv field of variances 1e-36 through weights
+    of 1e-10 was 0, and the LayerNorm after it predicted 6e-103 for 2e-42), and scaling by a
+    power of two is exact, so the products are unchanged bit for bit at ordinary scales."""
+    a = np.asarray(a, dtype=np.float64)
+    top = float(np.max(np.abs(a))) if a.size else 0.0
+    if top == 0.0 or not np.isfinite(top):
+        return a, 0
+    e = int(np.frexp(top)[1])
+    return np.ldexp(a, -e), e
+
+
+__all__ = ["centred", "conv_same_tap", "cross_term_factor", "gated", "mehler",
+           "normalized_variances", "pointwise_field", "rescaled", "tap_fractions"]

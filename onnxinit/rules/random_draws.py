@@ -1,6 +1,9 @@
 """Random ops: their outputs' moments are known from their attributes, without a run.
 
-* RandomUniform(Like) on ``[low, high)``: ``E = (low + high) / 2``, ``Var = (high - low)^2 / 12``.
+* RandomUniform(Like) on ``[low, high)``: ``E = (low + high) / 2``, ``Var = (high - low)^2 / 12``,
+  described as ``low + (high - low) Phi(z)`` of a standard normal z (its law: an element-wise
+  function of a draw takes its moments over it; a Gaussian of those moments leaves the interval,
+  where the Gumbel noise ``-log(-log(U))`` of a Gumbel softmax has no value).
 * RandomNormal(Like): ``E = mean``, ``Var = scale^2``.
 * A Cast to float of a comparison of a uniform draw with a constant, ``Cast(Less(U, c))``
   (PyTorch's ``bernoulli_`` as exporters write it: the keep mask of stochastic depth, then
@@ -21,8 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import special
 from ..dtypes import FLOAT_TYPES
-from ..moments import Moments
+from ..moments import Elementwise, Moments, Source
 from .context import RuleContext, RuleError
 from .registry import rule
 
@@ -54,11 +58,20 @@ def _moments(mean, var, ctx: RuleContext) -> Moments:
 
 @rule(*_UNIFORM)
 def random_uniform(inputs, ctx: RuleContext):
-    """U ~ Uniform[low, high): E = (low + high) / 2, Var = (high - low)^2 / 12."""
+    """U ~ Uniform[low, high): E = (low + high) / 2, Var = (high - low)^2 / 12; its law
+    ``U = low + (high - low) Phi(z)``, z ~ N(0, 1)."""
     if not _float_output(ctx):
         return [None]
     low, high = float(ctx.attr("low", 0.0)), float(ctx.attr("high", 1.0))
-    return [Moments.scalar((low + high) / 2, (high - low) ** 2 / 12)]
+    m = Moments.scalar((low + high) / 2, (high - low) ** 2 / 12)
+    return [Moments(m.mean, m.var, uniform_source(low, high, m.mean))]
+
+
+def uniform_source(low: float, high: float, like: np.ndarray) -> Source:
+    """``low + (high - low) Phi(z)`` with z ~ N(0, 1) laid out like ``like``."""
+    width = high - low
+    law = Elementwise(("Uniform", low, high), lambda z: low + width * special.ndtr(z))
+    return Source(np.zeros_like(like), np.ones_like(like), (law,))
 
 
 @rule("RandomNormal", "RandomNormalLike")
