@@ -35,15 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # tests.real; an onnxinit on PYTHONPATH comes first
 
 from hf_sweep_fifth import ENCODERS, FIFTH, SEQ2SEQ  # noqa: E402  (this script's folder)
+from hf_sizes import DECODER, IMAGE, TEXT, TOKENS, VISION  # noqa: E402
 
-_TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-             vocab_size=512, max_position_embeddings=64)
-_DECODER = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
-                max_position_embeddings=64)
-_VISION = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-               image_size=32, patch_size=8)
-_TOKENS, _IMAGE = ((32,), "input_ids", 512), ((3, 32, 32), "pixel_values", 0)
+_TEXT, _DECODER, _VISION = TEXT, DECODER, VISION
+_TOKENS, _IMAGE = TOKENS, IMAGE
 _AUDIO = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
               mask_time_prob=0.0, conv_dim=(32, 32, 32), conv_stride=(5, 2, 2),
               conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,

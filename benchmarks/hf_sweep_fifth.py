@@ -7,20 +7,16 @@ neither the earlier tiers nor docs/robustness.md had, at the sweep's sizes (2 la
 
 from __future__ import annotations
 
-_TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-             vocab_size=512, max_position_embeddings=64)
-_DECODER = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
-                max_position_embeddings=64)
-_VISION = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-               image_size=32, patch_size=8)
+from hf_sizes import DECODER, IMAGE, TEXT, TOKENS, VISION  # this script's folder
+
+_TEXT, _DECODER, _VISION = TEXT, DECODER, VISION
 _SEQ = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, vocab_size=512,
             max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=2,
             decoder_start_token_id=2)
 _SWIN = dict(image_size=32, patch_size=2, embed_dim=32, depths=[2, 2], num_heads=[2, 4],
              window_size=4)
-_TOKENS, _IMAGE = ((32,), "input_ids", 512), ((3, 32, 32), "pixel_values", 0)
+_TOKENS, _IMAGE = TOKENS, IMAGE
 _WAVE = ((1600,), "input_values", 0)
 
 SEQ2SEQ = ("blenderbot", "plbart", "mvp", "pegasus_x", "umt5")
