@@ -123,7 +123,7 @@ def _feature_moments(x: Moments, rank: int):
     it has one, else Gaussian."""
     mean, var = lift(x.mean, rank), lift(x.var, rank)
     src = x.source
-    if src is None:
+    if src is None or max(np.ndim(src.mean), np.ndim(src.var)) > rank:
         return mean, var, np.zeros_like(var), 3.0 * var**2
     fn = compose(src.chain)
     try:
