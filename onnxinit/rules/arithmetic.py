@@ -57,6 +57,7 @@ from .layout import positions_dense
 from .mixture import binary_independent, lift, sum_mixture
 from .positional import concat_channels, positions_binary
 from .registry import rule
+from .row_mean_scale import centred_sum, mean_times_scale
 from .row_norm import response_normalised, row_normalised
 from .shared_projection import with_shared_row
 from .self_attention_share import self_attention_sum
@@ -129,6 +130,8 @@ def binary(inputs, ctx: RuleContext):
         normalised = response_normalised(inputs, ctx, rank)
     if normalised is None:
         normalised = unit_rows(inputs, ctx, rank)
+    if normalised is None:
+        normalised = mean_times_scale(inputs, ctx, rank) or centred_sum(inputs, ctx, rank)
     if normalised is not None:
         return [finish(*normalised, signal_axes(inputs, rank))]
     fused = _two_signals_fused(inputs, ctx)
