@@ -86,7 +86,8 @@ def test_every_option_the_readme_names_exists():
                *GATE_CALIBRATION_OPTIONS, *METHOD_COST_OPTIONS,
                "--size", "--variants", "--runs", "--before", "--torch-check", "--onnx",
                "--train-seeds",  # metainit_diagnosis.py's
-               "--match"}  # benchmark scripts' options (the per-map traces' tensor filter last)
+               "--match",  # the per-map traces' tensor filter
+               "--repeat", "--skip"}  # benchmark scripts' options (analyze_speed.py's last)
     assert sorted(named - known - not_cli) == []
 
 
