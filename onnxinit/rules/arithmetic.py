@@ -33,6 +33,7 @@ import numpy as np
 
 from . import masks
 from .id_masks import mixes_ids
+from .indicator_share import counted_share
 from .id_mixtures import mixed_moments
 from ..moments import Elementwise, Moments
 from .centring import centred
@@ -119,6 +120,8 @@ def binary(inputs, ctx: RuleContext):
     offset = masks.logit_offset(inputs, ctx, rank)
     if offset is not None:
         return [offset]
+    if (counted := counted_share(inputs, ctx, rank)) is not None:  # a one-hot over its count
+        return [finish(*counted, signal_axes(inputs, rank))]
     if (joint := joint_moments(inputs, ctx)) is not None:  # correlated through element-wise nodes
         return [joint]
     if op == "Add" and (lse := shifted_logsumexp(inputs, ctx)) is not None:
