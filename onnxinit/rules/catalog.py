@@ -39,6 +39,7 @@ BUILTIN_MODULES = (
     "onnxinit.rules.scatter",
     "onnxinit.rules.shape",
     "onnxinit.rules.softmax",
+    "onnxinit.rules.topk",
 )
 PLUGIN_GROUP = "onnxinit.rules"
 _STATE = {"loaded": False}

@@ -32,6 +32,7 @@ from ..feeds import synthetic_feeds, vocab_size
 from ..moments import Moments, Rows, compressed
 from ..runtime import make_session
 from .context import RuleContext, RuleError
+from .exact_values import exact_tensor
 from .grids import fold, varies, varying_axes
 from .id_masks import sampled_moments
 from .layout import reshape_is_exact
@@ -111,7 +112,8 @@ def condition(ctx: RuleContext, index: int, inputs) -> np.ndarray | None:
     """The boolean value of input ``index`` (a Where condition): a constant; IsNaN/IsInf of a
     signal that is also an input of this node (``Where(IsNaN(p), 0, p)``: from its predicted
     moments in ``inputs``); or computed from integer or boolean graph inputs on the synthetic
-    inputs. None when it depends on a signal otherwise."""
+    inputs, or from signals of variance 0 (exact_values.py). None when it depends on a
+    signal otherwise."""
     value = ctx.const(index)
     if value is not None:
         return np.asarray(value, dtype=bool)
@@ -128,7 +130,8 @@ def condition(ctx: RuleContext, index: int, inputs) -> np.ndarray | None:
         if node.op_type == "IsNaN" or not ctx.for_node(producer).attr("detect_negative", 1):
             return np.zeros_like(mean, dtype=bool)  # predictions are never NaN or +inf
         return np.isneginf(mean)
-    return input_derived(ctx, name)
+    value = input_derived(ctx, name)
+    return exact_tensor(ctx, name) if value is None else value
 
 
 def upstream(graph, tensor: str, token_ids: bool = False) -> tuple[list[str], set[str]] | None:

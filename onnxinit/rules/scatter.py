@@ -1,5 +1,8 @@
 """Scatters by constant indices: ScatterND, ScatterElements (and the deprecated Scatter).
 
+Indices computed from signals of variance 0 (``TopK(s, k).indices`` of an exactly known s)
+are as constant (exact_values.py).
+
 ``y = data`` with ``updates`` written at constant indices. Nothing is mixed: each element of y
 is an element of data or of updates, so its statistics are that element's. Exporters write a
 recurrence's steps this way (a scan unrolled into one ScatterND per step into a zero tensor,
@@ -20,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .context import RuleContext, RuleError
+from .exact_values import exact_tensor
 from .layout import drop_constant_axes
 from .registry import rule
 from .token_scatter import scattered_field
@@ -52,6 +56,8 @@ def _constant_indices(ctx: RuleContext) -> tuple[np.ndarray, tuple[int, ...]]:
     if reduction != "none":
         raise RuleError(f"reduction '{reduction}' combines overlapping writes")
     indices = ctx.const(1)
+    if indices is None:  # computed from signals known exactly (TopK of a tied row)
+        indices = exact_tensor(ctx, ctx.node.input[1])
     if indices is None:
         raise RuleError("the indices are not constant")
     shape = tuple(int(d) for d in ctx.in_shape(0))
