@@ -31,7 +31,8 @@ import numpy as np
 
 from ..moments import Moments, compressed
 from .context import RuleContext
-from .masks import evaluated, upstream
+from .masks import evaluated
+from .upstream_nodes import upstream
 from .token_field import attach, grid, profile_grid
 
 _DRAWS = 4

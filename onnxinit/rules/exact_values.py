@@ -22,9 +22,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..feeds import synthetic_feeds, vocab_size
+from ..feeds import synthetic_feeds
 from ..runtime import make_session
 from .context import RuleContext
+from .upstream_nodes import upstream
 
 _MAX_NODES = 200  # nodes of a subgraph evaluated for one exactly known tensor
 _MAX_ELEMENTS = 1 << 20  # elements of an exactly known signal fed to it
@@ -51,37 +52,21 @@ def _exact_signal(ctx: RuleContext, name: str) -> np.ndarray | None:
 
 def _subgraph(ctx: RuleContext, tensor: str):
     """(nodes in order, exactly known signals, graph inputs) computing ``tensor``; None when
-    a signal of nonzero variance, token ids, a float graph input or too many nodes enter."""
-    graph = ctx.graph
-    nodes, leaves, inputs, stack, seen = set(), {}, set(), [tensor], set()
-    while stack:
-        name = stack.pop()
-        if not name or name in seen or graph.is_constant(name):
-            continue
-        seen.add(name)
-        if name != tensor and graph.is_signal(name):
-            value = _exact_signal(ctx, name)
-            if value is None:
-                return None
+    a signal of nonzero variance, token ids, a float graph input or too many nodes enter, or
+    no signal does (constants and attention masks alone: :func:`.masks.input_derived`)."""
+    leaves = {}
+
+    def known(name: str) -> bool:
+        value = _exact_signal(ctx, name)
+        if value is not None:
             leaves[name] = value
-            continue
-        if name in graph.input_names:
-            if graph.is_float(name) or vocab_size(graph, name) is not None:
-                return None
-            inputs.add(name)
-            continue
-        producer = graph.producer.get(name)
-        if producer is None:
-            return None
-        if producer in nodes:
-            continue
-        nodes.add(producer)
-        if len(nodes) > _MAX_NODES:
-            return None
-        stack.extend(graph.node(producer).input)
-    if not leaves:  # constants and attention masks alone: masks.input_derived
+        return value is not None
+
+    found = upstream(ctx.graph, tensor, leaf=known, max_nodes=_MAX_NODES)
+    if found is None or not leaves:
         return None
-    return [n for n in graph.order if n in nodes], leaves, inputs
+    order, inputs = found
+    return order, leaves, inputs
 
 
 def _run(ctx: RuleContext, found, tensor: str) -> np.ndarray | None:

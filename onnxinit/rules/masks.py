@@ -28,11 +28,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..feeds import synthetic_feeds, vocab_size
+from ..feeds import synthetic_feeds
 from ..moments import Moments, Rows, compressed
 from ..runtime import make_session
 from .context import RuleContext, RuleError
 from .exact_values import exact_tensor
+from .upstream_nodes import upstream
 from .grids import fold, varies, varying_axes
 from .id_masks import sampled_moments
 from .layout import reshape_is_exact
@@ -43,7 +44,6 @@ TILED_CAP = 1 << 16  # elements of a reshape into a Softmax tiled over the batch
 _THROUGH = {"Reshape", "Transpose", "Add", "Sub", "Where", "Cast", "Identity", "Dropout", "Mul",
             "Div", "Unsqueeze", "Squeeze", "Expand", "Slice", "Concat"}
 _DEPTH = 6
-_MAX_NODES = 400  # nodes of an input-derived subgraph evaluated for a mask
 _DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> {tensor: value}
 
 
@@ -132,35 +132,6 @@ def condition(ctx: RuleContext, index: int, inputs) -> np.ndarray | None:
         return np.isneginf(mean)
     value = input_derived(ctx, name)
     return exact_tensor(ctx, name) if value is None else value
-
-
-def upstream(graph, tensor: str, token_ids: bool = False) -> tuple[list[str], set[str]] | None:
-    """(nodes in topological order, graph inputs) computing ``tensor`` from constants and
-    integer/boolean inputs that are not token ids (``token_ids``: token ids too); None when a
-    float signal, token ids or too many nodes are involved."""
-    nodes, inputs, stack, seen = set(), set(), [tensor], set()
-    while stack:
-        name = stack.pop()
-        if not name or name in seen or graph.is_constant(name):
-            continue
-        seen.add(name)
-        if name in graph.input_names:
-            if graph.is_float(name) or (not token_ids and vocab_size(graph, name) is not None):
-                return None
-            inputs.add(name)
-            continue
-        if name != tensor and graph.is_signal(name):
-            return None
-        producer = graph.producer.get(name)
-        if producer is None:
-            return None
-        if producer in nodes:
-            continue
-        nodes.add(producer)
-        if len(nodes) > _MAX_NODES:
-            return None
-        stack.extend(graph.node(producer).input)
-    return [n for n in graph.order if n in nodes], inputs
 
 
 def input_derived(ctx: RuleContext, tensor: str) -> np.ndarray | None:
@@ -353,4 +324,4 @@ def overflowed(mean: np.ndarray, elem_type: int | None) -> np.ndarray:
 
 __all__ = ["OFFSET_CAP", "condition", "derived_moments", "evaluated", "exact_value",
            "feeds_softmax", "has_masked", "input_derived", "keep_rows", "logit_offset",
-           "overflowed", "sequence_lengths", "upstream"]
+           "overflowed", "sequence_lengths"]
