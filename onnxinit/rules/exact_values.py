@@ -20,12 +20,10 @@ import weakref
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from ..feeds import synthetic_feeds
-from ..runtime import make_session
 from .context import RuleContext
-from .upstream_nodes import upstream
+from .upstream_nodes import subgraph_session, upstream
 
 _MAX_NODES = 200  # nodes of a subgraph evaluated for one exactly known tensor
 _MAX_ELEMENTS = 1 << 20  # elements of an exactly known signal fed to it
@@ -72,27 +70,16 @@ def _subgraph(ctx: RuleContext, tensor: str):
 def _run(ctx: RuleContext, found, tensor: str) -> np.ndarray | None:
     order, leaves, inputs = found
     graph = ctx.graph
-    used = {n for node_id in order for n in graph.node(node_id).input if n}
-    constants = [onnx.numpy_helper.from_array(np.asarray(graph.value(n)), n)
-                 for n in sorted(used) if graph.is_constant(n)]
-    model = helper.make_model(
-        helper.make_graph(
-            [graph.node(n) for n in order], "exact",
-            [helper.make_tensor_value_info(n, graph.dtypes[n], list(np.shape(v)))
-             for n, v in sorted(leaves.items())]
-            + [helper.make_tensor_value_info(n, graph.dtypes[n], graph.input_shapes[n])
-               for n in sorted(inputs)],
-            [helper.make_tensor_value_info(tensor, graph.dtypes.get(tensor, 0), None)],
-            constants),
-        opset_imports=list(graph.model.opset_import), ir_version=min(graph.model.ir_version, 10))
     feeds = {n: v.astype(onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes[n]))
              for n, v in leaves.items()}
     if inputs:
         synthetic = synthetic_feeds(graph, seed=ctx.settings.seed)
         feeds.update({n: synthetic[n] for n in inputs})
+    described = ([(n, list(np.shape(v))) for n, v in sorted(leaves.items())]
+                 + [(n, graph.input_shapes[n]) for n in sorted(inputs)])
     try:
         with np.errstate(over="ignore"):
-            return make_session(model, device="cpu").run(None, feeds)[0]
+            return subgraph_session(graph, order, described, [tensor]).run(None, feeds)[0]
     except Exception:  # noqa: BLE001 - a subgraph onnxruntime cannot run alone: unknown
         return None
 

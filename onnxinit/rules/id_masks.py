@@ -42,12 +42,11 @@ import weakref
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from ..feeds import synthetic_feeds, vocab_size
 from ..moments import Moments, compressed
-from ..runtime import make_session
 from ..strict import fall_back
+from .upstream_nodes import subgraph_session
 
 DRAWS = 256  # batches of synthetic ids drawn at most (a [B, S] mask: 2048 sequences)
 _SALT = 0x1D3A5C  # the draws' generator: (seed, salt), not a measured batch's seed
@@ -127,19 +126,10 @@ def _id_region(graph, tensor: str):
 
 
 def _session(graph, order, inputs, outputs, leaf: str | None = None):
-    used = {n for node_id in order for n in graph.node(node_id).input if n}
-    constants = [onnx.numpy_helper.from_array(np.asarray(graph.value(n)), n)
-                 for n in sorted(used) if graph.is_constant(n)]
-    feeds = [helper.make_tensor_value_info(n, graph.dtypes[n], graph.input_shapes[n])
-             for n in sorted(inputs)]
+    feeds = [(n, graph.input_shapes[n]) for n in sorted(inputs)]
     if leaf is not None:
-        feeds.append(helper.make_tensor_value_info(leaf, graph.dtypes[leaf], graph.shape(leaf)))
-    model = helper.make_model(
-        helper.make_graph([graph.node(n) for n in order], "id_mask", feeds,
-                          [helper.make_tensor_value_info(o, graph.dtypes.get(o, 0), None)
-                           for o in outputs], constants),
-        opset_imports=list(graph.model.opset_import), ir_version=min(graph.model.ir_version, 10))
-    return make_session(model, device="cpu")
+        feeds.append((leaf, graph.shape(leaf)))
+    return subgraph_session(graph, order, feeds, outputs)
 
 
 def _session_or_none(graph, order, inputs, outputs, leaf: str | None = None):

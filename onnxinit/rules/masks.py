@@ -25,15 +25,13 @@ from __future__ import annotations
 import weakref
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from ..feeds import synthetic_feeds
 from ..moments import Moments, Rows, compressed
-from ..runtime import make_session
 from .context import RuleContext, RuleError
 from .exact_values import exact_tensor
-from .upstream_nodes import upstream
+from .upstream_nodes import subgraph_session, upstream
 from .grids import fold, varies, varying_axes
 from .id_masks import sampled_moments
 from .layout import reshape_is_exact
@@ -159,19 +157,9 @@ def evaluated(graph, found, seeds) -> list[dict[str, np.ndarray]] | None:
     seed, or None when onnxruntime cannot run it alone."""
     order, inputs = found
     produced = [o for n in order for o in graph.node(n).output if o]
-    used = {n for node_id in order for n in graph.node(node_id).input if n}
-    constants = [onnx.numpy_helper.from_array(np.asarray(graph.value(n)), n)
-                 for n in sorted(used) if graph.is_constant(n)]
-    model = helper.make_model(
-        helper.make_graph(
-            [graph.node(n) for n in order], "derived",
-            [helper.make_tensor_value_info(n, graph.dtypes[n], graph.input_shapes[n])
-             for n in sorted(inputs)],
-            [helper.make_tensor_value_info(o, graph.dtypes.get(o, 0), None) for o in produced],
-            constants),
-        opset_imports=list(graph.model.opset_import), ir_version=min(graph.model.ir_version, 10))
     try:
-        session = make_session(model, device="cpu")
+        session = subgraph_session(graph, order,
+                                   [(n, graph.input_shapes[n]) for n in sorted(inputs)], produced)
         runs = []
         for seed in seeds:
             feeds = synthetic_feeds(graph, seed=seed)

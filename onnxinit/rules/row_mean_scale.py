@@ -44,21 +44,11 @@ from .chi_square import chain_from
 from .context import RuleContext, RuleError
 from .gaussian import compose, gaussian_moments
 from .mixture import lift
-from .row_norm import row_normalised
+from .row_norm import row_normalised, skip_casts
 from .table_rows import squared_input
 
 _LAYOUT = ("Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten")
 _STEP = 1e-4  # relative step of the central differences
-
-
-def _through_layout(graph, name: str) -> str:
-    """``name`` before any layout op producing it."""
-    for _ in range(4):
-        node_id = graph.producer.get(name)
-        if not node_id or graph.node(node_id).op_type not in _LAYOUT:
-            return name
-        name = graph.node(node_id).input[0]
-    return name
 
 
 def _reduce_mean(ctx: RuleContext, name: str):
@@ -98,7 +88,7 @@ def _centred_variance(ctx: RuleContext, v_name: str, m_name: str, x: str) -> boo
         return False
     node = ctx.graph.node(node_id)
     return (node.op_type == "Sub" and node.input[0] == x
-            and _through_layout(ctx.graph, node.input[1]) == m_name)
+            and skip_casts(ctx.graph, node.input[1], _LAYOUT) == m_name)
 
 
 def _mean_and_scale(ctx: RuleContext):

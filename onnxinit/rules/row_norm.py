@@ -42,11 +42,11 @@ def without_casts(ctx: RuleContext, name: str) -> str:
     return skip_casts(ctx.graph, name)
 
 
-def skip_casts(graph, name: str) -> str:
-    """:func:`without_casts` in ``graph``."""
+def skip_casts(graph, name: str, ops=("Cast", "Identity", "CastLike")) -> str:
+    """:func:`without_casts` in ``graph``; ``ops``: the single-input ops passed by (up to 4)."""
     for _ in range(4):
         node_id = graph.producer.get(name)
-        if not node_id or graph.node(node_id).op_type not in ("Cast", "Identity", "CastLike"):
+        if not node_id or graph.node(node_id).op_type not in ops:
             return name
         name = graph.node(node_id).input[0]
     return name

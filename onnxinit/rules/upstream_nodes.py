@@ -1,10 +1,15 @@
 """The subgraph that computes a tensor from constants and integer or boolean graph inputs: the
 nodes a mask, position ids or an index need run to be known exactly (:mod:`.masks`,
-:mod:`.derived_ids`, :mod:`.exact_values`)."""
+:mod:`.derived_ids`, :mod:`.exact_values`, :mod:`.id_masks`), and an onnxruntime session of it."""
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
+from onnx import helper
+
 from ..feeds import vocab_size
+from ..runtime import make_session
 
 MAX_NODES = 400  # nodes of an input-derived subgraph evaluated for a mask
 
@@ -43,4 +48,22 @@ def upstream(graph, tensor: str, token_ids: bool = False, leaf=None,
     return [n for n in graph.order if n in nodes], inputs
 
 
-__all__ = ["MAX_NODES", "upstream"]
+def subgraph_session(graph, order: list[str], feeds: list[tuple[str, object]],
+                     outputs: list[str]):
+    """An onnxruntime session (CPU) of ``graph``'s nodes ``order`` with the constants they read,
+    fed the tensors ``feeds`` (name, shape) and giving ``outputs``; raises what onnxruntime
+    raises when it cannot run the subgraph alone."""
+    used = {n for node_id in order for n in graph.node(node_id).input if n}
+    constants = [onnx.numpy_helper.from_array(np.asarray(graph.value(n)), n)
+                 for n in sorted(used) if graph.is_constant(n)]
+    model = helper.make_model(
+        helper.make_graph(
+            [graph.node(n) for n in order], "subgraph",
+            [helper.make_tensor_value_info(n, graph.dtypes[n], shape) for n, shape in feeds],
+            [helper.make_tensor_value_info(o, graph.dtypes.get(o, 0), None) for o in outputs],
+            constants),
+        opset_imports=list(graph.model.opset_import), ir_version=min(graph.model.ir_version, 10))
+    return make_session(model, device="cpu")
+
+
+__all__ = ["MAX_NODES", "subgraph_session", "upstream"]
