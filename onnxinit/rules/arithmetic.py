@@ -38,6 +38,7 @@ from .id_mixtures import mixed_moments
 from ..moments import Elementwise, Moments
 from .centring import centred
 from .shifted_logsumexp import shifted_logsumexp
+from .max_shifted import max_shifted
 from .constant_cells import per_cell_law
 from .context import RuleContext, RuleError, signal
 from .elementwise import INPUT_LAWS, apply_elementwise, apply_fn, digest
@@ -126,6 +127,8 @@ def binary(inputs, ctx: RuleContext):
         return [joint]
     if op == "Add" and (lse := shifted_logsumexp(inputs, ctx)) is not None:
         return [lse]  # log(sum exp(x - s)) + s = logsumexp(x)
+    if (row := max_shifted(ctx)) is not None:  # x - max(x): drawn rows
+        return [row]
     if (shifted := shifted_sum(inputs, ctx)) is not None:  # x_t and x_{t-1} of one sequence
         return [shifted]
     normalised = row_normalised(inputs, ctx, rank)

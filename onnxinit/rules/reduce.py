@@ -26,6 +26,7 @@ from .position_means import position_mean_moments
 from .additive_scores import key_field
 from .correlated_means import field_sum_factor
 from .reduce_axes import reduced_axes
+from .max_shifted import shifted_exp_sum
 from .registry import rule
 from .normalised_square_sum import normalised_square_sum
 from .square_sum_field import square_sum_factors
@@ -159,6 +160,8 @@ def reduce_linear(inputs, ctx: RuleContext):
     law + p delta_0``; of a residual stream that lacks such a row for them, with the other
     terms' mean square (:mod:`.zero_streams`).
     """
+    if (row := shifted_exp_sum(ctx)) is not None:  # sum exp(x - max(x)): drawn rows
+        return [row]
     outputs = _reduced(inputs, ctx)
     found = mean_square_component(ctx, ctx.node.output[0])
     if found is None and ctx.node.op_type == "ReduceSum":  # additive attention's scores
