@@ -18,8 +18,8 @@ the cells (one law for the tensor: the total). The law goes on as the quantile f
 draws, ``z -> Q(Phi(z))`` with z ~ N(0, 1), so that an element-wise op after it (``exp(d)``,
 ``log S``) integrates the drawn law, not a Gaussian of its moments. Refused (the other rules
 take the node) when x carries a token field or position classes (its elements are not
-independent), the reduction includes the batch axis, or fewer than ``MIN_ROWS`` rows fit in
-``MAX_DRAWS`` elements.
+independent), the reduction includes the batch axis, or fewer than ``MIN_ROWS`` rows (or
+``MIN_POOLED`` rows times the cells a sum is pooled over) fit in ``MAX_DRAWS`` elements.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from .gaussian import expand
 from .reduce_axes import reduced_axes
 from .shift_root import producer, root
 
-MAX_DRAWS = 1 << 22  # elements drawn for one node, at most
-MAX_ROWS = 1 << 16  # rows drawn, at most
-MIN_ROWS = 2048  # rows drawn, at least (else refused)
+MAX_DRAWS = 1 << 20  # elements drawn for one node, at most
+MAX_ROWS = 1 << 14  # rows drawn, at most
+MIN_ROWS = 256  # rows drawn, at least (else refused)
+MIN_POOLED = 1 << 14  # rows times the cells one sum pools over, at least (else refused)
 QUANTILES = 1024  # points of the law's quantile function
 
 
@@ -91,8 +92,10 @@ def _shifted_draws(ctx: RuleContext, x: str, shape, axes) -> np.ndarray | None:
         return None
     for a in axes:
         grid[a] = shape[a]
-    n = min(MAX_ROWS, MAX_DRAWS // max(1, int(np.prod(grid))))
-    if n < MIN_ROWS:
+    cells = max(1, int(np.prod(grid)))
+    kept = cells // max(1, int(np.prod([shape[a] for a in axes])))
+    n = min(MAX_ROWS, MAX_DRAWS // cells)
+    if n < MIN_ROWS or n * kept < MIN_POOLED:
         return None
     with np.errstate(all="ignore"):
         values = Source(mean, var, src.chain).sample(ctx.rng(), (n, *grid))
