@@ -1,22 +1,23 @@
 """A mean (sum) over the channels of a map, per position class.
 
 A LayerNorm over the channels of an ``[N, C, *S]`` map (tf2onnx writes Keras' over NHWC's last
-axis as ``ReduceMean`` over axis 1 of the NCHW Conv output) reduces each position's C values.
-A zero-padded Conv's border positions have fewer taps, so other means and a smaller variance
-(the position classes, :class:`~onnxinit.moments.Spatial`), for every channel at once. The
-reduction's generic rule divided each channel's total variance by C, the spread of the
-position means included; but that spread is common to the channels of one position and does
-not average out. Per position class r (``onnxinit.spatial``):
+axis as ``ReduceMean`` over axis 1 of the NCHW Conv output) reduces each position's C values. A
+zero-padded Conv's border positions have fewer taps, so other means and a smaller variance (the
+position classes, :class:`~onnxinit.moments.Spatial`), for every channel at once. The
+reduction's generic rule divided each channel's total variance by C, the spread of the position
+means included; but that spread is common to the channels of one position and does not average
+out. Per position class r (``onnxinit.spatial``):
 
     E_r   = mean_c E_cr                 (ReduceSum: C times)
     Var_r = F mean_c Var_cr / C         (ReduceSum: C^2 times)
 
-with F the channels' correlation factor the generic rule applies (1 for independent
-channels), and the totals over the classes by the law of total variance (``spatial.attach``),
-which carries the classes on; a mean of squares takes each class's scaled chi-square
+with F the channels' correlation factor the generic rule applies (1 for independent channels),
+and the totals over the classes by the law of total variance (``spatial.attach``), which
+carries the classes on; a mean of squares takes each class's scaled chi-square
 (:func:`.chi_square.chi_square`, as the generic rule's readers rebuild it), so that the
-statistic's square root and reciprocal see a border position's smaller variance (Keras' ``LayerNormalization()`` on a ReLU Conv map: the corner's
-``1 / sqrt(var + eps)`` 1.8x the interior's).
+statistic's square root and reciprocal see a border position's smaller variance (Keras'
+``LayerNormalization()`` on a ReLU Conv map: the corner's ``1 / sqrt(var + eps)`` 1.8x the
+interior's).
 """
 
 from __future__ import annotations

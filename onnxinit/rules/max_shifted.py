@@ -54,7 +54,7 @@ def shifted_row(graph, tensor: str) -> tuple[str, str] | None:
     return x, max_id
 
 
-def _row_axes(ctx: RuleContext, sub_out: str) -> tuple[str, tuple[int, ...], tuple[int, ...]] | None:
+def _row_axes(ctx: RuleContext, sub_out: str) -> tuple[str, tuple, tuple[int, ...]] | None:
     """(x, x's shape, the reduced axes) of the shifted row ``sub_out``, else None."""
     graph = ctx.graph
     found = shifted_row(graph, sub_out)

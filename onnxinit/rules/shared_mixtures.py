@@ -17,10 +17,10 @@ M``: h itself ``c = 1``; ``MatMul(Softmax(.), h)`` ``M = Pm``; Add and Sub of su
     C = nu_h (A B^T + B A^T)          (Sub: -C)
 
 added to its token covariance and ``mean_t C_tt`` to its variance (the field's diagonal is
-scaled to the variance the rule gives: a rule may have added a covariance of its own there). Measured on Keras' three
-attentions over one Dense output (``attention_layers``, 512 samples): the sum's off-diagonal
-token covariance 0.162 per feature, the operands' own fields 0.035, the cross terms 0.127 (each
-pair 0.024-0.026 with ``nu_h / T`` = 0.012).
+scaled to the variance the rule gives: a rule may have added a covariance of its own there).
+Measured on Keras' three attentions over one Dense output (``attention_layers``, 512 samples):
+the sum's off-diagonal token covariance 0.162 per feature, the operands' own fields 0.035, the
+cross terms 0.127 (each pair 0.024-0.026 with ``nu_h / T`` = 0.012).
 
 Not taken: a base that both operands hold themselves (a copy of h in each: the other rules), a
 base with a token field of its own (its tokens are not independent), and the pair of h with a
@@ -50,7 +50,8 @@ def _softmax_mean(graph, known, p: str, t: int, s: int) -> np.ndarray | None:
     if node is None or node.op_type != "Softmax" or p not in known:
         return None
     shape = graph.shape(p)
-    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+    default = -1 if graph.opset >= 13 else 1  # before opset 13: the coerced 2-D softmax
+    axis = next((a.i for a in node.attribute if a.name == "axis"), default)
     if shape is None or len(shape) != 3 or axis % 3 != 2 or tuple(shape[1:]) != (t, s):
         return None
     mean = np.asarray(known[p].mean, dtype=np.float64)
