@@ -243,6 +243,9 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         axis = tracked_axis + shift if keep else next(
             (value.ndim + a for a, size in from_end
              if value.ndim - shift >= -a and value.shape[a] == size), None)
+        if axis is None and not from_end and node.op_type in ("Loop", "Scan") \
+                and value.ndim - shift >= 2:
+            axis = value.ndim - 1  # a recurrent layer's units or channels (last), each its own
         m = _measure(value, axis)
         m = Moments(m.mean[0], m.var[0]) if axis is not None and shift else m
         results[name] = _with_steps_field(ctx, name, m, value, shift)
