@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # tests.real; an onnxinit on PYTHONPATH comes first
 
 from hf_sweep_fifth import ENCODERS, FIFTH, SEQ2SEQ  # noqa: E402  (this script's folder)
+from hf_sweep_sixth import SEQ2SEQ as SEQ2SEQ_6, SIXTH, SUBMODULES  # noqa: E402
 from hf_sizes import DECODER, IMAGE, TEXT, TOKENS, VISION  # noqa: E402
 
 _TEXT, _DECODER, _VISION = TEXT, DECODER, VISION
@@ -270,6 +271,10 @@ MODELS = {
     # (conformers, spectrogram Swin), vision towers of multimodal models, depth and
     # segmentation heads, MLP-mixer time series
     **FIFTH,
+    # a sixth tier (stop 43): sliding-window, MLA and differential-attention decoders, mixtures
+    # of experts, Mamba-2 and xLSTM hybrids, further encoders and encoder-decoders, DINOv3,
+    # AIMv2, MLCD and SAM-2's Hiera, neural codecs' encoders and a vocoder
+    **SIXTH,
 }
 
 
@@ -284,6 +289,8 @@ def build(name: str):
     model = getattr(transformers, model_class)(config)
     if name in _ENCODERS:
         model = model.get_encoder()
+    if name in SUBMODULES:  # called positionally; its first output
+        model = getattr(model, SUBMODULES[name])
 
     class LastHiddenState(torch.nn.Module):
         def __init__(self):
@@ -291,7 +298,11 @@ def build(name: str):
             self.model = model
 
         def forward(self, x):
-            extra = {"decoder_input_ids": x} if name in ("t5", "m2m100", *SEQ2SEQ) else {}
+            if name in SUBMODULES:
+                out = self.model(x)
+                return out if isinstance(out, torch.Tensor) else out[0]
+            seq2seq = ("t5", "m2m100", *SEQ2SEQ, *SEQ2SEQ_6)
+            extra = {"decoder_input_ids": x} if name in seq2seq else {}
             return self.model(**{input_name: x}, **extra)[0]
 
     return LastHiddenState(), shape, input_name, vocab

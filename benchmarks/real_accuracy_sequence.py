@@ -16,6 +16,7 @@ predicted), the seconds analyze took, and the worst tensor.
     python benchmarks/real_accuracy_sequence.py --size recurrent  # docs/recurrent.md's variants
     python benchmarks/real_accuracy_sequence.py --size recurrent_more  # its second table
     python benchmarks/real_accuracy_sequence.py --onnx a.onnx,b.onnx --runs 16  # given exports
+    python benchmarks/real_accuracy_sequence.py --models lstm,gru --seed 1  # other weights
     PYTHONPATH=/path/to/other/checkout python benchmarks/real_accuracy_sequence.py  # before/after
 
 The onnxinit measured is whichever the interpreter imports first (printed on the first line): put
@@ -45,6 +46,8 @@ def main() -> None:
                         help="comma-separated ONNX files to compare instead (input batch axis "
                              "dynamic: a tf2onnx Keras export)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="torch's seed for the built models' weights (default 0)")
     parser.add_argument("--worst", type=int, default=1, help="worst tensors listed per model")
     parser.add_argument("--runs", type=int, default=None,
                         help="measured batches, pooled (default: the model's own, 1 unless it "
@@ -63,7 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             spec = specs.get(name)
-            path = files.get(name) or export(spec, Path(tmp) / f"{name}.onnx")
+            path = files.get(name) or export(spec, Path(tmp) / f"{name}.onnx", args.seed)
             r = compare(path, batch_size=args.batch_size,
                         runs=args.runs or (spec.runs if spec else 1))
             if r.error is not None:

@@ -28,6 +28,12 @@ masks in PyTorch, so theirs is larger).
 
     python benchmarks/real_exports.py --models resnet50_nonorm --size 112 --before /work/main
 
+``--seed N`` builds the models with torch's seed N instead of 0 (another draw of the weights;
+docs/accuracy.md, "Other weight draws"). ``ONNXINIT_EXPORT_CACHE=DIR`` keeps the exports in DIR
+(named by model, size and a seed other than 0) and reuses them.
+
+    python benchmarks/real_exports.py --models resnet18,gpt2 --seed 1
+
 ``--onnx FILE,...`` compares exports made elsewhere instead (say Keras applications exported by
 tf2onnx, ``benchmarks/keras_applications.py``), measured over ``--runs`` batches (default 1).
 
@@ -146,17 +152,21 @@ MODELS = {
 }
 
 
-def export(name: str, directory: Path, size: int | None = None):
+def export(name: str, directory: Path, size: int | None = None, seed: int = 0):
     """(path of the training-mode export, the module it came from); ``size`` overrides the
-    input size of image models."""
+    input size of image models, ``seed`` is torch's seed for the weights. The file is
+    ``{name}_{size}.onnx`` (``_seed{seed}`` added for a seed other than 0), reused when
+    ``directory`` already holds it (``ONNXINIT_EXPORT_CACHE``)."""
     import torch
 
     builder, default, _, vocab = MODELS[name]
-    torch.manual_seed(0)
-    module, shape = builder(size if size and name in exports.BUILDERS else default)
-    path = directory / f"{name}.onnx"
-    input_name = "input_ids" if vocab else "x"
-    exports.export_module(module, shape, path, input_name=input_name, integer_input=vocab)
+    size = size if size and name in exports.BUILDERS else default
+    torch.manual_seed(seed)
+    module, shape = builder(size)
+    path = directory / f"{name}_{size}{f'_seed{seed}' if seed else ''}.onnx"
+    if not path.exists():
+        input_name = "input_ids" if vocab else "x"
+        exports.export_module(module, shape, path, input_name=input_name, integer_input=vocab)
     return path, module
 
 _PREDICT = """
@@ -241,6 +251,8 @@ def main() -> None:
                         help="check the onnxruntime measurements against PyTorch train()")
     parser.add_argument("--onnx", default=None, metavar="FILE,...",
                         help="compare these ONNX files instead of building models")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="torch's seed for the built models' weights (default 0)")
     parser.add_argument("--runs", type=int, default=None,
                         help="batches measured per model (default: the model's own count; "
                              "1 per --onnx file)")
@@ -260,24 +272,23 @@ def main() -> None:
                 print(_row(f"{name} (before)", b), flush=True)
             print(_row(name, r), flush=True)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            try:
-                path, module = export(name, Path(tmp), args.size)
-            except Exception as exc:  # noqa: BLE001 - a model the installed exporter refuses
-                print(f"{name:28} export failed: {type(exc).__name__}: {str(exc)[:100]}")
-                continue
-            runs = args.runs or MODELS[name][2]
-            first: dict = {}
-            r = compare(path, batch_size=args.batch_size, runs=runs, first=first)
-            check = (f"{torch_check(module, path, first, args.batch_size):.1e}"
-                     if args.torch_check else "")
-            if args.before:
-                predicted, seconds = predict_with(args.before, path, args.batch_size)
-                b = compare(path, batch_size=args.batch_size, runs=runs, predicted=predicted,
-                            analyze_s=seconds)
-                print(_row(f"{name} (before)", b), flush=True)
-            print(_row(name, r, check), flush=True)
+    for name in args.models.split(","):
+        try:
+            path, module = export(name, exports.export_directory(), args.size, args.seed)
+        except Exception as exc:  # noqa: BLE001 - a model the installed exporter refuses
+            print(f"{name:28} export failed: {type(exc).__name__}: {str(exc)[:100]}")
+            continue
+        runs = args.runs or MODELS[name][2]
+        first: dict = {}
+        r = compare(path, batch_size=args.batch_size, runs=runs, first=first)
+        check = (f"{torch_check(module, path, first, args.batch_size):.1e}"
+                 if args.torch_check else "")
+        if args.before:
+            predicted, seconds = predict_with(args.before, path, args.batch_size)
+            b = compare(path, batch_size=args.batch_size, runs=runs, predicted=predicted,
+                        analyze_s=seconds)
+            print(_row(f"{name} (before)", b), flush=True)
+        print(_row(name, r, check), flush=True)
 
 
 if __name__ == "__main__":

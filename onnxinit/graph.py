@@ -32,8 +32,10 @@ from .errors import InvalidOptionError, ModelLoadError
 from .feeds import synthetic_feeds
 from .folded_values import FoldedValues
 from .graph_views import ChangeViews
+from .index_bounds import gather_out_of_range
 from .input_shapes import (assumed_lengths, forget_unset_dims, resolve_input_shapes,
                            resolved_value_info)
+from .node_checks import schema_violation
 from .parameters import LAYOUT_OPS, PARAMETER_ROLES, WEIGHT_OPS, Layer, Parameter, ParameterTable
 from .passes import (
     MAX_FOLDED_ELEMENTS,
@@ -42,6 +44,7 @@ from .passes import (
     FoldedInference,
     ModelReading,
     channels_first,
+    endless_loop,
     infer_shapes,
     inference_batchnorms,
     is_static,
@@ -89,9 +92,13 @@ class ModelGraph(FoldedValues, ChangeViews, GraphStructure):
             raise ModelLoadError(f"{self.name}: the model imports no default-domain opset")
         check_structure(model, self.name)
         check_initializers(model, self.name)
-        unknown = unknown_default_op(model) or legacy_opset(model) or opset_mismatch(model)
+        unknown = (schema_violation(model) or unknown_default_op(model) or legacy_opset(model)
+                   or opset_mismatch(model))
         if unknown:
             raise ModelLoadError(f"{self.name}: not a valid ONNX model: {unknown}")
+        endless = endless_loop(model)
+        if endless:
+            raise ModelLoadError(f"{self.name}: cannot be analysed: {endless}")
         known = onnx.defs.onnx_opset_version()
         if self.opset > known:
             self.warnings.append(
@@ -126,6 +133,11 @@ class ModelGraph(FoldedValues, ChangeViews, GraphStructure):
                                    {n: tuple(t.dims) for n, t in self.initializers.items()})
         if mismatch:
             raise ModelLoadError(f"{self.name}: not a valid ONNX model: {mismatch}")
+        # (at an assumed length the model may take other sizes: its nodes are passed through)
+        outside = None if self.assumed_lengths else gather_out_of_range(self)
+        if outside:
+            raise ModelLoadError(f"{self.name}: cannot run at its input shapes "
+                                 f"({self._input_shapes_text()}): {outside}")
 
     # construction steps -----------------------------------------------------------------------
 
@@ -232,10 +244,9 @@ class ModelGraph(FoldedValues, ChangeViews, GraphStructure):
             # model's own, the user's or an assumed batch (an assumed length may be one the
             # model cannot take: then the analysis goes on without those shapes)
             if says_uncomputable(reason) and not self.assumed_lengths:
-                shapes = ", ".join(f"{n} {'x'.join(map(str, s))}"
-                                   for n, s in self.input_shapes.items())
                 raise ModelLoadError(f"{self.name}: not a valid ONNX model: onnxruntime cannot "
-                                     f"run it either (inputs {shapes}): {reason}") from None
+                                     f"run it either (inputs {self._input_shapes_text()}): "
+                                     f"{reason}") from None
             self.warnings.append(f"could not run the model to measure shapes: {exc}")
             measured = {}
         self.shapes.update(measured)
@@ -245,6 +256,10 @@ class ModelGraph(FoldedValues, ChangeViews, GraphStructure):
             self.warnings.append(
                 f"{len(missing) - len(measured)} tensor shapes could not be determined"
             )
+
+    def _input_shapes_text(self) -> str:
+        return ", ".join(f"{n} {'x'.join(map(str, s)) or 'scalar'}"
+                         for n, s in self.input_shapes.items()) or "no inputs"
 
     # parameters -------------------------------------------------------------------------------
 

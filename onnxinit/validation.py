@@ -261,7 +261,8 @@ def weight_mismatch(nodes, shapes: dict, constants: dict) -> str | None:
 # a tool pruned, a declared output type) leave the computation defined: analysed.
 _UNCOMPUTABLE = ("Incompatible dimensions", "inconsistent type", "bound to different types",
                  "not in range", "must be in", "Dimension mismatch", "must have same rank",
-                 "elem type differs", "Invalid attribute")
+                 "elem type differs", "Invalid attribute", "out of data bounds",
+                 "has unsupported type")
 
 
 def says_uncomputable(message: str) -> bool:

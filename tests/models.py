@@ -57,3 +57,27 @@ def mlp(widths, activation="Relu", seed=0, scale=None, bias=True, dynamic_batch=
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, widths[-1]])],
         inits,
     )
+
+
+def _vi(name):
+    """A float [8, 16] value info."""
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [8, 16])
+
+
+def looping_model(trip=1 << 62) -> onnx.ModelProto:
+    """A Loop of ``trip`` steps whose condition stays true (its body passes it on): onnxruntime
+    would run it to the end, in native code no alarm interrupts (the analysis hung)."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]),
+         helper.make_node("Identity", ["s_in"], ["s_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_out", TensorProto.FLOAT, None)])
+    return make_model([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                       helper.make_node("Loop", ["trip", "cond", "h"], ["l"], body=body),
+                       helper.make_node("Relu", ["l"], ["y"])], [_vi("x")], [_vi("y")],
+                      [numpy_helper.from_array(np.array(trip, np.int64), "trip"),
+                       numpy_helper.from_array(np.array(True), "cond"),
+                       numpy_helper.from_array(np.eye(16, dtype=np.float32), "w")])

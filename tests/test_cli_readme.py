@@ -87,7 +87,8 @@ def test_every_option_the_readme_names_exists():
                "--size", "--variants", "--runs", "--before", "--torch-check", "--onnx",
                "--train-seeds",  # metainit_diagnosis.py's
                "--match",  # the per-map traces' tensor filter
-               "--repeat", "--skip"}  # benchmark scripts' options (analyze_speed.py's last)
+               "--repeat", "--skip",  # benchmark scripts' options (analyze_speed.py's last)
+               "--seed"}  # real_exports.py's and real_accuracy_sequence.py's weight draw
     assert sorted(named - known - not_cli) == []
 
 

@@ -17,11 +17,12 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxinit
 from onnxinit.graph import load
 from onnxinit.passes import static_control
+from onnxinit.passes.static_control import MAX_RUN_STEPS, endless_loop
 from onnxinit.passes.folding import fold_constants, folded_with_shapes
 from onnxinit.passes.shapes import types_and_shapes, without_large_data
 from onnxinit.runtime import make_session
 
-from .models import make_model
+from .models import looping_model, make_model
 
 BATCH = 8
 
@@ -190,3 +191,17 @@ def test_shapes_of_a_round_are_folding_s_last_inference(monkeypatch):
     rewritten = static_control(model)
     assert "If" not in {n.op_type for n in rewritten.graph.node}
     assert len(calls) == folding
+
+
+def test_a_loop_that_stops_early_or_is_short_is_analysed():
+    """Only a Loop that cannot stop before MAX_RUN_STEPS is refused: 3 steps are analysed
+    (the fallback runs it), as is a long Loop whose condition is computed in its body."""
+    assert endless_loop(looping_model(3)) is None
+    assert endless_loop(looping_model(MAX_RUN_STEPS)) is None
+    assert "runs 1048577 steps" in endless_loop(looping_model(MAX_RUN_STEPS + 1))
+    model = looping_model()
+    body = model.graph.node[1].attribute[0].g
+    body.node[0].op_type = "Not"  # the condition turns false after the first step
+    assert endless_loop(model) is None
+    result = onnxinit.analyze(looping_model(3))
+    assert result.tensors[-1].name == "y"

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -22,7 +25,7 @@ from onnxinit import analyze
 from onnxinit._loading import dense_initializers
 
 from .cli import run
-from .models import make_model, mlp
+from .models import looping_model, make_model, mlp
 
 X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 16])
 
@@ -306,6 +309,113 @@ def _no_inputs():
                       [_weight(), _weight("c")])
 
 
+def _scalar_reading_its_dims():
+    """An input declared a scalar (rank 0) that the graph reads dim 1 of (a transformer's
+    input_ids edited to rank 0): onnxruntime fails on the Gather whenever the model runs. The
+    analysis went on with the tensor passed through (a prediction of a tensor that cannot
+    exist), and onnxruntime's own error log printed four lines to the terminal."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "one"], ["n"]),
+             helper.make_node("Unsqueeze", ["n", "zero"], ["n1"]),
+             helper.make_node("ConstantOfShape", ["n1"], ["c"],
+                              value=numpy_helper.from_array(np.array([1.0], np.float32))),
+             helper.make_node("Mul", ["c", "x"], ["y"])]
+    return make_model(nodes, [_value("x", shape=())],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                      [numpy_helper.from_array(np.array(1, np.int64), "one"),
+                       numpy_helper.from_array(np.array([0], np.int64), "zero")])
+
+
+def _positions_past_the_table(tokens=32, rows=16):
+    """Position ids computed from the input's length (Shape, Range) gathered from a table of
+    ``rows`` positions, the input declared ``tokens`` long (a text model given more tokens than
+    its position table holds): onnxruntime fails on the Gather. Every rule that runs a subgraph
+    failed there and sent its node to the fallback (75 s for the transformer sample at 1000
+    tokens), predicting tensors that cannot exist."""
+    const = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "one"], ["n"]),
+             helper.make_node("Range", ["zero", "n", "one"], ["positions"]),
+             helper.make_node("Gather", ["table", "positions"], ["p"]),
+             helper.make_node("Add", ["x", "p"], ["h"]),
+             helper.make_node("MatMul", ["h", "w"], ["y"])]
+    table = np.random.default_rng(0).standard_normal((rows, 16)).astype(np.float32)
+    return make_model(nodes, [_value("x", shape=(8, tokens, 16))],
+                      [_value("y", shape=(8, tokens, 16))],
+                      [const("zero", 0), const("one", 1), _weight(),
+                       numpy_helper.from_array(table, "table")])
+
+
+def _image_declared_uint8():
+    """A float MLP whose input is declared uint8 (an image's dtype, a hand edit): onnx's
+    strict inference and onnxruntime refuse the Gemm. It was analysed (exit 0, one float
+    tensor) and `rescale` ended in "internal error (StopIteration)"."""
+    model = mlp([16, 32, 8])
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.UINT8
+    return model
+
+
+def _if_branches_disagree(second_output=False):
+    """An If on a constant true whose else branch returns an int64 constant (or two outputs)
+    where the then branch returns the float signal: onnxruntime refuses the file. The analysis
+    inlined the then branch and never looked at the other (exit 0)."""
+    then_branch = helper.make_graph([helper.make_node("Identity", ["h"], ["t"])], "then", [],
+                                    [_value("t")])
+    if second_output:
+        else_nodes = [helper.make_node("Neg", ["h"], ["e"]), helper.make_node("Abs", ["h"], ["f"])]
+        else_outputs = [_value("e"), _value("f")]
+    else:
+        else_nodes = [helper.make_node("Constant", [], ["e"], value=numpy_helper.from_array(
+            np.ones((8, 16), np.int64)))]
+        else_outputs = [_value("e", TensorProto.INT64)]
+    else_branch = helper.make_graph(else_nodes, "else", [], else_outputs)
+    return make_model([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                       helper.make_node("If", ["cond"], ["i"], then_branch=then_branch,
+                                        else_branch=else_branch),
+                       helper.make_node("Relu", ["i"], ["y"])], [X], [_value("y")],
+                      [numpy_helper.from_array(np.array(True), "cond"), _weight()])
+
+
+def _required_input_empty():
+    """A Gather whose data input is named "" (the marker of an omitted optional input), in a
+    side branch: shape inference skips the node, the analysis passed it through (exit 0);
+    onnx's checker and onnxruntime refuse the file."""
+    return make_model([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                       helper.make_node("Gather", ["", "idx"], ["g"]),
+                       helper.make_node("Add", ["h", "g"], ["y"])], [X], [_value("y")],
+                      [numpy_helper.from_array(np.zeros(16, np.int64), "idx"), _weight()])
+
+
+def _infinite_weight():
+    """A bias with an inf (a corrupted weight): the fallback's numpy printed two lines of
+    RuntimeWarning before the one-line error."""
+    bias = np.ones(16, np.float32)
+    bias[0] = np.inf
+    return make_model([helper.make_node("Add", ["x", "b"], ["h"]),
+                       helper.make_node("Relu", ["h"], ["y"])], [X], [_value("y")],
+                      [numpy_helper.from_array(bias, "b")])
+
+
+def _escaping(location, link=False):
+    """The sample MLP's tensors declared external at ``location``, outside the model's folder
+    (``link``: a symbolic link in the folder to a file outside it, named ``location``). onnx
+    and onnxruntime refuse both; every command must refuse without reading the file."""
+    def build(tmp_path):
+        path = _external(tmp_path)
+        if link:
+            outside = tmp_path.parent / "outside.data"
+            (tmp_path / "m.data").rename(outside)
+            (tmp_path / location).symlink_to(outside)
+        model = onnx.load(path, load_external_data=False)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        onnx.save(model, path)
+        return path
+    return build
+
+
 def _offset_past_end(entries):
     entries["offset"] = str(int(entries.get("offset", 0)) + 100_000)
 
@@ -330,6 +440,10 @@ CASES = {
     "external data length short": (
         lambda p: _external(p, edit=_length_short), "holds 2044 bytes"),
     "external data in a sub-folder": (lambda p: _external(p, "weights/m.data"), None),
+    "external data at ../../etc/passwd": (_escaping("../../etc/passwd"),
+                                          "outside the model's folder"),
+    "external data through a link out of the folder": (_escaping("link.data", link=True),
+                                                       "outside the model's folder"),
     "cycle": (_write(_cycle), "cycle"),
     "undefined input": (_write(make_model([helper.make_node("MatMul", ["x", "nope"], ["y"])],
                                           [X], [_value("y")])), "'nope'"),
@@ -390,6 +504,20 @@ CASES = {
          helper.make_node("Softmax", ["h"], ["y"], axis=1.0)], [X], [_value("y")], [_weight()])),
         "attribute 'axis' is float"),
     "no inputs": (_write(_no_inputs), None),
+    # stop 43 (benchmarks/malformed_models.py's structural mutations, docs/robustness.md)
+    "Loop that never stops": (_write(looping_model), "runs 4611686018427387904 steps"),
+    "scalar input whose dims are read": (_write(_scalar_reading_its_dims),
+                                         "onnxruntime cannot run it either (inputs x scalar)"),
+    "positions past the position table": (_write(_positions_past_the_table),
+                                          "reads index 31 of axis 0 of 'table'"),
+    "an inf in a weight": (_write(_infinite_weight), "non-finite"),
+    "float input declared uint8": (_write(_image_declared_uint8), "has unsupported type"),
+    "If branches of different types": (_write(_if_branches_disagree),
+                                       "output 0 is float in one and int64 in the other"),
+    "If branches with different output counts": (
+        _write(lambda: _if_branches_disagree(second_output=True)), "return 1 and 2 outputs"),
+    "required input named ''": (_write(_required_input_empty),
+                                "its input 0 (data) is required but named ''"),
 }
 
 COMMANDS = {
@@ -787,3 +915,25 @@ def test_a_node_passed_through_at_an_assumed_length_says_how_to_set_it(tmp_path,
     passed = [line for line in err.splitlines() if "passed through unchanged" in line]
     assert passed and all("lengths were assumed (x:8x128)" in line and "--input-shape" in line
                           for line in passed), err
+
+
+@pytest.mark.parametrize("command", ["analyze", "check"])
+def test_onnxruntimes_own_error_log_is_not_printed(command, tmp_path, capfd):
+    """onnxruntime logs a failed run to the terminal itself (native code, past Python's
+    sys.stderr) unless told not to: four red lines before onnxinit's one."""
+    path = _write(_scalar_reading_its_dims)(tmp_path)
+    code, out, err = run([command, path], capfd)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "[E:onnxruntime" not in err
+
+
+def test_numpys_runtime_warnings_are_not_printed(tmp_path):
+    """numpy's RuntimeWarning on the inf (two lines: the warning and the source line) was
+    printed before the one-line error. A real process: pytest records warnings itself."""
+    path = _write(_infinite_weight)(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "onnxinit", "analyze", str(path)],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1],
+                          timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "RuntimeWarning" not in done.stderr

@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -140,7 +141,11 @@ def run_command(group: click.Group, argv: list[str] | None) -> None:
     """Run the click group; OnnxInitError -> one line on stderr and exit 2 (traceback with
     --debug). Click's own usage errors also exit 2."""
     try:
-        group.main(args=argv, prog_name="onnxinit", standalone_mode=False)
+        # numpy's floating-point RuntimeWarnings (an overflow or a NaN in a user's weights) are
+        # not the user's messages: what they concern is reported in the command's own words
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            group.main(args=argv, prog_name="onnxinit", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("onnxinit: aborted", err=True)
         sys.exit(130)

@@ -38,6 +38,7 @@ from .scale import (Scale, flag, has_signal_source, judged, scales, severity, st
 
 EXPLODING, VANISHING, TREND = "ONNXINIT001", "ONNXINIT002", "ONNXINIT003"
 MIN_TREND_STATIONS = 8
+REJOINS = ("Concat", "Add", "Sub", "Sum")  # where a chain without signal rejoins the signal
 MIN_TREND_R2 = 0.9
 
 RESCALE = "onnxinit rescale MODEL --method autoinit"
@@ -159,10 +160,12 @@ def main_path_findings(analysis: Analysis, paths: SignalPaths,
 def _constant_part(chain: list[str], analysis: Analysis, paths: SignalPaths,
                    flags: dict[str, str], scale: dict[str, Scale]) -> bool:
     """A vanishing chain of tensors without any signal variance (exactly 0: a class token's
-    row sliced back out of the tokens, TimeSformer's ``embeddings[:, 0]``) that only rejoins
-    the signal on the main path in a Concat whose output is not flagged: a constant part of
-    the tokens, not a signal that died (a zero-initialised layer on the path has no Concat
-    after it to rejoin). Side paths it feeds are judged as side paths."""
+    row sliced back out of the tokens, TimeSformer's ``embeddings[:, 0]``; an unrolled LSTM
+    cell's first ``f_0 c_0`` of a zero initial state) that only rejoins the signal on the main
+    path in a Concat, or a sum (Add, Sub, Sum: ``c_1 = f_0 c_0 + i_0 g_0``), whose output is
+    not flagged: a constant part of the tokens or a zero term of a sum, not a signal that died
+    (a zero-initialised layer on the path has no live operand after it to rejoin). Side paths
+    it feeds are judged as side paths."""
     graph, members = analysis.graph, set(chain)
     if any(scale[t].signal != 0.0 for t in chain):
         return False
@@ -175,7 +178,7 @@ def _constant_part(chain: list[str], analysis: Analysis, paths: SignalPaths,
             for out in node.output:
                 if out in members or not out or not paths.is_main(out):
                     continue
-                if node.op_type != "Concat" or out in flags:
+                if node.op_type not in REJOINS or out in flags:
                     return False
                 rejoined = True
     return rejoined

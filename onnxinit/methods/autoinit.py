@@ -95,6 +95,11 @@ def _pass(graph, options, parametric, result, changes, layers, kept=frozenset())
             done.add(node_id)
             continue
         node, layer = graph.node(node_id), graph.table.layer(node_id)
+        in_name = next((n for n in node.input if graph.is_signal(n)), None)
+        if in_name is None:  # no float signal reaches it (an integer input): nothing to scale
+            propagate_node(chosen, node_id, result)
+            done.add(node_id)
+            continue
         weight, bias = layer.weight, layer.bias
         if bias is not None and not options.keep_bias and bias not in changes:
             zero = Change(array=np.zeros(tuple(graph.initializers[bias].dims)), rule="autoinit",
@@ -102,7 +107,6 @@ def _pass(graph, options, parametric, result, changes, layers, kept=frozenset())
             chosen.take_changes({bias: zero})
             changes[bias] = zero
             stale = stale or _read_by(graph, bias, done)
-        in_name = next(n for n in node.input if graph.is_signal(n))
         in_mean, in_var = result.moments[in_name].total()
         propagate_node(chosen, node_id, result)
         out_mean, out_var = result.moments[node.output[0]].total()

@@ -37,7 +37,7 @@ from .folding import (
 from .inference_batchnorm import ModelReading, inference_batchnorms
 from .measuring import measured_shapes, with_outputs
 from .repeats import nearest_repeats
-from .static_control import static_control
+from .static_control import endless_loop, static_control
 from .folded_inference import FoldedInference, infer_with_constants
 from .shapes import (
     SMALL_TENSOR,
@@ -56,7 +56,7 @@ from .training import batch_statistics, fixed_dropout, training_semantics
 __all__ = [
     "MAX_FOLDED_ELEMENTS", "NEVER_FOLDED", "PASSES", "RANDOM_OPS", "SMALL_TENSOR", "DeclaredMerge",
     "FoldedInference", "ModelReading",
-    "GraphEmitter", "PassInfo", "batch_statistics", "described", "channels_first", "evaluate_node", "fixed_dropout", "fold_constants", "training_semantics",
+    "GraphEmitter", "PassInfo", "batch_statistics", "described", "channels_first", "endless_loop", "evaluate_node", "fixed_dropout", "fold_constants", "training_semantics",
     "inference_batchnorms", "infer_shapes", "infer_with_constants", "is_static", "keep_declared", "measured_shapes",
     "model_pass", "nearest_repeats", "set_input_shapes", "shape_of", "shape_op_value",
     "static_control", "types_and_shapes", "value_info", "with_outputs",

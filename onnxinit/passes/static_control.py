@@ -345,6 +345,40 @@ def _rewritten(model: onnx.ModelProto) -> onnx.ModelProto | None:
     return out
 
 
+MAX_RUN_STEPS = 1 << 20  # steps of a Loop that never stops early, at most, for a model to run
+
+
+def endless_loop(model: onnx.ModelProto) -> str | None:
+    """Why ``model`` cannot be run to the end, or None: a Loop of its main graph whose
+    condition is true at every step (:func:`_always_true`, its initial condition absent or a
+    constant true) and whose trip count is absent (it never stops) or a constant above
+    :data:`MAX_RUN_STEPS`. The analysis runs models in onnxruntime (missing shapes, the
+    fallback, ``--measure``), which would not return: native code, no signal stops it."""
+    loops = [n for n in model.graph.node if n.op_type == "Loop"
+             and n.domain in ("", "ai.onnx") and len(n.input) >= 2]
+    if not loops:
+        return None
+    constants = _Constants(model)
+    for node in loops:
+        body = _loop_body(node)
+        if len(body.input) < 2 or not body.output:
+            continue
+        if node.input[1] and not _is_true(constants.value(node.input[1])):
+            continue
+        trip = constants.value(node.input[0]) if node.input[0] else None
+        if node.input[0] and (trip is None or trip.size != 1
+                              or int(trip.reshape(())) <= MAX_RUN_STEPS):
+            continue
+        if not _always_true(body, constants.value):
+            continue
+        steps = (f"{int(trip.reshape(()))} steps" if trip is not None
+                 else "without end (no trip count)")
+        return (f"node {node.name or node.output[0]!r} (Loop) runs {steps}: its condition "
+                f"stays true; onnxruntime would not finish running the model (at most "
+                f"{MAX_RUN_STEPS} steps)")
+    return None
+
+
 @model_pass(in_place=False)
 def static_control(model: onnx.ModelProto, rounds: int = 4) -> onnx.ModelProto:
     """``model`` with its constant-condition Ifs inlined and its sequence-building Loops
@@ -361,4 +395,4 @@ def static_control(model: onnx.ModelProto, rounds: int = 4) -> onnx.ModelProto:
     return model
 
 
-__all__ = ["MAX_STEPS", "static_control"]
+__all__ = ["MAX_RUN_STEPS", "MAX_STEPS", "endless_loop", "static_control"]

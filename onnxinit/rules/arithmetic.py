@@ -38,6 +38,7 @@ from .id_mixtures import mixed_moments
 from ..moments import Elementwise, Moments
 from .centring import centred
 from .shifted_logsumexp import shifted_logsumexp
+from .max_shifted import max_shifted
 from .constant_cells import per_cell_law
 from .context import RuleContext, RuleError, signal
 from .elementwise import INPUT_LAWS, apply_elementwise, apply_fn, digest
@@ -61,6 +62,7 @@ from .registry import rule
 from .row_mean_scale import centred_sum, mean_times_scale
 from .row_norm import response_normalised, row_normalised
 from .shared_projection import with_shared_row
+from .shared_mixtures import with_shared_mixtures
 from .self_attention_share import self_attention_sum
 from .shifted_sum import shifted_sum
 from .pool_residual import pool_residual
@@ -112,7 +114,12 @@ def binary(inputs, ctx: RuleContext):
     Var_k = mean_f Var_kf + var_f E_kf. Two signals: fused when both are element-wise functions
     of a common ancestor, else independent: Add/Sub E = mu1 +/- mu2, Var = nu1 + nu2; Mul
     E = mu1 mu2, Var = (nu1+mu1^2)(nu2+mu2^2) - mu1^2 mu2^2. Division by a signal (other than
-    c / x, element-wise) is measured."""
+    c / x, element-wise) is measured. Add/Sub of mixtures of the same tokens (attentions over
+    one sequence and the sequence itself): their cross-covariance added (shared_mixtures.py)."""
+    return with_shared_mixtures(inputs, ctx, _binary(inputs, ctx))
+
+
+def _binary(inputs, ctx: RuleContext):
     op = ctx.node.op_type
     rank = out_rank(ctx)
     if mixes_ids(ctx) and masks.feeds_softmax(ctx) and (mixed := mixed_moments(ctx)):
@@ -126,6 +133,8 @@ def binary(inputs, ctx: RuleContext):
         return [joint]
     if op == "Add" and (lse := shifted_logsumexp(inputs, ctx)) is not None:
         return [lse]  # log(sum exp(x - s)) + s = logsumexp(x)
+    if (row := max_shifted(ctx)) is not None:  # x - max(x): drawn rows
+        return [row]
     if (shifted := shifted_sum(inputs, ctx)) is not None:  # x_t and x_{t-1} of one sequence
         return [shifted]
     normalised = row_normalised(inputs, ctx, rank)

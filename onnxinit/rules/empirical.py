@@ -243,6 +243,9 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         axis = tracked_axis + shift if keep else next(
             (value.ndim + a for a, size in from_end
              if value.ndim - shift >= -a and value.shape[a] == size), None)
+        if axis is None and not from_end and node.op_type in ("Loop", "Scan") \
+                and value.ndim - shift >= 2:
+            axis = value.ndim - 1  # a recurrent layer's units or channels (last), each its own
         m = _measure(value, axis)
         m = Moments(m.mean[0], m.var[0]) if axis is not None and shift else m
         results[name] = _with_steps_field(ctx, name, m, value, shift)
@@ -268,8 +271,33 @@ def _with_steps_field(ctx: RuleContext, name: str, m: Moments, value: np.ndarray
     steps, shape = v.shape[0], ctx.graph.shape(name)
     if v.ndim < 2 or not 2 <= steps <= _MAX_STEPS or shape is None or shape[0] != steps:
         return m
-    c = v.reshape(steps, -1) - v.reshape(steps, -1).mean(axis=1, keepdims=True)
+    per_step = _per_step(m, v, shift, len(shape))
+    if per_step is None:
+        c = v.reshape(steps, -1) - v.reshape(steps, -1).mean(axis=1, keepdims=True)
+        return attach(m, shape, [0], c @ c.T / c.shape[1])
+    m, centred = per_step
+    c = centred.reshape(steps, -1)
     return attach(m, shape, [0], c @ c.T / c.shape[1])
+
+
+def _per_step(m: Moments, v: np.ndarray, shift: int, rank: int):
+    """(the scan output's moments per step and tracked feature, the values less those means)
+    for the iterations ``v`` (steps first, then the runs when ``shift``): a recurrent layer's
+    state starts at its initial value, so its first steps' means and variances differ from the
+    later ones' (a Slice of the first step read the pooled means' spread: 1.18x). None when
+    values are -inf (a mask) or the moments track more than one axis."""
+    tracked = m.tracked_axes()
+    if np.isneginf(v).any() or len(tracked) > 1 or (tracked and tracked[0] == 0):
+        return None
+    keep = {0} | ({tracked[0] + shift} if tracked else set())
+    other = tuple(a for a in range(v.ndim) if a not in keep)
+    mean = v.mean(axis=other, keepdims=True)
+    centred = v - mean
+    var = (centred * centred).mean(axis=other, keepdims=True)
+    if shift:
+        mean, var = mean[:, 0], var[:, 0]
+    mean, var = mean.reshape(mean.shape[:rank]), var.reshape(var.shape[:rank])
+    return Moments(mean, var), centred
 
 
 def _resamples(values, feeds) -> int:

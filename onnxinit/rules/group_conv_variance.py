@@ -9,7 +9,11 @@ GroupNormalization(8) + swish x3 (tf2onnx, 32x32), the Conv after the first Grou
 independent sum correlates 0.27 with each channel's measured variance, the same-tap cross
 terms 0.42, the whole patch covariance ``w_j^T Cov(patch) w_j`` 1.000.
 
-Where the Conv's output reaches a group statistic through layout ops (``group_cells``) this
+Where the Conv's output reaches a group statistic through layout ops (``group_cells``), or a
+statistic over its channels alone through element-wise functions (a LayerNorm over a ReLU
+Conv map's channels at each position, which reads each channel's mean and variance: Keras'
+``LayerNormalization()`` after a Conv of a LayerNorm'd Conv map, tf2onnx, the per-channel
+variances 0.77-1.30x of the independent sum, as measured), this
 reads the input's field (:func:`.map_means.input_field`: through element-wise chains and
 per-sample normalisations, up to ``DEPTH`` Convs back, each fitted to the budget) and scales
 each output channel's variance by::
@@ -33,6 +37,7 @@ from .field_kernels import dense_kernel
 from .group_statistics import group_cells
 from .map_means import DEPTH, input_field
 from .reduce_axes import reduced_axes
+from .elementwise import elementwise
 
 _LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity")
 
@@ -62,6 +67,30 @@ def read_by_group(ctx: RuleContext, y: str) -> bool:
     return False
 
 
+def read_by_channels(ctx: RuleContext, y: str) -> bool:
+    """Whether a ReduceMean (ReduceSum) over the channel axis alone reads ``y`` through
+    element-wise functions of it (a ReLU): a LayerNorm's statistics over a map's channels at
+    each position, which a channel's own mean and variance set."""
+    graph = ctx.graph
+    stack, seen = [y], set()
+    while stack and len(seen) < 16:
+        t = stack.pop()
+        seen.add(t)
+        for node_id, _index in graph.consumers.get(t, []):
+            node = graph.node(node_id)
+            if node.op_type in ("ReduceMean", "ReduceSum"):
+                shape = graph.shape(t)
+                try:
+                    axes = reduced_axes(ctx.for_node(node_id), len(shape)) if shape else None
+                except RuleError:
+                    axes = None
+                if axes == (1,):
+                    return True
+            elif node.output and node.output[0] not in seen and elementwise(node, ctx) is not None:
+                stack.append(node.output[0])
+    return False
+
+
 def group_read_factor(ctx: RuleContext, w: np.ndarray) -> np.ndarray | None:
     """``F_j`` (module docstring) per output channel of the node's Conv; None where it does
     not apply."""
@@ -74,7 +103,7 @@ def group_read_factor(ctx: RuleContext, w: np.ndarray) -> np.ndarray | None:
 
 def _factor(ctx: RuleContext, w: np.ndarray) -> np.ndarray | None:
     node = ctx.node
-    if not read_by_group(ctx, node.output[0]):
+    if not (read_by_group(ctx, node.output[0]) or read_by_channels(ctx, node.output[0])):
         return None
     x = node.input[0]
     shape_x = ctx.graph.shape(x)
@@ -102,4 +131,4 @@ def _factor(ctx: RuleContext, w: np.ndarray) -> np.ndarray | None:
     return np.maximum(full, 0.0) / own
 
 
-__all__ = ["group_read_factor", "read_by_group"]
+__all__ = ["group_read_factor", "read_by_channels", "read_by_group"]

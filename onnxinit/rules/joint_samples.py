@@ -42,10 +42,12 @@ import numpy as np
 from ..dtypes import FLOAT_TYPES
 from ..moments import Moments
 from .context import RuleContext
+from .draw_ops import NARY, UNARY
 from .float_absorption import absorbed, dtype_of
 from .joint_linear import apply_linear, linear_node, selects_positions, shifts_positions
 from .ratio_moments import ratio_moments, record
 from .token_draws import token_normals
+from .unrolled_draws import unrolled_moments
 
 SAMPLES = 4096  # draws per cell
 CELLS = 4096  # cells of one draw of a tensor the linear nodes move, at most
@@ -56,22 +58,6 @@ TOTAL_WORK = 1 << 32  # elements computed for one graph (RWKV's 2 layers: 6e8), 
 WALK = 64  # region nodes visited per operand when looking for a shared ancestor
 EVALUATIONS = 2048  # region nodes (re)computed for one node, at most
 LOOK_THROUGH = 8  # unary region nodes walked back to find an operand computed here
-
-
-def _softplus(x):
-    return np.logaddexp(x, 0)
-
-
-def _sigmoid(x):
-    return 0.5 * (np.tanh(0.5 * x) + 1)
-
-
-UNARY = {"Neg": np.negative, "Exp": np.exp, "Log": np.log, "Abs": np.abs,
-         "Relu": lambda x: np.maximum(x, 0), "Sigmoid": _sigmoid, "Tanh": np.tanh,
-         "Sqrt": np.sqrt, "Reciprocal": np.reciprocal, "Softplus": _softplus,
-         "Identity": lambda x: x, "Cast": lambda x: x}
-NARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
-        "Pow": np.power, "Max": np.maximum, "Min": np.minimum}
 
 
 class _Refused(Exception):
@@ -363,6 +349,8 @@ def joint_moments(inputs, ctx: RuleContext) -> Moments | None:
     known, graph, node = ctx.known, ctx.graph, ctx.node
     if known is None or len(node.output) != 1 or not node.output[0]:
         return None
+    if (unrolled := unrolled_moments(ctx)) is not None:  # a step of an unrolled recurrence
+        return unrolled
     if node.op_type not in UNARY and node.op_type not in NARY:
         return None
     if _region_node(graph, node.output[0]) is None:

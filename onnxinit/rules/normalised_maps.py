@@ -55,13 +55,32 @@ def _statistic_step(ctx: RuleContext, node, channels: int) -> str | None:
     shapes = [graph.shape(i) for i in node.input]
     if not out or any(not s or len(s) != len(out) or s[0] != out[0] for s in shapes):
         return None
-    full = [i for i, s in zip(node.input, shapes) if tuple(s) == tuple(out)]
+    full = [i for i, s in zip(node.input, shapes)
+            if tuple(s) == tuple(out) and not _scaled_statistic(graph, i, channels)]
     if len(full) != 1 or (node.op_type in ("Sub", "Div") and full[0] != node.input[0]):
         return None
     stat = node.input[1] if full[0] == node.input[0] else node.input[0]
-    if _per_sample(graph.shape(stat)) > channels or not _group_statistic(graph, stat, channels):
+    if not _scaled_statistic(graph, stat, channels) or not _group_statistic(graph, stat, channels):
         return None
     return full[0]
+
+
+def _scaled_statistic(graph, t: str, channels: int, depth: int = 4) -> bool:
+    """``t`` holds at most ``channels`` values per sample, or is a product (quotient,
+    negation) of such tensors and constants: a per-sample statistic broadcast by a constant
+    laid out over the map (Keras' LayerNorm over ``axis=[1, 2, 3]``: ``rstd * gamma``, gamma
+    one value per element)."""
+    if _per_sample(graph.shape(t)) <= channels:
+        return True
+    node_id = graph.producer.get(t)
+    if depth == 0 or node_id is None:
+        return False
+    node = graph.node(node_id)
+    if node.op_type not in ("Mul", "Div", "Neg"):
+        return False
+    signals = [i for i in node.input if i and not graph.is_constant(i)]
+    return bool(signals) and all(_scaled_statistic(graph, i, channels, depth - 1)
+                                 for i in signals)
 
 
 def _group_statistic(graph, t: str, channels: int) -> bool:

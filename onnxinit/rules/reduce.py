@@ -26,10 +26,12 @@ from .position_means import position_mean_moments
 from .additive_scores import key_field
 from .correlated_means import field_sum_factor
 from .reduce_axes import reduced_axes
+from .max_shifted import shifted_exp_sum
+from .channel_classes import channel_classes
 from .registry import rule
 from .normalised_square_sum import normalised_square_sum
 from .square_sum_field import square_sum_factors
-from .table_rows import table_mean_square
+from .table_rows import squared_input, table_mean_square
 from .zero_streams import mean_square_component, mixed
 
 
@@ -159,6 +161,8 @@ def reduce_linear(inputs, ctx: RuleContext):
     law + p delta_0``; of a residual stream that lacks such a row for them, with the other
     terms' mean square (:mod:`.zero_streams`).
     """
+    if (row := shifted_exp_sum(ctx)) is not None:  # sum exp(x - max(x)): drawn rows
+        return [row]
     outputs = _reduced(inputs, ctx)
     found = mean_square_component(ctx, ctx.node.output[0])
     if found is None and ctx.node.op_type == "ReduceSum":  # additive attention's scores
@@ -213,6 +217,10 @@ def _reduced(inputs, ctx: RuleContext):
         factor = field_sum_factor(ctx, axes) if mean_var is None else None
         if factor is not None:  # correlated channels (features): their covariances' sum
             v = v * factor
+        squares = squared_input(ctx.graph, ctx.node.input[0]) is not None
+        if mean_var is None and (by_class := channel_classes(x, x_shape, axes, keepdims, factor,
+                                                             k, op, squares)) is not None:
+            return [by_class]  # over a map's channels: per position class
         if op == "ReduceMean":
             return [_finish(m, v / k, axes, keepdims)]
         return [_finish(k * m, k * v, axes, keepdims)]

@@ -26,78 +26,21 @@ from ..moments import Moments
 from .context import RuleContext
 from .reduce import logsumexp_moments
 from .reduce_axes import reduced_axes
-
-_PASS = frozenset({"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
-_BOOLEAN = frozenset({"IsNaN", "IsInf", "Or", "And", "Not", "Xor", "Equal", "Less", "Greater"})
-
-
-def _producer(graph, tensor: str):
-    node_id = graph.producer.get(tensor)
-    return (None, None) if node_id is None else (node_id, graph.node(node_id))
-
-
-def _guard_of(graph, cast: str) -> bool:
-    """``cast`` is a Cast of a boolean computed by IsNaN/IsInf/Not/Or ... ops."""
-    _, node = _producer(graph, cast)
-    if node is None or node.op_type != "Cast":
-        return False
-    _, inner = _producer(graph, node.input[0])
-    return inner is not None and inner.op_type in _BOOLEAN
-
-
-def _guarded(graph, node) -> str | None:
-    """The ``m`` of ``Cast(b1) * m + c * Cast(b2)`` (a finite guard), else None."""
-    if node.op_type != "Add" or len(node.input) != 2:
-        return None
-    found = None
-    for name in node.input:
-        _, mul = _producer(graph, name)
-        if mul is None or mul.op_type != "Mul" or len(mul.input) != 2:
-            return None
-        a, b = mul.input
-        if _guard_of(graph, a) or _guard_of(graph, b):
-            other = b if _guard_of(graph, a) else a
-            if graph.is_constant(other):
-                continue  # c * Cast(not finite): the fallback value
-            if found is not None:
-                return None
-            found = other
-        else:
-            return None
-    return found
-
-
-def root(graph, tensor: str) -> str:
-    """``tensor`` followed back through value-preserving ops and finite guards."""
-    for _ in range(16):
-        _, node = _producer(graph, tensor)
-        if node is None:
-            return tensor
-        if node.op_type in _PASS:
-            tensor = node.input[0]
-        elif node.op_type == "Where" and len(node.input) == 3 and (
-                graph.is_constant(node.input[2]) and not graph.is_constant(node.input[1])):
-            tensor = node.input[1]
-        elif (m := _guarded(graph, node)) is not None:
-            tensor = m
-        else:
-            return tensor
-    return tensor
-
+from .shift_root import producer, root
 
 def _shifted_sum(ctx: RuleContext, log_input: str):
     """(x, s, ReduceSum node id) of ``Log(ReduceSum(Exp(Sub(x, s))))``, else None."""
     graph = ctx.graph
-    log_id, log = _producer(graph, log_input)
+    log_id, log = producer(graph, log_input)
     if log is None or log.op_type != "Log":
         return None
-    sum_id, red = _producer(graph, log.input[0])
+    sum_id, red = producer(graph, log.input[0])
     if red is None or red.op_type != "ReduceSum":
         return None
-    _, exp = _producer(graph, red.input[0])
+    _, exp = producer(graph, red.input[0])
     if exp is None or exp.op_type != "Exp":
         return None
-    _, sub = _producer(graph, exp.input[0])
+    _, sub = producer(graph, exp.input[0])
     if sub is None or sub.op_type != "Sub" or len(sub.input) != 2:
         return None
     return sub.input[0], sub.input[1], sum_id
@@ -138,4 +81,4 @@ def shifted_logsumexp(inputs, ctx: RuleContext) -> Moments | None:
     return None
 
 
-__all__ = ["root", "shifted_logsumexp"]
+__all__ = ["shifted_logsumexp"]

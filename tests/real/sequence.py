@@ -266,12 +266,12 @@ RECURRENT_MORE: dict[str, Spec] = {
 SIZES = {"full": FULL, "small": SMALL, "recurrent": RECURRENT, "recurrent_more": RECURRENT_MORE}
 
 
-def export(spec: Spec, path: Path) -> Path:
+def export(spec: Spec, path: Path, seed: int = 0) -> Path:
     """Export in training mode as the README says (:func:`.exports.export_module`), the module
-    built with torch's seed 0."""
+    built with torch's seed ``seed``."""
     import torch
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return export_module(spec.build(), spec.shape, path,
                          input_name="input_ids" if spec.vocab else "x", integer_input=spec.vocab)
 
