@@ -48,6 +48,7 @@ from .elementwise import refinement
 from .gaussian import chain_at_nodes, compose, composite_rule
 from .kurtosis import chain_start
 from .linear import conv_tap_sums
+from .max_cumulants import affine_steps, max_pool_shape
 
 FEW_TERMS = 64  # inputs per output (C_in / groups x kernel taps) up to which the Conv is read
 
@@ -187,10 +188,31 @@ def _lifted(sums: np.ndarray, gamma: np.ndarray, kappa: np.ndarray) -> np.ndarra
     return gamma / 6 * sums[0] + kappa / 24 * sums[1] + gamma**2 / 72 * sums[2]
 
 
+def _pool_gaussian(ctx: RuleContext, pool_out: str, src, shape) -> tuple[str, np.ndarray] | None:
+    """(tensor, sign ``[C]``): the tensor between a MaxPool's output and the element-wise node
+    (through per-channel affine maps) whose cells are the chain's Gaussian, and the sign of
+    the map from the pool's output to it; None where none is."""
+    steps = affine_steps(ctx, ctx.node.input[0], pool_out, shape[1])
+    if steps is None:
+        return None
+    s_mean, s_var = (np.broadcast_to(np.asarray(a, dtype=np.float64), shape)
+                     for a in (src.mean, src.var))
+    for name, sign in steps:
+        if name not in ctx.known:
+            continue
+        mean, var = _cells(ctx.known[name], shape)
+        scale = float(np.max(var)) if var.size else 0.0
+        if scale > 0 and np.allclose(s_var, var, rtol=1e-6, atol=1e-12 * scale) and np.allclose(
+                s_mean, mean, rtol=1e-6, atol=1e-6 * np.sqrt(scale)):
+            return name, sign
+    return None
+
+
 @refinement
 def corrected(y: Moments, ctx: RuleContext) -> Moments:
     """``y`` (an element-wise rule's output) with the Edgeworth terms of its chain's start when
-    that is a few-term Conv's output (module docstring); ``y`` itself otherwise."""
+    that is a few-term Conv's output (module docstring) or a MaxPool's, through per-channel
+    affine maps (:mod:`.max_cumulants`); ``y`` itself otherwise."""
     known, graph = ctx.known, ctx.graph
     cells = y.spatial.cells if y.spatial is not None else y
     src = cells.source
@@ -198,18 +220,25 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
         return y
     z_name = chain_start(graph, ctx.node.input[0], ctx)
     conv_id = graph.producer.get(z_name)
-    if conv_id is None or graph.node(conv_id).op_type != "Conv" or z_name not in known:
+    op = None if conv_id is None else graph.node(conv_id).op_type
+    if op not in ("Conv", "MaxPool") or z_name not in known:
         return y
     conv = ctx.for_node(conv_id)
     x_name = conv.node.input[0]
-    w = conv.const(1)
-    if (x_name not in known or w is None or np.ndim(w) < 3
-            or int(np.prod(np.shape(w)[1:])) > FEW_TERMS):
+    w = conv.const(1) if op == "Conv" else None
+    if x_name not in known or (op == "Conv" and (
+            w is None or np.ndim(w) < 3 or int(np.prod(np.shape(w)[1:])) > FEW_TERMS)):
         return y
-    z = known[z_name]
     shape = np.broadcast_shapes(np.shape(cells.mean), np.shape(cells.var))
     if len(shape) < 3:  # not in convolution layout [1, C, cells...]
         return y
+    sign = None
+    if op == "MaxPool":  # the chain's Gaussian: an affine map's of the pool output (BatchNorm)
+        found = _pool_gaussian(ctx, z_name, src, shape)
+        if found is None:
+            return y
+        z_name, sign = found
+    z = known[z_name]
     mean, var = _cells(z, shape)
     s_mean, s_var = (np.broadcast_to(np.asarray(a, dtype=np.float64), shape)
                      for a in (src.mean, src.var))
@@ -219,7 +248,13 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
                           and np.allclose(s_mean, mean, rtol=1e-6,
                                           atol=1e-6 * np.sqrt(scale))):
         return y
-    found = conv_cumulants(conv, known[x_name])
+    if sign is not None:  # a maximum's own skewness and kurtosis (rules/max_cumulants.py)
+        found = max_pool_shape(conv, known[x_name])
+        if found is None:
+            return y
+        found = (found[0] * sign.reshape(found[0].shape), found[1])
+    else:
+        found = conv_cumulants(conv, known[x_name])
     if found is None:
         return y
     k3 = np.asarray(found[0])
@@ -230,7 +265,7 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
     mean, var = _cells(z, shape)
     k3 = np.broadcast_to(k3[None], shape)
     k4 = np.broadcast_to(np.asarray(found[1])[None], shape)
-    s = np.sqrt(np.maximum(var, 1e-300))
+    s = np.sqrt(np.maximum(var, 1e-300)) if sign is None else np.ones(shape)
     gamma = np.where(var > 0, k3 / s**3, 0.0)
     kappa = np.where(var > 0, k4 / s**4, 0.0)
     if max(float(np.max(np.abs(gamma))), float(np.max(np.abs(kappa)))) < NEGLIGIBLE:

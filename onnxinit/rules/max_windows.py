@@ -68,7 +68,7 @@ def max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
         a = np.moveaxis(a.reshape((c, int(np.prod(t_shape))) + r_shape), 1, 0)
         return a[:, None]
 
-    common = _common_correlation(sp, ctx, c)
+    common = common_correlation(sp, ctx, c)
     e, v, slope = max_of_correlated_gaussians(
         lay_out(m_t), lay_out(s_t), lay_out(valid), compose(src.chain),
         common.reshape((1, c) + (1,) * len(r_shape)))
@@ -76,7 +76,7 @@ def max_pool_classes(x: Moments, x_shape, ctx: RuleContext) -> Moments | None:
     return attach(Moments(e, v), out_maps, corr)
 
 
-def _common_correlation(sp, ctx: RuleContext, c: int) -> np.ndarray:
+def common_correlation(sp, ctx: RuleContext, c: int) -> np.ndarray:
     """Per channel, the one correlation r of a window's taps with their mean pair distance,
     ``sqrt(1 - r) = mean_pairs sqrt(1 - rho_ij)`` (E|z_i - z_j| sets the spread of a maximum)."""
     if sp.corr is None:
@@ -113,7 +113,7 @@ def _max_pool_mixture(sp, x_shape, ctx: RuleContext) -> Moments:
         a = a.reshape(lead + (c, int(np.prod(t_shape))) + r_shape)
         return np.moveaxis(a, len(lead) + 1, len(lead))
 
-    common = _common_correlation(sp, ctx, c)
+    common = common_correlation(sp, ctx, c)
     e, var = max_of_mixtures(lay_out(w_t), lay_out(m_t), lay_out(s_t), lay_out(valid),
                              common.reshape((c,) + (1,) * len(r_shape)))
     e, var = e[None], var[None]
