@@ -12,6 +12,10 @@ import onnx
 from .errors import InvalidOptionError
 from .passes import shape_of
 
+# the largest size of an input's axis: a declared 2^40 (a corrupted file) was taken as given and
+# the rules' per-row work ran for minutes on it
+MAX_DIM = 2**31 - 1
+
 
 def resolve_input_shapes(inputs: Sequence[onnx.ValueInfoProto], given: Mapping[str, tuple],
                          batch_size: int, default_length: int,
@@ -58,6 +62,12 @@ def resolve_input_shapes(inputs: Sequence[onnx.ValueInfoProto], given: Mapping[s
                     f"{default_length} (set it with --input-shape {inp.name}:DIMS)"
                 )
         shapes[inp.name] = tuple(dims)
+    for name, shape in shapes.items():
+        if any(d > MAX_DIM for d in shape):
+            raise InvalidOptionError(
+                f"{model_name}: input {name!r} has shape {'x'.join(map(str, shape))}: an axis "
+                f"of more than {MAX_DIM} (2^31 - 1) elements; no model is run or analysed at "
+                f"that size")
     return shapes, warnings
 
 

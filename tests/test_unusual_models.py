@@ -512,6 +512,11 @@ CASES = {
                                           "reads index 31 of axis 0 of 'table'"),
     "an inf in a weight": (_write(_infinite_weight), "non-finite"),
     "float input declared uint8": (_write(_image_declared_uint8), "has unsupported type"),
+    # a 2-layer BERT declared 2^40 tokens: the rules' per-row work ran past a 90 s alarm
+    "input axis of 2^40": (_write(lambda: make_model(
+        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Tanh", ["h"], ["y"])],
+        [_value("x", shape=(8, 1 << 40))], [_value("y", shape=(8, 1 << 40))])),
+        "an axis of more than 2147483647"),
     "If branches of different types": (_write(_if_branches_disagree),
                                        "output 0 is float in one and int64 in the other"),
     "If branches with different output counts": (
