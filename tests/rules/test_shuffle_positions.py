@@ -20,7 +20,8 @@ N, C, S, G = 2048, 32, 6, 2  # batch, channels, map side, shuffle groups
 
 def _model(blocks: int = 3):
     """x -> [3x3 Conv (pad 1) -> Relu -> channel shuffle] x blocks -> 3x3 Conv -> Relu -> y;
-    He-scaled weights with a positive mean (a channel's mean grows, as without BatchNorm)."""
+    He-scaled zero-mean weights, no BatchNorm: the Convs sum the Relu outputs' means into a
+    mean per channel, and the border positions, which see fewer taps, into means of their own."""
     rng = np.random.default_rng(3)
     nodes, consts, t = [], {}, "x"
     consts["s5"] = np.array([0, G, C // G, S, S], dtype=np.int64)
