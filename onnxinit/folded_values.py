@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from onnx import TensorProto, helper
 
 from .dtypes import INT_TYPES
 from .initializers import is_external, tensor_array
@@ -135,6 +136,11 @@ class FoldedValues:
             return value
         if node.op_type in ("Shape", "Size"):
             value = shape_op_value(node, self.shapes[node.input[0]])
+            self._keep(tensor, value)
+            return value
+        if node.op_type == "CastLike" and not self.is_constant(node.input[1]):
+            value = np.asarray(self.value(node.input[0])).astype(
+                helper.tensor_dtype_to_np_dtype(self.dtypes.get(node.input[1], TensorProto.FLOAT)))
             self._keep(tensor, value)
             return value
         if node.input[1:] and not self.is_constant(node.input[1]):

@@ -125,7 +125,8 @@ class GraphStructure:
             default = node.domain in ("", "ai.onnx")
             kind = ("dropout" if default and op_type == "Dropout" else
                     "random" if default and op_type in RANDOM_OPS else
-                    "shape" if default and op_type in ("Shape", "Size") else "")
+                    "shape" if default and op_type in ("Shape", "Size") else
+                    "castlike" if default and op_type == "CastLike" else "")
             self._classified.append((node, kind, [n for n in inputs if n],
                                      [o for o in outputs if o]))
 
@@ -160,8 +161,9 @@ class GraphStructure:
         return order
 
     def _classify_tensors(self) -> None:
-        """Constants: initializers, Constant outputs, Shape/Size of static tensors, and outputs
-        of deterministic nodes whose inputs are all constant."""
+        """Constants: initializers, Constant outputs, Shape/Size of static tensors, CastLike of
+        a constant (to the other input's type), and outputs of deterministic nodes whose inputs
+        are all constant."""
         self.constants: set[str] = set(self.initializers)
         constants = self.constants
         for node, kind, inputs, outputs in self._classified:
@@ -172,6 +174,8 @@ class GraphStructure:
                 outputs = outputs[:1]
             elif kind == "shape":
                 constant = is_static(self.shapes.get(node.input[0]))
+            elif kind == "castlike":  # input 1 gives only its type: dynamo's zero Conv bias
+                constant = node.input[0] in constants  # CastLike(Constant 0, x), unoptimized
             else:
                 constant = (constants.issuperset(inputs)
                             or self._uniform_gather(node) is not None)
