@@ -88,7 +88,7 @@ from .covariance_layout import Field, conv_share, moved, variances, within
 from .context import RuleContext, RuleError
 from .elementwise import UNARY, elementwise
 from .fusion import common_ancestor, fused_function
-from .hermite import coefficients
+from .hermite import at_axis, coefficients
 from .support import identity_on_input
 from .on_demand import OnDemandField
 from . import row_field_maps as row_maps
@@ -410,5 +410,10 @@ def _through(ctx: RuleContext, fn, x: str, y: str, f_x: Field) -> Field | None:
         return None
     axis = f_x.axis
     mean = ctx.known[x].values_along(axis, shape[axis])[0]
-    a, _ = coefficients(fn, mean, np.diag(f_x.cov), remainder=False)  # [ORDER + 1, n]
+    try:  # [ORDER + 1, n]; f varying along another axis too has no amplitude per index
+        a, _ = coefficients(at_axis(fn, axis, len(shape), shape[axis]), mean, np.diag(f_x.cov),
+                            remainder=False)
+    except ValueError:
+        return None
     return Field(axis, maps.mehler(f_x.cov, a, variances(ctx.known[y], shape, axis)))
+

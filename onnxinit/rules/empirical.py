@@ -5,8 +5,13 @@ constant inputs are the node's real constants, and the outputs' moments are meas
 along the axis the first signal input tracks when the output keeps that axis, pooled otherwise.
 An input that is neither (an integer or boolean tensor computed from signals, such as a random
 mask ``Less(RandomUniformLike(x), p)``) is computed by running its producers along with the node
-(up to 8 of them). Tensors a subgraph (Loop, Scan and If bodies) reads from the outer scope are
-fed like inputs, so a recurrent layer exported as a Loop (tf2onnx's SimpleRNN) is measured.
+(up to 32 of them; a random op among them is run, not sampled, while at most 8 are); a signal
+input computed from another one through at most 4 nodes (``w / ReduceL1(w)``) is computed from
+that one's samples, so the two keep their dependence; a signal input that is a Softmax's,
+LogSoftmax's or TopK's output is computed from that node's input's samples (a router's top-k
+of its probabilities: the row's elements are coupled). Tensors a subgraph (Loop, Scan and If
+bodies) reads from the outer scope are fed like inputs, so a recurrent layer exported as a Loop
+(tf2onnx's SimpleRNN) is measured.
 When the node cannot run (custom domain), statistics pass through unchanged.
 
 A small output measured once is noisy: a recurrent Loop's final state at batch 8 is 512 values
@@ -37,7 +42,9 @@ from .context import RuleContext
 from .token_field import attach, expanded, token_axes
 
 _MAX_ELEMENTS = 1 << 22  # cap the sample size of one input; batch is shrunk to fit
-_MAX_UPSTREAM = 8  # nodes computing a non-float input that are run along with the node
+_MAX_UPSTREAM = 8  # nodes run along with the node, at most, when a random op among them is run
+_MAX_INTEGER_UPSTREAM = 32  # nodes computing a non-float input run along with the node, at most
+_MAX_SHARED = 4  # nodes between two signal inputs of which one is computed from the other
 _MIN_RANDOM = 1 << 16  # elements drawn at least when a random op runs
 _MAX_RUNS = 500  # runs of a node whose random draws are few and of a fixed shape
 _MIN_MEASURED = 1 << 14  # output elements measured at least (fresh input samples each run)
@@ -122,6 +129,36 @@ def _seeded(node: onnx.NodeProto, rng: np.random.Generator, opset: int) -> onnx.
     return seeded
 
 
+def _computed_from(graph, name: str, sources: set[str]) -> list[str]:
+    """The nodes (consumer first) computing ``name`` from one of ``sources`` through nodes of one
+    signal input each (``ReduceL1(w)``, ``ReduceSum(w) + eps``: a row's own sum), at most
+    ``_MAX_SHARED`` of them, none random and none reading outer-scope tensors; [] otherwise."""
+    path, current = [], name
+    for _ in range(_MAX_SHARED):
+        src = graph.producer.get(current)
+        if src is None:
+            return []
+        node = graph.node(src)
+        signals = [n for n in node.input if n and graph.is_signal(n)]
+        if len(signals) != 1 or node.op_type in RANDOM_OPS or graph.implicit_inputs_of(src):
+            return []
+        path.append(src)
+        if signals[0] in sources:
+            return path
+        current = signals[0]
+    return []
+
+
+def _row_coupled(graph, src: str | None) -> bool:
+    """``src`` is a Softmax, LogSoftmax or TopK of one signal (its row's elements are coupled:
+    they sum to 1, or are the largest of the row) that reads no outer-scope tensor."""
+    if src is None or graph.node(src).op_type not in ("Softmax", "LogSoftmax", "TopK"):
+        return False
+    node = graph.node(src)
+    return graph.is_signal(node.input[0]) and not graph.implicit_inputs_of(src) and not any(
+        n and graph.is_signal(n) for n in node.input[1:])
+
+
 def measure_node(inputs: list[Moments | None], ctx: RuleContext,
                  known: Mapping[str, Moments]) -> list[Moments | None]:
     """Run ``ctx.node`` alone on samples of its inputs and measure its outputs; ``known``: the
@@ -134,17 +171,34 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
     pending = [(name, inputs[i] if i < len(inputs) else None) for i, name in enumerate(node.input)]
     # what a Loop/Scan/If body reads from the outer scope becomes an input of the one-node model
     pending += [(name, None) for name in graph.implicit_inputs_of(ctx.node_id)]
+    # a signal input computed from another (``w / ReduceL1(w)``: a router's weights over their
+    # sum) is computed from that one's samples, not drawn independently of them
+    sampled = {n for i, n in enumerate(node.input) if n and i < len(inputs) and inputs[i]}
+    computed: set[str] = set()
+    for name in sampled:
+        for src in _computed_from(graph, name, sampled - {name}):
+            computed.update(o for o in graph.node(src).output if o)
     while pending:
         name, m = pending.pop(0)
         if not name or name in seen:
             continue
         seen.add(name)
         src = graph.producer.get(name)
+        if name in computed:
+            nodes[src] = graph.node(src)
+            pending.extend((n, None) for n in graph.node(src).input)
+            continue
         if src is not None and name not in node.input and graph.node(src).op_type in RANDOM_OPS \
                 and len(nodes) <= _MAX_UPSTREAM:
             m = None  # a random op upstream is run, not sampled as a Gaussian of its moments
         elif m is None and graph.is_signal(name):
             m = known.get(name)
+        if m is not None and _row_coupled(graph, src) and len(nodes) <= _MAX_INTEGER_UPSTREAM:
+            # a Softmax's or TopK's row is drawn from its input's samples, not element by
+            # element from its marginals: the row sums to 1, the top-k are the largest
+            nodes[src] = graph.node(src)
+            pending.extend((n, None) for n in graph.node(src).input)
+            continue
         if m is not None:
             shape = graph.shape(name)
             if shape is None:
@@ -160,9 +214,10 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
             feeds[name] = value
             graph_inputs.append(helper.make_tensor_value_info(name, graph.dtypes[name],
                                                               value.shape))
-        elif src is not None and len(nodes) <= _MAX_UPSTREAM:
+        elif src is not None and len(nodes) <= _MAX_INTEGER_UPSTREAM:
             # an integer/boolean tensor computed from signals (a random mask: Less of
-            # RandomUniformLike): run the nodes that compute it too
+            # RandomUniformLike; a router's capacity mask, twelve nodes from its logits): run
+            # the nodes that compute it too
             if graph.implicit_inputs_of(src):
                 raise EmpiricalError("an upstream node reads outer-scope tensors")
             nodes[src] = graph.node(src)

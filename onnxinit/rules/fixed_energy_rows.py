@@ -208,7 +208,10 @@ def fixed_energy_mean_square(ctx: RuleContext, out: Moments, table: dict,
     row_mean = known.get(mean_name) if mean_name is not None else None
     if mean_name is not None and row_mean is None:
         return None
-    parts = [p for p in _parts(ctx, s) if p[0] in known and all(n in known for n in p[1])]
+    terms = {n: _term(ctx, known, n) for _, others in _parts(ctx, s, constants=True)
+             for n in others}
+    parts = [p for p in _parts(ctx, s, constants=True)
+             if p[0] in known and all(terms[n] is not None for n in p[1])]
     for (h_name, others), projected in [(p, False) for p in parts] + [(p, True) for p in parts]:
         norm = None if projected else _normalised_row(ctx, h_name)
         if norm is not None and (norm.centred or (mean_name is None and norm.shift == 0.0)):
@@ -224,26 +227,48 @@ def fixed_energy_mean_square(ctx: RuleContext, out: Moments, table: dict,
         else:
             continue
         h = known[h_name]
-        f, fp = _rest(known[s], h, [(known[n], table.get(n) or NONE) for n in others])
+        f, fp = _rest(known[s], h, [(terms[n], table.get(n) or NONE) for n in others])
         return _moments(out, h, table.get(h_name) or NONE, spread, energy, f, fp,
                         row_mean, tuple(shape), d, bool(ctx.attr("keepdims", 1)))
     return None
 
 
-def _parts(ctx: RuleContext, s: str, depth: int = 1) -> list[tuple[str, list[str]]]:
+def _parts(ctx: RuleContext, s: str, depth: int = 1,
+           constants: bool = False) -> list[tuple[str, list[str]]]:
     """(h, the other terms) for each way of reading ``s`` as a sum ``h + f_1 + f_2 ...`` of
     nested Adds up to ``depth`` (``s`` itself, h = s, first). One Add: deeper, a pre-norm
     stream (CLIP's second block: the embedding plus the first block's attention and MLP
     outputs, whose MLP reads h) is far from h + an independent f: 11.5x the measured variance
-    against the Pairs' 6.6x."""
+    against the Pairs' 6.6x. With ``constants``, an Add of a signal and a constant (a
+    positional table added to a normalised patch embedding: AIMv2) is a term too, one that
+    does not count towards the depth (a constant reads nothing), and the Adds are read through
+    float Casts."""
     found = [(s, [])]
     _, add = _producer(ctx, s)
-    if depth and add is not None and add.op_type == "Add" and len(add.input) == 2 and all(
-            ctx.graph.is_signal(n) for n in add.input):
+    if add is None or add.op_type != "Add" or len(add.input) != 2:
+        return found
+    signal = [ctx.graph.is_signal(n) for n in add.input]
+    term = (lambda n: without_casts(ctx, n)) if constants else (lambda n: n)
+    if depth and all(signal):
         for i in (0, 1):
             found += [(h, others + [add.input[1 - i]])
-                      for h, others in _parts(ctx, add.input[i], depth - 1)]
+                      for h, others in _parts(ctx, term(add.input[i]), depth - 1, constants)]
+    elif constants and sum(signal) == 1 and ctx.graph.value(add.input[signal[0]]) is not None:
+        i = 0 if signal[0] else 1  # the signal's index; the other input is a constant
+        found += [(h, others + [add.input[1 - i]])
+                  for h, others in _parts(ctx, term(add.input[i]), depth, constants)]
     return found
+
+
+def _term(ctx: RuleContext, known: dict, name: str) -> Moments | None:
+    """A term's Moments: a signal's propagated ones, a constant's values (variance 0)."""
+    if name in known:
+        return known[name]
+    value = ctx.graph.value(name) if not ctx.graph.is_signal(name) else None
+    if value is None:
+        return None
+    value = np.asarray(value, np.float64)
+    return Moments(value, np.zeros_like(value))
 
 
 def _rest(s: Moments, h: Moments, others: list) -> tuple[Moments | None, Pairs]:

@@ -72,4 +72,24 @@ def cross_moment(c_a, c_b, rho, rem_a=None, rem_b=None) -> np.ndarray:
     return out
 
 
-__all__ = ["ORDER", "coefficients", "cross_moment"]
+__all__ = ["ORDER", "at_axis", "coefficients", "cross_moment"]
+
+
+def at_axis(fn: Callable[[np.ndarray], np.ndarray], axis: int, rank: int, n: int):
+    """``fn`` evaluated on ``[n, nodes]`` arrays (the n indices along ``axis`` of a tensor of
+    ``rank`` axes, as :func:`coefficients` lays them out) with the indices at ``axis`` and the
+    nodes on a new leading axis, so that a constant of the chain that varies along ``axis``
+    (DAC's snake ``x + sin^2(a_c x) / a_c``, ``a_c`` ``[1, C, 1]``) meets its own index;
+    ValueError when the result varies along another axis too."""
+    layout = [1] * rank
+    layout[axis] = n
+
+    def evaluated(t):
+        t = np.asarray(t)
+        u = np.moveaxis(t, -1, 0).reshape((t.shape[-1], *layout))
+        v = np.asarray(fn(u))
+        if v.shape != u.shape:
+            raise ValueError("the function varies along another axis")
+        return np.moveaxis(v.reshape(t.shape[-1], n), 0, -1)
+
+    return evaluated

@@ -21,14 +21,26 @@ def lift(a: np.ndarray, rank: int) -> np.ndarray:
 
 
 def binary_independent(op: str, a, b) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent operands: Add/Sub E = mu1 +/- mu2, Var = nu1 + nu2; Mul E = mu1 mu2,
+    Var = (nu1 + mu1^2)(nu2 + mu2^2) - mu1^2 mu2^2. A masked element of one operand of Add or
+    Sub (mean -inf, variance 0: a causal mask's fill) stays masked whatever finite value the
+    other adds: E = -inf, Var = 0 there (mLSTM's log-gate matrix minus its row maximum)."""
     (ma, va), (mb, vb) = a, b
-    if op == "Add":
-        return ma + mb, va + vb
-    if op == "Sub":
-        return ma - mb, va + vb
+    if op in ("Add", "Sub"):
+        mean = ma + mb if op == "Add" else ma - mb
+        return mean, _masked_still(mean, va + vb)
     if op == "Mul":
         return ma * mb, (va + ma**2) * (vb + mb**2) - ma**2 * mb**2
     raise RuleError(f"{op} of these operands")
+
+
+def _masked_still(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """``var`` with 0 where ``mean`` is -inf (an element the mask fill reaches holds -inf
+    exactly, whatever finite value is added to it)."""
+    masked = np.isneginf(mean)
+    if not masked.any():
+        return var
+    return np.where(masked, 0.0, np.broadcast_to(var, np.shape(masked)))
 
 
 _MAX_COMPONENTS = 24  # of a sum's mixture: more and the smaller operand counts as Gaussian
