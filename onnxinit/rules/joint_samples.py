@@ -46,7 +46,7 @@ from .draw_ops import NARY, UNARY
 from .float_absorption import absorbed, dtype_of
 from .joint_linear import apply_linear, linear_node, selects_positions, shifts_positions
 from .ratio_moments import ratio_moments, record
-from .token_draws import token_normals
+from .token_draws import leaf_draws
 from .unrolled_draws import unrolled_moments
 
 SAMPLES = 4096  # draws per cell
@@ -234,16 +234,7 @@ def _draw(ctx: RuleContext, name: str, m: Moments) -> np.ndarray:
         grid = (1, *shape[1:])  # every element of a sample drawn (a node may move them)
     if int(np.prod(grid)) > CELLS:
         raise _Refused
-    rng = np.random.default_rng([ctx.settings.seed, *name.encode()])
-    found = token_normals(rng, m, grid, SAMPLES)  # correlated across tokens, by m's field
-    if found is None:
-        z = rng.standard_normal((SAMPLES, *grid)) * np.sqrt(var) + mean
-    else:
-        z = found[0] * np.sqrt(var * found[1]) + mean
-    if src is not None:
-        with np.errstate(all="ignore"):
-            for f in src.chain:
-                z = f.fn(z)
+    z = leaf_draws(ctx.settings.seed, name, m, grid, mean, var, src, SAMPLES)
     return np.asarray(z, dtype=dtype_of(ctx.graph, name))
 
 

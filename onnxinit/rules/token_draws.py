@@ -1,5 +1,5 @@
-"""Leaves of the joint draws (:mod:`.joint_samples`) drawn with their token field's
-correlation across tokens.
+"""Leaves of the joint draws (:mod:`.joint_samples`, :mod:`.unrolled_draws`) drawn with their
+token field's correlation across tokens.
 
 A leaf is drawn element by element (independent elements, as every rule takes them). Where the
 leaf carries a token field (``moments.Tokens``: the residual stream after a recurrent or
@@ -21,6 +21,25 @@ import numpy as np
 
 from ..moments import Moments
 from .token_field import is_correlation, token_axes
+
+
+def leaf_draws(seed: int, name: str, m: Moments, grid: tuple[int, ...], mean, var, src,
+               samples: int) -> np.ndarray:
+    """``samples`` draws ``[samples, *grid]`` of the leaf ``name`` (its own stream of the
+    analysis' ``seed``): Gaussian of ``mean``, ``var`` (correlated across tokens by ``m``'s
+    field where :func:`token_normals` applies), then through the element-wise chain of its
+    source law ``src`` when it has one."""
+    rng = np.random.default_rng([seed, *name.encode()])
+    found = token_normals(rng, m, grid, samples)
+    if found is None:
+        z = rng.standard_normal((samples, *grid)) * np.sqrt(var) + mean
+    else:
+        z = found[0] * np.sqrt(var * found[1]) + mean
+    if src is not None:
+        with np.errstate(all="ignore"):
+            for f in src.chain:
+                z = f.fn(z)
+    return z
 
 
 def token_normals(rng, m: Moments, grid: tuple[int, ...], samples: int):

@@ -33,7 +33,7 @@ from ..moments import Moments
 from .context import RuleContext
 from .float_absorption import dtype_of
 from .draw_ops import NARY, UNARY
-from .token_draws import token_normals
+from .token_draws import leaf_draws
 from .unrolled_region import LAYOUT, elementwise_op, product_weight, unrolled_steps
 
 SAMPLES = 1024  # draws of one batch element
@@ -127,16 +127,7 @@ def _leaf(ctx: RuleContext, name: str, m: Moments) -> tuple[np.ndarray, int]:
             a = a.mean(axis=bax, keepdims=True)
         parts.append(np.broadcast_to(a, grid))
     mean, var = parts
-    rng = np.random.default_rng([ctx.settings.seed, *name.encode()])
-    found = token_normals(rng, m, grid, SAMPLES)
-    if found is None:
-        z = rng.standard_normal((SAMPLES, *grid)) * np.sqrt(var) + mean
-    else:
-        z = found[0] * np.sqrt(var * found[1]) + mean
-    if src is not None:
-        with np.errstate(all="ignore"):
-            for f in src.chain:
-                z = f.fn(z)
+    z = leaf_draws(ctx.settings.seed, name, m, grid, mean, var, src, SAMPLES)
     return np.asarray(z, dtype=dtype_of(graph, name)), bax
 
 
