@@ -25,7 +25,8 @@ field about one mean per feature does not carry (tried: a random-walk table's ``
 1.64x without the field, 2.07x with it). Only where the rule pooled the table (the output's
 mean the same for every token), no input already carries a field, the output has a batch axis
 first and one token axis other than the features (the last axis), the table varies along that
-axis and is one value along the batch, and the tokens are at most ``MAX_TOKENS``.
+axis and the features and is one value along the batch, no operand is a feature map, and the
+tokens are at most ``MAX_TOKENS``.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def entry(ctx: RuleContext, inputs: list, outputs: list) -> list:
     table = ctx.const(1 - which)
     out_shape, in_shape = graph.shape(node.output[0]), graph.shape(node.input[which])
     x = inputs[which] if which < len(inputs) else None
-    if table is None or x is None or not out_shape or not in_shape:
-        return outputs
+    if (table is None or x is None or not out_shape or not in_shape
+            or x.spatial is not None or out.spatial is not None):
+        return outputs  # a feature map's positions: the spatial correlation holds them
     rank = len(out_shape)
     axis = _token_axis(np.shape(table), out_shape)
     if axis is None or len(in_shape) != rank:
@@ -75,12 +77,13 @@ def entry(ctx: RuleContext, inputs: list, outputs: list) -> list:
 
 def _token_axis(shape, out_shape) -> int | None:
     """The one axis, neither the batch (first) nor the features (last), along which a table
-    of ``shape`` varies, the table one value along the batch; None otherwise."""
+    of ``shape`` varies, the table one value along the batch and varying along the features;
+    None otherwise."""
     rank = len(out_shape)
     if rank < 3 or len(shape) > rank:
         return None
     full = (1,) * (rank - len(shape)) + tuple(shape)
-    if full[0] != 1:
+    if full[0] != 1 or full[-1] < 2:
         return None
     varying = [a for a in range(1, rank - 1) if full[a] > 1]
     if len(varying) != 1 or full[varying[0]] != out_shape[varying[0]]:
