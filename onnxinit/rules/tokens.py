@@ -8,7 +8,8 @@ tensor, ``Sigma[s, t] = mean_d Cov(x[s, d], x[t, d])`` as ``nu_d * cov[s, t]`` (
 token_field.py): one token-by-token covariance shared by the features, scaled by each feature's
 variance.
 Attention creates it (attention.py: P V and Q K^T), and so does a sequence written one step at
-a time from jointly drawn steps (token_scatter.py: RWKV's WKV scan); Softmax reads it
+a time from jointly drawn steps (token_scatter.py: RWKV's WKV scan) and a position table added to
+the tokens (position_table_field.py: its rows' centred Gram); Softmax reads it
 (softmax.py), so do the sum of a sequence and its shifted copy (shifted_sum.py: a token-shift
 mix) and the joint draws' leaves (token_draws.py); and
 :func:`carry`, called by the propagation after every rule, maps it through the other ops:
@@ -62,6 +63,7 @@ from .fusion import fused_function
 from .masks import feeds_softmax
 from .per_token import with_profile
 from . import map_tokens
+from . import position_table_field
 from . import repeat_tokens
 from . import step_maps
 from . import token_layout  # noqa: F401 - registers the layout ops' carriers
@@ -105,6 +107,8 @@ def carry(ctx: RuleContext, inputs: list, outputs: list, per_token: bool = False
             return step_maps.entry(ctx, outputs)
         if op in repeat_tokens.REPEATS:  # RepeatVector: copies along a new axis
             return repeat_tokens.entry(ctx, outputs)
+        if op in position_table_field.OPS:  # a position embedding added to the tokens
+            return position_table_field.entry(ctx, inputs, outputs)
         return map_tokens.entry(ctx, outputs) if op in map_tokens.LAYOUT_OPS else outputs
     if op in map_tokens.LAYOUT_OPS and _folded(inputs, outputs):
         return outputs  # the map's correlation holds what the field said
