@@ -248,8 +248,10 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
         if node.op_type in ("Add", "Sub") and len(signals) == 2:
             return summed(ctx, signals, tensor, field_of, MAX_WORK)
         if node.op_type == "Concat":
-            return _concat(ctx, node, signals, tensor, field_of) or concat_field.channel_concat(
-                ctx, node, tensor, field_of, lambda n: _channels_or_diagonal(ctx, n, field_of))
+            return (concat_field.token_concat(ctx, node, signals, tensor, field_of)
+                    or concat_field.channel_concat(
+                        ctx, node, tensor, field_of,
+                        lambda n: _channels_or_diagonal(ctx, n, field_of)))
         if node.op_type == "Mul" and len(signals) == 2:
             return _gated(ctx, signals, tensor, field_of)
         f_x = field_of(x)
@@ -315,39 +317,6 @@ def _conv(ctx: RuleContext, node, x: str, y: str, field_of) -> Field | None:
     share = conv_share(graph, node, w, shape_x, shape_y)
     return Field(1, maps.rescaled(maps.conv_same_tap(s_x, w, groups, share),
                                   within(ctx.known[y], shape_y)))
-
-
-def _concat(ctx: RuleContext, node, signals: list[str], y: str, field_of) -> Field | None:
-    """Concat along another axis than the field's, of one part with a field and single
-    positions without one (a class token put before a patch embedding's tokens): the
-    within-position covariance pooled over the positions, each part's by its share of them (a
-    token without a field: its variances; constants: none). Two parts with a field (Swin's
-    roll: slices of one map put back in another order) end it, as before: their pooled field,
-    read by the value selection, took Swin V2's rolled-back windows to 1.10-1.12x
-    (tests/real/test_sequence_models.py)."""
-    fields = {n: field_of(n) for n in signals}
-    present = [f for f in fields.values() if f is not None]
-    shape, axis = ctx.graph.shape(y), int(ctx.attr("axis", 0))
-    if not present or not shape or any(f.axis != present[0].axis or f.head_axis is not None
-                                        for f in present):
-        return None
-    tokens = [n for n, f in fields.items() if f is None]
-    if len(present) > 1 or any((ctx.graph.shape(n) or (0,) * len(shape))[axis % len(shape)] != 1
-                               for n in tokens):
-        return None
-    field_axis, axis = present[0].axis, axis % len(shape)
-    if axis == field_axis:
-        return None
-    total = np.zeros((shape[field_axis],) * 2)
-    for n in node.input:
-        part = ctx.graph.shape(n)
-        if not part or len(part) != len(shape) or part[field_axis] != shape[field_axis]:
-            return None
-        if n in fields:  # (a constant part adds no covariance)
-            f = fields[n]
-            cov = f.cov if f is not None else np.diag(variances(ctx.known[n], part, field_axis))
-            total += cov * (part[axis] / shape[axis])
-    return Field(field_axis, total)
 
 
 def _gated(ctx: RuleContext, signals: list[str], y: str, field_of) -> Field | None:

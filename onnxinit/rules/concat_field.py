@@ -1,5 +1,6 @@
-"""The channel covariance field (:mod:`.channel_covariance`) of a Concat along the field's axis,
-the channels: branches put side by side (a fire module's two expand convs, an Inception
+"""The channel covariance field (:mod:`.channel_covariance`) of a Concat: along another axis
+(:func:`token_concat`: a class token put before the patches), or along the field's axis, the
+channels (:func:`channel_concat`): branches put side by side (a fire module's two expand convs, an Inception
 block's branches), read by the next 1x1 Conv, which mixes channels of every branch.
 
 The concatenated field is the block matrix ``S_y = [[S_1, C_12, ...], [C_21, S_2, ...], ...]``:
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .context import RuleContext
-from .covariance_layout import Field, attr, conv_share, within
+from .covariance_layout import Field, attr, conv_share, variances, within
 from .elementwise import UNARY, elementwise
 from .hermite import coefficients
 from .row_field_maps import MAX_CHANNELS, MAX_WORK
@@ -271,6 +272,40 @@ def through_chains(ctx: RuleContext, cross: np.ndarray, a: Chain, b: Chain) -> n
     return cross
 
 
+def token_concat(ctx: RuleContext, node, signals: list[str], y: str,
+                 field_of) -> Field | None:
+    """Concat along another axis than the field's, of one part with a field and single
+    positions without one (a class token put before a patch embedding's tokens): the
+    within-position covariance pooled over the positions, each part's by its share of them (a
+    token without a field: its variances; constants: none). Two parts with a field (Swin's
+    roll: slices of one map put back in another order) end it, as before: their pooled field,
+    read by the value selection, took Swin V2's rolled-back windows to 1.10-1.12x
+    (tests/real/test_sequence_models.py)."""
+    fields = {n: field_of(n) for n in signals}
+    present = [f for f in fields.values() if f is not None]
+    shape, axis = ctx.graph.shape(y), int(ctx.attr("axis", 0))
+    if not present or not shape or any(f.axis != present[0].axis or f.head_axis is not None
+                                        for f in present):
+        return None
+    tokens = [n for n, f in fields.items() if f is None]
+    if len(present) > 1 or any((ctx.graph.shape(n) or (0,) * len(shape))[axis % len(shape)] != 1
+                               for n in tokens):
+        return None
+    field_axis, axis = present[0].axis, axis % len(shape)
+    if axis == field_axis:
+        return None
+    total = np.zeros((shape[field_axis],) * 2)
+    for n in node.input:
+        part = ctx.graph.shape(n)
+        if not part or len(part) != len(shape) or part[field_axis] != shape[field_axis]:
+            return None
+        if n in fields:  # (a constant part adds no covariance)
+            f = fields[n]
+            cov = f.cov if f is not None else np.diag(variances(ctx.known[n], part, field_axis))
+            total += cov * (part[axis] / shape[axis])
+    return Field(field_axis, total)
+
+
 def channel_concat(ctx: RuleContext, node, y: str, field_of, channels_of) -> Field | None:
     """The field of ``y``, a Concat of ``node``'s parts along axis 1 (module docstring);
     ``channels_of(name)`` the covariance across a tensor's channels (its field, or its
@@ -316,4 +351,5 @@ def channel_concat(ctx: RuleContext, node, y: str, field_of, channels_of) -> Fie
     return Field(1, cov) if carried else None
 
 
-__all__ = ["Chain", "chain", "channel_concat", "conv_cross", "shared_sources", "through_chains"]
+__all__ = ["Chain", "chain", "channel_concat", "conv_cross", "shared_sources", "through_chains",
+           "token_concat"]
