@@ -108,9 +108,9 @@ def _full(c: float, m: np.ndarray | None, t: int, s: int) -> np.ndarray:
     return out
 
 
-def cross_covariance(ctx: RuleContext) -> tuple[np.ndarray, list] | None:
-    """(``C / nu`` summed over the bases, [(base variance, its unit C)]) of the node's two
-    operands, else None (module docstring)."""
+def cross_covariance(ctx: RuleContext) -> list[tuple[Moments, np.ndarray]] | None:
+    """[(a shared base's moments, its unit cross-covariance ``C / nu`` across tokens, negated
+    for a Sub)] of the node's two operands, else None (module docstring)."""
     graph, known, node = ctx.graph, ctx.known, ctx.node
     if node.op_type not in ("Add", "Sub") or len(node.input) != 2 or known is None:
         return None
