@@ -13,6 +13,7 @@ BUILTIN_MODULES = (
     "onnxinit.gradrules.activations",
     "onnxinit.gradrules.arithmetic",
     "onnxinit.gradrules.attention",
+    "onnxinit.gradrules.depth_space",
     "onnxinit.gradrules.linear",
     "onnxinit.gradrules.normalization",
     "onnxinit.gradrules.pooling",

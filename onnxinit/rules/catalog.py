@@ -22,6 +22,7 @@ BUILTIN_MODULES = (
     "onnxinit.rules.arithmetic",
     "onnxinit.rules.attention",
     "onnxinit.rules.chi_square",
+    "onnxinit.rules.depth_space",
     "onnxinit.rules.dropout",
     "onnxinit.rules.edgeworth",
     "onnxinit.rules.energy_mixture",
