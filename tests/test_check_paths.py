@@ -13,7 +13,8 @@ from onnxinit import check
 from onnxinit.analysis import analyze
 from onnxinit.findings import gradient
 from onnxinit.findings.scale import signal_reference
-from onnxinit.signal_path import ATTENTION, BRANCH, GATE, signal_variance
+from onnxinit.side_paths import ATTENTION, BRANCH, GATE
+from onnxinit.signal_path import signal_variance
 
 from .samples import sample
 

@@ -45,7 +45,8 @@ import math
 from dataclasses import dataclass
 
 from ..analysis import Analysis
-from ..signal_path import BRANCH, SidePath, SignalPaths, signal_variance
+from ..side_paths import BRANCH, SidePath
+from ..signal_path import SignalPaths, signal_variance
 from .base import Finding, RuleInfo, fmt, register
 
 EXPLODING_GRADIENT, VANISHING_GRADIENT = "ONNXINIT005", "ONNXINIT006"

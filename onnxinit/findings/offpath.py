@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 
 from ..analysis import Analysis
-from ..signal_path import BRANCH, FUNCTION, SidePath, SignalPaths
+from ..side_paths import BRANCH, FUNCTION, SidePath
+from ..signal_path import SignalPaths
 from .base import Finding, RuleInfo, fmt, register
 from .scale import Scale, flag, head_input_of, judged, recurrent_stack, severity
 
