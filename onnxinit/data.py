@@ -32,6 +32,22 @@ class Batch:
     labels: np.ndarray | None
 
 
+def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
+    """Samples [start, stop) of a batch (axis 0 of every input and of the labels)."""
+    return Batch(feeds={n: a[start:stop] for n, a in batch.feeds.items()},
+                 labels=None if batch.labels is None else batch.labels[start:stop])
+
+
+def concat_batches(first: Batch, second: Batch) -> Batch:
+    feeds = {n: np.concatenate([first.feeds[n], second.feeds[n]]) for n in first.feeds}
+    labels = None if first.labels is None else np.concatenate([first.labels, second.labels])
+    return Batch(feeds=feeds, labels=labels)
+
+
+def batch_length(batch: Batch) -> int:
+    return len(next(iter(batch.feeds.values())))
+
+
 def _input_dtype(graph: ModelGraph, name: str) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1)))
 

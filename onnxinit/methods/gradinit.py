@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..data import Batch
+from ..data import Batch, batch_length, concat_batches, slice_batch
 from ..graph import ModelGraph
 from ..lazy import lazy_module
 from ..plan import Plan
 from .options import check_values, option
 from .optimisers import RescaleAdam
-from .oracle import HVP_MODES, GradientOracle, batch_length, concat_batches, slice_batch
+from .oracle import HVP_MODES, GradientOracle
 from .scaleopt import (
     Assessment,
     GradientOptions,

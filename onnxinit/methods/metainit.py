@@ -61,13 +61,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..data import Batch
+from ..data import Batch, batch_length
 from ..graph import ModelGraph
 from ..lazy import lazy_module
 from ..plan import Plan
 from .options import check_values, option
 from .optimisers import SignMomentum
-from .oracle import HVP_MODES, GradientOracle, batch_length
+from .oracle import HVP_MODES, GradientOracle
 from .scaleopt import (
     Assessment,
     GradientOptions,

@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..data import Batch
+from ..data import Batch, slice_batch
 from ..errors import InvalidOptionError
 from ..graph import ModelGraph
 from ..plan import Plan
 from .options import check_values, option
 from .optimisers import RescaleAdam
-from .oracle import HVP_MODES, GradientOracle, slice_batch
+from .oracle import HVP_MODES, GradientOracle
 from .scaleopt import (
     Assessment,
     GradientOptions,

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from ..data import Batch, DataSource
+from ..data import Batch, DataSource, batch_length
 from ..errors import InvalidOptionError, OnnxInitError
 from ..lazy import lazy_module
 from .scales import Layout
@@ -81,22 +81,6 @@ def _refused() -> tuple[type[BaseException], ...]:
 
 def unit_roundoff(dtype: str) -> float:
     return float(np.finfo(np.float64 if dtype == "float64" else np.float32).eps)
-
-
-def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
-    """Samples [start, stop) of a batch (axis 0 of every input and of the labels)."""
-    return Batch(feeds={n: a[start:stop] for n, a in batch.feeds.items()},
-                 labels=None if batch.labels is None else batch.labels[start:stop])
-
-
-def concat_batches(first: Batch, second: Batch) -> Batch:
-    feeds = {n: np.concatenate([first.feeds[n], second.feeds[n]]) for n in first.feeds}
-    labels = None if first.labels is None else np.concatenate([first.labels, second.labels])
-    return Batch(feeds=feeds, labels=labels)
-
-
-def batch_length(batch: Batch) -> int:
-    return len(next(iter(batch.feeds.values())))
 
 
 class GradientOracle:
