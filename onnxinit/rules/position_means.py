@@ -72,7 +72,7 @@ def _gated_chain(ctx: RuleContext, tensor: str):
     """(z, [f_1, ..., f_n]) as :func:`.correlated_means.chain`, also through a product of a
     value and an element-wise function of it, ``a * h(a)`` (GELU or SiLU written out:
     ``x * (1 + erf(x / sqrt 2)) / 2``, ``x * sigmoid(x)``)."""
-    graph, known = ctx.graph, ctx.known
+    graph = ctx.graph
     outer: list = []
     t = tensor
     for _ in range(32):
