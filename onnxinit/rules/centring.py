@@ -66,7 +66,9 @@ def _centred_gaussian(inputs, ctx: RuleContext, rank: int, axes) -> Moments | No
     mean_axes Var x), the pooled variance ``mean Var x - Var m`` exact."""
     mean_x, var_x, _ = operand(inputs, ctx, 0, rank)
     mean_m, var_m, _ = operand(inputs, ctx, 1, rank)
-    varying = tuple(a for a in axes if var_x.shape[a] > 1)
+    if var_x.ndim not in (0, rank):
+        return None
+    varying = tuple(a for a in axes if var_x.ndim and var_x.shape[a] > 1)
     pooled = np.mean(var_x, axis=varying, keepdims=True) if varying else var_x
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(pooled > 0, 1.0 - var_m / pooled, 1.0)
