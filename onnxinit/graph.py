@@ -160,20 +160,24 @@ class ModelGraph(FoldedValues, ChangeViews, GraphStructure):
         prepared = nearest_repeats(inference_batchnorms(inferred, reading), reading)
         return channels_first(prepared, reading)
 
-    def _refine_shapes(self, rounds: int = 8):
+    def _refine_shapes(self):
         """Where shape inference left tensors without a static shape (onnx's data propagation
         stops at ops such as Mod or Slice of computed bounds), fold the integer constants that
         feed non-constant nodes (Reshape/Expand/Slice shape inputs, ...), let shape inference see
         their values (:class:`~onnxinit.passes.FoldedInference`, the settled nodes left out),
         and reclassify: a Shape of a tensor whose shape became static is constant, and so is
-        everything computed from it. Repeats until nothing changes. ``self.model`` keeps its
-        nodes; only its value_info grows."""
+        everything computed from it. Repeats until nothing changes, however many rounds that
+        takes (each folds a constant not examined before, so it ends): below opset 13 onnx's
+        data propagation does not go through Unsqueeze's ``axes`` attribute, so each head split
+        of a transformer waits for the round of the layer before (a cap of 8 rounds left
+        MobileViT's last layers at opset 9 without shapes, their rules passed through).
+        ``self.model`` keeps its nodes; only its value_info grows."""
         injected: dict[str, np.ndarray] = {}
         inference: FoldedInference | None = None  # infer_with_constants, round after round
         merge: DeclaredMerge | None = None
         examined: set[str] = set()  # constants looked at (those folded are in injected)
         settled: set[str] = set()  # nodes left out of the inference (settled)
-        for _ in range(rounds):
+        while True:
             if all(is_static(self.shapes.get(t)) for t in self.producer
                    if t not in self.constants):
                 break

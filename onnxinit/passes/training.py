@@ -50,7 +50,10 @@ def _batch_norm(node, emitter: GraphEmitter, elem_type: int, shape, used, opset)
     """``y = (x - mean_b) * (reshape(scale) / sqrt(var_b + eps)) + reshape(bias)`` with the
     biased ``var_b``, means over every axis but the channel axis 1; the running-statistic
     outputs, when used, are ``momentum * running + (1 - momentum) * batch statistic``
-    (ONNX's training-mode definition)."""
+    (ONNX's training-mode definition); BatchNormalization-9 and older's saved mean and saved
+    variance (outputs 3 and 4, which torch writes out at those opsets), when used, the batch's
+    mean and biased variance: written, not left dangling (onnxruntime refuses a graph output
+    no node produces, so the run that measures shapes failed on every opset-9 export)."""
     x, scale, bias, running_mean, running_var = node.input
     rank = len(shape)
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -75,6 +78,11 @@ def _batch_norm(node, emitter: GraphEmitter, elem_type: int, shape, used, opset)
             fresh = emitter.node("Mul", [flat, emitter.constant(1 - momentum, elem_type)])
             emitter.nodes.append(helper.make_node("Add", [kept, fresh], [node.output[index]],
                                                   name=emitter.fresh("bn_running")))
+    for index, batch in ((3, mean), (4, var)):
+        if len(node.output) > index and node.output[index] in used:
+            emitter.nodes.append(helper.make_node(
+                "Reshape", [batch, emitter.int64s([-1])], [node.output[index]],
+                name=emitter.fresh("bn_saved")))
 
 
 def _finish(model: onnx.ModelProto, emitter: GraphEmitter) -> None:
@@ -141,7 +149,9 @@ def fixed_dropout(model: onnx.ModelProto, *, seed: int | None = None,
     all True (nothing dropped), the mask ONNX defines for ratio 0.
     With a seed: ``y = x * keep / (1 - ratio)``, ``keep`` drawn once per node in graph order
     from ``numpy.random.default_rng(seed)`` (``keep = U[0, 1) >= ratio``, of ``shapes[x]``);
-    the mask output, where used, is ``keep``. Ratio 0 is the identity either way."""
+    the mask output, where used, is ``keep``. Ratio 0 is the identity either way. The mask is
+    bool from Dropout-10, of the input's type before (Dropout-7: ``mask: T``; ``types`` gives
+    it, float by default)."""
     if not any(_is_default(node, "Dropout") for node in model.graph.node):
         return
     opset, used = _default_opset(model), _used(model)
@@ -155,10 +165,12 @@ def fixed_dropout(model: onnx.ModelProto, *, seed: int | None = None,
         x, y = node.input[0], node.output[0]
         mask = node.output[1] if len(node.output) > 1 and node.output[1] in used else ""
         ratio = 0.0 if rng is None else _dropout_ratio(node, constants, opset)
+        mask_type = onnx.TensorProto.BOOL if opset >= 10 else (types or {}).get(
+            x, onnx.TensorProto.FLOAT)
         if ratio == 0.0:
             emitter.nodes.append(helper.make_node("Identity", [x], [y], name=node.name))
             if mask:
-                true = helper.make_tensor("true", onnx.TensorProto.BOOL, [1], [True])
+                true = helper.make_tensor("true", mask_type, [1], [1])
                 emitter.nodes.append(helper.make_node(
                     "ConstantOfShape", [emitter.node("Shape", [x])], [mask], value=true,
                     name=emitter.fresh("dropout_mask")))
@@ -171,7 +183,7 @@ def fixed_dropout(model: onnx.ModelProto, *, seed: int | None = None,
         emitter.nodes.append(helper.make_node("Mul", [x, scale], [y], name=node.name))
         if mask:
             emitter.nodes.append(helper.make_node(
-                "Identity", [emitter.constant(keep, np.bool_, "dropout_keep")], [mask],
+                "Identity", [emitter.constant(keep, mask_type, "dropout_keep")], [mask],
                 name=emitter.fresh("dropout_mask")))
     _finish(model, emitter)
 
@@ -186,4 +198,4 @@ def training_semantics(model: onnx.ModelProto, shapes: Mapping[str, tuple],
         batch_statistics(model, shapes, types)
     except UnsupportedModelError:
         return
-    fixed_dropout(model)
+    fixed_dropout(model, types=types)
