@@ -52,3 +52,40 @@ def test_inverse_root_of_a_channel_square_sum(form):
         t = found[name]
         assert t.var == pytest.approx(t.measured_var, rel=0.06), name
         assert t.mean == pytest.approx(t.measured_mean, rel=0.02), name
+
+
+def _relu_norm_graph(seed: int):
+    """Conv 3 -> 16 (3x3, valid) on a 6x6 input, a 1x1 Conv 16 -> 32, ReLU, then a LayerNorm
+    over the channels as tf2onnx writes Keras' ``LayerNormalization()`` on a ReLU Conv map
+    (``v = mean_c (r - mean_c r)^2``, ``1 / sqrt(v + eps)``): 32 ReLU channels of rank 16."""
+    rng = np.random.default_rng(seed)
+    f32 = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
+    consts = [f32("w1", rng.uniform(-1, 1, (16, 3, 3, 3)) * np.sqrt(6 / (9 * 19))),
+              f32("w2", rng.uniform(-1, 1, (32, 16, 1, 1)) * np.sqrt(6 / 48)), f32("eps", 1e-3)]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], kernel_shape=[3, 3]),
+             helper.make_node("Conv", ["h", "w2"], ["z"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["z"], ["r"]),
+             helper.make_node("ReduceMean", ["r"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("Sub", ["r", "m"], ["d"]),
+             helper.make_node("Mul", ["d", "d"], ["d2"]),
+             helper.make_node("ReduceMean", ["d2"], ["v"], axes=[1], keepdims=1),
+             helper.make_node("Add", ["v", "eps"], ["ve"]),
+             helper.make_node("Sqrt", ["ve"], ["root"]),
+             helper.make_node("Reciprocal", ["root"], ["inv"])]
+    model = make_model(nodes,
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [N, 3, 6, 6])],
+                       [helper.make_tensor_value_info("inv", TensorProto.FLOAT, None)],
+                       consts, opset=17)
+    model.ir_version = 10
+    return model
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_inverse_root_of_a_relu_channel_variance(seed):
+    """The ReLU channels are drawn from the Conv's Gaussian channels with their field; the
+    gamma read the inverse root 1.46-1.85x, the square root 1.18-1.33x."""
+    found = {t.name: t for t in analyze(_relu_norm_graph(seed), batch_size=N,
+                                        measure=True).tensors}
+    for name in ("root", "inv"):
+        t = found[name]
+        assert t.var == pytest.approx(t.measured_var, rel=0.10), name
