@@ -29,6 +29,8 @@ correlation across taps, which the field leaves out.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from .. import special
@@ -43,6 +45,7 @@ from .gaussian import compose, expand
 from .table_rows import squared_input
 
 SAMPLES = 1 << 15
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 MAX_CHANNELS = 256
 
 
@@ -86,6 +89,21 @@ def _gaussian_base(ctx: RuleContext, name: str):
 
 
 def channel_square_sum_draws(ctx: RuleContext, s_name: str) -> np.ndarray | None:
+    """:func:`_square_sum_draws`, kept per graph while the squared tensor's moments are the
+    same object (the reduce and each node of the chain after it ask for the same draws)."""
+    graph, known = ctx.graph, ctx.known or {}
+    node_id = graph.producer.get(s_name)
+    key = graph.node(node_id).input[0] if node_id else None
+    memo = _MEMO.setdefault(graph, {})
+    hit = memo.get(s_name)
+    if hit is not None and hit[0] is known.get(key):
+        return hit[1]
+    q = _square_sum_draws(ctx, s_name)
+    memo[s_name] = (known.get(key), q)
+    return q
+
+
+def _square_sum_draws(ctx: RuleContext, s_name: str) -> np.ndarray | None:
     """Sorted draws of Q (module docstring) for ``s_name``, a ReduceSum or ReduceMean over
     axis 1 of the square of ``f(z)`` or of ``f(z) - mean_c f(z)``, z a Gaussian map with a
     channel field; None where it does not apply."""
