@@ -32,6 +32,7 @@ BUILTIN_MODULES = (
     "onnxinit.rules.normalization",
     "onnxinit.rules.pooling",
     "onnxinit.rules.pool_pairs",
+    "onnxinit.rules.quadratic_form_law",
     "onnxinit.rules.random_draws",
     "onnxinit.rules.recurrent",
     "onnxinit.rules.reduce",

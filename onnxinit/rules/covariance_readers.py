@@ -11,6 +11,7 @@ from . import covariance_maps as maps
 from .channel_covariance import covariance, pointwise, row_covariance
 from .row_field_maps import MAX_CHANNELS, MAX_ROW_FEATURES
 from .context import RuleContext
+from .elementwise import UNARY
 from .mixed_values import output_covariance
 
 
@@ -176,10 +177,11 @@ def cross_term_factor(ctx: RuleContext, w: np.ndarray) -> np.ndarray | None:
 _LINEAR = ("Transpose", "Reshape", "Identity", "Dropout", "Add", "Sub", "Mul", "Div")
 
 
-def _dense_output(graph, name: str) -> bool:
+def _dense_output(graph, name: str, functions: bool = False) -> bool:
     """``name`` is a MatMul by a constant 2-D weight through layout ops and constant offsets
     or scales (a bias; keys projected, transposed, projected again): its features' covariance
-    is exactly ``W^T diag(nu) W``, no element-wise map between."""
+    is exactly ``W^T diag(nu) W``, no element-wise map between (``functions``: or through
+    element-wise functions of one signal, a ReLU or GELU, whose field is Mehler's)."""
     for _ in range(8):
         nid = graph.producer.get(name)
         if nid is None:
@@ -191,7 +193,7 @@ def _dense_output(graph, name: str) -> bool:
             return False
         if node.op_type == "MatMul":
             return np.ndim(graph.value(node.input[1])) == 2
-        if node.op_type not in _LINEAR:
+        if node.op_type not in _LINEAR and not (functions and node.op_type in UNARY):
             return False
         name = signals[0]
     return False
@@ -201,10 +203,16 @@ def feature_cross_term_factor(ctx: RuleContext, w_in_out: np.ndarray) -> np.ndar
     """Per output feature of the MatMul (or Gemm) of ``ctx`` by ``W[D, E]``, the same for its
     input's field over the last axis (a dense layer's output, through layout ops and constant
     offsets and scales, has one: ``W^T diag(nu) W``, :func:`.channel_covariance.row_covariance`),
-    or for an attention output's features (:mod:`.mixed_values`); None without either."""
+    or for an attention output's features (:mod:`.mixed_values`); None without either.
+    Through element-wise functions as well (an MLP's second layer reading ``f(x U)``: each
+    output feature's variance is ``v_j^T S v_j``, S of rank D where U expands D features),
+    and a single unit (``E = 1``: a binary or regression head) reads one quadratic form
+    ``w^T S w``, whose cross terms do not average out over many units: it takes the row field
+    of any input (a Siamese head's ``|f(a) - f(b)|``)."""
     shape = ctx.graph.shape(ctx.node.input[0])
     f = covariance(ctx, ctx.node.input[0]) if shape else None
-    if f is None and shape and _dense_output(ctx.graph, ctx.node.input[0]):
+    if f is None and shape and (np.shape(w_in_out)[1] == 1 or _dense_output(
+            ctx.graph, ctx.node.input[0], functions=True)):
         f = row_covariance(ctx, ctx.node.input[0])
     d = np.shape(w_in_out)[0]
     if f is None or f.axis != len(shape) - 1 or f.head_axis is not None or f.cov.shape[0] != d:

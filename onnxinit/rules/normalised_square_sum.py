@@ -40,6 +40,7 @@ import numpy as np
 from ..moments import Moments
 from .context import RuleContext
 from .derived_ids import picked_ids
+from .scaled_row_square_sum import row_correlation, scaled_ratio_moments, scaled_row_dense
 from .table_rows import squared_input
 from .token_field import grid, profile_grid
 
@@ -96,7 +97,8 @@ def _producer(graph, name: str):
 def _dense_of_norm(graph, y: str):
     """(LayerNorm node, W [D, E], bias b [E], row ops between them) when ``y`` is a dense
     layer (MatMul by a constant 2-D weight, a constant bias added or not) of a LayerNorm over
-    the last axis, through ops that keep its rows; None otherwise."""
+    the last axis, through ops that keep its rows (another node than a LayerNorm in its place:
+    the caller checks it); None otherwise."""
     node, b = _producer(graph, y), None
     if node is not None and node.op_type == "Add":
         consts = [i for i in node.input if graph.is_constant(i)]
@@ -122,12 +124,14 @@ def _dense_of_norm(graph, y: str):
             return None
         moved.append(node)
         node = _producer(graph, node.input[0])
-    if node is None or node.op_type != "LayerNormalization":
+    if node is None:
         return None
+    b = np.zeros(e) if b is None else np.broadcast_to(np.asarray(b, np.float64).ravel(), (e,))
+    if node.op_type != "LayerNormalization":  # rows scaled by their own sum of squares?
+        return node, np.asarray(w, np.float64), b, moved
     shape = graph.shape(node.input[0])
     if not shape or _axis(node, len(shape)) != len(shape) - 1 or shape[-1] != d:
         return None
-    b = np.zeros(e) if b is None else np.broadcast_to(np.asarray(b, np.float64).ravel(), (e,))
     return node, np.asarray(w, np.float64), b, moved
 
 
@@ -145,7 +149,8 @@ def _attr_f(node, name: str, default: float) -> float:
 def normalised_square_sum(ctx: RuleContext, axes: tuple[int, ...], rank: int,
                           keepdims: bool) -> Moments | None:
     """The reduce's output (module docstring) when it sums (or averages) the squares of a
-    dense layer of a LayerNorm's rows over the last axis; None otherwise."""
+    dense layer of a LayerNorm's rows over the last axis (or of rows scaled by their own sum of
+    squares: :mod:`.scaled_row_square_sum`); None otherwise."""
     op, graph = ctx.node.op_type, ctx.graph
     if axes != (rank - 1,) or ctx.known is None:
         return None
@@ -159,11 +164,16 @@ def normalised_square_sum(ctx: RuleContext, axes: tuple[int, ...], rank: int,
     if found is None:
         return None
     norm, w, b, moved = found
-    x = ctx.known.get(norm.input[0])
-    shape = graph.shape(norm.input[0])
-    if x is None or x.spatial is not None:
-        return None
+    scaled = None
+    if norm.op_type != "LayerNormalization":
+        scaled = scaled_row_dense(ctx, norm.output[0])
+        if scaled is None:
+            return None
+    row = norm.input[0] if scaled is None else scaled[0]
+    x, shape = ctx.known.get(row), graph.shape(row)
     d, e = w.shape
+    if x is None or x.spatial is not None or not shape or shape[-1] != d:
+        return None
     g = graph.value(norm.input[1]) if len(norm.input) > 1 and norm.input[1] else None
     beta = graph.value(norm.input[2]) if len(norm.input) > 2 and norm.input[2] else None
     g = np.ones(d) if g is None else np.broadcast_to(np.asarray(g, np.float64).ravel(), (d,))
@@ -176,13 +186,24 @@ def normalised_square_sum(ctx: RuleContext, axes: tuple[int, ...], rank: int,
     n = np.broadcast_to(var, grid_shape + (d,)).reshape(-1, d)
     if mu.shape[0] * d * d > MAX_WORK or not (np.all(np.isfinite(mu)) and np.all(np.isfinite(n))):
         return None
+    if scaled is not None:  # :mod:`.scaled_row_square_sum`
+        q_mean, q_var = scaled_ratio_moments(mu, n, w @ w.T, w @ b, float(b @ b), scaled[1],
+                                             row_correlation(ctx, row, d, mu.shape[0]))
+        return _finish(ctx, q_mean, q_var, e, rank, keepdims, grid_shape, shape, moved)
     p = np.eye(d) - 1.0 / d
     w_g = g[:, None] * w
     c = w.T @ beta + b
     a = p @ (w_g @ w_g.T) @ p
     q_mean, q_var = quadratic_ratio_moments(mu, n, a, p @ (w_g @ c), float(c @ c),
                                             _attr_f(norm, "epsilon", 1e-5))
-    if op == "ReduceMean":
+    return _finish(ctx, q_mean, q_var, e, rank, keepdims, grid_shape, shape, moved)
+
+
+def _finish(ctx: RuleContext, q_mean, q_var, e: int, rank: int, keepdims: bool, grid_shape,
+            shape, moved) -> Moments:
+    """The reduce's moments from the squared length's per row (a mean over the E features of
+    the dense layer for ReduceMean; a mixture of the rows where they moved on the way)."""
+    if ctx.node.op_type == "ReduceMean":
         q_mean, q_var = q_mean / e, q_var / e**2
     out_shape = ctx.out_shape(0)
     if not moved and len(grid_shape) == rank - 1:

@@ -30,6 +30,7 @@ from .max_shifted import shifted_exp_sum
 from .channel_classes import channel_classes
 from .registry import rule
 from .normalised_square_sum import normalised_square_sum
+from .quadratic_form_law import drawn_square_sum
 from .square_sum_field import square_sum_factors
 from .table_rows import squared_input, table_mean_square
 from .zero_streams import mean_square_component, mixed
@@ -164,6 +165,7 @@ def reduce_linear(inputs, ctx: RuleContext):
     if (row := shifted_exp_sum(ctx)) is not None:  # sum exp(x - max(x)): drawn rows
         return [row]
     outputs = _reduced(inputs, ctx)
+    outputs[0] = drawn_square_sum(ctx, outputs[0])  # over correlated channels: their draws
     found = mean_square_component(ctx, ctx.node.output[0])
     if found is None and ctx.node.op_type == "ReduceSum":  # additive attention's scores
         scored = key_field(ctx, outputs[0])

@@ -88,7 +88,7 @@ def _row_axis(ctx: RuleContext) -> int | None:
     return changed[0] if len(changed) == 1 and y[changed[0]] == 1 else None
 
 
-def _scaled_row(ctx: RuleContext, any_axis: bool = False,
+def scaled_row(ctx: RuleContext, any_axis: bool = False,
                 sums: bool = False) -> tuple[int, tuple] | None:
     """(the row's input index, (mean-square tensor, chain to the scale)) for a Mul/Div of a row
     by an element-wise function of its own mean square (over the last axis; ``any_axis``: or a
@@ -111,7 +111,7 @@ def row_scale(ctx: RuleContext):
     a Div by ``h``), else None."""
     if ctx.node.op_type not in ("Mul", "Div") or len(ctx.node.input) != 2:
         return None
-    scaled = _scaled_row(ctx)
+    scaled = scaled_row(ctx)
     if scaled is None:
         return None
     g = compose(scaled[1][1])
@@ -132,7 +132,7 @@ def row_normalised(inputs, ctx: RuleContext, rank: int) -> tuple[np.ndarray, np.
     node = ctx.node
     if node.op_type not in ("Mul", "Div") or len(inputs) != 2 or any(m is None for m in inputs):
         return None
-    scaled = _scaled_row(ctx, any_axis=True, sums=True)
+    scaled = scaled_row(ctx, any_axis=True, sums=True)
     if scaled is None:
         return None
     xi, found = scaled
@@ -192,7 +192,7 @@ def normalisation_tokens(ctx: RuleContext) -> tuple[np.ndarray, np.ndarray, np.n
     node = ctx.node
     if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
         return None
-    scaled = _scaled_row(ctx)
+    scaled = scaled_row(ctx)
     if scaled is None:
         return None
     found = scaled[1]
