@@ -11,6 +11,7 @@ from . import covariance_maps as maps
 from .channel_covariance import covariance, pointwise, row_covariance
 from .row_field_maps import MAX_CHANNELS, MAX_ROW_FEATURES
 from .context import RuleContext
+from .gram import gram_node
 from .mixed_values import output_covariance
 
 
@@ -119,8 +120,12 @@ def row_variance_spread(ctx: RuleContext, q: Moments, k: Moments,
     embedding's); the features' variances alone where no field is carried. Queries scaled to
     unit length (cosine attention) have a constant energy, which adds ``excess tr(S M)^2``,
     ``excess = -2 tr(M^2) / tr(M)^2`` (as :mod:`.pair_algebra`'s normalised rows): only the
-    keys' anisotropy then varies the rows (0 for isotropic keys)."""
-    found = _head_operands(ctx, q, k, seconds=False, fieldless=True, dense=True)
+    keys' anisotropy then varies the rows (0 for isotropic keys). Queries and keys that are
+    dense layers' outputs take the fields they start (``W^T diag(nu) W``: a single head's
+    projections of 16 features, the Softmax 1.04x -> 0.99x), except in a Gram ``A A^T``,
+    whose diagonal is the row's own norm."""
+    found = _head_operands(ctx, q, k, seconds=False, fieldless=True,
+                           dense=not gram_node(ctx.graph, ctx.node))
     if found is None:
         return None
     (m, s), (mu, _), _, _, _ = found
