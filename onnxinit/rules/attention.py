@@ -105,7 +105,7 @@ def matmul_activations(inputs, ctx: RuleContext):
         return [_weighted_average(ma, va, mb, vb, contracted, ctx.out_shape(0), selected,
                                   p_cov)]
     var = np.matmul(va + ma**2, vb + mb**2) - np.matmul(ma**2, mb**2)
-    factor = contraction_factor(ctx, a, b)
+    factor = contraction_factor(ctx, a, b, dense=not is_gram(ctx))  # (a Gram: feature_pairs)
     if factor is not None:  # correlated features (a patch embedding's) on the contracted axis
         var = var * factor
     out = compressed(shaped(mean), np.maximum(shaped(var), 0.0))

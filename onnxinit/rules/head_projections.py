@@ -67,14 +67,14 @@ def _scaled(graph, node) -> str | None:
 
 
 def projection(ctx: RuleContext, name: str):
-    """(x, W [D, N]) when ``name`` is ``x @ W`` (+ bias) through layout ops that include a
-    Reshape, else None. A fused projection split by a Gather of one index along an axis that
-    a Reshape split off its columns (Swin's ``qkv``: ``[B, T, 3 D] -> [B, T, 3, H, d]``,
+    """(x, W [D, N]) when ``name`` is ``x @ W`` (+ bias) through layout ops (a Reshape into
+    heads, or none: a single head, one plain 3-D MatMul of the tokens), else None. A fused
+    projection split by a Gather of one index along an axis that a Reshape split off its
+    columns (Swin's ``qkv``: ``[B, T, 3 D] -> [B, T, 3, H, d]``,
     permuted, ``qkv[i]``) gives that block of W's columns; a row scaled to unit length
     (``F.normalize``: cosine attention) is read as its numerator (the scale of a key cancels
     in the selection ratio)."""
     graph = ctx.graph
-    reshaped = False
     picked = None  # (axis of the current tensor, index) of a Gather of a fused projection
     columns = None  # (index, block): W's columns [index * block, (index + 1) * block)
     for _ in range(16):
@@ -103,14 +103,13 @@ def projection(ctx: RuleContext, name: str):
             block = int(np.prod(out_shape[axis + 1:]))
             if int(np.prod(out_shape[axis:])) != in_shape[-1]:
                 return None
-            columns, picked, reshaped = (picked[1], block), None, True
+            columns, picked = (picked[1], block), None
             name = node.input[0]
         elif op in _LAYOUT:
             if picked is not None:
                 picked = (_picked_axis(graph, node, picked[0]), picked[1])
                 if picked[0] is None:
                     return None
-            reshaped |= op == "Reshape"
             name = node.input[0]
         elif op == "Add":
             signals = [t for t in node.input if graph.is_signal(t)]
@@ -119,7 +118,7 @@ def projection(ctx: RuleContext, name: str):
             name = signals[0]
         elif op == "MatMul" and graph.is_constant(node.input[1]) and picked is None:
             w = graph.value(node.input[1])
-            if w is None or w.ndim != 2 or not reshaped:
+            if w is None or w.ndim != 2:
                 return None
             w = np.asarray(w, dtype=np.float64)
             if columns is not None:

@@ -28,7 +28,8 @@ logits cancels (it is in both c and sigma), so only the key and value projection
 MatMul (or Gemm) with a constant weight, a bias Add, then layout ops (Reshape into heads,
 Transpose, the Unsqueeze/Expand of grouped-query attention, a scalar Mul or Div: keys scaled
 before Q K^T) to K^T [.., H, d_k, n] and V [.., H, n, d_v], heads splitting the projection's
-columns head-major; a fused projection picked by a Gather after a Reshape that splits its
+columns head-major, or one head without a split (a plain 3-D MatMul of the tokens: Keras'
+``Attention`` over Dense projections; P V 0.84-0.90x without the term); a fused projection picked by a Gather after a Reshape that splits its
 columns (Swin's ``qkv[i]``; torch's packed ``in_proj``, through Unsqueeze, Transpose and
 Squeeze: ``nn.MultiheadAttention``'s P V 0.68x -> 0.99x with tied keys and values).
 
