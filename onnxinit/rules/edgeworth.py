@@ -122,7 +122,7 @@ def _conv_cumulants(conv: RuleContext, x: Moments) -> tuple[np.ndarray, np.ndarr
         return None
     inner, u = composed
     x_inner = inner.known.get(inner.node.input[0]) if inner.known is not None else None
-    if x_inner is None or int(np.prod(u.shape[1:])) > FEW_TERMS:
+    if x_inner is None or int(np.prod(u.shape[1:])) > 4 * FEW_TERMS:
         return None
     law = input_law(inner, inner.node.input[0])
     return None if law is None else _tap_sums(inner, x_inner, law[2:], u)
