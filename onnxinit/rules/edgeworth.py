@@ -123,12 +123,12 @@ def _conv_cumulants(conv: RuleContext, x: Moments) -> tuple[np.ndarray, np.ndarr
     law = input_law(conv, conv.node.input[0])
     if law is not None:
         return _tap_sums(conv, x, law[2:])
-    composed = composed_kernel(conv)
+    composed = composed_kernel(conv, COMPOSED_TERMS)
     if composed is None:
         return None
     inner, u = composed
     x_inner = inner.known.get(inner.node.input[0]) if inner.known is not None else None
-    if x_inner is None or int(np.prod(u.shape[1:])) > COMPOSED_TERMS:
+    if x_inner is None:
         return None
     law = input_law(inner, inner.node.input[0])
     return None if law is None else _tap_sums(inner, x_inner, law[2:], u)

@@ -151,9 +151,10 @@ def _pointwise(ctx: RuleContext, w: np.ndarray) -> bool:
             and ctx.attr("auto_pad", "NOTSET") in ("NOTSET", "", "VALID"))
 
 
-def composed_kernel(conv: RuleContext) -> tuple[RuleContext, np.ndarray] | None:
+def composed_kernel(conv: RuleContext, limit: int) -> tuple[RuleContext, np.ndarray] | None:
     """(the inner Conv's context, ``U`` ``[C_out, C_in, k...]``) where ``conv`` is pointwise
-    and its input a Conv's output (module docstring); None otherwise."""
+    and its input a Conv's output (module docstring) summing at most ``limit`` inputs per
+    output once composed; None otherwise."""
     v = conv.const(1)
     inner_id = conv.graph.producer.get(conv.node.input[0])
     if v is None or np.ndim(v) < 3 or inner_id is None or not _pointwise(conv, np.asarray(v)):
@@ -167,7 +168,8 @@ def composed_kernel(conv: RuleContext) -> tuple[RuleContext, np.ndarray] | None:
     w = np.asarray(w, dtype=np.float64)
     groups = inner.attr("group", 1)
     c_mid, per_group = w.shape[:2]
-    if c_mid % groups or c_mid != np.shape(v)[1]:
+    if c_mid % groups or c_mid != np.shape(v)[1] \
+            or per_group * groups * int(np.prod(w.shape[2:])) > limit:
         return None
     dense = np.zeros((c_mid, per_group * groups) + w.shape[2:])
     out_per_group = c_mid // groups
