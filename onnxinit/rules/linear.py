@@ -131,13 +131,15 @@ def conv(inputs, ctx: RuleContext):
                         dense_allowed=ctx.node_id in dense_convs(ctx.graph))]
 
 
-def conv_tap_sums(ctx: RuleContext, x: Moments, values: np.ndarray, power: int):
+def conv_tap_sums(ctx: RuleContext, x: Moments, values: np.ndarray, power: int,
+                  weight: np.ndarray | None = None):
     """``sum_{c in group(j), t inside at r} W_jct^power v_c(class under t)`` per output channel
     j and position class r of this Conv (``[C_out, R_0, ...]``, the classes of the conv rule's
     output), for per-input-cell ``values`` ``[C_in, K_0, ...]`` on ``x``'s position classes:
-    the cumulants of independent inputs add this way (power 3, 4). None for a non-constant
-    weight or a Conv without spatial axes."""
-    w = ctx.const(1)
+    the cumulants of independent inputs add this way (power 3, 4). ``weight``: a one-group
+    kernel of this Conv's geometry to use instead of its own (a 1x1 Conv composed with it).
+    None for a non-constant weight or a Conv without spatial axes."""
+    w = ctx.const(1) if weight is None else weight
     if w is None:
         return None
     w = np.asarray(w, dtype=np.float64)
@@ -151,7 +153,7 @@ def conv_tap_sums(ctx: RuleContext, x: Moments, values: np.ndarray, power: int):
                    begins[d])[1] for d in range(len(kernel))]
     values = np.broadcast_to(values, (x_shape[1],) + sp.classes)
     sums, _ = conv_cells(values, np.zeros_like(values), w**power, np.zeros(w.shape[0]),
-                          ctx.attr("group", 1), taps)
+                          ctx.attr("group", 1) if weight is None else 1, taps)
     return sums
 
 
