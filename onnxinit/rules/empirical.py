@@ -39,6 +39,8 @@ from ..moments import Moments
 from ..passes import RANDOM_OPS
 from ..runtime import make_session
 from .context import RuleContext
+from .loop_inputs import unit_root
+from .measured_units import record_output, scan_output
 from .token_field import attach, expanded, token_axes
 
 _MAX_ELEMENTS = 1 << 22  # cap the sample size of one input; batch is shrunk to fit
@@ -65,10 +67,12 @@ def _sample_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (batch, *shape[1:])
 
 
-def _sample(m: Moments, shape, rng) -> np.ndarray:
+def _sample(m: Moments, shape, rng, root: np.ndarray | None = None) -> np.ndarray:
+    """Draws of ``m`` (``root``: its last axis correlated, loop_inputs.unit_root)."""
     if m.source is not None:
         return m.source.sample(rng, shape)
-    return _across_tokens(m, shape, rng.standard_normal(shape)) * np.sqrt(m.var) + m.mean
+    z = _across_tokens(m, shape, rng.standard_normal(shape))
+    return (z if root is None else z @ root) * np.sqrt(m.var) + m.mean
 
 
 def _across_tokens(m: Moments, shape, z: np.ndarray) -> np.ndarray:
@@ -235,12 +239,14 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         # a larger batch, when every sampled input shares its batch axis
         factor = max(1, _MIN_RANDOM // max(int(np.prod(sh)) for _, _, sh in signals))
         random_ops = factor == 1  # else the larger batch draws enough already
+    roots = {name: unit_root(ctx, known, name, shape) for name, _, shape in signals}
     for name, m, shape in signals:
         if factor > 1:
             shape = (shape[0] * factor, *shape[1:])
         dtype = onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1))
         with np.errstate(over="ignore"):  # beyond the dtype's range: inf, as it would hold
-            feeds[name] = np.asarray(_sample(m.expand_rank(len(shape)), shape, rng), dtype=dtype)
+            feeds[name] = np.asarray(_sample(m.expand_rank(len(shape)), shape, rng,
+                                                 roots[name]), dtype=dtype)
         graph_inputs.append(helper.make_tensor_value_info(name, graph.dtypes[name], shape))
         if tracked_axis is None and m.tracked_axes():
             tracked_axis = m.tracked_axes()[0]
@@ -269,7 +275,7 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
             for _ in range(resamples - 1):
                 fresh = {}
                 for name, m, shape in signals:
-                    fresh[name] = np.asarray(_sample(m.expand_rank(len(shape)), shape, rng),
+                    fresh[name] = np.asarray(_sample(m.expand_rank(len(shape)), shape, rng, roots[name]),
                                              dtype=feeds[name].dtype)
                 runs.append(session.run(None, {**feeds, **fresh}))
             values = [np.stack([np.asarray(r[i]) for r in runs]) for i in range(len(values))]
@@ -304,6 +310,7 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         m = _measure(value, axis)
         m = Moments(m.mean[0], m.var[0]) if axis is not None and shift else m
         results[name] = _with_steps_field(ctx, name, m, value, shift)
+        record_output(ctx, name, results[name], value, shift)
     return [results.get(o) for o in node.output]
 
 
@@ -313,14 +320,7 @@ def _with_steps_field(ctx: RuleContext, name: str, m: Moments, value: np.ndarray
     layer's sequence, which the next layer reads) with its measured covariance across the
     iterations as a token field, ``Sigma[s, t] = mean(c_s c_t)`` over the other axes (and the
     runs), ``c`` each iteration's values less their mean."""
-    node = ctx.node
-    outputs = [o for o in node.output if o]
-    carried = len(node.input) - (2 if node.op_type == "Loop" else 0)
-    if node.op_type == "Scan":
-        carried = len(node.input) - int(ctx.attr("num_scan_inputs", 0))
-        if any(ctx.attr("scan_output_axes", []) or []):
-            return m
-    if node.op_type not in ("Loop", "Scan") or outputs.index(name) < carried:
+    if not scan_output(ctx, name):
         return m
     v = np.moveaxis(value.astype(np.float64), shift, 0)
     steps, shape = v.shape[0], ctx.graph.shape(name)
@@ -340,11 +340,21 @@ def _per_step(m: Moments, v: np.ndarray, shift: int, rank: int):
     for the iterations ``v`` (steps first, then the runs when ``shift``): a recurrent layer's
     state starts at its initial value, so its first steps' means and variances differ from the
     later ones' (a Slice of the first step read the pooled means' spread: 1.18x). None when
-    values are -inf (a mask) or the moments track more than one axis."""
+    values are -inf (a mask) or the moments track more than one axis. Where they track the
+    steps (the Loop reads a sequence: a stacked layer), the last axis, the units or a map's
+    channels, is kept beside them, as the fallback keeps it where no input tracks an axis: a
+    mean over the positions of a step does not average the channels' means spread away."""
     tracked = m.tracked_axes()
-    if np.isneginf(v).any() or len(tracked) > 1 or (tracked and tracked[0] == 0):
+    if np.isneginf(v).any():
         return None
-    keep = {0} | ({tracked[0] + shift} if tracked else set())
+    if tracked and tracked[0] == 0:
+        if rank < 3 or not set(tracked) <= {0, rank - 1}:
+            return None
+        keep = {0, rank - 1 + shift}
+    elif len(tracked) > 1:
+        return None
+    else:
+        keep = {0} | ({tracked[0] + shift} if tracked else set())
     other = tuple(a for a in range(v.ndim) if a not in keep)
     mean = v.mean(axis=other, keepdims=True)
     centred = v - mean
