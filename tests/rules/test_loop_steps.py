@@ -5,7 +5,7 @@ over the steps, so a Slice of the first step read the pooled means' spread over 
 variance: a state that starts at zero has other means at its first steps than later (with a
 bias per unit: ``h_1 = tanh(x W + b)``, later ``tanh(h R + x W + b)``). Keras 3's
 Embedding(mask_zero) + 2 LSTMs read 1.18-1.34x at the second LSTM's first step. The scan
-output now keeps its means per step and unit (:func:`onnxinit.rules.empirical._per_step`)."""
+output now keeps its means per step and unit (:func:`onnxinit.rules.scan_steps._per_step`)."""
 
 from __future__ import annotations
 
