@@ -14,6 +14,12 @@ bodies) reads from the outer scope are fed like inputs, so a recurrent layer exp
 (tf2onnx's SimpleRNN) is measured.
 When the node cannot run (custom domain), statistics pass through unchanged.
 
+A node whose signal inputs all have variance 0 (nothing random, no token ids fed) gives every
+sample the same output: its moments are its values per element, variance 0 (HF xLSTM's CumSum
+of constant log-gates; pooled, the positions' spread read as variance). A Loop's or Scan's
+output keeps the covariance measured across its last axis (:mod:`.measured_units`), and its
+inputs are drawn with theirs (:mod:`.loop_inputs`).
+
 A small output measured once is noisy: a recurrent Loop's final state at batch 8 is 512 values
 whose units share 16 input features, and one draw read its variance anywhere from 0.8x to 1.3x of
 the truth. A deterministic node whose smallest float output has fewer than 16,384 elements is
@@ -242,15 +248,15 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
     roots = {name: unit_root(ctx, known, name, shape) for name, _, shape in signals}
     # every signal input without variance, nothing random, no token ids: a function of
     # constants, each output element one value (kept per element below)
-    fixed = bool(signals) and not feeds and not any(
-        n.op_type in RANDOM_OPS for n in node_list) and all(not np.any(m.var) for _, m, _ in signals)
+    fixed = (bool(signals) and not feeds and not any(n.op_type in RANDOM_OPS for n in node_list)
+             and all(not np.any(m.var) for _, m, _ in signals))
     for name, m, shape in signals:
         if factor > 1:
             shape = (shape[0] * factor, *shape[1:])
         dtype = onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1))
         with np.errstate(over="ignore"):  # beyond the dtype's range: inf, as it would hold
-            feeds[name] = np.asarray(_sample(m.expand_rank(len(shape)), shape, rng,
-                                                 roots[name]), dtype=dtype)
+            feeds[name] = np.asarray(
+                _sample(m.expand_rank(len(shape)), shape, rng, roots[name]), dtype=dtype)
         graph_inputs.append(helper.make_tensor_value_info(name, graph.dtypes[name], shape))
         if tracked_axis is None and m.tracked_axes():
             tracked_axis = m.tracked_axes()[0]
@@ -279,8 +285,9 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
             for _ in range(resamples - 1):
                 fresh = {}
                 for name, m, shape in signals:
-                    fresh[name] = np.asarray(_sample(m.expand_rank(len(shape)), shape, rng, roots[name]),
-                                             dtype=feeds[name].dtype)
+                    fresh[name] = np.asarray(
+                        _sample(m.expand_rank(len(shape)), shape, rng, roots[name]),
+                        dtype=feeds[name].dtype)
                 runs.append(session.run(None, {**feeds, **fresh}))
             values = [np.stack([np.asarray(r[i]) for r in runs]) for i in range(len(values))]
         if random_ops and values:
