@@ -56,6 +56,8 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
 - MatMul by a constant ``W [D, E]`` reading the field's axis last: ``S_y = W^T S_x W`` (a
   dense layer of a tensor without a field starts none: its correlations are ``1/sqrt(D)``;
   :func:`row_covariance` starts one, for the readers of a dense layer's own weights);
+- a Loop's or Scan's output (a recurrent layer tf2onnx writes as a Loop): the covariance
+  across its last axis that the empirical fallback measured (:mod:`.measured_units`);
 - everything else: none (channels independent).
 
 BatchNormalization's running variance (rules/running_statistics.py) is the spread of the
@@ -94,7 +96,7 @@ from .on_demand import OnDemandField
 from . import row_field_maps as row_maps
 from .row_field_maps import MAX_CHANNELS, MAX_WORK
 from .unit_rows import is_unit_rows
-from . import recurrent_units
+from . import measured_units, recurrent_units
 from .residual_coupling import summed
 from .merged_head_field import last_axis, merged_field
 
@@ -216,6 +218,11 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
     signals = [n for n in _signals(ctx, node) if n in known]
     fused = _fused(ctx, node_id) if len(signals) == 2 else None
     deps = _deps(ctx, tensor)
+    if node.op_type in ("Loop", "Scan"):  # the fallback's measured units (measured_units)
+        return measured_units.field(graph, known, tensor)
+    step = measured_units.step_field(graph, known, node, tensor)
+    if step is not None:  # one step of a Loop's scan output: that step's units
+        return step
     if fused is None and (not signals or not deps):
         return None  # an op that drops the field
     x = signals[0]

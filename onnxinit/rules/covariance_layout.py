@@ -89,7 +89,7 @@ def moved(graph, known, node, x: str, y: str, f_x: Field) -> Field | None:
     if len(shape_x) != len(shape_y) or f_x.head_axis is not None:
         return None
     if node.op_type == "Slice" and shape_y[axis] != shape_x[axis]:
-        index = _sliced(graph, node, shape_x, axis)
+        index = sliced(graph, node, shape_x, axis)
         if index is None or len(index) != shape_y[axis]:
             return None
         return Field(axis, f_x.cov[np.ix_(index, index)])
@@ -186,7 +186,7 @@ def attr(node, name: str):
     return None
 
 
-def _sliced(graph, node, shape, axis: int) -> np.ndarray | None:
+def sliced(graph, node, shape, axis: int) -> np.ndarray | None:
     """The indices along ``axis`` a Slice (opset 10+: starts, ends, axes, steps) keeps."""
     values = [graph.value(n) if n else None for n in list(node.input[1:5])]
     if len(values) < 2 or values[0] is None or values[1] is None:

@@ -14,6 +14,12 @@ bodies) reads from the outer scope are fed like inputs, so a recurrent layer exp
 (tf2onnx's SimpleRNN) is measured.
 When the node cannot run (custom domain), statistics pass through unchanged.
 
+A node whose signal inputs all have variance 0 (nothing random, no token ids fed) gives every
+sample the same output: its moments are its values per element, variance 0 (HF xLSTM's CumSum
+of constant log-gates; pooled, the positions' spread read as variance). A Loop's or Scan's
+output keeps the covariance measured across its last axis (:mod:`.measured_units`), and its
+inputs are drawn with theirs (:mod:`.loop_inputs`).
+
 A small output measured once is noisy: a recurrent Loop's final state at batch 8 is 512 values
 whose units share 16 input features, and one draw read its variance anywhere from 0.8x to 1.3x of
 the truth. A deterministic node whose smallest float output has fewer than 16,384 elements is
@@ -39,7 +45,10 @@ from ..moments import Moments
 from ..passes import RANDOM_OPS
 from ..runtime import make_session
 from .context import RuleContext
-from .token_field import attach, expanded, token_axes
+from .loop_inputs import unit_root
+from .measured_units import record_output
+from .scan_steps import with_steps_field
+from .token_field import expanded, token_axes
 
 _MAX_ELEMENTS = 1 << 22  # cap the sample size of one input; batch is shrunk to fit
 _MAX_UPSTREAM = 8  # nodes run along with the node, at most, when a random op among them is run
@@ -50,7 +59,6 @@ _MAX_RUNS = 500  # runs of a node whose random draws are few and of a fixed shap
 _MIN_MEASURED = 1 << 14  # output elements measured at least (fresh input samples each run)
 _MAX_RESAMPLES = 32  # runs on fresh samples of a deterministic node with a small output
 _MAX_RESAMPLED = 1 << 23  # input elements sampled over those runs, at most
-_MAX_STEPS = 512  # iterations of a scan output given a measured field across them, at most
 
 
 class EmpiricalError(Exception):
@@ -65,10 +73,12 @@ def _sample_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (batch, *shape[1:])
 
 
-def _sample(m: Moments, shape, rng) -> np.ndarray:
+def _sample(m: Moments, shape, rng, root: np.ndarray | None = None) -> np.ndarray:
+    """Draws of ``m`` (``root``: its last axis correlated, loop_inputs.unit_root)."""
     if m.source is not None:
         return m.source.sample(rng, shape)
-    return _across_tokens(m, shape, rng.standard_normal(shape)) * np.sqrt(m.var) + m.mean
+    z = _across_tokens(m, shape, rng.standard_normal(shape))
+    return (z if root is None else z @ root) * np.sqrt(m.var) + m.mean
 
 
 def _across_tokens(m: Moments, shape, z: np.ndarray) -> np.ndarray:
@@ -235,12 +245,18 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         # a larger batch, when every sampled input shares its batch axis
         factor = max(1, _MIN_RANDOM // max(int(np.prod(sh)) for _, _, sh in signals))
         random_ops = factor == 1  # else the larger batch draws enough already
+    roots = {name: unit_root(ctx, known, name, shape) for name, _, shape in signals}
+    # every signal input without variance, nothing random, no token ids: a function of
+    # constants, each output element one value (kept per element below)
+    fixed = (bool(signals) and not feeds and not any(n.op_type in RANDOM_OPS for n in node_list)
+             and all(not np.any(m.var) for _, m, _ in signals))
     for name, m, shape in signals:
         if factor > 1:
             shape = (shape[0] * factor, *shape[1:])
         dtype = onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1))
         with np.errstate(over="ignore"):  # beyond the dtype's range: inf, as it would hold
-            feeds[name] = np.asarray(_sample(m.expand_rank(len(shape)), shape, rng), dtype=dtype)
+            feeds[name] = np.asarray(
+                _sample(m.expand_rank(len(shape)), shape, rng, roots[name]), dtype=dtype)
         graph_inputs.append(helper.make_tensor_value_info(name, graph.dtypes[name], shape))
         if tracked_axis is None and m.tracked_axes():
             tracked_axis = m.tracked_axes()[0]
@@ -269,8 +285,9 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
             for _ in range(resamples - 1):
                 fresh = {}
                 for name, m, shape in signals:
-                    fresh[name] = np.asarray(_sample(m.expand_rank(len(shape)), shape, rng),
-                                             dtype=feeds[name].dtype)
+                    fresh[name] = np.asarray(
+                        _sample(m.expand_rank(len(shape)), shape, rng, roots[name]),
+                        dtype=feeds[name].dtype)
                 runs.append(session.run(None, {**feeds, **fresh}))
             values = [np.stack([np.asarray(r[i]) for r in runs]) for i in range(len(values))]
         if random_ops and values:
@@ -290,6 +307,10 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
             results[name] = None
             continue
         shift = 1 if resamples > 1 else 0  # the runs are a new leading axis of more samples
+        exact = _exact(value[0] if shift else value) if fixed else None
+        if exact is not None:
+            results[name] = exact
+            continue
         keep = (
             tracked_axis is not None
             and value.ndim > tracked_axis + shift
@@ -303,56 +324,18 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
             axis = value.ndim - 1  # a recurrent layer's units or channels (last), each its own
         m = _measure(value, axis)
         m = Moments(m.mean[0], m.var[0]) if axis is not None and shift else m
-        results[name] = _with_steps_field(ctx, name, m, value, shift)
+        results[name] = with_steps_field(ctx, name, m, value, shift)
+        record_output(ctx, name, results[name], value, shift)
     return [results.get(o) for o in node.output]
 
 
-def _with_steps_field(ctx: RuleContext, name: str, m: Moments, value: np.ndarray,
-                      shift: int) -> Moments:
-    """A scan output of a Loop or Scan (the iterations stacked along axis 0: a recurrent
-    layer's sequence, which the next layer reads) with its measured covariance across the
-    iterations as a token field, ``Sigma[s, t] = mean(c_s c_t)`` over the other axes (and the
-    runs), ``c`` each iteration's values less their mean."""
-    node = ctx.node
-    outputs = [o for o in node.output if o]
-    carried = len(node.input) - (2 if node.op_type == "Loop" else 0)
-    if node.op_type == "Scan":
-        carried = len(node.input) - int(ctx.attr("num_scan_inputs", 0))
-        if any(ctx.attr("scan_output_axes", []) or []):
-            return m
-    if node.op_type not in ("Loop", "Scan") or outputs.index(name) < carried:
-        return m
-    v = np.moveaxis(value.astype(np.float64), shift, 0)
-    steps, shape = v.shape[0], ctx.graph.shape(name)
-    if v.ndim < 2 or not 2 <= steps <= _MAX_STEPS or shape is None or shape[0] != steps:
-        return m
-    per_step = _per_step(m, v, shift, len(shape))
-    if per_step is None:
-        c = v.reshape(steps, -1) - v.reshape(steps, -1).mean(axis=1, keepdims=True)
-        return attach(m, shape, [0], c @ c.T / c.shape[1])
-    m, centred = per_step
-    c = centred.reshape(steps, -1)
-    return attach(m, shape, [0], c @ c.T / c.shape[1])
-
-
-def _per_step(m: Moments, v: np.ndarray, shift: int, rank: int):
-    """(the scan output's moments per step and tracked feature, the values less those means)
-    for the iterations ``v`` (steps first, then the runs when ``shift``): a recurrent layer's
-    state starts at its initial value, so its first steps' means and variances differ from the
-    later ones' (a Slice of the first step read the pooled means' spread: 1.18x). None when
-    values are -inf (a mask) or the moments track more than one axis."""
-    tracked = m.tracked_axes()
-    if np.isneginf(v).any() or len(tracked) > 1 or (tracked and tracked[0] == 0):
+def _exact(value: np.ndarray) -> Moments | None:
+    """The moments of an output that every sample holds alike: its value per element (the
+    samples' axis 0 kept at 1), variance 0 (a CumSum of constant log-gates: pooled, the
+    positions' spread read as variance); None where the samples differ or it is large."""
+    if value.ndim == 0 or value[:1].size > _MAX_ELEMENTS or not np.all(value == value[:1]):
         return None
-    keep = {0} | ({tracked[0] + shift} if tracked else set())
-    other = tuple(a for a in range(v.ndim) if a not in keep)
-    mean = v.mean(axis=other, keepdims=True)
-    centred = v - mean
-    var = (centred * centred).mean(axis=other, keepdims=True)
-    if shift:
-        mean, var = mean[:, 0], var[:, 0]
-    mean, var = mean.reshape(mean.shape[:rank]), var.reshape(var.shape[:rank])
-    return Moments(mean, var), centred
+    return Moments(value[:1].astype(np.float64), np.zeros(value[:1].shape))
 
 
 def _resamples(values, feeds) -> int:
