@@ -31,7 +31,9 @@ given the query, a key's logit and its value are correlated, and P V's variance 
 ``Var_sel = G R`` (value_selection.py: exact for Gaussian tokens; T5's unscaled logits 16%).
 P may also be a softmax over axis -2 whose last two axes a Transpose swaps (tf2onnx writes
 Keras' attention with dropout as ``K Q^T`` with ``Softmax(axis=2)``): read the same way, the
-keys taken from axis -2 (before, P and V independent there: 0.6x on Keras' ``vit_cls``).
+keys taken from axis -2 (before, P and V independent there: 0.6x on Keras' ``vit_cls``);
+the logits ``K Q^T`` then carry their field along axis -2, the keys' (on the last axis, the
+queries', the Softmax read none: 1.38x on ``vit_cls``'s second block).
 
 Not modelled: that dependence when the keys are rotated per position or the projections fused,
 the correlation of a query with its own key (the diagonal of Q K^T), and Q's token covariance
@@ -50,7 +52,8 @@ from .fixed_vectors import projection_cross_terms
 from .context import RuleContext, RuleError, signal
 from .registry import rule
 from .logit_path import keeps_token_axes
-from .masks import feeds_softmax
+from .head_projections import keys_first
+from .masks import feeds_softmax, softmax_reached
 from . import position_share
 from .token_field import attach, sigma, token_axes
 from .softmax import probability_covariance
@@ -109,6 +112,11 @@ def matmul_activations(inputs, ctx: RuleContext):
     if factor is not None:  # correlated features (a patch embedding's) on the contracted axis
         var = var * factor
     out = compressed(shaped(mean), np.maximum(shaped(var), 0.0))
+    if sa[-2] > 1 and _keys_first_logits(ctx):  # K Q^T over the keys: the field on axis -2
+        sig_a = sigma(a, sa, [len(sa) - 2], sa[-2])
+        swap = (lambda t: np.swapaxes(t, -1, -2))  # noqa: E731
+        return [_logit_field(out, swap(mb), swap(vb), swap(ma), sig_a, ctx.out_shape(0),
+                             rank - 2)]
     t = b.tokens
     keys = len(sb) - 1
     if (t is not None and token_axes(t, len(sb)) == [keys] and sb[-1] == t.n) or (
@@ -228,9 +236,21 @@ def _weighted_average(ma, va, mb, vb, sig, out_shape, selected=0.0, p_cov=None):
     return attach(compressed(mean, np.maximum(var, 0.0)), out_shape, [rank - 2], field)
 
 
-def _logit_field(out: Moments, ma, va, mb, sig_b: np.ndarray, out_shape) -> Moments:
+def _keys_first_logits(ctx: RuleContext) -> bool:
+    """The MatMul's output reaches a Softmax over its axis -2 (tf2onnx's ``K Q^T`` of Keras'
+    attention with dropout, ``Softmax(axis=2)``): its rows are along A's tokens."""
+    softmax = softmax_reached(ctx)
+    if softmax is None:
+        return False
+    return bool(keys_first(softmax, ctx.graph.shape(softmax.input[0])))
+
+
+def _logit_field(out: Moments, ma, va, mb, sig_b: np.ndarray, out_shape,
+                 axis: int | None = None) -> Moments:
     """Q K^T along the keys: (sum_d E[q_d^2] nu_d) cov + sum_d Var(q_d) mu_kd mu_ld, with
-    ``sig_b = nu cov`` the keys' token covariance (diag of their variance when independent)."""
+    ``sig_b = nu cov`` the keys' token covariance (diag of their variance when independent);
+    the keys on the output's last axis, or on ``axis`` (``K Q^T``: the operands passed
+    swapped, ``Q [.., q, d]`` from ``Q^T`` and ``K^T [.., d, k]`` from ``K``)."""
     rank = len(out_shape)
     n = sig_b.shape[0]
     q2 = float(np.mean((va + ma**2).sum(axis=-1)))  # sum_d E[q_d^2], averaged over queries
@@ -239,7 +259,7 @@ def _logit_field(out: Moments, ma, va, mb, sig_b: np.ndarray, out_shape) -> Mome
     mu = np.broadcast_to(mb, lead + (d, n)).reshape(-1, d, n)  # [heads.., d, k]
     qv = np.broadcast_to(va.mean(axis=-2), lead + (d,)).reshape(-1, d, 1)  # averaged over queries
     shared = np.matmul(np.swapaxes(mu * qv, -1, -2), mu).mean(axis=0)  # sum_d Var(q_d) mu_kd mu_ld
-    return attach(out, out_shape, [rank - 1], q2 * sig_b + shared)
+    return attach(out, out_shape, [rank - 1 if axis is None else axis], q2 * sig_b + shared)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,6 +48,12 @@ _DERIVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> {t
 def feeds_softmax(ctx: RuleContext) -> bool:
     """True when the node's first output reaches a Softmax/LogSoftmax through layout ops and
     element-wise arithmetic (so its per-element offsets must not be folded)."""
+    return softmax_reached(ctx) is not None
+
+
+def softmax_reached(ctx: RuleContext):
+    """The first Softmax/LogSoftmax node that the node's outputs reach as
+    :func:`feeds_softmax` walks, else None."""
     graph = ctx.graph
     frontier = [(o, 0) for o in ctx.node.output if o]
     seen = set()
@@ -59,10 +65,10 @@ def feeds_softmax(ctx: RuleContext) -> bool:
         for node_id, _ in graph.consumers.get(tensor, []):
             node = graph.node(node_id)
             if node.op_type in ("Softmax", "LogSoftmax"):
-                return True
+                return node
             if node.op_type in _THROUGH:
                 frontier.extend((o, depth + 1) for o in node.output if o)
-    return False
+    return None
 
 
 def keep_rows(x: Moments, in_shape, out_shape, out: Moments, ctx: RuleContext) -> Moments:
