@@ -39,7 +39,9 @@ from ..moments import Moments
 from ..passes import RANDOM_OPS
 from ..runtime import make_session
 from .context import RuleContext
-from .token_field import attach, expanded, token_axes
+from .joint_source import joint_source
+from .moment_samples import sample
+from .token_field import attach
 
 _MAX_ELEMENTS = 1 << 22  # cap the sample size of one input; batch is shrunk to fit
 _MAX_UPSTREAM = 8  # nodes run along with the node, at most, when a random op among them is run
@@ -63,30 +65,6 @@ def _sample_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
         return shape
     batch = max(1, shape[0] * _MAX_ELEMENTS // n)
     return (batch, *shape[1:])
-
-
-def _sample(m: Moments, shape, rng) -> np.ndarray:
-    if m.source is not None:
-        return m.source.sample(rng, shape)
-    return _across_tokens(m, shape, rng.standard_normal(shape)) * np.sqrt(m.var) + m.mean
-
-
-def _across_tokens(m: Moments, shape, z: np.ndarray) -> np.ndarray:
-    """Standard normal ``z`` given the correlation across tokens of ``m``'s field (a stacked
-    recurrent layer exported as a Loop reads a sequence correlated over its steps): along the
-    token axes ``z @ S`` with ``S^T S = cov`` (the field over every index of those axes,
-    token_field.expanded); ``z`` unchanged without a field or where it cannot be spelled out."""
-    t = m.tokens
-    axes = token_axes(t, len(shape)) if t is not None else None
-    cov = expanded(t, [shape[a] for a in axes]) if axes is not None else None
-    if cov is None or cov.shape[0] != int(np.prod([shape[a] for a in axes])):
-        return z
-    w, v = np.linalg.eigh((cov + cov.T) / 2)
-    root = (v * np.sqrt(np.maximum(w, 0.0))).T  # root^T root = cov
-    end = list(range(len(shape) - len(axes), len(shape)))
-    moved = np.moveaxis(z, axes, end)
-    flat = moved.reshape(moved.shape[:len(shape) - len(axes)] + (-1,)) @ root
-    return np.moveaxis(flat.reshape(moved.shape), end, axes)
 
 
 def _measure(values: np.ndarray, axis: int | None) -> Moments:
@@ -178,6 +156,16 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
     for name in sampled:
         for src in _computed_from(graph, name, sampled - {name}):
             computed.update(o for o in graph.node(src).output if o)
+    # two or more left, or integer inputs, computed from one signal (a router's gates over
+    # their capacity-limited sum; its masks): computed from that one's samples
+    drawn = sorted(n for n in sampled if n not in computed)
+    integer = [n for n in node.input if n and not graph.is_float(n) and not graph.is_constant(n)
+               and n not in graph.input_names]
+    joint = joint_source(graph, drawn + integer) if (len(drawn) > 1 or integer) \
+        and not graph.implicit_inputs_of(ctx.node_id) else None
+    if joint is not None and known.get(joint[0]) is not None:
+        for src in joint[1]:
+            computed.update(o for o in graph.node(src).output if o)
     while pending:
         name, m = pending.pop(0)
         if not name or name in seen:
@@ -235,12 +223,14 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         # a larger batch, when every sampled input shares its batch axis
         factor = max(1, _MIN_RANDOM // max(int(np.prod(sh)) for _, _, sh in signals))
         random_ops = factor == 1  # else the larger batch draws enough already
+    laws = {name: m.expand_rank(len(shape)) for name, m, shape in signals}
+    roots: dict = {}  # each law's root across tokens, for the fresh samples
     for name, m, shape in signals:
         if factor > 1:
             shape = (shape[0] * factor, *shape[1:])
         dtype = onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1))
         with np.errstate(over="ignore"):  # beyond the dtype's range: inf, as it would hold
-            feeds[name] = np.asarray(_sample(m.expand_rank(len(shape)), shape, rng), dtype=dtype)
+            feeds[name] = np.asarray(sample(laws[name], shape, rng, roots), dtype=dtype)
         graph_inputs.append(helper.make_tensor_value_info(name, graph.dtypes[name], shape))
         if tracked_axis is None and m.tracked_axes():
             tracked_axis = m.tracked_axes()[0]
@@ -269,7 +259,7 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
             for _ in range(resamples - 1):
                 fresh = {}
                 for name, m, shape in signals:
-                    fresh[name] = np.asarray(_sample(m.expand_rank(len(shape)), shape, rng),
+                    fresh[name] = np.asarray(sample(laws[name], shape, rng, roots),
                                              dtype=feeds[name].dtype)
                 runs.append(session.run(None, {**feeds, **fresh}))
             values = [np.stack([np.asarray(r[i]) for r in runs]) for i in range(len(values))]

@@ -1,0 +1,48 @@
+"""The one tensor that a node's dependent signal inputs are all computed from, for the fallback
+(:mod:`.empirical`) to run them from its samples instead of drawing each from its moments.
+
+NLLB-MoE's router normalises its top-1 gate by the sum of its capacity-limited gates,
+``g1 / max(g1 + g2, eps)``: both operands are computed from the router's logits (a softmax,
+two argmaxes, one-hot masks, cumulative counts against the capacity). Drawn independently from
+Gaussians of their moments, the denominator reaches ``eps`` while the numerator does not, and
+the ratio read 1e12x its measured variance. Every path into both operands passes through the
+logits, so running the nodes between from samples of the logits gives the ratio's law.
+
+:func:`joint_source` walks up from the operands, always expanding the latest-computed tensor
+of the frontier (a cut of the graph between the operands and their ancestors) into its
+producer's inputs, until the cut is one signal tensor (constants and integer graph inputs,
+which the fallback feeds as the analysis does, aside): the nearest tensor that every path into
+the operands passes through. Not modelled: a source further than ``_MAX_JOINT`` nodes up, a
+path through a random op or a subgraph (None: the operands are drawn as before).
+"""
+
+from __future__ import annotations
+
+from ..passes import RANDOM_OPS
+
+_MAX_JOINT = 32  # nodes between the source and the operands, at most
+
+
+def joint_source(graph, names: list[str]) -> tuple[str, list[str]] | None:
+    """(the source tensor, the node ids between it and ``names``) for two or more signal
+    tensors ``names`` that are all computed from one signal tensor within ``_MAX_JOINT``
+    nodes; None otherwise (also when one of them is that tensor's only path: fewer than two)."""
+    if not names:
+        return None
+    order = {n: i for i, n in enumerate(graph.order)}
+    frontier = set(names)
+    between: list[str] = []
+    while True:
+        rest = [n for n in frontier if graph.is_float(n) or n not in graph.input_names]
+        if len(rest) == 1 and graph.is_signal(rest[0]):
+            return rest[0], between
+        produced = [n for n in rest if graph.producer.get(n) is not None]
+        if len(between) >= _MAX_JOINT or not produced:
+            return None
+        src = graph.producer[max(produced, key=lambda n: order[graph.producer[n]])]
+        node = graph.node(src)
+        if node.op_type in RANDOM_OPS or graph.implicit_inputs_of(src):
+            return None
+        between.append(src)
+        frontier -= set(node.output)
+        frontier |= {n for n in node.input if n and not graph.is_constant(n)}
