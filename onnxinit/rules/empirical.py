@@ -250,6 +250,7 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         ir_version=min(graph.model.ir_version, 10),
     )
     model.functions.extend(graph.model.functions)
+    ragged: set[int] = set()
     try:
         session = make_session(model, device="cpu")
         values = session.run(None, feeds)
@@ -262,7 +263,11 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
                     fresh[name] = np.asarray(sample(laws[name], shape, rng, roots),
                                              dtype=feeds[name].dtype)
                 runs.append(session.run(None, {**feeds, **fresh}))
-            values = [np.stack([np.asarray(r[i]) for r in runs]) for i in range(len(values))]
+            # an output whose size depends on the values (after a NonZero: the tokens routed
+            # to an expert) differs between runs: its runs pooled whole
+            ragged = {i for i in range(len(values)) if len({np.shape(r[i]) for r in runs}) > 1}
+            values = [np.concatenate([np.ravel(r[i]) for r in runs]) if i in ragged
+                      else np.stack([np.asarray(r[i]) for r in runs]) for i in range(len(values))]
         if random_ops and values:
             # random draws with a shape fixed by constants: run again until enough are drawn
             size = max(1, max(np.size(v) for v in values))
@@ -274,10 +279,10 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EmpiricalError(f"onnxruntime cannot run it alone: {message[:200]}") from None
     results: dict[str, Moments | None] = {}
-    for name, value in zip([o for o in node.output if o], values):
+    for i, (name, value) in enumerate(zip([o for o in node.output if o], values)):
         value = np.asarray(value)
-        if not np.issubdtype(value.dtype, np.floating):
-            results[name] = None
+        if not np.issubdtype(value.dtype, np.floating) or i in ragged:
+            results[name] = _measure(value, None) if i in ragged else None
             continue
         shift = 1 if resamples > 1 else 0  # the runs are a new leading axis of more samples
         keep = (

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ..passes import RANDOM_OPS
 
-_MAX_JOINT = 32  # nodes between the source and the operands, at most
+_MAX_JOINT = 64  # nodes between the source and the operands, at most
 
 
 def joint_source(graph, names: list[str]) -> tuple[str, list[str]] | None:
@@ -29,7 +29,7 @@ def joint_source(graph, names: list[str]) -> tuple[str, list[str]] | None:
     nodes; None otherwise (also when one of them is that tensor's only path: fewer than two)."""
     if not names:
         return None
-    order = {n: i for i, n in enumerate(graph.order)}
+    order = graph.position
     frontier = set(names)
     between: list[str] = []
     while True:
@@ -46,3 +46,18 @@ def joint_source(graph, names: list[str]) -> tuple[str, list[str]] | None:
         between.append(src)
         frontier -= set(node.output)
         frontier |= {n for n in node.input if n and not graph.is_constant(n)}
+
+
+_SHAPES = ("Shape", "Size")
+
+
+def through_mask(graph, names) -> bool:
+    """Whether the signal tensors ``names`` are all computed from one signal through a node
+    that maps a signal to a non-float tensor (an argmax, a one-hot of it, a comparison: a mask
+    of the values), so that taking them as independent misses how the mask selects the
+    values (a router's top-1 gate times its top-1 mask: 0.52x as independent factors)."""
+    found = joint_source(graph, [n for n in names if n])
+    return found is not None and any(
+        graph.node(n).op_type not in _SHAPES
+        and any(o and not graph.is_float(o) for o in graph.node(n).output)
+        and any(graph.is_signal(i) for i in graph.node(n).input) for n in found[1])
