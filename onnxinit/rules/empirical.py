@@ -128,11 +128,16 @@ def _computed_from(graph, name: str, sources: set[str]) -> list[str]:
 
 
 def _row_coupled(graph, src: str | None) -> bool:
-    """``src`` is a Softmax, LogSoftmax or TopK of one signal (its row's elements are coupled:
-    they sum to 1, or are the largest of the row) that reads no outer-scope tensor."""
-    if src is None or graph.node(src).op_type not in ("Softmax", "LogSoftmax", "TopK"):
+    """``src`` is a Softmax, LogSoftmax, TopK or LayerNormalization of one signal (its row's
+    elements are coupled: they sum to 1, are the largest of the row, or have mean 0 and
+    variance 1), or a float Cast of one, that reads no outer-scope tensor."""
+    if src is None:
         return False
     node = graph.node(src)
+    if node.op_type == "Cast" and graph.is_signal(node.input[0]):
+        return _row_coupled(graph, graph.producer.get(node.input[0]))
+    if node.op_type not in ("Softmax", "LogSoftmax", "TopK", "LayerNormalization"):
+        return False
     return graph.is_signal(node.input[0]) and not graph.implicit_inputs_of(src) and not any(
         n and graph.is_signal(n) for n in node.input[1:])
 

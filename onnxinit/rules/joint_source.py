@@ -49,15 +49,35 @@ def joint_source(graph, names: list[str]) -> tuple[str, list[str]] | None:
 
 
 _SHAPES = ("Shape", "Size")
+_LAYOUT = ("Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Identity")
 
 
 def through_mask(graph, names) -> bool:
-    """Whether the signal tensors ``names`` are all computed from one signal through a node
-    that maps a signal to a non-float tensor (an argmax, a one-hot of it, a comparison: a mask
-    of the values), so that taking them as independent misses how the mask selects the
-    values (a router's top-1 gate times its top-1 mask: 0.52x as independent factors)."""
-    found = joint_source(graph, [n for n in names if n])
+    """Whether one of the signal tensors ``names`` is a mask (a float Cast of a non-float
+    tensor, through layout ops) and all are computed from one signal through a node that maps
+    a signal to a non-float tensor (an argmax, a one-hot of it, a comparison: a mask of the
+    values), so that taking them as independent misses how the mask selects the values (a
+    router's top-1 gate times its top-1 mask: 0.52x as independent factors)."""
+    names = [n for n in names if n]
+    if not any(_indicator(graph, n) for n in names):
+        return False
+    found = joint_source(graph, names)
     return found is not None and any(
         graph.node(n).op_type not in _SHAPES
         and any(o and not graph.is_float(o) for o in graph.node(n).output)
         and any(graph.is_signal(i) for i in graph.node(n).input) for n in found[1])
+
+
+def _indicator(graph, name: str) -> bool:
+    """``name`` is a float Cast of a non-float tensor, through at most 4 layout ops."""
+    for _ in range(5):
+        src = graph.producer.get(name)
+        if src is None:
+            return False
+        node = graph.node(src)
+        if node.op_type == "Cast" and not graph.is_float(node.input[0]):
+            return True
+        if node.op_type not in _LAYOUT + ("Cast",):
+            return False
+        name = node.input[0]
+    return False
