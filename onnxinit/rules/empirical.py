@@ -7,9 +7,12 @@ An input that is neither (an integer or boolean tensor computed from signals, su
 mask ``Less(RandomUniformLike(x), p)``) is computed by running its producers along with the node
 (up to 32 of them; a random op among them is run, not sampled, while at most 8 are); a signal
 input computed from another one through at most 4 nodes (``w / ReduceL1(w)``) is computed from
-that one's samples, so the two keep their dependence; a signal input that is a Softmax's,
-LogSoftmax's or TopK's output is computed from that node's input's samples (a router's top-k
-of its probabilities: the row's elements are coupled). Tensors a subgraph (Loop, Scan and If
+that one's samples, so the two keep their dependence; inputs that are all computed from one
+signal within 64 nodes (``joint_source``: a router's gates over their capacity-limited sum, its
+masks) are computed from that one's samples; a signal input that is a Softmax's, LogSoftmax's,
+TopK's or LayerNormalization's output (or a float Cast of one) is computed from that node's
+input's samples (a router's top-k of its probabilities: the row's elements are coupled). An
+output whose size depends on the values (a Gather at a NonZero) is pooled over the runs. Tensors a subgraph (Loop, Scan and If
 bodies) reads from the outer scope are fed like inputs, so a recurrent layer exported as a Loop
 (tf2onnx's SimpleRNN) is measured.
 When the node cannot run (custom domain), statistics pass through unchanged.

@@ -24,9 +24,9 @@ _MAX_JOINT = 64  # nodes between the source and the operands, at most
 
 
 def joint_source(graph, names: list[str]) -> tuple[str, list[str]] | None:
-    """(the source tensor, the node ids between it and ``names``) for two or more signal
-    tensors ``names`` that are all computed from one signal tensor within ``_MAX_JOINT``
-    nodes; None otherwise (also when one of them is that tensor's only path: fewer than two)."""
+    """(the source tensor, the node ids between it and ``names``) for tensors ``names``
+    (signals, and integer tensors computed from signals) that are all computed from one signal
+    tensor within ``_MAX_JOINT`` nodes; None otherwise."""
     if not names:
         return None
     order = graph.position
