@@ -8,8 +8,8 @@ mask ``Less(RandomUniformLike(x), p)``) is computed by running its producers alo
 (up to 32 of them; a random op among them is run, not sampled, while at most 8 are); a signal
 input computed from another one through at most 4 nodes (``w / ReduceL1(w)``) is computed from
 that one's samples, so the two keep their dependence; inputs that are all computed from one
-signal within 64 nodes (``joint_source``: a router's gates over their capacity-limited sum, its
-masks) are computed from that one's samples; a signal input that is a Softmax's, LogSoftmax's,
+signal within 64 nodes through a mask of its values (``masked_source``: a router's gates over
+their capacity-limited sum, its masks) are computed from that one's samples; a signal input that is a Softmax's, LogSoftmax's,
 TopK's or LayerNormalization's output (or a float Cast of one) is computed from that node's
 input's samples (a router's top-k of its probabilities: the row's elements are coupled). An
 output whose size depends on the values (a Gather at a NonZero) is pooled over the runs. Tensors a subgraph (Loop, Scan and If
@@ -42,7 +42,7 @@ from ..moments import Moments
 from ..passes import RANDOM_OPS
 from ..runtime import make_session
 from .context import RuleContext
-from .joint_source import joint_source
+from .joint_source import masked_source
 from .moment_samples import sample
 from .token_field import attach
 
@@ -164,12 +164,13 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
     for name in sampled:
         for src in _computed_from(graph, name, sampled - {name}):
             computed.update(o for o in graph.node(src).output if o)
-    # two or more left, or integer inputs, computed from one signal (a router's gates over
-    # their capacity-limited sum; its masks): computed from that one's samples
+    # two or more left, or integer inputs, computed from one signal through a mask of its
+    # values (a router's gates over their capacity-limited sum; its masks): computed from
+    # that one's samples
     drawn = sorted(n for n in sampled if n not in computed)
     integer = [n for n in node.input if n and not graph.is_float(n) and not graph.is_constant(n)
                and n not in graph.input_names]
-    joint = joint_source(graph, drawn + integer) if (len(drawn) > 1 or integer) \
+    joint = masked_source(graph, drawn + integer) if (len(drawn) > 1 or integer) \
         and not graph.implicit_inputs_of(ctx.node_id) else None
     if joint is not None and known.get(joint[0]) is not None:
         for src in joint[1]:

@@ -54,18 +54,27 @@ _LAYOUT = ("Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Identity")
 
 def through_mask(graph, names) -> bool:
     """Whether one of the signal tensors ``names`` is a mask (a float Cast of a non-float
-    tensor, through layout ops) and all are computed from one signal through a node that maps
-    a signal to a non-float tensor (an argmax, a one-hot of it, a comparison: a mask of the
-    values), so that taking them as independent misses how the mask selects the values (a
-    router's top-1 gate times its top-1 mask: 0.52x as independent factors)."""
+    tensor, through layout ops) and all are computed from one signal through a mask of its
+    values (:func:`masked_source`), so that taking them as independent misses how the mask
+    selects the values (a router's top-1 gate times its top-1 mask: 0.52x as independent
+    factors)."""
     names = [n for n in names if n]
-    if not any(_indicator(graph, n) for n in names):
-        return False
+    return any(_indicator(graph, n) for n in names) and masked_source(graph, names) is not None
+
+
+def masked_source(graph, names: list[str]) -> tuple[str, list[str]] | None:
+    """:func:`joint_source` where a node between maps a signal to a non-float tensor (an
+    argmax, a one-hot of it, a comparison: a mask of the values; not a Shape), else None. Only
+    such paths are run from the source: a dependence through float nodes alone (``h / rms(h)``)
+    is left to the rules and to the fallback's draws as before (the fields they carry across
+    features would be lost to element-wise draws of the source)."""
     found = joint_source(graph, names)
-    return found is not None and any(
-        graph.node(n).op_type not in _SHAPES
-        and any(o and not graph.is_float(o) for o in graph.node(n).output)
-        and any(graph.is_signal(i) for i in graph.node(n).input) for n in found[1])
+    if found is None or not any(
+            graph.node(n).op_type not in _SHAPES
+            and any(o and not graph.is_float(o) for o in graph.node(n).output)
+            and any(graph.is_signal(i) for i in graph.node(n).input) for n in found[1]):
+        return None
+    return found
 
 
 def _indicator(graph, name: str) -> bool:
