@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Container, Iterable
+from functools import cached_property
 from itertools import chain
 
 import onnx
@@ -192,6 +193,11 @@ class GraphStructure:
 
     def is_float(self, tensor: str) -> bool:
         return self.dtypes.get(tensor, TensorProto.FLOAT) in FLOAT_TYPES
+
+    @cached_property
+    def position(self) -> dict[str, int]:
+        """Each node's index in ``order`` (topological)."""
+        return {n: i for i, n in enumerate(self.order)}
 
     def is_constant(self, tensor: str) -> bool:
         return tensor in self.constants

@@ -44,17 +44,9 @@ from .context import RuleContext, RuleError, signal
 from .elementwise import INPUT_LAWS, apply_elementwise, apply_fn, digest
 from .extreme_laws import clark, fused_extreme, monte_carlo_extreme
 from .fusion import fused_elementwise
-from .grids import (
-    GRID_CAP,
-    KEEP_CAP,
-    finish,
-    operand,
-    out_rank,
-    signal_axes,
-    varies,
-    varying_axes,
-)
+from .grids import GRID_CAP, KEEP_CAP, finish, operand, out_rank, signal_axes, varies, varying_axes
 from .joint_samples import joint_moments
+from .joint_source import through_mask
 from .layout import positions_dense
 from .mixture import binary_independent, lift, sum_mixture
 from .positional import concat_channels, positions_binary
@@ -169,6 +161,8 @@ def _binary(inputs, ctx: RuleContext):
     # position classes the per-cell path refused: spelled out, not pooled by operand()
     inputs = [positions_dense(m, ctx.in_shape(i)) if m is not None and m.spatial is not None
               else m for i, m in enumerate(inputs)]
+    if all(m is not None for m in inputs[:2]) and through_mask(ctx.graph, ctx.node.input[:2]):
+        raise RuleError("operands computed from one signal through a mask of its values")
     if op == "Div":
         if inputs[1] is not None:
             raise RuleError("division by a signal")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gaussian import broadcasts_nothing, column_blocks, compose, flat_values
+from .cell_blocks import broadcasts_nothing, column_blocks, flat_values
+from .gaussian import compose
 from .kurtosis import chain_values, mixture_nodes, node_rule
 
 _COLUMN_BLOCK = 1 << 15  # values of a [nodes, columns] block (in cache)

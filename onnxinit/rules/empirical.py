@@ -7,9 +7,12 @@ An input that is neither (an integer or boolean tensor computed from signals, su
 mask ``Less(RandomUniformLike(x), p)``) is computed by running its producers along with the node
 (up to 32 of them; a random op among them is run, not sampled, while at most 8 are); a signal
 input computed from another one through at most 4 nodes (``w / ReduceL1(w)``) is computed from
-that one's samples, so the two keep their dependence; a signal input that is a Softmax's,
-LogSoftmax's or TopK's output is computed from that node's input's samples (a router's top-k
-of its probabilities: the row's elements are coupled). Tensors a subgraph (Loop, Scan and If
+that one's samples, so the two keep their dependence; inputs that are all computed from one
+signal within 64 nodes through a mask of its values (``masked_source``: a router's gates over
+their capacity-limited sum, its masks) are computed from that one's samples; a signal input that is a Softmax's, LogSoftmax's,
+TopK's or LayerNormalization's output (or a float Cast of one) is computed from that node's
+input's samples (a router's top-k of its probabilities: the row's elements are coupled). An
+output whose size depends on the values (a Gather at a NonZero) is pooled over the runs. Tensors a subgraph (Loop, Scan and If
 bodies) reads from the outer scope are fed like inputs, so a recurrent layer exported as a Loop
 (tf2onnx's SimpleRNN) is measured.
 When the node cannot run (custom domain), statistics pass through unchanged.
@@ -45,10 +48,11 @@ from ..moments import Moments
 from ..passes import RANDOM_OPS
 from ..runtime import make_session
 from .context import RuleContext
+from .joint_source import masked_source
 from .loop_inputs import unit_root
 from .measured_units import record_output
+from .moment_samples import sample
 from .scan_steps import with_steps_field
-from .token_field import expanded, token_axes
 
 _MAX_ELEMENTS = 1 << 22  # cap the sample size of one input; batch is shrunk to fit
 _MAX_UPSTREAM = 8  # nodes run along with the node, at most, when a random op among them is run
@@ -71,32 +75,6 @@ def _sample_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
         return shape
     batch = max(1, shape[0] * _MAX_ELEMENTS // n)
     return (batch, *shape[1:])
-
-
-def _sample(m: Moments, shape, rng, root: np.ndarray | None = None) -> np.ndarray:
-    """Draws of ``m`` (``root``: its last axis correlated, loop_inputs.unit_root)."""
-    if m.source is not None:
-        return m.source.sample(rng, shape)
-    z = _across_tokens(m, shape, rng.standard_normal(shape))
-    return (z if root is None else z @ root) * np.sqrt(m.var) + m.mean
-
-
-def _across_tokens(m: Moments, shape, z: np.ndarray) -> np.ndarray:
-    """Standard normal ``z`` given the correlation across tokens of ``m``'s field (a stacked
-    recurrent layer exported as a Loop reads a sequence correlated over its steps): along the
-    token axes ``z @ S`` with ``S^T S = cov`` (the field over every index of those axes,
-    token_field.expanded); ``z`` unchanged without a field or where it cannot be spelled out."""
-    t = m.tokens
-    axes = token_axes(t, len(shape)) if t is not None else None
-    cov = expanded(t, [shape[a] for a in axes]) if axes is not None else None
-    if cov is None or cov.shape[0] != int(np.prod([shape[a] for a in axes])):
-        return z
-    w, v = np.linalg.eigh((cov + cov.T) / 2)
-    root = (v * np.sqrt(np.maximum(w, 0.0))).T  # root^T root = cov
-    end = list(range(len(shape) - len(axes), len(shape)))
-    moved = np.moveaxis(z, axes, end)
-    flat = moved.reshape(moved.shape[:len(shape) - len(axes)] + (-1,)) @ root
-    return np.moveaxis(flat.reshape(moved.shape), end, axes)
 
 
 def _measure(values: np.ndarray, axis: int | None) -> Moments:
@@ -160,11 +138,16 @@ def _computed_from(graph, name: str, sources: set[str]) -> list[str]:
 
 
 def _row_coupled(graph, src: str | None) -> bool:
-    """``src`` is a Softmax, LogSoftmax or TopK of one signal (its row's elements are coupled:
-    they sum to 1, or are the largest of the row) that reads no outer-scope tensor."""
-    if src is None or graph.node(src).op_type not in ("Softmax", "LogSoftmax", "TopK"):
+    """``src`` is a Softmax, LogSoftmax, TopK or LayerNormalization of one signal (its row's
+    elements are coupled: they sum to 1, are the largest of the row, or have mean 0 and
+    variance 1), or a float Cast of one, that reads no outer-scope tensor."""
+    if src is None:
         return False
     node = graph.node(src)
+    if node.op_type == "Cast" and graph.is_signal(node.input[0]):
+        return _row_coupled(graph, graph.producer.get(node.input[0]))
+    if node.op_type not in ("Softmax", "LogSoftmax", "TopK", "LayerNormalization"):
+        return False
     return graph.is_signal(node.input[0]) and not graph.implicit_inputs_of(src) and not any(
         n and graph.is_signal(n) for n in node.input[1:])
 
@@ -187,6 +170,17 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
     computed: set[str] = set()
     for name in sampled:
         for src in _computed_from(graph, name, sampled - {name}):
+            computed.update(o for o in graph.node(src).output if o)
+    # two or more left, or integer inputs, computed from one signal through a mask of its
+    # values (a router's gates over their capacity-limited sum; its masks): computed from
+    # that one's samples
+    drawn = sorted(n for n in sampled if n not in computed)
+    integer = [n for n in node.input if n and not graph.is_float(n) and not graph.is_constant(n)
+               and n not in graph.input_names]
+    joint = masked_source(graph, drawn + integer) if (len(drawn) > 1 or integer) \
+        and not graph.implicit_inputs_of(ctx.node_id) else None
+    if joint is not None and known.get(joint[0]) is not None:
+        for src in joint[1]:
             computed.update(o for o in graph.node(src).output if o)
     while pending:
         name, m = pending.pop(0)
@@ -245,7 +239,9 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         # a larger batch, when every sampled input shares its batch axis
         factor = max(1, _MIN_RANDOM // max(int(np.prod(sh)) for _, _, sh in signals))
         random_ops = factor == 1  # else the larger batch draws enough already
-    roots = {name: unit_root(ctx, known, name, shape) for name, _, shape in signals}
+    laws = {name: m.expand_rank(len(shape)) for name, m, shape in signals}
+    roots: dict = {}  # each law's root across tokens, for the fresh samples
+    unit_roots = {name: unit_root(ctx, known, name, shape) for name, _, shape in signals}
     # every signal input without variance, nothing random, no token ids: a function of
     # constants, each output element one value (kept per element below)
     fixed = (bool(signals) and not feeds and not any(n.op_type in RANDOM_OPS for n in node_list)
@@ -255,8 +251,8 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
             shape = (shape[0] * factor, *shape[1:])
         dtype = onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1))
         with np.errstate(over="ignore"):  # beyond the dtype's range: inf, as it would hold
-            feeds[name] = np.asarray(
-                _sample(m.expand_rank(len(shape)), shape, rng, roots[name]), dtype=dtype)
+            feeds[name] = np.asarray(sample(laws[name], shape, rng, roots, unit_roots[name]),
+                                     dtype=dtype)
         graph_inputs.append(helper.make_tensor_value_info(name, graph.dtypes[name], shape))
         if tracked_axis is None and m.tracked_axes():
             tracked_axis = m.tracked_axes()[0]
@@ -276,6 +272,7 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         ir_version=min(graph.model.ir_version, 10),
     )
     model.functions.extend(graph.model.functions)
+    ragged: set[int] = set()
     try:
         session = make_session(model, device="cpu")
         values = session.run(None, feeds)
@@ -286,10 +283,14 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
                 fresh = {}
                 for name, m, shape in signals:
                     fresh[name] = np.asarray(
-                        _sample(m.expand_rank(len(shape)), shape, rng, roots[name]),
+                        sample(laws[name], shape, rng, roots, unit_roots[name]),
                         dtype=feeds[name].dtype)
                 runs.append(session.run(None, {**feeds, **fresh}))
-            values = [np.stack([np.asarray(r[i]) for r in runs]) for i in range(len(values))]
+            # an output whose size depends on the values (after a NonZero: the tokens routed
+            # to an expert) differs between runs: its runs pooled whole
+            ragged = {i for i in range(len(values)) if len({np.shape(r[i]) for r in runs}) > 1}
+            values = [np.concatenate([np.ravel(r[i]) for r in runs]) if i in ragged
+                      else np.stack([np.asarray(r[i]) for r in runs]) for i in range(len(values))]
         if random_ops and values:
             # random draws with a shape fixed by constants: run again until enough are drawn
             size = max(1, max(np.size(v) for v in values))
@@ -301,10 +302,10 @@ def measure_node(inputs: list[Moments | None], ctx: RuleContext,
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EmpiricalError(f"onnxruntime cannot run it alone: {message[:200]}") from None
     results: dict[str, Moments | None] = {}
-    for name, value in zip([o for o in node.output if o], values):
+    for i, (name, value) in enumerate(zip([o for o in node.output if o], values)):
         value = np.asarray(value)
-        if not np.issubdtype(value.dtype, np.floating):
-            results[name] = None
+        if not np.issubdtype(value.dtype, np.floating) or i in ragged:
+            results[name] = _measure(value, None) if i in ragged else None
             continue
         shift = 1 if resamples > 1 else 0  # the runs are a new leading axis of more samples
         exact = _exact(value[0] if shift else value) if fixed else None

@@ -22,6 +22,7 @@ from ..kept_cdf import keep_density, ndtr_kept
 from ..mehler import bound_key
 from ..moments import Elementwise
 from ..views import broadcast_to
+from .cell_blocks import blocked_sums, broadcasts_nothing
 from .context import RuleError
 
 # quadrature nodes --------------------------------------------------------------------------
@@ -50,6 +51,7 @@ COMPOSITE_Z, COMPOSITE_W = composite_rule(_L, 1024, 3)
 del _t, _w
 
 _CHUNK = 1 << 22  # elements evaluated at once (nodes x tracked indices)
+_BLOCKED_CELLS = 1 << 11  # cells above which gaussian_moments evaluates blocks of them
 
 
 def quadrature(smooth: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -74,54 +76,6 @@ def compose(chain: Sequence[Elementwise | Callable]) -> Callable[[np.ndarray], n
         return x
 
     return composed
-
-
-def broadcasts_nothing(fn: Callable, ndim: int) -> bool:
-    """Whether ``fn`` of a ``[1, ..., 1]`` array of its argument's rank (``ndim`` + 1: a node
-    or grid axis first) is one value: no constant of the chain varies along an axis, so that
-    any block of cells, flattened, can be evaluated alone."""
-    probe = (1,) * (ndim + 1)
-    with np.errstate(all="ignore"):
-        return np.shape(fn(np.zeros(probe))) == probe
-
-
-def flat_values(fn: Callable, x: np.ndarray, ndim: int) -> np.ndarray:
-    """``fn`` of a block ``x`` ``[rows, cells]`` of flattened cells, for an ``fn`` that
-    :func:`broadcasts_nothing` (``ndim`` as there): evaluated at the argument's rank (the
-    cells on the last axis), ``[rows, cells]``, float64, non-finite values kept."""
-    shaped = x.reshape(x.shape[:1] + (1,) * (ndim - 1) + x.shape[1:])
-    with np.errstate(all="ignore"):
-        y = np.asarray(fn(shaped), dtype=np.float64)
-    return np.broadcast_to(y, shaped.shape).reshape(x.shape)
-
-
-_ALIGN = 256  # columns: where column_blocks start
-
-
-def column_blocks(columns: int, width: int, least: int = _ALIGN) -> list[slice]:
-    """Blocks of about ``width`` columns that start at multiples of ``_ALIGN``, each at least
-    ``least`` (and ``_ALIGN``) wide: a narrow rest joins the block before it. A matrix product
-    of a block then computes each column as a product of all columns does: BLAS kernels treat
-    a product's last ``columns % 4`` (``% 8`` ...) columns apart, and a block of one column is a
-    dot product (``least``: see :func:`small_gemm_width`)."""
-    least = max(least, _ALIGN)
-    width = -(-max(width, least) // _ALIGN) * _ALIGN
-    starts = list(range(0, columns, width))
-    if len(starts) > 1 and columns - starts[-1] < least:
-        starts.pop()
-    return [slice(a, b) for a, b in zip(starts, starts[1:] + [columns])]
-
-
-_SMALL_GEMM = 1_000_000  # M N K up to which OpenBLAS takes its small-matrix kernel
-
-
-def small_gemm_width(rows: int, depths, columns: int) -> int:
-    """The fewest columns a block needs for each ``[rows, depth] @ [depth, block]`` product to
-    take the kernel the product with all ``columns`` takes: OpenBLAS multiplies a product of
-    at most ``_SMALL_GEMM`` multiply-adds with another kernel, which rounds the last columns
-    otherwise (measured: a block of 769 of 3,329 columns differed in its last one)."""
-    large = [d for d in depths if rows * d * columns > _SMALL_GEMM]
-    return max((_SMALL_GEMM // (rows * d) + 1 for d in large), default=1)
 
 
 _NODE_BLOCK = 1 << 15  # function values per block of chain_at_nodes (in cache)
@@ -174,7 +128,12 @@ def gaussian_moments(
         shift = np.nan_to_num(np.asarray(fn(mean[None]), dtype=np.float64))[0:1]
         acc0 = acc1 = acc2 = 0.0
         out_shape = None
-        for i in range(0, nodes.size, step):
+        blocked = shift.shape[1:] == shape and int(np.prod(shape)) > _BLOCKED_CELLS \
+            and broadcasts_nothing(fn, len(shape))
+        if blocked:  # a block of cells at a time, in cache: the same bits
+            (acc0, acc1, acc2), out_shape = blocked_sums(fn, mean, std, shift, nodes, weights,
+                                                         step), shape
+        for i in range(0, 0 if blocked else nodes.size, step):
             z = nodes[i : i + step].reshape(node_axis)
             w = weights[i : i + step]
             y = np.asarray(fn(mean + std * z), dtype=np.float64) - shift

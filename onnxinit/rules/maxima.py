@@ -29,8 +29,8 @@ from .. import special
 from ..moments import Source
 from .context import RuleError
 from .distinct_columns import distinct_columns
-from .gaussian import (COMPOSITE_W, COMPOSITE_Z, broadcasts_nothing, compose, expand,
-                       flat_values)
+from .cell_blocks import broadcasts_nothing, flat_values
+from .gaussian import COMPOSITE_W, COMPOSITE_Z, compose, expand
 
 _CACHE: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
 _CACHE_SIZE = 4096

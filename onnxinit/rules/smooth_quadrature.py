@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .gaussian import broadcasts_nothing, column_blocks, quadrature, small_gemm_width
+from .cell_blocks import broadcasts_nothing, column_blocks, small_gemm_width
+from .gaussian import quadrature
 
 _HERMITE = 8  # amplitudes, as onnxinit.mehler
 _NODE_BLOCK = 1 << 21  # values per matrix product

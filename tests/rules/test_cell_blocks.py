@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from onnxinit.propagate import single_threaded_blas
-from onnxinit.rules import chain_cumulants, gaussian, kurtosis, maxima, smooth_quadrature
+from onnxinit.rules import cell_blocks, chain_cumulants, kurtosis, maxima, smooth_quadrature
 from onnxinit.rules.activations import _sigmoid
 
 _RNG = np.random.default_rng(0)
@@ -43,15 +43,15 @@ def test_smooth_quadrature_cell_blocks_are_the_node_blocks(monkeypatch, cells, f
 
 def test_a_per_channel_constant_takes_the_node_blocks():
     scale = np.array([0.5, 1.0, 2.0]).reshape(1, 3, 1, 1)
-    assert not gaussian.broadcasts_nothing(lambda x: np.tanh(scale * x), 4)
-    assert gaussian.broadcasts_nothing(lambda x: np.tanh(2.0 * x), 4)
-    assert not gaussian.broadcasts_nothing(lambda x: x + np.zeros((3,) + x.shape), 4)
+    assert not cell_blocks.broadcasts_nothing(lambda x: np.tanh(scale * x), 4)
+    assert cell_blocks.broadcasts_nothing(lambda x: np.tanh(2.0 * x), 4)
+    assert not cell_blocks.broadcasts_nothing(lambda x: x + np.zeros((3,) + x.shape), 4)
 
 
 @pytest.mark.parametrize("columns, width, least", [(10, 4096, 256), (257, 256, 256),
                                                    (3329, 1280, 1000), (100000, 3542, 5051)])
 def test_column_blocks_cover_the_columns_from_aligned_starts(columns, width, least):
-    blocks = gaussian.column_blocks(columns, width, least)
+    blocks = cell_blocks.column_blocks(columns, width, least)
     assert blocks[0].start == 0 and blocks[-1].stop == columns
     assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
     assert all(b.start % 256 == 0 for b in blocks)
@@ -63,9 +63,9 @@ def test_column_blocks_cover_the_columns_from_aligned_starts(columns, width, lea
 def test_products_of_column_blocks_are_the_whole_product(depth, columns):
     a = _RNG.normal(size=(9, depth))
     b = _RNG.normal(size=(depth, columns))
-    least = gaussian.small_gemm_width(9, [depth], columns)
+    least = cell_blocks.small_gemm_width(9, [depth], columns)
     whole, vector = a @ b, a[0] @ b
-    for cols in gaussian.column_blocks(columns, (1 << 17) // depth, least):
+    for cols in cell_blocks.column_blocks(columns, (1 << 17) // depth, least):
         part = np.ascontiguousarray(b[:, cols])
         assert (a @ part).tobytes() == whole[:, cols].tobytes()
         assert (a[0] @ part).tobytes() == vector[cols].tobytes()
@@ -139,3 +139,4 @@ def test_absent_taps_are_as_if_they_were_not_there(monkeypatch):
         alone = maxima.max_of_gaussians(mean[keep], std[keep], count[keep], fn)
         for a, b in zip(got, alone):
             assert a.tobytes() == b.tobytes()
+
