@@ -67,8 +67,9 @@ def _quantile(draws: np.ndarray, scale: np.ndarray) -> Elementwise:
 
 
 def _gaussian_base(ctx: RuleContext, name: str):
-    """(z, chain) with ``name = chain(z)`` through element-wise nodes of one signal (at most
-    ``MAX_CHAIN``), z a Gaussian tensor (no source chain); None otherwise."""
+    """(z, chain) with ``name = chain(z)``: ``name``'s source chain, walked back through as
+    many element-wise nodes of one signal to z, a Gaussian tensor (no source chain); None
+    otherwise."""
     graph, known = ctx.graph, ctx.known or {}
     x = known.get(name)
     if x is None:
