@@ -67,8 +67,9 @@ def _quantile(draws: np.ndarray, scale: np.ndarray) -> Elementwise:
 
 
 def _gaussian_base(ctx: RuleContext, name: str):
-    """(z, chain) with ``name = chain(z)`` through element-wise nodes of one signal (at most
-    ``MAX_CHAIN``), z a Gaussian tensor (no source chain); None otherwise."""
+    """(z, chain) with ``name = chain(z)``: ``name``'s source chain, walked back through as
+    many element-wise nodes of one signal to z, a Gaussian tensor (no source chain); None
+    otherwise."""
     graph, known = ctx.graph, ctx.known or {}
     x = known.get(name)
     if x is None:
@@ -191,18 +192,20 @@ def _is_law(m: Moments, chain: tuple) -> bool:
 
 
 def drawn_square_sum(ctx: RuleContext, out: Moments) -> Moments:
-    """The reduce's output ``out`` (Q itself) with the draws' variance, scaled in each cell
-    (position class) to the cell's mean: ``Var Q = (E_cell / E draws)^2 Var draws``; ``out``
-    where the draws do not apply."""
+    """The reduce's output ``out`` (Q itself) with the draws' mean and variance where the map
+    has no position classes; with the draws' variance scaled in each cell (position class) to
+    the cell's mean, ``Var Q = (E_cell / E draws)^2 Var draws``, where it has; ``out`` where the
+    draws do not apply."""
     q = channel_square_sum_draws(ctx, ctx.node.output[0])
     if q is None or out.mixture is not None:
         return out
     relative = q.var() / q.mean() ** 2
-    if out.spatial is None:
+    if out.spatial is None:  # one law for every position: the draws' own mean and variance
         if not _is_law(out, ()):
             return out
-        return Moments(out.mean, relative * np.asarray(out.mean, dtype=np.float64) ** 2,
-                       None, None, out.tokens, out.rows)
+        shape = np.shape(out.mean)
+        return Moments(np.full(shape, q.mean()), np.full(shape, q.var()), None, None,
+                       out.tokens, out.rows)
     cells = out.spatial.cells
     cells = Moments(cells.mean, relative * np.asarray(cells.mean, dtype=np.float64) ** 2)
     return attach(cells, out.spatial.maps, out.spatial.given)

@@ -82,10 +82,12 @@ def _relu_norm_graph(seed: int):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_inverse_root_of_a_relu_channel_variance(seed):
-    """The ReLU channels are drawn from the Conv's Gaussian channels with their field; the
-    gamma read the inverse root 1.46-1.85x, the square root 1.18-1.33x."""
+    """The ReLU channels are drawn from the Conv's Gaussian channels with their field; main
+    read the variance statistic 1.15-1.33x (its mean 1.05-1.09x), its square root 1.18-1.33x
+    and the inverse root 1.46-1.85x."""
     found = {t.name: t for t in analyze(_relu_norm_graph(seed), batch_size=N,
                                         measure=True).tensors}
-    for name in ("root", "inv"):
+    for name in ("v", "root", "inv"):
         t = found[name]
-        assert t.var == pytest.approx(t.measured_var, rel=0.10), name
+        assert t.var == pytest.approx(t.measured_var, rel=0.06), name
+        assert t.mean == pytest.approx(t.measured_mean, rel=0.02), name
