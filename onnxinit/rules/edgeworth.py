@@ -30,7 +30,7 @@ element-wise chain starts at such a Conv's output (its source is that output's G
 cell), the Conv summing at most :data:`FEW_TERMS` inputs per output (beyond, the skewness of
 a random-sign sum shrinks as ``1/sqrt(n)``), or at a training-mode BatchNorm's output of it
 (:mod:`.norm_cumulants`: ``gamma = sign(scale) k3 / s^3``, ``kappa = k4 / s^4`` with the Conv's
-own variance ``s^2``). There the terms are taken at the map's centre (every tap inside,
+own variance ``s^2``). There the terms are taken at the map's centre (the taps inside there,
 ``k_p = sum W^p k_p,in``) and carried to every cell as the change of the mean and the ratio of
 the variance: one quadrature per channel where the cells of a deep stack's maps are hundreds
 per channel (per cell they cost EfficientNet-B0 at 224 1.8 s of 4.3, and read 95.6% of its
@@ -59,13 +59,16 @@ from .gaussian import chain_at_nodes, compose, composite_rule
 from .kurtosis import chain_start
 from .linear import conv_tap_sums
 from .max_cumulants import affine_steps, max_pool_shape
-from .norm_cumulants import at_centre, batch_norm_of, centre_class, tap_cumulants
+from .norm_cumulants import at_centre, batch_norm_of, centre_class, centre_taps, tap_cumulants
 
 FEW_TERMS = 64  # inputs per output (C_in / groups x kernel taps) up to which the Conv is read
 
 # composite Gauss-Legendre on [-8, 8] (kinks converge as the panels shrink); 24 panels: the
 # corrections within 1% of 48 panels' on the tests' ReLU and SiLU
 _T, _W = composite_rule(8.0, 24, 4)
+# cells (channels x position classes) up to which the terms through a BatchNorm are taken per
+# cell; beyond, at the map's centre and carried to every cell (module docstring)
+CLASS_CELLS = 1 << 15
 NEGLIGIBLE = 1e-3  # |gamma| and |kappa| below which a cell keeps the Gaussian's moments
 # rows w He3, w He4, w He6 at the nodes: the expansion's three node sums as one matrix product
 _WEIGHTED_HE = np.stack([_W * (_T**3 - 3 * _T), _W * (_T**4 - 6 * _T**2 + 3),
@@ -268,7 +271,7 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
             return y
         conv_name, (z_name, bn_sign) = z_name, norm
     z = known[z_name]
-    if conv_name is not None:
+    if conv_name is not None and int(np.prod(shape[1:])) > CLASS_CELLS:
         return _through_batch_norm(y, ctx, conv, known[x_name], known[conv_name], z, bn_sign,
                                    src, shape)
     if sign is not None:  # a maximum's own skewness and kurtosis (rules/max_cumulants.py)
@@ -288,9 +291,14 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
     mean, var = _cells(z, shape)
     k3 = np.broadcast_to(k3[None], shape)
     k4 = np.broadcast_to(np.asarray(found[1])[None], shape)
-    s = np.sqrt(np.maximum(var, 1e-300)) if sign is None else np.ones(shape)
-    gamma = np.where(var > 0, k3 / s**3, 0.0)
-    kappa = np.where(var > 0, k4 / s**4, 0.0)
+    spread = var
+    if conv_name is not None:  # the Conv's own cumulants and variance, k3 with the sign of
+        # the BatchNorm's scale (:mod:`.norm_cumulants`)
+        spread = _cells(known[conv_name], shape)[1]
+        k3 = k3 * bn_sign.reshape((1, -1) + (1,) * (len(shape) - 2))
+    s = np.sqrt(np.maximum(spread, 1e-300)) if sign is None else np.ones(shape)
+    gamma = np.where(spread > 0, k3 / s**3, 0.0)
+    kappa = np.where(spread > 0, k4 / s**4, 0.0)
     if max(float(np.max(np.abs(gamma))), float(np.max(np.abs(kappa)))) < NEGLIGIBLE:
         return y
     # sum_t w_t g^p(t) lift(t) = gamma/6 S3 + kappa/24 S4 + gamma^2/72 S6,
@@ -323,9 +331,9 @@ def _through_batch_norm(y: Moments, ctx: RuleContext, conv: RuleContext, x: Mome
     as the change of the mean and the ratio of the variance there (one quadrature per channel:
     a border cell's own moments differ less than what the expansion's first order leaves)."""
     inputs = input_cumulants(x, centre=True)
-    w = conv.const(1)
-    found = None if inputs is None or w is None else tap_cumulants(
-        np.asarray(w, dtype=np.float64), int(conv.attr("group", 1)), *inputs)
+    w, inside = conv.const(1), centre_taps(conv)
+    found = None if inputs is None or w is None or inside is None else tap_cumulants(
+        np.asarray(w, dtype=np.float64), int(conv.attr("group", 1)), inside, *inputs)
     if found is None:
         return y
     cells = y.spatial.cells if y.spatial is not None else y

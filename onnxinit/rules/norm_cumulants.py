@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .context import RuleContext
+from .context import RuleContext, RuleError
+from .conv_geometry import begin_pads
 from .kurtosis import _step
 
 
@@ -31,13 +32,36 @@ def at_centre(a: np.ndarray, maps) -> np.ndarray:
     return a[(slice(None), slice(None)) + tuple(slice(i, i + 1) for i in index)]
 
 
-def tap_cumulants(w: np.ndarray, group: int, k3: np.ndarray, k4: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray] | None:
+def centre_taps(conv: RuleContext) -> np.ndarray | None:
+    """``[k_0, ...]``: which of a Conv's taps read inside the input at the output map's centre
+    (index ``size // 2`` per axis, as :func:`centre_class`); on a map smaller than the kernel
+    that is not every tap. None without static shapes."""
+    try:
+        in_shape, out_shape = conv.in_shape(0), conv.out_shape(0)
+    except RuleError:
+        return None
+    w = conv.const(1)
+    if w is None or len(in_shape) != np.ndim(w) or len(out_shape) != np.ndim(w):
+        return None
+    kernel = list(np.shape(w)[2:])
+    n = len(kernel)
+    strides = list(conv.attr("strides", [1] * n))
+    dilations = list(conv.attr("dilations", [1] * n))
+    begins = begin_pads(conv, in_shape[2:], out_shape[2:], kernel, strides, dilations)
+    mask = np.ones((), dtype=bool)
+    for d in range(n):
+        index = (out_shape[2 + d] // 2) * strides[d] - begins[d] + np.arange(kernel[d]) * dilations[d]
+        mask = np.multiply.outer(mask, (index >= 0) & (index < in_shape[2 + d]))
+    return mask
+
+
+def tap_cumulants(w: np.ndarray, group: int, inside: np.ndarray, k3: np.ndarray,
+                  k4: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(k3, k4) ``[C_out]`` of a Conv's output (weights ``w``, ``group`` groups) at a position
-    where every tap reads inside, from its inputs' ``k3``, ``k4`` per channel, independent
-    across taps: ``k_p,j = sum_{c in j's group, t} W_jct^p k_p,c``; None where the shapes do
-    not fit."""
-    if w.ndim < 3 or group < 1:
+    whose taps ``inside`` read the input (:func:`centre_taps`), from its inputs' ``k3``, ``k4``
+    per channel, independent across taps: ``k_p,j = sum_{c in j's group, t inside} W_jct^p
+    k_p,c``; None where the shapes do not fit."""
+    if w.ndim < 3 or group < 1 or inside.shape != w.shape[2:]:
         return None
     c_out, per_group = w.shape[0], w.shape[1]
     first = (np.arange(c_out) // max(1, c_out // group)) * per_group
@@ -47,7 +71,7 @@ def tap_cumulants(w: np.ndarray, group: int, k3: np.ndarray, k4: np.ndarray
         k = np.asarray(k, dtype=np.float64).reshape(-1)
         if idx.max() >= k.size:
             return None
-        taps = (w**power).reshape(c_out, per_group, -1).sum(axis=2)
+        taps = (w**power * inside).reshape(c_out, per_group, -1).sum(axis=2)
         out.append((taps * k[idx]).sum(axis=1))
     return out[0], out[1]
 
@@ -76,4 +100,4 @@ def batch_norm_of(ctx: RuleContext, conv_out: str) -> tuple[str, np.ndarray] | N
     return found[0], np.sign(np.asarray(scale, dtype=np.float64).ravel())
 
 
-__all__ = ["at_centre", "batch_norm_of", "centre_class", "tap_cumulants"]
+__all__ = ["at_centre", "batch_norm_of", "centre_class", "centre_taps", "tap_cumulants"]
