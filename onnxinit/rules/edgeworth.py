@@ -266,7 +266,8 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
     # BatchNorm's of it (training mode: the chain's source is the BatchNorm's output)
     conv_name, bn_sign = None, None
     if not _starts_at(known[z_name], shape, s_mean, s_var):
-        norm = batch_norm_of(ctx, z_name) if sign is None else None
+        depthwise = w is not None and np.shape(w)[1] == 1
+        norm = batch_norm_of(ctx, z_name) if sign is None and depthwise else None
         if norm is None or not _starts_at(known[norm[0]], shape, s_mean, s_var):
             return y
         conv_name, (z_name, bn_sign) = z_name, norm

@@ -66,13 +66,13 @@ def tap_cumulants(w: np.ndarray, group: int, inside: np.ndarray, k3: np.ndarray,
     c_out, per_group = w.shape[0], w.shape[1]
     first = (np.arange(c_out) // max(1, c_out // group)) * per_group
     idx = first[:, None] + np.arange(per_group)[None, :]  # [C_out, C_in / group]
+    w2 = w * w * inside
     out = []
-    for k, power in ((k3, 3), (k4, 4)):
+    for k, wp in ((k3, w2 * w), (k4, w2 * w2)):
         k = np.asarray(k, dtype=np.float64).reshape(-1)
         if idx.max() >= k.size:
             return None
-        taps = (w**power * inside).reshape(c_out, per_group, -1).sum(axis=2)
-        out.append((taps * k[idx]).sum(axis=1))
+        out.append((wp.reshape(c_out, per_group, -1).sum(axis=2) * k[idx]).sum(axis=1))
     return out[0], out[1]
 
 
