@@ -30,7 +30,22 @@ and the corrected cell moments ``E = E[g]``, ``Var = E[g^2] - E^2``; only the di
 Gaussian value (same quadrature) is added to the rule's own moments. Applied where the
 element-wise chain starts at such a Conv's output (its source is that output's Gaussian, per
 cell), the Conv summing at most :data:`FEW_TERMS` inputs per output (beyond, the skewness of
-a random-sign sum shrinks as ``1/sqrt(n)``). Not modelled: the joint cumulants of neighbouring
+a random-sign sum shrinks as ``1/sqrt(n)``), or, for a depthwise Conv, at a training-mode
+BatchNorm's output of it (:mod:`.norm_cumulants`: ``gamma = sign(scale) k3 / s^3``, ``kappa =
+k4 / s^4`` with the Conv's own variance ``s^2``; a 1x1 Conv of up to 64 channels moved no
+prediction of EfficientNet-B0 or MobileNetV3-small by 0.5%, so it is left out). Through the
+BatchNorm the terms are per cell up to :data:`CLASS_CELLS` cells (channels x position
+classes); beyond (a deep stack's small maps, where every position is a class of its own:
+MobileNetV3-large's 7x7 maps of 672 channels) they are taken at the map's centre (the taps
+inside there, ``k_p = sum W^p k_p,in``) and carried to every cell as the change of the mean and
+the ratio of the variance, one quadrature per channel (every map per cell: EfficientNet-B0 at
+224 analysed in 6.1 s of CPU against 4.3 s, 95.6% of its tensors within 10% against 97.0%).
+Measured on MobileNetV3-small at 224 (8 batches of 8) the HardSwish after each depthwise
+BatchNorm read 0.955-0.966x of onnxruntime's variance with the Gaussian, 0.99-1.02x with the
+terms; on -large's block 11 each channel's variance 1.02x +- 0.26 (mean, sd over the
+channels) before, 0.99x +- 0.05 now; ``tests/rules/test_batchnorm_edgeworth.py``: per
+channel 0.67-1.56x before, 0.95-1.02x now. The global pool of such a chain then leaves out its
+own terms of a position with itself (:mod:`.pool_skewness`). Not modelled: the joint cumulants of neighbouring
 inputs (positions that share a Gaussian's correlation), the kurtosis the inputs carry beyond
 their chain (:mod:`.kurtosis`), and the source seen by later sampling rules (still the
 Gaussian).
@@ -44,7 +59,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..moments import Moments
-from ..spatial import attach, class_weights
+from ..spatial import attach
 from ..strict import fall_back
 from .context import RuleContext, RuleError
 from .elementwise import refinement
@@ -53,6 +68,7 @@ from .kurtosis import chain_start
 from .linear import conv_tap_sums
 from .linear_cumulants import chain_law, composed_kernel, input_law
 from .max_cumulants import affine_steps, max_pool_shape
+from .norm_cumulants import at_centre, batch_norm_of, centre_taps, tap_cumulants
 
 FEW_TERMS = 64  # inputs per output (C_in / groups x kernel taps) up to which the Conv is read
 # inputs per output of a 1x1 Conv composed with the Conv before it (rules/linear_cumulants.py):
@@ -63,6 +79,9 @@ COMPOSED_TERMS = 4 * FEW_TERMS
 # composite Gauss-Legendre on [-8, 8] (kinks converge as the panels shrink); 24 panels: the
 # corrections within 1% of 48 panels' on the tests' ReLU and SiLU
 _T, _W = composite_rule(8.0, 24, 4)
+# cells (channels x position classes) up to which the terms through a BatchNorm are taken per
+# cell; beyond, at the map's centre and carried to every cell (module docstring)
+CLASS_CELLS = 1 << 15
 NEGLIGIBLE = 1e-3  # |gamma| and |kappa| below which a cell keeps the Gaussian's moments
 # rows w He3, w He4, w He6 at the nodes: the expansion's three node sums as one matrix product
 _WEIGHTED_HE = np.stack([_W * (_T**3 - 3 * _T), _W * (_T**4 - 6 * _T**2 + 3),
@@ -86,12 +105,13 @@ def _nodes(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     return out
 
 
-def input_cumulants(x: Moments) -> tuple[np.ndarray, np.ndarray] | None:
+def input_cumulants(x: Moments, centre: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """(k3, k4) per channel ``[C, 1, ...]`` of a tensor described as an element-wise chain of a
     Gaussian (its cells' source), by quadrature over the Gaussian of its most frequent position
     class (the interior: a border cell's own cumulants differ less than its number of taps,
-    which the tap sums keep); None without a chain."""
-    found = chain_law(x)
+    which the tap sums keep), or of its centre class with ``centre``; None without a
+    chain."""
+    found = chain_law(x, centre)
     return None if found is None else (found[2], found[3])
 
 
@@ -212,6 +232,14 @@ def _pool_gaussian(ctx: RuleContext, pool_out: str, src, shape) -> tuple[str, np
     return None
 
 
+def _starts_at(z: Moments, shape, s_mean: np.ndarray, s_var: np.ndarray) -> bool:
+    """The chain's source (``s_mean``, ``s_var``) is ``z``'s Gaussian, cell for cell."""
+    mean, var = _cells(z, shape)
+    scale = float(np.max(var)) if var.size else 0.0
+    return scale > 0 and bool(np.allclose(s_var, var, rtol=1e-6, atol=1e-12 * scale)
+                              and np.allclose(s_mean, mean, rtol=1e-6, atol=1e-6 * np.sqrt(scale)))
+
+
 @refinement
 def corrected(y: Moments, ctx: RuleContext) -> Moments:
     """``y`` (an element-wise rule's output) with the Edgeworth terms of its chain's start when
@@ -242,16 +270,21 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
         if found is None:
             return y
         z_name, sign = found
-    z = known[z_name]
-    mean, var = _cells(z, shape)
     s_mean, s_var = (np.broadcast_to(np.asarray(a, dtype=np.float64), shape)
                      for a in (src.mean, src.var))
-    # the chain must start from z's own Gaussian, cell for cell
-    scale = float(np.max(var)) if var.size else 0.0
-    if scale <= 0 or not (np.allclose(s_var, var, rtol=1e-6, atol=1e-12 * scale)
-                          and np.allclose(s_mean, mean, rtol=1e-6,
-                                          atol=1e-6 * np.sqrt(scale))):
-        return y
+    # the chain must start from z's own Gaussian, cell for cell: the Conv's output, or a
+    # BatchNorm's of it (training mode: the chain's source is the BatchNorm's output)
+    conv_name, bn_sign = None, None
+    if not _starts_at(known[z_name], shape, s_mean, s_var):
+        depthwise = w is not None and np.shape(w)[1] == 1
+        norm = batch_norm_of(ctx, z_name) if sign is None and depthwise else None
+        if norm is None or not _starts_at(known[norm[0]], shape, s_mean, s_var):
+            return y
+        conv_name, (z_name, bn_sign) = z_name, norm
+    z = known[z_name]
+    if conv_name is not None and int(np.prod(shape[1:])) > CLASS_CELLS:
+        return _through_batch_norm(y, ctx, conv, known[x_name], known[conv_name], z, bn_sign,
+                                   src, shape)
     if sign is not None:  # a maximum's own skewness and kurtosis (rules/max_cumulants.py)
         found = max_pool_shape(conv, known[x_name])
         if found is None:
@@ -269,9 +302,14 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
     mean, var = _cells(z, shape)
     k3 = np.broadcast_to(k3[None], shape)
     k4 = np.broadcast_to(np.asarray(found[1])[None], shape)
-    s = np.sqrt(np.maximum(var, 1e-300)) if sign is None else np.ones(shape)
-    gamma = np.where(var > 0, k3 / s**3, 0.0)
-    kappa = np.where(var > 0, k4 / s**4, 0.0)
+    spread = var
+    if conv_name is not None:  # the Conv's own cumulants and variance, k3 with the sign of
+        # the BatchNorm's scale (:mod:`.norm_cumulants`)
+        spread = _cells(known[conv_name], shape)[1]
+        k3 = k3 * bn_sign.reshape((1, -1) + (1,) * (len(shape) - 2))
+    s = np.sqrt(np.maximum(spread, 1e-300)) if sign is None else np.ones(shape)
+    gamma = np.where(spread > 0, k3 / s**3, 0.0)
+    kappa = np.where(spread > 0, k4 / s**4, 0.0)
     if max(float(np.max(np.abs(gamma))), float(np.max(np.abs(kappa)))) < NEGLIGIBLE:
         return y
     # sum_t w_t g^p(t) lift(t) = gamma/6 S3 + kappa/24 S4 + gamma^2/72 S6,
@@ -290,6 +328,53 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
     bad = ~(v1 > 0.05 * v0)
     m1, v1 = np.where(bad, m0, m1), np.where(bad, v0, v1)
     out = Moments(m1, v1, cells.source, None)
+    if y.spatial is None:
+        return out
+    return attach(out, y.spatial.maps, y.spatial.given)
+
+
+def _through_batch_norm(y: Moments, ctx: RuleContext, conv: RuleContext, x: Moments,
+                        conv_out: Moments, z: Moments, sign: np.ndarray, src, shape) -> Moments:
+    """``y = f(z)``, ``z`` a training-mode BatchNorm's output of a depthwise Conv, on more than
+    CLASS_CELLS cells: the Edgeworth terms of the Conv's cumulants at the map's centre,
+    ``gamma = sign k3 / s_y^3``, ``kappa = k4 / s_y^4`` (``s_y`` the Conv output's spread
+    there; the BatchNorm's affine map keeps kappa, and gamma up to its scale's sign), evaluated
+    at z's cell there and carried to every cell as the change of the mean and the ratio of the
+    variance (one quadrature per channel)."""
+    inputs = input_cumulants(x, centre=True)
+    w, inside = conv.const(1), centre_taps(conv)
+    found = None if inputs is None or w is None or inside is None else tap_cumulants(
+        np.asarray(w, dtype=np.float64), int(conv.attr("group", 1)), inside, *inputs)
+    if found is None:
+        return y
+    cells = y.spatial.cells if y.spatial is not None else y
+    maps = y.spatial.maps if y.spatial is not None else None
+    c = shape[1]
+    k3, k4 = (np.asarray(a).reshape(-1) for a in found)
+    if k3.size != c or sign.size not in (1, c):
+        return y
+    mean, var = (at_centre(a, maps) for a in _cells(z, shape))
+    spread = at_centre(_cells(conv_out, shape)[1], maps)
+    cols = (1, c) + (1,) * (len(shape) - 2)
+    s = np.sqrt(np.maximum(spread, 1e-300))
+    gamma = np.where(spread > 0, (sign * k3).reshape(cols) / s**3, 0.0)
+    kappa = np.where(spread > 0, k4.reshape(cols) / s**4, 0.0)
+    if max(float(np.max(np.abs(gamma))), float(np.max(np.abs(kappa)))) < NEGLIGIBLE:
+        return y
+    with np.errstate(all="ignore"):
+        s1, s2 = _node_sums(compose(src.chain), np.ascontiguousarray(mean),
+                            np.ascontiguousarray(var))
+        d1 = _lifted(s1, gamma, kappa).reshape(cols)
+        d2 = _lifted(s2, gamma, kappa).reshape(cols)
+    m0, v0 = np.broadcast_to(cells.mean, shape), np.broadcast_to(cells.var, shape)
+    m0i, v0i = (at_centre(np.ascontiguousarray(a), maps) for a in (m0, v0))
+    m1i = m0i + d1
+    v1i = v0i + m0i**2 + d2 - m1i**2
+    if not (np.all(np.isfinite(v1i)) and np.all(np.isfinite(m1i))):
+        return y
+    ratio = np.where(v1i > 0.05 * v0i, v1i / np.where(v0i > 0, v0i, 1.0), 1.0)
+    shift = np.where(v1i > 0.05 * v0i, m1i - m0i, 0.0)
+    out = Moments(m0 + shift, v0 * ratio, cells.source, None)
     if y.spatial is None:
         return out
     return attach(out, y.spatial.maps, y.spatial.given)

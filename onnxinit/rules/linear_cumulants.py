@@ -37,16 +37,18 @@ from ..moments import Moments
 from ..spatial import class_weights
 from .context import RuleContext
 from .gaussian import compose, composite_rule
+from .norm_cumulants import centre_class
 
 _T, _W = composite_rule(8.0, 24, 4)
 
 
-def _interior(x: Moments, mean: np.ndarray, var: np.ndarray):
+def _interior(x: Moments, mean: np.ndarray, var: np.ndarray, centre: bool = False):
     """(mean, var) ``[C, 1...]`` of per-cell arrays ``[C, K...]`` of ``x`` at its most frequent
-    position class (or as they are when one class); None when they vary otherwise."""
+    position class, or its centre class with ``centre`` (or as they are when one class); None
+    when they vary otherwise."""
     if x.spatial is not None and mean.shape[1:] == x.spatial.classes:
-        index = np.unravel_index(int(np.argmax(class_weights(x.spatial.maps))),
-                                 x.spatial.classes)
+        index = centre_class(x.spatial.maps) if centre else np.unravel_index(
+            int(np.argmax(class_weights(x.spatial.maps))), x.spatial.classes)
         pick = (slice(None),) + tuple(slice(i, i + 1) for i in index)
         return mean[pick], var[pick]
     if any(n > 1 for n in mean.shape[1:]):
@@ -54,10 +56,10 @@ def _interior(x: Moments, mean: np.ndarray, var: np.ndarray):
     return mean, var
 
 
-def chain_law(x: Moments) -> tuple[np.ndarray, ...] | None:
+def chain_law(x: Moments, centre: bool = False) -> tuple[np.ndarray, ...] | None:
     """(mean, k2, k3, k4) per channel ``[C, 1, ...]`` of a tensor described as an element-wise
     chain of a Gaussian (its cells' source), by quadrature over the Gaussian of its most
-    frequent position class; None without a chain."""
+    frequent position class (its centre class with ``centre``); None without a chain."""
     cells = x.spatial.cells if x.spatial is not None else x
     src = cells.source
     if src is None or not src.chain:
@@ -66,7 +68,7 @@ def chain_law(x: Moments) -> tuple[np.ndarray, ...] | None:
                                     np.asarray(src.var, dtype=np.float64))
     if mean.ndim < 3:
         return None
-    found = _interior(x, mean[0], var[0])
+    found = _interior(x, mean[0], var[0], centre)
     if found is None:
         return None
     mean, var = found
