@@ -13,7 +13,6 @@ BUILTIN_MODULES = (
     "onnxinit.gradrules.activations",
     "onnxinit.gradrules.arithmetic",
     "onnxinit.gradrules.attention",
-    "onnxinit.gradrules.depth_space",
     "onnxinit.gradrules.linear",
     "onnxinit.gradrules.normalization",
     "onnxinit.gradrules.pooling",

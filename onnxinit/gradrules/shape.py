@@ -11,7 +11,7 @@ the element came from.
 - Split, Slice: the input gradient is the outputs' gradients where they came from and zero
   elsewhere (a mixture with the zeros' share).
 - Expand: the sum over the broadcast axes (:func:`.arithmetic.reduce_to`).
-- SpaceToDepth, DepthToSpace: :mod:`.depth_space`.
+- SpaceToDepth, DepthToSpace: the elements moved back, per element of one sample.
 
 The token field (:mod:`.tokens`) follows the token axes through all of them (dropped where a
 rule selects or splits tokens); the attention pair (:mod:`.pairs`) through a Reshape that keeps
@@ -36,7 +36,7 @@ from .tokens import axes_of, kept_unless, moved, summed, transposed
 MAX_DENSE = 1 << 20
 
 
-def per_element(g: Gradient, shape) -> tuple[np.ndarray, np.ndarray] | None:
+def _dense(g: Gradient, shape) -> tuple[np.ndarray, np.ndarray] | None:
     """(mean, var) per element of one sample, ``[1, *shape[1:]]``; None when too many."""
     one = (1, *shape[1:])
     if int(np.prod(one)) > MAX_DENSE:
@@ -53,7 +53,7 @@ def per_element(g: Gradient, shape) -> tuple[np.ndarray, np.ndarray] | None:
     return mean, var
 
 
-def from_per_element(mean, var, shape, sample_var_share: float | None = None) -> Gradient:
+def _from_dense(mean, var, shape, sample_var_share: float | None = None) -> Gradient:
     """Per-channel statistics and the position profile of a convolution-layout gradient
     given per element of one sample; other layouts keep the per-element arrays."""
     rank = len(shape)
@@ -78,9 +78,9 @@ def relayout(g: Gradient, out_shape, in_shape) -> Gradient:
                 s = int(np.prod(in_shape[2:]))
                 return Gradient(g.mean, g.var, g.var / s)
             return g
-        dense = per_element(g, out_shape)
+        dense = _dense(g, out_shape)
         if dense is not None:
-            return from_per_element(*dense, in_shape)
+            return _from_dense(*dense, in_shape)
     return g.pooled()
 
 
@@ -361,3 +361,45 @@ def pad(grads, ctx: GradContext):
 def expand(grads, ctx: GradContext):
     """The sum of dy over the broadcast axes."""
     return [reduce_to(grads[0], ctx.out_shape(), ctx.in_shape(0)), None]
+
+
+def _blocks_to_space(a: np.ndarray, b: int, mode: str) -> np.ndarray:
+    """ONNX DepthToSpace of an ``[N, C b^2, H, W]`` array (DCR: channel (i b + j) C + c, CRD:
+    c b^2 + i b + j goes to [c, h b + i, w b + j])."""
+    n, c, h, w = a.shape
+    if mode == "DCR":
+        t = a.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
+    else:
+        t = a.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
+    return t.reshape(n, c // (b * b), h * b, w * b)
+
+
+def _space_to_blocks(a: np.ndarray, b: int) -> np.ndarray:
+    """ONNX SpaceToDepth (DCR order) of an ``[N, C, H b, W b]`` array."""
+    n, c, h, w = a.shape
+    t = a.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    return t.reshape(n, c * b * b, h // b, w // b)
+
+
+@rule("SpaceToDepth", "DepthToSpace")
+def depth_space(grads, ctx: GradContext):
+    """Each element moves to another place (channels to b x b blocks or back): dx is dy with
+    the inverse move, per element of one sample (its mean and variance, the position profile
+    folded in) and back to per-channel statistics with a profile; the statistics of the whole
+    tensor where dy tracks more than MAX_DENSE values."""
+    g = grads[0]
+    out_shape, in_shape = ctx.out_shape(), ctx.in_shape(0)
+    dense = _dense(g, out_shape)
+    if dense is None:
+        return [g.pooled()]
+    b = int(ctx.attr("blocksize"))
+    if ctx.node.op_type == "SpaceToDepth":
+        moved_back = [_blocks_to_space(np.ascontiguousarray(a), b, "DCR") for a in dense]
+    elif ctx.attr("mode", "DCR") == "DCR":
+        moved_back = [_space_to_blocks(np.ascontiguousarray(a), b) for a in dense]
+    else:  # CRD: the inverse of the CRD move
+        n, c, h, w = dense[0].shape
+        moved_back = [np.ascontiguousarray(a).reshape(n, c, h // b, b, w // b, b)
+                      .transpose(0, 1, 3, 5, 2, 4).reshape(1, *in_shape[1:])
+                      for a in dense]
+    return [_from_dense(*moved_back, in_shape)]

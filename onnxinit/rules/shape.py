@@ -35,7 +35,6 @@ from .masks import keep_rows
 from .mixture import permuted
 from .position_floor import onto_map
 from .registry import rule
-from .resize_classes import resized
 from .unit_axes import per_position, unit_axes_moved
 from .weighted import moments_along
 
@@ -375,17 +374,25 @@ def pad(inputs, ctx: RuleContext):
 # Resize, DepthToSpace, SpaceToDepth
 
 
-@rule("Resize", "Upsample")
-def resize(inputs, ctx: RuleContext):
-    """A map's nearest or linear resize with its classes and correlation (:mod:`.resize_classes`);
-    else nearest copies (statistics kept, tracked axes not resized); cubic is measured."""
+@rule("DepthToSpace", "SpaceToDepth")
+def depth_space(inputs, ctx: RuleContext):
+    """Channels move to b x b spatial blocks (or back). DepthToSpace: output channel c gets the
+    b^2 input channels k C' + c (DCR) or c b^2 + k (CRD), equally often: E = mean_k mu,
+    Var = mean_k (nu + mu^2) - E^2. SpaceToDepth: output channel k C + c is input channel c."""
     x = signal(inputs, 0)
-    if (out := resized(x, ctx)) is not None:
-        return [out]
-    if ctx.attr("mode", "nearest") != "nearest":
-        raise RuleError(f"{ctx.attr('mode')} interpolation")
-    in_shape, out_shape = ctx.in_shape(0), ctx.out_shape(0)
-    for a in x.tracked_axes():
-        if in_shape[a - x.rank + len(in_shape)] != out_shape[a - x.rank + len(in_shape)]:
-            raise RuleError("a tracked axis is resized")
-    return [x if tuple(in_shape) == tuple(out_shape) else drop(x)]
+    if x.is_scalar:
+        return [scalar_of(x)]
+    b = int(ctx.attr("blocksize"))
+    c_in = ctx.in_shape(0)[1]
+    mu, nu = x.values_along(1, c_in)
+    if ctx.node.op_type == "SpaceToDepth":
+        return [Moments.along(np.tile(mu, b * b), np.tile(nu, b * b), 1, 4)]
+    c_out = c_in // (b * b)
+    if ctx.attr("mode", "DCR") == "CRD":
+        mu, nu = mu.reshape(c_out, b * b), nu.reshape(c_out, b * b)
+    else:
+        mu, nu = mu.reshape(b * b, c_out).T, nu.reshape(b * b, c_out).T
+    mean = mu.mean(axis=1)
+    return [Moments.along(mean, (nu + mu**2).mean(axis=1) - mean**2, 1, 4)]
+
+
