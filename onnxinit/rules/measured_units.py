@@ -13,10 +13,12 @@ fallback has the values: the field is their covariance across the last axis,
 (within each position and step, as :mod:`.channel_covariance` keeps its fields: the spread of
 the means over positions or steps is not in it), pooled over the steps of a scan output. A
 Slice or Gather of one step of a scan output (tf2onnx's last state, a TimeDistributed Dense
-written per step) takes that step's own ``S``: the units' correlation changes along the
-steps (Keras 3's masked LSTM: its last step's head read 1.30x with the pooled one, 1.43x on
-one of its two outputs). Kept for the moments object the fallback returned: a node measured
-again with other moments measures it again.
+written per step) takes that step's own ``S`` (pooled over the steps nearest it until there
+are 16 samples per unit): the units' correlation changes along the steps, from a state that
+starts at zero (Keras 3's masked LSTM over 16 steps: its head, the pooled ``S`` rescaled to
+the last step's measured variances, read 1.11x and 1.43x on its two outputs). Kept for the
+moments object the fallback returned: a node measured again with other moments measures it
+again.
 """
 
 from __future__ import annotations
