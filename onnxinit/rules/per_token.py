@@ -19,21 +19,26 @@ from .token_field import POWER_UNEVEN, attach, profile, profile_grid, reprofiled
 
 # point-wise ops that are linear in their one signal: per-token variances change nothing
 _LINEAR = frozenset(("Identity", "Dropout", "Cast", "CastLike", "Neg"))
+_AVERAGES = frozenset(("ReduceMean", "ReduceSum"))
 
 
 def _is_power(ctx: RuleContext) -> bool:
-    """A power of one signal, ``Pow(x, c)`` or ``x * x``: its mean follows each token's
-    variance (token_field.POWER_UNEVEN)."""
-    node = ctx.node
-    return node.op_type == "Pow" or (node.op_type == "Mul" and len(node.input) == 2
-                                     and node.input[0] == node.input[1])
+    """A power of one signal, ``Pow(x, c)`` or ``x * x``, that a ReduceMean or ReduceSum reads
+    (a norm's mean square): its mean follows each token's variance, which the mean over the
+    features keeps (token_field.POWER_UNEVEN). Elsewhere (GELU's ``x^3``) that is second order."""
+    node, graph = ctx.node, ctx.graph
+    if not (node.op_type == "Pow" or (node.op_type == "Mul" and len(node.input) == 2
+                                      and node.input[0] == node.input[1])):
+        return False
+    return any(graph.node(reader).op_type in _AVERAGES
+               for reader, _ in graph.consumers.get(node.output[0], ()))
 
 
 def per_token_inputs(ctx: RuleContext, inputs: list) -> list | None:
     """The inputs of a non-linear point-wise node (an element-wise function of one signal, Pow,
     a product or quotient of two signals, ``c / x``), each whose field says the variance differs
-    from token to token spelled out per token (token_field.profile_grid; for a power, ``Pow`` or
-    ``x * x``, from a smaller spread: token_field.POWER_UNEVEN); None when the node is not such a
+    from token to token spelled out per token (token_field.profile_grid; for a power that a mean
+    reads, from a smaller spread: token_field.POWER_UNEVEN); None when the node is not such a
     node or no input needs it."""
     op = ctx.node.op_type if ctx.node.domain in ("", "ai.onnx") else None
     signals = sum(m is not None for m in inputs)
@@ -56,7 +61,7 @@ def per_token_inputs(ctx: RuleContext, inputs: list) -> list | None:
 
 
 def per_token_fusion(ctx: RuleContext) -> RuleContext | None:
-    """``ctx`` with its fused common ancestor (``x * Sigmoid(x)``, GELU written out, ``x * x``)
+    """``ctx`` with its fused common ancestor (``x * Sigmoid(x)``, GELU written out, a mean's ``x * x``)
     spelled out per token like :func:`per_token_inputs`' inputs, for the rule; None when it
     needs not be."""
     f = ctx.fusion
