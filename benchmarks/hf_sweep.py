@@ -18,6 +18,12 @@ within 2x, coverage (tensors predicted), whether a prediction is NaN/inf (or ana
 model), the seconds analyze took, and the worst tensor (predicted/measured, op). Exports are kept
 in ``ONNXINIT_EXPORT_CACHE`` when set (a temporary folder otherwise). The onnxinit measured is
 the one the interpreter imports first: put another checkout on PYTHONPATH for a before/after.
+
+``--seed N`` builds the models with torch's seed N instead of 0 (another draw of the weights, as
+``real_exports.py --seed``; docs/accuracy.md, "Other weight draws"); its exports are
+``sweep_{name}_seed{N}.onnx`` in the cache (``sweep_{name}.onnx`` for seed 0).
+
+    python benchmarks/hf_sweep.py --models gpt2,bert --seed 1
 """
 
 from __future__ import annotations
@@ -308,15 +314,15 @@ def build(name: str):
     return LastHiddenState(), shape, input_name, vocab
 
 
-def one(name: str, directory: Path, runs: int, worst: int) -> dict:
+def one(name: str, directory: Path, runs: int, worst: int, seed: int = 0) -> dict:
     import torch
 
     from tests.real.exports import export_module
     from tests.real.sequence import compare
 
-    path = directory / f"sweep_{name}.onnx"
+    path = directory / f"sweep_{name}{f'_seed{seed}' if seed else ''}.onnx"
     if not path.exists():
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         module, shape, input_name, vocab = build(name)
         export_module(module, shape, path, input_name=input_name, integer_input=vocab)
     r = compare(path, batch_size=8, runs=runs)
@@ -331,13 +337,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--worst", type=int, default=0, help="print each model's N worst")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per model")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="torch's seed for the built models' weights (default 0)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     directory = Path(os.environ.get("ONNXINIT_EXPORT_CACHE") or tempfile.mkdtemp())
     directory.mkdir(parents=True, exist_ok=True)
     if args.one:
         warnings.simplefilter("ignore")
-        print(json.dumps(one(args.one, directory, args.runs, args.worst)))
+        print(json.dumps(one(args.one, directory, args.runs, args.worst, args.seed)))
         return
     env = {**os.environ, "ONNXINIT_EXPORT_CACHE": str(directory)}
     print(f"{'model':16} {'tensors':>7} {'within 10%':>10} {'within 2x':>9} {'coverage':>8} "
@@ -346,7 +354,7 @@ def main() -> None:
         try:
             done = subprocess.run(
                 [sys.executable, __file__, "--one", name, "--runs", str(args.runs),
-                 "--worst", str(args.worst)], capture_output=True, text=True, env=env,
+                 "--worst", str(args.worst), "--seed", str(args.seed)], capture_output=True, text=True, env=env,
                 timeout=args.timeout)
         except subprocess.TimeoutExpired:
             print(f"{name:16} timed out after {args.timeout} s", flush=True)

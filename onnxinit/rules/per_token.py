@@ -15,28 +15,44 @@ from dataclasses import replace
 from ..moments import Moments
 from .context import RuleContext, RuleError
 from .elementwise import UNARY
-from .token_field import attach, profile, profile_grid, reprofiled, token_axes
+from .token_field import POWER_UNEVEN, attach, profile, profile_grid, reprofiled, token_axes
 
 # point-wise ops that are linear in their one signal: per-token variances change nothing
 _LINEAR = frozenset(("Identity", "Dropout", "Cast", "CastLike", "Neg"))
+_AVERAGES = frozenset(("ReduceMean", "ReduceSum"))
+
+
+def _is_power(ctx: RuleContext) -> bool:
+    """A power of one signal, ``Pow(x, c)`` or ``x * x``, that a ReduceMean or ReduceSum reads
+    (a norm's mean square): its mean follows each token's variance, which the mean over the
+    features keeps (token_field.POWER_UNEVEN). Elsewhere (GELU's ``x^3``) that is second order."""
+    node, graph = ctx.node, ctx.graph
+    if not (node.op_type == "Pow" or (node.op_type == "Mul" and len(node.input) == 2
+                                      and node.input[0] == node.input[1])):
+        return False
+    return any(graph.node(reader).op_type in _AVERAGES
+               for reader, _ in graph.consumers.get(node.output[0], ()))
 
 
 def per_token_inputs(ctx: RuleContext, inputs: list) -> list | None:
     """The inputs of a non-linear point-wise node (an element-wise function of one signal, Pow,
     a product or quotient of two signals, ``c / x``), each whose field says the variance differs
-    from token to token spelled out per token (token_field.profile_grid); None when the node is
-    not such a node or no input needs it."""
+    from token to token spelled out per token (token_field.profile_grid; for a power that a mean
+    reads, from a smaller spread: token_field.POWER_UNEVEN); None when the node is not such a
+    node or no input needs it."""
     op = ctx.node.op_type if ctx.node.domain in ("", "ai.onnx") else None
     signals = sum(m is not None for m in inputs)
     if not (op == "Pow" or (op in UNARY and op not in _LINEAR) or (op in ("Mul", "Div") and (
             signals == 2 or (op == "Div" and len(inputs) > 1 and inputs[1] is not None)))):
         return None
+    power = _is_power(ctx)
     out, changed = [], False
     for i, m in enumerate(inputs):
         grid_m = None
         if m is not None and m.tokens is not None:
             try:
-                grid_m = profile_grid(m, ctx.in_shape(i))
+                grid_m = (profile_grid(m, ctx.in_shape(i), POWER_UNEVEN) if power
+                          else profile_grid(m, ctx.in_shape(i)))
             except RuleError:  # no static shape
                 grid_m = None
         out.append(m if grid_m is None else grid_m)
@@ -45,12 +61,15 @@ def per_token_inputs(ctx: RuleContext, inputs: list) -> list | None:
 
 
 def per_token_fusion(ctx: RuleContext) -> RuleContext | None:
-    """``ctx`` with its fused common ancestor (``x * Sigmoid(x)``, GELU written out) spelled out
-    per token like :func:`per_token_inputs`' inputs, for the rule; None when it needs not be."""
+    """``ctx`` with its fused common ancestor (``x * Sigmoid(x)``, GELU written out, a mean's ``x * x``)
+    spelled out per token like :func:`per_token_inputs`' inputs, for the rule; None when it
+    needs not be."""
     f = ctx.fusion
     if f is None or f.moments.tokens is None:
         return None
-    grid_m = profile_grid(f.moments, ctx.graph.shape(f.tensor))
+    shape = ctx.graph.shape(f.tensor)
+    grid_m = (profile_grid(f.moments, shape, POWER_UNEVEN) if _is_power(ctx)
+              else profile_grid(f.moments, shape))
     return None if grid_m is None else replace(ctx, fusion=replace(f, moments=grid_m))
 
 

@@ -27,6 +27,12 @@ _MAX_FEATURES = 4096  # features sampled for the Hermite coefficients
 # multiplies a point-wise rule's cost by the tokens (GPT-2's MLPs after LayerNorm: spread 0.1,
 # 10x the analysis time; a causal attention's output: 0.25-1)
 _UNEVEN = 0.125
+# a power's mean follows each token's variance in the first order (E[x^2] = mu^2 + nu p_t), and a
+# mean over the features (RMSNorm's mean square, a LayerNorm written out) keeps that: its
+# variance over the tokens gains nu^2 spread^2 against 2 nu^2 / K within one token (T5's decoder
+# at 64 features, spread 0.117: the mean square 0.71x pooled). A power is one cheap point-wise
+# rule, so its inputs are spelled out from this spread on
+POWER_UNEVEN = 0.01
 # tokens of a field spelled out over every index of several axes (Swin's windows put back on
 # the map: Swin-T's 14x14 and 7x7 stages; its 28x28 stage, with 784, cost 2.5x the analysis
 # time), at most
@@ -151,10 +157,10 @@ def is_correlation(sig: np.ndarray) -> bool:
     return float(np.ptp(d)) <= 1e-9 * float(np.max(np.abs(d)))
 
 
-def per_token(m: Moments, shape) -> tuple[list[int], np.ndarray] | None:
+def per_token(m: Moments, shape, uneven: float = _UNEVEN) -> tuple[list[int], np.ndarray] | None:
     """(token axes, per-token variance profile ``p`` laid out along them at the tensor's rank,
     mean 1 over the tokens) when ``m``'s field says the variance differs from token to token
-    (the standard deviation of ``diag(cov)`` over ``_UNEVEN`` of its mean), else None. The element at flat token
+    (the standard deviation of ``diag(cov)`` over ``uneven`` of its mean), else None. The element at flat token
     index ``i`` has variance ``nu_d p[(i // stride) % n]``."""
     t = m.tokens
     if t is None or shape is None:
@@ -165,7 +171,7 @@ def per_token(m: Moments, shape) -> tuple[list[int], np.ndarray] | None:
         return None
     d = np.diag(t.cov)
     mean = float(np.mean(d))
-    if not np.isfinite(mean) or mean <= 0 or float(np.std(d)) <= _UNEVEN * mean:
+    if not np.isfinite(mean) or mean <= 0 or float(np.std(d)) <= uneven * mean:
         return None
     sizes = [shape[a] for a in axes]
     total = int(np.prod(sizes, dtype=np.int64))
@@ -178,11 +184,11 @@ def per_token(m: Moments, shape) -> tuple[list[int], np.ndarray] | None:
     return axes, p.reshape(layout)
 
 
-def profile_grid(m: Moments, shape) -> Moments | None:
+def profile_grid(m: Moments, shape, uneven: float = _UNEVEN) -> Moments | None:
     """``m`` with its per-token variance spelled out along the token axes, ``Var[x_td] = nu_d
     p_t`` (:func:`per_token`), as plain per-element moments (no field, Gaussian); None when the
-    field says every token has the same variance."""
-    found = per_token(m, shape)
+    field says every token has (within ``uneven``) the same variance."""
+    found = per_token(m, shape, uneven)
     if found is None:
         return None
     _, p = found
