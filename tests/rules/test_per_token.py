@@ -18,11 +18,12 @@ B, S, D = 4000, 16, 64
 EPS = 1e-6
 
 
-def _attention_nodes():
+def causal_attention_nodes(draw: int = 0, values: str = "x"):
     """``o = Softmax(q k^T + causal mask) v`` with near-zero logits (each query averages the
-    values of the tokens up to it about equally) and ``v = x Wv``, x ~ N(0, 1), Wv orthogonal
-    (features uncorrelated: a mean over them is the model's, not a correlation's)."""
-    rng = np.random.default_rng(0)
+    values of the tokens up to it about equally) and ``v = values Wv`` (``q`` and ``k`` from x),
+    inputs ~ N(0, 1), Wv orthogonal (features uncorrelated: a mean over them is the model's, not
+    a correlation's); weights drawn with seed ``draw``."""
+    rng = np.random.default_rng(draw)
     consts = {
         "wq": rng.normal(size=(D, D)) * 0.02 / np.sqrt(D),
         "wk": rng.normal(size=(D, D)) * 0.02 / np.sqrt(D),
@@ -36,7 +37,7 @@ def _attention_nodes():
         helper.make_node("MatMul", ["q", "kt"], ["logits"]),
         helper.make_node("Add", ["logits", "mask"], ["masked"]),
         helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
-        helper.make_node("MatMul", ["x", "wv"], ["v"]),
+        helper.make_node("MatMul", [values, "wv"], ["v"]),
         helper.make_node("MatMul", ["p", "v"], ["o"]),
     ]
     return nodes, consts
@@ -83,7 +84,7 @@ def _tail(kind: str):
 
 
 def _model(kind: str, outputs=("o", "y")):
-    nodes, consts = _attention_nodes()
+    nodes, consts = causal_attention_nodes()
     tail, c = _tail(kind)
     consts.update(c)
     graph = helper.make_graph(

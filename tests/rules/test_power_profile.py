@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxinit.moments import Moments
 from tests.oracle import monte_carlo, predict
+from tests.rules.test_per_token import causal_attention_nodes
 
 B, S, D = 2000, 16, 64
 SCALE = 0.7  # a: the attention branch's weight in the stream
@@ -25,25 +26,11 @@ SCALE = 0.7  # a: the attention branch's weight in the stream
 def _model(draw: int, square: str):
     """``m = ReduceMean(r^2)`` over the features, ``r = x + a o``, ``o = P (y Wv)`` with
     near-uniform causal probabilities P; the square as ``Pow(r, 2)`` or ``Mul(r, r)``."""
-    rng = np.random.default_rng(draw)
-    consts = {
-        "wq": rng.normal(size=(D, D)) * 0.02 / np.sqrt(D),
-        "wk": rng.normal(size=(D, D)) * 0.02 / np.sqrt(D),
-        "wv": np.linalg.qr(rng.normal(size=(D, D)))[0],
-        "mask": np.where(np.tril(np.ones((S, S), dtype=bool)), 0.0, -np.inf),
-        "a": SCALE, "two": 2.0,
-    }
+    nodes, consts = causal_attention_nodes(draw, values="y")
+    consts.update(a=SCALE, two=2.0)
     squared = (helper.make_node("Pow", ["r", "two"], ["r2"]) if square == "pow"
                else helper.make_node("Mul", ["r", "r"], ["r2"]))
-    nodes = [
-        helper.make_node("MatMul", ["x", "wq"], ["q"]),
-        helper.make_node("MatMul", ["x", "wk"], ["k"]),
-        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
-        helper.make_node("MatMul", ["q", "kt"], ["logits"]),
-        helper.make_node("Add", ["logits", "mask"], ["masked"]),
-        helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
-        helper.make_node("MatMul", ["y", "wv"], ["v"]),
-        helper.make_node("MatMul", ["p", "v"], ["o"]),
+    nodes += [
         helper.make_node("Mul", ["o", "a"], ["ao"]),
         helper.make_node("Add", ["x", "ao"], ["r"]),
         squared,
