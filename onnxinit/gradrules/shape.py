@@ -28,61 +28,11 @@ from ..rules.context import RuleError
 from ..rules.shape import pad_params, slice_params
 from .arithmetic import reduce_to
 from .context import GradContext
-from .gradient import Gradient, along
+from .dense_layout import blocks_to_space, from_per_element, per_element, relayout, space_to_blocks
+from .gradient import Gradient
 from .registry import rule
 from .token_moves import placed, taken, transposed_back
 from .tokens import axes_of, kept_unless, moved, summed, transposed
-
-MAX_DENSE = 1 << 20
-
-
-def _dense(g: Gradient, shape) -> tuple[np.ndarray, np.ndarray] | None:
-    """(mean, var) per element of one sample, ``[1, *shape[1:]]``; None when too many."""
-    one = (1, *shape[1:])
-    if int(np.prod(one)) > MAX_DENSE:
-        return None
-    g = g.expand_rank(len(shape))
-    try:
-        mean = np.broadcast_to(g.mean, one)
-        var = np.broadcast_to(g.var, one)
-    except ValueError:
-        return None
-    if g.profile is not None and len(shape) > 2 and g.profile.shape == tuple(shape[2:]):
-        second = (var + mean**2) * g.profile
-        var = np.maximum(second - mean**2, 0.0)
-    return mean, var
-
-
-def _from_dense(mean, var, shape, sample_var_share: float | None = None) -> Gradient:
-    """Per-channel statistics and the position profile of a convolution-layout gradient
-    given per element of one sample; other layouts keep the per-element arrays."""
-    rank = len(shape)
-    if rank <= 2:
-        return Gradient(mean.reshape((1, *shape[1:])), var.reshape((1, *shape[1:])))
-    c = shape[1]
-    mean = mean.reshape(c, -1)
-    var = var.reshape(c, -1)
-    m = mean.mean(axis=1)
-    v = var.mean(axis=1) + ((mean - m[:, None]) ** 2).mean(axis=1)
-    second = (var + mean**2).sum(axis=0)
-    profile = (second / second.mean()).reshape(shape[2:]) if second.mean() > 0 else None
-    s = int(np.prod(shape[2:]))
-    return along(m, v, 1, rank, var.mean(axis=1) / s, profile)
-
-
-def relayout(g: Gradient, out_shape, in_shape) -> Gradient:
-    """The gradient of a reshape's input (same elements, same order)."""
-    if len(out_shape) >= 1 and len(in_shape) >= 1 and out_shape[0] == in_shape[0]:
-        if g.rank == 0:
-            if len(in_shape) > 2:
-                s = int(np.prod(in_shape[2:]))
-                return Gradient(g.mean, g.var, g.var / s)
-            return g
-        dense = _dense(g, out_shape)
-        if dense is not None:
-            return _from_dense(*dense, in_shape)
-    return g.pooled()
-
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(grads, ctx: GradContext):
@@ -363,43 +313,25 @@ def expand(grads, ctx: GradContext):
     return [reduce_to(grads[0], ctx.out_shape(), ctx.in_shape(0)), None]
 
 
-def _blocks_to_space(a: np.ndarray, b: int, mode: str) -> np.ndarray:
-    """ONNX DepthToSpace of an ``[N, C b^2, H, W]`` array (DCR: channel (i b + j) C + c, CRD:
-    c b^2 + i b + j goes to [c, h b + i, w b + j])."""
-    n, c, h, w = a.shape
-    if mode == "DCR":
-        t = a.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
-    else:
-        t = a.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
-    return t.reshape(n, c // (b * b), h * b, w * b)
-
-
-def _space_to_blocks(a: np.ndarray, b: int) -> np.ndarray:
-    """ONNX SpaceToDepth (DCR order) of an ``[N, C, H b, W b]`` array."""
-    n, c, h, w = a.shape
-    t = a.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
-    return t.reshape(n, c * b * b, h // b, w // b)
-
-
 @rule("SpaceToDepth", "DepthToSpace")
 def depth_space(grads, ctx: GradContext):
     """Each element moves to another place (channels to b x b blocks or back): dx is dy with
     the inverse move, per element of one sample (its mean and variance, the position profile
     folded in) and back to per-channel statistics with a profile; the statistics of the whole
-    tensor where dy tracks more than MAX_DENSE values."""
+    tensor where dy tracks more than :data:`.dense_layout.MAX_DENSE` values."""
     g = grads[0]
     out_shape, in_shape = ctx.out_shape(), ctx.in_shape(0)
-    dense = _dense(g, out_shape)
+    dense = per_element(g, out_shape)
     if dense is None:
         return [g.pooled()]
     b = int(ctx.attr("blocksize"))
     if ctx.node.op_type == "SpaceToDepth":
-        moved_back = [_blocks_to_space(np.ascontiguousarray(a), b, "DCR") for a in dense]
+        moved_back = [blocks_to_space(np.ascontiguousarray(a), b, "DCR") for a in dense]
     elif ctx.attr("mode", "DCR") == "DCR":
-        moved_back = [_space_to_blocks(np.ascontiguousarray(a), b) for a in dense]
+        moved_back = [space_to_blocks(np.ascontiguousarray(a), b) for a in dense]
     else:  # CRD: the inverse of the CRD move
         n, c, h, w = dense[0].shape
         moved_back = [np.ascontiguousarray(a).reshape(n, c, h // b, b, w // b, b)
                       .transpose(0, 1, 3, 5, 2, 4).reshape(1, *in_shape[1:])
                       for a in dense]
-    return [_from_dense(*moved_back, in_shape)]
+    return [from_per_element(*moved_back, in_shape)]
