@@ -117,8 +117,10 @@ class RuleContext:
         return np.random.default_rng([self.settings.seed, *self.node_id.encode()])
 
     def for_node(self, node_id: str) -> RuleContext:
-        """The context of another node of the same graph, with the same settings."""
-        return RuleContext(self.graph.node(node_id), node_id, self.graph, self.settings)
+        """The context of another node of the same graph, with the same settings and the same
+        moments propagated so far."""
+        return RuleContext(self.graph.node(node_id), node_id, self.graph, self.settings,
+                           known=self.known)
 
 
 def signal(inputs: Sequence[Moments | None], index: int = 0) -> Moments:

@@ -9,6 +9,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxinit.graph import load
+from onnxinit.moments import Moments
 from onnxinit.rules.context import RuleContext
 
 from ..models import make_model
@@ -61,3 +62,11 @@ def test_a_stand_in_node_is_decoded_from_its_own_attributes():
 def test_a_context_without_a_graph_decodes_its_node():
     node = helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.25)
     assert RuleContext(node, "n", None).attr("alpha") == 0.25
+
+
+def test_the_context_of_another_node_keeps_the_propagated_moments():
+    graph = _graph()
+    node_id = graph.producer["y"]
+    known = {"x": Moments(0.0, 1.0)}
+    other = RuleContext(graph.node(node_id), node_id, graph, known=known).for_node(node_id)
+    assert other.known is known
