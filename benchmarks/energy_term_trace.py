@@ -17,6 +17,12 @@ channel's ``g`` regressed on ``m`` and ``v`` (least squares over the samples):
   energy fluctuation;
 * ``Var v``: measured / the analysis's, ``eta``: measured / the analysis's.
 
+and for the depthwise conv (input x) whose BatchNorm'd output is z: ``x k4``, x's standardized
+excess kurtosis measured / the analysis's (``rules/pool_skewness.edgeworth_terms``, what
+``rules/pool_pairs.py`` reads, its inputs taken as independent across positions), and ``x
+pairs``: the measured joint cumulants ``k(x_u, x_u, x_v, x_v) / nu^2`` summed over the offsets
+``0 < |v - u| <= 2`` (interior positions; the shared energy adds about eta_x to each of the 24).
+
 Depthwise convs (group > 1), x -> y: ``lam`` measured / the analysis's for x and y,
 ``lam_G`` the Gaussian field's value ``2 sum rho^2 / K^2`` with the analysis's correlation
 (``rules/energy_fields.gaussian_local``), and ``rule(x meas)``: the conv rule of
@@ -38,10 +44,67 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.shared_energy_trace import measured, per_sample, trace_arguments  # noqa: E402
 from onnxinit.graph import load  # noqa: E402
+from onnxinit.feeds import synthetic_feeds  # noqa: E402
+from onnxinit.measure import measurable_model  # noqa: E402
 from onnxinit.propagate import propagate, rule_context  # noqa: E402
+from onnxinit.rules.pool_skewness import edgeworth_terms  # noqa: E402
+from onnxinit.runtime import make_session  # noqa: E402
 from onnxinit.rules import sample_energy  # noqa: E402
 from onnxinit.rules.energy_fields import gaussian_local  # noqa: E402
 from tests.real import exports  # noqa: E402
+from tests.real.compare import seeded  # noqa: E402
+
+RADIUS = 2  # the offsets of x pairs
+
+
+def full_maps(graph, tensors: list[str], batch_size: int, runs: int) -> dict:
+    """{tensor: float32 values [S, C, *spatial]} over the runs (per_sample's feeds)."""
+    session = make_session(seeded(measurable_model(graph, tensors), 0), device="cpu")
+    names = [o.name for o in session.get_outputs()]
+    rng = np.random.default_rng(0)
+    out: dict[str, list] = {t: [] for t in tensors}
+    for _ in range(runs):
+        values = dict(zip(names, session.run(names, synthetic_feeds(graph, rng=rng))))
+        for t in tensors:
+            out[t].append(np.asarray(values[t], np.float32))
+    return {t: np.concatenate(v) for t, v in out.items()}
+
+
+def pair_cumulants(x: np.ndarray) -> tuple[float, float]:
+    """(k(x_u, x_u, x_u, x_u), sum over 0 < |v - u| <= RADIUS of k(x_u, x_u, x_v, x_v)), each
+    over nu^2, the mean over channels, u over the interior of a ``[S, C, H, W]`` map."""
+    r = RADIUS
+    h, w = x.shape[2:]
+    inner = x[:, :, r:h - r, r:w - r].astype(np.float64)
+    mu = inner.mean(axis=(0, 2, 3), keepdims=True)
+    sd = inner.std(axis=(0, 2, 3), keepdims=True)
+    xs = (x - mu) / sd
+    a = xs[:, :, r:h - r, r:w - r]
+    total, own = 0.0, 0.0
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            b = xs[:, :, r + dy:h - r + dy, r + dx:w - r + dx]
+            axes = (0, 2, 3)
+            cov = (a * b).mean(axis=axes) - a.mean(axis=axes) * b.mean(axis=axes)
+            k = ((a * a * b * b).mean(axis=axes) - (a * a).mean(axis=axes)
+                 * (b * b).mean(axis=axes) - 2 * cov**2).mean()
+            if dy == 0 and dx == 0:
+                own = float(k)
+            else:
+                total += float(k)
+    return own, total
+
+
+def predicted_k4(graph, result, f: str) -> float | None:
+    """The analysis's standardized excess kurtosis of the depthwise conv's input under f."""
+    ctx = rule_context(graph, graph.producer[f], result)
+    shape = tuple(int(d) for d in graph.shape(f))
+    t = edgeworth_terms(ctx, f, result.moments[f], shape, per_class=True)
+    if t is None:
+        return None
+    x = t.conv.node.input[0]
+    nu = np.asarray(result.moments[x].var, np.float64).reshape(shape[1], -1).mean(axis=1)
+    return float(np.median(t.k4.mean(axis=1) / nu**2))
 
 
 def pooled_chains(graph) -> list[tuple[str, str]]:
@@ -99,9 +162,16 @@ def main() -> None:
         convs = [p for p in depthwise_convs(graph) if args.match in p[1]]
         data = per_sample(graph, sorted({t for p in pools + convs for t in p}),
                           args.batch_size, args.runs)
+        depthwise = dict((y, x) for x, y in depthwise_convs(graph))
+        inputs = {f: depthwise[graph.node(graph.producer[z]).input[0]] for z, f in pools
+                  if graph.node(graph.producer[z]).input[0] in depthwise}
+        # whole maps of up to 1024 positions (memory: every sample and channel is kept)
+        inputs = {f: x for f, x in inputs.items()
+                  if len(graph.shape(x)) == 4 and int(np.prod(graph.shape(x)[2:])) <= 1024}
         print(f"{name} {args.size}x{args.size}, {args.runs} batches of {args.batch_size}")
         print(f"{'pool input':56} {'K':>5} {'F':>6} {'m part':>6} {'v part':>6} {'v pred':>6}"
-              f" {'resid':>6} {'Var v':>15} {'eta':>15}")
+              f" {'resid':>6} {'Var v':>15} {'eta':>15} {'x k4':>11} {'x pairs':>7}")
+        maps = full_maps(graph, sorted(set(inputs.values())), args.batch_size, args.runs)
         for z, f in pools:
             law = sample_energy.law(ctx, z)
             if law is None:
@@ -112,7 +182,13 @@ def main() -> None:
             eta_m = measured(*data[z])["eta"]
             print(f"{f[-56:]:56} {k:5} {got['F']:6.2f} {got['m']:6.2f} {got['v']:6.2f}"
                   f" {got['v_pred']:6.2f} {got['resid']:6.2f} {got['var_v']:7.4f}/{eta + lam:.4f}"
-                  f" {eta_m:7.4f}/{eta:.4f}")
+                  f" {eta_m:7.4f}/{eta:.4f}", end="")
+            if f in inputs:
+                own, pairs = pair_cumulants(maps[inputs[f]])
+                k4 = predicted_k4(graph, result, f)
+                print(f" {own:5.2f}/{k4 if k4 is not None else float('nan'):5.2f} {pairs:7.2f}",
+                      end="")
+            print()
         print(f"\n{'depthwise conv output':56} {'K':>5} {'lam x':>15} {'lam_G x':>7}"
               f" {'lam y':>15} {'lam_G y':>7} {'rule(x meas)':>12}")
         for x, y in convs:
