@@ -47,6 +47,7 @@ from .table_rows import squared_input
 SAMPLES = 1 << 15
 _MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 MAX_CHANNELS = 256
+AGREEMENT = 0.25  # the draws' relative variance against a row reduce's (:func:`_agrees`)
 
 
 def _draws(mu: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -241,9 +242,26 @@ def channel_square_sum(x: Moments, ctx: RuleContext, name: str) -> Moments:
         return x
     q = channel_square_sum_draws(ctx, s_name)
     s, shape = (ctx.known or {}).get(s_name), ctx.graph.shape(s_name)
-    if q is None or s is None or not shape:
+    if q is None or s is None or not shape or not _agrees(ctx, s_name, s, q):
         return x
     return _with_law(x, q, s, tuple(chain), len(shape))
+
+
+def _agrees(ctx: RuleContext, s_name: str, s: Moments, q: np.ndarray) -> bool:
+    """Over a row's features (the last axis), whether the draws' relative variance is the
+    reduce's within ``AGREEMENT``: the reduce rules know rows the Gaussian draws do not (a
+    normalised row's fixed energy plus a table, :mod:`.fixed_energy_rows`: the draws read its
+    mean square's variance 7x). Over the channels: always (the reduce takes the draws)."""
+    node_id = ctx.graph.producer.get(s_name)
+    node = ctx.graph.node(node_id) if node_id else None
+    shape = ctx.graph.shape(node.input[0]) if node is not None else None
+    out = ctx.graph.shape(s_name)
+    if not shape or not out or _summed_axis(shape, out) == 1:
+        return True
+    mean, var = s.total()
+    if not (mean > 0 and var > 0):
+        return False
+    return abs((q.var() / q.mean() ** 2) / (var / mean**2) - 1.0) <= AGREEMENT
 
 
 __all__ = ["channel_square_sum", "channel_square_sum_draws", "drawn_square_sum"]
