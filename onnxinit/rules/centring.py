@@ -32,6 +32,7 @@ import numpy as np
 from ..moments import Moments
 from ..strict import fall_back
 from .context import RuleContext, RuleError
+from .centred_law import centred_law
 from .elementwise import ElementwiseFn, apply_fn, digest
 from .gaussian import expand
 from .grids import finish, operand, signal_axes
@@ -98,6 +99,15 @@ def centred(inputs, ctx: RuleContext, rank: int) -> Moments | None:
             return None
         axes = _reduced_axes(mean_node, ctx.graph, rank)
         return None if axes is None else _centred_gaussian(inputs, ctx, rank, axes)
+    axes = _reduced_axes(mean_node, ctx.graph, rank)
+    if axes is not None:
+        mean_x, var_x, _ = operand(inputs, ctx, 0, rank)
+        mean_m, var_m, _ = operand(inputs, ctx, 1, rank)
+        varying = tuple(a for a in axes if var_x.ndim and var_x.shape[a] > 1)
+        pooled = np.mean(var_x, axis=varying, keepdims=True) if varying else var_x
+        found = centred_law(x, mean_x, var_x, mean_m, var_m, pooled, rank)
+        if found is not None:
+            return found
     c = expand(np.asarray(m.mean, dtype=np.float64), rank)
     if c.ndim != rank or not np.all(np.isfinite(c)):
         return None

@@ -36,7 +36,7 @@ import numpy as np
 from .. import special
 from ..moments import Elementwise, Moments, Source, Spatial
 from ..spatial import attach
-from .channel_covariance import covariance
+from .channel_covariance import covariance, row_covariance
 from .channel_centring import centred_over
 from .chi_square import mean_square_chain
 from .context import RuleContext, RuleError
@@ -47,6 +47,7 @@ from .table_rows import squared_input
 SAMPLES = 1 << 15
 _MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 MAX_CHANNELS = 256
+AGREEMENT = 0.25  # the draws' relative variance against a row reduce's (:func:`_agrees`)
 
 
 def _draws(mu: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -117,40 +118,52 @@ def _square_sum_draws(ctx: RuleContext, s_name: str) -> np.ndarray | None:
     shape, out = graph.shape(y), graph.shape(s_name)
     if not shape or len(shape) < 3 or not out or len(out) != len(shape):
         return None
-    if any(a != b for i, (a, b) in enumerate(zip(shape, out)) if i != 1) or out[1] != 1:
-        return None  # not over the channels alone, keepdims
+    axis = _summed_axis(shape, out)
+    if axis is None:
+        return None  # not over the channels (a row's features) alone, keepdims
     producer = graph.node(graph.producer[y]) if graph.producer.get(y) else None
     over = centred_over(ctx, producer) if producer is not None else None
-    if over is not None and over[1] != 1:
+    if over is not None and over[1] != axis:
         return None
     found = _gaussian_base(ctx, over[0] if over is not None else y)
-    c = shape[1]
+    c = shape[axis]
     if found is None or not isinstance(c, int) or c > MAX_CHANNELS:
         return None
     z_name, chain = found
     z = known[z_name]
     try:
-        f = covariance(ctx, z_name)
+        f = covariance(ctx, z_name) if axis == 1 else row_covariance(ctx, z_name)
     except RuleError:
         return None
-    if f is None or f.axis != 1 or f.head_axis is not None or np.shape(f.cov) != (c, c):
+    if f is None or f.axis != axis or f.head_axis is not None or np.shape(f.cov) != (c, c):
         return None
-    mu, nu = (np.broadcast_to(a, (c,)).astype(np.float64) for a in z.values_along(1, c))
+    mu, nu = (np.broadcast_to(a, (c,)).astype(np.float64) for a in z.values_along(axis, c))
     cov = np.asarray(f.cov, dtype=np.float64)
     if not (np.all(np.isfinite(cov)) and np.all(np.isfinite(mu))) or np.any(np.diag(cov) <= 0):
         return None
     sd = np.sqrt(nu / np.diag(cov))  # the field's correlation at z's own variances
     rank = len(out)
-    x = _draws(mu, sd[:, None] * cov * sd[None, :]).reshape((SAMPLES, c) + (1,) * (rank - 2))
+    # the draws laid out as the tensor's cells: the summed axis holds the c values of a draw
+    layout = (SAMPLES,) + tuple(c if i == axis else 1 for i in range(1, rank))
+    x = _draws(mu, sd[:, None] * cov * sd[None, :]).reshape(layout)
     with np.errstate(all="ignore"):
         x = compose(chain)(x) if chain else x
-    if np.shape(x) != (SAMPLES, c) + (1,) * (rank - 2) or not np.all(np.isfinite(x)):
+    if np.shape(x) != layout or not np.all(np.isfinite(x)):
         return None
     x = x.reshape(SAMPLES, c)
     if over is not None:
         x = x - x.mean(axis=1, keepdims=True)
     q = np.sort((x * x).sum(axis=1) / (c if node.op_type == "ReduceMean" else 1))
     return q if q.mean() > 0 else None
+
+
+def _summed_axis(shape, out) -> int | None:
+    """The one axis a keepdims reduce sums: the channels (axis 1), or a row's features (the
+    last axis, where axis 1 is kept); None for any other reduce."""
+    differ = [i for i, (a, b) in enumerate(zip(shape, out)) if a != b]
+    if len(differ) == 1 and out[differ[0]] == 1 and differ[0] in (1, len(shape) - 1):
+        return differ[0]
+    return None
 
 
 def _scaled_law(q: np.ndarray, mean) -> Source | None:
@@ -196,6 +209,9 @@ def drawn_square_sum(ctx: RuleContext, out: Moments) -> Moments:
     has no position classes; with the draws' variance scaled in each cell (position class) to
     the cell's mean, ``Var Q = (E_cell / E draws)^2 Var draws``, where it has; ``out`` where the
     draws do not apply."""
+    shape, out_shape = ctx.graph.shape(ctx.node.input[0]), ctx.graph.shape(ctx.node.output[0])
+    if not shape or not out_shape or _summed_axis(shape, out_shape) != 1:
+        return out  # a row's features: the reduce rule's field factor holds the sum's variance
     q = channel_square_sum_draws(ctx, ctx.node.output[0])
     if q is None or out.mixture is not None:
         return out
@@ -226,9 +242,26 @@ def channel_square_sum(x: Moments, ctx: RuleContext, name: str) -> Moments:
         return x
     q = channel_square_sum_draws(ctx, s_name)
     s, shape = (ctx.known or {}).get(s_name), ctx.graph.shape(s_name)
-    if q is None or s is None or not shape:
+    if q is None or s is None or not shape or not _agrees(ctx, s_name, s, q):
         return x
     return _with_law(x, q, s, tuple(chain), len(shape))
+
+
+def _agrees(ctx: RuleContext, s_name: str, s: Moments, q: np.ndarray) -> bool:
+    """Over a row's features (the last axis), whether the draws' relative variance is the
+    reduce's within ``AGREEMENT``: the reduce rules know rows the Gaussian draws do not (a
+    normalised row's fixed energy plus a table, :mod:`.fixed_energy_rows`: the draws read its
+    mean square's variance 7x). Over the channels: always (the reduce takes the draws)."""
+    node_id = ctx.graph.producer.get(s_name)
+    node = ctx.graph.node(node_id) if node_id else None
+    shape = ctx.graph.shape(node.input[0]) if node is not None else None
+    out = ctx.graph.shape(s_name)
+    if not shape or not out or _summed_axis(shape, out) == 1:
+        return True
+    mean, var = s.total()
+    if not (mean > 0 and var > 0):
+        return False
+    return abs((q.var() / q.mean() ** 2) / (var / mean**2) - 1.0) <= AGREEMENT
 
 
 __all__ = ["channel_square_sum", "channel_square_sum_draws", "drawn_square_sum"]

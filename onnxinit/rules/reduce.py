@@ -31,6 +31,7 @@ from .channel_classes import channel_classes
 from .registry import rule
 from .normalised_square_sum import normalised_square_sum
 from .quadratic_form_law import drawn_square_sum
+from .sample_variance import sample_variance
 from .square_sum_field import square_sum_factors
 from .table_rows import squared_input, table_mean_square
 from .zero_streams import mean_square_component, mixed
@@ -166,6 +167,7 @@ def reduce_linear(inputs, ctx: RuleContext):
         return [row]
     outputs = _reduced(inputs, ctx)
     outputs[0] = drawn_square_sum(ctx, outputs[0])  # over correlated channels: their draws
+    outputs[0] = sample_variance(ctx, outputs[0])  # over independent values: closed form
     found = mean_square_component(ctx, ctx.node.output[0])
     if found is None and ctx.node.op_type == "ReduceSum":  # additive attention's scores
         scored = key_field(ctx, outputs[0])
