@@ -164,13 +164,16 @@ def _monte_carlo(rel, var, masked, log, rng, chain=(), spread=0.0, cosine=None):
     return ex, np.maximum(ex2 - ex**2, 0.0)
 
 
-def softmax_rows(mean, var, *, log=False, rng=None, chain=(), spread=0.0, cosine=None):
+def softmax_rows(mean, var, *, log=False, rng=None, chain=(), spread=0.0, cosine=None,
+                 sample=False):
     """(E, Var) of softmax (log-softmax) of each row of ``mean``/``var`` [R, n] (independent
-    Gaussian logits, ``chain`` element-wise functions applied to them first). Masked elements: E = Var = 0 (LogSoftmax: E = mean - E[logsumexp], -inf for -inf);
+    Gaussian logits, ``chain`` element-wise functions applied to them first; ``cosine``: their
+    deviations of the cosine law of d, where sampled; ``sample``: every row sampled). Masked elements: E = Var = 0 (LogSoftmax: E = mean - E[logsumexp], -inf for -inf);
     rows masked entirely: 0."""
     mean = np.asarray(mean, dtype=np.float64)
     var = np.broadcast_to(np.asarray(var, dtype=np.float64), mean.shape)
-    if not chain and mean.shape[0] > _ROW_BLOCK and var.max(initial=0.0) <= CLOSED_FORM_MAX_VAR:
+    if (not chain and not sample and mean.shape[0] > _ROW_BLOCK
+            and var.max(initial=0.0) <= CLOSED_FORM_MAX_VAR):
         # closed form only (no row can be sampled), row by row: blocks of rows whose
         # temporaries stay in cache, the same values (every step is per row)
         ex, vx = np.empty(mean.shape), np.empty(mean.shape)
@@ -180,7 +183,7 @@ def softmax_rows(mean, var, *, log=False, rng=None, chain=(), spread=0.0, cosine
         return ex, vx
     rel, masked, empty = relative(mean)
     var = np.where(masked, 0.0, var)
-    if chain:
+    if chain or sample:
         sampled = ~empty
     else:
         sampled = (var.max(axis=1) > CLOSED_FORM_MAX_VAR) & ~empty
