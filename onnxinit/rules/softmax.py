@@ -27,8 +27,10 @@ window against its constant padding) are sampled jointly (``key_groups.py``), an
 whose keys read one query against fixed vectors (relative positions: ``fixed_forms.py``).
 
 Sampled rows draw the spread of their variance across queries and, for cosine logits, the
-bounded cosine law (``logit_law.py``); P V reads the covariance of a jointly sampled softmax's
-probabilities (:func:`probability_covariance`).
+bounded cosine law (``logit_law.py``); keys that are a dense layer of normalized rows (a
+LayerNorm's, of few effective features) draw each row's deviations from the cosine law at the
+rows' participation ratio, every row sampled (``normalised_keys.py``); P V reads the
+covariance of a jointly sampled softmax's probabilities (:func:`probability_covariance`).
 
 What is not modelled: non-Gaussian logits other than an element-wise chain of a Gaussian and
 cosines.

@@ -39,8 +39,11 @@ Additive scores ``sum_d w_d tanh(q_d + k_d)`` whose keys are the values: R from
 Not modelled: keys rotated per position (rotary embeddings: no term), projections fused and
 split by a Split (no term), q's features of unequal power or correlated (keys of low rank and
 logits of variance ~1 with tied keys and values: up to 1.25x high), the query's own key,
-non-Gaussian tokens (RMS-normalised tokens lie on a sphere: the term is then a few percent
-high).
+non-Gaussian tokens beyond this: where the keys are a dense layer of a LayerNorm's rows
+(:mod:`.normalised_keys`), G's draws follow the same cosine law as the Softmax's (the
+regression of v on the logit stays linear for rows on a sphere), but the residual eps is
+taken independent of the logit (on a sphere it shrinks where the logit is large), and
+RMS-normalised tokens keep Gaussian draws (the term then a few percent high).
 """
 
 from __future__ import annotations
