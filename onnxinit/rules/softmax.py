@@ -27,8 +27,10 @@ window against its constant padding) are sampled jointly (``key_groups.py``), an
 whose keys read one query against fixed vectors (relative positions: ``fixed_forms.py``).
 
 Sampled rows draw the spread of their variance across queries and, for cosine logits, the
-bounded cosine law (``logit_law.py``); P V reads the covariance of a jointly sampled softmax's
-probabilities (:func:`probability_covariance`).
+bounded cosine law (``logit_law.py``); keys that are a dense layer of normalized rows (a
+LayerNorm's, of few effective features) draw each row's deviations from the cosine law at the
+rows' participation ratio, every row sampled (``normalised_keys.py``); P V reads the
+covariance of a jointly sampled softmax's probabilities (:func:`probability_covariance`).
 
 What is not modelled: non-Gaussian logits other than an element-wise chain of a Gaussian and
 cosines.
@@ -46,6 +48,7 @@ from .fixed_forms import joint_rows, row_form
 from .id_masks import affine
 from .key_groups import COVARIANCE_DRAWS, correlated_rows, correlation_factor
 from .logit_law import cosine_dim, draw_scales, row_spread
+from .normalised_keys import keys_dim
 from .registry import rule
 from .softmax_rows import (CLOSED_FORM_MAX_VAR, MASK_GAP, MC_DRAWS, MC_MIN, relative,
                            softmax_rows)
@@ -75,6 +78,18 @@ def _unique_rows(mean: np.ndarray, var: np.ndarray):
     return mean[keep], var[keep], inverse
 
 
+def _row_law(ctx: RuleContext) -> tuple[int | None, bool]:
+    """(d, sample every row): the cosine law of a row's deviations, for cosine logits
+    (:func:`.logit_law.cosine_dim`, sampled above the closed form's variance as before) or keys
+    that are a dense layer of normalized rows (:mod:`.normalised_keys`: every row sampled, the
+    closed form being Gaussian); (None, False) for Gaussian logits."""
+    d = cosine_dim(ctx)
+    if d is not None:
+        return d, False
+    d = keys_dim(ctx)
+    return d, d is not None
+
+
 def _over_rows(rows, cov, log: bool, ctx: RuleContext, rank: int, spread: float = 0.0) -> Moments:
     """Softmax of each row of ``Moments.rows`` (masks.keep_rows), pooled over the rows per
     position of the softmax axis: E_k = sum_r w_r E_rk, Var_k = sum_r w_r (Var_rk + E_rk^2)
@@ -84,7 +99,8 @@ def _over_rows(rows, cov, log: bool, ctx: RuleContext, rank: int, spread: float 
         var = var * np.diag(cov)
         var = np.maximum(var - shared_part(mean, var, cov)[:, None], 0.0)
     um, uv, inverse = _unique_rows(mean, var)
-    e, v = softmax_rows(um, uv, log=log, rng=ctx.rng(), spread=spread, cosine=cosine_dim(ctx))
+    d, sample = _row_law(ctx)
+    e, v = softmax_rows(um, uv, log=log, rng=ctx.rng(), spread=spread, cosine=d, sample=sample)
     weight = np.bincount(inverse, weights=rows.weight, minlength=um.shape[0])[:, None]
     finite = np.isfinite(e)
     m = (weight * np.where(finite, e, 0.0)).sum(axis=0) / np.maximum((weight * finite).sum(axis=0), 1e-300)
@@ -173,8 +189,9 @@ def _row_moments(mean, var, cov, chain, log: bool, ctx: RuleContext):
     if shared is not None:
         var = np.maximum(var - shared[:, None], 0.0)
     um, uv, inverse = _unique_rows(mean, var)
+    d, sample = (None, False) if chain else _row_law(ctx)
     e, v = softmax_rows(um, uv, log=log, rng=ctx.rng(), chain=chain, spread=spread,
-                        cosine=None if chain else cosine_dim(ctx))
+                        cosine=d, sample=sample)
     return e[inverse], v[inverse]
 
 

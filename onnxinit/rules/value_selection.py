@@ -39,11 +39,16 @@ Additive scores ``sum_d w_d tanh(q_d + k_d)`` whose keys are the values: R from
 Not modelled: keys rotated per position (rotary embeddings: no term), projections fused and
 split by a Split (no term), q's features of unequal power or correlated (keys of low rank and
 logits of variance ~1 with tied keys and values: up to 1.25x high), the query's own key,
-non-Gaussian tokens (RMS-normalised tokens lie on a sphere: the term is then a few percent
-high).
+non-Gaussian tokens beyond this: where the keys are a dense layer of a LayerNorm's rows
+(:mod:`.normalised_keys`), G's draws follow the same cosine law as the Softmax's (the
+regression of v on the logit stays linear for rows on a sphere), but the residual eps is
+taken independent of the logit (on a sphere it shrinks where the logit is large), and
+RMS-normalised tokens keep Gaussian draws (the term then a few percent high).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -53,7 +58,9 @@ from .channel_covariance import row_covariance
 from .context import RuleContext
 from .head_projections import head_blocks, keys_first, projection
 from .id_masks import affine
+from .logit_law import cosine_deviates, cosine_of
 from .logit_path import qk_matmul as _qk_matmul
+from .normalised_keys import keys_dim
 from .softmax import MASK_GAP, shared_part
 from .token_field import token_axes
 
@@ -87,11 +94,12 @@ def _key_covariance(logits: Moments, shape, axis: int) -> np.ndarray | None:
 
 
 def selection_gain(logits: Moments, shape, rng: np.random.Generator,
-                   keys_first: bool = False) -> float:
+                   keys_first: bool = False, cosine: int | None = None) -> float:
     """``G = E[(sum_j p_j z_j)^2] - E[sum_j p_j^2]``, p the softmax of ``m_j + sigma z_j``,
-    z standard normal, averaged over up to ``_ROWS`` rows of the logits (each row's means and
-    mean unmasked variance; ``keys_first``: the keys on the logits' axis -2). ``(mean_j
-    z_j)^2`` (expectation 1/n over n unmasked keys) is the control variate."""
+    z standard normal (``cosine``: of the cosine law of d, keys of normalized rows,
+    :mod:`.normalised_keys`), averaged over up to ``_ROWS`` rows of the logits (each row's
+    means and mean unmasked variance; ``keys_first``: the keys on the logits' axis -2).
+    ``(mean_j z_j)^2`` (expectation 1/n over n unmasked keys) is the control variate."""
     shape = tuple(shape)
     mean = np.broadcast_to(np.asarray(logits.mean, dtype=np.float64), shape)
     var = np.broadcast_to(np.asarray(logits.var, dtype=np.float64), shape)
@@ -120,6 +128,8 @@ def selection_gain(logits: Moments, shape, rng: np.random.Generator,
             continue
         sigma = float(np.sqrt(np.mean(v[keep])))
         z = rng.standard_normal((min(_DRAWS, max(_MIN_DRAWS, _KEY_DRAWS // k)), k))
+        if cosine is not None:
+            z = cosine_of(z, cosine_deviates(cosine))
         # in place where it computes the same values (each temporary is a fresh megabyte)
         p = np.multiply(z, sigma)
         p += m[keep]
@@ -131,6 +141,12 @@ def selection_gain(logits: Moments, shape, rng: np.random.Generator,
         gains.append(np.mean(weighted**2 - z_mean**2) + 1.0 / k
                      - np.mean(np.multiply(p, p, out=p).sum(axis=1)))
     return max(float(np.mean(gains)), 0.0) if gains else 0.0
+
+
+def _keys_law(ctx: RuleContext, softmax) -> int | None:
+    """d of the cosine law of the keys of ``softmax`` (:func:`.normalised_keys.keys_dim`)."""
+    node_id = ctx.graph.producer.get(softmax.output[0])
+    return None if node_id is None else keys_dim(replace(ctx.for_node(node_id), known=ctx.known))
 
 
 def selection_variance(ctx: RuleContext, softmax) -> float:
@@ -183,7 +199,7 @@ def selection_variance(ctx: RuleContext, softmax) -> float:
     if mixed is not None and mixed[1].shape[1:] == tuple(logit_shape[1:]):
         logits, rows_shape = Moments(mixed[1], mixed[2]), mixed[1].shape
     try:
-        gain = selection_gain(logits, rows_shape, ctx.rng(), first)
+        gain = selection_gain(logits, rows_shape, ctx.rng(), first, _keys_law(ctx, softmax))
     except ValueError:  # statistics laid out otherwise (per-window rows)
         return 0.0
     return ratio * gain
