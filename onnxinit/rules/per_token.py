@@ -5,7 +5,10 @@ is far from flat while the moments hold the variance pooled over the tokens. The
 hands a non-linear point-wise rule each input whose profile spreads (token_field.per_token)
 spelled out per token, ``Var[x_td] = nu_d p_t`` (:func:`per_token_inputs`; a fused common
 ancestor likewise, :func:`per_token_fusion`); ``tokens.carry`` then makes the rule's per-token
-output variance the output field's diagonal (:func:`with_profile`).
+output variance the output field's diagonal (:func:`with_profile`). A norm of each token's
+features whose input has means that differ from token to token (a class token) gets its input
+spelled out likewise, so that each token's mean is divided by its own scale
+(:func:`_row_norm_input`).
 """
 
 from __future__ import annotations
