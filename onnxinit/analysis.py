@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from .float_rounding import reported_total
 from .graph import ModelGraph, load
 from .lazy import lazy_module
 from .propagate import EMPIRICAL, PASS_THROUGH, Propagation, propagate
@@ -259,7 +260,8 @@ def analyze(
     for name in graph.float_activations():
         if name not in result.moments or name not in user:
             continue
-        mean, var = result.moments[name].total()
+        # as the tensor's float type holds it (a gate within an ulp of 0.5 is a constant)
+        mean, var = reported_total(result.moments[name], graph.dtypes.get(name))
         node_id, op = user[name]
         shape = graph.shape(name)
         report = TensorReport(
