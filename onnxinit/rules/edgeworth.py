@@ -178,8 +178,10 @@ _ROW_BLOCK = 1 << 10  # cells per block of _node_sums: a [nodes, block] array in
 
 
 def _node_sums(fn, mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(W @ g, W @ g^2)`` ``[3, cells]`` with ``g = fn(mean + std t)`` ``[nodes, cells]``
-    and W the weighted Hermite rows: a block of the first class axis at a time, so that g stays
+    """``(W @ g, W @ g^2)`` ``[3, cells]`` with ``g = fn(mean + std t) - E g`` ``[nodes, cells]``
+    (centred on the Gaussian's mean: the rows' He_k have mean 0, so the first sums are the
+    same, and the variance's second sums carry no ``E[g]^2`` to cancel, a gate 0.5 + 1e-9 z
+    keeping its variance) and W the weighted Hermite rows: a block of the first class axis at a time, so that g stays
     in cache (each product's column is its cell's own sum over the nodes, the same in a block
     as in the whole); the whole at once when fn does not broadcast on a block (a constant that
     varies along that axis, or a function that broadcasts its input further)."""
@@ -192,6 +194,7 @@ def _node_sums(fn, mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.nd
             for i in range(0, mean.shape[2], rows):
                 part = (slice(None), slice(None), slice(i, i + rows))
                 g = chain_at_nodes(fn, mean[part], std[part], _T)
+                g -= _W @ g
                 s1[(slice(None),) + part] = (_WEIGHTED_HE @ g).reshape((3,) + mean[part].shape)
                 s2[(slice(None),) + part] = (_WEIGHTED_HE @ np.multiply(g, g, out=g)).reshape(
                     (3,) + mean[part].shape)
@@ -203,6 +206,7 @@ def _node_sums(fn, mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.nd
     except ValueError:  # a function that broadcasts its input further: all at once
         g = np.asarray(fn(_nodes(mean, var)), dtype=np.float64)
         g = g.reshape(g.shape[0], -1)
+    g -= _W @ g
     return _WEIGHTED_HE @ g, _WEIGHTED_HE @ np.multiply(g, g, out=g)
 
 
@@ -322,7 +326,7 @@ def corrected(y: Moments, ctx: RuleContext) -> Moments:
         return y
     m0, v0 = np.broadcast_to(cells.mean, shape), np.broadcast_to(cells.var, shape)
     m1 = m0 + d1
-    v1 = v0 + m0**2 + d2 - m1**2
+    v1 = v0 + d2 - d1**2  # d2: the lifted sums of the centred chain's square
     # where the expansion leaves its range (a density that goes negative in the tail the
     # function keeps: strongly skewed, the mean far below a ReLU's kink) the Gaussian's values
     bad = ~(v1 > 0.05 * v0)
@@ -369,7 +373,7 @@ def _through_batch_norm(y: Moments, ctx: RuleContext, conv: RuleContext, x: Mome
     m0, v0 = np.broadcast_to(cells.mean, shape), np.broadcast_to(cells.var, shape)
     m0i, v0i = (at_centre(np.ascontiguousarray(a), maps) for a in (m0, v0))
     m1i = m0i + d1
-    v1i = v0i + m0i**2 + d2 - m1i**2
+    v1i = v0i + d2 - d1**2
     if not (np.all(np.isfinite(v1i)) and np.all(np.isfinite(m1i))):
         return y
     ratio = np.where(v1i > 0.05 * v0i, v1i / np.where(v0i > 0, v0i, 1.0), 1.0)
