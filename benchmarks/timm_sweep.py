@@ -77,9 +77,9 @@ MODELS = {
     "mobilenetv4": ("mobilenetv4_conv_small", 64, {}),
     "gernet": ("gernet_s", 64, {}),
     # MLP mixers and pooling mixers
-    "mixer": ("mixer_s16_224", 64, dict(_VIT, num_blocks=4)),
-    "resmlp": ("resmlp_12_224", 64, dict(_VIT, depth=4)),
-    "gmlp": ("gmlp_ti16_224", 64, dict(_VIT, num_blocks=4)),
+    "mixer": ("mixer_s16_224", 64, _VIT),
+    "resmlp": ("resmlp_12_224", 64, _VIT),
+    "gmlp": ("gmlp_ti16_224", 64, _VIT),
     "convmixer": ("convmixer_768_32", 64, {}),
     "poolformer": ("poolformer_s12", 64, {}),
     # conv / attention hybrids
