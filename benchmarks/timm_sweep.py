@@ -84,11 +84,9 @@ MODELS = {
     "poolformer": ("poolformer_s12", 64, {}),
     # conv / attention hybrids
     "edgenext": ("edgenext_xx_small", 64, {}),
-    "efficientformer": ("efficientformer_l1", 64, {}),
     "mobilevitv2": ("mobilevitv2_050", 64, {}),
     "levit": ("levit_128s", 64, dict(img_size=64)),
     "coatnet": ("coatnet_nano_rw_224", 64, dict(img_size=64)),
-    "tiny_vit": ("tiny_vit_5m_224", 64, dict(img_size=64)),
     "efficientvit": ("efficientvit_b0", 64, {}),
     # transformers with other attentions or token layouts
     "xcit": ("xcit_nano_12_p16_224", 64, dict(_VIT, depth=4)),
@@ -99,6 +97,16 @@ MODELS = {
     "volo": ("volo_d1_224", 64, _VIT),
     "beit": ("beit_base_patch16_224", 64, dict(_VIT, depth=4, embed_dim=192, num_heads=3)),
     "convit": ("convit_tiny", 64, dict(_VIT, depth=4)),
+    # a second tier: inception depthwise mixers, star (element-wise product) blocks, partial
+    # convolutions, gated CNN blocks, learnable-affine HGNet, bidirectional-LSTM mixing,
+    # ghost blocks with decoupled attention
+    "inception_next": ("inception_next_atto", 64, {}),
+    "starnet": ("starnet_s050", 64, {}),
+    "fasternet": ("fasternet_t0", 64, {}),
+    "mambaout": ("mambaout_femto", 64, {}),
+    "hgnetv2": ("hgnetv2_b0", 64, {}),
+    "sequencer": ("sequencer2d_s", 64, {}),
+    "ghostnetv2": ("ghostnetv2_100", 64, {}),
 }
 
 
