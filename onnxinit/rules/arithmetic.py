@@ -60,6 +60,7 @@ from .shifted_sum import shifted_sum
 from .pool_residual import pool_residual
 from .skip_share import skip_sum
 from .unit_rows import unit_rows
+from .zero_branch import zero_branch_sum
 
 _CONST_CAP = 1 << 16  # constants larger than this are not handed to the element-wise rules
 
@@ -114,6 +115,8 @@ def binary(inputs, ctx: RuleContext):
 def _binary(inputs, ctx: RuleContext):
     op = ctx.node.op_type
     rank = out_rank(ctx)
+    if (kept := zero_branch_sum(inputs, ctx)) is not None:  # h + 0: h, its law included
+        return [kept]
     if mixes_ids(ctx) and masks.feeds_softmax(ctx) and (mixed := mixed_moments(ctx)):
         return mixed  # logits mixed with a mask of the token ids (id_masks.py)
     offset = masks.logit_offset(inputs, ctx, rank)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .zero_branch import appended
 from ..moments import Elementwise, Moments, Source
 from ..spatial import attach, with_corr
 from .context import RuleContext, RuleError, signal
@@ -213,7 +214,7 @@ def apply_fn(x: Moments, f: ElementwiseFn | Elementwise, rank: int | None = None
     if x.spatial is not None:
         return _apply_to_cells(x, f, rank)
     src = base_source(x, rank)
-    out_src = Source(src.mean, src.var, src.chain + (f.elementwise,))
+    out_src = Source(src.mean, src.var, appended(src.chain, f.elementwise))
     if f.affine is not None:
         a, b = f.affine
         mean = expand(x.mean, rank) * a + b

@@ -28,6 +28,7 @@ from ..spatial import attach, class_weights, gather_taps, positions
 from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
 from .energy_mixture import mixture_shift
+from .gated_max import gate_operands, gated
 from .global_maxima import class_maximum
 from .max_windows import max_pool_classes
 from .maxima import max_moments
@@ -152,9 +153,19 @@ def max_pool(inputs, ctx: RuleContext):
                                                              composed.in_shape(0), composed)
         if classes is not None:
             return [classes] + outs
+    gate = gate_operands(ctx)
+    if gate is not None:  # max(x s) = s max(x) for a gate s >= 0 equal over the window
+        pooled = _max_pool_of(ctx.known[gate[0]], x_shape, ctx)
+        return [gated(pooled, ctx.known[gate[1]], ctx.out_shape(0)[2:])] + outs
+    return [_max_pool_of(x, x_shape, ctx)] + outs
+
+
+def _max_pool_of(x: Moments, x_shape, ctx: RuleContext) -> Moments:
+    """The MaxPool's output for input moments ``x``: per position class where the input is a
+    monotone chain of Gaussians, else from the order statistics of its distribution."""
     classes = max_pool_classes(x, x_shape, ctx)
     if classes is not None:
-        return [classes] + outs
+        return classes
     x = per_channel(x, x_shape)
     rank = len(x_shape)
     windows = distinct_windows(ctx)
@@ -164,7 +175,7 @@ def max_pool(inputs, ctx: RuleContext):
     stats = dict(zip(counts, max_moments(base_source(x, rank), counts, rank)))
     parts = [(*stats[inside], w) for inside, _, w in windows]
     mean, var = mix(parts)
-    return [Moments(mean, var)] + outs
+    return Moments(mean, var)
 
 
 @rule("GlobalMaxPool")
