@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .zero_branch import appended
 from ..moments import Elementwise, Moments, Source
 from ..spatial import attach, with_corr
 from .context import RuleContext, RuleError, signal
+from .zero_branch import appended
 from . import cross_fields
 from .correlations import deferred_correlation
 from .joint_samples import joint_moments
