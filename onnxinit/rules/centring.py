@@ -36,6 +36,7 @@ from .centred_law import centred_law
 from .elementwise import ElementwiseFn, apply_fn, digest
 from .gaussian import expand
 from .grids import finish, operand, signal_axes
+from .reduce_axes import node_axes
 
 
 def _has_chain(x: Moments) -> bool:
@@ -49,17 +50,6 @@ def _is_plain_gaussian(x: Moments) -> bool:
     independent sum did not)."""
     return (x.mixture is None and x.rows is None and x.spatial is None
             and (x.source is None or not x.source.chain))
-
-
-def _reduced_axes(node, graph, rank: int) -> tuple[int, ...] | None:
-    """ReduceMean's axes (the attribute below opset 18, the input from it; all when none)."""
-    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        value = graph.value(node.input[1])
-        if value is None:
-            return None
-        axes = [int(v) for v in np.reshape(value, -1)]
-    return tuple(range(rank)) if axes is None else tuple(sorted(a % rank for a in axes))
 
 
 def _centred_gaussian(inputs, ctx: RuleContext, rank: int, axes) -> Moments | None:
@@ -97,9 +87,9 @@ def centred(inputs, ctx: RuleContext, rank: int) -> Moments | None:
     if not _has_chain(x):
         if not _is_plain_gaussian(x):
             return None
-        axes = _reduced_axes(mean_node, ctx.graph, rank)
+        axes = node_axes(mean_node, ctx.graph, rank)
         return None if axes is None else _centred_gaussian(inputs, ctx, rank, axes)
-    axes = _reduced_axes(mean_node, ctx.graph, rank)
+    axes = node_axes(mean_node, ctx.graph, rank)
     if axes is not None:
         mean_x, var_x, _ = operand(inputs, ctx, 0, rank)
         mean_m, var_m, _ = operand(inputs, ctx, 1, rank)

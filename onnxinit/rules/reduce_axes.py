@@ -23,3 +23,16 @@ def reduced_axes(ctx: RuleContext, rank: int) -> tuple[int, ...] | None:
             return None
         return tuple(range(rank))
     return tuple(sorted({a % rank for a in axes}))
+
+
+def node_axes(node, graph, rank: int) -> tuple[int, ...] | None:
+    """The axes of a reduction ``node`` read without its context: the attribute (below opset
+    18) or the constant second input (from it), all axes when neither; None when the input is
+    not constant."""
+    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = graph.value(node.input[1])
+        if value is None:
+            return None
+        axes = [int(v) for v in np.reshape(value, -1)]
+    return tuple(range(rank)) if axes is None else tuple(sorted(a % rank for a in axes))

@@ -24,19 +24,10 @@ from ..moments import Moments
 from .centred_law import NODES, T_NODES, T_WEIGHTS
 from .context import RuleContext
 from .gaussian import compose, expand
+from .reduce_axes import node_axes
 from .table_rows import squared_input
 
 TOLERANCE = 0.1
-
-
-def _axes(node, graph, rank: int):
-    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        value = graph.value(node.input[1])
-        if value is None:
-            return None
-        axes = [int(v) for v in np.reshape(value, -1)]
-    return tuple(range(rank)) if axes is None else tuple(sorted(a % rank for a in axes))
 
 
 def _keepdims(node) -> bool:
@@ -53,7 +44,7 @@ def _centred_source(ctx: RuleContext, d: str, axes, rank: int):
     mean_id = graph.producer.get(sub.input[1])
     mean = graph.node(mean_id) if mean_id else None
     if (mean is None or mean.op_type != "ReduceMean" or mean.input[0] != sub.input[0]
-            or not _keepdims(mean) or _axes(mean, graph, rank) != axes):
+            or not _keepdims(mean) or node_axes(mean, graph, rank) != axes):
         return None
     return sub.input[0], mean.output[0]
 
@@ -69,7 +60,7 @@ def sample_variance(ctx: RuleContext, out: Moments) -> Moments:
     if not shape or not all(isinstance(n, int) for n in shape):
         return out
     rank = len(shape)
-    axes = _axes(node, graph, rank)
+    axes = node_axes(node, graph, rank)
     found = _centred_source(ctx, d, axes, rank) if axes else None
     if found is None:
         return out
