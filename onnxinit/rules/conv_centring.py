@@ -60,7 +60,7 @@ def conv_centred(centred_in: np.ndarray, nu: np.ndarray, factor: np.ndarray, w: 
     for h in hits:  # taps flattened in w's order: Kronecker products, first axis slowest
         per_tap, gram = np.kron(per_tap, h.sum(axis=1)), np.kron(gram, h @ h.T)
     total_a = flat @ per_tap / k_out  # A_ci
-    square_a = np.einsum("cit,ts,cis->ci", flat, gram, flat) / k_out**2  # sum_u a_ciu^2
+    square_a = ((flat @ gram) * flat).sum(axis=-1) / k_out**2  # sum_u a_ciu^2
     spread = np.maximum(square_a - total_a**2 / k_in, 0.0)  # sum_u d_ciu^2
     if np.all(k_in * spread <= 1e-9 * total_a**2):
         return None
