@@ -15,6 +15,7 @@ from ..moments import Moments, Spatial
 from ..spatial import attach, gather_taps, window, within_variance
 from ..views import broadcast_to
 from . import cross_fields
+from .conv_centring import conv_centred
 from .copies import copy_cells
 
 _FLOAT32_ABOVE = 1 << 24  # multiply-adds of a Conv over cells above which it runs in float32
@@ -120,6 +121,14 @@ def conv_output(sp: Spatial, w, bias, groups, strides, dilations, begins, out_si
         1, [m.size for m in sp.maps])
     corr, _ = correlation.conv(corr_in, within_variance(sp, c_in), w, groups, strides,
                                dilations, out_sizes)
+    if corr_in.centred is not None and zeros is None:  # a ConvTranspose's stand-in: as before
+        in_sizes = [m.size for m in sp.maps]
+        centred = conv_centred(
+            np.broadcast_to(corr_in.batch_centred(c_in), (c_in,)), within_variance(sp, c_in),
+            np.broadcast_to(correlation.mean_variance_factor(corr_in, in_sizes), (c_in,)), w,
+            groups, strides, dilations, begins, in_sizes, out_sizes)
+        if centred is not None:
+            corr = corr.with_centred(centred)
     cells = copy_cells(sp, w, bias, groups, taps, mean, var)
     var, corr = cross_fields.conv(sp, nu, w, groups, strides, dilations, taps, var, corr,
                                   chained=cells is not None and cells.source is not None,

@@ -38,6 +38,7 @@ from .elementwise import affine, apply_fn, digest
 from .gaussian import abs_closed, expand, gaussian_moments
 from .mixture import affine_mixture
 from .registry import rule
+from .batch_mean import batch_mean_share
 from .running_statistics import running_statistics
 
 _MIN_FOR_SOURCE = 64
@@ -123,21 +124,24 @@ def _normalized_cells(x: Moments, in_shape, axes, eps, gamma, beta, n: int) -> M
     normalised positions: D = nu_within (n-1)/n + spread + eps (the spread of the cells'
     means is signal, the within-cell variance is what the batch mean estimates with error),
     every cell k mapped by ``E_k = gamma (mu_k - m)/sqrt(D) + beta``,
-    ``Var_k = gamma^2 (nu_k (1 - 2/n) + nu_within / n) / D``. After BatchNormalization each
-    channel's sample means are centred over the batch (``Correlation.batch_centred``)."""
+    ``Var_k = gamma^2 (nu_k (1 - 2/n) + nu_within / n) / D``, with ``1/n`` the batch mean's
+    share of the variance (:mod:`.batch_mean`: what correlated or already centred inputs give).
+    After BatchNormalization each channel's sample means are centred over the batch."""
     rank = len(in_shape)
     sp = x.spatial
     c = in_shape[1]
     within = within_variance(sp, c).reshape((1, c) + (1,) * (rank - 2))
     mean_c = np.broadcast_to(x.mean, (1, c) + (1,) * (rank - 2))
     spread = np.maximum(np.broadcast_to(x.var, mean_c.shape) - within, 0.0)
-    denom = within * (n - 1) / n + spread + eps
+    q = 1 / n if 0 not in axes else np.reshape(
+        batch_mean_share(sp.corr, c, in_shape[2:], in_shape[0]), (1, -1) + (1,) * (rank - 2))
+    denom = within * (1 - q) + spread + eps
     if np.any(denom <= 0):
         raise RuleError("a normalised group with zero variance and eps = 0")
     a = gamma / np.sqrt(denom)
     out = apply_fn(x, affine(a, beta - a * mean_c, ("norm",)), rank)
     cells = out.spatial.cells if out.spatial is not None else out
-    var = cells.var * (1 - 2 / n) + a * a * within / n
+    var = cells.var * (1 - 2 * q) + a * a * within * q
     cells = Moments(cells.mean, var, cells.source, cells.mixture)
     corr = out.spatial.corr if out.spatial is not None else None
     if 0 in axes and corr is not None:  # batch statistics: sample means centred over the batch

@@ -25,6 +25,7 @@ import numpy as np
 from .. import correlation
 from ..moments import Moments
 from ..spatial import attach, class_weights, gather_taps, positions
+from .batch_mean import pooled_centring
 from .context import RuleContext, RuleError, signal
 from .elementwise import base_source
 from .energy_mixture import mixture_shift
@@ -130,8 +131,9 @@ def spatial_mean(x: Moments, x_shape) -> Moments:
     var = (w * nu).sum(axis=axes) / k
     if sp.corr is not None:  # correlated positions: (nu/K^2) sum_d n(d) rho(d)
         var = var * correlation.mean_variance_factor(sp.corr, x_shape[2:])
-        # BatchNorm's batch mean: the centred part's variance over N samples is (N-1)/N
-        var = var * (1.0 - sp.corr.batch_centred(var.size) / max(1, x_shape[0]))
+        # BatchNorm's batch mean: the centred part's variance over N samples is (N-1)/N of
+        # what the pooled element variance gives (:mod:`.batch_mean`)
+        var = var * pooled_centring(sp.corr, var.size, x_shape[2:], x_shape[0])
     return Moments.along(mean, var, 1, len(x_shape)) if mean.size > 1 else Moments(
         mean.reshape((1,) * len(x_shape)), var.reshape((1,) * len(x_shape)))
 
