@@ -51,7 +51,7 @@ import numpy as np
 from ..moments import Moments
 from .centred_rows import centred_input
 from .context import RuleContext
-from .pair_algebra import NONE, Pairs, independent_sum, row_mean_factor
+from .pair_algebra import NONE, Pairs, independent_sum
 from .row_norm import normalisation_degree, row_scale, without_casts
 from .projected_norm_energy import projected_energy
 
@@ -163,63 +163,18 @@ def _mean_square(ctx: RuleContext, name: str) -> str | None:
     return None
 
 
-def fixed_row_mean(ctx: RuleContext, out: Moments, table: dict | None = None,
-                   d: int = 0) -> Moments | None:
+def fixed_row_mean(ctx: RuleContext, out: Moments) -> Moments | None:
     """A ReduceMean over the last axis of a LayerNorm's rows times and plus constants the same
     for every feature: the rows sum to 0, so the mean is the constant shift (variance 0; the
-    Pairs' ``signed`` makes it 0 only at the variances it was set at). Of a residual sum ``h +
-    f`` of such an h (one Add): :func:`_shifted_row_mean`. None otherwise."""
+    Pairs' ``signed`` makes it 0 only at the variances it was set at). None otherwise (of a
+    residual sum of such rows: :mod:`.shifted_row_mean`)."""
     if ctx.node.op_type != "ReduceMean":
         return None
     norm = _normalised_row(ctx, ctx.node.input[0])
     if norm is None or not norm.centred:
-        return _shifted_row_mean(ctx, out, table or {}, d) if d >= 2 else None
+        return None
     return replace(out, mean=np.full(np.shape(out.mean), norm.shift),
                    var=np.zeros(np.shape(out.var)), source=None, mixture=None, tokens=None)
-
-
-def _row_sum(a, shape: tuple) -> np.ndarray:
-    """``a`` (broadcasting to ``shape``) summed over the last axis, keepdims, still compact."""
-    a = np.asarray(a, np.float64)
-    a = a.reshape((1,) * (len(shape) - a.ndim) + a.shape)
-    return a.sum(axis=-1, keepdims=True) * (shape[-1] if a.shape[-1] == 1 else 1)
-
-
-def _shifted_row_mean(ctx: RuleContext, out: Moments, table: dict, d: int) -> Moments | None:
-    """The row mean of ``s = h + f`` (f one term or two, independent: a pre-norm block's
-    attention and MLP outputs; signals or constants) with h a LayerNorm's
-    rows times and plus constants the same for every feature: h's row mean is its shift
-    exactly, so ``mean(s) = shift + mean(f)``,
-
-        E = shift + (1/D) sum_d E f_d,   Var = (1/D^2) sum_d Var f_d * row_mean_factor(f)
-
-    (f's features correlated by its Pairs' ``signed``; h and f need not be independent). The
-    rule on s read h's D-fold cancelling variance beside f's small one: SegFormer's
-    ``layernorm_after`` mean at opset 14 12-118x the measured. Not modelled: f's own covariance
-    field (a mean of f alone may read it)."""
-    s = ctx.node.input[0]
-    shape = ctx.graph.shape(s)
-    known = ctx.known or {}
-    if not shape or shape[-1] != d or s not in known:
-        return None
-    for h_name, others in _parts(ctx, s, depth=2, constants=True)[1:]:
-        norm = _normalised_row(ctx, h_name)
-        terms = [_term(ctx, known, n) for n in others]
-        if norm is None or not norm.centred or None in terms:
-            continue
-        f, fp = terms[0], table.get(others[0]) or NONE
-        for m, n in zip(terms[1:], others[1:]):  # the other terms, independent
-            fp = independent_sum(fp, f, table.get(n) or NONE, m)
-            f = Moments(*np.broadcast_arrays(np.asarray(f.mean) + np.asarray(m.mean),
-                                             np.asarray(f.var) + np.asarray(m.var)))
-        mean = norm.shift + _row_sum(f.mean, tuple(shape)) / d
-        var = _row_sum(f.var, tuple(shape)) / d**2 * row_mean_factor(fp, f, d)
-        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
-            return None
-        if not ctx.attr("keepdims", 1):
-            mean, var = mean[..., 0], var[..., 0]
-        return replace(out, mean=mean, var=var, source=None, mixture=None, tokens=None)
-    return None
 
 
 def _rows(m: Moments, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -394,9 +349,11 @@ def squares_normalised_term(ctx: RuleContext) -> bool:
 
 def fixed_row_statistic(ctx: RuleContext, out: Moments, table: dict, d: int) -> Moments | None:
     """:func:`fixed_row_mean` or :func:`fixed_energy_mean_square`, whichever applies."""
-    found = fixed_row_mean(ctx, out, table, d)
+    found = fixed_row_mean(ctx, out)
     return found if found is not None else fixed_energy_mean_square(ctx, out, table, d)
 
 
+normalised_row, residual_parts, term_moments = _normalised_row, _parts, _term  # shifted_row_mean
+
 __all__ = ["fixed_energy_mean_square", "fixed_row_mean", "fixed_row_statistic",
-           "squares_normalised_term"]
+           "normalised_row", "residual_parts", "squares_normalised_term", "term_moments"]
