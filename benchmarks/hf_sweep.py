@@ -24,6 +24,12 @@ the one the interpreter imports first: put another checkout on PYTHONPATH for a 
 ``sweep_{name}_seed{N}.onnx`` in the cache (``sweep_{name}.onnx`` for seed 0).
 
     python benchmarks/hf_sweep.py --models gpt2,bert --seed 1
+
+``--opset N`` exports at opset N instead of 17 (``sweep_{name}_opset{N}.onnx``; below 17
+LayerNorm is written out, below 13 Softmax is the coerced 2-D form; docs/robustness.md,
+"Older opsets"):
+
+    python benchmarks/hf_sweep.py --models gpt2,bert,deberta_v2 --opset 11
 """
 
 from __future__ import annotations
@@ -314,17 +320,20 @@ def build(name: str):
     return LastHiddenState(), shape, input_name, vocab
 
 
-def one(name: str, directory: Path, runs: int, worst: int, seed: int = 0) -> dict:
+def one(name: str, directory: Path, runs: int, worst: int, seed: int = 0,
+        opset: int = 17) -> dict:
     import torch
 
     from tests.real.exports import export_module
     from tests.real.sequence import compare
 
-    path = directory / f"sweep_{name}{f'_seed{seed}' if seed else ''}.onnx"
+    path = directory / (f"sweep_{name}{f'_seed{seed}' if seed else ''}"
+                        f"{f'_opset{opset}' if opset != 17 else ''}.onnx")
     if not path.exists():
         torch.manual_seed(seed)
         module, shape, input_name, vocab = build(name)
-        export_module(module, shape, path, input_name=input_name, integer_input=vocab)
+        export_module(module, shape, path, input_name=input_name, integer_input=vocab,
+                      opset=opset)
     r = compare(path, batch_size=8, runs=runs)
     return {"name": name, "tensors": len(r.tensors), "within_10": r.within_10,
             "within_2x": r.within_2x, "coverage": r.coverage, "non_finite": r.non_finite,
@@ -339,13 +348,16 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=600, help="seconds per model")
     parser.add_argument("--seed", type=int, default=0,
                         help="torch's seed for the built models' weights (default 0)")
+    parser.add_argument("--opset", type=int, default=17,
+                        help="the opset the TorchScript exporter writes (default 17)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     directory = Path(os.environ.get("ONNXINIT_EXPORT_CACHE") or tempfile.mkdtemp())
     directory.mkdir(parents=True, exist_ok=True)
     if args.one:
         warnings.simplefilter("ignore")
-        print(json.dumps(one(args.one, directory, args.runs, args.worst, args.seed)))
+        print(json.dumps(one(args.one, directory, args.runs, args.worst, args.seed,
+                             args.opset)))
         return
     env = {**os.environ, "ONNXINIT_EXPORT_CACHE": str(directory)}
     print(f"{'model':16} {'tensors':>7} {'within 10%':>10} {'within 2x':>9} {'coverage':>8} "
@@ -354,7 +366,8 @@ def main() -> None:
         try:
             done = subprocess.run(
                 [sys.executable, __file__, "--one", name, "--runs", str(args.runs),
-                 "--worst", str(args.worst), "--seed", str(args.seed)], capture_output=True, text=True, env=env,
+                 "--worst", str(args.worst), "--seed", str(args.seed), "--opset",
+                 str(args.opset)], capture_output=True, text=True, env=env,
                 timeout=args.timeout)
         except subprocess.TimeoutExpired:
             print(f"{name:16} timed out after {args.timeout} s", flush=True)

@@ -73,6 +73,7 @@ from .covariance_readers import squared_correlation
 from .context import RuleContext, RuleError
 from .conv_rows import conv_channels_last
 from .fixed_energy_rows import fixed_row_statistic
+from .shifted_row_mean import shifted_row_mean
 from .folded_norm import fixed_row_energy
 from .fusion import fused_function
 from .gram import correlated_gram
@@ -209,6 +210,7 @@ def _carry(ctx: RuleContext, inputs: list, outputs: list, table: dict) -> tuple[
     if op in _MEANS:  # (a mean the reduce rule took with the features' covariance: not read)
         d = _reduced_last(ctx) if reduces_last_alone(ctx) else None
         fixed = fixed_row_statistic(ctx, outputs[0], table, d) if d else None  # exact: first
+        fixed = shifted_row_mean(ctx, outputs[0], table, d) if d and fixed is None else fixed
         if fixed is not None:
             return [fixed] + outputs[1:], none
         if d is not None and not summed_row(ctx) and not _table_law(outputs[0]):

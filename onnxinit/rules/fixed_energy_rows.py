@@ -166,7 +166,8 @@ def _mean_square(ctx: RuleContext, name: str) -> str | None:
 def fixed_row_mean(ctx: RuleContext, out: Moments) -> Moments | None:
     """A ReduceMean over the last axis of a LayerNorm's rows times and plus constants the same
     for every feature: the rows sum to 0, so the mean is the constant shift (variance 0; the
-    Pairs' ``signed`` makes it 0 only at the variances it was set at). None otherwise."""
+    Pairs' ``signed`` makes it 0 only at the variances it was set at). None otherwise (of a
+    residual sum of such rows: :mod:`.shifted_row_mean`)."""
     if ctx.node.op_type != "ReduceMean":
         return None
     norm = _normalised_row(ctx, ctx.node.input[0])
@@ -352,5 +353,7 @@ def fixed_row_statistic(ctx: RuleContext, out: Moments, table: dict, d: int) -> 
     return found if found is not None else fixed_energy_mean_square(ctx, out, table, d)
 
 
+normalised_row, residual_parts, term_moments = _normalised_row, _parts, _term  # shifted_row_mean
+
 __all__ = ["fixed_energy_mean_square", "fixed_row_mean", "fixed_row_statistic",
-           "squares_normalised_term"]
+           "normalised_row", "residual_parts", "squares_normalised_term", "term_moments"]

@@ -209,10 +209,11 @@ def export_directory(prefix: str = "onnxinit-exports-") -> Path:
 
 
 def export_module(module, example_shape: tuple[int, ...], path: Path, *,
-                  input_name: str = "x", integer_input: int = 0) -> Path:
+                  input_name: str = "x", integer_input: int = 0, opset: int = 17) -> Path:
     """Export ``module`` in training mode (README): TrainingMode.TRAINING, no constant folding,
     the TorchScript exporter, a dynamic batch axis, IR version <= 10 (onnxruntime's limit).
-    ``integer_input`` > 0 feeds token ids below that bound instead of N(0, 1) floats."""
+    ``integer_input`` > 0 feeds token ids below that bound instead of N(0, 1) floats;
+    ``opset`` the opset written (17 unless told)."""
     import onnx
     import torch
 
@@ -227,7 +228,7 @@ def export_module(module, example_shape: tuple[int, ...], path: Path, *,
         torch.onnx.export(
             module, (example,), str(tmp), input_names=[input_name],
             training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False, dynamo=False,
-            opset_version=17, dynamic_axes={input_name: {0: "batch"}},
+            opset_version=opset, dynamic_axes={input_name: {0: "batch"}},
         )
     proto = onnx.load(str(tmp))
     proto.ir_version = min(proto.ir_version, 10)
