@@ -35,9 +35,9 @@ def _signal_input(graph, node) -> str | None:
     return signals[0] if len(signals) == 1 else None
 
 
-def dense_input(graph, name: str) -> str | None:
-    """x where ``name`` is ``x @ W`` (W a constant matrix: MatMul, or Gemm without transA)
-    through layout ops and constant scales and offsets, else None."""
+def dense_layer(graph, name: str) -> tuple[str, np.ndarray] | None:
+    """(x, W) where ``name`` is ``x @ W`` (W a constant matrix: MatMul, or Gemm without transA
+    and with a constant bias) through layout ops and constant scales and offsets, else None."""
     for _ in range(MAX_STEPS):
         node_id = graph.producer.get(name)
         if node_id is None:
@@ -51,17 +51,62 @@ def dense_input(graph, name: str) -> str | None:
                 return None
         elif node.op_type == "MatMul":
             w = graph.value(node.input[1])
-            return node.input[0] if w is not None and np.ndim(w) == 2 else None
+            return (node.input[0], np.asarray(w)) if w is not None and np.ndim(w) == 2 else None
         elif node.op_type == "Gemm":
             w = graph.value(node.input[1])
-            transposed = any(a.name == "transA" and a.i for a in node.attribute)
+            flags = {a.name: a.i for a in node.attribute}
             bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
             constant = bias is None or graph.value(bias) is not None
-            ok = w is not None and np.ndim(w) == 2 and not transposed and constant
-            return node.input[0] if ok else None
+            if w is None or np.ndim(w) != 2 or flags.get("transA", 0) or not constant:
+                return None
+            return node.input[0], np.asarray(w).T if flags.get("transB", 0) else np.asarray(w)
         else:
             return None
     return None
+
+
+def dense_input(graph, name: str) -> str | None:
+    """x of :func:`dense_layer`, else None."""
+    found = dense_layer(graph, name)
+    return None if found is None else found[0]
+
+
+def _through_layout(graph, name: str, rows: str) -> bool:
+    """``name`` is ``rows`` moved by layout ops only."""
+    for _ in range(MAX_STEPS):
+        if name == rows:
+            return True
+        node_id = graph.producer.get(name)
+        if node_id is None or graph.node(node_id).op_type not in _LAYOUT:
+            return False
+        name = graph.node(node_id).input[0]
+    return False
+
+
+def projection_ratios(ctx: RuleContext, name: str) -> np.ndarray | None:
+    """Per output feature j of the dense layer ``name`` of normalized rows read directly
+    (through layout ops), ``u_j^T S u_j / sum_i u_ij^2 S_ii`` (u_j the weight column, S the
+    rows' feature covariance from their field): the projection's variance over the one of
+    independent features; None without a field or for other layouts."""
+    found = dense_layer(ctx.graph, name)
+    if found is None or ctx.known is None:
+        return None
+    x, w = found
+    rows = normalised(ctx, x)
+    shape = ctx.graph.shape(rows) if rows else None
+    if rows is None or not shape or not _through_layout(ctx.graph, x, rows):
+        return None
+    field = row_covariance(ctx, rows)
+    if field is None or field.head_axis is not None or field.axis != len(shape) - 1:
+        return None
+    cov, w = np.asarray(field.cov, dtype=np.float64), np.asarray(w, dtype=np.float64)
+    if cov.shape[0] != w.shape[0]:
+        return None
+    full = np.einsum("ij,ik,kj->j", w, cov, w)
+    diagonal = np.diag(cov) @ (w * w)
+    if not np.all(diagonal > 0) or not np.all(np.isfinite(full)):
+        return None
+    return full / diagonal
 
 
 def normalised(ctx: RuleContext, name: str) -> str | None:
@@ -132,5 +177,5 @@ def dense_rows_dim(ctx: RuleContext, name: str) -> int | None:
     return int(round(r))
 
 
-__all__ = ["MAX_DIM", "dense_input", "dense_rows_dim", "normalised", "participation_ratio",
-           "row_dim"]
+__all__ = ["MAX_DIM", "dense_input", "dense_layer", "dense_rows_dim", "normalised",
+           "participation_ratio", "projection_ratios", "row_dim"]

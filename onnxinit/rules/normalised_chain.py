@@ -32,7 +32,7 @@ import numpy as np
 from ..moments import Moments
 from ..spatial import attach
 from .context import RuleContext
-from .dense_rows import dense_rows_dim
+from .dense_rows import dense_rows_dim, projection_ratios
 from .elementwise import refinement
 from .gaussian import chain_at_nodes, compose, quadrature
 from .kurtosis import chain_start
@@ -42,17 +42,19 @@ _Z, _W = quadrature(True)
 _DIMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> {tensor: (x, d)}
 
 
-def _dim(ctx: RuleContext, z_name: str) -> int | None:
-    """:func:`.dense_rows.dense_rows_dim` of ``z_name``, kept per graph while its moments are
-    the same object (every node of a chain asks)."""
+def _law(ctx: RuleContext, z_name: str):
+    """(d, per-feature variance ratios or None) of :mod:`.dense_rows` for ``z_name`` (d None:
+    not such a dense layer), kept per graph while its moments are the same object (every
+    node of a chain asks)."""
     memo = _DIMS.setdefault(ctx.graph, {})
     z = ctx.known[z_name]
     hit = memo.get(z_name)
     if hit is not None and hit[0] is z:
         return hit[1]
     d = dense_rows_dim(ctx, z_name)
-    memo[z_name] = (z, d)
-    return d
+    found = (d, projection_ratios(ctx, z_name) if d is not None else None)
+    memo[z_name] = (z, found)
+    return found
 
 
 def _one_scale(a: np.ndarray, b: np.ndarray) -> bool:
@@ -65,14 +67,16 @@ def _one_scale(a: np.ndarray, b: np.ndarray) -> bool:
     return k > 0 and bool(np.allclose(ratio, k, rtol=1e-6, atol=0.0))
 
 
-def cosine_moments(fn, mean: np.ndarray, var: np.ndarray, d: int):
+def cosine_moments(fn, mean: np.ndarray, var: np.ndarray, d: int, law_var=None):
     """``(E[g] - E_N[g], E[g^2] - E_N[g^2])`` per cell (module docstring): the cosine law's
-    moments of ``g = fn(mean + std c)`` less the Gaussian's on the same nodes."""
+    moments of ``g = fn(mean + std c)`` (std from ``law_var``, else ``var``) less the
+    Gaussian's of variance ``var`` on the same nodes."""
     std = np.sqrt(np.maximum(var, 0.0))
+    law_std = std if law_var is None else np.sqrt(np.maximum(law_var, 0.0))
     nodes = cosine_of(_Z.copy(), cosine_deviates(d))
     with np.errstate(all="ignore"):
         g = chain_at_nodes(fn, mean, std, _Z)
-        c = chain_at_nodes(fn, mean, std, nodes)
+        c = chain_at_nodes(fn, mean, law_std, nodes)
         first = _W @ c - _W @ g
         second = _W @ (c * c) - _W @ (g * g)
     return first.reshape(mean.shape), second.reshape(mean.shape)
@@ -92,7 +96,7 @@ def light_tailed(y: Moments, ctx: RuleContext) -> Moments:
     z = known.get(z_name)
     if z is None or z.mixture is not None or z.spatial is not None or z.source is not None:
         return y
-    d = _dim(ctx, z_name)
+    d, ratios = _law(ctx, z_name)
     if d is None:
         return y
     try:
@@ -104,9 +108,12 @@ def light_tailed(y: Moments, ctx: RuleContext) -> Moments:
                             for a in (src.mean, src.var, z.var))
     if not _one_scale(s_var, z_var):
         return y
+    law_var = None
+    if ratios is not None and shape and shape[-1] == ratios.size:
+        law_var = np.ascontiguousarray(s_var * ratios)
     try:
         d1, d2 = cosine_moments(compose(src.chain), np.ascontiguousarray(s_mean),
-                                np.ascontiguousarray(s_var), d)
+                                np.ascontiguousarray(s_var), d, law_var)
     except ValueError:
         return y
     m0, v0 = (np.broadcast_to(np.asarray(a, dtype=np.float64), shape)
