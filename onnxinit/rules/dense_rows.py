@@ -83,11 +83,12 @@ def _through_layout(graph, name: str, rows: str) -> bool:
     return False
 
 
-def projection_ratios(ctx: RuleContext, name: str) -> np.ndarray | None:
+def projection_variances(ctx: RuleContext, name: str) -> np.ndarray | None:
     """Per output feature j of the dense layer ``name`` of normalized rows read directly
-    (through layout ops), ``u_j^T S u_j / sum_i u_ij^2 S_ii`` (u_j the weight column, S the
-    rows' feature covariance from their field): the projection's variance over the one of
-    independent features; None without a field or for other layouts."""
+    (through layout ops), ``u_j^T S u_j`` (u_j the weight column, S the rows' feature
+    covariance from their field): the projection's variance (the sum over independent
+    features, ``sum_i u_ij^2 S_ii``, misses the spread that S's correlations give it); None
+    without a field or for other layouts."""
     found = dense_layer(ctx.graph, name)
     if found is None or ctx.known is None:
         return None
@@ -103,10 +104,7 @@ def projection_ratios(ctx: RuleContext, name: str) -> np.ndarray | None:
     if cov.shape[0] != w.shape[0]:
         return None
     full = np.einsum("ij,ik,kj->j", w, cov, w)
-    diagonal = np.diag(cov) @ (w * w)
-    if not np.all(diagonal > 0) or not np.all(np.isfinite(full)):
-        return None
-    return full / diagonal
+    return full if np.all(full > 0) and np.all(np.isfinite(full)) else None
 
 
 def normalised(ctx: RuleContext, name: str) -> str | None:
@@ -178,4 +176,4 @@ def dense_rows_dim(ctx: RuleContext, name: str) -> int | None:
 
 
 __all__ = ["MAX_DIM", "dense_input", "dense_layer", "dense_rows_dim", "normalised",
-           "participation_ratio", "projection_ratios", "row_dim"]
+           "participation_ratio", "projection_variances", "row_dim"]

@@ -32,7 +32,7 @@ import numpy as np
 from ..moments import Moments
 from ..spatial import attach
 from .context import RuleContext
-from .dense_rows import dense_rows_dim, projection_ratios
+from .dense_rows import dense_rows_dim, projection_variances
 from .elementwise import refinement
 from .gaussian import chain_at_nodes, compose, quadrature
 from .kurtosis import chain_start
@@ -52,7 +52,7 @@ def _law(ctx: RuleContext, z_name: str):
     if hit is not None and hit[0] is z:
         return hit[1]
     d = dense_rows_dim(ctx, z_name)
-    found = (d, projection_ratios(ctx, z_name) if d is not None else None)
+    found = (d, projection_variances(ctx, z_name) if d is not None else None)
     memo[z_name] = (z, found)
     return found
 
@@ -65,6 +65,20 @@ def _one_scale(a: np.ndarray, b: np.ndarray) -> bool:
     ratio = a / b
     k = float(np.mean(ratio))
     return k > 0 and bool(np.allclose(ratio, k, rtol=1e-6, atol=0.0))
+
+
+def _feature_profile(s_var: np.ndarray, projected) -> np.ndarray | None:
+    """The source's variance with its profile over the last axis (the dense layer's output
+    features) replaced by ``projected`` (``u_j^T S u_j``), its mean over the features kept:
+    ``s_var * (projected_j / p_j) * (mean p / mean projected)``, p_j the source's variance
+    averaged over the other axes; None where the sizes differ."""
+    if projected is None or s_var.ndim == 0 or s_var.shape[-1] != projected.size:
+        return None
+    profile = s_var.reshape(-1, s_var.shape[-1]).mean(axis=0)
+    if not np.all(profile > 0):
+        return None
+    scale = projected / profile * (profile.mean() / projected.mean())
+    return np.ascontiguousarray(s_var * scale)
 
 
 def cosine_moments(fn, mean: np.ndarray, var: np.ndarray, d: int, law_var=None):
@@ -96,7 +110,7 @@ def light_tailed(y: Moments, ctx: RuleContext) -> Moments:
     z = known.get(z_name)
     if z is None or z.mixture is not None or z.spatial is not None or z.source is not None:
         return y
-    d, ratios = _law(ctx, z_name)
+    d, projected = _law(ctx, z_name)
     if d is None:
         return y
     try:
@@ -108,9 +122,7 @@ def light_tailed(y: Moments, ctx: RuleContext) -> Moments:
                             for a in (src.mean, src.var, z.var))
     if not _one_scale(s_var, z_var):
         return y
-    law_var = None
-    if ratios is not None and shape and shape[-1] == ratios.size:
-        law_var = np.ascontiguousarray(s_var * ratios)
+    law_var = _feature_profile(s_var, projected)
     try:
         d1, d2 = cosine_moments(compose(src.chain), np.ascontiguousarray(s_mean),
                                 np.ascontiguousarray(s_var), d, law_var)
