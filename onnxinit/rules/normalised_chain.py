@@ -12,7 +12,11 @@ source's mean m and variance s^2 per cell) the moments are
 
 with ``(t_i, w_i)`` the Gauss-Hermite rule and ``T_d`` the quantile map from the normal to the
 cosine law (:func:`.logit_law.cosine_deviates`): the same quadrature over the changed variable.
-Only the difference to the Gaussian value (same nodes) is added to the rule's own moments. For
+The variance of output feature j is ``u_j^T S u_j`` (S the rows' covariance, from their
+field: :func:`.dense_rows.projection_variances`), at the source's mean level over the
+features: the dense layer's rule may take the sum over independent features, whose spread
+over the features is smaller (``x^3`` weighs each by ``s^6``). Only the difference to the
+Gaussian of the source's own variance (same nodes) is added to the rule's own moments. For
 ``z^3`` the variance falls from ``15 s^6`` (centred) to ``E[c^6] s^6``, 0.82x the Gaussian's at
 d = 28; the tanh-GELU written out (``x + 0.044715 x^3`` inside) reads it.
 
