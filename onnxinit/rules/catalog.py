@@ -28,6 +28,7 @@ BUILTIN_MODULES = (
     "onnxinit.rules.fused_ahead",
     "onnxinit.rules.inverse_trig",
     "onnxinit.rules.linear",
+    "onnxinit.rules.normalised_chain",
     "onnxinit.rules.normalization",
     "onnxinit.rules.pooling",
     "onnxinit.rules.pool_pairs",

@@ -26,98 +26,9 @@ left Gaussian (their excess kurtosis is under 2.5%).
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..strict import fall_back
-from .centred_rows import centred_input
-from .channel_covariance import row_covariance
-from .context import RuleContext, RuleError
-from .covariance_layout import variances
+from .context import RuleContext
+from .dense_rows import MAX_DIM, dense_rows_dim, participation_ratio
 from .logit_path import WINDOWED, qk_matmul
-from .unit_rows import is_unit_rows
-
-MAX_DIM = 256  # effective features beyond which the keys stay Gaussian
-_LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast")
-_CONSTANT_MAP = ("Mul", "Div", "Add", "Sub")
-MAX_STEPS = 12
-
-
-def _signal_input(graph, node) -> str | None:
-    """The one signal input of an element-wise op with a constant other operand, else None."""
-    signals = [t for t in node.input if t and graph.value(t) is None]
-    return signals[0] if len(signals) == 1 else None
-
-
-def _dense_input(graph, name: str) -> str | None:
-    """x where ``name`` is ``x @ W`` (W a constant matrix) through layout ops and constant
-    scales and offsets, else None."""
-    for _ in range(MAX_STEPS):
-        node_id = graph.producer.get(name)
-        if node_id is None:
-            return None
-        node = graph.node(node_id)
-        if node.op_type in _LAYOUT:
-            name = node.input[0]
-        elif node.op_type in _CONSTANT_MAP:
-            name = _signal_input(graph, node)
-            if name is None:
-                return None
-        elif node.op_type == "MatMul":
-            w = graph.value(node.input[1])
-            return node.input[0] if w is not None and np.ndim(w) == 2 else None
-        else:
-            return None
-    return None
-
-
-def _normalised(ctx: RuleContext, name: str) -> str | None:
-    """The tensor of normalized rows that ``name`` is (through layout ops and a constant
-    gamma and beta): a LayerNormalization over the last axis, TensorFlow's folded LayerNorm
-    or unit rows; else None."""
-    graph = ctx.graph
-    for _ in range(MAX_STEPS):
-        node_id = graph.producer.get(name)
-        if node_id is None:
-            return None
-        node = graph.node(node_id)
-        nctx = ctx.for_node(node_id)
-        if node.op_type == "LayerNormalization":
-            shape = graph.shape(name)
-            axis = nctx.attr("axis", -1)
-            return name if shape and axis % len(shape) == len(shape) - 1 else None
-        if node.op_type == "Add" and centred_input(nctx) is not None:
-            return name  # x * s + (c - mean(x) * s): TensorFlow's folded LayerNorm
-        if node.op_type == "Div" and is_unit_rows(nctx):
-            return name
-        if node.op_type in _LAYOUT:
-            name = node.input[0]
-        elif node.op_type in _CONSTANT_MAP:
-            name = _signal_input(graph, node)
-            if name is None:
-                return None
-        else:
-            return None
-    return None
-
-
-def participation_ratio(cov: np.ndarray) -> float:
-    """``(tr S)^2 / tr S^2`` of a covariance ``S`` (the sum of its squared entries is tr S^2)."""
-    cov = np.asarray(cov, dtype=np.float64)
-    square = float((cov * cov).sum())
-    return float(np.trace(cov)) ** 2 / square if square > 0 else 0.0
-
-
-def _row_dim(ctx: RuleContext, rows: str) -> float | None:
-    """The participation ratio of the features of the normalized rows ``rows``: from their
-    field, else their variances (independent features)."""
-    shape = ctx.graph.shape(rows)
-    if not shape or rows not in (ctx.known or {}):
-        return None
-    field = row_covariance(ctx, rows)
-    if field is not None and field.head_axis is None and field.axis == len(shape) - 1:
-        return participation_ratio(field.cov)
-    nu = variances(ctx.known[rows], shape, len(shape) - 1)
-    return participation_ratio(np.diag(nu))
 
 
 def _keys_operand(ctx: RuleContext, qk) -> str | None:
@@ -135,21 +46,11 @@ def keys_dim(ctx: RuleContext) -> int | None:
     """d of the cosine law that a row's logits follow given its query (module docstring) for
     the Softmax of ``ctx``, when its keys are a dense layer of normalized rows of at most
     ``MAX_DIM`` effective features; else None."""
-    graph = ctx.graph
-    qk = qk_matmul(graph, ctx.node.input[0], passing=WINDOWED)
+    qk = qk_matmul(ctx.graph, ctx.node.input[0], passing=WINDOWED)
     if qk is None or ctx.known is None:
         return None
-    try:
-        keys = _keys_operand(ctx, qk)
-        x = _dense_input(graph, keys) if keys else None
-        rows = _normalised(ctx, x) if x else None
-        r = _row_dim(ctx, rows) if rows else None
-    except (RuleError, ValueError, IndexError) as exc:
-        fall_back(exc, (RuleError,))
-        return None
-    if r is None or not np.isfinite(r) or r < 3 or r > MAX_DIM:
-        return None
-    return int(round(r))
+    keys = _keys_operand(ctx, qk)
+    return dense_rows_dim(ctx, keys) if keys else None
 
 
 __all__ = ["MAX_DIM", "keys_dim", "participation_ratio"]
