@@ -7,7 +7,7 @@ slope); ``@elementwise_rule`` also registers the op's moment rule under the fact
 Closed forms on a Gaussian input (:mod:`.gaussian`): Relu, LeakyRelu, PRelu, Abs, and the
 piecewise polynomials HardSigmoid, HardSwish, Clip, ThresholdedRelu, Shrink; Neg and the
 float Cast/Identity are exact affine maps. Smooth functions are integrated by Gauss-Hermite,
-the others (kinks, jumps) by the composite rule (:data:`.elementwise.SMOOTH`). Dropout's
+the others (kinks, jumps) by the composite rule (:data:`.elementwise_fn.SMOOTH`). Dropout's
 rule is in :mod:`.dropout`, the rounding maps (Sign, Floor, Ceil, Round) in :mod:`.rounding`.
 """
 
