@@ -9,7 +9,7 @@ Two neighbouring MaxPool windows are correlated for two reasons, both modelled:
   are often the same element: the linear term counts that as ``s pi^2 Var(z)`` for s shared
   taps, a quarter to a third of the truth for a ReLU'd 3x3 window, so it is replaced by the
   exact covariance of two maxima over ``n`` taps sharing ``s``, given the window's common
-  factor (``maxima.shared_taps_covariance``). This holds with independent inputs too, where the
+  factor (``shared_taps.shared_taps_covariance``). This holds with independent inputs too, where the
   linear term is all there is of the overlap.
 
 Not modelled: the window's taps are taken as equicorrelated (one common factor, as for the
@@ -26,8 +26,9 @@ from ..moments import Moments, Source
 from ..spatial import attach, class_weights, gather_taps, positions
 from .context import RuleContext
 from .gaussian import compose, expand
-from .maxima import max_of_correlated_gaussians, shared_taps_covariance
+from .maxima import max_of_correlated_gaussians
 from .mixture_maxima import max_of_mixtures
+from .shared_taps import shared_taps_covariance
 from .monotone import non_decreasing
 from .pool_windows import class_windows, window_geometry
 
@@ -177,7 +178,7 @@ def _max_correlation(sp, out_maps, ctx: RuleContext, tap_mean, tap_var, fn, comm
     windows, ``Cov_lin(d) = E[f'(M)]^2 nu_z (1/n^2) sum_{t,t'} rho_z(s d + t' - t)`` (z the
     Gaussian under the chain f), with the shared taps' share of it, ``E[f'(M)]^2 nu_z (1 - r)
     s(d) / n^2``, replaced by their exact covariance given the common factor r
-    (``maxima.shared_taps_covariance``); divided by the maximum's variance, per channel,
+    (``shared_taps.shared_taps_covariance``); divided by the maximum's variance, per channel,
     averaged over the position classes. None for independent inputs and windows that do not
     overlap (the output's positions are independent too)."""
     kernel, strides, dilations = window_geometry(ctx)

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxinit
 from onnxinit.moments import Moments
-from onnxinit.rules.maxima import shared_taps_covariance
+from onnxinit.rules.shared_taps import shared_taps_covariance
 from tests.models import make_model
 from tests.oracle import monte_carlo, per_channel, predict
 
