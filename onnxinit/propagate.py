@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .allocator import huge_pages_unadvised
-from .errors import InvalidOptionError, PredictionError
+from .errors import InvalidOptionError
+from .finite_predictions import non_finite_constant, require_finite
 from .graph import ModelGraph
 from .input_shapes import assumed_sizes_hint
 from .moments import Moments
@@ -307,7 +308,7 @@ def _propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> Non
             ctx = rule_context(graph, node_id, result, registration)
             fused = per_token_fusion(ctx)  # a fused ancestor spelled per token, for the rule
             # numpy's floating-point warnings are not for the user: a non-finite result is
-            # caught below (_require_finite) and said in one line
+            # caught below (require_finite) and said in one line
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 outputs = registration.fn(seen, fused or ctx)
             rule_name = registration.fn.__name__
@@ -344,8 +345,8 @@ def _propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> Non
             if m.tracked_size() > MAX_TRACKED and (node.op_type == "Pad" or _moves_a_large_grid(
                     ctx, result.large_grids)):
                 result.large_grids.add(name)
-            _require_finite(m, node_id, node.op_type, name, rule_name,
-                            lambda: _non_finite_constant(graph, node))
+            require_finite(m, node_id, node.op_type, name, rule_name,
+                           lambda: non_finite_constant(graph, node), rule_name == EMPIRICAL)
             result.moments[name] = m
             result.rules[name] = rule_name
             result.producers[name] = node_id
@@ -357,50 +358,6 @@ def _propagate_node(graph: ModelGraph, node_id: str, result: Propagation) -> Non
                 mean, var = result.moments[name].total()
                 log.debug("node %s (%s) by %s: %s mean %.4g var %.4g", node_id, node.op_type,
                           rule_name, name, mean, var)
-
-
-def _non_finite_constant(graph, node) -> str | None:
-    """The first constant input of ``node`` that holds NaN or an infinity, described for the
-    user; None when there is none. Only asked once a prediction is not finite (a -inf mask
-    alone gives finite predictions)."""
-    for name in node.input:
-        value = graph.value(name) if name else None
-        if value is None or not np.issubdtype(value.dtype, np.floating):
-            continue
-        counts = ((int(np.isnan(value).sum()), "NaN"), (int(np.isposinf(value).sum()), "+inf"),
-                  (int(np.isneginf(value).sum()), "-inf"))
-        if any(n for n, _ in counts):
-            what = ", ".join(f"{n} {kind}" for n, kind in counts if n)
-            kind = "initializer" if name in graph.initializers else "constant"
-            return f"its input {kind} {name!r} holds {what} value(s) of {value.size}"
-    return None
-
-
-def _require_finite(m: Moments, node_id: str, op: str, tensor: str, rule_name: str,
-                    constant_cause=lambda: None) -> None:
-    """Raise PredictionError unless every statistic of ``m`` is finite (a masked element, mean
-    -inf with variance 0, is allowed: the tensor really holds -inf there). ``constant_cause``
-    names a non-finite weight of the node, which makes it the model's fault, not a rule's."""
-    if m.mean.size and np.isfinite(m.mean).all():  # nothing masked: the usual case, quickly
-        finite = np.isfinite(m.var).all() and all(np.isfinite(m.total()))
-    else:
-        mean, var = np.broadcast_arrays(m.mean, m.var)
-        masked = np.isneginf(mean) & (var == 0)
-        finite = np.isfinite(var).all() and (np.isfinite(mean) | masked).all()
-        if finite:
-            finite = not masked.all() and all(np.isfinite(m.total()))
-    if not finite:
-        if rule_name == EMPIRICAL:
-            why = ("the empirical fallback measured a non-finite mean or variance for tensor "
-                   f"{tensor!r} on samples drawn from its inputs' predicted statistics (the op "
-                   "is not finite there, e.g. Log of negative values)")
-        elif (cause := constant_cause()) is not None:
-            why = (f"tensor {tensor!r} cannot be predicted: {cause}; the model's weights are "
-                   "not finite")
-        else:
-            why = (f"rule {rule_name} predicted a non-finite mean or variance for tensor "
-                   f"{tensor!r}; this is a bug in onnxinit, please report it with the model")
-        raise PredictionError(f"node {node_id} ({op}): {why}")
 
 
 def _record(result: Propagation, fallback: Fallback) -> bool:

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from onnxinit.analysis import analyze
 from onnxinit.errors import PredictionError
 from onnxinit.moments import Moments
-from onnxinit.propagate import _require_finite
+from onnxinit.finite_predictions import require_finite
 from tests.cli import run
 from tests.models import make_model
 
@@ -51,11 +51,11 @@ def test_cli_reports_a_non_finite_prediction_in_one_line_with_exit_2(command, tm
 ])
 def test_non_finite_statistics_are_rejected(mean, var):
     with pytest.raises(PredictionError):
-        _require_finite(Moments(mean, var), "n", "Op", "t", "rule")
+        require_finite(Moments(mean, var), "n", "Op", "t", "rule")
 
 
 def test_masked_elements_are_allowed_and_excluded_from_the_totals():
     m = Moments(np.array([1.0, 3.0, -np.inf]), np.array([2.0, 2.0, 0.0]))
-    _require_finite(m, "n", "Op", "t", "rule")
+    require_finite(m, "n", "Op", "t", "rule")
     mean, var = m.total()
     assert mean == pytest.approx(2.0) and var == pytest.approx(3.0)
