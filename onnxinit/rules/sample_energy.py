@@ -94,17 +94,16 @@ from ..moments import Moments
 from ..strict import fall_back
 from ..views import broadcast_to
 from .context import RuleContext, RuleError
-from .batch_energy import carried, fresh as fresh_omega, normalised_share
+from .batch_energy import carried, fresh as fresh_omega
 from .energy_fields import channel_var, gaussian_local, positions
 from .conv_energy import channel_shape as _shape, conv_law
 from .on_demand import OnDemandField
-from .energy_loading import normalised, uniform
+from .energy_loading import uniform
 from .chain_response import chain_record_law
-from .random_draws import is_keep_mask
-from .sample_masks import (concat_factors, gate_factor, gate_moments, merge_smallest,
-                           regression, sum_factors)
+from .sample_masks import merge_smallest, regression
 from .kurtosis import _step, chain_start
 from .identity_steps import same_function
+from .energy_merges import concat_law, gated_law, is_gate, normalised_record, sum_law
 
 _FIELD = OnDemandField()
 _KEEP = {"Identity", "Dropout", "AveragePool", "MaxPool", "Pad"}
@@ -138,18 +137,6 @@ def _signals(graph, known, node) -> list[str]:
     return [n for n in node.input if n and n in known and not graph.is_constant(n)]
 
 
-def _shared_gate(graph, name: str, shape) -> bool:
-    """``name`` is a per-sample ``[N, 1, 1, ...]`` gate: one value for every channel."""
-    return _gate(graph, name, shape) and _shape(graph, name)[1] == 1 and shape[1] > 1
-
-
-def _gate(graph, name: str, shape) -> bool:
-    """``name`` is a per-sample ``[N, C or 1, 1, ...]`` operand of an output of ``shape``."""
-    s = _shape(graph, name)
-    return (s is not None and len(s) == len(shape) and s[0] == shape[0] and len(shape) > 2
-            and all(d == 1 for d in s[2:]) and any(d > 1 for d in shape[2:]))
-
-
 def _deps(ctx, known, tensor: str) -> list[str]:
     graph = ctx.graph
     node_id = graph.producer.get(tensor)
@@ -164,7 +151,7 @@ def _deps(ctx, known, tensor: str) -> list[str]:
         return signals[:1]
     if op == "Mul" and len(signals) == 2:
         shape = _shape(graph, tensor)
-        return [n for n in signals if not _gate(graph, n, shape)][:1]
+        return [n for n in signals if not is_gate(graph, n, shape)][:1]
     if op in ("Add", "Sub", "Mul", "Div", "Concat"):
         return signals
     return []
@@ -241,7 +228,7 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
                     return of(base)  # identities after a Pad of f(z): f already in its record
                 source = of(base, _shape(graph, base)[1]) if base != tensor else None
                 out = fresh if source is None else chain_record_law(
-                    m, shape, _normalised(source) if norms else source, known[base],
+                    m, shape, normalised_record(source) if norms else source, known[base],
                     _shape(graph, base))
             elif op == "Conv" and signals:
                 out = conv_law(ctx.for_node(node_id), known, of, shape)
@@ -255,23 +242,23 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
                 lam_y = np.maximum(fresh[1] + lam - gauss_in, 0.0)
                 out = eta, lam_y, alpha, factors, carried(omega, lam, lam_y, batch), load
             elif op in ("Add", "Sub") and len(signals) == 2:
-                out = _sum_law(known, graph, signals, of, shape, fresh[1], op == "Sub")
+                out = sum_law(known, graph, signals, of, shape, fresh[1], op == "Sub")
             elif (op in ("Add", "Sub", "Mul", "Div", "BatchNormalization")
                   and len(signals) == 1 and _shape(graph, signals[0]) == shape):
                 # a per-channel affine map: the loading scales with the standard deviation
                 found = of(signals[0])
                 eta, lam, alpha, factors, omega, load = (
-                    _normalised(found) if op == "BatchNormalization" else found)
+                    normalised_record(found) if op == "BatchNormalization" else found)
                 ratio = np.sqrt(channel_var(known[signals[0]], c) / channel_var(m, c))
                 ratio = np.where(ratio > 0, ratio, 1.0)
                 out = eta, lam, alpha / ratio, {k: (e, a / ratio, p)
                                                 for k, (e, a, p) in factors.items()}, omega, load
             elif op == "Mul" and len(signals) == 2:
-                out = _gated_law(ctx, signals, of, shape)
+                out = gated_law(ctx, signals, of, shape)
             elif (op == "Concat" and len(signals) == len([i for i in node.input if i])
                   and ctx.for_node(node_id).attr("axis") in (1, 1 - len(shape))):
                 # (a constant among them, a class token: no record of its channels)
-                out = _concat_law(graph, signals, of)
+                out = concat_law(graph, signals, of)
             else:
                 out = None
     except (ValueError, IndexError, KeyError, TypeError, RuleError) as exc:
@@ -293,80 +280,6 @@ def _compute(ctx: RuleContext, tensor: str, law_of):
             load)
 
 
-def _normalised(found):
-    """The record after a BatchNorm's division by the batch energy (:mod:`.batch_energy`):
-    every factor's eta times ``mean s_c s_c'``, its offsets over the square root, omega 0,
-    the loadings times ``s_c`` (:mod:`.energy_loading`)."""
-    eta, lam, alpha, factors, omega, load = found
-    share = normalised_share(omega)
-    if not 0 < share < 1:
-        return eta, lam, alpha, factors, np.zeros_like(omega), load
-    root = math.sqrt(share)
-    return (eta * share, lam, alpha / root,
-            {k: (e * share, a / root, p) for k, (e, a, p) in factors.items()},
-            np.zeros_like(omega), normalised(load / (1.0 + np.maximum(omega, 0.0))))
-
-
-def _sum_law(known, graph, names, of, shape, gauss, minus=False):
-    if any(_shape(graph, n) != shape for n in names):
-        return None
-    c = shape[1]
-    nu = [channel_var(known[n], c) for n in names]
-    total = nu[0] + nu[1]
-    share = float(nu[0].sum() / max(float(total.sum()), 1e-300))
-    wa = np.where(total > 0, nu[0] / np.where(total > 0, total, 1.0), 0.5)
-    (ea, la, aa, fa, oa, da), (eb, lb, ab, fb, ob, db) = of(names[0]), of(names[1])
-    eta = (share * math.sqrt(ea) + (1 - share) * math.sqrt(eb)) ** 2
-    wb = 1 - wa
-    whole_a, whole_b = (e + sum(f[0] for f in fs.values()) for e, fs in ((ea, fa), (eb, fb)))
-    load = normalised(wa * math.sqrt(whole_a) * da + wb * math.sqrt(whole_b) * db)
-    ga, gb = (gaussian_local(known[n], shape) for n in names)
-    lam = gauss + wa**2 * (la - ga) + wb**2 * (lb - gb)
-    return (eta, lam, aa - ab if minus else aa + ab, sum_factors(fa, fb, share, minus),
-            carried(wa**2 * oa + wb**2 * ob, wa**2 * la + wb**2 * lb, lam, shape[0]), load)
-
-
-def _gated_law(ctx, names, of, shape):
-    graph, known = ctx.graph, ctx.known
-    gates = [n for n in names if _gate(graph, n, shape)]
-    maps = [n for n in names if n not in gates]
-    if len(gates) != 1 or len(maps) != 1 or _shape(graph, maps[0]) != shape:
-        return None
-    eta, lam, alpha, factors, omega, load = of(maps[0])
-    c = shape[1]
-    mu, v = (np.broadcast_to(a, (c,)) for a in known[gates[0]].values_along(1, c))
-    factors = {k: (e, a * mu, p) for k, (e, a, p) in factors.items()}
-    if _shared_gate(graph, gates[0], shape):  # one value per sample: a factor of its own
-        mask = is_keep_mask(ctx, gates[0])
-        moments = gate_moments(float(mu[0]), float(v[0]), mask)
-        eta_x = eta + sum(f[0] for f in factors.values())
-        mean_x = known[maps[0]].values_along(1, c)[0]
-        eta_g, alpha_g, r = gate_factor(moments, eta_x, np.broadcast_to(mean_x, (c,)))
-        if eta_g > 0:
-            drop = 1.0 - moments[0] ** 2 / moments[1] if mask else None
-            factors[gates[0]] = (eta_g, alpha_g, drop if drop and 0 < drop < 1 else None)
-            load = normalised(load * eta_x + eta_g)  # the gate's own factor loads equally
-        return eta, r * lam, alpha * mu, factors, r * omega, load
-    m2 = v + mu**2
-    m4 = mu**4 + 6 * mu**2 * v + 3 * v**2  # the gate as a Gaussian
-    r = np.where(m2 > 0, m4 / np.where(m2 > 0, m2, 1.0) ** 2, 1.0)
-    lam_y = r * (1 + lam + eta) - 1 - eta
-    return eta, lam_y, alpha * mu, factors, carried(omega, lam, lam_y, shape[0]), load
-
-
-def _concat_law(graph, names, of):
-    sizes = [_shape(graph, n)[1] for n in names]
-    laws = [of(n, s) for n, s in zip(names, sizes)]
-    total = sum(sizes)
-    eta = sum(s / total * math.sqrt(law[0]) for s, law in zip(sizes, laws)) ** 2
-    return (eta, np.concatenate([law[1] for law in laws]),
-            np.concatenate([law[2] for law in laws]),
-            concat_factors([(s, law[3]) for s, law in zip(sizes, laws)]),
-            np.concatenate([law[4] for law in laws]),
-            normalised(np.concatenate([math.sqrt(law[0] + sum(f[0] for f in law[3].values()))
-                                       * law[5] for law in laws])))
-
-
 def chain_record(ctx: RuleContext, tensor: str, x_shape):
     """(base, BatchNorms on the way, the base's record through them, the batch's centring
     ``1 - 1/N`` after one, else 1) for the element-wise chain ending at ``tensor``; None where
@@ -378,7 +291,7 @@ def chain_record(ctx: RuleContext, tensor: str, x_shape):
     if found is None:
         return None
     if norms:  # the chain's BatchNorm divides by the batch energy (.batch_energy)
-        found = _normalised(found)
+        found = normalised_record(found)
     # BatchNorm's batch statistics centre the sample energies over the batch
     kept = (1.0 - 1.0 / max(x_shape[0], 1)) if norms else 1.0
     return base, norms, found, kept
