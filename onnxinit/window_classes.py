@@ -13,7 +13,7 @@ Instead, such a reshape groups the windows by their statistics (windows of ident
 form one class: Swin V2-T at 224 has 4, the interior windows, the right column, the bottom row
 and the corner) and each class keeps its own Moments, laid out like the merged tensor with size
 1 along the merged axis (:class:`Windows`). Every later node that treats that axis element by
-element (:func:`window_axis`: element-wise arithmetic whose other operands are constant along
+element (:func:`.window_axis.window_axis`: element-wise arithmetic whose other operands are constant along
 it, MatMul over other axes, Softmax and reductions over other axes, layout ops that keep it)
 runs its rule once per class, with every windowed tensor the rule may read (its inputs, the
 fields it asks for by name) swapped for that class's Moments: each class's chain is exactly the
@@ -47,22 +47,14 @@ from .moments import Moments, Tokens
 from .rules.context import RuleContext, RuleError
 from .rules.layout import full_grid, reshape_moments
 from .rules.masks import feeds_softmax
-from .rules.reduce import reduced_axes
-from .rules.shape import slice_params
 from .rules.token_field import profile_grid
+from .window_axis import window_axis
 from .window_merges import (MAX_WINDOW_GRID, exact_somewhere, merged_prefix, pooled_windows,
                             split_before_offsets, unique_rows)
 
 MAX_CLASSES = 16  # classes of windows kept apart (more: the windows are pooled, as before)
 _SPLIT = "\0split"  # a side entry of result.windows: classes split out before a mask
 
-# ops that act on each index of the merged axis alone when it is not their axis
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Clip", "Max", "Min", "Relu", "Exp",
-                "Erf", "Sigmoid", "Tanh", "Neg", "Abs", "Identity", "Dropout", "Cast", "Where",
-                "Reciprocal", "Gelu", "Log"}
-_REDUCE = {"ReduceL2", "ReduceSumSquare", "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin",
-           "ReduceL1"}
-_AXIS_OPS = {"Softmax", "LogSoftmax", "LayerNormalization", "Split"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,76 +146,6 @@ def merge(x: Moments, in_shape, out_shape, out: Moments, pairs, masked: bool = F
 
 # ---------------------------------------------------------------------------------------------
 # which nodes act window by window
-
-
-def _const_shape(ctx: RuleContext, i: int, known) -> tuple | None:
-    name = ctx.node.input[i]
-    m = known.get(name)
-    if m is not None:
-        return tuple(np.broadcast_shapes(m.mean.shape, m.var.shape))
-    c = ctx.const(i)
-    return None if c is None else tuple(np.shape(c))
-
-
-def window_axis(ctx: RuleContext, axes: list[int | None], known) -> int | None:
-    """The merged axis (counted from the end) of the node's first output when the node acts
-    on each of its indices alone; None otherwise. ``axes[i]``: input i's merged axis, None
-    for an input without windows."""
-    op = ctx.node.op_type
-    given = [(i, a) for i, a in enumerate(axes) if a is not None]
-    if len({a for _, a in given}) != 1 or not ctx.node.output:
-        return None
-    i0, a = given[0]
-    in_shape = tuple(ctx.in_shape(i0))
-    out_shape = ctx.graph.shape(ctx.node.output[0])
-    if out_shape is None:
-        return None
-    r, pos = len(in_shape), len(in_shape) + a
-    if pos < 0:
-        return None
-    out_rank = len(out_shape)
-    if op == "Transpose":
-        perm = list(ctx.attr("perm", list(range(r))[::-1]))
-        return perm.index(pos) - out_rank
-    if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-        before = math.prod(in_shape[:pos])
-        for j in range(out_rank):
-            if math.prod(out_shape[:j]) == before and out_shape[j] == in_shape[pos]:
-                return j - out_rank
-        return None
-    if op == "Gather":
-        g = int(ctx.attr("axis", 0)) % r
-        indices = ctx.const(1)
-        if g == pos or indices is None or i0 != 0:
-            return None
-        return (pos + np.ndim(indices) - 1 if g < pos else pos) - out_rank
-    if op in _REDUCE:
-        reduced = reduced_axes(ctx, r)
-        if reduced is None or pos in reduced:
-            return None
-        if not ctx.attr("keepdims", 1):
-            pos -= sum(1 for b in reduced if b < pos)
-        return pos - out_rank
-    if op in _AXIS_OPS:
-        default = -1 if op != "Split" else 0
-        if int(ctx.attr("axis", default)) % r == pos:
-            return None
-        return a if out_rank == r else None
-    if op == "Slice":
-        if any(ax == pos for ax, *_ in slice_params(ctx, r)):
-            return None
-        return a
-    if op == "MatMul":
-        if -a <= 2:  # the merged axis must be a batch axis of the product
-            return None
-    elif op not in _ELEMENTWISE and op != "Expand":
-        return None
-    for i, ax in enumerate(axes):  # the other operands must not vary along the merged axis
-        if ax is None and i < len(ctx.node.input) and ctx.node.input[i]:
-            shape = _const_shape(ctx, i, known)
-            if shape is None or (len(shape) >= -a and shape[a] != 1):
-                return None
-    return a
 
 
 # ---------------------------------------------------------------------------------------------
