@@ -103,7 +103,7 @@ def projection_variances(ctx: RuleContext, name: str) -> np.ndarray | None:
     cov, w = np.asarray(field.cov, dtype=np.float64), np.asarray(w, dtype=np.float64)
     if cov.shape[0] != w.shape[0]:
         return None
-    full = np.einsum("ij,ik,kj->j", w, cov, w)
+    full = ((cov @ w) * w).sum(axis=0)  # u_j^T S u_j for every column at once
     return full if np.all(full > 0) and np.all(np.isfinite(full)) else None
 
 
