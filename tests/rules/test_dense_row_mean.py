@@ -61,3 +61,44 @@ def test_row_mean_of_a_dense_layer_is_its_linear_form(op, opset):
     assert mean == pytest.approx(exact_mean, abs=1e-3 * np.sqrt(exact_var))
     assert values.var() == pytest.approx(exact_var, rel=0.08)  # onnxruntime agrees
     assert values.mean() == pytest.approx(exact_mean, abs=0.05 * np.sqrt(exact_var))
+
+
+def _energy_model(weights: np.ndarray, bias: np.ndarray, rows: int):
+    """x [rows, 8, K] @ W + b, its ReduceSumSquare ``s`` and ReduceL2 ``l2`` over the last axis."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]),
+             helper.make_node("Add", ["p", "b"], ["h"]),
+             helper.make_node("ReduceSumSquare", ["h", "axes"], ["s"], keepdims=0),
+             helper.make_node("ReduceL2", ["h", "axes"], ["l2"], keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "dense_row_energy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, 8, weights.shape[0]])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("s", "l2")],
+        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b"),
+         numpy_helper.from_array(np.array([-1], np.int64), "axes")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_row_energy_of_a_dense_layer_has_its_covariance(seed):
+    """``Q = y^T y``, ``y ~ N(W^T mu_x + b, S)``, ``S = W^T diag(nu_x) W``: ``E Q = tr S +
+    |m|^2``, ``Var Q = 2 tr S^2 + 4 m^T S m``; ReduceL2 ``sqrt(Q)`` over the law of those
+    cumulants and ``8 tr S^3 + 24 m^T S^2 m`` (the independent features' skewness: 1.11x)."""
+    k = 16
+    rng = np.random.default_rng(seed)
+    weights = (rng.standard_normal((k, k)) / np.sqrt(k)).astype(np.float32)
+    bias = (0.1 * rng.standard_normal(k)).astype(np.float32)
+    model = _energy_model(weights, bias, 2048)
+    moments = {"x": Moments.scalar(0.1, 1.0)}
+    _, result = predict(model, moments)
+    values = monte_carlo(model, moments)
+    w = weights.astype(np.float64)
+    s = w.T @ w  # nu_x = 1
+    m = 0.1 * w.sum(axis=0) + bias.astype(np.float64)
+    q_mean, q_var = float(np.trace(s) + m @ m), float(2 * np.trace(s @ s) + 4 * m @ s @ m)
+    mean, var = result.moments["s"].total()
+    assert mean == pytest.approx(q_mean, rel=1e-3) and var == pytest.approx(q_var, rel=1e-3)
+    assert values["s"].astype(np.float64).var() == pytest.approx(q_var, rel=0.06)
+    mean, var = result.moments["l2"].total()
+    measured = values["l2"].astype(np.float64)
+    assert var == pytest.approx(measured.var(), rel=0.05)
+    assert mean == pytest.approx(measured.mean(), abs=0.05 * np.sqrt(measured.var()))
