@@ -245,6 +245,8 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
             merged = merged_field(ctx, x, lambda n: last_axis(row_covariance(ctx, n), shape_x))
             return row_maps.dense(ctx, node, x, tensor, Field(len(shape_x) - 1, np.diag(
                 variances(known[x], shape_x, len(shape_x) - 1)) if merged is None else merged))
+        if rows and node.op_type == "LayerNormalization" and field_of(x) is None:
+            return row_maps.layer_norm_rows(ctx, node, x, tensor)  # P diag(nu_x) P
         if node.op_type == "Conv":
             return _conv(ctx, node, x, tensor, field_of)
         if node.op_type in RECURRENT:  # the units of a state share the sample's input

@@ -196,6 +196,9 @@ def _field_sum_factor(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     if factor is not None:
         return factor
     f = covariance(ctx, ctx.node.input[0])
+    shape = ctx.graph.shape(ctx.node.input[0])
+    if f is None and shape and tuple(axes) == (len(shape) - 1,):  # a row: the weights at hand
+        f = row_covariance(ctx, ctx.node.input[0])
     if f is None or f.head_axis is not None or tuple(axes) != (f.axis,):
         return None
     return sum_over_trace(f.cov)

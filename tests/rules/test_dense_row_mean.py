@@ -102,3 +102,41 @@ def test_row_energy_of_a_dense_layer_has_its_covariance(seed):
     measured = values["l2"].astype(np.float64)
     assert var == pytest.approx(measured.var(), rel=0.05)
     assert mean == pytest.approx(measured.mean(), abs=0.05 * np.sqrt(measured.var()))
+
+
+def test_row_mean_of_a_dense_layer_of_layer_norm_rows_sees_their_centring():
+    """x -> LayerNormalization -> @ W + b -> ReduceMean over the last axis: the LayerNorm's
+    rows sum to zero, ``Cov n = D / (D - 1) P`` (P the centring), so ``Var = D / (D - 1) u^T P
+    u``, ``u = W 1 / E``; W's shared offset (along 1) adds nothing. The dense layer's field
+    started from the LayerNorm input's variances alone read 7.3x. Within 10%, not exact: the
+    reduce rule's independent variance is h's per-feature ``|W_e|^2``, which leaves out the
+    centring's ``-(1^T W_e)^2 / D`` (10% of it for this offset; ``1/D`` for zero-mean
+    columns), and the field's factor ``1^T S 1 / tr S`` is applied to it."""
+    d, e = 48, 64
+    rng = np.random.default_rng(1)
+    weights = (rng.standard_normal((d, e)) / np.sqrt(d) + 0.05).astype(np.float32)
+    bias = (0.1 * rng.standard_normal(e)).astype(np.float32)
+    consts = [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b"),
+              numpy_helper.from_array(np.ones(d, np.float32), "g"),
+              numpy_helper.from_array(np.zeros(d, np.float32), "beta"),
+              numpy_helper.from_array(np.array([-1], np.int64), "axes")]
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "beta"], ["n"], axis=-1),
+             helper.make_node("MatMul", ["n", "w"], ["p"]),
+             helper.make_node("Add", ["p", "b"], ["h"]),
+             helper.make_node("ReduceMean", ["h", "axes"], ["y"], keepdims=1)]
+    graph = helper.make_graph(
+        nodes, "layer_norm_dense_row_mean",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1024, 8, d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    moments = {"x": Moments.scalar(0.3, 2.0)}
+    _, result = predict(model, moments)
+    values = monte_carlo(model, moments)["y"].astype(np.float64)
+    u = weights.astype(np.float64).sum(axis=1) / e
+    centred = u - u.mean()
+    exact_var = d / (d - 1) * float(centred @ centred)
+    mean, var = result.moments["y"].total()
+    assert var == pytest.approx(exact_var, rel=0.1)
+    assert values.var() == pytest.approx(exact_var, rel=0.03)  # onnxruntime agrees
+    assert var == pytest.approx(values.var(), rel=0.1)
+    assert mean == pytest.approx(float(bias.mean()), abs=0.05 * np.sqrt(exact_var))
