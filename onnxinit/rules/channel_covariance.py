@@ -50,6 +50,7 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
   common factor of its features, as a LayerNorm's scale);
 - LayerNormalization over the last axis, when that is the field's, and rows centred on their
   mean (``x - mean(x)``, TensorFlow's folded LayerNorm, :mod:`.centred_rows`): ``P S_x P``
+  (for :func:`row_covariance`, of an input without a field too: ``P diag(nu_x) P``)
   (``P`` the centring across the features; the token's scale a common factor), its scale's
   signs; channels centred on their mean over the field's axis 1 likewise
   (:mod:`.channel_centring`: tf2onnx's channels-last LayerNorm moved onto an NCHW map);

@@ -15,8 +15,12 @@ normalised Hermite coefficients of its composed chain (:mod:`.hermite`, eight or
 remainder). ``S`` is z's field, or where it has none the covariance a dense layer's features
 have for the weights at hand (``W^T diag(nu_x) W``: :func:`.channel_covariance.row_covariance`;
 a mean has all-ones weights, which do not average the cross terms out as the next layer's
-random weights do) where other axes are reduced too (over a dense row alone
-:mod:`.feature_pairs` reads its pairs; it leaves a row this factor took). Other reduced axes
+random weights do) where other axes are reduced too. Over a row alone (the last axis) of a
+tensor without a chain to follow, its row field (:func:`.channel_covariance.row_covariance`):
+a dense layer's row mean is the linear form ``x . u + mean(b)``, ``u = W 1 / E``, ``Var = u^T
+C_x u = 1^T S 1 / E^2`` exactly; the pairs' ``signed`` (:mod:`.feature_pairs`, which leaves a
+row this factor took) is a mean over pairs that a per-feature scale of random sign does not
+keep. Other reduced axes
 are taken as independent: F applies to each row along the field's axis. Where the chain cannot be followed the reduced tensor's own field (over that
 axis alone) is summed (its element-wise transfer keeps Mehler's orders 1 and 2). Over the
 channels and every position of a map together see :mod:`.map_means`.
