@@ -201,11 +201,29 @@ def _field_sum_factor(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
         return factor
     f = covariance(ctx, ctx.node.input[0])
     shape = ctx.graph.shape(ctx.node.input[0])
-    if f is None and shape and tuple(axes) == (len(shape) - 1,):  # a row: the weights at hand
-        f = row_covariance(ctx, ctx.node.input[0])
+    if f is None and shape and tuple(axes) == (len(shape) - 1,) and _linear_row(ctx):
+        f = row_covariance(ctx, ctx.node.input[0])  # a dense layer's row: the weights at hand
     if f is None or f.head_axis is not None or tuple(axes) != (f.axis,):
         return None
     return sum_over_trace(f.cov)
+
+
+def _linear_row(ctx: RuleContext) -> bool:
+    """The node's input 0 is a dense layer's output (MatMul/Gemm by a constant), its bias added
+    or a constant factor applied: a linear form of the layer's input."""
+    graph, name = ctx.graph, ctx.node.input[0]
+    for _ in range(3):
+        node_id = graph.producer.get(name)
+        if node_id is None:
+            return False
+        node = graph.node(node_id)
+        signals = [n for n in node.input if n and graph.is_signal(n)]
+        if node.op_type in ("MatMul", "Gemm"):
+            return len(signals) == 1 and signals[0] == node.input[0]
+        if node.op_type not in ("Add", "Sub", "Mul", "Div") or len(signals) != 1:
+            return False
+        name = signals[0]
+    return False
 
 
 def sum_over_trace(cov) -> float | None:
