@@ -50,6 +50,7 @@ token's features, the last axis), and the transfer rules (:mod:`.covariance_maps
   common factor of its features, as a LayerNorm's scale);
 - LayerNormalization over the last axis, when that is the field's, and rows centred on their
   mean (``x - mean(x)``, TensorFlow's folded LayerNorm, :mod:`.centred_rows`): ``P S_x P``
+  (for :func:`row_covariance`, of an input without a field too: ``P diag(nu_x) P``)
   (``P`` the centring across the features; the token's scale a common factor), its scale's
   signs; channels centred on their mean over the field's axis 1 likewise
   (:mod:`.channel_centring`: tf2onnx's channels-last LayerNorm moved onto an NCHW map);
@@ -245,6 +246,8 @@ def _compute(ctx: RuleContext, tensor: str, field_of, rows: bool = False) -> Fie
             merged = merged_field(ctx, x, lambda n: last_axis(row_covariance(ctx, n), shape_x))
             return row_maps.dense(ctx, node, x, tensor, Field(len(shape_x) - 1, np.diag(
                 variances(known[x], shape_x, len(shape_x) - 1)) if merged is None else merged))
+        if rows and node.op_type == "LayerNormalization" and field_of(x) is None:
+            return row_maps.layer_norm_rows(ctx, node, x, tensor)  # P diag(nu_x) P
         if node.op_type == "Conv":
             return _conv(ctx, node, x, tensor, field_of)
         if node.op_type in RECURRENT:  # the units of a state share the sample's input

@@ -15,8 +15,12 @@ normalised Hermite coefficients of its composed chain (:mod:`.hermite`, eight or
 remainder). ``S`` is z's field, or where it has none the covariance a dense layer's features
 have for the weights at hand (``W^T diag(nu_x) W``: :func:`.channel_covariance.row_covariance`;
 a mean has all-ones weights, which do not average the cross terms out as the next layer's
-random weights do) where other axes are reduced too (over a dense row alone
-:mod:`.feature_pairs` reads its pairs; it leaves a row this factor took). Other reduced axes
+random weights do) where other axes are reduced too. Over a row alone (the last axis) of a
+tensor without a chain to follow, its row field (:func:`.channel_covariance.row_covariance`):
+a dense layer's row mean is the linear form ``x . u + mean(b)``, ``u = W 1 / E``, ``Var = u^T
+C_x u = 1^T S 1 / E^2`` exactly; the pairs' ``signed`` (:mod:`.feature_pairs`, which leaves a
+row this factor took) is a mean over pairs that a per-feature scale of random sign does not
+keep. Other reduced axes
 are taken as independent: F applies to each row along the field's axis. Where the chain cannot be followed the reduced tensor's own field (over that
 axis alone) is summed (its element-wise transfer keeps Mehler's orders 1 and 2). Over the
 channels and every position of a map together see :mod:`.map_means`.
@@ -196,9 +200,30 @@ def _field_sum_factor(ctx: RuleContext, axes: tuple[int, ...]) -> float | None:
     if factor is not None:
         return factor
     f = covariance(ctx, ctx.node.input[0])
+    shape = ctx.graph.shape(ctx.node.input[0])
+    if f is None and shape and tuple(axes) == (len(shape) - 1,) and _linear_row(ctx):
+        f = row_covariance(ctx, ctx.node.input[0])  # a dense layer's row: the weights at hand
     if f is None or f.head_axis is not None or tuple(axes) != (f.axis,):
         return None
     return sum_over_trace(f.cov)
+
+
+def _linear_row(ctx: RuleContext) -> bool:
+    """The node's input 0 is a dense layer's output (MatMul/Gemm by a constant), its bias added
+    or a constant factor applied: a linear form of the layer's input."""
+    graph, name = ctx.graph, ctx.node.input[0]
+    for _ in range(3):
+        node_id = graph.producer.get(name)
+        if node_id is None:
+            return False
+        node = graph.node(node_id)
+        signals = [n for n in node.input if n and graph.is_signal(n)]
+        if node.op_type in ("MatMul", "Gemm"):
+            return len(signals) == 1 and signals[0] == node.input[0]
+        if node.op_type not in ("Add", "Sub", "Mul", "Div") or len(signals) != 1:
+            return False
+        name = signals[0]
+    return False
 
 
 def sum_over_trace(cov) -> float | None:

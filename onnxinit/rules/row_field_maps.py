@@ -63,6 +63,17 @@ def layer_norm(ctx: RuleContext, node, x: str, y: str, f_x: Field) -> Field | No
     return Field(last, maps.centred(f_x.cov, variances(ctx.known[y], shape, last), sign))
 
 
+def layer_norm_rows(ctx: RuleContext, node, x: str, y: str) -> Field | None:
+    """:func:`layer_norm` of an input without a field, for a reader of the weights at hand
+    (:func:`.channel_covariance.row_covariance`): ``P diag(nu_x) P``, its rows centred (a
+    dense layer's row mean after it sees ``u^T P u``, not ``|u|^2``)."""
+    shape_x = ctx.graph.shape(x)
+    if not shape_x or shape_x[-1] > MAX_ROW_FEATURES:
+        return None
+    last = len(shape_x) - 1
+    return layer_norm(ctx, node, x, y, Field(last, np.diag(variances(ctx.known[x], shape_x, last))))
+
+
 def centred_rows(ctx: RuleContext, x: str, y: str, field_of, rows: bool) -> Field | None:
     """Rows of x centred on their mean over the last axis: ``P S_x P`` (rows: x's variances)."""
     shape_x, shape = ctx.graph.shape(x), ctx.graph.shape(y)

@@ -12,6 +12,14 @@ inputs (a dense layer after a patch or depthwise stage) have a low-rank S: their
 together and ``Var Q`` is many times the independent sum (SwiftFormer's key norms: 15x). The
 factors here, full over diagonal, scale the reduce rule's k2 and k3, which keep the squares'
 own (non-Gaussian) cumulants.
+
+A dense layer of features without a field (``y = W^T x + b``, ``x`` independent) starts none
+for the next dense layer (its random weights average the cross terms out), but a sum of
+squares over y has all-ones weights: ``S = W^T diag(nu_x) W`` for the weights at hand
+(:func:`.channel_covariance.row_covariance`, up to ``ROW_FIELD_FEATURES`` features), with
+``tr S^3`` in k3. The pairs' ``squared`` (:mod:`.feature_pairs`) carries ``tr S^2`` alone, and
+the skewness kept from independent features read ReduceL2 of a square dense layer's rows
+1.11-1.15x at 16 features, 1.05x at 48 (with S: 0.98x, 1.00x).
 """
 
 from __future__ import annotations
@@ -19,8 +27,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..moments import Moments
-from .channel_covariance import covariance
+from .channel_covariance import covariance, row_covariance
 from .context import RuleContext
+
+ROW_FIELD_FEATURES = 1024  # a field is [n, n] and k3 takes S^3: n^3 work
 
 
 def quadratic_cumulants(mu: np.ndarray, s: np.ndarray) -> tuple[float, float]:
@@ -42,6 +52,8 @@ def feature_covariance(ctx: RuleContext, x: Moments, shape, axes):
         return None
     f = covariance(ctx, ctx.node.input[0])
     n = shape[-1]
+    if f is None and n <= ROW_FIELD_FEATURES:  # a dense layer's rows: the weights at hand
+        f = row_covariance(ctx, ctx.node.input[0])
     if f is None or f.axis != rank - 1 or f.head_axis is not None or f.cov.shape != (n, n):
         return None
     mu = np.broadcast_to(x.values_along(rank - 1, n)[0], (n,)).astype(np.float64)
