@@ -104,8 +104,11 @@ def _depthwise(nctx: RuleContext, channels: int):
     return np.asarray(w, np.float64)[:, 0], tuple(-int(p) for p in pads[:axes])
 
 
-def _terms(ctx: RuleContext, name: str, channels: int, rank: int) -> list[Term] | None:
-    """The operand ``name`` as a sum of terms (module docstring); None past the caps."""
+def _terms(ctx: RuleContext, name: str, channels: int, rank: int,
+           kept: frozenset = frozenset()) -> list[Term] | None:
+    """The operand ``name`` as a sum of terms (module docstring); None past the caps. A sum is
+    split only above any BatchNorm or Conv of the term (below one, it is the term's base: a
+    residual stream), and never at a tensor of ``kept``."""
     graph = ctx.graph
     out: list[Term] = []
     pending = [(name, np.ones(channels), None, None, False)]
@@ -122,6 +125,9 @@ def _terms(ctx: RuleContext, name: str, channels: int, rank: int) -> list[Term] 
         signals = [i for i in (node.input if node is not None else []) if i
                    and not graph.is_constant(i)]
         if op in ("Add", "Sub") and len(node.input) == 2 and len(signals) == 2:
+            if linear or current in kept:
+                out.append(Term(current, scale, kernel, origin, linear))
+                continue
             pending.append((node.input[0], scale, kernel, origin, linear))
             sign = -1.0 if op == "Sub" else 1.0
             pending.append((node.input[1], sign * scale, kernel, origin, linear))
@@ -207,9 +213,15 @@ def shared_covariance(inputs, ctx: RuleContext) -> np.ndarray | None:
     if len(shape) < 3 or any(graph.shape(i) != tuple(shape) for i in node.input[:2]):
         return None
     channels, rank, axes = int(shape[1]), len(shape), len(shape) - 2
-    sides = [_terms(ctx, name, channels, rank) for name in node.input[:2]]
-    if any(s is None for s in sides):
-        return None
+    kept: frozenset = frozenset()
+    for _ in range(3):  # the bases below a BatchNorm or Conv are not split on the other side
+        sides = [_terms(ctx, name, channels, rank, kept) for name in node.input[:2]]
+        if any(s is None for s in sides):
+            return None
+        found = frozenset(t.base for side in sides for t in side if t.linear)
+        if found <= kept:
+            break
+        kept = kept | found
     cov, fired = np.zeros(channels), False
     for t1 in sides[0]:
         for t2 in sides[1]:
@@ -237,16 +249,17 @@ def _class_variance(m: Moments, out_maps, shape) -> np.ndarray | None:
 
 
 def with_covariance(inputs, out: Moments, cov: np.ndarray, sign: float, shape) -> Moments:
-    """``out`` (the operands' independent sum) with ``+- 2 Cov`` per channel in its variance;
-    at each position class the channel's correlation coefficient ``Cov / sqrt(Va Vb)`` times
-    that class's ``sqrt(Va Vb)`` (the border's smaller variance scales its covariance).
-    Described as Gaussian (its mixture and source dropped)."""
+    """``out`` (the rules' result: its means, position classes and correlation kept) with the
+    variance ``Var a + Var b +- 2 Cov`` per channel; at each position class the channel's
+    correlation coefficient ``Cov / sqrt(Va Vb)`` times that class's ``sqrt(Va Vb)`` (the
+    border's smaller variance scales its covariance). Described as Gaussian (its mixture and
+    source dropped)."""
     rank, channels = len(shape), cov.size
     cshape = (1, channels) + (1,) * (rank - 2)
     va, vb = (m.values_along(1, channels)[1] for m in inputs)
     denom = np.sqrt(va * vb)
     coef = np.where(denom > 0, cov / np.where(denom > 0, denom, 1.0), 0.0).reshape(cshape)
-    var = np.maximum(lift(out.var, rank) + 2.0 * sign * cov.reshape(cshape), 0.0)
+    var = np.maximum(va + vb + 2.0 * sign * cov, 0.0).reshape(cshape)
     mean = np.broadcast_to(lift(out.mean, rank),
                            np.broadcast_shapes(np.shape(lift(out.mean, rank)), var.shape))
     spatial = out.spatial
@@ -255,24 +268,19 @@ def with_covariance(inputs, out: Moments, cov: np.ndarray, sign: float, shape) -
         parts = [_class_variance(m, spatial.maps, shape) for m in inputs]
         if any(p is None for p in parts):
             return out
-        extra = 2.0 * sign * coef * np.sqrt(parts[0] * parts[1])
-        cell_var = np.maximum(lift(cells.var, rank) + extra, 0.0)
-        spatial = replace(spatial, cells=Moments(cells.mean, cell_var))
+        cell_var = parts[0] + parts[1] + 2.0 * sign * coef * np.sqrt(parts[0] * parts[1])
+        spatial = replace(spatial, cells=Moments(cells.mean, np.maximum(cell_var, 0.0)))
     return Moments(np.array(mean), var, None, None, out.tokens, out.rows, spatial)
 
 
 def shared_sum(inputs, ctx: RuleContext, out: Moments) -> Moments:
-    """``out``, the rules' result for Add/Sub, with the shared terms' covariance added where the
-    operands share a base (module docstring) and ``out`` took them as independent (its
-    per-channel variance the operands' sum, ``Var a + Var b``); else ``out`` unchanged."""
+    """``out``, the rules' result for Add/Sub, with its variance the operands' plus the shared
+    terms' covariance where the operands share a base (module docstring; whatever covariance
+    another rule found is replaced); else ``out`` unchanged."""
     found = shared_covariance(inputs, ctx)
     if found is None:
         return out
     cov, sides = found
-    channels = cov.size
-    independent = sum(m.values_along(1, channels)[1] for m in inputs)
-    if not np.allclose(out.values_along(1, channels)[1], independent, rtol=0.02, atol=1e-12):
-        return out  # another rule's covariance is in it already
     sign = -1.0 if ctx.node.op_type == "Sub" else 1.0
     shaped = with_covariance(inputs, out, cov, sign, ctx.out_shape(0))
     return _with_base_law(ctx, shaped, sides, sign) or shaped
