@@ -22,12 +22,17 @@ carried), ``o`` each kernel's origin, -pad), and the sum's variance gains ``+- 2
 the pairs of terms of the two operands. A 1x1 depthwise kernel against the identity gives
 ``a1 a2 w_c nu_c`` exactly: ``BN(x) + BN(dw1x1(x))`` has variance 4 or 0 per channel.
 
+The variance is written per position class (the channel's correlation coefficient times the
+class's ``sqrt(Va Vb)``) and replaces whatever covariance another sum rule found. Where every
+term reads one base x with a non-Gaussian law (a ReLU map's), the sum's law is ``g_c x + e``,
+``g_c = Cov(sum, x) / Var x``, e Gaussian and independent of x with the rest of the moments
+(exact when every term is a per-channel multiple of x); elsewhere it is a Gaussian per class.
+
 Fires only where two operands share a base and some shared pair passes a BatchNorm or a Conv
 (a plain ``x + c x`` is the element-wise rules'). Not modelled: the border (zero padding;
-positions taken stationary), BatchNorm's 1/n batch-statistic corrections, the sum's law
-beyond its moments (the output is described as Gaussian per position class: the skewed law of
-a normalised ReLU map that a shared identity term carries is dropped), and its correlation
-(the operands' kept).
+positions taken stationary), BatchNorm's 1/n batch-statistic corrections, covariances between
+terms on different bases (independent, as before), the law of a sum over several bases, and the
+sum's spatial correlation (the other rules' kept).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import numpy as np
 
 from ..moments import Moments
 from ..spatial import positions, take_cells
-from .context import RuleContext
+from .context import RuleContext, RuleError
 from .mixture import components, lift
 
 MAX_TERMS = 16  # terms per operand, at most
@@ -72,6 +77,8 @@ def _channel_const(value, channels: int, rank: int) -> np.ndarray | None:
 
 
 def _bn_scale(ctx: RuleContext, nctx: RuleContext, channels: int) -> np.ndarray | None:
+    """A BatchNormalization's per-channel scale with batch statistics, ``gamma_c /
+    sqrt(Var_c(input) + eps)``, from its input's propagated moments."""
     known = ctx.known
     node = nctx.node
     x = known.get(node.input[0]) if known is not None else None
@@ -98,7 +105,7 @@ def _depthwise(nctx: RuleContext, channels: int):
     try:
         if tuple(nctx.in_shape(0)) != tuple(nctx.out_shape(0)):
             return None
-    except Exception:  # noqa: BLE001 - no static shape: not a term
+    except RuleError:  # no static shape: not a term
         return None
     pads = nctx.attr("pads", [0] * 2 * axes)
     return np.asarray(w, np.float64)[:, 0], tuple(-int(p) for p in pads[:axes])
@@ -208,7 +215,7 @@ def shared_covariance(inputs, ctx: RuleContext) -> np.ndarray | None:
         return None
     try:
         shape = ctx.out_shape(0)
-    except Exception:  # noqa: BLE001 - no static shape: no rule
+    except RuleError:  # no static shape: no rule
         return None
     if len(shape) < 3 or any(graph.shape(i) != tuple(shape) for i in node.input[:2]):
         return None
