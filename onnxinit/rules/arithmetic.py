@@ -47,6 +47,7 @@ from .fusion import fused_elementwise
 from .grids import GRID_CAP, KEEP_CAP, finish, operand, out_rank, signal_axes, varies, varying_axes
 from .joint_samples import joint_moments
 from .joint_source import through_mask
+from .linear_share import shared_sum
 from .layout import positions_dense
 from .mixture import binary_independent, lift, sum_mixture
 from .positional import concat_channels, positions_binary
@@ -109,7 +110,10 @@ def binary(inputs, ctx: RuleContext):
     E = mu1 mu2, Var = (nu1+mu1^2)(nu2+mu2^2) - mu1^2 mu2^2. Division by a signal (other than
     c / x, element-wise) is measured. Add/Sub of mixtures of the same tokens (attentions over
     one sequence and the sequence itself): their cross-covariance added (shared_mixtures.py)."""
-    return with_shared_mixtures(inputs, ctx, _binary(inputs, ctx))
+    out = with_shared_mixtures(inputs, ctx, _binary(inputs, ctx))
+    if len(out) == 1 and ctx.node.op_type in ("Add", "Sub"):  # linear images of one tensor
+        out = [shared_sum(inputs, ctx, out[0])]
+    return out
 
 
 def _binary(inputs, ctx: RuleContext):
