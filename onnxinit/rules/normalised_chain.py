@@ -86,16 +86,22 @@ def _feature_profile(s_var: np.ndarray, projected) -> np.ndarray | None:
 
 
 def cosine_moments(fn, mean: np.ndarray, var: np.ndarray, d: int, law_var=None):
-    """``(E[g] - E_N[g], E[g^2] - E_N[g^2])`` per cell (module docstring): the cosine law's
-    moments of ``g = fn(mean + std c)`` (std from ``law_var``, else ``var``) less the
-    Gaussian's of variance ``var`` on the same nodes."""
+    """``(E[g] - E_N[g], E[h^2] - E_N[h^2])`` per cell (module docstring), ``h = g - E_N[g]``:
+    the cosine law's moments of ``g = fn(mean + std c)`` (std from ``law_var``, else ``var``)
+    less the Gaussian's of variance ``var`` on the same nodes, the second centred on the
+    Gaussian's mean (so ``Var = Var_N + second - first^2``)."""
     std = np.sqrt(np.maximum(var, 0.0))
     law_std = std if law_var is None else np.sqrt(np.maximum(law_var, 0.0))
     nodes = cosine_of(_Z.copy(), cosine_deviates(d))
     with np.errstate(all="ignore"):
         g = chain_at_nodes(fn, mean, std, _Z)
         c = chain_at_nodes(fn, mean, law_std, nodes)
-        first = _W @ c - _W @ g
+        # both centred on the Gaussian's mean: the second moments' difference is then that of
+        # the variances, with no E[g]^2 to cancel (as edgeworth._node_sums)
+        centre = _W @ g
+        g -= centre
+        c -= centre
+        first = _W @ c
         second = _W @ (c * c) - _W @ (g * g)
     return first.reshape(mean.shape), second.reshape(mean.shape)
 
@@ -135,7 +141,7 @@ def light_tailed(y: Moments, ctx: RuleContext) -> Moments:
     m0, v0 = (np.broadcast_to(np.asarray(a, dtype=np.float64), shape)
               for a in (cells.mean, cells.var))
     m1 = m0 + d1
-    v1 = v0 + m0**2 + d2 - m1**2
+    v1 = v0 + d2 - d1**2
     if not (np.all(np.isfinite(m1)) and np.all(np.isfinite(v1))):
         return y
     bad = ~(v1 > 0.05 * v0)
